@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine of this kind (Debian, root, Rust,
+# no services running). Installs what the tests need, then runs format and
+# lint checks, unit + integration tests (real OVS, libvirt, namespaces) and the
+# terraform acceptance tests against a real local lab. Every test starts the
+# daemons it needs and stops them again; the trap below sweeps up whatever a
+# crashed test left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=never
+# Backtraces would end up inside terraform diagnostics; tests want them off.
+unset RUST_BACKTRACE
+
+SKIP_BUILD=1 bash scripts/setup.sh
+
+cleanup() { bash scripts/sweep.sh >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --bins
+echo "== tests (unit, integration, real networking)"
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+echo "== acceptance (terraform CLI against a real lab)"
+TF_ACC=1 cargo test -p measurelab-acceptance --no-fail-fast -- --test-threads=1
