@@ -1,0 +1,430 @@
+//! libvirt domain XML for our guests: one generator, three flavors.
+//!
+//! The Xen PV flavor cannot be exercised on the build machine (no Xen
+//! hypervisor); it is checked only against its golden file and libvirt's
+//! RelaxNG schema (`virt-xml-validate`). The QEMU flavor boots for real in
+//! `agent/tests/hypervisor_qemu.rs`, the test flavor runs against
+//! `test:///default`.
+
+use std::fmt::Write as _;
+
+use super::spec::{GuestSpec, NicAttach};
+use super::{BackendKind, OWNER_XML_NAMESPACE};
+
+/// QEMU accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QemuAccel {
+    /// Software emulation (`type='qemu'`). KVM hangs on the build machine.
+    Tcg,
+    /// Hardware virtualization (`type='kvm'`).
+    Kvm,
+}
+
+/// Which libvirt driver the XML is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainFlavor {
+    /// Xen paravirtualized guest (`xen:///system`): direct kernel boot, PV
+    /// console `hvc0`, `xvd*` disks, netfront NIC.
+    XenPv,
+    /// QEMU/KVM HVM guest (`qemu:///system`) with direct kernel boot.
+    Qemu(QemuAccel),
+    /// libvirt's test driver (`test:///default`).
+    Test,
+}
+
+impl DomainFlavor {
+    /// The flavor that fits a connection URI (`xen:`, `qemu:`, `test:`).
+    pub fn for_uri(uri: &str) -> Option<DomainFlavor> {
+        let scheme = uri.split([':', '+']).next().unwrap_or_default();
+        match scheme {
+            "xen" | "libxl" => Some(DomainFlavor::XenPv),
+            "qemu" => Some(DomainFlavor::Qemu(QemuAccel::Tcg)),
+            "test" => Some(DomainFlavor::Test),
+            _ => None,
+        }
+    }
+
+    /// The backend kind reported for this flavor.
+    pub fn backend_kind(self) -> BackendKind {
+        match self {
+            DomainFlavor::XenPv => BackendKind::Xen,
+            DomainFlavor::Qemu(_) => BackendKind::Qemu,
+            DomainFlavor::Test => BackendKind::LibvirtTest,
+        }
+    }
+
+    fn domain_type(self) -> &'static str {
+        match self {
+            DomainFlavor::XenPv => "xen",
+            DomainFlavor::Qemu(QemuAccel::Tcg) => "qemu",
+            DomainFlavor::Qemu(QemuAccel::Kvm) => "kvm",
+            DomainFlavor::Test => "test",
+        }
+    }
+}
+
+/// Kernel command line: console first, then our parameters, then the spec's
+/// extra part. The appliance's /init reads `measurelab.ip` and `measurelab.vm_id`.
+pub(crate) fn kernel_cmdline(spec: &GuestSpec, flavor: DomainFlavor) -> String {
+    let console = match flavor {
+        DomainFlavor::XenPv => "console=hvc0",
+        _ => "console=ttyS0",
+    };
+    let mut cmdline = format!("{console} measurelab.vm_id={}", spec.id);
+    if let Some(cidr) = spec.nic.as_ref().and_then(|n| n.ipv4_cidr.as_ref()) {
+        let _ = write!(cmdline, " measurelab.ip={cidr}");
+    }
+    if !spec.boot.extra_cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&spec.boot.extra_cmdline);
+    }
+    cmdline
+}
+
+/// The ownership element, also used alone with `virDomainSetMetadata`.
+pub(crate) fn owner_metadata(spec: &GuestSpec) -> String {
+    let platform = spec
+        .platform_id
+        .map(|p| format!(" platform-id=\"{p}\""))
+        .unwrap_or_default();
+    format!(
+        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" vm-id=\"{}\"{platform} spec-hash=\"{}\"/>",
+        spec.id,
+        spec.spec_hash()
+    )
+}
+
+/// Renders the domain XML. The spec must have passed [`GuestSpec::validate`].
+pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
+    let mut x = String::new();
+    // `write!` into a String cannot fail; the results are ignored on purpose.
+    let _ = writeln!(x, "<domain type='{}'>", flavor.domain_type());
+    let _ = writeln!(x, "  <name>{}</name>", esc(&spec.name));
+    let _ = writeln!(x, "  <uuid>{}</uuid>", spec.id);
+    let _ = writeln!(x, "  <metadata>\n    {}\n  </metadata>", owner_metadata(spec));
+    let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", spec.memory_mib);
+    let _ = writeln!(
+        x,
+        "  <currentMemory unit='MiB'>{}</currentMemory>",
+        spec.memory_mib
+    );
+    let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", spec.vcpus);
+    x.push_str("  <os>\n");
+    match flavor {
+        DomainFlavor::XenPv => {
+            x.push_str("    <type arch='x86_64' machine='xenpv'>linux</type>\n");
+        }
+        DomainFlavor::Qemu(_) => {
+            x.push_str("    <type arch='x86_64' machine='pc'>hvm</type>\n");
+        }
+        DomainFlavor::Test => x.push_str("    <type arch='x86_64'>hvm</type>\n"),
+    }
+    let _ = writeln!(
+        x,
+        "    <kernel>{}</kernel>",
+        esc(&spec.boot.kernel.to_string_lossy())
+    );
+    let _ = writeln!(
+        x,
+        "    <initrd>{}</initrd>",
+        esc(&spec.boot.initrd.to_string_lossy())
+    );
+    let _ = writeln!(
+        x,
+        "    <cmdline>{}</cmdline>",
+        esc(&kernel_cmdline(spec, flavor))
+    );
+    x.push_str("  </os>\n");
+    if let DomainFlavor::Qemu(_) = flavor {
+        x.push_str("  <features>\n    <acpi/>\n  </features>\n");
+    }
+    x.push_str("  <on_poweroff>destroy</on_poweroff>\n");
+    x.push_str("  <on_reboot>restart</on_reboot>\n");
+    x.push_str("  <on_crash>destroy</on_crash>\n");
+    x.push_str("  <devices>\n");
+    if let Some(disk) = &spec.boot.disk {
+        let (target, bus) = match flavor {
+            DomainFlavor::XenPv => ("xvda", "xen"),
+            _ => ("vda", "virtio"),
+        };
+        x.push_str("    <disk type='file' device='disk'>\n");
+        x.push_str("      <driver name='qemu' type='raw'/>\n");
+        let _ = writeln!(
+            x,
+            "      <source file='{}'/>",
+            esc(&disk.to_string_lossy())
+        );
+        let _ = writeln!(x, "      <target dev='{target}' bus='{bus}'/>");
+        x.push_str("    </disk>\n");
+    }
+    if let Some(nic) = &spec.nic {
+        match nic.attach {
+            NicAttach::OvsVirtualport => {
+                x.push_str("    <interface type='bridge'>\n");
+                let _ = writeln!(x, "      <source bridge='{}'/>", esc(&nic.bridge));
+                x.push_str("      <virtualport type='openvswitch'/>\n");
+                if let Some(tag) = nic.vlan_tag {
+                    let _ = writeln!(x, "      <vlan>\n        <tag id='{tag}'/>\n      </vlan>");
+                }
+            }
+            // libvirt only creates the tap; VLAN and bridge are set by the
+            // agent's OVS module, so they are not in the XML.
+            NicAttach::TapOnly => {
+                x.push_str("    <interface type='ethernet'>\n");
+            }
+            NicAttach::UserMode => {
+                x.push_str("    <interface type='user'>\n");
+            }
+        }
+        if nic.attach != NicAttach::UserMode {
+            let _ = writeln!(x, "      <target dev='{}'/>", esc(&nic.port_name));
+        }
+        let _ = writeln!(x, "      <mac address='{}'/>", esc(&nic.mac));
+        match flavor {
+            DomainFlavor::Qemu(_) => x.push_str("      <model type='virtio'/>\n"),
+            DomainFlavor::XenPv | DomainFlavor::Test => {}
+        }
+        x.push_str("    </interface>\n");
+    }
+    match (flavor, &spec.boot.console_log) {
+        (DomainFlavor::XenPv, _) => {
+            x.push_str("    <console type='pty'>\n      <target type='xen' port='0'/>\n    </console>\n");
+        }
+        (_, Some(log)) => {
+            x.push_str("    <serial type='file'>\n");
+            let _ = writeln!(x, "      <source path='{}'/>", esc(&log.to_string_lossy()));
+            x.push_str("      <target port='0'/>\n    </serial>\n");
+        }
+        (_, None) => {
+            x.push_str("    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n");
+        }
+    }
+    if let DomainFlavor::Qemu(_) = flavor {
+        // No balloon: memory is sized by the spec, and TCG guests boot faster
+        // without the extra device.
+        x.push_str("    <memballoon model='none'/>\n");
+    }
+    x.push_str("  </devices>\n</domain>\n");
+    x
+}
+
+/// Escapes text for both element content and single- or double-quoted attributes.
+fn esc(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Value of attribute `name` in the first start tag of `xml`. Enough for the
+/// one flat element libvirt hands back from `virDomainGetMetadata`; not a
+/// general XML parser.
+pub(crate) fn first_tag_attribute(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find('<')?;
+    let end = start + xml[start..].find('>')?;
+    let tag = &xml[start..end];
+    let mut rest = tag;
+    while let Some(pos) = rest.find(name) {
+        let before_ok = pos > 0 && rest.as_bytes()[pos - 1].is_ascii_whitespace();
+        let after = rest[pos + name.len()..].trim_start();
+        if before_ok {
+            if let Some(after_eq) = after.strip_prefix('=') {
+                let after_eq = after_eq.trim_start();
+                let quote = after_eq.chars().next()?;
+                if quote == '"' || quote == '\'' {
+                    let value = &after_eq[1..];
+                    let close = value.find(quote)?;
+                    return Some(unescape(&value[..close]));
+                }
+            }
+        }
+        rest = &rest[pos + name.len()..];
+    }
+    None
+}
+
+fn unescape(value: &str) -> String {
+    value
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&apos;", "'")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::super::spec::tests::sample_spec;
+    use super::*;
+
+    fn golden(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/hypervisor/testdata")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Checks well-formedness by tag balance: every start tag is closed in
+    /// order. Catches unbalanced output from a generator edit that the
+    /// golden update might hide.
+    fn assert_balanced(xml: &str) {
+        let mut stack: Vec<String> = Vec::new();
+        let mut rest = xml;
+        while let Some(open) = rest.find('<') {
+            let close = rest[open..].find('>').expect("unterminated tag") + open;
+            let tag = &rest[open + 1..close];
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
+            } else if !tag.ends_with('/') {
+                let name = tag.split_whitespace().next().unwrap().to_string();
+                stack.push(name);
+            }
+            rest = &rest[close + 1..];
+        }
+        assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+    }
+
+    /// Validates against libvirt's RelaxNG schema when `virt-xml-validate`
+    /// and `xmllint` are installed (libvirt-clients, libxml2-utils).
+    fn validate_with_libvirt_schema(xml: &str, label: &str) {
+        let have_tools = ["virt-xml-validate", "xmllint"].iter().all(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        if !have_tools {
+            eprintln!("skipping RelaxNG validation of {label}: virt-xml-validate/xmllint missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{label}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        let out = Command::new("virt-xml-validate")
+            .arg(&path)
+            .arg("domain")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{label} fails libvirt's domain schema: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn check_variant(flavor: DomainFlavor, golden_name: &str) -> String {
+        let xml = domain_xml(&sample_spec(), flavor);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/hypervisor/testdata")
+                .join(golden_name);
+            std::fs::write(path, &xml).unwrap();
+        }
+        assert_eq!(
+            xml,
+            golden(golden_name),
+            "XML differs from src/hypervisor/testdata/{golden_name}"
+        );
+        assert_balanced(&xml);
+        validate_with_libvirt_schema(&xml, golden_name);
+        xml
+    }
+
+    #[test]
+    fn xen_pv_matches_golden() {
+        let xml = check_variant(DomainFlavor::XenPv, "xen-pv.xml");
+        assert!(xml.starts_with("<domain type='xen'>"));
+        assert!(xml.contains("machine='xenpv'>linux</type>"));
+        assert!(xml.contains("console=hvc0"));
+        assert!(xml.contains("<target type='xen' port='0'/>"));
+    }
+
+    #[test]
+    fn qemu_tcg_matches_golden() {
+        let xml = check_variant(DomainFlavor::Qemu(QemuAccel::Tcg), "qemu-tcg.xml");
+        assert!(xml.starts_with("<domain type='qemu'>"));
+        assert!(xml.contains("<virtualport type='openvswitch'/>"));
+        assert!(xml.contains("<tag id='101'/>"));
+        assert!(xml.contains("<target dev='vm-6f1c2a3b'/>"));
+        assert!(xml.contains("<mac address='52:54:00:6f:1c:2a'/>"));
+        assert!(xml.contains("measurelab.ip=10.200.9.2/24"));
+    }
+
+    #[test]
+    fn test_driver_matches_golden() {
+        let xml = check_variant(DomainFlavor::Test, "test.xml");
+        assert!(xml.starts_with("<domain type='test'>"));
+    }
+
+    #[test]
+    fn kvm_differs_only_in_type() {
+        let tcg = domain_xml(&sample_spec(), DomainFlavor::Qemu(QemuAccel::Tcg));
+        let kvm = domain_xml(&sample_spec(), DomainFlavor::Qemu(QemuAccel::Kvm));
+        assert_eq!(
+            kvm.replacen("<domain type='kvm'>", "<domain type='qemu'>", 1),
+            tcg
+        );
+    }
+
+    #[test]
+    fn tap_only_nic_leaves_bridge_to_the_agent() {
+        let mut spec = sample_spec();
+        spec.nic.as_mut().unwrap().attach = NicAttach::TapOnly;
+        let xml = domain_xml(&spec, DomainFlavor::Qemu(QemuAccel::Tcg));
+        assert!(xml.contains("<interface type='ethernet'>"));
+        assert!(!xml.contains("virtualport"));
+        assert!(!xml.contains("<source bridge"));
+        assert_balanced(&xml);
+        validate_with_libvirt_schema(&xml, "tap-only");
+    }
+
+    #[test]
+    fn hostile_strings_are_escaped() {
+        let mut spec = sample_spec();
+        spec.boot.extra_cmdline = "a='<b>' & \"c\"".into();
+        let xml = domain_xml(&spec, DomainFlavor::Test);
+        assert!(xml.contains("a=&apos;&lt;b&gt;&apos; &amp; &quot;c&quot;"));
+        assert_balanced(&xml);
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let spec = sample_spec();
+        let meta = owner_metadata(&spec);
+        assert_eq!(
+            first_tag_attribute(&meta, "vm-id").as_deref(),
+            Some("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8")
+        );
+        assert_eq!(
+            first_tag_attribute(&meta, "platform-id").as_deref(),
+            Some("0a0b0c0d-0e0f-4011-8213-141516171819")
+        );
+        assert_eq!(first_tag_attribute(&meta, "spec-hash"), Some(spec.spec_hash()));
+        // "id" must not match the tail of "vm-id" or "platform-id".
+        assert_eq!(first_tag_attribute(&meta, "id"), None);
+    }
+
+    #[test]
+    fn flavor_from_uri() {
+        assert_eq!(DomainFlavor::for_uri("xen:///system"), Some(DomainFlavor::XenPv));
+        assert_eq!(
+            DomainFlavor::for_uri("qemu+ssh://h/system"),
+            Some(DomainFlavor::Qemu(QemuAccel::Tcg))
+        );
+        assert_eq!(DomainFlavor::for_uri("test:///default"), Some(DomainFlavor::Test));
+        assert_eq!(DomainFlavor::for_uri("lxc:///"), None);
+    }
+}

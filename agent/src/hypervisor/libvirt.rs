@@ -1,0 +1,454 @@
+//! The libvirt backend: one code path for `xen:///system`, `qemu:///system`
+//! and `test:///default`.
+//!
+//! Every method blocks on libvirt's RPC; async callers must wrap calls in
+//! `tokio::task::spawn_blocking`. The connection is kept open for the life of
+//! the object, because the test driver's state lives in the connection (a new
+//! connection to `test:///default` starts from the default state again).
+
+use std::sync::Mutex;
+
+use uuid::Uuid;
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState};
+use virt::error::{Error as VirtError, ErrorNumber};
+use virt::sys;
+
+use super::domain_xml::{domain_xml, first_tag_attribute, DomainFlavor};
+use super::spec::GuestSpec;
+use super::{
+    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
+    ResizeOutcome, OWNER_XML_NAMESPACE,
+};
+
+/// Guests as libvirt domains.
+pub struct LibvirtHypervisor {
+    uri: String,
+    flavor: DomainFlavor,
+    /// libvirt connections are thread-safe, but reconnecting must not race.
+    conn: Mutex<Option<Connect>>,
+}
+
+/// What our `<metadata>` element says.
+struct OwnerTag {
+    vm_id: Uuid,
+    platform_id: Option<Uuid>,
+    spec_hash: String,
+}
+
+impl LibvirtHypervisor {
+    /// Opens `uri` with the flavor it implies (`DomainFlavor::for_uri`).
+    pub fn connect(uri: &str) -> Result<Self, HypervisorError> {
+        let flavor = DomainFlavor::for_uri(uri).ok_or(HypervisorError::InvalidSpec {
+            field: "libvirt_uri",
+            reason: format!("{uri:?} is not a xen:, qemu: or test: URI"),
+        })?;
+        Self::connect_with_flavor(uri, flavor)
+    }
+
+    /// Opens `uri` and generates XML of `flavor` (e.g. KVM instead of TCG).
+    pub fn connect_with_flavor(uri: &str, flavor: DomainFlavor) -> Result<Self, HypervisorError> {
+        let conn = Connect::open(Some(uri)).map_err(|e| libvirt_error("connect", e))?;
+        Ok(LibvirtHypervisor {
+            uri: uri.to_string(),
+            flavor,
+            conn: Mutex::new(Some(conn)),
+        })
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The XML flavor in use.
+    pub fn flavor(&self) -> DomainFlavor {
+        self.flavor
+    }
+
+    /// Runs `f` on a live connection, reopening it once if libvirtd went
+    /// away (daemon restart). The test driver is never reopened: that would
+    /// silently reset its state.
+    fn with_conn<T>(
+        &self,
+        f: impl Fn(&Connect) -> Result<T, HypervisorError>,
+    ) -> Result<T, HypervisorError> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| HypervisorError::Libvirt {
+                operation: "lock connection",
+                code: "Poisoned".into(),
+                message: "a previous libvirt call panicked".into(),
+                class: ErrorClass::Permanent,
+            })?;
+        let alive = guard
+            .as_ref()
+            .map(|c| c.is_alive().unwrap_or(false))
+            .unwrap_or(false);
+        if !alive && self.flavor != DomainFlavor::Test {
+            // Dropping the old handle closes it.
+            guard.take();
+            *guard = Some(Connect::open(Some(&self.uri)).map_err(|e| libvirt_error("connect", e))?);
+        }
+        match guard.as_ref() {
+            Some(conn) => f(conn),
+            None => Err(HypervisorError::Libvirt {
+                operation: "connect",
+                code: "NoConnect".into(),
+                message: format!("no connection to {}", self.uri),
+                class: ErrorClass::Transient,
+            }),
+        }
+    }
+
+    /// Our domain with this UUID. `Ok(None)` if absent; `NotOwned` if a
+    /// domain with this UUID exists without our tag.
+    fn lookup_owned(&self, conn: &Connect, id: Uuid) -> Result<Option<Domain>, HypervisorError> {
+        let dom = match conn.lookup_domain_by_uuid_string(&id.to_string()) {
+            Ok(d) => d,
+            Err(e) if is_code(&e, ErrorNumber::NoDomain) => return Ok(None),
+            Err(e) => return Err(libvirt_error("lookup domain", e)),
+        };
+        match owner_tag(&dom)? {
+            Some(tag) if tag.vm_id == id => Ok(Some(dom)),
+            _ => Err(HypervisorError::NotOwned {
+                what: format!("libvirt domain {}", dom.name().unwrap_or_default()),
+            }),
+        }
+    }
+
+    fn require_owned(&self, conn: &Connect, id: Uuid) -> Result<Domain, HypervisorError> {
+        self.lookup_owned(conn, id)?
+            .ok_or(HypervisorError::NotFound { id })
+    }
+}
+
+/// Reads our `<metadata>` element; `None` if the domain has none.
+fn owner_tag(dom: &Domain) -> Result<Option<OwnerTag>, HypervisorError> {
+    let xml = match dom.metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(OWNER_XML_NAMESPACE),
+        0,
+    ) {
+        Ok(xml) => xml,
+        Err(e) if is_code(&e, ErrorNumber::NoDomainMetadata) => return Ok(None),
+        // The domain vanished between listing and reading: not ours to report.
+        Err(e) if is_code(&e, ErrorNumber::NoDomain) => return Ok(None),
+        Err(e) => return Err(libvirt_error("get metadata", e)),
+    };
+    let vm_id = first_tag_attribute(&xml, "vm-id").and_then(|v| Uuid::parse_str(&v).ok());
+    let Some(vm_id) = vm_id else {
+        // Our namespace but unreadable: treat as not ours rather than guess.
+        return Ok(None);
+    };
+    Ok(Some(OwnerTag {
+        vm_id,
+        platform_id: first_tag_attribute(&xml, "platform-id").and_then(|v| Uuid::parse_str(&v).ok()),
+        spec_hash: first_tag_attribute(&xml, "spec-hash").unwrap_or_default(),
+    }))
+}
+
+fn guest_info(dom: &Domain, tag: OwnerTag) -> Result<GuestInfo, HypervisorError> {
+    let info = dom.info().map_err(|e| libvirt_error("get info", e))?;
+    let state = match info.state {
+        virt::enumutil::Enum::Known(DomainState::Running)
+        | virt::enumutil::Enum::Known(DomainState::Blocked) => GuestState::Running,
+        virt::enumutil::Enum::Known(DomainState::Paused)
+        | virt::enumutil::Enum::Known(DomainState::PMSuspended) => GuestState::Paused,
+        virt::enumutil::Enum::Known(DomainState::Shutoff) => GuestState::Stopped,
+        virt::enumutil::Enum::Known(DomainState::Crashed) => GuestState::Crashed,
+        _ => GuestState::Other,
+    };
+    Ok(GuestInfo {
+        id: tag.vm_id,
+        name: dom.name().map_err(|e| libvirt_error("get name", e))?,
+        platform_id: tag.platform_id,
+        spec_hash: tag.spec_hash,
+        state,
+        vcpus: info.nr_virt_cpu,
+        memory_mib: info.memory / 1024,
+    })
+}
+
+fn is_active(dom: &Domain) -> Result<bool, HypervisorError> {
+    dom.is_active().map_err(|e| libvirt_error("is active", e))
+}
+
+fn is_paused(dom: &Domain) -> Result<bool, HypervisorError> {
+    let (state, _) = dom.state().map_err(|e| libvirt_error("get state", e))?;
+    Ok(matches!(
+        state,
+        virt::enumutil::Enum::Known(DomainState::Paused)
+    ))
+}
+
+fn is_code(err: &VirtError, code: ErrorNumber) -> bool {
+    err.code() == virt::enumutil::Enum::Known(code)
+}
+
+/// Classifies by libvirt's error number: lost connections and busy daemons
+/// are worth a retry, bad XML and unsupported operations are not.
+fn libvirt_error(operation: &'static str, err: VirtError) -> HypervisorError {
+    use ErrorNumber as N;
+    let class = match err.code() {
+        virt::enumutil::Enum::Known(
+            N::XmlError
+            | N::XmlDetail
+            | N::InvalidArg
+            | N::ConfigUnsupported
+            | N::NoSupport
+            | N::OperationUnsupported
+            | N::ArgumentUnsupported
+            | N::AuthFailed
+            | N::OperationDenied,
+        ) => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
+    };
+    HypervisorError::Libvirt {
+        operation,
+        code: format!("{:?}", err.code()),
+        message: err.message().to_string(),
+        class,
+    }
+}
+
+impl Hypervisor for LibvirtHypervisor {
+    fn kind(&self) -> BackendKind {
+        self.flavor.backend_kind()
+    }
+
+    fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
+        spec.validate()?;
+        let xml = domain_xml(spec, self.flavor);
+        let hash = spec.spec_hash();
+        self.with_conn(|conn| {
+            // A foreign domain with our name would be overwritten by define
+            // (libvirt matches on name too): refuse instead.
+            match conn.lookup_domain_by_name(&spec.name) {
+                Ok(dom) => {
+                    let owned = owner_tag(&dom)?.is_some_and(|t| t.vm_id == spec.id);
+                    if !owned {
+                        return Err(HypervisorError::NotOwned {
+                            what: format!("libvirt domain {}", spec.name),
+                        });
+                    }
+                }
+                Err(e) if is_code(&e, ErrorNumber::NoDomain) => {}
+                Err(e) => return Err(libvirt_error("lookup domain", e)),
+            }
+            let existing = self.lookup_owned(conn, spec.id)?;
+            let outcome = match &existing {
+                None => DefineOutcome::Created,
+                Some(dom) => {
+                    let tag = owner_tag(dom)?;
+                    if tag.is_some_and(|t| t.spec_hash == hash) {
+                        return Ok(DefineOutcome::Unchanged);
+                    }
+                    DefineOutcome::Updated {
+                        restart_required: is_active(dom)?,
+                    }
+                }
+            };
+            conn.define_domain_xml(&xml)
+                .map_err(|e| libvirt_error("define", e))?;
+            Ok(outcome)
+        })
+    }
+
+    fn start(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            if is_active(&dom)? {
+                return Ok(());
+            }
+            match dom.create() {
+                Ok(_) => Ok(()),
+                // Raced with another start: it is running, which is what we want.
+                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) && is_active(&dom)? => Ok(()),
+                Err(e) => Err(libvirt_error("start", e)),
+            }
+        })
+    }
+
+    fn pause(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            if !is_active(&dom)? {
+                return Err(HypervisorError::InvalidState {
+                    id,
+                    operation: "pause",
+                    state: GuestState::Stopped,
+                });
+            }
+            if is_paused(&dom)? {
+                return Ok(());
+            }
+            dom.suspend().map_err(|e| libvirt_error("suspend", e))
+        })
+    }
+
+    fn resume(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            if !is_active(&dom)? {
+                return Err(HypervisorError::InvalidState {
+                    id,
+                    operation: "resume",
+                    state: GuestState::Stopped,
+                });
+            }
+            if !is_paused(&dom)? {
+                return Ok(());
+            }
+            dom.resume().map_err(|e| libvirt_error("resume", e))
+        })
+    }
+
+    fn stop(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            if !is_active(&dom)? {
+                return Ok(());
+            }
+            match dom.destroy() {
+                Ok(()) => Ok(()),
+                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) && !is_active(&dom)? => {
+                    Ok(())
+                }
+                Err(e) => Err(libvirt_error("destroy", e)),
+            }
+        })
+    }
+
+    fn undefine(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.with_conn(|conn| {
+            let Some(dom) = self.lookup_owned(conn, id)? else {
+                return Ok(());
+            };
+            if is_active(&dom)? {
+                dom.destroy().map_err(|e| libvirt_error("destroy", e))?;
+            }
+            match dom.undefine() {
+                Ok(()) => Ok(()),
+                Err(e) if is_code(&e, ErrorNumber::NoDomain) => Ok(()),
+                Err(e) => Err(libvirt_error("undefine", e)),
+            }
+        })
+    }
+
+    fn info(&self, id: Uuid) -> Result<Option<GuestInfo>, HypervisorError> {
+        self.with_conn(|conn| {
+            let Some(dom) = self.lookup_owned(conn, id)? else {
+                return Ok(None);
+            };
+            match owner_tag(&dom)? {
+                Some(tag) => guest_info(&dom, tag).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError> {
+        self.with_conn(|conn| {
+            let domains = conn
+                .list_all_domains(0)
+                .map_err(|e| libvirt_error("list domains", e))?;
+            let mut guests = Vec::new();
+            for dom in domains {
+                if let Some(tag) = owner_tag(&dom)? {
+                    match guest_info(&dom, tag) {
+                        Ok(info) => guests.push(info),
+                        // Undefined between list and info: just gone.
+                        Err(HypervisorError::Libvirt { code, .. })
+                            if code.contains("NoDomain") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            guests.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(guests)
+        })
+    }
+
+    fn set_vcpus(&self, id: Uuid, vcpus: u32) -> Result<ResizeOutcome, HypervisorError> {
+        if !(1..=64).contains(&vcpus) {
+            return Err(HypervisorError::InvalidSpec {
+                field: "vcpus",
+                reason: format!("must be 1 to 64, got {vcpus}"),
+            });
+        }
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            let config = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            let max = dom
+                .vcpus_flags(config | sys::VIR_DOMAIN_VCPU_MAXIMUM)
+                .map_err(|e| libvirt_error("get max vcpus", e))?;
+            // Persist first: raise the maximum when needed, then the count.
+            if vcpus > max {
+                dom.set_vcpus_flags(vcpus, config | sys::VIR_DOMAIN_VCPU_MAXIMUM)
+                    .map_err(|e| libvirt_error("set max vcpus", e))?;
+            }
+            dom.set_vcpus_flags(vcpus, config)
+                .map_err(|e| libvirt_error("set vcpus", e))?;
+            if !is_active(&dom)? {
+                return Ok(ResizeOutcome::Applied);
+            }
+            if vcpus > max {
+                return Ok(ResizeOutcome::RestartRequired);
+            }
+            match dom.set_vcpus_flags(vcpus, sys::VIR_DOMAIN_AFFECT_LIVE) {
+                Ok(()) => Ok(ResizeOutcome::Applied),
+                // Hot(un)plug not supported by this guest/driver: next boot.
+                Err(e) if libvirt_error("set vcpus", e.clone()).class() == ErrorClass::Permanent => {
+                    Ok(ResizeOutcome::RestartRequired)
+                }
+                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) || is_code(&e, ErrorNumber::OperationFailed) => {
+                    Ok(ResizeOutcome::RestartRequired)
+                }
+                Err(e) => Err(libvirt_error("set vcpus", e)),
+            }
+        })
+    }
+
+    fn set_memory(&self, id: Uuid, memory_mib: u64) -> Result<ResizeOutcome, HypervisorError> {
+        if !(16..=1024 * 1024).contains(&memory_mib) {
+            return Err(HypervisorError::InvalidSpec {
+                field: "memory_mib",
+                reason: format!("must be 16 to 1048576, got {memory_mib}"),
+            });
+        }
+        let kib = memory_mib * 1024;
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            let config = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            let live_max_kib = dom
+                .max_memory()
+                .map_err(|e| libvirt_error("get max memory", e))?;
+            let active = is_active(&dom)?;
+            // Persisted maximum and current size follow the new value.
+            dom.set_memory_flags(kib, config | sys::VIR_DOMAIN_MEM_MAXIMUM)
+                .map_err(|e| libvirt_error("set max memory", e))?;
+            dom.set_memory_flags(kib, config)
+                .map_err(|e| libvirt_error("set memory", e))?;
+            if !active {
+                return Ok(ResizeOutcome::Applied);
+            }
+            // A running guest can only balloon within the maximum it booted with.
+            if kib > live_max_kib {
+                return Ok(ResizeOutcome::RestartRequired);
+            }
+            match dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE) {
+                Ok(()) => Ok(ResizeOutcome::Applied),
+                Err(e) if is_code(&e, ErrorNumber::OperationInvalid)
+                    || is_code(&e, ErrorNumber::OperationFailed)
+                    || is_code(&e, ErrorNumber::NoSupport)
+                    || is_code(&e, ErrorNumber::OperationUnsupported) =>
+                {
+                    Ok(ResizeOutcome::RestartRequired)
+                }
+                Err(e) => Err(libvirt_error("set memory", e)),
+            }
+        })
+    }
+}

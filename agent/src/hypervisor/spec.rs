@@ -1,0 +1,377 @@
+//! The typed description of one guest, shared by all backends.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::HypervisorError;
+
+/// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// Everything a backend needs to create one guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// VM id; becomes the libvirt domain UUID.
+    pub id: Uuid,
+    /// Host-visible name (libvirt domain name). `[A-Za-z0-9_.-]`, at most 64 chars.
+    pub name: String,
+    /// Virtual platform (slice) the VM belongs to.
+    pub platform_id: Option<Uuid>,
+    /// Number of virtual CPUs, 1..=64.
+    pub vcpus: u32,
+    /// Memory, MiB, at least 16.
+    pub memory_mib: u64,
+    /// Size of the root disk the image should have, MiB (0: diskless appliance).
+    pub disk_mib: u64,
+    /// Size of the swap disk, MiB (0: none).
+    pub swap_mib: u64,
+    /// What to boot. Ignored by the namespace backend.
+    pub boot: BootImage,
+    /// The guest's one network interface, if any.
+    pub nic: Option<NicSpec>,
+}
+
+/// A direct-kernel-boot appliance (kernel + initrd, optional disk).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootImage {
+    /// Absolute path of the kernel (vmlinuz) on the node.
+    pub kernel: PathBuf,
+    /// Absolute path of the initramfs on the node.
+    pub initrd: PathBuf,
+    /// Absolute path of a raw root disk image, if the appliance has one.
+    pub disk: Option<PathBuf>,
+    /// Extra kernel command line, appended after the generated part
+    /// (console, `measurelab.ip`, `measurelab.vm_id`).
+    pub extra_cmdline: String,
+    /// If set, the serial console is written to this file (QEMU and test
+    /// driver); otherwise it is a pty.
+    pub console_log: Option<PathBuf>,
+}
+
+/// How the guest's interface reaches Open vSwitch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NicAttach {
+    /// `<interface type='bridge'>` with `<virtualport type='openvswitch'/>`:
+    /// libvirt runs `ovs-vsctl` itself against the default OVSDB socket.
+    OvsVirtualport,
+    /// `<interface type='ethernet'>`: libvirt only creates the tap named
+    /// `port_name`; the agent's OVS module adds it to the bridge (with the
+    /// VLAN tag) through OVSDB. Needed when OVS runs with a private run dir.
+    TapOnly,
+    /// QEMU user-mode networking: no host port at all. Tests only.
+    UserMode,
+}
+
+/// The guest's interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    /// Unicast MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// OVS bridge the port joins.
+    pub bridge: String,
+    /// VLAN tag of the virtual platform (1..=4094), if any.
+    pub vlan_tag: Option<u16>,
+    /// Host-side port name (tap or veth), at most 15 chars.
+    pub port_name: String,
+    /// Guest address with prefix, e.g. `10.200.9.2/24`.
+    pub ipv4_cidr: Option<String>,
+    /// How the port is attached.
+    pub attach: NicAttach,
+}
+
+impl GuestSpec {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), HypervisorError> {
+        let invalid = |field: &'static str, reason: String| HypervisorError::InvalidSpec {
+            field,
+            reason,
+        };
+        if self.id.is_nil() {
+            return Err(invalid("id", "must not be the nil UUID".into()));
+        }
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(invalid(
+                "name",
+                format!("must be 1 to 64 characters, got {}", self.name.len()),
+            ));
+        }
+        if let Some(bad) = self
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(invalid(
+                "name",
+                format!("character {bad:?} is not allowed (use A-Z a-z 0-9 - _ .)"),
+            ));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(invalid(
+                "vcpus",
+                format!("must be 1 to 64, got {}", self.vcpus),
+            ));
+        }
+        if !(16..=1024 * 1024).contains(&self.memory_mib) {
+            return Err(invalid(
+                "memory_mib",
+                format!("must be 16 to 1048576, got {}", self.memory_mib),
+            ));
+        }
+        self.boot.validate()?;
+        if let Some(nic) = &self.nic {
+            nic.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Stable hash of the whole spec (FNV-1a 64 over its JSON form), written
+    /// into the guest's tag so the reconcile loop can tell whether a guest
+    /// matches its spec without parsing it back. Stable across Rust releases,
+    /// unlike `DefaultHasher`.
+    pub fn spec_hash(&self) -> String {
+        // Serializing a struct of plain fields cannot fail.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        format!("{:016x}", fnv1a64(&bytes))
+    }
+
+    /// First 8 hex digits of the id: short names for namespaces and ports.
+    pub fn short_id(&self) -> String {
+        short_id(self.id)
+    }
+}
+
+/// First 8 hex digits of a UUID.
+pub(crate) fn short_id(id: Uuid) -> String {
+    id.simple().to_string()[..8].to_string()
+}
+
+impl BootImage {
+    fn validate(&self) -> Result<(), HypervisorError> {
+        for (field, path) in [("boot.kernel", &self.kernel), ("boot.initrd", &self.initrd)] {
+            if !path.is_absolute() {
+                return Err(HypervisorError::InvalidSpec {
+                    field,
+                    reason: format!("must be an absolute path, got {}", path.display()),
+                });
+            }
+        }
+        if let Some(disk) = &self.disk {
+            if !disk.is_absolute() {
+                return Err(HypervisorError::InvalidSpec {
+                    field: "boot.disk",
+                    reason: format!("must be an absolute path, got {}", disk.display()),
+                });
+            }
+        }
+        if let Some(log) = &self.console_log {
+            if !log.is_absolute() {
+                return Err(HypervisorError::InvalidSpec {
+                    field: "boot.console_log",
+                    reason: format!("must be an absolute path, got {}", log.display()),
+                });
+            }
+        }
+        if self.extra_cmdline.chars().any(|c| c.is_control()) {
+            return Err(HypervisorError::InvalidSpec {
+                field: "boot.extra_cmdline",
+                reason: "must not contain control characters".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl NicSpec {
+    fn validate(&self) -> Result<(), HypervisorError> {
+        parse_mac(&self.mac).map_err(|reason| HypervisorError::InvalidSpec {
+            field: "nic.mac",
+            reason,
+        })?;
+        validate_ifname(&self.port_name).map_err(|reason| HypervisorError::InvalidSpec {
+            field: "nic.port_name",
+            reason,
+        })?;
+        if self.attach != NicAttach::UserMode {
+            validate_ifname(&self.bridge).map_err(|reason| HypervisorError::InvalidSpec {
+                field: "nic.bridge",
+                reason,
+            })?;
+        }
+        if let Some(tag) = self.vlan_tag {
+            if !(1..=4094).contains(&tag) {
+                return Err(HypervisorError::InvalidSpec {
+                    field: "nic.vlan_tag",
+                    reason: format!("must be 1 to 4094, got {tag}"),
+                });
+            }
+        }
+        if let Some(cidr) = &self.ipv4_cidr {
+            parse_cidr(cidr).map_err(|reason| HypervisorError::InvalidSpec {
+                field: "nic.ipv4_cidr",
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`; rejects multicast MACs (a NIC must be unicast).
+pub(crate) fn parse_mac(mac: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{mac:?} is not six colon-separated hex octets"));
+    }
+    let mut bytes = [0u8; 6];
+    for (byte, part) in bytes.iter_mut().zip(&parts) {
+        if part.len() != 2 {
+            return Err(format!("{mac:?}: octet {part:?} must be two hex digits"));
+        }
+        *byte = u8::from_str_radix(part, 16)
+            .map_err(|_| format!("{mac:?}: octet {part:?} is not hex"))?;
+    }
+    if bytes[0] & 1 == 1 {
+        return Err(format!("{mac:?} is a multicast address"));
+    }
+    Ok(bytes)
+}
+
+/// Parses `a.b.c.d/len`.
+pub(crate) fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} has no /prefix"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("prefix {len:?} must be 0 to 32"))?;
+    Ok((addr, len))
+}
+
+/// Linux interface name rules: 1..=15 bytes, no '/', ':' or whitespace.
+pub(crate) fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "{name:?} must be 1 to {MAX_IFNAME_LEN} bytes, got {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is reserved"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("{name:?}: character {bad:?} is not allowed"));
+    }
+    Ok(())
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_spec() -> GuestSpec {
+        GuestSpec {
+            id: Uuid::parse_str("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8").unwrap(),
+            name: "mlab-vm-6f1c2a3b".into(),
+            platform_id: Some(Uuid::parse_str("0a0b0c0d-0e0f-4011-8213-141516171819").unwrap()),
+            vcpus: 2,
+            memory_mib: 256,
+            disk_mib: 0,
+            swap_mib: 0,
+            boot: BootImage {
+                kernel: "/var/lib/measurelab/appliances/measurelab-tiny/vmlinuz".into(),
+                initrd: "/var/lib/measurelab/appliances/measurelab-tiny/initrd.img".into(),
+                disk: None,
+                extra_cmdline: "quiet".into(),
+                console_log: Some("/var/log/measurelab/6f1c2a3b.console.log".into()),
+            },
+            nic: Some(NicSpec {
+                mac: "52:54:00:6f:1c:2a".into(),
+                bridge: "br-int".into(),
+                vlan_tag: Some(101),
+                port_name: "vm-6f1c2a3b".into(),
+                ipv4_cidr: Some("10.200.9.2/24".into()),
+                attach: NicAttach::OvsVirtualport,
+            }),
+        }
+    }
+
+    #[test]
+    fn sample_is_valid() {
+        sample_spec().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut GuestSpec)>)> = vec![
+            ("name", Box::new(|s| s.name = "bad name".into())),
+            ("vcpus", Box::new(|s| s.vcpus = 0)),
+            ("memory_mib", Box::new(|s| s.memory_mib = 8)),
+            ("boot.kernel", Box::new(|s| s.boot.kernel = "vmlinuz".into())),
+            (
+                "nic.mac",
+                Box::new(|s| s.nic.as_mut().unwrap().mac = "01:00:5e:00:00:01".into()),
+            ),
+            (
+                "nic.mac",
+                Box::new(|s| s.nic.as_mut().unwrap().mac = "52:54:00:zz:00:01".into()),
+            ),
+            (
+                "nic.port_name",
+                Box::new(|s| s.nic.as_mut().unwrap().port_name = "a-very-long-port-name".into()),
+            ),
+            (
+                "nic.vlan_tag",
+                Box::new(|s| s.nic.as_mut().unwrap().vlan_tag = Some(4095)),
+            ),
+            (
+                "nic.ipv4_cidr",
+                Box::new(|s| s.nic.as_mut().unwrap().ipv4_cidr = Some("10.200.1.2/33".into())),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut spec = sample_spec();
+            mutate(&mut spec);
+            match spec.validate() {
+                Err(HypervisorError::InvalidSpec { field: got, .. }) => {
+                    assert_eq!(got, field, "wrong field reported")
+                }
+                other => panic!("expected InvalidSpec for {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_sensitive() {
+        let spec = sample_spec();
+        assert_eq!(spec.spec_hash(), sample_spec().spec_hash());
+        assert_eq!(spec.spec_hash().len(), 16);
+        let mut changed = sample_spec();
+        changed.memory_mib += 1;
+        assert_ne!(spec.spec_hash(), changed.spec_hash());
+    }
+
+    #[test]
+    fn short_id_is_eight_hex() {
+        assert_eq!(sample_spec().short_id(), "6f1c2a3b");
+    }
+}
