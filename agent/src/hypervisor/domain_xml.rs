@@ -101,7 +101,11 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
     let _ = writeln!(x, "<domain type='{}'>", flavor.domain_type());
     let _ = writeln!(x, "  <name>{}</name>", esc(&spec.name));
     let _ = writeln!(x, "  <uuid>{}</uuid>", spec.id);
-    let _ = writeln!(x, "  <metadata>\n    {}\n  </metadata>", owner_metadata(spec));
+    let _ = writeln!(
+        x,
+        "  <metadata>\n    {}\n  </metadata>",
+        owner_metadata(spec)
+    );
     let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", spec.memory_mib);
     let _ = writeln!(
         x,
@@ -149,11 +153,7 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
         };
         x.push_str("    <disk type='file' device='disk'>\n");
         x.push_str("      <driver name='qemu' type='raw'/>\n");
-        let _ = writeln!(
-            x,
-            "      <source file='{}'/>",
-            esc(&disk.to_string_lossy())
-        );
+        let _ = writeln!(x, "      <source file='{}'/>", esc(&disk.to_string_lossy()));
         let _ = writeln!(x, "      <target dev='{target}' bus='{bus}'/>");
         x.push_str("    </disk>\n");
     }
@@ -188,7 +188,9 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
     }
     match (flavor, &spec.boot.console_log) {
         (DomainFlavor::XenPv, _) => {
-            x.push_str("    <console type='pty'>\n      <target type='xen' port='0'/>\n    </console>\n");
+            x.push_str(
+                "    <console type='pty'>\n      <target type='xen' port='0'/>\n    </console>\n",
+            );
         }
         (_, Some(log)) => {
             x.push_str("    <serial type='file'>\n");
@@ -412,19 +414,28 @@ mod tests {
             first_tag_attribute(&meta, "platform-id").as_deref(),
             Some("0a0b0c0d-0e0f-4011-8213-141516171819")
         );
-        assert_eq!(first_tag_attribute(&meta, "spec-hash"), Some(spec.spec_hash()));
+        assert_eq!(
+            first_tag_attribute(&meta, "spec-hash"),
+            Some(spec.spec_hash())
+        );
         // "id" must not match the tail of "vm-id" or "platform-id".
         assert_eq!(first_tag_attribute(&meta, "id"), None);
     }
 
     #[test]
     fn flavor_from_uri() {
-        assert_eq!(DomainFlavor::for_uri("xen:///system"), Some(DomainFlavor::XenPv));
+        assert_eq!(
+            DomainFlavor::for_uri("xen:///system"),
+            Some(DomainFlavor::XenPv)
+        );
         assert_eq!(
             DomainFlavor::for_uri("qemu+ssh://h/system"),
             Some(DomainFlavor::Qemu(QemuAccel::Tcg))
         );
-        assert_eq!(DomainFlavor::for_uri("test:///default"), Some(DomainFlavor::Test));
+        assert_eq!(
+            DomainFlavor::for_uri("test:///default"),
+            Some(DomainFlavor::Test)
+        );
         assert_eq!(DomainFlavor::for_uri("lxc:///"), None);
     }
 }

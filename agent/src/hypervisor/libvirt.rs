@@ -48,6 +48,11 @@ impl LibvirtHypervisor {
 
     /// Opens `uri` and generates XML of `flavor` (e.g. KVM instead of TCG).
     pub fn connect_with_flavor(uri: &str, flavor: DomainFlavor) -> Result<Self, HypervisorError> {
+        // libvirt's default handler prints every error to stderr, including
+        // the expected "Domain not found" of idempotent calls. Errors reach
+        // callers as values; the handler is process-wide, which is fine for
+        // the agent (the only libvirt user in its process).
+        virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| libvirt_error("connect", e))?;
         Ok(LibvirtHypervisor {
             uri: uri.to_string(),
@@ -66,6 +71,14 @@ impl LibvirtHypervisor {
         self.flavor
     }
 
+    /// A handle on the same connection (libvirt reference-counts it). For
+    /// capability probes and tests that must share the test driver's
+    /// per-connection state; anything done through it bypasses the
+    /// ownership checks.
+    pub fn connection(&self) -> Result<Connect, HypervisorError> {
+        self.with_conn(|conn| Ok(conn.clone()))
+    }
+
     /// Runs `f` on a live connection, reopening it once if libvirtd went
     /// away (daemon restart). The test driver is never reopened: that would
     /// silently reset its state.
@@ -73,15 +86,12 @@ impl LibvirtHypervisor {
         &self,
         f: impl Fn(&Connect) -> Result<T, HypervisorError>,
     ) -> Result<T, HypervisorError> {
-        let mut guard = self
-            .conn
-            .lock()
-            .map_err(|_| HypervisorError::Libvirt {
-                operation: "lock connection",
-                code: "Poisoned".into(),
-                message: "a previous libvirt call panicked".into(),
-                class: ErrorClass::Permanent,
-            })?;
+        let mut guard = self.conn.lock().map_err(|_| HypervisorError::Libvirt {
+            operation: "lock connection",
+            code: "Poisoned".into(),
+            message: "a previous libvirt call panicked".into(),
+            class: ErrorClass::Permanent,
+        })?;
         let alive = guard
             .as_ref()
             .map(|c| c.is_alive().unwrap_or(false))
@@ -124,12 +134,29 @@ impl LibvirtHypervisor {
     }
 }
 
-/// Reads our `<metadata>` element; `None` if the domain has none.
+/// Reads our `<metadata>` element from the persistent definition (what the
+/// next boot runs), falling back to the live one for transient domains.
+/// `None` if the domain has none.
 fn owner_tag(dom: &Domain) -> Result<Option<OwnerTag>, HypervisorError> {
+    match read_owner_tag(dom, sys::VIR_DOMAIN_AFFECT_CONFIG) {
+        Err(HypervisorError::Libvirt { code, .. }) if code.contains("OperationInvalid") => {
+            read_owner_tag(dom, 0)
+        }
+        other => other,
+    }
+}
+
+/// Our tag in the running definition; differs from [`owner_tag`] after a
+/// redefine of a running guest, until it restarts.
+fn live_owner_tag(dom: &Domain) -> Result<Option<OwnerTag>, HypervisorError> {
+    read_owner_tag(dom, sys::VIR_DOMAIN_AFFECT_LIVE)
+}
+
+fn read_owner_tag(dom: &Domain, flags: u32) -> Result<Option<OwnerTag>, HypervisorError> {
     let xml = match dom.metadata(
         sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
         Some(OWNER_XML_NAMESPACE),
-        0,
+        flags,
     ) {
         Ok(xml) => xml,
         Err(e) if is_code(&e, ErrorNumber::NoDomainMetadata) => return Ok(None),
@@ -144,7 +171,8 @@ fn owner_tag(dom: &Domain) -> Result<Option<OwnerTag>, HypervisorError> {
     };
     Ok(Some(OwnerTag {
         vm_id,
-        platform_id: first_tag_attribute(&xml, "platform-id").and_then(|v| Uuid::parse_str(&v).ok()),
+        platform_id: first_tag_attribute(&xml, "platform-id")
+            .and_then(|v| Uuid::parse_str(&v).ok()),
         spec_hash: first_tag_attribute(&xml, "spec-hash").unwrap_or_default(),
     }))
 }
@@ -160,7 +188,14 @@ fn guest_info(dom: &Domain, tag: OwnerTag) -> Result<GuestInfo, HypervisorError>
         virt::enumutil::Enum::Known(DomainState::Crashed) => GuestState::Crashed,
         _ => GuestState::Other,
     };
+    let restart_pending = match state {
+        GuestState::Running | GuestState::Paused => {
+            live_owner_tag(dom)?.is_some_and(|live| live.spec_hash != tag.spec_hash)
+        }
+        _ => false,
+    };
     Ok(GuestInfo {
+        restart_pending,
         id: tag.vm_id,
         name: dom.name().map_err(|e| libvirt_error("get name", e))?,
         platform_id: tag.platform_id,
@@ -313,9 +348,7 @@ impl Hypervisor for LibvirtHypervisor {
             }
             match dom.destroy() {
                 Ok(()) => Ok(()),
-                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) && !is_active(&dom)? => {
-                    Ok(())
-                }
+                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) && !is_active(&dom)? => Ok(()),
                 Err(e) => Err(libvirt_error("destroy", e)),
             }
         })
@@ -360,8 +393,8 @@ impl Hypervisor for LibvirtHypervisor {
                     match guest_info(&dom, tag) {
                         Ok(info) => guests.push(info),
                         // Undefined between list and info: just gone.
-                        Err(HypervisorError::Libvirt { code, .. })
-                            if code.contains("NoDomain") => {}
+                        Err(HypervisorError::Libvirt { code, .. }) if code.contains("NoDomain") => {
+                        }
                         Err(e) => return Err(e),
                     }
                 }
@@ -400,10 +433,15 @@ impl Hypervisor for LibvirtHypervisor {
             match dom.set_vcpus_flags(vcpus, sys::VIR_DOMAIN_AFFECT_LIVE) {
                 Ok(()) => Ok(ResizeOutcome::Applied),
                 // Hot(un)plug not supported by this guest/driver: next boot.
-                Err(e) if libvirt_error("set vcpus", e.clone()).class() == ErrorClass::Permanent => {
+                Err(e)
+                    if libvirt_error("set vcpus", e.clone()).class() == ErrorClass::Permanent =>
+                {
                     Ok(ResizeOutcome::RestartRequired)
                 }
-                Err(e) if is_code(&e, ErrorNumber::OperationInvalid) || is_code(&e, ErrorNumber::OperationFailed) => {
+                Err(e)
+                    if is_code(&e, ErrorNumber::OperationInvalid)
+                        || is_code(&e, ErrorNumber::OperationFailed) =>
+                {
                     Ok(ResizeOutcome::RestartRequired)
                 }
                 Err(e) => Err(libvirt_error("set vcpus", e)),
@@ -440,10 +478,11 @@ impl Hypervisor for LibvirtHypervisor {
             }
             match dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE) {
                 Ok(()) => Ok(ResizeOutcome::Applied),
-                Err(e) if is_code(&e, ErrorNumber::OperationInvalid)
-                    || is_code(&e, ErrorNumber::OperationFailed)
-                    || is_code(&e, ErrorNumber::NoSupport)
-                    || is_code(&e, ErrorNumber::OperationUnsupported) =>
+                Err(e)
+                    if is_code(&e, ErrorNumber::OperationInvalid)
+                        || is_code(&e, ErrorNumber::OperationFailed)
+                        || is_code(&e, ErrorNumber::NoSupport)
+                        || is_code(&e, ErrorNumber::OperationUnsupported) =>
                 {
                     Ok(ResizeOutcome::RestartRequired)
                 }

@@ -85,6 +85,9 @@ pub struct GuestInfo {
     pub vcpus: u32,
     /// Memory currently in effect, MiB.
     pub memory_mib: u64,
+    /// The guest runs an older definition than `spec_hash`: it was redefined
+    /// while running and needs a stop + start to pick the change up.
+    pub restart_pending: bool,
 }
 
 /// Result of [`Hypervisor::define`].

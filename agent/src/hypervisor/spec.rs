@@ -86,10 +86,8 @@ pub struct NicSpec {
 impl GuestSpec {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), HypervisorError> {
-        let invalid = |field: &'static str, reason: String| HypervisorError::InvalidSpec {
-            field,
-            reason,
-        };
+        let invalid =
+            |field: &'static str, reason: String| HypervisorError::InvalidSpec { field, reason };
         if self.id.is_nil() {
             return Err(invalid("id", "must not be the nil UUID".into()));
         }
@@ -322,11 +320,15 @@ pub(crate) mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut GuestSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut GuestSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("name", Box::new(|s| s.name = "bad name".into())),
             ("vcpus", Box::new(|s| s.vcpus = 0)),
             ("memory_mib", Box::new(|s| s.memory_mib = 8)),
-            ("boot.kernel", Box::new(|s| s.boot.kernel = "vmlinuz".into())),
+            (
+                "boot.kernel",
+                Box::new(|s| s.boot.kernel = "vmlinuz".into()),
+            ),
             (
                 "nic.mac",
                 Box::new(|s| s.nic.as_mut().unwrap().mac = "01:00:5e:00:00:01".into()),
