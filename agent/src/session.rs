@@ -1,0 +1,399 @@
+//! Register + heartbeat loop and the log shipper.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{
+    Capabilities, HeartbeatRequest, LogLine, RegisterRequest, ShipLogsRequest,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::backoff::Backoff;
+use crate::capabilities::{self, ProbeTargets};
+use crate::identity::{self, Identity};
+use crate::logs::{self, LogBuffer};
+use crate::usage::UsageSampler;
+use crate::{AgentConfig, AgentError};
+
+/// Interval used until the controller tells us its own.
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// First retry delay after a failure.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// A refused registration is a configuration problem; retry it slowly so the
+/// controller's event log is not flooded, but keep trying so fixing the
+/// token on the controller side is enough.
+const REFUSED_RETRY_CAP: Duration = Duration::from_secs(30);
+/// Per-request deadline; a hung controller counts as unreachable.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often capabilities are re-probed: an operator may install or remove a
+/// hypervisor, and ovs-vswitchd fills in datapath types after it starts.
+const CAPABILITY_REFRESH: Duration = Duration::from_secs(30);
+/// Lines per ShipLogs call.
+const LOG_BATCH: usize = 500;
+/// How often queued log lines are shipped.
+const LOG_SHIP_PERIOD: Duration = Duration::from_secs(1);
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a call to the controller failed, from the agent's point of view.
+#[derive(Debug)]
+enum Failure {
+    /// Network trouble or the controller is down: retry soon.
+    Unreachable(tonic::Status),
+    /// The controller does not accept our identity: register again.
+    IdentityUnknown(tonic::Status),
+    /// The controller refuses the registration itself (join token, name).
+    Refused(tonic::Status),
+}
+
+fn classify(status: tonic::Status) -> Failure {
+    match status.code() {
+        Code::Unauthenticated | Code::NotFound => Failure::IdentityUnknown(status),
+        Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::FailedPrecondition => Failure::Refused(status),
+        _ => Failure::Unreachable(status),
+    }
+}
+
+pub(crate) async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let persisted = identity::load(&config.state_dir)?;
+
+    // Validated in AgentConfig::validate, so this cannot fail here.
+    let endpoint = Endpoint::from_shared(config.controller.clone()).map_err(|e| {
+        AgentError::InvalidConfig {
+            field: "controller".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect_lazy();
+    let client = NodeServiceClient::new(channel);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+
+    let targets = ProbeTargets {
+        libvirt_uris: config.libvirt_uris.clone(),
+        ovsdb: config.ovsdb.clone(),
+    };
+    let initial_caps = capabilities::probe(&targets).await;
+    tracing::info!(
+        libvirt = ?initial_caps.libvirt_uris,
+        namespace_backend = initial_caps.namespace_backend,
+        ovs = ?initial_caps.ovs_datapath_types,
+        tools = ?initial_caps.service_tools,
+        "probed capabilities"
+    );
+    let (caps_tx, caps_rx) = watch::channel(initial_caps);
+    let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
+
+    let (identity_tx, identity_rx) = watch::channel(None::<Identity>);
+    let (interval_tx, interval_rx) = watch::channel(DEFAULT_HEARTBEAT_INTERVAL);
+    let shipper = tokio::spawn(ship_logs(
+        client.clone(),
+        logs::process_buffer(),
+        identity_rx,
+        interval_rx,
+        shutdown_rx.clone(),
+    ));
+
+    let mut session = Session {
+        client,
+        config,
+        node_id_hint: persisted.map(|i| i.node_id).unwrap_or_default(),
+        identity: None,
+        identity_tx,
+        interval: DEFAULT_HEARTBEAT_INTERVAL,
+        interval_tx,
+        sampler: UsageSampler::new(),
+        sequence: 0,
+        caps_rx,
+    };
+    let result = session.run_until(shutdown_rx).await;
+    refresher.abort();
+    // Give the shipper a moment to flush the last lines (it stops itself on
+    // shutdown after one final attempt).
+    let _ = tokio::time::timeout(Duration::from_secs(2), shipper).await;
+    result
+}
+
+struct Session {
+    client: NodeServiceClient<Channel>,
+    config: AgentConfig,
+    /// Id to ask for when registering: the persisted one, so a restarted or
+    /// forgotten node keeps its identity.
+    node_id_hint: String,
+    identity: Option<Identity>,
+    identity_tx: watch::Sender<Option<Identity>>,
+    interval: Duration,
+    interval_tx: watch::Sender<Duration>,
+    sampler: UsageSampler,
+    sequence: u64,
+    caps_rx: watch::Receiver<Capabilities>,
+}
+
+impl Session {
+    async fn run_until(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let mut backoff = Backoff::new(INITIAL_BACKOFF, self.interval);
+        let mut refused_backoff = Backoff::new(INITIAL_BACKOFF, REFUSED_RETRY_CAP);
+        loop {
+            let started = Instant::now();
+            let outcome = if self.identity.is_none() {
+                self.register().await
+            } else {
+                self.heartbeat().await
+            };
+            let wait = match outcome {
+                Ok(()) => {
+                    backoff.set_cap(self.interval);
+                    backoff.reset();
+                    refused_backoff.reset();
+                    self.interval.saturating_sub(started.elapsed())
+                }
+                Err(Failure::Unreachable(status)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        controller = %self.config.controller,
+                        error = %status.message(),
+                        code = ?status.code(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "controller unreachable"
+                    );
+                    delay
+                }
+                Err(Failure::IdentityUnknown(status)) if self.identity.is_some() => {
+                    tracing::warn!(
+                        error = %status.message(),
+                        "controller does not accept this node's identity; registering again"
+                    );
+                    self.identity = None;
+                    let _ = self.identity_tx.send(None);
+                    Duration::ZERO
+                }
+                Err(Failure::IdentityUnknown(status)) | Err(Failure::Refused(status)) => {
+                    let delay = refused_backoff.next_delay();
+                    tracing::error!(
+                        name = %self.config.name,
+                        error = %status.message(),
+                        code = ?status.code(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "controller refused registration"
+                    );
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    tracing::info!("agent shutting down");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn usage(&mut self) -> Option<measurelab_api::node_v1::ResourceUsage> {
+        match self.sampler.sample(&self.config.state_dir) {
+            Ok(usage) => Some(usage),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sample resource use");
+                None
+            }
+        }
+    }
+
+    async fn register(&mut self) -> Result<(), Failure> {
+        let capabilities = Some(self.caps_rx.borrow().clone());
+        let usage = self.usage();
+        let request = RegisterRequest {
+            join_token: self.config.join_token.clone(),
+            name: self.config.name.clone(),
+            node_id: self.node_id_hint.clone(),
+            agent_version: AGENT_VERSION.to_string(),
+            capabilities,
+            usage,
+            labels: self.config.labels.clone().into_iter().collect(),
+            management_address: self.config.management_address.clone(),
+        };
+        let response = self
+            .client
+            .register(request)
+            .await
+            .map_err(classify)?
+            .into_inner();
+        let identity = Identity {
+            node_id: response.node_id,
+            node_secret: response.node_secret,
+        };
+        if let Err(e) = identity::store(&self.config.state_dir, &identity) {
+            // Without the file a restart would make a new node; still run,
+            // but say so loudly.
+            tracing::error!(error = %e, "cannot persist node identity");
+        }
+        if !self.node_id_hint.is_empty() && self.node_id_hint != identity.node_id {
+            tracing::warn!(old = %self.node_id_hint, new = %identity.node_id, "controller assigned a new node id");
+        }
+        tracing::info!(node_id = %identity.node_id, name = %self.config.name, "registered with the controller");
+        self.node_id_hint = identity.node_id.clone();
+        self.set_interval(response.heartbeat_interval_seconds);
+        self.identity = Some(identity.clone());
+        let _ = self.identity_tx.send(Some(identity));
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), Failure> {
+        let Some(identity) = self.identity.clone() else {
+            return Err(Failure::IdentityUnknown(tonic::Status::unauthenticated(
+                "not registered",
+            )));
+        };
+        self.sequence += 1;
+        let capabilities = Some(self.caps_rx.borrow().clone());
+        let usage = self.usage();
+        let request = HeartbeatRequest {
+            node_id: identity.node_id,
+            node_secret: identity.node_secret,
+            sequence: self.sequence,
+            agent_version: AGENT_VERSION.to_string(),
+            capabilities,
+            usage,
+            observed_generation: 0,
+        };
+        let response = self
+            .client
+            .heartbeat(request)
+            .await
+            .map_err(classify)?
+            .into_inner();
+        self.set_interval(response.heartbeat_interval_seconds);
+        Ok(())
+    }
+
+    fn set_interval(&mut self, seconds: u32) {
+        // 0 means an old controller that does not say; keep what we have.
+        if seconds == 0 {
+            return;
+        }
+        let interval = Duration::from_secs(u64::from(seconds));
+        if interval != self.interval {
+            tracing::info!(seconds, "heartbeat interval set by the controller");
+            self.interval = interval;
+            let _ = self.interval_tx.send(interval);
+        }
+    }
+}
+
+async fn refresh_capabilities(
+    targets: ProbeTargets,
+    caps_tx: watch::Sender<Capabilities>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CAPABILITY_REFRESH) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let caps = capabilities::probe(&targets).await;
+        caps_tx.send_if_modified(|current| {
+            if *current == caps {
+                return false;
+            }
+            tracing::info!(libvirt = ?caps.libvirt_uris, namespace_backend = caps.namespace_backend,
+                ovs = ?caps.ovs_datapath_types, tools = ?caps.service_tools, "capabilities changed");
+            *current = caps;
+            true
+        });
+    }
+}
+
+async fn ship_logs(
+    mut client: NodeServiceClient<Channel>,
+    buffer: Arc<LogBuffer>,
+    identity_rx: watch::Receiver<Option<Identity>>,
+    interval_rx: watch::Receiver<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(LOG_SHIP_PERIOD, *interval_rx.borrow());
+    let mut wait = LOG_SHIP_PERIOD;
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        backoff.set_cap((*interval_rx.borrow()).max(LOG_SHIP_PERIOD));
+        wait = LOG_SHIP_PERIOD;
+        let identity = identity_rx.borrow().clone();
+        if let Some(identity) = identity {
+            while !buffer.is_empty() || buffer.dropped() > 0 {
+                match ship_one_batch(&mut client, &buffer, &identity).await {
+                    Ok(()) => backoff.reset(),
+                    Err(()) => {
+                        wait = backoff.next_delay();
+                        break;
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Ship one batch; on failure the lines go back into the buffer.
+async fn ship_one_batch(
+    client: &mut NodeServiceClient<Channel>,
+    buffer: &LogBuffer,
+    identity: &Identity,
+) -> Result<(), ()> {
+    let dropped = buffer.take_dropped();
+    let mut lines = Vec::new();
+    if dropped > 0 {
+        lines.push(LogLine {
+            timestamp_unix_ms: logs::now_unix_ms(),
+            level: "warn".into(),
+            target: "measurelab_agent::logs".into(),
+            message: format!(
+                "{dropped} log lines were dropped while the controller was unreachable"
+            ),
+        });
+    }
+    let batch = buffer.take_batch(LOG_BATCH);
+    lines.extend(batch.iter().cloned());
+    let request = ShipLogsRequest {
+        node_id: identity.node_id.clone(),
+        node_secret: identity.node_secret.clone(),
+        lines,
+    };
+    match client.ship_logs(request).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            // Not logged: the line would land in the very buffer we failed
+            // to ship, and heartbeat failures already tell the story.
+            buffer.requeue(batch);
+            if dropped > 0 {
+                buffer.add_dropped(dropped);
+            }
+            Err(())
+        }
+    }
+}
