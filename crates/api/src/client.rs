@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::http::{ErrorBody, EventList, LogList, Node, NodeList};
+use crate::http::{ErrorBody, EventList, LogList, Node, NodeList, NodePatch};
 
 /// Errors from the public API client.
 #[derive(Debug, thiserror::Error)]
@@ -139,5 +139,19 @@ impl Client {
     pub async fn events(&self, after: i64) -> Result<EventList, ClientError> {
         self.request::<(), _>(reqwest::Method::GET, &format!("/v1/events?after={after}"), None)
             .await
+    }
+
+    /// `PATCH /v1/nodes/{id_or_name}`: replace the node's labels.
+    pub async fn set_node_labels(
+        &self,
+        id_or_name: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Node, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{id_or_name}"),
+            Some(&NodePatch { labels }),
+        )
+        .await
     }
 }

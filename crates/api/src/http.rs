@@ -147,3 +147,11 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
+
+/// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    /// The complete new label set (keys not listed are removed).
+    pub labels: BTreeMap<String, String>,
+}

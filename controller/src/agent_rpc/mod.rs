@@ -1,0 +1,426 @@
+//! gRPC `NodeService`: what node agents call.
+//!
+//! Status codes agents can act on:
+//! - `UNAUTHENTICATED` on Register: wrong join token (operator must fix it);
+//!   on Heartbeat/ShipLogs: wrong node secret (re-register).
+//! - `NOT_FOUND` on Heartbeat/ShipLogs: the controller does not know the node
+//!   id (its database was replaced): re-register with the persisted id.
+//! - `INVALID_ARGUMENT`: a field is wrong; the message starts with the field.
+//! - `ALREADY_EXISTS` on Register: another node holds the requested name.
+//! - `UNAVAILABLE`: the store is failing or shutting down; retry later.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use measurelab_api::http;
+use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
+use measurelab_api::node_v1::{
+    self, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ShipLogsRequest,
+    ShipLogsResponse,
+};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::store::{
+    constant_time_eq, rfc3339, HeartbeatInput, NewEvent, RegisterInput, ShipLogsInput, Store,
+    StoreError,
+};
+use crate::validation::{self, FieldError};
+
+/// Most log lines accepted in one ShipLogs call.
+pub(crate) const MAX_LOG_LINES_PER_CALL: usize = 5_000;
+const MAX_LOG_MESSAGE: usize = 16 * 1024;
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// Errors of the node API, translated to gRPC status codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// A request field is invalid.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// Field path in the request message.
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// Wrong join token or node secret.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Unknown node id.
+    #[error("{0}")]
+    NotFound(String),
+    /// The requested name belongs to another node.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The store failed; nothing was stored.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<FieldError> for RpcError {
+    fn from(e: FieldError) -> Self {
+        RpcError::InvalidArgument {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<StoreError> for RpcError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownNode(id) => RpcError::NotFound(format!(
+                "node_id: the controller does not know node {id}; register again"
+            )),
+            StoreError::WrongSecret(id) => RpcError::Unauthenticated(format!(
+                "node_secret: wrong secret for node {id}; register again"
+            )),
+            e @ StoreError::NameTaken { .. } => RpcError::AlreadyExists(format!("name: {e}")),
+            other => RpcError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Self {
+        let message = e.to_string();
+        match e {
+            RpcError::InvalidArgument { .. } => Status::invalid_argument(message),
+            RpcError::Unauthenticated(_) => Status::unauthenticated(message),
+            RpcError::NotFound(_) => Status::not_found(message),
+            RpcError::AlreadyExists(_) => Status::already_exists(message),
+            RpcError::Unavailable(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// The NodeService implementation.
+pub(crate) struct NodeRpc {
+    store: Store,
+    join_token: String,
+    heartbeat_interval_seconds: u32,
+}
+
+impl NodeRpc {
+    pub fn new(store: Store, join_token: String, heartbeat_interval: Duration) -> Self {
+        NodeRpc {
+            store,
+            join_token,
+            // Agents work in whole seconds; never tell them 0.
+            heartbeat_interval_seconds: heartbeat_interval.as_secs().clamp(1, u32::MAX as u64)
+                as u32,
+        }
+    }
+
+    pub fn into_server(self) -> NodeServiceServer<Self> {
+        NodeServiceServer::new(self)
+    }
+
+    async fn register(&self, request: RegisterRequest) -> Result<RegisterResponse, RpcError> {
+        if !constant_time_eq(request.join_token.as_bytes(), self.join_token.as_bytes()) {
+            let name = request.name.chars().take(63).collect::<String>();
+            let reason = if request.join_token.is_empty() {
+                "no join token"
+            } else {
+                "wrong join token"
+            };
+            // The refusal is an event because an operator debugging a node
+            // that never shows up looks at the event list first.
+            self.store
+                .record_event(NewEvent {
+                    reason: "RegistrationRefused",
+                    object_kind: "node",
+                    object_id: name.clone(),
+                    message: format!("registration of node {name:?} refused: {reason}"),
+                })
+                .await?;
+            return Err(RpcError::Unauthenticated(format!("join_token: {reason}")));
+        }
+        let input = validate_register(request)?;
+        let registered = self.store.register(input).await?;
+        Ok(RegisterResponse {
+            node_id: registered.node_id,
+            node_secret: registered.node_secret,
+            heartbeat_interval_seconds: self.heartbeat_interval_seconds,
+        })
+    }
+
+    async fn heartbeat(&self, request: HeartbeatRequest) -> Result<HeartbeatResponse, RpcError> {
+        let input = validate_heartbeat(request)?;
+        self.store
+            .authenticate(&input.node_id, &input.node_secret)?;
+        let desired_generation = self.store.heartbeat(input).await?;
+        Ok(HeartbeatResponse {
+            heartbeat_interval_seconds: self.heartbeat_interval_seconds,
+            desired_generation,
+        })
+    }
+
+    async fn ship_logs(&self, request: ShipLogsRequest) -> Result<ShipLogsResponse, RpcError> {
+        let input = validate_ship_logs(request)?;
+        self.store
+            .authenticate(&input.node_id, &input.node_secret)?;
+        let accepted = self.store.ship_logs(input).await?;
+        Ok(ShipLogsResponse {
+            accepted: accepted as u32,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeRpc {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(self.register(request.into_inner()).await?))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(self.heartbeat(request.into_inner()).await?))
+    }
+
+    async fn ship_logs(
+        &self,
+        request: Request<ShipLogsRequest>,
+    ) -> Result<Response<ShipLogsResponse>, Status> {
+        Ok(Response::new(self.ship_logs(request.into_inner()).await?))
+    }
+}
+
+fn capabilities(
+    field: &str,
+    c: Option<node_v1::Capabilities>,
+) -> Result<http::Capabilities, FieldError> {
+    let c = c.unwrap_or_default();
+    for (name, list) in [
+        ("libvirt_uris", &c.libvirt_uris),
+        ("ovs_datapath_types", &c.ovs_datapath_types),
+        ("qos_features", &c.qos_features),
+        ("service_tools", &c.service_tools),
+    ] {
+        if list.len() > 64 {
+            return Err(FieldError::new(
+                format!("{field}.{name}"),
+                format!("has {} entries; at most 64 are allowed", list.len()),
+            ));
+        }
+        for (i, item) in list.iter().enumerate() {
+            validation::short_text(&format!("{field}.{name}[{i}]"), item, 256)?;
+        }
+    }
+    Ok(http::Capabilities {
+        libvirt_uris: c.libvirt_uris,
+        namespace_backend: c.namespace_backend,
+        ovs_datapath_types: c.ovs_datapath_types,
+        qos_features: c.qos_features,
+        service_tools: c.service_tools,
+    })
+}
+
+fn resources(
+    field: &str,
+    u: Option<node_v1::ResourceUsage>,
+) -> Result<http::Resources, FieldError> {
+    let u = u.unwrap_or_default();
+    if !(u.cpu_used_percent.is_finite() && (0.0..=100.0).contains(&u.cpu_used_percent)) {
+        return Err(FieldError::new(
+            format!("{field}.cpu_used_percent"),
+            format!("is {}; it must be between 0 and 100", u.cpu_used_percent),
+        ));
+    }
+    if u.memory_used_bytes > u.memory_total_bytes {
+        return Err(FieldError::new(
+            format!("{field}.memory_used_bytes"),
+            "is larger than memory_total_bytes",
+        ));
+    }
+    if u.disk_used_bytes > u.disk_total_bytes {
+        return Err(FieldError::new(
+            format!("{field}.disk_used_bytes"),
+            "is larger than disk_total_bytes",
+        ));
+    }
+    Ok(http::Resources {
+        cpu_count: u.cpu_count,
+        cpu_used_percent: u.cpu_used_percent,
+        memory_total_bytes: u.memory_total_bytes,
+        memory_used_bytes: u.memory_used_bytes,
+        disk_total_bytes: u.disk_total_bytes,
+        disk_used_bytes: u.disk_used_bytes,
+        network_rx_bytes: u.network_rx_bytes,
+        network_tx_bytes: u.network_tx_bytes,
+    })
+}
+
+fn validate_register(r: RegisterRequest) -> Result<RegisterInput, FieldError> {
+    validation::dns_label("name", &r.name)?;
+    let node_id = if r.node_id.is_empty() {
+        None
+    } else {
+        validation::node_id("node_id", &r.node_id)?;
+        Some(r.node_id)
+    };
+    validation::short_text("agent_version", &r.agent_version, 64)?;
+    validation::short_text("management_address", &r.management_address, 255)?;
+    let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+    validation::labels("labels", &labels)?;
+    Ok(RegisterInput {
+        name: r.name,
+        node_id,
+        agent_version: r.agent_version,
+        capabilities: capabilities("capabilities", r.capabilities)?,
+        resources: resources("usage", r.usage)?,
+        labels,
+        management_address: r.management_address,
+    })
+}
+
+fn credentials(node_id: &str, node_secret: &str) -> Result<(), FieldError> {
+    if node_id.is_empty() {
+        return Err(FieldError::new(
+            "node_id",
+            "must not be empty; register first",
+        ));
+    }
+    validation::node_id("node_id", node_id)?;
+    if node_secret.is_empty() {
+        return Err(FieldError::new("node_secret", "must not be empty"));
+    }
+    Ok(())
+}
+
+fn validate_heartbeat(r: HeartbeatRequest) -> Result<HeartbeatInput, FieldError> {
+    credentials(&r.node_id, &r.node_secret)?;
+    validation::short_text("agent_version", &r.agent_version, 64)?;
+    Ok(HeartbeatInput {
+        capabilities: capabilities("capabilities", r.capabilities)?,
+        resources: resources("usage", r.usage)?,
+        node_id: r.node_id,
+        node_secret: r.node_secret,
+        sequence: r.sequence,
+        agent_version: r.agent_version,
+        observed_generation: r.observed_generation,
+    })
+}
+
+fn validate_ship_logs(r: ShipLogsRequest) -> Result<ShipLogsInput, FieldError> {
+    credentials(&r.node_id, &r.node_secret)?;
+    if r.lines.len() > MAX_LOG_LINES_PER_CALL {
+        return Err(FieldError::new(
+            "lines",
+            format!(
+                "has {} lines; send at most {MAX_LOG_LINES_PER_CALL} per call",
+                r.lines.len()
+            ),
+        ));
+    }
+    let mut lines = Vec::with_capacity(r.lines.len());
+    for (i, line) in r.lines.into_iter().enumerate() {
+        let time = OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(line.timestamp_unix_ms) * 1_000_000,
+        )
+        .ok()
+        .filter(|t| (1970..=9999).contains(&t.year()))
+        .ok_or_else(|| {
+            FieldError::new(
+                format!("lines[{i}].timestamp_unix_ms"),
+                format!(
+                    "{} is not a time between 1970 and 9999",
+                    line.timestamp_unix_ms
+                ),
+            )
+        })?;
+        let level = line.level.to_ascii_lowercase();
+        if !LOG_LEVELS.contains(&level.as_str()) {
+            return Err(FieldError::new(
+                format!("lines[{i}].level"),
+                format!("{:?} is not one of {}", line.level, LOG_LEVELS.join(", ")),
+            ));
+        }
+        validation::short_text(&format!("lines[{i}].target"), &line.target, 256)?;
+        if line.message.len() > MAX_LOG_MESSAGE {
+            return Err(FieldError::new(
+                format!("lines[{i}].message"),
+                format!(
+                    "is {} bytes long; at most {MAX_LOG_MESSAGE} are allowed",
+                    line.message.len()
+                ),
+            ));
+        }
+        lines.push(http::LogLine {
+            time: rfc3339(time),
+            level,
+            target: line.target,
+            message: line.message,
+        });
+    }
+    Ok(ShipLogsInput {
+        node_id: r.node_id,
+        node_secret: r.node_secret,
+        lines,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_register_names_the_field() {
+        let request = RegisterRequest {
+            join_token: "t".into(),
+            name: "Bad_Name".into(),
+            ..Default::default()
+        };
+        let status = Status::from(RpcError::from(validate_register(request).unwrap_err()));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("name: "),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn cpu_percent_out_of_range_is_rejected() {
+        let request = HeartbeatRequest {
+            node_id: uuid::Uuid::new_v4().to_string(),
+            node_secret: "s".into(),
+            usage: Some(node_v1::ResourceUsage {
+                cpu_used_percent: f64::NAN,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = validate_heartbeat(request).unwrap_err();
+        assert_eq!(err.field, "usage.cpu_used_percent");
+    }
+
+    #[test]
+    fn log_level_and_time_are_checked() {
+        let request = |level: &str, ms: i64| ShipLogsRequest {
+            node_id: uuid::Uuid::new_v4().to_string(),
+            node_secret: "s".into(),
+            lines: vec![node_v1::LogLine {
+                timestamp_unix_ms: ms,
+                level: level.into(),
+                target: "t".into(),
+                message: "m".into(),
+            }],
+        };
+        assert_eq!(
+            validate_ship_logs(request("loud", 0)).unwrap_err().field,
+            "lines[0].level"
+        );
+        assert_eq!(
+            validate_ship_logs(request("info", -1)).unwrap_err().field,
+            "lines[0].timestamp_unix_ms"
+        );
+        let ok = validate_ship_logs(request("INFO", 1_700_000_000_000)).unwrap();
+        assert_eq!(ok.lines[0].time, "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,139 @@
+//! `ApiError`: the one place where HTTP errors become responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use measurelab_api::http::{ErrorBody, ErrorDetail};
+
+use crate::store::StoreError;
+use crate::validation::FieldError;
+
+/// Every error the public API returns, as `{"error":{"code","message","field"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The body is not JSON at all (syntax error, truncated).
+    #[error("{message}")]
+    MalformedJson {
+        /// Path of the value being parsed when the syntax broke, if known.
+        field: Option<String>,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// The JSON is well-formed but a field is unknown, missing, of the wrong
+    /// type or has an invalid value.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// JSON path (or query parameter) of the field.
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The body has the wrong content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body exceeds the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// Limit in bytes.
+        limit: usize,
+    },
+    /// The addressed object does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// Kind of object, e.g. `node`.
+        kind: &'static str,
+        /// Id or name that was asked for.
+        id: String,
+    },
+    /// No route has this path.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The route exists but not with this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The store failed; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::InvalidField { field, .. } => Some(field.clone()),
+            ApiError::MalformedJson { field, .. } => field.clone(),
+            ApiError::Unauthorized(_) => Some("Authorization".into()),
+            _ => None,
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::InvalidField {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownNode(id) => ApiError::NotFound { kind: "node", id },
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+                field: self.field(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"measurelab\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,229 @@
+//! Public HTTP/JSON API (`/v1`), health check and the admin page.
+//!
+//! Handlers only translate HTTP into store calls; every failure leaves
+//! through [`ApiError`], so all 4xx/5xx bodies have one shape.
+
+mod error;
+mod extract;
+mod nodes;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::{Json, Router};
+
+pub use error::ApiError;
+
+use crate::store::{constant_time_eq, Store};
+
+/// Largest request body accepted; label patches are tiny, so anything bigger
+/// is a mistake or an attack.
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The hand-written OpenAPI document served at `/v1/openapi.json`.
+pub(crate) const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+const ADMIN_PAGE: &str = include_str!("../ui/index.html");
+
+/// Shared state of the HTTP handlers; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    admin_token: String,
+}
+
+impl AppState {
+    pub fn new(store: Store, admin_token: String) -> Self {
+        AppState {
+            inner: Arc::new(Inner { store, admin_token }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// Routes served without authentication. Paths use axum's `:param` syntax.
+fn public_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![("/", get(admin_page)), ("/healthz", get(healthz))]
+}
+
+/// Routes that need the admin bearer token.
+fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/v1/openapi.json", get(openapi)),
+        ("/v1/nodes", get(nodes::list)),
+        ("/v1/nodes/:id_or_name", get(nodes::get).patch(nodes::patch)),
+        ("/v1/nodes/:id_or_name/logs", get(nodes::logs)),
+        ("/v1/events", get(nodes::events)),
+    ]
+}
+
+/// Every path the router serves, for the OpenAPI completeness test.
+#[cfg(test)]
+pub(crate) fn served_paths() -> Vec<&'static str> {
+    public_routes()
+        .into_iter()
+        .chain(v1_routes())
+        .map(|(path, _)| path)
+        .collect()
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let mut v1 = Router::new();
+    for (path, route) in v1_routes() {
+        v1 = v1.route(path, route.fallback(method_not_allowed));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let mut app = Router::new();
+    for (path, route) in public_routes() {
+        app = app.route(path, route.fallback(method_not_allowed));
+    }
+    app.merge(v1)
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized(
+            "Authorization: missing; send `Authorization: Bearer <admin token>` (the token is in <data_dir>/admin.token)".into(),
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "Authorization: must have the form `Bearer <admin token>`".into(),
+            )
+        })?;
+    if !constant_time_eq(token.as_bytes(), state.inner.admin_token.as_bytes()) {
+        return Err(ApiError::Unauthorized(
+            "Authorization: wrong admin token".into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+async fn admin_page() -> Html<&'static str> {
+    Html(ADMIN_PAGE)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/v1/nodes/:id_or_name` -> `/v1/nodes/{id_or_name}` (OpenAPI syntax).
+    fn openapi_path(axum_path: &str) -> String {
+        axum_path
+            .split('/')
+            .map(|segment| match segment.strip_prefix(':') {
+                Some(param) => format!("{{{param}}}"),
+                None => segment.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    const METHODS: &[&str] = &["GET", "PUT", "POST", "PATCH", "DELETE"];
+
+    /// Start the real router and ask it, path by path and method by method,
+    /// what it serves; every served (path, method) must be documented and
+    /// every documented one must be served.
+    #[tokio::test]
+    async fn every_served_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let documented = doc["paths"].as_object().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(dir.path(), true).unwrap();
+        let app = router(AppState::new(store.clone(), "tok".into()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+
+        let served = served_paths();
+        for path in &served {
+            let doc_path = openapi_path(path);
+            let Some(doc_ops) = documented.get(&doc_path) else {
+                panic!("route {path} is served but {doc_path} is not in openapi.json");
+            };
+            let concrete = path.replace(":id_or_name", "no-such-node");
+            for method in METHODS {
+                let response = client
+                    .request(method.parse().unwrap(), format!("http://{addr}{concrete}"))
+                    .bearer_auth("tok")
+                    .header("content-type", "application/json")
+                    .body("{\"labels\":{}}")
+                    .send()
+                    .await
+                    .unwrap();
+                let is_served = response.status() != 405;
+                let is_documented = doc_ops.get(method.to_lowercase()).is_some();
+                assert_eq!(
+                    is_served, is_documented,
+                    "{method} {path}: served={is_served}, documented={is_documented}"
+                );
+            }
+        }
+        for doc_path in documented.keys() {
+            assert!(
+                served.iter().any(|p| &openapi_path(p) == doc_path),
+                "{doc_path} is documented but not served"
+            );
+        }
+        server.abort();
+        store.stop_writer().await;
+        writer.join().await;
+    }
+
+    #[test]
+    fn openapi_document_references_resolve() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let text = OPENAPI_JSON;
+        for (index, _) in text.match_indices("\"$ref\": \"#/components/") {
+            let rest = &text[index + "\"$ref\": \"#/".len()..];
+            let reference = &rest[..rest.find('"').unwrap()];
+            let mut node = &doc;
+            for segment in reference.split('/') {
+                node = &node[segment];
+            }
+            assert!(!node.is_null(), "unresolved $ref #/{reference}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `/v1/nodes...` and `/v1/events`.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
+
+use super::extract::{JsonBody, QueryParams};
+use super::{ApiError, AppState};
+use crate::store::LOG_LINES_PER_NODE;
+use crate::validation;
+
+fn node_key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(key)| key)
+        .map_err(|rejection| ApiError::InvalidField {
+            field: "id_or_name".into(),
+            reason: rejection.body_text(),
+        })
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Json<NodeList> {
+    Json(NodeList {
+        nodes: state.store().nodes(),
+    })
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = node_key(path)?;
+    state
+        .store()
+        .node(&key)
+        .map(Json)
+        .ok_or(ApiError::NotFound {
+            kind: "node",
+            id: key,
+        })
+}
+
+/// Replace the node's labels. Validation happens before the store is
+/// touched, so a rejected patch changes nothing.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(patch): JsonBody<NodePatch>,
+) -> Result<Json<Node>, ApiError> {
+    let key = node_key(path)?;
+    validation::labels("labels", &patch.labels)?;
+    Ok(Json(state.store().set_labels(key, patch.labels).await?))
+}
+
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryParams,
+) -> Result<Json<LogList>, ApiError> {
+    let key = node_key(path)?;
+    query.only(&["limit"])?;
+    let limit = query.int("limit", 100, 1, LOG_LINES_PER_NODE)?;
+    let node = state.store().node(&key).ok_or(ApiError::NotFound {
+        kind: "node",
+        id: key,
+    })?;
+    let lines = state.store().logs(node.id, limit as u32).await?;
+    Ok(Json(LogList { lines }))
+}
+
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<EventList>, ApiError> {
+    query.only(&["after", "limit"])?;
+    let after = query.int("after", 0, 0, i64::MAX)?;
+    let limit = query.int("limit", 100, 1, 1000)?;
+    let events = state.store().events(after, limit as u32).await?;
+    Ok(Json(EventList { events }))
+}

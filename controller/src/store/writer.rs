@@ -1,0 +1,660 @@
+//! The single writer: group commit of everything that is queued.
+//!
+//! The thread takes the first queued command, drains whatever else is queued
+//! (up to [`MAX_BATCH`]), runs each command inside its own SAVEPOINT (so one
+//! failing command does not undo the others), commits once, publishes the
+//! changed nodes to the in-memory registry and only then answers every caller.
+//! Under load a batch collects all heartbeats that arrived during the previous
+//! fsync, so the fsync rate stays bounded while every ack is still durable.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use measurelab_api::http::{self, NodeStatus};
+use rusqlite::{params, Connection, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    check_secret, rfc3339, status_text, HeartbeatInput, NewEvent, NodeEntry, RegisterInput,
+    Registered, Registry, ShipLogsInput, StoreError, LOG_LINES_PER_NODE,
+};
+
+/// Upper bound of commands per transaction, so one batch cannot hold the
+/// registry publication (and every caller's ack) back for long.
+const MAX_BATCH: usize = 8192;
+/// Queue depth before callers wait (backpressure instead of unbounded memory).
+const QUEUE_DEPTH: usize = 65_536;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum WriteCommand {
+    Register(RegisterInput, Reply<Registered>),
+    Heartbeat(HeartbeatInput, Reply<u64>),
+    ShipLogs(ShipLogsInput, Reply<usize>),
+    SetLabels {
+        node_id: String,
+        labels: BTreeMap<String, String>,
+        reply: Reply<http::Node>,
+    },
+    RecordEvent(NewEvent, Reply<i64>),
+    Sweep {
+        offline_after: Duration,
+        reply: Reply<usize>,
+    },
+    Stop,
+}
+
+/// Joins the writer thread.
+pub(crate) struct WriterHandle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Wait until the writer has committed what was queued before `Stop`.
+    pub async fn join(self) {
+        let thread = self.thread;
+        // join() blocks, so keep it off the async workers.
+        if let Ok(Err(panic)) = tokio::task::spawn_blocking(move || thread.join()).await {
+            tracing::error!(?panic, "store writer thread panicked");
+        }
+    }
+}
+
+pub(crate) fn spawn(
+    conn: Connection,
+    registry: Arc<RwLock<Registry>>,
+    durable_heartbeats: bool,
+) -> (mpsc::Sender<WriteCommand>, WriterHandle) {
+    let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            Writer {
+                conn,
+                registry,
+                durable_heartbeats,
+            }
+            .run(receiver)
+        });
+    let thread = match thread {
+        Ok(thread) => thread,
+        // Startup: without a writer thread the controller cannot work at all.
+        Err(e) => panic!("cannot spawn the store writer thread: {e}"),
+    };
+    (sender, WriterHandle { thread })
+}
+
+struct Writer {
+    conn: Connection,
+    registry: Arc<RwLock<Registry>>,
+    durable_heartbeats: bool,
+}
+
+/// A reply to send once the batch has committed.
+enum PendingReply {
+    Registered(Reply<Registered>, Result<Registered, StoreError>),
+    Heartbeat(Reply<u64>, Result<u64, StoreError>),
+    Count(Reply<usize>, Result<usize, StoreError>),
+    Node(Reply<http::Node>, Result<http::Node, StoreError>),
+    Event(Reply<i64>, Result<i64, StoreError>),
+}
+
+impl PendingReply {
+    /// Replace a success by the commit failure: nothing of the batch was stored.
+    fn fail(self, message: &str) -> Self {
+        let err = || StoreError::Commit(message.to_string());
+        match self {
+            PendingReply::Registered(r, Ok(_)) => PendingReply::Registered(r, Err(err())),
+            PendingReply::Heartbeat(r, Ok(_)) => PendingReply::Heartbeat(r, Err(err())),
+            PendingReply::Count(r, Ok(_)) => PendingReply::Count(r, Err(err())),
+            PendingReply::Node(r, Ok(_)) => PendingReply::Node(r, Err(err())),
+            PendingReply::Event(r, Ok(_)) => PendingReply::Event(r, Err(err())),
+            failed => failed,
+        }
+    }
+
+    fn send(self) {
+        // A caller that gave up (client disconnected) no longer listens.
+        match self {
+            PendingReply::Registered(r, v) => drop(r.send(v)),
+            PendingReply::Heartbeat(r, v) => drop(r.send(v)),
+            PendingReply::Count(r, v) => drop(r.send(v)),
+            PendingReply::Node(r, v) => drop(r.send(v)),
+            PendingReply::Event(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// Nodes changed by the batch so far. Later commands of the same batch must
+/// see earlier ones' changes, but the shared registry may only show them
+/// after the commit.
+struct Overlay<'a> {
+    registry: &'a RwLock<Registry>,
+    changed: HashMap<String, NodeEntry>,
+}
+
+impl Overlay<'_> {
+    fn get(&self, id: &str) -> Option<NodeEntry> {
+        if let Some(entry) = self.changed.get(id) {
+            return Some(entry.clone());
+        }
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id(id)
+            .cloned()
+    }
+
+    fn id_for_name(&self, name: &str) -> Option<String> {
+        if let Some(entry) = self.changed.values().find(|e| e.name == name) {
+            return Some(entry.id.clone());
+        }
+        let base = self
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .id_for_name(name)
+            .map(str::to_string)?;
+        // The base owner may have been renamed earlier in this batch.
+        match self.changed.get(&base) {
+            Some(entry) if entry.name != name => None,
+            _ => Some(base),
+        }
+    }
+
+    fn get_by_id_or_name(&self, id_or_name: &str) -> Option<NodeEntry> {
+        self.get(id_or_name)
+            .or_else(|| self.id_for_name(id_or_name).and_then(|id| self.get(&id)))
+    }
+
+    fn put(&mut self, entry: NodeEntry) {
+        self.changed.insert(entry.id.clone(), entry);
+    }
+}
+
+fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        rfc3339(now),
+        event.reason,
+        event.object_kind,
+        event.object_id,
+        event.message
+    ])?;
+    match event.reason {
+        "RegistrationRefused" | "NodeOffline" => {
+            tracing::warn!(reason = event.reason, object = %event.object_id, "{}", event.message)
+        }
+        _ => tracing::info!(reason = event.reason, object = %event.object_id, "{}", event.message),
+    }
+    Ok(tx.last_insert_rowid())
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO nodes (id, name, secret, status, registered_at, last_heartbeat, agent_version,
+                            management_address, capabilities, resources, labels, last_sequence,
+                            observed_generation, desired_generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (id) DO UPDATE SET
+            name = excluded.name, secret = excluded.secret, status = excluded.status,
+            last_heartbeat = excluded.last_heartbeat, agent_version = excluded.agent_version,
+            management_address = excluded.management_address,
+            capabilities = excluded.capabilities, resources = excluded.resources,
+            labels = excluded.labels, last_sequence = excluded.last_sequence,
+            observed_generation = excluded.observed_generation,
+            desired_generation = excluded.desired_generation",
+    )?
+    .execute(params![
+        node.id,
+        node.name,
+        node.secret,
+        status_text(node.status),
+        rfc3339(node.registered_at),
+        node.last_heartbeat.map(rfc3339),
+        node.agent_version,
+        node.management_address,
+        json(&node.capabilities)?,
+        json(&node.resources)?,
+        json(&node.labels)?,
+        node.last_sequence as i64,
+        node.observed_generation as i64,
+        node.desired_generation as i64,
+    ])?;
+    Ok(())
+}
+
+fn write_status(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE nodes SET status = ?2, last_heartbeat = ?3 WHERE id = ?1")?
+        .execute(params![
+            node.id,
+            status_text(node.status),
+            node.last_heartbeat.map(rfc3339)
+        ])?;
+    Ok(())
+}
+
+fn new_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<WriteCommand>) {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = receiver.blocking_recv() else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            stopping = self.apply_batch(batch);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Returns true when a `Stop` was in the batch.
+    fn apply_batch(&mut self, batch: Vec<WriteCommand>) -> bool {
+        let registry = self.registry.clone();
+        let mut overlay = Overlay {
+            registry: &registry,
+            changed: HashMap::new(),
+        };
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut stop = false;
+        let now = OffsetDateTime::now_utc();
+        let instant = Instant::now();
+        let durable_heartbeats = self.durable_heartbeats;
+
+        let outcome = (|| -> Result<(), StoreError> {
+            let mut tx = self.conn.transaction()?;
+            for command in batch {
+                match command {
+                    WriteCommand::Stop => stop = true,
+                    WriteCommand::Register(input, reply) => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            register(tx, overlay, input, now, instant)
+                        });
+                        replies.push(PendingReply::Registered(reply, result));
+                    }
+                    WriteCommand::Heartbeat(input, reply) => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            heartbeat(tx, overlay, input, now, instant, durable_heartbeats)
+                        });
+                        replies.push(PendingReply::Heartbeat(reply, result));
+                    }
+                    WriteCommand::ShipLogs(input, reply) => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            ship_logs(tx, overlay, input)
+                        });
+                        replies.push(PendingReply::Count(reply, result));
+                    }
+                    WriteCommand::SetLabels {
+                        node_id,
+                        labels,
+                        reply,
+                    } => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            set_labels(tx, overlay, &node_id, labels, now)
+                        });
+                        replies.push(PendingReply::Node(reply, result));
+                    }
+                    WriteCommand::RecordEvent(event, reply) => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, _| {
+                            insert_event(tx, now, &event)
+                        });
+                        replies.push(PendingReply::Event(reply, result));
+                    }
+                    WriteCommand::Sweep {
+                        offline_after,
+                        reply,
+                    } => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            sweep(tx, overlay, offline_after, now, instant)
+                        });
+                        replies.push(PendingReply::Count(reply, result));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+
+        match outcome {
+            Ok(()) => {
+                let changed = overlay.changed;
+                if !changed.is_empty() {
+                    let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                    for (_, entry) in changed {
+                        registry.upsert(entry);
+                    }
+                }
+                replies.into_iter().for_each(PendingReply::send);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "store batch commit failed; nothing of it was stored");
+                replies
+                    .into_iter()
+                    .for_each(|reply| reply.fail(&message).send());
+            }
+        }
+        stop
+    }
+}
+
+/// Run one command in a savepoint, so a failed command leaves no trace in
+/// SQLite. Commands touch the overlay only after all their SQL succeeded, so
+/// it needs no rollback of its own.
+fn in_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    overlay: &mut Overlay<'_>,
+    command: impl FnOnce(&Connection, &mut Overlay<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let savepoint = tx.savepoint()?;
+    match command(&savepoint, overlay) {
+        Ok(value) => {
+            savepoint.commit()?;
+            Ok(value)
+        }
+        // Dropping the savepoint rolls it back.
+        Err(e) => Err(e),
+    }
+}
+
+fn register(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    input: RegisterInput,
+    now: OffsetDateTime,
+    instant: Instant,
+) -> Result<Registered, StoreError> {
+    let by_id = input.node_id.as_deref().and_then(|id| overlay.get(id));
+    let name_owner = overlay.id_for_name(&input.name);
+    // Same persisted id, or the same name: the agent lost its state or was
+    // restarted; keep the row (and its history) instead of duplicating it.
+    let existing = match (by_id, name_owner) {
+        (Some(node), Some(owner)) if owner != node.id => {
+            return Err(StoreError::NameTaken {
+                name: input.name,
+                owner,
+            })
+        }
+        (Some(node), _) => Some(node),
+        (None, Some(owner)) => overlay.get(&owner),
+        (None, None) => None,
+    };
+    let secret = new_secret();
+    let (node, event) = match existing {
+        Some(mut node) => {
+            let mut message = format!("node {} re-registered (id {})", input.name, node.id);
+            if node.name != input.name {
+                message = format!(
+                    "node {} re-registered under the new name {} (id {})",
+                    node.name, input.name, node.id
+                );
+            }
+            node.name = input.name;
+            node.secret = secret.clone();
+            node.status = NodeStatus::Online;
+            node.last_contact = instant;
+            node.agent_version = input.agent_version;
+            node.management_address = input.management_address;
+            node.capabilities = input.capabilities;
+            node.resources = input.resources;
+            // Labels set by the operator (PATCH) win over the agent's defaults;
+            // the agent only contributes keys that are not set yet.
+            for (key, value) in input.labels {
+                node.labels.entry(key).or_insert(value);
+            }
+            // A new agent process restarts its sequence numbers.
+            node.last_sequence = 0;
+            (node, ("NodeReregistered", message))
+        }
+        None => {
+            let id = input
+                .node_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let message = format!("node {} registered (id {id})", input.name);
+            let node = NodeEntry {
+                id,
+                name: input.name,
+                secret: secret.clone(),
+                status: NodeStatus::Online,
+                registered_at: now,
+                last_heartbeat: None,
+                last_contact: instant,
+                agent_version: input.agent_version,
+                management_address: input.management_address,
+                capabilities: input.capabilities,
+                resources: input.resources,
+                labels: input.labels,
+                last_sequence: 0,
+                observed_generation: 0,
+                desired_generation: 0,
+            };
+            (node, ("NodeRegistered", message))
+        }
+    };
+    write_node(tx, &node)?;
+    insert_event(
+        tx,
+        now,
+        &NewEvent {
+            reason: event.0,
+            object_kind: "node",
+            object_id: node.id.clone(),
+            message: event.1,
+        },
+    )?;
+    let registered = Registered {
+        node_id: node.id.clone(),
+        node_secret: secret,
+    };
+    overlay.put(node);
+    Ok(registered)
+}
+
+fn heartbeat(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    input: HeartbeatInput,
+    now: OffsetDateTime,
+    instant: Instant,
+    durable: bool,
+) -> Result<u64, StoreError> {
+    let node = overlay.get(&input.node_id);
+    check_secret(node.as_ref(), &input.node_id, &input.node_secret)?;
+    let Some(mut node) = node else {
+        return Err(StoreError::UnknownNode(input.node_id));
+    };
+    let came_back = node.status == NodeStatus::Offline;
+    if input.sequence != 0 && input.sequence <= node.last_sequence {
+        tracing::debug!(node = %node.name, sequence = input.sequence, last = node.last_sequence,
+            "heartbeat arrived out of order");
+    }
+    node.status = NodeStatus::Online;
+    node.last_heartbeat = Some(now);
+    node.last_contact = instant;
+    node.last_sequence = node.last_sequence.max(input.sequence);
+    node.agent_version = input.agent_version;
+    node.capabilities = input.capabilities;
+    node.resources = input.resources;
+    node.observed_generation = input.observed_generation;
+    if durable {
+        tx.prepare_cached(
+            "UPDATE nodes SET status = 'online', last_heartbeat = ?2, last_sequence = ?3,
+                agent_version = ?4, capabilities = ?5, resources = ?6, observed_generation = ?7
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            node.id,
+            node.last_heartbeat.map(rfc3339),
+            node.last_sequence as i64,
+            node.agent_version,
+            json(&node.capabilities)?,
+            json(&node.resources)?,
+            node.observed_generation as i64,
+        ])?;
+    } else if came_back {
+        // In-memory heartbeats still persist the status transition, so the
+        // journal and the status column never disagree.
+        write_status(tx, &node)?;
+    }
+    if came_back {
+        insert_event(
+            tx,
+            now,
+            &NewEvent {
+                reason: "NodeOnline",
+                object_kind: "node",
+                object_id: node.id.clone(),
+                message: format!("node {} is back online", node.name),
+            },
+        )?;
+    }
+    let desired = node.desired_generation;
+    overlay.put(node);
+    Ok(desired)
+}
+
+fn ship_logs(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    input: ShipLogsInput,
+) -> Result<usize, StoreError> {
+    let node = overlay.get(&input.node_id);
+    check_secret(node.as_ref(), &input.node_id, &input.node_secret)?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO node_logs (node_id, time, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for line in &input.lines {
+        insert.execute(params![
+            input.node_id,
+            line.time,
+            line.level,
+            line.target,
+            line.message
+        ])?;
+    }
+    tx.prepare_cached(
+        "DELETE FROM node_logs WHERE node_id = ?1 AND id <=
+            (SELECT id FROM node_logs WHERE node_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![input.node_id, LOG_LINES_PER_NODE])?;
+    Ok(input.lines.len())
+}
+
+fn set_labels(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    id_or_name: &str,
+    labels: BTreeMap<String, String>,
+    now: OffsetDateTime,
+) -> Result<http::Node, StoreError> {
+    let Some(mut node) = overlay.get_by_id_or_name(id_or_name) else {
+        return Err(StoreError::UnknownNode(id_or_name.to_string()));
+    };
+    if node.labels == labels {
+        return Ok(node.to_api());
+    }
+    let old: HashSet<_> = node.labels.keys().cloned().collect();
+    let removed: Vec<_> = old
+        .iter()
+        .filter(|k| !labels.contains_key(*k))
+        .cloned()
+        .collect();
+    node.labels = labels;
+    tx.prepare_cached("UPDATE nodes SET labels = ?2 WHERE id = ?1")?
+        .execute(params![node.id, json(&node.labels)?])?;
+    insert_event(
+        tx,
+        now,
+        &NewEvent {
+            reason: "NodeLabelsChanged",
+            object_kind: "node",
+            object_id: node.id.clone(),
+            message: format!(
+                "labels of node {} set to {:?}{}",
+                node.name,
+                node.labels,
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (removed {removed:?})")
+                }
+            ),
+        },
+    )?;
+    let api = node.to_api();
+    overlay.put(node);
+    Ok(api)
+}
+
+fn sweep(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    offline_after: Duration,
+    now: OffsetDateTime,
+    instant: Instant,
+) -> Result<usize, StoreError> {
+    let candidates: Vec<String> = {
+        let registry = overlay.registry.read().unwrap_or_else(|e| e.into_inner());
+        registry
+            .iter()
+            .filter(|node| node.status == NodeStatus::Online)
+            .filter(|node| instant.saturating_duration_since(node.last_contact) > offline_after)
+            .map(|node| node.id.clone())
+            .collect()
+    };
+    let mut gone_offline = Vec::new();
+    for id in candidates {
+        // Re-check through the overlay: a heartbeat earlier in this batch
+        // may have just revived the node.
+        let Some(mut node) = overlay.get(&id) else {
+            continue;
+        };
+        let silent_for = instant.saturating_duration_since(node.last_contact);
+        if node.status != NodeStatus::Online || silent_for <= offline_after {
+            continue;
+        }
+        node.status = NodeStatus::Offline;
+        write_status(tx, &node)?;
+        insert_event(
+            tx,
+            now,
+            &NewEvent {
+                reason: "NodeOffline",
+                object_kind: "node",
+                object_id: node.id.clone(),
+                message: format!(
+                    "node {} missed its heartbeats for {:.1} s (deadline {:.1} s)",
+                    node.name,
+                    silent_for.as_secs_f64(),
+                    offline_after.as_secs_f64()
+                ),
+            },
+        )?;
+        gone_offline.push(node);
+    }
+    let count = gone_offline.len();
+    for node in gone_offline {
+        overlay.put(node);
+    }
+    Ok(count)
+}
