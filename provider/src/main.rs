@@ -1,1 +1,36 @@
-fn main() {}
+//! `terraform-provider-measurelab`: a tfplugin6 provider for measurelab.
+//!
+//! # Layout
+//! - `provider.rs`: the provider block (endpoint, token, ca_cert) and the shared client.
+//! - `diagnostics.rs`: every error a user can see, with what to do next.
+//! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
+//! - `node_model.rs`, `labels.rs`, `timeouts.rs`, `cancel.rs`: shared pieces.
+
+mod cancel;
+mod data_sources;
+mod diagnostics;
+mod labels;
+mod node_model;
+mod provider;
+mod resources;
+mod timeouts;
+
+/// Name Terraform knows the provider by; resource types are `measurelab_<noun>`.
+const PROVIDER_NAME: &str = "measurelab";
+
+fn main() -> anyhow::Result<()> {
+    // tf-provider appends a Rust backtrace to diagnostics whenever these are set
+    // (Terraform users then see stack frames in error messages). Cleared before
+    // any thread starts, so the change is not racy.
+    std::env::remove_var("RUST_BACKTRACE");
+    std::env::remove_var("RUST_LIB_BACKTRACE");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let stop = cancel::install()?;
+        tf_provider::serve(PROVIDER_NAME, provider::MeasurelabProvider::new(stop)).await
+    })
+}

@@ -1,0 +1,30 @@
+//! Process-wide "stop" signal for long waits.
+//!
+//! tf-provider 0.2.2 handles `StopProvider` by cancelling a token private to its
+//! gRPC server, so a resource cannot observe it. What a resource *can* observe
+//! is the interrupt itself: Terraform plugins share Terraform's process group,
+//! so Ctrl-C (SIGINT to the foreground group) reaches this process too. Like
+//! every go-plugin provider, the plugin does not die on SIGINT; it turns the
+//! signal into cancellation of in-flight waits, returns a clear diagnostic
+//! without writing state, and lets Terraform shut it down. SIGTERM keeps its
+//! default meaning (exit now).
+//!
+//! A wait also ends when Terraform drops the RPC (tonic drops the handler
+//! future), which needs nothing from us beyond keeping waits cancel-safe.
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Start listening for SIGINT; returns the token it cancels.
+/// Must be called inside the tokio runtime.
+pub fn install() -> std::io::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        if interrupt.recv().await.is_some() {
+            on_signal.cancel();
+        }
+    });
+    Ok(token)
+}

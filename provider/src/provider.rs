@@ -1,0 +1,305 @@
+//! The provider block: where the controller is and how to authenticate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use measurelab_api::client::Client;
+use serde::{Deserialize, Serialize};
+use tf_provider::map;
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
+use tokio_util::sync::CancellationToken;
+
+use crate::data_sources::{NodeDataSource, NodesDataSource};
+use crate::diagnostics;
+use crate::resources::MeasurementNodeResource;
+
+/// Environment variable that sets `endpoint` when the block does not.
+pub const ENV_ENDPOINT: &str = "MEASURELAB_ENDPOINT";
+/// Environment variable that sets `token` when the block does not.
+pub const ENV_TOKEN: &str = "MEASURELAB_TOKEN";
+/// Environment variable that sets `ca_cert` when the block does not.
+pub const ENV_CA_CERT: &str = "MEASURELAB_CA_CERT";
+
+/// Provider block contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    /// Controller base URL.
+    pub endpoint: Value<String>,
+    /// Bearer token.
+    pub token: Value<String>,
+    /// PEM CA certificate (text or path).
+    pub ca_cert: Value<String>,
+}
+
+/// What resources share with the provider: the configured client (set once
+/// `ConfigureProvider` ran) and the stop signal. Cheap to clone. A std lock is
+/// enough because it is never held across an `.await`.
+#[derive(Clone)]
+pub struct Shared {
+    client: Arc<RwLock<Option<Client>>>,
+    /// Cancelled when Terraform is interrupted; long waits watch it.
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    /// The configured client, or a diagnostic saying the provider is not configured.
+    pub fn client(&self, diags: &mut Diagnostics) -> Option<Client> {
+        let client = self.client.read().ok().and_then(|guard| guard.clone());
+        if client.is_none() {
+            diagnostics::not_configured(diags);
+        }
+        client
+    }
+
+    fn set_client(&self, client: Client) {
+        if let Ok(mut guard) = self.client.write() {
+            *guard = Some(client);
+        }
+    }
+}
+
+/// The measurelab provider.
+pub struct MeasurelabProvider {
+    shared: Shared,
+}
+
+impl MeasurelabProvider {
+    /// A provider whose long waits stop when `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Self {
+        MeasurelabProvider {
+            shared: Shared {
+                client: Arc::new(RwLock::new(None)),
+                stop,
+            },
+        }
+    }
+}
+
+fn setting(description: &str, sensitive: bool) -> Attribute {
+    Attribute {
+        attr_type: AttributeType::String,
+        description: Description::markdown(description),
+        constraint: AttributeConstraint::Optional,
+        sensitive,
+        ..Default::default()
+    }
+}
+
+/// Resolve one setting: the block wins, then the environment. Unknown (a value
+/// computed during apply) is reported as unresolvable.
+fn resolve(value: &Value<String>, env: &str) -> Result<Option<String>, ()> {
+    match value {
+        Value::Value(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Value::Unknown => Err(()),
+        _ => Ok(std::env::var(env)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_string())),
+    }
+}
+
+/// `ca_cert` may be PEM text or a path to a PEM file.
+fn load_ca_cert(diags: &mut Diagnostics, value: &str) -> Option<Vec<u8>> {
+    if value.starts_with("-----BEGIN") {
+        return Some(value.as_bytes().to_vec());
+    }
+    match std::fs::read(value) {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("ca_cert"),
+                "Cannot read the CA certificate",
+                format!(
+                    "`ca_cert` is neither PEM text (starting with -----BEGIN) nor a readable file: \
+                     {value}: {err}.\n\nWhat to do: give the PEM text or the path to a PEM file."
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Check that `endpoint` is an http(s) URL with a host.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or_else(|| format!("{endpoint:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{endpoint:?} has no host"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Provider for MeasurelabProvider {
+    type Config<'a> = ProviderConfig;
+    type MetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "The measurelab provider manages a measurelab platform (measurement nodes, virtual \
+                     platforms, VMs, QoS policies) through the controller's HTTP API. Every setting can \
+                     also come from the environment; for a lab, `eval $(measurelab lab env)` sets them all.",
+                ),
+                attributes: map! {
+                    "endpoint" => setting(
+                        "Base URL of the controller's HTTP API, for example `http://127.0.0.1:7070`. \
+                         Defaults to the `MEASURELAB_ENDPOINT` environment variable.",
+                        false,
+                    ),
+                    "token" => setting(
+                        "Bearer token for the controller's `/v1` API (the controller's `admin.token`). \
+                         Defaults to the `MEASURELAB_TOKEN` environment variable.",
+                        true,
+                    ),
+                    "ca_cert" => setting(
+                        "CA certificate that signs the controller's TLS certificate, as PEM text or a \
+                         path to a PEM file; only needed for an `https://` endpoint with a private CA. \
+                         Defaults to the `MEASURELAB_CA_CERT` environment variable.",
+                        false,
+                    ),
+                },
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::Config<'a>) -> Option<()> {
+        if let Value::Value(endpoint) = &config.endpoint {
+            if let Err(reason) = check_endpoint(endpoint.trim()) {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("endpoint"),
+                    "Invalid controller endpoint",
+                    format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
+                );
+            }
+        }
+        Some(())
+    }
+
+    async fn configure<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        _terraform_version: String,
+        config: Self::Config<'a>,
+    ) -> Option<()> {
+        let (Ok(endpoint), Ok(token), Ok(ca_cert)) = (
+            resolve(&config.endpoint, ENV_ENDPOINT),
+            resolve(&config.token, ENV_TOKEN),
+            resolve(&config.ca_cert, ENV_CA_CERT),
+        ) else {
+            // Values known only after apply: leave the client unset; resources
+            // report "not configured" if they are used before that.
+            return Some(());
+        };
+        let Some(endpoint) = endpoint else {
+            diagnostics::missing_setting(
+                diags,
+                "endpoint",
+                ENV_ENDPOINT,
+                "set `endpoint` in the provider block or export MEASURELAB_ENDPOINT \
+                 (`eval $(measurelab lab env)` for a lab).",
+            );
+            return Some(());
+        };
+        if let Err(reason) = check_endpoint(&endpoint) {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("endpoint"),
+                "Invalid controller endpoint",
+                format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
+            );
+            return Some(());
+        }
+        let Some(token) = token else {
+            diagnostics::missing_setting(
+                diags,
+                "token",
+                ENV_TOKEN,
+                "set `token` in the provider block or export MEASURELAB_TOKEN (the controller's \
+                 admin.token; `measurelab lab env` prints it for a lab).",
+            );
+            return Some(());
+        };
+        let ca_pem = match ca_cert {
+            Some(value) => Some(load_ca_cert(diags, &value)?),
+            None => None,
+        };
+        match Client::new(&endpoint, &token, ca_pem.as_deref()) {
+            Ok(client) => self.shared.set_client(client),
+            Err(err) => diagnostics::invalid_value(
+                diags,
+                AttributePath::new(if ca_pem.is_some() {
+                    "ca_cert"
+                } else {
+                    "endpoint"
+                }),
+                "Invalid provider configuration",
+                format!("{err}.\n\nWhat to do: fix the value and run the command again."),
+            ),
+        }
+        Some(())
+    }
+
+    fn get_resources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
+        Some(map! {
+            "measurement_node" => MeasurementNodeResource::new(self.shared.clone()),
+        })
+    }
+
+    fn get_data_sources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
+        Some(map! {
+            "nodes" => NodesDataSource::new(self.shared.clone()),
+            "node" => NodeDataSource::new(self.shared.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_must_be_http_url() {
+        assert!(check_endpoint("http://127.0.0.1:7070").is_ok());
+        assert!(check_endpoint("https://ctl.example/").is_ok());
+        assert!(check_endpoint("127.0.0.1:7070").is_err());
+        assert!(check_endpoint("http://").is_err());
+    }
+
+    #[test]
+    fn block_wins_over_environment() {
+        std::env::set_var("MEASURELAB_TEST_ENDPOINT", "http://from-env:1");
+        let from_block = Value::Value("http://from-block:1".to_string());
+        assert_eq!(
+            resolve(&from_block, "MEASURELAB_TEST_ENDPOINT"),
+            Ok(Some("http://from-block:1".into()))
+        );
+        assert_eq!(
+            resolve(&Value::Null, "MEASURELAB_TEST_ENDPOINT"),
+            Ok(Some("http://from-env:1".into()))
+        );
+        assert_eq!(
+            resolve(&Value::Unknown, "MEASURELAB_TEST_ENDPOINT"),
+            Err(())
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Managed resources, one file per Terraform type.
+
+mod measurement_node;
+
+pub use measurement_node::MeasurementNodeResource;
