@@ -1,1 +1,27 @@
-//! placeholder
+//! Multicast measurement programs: measurement points and the measurement statistics
+//! control server (MSCS) of Cao & He's multicast measurement system.
+//!
+//! One point is the multicast source, the others receive; receivers compute RFC-named
+//! statistics and report to the MSCS, which aggregates one run into one
+//! [`result::ResultDocument`] (`measurelab.mcast.result/v1`).
+//!
+//! # Layout
+//! - [`wire`]: the probe format (magic, version, session, sequence, send time, padding).
+//! - [`metrics`]: streaming, memory-bounded loss/duplicate/reordering/delay/IPDV/PDV/jitter.
+//! - [`sender`]: precisely paced multicast source.
+//! - [`receiver`]: ASM/SSM receiver with kernel receive timestamps.
+//! - [`protocol`]: line-JSON control protocol between MSCS and points.
+//! - [`point`]: `mcast-point serve`, a point driven by the MSCS.
+//! - [`result`]: the result document.
+//! - [`mscs`]: schedule, tasks, aggregation, durable state, HTTP API.
+//! - Binaries: `mcast-point` (send / recv / serve), `mcast-mscs`, `mcast-bench`.
+#![warn(missing_docs)]
+
+pub mod metrics;
+pub mod mscs;
+pub mod point;
+pub mod protocol;
+pub mod receiver;
+pub mod result;
+pub mod sender;
+pub mod wire;

@@ -1,0 +1,134 @@
+//! `mcast-mscs`: the measurement statistics control server.
+//!
+//! Example:
+//! ```text
+//! mcast-mscs --listen 127.0.0.1:7300 --state-file /var/lib/mscs/state.json \
+//!   --point p1=10.200.0.11:7400 --point p2=10.200.0.12:7400 --point p3=10.200.0.13:7400
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use measurelab_mcast::mscs::{run, MscsConfig, PeriodicSchedule, PointEndpoint, ProbeDefaults};
+
+#[derive(Parser)]
+#[command(version, about = "Multicast measurement statistics control server")]
+struct Args {
+    /// HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:7300")]
+    listen: String,
+    /// State file (schedule position, tasks, results); written atomically.
+    #[arg(long)]
+    state_file: PathBuf,
+    /// A point as NAME=HOST:PORT of its `mcast-point serve` listener; repeat, in
+    /// round-robin order.
+    #[arg(long = "point", required = true)]
+    points: Vec<String>,
+    /// Seconds between periodic runs (paper: 300).
+    #[arg(long, default_value_t = 300.0)]
+    interval_seconds: f64,
+    /// Sending time of each periodic run (paper: 30).
+    #[arg(long, default_value_t = 30.0)]
+    duration_seconds: f64,
+    /// Run submitted tasks only.
+    #[arg(long)]
+    no_periodic: bool,
+    /// Default multicast group.
+    #[arg(long, default_value = "239.192.0.1")]
+    group: Ipv4Addr,
+    /// Default UDP port.
+    #[arg(long, default_value_t = 50_001)]
+    port: u16,
+    /// Default probe rate.
+    #[arg(long, default_value_t = 100.0)]
+    rate_pps: f64,
+    /// Default probe size (UDP payload bytes).
+    #[arg(long, default_value_t = 200)]
+    packet_size_bytes: usize,
+    /// Default TTL.
+    #[arg(long, default_value_t = 8)]
+    ttl: u32,
+    /// SSM by default (needs a 232/8 --group).
+    #[arg(long)]
+    ssm: bool,
+    /// Clock synchronisation bound in µs when points are on different hosts; omit when
+    /// all points share one host clock.
+    #[arg(long)]
+    clock_sync_bound_us: Option<f64>,
+    /// POST every result as JSON to this URL.
+    #[arg(long, env = "MCAST_RESULT_URL")]
+    result_url: Option<String>,
+    /// Results kept in the state file.
+    #[arg(long, default_value_t = 10_000)]
+    retain_results: usize,
+}
+
+fn parse_point(text: &str) -> Result<PointEndpoint> {
+    let Some((name, addr)) = text.split_once('=') else {
+        bail!("--point {text:?}: expected NAME=HOST:PORT");
+    };
+    let control: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--point {text:?}: {addr:?} is not HOST:PORT"))?;
+    Ok(PointEndpoint {
+        name: name.to_string(),
+        control,
+    })
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let points = args
+        .points
+        .iter()
+        .map(|p| parse_point(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !(args.interval_seconds.is_finite() && args.interval_seconds > 0.0) {
+        bail!("--interval-seconds must be positive");
+    }
+    let mut config = MscsConfig::new(points, args.state_file);
+    config.periodic = (!args.no_periodic).then(|| PeriodicSchedule {
+        interval: Duration::from_secs_f64(args.interval_seconds),
+        duration_seconds: args.duration_seconds,
+    });
+    config.defaults = ProbeDefaults {
+        group: args.group,
+        port: args.port,
+        rate_pps: args.rate_pps,
+        packet_size_bytes: args.packet_size_bytes,
+        ttl: args.ttl,
+        ssm: args.ssm,
+    };
+    config.clock_sync_bound_us = args.clock_sync_bound_us;
+    config.result_url = args.result_url;
+    config.retain_results = args.retain_results;
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    tracing::info!(addr = ?listener.local_addr()?, "MSCS listening");
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        run(config, listener, shutdown).await
+    })?;
+    Ok(())
+}

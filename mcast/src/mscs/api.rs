@@ -1,0 +1,147 @@
+//! The MSCS's HTTP/JSON API.
+//!
+//! - `GET /healthz`
+//! - `POST /tasks` with a [`TaskSpec`] body: 201 with the queued [`TaskRecord`]
+//! - `GET /tasks`, `GET /tasks/{id}`
+//! - `GET /results?since=SEQ&limit=N`: `{"results":[{"seq":..,"document":..}],"next_since":SEQ}`
+//! - `GET /schedule`: the periodic schedule's position
+//!
+//! Errors are `{"error":{"code","message","field"}}`, as in the controller's API.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::state::{StoredResult, TaskSpec};
+use super::Mscs;
+
+/// An API error with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_argument",
+        message,
+        field: (!field.is_empty()).then(|| field.to_string()),
+    }
+}
+
+/// Builds the router.
+pub fn router(mscs: Mscs) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/tasks", get(list_tasks).post(submit_task))
+        .route("/tasks/:id", get(get_task))
+        .route("/results", get(list_results))
+        .route("/schedule", get(schedule))
+        .with_state(mscs)
+}
+
+async fn submit_task(State(mscs): State<Mscs>, body: Bytes) -> Result<Response, ApiError> {
+    // Parsed here rather than by the Json extractor so that a bad body gets our error
+    // shape with the field named.
+    let spec: TaskSpec = serde_json::from_slice(&body).map_err(|err| {
+        let message = err.to_string();
+        let field = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.contains("field"))
+            .unwrap_or("")
+            .to_string();
+        invalid(&field, format!("invalid task body: {message}"))
+    })?;
+    let record = mscs
+        .submit_task(spec)
+        .map_err(|err| invalid(&err.field, err.to_string()))?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+async fn list_tasks(State(mscs): State<Mscs>) -> Response {
+    Json(json!({"tasks": mscs.snapshot().tasks})).into_response()
+}
+
+async fn get_task(State(mscs): State<Mscs>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    mscs.snapshot()
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id)
+        .map(|task| Json(task).into_response())
+        .ok_or(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("no task {id:?}"),
+            field: Some("id".into()),
+        })
+}
+
+/// Query of `GET /results`.
+#[derive(Debug, Deserialize)]
+pub struct ResultsQuery {
+    /// Return results with a larger sequence number.
+    #[serde(default)]
+    pub since: u64,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Body of `GET /results`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResultsPage {
+    /// The results, oldest first.
+    pub results: Vec<StoredResult>,
+    /// Pass as `since` to continue.
+    pub next_since: u64,
+}
+
+async fn list_results(State(mscs): State<Mscs>, Query(query): Query<ResultsQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let results = mscs.snapshot().results_since(query.since, limit);
+    let next_since = results.last().map_or(query.since, |r| r.seq);
+    Json(ResultsPage {
+        results,
+        next_since,
+    })
+    .into_response()
+}
+
+async fn schedule(State(mscs): State<Mscs>) -> Response {
+    let state = mscs.snapshot();
+    let points: Vec<_> = mscs
+        .config()
+        .points
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let next_source = points
+        .get(state.next_source_index % points.len().max(1))
+        .cloned();
+    Json(json!({
+        "points": points,
+        "next_source_index": state.next_source_index,
+        "next_source": next_source,
+        "next_periodic_due_unix_ms": state.next_periodic_due_unix_ms,
+        "periodic_runs_completed": state.periodic_runs_completed,
+        "periodic_enabled": mscs.config().periodic.is_some(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,347 @@
+//! Drives one measurement run across the points and aggregates their reports.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use futures::future::join_all;
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::protocol::{
+    ControlRequest, ControlResponse, PointInfo, ReceiveRequest, ReceiverReport, SendRequest,
+};
+use crate::result::{
+    ClockSync, ReceiverResult, ReceiverStatus, ResultDocument, RunConfig, RunKind, RunStatus,
+    SourceResult, RESULT_SCHEMA,
+};
+use crate::sender::SenderReport;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slack on top of the run duration before the MSCS gives up on the sender.
+const SENDER_SLACK: Duration = Duration::from_secs(10);
+/// Receivers stop themselves this long after the run would have ended.
+const RECEIVER_SAFETY_MARGIN_SECONDS: f64 = 60.0;
+
+/// Errors of one control conversation.
+#[derive(Debug, Error)]
+pub enum RunnerError {
+    /// Could not connect in time.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Control address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Socket error during the conversation.
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The point closed the connection (typically: it died).
+    #[error("point closed the control connection before answering")]
+    Closed,
+    /// The point did not answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The point answered with an error.
+    #[error("point reported: {0}")]
+    Point(String),
+    /// The point answered something unexpected.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// A line was not valid JSON of the protocol.
+    #[error("bad answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A point the MSCS drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointEndpoint {
+    /// Name used in results and tasks.
+    pub name: String,
+    /// Address of its `mcast-point serve` listener.
+    pub control: SocketAddr,
+}
+
+/// What to measure in one run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Periodic or task.
+    pub kind: RunKind,
+    /// Task id, for task runs.
+    pub task_id: Option<String>,
+    /// The source.
+    pub source: PointEndpoint,
+    /// The receivers.
+    pub receivers: Vec<PointEndpoint>,
+    /// Group.
+    pub group: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// Probe parameters.
+    pub config: RunConfig,
+    /// Operator-supplied clock synchronisation bound (µs) for points on different hosts;
+    /// `None` means the points share one host clock.
+    pub clock_sync_bound_us: Option<f64>,
+}
+
+/// One open control connection.
+struct Conversation {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+}
+
+impl Conversation {
+    async fn open(addr: SocketAddr) -> Result<Self, RunnerError> {
+        let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                return Err(RunnerError::Connect {
+                    addr,
+                    reason: err.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(RunnerError::Connect {
+                    addr,
+                    reason: format!("timed out after {CONNECT_TIMEOUT:?}"),
+                })
+            }
+        };
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(read).lines(),
+            writer,
+        })
+    }
+
+    async fn send(&mut self, request: &ControlRequest) -> Result<(), RunnerError> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        Ok(())
+    }
+
+    async fn receive(&mut self, within: Duration) -> Result<ControlResponse, RunnerError> {
+        match timeout(within, self.lines.next_line()).await {
+            Err(_) => Err(RunnerError::Timeout(within)),
+            Ok(Err(err)) => Err(err.into()),
+            Ok(Ok(None)) => Err(RunnerError::Closed),
+            Ok(Ok(Some(line))) => match serde_json::from_str(&line)? {
+                ControlResponse::Error { message } => Err(RunnerError::Point(message)),
+                response => Ok(response),
+            },
+        }
+    }
+}
+
+async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
+    let mut conversation = Conversation::open(point.control).await?;
+    conversation.send(&ControlRequest::Info).await?;
+    match conversation.receive(READY_TIMEOUT).await? {
+        ControlResponse::Info(info) => Ok(info),
+        other => Err(RunnerError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn start_receiver(
+    point: &PointEndpoint,
+    request: ReceiveRequest,
+) -> Result<Conversation, RunnerError> {
+    let mut conversation = Conversation::open(point.control).await?;
+    conversation.send(&ControlRequest::Receive(request)).await?;
+    match conversation.receive(READY_TIMEOUT).await? {
+        ControlResponse::Ready { .. } => Ok(conversation),
+        other => Err(RunnerError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn run_source(
+    point: &PointEndpoint,
+    request: SendRequest,
+) -> Result<SenderReport, RunnerError> {
+    let within = Duration::from_secs_f64(request.duration_seconds) + SENDER_SLACK;
+    let mut conversation = Conversation::open(point.control).await?;
+    conversation.send(&ControlRequest::Send(request)).await?;
+    match conversation.receive(within).await? {
+        ControlResponse::SenderReport(report) => Ok(report),
+        other => Err(RunnerError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn stop_receiver(
+    mut conversation: Conversation,
+    packets_sent: Option<u64>,
+) -> Result<ReceiverReport, RunnerError> {
+    conversation
+        .send(&ControlRequest::Stop { packets_sent })
+        .await?;
+    match conversation.receive(REPORT_TIMEOUT).await? {
+        ControlResponse::ReceiverReport(report) => Ok(*report),
+        other => Err(RunnerError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Runs one measurement. Never fails as a whole: every failure is recorded in the
+/// document, so the schedule can always move on.
+pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
+    let started_at = now_rfc3339();
+    let session_id: u64 = rand::random();
+    let run_id = uuid::Uuid::new_v4().to_string();
+
+    let mut source = SourceResult {
+        point: spec.source.name.clone(),
+        data_addr: None,
+        report: None,
+        error: None,
+    };
+    let finish = |source: SourceResult, receivers: Vec<ReceiverResult>, status| ResultDocument {
+        schema: RESULT_SCHEMA.to_string(),
+        task_id: spec.task_id.clone(),
+        run_id: run_id.clone(),
+        kind: spec.kind,
+        source_point: spec.source.name.clone(),
+        group: spec.group,
+        port: spec.port,
+        session_id,
+        started_at: started_at.clone(),
+        finished_at: now_rfc3339(),
+        status,
+        config: spec.config.clone(),
+        source,
+        receivers,
+    };
+    let missing_all = |reason: &str| {
+        spec.receivers
+            .iter()
+            .map(|r| {
+                ReceiverResult::without_report(&r.name, ReceiverStatus::Missing, reason.into())
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // The source's data address is the SSM source the receivers must join.
+    match point_info(&spec.source).await {
+        Ok(info) => source.data_addr = Some(info.data_addr),
+        Err(err) => {
+            source.error = Some(format!("source unreachable: {err}"));
+            return finish(
+                source,
+                missing_all("run aborted: source unreachable"),
+                RunStatus::Failed,
+            );
+        }
+    }
+    let ssm_source = if spec.config.ssm {
+        source.data_addr
+    } else {
+        None
+    };
+
+    let receive_request = ReceiveRequest {
+        session_id,
+        group: spec.group,
+        port: spec.port,
+        ssm_source,
+        max_duration_seconds: spec.config.duration_seconds + RECEIVER_SAFETY_MARGIN_SECONDS,
+    };
+    let joins = spec
+        .receivers
+        .iter()
+        .map(|point| start_receiver(point, receive_request.clone()));
+    let joined = join_all(joins).await;
+
+    if joined.iter().all(Result::is_err) {
+        source.error = Some("not sent: no receiver joined".into());
+        let receivers = spec
+            .receivers
+            .iter()
+            .zip(joined)
+            .map(|(point, outcome)| {
+                let reason = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+                ReceiverResult::without_report(&point.name, ReceiverStatus::Missing, reason)
+            })
+            .collect();
+        return finish(source, receivers, RunStatus::Failed);
+    }
+
+    let send_request = SendRequest {
+        session_id,
+        group: spec.group,
+        port: spec.port,
+        rate_pps: spec.config.rate_pps,
+        packet_size_bytes: spec.config.packet_size_bytes,
+        duration_seconds: spec.config.duration_seconds,
+        ttl: spec.config.ttl,
+    };
+    let packets_sent = match run_source(&spec.source, send_request).await {
+        Ok(report) => {
+            let sent = report.packets_sent;
+            source.report = Some(report);
+            Some(sent)
+        }
+        Err(err) => {
+            source.error = Some(err.to_string());
+            None
+        }
+    };
+
+    let stops = spec.receivers.iter().zip(joined).map(|(point, joined)| {
+        let name = point.name.clone();
+        async move {
+            match joined {
+                Err(err) => Err((ReceiverStatus::Missing, err.to_string(), name)),
+                Ok(conversation) => stop_receiver(conversation, packets_sent)
+                    .await
+                    .map_err(|err| (ReceiverStatus::Failed, err.to_string(), name)),
+            }
+        }
+    });
+    let reports = join_all(stops).await;
+
+    let clock = match spec.clock_sync_bound_us {
+        Some(bound) => (ClockSync::ExternalBound, Some(bound)),
+        None => (ClockSync::SameHostClock, None),
+    };
+    let receivers: Vec<ReceiverResult> = reports
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(report) => ReceiverResult {
+                point: report.point.clone(),
+                status: ReceiverStatus::Ok,
+                error: None,
+                timestamp_source: Some(report.timestamp_source),
+                clock_sync: Some(clock.0),
+                clock_error_bound_us: Some(
+                    clock
+                        .1
+                        .unwrap_or(2.0 * report.clock_resolution_ns as f64 / 1_000.0),
+                ),
+                foreign_session_packets: Some(report.foreign_session_packets),
+                malformed_packets: Some(report.malformed_packets),
+                metrics: Some(report.metrics),
+            },
+            Err((status, error, name)) => ReceiverResult::without_report(&name, status, error),
+        })
+        .collect();
+
+    let status = if source.report.is_none() {
+        RunStatus::Failed
+    } else if receivers.iter().all(|r| r.status == ReceiverStatus::Ok) {
+        RunStatus::Ok
+    } else {
+        RunStatus::Partial
+    };
+    finish(source, receivers, status)
+}
