@@ -25,12 +25,12 @@
 
 mod domain_xml;
 mod libvirt;
-//mod namespace;
+mod namespace;
 mod spec;
 
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel};
 pub use libvirt::LibvirtHypervisor;
-//pub use namespace::{NamespaceConfig, NamespaceHypervisor};
+pub use namespace::{NamespaceConfig, NamespaceHypervisor};
 pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec};
 
 use uuid::Uuid;

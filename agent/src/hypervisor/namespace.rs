@@ -1,0 +1,940 @@
+//! OS-level slivers (PlanetLab's idea): a guest is a network namespace
+//! `vm-<short id>` with one veth, a cgroup that caps CPU and memory, and a
+//! guest process running inside both.
+//!
+//! - Network: `ip netns add`; a veth whose guest end `eth0` carries the VM's
+//!   MAC and address and has tx checksum offload off (userspace OVS would
+//!   forward UDP with bad checksums otherwise), and whose host end is named
+//!   after the spec's port. Plugging that port into OVS is the OVS module's
+//!   job; this backend only creates it.
+//! - Limits: cgroup v2 `cpu.max` and `memory.max`. On hosts with the hybrid
+//!   layout (v1 controllers, v2 only at /sys/fs/cgroup/unified - as on the
+//!   build machine) the limits go to the v1 `cpu` and `memory` hierarchies
+//!   and the v2 group is used for freeze and kill, which need no controller.
+//! - Process: started detached (`setsid -f`) so it outlives the agent; its pid
+//!   and start time are recorded in a state file and re-adopted by a new
+//!   backend object after an agent restart (the start time guards against pid
+//!   reuse).
+//! - Ownership: a guest is ours iff `<state_dir>/<vm id>.json` exists. A
+//!   namespace or cgroup without a state file is never listed or touched.
+//!
+//! All methods block (they run `ip` and `ethtool`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::spec::{short_id, GuestSpec, NicSpec};
+use super::{
+    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
+    ResizeOutcome,
+};
+
+const CPU_PERIOD_US: u64 = 100_000;
+const MIB: u64 = 1024 * 1024;
+
+/// Settings of the namespace backend.
+#[derive(Clone, Debug)]
+pub struct NamespaceConfig {
+    /// Where state files and guest logs live; the ownership record.
+    pub state_dir: PathBuf,
+    /// Name of our parent cgroup (`measurelab`): guests are its children.
+    pub cgroup_parent: String,
+    /// cgroup mount point; `/sys/fs/cgroup` on every normal host.
+    pub cgroup_mount: PathBuf,
+    /// Program and arguments of the guest process (the guest agent). It gets
+    /// `MEASURELAB_VM_ID`, `MEASURELAB_VM_NAME` and `MEASURELAB_IP` in its
+    /// environment.
+    pub guest_command: Vec<String>,
+}
+
+impl NamespaceConfig {
+    /// Defaults: cgroup parent `measurelab` under /sys/fs/cgroup.
+    pub fn new(state_dir: impl Into<PathBuf>, guest_command: Vec<String>) -> Self {
+        NamespaceConfig {
+            state_dir: state_dir.into(),
+            cgroup_parent: "measurelab".into(),
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            guest_command,
+        }
+    }
+}
+
+/// Which cgroup hierarchies exist on this host.
+#[derive(Clone, Debug)]
+enum CgroupLayout {
+    /// Pure v2: one hierarchy with the cpu and memory controllers.
+    Unified { root: PathBuf },
+    /// v1 controllers plus a controller-less v2 hierarchy (systemd hybrid).
+    Hybrid {
+        unified: PathBuf,
+        cpu: PathBuf,
+        memory: PathBuf,
+    },
+}
+
+/// The cgroup directories of one guest.
+#[derive(Clone, Debug)]
+struct GuestCgroups {
+    /// v2 group: freeze, kill, membership.
+    unified: PathBuf,
+    /// Where CPU and memory limits live (same as `unified` on pure v2).
+    cpu: PathBuf,
+    memory: PathBuf,
+    v1_limits: bool,
+}
+
+impl GuestCgroups {
+    fn dirs(&self) -> Vec<&Path> {
+        let mut dirs = vec![self.unified.as_path()];
+        for dir in [&self.cpu, &self.memory] {
+            if !dirs.contains(&dir.as_path()) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+}
+
+/// What we persist per guest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GuestRecord {
+    spec: GuestSpec,
+    netns: String,
+    /// The guest process, if we started one.
+    process: Option<ProcessRecord>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ProcessRecord {
+    pid: u32,
+    /// Field 22 of /proc/<pid>/stat: distinguishes our process from a later
+    /// one that got the same pid.
+    start_time: u64,
+}
+
+/// Guests as network namespaces + cgroups.
+pub struct NamespaceHypervisor {
+    config: NamespaceConfig,
+    layout: CgroupLayout,
+}
+
+impl NamespaceHypervisor {
+    /// Checks the config, detects the cgroup layout and creates the state dir.
+    /// Existing guests (from a previous agent) are adopted as they are.
+    pub fn new(config: NamespaceConfig) -> Result<Self, HypervisorError> {
+        if config.guest_command.is_empty() {
+            return Err(HypervisorError::InvalidSpec {
+                field: "guest_command",
+                reason: "must name a program".into(),
+            });
+        }
+        if config.cgroup_parent.is_empty()
+            || config.cgroup_parent.contains('/')
+            || config.cgroup_parent.starts_with('.')
+        {
+            return Err(HypervisorError::InvalidSpec {
+                field: "cgroup_parent",
+                reason: format!("{:?} must be a single path component", config.cgroup_parent),
+            });
+        }
+        let layout = detect_layout(&config.cgroup_mount)?;
+        fs::create_dir_all(&config.state_dir).map_err(|e| {
+            HypervisorError::io(format!("create {}", config.state_dir.display()), e)
+        })?;
+        Ok(NamespaceHypervisor { config, layout })
+    }
+
+    /// Network namespace name of a guest: `vm-<first 8 hex of its id>`.
+    pub fn netns_name(id: Uuid) -> String {
+        format!("vm-{}", short_id(id))
+    }
+
+    /// cgroup v2 directory of a guest (freeze/kill/membership).
+    pub fn cgroup_dir(&self, id: Uuid) -> PathBuf {
+        self.cgroups(&Self::netns_name(id)).unified
+    }
+
+    /// Pid of the guest process if it is running.
+    pub fn guest_pid(&self, id: Uuid) -> Result<Option<u32>, HypervisorError> {
+        let Some(record) = self.load(id)? else {
+            return Ok(None);
+        };
+        Ok(record.process.filter(|p| process_alive(*p)).map(|p| p.pid))
+    }
+
+    fn cgroups(&self, guest: &str) -> GuestCgroups {
+        let parent = &self.config.cgroup_parent;
+        match &self.layout {
+            CgroupLayout::Unified { root } => {
+                let dir = root.join(parent).join(guest);
+                GuestCgroups {
+                    unified: dir.clone(),
+                    cpu: dir.clone(),
+                    memory: dir,
+                    v1_limits: false,
+                }
+            }
+            CgroupLayout::Hybrid {
+                unified,
+                cpu,
+                memory,
+            } => GuestCgroups {
+                unified: unified.join(parent).join(guest),
+                cpu: cpu.join(parent).join(guest),
+                memory: memory.join(parent).join(guest),
+                v1_limits: true,
+            },
+        }
+    }
+
+    fn state_path(&self, id: Uuid) -> PathBuf {
+        self.config.state_dir.join(format!("{id}.json"))
+    }
+
+    fn log_path(&self, id: Uuid) -> PathBuf {
+        self.config.state_dir.join(format!("{id}.log"))
+    }
+
+    fn load(&self, id: Uuid) -> Result<Option<GuestRecord>, HypervisorError> {
+        let path = self.state_path(id);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(HypervisorError::io(format!("read {}", path.display()), e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            HypervisorError::io(
+                format!("parse {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    fn require(&self, id: Uuid) -> Result<GuestRecord, HypervisorError> {
+        self.load(id)?.ok_or(HypervisorError::NotFound { id })
+    }
+
+    /// Atomic replace, so a crash never leaves a torn record.
+    fn save(&self, record: &GuestRecord) -> Result<(), HypervisorError> {
+        let path = self.state_path(record.spec.id);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(record).map_err(|e| {
+            HypervisorError::io(
+                "serialize guest record",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| HypervisorError::io(format!("write {}", path.display()), e))
+    }
+
+    /// Creates whatever of the guest's namespace, veth and cgroups is missing
+    /// and applies the limits. Safe to call on a complete guest.
+    fn ensure_resources(
+        &self,
+        spec: &GuestSpec,
+        netns: &str,
+        old_nic: Option<&NicSpec>,
+    ) -> Result<(), HypervisorError> {
+        if !netns_exists(netns)? {
+            run("ip", &["netns", "add", netns])?;
+        }
+        run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
+        if old_nic != spec.nic.as_ref() {
+            if let Some(old) = old_nic {
+                // MAC, address or port changed: rebuild the veth. Deleting
+                // one end removes the pair.
+                if link_exists(None, &old.port_name)? {
+                    run("ip", &["link", "del", &old.port_name])?;
+                }
+            }
+        }
+        if let Some(nic) = &spec.nic {
+            ensure_veth(netns, nic)?;
+        } else if link_exists(Some(netns), "eth0")? {
+            run("ip", &["-n", netns, "link", "del", "eth0"])?;
+        }
+        let cgroups = self.cgroups(netns);
+        self.ensure_cgroup_parents()?;
+        for dir in cgroups.dirs() {
+            fs::create_dir_all(dir)
+                .map_err(|e| HypervisorError::io(format!("create {}", dir.display()), e))?;
+        }
+        write_limits(&cgroups, spec.vcpus, spec.memory_mib)
+    }
+
+    /// On pure v2 the parent must delegate cpu and memory to its children.
+    fn ensure_cgroup_parents(&self) -> Result<(), HypervisorError> {
+        if let CgroupLayout::Unified { root } = &self.layout {
+            let parent = root.join(&self.config.cgroup_parent);
+            fs::create_dir_all(&parent)
+                .map_err(|e| HypervisorError::io(format!("create {}", parent.display()), e))?;
+            for dir in [root.as_path(), parent.as_path()] {
+                write_file(&dir.join("cgroup.subtree_control"), "+cpu +memory")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything of a guest; missing pieces are fine.
+    fn remove_resources(&self, netns: &str, nic: Option<&NicSpec>) -> Result<(), HypervisorError> {
+        let cgroups = self.cgroups(netns);
+        kill_cgroup(&cgroups)?;
+        if let Some(nic) = nic {
+            if link_exists(None, &nic.port_name)? {
+                run("ip", &["link", "del", &nic.port_name])?;
+            }
+        }
+        if netns_exists(netns)? {
+            run("ip", &["netns", "del", netns])?;
+        }
+        for dir in cgroups.dirs() {
+            remove_cgroup_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn observe(&self, record: &GuestRecord) -> Result<GuestInfo, HypervisorError> {
+        let cgroups = self.cgroups(&record.netns);
+        let running = record.process.is_some_and(process_alive);
+        let state = if !running {
+            GuestState::Stopped
+        } else if cgroup_frozen(&cgroups.unified)? {
+            GuestState::Paused
+        } else {
+            GuestState::Running
+        };
+        let (vcpus, memory_mib) =
+            read_limits(&cgroups).unwrap_or((record.spec.vcpus, record.spec.memory_mib));
+        Ok(GuestInfo {
+            id: record.spec.id,
+            name: record.netns.clone(),
+            platform_id: record.spec.platform_id,
+            spec_hash: record.spec.spec_hash(),
+            state,
+            vcpus,
+            memory_mib,
+            restart_pending: false,
+        })
+    }
+
+    fn spawn_guest(&self, record: &GuestRecord) -> Result<ProcessRecord, HypervisorError> {
+        let cgroups = self.cgroups(&record.netns);
+        let pid_file = self
+            .config
+            .state_dir
+            .join(format!("{}.pid", record.spec.id));
+        let _ = fs::remove_file(&pid_file);
+        let log_path = self.log_path(record.spec.id);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| HypervisorError::io(format!("open {}", log_path.display()), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HypervisorError::io(format!("dup {}", log_path.display()), e))?;
+        // The shell joins the cgroups *before* exec'ing the guest, so no
+        // child of the guest can escape them; then `ip netns exec` enters
+        // the namespace and execs the program in the same process, so the
+        // recorded pid is the guest's.
+        let script = r#"pidfile=$1; n=$2; shift 2
+while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done
+echo $$ > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile" || exit 98
+exec ip netns exec "$@""#;
+        let procs: Vec<PathBuf> = cgroups
+            .dirs()
+            .iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        let mut command = Command::new("setsid");
+        command
+            .arg("-f")
+            .arg("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("measurelab-guest")
+            .arg(&pid_file)
+            .arg(procs.len().to_string())
+            .args(&procs)
+            .arg(&record.netns)
+            .args(&self.config.guest_command)
+            .env("MEASURELAB_VM_ID", record.spec.id.to_string())
+            .env("MEASURELAB_VM_NAME", &record.spec.name)
+            .env(
+                "MEASURELAB_IP",
+                record
+                    .spec
+                    .nic
+                    .as_ref()
+                    .and_then(|n| n.ipv4_cidr.clone())
+                    .unwrap_or_default(),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let status = command.status().map_err(|e| HypervisorError::Command {
+            command: "setsid -f sh -c ...".into(),
+            detail: e.to_string(),
+            class: ErrorClass::Permanent,
+        })?;
+        if !status.success() {
+            return Err(HypervisorError::Command {
+                command: "setsid -f sh -c ...".into(),
+                detail: format!("exited with {status}"),
+                class: ErrorClass::Transient,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pid = loop {
+            if let Ok(text) = fs::read_to_string(&pid_file) {
+                if let Ok(pid) = text.trim().parse::<u32>() {
+                    break pid;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(HypervisorError::Command {
+                    command: format!("guest launcher for {}", record.netns),
+                    detail: format!(
+                        "no pid file after 5 s; see {}",
+                        self.log_path(record.spec.id).display()
+                    ),
+                    class: ErrorClass::Transient,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let _ = fs::remove_file(&pid_file);
+        let start_time = process_start_time(pid).ok_or_else(|| HypervisorError::Command {
+            command: self.config.guest_command.join(" "),
+            detail: format!(
+                "guest process {pid} exited immediately; see {}",
+                log_path.display()
+            ),
+            class: ErrorClass::Transient,
+        })?;
+        Ok(ProcessRecord { pid, start_time })
+    }
+}
+
+impl Hypervisor for NamespaceHypervisor {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Namespace
+    }
+
+    fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
+        spec.validate()?;
+        let netns = Self::netns_name(spec.id);
+        let existing = self.load(spec.id)?;
+        match existing {
+            None => {
+                if netns_exists(&netns)? {
+                    return Err(HypervisorError::NotOwned {
+                        what: format!("network namespace {netns}"),
+                    });
+                }
+                if let Some(nic) = &spec.nic {
+                    if link_exists(None, &nic.port_name)? {
+                        return Err(HypervisorError::NotOwned {
+                            what: format!("interface {}", nic.port_name),
+                        });
+                    }
+                }
+                if let Err(err) = self.ensure_resources(spec, &netns, None) {
+                    // Nothing half-applied: undo whatever was created.
+                    let _ = self.remove_resources(&netns, spec.nic.as_ref());
+                    return Err(err);
+                }
+                self.save(&GuestRecord {
+                    spec: spec.clone(),
+                    netns,
+                    process: None,
+                })?;
+                Ok(DefineOutcome::Created)
+            }
+            Some(mut record) => {
+                let complete = netns_exists(&netns)?
+                    && match &spec.nic {
+                        Some(nic) => link_exists(None, &nic.port_name)?,
+                        None => true,
+                    }
+                    && self.cgroups(&netns).dirs().iter().all(|d| d.is_dir());
+                if record.spec == *spec && complete {
+                    return Ok(DefineOutcome::Unchanged);
+                }
+                self.ensure_resources(spec, &netns, record.spec.nic.as_ref())?;
+                record.spec = spec.clone();
+                self.save(&record)?;
+                Ok(DefineOutcome::Updated {
+                    restart_required: false,
+                })
+            }
+        }
+    }
+
+    fn start(&self, id: Uuid) -> Result<(), HypervisorError> {
+        let mut record = self.require(id)?;
+        if record.process.is_some_and(process_alive) {
+            return Ok(());
+        }
+        let cgroups = self.cgroups(&record.netns);
+        // A new member of a frozen group would freeze at once.
+        write_file(&cgroups.unified.join("cgroup.freeze"), "0")?;
+        let process = self.spawn_guest(&record)?;
+        record.process = Some(process);
+        self.save(&record)
+    }
+
+    fn pause(&self, id: Uuid) -> Result<(), HypervisorError> {
+        let record = self.require(id)?;
+        if !record.process.is_some_and(process_alive) {
+            return Err(HypervisorError::InvalidState {
+                id,
+                operation: "pause",
+                state: GuestState::Stopped,
+            });
+        }
+        set_frozen(&self.cgroups(&record.netns).unified, true)
+    }
+
+    fn resume(&self, id: Uuid) -> Result<(), HypervisorError> {
+        let record = self.require(id)?;
+        if !record.process.is_some_and(process_alive) {
+            return Err(HypervisorError::InvalidState {
+                id,
+                operation: "resume",
+                state: GuestState::Stopped,
+            });
+        }
+        set_frozen(&self.cgroups(&record.netns).unified, false)
+    }
+
+    fn stop(&self, id: Uuid) -> Result<(), HypervisorError> {
+        let mut record = self.require(id)?;
+        kill_cgroup(&self.cgroups(&record.netns))?;
+        if record.process.take().is_some() {
+            self.save(&record)?;
+        }
+        Ok(())
+    }
+
+    fn undefine(&self, id: Uuid) -> Result<(), HypervisorError> {
+        let Some(record) = self.load(id)? else {
+            return Ok(());
+        };
+        self.remove_resources(&record.netns, record.spec.nic.as_ref())?;
+        for path in [self.state_path(id), self.log_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HypervisorError::io(format!("remove {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn info(&self, id: Uuid) -> Result<Option<GuestInfo>, HypervisorError> {
+        match self.load(id)? {
+            Some(record) => self.observe(&record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError> {
+        let dir = &self.config.state_dir;
+        let entries = fs::read_dir(dir)
+            .map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
+        let mut guests = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            if let Some(record) = self.load(id)? {
+                guests.push(self.observe(&record)?);
+            }
+        }
+        guests.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(guests)
+    }
+
+    fn set_vcpus(&self, id: Uuid, vcpus: u32) -> Result<ResizeOutcome, HypervisorError> {
+        let mut record = self.require(id)?;
+        let mut spec = record.spec.clone();
+        spec.vcpus = vcpus;
+        spec.validate()?;
+        write_limits(&self.cgroups(&record.netns), spec.vcpus, spec.memory_mib)?;
+        record.spec = spec;
+        self.save(&record)?;
+        Ok(ResizeOutcome::Applied)
+    }
+
+    fn set_memory(&self, id: Uuid, memory_mib: u64) -> Result<ResizeOutcome, HypervisorError> {
+        let mut record = self.require(id)?;
+        let mut spec = record.spec.clone();
+        spec.memory_mib = memory_mib;
+        spec.validate()?;
+        write_limits(&self.cgroups(&record.netns), spec.vcpus, spec.memory_mib)?;
+        record.spec = spec;
+        self.save(&record)?;
+        Ok(ResizeOutcome::Applied)
+    }
+}
+
+fn detect_layout(mount: &Path) -> Result<CgroupLayout, HypervisorError> {
+    if mount.join("cgroup.controllers").is_file() {
+        return Ok(CgroupLayout::Unified {
+            root: mount.to_path_buf(),
+        });
+    }
+    let unified = mount.join("unified");
+    let (cpu, memory) = (mount.join("cpu"), mount.join("memory"));
+    if unified.join("cgroup.procs").is_file()
+        && cpu.join("cpu.cfs_quota_us").is_file()
+        && memory.join("memory.limit_in_bytes").is_file()
+    {
+        return Ok(CgroupLayout::Hybrid {
+            unified,
+            cpu,
+            memory,
+        });
+    }
+    Err(HypervisorError::Unsupported {
+        backend: BackendKind::Namespace,
+        operation: "guests without cgroup v2 (need /sys/fs/cgroup as cgroup2, or the hybrid layout with /sys/fs/cgroup/unified)",
+    })
+}
+
+fn write_limits(
+    cgroups: &GuestCgroups,
+    vcpus: u32,
+    memory_mib: u64,
+) -> Result<(), HypervisorError> {
+    let quota = u64::from(vcpus) * CPU_PERIOD_US;
+    let bytes = memory_mib * MIB;
+    if cgroups.v1_limits {
+        write_file(
+            &cgroups.cpu.join("cpu.cfs_period_us"),
+            &CPU_PERIOD_US.to_string(),
+        )?;
+        write_file(&cgroups.cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        write_file(
+            &cgroups.memory.join("memory.limit_in_bytes"),
+            &bytes.to_string(),
+        )
+    } else {
+        write_file(
+            &cgroups.cpu.join("cpu.max"),
+            &format!("{quota} {CPU_PERIOD_US}"),
+        )?;
+        write_file(&cgroups.memory.join("memory.max"), &bytes.to_string())
+    }
+}
+
+/// (vcpus, memory MiB) as the kernel enforces them.
+fn read_limits(cgroups: &GuestCgroups) -> Option<(u32, u64)> {
+    let read = |p: PathBuf| fs::read_to_string(p).ok();
+    let (quota, period) = if cgroups.v1_limits {
+        (
+            read(cgroups.cpu.join("cpu.cfs_quota_us"))?
+                .trim()
+                .parse::<u64>()
+                .ok()?,
+            read(cgroups.cpu.join("cpu.cfs_period_us"))?
+                .trim()
+                .parse::<u64>()
+                .ok()?,
+        )
+    } else {
+        let text = read(cgroups.cpu.join("cpu.max"))?;
+        let mut parts = text.split_whitespace();
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?)
+    };
+    let memory_file = if cgroups.v1_limits {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    let bytes: u64 = read(cgroups.memory.join(memory_file))?
+        .trim()
+        .parse()
+        .ok()?;
+    let vcpus = u32::try_from(quota.div_ceil(period.max(1))).ok()?;
+    Some((vcpus, bytes / MIB))
+}
+
+fn cgroup_frozen(dir: &Path) -> Result<bool, HypervisorError> {
+    let path = dir.join("cgroup.events");
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(text.lines().any(|l| l.trim() == "frozen 1")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(HypervisorError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// Writes cgroup.freeze and waits until the kernel reports the new state,
+/// so a caller that sees Ok can rely on it.
+fn set_frozen(dir: &Path, frozen: bool) -> Result<(), HypervisorError> {
+    write_file(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cgroup_frozen(dir)? != frozen {
+        if Instant::now() > deadline {
+            return Err(HypervisorError::Command {
+                command: format!("{}/cgroup.freeze", dir.display()),
+                detail: format!("group did not reach frozen={frozen} within 5 s"),
+                class: ErrorClass::Transient,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Kills every process in the guest's group and waits until it is empty.
+fn kill_cgroup(cgroups: &GuestCgroups) -> Result<(), HypervisorError> {
+    let dir = &cgroups.unified;
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    // SIGKILL is delivered to frozen tasks, but thaw anyway so nothing
+    // lingers in a frozen state that rmdir would trip over.
+    let _ = write_file(&dir.join("cgroup.freeze"), "0");
+    write_file(&dir.join("cgroup.kill"), "1")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let members: usize = cgroups
+            .dirs()
+            .iter()
+            .map(|d| {
+                fs::read_to_string(d.join("cgroup.procs"))
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        if members == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(HypervisorError::Command {
+                command: format!("{}/cgroup.kill", dir.display()),
+                detail: format!("{members} processes still in the group after 5 s"),
+                class: ErrorClass::Transient,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn remove_cgroup_dir(dir: &Path) -> Result<(), HypervisorError> {
+    // Exited tasks leave the group asynchronously; rmdir can briefly see
+    // EBUSY right after a kill.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(HypervisorError::io(format!("rmdir {}", dir.display()), e)),
+        }
+    }
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), HypervisorError> {
+    fs::write(path, value)
+        .map_err(|e| HypervisorError::io(format!("write {value:?} to {}", path.display()), e))
+}
+
+/// Start time (clock ticks since boot) of a live, non-zombie process.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: parse after its ')'.
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state); start time is field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn process_alive(process: ProcessRecord) -> bool {
+    process_start_time(process.pid) == Some(process.start_time)
+}
+
+fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
+    let host_up = link_exists(None, &nic.port_name)?;
+    let guest_up = link_exists(Some(netns), "eth0")?;
+    if !(host_up && guest_up) {
+        // A half pair from an interrupted define: start over.
+        if host_up {
+            run("ip", &["link", "del", &nic.port_name])?;
+        }
+        if guest_up {
+            run("ip", &["-n", netns, "link", "del", "eth0"])?;
+        }
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &nic.port_name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                &nic.mac,
+                "netns",
+                netns,
+            ],
+        )?;
+    } else {
+        run(
+            "ip",
+            &["-n", netns, "link", "set", "eth0", "address", &nic.mac],
+        )?;
+    }
+    run("ip", &["-n", netns, "addr", "flush", "dev", "eth0"])?;
+    if let Some(cidr) = &nic.ipv4_cidr {
+        run("ip", &["-n", netns, "addr", "add", cidr, "dev", "eth0"])?;
+    }
+    // Userspace OVS does not complete offloaded checksums: UDP from the
+    // guest would arrive with bad checksums and be dropped.
+    run(
+        "ip",
+        &["netns", "exec", netns, "ethtool", "-K", "eth0", "tx", "off"],
+    )?;
+    run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
+    run("ip", &["link", "set", &nic.port_name, "up"])?;
+    Ok(())
+}
+
+fn netns_exists(name: &str) -> Result<bool, HypervisorError> {
+    // `ip netns add` creates /run/netns/<name>; checking the file avoids
+    // parsing `ip netns list` output.
+    Ok(Path::new("/run/netns").join(name).exists())
+}
+
+fn link_exists(netns: Option<&str>, name: &str) -> Result<bool, HypervisorError> {
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["link", "show", "dev", name]);
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .map_err(|e| command_error("ip", &args, e.to_string(), ErrorClass::Permanent))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("does not exist") || stderr.contains("Cannot find device") {
+        return Ok(false);
+    }
+    Err(command_error(
+        "ip",
+        &args,
+        format!("{}: {}", out.status, stderr.trim()),
+        ErrorClass::Transient,
+    ))
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), HypervisorError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| command_error(program, args, e.to_string(), ErrorClass::Permanent))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Bad arguments will not get better on retry; the rest (EBUSY, races
+    // with other tools) may.
+    let class = if stderr.contains("Invalid argument") || stderr.contains("Error: argument") {
+        ErrorClass::Permanent
+    } else {
+        ErrorClass::Transient
+    };
+    Err(command_error(
+        program,
+        args,
+        format!("{}: {}", out.status, stderr.trim()),
+        class,
+    ))
+}
+
+fn command_error(
+    program: &str,
+    args: &[&str],
+    detail: String,
+    class: ErrorClass,
+) -> HypervisorError {
+    HypervisorError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        detail,
+        class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_start_time_is_readable() {
+        let pid = std::process::id();
+        let start = process_start_time(pid).expect("own /proc/<pid>/stat");
+        assert!(process_alive(ProcessRecord {
+            pid,
+            start_time: start
+        }));
+        assert!(!process_alive(ProcessRecord {
+            pid,
+            start_time: start + 1
+        }));
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let err = NamespaceHypervisor::new(NamespaceConfig::new("/tmp/x", vec![])).err();
+        assert!(matches!(
+            err,
+            Some(HypervisorError::InvalidSpec {
+                field: "guest_command",
+                ..
+            })
+        ));
+        let mut config = NamespaceConfig::new("/tmp/x", vec!["sleep".into()]);
+        config.cgroup_parent = "a/b".into();
+        assert!(matches!(
+            NamespaceHypervisor::new(config).err(),
+            Some(HypervisorError::InvalidSpec {
+                field: "cgroup_parent",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn netns_name_uses_short_id() {
+        let id = Uuid::parse_str("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8").unwrap();
+        assert_eq!(NamespaceHypervisor::netns_name(id), "vm-6f1c2a3b");
+    }
+}

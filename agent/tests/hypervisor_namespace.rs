@@ -1,0 +1,457 @@
+//! The namespace backend for real: network namespaces, veth pairs, cgroups
+//! and guest processes. Needs root. Each test uses its own state dir and its
+//! own cgroup parent (`mltest-<pid>-<n>`), and tears everything down even
+//! when an assertion fails (see `Fixture::drop`).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use measurelab_agent::hypervisor::{
+    BootImage, DefineOutcome, GuestSpec, GuestState, Hypervisor, HypervisorError, NamespaceConfig,
+    NamespaceHypervisor, NicAttach, NicSpec, ResizeOutcome,
+};
+use uuid::Uuid;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The guest program: bumps a counter file every 20 ms, so a frozen guest
+/// is visible as a counter that stops.
+const GUEST_SCRIPT: &str =
+    r#"i=0; while :; do i=$((i+1)); echo $i > "$COUNTER_DIR/$MEASURELAB_VM_ID"; sleep 0.02; done"#;
+
+struct Fixture {
+    config: NamespaceConfig,
+    dir: tempfile::TempDir,
+    tag: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tag = format!(
+            "mltest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let counters = dir.path().join("counters");
+        fs::create_dir_all(&counters).unwrap();
+        let mut config = NamespaceConfig::new(
+            dir.path().join("state"),
+            vec![
+                "env".into(),
+                format!("COUNTER_DIR={}", counters.display()),
+                "sh".into(),
+                "-c".into(),
+                GUEST_SCRIPT.into(),
+            ],
+        );
+        config.cgroup_parent = tag.clone();
+        Fixture { config, dir, tag }
+    }
+
+    fn backend(&self) -> NamespaceHypervisor {
+        NamespaceHypervisor::new(self.config.clone()).unwrap()
+    }
+
+    fn counter(&self, id: Uuid) -> u64 {
+        fs::read_to_string(self.dir.path().join("counters").join(id.to_string()))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn spec(&self, k: u8) -> GuestSpec {
+        let id = Uuid::new_v4();
+        let short = &id.simple().to_string()[..8];
+        GuestSpec {
+            id,
+            name: format!("{}-g{k}", self.tag),
+            platform_id: None,
+            vcpus: 1,
+            memory_mib: 64 + u64::from(k),
+            disk_mib: 0,
+            swap_mib: 0,
+            boot: BootImage {
+                kernel: "/unused/vmlinuz".into(),
+                initrd: "/unused/initrd".into(),
+                disk: None,
+                extra_cmdline: String::new(),
+                console_log: None,
+            },
+            nic: Some(NicSpec {
+                mac: format!("52:54:00:aa:00:{:02x}", 10 + k),
+                bridge: "br-int".into(),
+                vlan_tag: Some(100),
+                port_name: format!("mlp{short}"),
+                ipv4_cidr: Some(format!("10.200.77.{}/24", 10 + k)),
+                attach: NicAttach::TapOnly,
+            }),
+        }
+    }
+
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
+        ["unified", "cpu", "memory", ""]
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h).join(&self.tag))
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Ok(hv) = NamespaceHypervisor::new(self.config.clone()) {
+            for guest in hv.list_owned().unwrap_or_default() {
+                let _ = hv.undefine(guest.id);
+            }
+        }
+        for dir in self.cgroup_parents() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn netns_inode(name: &str) -> u64 {
+    fs::metadata(Path::new("/run/netns").join(name))
+        .unwrap()
+        .ino()
+}
+
+fn pid_netns_inode(pid: u32) -> u64 {
+    fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino()
+}
+
+fn procs_in(cgroup: &Path) -> Vec<u32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The group holds exactly one guest: `pid` and, at most, its short-lived
+/// children (the guest script's `sleep`). A duplicate guest would be a
+/// second process whose parent is not `pid`.
+fn assert_single_guest(cgroup: &Path, pid: u32) {
+    let procs = procs_in(cgroup);
+    assert!(procs.contains(&pid), "{pid} not in {procs:?}");
+    for other in procs.iter().filter(|p| **p != pid) {
+        if let Some(parent) = parent_pid(*other) {
+            assert_eq!(
+                parent, pid,
+                "process {other} in the guest group is not the guest's child"
+            );
+        }
+    }
+}
+
+fn limits(tag: &str, netns: &str) -> (String, String) {
+    let v2 = Path::new("/sys/fs/cgroup").join(tag).join(netns);
+    if v2.join("cpu.max").exists() {
+        (
+            fs::read_to_string(v2.join("cpu.max")).unwrap(),
+            fs::read_to_string(v2.join("memory.max")).unwrap(),
+        )
+    } else {
+        let cpu = Path::new("/sys/fs/cgroup/cpu").join(tag).join(netns);
+        let mem = Path::new("/sys/fs/cgroup/memory").join(tag).join(netns);
+        (
+            format!(
+                "{} {}",
+                fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                    .unwrap()
+                    .trim(),
+                fs::read_to_string(cpu.join("cpu.cfs_period_us"))
+                    .unwrap()
+                    .trim()
+            ),
+            fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+        )
+    }
+}
+
+#[test]
+fn three_guests_full_lifecycle() {
+    let fx = Fixture::new();
+    let hv = fx.backend();
+    let specs: Vec<GuestSpec> = (1..=3).map(|k| fx.spec(k)).collect();
+
+    for spec in &specs {
+        assert_eq!(hv.define(spec).unwrap(), DefineOutcome::Created);
+        assert_eq!(hv.define(spec).unwrap(), DefineOutcome::Unchanged);
+        hv.start(spec.id).unwrap();
+        hv.start(spec.id).unwrap();
+    }
+
+    for (k, spec) in specs.iter().enumerate() {
+        let netns = NamespaceHypervisor::netns_name(spec.id);
+        let nic = spec.nic.as_ref().unwrap();
+        // Namespace and veth: guest end has the MAC and address, tx offload off.
+        let addr = ip(&["-n", &netns, "-o", "addr", "show", "dev", "eth0"]);
+        assert!(addr.contains(nic.ipv4_cidr.as_deref().unwrap()), "{addr}");
+        let link = ip(&["-n", &netns, "-o", "link", "show", "dev", "eth0"]);
+        assert!(link.contains(&nic.mac), "{link}");
+        assert!(link.contains("UP"), "{link}");
+        let host = ip(&["-o", "link", "show", "dev", &nic.port_name]);
+        assert!(host.contains(&nic.port_name), "host port missing: {host}");
+        let offload = Command::new("ip")
+            .args(["netns", "exec", &netns, "ethtool", "-k", "eth0"])
+            .output()
+            .unwrap();
+        let offload = String::from_utf8_lossy(&offload.stdout);
+        assert!(
+            offload.contains("tx-checksumming: off"),
+            "tx checksum offload still on: {offload}"
+        );
+
+        // cgroup limits.
+        let (cpu, mem) = limits(&fx.tag, &netns);
+        assert_eq!(cpu.trim(), "100000 100000");
+        assert_eq!(mem.trim(), ((64 + k as u64 + 1) * 1024 * 1024).to_string());
+
+        // The process runs inside the namespace and the group.
+        let pid = hv.guest_pid(spec.id).unwrap().expect("guest running");
+        assert_eq!(pid_netns_inode(pid), netns_inode(&netns));
+        assert_single_guest(&hv.cgroup_dir(spec.id), pid);
+        let info = hv.info(spec.id).unwrap().unwrap();
+        assert_eq!(info.state, GuestState::Running);
+        assert_eq!((info.vcpus, info.memory_mib), (1, 64 + k as u64 + 1));
+    }
+    let listed: Vec<Uuid> = hv.list_owned().unwrap().iter().map(|g| g.id).collect();
+    assert_eq!(listed.len(), 3);
+    assert!(specs.iter().all(|s| listed.contains(&s.id)));
+
+    // Freeze: the counter stops; thaw: it moves again.
+    let target = &specs[0];
+    wait_until("guest counter", || fx.counter(target.id) > 0);
+    hv.pause(target.id).unwrap();
+    hv.pause(target.id).unwrap();
+    assert_eq!(
+        hv.info(target.id).unwrap().unwrap().state,
+        GuestState::Paused
+    );
+    let frozen_at = fx.counter(target.id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fx.counter(target.id),
+        frozen_at,
+        "frozen guest kept running"
+    );
+    let other = fx.counter(specs[1].id);
+    wait_until("unfrozen neighbour to progress", || {
+        fx.counter(specs[1].id) > other
+    });
+    hv.resume(target.id).unwrap();
+    hv.resume(target.id).unwrap();
+    wait_until("thawed guest to progress", || {
+        fx.counter(target.id) > frozen_at
+    });
+    assert_eq!(
+        hv.info(target.id).unwrap().unwrap().state,
+        GuestState::Running
+    );
+
+    // Resize in place.
+    assert_eq!(hv.set_vcpus(target.id, 2).unwrap(), ResizeOutcome::Applied);
+    assert_eq!(
+        hv.set_memory(target.id, 128).unwrap(),
+        ResizeOutcome::Applied
+    );
+    let netns = NamespaceHypervisor::netns_name(target.id);
+    let (cpu, mem) = limits(&fx.tag, &netns);
+    assert_eq!(cpu.trim(), "200000 100000");
+    assert_eq!(mem.trim(), (128u64 * 1024 * 1024).to_string());
+    let err = hv.set_memory(target.id, 1).unwrap_err();
+    assert!(matches!(
+        err,
+        HypervisorError::InvalidSpec {
+            field: "memory_mib",
+            ..
+        }
+    ));
+
+    // Stop kills the group (even a frozen one) but keeps the guest defined.
+    let pid = hv.guest_pid(target.id).unwrap().unwrap();
+    hv.pause(target.id).unwrap();
+    hv.stop(target.id).unwrap();
+    hv.stop(target.id).unwrap();
+    assert!(procs_in(&hv.cgroup_dir(target.id)).is_empty());
+    assert!(!Path::new(&format!("/proc/{pid}/ns")).exists() || proc_is_zombie(pid));
+    assert_eq!(
+        hv.info(target.id).unwrap().unwrap().state,
+        GuestState::Stopped
+    );
+    assert!(matches!(
+        hv.pause(target.id),
+        Err(HypervisorError::InvalidState { .. })
+    ));
+    hv.start(target.id).unwrap();
+    assert_eq!(
+        hv.info(target.id).unwrap().unwrap().state,
+        GuestState::Running
+    );
+
+    // Undefine removes everything; a second undefine is a no-op.
+    for spec in &specs {
+        let netns = NamespaceHypervisor::netns_name(spec.id);
+        let cgroup = hv.cgroup_dir(spec.id);
+        hv.undefine(spec.id).unwrap();
+        hv.undefine(spec.id).unwrap();
+        assert!(!Path::new("/run/netns").join(&netns).exists());
+        assert!(!cgroup.exists());
+        let port = &spec.nic.as_ref().unwrap().port_name;
+        assert!(ip(&["-o", "link", "show", "dev", port]).is_empty());
+        assert!(hv.info(spec.id).unwrap().is_none());
+    }
+    assert!(hv.list_owned().unwrap().is_empty());
+}
+
+fn proc_is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(true)
+}
+
+#[test]
+fn restarted_agent_adopts_guests_without_duplicates() {
+    let fx = Fixture::new();
+    let specs: Vec<GuestSpec> = (1..=3).map(|k| fx.spec(k)).collect();
+    let mut pids = Vec::new();
+    {
+        let hv = fx.backend();
+        for spec in &specs {
+            hv.define(spec).unwrap();
+            hv.start(spec.id).unwrap();
+            pids.push(hv.guest_pid(spec.id).unwrap().unwrap());
+        }
+        // The "agent" dies: the backend object is gone, guests keep running.
+    }
+    let hv = fx.backend();
+    let listed = hv.list_owned().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|g| g.state == GuestState::Running));
+    for (spec, pid) in specs.iter().zip(&pids) {
+        // Reconcile replays define + start: both are no-ops.
+        assert_eq!(hv.define(spec).unwrap(), DefineOutcome::Unchanged);
+        hv.start(spec.id).unwrap();
+        assert_eq!(hv.guest_pid(spec.id).unwrap(), Some(*pid));
+        assert_single_guest(&hv.cgroup_dir(spec.id), *pid);
+    }
+    // A dead guest (killed behind our back) is restarted once, not twice.
+    let victim = &specs[2];
+    Command::new("kill")
+        .args(["-9", &pids[2].to_string()])
+        .status()
+        .unwrap();
+    wait_until("killed guest to leave its cgroup", || {
+        procs_in(&hv.cgroup_dir(victim.id)).is_empty()
+    });
+    assert_eq!(
+        hv.info(victim.id).unwrap().unwrap().state,
+        GuestState::Stopped
+    );
+    hv.start(victim.id).unwrap();
+    hv.start(victim.id).unwrap();
+    let new_pid = hv.guest_pid(victim.id).unwrap().unwrap();
+    assert_ne!(new_pid, pids[2]);
+    assert_single_guest(&hv.cgroup_dir(victim.id), new_pid);
+    for spec in &specs {
+        hv.undefine(spec.id).unwrap();
+    }
+}
+
+#[test]
+fn foreign_namespaces_are_not_touched() {
+    let fx = Fixture::new();
+    let hv = fx.backend();
+    let spec = fx.spec(1);
+    let netns = NamespaceHypervisor::netns_name(spec.id);
+    // Someone else's namespace with the name our guest would get.
+    assert!(Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .unwrap()
+        .success());
+    let result = hv.define(&spec);
+    let listed = hv.list_owned();
+    let undefine = hv.undefine(spec.id);
+    let still_there = Path::new("/run/netns").join(&netns).exists();
+    Command::new("ip")
+        .args(["netns", "del", &netns])
+        .status()
+        .unwrap();
+    match result {
+        Err(HypervisorError::NotOwned { what }) => assert!(what.contains(&netns), "{what}"),
+        other => panic!("expected NotOwned, got {other:?}"),
+    }
+    assert!(listed.unwrap().is_empty());
+    undefine.unwrap();
+    assert!(still_there, "undefine removed a namespace it does not own");
+}
+
+#[test]
+fn failed_define_leaves_nothing_behind() {
+    let fx = Fixture::new();
+    let hv = fx.backend();
+    let mut spec = fx.spec(1);
+    // A host interface with our port name already exists and is not ours.
+    let port = spec.nic.as_ref().unwrap().port_name.clone();
+    let peer = format!("{}x", &port[..port.len().min(14)]);
+    assert!(Command::new("ip")
+        .args(["link", "add", &port, "type", "veth", "peer", "name", &peer])
+        .status()
+        .unwrap()
+        .success());
+    let result = hv.define(&spec);
+    Command::new("ip")
+        .args(["link", "del", &port])
+        .status()
+        .unwrap();
+    assert!(
+        matches!(result, Err(HypervisorError::NotOwned { .. })),
+        "{result:?}"
+    );
+    let netns = NamespaceHypervisor::netns_name(spec.id);
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+    assert!(hv.info(spec.id).unwrap().is_none());
+
+    // An unusable MAC is caught before anything is created.
+    spec.nic.as_mut().unwrap().mac = "ff:ff:ff:ff:ff:ff".into();
+    let err = hv.define(&spec).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HypervisorError::InvalidSpec {
+                field: "nic.mac",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+}
