@@ -61,9 +61,17 @@ pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr
     let value = match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => value,
         Err(e) => {
-            let path = e.path().to_string();
+            // serde_path_to_error writes `?` for a map key it had not read
+            // yet when the syntax broke; name the enclosing value instead.
+            let path = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|segment| !segment.is_empty() && *segment != "?")
+                .collect::<Vec<_>>()
+                .join(".");
             let inner = e.into_inner();
-            let path = (path != ".").then_some(path);
+            let path = (!path.is_empty()).then_some(path);
             return Err(match inner.classify() {
                 serde_json::error::Category::Data => {
                     let reason = inner.to_string();
@@ -79,8 +87,11 @@ pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr
                     ApiError::InvalidField { field, reason }
                 }
                 _ => ApiError::MalformedJson {
+                    message: match &path {
+                        Some(path) => format!("{path}: request body is not valid JSON: {inner}"),
+                        None => format!("request body is not valid JSON: {inner}"),
+                    },
                     field: path,
-                    message: format!("request body is not valid JSON: {inner}"),
                 },
             });
         }

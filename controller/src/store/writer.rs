@@ -97,7 +97,7 @@ enum PendingReply {
     Registered(Reply<Registered>, Result<Registered, StoreError>),
     Heartbeat(Reply<u64>, Result<u64, StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
-    Node(Reply<http::Node>, Result<http::Node, StoreError>),
+    Node(Reply<http::Node>, Result<Box<http::Node>, StoreError>),
     Event(Reply<i64>, Result<i64, StoreError>),
 }
 
@@ -121,7 +121,7 @@ impl PendingReply {
             PendingReply::Registered(r, v) => drop(r.send(v)),
             PendingReply::Heartbeat(r, v) => drop(r.send(v)),
             PendingReply::Count(r, v) => drop(r.send(v)),
-            PendingReply::Node(r, v) => drop(r.send(v)),
+            PendingReply::Node(r, v) => drop(r.send(v.map(|node| *node))),
             PendingReply::Event(r, v) => drop(r.send(v)),
         }
     }
@@ -310,7 +310,7 @@ impl Writer {
                         reply,
                     } => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
-                            set_labels(tx, overlay, &node_id, labels, now)
+                            set_labels(tx, overlay, &node_id, labels, now).map(Box::new)
                         });
                         replies.push(PendingReply::Node(reply, result));
                     }

@@ -1,0 +1,193 @@
+//! Test harness: a real controller on 127.0.0.1:0 with a temp data dir and
+//! an injected shutdown future, plus gRPC and HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use measurelab_api::http::{EventList, Node, NodeList};
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{
+    Capabilities, HeartbeatRequest, RegisterRequest, RegisterResponse, ResourceUsage,
+};
+use measurelab_controller::{run, ControllerConfig, ControllerError};
+use tonic::transport::Channel;
+
+pub struct TestController {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+    pub join_token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ControllerError>>>,
+}
+
+impl TestController {
+    /// Start a controller on `data_dir` (reused across restarts).
+    pub async fn start(data_dir: &Path, offline_after: Duration) -> TestController {
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
+        let mut config = ControllerConfig::new(data_dir, http, grpc);
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.offline_after = offline_after;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = client
+                .get(format!("http://{http_addr}/healthz"))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "controller did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(data_dir.join(name))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        TestController {
+            http: http_addr,
+            grpc: grpc_addr,
+            data_dir: data_dir.to_path_buf(),
+            admin_token: read("admin.token"),
+            join_token: read("join.token"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Shut down through the injected future and wait until the store is closed.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub async fn grpc(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn nodes(&self) -> Vec<Node> {
+        self.get_json::<NodeList>("/v1/nodes").await.nodes
+    }
+
+    pub async fn node(&self, name: &str) -> Node {
+        self.get_json(&format!("/v1/nodes/{name}")).await
+    }
+
+    pub async fn events(&self) -> EventList {
+        self.get_json("/v1/events?limit=1000").await
+    }
+
+    pub async fn register(&self, name: &str, node_id: &str) -> RegisterResponse {
+        self.grpc()
+            .await
+            .register(register_request(&self.join_token, name, node_id))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Poll until `check` holds for the node list, or fail after 10 s.
+    pub async fn wait_for(&self, what: &str, check: impl Fn(&[Node]) -> bool) -> Vec<Node> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let nodes = self.nodes().await;
+            if check(&nodes) {
+                return nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        // A failed test must not leave the controller running in the runtime.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn register_request(join_token: &str, name: &str, node_id: &str) -> RegisterRequest {
+    RegisterRequest {
+        join_token: join_token.into(),
+        name: name.into(),
+        node_id: node_id.into(),
+        agent_version: "test-1".into(),
+        capabilities: Some(Capabilities {
+            libvirt_uris: vec!["test:///default".into()],
+            namespace_backend: true,
+            ..Default::default()
+        }),
+        usage: Some(usage()),
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        management_address: "10.254.0.11".into(),
+    }
+}
+
+pub fn usage() -> ResourceUsage {
+    ResourceUsage {
+        cpu_count: 2,
+        cpu_used_percent: 12.5,
+        memory_total_bytes: 4 << 30,
+        memory_used_bytes: 1 << 30,
+        ..Default::default()
+    }
+}
+
+pub fn heartbeat_request(registered: &RegisterResponse, sequence: u64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        node_id: registered.node_id.clone(),
+        node_secret: registered.node_secret.clone(),
+        sequence,
+        agent_version: "test-2".into(),
+        capabilities: Some(Capabilities {
+            libvirt_uris: vec!["test:///default".into(), "qemu:///system".into()],
+            namespace_backend: true,
+            ovs_datapath_types: vec!["netdev".into()],
+            ..Default::default()
+        }),
+        usage: Some(usage()),
+        observed_generation: 0,
+    }
+}
