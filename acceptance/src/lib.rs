@@ -1,1 +1,498 @@
-//! Acceptance tests live in tests/.
+//! Harness for the acceptance tests in `tests/`: a real lab brought up with the
+//! built `measurelab` binary, the built provider published through a Terraform
+//! CLI config, and the real `terraform` CLI.
+//!
+//! # Layout
+//! - [`acc_enabled`]: the `TF_ACC=1` gate (a skip is printed, never silent).
+//! - [`Binaries`]: the built `measurelab` and `terraform-provider-measurelab`.
+//! - [`Lab`]: `measurelab lab up` on a temp dir, `lab down` on drop.
+//! - [`Terraform`]: a working directory and the `terraform` CLI with the lab's
+//!   environment.
+//!
+//! Tests need root (the lab creates network namespaces) and run slowly, which
+//! is why they are gated.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use measurelab_api::client::Client;
+use measurelab_api::http::Node;
+
+#[path = "../../cli/src/tfrc.rs"]
+pub mod tfrc;
+
+/// True when acceptance tests should run (`TF_ACC=1`); otherwise prints a
+/// visible skip line for `test`.
+pub fn acc_enabled(test: &str) -> bool {
+    if std::env::var("TF_ACC").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: acceptance tests run only with TF_ACC=1 (they need root, a lab and terraform)");
+    println!("SKIPPED {test}: set TF_ACC=1 to run");
+    false
+}
+
+/// The workspace's built binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// Directory holding both binaries (the cargo profile dir).
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// Find the binaries in `$CARGO_TARGET_DIR/debug` (or `<workspace>/target/debug`).
+    /// They are not built here: a nested `cargo build` inside `cargo test` would
+    /// wait forever on the build-directory lock. `cargo xtask acc` builds first.
+    pub fn locate() -> anyhow::Result<Self> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        let dir = target.join("debug");
+        for binary in ["measurelab", "terraform-provider-measurelab"] {
+            let path = dir.join(binary);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: build it first with \
+                     `cargo build -p measurelab -p terraform-provider-measurelab` \
+                     (or run `cargo run -p xtask -- acc`)",
+                    path.display()
+                );
+            }
+        }
+        Ok(Binaries { dir })
+    }
+
+    /// Path of the `measurelab` binary.
+    pub fn measurelab(&self) -> PathBuf {
+        self.dir.join("measurelab")
+    }
+
+    /// Path of the provider binary.
+    pub fn provider(&self) -> PathBuf {
+        self.dir.join("terraform-provider-measurelab")
+    }
+}
+
+/// Root of the cargo workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Lab names become interface names (`<name>-nK-up`, at most 15 bytes), so
+/// they are short: `ac` + pid in hex + a per-process counter.
+fn unique_lab_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "ac{:x}{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running lab; `measurelab lab down` runs on drop, even when the test panics.
+pub struct Lab {
+    /// Lab name (`--name`).
+    pub name: String,
+    /// Lab directory (`--dir`), removed after `lab down`.
+    pub dir: tempfile::TempDir,
+    /// `MEASURELAB_ENDPOINT` from `lab env`.
+    pub endpoint: String,
+    /// `MEASURELAB_TOKEN` from `lab env`.
+    pub token: String,
+    /// Every variable `lab env` printed (the only environment examples get).
+    pub env: Vec<(String, String)>,
+    /// The Terraform CLI config (`TF_CLI_CONFIG_FILE`).
+    pub tfrc: PathBuf,
+    /// The built binaries.
+    pub binaries: Binaries,
+}
+
+impl Lab {
+    /// `measurelab lab up --nodes N`, then wait until every node is online.
+    pub fn up(nodes: u32) -> anyhow::Result<Lab> {
+        let binaries = Binaries::locate()?;
+        let name = unique_lab_name();
+        let dir = tempfile::Builder::new()
+            .prefix("measurelab-acc-")
+            .tempdir()?;
+        let started = Instant::now();
+        let output = Command::new(binaries.measurelab())
+            .args([
+                "lab",
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--name",
+                &name,
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .context("running measurelab lab up")?;
+        // From here on, Drop tears the lab down even if `up` half-failed.
+        let mut lab = Lab {
+            name,
+            dir,
+            endpoint: String::new(),
+            token: String::new(),
+            env: Vec::new(),
+            tfrc: PathBuf::new(),
+            binaries,
+        };
+        if !output.status.success() {
+            bail!("measurelab lab up failed:\n{}", describe(&output));
+        }
+        let env_output = lab.measurelab(&["lab", "env"])?;
+        lab.env = parse_env(&String::from_utf8_lossy(&env_output.stdout));
+        lab.endpoint = lab.env_var("MEASURELAB_ENDPOINT")?;
+        lab.token = lab.env_var("MEASURELAB_TOKEN")?;
+        lab.tfrc = tfrc::write_tfrc(lab.dir.path(), &lab.binaries.dir)?;
+        lab.wait_online(nodes as usize, Duration::from_secs(60))?;
+        eprintln!(
+            "lab {} up with {nodes} nodes in {:.1?}",
+            lab.name,
+            started.elapsed()
+        );
+        Ok(lab)
+    }
+
+    fn env_var(&self, key: &str) -> anyhow::Result<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("`measurelab lab env` printed no {key}"))
+    }
+
+    /// Run `measurelab <args> --name NAME --dir DIR`, failing on non-zero exit.
+    pub fn measurelab(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let output = Command::new(self.binaries.measurelab())
+            .args(args)
+            .args(["--name", &self.name, "--dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running measurelab {}", args.join(" ")))?;
+        if !output.status.success() {
+            bail!(
+                "measurelab {} failed:\n{}",
+                args.join(" "),
+                describe(&output)
+            );
+        }
+        Ok(output)
+    }
+
+    /// Name of node `k` (1-based) as its agent registers it.
+    pub fn node_name(&self, k: u32) -> String {
+        format!("{}-n{k}", self.name)
+    }
+
+    /// A client for the lab's controller.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.endpoint, &self.token, None)?)
+    }
+
+    /// Ask the controller about one node (`None` if it does not exist).
+    pub fn node(&self, name: &str) -> anyhow::Result<Option<Node>> {
+        let client = self.client()?;
+        block_on(async move {
+            match client.get_node(name).await {
+                Ok(node) => Ok(Some(node)),
+                Err(err) if err.is_not_found() => Ok(None),
+                Err(err) => Err(err.into()),
+            }
+        })
+    }
+
+    /// All nodes the controller knows.
+    pub fn nodes(&self) -> anyhow::Result<Vec<Node>> {
+        let client = self.client()?;
+        block_on(async move { Ok(client.list_nodes().await?) })
+    }
+
+    fn wait_online(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes();
+            if let Ok(nodes) = &nodes {
+                let online = nodes
+                    .iter()
+                    .filter(|n| n.status == measurelab_api::http::NodeStatus::Online)
+                    .count();
+                if online >= count {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "lab {}: {count} nodes not online within {timeout:?}: {nodes:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// A fresh Terraform working directory wired to this lab.
+    pub fn terraform(&self) -> anyhow::Result<Terraform> {
+        Terraform::new(&self.tfrc, &self.env)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        match self.measurelab(&["lab", "down"]) {
+            Ok(_) => eprintln!("lab {} down", self.name),
+            Err(err) => eprintln!("WARNING: lab {} teardown failed: {err:#}", self.name),
+        }
+    }
+}
+
+/// Parse `KEY=VALUE` lines (optionally prefixed with `export `, optionally quoted).
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches("export ").trim();
+            let (key, value) = line.split_once('=')?;
+            let value = value.trim().trim_matches('"').trim_matches('\'');
+            Some((key.trim().to_string(), value.to_string()))
+        })
+        .filter(|(k, _)| !k.is_empty() && !k.starts_with('#'))
+        .collect()
+}
+
+/// Run a future on a private runtime (tests are synchronous).
+pub fn block_on<T>(
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+/// Exit status plus both streams, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A Terraform working directory and the environment to run `terraform` in.
+pub struct Terraform {
+    /// The working directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Terraform {
+    /// A working directory using `tfrc` and exactly `env` as provider settings.
+    pub fn new(tfrc: &Path, env: &[(String, String)]) -> anyhow::Result<Terraform> {
+        let dir = tempfile::Builder::new()
+            .prefix("measurelab-tf-")
+            .tempdir()?;
+        let mut all = vec![
+            ("TF_CLI_CONFIG_FILE".to_string(), tfrc.display().to_string()),
+            ("TF_IN_AUTOMATION".to_string(), "1".to_string()),
+            ("TF_INPUT".to_string(), "0".to_string()),
+            ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        Ok(Terraform { dir, env: all })
+    }
+
+    /// Write (or overwrite) a file in the working directory.
+    pub fn write(&self, name: &str, content: &str) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join(name), content)?;
+        Ok(())
+    }
+
+    /// Remove a file from the working directory.
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        std::fs::remove_file(self.dir.path().join(name))?;
+        Ok(())
+    }
+
+    /// A `terraform` command in the working directory with the lab environment
+    /// and nothing else that could point the provider elsewhere.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("terraform");
+        command
+            .current_dir(self.dir.path())
+            .args(args)
+            .stdin(Stdio::null());
+        for key in [
+            "MEASURELAB_ENDPOINT",
+            "MEASURELAB_TOKEN",
+            "MEASURELAB_CA_CERT",
+            "TF_CLI_CONFIG_FILE",
+        ] {
+            command.env_remove(key);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Run `terraform <args> -no-color` and return its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full: Vec<&str> = args.to_vec();
+        full.push("-no-color");
+        self.command(&full)
+            .output()
+            .with_context(|| format!("running terraform {}", args.join(" ")))
+    }
+
+    /// Run and require success.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let output = self.run(args)?;
+        if !output.status.success() {
+            bail!(
+                "terraform {} failed:\n{}",
+                args.join(" "),
+                describe(&output)
+            );
+        }
+        Ok(output)
+    }
+
+    /// `terraform init`.
+    pub fn init(&self) -> anyhow::Result<Output> {
+        self.ok(&["init", "-input=false"])
+    }
+
+    /// `terraform apply -auto-approve`.
+    pub fn apply(&self) -> anyhow::Result<Output> {
+        self.ok(&["apply", "-auto-approve", "-input=false"])
+    }
+
+    /// `terraform destroy -auto-approve`.
+    pub fn destroy(&self) -> anyhow::Result<Output> {
+        self.ok(&["destroy", "-auto-approve", "-input=false"])
+    }
+
+    /// Exit code of `terraform plan -detailed-exitcode` (0 = no changes, 2 = changes).
+    pub fn plan_exit_code(&self) -> anyhow::Result<(i32, Output)> {
+        let output = self.run(&["plan", "-detailed-exitcode", "-input=false"])?;
+        Ok((output.status.code().unwrap_or(-1), output))
+    }
+
+    /// `terraform plan -out` then `terraform show -json` of the saved plan.
+    pub fn saved_plan_json(&self, plan_file: &str) -> anyhow::Result<serde_json::Value> {
+        self.ok(&["plan", "-input=false", &format!("-out={plan_file}")])?;
+        let shown = self.ok(&["show", "-json", plan_file])?;
+        Ok(serde_json::from_slice(&shown.stdout)?)
+    }
+
+    /// `terraform show -json` of the state.
+    pub fn state_json(&self) -> anyhow::Result<serde_json::Value> {
+        let shown = self.ok(&["show", "-json"])?;
+        Ok(serde_json::from_slice(&shown.stdout)?)
+    }
+
+    /// Addresses in the state (`terraform state list`).
+    pub fn state_list(&self) -> anyhow::Result<Vec<String>> {
+        let output = self.run(&["state", "list"])?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+}
+
+/// The `values` of the resource at `address` in `terraform show -json` output.
+pub fn resource_values<'a>(
+    state: &'a serde_json::Value,
+    address: &str,
+) -> Option<&'a serde_json::Value> {
+    state["values"]["root_module"]["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["address"] == address)
+        .map(|r| &r["values"])
+}
+
+/// The planned actions for `address` in a saved plan's JSON.
+pub fn planned_actions(plan: &serde_json::Value, address: &str) -> Vec<String> {
+    plan["resource_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["address"] == address)
+        .flat_map(|c| {
+            c["change"]["actions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The `terraform { required_providers }` block every test config starts with.
+pub const PROVIDER_BLOCK: &str = r#"terraform {
+  required_providers {
+    measurelab = {
+      source = "measurelab.local/measurelab/measurelab"
+    }
+  }
+}
+
+provider "measurelab" {}
+"#;
+
+/// A local TCP port with nothing listening on it (bound, then released).
+pub fn closed_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Send SIGINT to a whole process group, as Ctrl-C in a terminal does.
+pub fn interrupt_group(pgid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -INT -{pgid} failed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+
+    #[test]
+    fn parses_lab_env_output() {
+        let env = parse_env(
+            "export MEASURELAB_ENDPOINT=http://127.0.0.1:7070\nMEASURELAB_TOKEN='abc'\n\n",
+        );
+        assert_eq!(
+            env,
+            vec![
+                (
+                    "MEASURELAB_ENDPOINT".to_string(),
+                    "http://127.0.0.1:7070".to_string()
+                ),
+                ("MEASURELAB_TOKEN".to_string(), "abc".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn lab_names_fit_interface_names() {
+        let name = unique_lab_name();
+        assert!(format!("{name}-n9-up").len() <= 15, "{name}");
+    }
+}
