@@ -70,6 +70,12 @@ async fn probe_libvirt(uris: &[String]) -> Vec<String> {
     opened
 }
 
+/// Stop libvirt from printing every failed connection attempt to stderr;
+/// the probe logs what matters itself.
+pub fn silence_libvirt_errors() {
+    virt::error::clear_error_callback();
+}
+
 /// True when a network namespace can be created (and destroyed) here and a
 /// cgroup v2 hierarchy is mounted: what the OS-level backend needs.
 pub fn probe_namespace_backend() -> bool {
@@ -239,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn test_driver_opens_and_a_bogus_uri_does_not() {
-        virt::error::clear_error_callback();
+        silence_libvirt_errors();
         let uris = vec![
             "test:///default".to_string(),
             "bogus:///nowhere".to_string(),

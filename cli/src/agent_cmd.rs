@@ -1,0 +1,112 @@
+//! `measurelab agent`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use measurelab_agent::capabilities::DEFAULT_LIBVIRT_URIS;
+use measurelab_agent::AgentConfig;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Unique node name (a DNS label).
+    #[arg(long)]
+    name: String,
+    /// Controller gRPC endpoint, e.g. http://10.254.0.1:7071.
+    #[arg(long)]
+    controller: String,
+    /// File holding the lab's join token.
+    #[arg(
+        long,
+        required_unless_present = "join_token",
+        conflicts_with = "join_token"
+    )]
+    join_token_file: Option<PathBuf>,
+    /// The lab's join token (visible in `ps`; prefer --join-token-file).
+    #[arg(long)]
+    join_token: Option<String>,
+    /// Directory for identity.json (node id + secret).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Operator label, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Address of this node on the management network.
+    #[arg(long, default_value = "")]
+    management_address: String,
+    /// This node's OVSDB, e.g. unix:/run/openvswitch/db.sock.
+    #[arg(long)]
+    ovsdb: Option<String>,
+    /// libvirt URI to probe; repeatable (default: test:///default, qemu:///system, xen:///system).
+    #[arg(long = "libvirt-uri")]
+    libvirt_uris: Vec<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+    tracing_subscriber::registry()
+        .with(crate::console_layer())
+        .with(measurelab_agent::logs::layer())
+        .init();
+    // libvirt's default error handler prints every failed probe to stderr;
+    // the agent logs the ones that matter itself.
+    measurelab_agent::capabilities::silence_libvirt_errors();
+
+    let join_token = match (&args.join_token_file, &args.join_token) {
+        (Some(path), _) => crate::controller_cmd::read_token_file(path, "--join-token-file")?,
+        (None, Some(token)) => token.clone(),
+        (None, None) => bail!("--join-token-file or --join-token is required"),
+    };
+    let mut labels = BTreeMap::new();
+    for (key, value) in args.labels {
+        if labels.insert(key.clone(), value).is_some() {
+            bail!("--label: key {key:?} given twice");
+        }
+    }
+    let config = AgentConfig {
+        name: args.name,
+        controller: args.controller,
+        join_token,
+        state_dir: args.state_dir,
+        labels,
+        management_address: args.management_address,
+        ovsdb: args.ovsdb,
+        libvirt_uris: if args.libvirt_uris.is_empty() {
+            DEFAULT_LIBVIRT_URIS.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.libvirt_uris
+        },
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!(flag_name(e)))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(measurelab_agent::run(config, crate::shutdown_signal()))?;
+    Ok(())
+}
+
+/// Rephrase a config error in terms of the command-line flag.
+fn flag_name(error: measurelab_agent::AgentError) -> String {
+    match error {
+        measurelab_agent::AgentError::InvalidConfig { field, reason } => {
+            let flag = match field.as_str() {
+                "labels" => "label".to_string(),
+                other => other.replace('_', "-"),
+            };
+            format!("--{flag}: {reason}")
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,122 @@
+//! `measurelab controller`.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use nix::sched::CloneFlags;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// File in the data dir holding the bound HTTP address, so port 0 works.
+pub const HTTP_ADDR_FILE: &str = "http.addr";
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Directory for controller.db, admin.token, join.token and http.addr.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Public HTTP/JSON API address (port 0 picks a free port; see DATA_DIR/http.addr).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    http_listen: SocketAddr,
+    /// gRPC node API address.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    grpc_listen: SocketAddr,
+    /// Bind the gRPC listener inside this network namespace (/run/netns/NAME).
+    #[arg(long)]
+    grpc_netns: Option<String>,
+    /// Heartbeat interval told to agents.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_interval_seconds: u64,
+    /// A node silent for this long is offline (default: 3 heartbeat intervals).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    offline_after_seconds: Option<u64>,
+    /// Read the node join token from this file instead of DATA_DIR/join.token.
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+}
+
+pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::registry()
+        .with(crate::console_layer())
+        .init();
+    let join_token = args
+        .join_token_file
+        .as_ref()
+        .map(|path| read_token_file(path, "--join-token-file"))
+        .transpose()?;
+
+    // Everything below that changes namespaces must happen while this is the
+    // only thread: setns() moves just the calling thread, and tokio's
+    // workers must start in the root namespace.
+    let http_listener = TcpListener::bind(args.http_listen)
+        .with_context(|| format!("--http-listen: cannot bind {}", args.http_listen))?;
+    let grpc_listener = match &args.grpc_netns {
+        Some(netns) => bind_in_netns(netns, args.grpc_listen)?,
+        None => TcpListener::bind(args.grpc_listen)
+            .with_context(|| format!("--grpc-listen: cannot bind {}", args.grpc_listen))?,
+    };
+    let http_addr = http_listener.local_addr()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("--data-dir: cannot create {}", args.data_dir.display()))?;
+    write_atomically(&args.data_dir.join(HTTP_ADDR_FILE), &http_addr.to_string())?;
+
+    let heartbeat_interval = Duration::from_secs(args.heartbeat_interval_seconds);
+    let mut config = measurelab_controller::ControllerConfig::new(
+        args.data_dir.clone(),
+        http_listener,
+        grpc_listener,
+    );
+    config.heartbeat_interval = heartbeat_interval;
+    config.offline_after = args
+        .offline_after_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(heartbeat_interval * 3);
+    config.join_token = join_token;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(measurelab_controller::run(config, crate::shutdown_signal()))?;
+    Ok(())
+}
+
+/// Bind `addr` inside network namespace `netns`, then return to the
+/// namespace we came from: only the gRPC socket lives in the lab's
+/// management network, the process itself stays where it was started.
+fn bind_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    if netns.is_empty() || netns.contains('/') {
+        bail!("--grpc-netns: {netns:?} is not a namespace name");
+    }
+    let home = File::open("/proc/thread-self/ns/net")
+        .context("cannot open the current network namespace")?;
+    let target_path = format!("/run/netns/{netns}");
+    let target = File::open(&target_path)
+        .with_context(|| format!("--grpc-netns: no network namespace {netns} ({target_path})"))?;
+    nix::sched::setns(&target, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("--grpc-netns: cannot enter {netns}"))?;
+    let bound = TcpListener::bind(addr);
+    nix::sched::setns(&home, CloneFlags::CLONE_NEWNET)
+        .context("cannot return to the original network namespace")?;
+    bound.with_context(|| format!("--grpc-listen: cannot bind {addr} in namespace {netns}"))
+}
+
+pub(crate) fn read_token_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("{flag}: {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+pub(crate) fn write_atomically(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,1092 @@
+//! `measurelab lab`: a whole platform on one machine, built from network
+//! namespaces, a management bridge, userspace Open vSwitch per node and a lab
+//! switch, with a controller and one agent per node running as background
+//! processes. The layout is pinned in CONTRACTS.md ("Lab layout"); other
+//! components' tests rely on it.
+//!
+//! Every step of `up` first checks whether its piece is already there, so
+//! `up` on a running lab starts nothing, and `up` after a process died
+//! restarts just that process. `down` removes everything, found both from the
+//! pid files and by sweeping namespaces and command lines, so it also cleans
+//! up after a crashed `up`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+mod sys;
+mod table;
+
+use sys::{ip, ip_in, link_exists, live_pid, log_tail, netns_exists, run, tx_offload_off};
+
+const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const MGMT_BRIDGE: &str = "br-mgmt";
+const MGMT_CONTROLLER_IP: &str = "10.254.0.1";
+const GRPC_PORT: u16 = 7071;
+/// Node K gets 10.254.0.(10+K), so K stops before the /24 runs out.
+const MAX_NODES: u32 = 200;
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+const STATE_FILE: &str = "lab.json";
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Args, Clone)]
+struct LabTarget {
+    /// Lab name: prefix of its namespaces, veths and switch.
+    #[arg(long, default_value = "mlab")]
+    name: String,
+    /// Lab directory (default /var/lib/measurelab/lab/NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create (or repair) the lab and wait until every node is online.
+    Up {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Number of measurement nodes.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_NODES)))]
+        nodes: u32,
+        /// HTTP port of the controller on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 7070)]
+        http_port: u16,
+        /// Heartbeat interval told to the agents.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        heartbeat_interval_seconds: u64,
+        /// A node silent for this long is offline.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        offline_after_seconds: u64,
+        /// How long to wait for every node to come online.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout_seconds: u64,
+    },
+    /// Print the node table from the controller's HTTP API.
+    Status {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Print the raw JSON node list instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print MEASURELAB_ENDPOINT=... and MEASURELAB_TOKEN=... lines
+    /// (use: `export $(measurelab lab env)`).
+    Env {
+        #[command(flatten)]
+        target: LabTarget,
+    },
+    /// Stop every lab process and delete its namespaces, links and run dirs.
+    Down {
+        #[command(flatten)]
+        target: LabTarget,
+    },
+    /// Write a terraform CLI config for the lab and print its path.
+    Tfrc {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Directory holding terraform-provider-measurelab (default: beside this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+pub fn main(args: LabArgs) -> anyhow::Result<()> {
+    match args.command {
+        LabCommand::Up {
+            target,
+            nodes,
+            http_port,
+            heartbeat_interval_seconds,
+            offline_after_seconds,
+            timeout_seconds,
+        } => {
+            let lab = Lab::new(&target)?;
+            lab.check_interface_names(nodes)?;
+            let settings = LabSettings {
+                name: lab.name.clone(),
+                nodes,
+                http_port,
+                heartbeat_interval_seconds,
+                offline_after_seconds,
+            };
+            lab.up(&settings, Duration::from_secs(timeout_seconds))
+        }
+        LabCommand::Status { target, json } => Lab::new(&target)?.status(json),
+        LabCommand::Env { target } => Lab::new(&target)?.env(),
+        LabCommand::Down { target } => Lab::new(&target)?.down(),
+        LabCommand::Tfrc { target, bin_dir } => {
+            let lab = Lab::new(&target)?;
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => current_exe()?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .context("the measurelab binary has no parent directory")?,
+            };
+            let path = crate::tfrc::write_tfrc(&lab.dir, &bin_dir)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}
+
+/// What `up` was asked for, kept in DIR/lab.json so a second `up` can tell
+/// whether it is the same lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LabSettings {
+    name: String,
+    nodes: u32,
+    http_port: u16,
+    heartbeat_interval_seconds: u64,
+    offline_after_seconds: u64,
+}
+
+/// Names and paths of one lab.
+#[derive(Debug, Clone)]
+struct Lab {
+    name: String,
+    dir: PathBuf,
+}
+
+fn current_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot locate the measurelab binary")
+}
+
+impl Lab {
+    fn new(target: &LabTarget) -> anyhow::Result<Self> {
+        let name = &target.name;
+        let valid = !name.is_empty()
+            && name.as_bytes()[0].is_ascii_lowercase()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.ends_with('-');
+        if !valid {
+            bail!("--name: {name:?} must start with a lowercase letter and contain only lowercase letters, digits and '-'");
+        }
+        let dir = match &target.dir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => std::env::current_dir()
+                .context("cannot resolve --dir")?
+                .join(dir),
+            None => PathBuf::from("/var/lib/measurelab/lab").join(name),
+        };
+        Ok(Lab {
+            name: name.clone(),
+            dir,
+        })
+    }
+
+    /// Fail before touching anything when node K's uplink name would not fit.
+    fn check_interface_names(&self, nodes: u32) -> anyhow::Result<()> {
+        let longest = self.uplink(nodes);
+        if longest.len() > MAX_IFNAME {
+            bail!(
+                "--name: {:?} is too long for {nodes} nodes: interface {longest:?} would exceed {MAX_IFNAME} characters (use at most {} characters)",
+                self.name,
+                MAX_IFNAME - (longest.len() - self.name.len())
+            );
+        }
+        Ok(())
+    }
+
+    fn mgmt_ns(&self) -> String {
+        format!("{}-mgmt", self.name)
+    }
+    fn node_ns(&self, k: u32) -> String {
+        format!("{}-n{k}", self.name)
+    }
+    fn uplink(&self, k: u32) -> String {
+        format!("{}-n{k}-up", self.name)
+    }
+    fn switch_bridge(&self) -> String {
+        format!("{}-sw", self.name)
+    }
+    fn node_name(k: u32) -> String {
+        format!("n{k}")
+    }
+    fn node_ip(k: u32) -> String {
+        format!("10.254.0.{}", 10 + k)
+    }
+    fn pids_dir(&self) -> PathBuf {
+        self.dir.join("pids")
+    }
+    fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    fn controller_dir(&self) -> PathBuf {
+        self.dir.join("controller")
+    }
+    fn join_token_file(&self) -> PathBuf {
+        self.dir.join("join.token")
+    }
+    fn switch_ovs_dir(&self) -> PathBuf {
+        self.dir.join("ovs")
+    }
+    fn node_dir(&self, k: u32) -> PathBuf {
+        self.dir.join("nodes").join(Self::node_name(k))
+    }
+    fn node_ovs_dir(&self, k: u32) -> PathBuf {
+        self.node_dir(k).join("ovs")
+    }
+    fn pid_file(&self, process: &str) -> PathBuf {
+        self.pids_dir().join(format!("{process}.pid"))
+    }
+    fn log_file(&self, process: &str) -> PathBuf {
+        self.logs_dir().join(format!("{process}.log"))
+    }
+    fn grpc_endpoint() -> String {
+        format!("http://{MGMT_CONTROLLER_IP}:{GRPC_PORT}")
+    }
+
+    fn load_settings(&self) -> anyhow::Result<Option<LabSettings>> {
+        let path = self.dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
+                format!("{} is corrupt; run `measurelab lab down`", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    // ----- up -----
+
+    fn up(&self, settings: &LabSettings, timeout: Duration) -> anyhow::Result<()> {
+        require_root()?;
+        sys::check_tools()?;
+        if !Path::new(VSWITCH_SCHEMA).exists() {
+            bail!("{VSWITCH_SCHEMA} is missing; install openvswitch-switch (scripts/setup.sh)");
+        }
+        if let Some(existing) = self.load_settings()? {
+            if existing.nodes != settings.nodes || existing.name != settings.name {
+                bail!(
+                    "--nodes: lab {} in {} already exists with {} nodes; run `measurelab lab down --name {}` first",
+                    existing.name,
+                    self.dir.display(),
+                    existing.nodes,
+                    existing.name
+                );
+            }
+        }
+        for dir in [self.pids_dir(), self.logs_dir(), self.controller_dir()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("--dir: cannot create {}", dir.display()))?;
+        }
+        let state = serde_json::to_string_pretty(settings)?;
+        crate::controller_cmd::write_atomically(&self.dir.join(STATE_FILE), &state)?;
+        self.ensure_join_token()?;
+
+        let mut started = Vec::new();
+        self.ensure_mgmt_network()?;
+        self.ensure_ovs("sw", &self.switch_ovs_dir(), None, &mut started)?;
+        self.ensure_switch_bridge()?;
+        for k in 1..=settings.nodes {
+            self.ensure_node_network(k)?;
+            self.ensure_ovs(
+                &Self::node_name(k),
+                &self.node_ovs_dir(k),
+                Some(&self.node_ns(k)),
+                &mut started,
+            )?;
+        }
+        let endpoint = self.ensure_controller(settings, &mut started)?;
+        for k in 1..=settings.nodes {
+            self.ensure_agent(k, &mut started)?;
+        }
+        let nodes = self.wait_online(&endpoint, settings, timeout)?;
+        if started.is_empty() {
+            println!(
+                "lab {} is already running ({} nodes); nothing started",
+                self.name, settings.nodes
+            );
+        } else {
+            println!("lab {}: started {}", self.name, started.join(", "));
+        }
+        println!("controller: {endpoint}  (lab dir {})", self.dir.display());
+        print!("{}", table::render(&nodes));
+        Ok(())
+    }
+
+    fn ensure_join_token(&self) -> anyhow::Result<()> {
+        let path = self.join_token_file();
+        if path.exists() {
+            return Ok(());
+        }
+        let mut bytes = [0u8; 24];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("cannot read /dev/urandom for the join token")?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, &token)
+    }
+
+    fn ensure_mgmt_network(&self) -> anyhow::Result<()> {
+        let ns = self.mgmt_ns();
+        ensure_netns(&ns)?;
+        if !link_exists(Some(&ns), MGMT_BRIDGE) {
+            ip_in(&ns, &["link", "add", MGMT_BRIDGE, "type", "bridge"])?;
+            ip_in(
+                &ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{MGMT_CONTROLLER_IP}/24"),
+                    "dev",
+                    MGMT_BRIDGE,
+                ],
+            )?;
+        }
+        ip_in(&ns, &["link", "set", MGMT_BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    fn ensure_node_network(&self, k: u32) -> anyhow::Result<()> {
+        let ns = self.node_ns(k);
+        let mgmt = self.mgmt_ns();
+        ensure_netns(&ns)?;
+        if !link_exists(Some(&ns), "mgmt0") {
+            // The bridge-side end lives in the management namespace, so its
+            // short name cannot collide with anything in the root namespace.
+            let bridge_end = Self::node_name(k);
+            if link_exists(Some(&mgmt), &bridge_end) {
+                ip_in(&mgmt, &["link", "del", &bridge_end])?;
+            }
+            ip_in(
+                &mgmt,
+                &[
+                    "link",
+                    "add",
+                    &bridge_end,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "mgmt0",
+                    "netns",
+                    &ns,
+                ],
+            )?;
+            ip_in(
+                &mgmt,
+                &["link", "set", &bridge_end, "master", MGMT_BRIDGE, "up"],
+            )?;
+            tx_offload_off(Some(&mgmt), &bridge_end)?;
+            ip_in(
+                &ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", Self::node_ip(k)),
+                    "dev",
+                    "mgmt0",
+                ],
+            )?;
+            tx_offload_off(Some(&ns), "mgmt0")?;
+        }
+        ip_in(&ns, &["link", "set", "mgmt0", "up"])?;
+        let uplink = self.uplink(k);
+        if !link_exists(Some(&ns), "uplink0") {
+            if link_exists(None, &uplink) {
+                ip(&["link", "del", &uplink])?;
+            }
+            ip(&[
+                "link", "add", &uplink, "type", "veth", "peer", "name", "uplink0", "netns", &ns,
+            ])?;
+            tx_offload_off(None, &uplink)?;
+            tx_offload_off(Some(&ns), "uplink0")?;
+        }
+        ip(&["link", "set", &uplink, "up"])?;
+        ip_in(&ns, &["link", "set", "uplink0", "up"])?;
+        // Trunk: no tag and no trunks list carries every VLAN.
+        self.switch_vsctl(&[
+            "--may-exist",
+            "add-port",
+            &self.switch_bridge(),
+            &uplink,
+            "--",
+            "set",
+            "port",
+            &uplink,
+            "vlan_mode=trunk",
+        ])?;
+        Ok(())
+    }
+
+    fn switch_vsctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("ovs-vsctl")
+            .arg(format!(
+                "--db=unix:{}",
+                self.switch_ovs_dir().join("db.sock").display()
+            ))
+            .arg("--timeout=30")
+            .args(args))
+    }
+
+    fn ensure_switch_bridge(&self) -> anyhow::Result<()> {
+        let bridge = self.switch_bridge();
+        self.switch_vsctl(&[
+            "--may-exist",
+            "add-br",
+            &bridge,
+            "--",
+            "set",
+            "bridge",
+            &bridge,
+            "datapath_type=netdev",
+        ])?;
+        Ok(())
+    }
+
+    /// Start `ovsdb-server` and `ovs-vswitchd` with a private run dir, in
+    /// namespace `ns` (root when `None`), unless they already run.
+    fn ensure_ovs(
+        &self,
+        prefix: &str,
+        run_dir: &Path,
+        ns: Option<&str>,
+        started: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let db = run_dir.join("conf.db");
+        let socket = run_dir.join("db.sock");
+        let marker = run_dir.display().to_string();
+        let ovs_cmd = |program: &str| {
+            let mut cmd = match ns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, program]);
+                    c
+                }
+                None => Command::new(program),
+            };
+            cmd.env("OVS_RUNDIR", run_dir)
+                .env("OVS_LOGDIR", run_dir)
+                .env("OVS_DBDIR", run_dir)
+                .env("OVS_SYSCONFDIR", run_dir);
+            cmd
+        };
+
+        let server_name = format!("{prefix}-ovsdb-server");
+        if live_pid(&self.pid_file(&server_name), &marker).is_none() {
+            if !db.exists() {
+                run(Command::new("ovsdb-tool")
+                    .arg("create")
+                    .arg(&db)
+                    .arg(VSWITCH_SCHEMA))?;
+            }
+            let _ = std::fs::remove_file(&socket);
+            let mut server = ovs_cmd("ovsdb-server");
+            server
+                .arg(&db)
+                .arg(format!("--remote=punix:{}", socket.display()))
+                .arg(format!(
+                    "--pidfile={}",
+                    self.pid_file(&server_name).display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    self.log_file(&server_name).display()
+                ))
+                .arg(format!(
+                    "--unixctl={}",
+                    run_dir.join("ovsdb-server.ctl").display()
+                ))
+                .args(["--detach", "--no-chdir"]);
+            run(&mut server).with_context(|| log_tail(&self.log_file(&server_name), 15))?;
+            run(Command::new("ovs-vsctl")
+                .arg(format!("--db=unix:{}", socket.display()))
+                .args(["--no-wait", "init"]))?;
+            started.push(server_name);
+        }
+
+        let vswitchd_name = format!("{prefix}-ovs-vswitchd");
+        if live_pid(&self.pid_file(&vswitchd_name), &marker).is_none() {
+            let mut vswitchd = ovs_cmd("ovs-vswitchd");
+            vswitchd
+                .arg(format!("unix:{}", socket.display()))
+                .arg(format!(
+                    "--pidfile={}",
+                    self.pid_file(&vswitchd_name).display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    self.log_file(&vswitchd_name).display()
+                ))
+                .arg(format!(
+                    "--unixctl={}",
+                    run_dir.join("ovs-vswitchd.ctl").display()
+                ))
+                .args(["--detach", "--no-chdir"]);
+            run(&mut vswitchd).with_context(|| log_tail(&self.log_file(&vswitchd_name), 15))?;
+            started.push(vswitchd_name);
+        }
+        Ok(())
+    }
+
+    fn controller_http_addr(&self) -> Option<String> {
+        std::fs::read_to_string(
+            self.controller_dir()
+                .join(crate::controller_cmd::HTTP_ADDR_FILE),
+        )
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    }
+
+    fn controller_marker(&self) -> String {
+        self.controller_dir().display().to_string()
+    }
+
+    /// Start the controller unless it runs; return its HTTP endpoint.
+    fn ensure_controller(
+        &self,
+        settings: &LabSettings,
+        started: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
+        if live_pid(&self.pid_file("controller"), &self.controller_marker()).is_some() {
+            if let Some(addr) = self.controller_http_addr() {
+                let endpoint = format!("http://{addr}");
+                wait_healthy(&endpoint, Duration::from_secs(10))
+                    .with_context(|| log_tail(&self.log_file("controller"), 20))?;
+                return Ok(endpoint);
+            }
+        }
+        // A restarted controller keeps the port it had, so endpoints handed
+        // out earlier (lab env, terraform configs) stay valid even when the
+        // lab was created with port 0.
+        let port = match (settings.http_port, self.controller_http_addr()) {
+            (0, Some(previous)) => previous
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or(0),
+            (requested, _) => requested,
+        };
+        let addr_file = self
+            .controller_dir()
+            .join(crate::controller_cmd::HTTP_ADDR_FILE);
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = Command::new("setsid");
+        cmd.arg(current_exe()?)
+            .arg("controller")
+            .arg("--data-dir")
+            .arg(self.controller_dir())
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--grpc-listen")
+            .arg(format!("{MGMT_CONTROLLER_IP}:{GRPC_PORT}"))
+            .arg("--grpc-netns")
+            .arg(self.mgmt_ns())
+            .arg("--heartbeat-interval-seconds")
+            .arg(settings.heartbeat_interval_seconds.to_string())
+            .arg("--offline-after-seconds")
+            .arg(settings.offline_after_seconds.to_string())
+            .arg("--join-token-file")
+            .arg(self.join_token_file());
+        let pid = self.spawn_background("controller", cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+            {
+                break addr.trim().to_string();
+            }
+            if !sys::process_exists(pid) || Instant::now() > deadline {
+                bail!(
+                    "the controller did not start\n{}",
+                    log_tail(&self.log_file("controller"), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let endpoint = format!("http://{addr}");
+        wait_healthy(&endpoint, Duration::from_secs(20)).with_context(|| {
+            format!(
+                "the controller does not answer on {endpoint}\n{}",
+                log_tail(&self.log_file("controller"), 20)
+            )
+        })?;
+        started.push("controller".into());
+        Ok(endpoint)
+    }
+
+    fn agent_process(k: u32) -> String {
+        format!("{}-agent", Self::node_name(k))
+    }
+
+    fn ensure_agent(&self, k: u32, started: &mut Vec<String>) -> anyhow::Result<()> {
+        let process = Self::agent_process(k);
+        let state_dir = self.node_dir(k).join("agent");
+        let marker = state_dir.display().to_string();
+        if live_pid(&self.pid_file(&process), &marker).is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+        // nsenter switches only the network namespace: unlike `ip netns
+        // exec` it keeps the host's mounts, so the agent sees the cgroup
+        // hierarchy and its own netns creations stay visible to the host.
+        let mut cmd = Command::new("setsid");
+        cmd.arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_ns(k)))
+            .arg(current_exe()?)
+            .arg("agent")
+            .arg("--name")
+            .arg(Self::node_name(k))
+            .arg("--controller")
+            .arg(Self::grpc_endpoint())
+            .arg("--join-token-file")
+            .arg(self.join_token_file())
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--label")
+            .arg(format!("lab={}", self.name))
+            .arg("--management-address")
+            .arg(Self::node_ip(k))
+            .arg("--ovsdb")
+            .arg(format!(
+                "unix:{}",
+                self.node_ovs_dir(k).join("db.sock").display()
+            ));
+        self.spawn_background(&process, cmd)?;
+        started.push(process);
+        Ok(())
+    }
+
+    /// Spawn a detached process logging to DIR/logs/NAME.log; record its pid.
+    fn spawn_background(&self, process: &str, mut cmd: Command) -> anyhow::Result<i32> {
+        let log_path = self.log_file(process);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let log_err = log.try_clone()?;
+        let shown = sys::describe(&cmd);
+        // setsid and nsenter exec the next program without forking (we are
+        // not a process-group leader), so the child's pid is the daemon's.
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .with_context(|| format!("cannot start {shown}"))?;
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        // The child is reaped by init once this command exits; dropping the
+        // handle does not kill it.
+        drop(child);
+        std::fs::write(self.pid_file(process), format!("{pid}\n"))
+            .with_context(|| format!("cannot write {}", self.pid_file(process).display()))?;
+        Ok(pid)
+    }
+
+    fn wait_online(
+        &self,
+        endpoint: &str,
+        settings: &LabSettings,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<measurelab_api::http::Node>> {
+        let client = self.api_client(endpoint)?;
+        let runtime = runtime()?;
+        let deadline = Instant::now() + timeout;
+        let expected: Vec<String> = (1..=settings.nodes).map(Self::node_name).collect();
+        loop {
+            let nodes = runtime.block_on(client.list_nodes());
+            let offline: Vec<String> = match &nodes {
+                Ok(nodes) => expected
+                    .iter()
+                    .filter(|name| {
+                        !nodes.iter().any(|n| {
+                            &n.name == *name && n.status == measurelab_api::http::NodeStatus::Online
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+                Err(_) => expected.clone(),
+            };
+            if offline.is_empty() {
+                if let Ok(nodes) = nodes {
+                    return Ok(nodes);
+                }
+            }
+            if Instant::now() > deadline {
+                let mut report = format!(
+                    "lab {}: nodes not online after {timeout:?}: {}",
+                    self.name,
+                    offline.join(", ")
+                );
+                if let Err(e) = &nodes {
+                    report.push_str(&format!("\ncontroller: {e}"));
+                }
+                if live_pid(&self.pid_file("controller"), &self.controller_marker()).is_none() {
+                    report.push_str(&format!(
+                        "\nthe controller is not running\n{}",
+                        log_tail(&self.log_file("controller"), 20)
+                    ));
+                }
+                for name in &offline {
+                    let process = format!("{name}-agent");
+                    let state = if sys::read_pid(&self.pid_file(&process))
+                        .is_some_and(sys::process_exists)
+                    {
+                        "running"
+                    } else {
+                        "not running"
+                    };
+                    report.push_str(&format!(
+                        "\nagent {process} is {state}\n{}",
+                        log_tail(&self.log_file(&process), 20)
+                    ));
+                }
+                bail!(report);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn admin_token(&self) -> anyhow::Result<String> {
+        let path = self.controller_dir().join("admin.token");
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}; is lab {} up?", path.display(), self.name))?;
+        Ok(token.trim().to_string())
+    }
+
+    fn api_client(&self, endpoint: &str) -> anyhow::Result<measurelab_api::client::Client> {
+        Ok(measurelab_api::client::Client::new(
+            endpoint,
+            &self.admin_token()?,
+            None,
+        )?)
+    }
+
+    fn running_endpoint(&self) -> anyhow::Result<String> {
+        let addr = self.controller_http_addr().with_context(|| {
+            format!(
+                "lab {} has no controller address in {}; run `measurelab lab up --name {}`",
+                self.name,
+                self.controller_dir().display(),
+                self.name
+            )
+        })?;
+        Ok(format!("http://{addr}"))
+    }
+
+    // ----- status / env -----
+
+    fn status(&self, json: bool) -> anyhow::Result<()> {
+        let endpoint = self.running_endpoint()?;
+        let client = self.api_client(&endpoint)?;
+        let nodes = runtime()?
+            .block_on(client.list_nodes())
+            .with_context(|| format!("lab {}: cannot list nodes", self.name))?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&measurelab_api::http::NodeList { nodes })?
+            );
+        } else {
+            print!("{}", table::render(&nodes));
+        }
+        Ok(())
+    }
+
+    fn env(&self) -> anyhow::Result<()> {
+        let endpoint = self.running_endpoint()?;
+        let token = self.admin_token()?;
+        println!("MEASURELAB_ENDPOINT={endpoint}");
+        println!("MEASURELAB_TOKEN={token}");
+        Ok(())
+    }
+
+    // ----- down -----
+
+    fn down(&self) -> anyhow::Result<()> {
+        require_root()?;
+        let settings = self.load_settings().ok().flatten();
+        let mut stopped = 0usize;
+
+        // 1. Everything we recorded a pid for.
+        let mut pids = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.pids_dir()) {
+            for entry in entries.flatten() {
+                if let Some(pid) = sys::read_pid(&entry.path()) {
+                    if sys::cmdline(pid).is_some_and(|c| self.owns_cmdline(&c)) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        // 2. Sweep: anything running inside the lab's namespaces, and our
+        // daemons anywhere whose command line names this lab's directory
+        // (pid files can be missing after a crashed `up`).
+        let namespaces = self.lab_namespaces(settings.as_ref());
+        for ns in &namespaces {
+            if let Ok(out) = ip(&["netns", "pids", ns]) {
+                pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        let me = std::process::id() as i32;
+        for pid in sys::all_pids() {
+            if pid != me && sys::cmdline(pid).is_some_and(|c| self.owns_cmdline(&c)) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids.retain(|p| *p != me && sys::process_exists(*p));
+        if !pids.is_empty() {
+            stopped = pids.len();
+            sys::terminate(&pids, Duration::from_secs(5));
+        }
+
+        // 3. Links and namespaces. Deleting a namespace destroys the veth
+        // ends inside it and with them their peers.
+        let mut removed = Vec::new();
+        for ns in &namespaces {
+            if ip(&["netns", "del", ns]).is_ok() {
+                removed.push(ns.clone());
+            }
+        }
+        for link in self.lab_root_links(settings.as_ref()) {
+            if link_exists(None, &link) && ip(&["link", "del", &link]).is_ok() {
+                removed.push(link);
+            }
+        }
+
+        // 4. Run dirs and state; logs stay for post-mortems.
+        for path in [
+            self.pids_dir(),
+            self.switch_ovs_dir(),
+            self.dir.join("nodes"),
+            self.controller_dir(),
+        ] {
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        for file in [self.dir.join(STATE_FILE), self.join_token_file()] {
+            let _ = std::fs::remove_file(file);
+        }
+        if stopped == 0 && removed.is_empty() {
+            println!("lab {} is not running; nothing to do", self.name);
+        } else {
+            println!(
+                "lab {} down: stopped {stopped} processes, removed {}",
+                self.name,
+                if removed.is_empty() {
+                    "nothing else".to_string()
+                } else {
+                    removed.join(", ")
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// True for a command line of one of this lab's daemons: OVS with a run
+    /// dir under the lab dir, or a measurelab controller/agent using it.
+    fn owns_cmdline(&self, cmdline: &str) -> bool {
+        let dir = self.dir.display().to_string();
+        let mut args = cmdline.split(' ');
+        let program = args.next().unwrap_or("");
+        let base = program.rsplit('/').next().unwrap_or(program);
+        let names_dir = cmdline
+            .split(' ')
+            .any(|a| a == dir || a.contains(&format!("{dir}/")));
+        let daemon = match base {
+            "ovsdb-server" | "ovs-vswitchd" => true,
+            "measurelab" => {
+                let sub = args.next().unwrap_or("");
+                sub == "controller" || sub == "agent"
+            }
+            _ => false,
+        };
+        daemon && names_dir
+    }
+
+    fn lab_namespaces(&self, settings: Option<&LabSettings>) -> Vec<String> {
+        let prefix = format!("{}-n", self.name);
+        let mut names: Vec<String> = sys::netns_list()
+            .into_iter()
+            .filter(|ns| {
+                *ns == self.mgmt_ns()
+                    || ns
+                        .strip_prefix(&prefix)
+                        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        if let Some(s) = settings {
+            for k in 1..=s.nodes {
+                if netns_exists(&self.node_ns(k)) && !names.contains(&self.node_ns(k)) {
+                    names.push(self.node_ns(k));
+                }
+            }
+        }
+        names
+    }
+
+    fn lab_root_links(&self, settings: Option<&LabSettings>) -> Vec<String> {
+        let prefix = format!("{}-n", self.name);
+        let mut links: Vec<String> = ip(&["-o", "link", "show"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                // "12: name@peer: <...>"
+                let name = l.split(':').nth(1)?.trim();
+                Some(name.split('@').next()?.to_string())
+            })
+            .filter(|name| {
+                name.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix("-up"))
+                    .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        if let Some(s) = settings {
+            for k in 1..=s.nodes {
+                if !links.contains(&self.uplink(k)) {
+                    links.push(self.uplink(k));
+                }
+            }
+        }
+        links.push(self.switch_bridge());
+        links
+    }
+}
+
+fn ensure_netns(name: &str) -> anyhow::Result<()> {
+    if !netns_exists(name) {
+        ip(&["netns", "add", name])?;
+    }
+    ip_in(name, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab creates network namespaces and must run as root");
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Poll GET /healthz until it answers 2xx.
+fn wait_healthy(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let url = format!("{endpoint}/healthz");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcome = runtime.block_on(async { client.get(&url).send().await });
+        match outcome {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) if Instant::now() > deadline => bail!("{url} answered {}", resp.status()),
+            Err(e) if Instant::now() > deadline => bail!("{url}: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab(name: &str, dir: &str) -> Lab {
+        Lab::new(&LabTarget {
+            name: name.into(),
+            dir: Some(PathBuf::from(dir)),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_contract_layout() {
+        let l = lab("mlab", "/tmp/x");
+        assert_eq!(l.mgmt_ns(), "mlab-mgmt");
+        assert_eq!(l.node_ns(3), "mlab-n3");
+        assert_eq!(l.uplink(3), "mlab-n3-up");
+        assert_eq!(l.switch_bridge(), "mlab-sw");
+        assert_eq!(l.node_ovs_dir(2), PathBuf::from("/tmp/x/nodes/n2/ovs"));
+        assert_eq!(Lab::node_ip(1), "10.254.0.11");
+        assert_eq!(
+            Lab::new(&LabTarget {
+                name: "abc".into(),
+                dir: None
+            })
+            .unwrap()
+            .dir,
+            PathBuf::from("/var/lib/measurelab/lab/abc")
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_naming_the_flag() {
+        for bad in ["", "Mlab", "1lab", "a_b", "lab-"] {
+            let err = Lab::new(&LabTarget {
+                name: bad.into(),
+                dir: None,
+            })
+            .unwrap_err();
+            assert!(err.to_string().starts_with("--name:"), "{bad}: {err}");
+        }
+        let err = lab("abcdefghij", "/tmp/x")
+            .check_interface_names(9)
+            .unwrap_err();
+        assert!(err.to_string().contains("exceed 15"), "{err}");
+        lab("abcdefghi", "/tmp/x").check_interface_names(9).unwrap();
+        assert!(lab("abcdefghi", "/tmp/x")
+            .check_interface_names(10)
+            .is_err());
+    }
+
+    #[test]
+    fn only_this_labs_daemons_are_swept() {
+        let l = lab("mlab", "/var/lib/ml/mlab");
+        assert!(l.owns_cmdline(
+            "ovsdb-server /var/lib/ml/mlab/ovs/conf.db --remote=punix:/var/lib/ml/mlab/ovs/db.sock"
+        ));
+        assert!(l.owns_cmdline(
+            "/usr/bin/measurelab agent --name n1 --state-dir /var/lib/ml/mlab/nodes/n1/agent"
+        ));
+        assert!(l.owns_cmdline("/x/measurelab controller --data-dir /var/lib/ml/mlab/controller"));
+        // Another lab whose dir shares a prefix.
+        assert!(!l.owns_cmdline("ovsdb-server /var/lib/ml/mlab2/ovs/conf.db"));
+        // The lab command itself, and unrelated programs naming the dir.
+        assert!(!l.owns_cmdline("/x/measurelab lab down --dir /var/lib/ml/mlab"));
+        assert!(!l.owns_cmdline("vim /var/lib/ml/mlab/lab.json"));
+    }
+}

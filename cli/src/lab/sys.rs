@@ -1,0 +1,224 @@
+//! Shelling out to the operator's tools (`ip`, `ovs-*`, `ethtool`) and
+//! managing the lab's background processes through pid files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Run a command to completion; fail with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = describe(cmd);
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !output.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Run a command and report only whether it succeeded (for existence checks).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `program args...` as one line for error messages.
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// `ip` in namespace `ns` (`ip -n NS ...`).
+pub fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").arg("-n").arg(ns).args(args))
+}
+
+pub fn netns_list() -> Vec<String> {
+    // `ip netns list` prints "name (id: N)" once a namespace has an id.
+    ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists() && netns_list().iter().any(|n| n == name)
+}
+
+pub fn link_exists(ns: Option<&str>, link: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.arg("-n").arg(ns);
+    }
+    succeeds(cmd.args(["link", "show", "dev", link]))
+}
+
+/// Turn off tx checksum offload: on veths, UDP otherwise arrives with bad
+/// checksums at userspace OVS and is dropped silently.
+pub fn tx_offload_off(ns: Option<&str>, link: &str) -> anyhow::Result<()> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ethtool"]);
+            c
+        }
+        None => Command::new("ethtool"),
+    };
+    run(cmd.args(["-K", link, "tx", "off"])).map(drop)
+}
+
+/// Tools the lab shells out to, with the package that provides each.
+pub const REQUIRED_TOOLS: [(&str, &str); 9] = [
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("ovsdb-tool", "openvswitch-switch"),
+    ("ovsdb-server", "openvswitch-switch"),
+    ("ovs-vswitchd", "openvswitch-switch"),
+    ("ovs-vsctl", "openvswitch-switch"),
+    ("setsid", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("ovs-appctl", "openvswitch-switch"),
+];
+
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+pub fn check_tools() -> anyhow::Result<()> {
+    let missing: Vec<String> = REQUIRED_TOOLS
+        .iter()
+        .filter(|(tool, _)| find_in_path(tool).is_none())
+        .map(|(tool, package)| format!("{tool} (package {package})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the lab needs these tools, which are not installed: {}; run scripts/setup.sh",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Pid recorded in a pid file, if the file exists and holds a number.
+pub fn read_pid(pid_file: &Path) -> Option<i32> {
+    fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Command line of a process, arguments joined by spaces.
+pub fn cmdline(pid: i32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// True when `pid` runs (not a zombie) and its command line contains
+/// `marker`: guards against a recycled pid being taken for ours.
+pub fn alive(pid: i32, marker: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // State is the field after the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("X");
+    if state == "Z" || state == "X" {
+        return false;
+    }
+    cmdline(pid).is_some_and(|c| c.contains(marker))
+}
+
+/// The live pid recorded in `pid_file`, if its process still matches `marker`.
+pub fn live_pid(pid_file: &Path, marker: &str) -> Option<i32> {
+    read_pid(pid_file).filter(|pid| alive(*pid, marker))
+}
+
+/// Send SIGTERM to every pid, wait up to `grace`, then SIGKILL the rest.
+pub fn terminate(pids: &[i32], grace: Duration) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|p| process_exists(*p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids {
+        if process_exists(*pid) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && pids.iter().any(|p| process_exists(*p)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while the process exists and is not a zombie.
+pub fn process_exists(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z") | Some("X") | None
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Every pid on the machine.
+pub fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Last `n` lines of a log file, or a note that it is missing.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            format!(
+                "--- last {} lines of {} ---\n{tail}",
+                n.min(lines.len()),
+                path.display()
+            )
+        }
+        Err(e) => format!("--- {} unreadable: {e} ---", path.display()),
+    }
+}
