@@ -457,13 +457,33 @@ pub fn attach_veth(
     cidr: &str,
     vlan: Option<u16>,
 ) -> Result<()> {
-    check_ifname("host_if", host_if)?;
-    check_ifname("guest_if", guest_if)?;
     if let Some(tag) = vlan {
         if !(1..=4094).contains(&tag) {
             bail!("vlan {tag}: a VLAN tag must be in 1..=4094");
         }
     }
+    plug_veth(ovs, host_if, ns, guest_if, cidr)?;
+    let tag_arg = vlan.map(|tag| format!("tag={tag}"));
+    let mut args = vec!["--may-exist", "add-port", bridge, host_if];
+    if let Some(tag_arg) = &tag_arg {
+        args.push(tag_arg);
+    }
+    ovs.vsctl(&args)?;
+    Ok(())
+}
+
+/// Like [`attach_veth`] but without adding `host_if` to any bridge: for tests
+/// whose code under test configures OVS itself (e.g. the agent's OVSDB driver).
+/// `host_if` is up in the switch namespace, ready to become a port.
+pub fn plug_veth(
+    ovs: &OvsSandbox,
+    host_if: &str,
+    ns: &Netns,
+    guest_if: &str,
+    cidr: &str,
+) -> Result<()> {
+    check_ifname("host_if", host_if)?;
+    check_ifname("guest_if", guest_if)?;
     let switch = ovs.netns();
     switch.run(&[
         "ip",
@@ -479,12 +499,6 @@ pub fn attach_veth(
         ns.name(),
     ])?;
     switch.run(&["ip", "link", "set", host_if, "up"])?;
-    let tag_arg = vlan.map(|tag| format!("tag={tag}"));
-    let mut args = vec!["--may-exist", "add-port", bridge, host_if];
-    if let Some(tag_arg) = &tag_arg {
-        args.push(tag_arg);
-    }
-    ovs.vsctl(&args)?;
     ns.run(&["ip", "addr", "add", cidr, "dev", guest_if])?;
     ns.run(&["ip", "link", "set", guest_if, "up"])?;
     ns.run(&["ethtool", "-K", guest_if, "tx", "off"])?;
