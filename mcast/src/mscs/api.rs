@@ -142,6 +142,7 @@ async fn schedule(State(mscs): State<Mscs>) -> Response {
         "next_periodic_due_unix_ms": state.next_periodic_due_unix_ms,
         "periodic_runs_completed": state.periodic_runs_completed,
         "periodic_enabled": mscs.config().periodic.is_some(),
+        "current_run": mscs.current_run(),
     }))
     .into_response()
 }

@@ -328,7 +328,23 @@ struct Inner {
     /// A std mutex: it is never held across an `.await`, and every critical section is a
     /// few field updates plus (for commits) one small file write.
     state: Mutex<MscsState>,
+    /// The run in flight, for `GET /schedule`; not persisted (an interrupted run is simply
+    /// run again).
+    current_run: Mutex<Option<CurrentRun>>,
     wake_scheduler: Notify,
+}
+
+/// The run in flight.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CurrentRun {
+    /// Periodic or task.
+    pub kind: RunKind,
+    /// Task id for task runs.
+    pub task_id: Option<String>,
+    /// Source point.
+    pub source: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
 }
 
 fn unix_ms_now() -> u64 {
@@ -370,6 +386,7 @@ impl Mscs {
             inner: Arc::new(Inner {
                 config,
                 state: Mutex::new(state),
+                current_run: Mutex::new(None),
                 wake_scheduler: Notify::new(),
             }),
         })
@@ -387,6 +404,23 @@ impl Mscs {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The run in flight, if any.
+    pub fn current_run(&self) -> Option<CurrentRun> {
+        self.inner
+            .current_run
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_current_run(&self, run: Option<CurrentRun>) {
+        *self
+            .inner
+            .current_run
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = run;
     }
 
     /// A snapshot of the state.
@@ -549,12 +583,19 @@ impl Mscs {
                 }
             };
             info!(source = %spec.source.name, kind = ?spec.kind, "run starting");
+            self.set_current_run(Some(CurrentRun {
+                kind: spec.kind,
+                task_id: spec.task_id.clone(),
+                source: spec.source.name.clone(),
+                started_at: now_rfc3339(),
+            }));
             let document = tokio::select! {
                 document = run_measurement(&spec) => document,
                 // An interrupted run is not a completed one: it is re-run after restart.
                 _ = shutdown.changed() => return,
             };
             let seq = self.commit(&work, document.clone());
+            self.set_current_run(None);
             info!(seq, run_id = %document.run_id, status = ?document.status, "run recorded");
             if let (Some(url), Some(http)) = (&self.inner.config.result_url, &http) {
                 let (url, http) = (url.clone(), http.clone());
