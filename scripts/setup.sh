@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Fresh-machine setup (Debian, root): install the packages listed in
+# scripts/packages.txt, then build every binary in release mode.
+#
+# Idempotent: apt-get update and install run only when a listed package is
+# missing, and cargo rebuilds only what changed. It starts no service and
+# assumes none is running (tests and `measurelab lab up` start their own
+# ovsdb-server/ovs-vswitchd with private run dirs).
+#
+# Environment:
+#   SKIP_BUILD=1   install packages only (scripts/test.sh builds by itself)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (apt-get install, network namespaces)"
+[ -f scripts/packages.txt ] || die "scripts/packages.txt is missing"
+
+mapfile -t packages < <(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' scripts/packages.txt | awk '{print $1}')
+
+missing=()
+for pkg in "${packages[@]}"; do
+    # dpkg-query prints "install ok installed" only for a fully installed package.
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # Services that packages would start (openvswitch-switch, libvirtd) are
+    # not wanted: everything here runs its own daemons with private run dirs.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod +x "$policy"
+        created_policy=1
+    fi
+    trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+    apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}"
+else
+    echo "setup: all ${#packages[@]} packages already installed"
+fi
+
+if [ "${SKIP_BUILD:-0}" != "1" ]; then
+    command -v cargo >/dev/null || die "cargo is not installed (the Rust toolchain comes with the machine)"
+    cargo build --release --workspace --bins
+fi
