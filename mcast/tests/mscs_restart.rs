@@ -1,0 +1,153 @@
+//! Crash behaviour of the MSCS and the points with real processes and real packets:
+//! SIGKILL the MSCS mid-schedule and restart it; SIGKILL a point mid-run.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use common::{receiver, Lab};
+use serde_json::Value;
+
+const POINTS: [&str; 3] = ["p1", "p2", "p3"];
+
+fn wait_for_results(lab: &Lab, at_least: usize, timeout: Duration) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let results = lab.results()?;
+        if results.len() >= at_least {
+            return Ok(results);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {at_least} results after {timeout:?}; MSCS log:\n{}",
+                results.len(),
+                lab.mscs_log()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until a run with `source` has been in flight for `into_run`.
+fn wait_mid_run(lab: &Lab, source: Option<&str>, into_run: Duration) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (_, schedule) = lab.api("GET", "/schedule", None)?;
+        let current = &schedule["current_run"];
+        if !current.is_null() && source.is_none_or(|s| current["source"] == s) {
+            thread::sleep(into_run);
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no run with source {source:?} started")
+}
+
+fn assert_round_robin(results: &[Value]) {
+    for (index, result) in results.iter().enumerate() {
+        assert_eq!(
+            result["seq"].as_u64(),
+            Some(index as u64 + 1),
+            "gap in seqs"
+        );
+        assert_eq!(
+            result["document"]["source_point"],
+            POINTS[index % POINTS.len()],
+            "result {} breaks the round robin: {:#}",
+            index + 1,
+            result["document"]
+        );
+    }
+}
+
+#[test]
+fn sigkilled_mscs_resumes_the_schedule_and_keeps_every_result() -> Result<()> {
+    let mut lab = Lab::new("rs", 17, 3)?;
+    let args = [
+        "--interval-seconds",
+        "3",
+        "--duration-seconds",
+        "1",
+        "--rate-pps",
+        "200",
+        "--group",
+        "239.200.17.1",
+    ];
+    lab.start_mscs(&args)?;
+    wait_for_results(&lab, 2, Duration::from_secs(30))?;
+    // Kill while the third run is sending, so an interrupted run is part of the test.
+    wait_mid_run(&lab, None, Duration::from_millis(400))?;
+    let listed_before_kill = lab.results()?;
+    lab.sigkill_mscs();
+
+    // What survived on disk is at least everything the API had acknowledged.
+    let state: Value = serde_json::from_slice(&std::fs::read(lab.state_file())?)?;
+    let durable = state["results"].as_array().cloned().unwrap_or_default();
+    assert!(durable.len() >= listed_before_kill.len());
+    let position_at_kill = state["next_source_index"].as_u64().unwrap();
+    assert_eq!(position_at_kill as usize, durable.len() % 3);
+
+    lab.start_mscs(&args)?;
+    let after = wait_for_results(&lab, durable.len() + 3, Duration::from_secs(40))?;
+    for (before, now) in durable.iter().zip(&after) {
+        assert_eq!(before, now, "a completed result changed or vanished");
+    }
+    // The interrupted run was not recorded, and the restarted schedule re-ran that
+    // source: the sources continue p1, p2, p3, p1, ... without a gap or a repeat.
+    assert_round_robin(&after);
+    for result in &after {
+        assert_eq!(
+            result["document"]["status"], "ok",
+            "{:#}",
+            result["document"]
+        );
+        assert_eq!(result["document"]["kind"], "periodic");
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkilled_point_is_recorded_as_failed_and_the_schedule_goes_on() -> Result<()> {
+    let mut lab = Lab::new("pk", 18, 3)?;
+    lab.start_mscs(&[
+        "--interval-seconds",
+        "3",
+        "--duration-seconds",
+        "1.5",
+        "--rate-pps",
+        "200",
+        "--group",
+        "239.200.18.1",
+    ])?;
+    wait_mid_run(&lab, Some("p1"), Duration::from_millis(500))?;
+    lab.kill_point(2);
+    let results = wait_for_results(&lab, 4, Duration::from_secs(40))?;
+    assert_round_robin(&results);
+
+    // The run in flight: p2 measured, p3 died before reporting.
+    let killed_run = &results[0]["document"];
+    assert_eq!(killed_run["status"], "partial", "{killed_run:#}");
+    assert_eq!(receiver(killed_run, "p2")["status"], "ok");
+    let p3 = receiver(killed_run, "p3");
+    assert_eq!(p3["status"], "failed", "{p3:#}");
+    assert!(p3["error"].as_str().unwrap().contains("closed"), "{p3:#}");
+    assert!(p3["metrics"].is_null());
+
+    // Next run (source p2): p3 cannot be reached at all.
+    let next = &results[1]["document"];
+    assert_eq!(next["status"], "partial");
+    assert_eq!(receiver(next, "p1")["status"], "ok");
+    assert_eq!(receiver(next, "p3")["status"], "missing");
+
+    // p3's turn as the source fails as a whole but is recorded, and p1 follows.
+    let p3_turn = &results[2]["document"];
+    assert_eq!(p3_turn["status"], "failed");
+    assert!(p3_turn["source"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    assert_eq!(results[3]["document"]["source_point"], "p1");
+    Ok(())
+}
