@@ -149,6 +149,26 @@ impl NamespaceHypervisor {
         Ok(NamespaceHypervisor { config, layout })
     }
 
+    /// Whether this host can run namespace guests: a usable cgroup layout
+    /// under `cgroup_mount` and the tools the backend runs (`ip`, `ethtool`,
+    /// `setsid`, `sh`). For capability reports; creating guests also needs root.
+    pub fn probe(cgroup_mount: &Path) -> Result<(), HypervisorError> {
+        detect_layout(cgroup_mount)?;
+        for tool in ["ip", "ethtool", "setsid", "sh"] {
+            let found = std::env::var_os("PATH")
+                .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+                .unwrap_or(false);
+            if !found {
+                return Err(HypervisorError::Command {
+                    command: tool.to_string(),
+                    detail: "not found in PATH".into(),
+                    class: ErrorClass::Permanent,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Network namespace name of a guest: `vm-<first 8 hex of its id>`.
     pub fn netns_name(id: Uuid) -> String {
         format!("vm-{}", short_id(id))
@@ -929,6 +949,16 @@ mod tests {
                 field: "cgroup_parent",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn probe_checks_the_cgroup_mount() {
+        NamespaceHypervisor::probe(Path::new("/sys/fs/cgroup")).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            NamespaceHypervisor::probe(empty.path()),
+            Err(HypervisorError::Unsupported { .. })
         ));
     }
 
