@@ -100,7 +100,7 @@ impl SenderConfig {
             packet_size: 64,
             limit,
             session_id: rand::random(),
-            spin_threshold: Duration::from_micros(50),
+            spin_threshold: Duration::from_micros(20),
             max_catch_up_packets: 4,
         }
     }

@@ -64,8 +64,12 @@ struct SendArgs {
     #[arg(long)]
     session_id: Option<u64>,
     /// Microseconds before each deadline at which the sender spins instead of sleeping.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     spin_us: u64,
+    /// Intervals the sender may fall behind and catch up by bursting; beyond this it
+    /// drops schedule slots (counted as slips) instead.
+    #[arg(long, default_value_t = 4)]
+    max_catch_up_packets: u32,
 }
 
 #[derive(clap::Args)]
@@ -150,6 +154,7 @@ fn send(args: SendArgs) -> Result<()> {
     config.ttl = args.ttl;
     config.source_addr = args.source;
     config.spin_threshold = Duration::from_micros(args.spin_us);
+    config.max_catch_up_packets = args.max_catch_up_packets;
     if let Some(id) = args.session_id {
         config.session_id = id;
     }

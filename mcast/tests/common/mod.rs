@@ -233,7 +233,14 @@ impl Lab {
 
     /// nftables rule in a point's namespace dropping `percent` % of probes at random.
     pub fn inject_loss(&self, index: usize, percent: u32) -> Result<()> {
+        self.inject_loss_ports(index, percent, &[PROBE_PORT])
+    }
+
+    /// Like [`Lab::inject_loss`] for several UDP destination ports.
+    pub fn inject_loss_ports(&self, index: usize, percent: u32, ports: &[u16]) -> Result<()> {
         let ns = &self.points[index].ns;
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let port_set = format!("{{ {} }}", ports.join(", "));
         ns.run(&["nft", "add", "table", "inet", "mcloss"])?;
         ns.run(&[
             "nft",
@@ -253,7 +260,7 @@ impl Lab {
             "input",
             "udp",
             "dport",
-            &PROBE_PORT.to_string(),
+            &port_set,
             "numgen",
             "random",
             "mod",

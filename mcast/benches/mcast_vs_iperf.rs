@@ -1,0 +1,356 @@
+//! Benchmark: our probe sender/receiver against iperf2 on the SAME userspace OVS path,
+//! in the same run.
+//!
+//! 1. Highest probe rate with <= 0.1 % loss at the receiver (and the sender within 5 % of
+//!    the requested rate), searched upwards over a ladder and then bisected.
+//! 2. CPU time per 100k probes of each sender and receiver at a common rate, from
+//!    getrusage(RUSAGE_CHILDREN) deltas around each child's exit.
+//! 3. Agreement: both over the same path with nftables dropping 5 % at the receiver:
+//!    loss and jitter side by side.
+//!
+//! Run as root: `cargo bench -p measurelab-mcast --bench mcast_vs_iperf`
+//! (or `scripts/bench-mcast.sh`). Prints figures; asserts nothing about speed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use common::{Lab, POINT_BIN};
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const GROUP: &str = "239.200.30.1";
+const OUR_PORT: u16 = 50_001;
+const IPERF_PORT: u16 = 50_002;
+const PROBE_BYTES: u32 = 200;
+const TRIAL_SECONDS: f64 = 2.0;
+const LOSS_LIMIT: f64 = 0.001;
+
+/// Result of one trial.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    sent: f64,
+    received: f64,
+    loss: f64,
+    achieved_pps: f64,
+    jitter_us: f64,
+    sender_cpu_s: f64,
+    receiver_cpu_s: f64,
+}
+
+fn children_cpu_seconds() -> f64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let user = u.user_time();
+            let system = u.system_time();
+            user.tv_sec() as f64
+                + user.tv_usec() as f64 / 1e6
+                + system.tv_sec() as f64
+                + system.tv_usec() as f64 / 1e6
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits for `child` and returns its output and the CPU seconds it used. Children are
+/// reaped one at a time so each getrusage delta belongs to exactly one process.
+fn reap(child: Child) -> Result<(std::process::Output, f64)> {
+    let before = children_cpu_seconds();
+    let output = child.wait_with_output()?;
+    Ok((output, children_cpu_seconds() - before))
+}
+
+fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<Trial> {
+    let (tx, rx) = (&lab.points[0], &lab.points[1]);
+    let count = (rate_pps * seconds).round() as u64;
+    let receiver = rx
+        .ns
+        .command(POINT_BIN)
+        .args(["recv", "--group", GROUP, "--port", &OUR_PORT.to_string()])
+        .args(["--interface", &rx.addr, "--name", "bench"])
+        .args(["--duration-seconds", &format!("{}", seconds + 20.0)])
+        .args(["--idle-stop-seconds", "0.7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(300));
+    let sender = tx
+        .ns
+        .command(POINT_BIN)
+        .args(["send", "--group", GROUP, "--port", &OUR_PORT.to_string()])
+        .args(["--source", &tx.addr, "--rate-pps", &rate_pps.to_string()])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--size",
+            &PROBE_BYTES.to_string(),
+        ])
+        .args(spin_us.map(|us| format!("--spin-us={us}")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (sender_out, sender_cpu_s) = reap(sender)?;
+    let (receiver_out, receiver_cpu_s) = reap(receiver)?;
+    let sent: Value = serde_json::from_slice(&sender_out.stdout).with_context(|| {
+        format!(
+            "sender said {:?}",
+            String::from_utf8_lossy(&sender_out.stdout)
+        )
+    })?;
+    let report: Value = serde_json::from_slice(&receiver_out.stdout).with_context(|| {
+        format!(
+            "receiver said {:?}",
+            String::from_utf8_lossy(&receiver_out.stdout)
+        )
+    })?;
+    let sent_count = sent["packets_sent"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no packets_sent"))?;
+    let received = report["metrics"]["packets_received"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Ok(Trial {
+        sent: sent_count,
+        received,
+        loss: if sent_count > 0.0 {
+            1.0 - received / sent_count
+        } else {
+            1.0
+        },
+        achieved_pps: sent["achieved_rate_pps"].as_f64().unwrap_or(0.0),
+        jitter_us: report["metrics"]["jitter_us"].as_f64().unwrap_or(f64::NAN),
+        sender_cpu_s,
+        receiver_cpu_s,
+    })
+}
+
+/// iperf2 server CSV (-y C) for UDP: time,src,sport,dst,dport,id,interval,bytes,bps,
+/// jitter_ms,lost,total,percent,out_of_order[,...]. The final report is the last line.
+fn parse_iperf_server(stdout: &str) -> Result<(f64, f64, f64, f64, f64)> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.split(',').count() >= 14)
+        .ok_or_else(|| anyhow!("no iperf server report in {stdout:?}"))?;
+    let fields: Vec<&str> = line.split(',').collect();
+    let number = |i: usize| -> Result<f64> {
+        fields[i]
+            .trim()
+            .parse::<f64>()
+            .with_context(|| format!("iperf field {i} in {line:?}"))
+    };
+    let interval = fields[6];
+    let seconds = interval
+        .split_once('-')
+        .and_then(|(a, b)| Some(b.parse::<f64>().ok()? - a.parse::<f64>().ok()?))
+        .unwrap_or(0.0);
+    Ok((number(7)?, seconds, number(9)?, number(10)?, number(11)?))
+}
+
+fn iperf(lab: &Lab, rate_pps: f64, seconds: f64) -> Result<Trial> {
+    let (tx, rx) = (&lab.points[0], &lab.points[1]);
+    // stdbuf: iperf prints the report with stdio; line buffering makes it reach the pipe
+    // before the server is interrupted.
+    let server = rx
+        .ns
+        .command("stdbuf")
+        .args([
+            "-oL",
+            "iperf",
+            "-s",
+            "-u",
+            "-B",
+            GROUP,
+            "-p",
+            &IPERF_PORT.to_string(),
+        ])
+        .args(["-l", &PROBE_BYTES.to_string(), "-y", "C"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let client = tx
+        .ns
+        .command("iperf")
+        .args(["-c", GROUP, "-u", "-p", &IPERF_PORT.to_string(), "-T", "8"])
+        .args(["-B", &tx.addr])
+        .args(["-b", &format!("{}pps", rate_pps.round() as u64)])
+        .args(["-l", &PROBE_BYTES.to_string(), "-t", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (_, sender_cpu_s) = reap(client)?;
+    thread::sleep(Duration::from_millis(700));
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGINT)?;
+    let (server_out, receiver_cpu_s) = reap(server)?;
+    let stdout = String::from_utf8_lossy(&server_out.stdout);
+    let (bytes, interval, jitter_ms, lost, total) = parse_iperf_server(&stdout)?;
+    let received = bytes / PROBE_BYTES as f64;
+    Ok(Trial {
+        sent: total,
+        received,
+        loss: if total > 0.0 { lost / total } else { 1.0 },
+        achieved_pps: if interval > 0.0 {
+            total / interval
+        } else {
+            0.0
+        },
+        jitter_us: jitter_ms * 1000.0,
+        sender_cpu_s,
+        receiver_cpu_s,
+    })
+}
+
+/// Loss only: a sender that falls behind (our sender drops schedule slots instead of
+/// bursting) is judged by what it achieved, which is what `max_rate` reports.
+fn passes(trial: &Trial) -> bool {
+    trial.loss <= LOSS_LIMIT
+}
+
+/// Ladder up until a failure, then bisect between the last pass and the first failure.
+/// Returns (requested, achieved) pps of the highest passing trial.
+fn max_rate(name: &str, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<(f64, f64)> {
+    let ladder = [
+        2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 70_000.0, 100_000.0, 150_000.0,
+    ];
+    let mut best = 0.0;
+    let mut best_achieved = 0.0;
+    let mut fail = None;
+    for rate in ladder {
+        let t = trial(rate)?;
+        println!(
+            "  {name:<6} {rate:>9.0} pps: sent {:>7.0} achieved {:>9.0} pps loss {:>7.4}%",
+            t.sent,
+            t.achieved_pps,
+            t.loss * 100.0
+        );
+        if passes(&t) {
+            best = rate;
+            best_achieved = t.achieved_pps;
+        } else {
+            fail = Some(rate);
+            break;
+        }
+    }
+    if let Some(mut high) = fail {
+        let mut low: f64 = best;
+        for _ in 0..3 {
+            let mid = ((low + high) / 2.0).round();
+            let t = trial(mid)?;
+            println!(
+                "  {name:<6} {mid:>9.0} pps: sent {:>7.0} achieved {:>9.0} pps loss {:>7.4}% (bisect)",
+                t.sent, t.achieved_pps, t.loss * 100.0
+            );
+            if passes(&t) {
+                low = mid;
+                best_achieved = t.achieved_pps;
+            } else {
+                high = mid;
+            }
+        }
+        best = low;
+    }
+    Ok((best, best_achieved))
+}
+
+fn main() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("run as root: the benchmark builds network namespaces and an OVS bridge");
+    }
+    let lab = Lab::new("bn", 30, 2)?;
+    for point in &lab.points {
+        point
+            .ns
+            .run(&["ip", "link", "set", "eth0", "txqueuelen", "10000"])?;
+    }
+    println!("path: netns p1 -> veth -> userspace OVS (netdev datapath) -> veth -> netns p2");
+    println!("probe payload {PROBE_BYTES} B, trial {TRIAL_SECONDS} s, pass = loss <= 0.1 % and sender >= 95 % of rate\n");
+
+    println!("1. highest rate with <= 0.1 % loss");
+    let (our_max, our_achieved) = max_rate("ours", |rate| ours(&lab, rate, TRIAL_SECONDS, None))?;
+    let (iperf_max, iperf_achieved) = max_rate("iperf2", |rate| iperf(&lab, rate, TRIAL_SECONDS))?;
+    println!(
+        "  => ours {our_max:.0} pps requested / {our_achieved:.0} achieved, iperf2 {iperf_max:.0} / {iperf_achieved:.0}; achieved ratio ours/iperf2 = {:.2}\n",
+        our_achieved / iperf_achieved.max(1.0)
+    );
+
+    let cpu_rate = 10_000.0;
+    let cpu_seconds = 5.0;
+    println!("2. CPU per 100k probes at {cpu_rate:.0} pps for {cpu_seconds} s");
+    let o = ours(&lab, cpu_rate, cpu_seconds, None)?;
+    let o0 = ours(&lab, cpu_rate, cpu_seconds, Some(0))?;
+    let i = iperf(&lab, cpu_rate, cpu_seconds)?;
+    let per100k = |cpu: f64, packets: f64| cpu / packets.max(1.0) * 100_000.0;
+    let (os, or) = (
+        per100k(o.sender_cpu_s, o.sent),
+        per100k(o.receiver_cpu_s, o.received),
+    );
+    let (os0, or0) = (
+        per100k(o0.sender_cpu_s, o0.sent),
+        per100k(o0.receiver_cpu_s, o0.received),
+    );
+    let (is, ir) = (
+        per100k(i.sender_cpu_s, i.sent),
+        per100k(i.receiver_cpu_s, i.received),
+    );
+    println!(
+        "  {:<16} {:>14} {:>16} {:>13}",
+        "", "sender s/100k", "receiver s/100k", "achieved pps"
+    );
+    println!(
+        "  {:<16} {os:>14.3} {or:>16.3} {:>13.0}",
+        "ours (spin 20us)", o.achieved_pps
+    );
+    println!(
+        "  {:<16} {os0:>14.3} {or0:>16.3} {:>13.0}",
+        "ours (no spin)", o0.achieved_pps
+    );
+    println!(
+        "  {:<16} {is:>14.3} {ir:>16.3} {:>13.0}",
+        "iperf2", i.achieved_pps
+    );
+    println!(
+        "  ratio ours/iperf2: sender {:.2}, receiver {:.2}\n",
+        os / is.max(1e-9),
+        or / ir.max(1e-9)
+    );
+
+    println!("3. agreement over the same path with nftables dropping 5 % at the receiver");
+    lab.inject_loss_ports(1, 5, &[OUR_PORT, IPERF_PORT])?;
+    let agree_rate = 1_000.0;
+    let agree_seconds = 10.0;
+    let o = ours(&lab, agree_rate, agree_seconds, None)?;
+    let i = iperf(&lab, agree_rate, agree_seconds)?;
+    println!(
+        "  {:<8} {:>8} {:>9} {:>9} {:>11}",
+        "", "sent", "received", "loss %", "jitter us"
+    );
+    println!(
+        "  {:<8} {:>8.0} {:>9.0} {:>9.3} {:>11.2}",
+        "ours",
+        o.sent,
+        o.received,
+        o.loss * 100.0,
+        o.jitter_us
+    );
+    println!(
+        "  {:<8} {:>8.0} {:>9.0} {:>9.3} {:>11.2}",
+        "iperf2",
+        i.sent,
+        i.received,
+        i.loss * 100.0,
+        i.jitter_us
+    );
+    println!(
+        "  loss difference {:.3} points (configured 5 %); jitter ratio ours/iperf2 {:.2}",
+        (o.loss - i.loss).abs() * 100.0,
+        o.jitter_us / i.jitter_us
+    );
+    drop(lab);
+    Ok(())
+}
