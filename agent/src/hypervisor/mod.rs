@@ -12,6 +12,12 @@
 //! writes cgroup files. From async code, call every method inside
 //! `tokio::task::spawn_blocking` (hold the backend in an `Arc`).
 //!
+//! # Concurrency
+//! Backends are `Send + Sync`; calls for different guests may run in
+//! parallel. Calls for the *same* guest must not overlap (the reconcile loop
+//! never works on one key twice at once): the namespace backend's
+//! read-modify-write of a guest's state file is not locked.
+//!
 //! # Ownership
 //! A backend only ever lists or touches guests that carry our tag: a libvirt
 //! `<metadata>` element in [`OWNER_XML_NAMESPACE`], or a state file of the
