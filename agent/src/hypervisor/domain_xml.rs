@@ -159,6 +159,10 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
     }
     if let Some(nic) = &spec.nic {
         match nic.attach {
+            // For Xen, libvirt turns this into the xl vif spec
+            // `bridge=BR.TAG,script=vif-openvswitch` (libvirt's xenFormatNet
+            // and libxlMakeNic), so the dom0 hotplug script adds the vif to
+            // OVS with the tag. Unverified here: the machine has no Xen.
             NicAttach::OvsVirtualport => {
                 x.push_str("    <interface type='bridge'>\n");
                 let _ = writeln!(x, "      <source bridge='{}'/>", esc(&nic.bridge));
