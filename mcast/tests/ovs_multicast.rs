@@ -13,7 +13,15 @@ use serde_json::json;
 #[test]
 fn asm_and_ssm_runs_reach_every_receiver_through_ovs() -> Result<()> {
     let mut lab = Lab::new("as", 11, 3)?;
-    lab.start_mscs(&["--no-periodic"])?;
+    // A collector in the MSCS's namespace for --result-url (the controller's role later).
+    let collector = common::in_netns(&lab.mscs_ns, || {
+        Ok(std::net::TcpListener::bind("10.200.11.2:7399")?)
+    })?;
+    lab.start_mscs(&[
+        "--no-periodic",
+        "--result-url",
+        "http://10.200.11.2:7399/results",
+    ])?;
 
     let asm = lab.run_task(
         &json!({"source": "p1", "group": "239.200.11.1", "rate_pps": 200.0, "duration_seconds": 1.5}),
@@ -46,6 +54,10 @@ fn asm_and_ssm_runs_reach_every_receiver_through_ovs() -> Result<()> {
     }
     // The source is not its own receiver.
     assert_eq!(receiver(&asm, "p1"), &serde_json::Value::Null);
+    // The same document was POSTed to the result URL.
+    let posted = common::accept_one_post(&collector, Duration::from_secs(10))?;
+    assert_eq!(posted["run_id"], asm["run_id"]);
+    assert_eq!(posted, asm);
 
     // SSM: receivers join (S,G) with the source's data address.
     let ssm = lab.run_task(

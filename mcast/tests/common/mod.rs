@@ -364,3 +364,51 @@ pub fn wilson_interval(p: f64, n: f64, z: f64) -> (f64, f64) {
     let half = z * ((p * (1.0 - p) / n) + z * z / (4.0 * n * n)).sqrt() / denominator;
     (centre - half, centre + half)
 }
+
+/// Accepts one HTTP POST on `listener`, answers 204 and returns the JSON body.
+pub fn accept_one_post(listener: &std::net::TcpListener, timeout: Duration) -> Result<Value> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    bail!("no POST within {timeout:?}");
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let body = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed before the body was complete");
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or_else(|| anyhow!("POST without content-length: {head}"))?;
+            if !head.starts_with("POST ") {
+                bail!("expected a POST, got {head}");
+            }
+            if body.len() >= length {
+                break body[..length].to_string();
+            }
+        }
+    };
+    stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")?;
+    Ok(serde_json::from_str(&body)?)
+}
