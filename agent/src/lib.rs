@@ -25,6 +25,7 @@ pub mod capabilities;
 pub mod hypervisor;
 pub mod identity;
 pub mod logs;
+pub mod ovs;
 mod session;
 pub mod usage;
 
