@@ -157,12 +157,16 @@ impl Session {
         let mut refused_backoff = Backoff::new(INITIAL_BACKOFF, REFUSED_RETRY_CAP);
         loop {
             let started = Instant::now();
-            let outcome = if self.identity.is_none() {
+            let registering = self.identity.is_none();
+            let outcome = if registering {
                 self.register().await
             } else {
                 self.heartbeat().await
             };
             let wait = match outcome {
+                // Heartbeat at once after registering, so the controller has
+                // a heartbeat time and live usage without waiting an interval.
+                Ok(()) if registering => Duration::ZERO,
                 Ok(()) => {
                     backoff.set_cap(self.interval);
                     backoff.reset();

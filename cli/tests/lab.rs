@@ -254,11 +254,38 @@ fn up_brings_every_node_online_and_a_second_up_starts_nothing() {
     for ns in ["mgmt", "n1", "n2", "n3"] {
         assert!(netns.contains(&format!("{}-{ns}", lab.name)), "{netns}");
     }
+    let switch_ns = format!("{}-sw", lab.name);
     for k in 1..=3 {
         assert!(lab.dir().join(format!("nodes/n{k}/ovs/db.sock")).exists());
-        let link = ip_output(&["link", "show", &format!("{}-n{k}-up", lab.name)]);
+        let link = ip_output(&[
+            "-n",
+            &switch_ns,
+            "link",
+            "show",
+            &format!("{}-n{k}-up", lab.name),
+        ]);
         assert!(link.contains("UP"), "{link}");
     }
+    // Real packets cross the lab switch between node uplinks.
+    let node = |k: u32, args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-n{k}", lab.name)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in n{k}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    node(1, &["ip", "addr", "add", "10.200.1.1/24", "dev", "uplink0"]);
+    node(2, &["ip", "addr", "add", "10.200.1.2/24", "dev", "uplink0"]);
+    node(
+        1,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.200.1.2"],
+    );
     let before = lab.pids();
     // Lab switch (2 OVS daemons), 3 nodes x (2 OVS daemons + agent), controller.
     assert_eq!(before.len(), 2 + 3 * 3 + 1, "{before:?}");

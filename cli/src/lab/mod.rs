@@ -2,7 +2,19 @@
 //! namespaces, a management bridge, userspace Open vSwitch per node and a lab
 //! switch, with a controller and one agent per node running as background
 //! processes. The layout is pinned in CONTRACTS.md ("Lab layout"); other
-//! components' tests rely on it.
+//! components' tests rely on it:
+//!
+//! - `<name>-mgmt`: bridge `br-mgmt` 10.254.0.1/24; the controller's gRPC
+//!   socket (10.254.0.1:7071) is bound in here, its HTTP API on 127.0.0.1.
+//! - `<name>-nK`: `mgmt0` 10.254.0.(10+K)/24, `uplink0` (no address), the
+//!   node's own ovsdb-server + ovs-vswitchd (run dir `DIR/nodes/nK/ovs`) and
+//!   its agent (state dir `DIR/nodes/nK/agent`).
+//! - `<name>-sw`: the lab switch's ovs-vswitchd with bridge `<name>-sw`
+//!   (netdev, every port a VLAN trunk) and the uplink peers `<name>-nK-up`.
+//!   Its ovsdb-server runs in the root namespace (`DIR/ovs/db.sock`). This
+//!   namespace deviates from CONTRACTS.md, which put the switch in the root
+//!   namespace: userspace OVS allows one ovs-vswitchd per namespace (see
+//!   `up`), and labs must coexist with each other and with test sandboxes.
 //!
 //! Every step of `up` first checks whether its piece is already there, so
 //! `up` on a running lab starts nothing, and `up` after a process died
@@ -212,6 +224,10 @@ impl Lab {
     fn switch_bridge(&self) -> String {
         format!("{}-sw", self.name)
     }
+    /// Namespace of the lab switch's ovs-vswitchd and the uplink peers.
+    fn switch_ns(&self) -> String {
+        format!("{}-sw", self.name)
+    }
     fn node_name(k: u32) -> String {
         format!("n{k}")
     }
@@ -289,7 +305,17 @@ impl Lab {
 
         let mut started = Vec::new();
         self.ensure_mgmt_network()?;
-        self.ensure_ovs("sw", &self.switch_ovs_dir(), None, &mut started)?;
+        // The userspace datapath creates a tap named "ovs-netdev" in its
+        // namespace, so two ovs-vswitchd in one namespace collide (the second
+        // cannot open its datapath). The lab switch therefore gets a
+        // namespace of its own, like every node.
+        ensure_netns(&self.switch_ns())?;
+        self.ensure_ovs(
+            "sw",
+            &self.switch_ovs_dir(),
+            Some(&self.switch_ns()),
+            &mut started,
+        )?;
         self.ensure_switch_bridge()?;
         for k in 1..=settings.nodes {
             self.ensure_node_network(k)?;
@@ -397,17 +423,21 @@ impl Lab {
         }
         ip_in(&ns, &["link", "set", "mgmt0", "up"])?;
         let uplink = self.uplink(k);
+        let sw = self.switch_ns();
         if !link_exists(Some(&ns), "uplink0") {
-            if link_exists(None, &uplink) {
-                ip(&["link", "del", &uplink])?;
+            if link_exists(Some(&sw), &uplink) {
+                ip_in(&sw, &["link", "del", &uplink])?;
             }
-            ip(&[
-                "link", "add", &uplink, "type", "veth", "peer", "name", "uplink0", "netns", &ns,
-            ])?;
-            tx_offload_off(None, &uplink)?;
+            ip_in(
+                &sw,
+                &[
+                    "link", "add", &uplink, "type", "veth", "peer", "name", "uplink0", "netns", &ns,
+                ],
+            )?;
+            tx_offload_off(Some(&sw), &uplink)?;
             tx_offload_off(Some(&ns), "uplink0")?;
         }
-        ip(&["link", "set", &uplink, "up"])?;
+        ip_in(&sw, &["link", "set", &uplink, "up"])?;
         ip_in(&ns, &["link", "set", "uplink0", "up"])?;
         // Trunk: no tag and no trunks list carries every VLAN.
         self.switch_vsctl(&[
@@ -709,8 +739,11 @@ impl Lab {
                 Ok(nodes) => expected
                     .iter()
                     .filter(|name| {
+                        // Online and heartbeating, not merely registered.
                         !nodes.iter().any(|n| {
-                            &n.name == *name && n.status == measurelab_api::http::NodeStatus::Online
+                            &n.name == *name
+                                && n.status == measurelab_api::http::NodeStatus::Online
+                                && n.last_heartbeat.is_some()
                         })
                     })
                     .cloned()
@@ -924,6 +957,7 @@ impl Lab {
             .into_iter()
             .filter(|ns| {
                 *ns == self.mgmt_ns()
+                    || *ns == self.switch_ns()
                     || ns
                         .strip_prefix(&prefix)
                         .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
