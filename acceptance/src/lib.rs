@@ -128,6 +128,9 @@ impl Lab {
                 "up",
                 "--nodes",
                 &nodes.to_string(),
+                // Port 0: labs of tests running in parallel must not fight over 7070.
+                "--http-port",
+                "0",
                 "--name",
                 &name,
                 "--dir",
@@ -190,9 +193,10 @@ impl Lab {
         Ok(output)
     }
 
-    /// Name of node `k` (1-based) as its agent registers it.
+    /// Name of node `k` (1-based) as its agent registers it (`nK`, the same in
+    /// every lab, which is what lets the examples name nodes literally).
     pub fn node_name(&self, k: u32) -> String {
-        format!("{}-n{k}", self.name)
+        format!("n{k}")
     }
 
     /// A client for the lab's controller.

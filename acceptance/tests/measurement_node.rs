@@ -38,6 +38,7 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
     }
     let lab = Lab::up(2)?;
     let name = lab.node_name(1);
+    let other_before = labels_on_controller(&lab, &lab.node_name(2))?;
     let tf = lab.terraform()?;
     tf.write(
         "main.tf",
@@ -75,7 +76,7 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
         ]
     );
     // The other node is untouched.
-    assert!(labels_on_controller(&lab, &lab.node_name(2))?.is_empty());
+    assert_eq!(labels_on_controller(&lab, &lab.node_name(2))?, other_before);
 
     // Let several heartbeats pass so last_heartbeat and resources change on the
     // controller; the refresh picks them up but the plan must stay empty.
@@ -293,6 +294,7 @@ fn acc_measurement_node_bad_value() -> anyhow::Result<()> {
     }
     let lab = Lab::up(2)?;
     let name = lab.node_name(1);
+    let labels_before = labels_on_controller(&lab, &name)?;
     let tf = lab.terraform()?;
     tf.write("main.tf", &node_config(&name, r#"    "bad key" = "x""#))?;
     tf.init()?;
@@ -322,10 +324,11 @@ fn acc_measurement_node_bad_value() -> anyhow::Result<()> {
         stderr.contains(r#"create = "5 minutes""#),
         "must point at timeouts.create:\n{stderr}"
     );
-    assert!(lab
-        .node(&name)?
-        .map(|n| n.labels.is_empty())
-        .unwrap_or(false));
+    assert_eq!(
+        labels_on_controller(&lab, &name)?,
+        labels_before,
+        "nothing may be applied"
+    );
     Ok(())
 }
 
@@ -339,8 +342,7 @@ fn acc_measurement_node_wait_timeout() -> anyhow::Result<()> {
     tf.write(
         "main.tf",
         &format!(
-            "{PROVIDER_BLOCK}\nresource \"measurelab_measurement_node\" \"probe\" {{\n  name = \"{}-n9\"\n  timeouts {{\n    create = \"3s\"\n  }}\n}}\n",
-            lab.name
+            "{PROVIDER_BLOCK}\nresource \"measurelab_measurement_node\" \"probe\" {{\n  name = \"n9\"\n  timeouts {{\n    create = \"3s\"\n  }}\n}}\n",
         ),
     )?;
     tf.init()?;
@@ -365,8 +367,7 @@ fn acc_measurement_node_interrupt() -> anyhow::Result<()> {
     tf.write(
         "main.tf",
         &format!(
-            "{PROVIDER_BLOCK}\nresource \"measurelab_measurement_node\" \"probe\" {{\n  name = \"{}-n9\"\n}}\n",
-            lab.name
+            "{PROVIDER_BLOCK}\nresource \"measurelab_measurement_node\" \"probe\" {{\n  name = \"n9\"\n}}\n",
         ),
     )?;
     tf.init()?;
@@ -405,6 +406,7 @@ fn acc_measurement_node_controller_down() -> anyhow::Result<()> {
     }
     let lab = Lab::up(2)?;
     let name = lab.node_name(1);
+    let labels_before = labels_on_controller(&lab, &name)?;
     // Same lab config, but the endpoint points at a port where no controller listens.
     let down = vec![
         (
@@ -426,8 +428,9 @@ fn acc_measurement_node_controller_down() -> anyhow::Result<()> {
     assert!(stderr.contains("no state was written"), "{stderr}");
     assert!(!stderr.contains("backtrace"), "{stderr}");
     assert!(tf.state_list()?.is_empty(), "no state may be written");
-    assert!(
-        labels_on_controller(&lab, &name)?.is_empty(),
+    assert_eq!(
+        labels_on_controller(&lab, &name)?,
+        labels_before,
         "nothing may be half-applied"
     );
 

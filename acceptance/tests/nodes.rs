@@ -83,10 +83,7 @@ fn acc_nodes_bad_value() -> anyhow::Result<()> {
 
     tf.write(
         "main.tf",
-        &format!(
-            "{PROVIDER_BLOCK}\ndata \"measurelab_node\" \"x\" {{\n  name = \"{}-n7\"\n}}\n",
-            lab.name
-        ),
+        &format!("{PROVIDER_BLOCK}\ndata \"measurelab_node\" \"x\" {{\n  name = \"n7\"\n}}\n",),
     )?;
     let output = tf.run(&["plan", "-input=false"])?;
     let stderr = String::from_utf8_lossy(&output.stderr);

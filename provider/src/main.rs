@@ -4,13 +4,14 @@
 //! - `provider.rs`: the provider block (endpoint, token, ca_cert) and the shared client.
 //! - `diagnostics.rs`: every error a user can see, with what to do next.
 //! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
-//! - `node_model.rs`, `labels.rs`, `timeouts.rs`, `cancel.rs`: shared pieces.
+//! - `node_model.rs`, `number.rs`, `labels.rs`, `timeouts.rs`, `cancel.rs`: shared pieces.
 
 mod cancel;
 mod data_sources;
 mod diagnostics;
 mod labels;
 mod node_model;
+mod number;
 mod provider;
 mod resources;
 mod timeouts;

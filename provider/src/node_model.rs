@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::number::Number;
 use measurelab_api::http::{Capabilities, Node, NodeStatus, Resources};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description};
@@ -34,38 +35,39 @@ impl From<&Capabilities> for CapabilitiesValue {
     }
 }
 
-/// `resources` object, field names identical to the HTTP API.
+/// `resources` object, field names identical to the HTTP API. Numbers keep
+/// the encoding Terraform sent (see `number.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourcesValue {
     /// Number of CPUs.
-    pub cpu_count: u64,
+    pub cpu_count: Number,
     /// CPU use in percent.
-    pub cpu_used_percent: f64,
+    pub cpu_used_percent: Number,
     /// Total memory.
-    pub memory_total_bytes: u64,
+    pub memory_total_bytes: Number,
     /// Memory in use.
-    pub memory_used_bytes: u64,
+    pub memory_used_bytes: Number,
     /// Size of the agent's state filesystem.
-    pub disk_total_bytes: u64,
+    pub disk_total_bytes: Number,
     /// Used space on it.
-    pub disk_used_bytes: u64,
+    pub disk_used_bytes: Number,
     /// Bytes received since boot.
-    pub network_rx_bytes: u64,
+    pub network_rx_bytes: Number,
     /// Bytes sent since boot.
-    pub network_tx_bytes: u64,
+    pub network_tx_bytes: Number,
 }
 
 impl From<&Resources> for ResourcesValue {
     fn from(r: &Resources) -> Self {
         ResourcesValue {
-            cpu_count: u64::from(r.cpu_count),
-            cpu_used_percent: r.cpu_used_percent,
-            memory_total_bytes: r.memory_total_bytes,
-            memory_used_bytes: r.memory_used_bytes,
-            disk_total_bytes: r.disk_total_bytes,
-            disk_used_bytes: r.disk_used_bytes,
-            network_rx_bytes: r.network_rx_bytes,
-            network_tx_bytes: r.network_tx_bytes,
+            cpu_count: r.cpu_count.into(),
+            cpu_used_percent: r.cpu_used_percent.into(),
+            memory_total_bytes: r.memory_total_bytes.into(),
+            memory_used_bytes: r.memory_used_bytes.into(),
+            disk_total_bytes: r.disk_total_bytes.into(),
+            disk_used_bytes: r.disk_used_bytes.into(),
+            network_rx_bytes: r.network_rx_bytes.into(),
+            network_tx_bytes: r.network_tx_bytes.into(),
         }
     }
 }
