@@ -84,3 +84,120 @@ pub fn wait_ping(from: &Netns, to_ip: &str, within: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// Run `work` on a thread that has entered namespace `ns_name`; sockets it
+/// opens live in that namespace.
+pub fn in_netns<T, F>(ns_name: &str, work: F) -> std::thread::JoinHandle<Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let path = format!("/run/netns/{ns_name}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        work()
+    })
+}
+
+/// Join `group` on `local` in `ns` and record (source, payload) of every
+/// datagram to `port` for `listen`. `ready` fires once the group is joined.
+pub fn multicast_receiver(
+    ns: &Netns,
+    local: std::net::Ipv4Addr,
+    group: std::net::Ipv4Addr,
+    port: u16,
+    listen: Duration,
+    ready: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Result<Vec<(std::net::IpAddr, String)>>> {
+    in_netns(ns.name(), move || {
+        let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port))?;
+        socket.join_multicast_v4(&group, &local)?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        ready.send(())?;
+        let deadline = Instant::now() + listen;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            match socket.recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    seen.push((from.ip(), String::from_utf8_lossy(&buf[..len]).into_owned()))
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(seen)
+    })
+}
+
+/// Send `count` datagrams `"{label}-{seq}"` from `local` in `ns` to `group:port`.
+pub fn multicast_sender(
+    ns: &Netns,
+    local: std::net::Ipv4Addr,
+    group: std::net::Ipv4Addr,
+    port: u16,
+    label: &str,
+    count: u32,
+) -> std::thread::JoinHandle<Result<u32>> {
+    let label = label.to_string();
+    in_netns(ns.name(), move || {
+        let socket = std::net::UdpSocket::bind((local, 0))?;
+        socket.set_multicast_ttl_v4(1)?;
+        for seq in 0..count {
+            socket.send_to(format!("{label}-{seq}").as_bytes(), (group, port))?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(count)
+    })
+}
+
+/// iperf3 from `client` to `server_ip` (a server started in `server`);
+/// returns the receiver-side throughput in bit/s.
+pub fn iperf3_received_bps(
+    server: &Netns,
+    server_ip: &str,
+    client: &Netns,
+    seconds: u32,
+) -> Result<f64> {
+    let mut daemon = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", server_ip, "-p", "5399"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = (|| -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = client
+                .command("iperf3")
+                .args([
+                    "-c",
+                    server_ip,
+                    "-p",
+                    "5399",
+                    "-t",
+                    &seconds.to_string(),
+                    "-O",
+                    "1",
+                    "-J",
+                ])
+                .output()?;
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
+                return Ok(bps);
+            }
+            if Instant::now() > deadline {
+                bail!("iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result
+}
