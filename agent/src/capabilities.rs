@@ -76,14 +76,21 @@ pub fn silence_libvirt_errors() {
     virt::error::clear_error_callback();
 }
 
-/// True when a network namespace can be created (and destroyed) here and a
-/// cgroup v2 hierarchy is mounted: what the OS-level backend needs.
+/// True when a network namespace can be created (and destroyed) here, a
+/// cgroup v2 hierarchy is mounted and the namespace backend accepts the
+/// cgroup layout and finds its tools.
 pub fn probe_namespace_backend() -> bool {
     let cgroup2 = std::fs::read_to_string("/proc/self/mounts")
         .map(|mounts| has_cgroup2_mount(&mounts))
         .unwrap_or(false);
     if !cgroup2 {
         tracing::info!("namespace backend unavailable: no cgroup2 mount");
+        return false;
+    }
+    // The backend's own check: the cgroup layout it will use and its tools.
+    let defaults = crate::hypervisor::NamespaceConfig::new("", Vec::new());
+    if let Err(e) = crate::hypervisor::NamespaceHypervisor::probe(&defaults.cgroup_mount) {
+        tracing::info!(error = %e, "namespace backend unavailable");
         return false;
     }
     // unshare() moves only the calling thread, so a throwaway thread holds
@@ -232,7 +239,13 @@ mod tests {
         // CI machines run as root with a cgroup2 hierarchy mounted; this
         // really creates (and frees) a network namespace.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        assert_eq!(probe_namespace_backend(), has_cgroup2_mount(&mounts));
+        let layout_ok =
+            crate::hypervisor::NamespaceHypervisor::probe(std::path::Path::new("/sys/fs/cgroup"))
+                .is_ok();
+        assert_eq!(
+            probe_namespace_backend(),
+            has_cgroup2_mount(&mounts) && layout_ok
+        );
     }
 
     #[tokio::test]
