@@ -1,0 +1,134 @@
+//! Every directory under `examples/` applies as-is against
+//! `measurelab lab up --nodes 3`, with only the variables `lab env` prints.
+
+use std::path::{Path, PathBuf};
+
+use measurelab_acceptance::{acc_enabled, describe, workspace_root, Lab};
+
+/// Directories under `examples/` that hold `.tf` files.
+fn example_dirs(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let mut has_tf = false;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "tf") {
+                has_tf = true;
+            }
+        }
+        if has_tf {
+            found.push(dir);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[test]
+fn acc_examples_apply() -> anyhow::Result<()> {
+    if !acc_enabled("acc_examples_apply") {
+        return Ok(());
+    }
+    let examples = workspace_root().join("examples");
+    let dirs = example_dirs(&examples)?;
+    assert!(
+        dirs.len() >= 4,
+        "expected the provider, resource and data-source examples: {dirs:?}"
+    );
+    let lab = Lab::up(3)?;
+    for dir in dirs {
+        // Examples that use modules or need more than a plain lab live in
+        // scenario directories with their own tests.
+        if dir.join("README.md").is_file() && !dir.starts_with(examples.join("resources")) {
+            continue;
+        }
+        let label = dir.strip_prefix(&examples)?.display().to_string();
+        eprintln!("example {label}");
+        let tf = lab.terraform()?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(
+                    &path,
+                    tf.dir.path().join(path.file_name().unwrap_or_default()),
+                )?;
+            }
+        }
+        tf.init()?;
+        tf.apply()?;
+        let (code, output) = tf.plan_exit_code()?;
+        assert_eq!(
+            code,
+            0,
+            "{label}: plan after apply must be empty:\n{}",
+            describe(&output)
+        );
+
+        if tf.dir.path().join("import.sh").is_file() {
+            // The documented import command works on this example's resource.
+            let addresses = tf.state_list()?;
+            for address in addresses.iter().filter(|a| !a.starts_with("data.")) {
+                tf.ok(&["state", "rm", address])?;
+            }
+            let mut import = std::process::Command::new("sh");
+            import.arg("import.sh").current_dir(tf.dir.path());
+            // Same environment as terraform itself gets.
+            let template = tf.command(&[]);
+            for (key, value) in template.get_envs() {
+                match value {
+                    Some(value) => import.env(key, value),
+                    None => import.env_remove(key),
+                };
+            }
+            let output = import.output()?;
+            assert!(
+                output.status.success(),
+                "{label}: import.sh failed:\n{}",
+                describe(&output)
+            );
+            // Import cannot know the configuration-only `timeouts` block, so the
+            // first plan may fill it in; nothing else may differ.
+            let plan = tf.saved_plan_json("after-import.tfplan")?;
+            for change in plan["resource_changes"].as_array().into_iter().flatten() {
+                let (before, after) = (&change["change"]["before"], &change["change"]["after"]);
+                let differing: Vec<&String> = after
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(key, value)| before.get(key.as_str()) != Some(value))
+                    .map(|(key, _)| key)
+                    .collect();
+                assert!(
+                    differing.iter().all(|key| key.as_str() == "timeouts"),
+                    "{label}: import left a difference in {differing:?}: {change}"
+                );
+            }
+            tf.ok(&["apply", "-input=false", "after-import.tfplan"])?;
+            let (code, output) = tf.plan_exit_code()?;
+            assert_eq!(
+                code,
+                0,
+                "{label}: plan after import.sh must be empty:\n{}",
+                describe(&output)
+            );
+        }
+        tf.destroy()?;
+        assert!(
+            tf.state_list()?.is_empty(),
+            "{label}: state left after destroy"
+        );
+    }
+    // The resource example adopted n1; destroy must have released it.
+    let n1 = lab
+        .node("n1")?
+        .ok_or_else(|| anyhow::anyhow!("n1 missing"))?;
+    assert!(
+        n1.labels.is_empty(),
+        "n1 keeps labels after destroy: {:?}",
+        n1.labels
+    );
+    Ok(())
+}

@@ -1,0 +1,23 @@
+# Adopt the node that registered itself as "n1" and label it as the
+# measurement statistics control server (MSCS) host. Create waits up to
+# two minutes for the node to be online.
+resource "measurelab_measurement_node" "mscs" {
+  name = "n1"
+
+  labels = {
+    role = "mscs"
+    site = "lab"
+  }
+
+  timeouts {
+    create = "2m"
+  }
+}
+
+output "mscs_node_id" {
+  value = measurelab_measurement_node.mscs.id
+}
+
+output "mscs_node_backends" {
+  value = measurelab_measurement_node.mscs.capabilities.libvirt_uris
+}
