@@ -36,15 +36,15 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
     let namespace_backend = tokio::task::spawn_blocking(probe_namespace_backend)
         .await
         .unwrap_or(false);
-    let ovs_datapath_types = match &targets.ovsdb {
-        Some(target) => probe_ovs_datapath_types(target).await,
-        None => Vec::new(),
+    let (ovs_datapath_types, qos_features) = match &targets.ovsdb {
+        Some(target) => probe_ovs(target).await,
+        None => (Vec::new(), Vec::new()),
     };
     Capabilities {
         libvirt_uris,
         namespace_backend,
         ovs_datapath_types,
-        qos_features: Vec::new(),
+        qos_features,
         service_tools: probe_service_tools(),
     }
 }
@@ -142,74 +142,35 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Datapath types from the `Open_vSwitch` table of the node's OVSDB.
-async fn probe_ovs_datapath_types(target: &str) -> Vec<String> {
-    match read_ovs_datapath_types(target).await {
-        Ok(types) => types,
-        Err(reason) => {
-            tracing::warn!(ovsdb = %target, %reason, "cannot read OVS datapath types");
-            Vec::new()
-        }
-    }
-}
-
-async fn read_ovs_datapath_types(target: &str) -> Result<Vec<String>, String> {
-    let select = serde_json::json!({
-        "op": "select",
-        "table": "Open_vSwitch",
-        "where": [],
-        "columns": ["datapath_types"],
-    });
+/// Datapath types and working QoS features of the node's own OVS, through
+/// the ovs module's OVSDB driver; empty when it cannot be read.
+async fn probe_ovs(target: &str) -> (Vec<String>, Vec<String>) {
+    use crate::ovs::Switch as _;
     let query = async {
-        let client = measurelab_ovsdb::OvsdbClient::connect(target)
+        let switch = crate::ovs::OvsdbSwitch::connect(target)
             .await
             .map_err(|e| e.to_string())?;
-        client
-            .transact("Open_vSwitch", vec![select])
-            .await
-            .map_err(|e| e.to_string())
+        switch.capabilities().await.map_err(|e| e.to_string())
     };
-    let results = tokio::time::timeout(OVSDB_TIMEOUT, query)
+    let outcome = tokio::time::timeout(OVSDB_TIMEOUT, query)
         .await
-        .map_err(|_| format!("no answer within {OVSDB_TIMEOUT:?}"))??;
-    let first = results.first().ok_or("empty transact result")?;
-    datapath_types_from_select(first)
-}
-
-/// Extract `datapath_types` from the result of a `select` on `Open_vSwitch`.
-/// OVSDB encodes a set as `["set", [..]]`, or as a bare atom when it has
-/// exactly one element.
-pub fn datapath_types_from_select(result: &serde_json::Value) -> Result<Vec<String>, String> {
-    let rows = result
-        .get("rows")
-        .and_then(|r| r.as_array())
-        .ok_or("select result has no rows")?;
-    let row = rows.first().ok_or("Open_vSwitch table is empty")?;
-    let column = row
-        .get("datapath_types")
-        .ok_or("row has no datapath_types column")?;
-    let mut types = match column {
-        serde_json::Value::String(one) => vec![one.clone()],
-        serde_json::Value::Array(parts) if parts.len() == 2 && parts[0] == "set" => parts[1]
-            .as_array()
-            .ok_or("datapath_types set is not an array")?
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or("datapath type is not a string")
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        other => return Err(format!("unexpected datapath_types encoding: {other}")),
-    };
-    types.sort();
-    Ok(types)
+        .unwrap_or_else(|_| Err(format!("no answer within {OVSDB_TIMEOUT:?}")));
+    match outcome {
+        Ok(caps) => {
+            let mut datapath_types = caps.datapath_types.clone();
+            datapath_types.sort();
+            (datapath_types, caps.qos_features())
+        }
+        Err(reason) => {
+            tracing::warn!(ovsdb = %target, %reason, "cannot read the node's OVS capabilities");
+            (Vec::new(), Vec::new())
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn finds_cgroup2_among_mounts() {
@@ -218,20 +179,6 @@ mod tests {
         assert!(!has_cgroup2_mount(
             "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"
         ));
-    }
-
-    #[test]
-    fn datapath_types_accepts_both_set_encodings() {
-        let set = json!({"rows": [{"datapath_types": ["set", ["system", "netdev"]]}]});
-        assert_eq!(
-            datapath_types_from_select(&set).unwrap(),
-            vec!["netdev", "system"]
-        );
-        let atom = json!({"rows": [{"datapath_types": "netdev"}]});
-        assert_eq!(datapath_types_from_select(&atom).unwrap(), vec!["netdev"]);
-        let empty = json!({"rows": [{"datapath_types": ["set", []]}]});
-        assert!(datapath_types_from_select(&empty).unwrap().is_empty());
-        assert!(datapath_types_from_select(&json!({"rows": []})).is_err());
     }
 
     #[test]
@@ -249,11 +196,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_ovsdb_socket_gives_no_datapath_types() {
+    async fn missing_ovsdb_socket_gives_no_ovs_capabilities() {
         let dir = tempfile::tempdir().unwrap();
         let target = format!("unix:{}/db.sock", dir.path().display());
-        assert!(read_ovs_datapath_types(&target).await.is_err());
-        assert!(probe_ovs_datapath_types(&target).await.is_empty());
+        assert_eq!(probe_ovs(&target).await, (Vec::new(), Vec::new()));
     }
 
     #[tokio::test]
