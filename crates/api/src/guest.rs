@@ -1,0 +1,335 @@
+//! The guest channel: what a guest agent (inside a VM) and its node agent say
+//! to each other.
+//!
+//! Framing: one JSON object per line (`\n`-terminated), UTF-8, over a byte
+//! stream - a unix socket for namespace guests (`MEASURELAB_CHANNEL`), a
+//! serial port for QEMU/Xen guests (`/dev/ttyS1` inside, a libvirt unix
+//! socket outside). Every object has a `"type"` tag. A reader skips (and
+//! logs) lines it cannot parse, so one bad message never ends a session and
+//! a newer peer's new message types are ignored by an older one.
+//!
+//! Guests talk only to their node agent, never to the management network:
+//! the node agent relays results and task polls to the controller.
+//!
+//! [`LineFramer`] is the shared, I/O-free splitter with a length bound, so
+//! both sides treat an oversized or garbled line the same way.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::Resources;
+
+/// Longest line a node agent accepts from a guest (a result document with
+/// many receivers fits easily; a runaway guest cannot grow our memory).
+pub const MAX_GUEST_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest line a guest accepts from its node agent: `run` carries the whole
+/// program, base64-encoded.
+pub const MAX_AGENT_LINE_BYTES: usize = 96 * 1024 * 1024;
+
+/// Bound of the `stdout_tail` / `stderr_tail` a guest reports, in bytes.
+pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
+
+/// Guest -> node agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// First message of every connection (and the answer to
+    /// [`AgentMessage::HelloRequest`]). The node agent checks `vm_id` against
+    /// the VM the channel belongs to.
+    Hello {
+        /// The VM id (UUID, hyphenated) as the guest learned it from
+        /// `MEASURELAB_VM_ID` or `measurelab.vm_id=` on the kernel cmdline.
+        vm_id: String,
+        /// Version of the guest agent.
+        agent_version: String,
+    },
+    /// Sent every heartbeat interval.
+    Heartbeat {
+        /// Resource use inside the guest.
+        usage: Resources,
+    },
+    /// The guest agent's own log lines since the last `log` message.
+    Log {
+        /// Formatted lines, oldest first.
+        lines: Vec<String>,
+    },
+    /// State of a distributed program (on start, on exit, and while running
+    /// when its output changed).
+    ProgramStatus {
+        /// The deployment the program belongs to.
+        deployment_id: String,
+        /// Where the run is.
+        status: ProgramRunState,
+        /// Exit code once it exited normally; `None` while running, when it
+        /// never started, or when a signal ended it.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// Last [`OUTPUT_TAIL_BYTES`] of standard output.
+        #[serde(default)]
+        stdout_tail: String,
+        /// Last [`OUTPUT_TAIL_BYTES`] of standard error. For `failed`, the
+        /// reason the program could not be started.
+        #[serde(default)]
+        stderr_tail: String,
+    },
+    /// A measurement result document posted by a program to the local
+    /// platform API (`POST /results`).
+    Result {
+        /// Task the document answers.
+        task_id: String,
+        /// The document (schema `measurelab.mcast.result/v1`).
+        document: serde_json::Value,
+    },
+    /// A program asked the local platform API for its tasks (`GET /tasks`);
+    /// the node agent answers with [`AgentMessage::Tasks`].
+    PollTasks,
+}
+
+/// Node agent -> guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Run a distributed program. Idempotent per `deployment_id`: a repeated
+    /// `run` for a known deployment only re-reports its status.
+    Run {
+        /// Deployment id; also the program's working directory name.
+        deployment_id: String,
+        /// File name the program is written under.
+        program_name: String,
+        /// Lowercase hex SHA-256 of the decoded content; checked before it runs.
+        sha256: String,
+        /// The program (any executable: script with `#!` or binary), base64.
+        content_base64: String,
+        /// Arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// Kill the program of a deployment (its whole process group).
+    Stop {
+        /// Deployment id.
+        deployment_id: String,
+    },
+    /// Answer to [`GuestMessage::PollTasks`]: the task specs, as JSON.
+    Tasks {
+        /// Task specs.
+        tasks: Vec<serde_json::Value>,
+    },
+    /// Asks the guest to send [`GuestMessage::Hello`] again. Sent by the node
+    /// agent when it (re)connects to a serial channel, because a serial line
+    /// has no connect event the guest could see. (Addition to the wave-2
+    /// contract; older guests ignore it.)
+    HelloRequest,
+}
+
+/// Where a program run is, as the guest reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramRunState {
+    /// Started and not yet exited.
+    Running,
+    /// Exited (by itself, or killed by `stop`).
+    Exited,
+    /// Could not be started: bad checksum, bad name, exec failure.
+    Failed,
+}
+
+/// Why a line was not handed out by [`LineFramer`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// The line exceeded the bound; its bytes were discarded up to the next `\n`.
+    #[error("line longer than {max_bytes} bytes discarded")]
+    TooLong {
+        /// The bound.
+        max_bytes: usize,
+    },
+}
+
+/// Splits a byte stream into `\n`-terminated lines with a length bound.
+/// I/O-free: feed it whatever a read returned.
+#[derive(Debug)]
+pub struct LineFramer {
+    buffer: Vec<u8>,
+    max_bytes: usize,
+    /// Inside an oversized line: drop bytes until the next newline.
+    discarding: bool,
+}
+
+impl LineFramer {
+    /// A framer that rejects lines longer than `max_bytes` (without the `\n`).
+    pub fn new(max_bytes: usize) -> Self {
+        LineFramer {
+            buffer: Vec::new(),
+            max_bytes,
+            discarding: false,
+        }
+    }
+
+    /// Appends `bytes` and returns every line completed by them, without the
+    /// trailing `\n` (and `\r`, which a serial line may add). Empty lines are
+    /// skipped.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Result<Vec<u8>, FramingError>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(pos) => {
+                    let (head, rest) = (&bytes[..pos], &bytes[pos + 1..]);
+                    bytes = rest;
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    if self.buffer.len() + head.len() > self.max_bytes {
+                        self.buffer.clear();
+                        out.push(Err(FramingError::TooLong {
+                            max_bytes: self.max_bytes,
+                        }));
+                        continue;
+                    }
+                    self.buffer.extend_from_slice(head);
+                    let mut line = std::mem::take(&mut self.buffer);
+                    while line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if !line.is_empty() {
+                        out.push(Ok(line));
+                    }
+                }
+                None => {
+                    if !self.discarding {
+                        if self.buffer.len() + bytes.len() > self.max_bytes {
+                            self.buffer.clear();
+                            self.discarding = true;
+                            out.push(Err(FramingError::TooLong {
+                                max_bytes: self.max_bytes,
+                            }));
+                        } else {
+                            self.buffer.extend_from_slice(bytes);
+                        }
+                    }
+                    bytes = &[];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One message as a channel line (JSON + `\n`).
+pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Checks that `name` can be used as one path component (deployment ids and
+/// program names become directory and file names in the guest).
+pub fn check_path_component(field: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("{field}: must be 1 to 128 bytes, got {}", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{field}: {name:?} is reserved"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{field}: character {bad:?} is not allowed (use A-Z a-z 0-9 - _ .)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_contract() {
+        let hello = GuestMessage::Hello {
+            vm_id: "6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8".into(),
+            agent_version: "0.1.0".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&hello).unwrap(),
+            serde_json::json!({"type":"hello","vm_id":"6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8","agent_version":"0.1.0"})
+        );
+        assert_eq!(
+            serde_json::to_value(GuestMessage::PollTasks).unwrap(),
+            serde_json::json!({"type":"poll_tasks"})
+        );
+        let status: GuestMessage = serde_json::from_str(
+            r#"{"type":"program_status","deployment_id":"d1","status":"exited","exit_code":3,"stdout_tail":"x","stderr_tail":""}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            status,
+            GuestMessage::ProgramStatus {
+                deployment_id: "d1".into(),
+                status: ProgramRunState::Exited,
+                exit_code: Some(3),
+                stdout_tail: "x".into(),
+                stderr_tail: String::new(),
+            }
+        );
+        let run: AgentMessage = serde_json::from_str(
+            r#"{"type":"run","deployment_id":"d1","program_name":"p","sha256":"ab","content_base64":"eA=="}"#,
+        )
+        .unwrap();
+        assert!(matches!(run, AgentMessage::Run { ref args, ref env, .. } if args.is_empty() && env.is_empty()));
+        assert_eq!(
+            serde_json::to_value(AgentMessage::HelloRequest).unwrap(),
+            serde_json::json!({"type":"hello_request"})
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_errors_not_panics() {
+        assert!(serde_json::from_str::<AgentMessage>(r#"{"type":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<GuestMessage>(r#"{"vm_id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn framer_splits_across_reads_and_strips_cr() {
+        let mut framer = LineFramer::new(64);
+        assert!(framer.push(b"{\"a\":").is_empty());
+        let lines = framer.push(b"1}\r\n\n{\"b\":2}\n{\"c\"");
+        assert_eq!(
+            lines,
+            vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{\"b\":2}".to_vec())]
+        );
+        assert_eq!(framer.push(b":3}\n"), vec![Ok(b"{\"c\":3}".to_vec())]);
+    }
+
+    #[test]
+    fn framer_discards_oversized_lines_and_recovers() {
+        let mut framer = LineFramer::new(8);
+        let first = framer.push(b"0123456789abc");
+        assert_eq!(first, vec![Err(FramingError::TooLong { max_bytes: 8 })]);
+        // The rest of the long line is dropped, the next line survives.
+        assert_eq!(framer.push(b"def\nok\n"), vec![Ok(b"ok".to_vec())]);
+        // An oversized line that arrives whole is reported once too.
+        assert_eq!(
+            framer.push(b"0123456789\nfine\n"),
+            vec![
+                Err(FramingError::TooLong { max_bytes: 8 }),
+                Ok(b"fine".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn path_components_are_checked() {
+        assert!(check_path_component("program_name", "probe.sh").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "x\n"] {
+            let err = check_path_component("program_name", bad).unwrap_err();
+            assert!(err.starts_with("program_name:"), "{err}");
+        }
+    }
+}
