@@ -1,1 +1,526 @@
-fn main() {}
+//! Heartbeat throughput/latency benchmark of the controller.
+//!
+//! `heartbeat-bench run` starts the controller as a child process (this same
+//! binary in `serve` mode), so the controller's own CPU time and peak RSS can
+//! be read from `/proc/<pid>/stat` and `/proc/<pid>/status` (VmHWM) without
+//! counting the load generator. It registers N simulated nodes, then sends
+//! each node's heartbeat every 10 s (N/10 heartbeats/s, spread evenly) over a
+//! pool of HTTP/2 channels for a fixed duration, for every combination of
+//! node count and store mode, and prints the figures.
+//!
+//! ```text
+//! cargo run --release -p measurelab-controller --bin heartbeat-bench -- run \
+//!     --nodes 10000,50000 --duration-seconds 30
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{Capabilities, HeartbeatRequest, RegisterRequest, ResourceUsage};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Measure controller heartbeat throughput, latency, CPU and memory")]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the benchmark matrix (spawns `serve` children).
+    Run {
+        /// Node counts to simulate, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+        nodes: Vec<usize>,
+        /// Length of the heartbeat phase of each run.
+        #[arg(long, default_value_t = 30)]
+        duration_seconds: u64,
+        /// Heartbeat interval of every simulated node (rate = nodes / interval).
+        #[arg(long, default_value_t = 10)]
+        interval_seconds: u64,
+        /// HTTP/2 connections the simulated nodes share.
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        /// Store modes to run: durable, memory.
+        #[arg(long, value_delimiter = ',', default_value = "durable,memory")]
+        modes: Vec<String>,
+        /// Parent directory for the runs' data dirs (default: a temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// Child mode: run a controller, print `READY <http> <grpc>`, stop when
+    /// stdin closes.
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        join_token: String,
+        #[arg(long)]
+        in_memory: bool,
+        #[arg(long, default_value_t = 10)]
+        interval_seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Mode::Serve {
+            data_dir,
+            join_token,
+            in_memory,
+            interval_seconds,
+        } => serve(data_dir, join_token, in_memory, interval_seconds),
+        Mode::Run {
+            nodes,
+            duration_seconds,
+            interval_seconds,
+            channels,
+            modes,
+            work_dir,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_matrix(
+                nodes,
+                Duration::from_secs(duration_seconds),
+                Duration::from_secs(interval_seconds),
+                channels,
+                modes,
+                work_dir,
+            ))
+        }
+    }
+}
+
+fn serve(
+    data_dir: PathBuf,
+    join_token: String,
+    in_memory: bool,
+    interval_seconds: u64,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let ready = format!("READY {} {}", http.local_addr()?, grpc.local_addr()?);
+    let mut config = measurelab_controller::ControllerConfig::new(data_dir, http, grpc);
+    config.heartbeat_interval = Duration::from_secs(interval_seconds);
+    config.offline_after = config.heartbeat_interval * 3;
+    config.join_token = Some(join_token);
+    config.durable_heartbeats = !in_memory;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // The parent closes our stdin to stop us (also when it dies).
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            let _ = stop.send(());
+        });
+        let controller = tokio::spawn(measurelab_controller::run(config, async move {
+            let _ = stopped.await;
+        }));
+        println!("{ready}");
+        std::io::stdout().flush()?;
+        controller.await??;
+        anyhow::Ok(())
+    })
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 of the whole line, i.e. 12 and 13 after it.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/pid/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / ticks_per_second)
+}
+
+/// Peak resident set size (VmHWM) in bytes.
+fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/pid/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct ChildController {
+    child: Child,
+    grpc: String,
+}
+
+impl ChildController {
+    fn spawn(
+        data_dir: &std::path::Path,
+        join_token: &str,
+        in_memory: bool,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--join-token")
+            .arg(join_token)
+            .arg("--interval-seconds")
+            .arg(interval.as_secs().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if in_memory {
+            command.arg("--in-memory");
+        }
+        let mut child = command.spawn().context("spawning the controller child")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() != 3 || parts[0] != "READY" {
+            bail!("controller child did not start: {line:?}");
+        }
+        Ok(ChildController {
+            child,
+            grpc: format!("http://{}", parts[2]),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("controller child exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+struct RunResult {
+    nodes: usize,
+    mode: String,
+    target_rate: f64,
+    sent: u64,
+    errors: u64,
+    achieved_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_seconds: f64,
+    cpu_percent: f64,
+    peak_rss: u64,
+    register_seconds: f64,
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities {
+        libvirt_uris: vec!["test:///default".into(), "qemu:///system".into()],
+        namespace_backend: true,
+        ovs_datapath_types: vec!["netdev".into(), "system".into()],
+        qos_features: vec!["linux-htb".into()],
+        service_tools: vec!["mcast".into()],
+    }
+}
+
+fn usage(i: usize) -> ResourceUsage {
+    ResourceUsage {
+        cpu_count: 8,
+        cpu_used_percent: (i % 100) as f64,
+        memory_total_bytes: 16 << 30,
+        memory_used_bytes: (i as u64 % 16) << 30,
+        disk_total_bytes: 100 << 30,
+        disk_used_bytes: 10 << 30,
+        network_rx_bytes: i as u64 * 1000,
+        network_tx_bytes: i as u64 * 2000,
+    }
+}
+
+async fn connect_pool(
+    endpoint: &str,
+    channels: usize,
+) -> anyhow::Result<Vec<NodeServiceClient<Channel>>> {
+    let mut pool = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        let channel = Endpoint::from_shared(endpoint.to_string())?
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await?;
+        pool.push(NodeServiceClient::new(channel));
+    }
+    Ok(pool)
+}
+
+async fn register_all(
+    pool: &[NodeServiceClient<Channel>],
+    join_token: &str,
+    nodes: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use futures::StreamExt;
+    let results: Vec<anyhow::Result<(String, String)>> = futures::stream::iter(0..nodes)
+        .map(|i| {
+            let mut client = pool[i % pool.len()].clone();
+            let request = RegisterRequest {
+                join_token: join_token.to_string(),
+                name: format!("bench-{i:06}"),
+                agent_version: "bench".into(),
+                capabilities: Some(capabilities()),
+                usage: Some(usage(i)),
+                management_address: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                ..Default::default()
+            };
+            async move {
+                let response = client.register(request).await?.into_inner();
+                Ok((response.node_id, response.node_secret))
+            }
+        })
+        .buffered(256)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+async fn run_one(
+    nodes: usize,
+    mode: &str,
+    duration: Duration,
+    interval: Duration,
+    channels: usize,
+    work_dir: &std::path::Path,
+    ticks: f64,
+) -> anyhow::Result<RunResult> {
+    let in_memory = match mode {
+        "durable" => false,
+        "memory" => true,
+        other => bail!("--modes: unknown mode {other:?}; use durable or memory"),
+    };
+    let data_dir = work_dir.join(format!("{nodes}-{mode}"));
+    std::fs::create_dir_all(&data_dir)?;
+    let join_token = "bench-join-token";
+    let controller = ChildController::spawn(&data_dir, join_token, in_memory, interval)?;
+    let pid = controller.pid();
+    let pool = connect_pool(&controller.grpc, channels).await?;
+
+    let started = Instant::now();
+    let credentials = Arc::new(register_all(&pool, join_token, nodes).await?);
+    let register_seconds = started.elapsed().as_secs_f64();
+    eprintln!("  registered {nodes} nodes in {register_seconds:.1} s");
+
+    let rate = nodes as f64 / interval.as_secs_f64();
+    let cpu_before = cpu_seconds(pid, ticks)?;
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+        (rate * duration.as_secs_f64() * 1.1) as usize,
+    )));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let phase_start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // Node i beats at i/rate + k*interval: every node once per interval,
+    // spread evenly, like N agents with random phases.
+    while phase_start.elapsed() < duration {
+        ticker.tick().await;
+        let due = (phase_start.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            let index = (sent as usize) % nodes;
+            let sequence = sent / nodes as u64 + 1;
+            let (node_id, node_secret) = credentials[index].clone();
+            let mut client = pool[index % pool.len()].clone();
+            let latencies = latencies.clone();
+            let errors = errors.clone();
+            tasks.spawn(async move {
+                let request = HeartbeatRequest {
+                    node_id,
+                    node_secret,
+                    sequence,
+                    agent_version: "bench".into(),
+                    capabilities: Some(capabilities()),
+                    usage: Some(usage(index)),
+                    observed_generation: 0,
+                };
+                let sent_at = Instant::now();
+                match client.heartbeat(request).await {
+                    Ok(_) => {
+                        let micros = sent_at.elapsed().as_micros() as u64;
+                        latencies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(micros);
+                    }
+                    Err(status) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("  heartbeat failed: {status}");
+                        }
+                    }
+                }
+            });
+            sent += 1;
+        }
+        // Reap finished tasks so the set does not grow for the whole run.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = phase_start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid, ticks)? - cpu_before;
+    let peak_rss = peak_rss_bytes(pid)?;
+    drop(pool);
+    controller.stop()?;
+
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    latencies.sort_unstable();
+    Ok(RunResult {
+        nodes,
+        mode: mode.to_string(),
+        target_rate: rate,
+        sent,
+        errors: errors.load(Ordering::Relaxed),
+        achieved_rate: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+        cpu_seconds: cpu,
+        cpu_percent: 100.0 * cpu / elapsed,
+        peak_rss,
+        register_seconds,
+    })
+}
+
+async fn run_matrix(
+    node_counts: Vec<usize>,
+    duration: Duration,
+    interval: Duration,
+    channels: usize,
+    modes: Vec<String>,
+    work_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if channels == 0 {
+        bail!("--channels must be at least 1");
+    }
+    let (work_dir, remove_after) = match work_dir {
+        Some(dir) => (dir, false),
+        None => (tempfile_dir()?, true),
+    };
+    let ticks = clock_ticks_per_second();
+    let mut results = Vec::new();
+    for &nodes in &node_counts {
+        for mode in &modes {
+            eprintln!(
+                "run: {nodes} nodes, {mode} heartbeats, {} s",
+                duration.as_secs()
+            );
+            let result =
+                run_one(nodes, mode, duration, interval, channels, &work_dir, ticks).await?;
+            print_result(&result);
+            results.push(result);
+        }
+    }
+    println!();
+    println!("| nodes | mode | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} |",
+            r.nodes,
+            r.mode,
+            r.target_rate,
+            r.achieved_rate,
+            r.errors,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.cpu_seconds,
+            r.cpu_percent,
+            r.peak_rss as f64 / (1 << 20) as f64,
+            r.register_seconds
+        );
+    }
+    for &nodes in &node_counts {
+        let find = |mode: &str| results.iter().find(|r| r.nodes == nodes && r.mode == mode);
+        if let (Some(d), Some(m)) = (find("durable"), find("memory")) {
+            println!(
+                "ratio durable/in-memory at {nodes} nodes: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x, peak RSS {:.2}x",
+                d.p50_ms / m.p50_ms,
+                d.p99_ms / m.p99_ms,
+                d.cpu_seconds / m.cpu_seconds,
+                d.peak_rss as f64 / m.peak_rss as f64
+            );
+        }
+    }
+    if remove_after {
+        std::fs::remove_dir_all(&work_dir)?;
+    }
+    Ok(())
+}
+
+/// A fresh directory under the system temp dir, removed at the end of the run.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("heartbeat-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn print_result(r: &RunResult) {
+    println!(
+        "{} nodes, {}: sent {} ({} errors), sustained {:.0} hb/s (target {:.0}), ack latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms, controller CPU {:.1} s = {:.1}% of one core, peak RSS {:.0} MiB",
+        r.nodes,
+        r.mode,
+        r.sent,
+        r.errors,
+        r.achieved_rate,
+        r.target_rate,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.cpu_seconds,
+        r.cpu_percent,
+        r.peak_rss as f64 / (1 << 20) as f64
+    );
+}
