@@ -17,8 +17,9 @@ const LIBVIRT_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading the node's OVSDB may take.
 const OVSDB_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binaries that provide the built-in multicast measurement tool.
-const MCAST_BINARIES: [&str; 2] = ["measurelab-mcast", "mcast"];
+/// The measurement point of the mcast crate: what the service host runs for
+/// quick multicast tasks without a virtual platform.
+const MCAST_BINARIES: [&str; 1] = ["mcast-point"];
 
 /// Inputs to a probe.
 #[derive(Debug, Clone)]

@@ -374,6 +374,7 @@ fn restarted_controller_sees_every_node_again_within_two_intervals() {
         String::from_utf8_lossy(&out.stderr)
     );
     let took = all_back.duration_since(ready).unwrap_or_default();
+    eprintln!("every node heartbeating again {took:?} after the restarted controller answered");
     assert!(
         took <= 2 * heartbeat,
         "nodes took {took:?} to come back after the controller answered"

@@ -67,10 +67,11 @@ fn list(values: &[String]) -> String {
 fn capabilities(node: &Node) -> String {
     let c = &node.capabilities;
     format!(
-        "libvirt={} netns={} ovs={} tools={}",
+        "libvirt={} netns={} ovs={} qos={} tools={}",
         list(&c.libvirt_uris),
         if c.namespace_backend { "yes" } else { "no" },
         list(&c.ovs_datapath_types),
+        list(&c.qos_features),
         list(&c.service_tools)
     )
 }
@@ -93,7 +94,7 @@ mod tests {
                 libvirt_uris: vec!["test:///default".into()],
                 namespace_backend: true,
                 ovs_datapath_types: vec!["netdev".into(), "system".into()],
-                qos_features: vec![],
+                qos_features: vec!["linux-htb".into()],
                 service_tools: vec![],
             },
             resources: Resources::default(),
@@ -119,7 +120,9 @@ mod tests {
         );
         assert!(lines[2].contains("offline"));
         assert!(
-            lines[1].ends_with("libvirt=test:///default netns=yes ovs=netdev,system tools=-"),
+            lines[1].ends_with(
+                "libvirt=test:///default netns=yes ovs=netdev,system qos=linux-htb tools=-"
+            ),
             "{text}"
         );
     }
