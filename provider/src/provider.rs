@@ -148,9 +148,9 @@ impl Provider for MeasurelabProvider {
             version: 1,
             block: Block {
                 description: Description::markdown(
-                    "The measurelab provider manages a measurelab platform (measurement nodes, virtual \
-                     platforms, VMs, QoS policies) through the controller's HTTP API. Every setting can \
-                     also come from the environment; for a lab, `eval $(measurelab lab env)` sets them all.",
+                    "The measurelab provider drives a measurelab network measurement platform through \
+                     its controller's HTTP API. Every setting can \
+                     also come from the environment; for a lab, `export $(measurelab lab env)` sets them all.",
                 ),
                 attributes: map! {
                     "endpoint" => setting(
@@ -210,7 +210,7 @@ impl Provider for MeasurelabProvider {
                 "endpoint",
                 ENV_ENDPOINT,
                 "set `endpoint` in the provider block or export MEASURELAB_ENDPOINT \
-                 (`eval $(measurelab lab env)` for a lab).",
+                 (`export $(measurelab lab env)` for a lab).",
             );
             return Some(());
         };
