@@ -135,13 +135,26 @@ impl LabGuard {
         (value("MEASURELAB_ENDPOINT"), value("MEASURELAB_TOKEN"))
     }
 
-    fn events(&self) -> Vec<Event> {
+    fn client(&self) -> (measurelab_api::client::Client, tokio::runtime::Runtime) {
         let (endpoint, token) = self.env();
         let client = measurelab_api::client::Client::new(&endpoint, &token, None).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        (client, runtime)
+    }
+
+    fn logs(&self, node: &str) -> Vec<measurelab_api::http::LogLine> {
+        let (client, runtime) = self.client();
+        runtime
+            .block_on(client.node_logs(node))
+            .expect("logs")
+            .lines
+    }
+
+    fn events(&self) -> Vec<Event> {
+        let (client, runtime) = self.client();
         runtime.block_on(client.events(0)).expect("events").events
     }
 }
@@ -248,7 +261,23 @@ fn up_brings_every_node_online_and_a_second_up_starts_nothing() {
             .iter()
             .any(|u| u == "test:///default"));
         assert_eq!(node.labels.get("lab"), Some(&lab.name));
+        // The information module's data arrives with the heartbeat.
+        let r = &node.resources;
+        assert!(
+            r.cpu_count >= 1 && r.memory_total_bytes > r.memory_used_bytes,
+            "{r:?}"
+        );
+        assert!(r.disk_total_bytes > 0 && r.network_rx_bytes > 0, "{r:?}");
     }
+    // The agents ship their own logs.
+    let logs = wait_for("n1's shipped logs", Duration::from_secs(10), || {
+        let lines = lab.logs("n1");
+        lines
+            .iter()
+            .any(|l| l.message.contains("registered with the controller"))
+            .then_some(lines)
+    });
+    assert!(logs.iter().all(|l| !l.target.starts_with("h2")), "{logs:?}");
     // The contract layout exists.
     let netns = ip_output(&["netns", "list"]);
     for ns in ["mgmt", "n1", "n2", "n3"] {
@@ -384,6 +413,17 @@ fn restarted_controller_sees_every_node_again_within_two_intervals() {
         lab.nodes().into_iter().map(|n| (n.name, n.id)).collect();
     after.sort();
     assert_eq!(after, ids, "no node may be duplicated or renamed");
+    // Lines logged while the controller was down were buffered, not lost.
+    wait_for(
+        "outage log lines shipped after the restart",
+        Duration::from_secs(10),
+        || {
+            lab.logs("n1")
+                .iter()
+                .any(|l| l.message.contains("controller unreachable") && l.level == "warn")
+                .then_some(())
+        },
+    );
     let events_after = lab.events();
     for event in &events_before {
         assert!(
