@@ -7,6 +7,9 @@
 //!   `templates/`. `--check` fails if `docs/` is stale (for CI).
 //! - `acc [cargo test args]`: build `measurelab` and the provider, then run the
 //!   acceptance tests with `TF_ACC=1`.
+//! - `plugin-startup [RUNS] [--release]`: time from spawning the provider to its
+//!   go-plugin handshake line on stdout, with and without the mTLS client
+//!   certificate Terraform passes (`PLUGIN_CLIENT_CERT`), and print figures.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,10 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("docs") => docs(args.iter().any(|a| a == "--check")),
         Some("acc") => acc(&args[1..]),
-        _ => bail!("usage: cargo run -p xtask -- docs [--check] | acc [cargo test args]"),
+        Some("plugin-startup") => plugin_startup(&args[1..]),
+        _ => bail!(
+            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release]"
+        ),
     }
 }
 
@@ -73,6 +79,113 @@ fn acc(extra: &[String]) -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("acceptance tests failed");
+    }
+    Ok(())
+}
+
+/// Spawn the provider `runs` times and time spawn -> handshake line.
+fn plugin_startup(args: &[String]) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let release = args.iter().any(|a| a == "--release");
+    let runs: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(20);
+    let profile = if release { "release" } else { "debug" };
+    let mut build = vec!["build", "-p", "terraform-provider-measurelab"];
+    if release {
+        build.push("--release");
+    }
+    cargo(&build)?;
+    let binary = target_dir()
+        .join(profile)
+        .join("terraform-provider-measurelab");
+
+    // Terraform always runs plugins with AutoMTLS: it passes its client
+    // certificate, and the plugin generates its own key pair and certificate
+    // before it can print the handshake. Measure with and without that step.
+    let scratch = tempfile::Builder::new()
+        .prefix("xtask-startup-")
+        .tempdir()?;
+    let (cert, key) = (
+        scratch.path().join("client.pem"),
+        scratch.path().join("client.key"),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl to make a client certificate")?;
+    anyhow::ensure!(
+        status.success(),
+        "openssl failed to make a client certificate"
+    );
+    let client_cert = std::fs::read_to_string(&cert)?;
+
+    println!("plugin start-up (spawn -> handshake line), {profile} build, {runs} runs each");
+    for (mode, cert) in [
+        ("no client cert", None),
+        ("AutoMTLS (as terraform)", Some(&client_cert)),
+    ] {
+        let mut samples = Vec::with_capacity(runs);
+        let mut handshake = String::new();
+        for _ in 0..runs {
+            let mut command = Command::new(&binary);
+            command
+                .env(
+                    "TF_PLUGIN_MAGIC_COOKIE",
+                    "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2",
+                )
+                .env("PLUGIN_PROTOCOL_VERSIONS", "6")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            match cert {
+                Some(pem) => command.env("PLUGIN_CLIENT_CERT", pem),
+                None => command.env_remove("PLUGIN_CLIENT_CERT"),
+            };
+            let started = Instant::now();
+            let mut child = command
+                .spawn()
+                .with_context(|| format!("spawning {}", binary.display()))?;
+            let stdout = child.stdout.take().context("no stdout")?;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+            let elapsed = started.elapsed();
+            child.kill()?;
+            child.wait()?;
+            anyhow::ensure!(
+                line.starts_with("1|6|tcp|"),
+                "unexpected handshake line {line:?}"
+            );
+            handshake = line;
+            samples.push(elapsed);
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+        let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "  {mode:<24} min {:7.2} ms  median {:7.2} ms  mean {:7.2} ms  p95 {:7.2} ms  max {:7.2} ms",
+            ms(samples[0]),
+            ms(pick(0.5)),
+            mean,
+            ms(pick(0.95)),
+            ms(samples[samples.len() - 1])
+        );
+        let shown: String = handshake.trim().chars().take(40).collect();
+        println!("  {:<24} handshake: {shown}...", "");
     }
     Ok(())
 }
