@@ -1,0 +1,221 @@
+//! The agent against a real controller in this process: registration,
+//! persisted identity, restarts on both sides, and a controller that forgot
+//! the node. Loopback only; no root needed.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use measurelab_agent::AgentConfig;
+use measurelab_api::http::{Node, NodeStatus};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const JOIN_TOKEN: &str = "session-test-token";
+
+struct Controller {
+    http: SocketAddr,
+    admin_token: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), measurelab_controller::ControllerError>>,
+}
+
+impl Controller {
+    /// Start a controller on `data_dir`, serving gRPC on `grpc` (0 = any port).
+    async fn start(data_dir: &Path, grpc: SocketAddr) -> Controller {
+        let http_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc_listener = TcpListener::bind(grpc).unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let mut config =
+            measurelab_controller::ControllerConfig::new(data_dir, http_listener, grpc_listener);
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.offline_after = Duration::from_secs(3);
+        config.join_token = Some(JOIN_TOKEN.into());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(measurelab_controller::run(config, async move {
+            let _ = stopped.await;
+        }));
+        let admin_token = wait_for("admin token", Duration::from_secs(10), || {
+            std::fs::read_to_string(data_dir.join("admin.token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        })
+        .await;
+        Controller {
+            http,
+            admin_token,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn nodes(&self) -> Vec<Node> {
+        let client = measurelab_api::client::Client::new(
+            &format!("http://{}", self.http),
+            &self.admin_token,
+            None,
+        )
+        .unwrap();
+        client.list_nodes().await.unwrap_or_default()
+    }
+
+    /// Wait until `name` is online with a heartbeat; return it.
+    async fn online(&self, name: &str, deadline: Duration) -> Node {
+        let start = Instant::now();
+        loop {
+            if let Some(node) = self.nodes().await.into_iter().find(|n| {
+                n.name == name && n.status == NodeStatus::Online && n.last_heartbeat.is_some()
+            }) {
+                return node;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "{name} not online within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+struct Agent {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), measurelab_agent::AgentError>>,
+}
+
+impl Agent {
+    fn start(name: &str, grpc: SocketAddr, state_dir: &Path) -> Agent {
+        let mut config = AgentConfig::new(
+            name,
+            &format!("http://{grpc}"),
+            JOIN_TOKEN,
+            state_dir.to_path_buf(),
+        );
+        // Only the test driver: keeps the probe fast and independent of
+        // whatever hypervisors this machine runs.
+        config.libvirt_uris = vec!["test:///default".into()];
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(measurelab_agent::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Agent { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("agent did not stop on its shutdown future")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn identity(state_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(state_dir.join("identity.json")).unwrap())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_is_the_same_node() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let controller = Controller::start(data.path(), grpc).await;
+
+    let agent = Agent::start("a1", grpc, state.path());
+    let first = controller.online("a1", Duration::from_secs(10)).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.path().join("identity.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "identity.json holds a secret");
+    assert_eq!(identity(state.path())["node_id"], first.id);
+    assert_eq!(first.capabilities.libvirt_uris, vec!["test:///default"]);
+    agent.stop().await;
+
+    let agent = Agent::start("a1", grpc, state.path());
+    // A fresh heartbeat after the restart, from the same node.
+    let before = first.last_heartbeat.clone();
+    let again = loop {
+        let node = controller.online("a1", Duration::from_secs(10)).await;
+        if node.last_heartbeat != before {
+            break node;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again.id, first.id);
+    assert_eq!(controller.nodes().await.len(), 1);
+    agent.stop().await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_before_the_controller_joins_once_it_is_up() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let agent = Agent::start("early", grpc, state.path());
+    // Several failed attempts: the agent must keep trying, not exit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !agent.task.is_finished(),
+        "agent gave up without a controller"
+    );
+    let controller = Controller::start(data.path(), grpc).await;
+    // Backoff is capped at the default 5 s interval before the controller
+    // has told the agent its own.
+    controller.online("early", Duration::from_secs(10)).await;
+    agent.stop().await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_registers_again_when_the_controller_forgot_it() {
+    let first_data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let first = Controller::start(first_data.path(), grpc).await;
+    let agent = Agent::start("amnesia", grpc, state.path());
+    first.online("amnesia", Duration::from_secs(10)).await;
+    let old_secret = identity(state.path())["node_secret"].clone();
+    first.stop().await;
+
+    // A controller with an empty store on the same address: the agent's
+    // heartbeat is refused as unknown and it must register again by name.
+    let second_data = tempfile::tempdir().unwrap();
+    let second = Controller::start(second_data.path(), grpc).await;
+    let node = second.online("amnesia", Duration::from_secs(10)).await;
+    let stored = identity(state.path());
+    assert_eq!(stored["node_id"], node.id);
+    assert_ne!(
+        stored["node_secret"], old_secret,
+        "new credentials persisted"
+    );
+    agent.stop().await;
+    second.stop().await;
+}
