@@ -31,7 +31,9 @@ fn asm_and_ssm_runs_reach_every_receiver_through_ovs() -> Result<()> {
     assert_eq!(asm["status"], "ok", "{asm:#}");
     assert_eq!(asm["source_point"], "p1");
     let sent = asm["source"]["report"]["packets_sent"].as_u64().unwrap();
-    assert!((250..=320).contains(&sent), "200 pps for 1.5 s sent {sent}");
+    // 300 slots fit in 1.5 s at 200 pps; a descheduled sender drops slots rather than
+    // bursting, so a loaded host may send fewer, never more.
+    assert!((200..=300).contains(&sent), "200 pps for 1.5 s sent {sent}");
     for point in ["p2", "p3"] {
         let r = receiver(&asm, point);
         assert_eq!(r["status"], "ok", "{r:#}");
