@@ -456,3 +456,93 @@ fn acc_measurement_node_controller_down() -> anyhow::Result<()> {
     up.destroy()?;
     Ok(())
 }
+
+/// `terraform init` + a local module + `terraform test`: the workflow the
+/// filesystem mirror (rather than dev_overrides) exists for.
+#[test]
+fn acc_measurement_node_terraform_test() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_node_terraform_test") {
+        return Ok(());
+    }
+    let lab = Lab::up(2)?;
+    let tf = lab.terraform()?;
+    std::fs::create_dir_all(tf.dir.path().join("probe"))?;
+    std::fs::create_dir_all(tf.dir.path().join("tests"))?;
+    tf.write(
+        "probe/main.tf",
+        r#"terraform {
+  required_providers {
+    measurelab = {
+      source = "measurelab.local/measurelab/measurelab"
+    }
+  }
+}
+
+variable "node" { type = string }
+variable "role" { type = string }
+
+resource "measurelab_measurement_node" "this" {
+  name   = var.node
+  labels = { role = var.role }
+}
+
+output "status" { value = measurelab_measurement_node.this.status }
+output "labels" { value = measurelab_measurement_node.this.labels }
+"#,
+    )?;
+    tf.write(
+        "main.tf",
+        &format!(
+            r#"{PROVIDER_BLOCK}
+variable "role" {{
+  type    = string
+  default = "probe"
+}}
+
+module "probe" {{
+  source = "./probe"
+  node   = "n2"
+  role   = var.role
+}}
+
+output "status" {{ value = module.probe.status }}
+output "role"   {{ value = module.probe.labels["role"] }}
+"#
+        ),
+    )?;
+    tf.write(
+        "tests/probe.tftest.hcl",
+        r#"run "adopt" {
+  assert {
+    condition     = output.status == "online"
+    error_message = "the adopted node must be online"
+  }
+  assert {
+    condition     = output.role == "probe"
+    error_message = "the node must carry role=probe"
+  }
+}
+
+run "relabel" {
+  variables {
+    role = "mscs"
+  }
+  assert {
+    condition     = output.role == "mscs"
+    error_message = "the label must change in place"
+  }
+}
+"#,
+    )?;
+    tf.init()?;
+    let output = tf.ok(&["test"])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("2 passed, 0 failed"),
+        "{}",
+        describe(&output)
+    );
+    // terraform test destroys what it created: the node is released.
+    assert!(labels_on_controller(&lab, "n2")?.is_empty());
+    Ok(())
+}
