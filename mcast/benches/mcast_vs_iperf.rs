@@ -42,6 +42,7 @@ struct Trial {
     jitter_us: f64,
     sender_cpu_s: f64,
     receiver_cpu_s: f64,
+    sender_sleeps: f64,
 }
 
 /// Which sections to run: all by default, or those named on the command line
@@ -54,25 +55,35 @@ fn wanted(section: &str) -> bool {
     named.is_empty() || named.iter().any(|a| a == section)
 }
 
-fn children_cpu_seconds() -> f64 {
+/// (CPU seconds, voluntary context switches) of all reaped children so far.
+fn children_usage() -> (f64, f64) {
     getrusage(UsageWho::RUSAGE_CHILDREN)
         .map(|u| {
             let user = u.user_time();
             let system = u.system_time();
-            user.tv_sec() as f64
-                + user.tv_usec() as f64 / 1e6
-                + system.tv_sec() as f64
-                + system.tv_usec() as f64 / 1e6
+            (
+                user.tv_sec() as f64
+                    + user.tv_usec() as f64 / 1e6
+                    + system.tv_sec() as f64
+                    + system.tv_usec() as f64 / 1e6,
+                u.voluntary_context_switches() as f64,
+            )
         })
-        .unwrap_or(0.0)
+        .unwrap_or((0.0, 0.0))
 }
 
-/// Waits for `child` and returns its output and the CPU seconds it used. Children are
-/// reaped one at a time so each getrusage delta belongs to exactly one process.
-fn reap(child: Child) -> Result<(std::process::Output, f64)> {
-    let before = children_cpu_seconds();
+/// Waits for `child` and returns its output, the CPU seconds it used and its voluntary
+/// context switches (sleeps). Children are reaped one at a time so each getrusage delta
+/// belongs to exactly one process.
+fn reap(child: Child) -> Result<(std::process::Output, f64, f64)> {
+    let (cpu_before, switches_before) = children_usage();
     let output = child.wait_with_output()?;
-    Ok((output, children_cpu_seconds() - before))
+    let (cpu_after, switches_after) = children_usage();
+    Ok((
+        output,
+        cpu_after - cpu_before,
+        switches_after - switches_before,
+    ))
 }
 
 fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<Trial> {
@@ -104,8 +115,8 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let (sender_out, sender_cpu_s) = reap(sender)?;
-    let (receiver_out, receiver_cpu_s) = reap(receiver)?;
+    let (sender_out, sender_cpu_s, sender_sleeps) = reap(sender)?;
+    let (receiver_out, receiver_cpu_s, _) = reap(receiver)?;
     let sent: Value = serde_json::from_slice(&sender_out.stdout).with_context(|| {
         format!(
             "sender said {:?}",
@@ -136,6 +147,7 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<
         jitter_us: report["metrics"]["jitter_us"].as_f64().unwrap_or(f64::NAN),
         sender_cpu_s,
         receiver_cpu_s,
+        sender_sleeps,
     })
 }
 
@@ -194,10 +206,10 @@ fn iperf(lab: &Lab, rate_pps: f64, seconds: f64) -> Result<Trial> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let (_, sender_cpu_s) = reap(client)?;
+    let (_, sender_cpu_s, sender_sleeps) = reap(client)?;
     thread::sleep(Duration::from_millis(700));
     kill(Pid::from_raw(server.id() as i32), Signal::SIGINT)?;
-    let (server_out, receiver_cpu_s) = reap(server)?;
+    let (server_out, receiver_cpu_s, _) = reap(server)?;
     let stdout = String::from_utf8_lossy(&server_out.stdout);
     let (bytes, interval, jitter_ms, lost, total) = parse_iperf_server(&stdout)?;
     if std::env::var_os("MCAST_BENCH_VERBOSE").is_some() {
@@ -216,6 +228,7 @@ fn iperf(lab: &Lab, rate_pps: f64, seconds: f64) -> Result<Trial> {
         jitter_us: jitter_ms * 1000.0,
         sender_cpu_s,
         receiver_cpu_s,
+        sender_sleeps,
     })
 }
 
@@ -316,22 +329,22 @@ fn main() -> Result<()> {
             per100k(i.sender_cpu_s, i.sent),
             per100k(i.receiver_cpu_s, i.received),
         );
+        let sleeps = |t: &Trial| t.sender_sleeps / t.sent.max(1.0);
         println!(
-            "  {:<16} {:>14} {:>16} {:>13}",
-            "", "sender s/100k", "receiver s/100k", "achieved pps"
+            "  {:<16} {:>14} {:>16} {:>13} {:>18}",
+            "", "sender s/100k", "receiver s/100k", "achieved pps", "sender sleeps/pkt"
         );
-        println!(
-            "  {:<16} {os:>14.3} {or:>16.3} {:>13.0}",
-            "ours (spin 20us)", o.achieved_pps
-        );
-        println!(
-            "  {:<16} {os0:>14.3} {or0:>16.3} {:>13.0}",
-            "ours (no spin)", o0.achieved_pps
-        );
-        println!(
-            "  {:<16} {is:>14.3} {ir:>16.3} {:>13.0}",
-            "iperf2", i.achieved_pps
-        );
+        for (name, sender, receiver, trial) in [
+            ("ours (spin 20us)", os, or, &o),
+            ("ours (no spin)", os0, or0, &o0),
+            ("iperf2", is, ir, &i),
+        ] {
+            println!(
+                "  {name:<16} {sender:>14.3} {receiver:>16.3} {:>13.0} {:>18.2}",
+                trial.achieved_pps,
+                sleeps(trial)
+            );
+        }
         println!(
             "  ratio ours/iperf2: sender {:.2}, receiver {:.2}\n",
             os / is.max(1e-9),
