@@ -116,6 +116,11 @@ pub struct Lab {
 impl Lab {
     /// `measurelab lab up --nodes N`, then wait until every node is online.
     pub fn up(nodes: u32) -> anyhow::Result<Lab> {
+        Lab::up_with(nodes, &[])
+    }
+
+    /// Like [`Lab::up`], with extra `lab up` flags (e.g. a short heartbeat).
+    pub fn up_with(nodes: u32, extra: &[&str]) -> anyhow::Result<Lab> {
         let binaries = Binaries::locate()?;
         let name = unique_lab_name();
         let dir = tempfile::Builder::new()
@@ -136,6 +141,7 @@ impl Lab {
                 "--dir",
             ])
             .arg(dir.path())
+            .args(extra)
             .stdin(Stdio::null())
             .output()
             .context("running measurelab lab up")?;
@@ -197,6 +203,40 @@ impl Lab {
     /// every lab, which is what lets the examples name nodes literally).
     pub fn node_name(&self, k: u32) -> String {
         format!("n{k}")
+    }
+
+    /// Stop node `name`'s agent (SIGTERM to the pid the lab recorded), so the
+    /// controller sees the node go silent.
+    pub fn stop_agent(&self, name: &str) -> anyhow::Result<()> {
+        let pid_file = self
+            .dir
+            .path()
+            .join("pids")
+            .join(format!("{name}-agent.pid"));
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        let status = Command::new("kill").arg(pid.trim()).status()?;
+        anyhow::ensure!(status.success(), "kill {} failed", pid.trim());
+        Ok(())
+    }
+
+    /// Wait until the controller reports `name` with `status`.
+    pub fn wait_status(
+        &self,
+        name: &str,
+        status: measurelab_api::http::NodeStatus,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.node(name)?.is_some_and(|n| n.status == status) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {name} not {status:?} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// A client for the lab's controller.

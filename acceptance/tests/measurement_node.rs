@@ -546,3 +546,57 @@ run "relabel" {
     assert!(labels_on_controller(&lab, "n2")?.is_empty());
     Ok(())
 }
+
+/// A node that stops heartbeating turns `offline` on refresh: a warning, never
+/// a diff (status and last_heartbeat are refreshed, not planned).
+#[test]
+fn acc_measurement_node_offline() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_node_offline") {
+        return Ok(());
+    }
+    let lab = Lab::up_with(
+        2,
+        &[
+            "--heartbeat-interval-seconds",
+            "1",
+            "--offline-after-seconds",
+            "3",
+        ],
+    )?;
+    let name = lab.node_name(1);
+    let tf = lab.terraform()?;
+    tf.write("main.tf", &node_config(&name, r#"    role = "probe""#))?;
+    tf.init()?;
+    tf.apply()?;
+
+    lab.stop_agent(&name)?;
+    lab.wait_status(
+        &name,
+        measurelab_api::http::NodeStatus::Offline,
+        Duration::from_secs(30),
+    )?;
+    let (code, output) = tf.plan_exit_code()?;
+    assert_eq!(
+        code,
+        0,
+        "an offline node is not a change:\n{}",
+        describe(&output)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains(&format!("Node \"{name}\" is offline")),
+        "{text}"
+    );
+    tf.ok(&["apply", "-refresh-only", "-auto-approve"])?;
+    let state = tf.state_json()?;
+    assert_eq!(
+        resource_values(&state, ADDRESS).map(|v| v["status"].clone()),
+        Some("offline".into())
+    );
+    tf.destroy()?;
+    Ok(())
+}

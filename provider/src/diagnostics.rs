@@ -254,6 +254,21 @@ pub fn wait_timeout(diags: &mut Diagnostics, name: &str, timeout: Duration, last
     );
 }
 
+/// An adopted node stopped heartbeating. A warning: the adoption and labels
+/// are still valid, but measurements placed on the node will not run.
+pub fn node_offline(diags: &mut Diagnostics, name: &str, last_heartbeat: Option<&str>) {
+    diags.add_warning(diagnostic(
+        format!("Node {name:?} is offline"),
+        format!(
+            "The controller has had no heartbeat from node {name:?} since {}. Its labels are kept, \
+             but nothing placed on it will run until it is back.\n\nWhat to do: check the node's agent \
+             (`GET /v1/nodes/{name}/logs`, or `measurelab lab status` for a lab).",
+            last_heartbeat.unwrap_or("it registered")
+        ),
+        AttributePath::new("status"),
+    ));
+}
+
 /// Terraform asked the provider to stop (Ctrl-C) while it was waiting.
 pub fn cancelled(diags: &mut Diagnostics, name: &str) {
     error(

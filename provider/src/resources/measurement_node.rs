@@ -269,6 +269,9 @@ impl Resource for MeasurementNodeResource {
             .unwrap_or_default();
         match client.get_node(&key).await {
             Ok(node) => {
+                if node.status == NodeStatus::Offline {
+                    diagnostics::node_offline(diags, &node.name, node.last_heartbeat.as_deref());
+                }
                 let mut state = state;
                 state.refresh_from(&node);
                 Some((state, private_state))
