@@ -1,0 +1,367 @@
+//! The channel to the node agent: connect (unix socket or serial device),
+//! say hello, dispatch what arrives, reconnect with backoff when it drops.
+
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use measurelab_api::guest::{
+    encode_line, AgentMessage, GuestMessage, LineFramer, MAX_AGENT_LINE_BYTES,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::logtee::LogQueue;
+use crate::programs::Programs;
+use crate::usage::UsageSampler;
+use crate::GuestConfig;
+
+/// Lines queued for the channel writer; beyond this, messages are dropped
+/// (a stalled channel must not grow the guest's memory).
+const OUTBOUND_QUEUE: usize = 256;
+/// Log lines per `log` message, so one message stays small.
+const LOG_LINES_PER_MESSAGE: usize = 200;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+type BoxReader = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Errors while opening the channel; all of them are retried.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The path does not exist yet or cannot be inspected.
+    #[error("channel {path}: {source}")]
+    Stat {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Neither a socket nor a character device.
+    #[error("channel {path} is neither a unix socket nor a serial device")]
+    WrongType { path: String },
+    /// connect(2) or open(2) failed.
+    #[error("cannot open channel {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The serial line cannot be made raw.
+    #[error("cannot set {path} raw: {source}")]
+    Termios { path: String, source: nix::Error },
+}
+
+/// The current connection, shared by the session, the heartbeat loop, the
+/// program runner and the local API.
+#[derive(Default)]
+pub(crate) struct Link {
+    // std Mutexes: held only to clone or swap, never across an await.
+    writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    task_waiters: Mutex<Vec<oneshot::Sender<Vec<serde_json::Value>>>>,
+    /// Wakes the heartbeat loop at once after a (re)connect.
+    connected_now: Notify,
+}
+
+impl Link {
+    /// Queues a message for the node agent. False if the channel is down or
+    /// its queue is full: the message is dropped.
+    pub(crate) fn send(&self, message: &GuestMessage) -> bool {
+        let Some(writer) = self.writer.lock().ok().and_then(|w| w.clone()) else {
+            return false;
+        };
+        let line = match encode_line(message) {
+            Ok(line) => line,
+            Err(err) => {
+                tracing::error!(%err, "cannot encode a channel message");
+                return false;
+            }
+        };
+        match writer.try_send(line) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("channel queue full; message dropped");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn connected(&self) -> bool {
+        self.writer
+            .lock()
+            .map(|w| w.as_ref().is_some_and(|s| !s.is_closed()))
+            .unwrap_or(false)
+    }
+
+    fn attach(&self, writer: mpsc::Sender<Vec<u8>>) {
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = Some(writer);
+        }
+        self.connected_now.notify_one();
+    }
+
+    fn detach(&self) {
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = None;
+        }
+        // Pending task polls cannot be answered on a new connection.
+        if let Ok(mut waiters) = self.task_waiters.lock() {
+            waiters.clear();
+        }
+    }
+
+    /// Sends `poll_tasks` and waits for the node agent's `tasks`.
+    pub(crate) async fn poll_tasks(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, PollError> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiters) = self.task_waiters.lock() {
+            waiters.push(tx);
+        }
+        if !self.send(&GuestMessage::PollTasks) {
+            return Err(PollError::ChannelDown);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(tasks)) => Ok(tasks),
+            Ok(Err(_)) => Err(PollError::ChannelDown),
+            Err(_) => Err(PollError::Timeout),
+        }
+    }
+
+    /// Answers every waiting poll: one `tasks` message is the current list,
+    /// good for all who asked before it.
+    fn answer_tasks(&self, tasks: Vec<serde_json::Value>) {
+        let waiters = self
+            .task_waiters
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        if waiters.is_empty() {
+            tracing::debug!("tasks arrived without a pending poll");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(tasks.clone());
+        }
+    }
+}
+
+/// Why a task poll got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PollError {
+    ChannelDown,
+    Timeout,
+}
+
+/// Keeps the channel up forever.
+pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs: Arc<Programs>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_error = String::new();
+    loop {
+        match open_channel(&config.channel).await {
+            Ok((reader, writer, kind)) => {
+                tracing::info!(channel = %config.channel.display(), kind, "channel connected");
+                last_error.clear();
+                let started = Instant::now();
+                let reason = run_session(reader, writer, &config, &link, &programs).await;
+                link.detach();
+                tracing::warn!(%reason, "channel lost; reconnecting");
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = BACKOFF_MIN;
+                }
+            }
+            Err(err) => {
+                // Log each distinct failure once, not every retry.
+                let text = err.to_string();
+                if text != last_error {
+                    tracing::warn!(error = %text, "channel not available; retrying");
+                    last_error = text;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn open_channel(path: &Path) -> Result<(BoxReader, BoxWriter, &'static str), SessionError> {
+    let display = || path.display().to_string();
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|source| SessionError::Stat {
+            path: display(),
+            source,
+        })?;
+    let file_type = meta.file_type();
+    if file_type.is_socket() {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|source| SessionError::Open {
+                path: display(),
+                source,
+            })?;
+        let (reader, writer) = stream.into_split();
+        return Ok((Box::new(reader), Box::new(writer), "unix"));
+    }
+    if file_type.is_char_device() {
+        let open_err = |source| SessionError::Open {
+            path: display(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(open_err)?;
+        make_raw(&file).map_err(|source| SessionError::Termios {
+            path: display(),
+            source,
+        })?;
+        let read_half = file.try_clone().map_err(open_err)?;
+        // A tty is pollable like a pipe; tokio's pipe types only need a
+        // non-blocking fd that epoll accepts.
+        let reader =
+            tokio::net::unix::pipe::Receiver::from_file_unchecked(read_half).map_err(open_err)?;
+        let writer = tokio::net::unix::pipe::Sender::from_file_unchecked(file).map_err(open_err)?;
+        return Ok((Box::new(reader), Box::new(writer), "serial"));
+    }
+    Err(SessionError::WrongType { path: display() })
+}
+
+/// Raw 8-bit line, no echo (an echo would bounce every agent message back),
+/// no flow control, no CR/LF translation; stale input is discarded.
+fn make_raw(file: &std::fs::File) -> Result<(), nix::Error> {
+    use nix::sys::termios::{
+        cfmakeraw, cfsetspeed, tcflush, tcgetattr, tcsetattr, BaudRate, ControlFlags, FlushArg,
+        SetArg,
+    };
+    let mut termios = tcgetattr(file)?;
+    cfmakeraw(&mut termios);
+    cfsetspeed(&mut termios, BaudRate::B115200)?;
+    termios.control_flags |= ControlFlags::CLOCAL | ControlFlags::CREAD;
+    termios.control_flags &= !ControlFlags::CRTSCTS;
+    tcsetattr(file, SetArg::TCSANOW, &termios)?;
+    tcflush(file, FlushArg::TCIFLUSH)
+}
+
+fn hello(config: &GuestConfig) -> GuestMessage {
+    GuestMessage::Hello {
+        vm_id: config.vm_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// One connection; returns why it ended.
+async fn run_session(
+    mut reader: BoxReader,
+    mut writer: BoxWriter,
+    config: &GuestConfig,
+    link: &Link,
+    programs: &Arc<Programs>,
+) -> String {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    link.attach(tx);
+    link.send(&hello(config));
+    programs.report_all();
+
+    let write_side = async {
+        while let Some(line) = rx.recv().await {
+            if let Err(err) = writer.write_all(&line).await {
+                return format!("write failed: {err}");
+            }
+            if let Err(err) = writer.flush().await {
+                return format!("flush failed: {err}");
+            }
+        }
+        "writer closed".to_string()
+    };
+    let read_side = async {
+        let mut framer = LineFramer::new(MAX_AGENT_LINE_BYTES);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => return "node agent closed the channel".to_string(),
+                Ok(n) => n,
+                Err(err) => return format!("read failed: {err}"),
+            };
+            for line in framer.push(&buf[..n]) {
+                match line {
+                    Ok(line) => dispatch(&line, config, link, programs),
+                    Err(err) => tracing::warn!(%err, "skipping a channel line"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        reason = write_side => reason,
+        reason = read_side => reason,
+    }
+}
+
+fn dispatch(line: &[u8], config: &GuestConfig, link: &Link, programs: &Arc<Programs>) {
+    let message: AgentMessage = match serde_json::from_slice(line) {
+        Ok(message) => message,
+        Err(err) => {
+            let preview: String = String::from_utf8_lossy(line).chars().take(120).collect();
+            tracing::warn!(%err, line = %preview, "skipping a message that does not parse");
+            return;
+        }
+    };
+    match message {
+        AgentMessage::Run {
+            deployment_id,
+            program_name,
+            sha256,
+            content_base64,
+            args,
+            env,
+        } => programs.run(crate::programs::RunRequest {
+            deployment_id,
+            program_name,
+            sha256,
+            content_base64,
+            args,
+            env,
+        }),
+        AgentMessage::Stop { deployment_id } => programs.stop(&deployment_id),
+        AgentMessage::Tasks { tasks } => link.answer_tasks(tasks),
+        AgentMessage::HelloRequest => {
+            link.send(&hello(config));
+            programs.report_all();
+            link.connected_now.notify_one();
+        }
+    }
+}
+
+/// Heartbeats, log shipping and running programs' output, every interval
+/// and right after each (re)connect.
+pub(crate) async fn heartbeat_loop(
+    link: Arc<Link>,
+    programs: Arc<Programs>,
+    logs: LogQueue,
+    interval: Duration,
+) {
+    let mut sampler = UsageSampler::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = link.connected_now.notified() => {}
+        }
+        // Sample even while disconnected, so the CPU baseline stays fresh.
+        let usage = sampler.sample(Path::new("/"));
+        if !link.connected() {
+            continue;
+        }
+        link.send(&GuestMessage::Heartbeat { usage });
+        let lines = logs.drain();
+        for chunk in lines.chunks(LOG_LINES_PER_MESSAGE) {
+            link.send(&GuestMessage::Log {
+                lines: chunk.to_vec(),
+            });
+        }
+        programs.report_changed();
+    }
+}
