@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 pub mod backoff;
 pub mod capabilities;
+pub mod guest_channel;
 pub mod hypervisor;
 pub mod identity;
 pub mod logs;

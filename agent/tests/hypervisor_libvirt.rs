@@ -35,6 +35,7 @@ fn spec(name: &str) -> GuestSpec {
             ipv4_cidr: Some("10.200.1.2/24".into()),
             attach: NicAttach::OvsVirtualport,
         }),
+        channel_socket: None,
     }
 }
 

@@ -91,6 +91,7 @@ impl Fixture {
                 ipv4_cidr: Some(format!("10.200.77.{}/24", 10 + k)),
                 attach: NicAttach::TapOnly,
             }),
+            channel_socket: None,
         }
     }
 

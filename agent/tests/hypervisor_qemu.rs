@@ -275,6 +275,7 @@ fn appliance_boots_under_qemu_and_answers_on_ovs() -> Result<()> {
             ipv4_cidr: Some("10.200.9.2/24".into()),
             attach: NicAttach::TapOnly,
         }),
+        channel_socket: None,
     };
 
     let t_define = Instant::now();

@@ -74,12 +74,31 @@ pub(crate) fn kernel_cmdline(spec: &GuestSpec, flavor: DomainFlavor) -> String {
     if let Some(cidr) = spec.nic.as_ref().and_then(|n| n.ipv4_cidr.as_ref()) {
         let _ = write!(cmdline, " measurelab.ip={cidr}");
     }
+    if spec.channel_socket.is_some() {
+        let _ = write!(
+            cmdline,
+            " measurelab.channel={}",
+            guest_channel_device(flavor)
+        );
+    }
     if !spec.boot.extra_cmdline.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&spec.boot.extra_cmdline);
     }
     cmdline
 }
+
+/// Where the guest sees its channel: the second serial port under QEMU; on
+/// Xen PV the first PV channel after the console (unverified here: no Xen).
+pub(crate) fn guest_channel_device(flavor: DomainFlavor) -> &'static str {
+    match flavor {
+        DomainFlavor::XenPv => "/dev/hvc1",
+        _ => "/dev/ttyS1",
+    }
+}
+
+/// Name of the Xen PV channel (xenstore `name`) that carries the guest channel.
+pub const XEN_CHANNEL_NAME: &str = "org.measurelab.guest.0";
 
 /// The ownership element, also used alone with `virDomainSetMetadata`.
 pub(crate) fn owner_metadata(spec: &GuestSpec) -> String {
@@ -203,6 +222,26 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
         }
         (_, None) => {
             x.push_str("    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n");
+        }
+    }
+    if let Some(socket) = &spec.channel_socket {
+        let path = esc(&socket.to_string_lossy());
+        match flavor {
+            // libxl has no second serial port for PV guests, but it has PV
+            // channels with a unix backend (libvirt libxlMakeChannel).
+            DomainFlavor::XenPv => {
+                x.push_str("    <channel type='unix'>\n");
+                let _ = writeln!(x, "      <source mode='bind' path='{path}'/>");
+                let _ = writeln!(x, "      <target type='xen' name='{XEN_CHANNEL_NAME}'/>");
+                x.push_str("    </channel>\n");
+            }
+            // QEMU listens on the socket (server, nowait); the node agent
+            // connects. The guest sees the second 16550 UART as ttyS1.
+            DomainFlavor::Qemu(_) | DomainFlavor::Test => {
+                x.push_str("    <serial type='unix'>\n");
+                let _ = writeln!(x, "      <source mode='bind' path='{path}'/>");
+                x.push_str("      <target port='1'/>\n    </serial>\n");
+            }
         }
     }
     if let DomainFlavor::Qemu(_) = flavor {
@@ -356,6 +395,8 @@ mod tests {
         assert!(xml.contains("machine='xenpv'>linux</type>"));
         assert!(xml.contains("console=hvc0"));
         assert!(xml.contains("<target type='xen' port='0'/>"));
+        assert!(xml.contains("measurelab.channel=/dev/hvc1"));
+        assert!(xml.contains("<target type='xen' name='org.measurelab.guest.0'/>"));
     }
 
     #[test]
@@ -367,6 +408,24 @@ mod tests {
         assert!(xml.contains("<target dev='vm-6f1c2a3b'/>"));
         assert!(xml.contains("<mac address='52:54:00:6f:1c:2a'/>"));
         assert!(xml.contains("measurelab.ip=10.200.9.2/24"));
+        assert!(xml.contains("measurelab.channel=/dev/ttyS1"));
+        assert!(xml.contains("<serial type='unix'>\n      <source mode='bind' path='/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock'/>\n      <target port='1'/>"));
+    }
+
+    #[test]
+    fn no_channel_no_second_serial() {
+        let mut spec = sample_spec();
+        spec.channel_socket = None;
+        for flavor in [
+            DomainFlavor::Qemu(QemuAccel::Tcg),
+            DomainFlavor::XenPv,
+            DomainFlavor::Test,
+        ] {
+            let xml = domain_xml(&spec, flavor);
+            assert!(!xml.contains("measurelab.channel"), "{xml}");
+            assert!(!xml.contains("<source mode='bind'"), "{xml}");
+            assert_balanced(&xml);
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod libvirt;
 mod namespace;
 mod spec;
 
-pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel};
+pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
 pub use namespace::{NamespaceConfig, NamespaceHypervisor};
 pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec};

@@ -48,7 +48,8 @@ pub struct NamespaceConfig {
     pub cgroup_mount: PathBuf,
     /// Program and arguments of the guest process (the guest agent). It gets
     /// `MEASURELAB_VM_ID`, `MEASURELAB_VM_NAME` and `MEASURELAB_IP` in its
-    /// environment.
+    /// environment, and `MEASURELAB_CHANNEL` when the spec has a
+    /// `channel_socket` (unix sockets work across network namespaces).
     pub guest_command: Vec<String>,
 }
 
@@ -399,6 +400,9 @@ exec ip netns exec "$@""#;
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let Some(socket) = &record.spec.channel_socket {
+            command.env("MEASURELAB_CHANNEL", socket);
+        }
         let status = command.status().map_err(|e| HypervisorError::Command {
             command: "setsid -f sh -c ...".into(),
             detail: e.to_string(),

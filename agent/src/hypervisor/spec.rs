@@ -32,6 +32,14 @@ pub struct GuestSpec {
     pub boot: BootImage,
     /// The guest's one network interface, if any.
     pub nic: Option<NicSpec>,
+    /// Unix socket of the guest channel (see `crate::guest_channel`). For
+    /// libvirt guests, libvirt binds it for the second serial port (the
+    /// guest's `/dev/ttyS1`; a PV channel on Xen) and the node agent
+    /// connects; the namespace backend passes it to the guest process as
+    /// `MEASURELAB_CHANNEL` and the node agent listens on it. Left out of the
+    /// serialized spec when `None`, so spec hashes of older specs stay put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_socket: Option<PathBuf>,
 }
 
 /// A direct-kernel-boot appliance (kernel + initrd, optional disk).
@@ -122,6 +130,9 @@ impl GuestSpec {
         self.boot.validate()?;
         if let Some(nic) = &self.nic {
             nic.validate()?;
+        }
+        if let Some(socket) = &self.channel_socket {
+            validate_socket_path(socket).map_err(|reason| invalid("channel_socket", reason))?;
         }
         Ok(())
     }
@@ -273,6 +284,26 @@ pub(crate) fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A unix socket path Linux can bind: absolute, at most 107 bytes (sun_path
+/// holds 108 with the NUL), no characters that would break the XML or the
+/// environment.
+pub(crate) fn validate_socket_path(path: &std::path::Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("must be an absolute path, got {}", path.display()));
+    }
+    let len = path.as_os_str().len();
+    if len > 107 {
+        return Err(format!(
+            "{} is {len} bytes; unix socket paths are limited to 107",
+            path.display()
+        ));
+    }
+    if path.to_string_lossy().chars().any(|c| c.is_control()) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
@@ -310,6 +341,10 @@ pub(crate) mod tests {
                 ipv4_cidr: Some("10.200.9.2/24".into()),
                 attach: NicAttach::OvsVirtualport,
             }),
+            channel_socket: Some(
+                "/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock"
+                    .into(),
+            ),
         }
     }
 
@@ -349,6 +384,14 @@ pub(crate) mod tests {
                 "nic.ipv4_cidr",
                 Box::new(|s| s.nic.as_mut().unwrap().ipv4_cidr = Some("10.200.1.2/33".into())),
             ),
+            (
+                "channel_socket",
+                Box::new(|s| s.channel_socket = Some("channel.sock".into())),
+            ),
+            (
+                "channel_socket",
+                Box::new(|s| s.channel_socket = Some(format!("/{}", "x".repeat(107)).into())),
+            ),
         ];
         for (field, mutate) in cases {
             let mut spec = sample_spec();
@@ -370,6 +413,16 @@ pub(crate) mod tests {
         let mut changed = sample_spec();
         changed.memory_mib += 1;
         assert_ne!(spec.spec_hash(), changed.spec_hash());
+    }
+
+    #[test]
+    fn absent_channel_keeps_the_old_hash_form() {
+        let mut spec = sample_spec();
+        spec.channel_socket = None;
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("channel_socket"), "{json}");
+        let back: GuestSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
     }
 
     #[test]

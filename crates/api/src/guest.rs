@@ -230,7 +230,10 @@ pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Err
 /// program names become directory and file names in the guest).
 pub fn check_path_component(field: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 {
-        return Err(format!("{field}: must be 1 to 128 bytes, got {}", name.len()));
+        return Err(format!(
+            "{field}: must be 1 to 128 bytes, got {}",
+            name.len()
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("{field}: {name:?} is reserved"));
@@ -282,7 +285,9 @@ mod tests {
             r#"{"type":"run","deployment_id":"d1","program_name":"p","sha256":"ab","content_base64":"eA=="}"#,
         )
         .unwrap();
-        assert!(matches!(run, AgentMessage::Run { ref args, ref env, .. } if args.is_empty() && env.is_empty()));
+        assert!(
+            matches!(run, AgentMessage::Run { ref args, ref env, .. } if args.is_empty() && env.is_empty())
+        );
         assert_eq!(
             serde_json::to_value(AgentMessage::HelloRequest).unwrap(),
             serde_json::json!({"type":"hello_request"})

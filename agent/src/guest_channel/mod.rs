@@ -1,0 +1,661 @@
+//! Node-agent side of the guest channel ([`measurelab_api::guest`]): one
+//! newline-delimited JSON stream per VM.
+//!
+//! - Namespace guests: [`GuestChannels::open_unix`] listens on
+//!   `<agent state>/guests/<vm_id>/channel.sock` ([`channel_socket_path`]);
+//!   the guest agent connects to it (`MEASURELAB_CHANNEL`). A new connection
+//!   from the guest (guest agent restart) replaces the old one.
+//! - QEMU/Xen guests: libvirt binds that path for the VM's second serial
+//!   port (`GuestSpec::channel_socket`); [`GuestChannels::connect_serial`]
+//!   connects to it, and keeps reconnecting while the VM is down, and on
+//!   every connect asks the guest for a fresh `hello` (`hello_request`),
+//!   because a serial line has no connect event the guest could see.
+//!
+//! Inbound messages arrive on a bounded per-VM [`mpsc::Receiver`] returned
+//! by `open_unix`/`connect_serial`. `hello` and `heartbeat` also update the
+//! per-VM [`GuestChannelState`] (registered, last heartbeat, usage), which
+//! the reconcile loop reads for the `GuestRegistered` condition and the
+//! `GuestReport`. Lines that do not parse are logged and skipped.
+//!
+//! The agent restarting is fine: state here is rebuilt from the guests'
+//! next hello/heartbeat; the guest agent reconnects with backoff.
+//!
+//! Every method must be called inside a tokio runtime. Dropping the last
+//! clone of [`GuestChannels`] stops every channel task.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use measurelab_api::guest::{
+    encode_line, AgentMessage, GuestMessage, LineFramer, MAX_GUEST_LINE_BYTES,
+};
+use measurelab_api::http::Resources;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Inbound messages buffered per VM before the reader waits for the consumer.
+pub const INBOUND_QUEUE: usize = 256;
+/// Outbound lines queued per connection before [`GuestChannels::send`] says
+/// [`GuestChannelError::QueueFull`].
+pub const OUTBOUND_QUEUE: usize = 64;
+/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
+const MAX_SOCKET_PATH: usize = 107;
+const SERIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const SERIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// `<state_dir>/guests/<vm_id>/channel.sock`: where the channel of a VM lives.
+pub fn channel_socket_path(state_dir: &Path, vm_id: Uuid) -> PathBuf {
+    state_dir
+        .join("guests")
+        .join(vm_id.to_string())
+        .join("channel.sock")
+}
+
+/// Errors of the guest channel module.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestChannelError {
+    /// `open_unix`/`connect_serial` for a VM whose channel is already open.
+    #[error("guest channel of VM {vm_id} is already open")]
+    AlreadyOpen {
+        /// The VM.
+        vm_id: Uuid,
+    },
+    /// No channel was opened for this VM.
+    #[error("no guest channel for VM {vm_id}")]
+    UnknownVm {
+        /// The VM.
+        vm_id: Uuid,
+    },
+    /// The channel exists but no guest is connected right now.
+    #[error("guest of VM {vm_id} is not connected")]
+    NotConnected {
+        /// The VM.
+        vm_id: Uuid,
+    },
+    /// The guest is connected but not reading fast enough.
+    #[error("outbound queue of VM {vm_id} is full")]
+    QueueFull {
+        /// The VM.
+        vm_id: Uuid,
+    },
+    /// The socket path is unusable.
+    #[error("guest channel socket {path}: {reason}")]
+    InvalidPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Creating the directory or binding the socket failed.
+    #[error("guest channel socket {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A message could not be encoded (cannot happen for our types).
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// How a VM's channel is carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// We listen on a unix socket (namespace guests).
+    Unix,
+    /// We connect to libvirt's serial socket (QEMU/Xen guests).
+    Serial,
+}
+
+/// What the node agent knows about one VM's guest agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuestChannelState {
+    /// How the channel is carried.
+    pub kind: ChannelKind,
+    /// The socket path.
+    pub path: PathBuf,
+    /// A byte stream to the guest is up right now (for serial: libvirt's
+    /// socket is connected; the guest may still be booting).
+    pub connected: bool,
+    /// The guest said `hello` with the right vm_id on the current connection.
+    pub registered: bool,
+    /// `agent_version` from the last valid hello.
+    pub agent_version: Option<String>,
+    /// When the last valid hello arrived.
+    pub last_hello: Option<SystemTime>,
+    /// When the last heartbeat arrived (kept across reconnects).
+    pub last_heartbeat: Option<SystemTime>,
+    /// Usage from the last heartbeat.
+    pub last_usage: Option<Resources>,
+    /// Connections seen since the channel was opened.
+    pub connections: u64,
+    /// Last protocol problem (bad line, hello for another VM), for conditions.
+    pub last_error: Option<String>,
+}
+
+impl GuestChannelState {
+    /// `last_heartbeat` as Unix milliseconds (for `GuestReport`), 0 if none.
+    pub fn last_heartbeat_unix_ms(&self) -> u64 {
+        self.last_heartbeat
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// Per-VM data shared between the API and the channel's tasks.
+struct Shared {
+    vm_id: Uuid,
+    // std Mutexes: held only to read or swap, never across an await.
+    state: Mutex<GuestChannelState>,
+    /// Writer of the current connection, tagged with its connection number so
+    /// a finished old connection does not clear a newer one.
+    writer: Mutex<Option<(u64, mpsc::Sender<Vec<u8>>)>>,
+    inbound: mpsc::Sender<GuestMessage>,
+}
+
+struct VmChannel {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Registry {
+    vms: Mutex<HashMap<Uuid, VmChannel>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Ok(vms) = self.vms.get_mut() {
+            for (_, channel) in vms.drain() {
+                channel.task.abort();
+                if channel.shared.kind() == ChannelKind::Unix {
+                    let _ = std::fs::remove_file(channel.shared.path());
+                }
+            }
+        }
+    }
+}
+
+/// The guest channels of every VM on this node. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct GuestChannels {
+    registry: Arc<Registry>,
+}
+
+impl GuestChannels {
+    /// No channels yet.
+    pub fn new() -> Self {
+        GuestChannels::default()
+    }
+
+    /// Listens on `path` for VM `vm_id`'s guest agent (namespace guests).
+    /// Creates the parent directory and replaces a stale socket file.
+    pub fn open_unix(
+        &self,
+        vm_id: Uuid,
+        path: &Path,
+    ) -> Result<mpsc::Receiver<GuestMessage>, GuestChannelError> {
+        check_socket_path(path)?;
+        let mut vms = self.lock();
+        if vms.contains_key(&vm_id) {
+            return Err(GuestChannelError::AlreadyOpen { vm_id });
+        }
+        let io_err = |source| GuestChannelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(io_err)?;
+        let (shared, inbound) = Shared::new(vm_id, ChannelKind::Unix, path);
+        let task = tokio::spawn(serve_unix(listener, shared.clone()));
+        vms.insert(vm_id, VmChannel { shared, task });
+        Ok(inbound)
+    }
+
+    /// Connects to libvirt's serial socket at `path` for VM `vm_id` (QEMU/Xen
+    /// guests), now and again whenever the connection drops.
+    pub fn connect_serial(
+        &self,
+        vm_id: Uuid,
+        path: &Path,
+    ) -> Result<mpsc::Receiver<GuestMessage>, GuestChannelError> {
+        check_socket_path(path)?;
+        let mut vms = self.lock();
+        if vms.contains_key(&vm_id) {
+            return Err(GuestChannelError::AlreadyOpen { vm_id });
+        }
+        let (shared, inbound) = Shared::new(vm_id, ChannelKind::Serial, path);
+        let task = tokio::spawn(connect_serial_loop(path.to_path_buf(), shared.clone()));
+        vms.insert(vm_id, VmChannel { shared, task });
+        Ok(inbound)
+    }
+
+    /// Queues `message` for VM `vm_id`'s guest. Never waits: a missing guest
+    /// is [`GuestChannelError::NotConnected`] (retry on the next reconcile).
+    pub fn send(&self, vm_id: Uuid, message: &AgentMessage) -> Result<(), GuestChannelError> {
+        let shared = self
+            .lock()
+            .get(&vm_id)
+            .map(|c| c.shared.clone())
+            .ok_or(GuestChannelError::UnknownVm { vm_id })?;
+        let writer = shared
+            .writer
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|(_, tx)| tx.clone()))
+            .ok_or(GuestChannelError::NotConnected { vm_id })?;
+        let line = encode_line(message)?;
+        writer.try_send(line).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => GuestChannelError::QueueFull { vm_id },
+            mpsc::error::TrySendError::Closed(_) => GuestChannelError::NotConnected { vm_id },
+        })
+    }
+
+    /// What is known about VM `vm_id`'s guest, or `None` without a channel.
+    pub fn state(&self, vm_id: Uuid) -> Option<GuestChannelState> {
+        let shared = self.lock().get(&vm_id).map(|c| c.shared.clone())?;
+        let state = shared.state.lock().ok()?.clone();
+        Some(state)
+    }
+
+    /// Whether a channel is open for `vm_id`.
+    pub fn is_open(&self, vm_id: Uuid) -> bool {
+        self.lock().contains_key(&vm_id)
+    }
+
+    /// VMs with an open channel.
+    pub fn vm_ids(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.lock().keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Closes VM `vm_id`'s channel: drops the connection, stops its task,
+    /// removes our unix socket file. The inbound receiver then ends. Closing
+    /// an unknown VM does nothing (idempotent for cleanup).
+    pub fn close(&self, vm_id: Uuid) {
+        let Some(channel) = self.lock().remove(&vm_id) else {
+            return;
+        };
+        channel.task.abort();
+        if channel.shared.kind() == ChannelKind::Unix {
+            let _ = std::fs::remove_file(channel.shared.path());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, VmChannel>> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.registry
+            .vms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn check_socket_path(path: &Path) -> Result<(), GuestChannelError> {
+    let invalid = |reason: String| GuestChannelError::InvalidPath {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(invalid("must be an absolute path".into()));
+    }
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(invalid(format!(
+            "is {len} bytes; unix socket paths are limited to {MAX_SOCKET_PATH}"
+        )));
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn new(
+        vm_id: Uuid,
+        kind: ChannelKind,
+        path: &Path,
+    ) -> (Arc<Shared>, mpsc::Receiver<GuestMessage>) {
+        let (inbound, receiver) = mpsc::channel(INBOUND_QUEUE);
+        let shared = Arc::new(Shared {
+            vm_id,
+            state: Mutex::new(GuestChannelState {
+                kind,
+                path: path.to_path_buf(),
+                connected: false,
+                registered: false,
+                agent_version: None,
+                last_hello: None,
+                last_heartbeat: None,
+                last_usage: None,
+                connections: 0,
+                last_error: None,
+            }),
+            writer: Mutex::new(None),
+            inbound,
+        });
+        (shared, receiver)
+    }
+
+    fn kind(&self) -> ChannelKind {
+        self.with_state(|s| s.kind).unwrap_or(ChannelKind::Unix)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.with_state(|s| s.path.clone()).unwrap_or_default()
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut GuestChannelState) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+}
+
+/// Aborts a spawned task when dropped, so aborting the parent task also
+/// stops the connection it owns.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    let mut current: Option<AbortOnDrop> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if current.take().is_some() {
+                    tracing::info!(vm_id = %shared.vm_id, "guest reconnected; replacing the old connection");
+                }
+                let (reader, writer) = stream.into_split();
+                current = Some(AbortOnDrop(tokio::spawn(session(
+                    Box::new(reader),
+                    Box::new(writer),
+                    shared.clone(),
+                    false,
+                ))));
+            }
+            Err(err) => {
+                tracing::warn!(vm_id = %shared.vm_id, %err, "accept on guest channel failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connect_serial_loop(path: PathBuf, shared: Arc<Shared>) {
+    let mut backoff = SERIAL_BACKOFF_MIN;
+    let mut last_error = String::new();
+    loop {
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(stream) => {
+                last_error.clear();
+                backoff = SERIAL_BACKOFF_MIN;
+                let (reader, writer) = stream.into_split();
+                session(Box::new(reader), Box::new(writer), shared.clone(), true).await;
+            }
+            Err(err) => {
+                // The socket appears when QEMU starts; say so once, not every retry.
+                let text = err.to_string();
+                if text != last_error {
+                    tracing::debug!(vm_id = %shared.vm_id, path = %path.display(), error = %text, "serial channel not available yet");
+                    last_error = text;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(SERIAL_BACKOFF_MAX);
+    }
+}
+
+/// One connection: a writer fed by `send`, a reader feeding `inbound`.
+async fn session(
+    mut reader: Box<dyn AsyncRead + Unpin + Send>,
+    mut writer: Box<dyn AsyncWrite + Unpin + Send>,
+    shared: Arc<Shared>,
+    request_hello: bool,
+) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let connection = shared
+        .with_state(|s| {
+            s.connections += 1;
+            s.connected = true;
+            s.registered = false;
+            s.connections
+        })
+        .unwrap_or(0);
+    if request_hello {
+        if let Ok(line) = encode_line(&AgentMessage::HelloRequest) {
+            let _ = tx.try_send(line);
+        }
+    }
+    if let Ok(mut slot) = shared.writer.lock() {
+        *slot = Some((connection, tx));
+    }
+    tracing::info!(vm_id = %shared.vm_id, connection, "guest channel connected");
+
+    let write_side = async {
+        while let Some(line) = rx.recv().await {
+            if let Err(err) = writer.write_all(&line).await {
+                return format!("write failed: {err}");
+            }
+            if let Err(err) = writer.flush().await {
+                return format!("flush failed: {err}");
+            }
+        }
+        "writer closed".to_string()
+    };
+    let read_side = async {
+        let mut framer = LineFramer::new(MAX_GUEST_LINE_BYTES);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => return "guest closed the channel".to_string(),
+                Ok(n) => n,
+                Err(err) => return format!("read failed: {err}"),
+            };
+            for line in framer.push(&buf[..n]) {
+                let message = match line {
+                    Ok(line) => parse_line(&line, &shared),
+                    Err(err) => {
+                        note_error(&shared, format!("skipped a line: {err}"));
+                        None
+                    }
+                };
+                if let Some(message) = message {
+                    // The consumer may have dropped its receiver; state above
+                    // is still kept up to date.
+                    let _ = shared.inbound.send(message).await;
+                }
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = write_side => reason,
+        reason = read_side => reason,
+    };
+    tracing::info!(vm_id = %shared.vm_id, connection, %reason, "guest channel disconnected");
+    if let Ok(mut slot) = shared.writer.lock() {
+        if slot.as_ref().is_some_and(|(n, _)| *n == connection) {
+            *slot = None;
+            shared.with_state(|s| {
+                s.connected = false;
+                s.registered = false;
+            });
+        }
+    }
+}
+
+/// Parses one line and updates the state; `None` for lines to skip.
+fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
+    let message: GuestMessage = match serde_json::from_slice(line) {
+        Ok(message) => message,
+        Err(err) => {
+            let preview: String = String::from_utf8_lossy(line).chars().take(120).collect();
+            note_error(
+                shared,
+                format!("skipped a line that does not parse ({err}): {preview}"),
+            );
+            return None;
+        }
+    };
+    match &message {
+        GuestMessage::Hello {
+            vm_id,
+            agent_version,
+        } => {
+            if Uuid::parse_str(vm_id).ok() != Some(shared.vm_id) {
+                note_error(
+                    shared,
+                    format!(
+                        "hello from vm_id {vm_id:?} on the channel of VM {}; ignored",
+                        shared.vm_id
+                    ),
+                );
+                return None;
+            }
+            shared.with_state(|s| {
+                s.registered = true;
+                s.agent_version = Some(agent_version.clone());
+                s.last_hello = Some(SystemTime::now());
+                s.last_error = None;
+            });
+            tracing::info!(vm_id = %shared.vm_id, %agent_version, "guest registered");
+        }
+        GuestMessage::Heartbeat { usage } => {
+            shared.with_state(|s| {
+                s.last_heartbeat = Some(SystemTime::now());
+                s.last_usage = Some(usage.clone());
+            });
+        }
+        _ => {}
+    }
+    Some(message)
+}
+
+fn note_error(shared: &Shared, error: String) {
+    tracing::warn!(vm_id = %shared.vm_id, %error, "guest channel");
+    shared.with_state(|s| s.last_error = Some(error));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> Uuid {
+        Uuid::parse_str("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8").unwrap()
+    }
+
+    #[test]
+    fn socket_path_follows_the_contract() {
+        assert_eq!(
+            channel_socket_path(Path::new("/var/lib/a"), vm()),
+            PathBuf::from("/var/lib/a/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_paths_are_rejected_naming_the_path() {
+        let channels = GuestChannels::new();
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
+        for path in [PathBuf::from("rel/channel.sock"), long] {
+            match channels.open_unix(vm(), &path) {
+                Err(GuestChannelError::InvalidPath { path: got, .. }) => assert_eq!(got, path),
+                other => panic!("{}: {:?}", path.display(), other.map(|_| ())),
+            }
+        }
+        assert!(!channels.is_open(vm()));
+    }
+
+    /// A hand-driven guest on the raw socket: hello for the wrong VM is not
+    /// a registration, garbage is skipped, the right hello and a heartbeat
+    /// are, and `send` reaches the guest.
+    #[tokio::test]
+    async fn protocol_over_a_raw_socket() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = channel_socket_path(dir.path(), vm());
+        let channels = GuestChannels::new();
+        let mut inbound = channels.open_unix(vm(), &path).unwrap();
+        assert!(matches!(
+            channels.open_unix(vm(), &path),
+            Err(GuestChannelError::AlreadyOpen { .. })
+        ));
+        assert!(matches!(
+            channels.send(vm(), &AgentMessage::HelloRequest),
+            Err(GuestChannelError::NotConnected { .. })
+        ));
+
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let other = Uuid::new_v4();
+        let lines = format!(
+            "{{\"type\":\"hello\",\"vm_id\":\"{other}\",\"agent_version\":\"x\"}}\nnot json\n{{\"type\":\"reboot\"}}\n{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"1.2\"}}\n{{\"type\":\"heartbeat\",\"usage\":{{\"cpu_count\":1,\"cpu_used_percent\":5.0,\"memory_total_bytes\":10,\"memory_used_bytes\":5,\"disk_total_bytes\":0,\"disk_used_bytes\":0,\"network_rx_bytes\":0,\"network_tx_bytes\":0}}}}\n",
+            vm()
+        );
+        write.write_all(lines.as_bytes()).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first, GuestMessage::Hello { ref agent_version, .. } if agent_version == "1.2"),
+            "{first:?}"
+        );
+        let second = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(second, GuestMessage::Heartbeat { .. }));
+        let state = channels.state(vm()).unwrap();
+        assert!(state.connected && state.registered);
+        assert_eq!(state.agent_version.as_deref(), Some("1.2"));
+        assert!(state.last_heartbeat_unix_ms() > 0);
+        assert_eq!(state.last_usage.unwrap().cpu_count, 1);
+
+        channels
+            .send(
+                vm(),
+                &AgentMessage::Stop {
+                    deployment_id: "d1".into(),
+                },
+            )
+            .unwrap();
+        let mut reader = tokio::io::BufReader::new(read);
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(line, "{\"type\":\"stop\",\"deployment_id\":\"d1\"}\n");
+
+        drop(write);
+        drop(reader);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while channels.state(vm()).unwrap().connected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "disconnect not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        channels.close(vm());
+        assert!(!path.exists(), "close removes the socket file");
+        assert!(inbound.recv().await.is_none(), "inbound ends after close");
+        channels.close(vm());
+    }
+}
