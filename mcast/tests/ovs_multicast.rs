@@ -128,12 +128,21 @@ fn loss_from_nftables_falls_in_the_binomial_interval() -> Result<()> {
         .unwrap() as f64;
     let lossy = &receiver(&document, "p2")["metrics"];
     let measured = lossy["loss_ratio"].as_f64().unwrap();
-    // 99 % Wilson interval around the measured ratio must contain the configured one.
+    let (arrived, dropped) = lab.loss_counters(1)?;
+    let context = format!("sent {sent}, arrived at p2 {arrived}, nft dropped {dropped}: {lossy:#}");
+    // Exact: every probe that reached p2 and was not dropped by the rule was counted once.
+    assert_eq!(
+        lossy["packets_received"].as_u64(),
+        Some(arrived - dropped),
+        "{context}"
+    );
+    // Statistical: the 99 % Wilson interval around the measured ratio must contain the
+    // configured one. (Fails by chance 1 time in 100, by design of a 99 % interval.)
     let (low, high) = wilson_interval(measured, sent, 2.5758);
     let truth = DROP_PERCENT as f64 / 100.0;
     assert!(
         low <= truth && truth <= high,
-        "measured {measured} over {sent} packets: 99% interval [{low}, {high}] misses {truth}"
+        "measured {measured}: 99% interval [{low}, {high}] misses {truth}; {context}"
     );
     assert_eq!(lossy["packets_duplicated"], 0);
     // The other receiver shares the path up to the switch and sees no loss: at most

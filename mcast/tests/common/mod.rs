@@ -241,35 +241,49 @@ impl Lab {
         let ns = &self.points[index].ns;
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let port_set = format!("{{ {} }}", ports.join(", "));
-        ns.run(&["nft", "add", "table", "inet", "mcloss"])?;
-        ns.run(&[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "mcloss",
-            "input",
-            "{ type filter hook input priority 0 ; }",
-        ])?;
-        ns.run(&[
-            "nft",
-            "add",
-            "rule",
-            "inet",
-            "mcloss",
-            "input",
-            "udp",
-            "dport",
-            &port_set,
-            "numgen",
-            "random",
-            "mod",
-            "100",
-            "<",
-            &percent.to_string(),
-            "drop",
-        ])?;
+        let percent = percent.to_string();
+        let nft = |words: &str, extra: &[&str]| -> Result<String> {
+            let mut args: Vec<&str> = words.split(' ').collect();
+            args.extend_from_slice(extra);
+            ns.run(&args)
+        };
+        nft("nft add table inet mcloss", &[])?;
+        nft(
+            "nft add chain inet mcloss input",
+            &["{ type filter hook input priority 0 ; }"],
+        )?;
+        // First rule counts what reaches the receiver, second counts what it drops: the
+        // ground truth for exact comparisons.
+        nft(
+            "nft add rule inet mcloss input udp dport",
+            &[&port_set, "counter"],
+        )?;
+        nft(
+            "nft add rule inet mcloss input udp dport",
+            &[
+                &port_set, "numgen", "random", "mod", "100", "<", &percent, "counter", "drop",
+            ],
+        )?;
         Ok(())
+    }
+
+    /// (packets that reached the input hook, packets the loss rule dropped).
+    pub fn loss_counters(&self, index: usize) -> Result<(u64, u64)> {
+        let listing = self.points[index]
+            .ns
+            .run(&["nft", "-j", "list", "chain", "inet", "mcloss", "input"])?;
+        let json: Value = serde_json::from_str(&listing)?;
+        let counters: Vec<u64> = json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["rule"]["expr"].as_array())
+            .filter_map(|exprs| exprs.iter().find_map(|e| e["counter"]["packets"].as_u64()))
+            .collect();
+        match counters[..] {
+            [arrived, dropped] => Ok((arrived, dropped)),
+            _ => bail!("expected two counters in {listing}"),
+        }
     }
 
     pub fn ofport(&self, index: usize) -> Result<String> {
