@@ -100,6 +100,25 @@ async fn reconcile_repairs_hand_edits_and_leaves_foreign_rows_alone() -> Result<
     wait_ping(&a, "10.200.10.3", Duration::from_secs(10))?;
     assert!(apply(&switch, &spec).await?.actions.is_empty());
 
+    // A hand edit of our QoS is drift too: the policy is rebuilt, not leaked.
+    let qos_uuid = ovs.vsctl(&["get", "Port", "rcp1", "qos"])?;
+    ovs.vsctl(&["set", "QoS", &qos_uuid, "other_config:max-rate=1000"])?;
+    let fix = apply(&switch, &spec).await?;
+    assert_eq!(
+        fix.actions,
+        vec![SwitchAction::SetPortQos {
+            port: "rcp1".into(),
+            qos: spec.ports[0].qos
+        }]
+    );
+    let qos_uuid = ovs.vsctl(&["get", "Port", "rcp1", "qos"])?;
+    assert_eq!(
+        ovs.vsctl(&["get", "QoS", &qos_uuid, "other_config:max-rate"])?,
+        "\"50000000\""
+    );
+    assert_eq!(rows(&ovs, "QoS")?, foreign_qos_rows);
+    assert_eq!(rows(&ovs, "Queue")?, 1);
+
     // Removing a port from the desired state removes it; the foreign one stays.
     spec.ports.retain(|p| p.name != "rcp2");
     let shrink = apply(&switch, &spec).await?;
