@@ -117,7 +117,7 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
                 }),
             )?,
             ControlRequest::Send(request) => {
-                let response = handle_send(&request, config);
+                let response = handle_send(&request, config, &writer);
                 write_response(&mut writer, &response)?;
             }
             ControlRequest::Receive(request) => {
@@ -131,7 +131,48 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
     }
 }
 
-fn handle_send(request: &SendRequest, config: &PointConfig) -> ControlResponse {
+/// How often a sending point checks whether its MSCS is still connected.
+const CONTROL_WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Sets `stop` when the control connection closes, until `done` is set. A sender whose
+/// MSCS died must not keep loading the group: the restarted MSCS starts new runs on it.
+fn watch_control_connection(
+    control: &TcpStream,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> Option<thread::JoinHandle<()>> {
+    let control = control.try_clone().ok()?;
+    control
+        .set_read_timeout(Some(CONTROL_WATCH_INTERVAL))
+        .ok()?;
+    Some(thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while !done.load(Ordering::Relaxed) {
+            match control.peek(&mut byte) {
+                Ok(0) => break,
+                // The MSCS sends nothing during a send; unread data is left for the
+                // connection loop.
+                Ok(_) => thread::sleep(CONTROL_WATCH_INTERVAL),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        if !done.load(Ordering::Relaxed) {
+            warn!("control connection closed during a send: stopping the source");
+            stop.store(true, Ordering::Relaxed);
+        }
+    }))
+}
+
+fn handle_send(
+    request: &SendRequest,
+    config: &PointConfig,
+    control: &TcpStream,
+) -> ControlResponse {
     let sender = SenderConfig {
         group: request.group,
         port: request.port,
@@ -148,8 +189,15 @@ fn handle_send(request: &SendRequest, config: &PointConfig) -> ControlResponse {
             SendLimit::DurationSeconds(request.duration_seconds),
         )
     };
-    let stop = AtomicBool::new(false);
-    match run_sender(&sender, &stop) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = watch_control_connection(control, Arc::clone(&stop), Arc::clone(&done));
+    let outcome = run_sender(&sender, &stop);
+    done.store(true, Ordering::Relaxed);
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
+    match outcome {
         Ok(report) => {
             info!(
                 sent = report.packets_sent,

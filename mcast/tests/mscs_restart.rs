@@ -151,3 +151,37 @@ fn sigkilled_point_is_recorded_as_failed_and_the_schedule_goes_on() -> Result<()
     assert_eq!(results[3]["document"]["source_point"], "p1");
     Ok(())
 }
+
+#[test]
+fn a_source_stops_sending_when_its_mscs_dies() -> Result<()> {
+    let mut lab = Lab::new("sd", 19, 3)?;
+    lab.start_mscs(&["--no-periodic"])?;
+    let (status, _) = lab.api(
+        "POST",
+        "/tasks",
+        Some(&serde_json::json!({"source": "p1", "group": "239.200.19.1", "duration_seconds": 20, "rate_pps": 200})),
+    )?;
+    assert_eq!(status, 201);
+    wait_mid_run(&lab, Some("p1"), Duration::from_millis(1500))?;
+    lab.sigkill_mscs();
+    // Give the point's watcher (50 ms) ample time, then listen on the group ourselves:
+    // the source had 18 s left to send but must be silent.
+    thread::sleep(Duration::from_millis(500));
+    let listener = &lab.points[1];
+    let output = listener.ns.run(&[
+        common::POINT_BIN,
+        "recv",
+        "--group",
+        "239.200.19.1",
+        "--port",
+        &common::PROBE_PORT.to_string(),
+        "--interface",
+        &listener.addr,
+        "--duration-seconds",
+        "2",
+    ])?;
+    let report: Value = serde_json::from_str(&output)?;
+    assert_eq!(report["metrics"]["packets_received"], 0, "{report:#}");
+    assert_eq!(report["foreign_session_packets"], 0);
+    Ok(())
+}
