@@ -1,0 +1,321 @@
+//! The real `measurelab-guest-agent` process against the node agent's
+//! `GuestChannels` over a unix socket (the namespace-guest transport):
+//! hello, heartbeat, shipped logs, a shell-script program with its exit code
+//! and output, a bad checksum, stop, the local platform API relaying
+//! `POST /results` and `GET /tasks`, and reconnecting after the node agent's
+//! side is dropped and recreated. No root needed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels};
+use measurelab_api::guest::{AgentMessage, GuestMessage, ProgramRunState};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn spawn_agent(vm_id: Uuid, socket: &std::path::Path, programs: &std::path::Path) -> AgentProcess {
+    let child = Command::new(AGENT_BIN)
+        .args(["--local-api", "127.0.0.1:0", "--heartbeat-seconds", "0.3"])
+        .arg("--cmdline")
+        .arg("/dev/null")
+        .arg("--programs-dir")
+        .arg(programs)
+        .env("MEASURELAB_VM_ID", vm_id.to_string())
+        .env("MEASURELAB_CHANNEL", socket)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn measurelab-guest-agent");
+    AgentProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_agent_over_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm_id = Uuid::new_v4();
+    let socket = channel_socket_path(dir.path(), vm_id);
+    let programs = dir.path().join("programs");
+
+    let channels = GuestChannels::new();
+    let mut inbound = channels.open_unix(vm_id, &socket).unwrap();
+    let _agent = spawn_agent(vm_id, &socket, &programs);
+
+    // hello with our vm id, then heartbeats with real usage.
+    let version = expect(&mut inbound, WAIT, "hello", |m| match m {
+        GuestMessage::Hello {
+            vm_id: id,
+            agent_version,
+        } if *id == vm_id.to_string() => Some(agent_version.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let usage = expect(&mut inbound, WAIT, "heartbeat", |m| match m {
+        GuestMessage::Heartbeat { usage } => Some(usage.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        usage.cpu_count >= 1 && usage.memory_total_bytes > 0,
+        "{usage:?}"
+    );
+    let state = channels.state(vm_id).unwrap();
+    assert!(state.connected && state.registered, "{state:?}");
+    assert!(state.last_heartbeat.is_some());
+
+    // The agent ships its own log, which names the local API address.
+    let local_api = expect(
+        &mut inbound,
+        WAIT,
+        "log with the local API address",
+        local_api_from_log,
+    )
+    .await;
+
+    // A shell-script program: args, env, exit code, both output tails.
+    let script =
+        b"#!/bin/sh\necho \"hello $1 $GREETING from $MEASURELAB_VM_ID\"\necho oops >&2\nexit 7\n";
+    channels
+        .send(
+            vm_id,
+            &run_message(
+                "dep-1",
+                "probe.sh",
+                script,
+                &["world"],
+                &[("GREETING", "hi")],
+            ),
+        )
+        .unwrap();
+    expect(
+        &mut inbound,
+        WAIT,
+        "dep-1 running",
+        status_of("dep-1", ProgramRunState::Running),
+    )
+    .await;
+    let (_, exit_code, stdout, stderr) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-1 exited",
+        status_of("dep-1", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(exit_code, Some(7));
+    assert_eq!(stdout, format!("hello world hi from {vm_id}\n"));
+    assert_eq!(stderr, "oops\n");
+    let written = programs.join("dep-1").join("probe.sh");
+    assert_eq!(std::fs::read(&written).unwrap(), script);
+
+    // A repeated run only re-reports; it does not run the program again.
+    channels
+        .send(
+            vm_id,
+            &run_message("dep-1", "probe.sh", script, &["again"], &[]),
+        )
+        .unwrap();
+    let (_, _, stdout_again, _) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-1 re-reported",
+        status_of("dep-1", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(stdout_again, stdout);
+
+    // Wrong checksum: failed, with the reason, and nothing executed.
+    let mut bad = run_message("dep-bad", "x.sh", b"#!/bin/sh\ntouch ran\n", &[], &[]);
+    if let AgentMessage::Run { sha256, .. } = &mut bad {
+        *sha256 = "0".repeat(64);
+    }
+    channels.send(vm_id, &bad).unwrap();
+    let (_, exit_code, _, reason) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-bad failed",
+        status_of("dep-bad", ProgramRunState::Failed),
+    )
+    .await;
+    assert_eq!(exit_code, None);
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert!(!programs.join("dep-bad").join("ran").exists());
+
+    // stop kills a running program (and its process group).
+    channels
+        .send(
+            vm_id,
+            &run_message(
+                "dep-long",
+                "long.sh",
+                b"#!/bin/sh\necho started\nsleep 600\n",
+                &[],
+                &[],
+            ),
+        )
+        .unwrap();
+    expect(
+        &mut inbound,
+        WAIT,
+        "dep-long running with its first output",
+        |m| {
+            // Running reports repeat while the output grows (every heartbeat).
+            status_of("dep-long", ProgramRunState::Running)(m)
+                .filter(|(_, _, out, _)| out == "started\n")
+        },
+    )
+    .await;
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::Stop {
+                deployment_id: "dep-long".into(),
+            },
+        )
+        .unwrap();
+    let (_, exit_code, stdout, stderr) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-long exited",
+        status_of("dep-long", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(exit_code, None, "killed by a signal");
+    assert_eq!(stdout, "started\n");
+    assert!(stderr.contains("terminated by signal 15"), "{stderr}");
+
+    // Local API: POST /results arrives as an inbound result message.
+    let api = local_api.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        http(
+            &api,
+            "POST",
+            "/results",
+            Some(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let (task_id, document) = expect(&mut inbound, WAIT, "result", |m| match m {
+        GuestMessage::Result { task_id, document } => Some((task_id.clone(), document.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(task_id, "task-9");
+    assert_eq!(document["schema"], "measurelab.mcast.result/v1");
+    // ...and a bad body is refused naming the field, without a message.
+    let api = local_api.clone();
+    let (code, body) =
+        tokio::task::spawn_blocking(move || http(&api, "POST", "/results", Some(r#"{"x":1}"#)))
+            .await
+            .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("\"field\":\"task_id\""), "{body}");
+
+    // GET /tasks: poll_tasks goes out, our tasks answer comes back.
+    let api = local_api.clone();
+    let poll = tokio::task::spawn_blocking(move || http(&api, "GET", "/tasks", None));
+    expect(&mut inbound, WAIT, "poll_tasks", |m| {
+        matches!(m, GuestMessage::PollTasks).then_some(())
+    })
+    .await;
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::Tasks {
+                tasks: vec![serde_json::json!({"name":"t1","group":"239.1.2.3"})],
+            },
+        )
+        .unwrap();
+    let (code, body) = poll.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["tasks"][0]["group"], "239.1.2.3");
+
+    // Node agent restart: drop every channel (socket removed), recreate.
+    drop(inbound);
+    drop(channels);
+    assert!(
+        !socket.exists(),
+        "dropping GuestChannels removes the socket"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t_reopen = Instant::now();
+    let channels = GuestChannels::new();
+    let mut inbound = channels.open_unix(vm_id, &socket).unwrap();
+    expect(&mut inbound, WAIT, "hello after reconnect", |m| {
+        matches!(m, GuestMessage::Hello { .. }).then_some(())
+    })
+    .await;
+    println!(
+        "guest agent re-registered {:.3} s after the node side came back",
+        t_reopen.elapsed().as_secs_f64()
+    );
+    // The run table survives and is re-reported to the new node agent.
+    let (_, exit_code, _, _) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-1 re-reported",
+        status_of("dep-1", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(exit_code, Some(7));
+    assert!(channels.state(vm_id).unwrap().registered);
+    channels.close(vm_id);
+}
+
+/// A hand-written node agent on a raw socket: garbage, unknown types and an
+/// oversized line are skipped, and the guest agent still answers afterwards.
+#[tokio::test]
+async fn bad_messages_are_skipped_not_fatal() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("raw.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let vm_id = Uuid::new_v4();
+    let mut agent = spawn_agent(vm_id, &socket, &dir.path().join("programs"));
+    let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("\"type\":\"hello\""), "{first}");
+
+    write
+        .write_all(b"not json at all\n{\"type\":\"reformat_disk\"}\n{\"type\":\"run\"}\n\xff\xfe\n")
+        .await
+        .unwrap();
+    write
+        .write_all(&vec![b'x'; 100 * 1024 * 1024])
+        .await
+        .unwrap();
+    write
+        .write_all(b"\n{\"type\":\"hello_request\"}\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("no hello after the bad lines")
+            .unwrap()
+            .expect("guest agent closed the channel");
+        if line.contains("\"type\":\"hello\"") {
+            break;
+        }
+    }
+    assert!(agent.0.try_wait().unwrap().is_none(), "guest agent exited");
+}
