@@ -6,6 +6,7 @@
 //! callers, so every acknowledged change is on disk while 5,000 heartbeats/s
 //! share one fsync per batch instead of paying one each.
 
+mod checkpoint;
 mod registry;
 mod writer;
 
@@ -266,8 +267,14 @@ impl Store {
         let registry = load_registry(&write_conn, Instant::now())?;
         tracing::info!(nodes = registry.len(), path = %path.display(), "store opened");
         let reader = open_connection(&path)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let registry = Arc::new(RwLock::new(registry));
-        let (writer, handle) = writer::spawn(write_conn, registry.clone(), durable_heartbeats);
+        let (writer, handle) = writer::spawn(
+            write_conn,
+            registry.clone(),
+            durable_heartbeats,
+            checkpointer,
+        );
         Ok((
             Store {
                 registry,

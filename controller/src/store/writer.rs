@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::{
     check_secret, rfc3339, status_text, HeartbeatInput, NewEvent, NodeEntry, RegisterInput,
     Registered, Registry, ShipLogsInput, StoreError, LOG_LINES_PER_NODE,
@@ -49,14 +50,24 @@ pub(crate) enum WriteCommand {
 /// Joins the writer thread.
 pub(crate) struct WriterHandle {
     thread: std::thread::JoinHandle<()>,
+    checkpointer: Checkpointer,
 }
 
 impl WriterHandle {
     /// Wait until the writer has committed what was queued before `Stop`.
     pub async fn join(self) {
-        let thread = self.thread;
+        let WriterHandle {
+            thread,
+            checkpointer,
+        } = self;
         // join() blocks, so keep it off the async workers.
-        if let Ok(Err(panic)) = tokio::task::spawn_blocking(move || thread.join()).await {
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = thread.join();
+            checkpointer.stop();
+            result
+        })
+        .await;
+        if let Ok(Err(panic)) = joined {
             tracing::error!(?panic, "store writer thread panicked");
         }
     }
@@ -66,6 +77,7 @@ pub(crate) fn spawn(
     conn: Connection,
     registry: Arc<RwLock<Registry>>,
     durable_heartbeats: bool,
+    checkpointer: Checkpointer,
 ) -> (mpsc::Sender<WriteCommand>, WriterHandle) {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let thread = std::thread::Builder::new()
@@ -83,7 +95,13 @@ pub(crate) fn spawn(
         // Startup: without a writer thread the controller cannot work at all.
         Err(e) => panic!("cannot spawn the store writer thread: {e}"),
     };
-    (sender, WriterHandle { thread })
+    (
+        sender,
+        WriterHandle {
+            thread,
+            checkpointer,
+        },
+    )
 }
 
 struct Writer {
