@@ -24,6 +24,8 @@ use crate::sender::{run_sender, SendLimit, SenderConfig};
 
 /// How long a receiver keeps reading after `stop`, for probes still in flight.
 pub const DRAIN_AFTER_STOP: Duration = Duration::from_millis(100);
+/// Upper bound on a requested drain.
+pub const MAX_DRAIN_SECONDS: f64 = 10.0;
 
 /// Errors of the point server.
 #[derive(Debug, Error)]
@@ -255,7 +257,10 @@ fn handle_receive(
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => break None,
             Ok(_) => match serde_json::from_str::<ControlRequest>(line.trim()) {
-                Ok(ControlRequest::Stop { packets_sent }) => break Some(packets_sent),
+                Ok(ControlRequest::Stop {
+                    packets_sent,
+                    drain_seconds,
+                }) => break Some((packets_sent, drain_seconds)),
                 Ok(_) => write_response(
                     writer,
                     &error_response("only stop is accepted while receiving"),
@@ -264,8 +269,12 @@ fn handle_receive(
             },
         }
     };
-    if stop_request.is_some() {
-        thread::sleep(DRAIN_AFTER_STOP);
+    if let Some((_, drain_seconds)) = stop_request {
+        // Bounded so a bad request cannot park the receiver; NaN and negatives mean 0.
+        let drain = drain_seconds
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, MAX_DRAIN_SECONDS)))
+            .unwrap_or(DRAIN_AFTER_STOP);
+        thread::sleep(drain);
     }
     stop.store(true, Ordering::Relaxed);
     let outcome = match receive_thread.join() {
@@ -273,7 +282,7 @@ fn handle_receive(
         Ok(Err(err)) => return write_response(writer, &error_response(err)),
         Err(_) => return write_response(writer, &error_response("receiver thread panicked")),
     };
-    let Some(packets_sent) = stop_request else {
+    let Some((packets_sent, _)) = stop_request else {
         // The MSCS went away: nobody to report to.
         return Ok(());
     };

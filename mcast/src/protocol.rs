@@ -40,6 +40,10 @@ pub enum ControlRequest {
         /// The sender's count, if the sender reported; otherwise the receiver uses the
         /// highest sequence number plus one.
         packets_sent: Option<u64>,
+        /// How long to keep reading for probes still in flight before reporting;
+        /// default [`crate::point::DRAIN_AFTER_STOP`]. Raise it for long paths.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drain_seconds: Option<f64>,
     },
     /// Send probes, then answer with a sender report.
     Send(SendRequest),
@@ -140,6 +144,7 @@ mod tests {
     fn requests_use_an_op_tag() {
         let line = serde_json::to_string(&ControlRequest::Stop {
             packets_sent: Some(5),
+            drain_seconds: None,
         })
         .unwrap();
         assert_eq!(line, r#"{"op":"stop","packets_sent":5}"#);

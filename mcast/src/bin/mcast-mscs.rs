@@ -61,6 +61,10 @@ struct Args {
     /// POST every result as JSON to this URL.
     #[arg(long, env = "MCAST_RESULT_URL")]
     result_url: Option<String>,
+    /// Seconds receivers keep reading after the sender finished; raise it above the
+    /// path's one-way delay.
+    #[arg(long, default_value_t = 0.1)]
+    receiver_drain_seconds: f64,
     /// Results kept in the state file.
     #[arg(long, default_value_t = 10_000)]
     retain_results: usize,
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
     config.clock_sync_bound_us = args.clock_sync_bound_us;
     config.result_url = args.result_url;
     config.retain_results = args.retain_results;
+    config.receiver_drain_seconds = args.receiver_drain_seconds;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     tracing::info!(addr = ?listener.local_addr()?, "MSCS listening");

@@ -127,6 +127,8 @@ pub struct MscsConfig {
     pub result_url: Option<String>,
     /// How many results the state keeps.
     pub retain_results: usize,
+    /// How long receivers keep reading after the sender finished (probes in flight).
+    pub receiver_drain_seconds: f64,
 }
 
 impl MscsConfig {
@@ -140,6 +142,7 @@ impl MscsConfig {
             clock_sync_bound_us: None,
             result_url: None,
             retain_results: 10_000,
+            receiver_drain_seconds: 0.1,
         }
     }
 
@@ -185,6 +188,16 @@ impl MscsConfig {
             if !(bound.is_finite() && bound >= 0.0) {
                 return invalid("clock_sync_bound_us", format!("{bound} is not >= 0"));
             }
+        }
+        if !(0.0..=crate::point::MAX_DRAIN_SECONDS).contains(&self.receiver_drain_seconds) {
+            return invalid(
+                "receiver_drain_seconds",
+                format!(
+                    "{} is not in [0, {}]",
+                    self.receiver_drain_seconds,
+                    crate::point::MAX_DRAIN_SECONDS
+                ),
+            );
         }
         if self.retain_results == 0 {
             return invalid("retain_results", "must be at least 1".into());
@@ -313,6 +326,7 @@ impl MscsConfig {
                 ssm,
             },
             clock_sync_bound_us: self.clock_sync_bound_us,
+            receiver_drain_seconds: self.receiver_drain_seconds,
         })
     }
 }

@@ -87,6 +87,8 @@ pub struct RunSpec {
     /// Operator-supplied clock synchronisation bound (µs) for points on different hosts;
     /// `None` means the points share one host clock.
     pub clock_sync_bound_us: Option<f64>,
+    /// How long receivers keep reading after the sender finished.
+    pub receiver_drain_seconds: f64,
 }
 
 /// One open control connection.
@@ -177,11 +179,16 @@ async fn run_source(
 async fn stop_receiver(
     mut conversation: Conversation,
     packets_sent: Option<u64>,
+    drain_seconds: f64,
 ) -> Result<ReceiverReport, RunnerError> {
     conversation
-        .send(&ControlRequest::Stop { packets_sent })
+        .send(&ControlRequest::Stop {
+            packets_sent,
+            drain_seconds: Some(drain_seconds),
+        })
         .await?;
-    match conversation.receive(REPORT_TIMEOUT).await? {
+    let within = REPORT_TIMEOUT + Duration::from_secs_f64(drain_seconds);
+    match conversation.receive(within).await? {
         ControlResponse::ReceiverReport(report) => Ok(*report),
         other => Err(RunnerError::Unexpected(format!("{other:?}"))),
     }
@@ -302,9 +309,11 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         async move {
             match joined {
                 Err(err) => Err((ReceiverStatus::Missing, err.to_string(), name)),
-                Ok(conversation) => stop_receiver(conversation, packets_sent)
-                    .await
-                    .map_err(|err| (ReceiverStatus::Failed, err.to_string(), name)),
+                Ok(conversation) => {
+                    stop_receiver(conversation, packets_sent, spec.receiver_drain_seconds)
+                        .await
+                        .map_err(|err| (ReceiverStatus::Failed, err.to_string(), name))
+                }
             }
         }
     });
