@@ -96,9 +96,21 @@ pub struct SwitchCapabilities {
     /// `ingress_policing_rate`: needs the ingress qdisc, a classifier
     /// (matchall or basic) and the police action.
     pub ingress_policing: KernelFeature,
+    /// The `system` datapath: needs the openvswitch kernel module.
+    pub kernel_datapath: KernelFeature,
 }
 
 impl SwitchCapabilities {
+    /// Datapath types that can actually carry a bridge here: OVS lists
+    /// `system` even without the kernel module.
+    pub fn usable_datapath_types(&self) -> Vec<String> {
+        self.datapath_types
+            .iter()
+            .filter(|t| t.as_str() != "system" || self.kernel_datapath.is_available())
+            .cloned()
+            .collect()
+    }
+
     /// Feature names for the heartbeat's `qos_features` (only what works).
     pub fn qos_features(&self) -> Vec<String> {
         let mut features = Vec::new();
@@ -110,6 +122,13 @@ impl SwitchCapabilities {
         }
         features
     }
+}
+
+/// Probe the switch behind `target` (`unix:/path/db.sock`): datapath types from
+/// the Open_vSwitch row plus kernel support for linux-htb and ingress policing.
+/// Feed [`SwitchCapabilities::qos_features`] into the heartbeat.
+pub async fn probe_capabilities(target: &str) -> Result<SwitchCapabilities, OvsError> {
+    OvsdbSwitch::connect(target).await?.capabilities().await
 }
 
 /// A QoS row as read back.

@@ -11,7 +11,7 @@ use measurelab_ovsdb::value::{self, Atom, Datum};
 use measurelab_ovsdb::OvsdbClient;
 use serde_json::{json, Map, Value};
 
-use super::probe::probe_qos_features;
+use super::probe::probe_kernel;
 use super::{
     IpfixSpec, NetflowSpec, ObservedBridge, ObservedExport, ObservedPort, ObservedQos,
     ObservedSwitch, OvsError, PolicingSpec, PortRole, QosSpec, SflowSpec, Switch, SwitchAction,
@@ -384,16 +384,16 @@ impl Switch for OvsdbSwitch {
         let root = rows
             .first()
             .ok_or_else(|| unexpected("the Open_vSwitch table has no row"))?;
-        let (linux_htb, ingress_policing) =
-            tokio::task::spawn_blocking(probe_qos_features)
-                .await
-                .map_err(|err| unexpected(format!("kernel probe task failed: {err}")))?;
+        let kernel = tokio::task::spawn_blocking(probe_kernel)
+            .await
+            .map_err(|err| unexpected(format!("kernel probe task failed: {err}")))?;
         Ok(SwitchCapabilities {
             ovs_version: optional_string(root, "ovs_version")?,
             datapath_types: string_set(root, "datapath_types")?,
             iface_types: string_set(root, "iface_types")?,
-            linux_htb,
-            ingress_policing,
+            linux_htb: kernel.linux_htb,
+            ingress_policing: kernel.ingress_policing,
+            kernel_datapath: kernel.kernel_datapath,
         })
     }
 

@@ -102,16 +102,38 @@ impl KernelConfig {
             &["CONFIG_NET_ACT_POLICE"],
         ])
     }
+
+    /// The kernel datapath (`datapath_type=system`): OVS lists the type even
+    /// when the module is absent, and bridges of that type then fail.
+    pub(crate) fn kernel_datapath(&self) -> KernelFeature {
+        if std::path::Path::new("/sys/module/openvswitch").exists() {
+            return KernelFeature::Available;
+        }
+        self.feature(&[&["CONFIG_OPENVSWITCH"]])
+    }
 }
 
-/// Probe both QoS features; an unreadable configuration yields `Unknown`.
-pub(crate) fn probe_qos_features() -> (KernelFeature, KernelFeature) {
+/// Kernel support for linux-htb, ingress policing and the kernel datapath.
+#[derive(Debug, Clone)]
+pub(crate) struct KernelProbe {
+    pub(crate) linux_htb: KernelFeature,
+    pub(crate) ingress_policing: KernelFeature,
+    pub(crate) kernel_datapath: KernelFeature,
+}
+
+/// Probe the kernel; an unreadable configuration yields `Unknown`.
+pub(crate) fn probe_kernel() -> KernelProbe {
     match KernelConfig::read() {
-        Ok(config) => (config.linux_htb(), config.ingress_policing()),
-        Err(reason) => (
-            KernelFeature::Unknown(reason.clone()),
-            KernelFeature::Unknown(reason),
-        ),
+        Ok(config) => KernelProbe {
+            linux_htb: config.linux_htb(),
+            ingress_policing: config.ingress_policing(),
+            kernel_datapath: config.kernel_datapath(),
+        },
+        Err(reason) => KernelProbe {
+            linux_htb: KernelFeature::Unknown(reason.clone()),
+            ingress_policing: KernelFeature::Unknown(reason.clone()),
+            kernel_datapath: KernelFeature::Unknown(reason),
+        },
     }
 }
 

@@ -355,6 +355,7 @@ mod tests {
                 iface_types: vec![],
                 linux_htb: KernelFeature::Available,
                 ingress_policing: self.policing.clone(),
+                kernel_datapath: KernelFeature::Missing("kernel lacks CONFIG_OPENVSWITCH".into()),
             })
         }
 
