@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Build the `measurelab-tiny` appliance: Debian's amd64 kernel plus a busybox
 # initramfs that configures eth0 from the kernel command line and runs the
-# guest program. Debian packages only; no network access beyond apt.
+# guest agent. Debian packages only; no network access beyond apt.
 #
-# Usage: scripts/build-appliance.sh GUEST_BINARY [OUT_DIR]
-#   GUEST_BINARY  program run by /init as the guest agent; copied with the
-#                 shared libraries `ldd` lists.
+# Usage: scripts/build-appliance.sh GUEST_AGENT_BINARY [OUT_DIR]
+#   GUEST_AGENT_BINARY  program run by /init as the guest agent, normally
+#                 target/*/measurelab-guest-agent (cargo build -p measurelab-guest);
+#                 installed as /usr/bin/measurelab-guest-agent with the shared
+#                 libraries `ldd` lists, stripped when `strip` is available
+#                 (a debug build shrinks from ~100 MB to ~11 MB).
 #   OUT_DIR       default /var/lib/measurelab/appliances/measurelab-tiny
 # Environment:
 #   KERNEL_VERSION    e.g. 6.1.0-56-amd64 (default: newest in /boot, else the
@@ -21,7 +24,10 @@
 #   measurelab.ip=A.B.C.D/LEN   static address of eth0 (no DHCP)
 #   measurelab.gw=A.B.C.D       default route
 #   measurelab.vm_id=UUID       exported as MEASURELAB_VM_ID
-#   measurelab.guest_args=a,b   arguments of the guest program (',' -> ' ')
+#   measurelab.guest_args=a,b   arguments of the guest agent (',' -> ' ')
+#   measurelab.channel=PATH     guest channel device, exported as
+#                               MEASURELAB_CHANNEL (default /dev/ttyS1: the
+#                               second serial port, libvirt <serial> port 1)
 # Marker lines on the console (tests wait for them):
 #   "measurelab-tiny: init reached vm_id=..."
 #   "measurelab-tiny: eth0 <addr>" / "measurelab-tiny: no eth0"
@@ -36,10 +42,10 @@ MODULES=(virtio_pci virtio_net virtio_blk xen-netfront xen-blkfront)
 
 die() { echo "build-appliance: $*" >&2; exit 1; }
 
-[[ $# -ge 1 && $# -le 2 ]] || die "usage: $0 GUEST_BINARY [OUT_DIR]"
+[[ $# -ge 1 && $# -le 2 ]] || die "usage: $0 GUEST_AGENT_BINARY [OUT_DIR]"
 GUEST_BINARY=$1
 OUT_DIR=${2:-/var/lib/measurelab/appliances/$NAME}
-[[ -f $GUEST_BINARY && -x $GUEST_BINARY ]] || die "GUEST_BINARY $GUEST_BINARY is not an executable file"
+[[ -f $GUEST_BINARY && -x $GUEST_BINARY ]] || die "GUEST_AGENT_BINARY $GUEST_BINARY is not an executable file"
 for tool in cpio gzip sha256sum ldd; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done
@@ -111,9 +117,16 @@ for rel in "${ORDER[@]}"; do
     echo "/lib/modules/$KERNEL_VERSION/${rel##*/}" >> "$ROOT/etc/modules.order"
 done
 
-# Guest program and its shared libraries (paths preserved, loader included).
-cp "$GUEST_BINARY" "$ROOT/usr/bin/measurelab-guest"
-chmod 0755 "$ROOT/usr/bin/measurelab-guest"
+# Guest agent and its shared libraries (paths preserved, loader included).
+# Debug info is useless in the guest and would make the initramfs (which
+# TCG unpacks slowly) ten times larger.
+if command -v strip >/dev/null; then
+    strip -o "$ROOT/usr/bin/measurelab-guest-agent" "$GUEST_BINARY"
+else
+    cp "$GUEST_BINARY" "$ROOT/usr/bin/measurelab-guest-agent"
+fi
+chmod 0755 "$ROOT/usr/bin/measurelab-guest-agent"
+mkdir -p "$ROOT/var/lib/measurelab-guest"
 if ldd "$GUEST_BINARY" >/dev/null 2>&1; then
     for lib in $(ldd "$GUEST_BINARY" | grep -o '/[^ ]*'); do
         [[ -f $lib ]] || continue
@@ -132,13 +145,14 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 say() { echo "measurelab-tiny: $*" > /dev/console; }
 
-IP= GW= VM_ID= GUEST_ARGS=
+IP= GW= VM_ID= GUEST_ARGS= CHANNEL=/dev/ttyS1
 for arg in $(cat /proc/cmdline); do
     case $arg in
         measurelab.ip=*) IP=${arg#*=} ;;
         measurelab.gw=*) GW=${arg#*=} ;;
         measurelab.vm_id=*) VM_ID=${arg#*=} ;;
         measurelab.guest_args=*) GUEST_ARGS=$(echo "${arg#*=}" | tr ',' ' ') ;;
+        measurelab.channel=*) CHANNEL=${arg#*=} ;;
     esac
 done
 say "init reached vm_id=$VM_ID kernel=$(uname -r)"
@@ -157,10 +171,11 @@ else
     say "no eth0"
 fi
 
-export MEASURELAB_VM_ID=$VM_ID MEASURELAB_IP=$IP
+export MEASURELAB_VM_ID=$VM_ID MEASURELAB_IP=$IP MEASURELAB_CHANNEL=$CHANNEL
+# The agent's log goes to the console; the channel is its own device.
 while :; do
-    say "guest started"
-    /usr/bin/measurelab-guest $GUEST_ARGS > /dev/console 2>&1 < /dev/null
+    say "guest started channel=$CHANNEL"
+    /usr/bin/measurelab-guest-agent $GUEST_ARGS > /dev/console 2>&1 < /dev/null
     say "guest exited rc=$?"
     sleep 5
 done
@@ -187,7 +202,8 @@ cat > "$OUT_DIR/manifest.json" <<JSON
   "kernel_sha256": "$KERNEL_SHA",
   "initrd_sha256": "$INITRD_SHA",
   "boot": ["qemu", "xen-pv"],
-  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.guest_args=a,b"
+  "guest_agent": "/usr/bin/measurelab-guest-agent",
+  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/ttyS1 measurelab.guest_args=a,b"
 }
 JSON
 echo "$OUT_DIR"
