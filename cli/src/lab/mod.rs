@@ -755,16 +755,31 @@ impl Lab {
                     return Ok(nodes);
                 }
             }
-            if Instant::now() > deadline {
-                let mut report = format!(
-                    "lab {}: nodes not online after {timeout:?}: {}",
-                    self.name,
-                    offline.join(", ")
-                );
+            // A dead agent or controller will not come back by waiting.
+            // Judged by /proc/PID/stat alone: a just-spawned process's
+            // cmdline can read empty while setsid/nsenter exec the next step.
+            let crashed = !self.process_exists("controller")
+                || offline
+                    .iter()
+                    .any(|name| !self.process_exists(&format!("{name}-agent")));
+            if crashed || Instant::now() > deadline {
+                let mut report = if crashed {
+                    format!(
+                        "lab {}: a lab process exited; nodes not online: {}",
+                        self.name,
+                        offline.join(", ")
+                    )
+                } else {
+                    format!(
+                        "lab {}: nodes not online after {timeout:?}: {}",
+                        self.name,
+                        offline.join(", ")
+                    )
+                };
                 if let Err(e) = &nodes {
                     report.push_str(&format!("\ncontroller: {e}"));
                 }
-                if live_pid(&self.pid_file("controller"), &self.controller_marker()).is_none() {
+                if !self.process_exists("controller") {
                     report.push_str(&format!(
                         "\nthe controller is not running\n{}",
                         log_tail(&self.log_file("controller"), 20)
@@ -788,6 +803,10 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    fn process_exists(&self, process: &str) -> bool {
+        sys::read_pid(&self.pid_file(process)).is_some_and(sys::process_exists)
     }
 
     fn admin_token(&self) -> anyhow::Result<String> {
