@@ -156,7 +156,16 @@ pub fn alive(pid: i32, marker: &str) -> bool {
     if state == "Z" || state == "X" {
         return false;
     }
-    cmdline(pid).is_some_and(|c| c.contains(marker))
+    // While a process execs (setsid -> nsenter -> program) its cmdline can
+    // read empty for a moment; look again before calling it someone else.
+    for _ in 0..5 {
+        match cmdline(pid) {
+            Some(c) if c.is_empty() => std::thread::sleep(Duration::from_millis(20)),
+            Some(c) => return c.contains(marker),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// The live pid recorded in `pid_file`, if its process still matches `marker`.
