@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels};
 use measurelab_agent::hypervisor::{
-    BootImage, GuestSpec, GuestState, Hypervisor, NamespaceConfig, NamespaceHypervisor, NicAttach,
-    NicSpec,
+    BootImage, DefineOutcome, GuestSpec, GuestState, Hypervisor, NamespaceConfig,
+    NamespaceHypervisor, NicAttach, NicSpec,
 };
 use measurelab_api::guest::{AgentMessage, GuestMessage, ProgramRunState};
 use uuid::Uuid;
@@ -175,6 +175,38 @@ async fn namespace_guest_registers_and_runs_a_program() {
     assert_eq!(exit_code, Some(0), "stderr: {stderr}");
     // It ran inside the guest's namespace: eth0 carries the guest address.
     assert_eq!(stdout, "post 202\n10.200.78.2/24\n", "stderr: {stderr}");
+
+    // Moving the channel needs a restart (the path is in the guest's env);
+    // after it the guest agent registers on the new socket.
+    let moved = fx.dir.path().join("agent2").join("channel.sock");
+    let mut respec = spec.clone();
+    respec.channel_socket = Some(moved.clone());
+    let hv2 = hv.clone();
+    let outcome = tokio::task::spawn_blocking(move || hv2.define(&respec))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        DefineOutcome::Updated {
+            restart_required: true
+        }
+    );
+    channels.close(id);
+    let mut inbound = channels.open_unix(id, &moved).unwrap();
+    let hv2 = hv.clone();
+    tokio::task::spawn_blocking(move || {
+        hv2.stop(id)?;
+        hv2.start(id)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    expect(&mut inbound, WAIT, "hello on the moved channel", |m| {
+        matches!(m, GuestMessage::Hello { .. }).then_some(())
+    })
+    .await;
+    let socket = moved;
 
     // Undefine kills the guest agent; the channel sees it go.
     let hv2 = hv.clone();

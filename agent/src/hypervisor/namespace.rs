@@ -493,11 +493,14 @@ impl Hypervisor for NamespaceHypervisor {
                     return Ok(DefineOutcome::Unchanged);
                 }
                 self.ensure_resources(spec, &netns, record.spec.nic.as_ref())?;
+                // Limits and the veth apply live, but the guest process got
+                // its channel path and name as environment at exec.
+                let restart_required = record.process.is_some_and(process_alive)
+                    && (record.spec.channel_socket != spec.channel_socket
+                        || record.spec.name != spec.name);
                 record.spec = spec.clone();
                 self.save(&record)?;
-                Ok(DefineOutcome::Updated {
-                    restart_required: false,
-                })
+                Ok(DefineOutcome::Updated { restart_required })
             }
         }
     }
