@@ -384,9 +384,12 @@ mod tests {
 
     #[test]
     fn op_error_names_its_index_and_op() {
-        // Recorded from ovsdb-server 3.1 for a wait that did not hold.
-        let reply = json!([{"uuid": ["uuid", "0f7d5d8a-7b2a-4d2b-9a4e-1d1b3c0b2f11"]},
-                           {"error": "timed out", "details": "\"wait\" timed out"}, null]);
+        // Recorded from ovsdb-server 3.1 (`ovsdb-client transact`) for a wait
+        // that did not hold.
+        let reply: Value = serde_json::from_str(
+            r#"[{"uuid":["uuid","97e96bc5-2497-44d6-a4f4-dcebe5c27f19"]},{"details":"\"where\" clause test failed","error":"timed out"},null]"#,
+        )
+        .unwrap();
         let err = check_transact_result(&ops(), reply).unwrap_err();
         match &err {
             OvsdbError::Operation {
@@ -399,7 +402,7 @@ mod tests {
                     (*index, op.as_str(), error.as_str()),
                     (1, "wait", "timed out")
                 );
-                assert_eq!(details.as_deref(), Some("\"wait\" timed out"));
+                assert_eq!(details.as_deref(), Some("\"where\" clause test failed"));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -408,13 +411,41 @@ mod tests {
     }
 
     #[test]
+    fn unknown_column_is_an_op_error() {
+        // Recorded: an update naming a column the table lacks.
+        let reply: Value = serde_json::from_str(
+            r#"[{},{"details":"No column no_such_column in table Bridge.","error":"unknown column","syntax":"{\"no_such_column\":1}"}]"#,
+        )
+        .unwrap();
+        let ops = vec![
+            json!({"op": "comment", "comment": "ok"}),
+            json!({"op": "update", "table": "Bridge", "where": [], "row": {"no_such_column": 1}}),
+        ];
+        let err = check_transact_result(&ops, reply).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OVSDB transact op #1 (update) failed: unknown column (No column no_such_column in table Bridge.)"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
     fn extra_entry_is_a_commit_error() {
-        let reply = json!([{"uuid": ["uuid", "0f7d5d8a-7b2a-4d2b-9a4e-1d1b3c0b2f11"]}, {}, {},
-            {"error": "referential integrity violation",
-             "details": "Table Bridge column ports row 0f7d... references nonexistent row"}]);
-        let err = check_transact_result(&ops(), reply).unwrap_err();
+        // Recorded: an insert referencing a nonexistent Port, then a mutate;
+        // both ops succeed and the commit fails.
+        let reply: Value = serde_json::from_str(
+            r#"[{"uuid":["uuid","0d35cd59-b753-436a-afff-8b254cabe09a"]},{"count":1},{"details":"Table Bridge column ports row 0d35cd59-b753-436a-afff-8b254cabe09a references nonexistent row 5a0c4a5e-0000-4000-8000-000000000001 in table Port.","error":"referential integrity violation"}]"#,
+        )
+        .unwrap();
+        let ops = vec![
+            json!({"op": "insert", "table": "Bridge", "row": {}}),
+            json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": []}),
+        ];
+        let err = check_transact_result(&ops, reply).unwrap_err();
         assert!(
-            matches!(&err, OvsdbError::Commit { error, .. } if error == "referential integrity violation")
+            matches!(&err, OvsdbError::Commit { error, details: Some(d) }
+                if error == "referential integrity violation" && d.contains("nonexistent row")),
+            "{err}"
         );
     }
 
@@ -499,7 +530,7 @@ mod tests {
         }
         let id = next[0]["id"].as_u64().unwrap();
         server_write
-            .write_all(format!(r#"{{"id":{id},"result":null,"error":{{"error":"unknown database","details":"nope is not a valid database name"}}}}"#).as_bytes())
+            .write_all(format!(r#"{{"id":{id},"result":null,"error":{{"details":"transact request specifies unknown database nope","error":"unknown database","syntax":"[\"nope\"]"}}}}"#).as_bytes())
             .await
             .unwrap();
         let err = failing.await.unwrap().unwrap_err();

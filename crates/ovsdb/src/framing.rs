@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn splits_back_to_back_messages_in_one_read() {
         let mut framer = Framer::default();
-        // Recorded from ovsdb-server: an update notification and a transact
+        // Shaped as ovsdb-server sends them: an update notification and a transact
         // reply that arrived in a single read.
         framer.push(
             br#"{"id":null,"method":"update","params":[["mon",0],{"Bridge":{"a1b2":{"new":{"name":"br0"}}}}]}{"id":7,"result":[{"uuid":["uuid","a1b2"]}],"error":null}"#,

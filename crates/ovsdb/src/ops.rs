@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn results_decode() {
-        // Recorded replies of ovsdb-server 3.1.
+        // Reply shapes as ovsdb-server 3.1 sends them.
         assert_eq!(
             inserted_uuid(&json!({"uuid":["uuid","8c0f2c2a-5f5e-4c37-a8b4-2f8e3f6b7a01"]}))
                 .unwrap(),

@@ -300,9 +300,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_recorded_columns() {
+    fn round_trips_wire_forms() {
         // Columns as ovsdb-server 3.1 returns them in a select on Port.
-        let recorded = [
+        let wire_forms = [
             json!(["set", []]),
             json!(10),
             json!(["map", [["measurelab-owner", "node-1"]]]),
@@ -317,9 +317,40 @@ mod tests {
             json!(true),
             json!(1.5),
         ];
-        for value in recorded {
+        for value in wire_forms {
             assert_eq!(Datum::from_json(&value).unwrap().to_json(), value);
         }
+    }
+
+    #[test]
+    fn decodes_a_recorded_select_row() {
+        // Recorded: select of Port p1 (tag=10, owner-tagged) from ovsdb-server 3.1.
+        let row: Value = serde_json::from_str(
+            r#"{"external_ids":["map",[["measurelab-owner","node-1"]]],"interfaces":["uuid","7ae376c3-fa5d-4612-92e6-22547bcae37d"],"name":"p1","qos":["set",[]],"tag":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_string_map(&row["external_ids"]).unwrap()["measurelab-owner"],
+            "node-1"
+        );
+        assert_eq!(
+            parse_uuid_set(&row["interfaces"]).unwrap(),
+            vec!["7ae376c3-fa5d-4612-92e6-22547bcae37d"]
+        );
+        assert_eq!(
+            Datum::from_json(&row["qos"])
+                .unwrap()
+                .as_optional()
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            Datum::from_json(&row["tag"])
+                .unwrap()
+                .as_optional()
+                .unwrap(),
+            Some(Atom::Integer(10))
+        );
     }
 
     #[test]
