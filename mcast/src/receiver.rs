@@ -229,12 +229,13 @@ impl Receiver {
         };
         let mut buffer = vec![0u8; 65_536];
         let fd = self.socket.as_raw_fd();
+        // Reused across datagrams: recvmsg only needs its capacity.
+        let mut cmsg_space = nix::cmsg_space!(TimeSpec);
 
         loop {
             if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let mut cmsg_space = nix::cmsg_space!(TimeSpec);
             let (length, truncated, kernel_time) = {
                 let mut iov = [IoSliceMut::new(&mut buffer)];
                 let message = match recvmsg::<SockaddrIn>(
