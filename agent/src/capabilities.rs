@@ -143,22 +143,22 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Datapath types and working QoS features of the node's own OVS, through
-/// the ovs module's OVSDB driver; empty when it cannot be read.
+/// Usable datapath types and working QoS features of the node's own OVS,
+/// through the ovs module's OVSDB driver; empty when it cannot be read.
+/// "system" is left out when the kernel has no openvswitch module, although
+/// OVS lists it anyway.
 async fn probe_ovs(target: &str) -> (Vec<String>, Vec<String>) {
-    use crate::ovs::Switch as _;
     let query = async {
-        let switch = crate::ovs::OvsdbSwitch::connect(target)
+        crate::ovs::probe_capabilities(target)
             .await
-            .map_err(|e| e.to_string())?;
-        switch.capabilities().await.map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())
     };
     let outcome = tokio::time::timeout(OVSDB_TIMEOUT, query)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {OVSDB_TIMEOUT:?}")));
     match outcome {
         Ok(caps) => {
-            let mut datapath_types = caps.datapath_types.clone();
+            let mut datapath_types = caps.usable_datapath_types();
             datapath_types.sort();
             (datapath_types, caps.qos_features())
         }
