@@ -383,3 +383,49 @@ async fn restart_keeps_nodes_history_and_logs() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn desired_state_and_status_need_node_credentials() {
+    use measurelab_api::node_v1::{DesiredStateRequest, StatusReport};
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), LONG).await;
+    let registered = controller.register("node-d", "").await;
+    let mut grpc = controller.grpc().await;
+    let desired = grpc
+        .get_desired_state(DesiredStateRequest {
+            node_id: registered.node_id.clone(),
+            node_secret: registered.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let heartbeat = grpc
+        .heartbeat(heartbeat_request(&registered, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(desired.generation, heartbeat.desired_generation);
+    assert!(desired.vms.is_empty() && desired.platforms.is_empty());
+
+    let status = grpc
+        .get_desired_state(DesiredStateRequest {
+            node_id: registered.node_id.clone(),
+            node_secret: "wrong".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    let ack = grpc
+        .report_status(StatusReport {
+            node_id: registered.node_id.clone(),
+            node_secret: registered.node_secret.clone(),
+            observed_generation: desired.generation,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.desired_generation, desired.generation);
+    controller.stop().await;
+}

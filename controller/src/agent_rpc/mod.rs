@@ -15,8 +15,10 @@ use std::time::Duration;
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
-    self, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ShipLogsRequest,
-    ShipLogsResponse,
+    self, DesiredState, DesiredStateRequest, FetchProgramRequest, HeartbeatRequest,
+    HeartbeatResponse, PollTasksRequest, PostResultAck, PostResultRequest, ProgramBlob,
+    RegisterRequest, RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport,
+    TaskList,
 };
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
@@ -167,8 +169,93 @@ impl NodeRpc {
     }
 }
 
+impl NodeRpc {
+    /// Desired state of a node. This controller has no virtual platforms,
+    /// VMs, programs or tasks yet (wave 2 is not implemented here), so the
+    /// truthful desired state is the node's generation with nothing in it.
+    async fn desired_state(&self, request: DesiredStateRequest) -> Result<DesiredState, RpcError> {
+        credentials(&request.node_id, &request.node_secret)?;
+        self.store
+            .authenticate(&request.node_id, &request.node_secret)?;
+        let generation = self
+            .store
+            .desired_generation(&request.node_id)
+            .ok_or_else(|| StoreError::UnknownNode(request.node_id.clone()))?;
+        Ok(DesiredState {
+            generation,
+            ..Default::default()
+        })
+    }
+
+    async fn report_status(&self, report: StatusReport) -> Result<StatusAck, RpcError> {
+        credentials(&report.node_id, &report.node_secret)?;
+        self.store
+            .authenticate(&report.node_id, &report.node_secret)?;
+        // No VM exists on this controller yet, so a VM status can only be a
+        // leftover; say so instead of silently dropping it.
+        if let Some(vm) = report.vms.first() {
+            return Err(RpcError::NotFound(format!(
+                "vms[0].vm_id: the controller has no VM {:?}",
+                vm.vm_id
+            )));
+        }
+        let desired_generation = self
+            .store
+            .desired_generation(&report.node_id)
+            .ok_or_else(|| StoreError::UnknownNode(report.node_id.clone()))?;
+        Ok(StatusAck { desired_generation })
+    }
+}
+
+/// Wave-2 calls whose resources (programs, results, tasks) this controller
+/// does not model yet: refuse explicitly rather than pretend.
+fn not_implemented(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not implemented by this controller version (no programs, tasks or results yet)"
+    ))
+}
+
 #[tonic::async_trait]
 impl NodeService for NodeRpc {
+    async fn get_desired_state(
+        &self,
+        request: Request<DesiredStateRequest>,
+    ) -> Result<Response<DesiredState>, Status> {
+        Ok(Response::new(
+            self.desired_state(request.into_inner()).await?,
+        ))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<StatusReport>,
+    ) -> Result<Response<StatusAck>, Status> {
+        Ok(Response::new(
+            self.report_status(request.into_inner()).await?,
+        ))
+    }
+
+    async fn fetch_program(
+        &self,
+        _request: Request<FetchProgramRequest>,
+    ) -> Result<Response<ProgramBlob>, Status> {
+        Err(not_implemented("FetchProgram"))
+    }
+
+    async fn post_result(
+        &self,
+        _request: Request<PostResultRequest>,
+    ) -> Result<Response<PostResultAck>, Status> {
+        Err(not_implemented("PostResult"))
+    }
+
+    async fn poll_tasks(
+        &self,
+        _request: Request<PollTasksRequest>,
+    ) -> Result<Response<TaskList>, Status> {
+        Err(not_implemented("PollTasks"))
+    }
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,

@@ -142,7 +142,11 @@ fn serve(
 
 /// CPU seconds (user + system) of a process.
 fn cpu_seconds(pid: u32, ticks_per_second: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    cpu_seconds_of(&format!("/proc/{pid}/stat"), ticks_per_second)
+}
+
+fn cpu_seconds_of(stat_path: &str, ticks_per_second: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(stat_path)?;
     // Fields after the parenthesised command name; utime and stime are
     // fields 14 and 15 of the whole line, i.e. 12 and 13 after it.
     let after = stat
@@ -153,6 +157,25 @@ fn cpu_seconds(pid: u32, ticks_per_second: f64) -> anyhow::Result<f64> {
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
     let stime: f64 = fields.get(12).context("no stime")?.parse()?;
     Ok((utime + stime) / ticks_per_second)
+}
+
+/// CPU seconds of the process's threads named `name` (e.g. the store writer,
+/// which is the one serial stage of the heartbeat path).
+fn thread_cpu_seconds(pid: u32, name: &str, ticks_per_second: f64) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let tid: u32 = task
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .context("task id")?;
+            total += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"), ticks_per_second)?;
+        }
+    }
+    Ok(total)
 }
 
 /// Peak resident set size (VmHWM) in bytes.
@@ -249,6 +272,43 @@ struct RunResult {
     cpu_percent: f64,
     peak_rss: u64,
     register_seconds: f64,
+    wal_bytes: u64,
+    oversleep_p99_ms: f64,
+    writer_cpu_seconds: f64,
+}
+
+/// Measures how late a 1 ms sleep wakes up, as a gauge of CPU contention on
+/// this (shared) machine: latency figures above this floor are the
+/// controller's, below it they are the machine's.
+struct NoiseProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl NoiseProbe {
+    fn start() -> NoiseProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut late = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let before = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let overshoot = before.elapsed().saturating_sub(Duration::from_millis(1));
+                late.push(overshoot.as_micros() as u64);
+            }
+            late
+        });
+        NoiseProbe { stop, thread }
+    }
+
+    /// p99 of the oversleep in ms.
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut late = self.thread.join().unwrap_or_default();
+        late.sort_unstable();
+        percentile(&late, 0.99)
+    }
 }
 
 fn capabilities() -> Capabilities {
@@ -355,7 +415,10 @@ async fn run_one(
 
     let rate = nodes as f64 / interval.as_secs_f64();
     let cpu_before = cpu_seconds(pid, ticks)?;
-    let latencies = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+    let writer_cpu_before = thread_cpu_seconds(pid, "store-writer", ticks)?;
+    let probe = NoiseProbe::start();
+    // (send time since phase start in ms, ack latency in µs)
+    let latencies = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(
         (rate * duration.as_secs_f64() * 1.1) as usize,
     )));
     let errors = Arc::new(AtomicU64::new(0));
@@ -387,13 +450,14 @@ async fn run_one(
                     observed_generation: 0,
                 };
                 let sent_at = Instant::now();
+                let offset_ms = sent_at.duration_since(phase_start).as_millis() as u64;
                 match client.heartbeat(request).await {
                     Ok(_) => {
                         let micros = sent_at.elapsed().as_micros() as u64;
                         latencies
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push(micros);
+                            .push((offset_ms, micros));
                     }
                     Err(status) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -410,11 +474,30 @@ async fn run_one(
     while tasks.join_next().await.is_some() {}
     let elapsed = phase_start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid, ticks)? - cpu_before;
+    let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
     let peak_rss = peak_rss_bytes(pid)?;
+    let oversleep_p99_ms = probe.finish();
+    // A WAL that keeps growing would mean checkpoints cannot keep up.
+    let wal_bytes = std::fs::metadata(data_dir.join("controller.db-wal")).map_or(0, |m| m.len());
     drop(pool);
     controller.stop()?;
 
-    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    let samples = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    // p99 per 5 s window shows whether the tail is a warm-up, a periodic
+    // stall (checkpoints, sweeps) or spread evenly (machine contention).
+    let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (offset_ms, micros) in &samples {
+        windows.entry(offset_ms / 5000).or_default().push(*micros);
+    }
+    let per_window: Vec<String> = windows
+        .into_values()
+        .map(|mut w| {
+            w.sort_unstable();
+            format!("{:.0}", percentile(&w, 0.99))
+        })
+        .collect();
+    eprintln!("  p99 ms per 5 s window: {}", per_window.join(" "));
+    let mut latencies: Vec<u64> = samples.into_iter().map(|(_, micros)| micros).collect();
     latencies.sort_unstable();
     Ok(RunResult {
         nodes,
@@ -430,6 +513,9 @@ async fn run_one(
         cpu_percent: 100.0 * cpu / elapsed,
         peak_rss,
         register_seconds,
+        wal_bytes,
+        oversleep_p99_ms,
+        writer_cpu_seconds: writer_cpu,
     })
 }
 
@@ -463,11 +549,11 @@ async fn run_matrix(
         }
     }
     println!();
-    println!("| nodes | mode | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | mode | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} |",
+            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} |",
             r.nodes,
             r.mode,
             r.target_rate,
@@ -479,7 +565,10 @@ async fn run_matrix(
             r.cpu_seconds,
             r.cpu_percent,
             r.peak_rss as f64 / (1 << 20) as f64,
-            r.register_seconds
+            r.register_seconds,
+            r.writer_cpu_seconds,
+            r.wal_bytes as f64 / (1 << 20) as f64,
+            r.oversleep_p99_ms
         );
     }
     for &nodes in &node_counts {

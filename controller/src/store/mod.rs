@@ -356,6 +356,15 @@ impl Store {
         check_secret(registry.by_id(node_id), node_id, secret)
     }
 
+    /// Generation of the node's desired state, if the node exists.
+    pub fn desired_generation(&self, node_id: &str) -> Option<u64> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id(node_id)
+            .map(|node| node.desired_generation)
+    }
+
     pub fn nodes(&self) -> Vec<http::Node> {
         self.registry
             .read()

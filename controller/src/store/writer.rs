@@ -378,20 +378,24 @@ impl Writer {
 
 /// Run one command in a savepoint, so a failed command leaves no trace in
 /// SQLite. Commands touch the overlay only after all their SQL succeeded, so
-/// it needs no rollback of its own.
+/// it needs no rollback of its own. The savepoint statements are cached
+/// (rusqlite's `Savepoint` re-parses them), since this runs per heartbeat.
 fn in_savepoint<T>(
     tx: &mut Transaction<'_>,
     overlay: &mut Overlay<'_>,
     command: impl FnOnce(&Connection, &mut Overlay<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let savepoint = tx.savepoint()?;
-    match command(&savepoint, overlay) {
+    tx.prepare_cached("SAVEPOINT command")?.execute([])?;
+    match command(tx, overlay) {
         Ok(value) => {
-            savepoint.commit()?;
+            tx.prepare_cached("RELEASE command")?.execute([])?;
             Ok(value)
         }
-        // Dropping the savepoint rolls it back.
-        Err(e) => Err(e),
+        Err(e) => {
+            tx.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            tx.prepare_cached("RELEASE command")?.execute([])?;
+            Err(e)
+        }
     }
 }
 
