@@ -14,14 +14,20 @@
 //! - [`point`]: `mcast-point serve`, a point driven by the MSCS.
 //! - [`result`]: the result document.
 //! - [`mscs`]: schedule, tasks, aggregation, durable state, HTTP API.
+//! - [`platform`]: controller task objects and the client of the guest agent's local
+//!   platform API (`mcast-mscs --platform-api`).
+//! - [`service`]: one measurement over running points without an MSCS process, and an
+//!   in-process point, for the node agent's service host.
 //! - Binaries: `mcast-point` (send / recv / serve), `mcast-mscs`, `mcast-bench`.
 #![warn(missing_docs)]
 
 pub mod metrics;
 pub mod mscs;
+pub mod platform;
 pub mod point;
 pub mod protocol;
 pub mod receiver;
 pub mod result;
 pub mod sender;
+pub mod service;
 pub mod wire;

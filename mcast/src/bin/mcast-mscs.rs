@@ -5,6 +5,12 @@
 //! mcast-mscs --listen 127.0.0.1:7300 --state-file /var/lib/mscs/state.json \
 //!   --point p1=10.200.0.11:7400 --point p2=10.200.0.12:7400 --point p3=10.200.0.13:7400
 //! ```
+//!
+//! Inside a measurelab VM (tasks from the controller via the guest agent, results back):
+//! ```text
+//! mcast-mscs --state-file /var/lib/mscs/state.json --platform-api http://127.0.0.1:7079 \
+//!   --points-from-env      # MEASURELAB_POINTS="p1=10.201.0.11:7400,p2=10.201.0.12:7400"
+//! ```
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -12,7 +18,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use measurelab_mcast::mscs::{run, MscsConfig, PeriodicSchedule, PointEndpoint, ProbeDefaults};
+use measurelab_mcast::mscs::{
+    run, MscsConfig, PeriodicSchedule, PlatformConfig, PointEndpoint, ProbeDefaults,
+};
+
+/// Environment variable read by `--points-from-env`.
+const POINTS_ENV: &str = "MEASURELAB_POINTS";
 
 #[derive(Parser)]
 #[command(version, about = "Multicast measurement statistics control server")]
@@ -25,8 +36,20 @@ struct Args {
     state_file: PathBuf,
     /// A point as NAME=HOST:PORT of its `mcast-point serve` listener; repeat, in
     /// round-robin order.
-    #[arg(long = "point", required = true)]
+    #[arg(long = "point", required_unless_present = "points_from_env")]
     points: Vec<String>,
+    /// Also read points from MEASURELAB_POINTS: NAME=HOST:PORT entries separated by
+    /// commas or whitespace, appended after the --point ones.
+    #[arg(long)]
+    points_from_env: bool,
+    /// Take tasks from this measurelab platform API (the guest agent's local API, e.g.
+    /// http://127.0.0.1:7079) and deliver their results to it. Disables the built-in
+    /// periodic schedule: the controller's periodic tasks drive it instead.
+    #[arg(long)]
+    platform_api: Option<String>,
+    /// Seconds between polls of the platform API's task list.
+    #[arg(long, default_value_t = 5.0)]
+    platform_poll_seconds: f64,
     /// Seconds between periodic runs (paper: 300).
     #[arg(long, default_value_t = 300.0)]
     interval_seconds: f64,
@@ -91,19 +114,34 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let points = args
+    let mut points = args
         .points
         .iter()
         .map(|p| parse_point(p))
         .collect::<Result<Vec<_>>>()?;
+    if args.points_from_env {
+        let listed = std::env::var(POINTS_ENV)
+            .with_context(|| format!("--points-from-env: {POINTS_ENV} is not set"))?;
+        for entry in listed
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|e| !e.is_empty())
+        {
+            points
+                .push(parse_point(entry).with_context(|| format!("{POINTS_ENV} entry {entry:?}"))?);
+        }
+    }
+    if !(args.platform_poll_seconds.is_finite() && args.platform_poll_seconds > 0.0) {
+        bail!("--platform-poll-seconds must be positive");
+    }
     if !(args.interval_seconds.is_finite() && args.interval_seconds > 0.0) {
         bail!("--interval-seconds must be positive");
     }
     let mut config = MscsConfig::new(points, args.state_file);
-    config.periodic = (!args.no_periodic).then(|| PeriodicSchedule {
-        interval: Duration::from_secs_f64(args.interval_seconds),
-        duration_seconds: args.duration_seconds,
-    });
+    config.periodic =
+        (!args.no_periodic && args.platform_api.is_none()).then(|| PeriodicSchedule {
+            interval: Duration::from_secs_f64(args.interval_seconds),
+            duration_seconds: args.duration_seconds,
+        });
     config.defaults = ProbeDefaults {
         group: args.group,
         port: args.port,
@@ -116,6 +154,13 @@ fn main() -> Result<()> {
     config.result_url = args.result_url;
     config.retain_results = args.retain_results;
     config.receiver_drain_seconds = args.receiver_drain_seconds;
+    config.platform = args.platform_api.map(|api_url| PlatformConfig {
+        api_url,
+        poll_interval: Duration::from_secs_f64(args.platform_poll_seconds),
+    });
+    if let Err(err) = config.validate() {
+        bail!("{err}");
+    }
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     tracing::info!(addr = ?listener.local_addr()?, "MSCS listening");

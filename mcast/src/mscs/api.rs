@@ -4,7 +4,8 @@
 //! - `POST /tasks` with a [`TaskSpec`] body: 201 with the queued [`TaskRecord`]
 //! - `GET /tasks`, `GET /tasks/{id}`
 //! - `GET /results?since=SEQ&limit=N`: `{"results":[{"seq":..,"document":..}],"next_since":SEQ}`
-//! - `GET /schedule`: the periodic schedule's position
+//! - `GET /schedule`: the periodic schedules' positions (built-in and controller
+//!   periodic tasks) and the platform outbox's size
 //!
 //! Errors are `{"error":{"code","message","field"}}`, as in the controller's API.
 
@@ -143,6 +144,11 @@ async fn schedule(State(mscs): State<Mscs>) -> Response {
         "periodic_runs_completed": state.periodic_runs_completed,
         "periodic_enabled": mscs.config().periodic.is_some(),
         "current_run": mscs.current_run(),
+        "platform_api": mscs.config().platform.as_ref().map(|p| p.api_url.clone()),
+        "platform_periodic": state.platform_periodic,
+        "outbox_pending": state.outbox.len(),
+        "results_delivered": state.results_delivered,
+        "results_refused": state.results_refused,
     }))
     .into_response()
 }

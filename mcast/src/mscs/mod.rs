@@ -14,7 +14,7 @@ pub mod api;
 pub mod runner;
 pub mod state;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -30,7 +30,11 @@ use crate::sender::MAX_RATE_PPS;
 use crate::wire::{HEADER_LEN, MAX_PROBE_LEN};
 pub use runner::PointEndpoint;
 use runner::{run_measurement, RunSpec};
-use state::{MscsState, StateError, TaskRecord, TaskSpec, TaskStatus};
+use state::{
+    MscsState, OutboxEntry, PlatformPeriodic, StateError, TaskRecord, TaskSpec, TaskStatus,
+};
+
+use crate::platform::{BadTask, ControllerTask, PlatformClient, TaskSchedule};
 
 /// Errors of the MSCS.
 #[derive(Debug, Error)]
@@ -129,7 +133,23 @@ pub struct MscsConfig {
     pub retain_results: usize,
     /// How long receivers keep reading after the sender finished (probes in flight).
     pub receiver_drain_seconds: f64,
+    /// Take tasks from, and deliver results to, the measurelab platform API.
+    pub platform: Option<PlatformConfig>,
 }
+
+/// Where the MSCS finds the platform (the guest agent's local API inside a VM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformConfig {
+    /// Base URL, e.g. `http://127.0.0.1:7079`.
+    pub api_url: String,
+    /// Time between `GET /tasks` polls while the API answers.
+    pub poll_interval: Duration,
+}
+
+/// Longest wait between polls, and between delivery attempts, while the API fails.
+const PLATFORM_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// First wait before retrying a failed delivery.
+const DELIVERY_FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 impl MscsConfig {
     /// A config with defaults for everything but points and state file.
@@ -143,6 +163,7 @@ impl MscsConfig {
             result_url: None,
             retain_results: 10_000,
             receiver_drain_seconds: 0.1,
+            platform: None,
         }
     }
 
@@ -201,6 +222,14 @@ impl MscsConfig {
         }
         if self.retain_results == 0 {
             return invalid("retain_results", "must be at least 1".into());
+        }
+        if let Some(platform) = &self.platform {
+            if let Err(err) = PlatformClient::new(&platform.api_url) {
+                return invalid("platform_api", err.to_string());
+            }
+            if platform.poll_interval.is_zero() {
+                return invalid("platform_poll_seconds", "must be positive".into());
+            }
         }
         let probe = TaskSpec {
             source: self.points[0].name.clone(),
@@ -331,6 +360,96 @@ impl MscsConfig {
     }
 }
 
+impl MscsConfig {
+    /// The MSCS task spec for a controller task measured with `source` as the source.
+    /// Without a fixed source, the source is dropped from the task's receiver list (the
+    /// list names who listens while the others take their turn sending).
+    pub fn controller_task_spec(&self, task: &ControllerTask, source: &str) -> TaskSpec {
+        let receivers = task.receivers.as_ref().map(|names| {
+            if task.source.is_some() {
+                names.clone()
+            } else {
+                names
+                    .iter()
+                    .filter(|name| *name != source)
+                    .cloned()
+                    .collect()
+            }
+        });
+        TaskSpec {
+            source: source.to_string(),
+            receivers,
+            group: task.group,
+            port: task.port,
+            rate_pps: task.rate_pps,
+            packet_size_bytes: task.packet_size_bytes,
+            duration_seconds: Some(task.duration_seconds()),
+            ttl: task.ttl,
+            ssm: task.ssm,
+        }
+    }
+
+    /// Resolves a controller task with the first usable source at or after
+    /// `start_index` (round robin), or its fixed source. Returns the run and the index of
+    /// the source used.
+    pub fn resolve_controller_task(
+        &self,
+        task: &ControllerTask,
+        start_index: usize,
+    ) -> Result<(RunSpec, usize), TaskError> {
+        if let Some(source) = &task.source {
+            let index = self
+                .points
+                .iter()
+                .position(|p| &p.name == source)
+                .unwrap_or(start_index);
+            let spec = self.controller_task_spec(task, source);
+            return Ok((self.resolve_task(&spec, Some(task.id.clone()))?, index));
+        }
+        let count = self.points.len();
+        let mut first_error = None;
+        for offset in 0..count {
+            let index = (start_index + offset) % count;
+            let spec = self.controller_task_spec(task, &self.points[index].name);
+            match self.resolve_task(&spec, Some(task.id.clone())) {
+                Ok(run) => return Ok((run, index)),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| TaskError {
+            field: "source".into(),
+            reason: "no point can be the source".into(),
+        }))
+    }
+
+    /// Checks a controller periodic task: every probe field, and a sending time shorter
+    /// than the interval.
+    pub fn validate_periodic_task(&self, task: &ControllerTask) -> Result<(), TaskError> {
+        let interval = task.interval().as_secs_f64();
+        if task.duration_seconds() >= interval {
+            return Err(TaskError {
+                field: "duration_seconds".into(),
+                reason: format!(
+                    "{} must be shorter than interval_seconds ({interval})",
+                    task.duration_seconds()
+                ),
+            });
+        }
+        self.resolve_controller_task(task, 0).map(|_| ())
+    }
+}
+
+/// Which periodic schedule a periodic run belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeriodicKey {
+    /// The MSCS's own schedule (`--interval-seconds`).
+    Builtin,
+    /// A controller periodic task, by id.
+    Platform(String),
+}
+
 /// Shared handle to the MSCS's state, used by the scheduler and the HTTP API.
 #[derive(Clone)]
 pub struct Mscs {
@@ -346,6 +465,10 @@ struct Inner {
     /// run again).
     current_run: Mutex<Option<CurrentRun>>,
     wake_scheduler: Notify,
+    wake_outbox: Notify,
+    /// Last complaint logged per controller task id, so a bad task is logged once per
+    /// change rather than on every poll.
+    platform_complaints: Mutex<HashMap<String, String>>,
 }
 
 /// The run in flight.
@@ -376,7 +499,7 @@ fn now_rfc3339() -> String {
 
 enum Work {
     Task(Box<TaskRecord>),
-    Periodic { source_index: usize, due_ms: u64 },
+    Periodic { key: PeriodicKey, due_ms: u64 },
 }
 
 impl Mscs {
@@ -402,6 +525,8 @@ impl Mscs {
                 state: Mutex::new(state),
                 current_run: Mutex::new(None),
                 wake_scheduler: Notify::new(),
+                wake_outbox: Notify::new(),
+                platform_complaints: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -453,6 +578,7 @@ impl Mscs {
             run_id: None,
             result_seq: None,
             error: None,
+            from_platform: false,
         };
         {
             let mut state = self.lock();
@@ -484,49 +610,368 @@ impl Mscs {
             }
             return Ok(Work::Task(Box::new(task)));
         }
-        let Some(_) = self.inner.config.periodic else {
-            return Err(Duration::from_secs(3600));
-        };
         let now = unix_ms_now();
-        let due_ms = *state.next_periodic_due_unix_ms.get_or_insert(now);
-        if due_ms <= now {
-            let source_index = state.next_source_index % self.inner.config.points.len();
-            return Ok(Work::Periodic {
-                source_index,
-                due_ms,
-            });
+        let mut earliest: Option<(u64, PeriodicKey)> = None;
+        if self.inner.config.periodic.is_some() {
+            let due = *state.next_periodic_due_unix_ms.get_or_insert(now);
+            earliest = Some((due, PeriodicKey::Builtin));
         }
-        Err(Duration::from_millis(due_ms - now))
+        for (id, entry) in state.platform_periodic.iter_mut() {
+            let due = *entry.next_due_unix_ms.get_or_insert(now);
+            if earliest.as_ref().is_none_or(|(best, _)| due < *best) {
+                earliest = Some((due, PeriodicKey::Platform(id.clone())));
+            }
+        }
+        match earliest {
+            None => Err(Duration::from_secs(3600)),
+            Some((due_ms, key)) if due_ms <= now => Ok(Work::Periodic { key, due_ms }),
+            Some((due_ms, _)) => Err(Duration::from_millis(due_ms - now)),
+        }
     }
 
-    fn periodic_spec(&self, source_index: usize) -> Option<RunSpec> {
+    /// The run of a due periodic schedule and the index of its source.
+    fn plan_periodic(&self, key: &PeriodicKey) -> Result<(RunSpec, usize), TaskError> {
         let config = &self.inner.config;
-        let periodic = config.periodic?;
-        let spec = TaskSpec {
-            source: config.points[source_index].name.clone(),
-            duration_seconds: Some(periodic.duration_seconds),
-            ..TaskSpec::default()
-        };
-        // Validated at startup, so this cannot fail for a configured point.
-        config.resolve_task(&spec, None).ok()
+        match key {
+            PeriodicKey::Builtin => {
+                let periodic = config.periodic.ok_or_else(|| TaskError {
+                    field: "periodic".into(),
+                    reason: "periodic schedule disabled".into(),
+                })?;
+                let source_index = self.lock().next_source_index % config.points.len();
+                let spec = TaskSpec {
+                    source: config.points[source_index].name.clone(),
+                    duration_seconds: Some(periodic.duration_seconds),
+                    ..TaskSpec::default()
+                };
+                Ok((config.resolve_task(&spec, None)?, source_index))
+            }
+            PeriodicKey::Platform(id) => {
+                let entry = self
+                    .lock()
+                    .platform_periodic
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| TaskError {
+                        field: "id".into(),
+                        reason: format!("periodic task {id:?} is no longer scheduled"),
+                    })?;
+                let (mut run, index) =
+                    config.resolve_controller_task(&entry.task, entry.next_source_index)?;
+                run.kind = RunKind::Periodic;
+                Ok((run, index))
+            }
+        }
     }
 
-    /// Records a completed run and the schedule's advance in one durable write.
-    fn commit(&self, work: &Work, document: ResultDocument) -> u64 {
+    /// Moves a periodic schedule past the run due at `due_ms` whose source was
+    /// `source_index`.
+    fn advance_periodic(
+        &self,
+        state: &mut MscsState,
+        key: &PeriodicKey,
+        due_ms: u64,
+        source_index: usize,
+    ) {
+        let config = &self.inner.config;
+        let count = config.points.len();
+        // Keep the grid (due + interval) unless the run overran a whole interval; then
+        // start from now instead of firing a burst of catch-up runs.
+        let next_due = |interval_ms: u64| {
+            let now = unix_ms_now();
+            let next = due_ms + interval_ms;
+            if next + interval_ms < now {
+                now
+            } else {
+                next
+            }
+        };
+        match key {
+            PeriodicKey::Builtin => {
+                state.next_source_index = (source_index + 1) % count;
+                state.periodic_runs_completed += 1;
+                let interval_ms = config.periodic.map_or(0, |p| p.interval.as_millis() as u64);
+                state.next_periodic_due_unix_ms = Some(next_due(interval_ms));
+            }
+            PeriodicKey::Platform(id) => {
+                if let Some(entry) = state.platform_periodic.get_mut(id) {
+                    entry.next_source_index = (source_index + 1) % count;
+                    entry.runs_completed += 1;
+                    entry.next_due_unix_ms =
+                        Some(next_due(entry.task.interval().as_millis() as u64));
+                }
+            }
+        }
+    }
+
+    /// Takes in the controller's task list: queues new once tasks (each id once, ever),
+    /// starts, updates and stops periodic tasks. Persisted before it returns.
+    pub fn apply_platform_tasks(&self, tasks: &[ControllerTask], bad: &[BadTask]) {
+        let config = &self.inner.config;
+        let count = config.points.len();
+        let mut complaints: Vec<(String, String)> = bad
+            .iter()
+            .map(|b| {
+                (
+                    b.id.clone().unwrap_or_else(|| "<no id>".into()),
+                    b.reason.clone(),
+                )
+            })
+            .collect();
+        let mut changed = false;
+        let mut listed_periodic = HashSet::new();
+        let mut state = self.lock();
+        for task in tasks {
+            match task.schedule {
+                TaskSchedule::Once => {
+                    if state.platform_tasks_handled.contains(&task.id) || task.is_finished() {
+                        continue;
+                    }
+                    let (spec, outcome) = match config
+                        .resolve_controller_task(task, state.next_task_source_index % count)
+                    {
+                        Ok((run, index)) => {
+                            if task.source.is_none() {
+                                state.next_task_source_index = (index + 1) % count;
+                            }
+                            (config.controller_task_spec(task, &run.source.name), Ok(()))
+                        }
+                        Err(err) => {
+                            let source = task.source.clone().unwrap_or_default();
+                            (config.controller_task_spec(task, &source), Err(err))
+                        }
+                    };
+                    let (status, error) = match outcome {
+                        Ok(()) => {
+                            info!(task_id = %task.id, source = %spec.source, "controller once task queued");
+                            (TaskStatus::Queued, None)
+                        }
+                        Err(err) => {
+                            complaints.push((task.id.clone(), err.to_string()));
+                            (TaskStatus::Failed, Some(err.to_string()))
+                        }
+                    };
+                    state.tasks.push(TaskRecord {
+                        id: task.id.clone(),
+                        status,
+                        spec,
+                        submitted_at: now_rfc3339(),
+                        run_id: None,
+                        result_seq: None,
+                        error,
+                        from_platform: true,
+                    });
+                    state.platform_tasks_handled.insert(task.id.clone());
+                    changed = true;
+                }
+                TaskSchedule::Periodic => {
+                    if task.is_finished() {
+                        continue;
+                    }
+                    if let Err(err) = config.validate_periodic_task(task) {
+                        complaints.push((task.id.clone(), err.to_string()));
+                        continue;
+                    }
+                    listed_periodic.insert(task.id.clone());
+                    match state.platform_periodic.get_mut(&task.id) {
+                        Some(entry) if entry.task == *task => {}
+                        Some(entry) => {
+                            // A shorter interval takes effect now, not after the old one.
+                            let soonest = unix_ms_now() + task.interval().as_millis() as u64;
+                            entry.next_due_unix_ms =
+                                entry.next_due_unix_ms.map(|due| due.min(soonest));
+                            entry.task = task.clone();
+                            changed = true;
+                            info!(task_id = %task.id, "controller periodic task updated");
+                        }
+                        None => {
+                            state.platform_periodic.insert(
+                                task.id.clone(),
+                                PlatformPeriodic {
+                                    task: task.clone(),
+                                    next_source_index: 0,
+                                    next_due_unix_ms: None,
+                                    runs_completed: 0,
+                                },
+                            );
+                            changed = true;
+                            info!(task_id = %task.id, interval = ?task.interval(), "controller periodic task scheduled");
+                        }
+                    }
+                }
+            }
+        }
+        let stale: Vec<String> = state
+            .platform_periodic
+            .keys()
+            .filter(|id| !listed_periodic.contains(*id))
+            .cloned()
+            .collect();
+        for id in stale {
+            state.platform_periodic.remove(&id);
+            changed = true;
+            info!(task_id = %id, "controller periodic task no longer listed; stopped");
+        }
+        if changed {
+            if let Err(err) = state.save(&config.state_file) {
+                error!(cause = %err, "cannot persist the controller's tasks");
+            }
+        }
+        drop(state);
+        let mut logged = self
+            .inner
+            .platform_complaints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, reason) in complaints {
+            if logged.get(&id) != Some(&reason) {
+                warn!(task_id = %id, %reason, "controller task refused");
+                logged.insert(id, reason);
+            }
+        }
+        drop(logged);
+        if changed {
+            self.inner.wake_scheduler.notify_one();
+        }
+    }
+
+    /// Polls the platform API's task list until `shutdown` flips to true, backing off
+    /// (up to 30 s) while it fails.
+    pub async fn run_platform_poll(
+        &self,
+        client: PlatformClient,
+        poll_interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut failures: u32 = 0;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let outcome = tokio::select! {
+                outcome = client.fetch_tasks() => outcome,
+                _ = shutdown.changed() => return,
+            };
+            let wait = match outcome {
+                Ok((tasks, bad)) => {
+                    if failures > 0 {
+                        info!(api = client.base(), "platform API answers again");
+                    }
+                    failures = 0;
+                    self.apply_platform_tasks(&tasks, &bad);
+                    poll_interval
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let wait = poll_interval
+                        .saturating_mul(1 << failures.min(6))
+                        .min(PLATFORM_MAX_BACKOFF)
+                        .max(poll_interval);
+                    warn!(cause = %err, retry_in = ?wait, "cannot fetch the platform's tasks");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Delivers the outbox to the platform API, oldest first, until `shutdown` flips to
+    /// true. An entry leaves the (durable) outbox only after a 2xx, so a result is
+    /// delivered at least once across crashes; the controller deduplicates by `run_id`.
+    pub async fn run_outbox(&self, client: PlatformClient, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = DELIVERY_FIRST_BACKOFF;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let head = self.lock().outbox.first().cloned();
+            let Some(entry) = head else {
+                tokio::select! {
+                    _ = self.inner.wake_outbox.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            };
+            let outcome = tokio::select! {
+                outcome = client.post_result(&entry.document) => outcome,
+                _ = shutdown.changed() => return,
+            };
+            let run_id = &entry.document.run_id;
+            let task_id = entry.document.task_id.as_deref().unwrap_or("");
+            match outcome {
+                Ok(()) => {
+                    info!(%run_id, %task_id, "result delivered to the platform");
+                    self.finish_delivery(&entry, true);
+                    backoff = DELIVERY_FIRST_BACKOFF;
+                }
+                Err(err) if !err.is_transient() => {
+                    error!(%run_id, %task_id, cause = %err, "the platform refused the result for good; dropped from the outbox");
+                    self.finish_delivery(&entry, false);
+                }
+                Err(err) => {
+                    warn!(%run_id, %task_id, cause = %err, retry_in = ?backoff, "result delivery failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(PLATFORM_MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn finish_delivery(&self, entry: &OutboxEntry, delivered: bool) {
+        let mut state = self.lock();
+        let before = state.outbox.len();
+        state
+            .outbox
+            .retain(|queued| queued.document.run_id != entry.document.run_id);
+        if state.outbox.len() == before {
+            return;
+        }
+        if delivered {
+            state.results_delivered += 1;
+        } else {
+            state.results_refused += 1;
+        }
+        if let Err(err) = state.save(&self.inner.config.state_file) {
+            // Kept in memory as delivered; after a crash it would be sent again, which the
+            // controller's dedup by run_id absorbs.
+            error!(cause = %err, "cannot persist the outbox");
+        }
+    }
+
+    /// Records a completed run, the schedule's advance and (for controller tasks) the
+    /// outbox entry in one durable write.
+    fn commit(&self, work: &Work, source_index: usize, document: ResultDocument) -> u64 {
         let config = &self.inner.config;
         let mut state = self.lock();
         let seq = state.push_result(document.clone(), config.retain_results);
+        let for_platform = match work {
+            Work::Periodic { key, .. } => matches!(key, PeriodicKey::Platform(_)),
+            Work::Task(task) => task.from_platform,
+        };
+        if for_platform && config.platform.is_some() {
+            state.outbox.push(OutboxEntry {
+                seq,
+                queued_at: now_rfc3339(),
+                document: document.clone(),
+            });
+            if state.outbox.len() > config.retain_results {
+                let excess = state.outbox.len() - config.retain_results;
+                error!(
+                    dropped = excess,
+                    "outbox over the retention limit; dropping the oldest undelivered results"
+                );
+                state.outbox.drain(..excess);
+            }
+        }
         match work {
-            Work::Periodic { due_ms, .. } => {
-                state.next_source_index = (state.next_source_index + 1) % config.points.len();
-                state.periodic_runs_completed += 1;
-                let interval_ms = config.periodic.map_or(0, |p| p.interval.as_millis() as u64);
-                // Keep the grid (due + interval) unless the run overran a whole interval;
-                // then start from now instead of firing a burst of catch-up runs.
-                let now = unix_ms_now();
-                let next = due_ms + interval_ms;
-                state.next_periodic_due_unix_ms =
-                    Some(if next + interval_ms < now { now } else { next });
+            Work::Periodic { key, due_ms } => {
+                self.advance_periodic(&mut state, key, *due_ms, source_index);
             }
             Work::Task(task) => {
                 if let Some(record) = state.tasks.iter_mut().find(|t| t.id == task.id) {
@@ -543,6 +988,10 @@ impl Mscs {
         }
         if let Err(err) = state.save(&config.state_file) {
             error!(cause = %err, "cannot persist a completed run; it is kept in memory only");
+        }
+        drop(state);
+        if for_platform {
+            self.inner.wake_outbox.notify_one();
         }
         seq
     }
@@ -568,31 +1017,35 @@ impl Mscs {
                     continue;
                 }
             };
-            let spec = match &work {
+            let planned = match &work {
                 Work::Task(task) => self
                     .inner
                     .config
-                    .resolve_task(&task.spec, Some(task.id.clone())),
-                Work::Periodic { source_index, .. } => {
-                    self.periodic_spec(*source_index).ok_or_else(|| TaskError {
-                        field: "periodic".into(),
-                        reason: "periodic schedule disabled".into(),
-                    })
-                }
+                    .resolve_task(&task.spec, Some(task.id.clone()))
+                    .map(|spec| (spec, 0)),
+                Work::Periodic { key, .. } => self.plan_periodic(key),
             };
-            let spec = match spec {
-                Ok(spec) => spec,
+            let (spec, source_index) = match planned {
+                Ok(planned) => planned,
                 Err(err) => {
-                    // Only possible if the point list changed since submission.
+                    // Only possible if the point list changed since submission, or a
+                    // controller periodic task vanished between planning and running.
                     warn!(cause = %err, "dropping unrunnable work");
-                    if let Work::Task(task) = &work {
-                        let mut state = self.lock();
-                        if let Some(record) = state.tasks.iter_mut().find(|t| t.id == task.id) {
-                            record.status = TaskStatus::Failed;
-                            record.error = Some(err.to_string());
+                    let mut state = self.lock();
+                    match &work {
+                        Work::Task(task) => {
+                            if let Some(record) = state.tasks.iter_mut().find(|t| t.id == task.id) {
+                                record.status = TaskStatus::Failed;
+                                record.error = Some(err.to_string());
+                            }
                         }
-                        let _ = state.save(&self.inner.config.state_file);
+                        Work::Periodic { key, due_ms } => {
+                            // Skip this slot rather than retrying it in a tight loop.
+                            let index = state.next_source_index;
+                            self.advance_periodic(&mut state, key, *due_ms, index);
+                        }
                     }
+                    let _ = state.save(&self.inner.config.state_file);
                     continue;
                 }
             };
@@ -608,7 +1061,7 @@ impl Mscs {
                 // An interrupted run is not a completed one: it is re-run after restart.
                 _ = shutdown.changed() => return,
             };
-            let seq = self.commit(&work, document.clone());
+            let seq = self.commit(&work, source_index, document.clone());
             self.set_current_run(None);
             info!(seq, run_id = %document.run_id, status = ?document.status, "run recorded");
             if let (Some(url), Some(http)) = (&self.inner.config.result_url, &http) {
@@ -642,6 +1095,27 @@ pub async fn run(
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move { mscs.run_scheduler(stop_rx).await })
     };
+    let mut platform_loops = Vec::new();
+    if let Some(platform) = mscs.config().platform.clone() {
+        // Validated in Mscs::open, so this cannot fail here.
+        let client =
+            PlatformClient::new(&platform.api_url).map_err(|err| MscsError::InvalidConfig {
+                field: "platform_api",
+                reason: err.to_string(),
+            })?;
+        info!(api = %platform.api_url, "taking tasks from the platform API");
+        let (poller, outbox) = (mscs.clone(), mscs.clone());
+        let (poll_client, poll_stop, outbox_stop) =
+            (client.clone(), stop_rx.clone(), stop_rx.clone());
+        platform_loops.push(tokio::spawn(async move {
+            poller
+                .run_platform_poll(poll_client, platform.poll_interval, poll_stop)
+                .await
+        }));
+        platform_loops.push(tokio::spawn(async move {
+            outbox.run_outbox(client, outbox_stop).await
+        }));
+    }
     let mut http_stop = stop_rx.clone();
     let server = axum::serve(listener, api::router(mscs)).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
@@ -652,6 +1126,9 @@ pub async fn run(
     });
     let served = server.await;
     let _ = scheduler.await;
+    for platform_loop in platform_loops {
+        let _ = platform_loop.await;
+    }
     served.map_err(MscsError::Http)
 }
 

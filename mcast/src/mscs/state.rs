@@ -6,6 +6,7 @@
 //! never a torn one, and a result is acknowledged (listed by the API) only after the file
 //! holding it is durable.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::platform::ControllerTask;
 use crate::result::ResultDocument;
 
 /// Schema id of the state file.
@@ -102,6 +104,36 @@ pub struct TaskRecord {
     pub result_seq: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The task came from the controller (`--platform-api`); its id is the controller's
+    /// and its result goes to the outbox.
+    #[serde(default)]
+    pub from_platform: bool,
+}
+
+/// A controller periodic task and its own round-robin position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformPeriodic {
+    /// The task as last fetched; kept so that the schedule goes on while the platform API
+    /// is unreachable.
+    pub task: ControllerTask,
+    /// Index (into the configured points) of the next run's source when the task does
+    /// not fix one.
+    pub next_source_index: usize,
+    /// When the next run is due, ms since the Unix epoch.
+    pub next_due_unix_ms: Option<u64>,
+    /// Runs completed for this task.
+    pub runs_completed: u64,
+}
+
+/// A result waiting to be delivered to the platform API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The result's sequence number in [`MscsState::results`].
+    pub seq: u64,
+    /// RFC 3339 time it was queued.
+    pub queued_at: String,
+    /// The document (carries `task_id` and `run_id`).
+    pub document: ResultDocument,
 }
 
 /// A completed result with its position in the result log.
@@ -130,6 +162,26 @@ pub struct MscsState {
     pub results: Vec<StoredResult>,
     /// Submitted tasks, oldest first.
     pub tasks: Vec<TaskRecord>,
+    /// Ids of controller once tasks already taken in (queued, run or refused): never
+    /// queued again, whatever the platform API lists later.
+    #[serde(default)]
+    pub platform_tasks_handled: BTreeSet<String>,
+    /// Controller periodic tasks by id.
+    #[serde(default)]
+    pub platform_periodic: BTreeMap<String, PlatformPeriodic>,
+    /// Round-robin position for controller once tasks that name no source.
+    #[serde(default)]
+    pub next_task_source_index: usize,
+    /// Results of controller tasks not yet accepted by the platform API, oldest first.
+    /// An entry leaves only after a 2xx (or a permanent 4xx refusal).
+    #[serde(default)]
+    pub outbox: Vec<OutboxEntry>,
+    /// Results the platform API accepted.
+    #[serde(default)]
+    pub results_delivered: u64,
+    /// Results the platform API refused for good (4xx) and that were dropped.
+    #[serde(default)]
+    pub results_refused: u64,
 }
 
 impl Default for MscsState {
@@ -142,6 +194,12 @@ impl Default for MscsState {
             next_result_seq: 1,
             results: Vec::new(),
             tasks: Vec::new(),
+            platform_tasks_handled: BTreeSet::new(),
+            platform_periodic: BTreeMap::new(),
+            next_task_source_index: 0,
+            outbox: Vec::new(),
+            results_delivered: 0,
+            results_refused: 0,
         }
     }
 }
