@@ -154,6 +154,12 @@ impl Lab {
 
     /// Starts the MSCS with the points in order plus `extra` flags.
     pub fn start_mscs(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_mscs_with(extra, false)
+    }
+
+    /// Like [`Lab::start_mscs`]; with `points_from_env` the points go through
+    /// `MEASURELAB_POINTS` and `--points-from-env` instead of `--point` flags.
+    pub fn start_mscs_with(&mut self, extra: &[&str], points_from_env: bool) -> Result<()> {
         let mut command = self.mscs_ns.command(MSCS_BIN);
         command.args([
             "--listen",
@@ -163,14 +169,26 @@ impl Lab {
             "--port",
             &PROBE_PORT.to_string(),
         ]);
-        for point in &self.points {
-            command.args([
-                "--point",
-                &format!("{}={}:{CONTROL_PORT}", point.name, point.addr),
-            ]);
+        let points: Vec<String> = self
+            .points
+            .iter()
+            .map(|point| format!("{}={}:{CONTROL_PORT}", point.name, point.addr))
+            .collect();
+        if points_from_env {
+            command
+                .arg("--points-from-env")
+                .env("MEASURELAB_POINTS", points.join(","));
+        } else {
+            for point in &points {
+                command.args(["--point", point]);
+            }
         }
         command.args(extra);
-        let log = File::create(self.state_dir.path().join("mscs.log"))?;
+        // Append: a restarted MSCS's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.path().join("mscs.log"))?;
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
