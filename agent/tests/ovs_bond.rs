@@ -1,7 +1,14 @@
-//! Uplink bonding through the agent's driver: two bridges (this node and a
-//! peer switch, each reconciled by its own owner) joined by a bond of two veth
-//! pairs. Taking a member down, either one, does not stop traffic between the
-//! VMs behind them. Needs root and openvswitch-switch.
+//! Uplink bonding through the agent's driver: the node's bridge reaches a peer
+//! switch over a bond of two veth pairs, and taking a member down, either one,
+//! does not stop traffic between the VMs behind them. Needs root and
+//! openvswitch-switch.
+//!
+//! Two peers, because a bond without LACP assumes an ordinary switch on the
+//! other side: OVS drops what arrives on a backup member (active-backup) or
+//! broadcasts on a non-designated one (balance-slb), so two such bonds back to
+//! back only work when they happen to pick matching members. Without LACP the
+//! peer is therefore a plain switch with two ordinary ports; with LACP it
+//! is a second OVS bridge with its own bond, reconciled by its own owner.
 
 mod ovs_common;
 
@@ -9,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use measurelab_agent::ovs::{BondMode, BondSpec, UplinkSpec};
-use measurelab_testbed::{plug_veth, Netns, OvsSandbox};
+use measurelab_testbed::{attach_veth, plug_veth, Netns, OvsSandbox};
 use ovs_common::*;
 
 /// `bond/show` text for one member: "member NAME: enabled|disabled" ... "active member".
@@ -68,7 +75,18 @@ fn ping_through_failure(
     }
 }
 
-async fn bond_survives_member_failure(mode: BondMode, lacp: bool, tag: &str) -> Result<()> {
+/// The far end of the node's uplink.
+enum Peer {
+    /// An ordinary VLAN-trunk switch with both links as separate ports and no
+    /// bonding (an OVS bridge in normal mode, like the lab switch). The
+    /// kernel here has no 802.1Q or bridge VLAN filtering, so a Linux bridge
+    /// cannot play this part.
+    PlainSwitch,
+    /// Another OVS bridge with a bond of its own, configured by the driver.
+    OvsBond(BondSpec),
+}
+
+async fn bond_survives_member_failure(node_bond: BondSpec, peer: Peer, tag: &str) -> Result<()> {
     let pid = std::process::id();
     let ovs = OvsSandbox::start(&format!("agent-{tag}"))?;
     let x = Netns::new(&format!("{tag}-x-{pid}"))?;
@@ -82,54 +100,87 @@ async fn bond_survives_member_failure(mode: BondMode, lacp: bool, tag: &str) -> 
     ovs.veth_pair(&a0, &b0)?;
     ovs.veth_pair(&a1, &b1)?;
     plug_veth(&ovs, &format!("{tag}x"), &x, "eth0", "10.200.50.1/24")?;
-    plug_veth(&ovs, &format!("{tag}y"), &y, "eth0", "10.200.50.2/24")?;
 
-    let bond = Some(BondSpec { mode, lacp });
+    let switch = driver(&ovs).await?;
+    let bond_a = format!("{tag}bonda");
     let mut node = switch_spec(
         &format!("node-{tag}-{pid}"),
         &format!("br-{tag}a"),
         vec![vm(&format!("{tag}x"), 10)],
     );
     node.uplink = Some(UplinkSpec {
-        name: format!("{tag}bonda"),
+        name: bond_a.clone(),
         members: vec![a0.clone(), a1.clone()],
-        bond,
+        bond: Some(node_bond),
     });
-    let mut peer = switch_spec(
-        &format!("peer-{tag}-{pid}"),
-        &format!("br-{tag}b"),
-        vec![vm(&format!("{tag}y"), 10)],
-    );
-    peer.uplink = Some(UplinkSpec {
-        name: format!("{tag}bondb"),
-        members: vec![b0.clone(), b1.clone()],
-        bond,
-    });
-    let switch = driver(&ovs).await?;
     apply(&switch, &node).await?;
-    apply(&switch, &peer).await?;
     assert!(apply(&switch, &node).await?.actions.is_empty());
     assert_eq!(
-        ovs.vsctl(&["get", "Port", &format!("{tag}bonda"), "bond_mode"])?,
-        mode.as_str()
+        ovs.vsctl(&["get", "Port", &bond_a, "bond_mode"])?,
+        node_bond.mode.as_str()
     );
-    let bond_a = format!("{tag}bonda");
+
+    let mut peer_spec = None;
+    match &peer {
+        Peer::PlainSwitch => {
+            // Test infrastructure, like the lab switch: set up with ovs-vsctl,
+            // not by the driver under test.
+            let bridge = format!("br-{tag}b");
+            ovs.add_bridge(&bridge)?;
+            for member in [&b0, &b1] {
+                ovs.vsctl(&["add-port", &bridge, member])?;
+            }
+            attach_veth(
+                &ovs,
+                &bridge,
+                &format!("{tag}y"),
+                &y,
+                "eth0",
+                "10.200.50.2/24",
+                Some(10),
+            )?;
+        }
+        Peer::OvsBond(peer_bond) => {
+            plug_veth(&ovs, &format!("{tag}y"), &y, "eth0", "10.200.50.2/24")?;
+            let mut spec = switch_spec(
+                &format!("peer-{tag}-{pid}"),
+                &format!("br-{tag}b"),
+                vec![vm(&format!("{tag}y"), 10)],
+            );
+            spec.uplink = Some(UplinkSpec {
+                name: format!("{tag}bondb"),
+                members: vec![b0.clone(), b1.clone()],
+                bond: Some(*peer_bond),
+            });
+            apply(&switch, &spec).await?;
+            peer_spec = Some(spec);
+        }
+    }
     wait_member(&ovs, &bond_a, &a0, "enabled")?;
     wait_member(&ovs, &bond_a, &a1, "enabled")?;
-    if lacp {
-        let lacp_show = ovs.appctl(&["lacp/show", &bond_a])?;
-        assert!(
-            lacp_show.contains("negotiated"),
-            "LACP did not negotiate:\n{lacp_show}"
-        );
+    if node_bond.lacp {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ovs
+            .appctl(&["lacp/show", &bond_a])?
+            .contains("status: active negotiated")
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "LACP did not negotiate:\n{}",
+                    ovs.appctl(&["lacp/show", &bond_a])?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     wait_ping(&x, "10.200.50.2", Duration::from_secs(15))?;
 
     for (down, other) in [(&a0, &a1), (&a1, &a0)] {
         let (sent, received) = ping_through_failure(&ovs, &x, "10.200.50.2", down)?;
         eprintln!(
-            "{} lacp={lacp}: {down} down mid-run: {received}/{sent} pings answered",
-            mode.as_str()
+            "{} lacp={}: {down} down mid-run: {received}/{sent} pings answered",
+            node_bond.mode.as_str(),
+            node_bond.lacp
         );
         wait_member(&ovs, &bond_a, down, "disabled")?;
         assert!(
@@ -142,15 +193,68 @@ async fn bond_survives_member_failure(mode: BondMode, lacp: bool, tag: &str) -> 
         wait_member(&ovs, &bond_a, down, "enabled")?;
         wait_ping(&x, "10.200.50.2", Duration::from_secs(15))?;
     }
+
+    // Changing the bond replaces the port whole, in one transaction, under the
+    // same name: no duplicate, and traffic flows over the new bond.
+    if let Some(mut peer_spec) = peer_spec {
+        let other = BondSpec {
+            mode: match node_bond.mode {
+                BondMode::ActiveBackup => BondMode::BalanceSlb,
+                BondMode::BalanceSlb => BondMode::ActiveBackup,
+            },
+            lacp: true,
+        };
+        for spec in [&mut node, &mut peer_spec] {
+            if let Some(uplink) = spec.uplink.as_mut() {
+                uplink.bond = Some(other);
+            }
+            apply(&switch, spec).await?;
+        }
+        assert_eq!(
+            ovs.vsctl(&["get", "Port", &bond_a, "bond_mode"])?,
+            other.mode.as_str()
+        );
+        assert_eq!(port_rows(&ovs, &bond_a)?, 1);
+        assert_eq!(
+            rows(&ovs, "Interface")?,
+            2 + 2 + 2 + 2,
+            "members duplicated or leaked"
+        );
+        if let Err(err) = wait_ping(&x, "10.200.50.2", Duration::from_secs(15)) {
+            bail!(
+                "after switching to {}: {err}\n{}\n{}",
+                other.mode.as_str(),
+                ovs.appctl(&["bond/show"])?,
+                ovs.appctl(&["lacp/show"])?
+            );
+        }
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn active_backup_bond_fails_over() -> Result<()> {
-    bond_survives_member_failure(BondMode::ActiveBackup, false, "ab").await
+async fn active_backup_bond_to_a_plain_switch_fails_over() -> Result<()> {
+    let bond = BondSpec {
+        mode: BondMode::ActiveBackup,
+        lacp: false,
+    };
+    bond_survives_member_failure(bond, Peer::PlainSwitch, "ab").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn balance_slb_bond_with_lacp_fails_over() -> Result<()> {
-    bond_survives_member_failure(BondMode::BalanceSlb, true, "slb").await
+async fn balance_slb_bond_to_a_plain_switch_fails_over() -> Result<()> {
+    let bond = BondSpec {
+        mode: BondMode::BalanceSlb,
+        lacp: false,
+    };
+    bond_survives_member_failure(bond, Peer::PlainSwitch, "sl").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lacp_bond_between_two_ovs_fails_over_and_changes_mode() -> Result<()> {
+    let bond = BondSpec {
+        mode: BondMode::BalanceSlb,
+        lacp: true,
+    };
+    bond_survives_member_failure(bond, Peer::OvsBond(bond), "lc").await
 }

@@ -317,8 +317,13 @@ fn add_uplink_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &Up
     if let Some(bond) = &spec.bond {
         row["bond_mode"] = json!(bond.mode.as_str());
         row["lacp"] = json!(if bond.lacp { "active" } else { "off" });
-        // Fail over on carrier loss quickly; a lost LACP partner is detected by LACP itself.
-        row["other_config"] = value::string_map([("bond-detect-mode", "carrier")]);
+        // Fail over on carrier loss; with LACP, fast PDUs (1 s instead of 30 s)
+        // so a replaced or restarted partner is negotiated within seconds.
+        let mut config = vec![("bond-detect-mode", "carrier")];
+        if bond.lacp {
+            config.push(("lacp-time", "fast"));
+        }
+        row["other_config"] = value::string_map(config);
     }
     ops_out.push(ops::insert("Port", row, Some(&port)));
     ops_out.push(ops::mutate(
