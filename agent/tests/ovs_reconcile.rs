@@ -64,9 +64,16 @@ async fn reconcile_repairs_hand_edits_and_leaves_foreign_rows_alone() -> Result<
     ])?;
     let foreign_qos_rows = rows(&ovs, "QoS")?;
 
-    // Hand edits: delete one of our ports, retag another.
+    // Hand edits: delete one of our ports, retag another. A watcher notices.
+    let mut watch = switch.watch().await?;
+    let seen = watch.seqno();
     ovs.vsctl(&["del-port", "br-rc", "rcp1"])?;
     ovs.vsctl(&["set", "Port", "rcp2", "tag=99"])?;
+    tokio::time::timeout(Duration::from_secs(10), watch.wait_newer_than(seen)).await??;
+    assert!(!watch
+        .table("Port")
+        .values()
+        .any(|row| row["name"] == "rcp1"));
     let repair = apply(&switch, &spec).await?;
     assert!(
         repair

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use measurelab_ovsdb::ops::{self, WaitUntil};
 use measurelab_ovsdb::value::{self, Atom, Datum};
-use measurelab_ovsdb::OvsdbClient;
+use measurelab_ovsdb::{MonitorCache, OvsdbClient};
 use serde_json::{json, Map, Value};
 
 use super::probe::probe_kernel;
@@ -45,6 +45,38 @@ impl OvsdbSwitch {
     /// The underlying client (e.g. for a monitor).
     pub fn client(&self) -> &OvsdbClient {
         &self.client
+    }
+
+    /// A live replica of the tables reconcile reads. Its `seqno` goes up on
+    /// every change, ours or anyone's, so the agent can reconcile as soon as a
+    /// hand edit happens instead of waiting for the periodic resync.
+    pub async fn watch(&self) -> Result<MonitorCache, OvsError> {
+        Ok(MonitorCache::start(
+            &self.client,
+            DB,
+            &[
+                ("Bridge", &["name", "ports", "sflow", "netflow", "ipfix"]),
+                (
+                    "Port",
+                    &[
+                        "name",
+                        "interfaces",
+                        "tag",
+                        "qos",
+                        "bond_mode",
+                        "lacp",
+                        "external_ids",
+                    ],
+                ),
+                (
+                    "Interface",
+                    &["name", "external_ids", "ingress_policing_rate"],
+                ),
+                ("QoS", &["other_config", "queues", "external_ids"]),
+                ("Queue", &["other_config", "external_ids"]),
+            ],
+        )
+        .await?)
     }
 }
 
