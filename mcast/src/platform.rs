@@ -138,7 +138,8 @@ pub struct ControllerTask {
     #[serde(default)]
     pub receivers: Option<Vec<String>>,
     /// Controller status (`pending`, `running`, `completed`, `failed`); a once task the
-    /// controller already calls completed or failed is not run again.
+    /// controller already calls completed or failed is not run again. A periodic task
+    /// runs while it is listed, whatever its status.
     #[serde(default)]
     pub status: Option<String>,
 }
@@ -146,7 +147,16 @@ pub struct ControllerTask {
 impl ControllerTask {
     /// Parses one task object; the error names the field at fault.
     pub fn from_json(value: &Value) -> Result<Self, String> {
-        let task: Self = serde_json::from_value(value.clone()).map_err(|err| err.to_string())?;
+        let mut task: Self =
+            serde_json::from_value(value.clone()).map_err(|err| err.to_string())?;
+        // The controller's Task says "all others" with an empty list and may send an
+        // empty source for round robin; both mean "not given" here.
+        if task.receivers.as_ref().is_some_and(Vec::is_empty) {
+            task.receivers = None;
+        }
+        if task.source.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            task.source = None;
+        }
         if task.id.trim().is_empty() {
             return Err("id: must not be empty".into());
         }
@@ -166,6 +176,17 @@ impl ControllerTask {
     /// Sending time, with the default applied.
     pub fn duration_seconds(&self) -> f64 {
         self.duration_seconds.unwrap_or(DEFAULT_DURATION_SECONDS)
+    }
+
+    /// Whether `other` measures the same way (everything but the controller's
+    /// bookkeeping: `status` and `name`).
+    pub fn same_measurement(&self, other: &ControllerTask) -> bool {
+        let strip = |task: &ControllerTask| ControllerTask {
+            status: None,
+            name: None,
+            ..task.clone()
+        };
+        strip(self) == strip(other)
     }
 
     /// Whether the controller already finished this task.
@@ -337,6 +358,33 @@ mod tests {
         assert_eq!(wrapped, tasks);
         assert!(parse_task_list(&json!({"nope": 1})).is_err());
         assert!(parse_task_list(&json!("x")).is_err());
+    }
+
+    #[test]
+    fn the_controllers_task_shape_is_understood() {
+        // As measurelab_api::http::Task serialises: receivers [] = all others.
+        let value = json!({"id": "7f0c", "name": "rr", "mode": "service_host",
+            "platform": null, "nodes": ["n1", "n2"], "schedule": "once",
+            "interval_seconds": 300, "duration_seconds": 30, "rate_pps": 100,
+            "packet_size_bytes": 200, "group": "239.192.0.1", "port": 50001, "ttl": 8,
+            "ssm": false, "source": "", "receivers": [], "status": "running",
+            "last_result_id": null, "created_at": "2026-11-25T21:00:00Z"});
+        let task = ControllerTask::from_json(&value).unwrap();
+        assert_eq!(task.receivers, None);
+        assert_eq!(task.source, None);
+        assert_eq!(task.packet_size_bytes, Some(200));
+        assert!(!task.is_finished());
+        let renamed = ControllerTask {
+            name: Some("other".into()),
+            status: Some("completed".into()),
+            ..task.clone()
+        };
+        assert!(task.same_measurement(&renamed));
+        let faster = ControllerTask {
+            rate_pps: Some(200.0),
+            ..task.clone()
+        };
+        assert!(!task.same_measurement(&faster));
     }
 
     #[test]

@@ -719,6 +719,7 @@ impl Mscs {
             })
             .collect();
         let mut changed = false;
+        let mut refused_once = false;
         let mut listed_periodic = HashSet::new();
         let mut state = self.lock();
         for task in tasks {
@@ -741,40 +742,52 @@ impl Mscs {
                             (config.controller_task_spec(task, &source), Err(err))
                         }
                     };
-                    let (status, error) = match outcome {
-                        Ok(()) => {
-                            info!(task_id = %task.id, source = %spec.source, "controller once task queued");
-                            (TaskStatus::Queued, None)
-                        }
-                        Err(err) => {
-                            complaints.push((task.id.clone(), err.to_string()));
-                            (TaskStatus::Failed, Some(err.to_string()))
-                        }
-                    };
-                    state.tasks.push(TaskRecord {
+                    let mut record = TaskRecord {
                         id: task.id.clone(),
-                        status,
+                        status: TaskStatus::Queued,
                         spec,
                         submitted_at: now_rfc3339(),
                         run_id: None,
                         result_seq: None,
-                        error,
+                        error: None,
                         from_platform: true,
-                    });
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            info!(task_id = %task.id, source = %record.spec.source, "controller once task queued");
+                        }
+                        Err(err) => {
+                            // The controller learns why through a failed result document,
+                            // delivered like any other.
+                            complaints.push((task.id.clone(), err.to_string()));
+                            let document = self.refused_document(task, &record.spec, &err);
+                            let seq = state.push_result(document.clone(), config.retain_results);
+                            record.status = TaskStatus::Failed;
+                            record.error = Some(err.to_string());
+                            record.run_id = Some(document.run_id.clone());
+                            record.result_seq = Some(seq);
+                            state.outbox.push(OutboxEntry {
+                                seq,
+                                queued_at: now_rfc3339(),
+                                document,
+                            });
+                            refused_once = true;
+                        }
+                    }
+                    state.tasks.push(record);
                     state.platform_tasks_handled.insert(task.id.clone());
                     changed = true;
                 }
                 TaskSchedule::Periodic => {
-                    if task.is_finished() {
-                        continue;
-                    }
+                    // A periodic task runs while the controller lists it, whatever its
+                    // status says about the last run.
                     if let Err(err) = config.validate_periodic_task(task) {
                         complaints.push((task.id.clone(), err.to_string()));
                         continue;
                     }
                     listed_periodic.insert(task.id.clone());
                     match state.platform_periodic.get_mut(&task.id) {
-                        Some(entry) if entry.task == *task => {}
+                        Some(entry) if entry.task.same_measurement(task) => {}
                         Some(entry) => {
                             // A shorter interval takes effect now, not after the old one.
                             let soonest = unix_ms_now() + task.interval().as_millis() as u64;
@@ -832,6 +845,48 @@ impl Mscs {
         drop(logged);
         if changed {
             self.inner.wake_scheduler.notify_one();
+        }
+        if refused_once {
+            self.inner.wake_outbox.notify_one();
+        }
+    }
+
+    /// The result document of a controller task that cannot be measured as given: status
+    /// `failed`, no receivers, `source.error` naming the field and the reason.
+    fn refused_document(
+        &self,
+        task: &ControllerTask,
+        spec: &TaskSpec,
+        err: &TaskError,
+    ) -> ResultDocument {
+        let defaults = &self.inner.config.defaults;
+        let now = now_rfc3339();
+        ResultDocument {
+            schema: crate::result::RESULT_SCHEMA.to_string(),
+            task_id: Some(task.id.clone()),
+            run_id: uuid::Uuid::new_v4().to_string(),
+            kind: RunKind::Task,
+            source_point: spec.source.clone(),
+            group: spec.group.unwrap_or(defaults.group),
+            port: spec.port.unwrap_or(defaults.port),
+            session_id: 0,
+            started_at: now.clone(),
+            finished_at: now,
+            status: RunStatus::Failed,
+            config: RunConfig {
+                rate_pps: spec.rate_pps.unwrap_or(defaults.rate_pps),
+                packet_size_bytes: spec.packet_size_bytes.unwrap_or(defaults.packet_size_bytes),
+                duration_seconds: task.duration_seconds(),
+                ttl: spec.ttl.unwrap_or(defaults.ttl),
+                ssm: spec.ssm.unwrap_or(defaults.ssm),
+            },
+            source: crate::result::SourceResult {
+                point: spec.source.clone(),
+                data_addr: None,
+                report: None,
+                error: Some(format!("task refused by the MSCS: {err}")),
+            },
+            receivers: Vec::new(),
         }
     }
 
@@ -1261,6 +1316,66 @@ mod tests {
             let err = config.resolve_task(&spec, None).unwrap_err();
             assert_eq!(err.field, field, "{spec:?}");
         }
+    }
+
+    fn controller_task(value: serde_json::Value) -> ControllerTask {
+        ControllerTask::from_json(&value).unwrap()
+    }
+
+    #[test]
+    fn controller_tasks_are_taken_in_once_and_bad_ones_answered_with_a_failed_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config();
+        config.state_file = dir.path().join("state.json");
+        config.periodic = None;
+        config.platform = Some(PlatformConfig {
+            api_url: "http://127.0.0.1:9".into(),
+            poll_interval: Duration::from_secs(1),
+        });
+        let mscs = Mscs::open(config.clone()).unwrap();
+        let tasks = [
+            controller_task(serde_json::json!({"id": "good", "schedule": "once"})),
+            controller_task(
+                serde_json::json!({"id": "bad", "schedule": "once", "group": "10.0.0.1"}),
+            ),
+            controller_task(serde_json::json!({"id": "done", "schedule": "once",
+                "status": "completed"})),
+            controller_task(serde_json::json!({"id": "slow", "schedule": "periodic",
+                "interval_seconds": 10, "duration_seconds": 10})),
+            controller_task(serde_json::json!({"id": "rr", "schedule": "periodic",
+                "interval_seconds": 10, "duration_seconds": 1, "receivers": ["p3"]})),
+        ];
+        mscs.apply_platform_tasks(&tasks, &[]);
+        mscs.apply_platform_tasks(&tasks, &[]);
+        // What the API sees is what a restarted MSCS sees.
+        let state = MscsState::load(&config.state_file).unwrap();
+        let ids: Vec<_> = state.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, vec!["good", "bad"], "each once task exactly once");
+        assert_eq!(state.tasks[0].status, TaskStatus::Queued);
+        assert_eq!(state.tasks[0].spec.source, "p1", "round robin starts at p1");
+        assert_eq!(state.tasks[1].status, TaskStatus::Failed);
+        assert_eq!(state.outbox.len(), 1);
+        let refused = &state.outbox[0].document;
+        assert_eq!(refused.task_id.as_deref(), Some("bad"));
+        assert_eq!(refused.status, RunStatus::Failed);
+        assert!(refused.source.error.as_ref().unwrap().contains("group"));
+        let periodic: Vec<_> = state.platform_periodic.keys().collect();
+        assert_eq!(periodic, vec!["rr"], "duration >= interval is refused");
+
+        // Round robin starting at p3 (index 2): p3 is the task's only receiver, so it
+        // cannot be the source and the turn passes to p1.
+        let (run, index) = config
+            .resolve_controller_task(&state.platform_periodic["rr"].task, 2)
+            .unwrap();
+        assert_eq!((run.source.name.as_str(), index), ("p1", 0));
+        assert_eq!(run.receivers[0].name, "p3");
+        assert_eq!(run.task_id.as_deref(), Some("rr"));
+
+        // Dropped from the list: the periodic task stops; once tasks stay handled.
+        mscs.apply_platform_tasks(&[], &[]);
+        let state = MscsState::load(&config.state_file).unwrap();
+        assert!(state.platform_periodic.is_empty());
+        assert_eq!(state.platform_tasks_handled.len(), 2);
     }
 
     #[test]
