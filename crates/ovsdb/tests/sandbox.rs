@@ -224,3 +224,35 @@ async fn a_vanished_server_fails_requests_instead_of_hanging() -> Result<()> {
     assert!(matches!(err, OvsdbError::Connect { .. }), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn tcp_session_survives_the_servers_idle_probes() -> Result<()> {
+    let ovs = OvsSandbox::start("ovsdb-tcp")?;
+    // A free loopback port for an extra TCP remote on the sandbox's server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let status = std::process::Command::new("ovs-appctl")
+        .arg("-t")
+        .arg(ovs.dir().join("ovsdb-server.ctl"))
+        .args(["ovsdb-server/add-remote", &format!("ptcp:{port}:127.0.0.1")])
+        .status()?;
+    assert!(status.success());
+    let target = format!("tcp:127.0.0.1:{port}");
+    let client = loop {
+        match OvsdbClient::connect(&target).await {
+            Ok(client) => break client,
+            Err(OvsdbError::Connect { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(other) => return Err(other.into()),
+        }
+    };
+    assert!(client.list_dbs().await?.contains(&DB.to_string()));
+    // ovsdb-server probes an idle TCP session after 5 s and drops it if the
+    // probe is not answered within another 5 s.
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    assert!(!client.is_closed(), "the server dropped the idle session");
+    assert!(client.list_dbs().await?.contains(&DB.to_string()));
+    Ok(())
+}
