@@ -3,7 +3,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::http::{ErrorBody, EventList, LogList, Node, NodeList, NodePatch};
+use crate::http::{
+    Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, ErrorBody, EventList,
+    LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
+    Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
+    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, Vm, VmCreate, VmList, VmPatch,
+};
 
 /// Errors from the public API client.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +59,16 @@ pub struct Client {
 impl Client {
     /// Build a client for `endpoint` (e.g. `http://127.0.0.1:7070`), with an
     /// optional PEM CA certificate for TLS endpoints.
-    pub fn new(endpoint: &str, token: &str, ca_cert_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+    pub fn new(
+        endpoint: &str,
+        token: &str,
+        ca_cert_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
         if let Some(pem) = ca_cert_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| ClientError::Config(format!("ca_cert is not a PEM certificate: {e}")))?;
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                ClientError::Config(format!("ca_cert is not a PEM certificate: {e}"))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder
@@ -88,10 +98,13 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -113,32 +126,50 @@ impl Client {
                 },
             });
         }
-        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
         serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
     }
 
     /// `GET /v1/nodes`.
     pub async fn list_nodes(&self) -> Result<Vec<Node>, ClientError> {
-        let list: NodeList = self.request::<(), _>(reqwest::Method::GET, "/v1/nodes", None).await?;
+        let list: NodeList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/nodes", None)
+            .await?;
         Ok(list.nodes)
     }
 
     /// `GET /v1/nodes/{id_or_name}`.
     pub async fn get_node(&self, id_or_name: &str) -> Result<Node, ClientError> {
-        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/nodes/{id_or_name}"), None)
-            .await
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{id_or_name}"),
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/nodes/{id_or_name}/logs`.
     pub async fn node_logs(&self, id_or_name: &str) -> Result<LogList, ClientError> {
-        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/nodes/{id_or_name}/logs"), None)
-            .await
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{id_or_name}/logs"),
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/events?after=`.
     pub async fn events(&self, after: i64) -> Result<EventList, ClientError> {
-        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/events?after={after}"), None)
-            .await
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/events?after={after}"),
+            None,
+        )
+        .await
     }
 
     /// `PATCH /v1/nodes/{id_or_name}`: replace the node's labels.
@@ -151,6 +182,257 @@ impl Client {
             reqwest::Method::PATCH,
             &format!("/v1/nodes/{id_or_name}"),
             Some(&NodePatch { labels }),
+        )
+        .await
+    }
+
+    // ---- Wave 2 resources ----
+
+    /// `GET /v1/platforms`.
+    pub async fn list_platforms(&self) -> Result<Vec<Platform>, ClientError> {
+        let list: PlatformList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/platforms", None)
+            .await?;
+        Ok(list.platforms)
+    }
+
+    /// `POST /v1/platforms`.
+    pub async fn create_platform(&self, body: &PlatformCreate) -> Result<Platform, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/platforms", Some(body))
+            .await
+    }
+
+    /// `GET /v1/platforms/{id_or_name}`.
+    pub async fn get_platform(&self, id_or_name: &str) -> Result<Platform, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/platforms/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/platforms/{id_or_name}`.
+    pub async fn update_platform(
+        &self,
+        id_or_name: &str,
+        body: &PlatformPatch,
+    ) -> Result<Platform, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/platforms/{id_or_name}"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/platforms/{id_or_name}`.
+    pub async fn delete_platform(&self, id_or_name: &str) -> Result<Platform, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/platforms/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/platforms/{id_or_name}/start` or `/pause` (`action`).
+    pub async fn platform_power(
+        &self,
+        id_or_name: &str,
+        action: &str,
+    ) -> Result<Platform, ClientError> {
+        self.request(
+            reqwest::Method::POST,
+            &format!("/v1/platforms/{id_or_name}/{action}"),
+            Some(&RequestOptions::default()),
+        )
+        .await
+    }
+
+    /// `GET /v1/qos_policies`.
+    pub async fn list_qos_policies(&self) -> Result<Vec<QosPolicy>, ClientError> {
+        let list: QosPolicyList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/qos_policies", None)
+            .await?;
+        Ok(list.qos_policies)
+    }
+
+    /// `POST /v1/qos_policies`.
+    pub async fn create_qos_policy(
+        &self,
+        body: &QosPolicyCreate,
+    ) -> Result<QosPolicy, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/qos_policies", Some(body))
+            .await
+    }
+
+    /// `GET /v1/qos_policies/{id_or_name}`.
+    pub async fn get_qos_policy(&self, id_or_name: &str) -> Result<QosPolicy, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/qos_policies/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/qos_policies/{id_or_name}`.
+    pub async fn update_qos_policy(
+        &self,
+        id_or_name: &str,
+        body: &QosPolicyPatch,
+    ) -> Result<QosPolicy, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/qos_policies/{id_or_name}"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/qos_policies/{id_or_name}`.
+    pub async fn delete_qos_policy(&self, id_or_name: &str) -> Result<QosPolicy, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/qos_policies/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/appliances`.
+    pub async fn list_appliances(&self) -> Result<Vec<Appliance>, ClientError> {
+        let list: ApplianceList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/appliances", None)
+            .await?;
+        Ok(list.appliances)
+    }
+
+    /// `POST /v1/appliances`.
+    pub async fn create_appliance(&self, body: &ApplianceCreate) -> Result<Appliance, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/appliances", Some(body))
+            .await
+    }
+
+    /// `GET /v1/vms` (optionally `?platform=&node=`, given as `query` without `?`).
+    pub async fn list_vms(&self, query: &str) -> Result<Vec<Vm>, ClientError> {
+        let path = if query.is_empty() {
+            "/v1/vms".to_string()
+        } else {
+            format!("/v1/vms?{query}")
+        };
+        let list: VmList = self
+            .request::<(), _>(reqwest::Method::GET, &path, None)
+            .await?;
+        Ok(list.vms)
+    }
+
+    /// `POST /v1/vms`.
+    pub async fn create_vm(&self, body: &VmCreate) -> Result<Vm, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/vms", Some(body))
+            .await
+    }
+
+    /// `GET /v1/vms/{id_or_name}` (name: `platform/name` or a unique name).
+    pub async fn get_vm(&self, id_or_name: &str) -> Result<Vm, ClientError> {
+        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/vms/{id_or_name}"), None)
+            .await
+    }
+
+    /// `PATCH /v1/vms/{id_or_name}`.
+    pub async fn update_vm(&self, id_or_name: &str, body: &VmPatch) -> Result<Vm, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/vms/{id_or_name}"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/vms/{id_or_name}[?force=true]`: returns the VM marked deleting
+    /// (or as it was, when forced).
+    pub async fn delete_vm(&self, id_or_name: &str, force: bool) -> Result<Vm, ClientError> {
+        let path = if force {
+            format!("/v1/vms/{id_or_name}?force=true")
+        } else {
+            format!("/v1/vms/{id_or_name}")
+        };
+        self.request::<(), _>(reqwest::Method::DELETE, &path, None)
+            .await
+    }
+
+    /// `POST /v1/programs`.
+    pub async fn create_program(&self, body: &ProgramCreate) -> Result<Program, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/programs", Some(body))
+            .await
+    }
+
+    /// `POST /v1/deployments`.
+    pub async fn create_deployment(
+        &self,
+        body: &DeploymentCreate,
+    ) -> Result<Deployment, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/deployments", Some(body))
+            .await
+    }
+
+    /// `GET /v1/deployments/{id}`.
+    pub async fn get_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
+        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/deployments/{id}"), None)
+            .await
+    }
+
+    /// `DELETE /v1/deployments/{id}`: stops every run.
+    pub async fn delete_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/deployments/{id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/tasks`.
+    pub async fn create_task(&self, body: &TaskCreate) -> Result<Task, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/tasks", Some(body))
+            .await
+    }
+
+    /// `GET /v1/tasks/{id_or_name}`.
+    pub async fn get_task(&self, id_or_name: &str) -> Result<Task, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/tasks/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tasks/{id_or_name}`.
+    pub async fn delete_task(&self, id_or_name: &str) -> Result<Task, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/tasks/{id_or_name}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/results?...` (`query` without `?`, e.g. `task=t1&since=...`).
+    pub async fn list_results(&self, query: &str) -> Result<Vec<ResultRecord>, ClientError> {
+        let list: ResultList = self
+            .request::<(), _>(reqwest::Method::GET, &format!("/v1/results?{query}"), None)
+            .await?;
+        Ok(list.results)
+    }
+
+    /// `GET /v1/results/latest?task=`.
+    pub async fn latest_result(&self, task: &str) -> Result<ResultRecord, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/results/latest?task={task}"),
+            None,
         )
         .await
     }

@@ -155,3 +155,653 @@ pub struct NodePatch {
     /// The complete new label set (keys not listed are removed).
     pub labels: BTreeMap<String, String>,
 }
+
+// ---- Wave 2: virtual platforms, QoS policies, appliances, VMs ----
+
+/// Power state of a virtual platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformPowerState {
+    /// VMs run as their own power_state says.
+    Running,
+    /// Every VM of the platform is suspended.
+    Paused,
+}
+
+/// A virtual platform (the paper's slice): VMs on chosen nodes, one VLAN, one subnet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Platform {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Names of the member nodes.
+    pub nodes: Vec<String>,
+    /// Administrators of the platform (free-form principals).
+    pub admins: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// VLAN tag of every VM port of the platform.
+    pub vlan_tag: u16,
+    /// IPv4 subnet (CIDR) the VM addresses come from.
+    pub subnet: String,
+    /// Gateway address inside the subnet, if any.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Running or paused.
+    pub power_state: PlatformPowerState,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Bumped on every change.
+    pub generation: u64,
+}
+
+/// `POST /v1/platforms` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformCreate {
+    /// Unique name (DNS label).
+    pub name: String,
+    /// Member node names.
+    pub nodes: Vec<String>,
+    /// Administrators.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `PATCH /v1/platforms/{id_or_name}` body; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformPatch {
+    /// New complete member list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// New complete admin list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admins: Option<Vec<String>>,
+    /// New description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Running or paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<PlatformPowerState>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Body of POST .../start, .../pause and DELETE requests that carry an idempotency key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOptions {
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/platforms` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformList {
+    /// Ordered by name.
+    pub platforms: Vec<Platform>,
+}
+
+/// A bandwidth policy for VM ports. Ingress = into the VM, egress = out of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QosPolicy {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Ceiling into the VM, kbit/s.
+    pub ingress_max_kbps: u64,
+    /// Guaranteed rate into the VM, kbit/s.
+    #[serde(default)]
+    pub ingress_min_kbps: Option<u64>,
+    /// Burst into the VM, kbytes.
+    #[serde(default)]
+    pub ingress_burst_kbytes: Option<u64>,
+    /// Ceiling out of the VM, kbit/s.
+    #[serde(default)]
+    pub egress_max_kbps: Option<u64>,
+    /// Guaranteed rate out of the VM, kbit/s.
+    #[serde(default)]
+    pub egress_min_kbps: Option<u64>,
+    /// Burst out of the VM, kbytes.
+    #[serde(default)]
+    pub egress_burst_kbytes: Option<u64>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/qos_policies` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosPolicyCreate {
+    /// Unique name (DNS label).
+    pub name: String,
+    /// Ceiling into the VM, kbit/s.
+    pub ingress_max_kbps: u64,
+    /// Guaranteed rate into the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_min_kbps: Option<u64>,
+    /// Burst into the VM, kbytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_burst_kbytes: Option<u64>,
+    /// Ceiling out of the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_max_kbps: Option<u64>,
+    /// Guaranteed rate out of the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_min_kbps: Option<u64>,
+    /// Burst out of the VM, kbytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_burst_kbytes: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `PATCH /v1/qos_policies/{id_or_name}` body. A field set to `null` is
+/// cleared (except `ingress_max_kbps`), an absent field stays.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosPolicyPatch {
+    /// Ceiling into the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_max_kbps: Option<u64>,
+    /// Guaranteed rate into the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_min_kbps: Option<Option<u64>>,
+    /// Burst into the VM, kbytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_burst_kbytes: Option<Option<u64>>,
+    /// Ceiling out of the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_max_kbps: Option<Option<u64>>,
+    /// Guaranteed rate out of the VM, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_min_kbps: Option<Option<u64>>,
+    /// Burst out of the VM, kbytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_burst_kbytes: Option<Option<u64>>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/qos_policies` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QosPolicyList {
+    /// Ordered by name.
+    pub qos_policies: Vec<QosPolicy>,
+}
+
+/// A VM image (kernel + initrd [+ disk]) present on the nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Appliance {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Version text.
+    pub version: String,
+    /// `x86_64` or `i686`.
+    pub arch: String,
+    /// Operating system, free text.
+    pub os: String,
+    /// Kernel path on the nodes (empty for the namespace pseudo-appliance).
+    pub kernel: String,
+    /// Initrd path on the nodes.
+    pub initrd: String,
+    /// Disk image path on the nodes, if any.
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Smallest memory a VM of this appliance may have.
+    pub min_memory_mib: u64,
+    /// Backends it runs on: `namespace`, `libvirt`.
+    pub backends: Vec<String>,
+    /// Shipped with the controller; cannot be replaced.
+    pub builtin: bool,
+}
+
+/// `POST /v1/appliances` body (operator-provided files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceCreate {
+    /// Unique name (DNS label).
+    pub name: String,
+    /// Version text.
+    pub version: String,
+    /// `x86_64` or `i686`.
+    pub arch: String,
+    /// Operating system, free text.
+    pub os: String,
+    /// Absolute kernel path on the nodes.
+    pub kernel: String,
+    /// Absolute initrd path on the nodes.
+    pub initrd: String,
+    /// Absolute disk image path on the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Smallest memory a VM of this appliance may have.
+    pub min_memory_mib: u64,
+    /// `namespace` and/or `libvirt`.
+    pub backends: Vec<String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/appliances` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplianceList {
+    /// Ordered by name.
+    pub appliances: Vec<Appliance>,
+}
+
+/// Desired power state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPowerState {
+    /// Running.
+    Running,
+    /// Suspended (memory kept).
+    Paused,
+    /// Defined but not running.
+    Stopped,
+}
+
+/// VM backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmBackend {
+    /// Network namespace + cgroups (OS-level virtualization).
+    Namespace,
+    /// A libvirt domain (Xen, QEMU, test driver).
+    Libvirt,
+}
+
+/// A condition reported by the node agent (Ready, PortAttached, GuestRegistered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A VM of a virtual platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    /// Stable id.
+    pub id: String,
+    /// Name, unique within the platform.
+    pub name: String,
+    /// Platform name.
+    pub platform: String,
+    /// Node name.
+    pub node: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory.
+    pub memory_mib: u64,
+    /// Disk size (0: the appliance's own).
+    pub disk_mib: u64,
+    /// Swap size.
+    pub swap_mib: u64,
+    /// Appliance name.
+    pub appliance: String,
+    /// QoS policy name, if any.
+    #[serde(default)]
+    pub qos_policy: Option<String>,
+    /// Desired power state.
+    pub power_state: VmPowerState,
+    /// Backend.
+    pub backend: VmBackend,
+    /// IPv4 address (no prefix) from the platform subnet.
+    pub address: String,
+    /// MAC address.
+    pub mac: String,
+    /// What the node reports: pending, running, paused, stopped, failed, deleting.
+    pub actual_state: String,
+    /// A changed field needs a restart that has not happened yet.
+    pub restart_required: bool,
+    /// RFC 3339 time of the guest agent's last heartbeat.
+    #[serde(default)]
+    pub guest_last_heartbeat: Option<String>,
+    /// Conditions from the node agent.
+    pub conditions: Vec<Condition>,
+    /// Bumped on every spec change.
+    pub generation: u64,
+    /// Generation the node agent last reported for this VM.
+    pub observed_generation: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/vms` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreate {
+    /// Name (DNS label), unique within the platform.
+    pub name: String,
+    /// Platform id or name.
+    pub platform: String,
+    /// Node name or id; must be a member of the platform.
+    pub node: String,
+    /// Virtual CPUs (1-64).
+    pub vcpus: u32,
+    /// Memory.
+    pub memory_mib: u64,
+    /// Disk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Swap size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mib: Option<u64>,
+    /// Appliance name.
+    pub appliance: String,
+    /// QoS policy name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_policy: Option<String>,
+    /// Desired power state.
+    pub power_state: VmPowerState,
+    /// Backend; default: the appliance's first backend the node has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<VmBackend>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `PATCH /v1/vms/{id_or_name}` body. The immutable fields are accepted only
+/// when they equal the current value (so a client may send the whole object).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    /// Virtual CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// QoS policy name; `null` removes the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_policy: Option<Option<String>>,
+    /// Desired power state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<VmPowerState>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<String>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<VmBackend>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mib: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/vms` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmList {
+    /// Ordered by platform, then name.
+    pub vms: Vec<Vm>,
+}
+
+// ---- Wave 2: programs, deployments, tasks, results ----
+
+/// An uploaded program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// Content size.
+    pub size_bytes: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/programs` JSON body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramCreate {
+    /// Unique name.
+    pub name: String,
+    /// Content, standard base64.
+    pub content_base64: String,
+    /// Expected hex SHA-256; the upload is refused when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/programs` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramList {
+    /// Ordered by name.
+    pub programs: Vec<Program>,
+}
+
+/// One VM's run of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramRunState {
+    /// VM name.
+    pub vm: String,
+    /// VM id.
+    pub vm_id: String,
+    /// pending, running, exited, failed, lost, stopped.
+    pub status: String,
+    /// Exit code once exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Last lines of stdout.
+    pub stdout_tail: String,
+    /// Last lines of stderr.
+    pub stderr_tail: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// A program deployed onto VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Stable id.
+    pub id: String,
+    /// Program name.
+    pub program: String,
+    /// Program arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// One run per VM.
+    pub runs: Vec<ProgramRunState>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/deployments` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentCreate {
+    /// Program name or id.
+    pub program: String,
+    /// VM ids, or VM names (unique across platforms, else use ids or `platform/name`).
+    pub vms: Vec<String>,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/deployments` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentList {
+    /// Newest first.
+    pub deployments: Vec<Deployment>,
+}
+
+/// A multicast measurement task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// `platform` (run by the platform's MSCS) or `service_host`.
+    pub mode: String,
+    /// Platform name (mode platform).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Node names (mode service_host).
+    pub nodes: Vec<String>,
+    /// `once` or `periodic`.
+    pub schedule: String,
+    /// Period of a periodic task.
+    pub interval_seconds: u64,
+    /// Length of one run.
+    pub duration_seconds: u64,
+    /// Probe rate.
+    pub rate_pps: u64,
+    /// Probe size.
+    pub packet_size_bytes: u64,
+    /// Multicast group.
+    pub group: String,
+    /// UDP port.
+    pub port: u16,
+    /// Multicast TTL.
+    pub ttl: u32,
+    /// Source-specific multicast.
+    pub ssm: bool,
+    /// Source point; `None`: round robin.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Receiver points; empty: all others.
+    pub receivers: Vec<String>,
+    /// pending, running, completed, failed.
+    pub status: String,
+    /// Newest result.
+    #[serde(default)]
+    pub last_result_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /v1/tasks` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCreate {
+    /// Unique name (DNS label).
+    pub name: String,
+    /// `platform` or `service_host`.
+    pub mode: String,
+    /// Platform (mode platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Nodes (mode service_host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// `once` or `periodic`.
+    pub schedule: String,
+    /// Period (periodic; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
+    /// Run length (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
+    /// Probe rate.
+    pub rate_pps: u64,
+    /// Probe size.
+    pub packet_size_bytes: u64,
+    /// Multicast group (IPv4 multicast address).
+    pub group: String,
+    /// UDP port.
+    pub port: u16,
+    /// Multicast TTL.
+    pub ttl: u32,
+    /// Source-specific multicast.
+    #[serde(default)]
+    pub ssm: bool,
+    /// Source point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Receiver points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receivers: Option<Vec<String>>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/tasks` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    /// Ordered by name.
+    pub tasks: Vec<Task>,
+}
+
+/// One stored result document (one run of a task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// Stable id.
+    pub id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Task name.
+    pub task: String,
+    /// RFC 3339 time the controller stored it.
+    pub received_at: String,
+    /// `started_at` of the run (from the document).
+    pub started_at: String,
+    /// The `measurelab.mcast.result/v1` document.
+    pub document: serde_json::Value,
+}
+
+/// `GET /v1/results` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultList {
+    /// Oldest first.
+    pub results: Vec<ResultRecord>,
+}
