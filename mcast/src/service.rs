@@ -319,6 +319,16 @@ mod tests {
     }
 
     #[test]
+    fn run_task_can_be_spawned_on_a_multi_threaded_runtime() {
+        // The node agent runs it with tokio::spawn, which needs a Send future.
+        fn assert_send<T: Send>(_: &T) {}
+        let task = task(json!({"id": "t", "schedule": "once"}));
+        let points: Vec<(String, SocketAddr)> = Vec::new();
+        let future = run_task(&task, &points);
+        assert_send(&future);
+    }
+
+    #[test]
     fn spawned_point_binds_at_once_and_stops() {
         let point = spawn_point("127.0.0.1:0".parse().unwrap(), "p1", Ipv4Addr::LOCALHOST).unwrap();
         let addr = point.local_addr();
