@@ -1,7 +1,7 @@
 //! The MSCS's HTTP/JSON API.
 //!
 //! - `GET /healthz`
-//! - `POST /tasks` with a [`TaskSpec`] body: 201 with the queued [`TaskRecord`]
+//! - `POST /tasks` with a [`TaskSpec`] body: 201 with the queued [`TaskRecord`](super::state::TaskRecord)
 //! - `GET /tasks`, `GET /tasks/{id}`
 //! - `GET /results?since=SEQ&limit=N`: `{"results":[{"seq":..,"document":..}],"next_since":SEQ}`
 //! - `GET /schedule`: the periodic schedules' positions (built-in and controller
