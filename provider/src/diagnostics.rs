@@ -26,16 +26,28 @@ pub enum Operation {
     ReleaseNode,
     /// Listing nodes for a data source.
     ListNodes,
+    /// Creating an object of the given kind.
+    Create(&'static str),
+    /// Reading an object of the given kind while refreshing or importing.
+    Read(&'static str),
+    /// Changing an object of the given kind in place.
+    Update(&'static str),
+    /// Deleting an object of the given kind.
+    Delete(&'static str),
 }
 
 impl Operation {
-    fn describe(self) -> &'static str {
+    fn describe(self) -> String {
         match self {
-            Operation::ReadNode => "read the node",
-            Operation::WaitNode => "look up the node to adopt",
-            Operation::PatchNode => "write the node's labels",
-            Operation::ReleaseNode => "release the node (clear its labels)",
-            Operation::ListNodes => "list the nodes",
+            Operation::ReadNode => "read the node".into(),
+            Operation::WaitNode => "look up the node to adopt".into(),
+            Operation::PatchNode => "write the node's labels".into(),
+            Operation::ReleaseNode => "release the node (clear its labels)".into(),
+            Operation::ListNodes => "list the nodes".into(),
+            Operation::Create(kind) => format!("create the {kind}"),
+            Operation::Read(kind) => format!("read the {kind}"),
+            Operation::Update(kind) => format!("update the {kind}"),
+            Operation::Delete(kind) => format!("delete the {kind}"),
         }
     }
 
@@ -53,6 +65,10 @@ impl Operation {
                 "The node keeps its labels and the resource stays in the state, so destroy can be retried."
             }
             Operation::ListNodes => "No data was read.",
+            Operation::Create(_) => "Nothing was created and no state was written for this resource.",
+            Operation::Read(_) => "The resource was kept in the state unchanged.",
+            Operation::Update(_) => "The object keeps its previous settings and so does the state.",
+            Operation::Delete(_) => "The object still exists and stays in the state, so destroy can be retried.",
         }
     }
 }
@@ -130,6 +146,16 @@ pub fn client_error(diags: &mut Diagnostics, err: &ClientError, operation: Opera
             format!(
                 "The provider tried to {what}; the controller answered: {message}. {consequence}\n\n\
                  What to do: check the name against `terraform output` or `GET /v1/nodes`."
+            ),
+            AttributePath::root(),
+        ),
+        ClientError::Api { status: 409, message, .. } => error(
+            diags,
+            "Conflict on the controller",
+            format!(
+                "The provider tried to {what}; the controller refused: {message}. {consequence}\n\n\
+                 What to do: if another object still uses this one, remove or change that object \
+                 first; if the name is taken, choose another name or import the existing object."
             ),
             AttributePath::root(),
         ),
@@ -281,6 +307,43 @@ pub fn cancelled(diags: &mut Diagnostics, name: &str) {
         ),
         AttributePath::root(),
     );
+}
+
+/// A wait for `kind` `name` to reach `goal` ended without success.
+pub fn wait_failed(
+    diags: &mut Diagnostics,
+    end: &crate::wait::WaitEnd,
+    kind: &str,
+    name: &str,
+    goal: &str,
+    timeout: Duration,
+    operation: Operation,
+) {
+    use crate::wait::WaitEnd;
+    match end {
+        WaitEnd::Client(err) => client_error(diags, err, operation),
+        WaitEnd::Cancelled => error(
+            diags,
+            format!("Stopped while waiting for the {kind}"),
+            format!(
+                "Terraform was interrupted while the provider waited for {kind} {name:?} to {goal}. \
+                 What was already sent to the controller stays; the next plan shows where it stands.\n\n\
+                 What to do: run `terraform apply` again when ready."
+            ),
+            AttributePath::root(),
+        ),
+        WaitEnd::TimedOut(last_seen) => error(
+            diags,
+            format!("The {kind} {name:?} did not {goal} in time"),
+            format!(
+                "The provider waited {} for {kind} {name:?} to {goal}; the last thing the controller \
+                 said about it: {last_seen}.\n\nWhat to do: look at the conditions and the node agent's \
+                 log (`GET /v1/nodes/NODE/logs`), fix the cause, or raise the `timeouts` block.",
+                format_duration(timeout)
+            ),
+            AttributePath::new("timeouts"),
+        ),
+    }
 }
 
 /// Render a duration the way Terraform users write it (`5m0s`).

@@ -4,7 +4,7 @@
 //! - `provider.rs`: the provider block (endpoint, token, ca_cert) and the shared client.
 //! - `diagnostics.rs`: every error a user can see, with what to do next.
 //! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
-//! - `node_model.rs`, `number.rs`, `labels.rs`, `timeouts.rs`, `cancel.rs`: shared pieces.
+//! - `node_model.rs`, `number.rs`, `labels.rs`, `timeouts.rs`, `wait.rs`, `cancel.rs`: shared pieces.
 
 mod cancel;
 mod data_sources;
@@ -15,6 +15,7 @@ mod number;
 mod provider;
 mod resources;
 mod timeouts;
+mod wait;
 
 /// Name Terraform knows the provider by; resource types are `measurelab_<noun>`.
 const PROVIDER_NAME: &str = "measurelab";

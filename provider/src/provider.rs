@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::data_sources::{NodeDataSource, NodesDataSource};
 use crate::diagnostics;
-use crate::resources::MeasurementNodeResource;
+use crate::resources::{
+    MeasurementNodeResource, QosPolicyResource, VirtualPlatformResource, VmResource,
+};
 
 /// Environment variable that sets `endpoint` when the block does not.
 pub const ENV_ENDPOINT: &str = "MEASURELAB_ENDPOINT";
@@ -54,6 +56,15 @@ impl Shared {
             diagnostics::not_configured(diags);
         }
         client
+    }
+
+    /// The configured client, without a diagnostic (for optional plan-time checks).
+    pub fn client_quiet(&self) -> Result<Client, ()> {
+        self.client
+            .read()
+            .ok()
+            .and_then(|guard| guard.clone())
+            .ok_or(())
     }
 
     fn set_client(&self, client: Client) {
@@ -259,6 +270,9 @@ impl Provider for MeasurelabProvider {
     ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
         Some(map! {
             "measurement_node" => MeasurementNodeResource::new(self.shared.clone()),
+            "qos_policy" => QosPolicyResource::new(self.shared.clone()),
+            "virtual_platform" => VirtualPlatformResource::new(self.shared.clone()),
+            "vm" => VmResource::new(self.shared.clone()),
         })
     }
 

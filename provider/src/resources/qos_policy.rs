@@ -1,0 +1,506 @@
+//! `measurelab_qos_policy`: a bandwidth policy that VMs reference by name.
+//! Rates are enforced per VM port by the node agent (OVS `linux-htb` QoS for
+//! traffic into the VM; guest-side shaping for traffic out of it).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::diagnostics::{self, Operation};
+use crate::number::Number;
+use crate::provider::Shared;
+
+/// The rate and burst attributes: (name, description, required).
+const RATES: [(&str, &str, bool); 6] = [
+    (
+        "ingress_max_kbps",
+        "Ceiling for traffic into the VM, in kbit/s.",
+        true,
+    ),
+    (
+        "ingress_min_kbps",
+        "Guaranteed rate into the VM, in kbit/s; at most `ingress_max_kbps`.",
+        false,
+    ),
+    (
+        "ingress_burst_kbytes",
+        "Burst allowance into the VM, in kbytes.",
+        false,
+    ),
+    (
+        "egress_max_kbps",
+        "Ceiling for traffic out of the VM, in kbit/s. Unset: no limit.",
+        false,
+    ),
+    (
+        "egress_min_kbps",
+        "Guaranteed rate out of the VM, in kbit/s; at most `egress_max_kbps`.",
+        false,
+    ),
+    (
+        "egress_burst_kbytes",
+        "Burst allowance out of the VM, in kbytes.",
+        false,
+    ),
+];
+
+/// Terraform state of one policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QosPolicyState {
+    /// Unique name.
+    pub name: Value<String>,
+    /// Ceiling into the VM.
+    pub ingress_max_kbps: Value<Number>,
+    /// Guaranteed rate into the VM.
+    pub ingress_min_kbps: Value<Number>,
+    /// Burst into the VM.
+    pub ingress_burst_kbytes: Value<Number>,
+    /// Ceiling out of the VM.
+    pub egress_max_kbps: Value<Number>,
+    /// Guaranteed rate out of the VM.
+    pub egress_min_kbps: Value<Number>,
+    /// Burst out of the VM.
+    pub egress_burst_kbytes: Value<Number>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// Creation time.
+    pub created_at: Value<String>,
+}
+
+/// The rates of a policy as plain optional integers, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rates {
+    ingress_max_kbps: u64,
+    ingress_min_kbps: Option<u64>,
+    ingress_burst_kbytes: Option<u64>,
+    egress_max_kbps: Option<u64>,
+    egress_min_kbps: Option<u64>,
+    egress_burst_kbytes: Option<u64>,
+}
+
+/// A whole, positive number of kbit/s or kbytes; `None` for null or unknown.
+fn positive(
+    diags: &mut Diagnostics,
+    attribute: &'static str,
+    value: &Value<Number>,
+) -> Option<u64> {
+    let Value::Value(number) = value else {
+        return None;
+    };
+    let parsed = match number {
+        Number::Unsigned(v) if *v > 0 => Some(*v),
+        _ => None,
+    };
+    if parsed.is_none() {
+        diagnostics::invalid_value(
+            diags,
+            AttributePath::new(attribute),
+            "Invalid rate",
+            format!(
+                "`{attribute}` is {}; it must be a whole number greater than zero.",
+                serde_json::to_string(number).unwrap_or_default()
+            ),
+        );
+    }
+    parsed
+}
+
+impl QosPolicyState {
+    /// Validate the rates; reports each bad attribute. `None` if any is bad or
+    /// a required one is unknown.
+    fn rates(&self, diags: &mut Diagnostics) -> Option<Rates> {
+        let errors_before = diags.errors.len();
+        let rates = Rates {
+            ingress_max_kbps: positive(diags, "ingress_max_kbps", &self.ingress_max_kbps)
+                .unwrap_or(0),
+            ingress_min_kbps: positive(diags, "ingress_min_kbps", &self.ingress_min_kbps),
+            ingress_burst_kbytes: positive(
+                diags,
+                "ingress_burst_kbytes",
+                &self.ingress_burst_kbytes,
+            ),
+            egress_max_kbps: positive(diags, "egress_max_kbps", &self.egress_max_kbps),
+            egress_min_kbps: positive(diags, "egress_min_kbps", &self.egress_min_kbps),
+            egress_burst_kbytes: positive(diags, "egress_burst_kbytes", &self.egress_burst_kbytes),
+        };
+        if let Some(min) = rates.ingress_min_kbps {
+            if rates.ingress_max_kbps > 0 && min > rates.ingress_max_kbps {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("ingress_min_kbps"),
+                    "Guaranteed rate above the ceiling",
+                    format!(
+                        "`ingress_min_kbps` ({min}) is greater than `ingress_max_kbps` ({}).",
+                        rates.ingress_max_kbps
+                    ),
+                );
+            }
+        }
+        if let (Some(min), Some(max)) = (rates.egress_min_kbps, rates.egress_max_kbps) {
+            if min > max {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("egress_min_kbps"),
+                    "Guaranteed rate above the ceiling",
+                    format!("`egress_min_kbps` ({min}) is greater than `egress_max_kbps` ({max})."),
+                );
+            }
+        }
+        if rates.egress_min_kbps.is_some()
+            && rates.egress_max_kbps.is_none()
+            && self.egress_max_kbps.is_null()
+        {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("egress_min_kbps"),
+                "Guaranteed rate without a ceiling",
+                "`egress_min_kbps` needs `egress_max_kbps`.".to_string(),
+            );
+        }
+        let known = self.ingress_max_kbps.is_value();
+        (diags.errors.len() == errors_before && known).then_some(rates)
+    }
+
+    fn refresh_from(&mut self, policy: &QosPolicy) {
+        let number = |v: Option<u64>| v.map(Number::from).map(Value::Value).unwrap_or(Value::Null);
+        self.name = Value::Value(policy.name.clone());
+        self.id = Value::Value(policy.id.clone());
+        self.created_at = Value::Value(policy.created_at.clone());
+        self.ingress_max_kbps = Value::Value(Number::from(policy.ingress_max_kbps));
+        self.ingress_min_kbps = number(policy.ingress_min_kbps);
+        self.ingress_burst_kbytes = number(policy.ingress_burst_kbytes);
+        self.egress_max_kbps = number(policy.egress_max_kbps);
+        self.egress_min_kbps = number(policy.egress_min_kbps);
+        self.egress_burst_kbytes = number(policy.egress_burst_kbytes);
+    }
+}
+
+/// The resource implementation.
+pub struct QosPolicyResource {
+    shared: Shared,
+}
+
+impl QosPolicyResource {
+    /// A resource that uses the provider's client.
+    pub fn new(shared: Shared) -> Self {
+        QosPolicyResource { shared }
+    }
+}
+
+fn not_found_on_import(diags: &mut Diagnostics, kind: &str, id: &str) {
+    diagnostics::invalid_value(
+        diags,
+        AttributePath::root(),
+        format!("Cannot import: no such {kind}"),
+        format!("The controller has no {kind} named (or with id) {id:?}.\n\nWhat to do: import by name."),
+    );
+}
+
+#[async_trait]
+impl Resource for QosPolicyResource {
+    type State<'a> = QosPolicyState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let mut attributes: HashMap<String, Attribute> = RATES
+            .iter()
+            .map(|(name, description, required)| {
+                (
+                    name.to_string(),
+                    Attribute {
+                        attr_type: AttributeType::Number,
+                        description: Description::markdown(*description),
+                        constraint: if *required {
+                            AttributeConstraint::Required
+                        } else {
+                            AttributeConstraint::Optional
+                        },
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        attributes.insert(
+            "name".to_string(),
+            Attribute {
+                attr_type: AttributeType::String,
+                description: Description::markdown(
+                    "Unique name (a DNS label: lowercase letters, digits and `-`). VMs refer to the policy \
+                     by this name. Changing it replaces the policy.",
+                ),
+                constraint: AttributeConstraint::Required,
+                ..Default::default()
+            },
+        );
+        attributes.insert(
+            "id".to_string(),
+            crate::node_model::computed(
+                AttributeType::String,
+                "Stable id assigned by the controller.",
+            ),
+        );
+        attributes.insert(
+            "created_at".to_string(),
+            crate::node_model::computed(AttributeType::String, "RFC 3339 creation time."),
+        );
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "A per-VM bandwidth policy. Rates change in place; VMs using the policy pick up the \
+                     new rates without a restart. A policy still used by a VM cannot be destroyed.",
+                ),
+                attributes,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        config.rates(diags);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let key = state
+            .id
+            .as_ref_option()
+            .or(state.name.as_ref_option())
+            .cloned()
+            .unwrap_or_default();
+        match client.get_qos_policy(&key).await {
+            Ok(policy) => {
+                let mut state = state;
+                state.refresh_from(&policy);
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read("QoS policy"));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        proposed_state.rates(diags);
+        let mut state = proposed_state;
+        state.id = Value::Unknown;
+        state.created_at = Value::Unknown;
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        proposed_state.rates(diags);
+        let mut state = proposed_state;
+        let mut replace = Vec::new();
+        if state.name != prior_state.name {
+            replace.push(AttributePath::new("name"));
+            state.id = Value::Unknown;
+            state.created_at = Value::Unknown;
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let rates = planned_state.rates(diags)?;
+        let client = self.shared.client(diags)?;
+        let body = QosPolicyCreate {
+            name: planned_state
+                .name
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
+            ingress_max_kbps: rates.ingress_max_kbps,
+            ingress_min_kbps: rates.ingress_min_kbps,
+            ingress_burst_kbytes: rates.ingress_burst_kbytes,
+            egress_max_kbps: rates.egress_max_kbps,
+            egress_min_kbps: rates.egress_min_kbps,
+            egress_burst_kbytes: rates.egress_burst_kbytes,
+            request_id: None,
+        };
+        match client.create_qos_policy(&body).await {
+            Ok(policy) => {
+                let mut state = planned_state;
+                state.id = Value::Value(policy.id.clone());
+                state.created_at = Value::Value(policy.created_at.clone());
+                Some((state, planned_private_state))
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create("QoS policy"));
+                None
+            }
+        }
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let rates = planned_state.rates(diags)?;
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        // Send every rate: a removed optional rate is an explicit null (cleared).
+        let body = QosPolicyPatch {
+            ingress_max_kbps: Some(rates.ingress_max_kbps),
+            ingress_min_kbps: Some(rates.ingress_min_kbps),
+            ingress_burst_kbytes: Some(rates.ingress_burst_kbytes),
+            egress_max_kbps: Some(rates.egress_max_kbps),
+            egress_min_kbps: Some(rates.egress_min_kbps),
+            egress_burst_kbytes: Some(rates.egress_burst_kbytes),
+            request_id: None,
+        };
+        match client.update_qos_policy(&id, &body).await {
+            Ok(_) => Some((planned_state, planned_private_state)),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Update("QoS policy"));
+                None
+            }
+        }
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.delete_qos_policy(&id).await {
+            Ok(_) => Some(()),
+            Err(err) if err.is_not_found() => Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete("QoS policy"));
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match client.get_qos_policy(&id).await {
+            Ok(policy) => {
+                let mut state = QosPolicyState::default();
+                state.refresh_from(&policy);
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                not_found_on_import(diags, "QoS policy", &id);
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read("QoS policy"));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max: Number, min: Option<Number>) -> QosPolicyState {
+        QosPolicyState {
+            name: Value::Value("p".into()),
+            ingress_max_kbps: Value::Value(max),
+            ingress_min_kbps: min.map(Value::Value).unwrap_or(Value::Null),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_plain_ceiling() {
+        let mut diags = Diagnostics::default();
+        let rates = state(Number::Unsigned(20_000), None).rates(&mut diags);
+        assert!(diags.errors.is_empty());
+        assert_eq!(rates.map(|r| r.ingress_max_kbps), Some(20_000));
+    }
+
+    #[test]
+    fn fractional_or_zero_rates_point_at_the_attribute() {
+        let mut diags = Diagnostics::default();
+        assert!(state(Number::Float(1.5), None).rates(&mut diags).is_none());
+        assert_eq!(
+            diags.errors[0].attribute,
+            AttributePath::new("ingress_max_kbps")
+        );
+        let mut diags = Diagnostics::default();
+        assert!(state(Number::Unsigned(0), None).rates(&mut diags).is_none());
+        assert_eq!(
+            diags.errors[0].attribute,
+            AttributePath::new("ingress_max_kbps")
+        );
+    }
+
+    #[test]
+    fn guarantee_above_ceiling_is_rejected() {
+        let mut diags = Diagnostics::default();
+        assert!(state(Number::Unsigned(100), Some(Number::Unsigned(200)))
+            .rates(&mut diags)
+            .is_none());
+        assert_eq!(
+            diags.errors[0].attribute,
+            AttributePath::new("ingress_min_kbps")
+        );
+    }
+}

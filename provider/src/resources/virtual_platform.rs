@@ -1,0 +1,460 @@
+//! `measurelab_virtual_platform`: a slice of the physical platform (the
+//! paper's virtual platform): member nodes, one VLAN tag and one subnet that
+//! the controller allocates, and VMs (`measurelab_vm`) placed on the members.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+
+const KIND: &str = "virtual platform";
+
+/// Terraform state of one platform.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlatformState {
+    /// Unique name.
+    pub name: Value<String>,
+    /// Member node names.
+    pub nodes: Value<BTreeSet<String>>,
+    /// Administrators.
+    pub admins: Value<BTreeSet<String>>,
+    /// Free text.
+    pub description: Value<String>,
+    /// `running` or `paused`.
+    pub power_state: Value<String>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// Allocated VLAN tag.
+    pub vlan_tag: Value<Number>,
+    /// Allocated subnet.
+    pub subnet: Value<String>,
+    /// Gateway in the subnet, empty if none.
+    pub gateway: Value<String>,
+    /// Creation time.
+    pub created_at: Value<String>,
+}
+
+fn power_text(state: PlatformPowerState) -> &'static str {
+    match state {
+        PlatformPowerState::Running => "running",
+        PlatformPowerState::Paused => "paused",
+    }
+}
+
+fn parse_power(text: &str) -> Option<PlatformPowerState> {
+    match text {
+        "running" => Some(PlatformPowerState::Running),
+        "paused" => Some(PlatformPowerState::Paused),
+        _ => None,
+    }
+}
+
+impl PlatformState {
+    fn validate(&self, diags: &mut Diagnostics) {
+        if let Value::Value(nodes) = &self.nodes {
+            if nodes.is_empty() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("nodes"),
+                    "A virtual platform needs nodes",
+                    "`nodes` is empty; list at least one measurement node (by name).".to_string(),
+                );
+            }
+        }
+        if let Value::Value(power) = &self.power_state {
+            if parse_power(power).is_none() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("power_state"),
+                    "Invalid power state",
+                    format!(
+                        "{power:?} is not a platform power state; use \"running\" or \"paused\"."
+                    ),
+                );
+            }
+        }
+    }
+
+    fn refresh_from(&mut self, platform: &Platform) {
+        self.name = Value::Value(platform.name.clone());
+        self.nodes = Value::Value(platform.nodes.iter().cloned().collect());
+        // Empty lists and text stay null when the configuration left them out.
+        self.admins = if platform.admins.is_empty() && !self.admins.is_value() {
+            Value::Null
+        } else {
+            Value::Value(platform.admins.iter().cloned().collect())
+        };
+        self.description = if platform.description.is_empty() && !self.description.is_value() {
+            Value::Null
+        } else {
+            Value::Value(platform.description.clone())
+        };
+        self.power_state = Value::Value(power_text(platform.power_state).to_string());
+        self.id = Value::Value(platform.id.clone());
+        self.vlan_tag = Value::Value(Number::from(u64::from(platform.vlan_tag)));
+        self.subnet = Value::Value(platform.subnet.clone());
+        self.gateway = Value::Value(platform.gateway.clone().unwrap_or_default());
+        self.created_at = Value::Value(platform.created_at.clone());
+    }
+
+    fn mark_computed_unknown(&mut self) {
+        self.id = Value::Unknown;
+        self.vlan_tag = Value::Unknown;
+        self.subnet = Value::Unknown;
+        self.gateway = Value::Unknown;
+        self.created_at = Value::Unknown;
+        if self.power_state.is_null() {
+            self.power_state = Value::Unknown;
+        }
+    }
+}
+
+fn set_of(value: &Value<BTreeSet<String>>) -> Vec<String> {
+    value
+        .as_ref_option()
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The resource implementation.
+pub struct VirtualPlatformResource {
+    shared: Shared,
+}
+
+impl VirtualPlatformResource {
+    /// A resource that uses the provider's client.
+    pub fn new(shared: Shared) -> Self {
+        VirtualPlatformResource { shared }
+    }
+}
+
+#[async_trait]
+impl Resource for VirtualPlatformResource {
+    type State<'a> = PlatformState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let strings = || AttributeType::Set(Box::new(AttributeType::String));
+        let attribute = |attr_type, description: &str, constraint| Attribute {
+            attr_type,
+            description: Description::markdown(description),
+            constraint,
+            ..Default::default()
+        };
+        let attributes: HashMap<String, Attribute> = HashMap::from([
+            (
+                "name".to_string(),
+                attribute(
+                    AttributeType::String,
+                    "Unique name (a DNS label). Changing it replaces the platform.",
+                    AttributeConstraint::Required,
+                ),
+            ),
+            (
+                "nodes".to_string(),
+                attribute(
+                    strings(),
+                    "Names of the measurement nodes the platform spans. Changed in place; a node that \
+                     still hosts a VM of the platform cannot be removed.",
+                    AttributeConstraint::Required,
+                ),
+            ),
+            (
+                "admins".to_string(),
+                attribute(strings(), "Administrators of the platform (free-form principals).", AttributeConstraint::Optional),
+            ),
+            (
+                "description".to_string(),
+                attribute(AttributeType::String, "Free text.", AttributeConstraint::Optional),
+            ),
+            (
+                "power_state".to_string(),
+                attribute(
+                    AttributeType::String,
+                    "`running` (VMs follow their own `power_state`) or `paused` (every VM of the platform \
+                     is suspended). Default `running`.",
+                    AttributeConstraint::OptionalComputed,
+                ),
+            ),
+            ("id".to_string(), computed(AttributeType::String, "Stable id assigned by the controller.")),
+            (
+                "vlan_tag".to_string(),
+                computed(AttributeType::Number, "VLAN tag the controller allocated; every VM port of the platform carries it, which isolates the platform at layer 2."),
+            ),
+            (
+                "subnet".to_string(),
+                computed(AttributeType::String, "IPv4 subnet (CIDR) the controller allocated; VM addresses come from it."),
+            ),
+            (
+                "gateway".to_string(),
+                computed(AttributeType::String, "Gateway address inside the subnet; empty if none."),
+            ),
+            ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 creation time.")),
+        ]);
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "A virtual platform: a slice of the physical platform spanning chosen nodes, with its own \
+                     VLAN and subnet, invisible to other platforms. VMs are added with `measurelab_vm`.",
+                ),
+                attributes,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        config.validate(diags);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let key = state
+            .id
+            .as_ref_option()
+            .or(state.name.as_ref_option())
+            .cloned()
+            .unwrap_or_default();
+        match client.get_platform(&key).await {
+            Ok(platform) => {
+                let mut state = state;
+                state.refresh_from(&platform);
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        state.mark_computed_unknown();
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        let mut replace = Vec::new();
+        if state.name != prior_state.name {
+            replace.push(AttributePath::new("name"));
+            state.mark_computed_unknown();
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        planned_state.validate(diags);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let client = self.shared.client(diags)?;
+        let body = PlatformCreate {
+            name: planned_state
+                .name
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
+            nodes: set_of(&planned_state.nodes),
+            admins: set_of(&planned_state.admins),
+            description: planned_state.description.as_ref_option().cloned(),
+            request_id: None,
+        };
+        let mut platform = match client.create_platform(&body).await {
+            Ok(platform) => platform,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create(KIND));
+                return None;
+            }
+        };
+        if let Some(PlatformPowerState::Paused) = planned_state
+            .power_state
+            .as_ref_option()
+            .and_then(|p| parse_power(p))
+        {
+            let patch = PlatformPatch {
+                power_state: Some(PlatformPowerState::Paused),
+                ..Default::default()
+            };
+            match client.update_platform(&platform.id, &patch).await {
+                Ok(updated) => platform = updated,
+                Err(err) => {
+                    // The platform exists: keep it in the state (tainted by the
+                    // error) so the next apply fixes the power state.
+                    diagnostics::client_error(diags, &err, Operation::Update(KIND));
+                }
+            }
+        }
+        let mut state = planned_state;
+        state.refresh_from(&platform);
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        let patch = PlatformPatch {
+            nodes: Some(set_of(&planned_state.nodes)),
+            admins: Some(set_of(&planned_state.admins)),
+            description: Some(
+                planned_state
+                    .description
+                    .as_ref_option()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            power_state: planned_state
+                .power_state
+                .as_ref_option()
+                .and_then(|p| parse_power(p)),
+            request_id: None,
+        };
+        match client.update_platform(&id, &patch).await {
+            Ok(platform) => {
+                let mut state = planned_state;
+                state.refresh_from(&platform);
+                Some((state, planned_private_state))
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Update(KIND));
+                None
+            }
+        }
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.delete_platform(&id).await {
+            Ok(_) => Some(()),
+            Err(err) if err.is_not_found() => Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match client.get_platform(&id).await {
+            Ok(platform) => {
+                let mut state = PlatformState::default();
+                state.refresh_from(&platform);
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    "Cannot import: no such virtual platform",
+                    format!("The controller has no virtual platform named (or with id) {id:?}.\n\nWhat to do: import by name."),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_nodes_and_bad_power_point_at_their_attributes() {
+        let mut diags = Diagnostics::default();
+        let state = PlatformState {
+            nodes: Value::Value(BTreeSet::new()),
+            power_state: Value::Value("off".into()),
+            ..Default::default()
+        };
+        state.validate(&mut diags);
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                AttributePath::new("nodes"),
+                AttributePath::new("power_state")
+            ]
+        );
+    }
+}

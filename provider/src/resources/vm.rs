@@ -1,0 +1,866 @@
+//! `measurelab_vm`: a VM (a virtual measurement node) of a virtual platform,
+//! placed on one member node. The node agent builds it (libvirt domain or
+//! namespace sliver), attaches its port to the platform's VLAN and applies the
+//! QoS policy; create waits until the agent reports it `Ready`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::client::Client;
+use measurelab_api::http::{Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+use crate::timeouts;
+use crate::wait::{self, Poll};
+
+const KIND: &str = "VM";
+
+/// The `timeouts` block of a VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmTimeouts {
+    /// Wait for Ready after create.
+    pub create: Value<String>,
+    /// Wait for the agent to apply a change.
+    pub update: Value<String>,
+    /// Wait for the VM to be gone.
+    pub delete: Value<String>,
+}
+
+impl VmTimeouts {
+    fn get(value: &Value<String>) -> Duration {
+        match value {
+            Value::Value(text) => {
+                timeouts::parse_duration(text).unwrap_or(timeouts::DEFAULT_CREATE)
+            }
+            _ => timeouts::DEFAULT_CREATE,
+        }
+    }
+}
+
+/// One condition as Terraform shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConditionValue {
+    /// Condition type (`Ready`, `PortAttached`, ...).
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// Terraform state of one VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    /// Name within the platform.
+    pub name: Value<String>,
+    /// Platform name.
+    pub platform: Value<String>,
+    /// Node name.
+    pub node: Value<String>,
+    /// Appliance name.
+    pub appliance: Value<String>,
+    /// `namespace` or `libvirt`.
+    pub backend: Value<String>,
+    /// Virtual CPUs.
+    pub vcpus: Value<Number>,
+    /// Memory.
+    pub memory_mib: Value<Number>,
+    /// Disk size.
+    pub disk_mib: Value<Number>,
+    /// Swap size.
+    pub swap_mib: Value<Number>,
+    /// QoS policy name.
+    pub qos_policy: Value<String>,
+    /// `running`, `paused` or `stopped`.
+    pub power_state: Value<String>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// IPv4 address.
+    pub address: Value<String>,
+    /// MAC address.
+    pub mac: Value<String>,
+    /// Observed state.
+    pub actual_state: Value<String>,
+    /// Conditions.
+    pub conditions: Value<Vec<ConditionValue>>,
+    /// The `timeouts` block.
+    pub timeouts: Value<VmTimeouts>,
+}
+
+fn backend_text(backend: VmBackend) -> &'static str {
+    match backend {
+        VmBackend::Namespace => "namespace",
+        VmBackend::Libvirt => "libvirt",
+    }
+}
+
+fn parse_backend(text: &str) -> Option<VmBackend> {
+    match text {
+        "namespace" => Some(VmBackend::Namespace),
+        "libvirt" => Some(VmBackend::Libvirt),
+        _ => None,
+    }
+}
+
+fn power_text(state: VmPowerState) -> &'static str {
+    match state {
+        VmPowerState::Running => "running",
+        VmPowerState::Paused => "paused",
+        VmPowerState::Stopped => "stopped",
+    }
+}
+
+fn parse_power(text: &str) -> Option<VmPowerState> {
+    match text {
+        "running" => Some(VmPowerState::Running),
+        "paused" => Some(VmPowerState::Paused),
+        "stopped" => Some(VmPowerState::Stopped),
+        _ => None,
+    }
+}
+
+/// Whole positive number (MiB, CPUs); `None` for null/unknown, diagnostic when bad.
+fn whole(
+    diags: &mut Diagnostics,
+    attribute: &'static str,
+    value: &Value<Number>,
+    allow_zero: bool,
+) -> Option<u64> {
+    let Value::Value(number) = value else {
+        return None;
+    };
+    match number {
+        Number::Unsigned(v) if *v > 0 || allow_zero => Some(*v),
+        other => {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new(attribute),
+                "Invalid size",
+                format!(
+                    "`{attribute}` is {}; it must be a whole number{}.",
+                    serde_json::to_string(other).unwrap_or_default(),
+                    if allow_zero { "" } else { " greater than zero" }
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl VmState {
+    fn validate(&self, diags: &mut Diagnostics) {
+        whole(diags, "vcpus", &self.vcpus, false);
+        whole(diags, "memory_mib", &self.memory_mib, false);
+        whole(diags, "disk_mib", &self.disk_mib, true);
+        whole(diags, "swap_mib", &self.swap_mib, true);
+        if let Value::Value(backend) = &self.backend {
+            if parse_backend(backend).is_none() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("backend"),
+                    "Invalid backend",
+                    format!("{backend:?} is not a VM backend; use \"namespace\" or \"libvirt\"."),
+                );
+            }
+        }
+        if let Value::Value(power) = &self.power_state {
+            if parse_power(power).is_none() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("power_state"),
+                    "Invalid power state",
+                    format!("{power:?} is not a VM power state; use \"running\", \"paused\" or \"stopped\"."),
+                );
+            }
+        }
+        if let Value::Value(t) = &self.timeouts {
+            for (name, value) in [
+                ("create", &t.create),
+                ("update", &t.update),
+                ("delete", &t.delete),
+            ] {
+                if let Value::Value(text) = value {
+                    if let Err(err) = timeouts::parse_duration(text) {
+                        diagnostics::invalid_value(
+                            diags,
+                            AttributePath::new("timeouts").attribute(name),
+                            "Invalid timeout",
+                            format!("{err}."),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn timeouts(&self) -> VmTimeouts {
+        self.timeouts.as_ref_option().cloned().unwrap_or_default()
+    }
+
+    /// Copy the controller's view. Volatile fields (`actual_state`,
+    /// `conditions`) are refreshed here, on read, and never planned.
+    fn refresh_from(&mut self, vm: &Vm) {
+        self.name = Value::Value(vm.name.clone());
+        self.platform = Value::Value(vm.platform.clone());
+        self.node = Value::Value(vm.node.clone());
+        self.appliance = Value::Value(vm.appliance.clone());
+        self.backend = Value::Value(backend_text(vm.backend).to_string());
+        self.vcpus = Value::Value(Number::from(vm.vcpus));
+        self.memory_mib = Value::Value(Number::from(vm.memory_mib));
+        self.disk_mib = Value::Value(Number::from(vm.disk_mib));
+        self.swap_mib = Value::Value(Number::from(vm.swap_mib));
+        self.qos_policy = vm
+            .qos_policy
+            .clone()
+            .map(Value::Value)
+            .unwrap_or(Value::Null);
+        self.power_state = Value::Value(power_text(vm.power_state).to_string());
+        self.id = Value::Value(vm.id.clone());
+        self.address = Value::Value(vm.address.clone());
+        self.mac = Value::Value(vm.mac.clone());
+        self.actual_state = Value::Value(vm.actual_state.clone());
+        self.conditions = Value::Value(
+            vm.conditions
+                .iter()
+                .map(|c| ConditionValue {
+                    condition_type: c.condition_type.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                })
+                .collect(),
+        );
+    }
+
+    fn mark_computed_unknown(&mut self) {
+        self.id = Value::Unknown;
+        self.address = Value::Unknown;
+        self.mac = Value::Unknown;
+        self.actual_state = Value::Unknown;
+        self.conditions = Value::Unknown;
+        for value in [&mut self.backend, &mut self.power_state] {
+            if value.is_null() {
+                *value = Value::Unknown;
+            }
+        }
+        for value in [&mut self.disk_mib, &mut self.swap_mib] {
+            if value.is_null() {
+                *value = Value::Unknown;
+            }
+        }
+    }
+}
+
+/// Ready = the agent applied the current generation and reports `Ready=True`
+/// (or, for a stopped VM, that it is stopped).
+fn converged(vm: &Vm) -> Result<bool, String> {
+    let applied = vm.observed_generation >= vm.generation;
+    let ready = vm.conditions.iter().find(|c| c.condition_type == "Ready");
+    if vm.actual_state == "failed" {
+        let why = ready
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .unwrap_or_default();
+        return Err(format!("the node agent reports the VM failed ({why})"));
+    }
+    let wanted = power_text(vm.power_state);
+    let done = applied
+        && match vm.power_state {
+            VmPowerState::Running => ready.is_some_and(|c| c.status == "True"),
+            _ => vm.actual_state == wanted,
+        };
+    Ok(done)
+}
+
+fn describe(vm: &Vm) -> String {
+    let conditions: Vec<String> = vm
+        .conditions
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={} ({}: {})",
+                c.condition_type, c.status, c.reason, c.message
+            )
+        })
+        .collect();
+    format!(
+        "actual_state {}, generation {} observed {}, conditions [{}]",
+        vm.actual_state,
+        vm.generation,
+        vm.observed_generation,
+        conditions.join("; ")
+    )
+}
+
+/// The resource implementation.
+pub struct VmResource {
+    shared: Shared,
+}
+
+impl VmResource {
+    /// A resource that uses the provider's client and stop signal.
+    pub fn new(shared: Shared) -> Self {
+        VmResource { shared }
+    }
+
+    /// Wait until the VM converged; a failed VM ends the wait with a diagnostic.
+    async fn wait_converged(
+        &self,
+        diags: &mut Diagnostics,
+        client: &Client,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+        operation: Operation,
+    ) -> Option<Vm> {
+        let mut failure = None;
+        let result = wait::until(&self.shared.stop, timeout, || {
+            let client = client.clone();
+            let id = id.to_string();
+            async move {
+                let vm = client.get_vm(&id).await?;
+                Ok(match converged(&vm) {
+                    Ok(true) => Poll::Done(Ok(vm)),
+                    Ok(false) => Poll::Pending(describe(&vm)),
+                    Err(why) => Poll::Done(Err(why)),
+                })
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(vm)) => return Some(vm),
+            Ok(Err(why)) => failure = Some(why),
+            Err(end) => diagnostics::wait_failed(
+                diags,
+                &end,
+                KIND,
+                name,
+                "become ready",
+                timeout,
+                operation,
+            ),
+        }
+        if let Some(why) = failure {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::root(),
+                format!("VM {name:?} failed"),
+                format!("{why}.\n\nWhat to do: check the appliance, the node's backends and the node agent's log."),
+            );
+        }
+        None
+    }
+
+    /// Plan-time check that the node can run the VM: fails with a diagnostic on
+    /// `backend` (or `node`) when the node lacks the backend.
+    async fn check_placement(&self, diags: &mut Diagnostics, state: &VmState) {
+        let (Value::Value(node_name), Value::Value(appliance)) = (&state.node, &state.appliance)
+        else {
+            return;
+        };
+        let Ok(client) = self.shared.client_quiet() else {
+            return;
+        };
+        let Ok(node) = client.get_node(node_name).await else {
+            return;
+        };
+        let caps = &node.capabilities;
+        let has = |backend: VmBackend| match backend {
+            VmBackend::Namespace => caps.namespace_backend,
+            VmBackend::Libvirt => !caps.libvirt_uris.is_empty(),
+        };
+        let available: Vec<&str> = [VmBackend::Namespace, VmBackend::Libvirt]
+            .into_iter()
+            .filter(|b| has(*b))
+            .map(backend_text)
+            .collect();
+        match state.backend.as_ref_option().and_then(|b| parse_backend(b)) {
+            Some(backend) if !has(backend) => diagnostics::invalid_value(
+                diags,
+                AttributePath::new("backend"),
+                format!("Node {node_name:?} has no {} backend", backend_text(backend)),
+                format!(
+                    "Node {node_name:?} reports the backends [{}] (libvirt URIs: {:?}); it cannot run a {} VM.\n\n\
+                     What to do: pick another node or backend.",
+                    available.join(", "),
+                    caps.libvirt_uris,
+                    backend_text(backend)
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                let Ok(appliances) = client.list_appliances().await else { return };
+                let Some(appliance) = appliances.iter().find(|a| &a.name == appliance) else { return };
+                if !appliance.backends.iter().any(|b| available.contains(&b.as_str())) {
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::new("node"),
+                        format!("Node {node_name:?} cannot run appliance {:?}", appliance.name),
+                        format!(
+                            "The appliance runs on [{}]; the node has [{}].\n\nWhat to do: pick another node or appliance.",
+                            appliance.backends.join(", "),
+                            available.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for VmResource {
+    type State<'a> = VmState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let attribute = |attr_type, description: &str, constraint| Attribute {
+            attr_type,
+            description: Description::markdown(description),
+            constraint,
+            ..Default::default()
+        };
+        use AttributeConstraint::{Optional, OptionalComputed, Required};
+        let condition_type = AttributeType::Object(
+            ["type", "status", "reason", "message"]
+                .into_iter()
+                .map(|n| (n.to_string(), AttributeType::String))
+                .collect(),
+        );
+        let attributes: HashMap<String, Attribute> = HashMap::from([
+            ("name".into(), attribute(AttributeType::String, "Name (a DNS label), unique within the platform. Changing it replaces the VM.", Required)),
+            ("platform".into(), attribute(AttributeType::String, "Name of the virtual platform (`measurelab_virtual_platform.NAME.name`). Changing it replaces the VM.", Required)),
+            ("node".into(), attribute(AttributeType::String, "Name of the measurement node to run on; must be a member of the platform. Changing it replaces the VM.", Required)),
+            ("appliance".into(), attribute(AttributeType::String, "Name of the appliance (VM image). Changing it replaces the VM.", Required)),
+            ("backend".into(), attribute(AttributeType::String, "`namespace` (network namespace + cgroups) or `libvirt` (Xen, QEMU or the test driver). Default: the appliance's first backend the node has. Planning fails when the node lacks the backend. Changing it replaces the VM.", OptionalComputed)),
+            ("vcpus".into(), attribute(AttributeType::Number, "Virtual CPUs (1-64). Changed in place (applied at the VM's next restart).", Required)),
+            ("memory_mib".into(), attribute(AttributeType::Number, "Memory in MiB; at least the appliance's minimum. Changed in place (applied at the next restart).", Required)),
+            ("disk_mib".into(), attribute(AttributeType::Number, "Disk size in MiB; 0 or unset: the appliance's own. Changing it replaces the VM.", OptionalComputed)),
+            ("swap_mib".into(), attribute(AttributeType::Number, "Swap size in MiB. Changing it replaces the VM.", OptionalComputed)),
+            ("qos_policy".into(), attribute(AttributeType::String, "Name of a `measurelab_qos_policy` limiting the VM's bandwidth. Changed in place, without a restart; removing it removes the limit.", Optional)),
+            ("power_state".into(), attribute(AttributeType::String, "`running`, `paused` or `stopped`. Default `running`. Changed in place.", OptionalComputed)),
+            ("id".into(), computed(AttributeType::String, "Stable id assigned by the controller.")),
+            ("address".into(), computed(AttributeType::String, "IPv4 address from the platform's subnet.")),
+            ("mac".into(), computed(AttributeType::String, "MAC address of the VM's port.")),
+            ("actual_state".into(), computed(AttributeType::String, "What the node agent last reported: `pending`, `running`, `paused`, `stopped`, `failed` or `deleting`. Refreshed on read; never causes a diff.")),
+            ("conditions".into(), computed(AttributeType::List(Box::new(condition_type)), "Conditions reported by the node agent (`Ready`, `PortAttached`, `GuestRegistered`), each with `type`, `status` (`True`/`False`/`Unknown`), `reason` and `message`. Refreshed on read; never causes a diff.")),
+        ]);
+        let duration = |what: &str| {
+            Attribute {
+            attr_type: AttributeType::String,
+            description: Description::markdown(format!("How long to wait {what}, as a duration such as `\"90s\"` or `\"5m\"`. Default `\"5m\"`.")),
+            constraint: AttributeConstraint::Optional,
+            ..Default::default()
+        }
+        };
+        let timeouts_block = Block {
+            description: Description::markdown(
+                "Limits on how long operations wait for the node agent.",
+            ),
+            attributes: HashMap::from([
+                (
+                    "create".to_string(),
+                    duration("after create for the VM to be ready"),
+                ),
+                (
+                    "update".to_string(),
+                    duration("after a change for the node agent to apply it"),
+                ),
+                (
+                    "delete".to_string(),
+                    duration("after destroy for the VM to be gone"),
+                ),
+            ]),
+            ..Default::default()
+        };
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "A VM of a virtual platform, on one of the platform's nodes. Its port carries the platform's \
+                     VLAN tag and, with `qos_policy`, a bandwidth limit. Create waits until the node agent reports \
+                     the VM `Ready`; destroy waits until it is gone.",
+                ),
+                attributes,
+                blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        config.validate(diags);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let id = state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.get_vm(&id).await {
+            Ok(vm) => {
+                let mut state = state;
+                state.refresh_from(&vm);
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        proposed_state.validate(diags);
+        self.check_placement(diags, &proposed_state).await;
+        let mut state = proposed_state;
+        state.mark_computed_unknown();
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        proposed_state.validate(diags);
+        let mut replace = Vec::new();
+        for (attribute, changed) in [
+            ("name", proposed_state.name != prior_state.name),
+            ("platform", proposed_state.platform != prior_state.platform),
+            ("node", proposed_state.node != prior_state.node),
+            (
+                "appliance",
+                proposed_state.appliance != prior_state.appliance,
+            ),
+            ("backend", proposed_state.backend != prior_state.backend),
+            ("disk_mib", proposed_state.disk_mib != prior_state.disk_mib),
+            ("swap_mib", proposed_state.swap_mib != prior_state.swap_mib),
+        ] {
+            if changed {
+                replace.push(AttributePath::new(attribute));
+            }
+        }
+        let mut state = proposed_state;
+        if !replace.is_empty() {
+            self.check_placement(diags, &state).await;
+            state.mark_computed_unknown();
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        planned_state.validate(diags);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let client = self.shared.client(diags)?;
+        let text = |v: &Value<String>| v.as_ref_option().cloned().unwrap_or_default();
+        let number = |v: &Value<Number>| match v {
+            Value::Value(Number::Unsigned(n)) => Some(*n),
+            _ => None,
+        };
+        let name = text(&planned_state.name);
+        let body = VmCreate {
+            name: name.clone(),
+            platform: text(&planned_state.platform),
+            node: text(&planned_state.node),
+            vcpus: number(&planned_state.vcpus)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            memory_mib: number(&planned_state.memory_mib).unwrap_or(0),
+            disk_mib: number(&planned_state.disk_mib),
+            swap_mib: number(&planned_state.swap_mib),
+            appliance: text(&planned_state.appliance),
+            qos_policy: planned_state.qos_policy.as_ref_option().cloned(),
+            power_state: planned_state
+                .power_state
+                .as_ref_option()
+                .and_then(|p| parse_power(p))
+                .unwrap_or(VmPowerState::Running),
+            backend: planned_state
+                .backend
+                .as_ref_option()
+                .and_then(|b| parse_backend(b)),
+            request_id: None,
+        };
+        let vm = match client.create_vm(&body).await {
+            Ok(vm) => vm,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create(KIND));
+                return None;
+            }
+        };
+        let mut state = planned_state;
+        let timeout = VmTimeouts::get(&state.timeouts().create);
+        // From here on the VM exists: always return a state (Terraform taints
+        // it if the wait fails) so nothing is orphaned on the controller.
+        match self
+            .wait_converged(
+                diags,
+                &client,
+                &vm.id,
+                &name,
+                timeout,
+                Operation::Create(KIND),
+            )
+            .await
+        {
+            Some(ready) => state.refresh_from(&ready),
+            None => state.refresh_from(&vm),
+        }
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        let number = |v: &Value<Number>| match v {
+            Value::Value(Number::Unsigned(n)) => Some(*n),
+            _ => None,
+        };
+        let patch = VmPatch {
+            vcpus: number(&planned_state.vcpus).and_then(|n| u32::try_from(n).ok()),
+            memory_mib: number(&planned_state.memory_mib),
+            qos_policy: Some(planned_state.qos_policy.as_ref_option().cloned()),
+            power_state: planned_state
+                .power_state
+                .as_ref_option()
+                .and_then(|p| parse_power(p)),
+            ..Default::default()
+        };
+        if let Err(err) = client.update_vm(&id, &patch).await {
+            diagnostics::client_error(diags, &err, Operation::Update(KIND));
+            return None;
+        }
+        let name = planned_state
+            .name
+            .as_ref_option()
+            .cloned()
+            .unwrap_or_default();
+        let timeout = VmTimeouts::get(&planned_state.timeouts().update);
+        // The change is stored either way; the wait only reports whether the
+        // node agent applied it. Volatile fields keep their planned values.
+        self.wait_converged(diags, &client, &id, &name, timeout, Operation::Update(KIND))
+            .await;
+        Some((planned_state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        let name = prior_state
+            .name
+            .as_ref_option()
+            .cloned()
+            .unwrap_or_default();
+        match client.delete_vm(&id, false).await {
+            Ok(_) => {}
+            Err(err) if err.is_not_found() => return Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
+                return None;
+            }
+        }
+        let timeout = VmTimeouts::get(&prior_state.timeouts().delete);
+        let gone = wait::until(&self.shared.stop, timeout, || {
+            let client = client.clone();
+            let id = id.clone();
+            async move {
+                match client.get_vm(&id).await {
+                    Ok(vm) => Ok(Poll::Pending(describe(&vm))),
+                    Err(err) if err.is_not_found() => Ok(Poll::Done(())),
+                    Err(err) => Err(err),
+                }
+            }
+        })
+        .await;
+        match gone {
+            Ok(()) => Some(()),
+            Err(end) => {
+                diagnostics::wait_failed(
+                    diags,
+                    &end,
+                    KIND,
+                    &name,
+                    "be deleted",
+                    timeout,
+                    Operation::Delete(KIND),
+                );
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match client.get_vm(&id).await {
+            Ok(vm) => {
+                let mut state = VmState {
+                    timeouts: Value::Value(VmTimeouts::default()),
+                    ..Default::default()
+                };
+                state.refresh_from(&vm);
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    "Cannot import: no such VM",
+                    format!("The controller has no VM with id (or name) {id:?}.\n\nWhat to do: import by the VM's id (`GET /v1/vms`)."),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use measurelab_api::http::Condition;
+
+    fn vm(power: VmPowerState, actual: &str, ready: &str, generation: u64, observed: u64) -> Vm {
+        Vm {
+            id: "v".into(),
+            name: "probe".into(),
+            platform: "p".into(),
+            node: "n1".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disk_mib: 0,
+            swap_mib: 0,
+            appliance: "a".into(),
+            qos_policy: None,
+            power_state: power,
+            backend: VmBackend::Namespace,
+            address: "10.0.0.2".into(),
+            mac: "52:54:00:00:00:01".into(),
+            actual_state: actual.into(),
+            restart_required: false,
+            guest_last_heartbeat: None,
+            conditions: vec![Condition {
+                condition_type: "Ready".into(),
+                status: ready.into(),
+                reason: "R".into(),
+                message: "m".into(),
+            }],
+            generation,
+            observed_generation: observed,
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn running_vm_converges_on_ready_for_the_current_generation() {
+        assert_eq!(
+            converged(&vm(VmPowerState::Running, "running", "True", 2, 2)),
+            Ok(true)
+        );
+        assert_eq!(
+            converged(&vm(VmPowerState::Running, "running", "True", 3, 2)),
+            Ok(false)
+        );
+        assert_eq!(
+            converged(&vm(VmPowerState::Running, "pending", "False", 1, 1)),
+            Ok(false)
+        );
+        assert!(converged(&vm(VmPowerState::Running, "failed", "False", 1, 1)).is_err());
+        assert_eq!(
+            converged(&vm(VmPowerState::Stopped, "stopped", "False", 1, 1)),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn bad_sizes_point_at_their_attributes() {
+        let mut diags = Diagnostics::default();
+        let state = VmState {
+            vcpus: Value::Value(Number::Unsigned(0)),
+            memory_mib: Value::Value(Number::Float(1.5)),
+            backend: Value::Value("xen".into()),
+            ..Default::default()
+        };
+        state.validate(&mut diags);
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                AttributePath::new("vcpus"),
+                AttributePath::new("memory_mib"),
+                AttributePath::new("backend")
+            ]
+        );
+    }
+}
