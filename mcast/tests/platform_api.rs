@@ -310,6 +310,7 @@ fn periodic_task_from_the_platform_runs_round_robin_at_its_interval() -> Result<
     // Runs start on the interval's grid; the slack absorbs a loaded machine.
     for pair in accepted.windows(2).take(2) {
         let gap = started_at_unix(&pair[1]) - started_at_unix(&pair[0]);
+        eprintln!("figure: periodic run start gap {gap:.3} s (interval {interval} s)");
         assert!(
             (interval - 0.5..interval + 2.0).contains(&gap),
             "runs {gap:.2} s apart, interval {interval} s"
@@ -399,7 +400,13 @@ fn result_made_while_the_relay_is_down_survives_sigkill_and_arrives_once() -> Re
 
     *platform.state.tasks_down.lock().unwrap() = false;
     *platform.state.results_down.lock().unwrap() = false;
+    let recovered = Instant::now();
     let accepted = platform.wait_for_accepted(1, Duration::from_secs(40), &lab)?;
+    // Bounded by the delivery backoff (at most 30 s); informational only.
+    eprintln!(
+        "figure: result delivered {:.2} s after the relay recovered",
+        recovered.elapsed().as_secs_f64()
+    );
     assert_eq!(accepted[0]["run_id"], run_id.as_str());
     assert_clean_run(&accepted[0], "p1", &["p2", "p3"]);
     // Polls resume, the task is not re-run and nothing is delivered twice.
