@@ -7,7 +7,9 @@ mod ovs_common;
 use std::time::Duration;
 
 use anyhow::Result;
-use measurelab_agent::ovs::{reconcile, teardown, OvsError, PolicingSpec, Switch, SwitchAction};
+use measurelab_agent::ovs::{
+    reconcile, teardown, OvsError, PolicingSpec, Switch, SwitchAction, UplinkSpec,
+};
 use measurelab_testbed::{plug_veth, Netns, OvsSandbox};
 use ovs_common::*;
 
@@ -169,6 +171,26 @@ async fn reconcile_repairs_hand_edits_and_leaves_foreign_rows_alone() -> Result<
             "0"
         );
     }
+
+    // A single-interface uplink: a trunk port (no tag) marked as ours.
+    ovs.veth_pair("rcup", "rcupp")?;
+    spec.uplink = Some(UplinkSpec {
+        name: "rcup".into(),
+        members: vec!["rcup".into()],
+        bond: None,
+    });
+    let up = apply(&switch, &spec).await?;
+    assert_eq!(
+        up.actions,
+        vec![SwitchAction::AddUplink(spec.uplink.clone().unwrap())]
+    );
+    assert_eq!(ovs.vsctl(&["get", "Port", "rcup", "tag"])?, "[]");
+    assert_eq!(ovs.vsctl(&["get", "Port", "rcup", "bond_mode"])?, "[]");
+    assert_eq!(
+        ovs.vsctl(&["get", "Port", "rcup", "external_ids:measurelab-role"])?,
+        "uplink"
+    );
+    assert!(apply(&switch, &spec).await?.actions.is_empty());
 
     // Teardown refuses while a foreign port would be collected with the bridge.
     let err = teardown(&switch, &owner, "br-rc").await.unwrap_err();
