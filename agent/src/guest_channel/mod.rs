@@ -227,7 +227,9 @@ impl GuestChannels {
     }
 
     /// Connects to libvirt's serial socket at `path` for VM `vm_id` (QEMU/Xen
-    /// guests), now and again whenever the connection drops.
+    /// guests), now and again whenever the connection drops. Creates the
+    /// parent directory (libvirt only binds the socket); call it before
+    /// `define`.
     pub fn connect_serial(
         &self,
         vm_id: Uuid,
@@ -237,6 +239,14 @@ impl GuestChannels {
         let mut vms = self.lock();
         if vms.contains_key(&vm_id) {
             return Err(GuestChannelError::AlreadyOpen { vm_id });
+        }
+        // libvirt binds the socket but does not create its directory; make
+        // it here so define cannot fail on a missing parent.
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| GuestChannelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         let (shared, inbound) = Shared::new(vm_id, ChannelKind::Serial, path);
         let task = tokio::spawn(connect_serial_loop(path.to_path_buf(), shared.clone()));
@@ -579,6 +589,37 @@ mod tests {
             }
         }
         assert!(!channels.is_open(vm()));
+    }
+
+    /// The serial side keeps retrying until "QEMU" (here: a plain listener)
+    /// binds the socket, then asks for hello first.
+    #[tokio::test]
+    async fn serial_connects_late_and_requests_hello() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = channel_socket_path(dir.path(), vm());
+        let channels = GuestChannels::new();
+        let _inbound = channels.connect_serial(vm(), &path).unwrap();
+        assert!(
+            path.parent().unwrap().is_dir(),
+            "parent created for libvirt"
+        );
+        assert!(!channels.state(vm()).unwrap().connected);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let first = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, "{\"type\":\"hello_request\"}");
+        assert_eq!(channels.state(vm()).unwrap().kind, ChannelKind::Serial);
+        channels.close(vm());
     }
 
     /// A hand-driven guest on the raw socket: hello for the wrong VM is not
