@@ -11,6 +11,8 @@
 //! - [`capabilities`]: what the node can really do (libvirt, namespaces, OVS).
 //! - [`logs`]: `tracing` layer + bounded buffer shipped with `ShipLogs`.
 //! - [`backoff`]: exponential backoff towards the controller.
+//! - [`reconcile`]: makes guests, switch ports and guest channels match the
+//!   controller's desired state; relays guest traffic.
 //!
 //! The agent never exits because the controller is down or refuses it: it
 //! keeps retrying, so a node comes back by itself after any outage.
@@ -27,6 +29,7 @@ pub mod hypervisor;
 pub mod identity;
 pub mod logs;
 pub mod ovs;
+pub mod reconcile;
 mod session;
 pub mod usage;
 
@@ -49,6 +52,13 @@ pub struct AgentConfig {
     pub ovsdb: Option<String>,
     /// libvirt URIs to probe.
     pub libvirt_uris: Vec<String>,
+    /// Integration bridge the VM ports join (created by the agent).
+    pub bridge: String,
+    /// Uplink port added to the bridge as a VLAN trunk, e.g. `uplink0`.
+    pub uplink: Option<String>,
+    /// The guest agent binary run in namespace guests; `None`:
+    /// `measurelab-guest-agent` beside the running executable.
+    pub guest_agent: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -66,6 +76,9 @@ impl AgentConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            bridge: "br-int".to_string(),
+            uplink: None,
+            guest_agent: None,
         }
     }
 
@@ -112,6 +125,22 @@ impl AgentConfig {
                 return Err(invalid(
                     "ovsdb",
                     format!("{ovsdb:?} must look like unix:/path/db.sock or tcp:host:port"),
+                ));
+            }
+        }
+        if let Err(e) = ovs::spec::check_ifname("bridge", &self.bridge) {
+            return Err(invalid("bridge", e.to_string()));
+        }
+        if let Some(uplink) = &self.uplink {
+            if let Err(e) = ovs::spec::check_ifname("uplink", uplink) {
+                return Err(invalid("uplink", e.to_string()));
+            }
+        }
+        if let Some(agent) = &self.guest_agent {
+            if !agent.is_absolute() {
+                return Err(invalid(
+                    "guest_agent",
+                    format!("{} must be an absolute path", agent.display()),
                 ));
             }
         }

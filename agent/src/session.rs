@@ -17,6 +17,10 @@ use crate::backoff::Backoff;
 use crate::capabilities::{self, ProbeTargets};
 use crate::identity::{self, Identity};
 use crate::logs::{self, LogBuffer};
+use crate::reconcile::{
+    open_backends, run_loop, Backends, GrpcControlPlane, LazySwitch, LoopHandles, Reconciler,
+    ReconcilerConfig,
+};
 use crate::usage::UsageSampler;
 use crate::{AgentConfig, AgentError};
 
@@ -107,6 +111,7 @@ pub(crate) async fn run(
     let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
 
     let (identity_tx, identity_rx) = watch::channel(None::<Identity>);
+    let identity_rx_for_reconcile = identity_rx.clone();
     let (interval_tx, interval_rx) = watch::channel(DEFAULT_HEARTBEAT_INTERVAL);
     let shipper = tokio::spawn(ship_logs(
         client.clone(),
@@ -116,9 +121,25 @@ pub(crate) async fn run(
         shutdown_rx.clone(),
     ));
 
+    // The reconcile loop: desired generation in from heartbeats, observed
+    // generation out to them.
+    let (desired_generation_tx, desired_generation_rx) = watch::channel(0u64);
+    let (observed_generation_tx, observed_generation_rx) = watch::channel(0u64);
+    let reconciler = tokio::spawn(start_reconcile(
+        config.clone(),
+        GrpcControlPlane::new(client.clone(), identity_rx_for_reconcile),
+        LoopHandles {
+            desired_generation: desired_generation_rx,
+            observed_generation: observed_generation_tx,
+            shutdown: shutdown_rx.clone(),
+        },
+    ));
+
     let mut session = Session {
         client,
         config,
+        desired_generation_tx,
+        observed_generation_rx,
         node_id_hint: persisted.map(|i| i.node_id).unwrap_or_default(),
         identity: None,
         identity_tx,
@@ -130,6 +151,9 @@ pub(crate) async fn run(
     };
     let result = session.run_until(shutdown_rx).await;
     refresher.abort();
+    // The loop stops itself on shutdown; guests keep running (they are
+    // adopted by the next agent).
+    let _ = tokio::time::timeout(Duration::from_secs(5), reconciler).await;
     // Give the shipper a moment to flush the last lines (it stops itself on
     // shutdown after one final attempt).
     let _ = tokio::time::timeout(Duration::from_secs(2), shipper).await;
@@ -149,6 +173,8 @@ struct Session {
     sampler: UsageSampler,
     sequence: u64,
     caps_rx: watch::Receiver<Capabilities>,
+    desired_generation_tx: watch::Sender<u64>,
+    observed_generation_rx: watch::Receiver<u64>,
 }
 
 impl Session {
@@ -280,7 +306,7 @@ impl Session {
             agent_version: AGENT_VERSION.to_string(),
             capabilities,
             usage,
-            observed_generation: 0,
+            observed_generation: *self.observed_generation_rx.borrow(),
         };
         let response = self
             .client
@@ -289,6 +315,12 @@ impl Session {
             .map_err(classify)?
             .into_inner();
         self.set_interval(response.heartbeat_interval_seconds);
+        let desired = response.desired_generation;
+        self.desired_generation_tx.send_if_modified(|current| {
+            let changed = *current != desired;
+            *current = desired;
+            changed
+        });
         Ok(())
     }
 
@@ -400,4 +432,34 @@ async fn ship_one_batch(
             Err(())
         }
     }
+}
+
+/// Open the backends and the switch, then run the reconcile loop.
+async fn start_reconcile(config: AgentConfig, control: GrpcControlPlane, handles: LoopHandles) {
+    let guest_agent = crate::reconcile::guest_agent_path(config.guest_agent.as_deref());
+    let backends: Backends =
+        open_backends(&config.state_dir, &guest_agent, &config.libvirt_uris).await;
+    let switch = config
+        .ovsdb
+        .as_deref()
+        .map(|target| Arc::new(LazySwitch::new(target)) as Arc<dyn crate::ovs::Switch>);
+    let mut settings = ReconcilerConfig::new(config.state_dir.clone(), &config.name);
+    settings.bridge = config.bridge.clone();
+    settings.uplink = config.uplink.clone();
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+    let reconciler = Reconciler::new(
+        settings,
+        backends,
+        switch,
+        crate::guest_channel::GuestChannels::new(),
+        events_tx,
+    );
+    run_loop(
+        reconciler,
+        events_rx,
+        Arc::new(control),
+        config.state_dir.clone(),
+        handles,
+    )
+    .await;
 }

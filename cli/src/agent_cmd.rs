@@ -43,6 +43,15 @@ pub struct AgentArgs {
     /// libvirt URI to probe; repeatable (default: test:///default, qemu:///system, xen:///system).
     #[arg(long = "libvirt-uri")]
     libvirt_uris: Vec<String>,
+    /// Integration bridge for VM ports (created on the node's OVS).
+    #[arg(long, default_value = "br-int")]
+    bridge: String,
+    /// Uplink interface added to the bridge as a VLAN trunk, e.g. uplink0.
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Guest agent binary for namespace guests (default: measurelab-guest-agent beside this binary).
+    #[arg(long)]
+    guest_agent: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -85,6 +94,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             args.libvirt_uris
         },
+        bridge: args.bridge,
+        uplink: args.uplink,
+        guest_agent: args.guest_agent,
     };
     config
         .validate()

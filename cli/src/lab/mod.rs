@@ -690,7 +690,11 @@ impl Lab {
             .arg(format!(
                 "unix:{}",
                 self.node_ovs_dir(k).join("db.sock").display()
-            ));
+            ))
+            // The agent builds br-int itself, with uplink0 as the VLAN trunk
+            // towards the lab switch.
+            .arg("--uplink")
+            .arg("uplink0");
         self.spawn_background(&process, cmd)?;
         started.push(process);
         Ok(())

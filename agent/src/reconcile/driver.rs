@@ -1,0 +1,469 @@
+//! The loop around [`Reconciler::pass`]: when to fetch the desired state,
+//! when to run a pass, what to report, and the relay of guest channel
+//! traffic to the controller (guests never talk to the controller directly).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::guest::{AgentMessage, GuestMessage};
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{
+    DesiredState, DesiredStateRequest, FetchProgramRequest, GuestReport, LogLine, PollTasksRequest,
+    PostResultRequest, ProgramBlob, ResourceUsage, StatusAck, StatusReport,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::programs::Programs;
+use super::{ControlPlane, ReconcileError, Reconciler, RESYNC_INTERVAL};
+use crate::backoff::Backoff;
+use crate::identity::Identity;
+
+/// How long guest events are collected before the resulting pass (many
+/// guests saying hello at once cost one pass, not one each).
+const DEBOUNCE: Duration = Duration::from_millis(30);
+/// How often guest heartbeats, logs and program statuses are sent.
+const GUEST_REPORT_PERIOD: Duration = Duration::from_secs(1);
+/// Retry delay after a failed ReportStatus.
+const REPORT_RETRY: Duration = Duration::from_secs(2);
+/// Guest log lines kept per VM while the controller is unreachable.
+const MAX_PENDING_LOG_LINES: usize = 1000;
+/// How long a guest's result is retried towards the controller.
+const RESULT_ATTEMPTS: u32 = 8;
+
+/// The controller over gRPC, with the node credentials of the session.
+#[derive(Clone)]
+pub struct GrpcControlPlane {
+    client: NodeServiceClient<Channel>,
+    identity: watch::Receiver<Option<Identity>>,
+}
+
+impl GrpcControlPlane {
+    /// Calls go out as the identity the session currently holds.
+    pub fn new(
+        client: NodeServiceClient<Channel>,
+        identity: watch::Receiver<Option<Identity>>,
+    ) -> Self {
+        GrpcControlPlane { client, identity }
+    }
+
+    fn identity(&self) -> Result<Identity, ReconcileError> {
+        self.identity
+            .borrow()
+            .clone()
+            .ok_or(ReconcileError::NotRegistered)
+    }
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ReconcileError {
+    move |status| ReconcileError::Controller {
+        call,
+        status: Box::new(status),
+    }
+}
+
+#[async_trait]
+impl ControlPlane for GrpcControlPlane {
+    async fn desired_state(&self) -> Result<DesiredState, ReconcileError> {
+        let id = self.identity()?;
+        let request = DesiredStateRequest {
+            node_id: id.node_id,
+            node_secret: id.node_secret,
+        };
+        Ok(self
+            .client
+            .clone()
+            .get_desired_state(request)
+            .await
+            .map_err(rpc("GetDesiredState"))?
+            .into_inner())
+    }
+
+    async fn report_status(&self, mut report: StatusReport) -> Result<StatusAck, ReconcileError> {
+        let id = self.identity()?;
+        report.node_id = id.node_id;
+        report.node_secret = id.node_secret;
+        Ok(self
+            .client
+            .clone()
+            .report_status(report)
+            .await
+            .map_err(rpc("ReportStatus"))?
+            .into_inner())
+    }
+
+    async fn fetch_program(&self, program_id: &str) -> Result<ProgramBlob, ReconcileError> {
+        let id = self.identity()?;
+        let request = FetchProgramRequest {
+            node_id: id.node_id,
+            node_secret: id.node_secret,
+            program_id: program_id.to_string(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .fetch_program(request)
+            .await
+            .map_err(rpc("FetchProgram"))?
+            .into_inner())
+    }
+
+    async fn post_result(
+        &self,
+        vm_id: &str,
+        task_id: &str,
+        document_json: String,
+    ) -> Result<String, ReconcileError> {
+        let id = self.identity()?;
+        let request = PostResultRequest {
+            node_id: id.node_id,
+            node_secret: id.node_secret,
+            vm_id: vm_id.to_string(),
+            task_id: task_id.to_string(),
+            document_json,
+        };
+        Ok(self
+            .client
+            .clone()
+            .post_result(request)
+            .await
+            .map_err(rpc("PostResult"))?
+            .into_inner()
+            .result_id)
+    }
+
+    async fn poll_tasks(&self, vm_id: &str) -> Result<Vec<String>, ReconcileError> {
+        let id = self.identity()?;
+        let request = PollTasksRequest {
+            node_id: id.node_id,
+            node_secret: id.node_secret,
+            vm_id: vm_id.to_string(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .poll_tasks(request)
+            .await
+            .map_err(rpc("PollTasks"))?
+            .into_inner()
+            .tasks_json)
+    }
+}
+
+/// The loop's links to the heartbeat session.
+pub struct LoopHandles {
+    /// `HeartbeatResponse.desired_generation`, as the session last saw it.
+    pub desired_generation: watch::Receiver<u64>,
+    /// The generation the node converged to, for the next heartbeat.
+    pub observed_generation: watch::Sender<u64>,
+    /// Becomes true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct PendingGuest {
+    heartbeat_reported_ms: i64,
+    logs: Vec<LogLine>,
+}
+
+fn now_ms() -> i64 {
+    crate::logs::now_unix_ms()
+}
+
+fn usage_of(resources: &measurelab_api::http::Resources) -> ResourceUsage {
+    ResourceUsage {
+        cpu_count: resources.cpu_count,
+        cpu_used_percent: resources.cpu_used_percent,
+        memory_total_bytes: resources.memory_total_bytes,
+        memory_used_bytes: resources.memory_used_bytes,
+        disk_total_bytes: resources.disk_total_bytes,
+        disk_used_bytes: resources.disk_used_bytes,
+        network_rx_bytes: resources.network_rx_bytes,
+        network_tx_bytes: resources.network_tx_bytes,
+    }
+}
+
+/// Run the reconcile loop until shutdown. `guest_events` is the receiving
+/// end of the channel given to [`Reconciler::new`].
+pub async fn run_loop(
+    mut reconciler: Reconciler,
+    mut guest_events: mpsc::Receiver<(Uuid, GuestMessage)>,
+    control: Arc<dyn ControlPlane>,
+    state_dir: std::path::PathBuf,
+    mut handles: LoopHandles,
+) {
+    let mut shutdown = handles.shutdown.clone();
+    let mut programs = Programs::new(&state_dir);
+    let mut desired: Option<DesiredState> = None;
+    let mut fetch_at: Option<Instant> = Some(Instant::now());
+    let mut fetch_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut pass_at: Option<Instant> = None;
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    resync.tick().await;
+    let mut guest_tick = tokio::time::interval(GUEST_REPORT_PERIOD);
+    let mut pending: HashMap<Uuid, PendingGuest> = HashMap::new();
+    let far = || Instant::now() + Duration::from_secs(3600);
+
+    loop {
+        let now = Instant::now();
+        if fetch_at.is_some_and(|at| at <= now) {
+            match control.desired_state().await {
+                Ok(state) => {
+                    tracing::debug!(
+                        generation = state.generation,
+                        vms = state.vms.len(),
+                        "fetched desired state"
+                    );
+                    desired = Some(state);
+                    fetch_at = None;
+                    fetch_backoff.reset();
+                    pass_at = Some(Instant::now());
+                }
+                Err(err) => {
+                    let delay = fetch_backoff.next_delay();
+                    if !matches!(err, ReconcileError::NotRegistered) {
+                        tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot fetch desired state");
+                    }
+                    fetch_at = Some(Instant::now() + delay);
+                }
+            }
+        }
+        if pass_at.is_some_and(|at| at <= Instant::now()) {
+            pass_at = None;
+            if let Some(state) = &desired {
+                let report = reconciler.pass(state).await;
+                if !report.actions.is_empty() {
+                    tracing::info!(
+                        actions = report.actions.len(),
+                        converged = report.converged,
+                        "reconcile pass changed the node"
+                    );
+                }
+                programs
+                    .distribute(&state.program_runs, reconciler.channels(), control.as_ref())
+                    .await;
+                let observed = if report.converged {
+                    state.generation
+                } else {
+                    *handles.observed_generation.borrow()
+                };
+                let program_runs = programs.changed();
+                if !report.changed.is_empty() || !program_runs.is_empty() {
+                    let status = StatusReport {
+                        observed_generation: observed,
+                        vms: report.changed.clone(),
+                        program_runs: program_runs.clone(),
+                        ..Default::default()
+                    };
+                    match control.report_status(status).await {
+                        Ok(ack) => {
+                            reconciler.mark_reported(&report.changed);
+                            programs.mark_reported(&program_runs);
+                            if ack.desired_generation != 0
+                                && ack.desired_generation != state.generation
+                            {
+                                fetch_at = Some(Instant::now());
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot report status");
+                            pass_at = Some(Instant::now() + REPORT_RETRY);
+                        }
+                    }
+                }
+                if report.converged {
+                    handles.observed_generation.send_if_modified(|g| {
+                        let changed = *g != state.generation;
+                        *g = state.generation;
+                        changed
+                    });
+                }
+                if let Some(delay) = report.next_retry {
+                    let at = Instant::now() + delay;
+                    pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
+                }
+            }
+        }
+
+        let wake_fetch = fetch_at.unwrap_or_else(far);
+        let wake_pass = pass_at.unwrap_or_else(far);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake_fetch.min(wake_pass)) => {}
+            changed = handles.desired_generation.changed() => {
+                if changed.is_ok() {
+                    let wanted = *handles.desired_generation.borrow();
+                    if desired.as_ref().is_none_or(|d| d.generation != wanted) {
+                        fetch_at = Some(fetch_at.map_or(Instant::now(), |f| f.min(Instant::now())));
+                    }
+                }
+            }
+            _ = resync.tick() => {
+                fetch_at = Some(Instant::now());
+            }
+            event = guest_events.recv() => {
+                let Some((vm, message)) = event else { return };
+                let schedule = handle_guest_message(vm, message, &reconciler, &mut programs, &mut pending, &control);
+                if schedule {
+                    let at = Instant::now() + DEBOUNCE;
+                    pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
+                }
+            }
+            _ = guest_tick.tick() => {
+                let observed = *handles.observed_generation.borrow();
+                flush_guest_reports(&reconciler, &mut programs, &mut pending, control.as_ref(), observed).await;
+            }
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Returns whether a pass should follow (statuses may have changed).
+fn handle_guest_message(
+    vm: Uuid,
+    message: GuestMessage,
+    reconciler: &Reconciler,
+    programs: &mut Programs,
+    pending: &mut HashMap<Uuid, PendingGuest>,
+    control: &Arc<dyn ControlPlane>,
+) -> bool {
+    match message {
+        GuestMessage::Hello { .. } => true,
+        GuestMessage::Heartbeat { .. } => {
+            pending.entry(vm).or_default();
+            false
+        }
+        GuestMessage::Log { lines } => {
+            let entry = pending.entry(vm).or_default();
+            let now = now_ms();
+            entry.logs.extend(lines.into_iter().map(|message| LogLine {
+                timestamp_unix_ms: now,
+                level: "info".into(),
+                target: "guest".into(),
+                message,
+            }));
+            let excess = entry.logs.len().saturating_sub(MAX_PENDING_LOG_LINES);
+            entry.logs.drain(..excess);
+            false
+        }
+        GuestMessage::ProgramStatus {
+            deployment_id,
+            status,
+            exit_code,
+            stdout_tail,
+            stderr_tail,
+        } => {
+            programs.on_status(
+                vm,
+                deployment_id,
+                status,
+                exit_code,
+                stdout_tail,
+                stderr_tail,
+            );
+            false
+        }
+        GuestMessage::Result { task_id, document } => {
+            let control = control.clone();
+            tokio::spawn(async move {
+                let json = document.to_string();
+                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+                for attempt in 1..=RESULT_ATTEMPTS {
+                    match control
+                        .post_result(&vm.to_string(), &task_id, json.clone())
+                        .await
+                    {
+                        Ok(result_id) => {
+                            tracing::info!(vm = %vm, task = %task_id, result = %result_id, "relayed guest result");
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(vm = %vm, task = %task_id, attempt, error = %err, "cannot relay guest result");
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
+                    }
+                }
+            });
+            false
+        }
+        GuestMessage::PollTasks => {
+            let control = control.clone();
+            let channels = reconciler.channels().clone();
+            tokio::spawn(async move {
+                let tasks = match control.poll_tasks(&vm.to_string()).await {
+                    Ok(tasks) => tasks,
+                    Err(err) => {
+                        tracing::warn!(vm = %vm, error = %err, "cannot poll tasks for guest");
+                        Vec::new()
+                    }
+                };
+                let tasks = tasks
+                    .iter()
+                    .filter_map(|t| serde_json::from_str(t).ok())
+                    .collect();
+                if let Err(err) = channels.send(vm, &AgentMessage::Tasks { tasks }) {
+                    tracing::debug!(vm = %vm, error = %err, "cannot answer poll_tasks");
+                }
+            });
+            false
+        }
+    }
+}
+
+async fn flush_guest_reports(
+    reconciler: &Reconciler,
+    programs: &mut Programs,
+    pending: &mut HashMap<Uuid, PendingGuest>,
+    control: &dyn ControlPlane,
+    observed_generation: u64,
+) {
+    let mut guests = Vec::new();
+    for (vm, entry) in pending.iter() {
+        let state = reconciler.channels().state(*vm);
+        let heartbeat = state
+            .as_ref()
+            .map(|s| s.last_heartbeat_unix_ms() as i64)
+            .unwrap_or(0);
+        if heartbeat == entry.heartbeat_reported_ms && entry.logs.is_empty() {
+            continue;
+        }
+        guests.push(GuestReport {
+            vm_id: vm.to_string(),
+            last_heartbeat_unix_ms: heartbeat,
+            usage: state.and_then(|s| s.last_usage.as_ref().map(usage_of)),
+            logs: entry.logs.clone(),
+        });
+    }
+    let program_runs = programs.changed();
+    if guests.is_empty() && program_runs.is_empty() {
+        return;
+    }
+    let report = StatusReport {
+        observed_generation,
+        guests: guests.clone(),
+        program_runs: program_runs.clone(),
+        ..Default::default()
+    };
+    match control.report_status(report).await {
+        Ok(_) => {
+            programs.mark_reported(&program_runs);
+            for sent in guests {
+                if let Ok(vm) = Uuid::parse_str(&sent.vm_id) {
+                    if let Some(entry) = pending.get_mut(&vm) {
+                        entry.heartbeat_reported_ms = sent.last_heartbeat_unix_ms;
+                        entry.logs.drain(..sent.logs.len().min(entry.logs.len()));
+                    }
+                }
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "cannot report guest status; will retry"),
+    }
+    pending.retain(|vm, _| reconciler.channels().is_open(*vm));
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,623 @@
+//! The reconcile logic against an in-memory hypervisor, an in-memory switch
+//! and a hand-written desired state: checks the list of actions each pass
+//! takes (create, idempotent second pass, drift repair, orphan removal,
+//! permanent error condition, delete ack). No root needed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use measurelab_agent::guest_channel::GuestChannels;
+use measurelab_agent::hypervisor::{
+    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState, Hypervisor,
+    HypervisorError, ResizeOutcome,
+};
+use measurelab_agent::ovs::{
+    KernelFeature, ObservedBridge, ObservedPort, ObservedQos, ObservedSwitch, OvsError, PortRole,
+    Switch, SwitchAction, SwitchCapabilities,
+};
+use measurelab_agent::reconcile::{
+    Action, Backends, DesiredState, DesiredVm, Reconciler, ReconcilerConfig, VmStatus,
+};
+use measurelab_api::node_v1::DesiredAppliance;
+use uuid::Uuid;
+
+const OWNER: &str = "n1";
+
+/// Guests in a map; every call is recorded as `op:<short id>`.
+#[derive(Default)]
+struct FakeHypervisor {
+    guests: Mutex<BTreeMap<Uuid, (GuestSpec, GuestState)>>,
+    calls: Mutex<Vec<String>>,
+    /// `define` of this VM fails with a Transient error this many times.
+    flaky_define: Mutex<BTreeMap<Uuid, u32>>,
+}
+
+fn short(id: Uuid) -> String {
+    id.simple().to_string()[..8].to_string()
+}
+
+impl FakeHypervisor {
+    fn record(&self, op: &str, id: Uuid) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{op}:{}", short(id)));
+    }
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+    fn set_state(&self, id: Uuid, state: GuestState) -> Result<(), HypervisorError> {
+        let mut guests = self.guests.lock().unwrap();
+        let guest = guests
+            .get_mut(&id)
+            .ok_or(HypervisorError::NotFound { id })?;
+        guest.1 = state;
+        Ok(())
+    }
+    fn info_of(spec: &GuestSpec, state: GuestState) -> GuestInfo {
+        GuestInfo {
+            id: spec.id,
+            name: spec.name.clone(),
+            platform_id: spec.platform_id,
+            spec_hash: spec.spec_hash(),
+            state,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            restart_pending: false,
+        }
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Namespace
+    }
+    fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
+        self.record("define", spec.id);
+        if let Some(left) = self.flaky_define.lock().unwrap().get_mut(&spec.id) {
+            if *left > 0 {
+                *left -= 1;
+                return Err(HypervisorError::Command {
+                    command: "ip netns add".into(),
+                    detail: "device busy".into(),
+                    class: ErrorClass::Transient,
+                });
+            }
+        }
+        let mut guests = self.guests.lock().unwrap();
+        match guests.get_mut(&spec.id) {
+            None => {
+                guests.insert(spec.id, (spec.clone(), GuestState::Stopped));
+                Ok(DefineOutcome::Created)
+            }
+            Some((old, _)) if old == spec => Ok(DefineOutcome::Unchanged),
+            Some((old, state)) => {
+                *old = spec.clone();
+                Ok(DefineOutcome::Updated {
+                    restart_required: *state == GuestState::Running,
+                })
+            }
+        }
+    }
+    fn start(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.record("start", id);
+        self.set_state(id, GuestState::Running)
+    }
+    fn pause(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.record("pause", id);
+        self.set_state(id, GuestState::Paused)
+    }
+    fn resume(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.record("resume", id);
+        self.set_state(id, GuestState::Running)
+    }
+    fn stop(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.record("stop", id);
+        self.set_state(id, GuestState::Stopped)
+    }
+    fn undefine(&self, id: Uuid) -> Result<(), HypervisorError> {
+        self.record("undefine", id);
+        self.guests.lock().unwrap().remove(&id);
+        Ok(())
+    }
+    fn info(&self, id: Uuid) -> Result<Option<GuestInfo>, HypervisorError> {
+        Ok(self
+            .guests
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|(spec, state)| Self::info_of(spec, *state)))
+    }
+    fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError> {
+        Ok(self
+            .guests
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(spec, state)| Self::info_of(spec, *state))
+            .collect())
+    }
+    fn set_vcpus(&self, _id: Uuid, _vcpus: u32) -> Result<ResizeOutcome, HypervisorError> {
+        Ok(ResizeOutcome::Applied)
+    }
+    fn set_memory(&self, _id: Uuid, _memory_mib: u64) -> Result<ResizeOutcome, HypervisorError> {
+        Ok(ResizeOutcome::Applied)
+    }
+}
+
+/// An OVSDB stand-in: applies actions to an [`ObservedSwitch`].
+struct FakeSwitch {
+    state: Mutex<ObservedSwitch>,
+    next_uuid: Mutex<u32>,
+}
+
+impl FakeSwitch {
+    fn new() -> Self {
+        FakeSwitch {
+            state: Mutex::new(ObservedSwitch::default()),
+            next_uuid: Mutex::new(1),
+        }
+    }
+    fn uuid(&self) -> String {
+        let mut next = self.next_uuid.lock().unwrap();
+        *next += 1;
+        format!("uuid-{next}")
+    }
+    fn port_tags(&self) -> BTreeMap<String, Option<u16>> {
+        self.state
+            .lock()
+            .unwrap()
+            .ports
+            .iter()
+            .map(|p| (p.name.clone(), p.tag))
+            .collect()
+    }
+    fn remove_port_by_hand(&self, name: &str) {
+        self.state.lock().unwrap().ports.retain(|p| p.name != name);
+    }
+    fn add_foreign_port(&self, name: &str) {
+        self.state.lock().unwrap().foreign_names.push(name.into());
+    }
+}
+
+#[async_trait]
+impl Switch for FakeSwitch {
+    async fn capabilities(&self) -> Result<SwitchCapabilities, OvsError> {
+        Ok(SwitchCapabilities {
+            ovs_version: Some("3.1.0".into()),
+            datapath_types: vec!["netdev".into()],
+            iface_types: vec![],
+            linux_htb: KernelFeature::Available,
+            ingress_policing: KernelFeature::Missing("no act_police".into()),
+            kernel_datapath: KernelFeature::Missing("no module".into()),
+        })
+    }
+    async fn observe(&self, _owner: &str, _bridge: &str) -> Result<ObservedSwitch, OvsError> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+    async fn apply(
+        &self,
+        _owner: &str,
+        _bridge: &str,
+        _observed: &ObservedSwitch,
+        actions: &[SwitchAction],
+    ) -> Result<(), OvsError> {
+        for action in actions {
+            let uuid = self.uuid();
+            let mut state = self.state.lock().unwrap();
+            match action {
+                SwitchAction::CreateBridge => {
+                    state.bridge = Some(ObservedBridge {
+                        uuid,
+                        owned: true,
+                        port_uuids: vec![],
+                    })
+                }
+                SwitchAction::AddVmPort(port) => state.ports.push(ObservedPort {
+                    uuid,
+                    name: port.name.clone(),
+                    owned: true,
+                    role: Some(PortRole::Vm),
+                    tag: Some(port.vlan),
+                    interfaces: vec![port.name.clone()],
+                    bond_mode: None,
+                    lacp: None,
+                    qos: port.qos.map(|q| ObservedQos {
+                        uuid: "qos".into(),
+                        owned: true,
+                        spec: Some(q),
+                        queue_uuids: vec![],
+                    }),
+                    policing: port.ingress_policing,
+                }),
+                SwitchAction::AddUplink(uplink) => state.ports.push(ObservedPort {
+                    uuid,
+                    name: uplink.name.clone(),
+                    owned: true,
+                    role: Some(PortRole::Uplink),
+                    tag: None,
+                    interfaces: uplink.members.clone(),
+                    bond_mode: None,
+                    lacp: None,
+                    qos: None,
+                    policing: None,
+                }),
+                SwitchAction::RemovePort { port } => state.ports.retain(|p| &p.name != port),
+                SwitchAction::SetPortTag { port, vlan } => {
+                    for p in state.ports.iter_mut().filter(|p| &p.name == port) {
+                        p.tag = Some(*vlan);
+                    }
+                }
+                other => panic!("fake switch does not model {other:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Rig {
+    hv: Arc<FakeHypervisor>,
+    switch: Arc<FakeSwitch>,
+    reconciler: Reconciler,
+    _dir: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = Arc::new(FakeHypervisor::default());
+    let switch = Arc::new(FakeSwitch::new());
+    let mut config = ReconcilerConfig::new(dir.path(), OWNER);
+    config.uplink = Some("uplink0".into());
+    let (events, _rx) = tokio::sync::mpsc::channel(16);
+    let reconciler = Reconciler::new(
+        config,
+        Backends {
+            namespace: Some(hv.clone() as Arc<dyn Hypervisor>),
+            libvirt: None,
+        },
+        Some(switch.clone() as Arc<dyn Switch>),
+        GuestChannels::new(),
+        events,
+    );
+    Rig {
+        hv,
+        switch,
+        reconciler,
+        _dir: dir,
+    }
+}
+
+fn vm(n: u8, vlan: u32) -> DesiredVm {
+    let id = Uuid::from_bytes([n, 0xaa, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, n]);
+    DesiredVm {
+        id: id.to_string(),
+        name: format!("vm{n}"),
+        platform_id: "0a0b0c0d-0e0f-4011-8213-141516171819".into(),
+        vlan_tag: vlan,
+        backend: "namespace".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        appliance: Some(DesiredAppliance {
+            name: "namespace".into(),
+            ..Default::default()
+        }),
+        mac: format!("52:54:00:00:00:{n:02x}"),
+        ipv4_cidr: format!("10.201.0.{}/24", 10 + n),
+        power_state: "running".into(),
+        port_name: format!("ml-{}", short(id)),
+        generation: 1,
+        ..Default::default()
+    }
+}
+
+fn id_of(vm: &DesiredVm) -> Uuid {
+    Uuid::parse_str(&vm.id).unwrap()
+}
+
+fn desired(generation: u64, vms: Vec<DesiredVm>) -> DesiredState {
+    DesiredState {
+        generation,
+        vms,
+        ..Default::default()
+    }
+}
+
+fn condition<'a>(status: &'a VmStatus, kind: &str) -> &'a measurelab_api::node_v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:?}"))
+}
+
+fn status_of<'a>(statuses: &'a [VmStatus], vm: &DesiredVm) -> &'a VmStatus {
+    statuses.iter().find(|s| s.vm_id == vm.id).unwrap()
+}
+
+#[tokio::test]
+async fn creates_then_second_pass_does_nothing() {
+    let mut rig = rig();
+    let (a, b) = (vm(1, 101), vm(2, 102));
+    let state = desired(1, vec![a.clone(), b.clone()]);
+
+    let first = rig.reconciler.pass(&state).await;
+    let mut calls = rig.hv.take_calls();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            format!("define:{}", short(id_of(&a))),
+            format!("define:{}", short(id_of(&b))),
+            format!("start:{}", short(id_of(&a))),
+            format!("start:{}", short(id_of(&b))),
+        ]
+    );
+    for v in [&a, &b] {
+        let id = id_of(v);
+        assert!(first.actions.contains(&Action::Define { vm: id }));
+        assert!(first.actions.contains(&Action::Start { vm: id }));
+        assert!(first.actions.contains(&Action::OpenChannel { vm: id }));
+        let define_at = first
+            .actions
+            .iter()
+            .position(|x| *x == Action::Define { vm: id });
+        let start_at = first
+            .actions
+            .iter()
+            .position(|x| *x == Action::Start { vm: id });
+        assert!(
+            define_at < start_at,
+            "define before start: {:?}",
+            first.actions
+        );
+    }
+    let switch_actions: Vec<&SwitchAction> = first
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Switch(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(switch_actions[0], SwitchAction::CreateBridge));
+    assert!(switch_actions
+        .iter()
+        .any(|s| matches!(s, SwitchAction::AddUplink(u) if u.name == "uplink0")));
+    assert_eq!(
+        rig.switch.port_tags(),
+        BTreeMap::from([
+            (a.port_name.clone(), Some(101)),
+            (b.port_name.clone(), Some(102)),
+            ("uplink0".to_string(), None),
+        ])
+    );
+    assert!(first.converged);
+    assert_eq!(first.changed.len(), 2);
+    let sa = status_of(&first.statuses, &a);
+    assert_eq!(sa.actual_state, "running");
+    assert_eq!(sa.address, "10.201.0.11");
+    assert_eq!(condition(sa, "PortAttached").status, "True");
+    // No guest agent in this test: running, attached, but not registered.
+    assert_eq!(condition(sa, "GuestRegistered").status, "False");
+    assert_eq!(
+        condition(sa, "GuestRegistered").reason,
+        "WaitingForGuestAgent"
+    );
+    assert_eq!(condition(sa, "Ready").reason, "GuestNotRegistered");
+    rig.reconciler.mark_reported(&first.changed);
+
+    let second = rig.reconciler.pass(&state).await;
+    assert_eq!(second.actions, vec![], "second pass must change nothing");
+    assert_eq!(rig.hv.take_calls(), Vec::<String>::new());
+    assert!(
+        second.changed.is_empty(),
+        "unchanged statuses are not re-sent"
+    );
+    assert!(second.converged);
+}
+
+#[tokio::test]
+async fn repairs_a_port_removed_by_hand_and_a_stopped_guest() {
+    let mut rig = rig();
+    let a = vm(1, 101);
+    let state = desired(1, vec![a.clone()]);
+    let first = rig.reconciler.pass(&state).await;
+    rig.reconciler.mark_reported(&first.changed);
+    rig.hv.take_calls();
+
+    rig.switch.remove_port_by_hand(&a.port_name);
+    rig.hv.set_state(id_of(&a), GuestState::Stopped).unwrap();
+    let repair = rig.reconciler.pass(&state).await;
+    assert_eq!(
+        rig.hv.take_calls(),
+        vec![format!("start:{}", short(id_of(&a)))]
+    );
+    let switch_actions: Vec<&Action> = repair
+        .actions
+        .iter()
+        .filter(|x| matches!(x, Action::Switch(_)))
+        .collect();
+    assert_eq!(switch_actions.len(), 1, "{:?}", repair.actions);
+    assert!(
+        matches!(switch_actions[0], Action::Switch(SwitchAction::AddVmPort(p)) if p.name == a.port_name && p.vlan == 101)
+    );
+    assert_eq!(rig.switch.port_tags()[&a.port_name], Some(101));
+}
+
+#[tokio::test]
+async fn removes_orphans_we_own_and_keeps_the_rest() {
+    let mut rig = rig();
+    let (a, b) = (vm(1, 101), vm(2, 101));
+    rig.reconciler
+        .pass(&desired(1, vec![a.clone(), b.clone()]))
+        .await;
+    rig.hv.take_calls();
+
+    // The controller forgot b (e.g. force-deleted while the agent was down).
+    let pass = rig.reconciler.pass(&desired(2, vec![a.clone()])).await;
+    assert_eq!(
+        rig.hv.take_calls(),
+        vec![format!("undefine:{}", short(id_of(&b)))]
+    );
+    assert!(pass.actions.contains(&Action::Undefine { vm: id_of(&b) }));
+    assert!(pass
+        .actions
+        .contains(&Action::Switch(SwitchAction::RemovePort {
+            port: b.port_name.clone()
+        })));
+    assert!(!rig.switch.port_tags().contains_key(&b.port_name));
+    assert!(rig.switch.port_tags().contains_key(&a.port_name));
+    assert_eq!(pass.statuses.len(), 1);
+}
+
+#[tokio::test]
+async fn permanent_error_sets_condition_and_waits_for_a_new_spec() {
+    let mut rig = rig();
+    let mut bad = vm(1, 101);
+    bad.mac = "01:00:5e:00:00:01".into(); // multicast: no NIC can have it
+    let good = vm(2, 102);
+    let pass = rig
+        .reconciler
+        .pass(&desired(1, vec![bad.clone(), good.clone()]))
+        .await;
+    let status = status_of(&pass.statuses, &bad);
+    let ready = condition(status, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(ready.message.contains("mac"), "{}", ready.message);
+    assert_eq!(status.actual_state, "failed");
+    assert!(
+        pass.converged,
+        "a permanent error is not something to retry"
+    );
+    assert_eq!(pass.next_retry, None);
+    // The good VM is not held back by the bad one.
+    assert_eq!(status_of(&pass.statuses, &good).actual_state, "running");
+    rig.hv.take_calls();
+
+    let again = rig
+        .reconciler
+        .pass(&desired(1, vec![bad.clone(), good.clone()]))
+        .await;
+    assert_eq!(again.actions, vec![]);
+    assert_eq!(rig.hv.take_calls(), Vec::<String>::new());
+
+    // The controller fixes the spec: the VM is created.
+    let mut fixed = bad.clone();
+    fixed.mac = "52:54:00:00:00:01".into();
+    fixed.generation = 2;
+    let after = rig
+        .reconciler
+        .pass(&desired(2, vec![fixed.clone(), good]))
+        .await;
+    assert!(after
+        .actions
+        .contains(&Action::Define { vm: id_of(&fixed) }));
+    assert_eq!(status_of(&after.statuses, &fixed).actual_state, "running");
+}
+
+#[tokio::test]
+async fn port_name_taken_by_a_foreign_port_is_permanent_for_that_vm_only() {
+    let mut rig = rig();
+    let (a, b) = (vm(1, 101), vm(2, 101));
+    rig.switch.add_foreign_port(&a.port_name);
+    let pass = rig
+        .reconciler
+        .pass(&desired(1, vec![a.clone(), b.clone()]))
+        .await;
+    let port = condition(status_of(&pass.statuses, &a), "PortAttached");
+    assert_eq!(
+        (port.status.as_str(), port.reason.as_str()),
+        ("False", "PortNameConflict")
+    );
+    assert_eq!(
+        condition(status_of(&pass.statuses, &b), "PortAttached").status,
+        "True"
+    );
+}
+
+#[tokio::test]
+async fn transient_error_requeues_with_backoff() {
+    let mut rig = rig();
+    let a = vm(1, 101);
+    rig.hv.flaky_define.lock().unwrap().insert(id_of(&a), 1);
+    let state = desired(1, vec![a.clone()]);
+    let first = rig.reconciler.pass(&state).await;
+    assert!(!first.converged);
+    let retry = first
+        .next_retry
+        .expect("a transient error requeues the key");
+    assert!(retry <= std::time::Duration::from_secs(1), "{retry:?}");
+    let ready = condition(status_of(&first.statuses, &a), "Ready");
+    assert_eq!(ready.reason, "CommandFailed");
+    assert_eq!(status_of(&first.statuses, &a).actual_state, "pending");
+    rig.hv.take_calls();
+
+    // Before the backoff expires the key is left alone.
+    let early = rig.reconciler.pass(&state).await;
+    assert_eq!(rig.hv.take_calls(), Vec::<String>::new());
+    assert!(!early.converged);
+
+    tokio::time::sleep(retry + std::time::Duration::from_millis(20)).await;
+    let later = rig.reconciler.pass(&state).await;
+    assert!(later.converged);
+    assert!(later.actions.contains(&Action::Start { vm: id_of(&a) }));
+}
+
+#[tokio::test]
+async fn power_states_pause_resume_stop() {
+    let mut rig = rig();
+    let mut a = vm(1, 101);
+    rig.reconciler.pass(&desired(1, vec![a.clone()])).await;
+    rig.hv.take_calls();
+    let id = short(id_of(&a));
+
+    a.power_state = "paused".into();
+    let paused = rig.reconciler.pass(&desired(2, vec![a.clone()])).await;
+    assert_eq!(rig.hv.take_calls(), vec![format!("pause:{id}")]);
+    assert_eq!(status_of(&paused.statuses, &a).actual_state, "paused");
+
+    a.power_state = "running".into();
+    rig.reconciler.pass(&desired(3, vec![a.clone()])).await;
+    assert_eq!(rig.hv.take_calls(), vec![format!("resume:{id}")]);
+
+    a.power_state = "stopped".into();
+    let stopped = rig.reconciler.pass(&desired(4, vec![a.clone()])).await;
+    assert_eq!(rig.hv.take_calls(), vec![format!("stop:{id}")]);
+    let status = status_of(&stopped.statuses, &a);
+    assert_eq!(status.actual_state, "stopped");
+    assert_eq!(condition(status, "Ready").status, "True");
+}
+
+#[tokio::test]
+async fn deleting_vm_is_cleaned_up_then_acked_once() {
+    let mut rig = rig();
+    let mut a = vm(1, 101);
+    let first = rig.reconciler.pass(&desired(1, vec![a.clone()])).await;
+    rig.reconciler.mark_reported(&first.changed);
+    rig.hv.take_calls();
+
+    a.deleting = true;
+    a.generation = 2;
+    let state = desired(2, vec![a.clone()]);
+    let pass = rig.reconciler.pass(&state).await;
+    assert_eq!(
+        rig.hv.take_calls(),
+        vec![format!("undefine:{}", short(id_of(&a)))]
+    );
+    assert!(pass
+        .actions
+        .contains(&Action::CloseChannel { vm: id_of(&a) }));
+    assert!(!rig.switch.port_tags().contains_key(&a.port_name));
+    let status = status_of(&pass.statuses, &a);
+    assert!(status.deleted, "cleanup done must be acked: {status:?}");
+    assert_eq!(status.actual_state, "deleting");
+    assert_eq!(pass.changed.len(), 1);
+    rig.reconciler.mark_reported(&pass.changed);
+
+    // Until the controller drops the row, nothing more happens.
+    let again = rig.reconciler.pass(&state).await;
+    assert_eq!(again.actions, vec![]);
+    assert!(again.changed.is_empty());
+}
