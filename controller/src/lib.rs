@@ -20,11 +20,14 @@
 mod agent_rpc;
 mod api;
 mod liveness;
+mod slices;
 mod store;
 mod tokens;
 mod validation;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +57,69 @@ pub struct ControllerConfig {
     /// memory only; registrations and status changes stay durable. Only the
     /// benchmark's in-memory peer uses `false`.
     pub durable_heartbeats: bool,
+    /// VLAN tags given to platforms (`--vlan-pool 100-3999`). Default 100-3999.
+    pub vlan_pool: RangeInclusive<u16>,
+    /// Network the platform subnets (/24s) come from (`--subnet-pool
+    /// 10.201.0.0/16`): address and prefix length (8..=24). Default 10.201.0.0/16.
+    pub subnet_pool: (Ipv4Addr, u8),
+}
+
+/// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
+pub fn parse_vlan_pool(text: &str) -> Result<RangeInclusive<u16>, ControllerError> {
+    let bad = |why: &str| ControllerError::Config(format!("vlan pool {text:?}: {why}"));
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| bad("expected FIRST-LAST, e.g. 100-3999"))?;
+    let first: u16 = first
+        .trim()
+        .parse()
+        .map_err(|_| bad("FIRST is not a number"))?;
+    let last: u16 = last
+        .trim()
+        .parse()
+        .map_err(|_| bad("LAST is not a number"))?;
+    let pool = first..=last;
+    check_vlan_pool(&pool)?;
+    Ok(pool)
+}
+
+fn check_vlan_pool(pool: &RangeInclusive<u16>) -> Result<(), ControllerError> {
+    if *pool.start() < 1 || *pool.end() > 4094 || pool.start() > pool.end() {
+        return Err(ControllerError::Config(format!(
+            "vlan pool {}-{}: tags must satisfy 1 <= FIRST <= LAST <= 4094",
+            pool.start(),
+            pool.end()
+        )));
+    }
+    Ok(())
+}
+
+/// Parse a subnet pool such as `10.201.0.0/16` (prefix 8..=24; split into /24s).
+pub fn parse_subnet_pool(text: &str) -> Result<(Ipv4Addr, u8), ControllerError> {
+    let bad = |why: &str| ControllerError::Config(format!("subnet pool {text:?}: {why}"));
+    let (address, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 10.201.0.0/16"))?;
+    let address: Ipv4Addr = address.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
+    let pool = (address, prefix);
+    check_subnet_pool(pool)?;
+    Ok(pool)
+}
+
+fn check_subnet_pool((address, prefix): (Ipv4Addr, u8)) -> Result<(), ControllerError> {
+    if !(8..=24).contains(&prefix) {
+        return Err(ControllerError::Config(format!(
+            "subnet pool {address}/{prefix}: the prefix must be 8 to 24 (the pool is split into /24s)"
+        )));
+    }
+    let host_bits = u32::from(address) & !(u32::MAX << (32 - u32::from(prefix)));
+    if host_bits != 0 {
+        return Err(ControllerError::Config(format!(
+            "subnet pool {address}/{prefix}: host bits are set; use the network address"
+        )));
+    }
+    Ok(())
 }
 
 impl ControllerConfig {
@@ -72,6 +138,8 @@ impl ControllerConfig {
             offline_after: heartbeat_interval * 3,
             join_token: None,
             durable_heartbeats: true,
+            vlan_pool: 100..=3999,
+            subnet_pool: (Ipv4Addr::new(10, 201, 0, 0), 16),
         }
     }
 }
@@ -126,6 +194,8 @@ pub async fn run(
             "heartbeat_interval and offline_after must be greater than zero".into(),
         ));
     }
+    check_vlan_pool(&config.vlan_pool)?;
+    check_subnet_pool(config.subnet_pool)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ControllerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -140,7 +210,14 @@ pub async fn run(
         Some(token) => token,
         None => tokens::load_or_create(&config.data_dir.join("join.token"))?,
     };
-    let (store, writer) = store::Store::open(&config.data_dir, config.durable_heartbeats)?;
+    let (store, writer) = store::Store::open_with_pools(
+        &config.data_dir,
+        config.durable_heartbeats,
+        store::Pools {
+            vlans: config.vlan_pool.clone(),
+            subnets: config.subnet_pool,
+        },
+    )?;
 
     let listener = |which, listener: std::net::TcpListener| {
         listener

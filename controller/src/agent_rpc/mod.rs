@@ -151,7 +151,11 @@ impl NodeRpc {
         let input = validate_heartbeat(request)?;
         self.store
             .authenticate(&input.node_id, &input.node_secret)?;
-        let desired_generation = self.store.heartbeat(input).await?;
+        let node_id = input.node_id.clone();
+        self.store.heartbeat(input).await?;
+        // The desired state lives in the wave-2 resource store (slices), whose
+        // per-node generation is mirrored in memory.
+        let desired_generation = crate::slices::rpc::desired_generation(&self.store, &node_id);
         Ok(HeartbeatResponse {
             heartbeat_interval_seconds: self.heartbeat_interval_seconds,
             desired_generation,
@@ -170,49 +174,15 @@ impl NodeRpc {
 }
 
 impl NodeRpc {
-    /// Desired state of a node. This controller has no virtual platforms,
-    /// VMs, programs or tasks yet (wave 2 is not implemented here), so the
-    /// truthful desired state is the node's generation with nothing in it.
+    /// Desired state of a node: its platforms, VMs, program runs and
+    /// service-host tasks (controller/src/slices).
     async fn desired_state(&self, request: DesiredStateRequest) -> Result<DesiredState, RpcError> {
-        credentials(&request.node_id, &request.node_secret)?;
-        self.store
-            .authenticate(&request.node_id, &request.node_secret)?;
-        let generation = self
-            .store
-            .desired_generation(&request.node_id)
-            .ok_or_else(|| StoreError::UnknownNode(request.node_id.clone()))?;
-        Ok(DesiredState {
-            generation,
-            ..Default::default()
-        })
+        crate::slices::rpc::desired_state(&self.store, request).await
     }
 
     async fn report_status(&self, report: StatusReport) -> Result<StatusAck, RpcError> {
-        credentials(&report.node_id, &report.node_secret)?;
-        self.store
-            .authenticate(&report.node_id, &report.node_secret)?;
-        // No VM exists on this controller yet, so a VM status can only be a
-        // leftover; say so instead of silently dropping it.
-        if let Some(vm) = report.vms.first() {
-            return Err(RpcError::NotFound(format!(
-                "vms[0].vm_id: the controller has no VM {:?}",
-                vm.vm_id
-            )));
-        }
-        let desired_generation = self
-            .store
-            .desired_generation(&report.node_id)
-            .ok_or_else(|| StoreError::UnknownNode(report.node_id.clone()))?;
-        Ok(StatusAck { desired_generation })
+        crate::slices::rpc::report_status(&self.store, report).await
     }
-}
-
-/// Wave-2 calls whose resources (programs, results, tasks) this controller
-/// does not model yet: refuse explicitly rather than pretend.
-fn not_implemented(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented by this controller version (no programs, tasks or results yet)"
-    ))
 }
 
 #[tonic::async_trait]
@@ -237,23 +207,29 @@ impl NodeService for NodeRpc {
 
     async fn fetch_program(
         &self,
-        _request: Request<FetchProgramRequest>,
+        request: Request<FetchProgramRequest>,
     ) -> Result<Response<ProgramBlob>, Status> {
-        Err(not_implemented("FetchProgram"))
+        Ok(Response::new(
+            crate::slices::rpc::fetch_program(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn post_result(
         &self,
-        _request: Request<PostResultRequest>,
+        request: Request<PostResultRequest>,
     ) -> Result<Response<PostResultAck>, Status> {
-        Err(not_implemented("PostResult"))
+        Ok(Response::new(
+            crate::slices::rpc::post_result(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn poll_tasks(
         &self,
-        _request: Request<PollTasksRequest>,
+        request: Request<PollTasksRequest>,
     ) -> Result<Response<TaskList>, Status> {
-        Err(not_implemented("PollTasks"))
+        Ok(Response::new(
+            crate::slices::rpc::poll_tasks(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn register(

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use measurelab_api::http::{ErrorBody, ErrorDetail};
 
-use crate::store::StoreError;
+use crate::store::{ResourceError, StoreError};
 use crate::validation::FieldError;
 
 /// Every error the public API returns, as `{"error":{"code","message","field"}}`.
@@ -59,6 +59,18 @@ pub enum ApiError {
         /// Request path.
         path: String,
     },
+    /// The request conflicts with the current state (name taken, object in
+    /// use, request_id reused for another call).
+    #[error("{message}")]
+    Conflict {
+        /// Field to blame, if one is.
+        field: Option<String>,
+        /// What conflicts.
+        message: String,
+    },
+    /// A VLAN or subnet pool has no free entry.
+    #[error("{0}")]
+    PoolExhausted(String),
     /// The store failed; nothing was changed.
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +95,8 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PoolExhausted(_) => (StatusCode::CONFLICT, "pool_exhausted"),
         }
     }
 
@@ -91,6 +105,7 @@ impl ApiError {
             ApiError::InvalidField { field, .. } => Some(field.clone()),
             ApiError::MalformedJson { field, .. } => field.clone(),
             ApiError::Unauthorized(_) => Some("Authorization".into()),
+            ApiError::Conflict { field, .. } => field.clone(),
             _ => None,
         }
     }
@@ -109,6 +124,18 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownNode(id) => ApiError::NotFound { kind: "node", id },
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<ResourceError> for ApiError {
+    fn from(e: ResourceError) -> Self {
+        match e {
+            ResourceError::Invalid { field, reason } => ApiError::InvalidField { field, reason },
+            ResourceError::NotFound { kind, id } => ApiError::NotFound { kind, id },
+            ResourceError::Conflict { field, message } => ApiError::Conflict { field, message },
+            ResourceError::PoolExhausted(message) => ApiError::PoolExhausted(message),
             other => ApiError::Unavailable(other.to_string()),
         }
     }

@@ -4,7 +4,7 @@
 //! through [`ApiError`], so all 4xx/5xx bodies have one shape.
 
 mod error;
-mod extract;
+pub(crate) mod extract;
 mod nodes;
 
 use std::sync::Arc;
@@ -65,6 +65,10 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/nodes/:id_or_name/logs", get(nodes::logs)),
         ("/v1/events", get(nodes::events)),
     ]
+    .into_iter()
+    // Wave 2: platforms, QoS policies, appliances, VMs, programs, tasks, results.
+    .chain(crate::slices::http::routes())
+    .collect()
 }
 
 /// Every path the router serves, for the OpenAPI completeness test.

@@ -21,6 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+pub(crate) use crate::slices::store::{Pools, ResourceError, ResourceStore};
 pub(crate) use registry::{NodeEntry, Registry};
 use writer::WriteCommand;
 pub(crate) use writer::WriterHandle;
@@ -30,7 +31,10 @@ pub const LOG_LINES_PER_NODE: i64 = 10_000;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_nodes_events_logs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_nodes_events_logs.sql"),
+    include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
+];
 
 /// Errors of the embedded store.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,8 @@ pub(crate) struct Store {
     writer: mpsc::Sender<WriteCommand>,
     /// Reads of events and logs. WAL lets it read while the writer writes.
     reader: Arc<Mutex<Connection>>,
+    /// Platforms, VMs, tasks...: one transaction per request on their own connection.
+    resources: ResourceStore,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -256,9 +262,19 @@ fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreE
 impl Store {
     /// Open (or create) `<data_dir>/controller.db`, migrate it, load the node
     /// table and start the writer thread.
+    #[cfg(test)]
     pub fn open(
         data_dir: &Path,
         durable_heartbeats: bool,
+    ) -> Result<(Store, WriterHandle), StoreError> {
+        Self::open_with_pools(data_dir, durable_heartbeats, Pools::default())
+    }
+
+    /// [`Store::open`] with the VLAN and subnet pools platforms draw from.
+    pub fn open_with_pools(
+        data_dir: &Path,
+        durable_heartbeats: bool,
+        pools: Pools,
     ) -> Result<(Store, WriterHandle), StoreError> {
         let path = data_dir.join("controller.db");
         let mut write_conn = open_connection(&path)?;
@@ -269,6 +285,7 @@ impl Store {
         let reader = open_connection(&path)?;
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let registry = Arc::new(RwLock::new(registry));
+        let resources = ResourceStore::open(open_connection(&path)?, registry.clone(), pools)?;
         let (writer, handle) = writer::spawn(
             write_conn,
             registry.clone(),
@@ -280,6 +297,7 @@ impl Store {
                 registry,
                 writer,
                 reader: Arc::new(Mutex::new(reader)),
+                resources,
             },
             handle,
         ))
@@ -342,6 +360,11 @@ impl Store {
         .await
     }
 
+    /// The wave-2 resources (platforms, VMs, programs, tasks, results).
+    pub fn resources(&self) -> &ResourceStore {
+        &self.resources
+    }
+
     /// Ask the writer to finish what is queued and exit.
     pub async fn stop_writer(&self) {
         // An error means the writer is already gone, which is the goal.
@@ -354,15 +377,6 @@ impl Store {
     pub fn authenticate(&self, node_id: &str, secret: &str) -> Result<(), StoreError> {
         let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
         check_secret(registry.by_id(node_id), node_id, secret)
-    }
-
-    /// Generation of the node's desired state, if the node exists.
-    pub fn desired_generation(&self, node_id: &str) -> Option<u64> {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_id(node_id)
-            .map(|node| node.desired_generation)
     }
 
     pub fn nodes(&self) -> Vec<http::Node> {

@@ -191,3 +191,88 @@ pub fn heartbeat_request(registered: &RegisterResponse, sequence: u64) -> Heartb
         observed_generation: 0,
     }
 }
+
+impl TestController {
+    /// Start with a configuration tweak (pools, intervals).
+    pub async fn start_with(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> TestController {
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
+        let mut config = ControllerConfig::new(data_dir, http, grpc);
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.offline_after = Duration::from_secs(60);
+        tweak(&mut config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = client
+                .get(format!("http://{http_addr}/healthz"))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "controller did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(data_dir.join(name))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        TestController {
+            http: http_addr,
+            grpc: grpc_addr,
+            data_dir: data_dir.to_path_buf(),
+            admin_token: read("admin.token"),
+            join_token: read("join.token"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Send a request with an optional JSON body; returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// The typed public API client.
+    pub fn client(&self) -> measurelab_api::client::Client {
+        measurelab_api::client::Client::new(
+            &format!("http://{}", self.http),
+            &self.admin_token,
+            None,
+        )
+        .unwrap()
+    }
+}

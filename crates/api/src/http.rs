@@ -317,19 +317,39 @@ pub struct QosPolicyPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_max_kbps: Option<u64>,
     /// Guaranteed rate into the VM, kbit/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ingress_min_kbps: Option<Option<u64>>,
     /// Burst into the VM, kbytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ingress_burst_kbytes: Option<Option<u64>>,
     /// Ceiling out of the VM, kbit/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress_max_kbps: Option<Option<u64>>,
     /// Guaranteed rate out of the VM, kbit/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress_min_kbps: Option<Option<u64>>,
     /// Burst out of the VM, kbytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress_burst_kbytes: Option<Option<u64>>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -538,7 +558,11 @@ pub struct VmPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
     /// QoS policy name; `null` removes the policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub qos_policy: Option<Option<String>>,
     /// Desired power state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -804,4 +828,14 @@ pub struct ResultRecord {
 pub struct ResultList {
     /// Oldest first.
     pub results: Vec<ResultRecord>,
+}
+
+/// A PATCH field that may be absent (`None`: unchanged), `null` (`Some(None)`:
+/// cleared) or a value. Plain serde folds `null` into "absent".
+fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }

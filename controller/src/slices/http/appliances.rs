@@ -1,0 +1,57 @@
+//! `/v1/appliances`.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use measurelab_api::http::{Appliance, ApplianceCreate, ApplianceList};
+
+use super::respond::{answer, key};
+use crate::api::extract::JsonBody;
+use crate::api::{ApiError, AppState};
+use crate::slices::store::appliances;
+use crate::slices::store::resources::{answer as stored, ResourceError};
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ApplianceList>, ApiError> {
+    let appliances = state
+        .store()
+        .resources()
+        .read(|conn, _| appliances::list(conn))
+        .await?;
+    Ok(Json(ApplianceList { appliances }))
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    JsonBody(input): JsonBody<ApplianceCreate>,
+) -> Result<Response, ApiError> {
+    let result = state
+        .store()
+        .resources()
+        .mutate(
+            input.request_id.clone(),
+            "POST /v1/appliances".into(),
+            move |cx| Ok(stored(201, &appliances::create(cx, input)?)),
+        )
+        .await?;
+    Ok(answer(result))
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Appliance>, ApiError> {
+    let key = key(path)?;
+    Ok(Json(
+        state
+            .store()
+            .resources()
+            .read(move |conn, _| {
+                appliances::find(conn, &key)?.ok_or(ResourceError::NotFound {
+                    kind: "appliance",
+                    id: key,
+                })
+            })
+            .await?,
+    ))
+}

@@ -1,0 +1,153 @@
+//! `/v1/results`: stored result documents, history by time range, export.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use measurelab_api::http::{ResultList, ResultRecord};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::respond::answer;
+use crate::api::extract::{decode_json, QueryParams};
+use crate::api::{ApiError, AppState};
+use crate::slices::store::resources::answer as stored;
+use crate::slices::store::tasks::{self, ResultQuery, MAX_DOCUMENT_BYTES};
+
+const MAX_LIMIT: i64 = 100_000;
+
+/// The mcast result document with its `task_id` (or `?task=`).
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    query: QueryParams,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    query.only(&["task", "request_id"])?;
+    if body.len() > MAX_DOCUMENT_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_DOCUMENT_BYTES,
+        });
+    }
+    let document: serde_json::Value = decode_json(&body)?;
+    let task = match (
+        query.0.get("task"),
+        document.get("task_id").and_then(|v| v.as_str()),
+    ) {
+        (Some(task), _) => task.clone(),
+        (None, Some(task)) => task.to_string(),
+        (None, None) => {
+            return Err(ApiError::InvalidField {
+                field: "task_id".into(),
+                reason: "missing: the document needs \"task_id\" (or pass ?task=)".into(),
+            })
+        }
+    };
+    let result = state
+        .store()
+        .resources()
+        .mutate(
+            query.0.get("request_id").cloned(),
+            "POST /v1/results".into(),
+            move |cx| Ok(stored(201, &tasks::insert_result(cx, &task, document)?)),
+        )
+        .await?;
+    Ok(answer(result))
+}
+
+fn time_param(query: &QueryParams, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+    query
+        .0
+        .get(name)
+        .map(|text| {
+            OffsetDateTime::parse(text, &Rfc3339).map_err(|e| ApiError::InvalidField {
+                field: name.into(),
+                reason: format!("{text:?} is not an RFC 3339 time: {e}"),
+            })
+        })
+        .transpose()
+}
+
+fn result_query(query: &QueryParams, default_limit: i64) -> Result<ResultQuery, ApiError> {
+    let since = time_param(query, "since")?;
+    let until = time_param(query, "until")?;
+    if let (Some(s), Some(u)) = (since, until) {
+        if s >= u {
+            return Err(ApiError::InvalidField {
+                field: "until".into(),
+                reason: "must be later than since".into(),
+            });
+        }
+    }
+    Ok(ResultQuery {
+        task: query.0.get("task").cloned(),
+        since,
+        until,
+        limit: query.int("limit", default_limit, 1, MAX_LIMIT)? as u32,
+    })
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<ResultList>, ApiError> {
+    query.only(&["task", "since", "until", "limit"])?;
+    let q = result_query(&query, 1000)?;
+    let results = state
+        .store()
+        .resources()
+        .read(move |conn, _| tasks::results(conn, &q))
+        .await?;
+    Ok(Json(ResultList { results }))
+}
+
+pub(crate) async fn latest(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<ResultRecord>, ApiError> {
+    query.only(&["task"])?;
+    let task = query.0.get("task").cloned();
+    Ok(Json(
+        state
+            .store()
+            .resources()
+            .read(move |conn, _| tasks::latest(conn, task.as_deref()))
+            .await?,
+    ))
+}
+
+/// One call for a whole range: CSV (one row per receiver per run) or JSON.
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    query.only(&["task", "since", "until", "limit", "format"])?;
+    let format = query.0.get("format").map(String::as_str).unwrap_or("json");
+    if !matches!(format, "csv" | "json") {
+        return Err(ApiError::InvalidField {
+            field: "format".into(),
+            reason: format!("{format:?} is not one of csv, json"),
+        });
+    }
+    let q = result_query(&query, MAX_LIMIT)?;
+    let results = state
+        .store()
+        .resources()
+        .read(move |conn, _| tasks::results(conn, &q))
+        .await?;
+    Ok(if format == "csv" {
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"measurelab-results.csv\"",
+                ),
+            ],
+            tasks::csv(&results),
+        )
+            .into_response()
+    } else {
+        Json(ResultList { results }).into_response()
+    })
+}

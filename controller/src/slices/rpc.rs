@@ -1,0 +1,259 @@
+//! The wave-2 NodeService calls. `agent_rpc` owns the service and forwards
+//! these here; every call is authenticated with the node id + secret.
+
+use measurelab_api::node_v1::{
+    DesiredState, DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultAck,
+    PostResultRequest, ProgramBlob, StatusAck, StatusReport, TaskList,
+};
+use rusqlite::OptionalExtension;
+
+use crate::agent_rpc::RpcError;
+use crate::slices::store::resources::{to_json, ResourceError};
+use crate::slices::store::{desired, programs, tasks, vms};
+use crate::store::Store;
+
+/// Most VM statuses (and guest reports, program runs) in one report.
+const MAX_REPORT_ITEMS: usize = 10_000;
+
+impl From<ResourceError> for RpcError {
+    fn from(e: ResourceError) -> Self {
+        match e {
+            ResourceError::Invalid { field, reason } => RpcError::InvalidArgument { field, reason },
+            ResourceError::NotFound { kind, id } => {
+                RpcError::NotFound(format!("the controller has no {kind} {id:?}"))
+            }
+            ResourceError::Conflict { field, message } => RpcError::InvalidArgument {
+                field: field.unwrap_or_else(|| "(request)".into()),
+                reason: message,
+            },
+            other => RpcError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+fn authenticate(store: &Store, node_id: &str, node_secret: &str) -> Result<(), RpcError> {
+    if node_id.is_empty() {
+        return Err(RpcError::InvalidArgument {
+            field: "node_id".into(),
+            reason: "must not be empty; register first".into(),
+        });
+    }
+    if node_secret.is_empty() {
+        return Err(RpcError::InvalidArgument {
+            field: "node_secret".into(),
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(store.authenticate(node_id, node_secret)?)
+}
+
+/// Generation of the node's desired state, from the in-memory mirror.
+pub(crate) fn desired_generation(store: &Store, node_id: &str) -> u64 {
+    store.resources().node_generation(node_id)
+}
+
+pub(crate) async fn desired_state(
+    store: &Store,
+    request: DesiredStateRequest,
+) -> Result<DesiredState, RpcError> {
+    authenticate(store, &request.node_id, &request.node_secret)?;
+    let node_id = request.node_id;
+    // Generation and state come from one read on the resource connection,
+    // which no transaction can interleave with, so they match.
+    Ok(store
+        .resources()
+        .read(move |conn, registry| {
+            let generation: i64 = conn
+                .query_row(
+                    "SELECT generation FROM node_generations WHERE node_id = ?1",
+                    [&node_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            desired::desired_state(conn, registry, &node_id, generation as u64)
+        })
+        .await?)
+}
+
+pub(crate) async fn report_status(
+    store: &Store,
+    report: StatusReport,
+) -> Result<StatusAck, RpcError> {
+    authenticate(store, &report.node_id, &report.node_secret)?;
+    for (field, len) in [
+        ("vms", report.vms.len()),
+        ("guests", report.guests.len()),
+        ("program_runs", report.program_runs.len()),
+    ] {
+        if len > MAX_REPORT_ITEMS {
+            return Err(RpcError::InvalidArgument {
+                field: field.into(),
+                reason: format!("has {len} entries; at most {MAX_REPORT_ITEMS} per report"),
+            });
+        }
+    }
+    let node_id = report.node_id.clone();
+    let outcome = store
+        .resources()
+        .transact(move |cx| desired::apply_report(cx, &report.node_id, &report))
+        .await?;
+    if outcome.ignored_vms > 0 {
+        tracing::debug!(node = %node_id, ignored = outcome.ignored_vms, "status report named VMs this node does not host");
+    }
+    Ok(StatusAck {
+        desired_generation: desired_generation(store, &node_id),
+    })
+}
+
+pub(crate) async fn fetch_program(
+    store: &Store,
+    request: FetchProgramRequest,
+) -> Result<ProgramBlob, RpcError> {
+    authenticate(store, &request.node_id, &request.node_secret)?;
+    let node_id = request.node_id;
+    let program_id = request.program_id;
+    store
+        .resources()
+        .read(move |conn, _| {
+            // A node gets only programs deployed onto its own VMs.
+            let deployed: Option<i64> = conn
+                .query_row(
+                    "SELECT 1 FROM program_runs r JOIN deployments d ON d.id = r.deployment_id
+                     WHERE d.program_id = ?1 AND r.node_id = ?2 LIMIT 1",
+                    [&program_id, &node_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let found = match deployed {
+                Some(_) => programs::content(conn, &program_id)?,
+                None => None,
+            };
+            let (program, content) = found.ok_or_else(|| ResourceError::NotFound {
+                kind: "program deployed to this node",
+                id: program_id.clone(),
+            })?;
+            Ok(ProgramBlob {
+                sha256: program.sha256,
+                content,
+                name: program.name,
+            })
+        })
+        .await
+        .map_err(RpcError::from)
+}
+
+pub(crate) async fn post_result(
+    store: &Store,
+    request: PostResultRequest,
+) -> Result<PostResultAck, RpcError> {
+    authenticate(store, &request.node_id, &request.node_secret)?;
+    if request.document_json.len() > tasks::MAX_DOCUMENT_BYTES {
+        return Err(RpcError::InvalidArgument {
+            field: "document_json".into(),
+            reason: format!("is larger than {} bytes", tasks::MAX_DOCUMENT_BYTES),
+        });
+    }
+    let document: serde_json::Value =
+        serde_json::from_str(&request.document_json).map_err(|e| RpcError::InvalidArgument {
+            field: "document_json".into(),
+            reason: format!("is not JSON: {e}"),
+        })?;
+    let record = store
+        .resources()
+        .transact(move |cx| {
+            let task = tasks::find(cx.tx, &request.task_id)?.ok_or_else(|| {
+                ResourceError::invalid("task_id", format!("no task {:?} exists", request.task_id))
+            })?;
+            check_task_scope(cx.tx, cx.registry, &request.node_id, &request.vm_id, &task)?;
+            tasks::insert_result(cx, &task.task.id, document)
+        })
+        .await?;
+    Ok(PostResultAck {
+        result_id: record.id,
+    })
+}
+
+/// A guest may post only for its platform's tasks, a service host only for
+/// tasks that list its node.
+fn check_task_scope(
+    conn: &rusqlite::Connection,
+    registry: &crate::store::Registry,
+    node_id: &str,
+    vm_id: &str,
+    task: &tasks::TaskRow,
+) -> Result<(), ResourceError> {
+    if vm_id.is_empty() {
+        let name = registry
+            .by_id(node_id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        if task.task.mode != "service_host" || !task.task.nodes.contains(&name) {
+            return Err(ResourceError::invalid(
+                "task_id",
+                format!(
+                    "task {} is not a service-host task of node {name}",
+                    task.task.name
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let vm = vms::get_by_id(conn, vm_id)?
+        .filter(|vm| vm.node_id == node_id)
+        .ok_or_else(|| {
+            ResourceError::invalid("vm_id", format!("this node hosts no VM {vm_id:?}"))
+        })?;
+    if task.platform_id.as_deref() != Some(vm.platform_id.as_str()) {
+        return Err(ResourceError::invalid(
+            "task_id",
+            format!(
+                "task {} does not belong to platform {} of VM {}",
+                task.task.name, vm.platform_name, vm.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn poll_tasks(
+    store: &Store,
+    request: PollTasksRequest,
+) -> Result<TaskList, RpcError> {
+    authenticate(store, &request.node_id, &request.node_secret)?;
+    let list = store
+        .resources()
+        .transact(move |cx| {
+            let open = if request.vm_id.is_empty() {
+                let name = cx
+                    .registry
+                    .by_id(&request.node_id)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default();
+                tasks::of_service_host(cx.tx, &name)?
+            } else {
+                let vm = vms::get_by_id(cx.tx, &request.vm_id)?
+                    .filter(|vm| vm.node_id == request.node_id)
+                    .ok_or_else(|| {
+                        ResourceError::invalid(
+                            "vm_id",
+                            format!("this node hosts no VM {:?}", request.vm_id),
+                        )
+                    })?;
+                tasks::of_platform(cx.tx, &vm.platform_id)?
+            };
+            let ids: Vec<String> = open.iter().map(|t| t.id.clone()).collect();
+            tasks::mark_running(cx, &ids)?;
+            Ok(open
+                .into_iter()
+                .map(|mut t| {
+                    if t.status == "pending" {
+                        t.status = "running".into();
+                    }
+                    to_json(&t)
+                })
+                .collect())
+        })
+        .await?;
+    Ok(TaskList { tasks_json: list })
+}

@@ -1,0 +1,311 @@
+//! The node side of the wave-2 resources: a node's desired state, and what
+//! its agent reports back (VM states, guests, program runs, cleanup acks).
+
+use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
+use measurelab_api::node_v1::{
+    self, DesiredAppliance, DesiredPlatform, DesiredQos, DesiredState, DesiredVm, ProgramRun,
+    ServiceTask, StatusReport,
+};
+use rusqlite::Connection;
+use time::OffsetDateTime;
+
+use super::resources::{to_json, ResourceError, TxContext};
+use super::{appliances, platforms, programs, qos_policies, tasks, vms};
+use crate::store::{rfc3339, Registry};
+
+const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
+const MAX_CONDITIONS: usize = 32;
+
+/// Everything node `node_id` should run, at `generation`.
+pub(crate) fn desired_state(
+    conn: &Connection,
+    registry: &Registry,
+    node_id: &str,
+    generation: u64,
+) -> Result<DesiredState, ResourceError> {
+    let member_of = platforms::of_node(conn, node_id)?;
+    let mut state = DesiredState {
+        generation,
+        platforms: member_of
+            .iter()
+            .map(|p| DesiredPlatform {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                vlan_tag: u32::from(p.vlan_tag),
+                subnet: p.subnet.clone(),
+                gateway: p.gateway.clone().unwrap_or_default(),
+                power_state: platforms::power_text(p.power_state).into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for vm in vms::of_node(conn, node_id)? {
+        let platform = platforms::get(conn, &vm.platform_id)?;
+        let appliance = appliances::get_by_id(conn, &vm.appliance_id)?;
+        let qos = match &vm.qos_policy_id {
+            Some(id) => Some(qos_policies::get(conn, id)?),
+            None => None,
+        };
+        let (_, prefix) = platform.network()?;
+        // A paused platform suspends every VM that would otherwise run.
+        let power = match (platform.power_state, vm.power_state) {
+            (PlatformPowerState::Paused, VmPowerState::Running) => VmPowerState::Paused,
+            (_, own) => own,
+        };
+        state.vms.push(DesiredVm {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            platform_id: vm.platform_id.clone(),
+            vlan_tag: u32::from(platform.vlan_tag),
+            backend: vms::backend_text(vm.backend).into(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            disk_mib: vm.disk_mib,
+            swap_mib: vm.swap_mib,
+            appliance: Some(DesiredAppliance {
+                name: appliance.name,
+                kernel: appliance.kernel,
+                initrd: appliance.initrd,
+                disk: appliance.disk.unwrap_or_default(),
+                min_memory_mib: appliance.min_memory_mib,
+                version: appliance.version,
+                arch: appliance.arch,
+                os: appliance.os,
+            }),
+            mac: vm.mac.clone(),
+            ipv4_cidr: format!("{}/{prefix}", vm.address),
+            gateway: platform.gateway.clone().unwrap_or_default(),
+            power_state: vms::power_text(power).into(),
+            deleting: vm.deleting,
+            qos: qos.map(|q| DesiredQos {
+                name: q.name,
+                ingress_max_kbps: q.ingress_max_kbps,
+                ingress_min_kbps: q.ingress_min_kbps.unwrap_or(0),
+                ingress_burst_kbytes: q.ingress_burst_kbytes.unwrap_or(0),
+                egress_max_kbps: q.egress_max_kbps.unwrap_or(0),
+                egress_min_kbps: q.egress_min_kbps.unwrap_or(0),
+                egress_burst_kbytes: q.egress_burst_kbytes.unwrap_or(0),
+            }),
+            port_name: vm.port_name.clone(),
+            generation: vm.generation,
+            platform_name: vm.platform_name.clone(),
+        });
+    }
+    for (deployment, vm_id) in programs::active_runs_of_node(conn, node_id)? {
+        state.program_runs.push(ProgramRun {
+            deployment_id: deployment.id,
+            vm_id,
+            program_id: deployment.program_id,
+            sha256: deployment.program_sha256,
+            args: deployment.args,
+            env: deployment.env.into_iter().collect(),
+            program_name: deployment.program_name,
+        });
+    }
+    if let Some(node) = registry.by_id(node_id) {
+        for task in tasks::of_service_host(conn, &node.name)? {
+            state.service_tasks.push(ServiceTask {
+                task_id: task.id.clone(),
+                spec_json: to_json(&task),
+            });
+        }
+    }
+    Ok(state)
+}
+
+fn ms_to_rfc3339(ms: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .filter(|t| (1970..=9999).contains(&t.year()))
+        .map(rfc3339)
+}
+
+fn condition_status(c: &node_v1::Condition) -> bool {
+    c.r#type == "Ready" && c.status == "True"
+}
+
+/// What a report changed, for the gRPC answer and the logs.
+#[derive(Debug, Default)]
+pub(crate) struct ReportOutcome {
+    pub ignored_vms: usize,
+}
+
+/// Apply a status report of node `node_id` (already authenticated).
+pub(crate) fn apply_report(
+    cx: &mut TxContext<'_>,
+    node_id: &str,
+    report: &StatusReport,
+) -> Result<ReportOutcome, ResourceError> {
+    let mut outcome = ReportOutcome::default();
+    for (i, status) in report.vms.iter().enumerate() {
+        // A VM of another node, or one already gone, is not this report's to change.
+        let Some(vm) = vms::get_by_id(cx.tx, &status.vm_id)?.filter(|vm| vm.node_id == node_id)
+        else {
+            outcome.ignored_vms += 1;
+            continue;
+        };
+        if status.deleted {
+            if vm.deleting {
+                vms::remove(
+                    cx,
+                    &vm,
+                    "VmDeleted",
+                    "deleted: the node agent cleaned it up",
+                )?;
+            } else {
+                outcome.ignored_vms += 1;
+            }
+            continue;
+        }
+        if status.conditions.len() > MAX_CONDITIONS {
+            return Err(ResourceError::invalid(
+                format!("vms[{i}].conditions"),
+                format!(
+                    "has {} entries; at most {MAX_CONDITIONS}",
+                    status.conditions.len()
+                ),
+            ));
+        }
+        let state = status.actual_state.trim();
+        if state.is_empty() || state.len() > 32 {
+            return Err(ResourceError::invalid(
+                format!("vms[{i}].actual_state"),
+                "must be 1 to 32 characters long",
+            ));
+        }
+        let conditions: Vec<Condition> = status
+            .conditions
+            .iter()
+            .map(|c| Condition {
+                condition_type: c.r#type.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.chars().take(1024).collect(),
+            })
+            .collect();
+        let was_ready = vm
+            .conditions
+            .iter()
+            .any(|c| c.condition_type == "Ready" && c.status == "True");
+        let is_ready = status.conditions.iter().any(condition_status);
+        let name = format!("{}/{}", vm.platform_name, vm.name);
+        if is_ready && !was_ready {
+            cx.event(
+                "VmReady",
+                "vm",
+                &vm.id,
+                format!("VM {name} is ready ({state}, address {})", vm.address),
+            )?;
+        } else if !is_ready && was_ready {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.r#type == "Ready")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_default();
+            cx.event(
+                "VmNotReady",
+                "vm",
+                &vm.id,
+                format!("VM {name} is no longer ready {why}"),
+            )?;
+        }
+        if state == "failed" && vm.actual_state != "failed" {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.status == "False")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_default();
+            cx.event("VmFailed", "vm", &vm.id, format!("VM {name} failed {why}"))?;
+        }
+        let observed = status.observed_generation.min(vm.generation);
+        vms::save_status(
+            cx,
+            &vm,
+            state,
+            status.restart_required,
+            &conditions,
+            observed,
+        )?;
+    }
+    for guest in &report.guests {
+        let Some(vm) = vms::get_by_id(cx.tx, &guest.vm_id)?.filter(|vm| vm.node_id == node_id)
+        else {
+            outcome.ignored_vms += 1;
+            continue;
+        };
+        if guest.last_heartbeat_unix_ms > 0 {
+            if let Some(time) = ms_to_rfc3339(guest.last_heartbeat_unix_ms) {
+                vms::save_guest_heartbeat(cx, &vm.id, &time)?;
+                if vm.guest_last_heartbeat.is_none() {
+                    cx.event(
+                        "GuestRegistered",
+                        "vm",
+                        &vm.id,
+                        format!(
+                            "the guest agent of VM {}/{} reported in",
+                            vm.platform_name, vm.name
+                        ),
+                    )?;
+                }
+            }
+        }
+        for line in &guest.logs {
+            let time = ms_to_rfc3339(line.timestamp_unix_ms).unwrap_or_else(|| rfc3339(cx.now));
+            cx.tx
+                .prepare_cached(
+                    "INSERT INTO guest_logs (vm_id, time, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(rusqlite::params![
+                    vm.id,
+                    time,
+                    line.level.to_ascii_lowercase(),
+                    line.target.chars().take(256).collect::<String>(),
+                    line.message.chars().take(16 * 1024).collect::<String>()
+                ])?;
+        }
+        if !guest.logs.is_empty() {
+            cx.tx
+                .prepare_cached(
+                    "DELETE FROM guest_logs WHERE vm_id = ?1 AND id <=
+                       (SELECT id FROM guest_logs WHERE vm_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )?
+                .execute(rusqlite::params![vm.id, GUEST_LOG_LINES_PER_VM])?;
+        }
+    }
+    for (i, run) in report.program_runs.iter().enumerate() {
+        programs::save_run_status(cx, node_id, run)
+        .map_err(|e| match e {
+            ResourceError::Invalid { reason, .. } => {
+                ResourceError::invalid(format!("program_runs[{i}].status"), reason)
+            }
+            other => other,
+        })?;
+    }
+    Ok(outcome)
+}
+
+/// Guest log lines of a VM, oldest first.
+pub(crate) fn guest_logs(
+    conn: &Connection,
+    vm_id: &str,
+    limit: u32,
+) -> Result<Vec<measurelab_api::http::LogLine>, ResourceError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT time, level, target, message FROM
+               (SELECT id, time, level, target, message FROM guest_logs
+                WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2)
+             ORDER BY id ASC",
+        )?
+        .query_map(rusqlite::params![vm_id, limit], |r| {
+            Ok(measurelab_api::http::LogLine {
+                time: r.get(0)?,
+                level: r.get(1)?,
+                target: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}

@@ -1,0 +1,522 @@
+//! Virtual platforms: membership, VLAN and subnet allocation, power state.
+
+use std::net::Ipv4Addr;
+
+use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::resources::{from_json, new_id, to_json, Pools, ResourceError, TxContext};
+use crate::store::Registry;
+use crate::validation;
+
+const MAX_ADMINS: usize = 64;
+const MAX_DESCRIPTION: usize = 4096;
+
+/// A platform row plus its member node ids (in the order given).
+#[derive(Debug, Clone)]
+pub(crate) struct PlatformRow {
+    pub id: String,
+    pub name: String,
+    pub node_ids: Vec<String>,
+    pub admins: Vec<String>,
+    pub description: String,
+    pub vlan_tag: u16,
+    pub subnet: String,
+    pub gateway: Option<String>,
+    pub power_state: PlatformPowerState,
+    pub created_at: String,
+    pub generation: u64,
+}
+
+impl PlatformRow {
+    pub fn to_api(&self, registry: &Registry) -> Platform {
+        Platform {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            nodes: self
+                .node_ids
+                .iter()
+                .map(|id| node_name(registry, id))
+                .collect(),
+            admins: self.admins.clone(),
+            description: self.description.clone(),
+            vlan_tag: self.vlan_tag,
+            subnet: self.subnet.clone(),
+            gateway: self.gateway.clone(),
+            power_state: self.power_state,
+            created_at: self.created_at.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Network address of the platform's /24 (or whatever prefix it has).
+    pub fn network(&self) -> Result<(Ipv4Addr, u8), ResourceError> {
+        parse_cidr(&self.subnet)
+            .ok_or_else(|| ResourceError::Corrupt(format!("platforms.subnet {:?}", self.subnet)))
+    }
+}
+
+pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
+    registry
+        .by_id(id)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+pub(crate) fn power_text(state: PlatformPowerState) -> &'static str {
+    match state {
+        PlatformPowerState::Running => "running",
+        PlatformPowerState::Paused => "paused",
+    }
+}
+
+pub(crate) fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (address, prefix) = text.split_once('/')?;
+    let address: Ipv4Addr = address.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 32).then_some((address, prefix))
+}
+
+const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
+                             created_at, generation FROM platforms";
+
+fn row_to_platform(
+    conn: &Connection,
+    row: &rusqlite::Row<'_>,
+) -> Result<PlatformRow, ResourceError> {
+    let id: String = row.get(0)?;
+    let admins: String = row.get(2)?;
+    let power: String = row.get(7)?;
+    let node_ids = conn
+        .prepare_cached(
+            "SELECT node_id FROM platform_nodes WHERE platform_id = ?1 ORDER BY position",
+        )?
+        .query_map([&id], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PlatformRow {
+        node_ids,
+        name: row.get(1)?,
+        admins: from_json("platforms.admins", &admins)?,
+        description: row.get(3)?,
+        vlan_tag: row.get::<_, i64>(4)? as u16,
+        subnet: row.get(5)?,
+        gateway: row.get(6)?,
+        power_state: match power.as_str() {
+            "running" => PlatformPowerState::Running,
+            "paused" => PlatformPowerState::Paused,
+            other => {
+                return Err(ResourceError::Corrupt(format!(
+                    "platforms.power_state {other:?}"
+                )))
+            }
+        },
+        created_at: row.get(8)?,
+        generation: row.get::<_, i64>(9)? as u64,
+        id,
+    })
+}
+
+/// Look a platform up by id, then by name.
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<PlatformRow>, ResourceError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+    ))?;
+    let mut rows = statement.query([key])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(row_to_platform(conn, row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<PlatformRow, ResourceError> {
+    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "platform",
+        id: key.to_string(),
+    })
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<PlatformRow>, ResourceError> {
+    let mut statement = conn.prepare_cached(&format!("{SELECT} ORDER BY name"))?;
+    let mut rows = statement.query([])?;
+    let mut platforms = Vec::new();
+    while let Some(row) = rows.next()? {
+        platforms.push(row_to_platform(conn, row)?);
+    }
+    Ok(platforms)
+}
+
+/// Platforms the node is a member of.
+pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRow>, ResourceError> {
+    let ids = conn
+        .prepare_cached("SELECT platform_id FROM platform_nodes WHERE node_id = ?1")?
+        .query_map([node_id], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.iter().map(|id| get(conn, id)).collect()
+}
+
+/// Resolve node names or ids to ids, refusing unknown and repeated nodes.
+fn resolve_nodes(registry: &Registry, nodes: &[String]) -> Result<Vec<String>, ResourceError> {
+    let mut ids: Vec<String> = Vec::with_capacity(nodes.len());
+    for (i, key) in nodes.iter().enumerate() {
+        let field = format!("nodes[{i}]");
+        let node = registry.by_id_or_name(key).ok_or_else(|| {
+            ResourceError::invalid(&field, format!("no node named {key:?} is registered"))
+        })?;
+        if ids.contains(&node.id) {
+            return Err(ResourceError::invalid(
+                field,
+                format!("node {key:?} is listed twice"),
+            ));
+        }
+        ids.push(node.id.clone());
+    }
+    Ok(ids)
+}
+
+fn validate_admins(admins: &[String]) -> Result<(), ResourceError> {
+    if admins.len() > MAX_ADMINS {
+        return Err(ResourceError::invalid(
+            "admins",
+            format!(
+                "has {} entries; at most {MAX_ADMINS} are allowed",
+                admins.len()
+            ),
+        ));
+    }
+    for (i, admin) in admins.iter().enumerate() {
+        let field = format!("admins[{i}]");
+        if admin.trim().is_empty() {
+            return Err(ResourceError::invalid(field, "must not be empty"));
+        }
+        validation::short_text(&field, admin, 256)?;
+    }
+    Ok(())
+}
+
+fn allocate_vlan(cx: &TxContext<'_>) -> Result<u16, ResourceError> {
+    let used: std::collections::HashSet<u16> = cx
+        .tx
+        .prepare_cached("SELECT vlan_tag FROM platforms")?
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .map(|r| r.map(|v| v as u16))
+        .collect::<Result<_, _>>()?;
+    let pool = cx.pools.vlans.clone();
+    let (first, last) = (*pool.start(), *pool.end());
+    pool.into_iter().find(|tag| !used.contains(tag)).ok_or_else(|| {
+        ResourceError::PoolExhausted(format!(
+            "every VLAN tag of the pool {first}-{last} is in use by a platform; delete a platform or widen the controller's VLAN pool"
+        ))
+    })
+}
+
+/// The /24s of the subnet pool, in order.
+pub(crate) fn pool_subnets(pools: &Pools) -> impl Iterator<Item = String> {
+    let (network, prefix) = pools.subnets;
+    let base = u32::from(network) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let count: u32 = 1 << (24 - prefix.min(24));
+    (0..count).map(move |i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+}
+
+fn allocate_subnet(cx: &TxContext<'_>) -> Result<String, ResourceError> {
+    let used: std::collections::HashSet<String> = cx
+        .tx
+        .prepare_cached("SELECT subnet FROM platforms")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let (network, prefix) = cx.pools.subnets;
+    pool_subnets(cx.pools)
+        .find(|s| !used.contains(s))
+        .ok_or_else(|| {
+            ResourceError::PoolExhausted(format!(
+                "every /24 of the subnet pool {network}/{prefix} is in use by a platform; delete a platform or widen the controller's subnet pool"
+            ))
+        })
+}
+
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    input: PlatformCreate,
+) -> Result<PlatformRow, ResourceError> {
+    validation::dns_label("name", &input.name)?;
+    let node_ids = resolve_nodes(cx.registry, &input.nodes)?;
+    validate_admins(&input.admins)?;
+    let description = input.description.unwrap_or_default();
+    validation::short_text("description", &description, MAX_DESCRIPTION)?;
+    if find(cx.tx, &input.name)?.is_some() {
+        return Err(ResourceError::conflict(
+            Some("name"),
+            format!("name: a platform named {:?} already exists", input.name),
+        ));
+    }
+    let vlan_tag = allocate_vlan(cx)?;
+    let subnet = allocate_subnet(cx)?;
+    let row = PlatformRow {
+        id: new_id(),
+        name: input.name,
+        node_ids,
+        admins: input.admins,
+        description,
+        vlan_tag,
+        subnet,
+        gateway: None,
+        power_state: PlatformPowerState::Running,
+        created_at: cx.now_text(),
+        generation: 1,
+    };
+    cx.tx
+        .prepare_cached(
+            "INSERT INTO platforms (id, name, admins, description, vlan_tag, subnet, gateway,
+                                    power_state, created_at, generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            row.id,
+            row.name,
+            to_json(&row.admins),
+            row.description,
+            row.vlan_tag,
+            row.subnet,
+            row.gateway,
+            power_text(row.power_state),
+            row.created_at,
+            row.generation as i64
+        ])?;
+    write_members(cx, &row.id, &row.node_ids)?;
+    for node in &row.node_ids {
+        cx.touch_node(node)?;
+    }
+    cx.event(
+        "PlatformCreated",
+        "platform",
+        &row.id,
+        format!(
+            "platform {} created with VLAN {} and subnet {} on {} node(s)",
+            row.name,
+            row.vlan_tag,
+            row.subnet,
+            row.node_ids.len()
+        ),
+    )?;
+    Ok(row)
+}
+
+fn write_members(
+    cx: &TxContext<'_>,
+    platform_id: &str,
+    node_ids: &[String],
+) -> Result<(), ResourceError> {
+    cx.tx
+        .prepare_cached("DELETE FROM platform_nodes WHERE platform_id = ?1")?
+        .execute([platform_id])?;
+    for (position, node) in node_ids.iter().enumerate() {
+        cx.tx
+            .prepare_cached(
+                "INSERT INTO platform_nodes (platform_id, node_id, position) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![platform_id, node, position as i64])?;
+    }
+    Ok(())
+}
+
+/// VM names (and their node) of a platform, optionally only on one node.
+fn vms_of(cx: &TxContext<'_>, platform_id: &str) -> Result<Vec<(String, String)>, ResourceError> {
+    Ok(cx
+        .tx
+        .prepare_cached("SELECT name, node_id FROM vms WHERE platform_id = ?1 ORDER BY name")?
+        .query_map([platform_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(crate) fn update(
+    cx: &mut TxContext<'_>,
+    key: &str,
+    patch: PlatformPatch,
+) -> Result<PlatformRow, ResourceError> {
+    let mut row = get(cx.tx, key)?;
+    let mut changed = false;
+    if let Some(nodes) = &patch.nodes {
+        let new_ids = resolve_nodes(cx.registry, nodes)?;
+        let removed: Vec<String> = row
+            .node_ids
+            .iter()
+            .filter(|id| !new_ids.contains(id))
+            .cloned()
+            .collect();
+        let blocking: Vec<String> = vms_of(cx, &row.id)?
+            .into_iter()
+            .filter(|(_, node)| removed.contains(node))
+            .map(|(name, node)| format!("{name} (on {})", node_name(cx.registry, &node)))
+            .collect();
+        if !blocking.is_empty() {
+            return Err(ResourceError::conflict(
+                Some("nodes"),
+                format!(
+                    "nodes: cannot remove a node that still hosts VMs of platform {}: {}; delete those VMs first",
+                    row.name,
+                    blocking.join(", ")
+                ),
+            ));
+        }
+        if new_ids != row.node_ids {
+            for node in row.node_ids.iter().chain(new_ids.iter()) {
+                cx.touch_node(node)?;
+            }
+            write_members(cx, &row.id, &new_ids)?;
+            row.node_ids = new_ids;
+            changed = true;
+        }
+    }
+    if let Some(admins) = patch.admins {
+        validate_admins(&admins)?;
+        changed |= admins != row.admins;
+        row.admins = admins;
+    }
+    if let Some(description) = patch.description {
+        validation::short_text("description", &description, MAX_DESCRIPTION)?;
+        changed |= description != row.description;
+        row.description = description;
+    }
+    if let Some(power) = patch.power_state {
+        if power != row.power_state {
+            set_power_in_place(cx, &mut row, power)?;
+            changed = true;
+        }
+    }
+    if changed {
+        row.generation += 1;
+        save(cx, &row)?;
+    }
+    Ok(row)
+}
+
+fn set_power_in_place(
+    cx: &mut TxContext<'_>,
+    row: &mut PlatformRow,
+    power: PlatformPowerState,
+) -> Result<(), ResourceError> {
+    row.power_state = power;
+    for node in row.node_ids.clone() {
+        cx.touch_node(&node)?;
+    }
+    let (reason, verb) = match power {
+        PlatformPowerState::Running => ("PlatformStarted", "started"),
+        PlatformPowerState::Paused => ("PlatformPaused", "paused: every VM is suspended"),
+    };
+    cx.event(
+        reason,
+        "platform",
+        &row.id,
+        format!("platform {} {verb}", row.name),
+    )
+}
+
+/// `start` / `pause`.
+pub(crate) fn set_power(
+    cx: &mut TxContext<'_>,
+    key: &str,
+    power: PlatformPowerState,
+) -> Result<PlatformRow, ResourceError> {
+    let mut row = get(cx.tx, key)?;
+    if row.power_state != power {
+        set_power_in_place(cx, &mut row, power)?;
+        row.generation += 1;
+        save(cx, &row)?;
+    }
+    Ok(row)
+}
+
+fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), ResourceError> {
+    cx.tx
+        .prepare_cached(
+            "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            row.id,
+            to_json(&row.admins),
+            row.description,
+            power_text(row.power_state),
+            row.generation as i64
+        ])?;
+    Ok(())
+}
+
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, ResourceError> {
+    let row = get(cx.tx, key)?;
+    let vms = vms_of(cx, &row.id)?;
+    if !vms.is_empty() {
+        let names: Vec<String> = vms.into_iter().map(|(name, _)| name).collect();
+        return Err(ResourceError::conflict(
+            None,
+            format!(
+                "platform {} still has VMs: {}; delete them first",
+                row.name,
+                names.join(", ")
+            ),
+        ));
+    }
+    let tasks: Option<String> = cx
+        .tx
+        .query_row(
+            "SELECT name FROM tasks WHERE platform_id = ?1 LIMIT 1",
+            [&row.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(task) = tasks {
+        return Err(ResourceError::conflict(
+            None,
+            format!(
+                "platform {} is used by measurement task {task}; delete the task first",
+                row.name
+            ),
+        ));
+    }
+    cx.tx
+        .prepare_cached("DELETE FROM platforms WHERE id = ?1")?
+        .execute([&row.id])?;
+    for node in &row.node_ids {
+        cx.touch_node(node)?;
+    }
+    cx.event(
+        "PlatformDeleted",
+        "platform",
+        &row.id,
+        format!(
+            "platform {} deleted; VLAN {} and subnet {} are free again",
+            row.name, row.vlan_tag, row.subnet
+        ),
+    )?;
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_pool_splits_into_24s() {
+        let pools = Pools {
+            vlans: 100..=101,
+            subnets: ("10.201.0.0".parse().unwrap(), 22),
+        };
+        let subnets: Vec<String> = pool_subnets(&pools).collect();
+        assert_eq!(
+            subnets,
+            vec![
+                "10.201.0.0/24",
+                "10.201.1.0/24",
+                "10.201.2.0/24",
+                "10.201.3.0/24"
+            ]
+        );
+        let single = Pools {
+            vlans: 1..=1,
+            subnets: ("192.168.7.0".parse().unwrap(), 24),
+        };
+        assert_eq!(
+            pool_subnets(&single).collect::<Vec<_>>(),
+            vec!["192.168.7.0/24"]
+        );
+    }
+}

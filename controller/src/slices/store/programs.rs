@@ -1,0 +1,505 @@
+//! Program distribution: uploaded programs and their deployments onto VMs.
+
+use std::collections::BTreeMap;
+
+use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::vms;
+use crate::validation;
+
+/// Largest program accepted (the mcast binaries are a few MiB).
+pub(crate) const MAX_PROGRAM_BYTES: usize = 64 * 1024 * 1024;
+const MAX_TAIL_BYTES: usize = 64 * 1024;
+pub(crate) const RUN_STATUSES: &[&str] = &["pending", "running", "exited", "failed", "lost"];
+
+fn program_name(name: &str) -> Result<(), ResourceError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(ResourceError::invalid(
+            "name",
+            "must be 1 to 128 characters long",
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(ResourceError::invalid(
+            "name",
+            format!("contains {c:?}; allowed are letters, digits, '.', '_', '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn program_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Program> {
+    Ok(Program {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        sha256: r.get(2)?,
+        size_bytes: r.get::<_, i64>(3)? as u64,
+        created_at: r.get(4)?,
+    })
+}
+
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Program>, ResourceError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, sha256, size_bytes, created_at FROM programs
+             WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+        )?
+        .query_row([key], program_row)
+        .optional()?)
+}
+
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<Program, ResourceError> {
+    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "program",
+        id: key.to_string(),
+    })
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Program>, ResourceError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, sha256, size_bytes, created_at FROM programs ORDER BY name",
+        )?
+        .query_map([], program_row)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The content and checksum of a program.
+pub(crate) fn content(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(Program, Vec<u8>)>, ResourceError> {
+    let Some(program) = find(conn, id)? else {
+        return Ok(None);
+    };
+    let content: Vec<u8> = conn.query_row(
+        "SELECT content FROM programs WHERE id = ?1",
+        [&program.id],
+        |r| r.get(0),
+    )?;
+    Ok(Some((program, content)))
+}
+
+pub(crate) fn sha256_hex(content: &[u8]) -> String {
+    Sha256::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Upload. The same name with the same content returns the existing program
+/// (so re-running an apply is harmless); the same name with other content is
+/// a conflict.
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    name: String,
+    content: Vec<u8>,
+    expected_sha256: Option<String>,
+) -> Result<(Program, bool), ResourceError> {
+    program_name(&name)?;
+    if content.len() > MAX_PROGRAM_BYTES {
+        return Err(ResourceError::invalid(
+            "content_base64",
+            format!(
+                "{} bytes is more than {MAX_PROGRAM_BYTES} bytes",
+                content.len()
+            ),
+        ));
+    }
+    let sha256 = sha256_hex(&content);
+    if let Some(expected) = expected_sha256 {
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            return Err(ResourceError::invalid(
+                "sha256",
+                format!("the content's SHA-256 is {sha256}, not {expected}; the upload is damaged or the checksum is wrong"),
+            ));
+        }
+    }
+    if let Some(existing) = find(cx.tx, &name)? {
+        if existing.sha256 == sha256 {
+            return Ok((existing, false));
+        }
+        return Err(ResourceError::conflict(
+            Some("name"),
+            format!(
+                "name: a program named {name:?} already exists with other content (sha256 {}); upload under a new name",
+                existing.sha256
+            ),
+        ));
+    }
+    let program = Program {
+        id: new_id(),
+        name,
+        sha256,
+        size_bytes: content.len() as u64,
+        created_at: cx.now_text(),
+    };
+    cx.tx.execute(
+        "INSERT INTO programs (id, name, sha256, size_bytes, content, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            program.id,
+            program.name,
+            program.sha256,
+            program.size_bytes as i64,
+            content,
+            program.created_at
+        ],
+    )?;
+    cx.event(
+        "ProgramUploaded",
+        "program",
+        &program.id,
+        format!(
+            "program {} uploaded ({} bytes, sha256 {})",
+            program.name, program.size_bytes, program.sha256
+        ),
+    )?;
+    Ok((program, true))
+}
+
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, ResourceError> {
+    let program = get(cx.tx, key)?;
+    let active: Option<String> = cx
+        .tx
+        .query_row(
+            "SELECT id FROM deployments WHERE program_id = ?1 AND stopped = 0 LIMIT 1",
+            [&program.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(deployment) = active {
+        return Err(ResourceError::conflict(
+            None,
+            format!(
+                "program {} is used by deployment {deployment}; delete the deployment first",
+                program.name
+            ),
+        ));
+    }
+    cx.tx
+        .execute("DELETE FROM program_runs WHERE deployment_id IN (SELECT id FROM deployments WHERE program_id = ?1)", [&program.id])?;
+    cx.tx.execute(
+        "DELETE FROM deployments WHERE program_id = ?1",
+        [&program.id],
+    )?;
+    cx.tx
+        .execute("DELETE FROM programs WHERE id = ?1", [&program.id])?;
+    cx.event(
+        "ProgramDeleted",
+        "program",
+        &program.id,
+        format!("program {} deleted", program.name),
+    )?;
+    Ok(program)
+}
+
+/// A deployment row.
+#[derive(Debug, Clone)]
+pub(crate) struct DeploymentRow {
+    pub id: String,
+    pub program_id: String,
+    pub program_name: String,
+    pub program_sha256: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub stopped: bool,
+    pub created_at: String,
+}
+
+/// A run row.
+#[derive(Debug, Clone)]
+pub(crate) struct RunRow {
+    pub node_id: String,
+    pub state: ProgramRunState,
+}
+
+fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, ResourceError> {
+    let args: String = r.get(4)?;
+    let env: String = r.get(5)?;
+    Ok(DeploymentRow {
+        id: r.get(0)?,
+        program_id: r.get(1)?,
+        program_name: r.get(2)?,
+        program_sha256: r.get(3)?,
+        args: from_json("deployments.args", &args)?,
+        env: from_json("deployments.env", &env)?,
+        stopped: r.get::<_, i64>(6)? != 0,
+        created_at: r.get(7)?,
+    })
+}
+
+const SELECT_DEPLOYMENT: &str =
+    "SELECT d.id, d.program_id, p.name, p.sha256, d.args, d.env, d.stopped, d.created_at
+     FROM deployments d JOIN programs p ON p.id = d.program_id";
+
+pub(crate) fn find_deployment(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<DeploymentRow>, ResourceError> {
+    let mut statement = conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} WHERE d.id = ?1"))?;
+    let mut rows = statement.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(deployment_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn runs(conn: &Connection, deployment_id: &str) -> Result<Vec<RunRow>, ResourceError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT vm_id, vm_name, node_id, status, exit_code, stdout_tail, stderr_tail,
+                    started_at, finished_at
+             FROM program_runs WHERE deployment_id = ?1 ORDER BY vm_name",
+        )?
+        .query_map([deployment_id], |r| {
+            Ok(RunRow {
+                node_id: r.get(2)?,
+                state: ProgramRunState {
+                    vm_id: r.get(0)?,
+                    vm: r.get(1)?,
+                    status: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    stdout_tail: r.get(5)?,
+                    stderr_tail: r.get(6)?,
+                    started_at: r.get(7)?,
+                    finished_at: r.get(8)?,
+                },
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(crate) fn deployment_to_api(
+    conn: &Connection,
+    d: &DeploymentRow,
+) -> Result<Deployment, ResourceError> {
+    Ok(Deployment {
+        id: d.id.clone(),
+        program: d.program_name.clone(),
+        args: d.args.clone(),
+        env: d.env.clone(),
+        runs: runs(conn, &d.id)?.into_iter().map(|r| r.state).collect(),
+        created_at: d.created_at.clone(),
+    })
+}
+
+pub(crate) fn get_deployment(conn: &Connection, id: &str) -> Result<Deployment, ResourceError> {
+    let d = find_deployment(conn, id)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "deployment",
+        id: id.to_string(),
+    })?;
+    deployment_to_api(conn, &d)
+}
+
+pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, ResourceError> {
+    let mut statement =
+        conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} ORDER BY d.created_at DESC"))?;
+    let mut rows = statement.query([])?;
+    let mut rows_out = Vec::new();
+    while let Some(row) = rows.next()? {
+        rows_out.push(deployment_row(row)?);
+    }
+    rows_out
+        .iter()
+        .map(|d| deployment_to_api(conn, d))
+        .collect()
+}
+
+pub(crate) fn create_deployment(
+    cx: &mut TxContext<'_>,
+    input: DeploymentCreate,
+) -> Result<Deployment, ResourceError> {
+    let program = find(cx.tx, &input.program)?.ok_or_else(|| {
+        ResourceError::invalid(
+            "program",
+            format!("no program named {:?} was uploaded", input.program),
+        )
+    })?;
+    if input.vms.is_empty() {
+        return Err(ResourceError::invalid("vms", "must list at least one VM"));
+    }
+    if input.args.len() > 256 {
+        return Err(ResourceError::invalid(
+            "args",
+            "at most 256 arguments are allowed",
+        ));
+    }
+    for (i, arg) in input.args.iter().enumerate() {
+        if arg.len() > 4096 || arg.contains('\0') {
+            return Err(ResourceError::invalid(
+                format!("args[{i}]"),
+                "must be at most 4096 bytes without NUL characters",
+            ));
+        }
+    }
+    for (key, value) in &input.env {
+        let field = format!("env.{key}");
+        if key.is_empty()
+            || key.starts_with(|c: char| c.is_ascii_digit())
+            || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(ResourceError::invalid(
+                field,
+                "an environment variable name has letters, digits and '_' and does not start with a digit",
+            ));
+        }
+        validation::short_text(&field, value, 4096)?;
+    }
+    let mut targets: Vec<vms::VmRow> = Vec::new();
+    for (i, key) in input.vms.iter().enumerate() {
+        let field = format!("vms[{i}]");
+        let vm = vms::find(cx.tx, key)
+            .map_err(|e| ResourceError::invalid(&field, e.to_string()))?
+            .ok_or_else(|| ResourceError::invalid(&field, format!("no VM {key:?} exists")))?;
+        if vm.deleting {
+            return Err(ResourceError::invalid(
+                &field,
+                format!("VM {key:?} is being deleted"),
+            ));
+        }
+        if targets.iter().any(|t| t.id == vm.id) {
+            return Err(ResourceError::invalid(
+                &field,
+                format!("VM {key:?} is listed twice"),
+            ));
+        }
+        targets.push(vm);
+    }
+    let id = new_id();
+    cx.tx.execute(
+        "INSERT INTO deployments (id, program_id, args, env, stopped, created_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+        params![
+            id,
+            program.id,
+            to_json(&input.args),
+            to_json(&input.env),
+            cx.now_text()
+        ],
+    )?;
+    for vm in &targets {
+        cx.tx.execute(
+            "INSERT INTO program_runs (deployment_id, vm_id, vm_name, node_id, status)
+             VALUES (?1, ?2, ?3, ?4, 'pending')",
+            params![
+                id,
+                vm.id,
+                format!("{}/{}", vm.platform_name, vm.name),
+                vm.node_id
+            ],
+        )?;
+        cx.touch_node(&vm.node_id)?;
+    }
+    cx.event(
+        "DeploymentCreated",
+        "deployment",
+        &id,
+        format!(
+            "program {} deployed to {} VM(s)",
+            program.name,
+            targets.len()
+        ),
+    )?;
+    get_deployment(cx.tx, &id)
+}
+
+/// Stop: the runs leave the nodes' desired state, so the agents stop them.
+pub(crate) fn stop_deployment(
+    cx: &mut TxContext<'_>,
+    id: &str,
+) -> Result<Deployment, ResourceError> {
+    let d = find_deployment(cx.tx, id)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "deployment",
+        id: id.to_string(),
+    })?;
+    if !d.stopped {
+        cx.tx
+            .execute("UPDATE deployments SET stopped = 1 WHERE id = ?1", [&d.id])?;
+        for run in runs(cx.tx, &d.id)? {
+            cx.touch_node(&run.node_id)?;
+        }
+        cx.event(
+            "DeploymentStopped",
+            "deployment",
+            &d.id,
+            format!("deployment of program {} stopped", d.program_name),
+        )?;
+    }
+    get_deployment(cx.tx, &d.id)
+}
+
+/// Runs the node should be running: not stopped, not finished.
+pub(crate) fn active_runs_of_node(
+    conn: &Connection,
+    node_id: &str,
+) -> Result<Vec<(DeploymentRow, String)>, ResourceError> {
+    let pairs: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT r.deployment_id, r.vm_id FROM program_runs r
+             JOIN deployments d ON d.id = r.deployment_id
+             WHERE r.node_id = ?1 AND d.stopped = 0 AND r.status IN ('pending', 'running')
+             ORDER BY d.created_at",
+        )?
+        .query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (deployment, vm) in pairs {
+        if let Some(d) = find_deployment(conn, &deployment)? {
+            out.push((d, vm));
+        }
+    }
+    Ok(out)
+}
+
+fn tail(text: &str) -> &str {
+    if text.len() <= MAX_TAIL_BYTES {
+        return text;
+    }
+    let mut start = text.len() - MAX_TAIL_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A run status from the node agent (only for runs on that node).
+pub(crate) fn save_run_status(
+    cx: &TxContext<'_>,
+    node_id: &str,
+    run: &measurelab_api::node_v1::ProgramRunStatus,
+) -> Result<bool, ResourceError> {
+    let status = run.status.as_str();
+    if !RUN_STATUSES.contains(&status) {
+        return Err(ResourceError::invalid(
+            "program_runs.status",
+            format!("{status:?} is not one of {}", RUN_STATUSES.join(", ")),
+        ));
+    }
+    let now = cx.now_text();
+    let finished = matches!(status, "exited" | "failed" | "lost");
+    let changed = cx.tx.execute(
+        "UPDATE program_runs SET status = ?4, exit_code = ?5, stdout_tail = ?6, stderr_tail = ?7,
+                started_at = COALESCE(started_at, CASE WHEN ?4 != 'pending' THEN ?8 END),
+                finished_at = CASE WHEN ?9 THEN COALESCE(finished_at, ?8) ELSE NULL END
+         WHERE deployment_id = ?1 AND vm_id = ?2 AND node_id = ?3",
+        params![
+            run.deployment_id,
+            run.vm_id,
+            node_id,
+            status,
+            run.exit_code,
+            tail(&run.stdout_tail),
+            tail(&run.stderr_tail),
+            now,
+            finished
+        ],
+    )?;
+    Ok(changed > 0)
+}

@@ -1,0 +1,253 @@
+//! QoS policies: per-VM bandwidth limits.
+
+use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::resources::{new_id, ResourceError, TxContext};
+use crate::validation;
+
+/// 100 Gbit/s: anything above is a unit mistake (bit/s given as kbit/s).
+const MAX_KBPS: u64 = 100_000_000;
+const MAX_BURST_KBYTES: u64 = 16 * 1024 * 1024;
+
+const SELECT: &str = "SELECT id, name, ingress_max_kbps, ingress_min_kbps, ingress_burst_kbytes,
+                             egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at
+                      FROM qos_policies";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QosPolicy> {
+    let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+    };
+    Ok(QosPolicy {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        ingress_max_kbps: r.get::<_, i64>(2)? as u64,
+        ingress_min_kbps: opt(3)?,
+        ingress_burst_kbytes: opt(4)?,
+        egress_max_kbps: opt(5)?,
+        egress_min_kbps: opt(6)?,
+        egress_burst_kbytes: opt(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<QosPolicy>, ResourceError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+        ))?
+        .query_row([key], row)
+        .optional()?)
+}
+
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<QosPolicy, ResourceError> {
+    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "qos_policy",
+        id: key.to_string(),
+    })
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<QosPolicy>, ResourceError> {
+    Ok(conn
+        .prepare_cached(&format!("{SELECT} ORDER BY name"))?
+        .query_map([], row)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Rates positive and bounded, min <= max per direction.
+fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
+    let rate = |field: &str, value: Option<u64>| -> Result<(), ResourceError> {
+        match value {
+            Some(0) => Err(ResourceError::invalid(
+                field,
+                "must be greater than 0 (leave it out for no limit)",
+            )),
+            Some(v) if v > MAX_KBPS => Err(ResourceError::invalid(
+                field,
+                format!("{v} kbit/s is above {MAX_KBPS} kbit/s (100 Gbit/s); rates are in kbit/s"),
+            )),
+            _ => Ok(()),
+        }
+    };
+    rate("ingress_max_kbps", Some(policy.ingress_max_kbps))?;
+    rate("ingress_min_kbps", policy.ingress_min_kbps)?;
+    rate("egress_max_kbps", policy.egress_max_kbps)?;
+    rate("egress_min_kbps", policy.egress_min_kbps)?;
+    for (field, burst) in [
+        ("ingress_burst_kbytes", policy.ingress_burst_kbytes),
+        ("egress_burst_kbytes", policy.egress_burst_kbytes),
+    ] {
+        if let Some(b) = burst {
+            if b == 0 || b > MAX_BURST_KBYTES {
+                return Err(ResourceError::invalid(
+                    field,
+                    format!("{b} is out of range 1..={MAX_BURST_KBYTES} kbytes"),
+                ));
+            }
+        }
+    }
+    if let Some(min) = policy.ingress_min_kbps {
+        if min > policy.ingress_max_kbps {
+            return Err(ResourceError::invalid(
+                "ingress_min_kbps",
+                format!(
+                    "{min} kbit/s is greater than ingress_max_kbps ({} kbit/s)",
+                    policy.ingress_max_kbps
+                ),
+            ));
+        }
+    }
+    match (policy.egress_min_kbps, policy.egress_max_kbps) {
+        (Some(min), Some(max)) if min > max => Err(ResourceError::invalid(
+            "egress_min_kbps",
+            format!("{min} kbit/s is greater than egress_max_kbps ({max} kbit/s)"),
+        )),
+        (Some(_), None) => Err(ResourceError::invalid(
+            "egress_min_kbps",
+            "needs egress_max_kbps: a guaranteed rate needs a ceiling",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), ResourceError> {
+    let sql = if insert {
+        "INSERT INTO qos_policies (id, name, ingress_max_kbps, ingress_min_kbps, ingress_burst_kbytes,
+                                   egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    } else {
+        "UPDATE qos_policies SET name = ?2, ingress_max_kbps = ?3, ingress_min_kbps = ?4,
+                ingress_burst_kbytes = ?5, egress_max_kbps = ?6, egress_min_kbps = ?7,
+                egress_burst_kbytes = ?8, created_at = ?9
+         WHERE id = ?1"
+    };
+    let opt = |v: Option<u64>| v.map(|v| v as i64);
+    cx.tx.prepare_cached(sql)?.execute(params![
+        p.id,
+        p.name,
+        p.ingress_max_kbps as i64,
+        opt(p.ingress_min_kbps),
+        opt(p.ingress_burst_kbytes),
+        opt(p.egress_max_kbps),
+        opt(p.egress_min_kbps),
+        opt(p.egress_burst_kbytes),
+        p.created_at
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    input: QosPolicyCreate,
+) -> Result<QosPolicy, ResourceError> {
+    validation::dns_label("name", &input.name)?;
+    let policy = QosPolicy {
+        id: new_id(),
+        name: input.name,
+        ingress_max_kbps: input.ingress_max_kbps,
+        ingress_min_kbps: input.ingress_min_kbps,
+        ingress_burst_kbytes: input.ingress_burst_kbytes,
+        egress_max_kbps: input.egress_max_kbps,
+        egress_min_kbps: input.egress_min_kbps,
+        egress_burst_kbytes: input.egress_burst_kbytes,
+        created_at: cx.now_text(),
+    };
+    validate(&policy)?;
+    if find(cx.tx, &policy.name)?.is_some() {
+        return Err(ResourceError::conflict(
+            Some("name"),
+            format!("name: a QoS policy named {:?} already exists", policy.name),
+        ));
+    }
+    write(cx, &policy, true)?;
+    cx.event(
+        "QosPolicyCreated",
+        "qos_policy",
+        &policy.id,
+        format!("QoS policy {} created", policy.name),
+    )?;
+    Ok(policy)
+}
+
+/// Nodes hosting VMs that use the policy: their desired state changes with it.
+fn nodes_using(
+    cx: &TxContext<'_>,
+    policy_id: &str,
+) -> Result<Vec<(String, String)>, ResourceError> {
+    Ok(cx
+        .tx
+        .prepare_cached("SELECT name, node_id FROM vms WHERE qos_policy_id = ?1 ORDER BY name")?
+        .query_map([policy_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(crate) fn update(
+    cx: &mut TxContext<'_>,
+    key: &str,
+    patch: QosPolicyPatch,
+) -> Result<QosPolicy, ResourceError> {
+    let before = get(cx.tx, key)?;
+    let mut policy = before.clone();
+    if let Some(v) = patch.ingress_max_kbps {
+        policy.ingress_max_kbps = v;
+    }
+    if let Some(v) = patch.ingress_min_kbps {
+        policy.ingress_min_kbps = v;
+    }
+    if let Some(v) = patch.ingress_burst_kbytes {
+        policy.ingress_burst_kbytes = v;
+    }
+    if let Some(v) = patch.egress_max_kbps {
+        policy.egress_max_kbps = v;
+    }
+    if let Some(v) = patch.egress_min_kbps {
+        policy.egress_min_kbps = v;
+    }
+    if let Some(v) = patch.egress_burst_kbytes {
+        policy.egress_burst_kbytes = v;
+    }
+    validate(&policy)?;
+    if policy != before {
+        write(cx, &policy, false)?;
+        // Every VM using the policy gets a new spec generation.
+        cx.tx
+            .prepare_cached("UPDATE vms SET generation = generation + 1 WHERE qos_policy_id = ?1")?
+            .execute([&policy.id])?;
+        for (_, node) in nodes_using(cx, &policy.id)? {
+            cx.touch_node(&node)?;
+        }
+        cx.event(
+            "QosPolicyUpdated",
+            "qos_policy",
+            &policy.id,
+            format!("QoS policy {} updated", policy.name),
+        )?;
+    }
+    Ok(policy)
+}
+
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<QosPolicy, ResourceError> {
+    let policy = get(cx.tx, key)?;
+    let users = nodes_using(cx, &policy.id)?;
+    if !users.is_empty() {
+        let names: Vec<String> = users.into_iter().map(|(name, _)| name).collect();
+        return Err(ResourceError::conflict(
+            None,
+            format!(
+                "QoS policy {} is used by VM(s) {}; change or delete them first",
+                policy.name,
+                names.join(", ")
+            ),
+        ));
+    }
+    cx.tx
+        .prepare_cached("DELETE FROM qos_policies WHERE id = ?1")?
+        .execute([&policy.id])?;
+    cx.event(
+        "QosPolicyDeleted",
+        "qos_policy",
+        &policy.id,
+        format!("QoS policy {} deleted", policy.name),
+    )?;
+    Ok(policy)
+}

@@ -1,0 +1,611 @@
+//! Measurement tasks and their results (the result history of a periodic task).
+
+use std::net::Ipv4Addr;
+
+use measurelab_api::http::{ResultRecord, Task, TaskCreate};
+use rusqlite::{params, Connection, OptionalExtension};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::platforms;
+use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use crate::validation;
+
+pub(crate) const RESULT_SCHEMA: &str = "measurelab.mcast.result/v1";
+/// Largest result document accepted (a run with hundreds of receivers).
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+
+fn task_from_row(
+    spec: &str,
+    status: String,
+    last_result_id: Option<String>,
+) -> Result<Task, ResourceError> {
+    let mut task: Task = from_json("tasks.spec", spec)?;
+    task.status = status;
+    task.last_result_id = last_result_id;
+    Ok(task)
+}
+
+/// A task and the platform it runs on.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskRow {
+    pub task: Task,
+    pub platform_id: Option<String>,
+}
+
+fn read(
+    conn: &Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<TaskRow>, ResourceError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT spec, status, last_result_id, platform_id FROM tasks {filter}"
+    ))?;
+    let mut rows = statement.query(args)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let spec: String = row.get(0)?;
+        out.push(TaskRow {
+            task: task_from_row(&spec, row.get(1)?, row.get(2)?)?,
+            platform_id: row.get(3)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<TaskRow>, ResourceError> {
+    Ok(read(
+        conn,
+        "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+        &[&key],
+    )?
+    .pop())
+}
+
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<TaskRow, ResourceError> {
+    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "task",
+        id: key.to_string(),
+    })
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Task>, ResourceError> {
+    Ok(read(conn, "ORDER BY name", &[])?
+        .into_iter()
+        .map(|t| t.task)
+        .collect())
+}
+
+/// Open tasks of a platform's MSCS.
+pub(crate) fn of_platform(
+    conn: &Connection,
+    platform_id: &str,
+) -> Result<Vec<Task>, ResourceError> {
+    Ok(read(
+        conn,
+        "WHERE platform_id = ?1 AND status IN ('pending', 'running') ORDER BY created_at",
+        &[&platform_id],
+    )?
+    .into_iter()
+    .map(|t| t.task)
+    .collect())
+}
+
+/// Open service-host tasks that list the node.
+pub(crate) fn of_service_host(
+    conn: &Connection,
+    node_name: &str,
+) -> Result<Vec<Task>, ResourceError> {
+    Ok(read(
+        conn,
+        "WHERE platform_id IS NULL AND status IN ('pending', 'running') ORDER BY created_at",
+        &[],
+    )?
+    .into_iter()
+    .map(|t| t.task)
+    .filter(|t| t.nodes.iter().any(|n| n == node_name))
+    .collect())
+}
+
+fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ResourceError> {
+    if !(min..=max).contains(&value) {
+        return Err(ResourceError::invalid(
+            field,
+            format!("{value} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRow, ResourceError> {
+    validation::dns_label("name", &input.name)?;
+    let (platform, nodes) = match input.mode.as_str() {
+        "platform" => {
+            if input.nodes.as_ref().is_some_and(|n| !n.is_empty()) {
+                return Err(ResourceError::invalid(
+                    "nodes",
+                    "only for mode service_host; a platform task runs on the platform's MSCS",
+                ));
+            }
+            let key = input.platform.as_deref().ok_or_else(|| {
+                ResourceError::invalid("platform", "is required when mode is \"platform\"")
+            })?;
+            let platform = platforms::find(cx.tx, key)?.ok_or_else(|| {
+                ResourceError::invalid("platform", format!("no platform named {key:?} exists"))
+            })?;
+            (Some(platform), Vec::new())
+        }
+        "service_host" => {
+            if input.platform.is_some() {
+                return Err(ResourceError::invalid(
+                    "platform",
+                    "only for mode platform; a service_host task lists nodes",
+                ));
+            }
+            let keys = input.nodes.clone().unwrap_or_default();
+            if keys.len() < 2 {
+                return Err(ResourceError::invalid(
+                    "nodes",
+                    "a service_host task needs at least two nodes (one source, one receiver)",
+                ));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                let node = cx.registry.by_id_or_name(key).ok_or_else(|| {
+                    ResourceError::invalid(
+                        format!("nodes[{i}]"),
+                        format!("no node named {key:?} is registered"),
+                    )
+                })?;
+                if names.contains(&node.name) {
+                    return Err(ResourceError::invalid(
+                        format!("nodes[{i}]"),
+                        "is listed twice",
+                    ));
+                }
+                names.push(node.name.clone());
+            }
+            (None, names)
+        }
+        other => {
+            return Err(ResourceError::invalid(
+                "mode",
+                format!("{other:?} is not one of platform, service_host"),
+            ))
+        }
+    };
+    if !matches!(input.schedule.as_str(), "once" | "periodic") {
+        return Err(ResourceError::invalid(
+            "schedule",
+            format!("{:?} is not one of once, periodic", input.schedule),
+        ));
+    }
+    let duration = input.duration_seconds.unwrap_or(30);
+    range("duration_seconds", duration, 1, 3600)?;
+    let interval = input.interval_seconds.unwrap_or(300);
+    if input.schedule == "periodic" {
+        range("interval_seconds", interval, 10, 7 * 86400)?;
+        if interval <= duration {
+            return Err(ResourceError::invalid(
+                "interval_seconds",
+                format!("{interval} s must be longer than duration_seconds ({duration} s)"),
+            ));
+        }
+    } else if input.interval_seconds.is_some() {
+        return Err(ResourceError::invalid(
+            "interval_seconds",
+            "only for schedule periodic",
+        ));
+    }
+    range("rate_pps", input.rate_pps, 1, 100_000)?;
+    range("packet_size_bytes", input.packet_size_bytes, 64, 8972)?;
+    range("ttl", u64::from(input.ttl), 1, 255)?;
+    range("port", u64::from(input.port), 1024, 65535)?;
+    let group: Ipv4Addr = input.group.parse().map_err(|_| {
+        ResourceError::invalid("group", format!("{:?} is not an IPv4 address", input.group))
+    })?;
+    if !group.is_multicast() {
+        return Err(ResourceError::invalid(
+            "group",
+            format!("{group} is not a multicast address (224.0.0.0/4)"),
+        ));
+    }
+    if input.ssm && group.octets()[0] != 232 {
+        return Err(ResourceError::invalid(
+            "group",
+            format!("{group} is outside 232.0.0.0/8, the SSM range; set ssm = false or pick a 232.x group"),
+        ));
+    }
+    if let Some(source) = &input.source {
+        validation::short_text("source", source, 128)?;
+    }
+    let receivers = input.receivers.clone().unwrap_or_default();
+    for (i, r) in receivers.iter().enumerate() {
+        if r.is_empty() {
+            return Err(ResourceError::invalid(
+                format!("receivers[{i}]"),
+                "must not be empty",
+            ));
+        }
+        validation::short_text(&format!("receivers[{i}]"), r, 128)?;
+    }
+    if find(cx.tx, &input.name)?.is_some() {
+        return Err(ResourceError::conflict(
+            Some("name"),
+            format!("name: a task named {:?} already exists", input.name),
+        ));
+    }
+    let task = Task {
+        id: new_id(),
+        name: input.name,
+        mode: input.mode,
+        platform: platform.as_ref().map(|p| p.name.clone()),
+        nodes,
+        schedule: input.schedule,
+        interval_seconds: interval,
+        duration_seconds: duration,
+        rate_pps: input.rate_pps,
+        packet_size_bytes: input.packet_size_bytes,
+        group: group.to_string(),
+        port: input.port,
+        ttl: input.ttl,
+        ssm: input.ssm,
+        source: input.source,
+        receivers,
+        status: "pending".into(),
+        last_result_id: None,
+        created_at: cx.now_text(),
+    };
+    let platform_id = platform.as_ref().map(|p| p.id.clone());
+    cx.tx.execute(
+        "INSERT INTO tasks (id, name, spec, platform_id, status, last_result_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', NULL, ?5)",
+        params![
+            task.id,
+            task.name,
+            to_json(&task),
+            platform_id,
+            task.created_at
+        ],
+    )?;
+    touch_task_nodes(cx, &task, platform.as_ref().map(|p| p.node_ids.clone()))?;
+    cx.event(
+        "TaskCreated",
+        "task",
+        &task.id,
+        format!(
+            "{} task {} created ({} on {})",
+            task.schedule,
+            task.name,
+            task.mode,
+            task.platform
+                .clone()
+                .unwrap_or_else(|| task.nodes.join(", "))
+        ),
+    )?;
+    Ok(TaskRow { task, platform_id })
+}
+
+/// Service-host tasks are part of a node's desired state.
+fn touch_task_nodes(
+    cx: &mut TxContext<'_>,
+    task: &Task,
+    _platform_nodes: Option<Vec<String>>,
+) -> Result<(), ResourceError> {
+    if task.mode == "service_host" {
+        let ids: Vec<String> = task
+            .nodes
+            .iter()
+            .filter_map(|n| cx.registry.by_id_or_name(n).map(|e| e.id.clone()))
+            .collect();
+        for id in ids {
+            cx.touch_node(&id)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Task, ResourceError> {
+    let row = get(cx.tx, key)?;
+    cx.tx
+        .execute("DELETE FROM tasks WHERE id = ?1", [&row.task.id])?;
+    touch_task_nodes(cx, &row.task, None)?;
+    cx.event(
+        "TaskDeleted",
+        "task",
+        &row.task.id,
+        format!("task {} deleted; its results are kept", row.task.name),
+    )?;
+    Ok(row.task)
+}
+
+/// A poll by the MSCS: pending tasks become running.
+pub(crate) fn mark_running(cx: &TxContext<'_>, ids: &[String]) -> Result<(), ResourceError> {
+    for id in ids {
+        cx.tx.execute(
+            "UPDATE tasks SET status = 'running' WHERE id = ?1 AND status = 'pending'",
+            [id],
+        )?;
+    }
+    Ok(())
+}
+
+fn parse_rfc3339(field: &str, text: &str) -> Result<OffsetDateTime, ResourceError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        ResourceError::invalid(field, format!("{text:?} is not an RFC 3339 time: {e}"))
+    })
+}
+
+pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
+    (time.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Store one result document of a task. `task_key` is the task id or name.
+pub(crate) fn insert_result(
+    cx: &mut TxContext<'_>,
+    task_key: &str,
+    mut document: serde_json::Value,
+) -> Result<ResultRecord, ResourceError> {
+    let row = find(cx.tx, task_key)?
+        .ok_or_else(|| ResourceError::invalid("task_id", format!("no task {task_key:?} exists")))?;
+    let object = document
+        .as_object_mut()
+        .ok_or_else(|| ResourceError::invalid("(body)", "a result document is a JSON object"))?;
+    match object.get("schema").and_then(|v| v.as_str()) {
+        Some(RESULT_SCHEMA) => {}
+        Some(other) => {
+            return Err(ResourceError::invalid(
+                "schema",
+                format!("{other:?} is not {RESULT_SCHEMA:?}"),
+            ))
+        }
+        None => {
+            return Err(ResourceError::invalid(
+                "schema",
+                format!("missing; a result document has \"schema\": {RESULT_SCHEMA:?}"),
+            ))
+        }
+    }
+    match object.get("task_id") {
+        Some(serde_json::Value::String(id)) if *id != row.task.id && *id != row.task.name => {
+            return Err(ResourceError::invalid(
+                "task_id",
+                format!("the document names task {id:?}, not {}", row.task.id),
+            ))
+        }
+        _ => {
+            object.insert(
+                "task_id".into(),
+                serde_json::Value::String(row.task.id.clone()),
+            );
+        }
+    }
+    if !object.get("receivers").is_some_and(|r| r.is_array()) {
+        return Err(ResourceError::invalid("receivers", "missing or not a list"));
+    }
+    let started_at = object
+        .get("started_at")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ResourceError::invalid("started_at", "missing or not a string"))?
+        .to_string();
+    let started = parse_rfc3339("started_at", &started_at)?;
+    let run_status = object
+        .get("status")
+        .and_then(|v| v.as_str())
+        .unwrap_or("completed")
+        .to_string();
+    let record = ResultRecord {
+        id: new_id(),
+        task_id: row.task.id.clone(),
+        task: row.task.name.clone(),
+        received_at: cx.now_text(),
+        started_at,
+        document,
+    };
+    cx.tx.execute(
+        "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms, document)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            record.id,
+            record.task_id,
+            record.task,
+            record.received_at,
+            record.started_at,
+            unix_ms(started),
+            record.document.to_string()
+        ],
+    )?;
+    let status = match (row.task.schedule.as_str(), run_status.as_str()) {
+        ("periodic", _) => "running",
+        (_, "failed") => "failed",
+        _ => "completed",
+    };
+    cx.tx.execute(
+        "UPDATE tasks SET status = ?2, last_result_id = ?3 WHERE id = ?1",
+        params![row.task.id, status, record.id],
+    )?;
+    if row.task.schedule == "once" {
+        let task = row.task.clone();
+        touch_task_nodes(cx, &task, None)?;
+    }
+    cx.event(
+        "ResultStored",
+        "task",
+        &row.task.id,
+        format!(
+            "result {} of task {} stored (run {run_status})",
+            record.id, row.task.name
+        ),
+    )?;
+    Ok(record)
+}
+
+/// Filters of `GET /v1/results`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResultQuery {
+    pub task: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub limit: u32,
+}
+
+fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, ResourceError> {
+    let document: String = r.get(5)?;
+    Ok(ResultRecord {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        task: r.get(2)?,
+        received_at: r.get(3)?,
+        started_at: r.get(4)?,
+        document: from_json("results.document", &document)?,
+    })
+}
+
+/// Task ids a `task=` filter (id or name) stands for: the live task, or the
+/// history of a deleted one.
+fn task_ids(conn: &Connection, key: &str) -> Result<String, ResourceError> {
+    if let Some(row) = find(conn, key)? {
+        return Ok(row.task.id);
+    }
+    let id: Option<String> = conn
+        .query_row(
+            "SELECT task_id FROM results WHERE task_id = ?1 OR task_name = ?1 ORDER BY seq DESC LIMIT 1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    id.ok_or_else(|| ResourceError::NotFound {
+        kind: "task",
+        id: key.to_string(),
+    })
+}
+
+/// Results oldest first (by run start).
+pub(crate) fn results(
+    conn: &Connection,
+    q: &ResultQuery,
+) -> Result<Vec<ResultRecord>, ResourceError> {
+    let task_id = q.task.as_deref().map(|t| task_ids(conn, t)).transpose()?;
+    let since = q.since.map(unix_ms);
+    let until = q.until.map(unix_ms);
+    // The newest `limit` in the range, returned oldest first.
+    let mut statement = conn.prepare_cached(
+        "SELECT id, task_id, task_name, received_at, started_at, document FROM
+           (SELECT * FROM results
+            WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
+              AND (?3 IS NULL OR started_ms < ?3)
+            ORDER BY started_ms DESC, seq DESC LIMIT ?4)
+         ORDER BY started_ms ASC, seq ASC",
+    )?;
+    let mut rows = statement.query(params![task_id, since, until, q.limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(record(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn latest(conn: &Connection, task: Option<&str>) -> Result<ResultRecord, ResourceError> {
+    let mut list = results(
+        conn,
+        &ResultQuery {
+            task: task.map(str::to_string),
+            limit: 1,
+            ..Default::default()
+        },
+    )?;
+    list.pop().ok_or_else(|| ResourceError::NotFound {
+        kind: "result",
+        id: match task {
+            Some(t) => format!("latest of task {t}"),
+            None => "latest".into(),
+        },
+    })
+}
+
+/// The columns of the CSV export, one row per receiver per run.
+pub(crate) const CSV_COLUMNS: &[&str] = &[
+    "result_id",
+    "task",
+    "run_id",
+    "started_at",
+    "finished_at",
+    "run_status",
+    "source_point",
+    "group",
+    "receiver",
+    "receiver_status",
+    "packets_sent",
+    "packets_received",
+    "packets_lost",
+    "packets_duplicated",
+    "packets_reordered",
+    "loss_ratio",
+    "delay_min_us",
+    "delay_median_us",
+    "delay_mean_us",
+    "delay_p95_us",
+    "delay_max_us",
+    "ipdv_mean_abs_us",
+    "pdv_us",
+    "jitter_us",
+    "clock_error_bound_us",
+];
+
+fn csv_field(value: &serde_json::Value) -> String {
+    let text = match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// RFC 4180 CSV of the results.
+pub(crate) fn csv(records: &[ResultRecord]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push_str("\r\n");
+    let null = serde_json::Value::Null;
+    for r in records {
+        let d = &r.document;
+        let receivers = d["receivers"].as_array().cloned().unwrap_or_default();
+        for receiver in &receivers {
+            let m = &receiver["metrics"];
+            let delay = &m["one_way_delay_us"];
+            let row = [
+                serde_json::Value::String(r.id.clone()),
+                serde_json::Value::String(r.task.clone()),
+                d["run_id"].clone(),
+                d["started_at"].clone(),
+                d["finished_at"].clone(),
+                d["status"].clone(),
+                d["source_point"].clone(),
+                d["group"].clone(),
+                receiver["point"].clone(),
+                receiver["status"].clone(),
+                m["packets_sent"].clone(),
+                m["packets_received"].clone(),
+                m["packets_lost"].clone(),
+                m["packets_duplicated"].clone(),
+                m["packets_reordered"].clone(),
+                m["loss_ratio"].clone(),
+                delay["min"].clone(),
+                delay["median"].clone(),
+                delay["mean"].clone(),
+                delay["p95"].clone(),
+                delay["max"].clone(),
+                m["ipdv_us"]["mean_abs"].clone(),
+                m.get("pdv_us").unwrap_or(&null).clone(),
+                m.get("jitter_us").unwrap_or(&null).clone(),
+                receiver["clock_error_bound_us"].clone(),
+            ];
+            out.push_str(&row.iter().map(csv_field).collect::<Vec<_>>().join(","));
+            out.push_str("\r\n");
+        }
+    }
+    out
+}

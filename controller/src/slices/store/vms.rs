@@ -1,0 +1,844 @@
+//! VMs: validation against the platform, node, appliance and QoS policy;
+//! MAC, address and port allocation; in-place updates; two-phase delete.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use measurelab_api::http::{Condition, Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
+use rand::Rng;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::platforms::{self, node_name, PlatformRow};
+use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::{appliances, qos_policies};
+use crate::store::{NodeEntry, Registry};
+use crate::validation;
+
+const MAX_VCPUS: u32 = 64;
+const MAX_MEMORY_MIB: u64 = 1024 * 1024;
+const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// One row of `vms` with the names of what it references.
+#[derive(Debug, Clone)]
+pub(crate) struct VmRow {
+    pub id: String,
+    pub name: String,
+    pub platform_id: String,
+    pub platform_name: String,
+    pub node_id: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub swap_mib: u64,
+    pub appliance_id: String,
+    pub appliance_name: String,
+    pub qos_policy_id: Option<String>,
+    pub qos_policy_name: Option<String>,
+    pub power_state: VmPowerState,
+    pub backend: VmBackend,
+    pub address: String,
+    pub mac: String,
+    pub port_name: String,
+    pub deleting: bool,
+    pub actual_state: String,
+    pub restart_required: bool,
+    pub guest_last_heartbeat: Option<String>,
+    pub conditions: Vec<Condition>,
+    pub generation: u64,
+    pub observed_generation: u64,
+    pub created_at: String,
+}
+
+impl VmRow {
+    pub fn to_api(&self, registry: &Registry) -> Vm {
+        Vm {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            platform: self.platform_name.clone(),
+            node: node_name(registry, &self.node_id),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_mib: self.disk_mib,
+            swap_mib: self.swap_mib,
+            appliance: self.appliance_name.clone(),
+            qos_policy: self.qos_policy_name.clone(),
+            power_state: self.power_state,
+            backend: self.backend,
+            address: self.address.clone(),
+            mac: self.mac.clone(),
+            actual_state: if self.deleting {
+                "deleting".into()
+            } else {
+                self.actual_state.clone()
+            },
+            restart_required: self.restart_required,
+            guest_last_heartbeat: self.guest_last_heartbeat.clone(),
+            conditions: self.conditions.clone(),
+            generation: self.generation,
+            observed_generation: self.observed_generation,
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+pub(crate) fn power_text(state: VmPowerState) -> &'static str {
+    match state {
+        VmPowerState::Running => "running",
+        VmPowerState::Paused => "paused",
+        VmPowerState::Stopped => "stopped",
+    }
+}
+
+pub(crate) fn backend_text(backend: VmBackend) -> &'static str {
+    match backend {
+        VmBackend::Namespace => "namespace",
+        VmBackend::Libvirt => "libvirt",
+    }
+}
+
+const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.vcpus, v.memory_mib,
+        v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
+        v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
+        v.restart_required, v.guest_last_heartbeat, v.conditions, v.generation,
+        v.observed_generation, v.created_at
+    FROM vms v
+    JOIN platforms p ON p.id = v.platform_id
+    JOIN appliances a ON a.id = v.appliance_id
+    LEFT JOIN qos_policies q ON q.id = v.qos_policy_id";
+
+fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, ResourceError> {
+    let power: String = r.get(13)?;
+    let backend: String = r.get(14)?;
+    let conditions: String = r.get(22)?;
+    Ok(VmRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        platform_id: r.get(2)?,
+        platform_name: r.get(3)?,
+        node_id: r.get(4)?,
+        vcpus: r.get::<_, i64>(5)? as u32,
+        memory_mib: r.get::<_, i64>(6)? as u64,
+        disk_mib: r.get::<_, i64>(7)? as u64,
+        swap_mib: r.get::<_, i64>(8)? as u64,
+        appliance_id: r.get(9)?,
+        appliance_name: r.get(10)?,
+        qos_policy_id: r.get(11)?,
+        qos_policy_name: r.get(12)?,
+        power_state: match power.as_str() {
+            "running" => VmPowerState::Running,
+            "paused" => VmPowerState::Paused,
+            "stopped" => VmPowerState::Stopped,
+            other => return Err(ResourceError::Corrupt(format!("vms.power_state {other:?}"))),
+        },
+        backend: match backend.as_str() {
+            "namespace" => VmBackend::Namespace,
+            "libvirt" => VmBackend::Libvirt,
+            other => return Err(ResourceError::Corrupt(format!("vms.backend {other:?}"))),
+        },
+        address: r.get(15)?,
+        mac: r.get(16)?,
+        port_name: r.get(17)?,
+        deleting: r.get::<_, i64>(18)? != 0,
+        actual_state: r.get(19)?,
+        restart_required: r.get::<_, i64>(20)? != 0,
+        guest_last_heartbeat: r.get(21)?,
+        conditions: from_json("vms.conditions", &conditions)?,
+        generation: r.get::<_, i64>(23)? as u64,
+        observed_generation: r.get::<_, i64>(24)? as u64,
+        created_at: r.get(25)?,
+    })
+}
+
+fn query(
+    conn: &Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<VmRow>, ResourceError> {
+    let mut statement = conn.prepare_cached(&format!("{SELECT} {filter}"))?;
+    let mut rows = statement.query(args)?;
+    let mut vms = Vec::new();
+    while let Some(row) = rows.next()? {
+        vms.push(read_row(row)?);
+    }
+    Ok(vms)
+}
+
+/// Look a VM up by id, by `platform/name`, or by a name unique across platforms.
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, ResourceError> {
+    if let Some(vm) = query(conn, "WHERE v.id = ?1", &[&key])?.pop() {
+        return Ok(Some(vm));
+    }
+    if let Some((platform, name)) = key.split_once('/') {
+        return Ok(query(
+            conn,
+            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2",
+            &[&platform, &name],
+        )?
+        .pop());
+    }
+    let mut matches = query(conn, "WHERE v.name = ?1 ORDER BY p.name", &[&key])?;
+    match matches.len() {
+        0 | 1 => Ok(matches.pop()),
+        _ => Err(ResourceError::conflict(
+            None,
+            format!(
+                "VM name {key:?} exists in platforms {}; address it as <platform>/{key} or by id",
+                matches
+                    .iter()
+                    .map(|v| v.platform_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<VmRow, ResourceError> {
+    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+        kind: "vm",
+        id: key.to_string(),
+    })
+}
+
+pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, ResourceError> {
+    Ok(query(conn, "WHERE v.id = ?1", &[&id])?.pop())
+}
+
+/// `GET /v1/vms?platform=&node=` (ids or names).
+pub(crate) fn list(
+    conn: &Connection,
+    registry: &Registry,
+    platform: Option<&str>,
+    node: Option<&str>,
+) -> Result<Vec<VmRow>, ResourceError> {
+    let platform_id = match platform {
+        Some(key) => match platforms::find(conn, key)? {
+            Some(p) => Some(p.id),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    let node_id = match node {
+        Some(key) => match registry.by_id_or_name(key) {
+            Some(n) => Some(n.id.clone()),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    query(
+        conn,
+        "WHERE (?1 IS NULL OR v.platform_id = ?1) AND (?2 IS NULL OR v.node_id = ?2)
+         ORDER BY p.name, v.name",
+        &[&platform_id, &node_id],
+    )
+}
+
+pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<VmRow>, ResourceError> {
+    query(conn, "WHERE v.node_id = ?1 ORDER BY v.name", &[&node_id])
+}
+
+fn node_has(node: &NodeEntry, backend: VmBackend) -> bool {
+    match backend {
+        VmBackend::Namespace => node.capabilities.namespace_backend,
+        VmBackend::Libvirt => !node.capabilities.libvirt_uris.is_empty(),
+    }
+}
+
+/// Free memory of a node for a new VM: what the agent reports free, minus
+/// what VMs the agent has not started yet will take (their memory is not in
+/// the report yet).
+fn free_memory_mib(
+    cx: &TxContext<'_>,
+    node: &NodeEntry,
+    except_vm: Option<&str>,
+) -> Result<(u64, u64), ResourceError> {
+    let reported_free = node
+        .resources
+        .memory_total_bytes
+        .saturating_sub(node.resources.memory_used_bytes)
+        / MIB;
+    let reserved: i64 = cx.tx.query_row(
+        "SELECT COALESCE(SUM(memory_mib), 0) FROM vms
+         WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending' AND id IS NOT ?2",
+        params![node.id, except_vm],
+        |r| r.get(0),
+    )?;
+    Ok((
+        reported_free.saturating_sub(reserved as u64),
+        reserved as u64,
+    ))
+}
+
+fn check_memory_fits(
+    cx: &TxContext<'_>,
+    node: &NodeEntry,
+    needed_mib: u64,
+    except_vm: Option<&str>,
+) -> Result<(), ResourceError> {
+    let (free, reserved) = free_memory_mib(cx, node, except_vm)?;
+    if needed_mib > free {
+        return Err(ResourceError::invalid(
+            "memory_mib",
+            format!(
+                "{needed_mib} MiB is more than node {} has free: {free} MiB ({} MiB total, {} MiB in use, {reserved} MiB reserved by VMs not started yet)",
+                node.name,
+                node.resources.memory_total_bytes / MIB,
+                node.resources.memory_used_bytes / MIB,
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_vcpus(vcpus: u32) -> Result<(), ResourceError> {
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(ResourceError::invalid(
+            "vcpus",
+            format!("{vcpus} is out of range 1..={MAX_VCPUS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn allocate_address(cx: &TxContext<'_>, platform: &PlatformRow) -> Result<String, ResourceError> {
+    let (network, prefix) = platform.network()?;
+    let used: HashSet<String> = cx
+        .tx
+        .prepare_cached("SELECT address FROM vms WHERE platform_id = ?1")?
+        .query_map([&platform.id], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let base = u32::from(network);
+    let size: u32 = 1 << (32 - u32::from(prefix.clamp(8, 30)));
+    // .0 is the network, .1 is left for a gateway, the last is broadcast.
+    (2..size - 1)
+        .map(|host| Ipv4Addr::from(base + host).to_string())
+        .find(|a| !used.contains(a))
+        .ok_or_else(|| {
+            ResourceError::PoolExhausted(format!(
+                "every address of platform {}'s subnet {} is in use",
+                platform.name, platform.subnet
+            ))
+        })
+}
+
+fn allocate_mac(cx: &TxContext<'_>) -> Result<String, ResourceError> {
+    let mut rng = rand::thread_rng();
+    for _ in 0..64 {
+        // 52:54:00 is the locally administered prefix QEMU/libvirt use.
+        let mac = format!(
+            "52:54:00:{:02x}:{:02x}:{:02x}",
+            rng.gen::<u8>(),
+            rng.gen::<u8>(),
+            rng.gen::<u8>()
+        );
+        let taken: Option<i64> = cx
+            .tx
+            .query_row("SELECT 1 FROM vms WHERE mac = ?1", [&mac], |r| r.get(0))
+            .optional()?;
+        if taken.is_none() {
+            return Ok(mac);
+        }
+    }
+    Err(ResourceError::PoolExhausted(
+        "no free MAC address found in 52:54:00:00:00:00/24 after 64 tries".into(),
+    ))
+}
+
+/// OVS port names are interface names: at most 15 characters.
+fn port_name(vm_id: &str) -> String {
+    let hex: String = vm_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(13)
+        .collect();
+    format!("ml{hex}")
+}
+
+pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, ResourceError> {
+    validation::dns_label("name", &input.name)?;
+    let platform = platforms::find(cx.tx, &input.platform)?.ok_or_else(|| {
+        ResourceError::invalid(
+            "platform",
+            format!("no platform named {:?} exists", input.platform),
+        )
+    })?;
+    let node = cx
+        .registry
+        .by_id_or_name(&input.node)
+        .cloned()
+        .ok_or_else(|| {
+            ResourceError::invalid(
+                "node",
+                format!("no node named {:?} is registered", input.node),
+            )
+        })?;
+    if !platform.node_ids.contains(&node.id) {
+        return Err(ResourceError::invalid(
+            "node",
+            format!(
+                "node {} is not a member of platform {} (members: {}); add it to the platform first",
+                node.name,
+                platform.name,
+                platform
+                    .node_ids
+                    .iter()
+                    .map(|id| node_name(cx.registry, id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let appliance = appliances::find(cx.tx, &input.appliance)?.ok_or_else(|| {
+        ResourceError::invalid(
+            "appliance",
+            format!(
+                "no appliance named {:?} exists (GET /v1/appliances lists them)",
+                input.appliance
+            ),
+        )
+    })?;
+    let qos = match &input.qos_policy {
+        Some(key) => Some(qos_policies::find(cx.tx, key)?.ok_or_else(|| {
+            ResourceError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
+        })?),
+        None => None,
+    };
+    check_vcpus(input.vcpus)?;
+    if input.memory_mib < appliance.min_memory_mib {
+        return Err(ResourceError::invalid(
+            "memory_mib",
+            format!(
+                "{} MiB is below the minimum of appliance {} ({} MiB)",
+                input.memory_mib, appliance.name, appliance.min_memory_mib
+            ),
+        ));
+    }
+    if input.memory_mib > MAX_MEMORY_MIB {
+        return Err(ResourceError::invalid(
+            "memory_mib",
+            format!("{} MiB is above {MAX_MEMORY_MIB} MiB", input.memory_mib),
+        ));
+    }
+    for (field, value) in [("disk_mib", input.disk_mib), ("swap_mib", input.swap_mib)] {
+        if value.unwrap_or(0) > MAX_DISK_MIB {
+            return Err(ResourceError::invalid(
+                field,
+                format!("{} MiB is above {MAX_DISK_MIB} MiB", value.unwrap_or(0)),
+            ));
+        }
+    }
+    let supported: Vec<VmBackend> = appliance
+        .backends
+        .iter()
+        .filter_map(|b| match b.as_str() {
+            "namespace" => Some(VmBackend::Namespace),
+            "libvirt" => Some(VmBackend::Libvirt),
+            _ => None,
+        })
+        .collect();
+    let backend = match input.backend {
+        Some(backend) => {
+            if !supported.contains(&backend) {
+                return Err(ResourceError::invalid(
+                    "backend",
+                    format!(
+                        "appliance {} does not run on the {} backend (it supports {})",
+                        appliance.name,
+                        backend_text(backend),
+                        appliance.backends.join(", ")
+                    ),
+                ));
+            }
+            if !node_has(&node, backend) {
+                return Err(ResourceError::invalid(
+                    "backend",
+                    format!(
+                        "node {} lacks the {} backend (it reports namespace_backend={}, libvirt_uris=[{}])",
+                        node.name,
+                        backend_text(backend),
+                        node.capabilities.namespace_backend,
+                        node.capabilities.libvirt_uris.join(", ")
+                    ),
+                ));
+            }
+            backend
+        }
+        None => supported
+            .iter()
+            .copied()
+            .find(|b| node_has(&node, *b))
+            .ok_or_else(|| {
+                ResourceError::invalid(
+                    "backend",
+                    format!(
+                        "node {} has none of the backends appliance {} needs ({}); it reports namespace_backend={}, libvirt_uris=[{}]",
+                        node.name,
+                        appliance.name,
+                        appliance.backends.join(", "),
+                        node.capabilities.namespace_backend,
+                        node.capabilities.libvirt_uris.join(", ")
+                    ),
+                )
+            })?,
+    };
+    check_memory_fits(cx, &node, input.memory_mib, None)?;
+    let taken: Option<String> = cx
+        .tx
+        .query_row(
+            "SELECT id FROM vms WHERE platform_id = ?1 AND name = ?2",
+            params![platform.id, input.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if taken.is_some() {
+        return Err(ResourceError::conflict(
+            Some("name"),
+            format!(
+                "name: platform {} already has a VM named {:?}",
+                platform.name, input.name
+            ),
+        ));
+    }
+    let id = new_id();
+    let address = allocate_address(cx, &platform)?;
+    let mac = allocate_mac(cx)?;
+    let row = VmRow {
+        port_name: port_name(&id),
+        id,
+        name: input.name,
+        platform_id: platform.id.clone(),
+        platform_name: platform.name.clone(),
+        node_id: node.id.clone(),
+        vcpus: input.vcpus,
+        memory_mib: input.memory_mib,
+        disk_mib: input.disk_mib.unwrap_or(0),
+        swap_mib: input.swap_mib.unwrap_or(0),
+        appliance_id: appliance.id.clone(),
+        appliance_name: appliance.name.clone(),
+        qos_policy_id: qos.as_ref().map(|q| q.id.clone()),
+        qos_policy_name: qos.map(|q| q.name),
+        power_state: input.power_state,
+        backend,
+        address,
+        mac,
+        deleting: false,
+        actual_state: "pending".into(),
+        restart_required: false,
+        guest_last_heartbeat: None,
+        conditions: Vec::new(),
+        generation: 1,
+        observed_generation: 0,
+        created_at: cx.now_text(),
+    };
+    cx.tx
+        .prepare_cached(
+            "INSERT INTO vms (id, name, platform_id, node_id, vcpus, memory_mib, disk_mib, swap_mib,
+                              appliance_id, qos_policy_id, power_state, backend, address, mac,
+                              port_name, deleting, actual_state, restart_required, conditions,
+                              generation, observed_generation, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 0, ?16, 0,
+                     '[]', ?17, 0, ?18)",
+        )?
+        .execute(params![
+            row.id,
+            row.name,
+            row.platform_id,
+            row.node_id,
+            row.vcpus,
+            row.memory_mib as i64,
+            row.disk_mib as i64,
+            row.swap_mib as i64,
+            row.appliance_id,
+            row.qos_policy_id,
+            power_text(row.power_state),
+            backend_text(row.backend),
+            row.address,
+            row.mac,
+            row.port_name,
+            row.actual_state,
+            row.generation as i64,
+            row.created_at
+        ])?;
+    cx.touch_node(&node.id)?;
+    cx.event(
+        "VmCreated",
+        "vm",
+        &row.id,
+        format!(
+            "VM {}/{} created on node {} ({} backend, {} MiB, address {}, MAC {})",
+            row.platform_name,
+            row.name,
+            node.name,
+            backend_text(row.backend),
+            row.memory_mib,
+            row.address,
+            row.mac
+        ),
+    )?;
+    Ok(row)
+}
+
+fn immutable(field: &str, same: bool) -> Result<(), ResourceError> {
+    if same {
+        Ok(())
+    } else {
+        Err(ResourceError::invalid(
+            field,
+            "field cannot change; replace the VM",
+        ))
+    }
+}
+
+pub(crate) fn update(
+    cx: &mut TxContext<'_>,
+    key: &str,
+    patch: VmPatch,
+) -> Result<VmRow, ResourceError> {
+    let mut vm = get(cx.tx, key)?;
+    if let Some(name) = &patch.name {
+        immutable("name", *name == vm.name)?;
+    }
+    if let Some(platform) = &patch.platform {
+        immutable(
+            "platform",
+            *platform == vm.platform_name || *platform == vm.platform_id,
+        )?;
+    }
+    if let Some(node) = &patch.node {
+        immutable(
+            "node",
+            *node == vm.node_id || *node == node_name(cx.registry, &vm.node_id),
+        )?;
+    }
+    if let Some(appliance) = &patch.appliance {
+        immutable(
+            "appliance",
+            *appliance == vm.appliance_name || *appliance == vm.appliance_id,
+        )?;
+    }
+    if let Some(backend) = patch.backend {
+        immutable("backend", backend == vm.backend)?;
+    }
+    if let Some(disk) = patch.disk_mib {
+        immutable("disk_mib", disk == vm.disk_mib)?;
+    }
+    if let Some(swap) = patch.swap_mib {
+        immutable("swap_mib", swap == vm.swap_mib)?;
+    }
+    if vm.deleting {
+        return Err(ResourceError::conflict(
+            None,
+            format!(
+                "VM {}/{} is being deleted; it cannot change",
+                vm.platform_name, vm.name
+            ),
+        ));
+    }
+    let mut changes: Vec<String> = Vec::new();
+    if let Some(vcpus) = patch.vcpus {
+        check_vcpus(vcpus)?;
+        if vcpus != vm.vcpus {
+            changes.push(format!("vcpus {} -> {vcpus}", vm.vcpus));
+            vm.vcpus = vcpus;
+        }
+    }
+    if let Some(memory) = patch.memory_mib {
+        if memory != vm.memory_mib {
+            let appliance = appliances::get_by_id(cx.tx, &vm.appliance_id)?;
+            if memory < appliance.min_memory_mib {
+                return Err(ResourceError::invalid(
+                    "memory_mib",
+                    format!(
+                        "{memory} MiB is below the minimum of appliance {} ({} MiB)",
+                        appliance.name, appliance.min_memory_mib
+                    ),
+                ));
+            }
+            if memory > MAX_MEMORY_MIB {
+                return Err(ResourceError::invalid(
+                    "memory_mib",
+                    format!("{memory} MiB is above {MAX_MEMORY_MIB} MiB"),
+                ));
+            }
+            if memory > vm.memory_mib {
+                let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
+                    ResourceError::Corrupt(format!(
+                        "VM {} is on unknown node {}",
+                        vm.id, vm.node_id
+                    ))
+                })?;
+                // Only the growth needs room: the current size is already in use or reserved.
+                let growth = memory - vm.memory_mib;
+                let reserved_self = if vm.actual_state == "pending" {
+                    vm.memory_mib
+                } else {
+                    0
+                };
+                check_memory_fits(cx, &node, growth + reserved_self, Some(&vm.id))?;
+            }
+            changes.push(format!("memory_mib {} -> {memory}", vm.memory_mib));
+            vm.memory_mib = memory;
+        }
+    }
+    if let Some(qos) = &patch.qos_policy {
+        let (id, name) = match qos {
+            Some(key) => {
+                let policy = qos_policies::find(cx.tx, key)?.ok_or_else(|| {
+                    ResourceError::invalid(
+                        "qos_policy",
+                        format!("no QoS policy named {key:?} exists"),
+                    )
+                })?;
+                (Some(policy.id), Some(policy.name))
+            }
+            None => (None, None),
+        };
+        if id != vm.qos_policy_id {
+            changes.push(format!(
+                "qos_policy {} -> {}",
+                vm.qos_policy_name.as_deref().unwrap_or("none"),
+                name.as_deref().unwrap_or("none")
+            ));
+            vm.qos_policy_id = id;
+            vm.qos_policy_name = name;
+        }
+    }
+    if let Some(power) = patch.power_state {
+        if power != vm.power_state {
+            changes.push(format!(
+                "power_state {} -> {}",
+                power_text(vm.power_state),
+                power_text(power)
+            ));
+            vm.power_state = power;
+        }
+    }
+    if !changes.is_empty() {
+        vm.generation += 1;
+        cx.tx
+            .prepare_cached(
+                "UPDATE vms SET vcpus = ?2, memory_mib = ?3, qos_policy_id = ?4, power_state = ?5,
+                                generation = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                vm.id,
+                vm.vcpus,
+                vm.memory_mib as i64,
+                vm.qos_policy_id,
+                power_text(vm.power_state),
+                vm.generation as i64
+            ])?;
+        cx.touch_node(&vm.node_id)?;
+        cx.event(
+            "VmUpdated",
+            "vm",
+            &vm.id,
+            format!(
+                "VM {}/{}: {}",
+                vm.platform_name,
+                vm.name,
+                changes.join(", ")
+            ),
+        )?;
+    }
+    Ok(vm)
+}
+
+/// Mark the VM deleting (the node agent tears it down and acks), or remove
+/// it at once with `force`.
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    key: &str,
+    force: bool,
+) -> Result<VmRow, ResourceError> {
+    let mut vm = get(cx.tx, key)?;
+    if force {
+        remove(cx, &vm, "VmDeleted", "removed at once (force=true); the node agent cleans up what it still runs as an orphan")?;
+        vm.deleting = true;
+        return Ok(vm);
+    }
+    if !vm.deleting {
+        vm.deleting = true;
+        vm.generation += 1;
+        cx.tx
+            .prepare_cached("UPDATE vms SET deleting = 1, generation = ?2 WHERE id = ?1")?
+            .execute(params![vm.id, vm.generation as i64])?;
+        cx.touch_node(&vm.node_id)?;
+        cx.event(
+            "VmDeleting",
+            "vm",
+            &vm.id,
+            format!(
+                "VM {}/{} marked for deletion; waiting for node {} to clean up",
+                vm.platform_name,
+                vm.name,
+                node_name(cx.registry, &vm.node_id)
+            ),
+        )?;
+    }
+    Ok(vm)
+}
+
+/// Drop the row (agent ack or force).
+pub(crate) fn remove(
+    cx: &mut TxContext<'_>,
+    vm: &VmRow,
+    reason: &str,
+    detail: &str,
+) -> Result<(), ResourceError> {
+    cx.tx
+        .prepare_cached("DELETE FROM vms WHERE id = ?1")?
+        .execute([&vm.id])?;
+    cx.tx
+        .prepare_cached("DELETE FROM guest_logs WHERE vm_id = ?1")?
+        .execute([&vm.id])?;
+    cx.tx
+        .prepare_cached(
+            "UPDATE program_runs SET status = 'lost', finished_at = ?2
+             WHERE vm_id = ?1 AND status IN ('pending', 'running')",
+        )?
+        .execute(params![vm.id, cx.now_text()])?;
+    cx.touch_node(&vm.node_id)?;
+    cx.event(
+        reason,
+        "vm",
+        &vm.id,
+        format!("VM {}/{} {detail}", vm.platform_name, vm.name),
+    )
+}
+
+/// Store what the node agent reports about one of its VMs.
+pub(crate) fn save_status(
+    cx: &TxContext<'_>,
+    vm: &VmRow,
+    actual_state: &str,
+    restart_required: bool,
+    conditions: &[Condition],
+    observed_generation: u64,
+) -> Result<(), ResourceError> {
+    cx.tx
+        .prepare_cached(
+            "UPDATE vms SET actual_state = ?2, restart_required = ?3, conditions = ?4,
+                            observed_generation = ?5 WHERE id = ?1",
+        )?
+        .execute(params![
+            vm.id,
+            actual_state,
+            restart_required as i64,
+            to_json(&conditions),
+            observed_generation as i64
+        ])?;
+    Ok(())
+}
+
+pub(crate) fn save_guest_heartbeat(
+    cx: &TxContext<'_>,
+    vm_id: &str,
+    time: &str,
+) -> Result<(), ResourceError> {
+    cx.tx
+        .prepare_cached("UPDATE vms SET guest_last_heartbeat = ?2 WHERE id = ?1")?
+        .execute(params![vm_id, time])?;
+    Ok(())
+}
