@@ -1,0 +1,534 @@
+//! Program distribution, measurement tasks and results, through the real
+//! HTTP and gRPC listeners.
+
+mod common;
+
+use base64::Engine;
+use common::TestController;
+use measurelab_api::node_v1::{
+    DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultRequest,
+    ProgramRunStatus, RegisterResponse, StatusReport,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn slice(
+    controller: &TestController,
+) -> (RegisterResponse, RegisterResponse, String, String) {
+    let n1 = controller.register("n1", "").await;
+    let n2 = controller.register("n2", "").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1", "n2"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut ids = Vec::new();
+    for (name, node) in [("mscs", "n1"), ("point", "n2")] {
+        let (status, vm) = controller
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(
+                    json!({"name": name, "platform": "p", "node": node, "vcpus": 1,
+                            "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{vm}");
+        ids.push(vm["id"].as_str().unwrap().to_string());
+    }
+    let point = ids.pop().unwrap();
+    let mscs = ids.pop().unwrap();
+    (n1, n2, mscs, point)
+}
+
+#[tokio::test]
+async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (n1, n2, mscs, _point) = slice(&controller).await;
+    let content = b"#!/bin/sh\necho measuring\n".to_vec();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
+
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": encoded, "sha256": "00"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "sha256");
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": "***"})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "content_base64");
+    let (status, program) = controller
+        .call(
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": encoded})),
+        )
+        .await;
+    assert_eq!(status, 201, "{program}");
+    assert_eq!(program["size_bytes"], content.len());
+    assert_eq!(program["sha256"].as_str().unwrap().len(), 64);
+    // Re-uploading the same content is harmless; other content under the name is not.
+    let (status, again) = controller
+        .call(
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": encoded})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], program["id"]);
+    let other = base64::engine::general_purpose::STANDARD.encode(b"other");
+    let (status, _) = controller
+        .call(
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": other})),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "probe", "vms": ["p/mscs", "ghost"]})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "vms[1]");
+    let (status, deployment) = controller
+        .call(
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "probe", "vms": ["p/mscs"], "args": ["--fast"], "env": {"ROLE": "mscs"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{deployment}");
+    assert_eq!(deployment["runs"][0]["status"], "pending");
+    assert_eq!(deployment["runs"][0]["vm"], "p/mscs");
+    let deployment_id = deployment["id"].as_str().unwrap().to_string();
+
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.program_runs.len(), 1);
+    let run = &state.program_runs[0];
+    assert_eq!(run.vm_id, mscs);
+    assert_eq!(run.args, vec!["--fast"]);
+    assert_eq!(run.env.get("ROLE").map(String::as_str), Some("mscs"));
+
+    let blob = controller
+        .grpc()
+        .await
+        .fetch_program(FetchProgramRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            program_id: run.program_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(blob.content, content);
+    assert_eq!(blob.sha256, run.sha256);
+    // n2 hosts no run of it.
+    let refused = controller
+        .grpc()
+        .await
+        .fetch_program(FetchProgramRequest {
+            node_id: n2.node_id.clone(),
+            node_secret: n2.node_secret.clone(),
+            program_id: run.program_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    let report = |status: &str, exit_code: Option<i32>| StatusReport {
+        node_id: n1.node_id.clone(),
+        node_secret: n1.node_secret.clone(),
+        program_runs: vec![ProgramRunStatus {
+            deployment_id: deployment_id.clone(),
+            vm_id: mscs.clone(),
+            status: status.into(),
+            exit_code,
+            stdout_tail: "measuring\n".into(),
+            stderr_tail: String::new(),
+        }],
+        ..Default::default()
+    };
+    controller
+        .grpc()
+        .await
+        .report_status(report("running", None))
+        .await
+        .unwrap();
+    let bad = controller
+        .grpc()
+        .await
+        .report_status(report("sleeping", None))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("program_runs[0].status"),
+        "{}",
+        bad.message()
+    );
+    controller
+        .grpc()
+        .await
+        .report_status(report("exited", Some(0)))
+        .await
+        .unwrap();
+    let got = controller
+        .client()
+        .get_deployment(&deployment_id)
+        .await
+        .unwrap();
+    let run = &got.runs[0];
+    assert_eq!(run.status, "exited");
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(run.stdout_tail, "measuring\n");
+    assert!(run.started_at.is_some() && run.finished_at.is_some());
+    // A finished run leaves the desired state.
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(state.program_runs.is_empty());
+    let (status, _) = controller
+        .call(
+            Method::DELETE,
+            &format!("/v1/deployments/{deployment_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    controller.stop().await;
+}
+
+fn result_document(started_at: &str, loss: f64) -> Value {
+    json!({
+        "schema": "measurelab.mcast.result/v1",
+        "run_id": format!("run-{started_at}"),
+        "kind": "user",
+        "source_point": "mscs",
+        "group": "239.1.2.3",
+        "port": 5000,
+        "session_id": 7,
+        "started_at": started_at,
+        "finished_at": started_at,
+        "status": "completed",
+        "config": {"rate_pps": 100.0, "packet_size_bytes": 200, "duration_seconds": 5.0, "ttl": 4, "ssm": false},
+        "source": {"point": "mscs", "data_addr": null, "report": null, "error": null},
+        "receivers": [{
+            "point": "point",
+            "status": "ok",
+            "error": null,
+            "clock_error_bound_us": 50.0,
+            "metrics": {
+                "packets_sent": 500, "packets_received": 450, "packets_lost": 50,
+                "packets_duplicated": 0, "packets_reordered": 1, "loss_ratio": loss,
+                "one_way_delay_us": {"min": 10.0, "median": 20.0, "mean": 21.5, "p95": 40.0, "p99": 45.0, "max": 50.0},
+                "ipdv_us": {"pairs": 400, "mean_abs": 3.0, "p95_abs": 8.0, "max_abs": 12.0, "mean": 0.0},
+                "pdv_us": 30.0,
+                "jitter_us": 2.5
+            }
+        }]
+    })
+}
+
+#[tokio::test]
+async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (n1, n2, mscs, point) = slice(&controller).await;
+
+    let task = json!({"name": "loss", "mode": "platform", "platform": "p", "schedule": "periodic",
+                      "interval_seconds": 60, "duration_seconds": 5, "rate_pps": 100,
+                      "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000, "ttl": 4});
+    for (change, expected) in [
+        (json!({"group": "10.0.0.1"}), "group"),
+        (json!({"ssm": true}), "group"),
+        (json!({"interval_seconds": 5}), "interval_seconds"),
+        (json!({"mode": "everywhere"}), "mode"),
+        (json!({"platform": "nope"}), "platform"),
+        (json!({"rate_pps": 0}), "rate_pps"),
+    ] {
+        let mut body = task.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = controller.call(Method::POST, "/v1/tasks", Some(body)).await;
+        assert_eq!(status, 422, "{change} -> {answer}");
+        assert_eq!(answer["error"]["field"], expected, "{change} -> {answer}");
+    }
+    let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "pending");
+    let task_id = created["id"].as_str().unwrap().to_string();
+
+    let polled = controller
+        .grpc()
+        .await
+        .poll_tasks(PollTasksRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: mscs.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(polled.tasks_json.len(), 1);
+    let spec: measurelab_api::http::Task = serde_json::from_str(&polled.tasks_json[0]).unwrap();
+    assert_eq!(spec.id, task_id);
+    assert_eq!(spec.group, "239.1.2.3");
+    assert_eq!(
+        controller.client().get_task("loss").await.unwrap().status,
+        "running"
+    );
+    // A VM of another node is not n1's to poll for.
+    let err = controller
+        .grpc()
+        .await
+        .poll_tasks(PollTasksRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: point.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Results from the guest relay (gRPC) and from HTTP.
+    let ack = controller
+        .grpc()
+        .await
+        .post_result(PostResultRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: mscs.clone(),
+            task_id: task_id.clone(),
+            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.result_id.is_empty());
+    let err = controller
+        .grpc()
+        .await
+        .post_result(PostResultRequest {
+            node_id: n2.node_id.clone(),
+            node_secret: n2.node_secret.clone(),
+            vm_id: mscs.clone(),
+            task_id: task_id.clone(),
+            document_json: result_document("2026-01-01T10:01:00Z", 0.1).to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "n2 does not host the MSCS"
+    );
+    for (started, loss) in [
+        ("2026-01-01T10:05:00Z", 0.2),
+        ("2026-01-01T10:10:00.5Z", 0.3),
+    ] {
+        let mut document = result_document(started, loss);
+        document["task_id"] = json!(task_id);
+        let (status, stored) = controller
+            .call(Method::POST, "/v1/results", Some(document))
+            .await;
+        assert_eq!(status, 201, "{stored}");
+    }
+    let mut wrong = result_document("2026-01-01T10:15:00Z", 0.0);
+    wrong["schema"] = json!("something/v2");
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            &format!("/v1/results?task={task_id}"),
+            Some(wrong),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "schema");
+
+    let all = controller.client().list_results("task=loss").await.unwrap();
+    let losses: Vec<f64> = all
+        .iter()
+        .map(|r| {
+            r.document["receivers"][0]["metrics"]["loss_ratio"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses, vec![0.1, 0.2, 0.3], "oldest first");
+    let window = controller
+        .client()
+        .list_results("task=loss&since=2026-01-01T10:05:00Z&until=2026-01-01T10:10:00Z")
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1);
+    assert_eq!(window[0].started_at, "2026-01-01T10:05:00Z");
+    let latest = controller.client().latest_result("loss").await.unwrap();
+    assert_eq!(latest.started_at, "2026-01-01T10:10:00.5Z");
+    let task_now = controller.client().get_task(&task_id).await.unwrap();
+    assert_eq!(task_now.last_result_id.as_deref(), Some(latest.id.as_str()));
+    assert_eq!(task_now.status, "running", "a periodic task keeps running");
+    let (status, body) = controller
+        .call(Method::GET, "/v1/results?since=yesterday", None)
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "since");
+
+    let response = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?task=loss&format=csv"))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "header + one row per receiver per run:\n{csv}"
+    );
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let row: Vec<&str> = lines[3].split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    assert_eq!(row[col("receiver")], "point");
+    assert_eq!(row[col("loss_ratio")], "0.3");
+    assert_eq!(row[col("delay_median_us")], "20.0");
+    assert_eq!(row[col("jitter_us")], "2.5");
+    let (status, json_export) = controller
+        .call(
+            Method::GET,
+            "/v1/results/export?task=loss&format=json",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(json_export["results"].as_array().unwrap().len(), 3);
+
+    // Results are durable and outlive their task.
+    controller.stop().await;
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (status, _) = controller
+        .call(Method::DELETE, "/v1/tasks/loss", None)
+        .await;
+    assert_eq!(status, 200);
+    let history = controller
+        .client()
+        .list_results(&format!("task={task_id}"))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 3);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn service_host_tasks_reach_the_listed_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    controller.register("n2", "").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1"], "schedule": "once",
+                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
+                        "ttl": 2, "ssm": true})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "nodes");
+    let (status, task) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "once",
+                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
+                        "ttl": 2, "ssm": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["interval_seconds"], 300);
+    assert_eq!(task["duration_seconds"], 30);
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.service_tasks.len(), 1);
+    assert_eq!(state.service_tasks[0].task_id, task["id"].as_str().unwrap());
+    // The once task completes with its first result and leaves the desired state.
+    controller
+        .grpc()
+        .await
+        .post_result(PostResultRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: String::new(),
+            task_id: "quick".into(),
+            document_json: result_document("2026-02-01T00:00:00Z", 0.0).to_string(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        controller.client().get_task("quick").await.unwrap().status,
+        "completed"
+    );
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(state.service_tasks.is_empty());
+    controller.stop().await;
+}
