@@ -28,6 +28,10 @@ use crate::identity::Identity;
 const DEBOUNCE: Duration = Duration::from_millis(30);
 /// How often guest heartbeats, logs and program statuses are sent.
 const GUEST_REPORT_PERIOD: Duration = Duration::from_secs(1);
+/// How often a pass runs on the last fetched desired state even when nothing
+/// was announced: catches hand edits (`ovs-vsctl del-port`, a killed guest)
+/// sooner than the desired-state resync.
+const LOCAL_PASS_PERIOD: Duration = Duration::from_secs(5);
 /// Retry delay after a failed ReportStatus.
 const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Guest log lines kept per VM while the controller is unreachable.
@@ -282,10 +286,11 @@ pub async fn run_loop(
                         changed
                     });
                 }
+                let mut next = Instant::now() + LOCAL_PASS_PERIOD;
                 if let Some(delay) = report.next_retry {
-                    let at = Instant::now() + delay;
-                    pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
+                    next = next.min(Instant::now() + delay);
                 }
+                pass_at = Some(pass_at.map_or(next, |p| p.min(next)));
             }
         }
 

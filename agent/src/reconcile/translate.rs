@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::ReconcilerConfig;
 use crate::guest_channel::channel_socket_path;
-use crate::hypervisor::{BackendKind, BootImage, GuestSpec, NicAttach, NicSpec};
-use crate::ovs::{PolicingSpec, QosSpec, VmPortSpec};
+use crate::hypervisor::{BackendKind, BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
+use crate::ovs::{QosSpec, VmPortSpec};
 
 /// A desired VM this agent cannot act on. Always Permanent: the same spec
 /// fails again, so the VM waits for the controller to change it.
@@ -137,6 +137,7 @@ pub fn guest_spec(
             attach: NicAttach::TapOnly,
         }),
         channel_socket: Some(channel_socket_path(&config.state_dir, id)),
+        egress_limit: egress_limit(vm),
     };
     spec.validate().map_err(|e| match e {
         crate::hypervisor::HypervisorError::InvalidSpec { field, reason } => {
@@ -159,6 +160,9 @@ fn map_field(field: &'static str) -> &'static str {
         "boot.initrd" => "appliance.initrd",
         "boot.disk" => "appliance.disk",
         "channel_socket" => "id",
+        "egress_limit.max_kbps" => "qos.egress_max_kbps",
+        "egress_limit.min_kbps" => "qos.egress_min_kbps",
+        "egress_limit.burst_kbytes" => "qos.egress_burst_kbytes",
         other => other,
     }
 }
@@ -182,8 +186,21 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-/// The access port of `vm`: the platform's VLAN, linux-htb shaping for the
-/// QoS policy's ingress (traffic into the VM) and policing for its egress.
+/// The QoS policy's egress (traffic out of the VM): shaped on the guest's
+/// side of its link by the hypervisor backend, because this kernel cannot
+/// police on the OVS port (no act_police).
+fn egress_limit(vm: &DesiredVm) -> Option<RateLimit> {
+    let q = vm.qos.as_ref()?;
+    (q.egress_max_kbps > 0).then(|| RateLimit {
+        max_kbps: q.egress_max_kbps,
+        min_kbps: (q.egress_min_kbps > 0).then_some(q.egress_min_kbps),
+        burst_kbytes: (q.egress_burst_kbytes > 0).then_some(q.egress_burst_kbytes),
+    })
+}
+
+/// The access port of `vm`: the platform's VLAN and linux-htb shaping for the
+/// QoS policy's ingress (traffic into the VM). Egress is the guest spec's
+/// `egress_limit`, never port policing.
 pub fn port_spec(vm: &DesiredVm) -> Result<VmPortSpec, TranslateError> {
     let id = vm_id(vm)?;
     let qos = vm.qos.as_ref();
@@ -207,19 +224,11 @@ pub fn port_spec(vm: &DesiredVm) -> Result<VmPortSpec, TranslateError> {
         }
         _ => None,
     };
-    let policing = match qos {
-        Some(q) if q.egress_max_kbps > 0 => Some(PolicingSpec {
-            rate_kbps: u32::try_from(q.egress_max_kbps)
-                .map_err(|_| invalid("qos.egress_max_kbps", "exceeds 2^32-1 kbit/s"))?,
-            burst_kbits: u32::try_from(q.egress_burst_kbytes.saturating_mul(8)).unwrap_or(u32::MAX),
-        }),
-        _ => None,
-    };
     let port = VmPortSpec {
         name: port_name(vm, id),
         vlan: vlan(vm)?,
         qos: shaping,
-        ingress_policing: policing,
+        ingress_policing: None,
     };
     crate::ovs::spec::check_ifname("port_name", &port.name).map_err(|e| match e {
         crate::ovs::OvsError::InvalidSpec { reason, .. } => invalid("port_name", reason),
@@ -334,7 +343,9 @@ mod tests {
         let port = port_spec(&with_qos).unwrap();
         assert_eq!(port.qos.unwrap().max_rate_bps, 20_000_000);
         assert_eq!(port.qos.unwrap().burst_bits, Some(128_000));
-        assert_eq!(port.ingress_policing.unwrap().rate_kbps, 5_000);
-        assert_eq!(port.ingress_policing.unwrap().burst_kbits, 32);
+        assert_eq!(port.ingress_policing, None);
+        let spec = guest_spec(&with_qos, BackendKind::Namespace, &config()).unwrap();
+        let egress = spec.egress_limit.unwrap();
+        assert_eq!((egress.max_kbps, egress.burst_kbytes), (5_000, Some(4)));
     }
 }

@@ -1,0 +1,389 @@
+//! End to end on one node, everything real: the in-process controller, a
+//! private OVS (measurelab-testbed) as the node's switch, the namespace
+//! backend with the real guest agent, and the agent's reconcile loop.
+//!
+//! The agent runs on its own thread inside the OVS sandbox's network
+//! namespace (as it runs inside `<lab>-nK` in a lab), so the veths it creates
+//! are switchable by that ovs-vswitchd; the controller's gRPC listener is
+//! bound in the same namespace. "Killing" the agent drops its runtime without
+//! any shutdown (no cleanup code runs), like SIGKILL.
+//!
+//! Needs root (netns, cgroups, OVS). Everything is torn down on drop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use measurelab_agent::hypervisor::{Hypervisor, NamespaceConfig, NamespaceHypervisor};
+use measurelab_agent::AgentConfig;
+use measurelab_api::client::Client;
+use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
+use measurelab_controller::ControllerConfig;
+use measurelab_testbed::OvsSandbox;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The guest agent binary, built once (it lives in another package, so cargo
+/// does not build it for this test by itself).
+fn guest_agent() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "measurelab-guest",
+                "--bin",
+                "measurelab-guest-agent",
+            ])
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building measurelab-guest-agent failed");
+        let path = profile_dir.join("measurelab-guest-agent");
+        assert!(path.is_file(), "{} missing", path.display());
+        path
+    })
+    .clone()
+}
+
+/// Runs `f` on a thread that entered network namespace `netns`.
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn enter_netns(path: &str) {
+    let file = std::fs::File::open(path).unwrap();
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// An agent on its own thread and runtime inside the node's namespace.
+struct RunningAgent {
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    fn start(netns: &str, config: AgentConfig) -> RunningAgent {
+        let path = format!("/run/netns/{netns}");
+        let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            // Worker and blocking threads are spawned from here and inherit
+            // the namespace.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            runtime.spawn(async move {
+                let never = std::future::pending::<()>();
+                tokio::select! {
+                    result = measurelab_agent::run(config, never) => {
+                        panic!("agent exited: {result:?}");
+                    }
+                    _ = stop_rx => {}
+                }
+            });
+            let _ = kill_rx.recv();
+            let _ = stop_tx.send(());
+            // No graceful shutdown: tasks are dropped wherever they are.
+            runtime.shutdown_background();
+        });
+        RunningAgent {
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes the guests the agent created, whatever happened.
+struct GuestCleanup {
+    state_dir: PathBuf,
+}
+
+impl Drop for GuestCleanup {
+    fn drop(&mut self) {
+        let config = NamespaceConfig::new(self.state_dir.join("namespace"), vec!["true".into()]);
+        if let Ok(hv) = NamespaceHypervisor::new(config) {
+            for guest in hv.list_owned().unwrap_or_default() {
+                let _ = hv.undefine(guest.id);
+            }
+        }
+    }
+}
+
+fn netns_list() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn vm_netns(vm: &Vm) -> String {
+    format!("vm-{}", &vm.id.replace('-', "")[..8])
+}
+
+/// Port name -> tag of every Port on br-int.
+fn ports(ovs: &OvsSandbox) -> BTreeMap<String, String> {
+    let out = ovs
+        .vsctl(&[
+            "--format=csv",
+            "--no-headings",
+            "--columns=name,tag",
+            "list",
+            "Port",
+        ])
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let (name, tag) = l.split_once(',')?;
+            Some((name.trim_matches('"').to_string(), tag.to_string()))
+        })
+        .collect()
+}
+
+fn port_names_of_bridge(ovs: &OvsSandbox) -> Vec<String> {
+    ovs.vsctl(&["list-ports", "br-int"])
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn condition<'a>(vm: &'a Vm, kind: &str) -> Option<&'a str> {
+    vm.conditions
+        .iter()
+        .find(|c| c.condition_type == kind)
+        .map(|c| c.status.as_str())
+}
+
+fn ready(vm: &Vm) -> bool {
+    vm.actual_state == "running"
+        && condition(vm, "PortAttached") == Some("True")
+        && condition(vm, "GuestRegistered") == Some("True")
+        && condition(vm, "Ready") == Some("True")
+}
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn vms(client: &Client) -> Vec<Vm> {
+    client.list_vms("").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_vms_converge_survive_restart_and_repair() {
+    let guest_agent = guest_agent();
+    let ovs = OvsSandbox::start("rcl").unwrap();
+    let netns = ovs.netns().name().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("agent");
+    let _cleanup = GuestCleanup {
+        state_dir: state_dir.clone(),
+    };
+
+    // Controller: HTTP on the root namespace's loopback for this test, gRPC on
+    // the node namespace's loopback for the agent.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let grpc = in_netns(&netns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    });
+    let grpc_port = grpc.local_addr().unwrap().port();
+    let mut controller_config = ControllerConfig::new(dir.path().join("controller"), http, grpc);
+    controller_config.heartbeat_interval = Duration::from_secs(1);
+    controller_config.offline_after = Duration::from_secs(5);
+    controller_config.join_token = Some("join-secret".into());
+    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(measurelab_controller::run(controller_config, async {
+        let _ = controller_stopped.await;
+    }));
+    let token = wait_for("admin token", async || {
+        std::fs::read_to_string(dir.path().join("controller/admin.token")).ok()
+    })
+    .await;
+    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None).unwrap();
+
+    let mut agent_config = AgentConfig::new(
+        "n1",
+        &format!("http://127.0.0.1:{grpc_port}"),
+        "join-secret",
+        state_dir.clone(),
+    );
+    agent_config.ovsdb = Some(ovs.db_target());
+    agent_config.libvirt_uris = vec![];
+    agent_config.guest_agent = Some(guest_agent);
+    let mut agent = RunningAgent::start(&netns, agent_config.clone());
+
+    wait_for("node n1 online", async || {
+        let nodes = client.list_nodes().await.ok()?;
+        nodes
+            .iter()
+            .any(|n| n.name == "n1" && n.capabilities.namespace_backend)
+            .then_some(())
+    })
+    .await;
+
+    let platform = client
+        .create_platform(&PlatformCreate {
+            name: "rcl".into(),
+            nodes: vec!["n1".into()],
+            admins: vec![],
+            description: None,
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let mut created = Vec::new();
+    for name in ["a", "b"] {
+        created.push(
+            client
+                .create_vm(&VmCreate {
+                    name: name.into(),
+                    platform: "rcl".into(),
+                    node: "n1".into(),
+                    vcpus: 1,
+                    memory_mib: 64,
+                    disk_mib: None,
+                    swap_mib: None,
+                    appliance: "namespace".into(),
+                    qos_policy: None,
+                    power_state: VmPowerState::Running,
+                    backend: Some(VmBackend::Namespace),
+                    request_id: None,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+
+    // Kill the agent mid-creation: as soon as the first guest's namespace
+    // exists, before the rest is done.
+    wait_for("a guest namespace", async || {
+        let list = netns_list();
+        created
+            .iter()
+            .any(|vm| list.contains(&vm_netns(vm)))
+            .then_some(())
+    })
+    .await;
+    agent.kill();
+    let mut agent = RunningAgent::start(&netns, agent_config.clone());
+
+    let running = wait_for("both VMs running, attached and registered", async || {
+        let all = vms(&client).await;
+        (all.len() == 2 && all.iter().all(ready)).then_some(all)
+    })
+    .await;
+    for vm in &running {
+        assert_eq!(vm.backend, VmBackend::Namespace);
+        assert!(!vm.address.is_empty(), "{vm:?}");
+        assert!(vm.observed_generation >= 1, "{vm:?}");
+    }
+
+    // No duplicates: one namespace and one tagged port per VM, plus the
+    // bridge's internal port.
+    let list = netns_list();
+    for vm in &running {
+        assert_eq!(list.iter().filter(|n| **n == vm_netns(vm)).count(), 1);
+    }
+    let bridge_ports = port_names_of_bridge(&ovs);
+    assert_eq!(bridge_ports.len(), 2, "{bridge_ports:?}");
+    let tags = ports(&ovs);
+    for port in &bridge_ports {
+        assert_eq!(
+            tags.get(port).map(String::as_str),
+            Some(platform.vlan_tag.to_string().as_str()),
+            "port {port} must carry the platform's VLAN: {tags:?}"
+        );
+    }
+    let state_files: Vec<_> = std::fs::read_dir(state_dir.join("namespace"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(state_files.len(), 2);
+
+    // Drift: a port deleted by hand comes back with its tag.
+    let victim = bridge_ports[0].clone();
+    ovs.vsctl(&["del-port", "br-int", &victim]).unwrap();
+    assert!(!port_names_of_bridge(&ovs).contains(&victim));
+    wait_for("the deleted port to be re-added", async || {
+        port_names_of_bridge(&ovs).contains(&victim).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ports(&ovs).get(&victim).cloned(),
+        Some(platform.vlan_tag.to_string())
+    );
+
+    // Delete a VM: namespace, port and row disappear.
+    let gone = running.iter().find(|vm| vm.name == "a").unwrap().clone();
+    client.delete_vm(&gone.id, false).await.unwrap();
+    wait_for(
+        "VM a removed after the agent's ack",
+        async || match client.get_vm(&gone.id).await {
+            Err(e) if e.is_not_found() => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(!netns_list().contains(&vm_netns(&gone)));
+    assert_eq!(port_names_of_bridge(&ovs).len(), 1);
+    let left = vms(&client).await;
+    assert_eq!(left.len(), 1);
+    assert!(ready(&left[0]), "{:?}", left[0]);
+
+    agent.kill();
+    let _ = stop_controller.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    drop(_cleanup);
+    cleanup_cgroup_parent(Path::new("/sys/fs/cgroup"));
+}
+
+/// The namespace backend's parent cgroup; removed only when empty, so a real
+/// agent's guests on the same host are never touched.
+fn cleanup_cgroup_parent(mount: &Path) {
+    for hierarchy in ["unified", "cpu", "memory", ""] {
+        let _ = std::fs::remove_dir(mount.join(hierarchy).join("measurelab"));
+    }
+}
