@@ -37,10 +37,13 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
     let namespace_backend = tokio::task::spawn_blocking(probe_namespace_backend)
         .await
         .unwrap_or(false);
-    let (ovs_datapath_types, qos_features) = match &targets.ovsdb {
+    let (ovs_datapath_types, mut qos_features) = match &targets.ovsdb {
         Some(target) => probe_ovs(target).await,
         None => (Vec::new(), Vec::new()),
     };
+    if namespace_backend {
+        qos_features.extend(probe_guest_egress().await);
+    }
     Capabilities {
         libvirt_uris,
         namespace_backend,
@@ -105,6 +108,24 @@ pub fn probe_namespace_backend() -> bool {
         Err(e) => {
             tracing::info!(error = %e, "namespace backend unavailable: cannot create a network namespace");
             false
+        }
+    }
+}
+
+/// `guest-egress-shaping` when an htb qdisc and class really install here
+/// (tc present, sch_htb in the kernel): how namespace guests' egress limits
+/// are enforced, since OVS ingress policing needs act_police, which this
+/// kind of kernel lacks. Only meaningful with the namespace backend; libvirt
+/// enforces `<outbound>` with police and so needs `ingress-policing`.
+async fn probe_guest_egress() -> Option<String> {
+    let outcome = tokio::task::spawn_blocking(crate::hypervisor::probe_guest_egress_shaping)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match outcome {
+        Ok(()) => Some("guest-egress-shaping".to_string()),
+        Err(reason) => {
+            tracing::info!(%reason, "guest egress shaping unavailable");
+            None
         }
     }
 }
@@ -194,6 +215,31 @@ mod tests {
             probe_namespace_backend(),
             has_cgroup2_mount(&mounts) && layout_ok
         );
+    }
+
+    #[tokio::test]
+    async fn guest_egress_shaping_is_reported_when_htb_installs() {
+        // Root on a kernel with sch_htb (CI and the build machine): the
+        // probe really installs an htb in a throwaway namespace.
+        let feature = probe_guest_egress().await;
+        let direct = crate::hypervisor::probe_guest_egress_shaping();
+        assert_eq!(feature.is_some(), direct.is_ok(), "{direct:?}");
+        assert_eq!(
+            feature.as_deref(),
+            Some("guest-egress-shaping"),
+            "{direct:?}"
+        );
+        let caps = probe(&ProbeTargets {
+            libvirt_uris: Vec::new(),
+            ovsdb: None,
+        })
+        .await;
+        assert_eq!(
+            caps.qos_features
+                .contains(&"guest-egress-shaping".to_string()),
+            caps.namespace_backend
+        );
+        assert!(!caps.qos_features.contains(&"ingress-policing".to_string()));
     }
 
     #[tokio::test]

@@ -36,6 +36,7 @@ fn spec(name: &str) -> GuestSpec {
             attach: NicAttach::OvsVirtualport,
         }),
         channel_socket: None,
+        egress_limit: None,
     }
 }
 

@@ -92,6 +92,7 @@ impl Fixture {
                 attach: NicAttach::TapOnly,
             }),
             channel_socket: None,
+            egress_limit: None,
         }
     }
 

@@ -92,6 +92,7 @@ fn appliance_boots_under_qemu_and_answers_on_ovs() -> Result<()> {
             attach: NicAttach::TapOnly,
         }),
         channel_socket: None,
+        egress_limit: None,
     };
 
     let t_define = Instant::now();

@@ -66,6 +66,7 @@ fn spec(id: Uuid, appliance: &Path, console: &Path, socket: Option<&Path>) -> Gu
             attach: NicAttach::UserMode,
         }),
         channel_socket: socket.map(Path::to_path_buf),
+        egress_limit: None,
     }
 }
 

@@ -107,6 +107,7 @@ async fn namespace_guest_registers_and_runs_a_program() {
             attach: NicAttach::TapOnly,
         }),
         channel_socket: Some(socket.clone()),
+        egress_limit: None,
     };
 
     let channels = GuestChannels::new();

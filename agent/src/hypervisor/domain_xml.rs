@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{GuestSpec, NicAttach};
+use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::{BackendKind, OWNER_XML_NAMESPACE};
 
 /// QEMU accelerator.
@@ -207,6 +207,9 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
             DomainFlavor::Qemu(_) => x.push_str("      <model type='virtio'/>\n"),
             DomainFlavor::XenPv | DomainFlavor::Test => {}
         }
+        if let Some(limit) = &spec.egress_limit {
+            x.push_str(&bandwidth_xml(limit));
+        }
         x.push_str("    </interface>\n");
     }
     match (flavor, &spec.boot.console_log) {
@@ -254,6 +257,50 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
 }
 
 /// Escapes text for both element content and single- or double-quoted attributes.
+/// libvirt's `<bandwidth>` for traffic out of the guest (`outbound`, seen
+/// from the guest). Units: `average` in kB/s (1000 bytes, tc's `kbps`),
+/// `burst` in KiB (tc's `kb`). Outbound has no guaranteed rate in libvirt
+/// (`floor` is inbound-only), so `min_kbps` is not expressed here.
+///
+/// libvirt enforces outbound with an ingress qdisc plus a u32 filter with a
+/// police action on the tap. Kernels without `act_police` (the build
+/// machine's) make libvirt fail to start such a domain; the agent reports
+/// `guest-egress-shaping` from the namespace backend's probe only.
+pub(crate) fn bandwidth_xml(limit: &RateLimit) -> String {
+    let average = limit.max_kbps.div_ceil(8).max(1);
+    let mut outbound = format!("<outbound average='{average}'");
+    if let Some(kbytes) = limit.burst_kbytes {
+        let _ = write!(
+            outbound,
+            " burst='{}'",
+            (kbytes * 1000).div_ceil(1024).max(1)
+        );
+    }
+    format!("      <bandwidth>\n        {outbound}/>\n      </bandwidth>\n")
+}
+
+/// The `<interface>...</interface>` element of a domain XML (libvirt's own
+/// formatting), with its `<bandwidth>` replaced by `limit`'s (or removed),
+/// for `virDomainUpdateDeviceFlags`. `None` if the XML has no interface.
+pub(crate) fn interface_with_bandwidth(domain: &str, limit: Option<&RateLimit>) -> Option<String> {
+    let start = domain.find("<interface ")?;
+    let end = start + domain[start..].find("</interface>")? + "</interface>".len();
+    let mut iface = domain[start..end].to_string();
+    if let Some(b_start) = iface.find("<bandwidth") {
+        let b_end = match iface[b_start..].find("</bandwidth>") {
+            Some(close) => b_start + close + "</bandwidth>".len(),
+            // `<bandwidth/>`: empty element.
+            None => b_start + iface[b_start..].find("/>")? + 2,
+        };
+        iface.replace_range(b_start..b_end, "");
+    }
+    if let Some(limit) = limit {
+        let close = iface.rfind("</interface>")?;
+        iface.insert_str(close, &bandwidth_xml(limit));
+    }
+    Some(iface)
+}
+
 fn esc(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
@@ -410,6 +457,58 @@ mod tests {
         assert!(xml.contains("measurelab.ip=10.200.9.2/24"));
         assert!(xml.contains("measurelab.channel=/dev/ttyS1"));
         assert!(xml.contains("<serial type='unix'>\n      <source mode='bind' path='/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock'/>\n      <target port='1'/>"));
+    }
+
+    #[test]
+    fn egress_limit_becomes_outbound_bandwidth_in_tc_units() {
+        let mut spec = sample_spec();
+        spec.nic.as_mut().unwrap().attach = NicAttach::TapOnly;
+        spec.egress_limit = Some(RateLimit {
+            max_kbps: 20_000,
+            min_kbps: Some(5_000),
+            burst_kbytes: Some(64),
+        });
+        for flavor in [
+            DomainFlavor::Qemu(QemuAccel::Tcg),
+            DomainFlavor::XenPv,
+            DomainFlavor::Test,
+        ] {
+            let xml = domain_xml(&spec, flavor);
+            // 20 Mbit/s = 2500 kB/s; 64 000 bytes = 62.5 KiB, rounded up.
+            assert!(
+                xml.contains(
+                    "<bandwidth>\n        <outbound average='2500' burst='63'/>\n      </bandwidth>\n    </interface>"
+                ),
+                "{xml}"
+            );
+            assert_balanced(&xml);
+            validate_with_libvirt_schema(&xml, &format!("egress-{flavor:?}"));
+        }
+        spec.egress_limit = None;
+        assert!(!domain_xml(&spec, DomainFlavor::Test).contains("<bandwidth>"));
+    }
+
+    #[test]
+    fn interface_bandwidth_is_replaced_or_removed() {
+        let libvirt_formatted = "<domain><devices><interface type='ethernet'>\n      <mac address='52:54:00:6f:1c:2a'/>\n      <target dev='vm-x'/>\n      <bandwidth>\n        <outbound average='2500'/>\n      </bandwidth>\n    </interface></devices></domain>";
+        let ten = RateLimit {
+            max_kbps: 10_000,
+            min_kbps: None,
+            burst_kbytes: None,
+        };
+        let changed = interface_with_bandwidth(libvirt_formatted, Some(&ten)).unwrap();
+        assert!(
+            changed.starts_with("<interface type='ethernet'>"),
+            "{changed}"
+        );
+        assert!(changed.ends_with("</interface>"), "{changed}");
+        assert!(changed.contains("<outbound average='1250'/>"), "{changed}");
+        assert!(!changed.contains("2500"), "{changed}");
+        assert_balanced(&changed);
+        let removed = interface_with_bandwidth(libvirt_formatted, None).unwrap();
+        assert!(!removed.contains("bandwidth"), "{removed}");
+        assert!(removed.contains("<target dev='vm-x'/>"), "{removed}");
+        assert_eq!(interface_with_bandwidth("<domain/>", None), None);
     }
 
     #[test]

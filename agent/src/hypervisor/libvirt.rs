@@ -14,8 +14,8 @@ use virt::domain::{Domain, DomainState};
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
-use super::domain_xml::{domain_xml, first_tag_attribute, DomainFlavor};
-use super::spec::GuestSpec;
+use super::domain_xml::{domain_xml, first_tag_attribute, interface_with_bandwidth, DomainFlavor};
+use super::spec::{GuestSpec, RateLimit};
 use super::{
     BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
     ResizeOutcome, OWNER_XML_NAMESPACE,
@@ -487,6 +487,53 @@ impl Hypervisor for LibvirtHypervisor {
                     Ok(ResizeOutcome::RestartRequired)
                 }
                 Err(e) => Err(libvirt_error("set memory", e)),
+            }
+        })
+    }
+
+    /// Rewrites the interface's `<bandwidth>` with virDomainUpdateDeviceFlags:
+    /// the persistent definition always, the running guest too when the
+    /// driver can (QEMU changes the tap's tc live). A driver that cannot
+    /// change it live gives `RestartRequired`. The owner tag's spec hash is
+    /// not touched: `define` with the new spec records it.
+    fn set_egress_limit(
+        &self,
+        id: Uuid,
+        limit: Option<RateLimit>,
+    ) -> Result<ResizeOutcome, HypervisorError> {
+        if let Some(limit) = &limit {
+            limit.validate()?;
+        }
+        let no_interface = || HypervisorError::InvalidSpec {
+            field: "egress_limit",
+            reason: "the domain has no network interface to limit".into(),
+        };
+        self.with_conn(|conn| {
+            let dom = self.require_owned(conn, id)?;
+            let config = dom
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(|e| libvirt_error("get domain XML", e))?;
+            let iface =
+                interface_with_bandwidth(&config, limit.as_ref()).ok_or_else(no_interface)?;
+            dom.update_device_flags(&iface, sys::VIR_DOMAIN_AFFECT_CONFIG)
+                .map_err(|e| libvirt_error("update interface bandwidth", e))?;
+            if !is_active(&dom)? {
+                return Ok(ResizeOutcome::Applied);
+            }
+            let live = dom
+                .xml_desc(0)
+                .map_err(|e| libvirt_error("get domain XML", e))?;
+            let iface = interface_with_bandwidth(&live, limit.as_ref()).ok_or_else(no_interface)?;
+            match dom.update_device_flags(&iface, sys::VIR_DOMAIN_AFFECT_LIVE) {
+                Ok(()) => Ok(ResizeOutcome::Applied),
+                Err(e)
+                    if is_code(&e, ErrorNumber::OperationInvalid)
+                        || is_code(&e, ErrorNumber::NoSupport)
+                        || is_code(&e, ErrorNumber::OperationUnsupported) =>
+                {
+                    Ok(ResizeOutcome::RestartRequired)
+                }
+                Err(e) => Err(libvirt_error("update interface bandwidth", e)),
             }
         })
     }

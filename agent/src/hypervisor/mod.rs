@@ -36,8 +36,10 @@ mod spec;
 
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
-pub use namespace::{NamespaceConfig, NamespaceHypervisor};
-pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec};
+pub use namespace::{
+    probe_guest_egress_shaping, NamespaceConfig, NamespaceHypervisor, HOST_PORT_TXQUEUELEN,
+};
+pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
 
 use uuid::Uuid;
 
@@ -284,4 +286,21 @@ pub trait Hypervisor: Send + Sync {
 
     /// Changes the memory size, live if the backend can.
     fn set_memory(&self, id: Uuid, memory_mib: u64) -> Result<ResizeOutcome, HypervisorError>;
+
+    /// Sets (`Some`) or removes (`None`) the cap on traffic out of the guest
+    /// ([`GuestSpec::egress_limit`]) without restarting it, and persists it
+    /// so the stored spec (and its hash) follows. Idempotent.
+    ///
+    /// The default is for backends that cannot shape (fakes, future ones).
+    fn set_egress_limit(
+        &self,
+        id: Uuid,
+        limit: Option<RateLimit>,
+    ) -> Result<ResizeOutcome, HypervisorError> {
+        let _ = (id, limit);
+        Err(HypervisorError::Unsupported {
+            backend: self.kind(),
+            operation: "egress limits",
+        })
+    }
 }

@@ -18,7 +18,14 @@
 //! - Ownership: a guest is ours iff `<state_dir>/<vm id>.json` exists. A
 //!   namespace or cgroup without a state file is never listed or touched.
 //!
-//! All methods block (they run `ip` and `ethtool`).
+//! - Egress limit (traffic out of the guest): an htb root qdisc on the
+//!   guest's `eth0`, set with `tc` inside the namespace. The kernel here has
+//!   no police action, so OVS ingress policing on the host end cannot work;
+//!   shaping where the guest's packets are queued also pushes back on the
+//!   guest's own sockets instead of dropping.
+//! - Host end of the veth: `txqueuelen` [`HOST_PORT_TXQUEUELEN`], see there.
+//!
+//! All methods block (they run `ip`, `tc` and `ethtool`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,13 +35,36 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::spec::{short_id, GuestSpec, NicSpec};
+use super::spec::{short_id, GuestSpec, NicSpec, RateLimit};
 use super::{
     BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
     ResizeOutcome,
 };
 
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// `txqueuelen` of the host end of every guest veth.
+///
+/// ovs-vswitchd's userspace datapath transmits to every Linux netdev through
+/// ONE shared AF_PACKET socket. When a port has linux-htb QoS, the packets
+/// its htb holds back stay charged to that socket; with the default
+/// 1000-packet leaf queue a flood towards the limited port fills the
+/// socket's send buffer and sends to every OTHER port then fail and are
+/// dropped silently (the mcast team measured 91-95 % loss on unlimited
+/// ports; `agent/tests/ovs_htb_txqueue.rs` reproduces it). The leaf queue
+/// htb creates takes its length from the device's txqueuelen, so a short
+/// one makes the limited port drop its own excess instead. A veth has no
+/// qdisc of its own (`noqueue`), so the value is inert until OVS adds a QoS,
+/// which is why it is set on every guest port rather than only on those
+/// that have a QoS now: QoS can be added to a port in place later.
+pub const HOST_PORT_TXQUEUELEN: u32 = 20;
+
+/// tc handles of the egress shaper on the guest's `eth0`: root qdisc 1:,
+/// parent class 1:1 (the ceiling), leaf 1:10 (guaranteed rate, borrows up
+/// to the ceiling) that takes all traffic.
+const EGRESS_QDISC: &str = "1:";
+const EGRESS_CEILING_CLASS: &str = "1:1";
+const EGRESS_LEAF_CLASS: &str = "1:10";
 const MIB: u64 = 1024 * 1024;
 
 /// Settings of the namespace backend.
@@ -278,6 +308,7 @@ impl NamespaceHypervisor {
         }
         if let Some(nic) = &spec.nic {
             ensure_veth(netns, nic)?;
+            apply_egress_limit(netns, spec.egress_limit.as_ref())?;
         } else if link_exists(Some(netns), "eth0")? {
             run("ip", &["-n", netns, "link", "del", "eth0"])?;
         }
@@ -618,6 +649,33 @@ impl Hypervisor for NamespaceHypervisor {
         self.save(&record)?;
         Ok(ResizeOutcome::Applied)
     }
+
+    /// Replaces the htb on the guest's `eth0` (or removes it) while the
+    /// guest runs; its sockets and connections are untouched.
+    fn set_egress_limit(
+        &self,
+        id: Uuid,
+        limit: Option<RateLimit>,
+    ) -> Result<ResizeOutcome, HypervisorError> {
+        let mut record = self.require(id)?;
+        let mut spec = record.spec.clone();
+        spec.egress_limit = limit;
+        spec.validate()?;
+        apply_egress_limit(&record.netns, limit.as_ref())?;
+        record.spec = spec;
+        self.save(&record)?;
+        Ok(ResizeOutcome::Applied)
+    }
+}
+
+impl NamespaceHypervisor {
+    /// The egress limit the kernel enforces on the guest's `eth0` now, read
+    /// back from tc (not from our record): `None` when no shaper of ours is
+    /// there. Lets reconcile and tests see drift, e.g. a hand-deleted qdisc.
+    pub fn egress_limit_in_effect(&self, id: Uuid) -> Result<Option<RateLimit>, HypervisorError> {
+        let record = self.require(id)?;
+        read_egress_limit(&record.netns)
+    }
 }
 
 fn detect_layout(mount: &Path) -> Result<CgroupLayout, HypervisorError> {
@@ -847,8 +905,137 @@ fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
         &["netns", "exec", netns, "ethtool", "-K", "eth0", "tx", "off"],
     )?;
     run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
-    run("ip", &["link", "set", &nic.port_name, "up"])?;
+    let txqueuelen = HOST_PORT_TXQUEUELEN.to_string();
+    run(
+        "ip",
+        &[
+            "link",
+            "set",
+            &nic.port_name,
+            "txqueuelen",
+            &txqueuelen,
+            "up",
+        ],
+    )?;
     Ok(())
+}
+
+/// Installs, changes or removes the egress shaper on `eth0` in `netns`.
+/// `replace` makes each step idempotent and keeps the classes in place on
+/// a change, so a rate change never leaves the guest unshaped in between.
+fn apply_egress_limit(netns: &str, limit: Option<&RateLimit>) -> Result<(), HypervisorError> {
+    let Some(limit) = limit else {
+        if root_qdisc(netns)?.is_some_and(|q| q.starts_with(&format!("qdisc htb {EGRESS_QDISC} ")))
+        {
+            run("tc", &["-n", netns, "qdisc", "del", "dev", "eth0", "root"])?;
+        }
+        return Ok(());
+    };
+    limit.validate()?;
+    let ceiling = format!("{}kbit", limit.max_kbps);
+    let guaranteed = format!("{}kbit", limit.guaranteed_kbps());
+    // tc takes a bare size in bytes; the API's kbytes are 1000 bytes.
+    let burst = limit.burst_kbytes.map(|kb| (kb * 1000).to_string());
+    run(
+        "tc",
+        &[
+            "-n",
+            netns,
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+            "root",
+            "handle",
+            EGRESS_QDISC,
+            "htb",
+            "default",
+            "10",
+        ],
+    )?;
+    for (parent, class, rate) in [
+        (EGRESS_QDISC, EGRESS_CEILING_CLASS, &ceiling),
+        (EGRESS_CEILING_CLASS, EGRESS_LEAF_CLASS, &guaranteed),
+    ] {
+        let mut args = vec![
+            "-n", netns, "class", "replace", "dev", "eth0", "parent", parent, "classid", class,
+            "htb", "rate", rate, "ceil", &ceiling,
+        ];
+        if let Some(burst) = &burst {
+            args.extend(["burst", burst, "cburst", burst]);
+        }
+        run("tc", &args)?;
+    }
+    Ok(())
+}
+
+/// The first line of `tc qdisc show dev eth0 root` in `netns`, if any.
+fn root_qdisc(netns: &str) -> Result<Option<String>, HypervisorError> {
+    let text = output("tc", &["-n", netns, "qdisc", "show", "dev", "eth0", "root"])?;
+    Ok(text
+        .lines()
+        .next()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty()))
+}
+
+fn read_egress_limit(netns: &str) -> Result<Option<RateLimit>, HypervisorError> {
+    if !root_qdisc(netns)?.is_some_and(|q| q.starts_with(&format!("qdisc htb {EGRESS_QDISC} "))) {
+        return Ok(None);
+    }
+    let text = output("tc", &["-n", netns, "-j", "class", "show", "dev", "eth0"])?;
+    let classes: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        HypervisorError::io(
+            format!("parse `tc -j class show` in {netns}"),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let leaf = classes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["handle"] == EGRESS_LEAF_CLASS);
+    let Some(leaf) = leaf else {
+        return Ok(None);
+    };
+    // tc -j reports rates in bytes per second and bursts in bytes.
+    let kbps = |key: &str| leaf[key].as_u64().map(|bytes_per_s| bytes_per_s * 8 / 1000);
+    let (Some(max_kbps), Some(guaranteed)) = (kbps("ceil"), kbps("rate")) else {
+        return Ok(None);
+    };
+    Ok(Some(RateLimit {
+        max_kbps,
+        min_kbps: (guaranteed != max_kbps).then_some(guaranteed),
+        burst_kbytes: leaf["burst"].as_u64().map(|bytes| bytes / 1000),
+    }))
+}
+
+/// Whether guest egress shaping works on this host: `tc` runs and the
+/// kernel accepts an htb qdisc and class. Tried for real in a throwaway
+/// network namespace (on its loopback), because a kernel config can claim
+/// sch_htb while the tool or the module is missing. Needs root, like the
+/// namespace backend itself. `Err` says what failed.
+pub fn probe_guest_egress_shaping() -> Result<(), String> {
+    // unshare() moves only the calling thread, and children it spawns
+    // inherit that namespace; the kernel frees it when the thread exits.
+    std::thread::spawn(|| -> Result<(), String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot create a network namespace: {e}"))?;
+        for args in [
+            &[
+                "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
+            ][..],
+            &[
+                "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+                "1mbit", "ceil", "2mbit",
+            ][..],
+        ] {
+            run("tc", args).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the probe thread panicked".to_string())?
 }
 
 fn netns_exists(name: &str) -> Result<bool, HypervisorError> {
@@ -904,6 +1091,28 @@ fn run(program: &str, args: &[&str]) -> Result<(), HypervisorError> {
         args,
         format!("{}: {}", out.status, stderr.trim()),
         class,
+    ))
+}
+
+/// Like [`run`], returning stdout.
+fn output(program: &str, args: &[&str]) -> Result<String, HypervisorError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| command_error(program, args, e.to_string(), ErrorClass::Permanent))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(command_error(
+        program,
+        args,
+        format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        ErrorClass::Transient,
     ))
 }
 

@@ -40,6 +40,72 @@ pub struct GuestSpec {
     /// serialized spec when `None`, so spec hashes of older specs stay put.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_socket: Option<PathBuf>,
+    /// Cap on traffic OUT OF the guest (the QoS policy's `egress_*`),
+    /// enforced by shaping on the guest's side of its link: an htb qdisc
+    /// on the namespace guest's `eth0`, libvirt's `<bandwidth><outbound>`
+    /// on a tap. Traffic INTO the guest is the OVS port's linux-htb QoS.
+    /// Changes apply in place (`Hypervisor::set_egress_limit`, or a
+    /// `define` with the new spec) without a restart. Left out of the
+    /// serialized spec when `None`, so hashes of older specs stay put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_limit: Option<RateLimit>,
+}
+
+/// A bandwidth limit in the units of the QoS policy API (kbit/s = 1000
+/// bit/s, kbytes = 1000 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Ceiling, kbit/s (1..=100_000_000, i.e. up to 100 Gbit/s).
+    pub max_kbps: u64,
+    /// Guaranteed rate, kbit/s; at most `max_kbps`. `None`: the ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_kbps: Option<u64>,
+    /// Bucket size, kbytes (1..=1_000_000); `None`: the shaper's minimum
+    /// for the rate (one timer tick's worth plus an MTU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_kbytes: Option<u64>,
+}
+
+/// Highest rate we accept: 100 Gbit/s. tc's rate fields overflow far above
+/// it, and nothing on a measurement node needs more.
+const MAX_RATE_KBPS: u64 = 100_000_000;
+/// 1 GB of burst is already meaningless for a shaper; larger is a typo.
+const MAX_BURST_KBYTES: u64 = 1_000_000;
+
+impl RateLimit {
+    /// Checks the limit; `prefix` names it in the error (e.g. `egress_limit`).
+    pub fn validate(&self) -> Result<(), HypervisorError> {
+        let invalid =
+            |field: &'static str, reason: String| HypervisorError::InvalidSpec { field, reason };
+        if !(1..=MAX_RATE_KBPS).contains(&self.max_kbps) {
+            return Err(invalid(
+                "egress_limit.max_kbps",
+                format!("must be 1 to {MAX_RATE_KBPS}, got {}", self.max_kbps),
+            ));
+        }
+        if let Some(min) = self.min_kbps {
+            if min == 0 || min > self.max_kbps {
+                return Err(invalid(
+                    "egress_limit.min_kbps",
+                    format!("must be 1 to max_kbps ({}), got {min}", self.max_kbps),
+                ));
+            }
+        }
+        if let Some(burst) = self.burst_kbytes {
+            if !(1..=MAX_BURST_KBYTES).contains(&burst) {
+                return Err(invalid(
+                    "egress_limit.burst_kbytes",
+                    format!("must be 1 to {MAX_BURST_KBYTES}, got {burst}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The guaranteed rate in effect (`min_kbps`, else the ceiling).
+    pub fn guaranteed_kbps(&self) -> u64 {
+        self.min_kbps.unwrap_or(self.max_kbps)
+    }
 }
 
 /// A direct-kernel-boot appliance (kernel + initrd, optional disk).
@@ -133,6 +199,25 @@ impl GuestSpec {
         }
         if let Some(socket) = &self.channel_socket {
             validate_socket_path(socket).map_err(|reason| invalid("channel_socket", reason))?;
+        }
+        if let Some(limit) = &self.egress_limit {
+            if self.nic.is_none() {
+                return Err(invalid(
+                    "egress_limit",
+                    "the guest has no NIC to limit".into(),
+                ));
+            }
+            if self
+                .nic
+                .as_ref()
+                .is_some_and(|n| n.attach == NicAttach::UserMode)
+            {
+                return Err(invalid(
+                    "egress_limit",
+                    "user-mode networking has no host interface to shape".into(),
+                ));
+            }
+            limit.validate()?;
         }
         Ok(())
     }
@@ -345,6 +430,7 @@ pub(crate) mod tests {
                 "/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock"
                     .into(),
             ),
+            egress_limit: None,
         }
     }
 
@@ -389,6 +475,18 @@ pub(crate) mod tests {
                 Box::new(|s| s.channel_socket = Some("channel.sock".into())),
             ),
             (
+                "egress_limit.max_kbps",
+                Box::new(|s| s.egress_limit = Some(limit(0, None, None))),
+            ),
+            (
+                "egress_limit.min_kbps",
+                Box::new(|s| s.egress_limit = Some(limit(10_000, Some(20_000), None))),
+            ),
+            (
+                "egress_limit.burst_kbytes",
+                Box::new(|s| s.egress_limit = Some(limit(10_000, None, Some(0)))),
+            ),
+            (
                 "channel_socket",
                 Box::new(|s| s.channel_socket = Some(format!("/{}", "x".repeat(107)).into())),
             ),
@@ -413,6 +511,31 @@ pub(crate) mod tests {
         let mut changed = sample_spec();
         changed.memory_mib += 1;
         assert_ne!(spec.spec_hash(), changed.spec_hash());
+    }
+
+    fn limit(max: u64, min: Option<u64>, burst: Option<u64>) -> RateLimit {
+        RateLimit {
+            max_kbps: max,
+            min_kbps: min,
+            burst_kbytes: burst,
+        }
+    }
+
+    #[test]
+    fn egress_limit_changes_the_hash_and_absent_keeps_it() {
+        let plain = sample_spec();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("egress_limit"), "{json}");
+        let mut limited = sample_spec();
+        limited.egress_limit = Some(limit(20_000, Some(5_000), Some(32)));
+        limited.validate().unwrap();
+        assert_ne!(plain.spec_hash(), limited.spec_hash());
+        let mut other = limited.clone();
+        other.egress_limit = Some(limit(10_000, Some(5_000), Some(32)));
+        assert_ne!(limited.spec_hash(), other.spec_hash());
+        let back: GuestSpec =
+            serde_json::from_str(&serde_json::to_string(&limited).unwrap()).unwrap();
+        assert_eq!(back, limited);
     }
 
     #[test]
