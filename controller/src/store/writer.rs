@@ -25,6 +25,8 @@ use super::{
 /// Upper bound of commands per transaction, so one batch cannot hold the
 /// registry publication (and every caller's ack) back for long.
 const MAX_BATCH: usize = 8192;
+/// Batches slower than this are logged: they show up as ack tail latency.
+const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// Queue depth before callers wait (backpressure instead of unbounded memory).
 const QUEUE_DEPTH: usize = 65_536;
 
@@ -299,6 +301,9 @@ impl Writer {
         let instant = Instant::now();
         let durable_heartbeats = self.durable_heartbeats;
 
+        let batch_len = batch.len();
+        let batch_started = Instant::now();
+        let mut commit_time = Duration::ZERO;
         let outcome = (|| -> Result<(), StoreError> {
             let mut tx = self.conn.transaction()?;
             for command in batch {
@@ -349,10 +354,23 @@ impl Writer {
                     }
                 }
             }
+            let commit_started = Instant::now();
             tx.commit()?;
+            commit_time = commit_started.elapsed();
             Ok(())
         })();
 
+        // Every ack of the batch waited this long. Splitting it tells a slow
+        // disk (commit: fsync, inline WAL checkpoint) from a starved CPU (apply).
+        let batch_time = batch_started.elapsed();
+        if batch_time > SLOW_BATCH {
+            tracing::warn!(
+                commands = batch_len,
+                apply_ms = (batch_time - commit_time).as_millis() as u64,
+                commit_ms = commit_time.as_millis() as u64,
+                "slow store batch; its acks waited"
+            );
+        }
         match outcome {
             Ok(()) => {
                 let changed = overlay.changed;
