@@ -404,7 +404,33 @@ impl Resource for QosPolicyResource {
             request_id: None,
         };
         match client.update_qos_policy(&id, &body).await {
-            Ok(_) => Some((planned_state, planned_private_state)),
+            Ok(policy) => {
+                let mut applied = planned_state.clone();
+                applied.refresh_from(&policy);
+                if applied != planned_state {
+                    // Store what the controller really has, and say so, rather
+                    // than a state that would show a diff on every plan.
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::root(),
+                        "The controller did not apply every rate",
+                        format!(
+                            "After the update the controller reports ingress_max_kbps={}, ingress_min_kbps={:?}, \
+                             ingress_burst_kbytes={:?}, egress_max_kbps={:?}, egress_min_kbps={:?}, \
+                             egress_burst_kbytes={:?}, which differs from the configuration.\n\nWhat to do: \
+                             report this controller bug; as a workaround replace the policy \
+                             (`terraform apply -replace=...`).",
+                            policy.ingress_max_kbps,
+                            policy.ingress_min_kbps,
+                            policy.ingress_burst_kbytes,
+                            policy.egress_max_kbps,
+                            policy.egress_min_kbps,
+                            policy.egress_burst_kbytes
+                        ),
+                    );
+                }
+                Some((applied, planned_private_state))
+            }
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::Update("QoS policy"));
                 None
