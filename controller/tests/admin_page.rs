@@ -1,0 +1,155 @@
+//! The admin page: served without external resources, and its script,
+//! run by Node.js in a minimal DOM (tests/ui/harness.js) against a live
+//! controller, renders platforms, VMs, results and per-receiver SVG charts.
+
+mod common;
+
+use common::TestController;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn page_has_no_external_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let page = reqwest::get(controller.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for id in [
+        "platforms",
+        "vms",
+        "results",
+        "chart-loss",
+        "chart-delay",
+        "chart-jitter",
+    ] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "{id} missing");
+    }
+    // The lab has no internet: no script, style or image may come from elsewhere.
+    for attribute in ["src=", "href=", "@import", "url("] {
+        assert!(!page.contains(attribute), "the page references {attribute}");
+    }
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn page_script_renders_tables_and_per_receiver_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    controller
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "mscs", "platform": "p", "node": "n1", "vcpus": 1, "memory_mib": 64,
+                        "appliance": "namespace", "power_state": "running"}),
+            ),
+        )
+        .await;
+    let (_, task) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(
+                json!({"name": "t", "mode": "platform", "platform": "p", "schedule": "periodic",
+                        "interval_seconds": 60, "duration_seconds": 5, "rate_pps": 10,
+                        "packet_size_bytes": 100, "group": "239.1.1.1", "port": 5000, "ttl": 2}),
+            ),
+        )
+        .await;
+    for (minute, loss) in [(0, 0.10), (1, 0.05), (2, 0.20)] {
+        let receiver = |point: &str, loss: f64, delay_us: f64, jitter_us: f64| {
+            json!({"point": point, "status": "ok", "metrics": {
+                "packets_sent": 100, "packets_received": 100 - (loss * 100.0) as u64,
+                "packets_lost": (loss * 100.0) as u64, "loss_ratio": loss,
+                "one_way_delay_us": {"min": 1.0, "median": delay_us, "mean": delay_us, "p95": delay_us, "p99": delay_us, "max": delay_us},
+                "jitter_us": jitter_us}})
+        };
+        let document = json!({
+            "schema": "measurelab.mcast.result/v1", "task_id": task["id"],
+            "started_at": format!("2026-01-01T10:0{minute}:00Z"), "status": "completed",
+            "source_point": "mscs",
+            "receivers": [receiver("r1", loss, 1500.0, 300.0), receiver("r2", 0.0, 900.0, 100.0)]
+        });
+        let (status, body) = controller
+            .call(Method::POST, "/v1/results", Some(document))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let page = reqwest::get(controller.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let script = &page[page.find("<script>").unwrap() + 8..page.find("</script>").unwrap()];
+    let script_dir = tempfile::tempdir().unwrap();
+    let script_path = script_dir.path().join("page.js");
+    std::fs::write(&script_path, script).unwrap();
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.js");
+    let base = format!("http://{}", controller.http);
+    let token = controller.admin_token.clone();
+    // Blocking wait off the runtime thread: the controller serves the page's calls meanwhile.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(harness)
+            .arg(&script_path)
+            .arg(base)
+            .arg(token)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node (apt package nodejs) runs the page script");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rendered["error"], "", "{rendered:#}");
+    assert_eq!(rendered["platforms"][0][0], "p");
+    assert_eq!(rendered["platforms"][0][2], "100");
+    assert_eq!(rendered["vms"][0][1], "mscs");
+    assert_eq!(rendered["vms"][0][6], "10.201.0.2");
+    assert_eq!(
+        rendered["results"].as_array().unwrap().len(),
+        6,
+        "3 runs x 2 receivers"
+    );
+    assert_eq!(rendered["legend"], json!(["r1", "r2"]));
+    for chart in ["loss", "delay", "jitter"] {
+        assert_eq!(
+            rendered[chart]["polylines"],
+            json!([3, 3]),
+            "{chart}: {rendered:#}"
+        );
+    }
+    let loss_points: Vec<&str> = rendered["loss"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        loss_points.contains(&"r1 2026-01-01T10:02:00.000Z: 20.00%"),
+        "{loss_points:?}"
+    );
+    let delay = rendered["delay"]["points"].to_string();
+    assert!(
+        delay.contains("r2 2026-01-01T10:00:00.000Z: 0.9000ms"),
+        "{delay}"
+    );
+    controller.stop().await;
+}
