@@ -427,6 +427,15 @@ impl Client {
         Ok(list.results)
     }
 
+    /// `POST /v1/results`: store a result document that carries `task_id`.
+    pub async fn post_result(
+        &self,
+        document: &serde_json::Value,
+    ) -> Result<ResultRecord, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/results", Some(document))
+            .await
+    }
+
     /// `GET /v1/results/latest?task=`.
     pub async fn latest_result(&self, task: &str) -> Result<ResultRecord, ClientError> {
         self.request::<(), _>(
