@@ -25,6 +25,8 @@ use crate::usage::UsageSampler;
 use crate::{AgentConfig, AgentError};
 
 /// Interval used until the controller tells us its own.
+/// Largest gRPC answer accepted: a 64 MiB program plus its envelope.
+const MAX_PROGRAM_MESSAGE_BYTES: usize = 64 * 1024 * 1024 + 64 * 1024;
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// First retry delay after a failure.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
@@ -87,7 +89,10 @@ pub(crate) async fn run(
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(RPC_TIMEOUT)
         .connect_lazy();
-    let client = NodeServiceClient::new(channel);
+    // FetchProgram answers carry whole programs (the controller accepts up to
+    // 64 MiB); tonic's default 4 MiB decode limit refused ordinary binaries.
+    let client =
+        NodeServiceClient::new(channel).max_decoding_message_size(MAX_PROGRAM_MESSAGE_BYTES);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
