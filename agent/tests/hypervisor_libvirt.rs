@@ -288,3 +288,39 @@ fn unknown_uri_scheme_is_a_clear_error() {
         Ok(_) => panic!("lxc:/// must be rejected"),
     }
 }
+
+/// Two node agents sharing one libvirtd (the lab runs every node on one
+/// host) must not see, touch or garbage-collect each other's guests.
+#[test]
+fn owner_scopes_keep_agents_apart() {
+    let node_a = backend().with_owner("node-a").unwrap();
+    let node_b = backend().with_owner("node-b").unwrap();
+    let unscoped = backend();
+    let s = spec("mlab-owner-scope");
+    node_a.define(&s).unwrap();
+    node_a.start(s.id).unwrap();
+
+    assert!(node_a.list_owned().unwrap().iter().any(|g| g.id == s.id));
+    for other in [&node_b, &unscoped] {
+        assert!(!other.list_owned().unwrap().iter().any(|g| g.id == s.id));
+        assert!(matches!(
+            other.undefine(s.id),
+            Err(HypervisorError::NotOwned { .. })
+        ));
+        assert!(matches!(
+            other.define(&s),
+            Err(HypervisorError::NotOwned { .. })
+        ));
+    }
+    // Still there, still running, for its owner.
+    assert_eq!(
+        node_a.info(s.id).unwrap().map(|g| g.state),
+        Some(GuestState::Running)
+    );
+    assert!(matches!(
+        backend().with_owner("bad owner"),
+        Err(HypervisorError::InvalidSpec { field: "owner", .. })
+    ));
+    node_a.undefine(s.id).unwrap();
+    assert!(node_a.info(s.id).unwrap().is_none());
+}

@@ -101,13 +101,18 @@ pub(crate) fn guest_channel_device(flavor: DomainFlavor) -> &'static str {
 pub const XEN_CHANNEL_NAME: &str = "org.measurelab.guest.0";
 
 /// The ownership element, also used alone with `virDomainSetMetadata`.
-pub(crate) fn owner_metadata(spec: &GuestSpec) -> String {
+/// `owner` scopes the domain to one node agent (see
+/// `LibvirtHypervisor::with_owner`); it is left out when `None`.
+pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
     let platform = spec
         .platform_id
         .map(|p| format!(" platform-id=\"{p}\""))
         .unwrap_or_default();
+    let owner = owner
+        .map(|o| format!(" owner=\"{}\"", esc(o)))
+        .unwrap_or_default();
     format!(
-        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" vm-id=\"{}\"{platform} spec-hash=\"{}\"/>",
+        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" vm-id=\"{}\"{platform}{owner} spec-hash=\"{}\"/>",
         spec.id,
         spec.spec_hash()
     )
@@ -115,6 +120,15 @@ pub(crate) fn owner_metadata(spec: &GuestSpec) -> String {
 
 /// Renders the domain XML. The spec must have passed [`GuestSpec::validate`].
 pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
+    domain_xml_for_owner(spec, flavor, None)
+}
+
+/// [`domain_xml`] with the ownership tag scoped to `owner` (a node agent).
+pub(crate) fn domain_xml_for_owner(
+    spec: &GuestSpec,
+    flavor: DomainFlavor,
+    owner: Option<&str>,
+) -> String {
     let mut x = String::new();
     // `write!` into a String cannot fail; the results are ignored on purpose.
     let _ = writeln!(x, "<domain type='{}'>", flavor.domain_type());
@@ -123,7 +137,7 @@ pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
     let _ = writeln!(
         x,
         "  <metadata>\n    {}\n  </metadata>",
-        owner_metadata(spec)
+        owner_metadata(spec, owner)
     );
     let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", spec.memory_mib);
     let _ = writeln!(
@@ -567,7 +581,7 @@ mod tests {
     #[test]
     fn metadata_round_trips() {
         let spec = sample_spec();
-        let meta = owner_metadata(&spec);
+        let meta = owner_metadata(&spec, None);
         assert_eq!(
             first_tag_attribute(&meta, "vm-id").as_deref(),
             Some("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8")

@@ -14,7 +14,9 @@ use virt::domain::{Domain, DomainState};
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
-use super::domain_xml::{domain_xml, first_tag_attribute, interface_with_bandwidth, DomainFlavor};
+use super::domain_xml::{
+    domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
+};
 use super::spec::{GuestSpec, RateLimit};
 use super::{
     BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
@@ -27,6 +29,8 @@ pub struct LibvirtHypervisor {
     flavor: DomainFlavor,
     /// libvirt connections are thread-safe, but reconnecting must not race.
     conn: Mutex<Option<Connect>>,
+    /// Scope of the ownership tag; see [`LibvirtHypervisor::with_owner`].
+    owner: Option<String>,
 }
 
 /// What our `<metadata>` element says.
@@ -34,6 +38,7 @@ struct OwnerTag {
     vm_id: Uuid,
     platform_id: Option<Uuid>,
     spec_hash: String,
+    owner: Option<String>,
 }
 
 impl LibvirtHypervisor {
@@ -58,7 +63,39 @@ impl LibvirtHypervisor {
             uri: uri.to_string(),
             flavor,
             conn: Mutex::new(Some(conn)),
+            owner: None,
         })
+    }
+
+    /// Scopes ownership to `owner` (the node id): domains are tagged with it,
+    /// and only domains with this exact tag are listed or touched. Several
+    /// node agents sharing one libvirtd (the lab runs all nodes on one host)
+    /// then never see - or garbage-collect - each other's guests. Without a
+    /// scope, only unscoped domains are ours.
+    pub fn with_owner(mut self, owner: &str) -> Result<Self, HypervisorError> {
+        if owner.is_empty()
+            || owner.len() > 64
+            || !owner
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(HypervisorError::InvalidSpec {
+                field: "owner",
+                reason: format!("{owner:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ ."),
+            });
+        }
+        self.owner = Some(owner.to_string());
+        Ok(self)
+    }
+
+    /// The ownership scope, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Our tag on `dom`: present and in our scope.
+    fn our_tag(&self, dom: &Domain) -> Result<Option<OwnerTag>, HypervisorError> {
+        Ok(owner_tag(dom)?.filter(|tag| tag.owner == self.owner))
     }
 
     /// The connection URI.
@@ -120,7 +157,7 @@ impl LibvirtHypervisor {
             Err(e) if is_code(&e, ErrorNumber::NoDomain) => return Ok(None),
             Err(e) => return Err(libvirt_error("lookup domain", e)),
         };
-        match owner_tag(&dom)? {
+        match self.our_tag(&dom)? {
             Some(tag) if tag.vm_id == id => Ok(Some(dom)),
             _ => Err(HypervisorError::NotOwned {
                 what: format!("libvirt domain {}", dom.name().unwrap_or_default()),
@@ -174,6 +211,7 @@ fn read_owner_tag(dom: &Domain, flags: u32) -> Result<Option<OwnerTag>, Hypervis
         platform_id: first_tag_attribute(&xml, "platform-id")
             .and_then(|v| Uuid::parse_str(&v).ok()),
         spec_hash: first_tag_attribute(&xml, "spec-hash").unwrap_or_default(),
+        owner: first_tag_attribute(&xml, "owner"),
     }))
 }
 
@@ -255,14 +293,14 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
         spec.validate()?;
-        let xml = domain_xml(spec, self.flavor);
+        let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref());
         let hash = spec.spec_hash();
         self.with_conn(|conn| {
             // A foreign domain with our name would be overwritten by define
             // (libvirt matches on name too): refuse instead.
             match conn.lookup_domain_by_name(&spec.name) {
                 Ok(dom) => {
-                    let owned = owner_tag(&dom)?.is_some_and(|t| t.vm_id == spec.id);
+                    let owned = self.our_tag(&dom)?.is_some_and(|t| t.vm_id == spec.id);
                     if !owned {
                         return Err(HypervisorError::NotOwned {
                             what: format!("libvirt domain {}", spec.name),
@@ -276,7 +314,7 @@ impl Hypervisor for LibvirtHypervisor {
             let outcome = match &existing {
                 None => DefineOutcome::Created,
                 Some(dom) => {
-                    let tag = owner_tag(dom)?;
+                    let tag = self.our_tag(dom)?;
                     if tag.is_some_and(|t| t.spec_hash == hash) {
                         return Ok(DefineOutcome::Unchanged);
                     }
@@ -375,7 +413,7 @@ impl Hypervisor for LibvirtHypervisor {
             let Some(dom) = self.lookup_owned(conn, id)? else {
                 return Ok(None);
             };
-            match owner_tag(&dom)? {
+            match self.our_tag(&dom)? {
                 Some(tag) => guest_info(&dom, tag).map(Some),
                 None => Ok(None),
             }
@@ -389,7 +427,7 @@ impl Hypervisor for LibvirtHypervisor {
                 .map_err(|e| libvirt_error("list domains", e))?;
             let mut guests = Vec::new();
             for dom in domains {
-                if let Some(tag) = owner_tag(&dom)? {
+                if let Some(tag) = self.our_tag(&dom)? {
                     match guest_info(&dom, tag) {
                         Ok(info) => guests.push(info),
                         // Undefined between list and info: just gone.
