@@ -874,6 +874,24 @@ impl Lab {
         let settings = self.load_settings().ok().flatten();
         let mut stopped = 0usize;
 
+        // 0. vswitchd exits with --cleanup first: killed, a userspace
+        // vswitchd leaves its persistent `ovs-netdev` and bridge taps in
+        // its namespace.
+        let mut vswitchd_ctls = vec![self.switch_ovs_dir().join("ovs-vswitchd.ctl")];
+        if let Some(s) = &settings {
+            vswitchd_ctls
+                .extend((1..=s.nodes).map(|k| self.node_ovs_dir(k).join("ovs-vswitchd.ctl")));
+        }
+        for ctl in vswitchd_ctls.iter().filter(|c| c.exists()) {
+            let _ = Command::new("ovs-appctl")
+                .arg("-t")
+                .arg(ctl)
+                .args(["--timeout=5", "exit", "--cleanup"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+
         // 1. Everything we recorded a pid for.
         let mut pids = Vec::new();
         if let Ok(entries) = std::fs::read_dir(self.pids_dir()) {
