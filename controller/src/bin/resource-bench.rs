@@ -1,0 +1,220 @@
+//! Latency of the wave-2 resource paths on a real controller (in process,
+//! loopback, fresh data directory): VM creation over HTTP (one durable
+//! SQLite transaction each), GetDesiredState and ReportStatus of a node
+//! hosting all of them, and the result history query.
+//!
+//! `cargo run --release -p measurelab-controller --bin resource-bench -- --vms 500`
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use measurelab_api::client::Client;
+use measurelab_api::http::{PlatformCreate, TaskCreate, VmCreate, VmPowerState};
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{
+    Capabilities, Condition, DesiredStateRequest, RegisterRequest, ResourceUsage, StatusReport,
+    VmStatus,
+};
+use measurelab_controller::{run, ControllerConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// VMs to create on the one node (one platform: at most 253, its /24).
+    #[arg(long, default_value_t = 250)]
+    vms: usize,
+    /// Result documents to store for the history query.
+    #[arg(long, default_value_t = 2000)]
+    results: usize,
+    /// Parent of the data directory (its filesystem decides what an fsync costs).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: std::path::PathBuf,
+    /// Repetitions of the desired-state and status-report calls.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "{name:<40} n={:<5} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
+        samples.len(),
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir =
+        std::env::temp_dir().join(format!("measurelab-resource-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+    let mut config = ControllerConfig::new(&dir, http, grpc);
+    config.heartbeat_interval = Duration::from_secs(60);
+    config.offline_after = Duration::from_secs(600);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = std::fs::read_to_string(dir.join("admin.token"))?
+        .trim()
+        .to_string();
+    let join = std::fs::read_to_string(dir.join("join.token"))?
+        .trim()
+        .to_string();
+    let client = Client::new(&format!("http://{http_addr}"), &admin, None)?;
+    let mut node = NodeServiceClient::connect(format!("http://{grpc_addr}")).await?;
+    let registered = node
+        .register(RegisterRequest {
+            join_token: join,
+            name: "bench-node".into(),
+            agent_version: "bench".into(),
+            capabilities: Some(Capabilities {
+                namespace_backend: true,
+                ..Default::default()
+            }),
+            usage: Some(ResourceUsage {
+                cpu_count: 64,
+                memory_total_bytes: 1 << 50,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    client
+        .create_platform(&PlatformCreate {
+            name: "bench".into(),
+            nodes: vec!["bench-node".into()],
+            admins: vec![],
+            description: None,
+            request_id: None,
+        })
+        .await?;
+
+    let mut create = Vec::with_capacity(args.vms);
+    let mut ids = Vec::with_capacity(args.vms);
+    for i in 0..args.vms {
+        let started = Instant::now();
+        let vm = client
+            .create_vm(&VmCreate {
+                name: format!("vm-{i}"),
+                platform: "bench".into(),
+                node: "bench-node".into(),
+                vcpus: 1,
+                memory_mib: 64,
+                disk_mib: None,
+                swap_mib: None,
+                appliance: "namespace".into(),
+                qos_policy: None,
+                power_state: VmPowerState::Running,
+                backend: None,
+                request_id: Some(format!("create-{i}")),
+            })
+            .await
+            .with_context(|| format!("creating vm-{i}"))?;
+        create.push(started.elapsed());
+        ids.push(vm.id);
+    }
+    summary("POST /v1/vms (durable, with request_id)", create);
+
+    let mut desired = Vec::new();
+    let mut report = Vec::new();
+    for round in 0..args.rounds {
+        let started = Instant::now();
+        let state = node
+            .get_desired_state(DesiredStateRequest {
+                node_id: registered.node_id.clone(),
+                node_secret: registered.node_secret.clone(),
+            })
+            .await?
+            .into_inner();
+        desired.push(started.elapsed());
+        anyhow::ensure!(
+            state.vms.len() == args.vms,
+            "desired state lists {} VMs",
+            state.vms.len()
+        );
+        let statuses = ids
+            .iter()
+            .map(|id| VmStatus {
+                vm_id: id.clone(),
+                actual_state: "running".into(),
+                conditions: vec![Condition {
+                    r#type: "Ready".into(),
+                    status: if round % 2 == 0 { "True" } else { "False" }.into(),
+                    reason: "Bench".into(),
+                    message: String::new(),
+                }],
+                observed_generation: 1,
+                ..Default::default()
+            })
+            .collect();
+        let started = Instant::now();
+        node.report_status(StatusReport {
+            node_id: registered.node_id.clone(),
+            node_secret: registered.node_secret.clone(),
+            observed_generation: state.generation,
+            vms: statuses,
+            ..Default::default()
+        })
+        .await?;
+        report.push(started.elapsed());
+    }
+    summary(&format!("GetDesiredState ({} VMs)", args.vms), desired);
+    summary(&format!("ReportStatus ({} VM statuses)", args.vms), report);
+
+    let task = client
+        .create_task(&TaskCreate {
+            name: "bench".into(),
+            mode: "platform".into(),
+            platform: Some("bench".into()),
+            nodes: None,
+            schedule: "periodic".into(),
+            interval_seconds: Some(300),
+            duration_seconds: Some(30),
+            rate_pps: 100,
+            packet_size_bytes: 200,
+            group: "239.9.9.9".into(),
+            port: 5000,
+            ttl: 2,
+            ssm: false,
+            source: None,
+            receivers: None,
+            request_id: None,
+        })
+        .await?;
+    let mut post = Vec::with_capacity(args.results);
+    for i in 0..args.results {
+        let document = serde_json::json!({
+            "schema": "measurelab.mcast.result/v1",
+            "task_id": task.id,
+            "started_at": format!("2026-01-{:02}T{:02}:{:02}:00Z", 1 + i / 1440, (i / 60) % 24, i % 60),
+            "receivers": [{"point": "r1", "status": "ok", "metrics": {"loss_ratio": 0.01, "jitter_us": 12.0}}]
+        });
+        let started = Instant::now();
+        client.post_result(&document).await?;
+        post.push(started.elapsed());
+    }
+    summary("POST /v1/results (durable)", post);
+    let mut history = Vec::new();
+    for _ in 0..args.rounds {
+        let started = Instant::now();
+        let results = client.list_results("task=bench&limit=100000").await?;
+        history.push(started.elapsed());
+        anyhow::ensure!(results.len() == args.results);
+    }
+    summary(&format!("GET /v1/results ({} runs)", args.results), history);
+
+    let _ = stop.send(());
+    controller.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
