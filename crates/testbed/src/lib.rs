@@ -390,7 +390,14 @@ impl OvsSandbox {
         Ok(())
     }
 
-    fn stop_daemon(&self, child: &Mutex<Option<Child>>, ctl: &Path) {
+    /// Stop `ovs-vswitchd` now (as drop does: `exit --cleanup`, then a kill
+    /// if it hangs), keeping `ovsdb-server` and the namespace, so a test can
+    /// check what the switch leaves behind. Idempotent.
+    pub fn stop_switch(&self) {
+        self.stop_daemon(&self.vswitchd, &self.vswitchd_ctl(), &["exit", "--cleanup"]);
+    }
+
+    fn stop_daemon(&self, child: &Mutex<Option<Child>>, ctl: &Path, exit_args: &[&str]) {
         let Some(mut child) = lock(child).take() else {
             return;
         };
@@ -401,7 +408,7 @@ impl OvsSandbox {
             .arg("-t")
             .arg(ctl)
             .arg("--timeout=3")
-            .arg("exit")
+            .args(exit_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -420,8 +427,12 @@ impl OvsSandbox {
 
 impl Drop for OvsSandbox {
     fn drop(&mut self) {
-        self.stop_daemon(&self.vswitchd, &self.vswitchd_ctl());
-        self.stop_daemon(&self.ovsdb_server, &self.server_ctl());
+        // `--cleanup` makes vswitchd delete its datapath and the persistent
+        // `ovs-netdev` and bridge taps; a plain exit leaves them in the
+        // namespace (harmless here only because the namespace goes next,
+        // but not for a vswitchd in a namespace that outlives it).
+        self.stop_switch();
+        self.stop_daemon(&self.ovsdb_server, &self.server_ctl(), &["exit"]);
         // `netns` and `dir` drop next, in declaration order.
     }
 }

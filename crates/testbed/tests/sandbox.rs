@@ -99,6 +99,42 @@ fn drop_removes_daemons_namespace_and_run_dir() -> Result<()> {
     Ok(())
 }
 
+fn links(ns: &Netns) -> Result<String> {
+    ns.run(&["ip", "-o", "link", "show"])
+}
+
+/// The userspace datapath's persistent taps (`ovs-netdev`, one per bridge)
+/// go away with the switch, not just with its namespace: drop stops
+/// ovs-vswitchd with `exit --cleanup`. A SIGKILLed vswitchd shows that the
+/// check can fail: its taps stay behind.
+#[test]
+fn stopping_the_switch_removes_its_datapath_taps() -> Result<()> {
+    let ovs = OvsSandbox::start("tb-clean")?;
+    ovs.add_bridge("br-tbclean")?;
+    let before = links(ovs.netns())?;
+    assert!(before.contains("ovs-netdev"), "{before}");
+    assert!(before.contains("br-tbclean"), "{before}");
+    ovs.stop_switch();
+    let after = links(ovs.netns())?;
+    assert!(!after.contains("ovs-netdev"), "ovs-netdev left: {after}");
+    assert!(!after.contains("br-tbclean"), "bridge tap left: {after}");
+
+    let killed = OvsSandbox::start("tb-kill")?;
+    killed.add_bridge("br-tbkill")?;
+    let pid = std::fs::read_to_string(killed.dir().join("ovs-vswitchd.pid"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()?;
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let leftover = links(killed.netns())?;
+    assert!(
+        leftover.contains("ovs-netdev"),
+        "a killed vswitchd left no tap, so the check above proves nothing: {leftover}"
+    );
+    Ok(())
+}
+
 #[test]
 fn two_sandboxes_run_side_by_side() -> Result<()> {
     let first = OvsSandbox::start("tb-two")?;
