@@ -53,12 +53,18 @@ impl Binaries {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"));
         let dir = target.join("debug");
-        for binary in ["measurelab", "terraform-provider-measurelab"] {
+        // The node agent starts `measurelab-guest-agent` from beside its own
+        // executable inside every VM, so VM tests need it there too.
+        for binary in [
+            "measurelab",
+            "terraform-provider-measurelab",
+            "measurelab-guest-agent",
+        ] {
             let path = dir.join(binary);
             if !path.is_file() {
                 bail!(
                     "{} is missing: build it first with \
-                     `cargo build -p measurelab -p terraform-provider-measurelab` \
+                     `cargo build -p measurelab -p measurelab-guest -p terraform-provider-measurelab` \
                      (or run `cargo run -p xtask -- acc`)",
                     path.display()
                 );

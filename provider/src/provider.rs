@@ -14,10 +14,13 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 use tokio_util::sync::CancellationToken;
 
-use crate::data_sources::{NodeDataSource, NodesDataSource};
+use crate::data_sources::{
+    AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
+};
 use crate::diagnostics;
 use crate::resources::{
-    MeasurementNodeResource, QosPolicyResource, VirtualPlatformResource, VmResource,
+    DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
+    QosPolicyResource, VirtualPlatformResource, VmResource,
 };
 
 /// Environment variable that sets `endpoint` when the block does not.
@@ -273,6 +276,9 @@ impl Provider for MeasurelabProvider {
             "qos_policy" => QosPolicyResource::new(self.shared.clone()),
             "virtual_platform" => VirtualPlatformResource::new(self.shared.clone()),
             "vm" => VmResource::new(self.shared.clone()),
+            "program" => ProgramResource::new(self.shared.clone()),
+            "deployment" => DeploymentResource::new(self.shared.clone()),
+            "measurement_task" => MeasurementTaskResource::new(self.shared.clone()),
         })
     }
 
@@ -283,6 +289,8 @@ impl Provider for MeasurelabProvider {
         Some(map! {
             "nodes" => NodesDataSource::new(self.shared.clone()),
             "node" => NodeDataSource::new(self.shared.clone()),
+            "appliances" => AppliancesDataSource::new(self.shared.clone()),
+            "results" => ResultsDataSource::new(self.shared.clone()),
         })
     }
 }

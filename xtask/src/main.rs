@@ -5,7 +5,7 @@
 //!   tfplugindocs layout (tfplugindocs is a Go tool that cannot be installed
 //!   here). Attribute text comes from the schema descriptions; extra prose from
 //!   `templates/`. `--check` fails if `docs/` is stale (for CI).
-//! - `acc [cargo test args]`: build `measurelab` and the provider, then run the
+//! - `acc [cargo test args]`: build `measurelab`, the guest agent and the provider, then run the
 //!   acceptance tests with `TF_ACC=1`.
 //! - `plugin-startup [RUNS] [--release]`: time from spawning the provider to its
 //!   go-plugin handshake line on stdout, with and without the mTLS client
@@ -67,6 +67,8 @@ fn acc(extra: &[String]) -> anyhow::Result<()> {
         "build",
         "-p",
         "measurelab",
+        "-p",
+        "measurelab-guest",
         "-p",
         "terraform-provider-measurelab",
     ])?;

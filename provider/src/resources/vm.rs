@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use measurelab_api::client::Client;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
@@ -760,7 +760,24 @@ impl Resource for VmResource {
         id: String,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let client = self.shared.client(diags)?;
-        match client.get_vm(&id).await {
+        // `PLATFORM/NAME` (what a user knows) or the controller id.
+        let found = match id.split_once('/') {
+            Some((platform, name)) => client
+                .list_vms(&format!("platform={platform}"))
+                .await
+                .and_then(|vms| {
+                    vms.into_iter()
+                        .find(|vm| vm.name == name)
+                        .ok_or_else(|| ClientError::Api {
+                            status: 404,
+                            code: "not_found".into(),
+                            message: format!("no VM {name:?} in platform {platform:?}"),
+                            field: None,
+                        })
+                }),
+            None => client.get_vm(&id).await,
+        };
+        match found {
             Ok(vm) => {
                 let mut state = VmState {
                     timeouts: Value::Value(VmTimeouts::default()),
@@ -774,7 +791,7 @@ impl Resource for VmResource {
                     diags,
                     AttributePath::root(),
                     "Cannot import: no such VM",
-                    format!("The controller has no VM with id (or name) {id:?}.\n\nWhat to do: import by the VM's id (`GET /v1/vms`)."),
+                    format!("The controller has no VM {id:?}.\n\nWhat to do: import by `PLATFORM/NAME` or by the VM's id (`GET /v1/vms`)."),
                 );
                 None
             }

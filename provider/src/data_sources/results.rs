@@ -1,0 +1,410 @@
+//! `measurelab_results`: the result history of a measurement task, optionally
+//! limited to a time range, plus the per-receiver summary model that
+//! `measurelab_measurement_task` shares.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use measurelab_api::http::ResultRecord;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, DataSource, Diagnostics};
+
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+
+const KIND: &str = "results";
+
+/// One receiver of one run, as Terraform shows it (delays in milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReceiverSummary {
+    /// Point name.
+    pub name: String,
+    /// `ok`, `failed` or `missing`.
+    pub status: String,
+    /// Why the receiver failed, empty when ok.
+    pub error: String,
+    /// Packets the source sent.
+    pub packets_sent: Value<Number>,
+    /// Packets received (distinct sequence numbers).
+    pub packets_received: Value<Number>,
+    /// Lost packets (RFC 7680).
+    pub lost: Value<Number>,
+    /// Duplicated packets (RFC 5560).
+    pub duplicated: Value<Number>,
+    /// Reordered packets (RFC 4737).
+    pub reordered: Value<Number>,
+    /// Lost / sent.
+    pub loss_ratio: Value<Number>,
+    /// One-way delay (RFC 7679).
+    pub delay_min_ms: Value<Number>,
+    /// One-way delay median.
+    pub delay_median_ms: Value<Number>,
+    /// One-way delay mean.
+    pub delay_mean_ms: Value<Number>,
+    /// One-way delay 95th percentile.
+    pub delay_p95_ms: Value<Number>,
+    /// One-way delay maximum.
+    pub delay_max_ms: Value<Number>,
+    /// Mean absolute IPDV (RFC 3393).
+    pub ipdv_mean_ms: Value<Number>,
+    /// PDV (RFC 5481).
+    pub pdv_ms: Value<Number>,
+    /// RFC 3550 interarrival jitter.
+    pub jitter_ms: Value<Number>,
+    /// Clock error bound the delays rely on.
+    pub clock_error_bound_ms: Value<Number>,
+}
+
+/// Terraform type of one [`ReceiverSummary`].
+pub fn receiver_type() -> AttributeType {
+    let mut fields: HashMap<String, AttributeType> = [
+        "packets_sent",
+        "packets_received",
+        "lost",
+        "duplicated",
+        "reordered",
+        "loss_ratio",
+        "delay_min_ms",
+        "delay_median_ms",
+        "delay_mean_ms",
+        "delay_p95_ms",
+        "delay_max_ms",
+        "ipdv_mean_ms",
+        "pdv_ms",
+        "jitter_ms",
+        "clock_error_bound_ms",
+    ]
+    .into_iter()
+    .map(|n| (n.to_string(), AttributeType::Number))
+    .collect();
+    for text in ["name", "status", "error"] {
+        fields.insert(text.to_string(), AttributeType::String);
+    }
+    AttributeType::Object(fields)
+}
+
+/// Markdown description of the receiver object.
+pub const RECEIVER_DOC: &str = "one object per receiving point: `name`, `status` (`ok`, `failed`, \
+`missing`), `error`, `packets_sent`, `packets_received`, `lost`, `duplicated`, `reordered`, \
+`loss_ratio` (RFC 7680), one-way delay `delay_min_ms`, `delay_median_ms`, `delay_mean_ms`, \
+`delay_p95_ms`, `delay_max_ms` (RFC 7679), `ipdv_mean_ms` (mean absolute IPDV, RFC 3393), \
+`pdv_ms` (RFC 5481), `jitter_ms` (RFC 3550 interarrival jitter) and `clock_error_bound_ms` (the \
+clock error the delays rely on). Metrics are null for a receiver that produced none";
+
+fn number(value: &serde_json::Value) -> Value<Number> {
+    match value {
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(u) => Value::Value(Number::from(u)),
+            None => n.as_f64().map_or(Value::Null, |f| Value::Value(Number::from(f))),
+        },
+        _ => Value::Null,
+    }
+}
+
+fn millis(value: &serde_json::Value) -> Value<Number> {
+    match value.as_f64() {
+        // Microseconds to milliseconds, rounded to the microsecond the document carries.
+        Some(us) => Value::Value(Number::from((us / 1000.0 * 1000.0).round() / 1000.0)),
+        None => Value::Null,
+    }
+}
+
+/// Per-receiver summaries of a `measurelab.mcast.result/v1` document.
+pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
+    let receivers = document["receivers"].as_array().cloned().unwrap_or_default();
+    receivers
+        .iter()
+        .map(|r| {
+            let m = &r["metrics"];
+            let delay = &m["one_way_delay_us"];
+            ReceiverSummary {
+                name: r["point"].as_str().unwrap_or_default().to_string(),
+                status: r["status"].as_str().unwrap_or_default().to_string(),
+                error: r["error"].as_str().unwrap_or_default().to_string(),
+                packets_sent: number(&m["packets_sent"]),
+                packets_received: number(&m["packets_received"]),
+                lost: number(&m["packets_lost"]),
+                duplicated: number(&m["packets_duplicated"]),
+                reordered: number(&m["packets_reordered"]),
+                loss_ratio: number(&m["loss_ratio"]),
+                delay_min_ms: millis(&delay["min"]),
+                delay_median_ms: millis(&delay["median"]),
+                delay_mean_ms: millis(&delay["mean"]),
+                delay_p95_ms: millis(&delay["p95"]),
+                delay_max_ms: millis(&delay["max"]),
+                ipdv_mean_ms: millis(&m["ipdv_us"]["mean_abs"]),
+                pdv_ms: millis(&m["pdv_us"]),
+                jitter_ms: millis(&m["jitter_us"]),
+                clock_error_bound_ms: millis(&r["clock_error_bound_us"]),
+            }
+        })
+        .collect()
+}
+
+/// One stored run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultEntry {
+    /// Result id.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// When the controller stored it.
+    pub received_at: String,
+    /// When the run started.
+    pub started_at: String,
+    /// Run status: `ok`, `partial`, `failed`.
+    pub status: String,
+    /// The point that sent.
+    pub source_point: String,
+    /// The whole document as JSON text.
+    pub document_json: String,
+    /// Per-receiver summaries.
+    pub receivers: Vec<ReceiverSummary>,
+}
+
+impl From<&ResultRecord> for ResultEntry {
+    fn from(record: &ResultRecord) -> Self {
+        ResultEntry {
+            id: record.id.clone(),
+            task: record.task.clone(),
+            received_at: record.received_at.clone(),
+            started_at: record.started_at.clone(),
+            status: record.document["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            source_point: record.document["source_point"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            document_json: record.document.to_string(),
+            receivers: summarize(&record.document),
+        }
+    }
+}
+
+/// Configuration and result of the data source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResultsDataState {
+    /// Task name or id.
+    pub task: Value<String>,
+    /// RFC 3339 lower bound.
+    pub since: Value<String>,
+    /// RFC 3339 upper bound.
+    pub until: Value<String>,
+    /// Most results to return.
+    pub limit: Value<Number>,
+    /// The runs, oldest first.
+    pub results: Value<Vec<ResultEntry>>,
+    /// The newest run's id (empty when none).
+    pub latest_id: Value<String>,
+}
+
+/// Percent-encode a query value (RFC 3339 times carry `+` and `:`).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Check an RFC 3339 time well enough to name the attribute before asking the controller.
+fn looks_like_rfc3339(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 20
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && (bytes[10] == b'T' || bytes[10] == b't')
+        && bytes[13] == b':'
+        && (text.ends_with('Z') || text.ends_with('z') || text[19..].contains(['+', '-']))
+}
+
+/// The data source implementation.
+pub struct ResultsDataSource {
+    shared: Shared,
+}
+
+impl ResultsDataSource {
+    /// A data source that uses the provider's client.
+    pub fn new(shared: Shared) -> Self {
+        ResultsDataSource { shared }
+    }
+}
+
+#[async_trait]
+impl DataSource for ResultsDataSource {
+    type State<'a> = ResultsDataState;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let entry = AttributeType::Object(HashMap::from([
+            ("id".to_string(), AttributeType::String),
+            ("task".to_string(), AttributeType::String),
+            ("received_at".to_string(), AttributeType::String),
+            ("started_at".to_string(), AttributeType::String),
+            ("status".to_string(), AttributeType::String),
+            ("source_point".to_string(), AttributeType::String),
+            ("document_json".to_string(), AttributeType::String),
+            (
+                "receivers".to_string(),
+                AttributeType::List(Box::new(receiver_type())),
+            ),
+        ]));
+        let optional = |attr_type, description: &str| Attribute {
+            attr_type,
+            description: Description::markdown(description),
+            constraint: AttributeConstraint::Optional,
+            ..Default::default()
+        };
+        let attributes = HashMap::from([
+            (
+                "task".to_string(),
+                Attribute {
+                    attr_type: AttributeType::String,
+                    description: Description::markdown("Name or id of the measurement task."),
+                    constraint: AttributeConstraint::Required,
+                    ..Default::default()
+                },
+            ),
+            ("since".to_string(), optional(AttributeType::String, "Only runs stored at or after this RFC 3339 time.")),
+            ("until".to_string(), optional(AttributeType::String, "Only runs stored before this RFC 3339 time.")),
+            ("limit".to_string(), optional(AttributeType::Number, "At most this many runs (the newest ones); default: the controller's limit.")),
+            (
+                "results".to_string(),
+                computed(
+                    AttributeType::List(Box::new(entry)),
+                    &format!("The runs, oldest first: `id`, `task`, `received_at`, `started_at`, `status` (`ok`, `partial`, `failed`), `source_point`, `document_json` (the whole `measurelab.mcast.result/v1` document) and `receivers`, {RECEIVER_DOC}."),
+                ),
+            ),
+            ("latest_id".to_string(), computed(AttributeType::String, "Id of the newest run in `results`; empty when there is none.")),
+        ]);
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "Reads the stored results of a measurement task (one entry per run), optionally for a \
+                     time range. Each entry carries the per-receiver loss, delay and jitter summary and the \
+                     full result document.",
+                ),
+                attributes,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        for (name, value) in [("since", &config.since), ("until", &config.until)] {
+            if let Value::Value(text) = value {
+                if !looks_like_rfc3339(text) {
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::new(name),
+                        "Invalid time",
+                        format!("{text:?} is not an RFC 3339 time; write it like \"2026-11-25T21:00:00Z\" (timestamp() gives one)."),
+                    );
+                }
+            }
+        }
+        if let Value::Value(Number::Signed(_) | Number::Float(_) | Number::Decimal(_)) =
+            &config.limit
+        {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("limit"),
+                "Invalid limit",
+                "`limit` must be a positive whole number.".to_string(),
+            );
+        }
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        config: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::State<'a>> {
+        let client = self.shared.client(diags)?;
+        let task = config.task.as_ref_option().cloned().unwrap_or_default();
+        let mut query = format!("task={}", encode(&task));
+        if let Value::Value(since) = &config.since {
+            query.push_str(&format!("&since={}", encode(since)));
+        }
+        if let Value::Value(until) = &config.until {
+            query.push_str(&format!("&until={}", encode(until)));
+        }
+        if let Value::Value(Number::Unsigned(limit)) = &config.limit {
+            query.push_str(&format!("&limit={limit}"));
+        }
+        let records = match client.list_results(&query).await {
+            Ok(records) => records,
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("task"),
+                    "No such measurement task",
+                    format!("The controller has no measurement task named (or with id) {task:?}.\n\nWhat to do: check the name (`GET /v1/tasks`)."),
+                );
+                return None;
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                return None;
+            }
+        };
+        let entries: Vec<ResultEntry> = records.iter().map(ResultEntry::from).collect();
+        let mut state = config;
+        state.latest_id = Value::Value(entries.last().map(|e| e.id.clone()).unwrap_or_default());
+        state.results = Value::Value(entries);
+        Some(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_receivers_become_millisecond_summaries() {
+        let document = serde_json::json!({
+            "status": "ok",
+            "receivers": [
+                {"point": "p2", "status": "ok", "clock_error_bound_us": 2.0,
+                 "metrics": {"packets_sent": 500, "packets_received": 495, "packets_lost": 5,
+                   "packets_duplicated": 0, "packets_reordered": 1, "loss_ratio": 0.01,
+                   "one_way_delay_us": {"min": 100.0, "median": 1500.5, "mean": 1600.0, "p95": 3000.0, "max": 9000.0},
+                   "ipdv_us": {"mean_abs": 250.0}, "pdv_us": 2900.0, "jitter_us": 120.25}},
+                {"point": "p3", "status": "missing", "error": "cannot connect", "metrics": null}
+            ]
+        });
+        let summary = summarize(&document);
+        assert_eq!(summary.len(), 2);
+        assert_eq!(summary[0].name, "p2");
+        assert_eq!(summary[0].packets_received, Value::Value(Number::Unsigned(495)));
+        assert_eq!(summary[0].loss_ratio, Value::Value(Number::Float(0.01)));
+        assert_eq!(summary[0].delay_median_ms, Value::Value(Number::Float(1.501)));
+        assert_eq!(summary[0].jitter_ms, Value::Value(Number::Float(0.12)));
+        assert_eq!(summary[0].delay_max_ms, Value::Value(Number::Unsigned(9)));
+        assert_eq!(summary[1].status, "missing");
+        assert_eq!(summary[1].error, "cannot connect");
+        assert_eq!(summary[1].packets_received, Value::Null);
+    }
+
+    #[test]
+    fn times_are_checked_and_encoded() {
+        assert!(looks_like_rfc3339("2026-11-25T21:00:00Z"));
+        assert!(looks_like_rfc3339("2026-11-25T21:00:00+01:00"));
+        assert!(!looks_like_rfc3339("yesterday"));
+        assert_eq!(encode("2026-11-25T21:00:00+01:00"), "2026-11-25T21%3A00%3A00%2B01%3A00");
+    }
+}

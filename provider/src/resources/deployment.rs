@@ -1,0 +1,623 @@
+//! `measurelab_deployment`: run an uploaded program on VMs (program
+//! distribution). The node agents fetch the program, hand it to the guest
+//! agents and report each run; create waits until every run is `running`
+//! (servers such as `mcast-point serve`) or has exited 0 (one-shot programs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::client::Client;
+use measurelab_api::http::{Deployment, DeploymentCreate, ProgramRunState};
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+use crate::timeouts;
+use crate::wait::{self, Poll};
+
+const KIND: &str = "deployment";
+
+/// The `timeouts` block.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentTimeouts {
+    /// How long create waits for the runs.
+    pub create: Value<String>,
+}
+
+/// One VM's run as Terraform shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunValue {
+    /// VM (`platform/name`).
+    pub vm: String,
+    /// VM id.
+    pub vm_id: String,
+    /// pending, running, exited, failed, lost, stopped.
+    pub status: String,
+    /// Exit code once exited.
+    pub exit_code: Value<Number>,
+    /// Last lines of stdout.
+    pub stdout_tail: String,
+    /// Last lines of stderr.
+    pub stderr_tail: String,
+}
+
+impl From<&ProgramRunState> for RunValue {
+    fn from(run: &ProgramRunState) -> Self {
+        RunValue {
+            vm: run.vm.clone(),
+            vm_id: run.vm_id.clone(),
+            status: run.status.clone(),
+            exit_code: run.exit_code.map_or(Value::Null, |c| {
+                Value::Value(u64::try_from(c).map_or(Number::Signed(i64::from(c)), Number::from))
+            }),
+            stdout_tail: run.stdout_tail.clone(),
+            stderr_tail: run.stderr_tail.clone(),
+        }
+    }
+}
+
+/// Terraform state of one deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentState {
+    /// Program name or id.
+    pub program: Value<String>,
+    /// VM ids (or unique names).
+    pub vms: Value<Vec<String>>,
+    /// Arguments.
+    pub args: Value<Vec<String>>,
+    /// Environment.
+    pub env: Value<BTreeMap<String, String>>,
+    /// `running` or `exited`.
+    pub wait_for: Value<String>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// One run per VM.
+    pub runs: Value<Vec<RunValue>>,
+    /// The `timeouts` block.
+    pub timeouts: Value<DeploymentTimeouts>,
+}
+
+/// What create waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitFor {
+    /// Long-running programs: every run `running`.
+    Running,
+    /// One-shot programs: every run exited 0.
+    Exited,
+}
+
+fn parse_wait_for(text: &str) -> Option<WaitFor> {
+    match text {
+        "running" => Some(WaitFor::Running),
+        "exited" => Some(WaitFor::Exited),
+        _ => None,
+    }
+}
+
+/// Whether the runs reached the goal; `Err` when one never will.
+fn converged(deployment: &Deployment, goal: WaitFor) -> Result<bool, String> {
+    let mut done = !deployment.runs.is_empty();
+    for run in &deployment.runs {
+        let exited_ok = run.status == "exited" && run.exit_code == Some(0);
+        match (run.status.as_str(), goal) {
+            ("running", WaitFor::Running) => {}
+            ("running" | "pending", _) => done = false,
+            ("exited", WaitFor::Exited) if exited_ok => {}
+            (status, _) => {
+                return Err(format!(
+                    "the run on VM {} is {status}{}; stderr: {}",
+                    run.vm,
+                    run.exit_code
+                        .map(|c| format!(" with exit code {c}"))
+                        .unwrap_or_default(),
+                    last_lines(&run.stderr_tail, 8)
+                ))
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    let tail = lines[start..].join("\n");
+    if tail.trim().is_empty() {
+        "(empty)".to_string()
+    } else {
+        tail
+    }
+}
+
+fn describe(deployment: &Deployment) -> String {
+    deployment
+        .runs
+        .iter()
+        .map(|r| format!("{}: {}", r.vm, r.status))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DeploymentState {
+    fn validate(&self, diags: &mut Diagnostics) {
+        if let Value::Value(vms) = &self.vms {
+            if vms.is_empty() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("vms"),
+                    "A deployment needs VMs",
+                    "`vms` is empty; list at least one VM id (for example `measurelab_vm.x.id`).".into(),
+                );
+            }
+        }
+        if let Value::Value(wait_for) = &self.wait_for {
+            if parse_wait_for(wait_for).is_none() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("wait_for"),
+                    "Invalid wait_for",
+                    format!("{wait_for:?} is not a goal; use \"running\" (long-running programs) or \"exited\" (one-shot programs that must exit 0)."),
+                );
+            }
+        }
+        if let Value::Value(args) = &self.args {
+            for (i, arg) in args.iter().enumerate() {
+                if arg.contains('\0') || arg.len() > 4096 {
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::new("args").index(i as i64),
+                        "Invalid argument",
+                        "an argument must be at most 4096 bytes without NUL characters.".into(),
+                    );
+                }
+            }
+        }
+        if let Value::Value(t) = &self.timeouts {
+            if let Value::Value(text) = &t.create {
+                if let Err(err) = timeouts::parse_duration(text) {
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::new("timeouts").attribute("create"),
+                        "Invalid timeout",
+                        err.to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn goal(&self) -> WaitFor {
+        self.wait_for
+            .as_ref_option()
+            .and_then(|w| parse_wait_for(w))
+            .unwrap_or(WaitFor::Running)
+    }
+
+    fn create_timeout(&self) -> Duration {
+        self.timeouts
+            .as_ref_option()
+            .and_then(|t| t.create.as_ref_option())
+            .and_then(|text| timeouts::parse_duration(text).ok())
+            .unwrap_or(timeouts::DEFAULT_CREATE)
+    }
+
+    fn refresh_from(&mut self, deployment: &Deployment) {
+        self.id = Value::Value(deployment.id.clone());
+        self.runs = Value::Value(deployment.runs.iter().map(RunValue::from).collect());
+        if self.args.is_value() || !deployment.args.is_empty() {
+            self.args = Value::Value(deployment.args.clone());
+        }
+        if self.env.is_value() || !deployment.env.is_empty() {
+            self.env = Value::Value(deployment.env.clone());
+        }
+    }
+}
+
+/// The resource implementation.
+pub struct DeploymentResource {
+    shared: Shared,
+}
+
+impl DeploymentResource {
+    /// A resource that uses the provider's client and stop signal.
+    pub fn new(shared: Shared) -> Self {
+        DeploymentResource { shared }
+    }
+
+    async fn wait_converged(
+        &self,
+        diags: &mut Diagnostics,
+        client: &Client,
+        id: &str,
+        goal: WaitFor,
+        timeout: Duration,
+    ) -> Option<Deployment> {
+        let result = wait::until(&self.shared.stop, timeout, || {
+            let client = client.clone();
+            let id = id.to_string();
+            async move {
+                let deployment = client.get_deployment(&id).await?;
+                Ok(match converged(&deployment, goal) {
+                    Ok(true) => Poll::Done(Ok(deployment)),
+                    Ok(false) => Poll::Pending(describe(&deployment)),
+                    Err(why) => Poll::Done(Err((deployment, why))),
+                })
+            }
+        })
+        .await;
+        let goal_text = match goal {
+            WaitFor::Running => "have every run running",
+            WaitFor::Exited => "have every run exit 0",
+        };
+        match result {
+            Ok(Ok(deployment)) => Some(deployment),
+            Ok(Err((deployment, why))) => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    format!("Deployment {id} failed"),
+                    format!("{why}.\n\nWhat to do: check the program's arguments (`args`) and its output in `runs`; the deployment stays in the state (tainted) and is replaced on the next apply."),
+                );
+                Some(deployment)
+            }
+            Err(end) => {
+                diagnostics::wait_failed(
+                    diags,
+                    &end,
+                    KIND,
+                    id,
+                    goal_text,
+                    timeout,
+                    Operation::Read(KIND),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for DeploymentResource {
+    type State<'a> = DeploymentState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let attribute = |attr_type, description: &str, constraint| Attribute {
+            attr_type,
+            description: Description::markdown(description),
+            constraint,
+            ..Default::default()
+        };
+        let strings = || AttributeType::List(Box::new(AttributeType::String));
+        let run_type = AttributeType::Object(HashMap::from([
+            ("vm".to_string(), AttributeType::String),
+            ("vm_id".to_string(), AttributeType::String),
+            ("status".to_string(), AttributeType::String),
+            ("exit_code".to_string(), AttributeType::Number),
+            ("stdout_tail".to_string(), AttributeType::String),
+            ("stderr_tail".to_string(), AttributeType::String),
+        ]));
+        let attributes: HashMap<String, Attribute> = HashMap::from([
+            ("program".into(), attribute(AttributeType::String, "Program id or name (`measurelab_program.x.id`: a new upload then replaces the deployment). Changing it replaces the deployment.", AttributeConstraint::Required)),
+            ("vms".into(), attribute(strings(), "VMs to run the program on, by id (`measurelab_vm.x.id`) or unique name. Changing it replaces the deployment.", AttributeConstraint::Required)),
+            ("args".into(), attribute(strings(), "Program arguments. Changing them replaces the deployment (the program restarts).", AttributeConstraint::Optional)),
+            ("env".into(), attribute(AttributeType::Map(Box::new(AttributeType::String)), "Extra environment variables. The guest agent also sets `MEASURELAB_PLATFORM_API`, `MEASURELAB_VM_ID` and `MEASURELAB_DEPLOYMENT_ID`. Changing it replaces the deployment.", AttributeConstraint::Optional)),
+            ("wait_for".into(), attribute(AttributeType::String, "What create waits for: `running` (default; long-running programs; a run that exits fails the apply) or `exited` (one-shot programs; every run must exit 0).", AttributeConstraint::OptionalComputed)),
+            ("id".into(), computed(AttributeType::String, "Stable id assigned by the controller.")),
+            ("runs".into(), computed(AttributeType::List(Box::new(run_type)), "One run per VM: `vm`, `vm_id`, `status` (`pending`, `running`, `exited`, `failed`, `lost`, `stopped`), `exit_code`, `stdout_tail`, `stderr_tail`. Refreshed on read; never causes a diff.")),
+        ]);
+        let timeouts_block = Block {
+            description: Description::markdown("Limits on how long operations wait."),
+            attributes: HashMap::from([(
+                "create".to_string(),
+                attribute(AttributeType::String, "How long create waits for the runs, as a duration such as `\"2m\"`. Default `\"5m\"`.", AttributeConstraint::Optional),
+            )]),
+            ..Default::default()
+        };
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "Runs an uploaded program (`measurelab_program`) on VMs through program distribution: \
+                     the node agents fetch it from the controller and the guest agents run it. Destroy stops \
+                     every run.",
+                ),
+                attributes,
+                blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        config.validate(diags);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let id = state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.get_deployment(&id).await {
+            // A deployment stopped outside Terraform is gone for good.
+            Ok(deployment)
+                if !deployment.runs.is_empty()
+                    && deployment.runs.iter().all(|r| r.status == "stopped") =>
+            {
+                None
+            }
+            Ok(deployment) => {
+                let mut state = state;
+                state.refresh_from(&deployment);
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        if state.wait_for.is_null() {
+            state.wait_for = Value::Value("running".into());
+        }
+        state.id = Value::Unknown;
+        state.runs = Value::Unknown;
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        if state.wait_for.is_null() {
+            state.wait_for = Value::Value("running".into());
+        }
+        let empty_args = |v: &Value<Vec<String>>| v.as_ref_option().is_none_or(Vec::is_empty);
+        let empty_env = |v: &Value<BTreeMap<String, String>>| v.as_ref_option().is_none_or(BTreeMap::is_empty);
+        let mut replace = Vec::new();
+        if state.program != prior_state.program {
+            replace.push(AttributePath::new("program"));
+        }
+        if state.vms != prior_state.vms {
+            replace.push(AttributePath::new("vms"));
+        }
+        if state.args != prior_state.args && !(empty_args(&state.args) && empty_args(&prior_state.args)) {
+            replace.push(AttributePath::new("args"));
+        }
+        if state.env != prior_state.env && !(empty_env(&state.env) && empty_env(&prior_state.env)) {
+            replace.push(AttributePath::new("env"));
+        }
+        if replace.is_empty() {
+            state.id = prior_state.id.clone();
+            state.runs = prior_state.runs.clone();
+        } else {
+            state.id = Value::Unknown;
+            state.runs = Value::Unknown;
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        planned_state.validate(diags);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let client = self.shared.client(diags)?;
+        let body = DeploymentCreate {
+            program: planned_state.program.as_ref_option().cloned().unwrap_or_default(),
+            vms: planned_state.vms.as_ref_option().cloned().unwrap_or_default(),
+            args: planned_state.args.as_ref_option().cloned().unwrap_or_default(),
+            env: planned_state.env.as_ref_option().cloned().unwrap_or_default(),
+            request_id: None,
+        };
+        let deployment = match client.create_deployment(&body).await {
+            Ok(deployment) => deployment,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create(KIND));
+                return None;
+            }
+        };
+        let mut state = planned_state;
+        state.refresh_from(&deployment);
+        let (goal, timeout) = (state.goal(), state.create_timeout());
+        if let Some(deployment) = self
+            .wait_converged(diags, &client, &deployment.id, goal, timeout)
+            .await
+        {
+            state.refresh_from(&deployment);
+        }
+        // Kept even when the wait failed (Terraform marks it tainted), so
+        // destroy stops what was started.
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        // Only `wait_for`/`timeouts` changed: they steer create, nothing to send.
+        Some((planned_state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.delete_deployment(&id).await {
+            Ok(_) => Some(()),
+            Err(err) if err.is_not_found() => Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match client.get_deployment(&id).await {
+            Ok(deployment) => {
+                let mut state = DeploymentState {
+                    program: Value::Value(deployment.program.clone()),
+                    vms: Value::Value(deployment.runs.iter().map(|r| r.vm_id.clone()).collect()),
+                    wait_for: Value::Value("running".into()),
+                    timeouts: Value::Value(DeploymentTimeouts::default()),
+                    ..Default::default()
+                };
+                state.refresh_from(&deployment);
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    "Cannot import: no such deployment",
+                    format!("The controller has no deployment with id {id:?}.\n\nWhat to do: import by id (`GET /v1/deployments`)."),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: &str, exit_code: Option<i32>) -> ProgramRunState {
+        ProgramRunState {
+            vm: "p/v".into(),
+            vm_id: "id".into(),
+            status: status.into(),
+            exit_code,
+            stdout_tail: String::new(),
+            stderr_tail: "boom\n".into(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn deployment(runs: Vec<ProgramRunState>) -> Deployment {
+        Deployment {
+            id: "d".into(),
+            program: "prog".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            runs,
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn servers_converge_when_every_run_is_running() {
+        let d = deployment(vec![run("running", None), run("pending", None)]);
+        assert_eq!(converged(&d, WaitFor::Running), Ok(false));
+        let d = deployment(vec![run("running", None), run("running", None)]);
+        assert_eq!(converged(&d, WaitFor::Running), Ok(true));
+        let d = deployment(vec![run("running", None), run("exited", Some(2))]);
+        let err = converged(&d, WaitFor::Running).expect_err("an exited server fails");
+        assert!(err.contains("exit code 2") && err.contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn one_shot_programs_must_exit_zero() {
+        let d = deployment(vec![run("exited", Some(0)), run("running", None)]);
+        assert_eq!(converged(&d, WaitFor::Exited), Ok(false));
+        let d = deployment(vec![run("exited", Some(0))]);
+        assert_eq!(converged(&d, WaitFor::Exited), Ok(true));
+        let d = deployment(vec![run("exited", Some(1))]);
+        assert!(converged(&d, WaitFor::Exited).is_err());
+        let d = deployment(vec![run("failed", None)]);
+        assert!(converged(&d, WaitFor::Exited).is_err());
+    }
+
+    #[test]
+    fn bad_values_point_at_their_attributes() {
+        let mut diags = Diagnostics::default();
+        DeploymentState {
+            vms: Value::Value(vec![]),
+            wait_for: Value::Value("done".into()),
+            args: Value::Value(vec!["ok".into(), "bad\0".into()]),
+            ..Default::default()
+        }
+        .validate(&mut diags);
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                AttributePath::new("vms"),
+                AttributePath::new("wait_for"),
+                AttributePath::new("args").index(0 + 1),
+            ]
+        );
+    }
+}

@@ -1,0 +1,756 @@
+//! `measurelab_measurement_task`: a multicast measurement task, run by a
+//! virtual platform's MSCS (`mode = "platform"`) or by the nodes' service
+//! hosts (`mode = "service_host"`). A `once` task's create waits for its
+//! result and exposes the per-receiver loss/delay/jitter summary, so an
+//! apply returns measurements as outputs.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::client::Client;
+use measurelab_api::http::{Task, TaskCreate};
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::data_sources::results::{receiver_type, summarize, ReceiverSummary, RECEIVER_DOC};
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+use crate::timeouts;
+use crate::wait::{self, Poll};
+
+const KIND: &str = "measurement task";
+
+/// Defaults the provider plans, so `terraform plan` shows the real values.
+const DEFAULT_DURATION: u64 = 30;
+const DEFAULT_INTERVAL: u64 = 300;
+const DEFAULT_RATE: u64 = 100;
+const DEFAULT_SIZE: u64 = 200;
+const DEFAULT_GROUP: &str = "239.192.0.1";
+const DEFAULT_PORT: u64 = 50001;
+const DEFAULT_TTL: u64 = 8;
+
+/// The `timeouts` block.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskTimeouts {
+    /// How long create waits for the first result.
+    pub create: Value<String>,
+}
+
+/// Terraform state of one task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// Unique name.
+    pub name: Value<String>,
+    /// `platform` or `service_host`.
+    pub mode: Value<String>,
+    /// Platform (mode platform).
+    pub platform: Value<String>,
+    /// Nodes (mode service_host).
+    pub nodes: Value<Vec<String>>,
+    /// `once` or `periodic`.
+    pub schedule: Value<String>,
+    /// Period of a periodic task.
+    pub interval_seconds: Value<Number>,
+    /// Length of one run.
+    pub duration_seconds: Value<Number>,
+    /// Probe rate.
+    pub rate_pps: Value<Number>,
+    /// Probe size.
+    pub packet_size_bytes: Value<Number>,
+    /// Multicast group.
+    pub group: Value<String>,
+    /// UDP port.
+    pub port: Value<Number>,
+    /// Multicast TTL.
+    pub ttl: Value<Number>,
+    /// Source-specific multicast.
+    pub ssm: Value<bool>,
+    /// Source point (null: round robin).
+    pub source: Value<String>,
+    /// Receiver points (null: all others).
+    pub receiver_points: Value<Vec<String>>,
+    /// Whether create waits for the first result.
+    pub wait_for_result: Value<bool>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// Task status.
+    pub status: Value<String>,
+    /// Result the summary was taken from.
+    pub result_id: Value<String>,
+    /// Run status of that result.
+    pub result_status: Value<String>,
+    /// Source point of that run.
+    pub result_source_point: Value<String>,
+    /// Start of that run.
+    pub result_started_at: Value<String>,
+    /// The whole result document.
+    pub result_json: Value<String>,
+    /// Per-receiver summary.
+    pub receivers: Value<Vec<ReceiverSummary>>,
+    /// The `timeouts` block.
+    pub timeouts: Value<TaskTimeouts>,
+}
+
+fn whole(value: &Value<Number>) -> Option<Result<u64, ()>> {
+    match value {
+        Value::Value(Number::Unsigned(v)) => Some(Ok(*v)),
+        Value::Value(Number::Float(f)) if f.fract() == 0.0 && *f >= 0.0 => Some(Ok(*f as u64)),
+        Value::Value(_) => Some(Err(())),
+        _ => None,
+    }
+}
+
+fn text(value: &Value<String>) -> Option<&str> {
+    value.as_ref_option().map(String::as_str)
+}
+
+impl TaskState {
+    fn is_once(&self) -> bool {
+        text(&self.schedule).unwrap_or("once") == "once"
+    }
+
+    fn validate(&self, diags: &mut Diagnostics) {
+        let mut bad = |attr: &str, summary: &str, reason: String| {
+            diagnostics::invalid_value(diags, AttributePath::new(attr.to_string()), summary.to_string(), reason)
+        };
+        let mode = text(&self.mode);
+        match mode {
+            None | Some("platform") | Some("service_host") => {}
+            Some(other) => bad("mode", "Invalid mode", format!("{other:?} is not a task mode; use \"platform\" (the platform's MSCS runs it) or \"service_host\" (the nodes' service hosts run it).")),
+        }
+        if mode.unwrap_or("platform") == "platform" {
+            if self.platform.is_null() {
+                bad("platform", "Missing platform", "`platform` is required when `mode` is \"platform\".".into());
+            }
+            if self.nodes.is_value() {
+                bad("nodes", "Nodes are for service_host tasks", "`nodes` only applies when `mode` is \"service_host\"; a platform task uses the platform's points.".into());
+            }
+        }
+        if mode == Some("service_host") {
+            if self.platform.is_value() {
+                bad("platform", "A service_host task has no platform", "remove `platform` or use `mode = \"platform\"`.".into());
+            }
+            if let Value::Value(nodes) = &self.nodes {
+                if nodes.len() < 2 {
+                    bad("nodes", "Too few nodes", format!("a service_host task needs at least two nodes (one source, one receiver); got {}.", nodes.len()));
+                }
+            } else if self.nodes.is_null() {
+                bad("nodes", "Missing nodes", "`nodes` is required when `mode` is \"service_host\".".into());
+            }
+        }
+        match text(&self.schedule) {
+            None | Some("once") | Some("periodic") => {}
+            Some(other) => bad("schedule", "Invalid schedule", format!("{other:?} is not a schedule; use \"once\" or \"periodic\".")),
+        }
+        let ranges: [(&str, &Value<Number>, u64, u64); 6] = [
+            ("duration_seconds", &self.duration_seconds, 1, 3600),
+            ("interval_seconds", &self.interval_seconds, 10, 7 * 86400),
+            ("rate_pps", &self.rate_pps, 1, 100_000),
+            ("packet_size_bytes", &self.packet_size_bytes, 64, 8972),
+            ("port", &self.port, 1024, 65535),
+            ("ttl", &self.ttl, 1, 255),
+        ];
+        for (attr, value, min, max) in ranges {
+            match whole(value) {
+                Some(Ok(v)) if (min..=max).contains(&v) => {}
+                Some(_) => bad(attr, "Value out of range", format!("`{attr}` must be a whole number from {min} to {max}.")),
+                None => {}
+            }
+        }
+        if !self.is_once() {
+            if let (Some(Ok(duration)), Some(Ok(interval))) = (
+                whole(&self.duration_seconds).or(Some(Ok(DEFAULT_DURATION))),
+                whole(&self.interval_seconds).or(Some(Ok(DEFAULT_INTERVAL))),
+            ) {
+                if duration >= interval {
+                    bad("duration_seconds", "A run is longer than the period", format!("`duration_seconds` ({duration}) must be shorter than `interval_seconds` ({interval}) for a periodic task."));
+                }
+            }
+        }
+        if let Some(group) = text(&self.group) {
+            match group.parse::<Ipv4Addr>() {
+                Ok(addr) if addr.is_multicast() => {}
+                _ => bad("group", "Invalid multicast group", format!("{group:?} is not an IPv4 multicast address (224.0.0.0/4), e.g. \"239.192.0.1\".")),
+            }
+        }
+        if let Value::Value(receivers) = &self.receiver_points {
+            if let Some(source) = text(&self.source) {
+                if receivers.iter().any(|r| r == source) {
+                    bad("receiver_points", "The source cannot receive", format!("{source:?} is the source; list only other points in `receiver_points`."));
+                }
+            }
+        }
+        if let Value::Value(t) = &self.timeouts {
+            if let Value::Value(text) = &t.create {
+                if let Err(err) = timeouts::parse_duration(text) {
+                    diagnostics::invalid_value(diags, AttributePath::new("timeouts").attribute("create"), "Invalid timeout", err.to_string());
+                }
+            }
+        }
+    }
+
+    /// Fill the defaults the controller would apply, so the plan shows them.
+    fn apply_defaults(&mut self) {
+        let default_number = |v: &mut Value<Number>, d: u64| {
+            if v.is_null() {
+                *v = Value::Value(Number::from(d));
+            }
+        };
+        if self.mode.is_null() {
+            self.mode = Value::Value("platform".into());
+        }
+        if self.schedule.is_null() {
+            self.schedule = Value::Value("once".into());
+        }
+        default_number(&mut self.duration_seconds, DEFAULT_DURATION);
+        default_number(&mut self.interval_seconds, DEFAULT_INTERVAL);
+        default_number(&mut self.rate_pps, DEFAULT_RATE);
+        default_number(&mut self.packet_size_bytes, DEFAULT_SIZE);
+        default_number(&mut self.port, DEFAULT_PORT);
+        default_number(&mut self.ttl, DEFAULT_TTL);
+        if self.group.is_null() {
+            self.group = Value::Value(DEFAULT_GROUP.into());
+        }
+        if self.ssm.is_null() {
+            self.ssm = Value::Value(false);
+        }
+        if self.wait_for_result.is_null() {
+            self.wait_for_result = match &self.schedule {
+                Value::Value(s) => Value::Value(s == "once"),
+                _ => Value::Unknown,
+            };
+        }
+    }
+
+    fn mark_computed_unknown(&mut self) {
+        self.id = Value::Unknown;
+        self.status = Value::Unknown;
+        self.result_id = Value::Unknown;
+        self.result_status = Value::Unknown;
+        self.result_source_point = Value::Unknown;
+        self.result_started_at = Value::Unknown;
+        self.result_json = Value::Unknown;
+        self.receivers = Value::Unknown;
+    }
+
+    fn create_body(&self) -> TaskCreate {
+        let number = |v: &Value<Number>, d: u64| whole(v).and_then(Result::ok).unwrap_or(d);
+        let once = self.is_once();
+        TaskCreate {
+            name: text(&self.name).unwrap_or_default().to_string(),
+            mode: text(&self.mode).unwrap_or("platform").to_string(),
+            platform: text(&self.platform).map(str::to_string),
+            nodes: self.nodes.as_ref_option().cloned(),
+            schedule: text(&self.schedule).unwrap_or("once").to_string(),
+            interval_seconds: (!once).then(|| number(&self.interval_seconds, DEFAULT_INTERVAL)),
+            duration_seconds: Some(number(&self.duration_seconds, DEFAULT_DURATION)),
+            rate_pps: number(&self.rate_pps, DEFAULT_RATE),
+            packet_size_bytes: number(&self.packet_size_bytes, DEFAULT_SIZE),
+            group: text(&self.group).unwrap_or(DEFAULT_GROUP).to_string(),
+            port: u16::try_from(number(&self.port, DEFAULT_PORT)).unwrap_or(50001),
+            ttl: u32::try_from(number(&self.ttl, DEFAULT_TTL)).unwrap_or(8),
+            ssm: self.ssm.as_ref_option().copied().unwrap_or(false),
+            source: text(&self.source).map(str::to_string),
+            receivers: self.receiver_points.as_ref_option().cloned(),
+            request_id: None,
+        }
+    }
+
+    fn refresh_from(&mut self, task: &Task) {
+        self.name = Value::Value(task.name.clone());
+        self.mode = Value::Value(task.mode.clone());
+        self.platform = task.platform.clone().map_or(Value::Null, Value::Value);
+        self.nodes = if task.nodes.is_empty() && !self.nodes.is_value() {
+            Value::Null
+        } else {
+            Value::Value(task.nodes.clone())
+        };
+        self.schedule = Value::Value(task.schedule.clone());
+        // A once task has no period; keep what the configuration planned.
+        if task.schedule == "periodic" || !self.interval_seconds.is_value() {
+            self.interval_seconds = Value::Value(Number::from(task.interval_seconds));
+        }
+        self.duration_seconds = Value::Value(Number::from(task.duration_seconds));
+        self.rate_pps = Value::Value(Number::from(task.rate_pps));
+        self.packet_size_bytes = Value::Value(Number::from(task.packet_size_bytes));
+        self.group = Value::Value(task.group.clone());
+        self.port = Value::Value(Number::from(u64::from(task.port)));
+        self.ttl = Value::Value(Number::from(task.ttl));
+        self.ssm = Value::Value(task.ssm);
+        self.source = task.source.clone().map_or(Value::Null, Value::Value);
+        self.receiver_points = if task.receivers.is_empty() && !self.receiver_points.is_value() {
+            Value::Null
+        } else {
+            Value::Value(task.receivers.clone())
+        };
+        self.id = Value::Value(task.id.clone());
+        self.status = Value::Value(task.status.clone());
+    }
+
+    fn set_result(&mut self, record: Option<&measurelab_api::http::ResultRecord>) {
+        match record {
+            Some(record) => {
+                let doc = &record.document;
+                self.result_id = Value::Value(record.id.clone());
+                self.result_status = Value::Value(doc["status"].as_str().unwrap_or_default().to_string());
+                self.result_source_point = Value::Value(doc["source_point"].as_str().unwrap_or_default().to_string());
+                self.result_started_at = Value::Value(record.started_at.clone());
+                self.result_json = Value::Value(doc.to_string());
+                self.receivers = Value::Value(summarize(doc));
+            }
+            None => {
+                self.result_id = Value::Value(String::new());
+                self.result_status = Value::Value(String::new());
+                self.result_source_point = Value::Value(String::new());
+                self.result_started_at = Value::Value(String::new());
+                self.result_json = Value::Value(String::new());
+                self.receivers = Value::Value(Vec::new());
+            }
+        }
+    }
+
+    fn create_timeout(&self) -> Duration {
+        let configured = self
+            .timeouts
+            .as_ref_option()
+            .and_then(|t| t.create.as_ref_option())
+            .and_then(|text| timeouts::parse_duration(text).ok());
+        configured.unwrap_or_else(|| {
+            // Long enough for one run plus the MSCS's poll and the relay.
+            let duration = whole(&self.duration_seconds).and_then(Result::ok).unwrap_or(DEFAULT_DURATION);
+            timeouts::DEFAULT_CREATE.max(Duration::from_secs(duration * 2 + 120))
+        })
+    }
+}
+
+/// The resource implementation.
+pub struct MeasurementTaskResource {
+    shared: Shared,
+}
+
+impl MeasurementTaskResource {
+    /// A resource that uses the provider's client and stop signal.
+    pub fn new(shared: Shared) -> Self {
+        MeasurementTaskResource { shared }
+    }
+
+    /// Wait until the task has a result; `None` (with a diagnostic) otherwise.
+    async fn wait_result(
+        &self,
+        diags: &mut Diagnostics,
+        client: &Client,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Option<(Task, measurelab_api::http::ResultRecord)> {
+        let result = wait::until(&self.shared.stop, timeout, || {
+            let client = client.clone();
+            let id = id.to_string();
+            async move {
+                let task = client.get_task(&id).await?;
+                if task.last_result_id.is_none() {
+                    return Ok(Poll::Pending(format!("task status {}, no result yet", task.status)));
+                }
+                let record = client.latest_result(&id).await?;
+                Ok(Poll::Done((task, record)))
+            }
+        })
+        .await;
+        match result {
+            Ok(found) => Some(found),
+            Err(end) => {
+                diagnostics::wait_failed(diags, &end, KIND, name, "deliver a result", timeout, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for MeasurementTaskResource {
+    type State<'a> = TaskState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let attribute = |attr_type, description: &str, constraint| Attribute {
+            attr_type,
+            description: Description::markdown(description),
+            constraint,
+            ..Default::default()
+        };
+        use AttributeConstraint::{Optional, OptionalComputed, Required};
+        let strings = || AttributeType::List(Box::new(AttributeType::String));
+        let attributes: HashMap<String, Attribute> = HashMap::from([
+            ("name".into(), attribute(AttributeType::String, "Unique task name. Every argument change replaces the task (a task is immutable on the controller).", Required)),
+            ("mode".into(), attribute(AttributeType::String, "`platform` (default): the platform's MSCS runs the task over its measurement points. `service_host`: the listed nodes' service hosts run it without a virtual platform.", OptionalComputed)),
+            ("platform".into(), attribute(AttributeType::String, "Virtual platform name (mode `platform`).", Optional)),
+            ("nodes".into(), attribute(strings(), "Node names, at least two (mode `service_host`).", Optional)),
+            ("schedule".into(), attribute(AttributeType::String, "`once` (default): one run; create waits for its result. `periodic`: a run every `interval_seconds`, the source taking turns over the points (round robin) unless `source` is set.", OptionalComputed)),
+            ("interval_seconds".into(), attribute(AttributeType::Number, "Period of a periodic task, 10 s to 7 days. Default 300 (the paper's 5 minutes).", OptionalComputed)),
+            ("duration_seconds".into(), attribute(AttributeType::Number, "Length of one run, 1 to 3600 s. Default 30 (the paper's 30 s).", OptionalComputed)),
+            ("rate_pps".into(), attribute(AttributeType::Number, "Probe rate in packets per second, 1 to 100000. Default 100.", OptionalComputed)),
+            ("packet_size_bytes".into(), attribute(AttributeType::Number, "UDP payload size of a probe, 64 to 8972 bytes. Default 200.", OptionalComputed)),
+            ("group".into(), attribute(AttributeType::String, "IPv4 multicast group (224.0.0.0/4). Default `239.192.0.1`.", OptionalComputed)),
+            ("port".into(), attribute(AttributeType::Number, "UDP port, 1024 to 65535. Default 50001.", OptionalComputed)),
+            ("ttl".into(), attribute(AttributeType::Number, "Multicast TTL, 1 to 255. Default 8.", OptionalComputed)),
+            ("ssm".into(), attribute(AttributeType::Bool, "Source-specific multicast (receivers join (source, group)). Default false.", OptionalComputed)),
+            ("source".into(), attribute(AttributeType::String, "The point that sends; default: round robin over the points.", Optional)),
+            ("receiver_points".into(), attribute(strings(), "The points that receive; default: every point but the source. (The API's `receivers` field; the name `receivers` holds the results here.)", Optional)),
+            ("wait_for_result".into(), attribute(AttributeType::Bool, "Whether create waits for the first result and records its summary. Default true for `once`, false for `periodic`.", OptionalComputed)),
+            ("id".into(), computed(AttributeType::String, "Stable id assigned by the controller.")),
+            ("status".into(), computed(AttributeType::String, "Task status: `pending`, `running`, `completed` or `failed`. Refreshed on read.")),
+            ("result_id".into(), computed(AttributeType::String, "Id of the result the summary comes from (the first result; empty when create did not wait). Later runs of a periodic task: `measurelab_results`.")),
+            ("result_status".into(), computed(AttributeType::String, "Status of that run: `ok`, `partial` or `failed`.")),
+            ("result_source_point".into(), computed(AttributeType::String, "The point that sent in that run.")),
+            ("result_started_at".into(), computed(AttributeType::String, "RFC 3339 start of that run.")),
+            ("result_json".into(), computed(AttributeType::String, "The whole `measurelab.mcast.result/v1` document of that run, as JSON text (`jsondecode` it).")),
+            ("receivers".into(), computed(AttributeType::List(Box::new(receiver_type())), &format!("Per-receiver summary of that run: {RECEIVER_DOC}."))),
+        ]);
+        let timeouts_block = Block {
+            description: Description::markdown("Limits on how long operations wait."),
+            attributes: HashMap::from([(
+                "create".to_string(),
+                attribute(AttributeType::String, "How long create waits for the first result, as a duration such as `\"3m\"`. Default: the larger of 5 minutes and twice `duration_seconds` plus 2 minutes.", Optional),
+            )]),
+            ..Default::default()
+        };
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "A multicast measurement task (loss, one-way delay, IPDV/PDV and jitter per receiver). \
+                     With `schedule = \"once\"` create waits until the run's result is stored and exposes the \
+                     per-receiver summary in `receivers`, so `terraform apply` returns measurements. A \
+                     `periodic` task keeps running until destroyed; read its history with `measurelab_results`.",
+                ),
+                attributes,
+                blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        config.validate(diags);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let key = state.id.as_ref_option().or(state.name.as_ref_option()).cloned().unwrap_or_default();
+        match client.get_task(&key).await {
+            Ok(task) => {
+                let mut state = state;
+                state.refresh_from(&task);
+                // The summary is the first result's and stays put (stable
+                // outputs); only a state without one (import) picks one up.
+                let has_result = matches!(&state.result_id, Value::Value(id) if !id.is_empty());
+                if !has_result {
+                    let record = match task.last_result_id {
+                        Some(_) => client.latest_result(&task.id).await.ok(),
+                        None => None,
+                    };
+                    state.set_result(record.as_ref());
+                }
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        state.apply_defaults();
+        state.mark_computed_unknown();
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        proposed_state.validate(diags);
+        let mut state = proposed_state;
+        state.apply_defaults();
+        let mut replace = Vec::new();
+        let p = &prior_state;
+        let s = &state;
+        let changed: [(&str, bool); 15] = [
+            ("name", s.name != p.name),
+            ("mode", s.mode != p.mode),
+            ("platform", s.platform != p.platform),
+            ("nodes", s.nodes != p.nodes),
+            ("schedule", s.schedule != p.schedule),
+            ("interval_seconds", !s.is_once() && s.interval_seconds != p.interval_seconds),
+            ("duration_seconds", s.duration_seconds != p.duration_seconds),
+            ("rate_pps", s.rate_pps != p.rate_pps),
+            ("packet_size_bytes", s.packet_size_bytes != p.packet_size_bytes),
+            ("group", s.group != p.group),
+            ("port", s.port != p.port),
+            ("ttl", s.ttl != p.ttl),
+            ("ssm", s.ssm != p.ssm),
+            ("source", s.source != p.source),
+            ("receiver_points", s.receiver_points != p.receiver_points),
+        ];
+        for (attr, differs) in changed {
+            if differs {
+                replace.push(AttributePath::new(attr));
+            }
+        }
+        if replace.is_empty() {
+            // `wait_for_result` and `timeouts` only steer create.
+            state.id = prior_state.id.clone();
+            state.status = prior_state.status.clone();
+            state.result_id = prior_state.result_id.clone();
+            state.result_status = prior_state.result_status.clone();
+            state.result_source_point = prior_state.result_source_point.clone();
+            state.result_started_at = prior_state.result_started_at.clone();
+            state.result_json = prior_state.result_json.clone();
+            state.receivers = prior_state.receivers.clone();
+            state.interval_seconds = if state.is_once() { prior_state.interval_seconds.clone() } else { state.interval_seconds };
+        } else {
+            state.mark_computed_unknown();
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        planned_state.validate(diags);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let client = self.shared.client(diags)?;
+        let task = match client.create_task(&planned_state.create_body()).await {
+            Ok(task) => task,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create(KIND));
+                return None;
+            }
+        };
+        let mut state = planned_state;
+        let planned_interval = state.interval_seconds.clone();
+        state.refresh_from(&task);
+        if state.is_once() {
+            state.interval_seconds = planned_interval;
+        }
+        let wait = state.wait_for_result.as_ref_option().copied().unwrap_or(state.is_once());
+        state.wait_for_result = Value::Value(wait);
+        if !wait {
+            state.set_result(None);
+            return Some((state, planned_private_state));
+        }
+        let name = task.name.clone();
+        let timeout = state.create_timeout();
+        match self.wait_result(diags, &client, &task.id, &name, timeout).await {
+            Some((task, record)) => {
+                state.refresh_from(&task);
+                state.set_result(Some(&record));
+                if record.document["status"].as_str() == Some("failed") {
+                    // Kept in the state (tainted): the next apply submits it again.
+                    let why = record.document["source"]["error"].as_str().unwrap_or("see result_json").to_string();
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::root(),
+                        format!("Measurement task {name:?} failed"),
+                        format!("The run's result has status failed: {why}.\n\nWhat to do: check that the measurement points run (their deployments' `runs`), that `source`/`receiver_points` name existing points, then apply again."),
+                    );
+                }
+            }
+            None => state.set_result(None),
+        }
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        // Only `wait_for_result`/`timeouts` changed: nothing to send.
+        Some((planned_state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        match client.delete_task(&id).await {
+            Ok(_) => Some(()),
+            Err(err) if err.is_not_found() => Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match client.get_task(&id).await {
+            Ok(task) => {
+                let mut state = TaskState {
+                    timeouts: Value::Value(TaskTimeouts::default()),
+                    ..Default::default()
+                };
+                state.refresh_from(&task);
+                state.wait_for_result = Value::Value(task.schedule == "once");
+                let record = match task.last_result_id {
+                    Some(_) => client.latest_result(&task.id).await.ok(),
+                    None => None,
+                };
+                state.set_result(record.as_ref());
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    "Cannot import: no such measurement task",
+                    format!("The controller has no measurement task named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/tasks`)."),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(state: &TaskState) -> Vec<AttributePath> {
+        let mut diags = Diagnostics::default();
+        state.validate(&mut diags);
+        diags.errors.iter().map(|d| d.attribute.clone()).collect()
+    }
+
+    #[test]
+    fn bad_values_point_at_their_attributes() {
+        let state = TaskState {
+            name: Value::Value("t".into()),
+            platform: Value::Value("p".into()),
+            group: Value::Value("10.0.0.1".into()),
+            rate_pps: Value::Value(Number::Unsigned(0)),
+            port: Value::Value(Number::Unsigned(80)),
+            schedule: Value::Value("hourly".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            paths(&state),
+            vec![
+                AttributePath::new("schedule"),
+                AttributePath::new("rate_pps"),
+                AttributePath::new("port"),
+                AttributePath::new("group"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mode_decides_between_platform_and_nodes() {
+        let platform_without_one = TaskState::default();
+        assert_eq!(paths(&platform_without_one), vec![AttributePath::new("platform")]);
+        let service_host = TaskState {
+            mode: Value::Value("service_host".into()),
+            nodes: Value::Value(vec!["n1".into()]),
+            ..Default::default()
+        };
+        assert_eq!(paths(&service_host), vec![AttributePath::new("nodes")]);
+    }
+
+    #[test]
+    fn periodic_run_must_fit_in_its_period() {
+        let state = TaskState {
+            platform: Value::Value("p".into()),
+            schedule: Value::Value("periodic".into()),
+            interval_seconds: Value::Value(Number::Unsigned(20)),
+            duration_seconds: Value::Value(Number::Unsigned(30)),
+            ..Default::default()
+        };
+        assert_eq!(paths(&state), vec![AttributePath::new("duration_seconds")]);
+    }
+
+    #[test]
+    fn defaults_are_planned_and_sent() {
+        let mut state = TaskState {
+            name: Value::Value("t".into()),
+            platform: Value::Value("p".into()),
+            ..Default::default()
+        };
+        state.apply_defaults();
+        assert_eq!(state.wait_for_result, Value::Value(true));
+        let body = state.create_body();
+        assert_eq!(body.mode, "platform");
+        assert_eq!(body.schedule, "once");
+        assert_eq!(body.interval_seconds, None);
+        assert_eq!(body.rate_pps, DEFAULT_RATE);
+        assert_eq!(body.group, DEFAULT_GROUP);
+    }
+}

@@ -1,0 +1,483 @@
+//! `measurelab_program`: a user program uploaded for program distribution (the
+//! paper's "upload a measurement program, the platform delivers it to the
+//! VMs"). The provider reads the local file named by `source`; its SHA-256 is
+//! known at plan time, so a changed file plans a replacement.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use base64::Engine;
+use measurelab_api::client::ClientError;
+use measurelab_api::http::{Program, ProgramCreate};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::diagnostics::{self, Operation};
+use crate::node_model::computed;
+use crate::number::Number;
+use crate::provider::Shared;
+
+const KIND: &str = "program";
+
+/// Largest file the controller accepts (`MAX_PROGRAM_BYTES` on the controller).
+const MAX_PROGRAM_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Terraform state of one program.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramState {
+    /// Unique name.
+    pub name: Value<String>,
+    /// Local path of the file to upload.
+    pub source: Value<String>,
+    /// Controller id.
+    pub id: Value<String>,
+    /// Hex SHA-256 of the content.
+    pub sha256: Value<String>,
+    /// Content size.
+    pub size_bytes: Value<Number>,
+    /// Upload time.
+    pub created_at: Value<String>,
+}
+
+/// Why the local file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// The file cannot be read.
+    #[error("cannot read {path:?}: {source}")]
+    Unreadable {
+        /// The configured path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is over the controller's limit.
+    #[error("{path:?} is {size} bytes; the controller accepts at most {MAX_PROGRAM_BYTES} bytes (strip the binary or build it in release mode)")]
+    TooLarge {
+        /// The configured path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The file is empty.
+    #[error("{0:?} is empty")]
+    Empty(String),
+}
+
+/// The file's content and hex SHA-256.
+pub fn read_source(path: &str) -> Result<(Vec<u8>, String), ProgramError> {
+    let size = std::fs::metadata(path)
+        .map_err(|source| ProgramError::Unreadable {
+            path: path.to_string(),
+            source,
+        })?
+        .len();
+    if size > MAX_PROGRAM_BYTES {
+        return Err(ProgramError::TooLarge {
+            path: path.to_string(),
+            size,
+        });
+    }
+    let content = std::fs::read(Path::new(path)).map_err(|source| ProgramError::Unreadable {
+        path: path.to_string(),
+        source,
+    })?;
+    if content.is_empty() {
+        return Err(ProgramError::Empty(path.to_string()));
+    }
+    let digest = Sha256::digest(&content);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((content, hex))
+}
+
+fn source_diag(diags: &mut Diagnostics, err: &ProgramError) {
+    diagnostics::invalid_value(
+        diags,
+        AttributePath::new("source"),
+        "Cannot use the program file",
+        format!("{err}.\n\nWhat to do: point `source` at a readable, non-empty file (for example a built binary)."),
+    );
+}
+
+fn check_name(diags: &mut Diagnostics, name: &Value<String>) {
+    if let Value::Value(name) = name {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("name"),
+                "Invalid program name",
+                format!("{name:?} is not a program name: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit."),
+            );
+        }
+    }
+}
+
+impl ProgramState {
+    fn refresh_from(&mut self, program: &Program) {
+        self.name = Value::Value(program.name.clone());
+        self.id = Value::Value(program.id.clone());
+        self.sha256 = Value::Value(program.sha256.clone());
+        self.size_bytes = Value::Value(Number::from(program.size_bytes));
+        self.created_at = Value::Value(program.created_at.clone());
+    }
+
+    /// Plan the digest and size from the local file (known at plan time).
+    fn plan_content(&mut self, diags: &mut Diagnostics) {
+        match &self.source {
+            Value::Value(path) => match read_source(path) {
+                Ok((content, sha)) => {
+                    self.sha256 = Value::Value(sha);
+                    self.size_bytes = Value::Value(Number::from(content.len() as u64));
+                }
+                Err(err) => source_diag(diags, &err),
+            },
+            _ => {
+                self.sha256 = Value::Unknown;
+                self.size_bytes = Value::Unknown;
+            }
+        }
+    }
+}
+
+/// The resource implementation.
+pub struct ProgramResource {
+    shared: Shared,
+}
+
+impl ProgramResource {
+    /// A resource that uses the provider's client.
+    pub fn new(shared: Shared) -> Self {
+        ProgramResource { shared }
+    }
+}
+
+async fn get_program(
+    client: &measurelab_api::client::Client,
+    key: &str,
+) -> Result<Program, ClientError> {
+    client
+        .request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/programs/{key}"),
+            None,
+        )
+        .await
+}
+
+async fn delete_program(
+    client: &measurelab_api::client::Client,
+    key: &str,
+) -> Result<Program, ClientError> {
+    client
+        .request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/programs/{key}"),
+            None,
+        )
+        .await
+}
+
+
+#[async_trait]
+impl Resource for ProgramResource {
+    type State<'a> = ProgramState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let attributes: HashMap<String, Attribute> = HashMap::from([
+            (
+                "name".to_string(),
+                Attribute {
+                    attr_type: AttributeType::String,
+                    description: Description::markdown(
+                        "Unique program name; deployments refer to it. Changing it replaces the program.",
+                    ),
+                    constraint: AttributeConstraint::Required,
+                    ..Default::default()
+                },
+            ),
+            (
+                "source".to_string(),
+                Attribute {
+                    attr_type: AttributeType::String,
+                    description: Description::markdown(
+                        "Path of the local file to upload (at most 64 MiB), for example a built binary. \
+                         The file is read at plan time: when its content changes the program is replaced \
+                         (and so are the deployments that use it).",
+                    ),
+                    constraint: AttributeConstraint::Required,
+                    ..Default::default()
+                },
+            ),
+            ("id".to_string(), computed(AttributeType::String, "Stable id assigned by the controller.")),
+            ("sha256".to_string(), computed(AttributeType::String, "Hex SHA-256 of the uploaded content (computed from `source` at plan time).")),
+            ("size_bytes".to_string(), computed(AttributeType::Number, "Size of the uploaded content in bytes.")),
+            ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 upload time.")),
+        ]);
+        Some(Schema {
+            version: 1,
+            block: Block {
+                description: Description::markdown(
+                    "A program uploaded to the controller for program distribution. Deploy it onto VMs with \
+                     `measurelab_deployment`. The controller checks the SHA-256 of what it received.",
+                ),
+                attributes,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        check_name(diags, &config.name);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.shared.client(diags) else {
+            return Some((state, private_state));
+        };
+        let key = state
+            .id
+            .as_ref_option()
+            .or(state.name.as_ref_option())
+            .cloned()
+            .unwrap_or_default();
+        match get_program(&client, &key).await {
+            Ok(program) => {
+                let mut state = state;
+                state.refresh_from(&program);
+                Some((state, private_state))
+            }
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        check_name(diags, &proposed_state.name);
+        let mut state = proposed_state;
+        state.plan_content(diags);
+        state.id = Value::Unknown;
+        state.created_at = Value::Unknown;
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        check_name(diags, &proposed_state.name);
+        let mut state = proposed_state;
+        state.plan_content(diags);
+        let mut replace = Vec::new();
+        if state.name != prior_state.name {
+            replace.push(AttributePath::new("name"));
+        }
+        // The controller keeps content immutable under a name: new content is a new program.
+        if state.sha256 != prior_state.sha256 {
+            replace.push(AttributePath::new("sha256"));
+        }
+        if replace.is_empty() {
+            state.id = prior_state.id.clone();
+            state.created_at = prior_state.created_at.clone();
+        } else {
+            state.id = Value::Unknown;
+            state.created_at = Value::Unknown;
+        }
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        let path = planned_state
+            .source
+            .as_ref_option()
+            .cloned()
+            .unwrap_or_default();
+        let (content, sha256) = match read_source(&path) {
+            Ok(read) => read,
+            Err(err) => {
+                source_diag(diags, &err);
+                return None;
+            }
+        };
+        if let Value::Value(planned) = &planned_state.sha256 {
+            if planned != &sha256 {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("source"),
+                    "The program file changed between plan and apply",
+                    format!("{path:?} had SHA-256 {planned} when planned and {sha256} now. Nothing was uploaded.\n\nWhat to do: run `terraform apply` again."),
+                );
+                return None;
+            }
+        }
+        let body = ProgramCreate {
+            name: planned_state
+                .name
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
+            sha256: Some(sha256),
+            request_id: None,
+        };
+        match client.create_program(&body).await {
+            Ok(program) => {
+                let mut state = planned_state;
+                state.refresh_from(&program);
+                Some((state, planned_private_state))
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Create(KIND));
+                None
+            }
+        }
+    }
+
+    async fn update<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        // Only `source` moved to a file with the same content: nothing to send.
+        Some((planned_state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.shared.client(diags)?;
+        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        match delete_program(&client, &id).await {
+            Ok(_) => Some(()),
+            Err(err) if err.is_not_found() => Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.shared.client(diags)?;
+        match get_program(&client, &id).await {
+            Ok(program) => {
+                let mut state = ProgramState::default();
+                state.refresh_from(&program);
+                // `source` is only known to the configuration; the next plan
+                // compares the file's digest with the imported one.
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    "Cannot import: no such program",
+                    format!("The controller has no program named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/programs`)."),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Read(KIND));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_a_file_is_its_sha256() {
+        let path = std::env::temp_dir().join(format!("ml-program-{}", std::process::id()));
+        std::fs::write(&path, b"abc").expect("write");
+        let (content, sha) = read_source(path.to_str().expect("utf8")).expect("read");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(content, b"abc");
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn missing_file_and_bad_name_point_at_their_attributes() {
+        let mut diags = Diagnostics::default();
+        let mut state = ProgramState {
+            name: Value::Value("bad name!".into()),
+            source: Value::Value("/nonexistent/measurelab-program".into()),
+            ..Default::default()
+        };
+        check_name(&mut diags, &state.name);
+        state.plan_content(&mut diags);
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![AttributePath::new("name"), AttributePath::new("source")]
+        );
+    }
+}
