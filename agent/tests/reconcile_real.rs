@@ -17,14 +17,25 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use measurelab_agent::AgentConfig;
 use measurelab_api::client::Client;
-use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
+use measurelab_api::http::{
+    DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend, VmCreate, VmPowerState,
+};
 use measurelab_controller::ControllerConfig;
 use measurelab_testbed::OvsSandbox;
 use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs inside a guest: uses the local platform API, prints its argument.
+const PROGRAM: &str = r#"#!/usr/bin/env python3
+import json, os, sys, urllib.request
+api = os.environ.get("MEASURELAB_PLATFORM_API", "http://127.0.0.1:7079")
+tasks = json.load(urllib.request.urlopen(api + "/tasks", timeout=20))["tasks"]
+print("hello", sys.argv[1], "tasks", len(tasks))
+"#;
 
 fn netns_list() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -226,6 +237,38 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .collect();
     assert_eq!(state_files.len(), 2);
+
+    // Program distribution: the program reaches both guests through the
+    // node agent, asks the local platform API for tasks (relayed as
+    // poll_tasks -> PollTasks) and its exit status comes back.
+    let program = client
+        .create_program(&ProgramCreate {
+            name: "hello.py".into(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(PROGRAM),
+            sha256: None,
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let deployment = client
+        .create_deployment(&DeploymentCreate {
+            program: program.id.clone(),
+            vms: running.iter().map(|vm| vm.id.clone()).collect(),
+            args: vec!["world".into()],
+            env: BTreeMap::new(),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let runs = wait_for("both program runs to exit", async || {
+        let d = client.get_deployment(&deployment.id).await.ok()?;
+        (d.runs.len() == 2 && d.runs.iter().all(|r| r.status == "exited")).then_some(d.runs)
+    })
+    .await;
+    for run in &runs {
+        assert_eq!(run.exit_code, Some(0), "{run:?}");
+        assert!(run.stdout_tail.contains("hello world tasks 0"), "{run:?}");
+    }
 
     // Drift: a port deleted by hand comes back with its tag.
     let victim = bridge_ports[0].clone();

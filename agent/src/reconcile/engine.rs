@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
     BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState, Hypervisor,
-    HypervisorError,
+    HypervisorError, NicAttach,
 };
 use crate::ovs::{
     FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec, UplinkSpec,
@@ -66,6 +66,12 @@ pub enum Action {
     },
     /// Closed a guest channel.
     CloseChannel {
+        /// VM id.
+        vm: Uuid,
+    },
+    /// Moved a libvirt guest's tap from the host's network namespace into
+    /// the agent's (the node's), where its OVS is.
+    MoveTap {
         /// VM id.
         vm: Uuid,
     },
@@ -312,6 +318,59 @@ fn converge_guest(
         hv.info(id)?.ok_or(HypervisorError::NotFound { id })?
     };
     Ok((info, restart_required))
+}
+
+/// libvirtd creates a TapOnly guest's tap in its own (the host's) network
+/// namespace. An agent running in a node namespace (as in a lab) moves it
+/// here, where the node's OVS can open it. Returns whether it moved one.
+fn adopt_tap(port: &str) -> Result<bool, HypervisorError> {
+    let here = std::fs::read_link("/proc/self/ns/net").ok();
+    let host = std::fs::read_link("/proc/1/ns/net").ok();
+    if here.is_none() || here == host {
+        return Ok(false);
+    }
+    let visible = std::process::Command::new("ip")
+        .args(["link", "show", "dev", port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if visible {
+        return Ok(false);
+    }
+    let pid = std::process::id().to_string();
+    let steps: [Vec<&str>; 2] = [
+        vec![
+            "nsenter",
+            "--net=/proc/1/ns/net",
+            "ip",
+            "link",
+            "set",
+            "dev",
+            port,
+            "netns",
+            &pid,
+        ],
+        vec!["ip", "link", "set", "dev", port, "up"],
+    ];
+    for step in steps {
+        let output = std::process::Command::new(step[0])
+            .args(&step[1..])
+            .output()
+            .map_err(|e| HypervisorError::Command {
+                command: step.join(" "),
+                detail: e.to_string(),
+                class: ErrorClass::Transient,
+            })?;
+        if !output.status.success() {
+            return Err(HypervisorError::Command {
+                command: step.join(" "),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                class: ErrorClass::Transient,
+            });
+        }
+    }
+    Ok(true)
 }
 
 /// The reconcile state of one node. Holds no durable truth: a new one built
