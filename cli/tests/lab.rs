@@ -478,7 +478,25 @@ fn down_twice_leaves_nothing_behind() {
     lab.up(2, 1);
     let pids = lab.pids();
     assert!(!pids.is_empty());
+    // Keep the switch's namespace alive past `lab down` (a second bind
+    // mount, as `ip netns` makes them) to see what vswitchd left in it.
+    let keep = format!("keep-{}", lab.name);
+    let keep_path = format!("/run/netns/{keep}");
+    std::fs::File::create(&keep_path).unwrap();
+    let bound = Command::new("mount")
+        .args(["--bind", &format!("/run/netns/{}-sw", lab.name), &keep_path])
+        .status()
+        .unwrap();
+    assert!(bound.success());
     let first = lab.lab("down", &[]);
+    let switch_links = ip_output(&["-n", &keep, "-o", "link", "show"]);
+    let _ = Command::new("ip").args(["netns", "del", &keep]).status();
+    // vswitchd stopped with `exit --cleanup` removes its datapath taps; a
+    // kill or a plain exit leaves `ovs-netdev` and the bridge tap behind.
+    assert!(
+        !switch_links.contains("ovs-netdev") && switch_links.contains("lo:"),
+        "the lab switch left its taps: {switch_links}"
+    );
     assert!(
         first.status.success(),
         "{}",
