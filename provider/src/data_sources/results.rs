@@ -101,7 +101,9 @@ fn number(value: &serde_json::Value) -> Value<Number> {
     match value {
         serde_json::Value::Number(n) => match n.as_u64() {
             Some(u) => Value::Value(Number::from(u)),
-            None => n.as_f64().map_or(Value::Null, |f| Value::Value(Number::from(f))),
+            None => n
+                .as_f64()
+                .map_or(Value::Null, |f| Value::Value(Number::from(f))),
         },
         _ => Value::Null,
     }
@@ -117,7 +119,10 @@ fn millis(value: &serde_json::Value) -> Value<Number> {
 
 /// Per-receiver summaries of a `measurelab.mcast.result/v1` document.
 pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
-    let receivers = document["receivers"].as_array().cloned().unwrap_or_default();
+    let receivers = document["receivers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     receivers
         .iter()
         .map(|r| {
@@ -390,9 +395,15 @@ mod tests {
         let summary = summarize(&document);
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0].name, "p2");
-        assert_eq!(summary[0].packets_received, Value::Value(Number::Unsigned(495)));
+        assert_eq!(
+            summary[0].packets_received,
+            Value::Value(Number::Unsigned(495))
+        );
         assert_eq!(summary[0].loss_ratio, Value::Value(Number::Float(0.01)));
-        assert_eq!(summary[0].delay_median_ms, Value::Value(Number::Float(1.501)));
+        assert_eq!(
+            summary[0].delay_median_ms,
+            Value::Value(Number::Float(1.501))
+        );
         assert_eq!(summary[0].jitter_ms, Value::Value(Number::Float(0.12)));
         assert_eq!(summary[0].delay_max_ms, Value::Value(Number::Unsigned(9)));
         assert_eq!(summary[1].status, "missing");
@@ -405,6 +416,9 @@ mod tests {
         assert!(looks_like_rfc3339("2026-11-25T21:00:00Z"));
         assert!(looks_like_rfc3339("2026-11-25T21:00:00+01:00"));
         assert!(!looks_like_rfc3339("yesterday"));
-        assert_eq!(encode("2026-11-25T21:00:00+01:00"), "2026-11-25T21%3A00%3A00%2B01%3A00");
+        assert_eq!(
+            encode("2026-11-25T21:00:00+01:00"),
+            "2026-11-25T21%3A00%3A00%2B01%3A00"
+        );
     }
 }

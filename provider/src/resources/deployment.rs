@@ -69,12 +69,12 @@ impl From<&ProgramRunState> for RunValue {
 pub struct DeploymentState {
     /// Program name or id.
     pub program: Value<String>,
-    /// VM ids (or unique names).
-    pub vms: Value<Vec<String>>,
+    /// VM ids (or unique names); elements may be unknown until apply.
+    pub vms: Value<Vec<Value<String>>>,
     /// Arguments.
-    pub args: Value<Vec<String>>,
+    pub args: Value<Vec<Value<String>>>,
     /// Environment.
-    pub env: Value<BTreeMap<String, String>>,
+    pub env: Value<BTreeMap<String, Value<String>>>,
     /// `running` or `exited`.
     pub wait_for: Value<String>,
     /// Controller id.
@@ -83,6 +83,19 @@ pub struct DeploymentState {
     pub runs: Value<Vec<RunValue>>,
     /// The `timeouts` block.
     pub timeouts: Value<DeploymentTimeouts>,
+}
+
+/// The known elements of a list (at apply time every element is known).
+fn known_list(value: &Value<Vec<Value<String>>>) -> Vec<String> {
+    value
+        .as_ref_option()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_ref_option().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What create waits for.
@@ -154,7 +167,8 @@ impl DeploymentState {
                     diags,
                     AttributePath::new("vms"),
                     "A deployment needs VMs",
-                    "`vms` is empty; list at least one VM id (for example `measurelab_vm.x.id`).".into(),
+                    "`vms` is empty; list at least one VM id (for example `measurelab_vm.x.id`)."
+                        .into(),
                 );
             }
         }
@@ -170,6 +184,7 @@ impl DeploymentState {
         }
         if let Value::Value(args) = &self.args {
             for (i, arg) in args.iter().enumerate() {
+                let Value::Value(arg) = arg else { continue };
                 if arg.contains('\0') || arg.len() > 4096 {
                     diagnostics::invalid_value(
                         diags,
@@ -213,10 +228,16 @@ impl DeploymentState {
         self.id = Value::Value(deployment.id.clone());
         self.runs = Value::Value(deployment.runs.iter().map(RunValue::from).collect());
         if self.args.is_value() || !deployment.args.is_empty() {
-            self.args = Value::Value(deployment.args.clone());
+            self.args = Value::Value(deployment.args.iter().cloned().map(Value::Value).collect());
         }
         if self.env.is_value() || !deployment.env.is_empty() {
-            self.env = Value::Value(deployment.env.clone());
+            self.env = Value::Value(
+                deployment
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::Value(v.clone())))
+                    .collect(),
+            );
         }
     }
 }
@@ -406,8 +427,11 @@ impl Resource for DeploymentResource {
         if state.wait_for.is_null() {
             state.wait_for = Value::Value("running".into());
         }
-        let empty_args = |v: &Value<Vec<String>>| v.as_ref_option().is_none_or(Vec::is_empty);
-        let empty_env = |v: &Value<BTreeMap<String, String>>| v.as_ref_option().is_none_or(BTreeMap::is_empty);
+        let empty_args =
+            |v: &Value<Vec<Value<String>>>| v.as_ref_option().is_none_or(Vec::is_empty);
+        let empty_env = |v: &Value<BTreeMap<String, Value<String>>>| {
+            v.as_ref_option().is_none_or(BTreeMap::is_empty)
+        };
         let mut replace = Vec::new();
         if state.program != prior_state.program {
             replace.push(AttributePath::new("program"));
@@ -415,7 +439,9 @@ impl Resource for DeploymentResource {
         if state.vms != prior_state.vms {
             replace.push(AttributePath::new("vms"));
         }
-        if state.args != prior_state.args && !(empty_args(&state.args) && empty_args(&prior_state.args)) {
+        if state.args != prior_state.args
+            && !(empty_args(&state.args) && empty_args(&prior_state.args))
+        {
             replace.push(AttributePath::new("args"));
         }
         if state.env != prior_state.env && !(empty_env(&state.env) && empty_env(&prior_state.env)) {
@@ -455,10 +481,22 @@ impl Resource for DeploymentResource {
         }
         let client = self.shared.client(diags)?;
         let body = DeploymentCreate {
-            program: planned_state.program.as_ref_option().cloned().unwrap_or_default(),
-            vms: planned_state.vms.as_ref_option().cloned().unwrap_or_default(),
-            args: planned_state.args.as_ref_option().cloned().unwrap_or_default(),
-            env: planned_state.env.as_ref_option().cloned().unwrap_or_default(),
+            program: planned_state
+                .program
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default(),
+            vms: known_list(&planned_state.vms),
+            args: known_list(&planned_state.args),
+            env: planned_state
+                .env
+                .as_ref_option()
+                .map(|env| {
+                    env.iter()
+                        .map(|(k, v)| (k.clone(), v.as_ref_option().cloned().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             request_id: None,
         };
         let deployment = match client.create_deployment(&body).await {
@@ -524,7 +562,13 @@ impl Resource for DeploymentResource {
             Ok(deployment) => {
                 let mut state = DeploymentState {
                     program: Value::Value(deployment.program.clone()),
-                    vms: Value::Value(deployment.runs.iter().map(|r| r.vm_id.clone()).collect()),
+                    vms: Value::Value(
+                        deployment
+                            .runs
+                            .iter()
+                            .map(|r| Value::Value(r.vm_id.clone()))
+                            .collect(),
+                    ),
                     wait_for: Value::Value("running".into()),
                     timeouts: Value::Value(DeploymentTimeouts::default()),
                     ..Default::default()
@@ -606,7 +650,10 @@ mod tests {
         DeploymentState {
             vms: Value::Value(vec![]),
             wait_for: Value::Value("done".into()),
-            args: Value::Value(vec!["ok".into(), "bad\0".into()]),
+            args: Value::Value(vec![
+                Value::Value("ok".into()),
+                Value::Value("bad\0".into()),
+            ]),
             ..Default::default()
         }
         .validate(&mut diags);

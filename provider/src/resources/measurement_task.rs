@@ -119,7 +119,12 @@ impl TaskState {
 
     fn validate(&self, diags: &mut Diagnostics) {
         let mut bad = |attr: &str, summary: &str, reason: String| {
-            diagnostics::invalid_value(diags, AttributePath::new(attr.to_string()), summary.to_string(), reason)
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new(attr.to_string()),
+                summary.to_string(),
+                reason,
+            )
         };
         let mode = text(&self.mode);
         match mode {
@@ -128,7 +133,11 @@ impl TaskState {
         }
         if mode.unwrap_or("platform") == "platform" {
             if self.platform.is_null() {
-                bad("platform", "Missing platform", "`platform` is required when `mode` is \"platform\".".into());
+                bad(
+                    "platform",
+                    "Missing platform",
+                    "`platform` is required when `mode` is \"platform\".".into(),
+                );
             }
             if self.nodes.is_value() {
                 bad("nodes", "Nodes are for service_host tasks", "`nodes` only applies when `mode` is \"service_host\"; a platform task uses the platform's points.".into());
@@ -136,19 +145,31 @@ impl TaskState {
         }
         if mode == Some("service_host") {
             if self.platform.is_value() {
-                bad("platform", "A service_host task has no platform", "remove `platform` or use `mode = \"platform\"`.".into());
+                bad(
+                    "platform",
+                    "A service_host task has no platform",
+                    "remove `platform` or use `mode = \"platform\"`.".into(),
+                );
             }
             if let Value::Value(nodes) = &self.nodes {
                 if nodes.len() < 2 {
                     bad("nodes", "Too few nodes", format!("a service_host task needs at least two nodes (one source, one receiver); got {}.", nodes.len()));
                 }
             } else if self.nodes.is_null() {
-                bad("nodes", "Missing nodes", "`nodes` is required when `mode` is \"service_host\".".into());
+                bad(
+                    "nodes",
+                    "Missing nodes",
+                    "`nodes` is required when `mode` is \"service_host\".".into(),
+                );
             }
         }
         match text(&self.schedule) {
             None | Some("once") | Some("periodic") => {}
-            Some(other) => bad("schedule", "Invalid schedule", format!("{other:?} is not a schedule; use \"once\" or \"periodic\".")),
+            Some(other) => bad(
+                "schedule",
+                "Invalid schedule",
+                format!("{other:?} is not a schedule; use \"once\" or \"periodic\"."),
+            ),
         }
         let ranges: [(&str, &Value<Number>, u64, u64); 6] = [
             ("duration_seconds", &self.duration_seconds, 1, 3600),
@@ -161,7 +182,11 @@ impl TaskState {
         for (attr, value, min, max) in ranges {
             match whole(value) {
                 Some(Ok(v)) if (min..=max).contains(&v) => {}
-                Some(_) => bad(attr, "Value out of range", format!("`{attr}` must be a whole number from {min} to {max}.")),
+                Some(_) => bad(
+                    attr,
+                    "Value out of range",
+                    format!("`{attr}` must be a whole number from {min} to {max}."),
+                ),
                 None => {}
             }
         }
@@ -191,7 +216,12 @@ impl TaskState {
         if let Value::Value(t) = &self.timeouts {
             if let Value::Value(text) = &t.create {
                 if let Err(err) = timeouts::parse_duration(text) {
-                    diagnostics::invalid_value(diags, AttributePath::new("timeouts").attribute("create"), "Invalid timeout", err.to_string());
+                    diagnostics::invalid_value(
+                        diags,
+                        AttributePath::new("timeouts").attribute("create"),
+                        "Invalid timeout",
+                        err.to_string(),
+                    );
                 }
             }
         }
@@ -300,8 +330,10 @@ impl TaskState {
             Some(record) => {
                 let doc = &record.document;
                 self.result_id = Value::Value(record.id.clone());
-                self.result_status = Value::Value(doc["status"].as_str().unwrap_or_default().to_string());
-                self.result_source_point = Value::Value(doc["source_point"].as_str().unwrap_or_default().to_string());
+                self.result_status =
+                    Value::Value(doc["status"].as_str().unwrap_or_default().to_string());
+                self.result_source_point =
+                    Value::Value(doc["source_point"].as_str().unwrap_or_default().to_string());
                 self.result_started_at = Value::Value(record.started_at.clone());
                 self.result_json = Value::Value(doc.to_string());
                 self.receivers = Value::Value(summarize(doc));
@@ -325,7 +357,9 @@ impl TaskState {
             .and_then(|text| timeouts::parse_duration(text).ok());
         configured.unwrap_or_else(|| {
             // Long enough for one run plus the MSCS's poll and the relay.
-            let duration = whole(&self.duration_seconds).and_then(Result::ok).unwrap_or(DEFAULT_DURATION);
+            let duration = whole(&self.duration_seconds)
+                .and_then(Result::ok)
+                .unwrap_or(DEFAULT_DURATION);
             timeouts::DEFAULT_CREATE.max(Duration::from_secs(duration * 2 + 120))
         })
     }
@@ -357,7 +391,10 @@ impl MeasurementTaskResource {
             async move {
                 let task = client.get_task(&id).await?;
                 if task.last_result_id.is_none() {
-                    return Ok(Poll::Pending(format!("task status {}, no result yet", task.status)));
+                    return Ok(Poll::Pending(format!(
+                        "task status {}, no result yet",
+                        task.status
+                    )));
                 }
                 let record = client.latest_result(&id).await?;
                 Ok(Poll::Done((task, record)))
@@ -367,7 +404,15 @@ impl MeasurementTaskResource {
         match result {
             Ok(found) => Some(found),
             Err(end) => {
-                diagnostics::wait_failed(diags, &end, KIND, name, "deliver a result", timeout, Operation::Read(KIND));
+                diagnostics::wait_failed(
+                    diags,
+                    &end,
+                    KIND,
+                    name,
+                    "deliver a result",
+                    timeout,
+                    Operation::Read(KIND),
+                );
                 None
             }
         }
@@ -454,7 +499,12 @@ impl Resource for MeasurementTaskResource {
         let Some(client) = self.shared.client(diags) else {
             return Some((state, private_state));
         };
-        let key = state.id.as_ref_option().or(state.name.as_ref_option()).cloned().unwrap_or_default();
+        let key = state
+            .id
+            .as_ref_option()
+            .or(state.name.as_ref_option())
+            .cloned()
+            .unwrap_or_default();
         match client.get_task(&key).await {
             Ok(task) => {
                 let mut state = state;
@@ -514,10 +564,16 @@ impl Resource for MeasurementTaskResource {
             ("platform", s.platform != p.platform),
             ("nodes", s.nodes != p.nodes),
             ("schedule", s.schedule != p.schedule),
-            ("interval_seconds", !s.is_once() && s.interval_seconds != p.interval_seconds),
+            (
+                "interval_seconds",
+                !s.is_once() && s.interval_seconds != p.interval_seconds,
+            ),
             ("duration_seconds", s.duration_seconds != p.duration_seconds),
             ("rate_pps", s.rate_pps != p.rate_pps),
-            ("packet_size_bytes", s.packet_size_bytes != p.packet_size_bytes),
+            (
+                "packet_size_bytes",
+                s.packet_size_bytes != p.packet_size_bytes,
+            ),
             ("group", s.group != p.group),
             ("port", s.port != p.port),
             ("ttl", s.ttl != p.ttl),
@@ -540,7 +596,11 @@ impl Resource for MeasurementTaskResource {
             state.result_started_at = prior_state.result_started_at.clone();
             state.result_json = prior_state.result_json.clone();
             state.receivers = prior_state.receivers.clone();
-            state.interval_seconds = if state.is_once() { prior_state.interval_seconds.clone() } else { state.interval_seconds };
+            state.interval_seconds = if state.is_once() {
+                prior_state.interval_seconds.clone()
+            } else {
+                state.interval_seconds
+            };
         } else {
             state.mark_computed_unknown();
         }
@@ -583,7 +643,11 @@ impl Resource for MeasurementTaskResource {
         if state.is_once() {
             state.interval_seconds = planned_interval;
         }
-        let wait = state.wait_for_result.as_ref_option().copied().unwrap_or(state.is_once());
+        let wait = state
+            .wait_for_result
+            .as_ref_option()
+            .copied()
+            .unwrap_or(state.is_once());
         state.wait_for_result = Value::Value(wait);
         if !wait {
             state.set_result(None);
@@ -591,13 +655,19 @@ impl Resource for MeasurementTaskResource {
         }
         let name = task.name.clone();
         let timeout = state.create_timeout();
-        match self.wait_result(diags, &client, &task.id, &name, timeout).await {
+        match self
+            .wait_result(diags, &client, &task.id, &name, timeout)
+            .await
+        {
             Some((task, record)) => {
                 state.refresh_from(&task);
                 state.set_result(Some(&record));
                 if record.document["status"].as_str() == Some("failed") {
                     // Kept in the state (tainted): the next apply submits it again.
-                    let why = record.document["source"]["error"].as_str().unwrap_or("see result_json").to_string();
+                    let why = record.document["source"]["error"]
+                        .as_str()
+                        .unwrap_or("see result_json")
+                        .to_string();
                     diagnostics::invalid_value(
                         diags,
                         AttributePath::root(),
@@ -716,7 +786,10 @@ mod tests {
     #[test]
     fn mode_decides_between_platform_and_nodes() {
         let platform_without_one = TaskState::default();
-        assert_eq!(paths(&platform_without_one), vec![AttributePath::new("platform")]);
+        assert_eq!(
+            paths(&platform_without_one),
+            vec![AttributePath::new("platform")]
+        );
         let service_host = TaskState {
             mode: Value::Value("service_host".into()),
             nodes: Value::Value(vec!["n1".into()]),

@@ -111,7 +111,10 @@ fn check_name(diags: &mut Diagnostics, name: &Value<String>) {
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric());
         if !ok {
             diagnostics::invalid_value(
                 diags,
@@ -167,11 +170,7 @@ async fn get_program(
     key: &str,
 ) -> Result<Program, ClientError> {
     client
-        .request::<(), _>(
-            reqwest::Method::GET,
-            &format!("/v1/programs/{key}"),
-            None,
-        )
+        .request::<(), _>(reqwest::Method::GET, &format!("/v1/programs/{key}"), None)
         .await
 }
 
@@ -187,7 +186,6 @@ async fn delete_program(
         )
         .await
 }
-
 
 #[async_trait]
 impl Resource for ProgramResource {

@@ -1,0 +1,8 @@
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    measurelab = {
+      source = "measurelab.local/measurelab/measurelab"
+    }
+  }
+}
