@@ -222,8 +222,23 @@ fn run_job(job: GuestJob) -> GuestOutcome {
             deep,
         } => {
             let id = spec.id;
-            let result =
+            let mut result =
                 converge_guest(hv.as_ref(), &spec, seen, power, deep, &mut actions).map(Some);
+            let tap = spec
+                .nic
+                .as_ref()
+                .filter(|nic| nic.attach == NicAttach::TapOnly)
+                .map(|nic| nic.port_name.clone());
+            let has_tap = matches!(hv.kind(), BackendKind::Qemu | BackendKind::Xen);
+            if let (Ok(Some((info, _))), Some(tap), true) = (&result, tap, has_tap) {
+                if matches!(info.state, GuestState::Running | GuestState::Paused) {
+                    match adopt_tap(&tap) {
+                        Ok(true) => actions.push(Action::MoveTap { vm: id }),
+                        Ok(false) => {}
+                        Err(err) => result = Err(err),
+                    }
+                }
+            }
             GuestOutcome {
                 id,
                 actions,
