@@ -1,0 +1,284 @@
+//! Every wave-2 body the controller sends (and the typed client sends it)
+//! matches the schema published in /v1/openapi.json, with the same JSON
+//! Schema subset the provider's acceptance tests check
+//! (acceptance/src/openapi.rs): `$ref`, `type`, `required`, `properties`,
+//! `additionalProperties`, `items`, `enum`, `nullable`.
+
+mod common;
+
+use base64::Engine;
+use common::TestController;
+use measurelab_api::http::{PlatformPatch, QosPolicyPatch, VmPatch, VmPowerState};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn violations(
+    document: &Value,
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    found: &mut Vec<String>,
+) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => document
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap_or(&Value::Null),
+        None => schema,
+    };
+    if schema.is_null() {
+        found.push(format!("{path}: unresolvable schema"));
+        return;
+    }
+    if value.is_null() {
+        if !schema["nullable"].as_bool().unwrap_or(false) {
+            found.push(format!("{path}: null but not nullable"));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            found.push(format!("{path}: {value} not in {allowed:?}"));
+        }
+    }
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        found.push(format!("{path}: {value} is not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(object) = value.as_object() {
+        for required in schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !object.contains_key(required) {
+                found.push(format!("{path}: missing required property {required:?}"));
+            }
+        }
+        for (key, item) in object {
+            let item_path = format!("{path}.{key}");
+            match schema["properties"].get(key) {
+                Some(property) => violations(document, property, item, &item_path, found),
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => {
+                        found.push(format!("{item_path}: property not in the schema"))
+                    }
+                    extra if extra.is_object() => {
+                        violations(document, extra, item, &item_path, found)
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (index, item) in array.iter().enumerate() {
+            violations(document, items, item, &format!("{path}[{index}]"), found);
+        }
+    }
+}
+
+fn assert_conforms(document: &Value, schema: &str, value: &Value) {
+    let mut found = Vec::new();
+    violations(
+        document,
+        &document["components"]["schemas"][schema],
+        value,
+        "$",
+        &mut found,
+    );
+    assert!(found.is_empty(), "{schema}: {found:#?}\n{value:#}");
+}
+
+#[tokio::test]
+async fn wave2_bodies_match_the_published_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_, document) = controller.call(Method::GET, "/v1/openapi.json", None).await;
+    controller.register("n1", "").await;
+
+    let call = |method: Method,
+                    path: &'static str,
+                    body: Option<Value>,
+                    schema: &'static str,
+                    status: u16| {
+        let controller = &controller;
+        let document = &document;
+        async move {
+            if let Some(body) = &body {
+                let create = match schema {
+                    "Platform" | "Vm" | "QosPolicy" | "Appliance" | "Program" | "Deployment"
+                    | "Task"
+                        if method == Method::POST =>
+                    {
+                        Some(format!("{schema}Create"))
+                    }
+                    _ => None,
+                };
+                if let Some(create) = create {
+                    assert_conforms(document, &create, body);
+                }
+            }
+            let (got, answer) = controller.call(method, path, body).await;
+            assert_eq!(got, status, "{path}: {answer}");
+            assert_conforms(document, schema, &answer);
+            answer
+        }
+    };
+    call(
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "p", "nodes": ["n1"], "description": "d"})),
+        "Platform",
+        201,
+    )
+    .await;
+    call(
+        Method::POST,
+        "/v1/qos_policies",
+        Some(json!({"name": "q", "ingress_max_kbps": 1000})),
+        "QosPolicy",
+        201,
+    )
+    .await;
+    call(
+        Method::POST,
+        "/v1/vms",
+        Some(
+            json!({"name": "v", "platform": "p", "node": "n1", "vcpus": 1, "memory_mib": 64,
+                    "appliance": "namespace", "qos_policy": "q", "power_state": "running"}),
+        ),
+        "Vm",
+        201,
+    )
+    .await;
+    let program = base64::engine::general_purpose::STANDARD.encode(b"x");
+    call(
+        Method::POST,
+        "/v1/programs",
+        Some(json!({"name": "prog", "content_base64": program})),
+        "Program",
+        201,
+    )
+    .await;
+    call(
+        Method::POST,
+        "/v1/deployments",
+        Some(json!({"program": "prog", "vms": ["v"]})),
+        "Deployment",
+        201,
+    )
+    .await;
+    let task = call(
+        Method::POST,
+        "/v1/tasks",
+        Some(json!({"name": "t", "mode": "platform", "platform": "p", "schedule": "once", "rate_pps": 10,
+                    "packet_size_bytes": 100, "group": "239.1.1.1", "port": 5000, "ttl": 1})),
+        "Task",
+        201,
+    )
+    .await;
+    let result = json!({"schema": "measurelab.mcast.result/v1", "task_id": task["id"],
+                        "started_at": "2026-01-01T00:00:00Z", "receivers": []});
+    assert_conforms(&document, "ResultDocument", &result);
+    let (status, stored) = controller
+        .call(Method::POST, "/v1/results", Some(result))
+        .await;
+    assert_eq!(status, 201);
+    assert_conforms(&document, "ResultRecord", &stored);
+
+    call(Method::GET, "/v1/platforms", None, "PlatformList", 200).await;
+    call(Method::GET, "/v1/qos_policies", None, "QosPolicyList", 200).await;
+    call(Method::GET, "/v1/appliances", None, "ApplianceList", 200).await;
+    call(Method::GET, "/v1/vms", None, "VmList", 200).await;
+    call(Method::GET, "/v1/programs", None, "ProgramList", 200).await;
+    call(Method::GET, "/v1/deployments", None, "DeploymentList", 200).await;
+    call(Method::GET, "/v1/tasks", None, "TaskList", 200).await;
+    call(Method::GET, "/v1/results", None, "ResultList", 200).await;
+    call(Method::GET, "/v1/results/latest", None, "ResultRecord", 200).await;
+    call(
+        Method::GET,
+        "/v1/results/export?format=json",
+        None,
+        "ResultList",
+        200,
+    )
+    .await;
+    call(Method::GET, "/v1/vms/v/logs", None, "LogList", 200).await;
+
+    // Typed patch bodies as the provider serializes them.
+    let patches = [
+        (
+            "PlatformPatch",
+            serde_json::to_value(PlatformPatch {
+                description: Some("x".into()),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        (
+            "QosPolicyPatch",
+            serde_json::to_value(QosPolicyPatch {
+                ingress_min_kbps: Some(None),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        (
+            "VmPatch",
+            serde_json::to_value(VmPatch {
+                qos_policy: Some(None),
+                power_state: Some(VmPowerState::Paused),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+    ];
+    for (schema, body) in &patches {
+        assert_conforms(&document, schema, body);
+    }
+    call(
+        Method::PATCH,
+        "/v1/vms/v",
+        Some(patches[2].1.clone()),
+        "Vm",
+        200,
+    )
+    .await;
+    call(
+        Method::PATCH,
+        "/v1/platforms/p",
+        Some(patches[0].1.clone()),
+        "Platform",
+        200,
+    )
+    .await;
+    call(
+        Method::PATCH,
+        "/v1/qos_policies/q",
+        Some(patches[1].1.clone()),
+        "QosPolicy",
+        200,
+    )
+    .await;
+    call(Method::DELETE, "/v1/vms/v", None, "Vm", 202).await;
+    let (status, error) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": []})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_conforms(&document, "ErrorBody", &error);
+    controller.stop().await;
+}
