@@ -756,3 +756,51 @@ async fn paused_platform_pauses_its_vms_in_the_desired_state_and_state_survives_
     assert_eq!(desired(&controller, &n1).await.vms[0].power_state, "paused");
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_never_share_an_address_mac_or_vlan() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    let platforms = futures::future::join_all((0..8).map(|i| {
+        controller.call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": format!("p{i}"), "nodes": ["n1"]})),
+        )
+    }))
+    .await;
+    let mut tags: Vec<u64> = platforms
+        .iter()
+        .map(|(s, p)| {
+            assert_eq!(*s, 201, "{p}");
+            p["vlan_tag"].as_u64().unwrap()
+        })
+        .collect();
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 8);
+    let vms = futures::future::join_all((0..24).map(|i| {
+        controller.call(
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": format!("v{i}"), "platform": "p0", "node": "n1", "vcpus": 1,
+                        "memory_mib": 16, "appliance": "namespace", "power_state": "running"}),
+            ),
+        )
+    }))
+    .await;
+    let mut addresses = std::collections::HashSet::new();
+    let mut macs = std::collections::HashSet::new();
+    for (status, vm) in &vms {
+        assert_eq!(*status, 201, "{vm}");
+        assert!(
+            addresses.insert(vm["address"].as_str().unwrap().to_string()),
+            "{vm}"
+        );
+        assert!(macs.insert(vm["mac"].as_str().unwrap().to_string()), "{vm}");
+    }
+    assert_eq!(desired(&controller, &n1).await.vms.len(), 24);
+    controller.stop().await;
+}
