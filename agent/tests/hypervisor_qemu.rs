@@ -64,7 +64,10 @@ fn appliance_boots_under_qemu_and_answers_on_ovs() -> Result<()> {
     )?;
 
     let _libvirt = LibvirtSetup::ensure()?;
-    let hv = LibvirtHypervisor::connect(QEMU_URI)?;
+    // Scoped, so other tests' orphan collection on the shared libvirtd
+    // cannot destroy this guest.
+    let hv = LibvirtHypervisor::connect(QEMU_URI)?
+        .with_owner(&format!("test-hypervisor-qemu-{}", std::process::id()))?;
     let id = Uuid::new_v4();
     let tap = format!("tq{}", pid % 1_000_000);
     let console = work.path().join("console.log");

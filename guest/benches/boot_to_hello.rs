@@ -137,7 +137,8 @@ fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let _libvirt = LibvirtSetup::ensure()?;
-    let hv = LibvirtHypervisor::connect(QEMU_URI)?;
+    let hv = LibvirtHypervisor::connect(QEMU_URI)?
+        .with_owner(&format!("bench-boot-{}", std::process::id()))?;
     let variants = [
         ("baseline", Path::new("/usr/bin/true"), false),
         ("agent", Path::new(AGENT_BIN), true),

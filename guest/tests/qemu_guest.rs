@@ -49,7 +49,10 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
     let initrd_mib = std::fs::metadata(appliance.join("initrd.img"))?.len() as f64 / MIB as f64;
 
     let _libvirt = tokio::task::spawn_blocking(LibvirtSetup::ensure).await??;
-    let hv = LibvirtHypervisor::connect(QEMU_URI)?;
+    // Scoped, so other tests' orphan collection on the shared libvirtd
+    // cannot destroy this guest (and this test cannot touch theirs).
+    let hv = LibvirtHypervisor::connect(QEMU_URI)?
+        .with_owner(&format!("test-qemu-guest-{}", std::process::id()))?;
     let id = Uuid::new_v4();
     let short = id.simple().to_string()[..8].to_string();
     let console = work.path().join("console.log");
@@ -83,6 +86,7 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
             attach: NicAttach::UserMode,
         }),
         channel_socket: Some(socket.clone()),
+        egress_limit: None,
     };
 
     // The node agent connects before the VM exists and keeps retrying.
@@ -166,6 +170,32 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
     assert_eq!(exit_code, Some(0), "stderr: {stderr}");
     assert_eq!(stdout, format!("kernel {kernel_version} on {id}\n"));
 
+    // Channel throughput host -> guest: a BIG_PROGRAM_KIB (default 64) KiB
+    // program, base64 on the wire, through the emulated 16550 UART. The
+    // rate is printed, not asserted.
+    let mut big = b"#!/bin/sh\necho big $(wc -c < \"$0\")\nexit 0\n".to_vec();
+    let big_kib: usize = std::env::var("BIG_PROGRAM_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    while big.len() < big_kib * 1024 {
+        big.extend_from_slice(b"# padding padding padding padding padding padding padding\n");
+    }
+    let big_len = big.len();
+    let t_big = Instant::now();
+    channels.send(id, &run_message("dep-big", "big.sh", &big, &[], &[]))?;
+    let (_, exit_code, stdout, stderr) = expect(
+        &mut inbound,
+        Duration::from_secs(300),
+        "big program exit",
+        status_of("dep-big", ProgramRunState::Exited),
+    )
+    .await;
+    let big_round_trip = t_big.elapsed();
+    assert_eq!(exit_code, Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, format!("big {big_len}\n"));
+    let wire_kib = (big_len as f64 * 4.0 / 3.0) / 1024.0;
+
     // Node agent restart: a new connection to libvirt's socket asks for
     // hello again, and the run table is re-reported.
     drop(inbound);
@@ -195,7 +225,8 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
          define+start {:.2} s\n  kernel boot (define -> /init) {:.2} s\n  \
          /init (modules, eth0) {:.2} s\n  guest agent (exec -> hello on ttyS1) {:.2} s\n  \
          define -> hello {:.2} s\n  run uname -r round trip {:.3} s\n  \
-         re-hello after node-side reconnect {:.3} s",
+         re-hello after node-side reconnect {:.3} s\n  \
+         {big_len} B program ({wire_kib:.0} KiB base64) over ttyS1 -> exit {:.2} s ({:.0} KiB/s)",
         t_started.as_secs_f64(),
         t_init.as_secs_f64(),
         (t_guest - t_init).as_secs_f64(),
@@ -203,6 +234,8 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
         t_hello.as_secs_f64(),
         run_round_trip.as_secs_f64(),
         t_rehello.as_secs_f64(),
+        big_round_trip.as_secs_f64(),
+        wire_kib / big_round_trip.as_secs_f64(),
     );
 
     channels.close(id);
