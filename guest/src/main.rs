@@ -2,7 +2,7 @@
 //! the kernel command line), sets up logging and runs the guest agent until
 //! SIGTERM or Ctrl-C.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,8 +23,8 @@ struct Args {
     /// [kernel cmdline: measurelab.channel=; default /dev/ttyS1].
     #[arg(long, env = "MEASURELAB_CHANNEL")]
     channel: Option<PathBuf>,
-    /// Where distributed programs are written
-    /// [default /var/lib/measurelab-guest/<vm_id>/programs].
+    /// Where distributed programs are written [default: `programs` next to a
+    /// unix socket channel, else /var/lib/measurelab-guest/<vm_id>/programs].
     #[arg(long, env = "MEASURELAB_PROGRAMS_DIR")]
     programs_dir: Option<PathBuf>,
     /// Listen address of the local platform API.
@@ -51,11 +51,9 @@ fn resolve(args: Args) -> anyhow::Result<GuestConfig> {
         .filter(|c| !c.as_os_str().is_empty())
         .or_else(|| from_cmdline("measurelab.channel").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SERIAL_CHANNEL));
-    let programs_dir = args.programs_dir.unwrap_or_else(|| {
-        PathBuf::from("/var/lib/measurelab-guest")
-            .join(&vm_id)
-            .join("programs")
-    });
+    let programs_dir = args
+        .programs_dir
+        .unwrap_or_else(|| default_programs_dir(&channel, &vm_id));
     let heartbeat_seconds = match args.heartbeat_seconds {
         Some(s) => s,
         None => match from_cmdline("measurelab.heartbeat_seconds") {
@@ -75,6 +73,19 @@ fn resolve(args: Args) -> anyhow::Result<GuestConfig> {
         local_api: args.local_api,
         heartbeat_interval: Duration::from_secs_f64(heartbeat_seconds),
     })
+}
+
+/// Inside a VM: `/var/lib/measurelab-guest/<vm_id>/programs`. A namespace
+/// guest shares the host's filesystem, so its programs go next to its unix
+/// socket channel (`<agent state>/guests/<vm_id>/programs`), which the node
+/// agent removes with the VM.
+fn default_programs_dir(channel: &Path, vm_id: &str) -> PathBuf {
+    match channel.parent() {
+        Some(dir) if !channel.starts_with("/dev") => dir.join("programs"),
+        _ => PathBuf::from("/var/lib/measurelab-guest")
+            .join(vm_id)
+            .join("programs"),
+    }
 }
 
 async fn shutdown_signal() {
@@ -118,4 +129,21 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(measurelab_guest::run(config, logs, shutdown_signal()))?;
     tracing::info!("measurelab-guest-agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_dir_follows_the_channel() {
+        assert_eq!(
+            default_programs_dir(Path::new("/var/lib/a/guests/v1/channel.sock"), "v1"),
+            PathBuf::from("/var/lib/a/guests/v1/programs")
+        );
+        assert_eq!(
+            default_programs_dir(Path::new("/dev/ttyS1"), "v1"),
+            PathBuf::from("/var/lib/measurelab-guest/v1/programs")
+        );
+    }
 }
