@@ -33,6 +33,30 @@ pub struct LibvirtHypervisor {
     owner: Option<String>,
 }
 
+/// Whether tc police works on this host, probed once per process.
+static TC_POLICE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+impl LibvirtHypervisor {
+    /// QEMU applies `<outbound>` with a tc police filter on the tap; on a
+    /// kernel without act_police the domain would be defined but fail at
+    /// every start. Refuse the limit up front instead, naming the field.
+    /// Xen (libxl's vif rate) and the test driver need no tc.
+    fn check_outbound_support(&self, limit: Option<&RateLimit>) -> Result<(), HypervisorError> {
+        if limit.is_none() || !matches!(self.flavor, DomainFlavor::Qemu(_)) {
+            return Ok(());
+        }
+        match TC_POLICE.get_or_init(super::namespace::probe_tc_police) {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(HypervisorError::InvalidSpec {
+                field: "egress_limit",
+                reason: format!(
+                    "libvirt limits a QEMU guest's outbound traffic with tc police, which this host cannot do ({reason}); use the namespace backend"
+                ),
+            }),
+        }
+    }
+}
+
 /// What our `<metadata>` element says.
 struct OwnerTag {
     vm_id: Uuid,
@@ -293,6 +317,7 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
         spec.validate()?;
+        self.check_outbound_support(spec.egress_limit.as_ref())?;
         let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref());
         let hash = spec.spec_hash();
         self.with_conn(|conn| {
@@ -542,6 +567,7 @@ impl Hypervisor for LibvirtHypervisor {
         if let Some(limit) = &limit {
             limit.validate()?;
         }
+        self.check_outbound_support(limit.as_ref())?;
         let no_interface = || HypervisorError::InvalidSpec {
             field: "egress_limit",
             reason: "the domain has no network interface to limit".into(),

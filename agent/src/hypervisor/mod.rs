@@ -37,8 +37,8 @@ mod spec;
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
 pub use namespace::{
-    probe_guest_egress_shaping, EgressShaping, NamespaceConfig, NamespaceHypervisor,
-    HOST_PORT_TXQUEUELEN,
+    probe_guest_egress_shaping, probe_tc_police, EgressShaping, NamespaceConfig,
+    NamespaceHypervisor, HOST_PORT_TXQUEUELEN,
 };
 pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
 

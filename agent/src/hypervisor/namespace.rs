@@ -1165,6 +1165,29 @@ pub fn probe_guest_egress_shaping() -> Result<(), String> {
     .map_err(|_| "the probe thread panicked".to_string())?
 }
 
+/// Whether tc can police here (ingress qdisc + u32 filter + police action):
+/// what libvirt's `<bandwidth><outbound>` runs on a QEMU tap, and what OVS
+/// ingress policing needs. Tried in a throwaway namespace; `Err` says why
+/// not (on the build machine: the kernel has no act_police).
+pub fn probe_tc_police() -> Result<(), String> {
+    std::thread::spawn(|| -> Result<(), String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot create a network namespace: {e}"))?;
+        for args in [
+            &["qdisc", "add", "dev", "lo", "ingress"][..],
+            &[
+                "filter", "add", "dev", "lo", "parent", "ffff:", "protocol", "all", "u32", "match",
+                "u32", "0", "0", "police", "rate", "1mbit", "burst", "10k", "drop", "flowid", ":1",
+            ][..],
+        ] {
+            run("tc", args).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the probe thread panicked".to_string())?
+}
+
 fn netns_exists(name: &str) -> Result<bool, HypervisorError> {
     // `ip netns add` creates /run/netns/<name>; checking the file avoids
     // parsing `ip netns list` output.
