@@ -81,7 +81,7 @@ variable "qos" {
   })
   default = null
   validation {
-    condition     = var.qos == null || try(var.qos.ingress_max_kbps > 0 && (var.qos.egress_max_kbps == null || var.qos.egress_max_kbps > 0), false)
+    condition     = var.qos == null || try(var.qos.ingress_max_kbps > 0 && coalesce(var.qos.egress_max_kbps, 1) > 0, false)
     error_message = "qos rates must be positive (kbit/s)."
   }
 }

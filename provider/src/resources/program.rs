@@ -69,6 +69,24 @@ pub enum ProgramError {
     Empty(String),
 }
 
+/// Cheap checks (no read) for `validate`: the file exists, is not empty, fits.
+pub fn check_source(path: &str) -> Result<(), ProgramError> {
+    let meta = std::fs::metadata(path).map_err(|source| ProgramError::Unreadable {
+        path: path.to_string(),
+        source,
+    })?;
+    if meta.len() > MAX_PROGRAM_BYTES {
+        return Err(ProgramError::TooLarge {
+            path: path.to_string(),
+            size: meta.len(),
+        });
+    }
+    if meta.len() == 0 {
+        return Err(ProgramError::Empty(path.to_string()));
+    }
+    Ok(())
+}
+
 /// The file's content and hex SHA-256.
 pub fn read_source(path: &str) -> Result<(Vec<u8>, String), ProgramError> {
     let size = std::fs::metadata(path)
@@ -239,6 +257,11 @@ impl Resource for ProgramResource {
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
         check_name(diags, &config.name);
+        if let Value::Value(path) = &config.source {
+            if let Err(err) = check_source(path) {
+                source_diag(diags, &err);
+            }
+        }
         Some(())
     }
 

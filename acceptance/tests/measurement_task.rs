@@ -1,0 +1,268 @@
+//! Acceptance tests of `measurelab_program`, `measurelab_deployment`,
+//! `measurelab_measurement_task` and the `measurelab_results` /
+//! `measurelab_appliances` data sources, written with the resources directly
+//! (no module): a platform once-task on two nodes returns its result at apply.
+
+use std::path::Path;
+use std::process::Command;
+
+use measurelab_acceptance::{
+    acc_enabled, block_on, describe, planned_actions, resource_values, Lab, PROVIDER_BLOCK,
+};
+
+fn strip_into(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
+    for name in ["mcast-point", "mcast-mscs"] {
+        let status = Command::new("strip")
+            .arg("-o")
+            .arg(dir.join(name))
+            .arg(lab.binaries.dir.join(name))
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "strip {name} failed (build measurelab-mcast first)"
+        );
+    }
+    Ok(())
+}
+
+fn config(bin: &Path, rate_pps: u32) -> String {
+    let bin = bin.display();
+    format!(
+        r#"{PROVIDER_BLOCK}
+data "measurelab_appliances" "ns" {{
+  backend = "namespace"
+}}
+
+resource "measurelab_virtual_platform" "t" {{
+  name  = "acc-task"
+  nodes = ["n1", "n2"]
+}}
+
+resource "measurelab_vm" "vm" {{
+  for_each   = {{ mscs = "n1", a = "n1", b = "n2" }}
+  name       = each.key
+  platform   = measurelab_virtual_platform.t.name
+  node       = each.value
+  appliance  = "namespace"
+  backend    = "namespace"
+  vcpus      = 1
+  memory_mib = 32
+}}
+
+resource "measurelab_program" "point" {{
+  name   = "acc-mcast-point"
+  source = "{bin}/mcast-point"
+}}
+
+resource "measurelab_program" "mscs" {{
+  name   = "acc-mcast-mscs"
+  source = "{bin}/mcast-mscs"
+}}
+
+resource "measurelab_deployment" "point" {{
+  for_each = toset(["a", "b"])
+  program  = measurelab_program.point.id
+  vms      = [measurelab_vm.vm[each.key].id]
+  args     = ["serve", "--listen", "${{measurelab_vm.vm[each.key].address}}:7400", "--name", each.key,
+              "--data-addr", measurelab_vm.vm[each.key].address]
+}}
+
+resource "measurelab_deployment" "mscs" {{
+  program = measurelab_program.mscs.id
+  vms     = [measurelab_vm.vm["mscs"].id]
+  args = ["--state-file", "state.json", "--platform-api", "http://127.0.0.1:7079",
+          "--platform-poll-seconds", "1",
+          "--point", "a=${{measurelab_vm.vm["a"].address}}:7400",
+          "--point", "b=${{measurelab_vm.vm["b"].address}}:7400"]
+  depends_on = [measurelab_deployment.point]
+}}
+
+resource "measurelab_measurement_task" "once" {{
+  name             = "acc-once"
+  platform         = measurelab_virtual_platform.t.name
+  source           = "a"
+  duration_seconds = 5
+  rate_pps         = {rate_pps}
+  timeouts {{
+    create = "3m"
+  }}
+  depends_on = [measurelab_deployment.mscs]
+}}
+
+data "measurelab_results" "once" {{
+  task       = measurelab_measurement_task.once.name
+  depends_on = [measurelab_measurement_task.once]
+}}
+
+output "receivers" {{
+  value = measurelab_measurement_task.once.receivers
+}}
+
+output "history" {{
+  value = length(data.measurelab_results.once.results)
+}}
+
+output "appliances" {{
+  value = data.measurelab_appliances.ns.names
+}}
+"#
+    )
+}
+
+#[test]
+fn acc_measurement_task_basic() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_task_basic") {
+        return Ok(());
+    }
+    let lab = Lab::up(2)?;
+    let tf = lab.terraform()?;
+    let bin = tf.dir.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    strip_into(&lab, &bin)?;
+    tf.write("main.tf", &config(&bin, 200))?;
+    tf.init()?;
+    tf.apply()?;
+
+    let outputs: serde_json::Value = serde_json::from_slice(&tf.ok(&["output", "-json"])?.stdout)?;
+    let receivers = outputs["receivers"]["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(receivers.len(), 1, "source a, one receiver: {receivers:#?}");
+    let b = &receivers[0];
+    assert_eq!(b["name"], "b");
+    assert_eq!(b["status"], "ok", "{b:#}");
+    assert!(
+        b["packets_received"].as_f64().unwrap_or(0.0) > 900.0,
+        "{b:#}"
+    );
+    assert!(b["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01, "{b:#}");
+    assert_eq!(outputs["history"]["value"], 1, "{outputs:#}");
+    assert!(
+        outputs["appliances"]["value"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n == "namespace")),
+        "{outputs:#}"
+    );
+
+    let state = tf.state_json()?;
+    let task = resource_values(&state, "measurelab_measurement_task.once")
+        .cloned()
+        .unwrap_or_default();
+    let task_id = task["id"].as_str().unwrap_or_default().to_string();
+    let result_id = task["result_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let doc: serde_json::Value =
+        serde_json::from_str(task["result_json"].as_str().unwrap_or("{}"))?;
+    assert_eq!(doc["task_id"], task_id.as_str());
+    assert_eq!(doc["source_point"], "a");
+    let deployment = resource_values(&state, "measurelab_deployment.mscs")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(deployment["runs"][0]["status"], "running", "{deployment:#}");
+
+    let (code, output) = tf.plan_exit_code()?;
+    assert_eq!(
+        code,
+        0,
+        "plan after apply must be empty:\n{}",
+        describe(&output)
+    );
+
+    // A changed task argument replaces the task (a new run, a new result).
+    tf.write("main.tf", &config(&bin, 100))?;
+    let plan = tf.saved_plan_json("change.tfplan")?;
+    assert_eq!(
+        planned_actions(&plan, "measurelab_measurement_task.once"),
+        vec!["delete", "create"]
+    );
+    tf.apply()?;
+    let state = tf.state_json()?;
+    let replaced = resource_values(&state, "measurelab_measurement_task.once")
+        .cloned()
+        .unwrap_or_default();
+    assert_ne!(replaced["result_id"].as_str(), Some(result_id.as_str()));
+    assert_eq!(replaced["rate_pps"], 100);
+
+    // Import by name reads the task and its latest result.
+    tf.ok(&["state", "rm", "measurelab_measurement_task.once"])?;
+    tf.ok(&["import", "measurelab_measurement_task.once", "acc-once"])?;
+    let imported = resource_values(&tf.state_json()?, "measurelab_measurement_task.once")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(imported["result_id"], replaced["result_id"]);
+
+    // Deleted outside Terraform: the next plan creates it again.
+    let client = lab.client()?;
+    block_on(async { Ok(client.delete_task("acc-once").await?) })?;
+    let plan = tf.saved_plan_json("gone.tfplan")?;
+    assert_eq!(
+        planned_actions(&plan, "measurelab_measurement_task.once"),
+        vec!["create"]
+    );
+
+    tf.destroy()?;
+    let programs: serde_json::Value = block_on(async {
+        Ok(client
+            .request::<(), serde_json::Value>(reqwest::Method::GET, "/v1/programs", None)
+            .await?)
+    })?;
+    assert_eq!(programs["programs"], serde_json::json!([]), "{programs:#}");
+    Ok(())
+}
+
+#[test]
+fn acc_measurement_task_bad_values() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_task_bad_values") {
+        return Ok(());
+    }
+    let lab = Lab::up(1)?;
+    let tf = lab.terraform()?;
+    tf.write(
+        "main.tf",
+        &format!(
+            r#"{PROVIDER_BLOCK}
+resource "measurelab_measurement_task" "bad" {{
+  name     = "bad"
+  platform = "nowhere"
+  group    = "10.1.2.3"
+  rate_pps = 0
+}}
+
+resource "measurelab_program" "missing" {{
+  name   = "missing"
+  source = "/nonexistent/program"
+}}
+
+resource "measurelab_deployment" "bad" {{
+  program  = "x"
+  vms      = []
+  wait_for = "forever"
+}}
+"#
+        ),
+    )?;
+    tf.init()?;
+    let output = tf.run(&["plan", "-input=false"])?;
+    let text = describe(&output);
+    assert!(!output.status.success(), "{text}");
+    for needle in [
+        "is not an IPv4 multicast address",
+        "`rate_pps` must be a whole number from 1 to 100000",
+        "/nonexistent/program",
+        "`vms` is empty",
+        "\"forever\" is not a goal",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // Each diagnostic points at its attribute.
+    for line in [
+        "group    = \"10.1.2.3\"",
+        "rate_pps = 0",
+        "source = \"/nonexistent/program\"",
+        "wait_for = \"forever\"",
+    ] {
+        assert!(text.contains(line), "no diagnostic on {line:?}:\n{text}");
+    }
+    Ok(())
+}
