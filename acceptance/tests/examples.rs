@@ -50,9 +50,13 @@ fn acc_examples_apply() -> anyhow::Result<()> {
     );
     let lab = Lab::up(3)?;
     for dir in dirs {
-        // Examples that use modules or need more than a plain lab live in
-        // scenario directories with their own tests.
-        if dir.join("README.md").is_file() && !dir.starts_with(examples.join("resources")) {
+        // Only the documentation examples (tfplugindocs layout). Scenario
+        // directories such as multicast-lab use modules by relative path and
+        // have their own tests.
+        let documented = ["provider", "resources", "data-sources"]
+            .iter()
+            .any(|kind| dir.starts_with(examples.join(kind)));
+        if !documented {
             continue;
         }
         let label = dir.strip_prefix(&examples)?.display().to_string();
