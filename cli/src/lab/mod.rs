@@ -869,6 +869,37 @@ impl Lab {
 
     // ----- down -----
 
+    /// Undefine every namespace guest of every node's agent; returns their
+    /// network namespace names.
+    fn remove_namespace_guests(&self) -> Vec<String> {
+        use measurelab_agent::hypervisor::{Hypervisor, NamespaceConfig, NamespaceHypervisor};
+        let mut removed = Vec::new();
+        let Ok(nodes) = std::fs::read_dir(self.dir.join("nodes")) else {
+            return removed;
+        };
+        for node in nodes.flatten() {
+            let state = node.path().join("agent").join("namespace");
+            if !state.is_dir() {
+                continue;
+            }
+            let config = NamespaceConfig::new(state.clone(), vec!["true".into()]);
+            let backend = match NamespaceHypervisor::new(config) {
+                Ok(backend) => backend,
+                Err(e) => {
+                    eprintln!("cannot clean guests in {}: {e}", state.display());
+                    continue;
+                }
+            };
+            for guest in backend.list_owned().unwrap_or_default() {
+                match backend.undefine(guest.id) {
+                    Ok(()) => removed.push(guest.name),
+                    Err(e) => eprintln!("cannot remove guest {}: {e}", guest.name),
+                }
+            }
+        }
+        removed
+    }
+
     fn down(&self) -> anyhow::Result<()> {
         require_root()?;
         let settings = self.load_settings().ok().flatten();
@@ -903,6 +934,7 @@ impl Lab {
                 }
             }
         }
+        let mut removed = Vec::new();
         // 2. Sweep: anything running inside the lab's namespaces, and our
         // daemons anywhere whose command line names this lab's directory
         // (pid files can be missing after a crashed `up`).
@@ -926,9 +958,13 @@ impl Lab {
             sys::terminate(&pids, Duration::from_secs(5));
         }
 
+        // 2b. Guests the agents created (namespace + cgroup + guest agent
+        // process) outlive the agents by design; remove them through the
+        // same backend, which touches only guests with a state file.
+        removed.extend(self.remove_namespace_guests());
+
         // 3. Links and namespaces. Deleting a namespace destroys the veth
         // ends inside it and with them their peers.
-        let mut removed = Vec::new();
         for ns in &namespaces {
             if ip(&["netns", "del", ns]).is_ok() {
                 removed.push(ns.clone());
