@@ -370,6 +370,18 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
             .await;
         assert_eq!(status, 201, "{stored}");
     }
+    // The relay may repeat a POST after a crash: the run id absorbs it.
+    let mut repeat = result_document("2026-01-01T10:05:00Z", 0.2);
+    repeat["task_id"] = json!(task_id);
+    let (status, first) = controller
+        .call(Method::POST, "/v1/results", Some(repeat.clone()))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = controller
+        .call(Method::POST, "/v1/results", Some(repeat))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["id"], again["id"]);
     let mut wrong = result_document("2026-01-01T10:15:00Z", 0.0);
     wrong["schema"] = json!("something/v2");
     let (status, body) = controller

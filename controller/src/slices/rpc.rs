@@ -166,7 +166,7 @@ pub(crate) async fn post_result(
                 ResourceError::invalid("task_id", format!("no task {:?} exists", request.task_id))
             })?;
             check_task_scope(cx.tx, cx.registry, &request.node_id, &request.vm_id, &task)?;
-            tasks::insert_result(cx, &task.task.id, document)
+            Ok(tasks::insert_result(cx, &task.task.id, document)?.0)
         })
         .await?;
     Ok(PostResultAck {

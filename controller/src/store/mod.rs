@@ -34,6 +34,7 @@ pub const LOG_LINES_PER_NODE: i64 = 10_000;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_nodes_events_logs.sql"),
     include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
+    include_str!("../../migrations/0003_result_run_ids.sql"),
 ];
 
 /// Errors of the embedded store.

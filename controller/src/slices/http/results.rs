@@ -49,7 +49,10 @@ pub(crate) async fn create(
         .mutate(
             query.0.get("request_id").cloned(),
             "POST /v1/results".into(),
-            move |cx| Ok(stored(201, &tasks::insert_result(cx, &task, document)?)),
+            move |cx| {
+                let (record, created) = tasks::insert_result(cx, &task, document)?;
+                Ok(stored(if created { 201 } else { 200 }, &record))
+            },
         )
         .await?;
     Ok(answer(result))

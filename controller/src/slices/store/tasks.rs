@@ -341,11 +341,14 @@ pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
 }
 
 /// Store one result document of a task. `task_key` is the task id or name.
+/// A document whose `run_id` was already stored for the task is the relay
+/// repeating itself: the first record is returned and nothing changes
+/// (`false`).
 pub(crate) fn insert_result(
     cx: &mut TxContext<'_>,
     task_key: &str,
     mut document: serde_json::Value,
-) -> Result<ResultRecord, ResourceError> {
+) -> Result<(ResultRecord, bool), ResourceError> {
     let row = find(cx.tx, task_key)?
         .ok_or_else(|| ResourceError::invalid("task_id", format!("no task {task_key:?} exists")))?;
     let object = document
@@ -389,6 +392,28 @@ pub(crate) fn insert_result(
         .ok_or_else(|| ResourceError::invalid("started_at", "missing or not a string"))?
         .to_string();
     let started = parse_rfc3339("started_at", &started_at)?;
+    let run_id = match object.get("run_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= 200 => {
+            Some(id.clone())
+        }
+        Some(_) => {
+            return Err(ResourceError::invalid(
+                "run_id",
+                "must be a string of 1 to 200 characters",
+            ))
+        }
+    };
+    if let Some(run_id) = &run_id {
+        let mut statement = cx.tx.prepare_cached(
+            "SELECT id, task_id, task_name, received_at, started_at, document FROM results
+             WHERE task_id = ?1 AND run_id = ?2",
+        )?;
+        let mut rows = statement.query(params![row.task.id, run_id])?;
+        if let Some(existing) = rows.next()? {
+            return Ok((record(existing)?, false));
+        }
+    }
     let run_status = object
         .get("status")
         .and_then(|v| v.as_str())
@@ -403,8 +428,8 @@ pub(crate) fn insert_result(
         document,
     };
     cx.tx.execute(
-        "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms, document)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms, document, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             record.id,
             record.task_id,
@@ -412,7 +437,8 @@ pub(crate) fn insert_result(
             record.received_at,
             record.started_at,
             unix_ms(started),
-            record.document.to_string()
+            record.document.to_string(),
+            run_id
         ],
     )?;
     let status = match (row.task.schedule.as_str(), run_status.as_str()) {
@@ -437,7 +463,7 @@ pub(crate) fn insert_result(
             record.id, row.task.name
         ),
     )?;
-    Ok(record)
+    Ok((record, true))
 }
 
 /// Filters of `GET /v1/results`.
