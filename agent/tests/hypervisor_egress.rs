@@ -333,6 +333,23 @@ async fn guest_egress_is_shaped_changed_in_place_and_combines_with_port_qos() ->
         }
     );
     assert_enforced(&hv, spec.id, limited.egress_limit)?;
+    // Drift: the shaper deleted by hand is put back by the next define.
+    let deleted = Command::new("tc")
+        .args(["-n", &guest_ns, "qdisc", "del", "dev", "eth0", "root"])
+        .status()?;
+    assert!(deleted.success());
+    assert_enforced(&hv, spec.id, None)?;
+    let repaired = {
+        let (hv, limited) = (guests.backend()?, limited.clone());
+        in_namespace(ovs.netns().name(), move || Ok(hv.define(&limited)?))?
+    };
+    assert_eq!(
+        repaired,
+        DefineOutcome::Updated {
+            restart_required: false
+        }
+    );
+    assert_enforced(&hv, spec.id, limited.egress_limit)?;
     assert_eq!(
         hv.info(spec.id)?.context("guest vanished")?.spec_hash,
         limited.spec_hash()
@@ -345,12 +362,24 @@ async fn guest_egress_is_shaped_changed_in_place_and_combines_with_port_qos() ->
     assert_within_10_percent("out of the guest (guest shaping 10)", out_of_guest, 10_000);
     let (into_guest, _) = iperf3(&peer, "10.200.41.2", &guest_ns, Mode::Reverse)?;
     assert_within_10_percent("into the guest (OVS linux-htb 20)", into_guest, 20_000);
-    // Both at once: each stays under its own limit. The download's ACKs
-    // share the guest's 10 Mbit/s shaper (in their own priority class), and
-    // on this noisy 2-core machine it reached 13.5 to 18.9 of 20 Mbit/s, so
-    // only loose bounds are asserted; the figures are printed.
+    // Both at once: each stays under its own limit. The upload's ACKs
+    // share the download's short OVS htb queue (txqueuelen 20, see
+    // HOST_PORT_TXQUEUELEN), which drops ~6 % there, so the download
+    // reached 11.6 to 18.9 of 20 Mbit/s in runs on this 2-core machine;
+    // only loose bounds are asserted and the figures are printed
+    // (EGRESS_TC_STATS=1 prints both shapers' tc statistics).
     let (out_of_guest, into_guest) = iperf3(&peer, "10.200.41.2", &guest_ns, Mode::Bidir)?;
     let into_guest = into_guest.context("no reverse figure")?;
+    if std::env::var_os("EGRESS_TC_STATS").is_some() {
+        let stats = Command::new("tc")
+            .args(["-n", &guest_ns, "-s", "class", "show", "dev", "eth0"])
+            .output()?;
+        eprintln!("{}", String::from_utf8_lossy(&stats.stdout));
+        let stats = ovs
+            .netns()
+            .run(&["tc", "-s", "class", "show", "dev", &guest_port])?;
+        eprintln!("{stats}");
+    }
     eprintln!(
         "both directions at once: out {:.2} Mbit/s (limit 10), in {:.2} Mbit/s (limit 20)",
         out_of_guest / 1e6,

@@ -520,7 +520,10 @@ impl Hypervisor for NamespaceHypervisor {
                         Some(nic) => link_exists(None, &nic.port_name)?,
                         None => true,
                     }
-                    && self.cgroups(&netns).dirs().iter().all(|d| d.is_dir());
+                    && self.cgroups(&netns).dirs().iter().all(|d| d.is_dir())
+                    // A shaper removed or changed behind our back (tc by
+                    // hand, a rebuilt veth) is drift to repair, too.
+                    && (spec.nic.is_none() || egress_matches(&netns, spec.egress_limit.as_ref())?);
                 if record.spec == *spec && complete {
                     return Ok(DefineOutcome::Unchanged);
                 }
@@ -1025,6 +1028,18 @@ fn apply_egress_limit(netns: &str, limit: Option<&RateLimit>) -> Result<(), Hype
         )?;
     }
     Ok(())
+}
+
+/// Whether the shaper on `eth0` in `netns` is what `limit` asks for.
+fn egress_matches(netns: &str, limit: Option<&RateLimit>) -> Result<bool, HypervisorError> {
+    if !link_exists(Some(netns), "eth0")? {
+        return Ok(false);
+    }
+    Ok(match (read_egress_limit(netns)?, limit) {
+        (None, None) => true,
+        (Some(shaping), Some(limit)) => shaping.enforces(limit),
+        _ => false,
+    })
 }
 
 /// Splits a guaranteed rate between bulk data and the ACK class: 1/20 for
