@@ -107,10 +107,10 @@ async fn wave2_bodies_match_the_published_schemas() {
     controller.register("n1", "").await;
 
     let call = |method: Method,
-                    path: &'static str,
-                    body: Option<Value>,
-                    schema: &'static str,
-                    status: u16| {
+                path: &'static str,
+                body: Option<Value>,
+                schema: &'static str,
+                status: u16| {
         let controller = &controller;
         let document = &document;
         async move {

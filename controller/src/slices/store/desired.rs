@@ -275,8 +275,7 @@ pub(crate) fn apply_report(
         }
     }
     for (i, run) in report.program_runs.iter().enumerate() {
-        programs::save_run_status(cx, node_id, run)
-        .map_err(|e| match e {
+        programs::save_run_status(cx, node_id, run).map_err(|e| match e {
             ResourceError::Invalid { reason, .. } => {
                 ResourceError::invalid(format!("program_runs[{i}].status"), reason)
             }
