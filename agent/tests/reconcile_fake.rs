@@ -621,3 +621,237 @@ async fn deleting_vm_is_cleaned_up_then_acked_once() {
     assert_eq!(again.actions, vec![]);
     assert!(again.changed.is_empty());
 }
+
+/// The controller as the loop sees it: a desired state to hand out and a
+/// record of every call.
+#[derive(Default)]
+struct FakeControl {
+    desired: Mutex<DesiredState>,
+    reports: Mutex<Vec<measurelab_api::node_v1::StatusReport>>,
+    results: Mutex<Vec<(String, String, String)>>,
+    polls: Mutex<Vec<String>>,
+    fetches: Mutex<u32>,
+}
+
+#[async_trait]
+impl measurelab_agent::reconcile::ControlPlane for FakeControl {
+    async fn desired_state(
+        &self,
+    ) -> Result<DesiredState, measurelab_agent::reconcile::ReconcileError> {
+        *self.fetches.lock().unwrap() += 1;
+        Ok(self.desired.lock().unwrap().clone())
+    }
+    async fn report_status(
+        &self,
+        report: measurelab_api::node_v1::StatusReport,
+    ) -> Result<measurelab_api::node_v1::StatusAck, measurelab_agent::reconcile::ReconcileError>
+    {
+        self.reports.lock().unwrap().push(report);
+        Ok(measurelab_api::node_v1::StatusAck {
+            desired_generation: self.desired.lock().unwrap().generation,
+        })
+    }
+    async fn fetch_program(
+        &self,
+        _program_id: &str,
+    ) -> Result<measurelab_api::node_v1::ProgramBlob, measurelab_agent::reconcile::ReconcileError>
+    {
+        Ok(measurelab_api::node_v1::ProgramBlob {
+            // The run carries no checksum here, so none is checked.
+            sha256: String::new(),
+            content: b"echo hi\n".to_vec(),
+            name: "hi.sh".into(),
+        })
+    }
+    async fn post_result(
+        &self,
+        vm_id: &str,
+        task_id: &str,
+        document_json: String,
+    ) -> Result<String, measurelab_agent::reconcile::ReconcileError> {
+        self.results
+            .lock()
+            .unwrap()
+            .push((vm_id.into(), task_id.into(), document_json));
+        Ok("r1".into())
+    }
+    async fn poll_tasks(
+        &self,
+        vm_id: &str,
+    ) -> Result<Vec<String>, measurelab_agent::reconcile::ReconcileError> {
+        self.polls.lock().unwrap().push(vm_id.into());
+        Ok(vec![r#"{"id":"t1","name":"probe"}"#.into()])
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The loop end to end against fakes and a fake guest on the real unix
+/// channel: registration shows in a status report, result/poll_tasks are
+/// relayed, a program run goes out and its status comes back, and the
+/// observed generation is published for heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_relays_guest_traffic_and_reports_changes_only() {
+    use measurelab_agent::reconcile::{run_loop, LoopHandles};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = DesiredState {
+        generation: 7,
+        vms: vec![a.clone()],
+        program_runs: vec![measurelab_api::node_v1::ProgramRun {
+            deployment_id: "d1".into(),
+            vm_id: a.id.clone(),
+            program_id: "p1".into(),
+            sha256: String::new(),
+            args: vec!["x".into()],
+            env: Default::default(),
+            program_name: "hi.sh".into(),
+        }],
+        ..Default::default()
+    };
+    // The loop needs the receiving end of the reconciler's event channel.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(64);
+    let mut config = ReconcilerConfig::new(&state_dir, OWNER);
+    config.uplink = None;
+    let reconciler = Reconciler::new(
+        config,
+        Backends {
+            namespace: Some(rig.hv.clone() as Arc<dyn Hypervisor>),
+            libvirt: None,
+        },
+        Some(rig.switch.clone() as Arc<dyn Switch>),
+        GuestChannels::new(),
+        events_tx,
+    );
+    let (_desired_tx, desired_rx) = tokio::sync::watch::channel(7u64);
+    let (observed_tx, mut observed_rx) = tokio::sync::watch::channel(0u64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run_loop(
+        reconciler,
+        events_rx,
+        control.clone(),
+        state_dir.clone(),
+        LoopHandles {
+            desired_generation: desired_rx,
+            observed_generation: observed_tx,
+            shutdown: stop_rx,
+        },
+    ));
+
+    observed_rx.wait_for(|g| *g == 7).await.unwrap();
+    let socket = measurelab_agent::guest_channel::channel_socket_path(&state_dir, id_of(&a));
+    eventually("channel socket", || socket.exists()).await;
+    // First report: running, waiting for the guest agent.
+    eventually("first status report", || {
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.vms.iter().any(|v| v.actual_state == "running"))
+    })
+    .await;
+
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let hello = format!(
+        "{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"test\"}}\n",
+        a.id
+    );
+    write.write_all(hello.as_bytes()).await.unwrap();
+    eventually("GuestRegistered=True reported", || {
+        control.reports.lock().unwrap().iter().any(|r| {
+            r.vms.iter().any(|v| {
+                v.conditions
+                    .iter()
+                    .any(|c| c.r#type == "Ready" && c.status == "True")
+            })
+        })
+    })
+    .await;
+
+    // Registered: the program run goes out over the channel.
+    let run: serde_json::Value = loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if value["type"] == "run" {
+            break value;
+        }
+    };
+    assert_eq!(run["deployment_id"], "d1");
+    assert_eq!(run["program_name"], "hi.sh");
+    assert_eq!(run["args"], serde_json::json!(["x"]));
+
+    write
+        .write_all(b"{\"type\":\"program_status\",\"deployment_id\":\"d1\",\"status\":\"exited\",\"exit_code\":0,\"stdout_tail\":\"hi\\n\",\"stderr_tail\":\"\"}\n")
+        .await
+        .unwrap();
+    write
+        .write_all(b"{\"type\":\"result\",\"task_id\":\"t1\",\"document\":{\"loss\":0}}\n")
+        .await
+        .unwrap();
+    write
+        .write_all(b"{\"type\":\"poll_tasks\"}\n")
+        .await
+        .unwrap();
+    let tasks: serde_json::Value = loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if value["type"] == "tasks" {
+            break value;
+        }
+    };
+    assert_eq!(tasks["tasks"][0]["id"], "t1");
+    assert_eq!(control.polls.lock().unwrap().as_slice(), [a.id.clone()]);
+    eventually("result relayed", || {
+        control
+            .results
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(vm, task, doc)| vm == &a.id && task == "t1" && doc.contains("\"loss\":0"))
+    })
+    .await;
+    eventually("program status relayed", || {
+        control.reports.lock().unwrap().iter().any(|r| {
+            r.program_runs
+                .iter()
+                .any(|p| p.deployment_id == "d1" && p.status == "exited" && p.exit_code == Some(0))
+        })
+    })
+    .await;
+
+    // Nothing changes any more: no further VM statuses are sent.
+    let sent = |c: &FakeControl| {
+        c.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.vms.len())
+            .sum::<usize>()
+    };
+    let before = sent(&control);
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    assert_eq!(
+        sent(&control),
+        before,
+        "unchanged statuses must not be re-sent"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
