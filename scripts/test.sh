@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+# A one-shot build gains nothing from incremental caches, and full debug info
+# triples the size of the target dir; line tables keep backtraces readable.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 # Backtraces would end up inside terraform diagnostics; tests want them off.
 unset RUST_BACKTRACE
 
