@@ -46,7 +46,9 @@ resource "measurelab_vm" "vm" {{
   appliance  = "namespace"
   backend    = "namespace"
   vcpus      = 1
-  memory_mib = 32
+  # Program delivery holds the ~18 MiB mcast-mscs (and its base64) in the
+  # guest agent's memory; 32 MiB got it OOM-killed in the VM's cgroup.
+  memory_mib = 128
 }}
 
 resource "measurelab_program" "point" {{

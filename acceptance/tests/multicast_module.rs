@@ -94,7 +94,7 @@ fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
         for metric in ["delay_median_ms", "delay_p95_ms", "jitter_ms", "pdv_ms"] {
             let value = r[metric].as_f64();
             assert!(
-                value.is_some_and(|v| v >= 0.0 && v < 1000.0),
+                value.is_some_and(|v| (0.0..1000.0).contains(&v)),
                 "{name}: {metric} = {value:?}"
             );
         }

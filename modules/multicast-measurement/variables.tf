@@ -54,12 +54,12 @@ variable "backend" {
 }
 
 variable "vm_memory_mib" {
-  description = "Memory of each VM in MiB."
+  description = "Memory of each VM in MiB. The guest agent holds a delivered program (and its base64 text) in memory while writing it, so a VM needs room for about twice the largest binary (mcast-mscs: ~18 MiB stripped)."
   type        = number
-  default     = 64
+  default     = 128
   validation {
-    condition     = var.vm_memory_mib >= 16
-    error_message = "vm_memory_mib must be at least 16."
+    condition     = var.vm_memory_mib >= 64
+    error_message = "vm_memory_mib must be at least 64: program delivery of the mcast binaries needs it."
   }
 }
 

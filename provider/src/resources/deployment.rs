@@ -663,7 +663,7 @@ mod tests {
             vec![
                 AttributePath::new("vms"),
                 AttributePath::new("wait_for"),
-                AttributePath::new("args").index(0 + 1),
+                AttributePath::new("args").index(1),
             ]
         );
     }

@@ -1,0 +1,28 @@
+resource "measurelab_virtual_platform" "mcast" {
+  name  = "task-demo"
+  nodes = ["n1", "n2"]
+}
+
+# A periodic multicast task for the platform's MSCS: a 30 s run every 5
+# minutes, the source taking turns over the measurement points. The MSCS and
+# the points are programs deployed on the platform's VMs; the
+# modules/multicast-measurement module (examples/multicast-lab) sets them all
+# up, and a `once` task there returns per-receiver loss/delay/jitter in
+# `receivers` at apply time.
+resource "measurelab_measurement_task" "every_5_min" {
+  name              = "every-5-min"
+  mode              = "platform"
+  platform          = measurelab_virtual_platform.mcast.name
+  schedule          = "periodic"
+  interval_seconds  = 300
+  duration_seconds  = 30
+  rate_pps          = 100
+  packet_size_bytes = 200
+  group             = "239.192.0.1"
+  port              = 50001
+  ttl               = 8
+}
+
+output "task_status" {
+  value = measurelab_measurement_task.every_5_min.status
+}
