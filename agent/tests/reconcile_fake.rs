@@ -813,7 +813,7 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
         }
     };
     assert_eq!(tasks["tasks"][0]["id"], "t1");
-    assert_eq!(control.polls.lock().unwrap().as_slice(), [a.id.clone()]);
+    assert_eq!(*control.polls.lock().unwrap(), vec![a.id.clone()]);
     eventually("result relayed", || {
         control
             .results
