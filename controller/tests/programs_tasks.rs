@@ -223,7 +223,7 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .unwrap()
         .into_inner();
     assert!(state.program_runs.is_empty());
-    let (status, _) = controller
+    let (status, stopped) = controller
         .call(
             Method::DELETE,
             &format!("/v1/deployments/{deployment_id}"),
@@ -231,6 +231,38 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         )
         .await;
     assert_eq!(status, 200);
+    assert_eq!(
+        stopped["runs"][0]["status"], "exited",
+        "a finished run keeps its status"
+    );
+
+    // Stopping a running deployment ends its runs; late reports do not revive them.
+    let (_, second) = controller
+        .call(
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "probe", "vms": ["p/mscs"]})),
+        )
+        .await;
+    let second_id = second["id"].as_str().unwrap().to_string();
+    let (_, stopped) = controller
+        .call(
+            Method::DELETE,
+            &format!("/v1/deployments/{second_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(stopped["runs"][0]["status"], "stopped");
+    let mut late = report("running", None);
+    late.program_runs[0].deployment_id = second_id.clone();
+    controller.grpc().await.report_status(late).await.unwrap();
+    let got = controller
+        .client()
+        .get_deployment(&second_id)
+        .await
+        .unwrap();
+    assert_eq!(got.runs[0].status, "stopped");
+    assert!(got.runs[0].finished_at.is_some());
     controller.stop().await;
 }
 

@@ -410,7 +410,8 @@ pub(crate) fn create_deployment(
     get_deployment(cx.tx, &id)
 }
 
-/// Stop: the runs leave the nodes' desired state, so the agents stop them.
+/// Stop: the runs leave the nodes' desired state, so the agents stop them;
+/// unfinished runs become `stopped` and later reports about them are ignored.
 pub(crate) fn stop_deployment(
     cx: &mut TxContext<'_>,
     id: &str,
@@ -422,6 +423,12 @@ pub(crate) fn stop_deployment(
     if !d.stopped {
         cx.tx
             .execute("UPDATE deployments SET stopped = 1 WHERE id = ?1", [&d.id])?;
+        // Unfinished runs end here; finished ones keep their exit status.
+        cx.tx.execute(
+            "UPDATE program_runs SET status = 'stopped', finished_at = COALESCE(finished_at, ?2)
+             WHERE deployment_id = ?1 AND status IN ('pending', 'running')",
+            params![d.id, cx.now_text()],
+        )?;
         for run in runs(cx.tx, &d.id)? {
             cx.touch_node(&run.node_id)?;
         }
@@ -488,7 +495,7 @@ pub(crate) fn save_run_status(
         "UPDATE program_runs SET status = ?4, exit_code = ?5, stdout_tail = ?6, stderr_tail = ?7,
                 started_at = COALESCE(started_at, CASE WHEN ?4 != 'pending' THEN ?8 END),
                 finished_at = CASE WHEN ?9 THEN COALESCE(finished_at, ?8) ELSE NULL END
-         WHERE deployment_id = ?1 AND vm_id = ?2 AND node_id = ?3",
+         WHERE deployment_id = ?1 AND vm_id = ?2 AND node_id = ?3 AND status != 'stopped'",
         params![
             run.deployment_id,
             run.vm_id,
