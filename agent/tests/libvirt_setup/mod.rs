@@ -23,109 +23,156 @@ pub const QEMU_URI: &str = "qemu:///system";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 
-/// Daemons and system entries this test created; undone on drop, in reverse.
-#[derive(Default)]
-pub struct LibvirtSetup {
-    daemons: Vec<(String, Child)>,
+/// What the test harness set up on the host: daemons it started and system
+/// entries it created. Shared by every test process through STATE_PATH,
+/// so whichever test finishes last undoes it, whoever started it.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct HostState {
+    daemon_pids: Vec<u32>,
     created_user: bool,
     created_group: bool,
     created_qemu_conf: bool,
 }
 
-impl LibvirtSetup {
-    pub fn ensure() -> Result<LibvirtSetup> {
-        let mut setup = LibvirtSetup::default();
-        if LibvirtHypervisor::connect(QEMU_URI).is_ok() {
-            return Ok(setup);
-        }
-        // libvirt's QEMU driver resolves its built-in user before reading
-        // qemu.conf and refuses to start without it.
-        if !Command::new("getent")
-            .args(["group", "libvirt-qemu"])
-            .stdout(Stdio::null())
-            .status()?
-            .success()
-        {
-            run(Command::new("groupadd").args(["-r", "libvirt-qemu"]))?;
-            setup.created_group = true;
-        }
-        if !Command::new("id")
-            .arg("libvirt-qemu")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?
-            .success()
-        {
-            run(Command::new("useradd").args([
-                "-r",
-                "-g",
-                "libvirt-qemu",
-                "-d",
-                "/var/lib/libvirt",
-                "-s",
-                "/usr/sbin/nologin",
-                "libvirt-qemu",
-            ]))?;
-            setup.created_user = true;
-        }
-        if !Path::new(QEMU_CONF).exists() {
-            // Run QEMU as root so it can read appliance files anywhere and
-            // write the console log into the test's temp dir.
-            fs::write(
-                QEMU_CONF,
-                "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n",
-            )?;
-            setup.created_qemu_conf = true;
-        }
-        for daemon in ["virtlogd", "libvirtd"] {
-            let child = Command::new(daemon)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("start {daemon}: {e}"))?;
-            setup.daemons.push((daemon.to_string(), child));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while LibvirtHypervisor::connect(QEMU_URI).is_err() {
-            if Instant::now() > deadline {
-                bail!("libvirtd started but {QEMU_URI} does not answer within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(setup)
-    }
+/// Serializes setup and counts users across processes: each user holds a
+/// shared flock for its lifetime; setup and teardown take it exclusively.
+const LOCK_PATH: &str = "/run/measurelab-test-libvirt.lock";
+const STATE_PATH: &str = "/run/measurelab-test-libvirt.json";
+
+/// A test's use of qemu:///system. If no libvirtd answers, the first user
+/// starts virtlogd + libvirtd (and creates the libvirt-qemu user and
+/// qemu.conf if missing); the last user to drop stops and removes exactly
+/// those. Tests of several engineers or binaries running at once therefore
+/// never stop a libvirtd another test is still using (stopping virtlogd
+/// under a running guest leaves its console file empty).
+pub struct LibvirtSetup {
+    lock: fs::File,
+    /// Daemons this process started, so it can reap them if it is the one
+    /// that stops them.
+    children: Vec<Child>,
 }
 
-impl Drop for LibvirtSetup {
-    fn drop(&mut self) {
-        while let Some((name, mut child)) = self.daemons.pop() {
-            // SIGTERM lets libvirtd remove its sockets and pid file.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() > deadline => {
-                        eprintln!("{name} ignored SIGTERM; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
+#[allow(deprecated)] // nix::fcntl::flock: the RAII Flock does not fit a lock held in a struct and converted.
+fn flock(file: &fs::File, arg: nix::fcntl::FlockArg) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::flock(file.as_raw_fd(), arg)
+}
+
+impl LibvirtSetup {
+    pub fn ensure() -> Result<LibvirtSetup> {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_PATH)?;
+        flock(&lock, nix::fcntl::FlockArg::LockExclusive)?;
+        let mut children = Vec::new();
+        if LibvirtHypervisor::connect(QEMU_URI).is_err() {
+            let mut state: HostState = fs::read_to_string(STATE_PATH)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            // Pids from a run that crashed are stale (and may be reused by
+            // now); only what we start below is ours to stop.
+            state.daemon_pids.clear();
+            // libvirt's QEMU driver resolves its built-in user before reading
+            // qemu.conf and refuses to start without it.
+            if !Command::new("getent")
+                .args(["group", "libvirt-qemu"])
+                .stdout(Stdio::null())
+                .status()?
+                .success()
+            {
+                run(Command::new("groupadd").args(["-r", "libvirt-qemu"]))?;
+                state.created_group = true;
+            }
+            if !Command::new("id")
+                .arg("libvirt-qemu")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success()
+            {
+                run(Command::new("useradd").args([
+                    "-r",
+                    "-g",
+                    "libvirt-qemu",
+                    "-d",
+                    "/var/lib/libvirt",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    "libvirt-qemu",
+                ]))?;
+                state.created_user = true;
+            }
+            if !Path::new(QEMU_CONF).exists() {
+                // Run QEMU as root so it can read appliance files anywhere and
+                // write the console log into the test's temp dir.
+                fs::write(
+                    QEMU_CONF,
+                    "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n",
+                )?;
+                state.created_qemu_conf = true;
+            }
+            for daemon in ["virtlogd", "libvirtd"] {
+                let child = Command::new(daemon)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start {daemon}: {e}"))?;
+                state.daemon_pids.push(child.id());
+                children.push(child);
+            }
+            fs::write(STATE_PATH, serde_json::to_vec(&state)?)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while LibvirtHypervisor::connect(QEMU_URI).is_err() {
+                if Instant::now() > deadline {
+                    bail!("libvirtd started but {QEMU_URI} does not answer within 30 s");
                 }
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
-        if self.created_qemu_conf {
+        // Converting to shared lets other tests in; they see libvirtd answer.
+        flock(&lock, nix::fcntl::FlockArg::LockShared)?;
+        Ok(LibvirtSetup { lock, children })
+    }
+
+    /// Stops what STATE_PATH records. Runs with the exclusive lock held.
+    fn teardown(&mut self) {
+        let Some(state) = fs::read_to_string(STATE_PATH)
+            .ok()
+            .and_then(|t| serde_json::from_str::<HostState>(&t).ok())
+        else {
+            return;
+        };
+        // libvirtd first (started last); SIGTERM lets it remove its sockets.
+        for pid in state.daemon_pids.iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(*pid, &mut self.children) {
+                if Instant::now() > deadline {
+                    eprintln!("daemon {pid} ignored SIGTERM; killing it");
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = alive(*pid, &mut self.children);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if state.created_qemu_conf {
             let _ = fs::remove_file(QEMU_CONF);
         }
-        if self.created_user {
+        if state.created_user {
             let _ = Command::new("userdel").arg("libvirt-qemu").status();
         }
         // userdel usually takes the same-named primary group with it.
-        if self.created_group
+        if state.created_group
             && Command::new("getent")
                 .args(["group", "libvirt-qemu"])
                 .stdout(Stdio::null())
@@ -134,6 +181,38 @@ impl Drop for LibvirtSetup {
         {
             let _ = Command::new("groupdel").arg("libvirt-qemu").status();
         }
+        let _ = fs::remove_file(STATE_PATH);
+    }
+}
+
+/// Whether `pid` still runs; reaps it if it is our child.
+fn alive(pid: u32, children: &mut [Child]) -> bool {
+    if let Some(child) = children.iter_mut().find(|c| c.id() == pid) {
+        return matches!(child.try_wait(), Ok(None));
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl Drop for LibvirtSetup {
+    fn drop(&mut self) {
+        use nix::fcntl::FlockArg;
+        // Last user? Converting shared -> exclusive succeeds only if no other
+        // test holds the lock. If two finish at once, both may fail the
+        // conversion; each then drops its lock and tries once more, so one
+        // of them still gets it.
+        let last = flock(&self.lock, FlockArg::LockExclusiveNonblock).is_ok() || {
+            let _ = flock(&self.lock, FlockArg::Unlock);
+            flock(&self.lock, FlockArg::LockExclusiveNonblock).is_ok()
+        };
+        if last {
+            self.teardown();
+        }
+        let _ = flock(&self.lock, FlockArg::Unlock);
     }
 }
 
