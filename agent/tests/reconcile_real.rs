@@ -6,7 +6,9 @@
 //! namespace (as it runs inside `<lab>-nK` in a lab), so the veths it creates
 //! are switchable by that ovs-vswitchd; the controller's gRPC listener is
 //! bound in the same namespace. "Killing" the agent drops its runtime without
-//! any shutdown (no cleanup code runs), like SIGKILL.
+//! any shutdown (no cleanup code runs), like SIGKILL - except that a
+//! hypervisor call already running on a blocking thread finishes, which a
+//! real SIGKILL would cut short (see the namespace backend's define).
 //!
 //! Needs root (netns, cgroups, OVS). Everything is torn down on drop.
 
@@ -107,7 +109,10 @@ async fn vms(client: &Client) -> Vec<Vm> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_vms_converge_survive_restart_and_repair() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", t0.elapsed().as_secs_f64());
     let guest_agent = guest_agent();
+    phase("guest agent built");
     let ovs = OvsSandbox::start("rcl").unwrap();
     let netns = ovs.netns().name().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -149,6 +154,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
     agent_config.guest_agent = Some(guest_agent);
     let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
+    phase("controller and agent started");
     wait_for("node n1 online", async || {
         let nodes = client.list_nodes().await.ok()?;
         nodes
@@ -193,22 +199,44 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
 
     // Kill the agent mid-creation: as soon as the first guest's namespace
     // exists, before the rest is done.
-    wait_for("a guest namespace", async || {
-        let list = netns_list();
-        created
-            .iter()
-            .any(|vm| list.contains(&vm_netns(vm)))
-            .then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    while !created
+        .iter()
+        .any(|vm| Path::new("/run/netns").join(vm_netns(vm)).exists())
+    {
+        assert!(Instant::now() < deadline, "no guest namespace appeared");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    phase("first guest namespace exists; killing the agent");
     agent.kill();
+    let restarted_at = time::OffsetDateTime::now_utc();
     let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
-    let running = wait_for("both VMs running, attached and registered", async || {
+    let deadline = Instant::now() + WAIT;
+    let running = loop {
         let all = vms(&client).await;
-        (all.len() == 2 && all.iter().all(ready)).then_some(all)
-    })
-    .await;
+        // Guest heartbeats reach the controller only through the new agent,
+        // so a heartbeat newer than the restart proves its channel works
+        // (statuses alone could be left over from the killed agent).
+        let heard_since_restart = |vm: &Vm| {
+            vm.guest_last_heartbeat
+                .as_deref()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|t| t > restarted_at)
+        };
+        if all.len() == 2 && all.iter().all(|vm| ready(vm) && heard_since_restart(vm)) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for both VMs running, attached and registered: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    phase("both VMs ready after the restart");
     for vm in &running {
         assert_eq!(vm.backend, VmBackend::Namespace);
         assert!(!vm.address.is_empty(), "{vm:?}");
@@ -270,6 +298,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         assert!(run.stdout_tail.contains("hello world tasks 0"), "{run:?}");
     }
 
+    phase("program ran in both guests");
     // Drift: a port deleted by hand comes back with its tag.
     let victim = bridge_ports[0].clone();
     ovs.vsctl(&["del-port", "br-int", &victim]).unwrap();
@@ -283,6 +312,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         Some(platform.vlan_tag.to_string())
     );
 
+    phase("port repaired");
     // Delete a VM: namespace, port and row disappear.
     let gone = running.iter().find(|vm| vm.name == "a").unwrap().clone();
     client.delete_vm(&gone.id, false).await.unwrap();
@@ -294,6 +324,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         },
     )
     .await;
+    phase("VM deleted and acked");
     assert!(!netns_list().contains(&vm_netns(&gone)));
     assert_eq!(port_names_of_bridge(&ovs).len(), 1);
     let left = vms(&client).await;

@@ -522,6 +522,17 @@ impl Reconciler {
                 // The spec changed: try again from scratch.
                 key.succeeded();
             }
+            // A name conflict is about the host, not the spec: it is gone
+            // once the guest shows up as ours (a previous agent's define
+            // finished) and may be cleared by hand, so deep passes retry it.
+            if key
+                .permanent
+                .as_ref()
+                .is_some_and(|(_, f)| f.reason == "NameConflict")
+                && (deep || observed.contains_key(id))
+            {
+                key.succeeded();
+            }
             if vm.deleting {
                 if self.channels.is_open(*id) {
                     self.channels.close(*id);
