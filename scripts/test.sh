@@ -27,6 +27,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
+echo "== provider docs match the schema"
+cargo run -q -p xtask -- docs --check
 echo "== tests (unit, integration, real networking)"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
 echo "== acceptance (terraform CLI against a real lab)"
