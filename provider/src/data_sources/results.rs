@@ -146,7 +146,10 @@ pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
                 ipdv_mean_ms: millis(&m["ipdv_us"]["mean_abs"]),
                 pdv_ms: millis(&m["pdv_us"]),
                 jitter_ms: millis(&m["jitter_us"]),
-                clock_error_bound_ms: millis(&r["clock_error_bound_us"]),
+                // Not rounded: on one host the bound is a few nanoseconds.
+                clock_error_bound_ms: r["clock_error_bound_us"]
+                    .as_f64()
+                    .map_or(Value::Null, |us| Value::Value(Number::Float(us / 1000.0))),
             }
         })
         .collect()
@@ -406,6 +409,10 @@ mod tests {
         );
         assert_eq!(summary[0].jitter_ms, Value::Value(Number::Float(0.12)));
         assert_eq!(summary[0].delay_max_ms, Value::Value(Number::Unsigned(9)));
+        assert_eq!(
+            summary[0].clock_error_bound_ms,
+            Value::Value(Number::Float(0.002))
+        );
         assert_eq!(summary[1].status, "missing");
         assert_eq!(summary[1].error, "cannot connect");
         assert_eq!(summary[1].packets_received, Value::Null);
