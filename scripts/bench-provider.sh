@@ -149,7 +149,7 @@ timed() {
     shift 2
     local start end pid peak=0 tf_peak=0
     start=$(now)
-    terraform -chdir="$dir" "$@" -no-color -parallelism="$parallelism" -var "n=$N" \
+    terraform -chdir="$dir" "$@" -no-color -parallelism="$parallelism" -var "n=${BENCH_VAR_N:-$N}" \
         > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$work/$label.log") 2>&1 &
     pid=$!
     if [[ $label == vm-apply ]]; then poll_vms "$pid" "$work/vm-apply.samples" & fi
@@ -186,6 +186,10 @@ must() { # LABEL [allowed rc...]
 }
 
 echo "== N=$N, parallelism=$parallelism, memory_mib=$min_mem, nodes n1..n$nodes" >&2
+# Plans with n=0 (measurelab: only the platform) give the fixed cost of a
+# plan (terraform start, provider start, schema), so the rest is per resource.
+BENCH_VAR_N=0 timed data-plan0 "$datadir" plan -input=false; must data-plan0
+BENCH_VAR_N=0 timed vm-plan0 "$vmdir" plan -input=false; must vm-plan0
 timed data-plan "$datadir" plan -input=false; must data-plan
 timed vm-plan "$vmdir" plan -input=false; must vm-plan
 timed data-apply "$datadir" apply -auto-approve -input=false; must data-apply
@@ -209,6 +213,10 @@ for p in plan apply replan destroy; do
     printf '%-22s %11.2fs %11.2fs %7sx\n' "$p" "${dur[vm-$p]}" "${dur[data-$p]}" "$(ratio "${dur[vm-$p]}" "${dur[data-$p]}")"
 done
 echo "(replan = plan after apply: refresh of N existing resources; no changes in both)"
+printf 'plan with n=0 (fixed cost): measurelab %.2fs, terraform_data %.2fs; per resource beyond it: measurelab %.2f ms, terraform_data %.2f ms\n' \
+    "${dur[vm-plan0]}" "${dur[data-plan0]}" \
+    "$(echo "scale=4; 1000 * (${dur[vm-plan]} - ${dur[vm-plan0]}) / $N" | bc)" \
+    "$(echo "scale=4; 1000 * (${dur[data-plan]} - ${dur[data-plan0]}) / $N" | bc)"
 printf 'provider peak RSS (VmHWM): plan %s MiB, apply %s MiB, replan %s MiB, destroy %s MiB\n' \
     "$(mib "${peak_rss[vm-plan]}")" "$(mib "${peak_rss[vm-apply]}")" "$(mib "${peak_rss[vm-replan]}")" "$(mib "${peak_rss[vm-destroy]}")"
 printf 'terraform peak RSS: measurelab_vm apply %s MiB, terraform_data apply %s MiB\n' \
