@@ -30,6 +30,10 @@ cargo build --workspace --bins
 echo "== provider docs match the schema"
 cargo run -q -p xtask -- docs --check
 echo "== tests (unit, integration, real networking)"
-cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+# nextest: one process per test, a per-test time limit and one retry
+# (settings in .config/nextest.toml); doctests run separately since nextest
+# does not run them.
+cargo nextest run --workspace
+cargo test --workspace --doc
 echo "== acceptance (terraform CLI against a real lab)"
-TF_ACC=1 cargo test -p measurelab-acceptance --no-fail-fast -- --test-threads=1
+TF_ACC=1 cargo nextest run -p measurelab-acceptance

@@ -568,3 +568,35 @@ fn guests_talk_through_ovs_only_within_their_vlan() {
     }
     assert!(hv.list_owned().unwrap().is_empty());
 }
+
+#[test]
+fn guest_claimed_before_its_namespace_existed_converges() {
+    // An agent killed right after define claimed a guest but before its
+    // namespace was created leaves a record and nothing else. The next agent
+    // must treat it as its own and build it, never refuse it as foreign.
+    let fx = Fixture::new();
+    let spec = fx.spec(1);
+    let netns = {
+        let hv = fx.backend();
+        hv.define(&spec).unwrap();
+        hv.info(spec.id).unwrap().unwrap().name
+    };
+    ip(&["netns", "delete", &netns]);
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+
+    let hv = fx.backend();
+    let listed = hv.list_owned().unwrap();
+    assert_eq!(listed.len(), 1, "the claimed guest is still ours");
+    assert_eq!(listed[0].state, GuestState::Stopped);
+    hv.start(spec.id).unwrap();
+    assert!(Path::new("/run/netns").join(&netns).exists());
+    let pid = hv.guest_pid(spec.id).unwrap().unwrap();
+    assert_eq!(pid_netns_inode(pid), netns_inode(&netns));
+    assert!(matches!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Unchanged | DefineOutcome::Updated { .. }
+    ));
+    assert_eq!(hv.list_owned().unwrap().len(), 1, "no duplicate guest");
+    hv.undefine(spec.id).unwrap();
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+}

@@ -502,16 +502,22 @@ impl Hypervisor for NamespaceHypervisor {
                         });
                     }
                 }
+                // Claim the guest before creating anything: an agent killed
+                // between `ip netns add` and writing the record would leave a
+                // namespace that no later agent may touch (it is not ours by
+                // the record), so that VM could never converge. A record
+                // without resources is repaired by the next define or start.
+                self.save(&GuestRecord {
+                    spec: spec.clone(),
+                    netns: netns.clone(),
+                    process: None,
+                })?;
                 if let Err(err) = self.ensure_resources(spec, &netns, None) {
                     // Nothing half-applied: undo whatever was created.
                     let _ = self.remove_resources(&netns, spec.nic.as_ref());
+                    let _ = fs::remove_file(self.state_path(spec.id));
                     return Err(err);
                 }
-                self.save(&GuestRecord {
-                    spec: spec.clone(),
-                    netns,
-                    process: None,
-                })?;
                 Ok(DefineOutcome::Created)
             }
             Some(mut record) => {
@@ -544,6 +550,10 @@ impl Hypervisor for NamespaceHypervisor {
         let mut record = self.require(id)?;
         if record.process.is_some_and(process_alive) {
             return Ok(());
+        }
+        if !netns_exists(&record.netns)? {
+            // A claimed guest whose creation was interrupted (see define).
+            self.ensure_resources(&record.spec, &record.netns, None)?;
         }
         let cgroups = self.cgroups(&record.netns);
         // A new member of a frozen group would freeze at once.
