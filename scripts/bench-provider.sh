@@ -7,7 +7,9 @@
 #
 # Environment: N (default 200), BENCH_NODES (3), BENCH_PARALLELISM (terraform's
 # -parallelism, default 10 as in terraform), BENCH_SKIP_BUILD=1 (use the
-# release binaries already in $CARGO_TARGET_DIR/release), CARGO_TARGET_DIR.
+# release binaries already in $CARGO_TARGET_DIR/release), CARGO_TARGET_DIR,
+# BENCH_LAB_ARGS (extra `lab up` flags, e.g. "--heartbeat-interval-seconds 1"),
+# BENCH_KEEP=1 (keep the logs and time-stamped terraform output).
 #
 # Prints figures only; it asserts nothing except that every command succeeds
 # and that a plan after apply has no changes. Needs root (the lab creates
@@ -65,7 +67,8 @@ trap cleanup EXIT
 
 echo "== lab up: $nodes nodes (name $lab, dir $labdir)" >&2
 t0=$(now)
-ml lab up --nodes "$nodes" --name "$lab" --dir "$labdir" --http-port 0 >"$work/lab-up.log" 2>&1 \
+# shellcheck disable=SC2086
+ml lab up --nodes "$nodes" --name "$lab" --dir "$labdir" --http-port 0 ${BENCH_LAB_ARGS:-} >"$work/lab-up.log" 2>&1 \
     || { cat "$work/lab-up.log" >&2; exit 1; }
 lab_up_s=$(echo "$(now) - $t0" | bc)
 # shellcheck disable=SC2046
@@ -206,7 +209,7 @@ timed vm-destroy "$vmdir" destroy -auto-approve -input=false; must vm-destroy
 ratio() { echo "scale=2; $1 / $2" | bc; }
 mib() { echo "scale=1; $1 / 1024" | bc; }
 echo
-echo "measurelab provider benchmark: N=$N, $nodes nodes, terraform -parallelism=$parallelism, $(nproc) cores, lab up $(printf %.1f "$lab_up_s") s"
+echo "measurelab provider benchmark: N=$N, $nodes nodes, terraform -parallelism=$parallelism, $(nproc) cores, lab up $(printf %.1f "$lab_up_s") s${BENCH_LAB_ARGS:+ (lab up $BENCH_LAB_ARGS)}"
 echo "VMs Ready after apply: $ready_vms/$N ($per_node)"
 printf '%-22s %12s %12s %8s\n' "phase" "measurelab_vm" "terraform_data" "ratio"
 for p in plan apply replan destroy; do
