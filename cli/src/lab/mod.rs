@@ -922,6 +922,29 @@ impl Lab {
                 .stderr(Stdio::null())
                 .status();
         }
+        // `exit` is acknowledged before vswitchd has removed its taps; killing
+        // it in step 1 while it cleans up would leave them behind.
+        let vswitchd_pids: Vec<i32> = std::fs::read_dir(self.pids_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .ends_with("ovs-vswitchd.pid")
+                    })
+                    .filter_map(|e| sys::read_pid(&e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while vswitchd_pids
+            .iter()
+            .any(|&pid| sys::cmdline(pid).is_some_and(|c| !c.is_empty()))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
 
         // 1. Everything we recorded a pid for.
         let mut pids = Vec::new();
