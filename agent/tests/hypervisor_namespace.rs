@@ -591,7 +591,10 @@ fn guest_claimed_before_its_namespace_existed_converges() {
     hv.start(spec.id).unwrap();
     assert!(Path::new("/run/netns").join(&netns).exists());
     let pid = hv.guest_pid(spec.id).unwrap().unwrap();
-    assert_eq!(pid_netns_inode(pid), netns_inode(&netns));
+    // The pid is recorded by the launcher before it enters the namespace.
+    wait_until("guest process to enter the rebuilt namespace", || {
+        pid_netns_inode(pid) == netns_inode(&netns)
+    });
     assert!(matches!(
         hv.define(&spec).unwrap(),
         DefineOutcome::Unchanged | DefineOutcome::Updated { .. }
