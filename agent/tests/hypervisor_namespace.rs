@@ -583,6 +583,11 @@ fn guest_claimed_before_its_namespace_existed_converges() {
     };
     ip(&["netns", "delete", &netns]);
     assert!(!Path::new("/run/netns").join(&netns).exists());
+    // The kernel destroys the veth pair asynchronously after the namespace.
+    let port = spec.nic.as_ref().unwrap().port_name.clone();
+    wait_until("host end of the veth to disappear", || {
+        !Path::new("/sys/class/net").join(&port).exists()
+    });
 
     let hv = fx.backend();
     let listed = hv.list_owned().unwrap();
