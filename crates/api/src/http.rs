@@ -839,3 +839,64 @@ where
 {
     Option::<T>::deserialize(deserializer).map(Some)
 }
+
+/// The snake_case names serde uses for these enums, for stores and schemas
+/// that keep them as plain text.
+macro_rules! snake_case_names {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name serde writes for this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+
+            /// The value serde reads from `text`, if any.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+snake_case_names!(PlatformPowerState { Running => "running", Paused => "paused" });
+snake_case_names!(VmPowerState { Running => "running", Paused => "paused", Stopped => "stopped" });
+snake_case_names!(VmBackend { Namespace => "namespace", Libvirt => "libvirt" });
+
+#[cfg(test)]
+mod snake_case_names_tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(value: T) -> String {
+        serde_json::to_value(value)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn names_match_serde_both_ways() {
+        for v in [PlatformPowerState::Running, PlatformPowerState::Paused] {
+            assert_eq!(v.as_str(), serde_name(v));
+            assert_eq!(PlatformPowerState::parse(v.as_str()), Some(v));
+        }
+        for v in [
+            VmPowerState::Running,
+            VmPowerState::Paused,
+            VmPowerState::Stopped,
+        ] {
+            assert_eq!(v.as_str(), serde_name(v));
+            assert_eq!(VmPowerState::parse(v.as_str()), Some(v));
+        }
+        for v in [VmBackend::Namespace, VmBackend::Libvirt] {
+            assert_eq!(v.as_str(), serde_name(v));
+            assert_eq!(VmBackend::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(VmPowerState::parse("Running"), None);
+    }
+}

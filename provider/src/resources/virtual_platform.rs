@@ -45,21 +45,6 @@ pub struct PlatformState {
     pub created_at: Value<String>,
 }
 
-fn power_text(state: PlatformPowerState) -> &'static str {
-    match state {
-        PlatformPowerState::Running => "running",
-        PlatformPowerState::Paused => "paused",
-    }
-}
-
-fn parse_power(text: &str) -> Option<PlatformPowerState> {
-    match text {
-        "running" => Some(PlatformPowerState::Running),
-        "paused" => Some(PlatformPowerState::Paused),
-        _ => None,
-    }
-}
-
 impl PlatformState {
     fn validate(&self, diags: &mut Diagnostics) {
         if let Value::Value(nodes) = &self.nodes {
@@ -73,7 +58,7 @@ impl PlatformState {
             }
         }
         if let Value::Value(power) = &self.power_state {
-            if parse_power(power).is_none() {
+            if PlatformPowerState::parse(power).is_none() {
                 diagnostics::invalid_value(
                     diags,
                     AttributePath::new("power_state"),
@@ -100,7 +85,7 @@ impl PlatformState {
         } else {
             Value::Value(platform.description.clone())
         };
-        self.power_state = Value::Value(power_text(platform.power_state).to_string());
+        self.power_state = Value::Value(platform.power_state.as_str().to_string());
         self.id = Value::Value(platform.id.clone());
         self.vlan_tag = Value::Value(Number::from(u64::from(platform.vlan_tag)));
         self.subnet = Value::Value(platform.subnet.clone());
@@ -327,7 +312,7 @@ impl Resource for VirtualPlatformResource {
         if let Some(PlatformPowerState::Paused) = planned_state
             .power_state
             .as_ref_option()
-            .and_then(|p| parse_power(p))
+            .and_then(|p| PlatformPowerState::parse(p))
         {
             let patch = PlatformPatch {
                 power_state: Some(PlatformPowerState::Paused),
@@ -371,7 +356,7 @@ impl Resource for VirtualPlatformResource {
             power_state: planned_state
                 .power_state
                 .as_ref_option()
-                .and_then(|p| parse_power(p)),
+                .and_then(|p| PlatformPowerState::parse(p)),
             request_id: None,
         };
         match client.update_platform(&id, &patch).await {

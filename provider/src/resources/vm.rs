@@ -100,38 +100,6 @@ pub struct VmState {
     pub timeouts: Value<VmTimeouts>,
 }
 
-fn backend_text(backend: VmBackend) -> &'static str {
-    match backend {
-        VmBackend::Namespace => "namespace",
-        VmBackend::Libvirt => "libvirt",
-    }
-}
-
-fn parse_backend(text: &str) -> Option<VmBackend> {
-    match text {
-        "namespace" => Some(VmBackend::Namespace),
-        "libvirt" => Some(VmBackend::Libvirt),
-        _ => None,
-    }
-}
-
-fn power_text(state: VmPowerState) -> &'static str {
-    match state {
-        VmPowerState::Running => "running",
-        VmPowerState::Paused => "paused",
-        VmPowerState::Stopped => "stopped",
-    }
-}
-
-fn parse_power(text: &str) -> Option<VmPowerState> {
-    match text {
-        "running" => Some(VmPowerState::Running),
-        "paused" => Some(VmPowerState::Paused),
-        "stopped" => Some(VmPowerState::Stopped),
-        _ => None,
-    }
-}
-
 /// Whole positive number (MiB, CPUs); `None` for null/unknown, diagnostic when bad.
 fn whole(
     diags: &mut Diagnostics,
@@ -167,7 +135,7 @@ impl VmState {
         whole(diags, "disk_mib", &self.disk_mib, true);
         whole(diags, "swap_mib", &self.swap_mib, true);
         if let Value::Value(backend) = &self.backend {
-            if parse_backend(backend).is_none() {
+            if VmBackend::parse(backend).is_none() {
                 diagnostics::invalid_value(
                     diags,
                     AttributePath::new("backend"),
@@ -177,7 +145,7 @@ impl VmState {
             }
         }
         if let Value::Value(power) = &self.power_state {
-            if parse_power(power).is_none() {
+            if VmPowerState::parse(power).is_none() {
                 diagnostics::invalid_value(
                     diags,
                     AttributePath::new("power_state"),
@@ -217,7 +185,7 @@ impl VmState {
         self.platform = Value::Value(vm.platform.clone());
         self.node = Value::Value(vm.node.clone());
         self.appliance = Value::Value(vm.appliance.clone());
-        self.backend = Value::Value(backend_text(vm.backend).to_string());
+        self.backend = Value::Value(vm.backend.as_str().to_string());
         self.vcpus = Value::Value(Number::from(vm.vcpus));
         self.memory_mib = Value::Value(Number::from(vm.memory_mib));
         self.disk_mib = Value::Value(Number::from(vm.disk_mib));
@@ -227,7 +195,7 @@ impl VmState {
             .clone()
             .map(Value::Value)
             .unwrap_or(Value::Null);
-        self.power_state = Value::Value(power_text(vm.power_state).to_string());
+        self.power_state = Value::Value(vm.power_state.as_str().to_string());
         self.id = Value::Value(vm.id.clone());
         self.address = Value::Value(vm.address.clone());
         self.mac = Value::Value(vm.mac.clone());
@@ -275,7 +243,7 @@ fn converged(vm: &Vm) -> Result<bool, String> {
             .unwrap_or_default();
         return Err(format!("the node agent reports the VM failed ({why})"));
     }
-    let wanted = power_text(vm.power_state);
+    let wanted = vm.power_state.as_str();
     let done = applied
         && match vm.power_state {
             VmPowerState::Running => ready.is_some_and(|c| c.status == "True"),
@@ -384,19 +352,19 @@ impl VmResource {
         let available: Vec<&str> = [VmBackend::Namespace, VmBackend::Libvirt]
             .into_iter()
             .filter(|b| has(*b))
-            .map(backend_text)
+            .map(VmBackend::as_str)
             .collect();
-        match state.backend.as_ref_option().and_then(|b| parse_backend(b)) {
+        match state.backend.as_ref_option().and_then(|b| VmBackend::parse(b)) {
             Some(backend) if !has(backend) => diagnostics::invalid_value(
                 diags,
                 AttributePath::new("backend"),
-                format!("Node {node_name:?} has no {} backend", backend_text(backend)),
+                format!("Node {node_name:?} has no {} backend", backend.as_str()),
                 format!(
                     "Node {node_name:?} reports the backends [{}] (libvirt URIs: {:?}); it cannot run a {} VM.\n\n\
                      What to do: pick another node or backend.",
                     available.join(", "),
                     caps.libvirt_uris,
-                    backend_text(backend)
+                    backend.as_str()
                 ),
             ),
             Some(_) => {}
@@ -624,12 +592,12 @@ impl Resource for VmResource {
             power_state: planned_state
                 .power_state
                 .as_ref_option()
-                .and_then(|p| parse_power(p))
+                .and_then(|p| VmPowerState::parse(p))
                 .unwrap_or(VmPowerState::Running),
             backend: planned_state
                 .backend
                 .as_ref_option()
-                .and_then(|b| parse_backend(b)),
+                .and_then(|b| VmBackend::parse(b)),
             request_id: None,
         };
         let vm = match client.create_vm(&body).await {
@@ -682,7 +650,7 @@ impl Resource for VmResource {
             power_state: planned_state
                 .power_state
                 .as_ref_option()
-                .and_then(|p| parse_power(p)),
+                .and_then(|p| VmPowerState::parse(p)),
             ..Default::default()
         };
         if let Err(err) = client.update_vm(&id, &patch).await {

@@ -34,7 +34,7 @@ pub(crate) fn desired_state(
                 vlan_tag: u32::from(p.vlan_tag),
                 subnet: p.subnet.clone(),
                 gateway: p.gateway.clone().unwrap_or_default(),
-                power_state: platforms::power_text(p.power_state).into(),
+                power_state: p.power_state.as_str().into(),
             })
             .collect(),
         ..Default::default()
@@ -57,7 +57,7 @@ pub(crate) fn desired_state(
             name: vm.name.clone(),
             platform_id: vm.platform_id.clone(),
             vlan_tag: u32::from(platform.vlan_tag),
-            backend: vms::backend_text(vm.backend).into(),
+            backend: vm.backend.as_str().into(),
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             disk_mib: vm.disk_mib,
@@ -75,7 +75,7 @@ pub(crate) fn desired_state(
             mac: vm.mac.clone(),
             ipv4_cidr: format!("{}/{prefix}", vm.address),
             gateway: platform.gateway.clone().unwrap_or_default(),
-            power_state: vms::power_text(power).into(),
+            power_state: power.as_str().into(),
             deleting: vm.deleting,
             qos: qos.map(|q| DesiredQos {
                 name: q.name,

@@ -63,13 +63,6 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-pub(crate) fn power_text(state: PlatformPowerState) -> &'static str {
-    match state {
-        PlatformPowerState::Running => "running",
-        PlatformPowerState::Paused => "paused",
-    }
-}
-
 pub(crate) fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
     let (address, prefix) = text.split_once('/')?;
     let address: Ipv4Addr = address.parse().ok()?;
@@ -101,15 +94,8 @@ fn row_to_platform(
         vlan_tag: row.get::<_, i64>(4)? as u16,
         subnet: row.get(5)?,
         gateway: row.get(6)?,
-        power_state: match power.as_str() {
-            "running" => PlatformPowerState::Running,
-            "paused" => PlatformPowerState::Paused,
-            other => {
-                return Err(ResourceError::Corrupt(format!(
-                    "platforms.power_state {other:?}"
-                )))
-            }
-        },
+        power_state: PlatformPowerState::parse(&power)
+            .ok_or_else(|| ResourceError::Corrupt(format!("platforms.power_state {power:?}")))?,
         created_at: row.get(8)?,
         generation: row.get::<_, i64>(9)? as u64,
         id,
@@ -277,7 +263,7 @@ pub(crate) fn create(
             row.vlan_tag,
             row.subnet,
             row.gateway,
-            power_text(row.power_state),
+            row.power_state.as_str(),
             row.created_at,
             row.generation as i64
         ])?;
@@ -435,7 +421,7 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), ResourceError> {
             row.id,
             to_json(&row.admins),
             row.description,
-            power_text(row.power_state),
+            row.power_state.as_str(),
             row.generation as i64
         ])?;
     Ok(())

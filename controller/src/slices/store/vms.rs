@@ -82,21 +82,6 @@ impl VmRow {
     }
 }
 
-pub(crate) fn power_text(state: VmPowerState) -> &'static str {
-    match state {
-        VmPowerState::Running => "running",
-        VmPowerState::Paused => "paused",
-        VmPowerState::Stopped => "stopped",
-    }
-}
-
-pub(crate) fn backend_text(backend: VmBackend) -> &'static str {
-    match backend {
-        VmBackend::Namespace => "namespace",
-        VmBackend::Libvirt => "libvirt",
-    }
-}
-
 const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.vcpus, v.memory_mib,
         v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
         v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
@@ -125,17 +110,10 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, ResourceError> {
         appliance_name: r.get(10)?,
         qos_policy_id: r.get(11)?,
         qos_policy_name: r.get(12)?,
-        power_state: match power.as_str() {
-            "running" => VmPowerState::Running,
-            "paused" => VmPowerState::Paused,
-            "stopped" => VmPowerState::Stopped,
-            other => return Err(ResourceError::Corrupt(format!("vms.power_state {other:?}"))),
-        },
-        backend: match backend.as_str() {
-            "namespace" => VmBackend::Namespace,
-            "libvirt" => VmBackend::Libvirt,
-            other => return Err(ResourceError::Corrupt(format!("vms.backend {other:?}"))),
-        },
+        power_state: VmPowerState::parse(&power)
+            .ok_or_else(|| ResourceError::Corrupt(format!("vms.power_state {power:?}")))?,
+        backend: VmBackend::parse(&backend)
+            .ok_or_else(|| ResourceError::Corrupt(format!("vms.backend {backend:?}")))?,
         address: r.get(15)?,
         mac: r.get(16)?,
         port_name: r.get(17)?,
@@ -445,7 +423,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
                     format!(
                         "appliance {} does not run on the {} backend (it supports {})",
                         appliance.name,
-                        backend_text(backend),
+                        backend.as_str(),
                         appliance.backends.join(", ")
                     ),
                 ));
@@ -456,7 +434,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
                     format!(
                         "node {} lacks the {} backend (it reports namespace_backend={}, libvirt_uris=[{}])",
                         node.name,
-                        backend_text(backend),
+                        backend.as_str(),
                         node.capabilities.namespace_backend,
                         node.capabilities.libvirt_uris.join(", ")
                     ),
@@ -551,8 +529,8 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
             row.swap_mib as i64,
             row.appliance_id,
             row.qos_policy_id,
-            power_text(row.power_state),
-            backend_text(row.backend),
+            row.power_state.as_str(),
+            row.backend.as_str(),
             row.address,
             row.mac,
             row.port_name,
@@ -570,7 +548,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
             row.platform_name,
             row.name,
             node.name,
-            backend_text(row.backend),
+            row.backend.as_str(),
             row.memory_mib,
             row.address,
             row.mac
@@ -708,8 +686,8 @@ pub(crate) fn update(
         if power != vm.power_state {
             changes.push(format!(
                 "power_state {} -> {}",
-                power_text(vm.power_state),
-                power_text(power)
+                vm.power_state.as_str(),
+                power.as_str()
             ));
             vm.power_state = power;
         }
@@ -726,7 +704,7 @@ pub(crate) fn update(
                 vm.vcpus,
                 vm.memory_mib as i64,
                 vm.qos_policy_id,
-                power_text(vm.power_state),
+                vm.power_state.as_str(),
                 vm.generation as i64
             ])?;
         cx.touch_node(&vm.node_id)?;
