@@ -50,6 +50,8 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         ovs_datapath_types,
         qos_features,
         service_tools: probe_service_tools(),
+        // Filled in by the session from the running service host.
+        service_endpoint: String::new(),
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`backoff`]: exponential backoff towards the controller.
 //! - [`reconcile`]: makes guests, switch ports and guest channels match the
 //!   controller's desired state; relays guest traffic.
+//! - [`service_host`]: the node's built-in multicast point on the service
+//!   network, and the service_host tasks this node orchestrates.
 //!
 //! The agent never exits because the controller is down or refuses it: it
 //! keeps retrying, so a node comes back by itself after any outage.
@@ -30,6 +32,7 @@ pub mod identity;
 pub mod logs;
 pub mod ovs;
 pub mod reconcile;
+pub mod service_host;
 mod session;
 pub mod usage;
 
@@ -59,6 +62,9 @@ pub struct AgentConfig {
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
+    /// The service host (built-in measurement point on the service network);
+    /// `None`: the node takes no service_host tasks.
+    pub service_host: Option<service_host::ServiceHostConfig>,
 }
 
 impl AgentConfig {
@@ -79,6 +85,7 @@ impl AgentConfig {
             bridge: "br-int".to_string(),
             uplink: None,
             guest_agent: None,
+            service_host: None,
         }
     }
 
@@ -134,6 +141,13 @@ impl AgentConfig {
         if let Some(uplink) = &self.uplink {
             if let Err(e) = ovs::spec::check_ifname("uplink", uplink) {
                 return Err(invalid("uplink", e.to_string()));
+            }
+        }
+        if let Some(service) = &self.service_host {
+            if let Err(service_host::ServiceHostError::InvalidConfig { field, reason }) =
+                service.validate()
+            {
+                return Err(invalid(&field, reason));
             }
         }
         if let Some(agent) = &self.guest_agent {

@@ -130,6 +130,26 @@ pub(crate) async fn run(
     // generation out to them.
     let (desired_generation_tx, desired_generation_rx) = watch::channel(0u64);
     let (observed_generation_tx, observed_generation_rx) = watch::channel(0u64);
+    let (service_status_tx, service_status_rx) = watch::channel(None);
+    let service_host = config.service_host.clone().map(|settings| {
+        tokio::spawn(crate::service_host::run(
+            settings,
+            crate::service_host::ServiceHostContext {
+                node_name: config.name.clone(),
+                ovsdb: config.ovsdb.clone(),
+                bridge: config.bridge.clone(),
+                owner: config.name.clone(),
+                state_dir: config.state_dir.clone(),
+                control: Arc::new(GrpcControlPlane::new(
+                    client.clone(),
+                    identity_rx_for_reconcile.clone(),
+                )),
+                desired_generation: desired_generation_rx.clone(),
+                shutdown: shutdown_rx.clone(),
+                status: service_status_tx,
+            },
+        ))
+    });
     let reconciler = tokio::spawn(start_reconcile(
         config.clone(),
         GrpcControlPlane::new(client.clone(), identity_rx_for_reconcile),
@@ -153,12 +173,16 @@ pub(crate) async fn run(
         sampler: UsageSampler::new(),
         sequence: 0,
         caps_rx,
+        service_status_rx,
     };
     let result = session.run_until(shutdown_rx).await;
     refresher.abort();
     // The loop stops itself on shutdown; guests keep running (they are
     // adopted by the next agent).
     let _ = tokio::time::timeout(Duration::from_secs(5), reconciler).await;
+    if let Some(service_host) = service_host {
+        let _ = tokio::time::timeout(Duration::from_secs(5), service_host).await;
+    }
     // Give the shipper a moment to flush the last lines (it stops itself on
     // shutdown after one final attempt).
     let _ = tokio::time::timeout(Duration::from_secs(2), shipper).await;
@@ -178,6 +202,8 @@ struct Session {
     sampler: UsageSampler,
     sequence: u64,
     caps_rx: watch::Receiver<Capabilities>,
+    /// The service host's endpoint, added to the probed capabilities.
+    service_status_rx: watch::Receiver<crate::service_host::ServiceStatus>,
     desired_generation_tx: watch::Sender<u64>,
     observed_generation_rx: watch::Receiver<u64>,
 }
@@ -246,6 +272,12 @@ impl Session {
         }
     }
 
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = self.caps_rx.borrow().clone();
+        crate::service_host::annotate(&mut caps, &self.service_status_rx.borrow());
+        caps
+    }
+
     fn usage(&mut self) -> Option<measurelab_api::node_v1::ResourceUsage> {
         match self.sampler.sample(&self.config.state_dir) {
             Ok(usage) => Some(usage),
@@ -257,7 +289,7 @@ impl Session {
     }
 
     async fn register(&mut self) -> Result<(), Failure> {
-        let capabilities = Some(self.caps_rx.borrow().clone());
+        let capabilities = Some(self.capabilities());
         let usage = self.usage();
         let request = RegisterRequest {
             join_token: self.config.join_token.clone(),
@@ -302,7 +334,7 @@ impl Session {
             )));
         };
         self.sequence += 1;
-        let capabilities = Some(self.caps_rx.borrow().clone());
+        let capabilities = Some(self.capabilities());
         let usage = self.usage();
         let request = HeartbeatRequest {
             node_id: identity.node_id,

@@ -52,6 +52,25 @@ pub struct AgentArgs {
     /// Guest agent binary for namespace guests (default: measurelab-guest-agent beside this binary).
     #[arg(long)]
     guest_agent: Option<PathBuf>,
+    /// Run the service host (built-in multicast point for service_host
+    /// tasks) at this address of the service network, IPv4/PREFIX, e.g.
+    /// 10.253.0.11/24. Without it the node takes no service_host tasks.
+    #[arg(long)]
+    service_address: Option<String>,
+    /// VLAN of the service network on the integration bridge.
+    #[arg(long, default_value_t = measurelab_agent::service_host::DEFAULT_VLAN)]
+    service_vlan: u16,
+    /// TCP control port of the service host's point.
+    #[arg(long, default_value_t = measurelab_agent::service_host::DEFAULT_PORT)]
+    service_port: u16,
+    /// Interface carrying the service address: an OVS internal port the agent
+    /// creates on the bridge (with --ovsdb), else an existing interface.
+    #[arg(long, default_value = measurelab_agent::service_host::DEFAULT_INTERFACE)]
+    service_interface: String,
+    /// Bound on the clock error between nodes in µs, for one-way delay of
+    /// service_host tasks; leave out when all nodes share one clock (a local lab).
+    #[arg(long)]
+    service_clock_sync_bound_us: Option<f64>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -81,6 +100,21 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
             bail!("--label: key {key:?} given twice");
         }
     }
+    let service_host = match &args.service_address {
+        Some(text) => {
+            let (address, prefix_len) =
+                measurelab_agent::service_host::ServiceHostConfig::parse_address(text)
+                    .map_err(|e| anyhow::anyhow!("--service-address: {e}"))?;
+            Some(measurelab_agent::service_host::ServiceHostConfig {
+                vlan: args.service_vlan,
+                port: args.service_port,
+                interface: args.service_interface.clone(),
+                clock_sync_bound_us: args.service_clock_sync_bound_us,
+                ..measurelab_agent::service_host::ServiceHostConfig::new(address, prefix_len)
+            })
+        }
+        None => None,
+    };
     let config = AgentConfig {
         name: args.name,
         controller: args.controller,
@@ -97,6 +131,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         uplink: args.uplink,
         guest_agent: args.guest_agent,
+        service_host,
     };
     config
         .validate()

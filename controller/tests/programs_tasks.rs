@@ -509,8 +509,41 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
 async fn service_host_tasks_reach_the_listed_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller.register("n2", "").await;
+    let with_service_host = |name: &str, endpoint: &str| {
+        let mut request = common::register_request(&controller.join_token, name, "");
+        if let Some(caps) = request.capabilities.as_mut() {
+            caps.service_endpoint = endpoint.into();
+        }
+        request
+    };
+    let mut grpc = controller.grpc().await;
+    let n1 = grpc
+        .register(with_service_host("n1", "10.253.0.11:7090"))
+        .await
+        .unwrap()
+        .into_inner();
+    grpc.register(with_service_host("n2", "10.253.0.12:7090"))
+        .await
+        .unwrap();
+    controller.register("n3", "").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n3"], "schedule": "once",
+                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
+                        "ttl": 2, "ssm": true})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "nodes[1]");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no service host"),
+        "{body}"
+    );
     let (status, body) = controller
         .call(
             Method::POST,
@@ -546,6 +579,15 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .into_inner();
     assert_eq!(state.service_tasks.len(), 1);
     assert_eq!(state.service_tasks[0].task_id, task["id"].as_str().unwrap());
+    let peers: Vec<(&str, &str)> = state.service_tasks[0]
+        .peers
+        .iter()
+        .map(|p| (p.node.as_str(), p.endpoint.as_str()))
+        .collect();
+    assert_eq!(
+        peers,
+        [("n1", "10.253.0.11:7090"), ("n2", "10.253.0.12:7090")]
+    );
     // The once task completes with its first result and leaves the desired state.
     controller
         .grpc()

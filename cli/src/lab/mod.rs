@@ -8,7 +8,10 @@
 //!   socket (10.254.0.1:7071) is bound in here, its HTTP API on 127.0.0.1.
 //! - `<name>-nK`: `mgmt0` 10.254.0.(10+K)/24, `uplink0` (no address), the
 //!   node's own ovsdb-server + ovs-vswitchd (run dir `DIR/nodes/nK/ovs`) and
-//!   its agent (state dir `DIR/nodes/nK/agent`).
+//!   its agent (state dir `DIR/nodes/nK/agent`). The agent's service host
+//!   puts `svc0` (OVS internal port on br-int, VLAN 4000) at
+//!   10.253.0.(10+K)/24 with its point's control port 7090: the service
+//!   network, which the uplinks trunk like a slice.
 //! - `<name>-sw`: the lab switch's ovs-vswitchd with bridge `<name>-sw`
 //!   (netdev, every port a VLAN trunk) and the uplink peers `<name>-nK-up`.
 //!   Its ovsdb-server runs in the root namespace (`DIR/ovs/db.sock`). This
@@ -233,6 +236,10 @@ impl Lab {
     }
     fn node_ip(k: u32) -> String {
         format!("10.254.0.{}", 10 + k)
+    }
+    /// Node K's service host address (same host part as its management one).
+    fn service_cidr(k: u32) -> String {
+        format!("10.253.0.{}/24", 10 + k)
     }
     fn pids_dir(&self) -> PathBuf {
         self.dir.join("pids")
@@ -694,7 +701,12 @@ impl Lab {
             // The agent builds br-int itself, with uplink0 as the VLAN trunk
             // towards the lab switch.
             .arg("--uplink")
-            .arg("uplink0");
+            .arg("uplink0")
+            // Service host on the reserved service VLAN (agent default 4000):
+            // every node takes service_host tasks. One host clock: no
+            // clock-sync bound.
+            .arg("--service-address")
+            .arg(Self::service_cidr(k));
         self.spawn_background(&process, cmd)?;
         started.push(process);
         Ok(())
@@ -1176,6 +1188,7 @@ mod tests {
         assert_eq!(l.switch_bridge(), "mlab-sw");
         assert_eq!(l.node_ovs_dir(2), PathBuf::from("/tmp/x/nodes/n2/ovs"));
         assert_eq!(Lab::node_ip(1), "10.254.0.11");
+        assert_eq!(Lab::service_cidr(1), "10.253.0.11/24");
         assert_eq!(
             Lab::new(&LabTarget {
                 name: "abc".into(),

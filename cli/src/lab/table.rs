@@ -96,6 +96,7 @@ mod tests {
                 ovs_datapath_types: vec!["netdev".into(), "system".into()],
                 qos_features: vec!["linux-htb".into()],
                 service_tools: vec![],
+                service_endpoint: String::new(),
             },
             resources: Resources::default(),
             labels: Default::default(),

@@ -275,12 +275,23 @@ fn capabilities(
             validation::short_text(&format!("{field}.{name}[{i}]"), item, 256)?;
         }
     }
+    if !c.service_endpoint.is_empty()
+        && c.service_endpoint
+            .parse::<std::net::SocketAddrV4>()
+            .is_err()
+    {
+        return Err(FieldError::new(
+            format!("{field}.service_endpoint"),
+            format!("{:?} is not IPv4:port", c.service_endpoint),
+        ));
+    }
     Ok(http::Capabilities {
         libvirt_uris: c.libvirt_uris,
         namespace_backend: c.namespace_backend,
         ovs_datapath_types: c.ovs_datapath_types,
         qos_features: c.qos_features,
         service_tools: c.service_tools,
+        service_endpoint: c.service_endpoint,
     })
 }
 

@@ -318,6 +318,7 @@ fn capabilities() -> Capabilities {
         ovs_datapath_types: vec!["netdev".into(), "system".into()],
         qos_features: vec!["linux-htb".into()],
         service_tools: vec!["mcast".into()],
+        service_endpoint: "10.253.0.11:7090".into(),
     }
 }
 

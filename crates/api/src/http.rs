@@ -28,6 +28,10 @@ pub struct Capabilities {
     pub qos_features: Vec<String>,
     /// Built-in measurement tools of the node's service host.
     pub service_tools: Vec<String>,
+    /// Control endpoint `IPv4:port` of the node's service host on its service
+    /// network; empty when the node runs none (it cannot take service_host tasks).
+    #[serde(default)]
+    pub service_endpoint: String,
 }
 
 /// Resource use of a node.

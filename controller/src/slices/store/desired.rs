@@ -4,7 +4,7 @@
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
     self, DesiredAppliance, DesiredPlatform, DesiredQos, DesiredState, DesiredVm, ProgramRun,
-    ServiceTask, StatusReport,
+    ServicePeer, ServiceTask, StatusReport,
 };
 use rusqlite::Connection;
 use time::OffsetDateTime;
@@ -104,9 +104,23 @@ pub(crate) fn desired_state(
     }
     if let Some(node) = registry.by_id(node_id) {
         for task in tasks::of_service_host(conn, &node.name)? {
+            // Every listed node learns every peer's point, so the first one
+            // can drive the run without any other lookup.
+            let peers = task
+                .nodes
+                .iter()
+                .map(|name| ServicePeer {
+                    node: name.clone(),
+                    endpoint: registry
+                        .by_id_or_name(name)
+                        .map(|peer| peer.capabilities.service_endpoint.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
             state.service_tasks.push(ServiceTask {
                 task_id: task.id.clone(),
                 spec_json: to_json(&task),
+                peers,
             });
         }
     }

@@ -163,6 +163,16 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
                         "is listed twice",
                     ));
                 }
+                if node.capabilities.service_endpoint.is_empty() {
+                    return Err(ResourceError::invalid(
+                        format!("nodes[{i}]"),
+                        format!(
+                            "node {:?} runs no service host (its agent reports no service \
+                             endpoint; start the agent with --service-address)",
+                            node.name
+                        ),
+                    ));
+                }
                 names.push(node.name.clone());
             }
             (None, names)
