@@ -608,3 +608,41 @@ fn guest_claimed_before_its_namespace_existed_converges() {
     hv.undefine(spec.id).unwrap();
     assert!(!Path::new("/run/netns").join(&netns).exists());
 }
+
+#[test]
+fn guest_launched_but_never_recorded_is_replaced_not_doubled() {
+    // An agent SIGKILLed after launching a guest but before saving its pid
+    // leaves a running guest that the record does not name. A second guest
+    // beside it would fight it for the guest's local ports (the real guest
+    // agent then exits at once, on every retry), so start must clear it.
+    let fx = Fixture::new();
+    let spec = fx.spec(1);
+    let stray = {
+        let hv = fx.backend();
+        hv.define(&spec).unwrap();
+        hv.start(spec.id).unwrap();
+        hv.guest_pid(spec.id).unwrap().unwrap()
+    };
+    let state = fx.config.state_dir.join(format!("{}.json", spec.id));
+    let mut record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(record["process"].is_object(), "{record}");
+    record["process"] = serde_json::Value::Null;
+    fs::write(&state, record.to_string()).unwrap();
+
+    let hv = fx.backend();
+    assert_eq!(
+        hv.info(spec.id).unwrap().unwrap().state,
+        GuestState::Stopped
+    );
+    hv.start(spec.id).unwrap();
+    let pid = hv.guest_pid(spec.id).unwrap().unwrap();
+    assert_ne!(pid, stray);
+    assert!(
+        !Path::new(&format!("/proc/{stray}")).exists()
+            || fs::read_to_string(format!("/proc/{stray}/stat")).is_ok_and(|s| s.contains(") Z")),
+        "the unrecorded guest {stray} is still running"
+    );
+    assert_single_guest(&hv.cgroup_dir(spec.id), pid);
+    hv.undefine(spec.id).unwrap();
+}

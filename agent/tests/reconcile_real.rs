@@ -232,7 +232,8 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for both VMs running, attached and registered: {all:#?}"
+            "timed out waiting for both VMs running, attached and registered: {all:#?}\n{}",
+            guest_logs(&state_dir)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -329,13 +330,44 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
     assert_eq!(port_names_of_bridge(&ovs).len(), 1);
     let left = vms(&client).await;
     assert_eq!(left.len(), 1);
-    assert!(ready(&left[0]), "{:?}", left[0]);
+    assert!(ready(&left[0]), "{:?}\n{}", left[0], guest_logs(&state_dir));
 
     agent.kill();
     let _ = stop_controller.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
     drop(_cleanup);
     cleanup_cgroup_parent(Path::new("/sys/fs/cgroup"));
+}
+
+/// The tail of every guest's log and its cgroup's memory events, so a
+/// failure in CI says why a guest process died.
+fn guest_logs(state_dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(state_dir.join("namespace")) else {
+        return out;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out += &format!("--- {}\n{tail}\n", path.display());
+        }
+    }
+    for events in [
+        "/sys/fs/cgroup/measurelab",
+        "/sys/fs/cgroup/unified/measurelab",
+    ] {
+        if let Ok(dirs) = std::fs::read_dir(events) {
+            for dir in dirs.filter_map(|e| e.ok()) {
+                let text =
+                    std::fs::read_to_string(dir.path().join("memory.events")).unwrap_or_default();
+                out += &format!("--- {}/memory.events\n{text}", dir.path().display());
+            }
+        }
+    }
+    out
 }
 
 /// The namespace backend's parent cgroup; removed only when empty, so a real

@@ -556,6 +556,12 @@ impl Hypervisor for NamespaceHypervisor {
             self.ensure_resources(&record.spec, &record.netns, None)?;
         }
         let cgroups = self.cgroups(&record.netns);
+        // Anything left in the guest's group is a guest that the record does
+        // not name: an agent killed between launching it and saving its pid.
+        // It still holds the guest's local API port, so a second launch
+        // would exit at once, forever; one guest process per VM means
+        // clearing it first.
+        kill_cgroup(&cgroups)?;
         // A new member of a frozen group would freeze at once.
         write_file(&cgroups.unified.join("cgroup.freeze"), "0")?;
         let process = self.spawn_guest(&record)?;
