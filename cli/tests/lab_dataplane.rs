@@ -789,3 +789,90 @@ fn down_removes_the_guests_the_agents_created_and_runs_again_harmlessly() {
     let text = String::from_utf8_lossy(&second.stdout);
     assert!(text.contains("nothing to do"), "{text}");
 }
+
+/// The libvirtd that the QEMU tests share (started if none answers, stopped
+/// by its last user).
+#[path = "../../agent/tests/libvirt_setup/mod.rs"]
+mod libvirt_setup;
+
+fn virsh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("virsh")
+        .args(["-c", libvirt_setup::QEMU_URI])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Removes a domain the test expected `lab down` to remove, so a failing
+/// run does not leave it in the shared libvirtd.
+struct DomainGuard(String);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0]);
+    }
+}
+
+#[test]
+fn down_removes_the_libvirt_domains_the_agents_defined() {
+    // Declared before the lab: dropped after its `lab down`.
+    let _libvirt = libvirt_setup::LibvirtSetup::ensure().expect("libvirtd for qemu:///system");
+    let lab = LabGuard::new('v');
+    lab.up(1, 1);
+    let node = lab.node("n1");
+    assert!(
+        node.capabilities
+            .libvirt_uris
+            .iter()
+            .any(|u| u == libvirt_setup::QEMU_URI),
+        "n1 does not use qemu:///system: {:?}\n{}",
+        node.capabilities,
+        diagnostics(&lab, 1)
+    );
+    let api = Api::new(&lab);
+    api.platform("kept", &["n1"]);
+    let mut body = namespace_vm("q1", "kept", "n1");
+    body.appliance = "measurelab-tiny".into();
+    body.backend = Some(VmBackend::Libvirt);
+    // Defined, never booted: what matters is the persistent definition,
+    // which outlives the agent in libvirtd.
+    body.power_state = VmPowerState::Stopped;
+    let vm = api.vm(&body);
+    let _domain = DomainGuard(vm.id.clone());
+    common::wait_for("the agent to define q1's domain", WAIT, || {
+        virsh(&["dominfo", &vm.id]).ok()
+    });
+    let vm = common::wait_for("q1 reported stopped", WAIT, || {
+        api.vms()
+            .into_iter()
+            .find(|v| v.id == vm.id && v.actual_state == "stopped")
+    });
+    assert_eq!(vm.backend, VmBackend::Libvirt);
+
+    let first = lab.lab("down", &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let left = virsh(&["dominfo", &vm.id]);
+    assert!(
+        left.is_err(),
+        "q1's domain survived lab down: {left:?}\n{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let second = lab.lab("down", &[]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(text.contains("nothing to do"), "{text}");
+}

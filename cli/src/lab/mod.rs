@@ -33,6 +33,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
+mod guests;
 mod sys;
 mod table;
 
@@ -997,6 +998,8 @@ impl Lab {
         // process) outlive the agents by design; remove them through the
         // same backend, which touches only guests with a state file.
         removed.extend(self.remove_namespace_guests());
+        // Domains in a system libvirtd outlive the agents as well.
+        removed.extend(guests::remove_libvirt_guests(&self.dir));
 
         // 3. Links and namespaces. Deleting a namespace destroys the veth
         // ends inside it and with them their peers.
