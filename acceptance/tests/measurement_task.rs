@@ -268,3 +268,129 @@ resource "measurelab_deployment" "bad" {{
     }
     Ok(())
 }
+
+fn service_host_config(nodes: &[&str], rate_pps: u32) -> String {
+    let nodes = nodes
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"{PROVIDER_BLOCK}
+# No platform, no VMs, no programs: the nodes' service hosts run the task.
+resource "measurelab_measurement_task" "quick" {{
+  name             = "acc-svc-once"
+  mode             = "service_host"
+  nodes            = [{nodes}]
+  duration_seconds = 3
+  rate_pps         = {rate_pps}
+  group            = "239.192.7.1"
+  port             = 50070
+  timeouts {{
+    create = "2m"
+  }}
+}}
+
+data "measurelab_results" "quick" {{
+  task       = measurelab_measurement_task.quick.name
+  depends_on = [measurelab_measurement_task.quick]
+}}
+
+output "receivers" {{
+  value = measurelab_measurement_task.quick.receivers
+}}
+
+output "history" {{
+  value = length(data.measurelab_results.quick.results)
+}}
+"#
+    )
+}
+
+/// A once service_host task over three nodes' service hosts: real
+/// namespaces, real OVS (each node's br-int, the service VLAN over the lab
+/// switch), real multicast; `apply` returns every receiver's counts.
+#[test]
+fn acc_measurement_task_service_host() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_task_service_host") {
+        return Ok(());
+    }
+    let lab = Lab::up(3)?;
+    let tf = lab.terraform()?;
+    tf.write("main.tf", &service_host_config(&["n1", "n2", "n3"], 300))?;
+    tf.init()?;
+    tf.apply()?;
+
+    let outputs: serde_json::Value = serde_json::from_slice(&tf.ok(&["output", "-json"])?.stdout)?;
+    let receivers = outputs["receivers"]["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    // The first listed node is the first source; the others receive.
+    let names: Vec<&str> = receivers
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["n2", "n3"], "{receivers:#?}");
+    for receiver in &receivers {
+        assert_eq!(receiver["status"], "ok", "{receiver:#}");
+        // 3 s at 300 pps: 900 probes sent.
+        let received = receiver["packets_received"].as_f64().unwrap_or(0.0);
+        assert!(received > 850.0, "{receiver:#}");
+        assert!(
+            receiver["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
+            "{receiver:#}"
+        );
+    }
+    assert_eq!(outputs["history"]["value"], 1, "{outputs:#}");
+
+    let state = tf.state_json()?;
+    let task = resource_values(&state, "measurelab_measurement_task.quick")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let doc: serde_json::Value =
+        serde_json::from_str(task["result_json"].as_str().unwrap_or("{}"))?;
+    assert_eq!(doc["task_id"], task["id"]);
+    assert_eq!(doc["source_point"], "n1");
+    assert_eq!(doc["source"]["report"]["packets_sent"], 900, "{doc:#}");
+
+    // The result is stored under the task like an MSCS result: once, in the
+    // history and in the CSV export (one row per receiver).
+    let client = lab.client()?;
+    let history = block_on(async { Ok(client.list_results("task=acc-svc-once").await?) })?;
+    assert_eq!(history.len(), 1, "{history:#?}");
+    let csv: String = block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/results/export?task=acc-svc-once&format=csv",
+                lab.endpoint
+            ))
+            .bearer_auth(&lab.token)
+            .send()
+            .await?;
+        Ok(response.error_for_status()?.text().await?)
+    })?;
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap_or_default().contains(",n2,"),
+        "{csv}"
+    );
+
+    let (code, output) = tf.plan_exit_code()?;
+    assert_eq!(
+        code,
+        0,
+        "plan after apply must be empty:\n{}",
+        describe(&output)
+    );
+
+    // A node that is not registered is refused, naming the attribute.
+    tf.write("main.tf", &service_host_config(&["n1", "n9"], 300))?;
+    let output = tf.run(&["apply", "-input=false", "-auto-approve"])?;
+    let text = describe(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("nodes[1]"), "{text}");
+    tf.destroy()?;
+    Ok(())
+}

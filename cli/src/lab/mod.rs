@@ -756,11 +756,14 @@ impl Lab {
                 Ok(nodes) => expected
                     .iter()
                     .filter(|name| {
-                        // Online and heartbeating, not merely registered.
+                        // Online and heartbeating, not merely registered,
+                        // with its service host up (every lab node has one),
+                        // so service_host tasks are accepted right away.
                         !nodes.iter().any(|n| {
                             &n.name == *name
                                 && n.status == measurelab_api::http::NodeStatus::Online
                                 && n.last_heartbeat.is_some()
+                                && !n.capabilities.service_endpoint.is_empty()
                         })
                     })
                     .cloned()
@@ -788,7 +791,7 @@ impl Lab {
                     )
                 } else {
                     format!(
-                        "lab {}: nodes not online after {timeout:?}: {}",
+                        "lab {}: nodes not online with their service host after {timeout:?}: {}",
                         self.name,
                         offline.join(", ")
                     )
