@@ -228,7 +228,18 @@ fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreE
          FROM nodes",
     )?;
     let mut rows = statement.query([])?;
+    let mut plaintext = Vec::new();
     while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let stored_secret: String = row.get(2)?;
+        // Databases written before secrets were hashed hold them in clear.
+        let secret_digest = if stored_secret.starts_with(SECRET_DIGEST_PREFIX) {
+            stored_secret
+        } else {
+            let digest = secret_digest(&stored_secret);
+            plaintext.push((id.clone(), digest.clone()));
+            digest
+        };
         let status: String = row.get(3)?;
         let registered_at: String = row.get(4)?;
         let last_heartbeat: Option<String> = row.get(5)?;
@@ -236,9 +247,9 @@ fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreE
         let resources: String = row.get(9)?;
         let labels: String = row.get(10)?;
         registry.upsert(NodeEntry {
-            id: row.get(0)?,
+            id,
             name: row.get(1)?,
-            secret: row.get(2)?,
+            secret_digest,
             status: match status.as_str() {
                 "online" => NodeStatus::Online,
                 "offline" => NodeStatus::Offline,
@@ -256,6 +267,12 @@ fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreE
             observed_generation: row.get::<_, i64>(12)? as u64,
             desired_generation: row.get::<_, i64>(13)? as u64,
         });
+    }
+    for (id, digest) in plaintext {
+        conn.execute(
+            "UPDATE nodes SET secret = ?2 WHERE id = ?1",
+            rusqlite::params![id, digest],
+        )?;
     }
     Ok(registry)
 }
@@ -483,15 +500,35 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the store keeps of a node secret: a copy of the database (a backup,
+/// a support bundle) must not let anyone heartbeat as the node. The secret
+/// is 256 random bits, so a plain SHA-256 needs no salt or stretching.
+pub(crate) fn secret_digest(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(secret.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SECRET_DIGEST_PREFIX}{hex}")
+}
+
+const SECRET_DIGEST_PREFIX: &str = "sha256:";
+
 fn check_secret(entry: Option<&NodeEntry>, node_id: &str, secret: &str) -> Result<(), StoreError> {
     match entry {
         None => Err(StoreError::UnknownNode(node_id.to_string())),
-        Some(entry) if constant_time_eq(entry.secret.as_bytes(), secret.as_bytes()) => Ok(()),
+        Some(entry)
+            if constant_time_eq(
+                entry.secret_digest.as_bytes(),
+                secret_digest(secret).as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
         Some(_) => Err(StoreError::WrongSecret(node_id.to_string())),
     }
 }
 
-/// The database holds node secrets: keep it private to the controller's user.
+/// The database holds tokens, node secret digests and results: keep it
+/// private to the controller's user.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for file in [
@@ -557,6 +594,66 @@ mod tests {
         let newest = store.logs(registered.node_id.clone(), 2).await.unwrap();
         assert_eq!(newest[0].message, "line 10998");
         assert_eq!(newest[1].message, "line 10999");
+        store.stop_writer().await;
+        writer.join().await;
+    }
+
+    fn stored_secret(dir: &Path, node_id: &str) -> String {
+        Connection::open(dir.join("controller.db"))
+            .unwrap()
+            .query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn node_secrets_are_stored_as_digests_and_old_plaintext_is_hashed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = |name: &str| RegisterInput {
+            name: name.into(),
+            node_id: None,
+            agent_version: "t".into(),
+            capabilities: Capabilities::default(),
+            resources: Resources::default(),
+            labels: BTreeMap::new(),
+            management_address: String::new(),
+        };
+        let (store, writer) = Store::open(dir.path(), true).unwrap();
+        let n1 = store.register(input("n1")).await.unwrap();
+        let n2 = store.register(input("n2")).await.unwrap();
+        store.stop_writer().await;
+        writer.join().await;
+        drop(store);
+
+        let stored = stored_secret(dir.path(), &n1.node_id);
+        assert!(!stored.contains(&n1.node_secret), "{stored}");
+        assert_eq!(stored, secret_digest(&n1.node_secret));
+        // n2 as an older controller wrote it: the secret itself.
+        Connection::open(dir.path().join("controller.db"))
+            .unwrap()
+            .execute(
+                "UPDATE nodes SET secret = ?2 WHERE id = ?1",
+                [&n2.node_id, &n2.node_secret],
+            )
+            .unwrap();
+
+        let (store, writer) = Store::open(dir.path(), true).unwrap();
+        store.authenticate(&n1.node_id, &n1.node_secret).unwrap();
+        store.authenticate(&n2.node_id, &n2.node_secret).unwrap();
+        assert!(matches!(
+            store.authenticate(&n1.node_id, &n2.node_secret),
+            Err(StoreError::WrongSecret(_))
+        ));
+        // The digest itself is not a credential.
+        assert!(matches!(
+            store.authenticate(&n1.node_id, &secret_digest(&n1.node_secret)),
+            Err(StoreError::WrongSecret(_))
+        ));
+        assert_eq!(
+            stored_secret(dir.path(), &n2.node_id),
+            secret_digest(&n2.node_secret)
+        );
         store.stop_writer().await;
         writer.join().await;
     }

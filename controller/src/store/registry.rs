@@ -19,7 +19,8 @@ use super::rfc3339;
 pub(crate) struct NodeEntry {
     pub id: String,
     pub name: String,
-    pub secret: String,
+    /// [`super::secret_digest`] of the node's secret, never the secret.
+    pub secret_digest: String,
     pub status: NodeStatus,
     pub registered_at: OffsetDateTime,
     pub last_heartbeat: Option<OffsetDateTime>,

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpointer;
 use super::{
-    check_secret, rfc3339, status_text, HeartbeatInput, NewEvent, NodeEntry, RegisterInput,
-    Registered, Registry, ShipLogsInput, StoreError, LOG_LINES_PER_NODE,
+    check_secret, rfc3339, secret_digest, status_text, HeartbeatInput, NewEvent, NodeEntry,
+    RegisterInput, Registered, Registry, ShipLogsInput, StoreError, LOG_LINES_PER_NODE,
 };
 
 /// Upper bound of commands per transaction, so one batch cannot hold the
@@ -236,7 +236,7 @@ fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
     .execute(params![
         node.id,
         node.name,
-        node.secret,
+        node.secret_digest,
         status_text(node.status),
         rfc3339(node.registered_at),
         node.last_heartbeat.map(rfc3339),
@@ -450,7 +450,7 @@ fn register(
                 );
             }
             node.name = input.name;
-            node.secret = secret.clone();
+            node.secret_digest = secret_digest(&secret);
             node.status = NodeStatus::Online;
             node.last_contact = instant;
             node.agent_version = input.agent_version;
@@ -474,7 +474,7 @@ fn register(
             let node = NodeEntry {
                 id,
                 name: input.name,
-                secret: secret.clone(),
+                secret_digest: secret_digest(&secret),
                 status: NodeStatus::Online,
                 registered_at: now,
                 last_heartbeat: None,
