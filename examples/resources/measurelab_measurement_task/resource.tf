@@ -26,3 +26,26 @@ resource "measurelab_measurement_task" "every_5_min" {
 output "task_status" {
   value = measurelab_measurement_task.every_5_min.status
 }
+
+# A quick task on the nodes' service hosts: no platform, no VMs, no programs.
+# Each node's agent serves a built-in measurement point on its service network
+# (`measurelab agent --service-address`; every `measurelab lab` node has one).
+# The points are named after the nodes; n1 is the first source and drives the
+# run. `apply` waits for the result and returns one summary per receiver.
+resource "measurelab_measurement_task" "quick" {
+  name             = "quick-check"
+  mode             = "service_host"
+  nodes            = ["n1", "n2", "n3"]
+  schedule         = "once"
+  duration_seconds = 5
+  rate_pps         = 200
+  group            = "239.192.0.2"
+  port             = 50002
+}
+
+output "quick_receivers" {
+  value = {
+    for r in measurelab_measurement_task.quick.receivers :
+    r.name => { received = r.packets_received, loss_ratio = r.loss_ratio }
+  }
+}

@@ -438,7 +438,7 @@ impl Resource for MeasurementTaskResource {
             ("name".into(), attribute(AttributeType::String, "Unique task name. Every argument change replaces the task (a task is immutable on the controller).", Required)),
             ("mode".into(), attribute(AttributeType::String, "`platform` (default): the platform's MSCS runs the task over its measurement points. `service_host`: the listed nodes' service hosts run it without a virtual platform.", OptionalComputed)),
             ("platform".into(), attribute(AttributeType::String, "Virtual platform name (mode `platform`).", Optional)),
-            ("nodes".into(), attribute(strings(), "Node names, at least two (mode `service_host`).", Optional)),
+            ("nodes".into(), attribute(strings(), "Node names, at least two (mode `service_host`). Each must run a service host (its agent started with `--service-address`; every `measurelab lab` node has one), or create fails naming `nodes[i]`. The points are named after the nodes (use them in `source` and `receiver_points`); the first listed node drives each run and reports its result.", Optional)),
             ("schedule".into(), attribute(AttributeType::String, "`once` (default): one run; create waits for its result. `periodic`: a run every `interval_seconds`, the source taking turns over the points (round robin) unless `source` is set.", OptionalComputed)),
             ("interval_seconds".into(), attribute(AttributeType::Number, "Period of a periodic task, 10 s to 7 days. Default 300 (the paper's 5 minutes).", OptionalComputed)),
             ("duration_seconds".into(), attribute(AttributeType::Number, "Length of one run, 1 to 3600 s. Default 30 (the paper's 30 s).", OptionalComputed)),
