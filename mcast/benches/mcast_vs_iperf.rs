@@ -4,7 +4,10 @@
 //! 1. Highest probe rate with <= 0.1 % loss at the receiver (and the sender within 5 % of
 //!    the requested rate), searched upwards over a ladder and then bisected.
 //! 2. CPU time per 100k probes of each sender and receiver at a common rate, from
-//!    getrusage(RUSAGE_CHILDREN) deltas around each child's exit.
+//!    getrusage(RUSAGE_CHILDREN) deltas around each child's exit, over interleaved rounds
+//!    (`MCAST_BENCH_CPU_ROUNDS`, default 3): ours with its default pacing, ours with a
+//!    wakeup per probe (`--pacing-granularity-us=0`, the pre-burst pacer) and iperf2, with
+//!    our sender's pacing figures (mean lateness, mean inter-departure error, slips).
 //! 3. Agreement: both over the same path with nftables dropping 5 % at the receiver:
 //!    loss and jitter side by side.
 //!
@@ -43,6 +46,10 @@ struct Trial {
     sender_cpu_s: f64,
     receiver_cpu_s: f64,
     sender_sleeps: f64,
+    /// Ours only (NaN for iperf2): pacing figures from the sender report.
+    mean_lateness_us: f64,
+    mean_departure_error_us: f64,
+    slips: f64,
 }
 
 /// Which sections to run: all by default, or those named on the command line
@@ -86,7 +93,8 @@ fn reap(child: Child) -> Result<(std::process::Output, f64, f64)> {
     ))
 }
 
-fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<Trial> {
+/// `extra`: further `mcast-point send` flags (e.g. `--pacing-granularity-us=0`).
+fn ours(lab: &Lab, rate_pps: f64, seconds: f64, extra: &[&str]) -> Result<Trial> {
     let (tx, rx) = (&lab.points[0], &lab.points[1]);
     let count = (rate_pps * seconds).round() as u64;
     let receiver = rx
@@ -111,7 +119,7 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<
             "--size",
             &PROBE_BYTES.to_string(),
         ])
-        .args(spin_us.map(|us| format!("--spin-us={us}")))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -148,6 +156,11 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, spin_us: Option<u64>) -> Result<
         sender_cpu_s,
         receiver_cpu_s,
         sender_sleeps,
+        mean_lateness_us: sent["mean_lateness_us"].as_f64().unwrap_or(f64::NAN),
+        mean_departure_error_us: sent["mean_abs_departure_error_us"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        slips: sent["schedule_slips"].as_f64().unwrap_or(f64::NAN),
     })
 }
 
@@ -229,6 +242,9 @@ fn iperf(lab: &Lab, rate_pps: f64, seconds: f64) -> Result<Trial> {
         sender_cpu_s,
         receiver_cpu_s,
         sender_sleeps,
+        mean_lateness_us: f64::NAN,
+        mean_departure_error_us: f64::NAN,
+        slips: f64::NAN,
     })
 }
 
@@ -301,7 +317,7 @@ fn main() -> Result<()> {
     if wanted("rate") {
         println!("1. highest rate with <= 0.1 % loss");
         let (our_max, our_achieved) =
-            max_rate("ours", |rate| ours(&lab, rate, TRIAL_SECONDS, None))?;
+            max_rate("ours", |rate| ours(&lab, rate, TRIAL_SECONDS, &[]))?;
         let (iperf_max, iperf_achieved) =
             max_rate("iperf2", |rate| iperf(&lab, rate, TRIAL_SECONDS))?;
         println!(
@@ -313,43 +329,86 @@ fn main() -> Result<()> {
     if wanted("cpu") {
         let cpu_rate = 10_000.0;
         let cpu_seconds = 5.0;
-        println!("2. CPU per 100k probes at {cpu_rate:.0} pps for {cpu_seconds} s");
-        let o = ours(&lab, cpu_rate, cpu_seconds, None)?;
-        let o0 = ours(&lab, cpu_rate, cpu_seconds, Some(0))?;
-        let i = iperf(&lab, cpu_rate, cpu_seconds)?;
+        // The machine is shared and noisy: interleave the variants and print each round,
+        // then the range, rather than trusting one trial.
+        let rounds: usize = std::env::var("MCAST_BENCH_CPU_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        println!(
+            "2. CPU per 100k probes at {cpu_rate:.0} pps for {cpu_seconds} s, {rounds} interleaved rounds"
+        );
+        println!(
+            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
+            "", "send s", "recv s", "achieved", "wakeups", "mean late", "mean |dep", "slips"
+        );
+        println!(
+            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
+            "", "/100k", "/100k", "pps", "/probe", "us", "err| us", ""
+        );
         let per100k = |cpu: f64, packets: f64| cpu / packets.max(1.0) * 100_000.0;
-        let (os, or) = (
-            per100k(o.sender_cpu_s, o.sent),
-            per100k(o.receiver_cpu_s, o.received),
-        );
-        let (os0, or0) = (
-            per100k(o0.sender_cpu_s, o0.sent),
-            per100k(o0.receiver_cpu_s, o0.received),
-        );
-        let (is, ir) = (
-            per100k(i.sender_cpu_s, i.sent),
-            per100k(i.receiver_cpu_s, i.received),
-        );
-        let sleeps = |t: &Trial| t.sender_sleeps / t.sent.max(1.0);
-        println!(
-            "  {:<16} {:>14} {:>16} {:>13} {:>18}",
-            "", "sender s/100k", "receiver s/100k", "achieved pps", "sender sleeps/pkt"
-        );
-        for (name, sender, receiver, trial) in [
-            ("ours (spin 20us)", os, or, &o),
-            ("ours (no spin)", os0, or0, &o0),
-            ("iperf2", is, ir, &i),
-        ] {
-            println!(
-                "  {name:<16} {sender:>14.3} {receiver:>16.3} {:>13.0} {:>18.2}",
-                trial.achieved_pps,
-                sleeps(trial)
-            );
+        type Variant<'a> = (&'a str, Box<dyn Fn() -> Result<Trial> + 'a>);
+        let variants: Vec<Variant> = vec![
+            (
+                "ours (default)",
+                Box::new(|| ours(&lab, cpu_rate, cpu_seconds, &[])),
+            ),
+            (
+                "ours (wake per probe)",
+                Box::new(|| ours(&lab, cpu_rate, cpu_seconds, &["--pacing-granularity-us=0"])),
+            ),
+            ("iperf2", Box::new(|| iperf(&lab, cpu_rate, cpu_seconds))),
+        ];
+        // (sender, receiver) s/100k per variant and round.
+        let mut figures: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+        for round in 1..=rounds {
+            for (index, (name, run)) in variants.iter().enumerate() {
+                let t = run()?;
+                let sender = per100k(t.sender_cpu_s, t.sent);
+                let receiver = per100k(t.receiver_cpu_s, t.received);
+                figures[index].push((sender, receiver));
+                println!(
+                    "  {:<22} {sender:>9.3} {receiver:>9.3} {:>9.0} {:>10.2} {:>9.1} {:>10.1} {:>6.0}",
+                    format!("{name} #{round}"),
+                    t.achieved_pps,
+                    t.sender_sleeps / t.sent.max(1.0),
+                    t.mean_lateness_us,
+                    t.mean_departure_error_us,
+                    t.slips,
+                );
+            }
         }
+        let range = |values: Vec<f64>| {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (low, high)
+        };
+        println!("  ranges over the rounds (s per 100k probes):");
+        for (index, (name, _)) in variants.iter().enumerate() {
+            let (s_low, s_high) = range(figures[index].iter().map(|f| f.0).collect());
+            let (r_low, r_high) = range(figures[index].iter().map(|f| f.1).collect());
+            println!("  {name:<22} sender {s_low:.3}-{s_high:.3}  receiver {r_low:.3}-{r_high:.3}");
+        }
+        // Medians of the per-round ratios: each round's variants ran back to back, so a
+        // ratio within a round cancels most of the machine's drift.
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let iperf_index = variants.len() - 1;
+        let ratios = |side: fn(&(f64, f64)) -> f64| {
+            median(
+                figures[0]
+                    .iter()
+                    .zip(&figures[iperf_index])
+                    .map(|(o, i)| side(o) / side(i).max(1e-9))
+                    .collect(),
+            )
+        };
         println!(
-            "  ratio ours/iperf2: sender {:.2}, receiver {:.2}\n",
-            os / is.max(1e-9),
-            or / ir.max(1e-9)
+            "  median per-round ratio ours (default)/iperf2: sender {:.2}, receiver {:.2}\n",
+            ratios(|f| f.0),
+            ratios(|f| f.1)
         );
     }
 
@@ -358,7 +417,7 @@ fn main() -> Result<()> {
         lab.inject_loss_ports(1, 5, &[OUR_PORT, IPERF_PORT])?;
         let agree_rate = 1_000.0;
         let agree_seconds = 10.0;
-        let o = ours(&lab, agree_rate, agree_seconds, None)?;
+        let o = ours(&lab, agree_rate, agree_seconds, &[])?;
         let i = iperf(&lab, agree_rate, agree_seconds)?;
         println!(
             "  {:<8} {:>8} {:>9} {:>9} {:>11}",

@@ -5,6 +5,9 @@
 //! packet when the network stack receives it, so the receiver's scheduling delay does not
 //! inflate the one-way delay. When a datagram arrives without the control message the
 //! receiver falls back to the user-space clock and says so in its report.
+//!
+//! Datagrams are taken with `recvmmsg`, up to 16 per system call, each
+//! with its own kernel timestamp; the per-datagram path does no heap work.
 
 use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -13,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{
+    recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn,
+};
 use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -25,6 +30,23 @@ use crate::wire::Probe;
 
 /// How often a blocked receive wakes up to check its stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Datagrams taken per `recvmmsg` call at most.
+const RECEIVE_BATCH: usize = 16;
+/// Receive space per datagram: the largest UDP payload, so nothing valid is truncated.
+const RECEIVE_SLOT_BYTES: usize = 65_536;
+
+/// What one `recvmmsg` slot held.
+#[derive(Debug, Clone, Copy, Default)]
+struct Datagram {
+    length: usize,
+    truncated: bool,
+    kernel_ns: Option<u64>,
+}
+
+/// Headers for a batch, each with room for one `SO_TIMESTAMPNS` control message.
+fn receive_headers() -> MultiHeaders<SockaddrIn> {
+    MultiHeaders::preallocate(RECEIVE_BATCH, Some(nix::cmsg_space!(TimeSpec)))
+}
 
 /// Errors of the receiver.
 #[derive(Debug, Error)]
@@ -227,72 +249,96 @@ impl Receiver {
                 0,
             ),
         };
-        let mut buffer = vec![0u8; 65_536];
+        // One maximal datagram per slot, so a large probe is never truncated. The pages
+        // behind unused slot tails are never touched, so the memory actually used stays
+        // about a page per slot.
+        let mut buffer = vec![0u8; RECEIVE_BATCH * RECEIVE_SLOT_BYTES];
+        let mut headers = receive_headers();
+        let mut batch = [Datagram::default(); RECEIVE_BATCH];
         let fd = self.socket.as_raw_fd();
-        // Reused across datagrams: recvmsg only needs its capacity.
-        let mut cmsg_space = nix::cmsg_space!(TimeSpec);
 
         loop {
             if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let (length, truncated, kernel_time) = {
-                let mut iov = [IoSliceMut::new(&mut buffer)];
-                let message = match recvmsg::<SockaddrIn>(
+            let received = {
+                let mut slots = buffer.chunks_exact_mut(RECEIVE_SLOT_BYTES);
+                let mut iovs: [[IoSliceMut<'_>; 1]; RECEIVE_BATCH] =
+                    std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+                // MSG_WAITFORONE: block (up to SO_RCVTIMEO) for the first datagram only, then
+                // take whatever else is queued; one system call per wakeup, not per datagram.
+                let messages = match recvmmsg(
                     fd,
-                    &mut iov,
-                    Some(&mut cmsg_space),
-                    MsgFlags::empty(),
+                    &mut headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_WAITFORONE,
+                    None,
                 ) {
-                    Ok(message) => message,
+                    Ok(messages) => messages,
                     Err(Errno::EAGAIN | Errno::EINTR) => continue,
                     Err(errno) => return Err(ReceiverError::Receive(errno)),
                 };
-                let mut kernel_time = None;
-                if let Ok(cmsgs) = message.cmsgs() {
-                    for cmsg in cmsgs {
-                        if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
-                            kernel_time =
-                                Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+                let mut received = 0;
+                for (datagram, message) in batch.iter_mut().zip(messages) {
+                    let mut kernel_ns = None;
+                    if let Ok(cmsgs) = message.cmsgs() {
+                        for cmsg in cmsgs {
+                            if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+                                kernel_ns =
+                                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+                            }
                         }
                     }
+                    *datagram = Datagram {
+                        length: message.bytes,
+                        truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+                        kernel_ns,
+                    };
+                    received += 1;
                 }
-                (
-                    message.bytes,
-                    message.flags.contains(MsgFlags::MSG_TRUNC),
-                    kernel_time,
-                )
+                received
             };
-            let receive_ns = match kernel_time {
-                Some(ns) => {
-                    kernel_stamped += 1;
-                    ns
-                }
-                None => {
-                    user_stamped += 1;
-                    realtime_ns()
-                }
-            };
-            if truncated {
-                malformed_packets += 1;
-                continue;
-            }
-            let probe = match Probe::decode(&buffer[..length]) {
-                Ok(probe) => probe,
-                Err(_) => {
+            let mut any_unstamped = false;
+            for (index, datagram) in batch[..received].iter().enumerate() {
+                let receive_ns = match datagram.kernel_ns {
+                    Some(ns) => {
+                        kernel_stamped += 1;
+                        ns
+                    }
+                    None => {
+                        user_stamped += 1;
+                        any_unstamped = true;
+                        realtime_ns()
+                    }
+                };
+                if datagram.truncated {
                     malformed_packets += 1;
                     continue;
                 }
-            };
-            match session_id {
-                Some(id) if id != probe.session_id => {
-                    foreign_session_packets += 1;
-                    continue;
+                let start = index * RECEIVE_SLOT_BYTES;
+                let probe = match Probe::decode(&buffer[start..start + datagram.length]) {
+                    Ok(probe) => probe,
+                    Err(_) => {
+                        malformed_packets += 1;
+                        continue;
+                    }
+                };
+                match session_id {
+                    Some(id) if id != probe.session_id => {
+                        foreign_session_packets += 1;
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => session_id = Some(probe.session_id),
                 }
-                Some(_) => {}
-                None => session_id = Some(probe.session_id),
+                stats.record(probe.sequence, probe.send_time_ns, receive_ns);
             }
-            stats.record(probe.sequence, probe.send_time_ns, receive_ns);
+            if any_unstamped {
+                // The kernel shrinks a header's msg_controllen to what it wrote, and the
+                // reused headers keep that; fresh ones give every slot full control space
+                // again, so one unstamped datagram does not cost the stamps of later ones.
+                headers = receive_headers();
+            }
         }
 
         let timestamp_source = match (kernel_stamped, user_stamped) {

@@ -63,11 +63,16 @@ struct SendArgs {
     /// Session id (random if omitted).
     #[arg(long)]
     session_id: Option<u64>,
-    /// Microseconds before each deadline at which the sender spins instead of sleeping.
+    /// Slow mode only (interval above the pacing granularity): microseconds before each
+    /// deadline at which the sender spins instead of sleeping.
     #[arg(long, default_value_t = 20)]
     spin_us: u64,
-    /// Intervals the sender may fall behind and catch up by bursting; beyond this it
-    /// drops schedule slots (counted as slips) instead.
+    /// Intervals up to this many microseconds are paced in small bursts (every probe due
+    /// at a wakeup); longer ones get a precise wakeup per probe. 0: always per probe.
+    #[arg(long, default_value_t = measurelab_mcast::sender::DEFAULT_PACING_GRANULARITY.as_micros() as u64)]
+    pacing_granularity_us: u64,
+    /// Intervals (beyond the pacing granularity) the sender may fall behind and catch up
+    /// by bursting; beyond this it drops schedule slots (counted as slips) instead.
     #[arg(long, default_value_t = 4)]
     max_catch_up_packets: u32,
 }
@@ -155,6 +160,7 @@ fn send(args: SendArgs) -> Result<()> {
     config.source_addr = args.source;
     config.spin_threshold = Duration::from_micros(args.spin_us);
     config.max_catch_up_packets = args.max_catch_up_packets;
+    config.pacing_granularity = Duration::from_micros(args.pacing_granularity_us);
     if let Some(id) = args.session_id {
         config.session_id = id;
     }
