@@ -821,10 +821,14 @@ impl Drop for DomainGuard {
 
 #[test]
 fn down_removes_the_libvirt_domains_the_agents_defined() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", t0.elapsed().as_secs_f64());
     // Declared before the lab: dropped after its `lab down`.
     let _libvirt = libvirt_setup::LibvirtSetup::ensure().expect("libvirtd for qemu:///system");
+    phase("libvirtd answers");
     let lab = LabGuard::new('v');
     lab.up(1, 1);
+    phase("lab up");
     let node = lab.node("n1");
     assert!(
         node.capabilities
@@ -854,8 +858,10 @@ fn down_removes_the_libvirt_domains_the_agents_defined() {
             .find(|v| v.id == vm.id && v.actual_state == "stopped")
     });
     assert_eq!(vm.backend, VmBackend::Libvirt);
+    phase("q1 defined and stopped");
 
     let first = lab.lab("down", &[]);
+    phase("lab down");
     assert!(
         first.status.success(),
         "{}",
