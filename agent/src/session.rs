@@ -7,6 +7,7 @@ use std::time::Duration;
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
     Capabilities, HeartbeatRequest, LogLine, RegisterRequest, ShipLogsRequest,
+    WatchDesiredStateRequest,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -45,6 +46,17 @@ const LOG_BATCH: usize = 500;
 /// How often queued log lines are shipped.
 const LOG_SHIP_PERIOD: Duration = Duration::from_secs(1);
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest retry delay of the WatchDesiredState stream after a failure.
+const WATCH_RETRY_CAP: Duration = Duration::from_secs(30);
+/// A controller without WatchDesiredState (older version) is asked again this
+/// rarely: a rolling upgrade may replace it, and heartbeats carry the
+/// generation meanwhile.
+const WATCH_UNSUPPORTED_RETRY: Duration = Duration::from_secs(300);
+/// Silence on the stream longer than this many keepalive periods means the
+/// connection is dead.
+const WATCH_MISSED_KEEPALIVES: u32 = 3;
+/// Used until the controller's first hint says its keepalive period.
+const WATCH_DEFAULT_SILENCE: Duration = Duration::from_secs(60);
 
 /// How a call to the controller failed, from the agent's point of view.
 #[derive(Debug)]
@@ -130,6 +142,14 @@ pub(crate) async fn run(
     // generation out to them.
     let (desired_generation_tx, desired_generation_rx) = watch::channel(0u64);
     let (observed_generation_tx, observed_generation_rx) = watch::channel(0u64);
+    // Heartbeats carry the desired generation too; the stream only makes a
+    // change known sooner, so losing it costs latency, not correctness.
+    let follower = tokio::spawn(follow_desired_state(
+        client.clone(),
+        identity_tx.subscribe(),
+        desired_generation_tx.clone(),
+        shutdown_rx.clone(),
+    ));
     let (service_status_tx, service_status_rx) = watch::channel(None);
     let service_host = config.service_host.clone().map(|settings| {
         tokio::spawn(crate::service_host::run(
@@ -177,6 +197,7 @@ pub(crate) async fn run(
     };
     let result = session.run_until(shutdown_rx).await;
     refresher.abort();
+    follower.abort();
     // The loop stops itself on shutdown; guests keep running (they are
     // adopted by the next agent).
     let _ = tokio::time::timeout(Duration::from_secs(5), reconciler).await;
@@ -371,6 +392,91 @@ impl Session {
             tracing::info!(seconds, "heartbeat interval set by the controller");
             self.interval = interval;
             let _ = self.interval_tx.send(interval);
+        }
+    }
+}
+
+/// Follow WatchDesiredState while registered: each hint sets the desired
+/// generation the reconcile loop watches (which then fetches the whole desired
+/// state, as for a heartbeat's). Reconnects with backoff when the stream
+/// fails or goes silent, and under a new identity after re-registration.
+async fn follow_desired_state(
+    mut client: NodeServiceClient<Channel>,
+    mut identity_rx: watch::Receiver<Option<Identity>>,
+    desired_generation_tx: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(INITIAL_BACKOFF, WATCH_RETRY_CAP);
+    loop {
+        let identity = tokio::select! {
+            identity = identity_rx.wait_for(|i| i.is_some()) => match identity {
+                Ok(identity) => identity.clone(),
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Some(identity) = identity else { continue };
+        identity_rx.mark_unchanged();
+        let request = WatchDesiredStateRequest {
+            node_id: identity.node_id.clone(),
+            node_secret: identity.node_secret.clone(),
+        };
+        let retry_in = match client.watch_desired_state(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                let mut silence = WATCH_DEFAULT_SILENCE;
+                let ended = loop {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout(silence, stream.message()) => next,
+                        _ = identity_rx.changed() => break "the node registered again",
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    };
+                    match next {
+                        Ok(Ok(Some(hint))) => {
+                            backoff.reset();
+                            if hint.keepalive_seconds > 0 {
+                                silence = Duration::from_secs(u64::from(hint.keepalive_seconds))
+                                    * WATCH_MISSED_KEEPALIVES;
+                            }
+                            let desired = hint.desired_generation;
+                            desired_generation_tx.send_if_modified(|current| {
+                                let changed = *current != desired;
+                                *current = desired;
+                                changed
+                            });
+                        }
+                        Ok(Ok(None)) => break "the controller ended the stream",
+                        Ok(Err(status)) => {
+                            tracing::debug!(error = %status.message(), code = ?status.code(), "desired-state stream failed");
+                            break "the stream failed";
+                        }
+                        Err(_elapsed) => break "no keepalive from the controller",
+                    }
+                };
+                let delay = backoff.next_delay();
+                tracing::debug!(
+                    why = ended,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "desired-state stream closed; heartbeats carry the generation meanwhile"
+                );
+                delay
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::info!("the controller has no WatchDesiredState; new desired state arrives with heartbeats");
+                WATCH_UNSUPPORTED_RETRY
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::debug!(error = %status.message(), code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "cannot open the desired-state stream");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            // A new identity (re-registration, perhaps with a new controller)
+            // is worth trying at once.
+            _ = identity_rx.changed() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }

@@ -253,7 +253,8 @@ pub async fn run(
         }
     });
     let grpc = tokio::spawn({
-        let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval);
+        let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
+            .ending_streams_on(cancel.clone());
         let cancel = cancel.clone();
         async move {
             let incoming =

@@ -10,17 +10,22 @@
 //! - `UNAVAILABLE`: the store is failing or shutting down; retry later.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures::Stream;
 
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
-    self, DesiredState, DesiredStateRequest, FetchProgramRequest, HeartbeatRequest,
-    HeartbeatResponse, PollTasksRequest, PostResultAck, PostResultRequest, ProgramBlob,
-    RegisterRequest, RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport,
-    TaskList,
+    self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchProgramRequest,
+    HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck, PostResultRequest,
+    ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck,
+    StatusReport, TaskList, WatchDesiredStateRequest,
 };
 use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::store::{
@@ -33,6 +38,10 @@ use crate::validation::{self, FieldError};
 pub(crate) const MAX_LOG_LINES_PER_CALL: usize = 5_000;
 const MAX_LOG_MESSAGE: usize = 16 * 1024;
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+/// How often a WatchDesiredState stream repeats the generation when nothing
+/// changed: agents take long silence for a dead connection and reconnect,
+/// and a node forgotten meanwhile has its stream ended.
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Errors of the node API, translated to gRPC status codes in one place.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,9 @@ pub(crate) struct NodeRpc {
     store: Store,
     join_token: String,
     heartbeat_interval_seconds: u32,
+    /// Ends the WatchDesiredState streams, which would otherwise hold the
+    /// server's graceful shutdown open forever.
+    shutdown: CancellationToken,
 }
 
 impl NodeRpc {
@@ -111,7 +123,14 @@ impl NodeRpc {
             // Agents work in whole seconds; never tell them 0.
             heartbeat_interval_seconds: heartbeat_interval.as_secs().clamp(1, u32::MAX as u64)
                 as u32,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// End the long-lived WatchDesiredState streams when `shutdown` fires.
+    pub fn ending_streams_on(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     pub fn into_server(self) -> NodeServiceServer<Self> {
@@ -185,8 +204,75 @@ impl NodeRpc {
     }
 }
 
+/// What a WatchDesiredState stream follows.
+struct HintSource {
+    store: Store,
+    node_id: String,
+    node_secret: String,
+    generation: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    sent_first: bool,
+}
+
+/// Server-side stream of WatchDesiredState.
+pub(crate) type HintStream =
+    Pin<Box<dyn Stream<Item = Result<DesiredStateHint, Status>> + Send + 'static>>;
+
+/// The current generation at once, then each change (bursts of commits
+/// collapse into their latest generation), plus a repeat every
+/// [`WATCH_KEEPALIVE`]. Ends on shutdown; fails when the node's credentials
+/// no longer hold.
+fn hint_stream(source: HintSource) -> HintStream {
+    Box::pin(futures::stream::unfold(Some(source), |state| async move {
+        let mut source = state?;
+        if source.sent_first {
+            tokio::select! {
+                changed = source.generation.changed() => changed.ok()?,
+                _ = tokio::time::sleep(WATCH_KEEPALIVE) => {
+                    if !crate::slices::rpc::still_authenticated(&source.store, &source.node_id, &source.node_secret) {
+                        let status = Status::unauthenticated(format!(
+                            "node_secret: node {} is no longer known with this secret; register again",
+                            source.node_id
+                        ));
+                        return Some((Err(status), None));
+                    }
+                }
+                _ = source.shutdown.cancelled() => return None,
+            }
+        }
+        source.sent_first = true;
+        let hint = DesiredStateHint {
+            desired_generation: *source.generation.borrow_and_update(),
+            keepalive_seconds: WATCH_KEEPALIVE.as_secs() as u32,
+        };
+        Some((Ok(hint), Some(source)))
+    }))
+}
+
 #[tonic::async_trait]
 impl NodeService for NodeRpc {
+    type WatchDesiredStateStream = HintStream;
+
+    async fn watch_desired_state(
+        &self,
+        request: Request<WatchDesiredStateRequest>,
+    ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
+        let request = request.into_inner();
+        let generation = crate::slices::rpc::watch_desired_generation(
+            &self.store,
+            &request.node_id,
+            &request.node_secret,
+        )?;
+        Ok(Response::new(hint_stream(HintSource {
+            store: self.store.clone(),
+            node_id: request.node_id,
+            node_secret: request.node_secret,
+            generation,
+            shutdown: self.shutdown.clone(),
+            sent_first: false,
+        })))
+    }
+
     async fn get_desired_state(
         &self,
         request: Request<DesiredStateRequest>,

@@ -1,5 +1,7 @@
 //! The wave-2 NodeService calls. `agent_rpc` owns the service and forwards
 //! these here; every call is authenticated with the node id + secret.
+//! WatchDesiredState's stream lives in `agent_rpc`; its source (the node's
+//! generation, announced after each commit) is here.
 
 use measurelab_api::node_v1::{
     DesiredState, DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultAck,
@@ -50,6 +52,22 @@ fn authenticate(store: &Store, node_id: &str, node_secret: &str) -> Result<(), R
 /// Generation of the node's desired state, from the in-memory mirror.
 pub(crate) fn desired_generation(store: &Store, node_id: &str) -> u64 {
     store.resources().node_generation(node_id)
+}
+
+/// Follow the node's desired-state generation (WatchDesiredState), after
+/// checking its credentials.
+pub(crate) fn watch_desired_generation(
+    store: &Store,
+    node_id: &str,
+    node_secret: &str,
+) -> Result<tokio::sync::watch::Receiver<u64>, RpcError> {
+    authenticate(store, node_id, node_secret)?;
+    Ok(store.resources().watch_node_generation(node_id))
+}
+
+/// Whether the node's credentials still hold (a forgotten node's stream ends).
+pub(crate) fn still_authenticated(store: &Store, node_id: &str, node_secret: &str) -> bool {
+    authenticate(store, node_id, node_secret).is_ok()
 }
 
 pub(crate) async fn desired_state(

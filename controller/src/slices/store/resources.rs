@@ -179,6 +179,8 @@ pub(crate) struct ResourceStore {
     conn: Arc<Mutex<Connection>>,
     registry: Arc<RwLock<Registry>>,
     generations: Arc<RwLock<HashMap<String, u64>>>,
+    /// Followers of a node's generation (the WatchDesiredState streams).
+    generation_watchers: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>>,
     pools: Arc<Pools>,
 }
 
@@ -201,6 +203,7 @@ impl ResourceStore {
             conn: Arc::new(Mutex::new(conn)),
             registry,
             generations: Arc::new(RwLock::new(generations)),
+            generation_watchers: Arc::default(),
             pools: Arc::new(pools),
         })
     }
@@ -213,6 +216,38 @@ impl ResourceStore {
             .get(node_id)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Follow a node's desired-state generation: the receiver sees every
+    /// committed change. Read under the watchers lock, which commits take
+    /// after updating the mirror, so no change slips between the two.
+    pub fn watch_node_generation(&self, node_id: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut watchers = self
+            .generation_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // An existing sender is current: every commit announces to it.
+        let current = self.node_generation(node_id);
+        let sender = watchers
+            .entry(node_id.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(current).0);
+        sender.subscribe()
+    }
+
+    fn announce_generations(&self, touched: &[(String, u64)]) {
+        let mut watchers = self
+            .generation_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (node, generation) in touched {
+            if let Some(sender) = watchers.get(node) {
+                if sender.receiver_count() == 0 {
+                    watchers.remove(node);
+                } else {
+                    sender.send_replace(*generation);
+                }
+            }
+        }
     }
 
     /// Run `body` in one IMMEDIATE transaction; commit only if it succeeds.
@@ -260,8 +295,11 @@ impl ResourceStore {
             })
             .collect::<Result<_, _>>()?;
         tx.commit()?;
-        let mut generations = self.generations.write().unwrap_or_else(|e| e.into_inner());
-        generations.extend(touched);
+        self.generations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(touched.iter().cloned());
+        self.announce_generations(&touched);
         Ok(value)
     }
 

@@ -1,0 +1,135 @@
+//! WatchDesiredState through the real gRPC listener: a node learns of a
+//! change to its desired state as it commits, only its own changes, and the
+//! stream neither outlives nor blocks the controller's shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{heartbeat_request, TestController};
+use measurelab_api::node_v1::{DesiredStateHint, RegisterResponse, WatchDesiredStateRequest};
+use reqwest::Method;
+use serde_json::json;
+use tonic::Streaming;
+
+/// Far below the controller's keepalive (20 s) and heartbeat interval, so a
+/// hint that arrives within it was pushed by the change itself.
+const PROMPT: Duration = Duration::from_secs(5);
+
+async fn watch(
+    controller: &TestController,
+    node: &RegisterResponse,
+) -> Streaming<DesiredStateHint> {
+    controller
+        .grpc()
+        .await
+        .watch_desired_state(WatchDesiredStateRequest {
+            node_id: node.node_id.clone(),
+            node_secret: node.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_hint(stream: &mut Streaming<DesiredStateHint>, what: &str) -> DesiredStateHint {
+    match tokio::time::timeout(PROMPT, stream.message()).await {
+        Ok(Ok(Some(hint))) => hint,
+        Ok(Ok(None)) => panic!("stream ended after {what}"),
+        Ok(Err(status)) => panic!("stream failed after {what}: {status}"),
+        Err(_) => panic!("no hint within {PROMPT:?} after {what}"),
+    }
+}
+
+async fn heartbeat_generation(controller: &TestController, node: &RegisterResponse) -> u64 {
+    controller
+        .grpc()
+        .await
+        .heartbeat(heartbeat_request(node, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .desired_generation
+}
+
+#[tokio::test]
+async fn hints_follow_each_commit_for_the_node_concerned() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let n1 = controller.register("n1", "").await;
+    let n2 = controller.register("n2", "").await;
+    let mut n1_hints = watch(&controller, &n1).await;
+    let mut n2_hints = watch(&controller, &n2).await;
+
+    let first = next_hint(&mut n1_hints, "opening the stream").await;
+    assert_eq!(first.desired_generation, 0, "nothing desired of n1 yet");
+    assert!(first.keepalive_seconds > 0);
+    assert_eq!(
+        next_hint(&mut n2_hints, "opening the stream")
+            .await
+            .desired_generation,
+        0
+    );
+
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let after_platform = next_hint(&mut n1_hints, "creating a platform on n1").await;
+    assert!(after_platform.desired_generation > 0);
+    assert_eq!(
+        after_platform.desired_generation,
+        heartbeat_generation(&controller, &n1).await,
+        "the hint carries what a heartbeat would"
+    );
+
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
+                        "memory_mib": 128, "appliance": "namespace", "power_state": "running"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let after_vm = next_hint(&mut n1_hints, "creating a VM on n1").await;
+    assert!(after_vm.desired_generation > after_platform.desired_generation);
+
+    // n2 is in neither change: its stream stays quiet (until its keepalive).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), n2_hints.message())
+            .await
+            .is_err(),
+        "n2 was told about n1's changes"
+    );
+
+    // A wrong secret opens no stream.
+    let refused = controller
+        .grpc()
+        .await
+        .watch_desired_state(WatchDesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: "wrong".into(),
+        })
+        .await
+        .expect_err("a wrong secret was accepted");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // Open streams must not hold the graceful shutdown open.
+    tokio::time::timeout(Duration::from_secs(10), controller.stop())
+        .await
+        .expect("the controller did not stop with streams open");
+    let end = tokio::time::timeout(PROMPT, n1_hints.message())
+        .await
+        .expect("the stream outlived the controller");
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "a hint after shutdown: {end:?}"
+    );
+}
