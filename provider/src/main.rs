@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - `provider.rs`: the provider block (endpoint, token, ca_cert) and the shared client.
+//! - `catalog.rs`: node and appliance lists fetched once per plan for placement checks.
 //! - `diagnostics.rs`: every error a user can see, with what to do next.
 //! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
 //! - `node_model.rs`, `number.rs`, `labels.rs`, `timeouts.rs`, `wait.rs`, `cancel.rs`: shared pieces.
 
 mod cancel;
+mod catalog;
 mod data_sources;
 mod diagnostics;
 mod labels;

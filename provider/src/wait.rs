@@ -8,8 +8,18 @@ use measurelab_api::client::ClientError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often to ask the controller again.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// First delay before asking the controller again: a namespace VM is often
+/// ready a few hundred milliseconds after it was requested, and a flat 1 s
+/// poll added up to a second to every create.
+pub const POLL_INTERVAL_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between two looks: slow waits (QEMU guests boot in about
+/// 10 s) cost the controller one request a second.
+pub const POLL_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
+/// The delay after `previous`: half as long again, up to [`POLL_INTERVAL_MAX`].
+fn next_interval(previous: Duration) -> Duration {
+    (previous + previous / 2).min(POLL_INTERVAL_MAX)
+}
 
 /// One look at the object.
 pub enum Poll<T> {
@@ -30,7 +40,8 @@ pub enum WaitEnd {
     Client(ClientError),
 }
 
-/// Call `look` every [`POLL_INTERVAL`] until it returns [`Poll::Done`].
+/// Call `look` until it returns [`Poll::Done`]: at once, then after
+/// [`POLL_INTERVAL_FIRST`], growing to [`POLL_INTERVAL_MAX`].
 pub async fn until<T, F, Fut>(
     stop: &CancellationToken,
     timeout: Duration,
@@ -42,6 +53,7 @@ where
 {
     let deadline = Instant::now() + timeout;
     let mut last_seen = "nothing yet".to_string();
+    let mut interval = POLL_INTERVAL_FIRST;
     loop {
         let looked = tokio::select! {
             result = tokio::time::timeout_at(deadline, look()) => result,
@@ -57,9 +69,10 @@ where
             return Err(WaitEnd::TimedOut(last_seen));
         }
         tokio::select! {
-            _ = tokio::time::sleep_until((Instant::now() + POLL_INTERVAL).min(deadline)) => {}
+            _ = tokio::time::sleep_until((Instant::now() + interval).min(deadline)) => {}
             _ = stop.cancelled() => return Err(WaitEnd::Cancelled),
         }
+        interval = next_interval(interval);
     }
 }
 
@@ -85,6 +98,41 @@ mod tests {
         )
         .await;
         assert_eq!(result.ok(), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_soon_then_backs_off_to_the_maximum() {
+        let start = Instant::now();
+        let looks = std::sync::Mutex::new(Vec::new());
+        let result = until(
+            &CancellationToken::new(),
+            Duration::from_secs(30),
+            || async {
+                let mut looks = looks.lock().unwrap();
+                looks.push(start.elapsed());
+                Ok(if looks.len() == 12 {
+                    Poll::Done(())
+                } else {
+                    Poll::Pending("not yet".into())
+                })
+            },
+        )
+        .await;
+        assert!(result.is_ok());
+        let looks = looks.into_inner().unwrap();
+        let gaps: Vec<Duration> = looks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(looks[0], Duration::ZERO, "the first look is immediate");
+        assert_eq!(gaps[0], POLL_INTERVAL_FIRST);
+        assert!(
+            gaps.windows(2).all(|w| w[1] >= w[0]),
+            "delays never shrink: {gaps:?}"
+        );
+        assert_eq!(*gaps.last().unwrap(), POLL_INTERVAL_MAX);
+        assert!(gaps.iter().all(|g| *g <= POLL_INTERVAL_MAX));
+        // A VM ready 300 ms after the request is seen within half a second.
+        assert!(looks
+            .iter()
+            .any(|t| *t >= Duration::from_millis(300) && *t <= Duration::from_millis(500)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -332,16 +332,19 @@ impl VmResource {
     }
 
     /// Plan-time check that the node can run the VM: fails with a diagnostic on
-    /// `backend` (or `node`) when the node lacks the backend.
+    /// `backend` (or `node`) when the node lacks the backend. Reads the node
+    /// and appliance lists the provider fetched once (see `catalog`), so a
+    /// plan of N VMs costs one request, not N. An unknown node or an
+    /// unreachable controller is left to apply, which reports it.
     async fn check_placement(&self, diags: &mut Diagnostics, state: &VmState) {
         let (Value::Value(node_name), Value::Value(appliance)) = (&state.node, &state.appliance)
         else {
             return;
         };
-        let Ok(client) = self.shared.client_quiet() else {
+        let Some((client, catalog)) = self.shared.catalog_quiet() else {
             return;
         };
-        let Ok(node) = client.get_node(node_name).await else {
+        let Ok(Some(node)) = catalog.node(&client, node_name).await else {
             return;
         };
         let caps = &node.capabilities;
@@ -369,7 +372,7 @@ impl VmResource {
             ),
             Some(_) => {}
             None => {
-                let Ok(appliances) = client.list_appliances().await else { return };
+                let Ok(appliances) = catalog.appliances(&client).await else { return };
                 let Some(appliance) = appliances.iter().find(|a| &a.name == appliance) else { return };
                 if !appliance.backends.iter().any(|b| available.contains(&b.as_str())) {
                     diagnostics::invalid_value(
@@ -826,6 +829,195 @@ mod tests {
             converged(&vm(VmPowerState::Stopped, "stopped", "False", 1, 1)),
             Ok(true)
         );
+    }
+
+    /// A controller stand-in on loopback that serves two nodes and the
+    /// appliances, counting requests per route.
+    mod fake_controller {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        use axum::routing::get;
+        use axum::{Json, Router};
+        use measurelab_api::http::{
+            Appliance, ApplianceList, Capabilities, Node, NodeList, NodeStatus, Resources,
+        };
+
+        #[derive(Default)]
+        pub struct Counts {
+            pub node_list: AtomicUsize,
+            pub node_get: AtomicUsize,
+            pub appliances: AtomicUsize,
+        }
+
+        impl Counts {
+            pub fn get(counter: &AtomicUsize) -> usize {
+                counter.load(Ordering::SeqCst)
+            }
+        }
+
+        fn node(name: &str, namespace: bool, libvirt: bool) -> Node {
+            Node {
+                id: format!("id-{name}"),
+                name: name.into(),
+                status: NodeStatus::Online,
+                last_heartbeat: None,
+                registered_at: String::new(),
+                agent_version: String::new(),
+                management_address: String::new(),
+                capabilities: Capabilities {
+                    namespace_backend: namespace,
+                    libvirt_uris: if libvirt {
+                        vec!["qemu:///system".into()]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                },
+                resources: Resources::default(),
+                labels: Default::default(),
+            }
+        }
+
+        /// Serve on an ephemeral port; returns the base URL and the counts.
+        pub async fn start() -> (String, Arc<Counts>) {
+            let counts = Arc::new(Counts::default());
+            let (list, one, apps) = (counts.clone(), counts.clone(), counts.clone());
+            let app = Router::new()
+                .route(
+                    "/v1/nodes",
+                    get(move || async move {
+                        list.node_list.fetch_add(1, Ordering::SeqCst);
+                        // Slow enough that concurrent first callers overlap.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Json(NodeList {
+                            nodes: vec![node("ns", true, false), node("kvm", false, true)],
+                        })
+                    }),
+                )
+                .route(
+                    "/v1/nodes/:name",
+                    get(move || async move {
+                        one.node_get.fetch_add(1, Ordering::SeqCst);
+                        Json(node("ns", true, false))
+                    }),
+                )
+                .route(
+                    "/v1/appliances",
+                    get(move || async move {
+                        apps.appliances.fetch_add(1, Ordering::SeqCst);
+                        Json(ApplianceList {
+                            appliances: vec![Appliance {
+                                id: "a1".into(),
+                                name: "debian".into(),
+                                version: "12".into(),
+                                arch: "x86_64".into(),
+                                os: "linux".into(),
+                                kernel: "/k".into(),
+                                initrd: "/i".into(),
+                                disk: None,
+                                min_memory_mib: 64,
+                                backends: vec!["libvirt".into()],
+                                builtin: false,
+                            }],
+                        })
+                    }),
+                );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (url, counts)
+        }
+    }
+
+    fn planned(node: &str, appliance: &str, backend: Option<&str>) -> VmState {
+        VmState {
+            name: Value::Value("g".into()),
+            platform: Value::Value("p".into()),
+            node: Value::Value(node.into()),
+            appliance: Value::Value(appliance.into()),
+            backend: backend.map_or(Value::Null, |b| Value::Value(b.into())),
+            vcpus: Value::Value(Number::Unsigned(1)),
+            memory_mib: Value::Value(Number::Unsigned(64)),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_of_many_vms_fetches_the_node_list_once() {
+        let (url, counts) = fake_controller::start().await;
+        let shared = Shared::new(tokio_util::sync::CancellationToken::new());
+        shared.set_client(Client::new(&url, "token", None).unwrap());
+        let resource = std::sync::Arc::new(VmResource::new(shared));
+        let mut plans = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let resource = resource.clone();
+            plans.spawn(async move {
+                // Even: a node with the backend; odd: one without it.
+                let node = if i % 2 == 0 { "ns" } else { "kvm" };
+                let mut diags = Diagnostics::default();
+                resource
+                    .plan_create(
+                        &mut diags,
+                        planned(node, "namespace", Some("namespace")),
+                        planned(node, "namespace", Some("namespace")),
+                        ValueEmpty::default(),
+                    )
+                    .await
+                    .unwrap();
+                (i, diags)
+            });
+        }
+        while let Some(joined) = plans.join_next().await {
+            let (i, diags) = joined.unwrap();
+            let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+            if i % 2 == 0 {
+                assert!(paths.is_empty(), "plan {i}: {paths:?}");
+            } else {
+                // The check still runs against the cached list.
+                assert_eq!(paths, vec![AttributePath::new("backend")], "plan {i}");
+            }
+        }
+        // Without a backend the appliance list decides, also fetched once.
+        for _ in 0..5 {
+            let mut diags = Diagnostics::default();
+            resource
+                .plan_create(
+                    &mut diags,
+                    planned("ns", "debian", None),
+                    planned("ns", "debian", None),
+                    ValueEmpty::default(),
+                )
+                .await
+                .unwrap();
+            let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+            assert_eq!(paths, vec![AttributePath::new("node")]);
+        }
+        use fake_controller::Counts;
+        assert_eq!(Counts::get(&counts.node_list), 1, "GET /v1/nodes calls");
+        assert_eq!(Counts::get(&counts.node_get), 0, "GET /v1/nodes/NAME calls");
+        assert_eq!(
+            Counts::get(&counts.appliances),
+            1,
+            "GET /v1/appliances calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reconfigured_provider_fetches_the_lists_again() {
+        let (url, counts) = fake_controller::start().await;
+        let shared = Shared::new(tokio_util::sync::CancellationToken::new());
+        let resource = VmResource::new(shared.clone());
+        for _ in 0..2 {
+            shared.set_client(Client::new(&url, "token", None).unwrap());
+            for _ in 0..3 {
+                let mut diags = Diagnostics::default();
+                resource
+                    .check_placement(&mut diags, &planned("ns", "namespace", Some("namespace")))
+                    .await;
+            }
+        }
+        assert_eq!(fake_controller::Counts::get(&counts.node_list), 2);
     }
 
     #[test]
