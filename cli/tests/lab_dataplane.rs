@@ -251,15 +251,15 @@ fn prepare_guest_for_multicast(netns: &str) {
         netns,
         &["ip", "route", "replace", "224.0.0.0/4", "dev", "eth0"],
     );
-    run_in(
-        netns,
-        &[
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-        ],
-    );
+    // /proc/sys/net belongs to the network namespace of the task that opens it.
+    in_netns(netns, || {
+        for conf in ["all", "eth0"] {
+            let path = format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter");
+            std::fs::write(&path, "0").unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    })
+    .join()
+    .expect("rp_filter");
 }
 
 /// A receiver joined to GROUP on the guest's eth0; returns every payload
@@ -540,6 +540,20 @@ fn guest_cgroup(netns: &str) -> PathBuf {
     root.join("measurelab").join(netns)
 }
 
+/// Every cgroup directory of a guest: on hybrid hosts the v1 `cpu` and
+/// `memory` hierarchies hold its limits beside the unified group.
+fn guest_cgroup_dirs(netns: &str) -> Vec<PathBuf> {
+    ["unified", "cpu", "memory", ""]
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join("measurelab")
+                .join(netns)
+        })
+        .collect()
+}
+
 fn cgroup_pids(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
@@ -738,14 +752,17 @@ fn down_removes_the_guests_the_agents_created_and_runs_again_harmlessly() {
         api.vm(&namespace_vm(name, "gone", node));
     }
     let vms = wait_ready(&lab, &api, 2, 3, None);
-    let guests: Vec<(String, PathBuf, Vec<i32>)> = vms
+    let guests: Vec<(String, Vec<PathBuf>, Vec<i32>)> = vms
         .iter()
         .map(|vm| {
             let netns = vm_netns(vm);
-            let cgroup = guest_cgroup(&netns);
-            let pids = cgroup_pids(&cgroup);
+            let pids = cgroup_pids(&guest_cgroup(&netns));
             assert!(!pids.is_empty(), "{netns} has no guest process");
-            (netns, cgroup, pids)
+            let cgroups: Vec<PathBuf> = guest_cgroup_dirs(&netns)
+                .into_iter()
+                .filter(|d| d.is_dir())
+                .collect();
+            (netns, cgroups, pids)
         })
         .collect();
     let ports: BTreeSet<String> = vms.iter().map(vm_port).collect();
@@ -757,9 +774,11 @@ fn down_removes_the_guests_the_agents_created_and_runs_again_harmlessly() {
         String::from_utf8_lossy(&first.stderr)
     );
     let netns = netns_list();
-    for (name, cgroup, pids) in &guests {
+    for (name, cgroups, pids) in &guests {
         assert!(!netns.contains(name), "{name} survived lab down");
-        assert!(!cgroup.exists(), "{} survived lab down", cgroup.display());
+        for cgroup in cgroups {
+            assert!(!cgroup.exists(), "{} survived lab down", cgroup.display());
+        }
         for pid in pids {
             assert!(
                 !process_exists(*pid),
