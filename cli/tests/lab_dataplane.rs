@@ -448,65 +448,89 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     // it, the other platform's guests (one on each node) must not. So every
     // receiver is also shown to work.
     for sender in ["a1", "b2", "a2", "b1"] {
-        let from = by_name[sender];
-        let tag = format!("{nonce} {sender}");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let receivers: Vec<(&str, std::thread::JoinHandle<Vec<String>>)> = by_name
-            .iter()
-            .filter(|(name, _)| **name != sender)
-            .map(|(name, vm)| {
-                let address: Ipv4Addr = vm.address.parse().expect("VM address");
-                (
-                    *name,
-                    start_receiver(
-                        &vm_netns(vm),
-                        address,
-                        tag.clone(),
-                        stop.clone(),
-                        ready_tx.clone(),
-                    ),
-                )
-            })
-            .collect();
-        for _ in 0..receivers.len() {
-            ready_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("receivers joined");
-        }
-        send_probes(
-            &vm_netns(from),
-            from.address.parse().expect("VM address"),
-            tag,
-        );
-        // Stragglers through two userspace switches and the lab switch.
-        std::thread::sleep(Duration::from_secs(1));
-        stop.store(true, Ordering::Relaxed);
-        let heard: BTreeMap<&str, usize> = receivers
-            .into_iter()
-            .map(|(name, handle)| (name, handle.join().expect("receiver").len()))
-            .collect();
-        eprintln!(
-            "{sender} ({}) sent {PROBES}: heard {heard:?}",
-            from.platform
-        );
-        for (name, count) in &heard {
-            let vm = by_name[name];
-            if vm.platform == from.platform {
-                assert!(
-                    *count >= (PROBES / 2) as usize,
-                    "{name} (same platform, {} -> {}) heard only {count} of {PROBES} from {sender}\n{}",
-                    from.node,
-                    vm.node,
-                    diagnostics(&lab, 2)
-                );
-            } else {
-                assert_eq!(
-                    *count, 0,
-                    "{name} ({}, {}) heard {sender} of {} on {}: isolation broken",
-                    vm.platform, vm.node, from.platform, from.node
-                );
-            }
+        check_multicast_round(&lab, &by_name, sender, &format!("{nonce} {sender}"));
+    }
+
+    // Someone moves b1's port into A's VLAN by hand: the agent puts B's tag
+    // back (its switch state is level-triggered), and isolation holds again.
+    let b1_port = vm_port(by_name["b1"]);
+    lab.node_vsctl(
+        1,
+        &["set", "Port", &b1_port, &format!("tag={}", a.vlan_tag)],
+    )
+    .unwrap();
+    common::wait_for("n1's agent to restore b1's VLAN tag", WAIT, || {
+        let tag = lab.node_vsctl(1, &["get", "Port", &b1_port, "tag"]).ok()?;
+        (tag.trim() == b.vlan_tag.to_string()).then_some(())
+    });
+    check_multicast_round(&lab, &by_name, "a1", &format!("{nonce} a1-after-repair"));
+}
+
+/// `sender` sends PROBES datagrams to GROUP while every other VM listens:
+/// those of its platform must hear at least half, the others none.
+fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: &str, tag: &str) {
+    let from = by_name[sender];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let receivers: Vec<(&str, std::thread::JoinHandle<Vec<String>>)> = by_name
+        .iter()
+        .filter(|(name, _)| **name != sender)
+        .map(|(name, vm)| {
+            let address: Ipv4Addr = vm.address.parse().expect("VM address");
+            (
+                *name,
+                start_receiver(
+                    &vm_netns(vm),
+                    address,
+                    tag.to_string(),
+                    stop.clone(),
+                    ready_tx.clone(),
+                ),
+            )
+        })
+        .collect();
+    for _ in 0..receivers.len() {
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("receivers joined");
+    }
+    send_probes(
+        &vm_netns(from),
+        from.address.parse().expect("VM address"),
+        tag.to_string(),
+    );
+    // Stragglers through two userspace switches and the lab switch.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let heard: BTreeMap<&str, usize> = receivers
+        .into_iter()
+        .map(|(name, handle)| (name, handle.join().expect("receiver").len()))
+        .collect();
+    eprintln!(
+        "{sender} ({}) sent {PROBES}: heard {heard:?}",
+        from.platform
+    );
+    for (name, count) in &heard {
+        let vm = by_name[name];
+        if vm.platform == from.platform {
+            assert!(
+                *count >= (PROBES / 2) as usize,
+                "{name} (same platform, {} -> {}) heard only {count} of {PROBES} from {sender}\n{}",
+                from.node,
+                vm.node,
+                diagnostics(lab, 2)
+            );
+        } else {
+            assert_eq!(
+                *count,
+                0,
+                "{name} ({}, {}) heard {sender} of {} on {}: isolation broken\n{}",
+                vm.platform,
+                vm.node,
+                from.platform,
+                from.node,
+                diagnostics(lab, 2)
+            );
         }
     }
 }
