@@ -8,9 +8,8 @@
 //!   VLAN) serve in-process points; the first node orchestrates a once task
 //!   and a periodic task against a fake controller, results carry real
 //!   counts, a run killed midway runs again, a once task is never posted
-//!   twice across a restart, and a
-//!   result whose delivery failed before a restart is re-posted with the
-//!   same run_id.
+//!   twice across a restart, and a result whose delivery failed before a
+//!   restart is re-posted with the same run_id.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};

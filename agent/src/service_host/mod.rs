@@ -324,7 +324,7 @@ pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
     };
     let runner = TaskRunnerConfig {
         node_name: cx.node_name.clone(),
-        state_dir: cx.state_dir.join("service-host"),
+        state_dir: cx.state_dir.join("service-host").join("tasks"),
         clock_sync_bound_us: config.clock_sync_bound_us,
     };
     run_tasks(runner, cx.control, cx.desired_generation, cx.shutdown).await;
