@@ -50,6 +50,9 @@ struct Trial {
     mean_lateness_us: f64,
     mean_departure_error_us: f64,
     slips: f64,
+    /// Ours only: median one-way delay; kernel receive stamps keep it independent of when
+    /// the receiver reads.
+    delay_median_us: f64,
 }
 
 /// Which sections to run: all by default, or those named on the command line
@@ -161,6 +164,9 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, extra: &[&str]) -> Result<Trial>
             .as_f64()
             .unwrap_or(f64::NAN),
         slips: sent["schedule_slips"].as_f64().unwrap_or(f64::NAN),
+        delay_median_us: report["metrics"]["one_way_delay_us"]["median"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     })
 }
 
@@ -245,6 +251,7 @@ fn iperf(lab: &Lab, rate_pps: f64, seconds: f64) -> Result<Trial> {
         mean_lateness_us: f64::NAN,
         mean_departure_error_us: f64::NAN,
         slips: f64::NAN,
+        delay_median_us: f64::NAN,
     })
 }
 
@@ -339,12 +346,20 @@ fn main() -> Result<()> {
             "2. CPU per 100k probes at {cpu_rate:.0} pps for {cpu_seconds} s, {rounds} interleaved rounds"
         );
         println!(
-            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
-            "", "send s", "recv s", "achieved", "wakeups", "mean late", "mean |dep", "slips"
+            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6} {:>8}",
+            "",
+            "send s",
+            "recv s",
+            "achieved",
+            "wakeups",
+            "mean late",
+            "mean |dep",
+            "slips",
+            "OWD p50"
         );
         println!(
-            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
-            "", "/100k", "/100k", "pps", "/probe", "us", "err| us", ""
+            "  {:<22} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6} {:>8}",
+            "", "/100k", "/100k", "pps", "/probe", "us", "err| us", "", "us"
         );
         let per100k = |cpu: f64, packets: f64| cpu / packets.max(1.0) * 100_000.0;
         type Variant<'a> = (&'a str, Box<dyn Fn() -> Result<Trial> + 'a>);
@@ -368,13 +383,14 @@ fn main() -> Result<()> {
                 let receiver = per100k(t.receiver_cpu_s, t.received);
                 figures[index].push((sender, receiver));
                 println!(
-                    "  {:<22} {sender:>9.3} {receiver:>9.3} {:>9.0} {:>10.2} {:>9.1} {:>10.1} {:>6.0}",
+                    "  {:<22} {sender:>9.3} {receiver:>9.3} {:>9.0} {:>10.2} {:>9.1} {:>10.1} {:>6.0} {:>8.1}",
                     format!("{name} #{round}"),
                     t.achieved_pps,
                     t.sender_sleeps / t.sent.max(1.0),
                     t.mean_lateness_us,
                     t.mean_departure_error_us,
                     t.slips,
+                    t.delay_median_us,
                 );
             }
         }
