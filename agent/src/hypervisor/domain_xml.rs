@@ -221,6 +221,13 @@ pub(crate) fn domain_xml_for_owner(
             DomainFlavor::Qemu(_) => x.push_str("      <model type='virtio'/>\n"),
             DomainFlavor::XenPv | DomainFlavor::Test => {}
         }
+        // A TapOnly tap goes to our userspace (netdev) OVS, which forwards
+        // the partial checksums of a virtio NIC's offload as they are: the
+        // receiver drops such TCP/UDP. Without the host's `csum` feature the
+        // guest computes every checksum itself.
+        if matches!(flavor, DomainFlavor::Qemu(_)) && nic.attach == NicAttach::TapOnly {
+            x.push_str("      <driver>\n        <host csum='off'/>\n      </driver>\n");
+        }
         if let Some(limit) = &spec.egress_limit {
             x.push_str(&bandwidth_xml(limit));
         }
@@ -563,6 +570,7 @@ mod tests {
         spec.nic.as_mut().unwrap().attach = NicAttach::TapOnly;
         let xml = domain_xml(&spec, DomainFlavor::Qemu(QemuAccel::Tcg));
         assert!(xml.contains("<interface type='ethernet'>"));
+        assert!(xml.contains("<host csum='off'/>"), "{xml}");
         assert!(!xml.contains("virtualport"));
         assert!(!xml.contains("<source bridge"));
         assert_balanced(&xml);

@@ -6,6 +6,7 @@
 //! the object, because the test driver's state lives in the connection (a new
 //! connection to `test:///default` starts from the default state again).
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use uuid::Uuid;
@@ -110,6 +111,19 @@ impl LibvirtHypervisor {
         }
         self.owner = Some(owner.to_string());
         Ok(self)
+    }
+
+    /// The ownership scope of the node agent whose state lives in
+    /// `state_dir`: `agent-` and 16 hex digits of the canonical path's
+    /// SHA-256. Stable across restarts of that agent, distinct for agents
+    /// with different state dirs on one host (every lab node, every test).
+    /// Domains an unscoped agent created are not seen under it.
+    pub fn owner_for_state_dir(state_dir: &Path) -> String {
+        use sha2::{Digest, Sha256};
+        let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("agent-{hex}")
     }
 
     /// The ownership scope, if any.

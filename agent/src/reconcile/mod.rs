@@ -313,10 +313,14 @@ pub async fn open_backends(
     }
     let mut ordered: Vec<String> = uris.to_vec();
     ordered.sort_by_key(|uri| uri.starts_with("test:"));
+    // Scoped: several agents on one host (lab nodes, tests) share libvirtd
+    // and must not collect each other's domains as orphans.
+    let owner = crate::hypervisor::LibvirtHypervisor::owner_for_state_dir(state_dir);
     for uri in ordered {
         let probe = uri.clone();
+        let owner = owner.clone();
         match tokio::task::spawn_blocking(move || {
-            crate::hypervisor::LibvirtHypervisor::connect(&probe)
+            crate::hypervisor::LibvirtHypervisor::connect(&probe)?.with_owner(&owner)
         })
         .await
         {

@@ -1,0 +1,526 @@
+//! The real guest, end to end on one node: a QEMU/TCG VM booting
+//! `measurelab-tiny` (built here with the real guest agent inside) is
+//! created through the controller's HTTP API, brought up by the node agent's
+//! reconcile loop on `qemu:///system`, plugged into the node's OVS br-int
+//! with its platform's VLAN, registers through its guest agent (hello and
+//! heartbeats over the serial channel, relayed to the controller), and
+//! exchanges packets with a namespace VM of the same platform on the same
+//! node:
+//! - the namespace guest pings the QEMU guest (ICMP, ARP);
+//! - a program deployed to the QEMU guest through program distribution pings
+//!   the namespace guest and sends it a line over TCP, which a listener in
+//!   the namespace guest's network namespace receives (TCP checksums from a
+//!   virtio NIC through the userspace datapath).
+//!
+//! Setup as in reconcile_real.rs: in-process controller, a private OVS
+//! (measurelab-testbed) whose namespace is the node's, the agent running on
+//! threads inside that namespace. libvirtd runs in the host's namespace and
+//! creates the guest's tap there; the agent moves it into the node namespace
+//! (`NicAttach::TapOnly`, see the reconcile engine's `adopt_tap`).
+//!
+//! Needs root and the packages listed in agent/tests/hypervisor_qemu.rs.
+//! Skips (printing why) only when the appliance cannot be built because
+//! Debian's packages cannot be fetched. Starts libvirtd/virtlogd only if none
+//! answers (agent/tests/libvirt_setup, shared across test processes) and
+//! removes every domain, namespace, port and process it created. Figures
+//! (boot, registration) are printed: run with `--nocapture`.
+
+mod libvirt_setup;
+mod reconcile_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use libvirt_setup::{build_appliance, LibvirtSetup, QEMU_URI};
+use measurelab_agent::hypervisor::{Hypervisor, LibvirtHypervisor};
+use measurelab_agent::AgentConfig;
+use measurelab_api::client::Client;
+use measurelab_api::http::{
+    ApplianceCreate, DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend, VmCreate,
+    VmPowerState,
+};
+use measurelab_controller::ControllerConfig;
+use measurelab_testbed::OvsSandbox;
+use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
+
+/// TCG boots in about 7 s on an idle machine; CI shares two cores.
+const BOOT_WAIT: Duration = Duration::from_secs(300);
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Runs in the QEMU guest (busybox): reaches the namespace guest at $1 with
+/// ICMP, then sends a line to its TCP port $2.
+const PROGRAM: &str = r#"#!/bin/sh
+ping -c 3 -W 2 "$1" || { echo "ping $1 failed"; exit 3; }
+echo "hello from $MEASURELAB_VM_ID" | nc -w 10 "$1" "$2"
+echo "sent rc=$?"
+"#;
+
+fn condition<'a>(vm: &'a Vm, kind: &str) -> Option<&'a str> {
+    vm.conditions
+        .iter()
+        .find(|c| c.condition_type == kind)
+        .map(|c| c.status.as_str())
+}
+
+fn registered(vm: &Vm) -> bool {
+    condition(vm, "GuestRegistered") == Some("True")
+}
+
+fn ready(vm: &Vm) -> bool {
+    vm.actual_state == "running"
+        && condition(vm, "PortAttached") == Some("True")
+        && registered(vm)
+        && condition(vm, "Ready") == Some("True")
+}
+
+async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Port name -> tag of every Port on br-int.
+fn bridge_ports(ovs: &OvsSandbox) -> BTreeMap<String, String> {
+    let names = ovs.vsctl(&["list-ports", "br-int"]).unwrap_or_default();
+    names
+        .lines()
+        .map(|name| {
+            let tag = ovs
+                .vsctl(&["get", "Port", name, "tag"])
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            (name.to_string(), tag)
+        })
+        .collect()
+}
+
+fn vm_netns(vm: &Vm) -> String {
+    format!("vm-{}", &vm.id.replace('-', "")[..8])
+}
+
+/// Whether the build failed for want of Debian packages (no apt mirror),
+/// which this test cannot fix; everything else is our bug.
+fn outside_our_control(error: &str) -> bool {
+    error.contains("apt-get download") || error.contains("cannot resolve linux-image-amd64")
+}
+
+/// Removes the libvirt domains of the agent that used `state_dir`, whatever
+/// happened (the agent is dead by then: it is dropped first).
+struct DomainCleanup {
+    state_dir: PathBuf,
+}
+
+impl Drop for DomainCleanup {
+    fn drop(&mut self) {
+        let owner = LibvirtHypervisor::owner_for_state_dir(&self.state_dir);
+        let Ok(hv) = LibvirtHypervisor::connect(QEMU_URI).and_then(|hv| hv.with_owner(&owner))
+        else {
+            return;
+        };
+        for guest in hv.list_owned().unwrap_or_default() {
+            let _ = hv.undefine(guest.id);
+            let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{}.log", guest.name));
+        }
+    }
+}
+
+/// First time (after `t0`) each marker shows on the guest's console.
+async fn console_markers(console: PathBuf, t0: Instant) -> Vec<(&'static str, Duration)> {
+    let mut found = Vec::new();
+    let markers = [
+        "measurelab-tiny: init reached",
+        "measurelab-tiny: eth0",
+        "measurelab-tiny: guest started",
+    ];
+    while found.len() < markers.len() && t0.elapsed() < BOOT_WAIT {
+        let text = tokio::fs::read_to_string(&console)
+            .await
+            .unwrap_or_default();
+        for marker in markers {
+            if !found.iter().any(|(m, _)| *m == marker) && text.contains(marker) {
+                found.push((marker, t0.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    found
+}
+
+fn console_tail(console: &Path) -> String {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
+    let t_setup = Instant::now();
+    // The agent's log explains a timeout (shown for failing tests only).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,measurelab_controller=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let pid = std::process::id();
+    let guest_agent = guest_agent();
+    let work = tempfile::tempdir().unwrap();
+    let appliance = work.path().join("appliance");
+    let built = {
+        let (agent, out) = (guest_agent.clone(), appliance.clone());
+        tokio::task::spawn_blocking(move || {
+            build_appliance(&agent, &out).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+    };
+    match built {
+        Ok(_) => {}
+        Err(error) if outside_our_control(&error) => {
+            eprintln!("SKIPPED: measurelab-tiny cannot be built here: {error}");
+            return;
+        }
+        Err(error) => panic!("building measurelab-tiny failed: {error}"),
+    }
+
+    let _libvirt = tokio::task::spawn_blocking(LibvirtSetup::ensure)
+        .await
+        .unwrap()
+        .unwrap();
+    let ovs = OvsSandbox::start("rqm").unwrap();
+    let netns = ovs.netns().name().to_string();
+    let state_dir = work.path().join("agent");
+    let _namespace_cleanup = GuestCleanup {
+        state_dir: state_dir.clone(),
+    };
+    let _domain_cleanup = DomainCleanup {
+        state_dir: state_dir.clone(),
+    };
+
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let grpc = in_netns(&netns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    });
+    let grpc_port = grpc.local_addr().unwrap().port();
+    let mut controller_config = ControllerConfig::new(work.path().join("controller"), http, grpc);
+    controller_config.heartbeat_interval = Duration::from_secs(1);
+    controller_config.offline_after = Duration::from_secs(10);
+    controller_config.join_token = Some("join-secret".into());
+    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(measurelab_controller::run(controller_config, async {
+        let _ = controller_stopped.await;
+    }));
+    let token = wait_for("admin token", WAIT, async || {
+        std::fs::read_to_string(work.path().join("controller/admin.token")).ok()
+    })
+    .await;
+    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None).unwrap();
+
+    let mut agent_config = AgentConfig::new(
+        "n1",
+        &format!("http://127.0.0.1:{grpc_port}"),
+        "join-secret",
+        state_dir.clone(),
+    );
+    agent_config.ovsdb = Some(ovs.db_target());
+    agent_config.libvirt_uris = vec![QEMU_URI.into()];
+    agent_config.guest_agent = Some(guest_agent);
+    let mut agent = RunningAgent::start(&netns, agent_config);
+
+    wait_for("node n1 online with qemu:///system", WAIT, async || {
+        let nodes = client.list_nodes().await.ok()?;
+        nodes
+            .iter()
+            .any(|n| {
+                n.name == "n1"
+                    && n.capabilities.namespace_backend
+                    && n.capabilities.libvirt_uris.iter().any(|u| u == QEMU_URI)
+            })
+            .then_some(())
+    })
+    .await;
+
+    let tiny = format!("tiny-{pid}");
+    client
+        .create_appliance(&ApplianceCreate {
+            name: tiny.clone(),
+            version: "test".into(),
+            arch: "x86_64".into(),
+            os: "Debian kernel + busybox".into(),
+            kernel: appliance.join("vmlinuz").display().to_string(),
+            initrd: appliance.join("initrd.img").display().to_string(),
+            disk: None,
+            min_memory_mib: 128,
+            backends: vec!["libvirt".into()],
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let platform = client
+        .create_platform(&PlatformCreate {
+            name: "rqm".into(),
+            nodes: vec!["n1".into()],
+            admins: vec![],
+            description: None,
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let create = |name: &str, backend: VmBackend, appliance: &str, memory_mib: u64| VmCreate {
+        name: name.into(),
+        platform: "rqm".into(),
+        node: "n1".into(),
+        vcpus: 1,
+        memory_mib,
+        disk_mib: None,
+        swap_mib: None,
+        appliance: appliance.into(),
+        qos_policy: None,
+        power_state: VmPowerState::Running,
+        backend: Some(backend),
+        request_id: None,
+    };
+    let ns_vm = client
+        .create_vm(&create("ns", VmBackend::Namespace, "namespace", 64))
+        .await
+        .unwrap();
+    let t_request = Instant::now();
+    let qemu_vm = client
+        .create_vm(&create("tiny", VmBackend::Libvirt, &tiny, 256))
+        .await
+        .unwrap();
+    eprintln!(
+        "setup (guest agent, appliance, libvirtd, OVS, controller, agent): {:.1} s",
+        t_setup.elapsed().as_secs_f64()
+    );
+    let console = state_dir
+        .join("guests")
+        .join(&qemu_vm.id)
+        .join("console.log");
+    let markers = tokio::spawn(console_markers(console.clone(), t_request));
+
+    // Running as libvirt sees it, then registered: the guest agent's hello
+    // went over ttyS1 to the node agent, which told the controller.
+    let mut t_running = None;
+    let deadline = Instant::now() + BOOT_WAIT;
+    let (t_registered, qemu_vm) = loop {
+        let vm = client.get_vm(&qemu_vm.id).await.unwrap();
+        if t_running.is_none() && vm.actual_state == "running" {
+            t_running = Some(t_request.elapsed());
+        }
+        if registered(&vm) {
+            break (t_request.elapsed(), vm);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU VM not registered within {BOOT_WAIT:?}: {vm:#?}\nconsole:\n{}",
+            console_tail(&console)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = Instant::now() + WAIT;
+    let (t_ready, vms) = loop {
+        let all = client.list_vms("").await.unwrap();
+        if all.len() == 2 && all.iter().all(ready) {
+            break (t_request.elapsed(), all);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both VMs not ready within {WAIT:?}: {all:#?}\nbr-int: {:?}",
+            bridge_ports(&ovs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ns_vm = vms.iter().find(|vm| vm.id == ns_vm.id).unwrap().clone();
+    assert_eq!(qemu_vm.backend, VmBackend::Libvirt);
+    assert!(!qemu_vm.address.is_empty(), "{qemu_vm:?}");
+
+    // Guest heartbeats reach the controller, and keep coming.
+    let first_beat = wait_for("a guest heartbeat from the QEMU VM", WAIT, async || {
+        client.get_vm(&qemu_vm.id).await.ok()?.guest_last_heartbeat
+    })
+    .await;
+    wait_for("a later guest heartbeat", WAIT, async || {
+        let beat = client
+            .get_vm(&qemu_vm.id)
+            .await
+            .ok()?
+            .guest_last_heartbeat?;
+        (beat != first_beat).then_some(())
+    })
+    .await;
+
+    // Exactly one domain, scoped to this agent; its tap lives in the node
+    // namespace, on br-int with the platform's tag next to the namespace
+    // guest's veth.
+    let owner = LibvirtHypervisor::owner_for_state_dir(&state_dir);
+    let domains = tokio::task::spawn_blocking(move || {
+        LibvirtHypervisor::connect(QEMU_URI)?
+            .with_owner(&owner)?
+            .list_owned()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(domains.len(), 1, "{domains:?}");
+    assert_eq!(domains[0].id.to_string(), qemu_vm.id);
+    let ports = bridge_ports(&ovs);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let tag = platform.vlan_tag.to_string();
+    assert!(
+        ports.values().all(|t| *t == tag),
+        "{ports:?} want tag {tag}"
+    );
+    for port in ports.keys() {
+        ovs.netns()
+            .run(&["ip", "link", "show", "dev", port])
+            .unwrap_or_else(|e| panic!("port {port} is not in the node namespace: {e}"));
+        let error = ovs
+            .vsctl(&["get", "Interface", port, "error"])
+            .unwrap_or_default();
+        assert!(
+            error.trim().is_empty() || error.trim() == "[]",
+            "{port}: {error}"
+        );
+    }
+
+    // Namespace guest -> QEMU guest.
+    let ns_netns = vm_netns(&ns_vm);
+    let t_ping = Instant::now();
+    let ping_ok = wait_for(
+        "the namespace guest to ping the QEMU guest",
+        WAIT,
+        async || {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &ns_netns, "ping", "-c", "1", "-W", "1"])
+                .arg(&qemu_vm.address)
+                .output()
+                .ok()?
+                .status
+                .success();
+            ok.then(|| t_ping.elapsed())
+        },
+    )
+    .await;
+
+    // QEMU guest -> namespace guest, from a distributed program.
+    let listener = in_netns(&ns_netns, || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listener
+    });
+    let tcp_port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let received = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut stream, peer) = listener.accept().await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        (peer, text)
+    });
+    let program = client
+        .create_program(&ProgramCreate {
+            name: "reach.sh".into(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(PROGRAM),
+            sha256: None,
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let deployment = client
+        .create_deployment(&DeploymentCreate {
+            program: program.id.clone(),
+            vms: vec![qemu_vm.id.clone()],
+            args: vec![ns_vm.address.clone(), tcp_port.to_string()],
+            env: BTreeMap::new(),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let run = wait_for("the program in the QEMU guest to exit", WAIT, async || {
+        let d = client.get_deployment(&deployment.id).await.ok()?;
+        let run = d.runs.into_iter().next()?;
+        matches!(run.status.as_str(), "exited" | "failed" | "lost").then_some(run)
+    })
+    .await;
+    assert_eq!(run.exit_code, Some(0), "{run:?}");
+    assert!(run.stdout_tail.contains("sent rc=0"), "{run:?}");
+    let (peer, text) = tokio::time::timeout(WAIT, received)
+        .await
+        .expect("no TCP connection from the QEMU guest")
+        .unwrap();
+    assert_eq!(peer.ip().to_string(), qemu_vm.address);
+    assert_eq!(text, format!("hello from {}\n", qemu_vm.id));
+
+    // Delete: domain, tap and port go, the namespace guest stays.
+    client.delete_vm(&qemu_vm.id, false).await.unwrap();
+    wait_for(
+        "the QEMU VM removed after the agent's ack",
+        WAIT,
+        async || match client.get_vm(&qemu_vm.id).await {
+            Err(e) if e.is_not_found() => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    let owner = LibvirtHypervisor::owner_for_state_dir(&state_dir);
+    let left = tokio::task::spawn_blocking(move || {
+        LibvirtHypervisor::connect(QEMU_URI)?
+            .with_owner(&owner)?
+            .list_owned()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let ports = bridge_ports(&ovs);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert!(ready(&client.get_vm(&ns_vm.id).await.unwrap()));
+
+    let markers = markers.await.unwrap();
+    let marker = |needle: &str| {
+        markers
+            .iter()
+            .find(|(m, _)| m.contains(needle))
+            .map(|(_, t)| format!("{:.2} s", t.as_secs_f64()))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "QEMU/TCG VM through the controller (from POST /v1/vms): running {:.2} s, \
+         kernel -> /init {}, eth0 up {}, guest agent started {}, GuestRegistered {:.2} s, \
+         Ready (port attached) {:.2} s; first ping from the namespace guest after {:.2} s",
+        t_running.unwrap_or_default().as_secs_f64(),
+        marker("init reached"),
+        marker("eth0"),
+        marker("guest started"),
+        t_registered.as_secs_f64(),
+        t_ready.as_secs_f64(),
+        ping_ok.as_secs_f64(),
+    );
+
+    agent.kill();
+    let _ = stop_controller.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    drop(_domain_cleanup);
+    drop(_namespace_cleanup);
+    // The namespace backend's parent cgroup; removed only when empty, so
+    // other tests' guests are never touched.
+    for hierarchy in ["unified", "cpu", "memory", ""] {
+        let _ = std::fs::remove_dir(
+            Path::new("/sys/fs/cgroup")
+                .join(hierarchy)
+                .join("measurelab"),
+        );
+    }
+}
