@@ -66,14 +66,19 @@ fn list(values: &[String]) -> String {
 
 fn capabilities(node: &Node) -> String {
     let c = &node.capabilities;
-    format!(
+    let mut text = format!(
         "libvirt={} netns={} ovs={} qos={} tools={}",
         list(&c.libvirt_uris),
         if c.namespace_backend { "yes" } else { "no" },
         list(&c.ovs_datapath_types),
         list(&c.qos_features),
         list(&c.service_tools)
-    )
+    );
+    // Where service_host tasks reach the node; absent: it takes none.
+    if !c.service_endpoint.is_empty() {
+        text.push_str(&format!(" service={}", c.service_endpoint));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -120,6 +125,18 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("offline"));
+        assert!(!text.contains("service="), "{text}");
+        let mut serving = node("n1", NodeStatus::Online);
+        serving.capabilities.service_tools = vec!["mcast".into()];
+        serving.capabilities.service_endpoint = "10.253.0.11:7090".into();
+        let text = render(&[serving]);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap_or_default()
+                .ends_with("tools=mcast service=10.253.0.11:7090"),
+            "{text}"
+        );
         assert!(
             lines[1].ends_with(
                 "libvirt=test:///default netns=yes ovs=netdev,system qos=linux-htb tools=-"
