@@ -220,6 +220,8 @@ fn three_guests_full_lifecycle() {
         let link = ip(&["-n", &netns, "-o", "link", "show", "dev", "eth0"]);
         assert!(link.contains(&nic.mac), "{link}");
         assert!(link.contains("UP"), "{link}");
+        let mcast = ip(&["-n", &netns, "route", "show", "224.0.0.0/4"]);
+        assert!(mcast.contains("dev eth0"), "no multicast route: {mcast:?}");
         let host = ip(&["-o", "link", "show", "dev", &nic.port_name]);
         assert!(host.contains(&nic.port_name), "host port missing: {host}");
         let offload = Command::new("ip")

@@ -228,28 +228,20 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
-fn run_in(netns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Lets a guest send and receive multicast like a measurement point would:
-/// a route for 224.0.0.0/4 on eth0 (the agent gives a guest only its
-/// subnet's route) and no reverse-path filter, so packets from another
-/// platform's subnet would be accepted if the switch ever delivered them -
-/// isolation must come from the VLANs, not from the guest's routing table.
+/// Checks that the agent gave the guest a multicast route on eth0 (as a VM
+/// with one NIC has) and turns off the reverse-path filter, so packets from
+/// another platform's subnet would be accepted if the switch ever delivered
+/// them - isolation must come from the VLANs, not from the guest's routing
+/// table.
 fn prepare_guest_for_multicast(netns: &str) {
-    run_in(
-        netns,
-        &["ip", "route", "replace", "224.0.0.0/4", "dev", "eth0"],
+    let route = Command::new("ip")
+        .args(["-n", netns, "route", "show", "224.0.0.0/4"])
+        .output()
+        .expect("ip route show");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("dev eth0"),
+        "guest {netns} has no multicast route on eth0: {route:?}"
     );
     // /proc/sys/net belongs to the network namespace of the task that opens it.
     in_netns(netns, || {

@@ -883,6 +883,8 @@ fn process_alive(process: ProcessRecord) -> bool {
     process_start_time(process.pid) == Some(process.start_time)
 }
 
+const MULTICAST_ROUTE: &str = "224.0.0.0/4";
+
 fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
     let host_up = link_exists(None, &nic.port_name)?;
     let guest_up = link_exists(Some(netns), "eth0")?;
@@ -928,6 +930,21 @@ fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
         &["netns", "exec", netns, "ethtool", "-K", "eth0", "tx", "off"],
     )?;
     run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
+    // Like a VM with one NIC, the guest sends multicast out of it; without
+    // this route a program that does not pick the interface itself gets
+    // "network unreachable" for every group.
+    run(
+        "ip",
+        &[
+            "-n",
+            netns,
+            "route",
+            "replace",
+            MULTICAST_ROUTE,
+            "dev",
+            "eth0",
+        ],
+    )?;
     let txqueuelen = HOST_PORT_TXQUEUELEN.to_string();
     run(
         "ip",
