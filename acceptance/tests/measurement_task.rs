@@ -394,3 +394,116 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
     tf.destroy()?;
     Ok(())
 }
+
+/// SIGKILL of the orchestrating node agent in the middle of a periodic
+/// service_host run: the schedule resumes after `lab up` restarts it, the
+/// source keeps rotating, no result is stored twice and every stored run has
+/// real counts.
+#[test]
+fn acc_measurement_task_service_host_restart() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_task_service_host_restart") {
+        return Ok(());
+    }
+    let lab_flags = ["--heartbeat-interval-seconds", "1"];
+    let lab = Lab::up_with(3, &lab_flags)?;
+    let tf = lab.terraform()?;
+    tf.write(
+        "main.tf",
+        &format!(
+            r#"{PROVIDER_BLOCK}
+resource "measurelab_measurement_task" "every" {{
+  name             = "acc-svc-periodic"
+  mode             = "service_host"
+  nodes            = ["n1", "n2", "n3"]
+  schedule         = "periodic"
+  interval_seconds = 10
+  duration_seconds = 3
+  rate_pps         = 200
+  group            = "239.192.7.2"
+  port             = 50072
+}}
+"#
+        ),
+    )?;
+    tf.init()?;
+    tf.apply()?;
+
+    let log = lab.dir.path().join("logs").join("n1-agent.log");
+    let runs_started = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("service task run starts")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while runs_started() < 2 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the second periodic run never started:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // One second into the 3 s run.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pid = std::fs::read_to_string(lab.dir.path().join("pids").join("n1-agent.pid"))?;
+    let status = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {} failed", pid.trim());
+    // Really mid-run: the second run had not finished.
+    let finished = std::fs::read_to_string(&log)?
+        .matches("service task run finished")
+        .count();
+    assert_eq!(finished, 1, "the kill came too late to hit a run in flight");
+    let mut up = vec!["lab", "up", "--nodes", "3", "--http-port", "0"];
+    up.extend(lab_flags);
+    lab.measurelab(&up)?;
+
+    let client = lab.client()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let history = loop {
+        let history = block_on(async { Ok(client.list_results("task=acc-svc-periodic").await?) })?;
+        if history.len() >= 3 {
+            break history;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "fewer than 3 results after the restart: {history:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let run_ids: std::collections::BTreeSet<&str> = history
+        .iter()
+        .filter_map(|r| r.document["run_id"].as_str())
+        .collect();
+    assert_eq!(
+        run_ids.len(),
+        history.len(),
+        "a run stored twice: {history:#?}"
+    );
+    let sources: Vec<&str> = history
+        .iter()
+        .filter_map(|r| r.document["source_point"].as_str())
+        .collect();
+    // The killed run (source n2) stored nothing, so n2 is the source again.
+    assert_eq!(&sources[..3], ["n1", "n2", "n3"], "{history:#?}");
+    for record in &history {
+        assert_eq!(record.document["status"], "ok", "{:#}", record.document);
+        for receiver in record.document["receivers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let metrics = &receiver["metrics"];
+            assert!(
+                metrics["packets_received"].as_u64().unwrap_or(0) >= 590,
+                "{receiver:#}"
+            );
+            assert!(
+                metrics["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
+                "{receiver:#}"
+            );
+        }
+    }
+    tf.destroy()?;
+    Ok(())
+}
