@@ -107,6 +107,37 @@ fn vm_netns(vm: &Vm) -> String {
     format!("vm-{}", &vm.id.replace('-', "")[..8])
 }
 
+/// The tap's ifindex in the node namespace (new for every guest boot).
+fn tap_ifindex(ovs: &OvsSandbox, tap: &str) -> Option<u32> {
+    let line = ovs
+        .netns()
+        .run(&["ip", "-o", "link", "show", "dev", tap])
+        .ok()?;
+    line.split(':').next()?.trim().parse().ok()
+}
+
+fn heartbeat_after(vm: &Vm, since: time::OffsetDateTime) -> bool {
+    vm.guest_last_heartbeat
+        .as_deref()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .is_some_and(|t| t > since)
+}
+
+/// The domains the agent with `state_dir` owns on qemu:///system.
+async fn owned_domains(state_dir: &Path) -> Vec<measurelab_agent::hypervisor::GuestInfo> {
+    let owner = LibvirtHypervisor::owner_for_state_dir(state_dir);
+    tokio::task::spawn_blocking(move || {
+        LibvirtHypervisor::connect(QEMU_URI)?
+            .with_owner(&owner)?
+            .list_owned()
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// Whether the build failed for want of Debian packages (no apt mirror),
 /// which this test cannot fix; everything else is our bug.
 fn outside_our_control(error: &str) -> bool {
@@ -236,7 +267,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![QEMU_URI.into()];
     agent_config.guest_agent = Some(guest_agent);
-    let mut agent = RunningAgent::start(&netns, agent_config);
+    let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
     wait_for("node n1 online with qemu:///system", WAIT, async || {
         let nodes = client.list_nodes().await.ok()?;
@@ -364,15 +395,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     // Exactly one domain, scoped to this agent; its tap lives in the node
     // namespace, on br-int with the platform's tag next to the namespace
     // guest's veth.
-    let owner = LibvirtHypervisor::owner_for_state_dir(&state_dir);
-    let domains = tokio::task::spawn_blocking(move || {
-        LibvirtHypervisor::connect(QEMU_URI)?
-            .with_owner(&owner)?
-            .list_owned()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let domains = owned_domains(&state_dir).await;
     assert_eq!(domains.len(), 1, "{domains:?}");
     assert_eq!(domains[0].id.to_string(), qemu_vm.id);
     let ports = bridge_ports(&ovs);
@@ -463,6 +486,79 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     assert_eq!(peer.ip().to_string(), qemu_vm.address);
     assert_eq!(text, format!("hello from {}\n", qemu_vm.id));
 
+    // The agent restarts (dropped without any shutdown, like SIGKILL): the
+    // new one adopts the running guest - same domain, same tap, no reboot -
+    // and its serial channel carries the guest's heartbeats again.
+    let tap = ports
+        .keys()
+        .find(|p| {
+            p.strip_prefix("ml")
+                .is_some_and(|hex| qemu_vm.id.replace('-', "").starts_with(hex))
+        })
+        .unwrap_or_else(|| panic!("no port of {} in {ports:?}", qemu_vm.id))
+        .clone();
+    let first_tap = tap_ifindex(&ovs, &tap).expect("tap in the node namespace");
+    agent.kill();
+    let restarted_at = time::OffsetDateTime::now_utc();
+    let mut agent = RunningAgent::start(&netns, agent_config.clone());
+    wait_for(
+        "a guest heartbeat relayed by the restarted agent",
+        WAIT,
+        async || {
+            let vm = client.get_vm(&qemu_vm.id).await.ok()?;
+            (ready(&vm) && heartbeat_after(&vm, restarted_at)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(owned_domains(&state_dir).await.len(), 1);
+    assert_eq!(
+        tap_ifindex(&ovs, &tap),
+        Some(first_tap),
+        "the guest was rebooted"
+    );
+
+    // Drift: the domain destroyed by hand is booted again; libvirt makes a
+    // new tap in its namespace, which the agent adopts onto the same port.
+    let owner = LibvirtHypervisor::owner_for_state_dir(&state_dir);
+    let id = uuid::Uuid::parse_str(&qemu_vm.id).unwrap();
+    tokio::task::spawn_blocking(move || {
+        LibvirtHypervisor::connect(QEMU_URI)?
+            .with_owner(&owner)?
+            .stop(id)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let destroyed_at = time::OffsetDateTime::now_utc();
+    let t_destroyed = Instant::now();
+    wait_for(
+        "the destroyed guest back, registered, on a new tap",
+        BOOT_WAIT,
+        async || {
+            let vm = client.get_vm(&qemu_vm.id).await.ok()?;
+            let index = tap_ifindex(&ovs, &tap)?;
+            (index != first_tap && ready(&vm) && heartbeat_after(&vm, destroyed_at)).then_some(())
+        },
+    )
+    .await;
+    let t_repaired = t_destroyed.elapsed();
+    wait_for(
+        "the namespace guest to ping the rebooted guest",
+        WAIT,
+        async || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns_netns, "ping", "-c", "1", "-W", "1"])
+                .arg(&qemu_vm.address)
+                .output()
+                .ok()?
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(owned_domains(&state_dir).await.len(), 1);
+
     // Delete: domain, tap and port go, the namespace guest stays.
     client.delete_vm(&qemu_vm.id, false).await.unwrap();
     wait_for(
@@ -474,15 +570,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         },
     )
     .await;
-    let owner = LibvirtHypervisor::owner_for_state_dir(&state_dir);
-    let left = tokio::task::spawn_blocking(move || {
-        LibvirtHypervisor::connect(QEMU_URI)?
-            .with_owner(&owner)?
-            .list_owned()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let left = owned_domains(&state_dir).await;
     assert!(left.is_empty(), "{left:?}");
     let ports = bridge_ports(&ovs);
     assert_eq!(ports.len(), 1, "{ports:?}");
@@ -499,7 +587,8 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     println!(
         "QEMU/TCG VM through the controller (from POST /v1/vms): running {:.2} s, \
          kernel -> /init {}, eth0 up {}, guest agent started {}, GuestRegistered {:.2} s, \
-         Ready (port attached) {:.2} s; first ping from the namespace guest after {:.2} s",
+         Ready (port attached) {:.2} s; first ping from the namespace guest after {:.2} s; \
+         domain destroyed by hand -> rebooted, registered, new tap adopted {:.2} s",
         t_running.unwrap_or_default().as_secs_f64(),
         marker("init reached"),
         marker("eth0"),
@@ -507,6 +596,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         t_registered.as_secs_f64(),
         t_ready.as_secs_f64(),
         ping_ok.as_secs_f64(),
+        t_repaired.as_secs_f64(),
     );
 
     agent.kill();

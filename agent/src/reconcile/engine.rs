@@ -473,6 +473,10 @@ pub struct Reconciler {
     /// Passes since the last deep one (deep passes call `define` on every
     /// guest so hand-deleted pieces are recreated).
     passes: u64,
+    /// Ports whose tap was adopted (a new device under an old name) and that
+    /// the switch must re-create: ovs-vswitchd's userspace datapath keeps
+    /// polling the vanished device otherwise, and the guest is cut off.
+    readopted_taps: BTreeSet<String>,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -501,6 +505,7 @@ impl Reconciler {
             switch_retry_at: None,
             switch_failure: None,
             passes: 0,
+            readopted_taps: BTreeSet::new(),
         }
     }
 
@@ -735,6 +740,13 @@ impl Reconciler {
                 }
             }
         }
+        for action in &report.actions {
+            if let Action::MoveTap { vm } = action {
+                if let Some(nic) = specs.get(vm).and_then(|s| s.nic.as_ref()) {
+                    self.readopted_taps.insert(nic.port_name.clone());
+                }
+            }
+        }
         // Orphan channels (VM gone from the desired state).
         for id in self.channels.vm_ids() {
             if wanted_ids.get(&id).is_none_or(|vm| vm.deleting) {
@@ -847,6 +859,25 @@ impl Reconciler {
                 return false;
             }
         };
+        let stale: Vec<SwitchAction> = observed
+            .ports
+            .iter()
+            .filter(|p| p.owned && self.readopted_taps.contains(&p.name))
+            .map(|p| SwitchAction::RemovePort {
+                port: p.name.clone(),
+            })
+            .collect();
+        if !stale.is_empty() {
+            // Removed here, added back by the reconcile below.
+            if let Err(err) = switch
+                .apply(&self.config.owner, &self.config.bridge, &observed, &stale)
+                .await
+            {
+                self.switch_failed(switch_error(&err), now, wanted, port_failures);
+                return false;
+            }
+            report.actions.extend(stale.into_iter().map(Action::Switch));
+        }
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
         let caps = self.switch_caps.clone();
         let mut ports: Vec<VmPortSpec> = Vec::new();
@@ -937,6 +968,7 @@ impl Reconciler {
                 report
                     .actions
                     .extend(done.actions.into_iter().map(Action::Switch));
+                self.readopted_taps.clear();
                 self.switch_backoff.reset();
                 self.switch_retry_at = None;
                 self.switch_failure = None;
