@@ -376,6 +376,41 @@ impl MeasurementTaskResource {
         MeasurementTaskResource { shared }
     }
 
+    /// Plan-time check that every listed node of a service_host task runs a
+    /// service host (reports a service endpoint): a diagnostic on `nodes[i]`
+    /// otherwise. Reads the node list the provider fetched once (see
+    /// `catalog`); an unknown node or an unreachable controller is left to
+    /// apply, which reports it.
+    async fn check_service_hosts(&self, diags: &mut Diagnostics, state: &TaskState) {
+        if text(&state.mode) != Some("service_host") {
+            return;
+        }
+        let Value::Value(nodes) = &state.nodes else {
+            return;
+        };
+        let Some((client, catalog)) = self.shared.catalog_quiet() else {
+            return;
+        };
+        for (i, name) in nodes.iter().enumerate() {
+            let Ok(Some(node)) = catalog.node(&client, name).await else {
+                continue;
+            };
+            if node.capabilities.service_endpoint.is_empty() {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("nodes").index(i as i64),
+                    format!("Node {name:?} runs no service host"),
+                    format!(
+                        "Node {name:?} reports no service endpoint, so it cannot take part in a \
+                         service_host task.\n\nWhat to do: start its agent with \
+                         `--service-address IPV4/LEN` (the node's address on the service network), \
+                         or list other nodes."
+                    ),
+                );
+            }
+        }
+    }
+
     /// Wait until the task has a result; `None` (with a diagnostic) otherwise.
     async fn wait_result(
         &self,
@@ -438,7 +473,7 @@ impl Resource for MeasurementTaskResource {
             ("name".into(), attribute(AttributeType::String, "Unique task name. Every argument change replaces the task (a task is immutable on the controller).", Required)),
             ("mode".into(), attribute(AttributeType::String, "`platform` (default): the platform's MSCS runs the task over its measurement points. `service_host`: the listed nodes' service hosts run it without a virtual platform.", OptionalComputed)),
             ("platform".into(), attribute(AttributeType::String, "Virtual platform name (mode `platform`).", Optional)),
-            ("nodes".into(), attribute(strings(), "Node names, at least two (mode `service_host`). Each must run a service host (its agent started with `--service-address`; every `measurelab lab` node has one), or create fails naming `nodes[i]`. The points are named after the nodes (use them in `source` and `receiver_points`); the first listed node drives each run and reports its result.", Optional)),
+            ("nodes".into(), attribute(strings(), "Node names, at least two (mode `service_host`). Each must run a service host (its agent started with `--service-address`; every `measurelab lab` node has one), or plan fails naming `nodes[i]`. The points are named after the nodes (use them in `source` and `receiver_points`); the first listed node drives each run and reports its result.", Optional)),
             ("schedule".into(), attribute(AttributeType::String, "`once` (default): one run; create waits for its result. `periodic`: a run every `interval_seconds`, the source taking turns over the points (round robin) unless `source` is set.", OptionalComputed)),
             ("interval_seconds".into(), attribute(AttributeType::Number, "Period of a periodic task, 10 s to 7 days. Default 300 (the paper's 5 minutes).", OptionalComputed)),
             ("duration_seconds".into(), attribute(AttributeType::Number, "Length of one run, 1 to 3600 s. Default 30 (the paper's 30 s).", OptionalComputed)),
@@ -537,6 +572,7 @@ impl Resource for MeasurementTaskResource {
         _provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         proposed_state.validate(diags);
+        self.check_service_hosts(diags, &proposed_state).await;
         let mut state = proposed_state;
         state.apply_defaults();
         state.mark_computed_unknown();
@@ -553,6 +589,9 @@ impl Resource for MeasurementTaskResource {
         _provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
         proposed_state.validate(diags);
+        if proposed_state.nodes != prior_state.nodes {
+            self.check_service_hosts(diags, &proposed_state).await;
+        }
         let mut state = proposed_state;
         state.apply_defaults();
         let mut replace = Vec::new();
@@ -825,5 +864,75 @@ mod tests {
         assert_eq!(body.interval_seconds, None);
         assert_eq!(body.rate_pps, DEFAULT_RATE);
         assert_eq!(body.group, DEFAULT_GROUP);
+    }
+
+    #[tokio::test]
+    async fn service_host_nodes_without_a_service_host_are_refused_at_plan() {
+        use axum::routing::get;
+        use axum::{Json, Router};
+        use measurelab_api::http::{Capabilities, Node, NodeList, NodeStatus, Resources};
+        let node = |name: &str, endpoint: &str| Node {
+            id: format!("id-{name}"),
+            name: name.into(),
+            status: NodeStatus::Online,
+            last_heartbeat: None,
+            registered_at: String::new(),
+            agent_version: String::new(),
+            management_address: String::new(),
+            capabilities: Capabilities {
+                service_endpoint: endpoint.into(),
+                ..Default::default()
+            },
+            resources: Resources::default(),
+            labels: Default::default(),
+        };
+        let nodes = vec![
+            node("a", "10.253.0.11:7090"),
+            node("b", ""),
+            node("c", "10.253.0.13:7090"),
+        ];
+        let app = Router::new().route(
+            "/v1/nodes",
+            get(move || {
+                let nodes = nodes.clone();
+                async move { Json(NodeList { nodes }) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let shared = Shared::new(tokio_util::sync::CancellationToken::new());
+        shared.set_client(Client::new(&url, "token", None).unwrap());
+        let resource = MeasurementTaskResource::new(shared);
+        let task = |nodes: &[&str]| TaskState {
+            name: Value::Value("t".into()),
+            mode: Value::Value("service_host".into()),
+            nodes: Value::Value(nodes.iter().map(|n| n.to_string()).collect()),
+            ..Default::default()
+        };
+        let plan = |state: TaskState| {
+            let resource = &resource;
+            async move {
+                let mut diags = Diagnostics::default();
+                resource
+                    .plan_create(&mut diags, state.clone(), state, ValueEmpty::default())
+                    .await
+                    .unwrap();
+                diags
+                    .errors
+                    .iter()
+                    .map(|d| (d.attribute.clone(), d.summary.clone()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let refused = plan(task(&["a", "b", "zz"])).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, AttributePath::new("nodes").index(1));
+        assert!(
+            refused[0].1.contains("\"b\" runs no service host"),
+            "{refused:?}"
+        );
+        // Unknown nodes are the controller's to report at apply.
+        assert_eq!(plan(task(&["a", "c", "zz"])).await, vec![]);
     }
 }
