@@ -572,6 +572,11 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     .await;
     let left = owned_domains(&state_dir).await;
     assert!(left.is_empty(), "{left:?}");
+    let libvirt_log = format!("/var/log/libvirt/qemu/{}.log", domains[0].name);
+    assert!(
+        !Path::new(&libvirt_log).exists(),
+        "{libvirt_log} left behind"
+    );
     let ports = bridge_ports(&ovs);
     assert_eq!(ports.len(), 1, "{ports:?}");
     assert!(ready(&client.get_vm(&ns_vm.id).await.unwrap()));

@@ -439,11 +439,21 @@ impl Hypervisor for LibvirtHypervisor {
             if is_active(&dom)? {
                 dom.destroy().map_err(|e| libvirt_error("destroy", e))?;
             }
+            let name = dom.name().unwrap_or_default();
             match dom.undefine() {
-                Ok(()) => Ok(()),
-                Err(e) if is_code(&e, ErrorNumber::NoDomain) => Ok(()),
-                Err(e) => Err(libvirt_error("undefine", e)),
+                Ok(()) => {}
+                Err(e) if is_code(&e, ErrorNumber::NoDomain) => {}
+                Err(e) => return Err(libvirt_error("undefine", e)),
             }
+            // The system QEMU driver keeps each domain's log after the
+            // domain is gone; our names carry the VM id and are never reused.
+            if matches!(self.flavor, DomainFlavor::Qemu(_))
+                && self.uri.ends_with("/system")
+                && !name.is_empty()
+            {
+                let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}.log"));
+            }
+            Ok(())
         })
     }
 
