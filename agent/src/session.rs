@@ -285,6 +285,9 @@ impl Session {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                // Announce a new service endpoint at once rather than an
+                // interval later: service_host tasks wait for it.
+                _ = service_status_changed(&mut self.service_status_rx) => {}
                 _ = shutdown.wait_for(|stop| *stop) => {
                     tracing::info!("agent shutting down");
                     return Ok(());
@@ -478,6 +481,14 @@ async fn follow_desired_state(
             _ = identity_rx.changed() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+/// Completes when the service host's status changes; never when there is
+/// no service host (its sender is gone).
+async fn service_status_changed(rx: &mut watch::Receiver<crate::service_host::ServiceStatus>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
