@@ -473,9 +473,10 @@ pub struct Reconciler {
     /// Passes since the last deep one (deep passes call `define` on every
     /// guest so hand-deleted pieces are recreated).
     passes: u64,
-    /// Ports whose tap was adopted (a new device under an old name) and that
-    /// the switch must re-create: ovs-vswitchd's userspace datapath keeps
-    /// polling the vanished device otherwise, and the guest is cut off.
+    /// Ports of libvirt guests with a new tap under an old name (started or
+    /// tap moved by this agent) that the switch must re-create:
+    /// ovs-vswitchd's userspace datapath keeps polling the vanished device
+    /// otherwise, and the guest is cut off.
     readopted_taps: BTreeSet<String>,
 }
 
@@ -740,11 +741,26 @@ impl Reconciler {
                 }
             }
         }
+        // A libvirt guest started here has a new tap even when libvirtd
+        // shares our namespace (nothing moved); a moved tap is new to us.
         for action in &report.actions {
-            if let Action::MoveTap { vm } = action {
-                if let Some(nic) = specs.get(vm).and_then(|s| s.nic.as_ref()) {
-                    self.readopted_taps.insert(nic.port_name.clone());
-                }
+            let (Action::MoveTap { vm } | Action::Start { vm }) = action else {
+                continue;
+            };
+            // The test driver makes no taps.
+            let libvirt = wanted_ids
+                .get(vm)
+                .is_some_and(|d| backend_name(&d.backend) == "libvirt")
+                && self
+                    .backends
+                    .get("libvirt")
+                    .is_some_and(|hv| matches!(hv.kind(), BackendKind::Qemu | BackendKind::Xen));
+            let tap = specs
+                .get(vm)
+                .and_then(|s| s.nic.as_ref())
+                .filter(|nic| nic.attach == NicAttach::TapOnly);
+            if let (true, Some(nic)) = (libvirt, tap) {
+                self.readopted_taps.insert(nic.port_name.clone());
             }
         }
         // Orphan channels (VM gone from the desired state).
