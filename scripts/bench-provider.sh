@@ -136,7 +136,7 @@ poll_vms() {
         local t
         t=$(now)
         api "/v1/vms?platform=bench" 2>/dev/null \
-            | jq -c --arg t "$t" '{t: ($t | tonumber), vms: [.vms[] | {n: .name, c: .created_at,
+            | jq -c --arg t "$t" '{t: ($t | tonumber), vms: [.vms[] | {n: .name, i: .id, c: .created_at,
                   r: ([.conditions[] | select(.type == "Ready" and .status == "True")] | length > 0)}]}' \
             >>"$out" 2>/dev/null || true
         sleep 0.25
@@ -226,11 +226,11 @@ printf 'terraform peak RSS: measurelab_vm apply %s MiB, terraform_data apply %s 
     "$(mib "${peak_rss[tf-vm-apply]}")" "$(mib "${peak_rss[tf-data-apply]}")"
 
 # Where the apply time goes, per VM and overall.
-python3 - "$work/vm-apply.log" "$work/vm-apply.samples" "$(cat "$work/vm-apply.start")" "$parallelism" <<'PY'
-import json, re, statistics, sys
+python3 - "$work/vm-apply.log" "$work/vm-apply.samples" "$(cat "$work/vm-apply.start")" "$parallelism" "$labdir/logs" <<'PY'
+import glob, json, re, statistics, sys
 from datetime import datetime
 
-log, samples, start, parallelism = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+log, samples, start, parallelism, logs = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 creating, complete = {}, {}
 first_line = last_line = None
 for line in open(log):
@@ -241,13 +241,22 @@ for line in open(log):
     m = re.match(r"measurelab_vm\.guest\[(\d+)\]: (Creating\.\.\.|Creation complete)", text)
     if m:
         (creating if m.group(2).startswith("Creating") else complete)[f"g{m.group(1)}"] = t
-created, ready = {}, {}
+created, ready, ids = {}, {}, {}
 for line in open(samples):
     s = json.loads(line)
     for vm in s["vms"]:
+        ids[vm["i"]] = vm["n"]
         created[vm["n"]] = datetime.fromisoformat(vm["c"].replace("Z", "+00:00")).timestamp() - start
         if vm["r"] and vm["n"] not in ready:
             ready[vm["n"]] = s["t"] - start
+# The node agents log each guest agent's hello on the guest channel: the
+# moment the guest runs and talks, before the agent's next pass reports Ready.
+hello = {}
+for path in glob.glob(f"{logs}/*-agent.log"):
+    for line in open(path, errors="replace"):
+        m = re.match(r"(\S+)\s+INFO .*guest registered vm_id=(\S+)", line)
+        if m and m.group(2) in ids and ids[m.group(2)] not in hello:
+            hello[ids[m.group(2)]] = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() - start
 names = [n for n in creating if n in created and n in ready and n in complete]
 if not names:
     print("no per-VM breakdown (no samples)"); sys.exit(0)
@@ -261,6 +270,12 @@ total = [complete[n] - creating[n] for n in names]
 print(f"apply breakdown over {len(names)} VMs (Ready seen by polling GET /v1/vms every 0.25 s):")
 print(f"  terraform 'Creating' -> controller created_at : {stats(request)}   (provider + controller)")
 print(f"  created_at -> first seen Ready               : {stats(guest)}   (node agent + guest, + poll interval)")
+split = [n for n in names if n in hello and created[n] <= hello[n] <= ready[n] + 0.25]
+if split:
+    print(f"    of which created_at -> guest hello          : {stats([hello[n] - created[n] for n in split])}   "
+          f"(push, desired-state fetch, define + start, port, guest agent start)")
+    print(f"    and guest hello -> first seen Ready         : {stats([max(0.0, ready[n] - hello[n]) for n in split])}   "
+          f"(agent pass + ReportStatus, + 0.25 s poll interval)")
 print(f"  seen Ready -> terraform 'Creation complete'   : {stats(tail)}   (provider wait loop + terraform)")
 print(f"  per VM total                                 : {stats(total)}")
 first_create = min(creating.values())
