@@ -1,8 +1,8 @@
 //! Benchmark: our probe sender/receiver against iperf2 on the SAME userspace OVS path,
 //! in the same run.
 //!
-//! 1. Highest probe rate with <= 0.1 % loss at the receiver (and the sender within 5 % of
-//!    the requested rate), searched upwards over a ladder and then bisected.
+//! 1. Highest probe rate with <= 0.1 % loss at the receiver, searched upwards over a ladder
+//!    and then bisected; a failing rate gets one retry (same rule for both tools).
 //! 2. CPU time per 100k probes of each sender and receiver at a common rate, from
 //!    getrusage(RUSAGE_CHILDREN) deltas around each child's exit, over interleaved rounds
 //!    (`MCAST_BENCH_CPU_ROUNDS`, default 3): ours with its default pacing, ours with a
@@ -294,46 +294,56 @@ fn passes(trial: &Trial) -> bool {
 }
 
 /// Ladder up until a failure, then bisect between the last pass and the first failure.
-/// Returns the highest passing requested rate and the highest achieved rate among
-/// passing trials (a loaded host can make a higher request achieve less).
+/// A failing rate gets a second trial and passes if that one does: on this shared machine
+/// a single stall of the switch drops a few hundred probes at any rate, and one such
+/// trial would otherwise end the search for either tool. Returns the highest passing
+/// requested rate and the highest achieved rate among passing trials (a loaded host can
+/// make a higher request achieve less).
 fn max_rate(name: &str, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<(f64, f64)> {
     let ladder = [
         2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0, 70_000.0, 100_000.0, 150_000.0,
     ];
+    let mut judged = |rate: f64, label: &str| -> Result<Option<Trial>> {
+        for attempt in ["", ", retry"] {
+            let t = trial(rate)?;
+            println!(
+                "  {name:<6} {rate:>9.0} pps: sent {:>7.0} achieved {:>9.0} pps loss {:>7.4}% (rcvbuf drops {:.0}{label}{attempt})",
+                t.sent,
+                t.achieved_pps,
+                t.loss * 100.0,
+                t.receive_buffer_drops
+            );
+            if passes(&t) {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    };
     let mut best = 0.0;
     let mut best_achieved = 0.0;
     let mut fail = None;
     for rate in ladder {
-        let t = trial(rate)?;
-        println!(
-            "  {name:<6} {rate:>9.0} pps: sent {:>7.0} achieved {:>9.0} pps loss {:>7.4}% (rcvbuf drops {:.0})",
-            t.sent,
-            t.achieved_pps,
-            t.loss * 100.0,
-            t.receive_buffer_drops
-        );
-        if passes(&t) {
-            best = rate;
-            best_achieved = f64::max(best_achieved, t.achieved_pps);
-        } else {
-            fail = Some(rate);
-            break;
+        match judged(rate, "")? {
+            Some(t) => {
+                best = rate;
+                best_achieved = f64::max(best_achieved, t.achieved_pps);
+            }
+            None => {
+                fail = Some(rate);
+                break;
+            }
         }
     }
     if let Some(mut high) = fail {
         let mut low: f64 = best;
         for _ in 0..3 {
             let mid = ((low + high) / 2.0).round();
-            let t = trial(mid)?;
-            println!(
-                "  {name:<6} {mid:>9.0} pps: sent {:>7.0} achieved {:>9.0} pps loss {:>7.4}% (rcvbuf drops {:.0}, bisect)",
-                t.sent, t.achieved_pps, t.loss * 100.0, t.receive_buffer_drops
-            );
-            if passes(&t) {
-                low = mid;
-                best_achieved = f64::max(best_achieved, t.achieved_pps);
-            } else {
-                high = mid;
+            match judged(mid, ", bisect")? {
+                Some(t) => {
+                    low = mid;
+                    best_achieved = f64::max(best_achieved, t.achieved_pps);
+                }
+                None => high = mid,
             }
         }
         best = low;

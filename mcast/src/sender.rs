@@ -15,8 +15,8 @@
 //!   by then. Each probe is still stamped immediately before its own send system call, so
 //!   the send timestamps stay true; what changes is the departure pattern, from evenly
 //!   spaced to bursts of about three. On a slow path a probe can then queue behind its
-//!   predecessor (userspace OVS at 10 kpps: median one-way delay about 55 us against
-//!   about 38 us with a wakeup per probe). On this VM a wakeup costs more CPU than a send;
+//!   predecessor (userspace OVS at 10 kpps: median one-way delay 46-56 us against
+//!   37-45 us with a wakeup per probe). On this VM a wakeup costs more CPU than a send;
 //!   one wakeup per probe made the sender use about 1.7x iperf2's CPU per probe and still
 //!   fall behind at 10 kpps. `G = 0` restores a wakeup per probe at every rate.
 //!
