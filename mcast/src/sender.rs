@@ -20,6 +20,12 @@
 //!   one wakeup per probe made the sender use about 1.7x iperf2's CPU per probe and still
 //!   fall behind at 10 kpps. `G = 0` restores a wakeup per probe at every rate.
 //!
+//!   The burst goes out as one `send` per probe, not one `sendmmsg`: a batched call would
+//!   carry one timestamp for the whole batch while its later probes leave microseconds
+//!   after it (the kernel pushes each through the whole local path before the next), which
+//!   would bias their one-way delay; the system calls saved are a small part of the cost
+//!   next to the wakeups.
+//!
 //! Why the burst bound keeps the rate honest: a probe is sent only while its lateness
 //! (send time minus deadline) is at most `max_lag = G_eff + max_catch_up_packets * T`
 //! (`G_eff` is 0 in the slow mode). A sender that falls further behind (descheduled, slow
