@@ -160,7 +160,8 @@ impl ControlPlane for GrpcControlPlane {
 
 /// The loop's links to the heartbeat session.
 pub struct LoopHandles {
-    /// `HeartbeatResponse.desired_generation`, as the session last saw it.
+    /// The desired generation as the session last heard it, from a heartbeat
+    /// answer or a `WatchDesiredState` hint.
     pub desired_generation: watch::Receiver<u64>,
     /// The generation the node converged to, for the next heartbeat.
     pub observed_generation: watch::Sender<u64>,

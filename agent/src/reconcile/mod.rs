@@ -23,8 +23,9 @@
 //! set the condition False with a CamelCase reason and leave the key alone
 //! until its desired spec changes.
 //!
-//! `driver` runs the loop: it fetches the desired state when the heartbeat
-//! says the generation moved (and every [`RESYNC_INTERVAL`]), relays guest
+//! `driver` runs the loop: it fetches the desired state when a heartbeat or
+//! the controller's `WatchDesiredState` push says the generation moved (and
+//! every [`RESYNC_INTERVAL`]), relays guest
 //! channel traffic (logs, heartbeats, program status, results, task polls)
 //! to the controller, and distributes programs (`programs`).
 
