@@ -134,11 +134,8 @@ fn acc_measurement_task_basic() -> anyhow::Result<()> {
     let b = &receivers[0];
     assert_eq!(b["name"], "b");
     assert_eq!(b["status"], "ok", "{b:#}");
-    assert!(
-        b["packets_received"].as_f64().unwrap_or(0.0) > 900.0,
-        "{b:#}"
-    );
-    assert!(b["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01, "{b:#}");
+    // 5 s at 200 pps.
+    assert_clean_receiver(b, 1000);
     assert_eq!(outputs["history"]["value"], 1, "{outputs:#}");
     assert!(
         outputs["appliances"]["value"]
@@ -334,13 +331,8 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
     assert_eq!(names, ["n2", "n3"], "{receivers:#?}");
     for receiver in &receivers {
         assert_eq!(receiver["status"], "ok", "{receiver:#}");
-        // 3 s at 300 pps: 900 probes sent.
-        let received = receiver["packets_received"].as_f64().unwrap_or(0.0);
-        assert!(received > 850.0, "{receiver:#}");
-        assert!(
-            receiver["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
-            "{receiver:#}"
-        );
+        // 3 s at 300 pps.
+        assert_clean_receiver(receiver, 900);
     }
     assert_eq!(outputs["history"]["value"], 1, "{outputs:#}");
 
@@ -353,7 +345,10 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
         serde_json::from_str(task["result_json"].as_str().unwrap_or("{}"))?;
     assert_eq!(doc["task_id"], task["id"]);
     assert_eq!(doc["source_point"], "n1");
-    assert_eq!(doc["source"]["report"]["packets_sent"], 900, "{doc:#}");
+    let sent = &doc["source"]["report"]["packets_sent"];
+    for receiver in &receivers {
+        assert_eq!(&receiver["packets_sent"], sent, "{doc:#}");
+    }
 
     // The result is stored under the task like an MSCS result: once, in the
     // history and in the CSV export (one row per receiver).
@@ -493,17 +488,31 @@ resource "measurelab_measurement_task" "every" {{
             .into_iter()
             .flatten()
         {
-            let metrics = &receiver["metrics"];
-            assert!(
-                metrics["packets_received"].as_u64().unwrap_or(0) >= 590,
-                "{receiver:#}"
-            );
-            assert!(
-                metrics["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
-                "{receiver:#}"
-            );
+            assert_clean_receiver(&receiver["metrics"], 600);
         }
     }
     tf.destroy()?;
     Ok(())
+}
+
+/// A receiver on a clean path: it got what the source sent, give or take 1 %.
+/// The count sent is the sender's own, not the nominal rate x duration: on a
+/// loaded machine the sender records a stall as a schedule slip instead of
+/// bursting to catch up, so it may send fewer; half the nominal count still
+/// proves it ran for the whole run.
+fn assert_clean_receiver(receiver: &serde_json::Value, nominal: u64) {
+    let sent = receiver["packets_sent"].as_u64().unwrap_or(0);
+    let received = receiver["packets_received"].as_u64().unwrap_or(0);
+    assert!(
+        sent >= nominal / 2,
+        "sent {sent} of {nominal}: {receiver:#}"
+    );
+    assert!(
+        received as f64 >= 0.99 * sent as f64,
+        "received {received} of {sent}: {receiver:#}"
+    );
+    assert!(
+        receiver["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
+        "{receiver:#}"
+    );
 }
