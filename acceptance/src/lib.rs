@@ -521,6 +521,16 @@ pub fn interrupt_group(pgid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGINT to one process only: Terraform then asks its plugins to stop with
+/// `StopProvider`, and they never see the signal themselves.
+pub fn interrupt_process(pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -INT {pid} failed");
+    Ok(())
+}
+
 #[cfg(test)]
 mod harness_tests {
     use super::*;

@@ -5,8 +5,8 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use measurelab_acceptance::{
-    acc_enabled, closed_port, describe, interrupt_group, planned_actions, resource_values, Lab,
-    Terraform, PROVIDER_BLOCK,
+    acc_enabled, closed_port, describe, interrupt_group, interrupt_process, planned_actions,
+    resource_values, Lab, Terraform, PROVIDER_BLOCK,
 };
 
 const ADDRESS: &str = "measurelab_measurement_node.probe";
@@ -382,6 +382,49 @@ fn acc_measurement_node_interrupt() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let interrupted = Instant::now();
     interrupt_group(child.id())?;
+    let output = child.wait_with_output()?;
+    let stopped_after = interrupted.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("Stopped while waiting for the node"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stopped_after < Duration::from_secs(20),
+        "took {stopped_after:?} to stop (default timeout is 5m)"
+    );
+    assert!(tf.state_list()?.is_empty(), "no state may be written");
+    Ok(())
+}
+
+#[test]
+fn acc_measurement_node_stop_provider() -> anyhow::Result<()> {
+    if !acc_enabled("acc_measurement_node_stop_provider") {
+        return Ok(());
+    }
+    let lab = Lab::up(2)?;
+    let tf = lab.terraform()?;
+    tf.write(
+        "main.tf",
+        &format!(
+            "{PROVIDER_BLOCK}\nresource \"measurelab_measurement_node\" \"probe\" {{\n  name = \"n9\"\n}}\n",
+        ),
+    )?;
+    tf.init()?;
+    // Its own process group, and SIGINT to terraform alone: the plugin
+    // learns of the interrupt only through StopProvider, as under a CI
+    // runner or an IDE that signals terraform's pid.
+    let child = tf
+        .command(&["apply", "-auto-approve", "-input=false", "-no-color"])
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let interrupted = Instant::now();
+    interrupt_process(child.id())?;
     let output = child.wait_with_output()?;
     let stopped_after = interrupted.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1,13 +1,13 @@
 //! Process-wide "stop" signal for long waits.
 //!
-//! tf-provider 0.2.2 handles `StopProvider` by cancelling a token private to its
-//! gRPC server, so a resource cannot observe it. What a resource *can* observe
-//! is the interrupt itself: Terraform plugins share Terraform's process group,
-//! so Ctrl-C (SIGINT to the foreground group) reaches this process too. Like
-//! every go-plugin provider, the plugin does not die on SIGINT; it turns the
-//! signal into cancellation of in-flight waits, returns a clear diagnostic
-//! without writing state, and lets Terraform shut it down. SIGTERM keeps its
-//! default meaning (exit now).
+//! Two things cancel it. `StopProvider`, which Terraform sends on Ctrl-C:
+//! the vendored tf-provider (`serve_with_stop`, see provider/vendor) cancels
+//! this token before it shuts its server down. And SIGINT itself: Terraform
+//! plugins share Terraform's process group, so Ctrl-C in a terminal reaches
+//! this process too. Like every go-plugin provider, the plugin does not die
+//! on SIGINT; it turns the signal into cancellation of in-flight waits,
+//! returns a clear diagnostic without writing state, and lets Terraform shut
+//! it down. SIGTERM keeps its default meaning (exit now).
 //!
 //! A wait also ends when Terraform drops the RPC (tonic drops the handler
 //! future), which needs nothing from us beyond keeping waits cancel-safe.

@@ -35,6 +35,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let stop = cancel::install()?;
-        tf_provider::serve(PROVIDER_NAME, provider::MeasurelabProvider::new(stop)).await
+        tf_provider::serve_with_stop(
+            PROVIDER_NAME,
+            provider::MeasurelabProvider::new(stop.clone()),
+            stop,
+        )
+        .await
     })
 }

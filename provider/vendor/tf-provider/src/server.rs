@@ -53,6 +53,10 @@ pub(crate) struct Server {
     pub(crate) provider: Box<dyn DynamicProvider>,
     pub(crate) io: GrpcIo,
     pub(crate) cancellation_token: CancellationToken,
+    // measurelab patch: StopProvider also cancels this token, which the
+    // provider passed in (`serve_with_stop`), so its long waits can end and
+    // the graceful shutdown above does not wait for them to time out.
+    pub(crate) stop_requested: CancellationToken,
 
     pub(crate) init_diags: Diagnostics,
     pub(crate) schema: Option<Schema>,
@@ -111,6 +115,7 @@ impl Server {
             provider,
             io: Default::default(),
             cancellation_token: Default::default(),
+            stop_requested: Default::default(),
             init_diags: diags,
             schema,
             meta_schema,
@@ -190,7 +195,27 @@ pub async fn serve<U: ToString, V: DynamicProvider>(name: U, provider: V) -> Res
 ///
 /// [`serve`]
 pub async fn serve_dynamic(name: String, provider: Box<dyn DynamicProvider>) -> Result<()> {
-    let server = Arc::new(Server::new(name, provider));
+    serve_dynamic_with_stop(name, provider, CancellationToken::new()).await
+}
+
+/// measurelab patch: [`serve`], and `stop_requested` is cancelled when
+/// Terraform sends `StopProvider` (Ctrl-C), before the server shuts down.
+pub async fn serve_with_stop<U: ToString, V: DynamicProvider>(
+    name: U,
+    provider: V,
+    stop_requested: CancellationToken,
+) -> Result<()> {
+    serve_dynamic_with_stop(name.to_string(), Box::new(provider), stop_requested).await
+}
+
+async fn serve_dynamic_with_stop(
+    name: String,
+    provider: Box<dyn DynamicProvider>,
+    stop_requested: CancellationToken,
+) -> Result<()> {
+    let mut server = Server::new(name, provider);
+    server.stop_requested = stop_requested;
+    let server = Arc::new(server);
     let addrs = SockAddrIter::new()?;
     let (tcp_stream, endpoint) = listen(addrs)?;
 

@@ -607,6 +607,8 @@ impl tf::provider_server::Provider for Arc<Server> {
         &self,
         _request: tonic::Request<tf::stop_provider::Request>,
     ) -> Result<tonic::Response<tf::stop_provider::Response>, tonic::Status> {
+        // measurelab patch: let the provider's own waits see the stop first.
+        self.stop_requested.cancel();
         self.cancellation_token.cancel();
 
         Ok(tonic::Response::new(tf::stop_provider::Response {
