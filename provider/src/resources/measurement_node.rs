@@ -401,15 +401,12 @@ impl Resource for MeasurementNodeResource {
     ) -> Option<()> {
         let client = self.shared.client(diags)?;
         let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        match client.set_node_labels(&id, BTreeMap::new()).await {
-            Ok(_) => Some(()),
-            // Already gone: nothing left to release.
-            Err(err) if err.is_not_found() => Some(()),
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::ReleaseNode);
-                None
-            }
-        }
+        // A node already gone has nothing left to release.
+        diagnostics::released(
+            diags,
+            client.set_node_labels(&id, BTreeMap::new()).await,
+            Operation::ReleaseNode,
+        )
     }
 
     async fn import<'a>(

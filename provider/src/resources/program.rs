@@ -427,14 +427,11 @@ impl Resource for ProgramResource {
     ) -> Option<()> {
         let client = self.shared.client(diags)?;
         let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        match delete_program(&client, &id).await {
-            Ok(_) => Some(()),
-            Err(err) if err.is_not_found() => Some(()),
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
-                None
-            }
-        }
+        diagnostics::released(
+            diags,
+            delete_program(&client, &id).await,
+            Operation::Delete(KIND),
+        )
     }
 
     async fn import<'a>(

@@ -447,14 +447,11 @@ impl Resource for QosPolicyResource {
     ) -> Option<()> {
         let client = self.shared.client(diags)?;
         let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        match client.delete_qos_policy(&id).await {
-            Ok(_) => Some(()),
-            Err(err) if err.is_not_found() => Some(()),
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Delete("QoS policy"));
-                None
-            }
-        }
+        diagnostics::released(
+            diags,
+            client.delete_qos_policy(&id).await,
+            Operation::Delete("QoS policy"),
+        )
     }
 
     async fn import<'a>(
