@@ -554,22 +554,23 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
+    fn register_input(name: &str) -> RegisterInput {
+        RegisterInput {
+            name: name.into(),
+            node_id: None,
+            agent_version: "t".into(),
+            capabilities: Capabilities::default(),
+            resources: Resources::default(),
+            labels: BTreeMap::new(),
+            management_address: String::new(),
+        }
+    }
+
     #[tokio::test]
     async fn log_retention_keeps_the_newest_lines() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(dir.path(), true).unwrap();
-        let registered = store
-            .register(RegisterInput {
-                name: "n1".into(),
-                node_id: None,
-                agent_version: "t".into(),
-                capabilities: Capabilities::default(),
-                resources: Resources::default(),
-                labels: BTreeMap::new(),
-                management_address: String::new(),
-            })
-            .await
-            .unwrap();
+        let registered = store.register(register_input("n1")).await.unwrap();
         let line = |i: i64| http::LogLine {
             time: "2026-01-01T00:00:00Z".into(),
             level: "info".into(),
@@ -610,18 +611,9 @@ mod tests {
     #[tokio::test]
     async fn node_secrets_are_stored_as_digests_and_old_plaintext_is_hashed_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let input = |name: &str| RegisterInput {
-            name: name.into(),
-            node_id: None,
-            agent_version: "t".into(),
-            capabilities: Capabilities::default(),
-            resources: Resources::default(),
-            labels: BTreeMap::new(),
-            management_address: String::new(),
-        };
         let (store, writer) = Store::open(dir.path(), true).unwrap();
-        let n1 = store.register(input("n1")).await.unwrap();
-        let n2 = store.register(input("n2")).await.unwrap();
+        let n1 = store.register(register_input("n1")).await.unwrap();
+        let n2 = store.register(register_input("n2")).await.unwrap();
         store.stop_writer().await;
         writer.join().await;
         drop(store);
