@@ -19,12 +19,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use measurelab_agent::AgentConfig;
-use measurelab_api::client::Client;
 use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
-use measurelab_controller::ControllerConfig;
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
+use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
 
 fn ready(vm: &Vm) -> bool {
     vm.actual_state == "running"
@@ -65,38 +62,17 @@ async fn main() -> anyhow::Result<()> {
     let _cleanup = GuestCleanup {
         state_dir: state_dir.clone(),
     };
-    let http = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let http_addr = http.local_addr()?;
-    let grpc = in_netns(&netns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let grpc_port = grpc.local_addr()?.port();
-    let mut config = ControllerConfig::new(dir.path().join("controller"), http, grpc);
-    config.heartbeat_interval = Duration::from_secs(1);
-    config.join_token = Some("bench".into());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(measurelab_controller::run(config, async {
-        let _ = stopped.await;
-    }));
-    let token_path = dir.path().join("controller/admin.token");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let token = loop {
-        if let Ok(t) = std::fs::read_to_string(&token_path) {
-            break t;
-        }
-        if Instant::now() > deadline {
-            bail!("controller did not write its admin token");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None)?;
+    let controller = NodeController::start(
+        &netns,
+        &dir.path().join("controller"),
+        |config| config.heartbeat_interval = Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let client = controller.client.clone();
 
-    let mut agent_config = AgentConfig::new(
-        "bench",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "bench",
-        state_dir.clone(),
-    );
+    let mut agent_config = controller.agent_config("bench", state_dir.clone());
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![];
     agent_config.guest_agent = Some(guest_agent);
@@ -209,7 +185,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     agent.kill();
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -13,12 +13,10 @@ mod reconcile_common;
 
 use std::time::{Duration, Instant};
 
-use measurelab_agent::AgentConfig;
 use measurelab_api::client::Client;
 use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
-use measurelab_controller::ControllerConfig;
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
+use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
 
 /// Far longer than any heartbeat-free path should take, far shorter than the
 /// heartbeat interval and the desired-state resync (both 30 s).
@@ -79,37 +77,21 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
         state_dir: state_dir.clone(),
     };
 
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let grpc = in_netns(&netns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let grpc_port = grpc.local_addr().unwrap().port();
-    let mut controller_config = ControllerConfig::new(dir.path().join("controller"), http, grpc);
-    controller_config.heartbeat_interval = HEARTBEAT;
-    controller_config.offline_after = HEARTBEAT * 3;
-    controller_config.join_token = Some("join-secret".into());
-    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(measurelab_controller::run(controller_config, async {
-        let _ = controller_stopped.await;
-    }));
-    let token_path = dir.path().join("controller/admin.token");
     let setup_deadline = Instant::now() + SETUP;
-    let token = loop {
-        if let Ok(token) = std::fs::read_to_string(&token_path) {
-            break token;
-        }
-        assert!(Instant::now() < setup_deadline, "no admin token");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None).unwrap();
+    let controller = NodeController::start(
+        &netns,
+        &dir.path().join("controller"),
+        |config| {
+            config.heartbeat_interval = HEARTBEAT;
+            config.offline_after = HEARTBEAT * 3;
+        },
+        SETUP,
+    )
+    .await
+    .unwrap();
+    let client = controller.client.clone();
 
-    let mut agent_config = AgentConfig::new(
-        "n1",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "join-secret",
-        state_dir.clone(),
-    );
+    let mut agent_config = controller.agent_config("n1", state_dir.clone());
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![];
     agent_config.guest_agent = Some(guest_agent);
@@ -160,8 +142,8 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
     eprintln!("[{:?}] VMs done", t0.elapsed());
     agent.kill();
     eprintln!("[{:?}] agent killed", t0.elapsed());
-    let _ = stop_controller.send(());
-    tokio::time::timeout(Duration::from_secs(20), controller)
+    controller
+        .stop(Duration::from_secs(20))
         .await
         .expect("controller did not stop")
         .unwrap()

@@ -36,15 +36,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use libvirt_setup::{build_appliance, LibvirtSetup, QEMU_URI};
 use measurelab_agent::hypervisor::{Hypervisor, LibvirtHypervisor};
-use measurelab_agent::AgentConfig;
-use measurelab_api::client::Client;
 use measurelab_api::http::{
     ApplianceCreate, DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend, VmCreate,
     VmPowerState,
 };
-use measurelab_controller::ControllerConfig;
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
+use reconcile_common::{guest_agent, in_netns, GuestCleanup, NodeController, RunningAgent};
 
 /// TCG boots in about 7 s on an idle machine; CI shares two cores.
 const BOOT_WAIT: Duration = Duration::from_secs(300);
@@ -238,32 +235,20 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         state_dir: state_dir.clone(),
     };
 
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let grpc = in_netns(&netns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let grpc_port = grpc.local_addr().unwrap().port();
-    let mut controller_config = ControllerConfig::new(work.path().join("controller"), http, grpc);
-    controller_config.heartbeat_interval = Duration::from_secs(1);
-    controller_config.offline_after = Duration::from_secs(10);
-    controller_config.join_token = Some("join-secret".into());
-    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(measurelab_controller::run(controller_config, async {
-        let _ = controller_stopped.await;
-    }));
-    let token = wait_for("admin token", WAIT, async || {
-        std::fs::read_to_string(work.path().join("controller/admin.token")).ok()
-    })
-    .await;
-    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None).unwrap();
+    let controller = NodeController::start(
+        &netns,
+        &work.path().join("controller"),
+        |config| {
+            config.heartbeat_interval = Duration::from_secs(1);
+            config.offline_after = Duration::from_secs(10);
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let client = controller.client.clone();
 
-    let mut agent_config = AgentConfig::new(
-        "n1",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "join-secret",
-        state_dir.clone(),
-    );
+    let mut agent_config = controller.agent_config("n1", state_dir.clone());
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![QEMU_URI.into()];
     agent_config.guest_agent = Some(guest_agent);
@@ -605,8 +590,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     );
 
     agent.kill();
-    let _ = stop_controller.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
     drop(_domain_cleanup);
     drop(_namespace_cleanup);
     // The namespace backend's parent cgroup; removed only when empty, so

@@ -20,14 +20,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use measurelab_agent::AgentConfig;
 use measurelab_api::client::Client;
 use measurelab_api::http::{
     DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend, VmCreate, VmPowerState,
 };
-use measurelab_controller::ControllerConfig;
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, in_netns, GuestCleanup, RunningAgent};
+use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -121,34 +119,20 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         state_dir: state_dir.clone(),
     };
 
-    // Controller: HTTP on the root namespace's loopback for this test, gRPC on
-    // the node namespace's loopback for the agent.
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let grpc = in_netns(&netns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let grpc_port = grpc.local_addr().unwrap().port();
-    let mut controller_config = ControllerConfig::new(dir.path().join("controller"), http, grpc);
-    controller_config.heartbeat_interval = Duration::from_secs(1);
-    controller_config.offline_after = Duration::from_secs(5);
-    controller_config.join_token = Some("join-secret".into());
-    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(measurelab_controller::run(controller_config, async {
-        let _ = controller_stopped.await;
-    }));
-    let token = wait_for("admin token", async || {
-        std::fs::read_to_string(dir.path().join("controller/admin.token")).ok()
-    })
-    .await;
-    let client = Client::new(&format!("http://{http_addr}"), token.trim(), None).unwrap();
+    let controller = NodeController::start(
+        &netns,
+        &dir.path().join("controller"),
+        |config| {
+            config.heartbeat_interval = Duration::from_secs(1);
+            config.offline_after = Duration::from_secs(5);
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let client = controller.client.clone();
 
-    let mut agent_config = AgentConfig::new(
-        "n1",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "join-secret",
-        state_dir.clone(),
-    );
+    let mut agent_config = controller.agent_config("n1", state_dir.clone());
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![];
     agent_config.guest_agent = Some(guest_agent);
@@ -333,8 +317,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
     assert!(ready(&left[0]), "{:?}\n{}", left[0], guest_logs(&state_dir));
 
     agent.kill();
-    let _ = stop_controller.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
     drop(_cleanup);
     cleanup_cgroup_parent(Path::new("/sys/fs/cgroup"));
 }

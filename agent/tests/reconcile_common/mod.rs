@@ -1,13 +1,17 @@
-//! Shared by reconcile_real.rs and the vm-bench example: the guest agent
-//! binary, an agent on its own runtime inside a network namespace, cleanup.
+//! Shared by the end-to-end agent tests and the vm-bench example: the guest
+//! agent binary, the controller in-process, an agent on its own runtime
+//! inside a network namespace, cleanup.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use measurelab_agent::hypervisor::{Hypervisor, NamespaceConfig, NamespaceHypervisor};
 use measurelab_agent::AgentConfig;
+use measurelab_api::client::Client;
+use measurelab_controller::{ControllerConfig, ControllerError};
 
 /// The guest agent binary, built once (it lives in another package, so cargo
 /// does not build it for this test by itself).
@@ -123,5 +127,76 @@ impl Drop for GuestCleanup {
                 let _ = hv.undefine(guest.id);
             }
         }
+    }
+}
+
+/// The join token of [`NodeController`]'s controller.
+pub const JOIN_TOKEN: &str = "join-secret";
+
+/// The controller in-process for one node: HTTP on the root namespace's
+/// loopback for the test's client, gRPC on the node namespace's loopback for
+/// the agent (as a lab node reaches its controller).
+pub struct NodeController {
+    /// Admin client of the HTTP API.
+    pub client: Client,
+    /// Where the node's agent reaches the gRPC API.
+    pub grpc_endpoint: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ControllerError>>,
+}
+
+impl NodeController {
+    /// Starts the controller with its data under `data_dir`, lets
+    /// `configure` adjust it (heartbeat interval, offline deadline), and
+    /// waits up to `token_wait` for its admin token.
+    pub async fn start(
+        netns: &str,
+        data_dir: &Path,
+        configure: impl FnOnce(&mut ControllerConfig),
+        token_wait: Duration,
+    ) -> anyhow::Result<NodeController> {
+        let http = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let http_addr = http.local_addr()?;
+        let grpc = in_netns(netns, || std::net::TcpListener::bind("127.0.0.1:0"))?;
+        let grpc_port = grpc.local_addr()?.port();
+        let mut config = ControllerConfig::new(data_dir.to_path_buf(), http, grpc);
+        config.join_token = Some(JOIN_TOKEN.into());
+        configure(&mut config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(measurelab_controller::run(config, async {
+            let _ = stopped.await;
+        }));
+        let token_path = data_dir.join("admin.token");
+        let deadline = Instant::now() + token_wait;
+        let token = loop {
+            if let Ok(token) = std::fs::read_to_string(&token_path) {
+                break token;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "controller did not write its admin token within {token_wait:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Ok(NodeController {
+            client: Client::new(&format!("http://{http_addr}"), token.trim(), None)?,
+            grpc_endpoint: format!("http://127.0.0.1:{grpc_port}"),
+            stop,
+            task,
+        })
+    }
+
+    /// The configuration of node `node`'s agent, joining this controller.
+    pub fn agent_config(&self, node: &str, state_dir: PathBuf) -> AgentConfig {
+        AgentConfig::new(node, &self.grpc_endpoint, JOIN_TOKEN, state_dir)
+    }
+
+    /// Asks the controller to stop; `None` when it did not end `within`.
+    pub async fn stop(
+        self,
+        within: Duration,
+    ) -> Option<Result<Result<(), ControllerError>, tokio::task::JoinError>> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(within, self.task).await.ok()
     }
 }
