@@ -505,9 +505,16 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// is 256 random bits, so a plain SHA-256 needs no salt or stretching.
 pub(crate) fn secret_digest(secret: &str) -> String {
     use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    // Every authenticated heartbeat computes this: one allocation, not one
+    // per byte.
     let digest = Sha256::digest(secret.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SECRET_DIGEST_PREFIX}{hex}")
+    let mut text = String::with_capacity(SECRET_DIGEST_PREFIX.len() + 2 * digest.len());
+    text.push_str(SECRET_DIGEST_PREFIX);
+    for byte in digest {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
 }
 
 const SECRET_DIGEST_PREFIX: &str = "sha256:";
@@ -618,6 +625,11 @@ mod tests {
         writer.join().await;
         drop(store);
 
+        // FIPS 180-2's "abc" vector: the digest is plain lowercase hex.
+        assert_eq!(
+            secret_digest("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let stored = stored_secret(dir.path(), &n1.node_id);
         assert!(!stored.contains(&n1.node_secret), "{stored}");
         assert_eq!(stored, secret_digest(&n1.node_secret));
