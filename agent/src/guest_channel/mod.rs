@@ -448,11 +448,14 @@ async fn session(
             s.connections
         })
         .unwrap_or(0);
+    let hello_request = encode_line(&AgentMessage::HelloRequest).ok();
     if request_hello {
-        if let Ok(line) = encode_line(&AgentMessage::HelloRequest) {
-            let _ = tx.try_send(line);
+        if let Some(line) = &hello_request {
+            let _ = tx.try_send(line.clone());
         }
     }
+    // Weak, so the writer still ends when the slot's sender goes away.
+    let ask_again = tx.downgrade();
     if let Ok(mut slot) = shared.writer.lock() {
         *slot = Some((connection, tx));
     }
@@ -486,6 +489,17 @@ async fn session(
                         None
                     }
                 };
+                // Registration is level-triggered: a guest that heartbeats
+                // but never got its hello through (on a serial line the
+                // tty's echo of our request can run into it, unterminated)
+                // is asked again, so it cannot stay unregistered for good.
+                if matches!(message, Some(GuestMessage::Heartbeat { .. }))
+                    && !shared.with_state(|s| s.registered).unwrap_or(true)
+                {
+                    if let (Some(line), Some(tx)) = (&hello_request, ask_again.upgrade()) {
+                        let _ = tx.try_send(line.clone());
+                    }
+                }
                 if let Some(message) = message {
                     // The consumer may have dropped its receiver; state above
                     // is still kept up to date.
@@ -619,6 +633,49 @@ mod tests {
             .unwrap();
         assert_eq!(first, "{\"type\":\"hello_request\"}");
         assert_eq!(channels.state(vm()).unwrap().kind, ChannelKind::Serial);
+        channels.close(vm());
+    }
+
+    /// A guest whose hello was lost (here: run into an unterminated echo, as
+    /// a serial tty can do) but that heartbeats is asked for hello again,
+    /// and its answer registers it.
+    #[tokio::test]
+    async fn a_heartbeat_without_hello_is_answered_with_a_hello_request() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = channel_socket_path(dir.path(), vm());
+        let channels = GuestChannels::new();
+        let _inbound = channels.open_unix(vm(), &path).unwrap();
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let hello = format!(
+            "{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"1.2\"}}\n",
+            vm()
+        );
+        let heartbeat = "{\"type\":\"heartbeat\",\"usage\":{\"cpu_count\":1,\"cpu_used_percent\":5.0,\"memory_total_bytes\":10,\"memory_used_bytes\":5,\"disk_total_bytes\":0,\"disk_used_bytes\":0,\"network_rx_bytes\":0,\"network_tx_bytes\":0}}\n";
+        write
+            .write_all(format!("ype\":\"hello_reque{hello}{heartbeat}").as_bytes())
+            .await
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let asked = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(asked, "{\"type\":\"hello_request\"}");
+        assert!(!channels.state(vm()).unwrap().registered);
+
+        write.write_all(hello.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !channels.state(vm()).unwrap().registered {
+            assert!(tokio::time::Instant::now() < deadline, "hello not taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Registered: further heartbeats ask for nothing.
+        write.write_all(heartbeat.as_bytes()).await.unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await;
+        assert!(more.is_err(), "asked again after registering: {more:?}");
         channels.close(vm());
     }
 
