@@ -20,7 +20,7 @@
 mod agent_rpc;
 mod api;
 mod liveness;
-mod slices;
+mod placement;
 mod store;
 mod tokens;
 mod validation;
@@ -213,7 +213,7 @@ pub async fn run(
     let (store, writer) = store::Store::open_with_pools(
         &config.data_dir,
         config.durable_heartbeats,
-        store::Pools {
+        placement::Pools {
             vlans: config.vlan_pool.clone(),
             subnets: config.subnet_pool,
         },

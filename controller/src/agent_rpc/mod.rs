@@ -9,6 +9,9 @@
 //! - `ALREADY_EXISTS` on Register: another node holds the requested name.
 //! - `UNAVAILABLE`: the store is failing or shutting down; retry later.
 
+mod error;
+mod workload;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
@@ -30,9 +33,9 @@ use tonic::{Request, Response, Status};
 
 use crate::store::{
     constant_time_eq, rfc3339, HeartbeatInput, NewEvent, RegisterInput, ShipLogsInput, Store,
-    StoreError,
 };
 use crate::validation::{self, FieldError};
+use error::RpcError;
 
 /// Most log lines accepted in one ShipLogs call.
 pub(crate) const MAX_LOG_LINES_PER_CALL: usize = 5_000;
@@ -42,68 +45,6 @@ const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 /// changed: agents take long silence for a dead connection and reconnect,
 /// and a node forgotten meanwhile has its stream ended.
 const WATCH_KEEPALIVE: Duration = Duration::from_secs(20);
-
-/// Errors of the node API, translated to gRPC status codes in one place.
-#[derive(Debug, thiserror::Error)]
-pub enum RpcError {
-    /// A request field is invalid.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// Field path in the request message.
-        field: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// Wrong join token or node secret.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// Unknown node id.
-    #[error("{0}")]
-    NotFound(String),
-    /// The requested name belongs to another node.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The store failed; nothing was stored.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl From<FieldError> for RpcError {
-    fn from(e: FieldError) -> Self {
-        RpcError::InvalidArgument {
-            field: e.field,
-            reason: e.reason,
-        }
-    }
-}
-
-impl From<StoreError> for RpcError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::UnknownNode(id) => RpcError::NotFound(format!(
-                "node_id: the controller does not know node {id}; register again"
-            )),
-            StoreError::WrongSecret(id) => RpcError::Unauthenticated(format!(
-                "node_secret: wrong secret for node {id}; register again"
-            )),
-            e @ StoreError::NameTaken { .. } => RpcError::AlreadyExists(format!("name: {e}")),
-            other => RpcError::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<RpcError> for Status {
-    fn from(e: RpcError) -> Self {
-        let message = e.to_string();
-        match e {
-            RpcError::InvalidArgument { .. } => Status::invalid_argument(message),
-            RpcError::Unauthenticated(_) => Status::unauthenticated(message),
-            RpcError::NotFound(_) => Status::not_found(message),
-            RpcError::AlreadyExists(_) => Status::already_exists(message),
-            RpcError::Unavailable(_) => Status::unavailable(message),
-        }
-    }
-}
 
 /// The NodeService implementation.
 pub(crate) struct NodeRpc {
@@ -174,7 +115,7 @@ impl NodeRpc {
         self.store.heartbeat(input).await?;
         // The desired state lives in the wave-2 resource store (slices), whose
         // per-node generation is mirrored in memory.
-        let desired_generation = crate::slices::rpc::desired_generation(&self.store, &node_id);
+        let desired_generation = workload::desired_generation(&self.store, &node_id);
         Ok(HeartbeatResponse {
             heartbeat_interval_seconds: self.heartbeat_interval_seconds,
             desired_generation,
@@ -196,11 +137,11 @@ impl NodeRpc {
     /// Desired state of a node: its platforms, VMs, program runs and
     /// service-host tasks (controller/src/slices).
     async fn desired_state(&self, request: DesiredStateRequest) -> Result<DesiredState, RpcError> {
-        crate::slices::rpc::desired_state(&self.store, request).await
+        workload::desired_state(&self.store, request).await
     }
 
     async fn report_status(&self, report: StatusReport) -> Result<StatusAck, RpcError> {
-        crate::slices::rpc::report_status(&self.store, report).await
+        workload::report_status(&self.store, report).await
     }
 }
 
@@ -229,7 +170,7 @@ fn hint_stream(source: HintSource) -> HintStream {
             tokio::select! {
                 changed = source.generation.changed() => changed.ok()?,
                 _ = tokio::time::sleep(WATCH_KEEPALIVE) => {
-                    if !crate::slices::rpc::still_authenticated(&source.store, &source.node_id, &source.node_secret) {
+                    if !workload::still_authenticated(&source.store, &source.node_id, &source.node_secret) {
                         let status = Status::unauthenticated(format!(
                             "node_secret: node {} is no longer known with this secret; register again",
                             source.node_id
@@ -258,7 +199,7 @@ impl NodeService for NodeRpc {
         request: Request<WatchDesiredStateRequest>,
     ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
         let request = request.into_inner();
-        let generation = crate::slices::rpc::watch_desired_generation(
+        let generation = workload::watch_desired_generation(
             &self.store,
             &request.node_id,
             &request.node_secret,
@@ -296,7 +237,7 @@ impl NodeService for NodeRpc {
         request: Request<FetchProgramRequest>,
     ) -> Result<Response<ProgramBlob>, Status> {
         Ok(Response::new(
-            crate::slices::rpc::fetch_program(&self.store, request.into_inner()).await?,
+            workload::fetch_program(&self.store, request.into_inner()).await?,
         ))
     }
 
@@ -305,7 +246,7 @@ impl NodeService for NodeRpc {
         request: Request<PostResultRequest>,
     ) -> Result<Response<PostResultAck>, Status> {
         Ok(Response::new(
-            crate::slices::rpc::post_result(&self.store, request.into_inner()).await?,
+            workload::post_result(&self.store, request.into_inner()).await?,
         ))
     }
 
@@ -314,7 +255,7 @@ impl NodeService for NodeRpc {
         request: Request<PollTasksRequest>,
     ) -> Result<Response<TaskList>, Status> {
         Ok(Response::new(
-            crate::slices::rpc::poll_tasks(&self.store, request.into_inner()).await?,
+            workload::poll_tasks(&self.store, request.into_inner()).await?,
         ))
     }
 

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use measurelab_api::http::{ErrorBody, ErrorDetail};
 
-use crate::store::{ResourceError, StoreError};
+use crate::store::StoreError;
 use crate::validation::FieldError;
 
 /// Every error the public API returns, as `{"error":{"code","message","field"}}`.
@@ -124,18 +124,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownNode(id) => ApiError::NotFound { kind: "node", id },
-            other => ApiError::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<ResourceError> for ApiError {
-    fn from(e: ResourceError) -> Self {
-        match e {
-            ResourceError::Invalid { field, reason } => ApiError::InvalidField { field, reason },
-            ResourceError::NotFound { kind, id } => ApiError::NotFound { kind, id },
-            ResourceError::Conflict { field, message } => ApiError::Conflict { field, message },
-            ResourceError::PoolExhausted(message) => ApiError::PoolExhausted(message),
+            StoreError::Invalid { field, reason } => ApiError::InvalidField { field, reason },
+            StoreError::NotFound { kind, id } => ApiError::NotFound { kind, id },
+            StoreError::Conflict { field, message } => ApiError::Conflict { field, message },
+            StoreError::PoolExhausted(message) => ApiError::PoolExhausted(message),
             other => ApiError::Unavailable(other.to_string()),
         }
     }

@@ -5,12 +5,35 @@ use std::collections::HashMap;
 
 use axum::async_trait;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, MAX_BODY_BYTES};
+use super::error::ApiError;
+
+/// Largest request body accepted; label patches are tiny, so anything bigger
+/// is a mistake or an attack.
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The `{id_or_name}` path segment.
+pub(crate) fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(key)| key)
+        .map_err(|rejection| ApiError::InvalidField {
+            field: "id_or_name".into(),
+            reason: rejection.body_text(),
+        })
+}
+
+/// A JSON body that may be absent (DELETE, start, pause).
+pub(crate) fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        decode_json(bytes)
+    }
+}
 
 /// A JSON body, decoded with the path of any offending field.
 pub(crate) struct JsonBody<T>(pub T);

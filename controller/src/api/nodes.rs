@@ -5,18 +5,11 @@ use axum::extract::{Path, State};
 use axum::Json;
 use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
 
-use super::extract::{JsonBody, QueryParams};
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::extract::{key, JsonBody, QueryParams};
+use super::state::AppState;
 use crate::store::LOG_LINES_PER_NODE;
 use crate::validation;
-
-fn node_key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(key)| key)
-        .map_err(|rejection| ApiError::InvalidField {
-            field: "id_or_name".into(),
-            reason: rejection.body_text(),
-        })
-}
 
 pub(crate) async fn list(State(state): State<AppState>) -> Json<NodeList> {
     Json(NodeList {
@@ -28,7 +21,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Node>, ApiError> {
-    let key = node_key(path)?;
+    let key = key(path)?;
     state
         .store()
         .node(&key)
@@ -46,7 +39,7 @@ pub(crate) async fn patch(
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<NodePatch>,
 ) -> Result<Json<Node>, ApiError> {
-    let key = node_key(path)?;
+    let key = key(path)?;
     validation::labels("labels", &patch.labels)?;
     Ok(Json(state.store().set_labels(key, patch.labels).await?))
 }
@@ -56,7 +49,7 @@ pub(crate) async fn logs(
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Json<LogList>, ApiError> {
-    let key = node_key(path)?;
+    let key = key(path)?;
     query.only(&["limit"])?;
     let limit = query.int("limit", 100, 1, LOG_LINES_PER_NODE)?;
     let node = state.store().node(&key).ok_or(ApiError::NotFound {

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{open_connection, StoreError};
+use super::database::open_connection;
+use super::error::StoreError;
 
 const PERIOD: Duration = Duration::from_millis(200);
 
@@ -43,9 +44,7 @@ impl Checkpointer {
                     tracing::warn!(error = %e, "final WAL checkpoint failed");
                 }
             })
-            .map_err(|e| {
-                StoreError::ReadTask(format!("cannot start the checkpoint thread: {e}"))
-            })?;
+            .map_err(|e| StoreError::Task(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer { stop, thread })
     }
 

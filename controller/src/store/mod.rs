@@ -6,167 +6,45 @@
 //! callers, so every acknowledged change is on disk while 5,000 heartbeats/s
 //! share one fsync per batch instead of paying one each.
 
+pub(crate) mod appliances;
 mod checkpoint;
-mod registry;
+mod codec;
+mod database;
+pub(crate) mod desired;
+pub(crate) mod error;
+pub(crate) mod idempotency;
+mod nodes;
+pub(crate) mod platforms;
+pub(crate) mod programs;
+pub(crate) mod qos_policies;
+pub(crate) mod registry;
+mod resources;
+pub(crate) mod tasks;
+pub(crate) mod vms;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
+use measurelab_api::http;
 use rusqlite::Connection;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use crate::slices::store::{Pools, ResourceError, ResourceStore};
+use crate::placement::Pools;
+pub(crate) use codec::{rfc3339, to_json};
+use database::{migrate, open_connection, restrict_permissions};
+pub use error::StoreError;
+use nodes::{check_secret, load_registry};
+pub(crate) use nodes::{
+    constant_time_eq, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
+    LOG_LINES_PER_NODE,
+};
 pub(crate) use registry::{NodeEntry, Registry};
+pub(crate) use resources::{ResourceStore, TxContext};
 use writer::WriteCommand;
 pub(crate) use writer::WriterHandle;
-
-/// Log lines kept per node; older lines are deleted as new ones arrive.
-pub const LOG_LINES_PER_NODE: i64 = 10_000;
-
-/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-/// Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_nodes_events_logs.sql"),
-    include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
-    include_str!("../../migrations/0003_result_run_ids.sql"),
-];
-
-/// Errors of the embedded store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database file could not be opened or configured.
-    #[error("cannot open the controller database {path}: {source}")]
-    Open {
-        /// Database file.
-        path: PathBuf,
-        /// SQLite error.
-        source: rusqlite::Error,
-    },
-    /// A schema migration failed; the database is left at the previous version.
-    #[error("schema migration {version} failed: {source}")]
-    Migrate {
-        /// 1-based migration number.
-        version: usize,
-        /// SQLite error.
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer controller.
-    #[error("the database has schema version {found}, this controller knows up to {known}; upgrade the controller")]
-    SchemaTooNew {
-        /// Version in the file.
-        found: i64,
-        /// Newest version this build knows.
-        known: usize,
-    },
-    /// A SQL statement failed.
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    /// A stored value does not parse (hand-edited or corrupt database).
-    #[error("corrupt value in the database: {0}")]
-    Corrupt(String),
-    /// The batch could not be committed; nothing in it was stored.
-    #[error("database commit failed, nothing was stored: {0}")]
-    Commit(String),
-    /// No node has this id or name.
-    #[error("no node with id or name {0:?}")]
-    UnknownNode(String),
-    /// The node exists but the secret does not match.
-    #[error("wrong node secret for node {0}")]
-    WrongSecret(String),
-    /// Another node already uses the name.
-    #[error("the name {name:?} is already used by node {owner}")]
-    NameTaken {
-        /// Requested name.
-        name: String,
-        /// Id of the node holding it.
-        owner: String,
-    },
-    /// The writer thread has stopped (controller shutting down).
-    #[error("the store is shutting down")]
-    WriterGone,
-    /// A blocking read task panicked or was cancelled.
-    #[error("store read task failed: {0}")]
-    ReadTask(String),
-}
-
-/// RFC 3339 text of a UTC time, as stored and served.
-pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
-    // Formatting a UTC OffsetDateTime as RFC 3339 only fails for years
-    // outside 0..=9999, which `now_utc` and validated inputs never produce.
-    time.format(&Rfc3339)
-        .unwrap_or_else(|_| time.unix_timestamp().to_string())
-}
-
-fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|e| StoreError::Corrupt(format!("time {text:?}: {e}")))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("nodes.{column}: {e}")))
-}
-
-fn status_text(status: NodeStatus) -> &'static str {
-    match status {
-        NodeStatus::Online => "online",
-        NodeStatus::Offline => "offline",
-    }
-}
-
-/// A registration, already validated by the gRPC layer.
-#[derive(Debug, Clone)]
-pub(crate) struct RegisterInput {
-    pub name: String,
-    /// The id the agent persisted, if any.
-    pub node_id: Option<String>,
-    pub agent_version: String,
-    pub capabilities: Capabilities,
-    pub resources: Resources,
-    pub labels: BTreeMap<String, String>,
-    pub management_address: String,
-}
-
-/// Result of a registration.
-#[derive(Debug, Clone)]
-pub(crate) struct Registered {
-    pub node_id: String,
-    pub node_secret: String,
-}
-
-/// A heartbeat, already validated and authenticated.
-#[derive(Debug, Clone)]
-pub(crate) struct HeartbeatInput {
-    pub node_id: String,
-    pub node_secret: String,
-    pub sequence: u64,
-    pub agent_version: String,
-    pub capabilities: Capabilities,
-    pub resources: Resources,
-    pub observed_generation: u64,
-}
-
-/// A batch of shipped log lines.
-#[derive(Debug, Clone)]
-pub(crate) struct ShipLogsInput {
-    pub node_id: String,
-    pub node_secret: String,
-    pub lines: Vec<http::LogLine>,
-}
-
-/// An event to append to the journal.
-#[derive(Debug, Clone)]
-pub(crate) struct NewEvent {
-    pub reason: &'static str,
-    pub object_kind: &'static str,
-    pub object_id: String,
-    pub message: String,
-}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -177,104 +55,6 @@ pub(crate) struct Store {
     reader: Arc<Mutex<Connection>>,
     /// Platforms, VMs, tasks...: one transaction per request on their own connection.
     resources: ResourceStore,
-}
-
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(open_error)?;
-    // synchronous=FULL: a commit returns only after the WAL is fsynced, which
-    // is what "durable before acknowledged" needs. busy_timeout covers the
-    // moment the WAL is checkpointed while the reader holds a snapshot.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
-    )
-    .map_err(open_error)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if current > MIGRATIONS.len() as i64 {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            known: MIGRATIONS.len(),
-        });
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = index + 1;
-        let migrate_error = |source| StoreError::Migrate { version, source };
-        let tx = conn.transaction().map_err(migrate_error)?;
-        tx.execute_batch(sql).map_err(migrate_error)?;
-        tx.pragma_update(None, "user_version", version as i64)
-            .map_err(migrate_error)?;
-        tx.commit().map_err(migrate_error)?;
-        tracing::info!(version, "applied schema migration");
-    }
-    Ok(())
-}
-
-fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreError> {
-    let mut registry = Registry::default();
-    let mut statement = conn.prepare(
-        "SELECT id, name, secret, status, registered_at, last_heartbeat, agent_version,
-                management_address, capabilities, resources, labels, last_sequence,
-                observed_generation, desired_generation
-         FROM nodes",
-    )?;
-    let mut rows = statement.query([])?;
-    let mut plaintext = Vec::new();
-    while let Some(row) = rows.next()? {
-        let id: String = row.get(0)?;
-        let stored_secret: String = row.get(2)?;
-        // Databases written before secrets were hashed hold them in clear.
-        let secret_digest = if stored_secret.starts_with(SECRET_DIGEST_PREFIX) {
-            stored_secret
-        } else {
-            let digest = secret_digest(&stored_secret);
-            plaintext.push((id.clone(), digest.clone()));
-            digest
-        };
-        let status: String = row.get(3)?;
-        let registered_at: String = row.get(4)?;
-        let last_heartbeat: Option<String> = row.get(5)?;
-        let capabilities: String = row.get(8)?;
-        let resources: String = row.get(9)?;
-        let labels: String = row.get(10)?;
-        registry.upsert(NodeEntry {
-            id,
-            name: row.get(1)?,
-            secret_digest,
-            status: match status.as_str() {
-                "online" => NodeStatus::Online,
-                "offline" => NodeStatus::Offline,
-                other => return Err(StoreError::Corrupt(format!("nodes.status {other:?}"))),
-            },
-            registered_at: parse_time(&registered_at)?,
-            last_heartbeat: last_heartbeat.as_deref().map(parse_time).transpose()?,
-            last_contact: startup,
-            agent_version: row.get(6)?,
-            management_address: row.get(7)?,
-            capabilities: parse_json("capabilities", &capabilities)?,
-            resources: parse_json("resources", &resources)?,
-            labels: parse_json("labels", &labels)?,
-            last_sequence: row.get::<_, i64>(11)? as u64,
-            observed_generation: row.get::<_, i64>(12)? as u64,
-            desired_generation: row.get::<_, i64>(13)? as u64,
-        });
-    }
-    for (id, digest) in plaintext {
-        conn.execute(
-            "UPDATE nodes SET secret = ?2 WHERE id = ?1",
-            rusqlite::params![id, digest],
-        )?;
-    }
-    Ok(registry)
 }
 
 impl Store {
@@ -303,7 +83,9 @@ impl Store {
         let reader = open_connection(&path)?;
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let registry = Arc::new(RwLock::new(registry));
-        let resources = ResourceStore::open(open_connection(&path)?, registry.clone(), pools)?;
+        let resource_conn = open_connection(&path)?;
+        appliances::ensure_builtin(&resource_conn)?;
+        let resources = ResourceStore::open(resource_conn, registry.clone(), pools)?;
         let (writer, handle) = writer::spawn(
             write_conn,
             registry.clone(),
@@ -378,7 +160,7 @@ impl Store {
         .await
     }
 
-    /// The wave-2 resources (platforms, VMs, programs, tasks, results).
+    /// Platforms, QoS policies, appliances, VMs, programs, tasks and results.
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
     }
@@ -422,7 +204,7 @@ impl Store {
             query(&conn)
         })
         .await
-        .map_err(|e| StoreError::ReadTask(e.to_string()))?
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// The newest `limit` lines of a node, oldest first.
@@ -491,68 +273,11 @@ impl Store {
     }
 }
 
-/// Constant-time comparison, so response timing does not leak how many
-/// leading characters of a guessed secret were right.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// What the store keeps of a node secret: a copy of the database (a backup,
-/// a support bundle) must not let anyone heartbeat as the node. The secret
-/// is 256 random bits, so a plain SHA-256 needs no salt or stretching.
-pub(crate) fn secret_digest(secret: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::fmt::Write as _;
-    // Every authenticated heartbeat computes this: one allocation, not one
-    // per byte.
-    let digest = Sha256::digest(secret.as_bytes());
-    let mut text = String::with_capacity(SECRET_DIGEST_PREFIX.len() + 2 * digest.len());
-    text.push_str(SECRET_DIGEST_PREFIX);
-    for byte in digest {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
-}
-
-const SECRET_DIGEST_PREFIX: &str = "sha256:";
-
-fn check_secret(entry: Option<&NodeEntry>, node_id: &str, secret: &str) -> Result<(), StoreError> {
-    match entry {
-        None => Err(StoreError::UnknownNode(node_id.to_string())),
-        Some(entry)
-            if constant_time_eq(
-                entry.secret_digest.as_bytes(),
-                secret_digest(secret).as_bytes(),
-            ) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(StoreError::WrongSecret(node_id.to_string())),
-    }
-}
-
-/// The database holds tokens, node secret digests and results: keep it
-/// private to the controller's user.
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for file in [
-        path.to_path_buf(),
-        PathBuf::from(format!("{}-wal", path.display())),
-    ] {
-        if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(file = %file.display(), error = %e, "cannot restrict database permissions");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::nodes::secret_digest;
     use super::*;
+    use measurelab_api::http::{Capabilities, Resources};
 
     #[test]
     fn constant_time_eq_compares_whole_slices() {

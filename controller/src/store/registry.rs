@@ -12,14 +12,14 @@ use std::time::Instant;
 use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
 use time::OffsetDateTime;
 
-use super::rfc3339;
+use super::codec::rfc3339;
 
 /// One node, as the controller knows it.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEntry {
     pub id: String,
     pub name: String,
-    /// [`super::secret_digest`] of the node's secret, never the secret.
+    /// [`super::nodes::secret_digest`] of the node's secret, never the secret.
     pub secret_digest: String,
     pub status: NodeStatus,
     pub registered_at: OffsetDateTime,

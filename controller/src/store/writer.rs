@@ -17,10 +17,13 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpointer;
-use super::{
-    check_secret, rfc3339, secret_digest, status_text, HeartbeatInput, NewEvent, NodeEntry,
-    RegisterInput, Registered, Registry, ShipLogsInput, StoreError, LOG_LINES_PER_NODE,
+use super::codec::rfc3339;
+use super::error::StoreError;
+use super::nodes::{
+    check_secret, secret_digest, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
+    ShipLogsInput, LOG_LINES_PER_NODE,
 };
+use super::registry::{NodeEntry, Registry};
 
 /// Upper bound of commands per transaction, so one batch cannot hold the
 /// registry publication (and every caller's ack) back for long.

@@ -9,11 +9,11 @@ use measurelab_api::http::{ResultList, ResultRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::respond::answer;
-use crate::api::extract::{decode_json, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::resources::answer as stored;
-use crate::slices::store::tasks::{self, ResultQuery, MAX_DOCUMENT_BYTES};
+use super::error::ApiError;
+use super::extract::{decode_json, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::tasks::{self, ResultQuery, MAX_DOCUMENT_BYTES};
 
 const MAX_LIMIT: i64 = 100_000;
 

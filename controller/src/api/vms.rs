@@ -7,11 +7,11 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
 
-use super::respond::{answer, key};
-use crate::api::extract::{JsonBody, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::resources::answer as stored;
-use crate::slices::store::{desired, vms};
+use super::error::ApiError;
+use super::extract::{key, JsonBody, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::{desired, vms};
 
 pub(crate) async fn list(
     State(state): State<AppState>,

@@ -1,13 +1,16 @@
 //! Virtual platforms: membership, VLAN and subnet allocation, power state.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::resources::{from_json, new_id, to_json, Pools, ResourceError, TxContext};
-use crate::store::Registry;
-use crate::validation;
+use super::codec::{from_json, new_id, to_json};
+use super::error::StoreError;
+use super::registry::Registry;
+use super::resources::TxContext;
+use crate::{placement, validation};
 
 const MAX_ADMINS: usize = 64;
 const MAX_DESCRIPTION: usize = 4096;
@@ -50,9 +53,9 @@ impl PlatformRow {
     }
 
     /// Network address of the platform's /24 (or whatever prefix it has).
-    pub fn network(&self) -> Result<(Ipv4Addr, u8), ResourceError> {
-        parse_cidr(&self.subnet)
-            .ok_or_else(|| ResourceError::Corrupt(format!("platforms.subnet {:?}", self.subnet)))
+    pub fn network(&self) -> Result<(Ipv4Addr, u8), StoreError> {
+        placement::parse_cidr(&self.subnet)
+            .ok_or_else(|| StoreError::Corrupt(format!("platforms.subnet {:?}", self.subnet)))
     }
 }
 
@@ -63,20 +66,10 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-pub(crate) fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (address, prefix) = text.split_once('/')?;
-    let address: Ipv4Addr = address.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
-    (prefix <= 32).then_some((address, prefix))
-}
-
 const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
                              created_at, generation FROM platforms";
 
-fn row_to_platform(
-    conn: &Connection,
-    row: &rusqlite::Row<'_>,
-) -> Result<PlatformRow, ResourceError> {
+fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<PlatformRow, StoreError> {
     let id: String = row.get(0)?;
     let admins: String = row.get(2)?;
     let power: String = row.get(7)?;
@@ -95,7 +88,7 @@ fn row_to_platform(
         subnet: row.get(5)?,
         gateway: row.get(6)?,
         power_state: PlatformPowerState::parse(&power)
-            .ok_or_else(|| ResourceError::Corrupt(format!("platforms.power_state {power:?}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("platforms.power_state {power:?}")))?,
         created_at: row.get(8)?,
         generation: row.get::<_, i64>(9)? as u64,
         id,
@@ -103,7 +96,7 @@ fn row_to_platform(
 }
 
 /// Look a platform up by id, then by name.
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<PlatformRow>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<PlatformRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
         "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
     ))?;
@@ -114,14 +107,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<PlatformRow>, 
     }
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<PlatformRow, ResourceError> {
-    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<PlatformRow, StoreError> {
+    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "platform",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<PlatformRow>, ResourceError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<PlatformRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!("{SELECT} ORDER BY name"))?;
     let mut rows = statement.query([])?;
     let mut platforms = Vec::new();
@@ -132,7 +125,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<PlatformRow>, ResourceError>
 }
 
 /// Platforms the node is a member of.
-pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRow>, ResourceError> {
+pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRow>, StoreError> {
     let ids = conn
         .prepare_cached("SELECT platform_id FROM platform_nodes WHERE node_id = ?1")?
         .query_map([node_id], |r| r.get::<_, String>(0))?
@@ -141,15 +134,15 @@ pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRo
 }
 
 /// Resolve node names or ids to ids, refusing unknown and repeated nodes.
-fn resolve_nodes(registry: &Registry, nodes: &[String]) -> Result<Vec<String>, ResourceError> {
+fn resolve_nodes(registry: &Registry, nodes: &[String]) -> Result<Vec<String>, StoreError> {
     let mut ids: Vec<String> = Vec::with_capacity(nodes.len());
     for (i, key) in nodes.iter().enumerate() {
         let field = format!("nodes[{i}]");
         let node = registry.by_id_or_name(key).ok_or_else(|| {
-            ResourceError::invalid(&field, format!("no node named {key:?} is registered"))
+            StoreError::invalid(&field, format!("no node named {key:?} is registered"))
         })?;
         if ids.contains(&node.id) {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 field,
                 format!("node {key:?} is listed twice"),
             ));
@@ -159,9 +152,9 @@ fn resolve_nodes(registry: &Registry, nodes: &[String]) -> Result<Vec<String>, R
     Ok(ids)
 }
 
-fn validate_admins(admins: &[String]) -> Result<(), ResourceError> {
+fn validate_admins(admins: &[String]) -> Result<(), StoreError> {
     if admins.len() > MAX_ADMINS {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "admins",
             format!(
                 "has {} entries; at most {MAX_ADMINS} are allowed",
@@ -172,64 +165,43 @@ fn validate_admins(admins: &[String]) -> Result<(), ResourceError> {
     for (i, admin) in admins.iter().enumerate() {
         let field = format!("admins[{i}]");
         if admin.trim().is_empty() {
-            return Err(ResourceError::invalid(field, "must not be empty"));
+            return Err(StoreError::invalid(field, "must not be empty"));
         }
         validation::short_text(&field, admin, 256)?;
     }
     Ok(())
 }
 
-fn allocate_vlan(cx: &TxContext<'_>) -> Result<u16, ResourceError> {
-    let used: std::collections::HashSet<u16> = cx
+fn allocate_vlan(cx: &TxContext<'_>) -> Result<u16, StoreError> {
+    let used: HashSet<u16> = cx
         .tx
         .prepare_cached("SELECT vlan_tag FROM platforms")?
         .query_map([], |r| r.get::<_, i64>(0))?
         .map(|r| r.map(|v| v as u16))
         .collect::<Result<_, _>>()?;
-    let pool = cx.pools.vlans.clone();
-    let (first, last) = (*pool.start(), *pool.end());
-    pool.into_iter().find(|tag| !used.contains(tag)).ok_or_else(|| {
-        ResourceError::PoolExhausted(format!(
-            "every VLAN tag of the pool {first}-{last} is in use by a platform; delete a platform or widen the controller's VLAN pool"
-        ))
-    })
+    placement::vlan(cx.pools, &used)
 }
 
-/// The /24s of the subnet pool, in order.
-pub(crate) fn pool_subnets(pools: &Pools) -> impl Iterator<Item = String> {
-    let (network, prefix) = pools.subnets;
-    let base = u32::from(network) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
-    let count: u32 = 1 << (24 - prefix.min(24));
-    (0..count).map(move |i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
-}
-
-fn allocate_subnet(cx: &TxContext<'_>) -> Result<String, ResourceError> {
-    let used: std::collections::HashSet<String> = cx
+fn allocate_subnet(cx: &TxContext<'_>) -> Result<String, StoreError> {
+    let used: HashSet<String> = cx
         .tx
         .prepare_cached("SELECT subnet FROM platforms")?
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<Result<_, _>>()?;
-    let (network, prefix) = cx.pools.subnets;
-    pool_subnets(cx.pools)
-        .find(|s| !used.contains(s))
-        .ok_or_else(|| {
-            ResourceError::PoolExhausted(format!(
-                "every /24 of the subnet pool {network}/{prefix} is in use by a platform; delete a platform or widen the controller's subnet pool"
-            ))
-        })
+    placement::subnet(cx.pools, &used)
 }
 
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
     input: PlatformCreate,
-) -> Result<PlatformRow, ResourceError> {
+) -> Result<PlatformRow, StoreError> {
     validation::dns_label("name", &input.name)?;
     let node_ids = resolve_nodes(cx.registry, &input.nodes)?;
     validate_admins(&input.admins)?;
     let description = input.description.unwrap_or_default();
     validation::short_text("description", &description, MAX_DESCRIPTION)?;
     if find(cx.tx, &input.name)?.is_some() {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!("name: a platform named {:?} already exists", input.name),
         ));
@@ -290,7 +262,7 @@ fn write_members(
     cx: &TxContext<'_>,
     platform_id: &str,
     node_ids: &[String],
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached("DELETE FROM platform_nodes WHERE platform_id = ?1")?
         .execute([platform_id])?;
@@ -305,7 +277,7 @@ fn write_members(
 }
 
 /// VM names (and their node) of a platform, optionally only on one node.
-fn vms_of(cx: &TxContext<'_>, platform_id: &str) -> Result<Vec<(String, String)>, ResourceError> {
+fn vms_of(cx: &TxContext<'_>, platform_id: &str) -> Result<Vec<(String, String)>, StoreError> {
     Ok(cx
         .tx
         .prepare_cached("SELECT name, node_id FROM vms WHERE platform_id = ?1 ORDER BY name")?
@@ -317,7 +289,7 @@ pub(crate) fn update(
     cx: &mut TxContext<'_>,
     key: &str,
     patch: PlatformPatch,
-) -> Result<PlatformRow, ResourceError> {
+) -> Result<PlatformRow, StoreError> {
     let mut row = get(cx.tx, key)?;
     let mut changed = false;
     if let Some(nodes) = &patch.nodes {
@@ -334,7 +306,7 @@ pub(crate) fn update(
             .map(|(name, node)| format!("{name} (on {})", node_name(cx.registry, &node)))
             .collect();
         if !blocking.is_empty() {
-            return Err(ResourceError::conflict(
+            return Err(StoreError::conflict(
                 Some("nodes"),
                 format!(
                     "nodes: cannot remove a node that still hosts VMs of platform {}: {}; delete those VMs first",
@@ -379,7 +351,7 @@ fn set_power_in_place(
     cx: &mut TxContext<'_>,
     row: &mut PlatformRow,
     power: PlatformPowerState,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     row.power_state = power;
     for node in row.node_ids.clone() {
         cx.touch_node(&node)?;
@@ -401,7 +373,7 @@ pub(crate) fn set_power(
     cx: &mut TxContext<'_>,
     key: &str,
     power: PlatformPowerState,
-) -> Result<PlatformRow, ResourceError> {
+) -> Result<PlatformRow, StoreError> {
     let mut row = get(cx.tx, key)?;
     if row.power_state != power {
         set_power_in_place(cx, &mut row, power)?;
@@ -411,7 +383,7 @@ pub(crate) fn set_power(
     Ok(row)
 }
 
-fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), ResourceError> {
+fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
             "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5
@@ -427,12 +399,12 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), ResourceError> {
     Ok(())
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, ResourceError> {
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, StoreError> {
     let row = get(cx.tx, key)?;
     let vms = vms_of(cx, &row.id)?;
     if !vms.is_empty() {
         let names: Vec<String> = vms.into_iter().map(|(name, _)| name).collect();
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             None,
             format!(
                 "platform {} still has VMs: {}; delete them first",
@@ -450,7 +422,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, R
         )
         .optional()?;
     if let Some(task) = tasks {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             None,
             format!(
                 "platform {} is used by measurement task {task}; delete the task first",
@@ -474,35 +446,4 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, R
         ),
     )?;
     Ok(row)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subnet_pool_splits_into_24s() {
-        let pools = Pools {
-            vlans: 100..=101,
-            subnets: ("10.201.0.0".parse().unwrap(), 22),
-        };
-        let subnets: Vec<String> = pool_subnets(&pools).collect();
-        assert_eq!(
-            subnets,
-            vec![
-                "10.201.0.0/24",
-                "10.201.1.0/24",
-                "10.201.2.0/24",
-                "10.201.3.0/24"
-            ]
-        );
-        let single = Pools {
-            vlans: 1..=1,
-            subnets: ("192.168.7.0".parse().unwrap(), 24),
-        };
-        assert_eq!(
-            pool_subnets(&single).collect::<Vec<_>>(),
-            vec!["192.168.7.0/24"]
-        );
-    }
 }

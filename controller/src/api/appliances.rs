@@ -6,11 +6,11 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Appliance, ApplianceCreate, ApplianceList};
 
-use super::respond::{answer, key};
-use crate::api::extract::JsonBody;
-use crate::api::{ApiError, AppState};
-use crate::slices::store::appliances;
-use crate::slices::store::resources::{answer as stored, ResourceError};
+use super::error::ApiError;
+use super::extract::{key, JsonBody};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::{appliances, StoreError};
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ApplianceList>, ApiError> {
     let appliances = state
@@ -47,7 +47,7 @@ pub(crate) async fn get(
             .store()
             .resources()
             .read(move |conn, _| {
-                appliances::find(conn, &key)?.ok_or(ResourceError::NotFound {
+                appliances::find(conn, &key)?.ok_or(StoreError::NotFound {
                     kind: "appliance",
                     id: key,
                 })

@@ -6,7 +6,9 @@ use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunStat
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::codec::{from_json, new_id, to_json};
+use super::error::StoreError;
+use super::resources::TxContext;
 use super::vms;
 use crate::validation;
 
@@ -15,9 +17,9 @@ pub(crate) const MAX_PROGRAM_BYTES: usize = 64 * 1024 * 1024;
 const MAX_TAIL_BYTES: usize = 64 * 1024;
 pub(crate) const RUN_STATUSES: &[&str] = &["pending", "running", "exited", "failed", "lost"];
 
-fn program_name(name: &str) -> Result<(), ResourceError> {
+fn program_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 128 {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "name",
             "must be 1 to 128 characters long",
         ));
@@ -26,7 +28,7 @@ fn program_name(name: &str) -> Result<(), ResourceError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "name",
             format!("contains {c:?}; allowed are letters, digits, '.', '_', '-'"),
         ));
@@ -44,7 +46,7 @@ fn program_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Program> {
     })
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Program>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Program>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT id, name, sha256, size_bytes, created_at FROM programs
@@ -54,14 +56,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Program>, Reso
         .optional()?)
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<Program, ResourceError> {
-    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<Program, StoreError> {
+    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "program",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<Program>, ResourceError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Program>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT id, name, sha256, size_bytes, created_at FROM programs ORDER BY name",
@@ -74,7 +76,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<Program>, ResourceError> {
 pub(crate) fn content(
     conn: &Connection,
     id: &str,
-) -> Result<Option<(Program, Vec<u8>)>, ResourceError> {
+) -> Result<Option<(Program, Vec<u8>)>, StoreError> {
     let Some(program) = find(conn, id)? else {
         return Ok(None);
     };
@@ -84,6 +86,27 @@ pub(crate) fn content(
         |r| r.get(0),
     )?;
     Ok(Some((program, content)))
+}
+
+/// A program and its content, if it is deployed onto a VM of `node_id`: a
+/// node gets only programs deployed onto its own VMs.
+pub(crate) fn deployed_content(
+    conn: &Connection,
+    id: &str,
+    node_id: &str,
+) -> Result<Option<(Program, Vec<u8>)>, StoreError> {
+    let deployed: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM program_runs r JOIN deployments d ON d.id = r.deployment_id
+             WHERE d.program_id = ?1 AND r.node_id = ?2 LIMIT 1",
+            [id, node_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match deployed {
+        Some(_) => content(conn, id),
+        None => Ok(None),
+    }
 }
 
 pub(crate) fn sha256_hex(content: &[u8]) -> String {
@@ -101,10 +124,10 @@ pub(crate) fn create(
     name: String,
     content: Vec<u8>,
     expected_sha256: Option<String>,
-) -> Result<(Program, bool), ResourceError> {
+) -> Result<(Program, bool), StoreError> {
     program_name(&name)?;
     if content.len() > MAX_PROGRAM_BYTES {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "content_base64",
             format!(
                 "{} bytes is more than {MAX_PROGRAM_BYTES} bytes",
@@ -115,7 +138,7 @@ pub(crate) fn create(
     let sha256 = sha256_hex(&content);
     if let Some(expected) = expected_sha256 {
         if !expected.eq_ignore_ascii_case(&sha256) {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "sha256",
                 format!("the content's SHA-256 is {sha256}, not {expected}; the upload is damaged or the checksum is wrong"),
             ));
@@ -125,7 +148,7 @@ pub(crate) fn create(
         if existing.sha256 == sha256 {
             return Ok((existing, false));
         }
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!(
                 "name: a program named {name:?} already exists with other content (sha256 {}); upload under a new name",
@@ -164,7 +187,7 @@ pub(crate) fn create(
     Ok((program, true))
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, ResourceError> {
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, StoreError> {
     let program = get(cx.tx, key)?;
     let active: Option<String> = cx
         .tx
@@ -175,7 +198,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, Resou
         )
         .optional()?;
     if let Some(deployment) = active {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             None,
             format!(
                 "program {} is used by deployment {deployment}; delete the deployment first",
@@ -220,7 +243,7 @@ pub(crate) struct RunRow {
     pub state: ProgramRunState,
 }
 
-fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, ResourceError> {
+fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, StoreError> {
     let args: String = r.get(4)?;
     let env: String = r.get(5)?;
     Ok(DeploymentRow {
@@ -242,7 +265,7 @@ const SELECT_DEPLOYMENT: &str =
 pub(crate) fn find_deployment(
     conn: &Connection,
     id: &str,
-) -> Result<Option<DeploymentRow>, ResourceError> {
+) -> Result<Option<DeploymentRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} WHERE d.id = ?1"))?;
     let mut rows = statement.query([id])?;
     match rows.next()? {
@@ -251,7 +274,7 @@ pub(crate) fn find_deployment(
     }
 }
 
-pub(crate) fn runs(conn: &Connection, deployment_id: &str) -> Result<Vec<RunRow>, ResourceError> {
+pub(crate) fn runs(conn: &Connection, deployment_id: &str) -> Result<Vec<RunRow>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT vm_id, vm_name, node_id, status, exit_code, stdout_tail, stderr_tail,
@@ -279,7 +302,7 @@ pub(crate) fn runs(conn: &Connection, deployment_id: &str) -> Result<Vec<RunRow>
 pub(crate) fn deployment_to_api(
     conn: &Connection,
     d: &DeploymentRow,
-) -> Result<Deployment, ResourceError> {
+) -> Result<Deployment, StoreError> {
     Ok(Deployment {
         id: d.id.clone(),
         program: d.program_name.clone(),
@@ -290,15 +313,15 @@ pub(crate) fn deployment_to_api(
     })
 }
 
-pub(crate) fn get_deployment(conn: &Connection, id: &str) -> Result<Deployment, ResourceError> {
-    let d = find_deployment(conn, id)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get_deployment(conn: &Connection, id: &str) -> Result<Deployment, StoreError> {
+    let d = find_deployment(conn, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "deployment",
         id: id.to_string(),
     })?;
     deployment_to_api(conn, &d)
 }
 
-pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, ResourceError> {
+pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, StoreError> {
     let mut statement =
         conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} ORDER BY d.created_at DESC"))?;
     let mut rows = statement.query([])?;
@@ -315,25 +338,25 @@ pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, Res
 pub(crate) fn create_deployment(
     cx: &mut TxContext<'_>,
     input: DeploymentCreate,
-) -> Result<Deployment, ResourceError> {
+) -> Result<Deployment, StoreError> {
     let program = find(cx.tx, &input.program)?.ok_or_else(|| {
-        ResourceError::invalid(
+        StoreError::invalid(
             "program",
             format!("no program named {:?} was uploaded", input.program),
         )
     })?;
     if input.vms.is_empty() {
-        return Err(ResourceError::invalid("vms", "must list at least one VM"));
+        return Err(StoreError::invalid("vms", "must list at least one VM"));
     }
     if input.args.len() > 256 {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "args",
             "at most 256 arguments are allowed",
         ));
     }
     for (i, arg) in input.args.iter().enumerate() {
         if arg.len() > 4096 || arg.contains('\0') {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 format!("args[{i}]"),
                 "must be at most 4096 bytes without NUL characters",
             ));
@@ -345,7 +368,7 @@ pub(crate) fn create_deployment(
             || key.starts_with(|c: char| c.is_ascii_digit())
             || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 field,
                 "an environment variable name has letters, digits and '_' and does not start with a digit",
             ));
@@ -356,16 +379,16 @@ pub(crate) fn create_deployment(
     for (i, key) in input.vms.iter().enumerate() {
         let field = format!("vms[{i}]");
         let vm = vms::find(cx.tx, key)
-            .map_err(|e| ResourceError::invalid(&field, e.to_string()))?
-            .ok_or_else(|| ResourceError::invalid(&field, format!("no VM {key:?} exists")))?;
+            .map_err(|e| StoreError::invalid(&field, e.to_string()))?
+            .ok_or_else(|| StoreError::invalid(&field, format!("no VM {key:?} exists")))?;
         if vm.deleting {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 &field,
                 format!("VM {key:?} is being deleted"),
             ));
         }
         if targets.iter().any(|t| t.id == vm.id) {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 &field,
                 format!("VM {key:?} is listed twice"),
             ));
@@ -412,11 +435,8 @@ pub(crate) fn create_deployment(
 
 /// Stop: the runs leave the nodes' desired state, so the agents stop them;
 /// unfinished runs become `stopped` and later reports about them are ignored.
-pub(crate) fn stop_deployment(
-    cx: &mut TxContext<'_>,
-    id: &str,
-) -> Result<Deployment, ResourceError> {
-    let d = find_deployment(cx.tx, id)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn stop_deployment(cx: &mut TxContext<'_>, id: &str) -> Result<Deployment, StoreError> {
+    let d = find_deployment(cx.tx, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "deployment",
         id: id.to_string(),
     })?;
@@ -446,7 +466,7 @@ pub(crate) fn stop_deployment(
 pub(crate) fn active_runs_of_node(
     conn: &Connection,
     node_id: &str,
-) -> Result<Vec<(DeploymentRow, String)>, ResourceError> {
+) -> Result<Vec<(DeploymentRow, String)>, StoreError> {
     let pairs: Vec<(String, String)> = conn
         .prepare_cached(
             "SELECT r.deployment_id, r.vm_id FROM program_runs r
@@ -481,10 +501,10 @@ pub(crate) fn save_run_status(
     cx: &TxContext<'_>,
     node_id: &str,
     run: &measurelab_api::node_v1::ProgramRunStatus,
-) -> Result<bool, ResourceError> {
+) -> Result<bool, StoreError> {
     let status = run.status.as_str();
     if !RUN_STATUSES.contains(&status) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "program_runs.status",
             format!("{status:?} is not one of {}", RUN_STATUSES.join(", ")),
         ));

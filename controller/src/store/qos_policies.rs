@@ -3,7 +3,9 @@
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::resources::{new_id, ResourceError, TxContext};
+use super::codec::new_id;
+use super::error::StoreError;
+use super::resources::TxContext;
 use crate::validation;
 
 /// 100 Gbit/s: anything above is a unit mistake (bit/s given as kbit/s).
@@ -31,7 +33,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QosPolicy> {
     })
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<QosPolicy>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<QosPolicy>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(
             "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
@@ -40,14 +42,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<QosPolicy>, Re
         .optional()?)
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<QosPolicy, ResourceError> {
-    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<QosPolicy, StoreError> {
+    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "qos_policy",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<QosPolicy>, ResourceError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<QosPolicy>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("{SELECT} ORDER BY name"))?
         .query_map([], row)?
@@ -55,14 +57,14 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<QosPolicy>, ResourceError> {
 }
 
 /// Rates positive and bounded, min <= max per direction.
-fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
-    let rate = |field: &str, value: Option<u64>| -> Result<(), ResourceError> {
+fn validate(policy: &QosPolicy) -> Result<(), StoreError> {
+    let rate = |field: &str, value: Option<u64>| -> Result<(), StoreError> {
         match value {
-            Some(0) => Err(ResourceError::invalid(
+            Some(0) => Err(StoreError::invalid(
                 field,
                 "must be greater than 0 (leave it out for no limit)",
             )),
-            Some(v) if v > MAX_KBPS => Err(ResourceError::invalid(
+            Some(v) if v > MAX_KBPS => Err(StoreError::invalid(
                 field,
                 format!("{v} kbit/s is above {MAX_KBPS} kbit/s (100 Gbit/s); rates are in kbit/s"),
             )),
@@ -79,7 +81,7 @@ fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
     ] {
         if let Some(b) = burst {
             if b == 0 || b > MAX_BURST_KBYTES {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     field,
                     format!("{b} is out of range 1..={MAX_BURST_KBYTES} kbytes"),
                 ));
@@ -88,7 +90,7 @@ fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
     }
     if let Some(min) = policy.ingress_min_kbps {
         if min > policy.ingress_max_kbps {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "ingress_min_kbps",
                 format!(
                     "{min} kbit/s is greater than ingress_max_kbps ({} kbit/s)",
@@ -98,11 +100,11 @@ fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
         }
     }
     match (policy.egress_min_kbps, policy.egress_max_kbps) {
-        (Some(min), Some(max)) if min > max => Err(ResourceError::invalid(
+        (Some(min), Some(max)) if min > max => Err(StoreError::invalid(
             "egress_min_kbps",
             format!("{min} kbit/s is greater than egress_max_kbps ({max} kbit/s)"),
         )),
-        (Some(_), None) => Err(ResourceError::invalid(
+        (Some(_), None) => Err(StoreError::invalid(
             "egress_min_kbps",
             "needs egress_max_kbps: a guaranteed rate needs a ceiling",
         )),
@@ -110,7 +112,7 @@ fn validate(policy: &QosPolicy) -> Result<(), ResourceError> {
     }
 }
 
-fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), ResourceError> {
+fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), StoreError> {
     let sql = if insert {
         "INSERT INTO qos_policies (id, name, ingress_max_kbps, ingress_min_kbps, ingress_burst_kbytes,
                                    egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at)
@@ -139,7 +141,7 @@ fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), Resource
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
     input: QosPolicyCreate,
-) -> Result<QosPolicy, ResourceError> {
+) -> Result<QosPolicy, StoreError> {
     validation::dns_label("name", &input.name)?;
     let policy = QosPolicy {
         id: new_id(),
@@ -154,7 +156,7 @@ pub(crate) fn create(
     };
     validate(&policy)?;
     if find(cx.tx, &policy.name)?.is_some() {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!("name: a QoS policy named {:?} already exists", policy.name),
         ));
@@ -170,10 +172,7 @@ pub(crate) fn create(
 }
 
 /// Nodes hosting VMs that use the policy: their desired state changes with it.
-fn nodes_using(
-    cx: &TxContext<'_>,
-    policy_id: &str,
-) -> Result<Vec<(String, String)>, ResourceError> {
+fn nodes_using(cx: &TxContext<'_>, policy_id: &str) -> Result<Vec<(String, String)>, StoreError> {
     Ok(cx
         .tx
         .prepare_cached("SELECT name, node_id FROM vms WHERE qos_policy_id = ?1 ORDER BY name")?
@@ -185,7 +184,7 @@ pub(crate) fn update(
     cx: &mut TxContext<'_>,
     key: &str,
     patch: QosPolicyPatch,
-) -> Result<QosPolicy, ResourceError> {
+) -> Result<QosPolicy, StoreError> {
     let before = get(cx.tx, key)?;
     let mut policy = before.clone();
     if let Some(v) = patch.ingress_max_kbps {
@@ -226,12 +225,12 @@ pub(crate) fn update(
     Ok(policy)
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<QosPolicy, ResourceError> {
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<QosPolicy, StoreError> {
     let policy = get(cx.tx, key)?;
     let users = nodes_using(cx, &policy.id)?;
     if !users.is_empty() {
         let names: Vec<String> = users.into_iter().map(|(name, _)| name).collect();
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             None,
             format!(
                 "QoS policy {} is used by VM(s) {}; change or delete them first",

@@ -11,11 +11,11 @@ use measurelab_api::http::{
     Deployment, DeploymentCreate, DeploymentList, Program, ProgramCreate, ProgramList,
 };
 
-use super::respond::{answer, key};
-use crate::api::extract::{decode_json, JsonBody, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::programs;
-use crate::slices::store::resources::answer as stored;
+use super::error::ApiError;
+use super::extract::{decode_json, key, JsonBody, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::programs;
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ProgramList>, ApiError> {
     let programs = state

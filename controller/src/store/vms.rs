@@ -2,22 +2,21 @@
 //! MAC, address and port allocation; in-place updates; two-phase delete.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 
 use measurelab_api::http::{Condition, Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
-use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::codec::{from_json, new_id, to_json};
+use super::error::StoreError;
 use super::platforms::{self, node_name, PlatformRow};
-use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::registry::{NodeEntry, Registry};
+use super::resources::TxContext;
 use super::{appliances, qos_policies};
-use crate::store::{NodeEntry, Registry};
-use crate::validation;
+use crate::{placement, validation};
 
 const MAX_VCPUS: u32 = 64;
 const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
-const MIB: u64 = 1024 * 1024;
 
 /// One row of `vms` with the names of what it references.
 #[derive(Debug, Clone)]
@@ -92,7 +91,7 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
     JOIN appliances a ON a.id = v.appliance_id
     LEFT JOIN qos_policies q ON q.id = v.qos_policy_id";
 
-fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, ResourceError> {
+fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
     let power: String = r.get(13)?;
     let backend: String = r.get(14)?;
     let conditions: String = r.get(22)?;
@@ -111,9 +110,9 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, ResourceError> {
         qos_policy_id: r.get(11)?,
         qos_policy_name: r.get(12)?,
         power_state: VmPowerState::parse(&power)
-            .ok_or_else(|| ResourceError::Corrupt(format!("vms.power_state {power:?}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("vms.power_state {power:?}")))?,
         backend: VmBackend::parse(&backend)
-            .ok_or_else(|| ResourceError::Corrupt(format!("vms.backend {backend:?}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("vms.backend {backend:?}")))?,
         address: r.get(15)?,
         mac: r.get(16)?,
         port_name: r.get(17)?,
@@ -132,7 +131,7 @@ fn query(
     conn: &Connection,
     filter: &str,
     args: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<VmRow>, ResourceError> {
+) -> Result<Vec<VmRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!("{SELECT} {filter}"))?;
     let mut rows = statement.query(args)?;
     let mut vms = Vec::new();
@@ -143,7 +142,7 @@ fn query(
 }
 
 /// Look a VM up by id, by `platform/name`, or by a name unique across platforms.
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, StoreError> {
     if let Some(vm) = query(conn, "WHERE v.id = ?1", &[&key])?.pop() {
         return Ok(Some(vm));
     }
@@ -158,7 +157,7 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, Resour
     let mut matches = query(conn, "WHERE v.name = ?1 ORDER BY p.name", &[&key])?;
     match matches.len() {
         0 | 1 => Ok(matches.pop()),
-        _ => Err(ResourceError::conflict(
+        _ => Err(StoreError::conflict(
             None,
             format!(
                 "VM name {key:?} exists in platforms {}; address it as <platform>/{key} or by id",
@@ -172,14 +171,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, Resour
     }
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<VmRow, ResourceError> {
-    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<VmRow, StoreError> {
+    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "vm",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, ResourceError> {
+pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, StoreError> {
     Ok(query(conn, "WHERE v.id = ?1", &[&id])?.pop())
 }
 
@@ -189,7 +188,7 @@ pub(crate) fn list(
     registry: &Registry,
     platform: Option<&str>,
     node: Option<&str>,
-) -> Result<Vec<VmRow>, ResourceError> {
+) -> Result<Vec<VmRow>, StoreError> {
     let platform_id = match platform {
         Some(key) => match platforms::find(conn, key)? {
             Some(p) => Some(p.id),
@@ -212,40 +211,24 @@ pub(crate) fn list(
     )
 }
 
-pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<VmRow>, ResourceError> {
+pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<VmRow>, StoreError> {
     query(conn, "WHERE v.node_id = ?1 ORDER BY v.name", &[&node_id])
 }
 
-fn node_has(node: &NodeEntry, backend: VmBackend) -> bool {
-    match backend {
-        VmBackend::Namespace => node.capabilities.namespace_backend,
-        VmBackend::Libvirt => !node.capabilities.libvirt_uris.is_empty(),
-    }
-}
-
-/// Free memory of a node for a new VM: what the agent reports free, minus
-/// what VMs the agent has not started yet will take (their memory is not in
-/// the report yet).
-fn free_memory_mib(
+/// Memory of the node's VMs the agent has not started yet: not in its
+/// report of used memory yet, but promised.
+fn reserved_memory_mib(
     cx: &TxContext<'_>,
-    node: &NodeEntry,
+    node_id: &str,
     except_vm: Option<&str>,
-) -> Result<(u64, u64), ResourceError> {
-    let reported_free = node
-        .resources
-        .memory_total_bytes
-        .saturating_sub(node.resources.memory_used_bytes)
-        / MIB;
+) -> Result<u64, StoreError> {
     let reserved: i64 = cx.tx.query_row(
         "SELECT COALESCE(SUM(memory_mib), 0) FROM vms
          WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending' AND id IS NOT ?2",
-        params![node.id, except_vm],
+        params![node_id, except_vm],
         |r| r.get(0),
     )?;
-    Ok((
-        reported_free.saturating_sub(reserved as u64),
-        reserved as u64,
-    ))
+    Ok(reserved as u64)
 }
 
 fn check_memory_fits(
@@ -253,25 +236,14 @@ fn check_memory_fits(
     node: &NodeEntry,
     needed_mib: u64,
     except_vm: Option<&str>,
-) -> Result<(), ResourceError> {
-    let (free, reserved) = free_memory_mib(cx, node, except_vm)?;
-    if needed_mib > free {
-        return Err(ResourceError::invalid(
-            "memory_mib",
-            format!(
-                "{needed_mib} MiB is more than node {} has free: {free} MiB ({} MiB total, {} MiB in use, {reserved} MiB reserved by VMs not started yet)",
-                node.name,
-                node.resources.memory_total_bytes / MIB,
-                node.resources.memory_used_bytes / MIB,
-            ),
-        ));
-    }
-    Ok(())
+) -> Result<(), StoreError> {
+    let reserved = reserved_memory_mib(cx, &node.id, except_vm)?;
+    placement::check_memory_fits(&node.name, &node.resources, reserved, needed_mib)
 }
 
-fn check_vcpus(vcpus: u32) -> Result<(), ResourceError> {
+fn check_vcpus(vcpus: u32) -> Result<(), StoreError> {
     if !(1..=MAX_VCPUS).contains(&vcpus) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "vcpus",
             format!("{vcpus} is out of range 1..={MAX_VCPUS}"),
         ));
@@ -279,48 +251,23 @@ fn check_vcpus(vcpus: u32) -> Result<(), ResourceError> {
     Ok(())
 }
 
-fn allocate_address(cx: &TxContext<'_>, platform: &PlatformRow) -> Result<String, ResourceError> {
-    let (network, prefix) = platform.network()?;
+fn allocate_address(cx: &TxContext<'_>, platform: &PlatformRow) -> Result<String, StoreError> {
     let used: HashSet<String> = cx
         .tx
         .prepare_cached("SELECT address FROM vms WHERE platform_id = ?1")?
         .query_map([&platform.id], |r| r.get::<_, String>(0))?
         .collect::<Result<_, _>>()?;
-    let base = u32::from(network);
-    let size: u32 = 1 << (32 - u32::from(prefix.clamp(8, 30)));
-    // .0 is the network, .1 is left for a gateway, the last is broadcast.
-    (2..size - 1)
-        .map(|host| Ipv4Addr::from(base + host).to_string())
-        .find(|a| !used.contains(a))
-        .ok_or_else(|| {
-            ResourceError::PoolExhausted(format!(
-                "every address of platform {}'s subnet {} is in use",
-                platform.name, platform.subnet
-            ))
-        })
+    placement::address(&platform.name, &platform.subnet, &used)
 }
 
-fn allocate_mac(cx: &TxContext<'_>) -> Result<String, ResourceError> {
-    let mut rng = rand::thread_rng();
-    for _ in 0..64 {
-        // 52:54:00 is the locally administered prefix QEMU/libvirt use.
-        let mac = format!(
-            "52:54:00:{:02x}:{:02x}:{:02x}",
-            rng.gen::<u8>(),
-            rng.gen::<u8>(),
-            rng.gen::<u8>()
-        );
+fn allocate_mac(cx: &TxContext<'_>) -> Result<String, StoreError> {
+    placement::mac(|mac| {
         let taken: Option<i64> = cx
             .tx
-            .query_row("SELECT 1 FROM vms WHERE mac = ?1", [&mac], |r| r.get(0))
+            .query_row("SELECT 1 FROM vms WHERE mac = ?1", [mac], |r| r.get(0))
             .optional()?;
-        if taken.is_none() {
-            return Ok(mac);
-        }
-    }
-    Err(ResourceError::PoolExhausted(
-        "no free MAC address found in 52:54:00:00:00:00/24 after 64 tries".into(),
-    ))
+        Ok(taken.is_some())
+    })
 }
 
 /// OVS port names are interface names: at most 15 characters.
@@ -333,10 +280,10 @@ fn port_name(vm_id: &str) -> String {
     format!("ml{hex}")
 }
 
-pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, ResourceError> {
+pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, StoreError> {
     validation::dns_label("name", &input.name)?;
     let platform = platforms::find(cx.tx, &input.platform)?.ok_or_else(|| {
-        ResourceError::invalid(
+        StoreError::invalid(
             "platform",
             format!("no platform named {:?} exists", input.platform),
         )
@@ -346,13 +293,13 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
         .by_id_or_name(&input.node)
         .cloned()
         .ok_or_else(|| {
-            ResourceError::invalid(
+            StoreError::invalid(
                 "node",
                 format!("no node named {:?} is registered", input.node),
             )
         })?;
     if !platform.node_ids.contains(&node.id) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "node",
             format!(
                 "node {} is not a member of platform {} (members: {}); add it to the platform first",
@@ -368,7 +315,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
         ));
     }
     let appliance = appliances::find(cx.tx, &input.appliance)?.ok_or_else(|| {
-        ResourceError::invalid(
+        StoreError::invalid(
             "appliance",
             format!(
                 "no appliance named {:?} exists (GET /v1/appliances lists them)",
@@ -378,13 +325,13 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
     })?;
     let qos = match &input.qos_policy {
         Some(key) => Some(qos_policies::find(cx.tx, key)?.ok_or_else(|| {
-            ResourceError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
+            StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
         })?),
         None => None,
     };
     check_vcpus(input.vcpus)?;
     if input.memory_mib < appliance.min_memory_mib {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "memory_mib",
             format!(
                 "{} MiB is below the minimum of appliance {} ({} MiB)",
@@ -393,14 +340,14 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
         ));
     }
     if input.memory_mib > MAX_MEMORY_MIB {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "memory_mib",
             format!("{} MiB is above {MAX_MEMORY_MIB} MiB", input.memory_mib),
         ));
     }
     for (field, value) in [("disk_mib", input.disk_mib), ("swap_mib", input.swap_mib)] {
         if value.unwrap_or(0) > MAX_DISK_MIB {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 field,
                 format!("{} MiB is above {MAX_DISK_MIB} MiB", value.unwrap_or(0)),
             ));
@@ -418,7 +365,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
     let backend = match input.backend {
         Some(backend) => {
             if !supported.contains(&backend) {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "backend",
                     format!(
                         "appliance {} does not run on the {} backend (it supports {})",
@@ -428,8 +375,8 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
                     ),
                 ));
             }
-            if !node_has(&node, backend) {
-                return Err(ResourceError::invalid(
+            if !placement::has_backend(&node.capabilities, backend) {
+                return Err(StoreError::invalid(
                     "backend",
                     format!(
                         "node {} lacks the {} backend (it reports namespace_backend={}, libvirt_uris=[{}])",
@@ -445,9 +392,9 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
         None => supported
             .iter()
             .copied()
-            .find(|b| node_has(&node, *b))
+            .find(|b| placement::has_backend(&node.capabilities, *b))
             .ok_or_else(|| {
-                ResourceError::invalid(
+                StoreError::invalid(
                     "backend",
                     format!(
                         "node {} has none of the backends appliance {} needs ({}); it reports namespace_backend={}, libvirt_uris=[{}]",
@@ -470,7 +417,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
         )
         .optional()?;
     if taken.is_some() {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!(
                 "name: platform {} already has a VM named {:?}",
@@ -557,11 +504,11 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, R
     Ok(row)
 }
 
-fn immutable(field: &str, same: bool) -> Result<(), ResourceError> {
+fn immutable(field: &str, same: bool) -> Result<(), StoreError> {
     if same {
         Ok(())
     } else {
-        Err(ResourceError::invalid(
+        Err(StoreError::invalid(
             field,
             "field cannot change; replace the VM",
         ))
@@ -572,7 +519,7 @@ pub(crate) fn update(
     cx: &mut TxContext<'_>,
     key: &str,
     patch: VmPatch,
-) -> Result<VmRow, ResourceError> {
+) -> Result<VmRow, StoreError> {
     let mut vm = get(cx.tx, key)?;
     if let Some(name) = &patch.name {
         immutable("name", *name == vm.name)?;
@@ -605,7 +552,7 @@ pub(crate) fn update(
         immutable("swap_mib", swap == vm.swap_mib)?;
     }
     if vm.deleting {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             None,
             format!(
                 "VM {}/{} is being deleted; it cannot change",
@@ -625,7 +572,7 @@ pub(crate) fn update(
         if memory != vm.memory_mib {
             let appliance = appliances::get_by_id(cx.tx, &vm.appliance_id)?;
             if memory < appliance.min_memory_mib {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "memory_mib",
                     format!(
                         "{memory} MiB is below the minimum of appliance {} ({} MiB)",
@@ -634,17 +581,14 @@ pub(crate) fn update(
                 ));
             }
             if memory > MAX_MEMORY_MIB {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "memory_mib",
                     format!("{memory} MiB is above {MAX_MEMORY_MIB} MiB"),
                 ));
             }
             if memory > vm.memory_mib {
                 let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
-                    ResourceError::Corrupt(format!(
-                        "VM {} is on unknown node {}",
-                        vm.id, vm.node_id
-                    ))
+                    StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
                 })?;
                 // Only the growth needs room: the current size is already in use or reserved.
                 let growth = memory - vm.memory_mib;
@@ -663,10 +607,7 @@ pub(crate) fn update(
         let (id, name) = match qos {
             Some(key) => {
                 let policy = qos_policies::find(cx.tx, key)?.ok_or_else(|| {
-                    ResourceError::invalid(
-                        "qos_policy",
-                        format!("no QoS policy named {key:?} exists"),
-                    )
+                    StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
                 })?;
                 (Some(policy.id), Some(policy.name))
             }
@@ -725,11 +666,7 @@ pub(crate) fn update(
 
 /// Mark the VM deleting (the node agent tears it down and acks), or remove
 /// it at once with `force`.
-pub(crate) fn delete(
-    cx: &mut TxContext<'_>,
-    key: &str,
-    force: bool,
-) -> Result<VmRow, ResourceError> {
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str, force: bool) -> Result<VmRow, StoreError> {
     let mut vm = get(cx.tx, key)?;
     if force {
         remove(cx, &vm, "VmDeleted", "removed at once (force=true); the node agent cleans up what it still runs as an orphan")?;
@@ -764,7 +701,7 @@ pub(crate) fn remove(
     vm: &VmRow,
     reason: &str,
     detail: &str,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached("DELETE FROM vms WHERE id = ?1")?
         .execute([&vm.id])?;
@@ -794,7 +731,7 @@ pub(crate) fn save_status(
     restart_required: bool,
     conditions: &[Condition],
     observed_generation: u64,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
             "UPDATE vms SET actual_state = ?2, restart_required = ?3, conditions = ?4,
@@ -814,7 +751,7 @@ pub(crate) fn save_guest_heartbeat(
     cx: &TxContext<'_>,
     vm_id: &str,
     time: &str,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached("UPDATE vms SET guest_last_heartbeat = ?2 WHERE id = ?1")?
         .execute(params![vm_id, time])?;

@@ -6,15 +6,30 @@ use measurelab_api::node_v1::{
     self, DesiredAppliance, DesiredPlatform, DesiredQos, DesiredState, DesiredVm, ProgramRun,
     ServicePeer, ServiceTask, StatusReport,
 };
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::resources::{to_json, ResourceError, TxContext};
+use super::codec::{rfc3339, to_json};
+use super::error::StoreError;
+use super::registry::Registry;
+use super::resources::TxContext;
 use super::{appliances, platforms, programs, qos_policies, tasks, vms};
-use crate::store::{rfc3339, Registry};
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
 const MAX_CONDITIONS: usize = 32;
+
+/// Desired-state generation of a node as committed (0: nothing was ever
+/// desired of it).
+pub(crate) fn generation(conn: &Connection, node_id: &str) -> Result<u64, StoreError> {
+    let generation: Option<i64> = conn
+        .query_row(
+            "SELECT generation FROM node_generations WHERE node_id = ?1",
+            [node_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(generation.unwrap_or(0) as u64)
+}
 
 /// Everything node `node_id` should run, at `generation`.
 pub(crate) fn desired_state(
@@ -22,7 +37,7 @@ pub(crate) fn desired_state(
     registry: &Registry,
     node_id: &str,
     generation: u64,
-) -> Result<DesiredState, ResourceError> {
+) -> Result<DesiredState, StoreError> {
     let member_of = platforms::of_node(conn, node_id)?;
     let mut state = DesiredState {
         generation,
@@ -149,7 +164,7 @@ pub(crate) fn apply_report(
     cx: &mut TxContext<'_>,
     node_id: &str,
     report: &StatusReport,
-) -> Result<ReportOutcome, ResourceError> {
+) -> Result<ReportOutcome, StoreError> {
     let mut outcome = ReportOutcome::default();
     for (i, status) in report.vms.iter().enumerate() {
         // A VM of another node, or one already gone, is not this report's to change.
@@ -172,7 +187,7 @@ pub(crate) fn apply_report(
             continue;
         }
         if status.conditions.len() > MAX_CONDITIONS {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 format!("vms[{i}].conditions"),
                 format!(
                     "has {} entries; at most {MAX_CONDITIONS}",
@@ -182,7 +197,7 @@ pub(crate) fn apply_report(
         }
         let state = status.actual_state.trim();
         if state.is_empty() || state.len() > 32 {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 format!("vms[{i}].actual_state"),
                 "must be 1 to 32 characters long",
             ));
@@ -290,8 +305,8 @@ pub(crate) fn apply_report(
     }
     for (i, run) in report.program_runs.iter().enumerate() {
         programs::save_run_status(cx, node_id, run).map_err(|e| match e {
-            ResourceError::Invalid { reason, .. } => {
-                ResourceError::invalid(format!("program_runs[{i}].status"), reason)
+            StoreError::Invalid { reason, .. } => {
+                StoreError::invalid(format!("program_runs[{i}].status"), reason)
             }
             other => other,
         })?;
@@ -304,7 +319,7 @@ pub(crate) fn guest_logs(
     conn: &Connection,
     vm_id: &str,
     limit: u32,
-) -> Result<Vec<measurelab_api::http::LogLine>, ResourceError> {
+) -> Result<Vec<measurelab_api::http::LogLine>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT time, level, target, message FROM

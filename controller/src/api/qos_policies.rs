@@ -6,11 +6,11 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch};
 
-use super::respond::{answer, key};
-use crate::api::extract::{JsonBody, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::qos_policies;
-use crate::slices::store::resources::answer as stored;
+use super::error::ApiError;
+use super::extract::{key, JsonBody, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::qos_policies;
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<QosPolicyList>, ApiError> {
     let qos_policies = state

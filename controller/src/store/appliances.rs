@@ -3,7 +3,9 @@
 use measurelab_api::http::{Appliance, ApplianceCreate};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::codec::{from_json, new_id, rfc3339, to_json};
+use super::error::StoreError;
+use super::resources::TxContext;
 use crate::validation;
 
 /// The busybox appliance built by `scripts/` and baked with the guest agent.
@@ -16,7 +18,7 @@ const ARCHES: &[&str] = &["x86_64", "i686"];
 /// Insert the built-in appliances if missing (on every start, so an upgraded
 /// controller adds new ones; existing rows are left as they are).
 pub(crate) fn ensure_builtin(conn: &Connection) -> rusqlite::Result<()> {
-    let now = crate::store::rfc3339(time::OffsetDateTime::now_utc());
+    let now = rfc3339(time::OffsetDateTime::now_utc());
     let builtins = [
         (
             "builtin-measurelab-tiny",
@@ -72,12 +74,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Appliance, String)> {
     ))
 }
 
-fn finish((mut appliance, backends): (Appliance, String)) -> Result<Appliance, ResourceError> {
+fn finish((mut appliance, backends): (Appliance, String)) -> Result<Appliance, StoreError> {
     appliance.backends = from_json("appliances.backends", &backends)?;
     Ok(appliance)
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Appliance>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Appliance>, StoreError> {
     conn.prepare_cached(&format!(
         "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
     ))?
@@ -87,21 +89,21 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Appliance>, Re
     .transpose()
 }
 
-pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Appliance, ResourceError> {
-    find(conn, id)?.ok_or_else(|| ResourceError::Corrupt(format!("appliance {id} is missing")))
+pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Appliance, StoreError> {
+    find(conn, id)?.ok_or_else(|| StoreError::Corrupt(format!("appliance {id} is missing")))
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<Appliance>, ResourceError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Appliance>, StoreError> {
     conn.prepare_cached(&format!("{SELECT} ORDER BY name"))?
         .query_map([], row)?
-        .map(|r| r.map_err(ResourceError::from).and_then(finish))
+        .map(|r| r.map_err(StoreError::from).and_then(finish))
         .collect()
 }
 
-fn absolute_path(field: &str, value: &str) -> Result<(), ResourceError> {
+fn absolute_path(field: &str, value: &str) -> Result<(), StoreError> {
     validation::short_text(field, value, 1024)?;
     if !value.starts_with('/') {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             field,
             format!("{value:?} is not an absolute path on the nodes"),
         ));
@@ -112,25 +114,25 @@ fn absolute_path(field: &str, value: &str) -> Result<(), ResourceError> {
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
     input: ApplianceCreate,
-) -> Result<Appliance, ResourceError> {
+) -> Result<Appliance, StoreError> {
     validation::dns_label("name", &input.name)?;
     validation::short_text("version", &input.version, 64)?;
     validation::short_text("os", &input.os, 128)?;
     if !ARCHES.contains(&input.arch.as_str()) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "arch",
             format!("{:?} is not one of {}", input.arch, ARCHES.join(", ")),
         ));
     }
     if input.backends.is_empty() {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "backends",
             format!("must list at least one of {}", BACKENDS.join(", ")),
         ));
     }
     for (i, backend) in input.backends.iter().enumerate() {
         if !BACKENDS.contains(&backend.as_str()) {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 format!("backends[{i}]"),
                 format!("{backend:?} is not one of {}", BACKENDS.join(", ")),
             ));
@@ -147,13 +149,13 @@ pub(crate) fn create(
         absolute_path("disk", disk)?;
     }
     if !(16..=1024 * 1024).contains(&input.min_memory_mib) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "min_memory_mib",
             format!("{} is out of range 16..=1048576", input.min_memory_mib),
         ));
     }
     if find(cx.tx, &input.name)?.is_some() {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!("name: an appliance named {:?} already exists", input.name),
         ));

@@ -1,37 +1,19 @@
-//! The wave-2 NodeService calls. `agent_rpc` owns the service and forwards
-//! these here; every call is authenticated with the node id + secret.
-//! WatchDesiredState's stream lives in `agent_rpc`; its source (the node's
-//! generation, announced after each commit) is here.
+//! The NodeService calls about what a node runs: GetDesiredState,
+//! ReportStatus, FetchProgram, PostResult and PollTasks. `agent_rpc` owns the
+//! service and forwards these here; every call is authenticated with the
+//! node id + secret. WatchDesiredState's stream lives in `agent_rpc`; its
+//! source (the node's generation, announced after each commit) is here.
 
 use measurelab_api::node_v1::{
     DesiredState, DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultAck,
     PostResultRequest, ProgramBlob, StatusAck, StatusReport, TaskList,
 };
-use rusqlite::OptionalExtension;
 
-use crate::agent_rpc::RpcError;
-use crate::slices::store::resources::{to_json, ResourceError};
-use crate::slices::store::{desired, programs, tasks, vms};
-use crate::store::Store;
+use super::error::RpcError;
+use crate::store::{desired, programs, tasks, to_json, vms, Registry, Store, StoreError};
 
 /// Most VM statuses (and guest reports, program runs) in one report.
 const MAX_REPORT_ITEMS: usize = 10_000;
-
-impl From<ResourceError> for RpcError {
-    fn from(e: ResourceError) -> Self {
-        match e {
-            ResourceError::Invalid { field, reason } => RpcError::InvalidArgument { field, reason },
-            ResourceError::NotFound { kind, id } => {
-                RpcError::NotFound(format!("the controller has no {kind} {id:?}"))
-            }
-            ResourceError::Conflict { field, message } => RpcError::InvalidArgument {
-                field: field.unwrap_or_else(|| "(request)".into()),
-                reason: message,
-            },
-            other => RpcError::Unavailable(other.to_string()),
-        }
-    }
-}
 
 fn authenticate(store: &Store, node_id: &str, node_secret: &str) -> Result<(), RpcError> {
     if node_id.is_empty() {
@@ -81,15 +63,8 @@ pub(crate) async fn desired_state(
     Ok(store
         .resources()
         .read(move |conn, registry| {
-            let generation: i64 = conn
-                .query_row(
-                    "SELECT generation FROM node_generations WHERE node_id = ?1",
-                    [&node_id],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
-            desired::desired_state(conn, registry, &node_id, generation as u64)
+            let generation = desired::generation(conn, &node_id)?;
+            desired::desired_state(conn, registry, &node_id, generation)
         })
         .await?)
 }
@@ -134,20 +109,8 @@ pub(crate) async fn fetch_program(
     store
         .resources()
         .read(move |conn, _| {
-            // A node gets only programs deployed onto its own VMs.
-            let deployed: Option<i64> = conn
-                .query_row(
-                    "SELECT 1 FROM program_runs r JOIN deployments d ON d.id = r.deployment_id
-                     WHERE d.program_id = ?1 AND r.node_id = ?2 LIMIT 1",
-                    [&program_id, &node_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let found = match deployed {
-                Some(_) => programs::content(conn, &program_id)?,
-                None => None,
-            };
-            let (program, content) = found.ok_or_else(|| ResourceError::NotFound {
+            let found = programs::deployed_content(conn, &program_id, &node_id)?;
+            let (program, content) = found.ok_or_else(|| StoreError::NotFound {
                 kind: "program deployed to this node",
                 id: program_id.clone(),
             })?;
@@ -181,7 +144,7 @@ pub(crate) async fn post_result(
         .resources()
         .transact(move |cx| {
             let task = tasks::find(cx.tx, &request.task_id)?.ok_or_else(|| {
-                ResourceError::invalid("task_id", format!("no task {:?} exists", request.task_id))
+                StoreError::invalid("task_id", format!("no task {:?} exists", request.task_id))
             })?;
             check_task_scope(cx.tx, cx.registry, &request.node_id, &request.vm_id, &task)?;
             Ok(tasks::insert_result(cx, &task.task.id, document)?.0)
@@ -196,18 +159,18 @@ pub(crate) async fn post_result(
 /// tasks that list its node.
 fn check_task_scope(
     conn: &rusqlite::Connection,
-    registry: &crate::store::Registry,
+    registry: &Registry,
     node_id: &str,
     vm_id: &str,
     task: &tasks::TaskRow,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     if vm_id.is_empty() {
         let name = registry
             .by_id(node_id)
             .map(|n| n.name.clone())
             .unwrap_or_default();
         if task.task.mode != "service_host" || !task.task.nodes.contains(&name) {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "task_id",
                 format!(
                     "task {} is not a service-host task of node {name}",
@@ -219,11 +182,9 @@ fn check_task_scope(
     }
     let vm = vms::get_by_id(conn, vm_id)?
         .filter(|vm| vm.node_id == node_id)
-        .ok_or_else(|| {
-            ResourceError::invalid("vm_id", format!("this node hosts no VM {vm_id:?}"))
-        })?;
+        .ok_or_else(|| StoreError::invalid("vm_id", format!("this node hosts no VM {vm_id:?}")))?;
     if task.platform_id.as_deref() != Some(vm.platform_id.as_str()) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "task_id",
             format!(
                 "task {} does not belong to platform {} of VM {}",
@@ -253,7 +214,7 @@ pub(crate) async fn poll_tasks(
                 let vm = vms::get_by_id(cx.tx, &request.vm_id)?
                     .filter(|vm| vm.node_id == request.node_id)
                     .ok_or_else(|| {
-                        ResourceError::invalid(
+                        StoreError::invalid(
                             "vm_id",
                             format!("this node hosts no VM {:?}", request.vm_id),
                         )

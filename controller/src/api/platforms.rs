@@ -9,11 +9,11 @@ use measurelab_api::http::{
     Platform, PlatformCreate, PlatformList, PlatformPatch, PlatformPowerState, RequestOptions,
 };
 
-use super::respond::{answer, key, optional_body};
-use crate::api::extract::{JsonBody, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::platforms;
-use crate::slices::store::resources::answer as stored;
+use super::error::ApiError;
+use super::extract::{key, optional_body, JsonBody, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::platforms;
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<PlatformList>, ApiError> {
     let platforms = state

@@ -7,8 +7,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::codec::{from_json, new_id, to_json};
+use super::error::StoreError;
 use super::platforms;
-use super::resources::{from_json, new_id, to_json, ResourceError, TxContext};
+use super::resources::TxContext;
 use crate::validation;
 
 pub(crate) const RESULT_SCHEMA: &str = "measurelab.mcast.result/v1";
@@ -19,7 +21,7 @@ fn task_from_row(
     spec: &str,
     status: String,
     last_result_id: Option<String>,
-) -> Result<Task, ResourceError> {
+) -> Result<Task, StoreError> {
     let mut task: Task = from_json("tasks.spec", spec)?;
     task.status = status;
     task.last_result_id = last_result_id;
@@ -37,7 +39,7 @@ fn read(
     conn: &Connection,
     filter: &str,
     args: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<TaskRow>, ResourceError> {
+) -> Result<Vec<TaskRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT spec, status, last_result_id, platform_id FROM tasks {filter}"
     ))?;
@@ -53,7 +55,7 @@ fn read(
     Ok(out)
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<TaskRow>, ResourceError> {
+pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<TaskRow>, StoreError> {
     Ok(read(
         conn,
         "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
@@ -62,14 +64,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<TaskRow>, Reso
     .pop())
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<TaskRow, ResourceError> {
-    find(conn, key)?.ok_or_else(|| ResourceError::NotFound {
+pub(crate) fn get(conn: &Connection, key: &str) -> Result<TaskRow, StoreError> {
+    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "task",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<Task>, ResourceError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Task>, StoreError> {
     Ok(read(conn, "ORDER BY name", &[])?
         .into_iter()
         .map(|t| t.task)
@@ -77,10 +79,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<Task>, ResourceError> {
 }
 
 /// Open tasks of a platform's MSCS.
-pub(crate) fn of_platform(
-    conn: &Connection,
-    platform_id: &str,
-) -> Result<Vec<Task>, ResourceError> {
+pub(crate) fn of_platform(conn: &Connection, platform_id: &str) -> Result<Vec<Task>, StoreError> {
     Ok(read(
         conn,
         "WHERE platform_id = ?1 AND status IN ('pending', 'running') ORDER BY created_at",
@@ -92,10 +91,7 @@ pub(crate) fn of_platform(
 }
 
 /// Open service-host tasks that list the node.
-pub(crate) fn of_service_host(
-    conn: &Connection,
-    node_name: &str,
-) -> Result<Vec<Task>, ResourceError> {
+pub(crate) fn of_service_host(conn: &Connection, node_name: &str) -> Result<Vec<Task>, StoreError> {
     Ok(read(
         conn,
         "WHERE platform_id IS NULL AND status IN ('pending', 'running') ORDER BY created_at",
@@ -107,9 +103,9 @@ pub(crate) fn of_service_host(
     .collect())
 }
 
-fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ResourceError> {
+fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), StoreError> {
     if !(min..=max).contains(&value) {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             field,
             format!("{value} is out of range {min}..={max}"),
         ));
@@ -117,34 +113,34 @@ fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ResourceErro
     Ok(())
 }
 
-pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRow, ResourceError> {
+pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRow, StoreError> {
     validation::dns_label("name", &input.name)?;
     let (platform, nodes) = match input.mode.as_str() {
         "platform" => {
             if input.nodes.as_ref().is_some_and(|n| !n.is_empty()) {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "nodes",
                     "only for mode service_host; a platform task runs on the platform's MSCS",
                 ));
             }
             let key = input.platform.as_deref().ok_or_else(|| {
-                ResourceError::invalid("platform", "is required when mode is \"platform\"")
+                StoreError::invalid("platform", "is required when mode is \"platform\"")
             })?;
             let platform = platforms::find(cx.tx, key)?.ok_or_else(|| {
-                ResourceError::invalid("platform", format!("no platform named {key:?} exists"))
+                StoreError::invalid("platform", format!("no platform named {key:?} exists"))
             })?;
             (Some(platform), Vec::new())
         }
         "service_host" => {
             if input.platform.is_some() {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "platform",
                     "only for mode platform; a service_host task lists nodes",
                 ));
             }
             let keys = input.nodes.clone().unwrap_or_default();
             if keys.len() < 2 {
-                return Err(ResourceError::invalid(
+                return Err(StoreError::invalid(
                     "nodes",
                     "a service_host task needs at least two nodes (one source, one receiver)",
                 ));
@@ -152,19 +148,19 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
             let mut names: Vec<String> = Vec::new();
             for (i, key) in keys.iter().enumerate() {
                 let node = cx.registry.by_id_or_name(key).ok_or_else(|| {
-                    ResourceError::invalid(
+                    StoreError::invalid(
                         format!("nodes[{i}]"),
                         format!("no node named {key:?} is registered"),
                     )
                 })?;
                 if names.contains(&node.name) {
-                    return Err(ResourceError::invalid(
+                    return Err(StoreError::invalid(
                         format!("nodes[{i}]"),
                         "is listed twice",
                     ));
                 }
                 if node.capabilities.service_endpoint.is_empty() {
-                    return Err(ResourceError::invalid(
+                    return Err(StoreError::invalid(
                         format!("nodes[{i}]"),
                         format!(
                             "node {:?} runs no service host (its agent reports no service \
@@ -178,14 +174,14 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
             (None, names)
         }
         other => {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "mode",
                 format!("{other:?} is not one of platform, service_host"),
             ))
         }
     };
     if !matches!(input.schedule.as_str(), "once" | "periodic") {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "schedule",
             format!("{:?} is not one of once, periodic", input.schedule),
         ));
@@ -196,13 +192,13 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
     if input.schedule == "periodic" {
         range("interval_seconds", interval, 10, 7 * 86400)?;
         if interval <= duration {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "interval_seconds",
                 format!("{interval} s must be longer than duration_seconds ({duration} s)"),
             ));
         }
     } else if input.interval_seconds.is_some() {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "interval_seconds",
             "only for schedule periodic",
         ));
@@ -212,16 +208,16 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
     range("ttl", u64::from(input.ttl), 1, 255)?;
     range("port", u64::from(input.port), 1024, 65535)?;
     let group: Ipv4Addr = input.group.parse().map_err(|_| {
-        ResourceError::invalid("group", format!("{:?} is not an IPv4 address", input.group))
+        StoreError::invalid("group", format!("{:?} is not an IPv4 address", input.group))
     })?;
     if !group.is_multicast() {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "group",
             format!("{group} is not a multicast address (224.0.0.0/4)"),
         ));
     }
     if input.ssm && group.octets()[0] != 232 {
-        return Err(ResourceError::invalid(
+        return Err(StoreError::invalid(
             "group",
             format!("{group} is outside 232.0.0.0/8, the SSM range; set ssm = false or pick a 232.x group"),
         ));
@@ -232,7 +228,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
     let receivers = input.receivers.clone().unwrap_or_default();
     for (i, r) in receivers.iter().enumerate() {
         if r.is_empty() {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 format!("receivers[{i}]"),
                 "must not be empty",
             ));
@@ -240,7 +236,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
         validation::short_text(&format!("receivers[{i}]"), r, 128)?;
     }
     if find(cx.tx, &input.name)?.is_some() {
-        return Err(ResourceError::conflict(
+        return Err(StoreError::conflict(
             Some("name"),
             format!("name: a task named {:?} already exists", input.name),
         ));
@@ -301,7 +297,7 @@ fn touch_task_nodes(
     cx: &mut TxContext<'_>,
     task: &Task,
     _platform_nodes: Option<Vec<String>>,
-) -> Result<(), ResourceError> {
+) -> Result<(), StoreError> {
     if task.mode == "service_host" {
         let ids: Vec<String> = task
             .nodes
@@ -315,7 +311,7 @@ fn touch_task_nodes(
     Ok(())
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Task, ResourceError> {
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Task, StoreError> {
     let row = get(cx.tx, key)?;
     cx.tx
         .execute("DELETE FROM tasks WHERE id = ?1", [&row.task.id])?;
@@ -330,7 +326,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Task, Resource
 }
 
 /// A poll by the MSCS: pending tasks become running.
-pub(crate) fn mark_running(cx: &TxContext<'_>, ids: &[String]) -> Result<(), ResourceError> {
+pub(crate) fn mark_running(cx: &TxContext<'_>, ids: &[String]) -> Result<(), StoreError> {
     for id in ids {
         cx.tx.execute(
             "UPDATE tasks SET status = 'running' WHERE id = ?1 AND status = 'pending'",
@@ -340,10 +336,9 @@ pub(crate) fn mark_running(cx: &TxContext<'_>, ids: &[String]) -> Result<(), Res
     Ok(())
 }
 
-fn parse_rfc3339(field: &str, text: &str) -> Result<OffsetDateTime, ResourceError> {
-    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-        ResourceError::invalid(field, format!("{text:?} is not an RFC 3339 time: {e}"))
-    })
+fn parse_rfc3339(field: &str, text: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| StoreError::invalid(field, format!("{text:?} is not an RFC 3339 time: {e}")))
 }
 
 pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
@@ -358,22 +353,22 @@ pub(crate) fn insert_result(
     cx: &mut TxContext<'_>,
     task_key: &str,
     mut document: serde_json::Value,
-) -> Result<(ResultRecord, bool), ResourceError> {
+) -> Result<(ResultRecord, bool), StoreError> {
     let row = find(cx.tx, task_key)?
-        .ok_or_else(|| ResourceError::invalid("task_id", format!("no task {task_key:?} exists")))?;
+        .ok_or_else(|| StoreError::invalid("task_id", format!("no task {task_key:?} exists")))?;
     let object = document
         .as_object_mut()
-        .ok_or_else(|| ResourceError::invalid("(body)", "a result document is a JSON object"))?;
+        .ok_or_else(|| StoreError::invalid("(body)", "a result document is a JSON object"))?;
     match object.get("schema").and_then(|v| v.as_str()) {
         Some(RESULT_SCHEMA) => {}
         Some(other) => {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "schema",
                 format!("{other:?} is not {RESULT_SCHEMA:?}"),
             ))
         }
         None => {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "schema",
                 format!("missing; a result document has \"schema\": {RESULT_SCHEMA:?}"),
             ))
@@ -381,7 +376,7 @@ pub(crate) fn insert_result(
     }
     match object.get("task_id") {
         Some(serde_json::Value::String(id)) if *id != row.task.id && *id != row.task.name => {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "task_id",
                 format!("the document names task {id:?}, not {}", row.task.id),
             ))
@@ -394,12 +389,12 @@ pub(crate) fn insert_result(
         }
     }
     if !object.get("receivers").is_some_and(|r| r.is_array()) {
-        return Err(ResourceError::invalid("receivers", "missing or not a list"));
+        return Err(StoreError::invalid("receivers", "missing or not a list"));
     }
     let started_at = object
         .get("started_at")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ResourceError::invalid("started_at", "missing or not a string"))?
+        .ok_or_else(|| StoreError::invalid("started_at", "missing or not a string"))?
         .to_string();
     let started = parse_rfc3339("started_at", &started_at)?;
     let run_id = match object.get("run_id") {
@@ -408,7 +403,7 @@ pub(crate) fn insert_result(
             Some(id.clone())
         }
         Some(_) => {
-            return Err(ResourceError::invalid(
+            return Err(StoreError::invalid(
                 "run_id",
                 "must be a string of 1 to 200 characters",
             ))
@@ -485,7 +480,7 @@ pub(crate) struct ResultQuery {
     pub limit: u32,
 }
 
-fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, ResourceError> {
+fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, StoreError> {
     let document: String = r.get(5)?;
     Ok(ResultRecord {
         id: r.get(0)?,
@@ -499,7 +494,7 @@ fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, ResourceError> {
 
 /// Task ids a `task=` filter (id or name) stands for: the live task, or the
 /// history of a deleted one.
-fn task_ids(conn: &Connection, key: &str) -> Result<String, ResourceError> {
+fn task_ids(conn: &Connection, key: &str) -> Result<String, StoreError> {
     if let Some(row) = find(conn, key)? {
         return Ok(row.task.id);
     }
@@ -510,17 +505,14 @@ fn task_ids(conn: &Connection, key: &str) -> Result<String, ResourceError> {
             |r| r.get(0),
         )
         .optional()?;
-    id.ok_or_else(|| ResourceError::NotFound {
+    id.ok_or_else(|| StoreError::NotFound {
         kind: "task",
         id: key.to_string(),
     })
 }
 
 /// Results oldest first (by run start).
-pub(crate) fn results(
-    conn: &Connection,
-    q: &ResultQuery,
-) -> Result<Vec<ResultRecord>, ResourceError> {
+pub(crate) fn results(conn: &Connection, q: &ResultQuery) -> Result<Vec<ResultRecord>, StoreError> {
     let task_id = q.task.as_deref().map(|t| task_ids(conn, t)).transpose()?;
     let since = q.since.map(unix_ms);
     let until = q.until.map(unix_ms);
@@ -541,7 +533,7 @@ pub(crate) fn results(
     Ok(out)
 }
 
-pub(crate) fn latest(conn: &Connection, task: Option<&str>) -> Result<ResultRecord, ResourceError> {
+pub(crate) fn latest(conn: &Connection, task: Option<&str>) -> Result<ResultRecord, StoreError> {
     let mut list = results(
         conn,
         &ResultQuery {
@@ -550,7 +542,7 @@ pub(crate) fn latest(conn: &Connection, task: Option<&str>) -> Result<ResultReco
             ..Default::default()
         },
     )?;
-    list.pop().ok_or_else(|| ResourceError::NotFound {
+    list.pop().ok_or_else(|| StoreError::NotFound {
         kind: "result",
         id: match task {
             Some(t) => format!("latest of task {t}"),

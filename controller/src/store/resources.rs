@@ -1,4 +1,4 @@
-//! Store of the wave-2 resources: platforms, QoS policies, appliances, VMs,
+//! The transaction model of platforms, QoS policies, appliances, VMs,
 //! programs, deployments, tasks and results.
 //!
 //! These requests are few (operator and Terraform traffic, agent status
@@ -12,105 +12,15 @@
 //! commit, so a heartbeat answers it without touching SQLite.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, RwLock};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
-use crate::store::{rfc3339, Registry, StoreError};
-
-/// Why a resource request failed. Nothing of the request was stored.
-#[derive(Debug, thiserror::Error)]
-pub enum ResourceError {
-    /// A request field is invalid.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// JSON path of the field.
-        field: String,
-        /// Why.
-        reason: String,
-    },
-    /// The addressed object does not exist.
-    #[error("{kind} {id:?} not found")]
-    NotFound {
-        /// Kind of object.
-        kind: &'static str,
-        /// Id or name asked for.
-        id: String,
-    },
-    /// The request conflicts with the current state (name taken, still in use).
-    #[error("{message}")]
-    Conflict {
-        /// Field to blame, if one is.
-        field: Option<String>,
-        /// What conflicts.
-        message: String,
-    },
-    /// A VLAN or subnet pool has no free entry.
-    #[error("{0}")]
-    PoolExhausted(String),
-    /// SQLite failed.
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    /// A stored value does not parse.
-    #[error("corrupt value in the database: {0}")]
-    Corrupt(String),
-    /// The blocking task running the transaction failed.
-    #[error("store task failed: {0}")]
-    Task(String),
-}
-
-impl ResourceError {
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ResourceError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
-    pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
-        ResourceError::Conflict {
-            field: field.map(str::to_string),
-            message: message.into(),
-        }
-    }
-}
-
-impl From<crate::validation::FieldError> for ResourceError {
-    fn from(e: crate::validation::FieldError) -> Self {
-        ResourceError::Invalid {
-            field: e.field,
-            reason: e.reason,
-        }
-    }
-}
-
-/// Where VLAN tags and platform subnets come from.
-#[derive(Debug, Clone)]
-pub(crate) struct Pools {
-    pub vlans: RangeInclusive<u16>,
-    /// Network address and prefix length; split into /24s.
-    pub subnets: (Ipv4Addr, u8),
-}
-
-impl Default for Pools {
-    fn default() -> Self {
-        Pools {
-            vlans: 100..=3999,
-            subnets: (Ipv4Addr::new(10, 201, 0, 0), 16),
-        }
-    }
-}
-
-/// The answer of a mutating request: HTTP status and JSON body. Stored under
-/// the request_id so a retry gets exactly the first answer.
-#[derive(Debug, Clone)]
-pub(crate) struct Answer {
-    pub status: u16,
-    pub body: serde_json::Value,
-}
+use super::codec::rfc3339;
+use super::error::StoreError;
+use super::registry::Registry;
+use crate::placement::Pools;
 
 /// Changes a transaction made that the in-memory mirrors must learn after commit.
 #[derive(Debug, Default)]
@@ -148,7 +58,7 @@ impl TxContext<'_> {
         object_kind: &str,
         object_id: &str,
         message: impl Into<String>,
-    ) -> Result<(), ResourceError> {
+    ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -158,7 +68,7 @@ impl TxContext<'_> {
     }
 
     /// Bump the desired-state generation of a node (at most once per request).
-    pub fn touch_node(&mut self, node_id: &str) -> Result<(), ResourceError> {
+    pub fn touch_node(&mut self, node_id: &str) -> Result<(), StoreError> {
         if self.effects.touched_nodes.iter().any(|n| n == node_id) {
             return Ok(());
         }
@@ -198,7 +108,6 @@ impl ResourceStore {
                 generations.insert(row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64);
             }
         }
-        super::appliances::ensure_builtin(&conn)?;
         Ok(ResourceStore {
             conn: Arc::new(Mutex::new(conn)),
             registry,
@@ -253,18 +162,18 @@ impl ResourceStore {
     /// Run `body` in one IMMEDIATE transaction; commit only if it succeeds.
     pub async fn transact<T: Send + 'static>(
         &self,
-        body: impl FnOnce(&mut TxContext<'_>) -> Result<T, ResourceError> + Send + 'static,
-    ) -> Result<T, ResourceError> {
+        body: impl FnOnce(&mut TxContext<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.transact_blocking(body))
             .await
-            .map_err(|e| ResourceError::Task(e.to_string()))?
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     fn transact_blocking<T>(
         &self,
-        body: impl FnOnce(&mut TxContext<'_>) -> Result<T, ResourceError>,
-    ) -> Result<T, ResourceError> {
+        body: impl FnOnce(&mut TxContext<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // The registry lock is held only for a clone-free borrow during the
@@ -303,75 +212,11 @@ impl ResourceStore {
         Ok(value)
     }
 
-    /// A mutating request with an optional idempotency key: a repeated key
-    /// returns the stored answer and changes nothing; a key reused for another
-    /// route is refused.
-    pub async fn mutate(
-        &self,
-        request_id: Option<String>,
-        route: String,
-        body: impl FnOnce(&mut TxContext<'_>) -> Result<Answer, ResourceError> + Send + 'static,
-    ) -> Result<Answer, ResourceError> {
-        if let Some(id) = &request_id {
-            if id.is_empty() || id.len() > 200 {
-                return Err(ResourceError::invalid(
-                    "request_id",
-                    "must be 1 to 200 characters long",
-                ));
-            }
-        }
-        self.transact(move |cx| {
-            if let Some(id) = &request_id {
-                let stored: Option<(String, i64, String)> = cx
-                    .tx
-                    .query_row(
-                        "SELECT route, status, body FROM idempotency WHERE request_id = ?1",
-                        [id],
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                    )
-                    .optional()?;
-                if let Some((stored_route, status, text)) = stored {
-                    if stored_route != route {
-                        return Err(ResourceError::conflict(
-                            Some("request_id"),
-                            format!(
-                                "request_id: {id:?} was already used for {stored_route}; use a new request_id for {route}"
-                            ),
-                        ));
-                    }
-                    let body = serde_json::from_str(&text)
-                        .map_err(|e| ResourceError::Corrupt(format!("idempotency.body: {e}")))?;
-                    return Ok(Answer {
-                        status: status as u16,
-                        body,
-                    });
-                }
-            }
-            let answer = body(cx)?;
-            if let Some(id) = &request_id {
-                cx.tx
-                    .prepare_cached(
-                        "INSERT INTO idempotency (request_id, route, status, body, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![
-                        id,
-                        route,
-                        answer.status,
-                        answer.body.to_string(),
-                        cx.now_text()
-                    ])?;
-            }
-            Ok(answer)
-        })
-        .await
-    }
-
     /// Read-only work on the resource connection.
     pub async fn read<T: Send + 'static>(
         &self,
-        body: impl FnOnce(&Connection, &Registry) -> Result<T, ResourceError> + Send + 'static,
-    ) -> Result<T, ResourceError> {
+        body: impl FnOnce(&Connection, &Registry) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = this.conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -379,31 +224,6 @@ impl ResourceStore {
             body(&conn, &registry)
         })
         .await
-        .map_err(|e| ResourceError::Task(e.to_string()))?
-    }
-}
-
-/// JSON text of a value for a TEXT column.
-pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
-    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
-}
-
-pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
-    column: &str,
-    text: &str,
-) -> Result<T, ResourceError> {
-    serde_json::from_str(text).map_err(|e| ResourceError::Corrupt(format!("{column}: {e}")))
-}
-
-pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Serialize a response body.
-pub(crate) fn answer<T: serde::Serialize>(status: u16, value: &T) -> Answer {
-    Answer {
-        status,
-        body: serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }

@@ -6,11 +6,11 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
 
-use super::respond::{answer, key};
-use crate::api::extract::{JsonBody, QueryParams};
-use crate::api::{ApiError, AppState};
-use crate::slices::store::resources::answer as stored;
-use crate::slices::store::tasks;
+use super::error::ApiError;
+use super::extract::{key, JsonBody, QueryParams};
+use super::idempotency::{answer, stored, Idempotent};
+use super::state::AppState;
+use crate::store::tasks;
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
     let tasks = state

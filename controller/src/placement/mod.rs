@@ -1,0 +1,185 @@
+//! Placement: where a platform or VM lands and whether it fits.
+//!
+//! VLAN tags and /24 subnets for platforms, addresses and MACs for VMs, and
+//! the node checks (backend, free memory) a VM must pass. Everything here is
+//! pure: the store reads what is in use inside the request's transaction and
+//! hands it over, so an allocation and the row that takes it commit together.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+
+use measurelab_api::http::{Capabilities, Resources, VmBackend};
+use rand::Rng;
+
+use crate::store::error::StoreError;
+
+const MIB: u64 = 1024 * 1024;
+/// Random MACs tried before giving up: with 2^24 addresses and a few
+/// thousand VMs a collision is rare, 64 in a row means the pool is full.
+const MAC_TRIES: usize = 64;
+
+/// Where VLAN tags and platform subnets come from.
+#[derive(Debug, Clone)]
+pub(crate) struct Pools {
+    pub vlans: RangeInclusive<u16>,
+    /// Network address and prefix length; split into /24s.
+    pub subnets: (Ipv4Addr, u8),
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            vlans: 100..=3999,
+            subnets: (Ipv4Addr::new(10, 201, 0, 0), 16),
+        }
+    }
+}
+
+/// The lowest VLAN tag of the pool no platform uses.
+pub(crate) fn vlan(pools: &Pools, used: &HashSet<u16>) -> Result<u16, StoreError> {
+    let pool = pools.vlans.clone();
+    let (first, last) = (*pool.start(), *pool.end());
+    pool.into_iter().find(|tag| !used.contains(tag)).ok_or_else(|| {
+        StoreError::PoolExhausted(format!(
+            "every VLAN tag of the pool {first}-{last} is in use by a platform; delete a platform or widen the controller's VLAN pool"
+        ))
+    })
+}
+
+/// The /24s of the subnet pool, in order.
+pub(crate) fn pool_subnets(pools: &Pools) -> impl Iterator<Item = String> {
+    let (network, prefix) = pools.subnets;
+    let base = u32::from(network) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let count: u32 = 1 << (24 - prefix.min(24));
+    (0..count).map(move |i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+}
+
+/// The first /24 of the pool no platform uses.
+pub(crate) fn subnet(pools: &Pools, used: &HashSet<String>) -> Result<String, StoreError> {
+    let (network, prefix) = pools.subnets;
+    pool_subnets(pools)
+        .find(|s| !used.contains(s))
+        .ok_or_else(|| {
+            StoreError::PoolExhausted(format!(
+                "every /24 of the subnet pool {network}/{prefix} is in use by a platform; delete a platform or widen the controller's subnet pool"
+            ))
+        })
+}
+
+/// `a.b.c.d/len` as address and prefix length.
+pub(crate) fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (address, prefix) = text.split_once('/')?;
+    let address: Ipv4Addr = address.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 32).then_some((address, prefix))
+}
+
+/// The first free VM address of a platform's subnet.
+pub(crate) fn address(
+    platform_name: &str,
+    subnet: &str,
+    used: &HashSet<String>,
+) -> Result<String, StoreError> {
+    let (network, prefix) = parse_cidr(subnet)
+        .ok_or_else(|| StoreError::Corrupt(format!("platforms.subnet {subnet:?}")))?;
+    let base = u32::from(network);
+    let size: u32 = 1 << (32 - u32::from(prefix.clamp(8, 30)));
+    // .0 is the network, .1 is left for a gateway, the last is broadcast.
+    (2..size - 1)
+        .map(|host| Ipv4Addr::from(base + host).to_string())
+        .find(|a| !used.contains(a))
+        .ok_or_else(|| {
+            StoreError::PoolExhausted(format!(
+                "every address of platform {platform_name}'s subnet {subnet} is in use"
+            ))
+        })
+}
+
+/// A random MAC that `taken` says no VM has.
+pub(crate) fn mac(
+    mut taken: impl FnMut(&str) -> Result<bool, StoreError>,
+) -> Result<String, StoreError> {
+    let mut rng = rand::thread_rng();
+    for _ in 0..MAC_TRIES {
+        // 52:54:00 is the locally administered prefix QEMU/libvirt use.
+        let mac = format!(
+            "52:54:00:{:02x}:{:02x}:{:02x}",
+            rng.gen::<u8>(),
+            rng.gen::<u8>(),
+            rng.gen::<u8>()
+        );
+        if !taken(&mac)? {
+            return Ok(mac);
+        }
+    }
+    Err(StoreError::PoolExhausted(format!(
+        "no free MAC address found in 52:54:00:00:00:00/24 after {MAC_TRIES} tries"
+    )))
+}
+
+/// Whether a node's agent reported the backend.
+pub(crate) fn has_backend(capabilities: &Capabilities, backend: VmBackend) -> bool {
+    match backend {
+        VmBackend::Namespace => capabilities.namespace_backend,
+        VmBackend::Libvirt => !capabilities.libvirt_uris.is_empty(),
+    }
+}
+
+/// Refuse `needed_mib` on a node unless it is free: what the agent reports
+/// free minus `reserved_mib`, the memory of VMs the agent has not started yet
+/// (not in its report yet).
+pub(crate) fn check_memory_fits(
+    node_name: &str,
+    resources: &Resources,
+    reserved_mib: u64,
+    needed_mib: u64,
+) -> Result<(), StoreError> {
+    let reported_free = resources
+        .memory_total_bytes
+        .saturating_sub(resources.memory_used_bytes)
+        / MIB;
+    let free = reported_free.saturating_sub(reserved_mib);
+    if needed_mib > free {
+        return Err(StoreError::invalid(
+            "memory_mib",
+            format!(
+                "{needed_mib} MiB is more than node {node_name} has free: {free} MiB ({} MiB total, {} MiB in use, {reserved_mib} MiB reserved by VMs not started yet)",
+                resources.memory_total_bytes / MIB,
+                resources.memory_used_bytes / MIB,
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_pool_splits_into_24s() {
+        let pools = Pools {
+            vlans: 100..=101,
+            subnets: ("10.201.0.0".parse().unwrap(), 22),
+        };
+        let subnets: Vec<String> = pool_subnets(&pools).collect();
+        assert_eq!(
+            subnets,
+            vec![
+                "10.201.0.0/24",
+                "10.201.1.0/24",
+                "10.201.2.0/24",
+                "10.201.3.0/24"
+            ]
+        );
+        let single = Pools {
+            vlans: 1..=1,
+            subnets: ("192.168.7.0".parse().unwrap(), 24),
+        };
+        assert_eq!(
+            pool_subnets(&single).collect::<Vec<_>>(),
+            vec!["192.168.7.0/24"]
+        );
+    }
+}

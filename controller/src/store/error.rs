@@ -1,0 +1,118 @@
+//! `StoreError`: the one error of the controller's domain. The HTTP API
+//! (`api::error`) and the node API (`agent_rpc::error`) each translate it in
+//! one place.
+
+use std::path::PathBuf;
+
+use crate::validation::FieldError;
+
+/// Why a store call failed. Nothing of a failed request was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or configured.
+    #[error("cannot open the controller database {path}: {source}")]
+    Open {
+        /// Database file.
+        path: PathBuf,
+        /// SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A schema migration failed; the database is left at the previous version.
+    #[error("schema migration {version} failed: {source}")]
+    Migrate {
+        /// 1-based migration number.
+        version: usize,
+        /// SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer controller.
+    #[error("the database has schema version {found}, this controller knows up to {known}; upgrade the controller")]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        known: usize,
+    },
+    /// A SQL statement failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value does not parse (hand-edited or corrupt database).
+    #[error("corrupt value in the database: {0}")]
+    Corrupt(String),
+    /// The batch could not be committed; nothing in it was stored.
+    #[error("database commit failed, nothing was stored: {0}")]
+    Commit(String),
+    /// No node has this id or name.
+    #[error("no node with id or name {0:?}")]
+    UnknownNode(String),
+    /// The node exists but the secret does not match.
+    #[error("wrong node secret for node {0}")]
+    WrongSecret(String),
+    /// Another node already uses the name.
+    #[error("the name {name:?} is already used by node {owner}")]
+    NameTaken {
+        /// Requested name.
+        name: String,
+        /// Id of the node holding it.
+        owner: String,
+    },
+    /// The writer thread has stopped (controller shutting down).
+    #[error("the store is shutting down")]
+    WriterGone,
+    /// A blocking store task (a read, a transaction, the checkpoint thread)
+    /// panicked, was cancelled or could not start.
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// A request field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// JSON path of the field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The addressed object does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// Kind of object.
+        kind: &'static str,
+        /// Id or name asked for.
+        id: String,
+    },
+    /// The request conflicts with the current state (name taken, still in use).
+    #[error("{message}")]
+    Conflict {
+        /// Field to blame, if one is.
+        field: Option<String>,
+        /// What conflicts.
+        message: String,
+    },
+    /// A VLAN, subnet, address or MAC pool has no free entry.
+    #[error("{0}")]
+    PoolExhausted(String),
+}
+
+impl StoreError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        StoreError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
+        StoreError::Conflict {
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for StoreError {
+    fn from(e: FieldError) -> Self {
+        StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}

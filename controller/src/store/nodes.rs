@@ -1,0 +1,176 @@
+//! Nodes: what registration, heartbeats and log shipping carry, the node
+//! secrets, and the SQL of the node table, its logs and the event journal.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
+use rusqlite::Connection;
+
+use super::codec::{from_json, parse_time};
+use super::error::StoreError;
+use super::registry::{NodeEntry, Registry};
+
+/// Log lines kept per node; older lines are deleted as new ones arrive.
+pub const LOG_LINES_PER_NODE: i64 = 10_000;
+
+pub(crate) fn status_text(status: NodeStatus) -> &'static str {
+    match status {
+        NodeStatus::Online => "online",
+        NodeStatus::Offline => "offline",
+    }
+}
+
+/// A registration, already validated by the gRPC layer.
+#[derive(Debug, Clone)]
+pub(crate) struct RegisterInput {
+    pub name: String,
+    /// The id the agent persisted, if any.
+    pub node_id: Option<String>,
+    pub agent_version: String,
+    pub capabilities: Capabilities,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub management_address: String,
+}
+
+/// Result of a registration.
+#[derive(Debug, Clone)]
+pub(crate) struct Registered {
+    pub node_id: String,
+    pub node_secret: String,
+}
+
+/// A heartbeat, already validated and authenticated.
+#[derive(Debug, Clone)]
+pub(crate) struct HeartbeatInput {
+    pub node_id: String,
+    pub node_secret: String,
+    pub sequence: u64,
+    pub agent_version: String,
+    pub capabilities: Capabilities,
+    pub resources: Resources,
+    pub observed_generation: u64,
+}
+
+/// A batch of shipped log lines.
+#[derive(Debug, Clone)]
+pub(crate) struct ShipLogsInput {
+    pub node_id: String,
+    pub node_secret: String,
+    pub lines: Vec<http::LogLine>,
+}
+
+/// An event to append to the journal.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    pub reason: &'static str,
+    pub object_kind: &'static str,
+    pub object_id: String,
+    pub message: String,
+}
+
+pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreError> {
+    let mut registry = Registry::default();
+    let mut statement = conn.prepare(
+        "SELECT id, name, secret, status, registered_at, last_heartbeat, agent_version,
+                management_address, capabilities, resources, labels, last_sequence,
+                observed_generation, desired_generation
+         FROM nodes",
+    )?;
+    let mut rows = statement.query([])?;
+    let mut plaintext = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let stored_secret: String = row.get(2)?;
+        // Databases written before secrets were hashed hold them in clear.
+        let secret_digest = if stored_secret.starts_with(SECRET_DIGEST_PREFIX) {
+            stored_secret
+        } else {
+            let digest = secret_digest(&stored_secret);
+            plaintext.push((id.clone(), digest.clone()));
+            digest
+        };
+        let status: String = row.get(3)?;
+        let registered_at: String = row.get(4)?;
+        let last_heartbeat: Option<String> = row.get(5)?;
+        let capabilities: String = row.get(8)?;
+        let resources: String = row.get(9)?;
+        let labels: String = row.get(10)?;
+        registry.upsert(NodeEntry {
+            id,
+            name: row.get(1)?,
+            secret_digest,
+            status: match status.as_str() {
+                "online" => NodeStatus::Online,
+                "offline" => NodeStatus::Offline,
+                other => return Err(StoreError::Corrupt(format!("nodes.status {other:?}"))),
+            },
+            registered_at: parse_time(&registered_at)?,
+            last_heartbeat: last_heartbeat.as_deref().map(parse_time).transpose()?,
+            last_contact: startup,
+            agent_version: row.get(6)?,
+            management_address: row.get(7)?,
+            capabilities: from_json("nodes.capabilities", &capabilities)?,
+            resources: from_json("nodes.resources", &resources)?,
+            labels: from_json("nodes.labels", &labels)?,
+            last_sequence: row.get::<_, i64>(11)? as u64,
+            observed_generation: row.get::<_, i64>(12)? as u64,
+            desired_generation: row.get::<_, i64>(13)? as u64,
+        });
+    }
+    for (id, digest) in plaintext {
+        conn.execute(
+            "UPDATE nodes SET secret = ?2 WHERE id = ?1",
+            rusqlite::params![id, digest],
+        )?;
+    }
+    Ok(registry)
+}
+
+/// Constant-time comparison, so response timing does not leak how many
+/// leading characters of a guessed secret were right.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the store keeps of a node secret: a copy of the database (a backup,
+/// a support bundle) must not let anyone heartbeat as the node. The secret
+/// is 256 random bits, so a plain SHA-256 needs no salt or stretching.
+pub(crate) fn secret_digest(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    // Every authenticated heartbeat computes this: one allocation, not one
+    // per byte.
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut text = String::with_capacity(SECRET_DIGEST_PREFIX.len() + 2 * digest.len());
+    text.push_str(SECRET_DIGEST_PREFIX);
+    for byte in digest {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+const SECRET_DIGEST_PREFIX: &str = "sha256:";
+
+pub(crate) fn check_secret(
+    entry: Option<&NodeEntry>,
+    node_id: &str,
+    secret: &str,
+) -> Result<(), StoreError> {
+    match entry {
+        None => Err(StoreError::UnknownNode(node_id.to_string())),
+        Some(entry)
+            if constant_time_eq(
+                entry.secret_digest.as_bytes(),
+                secret_digest(secret).as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(StoreError::WrongSecret(node_id.to_string())),
+    }
+}
