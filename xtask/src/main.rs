@@ -18,6 +18,8 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+mod modcycles;
+
 #[path = "../../cli/src/tfrc.rs"]
 #[allow(dead_code)]
 mod tfrc;
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some("docs") => docs(args.iter().any(|a| a == "--check")),
         Some("acc") => acc(&args[1..]),
         Some("plugin-startup") => plugin_startup(&args[1..]),
+        Some("modcycles") => modcycles::modcycles(&workspace_root()),
         _ => bail!(
             "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release]"
         ),
