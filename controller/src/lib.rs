@@ -8,13 +8,37 @@
 //! # Layout
 //! - [`run`] / [`ControllerConfig`]: the entry point used by `measurelab
 //!   controller`, the tests and the heartbeat benchmark.
-//! - `store/`: SQLite (WAL, group commit through one writer thread) plus the
-//!   in-memory node registry every read is served from.
-//! - `agent_rpc/`: the gRPC `NodeService` (Register, Heartbeat, ShipLogs).
-//! - `api/`: the axum router under `/v1`, bearer auth, `ApiError`, OpenAPI.
+//! - `api/`: the HTTP/JSON API (axum). `mod.rs` holds the router, bearer
+//!   auth, the admin page and the OpenAPI route; `state` the handlers' shared
+//!   state; `error` `ApiError`, the one place errors become HTTP responses;
+//!   `extract` the body, query and path extractors; `idempotency` the
+//!   request_id replay of mutating requests. One file of handlers per
+//!   resource: `nodes` (and events), `platforms`, `qos_policies`,
+//!   `appliances`, `vms`, `programs` (and deployments), `tasks`, `results`.
+//! - `store/`: SQLite and the in-memory node registry. `mod.rs` holds the
+//!   `Store` handle; `error` `StoreError`, the one error of the domain;
+//!   `database` opening and migrations; `codec` how values sit in columns;
+//!   `nodes` the node inputs, secrets, logs and events; `registry` the
+//!   in-memory node table; `writer` the group-commit writer of node traffic;
+//!   `checkpoint` background WAL checkpoints; `resources` the one-transaction-
+//!   per-request store of everything else. One file of SQL per resource:
+//!   `platforms`, `qos_policies`, `appliances`, `vms`, `programs` (and
+//!   deployments), `tasks` (and results), `desired` (a node's desired state
+//!   and its status reports), `idempotency` (recorded responses).
+//! - `agent_rpc/`: the gRPC `NodeService` (tonic). `mod.rs` holds Register,
+//!   Heartbeat, ShipLogs and WatchDesiredState; `workload` GetDesiredState,
+//!   ReportStatus, FetchProgram, PostResult and PollTasks; `error` `RpcError`,
+//!   the one place errors become gRPC status codes.
+//! - `placement/`: VLAN, subnet, address and MAC allocation, and whether a VM
+//!   fits its node (backend, free memory).
+//! - `validation`: field rules both APIs share.
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
 //! - `ui/`: the embedded admin page served at `/`.
+//!
+//! Imports point one way: `api` and `agent_rpc` use `store`, `store` uses
+//! `placement`, and no two modules import each other, directly or in a
+//! circle (`cargo run -p xtask -- modcycles` checks it).
 #![warn(missing_docs)]
 
 mod agent_rpc;

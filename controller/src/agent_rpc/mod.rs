@@ -113,8 +113,8 @@ impl NodeRpc {
             .authenticate(&input.node_id, &input.node_secret)?;
         let node_id = input.node_id.clone();
         self.store.heartbeat(input).await?;
-        // The desired state lives in the wave-2 resource store (slices), whose
-        // per-node generation is mirrored in memory.
+        // The desired state lives in the resource store, whose per-node
+        // generation is mirrored in memory: no SQLite read per heartbeat.
         let desired_generation = workload::desired_generation(&self.store, &node_id);
         Ok(HeartbeatResponse {
             heartbeat_interval_seconds: self.heartbeat_interval_seconds,

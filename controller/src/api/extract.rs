@@ -131,7 +131,7 @@ fn missing_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-/// Query parameters as a map; typed parsing happens in [`query_u64`] so
+/// Query parameters as a map; typed parsing happens in [`QueryParams::int`] so
 /// errors can name the parameter.
 pub(crate) struct QueryParams(pub HashMap<String, String>);
 

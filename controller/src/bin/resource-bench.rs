@@ -1,4 +1,4 @@
-//! Latency of the wave-2 resource paths on a real controller (in process,
+//! Latency of the platform, VM, task and result paths on a real controller (in process,
 //! loopback, fresh data directory): VM creation over HTTP (one durable
 //! SQLite transaction each), GetDesiredState and ReportStatus of a node
 //! hosting all of them, and the result history query.

@@ -1,4 +1,4 @@
-//! The node side of the wave-2 resources: a node's desired state, and what
+//! The node side of platforms, VMs, programs and tasks: a node's desired state, and what
 //! its agent reports back (VM states, guests, program runs, cleanup acks).
 
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};

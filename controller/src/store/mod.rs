@@ -4,7 +4,12 @@
 //! All writes go through one writer thread ([`writer`]) that commits whatever
 //! is queued as one transaction (group commit) and only then answers the
 //! callers, so every acknowledged change is on disk while 5,000 heartbeats/s
-//! share one fsync per batch instead of paying one each.
+//! share one fsync per batch instead of paying one each. Platforms, QoS
+//! policies, appliances, VMs, programs, tasks and results run one transaction
+//! per request on a connection of their own instead ([`resources`]).
+//!
+//! Store functions return domain values or a [`StoreError`]; the HTTP and
+//! gRPC layers decide what those become on the wire.
 
 pub(crate) mod appliances;
 mod checkpoint;
@@ -68,7 +73,7 @@ impl Store {
         Self::open_with_pools(data_dir, durable_heartbeats, Pools::default())
     }
 
-    /// [`Store::open`] with the VLAN and subnet pools platforms draw from.
+    /// `Store::open` with the VLAN and subnet pools platforms draw from.
     pub fn open_with_pools(
         data_dir: &Path,
         durable_heartbeats: bool,
@@ -213,50 +218,14 @@ impl Store {
         node_id: String,
         limit: u32,
     ) -> Result<Vec<http::LogLine>, StoreError> {
-        self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT time, level, target, message FROM
-                   (SELECT id, time, level, target, message FROM node_logs
-                    WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2)
-                 ORDER BY id ASC",
-            )?;
-            let lines = statement
-                .query_map(rusqlite::params![node_id, limit], |row| {
-                    Ok(http::LogLine {
-                        time: row.get(0)?,
-                        level: row.get(1)?,
-                        target: row.get(2)?,
-                        message: row.get(3)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(lines)
-        })
-        .await
+        self.read(move |conn| nodes::logs(conn, &node_id, limit))
+            .await
     }
 
     /// Events with id > `after`, oldest first.
     pub async fn events(&self, after: i64, limit: u32) -> Result<Vec<http::Event>, StoreError> {
-        self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT id, time, reason, object_kind, object_id, message FROM events
-                 WHERE id > ?1 ORDER BY id ASC LIMIT ?2",
-            )?;
-            let events = statement
-                .query_map(rusqlite::params![after, limit], |row| {
-                    Ok(http::Event {
-                        id: row.get(0)?,
-                        time: row.get(1)?,
-                        reason: row.get(2)?,
-                        object_kind: row.get(3)?,
-                        object_id: row.get(4)?,
-                        message: row.get(5)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(events)
-        })
-        .await
+        self.read(move |conn| nodes::events(conn, after, limit))
+            .await
     }
 
     /// Number of stored log lines of a node (used by tests of the retention).

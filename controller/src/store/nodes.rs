@@ -174,3 +174,53 @@ pub(crate) fn check_secret(
         Some(_) => Err(StoreError::WrongSecret(node_id.to_string())),
     }
 }
+
+/// The newest `limit` lines of a node, oldest first.
+pub(crate) fn logs(
+    conn: &Connection,
+    node_id: &str,
+    limit: u32,
+) -> Result<Vec<http::LogLine>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT time, level, target, message FROM
+           (SELECT id, time, level, target, message FROM node_logs
+            WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2)
+         ORDER BY id ASC",
+    )?;
+    let lines = statement
+        .query_map(rusqlite::params![node_id, limit], |row| {
+            Ok(http::LogLine {
+                time: row.get(0)?,
+                level: row.get(1)?,
+                target: row.get(2)?,
+                message: row.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lines)
+}
+
+/// Events with id > `after`, oldest first.
+pub(crate) fn events(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<http::Event>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, time, reason, object_kind, object_id, message FROM events
+         WHERE id > ?1 ORDER BY id ASC LIMIT ?2",
+    )?;
+    let events = statement
+        .query_map(rusqlite::params![after, limit], |row| {
+            Ok(http::Event {
+                id: row.get(0)?,
+                time: row.get(1)?,
+                reason: row.get(2)?,
+                object_kind: row.get(3)?,
+                object_id: row.get(4)?,
+                message: row.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(events)
+}
