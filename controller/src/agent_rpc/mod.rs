@@ -171,11 +171,11 @@ fn hint_stream(source: HintSource) -> HintStream {
                 changed = source.generation.changed() => changed.ok()?,
                 _ = tokio::time::sleep(WATCH_KEEPALIVE) => {
                     if !workload::still_authenticated(&source.store, &source.node_id, &source.node_secret) {
-                        let status = Status::unauthenticated(format!(
+                        let error = RpcError::Unauthenticated(format!(
                             "node_secret: node {} is no longer known with this secret; register again",
                             source.node_id
                         ));
-                        return Some((Err(status), None));
+                        return Some((Err(error.into()), None));
                     }
                 }
                 _ = source.shutdown.cancelled() => return None,

@@ -54,7 +54,9 @@ impl Answer {
     }
 }
 
-/// Mutations of the resource store under an optional request_id.
+/// Mutations of the resource store under an optional request_id. A trait
+/// so handlers read `store.resources().mutate(..)` while the replay rules stay
+/// here, in the API layer, and the transaction stays the store's.
 pub(crate) trait Idempotent {
     /// Run `body` in one transaction, or, when `request_id` was used for
     /// `route` before, return the recorded answer and change nothing.
