@@ -154,6 +154,7 @@ impl ControllerConfig {
         grpc_listener: std::net::TcpListener,
     ) -> Self {
         let heartbeat_interval = Duration::from_secs(5);
+        let pools = placement::Pools::default();
         ControllerConfig {
             data_dir: data_dir.into(),
             http_listener,
@@ -162,8 +163,8 @@ impl ControllerConfig {
             offline_after: heartbeat_interval * 3,
             join_token: None,
             durable_heartbeats: true,
-            vlan_pool: 100..=3999,
-            subnet_pool: (Ipv4Addr::new(10, 201, 0, 0), 16),
+            vlan_pool: pools.vlans,
+            subnet_pool: pools.subnets,
         }
     }
 }

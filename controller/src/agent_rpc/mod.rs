@@ -133,18 +133,6 @@ impl NodeRpc {
     }
 }
 
-impl NodeRpc {
-    /// Desired state of a node: its platforms, VMs, program runs and
-    /// service-host tasks (controller/src/slices).
-    async fn desired_state(&self, request: DesiredStateRequest) -> Result<DesiredState, RpcError> {
-        workload::desired_state(&self.store, request).await
-    }
-
-    async fn report_status(&self, report: StatusReport) -> Result<StatusAck, RpcError> {
-        workload::report_status(&self.store, report).await
-    }
-}
-
 /// What a WatchDesiredState stream follows.
 struct HintSource {
     store: Store,
@@ -219,7 +207,7 @@ impl NodeService for NodeRpc {
         request: Request<DesiredStateRequest>,
     ) -> Result<Response<DesiredState>, Status> {
         Ok(Response::new(
-            self.desired_state(request.into_inner()).await?,
+            workload::desired_state(&self.store, request.into_inner()).await?,
         ))
     }
 
@@ -228,7 +216,7 @@ impl NodeService for NodeRpc {
         request: Request<StatusReport>,
     ) -> Result<Response<StatusAck>, Status> {
         Ok(Response::new(
-            self.report_status(request.into_inner()).await?,
+            workload::report_status(&self.store, request.into_inner()).await?,
         ))
     }
 

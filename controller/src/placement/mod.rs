@@ -158,6 +158,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn addresses_skip_network_gateway_and_broadcast() {
+        let none = HashSet::new();
+        assert_eq!(address("p", "10.0.0.0/24", &none).unwrap(), "10.0.0.2");
+        // A /30 has four addresses: network, gateway, one VM, broadcast.
+        let one = HashSet::from(["10.0.0.2".to_string()]);
+        assert!(matches!(
+            address("p", "10.0.0.0/30", &one),
+            Err(StoreError::PoolExhausted(_))
+        ));
+        assert!(matches!(
+            address("p", "not-a-subnet", &none),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn vlans_are_the_lowest_free_tag_of_the_pool() {
+        let pools = Pools {
+            vlans: 100..=102,
+            ..Pools::default()
+        };
+        assert_eq!(vlan(&pools, &HashSet::from([100, 102])).unwrap(), 101);
+        assert!(matches!(
+            vlan(&pools, &HashSet::from([100, 101, 102])),
+            Err(StoreError::PoolExhausted(_))
+        ));
+    }
+
+    #[test]
+    fn memory_fits_only_within_what_is_free_and_not_reserved() {
+        let resources = Resources {
+            memory_total_bytes: 4096 * MIB,
+            memory_used_bytes: 1024 * MIB,
+            ..Resources::default()
+        };
+        // 3072 MiB reported free, 1024 MiB promised to VMs not started yet.
+        assert!(check_memory_fits("n1", &resources, 1024, 2048).is_ok());
+        match check_memory_fits("n1", &resources, 1024, 2049) {
+            Err(StoreError::Invalid { field, reason }) => {
+                assert_eq!(field, "memory_mib");
+                assert!(reason.contains("2048 MiB"), "{reason}");
+            }
+            other => panic!("expected memory_mib to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_mac_taken_is_not_handed_out_and_a_full_pool_is_an_error() {
+        let mut rejected: Option<String> = None;
+        let given = mac(|candidate| {
+            let first_try = rejected.is_none();
+            rejected.get_or_insert_with(|| candidate.to_string());
+            Ok(first_try)
+        })
+        .unwrap();
+        assert!(given.starts_with("52:54:00:"), "{given}");
+        assert_ne!(Some(given), rejected);
+        assert!(matches!(
+            mac(|_| Ok(true)),
+            Err(StoreError::PoolExhausted(_))
+        ));
+    }
+
+    #[test]
     fn subnet_pool_splits_into_24s() {
         let pools = Pools {
             vlans: 100..=101,

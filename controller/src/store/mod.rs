@@ -22,7 +22,7 @@ mod nodes;
 pub(crate) mod platforms;
 pub(crate) mod programs;
 pub(crate) mod qos_policies;
-pub(crate) mod registry;
+mod registry;
 mod resources;
 pub(crate) mod tasks;
 pub(crate) mod vms;
