@@ -7,6 +7,8 @@
 //!   `templates/`. `--check` fails if `docs/` is stale (for CI).
 //! - `acc [cargo test args]`: build `measurelab`, the guest agent and the provider, then run the
 //!   acceptance tests with `TF_ACC=1`.
+//! - `result-schema [--check]`: write `docs/result-schema.json` from the result
+//!   document's types; `--check` fails if it is stale.
 //! - `plugin-startup [RUNS] [--release]`: time from spawning the provider to its
 //!   go-plugin handshake line on stdout, with and without the mTLS client
 //!   certificate Terraform passes (`PLUGIN_CLIENT_CERT`), and print figures.
@@ -17,6 +19,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+
+mod result_schema;
 
 #[path = "../../cli/src/tfrc.rs"]
 #[allow(dead_code)]
@@ -30,8 +34,11 @@ fn main() -> anyhow::Result<()> {
         Some("docs") => docs(args.iter().any(|a| a == "--check")),
         Some("acc") => acc(&args[1..]),
         Some("plugin-startup") => plugin_startup(&args[1..]),
+        Some("result-schema") => {
+            result_schema::run(&workspace_root(), args.iter().any(|a| a == "--check"))
+        }
         _ => bail!(
-            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release]"
+            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check]"
         ),
     }
 }

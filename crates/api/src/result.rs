@@ -319,7 +319,7 @@ impl ReceiverResult {
 /// The result of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ResultDocument {
-    /// The schema version, always [`RESULT_SCHEMA`].
+    /// The schema version: always `measurelab.mcast.result/v1`.
     pub schema: ResultSchema,
     /// The task that asked for the run; null for periodic runs of the MSCS's own schedule.
     pub task_id: Option<String>,
@@ -390,6 +390,12 @@ impl ResultDocument {
         }
         Ok(())
     }
+}
+
+/// The JSON Schema of [`ResultDocument`] (draft 2020-12), derived from the
+/// types above; `docs/result-schema.json` is this, pretty-printed.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(ResultDocument).to_value()
 }
 
 #[cfg(test)]
@@ -464,6 +470,41 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
+    }
+
+    #[test]
+    fn the_published_json_schema_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/result-schema.json");
+        let published: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(
+            published == json_schema(),
+            "{path} is stale: run `cargo run -p xtask -- result-schema`"
+        );
+    }
+
+    #[test]
+    fn the_json_schema_requires_what_serde_requires() {
+        let schema = json_schema();
+        assert_eq!(
+            schema["properties"]["schema"]["$ref"],
+            "#/$defs/ResultSchema"
+        );
+        assert_eq!(
+            schema["$defs"]["ResultSchema"]["oneOf"][0]["const"],
+            RESULT_SCHEMA
+        );
+        let metrics = &schema["$defs"]["ReceiverMetrics"]["required"];
+        assert!(metrics
+            .as_array()
+            .unwrap()
+            .contains(&"quantiles_exact".into()));
+        // Defaulted fields added within v1 must not be required, or older documents fail.
+        let report = schema["$defs"]["SenderReport"]["required"]
+            .as_array()
+            .unwrap();
+        assert!(!report.contains(&"wakeups".into()), "{report:?}");
+        assert!(report.contains(&"packets_sent".into()), "{report:?}");
     }
 
     #[test]
