@@ -69,19 +69,14 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
         )
         .await;
     for (minute, loss) in [(0, 0.10), (1, 0.05), (2, 0.20)] {
-        let receiver = |point: &str, loss: f64, delay_us: f64, jitter_us: f64| {
-            json!({"point": point, "status": "ok", "metrics": {
-                "packets_sent": 100, "packets_received": 100 - (loss * 100.0) as u64,
-                "packets_lost": (loss * 100.0) as u64, "loss_ratio": loss,
-                "one_way_delay_us": {"min": 1.0, "median": delay_us, "mean": delay_us, "p95": delay_us, "p99": delay_us, "max": delay_us},
-                "jitter_us": jitter_us}})
-        };
-        let document = json!({
-            "schema": "measurelab.mcast.result/v1", "task_id": task["id"],
-            "started_at": format!("2026-01-01T10:0{minute}:00Z"), "status": "completed",
-            "source_point": "mscs",
-            "receivers": [receiver("r1", loss, 1500.0, 300.0), receiver("r2", 0.0, 900.0, 100.0)]
-        });
+        let document = common::result_document(
+            task["id"].as_str(),
+            &format!("2026-01-01T10:0{minute}:00Z"),
+            vec![
+                common::reporting_receiver("r1", 100, loss, 1500.0, 300.0),
+                common::reporting_receiver("r2", 100, 0.0, 900.0, 100.0),
+            ],
+        );
         let (status, body) = controller
             .call(Method::POST, "/v1/results", Some(document))
             .await;

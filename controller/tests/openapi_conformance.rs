@@ -187,8 +187,7 @@ async fn wave2_bodies_match_the_published_schemas() {
         201,
     )
     .await;
-    let result = json!({"schema": "measurelab.mcast.result/v1", "task_id": task["id"],
-                        "started_at": "2026-01-01T00:00:00Z", "receivers": []});
+    let result = common::result_document(task["id"].as_str(), "2026-01-01T00:00:00Z", vec![]);
     assert_conforms(&document, "ResultDocument", &result);
     let (status, stored) = controller
         .call(Method::POST, "/v1/results", Some(result))

@@ -267,34 +267,11 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
 }
 
 fn result_document(started_at: &str, loss: f64) -> Value {
-    json!({
-        "schema": "measurelab.mcast.result/v1",
-        "run_id": format!("run-{started_at}"),
-        "kind": "user",
-        "source_point": "mscs",
-        "group": "239.1.2.3",
-        "port": 5000,
-        "session_id": 7,
-        "started_at": started_at,
-        "finished_at": started_at,
-        "status": "completed",
-        "config": {"rate_pps": 100.0, "packet_size_bytes": 200, "duration_seconds": 5.0, "ttl": 4, "ssm": false},
-        "source": {"point": "mscs", "data_addr": null, "report": null, "error": null},
-        "receivers": [{
-            "point": "point",
-            "status": "ok",
-            "error": null,
-            "clock_error_bound_us": 50.0,
-            "metrics": {
-                "packets_sent": 500, "packets_received": 450, "packets_lost": 50,
-                "packets_duplicated": 0, "packets_reordered": 1, "loss_ratio": loss,
-                "one_way_delay_us": {"min": 10.0, "median": 20.0, "mean": 21.5, "p95": 40.0, "p99": 45.0, "max": 50.0},
-                "ipdv_us": {"pairs": 400, "mean_abs": 3.0, "p95_abs": 8.0, "max_abs": 12.0, "mean": 0.0},
-                "pdv_us": 30.0,
-                "jitter_us": 2.5
-            }
-        }]
-    })
+    common::result_document(
+        None,
+        started_at,
+        vec![common::reporting_receiver("point", 500, loss, 20.0, 2.5)],
+    )
 }
 
 #[tokio::test]
@@ -391,6 +368,55 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
         tonic::Code::InvalidArgument,
         "n2 does not host the MSCS"
     );
+    // A document of the right shape but a wrong type deep inside is refused
+    // with the path of that field, over gRPC as over HTTP (below).
+    let mut bad = result_document("2026-01-01T10:02:00Z", 0.1);
+    bad["receivers"][0]["metrics"]["packets_lost"] = json!("fifty");
+    let err = controller
+        .grpc()
+        .await
+        .post_result(PostResultRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: mscs.clone(),
+            task_id: task_id.clone(),
+            document_json: bad.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("receivers[0].metrics.packets_lost: invalid type"),
+        "{}",
+        err.message()
+    );
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            &format!("/v1/results?task={task_id}"),
+            Some(bad),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "receivers[0].metrics.packets_lost");
+    let mut partial = result_document("2026-01-01T10:03:00Z", 0.1);
+    partial["receivers"][0]["metrics"]
+        .as_object_mut()
+        .unwrap()
+        .remove("quantiles_exact");
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            &format!("/v1/results?task={task_id}"),
+            Some(partial),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["field"],
+        "receivers[0].metrics.quantiles_exact"
+    );
     for (started, loss) in [
         ("2026-01-01T10:05:00Z", 0.2),
         ("2026-01-01T10:10:00.5Z", 0.3),
@@ -475,10 +501,25 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let header: Vec<&str> = lines[0].split(',').collect();
     let row: Vec<&str> = lines[3].split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    // The newest run: 500 sent, loss 0.3, delays from a 20 us median, jitter 2.5 us.
+    assert_eq!(row[col("run_id")], "run-2026-01-01T10:10:00.5Z");
+    assert_eq!(row[col("run_status")], "ok");
+    assert_eq!(row[col("group")], "239.1.2.3");
     assert_eq!(row[col("receiver")], "point");
+    assert_eq!(row[col("receiver_status")], "ok");
+    assert_eq!(row[col("packets_sent")], "500");
+    assert_eq!(row[col("packets_received")], "350");
+    assert_eq!(row[col("packets_lost")], "150");
     assert_eq!(row[col("loss_ratio")], "0.3");
+    assert_eq!(row[col("delay_min_us")], "10.0");
     assert_eq!(row[col("delay_median_us")], "20.0");
+    assert_eq!(row[col("delay_mean_us")], "22.0");
+    assert_eq!(row[col("delay_p95_us")], "40.0");
+    assert_eq!(row[col("delay_max_us")], "50.0");
+    assert_eq!(row[col("ipdv_mean_abs_us")], "3.0");
+    assert_eq!(row[col("pdv_us")], "30.0");
     assert_eq!(row[col("jitter_us")], "2.5");
+    assert_eq!(row[col("clock_error_bound_us")], "50.0");
     let (status, json_export) = controller
         .call(
             Method::GET,

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::{Lab, POINT_BIN};
+use measurelab_mcast::protocol::ReceiverReport;
+use measurelab_mcast::sender::SenderReport;
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 const GROUP: &str = "239.200.30.1";
 const OUR_PORT: u16 = 50_001;
@@ -151,24 +152,21 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, extra: &[&str]) -> Result<Trial>
     let (sender_out, sender_cpu_s, sender_sleeps) = reap(sender)?;
     let (receiver_out, receiver_cpu_s, _) = reap(receiver)?;
     let receive_buffer_drops = receive_buffer_errors(rx) - drops_before;
-    let sent: Value = serde_json::from_slice(&sender_out.stdout).with_context(|| {
+    let sent: SenderReport = serde_json::from_slice(&sender_out.stdout).with_context(|| {
         format!(
             "sender said {:?}",
             String::from_utf8_lossy(&sender_out.stdout)
         )
     })?;
-    let report: Value = serde_json::from_slice(&receiver_out.stdout).with_context(|| {
-        format!(
-            "receiver said {:?}",
-            String::from_utf8_lossy(&receiver_out.stdout)
-        )
-    })?;
-    let sent_count = sent["packets_sent"]
-        .as_f64()
-        .ok_or_else(|| anyhow!("no packets_sent"))?;
-    let received = report["metrics"]["packets_received"]
-        .as_f64()
-        .unwrap_or(0.0);
+    let report: ReceiverReport =
+        serde_json::from_slice(&receiver_out.stdout).with_context(|| {
+            format!(
+                "receiver said {:?}",
+                String::from_utf8_lossy(&receiver_out.stdout)
+            )
+        })?;
+    let sent_count = sent.packets_sent as f64;
+    let received = report.metrics.packets_received as f64;
     Ok(Trial {
         sent: sent_count,
         received,
@@ -177,19 +175,18 @@ fn ours(lab: &Lab, rate_pps: f64, seconds: f64, extra: &[&str]) -> Result<Trial>
         } else {
             1.0
         },
-        achieved_pps: sent["achieved_rate_pps"].as_f64().unwrap_or(0.0),
-        jitter_us: report["metrics"]["jitter_us"].as_f64().unwrap_or(f64::NAN),
+        achieved_pps: sent.achieved_rate_pps,
+        jitter_us: report.metrics.jitter_us.unwrap_or(f64::NAN),
         sender_cpu_s,
         receiver_cpu_s,
         sender_sleeps,
-        mean_lateness_us: sent["mean_lateness_us"].as_f64().unwrap_or(f64::NAN),
-        mean_departure_error_us: sent["mean_abs_departure_error_us"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        slips: sent["schedule_slips"].as_f64().unwrap_or(f64::NAN),
-        delay_median_us: report["metrics"]["one_way_delay_us"]["median"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
+        mean_lateness_us: sent.mean_lateness_us,
+        mean_departure_error_us: sent.mean_abs_departure_error_us,
+        slips: sent.schedule_slips as f64,
+        delay_median_us: report
+            .metrics
+            .one_way_delay_us
+            .map_or(f64::NAN, |d| d.median),
         receive_buffer_drops,
     })
 }

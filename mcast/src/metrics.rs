@@ -28,24 +28,14 @@
 //! from a uniform reservoir sample of at most `quantile_sample_capacity` values, exact while
 //! the run has fewer packets than that (`quantiles_exact` says which).
 
-use serde::{Deserialize, Serialize};
+// The metrics are part of the result document, whose types live in crates/api.
+pub use measurelab_api::result::{DelaySummaryUs, IpdvSummaryUs, ReceiverMetrics, SentSource};
 
 /// Default size of the duplicate-detection window in sequence numbers (128 KiB of bits
 /// each for the seen and duplicated maps): at 100 kpps, ten seconds of history.
 pub const DEFAULT_DUPLICATE_WINDOW: u64 = 1 << 20;
 /// Default capacity of each quantile reservoir: a 30 s run at 2 kpps stays exact.
 pub const DEFAULT_QUANTILE_SAMPLE_CAPACITY: usize = 1 << 16;
-
-/// Where `packets_sent` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SentSource {
-    /// The sender's own count, delivered by the MSCS.
-    SenderReport,
-    /// No sender report: the highest sequence number seen plus one. Undercounts loss at the
-    /// tail of the run (trailing losses are invisible).
-    HighestSequencePlusOne,
-}
 
 /// Limits on the memory one receiver's statistics may use.
 #[derive(Debug, Clone, Copy)]
@@ -63,78 +53,6 @@ impl Default for StatsLimits {
             quantile_sample_capacity: DEFAULT_QUANTILE_SAMPLE_CAPACITY,
         }
     }
-}
-
-/// Summary of a delay distribution, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DelaySummaryUs {
-    /// Smallest value.
-    pub min: f64,
-    /// Nearest-rank median.
-    pub median: f64,
-    /// Arithmetic mean.
-    pub mean: f64,
-    /// Nearest-rank 95th percentile.
-    pub p95: f64,
-    /// Nearest-rank 99th percentile.
-    pub p99: f64,
-    /// Largest value.
-    pub max: f64,
-}
-
-/// RFC 3393 IPDV summary (absolute values), in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct IpdvSummaryUs {
-    /// Number of packet pairs that qualified (consecutive sequence numbers, in order).
-    pub pairs: u64,
-    /// Mean of |ipdv|.
-    pub mean_abs: f64,
-    /// Nearest-rank 95th percentile of |ipdv|.
-    pub p95_abs: f64,
-    /// Largest |ipdv|.
-    pub max_abs: f64,
-    /// Mean of the signed ipdv; near zero unless the delay drifts during the run.
-    pub mean: f64,
-}
-
-/// The metrics of one receiver for one run, as they appear in the result document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReceiverMetrics {
-    /// Packets the sender sent (see `sent_source`).
-    pub packets_sent: u64,
-    /// Where `packets_sent` came from.
-    pub sent_source: SentSource,
-    /// Distinct sequence numbers received.
-    pub packets_received: u64,
-    /// `packets_sent - packets_received` (RFC 7680).
-    pub packets_lost: u64,
-    /// Extra copies received (RFC 5560).
-    pub packets_duplicated: u64,
-    /// First copies that arrived with `seq < NextExp` (RFC 4737).
-    pub packets_reordered: u64,
-    /// Arrivals too old for the duplicate window; counted as first copies.
-    pub packets_beyond_duplicate_window: u64,
-    /// Arrivals with a sequence number >= `packets_sent` from the sender's report: a sender
-    /// and receiver disagreeing is a bug or a foreign sender reusing the session id.
-    pub packets_unexpected: u64,
-    /// `packets_lost / packets_sent`; null when nothing was sent.
-    pub loss_ratio: Option<f64>,
-    /// Share of sent packets that arrived more than once; null when nothing was sent.
-    pub duplicate_fraction: Option<f64>,
-    /// Extra copies per received packet; null when nothing was received.
-    pub replicated_packet_rate: Option<f64>,
-    /// `packets_reordered / packets_received`; null when nothing was received.
-    pub reordered_ratio: Option<f64>,
-    /// One-way delay (RFC 7679); null when nothing was received.
-    pub one_way_delay_us: Option<DelaySummaryUs>,
-    /// IPDV (RFC 3393); null when no pair qualified.
-    pub ipdv_us: Option<IpdvSummaryUs>,
-    /// PDV (RFC 5481): p99 delay minus min delay; null when nothing was received.
-    pub pdv_us: Option<f64>,
-    /// RFC 3550 interarrival jitter after the last packet; null with fewer than 2 arrivals.
-    pub jitter_us: Option<f64>,
-    /// Whether the quantiles came from every value (true) or from a reservoir sample.
-    pub quantiles_exact: bool,
 }
 
 /// A sliding bitmap over the most recent `bits` sequence numbers.

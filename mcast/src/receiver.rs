@@ -24,9 +24,11 @@ use nix::sys::socket::{
     recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn,
 };
 use nix::sys::time::TimeSpec;
-use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use thiserror::Error;
+
+// Part of the result document, whose types live in crates/api.
+pub use measurelab_api::result::TimestampSource;
 
 use crate::metrics::{ReceiverStats, StatsLimits};
 use crate::sender::realtime_ns;
@@ -80,18 +82,6 @@ pub enum ReceiverError {
     /// `recvmsg` failed with something other than a timeout.
     #[error("recvmsg failed: {0}")]
     Receive(#[source] Errno),
-}
-
-/// Where the receive timestamps came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimestampSource {
-    /// Every accepted datagram carried an `SO_TIMESTAMPNS` kernel timestamp.
-    Kernel,
-    /// At least one datagram had no kernel timestamp; those used the user-space clock.
-    UserSpaceFallback,
-    /// Nothing was received.
-    None,
 }
 
 /// Receiver settings.

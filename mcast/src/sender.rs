@@ -45,6 +45,9 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use thiserror::Error;
 
+// Part of the result document, whose types live in crates/api.
+pub use measurelab_api::result::SenderReport;
+
 use crate::wire::{Probe, WireError, HEADER_LEN, MAX_PROBE_LEN};
 
 /// Highest accepted rate: beyond this the deadline arithmetic is below a microsecond.
@@ -202,49 +205,6 @@ impl SenderConfig {
             _ => Ok(()),
         }
     }
-}
-
-/// What the sender did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SenderReport {
-    /// Session id of the probes.
-    pub session_id: u64,
-    /// Probes handed to the kernel successfully (sequence numbers 0..packets_sent).
-    pub packets_sent: u64,
-    /// Sends the kernel refused (e.g. ENOBUFS); those sequence numbers were reused.
-    pub send_errors: u64,
-    /// First send error, if any.
-    pub first_send_error: Option<String>,
-    /// Requested rate.
-    pub requested_rate_pps: f64,
-    /// `(packets_sent - 1) / (last send - first send)`.
-    pub achieved_rate_pps: f64,
-    /// Times the sender fell too far behind and rebased its schedule.
-    pub schedule_slips: u64,
-    /// Largest lateness of a send against its deadline, in microseconds.
-    pub max_lateness_us: f64,
-    /// Mean lateness of a send against its deadline, in microseconds.
-    #[serde(default)]
-    pub mean_lateness_us: f64,
-    /// Mean of |actual gap - scheduled gap| between consecutive sends, in microseconds:
-    /// how far the departures were from evenly spaced.
-    #[serde(default)]
-    pub mean_abs_departure_error_us: f64,
-    /// Largest |actual gap - scheduled gap| between consecutive sends, in microseconds.
-    #[serde(default)]
-    pub max_abs_departure_error_us: f64,
-    /// Granularity in effect: 0 when every probe had its own wakeup.
-    #[serde(default)]
-    pub pacing_granularity_us: f64,
-    /// Times the sender slept: wakeups per probe is what pacing costs in CPU.
-    #[serde(default)]
-    pub wakeups: u64,
-    /// Probe size in bytes (UDP payload).
-    pub packet_size_bytes: usize,
-    /// Wall-clock time of the first send, ns since the Unix epoch.
-    pub first_send_ns: u64,
-    /// Wall-clock time of the last send, ns since the Unix epoch.
-    pub last_send_ns: u64,
 }
 
 /// CLOCK_REALTIME in ns since the Unix epoch.

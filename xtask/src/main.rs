@@ -7,6 +7,8 @@
 //!   `templates/`. `--check` fails if `docs/` is stale (for CI).
 //! - `acc [cargo test args]`: build `measurelab`, the guest agent and the provider, then run the
 //!   acceptance tests with `TF_ACC=1`.
+//! - `result-schema [--check]`: write `docs/result-schema.json` from the result
+//!   document's types; `--check` fails if it is stale.
 //! - `plugin-startup [RUNS] [--release]`: time from spawning the provider to its
 //!   go-plugin handshake line on stdout, with and without the mTLS client
 //!   certificate Terraform passes (`PLUGIN_CLIENT_CERT`), and print figures.
@@ -19,6 +21,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 mod modcycles;
+mod result_schema;
 
 #[path = "../../cli/src/tfrc.rs"]
 #[allow(dead_code)]
@@ -33,8 +36,11 @@ fn main() -> anyhow::Result<()> {
         Some("acc") => acc(&args[1..]),
         Some("plugin-startup") => plugin_startup(&args[1..]),
         Some("modcycles") => modcycles::modcycles(&workspace_root()),
+        Some("result-schema") => {
+            result_schema::run(&workspace_root(), args.iter().any(|a| a == "--check"))
+        }
         _ => bail!(
-            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release]"
+            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check] | modcycles"
         ),
     }
 }

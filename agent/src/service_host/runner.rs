@@ -10,7 +10,7 @@ use std::time::Duration;
 use measurelab_api::node_v1::ServiceTask;
 use measurelab_mcast::platform::{ControllerTask, TaskSchedule};
 use measurelab_mcast::result::{
-    ResultDocument, RunConfig, RunKind, RunStatus, SourceResult, RESULT_SCHEMA,
+    ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
 };
 use measurelab_mcast::service::{run_task_with, ServiceError, ServiceOptions};
 use serde::{Deserialize, Serialize};
@@ -150,7 +150,7 @@ fn started_ms(document: &serde_json::Value) -> Option<i64> {
 fn refused_document(task: &ControllerTask, source: &str, reason: String) -> ResultDocument {
     let now = rfc3339_now();
     ResultDocument {
-        schema: RESULT_SCHEMA.to_string(),
+        schema: ResultSchema::V1,
         task_id: Some(task.id.clone()),
         run_id: uuid::Uuid::new_v4().to_string(),
         kind: match task.schedule {

@@ -5,6 +5,7 @@
 //!
 //! `cargo run --release -p measurelab-controller --bin resource-bench -- --vms 500`
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,6 +16,10 @@ use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
     Capabilities, Condition, DesiredStateRequest, RegisterRequest, ResourceUsage, StatusReport,
     VmStatus,
+};
+use measurelab_api::result::{
+    ReceiverMetrics, ReceiverResult, ReceiverStatus, ResultDocument, ResultSchema, RunConfig,
+    RunKind, RunStatus, SentSource, SourceResult,
 };
 use measurelab_controller::{run, ControllerConfig};
 
@@ -193,12 +198,13 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let mut post = Vec::with_capacity(args.results);
     for i in 0..args.results {
-        let document = serde_json::json!({
-            "schema": "measurelab.mcast.result/v1",
-            "task_id": task.id,
-            "started_at": format!("2026-01-{:02}T{:02}:{:02}:00Z", 1 + i / 1440, (i / 60) % 24, i % 60),
-            "receivers": [{"point": "r1", "status": "ok", "metrics": {"loss_ratio": 0.01, "jitter_us": 12.0}}]
-        });
+        let started_at = format!(
+            "2026-01-{:02}T{:02}:{:02}:00Z",
+            1 + i / 1440,
+            (i / 60) % 24,
+            i % 60
+        );
+        let document = serde_json::to_value(bench_result(&task.id, i, started_at))?;
         let started = Instant::now();
         client.post_result(&document).await?;
         post.push(started.elapsed());
@@ -217,4 +223,65 @@ async fn main() -> anyhow::Result<()> {
     controller.await??;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Run `i` of the bench task: one receiver, a realistic document size.
+fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
+    let metrics = ReceiverMetrics {
+        packets_sent: 1000,
+        sent_source: SentSource::SenderReport,
+        packets_received: 990,
+        packets_lost: 10,
+        packets_duplicated: 0,
+        packets_reordered: 0,
+        packets_beyond_duplicate_window: 0,
+        packets_unexpected: 0,
+        loss_ratio: Some(0.01),
+        duplicate_fraction: Some(0.0),
+        replicated_packet_rate: Some(0.0),
+        reordered_ratio: Some(0.0),
+        one_way_delay_us: None,
+        ipdv_us: None,
+        pdv_us: None,
+        jitter_us: Some(12.0),
+        quantiles_exact: true,
+    };
+    let receiver = ReceiverResult {
+        point: "r1".into(),
+        status: ReceiverStatus::Ok,
+        error: None,
+        timestamp_source: None,
+        clock_sync: None,
+        clock_error_bound_us: None,
+        foreign_session_packets: None,
+        malformed_packets: None,
+        metrics: Some(metrics),
+    };
+    ResultDocument {
+        schema: ResultSchema::V1,
+        task_id: Some(task_id.to_string()),
+        run_id: format!("bench-{i}"),
+        kind: RunKind::Task,
+        source_point: "s".into(),
+        group: Ipv4Addr::new(239, 9, 9, 9),
+        port: 5000,
+        session_id: i as u64,
+        finished_at: started_at.clone(),
+        started_at,
+        status: RunStatus::Ok,
+        config: RunConfig {
+            rate_pps: 100.0,
+            packet_size_bytes: 100,
+            duration_seconds: 10.0,
+            ttl: 2,
+            ssm: false,
+        },
+        source: SourceResult {
+            point: "s".into(),
+            data_addr: None,
+            report: None,
+            error: None,
+        },
+        receivers: vec![receiver],
+    }
 }

@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{ResultRecord, Task, TaskCreate};
+use measurelab_api::result::{ResultDocument, ResultError};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -13,7 +15,6 @@ use super::platforms;
 use super::resources::TxContext;
 use crate::validation;
 
-pub(crate) const RESULT_SCHEMA: &str = "measurelab.mcast.result/v1";
 /// Largest result document accepted (a run with hundreds of receivers).
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -345,6 +346,32 @@ pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
     (time.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The typed view of a posted document: a field of the wrong type, a missing
+/// field or another schema version is refused with its JSON path
+/// (`receivers[0].metrics.packets_lost`), for HTTP and gRPC alike. The raw
+/// JSON is what gets stored, so fields a newer writer added survive.
+fn typed_document(document: &serde_json::Value) -> Result<ResultDocument, StoreError> {
+    let typed: ResultDocument = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.inner().to_string();
+        // serde reports a missing field at its parent's path; name the field itself.
+        let missing = reason
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name.to_string(),
+            (".", None) => "(body)".to_string(),
+            (parent, Some(name)) => format!("{parent}.{name}"),
+            (parent, None) => parent.to_string(),
+        };
+        StoreError::invalid(field, reason)
+    })?;
+    typed.validate().map_err(|e| match e {
+        ResultError::Invalid { field, reason } => StoreError::invalid(field, reason),
+    })?;
+    Ok(typed)
+}
+
 /// Store one result document of a task. `task_key` is the task id or name.
 /// A document whose `run_id` was already stored for the task is the relay
 /// repeating itself: the first record is returned and nothing changes
@@ -356,26 +383,12 @@ pub(crate) fn insert_result(
 ) -> Result<(ResultRecord, bool), StoreError> {
     let row = find(cx.tx, task_key)?
         .ok_or_else(|| StoreError::invalid("task_id", format!("no task {task_key:?} exists")))?;
+    let typed = typed_document(&document)?;
     let object = document
         .as_object_mut()
         .ok_or_else(|| StoreError::invalid("(body)", "a result document is a JSON object"))?;
-    match object.get("schema").and_then(|v| v.as_str()) {
-        Some(RESULT_SCHEMA) => {}
-        Some(other) => {
-            return Err(StoreError::invalid(
-                "schema",
-                format!("{other:?} is not {RESULT_SCHEMA:?}"),
-            ))
-        }
-        None => {
-            return Err(StoreError::invalid(
-                "schema",
-                format!("missing; a result document has \"schema\": {RESULT_SCHEMA:?}"),
-            ))
-        }
-    }
-    match object.get("task_id") {
-        Some(serde_json::Value::String(id)) if *id != row.task.id && *id != row.task.name => {
+    match &typed.task_id {
+        Some(id) if *id != row.task.id && *id != row.task.name => {
             return Err(StoreError::invalid(
                 "task_id",
                 format!("the document names task {id:?}, not {}", row.task.id),
@@ -388,28 +401,11 @@ pub(crate) fn insert_result(
             );
         }
     }
-    if !object.get("receivers").is_some_and(|r| r.is_array()) {
-        return Err(StoreError::invalid("receivers", "missing or not a list"));
-    }
-    let started_at = object
-        .get("started_at")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| StoreError::invalid("started_at", "missing or not a string"))?
-        .to_string();
+    let started_at = typed.started_at.clone();
     let started = parse_rfc3339("started_at", &started_at)?;
-    let run_id = match object.get("run_id") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= 200 => {
-            Some(id.clone())
-        }
-        Some(_) => {
-            return Err(StoreError::invalid(
-                "run_id",
-                "must be a string of 1 to 200 characters",
-            ))
-        }
-    };
-    if let Some(run_id) = &run_id {
+    let run_id = typed.run_id.as_str();
+    // Scoped: the statement borrows the transaction the writes below need.
+    {
         let mut statement = cx.tx.prepare_cached(
             "SELECT id, task_id, task_name, received_at, started_at, document FROM results
              WHERE task_id = ?1 AND run_id = ?2",
@@ -419,11 +415,7 @@ pub(crate) fn insert_result(
             return Ok((record(existing)?, false));
         }
     }
-    let run_status = object
-        .get("status")
-        .and_then(|v| v.as_str())
-        .unwrap_or("completed")
-        .to_string();
+    let run_status = typed.status.as_str();
     let record = ResultRecord {
         id: new_id(),
         task_id: row.task.id.clone(),
@@ -446,7 +438,7 @@ pub(crate) fn insert_result(
             run_id
         ],
     )?;
-    let status = match (row.task.schedule.as_str(), run_status.as_str()) {
+    let status = match (row.task.schedule.as_str(), run_status) {
         ("periodic", _) => "running",
         (_, "failed") => "failed",
         _ => "completed",
@@ -580,11 +572,36 @@ pub(crate) const CSV_COLUMNS: &[&str] = &[
     "clock_error_bound_us",
 ];
 
-fn csv_field(value: &serde_json::Value) -> String {
-    let text = match value {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// One CSV cell, written as the JSON document writes the value (`20.0`, not
+/// `20`), so the export reads the same as the stored document.
+enum Cell<'a> {
+    Text(&'a str),
+    Unsigned(u64),
+    Float(f64),
+    Empty,
+}
+
+impl From<Option<u64>> for Cell<'_> {
+    fn from(value: Option<u64>) -> Self {
+        value.map_or(Cell::Empty, Cell::Unsigned)
+    }
+}
+
+impl From<Option<f64>> for Cell<'_> {
+    fn from(value: Option<f64>) -> Self {
+        value.map_or(Cell::Empty, Cell::Float)
+    }
+}
+
+fn csv_field(cell: Cell<'_>) -> String {
+    let text = match cell {
+        Cell::Text(s) => s.to_string(),
+        Cell::Unsigned(n) => n.to_string(),
+        // serde_json's formatting; a non-finite float cannot be in a document.
+        Cell::Float(f) => {
+            serde_json::Number::from_f64(f).map_or_else(String::new, |n| n.to_string())
+        }
+        Cell::Empty => String::new(),
     };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -593,45 +610,53 @@ fn csv_field(value: &serde_json::Value) -> String {
     }
 }
 
-/// RFC 4180 CSV of the results.
+/// RFC 4180 CSV of the results. Every stored document passed
+/// [`typed_document`] on the way in; one that no longer reads as a v1
+/// document (written before the type was enforced) is left out and logged
+/// rather than failing the whole export.
 pub(crate) fn csv(records: &[ResultRecord]) -> String {
     let mut out = CSV_COLUMNS.join(",");
     out.push_str("\r\n");
-    let null = serde_json::Value::Null;
     for r in records {
-        let d = &r.document;
-        let receivers = d["receivers"].as_array().cloned().unwrap_or_default();
-        for receiver in &receivers {
-            let m = &receiver["metrics"];
-            let delay = &m["one_way_delay_us"];
-            let row = [
-                serde_json::Value::String(r.id.clone()),
-                serde_json::Value::String(r.task.clone()),
-                d["run_id"].clone(),
-                d["started_at"].clone(),
-                d["finished_at"].clone(),
-                d["status"].clone(),
-                d["source_point"].clone(),
-                d["group"].clone(),
-                receiver["point"].clone(),
-                receiver["status"].clone(),
-                m["packets_sent"].clone(),
-                m["packets_received"].clone(),
-                m["packets_lost"].clone(),
-                m["packets_duplicated"].clone(),
-                m["packets_reordered"].clone(),
-                m["loss_ratio"].clone(),
-                delay["min"].clone(),
-                delay["median"].clone(),
-                delay["mean"].clone(),
-                delay["p95"].clone(),
-                delay["max"].clone(),
-                m["ipdv_us"]["mean_abs"].clone(),
-                m.get("pdv_us").unwrap_or(&null).clone(),
-                m.get("jitter_us").unwrap_or(&null).clone(),
-                receiver["clock_error_bound_us"].clone(),
+        let d = match ResultDocument::deserialize(&r.document) {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(result = %r.id, error = %err, "result left out of the CSV export: not a v1 document");
+                continue;
+            }
+        };
+        let group = d.group.to_string();
+        for receiver in &d.receivers {
+            let m = receiver.metrics.as_ref();
+            let delay = m.and_then(|m| m.one_way_delay_us);
+            let row: [Cell<'_>; CSV_COLUMNS.len()] = [
+                Cell::Text(&r.id),
+                Cell::Text(&r.task),
+                Cell::Text(&d.run_id),
+                Cell::Text(&d.started_at),
+                Cell::Text(&d.finished_at),
+                Cell::Text(d.status.as_str()),
+                Cell::Text(&d.source_point),
+                Cell::Text(&group),
+                Cell::Text(&receiver.point),
+                Cell::Text(receiver.status.as_str()),
+                m.map(|m| m.packets_sent).into(),
+                m.map(|m| m.packets_received).into(),
+                m.map(|m| m.packets_lost).into(),
+                m.map(|m| m.packets_duplicated).into(),
+                m.map(|m| m.packets_reordered).into(),
+                m.and_then(|m| m.loss_ratio).into(),
+                delay.map(|d| d.min).into(),
+                delay.map(|d| d.median).into(),
+                delay.map(|d| d.mean).into(),
+                delay.map(|d| d.p95).into(),
+                delay.map(|d| d.max).into(),
+                m.and_then(|m| m.ipdv_us).map(|i| i.mean_abs).into(),
+                m.and_then(|m| m.pdv_us).into(),
+                m.and_then(|m| m.jitter_us).into(),
+                receiver.clock_error_bound_us.into(),
             ];
-            out.push_str(&row.iter().map(csv_field).collect::<Vec<_>>().join(","));
+            out.push_str(&row.into_iter().map(csv_field).collect::<Vec<_>>().join(","));
             out.push_str("\r\n");
         }
     }

@@ -276,3 +276,104 @@ impl TestController {
         .unwrap()
     }
 }
+
+/// One receiver that reported: `loss` of `packets_sent` lost, a median
+/// one-way delay of `delay_us` and an RFC 3550 jitter of `jitter_us`. The
+/// other delay figures are distinct multiples of these, so a test can tell
+/// the columns apart.
+pub fn reporting_receiver(
+    point: &str,
+    packets_sent: u64,
+    loss: f64,
+    delay_us: f64,
+    jitter_us: f64,
+) -> measurelab_api::result::ReceiverResult {
+    use measurelab_api::result::{
+        ClockSync, DelaySummaryUs, IpdvSummaryUs, ReceiverMetrics, ReceiverResult, ReceiverStatus,
+        SentSource, TimestampSource,
+    };
+    let lost = (packets_sent as f64 * loss).round() as u64;
+    ReceiverResult {
+        point: point.to_string(),
+        status: ReceiverStatus::Ok,
+        error: None,
+        timestamp_source: Some(TimestampSource::Kernel),
+        clock_sync: Some(ClockSync::ExternalBound),
+        clock_error_bound_us: Some(50.0),
+        foreign_session_packets: Some(0),
+        malformed_packets: Some(0),
+        metrics: Some(ReceiverMetrics {
+            packets_sent,
+            sent_source: SentSource::SenderReport,
+            packets_received: packets_sent - lost,
+            packets_lost: lost,
+            packets_duplicated: 0,
+            packets_reordered: 1,
+            packets_beyond_duplicate_window: 0,
+            packets_unexpected: 0,
+            loss_ratio: Some(loss),
+            duplicate_fraction: Some(0.0),
+            replicated_packet_rate: Some(0.0),
+            reordered_ratio: Some(0.0),
+            one_way_delay_us: Some(DelaySummaryUs {
+                min: delay_us / 2.0,
+                median: delay_us,
+                mean: delay_us + delay_us / 10.0,
+                p95: delay_us * 2.0,
+                p99: delay_us * 2.0,
+                max: delay_us * 2.5,
+            }),
+            ipdv_us: Some(IpdvSummaryUs {
+                pairs: packets_sent - lost - 1,
+                mean_abs: jitter_us + jitter_us / 5.0,
+                p95_abs: jitter_us * 3.0,
+                max_abs: jitter_us * 4.0,
+                mean: 0.0,
+            }),
+            pdv_us: Some(delay_us * 1.5),
+            jitter_us: Some(jitter_us),
+            quantiles_exact: true,
+        }),
+    }
+}
+
+/// A complete result document (the controller refuses a partial one) of the
+/// run of `task_id` started at `started_at`; the run id derives from the
+/// start, so posting it twice is a repeat.
+pub fn result_document(
+    task_id: Option<&str>,
+    started_at: &str,
+    receivers: Vec<measurelab_api::result::ReceiverResult>,
+) -> serde_json::Value {
+    use measurelab_api::result::{
+        ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
+    };
+    let document = ResultDocument {
+        schema: ResultSchema::V1,
+        task_id: task_id.map(str::to_string),
+        run_id: format!("run-{started_at}"),
+        kind: RunKind::Task,
+        source_point: "mscs".into(),
+        group: std::net::Ipv4Addr::new(239, 1, 2, 3),
+        port: 5000,
+        session_id: 7,
+        started_at: started_at.to_string(),
+        finished_at: started_at.to_string(),
+        status: RunStatus::Ok,
+        config: RunConfig {
+            rate_pps: 100.0,
+            packet_size_bytes: 200,
+            duration_seconds: 5.0,
+            ttl: 4,
+            ssm: false,
+        },
+        source: SourceResult {
+            point: "mscs".into(),
+            data_addr: None,
+            report: None,
+            error: None,
+        },
+        receivers,
+    };
+    serde_json::to_value(document).unwrap()
+}

@@ -862,7 +862,7 @@ impl Mscs {
         let defaults = &self.inner.config.defaults;
         let now = now_rfc3339();
         ResultDocument {
-            schema: crate::result::RESULT_SCHEMA.to_string(),
+            schema: crate::result::ResultSchema::V1,
             task_id: Some(task.id.clone()),
             run_id: uuid::Uuid::new_v4().to_string(),
             kind: RunKind::Task,

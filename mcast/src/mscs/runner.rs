@@ -14,8 +14,8 @@ use crate::protocol::{
     ControlRequest, ControlResponse, PointInfo, ReceiveRequest, ReceiverReport, SendRequest,
 };
 use crate::result::{
-    ClockSync, ReceiverResult, ReceiverStatus, ResultDocument, RunConfig, RunKind, RunStatus,
-    SourceResult, RESULT_SCHEMA,
+    ClockSync, ReceiverResult, ReceiverStatus, ResultDocument, ResultSchema, RunConfig, RunKind,
+    RunStatus, SourceResult,
 };
 use crate::sender::SenderReport;
 
@@ -214,7 +214,7 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         error: None,
     };
     let finish = |source: SourceResult, receivers: Vec<ReceiverResult>, status| ResultDocument {
-        schema: RESULT_SCHEMA.to_string(),
+        schema: ResultSchema::V1,
         task_id: spec.task_id.clone(),
         run_id: run_id.clone(),
         kind: spec.kind,

@@ -288,11 +288,11 @@ impl MscsState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::{RunConfig, RunKind, RunStatus, SourceResult, RESULT_SCHEMA};
+    use crate::result::{ResultSchema, RunConfig, RunKind, RunStatus, SourceResult};
 
     fn document(run_id: &str) -> ResultDocument {
         ResultDocument {
-            schema: RESULT_SCHEMA.into(),
+            schema: ResultSchema::V1,
             task_id: None,
             run_id: run_id.into(),
             kind: RunKind::Periodic,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use measurelab_api::http::ResultRecord;
+use measurelab_api::result::ResultDocument;
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
@@ -97,62 +98,63 @@ pub const RECEIVER_DOC: &str = "one object per receiving point: `name`, `status`
 `pdv_ms` (RFC 5481), `jitter_ms` (RFC 3550 interarrival jitter) and `clock_error_bound_ms` (the \
 clock error the delays rely on). Metrics are null for a receiver that produced none";
 
-fn number(value: &serde_json::Value) -> Value<Number> {
-    match value {
-        serde_json::Value::Number(n) => match n.as_u64() {
-            Some(u) => Value::Value(Number::from(u)),
-            None => n
-                .as_f64()
-                .map_or(Value::Null, |f| Value::Value(Number::from(f))),
-        },
-        _ => Value::Null,
-    }
+fn count(value: Option<u64>) -> Value<Number> {
+    value.map_or(Value::Null, |n| Value::Value(Number::from(n)))
 }
 
-fn millis(value: &serde_json::Value) -> Value<Number> {
-    match value.as_f64() {
-        // Microseconds to milliseconds, rounded to the microsecond the document carries.
-        Some(us) => Value::Value(Number::from((us / 1000.0 * 1000.0).round() / 1000.0)),
-        None => Value::Null,
-    }
+fn ratio(value: Option<f64>) -> Value<Number> {
+    value.map_or(Value::Null, |f| Value::Value(Number::from(f)))
 }
 
-/// Per-receiver summaries of a `measurelab.mcast.result/v1` document.
-pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
-    let receivers = document["receivers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    receivers
+fn millis(us: Option<f64>) -> Value<Number> {
+    // Microseconds to milliseconds, rounded to the microsecond the document carries.
+    us.map_or(Value::Null, |us| {
+        Value::Value(Number::from((us / 1000.0 * 1000.0).round() / 1000.0))
+    })
+}
+
+/// Per-receiver summaries of a result document.
+pub fn summarize_document(document: &ResultDocument) -> Vec<ReceiverSummary> {
+    document
+        .receivers
         .iter()
         .map(|r| {
-            let m = &r["metrics"];
-            let delay = &m["one_way_delay_us"];
+            let m = r.metrics.as_ref();
+            let delay = m.and_then(|m| m.one_way_delay_us);
             ReceiverSummary {
-                name: r["point"].as_str().unwrap_or_default().to_string(),
-                status: r["status"].as_str().unwrap_or_default().to_string(),
-                error: r["error"].as_str().unwrap_or_default().to_string(),
-                packets_sent: number(&m["packets_sent"]),
-                packets_received: number(&m["packets_received"]),
-                lost: number(&m["packets_lost"]),
-                duplicated: number(&m["packets_duplicated"]),
-                reordered: number(&m["packets_reordered"]),
-                loss_ratio: number(&m["loss_ratio"]),
-                delay_min_ms: millis(&delay["min"]),
-                delay_median_ms: millis(&delay["median"]),
-                delay_mean_ms: millis(&delay["mean"]),
-                delay_p95_ms: millis(&delay["p95"]),
-                delay_max_ms: millis(&delay["max"]),
-                ipdv_mean_ms: millis(&m["ipdv_us"]["mean_abs"]),
-                pdv_ms: millis(&m["pdv_us"]),
-                jitter_ms: millis(&m["jitter_us"]),
+                name: r.point.clone(),
+                status: r.status.as_str().to_string(),
+                error: r.error.clone().unwrap_or_default(),
+                packets_sent: count(m.map(|m| m.packets_sent)),
+                packets_received: count(m.map(|m| m.packets_received)),
+                lost: count(m.map(|m| m.packets_lost)),
+                duplicated: count(m.map(|m| m.packets_duplicated)),
+                reordered: count(m.map(|m| m.packets_reordered)),
+                loss_ratio: ratio(m.and_then(|m| m.loss_ratio)),
+                delay_min_ms: millis(delay.map(|d| d.min)),
+                delay_median_ms: millis(delay.map(|d| d.median)),
+                delay_mean_ms: millis(delay.map(|d| d.mean)),
+                delay_p95_ms: millis(delay.map(|d| d.p95)),
+                delay_max_ms: millis(delay.map(|d| d.max)),
+                ipdv_mean_ms: millis(m.and_then(|m| m.ipdv_us).map(|i| i.mean_abs)),
+                pdv_ms: millis(m.and_then(|m| m.pdv_us)),
+                jitter_ms: millis(m.and_then(|m| m.jitter_us)),
                 // Not rounded: on one host the bound is a few nanoseconds.
-                clock_error_bound_ms: r["clock_error_bound_us"]
-                    .as_f64()
+                clock_error_bound_ms: r
+                    .clock_error_bound_us
                     .map_or(Value::Null, |us| Value::Value(Number::Float(us / 1000.0))),
             }
         })
         .collect()
+}
+
+/// Per-receiver summaries of a stored `measurelab.mcast.result/v1` document;
+/// none for a document that does not read as one (the controller refuses
+/// those since it checks the type, so only a document stored before can be).
+pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
+    ResultDocument::deserialize(document)
+        .map(|d| summarize_document(&d))
+        .unwrap_or_default()
 }
 
 /// One stored run.
@@ -176,25 +178,37 @@ pub struct ResultEntry {
     pub receivers: Vec<ReceiverSummary>,
 }
 
-impl From<&ResultRecord> for ResultEntry {
-    fn from(record: &ResultRecord) -> Self {
-        ResultEntry {
+impl ResultEntry {
+    /// The entry of `record`, or why its document is not a v1 result document
+    /// (the error names the JSON path).
+    fn new(record: &ResultRecord) -> Result<Self, serde_path_to_error::Error<serde_json::Error>> {
+        let document: ResultDocument = serde_path_to_error::deserialize(&record.document)?;
+        Ok(ResultEntry {
             id: record.id.clone(),
             task: record.task.clone(),
             received_at: record.received_at.clone(),
             started_at: record.started_at.clone(),
-            status: record.document["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            source_point: record.document["source_point"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            status: document.status.as_str().to_string(),
+            source_point: document.source_point.clone(),
             document_json: record.document.to_string(),
-            receivers: summarize(&record.document),
-        }
+            receivers: summarize_document(&document),
+        })
     }
+}
+
+/// A stored document that does not read as a v1 result document: a warning,
+/// so the other runs still reach the configuration.
+fn unreadable_result(diags: &mut Diagnostics, id: &str, err: &dyn std::fmt::Display) {
+    diags.add_warning(diagnostics::diagnostic(
+        format!("Result {id} left out"),
+        format!(
+            "The stored document of result {id} is not a `measurelab.mcast.result/v1` document \
+             ({err}), so it is not in `results`.\n\nWhat to do: read it with \
+             `GET /v1/results?task=...`; documents stored since the controller checks the type \
+             always read."
+        ),
+        AttributePath::new("results"),
+    ));
 }
 
 /// Configuration and result of the data source.
@@ -370,7 +384,13 @@ impl DataSource for ResultsDataSource {
                 return None;
             }
         };
-        let entries: Vec<ResultEntry> = records.iter().map(ResultEntry::from).collect();
+        let mut entries = Vec::with_capacity(records.len());
+        for record in &records {
+            match ResultEntry::new(record) {
+                Ok(entry) => entries.push(entry),
+                Err(err) => unreadable_result(diags, &record.id, &err),
+            }
+        }
         let mut state = config;
         state.latest_id = Value::Value(entries.last().map(|e| e.id.clone()).unwrap_or_default());
         state.results = Value::Value(entries);
@@ -382,19 +402,42 @@ impl DataSource for ResultsDataSource {
 mod tests {
     use super::*;
 
+    /// A complete document as mcast writes it: p2 reported, p3 never joined.
+    fn document() -> serde_json::Value {
+        let p2 = serde_json::json!({
+            "point": "p2", "status": "ok", "error": null, "timestamp_source": "kernel",
+            "clock_sync": "same_host_clock", "clock_error_bound_us": 2.0,
+            "foreign_session_packets": 0, "malformed_packets": 0,
+            "metrics": {"packets_sent": 500, "sent_source": "sender_report",
+              "packets_received": 495, "packets_lost": 5,
+              "packets_duplicated": 0, "packets_reordered": 1,
+              "packets_beyond_duplicate_window": 0, "packets_unexpected": 0,
+              "loss_ratio": 0.01, "duplicate_fraction": 0.0,
+              "replicated_packet_rate": 0.0, "reordered_ratio": 0.002,
+              "one_way_delay_us": {"min": 100.0, "median": 1500.5, "mean": 1600.0, "p95": 3000.0, "p99": 4000.0, "max": 9000.0},
+              "ipdv_us": {"pairs": 490, "mean_abs": 250.0, "p95_abs": 600.0, "max_abs": 900.0, "mean": 0.0},
+              "pdv_us": 2900.0, "jitter_us": 120.25, "quantiles_exact": true}
+        });
+        let p3 = serde_json::json!({
+            "point": "p3", "status": "missing", "error": "cannot connect",
+            "timestamp_source": null, "clock_sync": null, "clock_error_bound_us": null,
+            "foreign_session_packets": null, "malformed_packets": null, "metrics": null
+        });
+        serde_json::json!({
+            "schema": "measurelab.mcast.result/v1", "task_id": "t-1", "run_id": "r-1",
+            "kind": "task", "source_point": "p1", "group": "239.1.2.3", "port": 5000,
+            "session_id": 9, "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:05Z", "status": "partial",
+            "config": {"rate_pps": 100.0, "packet_size_bytes": 64, "duration_seconds": 5.0,
+                       "ttl": 1, "ssm": false},
+            "source": {"point": "p1", "data_addr": null, "report": null, "error": null},
+            "receivers": [p2, p3]
+        })
+    }
+
     #[test]
     fn document_receivers_become_millisecond_summaries() {
-        let document = serde_json::json!({
-            "status": "ok",
-            "receivers": [
-                {"point": "p2", "status": "ok", "clock_error_bound_us": 2.0,
-                 "metrics": {"packets_sent": 500, "packets_received": 495, "packets_lost": 5,
-                   "packets_duplicated": 0, "packets_reordered": 1, "loss_ratio": 0.01,
-                   "one_way_delay_us": {"min": 100.0, "median": 1500.5, "mean": 1600.0, "p95": 3000.0, "max": 9000.0},
-                   "ipdv_us": {"mean_abs": 250.0}, "pdv_us": 2900.0, "jitter_us": 120.25}},
-                {"point": "p3", "status": "missing", "error": "cannot connect", "metrics": null}
-            ]
-        });
+        let document = document();
         let summary = summarize(&document);
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0].name, "p2");
@@ -416,6 +459,26 @@ mod tests {
         assert_eq!(summary[1].status, "missing");
         assert_eq!(summary[1].error, "cannot connect");
         assert_eq!(summary[1].packets_received, Value::Null);
+    }
+
+    #[test]
+    fn a_stored_document_that_is_not_v1_is_refused_with_its_path() {
+        let mut record = ResultRecord {
+            id: "res-1".into(),
+            task_id: "t-1".into(),
+            task: "loss".into(),
+            received_at: "2026-01-01T00:00:06Z".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            document: document(),
+        };
+        let entry = ResultEntry::new(&record).unwrap();
+        assert_eq!(entry.status, "partial");
+        assert_eq!(entry.source_point, "p1");
+        assert_eq!(entry.receivers[0].lost, Value::Value(Number::Unsigned(5)));
+        record.document["receivers"][0]["metrics"]["jitter_us"] = serde_json::json!("fast");
+        let err = ResultEntry::new(&record).unwrap_err();
+        assert_eq!(err.path().to_string(), "receivers[0].metrics.jitter_us");
+        assert!(summarize(&record.document).is_empty());
     }
 
     #[test]
