@@ -111,24 +111,6 @@ fn error(
     diags.add_error(diagnostic(summary, detail, attribute));
 }
 
-/// The answer to a request that releases an object: done when it succeeded
-/// or the object was already gone (destroy must converge, not fail, when
-/// someone deleted it by hand); otherwise the error is diagnosed.
-pub fn released<T>(
-    diags: &mut Diagnostics,
-    result: Result<T, ClientError>,
-    operation: Operation,
-) -> Option<()> {
-    match result {
-        Ok(_) => Some(()),
-        Err(err) if err.is_not_found() => Some(()),
-        Err(err) => {
-            client_error(diags, &err, operation);
-            None
-        }
-    }
-}
-
 /// Translate a controller client error into a diagnostic.
 ///
 /// `field_root` is the attribute a controller `field` is relative to (the

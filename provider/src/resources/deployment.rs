@@ -7,15 +7,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use measurelab_api::client::Client;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Deployment, DeploymentCreate, ProgramRunState};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
+use super::adapter::{known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -242,17 +243,12 @@ impl DeploymentState {
     }
 }
 
-/// The resource implementation.
-pub struct DeploymentResource {
+/// The controller's deployments, as a Terraform resource.
+pub struct Deployments {
     shared: Shared,
 }
 
-impl DeploymentResource {
-    /// A resource that uses the provider's client and stop signal.
-    pub fn new(shared: Shared) -> Self {
-        DeploymentResource { shared }
-    }
-
+impl Deployments {
     async fn wait_converged(
         &self,
         diags: &mut Diagnostics,
@@ -306,12 +302,21 @@ impl DeploymentResource {
 }
 
 #[async_trait]
-impl Resource for DeploymentResource {
-    type State<'a> = DeploymentState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Deployments {
+    type State = DeploymentState;
+    type Object = Deployment;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        Deployments { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let attribute = |attr_type, description: &str, constraint| Attribute {
             attr_type,
             description: Description::markdown(description),
@@ -344,7 +349,7 @@ impl Resource for DeploymentResource {
             )]),
             ..Default::default()
         };
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -356,74 +361,36 @@ impl Resource for DeploymentResource {
                 blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        config.validate(diags);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let id = state.id.as_ref_option().cloned().unwrap_or_default();
-        match client.get_deployment(&id).await {
-            // A deployment stopped outside Terraform is gone for good.
-            Ok(deployment)
-                if !deployment.runs.is_empty()
-                    && deployment.runs.iter().all(|r| r.status == "stopped") =>
-            {
-                None
-            }
-            Ok(deployment) => {
-                let mut state = state;
-                state.refresh_from(&deployment);
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
+    fn validate(&self, diags: &mut Diagnostics, state: &DeploymentState) {
+        state.validate(diags);
+    }
+
+    async fn plan_create(
         &self,
         diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        proposed_state.validate(diags);
-        let mut state = proposed_state;
+        proposed: DeploymentState,
+    ) -> DeploymentState {
+        proposed.validate(diags);
+        let mut state = proposed;
         if state.wait_for.is_null() {
             state.wait_for = Value::Value("running".into());
         }
         state.id = Value::Unknown;
         state.runs = Value::Unknown;
-        Some((state, ValueEmpty::default()))
+        state
     }
 
-    async fn plan_update<'a>(
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        proposed_state.validate(diags);
-        let mut state = proposed_state;
+        prior: &DeploymentState,
+        proposed: DeploymentState,
+    ) -> (DeploymentState, Vec<AttributePath>) {
+        proposed.validate(diags);
+        let mut state = proposed;
         if state.wait_for.is_null() {
             state.wait_for = Value::Value("running".into());
         }
@@ -433,62 +400,44 @@ impl Resource for DeploymentResource {
             v.as_ref_option().is_none_or(BTreeMap::is_empty)
         };
         let mut replace = Vec::new();
-        if state.program != prior_state.program {
+        if state.program != prior.program {
             replace.push(AttributePath::new("program"));
         }
-        if state.vms != prior_state.vms {
+        if state.vms != prior.vms {
             replace.push(AttributePath::new("vms"));
         }
-        if state.args != prior_state.args
-            && !(empty_args(&state.args) && empty_args(&prior_state.args))
-        {
+        if state.args != prior.args && !(empty_args(&state.args) && empty_args(&prior.args)) {
             replace.push(AttributePath::new("args"));
         }
-        if state.env != prior_state.env && !(empty_env(&state.env) && empty_env(&prior_state.env)) {
+        if state.env != prior.env && !(empty_env(&state.env) && empty_env(&prior.env)) {
             replace.push(AttributePath::new("env"));
         }
         if replace.is_empty() {
-            state.id = prior_state.id.clone();
-            state.runs = prior_state.runs.clone();
+            state.id = prior.id.clone();
+            state.runs = prior.runs.clone();
         } else {
             state.id = Value::Unknown;
             state.runs = Value::Unknown;
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        planned_state.validate(diags);
+        client: &Client,
+        planned: DeploymentState,
+        request: &CreateRequest,
+    ) -> Option<DeploymentState> {
+        planned.validate(diags);
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
         let body = DeploymentCreate {
-            program: planned_state
-                .program
-                .as_ref_option()
-                .cloned()
-                .unwrap_or_default(),
-            vms: known_list(&planned_state.vms),
-            args: known_list(&planned_state.args),
-            env: planned_state
+            program: known(&planned.program),
+            vms: known_list(&planned.vms),
+            args: known_list(&planned.args),
+            env: planned
                 .env
                 .as_ref_option()
                 .map(|env| {
@@ -497,96 +446,72 @@ impl Resource for DeploymentResource {
                         .collect()
                 })
                 .unwrap_or_default(),
-            request_id: None,
+            request_id: request.request_id(),
         };
-        let deployment = match client.create_deployment(&body).await {
-            Ok(deployment) => deployment,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create(KIND));
-                return None;
-            }
-        };
-        let mut state = planned_state;
+        let deployment = request
+            .send(diags, || client.create_deployment(&body))
+            .await?;
+        let mut state = planned;
         state.refresh_from(&deployment);
         let (goal, timeout) = (state.goal(), state.create_timeout());
         if let Some(deployment) = self
-            .wait_converged(diags, &client, &deployment.id, goal, timeout)
+            .wait_converged(diags, client, &deployment.id, goal, timeout)
             .await
         {
             state.refresh_from(&deployment);
         }
         // Kept even when the wait failed (Terraform marks it tainted), so
         // destroy stops what was started.
-        Some((state, planned_private_state))
+        Some(state)
     }
 
-    async fn update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        // Only `wait_for`/`timeouts` changed: they steer create, nothing to send.
-        Some((planned_state, planned_private_state))
+    // `update` sends nothing: only `wait_for`/`timeouts` changed, which steer create.
+
+    fn id(state: &DeploymentState) -> &Value<String> {
+        &state.id
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        diagnostics::released(
-            diags,
-            client.delete_deployment(&id).await,
-            Operation::Delete(KIND),
-        )
+    async fn get(client: &Client, id: &str) -> Result<Deployment, ClientError> {
+        client.get_deployment(id).await
     }
 
-    async fn import<'a>(
+    /// Stops every run.
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_deployment(id).await.map(drop)
+    }
+
+    async fn refresh(
         &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match client.get_deployment(&id).await {
-            Ok(deployment) => {
-                let mut state = DeploymentState {
-                    program: Value::Value(deployment.program.clone()),
-                    vms: Value::Value(
-                        deployment
-                            .runs
-                            .iter()
-                            .map(|r| Value::Value(r.vm_id.clone()))
-                            .collect(),
-                    ),
-                    wait_for: Value::Value("running".into()),
-                    timeouts: Value::Value(DeploymentTimeouts::default()),
-                    ..Default::default()
-                };
-                state.refresh_from(&deployment);
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such deployment",
-                    format!("The controller has no deployment with id {id:?}.\n\nWhat to do: import by id (`GET /v1/deployments`)."),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                None
-            }
+        _client: &Client,
+        state: &mut DeploymentState,
+        deployment: &Deployment,
+    ) {
+        state.refresh_from(deployment);
+    }
+
+    /// A deployment stopped outside Terraform is gone for good.
+    fn is_gone(deployment: &Deployment) -> bool {
+        !deployment.runs.is_empty() && deployment.runs.iter().all(|r| r.status == "stopped")
+    }
+
+    fn import_base(deployment: &Deployment) -> DeploymentState {
+        DeploymentState {
+            program: Value::Value(deployment.program.clone()),
+            vms: Value::Value(
+                deployment
+                    .runs
+                    .iter()
+                    .map(|r| Value::Value(r.vm_id.clone()))
+                    .collect(),
+            ),
+            wait_for: Value::Value("running".into()),
+            timeouts: Value::Value(DeploymentTimeouts::default()),
+            ..Default::default()
         }
+    }
+
+    fn import_not_found(id: &str) -> String {
+        format!("The controller has no deployment with id {id:?}.\n\nWhat to do: import by id (`GET /v1/deployments`).")
     }
 }
 

@@ -10,16 +10,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use measurelab_api::client::Client;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Node, NodeStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 use tokio::time::Instant;
 
+use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::labels;
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
@@ -99,16 +100,9 @@ impl NodeState {
     }
 }
 
-/// The resource implementation.
-pub struct MeasurementNodeResource {
+/// The controller's registered nodes, adopted as a Terraform resource.
+pub struct Nodes {
     shared: Shared,
-}
-
-impl MeasurementNodeResource {
-    /// A resource that uses the provider's client and stop signal.
-    pub fn new(shared: Shared) -> Self {
-        MeasurementNodeResource { shared }
-    }
 }
 
 fn validate_state(diags: &mut Diagnostics, state: &NodeState) {
@@ -139,7 +133,7 @@ fn validate_state(diags: &mut Diagnostics, state: &NodeState) {
     }
 }
 
-impl MeasurementNodeResource {
+impl Nodes {
     /// Poll the controller until `name` is registered and online, the timeout
     /// expires, or Terraform is interrupted (then `None`, with a diagnostic).
     /// Writes nothing.
@@ -194,12 +188,23 @@ impl MeasurementNodeResource {
 }
 
 #[async_trait]
-impl Resource for MeasurementNodeResource {
-    type State<'a> = NodeState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Nodes {
+    type State = NodeState;
+    type Object = Node;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = "node";
+    const READ: Operation = Operation::ReadNode;
+    const DELETE: Operation = Operation::ReleaseNode;
+
+    fn new(shared: Shared) -> Self {
+        Nodes { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let mut attributes = node_model::computed_node_attributes();
         attributes.insert(
             "name".to_string(),
@@ -231,7 +236,7 @@ impl Resource for MeasurementNodeResource {
         );
         let (timeouts_name, timeouts_block) =
             timeouts::block("the node to register and report `online`");
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -243,117 +248,59 @@ impl Resource for MeasurementNodeResource {
                 blocks: [(timeouts_name, timeouts_block)].into_iter().collect(),
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        validate_state(diags, &config);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let key = state
-            .id
-            .as_ref_option()
-            .or(state.name.as_ref_option())
-            .cloned()
-            .unwrap_or_default();
-        match client.get_node(&key).await {
-            Ok(node) => {
-                if node.status == NodeStatus::Offline {
-                    diagnostics::node_offline(diags, &node.name, node.last_heartbeat.as_deref());
-                }
-                let mut state = state;
-                state.refresh_from(&node);
-                Some((state, private_state))
-            }
-            // Gone from the controller: drop from state so the next plan adopts again.
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::ReadNode);
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        validate_state(diags, &proposed_state);
-        let mut state = proposed_state;
-        state.mark_computed_unknown();
-        Some((state, ValueEmpty::default()))
+    fn validate(&self, diags: &mut Diagnostics, state: &NodeState) {
+        validate_state(diags, state);
     }
 
-    async fn plan_update<'a>(
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: NodeState) -> NodeState {
+        validate_state(diags, &proposed);
+        let mut state = proposed;
+        state.mark_computed_unknown();
+        state
+    }
+
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        validate_state(diags, &proposed_state);
+        prior: &NodeState,
+        proposed: NodeState,
+    ) -> (NodeState, Vec<AttributePath>) {
+        validate_state(diags, &proposed);
         let mut replace = Vec::new();
-        let mut state = proposed_state;
-        if state.name != prior_state.name {
+        let mut state = proposed;
+        if state.name != prior.name {
             replace.push(AttributePath::new("name"));
             state.mark_computed_unknown();
         }
         // A label change keeps the refreshed computed values as planned: update
         // returns them unchanged, so volatile values such as `last_heartbeat`
         // never show in a diff and never make the apply inconsistent.
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    /// Adoption: wait until the node is registered and online, then write
+    /// its labels. Nothing is POSTed, so `_request` goes unused.
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        validate_state(diags, &planned_state);
+        client: &Client,
+        planned: NodeState,
+        _request: &CreateRequest,
+    ) -> Option<NodeState> {
+        validate_state(diags, &planned);
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
-        let name = planned_state
-            .name
-            .as_ref_option()
-            .cloned()
-            .unwrap_or_default();
-        let timeout = planned_state
+        let name = known(&planned.name);
+        let timeout = planned
             .timeouts()
             .create()
             .unwrap_or(timeouts::DEFAULT_CREATE);
-        let node = self.wait_online(diags, &client, &name, timeout).await?;
-        let wanted = labels::known(&planned_state.labels);
+        let node = self.wait_online(diags, client, &name, timeout).await?;
+        let wanted = labels::known(&planned.labels);
         let node = match client.set_node_labels(&node.id, wanted.clone()).await {
             Ok(node) => node,
             Err(err) => {
@@ -361,30 +308,26 @@ impl Resource for MeasurementNodeResource {
                 return None;
             }
         };
-        let mut state = planned_state;
+        let mut state = planned;
         state.refresh_from(&node);
         // Keep exactly what was planned for labels (null stays null).
         state.labels = planned_state_labels(&state, &wanted);
-        Some((state, planned_private_state))
+        Some(state)
     }
 
-    async fn update<'a>(
+    async fn update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        if planned_state.labels == prior_state.labels {
-            return Some((planned_state, planned_private_state));
+        prior: &NodeState,
+        planned: NodeState,
+    ) -> Option<NodeState> {
+        if planned.labels == prior.labels {
+            return Some(planned);
         }
         let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        let wanted = labels::known(&planned_state.labels);
-        match client.set_node_labels(&id, wanted).await {
-            Ok(_) => Some((planned_state, planned_private_state)),
+        let wanted = labels::known(&planned.labels);
+        match client.set_node_labels(&known(&prior.id), wanted).await {
+            Ok(_) => Some(planned),
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::PatchNode);
                 None
@@ -392,55 +335,46 @@ impl Resource for MeasurementNodeResource {
         }
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        // A node already gone has nothing left to release.
-        diagnostics::released(
-            diags,
-            client.set_node_labels(&id, BTreeMap::new()).await,
-            Operation::ReleaseNode,
-        )
+    fn id(state: &NodeState) -> &Value<String> {
+        &state.id
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match client.get_node(&id).await {
-            Ok(node) => {
-                let mut state = NodeState {
-                    timeouts: Value::Value(Timeouts::default()),
-                    ..Default::default()
-                };
-                state.refresh_from(&node);
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such node",
-                    format!(
-                        "The controller has no node named (or with id) {id:?}.\n\nWhat to do: import by \
-                         the node's name as listed by `GET /v1/nodes` or the `measurelab_nodes` data source."
-                    ),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::ReadNode);
-                None
-            }
+    fn read_key(state: &NodeState) -> String {
+        id_or_name(&state.id, &state.name)
+    }
+
+    async fn get(client: &Client, key: &str) -> Result<Node, ClientError> {
+        client.get_node(key).await
+    }
+
+    /// Release the node: clear its labels. The node keeps running and stays
+    /// registered; a node already gone has nothing left to release.
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.set_node_labels(id, BTreeMap::new()).await.map(drop)
+    }
+
+    async fn refresh(&self, _client: &Client, state: &mut NodeState, node: &Node) {
+        state.refresh_from(node);
+    }
+
+    fn on_read(diags: &mut Diagnostics, node: &Node) {
+        if node.status == NodeStatus::Offline {
+            diagnostics::node_offline(diags, &node.name, node.last_heartbeat.as_deref());
         }
+    }
+
+    fn import_base(_node: &Node) -> NodeState {
+        NodeState {
+            timeouts: Value::Value(Timeouts::default()),
+            ..Default::default()
+        }
+    }
+
+    fn import_not_found(id: &str) -> String {
+        format!(
+            "The controller has no node named (or with id) {id:?}.\n\nWhat to do: import by \
+             the node's name as listed by `GET /v1/nodes` or the `measurelab_nodes` data source."
+        )
     }
     // `upgrade` keeps tf-provider's default (an error): schema version 1 is the
     // first release, so there is no older state to upgrade. (tf-provider 0.2.2

@@ -9,15 +9,16 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use measurelab_api::client::Client;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Task, TaskCreate};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
+use super::adapter::{id_or_name, CreateRequest, ManagedResource};
 use crate::data_sources::results::{receiver_type, summarize, ReceiverSummary, RECEIVER_DOC};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -365,17 +366,12 @@ impl TaskState {
     }
 }
 
-/// The resource implementation.
-pub struct MeasurementTaskResource {
+/// The controller's measurement tasks, as a Terraform resource.
+pub struct Tasks {
     shared: Shared,
 }
 
-impl MeasurementTaskResource {
-    /// A resource that uses the provider's client and stop signal.
-    pub fn new(shared: Shared) -> Self {
-        MeasurementTaskResource { shared }
-    }
-
+impl Tasks {
     /// Plan-time check that every listed node of a service_host task runs a
     /// service host (reports a service endpoint): a diagnostic on `nodes[i]`
     /// otherwise. Reads the node list the provider fetched once (see
@@ -455,12 +451,21 @@ impl MeasurementTaskResource {
 }
 
 #[async_trait]
-impl Resource for MeasurementTaskResource {
-    type State<'a> = TaskState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Tasks {
+    type State = TaskState;
+    type Object = Task;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        Tasks { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let attribute = |attr_type, description: &str, constraint| Attribute {
             attr_type,
             description: Description::markdown(description),
@@ -503,7 +508,7 @@ impl Resource for MeasurementTaskResource {
             )]),
             ..Default::default()
         };
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -516,86 +521,36 @@ impl Resource for MeasurementTaskResource {
                 blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        config.validate(diags);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let key = state
-            .id
-            .as_ref_option()
-            .or(state.name.as_ref_option())
-            .cloned()
-            .unwrap_or_default();
-        match client.get_task(&key).await {
-            Ok(task) => {
-                let mut state = state;
-                state.refresh_from(&task);
-                // The summary is the first result's and stays put (stable
-                // outputs); only a state without one (import) picks one up.
-                let has_result = matches!(&state.result_id, Value::Value(id) if !id.is_empty());
-                if !has_result {
-                    let record = match task.last_result_id {
-                        Some(_) => client.latest_result(&task.id).await.ok(),
-                        None => None,
-                    };
-                    state.set_result(record.as_ref());
-                }
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        proposed_state.validate(diags);
-        self.check_service_hosts(diags, &proposed_state).await;
-        let mut state = proposed_state;
+    fn validate(&self, diags: &mut Diagnostics, state: &TaskState) {
+        state.validate(diags);
+    }
+
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: TaskState) -> TaskState {
+        proposed.validate(diags);
+        self.check_service_hosts(diags, &proposed).await;
+        let mut state = proposed;
         state.apply_defaults();
         state.mark_computed_unknown();
-        Some((state, ValueEmpty::default()))
+        state
     }
 
-    async fn plan_update<'a>(
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        proposed_state.validate(diags);
-        if proposed_state.nodes != prior_state.nodes {
-            self.check_service_hosts(diags, &proposed_state).await;
+        prior: &TaskState,
+        proposed: TaskState,
+    ) -> (TaskState, Vec<AttributePath>) {
+        proposed.validate(diags);
+        if proposed.nodes != prior.nodes {
+            self.check_service_hosts(diags, &proposed).await;
         }
-        let mut state = proposed_state;
+        let mut state = proposed;
         state.apply_defaults();
         let mut replace = Vec::new();
-        let p = &prior_state;
+        let p = prior;
         let s = &state;
         let changed: [(&str, bool); 15] = [
             ("name", s.name != p.name),
@@ -627,56 +582,42 @@ impl Resource for MeasurementTaskResource {
         }
         if replace.is_empty() {
             // `wait_for_result` and `timeouts` only steer create.
-            state.id = prior_state.id.clone();
-            state.status = prior_state.status.clone();
-            state.result_id = prior_state.result_id.clone();
-            state.result_status = prior_state.result_status.clone();
-            state.result_source_point = prior_state.result_source_point.clone();
-            state.result_started_at = prior_state.result_started_at.clone();
-            state.result_json = prior_state.result_json.clone();
-            state.receivers = prior_state.receivers.clone();
+            state.id = prior.id.clone();
+            state.status = prior.status.clone();
+            state.result_id = prior.result_id.clone();
+            state.result_status = prior.result_status.clone();
+            state.result_source_point = prior.result_source_point.clone();
+            state.result_started_at = prior.result_started_at.clone();
+            state.result_json = prior.result_json.clone();
+            state.receivers = prior.receivers.clone();
             state.interval_seconds = if state.is_once() {
-                prior_state.interval_seconds.clone()
+                prior.interval_seconds.clone()
             } else {
                 state.interval_seconds
             };
         } else {
             state.mark_computed_unknown();
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        planned_state.validate(diags);
+        client: &Client,
+        planned: TaskState,
+        request: &CreateRequest,
+    ) -> Option<TaskState> {
+        planned.validate(diags);
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
-        let task = match client.create_task(&planned_state.create_body()).await {
-            Ok(task) => task,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create(KIND));
-                return None;
-            }
+        let body = TaskCreate {
+            request_id: request.request_id(),
+            ..planned.create_body()
         };
-        let mut state = planned_state;
+        let task = request.send(diags, || client.create_task(&body)).await?;
+        let mut state = planned;
         let planned_interval = state.interval_seconds.clone();
         state.refresh_from(&task);
         if state.is_once() {
@@ -690,12 +631,12 @@ impl Resource for MeasurementTaskResource {
         state.wait_for_result = Value::Value(wait);
         if !wait {
             state.set_result(None);
-            return Some((state, planned_private_state));
+            return Some(state);
         }
         let name = task.name.clone();
         let timeout = state.create_timeout();
         match self
-            .wait_result(diags, &client, &task.id, &name, timeout)
+            .wait_result(diags, client, &task.id, &name, timeout)
             .await
         {
             Some((task, record)) => {
@@ -717,73 +658,51 @@ impl Resource for MeasurementTaskResource {
             }
             None => state.set_result(None),
         }
-        Some((state, planned_private_state))
+        Some(state)
     }
 
-    async fn update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        // Only `wait_for_result`/`timeouts` changed: nothing to send.
-        Some((planned_state, planned_private_state))
+    // `update` sends nothing: only `wait_for_result`/`timeouts` changed.
+
+    fn id(state: &TaskState) -> &Value<String> {
+        &state.id
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        diagnostics::released(
-            diags,
-            client.delete_task(&id).await,
-            Operation::Delete(KIND),
-        )
+    fn read_key(state: &TaskState) -> String {
+        id_or_name(&state.id, &state.name)
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match client.get_task(&id).await {
-            Ok(task) => {
-                let mut state = TaskState {
-                    timeouts: Value::Value(TaskTimeouts::default()),
-                    ..Default::default()
-                };
-                state.refresh_from(&task);
-                state.wait_for_result = Value::Value(task.schedule == "once");
-                let record = match task.last_result_id {
-                    Some(_) => client.latest_result(&task.id).await.ok(),
-                    None => None,
-                };
-                state.set_result(record.as_ref());
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such measurement task",
-                    format!("The controller has no measurement task named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/tasks`)."),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                None
-            }
+    async fn get(client: &Client, key: &str) -> Result<Task, ClientError> {
+        client.get_task(key).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_task(id).await.map(drop)
+    }
+
+    async fn refresh(&self, client: &Client, state: &mut TaskState, task: &Task) {
+        state.refresh_from(task);
+        // The summary is the first result's and stays put (stable outputs);
+        // only a state without one (import) picks one up.
+        let has_result = matches!(&state.result_id, Value::Value(id) if !id.is_empty());
+        if !has_result {
+            let record = match task.last_result_id {
+                Some(_) => client.latest_result(&task.id).await.ok(),
+                None => None,
+            };
+            state.set_result(record.as_ref());
         }
+    }
+
+    fn import_base(task: &Task) -> TaskState {
+        TaskState {
+            timeouts: Value::Value(TaskTimeouts::default()),
+            wait_for_result: Value::Value(task.schedule == "once"),
+            ..Default::default()
+        }
+    }
+
+    fn import_not_found(id: &str) -> String {
+        format!("The controller has no measurement task named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/tasks`).")
     }
 }
 
@@ -865,9 +784,12 @@ mod tests {
 
     #[tokio::test]
     async fn service_host_nodes_without_a_service_host_are_refused_at_plan() {
+        use crate::resources::MeasurementTaskResource;
         use axum::routing::get;
         use axum::{Json, Router};
         use measurelab_api::http::{Capabilities, Node, NodeList, NodeStatus, Resources};
+        use tf_provider::value::ValueEmpty;
+        use tf_provider::Resource;
         let node = |name: &str, endpoint: &str| Node {
             id: format!("id-{name}"),
             name: name.into(),

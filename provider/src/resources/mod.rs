@@ -1,5 +1,7 @@
-//! Managed resources, one file per Terraform type.
+//! Managed resources, one file per Terraform type. Each file says what is
+//! particular to its type; `adapter` does the rest, once.
 
+mod adapter;
 mod deployment;
 mod measurement_node;
 mod measurement_task;
@@ -8,10 +10,19 @@ mod qos_policy;
 mod virtual_platform;
 mod vm;
 
-pub use deployment::DeploymentResource;
-pub use measurement_node::MeasurementNodeResource;
-pub use measurement_task::MeasurementTaskResource;
-pub use program::ProgramResource;
-pub use qos_policy::QosPolicyResource;
-pub use virtual_platform::VirtualPlatformResource;
-pub use vm::VmResource;
+use adapter::Adapter;
+
+/// `measurelab_deployment`.
+pub type DeploymentResource = Adapter<deployment::Deployments>;
+/// `measurelab_measurement_node`.
+pub type MeasurementNodeResource = Adapter<measurement_node::Nodes>;
+/// `measurelab_measurement_task`.
+pub type MeasurementTaskResource = Adapter<measurement_task::Tasks>;
+/// `measurelab_program`.
+pub type ProgramResource = Adapter<program::Programs>;
+/// `measurelab_qos_policy`.
+pub type QosPolicyResource = Adapter<qos_policy::QosPolicies>;
+/// `measurelab_virtual_platform`.
+pub type VirtualPlatformResource = Adapter<virtual_platform::Platforms>;
+/// `measurelab_vm`.
+pub type VmResource = Adapter<vm::Vms>;

@@ -8,17 +8,18 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use base64::Engine;
-use measurelab_api::client::ClientError;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Program, ProgramCreate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
-use crate::diagnostics::{self, Operation};
+use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use crate::diagnostics;
 use crate::node_model::computed;
 use crate::number::Number;
 use crate::provider::Shared;
@@ -171,47 +172,27 @@ impl ProgramState {
     }
 }
 
-/// The resource implementation.
-pub struct ProgramResource {
+/// The controller's programs, as a Terraform resource.
+pub struct Programs {
     shared: Shared,
 }
 
-impl ProgramResource {
-    /// A resource that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        ProgramResource { shared }
-    }
-}
-
-async fn get_program(
-    client: &measurelab_api::client::Client,
-    key: &str,
-) -> Result<Program, ClientError> {
-    client
-        .request::<(), _>(reqwest::Method::GET, &format!("/v1/programs/{key}"), None)
-        .await
-}
-
-async fn delete_program(
-    client: &measurelab_api::client::Client,
-    key: &str,
-) -> Result<Program, ClientError> {
-    client
-        .request::<(), _>(
-            reqwest::Method::DELETE,
-            &format!("/v1/programs/{key}"),
-            None,
-        )
-        .await
-}
-
 #[async_trait]
-impl Resource for ProgramResource {
-    type State<'a> = ProgramState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Programs {
+    type State = ProgramState;
+    type Object = Program;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        Programs { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let attributes: HashMap<String, Attribute> = HashMap::from([
             (
                 "name".to_string(),
@@ -242,7 +223,7 @@ impl Resource for ProgramResource {
             ("size_bytes".to_string(), computed(AttributeType::Number, "Size of the uploaded content in bytes.")),
             ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 upload time.")),
         ]);
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -252,118 +233,62 @@ impl Resource for ProgramResource {
                 attributes,
                 ..Default::default()
             },
-        })
+        }
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        check_name(diags, &config.name);
-        if let Value::Value(path) = &config.source {
+    fn validate(&self, diags: &mut Diagnostics, state: &ProgramState) {
+        check_name(diags, &state.name);
+        if let Value::Value(path) = &state.source {
             if let Err(err) = check_source(path) {
                 source_diag(diags, &err);
             }
         }
-        Some(())
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let key = state
-            .id
-            .as_ref_option()
-            .or(state.name.as_ref_option())
-            .cloned()
-            .unwrap_or_default();
-        match get_program(&client, &key).await {
-            Ok(program) => {
-                let mut state = state;
-                state.refresh_from(&program);
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                Some((state, private_state))
-            }
-        }
-    }
-
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        check_name(diags, &proposed_state.name);
-        let mut state = proposed_state;
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: ProgramState) -> ProgramState {
+        check_name(diags, &proposed.name);
+        let mut state = proposed;
         state.plan_content(diags);
         state.id = Value::Unknown;
         state.created_at = Value::Unknown;
-        Some((state, ValueEmpty::default()))
+        state
     }
 
-    async fn plan_update<'a>(
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        check_name(diags, &proposed_state.name);
-        let mut state = proposed_state;
+        prior: &ProgramState,
+        proposed: ProgramState,
+    ) -> (ProgramState, Vec<AttributePath>) {
+        check_name(diags, &proposed.name);
+        let mut state = proposed;
         state.plan_content(diags);
         let mut replace = Vec::new();
-        if state.name != prior_state.name {
+        if state.name != prior.name {
             replace.push(AttributePath::new("name"));
         }
         // The controller keeps content immutable under a name: new content is a new program.
-        if state.sha256 != prior_state.sha256 {
+        if state.sha256 != prior.sha256 {
             replace.push(AttributePath::new("sha256"));
         }
         if replace.is_empty() {
-            state.id = prior_state.id.clone();
-            state.created_at = prior_state.created_at.clone();
+            state.id = prior.id.clone();
+            state.created_at = prior.created_at.clone();
         } else {
             state.id = Value::Unknown;
             state.created_at = Value::Unknown;
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        let path = planned_state
-            .source
-            .as_ref_option()
-            .cloned()
-            .unwrap_or_default();
+        client: &Client,
+        planned: ProgramState,
+        request: &CreateRequest,
+    ) -> Option<ProgramState> {
+        let path = known(&planned.source);
         let (content, sha256) = match read_source(&path) {
             Ok(read) => read,
             Err(err) => {
@@ -371,97 +296,60 @@ impl Resource for ProgramResource {
                 return None;
             }
         };
-        if let Value::Value(planned) = &planned_state.sha256 {
-            if planned != &sha256 {
+        if let Value::Value(planned_sha256) = &planned.sha256 {
+            if planned_sha256 != &sha256 {
                 diagnostics::invalid_value(
                     diags,
                     AttributePath::new("source"),
                     "The program file changed between plan and apply",
-                    format!("{path:?} had SHA-256 {planned} when planned and {sha256} now. Nothing was uploaded.\n\nWhat to do: run `terraform apply` again."),
+                    format!("{path:?} had SHA-256 {planned_sha256} when planned and {sha256} now. Nothing was uploaded.\n\nWhat to do: run `terraform apply` again."),
                 );
                 return None;
             }
         }
         let body = ProgramCreate {
-            name: planned_state
-                .name
-                .as_ref_option()
-                .cloned()
-                .unwrap_or_default(),
+            name: known(&planned.name),
             content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
             sha256: Some(sha256),
-            request_id: None,
+            request_id: request.request_id(),
         };
-        match client.create_program(&body).await {
-            Ok(program) => {
-                let mut state = planned_state;
-                state.refresh_from(&program);
-                Some((state, planned_private_state))
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create(KIND));
-                None
-            }
-        }
+        let program = request.send(diags, || client.create_program(&body)).await?;
+        let mut state = planned;
+        state.refresh_from(&program);
+        Some(state)
     }
 
-    async fn update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        // Only `source` moved to a file with the same content: nothing to send.
-        Some((planned_state, planned_private_state))
+    // `update` sends nothing: only `source` moved to a file with the same content.
+
+    fn id(state: &ProgramState) -> &Value<String> {
+        &state.id
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        diagnostics::released(
-            diags,
-            delete_program(&client, &id).await,
-            Operation::Delete(KIND),
-        )
+    fn read_key(state: &ProgramState) -> String {
+        id_or_name(&state.id, &state.name)
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match get_program(&client, &id).await {
-            Ok(program) => {
-                let mut state = ProgramState::default();
-                state.refresh_from(&program);
-                // `source` is only known to the configuration; the next plan
-                // compares the file's digest with the imported one.
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such program",
-                    format!("The controller has no program named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/programs`)."),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                None
-            }
-        }
+    async fn get(client: &Client, key: &str) -> Result<Program, ClientError> {
+        client
+            .request::<(), _>(reqwest::Method::GET, &format!("/v1/programs/{key}"), None)
+            .await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client
+            .request::<(), Program>(reqwest::Method::DELETE, &format!("/v1/programs/{id}"), None)
+            .await
+            .map(drop)
+    }
+
+    /// `source` is only known to the configuration; on import the next plan
+    /// compares the file's digest with the imported one.
+    async fn refresh(&self, _client: &Client, state: &mut ProgramState, program: &Program) {
+        state.refresh_from(program);
+    }
+
+    fn import_not_found(id: &str) -> String {
+        format!("The controller has no program named (or with id) {id:?}.\n\nWhat to do: import by name or id (`GET /v1/programs`).")
     }
 }
 

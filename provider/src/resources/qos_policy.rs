@@ -5,17 +5,21 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
+use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::number::Number;
 use crate::provider::Shared;
+
+const KIND: &str = "QoS policy";
 
 /// The rate and burst attributes: (name, description, required).
 const RATES: [(&str, &str, bool); 6] = [
@@ -182,34 +186,27 @@ impl QosPolicyState {
     }
 }
 
-/// The resource implementation.
-pub struct QosPolicyResource {
+/// The controller's QoS policies, as a Terraform resource.
+pub struct QosPolicies {
     shared: Shared,
 }
 
-impl QosPolicyResource {
-    /// A resource that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        QosPolicyResource { shared }
-    }
-}
-
-fn not_found_on_import(diags: &mut Diagnostics, kind: &str, id: &str) {
-    diagnostics::invalid_value(
-        diags,
-        AttributePath::root(),
-        format!("Cannot import: no such {kind}"),
-        format!("The controller has no {kind} named (or with id) {id:?}.\n\nWhat to do: import by name."),
-    );
-}
-
 #[async_trait]
-impl Resource for QosPolicyResource {
-    type State<'a> = QosPolicyState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for QosPolicies {
+    type State = QosPolicyState;
+    type Object = QosPolicy;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        QosPolicies { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let mut attributes: HashMap<String, Attribute> = RATES
             .iter()
             .map(|(name, description, required)| {
@@ -251,7 +248,7 @@ impl Resource for QosPolicyResource {
             "created_at".to_string(),
             crate::node_model::computed(AttributeType::String, "RFC 3339 creation time."),
         );
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -261,138 +258,77 @@ impl Resource for QosPolicyResource {
                 attributes,
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        config.rates(diags);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let key = state
-            .id
-            .as_ref_option()
-            .or(state.name.as_ref_option())
-            .cloned()
-            .unwrap_or_default();
-        match client.get_qos_policy(&key).await {
-            Ok(policy) => {
-                let mut state = state;
-                state.refresh_from(&policy);
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read("QoS policy"));
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        proposed_state.rates(diags);
-        let mut state = proposed_state;
-        state.id = Value::Unknown;
-        state.created_at = Value::Unknown;
-        Some((state, ValueEmpty::default()))
+    fn validate(&self, diags: &mut Diagnostics, state: &QosPolicyState) {
+        state.rates(diags);
     }
 
-    async fn plan_update<'a>(
+    async fn plan_create(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        proposed_state.rates(diags);
-        let mut state = proposed_state;
+        proposed: QosPolicyState,
+    ) -> QosPolicyState {
+        proposed.rates(diags);
+        let mut state = proposed;
+        state.id = Value::Unknown;
+        state.created_at = Value::Unknown;
+        state
+    }
+
+    async fn plan_update(
+        &self,
+        diags: &mut Diagnostics,
+        prior: &QosPolicyState,
+        proposed: QosPolicyState,
+    ) -> (QosPolicyState, Vec<AttributePath>) {
+        proposed.rates(diags);
+        let mut state = proposed;
         let mut replace = Vec::new();
-        if state.name != prior_state.name {
+        if state.name != prior.name {
             replace.push(AttributePath::new("name"));
             state.id = Value::Unknown;
             state.created_at = Value::Unknown;
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let rates = planned_state.rates(diags)?;
-        let client = self.shared.client(diags)?;
+        client: &Client,
+        planned: QosPolicyState,
+        request: &CreateRequest,
+    ) -> Option<QosPolicyState> {
+        let rates = planned.rates(diags)?;
         let body = QosPolicyCreate {
-            name: planned_state
-                .name
-                .as_ref_option()
-                .cloned()
-                .unwrap_or_default(),
+            name: known(&planned.name),
             ingress_max_kbps: rates.ingress_max_kbps,
             ingress_min_kbps: rates.ingress_min_kbps,
             ingress_burst_kbytes: rates.ingress_burst_kbytes,
             egress_max_kbps: rates.egress_max_kbps,
             egress_min_kbps: rates.egress_min_kbps,
             egress_burst_kbytes: rates.egress_burst_kbytes,
-            request_id: None,
+            request_id: request.request_id(),
         };
-        match client.create_qos_policy(&body).await {
-            Ok(policy) => {
-                let mut state = planned_state;
-                state.id = Value::Value(policy.id.clone());
-                state.created_at = Value::Value(policy.created_at.clone());
-                Some((state, planned_private_state))
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create("QoS policy"));
-                None
-            }
-        }
+        let policy = request
+            .send(diags, || client.create_qos_policy(&body))
+            .await?;
+        let mut state = planned;
+        state.id = Value::Value(policy.id.clone());
+        state.created_at = Value::Value(policy.created_at.clone());
+        Some(state)
     }
 
-    async fn update<'a>(
+    async fn update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let rates = planned_state.rates(diags)?;
+        prior: &QosPolicyState,
+        planned: QosPolicyState,
+    ) -> Option<QosPolicyState> {
+        let rates = planned.rates(diags)?;
         let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
         // Send every rate: a removed optional rate is an explicit null (cleared).
         let body = QosPolicyPatch {
             ingress_max_kbps: Some(rates.ingress_max_kbps),
@@ -403,11 +339,11 @@ impl Resource for QosPolicyResource {
             egress_burst_kbytes: Some(rates.egress_burst_kbytes),
             request_id: None,
         };
-        match client.update_qos_policy(&id, &body).await {
+        match client.update_qos_policy(&known(&prior.id), &body).await {
             Ok(policy) => {
-                let mut applied = planned_state.clone();
+                let mut applied = planned.clone();
                 applied.refresh_from(&policy);
-                if applied != planned_state {
+                if applied != planned {
                     // Store what the controller really has, and say so, rather
                     // than a state that would show a diff on every plan.
                     diagnostics::invalid_value(
@@ -429,52 +365,33 @@ impl Resource for QosPolicyResource {
                         ),
                     );
                 }
-                Some((applied, planned_private_state))
+                Some(applied)
             }
             Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Update("QoS policy"));
+                diagnostics::client_error(diags, &err, Operation::Update(KIND));
                 None
             }
         }
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        diagnostics::released(
-            diags,
-            client.delete_qos_policy(&id).await,
-            Operation::Delete("QoS policy"),
-        )
+    fn id(state: &QosPolicyState) -> &Value<String> {
+        &state.id
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match client.get_qos_policy(&id).await {
-            Ok(policy) => {
-                let mut state = QosPolicyState::default();
-                state.refresh_from(&policy);
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                not_found_on_import(diags, "QoS policy", &id);
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read("QoS policy"));
-                None
-            }
-        }
+    fn read_key(state: &QosPolicyState) -> String {
+        id_or_name(&state.id, &state.name)
+    }
+
+    async fn get(client: &Client, key: &str) -> Result<QosPolicy, ClientError> {
+        client.get_qos_policy(key).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_qos_policy(id).await.map(drop)
+    }
+
+    async fn refresh(&self, _client: &Client, state: &mut QosPolicyState, policy: &QosPolicy) {
+        state.refresh_from(policy);
     }
 }
 

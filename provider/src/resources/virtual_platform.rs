@@ -5,14 +5,16 @@
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
+use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -112,25 +114,27 @@ fn set_of(value: &Value<BTreeSet<String>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The resource implementation.
-pub struct VirtualPlatformResource {
+/// The controller's platforms, as a Terraform resource.
+pub struct Platforms {
     shared: Shared,
 }
 
-impl VirtualPlatformResource {
-    /// A resource that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        VirtualPlatformResource { shared }
-    }
-}
-
 #[async_trait]
-impl Resource for VirtualPlatformResource {
-    type State<'a> = PlatformState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Platforms {
+    type State = PlatformState;
+    type Object = Platform;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        Platforms { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let strings = || AttributeType::Set(Box::new(AttributeType::String));
         let attribute = |attr_type, description: &str, constraint| Attribute {
             attr_type,
@@ -188,7 +192,7 @@ impl Resource for VirtualPlatformResource {
             ),
             ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 creation time.")),
         ]);
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -198,118 +202,58 @@ impl Resource for VirtualPlatformResource {
                 attributes,
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        config.validate(diags);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let key = state
-            .id
-            .as_ref_option()
-            .or(state.name.as_ref_option())
-            .cloned()
-            .unwrap_or_default();
-        match client.get_platform(&key).await {
-            Ok(platform) => {
-                let mut state = state;
-                state.refresh_from(&platform);
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        proposed_state.validate(diags);
-        let mut state = proposed_state;
-        state.mark_computed_unknown();
-        Some((state, ValueEmpty::default()))
+    fn validate(&self, diags: &mut Diagnostics, state: &PlatformState) {
+        state.validate(diags);
     }
 
-    async fn plan_update<'a>(
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: PlatformState) -> PlatformState {
+        proposed.validate(diags);
+        let mut state = proposed;
+        state.mark_computed_unknown();
+        state
+    }
+
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        proposed_state.validate(diags);
-        let mut state = proposed_state;
+        prior: &PlatformState,
+        proposed: PlatformState,
+    ) -> (PlatformState, Vec<AttributePath>) {
+        proposed.validate(diags);
+        let mut state = proposed;
         let mut replace = Vec::new();
-        if state.name != prior_state.name {
+        if state.name != prior.name {
             replace.push(AttributePath::new("name"));
             state.mark_computed_unknown();
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        planned_state.validate(diags);
+        client: &Client,
+        planned: PlatformState,
+        request: &CreateRequest,
+    ) -> Option<PlatformState> {
+        planned.validate(diags);
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
         let body = PlatformCreate {
-            name: planned_state
-                .name
-                .as_ref_option()
-                .cloned()
-                .unwrap_or_default(),
-            nodes: set_of(&planned_state.nodes),
-            admins: set_of(&planned_state.admins),
-            description: planned_state.description.as_ref_option().cloned(),
-            request_id: None,
+            name: known(&planned.name),
+            nodes: set_of(&planned.nodes),
+            admins: set_of(&planned.admins),
+            description: planned.description.as_ref_option().cloned(),
+            request_id: request.request_id(),
         };
-        let mut platform = match client.create_platform(&body).await {
-            Ok(platform) => platform,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create(KIND));
-                return None;
-            }
-        };
-        if let Some(PlatformPowerState::Paused) = planned_state
+        let mut platform = request
+            .send(diags, || client.create_platform(&body))
+            .await?;
+        if let Some(PlatformPowerState::Paused) = planned
             .power_state
             .as_ref_option()
             .and_then(|p| PlatformPowerState::parse(p))
@@ -327,43 +271,33 @@ impl Resource for VirtualPlatformResource {
                 }
             }
         }
-        let mut state = planned_state;
+        let mut state = planned;
         state.refresh_from(&platform);
-        Some((state, planned_private_state))
+        Some(state)
     }
 
-    async fn update<'a>(
+    async fn update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        prior: &PlatformState,
+        planned: PlatformState,
+    ) -> Option<PlatformState> {
         let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
         let patch = PlatformPatch {
-            nodes: Some(set_of(&planned_state.nodes)),
-            admins: Some(set_of(&planned_state.admins)),
-            description: Some(
-                planned_state
-                    .description
-                    .as_ref_option()
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-            power_state: planned_state
+            nodes: Some(set_of(&planned.nodes)),
+            admins: Some(set_of(&planned.admins)),
+            description: Some(known(&planned.description)),
+            power_state: planned
                 .power_state
                 .as_ref_option()
                 .and_then(|p| PlatformPowerState::parse(p)),
             request_id: None,
         };
-        match client.update_platform(&id, &patch).await {
+        match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {
-                let mut state = planned_state;
+                let mut state = planned;
                 state.refresh_from(&platform);
-                Some((state, planned_private_state))
+                Some(state)
             }
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::Update(KIND));
@@ -372,48 +306,24 @@ impl Resource for VirtualPlatformResource {
         }
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        diagnostics::released(
-            diags,
-            client.delete_platform(&id).await,
-            Operation::Delete(KIND),
-        )
+    fn id(state: &PlatformState) -> &Value<String> {
+        &state.id
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        match client.get_platform(&id).await {
-            Ok(platform) => {
-                let mut state = PlatformState::default();
-                state.refresh_from(&platform);
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such virtual platform",
-                    format!("The controller has no virtual platform named (or with id) {id:?}.\n\nWhat to do: import by name."),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                None
-            }
-        }
+    fn read_key(state: &PlatformState) -> String {
+        id_or_name(&state.id, &state.name)
+    }
+
+    async fn get(client: &Client, key: &str) -> Result<Platform, ClientError> {
+        client.get_platform(key).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_platform(id).await.map(drop)
+    }
+
+    async fn refresh(&self, _client: &Client, state: &mut PlatformState, platform: &Platform) {
+        state.refresh_from(platform);
     }
 }
 

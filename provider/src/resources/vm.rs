@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
+use super::adapter::{known, CreateRequest, DeleteWait, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -272,17 +273,12 @@ fn describe(vm: &Vm) -> String {
     )
 }
 
-/// The resource implementation.
-pub struct VmResource {
+/// The controller's VMs, as a Terraform resource.
+pub struct Vms {
     shared: Shared,
 }
 
-impl VmResource {
-    /// A resource that uses the provider's client and stop signal.
-    pub fn new(shared: Shared) -> Self {
-        VmResource { shared }
-    }
-
+impl Vms {
     /// Wait until the VM converged; a failed VM ends the wait with a diagnostic.
     async fn wait_converged(
         &self,
@@ -392,12 +388,21 @@ impl VmResource {
 }
 
 #[async_trait]
-impl Resource for VmResource {
-    type State<'a> = VmState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ManagedResource for Vms {
+    type State = VmState;
+    type Object = Vm;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = KIND;
+
+    fn new(shared: Shared) -> Self {
+        Vms { shared }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn schema(&self) -> Schema {
         let attribute = |attr_type, description: &str, constraint| Attribute {
             attr_type,
             description: Description::markdown(description),
@@ -457,7 +462,7 @@ impl Resource for VmResource {
             ]),
             ..Default::default()
         };
-        Some(Schema {
+        Schema {
             version: 1,
             block: Block {
                 description: Description::markdown(
@@ -469,155 +474,98 @@ impl Resource for VmResource {
                 blocks: HashMap::from([("timeouts".to_string(), NestedBlock::Group(timeouts_block))]),
                 ..Default::default()
             },
-        })
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        config.validate(diags);
-        Some(())
-    }
-
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: Self::State<'a>,
-        private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let Some(client) = self.shared.client(diags) else {
-            return Some((state, private_state));
-        };
-        let id = state.id.as_ref_option().cloned().unwrap_or_default();
-        match client.get_vm(&id).await {
-            Ok(vm) => {
-                let mut state = state;
-                state.refresh_from(&vm);
-                Some((state, private_state))
-            }
-            Err(err) if err.is_not_found() => None,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                Some((state, private_state))
-            }
         }
     }
 
-    async fn plan_create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        proposed_state.validate(diags);
-        self.check_placement(diags, &proposed_state).await;
-        let mut state = proposed_state;
-        state.mark_computed_unknown();
-        Some((state, ValueEmpty::default()))
+    fn validate(&self, diags: &mut Diagnostics, state: &VmState) {
+        state.validate(diags);
     }
 
-    async fn plan_update<'a>(
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: VmState) -> VmState {
+        proposed.validate(diags);
+        self.check_placement(diags, &proposed).await;
+        let mut state = proposed;
+        state.mark_computed_unknown();
+        state
+    }
+
+    async fn plan_update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        proposed_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        proposed_state.validate(diags);
+        prior: &VmState,
+        proposed: VmState,
+    ) -> (VmState, Vec<AttributePath>) {
+        proposed.validate(diags);
         let mut replace = Vec::new();
         for (attribute, changed) in [
-            ("name", proposed_state.name != prior_state.name),
-            ("platform", proposed_state.platform != prior_state.platform),
-            ("node", proposed_state.node != prior_state.node),
-            (
-                "appliance",
-                proposed_state.appliance != prior_state.appliance,
-            ),
-            ("backend", proposed_state.backend != prior_state.backend),
-            ("disk_mib", proposed_state.disk_mib != prior_state.disk_mib),
-            ("swap_mib", proposed_state.swap_mib != prior_state.swap_mib),
+            ("name", proposed.name != prior.name),
+            ("platform", proposed.platform != prior.platform),
+            ("node", proposed.node != prior.node),
+            ("appliance", proposed.appliance != prior.appliance),
+            ("backend", proposed.backend != prior.backend),
+            ("disk_mib", proposed.disk_mib != prior.disk_mib),
+            ("swap_mib", proposed.swap_mib != prior.swap_mib),
         ] {
             if changed {
                 replace.push(AttributePath::new(attribute));
             }
         }
-        let mut state = proposed_state;
+        let mut state = proposed;
         if !replace.is_empty() {
             self.check_placement(diags, &state).await;
             state.mark_computed_unknown();
         }
-        Some((state, prior_private_state, replace))
+        (state, replace)
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
-        prior_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::PrivateState<'a>> {
-        Some(prior_private_state)
-    }
-
-    async fn create<'a>(
+    async fn create(
         &self,
         diags: &mut Diagnostics,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        planned_state.validate(diags);
+        client: &Client,
+        planned: VmState,
+        request: &CreateRequest,
+    ) -> Option<VmState> {
+        planned.validate(diags);
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
-        let text = |v: &Value<String>| v.as_ref_option().cloned().unwrap_or_default();
         let number = |v: &Value<Number>| match v {
             Value::Value(Number::Unsigned(n)) => Some(*n),
             _ => None,
         };
-        let name = text(&planned_state.name);
+        let name = known(&planned.name);
         let body = VmCreate {
             name: name.clone(),
-            platform: text(&planned_state.platform),
-            node: text(&planned_state.node),
-            vcpus: number(&planned_state.vcpus)
+            platform: known(&planned.platform),
+            node: known(&planned.node),
+            vcpus: number(&planned.vcpus)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(1),
-            memory_mib: number(&planned_state.memory_mib).unwrap_or(0),
-            disk_mib: number(&planned_state.disk_mib),
-            swap_mib: number(&planned_state.swap_mib),
-            appliance: text(&planned_state.appliance),
-            qos_policy: planned_state.qos_policy.as_ref_option().cloned(),
-            power_state: planned_state
+            memory_mib: number(&planned.memory_mib).unwrap_or(0),
+            disk_mib: number(&planned.disk_mib),
+            swap_mib: number(&planned.swap_mib),
+            appliance: known(&planned.appliance),
+            qos_policy: planned.qos_policy.as_ref_option().cloned(),
+            power_state: planned
                 .power_state
                 .as_ref_option()
                 .and_then(|p| VmPowerState::parse(p))
                 .unwrap_or(VmPowerState::Running),
-            backend: planned_state
+            backend: planned
                 .backend
                 .as_ref_option()
                 .and_then(|b| VmBackend::parse(b)),
-            request_id: None,
+            request_id: request.request_id(),
         };
-        let vm = match client.create_vm(&body).await {
-            Ok(vm) => vm,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Create(KIND));
-                return None;
-            }
-        };
-        let mut state = planned_state;
+        let vm = request.send(diags, || client.create_vm(&body)).await?;
+        let mut state = planned;
         let timeout = VmTimeouts::get(&state.timeouts().create);
         // From here on the VM exists: always return a state (Terraform taints
         // it if the wait fails) so nothing is orphaned on the controller.
         match self
             .wait_converged(
                 diags,
-                &client,
+                client,
                 &vm.id,
                 &name,
                 timeout,
@@ -628,29 +576,26 @@ impl Resource for VmResource {
             Some(ready) => state.refresh_from(&ready),
             None => state.refresh_from(&vm),
         }
-        Some((state, planned_private_state))
+        Some(state)
     }
 
-    async fn update<'a>(
+    async fn update(
         &self,
         diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        planned_state: Self::State<'a>,
-        _config_state: Self::State<'a>,
-        planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        prior: &VmState,
+        planned: VmState,
+    ) -> Option<VmState> {
         let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
+        let id = known(&prior.id);
         let number = |v: &Value<Number>| match v {
             Value::Value(Number::Unsigned(n)) => Some(*n),
             _ => None,
         };
         let patch = VmPatch {
-            vcpus: number(&planned_state.vcpus).and_then(|n| u32::try_from(n).ok()),
-            memory_mib: number(&planned_state.memory_mib),
-            qos_policy: Some(planned_state.qos_policy.as_ref_option().cloned()),
-            power_state: planned_state
+            vcpus: number(&planned.vcpus).and_then(|n| u32::try_from(n).ok()),
+            memory_mib: number(&planned.memory_mib),
+            qos_policy: Some(planned.qos_policy.as_ref_option().cloned()),
+            power_state: planned
                 .power_state
                 .as_ref_option()
                 .and_then(|p| VmPowerState::parse(p)),
@@ -660,124 +605,81 @@ impl Resource for VmResource {
             diagnostics::client_error(diags, &err, Operation::Update(KIND));
             return None;
         }
-        let name = planned_state
-            .name
-            .as_ref_option()
-            .cloned()
-            .unwrap_or_default();
-        let timeout = VmTimeouts::get(&planned_state.timeouts().update);
+        let name = known(&planned.name);
+        let timeout = VmTimeouts::get(&planned.timeouts().update);
         // The change is stored either way; the wait only reports whether the
         // node agent applied it. Volatile fields keep their planned values.
         self.wait_converged(diags, &client, &id, &name, timeout, Operation::Update(KIND))
             .await;
-        Some((planned_state, planned_private_state))
+        Some(planned)
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior_state: Self::State<'a>,
-        _planned_private_state: Self::PrivateState<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<()> {
-        let client = self.shared.client(diags)?;
-        let id = prior_state.id.as_ref_option().cloned().unwrap_or_default();
-        let name = prior_state
-            .name
-            .as_ref_option()
-            .cloned()
-            .unwrap_or_default();
-        match client.delete_vm(&id, false).await {
-            Ok(_) => {}
-            Err(err) if err.is_not_found() => return Some(()),
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Delete(KIND));
-                return None;
-            }
-        }
-        let timeout = VmTimeouts::get(&prior_state.timeouts().delete);
-        let gone = wait::until(&self.shared.stop, timeout, || {
-            let client = client.clone();
-            let id = id.clone();
-            async move {
-                match client.get_vm(&id).await {
-                    Ok(vm) => Ok(Poll::Pending(describe(&vm))),
-                    Err(err) if err.is_not_found() => Ok(Poll::Done(())),
-                    Err(err) => Err(err),
-                }
-            }
-        })
-        .await;
-        match gone {
-            Ok(()) => Some(()),
-            Err(end) => {
-                diagnostics::wait_failed(
-                    diags,
-                    &end,
-                    KIND,
-                    &name,
-                    "be deleted",
-                    timeout,
-                    Operation::Delete(KIND),
-                );
-                None
-            }
-        }
+    fn id(state: &VmState) -> &Value<String> {
+        &state.id
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let client = self.shared.client(diags)?;
-        // `PLATFORM/NAME` (what a user knows) or the controller id.
-        let found = match id.split_once('/') {
-            Some((platform, name)) => client
-                .list_vms(&format!("platform={platform}"))
-                .await
-                .and_then(|vms| {
-                    vms.into_iter()
-                        .find(|vm| vm.name == name)
-                        .ok_or_else(|| ClientError::Api {
-                            status: 404,
-                            code: "not_found".into(),
-                            message: format!("no VM {name:?} in platform {platform:?}"),
-                            field: None,
-                        })
-                }),
-            None => client.get_vm(&id).await,
+    async fn get(client: &Client, id: &str) -> Result<Vm, ClientError> {
+        client.get_vm(id).await
+    }
+
+    /// Marks the VM deleting; the node agent tears it down.
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_vm(id, false).await.map(drop)
+    }
+
+    async fn refresh(&self, _client: &Client, state: &mut VmState, vm: &Vm) {
+        state.refresh_from(vm);
+    }
+
+    /// `PLATFORM/NAME` (what a user knows) or the controller id.
+    async fn find(client: &Client, id: &str) -> Result<Vm, ClientError> {
+        let Some((platform, name)) = id.split_once('/') else {
+            return client.get_vm(id).await;
         };
-        match found {
-            Ok(vm) => {
-                let mut state = VmState {
-                    timeouts: Value::Value(VmTimeouts::default()),
-                    ..Default::default()
-                };
-                state.refresh_from(&vm);
-                Some((state, ValueEmpty::default()))
-            }
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::root(),
-                    "Cannot import: no such VM",
-                    format!("The controller has no VM {id:?}.\n\nWhat to do: import by `PLATFORM/NAME` or by the VM's id (`GET /v1/vms`)."),
-                );
-                None
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read(KIND));
-                None
-            }
+        client
+            .list_vms(&format!("platform={platform}"))
+            .await?
+            .into_iter()
+            .find(|vm| vm.name == name)
+            .ok_or_else(|| ClientError::Api {
+                status: 404,
+                code: "not_found".into(),
+                message: format!("no VM {name:?} in platform {platform:?}"),
+                field: None,
+            })
+    }
+
+    fn import_base(_vm: &Vm) -> VmState {
+        VmState {
+            timeouts: Value::Value(VmTimeouts::default()),
+            ..Default::default()
         }
+    }
+
+    fn import_not_found(id: &str) -> String {
+        format!("The controller has no VM {id:?}.\n\nWhat to do: import by `PLATFORM/NAME` or by the VM's id (`GET /v1/vms`).")
+    }
+
+    /// The agent tears the VM down after the DELETE: wait until it is gone.
+    fn delete_wait(state: &VmState) -> Option<DeleteWait> {
+        Some(DeleteWait {
+            name: known(&state.name),
+            timeout: VmTimeouts::get(&state.timeouts().delete),
+        })
+    }
+
+    fn describe(vm: &Vm) -> String {
+        describe(vm)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::VmResource;
     use measurelab_api::http::Condition;
+    use tf_provider::value::ValueEmpty;
+    use tf_provider::Resource;
 
     fn vm(power: VmPowerState, actual: &str, ready: &str, generation: u64, observed: u64) -> Vm {
         Vm {
@@ -1007,7 +909,7 @@ mod tests {
     async fn a_reconfigured_provider_fetches_the_lists_again() {
         let (url, counts) = fake_controller::start().await;
         let shared = Shared::new(tokio_util::sync::CancellationToken::new());
-        let resource = VmResource::new(shared.clone());
+        let resource = Vms::new(shared.clone());
         for _ in 0..2 {
             shared.set_client(Client::new(&url, "token", None).unwrap());
             for _ in 0..3 {

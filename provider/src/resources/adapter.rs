@@ -1,0 +1,415 @@
+//! The one implementation of tf-provider's `Resource` trait.
+//!
+//! Every managed resource stands for one object on the controller. What
+//! differs between them (schema, plan rules, create and update, how the
+//! controller's object maps onto the state) is written in the resource's file
+//! as a [`ManagedResource`]. What they share is written here, once:
+//! - read: the object is looked up again; a 404 drops the resource from the
+//!   state, so the next plan creates it again;
+//! - destroy: a 404 counts as done (someone deleted it by hand), and a
+//!   resource whose delete is asynchronous waits until the object is gone;
+//! - import: the object is looked up by what the user typed;
+//! - create: the POST carries a `request_id` chosen once per create, so
+//!   sending it again after a lost answer cannot create a second object.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tf_provider::schema::Schema;
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+use tokio_util::sync::CancellationToken;
+
+use crate::diagnostics::{self, Operation};
+use crate::provider::Shared;
+use crate::wait::{self, Poll};
+
+/// How many times a create whose answer was lost is sent in all.
+const CREATE_ATTEMPTS: u32 = 3;
+/// Pause before a create is sent again: long enough for a controller that
+/// dropped the connection under load to catch its breath.
+const CREATE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A Terraform resource backed by one controller object.
+#[async_trait]
+pub trait ManagedResource: Send + Sync + Sized + 'static {
+    /// Terraform state; field names are attribute names.
+    type State: Serialize + DeserializeOwned + Clone + Default + Send + Sync;
+    /// The controller's view of the object.
+    type Object: Send + Sync;
+
+    /// What diagnostics call the object ("VM", "QoS policy").
+    const KIND: &'static str;
+    /// What a failed read (refresh or import) was doing.
+    const READ: Operation = Operation::Read(Self::KIND);
+    /// What a failed destroy was doing.
+    const DELETE: Operation = Operation::Delete(Self::KIND);
+
+    /// The resource, talking through the provider's client.
+    fn new(shared: Shared) -> Self;
+    /// The provider's client and stop signal.
+    fn shared(&self) -> &Shared;
+
+    /// The Terraform schema.
+    fn schema(&self) -> Schema;
+    /// Report bad values of a configuration (or plan) on their attributes.
+    fn validate(&self, diags: &mut Diagnostics, state: &Self::State);
+    /// The planned state of a new resource.
+    async fn plan_create(&self, diags: &mut Diagnostics, proposed: Self::State) -> Self::State;
+    /// The planned state of a change, and the attributes whose change
+    /// replaces the object.
+    async fn plan_update(
+        &self,
+        diags: &mut Diagnostics,
+        prior: &Self::State,
+        proposed: Self::State,
+    ) -> (Self::State, Vec<AttributePath>);
+    /// Create the object; `request` sends the POST. `None` (with a
+    /// diagnostic) when nothing exists; once the object exists, a state,
+    /// even when a later step failed, so destroy can find it.
+    async fn create(
+        &self,
+        diags: &mut Diagnostics,
+        client: &Client,
+        planned: Self::State,
+        request: &CreateRequest,
+    ) -> Option<Self::State>;
+    /// Change the object in place. By default nothing is sent: the change
+    /// only steers create (`timeouts`, what create waits for).
+    async fn update(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior: &Self::State,
+        planned: Self::State,
+    ) -> Option<Self::State> {
+        Some(planned)
+    }
+
+    /// The controller id kept in the state.
+    fn id(state: &Self::State) -> &Value<String>;
+    /// What read looks the object up by: the id by default.
+    fn read_key(state: &Self::State) -> String {
+        known(Self::id(state))
+    }
+    /// `GET` the object by id (or by name, where the API takes one).
+    async fn get(client: &Client, key: &str) -> Result<Self::Object, ClientError>;
+    /// `DELETE` the object (for a node: release it).
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError>;
+    /// Copy the controller's view into the state (read and import).
+    async fn refresh(&self, client: &Client, state: &mut Self::State, object: &Self::Object);
+    /// Whether an object that still answers is gone for Terraform (a
+    /// deployment whose runs were stopped by hand); read drops it like a 404.
+    fn is_gone(_object: &Self::Object) -> bool {
+        false
+    }
+    /// Warnings about an object read back (a node that went offline).
+    fn on_read(_diags: &mut Diagnostics, _object: &Self::Object) {}
+
+    /// Look up the object named by `terraform import`'s id.
+    async fn find(client: &Client, id: &str) -> Result<Self::Object, ClientError> {
+        Self::get(client, id).await
+    }
+    /// The state an import starts from, before [`Self::refresh`]: what the
+    /// configuration would hold that the object does not say.
+    fn import_base(_object: &Self::Object) -> Self::State {
+        Self::State::default()
+    }
+    /// Detail of the diagnostic when import finds nothing.
+    fn import_not_found(id: &str) -> String {
+        format!(
+            "The controller has no {} named (or with id) {id:?}.\n\nWhat to do: import by name.",
+            Self::KIND
+        )
+    }
+
+    /// Whether (and how long) destroy waits until `GET` answers 404. By
+    /// default the DELETE answer is final.
+    fn delete_wait(_state: &Self::State) -> Option<DeleteWait> {
+        None
+    }
+    /// What a delete wait saw, for its timeout message.
+    fn describe(_object: &Self::Object) -> String {
+        format!("the {} still exists", Self::KIND)
+    }
+}
+
+/// How destroy waits for an object whose delete is asynchronous.
+pub struct DeleteWait {
+    /// The user's name of the object, for the diagnostic.
+    pub name: String,
+    /// How long to wait.
+    pub timeout: Duration,
+}
+
+/// The text of a string value, empty when null or unknown.
+pub fn known(value: &Value<String>) -> String {
+    value.as_ref_option().cloned().unwrap_or_default()
+}
+
+/// Read key of objects the API finds by id or by name: the id once known
+/// (a renamed object stays found), otherwise the name.
+pub fn id_or_name(id: &Value<String>, name: &Value<String>) -> String {
+    id.as_ref_option()
+        .or(name.as_ref_option())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The POST of one create call. Its `request_id` is chosen once, so the
+/// controller answers a POST sent again (after a lost answer) with the first
+/// answer instead of creating a second object.
+pub struct CreateRequest {
+    request_id: String,
+    kind: &'static str,
+    stop: CancellationToken,
+}
+
+impl CreateRequest {
+    fn new(kind: &'static str, stop: CancellationToken) -> Self {
+        CreateRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            stop,
+        }
+    }
+
+    /// The create body's `request_id`.
+    pub fn request_id(&self) -> Option<String> {
+        Some(self.request_id.clone())
+    }
+
+    /// Send the create (`post`, whose body carries [`Self::request_id`]);
+    /// again when the answer was lost. `None`, with a diagnostic, on failure.
+    pub async fn send<T, F, Fut>(&self, diags: &mut Diagnostics, mut post: F) -> Option<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = Result<T, ClientError>> + Send,
+    {
+        let mut attempt = 1;
+        loop {
+            let err = match post().await {
+                Ok(object) => return Some(object),
+                Err(err) => err,
+            };
+            if attempt >= CREATE_ATTEMPTS || !answer_lost(&err) {
+                diagnostics::client_error(diags, &err, Operation::Create(self.kind));
+                return None;
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(CREATE_RETRY_PAUSE) => {}
+                _ = self.stop.cancelled() => {
+                    diagnostics::client_error(diags, &err, Operation::Create(self.kind));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the request may have reached the controller without its answer
+/// reaching us (a timeout, a connection dropped mid-request). A refused
+/// connection sent nothing: sending again would only delay the diagnostic.
+fn answer_lost(err: &ClientError) -> bool {
+    matches!(err, ClientError::Unreachable { source, .. } if !source.is_connect())
+}
+
+/// A [`ManagedResource`] as a Terraform resource.
+pub struct Adapter<R>(R);
+
+impl<R: ManagedResource> Adapter<R> {
+    /// The resource, talking through the provider's client.
+    pub fn new(shared: Shared) -> Self {
+        Adapter(R::new(shared))
+    }
+}
+
+#[async_trait]
+impl<R: ManagedResource> Resource for Adapter<R> {
+    type State<'a> = R::State;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(self.0.schema())
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        self.0.validate(diags, &config);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let Some(client) = self.0.shared().client(diags) else {
+            return Some((state, private_state));
+        };
+        match R::get(&client, &R::read_key(&state)).await {
+            Ok(object) if R::is_gone(&object) => None,
+            Ok(object) => {
+                R::on_read(diags, &object);
+                let mut state = state;
+                self.0.refresh(&client, &mut state, &object).await;
+                Some((state, private_state))
+            }
+            // Gone from the controller: dropped, so the next plan creates it again.
+            Err(err) if err.is_not_found() => None,
+            // Unknown: keep the state as it was.
+            Err(err) => {
+                diagnostics::client_error(diags, &err, R::READ);
+                Some((state, private_state))
+            }
+        }
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let state = self.0.plan_create(diags, proposed_state).await;
+        Some((state, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        let (state, replace) = self
+            .0
+            .plan_update(diags, &prior_state, proposed_state)
+            .await;
+        Some((state, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.0.shared().client(diags)?;
+        let request = CreateRequest::new(R::KIND, self.0.shared().stop.clone());
+        let state = self
+            .0
+            .create(diags, &client, planned_state, &request)
+            .await?;
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let state = self.0.update(diags, &prior_state, planned_state).await?;
+        Some((state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _provider_meta_state: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let client = self.0.shared().client(diags)?;
+        let id = known(R::id(&prior_state));
+        match R::delete(&client, &id).await {
+            Ok(()) => {}
+            // Destroy converges, not fails, when someone deleted it by hand.
+            Err(err) if err.is_not_found() => return Some(()),
+            Err(err) => {
+                diagnostics::client_error(diags, &err, R::DELETE);
+                return None;
+            }
+        }
+        let Some(DeleteWait { name, timeout }) = R::delete_wait(&prior_state) else {
+            return Some(());
+        };
+        let (client, id) = (&client, id.as_str());
+        let gone = wait::until(&self.0.shared().stop, timeout, move || async move {
+            match R::get(client, id).await {
+                Ok(object) => Ok(Poll::Pending(R::describe(&object))),
+                Err(err) if err.is_not_found() => Ok(Poll::Done(())),
+                Err(err) => Err(err),
+            }
+        })
+        .await;
+        match gone {
+            Ok(()) => Some(()),
+            Err(end) => {
+                diagnostics::wait_failed(
+                    diags,
+                    &end,
+                    R::KIND,
+                    &name,
+                    "be deleted",
+                    timeout,
+                    R::DELETE,
+                );
+                None
+            }
+        }
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let client = self.0.shared().client(diags)?;
+        match R::find(&client, &id).await {
+            Ok(object) => {
+                let mut state = R::import_base(&object);
+                self.0.refresh(&client, &mut state, &object).await;
+                Some((state, ValueEmpty::default()))
+            }
+            Err(err) if err.is_not_found() => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::root(),
+                    format!("Cannot import: no such {}", R::KIND),
+                    R::import_not_found(&id),
+                );
+                None
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, R::READ);
+                None
+            }
+        }
+    }
+}
