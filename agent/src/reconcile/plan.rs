@@ -476,3 +476,461 @@ pub(crate) fn uplink(config: &ReconcilerConfig, foreign: &BTreeSet<&str>) -> Opt
 pub(crate) fn next_retry(due: impl Iterator<Item = Instant>, now: Instant) -> Option<Duration> {
     due.min().map(|at| at.saturating_duration_since(now))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovs::KernelFeature;
+    use measurelab_api::node_v1::{DesiredAppliance, DesiredQos};
+
+    fn id(n: u8) -> Uuid {
+        Uuid::from_bytes([n, 0xaa, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, n])
+    }
+
+    fn vm(n: u8) -> DesiredVm {
+        DesiredVm {
+            id: id(n).to_string(),
+            name: format!("vm{n}"),
+            vlan_tag: 101,
+            backend: "namespace".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            appliance: Some(DesiredAppliance {
+                name: "namespace".into(),
+                ..Default::default()
+            }),
+            mac: format!("52:54:00:00:00:{n:02x}"),
+            ipv4_cidr: format!("10.201.0.{}/24", 10 + n),
+            power_state: "running".into(),
+            port_name: format!("ml-vm{n}"),
+            ..Default::default()
+        }
+    }
+
+    fn guest(n: u8, state: GuestState) -> GuestInfo {
+        GuestInfo {
+            id: id(n),
+            name: format!("vm{n}"),
+            platform_id: None,
+            spec_hash: "h".into(),
+            state,
+            vcpus: 1,
+            memory_mib: 64,
+            restart_pending: false,
+        }
+    }
+
+    /// One planning case: the facts, and the jobs expected in the compact
+    /// form of [`describe`].
+    struct Case {
+        name: &'static str,
+        desired: Vec<DesiredVm>,
+        observed: Vec<(&'static str, GuestInfo)>,
+        unlisted: Vec<&'static str>,
+        backends: Vec<(&'static str, BackendKind)>,
+        open_channels: Vec<u8>,
+        /// VMs whose key waits for its backoff.
+        waiting: Vec<u8>,
+        expect: Vec<&'static str>,
+    }
+
+    impl Default for Case {
+        fn default() -> Self {
+            Case {
+                name: "",
+                desired: vec![],
+                observed: vec![],
+                unlisted: vec![],
+                backends: vec![("namespace", BackendKind::Namespace)],
+                open_channels: vec![],
+                waiting: vec![],
+                expect: vec![],
+            }
+        }
+    }
+
+    fn short(vm: Uuid) -> String {
+        format!("vm{}", vm.as_bytes()[0])
+    }
+
+    fn describe(job: &Job) -> String {
+        match job {
+            Job::Remove { vm, backend } => format!("remove {} from {backend}", short(*vm)),
+            Job::OpenChannel { vm, backend, .. } => format!("open {} on {backend}", short(*vm)),
+            Job::CloseChannel { vm } => format!("close {}", short(*vm)),
+            Job::Converge {
+                backend,
+                spec,
+                seen,
+                power,
+                deep,
+            } => format!(
+                "converge {} on {backend} from {:?} to {power:?}{}",
+                short(spec.id),
+                seen.as_ref().map(|g| g.state),
+                if *deep { " deep" } else { "" }
+            ),
+            Job::Fail { vm, failure, class } => {
+                format!("fail {} {class:?} {}", short(*vm), failure.reason)
+            }
+        }
+    }
+
+    fn run(case: Case) {
+        let now = Instant::now();
+        let wanted: Vec<(Uuid, &DesiredVm)> = case
+            .desired
+            .iter()
+            .map(|vm| (Uuid::parse_str(&vm.id).unwrap(), vm))
+            .collect();
+        let observed = Observed {
+            guests: case
+                .observed
+                .into_iter()
+                .map(|(backend, g)| (g.id, (backend, g)))
+                .collect(),
+            unlisted: case
+                .unlisted
+                .into_iter()
+                .map(|b| (b, Failure::ready("HypervisorError", "down")))
+                .collect(),
+        };
+        let mut keys = HashMap::new();
+        refresh_keys(&mut keys, &wanted, &observed, false);
+        for n in case.waiting {
+            keys.get_mut(&id(n)).unwrap().retry_at = Some(now + Duration::from_secs(1));
+        }
+        let plan = guest_jobs(&GuestFacts {
+            wanted: &wanted,
+            observed: &observed,
+            backends: &case.backends.into_iter().collect(),
+            keys: &keys,
+            open_channels: &case.open_channels.into_iter().map(id).collect(),
+            config: &ReconcilerConfig::new("/var/lib/measurelab/agent", "n1"),
+            now,
+            deep: false,
+        });
+        let got: Vec<String> = plan.jobs.iter().map(describe).collect();
+        assert_eq!(got, case.expect, "case {:?}", case.name);
+    }
+
+    #[test]
+    fn guest_jobs_from_desired_and_observed() {
+        let deleting = DesiredVm {
+            deleting: true,
+            ..vm(1)
+        };
+        let on_libvirt = DesiredVm {
+            backend: "libvirt".into(),
+            appliance: Some(DesiredAppliance {
+                name: "busybox".into(),
+                kernel: "/srv/vmlinuz".into(),
+                initrd: "/srv/initrd.img".into(),
+                ..Default::default()
+            }),
+            ..vm(1)
+        };
+        let bad_mac = DesiredVm {
+            mac: "01:00:5e:00:00:01".into(),
+            ..vm(1)
+        };
+        let paused = DesiredVm {
+            power_state: "paused".into(),
+            ..vm(1)
+        };
+        let cases = vec![
+            Case {
+                name: "new VM: channel first, then define and start",
+                desired: vec![vm(1)],
+                expect: vec![
+                    "open vm1 on namespace",
+                    "converge vm1 on namespace from None to Running",
+                ],
+                ..Case::default()
+            },
+            Case {
+                name: "existing guest with its channel open",
+                desired: vec![paused],
+                observed: vec![("namespace", guest(1, GuestState::Running))],
+                open_channels: vec![1],
+                expect: vec!["converge vm1 on namespace from Some(Running) to Paused"],
+                ..Case::default()
+            },
+            Case {
+                name: "orphan guest and orphan channel",
+                observed: vec![("namespace", guest(2, GuestState::Running))],
+                open_channels: vec![2],
+                expect: vec!["remove vm2 from namespace", "close vm2"],
+                ..Case::default()
+            },
+            Case {
+                name: "deleting VM: removed, channel closed, nothing converged",
+                desired: vec![deleting],
+                observed: vec![("namespace", guest(1, GuestState::Running))],
+                open_channels: vec![1],
+                expect: vec!["remove vm1 from namespace", "close vm1"],
+                ..Case::default()
+            },
+            Case {
+                name: "VM moved to another backend",
+                desired: vec![on_libvirt.clone()],
+                observed: vec![("namespace", guest(1, GuestState::Running))],
+                backends: vec![
+                    ("namespace", BackendKind::Namespace),
+                    ("libvirt", BackendKind::LibvirtTest),
+                ],
+                expect: vec![
+                    "remove vm1 from namespace",
+                    "open vm1 on libvirt",
+                    "converge vm1 on libvirt from None to Running",
+                ],
+                ..Case::default()
+            },
+            Case {
+                name: "backend missing on this node",
+                desired: vec![on_libvirt],
+                expect: vec!["fail vm1 Permanent BackendUnavailable"],
+                ..Case::default()
+            },
+            Case {
+                name: "backend cannot list: retried, its guests not removed",
+                desired: vec![vm(1)],
+                unlisted: vec!["namespace"],
+                expect: vec!["fail vm1 Transient HypervisorError"],
+                ..Case::default()
+            },
+            Case {
+                name: "backend cannot list and the key waits: nothing",
+                desired: vec![vm(1)],
+                unlisted: vec!["namespace"],
+                waiting: vec![1],
+                expect: vec![],
+                ..Case::default()
+            },
+            Case {
+                name: "invalid spec is permanent",
+                desired: vec![bad_mac],
+                expect: vec!["fail vm1 Permanent InvalidSpec"],
+                ..Case::default()
+            },
+            Case {
+                name: "key in backoff: left alone, others go on",
+                desired: vec![vm(1), vm(2)],
+                waiting: vec![1],
+                open_channels: vec![2],
+                expect: vec!["converge vm2 on namespace from None to Running"],
+                ..Case::default()
+            },
+        ];
+        for case in cases {
+            run(case);
+        }
+    }
+
+    #[test]
+    fn spec_of_a_waiting_key_is_still_known() {
+        let desired = [vm(1)];
+        let wanted: Vec<(Uuid, &DesiredVm)> = vec![(id(1), &desired[0])];
+        let mut keys = HashMap::new();
+        let observed = Observed::default();
+        refresh_keys(&mut keys, &wanted, &observed, false);
+        let now = Instant::now();
+        keys.get_mut(&id(1)).unwrap().retry_at = Some(now + Duration::from_secs(1));
+        let plan = guest_jobs(&GuestFacts {
+            wanted: &wanted,
+            observed: &observed,
+            backends: &BTreeMap::from([("namespace", BackendKind::Namespace)]),
+            keys: &keys,
+            open_channels: &BTreeSet::new(),
+            config: &ReconcilerConfig::new("/srv/agent", "n1"),
+            now,
+            deep: false,
+        });
+        assert_eq!(plan.jobs, vec![]);
+        // Statuses report the spec's MAC, so it must be there.
+        let nic = plan.specs[&id(1)].nic.clone().unwrap();
+        assert_eq!(nic.mac, "52:54:00:00:00:01");
+    }
+
+    #[test]
+    fn power_steps_for_every_state() {
+        use GuestState::*;
+        use PowerStep::*;
+        let table: [(Power, GuestState, Option<&[PowerStep]>); 15] = [
+            (Power::Running, Stopped, Some(&[Start])),
+            (Power::Running, Crashed, Some(&[Start])),
+            (Power::Running, Paused, Some(&[Resume])),
+            (Power::Running, Running, Some(&[])),
+            (Power::Running, Other, None),
+            (Power::Paused, Stopped, Some(&[Start, Pause])),
+            (Power::Paused, Crashed, Some(&[Start, Pause])),
+            (Power::Paused, Running, Some(&[Pause])),
+            (Power::Paused, Paused, Some(&[])),
+            (Power::Paused, Other, None),
+            (Power::Stopped, Running, Some(&[Stop])),
+            (Power::Stopped, Paused, Some(&[Stop])),
+            (Power::Stopped, Crashed, Some(&[Stop])),
+            (Power::Stopped, Stopped, Some(&[])),
+            (Power::Stopped, Other, None),
+        ];
+        for (want, state, steps) in table {
+            assert_eq!(power_steps(want, state), steps, "{want:?} from {state:?}");
+        }
+    }
+
+    #[test]
+    fn permanent_failures_clear_when_they_may_no_longer_hold() {
+        let a = vm(1);
+        let wanted = vec![(id(1), &a)];
+        let now = Instant::now();
+        let with_failure = |reason: &str, print: u64| {
+            let mut keys = HashMap::new();
+            let mut key = KeyState::new();
+            key.fail(
+                Failure::ready(reason, "x"),
+                ErrorClass::Permanent,
+                print,
+                now,
+            );
+            keys.insert(id(1), key);
+            // A key of a VM no longer desired is forgotten.
+            keys.insert(id(9), KeyState::new());
+            keys
+        };
+        let observed_a = Observed {
+            guests: HashMap::from([(id(1), ("namespace", guest(1, GuestState::Running)))]),
+            ..Observed::default()
+        };
+        let none = Observed::default();
+        // (reason, fingerprint matches, deep, observed, still permanent)
+        let table = [
+            ("InvalidSpec", true, false, &none, true),
+            ("InvalidSpec", true, true, &observed_a, true),
+            ("InvalidSpec", false, false, &none, false),
+            ("NameConflict", true, false, &none, true),
+            ("NameConflict", true, true, &none, false),
+            ("NameConflict", true, false, &observed_a, false),
+        ];
+        for (reason, same, deep, observed, kept) in table {
+            let print = if same { fingerprint(&a) } else { 0 };
+            let mut keys = with_failure(reason, print);
+            refresh_keys(&mut keys, &wanted, observed, deep);
+            assert_eq!(keys.len(), 1);
+            assert_eq!(
+                keys[&id(1)].permanent.is_some(),
+                kept,
+                "{reason} same={same} deep={deep}"
+            );
+        }
+    }
+
+    #[test]
+    fn transient_failures_back_off_and_success_resets() {
+        let now = Instant::now();
+        let mut key = KeyState::new();
+        key.fail(
+            Failure::ready("CommandFailed", "x"),
+            ErrorClass::Transient,
+            0,
+            now,
+        );
+        let first = key.retry_at.unwrap() - now;
+        assert!(first <= RETRY_INITIAL, "{first:?}");
+        assert!(key.waiting(now) && !key.waiting(now + RETRY_INITIAL));
+        key.fail(
+            Failure::ready("CommandFailed", "x"),
+            ErrorClass::Transient,
+            0,
+            now,
+        );
+        assert!(
+            key.retry_at.unwrap() - now > RETRY_INITIAL,
+            "the delay doubles"
+        );
+        key.succeeded();
+        assert_eq!((key.retry_at, key.transient.is_some()), (None, false));
+    }
+
+    fn caps(htb: bool) -> SwitchCapabilities {
+        SwitchCapabilities {
+            ovs_version: None,
+            datapath_types: vec!["netdev".into()],
+            iface_types: vec![],
+            linux_htb: if htb {
+                KernelFeature::Available
+            } else {
+                KernelFeature::Missing("no sch_htb".into())
+            },
+            ingress_policing: KernelFeature::Missing("no act_police".into()),
+            kernel_datapath: KernelFeature::Missing("no module".into()),
+        }
+    }
+
+    #[test]
+    fn switch_ports_leave_out_what_cannot_be_attached() {
+        let shaped = DesiredVm {
+            qos: Some(DesiredQos {
+                ingress_max_kbps: 20_000,
+                ..Default::default()
+            }),
+            ..vm(3)
+        };
+        let deleting = DesiredVm {
+            deleting: true,
+            ..vm(4)
+        };
+        let bad_vlan = DesiredVm {
+            vlan_tag: 0,
+            ..vm(5)
+        };
+        let (a, no_guest) = (vm(1), vm(2));
+        let desired = [&a, &no_guest, &shaped, &deleting, &bad_vlan];
+        let wanted: Vec<(Uuid, &DesiredVm)> = desired
+            .iter()
+            .map(|vm| (Uuid::parse_str(&vm.id).unwrap(), *vm))
+            .collect();
+        let guests: HashMap<Uuid, GuestInfo> = [1, 3, 4, 5]
+            .into_iter()
+            .map(|n| (id(n), guest(n, GuestState::Running)))
+            .collect();
+        let reasons = |plan: &PortPlan| {
+            let mut r: Vec<(String, String)> = plan
+                .failures
+                .iter()
+                .map(|(vm, f)| (short(*vm), f.reason.clone()))
+                .collect();
+            r.sort();
+            r
+        };
+
+        let plan = switch_ports(&wanted, &guests, &BTreeSet::new(), Some(&caps(true)));
+        let names: Vec<&str> = plan.ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ml-vm1", "ml-vm3"]);
+        assert_eq!(plan.owners, [id(1), id(3)]);
+        assert_eq!(reasons(&plan), [("vm5".into(), "InvalidSpec".into())]);
+
+        let foreign = BTreeSet::from(["ml-vm1"]);
+        let plan = switch_ports(&wanted, &guests, &foreign, Some(&caps(false)));
+        assert_eq!(plan.owners, Vec::<Uuid>::new());
+        assert_eq!(
+            reasons(&plan),
+            [
+                ("vm1".into(), "PortNameConflict".into()),
+                ("vm3".into(), "IngressLimitUnsupported".into()),
+                ("vm5".into(), "InvalidSpec".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn uplink_yields_to_a_foreign_port() {
+        let mut config = ReconcilerConfig::new("/srv/agent", "n1");
+        assert_eq!(uplink(&config, &BTreeSet::new()), None);
+        config.uplink = Some("uplink0".into());
+        assert_eq!(
+            uplink(&config, &BTreeSet::new()).map(|u| u.members),
+            Some(vec!["uplink0".to_string()])
+        );
+        assert_eq!(uplink(&config, &BTreeSet::from(["uplink0"])), None);
+    }
+}
