@@ -2,6 +2,9 @@
 //! and a hand-written desired state: checks the list of actions each pass
 //! takes (create, idempotent second pass, drift repair, orphan removal,
 //! permanent error condition, delete ack). No root needed.
+//!
+//! Tests that wait for backoff or the loop's periods run in paused time: the
+//! clock jumps to the next timer whenever the runtime is idle.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,8 @@ struct FakeHypervisor {
     calls: Mutex<Vec<String>>,
     /// `define` of this VM fails with a Transient error this many times.
     flaky_define: Mutex<BTreeMap<Uuid, u32>>,
+    /// `list_owned` calls: every pass starts with one.
+    lists: Mutex<u32>,
 }
 
 fn short(id: Uuid) -> String {
@@ -130,6 +135,7 @@ impl Hypervisor for FakeHypervisor {
             .map(|(spec, state)| Self::info_of(spec, *state)))
     }
     fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError> {
+        *self.lists.lock().unwrap() += 1;
         Ok(self
             .guests
             .lock()
@@ -537,7 +543,7 @@ async fn port_name_taken_by_a_foreign_port_is_permanent_for_that_vm_only() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_error_requeues_with_backoff() {
     let mut rig = rig();
     let a = vm(1, 101);
@@ -559,7 +565,7 @@ async fn transient_error_requeues_with_backoff() {
     assert_eq!(rig.hv.take_calls(), Vec::<String>::new());
     assert!(!early.converged);
 
-    tokio::time::sleep(retry + std::time::Duration::from_millis(20)).await;
+    tokio::time::advance(retry).await;
     let later = rig.reconciler.pass(&state).await;
     assert!(later.converged);
     assert!(later.actions.contains(&Action::Start { vm: id_of(&a) }));
@@ -696,7 +702,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// channel: registration shows in a status report, result/poll_tasks are
 /// relayed, a program run goes out and its status comes back, and the
 /// observed generation is published for heartbeats.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn loop_relays_guest_traffic_and_reports_changes_only() {
     use measurelab_agent::reconcile::{run_loop, LoopHandles};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -842,7 +848,13 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
             .sum::<usize>()
     };
     let before = sent(&control);
-    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    // Two more passes started, so one ran in full (with its report) in
+    // between: the loop's periodic local pass, in paused time.
+    let passes = *rig.hv.lists.lock().unwrap();
+    eventually("another full pass", || {
+        *rig.hv.lists.lock().unwrap() >= passes + 2
+    })
+    .await;
     assert_eq!(
         sent(&control),
         before,

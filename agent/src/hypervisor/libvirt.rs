@@ -18,10 +18,10 @@ use virt::sys;
 use super::domain_xml::{
     domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
 };
-use super::spec::{GuestSpec, RateLimit};
+use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::{
-    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
-    ResizeOutcome, OWNER_XML_NAMESPACE,
+    BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor,
+    HypervisorError, NicAdoption, ResizeOutcome, OWNER_XML_NAMESPACE,
 };
 
 /// Guests as libvirt domains.
@@ -489,6 +489,26 @@ impl Hypervisor for LibvirtHypervisor {
             guests.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(guests)
         })
+    }
+
+    /// libvirt binds the socket for the guest's second serial port.
+    fn channel_socket(&self) -> ChannelSocket {
+        ChannelSocket::HypervisorListens
+    }
+
+    /// QEMU and Xen guests have a real tap, which libvirtd creates in its
+    /// own namespace; the test driver creates none.
+    fn adopt_nic(&self, spec: &GuestSpec) -> Result<NicAdoption, HypervisorError> {
+        let tap = spec
+            .nic
+            .as_ref()
+            .filter(|nic| nic.attach == NicAttach::TapOnly);
+        match (self.kind(), tap) {
+            (BackendKind::Qemu | BackendKind::Xen, Some(nic)) => {
+                super::tap::adopt_tap(&nic.port_name, &spec.name)
+            }
+            _ => Ok(NicAdoption::NotNeeded),
+        }
     }
 
     fn set_vcpus(&self, id: Uuid, vcpus: u32) -> Result<ResizeOutcome, HypervisorError> {

@@ -28,11 +28,13 @@
 //! - `domain_xml`: libvirt domain XML for Xen PV, QEMU/KVM and the test driver.
 //! - `libvirt`: [`LibvirtHypervisor`], the libvirt backend.
 //! - `namespace`: [`NamespaceHypervisor`], network namespace + cgroup slivers.
+//! - `tap`: moving a libvirt guest's tap into the agent's network namespace.
 
 mod domain_xml;
 mod libvirt;
 mod namespace;
 mod spec;
+mod tap;
 
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
@@ -122,6 +124,28 @@ pub enum ResizeOutcome {
     /// The new value was persisted but takes effect only after a restart
     /// (the backend cannot change it on a running guest, e.g. above its maximum).
     RestartRequired,
+}
+
+/// Who binds a guest's channel socket ([`GuestSpec::channel_socket`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelSocket {
+    /// The agent listens and the guest agent connects (namespace guests).
+    AgentListens,
+    /// The hypervisor binds it for the guest's serial port and the agent
+    /// connects (libvirt guests).
+    HypervisorListens,
+}
+
+/// Result of [`Hypervisor::adopt_nic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicAdoption {
+    /// The backend plugs nothing the agent must adopt (namespace veths, the
+    /// libvirt test driver, NICs libvirt attaches itself).
+    NotNeeded,
+    /// The guest's tap is in the agent's namespace and up already.
+    Present,
+    /// The tap was moved into the agent's namespace, or brought up there.
+    Moved,
 }
 
 /// Whether retrying the same call later may succeed.
@@ -281,6 +305,21 @@ pub trait Hypervisor: Send + Sync {
 
     /// All guests we own on this host, and only those.
     fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError>;
+
+    /// Who binds the guests' channel sockets. The default suits backends
+    /// whose guests dial the agent (namespace guests, fakes).
+    fn channel_socket(&self) -> ChannelSocket {
+        ChannelSocket::AgentListens
+    }
+
+    /// Makes the NIC of `spec`'s running (or paused) guest usable by this
+    /// agent's switch: a host device the backend created elsewhere is moved
+    /// into the calling thread's network namespace and brought up.
+    /// Idempotent. The default is for backends whose NIC needs nothing.
+    fn adopt_nic(&self, spec: &GuestSpec) -> Result<NicAdoption, HypervisorError> {
+        let _ = spec;
+        Ok(NicAdoption::NotNeeded)
+    }
 
     /// Changes the vCPU count, live if the backend can.
     fn set_vcpus(&self, id: Uuid, vcpus: u32) -> Result<ResizeOutcome, HypervisorError>;

@@ -1,28 +1,29 @@
-//! One reconcile pass: observe, diff against the desired state, act, compute
+//! One reconcile pass: observe, plan (`plan`, pure), run the jobs, compute
 //! statuses. The loop around it lives in `driver`.
+//!
+//! Time is tokio's ([`tokio::time::Instant`]), so tests of backoff and
+//! resync run in paused time.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use measurelab_api::guest::GuestMessage;
 use measurelab_api::node_v1::{Condition, DesiredState, DesiredVm, VmStatus};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::translate::{self, TranslateError};
+use super::plan::{self, Failure, GuestFacts, Job, KeyState, Observed, Power, PowerStep};
+use super::translate;
 use super::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::backoff::Backoff;
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
-    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState, Hypervisor,
-    HypervisorError, NicAttach,
+    BackendKind, ChannelSocket, DefineOutcome, GuestInfo, GuestSpec, GuestState, Hypervisor,
+    HypervisorError, NicAdoption,
 };
-use crate::ovs::{
-    FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec, UplinkSpec,
-    VmPortSpec,
-};
+use crate::ovs::{FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
 
 /// Something a pass did to the node (tests compare lists of these).
 #[derive(Debug, Clone, PartialEq)]
@@ -92,112 +93,11 @@ pub struct PassReport {
     /// state asks that it can do.
     pub converged: bool,
     /// When the earliest requeued key is due.
-    pub next_retry: Option<Duration>,
+    pub next_retry: Option<std::time::Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct Failure {
-    /// Condition the failure sets False.
-    condition: &'static str,
-    reason: String,
-    message: String,
-}
-
-#[derive(Debug)]
-struct KeyState {
-    backoff: Backoff,
-    retry_at: Option<Instant>,
-    /// Fingerprint of the desired VM a Permanent failure belongs to.
-    permanent: Option<(u64, Failure)>,
-    transient: Option<Failure>,
-    restart_required: bool,
-}
-
-impl KeyState {
-    fn new() -> Self {
-        KeyState {
-            backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
-            retry_at: None,
-            permanent: None,
-            transient: None,
-            restart_required: false,
-        }
-    }
-
-    fn requeue(&mut self, failure: Failure, now: Instant) {
-        self.retry_at = Some(now + self.backoff.next_delay());
-        self.transient = Some(failure);
-    }
-
-    fn succeeded(&mut self) {
-        self.backoff.reset();
-        self.retry_at = None;
-        self.transient = None;
-        self.permanent = None;
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Power {
-    Running,
-    Paused,
-    Stopped,
-}
-
-fn power_of(vm: &DesiredVm) -> Power {
-    match vm.power_state.as_str() {
-        "paused" => Power::Paused,
-        "stopped" => Power::Stopped,
-        _ => Power::Running,
-    }
-}
-
-fn fingerprint(vm: &DesiredVm) -> u64 {
-    // Debug output of a prost message covers every field; good enough to
-    // notice that the controller changed the spec.
-    let text = format!("{vm:?}");
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-fn hv_failure(err: &HypervisorError) -> Failure {
-    let reason = match err {
-        HypervisorError::InvalidSpec { .. } => "InvalidSpec",
-        HypervisorError::NotOwned { .. } => "NameConflict",
-        HypervisorError::Unsupported { .. } => "Unsupported",
-        HypervisorError::NotFound { .. } => "GuestMissing",
-        HypervisorError::InvalidState { .. } => "GuestBusy",
-        HypervisorError::Libvirt { .. } => "HypervisorError",
-        HypervisorError::Command { .. } => "CommandFailed",
-        HypervisorError::Io { .. } => "HostIoError",
-    };
-    Failure {
-        condition: condition::READY,
-        reason: reason.into(),
-        message: err.to_string(),
-    }
-}
-
-fn translate_failure(err: &TranslateError) -> Failure {
-    Failure {
-        condition: condition::READY,
-        reason: "InvalidSpec".into(),
-        message: err.to_string(),
-    }
-}
-
-/// Result of converging one guest (runs on a blocking thread).
-struct GuestOutcome {
-    id: Uuid,
-    actions: Vec<Action>,
-    result: Result<Option<(GuestInfo, bool)>, HypervisorError>,
-}
-
-enum GuestJob {
+/// A job that calls the hypervisor (runs on a blocking thread).
+enum HostJob {
     Converge {
         hv: Arc<dyn Hypervisor>,
         spec: Box<GuestSpec>,
@@ -211,49 +111,64 @@ enum GuestJob {
     },
 }
 
-fn run_job(job: GuestJob) -> GuestOutcome {
-    let mut actions = Vec::new();
+/// Result of a [`HostJob`].
+struct GuestOutcome {
+    id: Uuid,
+    actions: Vec<Action>,
+    /// The guest and whether it needs a restart; `None` once removed.
+    result: Result<Option<(GuestInfo, bool)>, HypervisorError>,
+    /// The port of a tap that is new to the switch (see `readopted_taps`).
+    renewed_tap: Option<String>,
+}
+
+fn run_host_job(job: HostJob) -> GuestOutcome {
     match job {
-        GuestJob::Converge {
+        HostJob::Converge {
             hv,
             spec,
             seen,
             power,
             deep,
         } => {
-            let id = spec.id;
+            let mut actions = Vec::new();
             let mut result =
                 converge_guest(hv.as_ref(), &spec, seen, power, deep, &mut actions).map(Some);
-            let tap = spec
-                .nic
-                .as_ref()
-                .filter(|nic| nic.attach == NicAttach::TapOnly)
-                .map(|nic| nic.port_name.clone());
-            let has_tap = matches!(hv.kind(), BackendKind::Qemu | BackendKind::Xen);
-            if let (Ok(Some((info, _))), Some(tap), true) = (&result, tap, has_tap) {
+            let mut renewed_tap = None;
+            if let Ok(Some((info, _))) = &result {
                 if matches!(info.state, GuestState::Running | GuestState::Paused) {
-                    match adopt_tap(&tap, &spec.name) {
-                        Ok(true) => actions.push(Action::MoveTap { vm: id }),
-                        Ok(false) => {}
-                        Err(err) => result = Err(err),
-                    }
+                    // A tap moved here, or made anew by a start, is new to
+                    // the switch even under an old name.
+                    let started = actions.contains(&Action::Start { vm: spec.id });
+                    let renewed = match hv.adopt_nic(&spec) {
+                        Ok(NicAdoption::NotNeeded) => false,
+                        Ok(NicAdoption::Present) => started,
+                        Ok(NicAdoption::Moved) => {
+                            actions.push(Action::MoveTap { vm: spec.id });
+                            true
+                        }
+                        Err(err) => {
+                            result = Err(err);
+                            started
+                        }
+                    };
+                    renewed_tap = renewed
+                        .then(|| spec.nic.as_ref().map(|nic| nic.port_name.clone()))
+                        .flatten();
                 }
             }
             GuestOutcome {
-                id,
+                id: spec.id,
                 actions,
                 result,
+                renewed_tap,
             }
         }
-        GuestJob::Remove { hv, id } => {
-            let result = hv.undefine(id).map(|()| None);
-            actions.push(Action::Undefine { vm: id });
-            GuestOutcome {
-                id,
-                actions,
-                result,
-            }
-        }
+        HostJob::Remove { hv, id } => GuestOutcome {
+            id,
+            result: hv.undefine(id).map(|()| None),
+            actions: vec![Action::Undefine { vm: id }],
+            renewed_tap: None,
+        },
     }
 }
 
@@ -269,10 +184,9 @@ fn converge_guest(
 ) -> Result<(GuestInfo, bool), HypervisorError> {
     let id = spec.id;
     let mut restart_required = seen.as_ref().is_some_and(|g| g.restart_pending);
-    let needs_define = match &seen {
-        None => true,
-        Some(info) => deep || info.spec_hash != spec.spec_hash(),
-    };
+    let needs_define = seen
+        .as_ref()
+        .is_none_or(|info| deep || info.spec_hash != spec.spec_hash());
     if needs_define {
         match hv.define(spec)? {
             DefineOutcome::Unchanged => {}
@@ -292,40 +206,32 @@ fn converge_guest(
             .map(|i| i.state)
             .ok_or(HypervisorError::NotFound { id })?,
     };
-    match (power, state) {
-        (Power::Running, GuestState::Stopped | GuestState::Crashed) => {
-            hv.start(id)?;
-            actions.push(Action::Start { vm: id });
-            restart_required = false;
+    let steps = plan::power_steps(power, state).ok_or(HypervisorError::InvalidState {
+        id,
+        operation: "converge",
+        state,
+    })?;
+    for step in steps {
+        match step {
+            PowerStep::Start => {
+                hv.start(id)?;
+                actions.push(Action::Start { vm: id });
+                restart_required = false;
+            }
+            PowerStep::Pause => {
+                hv.pause(id)?;
+                actions.push(Action::Pause { vm: id });
+            }
+            PowerStep::Resume => {
+                hv.resume(id)?;
+                actions.push(Action::Resume { vm: id });
+            }
+            PowerStep::Stop => {
+                hv.stop(id)?;
+                actions.push(Action::Stop { vm: id });
+                restart_required = false;
+            }
         }
-        (Power::Running, GuestState::Paused) => {
-            hv.resume(id)?;
-            actions.push(Action::Resume { vm: id });
-        }
-        (Power::Paused, GuestState::Stopped | GuestState::Crashed) => {
-            hv.start(id)?;
-            actions.push(Action::Start { vm: id });
-            hv.pause(id)?;
-            actions.push(Action::Pause { vm: id });
-            restart_required = false;
-        }
-        (Power::Paused, GuestState::Running) => {
-            hv.pause(id)?;
-            actions.push(Action::Pause { vm: id });
-        }
-        (Power::Stopped, GuestState::Running | GuestState::Paused | GuestState::Crashed) => {
-            hv.stop(id)?;
-            actions.push(Action::Stop { vm: id });
-            restart_required = false;
-        }
-        (_, GuestState::Other) => {
-            return Err(HypervisorError::InvalidState {
-                id,
-                operation: "converge",
-                state: GuestState::Other,
-            })
-        }
-        _ => {}
     }
     let info = if actions.is_empty() {
         seen.ok_or(HypervisorError::NotFound { id })?
@@ -335,125 +241,23 @@ fn converge_guest(
     Ok((info, restart_required))
 }
 
-/// libvirtd creates a TapOnly guest's tap in its own (usually the host's)
-/// network namespace. An agent running in a node namespace (as in a lab)
-/// moves it here, where the node's OVS can open it, and brings it up.
-/// Returns whether it changed anything.
-///
-/// "Here" is the calling thread's namespace, not the process's: tests (and
-/// any embedding) run the agent on threads that entered the node namespace,
-/// and the `ip` children forked from this thread inherit it.
-///
-/// Where the tap is: the namespace of the domain's QEMU process (libvirt's
-/// pid file), else libvirtd's, else pid 1's - the first of those that holds
-/// it. Sandboxes may forbid opening pid 1's namespace, so it comes last.
-fn adopt_tap(port: &str, domain: &str) -> Result<bool, HypervisorError> {
-    match link_flags(port)? {
-        Some(flags) if flags.split(',').any(|f| f == "UP") => return Ok(false),
-        // Moved by an agent killed before it brought the tap up.
-        Some(_) => {
-            run_ip(&["ip", "link", "set", "dev", port, "up"])?;
-            return Ok(true);
-        }
-        None => {}
-    }
-    let here = std::fs::read_link("/proc/thread-self/ns/net")
-        .map_err(|e| HypervisorError::io("read /proc/thread-self/ns/net", e))?;
-    // `ip` resolves a netns argument containing '/' as a path; this thread's
-    // namespace file stays valid while the thread waits for the command.
-    let thread = std::fs::read_link("/proc/thread-self")
-        .map_err(|e| HypervisorError::io("read /proc/thread-self", e))?;
-    let target = format!("/proc/{}/ns/net", thread.display());
-    let pid_files = [
-        format!("/run/libvirt/qemu/{domain}.pid"),
-        "/run/libvirtd.pid".to_string(),
-        "/run/virtqemud.pid".to_string(),
-    ];
-    let mut pids: Vec<String> = pid_files
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|text| text.trim().to_string())
-        .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        .collect();
-    pids.push("1".into());
-    let mut tried = Vec::new();
-    for pid in pids {
-        let namespace = format!("/proc/{pid}/ns/net");
-        match std::fs::read_link(&namespace) {
-            Ok(ns) if ns != here && !tried.contains(&ns) => tried.push(ns),
-            _ => continue,
-        }
-        let holds_tap = std::process::Command::new("nsenter")
-            .arg(format!("--net={namespace}"))
-            .args(["ip", "link", "show", "dev", port])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !holds_tap {
-            continue;
-        }
-        run_ip(&[
-            "nsenter",
-            &format!("--net={namespace}"),
-            "ip",
-            "link",
-            "set",
-            "dev",
-            port,
-            "netns",
-            &target,
-        ])?;
-        run_ip(&["ip", "link", "set", "dev", port, "up"])?;
-        return Ok(true);
-    }
-    // libvirt creates the tap before QEMU starts, so a running guest has one.
-    Err(HypervisorError::Command {
-        command: format!("ip link show dev {port}"),
-        detail: format!(
-            "the tap of running domain {domain} is neither in this network namespace nor in the domain's, libvirtd's or pid 1's (of those readable)"
-        ),
-        class: ErrorClass::Transient,
-    })
+/// The guests after the guest jobs of a pass.
+struct GuestsAfter {
+    /// Every guest that exists now, by VM id.
+    guests: HashMap<Uuid, GuestInfo>,
+    /// Unwanted guests not removed (yet).
+    unremoved: BTreeSet<Uuid>,
 }
 
-/// The `<FLAGS>` of `port` in this thread's namespace; `None` if it is not here.
-fn link_flags(port: &str) -> Result<Option<String>, HypervisorError> {
-    let output = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "dev", port])
-        .output()
-        .map_err(|e| HypervisorError::Command {
-            command: format!("ip -o link show dev {port}"),
-            detail: e.to_string(),
-            class: ErrorClass::Transient,
-        })?;
-    if !output.status.success() {
-        return Ok(None);
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text
-        .split_once('<')
-        .and_then(|(_, rest)| rest.split_once('>'))
-        .map(|(flags, _)| flags.to_string()))
-}
-
-fn run_ip(step: &[&str]) -> Result<(), HypervisorError> {
-    let output = std::process::Command::new(step[0])
-        .args(&step[1..])
-        .output()
-        .map_err(|e| HypervisorError::Command {
-            command: step.join(" "),
-            detail: e.to_string(),
-            class: ErrorClass::Transient,
-        })?;
-    if !output.status.success() {
-        return Err(HypervisorError::Command {
-            command: step.join(" "),
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            class: ErrorClass::Transient,
-        });
-    }
-    Ok(())
+/// The switch after a pass.
+#[derive(Default)]
+struct PortsAfter {
+    /// The switch reconciled (or there is none to reconcile).
+    ok: bool,
+    /// Why a VM's port is not attached.
+    failures: HashMap<Uuid, Failure>,
+    /// VMs whose port is on the bridge as desired.
+    attached: BTreeSet<Uuid>,
 }
 
 /// The reconcile state of one node. Holds no durable truth: a new one built
@@ -535,346 +339,290 @@ impl Reconciler {
         let now = Instant::now();
         let deep = self.passes.is_multiple_of(DEEP_EVERY);
         self.passes += 1;
+        let wanted = plan::wanted_vms(desired);
+        self.reported
+            .retain(|id, _| wanted.iter().any(|(w, _)| w == id));
+        let observed = self.observe_guests().await;
+        plan::refresh_keys(&mut self.keys, &wanted, &observed, deep);
+        let guest_plan = plan::guest_jobs(&GuestFacts {
+            wanted: &wanted,
+            observed: &observed,
+            backends: &self.backend_kinds(),
+            keys: &self.keys,
+            open_channels: &self.channels.vm_ids().into_iter().collect(),
+            config: &self.config,
+            now,
+            deep,
+        });
         let mut report = PassReport::default();
+        let after = self
+            .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)
+            .await;
+        let ports = self
+            .reconcile_switch(&wanted, &after.guests, now, &mut report)
+            .await;
+        self.conclude(&mut report, &wanted, &after, &ports, &guest_plan.specs);
+        report
+    }
 
-        // Observe every backend. A backend that cannot list is not acted on
-        // (no orphan removal from a partial view).
-        let mut observed: HashMap<Uuid, (&'static str, GuestInfo)> = HashMap::new();
-        let mut listed_ok: BTreeSet<&'static str> = BTreeSet::new();
-        let mut list_errors: HashMap<&'static str, HypervisorError> = HashMap::new();
+    fn backend_kinds(&self) -> BTreeMap<&'static str, BackendKind> {
+        self.backends
+            .all()
+            .into_iter()
+            .map(|(name, hv)| (name, hv.kind()))
+            .collect()
+    }
+
+    /// Lists every backend's guests.
+    async fn observe_guests(&self) -> Observed {
+        let mut observed = Observed::default();
         for (name, hv) in self.backends.all() {
-            match tokio::task::spawn_blocking(move || hv.list_owned()).await {
+            let failure = match tokio::task::spawn_blocking(move || hv.list_owned()).await {
                 Ok(Ok(guests)) => {
-                    listed_ok.insert(name);
                     for guest in guests {
-                        observed.insert(guest.id, (name, guest));
+                        observed.guests.insert(guest.id, (name, guest));
                     }
+                    continue;
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(backend = name, error = %err, "cannot list guests");
-                    list_errors.insert(name, err);
+                    Failure::of_hypervisor(&err)
                 }
-                Err(join) => tracing::error!(backend = name, error = %join, "list_owned panicked"),
-            }
-        }
-
-        // Desired VMs by id; a VM whose id does not parse cannot be keyed.
-        let mut wanted: Vec<(Uuid, &DesiredVm)> = Vec::new();
-        for vm in &desired.vms {
-            match translate::vm_id(vm) {
-                Ok(id) => wanted.push((id, vm)),
-                Err(err) => tracing::error!(vm = %vm.name, error = %err, "skipping desired VM"),
-            }
-        }
-        let wanted_ids: HashMap<Uuid, &DesiredVm> = wanted.iter().copied().collect();
-        self.keys.retain(|id, _| wanted_ids.contains_key(id));
-        self.reported.retain(|id, _| wanted_ids.contains_key(id));
-
-        // Plan guest jobs.
-        let mut jobs: Vec<GuestJob> = Vec::new();
-        let mut specs: HashMap<Uuid, GuestSpec> = HashMap::new();
-        let mut removing: BTreeSet<Uuid> = BTreeSet::new();
-        for (id, (backend, info)) in &observed {
-            let keep = wanted_ids
-                .get(id)
-                .is_some_and(|vm| !vm.deleting && backend_name(&vm.backend) == *backend);
-            if !keep {
-                if let Some(hv) = self.backends.get(backend) {
-                    tracing::info!(vm = %id, guest = %info.name, backend, "removing guest");
-                    jobs.push(GuestJob::Remove {
-                        hv: hv.clone(),
-                        id: *id,
-                    });
-                    removing.insert(*id);
-                }
-            }
-        }
-        for (id, vm) in &wanted {
-            let key = self.keys.entry(*id).or_insert_with(KeyState::new);
-            let print = fingerprint(vm);
-            if key.permanent.as_ref().is_some_and(|(p, _)| *p != print) {
-                // The spec changed: try again from scratch.
-                key.succeeded();
-            }
-            // A name conflict is about the host, not the spec: it is gone
-            // once the guest shows up as ours (a previous agent's define
-            // finished) and may be cleared by hand, so deep passes retry it.
-            if key
-                .permanent
-                .as_ref()
-                .is_some_and(|(_, f)| f.reason == "NameConflict")
-                && (deep || observed.contains_key(id))
-            {
-                key.succeeded();
-            }
-            if vm.deleting {
-                if self.channels.is_open(*id) {
-                    self.channels.close(*id);
-                    report.actions.push(Action::CloseChannel { vm: *id });
-                }
-                continue;
-            }
-            if key.permanent.is_some() {
-                continue;
-            }
-            let name = backend_name(&vm.backend);
-            let Some(hv) = self.backends.get(name).cloned() else {
-                key.permanent = Some((
-                    print,
-                    Failure {
-                        condition: condition::READY,
-                        reason: "BackendUnavailable".into(),
-                        message: format!("this node has no {name:?} backend"),
-                    },
-                ));
-                continue;
-            };
-            if !listed_ok.contains(name) {
-                let failure = match list_errors.get(name) {
-                    Some(err) => hv_failure(err),
-                    None => Failure {
-                        condition: condition::READY,
-                        reason: "HypervisorError".into(),
-                        message: "listing guests failed".into(),
-                    },
-                };
-                if key.retry_at.is_none_or(|at| at <= now) {
-                    key.requeue(failure, now);
-                }
-                continue;
-            }
-            let spec = match translate::guest_spec(vm, hv.kind(), &self.config) {
-                Ok(spec) => spec,
-                Err(err) => {
-                    tracing::warn!(vm = %id, error = %err, "desired VM is invalid");
-                    key.permanent = Some((print, translate_failure(&err)));
-                    continue;
+                Err(join) => {
+                    tracing::error!(backend = name, error = %join, "list_owned panicked");
+                    Failure::ready("HypervisorError", "listing guests failed")
                 }
             };
-            specs.insert(*id, spec.clone());
-            if key.retry_at.is_some_and(|at| at > now) {
-                continue;
-            }
-            // Open the channel before the guest starts, so a namespace
-            // guest's first connect finds the listener.
-            if !self.channels.is_open(*id) {
-                if let Some(path) = spec.channel_socket.clone() {
-                    let opened = if hv.kind() == BackendKind::Namespace {
-                        self.channels.open_unix(*id, &path)
-                    } else {
-                        self.channels.connect_serial(*id, &path)
-                    };
-                    match opened {
-                        Ok(rx) => {
-                            report.actions.push(Action::OpenChannel { vm: *id });
-                            spawn_forwarder(*id, rx, self.guest_events.clone());
-                        }
-                        Err(err) => {
-                            tracing::warn!(vm = %id, error = %err, "cannot open guest channel")
-                        }
+            observed.unlisted.insert(name, failure);
+        }
+        observed
+    }
+
+    /// Runs a pass's guest jobs: channel and bookkeeping jobs in order, then
+    /// the hypervisor calls, different VMs in parallel.
+    async fn run_jobs(
+        &mut self,
+        jobs: Vec<Job>,
+        wanted: &[(Uuid, &DesiredVm)],
+        observed: &Observed,
+        now: Instant,
+        report: &mut PassReport,
+    ) -> GuestsAfter {
+        let mut host_jobs = Vec::new();
+        let mut removing = BTreeSet::new();
+        for job in jobs {
+            match job {
+                Job::CloseChannel { vm } => self.close_channel(vm, report),
+                Job::OpenChannel {
+                    vm,
+                    backend,
+                    socket,
+                } => self.open_channel(vm, backend, &socket, report),
+                Job::Fail { vm, failure, class } => {
+                    self.record_failure(wanted, vm, failure, class, now)
+                }
+                Job::Remove { vm, backend } => {
+                    if let Some(hv) = self.backends.get(backend).cloned() {
+                        tracing::info!(vm = %vm, backend, "removing guest");
+                        host_jobs.push(HostJob::Remove { hv, id: vm });
+                        removing.insert(vm);
+                    }
+                }
+                Job::Converge {
+                    backend,
+                    spec,
+                    seen,
+                    power,
+                    deep,
+                } => {
+                    if let Some(hv) = self.backends.get(backend).cloned() {
+                        host_jobs.push(HostJob::Converge {
+                            hv,
+                            spec,
+                            seen,
+                            power,
+                            deep,
+                        });
                     }
                 }
             }
-            jobs.push(GuestJob::Converge {
-                hv,
-                spec: Box::new(spec),
-                seen: observed
-                    .get(id)
-                    .filter(|(b, _)| *b == name)
-                    .map(|(_, g)| g.clone()),
-                power: power_of(vm),
-                deep,
-            });
         }
-
-        // Run guest jobs, different VMs in parallel.
-        let outcomes: Vec<GuestOutcome> = stream::iter(jobs)
-            .map(|job| async move { tokio::task::spawn_blocking(move || run_job(job)).await.ok() })
+        let outcomes: Vec<GuestOutcome> = stream::iter(host_jobs)
+            .map(|job| async move {
+                tokio::task::spawn_blocking(move || run_host_job(job))
+                    .await
+                    .ok()
+            })
             .buffer_unordered(self.config.parallelism.max(1))
             .filter_map(|o| async move { o })
             .collect()
             .await;
-        let mut guests: HashMap<Uuid, GuestInfo> = observed
-            .iter()
-            .filter(|(id, _)| !removing.contains(id))
-            .map(|(id, (_, g))| (*id, g.clone()))
-            .collect();
-        let mut removed: BTreeSet<Uuid> = BTreeSet::new();
+        let mut after = GuestsAfter {
+            guests: observed
+                .guests
+                .iter()
+                .filter(|(id, _)| !removing.contains(id))
+                .map(|(id, (_, g))| (*id, g.clone()))
+                .collect(),
+            unremoved: removing.clone(),
+        };
         for outcome in outcomes {
-            report.actions.extend(outcome.actions);
-            let id = outcome.id;
-            match outcome.result {
-                Ok(Some((info, restart))) => {
-                    if let Some(key) = self.keys.get_mut(&id) {
-                        key.succeeded();
-                        key.restart_required = restart;
-                    }
-                    guests.insert(id, info);
-                }
-                Ok(None) => {
-                    removed.insert(id);
-                    if self.channels.is_open(id) {
-                        self.channels.close(id);
-                        report.actions.push(Action::CloseChannel { vm: id });
-                    }
-                    let _ =
-                        std::fs::remove_dir_all(translate::guest_dir(&self.config.state_dir, id));
-                }
-                Err(err) => {
-                    tracing::warn!(vm = %id, error = %err, class = ?err.class(), "guest operation failed");
-                    if let Some(key) = self.keys.get_mut(&id) {
-                        let failure = hv_failure(&err);
-                        match err.class() {
-                            ErrorClass::Transient => key.requeue(failure, now),
-                            ErrorClass::Permanent => {
-                                let print = wanted_ids.get(&id).map(|vm| fingerprint(vm));
-                                key.permanent = print.map(|p| (p, failure));
-                            }
-                        }
-                    }
-                    if removing.contains(&id) {
-                        // Still there: a deleting VM must not be acked.
-                        if let Some((_, info)) = observed.get(&id) {
-                            guests.insert(id, info.clone());
-                        }
-                    }
-                }
-            }
-        }
-        // A libvirt guest started here has a new tap even when libvirtd
-        // shares our namespace (nothing moved); a moved tap is new to us.
-        for action in &report.actions {
-            let (Action::MoveTap { vm } | Action::Start { vm }) = action else {
-                continue;
-            };
-            // The test driver makes no taps.
-            let libvirt = wanted_ids
-                .get(vm)
-                .is_some_and(|d| backend_name(&d.backend) == "libvirt")
-                && self
-                    .backends
-                    .get("libvirt")
-                    .is_some_and(|hv| matches!(hv.kind(), BackendKind::Qemu | BackendKind::Xen));
-            let tap = specs
-                .get(vm)
-                .and_then(|s| s.nic.as_ref())
-                .filter(|nic| nic.attach == NicAttach::TapOnly);
-            if let (true, Some(nic)) = (libvirt, tap) {
-                self.readopted_taps.insert(nic.port_name.clone());
-            }
-        }
-        // Orphan channels (VM gone from the desired state).
-        for id in self.channels.vm_ids() {
-            if wanted_ids.get(&id).is_none_or(|vm| vm.deleting) {
-                self.channels.close(id);
-                report.actions.push(Action::CloseChannel { vm: id });
-            }
-        }
-
-        // The switch: one atomic reconcile for the whole node.
-        let mut port_failures: HashMap<Uuid, Failure> = HashMap::new();
-        let mut attached: BTreeSet<Uuid> = BTreeSet::new();
-        let switch_ok = self
-            .reconcile_switch(
-                &wanted,
-                &guests,
-                now,
-                &mut report,
-                &mut port_failures,
-                &mut attached,
-            )
-            .await;
-
-        // Statuses.
-        let mut converged = switch_ok && !removing.iter().any(|id| !removed.contains(id));
-        for (id, vm) in &wanted {
-            let key = self.keys.get(id);
-            if key.is_some_and(|k| k.transient.is_some()) {
-                converged = false;
-            }
-            let status = self.status_of(
-                *id,
-                vm,
-                guests.get(id),
-                key,
-                port_failures.get(id),
-                attached.contains(id),
-                specs.get(id),
+            self.take_outcome(
+                outcome, wanted, observed, &removing, now, report, &mut after,
             );
-            if self.reported.get(id) != Some(&status) {
-                report.changed.push(status.clone());
-            }
-            report.statuses.push(status);
         }
-        report.converged = converged;
-        let next = self
-            .keys
-            .values()
-            .filter_map(|k| k.retry_at)
-            .chain(self.switch_retry_at)
-            .min();
-        report.next_retry = next.map(|at| at.saturating_duration_since(Instant::now()));
-        report
+        after
     }
 
     #[allow(clippy::too_many_arguments)]
+    fn take_outcome(
+        &mut self,
+        outcome: GuestOutcome,
+        wanted: &[(Uuid, &DesiredVm)],
+        observed: &Observed,
+        removing: &BTreeSet<Uuid>,
+        now: Instant,
+        report: &mut PassReport,
+        after: &mut GuestsAfter,
+    ) {
+        report.actions.extend(outcome.actions);
+        self.readopted_taps.extend(outcome.renewed_tap);
+        let id = outcome.id;
+        match outcome.result {
+            Ok(Some((info, restart))) => {
+                if let Some(key) = self.keys.get_mut(&id) {
+                    key.succeeded();
+                    key.restart_required = restart;
+                }
+                after.guests.insert(id, info);
+            }
+            Ok(None) => {
+                after.unremoved.remove(&id);
+                self.close_channel(id, report);
+                let _ = std::fs::remove_dir_all(translate::guest_dir(&self.config.state_dir, id));
+            }
+            Err(err) => {
+                tracing::warn!(vm = %id, error = %err, class = ?err.class(), "guest operation failed");
+                self.record_failure(wanted, id, Failure::of_hypervisor(&err), err.class(), now);
+                if removing.contains(&id) {
+                    // Still there: a deleting VM must not be acked.
+                    if let Some((_, info)) = observed.guests.get(&id) {
+                        after.guests.insert(id, info.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        wanted: &[(Uuid, &DesiredVm)],
+        id: Uuid,
+        failure: Failure,
+        class: crate::hypervisor::ErrorClass,
+        now: Instant,
+    ) {
+        let vm = wanted.iter().find(|(w, _)| *w == id).map(|(_, vm)| *vm);
+        if let (Some(key), Some(vm)) = (self.keys.get_mut(&id), vm) {
+            key.fail(failure, class, plan::fingerprint(vm), now);
+        }
+    }
+
+    fn open_channel(
+        &mut self,
+        id: Uuid,
+        backend: &str,
+        socket: &std::path::Path,
+        report: &mut PassReport,
+    ) {
+        let Some(hv) = self.backends.get(backend) else {
+            return;
+        };
+        let opened = match hv.channel_socket() {
+            ChannelSocket::AgentListens => self.channels.open_unix(id, socket),
+            ChannelSocket::HypervisorListens => self.channels.connect_serial(id, socket),
+        };
+        match opened {
+            Ok(rx) => {
+                report.actions.push(Action::OpenChannel { vm: id });
+                spawn_forwarder(id, rx, self.guest_events.clone());
+            }
+            Err(err) => tracing::warn!(vm = %id, error = %err, "cannot open guest channel"),
+        }
+    }
+
+    fn close_channel(&mut self, id: Uuid, report: &mut PassReport) {
+        if self.channels.is_open(id) {
+            self.channels.close(id);
+            report.actions.push(Action::CloseChannel { vm: id });
+        }
+    }
+
+    /// The switch: one atomic reconcile for the whole node.
     async fn reconcile_switch(
         &mut self,
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
         now: Instant,
         report: &mut PassReport,
-        port_failures: &mut HashMap<Uuid, Failure>,
-        attached: &mut BTreeSet<Uuid>,
-    ) -> bool {
+    ) -> PortsAfter {
+        let mut ports = PortsAfter::default();
         let Some(switch) = self.switch.clone() else {
-            for (id, vm) in wanted {
-                if !vm.deleting {
-                    port_failures.insert(
-                        *id,
-                        Failure {
-                            condition: condition::PORT_ATTACHED,
-                            reason: "NoSwitch".into(),
-                            message: "this agent has no OVSDB (--ovsdb) to attach ports to".into(),
-                        },
-                    );
-                }
+            let failure = Failure::port(
+                "NoSwitch",
+                "this agent has no OVSDB (--ovsdb) to attach ports to",
+            );
+            for (id, _) in wanted.iter().filter(|(_, vm)| !vm.deleting) {
+                ports.failures.insert(*id, failure.clone());
             }
-            return true;
+            ports.ok = true;
+            return ports;
         };
         if self.switch_retry_at.is_some_and(|at| at > now) {
-            let failure = self.switch_failure.clone();
-            for (id, _) in wanted {
-                if let Some(f) = &failure {
-                    port_failures.insert(*id, f.clone());
+            if let Some(failure) = &self.switch_failure {
+                for (id, _) in wanted {
+                    ports.failures.insert(*id, failure.clone());
                 }
             }
-            return false;
+            return ports;
         }
-        let switch_error = |err: &OvsError| Failure {
-            condition: condition::PORT_ATTACHED,
-            reason: "SwitchError".into(),
-            message: err.to_string(),
-        };
-        if self.switch_caps.is_none() || self.passes % DEEP_EVERY == 1 {
-            match switch.capabilities().await {
-                Ok(caps) => self.switch_caps = Some(caps),
-                Err(err) => {
-                    self.switch_failed(switch_error(&err), now, wanted, port_failures);
-                    return false;
-                }
-            }
-        }
-        let observed = match switch
-            .observe(&self.config.owner, &self.config.bridge)
+        match self
+            .try_switch(switch.as_ref(), wanted, guests, report, &mut ports)
             .await
         {
-            Ok(observed) => observed,
-            Err(err) => {
-                self.switch_failed(switch_error(&err), now, wanted, port_failures);
-                return false;
+            Ok(()) => {
+                self.readopted_taps.clear();
+                self.switch_backoff.reset();
+                self.switch_retry_at = None;
+                self.switch_failure = None;
+                ports.ok = true;
             }
-        };
+            Err(err) => {
+                tracing::warn!(error = %err, "switch reconcile failed");
+                let failure = Failure::port("SwitchError", err.to_string());
+                self.switch_retry_at = Some(now + self.switch_backoff.next_delay());
+                for (id, _) in wanted {
+                    ports.failures.entry(*id).or_insert_with(|| failure.clone());
+                }
+                self.switch_failure = Some(failure);
+            }
+        }
+        ports
+    }
+
+    async fn try_switch(
+        &mut self,
+        switch: &dyn Switch,
+        wanted: &[(Uuid, &DesiredVm)],
+        guests: &HashMap<Uuid, GuestInfo>,
+        report: &mut PassReport,
+        ports: &mut PortsAfter,
+    ) -> Result<(), OvsError> {
+        let (owner, bridge) = (&self.config.owner, &self.config.bridge);
+        if self.switch_caps.is_none() || self.passes % DEEP_EVERY == 1 {
+            self.switch_caps = Some(switch.capabilities().await?);
+        }
+        let observed = switch.observe(owner, bridge).await?;
         let stale: Vec<SwitchAction> = observed
             .ports
             .iter()
@@ -885,132 +633,57 @@ impl Reconciler {
             .collect();
         if !stale.is_empty() {
             // Removed here, added back by the reconcile below.
-            if let Err(err) = switch
-                .apply(&self.config.owner, &self.config.bridge, &observed, &stale)
-                .await
-            {
-                self.switch_failed(switch_error(&err), now, wanted, port_failures);
-                return false;
-            }
+            switch.apply(owner, bridge, &observed, &stale).await?;
             report.actions.extend(stale.into_iter().map(Action::Switch));
         }
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
-        let caps = self.switch_caps.clone();
-        let mut ports: Vec<VmPortSpec> = Vec::new();
-        let mut port_owner: Vec<Uuid> = Vec::new();
-        for (id, vm) in wanted {
-            if vm.deleting || !guests.contains_key(id) {
-                continue;
-            }
-            let port = match translate::port_spec(vm) {
-                Ok(port) => port,
-                Err(err) => {
-                    port_failures.insert(
-                        *id,
-                        Failure {
-                            condition: condition::PORT_ATTACHED,
-                            reason: "InvalidSpec".into(),
-                            message: err.to_string(),
-                        },
-                    );
-                    continue;
-                }
-            };
-            let refuse = |reason: &str, message: String| Failure {
-                condition: condition::PORT_ATTACHED,
-                reason: reason.into(),
-                message,
-            };
-            if foreign.contains(port.name.as_str()) {
-                port_failures.insert(
-                    *id,
-                    refuse(
-                        "PortNameConflict",
-                        format!("port {:?} exists on the switch but is not ours", port.name),
-                    ),
-                );
-                continue;
-            }
-            if let Some(caps) = &caps {
-                if port.ingress_policing.is_some() && !caps.ingress_policing.is_available() {
-                    port_failures.insert(
-                        *id,
-                        refuse(
-                            "EgressLimitUnsupported",
-                            format!(
-                                "the QoS policy limits egress, which needs ingress policing: {}",
-                                caps.ingress_policing.reason().unwrap_or("unavailable")
-                            ),
-                        ),
-                    );
-                    continue;
-                }
-                if port.qos.is_some() && !caps.linux_htb.is_available() {
-                    port_failures.insert(
-                        *id,
-                        refuse(
-                            "IngressLimitUnsupported",
-                            format!(
-                                "linux-htb is unavailable: {}",
-                                caps.linux_htb.reason().unwrap_or("unknown")
-                            ),
-                        ),
-                    );
-                    continue;
-                }
-            }
-            ports.push(port);
-            port_owner.push(*id);
-        }
-        let uplink = self
-            .config
-            .uplink
-            .as_ref()
-            .filter(|name| !foreign.contains(name.as_str()))
-            .map(|name| UplinkSpec {
-                name: name.clone(),
-                members: vec![name.clone()],
-                bond: None,
-            });
+        let planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
+        ports.failures.extend(planned.failures);
         let spec = SwitchSpec {
-            owner: self.config.owner.clone(),
-            bridge: self.config.bridge.clone(),
-            uplink,
-            ports,
+            owner: owner.clone(),
+            bridge: bridge.clone(),
+            uplink: plan::uplink(&self.config, &foreign),
+            ports: planned.ports,
             flow_export: FlowExportSpec::default(),
         };
-        match crate::ovs::reconcile(switch.as_ref(), &spec).await {
-            Ok(done) => {
-                report
-                    .actions
-                    .extend(done.actions.into_iter().map(Action::Switch));
-                self.readopted_taps.clear();
-                self.switch_backoff.reset();
-                self.switch_retry_at = None;
-                self.switch_failure = None;
-                attached.extend(port_owner);
-                true
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "switch reconcile failed");
-                self.switch_failed(switch_error(&err), now, wanted, port_failures);
-                false
-            }
-        }
+        let done = crate::ovs::reconcile(switch, &spec).await?;
+        report
+            .actions
+            .extend(done.actions.into_iter().map(Action::Switch));
+        ports.attached.extend(planned.owners);
+        Ok(())
     }
 
-    fn switch_failed(
-        &mut self,
-        failure: Failure,
-        now: Instant,
+    /// Statuses, convergence and the next retry of a pass.
+    fn conclude(
+        &self,
+        report: &mut PassReport,
         wanted: &[(Uuid, &DesiredVm)],
-        port_failures: &mut HashMap<Uuid, Failure>,
+        after: &GuestsAfter,
+        ports: &PortsAfter,
+        specs: &HashMap<Uuid, GuestSpec>,
     ) {
-        self.switch_retry_at = Some(now + self.switch_backoff.next_delay());
-        for (id, _) in wanted {
-            port_failures.entry(*id).or_insert_with(|| failure.clone());
+        let mut converged = ports.ok && after.unremoved.is_empty();
+        for (id, vm) in wanted {
+            let key = self.keys.get(id);
+            converged &= key.is_none_or(|k| k.transient.is_none());
+            let status = self.status_of(
+                *id,
+                vm,
+                after.guests.get(id),
+                key,
+                ports.failures.get(id),
+                ports.attached.contains(id),
+                specs.get(id),
+            );
+            if self.reported.get(id) != Some(&status) {
+                report.changed.push(status.clone());
+            }
+            report.statuses.push(status);
         }
-        self.switch_failure = Some(failure);
+        report.converged = converged;
+        let due = self.keys.values().filter_map(|k| k.retry_at);
+        report.next_retry = plan::next_retry(due.chain(self.switch_retry_at), Instant::now());
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1024,7 +697,7 @@ impl Reconciler {
         port_attached: bool,
         spec: Option<&GuestSpec>,
     ) -> VmStatus {
-        let backend = backend_name(&vm.backend).to_string();
+        let backend = plan::backend_name(&vm.backend).to_string();
         let address = vm
             .ipv4_cidr
             .split('/')
@@ -1111,11 +784,7 @@ impl Reconciler {
                 "no guest agent connected to the channel yet",
             )
         };
-        let want = match power_of(vm) {
-            Power::Running => "running",
-            Power::Paused => "paused",
-            Power::Stopped => "stopped",
-        };
+        let want = Power::of(vm).name();
         let ready = if let Some(f) = failure {
             cond(condition::READY, false, &f.reason, &f.message)
         } else if actual_state != want {
@@ -1163,14 +832,6 @@ fn port_attached_nowhere(port_failure: Option<&Failure>, port_attached: bool) ->
     // A deleting VM's port is left out of the switch spec; a successful
     // switch reconcile (no failure recorded for the VM) removed it.
     !port_attached && port_failure.is_none_or(|f| f.reason == "NoSwitch")
-}
-
-fn backend_name(name: &str) -> &'static str {
-    match name {
-        "libvirt" => "libvirt",
-        "" | "namespace" => "namespace",
-        _ => "unknown",
-    }
 }
 
 fn cond(kind: &str, ok: bool, reason: &str, message: &str) -> Condition {

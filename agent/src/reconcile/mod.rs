@@ -40,6 +40,7 @@ use crate::hypervisor::Hypervisor;
 
 mod driver;
 mod engine;
+mod plan;
 mod programs;
 mod translate;
 
