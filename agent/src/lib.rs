@@ -10,7 +10,6 @@
 //! - [`usage`]: resource use from /proc and statvfs.
 //! - [`capabilities`]: what the node can really do (libvirt, namespaces, OVS).
 //! - [`logs`]: `tracing` layer + bounded buffer shipped with `ShipLogs`.
-//! - [`backoff`]: exponential backoff towards the controller.
 //! - [`reconcile`]: makes guests, switch ports and guest channels match the
 //!   controller's desired state; relays guest traffic.
 //! - [`service_host`]: the node's built-in multicast point on the service
@@ -24,7 +23,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 
-pub mod backoff;
+// The reconcile engine and driver name the workspace backoff by this path.
+use measurelab_backoff as backoff;
+
 pub mod capabilities;
 pub mod guest_channel;
 pub mod hypervisor;

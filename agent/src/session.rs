@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::backoff::Backoff;
 use crate::capabilities::{self, ProbeTargets};
 use crate::identity::{self, Identity};
 use crate::logs::{self, LogBuffer};
@@ -24,6 +23,7 @@ use crate::reconcile::{
 };
 use crate::usage::UsageSampler;
 use crate::{AgentConfig, AgentError};
+use measurelab_backoff::Backoff;
 
 /// Interval used until the controller tells us its own.
 /// Largest gRPC answer accepted: a 64 MiB program plus its envelope.

@@ -169,7 +169,7 @@ impl Programs {
         let content = base64::engine::general_purpose::STANDARD
             .decode(request.content_base64.trim())
             .map_err(|e| ProgramError::Invalid(format!("content_base64: {e}")))?;
-        let actual = hex(&Sha256::digest(&content));
+        let actual = hex::encode(Sha256::digest(&content));
         if actual != expected {
             return Err(ProgramError::Checksum { expected, actual });
         }
@@ -373,10 +373,6 @@ fn spawn_retrying(command: &mut tokio::process::Command) -> std::io::Result<toki
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,10 +384,5 @@ mod tests {
         tail.push(b"xyz");
         assert_eq!(tail.bytes.len(), OUTPUT_TAIL_BYTES);
         assert!(tail.text().ends_with("axyz"));
-    }
-
-    #[test]
-    fn hex_is_lowercase() {
-        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use measurelab_api::guest::{
     encode_line, AgentMessage, GuestMessage, LineFramer, MAX_AGENT_LINE_BYTES,
 };
+use measurelab_backoff::Backoff;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -155,7 +156,7 @@ pub(crate) enum PollError {
 
 /// Keeps the channel up forever.
 pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs: Arc<Programs>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).without_jitter();
     let mut last_error = String::new();
     loop {
         match open_channel(&config.channel).await {
@@ -167,7 +168,7 @@ pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs:
                 link.detach();
                 tracing::warn!(%reason, "channel lost; reconnecting");
                 if started.elapsed() > Duration::from_secs(10) {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                 }
             }
             Err(err) => {
@@ -179,8 +180,7 @@ pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs:
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

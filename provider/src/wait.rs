@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use measurelab_api::client::ClientError;
+use measurelab_backoff::{Backoff, Growth};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -15,11 +16,6 @@ pub const POLL_INTERVAL_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two looks: slow waits (QEMU guests boot in about
 /// 10 s) cost the controller one request a second.
 pub const POLL_INTERVAL_MAX: Duration = Duration::from_secs(1);
-
-/// The delay after `previous`: half as long again, up to [`POLL_INTERVAL_MAX`].
-fn next_interval(previous: Duration) -> Duration {
-    (previous + previous / 2).min(POLL_INTERVAL_MAX)
-}
 
 /// One look at the object.
 pub enum Poll<T> {
@@ -53,7 +49,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     let mut last_seen = "nothing yet".to_string();
-    let mut interval = POLL_INTERVAL_FIRST;
+    // Half as long again each time: a doubling would overshoot the few
+    // hundred milliseconds a namespace VM takes. One client, so no jitter.
+    let mut interval = Backoff::new(POLL_INTERVAL_FIRST, POLL_INTERVAL_MAX)
+        .without_jitter()
+        .with_growth(Growth::HalfAgain);
     loop {
         let looked = tokio::select! {
             result = tokio::time::timeout_at(deadline, look()) => result,
@@ -69,10 +69,9 @@ where
             return Err(WaitEnd::TimedOut(last_seen));
         }
         tokio::select! {
-            _ = tokio::time::sleep_until((Instant::now() + interval).min(deadline)) => {}
+            _ = tokio::time::sleep_until((Instant::now() + interval.next_delay()).min(deadline)) => {}
             _ = stop.cancelled() => return Err(WaitEnd::Cancelled),
         }
-        interval = next_interval(interval);
     }
 }
 

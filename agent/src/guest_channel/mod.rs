@@ -32,6 +32,7 @@ use measurelab_api::guest::{
     encode_line, AgentMessage, GuestMessage, LineFramer, MAX_GUEST_LINE_BYTES,
 };
 use measurelab_api::http::Resources;
+use measurelab_backoff::Backoff;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -408,13 +409,13 @@ async fn serve_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
 }
 
 async fn connect_serial_loop(path: PathBuf, shared: Arc<Shared>) {
-    let mut backoff = SERIAL_BACKOFF_MIN;
+    let mut backoff = Backoff::new(SERIAL_BACKOFF_MIN, SERIAL_BACKOFF_MAX).without_jitter();
     let mut last_error = String::new();
     loop {
         match tokio::net::UnixStream::connect(&path).await {
             Ok(stream) => {
                 last_error.clear();
-                backoff = SERIAL_BACKOFF_MIN;
+                backoff.reset();
                 let (reader, writer) = stream.into_split();
                 session(Box::new(reader), Box::new(writer), shared.clone(), true).await;
             }
@@ -427,8 +428,7 @@ async fn connect_serial_loop(path: PathBuf, shared: Arc<Shared>) {
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(SERIAL_BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -303,20 +303,31 @@ pub(crate) fn bandwidth_xml(limit: &RateLimit) -> String {
 /// The `<interface>...</interface>` element of a domain XML (libvirt's own
 /// formatting), with its `<bandwidth>` replaced by `limit`'s (or removed),
 /// for `virDomainUpdateDeviceFlags`. `None` if the XML has no interface.
+///
+/// The parser only locates the elements; the text around them is kept byte
+/// for byte, so libvirt sees its own formatting of everything else.
 pub(crate) fn interface_with_bandwidth(domain: &str, limit: Option<&RateLimit>) -> Option<String> {
-    let start = domain.find("<interface ")?;
-    let end = start + domain[start..].find("</interface>")? + "</interface>".len();
-    let mut iface = domain[start..end].to_string();
-    if let Some(b_start) = iface.find("<bandwidth") {
-        let b_end = match iface[b_start..].find("</bandwidth>") {
-            Some(close) => b_start + close + "</bandwidth>".len(),
-            // `<bandwidth/>`: empty element.
-            None => b_start + iface[b_start..].find("/>")? + 2,
-        };
-        iface.replace_range(b_start..b_end, "");
+    let doc = roxmltree::Document::parse(domain).ok()?;
+    let interface = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("devices"))
+        .flat_map(|devices| devices.children())
+        .find(|n| n.has_tag_name("interface"))?;
+    let start = interface.range().start;
+    let relative = |range: std::ops::Range<usize>| range.start - start..range.end - start;
+    let bandwidth = interface
+        .children()
+        .find(|n| n.has_tag_name("bandwidth"))
+        .map(|n| relative(n.range()));
+    let mut iface = domain[interface.range()].to_string();
+    if let Some(range) = bandwidth {
+        iface.replace_range(range, "");
     }
     if let Some(limit) = limit {
-        let close = iface.rfind("</interface>")?;
+        // An interface with children has an end tag, and it holds the
+        // element's last `</`.
+        let close = iface.rfind("</")?;
         iface.insert_str(close, &bandwidth_xml(limit));
     }
     Some(iface)
@@ -337,40 +348,12 @@ fn esc(value: &str) -> String {
     out
 }
 
-/// Value of attribute `name` in the first start tag of `xml`. Enough for the
-/// one flat element libvirt hands back from `virDomainGetMetadata`; not a
-/// general XML parser.
+/// Value of the unprefixed attribute `name` on the root element of `xml`
+/// (the one flat element libvirt hands back from `virDomainGetMetadata`),
+/// unescaped. `None` when the XML is not well-formed or lacks the attribute.
 pub(crate) fn first_tag_attribute(xml: &str, name: &str) -> Option<String> {
-    let start = xml.find('<')?;
-    let end = start + xml[start..].find('>')?;
-    let tag = &xml[start..end];
-    let mut rest = tag;
-    while let Some(pos) = rest.find(name) {
-        let before_ok = pos > 0 && rest.as_bytes()[pos - 1].is_ascii_whitespace();
-        let after = rest[pos + name.len()..].trim_start();
-        if before_ok {
-            if let Some(after_eq) = after.strip_prefix('=') {
-                let after_eq = after_eq.trim_start();
-                let quote = after_eq.chars().next()?;
-                if quote == '"' || quote == '\'' {
-                    let value = &after_eq[1..];
-                    let close = value.find(quote)?;
-                    return Some(unescape(&value[..close]));
-                }
-            }
-        }
-        rest = &rest[pos + name.len()..];
-    }
-    None
-}
-
-fn unescape(value: &str) -> String {
-    value
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.root_element().attribute(name).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -388,24 +371,13 @@ mod tests {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Checks well-formedness by tag balance: every start tag is closed in
-    /// order. Catches unbalanced output from a generator edit that the
-    /// golden update might hide.
+    /// Checks well-formedness with an XML parser (balanced tags, escaped
+    /// text and attributes). Catches broken output from a generator edit
+    /// that the golden update might hide.
     fn assert_balanced(xml: &str) {
-        let mut stack: Vec<String> = Vec::new();
-        let mut rest = xml;
-        while let Some(open) = rest.find('<') {
-            let close = rest[open..].find('>').expect("unterminated tag") + open;
-            let tag = &rest[open + 1..close];
-            if let Some(name) = tag.strip_prefix('/') {
-                assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
-            } else if !tag.ends_with('/') {
-                let name = tag.split_whitespace().next().unwrap().to_string();
-                stack.push(name);
-            }
-            rest = &rest[close + 1..];
+        if let Err(err) = roxmltree::Document::parse(xml) {
+            panic!("not well-formed XML: {err}\n{xml}");
         }
-        assert!(stack.is_empty(), "unclosed elements: {stack:?}");
     }
 
     /// Validates against libvirt's RelaxNG schema when `virt-xml-validate`
@@ -530,6 +502,37 @@ mod tests {
         assert!(!removed.contains("bandwidth"), "{removed}");
         assert!(removed.contains("<target dev='vm-x'/>"), "{removed}");
         assert_eq!(interface_with_bandwidth("<domain/>", None), None);
+    }
+
+    #[test]
+    fn interface_is_found_by_structure_not_by_text() {
+        // A comment and a description that mention `<interface ` come before
+        // the real one; an empty `<bandwidth/>` is removed too.
+        let domain = "<domain><description>see &lt;interface type='x'&gt;</description><devices>\
+            <!-- <interface type='commented'></interface> -->\
+            <interface type='bridge'><target dev='vm-y'/><bandwidth/></interface></devices></domain>";
+        let iface = interface_with_bandwidth(domain, None).unwrap();
+        assert_eq!(
+            iface,
+            "<interface type='bridge'><target dev='vm-y'/></interface>"
+        );
+        assert_eq!(interface_with_bandwidth("<domain><devices>", None), None);
+    }
+
+    #[test]
+    fn metadata_as_libvirt_returns_it() {
+        // libvirt hands the element back with its own prefix (or none) and
+        // with double-quoted, escaped attributes.
+        let xml = format!(
+            "<guest xmlns=\"{OWNER_XML_NAMESPACE}\" vm-id=\"a\" owner=\"x &amp; &quot;y&quot;\"/>"
+        );
+        let xml = xml.as_str();
+        assert_eq!(
+            first_tag_attribute(xml, "owner").as_deref(),
+            Some("x & \"y\"")
+        );
+        assert_eq!(first_tag_attribute(xml, "vm-id").as_deref(), Some("a"));
+        assert_eq!(first_tag_attribute("<guest vm-id='a'", "vm-id"), None);
     }
 
     #[test]

@@ -324,7 +324,7 @@ pub(crate) fn parse_mac(mac: &str) -> Result<[u8; 6], String> {
         if part.len() != 2 {
             return Err(format!("{mac:?}: octet {part:?} must be two hex digits"));
         }
-        *byte = u8::from_str_radix(part, 16)
+        hex::decode_to_slice(part, std::slice::from_mut(byte))
             .map_err(|_| format!("{mac:?}: octet {part:?} is not hex"))?;
     }
     if bytes[0] & 1 == 1 {

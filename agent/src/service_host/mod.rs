@@ -264,7 +264,7 @@ pub struct ServiceHostContext {
 /// runs the tasks this node orchestrates.
 pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
     let mut shutdown = cx.shutdown.clone();
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(250), RESYNC);
+    let mut backoff = measurelab_backoff::Backoff::new(Duration::from_millis(250), RESYNC);
     // The point must outlive the task runner; it stops when dropped.
     let point = loop {
         let attempt = async {

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use super::{ServiceHostError, RESYNC};
-use crate::backoff::Backoff;
 use crate::reconcile::{ControlPlane, ReconcileError};
+use measurelab_backoff::Backoff;
 
 /// How long after the end of its sending time a run may take before it is
 /// given up (control round trips, receiver drain, slow points).

@@ -362,7 +362,7 @@ impl Lab {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
             .context("cannot read /dev/urandom for the join token")?;
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = hex::encode(bytes);
         write_private(&path, &token)
     }
 

@@ -1,5 +1,6 @@
 //! Typed HTTP client for the public API.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, PercentEncode, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -9,6 +10,20 @@ use crate::http::{
     Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
     RequestOptions, ResultList, ResultRecord, Task, TaskCreate, Vm, VmCreate, VmList, VmPatch,
 };
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`):
+/// what remains may stand in a path segment or a query value as it is.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` percent-encoded for one URL path segment or query value, so a name
+/// holding `/`, `?`, `&`, `#` or a space addresses that object and no other.
+pub fn url_component(text: &str) -> PercentEncode<'_> {
+    utf8_percent_encode(text, URL_COMPONENT)
+}
 
 /// Errors from the public API client.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +161,7 @@ impl Client {
     pub async fn get_node(&self, id_or_name: &str) -> Result<Node, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/nodes/{id_or_name}"),
+            &format!("/v1/nodes/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -156,7 +171,7 @@ impl Client {
     pub async fn node_logs(&self, id_or_name: &str) -> Result<LogList, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/nodes/{id_or_name}/logs"),
+            &format!("/v1/nodes/{}/logs", url_component(id_or_name)),
             None,
         )
         .await
@@ -180,7 +195,7 @@ impl Client {
     ) -> Result<Node, ClientError> {
         self.request(
             reqwest::Method::PATCH,
-            &format!("/v1/nodes/{id_or_name}"),
+            &format!("/v1/nodes/{}", url_component(id_or_name)),
             Some(&NodePatch { labels }),
         )
         .await
@@ -206,7 +221,7 @@ impl Client {
     pub async fn get_platform(&self, id_or_name: &str) -> Result<Platform, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/platforms/{id_or_name}"),
+            &format!("/v1/platforms/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -220,7 +235,7 @@ impl Client {
     ) -> Result<Platform, ClientError> {
         self.request(
             reqwest::Method::PATCH,
-            &format!("/v1/platforms/{id_or_name}"),
+            &format!("/v1/platforms/{}", url_component(id_or_name)),
             Some(body),
         )
         .await
@@ -230,7 +245,7 @@ impl Client {
     pub async fn delete_platform(&self, id_or_name: &str) -> Result<Platform, ClientError> {
         self.request::<(), _>(
             reqwest::Method::DELETE,
-            &format!("/v1/platforms/{id_or_name}"),
+            &format!("/v1/platforms/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -244,7 +259,11 @@ impl Client {
     ) -> Result<Platform, ClientError> {
         self.request(
             reqwest::Method::POST,
-            &format!("/v1/platforms/{id_or_name}/{action}"),
+            &format!(
+                "/v1/platforms/{}/{}",
+                url_component(id_or_name),
+                url_component(action)
+            ),
             Some(&RequestOptions::default()),
         )
         .await
@@ -271,7 +290,7 @@ impl Client {
     pub async fn get_qos_policy(&self, id_or_name: &str) -> Result<QosPolicy, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/qos_policies/{id_or_name}"),
+            &format!("/v1/qos_policies/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -285,7 +304,7 @@ impl Client {
     ) -> Result<QosPolicy, ClientError> {
         self.request(
             reqwest::Method::PATCH,
-            &format!("/v1/qos_policies/{id_or_name}"),
+            &format!("/v1/qos_policies/{}", url_component(id_or_name)),
             Some(body),
         )
         .await
@@ -295,7 +314,7 @@ impl Client {
     pub async fn delete_qos_policy(&self, id_or_name: &str) -> Result<QosPolicy, ClientError> {
         self.request::<(), _>(
             reqwest::Method::DELETE,
-            &format!("/v1/qos_policies/{id_or_name}"),
+            &format!("/v1/qos_policies/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -336,15 +355,19 @@ impl Client {
 
     /// `GET /v1/vms/{id_or_name}` (name: `platform/name` or a unique name).
     pub async fn get_vm(&self, id_or_name: &str) -> Result<Vm, ClientError> {
-        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/vms/{id_or_name}"), None)
-            .await
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/vms/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
     }
 
     /// `PATCH /v1/vms/{id_or_name}`.
     pub async fn update_vm(&self, id_or_name: &str, body: &VmPatch) -> Result<Vm, ClientError> {
         self.request(
             reqwest::Method::PATCH,
-            &format!("/v1/vms/{id_or_name}"),
+            &format!("/v1/vms/{}", url_component(id_or_name)),
             Some(body),
         )
         .await
@@ -354,9 +377,9 @@ impl Client {
     /// (or as it was, when forced).
     pub async fn delete_vm(&self, id_or_name: &str, force: bool) -> Result<Vm, ClientError> {
         let path = if force {
-            format!("/v1/vms/{id_or_name}?force=true")
+            format!("/v1/vms/{}?force=true", url_component(id_or_name))
         } else {
-            format!("/v1/vms/{id_or_name}")
+            format!("/v1/vms/{}", url_component(id_or_name))
         };
         self.request::<(), _>(reqwest::Method::DELETE, &path, None)
             .await
@@ -379,15 +402,19 @@ impl Client {
 
     /// `GET /v1/deployments/{id}`.
     pub async fn get_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
-        self.request::<(), _>(reqwest::Method::GET, &format!("/v1/deployments/{id}"), None)
-            .await
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{}", url_component(id)),
+            None,
+        )
+        .await
     }
 
     /// `DELETE /v1/deployments/{id}`: stops every run.
     pub async fn delete_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
         self.request::<(), _>(
             reqwest::Method::DELETE,
-            &format!("/v1/deployments/{id}"),
+            &format!("/v1/deployments/{}", url_component(id)),
             None,
         )
         .await
@@ -403,7 +430,7 @@ impl Client {
     pub async fn get_task(&self, id_or_name: &str) -> Result<Task, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/tasks/{id_or_name}"),
+            &format!("/v1/tasks/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -413,7 +440,7 @@ impl Client {
     pub async fn delete_task(&self, id_or_name: &str) -> Result<Task, ClientError> {
         self.request::<(), _>(
             reqwest::Method::DELETE,
-            &format!("/v1/tasks/{id_or_name}"),
+            &format!("/v1/tasks/{}", url_component(id_or_name)),
             None,
         )
         .await
@@ -440,9 +467,32 @@ impl Client {
     pub async fn latest_result(&self, task: &str) -> Result<ResultRecord, ClientError> {
         self.request::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/results/latest?task={task}"),
+            &format!("/v1/results/latest?task={}", url_component(task)),
             None,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_path_segment() {
+        let path = format!("/v1/vms/{}", url_component("lab/a?b c"));
+        assert_eq!(path, "/v1/vms/lab%2Fa%3Fb%20c");
+    }
+
+    #[test]
+    fn query_values_cannot_add_parameters() {
+        let query = format!("task={}", url_component("t&force=true#x%"));
+        assert_eq!(query, "task=t%26force%3Dtrue%23x%25");
+    }
+
+    #[test]
+    fn unreserved_characters_stay_as_they_are() {
+        let id = "6f1c2a3b-4d5e_x.y~Z9";
+        assert_eq!(url_component(id).to_string(), id);
     }
 }

@@ -69,10 +69,7 @@ pub fn run_message(
     AgentMessage::Run {
         deployment_id: deployment_id.into(),
         program_name: program_name.into(),
-        sha256: Sha256::digest(content)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: hex::encode(Sha256::digest(content)),
         content_base64: base64::engine::general_purpose::STANDARD.encode(content),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: env

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use measurelab_backoff::Backoff;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
@@ -148,6 +149,8 @@ pub struct PlatformConfig {
 
 /// Longest wait between polls, and between delivery attempts, while the API fails.
 const PLATFORM_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A failing task poll waits at most 2^this poll intervals.
+const PLATFORM_POLL_MAX_DOUBLINGS: u32 = 6;
 /// First wait before retrying a failed delivery.
 const DELIVERY_FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -898,7 +901,14 @@ impl Mscs {
         poll_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut failures: u32 = 0;
+        // After n failures in a row the wait is 2^n polls (n at most 6),
+        // within [poll_interval, PLATFORM_MAX_BACKOFF].
+        let cap = poll_interval
+            .saturating_mul(1 << PLATFORM_POLL_MAX_DOUBLINGS)
+            .min(PLATFORM_MAX_BACKOFF)
+            .max(poll_interval);
+        let mut backoff = Backoff::new(poll_interval.saturating_mul(2), cap).without_jitter();
+        let mut failing = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -909,19 +919,17 @@ impl Mscs {
             };
             let wait = match outcome {
                 Ok((tasks, bad)) => {
-                    if failures > 0 {
+                    if failing {
                         info!(api = client.base(), "platform API answers again");
                     }
-                    failures = 0;
+                    failing = false;
+                    backoff.reset();
                     self.apply_platform_tasks(&tasks, &bad);
                     poll_interval
                 }
                 Err(err) => {
-                    failures = failures.saturating_add(1);
-                    let wait = poll_interval
-                        .saturating_mul(1 << failures.min(6))
-                        .min(PLATFORM_MAX_BACKOFF)
-                        .max(poll_interval);
+                    failing = true;
+                    let wait = backoff.next_delay();
                     warn!(cause = %err, retry_in = ?wait, "cannot fetch the platform's tasks");
                     wait
                 }
@@ -937,7 +945,8 @@ impl Mscs {
     /// true. An entry leaves the (durable) outbox only after a 2xx, so a result is
     /// delivered at least once across crashes; the controller deduplicates by `run_id`.
     pub async fn run_outbox(&self, client: PlatformClient, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = DELIVERY_FIRST_BACKOFF;
+        let mut backoff =
+            Backoff::new(DELIVERY_FIRST_BACKOFF, PLATFORM_MAX_BACKOFF).without_jitter();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -960,19 +969,19 @@ impl Mscs {
                 Ok(()) => {
                     info!(%run_id, %task_id, "result delivered to the platform");
                     self.finish_delivery(&entry, true);
-                    backoff = DELIVERY_FIRST_BACKOFF;
+                    backoff.reset();
                 }
                 Err(err) if !err.is_transient() => {
                     error!(%run_id, %task_id, cause = %err, "the platform refused the result for good; dropped from the outbox");
                     self.finish_delivery(&entry, false);
                 }
                 Err(err) => {
-                    warn!(%run_id, %task_id, cause = %err, retry_in = ?backoff, "result delivery failed; will retry");
+                    let retry_in = backoff.next_delay();
+                    warn!(%run_id, %task_id, cause = %err, ?retry_in, "result delivery failed; will retry");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(retry_in) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(PLATFORM_MAX_BACKOFF);
                 }
             }
         }
