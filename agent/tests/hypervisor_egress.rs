@@ -356,7 +356,7 @@ async fn guest_egress_is_shaped_changed_in_place_and_combines_with_port_qos() ->
     );
     switch_spec.ports[0] = vm_with_rate(&guest_port, 10, 20_000_000);
     apply(&switch, &switch_spec).await?;
-    std::thread::sleep(Duration::from_millis(500));
+    wait_htb(&ovs, &guest_port, true, Duration::from_secs(10))?;
     // Each direction alone, with both limits configured.
     let (out_of_guest, _) = iperf3(&peer, "10.200.41.2", &guest_ns, Mode::Forward)?;
     assert_within_10_percent("out of the guest (guest shaping 10)", out_of_guest, 10_000);

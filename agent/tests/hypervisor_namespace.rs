@@ -261,16 +261,17 @@ fn three_guests_full_lifecycle() {
         GuestState::Paused
     );
     let frozen_at = fx.counter(target.id);
-    std::thread::sleep(Duration::from_millis(300));
+    // The running neighbour is the clock: ten of its steps (about 200 ms)
+    // and not one of the frozen guest's.
+    let other = fx.counter(specs[1].id);
+    wait_until("unfrozen neighbour to progress", || {
+        fx.counter(specs[1].id) >= other + 10
+    });
     assert_eq!(
         fx.counter(target.id),
         frozen_at,
         "frozen guest kept running"
     );
-    let other = fx.counter(specs[1].id);
-    wait_until("unfrozen neighbour to progress", || {
-        fx.counter(specs[1].id) > other
-    });
     hv.resume(target.id).unwrap();
     hv.resume(target.id).unwrap();
     wait_until("thawed guest to progress", || {
@@ -538,7 +539,21 @@ fn guests_talk_through_ovs_only_within_their_vlan() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the iperf server's UDP socket", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns(1),
+                "ss",
+                "-Hlun",
+                "sport",
+                "=",
+                ":5201",
+            ])
+            .output()
+            .is_ok_and(|out| !out.stdout.is_empty())
+    });
     let client = Command::new("ip")
         .args([
             "netns",

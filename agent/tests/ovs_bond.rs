@@ -14,7 +14,7 @@ mod ovs_common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use measurelab_agent::ovs::{BondMode, BondSpec, UplinkSpec};
 use measurelab_testbed::{attach_veth, plug_veth, Netns, OvsSandbox};
 use ovs_common::*;
@@ -51,15 +51,30 @@ fn ping_through_failure(
     to: &str,
     member: &str,
 ) -> Result<(u32, u32)> {
-    let pinger = from
+    use std::io::{BufRead, BufReader, Read};
+    // The member goes down mid-run: after the first quarter of the pings
+    // has been answered through the healthy bond.
+    const ANSWERED_BEFORE_FAILURE: usize = 10;
+    let mut pinger = from
         .command("ping")
         .args(["-c", "40", "-i", "0.1", "-W", "1", to])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(1000));
+    let mut stdout = BufReader::new(pinger.stdout.take().context("ping stdout")?);
+    let mut text = String::new();
+    let mut answered = 0;
+    while answered < ANSWERED_BEFORE_FAILURE {
+        let before = text.len();
+        if stdout.read_line(&mut text)? == 0 {
+            bail!("ping ended before {member} was taken down:\n{text}");
+        }
+        if text[before..].contains("bytes from") {
+            answered += 1;
+        }
+    }
     ovs.netns().run(&["ip", "link", "set", member, "down"])?;
-    let out = pinger.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    stdout.read_to_string(&mut text)?;
+    pinger.wait()?;
     let summary = text
         .lines()
         .find(|l| l.contains("packets transmitted"))

@@ -63,8 +63,8 @@ fn flood_and_count(sender: &Netns, receiver: &Netns) -> Result<usize> {
         listen,
         ready_tx,
     );
+    // Joined: the bridge floods multicast (no snooping), so nothing else is awaited.
     ready_rx.recv_timeout(Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_millis(300));
     flood(sender, Ipv4Addr::new(10, 200, 44, 1))
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
@@ -188,11 +188,14 @@ async fn htb_on_one_port_does_not_starve_the_others() -> Result<()> {
         // and re-added so htb's leaf queue takes the new length.
         ovs.netns()
             .run(&["ip", "link", "set", &limited_port, "txqueuelen", "1000"])?;
+        // Each step waits for the switch: two commits it saw in one pass
+        // would leave the old htb (and its old queue length) in place.
         spec.ports[2] = vm(&limited_port, 10);
         apply(&switch, &spec).await?;
+        wait_htb(&ovs, &limited_port, false, Duration::from_secs(10))?;
         spec.ports[2] = limited;
         apply(&switch, &spec).await?;
-        std::thread::sleep(Duration::from_millis(500));
+        wait_htb(&ovs, &limited_port, true, Duration::from_secs(10))?;
         let default_queue = flood_and_count(&sender, &open_rx)?;
         eprintln!(
             "unlimited receiver, limited port at txqueuelen 1000: {default_queue}/{DATAGRAMS} ({:.1} % lost)",

@@ -58,8 +58,7 @@ async fn htb_policy_caps_throughput_into_the_vm_and_removal_restores_it() -> Res
     assert_eq!(ovs.vsctl(&["get", "Port", "qosrcv", "qos"])?, "[]");
     assert_eq!(rows(&ovs, "QoS")?, 0, "QoS row left behind");
     assert_eq!(rows(&ovs, "Queue")?, 0, "Queue row left behind");
-    // ovs-vswitchd removes the qdisc asynchronously; give it a moment.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_htb(&ovs, "qosrcv", false, std::time::Duration::from_secs(10))?;
     let line = iperf3_received_bps(&receiver, "10.200.31.2", &sender, 5)?;
     eprintln!("without a policy: {:.1} Mbit/s", line / 1e6);
     assert!(

@@ -285,6 +285,21 @@ fn start_runner(
     Ok((stop_tx, handle))
 }
 
+/// `Udp: InDatagrams` of `ns`: datagrams its sockets have read.
+fn udp_in_datagrams(ns: &Netns) -> Result<u64> {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp of {}", ns.name());
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("no Udp InDatagrams")
+}
+
 fn wait_until(what: &str, timeout: Duration, check: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !check() {
@@ -330,10 +345,14 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
         .push(service_task("once-1", once, &nodes.peers));
     let n1 = nodes.namespaces[0].name().to_string();
 
-    // Killed in the middle of the run (2 s of sending): nothing is posted,
-    // and since the task is still open the next agent runs it again.
+    // Killed in the middle of the run (2 s of sending), once its probes
+    // reach n2 by the kernel's count (a quarter second's worth): nothing is
+    // posted, and since the task is still open the next agent runs it again.
+    let n2_before = udp_in_datagrams(&nodes.namespaces[1])?;
     let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until("the run's probes at n2", Duration::from_secs(30), || {
+        udp_in_datagrams(&nodes.namespaces[1]).is_ok_and(|now| now >= n2_before + 50)
+    })?;
     stop.send(true)?;
     runner.join().unwrap();
     assert!(control.posted().is_empty(), "{:#?}", control.posted());

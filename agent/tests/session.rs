@@ -179,9 +179,20 @@ async fn agent_started_before_the_controller_joins_once_it_is_up() {
     let data = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let grpc = free_port();
+    // Until the controller is up, its port hangs up on every connection,
+    // which counts the agent's attempts: after several failed ones the agent
+    // must still be trying, not have exited.
+    let hang_up = TcpListener::bind(grpc).unwrap();
     let agent = Agent::start("early", grpc, state.path());
-    // Several failed attempts: the agent must keep trying, not exit.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = tokio::task::spawn_blocking(move || {
+        for _ in 0..3 {
+            drop(hang_up.accept().unwrap());
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), attempts)
+        .await
+        .expect("the agent did not try the controller 3 times within 30 s")
+        .unwrap();
     assert!(
         !agent.task.is_finished(),
         "agent gave up without a controller"

@@ -17,7 +17,14 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn spawn_agent(vm_id: Uuid, socket: &std::path::Path, programs: &std::path::Path) -> AgentProcess {
+/// Starts the guest agent; its log (stderr) goes to `log`.
+fn spawn_agent(
+    vm_id: Uuid,
+    socket: &std::path::Path,
+    programs: &std::path::Path,
+    log: &std::path::Path,
+) -> AgentProcess {
+    let log = std::fs::File::create(log).expect("create the guest agent's log");
     let child = Command::new(AGENT_BIN)
         .args(["--local-api", "127.0.0.1:0", "--heartbeat-seconds", "0.3"])
         .arg("--cmdline")
@@ -29,7 +36,7 @@ fn spawn_agent(vm_id: Uuid, socket: &std::path::Path, programs: &std::path::Path
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn measurelab-guest-agent");
     AgentProcess(child)
@@ -44,7 +51,8 @@ async fn guest_agent_over_unix_socket() {
 
     let channels = GuestChannels::new();
     let mut inbound = channels.open_unix(vm_id, &socket).unwrap();
-    let _agent = spawn_agent(vm_id, &socket, &programs);
+    let agent_log = dir.path().join("agent.log");
+    let _agent = spawn_agent(vm_id, &socket, &programs, &agent_log);
 
     // hello with our vm id, then heartbeats with real usage.
     let version = expect(&mut inbound, WAIT, "hello", |m| match m {
@@ -239,13 +247,27 @@ async fn guest_agent_over_unix_socket() {
     assert_eq!(body["tasks"][0]["group"], "239.1.2.3");
 
     // Node agent restart: drop every channel (socket removed), recreate.
+    let logged_before = std::fs::read_to_string(&agent_log).unwrap().len();
     drop(inbound);
     drop(channels);
     assert!(
         !socket.exists(),
         "dropping GuestChannels removes the socket"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node side stays away until the guest agent has noticed and
+    // failed to reconnect at least once (it logs each new failure).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read_to_string(&agent_log).unwrap();
+        if log[logged_before..].contains("channel not available; retrying") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest agent never retried the channel:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t_reopen = Instant::now();
     let channels = GuestChannels::new();
     let mut inbound = channels.open_unix(vm_id, &socket).unwrap();
@@ -280,7 +302,12 @@ async fn bad_messages_are_skipped_not_fatal() {
     let socket = dir.path().join("raw.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let vm_id = Uuid::new_v4();
-    let mut agent = spawn_agent(vm_id, &socket, &dir.path().join("programs"));
+    let mut agent = spawn_agent(
+        vm_id,
+        &socket,
+        &dir.path().join("programs"),
+        &dir.path().join("agent.log"),
+    );
     let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
         .await
         .unwrap()

@@ -85,6 +85,26 @@ pub fn wait_ping(from: &Netns, to_ip: &str, within: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Waits until ovs-vswitchd has put a linux-htb qdisc on `port` (`present`) or taken it
+/// off (`!present`). `apply` returns once OVSDB committed; the switch changes the kernel's
+/// traffic control afterwards, so a rate measured right after `apply` would race it.
+pub fn wait_htb(ovs: &OvsSandbox, port: &str, present: bool, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let qdiscs = ovs.netns().run(&["tc", "qdisc", "show", "dev", port])?;
+        if qdiscs.contains("qdisc htb") == present {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "htb on {port} still {} after {within:?}:\n{qdiscs}",
+                !present
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Run `work` on a thread that has entered namespace `ns_name`; sockets it
 /// opens live in that namespace.
 pub fn in_netns<T, F>(ns_name: &str, work: F) -> std::thread::JoinHandle<Result<T>>

@@ -126,7 +126,24 @@ fn stopping_the_switch_removes_its_datapath_taps() -> Result<()> {
         .args(["-KILL", pid.trim()])
         .status()?;
     assert!(status.success());
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Dead once it is gone or a zombie (the sandbox, its parent, reaps it
+    // only on drop); its file descriptors, and so its taps, are closed then.
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&stat).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ovs-vswitchd {} survived SIGKILL",
+            pid.trim()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let leftover = links(killed.netns())?;
     assert!(
         leftover.contains("ovs-netdev"),

@@ -342,6 +342,62 @@ pub fn wait_for_tcp(ns: &Netns, addr: &str) -> Result<()> {
     })
 }
 
+/// Waits until `ns`'s eth0 is a member of `group` (the kernel lists it once a socket in
+/// `ns` joined, ASM or SSM): the readiness signal of a receiver started in the background.
+/// The bridge floods multicast (no snooping), so the membership is all a sender waits for.
+pub fn wait_for_membership(ns: &Netns, group: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listing = ns.run(&["ip", "-4", "maddr", "show", "dev", "eth0"])?;
+        if listing
+            .lines()
+            .any(|line| line.split_whitespace().eq(["inet", group]))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not join {group} within {timeout:?}:\n{listing}",
+                ns.name()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The kernel's UDP counters of one namespace (`Udp:` in /proc/net/snmp), a count of
+/// datagrams that owes nothing to the programs under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams delivered to sockets (counted as a socket reads them).
+    pub in_datagrams: u64,
+    /// Datagrams handed to IP by sockets.
+    pub out_datagrams: u64,
+    /// Datagrams dropped because a socket's receive buffer was full.
+    pub rcvbuf_errors: u64,
+}
+
+pub fn udp_counters(ns: &Netns) -> Result<UdpCounters> {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp of {}:\n{snmp}", ns.name());
+    };
+    let counter = |wanted: &str| -> Result<u64> {
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == wanted)
+            .and_then(|(_, value)| value.parse().ok())
+            .ok_or_else(|| anyhow!("no Udp {wanted} in {names:?} / {values:?}"))
+    };
+    Ok(UdpCounters {
+        in_datagrams: counter("InDatagrams")?,
+        out_datagrams: counter("OutDatagrams")?,
+        rcvbuf_errors: counter("RcvbufErrors")?,
+    })
+}
+
 /// Minimal HTTP/1.1 client (Connection: close), run inside `ns`.
 pub fn http(
     ns: &Netns,
