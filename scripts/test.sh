@@ -29,6 +29,20 @@ echo "== build"
 cargo build --workspace --bins
 echo "== provider docs match the schema"
 cargo run -q -p xtask -- docs --check
+echo "== terraform test (modules/multicast-measurement, mocked provider)"
+# mock_provider still loads the provider's schema, so init needs the binary
+# just built; a copy of the module keeps .terraform and the lock file out of
+# the tree.
+module_test_dir=$(mktemp -d)
+cp -r modules/multicast-measurement "$module_test_dir/module"
+module_tfrc=$("${CARGO_TARGET_DIR:-target}/debug/measurelab" lab tfrc --dir "$module_test_dir/lab")
+(
+  cd "$module_test_dir/module"
+  export TF_CLI_CONFIG_FILE="$module_tfrc"
+  terraform init -input=false -no-color >/dev/null
+  terraform test -no-color
+)
+rm -rf "$module_test_dir"
 echo "== tests (unit, integration, real networking)"
 # nextest: one process per test, a per-test time limit and one retry
 # (settings in .config/nextest.toml); doctests run separately since nextest

@@ -18,6 +18,10 @@ use crate::catalog::Catalog;
 use crate::data_sources::{
     AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
 };
+use crate::data_sources::{
+    MeasurementTaskDataSource, MeasurementTasksDataSource, VirtualPlatformDataSource,
+    VirtualPlatformsDataSource, VmDataSource, VmsDataSource,
+};
 use crate::diagnostics;
 use crate::resources::{
     DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
@@ -311,6 +315,12 @@ impl Provider for MeasurelabProvider {
             "node" => NodeDataSource::new(self.shared.clone()),
             "appliances" => AppliancesDataSource::new(self.shared.clone()),
             "results" => ResultsDataSource::new(self.shared.clone()),
+            "virtual_platform" => VirtualPlatformDataSource::new(self.shared.clone()),
+            "virtual_platforms" => VirtualPlatformsDataSource::new(self.shared.clone()),
+            "vm" => VmDataSource::new(self.shared.clone()),
+            "vms" => VmsDataSource::new(self.shared.clone()),
+            "measurement_task" => MeasurementTaskDataSource::new(self.shared.clone()),
+            "measurement_tasks" => MeasurementTasksDataSource::new(self.shared.clone()),
         })
     }
 }

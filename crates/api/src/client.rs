@@ -8,7 +8,8 @@ use crate::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, ErrorBody, EventList,
     LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
     Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
-    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, Vm, VmCreate, VmList, VmPatch,
+    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList,
+    VmPatch,
 };
 
 /// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`):
@@ -418,6 +419,14 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/tasks`.
+    pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
+        let list: TaskList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/tasks", None)
+            .await?;
+        Ok(list.tasks)
     }
 
     /// `POST /v1/tasks`.

@@ -137,3 +137,70 @@ run "backend_is_known" {
   }
   expect_failures = [var.backend]
 }
+
+run "vm_memory_fits_program_delivery" {
+  command = plan
+  variables {
+    vm_memory_mib = 63
+  }
+  expect_failures = [var.vm_memory_mib]
+}
+
+run "vm_memory_lower_limit_is_allowed" {
+  command = plan
+  variables {
+    vm_memory_mib = 64
+  }
+  assert {
+    condition     = measurelab_vm.mscs.memory_mib == 64 && measurelab_vm.point["p1"].memory_mib == 64
+    error_message = "vm_memory_mib sizes every VM"
+  }
+}
+
+run "vcpus_are_bounded" {
+  command = plan
+  variables {
+    vm_vcpus = 65
+  }
+  expect_failures = [var.vm_vcpus]
+}
+
+run "name_is_a_dns_label" {
+  command = plan
+  variables {
+    name = "Mcast_Lab"
+  }
+  expect_failures = [var.name]
+}
+
+run "control_port_is_unprivileged" {
+  command = plan
+  variables {
+    point_control_port = 80
+  }
+  expect_failures = [var.point_control_port]
+}
+
+run "ttl_fits_a_byte" {
+  command = plan
+  variables {
+    ttl = 256
+  }
+  expect_failures = [var.ttl]
+}
+
+run "duration_is_bounded" {
+  command = plan
+  variables {
+    duration_seconds = 3601
+  }
+  expect_failures = [var.duration_seconds]
+}
+
+run "result_timeout_is_a_duration" {
+  command = plan
+  variables {
+    result_timeout = "5 minutes"
+  }
+  expect_failures = [var.result_timeout]
+}

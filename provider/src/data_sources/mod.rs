@@ -1,11 +1,24 @@
 //! Data sources, one file per Terraform type.
 
 mod appliances;
+mod measurement_task;
+mod measurement_tasks;
 mod node;
 mod nodes;
 pub(crate) mod results;
+mod views;
+mod virtual_platform;
+mod virtual_platforms;
+mod vm;
+mod vms;
 
 pub use appliances::AppliancesDataSource;
+pub use measurement_task::MeasurementTaskDataSource;
+pub use measurement_tasks::MeasurementTasksDataSource;
 pub use node::NodeDataSource;
 pub use nodes::NodesDataSource;
 pub use results::ResultsDataSource;
+pub use virtual_platform::VirtualPlatformDataSource;
+pub use virtual_platforms::VirtualPlatformsDataSource;
+pub use vm::VmDataSource;
+pub use vms::VmsDataSource;
