@@ -867,3 +867,67 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
         .unwrap()
         .unwrap();
 }
+
+/// A desired state changed without any announcement (a lost heartbeat hint)
+/// is picked up by the periodic resync: not before RESYNC_INTERVAL, and
+/// right at it. Paused time, so the half minute costs nothing.
+#[tokio::test(start_paused = true)]
+async fn loop_resyncs_an_unannounced_desired_state() {
+    use measurelab_agent::reconcile::{run_loop, LoopHandles, RESYNC_INTERVAL};
+
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let (a, b) = (vm(1, 101), vm(2, 101));
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(64);
+    let reconciler = Reconciler::new(
+        ReconcilerConfig::new(&state_dir, OWNER),
+        Backends {
+            namespace: Some(rig.hv.clone() as Arc<dyn Hypervisor>),
+            libvirt: None,
+        },
+        Some(rig.switch.clone() as Arc<dyn Switch>),
+        GuestChannels::new(),
+        events_tx,
+    );
+    let (_desired_tx, desired_rx) = tokio::sync::watch::channel(1u64);
+    let (observed_tx, mut observed_rx) = tokio::sync::watch::channel(0u64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = tokio::time::Instant::now();
+    let task = tokio::spawn(run_loop(
+        reconciler,
+        events_rx,
+        control.clone(),
+        state_dir,
+        LoopHandles {
+            desired_generation: desired_rx,
+            observed_generation: observed_tx,
+            shutdown: stop_rx,
+        },
+    ));
+    observed_rx.wait_for(|g| *g == 1).await.unwrap();
+
+    // The controller moves on; nobody tells the loop.
+    *control.desired.lock().unwrap() = desired(2, vec![a.clone(), b.clone()]);
+    tokio::time::timeout(RESYNC_INTERVAL * 2, observed_rx.wait_for(|g| *g == 2))
+        .await
+        .expect("no resync within two intervals")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= RESYNC_INTERVAL,
+        "fetched after {took:?}, before any resync was due"
+    );
+    assert!(
+        took < RESYNC_INTERVAL + std::time::Duration::from_secs(2),
+        "the resync came late: {took:?}"
+    );
+    assert!(rig.switch.port_tags().contains_key(&b.port_name));
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -16,7 +16,7 @@
 //! (measurelab-testbed) whose namespace is the node's, the agent running on
 //! threads inside that namespace. libvirtd runs in the host's namespace and
 //! creates the guest's tap there; the agent moves it into the node namespace
-//! (`NicAttach::TapOnly`, see the reconcile engine's `adopt_tap`).
+//! (`NicAttach::TapOnly`, see `Hypervisor::adopt_nic` of the libvirt backend).
 //!
 //! Needs root and the packages listed in agent/tests/hypervisor_qemu.rs.
 //! Skips (printing why) only when the appliance cannot be built because

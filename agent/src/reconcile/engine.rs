@@ -20,8 +20,8 @@ use super::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::backoff::Backoff;
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
-    BackendKind, ChannelSocket, DefineOutcome, GuestInfo, GuestSpec, GuestState, Hypervisor,
-    HypervisorError, NicAdoption,
+    BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
+    Hypervisor, HypervisorError, NicAdoption,
 };
 use crate::ovs::{FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
 
@@ -245,7 +245,9 @@ fn converge_guest(
 struct GuestsAfter {
     /// Every guest that exists now, by VM id.
     guests: HashMap<Uuid, GuestInfo>,
-    /// Unwanted guests not removed (yet).
+    /// Guests a job of this pass removes.
+    removing: BTreeSet<Uuid>,
+    /// Those not removed (yet).
     unremoved: BTreeSet<Uuid>,
 }
 
@@ -465,22 +467,19 @@ impl Reconciler {
                 .map(|(id, (_, g))| (*id, g.clone()))
                 .collect(),
             unremoved: removing.clone(),
+            removing,
         };
         for outcome in outcomes {
-            self.take_outcome(
-                outcome, wanted, observed, &removing, now, report, &mut after,
-            );
+            self.take_outcome(outcome, wanted, observed, now, report, &mut after);
         }
         after
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn take_outcome(
         &mut self,
         outcome: GuestOutcome,
         wanted: &[(Uuid, &DesiredVm)],
         observed: &Observed,
-        removing: &BTreeSet<Uuid>,
         now: Instant,
         report: &mut PassReport,
         after: &mut GuestsAfter,
@@ -504,7 +503,7 @@ impl Reconciler {
             Err(err) => {
                 tracing::warn!(vm = %id, error = %err, class = ?err.class(), "guest operation failed");
                 self.record_failure(wanted, id, Failure::of_hypervisor(&err), err.class(), now);
-                if removing.contains(&id) {
+                if after.removing.contains(&id) {
                     // Still there: a deleting VM must not be acked.
                     if let Some((_, info)) = observed.guests.get(&id) {
                         after.guests.insert(id, info.clone());
@@ -519,7 +518,7 @@ impl Reconciler {
         wanted: &[(Uuid, &DesiredVm)],
         id: Uuid,
         failure: Failure,
-        class: crate::hypervisor::ErrorClass,
+        class: ErrorClass,
         now: Instant,
     ) {
         let vm = wanted.iter().find(|(w, _)| *w == id).map(|(_, vm)| *vm);

@@ -10,9 +10,11 @@
 //! Keys are VM ids. Per VM, a pass:
 //! 1. translates the [`DesiredVm`] into a [`GuestSpec`] and a [`VmPortSpec`]
 //!    (`translate`); a bad spec is a Permanent error;
-//! 2. defines/starts/pauses/resumes/stops the guest on its backend
-//!    (`engine`), or undefines it when the VM is deleting or unknown to the
-//!    controller (an orphan we own);
+//! 2. defines/starts/pauses/resumes/stops the guest on its backend, or
+//!    undefines it when the VM is deleting or unknown to the controller (an
+//!    orphan we own): `plan` turns desired plus observed state into jobs
+//!    without any I/O, `engine` observes and runs them through the
+//!    [`Hypervisor`] and [`Switch`](crate::ovs::Switch) traits;
 //! 3. plugs its port into the integration bridge with the platform's VLAN tag
 //!    and QoS: one atomic OVS reconcile for the whole node;
 //! 4. opens its guest channel;
