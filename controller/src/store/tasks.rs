@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{ResultRecord, Task, TaskCreate};
-use measurelab_api::result::{ResultDocument, ResultError};
+use measurelab_api::result::{ResultDocument, ResultError, RunStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -438,9 +438,9 @@ pub(crate) fn insert_result(
             run_id
         ],
     )?;
-    let status = match (row.task.schedule.as_str(), run_status) {
+    let status = match (row.task.schedule.as_str(), typed.status) {
         ("periodic", _) => "running",
-        (_, "failed") => "failed",
+        (_, RunStatus::Failed) => "failed",
         _ => "completed",
     };
     cx.tx.execute(
