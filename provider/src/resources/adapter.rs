@@ -413,3 +413,457 @@ impl<R: ManagedResource> Resource for Adapter<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use serde::Deserialize;
+    use tf_provider::schema::Block;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// The controller's view of a test object.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Thing {
+        id: String,
+        name: String,
+    }
+
+    /// Its Terraform state; `note` is known only to the configuration, and
+    /// destroy waits as long as `delete_timeout` says (not at all when null).
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct ThingState {
+        id: Value<String>,
+        name: Value<String>,
+        note: Value<String>,
+        delete_timeout: Value<String>,
+    }
+
+    /// A resource with nothing of its own, so the tests see the adapter.
+    struct Things {
+        shared: Shared,
+    }
+
+    #[async_trait]
+    impl ManagedResource for Things {
+        type State = ThingState;
+        type Object = Thing;
+
+        const KIND: &'static str = "thing";
+
+        fn new(shared: Shared) -> Self {
+            Things { shared }
+        }
+
+        fn shared(&self) -> &Shared {
+            &self.shared
+        }
+
+        fn schema(&self) -> Schema {
+            Schema {
+                version: 1,
+                block: Block::default(),
+            }
+        }
+
+        fn validate(&self, _diags: &mut Diagnostics, _state: &ThingState) {}
+
+        async fn plan_create(&self, _diags: &mut Diagnostics, proposed: ThingState) -> ThingState {
+            proposed
+        }
+
+        async fn plan_update(
+            &self,
+            _diags: &mut Diagnostics,
+            _prior: &ThingState,
+            proposed: ThingState,
+        ) -> (ThingState, Vec<AttributePath>) {
+            (proposed, Vec::new())
+        }
+
+        async fn create(
+            &self,
+            _diags: &mut Diagnostics,
+            _client: &Client,
+            _planned: ThingState,
+            _request: &CreateRequest,
+        ) -> Option<ThingState> {
+            None
+        }
+
+        fn id(state: &ThingState) -> &Value<String> {
+            &state.id
+        }
+
+        async fn get(client: &Client, key: &str) -> Result<Thing, ClientError> {
+            client
+                .request::<(), _>(reqwest::Method::GET, &format!("/v1/things/{key}"), None)
+                .await
+        }
+
+        async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+            client
+                .request::<(), Thing>(reqwest::Method::DELETE, &format!("/v1/things/{id}"), None)
+                .await
+                .map(drop)
+        }
+
+        async fn refresh(&self, _client: &Client, state: &mut ThingState, thing: &Thing) {
+            state.id = Value::Value(thing.id.clone());
+            state.name = Value::Value(thing.name.clone());
+        }
+
+        fn import_base(_thing: &Thing) -> ThingState {
+            ThingState {
+                note: Value::Value("imported".into()),
+                ..Default::default()
+            }
+        }
+
+        fn delete_wait(state: &ThingState) -> Option<DeleteWait> {
+            let timeout = crate::timeouts::parse_duration(state.delete_timeout.as_ref_option()?);
+            Some(DeleteWait {
+                name: known(&state.name),
+                timeout: timeout.ok()?,
+            })
+        }
+    }
+
+    /// What the fake controller holds.
+    #[derive(Default)]
+    struct Fake {
+        things: Mutex<HashMap<String, Thing>>,
+        /// Deleted things that still answer this many GETs (the agent tearing down).
+        deleting: Mutex<HashMap<String, (Thing, usize)>>,
+        /// Answer every GET with 500.
+        broken: Mutex<bool>,
+        gets: AtomicUsize,
+    }
+
+    async fn get_thing(
+        State(fake): State<Arc<Fake>>,
+        Path(id): Path<String>,
+    ) -> Result<Json<Thing>, StatusCode> {
+        fake.gets.fetch_add(1, Ordering::SeqCst);
+        if *fake.broken.lock().unwrap() {
+            return Err(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        if let Some(thing) = fake.things.lock().unwrap().get(&id) {
+            return Ok(Json(thing.clone()));
+        }
+        match fake.deleting.lock().unwrap().get_mut(&id) {
+            Some((thing, left)) if *left > 0 => {
+                *left -= 1;
+                Ok(Json(thing.clone()))
+            }
+            _ => Err(StatusCode::NOT_FOUND),
+        }
+    }
+
+    async fn delete_thing(
+        State(fake): State<Arc<Fake>>,
+        Path(id): Path<String>,
+    ) -> Result<Json<Thing>, StatusCode> {
+        let thing = fake
+            .things
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .ok_or(StatusCode::NOT_FOUND)?;
+        let looks = fake
+            .deleting
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map_or(0, |(_, left)| *left);
+        fake.deleting
+            .lock()
+            .unwrap()
+            .insert(id, (thing.clone(), looks));
+        Ok(Json(thing))
+    }
+
+    /// A fake controller holding thing `t1` named `one`, whose delete takes
+    /// `teardown_looks` GETs to finish; the resource talks to it.
+    async fn start(teardown_looks: usize) -> (Adapter<Things>, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let thing = Thing {
+            id: "t1".into(),
+            name: "one".into(),
+        };
+        fake.deleting
+            .lock()
+            .unwrap()
+            .insert("t1".into(), (thing.clone(), teardown_looks));
+        fake.things.lock().unwrap().insert("t1".into(), thing);
+        let app = Router::new()
+            .route("/v1/things/:id", get(get_thing).delete(delete_thing))
+            .with_state(fake.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let shared = Shared::new(CancellationToken::new());
+        shared.set_client(Client::new(&url, "token", None).unwrap());
+        (Adapter(Things { shared }), fake)
+    }
+
+    /// The state of thing `id`; `delete_timeout` as in the `timeouts` block.
+    fn state(id: &str, delete_timeout: Option<&str>) -> ThingState {
+        ThingState {
+            id: Value::Value(id.into()),
+            name: Value::Value("stale".into()),
+            note: Value::Value("kept".into()),
+            delete_timeout: delete_timeout.map_or(Value::Null, |t| Value::Value(t.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn read_refreshes_the_state_and_a_404_drops_it() {
+        let (resource, _fake) = start(0).await;
+        let mut diags = Diagnostics::default();
+        let read = resource
+            .read(
+                &mut diags,
+                state("t1", None),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        let (refreshed, _) = read.expect("t1 exists");
+        assert_eq!(refreshed.name, Value::Value("one".into()));
+        assert_eq!(
+            refreshed.note,
+            Value::Value("kept".into()),
+            "config-only values stay"
+        );
+        let dropped = resource
+            .read(
+                &mut diags,
+                state("t2", None),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert!(dropped.is_none(), "a 404 drops the resource from the state");
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_keeps_the_state_and_says_why() {
+        let (resource, fake) = start(0).await;
+        *fake.broken.lock().unwrap() = true;
+        let mut diags = Diagnostics::default();
+        let read = resource
+            .read(
+                &mut diags,
+                state("t1", None),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert_eq!(read.map(|(s, _)| s), Some(state("t1", None)));
+        assert_eq!(diags.errors.len(), 1);
+        assert_eq!(diags.errors[0].summary, "The controller failed");
+    }
+
+    #[tokio::test]
+    async fn destroy_waits_until_the_object_is_gone() {
+        let (resource, fake) = start(3).await;
+        let mut diags = Diagnostics::default();
+        let destroyed = resource
+            .destroy(
+                &mut diags,
+                state("t1", Some("30s")),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert_eq!(destroyed, Some(()), "{:?}", diags.errors);
+        // Three looks still saw it, the fourth saw the 404.
+        assert_eq!(fake.gets.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn destroy_of_an_object_deleted_by_hand_is_done_at_once() {
+        let (resource, fake) = start(3).await;
+        let mut diags = Diagnostics::default();
+        let destroyed = resource
+            .destroy(
+                &mut diags,
+                state("t2", Some("30s")),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert_eq!(destroyed, Some(()));
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        assert_eq!(fake.gets.load(Ordering::SeqCst), 0, "nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn destroy_without_a_wait_trusts_the_delete_answer() {
+        let (resource, fake) = start(3).await;
+        let mut diags = Diagnostics::default();
+        let destroyed = resource
+            .destroy(
+                &mut diags,
+                state("t1", None),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert_eq!(destroyed, Some(()));
+        assert_eq!(fake.gets.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_delete_wait_that_times_out_points_at_the_timeouts() {
+        let (resource, _fake) = start(usize::MAX).await;
+        let mut diags = Diagnostics::default();
+        let destroyed = resource
+            .destroy(
+                &mut diags,
+                state("t1", Some("1s")),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert_eq!(destroyed, None, "the object still exists: destroy failed");
+        assert_eq!(diags.errors.len(), 1);
+        assert_eq!(diags.errors[0].attribute, AttributePath::new("timeouts"));
+        assert!(
+            diags.errors[0].detail.contains("the thing still exists"),
+            "{}",
+            diags.errors[0].detail
+        );
+    }
+
+    #[tokio::test]
+    async fn import_starts_from_the_base_and_a_miss_says_what_to_do() {
+        let (resource, _fake) = start(0).await;
+        let mut diags = Diagnostics::default();
+        let imported = resource.import(&mut diags, "t1".into()).await;
+        let expected = ThingState {
+            id: Value::Value("t1".into()),
+            name: Value::Value("one".into()),
+            note: Value::Value("imported".into()),
+            delete_timeout: Value::Null,
+        };
+        assert_eq!(imported.map(|(s, _)| s), Some(expected));
+        let missed = resource.import(&mut diags, "t9".into()).await;
+        assert!(missed.is_none());
+        assert_eq!(diags.errors.len(), 1);
+        assert_eq!(diags.errors[0].summary, "Cannot import: no such thing");
+        assert!(
+            diags.errors[0].detail.contains("\"t9\"")
+                && diags.errors[0].detail.contains("What to do"),
+            "{}",
+            diags.errors[0].detail
+        );
+    }
+
+    /// Read one HTTP/1.1 request from `stream`; returns its body.
+    async fn read_request(stream: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client closed before sending its request");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let body = end + 4;
+            if buf.len() >= body + length {
+                return String::from_utf8_lossy(&buf[body..body + length]).into_owned();
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Posted {
+        request_id: String,
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_answer_was_lost_is_sent_again_under_the_same_request_id() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // The first POST reaches the controller, but its answer is lost (the
+        // connection drops); the second is answered.
+        let controller = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let lost = read_request(&mut first).await;
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let answered = read_request(&mut second).await;
+            let reply = r#"{"id":"t1","name":"one"}"#;
+            let response = format!(
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+            second.write_all(response.as_bytes()).await.unwrap();
+            second.shutdown().await.unwrap();
+            (lost, answered)
+        });
+        let client = Client::new(&url, "token", None).unwrap();
+        let request = CreateRequest::new("thing", CancellationToken::new());
+        let body = serde_json::json!({ "name": "one", "request_id": request.request_id() });
+        let mut diags = Diagnostics::default();
+        let created: Option<Thing> = request
+            .send(&mut diags, || {
+                client.request(reqwest::Method::POST, "/v1/things", Some(&body))
+            })
+            .await;
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        assert_eq!(created.map(|t| t.id), Some("t1".to_string()));
+        let (lost, answered) = controller.await.unwrap();
+        let lost: Posted = serde_json::from_str(&lost).unwrap();
+        let answered: Posted = serde_json::from_str(&answered).unwrap();
+        assert_eq!(lost.request_id, answered.request_id);
+        assert_ne!(
+            lost.request_id,
+            CreateRequest::new("thing", CancellationToken::new())
+                .request_id()
+                .unwrap_or_default(),
+            "each create call has its own request_id"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent_again() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let client = Client::new(&url, "token", None).unwrap();
+        let request = CreateRequest::new("thing", CancellationToken::new());
+        let attempts = AtomicUsize::new(0);
+        let mut diags = Diagnostics::default();
+        let created: Option<Thing> = request
+            .send(&mut diags, || {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                client.request::<(), _>(reqwest::Method::POST, "/v1/things", None)
+            })
+            .await;
+        assert!(created.is_none());
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            diags.errors[0].summary,
+            "Cannot reach the measurelab controller"
+        );
+    }
+}
