@@ -99,13 +99,9 @@ pub fn probe_namespace_backend() -> bool {
         tracing::info!(error = %e, "namespace backend unavailable");
         return false;
     }
-    // unshare() moves only the calling thread, so a throwaway thread holds
-    // the new namespace and the kernel frees it when the thread exits.
-    let created = std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
-        .join()
-        .map_err(|_| nix::Error::EINVAL)
-        .and_then(|r| r);
-    match created {
+    // A throwaway thread holds the new namespace; the kernel frees it when
+    // the thread exits.
+    match measurelab_hostnet::in_new_netns(|| ()) {
         Ok(()) => true,
         Err(e) => {
             tracing::info!(error = %e, "namespace backend unavailable: cannot create a network namespace");

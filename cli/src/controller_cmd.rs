@@ -1,13 +1,11 @@
 //! `measurelab controller`.
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use nix::sched::CloneFlags;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -49,9 +47,6 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .map(|path| read_token_file(path, "--join-token-file"))
         .transpose()?;
 
-    // Everything below that changes namespaces must happen while this is the
-    // only thread: setns() moves just the calling thread, and tokio's
-    // workers must start in the root namespace.
     let http_listener = TcpListener::bind(args.http_listen)
         .with_context(|| format!("--http-listen: cannot bind {}", args.http_listen))?;
     let grpc_listener = match &args.grpc_netns {
@@ -85,23 +80,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bind `addr` inside network namespace `netns`, then return to the
-/// namespace we came from: only the gRPC socket lives in the lab's
-/// management network, the process itself stays where it was started.
+/// Bind `addr` inside network namespace `netns` (on a thread of its own):
+/// only the gRPC socket lives in the lab's management network, the process
+/// itself stays where it was started.
 fn bind_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    if netns.is_empty() || netns.contains('/') {
-        bail!("--grpc-netns: {netns:?} is not a namespace name");
-    }
-    let home = File::open("/proc/thread-self/ns/net")
-        .context("cannot open the current network namespace")?;
-    let target_path = format!("/run/netns/{netns}");
-    let target = File::open(&target_path)
-        .with_context(|| format!("--grpc-netns: no network namespace {netns} ({target_path})"))?;
-    nix::sched::setns(&target, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("--grpc-netns: cannot enter {netns}"))?;
-    let bound = TcpListener::bind(addr);
-    nix::sched::setns(&home, CloneFlags::CLONE_NEWNET)
-        .context("cannot return to the original network namespace")?;
+    let bound =
+        measurelab_hostnet::in_netns(netns, || TcpListener::bind(addr)).context("--grpc-netns")?;
     bound.with_context(|| format!("--grpc-listen: cannot bind {addr} in namespace {netns}"))
 }
 

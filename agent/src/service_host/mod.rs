@@ -99,6 +99,9 @@ pub enum ServiceHostError {
         /// stderr or the OS error.
         reason: String,
     },
+    /// `ip` or `ethtool` failed on the service interface.
+    #[error("service network: {0}")]
+    Host(#[from] measurelab_hostnet::HostnetError),
     /// The interface did not show up.
     #[error("service network: interface {interface} did not appear within {waited:?}")]
     NoInterface {

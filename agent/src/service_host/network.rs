@@ -2,9 +2,9 @@
 //! bridge (access port of the service VLAN) carrying the service address,
 //! with the multicast route on it. Idempotent: every call checks and repairs.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use measurelab_hostnet as hostnet;
 use measurelab_ovsdb::ops;
 use measurelab_ovsdb::value;
 use measurelab_ovsdb::OvsdbClient;
@@ -185,7 +185,7 @@ fn configure_interface(config: &ServiceHostConfig) -> Result<(), ServiceHostErro
     let started = Instant::now();
     // Not /sys/class/net: the agent may run under `nsenter --net` with the
     // host's sysfs, which lists the host's interfaces.
-    while output("ip", &["-o", "link", "show", "dev", interface]).is_err() {
+    while !hostnet::link_exists(None, interface) {
         if started.elapsed() > INTERFACE_WAIT {
             return Err(ServiceHostError::NoInterface {
                 interface: interface.to_string(),
@@ -195,54 +195,28 @@ fn configure_interface(config: &ServiceHostConfig) -> Result<(), ServiceHostErro
         std::thread::sleep(Duration::from_millis(100));
     }
     let cidr = format!("{}/{}", config.address, config.prefix_len);
-    let addresses = output("ip", &["-o", "-4", "addr", "show", "dev", interface])?;
+    let addresses = hostnet::ip(&["-o", "-4", "addr", "show", "dev", interface])?;
     let has_address = addresses
         .split_whitespace()
         .any(|word| word == cidr.as_str());
-    let up = output("ip", &["-o", "link", "show", "dev", interface])?.contains(",UP");
-    let routes = output("ip", &["-4", "route", "show", MULTICAST_ROUTE])?;
+    let up = hostnet::ip(&["-o", "link", "show", "dev", interface])?.contains(",UP");
+    let routes = hostnet::ip(&["-4", "route", "show", MULTICAST_ROUTE])?;
     let routed = routes.contains(&format!("dev {interface}"));
     if has_address && up && routed {
         return Ok(());
     }
     // Checksums: a tap of the userspace datapath hands UDP over with the
     // checksum left to an offload that never happens.
-    if let Err(err) = output("ethtool", &["-K", interface, "tx", "off"]) {
+    if let Err(err) = hostnet::tx_offload_off(None, interface) {
         tracing::warn!(error = %err, "cannot turn off tx checksum offload on the service interface");
     }
-    output("ip", &["link", "set", "dev", interface, "up"])?;
+    hostnet::ip(&["link", "set", "dev", interface, "up"])?;
     if !has_address {
-        output("ip", &["addr", "replace", &cidr, "dev", interface])?;
+        hostnet::ip(&["addr", "replace", &cidr, "dev", interface])?;
     }
     if !routed {
-        output(
-            "ip",
-            &["route", "replace", MULTICAST_ROUTE, "dev", interface],
-        )?;
+        hostnet::ip(&["route", "replace", MULTICAST_ROUTE, "dev", interface])?;
     }
     tracing::info!(interface, address = %cidr, "service interface configured");
     Ok(())
-}
-
-fn output(program: &str, args: &[&str]) -> Result<String, ServiceHostError> {
-    let command = || format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ServiceHostError::Command {
-            command: command(),
-            reason: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(ServiceHostError::Command {
-            command: command(),
-            reason: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

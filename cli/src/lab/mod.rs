@@ -37,7 +37,10 @@ mod guests;
 mod sys;
 mod table;
 
-use sys::{ip, ip_in, link_exists, live_pid, log_tail, netns_exists, run, tx_offload_off};
+use sys::{
+    command_in, ip, ip_in, link_exists, live_pid, log_tail, netns_delete, netns_ensure,
+    netns_exists, netns_pids, run, tx_offload_off, veth_add,
+};
 
 const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const MGMT_BRIDGE: &str = "br-mgmt";
@@ -317,7 +320,7 @@ impl Lab {
         // namespace, so two ovs-vswitchd in one namespace collide (the second
         // cannot open its datapath). The lab switch therefore gets a
         // namespace of its own, like every node.
-        ensure_netns(&self.switch_ns())?;
+        netns_ensure(&self.switch_ns())?;
         self.ensure_ovs(
             "sw",
             &self.switch_ovs_dir(),
@@ -368,7 +371,7 @@ impl Lab {
 
     fn ensure_mgmt_network(&self) -> anyhow::Result<()> {
         let ns = self.mgmt_ns();
-        ensure_netns(&ns)?;
+        netns_ensure(&ns)?;
         if !link_exists(Some(&ns), MGMT_BRIDGE) {
             ip_in(&ns, &["link", "add", MGMT_BRIDGE, "type", "bridge"])?;
             ip_in(
@@ -389,7 +392,7 @@ impl Lab {
     fn ensure_node_network(&self, k: u32) -> anyhow::Result<()> {
         let ns = self.node_ns(k);
         let mgmt = self.mgmt_ns();
-        ensure_netns(&ns)?;
+        netns_ensure(&ns)?;
         if !link_exists(Some(&ns), "mgmt0") {
             // The bridge-side end lives in the management namespace, so its
             // short name cannot collide with anything in the root namespace.
@@ -397,21 +400,7 @@ impl Lab {
             if link_exists(Some(&mgmt), &bridge_end) {
                 ip_in(&mgmt, &["link", "del", &bridge_end])?;
             }
-            ip_in(
-                &mgmt,
-                &[
-                    "link",
-                    "add",
-                    &bridge_end,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "mgmt0",
-                    "netns",
-                    &ns,
-                ],
-            )?;
+            veth_add(Some(&mgmt), &bridge_end, "mgmt0", Some(&ns))?;
             ip_in(
                 &mgmt,
                 &["link", "set", &bridge_end, "master", MGMT_BRIDGE, "up"],
@@ -436,12 +425,7 @@ impl Lab {
             if link_exists(Some(&sw), &uplink) {
                 ip_in(&sw, &["link", "del", &uplink])?;
             }
-            ip_in(
-                &sw,
-                &[
-                    "link", "add", &uplink, "type", "veth", "peer", "name", "uplink0", "netns", &ns,
-                ],
-            )?;
+            veth_add(Some(&sw), &uplink, "uplink0", Some(&ns))?;
             tx_offload_off(Some(&sw), &uplink)?;
             tx_offload_off(Some(&ns), "uplink0")?;
         }
@@ -470,6 +454,7 @@ impl Lab {
             ))
             .arg("--timeout=30")
             .args(args))
+        .map_err(Into::into)
     }
 
     fn ensure_switch_bridge(&self) -> anyhow::Result<()> {
@@ -502,14 +487,7 @@ impl Lab {
         let socket = run_dir.join("db.sock");
         let marker = run_dir.display().to_string();
         let ovs_cmd = |program: &str| {
-            let mut cmd = match ns {
-                Some(ns) => {
-                    let mut c = Command::new("ip");
-                    c.args(["netns", "exec", ns, program]);
-                    c
-                }
-                None => Command::new(program),
-            };
+            let mut cmd = command_in(ns, program);
             cmd.env("OVS_RUNDIR", run_dir)
                 .env("OVS_LOGDIR", run_dir)
                 .env("OVS_DBDIR", run_dir)
@@ -979,9 +957,7 @@ impl Lab {
         // (pid files can be missing after a crashed `up`).
         let namespaces = self.lab_namespaces(settings.as_ref());
         for ns in &namespaces {
-            if let Ok(out) = ip(&["netns", "pids", ns]) {
-                pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
+            pids.extend(netns_pids(ns));
         }
         let me = std::process::id() as i32;
         for pid in sys::all_pids() {
@@ -1007,7 +983,7 @@ impl Lab {
         // 3. Links and namespaces. Deleting a namespace destroys the veth
         // ends inside it and with them their peers.
         for ns in &namespaces {
-            if ip(&["netns", "del", ns]).is_ok() {
+            if netns_delete(ns).is_ok() {
                 removed.push(ns.clone());
             }
         }
@@ -1117,14 +1093,6 @@ impl Lab {
         links.push(self.switch_bridge());
         links
     }
-}
-
-fn ensure_netns(name: &str) -> anyhow::Result<()> {
-    if !netns_exists(name) {
-        ip(&["netns", "add", name])?;
-    }
-    ip_in(name, &["link", "set", "lo", "up"])?;
-    Ok(())
 }
 
 fn require_root() -> anyhow::Result<()> {

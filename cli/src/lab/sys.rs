@@ -1,93 +1,21 @@
-//! Shelling out to the operator's tools (`ip`, `ovs-*`, `ethtool`) and
-//! managing the lab's background processes through pid files.
+//! The operator's tools the lab needs (`ip` and `ethtool` through
+//! `measurelab-hostnet`, `ovs-*`) and the lab's background processes,
+//! managed through pid files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Run a command to completion; fail with its stderr when it exits non-zero.
-pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let shown = describe(cmd);
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !output.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Run a command and report only whether it succeeded (for existence checks).
-pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// `program args...` as one line for error messages.
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
-        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    run(Command::new("ip").args(args))
-}
-
-/// `ip` in namespace `ns` (`ip -n NS ...`).
-pub fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    run(Command::new("ip").arg("-n").arg(ns).args(args))
-}
-
-pub fn netns_list() -> Vec<String> {
-    // `ip netns list` prints "name (id: N)" once a namespace has an id.
-    ip(&["netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-pub fn netns_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists() && netns_list().iter().any(|n| n == name)
-}
-
-pub fn link_exists(ns: Option<&str>, link: &str) -> bool {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.arg("-n").arg(ns);
-    }
-    succeeds(cmd.args(["link", "show", "dev", link]))
-}
-
-/// Turn off tx checksum offload: on veths, UDP otherwise arrives with bad
-/// checksums at userspace OVS and is dropped silently.
-pub fn tx_offload_off(ns: Option<&str>, link: &str) -> anyhow::Result<()> {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "ethtool"]);
-            c
-        }
-        None => Command::new("ethtool"),
-    };
-    run(cmd.args(["-K", link, "tx", "off"])).map(drop)
-}
+// Running tools and the namespace/link steps are the workspace's one host
+// networking helper, shared with the agent and the test bed.
+pub use measurelab_hostnet::{
+    command_in, describe, ip, ip_in, link_exists, netns_delete, netns_ensure, netns_exists,
+    netns_list, netns_pids, run, tx_offload_off, veth_add,
+};
 
 /// Tools the lab shells out to, with the package that provides each.
 pub const REQUIRED_TOOLS: [(&str, &str); 9] = [

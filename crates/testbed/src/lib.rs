@@ -20,7 +20,9 @@
 //! `ovsdb-server` and the control sockets are plain unix sockets in the run dir,
 //! reachable from any namespace.
 //!
-//! Everything here shells out to `ip`, `ethtool` and the OVS tools and needs root.
+//! Everything here shells out to `ip`, `ethtool` (through
+//! `measurelab-hostnet`, the workspace's one host networking helper) and the
+//! OVS tools, and needs root.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use measurelab_hostnet as hostnet;
 
 /// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
@@ -43,25 +46,10 @@ const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 static SANDBOX_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Run `cmd` and return its stdout; a non-zero exit becomes an error that shows
-/// the command line and its stderr.
+/// Run `cmd` and return its stdout without the trailing newline; a non-zero
+/// exit becomes an error that shows the command line and its stderr.
 fn run_command(mut cmd: Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot spawn {shown}"))?;
-    if !output.status.success() {
-        bail!(
-            "{shown} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            String::from_utf8_lossy(&output.stdout).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .trim_end()
-        .to_string())
+    Ok(hostnet::run(&mut cmd)?.trim_end().to_string())
 }
 
 fn check_ifname(field: &str, name: &str) -> Result<()> {
@@ -92,17 +80,13 @@ impl Netns {
         if name.is_empty() || name.contains('/') || name.len() > 64 {
             bail!("netns name {name:?} must be 1..=64 bytes without '/'");
         }
-        if Path::new("/run/netns").join(name).exists() {
+        if hostnet::netns_exists(name) {
             delete_netns(name);
         }
-        let mut add = Command::new("ip");
-        add.args(["netns", "add", name]);
-        run_command(add)?;
-        let netns = Netns {
+        hostnet::netns_ensure(name)?;
+        Ok(Netns {
             name: name.to_string(),
-        };
-        netns.run(&["ip", "link", "set", "lo", "up"])?;
-        Ok(netns)
+        })
     }
 
     /// The namespace's name, as `ip netns` knows it.
@@ -112,9 +96,7 @@ impl Netns {
 
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+        hostnet::command_in(Some(&self.name), program)
     }
 
     /// Run `args[0]` with the remaining arguments inside the namespace; fails on a
@@ -138,18 +120,13 @@ impl Drop for Netns {
 fn delete_netns(name: &str) {
     // A namespace is only freed once no process holds it; `ip netns del` alone
     // would leave a leaked iperf or collector running in a nameless namespace.
-    if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-            let _ = Command::new("kill")
-                .args(["-KILL", pid])
-                .stderr(Stdio::null())
-                .status();
-        }
+    for pid in hostnet::netns_pids(name) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
+    let _ = hostnet::netns_delete(name);
 }
 
 /// A private Open vSwitch: `ovsdb-server` with its own database and
@@ -383,10 +360,10 @@ impl OvsSandbox {
     pub fn veth_pair(&self, a: &str, b: &str) -> Result<()> {
         check_ifname("veth end", a)?;
         check_ifname("veth end", b)?;
-        self.netns
-            .run(&["ip", "link", "add", a, "type", "veth", "peer", "name", b])?;
-        self.netns.run(&["ip", "link", "set", a, "up"])?;
-        self.netns.run(&["ip", "link", "set", b, "up"])?;
+        let switch = Some(self.netns.name());
+        hostnet::veth_add(switch, a, b, None)?;
+        hostnet::ip_in(self.netns.name(), &["link", "set", a, "up"])?;
+        hostnet::ip_in(self.netns.name(), &["link", "set", b, "up"])?;
         Ok(())
     }
 
@@ -495,23 +472,11 @@ pub fn plug_veth(
 ) -> Result<()> {
     check_ifname("host_if", host_if)?;
     check_ifname("guest_if", guest_if)?;
-    let switch = ovs.netns();
-    switch.run(&[
-        "ip",
-        "link",
-        "add",
-        host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        guest_if,
-        "netns",
-        ns.name(),
-    ])?;
-    switch.run(&["ip", "link", "set", host_if, "up"])?;
-    ns.run(&["ip", "addr", "add", cidr, "dev", guest_if])?;
-    ns.run(&["ip", "link", "set", guest_if, "up"])?;
-    ns.run(&["ethtool", "-K", guest_if, "tx", "off"])?;
+    let switch = ovs.netns().name();
+    hostnet::veth_add(Some(switch), host_if, guest_if, Some(ns.name()))?;
+    hostnet::ip_in(switch, &["link", "set", host_if, "up"])?;
+    hostnet::ip_in(ns.name(), &["addr", "add", cidr, "dev", guest_if])?;
+    hostnet::ip_in(ns.name(), &["link", "set", guest_if, "up"])?;
+    hostnet::tx_offload_off(Some(ns.name()), guest_if)?;
     Ok(())
 }
