@@ -173,9 +173,27 @@ fn restarted_controller_sees_every_node_again_within_two_intervals() {
     );
     let (endpoint, _) = lab.env();
 
+    let agents = ["n1-agent", "n2-agent", "n3-agent"];
+    let logged_before: Vec<usize> = agents.iter().map(|a| agent_log(&lab, a).len()).collect();
     sigkill(lab.pid("controller"));
-    // Long enough for the agents to fail and back off to their cap.
-    std::thread::sleep(2 * heartbeat);
+    // The controller comes back only once every agent has failed and backed
+    // off to its cap: the heartbeat interval less at most 20 % jitter.
+    let cap_ms = heartbeat.as_millis() as u64 * 8 / 10;
+    wait_for(
+        "every agent backed off to its cap",
+        Duration::from_secs(30),
+        || {
+            agents
+                .iter()
+                .zip(&logged_before)
+                .all(|(agent, &from)| {
+                    let log = agent_log(&lab, agent);
+                    log.get(from..)
+                        .is_some_and(|new| longest_retry_ms(new) >= cap_ms)
+                })
+                .then_some(())
+        },
+    );
     assert!(!healthz_ok(&endpoint));
 
     let mut restart = lab.up_command(3, 2);
@@ -397,4 +415,22 @@ fn bad_flags_are_rejected_naming_the_flag() {
         ],
         "--name",
     );
+}
+
+fn agent_log(lab: &LabGuard, agent: &str) -> String {
+    std::fs::read_to_string(lab.dir().join("logs").join(format!("{agent}.log"))).unwrap_or_default()
+}
+
+/// The longest `retry_in_ms` of the "controller unreachable" lines in `log`.
+fn longest_retry_ms(log: &str) -> u64 {
+    log.lines()
+        .filter(|line| line.contains("controller unreachable"))
+        .filter_map(|line| line.split("retry_in_ms=").nth(1))
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
+        .unwrap_or(0)
 }

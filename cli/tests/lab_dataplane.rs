@@ -262,7 +262,9 @@ fn start_receiver(
     tag: String,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<()>,
+    heard_last: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<String>> {
+    let last = format!("{tag} {}", PROBES - 1);
     in_netns(netns, move || {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, MCAST_PORT)).expect("bind receiver");
         socket
@@ -278,6 +280,9 @@ fn start_receiver(
             if let Ok((n, _)) = socket.recv_from(&mut buf) {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 if text.starts_with(&tag) {
+                    if text == last {
+                        heard_last.store(true, Ordering::Relaxed);
+                    }
                     got.push(text);
                 }
             }
@@ -464,11 +469,17 @@ fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: 
     let from = by_name[sender];
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
+    // Receivers of the sender's platform raise their flag on its last probe.
+    let mut heard_last = Vec::new();
     let receivers: Vec<(&str, std::thread::JoinHandle<Vec<String>>)> = by_name
         .iter()
         .filter(|(name, _)| **name != sender)
         .map(|(name, vm)| {
             let address: Ipv4Addr = vm.address.parse().expect("VM address");
+            let flag = Arc::new(AtomicBool::new(false));
+            if vm.platform == from.platform {
+                heard_last.push(flag.clone());
+            }
             (
                 *name,
                 start_receiver(
@@ -477,6 +488,7 @@ fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: 
                     tag.to_string(),
                     stop.clone(),
                     ready_tx.clone(),
+                    flag,
                 ),
             )
         })
@@ -491,8 +503,15 @@ fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: 
         from.address.parse().expect("VM address"),
         tag.to_string(),
     );
-    // Stragglers through two userspace switches and the lab switch.
-    std::thread::sleep(Duration::from_secs(1));
+    // Listen until the last probe has come through the two userspace
+    // switches and the lab switch to the sender's peers: the path is FIFO,
+    // so nothing sent before it is still in flight, and a leak into the
+    // other platform would have crossed the same switches meanwhile. A lost
+    // last probe ends the wait at the deadline; the counts then judge.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !heard_last.iter().all(|flag| flag.load(Ordering::Relaxed)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     let heard: BTreeMap<&str, usize> = receivers
         .into_iter()
