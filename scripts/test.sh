@@ -29,6 +29,9 @@ echo "== build"
 cargo build --workspace --bins
 echo "== provider docs match the schema"
 cargo run -q -p xtask -- docs --check
+echo "== OpenAPI document matches the types and passes a standard validator"
+cargo run -q -p xtask -- openapi --check
+python3 -m openapi_spec_validator controller/openapi.json
 echo "== tests (unit, integration, real networking)"
 # nextest: one process per test, a per-test time limit and one retry
 # (settings in .config/nextest.toml); doctests run separately since nextest

@@ -20,6 +20,7 @@
 mod agent_rpc;
 mod api;
 mod liveness;
+pub mod openapi;
 mod slices;
 mod store;
 mod tokens;
