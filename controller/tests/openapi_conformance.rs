@@ -114,6 +114,9 @@ async fn bodies_match_the_published_schemas() {
     assert_eq!(status, 201);
     assert_conforms(&document, "ResultRecord", &stored);
 
+    // Node ids are UUIDs and times RFC 3339: formats the schemas assert.
+    call(Method::GET, "/v1/nodes", None, "NodeList", 200).await;
+    call(Method::GET, "/v1/events", None, "EventList", 200).await;
     call(Method::GET, "/v1/platforms", None, "PlatformList", 200).await;
     call(Method::GET, "/v1/qos_policies", None, "QosPolicyList", 200).await;
     call(Method::GET, "/v1/appliances", None, "ApplianceList", 200).await;
