@@ -47,6 +47,15 @@ else
     echo "setup: all ${#packages[@]} packages already installed"
 fi
 
+# The standard OpenAPI validator scripts/test.sh runs on controller/openapi.json.
+# PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses pip installs without it.
+openapi_validator_version=0.9.0
+if [ "$(python3 -m pip show openapi-spec-validator 2>/dev/null | sed -n 's/^Version: //p')" \
+    != "$openapi_validator_version" ]; then
+    echo "setup: installing openapi-spec-validator $openapi_validator_version"
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "openapi-spec-validator==$openapi_validator_version"
+fi
+
 if [ "${SKIP_BUILD:-0}" != "1" ]; then
     command -v cargo >/dev/null || die "cargo is not installed (the Rust toolchain comes with the machine)"
     cargo build --release --workspace --bins

@@ -29,6 +29,9 @@ echo "== build"
 cargo build --workspace --bins
 echo "== provider docs match the schema"
 cargo run -q -p xtask -- docs --check
+echo "== OpenAPI document matches the types and passes a standard validator"
+cargo run -q -p xtask -- openapi --check
+python3 -m openapi_spec_validator controller/openapi.json
 echo "== terraform test (modules/multicast-measurement, mocked provider)"
 # mock_provider still loads the provider's schema, so init needs the binary
 # just built; a copy of the module keeps .terraform and the lock file out of

@@ -21,8 +21,6 @@ use anyhow::{bail, Context};
 use measurelab_api::client::Client;
 use measurelab_api::http::Node;
 
-pub mod openapi;
-
 #[path = "../../cli/src/tfrc.rs"]
 pub mod tfrc;
 

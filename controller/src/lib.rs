@@ -44,6 +44,7 @@
 mod agent_rpc;
 mod api;
 mod liveness;
+pub mod openapi;
 mod placement;
 mod store;
 mod tokens;

@@ -5,6 +5,8 @@
 //!   tfplugindocs layout (tfplugindocs is a Go tool that cannot be installed
 //!   here). Attribute text comes from the schema descriptions; extra prose from
 //!   `templates/`. `--check` fails if `docs/` is stale (for CI).
+//! - `openapi [--check]`: write `controller/openapi.json` from the types
+//!   (`--check` fails if it is stale).
 //! - `acc [cargo test args]`: build `measurelab`, the guest agent and the provider, then run the
 //!   acceptance tests with `TF_ACC=1`.
 //! - `result-schema [--check]`: write `docs/result-schema.json` from the result
@@ -22,6 +24,7 @@ use serde_json::Value;
 
 mod modcycles;
 mod result_schema;
+mod openapi;
 
 #[path = "../../cli/src/tfrc.rs"]
 #[allow(dead_code)]
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("docs") => docs(args.iter().any(|a| a == "--check")),
+        Some("openapi") => openapi::openapi(&workspace_root(), args.iter().any(|a| a == "--check")),
         Some("acc") => acc(&args[1..]),
         Some("plugin-startup") => plugin_startup(&args[1..]),
         Some("modcycles") => modcycles::modcycles(&workspace_root()),
@@ -40,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             result_schema::run(&workspace_root(), args.iter().any(|a| a == "--check"))
         }
         _ => bail!(
-            "usage: cargo run -p xtask -- docs [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check] | modcycles"
+            "usage: cargo run -p xtask -- docs [--check] | openapi [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check] | modcycles"
         ),
     }
 }

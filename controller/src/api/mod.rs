@@ -31,8 +31,6 @@ use crate::store::constant_time_eq;
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
 
-/// The hand-written OpenAPI document served at `/v1/openapi.json`.
-pub(crate) const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 const ADMIN_PAGE: &str = include_str!("../ui/index.html");
 
 /// Routes served without authentication. Paths use axum's `:param` syntax.
@@ -175,7 +173,10 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
 }
 
 async fn admin_page() -> Html<&'static str> {
@@ -217,7 +218,7 @@ mod tests {
     /// every documented one must be served.
     #[tokio::test]
     async fn every_served_route_is_in_the_openapi_document() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(crate::openapi::json()).unwrap();
         let documented = doc["paths"].as_object().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(dir.path(), true).unwrap();
@@ -264,8 +265,8 @@ mod tests {
 
     #[test]
     fn openapi_document_references_resolve() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
-        let text = OPENAPI_JSON;
+        let text = crate::openapi::json();
+        let doc: serde_json::Value = serde_json::from_str(text).unwrap();
         for (index, _) in text.match_indices("\"$ref\": \"#/components/") {
             let rest = &text[index + "\"$ref\": \"#/".len()..];
             let reference = &rest[..rest.find('"').unwrap()];

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Liveness of a node as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heartbeats arrive within the deadline.
@@ -16,7 +17,7 @@ pub enum NodeStatus {
 }
 
 /// What a node can do, as reported by its agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
     /// libvirt URIs the agent could open.
     pub libvirt_uris: Vec<String>,
@@ -31,15 +32,17 @@ pub struct Capabilities {
     /// Control endpoint `IPv4:port` of the node's service host on its service
     /// network; empty when the node runs none (it cannot take service_host tasks).
     #[serde(default)]
+    #[schema(required = true)]
     pub service_endpoint: String,
 }
 
 /// Resource use of a node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Resources {
     /// Number of CPUs.
     pub cpu_count: u32,
     /// CPU use over the last heartbeat interval, 0-100.
+    #[schema(minimum = 0, maximum = 100)]
     pub cpu_used_percent: f64,
     /// Total memory.
     pub memory_total_bytes: u64,
@@ -56,17 +59,20 @@ pub struct Resources {
 }
 
 /// A measurement node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     /// Stable id assigned at first registration.
+    #[schema(format = "uuid")]
     pub id: String,
     /// Unique name.
     pub name: String,
     /// Liveness.
     pub status: NodeStatus,
     /// RFC 3339 time of the last heartbeat, if any.
+    #[schema(format = DateTime, required = true)]
     pub last_heartbeat: Option<String>,
     /// RFC 3339 time of the first registration.
+    #[schema(format = DateTime)]
     pub registered_at: String,
     /// Version of the node agent.
     pub agent_version: String,
@@ -77,22 +83,25 @@ pub struct Node {
     /// Resource use as last reported.
     pub resources: Resources,
     /// Operator labels.
+    #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /v1/nodes` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeList {
     /// The nodes, ordered by name.
     pub nodes: Vec<Node>,
 }
 
 /// One log line shipped by an agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {
     /// RFC 3339 time the line was written on the node.
+    #[schema(format = DateTime)]
     pub time: String,
     /// Level: error, warn, info, debug, trace.
+    #[schema(schema_with = schemas::log_level)]
     pub level: String,
     /// Module that wrote it.
     pub target: String,
@@ -101,23 +110,25 @@ pub struct LogLine {
 }
 
 /// `GET /v1/nodes/{id}/logs` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogList {
     /// Lines, oldest first.
     pub lines: Vec<LogLine>,
 }
 
 /// Something that happened, recorded by the controller.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Monotonic id; use it as a cursor (`?after=`).
     pub id: i64,
     /// RFC 3339 time.
+    #[schema(format = DateTime)]
     pub time: String,
     /// CamelCase reason, e.g. `NodeRegistered`, `NodeOffline`, `NodeOnline`,
     /// `RegistrationRefused`.
     pub reason: String,
     /// Kind of object the event is about, e.g. `node`.
+    #[schema(example = "node")]
     pub object_kind: String,
     /// Id or name of that object.
     pub object_id: String,
@@ -126,24 +137,25 @@ pub struct Event {
 }
 
 /// `GET /v1/events` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventList {
     /// Events, oldest first.
     pub events: Vec<Event>,
 }
 
 /// Body of every error response: `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong, machine- and human-readable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code, e.g. `invalid_field`, `not_found`, `conflict`,
     /// `unauthorized`, `payload_too_large`.
+    #[schema(schema_with = schemas::error_code)]
     pub code: String,
     /// Human-readable message naming the field and the reason.
     pub message: String,
@@ -153,17 +165,18 @@ pub struct ErrorDetail {
 }
 
 /// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
     /// The complete new label set (keys not listed are removed).
+    #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
 }
 
 // ---- Wave 2: virtual platforms, QoS policies, appliances, VMs ----
 
 /// Power state of a virtual platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlatformPowerState {
     /// VMs run as their own power_state says.
@@ -173,7 +186,7 @@ pub enum PlatformPowerState {
 }
 
 /// A virtual platform (the paper's slice): VMs on chosen nodes, one VLAN, one subnet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Platform {
     /// Stable id.
     pub id: String,
@@ -186,22 +199,25 @@ pub struct Platform {
     /// Free text.
     pub description: String,
     /// VLAN tag of every VM port of the platform.
+    #[schema(minimum = 1, maximum = 4094)]
     pub vlan_tag: u16,
     /// IPv4 subnet (CIDR) the VM addresses come from.
     pub subnet: String,
     /// Gateway address inside the subnet, if any.
     #[serde(default)]
+    #[schema(required = true)]
     pub gateway: Option<String>,
     /// Running or paused.
     pub power_state: PlatformPowerState,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Bumped on every change.
     pub generation: u64,
 }
 
 /// `POST /v1/platforms` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformCreate {
     /// Unique name (DNS label).
@@ -220,7 +236,7 @@ pub struct PlatformCreate {
 }
 
 /// `PATCH /v1/platforms/{id_or_name}` body; absent fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformPatch {
     /// New complete member list.
@@ -241,7 +257,7 @@ pub struct PlatformPatch {
 }
 
 /// Body of POST .../start, .../pause and DELETE requests that carry an idempotency key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestOptions {
     /// Idempotency key.
@@ -250,14 +266,14 @@ pub struct RequestOptions {
 }
 
 /// `GET /v1/platforms` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PlatformList {
     /// Ordered by name.
     pub platforms: Vec<Platform>,
 }
 
 /// A bandwidth policy for VM ports. Ingress = into the VM, egress = out of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QosPolicy {
     /// Stable id.
     pub id: String,
@@ -267,25 +283,31 @@ pub struct QosPolicy {
     pub ingress_max_kbps: u64,
     /// Guaranteed rate into the VM, kbit/s.
     #[serde(default)]
+    #[schema(required = true)]
     pub ingress_min_kbps: Option<u64>,
     /// Burst into the VM, kbytes.
     #[serde(default)]
+    #[schema(required = true)]
     pub ingress_burst_kbytes: Option<u64>,
     /// Ceiling out of the VM, kbit/s.
     #[serde(default)]
+    #[schema(required = true)]
     pub egress_max_kbps: Option<u64>,
     /// Guaranteed rate out of the VM, kbit/s.
     #[serde(default)]
+    #[schema(required = true)]
     pub egress_min_kbps: Option<u64>,
     /// Burst out of the VM, kbytes.
     #[serde(default)]
+    #[schema(required = true)]
     pub egress_burst_kbytes: Option<u64>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// `POST /v1/qos_policies` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QosPolicyCreate {
     /// Unique name (DNS label).
@@ -314,7 +336,7 @@ pub struct QosPolicyCreate {
 
 /// `PATCH /v1/qos_policies/{id_or_name}` body. A field set to `null` is
 /// cleared (except `ingress_max_kbps`), an absent field stays.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QosPolicyPatch {
     /// Ceiling into the VM, kbit/s.
@@ -361,14 +383,14 @@ pub struct QosPolicyPatch {
 }
 
 /// `GET /v1/qos_policies` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QosPolicyList {
     /// Ordered by name.
     pub qos_policies: Vec<QosPolicy>,
 }
 
 /// A VM image (kernel + initrd [+ disk]) present on the nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Appliance {
     /// Stable id.
     pub id: String,
@@ -377,6 +399,7 @@ pub struct Appliance {
     /// Version text.
     pub version: String,
     /// `x86_64` or `i686`.
+    #[schema(schema_with = schemas::arch)]
     pub arch: String,
     /// Operating system, free text.
     pub os: String,
@@ -386,17 +409,19 @@ pub struct Appliance {
     pub initrd: String,
     /// Disk image path on the nodes, if any.
     #[serde(default)]
+    #[schema(required = true)]
     pub disk: Option<String>,
     /// Smallest memory a VM of this appliance may have.
     pub min_memory_mib: u64,
     /// Backends it runs on: `namespace`, `libvirt`.
+    #[schema(schema_with = schemas::backends)]
     pub backends: Vec<String>,
     /// Shipped with the controller; cannot be replaced.
     pub builtin: bool,
 }
 
 /// `POST /v1/appliances` body (operator-provided files).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplianceCreate {
     /// Unique name (DNS label).
@@ -404,6 +429,7 @@ pub struct ApplianceCreate {
     /// Version text.
     pub version: String,
     /// `x86_64` or `i686`.
+    #[schema(schema_with = schemas::arch)]
     pub arch: String,
     /// Operating system, free text.
     pub os: String,
@@ -415,8 +441,10 @@ pub struct ApplianceCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
     /// Smallest memory a VM of this appliance may have.
+    #[schema(minimum = 16)]
     pub min_memory_mib: u64,
     /// `namespace` and/or `libvirt`.
+    #[schema(schema_with = schemas::backends)]
     pub backends: Vec<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,14 +452,14 @@ pub struct ApplianceCreate {
 }
 
 /// `GET /v1/appliances` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApplianceList {
     /// Ordered by name.
     pub appliances: Vec<Appliance>,
 }
 
 /// Desired power state of a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPowerState {
     /// Running.
@@ -443,7 +471,7 @@ pub enum VmPowerState {
 }
 
 /// VM backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmBackend {
     /// Network namespace + cgroups (OS-level virtualization).
@@ -453,12 +481,13 @@ pub enum VmBackend {
 }
 
 /// A condition reported by the node agent (Ready, PortAttached, GuestRegistered).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Condition {
     /// Condition type.
     #[serde(rename = "type")]
     pub condition_type: String,
     /// `True`, `False` or `Unknown`.
+    #[schema(schema_with = schemas::condition_status)]
     pub status: String,
     /// CamelCase reason.
     pub reason: String,
@@ -467,7 +496,7 @@ pub struct Condition {
 }
 
 /// A VM of a virtual platform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Vm {
     /// Stable id.
     pub id: String,
@@ -478,6 +507,7 @@ pub struct Vm {
     /// Node name.
     pub node: String,
     /// Virtual CPUs.
+    #[schema(minimum = 1)]
     pub vcpus: u32,
     /// Memory.
     pub memory_mib: u64,
@@ -489,12 +519,14 @@ pub struct Vm {
     pub appliance: String,
     /// QoS policy name, if any.
     #[serde(default)]
+    #[schema(required = true)]
     pub qos_policy: Option<String>,
     /// Desired power state.
     pub power_state: VmPowerState,
     /// Backend.
     pub backend: VmBackend,
     /// IPv4 address (no prefix) from the platform subnet.
+    #[schema(format = Ipv4)]
     pub address: String,
     /// MAC address.
     pub mac: String,
@@ -504,6 +536,7 @@ pub struct Vm {
     pub restart_required: bool,
     /// RFC 3339 time of the guest agent's last heartbeat.
     #[serde(default)]
+    #[schema(format = DateTime, required = true)]
     pub guest_last_heartbeat: Option<String>,
     /// Conditions from the node agent.
     pub conditions: Vec<Condition>,
@@ -512,11 +545,12 @@ pub struct Vm {
     /// Generation the node agent last reported for this VM.
     pub observed_generation: u64,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// `POST /v1/vms` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
     /// Name (DNS label), unique within the platform.
@@ -526,8 +560,10 @@ pub struct VmCreate {
     /// Node name or id; must be a member of the platform.
     pub node: String,
     /// Virtual CPUs (1-64).
+    #[schema(minimum = 1, maximum = 64)]
     pub vcpus: u32,
     /// Memory.
+    #[schema(minimum = 1)]
     pub memory_mib: u64,
     /// Disk size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -552,14 +588,16 @@ pub struct VmCreate {
 
 /// `PATCH /v1/vms/{id_or_name}` body. The immutable fields are accepted only
 /// when they equal the current value (so a client may send the whole object).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmPatch {
     /// Virtual CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
     pub vcpus: Option<u32>,
     /// Memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub memory_mib: Option<u64>,
     /// QoS policy name; `null` removes the policy.
     #[serde(
@@ -598,7 +636,7 @@ pub struct VmPatch {
 }
 
 /// `GET /v1/vms` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmList {
     /// Ordered by platform, then name.
     pub vms: Vec<Vm>,
@@ -607,7 +645,7 @@ pub struct VmList {
 // ---- Wave 2: programs, deployments, tasks, results ----
 
 /// An uploaded program.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Program {
     /// Stable id.
     pub id: String,
@@ -618,16 +656,18 @@ pub struct Program {
     /// Content size.
     pub size_bytes: u64,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// `POST /v1/programs` JSON body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramCreate {
     /// Unique name.
     pub name: String,
     /// Content, standard base64.
+    #[schema(format = Byte)]
     pub content_base64: String,
     /// Expected hex SHA-256; the upload is refused when it differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -638,23 +678,25 @@ pub struct ProgramCreate {
 }
 
 /// `GET /v1/programs` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgramList {
     /// Ordered by name.
     pub programs: Vec<Program>,
 }
 
 /// One VM's run of a deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgramRunState {
     /// VM name.
     pub vm: String,
     /// VM id.
     pub vm_id: String,
     /// pending, running, exited, failed, lost, stopped.
+    #[schema(schema_with = schemas::run_status)]
     pub status: String,
     /// Exit code once exited.
     #[serde(default)]
+    #[schema(required = true)]
     pub exit_code: Option<i32>,
     /// Last lines of stdout.
     pub stdout_tail: String,
@@ -662,14 +704,16 @@ pub struct ProgramRunState {
     pub stderr_tail: String,
     /// RFC 3339.
     #[serde(default)]
+    #[schema(format = DateTime, required = true)]
     pub started_at: Option<String>,
     /// RFC 3339.
     #[serde(default)]
+    #[schema(format = DateTime, required = true)]
     pub finished_at: Option<String>,
 }
 
 /// A program deployed onto VMs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Deployment {
     /// Stable id.
     pub id: String,
@@ -682,11 +726,12 @@ pub struct Deployment {
     /// One run per VM.
     pub runs: Vec<ProgramRunState>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// `POST /v1/deployments` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentCreate {
     /// Program name or id.
@@ -705,65 +750,79 @@ pub struct DeploymentCreate {
 }
 
 /// `GET /v1/deployments` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentList {
     /// Newest first.
     pub deployments: Vec<Deployment>,
 }
 
 /// A multicast measurement task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// Stable id.
     pub id: String,
     /// Unique name.
     pub name: String,
     /// `platform` (run by the platform's MSCS) or `service_host`.
+    #[schema(schema_with = schemas::task_mode)]
     pub mode: String,
     /// Platform name (mode platform).
     #[serde(default)]
+    #[schema(required = true)]
     pub platform: Option<String>,
     /// Node names (mode service_host).
     pub nodes: Vec<String>,
     /// `once` or `periodic`.
+    #[schema(schema_with = schemas::task_schedule)]
     pub schedule: String,
     /// Period of a periodic task.
     pub interval_seconds: u64,
     /// Length of one run.
+    #[schema(minimum = 1)]
     pub duration_seconds: u64,
     /// Probe rate.
+    #[schema(minimum = 1)]
     pub rate_pps: u64,
     /// Probe size.
+    #[schema(minimum = 1)]
     pub packet_size_bytes: u64,
     /// Multicast group.
+    #[schema(format = Ipv4)]
     pub group: String,
     /// UDP port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Multicast TTL.
+    #[schema(minimum = 1, maximum = 255)]
     pub ttl: u32,
     /// Source-specific multicast.
     pub ssm: bool,
     /// Source point; `None`: round robin.
     #[serde(default)]
+    #[schema(required = true)]
     pub source: Option<String>,
     /// Receiver points; empty: all others.
     pub receivers: Vec<String>,
     /// pending, running, completed, failed.
+    #[schema(schema_with = schemas::task_status)]
     pub status: String,
     /// Newest result.
     #[serde(default)]
+    #[schema(required = true)]
     pub last_result_id: Option<String>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// `POST /v1/tasks` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskCreate {
     /// Unique name (DNS label).
     pub name: String,
     /// `platform` or `service_host`.
+    #[schema(schema_with = schemas::task_mode)]
     pub mode: String,
     /// Platform (mode platform).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -772,22 +831,30 @@ pub struct TaskCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<String>>,
     /// `once` or `periodic`.
+    #[schema(schema_with = schemas::task_schedule)]
     pub schedule: String,
     /// Period (periodic; default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10)]
     pub interval_seconds: Option<u64>,
     /// Run length (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub duration_seconds: Option<u64>,
     /// Probe rate.
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_pps: u64,
     /// Probe size.
+    #[schema(minimum = 64, maximum = 8972)]
     pub packet_size_bytes: u64,
     /// Multicast group (IPv4 multicast address).
+    #[schema(format = Ipv4)]
     pub group: String,
     /// UDP port.
+    #[schema(minimum = 1024, maximum = 65535)]
     pub port: u16,
     /// Multicast TTL.
+    #[schema(minimum = 1, maximum = 255)]
     pub ttl: u32,
     /// Source-specific multicast.
     #[serde(default)]
@@ -804,14 +871,14 @@ pub struct TaskCreate {
 }
 
 /// `GET /v1/tasks` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     /// Ordered by name.
     pub tasks: Vec<Task>,
 }
 
 /// One stored result document (one run of a task).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResultRecord {
     /// Stable id.
     pub id: String,
@@ -820,18 +887,152 @@ pub struct ResultRecord {
     /// Task name.
     pub task: String,
     /// RFC 3339 time the controller stored it.
+    #[schema(format = DateTime)]
     pub received_at: String,
     /// `started_at` of the run (from the document).
+    #[schema(format = DateTime)]
     pub started_at: String,
     /// The `measurelab.mcast.result/v1` document.
+    #[schema(value_type = ResultDocumentSchema)]
     pub document: serde_json::Value,
 }
 
 /// `GET /v1/results` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResultList {
     /// Oldest first.
     pub results: Vec<ResultRecord>,
+}
+
+/// OpenAPI schemas the derive cannot infer from a field's Rust type: text
+/// fields that take one of a few values, and the label map's limits.
+mod schemas {
+    use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Type};
+    use utoipa::openapi::Array;
+
+    fn one_of(values: &[&str]) -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values.iter().copied()))
+            .build()
+    }
+
+    /// Kept in step with the controller's label validation.
+    pub fn labels() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Operator labels. Keys: 1-63 characters of letters, digits, '.', '_', '-', '/'. \
+                 Values: at most 256 bytes, no control characters.",
+            ))
+            .max_properties(Some(64))
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(256))
+                    .build()
+                    .into(),
+            )))
+            .build()
+    }
+
+    pub fn log_level() -> Object {
+        one_of(&["error", "warn", "info", "debug", "trace"])
+    }
+
+    pub fn error_code() -> Object {
+        one_of(&[
+            "unauthorized",
+            "malformed_json",
+            "invalid_field",
+            "unsupported_media_type",
+            "payload_too_large",
+            "not_found",
+            "method_not_allowed",
+            "unavailable",
+            "conflict",
+            "pool_exhausted",
+        ])
+    }
+
+    pub fn arch() -> Object {
+        one_of(&["x86_64", "i686"])
+    }
+
+    pub fn backends() -> Array {
+        Array::new(one_of(&["namespace", "libvirt"]))
+    }
+
+    pub fn condition_status() -> Object {
+        one_of(&["True", "False", "Unknown"])
+    }
+
+    pub fn run_status() -> Object {
+        one_of(&["pending", "running", "exited", "failed", "lost", "stopped"])
+    }
+
+    pub fn task_mode() -> Object {
+        one_of(&["platform", "service_host"])
+    }
+
+    pub fn task_schedule() -> Object {
+        one_of(&["once", "periodic"])
+    }
+
+    pub fn task_status() -> Object {
+        one_of(&["pending", "running", "completed", "failed"])
+    }
+}
+
+/// The OpenAPI schema of a stored result document: only the fields the
+/// controller itself reads are spelled out, the rest is the mcast program's
+/// (`mcast/src/result.rs`).
+pub struct ResultDocumentSchema;
+
+impl utoipa::PartialSchema for ResultDocumentSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+        use utoipa::openapi::Array;
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let nullable_text =
+            || ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null]));
+        let free_form = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .build();
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A measurelab.mcast.result/v1 document (see mcast/src/result.rs); stored as given plus task_id.",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .property(
+                "schema",
+                text().enum_values(Some(["measurelab.mcast.result/v1"])),
+            )
+            .required("schema")
+            .property("task_id", nullable_text())
+            .property(
+                "started_at",
+                text().format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                ))),
+            )
+            .required("started_at")
+            .property("receivers", Array::new(free_form))
+            .required("receivers")
+            .property(
+                "run_id",
+                nullable_text().description(Some("Run id; repeats of a run are absorbed.")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ResultDocumentSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ResultDocument".into()
+    }
 }
 
 /// A PATCH field that may be absent (`None`: unchanged), `null` (`Some(None)`:
