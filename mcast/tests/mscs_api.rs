@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use measurelab_mcast::mscs::{run, MscsConfig, PointEndpoint};
+use measurelab_mcast::result::{ReceiverStatus, ResultDocument, ResultSchema, RunStatus};
 use serde_json::{json, Value};
 
 fn closed_port() -> u16 {
@@ -133,13 +134,15 @@ async fn a_task_with_an_unreachable_source_is_recorded_as_failed() {
         .json()
         .await
         .unwrap();
-    let document = &page["results"][0]["document"];
     assert_eq!(page["next_since"], 1);
-    assert_eq!(document["schema"], "measurelab.mcast.result/v1");
-    assert_eq!(document["task_id"], id.as_str());
-    assert_eq!(document["status"], "failed");
-    assert_eq!(document["receivers"][0]["point"], "p2");
-    assert_eq!(document["receivers"][0]["status"], "missing");
+    // Read as the typed document: a field it lacks or mistypes fails here.
+    let document: ResultDocument =
+        serde_json::from_value(page["results"][0]["document"].clone()).unwrap();
+    assert_eq!(document.schema, ResultSchema::V1);
+    assert_eq!(document.task_id.as_deref(), Some(id.as_str()));
+    assert_eq!(document.status, RunStatus::Failed);
+    assert_eq!(document.receivers[0].point, "p2");
+    assert_eq!(document.receivers[0].status, ReceiverStatus::Missing);
     let empty: Value = http
         .get(format!("{base}/results?since=1"))
         .send()

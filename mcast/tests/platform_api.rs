@@ -26,8 +26,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{in_netns, receiver, Lab, CONTROL_PORT};
+use common::{in_netns, Lab, CONTROL_PORT};
 use measurelab_mcast::platform::ControllerTask;
+use measurelab_mcast::result::{ReceiverStatus, ResultDocument, ResultSchema, RunStatus};
 use measurelab_mcast::service;
 use nix::sched::{setns, CloneFlags};
 use serde_json::{json, Value};
@@ -213,23 +214,28 @@ fn started_at_unix(document: &Value) -> f64 {
     at.unix_timestamp_nanos() as f64 / 1e9
 }
 
-/// A measured run: the source sent, every listed receiver got every probe.
+/// A measured run: the source sent, every listed receiver got every probe. Read as the
+/// typed document, so a field the document lacks or mistypes fails here too.
 fn assert_clean_run(document: &Value, source: &str, receivers: &[&str]) {
-    assert_eq!(document["schema"], "measurelab.mcast.result/v1");
-    assert_eq!(document["status"], "ok", "{document:#}");
-    assert_eq!(document["source_point"], source);
-    assert!(!document["run_id"].as_str().unwrap().is_empty());
-    let sent = document["source"]["report"]["packets_sent"]
-        .as_u64()
-        .unwrap();
-    assert!(sent > 0);
+    let typed: ResultDocument = serde_json::from_value(document.clone())
+        .unwrap_or_else(|e| panic!("not a result document ({e}): {document:#}"));
+    assert_eq!(typed.schema, ResultSchema::V1);
+    assert_eq!(typed.status, RunStatus::Ok, "{document:#}");
+    assert_eq!(typed.source_point, source);
+    assert!(!typed.run_id.is_empty());
+    let sent = typed.source.report.as_ref().map_or(0, |r| r.packets_sent);
+    assert!(sent > 0, "{document:#}");
     for point in receivers {
-        let r = receiver(document, point);
-        assert_eq!(r["status"], "ok", "{r:#}");
+        let r = typed
+            .receivers
+            .iter()
+            .find(|r| r.point == *point)
+            .unwrap_or_else(|| panic!("no receiver {point}: {document:#}"));
+        assert_eq!(r.status, ReceiverStatus::Ok, "{r:#?}");
         assert_eq!(
-            r["metrics"]["packets_received"].as_u64(),
+            r.metrics.as_ref().map(|m| m.packets_received),
             Some(sent),
-            "{r:#}"
+            "{r:#?}"
         );
     }
 }
