@@ -417,7 +417,7 @@ impl<R: ManagedResource> Resource for Adapter<R> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::extract::{Path, State};
@@ -538,14 +538,14 @@ mod tests {
         }
     }
 
-    /// What the fake controller holds.
+    /// What the fake controller holds. Std locks: no `.await` happens under them.
     #[derive(Default)]
     struct Fake {
         things: Mutex<HashMap<String, Thing>>,
         /// Deleted things that still answer this many GETs (the agent tearing down).
         deleting: Mutex<HashMap<String, (Thing, usize)>>,
         /// Answer every GET with 500.
-        broken: Mutex<bool>,
+        broken: AtomicBool,
         gets: AtomicUsize,
     }
 
@@ -554,7 +554,7 @@ mod tests {
         Path(id): Path<String>,
     ) -> Result<Json<Thing>, StatusCode> {
         fake.gets.fetch_add(1, Ordering::SeqCst);
-        if *fake.broken.lock().unwrap() {
+        if fake.broken.load(Ordering::SeqCst) {
             return Err(StatusCode::INTERNAL_SERVER_ERROR);
         }
         if let Some(thing) = fake.things.lock().unwrap().get(&id) {
@@ -660,7 +660,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_keeps_the_state_and_says_why() {
         let (resource, fake) = start(0).await;
-        *fake.broken.lock().unwrap() = true;
+        fake.broken.store(true, Ordering::SeqCst);
         let mut diags = Diagnostics::default();
         let read = resource
             .read(
