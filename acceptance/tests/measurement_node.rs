@@ -1,9 +1,11 @@
 //! Acceptance tests of `measurelab_measurement_node` against a real lab and the
 //! real terraform CLI. Run with `TF_ACC=1` (see `cargo run -p xtask -- acc`).
 
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use measurelab_acceptance::{
     acc_enabled, closed_port, describe, interrupt_group, interrupt_process, planned_actions,
     resource_values, Lab, Terraform, PROVIDER_BLOCK,
@@ -78,13 +80,28 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
     // The other node is untouched.
     assert_eq!(labels_on_controller(&lab, &lab.node_name(2))?, other_before);
 
-    // Let several heartbeats pass so last_heartbeat and resources change on the
-    // controller; the refresh picks them up but the plan must stay empty.
+    // Wait for two newer heartbeats on the controller, so last_heartbeat and
+    // resources have changed there; the refresh picks them up but the plan
+    // must stay empty.
     let first_heartbeat = values["last_heartbeat"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    std::thread::sleep(Duration::from_secs(7));
+    let mut seen = vec![first_heartbeat.clone()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 3 {
+        let node = lab
+            .node(&name)?
+            .ok_or_else(|| anyhow::anyhow!("node {name} vanished from the controller"))?;
+        if let Some(beat) = node.last_heartbeat.filter(|beat| !seen.contains(beat)) {
+            seen.push(beat);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no two new heartbeats of {name} within 60 s after {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, output) = tf.plan_exit_code()?;
     assert_eq!(
         code,
@@ -378,8 +395,8 @@ fn acc_measurement_node_stop_provider() -> anyhow::Result<()> {
     interrupted_wait_stops_without_state(interrupt_process)
 }
 
-/// Applies a node that never comes online, interrupts terraform 5 s into
-/// the wait with `interrupt` (given terraform's pid, which leads its own
+/// Applies a node that never comes online, interrupts terraform once the
+/// provider is creating it (waiting for the node) with `interrupt` (given terraform's pid, which leads its own
 /// process group), and checks that the wait ends at once with a clear
 /// error and no state.
 fn interrupted_wait_stops_without_state(
@@ -395,16 +412,41 @@ fn interrupted_wait_stops_without_state(
     )?;
     tf.init()?;
     // Its own process group, so the signal reaches nothing else.
-    let child = tf
+    let mut child = tf
         .command(&["apply", "-auto-approve", "-input=false", "-no-color"])
         .process_group(0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(5));
+    // Terraform prints "Creating..." as it hands the resource to the
+    // provider, whose create then waits for the node: interrupt from there.
+    let stdout = child.stdout.take().context("terraform's stdout")?;
+    let (creating_tx, creating) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(&format!("{ADDRESS}: Creating...")) {
+                let _ = creating_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let started = creating.recv_timeout(Duration::from_secs(120));
     let interrupted = Instant::now();
     interrupt(child.id())?;
-    let output = child.wait_with_output()?;
+    let mut output = child.wait_with_output()?;
+    output.stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?
+        .into_bytes();
+    anyhow::ensure!(
+        started.is_ok(),
+        "terraform never started creating {ADDRESS}:\n{}",
+        describe(&output)
+    );
     let stopped_after = interrupted.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", describe(&output));

@@ -439,8 +439,24 @@ resource "measurelab_measurement_task" "every" {{
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // One second into the 3 s run.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // In the middle of the 3 s run: its probes are reaching the receivers,
+    // by the kernel's count of UDP datagrams delivered in the nodes'
+    // namespaces (the source rotates, so all three are summed; 50 is an
+    // eighth of a second's worth at 200 pps to each of two receivers).
+    let received = || -> anyhow::Result<u64> {
+        (1..=3)
+            .map(|k| udp_in_datagrams(&format!("{}-n{k}", lab.name)))
+            .sum()
+    };
+    let before = received()?;
+    while received()? < before + 50 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the second run's probes never reached a receiver:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let pid = std::fs::read_to_string(lab.dir.path().join("pids").join("n1-agent.pid"))?;
     let status = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
     anyhow::ensure!(status.success(), "kill -KILL {} failed", pid.trim());
@@ -515,4 +531,23 @@ fn assert_clean_receiver(receiver: &serde_json::Value, nominal: u64) {
         receiver["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
         "{receiver:#}"
     );
+}
+
+/// `Udp: InDatagrams` of network namespace `ns`: datagrams its sockets read.
+fn udp_in_datagrams(ns: &str) -> anyhow::Result<u64> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "{}", describe(&output));
+    let snmp = String::from_utf8_lossy(&output.stdout);
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        anyhow::bail!("no Udp lines in /proc/net/snmp of {ns}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Udp InDatagrams in {ns}"))
 }

@@ -364,6 +364,9 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     // state has not arrived yet): the once task must not run again.
     stop.send(true)?;
     runner.join().unwrap();
+    // Nothing observable marks a run that was rightly not started, so this is a
+    // window: one run's length (2 s) and a second for its delivery, in which a
+    // re-run would have posted a second result.
     let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
     std::thread::sleep(Duration::from_secs(3));
     stop.send(true)?;

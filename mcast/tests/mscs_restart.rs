@@ -30,14 +30,29 @@ fn wait_for_results(lab: &Lab, at_least: usize, timeout: Duration) -> Result<Vec
     }
 }
 
-/// Waits until a run with `source` has been in flight for `into_run`.
-fn wait_mid_run(lab: &Lab, source: Option<&str>, into_run: Duration) -> Result<()> {
+/// Datagrams the points' sockets have read, by their namespaces' kernel counters.
+fn probes_at_points(lab: &Lab) -> Result<u64> {
+    lab.points
+        .iter()
+        .map(|point| Ok(common::udp_counters(&point.ns)?.in_datagrams))
+        .sum()
+}
+
+/// Waits until a run with `source` is in flight and the points have received `probes`
+/// datagrams since it started: the run is really sending, not just scheduled.
+fn wait_mid_run(lab: &Lab, source: Option<&str>, probes: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let (_, schedule) = lab.api("GET", "/schedule", None)?;
         let current = &schedule["current_run"];
         if !current.is_null() && source.is_none_or(|s| current["source"] == s) {
-            thread::sleep(into_run);
+            let before = probes_at_points(lab)?;
+            while probes_at_points(lab)? < before + probes {
+                if Instant::now() > deadline {
+                    bail!("the run with source {source:?} sent fewer than {probes} probes");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
             return Ok(());
         }
         thread::sleep(Duration::from_millis(50));
@@ -78,7 +93,8 @@ fn sigkilled_mscs_resumes_the_schedule_and_keeps_every_result() -> Result<()> {
     lab.start_mscs(&args)?;
     wait_for_results(&lab, 2, Duration::from_secs(30))?;
     // Kill while the third run is sending, so an interrupted run is part of the test.
-    wait_mid_run(&lab, None, Duration::from_millis(400))?;
+    // 200 pps to two receivers: about a quarter second into the 1 s run.
+    wait_mid_run(&lab, None, 100)?;
     let listed_before_kill = lab.results()?;
     lab.sigkill_mscs();
 
@@ -121,7 +137,8 @@ fn sigkilled_point_is_recorded_as_failed_and_the_schedule_goes_on() -> Result<()
         "--group",
         "239.200.18.1",
     ])?;
-    wait_mid_run(&lab, Some("p1"), Duration::from_millis(500))?;
+    // 200 pps to two receivers: about a quarter second into the 1.5 s run.
+    wait_mid_run(&lab, Some("p1"), 100)?;
     lab.kill_point(2);
     let results = wait_for_results(&lab, 4, Duration::from_secs(40))?;
     assert_round_robin(&results);
@@ -162,11 +179,12 @@ fn a_source_stops_sending_when_its_mscs_dies() -> Result<()> {
         Some(&serde_json::json!({"source": "p1", "group": "239.200.19.1", "duration_seconds": 20, "rate_pps": 200})),
     )?;
     assert_eq!(status, 201);
-    wait_mid_run(&lab, Some("p1"), Duration::from_millis(1500))?;
+    // 200 pps to two receivers: about a second into the 20 s run.
+    wait_mid_run(&lab, Some("p1"), 400)?;
     lab.sigkill_mscs();
-    // Give the point's watcher (50 ms) ample time, then listen on the group ourselves:
-    // the source had 18 s left to send but must be silent.
-    thread::sleep(Duration::from_millis(500));
+    // The source's sender has returned once its point logs "send done"; then listen on
+    // the group ourselves: the source had 18 s left to send but must be silent.
+    lab.wait_for_point_log(0, "send done", Duration::from_secs(10))?;
     let listener = &lab.points[1];
     let output = listener.ns.run(&[
         common::POINT_BIN,

@@ -240,6 +240,26 @@ fn assert_clean_run(document: &Value, source: &str, receivers: &[&str]) {
     }
 }
 
+/// The MSCS holds at most one record of the platform task `id`, and it is not waiting
+/// to run or running: a once task taken in again would be queued as a new record.
+fn assert_not_queued_again(lab: &Lab, id: &str) -> Result<()> {
+    let (_, listing) = lab.api("GET", "/tasks", None)?;
+    let records: Vec<&Value> = listing["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|task| task["id"] == id)
+        .collect();
+    assert!(
+        records.len() <= 1
+            && records
+                .iter()
+                .all(|task| task["status"] == "succeeded" || task["status"] == "failed"),
+        "the once task {id} was taken in again: {records:#?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn once_task_from_the_platform_yields_exactly_one_result_across_restarts() -> Result<()> {
     let mut lab = Lab::new("po", 21, 3)?;
@@ -274,13 +294,15 @@ fn once_task_from_the_platform_yields_exactly_one_result_across_restarts() -> Re
     let handled = state_file(&lab)?["platform_tasks_handled"].clone();
     assert_eq!(handled, json!(["task-once-21"]));
     lab.start_mscs_with(&args, true)?;
+    // A poll's answer is taken in (a re-run would be queued as a task record) before
+    // the next poll goes out: after five polls the task list shows any re-run.
     let polls = platform.polls();
     platform.wait_for_polls(polls + 5, Duration::from_secs(10))?;
-    thread::sleep(Duration::from_millis(500));
+    assert_not_queued_again(&lab, "task-once-21")?;
     assert_eq!(platform.accepted().len(), 1, "the once task ran again");
-    assert_eq!(lab.results()?.len(), 1);
     let (_, schedule) = lab.api("GET", "/schedule", None)?;
     assert!(schedule["current_run"].is_null(), "{schedule:#}");
+    assert_eq!(lab.results()?.len(), 1);
     assert_eq!(schedule["outbox_pending"], 0);
     assert_eq!(schedule["results_delivered"], 1);
     Ok(())
@@ -343,7 +365,20 @@ fn periodic_task_from_the_platform_runs_round_robin_at_its_interval() -> Result<
         }
         thread::sleep(Duration::from_millis(100));
     }
-    thread::sleep(Duration::from_millis(500));
+    // The last run's result delivered, then one whole interval (plus a second) in
+    // which a schedule that still ran would start another: the interval is what is
+    // tested here, not a wait for something to happen.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, schedule) = lab.api("GET", "/schedule", None)?;
+        if schedule["outbox_pending"] == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the last result was never delivered: {schedule:#}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     let settled = platform.accepted().len();
     thread::sleep(Duration::from_secs_f64(interval + 1.0));
     assert_eq!(
@@ -418,7 +453,7 @@ fn result_made_while_the_relay_is_down_survives_sigkill_and_arrives_once() -> Re
     // Polls resume, the task is not re-run and nothing is delivered twice.
     let polls = platform.polls();
     platform.wait_for_polls(polls + 5, Duration::from_secs(15))?;
-    thread::sleep(Duration::from_secs(1));
+    assert_not_queued_again(&lab, "task-outage-23")?;
     assert_eq!(platform.accepted().len(), 1);
     assert_eq!(lab.results()?.len(), 1);
     let state = state_file(&lab)?;

@@ -118,6 +118,11 @@ impl Lab {
     }
 
     pub fn start_point(&mut self, index: usize) -> Result<()> {
+        // Append: a restarted point's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.point_log_path(index))?;
         let point = &mut self.points[index];
         let child = point
             .ns
@@ -133,11 +138,35 @@ impl Lab {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("spawn mcast-point serve")?;
         point.serve = Some(child);
         wait_for_tcp(&point.ns, &format!("{}:{CONTROL_PORT}", point.addr))
+    }
+
+    fn point_log_path(&self, index: usize) -> std::path::PathBuf {
+        self.state_dir
+            .path()
+            .join(format!("{}.log", self.points[index].name))
+    }
+
+    /// Waits until point `index`'s log (its stderr) contains `needle`.
+    pub fn wait_for_point_log(&self, index: usize, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(self.point_log_path(index)).unwrap_or_default();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{needle:?} not in {}'s log within {timeout:?}:\n{log}",
+                    self.points[index].name
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill_point(&mut self, index: usize) {
