@@ -47,9 +47,9 @@ module_tfrc=$("${CARGO_TARGET_DIR:-target}/debug/measurelab" lab tfrc --dir "$mo
 )
 rm -rf "$module_test_dir"
 echo "== tests (unit, integration, real networking)"
-# nextest: one process per test, a per-test time limit and one retry
-# (settings in .config/nextest.toml); doctests run separately since nextest
-# does not run them.
+# nextest: one process per test, a per-test time limit, and one retry only
+# for the QEMU/TCG boot tests (settings in .config/nextest.toml); doctests
+# run separately since nextest does not run them.
 cargo nextest run --workspace
 cargo test --workspace --doc
 echo "== acceptance (terraform CLI against a real lab)"
