@@ -23,8 +23,8 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 mod modcycles;
-mod result_schema;
 mod openapi;
+mod result_schema;
 
 #[path = "../../cli/src/tfrc.rs"]
 #[allow(dead_code)]
