@@ -31,6 +31,10 @@
 //!   the one place errors become gRPC status codes.
 //! - `placement/`: VLAN, subnet, address and MAC allocation, and whether a VM
 //!   fits its node (backend, free memory).
+//! - `openapi`: the OpenAPI document of the HTTP API; its schemas are
+//!   derived from the body types in `measurelab_api::http`, its paths are
+//!   declared here next to one another (served at `/v1/openapi.json`,
+//!   committed as `controller/openapi.json`).
 //! - `validation`: field rules both APIs share.
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
