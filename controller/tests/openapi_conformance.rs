@@ -202,3 +202,37 @@ async fn bodies_match_the_published_schemas() {
     assert_conforms(&document, "ErrorBody", &error);
     controller.stop().await;
 }
+
+/// The result document's schema is the one generated from its types, nested
+/// parts included: a real run's document passes, and one with a wrong type
+/// deep inside a receiver's metrics does not.
+#[test]
+fn result_documents_are_checked_down_to_nested_fields() {
+    let document: Value = serde_json::from_str(measurelab_controller::openapi::json()).unwrap();
+    let run = common::result_document(
+        Some("task"),
+        "2026-01-01T00:00:00Z",
+        vec![common::reporting_receiver("point", 500, 0.1, 20.0, 2.5)],
+    );
+    assert_conforms(&document, "ResultDocument", &run);
+
+    let mut wrong = run;
+    wrong["receivers"][0]["metrics"]["one_way_delay_us"]["p95"] = json!("slow");
+    // `metrics` is optional (anyOf: the metrics or null), so the validator
+    // reports the wrong field there; its own component names it.
+    let found = measurelab_conformance::violations(&document, "ResultDocument", &wrong).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|violation| violation.starts_with("$/receivers/0/metrics:")),
+        "{found:#?}"
+    );
+    let delay = &wrong["receivers"][0]["metrics"]["one_way_delay_us"];
+    let found = measurelab_conformance::violations(&document, "DelaySummaryUs", delay).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|violation| violation.starts_with("$/p95:")),
+        "{found:#?}"
+    );
+}

@@ -893,9 +893,15 @@ pub struct ResultRecord {
     #[schema(format = DateTime)]
     pub started_at: String,
     /// The `measurelab.mcast.result/v1` document.
-    #[schema(value_type = ResultDocumentSchema)]
+    #[schema(schema_with = schemas::result_document)]
     pub document: serde_json::Value,
 }
+
+/// Name of the result document's component in the OpenAPI document. Its
+/// schema is the JSON Schema generated from [`crate::result::ResultDocument`]
+/// (`crate::result::json_schema`), which utoipa's schema model cannot hold,
+/// so the controller adds it to the document as JSON.
+pub const RESULT_DOCUMENT_SCHEMA: &str = "ResultDocument";
 
 /// `GET /v1/results` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -907,8 +913,17 @@ pub struct ResultList {
 /// OpenAPI schemas the derive cannot infer from a field's Rust type: text
 /// fields that take one of a few values, and the label map's limits.
 mod schemas {
-    use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Type};
-    use utoipa::openapi::Array;
+    use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, RefBuilder, Type};
+    use utoipa::openapi::{Array, Ref};
+
+    /// A reference only: the controller adds the schema itself, generated
+    /// from [`crate::result::ResultDocument`].
+    pub fn result_document() -> Ref {
+        RefBuilder::new()
+            .ref_location_from_schema_name(super::RESULT_DOCUMENT_SCHEMA)
+            .description(Some("The `measurelab.mcast.result/v1` document."))
+            .build()
+    }
 
     fn one_of(values: &[&str]) -> Object {
         ObjectBuilder::new()
@@ -981,57 +996,6 @@ mod schemas {
 
     pub fn task_status() -> Object {
         one_of(&["pending", "running", "completed", "failed"])
-    }
-}
-
-/// The OpenAPI schema of a stored result document: only the fields the
-/// controller itself reads are spelled out, the rest is the mcast program's
-/// (`mcast/src/result.rs`).
-pub struct ResultDocumentSchema;
-
-impl utoipa::PartialSchema for ResultDocumentSchema {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
-        use utoipa::openapi::Array;
-        let text = || ObjectBuilder::new().schema_type(Type::String);
-        let nullable_text =
-            || ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null]));
-        let free_form = ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
-            .build();
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .description(Some(
-                "A measurelab.mcast.result/v1 document (see mcast/src/result.rs); stored as given plus task_id.",
-            ))
-            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
-            .property(
-                "schema",
-                text().enum_values(Some(["measurelab.mcast.result/v1"])),
-            )
-            .required("schema")
-            .property("task_id", nullable_text())
-            .property(
-                "started_at",
-                text().format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
-                    utoipa::openapi::KnownFormat::DateTime,
-                ))),
-            )
-            .required("started_at")
-            .property("receivers", Array::new(free_form))
-            .required("receivers")
-            .property(
-                "run_id",
-                nullable_text().description(Some("Run id; repeats of a run are absorbed.")),
-            )
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for ResultDocumentSchema {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "ResultDocument".into()
     }
 }
 
