@@ -652,24 +652,8 @@ impl ManagedResource for Tasks {
         {
             Some((task, record)) => {
                 state.refresh_from(&task);
-                match state.set_result(&record) {
-                    Ok(document) if document.status == RunStatus::Failed => {
-                        // Kept in the state (tainted): the next apply submits it again.
-                        let why = document
-                            .source
-                            .error
-                            .as_deref()
-                            .unwrap_or("see result_json");
-                        diagnostics::invalid_value(
-                        diags,
-                        AttributePath::root(),
-                        format!("Measurement task {name:?} failed"),
-                            format!("The run's result has status failed: {why}.\n\nWhat to do: check that the measurement points run (their deployments' `runs`), that `source`/`receiver_points` name existing points, then apply again."),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(err) => unreadable_result(diags, &record.id, &err),
-                }
+                let document = state.set_result(&record);
+                report_result(diags, &name, &record.id, &document);
             }
             None => state.clear_result(),
         }
@@ -726,6 +710,33 @@ impl ManagedResource for Tasks {
     }
 }
 
+/// A failed run is an error (the resource is kept, tainted, so the next
+/// apply submits it again); an unreadable document is a warning.
+fn report_result(
+    diags: &mut Diagnostics,
+    task_name: &str,
+    result_id: &str,
+    document: &Result<ResultDocument, UnreadableDocument>,
+) {
+    match document {
+        Ok(document) if document.status == RunStatus::Failed => {
+            let why = document
+                .source
+                .error
+                .as_deref()
+                .unwrap_or("see result_json");
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::root(),
+                format!("Measurement task {task_name:?} failed"),
+                format!("The run's result has status failed: {why}.\n\nWhat to do: check that the measurement points run (their deployments' `runs`), that `source`/`receiver_points` name existing points, then apply again."),
+            );
+        }
+        Ok(_) => {}
+        Err(err) => unreadable_result(diags, result_id, err),
+    }
+}
+
 /// The task's result document does not read as v1: a warning, not an
 /// error, because the run happened and `result_json` holds it as stored.
 fn unreadable_result(diags: &mut Diagnostics, result_id: &str, err: &UnreadableDocument) {
@@ -747,11 +758,84 @@ fn unreadable_result(diags: &mut Diagnostics, result_id: &str, err: &UnreadableD
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data_sources::results::example_document;
 
     fn paths(state: &TaskState) -> Vec<AttributePath> {
         let mut diags = Diagnostics::default();
         state.validate(&mut diags);
         diags.errors.iter().map(|d| d.attribute.clone()).collect()
+    }
+
+    fn record(document: serde_json::Value) -> ResultRecord {
+        ResultRecord {
+            id: "res-7".into(),
+            task_id: "t-1".into(),
+            task: "loss".into(),
+            received_at: "2026-01-01T00:00:06Z".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            document,
+        }
+    }
+
+    #[test]
+    fn the_result_is_read_from_the_typed_document() {
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(example_document()));
+        assert_eq!(state.result_status, Value::Value("partial".into()));
+        assert_eq!(state.result_source_point, Value::Value("p1".into()));
+        let Value::Value(receivers) = &state.receivers else {
+            panic!("no receivers: {:?}", state.receivers);
+        };
+        assert_eq!(receivers.len(), 2);
+        assert_eq!(receivers[0].lost, Value::Value(Number::Unsigned(5)));
+        assert_eq!(receivers[1].status, "missing");
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.errors.is_empty() && diags.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_failed_run_is_an_error_with_the_sources_reason() {
+        let mut failed = example_document();
+        failed["status"] = "failed".into();
+        failed["source"]["error"] = "p1 did not answer".into();
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(failed));
+        assert_eq!(state.result_status, Value::Value("failed".into()));
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.warnings.is_empty());
+        assert_eq!(diags.errors.len(), 1);
+        assert!(
+            diags.errors[0]
+                .detail
+                .contains("failed: p1 did not answer."),
+            "{}",
+            diags.errors[0].detail
+        );
+    }
+
+    #[test]
+    fn an_unreadable_document_is_a_warning_naming_the_result_and_field() {
+        let mut broken = example_document();
+        broken["receivers"][0]["metrics"]["jitter_us"] = "fast".into();
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(broken));
+        assert_eq!(state.result_id, Value::Value("res-7".into()));
+        assert_eq!(state.result_status, Value::Value(String::new()));
+        assert_eq!(state.receivers, Value::Value(Vec::new()));
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.errors.is_empty());
+        assert_eq!(diags.warnings.len(), 1);
+        let warning = &diags.warnings[0];
+        assert!(warning.summary.contains("res-7"), "{}", warning.summary);
+        assert!(
+            warning.detail.contains("`receivers[0].metrics.jitter_us`"),
+            "{}",
+            warning.detail
+        );
+        assert_eq!(warning.attribute, AttributePath::new("result_json"));
     }
 
     #[test]
