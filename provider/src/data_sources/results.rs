@@ -148,13 +148,15 @@ pub fn summarize_document(document: &ResultDocument) -> Vec<ReceiverSummary> {
         .collect()
 }
 
-/// Per-receiver summaries of a stored `measurelab.mcast.result/v1` document;
-/// none for a document that does not read as one (the controller refuses
-/// those since it checks the type, so only a document stored before can be).
-pub fn summarize(document: &serde_json::Value) -> Vec<ReceiverSummary> {
-    ResultDocument::deserialize(document)
-        .map(|d| summarize_document(&d))
-        .unwrap_or_default()
+/// Why a stored document is not a `measurelab.mcast.result/v1` document;
+/// its `path()` names the offending field.
+pub type UnreadableDocument = serde_path_to_error::Error<serde_json::Error>;
+
+/// A stored result document, typed. The controller refuses documents that do
+/// not read since it checks the type, so only a document stored before can
+/// fail here; every reader reports that rather than showing empty values.
+pub fn read_document(document: &serde_json::Value) -> Result<ResultDocument, UnreadableDocument> {
+    serde_path_to_error::deserialize(document)
 }
 
 /// One stored run.
@@ -181,8 +183,8 @@ pub struct ResultEntry {
 impl ResultEntry {
     /// The entry of `record`, or why its document is not a v1 result document
     /// (the error names the JSON path).
-    fn new(record: &ResultRecord) -> Result<Self, serde_path_to_error::Error<serde_json::Error>> {
-        let document: ResultDocument = serde_path_to_error::deserialize(&record.document)?;
+    fn new(record: &ResultRecord) -> Result<Self, UnreadableDocument> {
+        let document = read_document(&record.document)?;
         Ok(ResultEntry {
             id: record.id.clone(),
             task: record.task.clone(),
@@ -398,47 +400,48 @@ impl DataSource for ResultsDataSource {
     }
 }
 
+/// A complete document as mcast writes it: p2 reported, p3 never joined.
+/// Shared by the tests of every reader of result documents.
+#[cfg(test)]
+pub(crate) fn example_document() -> serde_json::Value {
+    let p2 = serde_json::json!({
+        "point": "p2", "status": "ok", "error": null, "timestamp_source": "kernel",
+        "clock_sync": "same_host_clock", "clock_error_bound_us": 2.0,
+        "foreign_session_packets": 0, "malformed_packets": 0,
+        "metrics": {"packets_sent": 500, "sent_source": "sender_report",
+          "packets_received": 495, "packets_lost": 5,
+          "packets_duplicated": 0, "packets_reordered": 1,
+          "packets_beyond_duplicate_window": 0, "packets_unexpected": 0,
+          "loss_ratio": 0.01, "duplicate_fraction": 0.0,
+          "replicated_packet_rate": 0.0, "reordered_ratio": 0.002,
+          "one_way_delay_us": {"min": 100.0, "median": 1500.5, "mean": 1600.0, "p95": 3000.0, "p99": 4000.0, "max": 9000.0},
+          "ipdv_us": {"pairs": 490, "mean_abs": 250.0, "p95_abs": 600.0, "max_abs": 900.0, "mean": 0.0},
+          "pdv_us": 2900.0, "jitter_us": 120.25, "quantiles_exact": true}
+    });
+    let p3 = serde_json::json!({
+        "point": "p3", "status": "missing", "error": "cannot connect",
+        "timestamp_source": null, "clock_sync": null, "clock_error_bound_us": null,
+        "foreign_session_packets": null, "malformed_packets": null, "metrics": null
+    });
+    serde_json::json!({
+        "schema": "measurelab.mcast.result/v1", "task_id": "t-1", "run_id": "r-1",
+        "kind": "task", "source_point": "p1", "group": "239.1.2.3", "port": 5000,
+        "session_id": 9, "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:05Z", "status": "partial",
+        "config": {"rate_pps": 100.0, "packet_size_bytes": 64, "duration_seconds": 5.0,
+                   "ttl": 1, "ssm": false},
+        "source": {"point": "p1", "data_addr": null, "report": null, "error": null},
+        "receivers": [p2, p3]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A complete document as mcast writes it: p2 reported, p3 never joined.
-    fn document() -> serde_json::Value {
-        let p2 = serde_json::json!({
-            "point": "p2", "status": "ok", "error": null, "timestamp_source": "kernel",
-            "clock_sync": "same_host_clock", "clock_error_bound_us": 2.0,
-            "foreign_session_packets": 0, "malformed_packets": 0,
-            "metrics": {"packets_sent": 500, "sent_source": "sender_report",
-              "packets_received": 495, "packets_lost": 5,
-              "packets_duplicated": 0, "packets_reordered": 1,
-              "packets_beyond_duplicate_window": 0, "packets_unexpected": 0,
-              "loss_ratio": 0.01, "duplicate_fraction": 0.0,
-              "replicated_packet_rate": 0.0, "reordered_ratio": 0.002,
-              "one_way_delay_us": {"min": 100.0, "median": 1500.5, "mean": 1600.0, "p95": 3000.0, "p99": 4000.0, "max": 9000.0},
-              "ipdv_us": {"pairs": 490, "mean_abs": 250.0, "p95_abs": 600.0, "max_abs": 900.0, "mean": 0.0},
-              "pdv_us": 2900.0, "jitter_us": 120.25, "quantiles_exact": true}
-        });
-        let p3 = serde_json::json!({
-            "point": "p3", "status": "missing", "error": "cannot connect",
-            "timestamp_source": null, "clock_sync": null, "clock_error_bound_us": null,
-            "foreign_session_packets": null, "malformed_packets": null, "metrics": null
-        });
-        serde_json::json!({
-            "schema": "measurelab.mcast.result/v1", "task_id": "t-1", "run_id": "r-1",
-            "kind": "task", "source_point": "p1", "group": "239.1.2.3", "port": 5000,
-            "session_id": 9, "started_at": "2026-01-01T00:00:00Z",
-            "finished_at": "2026-01-01T00:00:05Z", "status": "partial",
-            "config": {"rate_pps": 100.0, "packet_size_bytes": 64, "duration_seconds": 5.0,
-                       "ttl": 1, "ssm": false},
-            "source": {"point": "p1", "data_addr": null, "report": null, "error": null},
-            "receivers": [p2, p3]
-        })
-    }
-
     #[test]
     fn document_receivers_become_millisecond_summaries() {
-        let document = document();
-        let summary = summarize(&document);
+        let summary = summarize_document(&read_document(&example_document()).unwrap());
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0].name, "p2");
         assert_eq!(
@@ -469,7 +472,7 @@ mod tests {
             task: "loss".into(),
             received_at: "2026-01-01T00:00:06Z".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
-            document: document(),
+            document: example_document(),
         };
         let entry = ResultEntry::new(&record).unwrap();
         assert_eq!(entry.status, "partial");
@@ -478,7 +481,6 @@ mod tests {
         record.document["receivers"][0]["metrics"]["jitter_us"] = serde_json::json!("fast");
         let err = ResultEntry::new(&record).unwrap_err();
         assert_eq!(err.path().to_string(), "receivers[0].metrics.jitter_us");
-        assert!(summarize(&record.document).is_empty());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{Task, TaskCreate};
+use measurelab_api::http::{ResultRecord, Task, TaskCreate};
+use measurelab_api::result::{ResultDocument, RunStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
@@ -19,7 +20,10 @@ use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{id_or_name, CreateRequest, ManagedResource};
-use crate::data_sources::results::{receiver_type, summarize, ReceiverSummary, RECEIVER_DOC};
+use crate::data_sources::results::{
+    read_document, receiver_type, summarize_document, ReceiverSummary, UnreadableDocument,
+    RECEIVER_DOC,
+};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -326,28 +330,35 @@ impl TaskState {
         self.status = Value::Value(task.status.clone());
     }
 
-    fn set_result(&mut self, record: Option<&measurelab_api::http::ResultRecord>) {
-        match record {
-            Some(record) => {
-                let doc = &record.document;
-                self.result_id = Value::Value(record.id.clone());
-                self.result_status =
-                    Value::Value(doc["status"].as_str().unwrap_or_default().to_string());
-                self.result_source_point =
-                    Value::Value(doc["source_point"].as_str().unwrap_or_default().to_string());
-                self.result_started_at = Value::Value(record.started_at.clone());
-                self.result_json = Value::Value(doc.to_string());
-                self.receivers = Value::Value(summarize(doc));
-            }
-            None => {
-                self.result_id = Value::Value(String::new());
-                self.result_status = Value::Value(String::new());
-                self.result_source_point = Value::Value(String::new());
-                self.result_started_at = Value::Value(String::new());
-                self.result_json = Value::Value(String::new());
-                self.receivers = Value::Value(Vec::new());
-            }
-        }
+    /// Shows `record` as the task's result, its document read (typed) once.
+    /// A document that does not read keeps its id and JSON but has no
+    /// summary; the error, which names the field, is the caller's to report.
+    fn set_result(&mut self, record: &ResultRecord) -> Result<ResultDocument, UnreadableDocument> {
+        self.result_id = Value::Value(record.id.clone());
+        self.result_started_at = Value::Value(record.started_at.clone());
+        self.result_json = Value::Value(record.document.to_string());
+        let document = read_document(&record.document);
+        let (status, source_point, receivers) = match &document {
+            Ok(document) => (
+                document.status.as_str().to_string(),
+                document.source_point.clone(),
+                summarize_document(document),
+            ),
+            Err(_) => (String::new(), String::new(), Vec::new()),
+        };
+        self.result_status = Value::Value(status);
+        self.result_source_point = Value::Value(source_point);
+        self.receivers = Value::Value(receivers);
+        document
+    }
+
+    fn clear_result(&mut self) {
+        self.result_id = Value::Value(String::new());
+        self.result_status = Value::Value(String::new());
+        self.result_source_point = Value::Value(String::new());
+        self.result_started_at = Value::Value(String::new());
+        self.result_json = Value::Value(String::new());
+        self.receivers = Value::Value(Vec::new());
     }
 
     fn create_timeout(&self) -> Duration {
@@ -630,7 +641,7 @@ impl ManagedResource for Tasks {
             .unwrap_or(state.is_once());
         state.wait_for_result = Value::Value(wait);
         if !wait {
-            state.set_result(None);
+            state.clear_result();
             return Some(state);
         }
         let name = task.name.clone();
@@ -641,22 +652,10 @@ impl ManagedResource for Tasks {
         {
             Some((task, record)) => {
                 state.refresh_from(&task);
-                state.set_result(Some(&record));
-                if record.document["status"].as_str() == Some("failed") {
-                    // Kept in the state (tainted): the next apply submits it again.
-                    let why = record.document["source"]["error"]
-                        .as_str()
-                        .unwrap_or("see result_json")
-                        .to_string();
-                    diagnostics::invalid_value(
-                        diags,
-                        AttributePath::root(),
-                        format!("Measurement task {name:?} failed"),
-                        format!("The run's result has status failed: {why}.\n\nWhat to do: check that the measurement points run (their deployments' `runs`), that `source`/`receiver_points` name existing points, then apply again."),
-                    );
-                }
+                let document = state.set_result(&record);
+                report_result(diags, &name, &record.id, &document);
             }
-            None => state.set_result(None),
+            None => state.clear_result(),
         }
         Some(state)
     }
@@ -689,7 +688,12 @@ impl ManagedResource for Tasks {
                 Some(_) => client.latest_result(&task.id).await.ok(),
                 None => None,
             };
-            state.set_result(record.as_ref());
+            match record {
+                // `refresh` has no diagnostics to warn in (the adapter's
+                // signature); `result_json` still holds the document as stored.
+                Some(record) => drop(state.set_result(&record)),
+                None => state.clear_result(),
+            }
         }
     }
 
@@ -706,14 +710,132 @@ impl ManagedResource for Tasks {
     }
 }
 
+/// A failed run is an error (the resource is kept, tainted, so the next
+/// apply submits it again); an unreadable document is a warning.
+fn report_result(
+    diags: &mut Diagnostics,
+    task_name: &str,
+    result_id: &str,
+    document: &Result<ResultDocument, UnreadableDocument>,
+) {
+    match document {
+        Ok(document) if document.status == RunStatus::Failed => {
+            let why = document
+                .source
+                .error
+                .as_deref()
+                .unwrap_or("see result_json");
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::root(),
+                format!("Measurement task {task_name:?} failed"),
+                format!("The run's result has status failed: {why}.\n\nWhat to do: check that the measurement points run (their deployments' `runs`), that `source`/`receiver_points` name existing points, then apply again."),
+            );
+        }
+        Ok(_) => {}
+        Err(err) => unreadable_result(diags, result_id, err),
+    }
+}
+
+/// The task's result document does not read as v1: a warning, not an
+/// error, because the run happened and `result_json` holds it as stored.
+fn unreadable_result(diags: &mut Diagnostics, result_id: &str, err: &UnreadableDocument) {
+    diags.add_warning(diagnostics::diagnostic(
+        format!("Result {result_id} has no summary"),
+        format!(
+            "The stored document of result {result_id} is not a `measurelab.mcast.result/v1` \
+             document: at `{}`, {}. So `result_status`, `result_source_point` and `receivers` \
+             are empty; `result_json` holds the document as stored.\n\nWhat to do: read it with \
+             `GET /v1/results?task=...`; documents stored since the controller checks the type \
+             always read.",
+            err.path(),
+            err.inner()
+        ),
+        AttributePath::new("result_json"),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data_sources::results::example_document;
 
     fn paths(state: &TaskState) -> Vec<AttributePath> {
         let mut diags = Diagnostics::default();
         state.validate(&mut diags);
         diags.errors.iter().map(|d| d.attribute.clone()).collect()
+    }
+
+    fn record(document: serde_json::Value) -> ResultRecord {
+        ResultRecord {
+            id: "res-7".into(),
+            task_id: "t-1".into(),
+            task: "loss".into(),
+            received_at: "2026-01-01T00:00:06Z".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            document,
+        }
+    }
+
+    #[test]
+    fn the_result_is_read_from_the_typed_document() {
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(example_document()));
+        assert_eq!(state.result_status, Value::Value("partial".into()));
+        assert_eq!(state.result_source_point, Value::Value("p1".into()));
+        let Value::Value(receivers) = &state.receivers else {
+            panic!("no receivers: {:?}", state.receivers);
+        };
+        assert_eq!(receivers.len(), 2);
+        assert_eq!(receivers[0].lost, Value::Value(Number::Unsigned(5)));
+        assert_eq!(receivers[1].status, "missing");
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.errors.is_empty() && diags.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_failed_run_is_an_error_with_the_sources_reason() {
+        let mut failed = example_document();
+        failed["status"] = "failed".into();
+        failed["source"]["error"] = "p1 did not answer".into();
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(failed));
+        assert_eq!(state.result_status, Value::Value("failed".into()));
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.warnings.is_empty());
+        assert_eq!(diags.errors.len(), 1);
+        assert!(
+            diags.errors[0]
+                .detail
+                .contains("failed: p1 did not answer."),
+            "{}",
+            diags.errors[0].detail
+        );
+    }
+
+    #[test]
+    fn an_unreadable_document_is_a_warning_naming_the_result_and_field() {
+        let mut broken = example_document();
+        broken["receivers"][0]["metrics"]["jitter_us"] = "fast".into();
+        let mut state = TaskState::default();
+        let document = state.set_result(&record(broken));
+        assert_eq!(state.result_id, Value::Value("res-7".into()));
+        assert_eq!(state.result_status, Value::Value(String::new()));
+        assert_eq!(state.receivers, Value::Value(Vec::new()));
+        let mut diags = Diagnostics::default();
+        report_result(&mut diags, "loss", "res-7", &document);
+        assert!(diags.errors.is_empty());
+        assert_eq!(diags.warnings.len(), 1);
+        let warning = &diags.warnings[0];
+        assert!(warning.summary.contains("res-7"), "{}", warning.summary);
+        assert!(
+            warning.detail.contains("`receivers[0].metrics.jitter_us`"),
+            "{}",
+            warning.detail
+        );
+        assert_eq!(warning.attribute, AttributePath::new("result_json"));
     }
 
     #[test]
