@@ -82,7 +82,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
-        .with(crate::console_layer())
+        .with(crate::daemon::console_layer())
         .with(measurelab_agent::logs::layer())
         .init();
     // libvirt's default error handler prints every failed probe to stderr;
@@ -140,7 +140,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(measurelab_agent::run(config, crate::shutdown_signal()))?;
+    runtime.block_on(measurelab_agent::run(
+        config,
+        crate::daemon::shutdown_signal(),
+    ))?;
     Ok(())
 }
 

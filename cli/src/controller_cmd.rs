@@ -39,7 +39,7 @@ pub struct ControllerArgs {
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
-        .with(crate::console_layer())
+        .with(crate::daemon::console_layer())
         .init();
     let join_token = args
         .join_token_file
@@ -76,7 +76,10 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(measurelab_controller::run(config, crate::shutdown_signal()))?;
+    runtime.block_on(measurelab_controller::run(
+        config,
+        crate::daemon::shutdown_signal(),
+    ))?;
     Ok(())
 }
 

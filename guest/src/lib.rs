@@ -18,6 +18,7 @@
 //! # Layout
 //! - [`config`]: [`GuestConfig`], resolved from flags, env and /proc/cmdline.
 //! - `session`: connect, reconnect, read and dispatch channel messages.
+//! - `link`: the connection handle the session, programs and local API share.
 //! - `programs`: write, verify and run distributed programs.
 //! - `local_api`: the axum server on 127.0.0.1:7079.
 //! - [`usage`]: resource use from /proc.
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod link;
 mod local_api;
 pub mod logtee;
 mod programs;
@@ -87,7 +89,7 @@ pub async fn run(
         .unwrap_or_else(|_| config.local_api.clone());
     tracing::info!(addr = %local_addr, "local platform API listening");
 
-    let link = Arc::new(session::Link::default());
+    let link = Arc::new(link::Link::default());
     let platform_api = format!("http://{local_addr}");
     let programs = Arc::new(programs::Programs::new(
         config.programs_dir.clone(),

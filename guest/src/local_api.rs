@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use measurelab_api::guest::GuestMessage;
 use serde_json::{json, Value};
 
-use crate::session::{Link, PollError};
+use crate::link::{Link, PollError};
 
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 

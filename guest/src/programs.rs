@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::session::Link;
+use crate::link::Link;
 
 /// Grace period between SIGTERM and SIGKILL on `stop`.
 const STOP_GRACE: Duration = Duration::from_secs(3);

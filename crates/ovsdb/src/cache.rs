@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{value, OvsdbClient, OvsdbError};
+use crate::client::OvsdbClient;
+use crate::error::OvsdbError;
+use crate::value;
 
 /// Rows of one table by uuid; each row holds the monitored columns.
 pub type TableRows = BTreeMap<String, Map<String, Value>>;

@@ -2,13 +2,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ovsdb_client::schema::DatabaseSchema;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::error::OvsdbError;
 use crate::framing::Framer;
-use crate::{DatabaseSchema, OvsdbError};
 
 type Reply = Result<Value, OvsdbError>;
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::OvsdbError;
+use crate::error::OvsdbError;
 
 /// Accumulates bytes from the socket and yields complete JSON values.
 #[derive(Debug, Default)]

@@ -8,8 +8,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::error::OvsdbError;
 use crate::value::Atom;
-use crate::OvsdbError;
 
 /// `[column, "==", value]`
 pub fn eq(column: &str, value: Value) -> Value {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 
-use crate::OvsdbError;
+use crate::error::OvsdbError;
 
 /// One OVSDB atom.
 #[derive(Debug, Clone, PartialEq)]

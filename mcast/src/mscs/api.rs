@@ -18,8 +18,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::engine::Mscs;
 use super::state::{StoredResult, TaskSpec};
-use super::Mscs;
 
 /// An API error with its HTTP status.
 #[derive(Debug)]
