@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::capabilities::{self, ProbeTargets};
+use crate::config::{AgentConfig, AgentError};
 use crate::identity::{self, Identity};
 use crate::logs::{self, LogBuffer};
 use crate::reconcile::{
@@ -22,7 +23,6 @@ use crate::reconcile::{
     ReconcilerConfig,
 };
 use crate::usage::UsageSampler;
-use crate::{AgentConfig, AgentError};
 use measurelab_backoff::Backoff;
 
 /// Interval used until the controller tells us its own.

@@ -1,7 +1,8 @@
 //! `terraform-provider-measurelab`: a tfplugin6 provider for measurelab.
 //!
 //! # Layout
-//! - `provider.rs`: the provider block (endpoint, token, ca_cert) and the shared client.
+//! - `provider.rs`: the provider block (endpoint, token, ca_cert).
+//! - `shared.rs`: the client the provider configures and every type shares.
 //! - `catalog.rs`: node and appliance lists fetched once per plan for placement checks.
 //! - `diagnostics.rs`: every error a user can see, with what to do next.
 //! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
@@ -16,6 +17,7 @@ mod node_model;
 mod number;
 mod provider;
 mod resources;
+mod shared;
 mod timeouts;
 mod wait;
 

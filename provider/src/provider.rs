@@ -1,7 +1,6 @@
 //! The provider block: where the controller is and how to authenticate.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use measurelab_api::client::Client;
@@ -14,7 +13,6 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::data_sources::{
     AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
 };
@@ -27,6 +25,9 @@ use crate::resources::{
     DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
     QosPolicyResource, VirtualPlatformResource, VmResource,
 };
+// Public so a resource still naming `crate::provider::Shared` compiles while
+// branches merge; new code imports `crate::shared`, which keeps edges one way.
+pub use crate::shared::Shared;
 
 /// Environment variable that sets `endpoint` when the block does not.
 pub const ENV_ENDPOINT: &str = "MEASURELAB_ENDPOINT";
@@ -44,64 +45,6 @@ pub struct ProviderConfig {
     pub token: Value<String>,
     /// PEM CA certificate (text or path).
     pub ca_cert: Value<String>,
-}
-
-/// What `ConfigureProvider` sets up: the client and the lists plan-time
-/// checks read through it.
-#[derive(Clone)]
-struct Configured {
-    client: Client,
-    catalog: Arc<Catalog>,
-}
-
-/// What resources share with the provider: the configured client (set once
-/// `ConfigureProvider` ran) and the stop signal. Cheap to clone. A std lock is
-/// enough because it is never held across an `.await`.
-#[derive(Clone)]
-pub struct Shared {
-    configured: Arc<RwLock<Option<Configured>>>,
-    /// Cancelled when Terraform is interrupted; long waits watch it.
-    pub stop: CancellationToken,
-}
-
-impl Shared {
-    /// Not configured yet; long waits stop when `stop` is cancelled.
-    pub(crate) fn new(stop: CancellationToken) -> Self {
-        Shared {
-            configured: Arc::new(RwLock::new(None)),
-            stop,
-        }
-    }
-
-    /// The configured client, or a diagnostic saying the provider is not configured.
-    pub fn client(&self, diags: &mut Diagnostics) -> Option<Client> {
-        let client = self.configured().map(|c| c.client);
-        if client.is_none() {
-            diagnostics::not_configured(diags);
-        }
-        client
-    }
-
-    /// The configured client with the node and appliance lists fetched
-    /// through it (for optional plan-time checks; no diagnostic).
-    pub fn catalog_quiet(&self) -> Option<(Client, Arc<Catalog>)> {
-        self.configured().map(|c| (c.client, c.catalog))
-    }
-
-    fn configured(&self) -> Option<Configured> {
-        self.configured.read().ok().and_then(|guard| guard.clone())
-    }
-
-    /// A new client starts with empty lists: a reconfigured provider may
-    /// point at another controller.
-    pub(crate) fn set_client(&self, client: Client) {
-        if let Ok(mut guard) = self.configured.write() {
-            *guard = Some(Configured {
-                client,
-                catalog: Arc::default(),
-            });
-        }
-    }
 }
 
 /// The measurelab provider.

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use super::spec::{GuestSpec, NicAttach, RateLimit};
-use super::{BackendKind, OWNER_XML_NAMESPACE};
+use super::types::{BackendKind, OWNER_XML_NAMESPACE};
 
 /// QEMU accelerator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,13 +15,14 @@ use virt::domain::{Domain, DomainState};
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
+use super::api::Hypervisor;
 use super::domain_xml::{
     domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
 };
 use super::spec::{GuestSpec, NicAttach, RateLimit};
-use super::{
-    BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor,
-    HypervisorError, NicAdoption, ResizeOutcome, OWNER_XML_NAMESPACE,
+use super::types::{
+    BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestState, HypervisorError,
+    NicAdoption, ResizeOutcome, OWNER_XML_NAMESPACE,
 };
 
 /// Guests as libvirt domains.

@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::api::Hypervisor;
 use super::spec::{short_id, GuestSpec, NicSpec, RateLimit};
-use super::{
-    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, Hypervisor, HypervisorError,
-    ResizeOutcome,
+use super::types::{
+    BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, HypervisorError, ResizeOutcome,
 };
 
 const CPU_PERIOD_US: u64 = 100_000;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::HypervisorError;
+use super::types::HypervisorError;
 
 /// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
 const MAX_IFNAME_LEN: usize = 15;

@@ -4,7 +4,7 @@
 //! own namespace; an agent in a node namespace (a lab) must fetch it from
 //! there before its OVS can open it.
 
-use super::{ErrorClass, HypervisorError, NicAdoption};
+use super::types::{ErrorClass, HypervisorError, NicAdoption};
 
 /// libvirtd creates a TapOnly guest's tap in its own (usually the host's)
 /// network namespace. An agent running in a node namespace (as in a lab)

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`spec`]: the desired switch ([`SwitchSpec`]) and its validation.
-//! - [`Switch`] (this file): what reconcile needs from a switch (observe, apply a
+//! - [`Switch`] (`switch.rs`): what reconcile needs from a switch (observe, apply a
 //!   list of [`SwitchAction`]s, report capabilities), so the logic can be tested
 //!   against a fake.
 //! - [`reconcile`](mod@reconcile): pure planning (desired + observed -> actions) and
@@ -10,288 +10,39 @@
 //! - [`OvsdbSwitch`] (`ovsdb_switch.rs`): the real driver; each apply is one
 //!   atomic OVSDB transaction, so nothing is ever half-applied.
 //! - `probe.rs`: kernel features behind QoS and policing.
+//! - `error.rs`, `ownership.rs`: [`OvsError`] and the `external_ids` keys,
+//!   leaves every other file imports (no file imports this one).
 //!
 //! # Ownership
 //! Every row we create carries `external_ids:measurelab-owner=<owner>`. Rows
 //! without our tag are never modified or deleted; a desired name that is taken
 //! by a foreign row is a [`OvsError::Conflict`], not a takeover.
 
-use async_trait::async_trait;
-
+mod error;
 mod ovsdb_switch;
+mod ownership;
 mod probe;
 pub mod reconcile;
 pub mod spec;
+mod switch;
 
+pub use error::OvsError;
 pub use ovsdb_switch::OvsdbSwitch;
+pub use ownership::{OWNER_KEY, ROLE_KEY};
 pub use probe::KernelFeature;
 pub use reconcile::{plan, reconcile, teardown, ReconcileReport};
 pub use spec::{
     BondMode, BondSpec, FlowExportSpec, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec,
     SwitchSpec, UplinkSpec, VmPortSpec,
 };
-
-/// `external_ids` key that marks rows this agent owns.
-pub const OWNER_KEY: &str = "measurelab-owner";
-/// `external_ids` key telling a VM port from the uplink.
-pub const ROLE_KEY: &str = "measurelab-role";
-
-/// Errors of the OVS driver.
-#[derive(Debug, thiserror::Error)]
-pub enum OvsError {
-    /// The desired state is invalid; nothing was changed.
-    #[error("invalid switch spec: {field}: {reason}")]
-    InvalidSpec {
-        /// The offending field, e.g. `ports[2].vlan`.
-        field: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The request needs something this node cannot do; nothing was changed.
-    #[error("unsupported on this node: {field}: {reason}")]
-    Unsupported {
-        /// The field that asked for it.
-        field: String,
-        /// What is missing.
-        reason: String,
-    },
-    /// A row we would have to change is not ours.
-    #[error(
-        "{table} {name:?} exists but is not owned by {OWNER_KEY}={owner}; refusing to touch it"
-    )]
-    Conflict {
-        /// OVSDB table.
-        table: String,
-        /// Row name.
-        name: String,
-        /// Our owner id.
-        owner: String,
-    },
-    /// OVSDB failed (connection, op or commit error).
-    #[error(transparent)]
-    Ovsdb(#[from] measurelab_ovsdb::OvsdbError),
-    /// OVSDB returned something our model cannot represent.
-    #[error("unexpected OVSDB content: {0}")]
-    Unexpected(String),
-}
-
-impl OvsError {
-    /// Worth retrying after re-reading: a concurrent change or a lost session.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, OvsError::Ovsdb(err) if err.is_retryable())
-    }
-}
-
-/// What the switch can do, as probed on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SwitchCapabilities {
-    /// `ovs_version` of the Open_vSwitch row.
-    pub ovs_version: Option<String>,
-    /// `Open_vSwitch.datapath_types` (e.g. `netdev`, `system`).
-    pub datapath_types: Vec<String>,
-    /// `Open_vSwitch.iface_types`.
-    pub iface_types: Vec<String>,
-    /// linux-htb egress QoS: needs the kernel's HTB qdisc.
-    pub linux_htb: KernelFeature,
-    /// `ingress_policing_rate`: needs the ingress qdisc, a classifier
-    /// (matchall or basic) and the police action.
-    pub ingress_policing: KernelFeature,
-    /// The `system` datapath: needs the openvswitch kernel module.
-    pub kernel_datapath: KernelFeature,
-}
-
-impl SwitchCapabilities {
-    /// Datapath types that can actually carry a bridge here: OVS lists
-    /// `system` even without the kernel module.
-    pub fn usable_datapath_types(&self) -> Vec<String> {
-        self.datapath_types
-            .iter()
-            .filter(|t| t.as_str() != "system" || self.kernel_datapath.is_available())
-            .cloned()
-            .collect()
-    }
-
-    /// Feature names for the heartbeat's `qos_features` (only what works).
-    pub fn qos_features(&self) -> Vec<String> {
-        let mut features = Vec::new();
-        if self.linux_htb.is_available() {
-            features.push("linux-htb".to_string());
-        }
-        if self.ingress_policing.is_available() {
-            features.push("ingress-policing".to_string());
-        }
-        features
-    }
-}
+pub use switch::{
+    ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, PortRole, Switch,
+    SwitchAction, SwitchCapabilities,
+};
 
 /// Probe the switch behind `target` (`unix:/path/db.sock`): datapath types from
 /// the Open_vSwitch row plus kernel support for linux-htb and ingress policing.
 /// Feed [`SwitchCapabilities::qos_features`] into the heartbeat.
 pub async fn probe_capabilities(target: &str) -> Result<SwitchCapabilities, OvsError> {
     OvsdbSwitch::connect(target).await?.capabilities().await
-}
-
-/// A QoS row as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedQos {
-    /// Row id.
-    pub uuid: String,
-    /// Tagged with our owner id.
-    pub owned: bool,
-    /// The limits, if the row is a linux-htb QoS we can read as a [`QosSpec`].
-    pub spec: Option<QosSpec>,
-    /// Queue rows it references.
-    pub queue_uuids: Vec<String>,
-}
-
-/// Which of our ports this is (from `external_ids:measurelab-role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortRole {
-    /// A VM's access port.
-    Vm,
-    /// The uplink (single interface or bond).
-    Uplink,
-}
-
-/// A Port on the integration bridge, as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedPort {
-    /// Row id.
-    pub uuid: String,
-    /// Port name.
-    pub name: String,
-    /// Tagged with our owner id.
-    pub owned: bool,
-    /// Our role tag, if any.
-    pub role: Option<PortRole>,
-    /// `tag`.
-    pub tag: Option<u16>,
-    /// Interface names.
-    pub interfaces: Vec<String>,
-    /// `bond_mode`.
-    pub bond_mode: Option<String>,
-    /// `lacp`.
-    pub lacp: Option<String>,
-    /// The QoS it references.
-    pub qos: Option<ObservedQos>,
-    /// Ingress policing of its (first) interface; `None` when the rate is 0.
-    pub policing: Option<PolicingSpec>,
-}
-
-/// A flow-export row referenced by the bridge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedExport<T> {
-    /// Row id.
-    pub uuid: String,
-    /// Tagged with our owner id.
-    pub owned: bool,
-    /// Its settings in our terms.
-    pub spec: T,
-}
-
-/// The integration bridge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedBridge {
-    /// Row id.
-    pub uuid: String,
-    /// Tagged with our owner id.
-    pub owned: bool,
-    /// Every Port row it references (ours and foreign), for the concurrency guard.
-    pub port_uuids: Vec<String>,
-}
-
-/// The actual state relevant to one [`SwitchSpec`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedSwitch {
-    /// The bridge, if it exists.
-    pub bridge: Option<ObservedBridge>,
-    /// Ports on the bridge.
-    pub ports: Vec<ObservedPort>,
-    /// Names of foreign Port or Interface rows anywhere (desired names must avoid them).
-    pub foreign_names: Vec<String>,
-    /// Our QoS rows that no Port references (deleted with their queues).
-    pub orphan_qos: Vec<ObservedQos>,
-    /// Our Queue rows that no QoS references.
-    pub orphan_queues: Vec<String>,
-    /// The bridge's sFlow row.
-    pub sflow: Option<ObservedExport<SflowSpec>>,
-    /// The bridge's NetFlow row.
-    pub netflow: Option<ObservedExport<NetflowSpec>>,
-    /// The bridge's IPFIX row.
-    pub ipfix: Option<ObservedExport<IpfixSpec>>,
-}
-
-/// One change to the switch. A list of them is applied atomically.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SwitchAction {
-    /// Create the integration bridge (netdev datapath).
-    CreateBridge,
-    /// Add a VM port with its tag, QoS and policing.
-    AddVmPort(VmPortSpec),
-    /// Fix a VM port's VLAN.
-    SetPortTag {
-        /// Port name.
-        port: String,
-        /// New VLAN.
-        vlan: u16,
-    },
-    /// Replace (or remove, with `None`) a VM port's QoS; our old QoS and
-    /// queues are deleted.
-    SetPortQos {
-        /// Port name.
-        port: String,
-        /// New limits.
-        qos: Option<QosSpec>,
-    },
-    /// Set or clear ingress policing on a VM port's interface.
-    SetPortPolicing {
-        /// Port name.
-        port: String,
-        /// New policing.
-        policing: Option<PolicingSpec>,
-    },
-    /// Remove one of our ports (and its QoS).
-    RemovePort {
-        /// Port name.
-        port: String,
-    },
-    /// Add the uplink port (single or bond).
-    AddUplink(UplinkSpec),
-    /// Delete one of our QoS rows that nothing references, and its queues.
-    DeleteQos {
-        /// Row id.
-        uuid: String,
-    },
-    /// Delete one of our Queue rows that nothing references.
-    DeleteQueue {
-        /// Row id.
-        uuid: String,
-    },
-    /// Set or clear the bridge's sFlow.
-    SetSflow(Option<SflowSpec>),
-    /// Set or clear the bridge's NetFlow.
-    SetNetflow(Option<NetflowSpec>),
-    /// Set or clear the bridge's IPFIX.
-    SetIpfix(Option<IpfixSpec>),
-    /// Delete the whole bridge (teardown).
-    DeleteBridge,
-}
-
-/// What reconcile needs from a switch. The real one is [`OvsdbSwitch`]; tests
-/// of the planning logic use a fake.
-#[async_trait]
-pub trait Switch: Send + Sync {
-    /// Probe what this switch and kernel can do.
-    async fn capabilities(&self) -> Result<SwitchCapabilities, OvsError>;
-    /// Read the state relevant to `owner`'s bridge `bridge`.
-    async fn observe(&self, owner: &str, bridge: &str) -> Result<ObservedSwitch, OvsError>;
-    /// Apply `actions` atomically. `observed` is what they were planned from; a
-    /// switch may refuse (transiently) if the state changed since.
-    async fn apply(
-        &self,
-        owner: &str,
-        bridge: &str,
-        observed: &ObservedSwitch,
-        actions: &[SwitchAction],
-    ) -> Result<(), OvsError>;
 }

@@ -11,11 +11,15 @@ use measurelab_ovsdb::value::{self, Atom, Datum};
 use measurelab_ovsdb::{MonitorCache, OvsdbClient};
 use serde_json::{json, Map, Value};
 
+use super::error::OvsError;
+use super::ownership::{OWNER_KEY, ROLE_KEY};
 use super::probe::probe_kernel;
-use super::{
-    IpfixSpec, NetflowSpec, ObservedBridge, ObservedExport, ObservedPort, ObservedQos,
-    ObservedSwitch, OvsError, PolicingSpec, PortRole, QosSpec, SflowSpec, Switch, SwitchAction,
-    SwitchCapabilities, UplinkSpec, VmPortSpec, OWNER_KEY, ROLE_KEY,
+use super::spec::{
+    IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, UplinkSpec, VmPortSpec,
+};
+use super::switch::{
+    ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, PortRole, Switch,
+    SwitchAction, SwitchCapabilities,
 };
 
 const DB: &str = "Open_vSwitch";

@@ -5,9 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    IpfixSpec, NetflowSpec, ObservedExport, ObservedPort, ObservedSwitch, OvsError, PortRole,
-    SflowSpec, Switch, SwitchAction, SwitchSpec, UplinkSpec,
+use super::error::OvsError;
+use super::spec::{IpfixSpec, NetflowSpec, SflowSpec, SwitchSpec, UplinkSpec};
+use super::switch::{
+    ObservedExport, ObservedPort, ObservedSwitch, PortRole, Switch, SwitchAction,
+    SwitchCapabilities,
 };
 
 /// How often a plan is rebuilt when the switch changed under us.
@@ -214,7 +216,7 @@ pub fn plan(spec: &SwitchSpec, observed: &ObservedSwitch) -> Result<Vec<SwitchAc
 }
 
 /// Refuse, before touching anything, what this node cannot do.
-fn check_capabilities(spec: &SwitchSpec, caps: &super::SwitchCapabilities) -> Result<(), OvsError> {
+fn check_capabilities(spec: &SwitchSpec, caps: &SwitchCapabilities) -> Result<(), OvsError> {
     if !caps.datapath_types.iter().any(|t| t == "netdev") {
         return Err(OvsError::Unsupported {
             field: "bridge".to_string(),
@@ -306,10 +308,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::ovs::{
-        BondMode, BondSpec, FlowExportSpec, KernelFeature, ObservedBridge, ObservedQos,
-        PolicingSpec, QosSpec, SwitchCapabilities, VmPortSpec,
-    };
+    use crate::ovs::probe::KernelFeature;
+    use crate::ovs::spec::{BondMode, BondSpec, FlowExportSpec, PolicingSpec, QosSpec, VmPortSpec};
+    use crate::ovs::switch::{ObservedBridge, ObservedQos};
 
     /// An in-memory switch: applies actions to an ObservedSwitch the way OVSDB
     /// would, and records every apply call.

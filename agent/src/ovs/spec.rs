@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use super::OvsError;
+use super::error::OvsError;
 
 /// Linux limits interface names to 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;

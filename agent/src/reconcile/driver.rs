@@ -18,10 +18,11 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use super::engine::Reconciler;
 use super::programs::Programs;
-use super::{ControlPlane, ReconcileError, Reconciler, RESYNC_INTERVAL};
-use crate::backoff::Backoff;
+use super::types::{ControlPlane, ReconcileError, RESYNC_INTERVAL};
 use crate::identity::Identity;
+use measurelab_backoff::Backoff;
 
 /// How long guest events are collected before the resulting pass (many
 /// guests saying hello at once cost one pass, not one each).

@@ -16,14 +16,14 @@ use uuid::Uuid;
 
 use super::plan::{self, Failure, GuestFacts, Job, KeyState, Observed, Power, PowerStep};
 use super::translate;
-use super::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
-use crate::backoff::Backoff;
+use super::types::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
     Hypervisor, HypervisorError, NicAdoption,
 };
 use crate::ovs::{FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
+use measurelab_backoff::Backoff;
 
 /// Something a pass did to the node (tests compare lists of these).
 #[derive(Debug, Clone, PartialEq)]

@@ -11,12 +11,12 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::translate::{self, TranslateError};
-use super::{condition, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
-use crate::backoff::Backoff;
+use super::types::{condition, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::hypervisor::{
     BackendKind, ErrorClass, GuestInfo, GuestSpec, GuestState, HypervisorError,
 };
 use crate::ovs::{SwitchCapabilities, UplinkSpec, VmPortSpec};
+use measurelab_backoff::Backoff;
 
 /// Why a VM is not as desired; becomes a False condition.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use measurelab_api::node_v1::{ProgramRun, ProgramRunStatus};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{ControlPlane, ReconcileError};
+use super::types::{ControlPlane, ReconcileError};
 use crate::guest_channel::GuestChannels;
 
 type RunKey = (String, Uuid);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use measurelab_api::node_v1::DesiredVm;
 use uuid::Uuid;
 
-use super::ReconcilerConfig;
+use super::types::ReconcilerConfig;
 use crate::guest_channel::channel_socket_path;
 use crate::hypervisor::{BackendKind, BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
 use crate::ovs::{QosSpec, VmPortSpec};

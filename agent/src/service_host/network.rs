@@ -10,7 +10,7 @@ use measurelab_ovsdb::value;
 use measurelab_ovsdb::OvsdbClient;
 use serde_json::{json, Value};
 
-use super::{ServiceHostConfig, ServiceHostError, SERVICE_ROLE};
+use super::config::{ServiceHostConfig, ServiceHostError, SERVICE_ROLE};
 use crate::ovs::{OWNER_KEY, ROLE_KEY};
 
 const DB: &str = "Open_vSwitch";

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
-use super::{ServiceHostError, RESYNC};
+use super::config::{ServiceHostError, RESYNC};
 use crate::reconcile::{ControlPlane, ReconcileError};
 use measurelab_backoff::Backoff;
 

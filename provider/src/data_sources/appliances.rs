@@ -15,7 +15,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 const KIND: &str = "appliances";
 

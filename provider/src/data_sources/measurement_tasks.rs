@@ -15,7 +15,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 use super::views::{object_type, task_fields, TaskView};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// The filters with a closed set of values, and those values.
 const CHOICES: [(&str, &[&str]); 3] = [

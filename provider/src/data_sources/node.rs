@@ -12,7 +12,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 
 use crate::diagnostics::{self, Operation};
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 
 use crate::diagnostics::{self, Operation};
 use crate::node_model::{self, NodeValue};
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// Accepted values of the `status` filter.
 const STATUSES: [&str; 2] = ["online", "offline"];

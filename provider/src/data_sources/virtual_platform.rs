@@ -7,7 +7,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 
 use super::views::{lookup_attributes, platform_fields, PlatformView};
 use crate::diagnostics::{self, Operation};
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// The data source implementation.
 pub struct VirtualPlatformDataSource {

@@ -13,7 +13,7 @@ use tf_provider::{DataSource, Diagnostics};
 use super::views::{object_type, platform_fields, PlatformView};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use tf_provider::{AttributePath, DataSource, Diagnostics};
 use super::views::{lookup_attributes, vm_fields, VmView};
 use super::vms::list_query;
 use crate::diagnostics::{self, Operation};
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 /// The data source implementation.
 pub struct VmDataSource {

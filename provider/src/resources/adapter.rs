@@ -25,7 +25,7 @@ use tf_provider::{AttributePath, Diagnostics, Resource};
 use tokio_util::sync::CancellationToken;
 
 use crate::diagnostics::{self, Operation};
-use crate::provider::Shared;
+use crate::shared::Shared;
 use crate::wait::{self, Poll};
 
 /// How many times a create whose answer was lost is sent in all.

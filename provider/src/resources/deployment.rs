@@ -20,7 +20,7 @@ use super::adapter::{known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 use crate::timeouts;
 use crate::wait::{self, Poll};
 

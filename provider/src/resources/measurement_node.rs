@@ -24,7 +24,7 @@ use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::labels;
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
-use crate::provider::Shared;
+use crate::shared::Shared;
 use crate::timeouts::{self, Timeouts};
 
 /// How often create polls the controller while waiting for the node.

@@ -27,7 +27,7 @@ use crate::data_sources::results::{
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 use crate::timeouts;
 use crate::wait::{self, Poll};
 
@@ -906,7 +906,7 @@ mod tests {
 
     #[tokio::test]
     async fn service_host_nodes_without_a_service_host_are_refused_at_plan() {
-        use crate::resources::MeasurementTaskResource;
+        type MeasurementTaskResource = crate::resources::adapter::Adapter<Tasks>;
         use axum::routing::get;
         use axum::{Json, Router};
         use measurelab_api::http::{Capabilities, Node, NodeList, NodeStatus, Resources};

@@ -22,7 +22,7 @@ use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics;
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 const KIND: &str = "program";
 

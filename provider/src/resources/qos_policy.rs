@@ -17,7 +17,7 @@ use tf_provider::{AttributePath, Diagnostics};
 use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 const KIND: &str = "QoS policy";
 

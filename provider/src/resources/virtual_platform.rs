@@ -18,7 +18,7 @@ use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 
 const KIND: &str = "virtual platform";
 

@@ -20,7 +20,7 @@ use super::adapter::{known, CreateRequest, DeleteWait, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
-use crate::provider::Shared;
+use crate::shared::Shared;
 use crate::timeouts;
 use crate::wait::{self, Poll};
 
@@ -676,7 +676,7 @@ impl ManagedResource for Vms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::VmResource;
+    type VmResource = crate::resources::adapter::Adapter<Vms>;
     use measurelab_api::http::Condition;
     use tf_provider::value::ValueEmpty;
     use tf_provider::Resource;

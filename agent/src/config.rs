@@ -1,0 +1,224 @@
+//! [`AgentConfig`] and its validation, and [`AgentError`]: kept apart from
+//! the crate root so the session that consumes them does not import the root
+//! that starts it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::{capabilities, identity, ovs, service_host};
+
+/// Everything the agent needs to join a lab.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Unique node name (a DNS label).
+    pub name: String,
+    /// gRPC endpoint of the controller, e.g. `http://10.254.0.1:7071`.
+    pub controller: String,
+    /// The lab's join token.
+    pub join_token: String,
+    /// Directory holding `identity.json`; created if missing.
+    pub state_dir: PathBuf,
+    /// Operator labels sent at registration.
+    pub labels: BTreeMap<String, String>,
+    /// Address of the node on the management network.
+    pub management_address: String,
+    /// The node's own OVSDB, e.g. `unix:/path/db.sock`.
+    pub ovsdb: Option<String>,
+    /// libvirt URIs to probe.
+    pub libvirt_uris: Vec<String>,
+    /// Integration bridge the VM ports join (created by the agent).
+    pub bridge: String,
+    /// Uplink port added to the bridge as a VLAN trunk, e.g. `uplink0`.
+    pub uplink: Option<String>,
+    /// The guest agent binary run in namespace guests; `None`:
+    /// `measurelab-guest-agent` beside the running executable.
+    pub guest_agent: Option<PathBuf>,
+    /// The service host (built-in measurement point on the service network);
+    /// `None`: the node takes no service_host tasks.
+    pub service_host: Option<service_host::ServiceHostConfig>,
+}
+
+impl AgentConfig {
+    /// A configuration with no labels, no OVSDB and the default libvirt URIs.
+    pub fn new(name: &str, controller: &str, join_token: &str, state_dir: PathBuf) -> Self {
+        AgentConfig {
+            name: name.to_string(),
+            controller: controller.to_string(),
+            join_token: join_token.to_string(),
+            state_dir,
+            labels: BTreeMap::new(),
+            management_address: String::new(),
+            ovsdb: None,
+            libvirt_uris: capabilities::DEFAULT_LIBVIRT_URIS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            bridge: "br-int".to_string(),
+            uplink: None,
+            guest_agent: None,
+            service_host: None,
+        }
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let invalid = |field: &str, reason: String| AgentError::InvalidConfig {
+            field: field.to_string(),
+            reason,
+        };
+        if let Err(reason) = check_dns_label(&self.name) {
+            return Err(invalid("name", reason));
+        }
+        if !(self.controller.starts_with("http://") || self.controller.starts_with("https://")) {
+            return Err(invalid(
+                "controller",
+                format!(
+                    "{:?} must be an http:// or https:// URL such as http://10.254.0.1:7071",
+                    self.controller
+                ),
+            ));
+        }
+        if tonic::transport::Endpoint::from_shared(self.controller.clone()).is_err() {
+            return Err(invalid(
+                "controller",
+                format!("{:?} is not a valid URL", self.controller),
+            ));
+        }
+        if self.join_token.trim().is_empty() {
+            return Err(invalid("join_token", "must not be empty".into()));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "must not be empty".into()));
+        }
+        for key in self.labels.keys() {
+            if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c == '=') {
+                return Err(invalid(
+                    "labels",
+                    format!("label key {key:?} must be non-empty without spaces or '='"),
+                ));
+            }
+        }
+        if let Some(ovsdb) = &self.ovsdb {
+            if !(ovsdb.starts_with("unix:") || ovsdb.starts_with("tcp:")) {
+                return Err(invalid(
+                    "ovsdb",
+                    format!("{ovsdb:?} must look like unix:/path/db.sock or tcp:host:port"),
+                ));
+            }
+        }
+        if let Err(e) = ovs::spec::check_ifname("bridge", &self.bridge) {
+            return Err(invalid("bridge", e.to_string()));
+        }
+        if let Some(uplink) = &self.uplink {
+            if let Err(e) = ovs::spec::check_ifname("uplink", uplink) {
+                return Err(invalid("uplink", e.to_string()));
+            }
+        }
+        if let Some(service) = &self.service_host {
+            if let Err(service_host::ServiceHostError::InvalidConfig { field, reason }) =
+                service.validate()
+            {
+                return Err(invalid(&field, reason));
+            }
+        }
+        if let Some(agent) = &self.guest_agent {
+            if !agent.is_absolute() {
+                return Err(invalid(
+                    "guest_agent",
+                    format!("{} must be an absolute path", agent.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("{name:?} must be 1 to 63 characters long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{name:?} may contain only lowercase letters, digits and '-'"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("{name:?} must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Errors that stop the agent. Controller trouble is never one of them.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A configuration field is unusable.
+    #[error("invalid agent configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// Field name.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The state directory cannot be created.
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// identity.json cannot be read or written.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        AgentConfig::new(
+            "n1",
+            "http://127.0.0.1:7071",
+            "tok",
+            PathBuf::from("/tmp/x"),
+        )
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        config().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut AgentConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|c| c.name = "Bad_Name".into())),
+            ("name", Box::new(|c| c.name = "-x".into())),
+            (
+                "controller",
+                Box::new(|c| c.controller = "10.0.0.1:7071".into()),
+            ),
+            ("join_token", Box::new(|c| c.join_token = " ".into())),
+            (
+                "labels",
+                Box::new(|c| {
+                    c.labels.insert("a b".into(), "v".into());
+                }),
+            ),
+            ("ovsdb", Box::new(|c| c.ovsdb = Some("/run/db.sock".into()))),
+        ];
+        for (field, mutate) in cases {
+            let mut c = config();
+            mutate(&mut c);
+            match c.validate() {
+                Err(AgentError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected {field} to be rejected, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What the reconcile files share: timing, condition names, the error, the
+//! controller seam ([`ControlPlane`]), the backends and the loop's settings.
+//! A leaf, so `driver`, `engine`, `plan`, `programs` and `translate` never
+//! import the parent module that re-exports them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use measurelab_api::node_v1::{DesiredState, ProgramBlob, StatusAck, StatusReport};
+
+use crate::hypervisor::Hypervisor;
+
+/// How often the desired state is fetched even if the generation did not move
+/// (catches hand edits with `virsh` or `ovs-vsctl` and lost heartbeats).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// First retry delay of a key after a Transient error.
+pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest retry delay of a key.
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// Condition types reported per VM.
+pub mod condition {
+    /// The VM is as desired: power state, port and guest agent.
+    pub const READY: &str = "Ready";
+    /// Its port is on the integration bridge with the right tag and QoS.
+    pub const PORT_ATTACHED: &str = "PortAttached";
+    /// Its guest agent said hello on the guest channel.
+    pub const GUEST_REGISTERED: &str = "GuestRegistered";
+}
+
+/// Errors of the reconcile module.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The agent is not registered yet, so it cannot talk to the controller.
+    #[error("not registered with the controller yet")]
+    NotRegistered,
+    /// A controller call failed.
+    #[error("controller {call} failed: {status}")]
+    Controller {
+        /// The RPC.
+        call: &'static str,
+        /// What the controller (or the transport) said (boxed: a Status is large).
+        status: Box<tonic::Status>,
+    },
+    /// A fetched program does not match its checksum.
+    #[error("program {program_id}: content has sha256 {actual}, expected {expected}")]
+    ProgramChecksum {
+        /// Program id.
+        program_id: String,
+        /// What the desired state promised.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// The program cache cannot be read or written.
+    #[error("program cache {path}: {source}")]
+    ProgramCache {
+        /// File.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the reconcile loop needs from the controller. The real one is
+/// [`GrpcControlPlane`](super::GrpcControlPlane); tests use fakes. Node credentials are the
+/// implementation's business.
+#[async_trait]
+pub trait ControlPlane: Send + Sync {
+    /// `GetDesiredState`.
+    async fn desired_state(&self) -> Result<DesiredState, ReconcileError>;
+    /// `ReportStatus` (node id and secret are filled in by the implementation).
+    async fn report_status(&self, report: StatusReport) -> Result<StatusAck, ReconcileError>;
+    /// `FetchProgram`.
+    async fn fetch_program(&self, program_id: &str) -> Result<ProgramBlob, ReconcileError>;
+    /// `PostResult`; returns the result id.
+    async fn post_result(
+        &self,
+        vm_id: &str,
+        task_id: &str,
+        document_json: String,
+    ) -> Result<String, ReconcileError>;
+    /// `PollTasks`; each entry is one task as JSON.
+    async fn poll_tasks(&self, vm_id: &str) -> Result<Vec<String>, ReconcileError>;
+}
+
+/// The hypervisor backends of this node, by the controller's backend names.
+#[derive(Clone, Default)]
+pub struct Backends {
+    /// `"namespace"`: network namespace + cgroup slivers.
+    pub namespace: Option<Arc<dyn Hypervisor>>,
+    /// `"libvirt"`: the node's preferred libvirt URI (QEMU or Xen; the test
+    /// driver when nothing else is there).
+    pub libvirt: Option<Arc<dyn Hypervisor>>,
+}
+
+impl Backends {
+    /// The backend a desired VM names (`""` means namespace, the default).
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Hypervisor>> {
+        match name {
+            "" | "namespace" => self.namespace.as_ref(),
+            "libvirt" => self.libvirt.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Every backend with its controller name.
+    pub fn all(&self) -> Vec<(&'static str, Arc<dyn Hypervisor>)> {
+        let mut all = Vec::new();
+        if let Some(hv) = &self.namespace {
+            all.push(("namespace", hv.clone()));
+        }
+        if let Some(hv) = &self.libvirt {
+            all.push(("libvirt", hv.clone()));
+        }
+        all
+    }
+}
+
+/// Node-wide settings of the reconcile loop.
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    /// The agent's state dir: guest channel sockets and the program cache.
+    pub state_dir: PathBuf,
+    /// `external_ids:measurelab-owner` of our OVS rows (the node name).
+    pub owner: String,
+    /// The integration bridge, `br-int`.
+    pub bridge: String,
+    /// The uplink port (trunk towards the lab switch), e.g. `uplink0`.
+    pub uplink: Option<String>,
+    /// Hypervisor calls running at once (different VMs only).
+    pub parallelism: usize,
+}
+
+impl ReconcilerConfig {
+    /// Defaults: bridge `br-int`, no uplink, 8 parallel guest operations.
+    pub fn new(state_dir: impl Into<PathBuf>, owner: &str) -> Self {
+        ReconcilerConfig {
+            state_dir: state_dir.into(),
+            owner: owner.to_string(),
+            bridge: "br-int".into(),
+            uplink: None,
+            parallelism: 8,
+        }
+    }
+}
