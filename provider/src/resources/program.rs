@@ -109,9 +109,8 @@ pub fn read_source(path: &str) -> Result<(Vec<u8>, String), ProgramError> {
     if content.is_empty() {
         return Err(ProgramError::Empty(path.to_string()));
     }
-    let digest = Sha256::digest(&content);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((content, hex))
+    let sha256 = hex::encode(Sha256::digest(&content));
+    Ok((content, sha256))
 }
 
 fn source_diag(diags: &mut Diagnostics, err: &ProgramError) {
