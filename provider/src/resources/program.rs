@@ -329,16 +329,11 @@ impl ManagedResource for Programs {
     }
 
     async fn get(client: &Client, key: &str) -> Result<Program, ClientError> {
-        client
-            .request::<(), _>(reqwest::Method::GET, &format!("/v1/programs/{key}"), None)
-            .await
+        client.get_program(key).await
     }
 
     async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
-        client
-            .request::<(), Program>(reqwest::Method::DELETE, &format!("/v1/programs/{id}"), None)
-            .await
-            .map(drop)
+        client.delete_program(id).await.map(drop)
     }
 
     /// `source` is only known to the configuration; on import the next plan
