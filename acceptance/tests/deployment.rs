@@ -11,8 +11,9 @@ const ADDRESS: &str = "measurelab_deployment.ticker";
 /// A program that stays up (what `wait_for = "running"` is for).
 const TICKER: &str = "#!/bin/sh\necho \"ticker up: $* ($GREETING)\"\nexec sleep 2147483647\n";
 
-/// `program` names the program rather than its id: the controller reports a
-/// deployment's program by name, which is what import reads back.
+/// `program` is the program's id, as in the multicast-measurement module,
+/// although the controller reports a deployment's program by name: import
+/// must read back what the configuration holds.
 fn config(args: &str, timeouts: &str) -> String {
     format!(
         r#"{PROVIDER_BLOCK}
@@ -37,7 +38,7 @@ resource "measurelab_program" "ticker" {{
 }}
 
 resource "measurelab_deployment" "ticker" {{
-  program  = measurelab_program.ticker.name
+  program  = measurelab_program.ticker.id
   vms      = [measurelab_vm.worker.id]
   args     = {args}
   env      = {{ GREETING = "hi" }}

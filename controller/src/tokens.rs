@@ -35,7 +35,7 @@ pub enum TokenError {
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Read the token in `path`, or create it (mode 0600) with a fresh random one.

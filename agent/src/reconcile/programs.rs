@@ -28,10 +28,6 @@ pub(crate) struct Programs {
     reported: HashMap<RunKey, ProgramRunStatus>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Programs {
     pub(crate) fn new(state_dir: &std::path::Path) -> Self {
         Programs {
@@ -56,13 +52,13 @@ impl Programs {
         };
         if !expected.is_empty() && expected.chars().all(|c| c.is_ascii_hexdigit()) {
             if let Ok(content) = tokio::fs::read(&path).await {
-                if hex(&Sha256::digest(&content)) == expected {
+                if hex::encode(Sha256::digest(&content)) == expected {
                     return Ok((content, String::new()));
                 }
             }
         }
         let blob = control.fetch_program(&run.program_id).await?;
-        let actual = hex(&Sha256::digest(&blob.content));
+        let actual = hex::encode(Sha256::digest(&blob.content));
         if !expected.is_empty() && actual != expected {
             return Err(ReconcileError::ProgramChecksum {
                 program_id: run.program_id.clone(),
@@ -126,7 +122,7 @@ impl Programs {
             let message = AgentMessage::Run {
                 deployment_id: run.deployment_id.clone(),
                 program_name,
-                sha256: hex(&Sha256::digest(&content)),
+                sha256: hex::encode(Sha256::digest(&content)),
                 content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
                 args: run.args.clone(),
                 env: run.env.clone().into_iter().collect(),

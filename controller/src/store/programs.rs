@@ -110,10 +110,7 @@ pub(crate) fn deployed_content(
 }
 
 pub(crate) fn sha256_hex(content: &[u8]) -> String {
-    Sha256::digest(content)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(content))
 }
 
 /// Upload. The same name with the same content returns the existing program

@@ -392,6 +392,26 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/programs/{id_or_name}`.
+    pub async fn get_program(&self, id_or_name: &str) -> Result<Program, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/programs/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/programs/{id_or_name}`.
+    pub async fn delete_program(&self, id_or_name: &str) -> Result<Program, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/programs/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/deployments`.
     pub async fn create_deployment(
         &self,

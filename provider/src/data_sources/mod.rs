@@ -10,7 +10,7 @@ mod views;
 mod virtual_platform;
 mod virtual_platforms;
 mod vm;
-mod vms;
+pub(crate) mod vms;
 
 pub use appliances::AppliancesDataSource;
 pub use measurement_task::MeasurementTaskDataSource;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use measurelab_api::client::url_component;
 use measurelab_api::http::ResultRecord;
 use measurelab_api::result::ResultDocument;
 use serde::{Deserialize, Serialize};
@@ -230,18 +231,6 @@ pub struct ResultsDataState {
     pub latest_id: Value<String>,
 }
 
-/// Percent-encode a query value (RFC 3339 times carry `+` and `:`).
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Check an RFC 3339 time well enough to name the attribute before asking the controller.
 fn looks_like_rfc3339(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -360,12 +349,12 @@ impl DataSource for ResultsDataSource {
     ) -> Option<Self::State<'a>> {
         let client = self.shared.client(diags)?;
         let task = config.task.as_ref_option().cloned().unwrap_or_default();
-        let mut query = format!("task={}", encode(&task));
+        let mut query = format!("task={}", url_component(&task));
         if let Value::Value(since) = &config.since {
-            query.push_str(&format!("&since={}", encode(since)));
+            query.push_str(&format!("&since={}", url_component(since)));
         }
         if let Value::Value(until) = &config.until {
-            query.push_str(&format!("&until={}", encode(until)));
+            query.push_str(&format!("&until={}", url_component(until)));
         }
         if let Value::Value(Number::Unsigned(limit)) = &config.limit {
             query.push_str(&format!("&limit={limit}"));
@@ -489,7 +478,7 @@ mod tests {
         assert!(looks_like_rfc3339("2026-11-25T21:00:00+01:00"));
         assert!(!looks_like_rfc3339("yesterday"));
         assert_eq!(
-            encode("2026-11-25T21:00:00+01:00"),
+            url_component("2026-11-25T21:00:00+01:00").to_string(),
             "2026-11-25T21%3A00%3A00%2B01%3A00"
         );
     }

@@ -243,12 +243,35 @@ impl DeploymentState {
     }
 }
 
+/// Whether two program references (each an id or a name) resolve to the same
+/// program. A lookup that fails counts as different: replacing is the safe
+/// answer when the program is gone or the controller cannot say.
+async fn same_program(client: &Client, a: &str, b: &str) -> bool {
+    match tokio::join!(client.get_program(a), client.get_program(b)) {
+        (Ok(a), Ok(b)) => a.id == b.id,
+        _ => false,
+    }
+}
+
 /// The controller's deployments, as a Terraform resource.
 pub struct Deployments {
     shared: Shared,
 }
 
 impl Deployments {
+    /// Whether a changed `program` still names the prior program: the
+    /// controller reports a deployment's program by name, while a
+    /// configuration usually holds `measurelab_program.x.id`.
+    async fn program_unchanged(&self, prior: &Value<String>, planned: &Value<String>) -> bool {
+        let (Value::Value(prior), Value::Value(planned)) = (prior, planned) else {
+            return false;
+        };
+        match self.shared.catalog_quiet() {
+            Some((client, _)) => same_program(&client, prior, planned).await,
+            None => false,
+        }
+    }
+
     async fn wait_converged(
         &self,
         diags: &mut Diagnostics,
@@ -401,7 +424,13 @@ impl ManagedResource for Deployments {
         };
         let mut replace = Vec::new();
         if state.program != prior.program {
-            replace.push(AttributePath::new("program"));
+            if self.program_unchanged(&prior.program, &state.program).await {
+                // Terraform accepts the prior value in place of an
+                // equivalent configured one, so the plan stays empty.
+                state.program = prior.program.clone();
+            } else {
+                replace.push(AttributePath::new("program"));
+            }
         }
         if state.vms != prior.vms {
             replace.push(AttributePath::new("vms"));
@@ -473,6 +502,17 @@ impl ManagedResource for Deployments {
 
     async fn get(client: &Client, id: &str) -> Result<Deployment, ClientError> {
         client.get_deployment(id).await
+    }
+
+    /// Import records the program by id, what configurations reference
+    /// (`measurelab_program.x.id`); the controller reports its name. When the
+    /// program cannot be looked up the name stays, which plan still accepts.
+    async fn find(client: &Client, id: &str) -> Result<Deployment, ClientError> {
+        let mut deployment = client.get_deployment(id).await?;
+        if let Ok(program) = client.get_program(&deployment.program).await {
+            deployment.program = program.id;
+        }
+        Ok(deployment)
     }
 
     /// Stops every run.
@@ -587,6 +627,98 @@ mod tests {
                 AttributePath::new("wait_for"),
                 AttributePath::new("args").index(1),
             ]
+        );
+    }
+
+    /// A controller stand-in that knows one program, `ticker` (id `p-1`),
+    /// and one deployment of it, `d-1`, reported by the program's name.
+    async fn fake_controller() -> Client {
+        use axum::extract::Path;
+        use axum::http::StatusCode;
+        use axum::response::{IntoResponse, Response};
+        use axum::routing::get;
+        use axum::{Json, Router};
+        use measurelab_api::http::Program;
+
+        async fn program(Path(key): Path<String>) -> Response {
+            if key != "ticker" && key != "p-1" {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            Json(Program {
+                id: "p-1".into(),
+                name: "ticker".into(),
+                sha256: String::new(),
+                size_bytes: 1,
+                created_at: String::new(),
+            })
+            .into_response()
+        }
+        async fn deployment_d1() -> Json<Deployment> {
+            Json(Deployment {
+                id: "d-1".into(),
+                program: "ticker".into(),
+                ..deployment(vec![run("running", None)])
+            })
+        }
+        let app = Router::new()
+            .route("/v1/programs/:key", get(program))
+            .route("/v1/deployments/d-1", get(deployment_d1));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Client::new(&url, "token", None).unwrap()
+    }
+
+    fn deployed(program: &str) -> DeploymentState {
+        DeploymentState {
+            program: Value::Value(program.into()),
+            vms: Value::Value(vec![Value::Value("vm-1".into())]),
+            wait_for: Value::Value("running".into()),
+            id: Value::Value("d-1".into()),
+            runs: Value::Value(vec![]),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_program_by_id_or_name_plans_no_replacement() {
+        let shared = Shared::new(tokio_util::sync::CancellationToken::new());
+        shared.set_client(fake_controller().await);
+        let resource = Deployments::new(shared);
+        let mut diags = Diagnostics::default();
+
+        // Imported before import recorded ids: the prior holds the name.
+        let prior = deployed("ticker");
+        let mut proposed = deployed("p-1");
+        proposed.id = Value::Unknown;
+        let (state, replace) = resource.plan_update(&mut diags, &prior, proposed).await;
+        assert!(replace.is_empty(), "{replace:?}");
+        assert_eq!(state.program, Value::Value("ticker".into()));
+        assert_eq!(state.id, Value::Value("d-1".into()));
+
+        let (_, replace) = resource
+            .plan_update(&mut diags, &deployed("p-1"), deployed("ticker"))
+            .await;
+        assert!(replace.is_empty(), "{replace:?}");
+
+        // Another program (or one the controller no longer has) replaces.
+        let (state, replace) = resource
+            .plan_update(&mut diags, &prior, deployed("p-2"))
+            .await;
+        assert_eq!(replace, vec![AttributePath::new("program")]);
+        assert_eq!(state.id, Value::Unknown);
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+    }
+
+    #[tokio::test]
+    async fn import_records_the_program_id_that_configurations_use() {
+        let client = fake_controller().await;
+        let found = <Deployments as ManagedResource>::find(&client, "d-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            Deployments::import_base(&found).program,
+            Value::Value("p-1".into())
         );
     }
 }

@@ -109,9 +109,8 @@ pub fn read_source(path: &str) -> Result<(Vec<u8>, String), ProgramError> {
     if content.is_empty() {
         return Err(ProgramError::Empty(path.to_string()));
     }
-    let digest = Sha256::digest(&content);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((content, hex))
+    let sha256 = hex::encode(Sha256::digest(&content));
+    Ok((content, sha256))
 }
 
 fn source_diag(diags: &mut Diagnostics, err: &ProgramError) {
@@ -330,16 +329,11 @@ impl ManagedResource for Programs {
     }
 
     async fn get(client: &Client, key: &str) -> Result<Program, ClientError> {
-        client
-            .request::<(), _>(reqwest::Method::GET, &format!("/v1/programs/{key}"), None)
-            .await
+        client.get_program(key).await
     }
 
     async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
-        client
-            .request::<(), Program>(reqwest::Method::DELETE, &format!("/v1/programs/{id}"), None)
-            .await
-            .map(drop)
+        client.delete_program(id).await.map(drop)
     }
 
     /// `source` is only known to the configuration; on import the next plan

@@ -17,6 +17,7 @@ use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{known, CreateRequest, DeleteWait, ManagedResource};
+use crate::data_sources::vms::list_query;
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -637,7 +638,7 @@ impl ManagedResource for Vms {
             return client.get_vm(id).await;
         };
         client
-            .list_vms(&format!("platform={platform}"))
+            .list_vms(&list_query(Some(platform), None))
             .await?
             .into_iter()
             .find(|vm| vm.name == name)
