@@ -30,7 +30,7 @@ cargo build --workspace --bins
 echo "== provider docs match the schema"
 cargo run -q -p xtask -- docs --check
 echo "== no two modules import each other, and the result schema matches its type"
-cargo run -q -p xtask -- modcycles >/dev/null
+cargo run -q -p xtask -- modcycles
 cargo run -q -p xtask -- result-schema --check
 echo "== OpenAPI document matches the types and passes a standard validator"
 cargo run -q -p xtask -- openapi --check
