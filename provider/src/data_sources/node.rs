@@ -1,18 +1,17 @@
 //! `measurelab_node`: one registered node, by name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
+use measurelab_api::http::Node;
 use serde::{Deserialize, Serialize};
-use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
-};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, DataSource, Diagnostics};
+use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description};
+use tf_provider::value::Value;
 
-use crate::diagnostics::{self, Operation};
+use super::lookup::{configured, found, Lookup, LookupDataSource};
+use crate::diagnostics::Operation;
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
-use crate::shared::Shared;
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,23 +39,23 @@ pub struct NodeDataState {
 }
 
 /// The data source implementation.
-pub struct NodeDataSource {
-    shared: Shared,
-}
+pub type NodeDataSource = LookupDataSource<NodeLookup>;
 
-impl NodeDataSource {
-    /// A data source that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        NodeDataSource { shared }
-    }
-}
+/// How `measurelab_node` finds and shows its node.
+pub struct NodeLookup;
 
 #[async_trait]
-impl DataSource for NodeDataSource {
-    type State<'a> = NodeDataState;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl Lookup for NodeLookup {
+    type State = NodeDataState;
+    type Object = Node;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+    const KIND: &'static str = "node";
+    const READ: Operation = Operation::ReadNode;
+    const DESCRIPTION: &'static str =
+        "Reads one measurement node registered with the controller, by name. Fails if no \
+         node has that name.";
+
+    fn attributes() -> HashMap<String, Attribute> {
         let mut attributes = node_model::computed_node_attributes();
         attributes.insert(
             "name".to_string(),
@@ -74,48 +73,15 @@ impl DataSource for NodeDataSource {
                 "Labels of the node.",
             ),
         );
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(
-                    "Reads one measurement node registered with the controller, by name. Fails if no \
-                     node has that name.",
-                ),
-                attributes,
-                ..Default::default()
-            },
-        })
+        attributes
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        config: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::State<'a>> {
-        let client = self.shared.client(diags)?;
-        let name = config.name.as_ref_option().cloned().unwrap_or_default();
-        let node = match client.get_node(&name).await {
-            Ok(node) => node,
-            Err(err) if err.is_not_found() => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::new("name"),
-                    "No such node",
-                    format!(
-                        "The controller has no node named {name:?}.\n\nWhat to do: check the name against \
-                         the `measurelab_nodes` data source or `GET /v1/nodes`; a node appears once its \
-                         agent has registered."
-                    ),
-                );
-                return None;
-            }
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::ReadNode);
-                return None;
-            }
-        };
-        Some(NodeDataState {
+    async fn find(client: &Client, config: &NodeDataState) -> Result<Option<Node>, ClientError> {
+        found(client.get_node(&configured(&config.name)).await)
+    }
+
+    fn view(node: &Node) -> NodeDataState {
+        NodeDataState {
             name: Value::Value(node.name.clone()),
             id: Value::Value(node.id.clone()),
             status: Value::Value(node_model::status_text(node.status).to_string()),
@@ -126,6 +92,15 @@ impl DataSource for NodeDataSource {
             labels: Value::Value(node.labels.clone()),
             capabilities: Value::Value((&node.capabilities).into()),
             resources: Value::Value((&node.resources).into()),
-        })
+        }
+    }
+
+    fn not_found(config: &NodeDataState) -> String {
+        let name = configured(&config.name);
+        format!(
+            "The controller has no node named {name:?}.\n\nWhat to do: check the name against \
+             the `measurelab_nodes` data source or `GET /v1/nodes`; a node appears once its \
+             agent has registered."
+        )
     }
 }
