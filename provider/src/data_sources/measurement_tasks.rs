@@ -2,20 +2,19 @@
 //! by platform, mode, schedule and status (the controller lists them all; the
 //! filters apply here).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::Task;
 use serde::{Deserialize, Serialize};
-use tf_provider::map;
-use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
-};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, DataSource, Diagnostics};
+use tf_provider::schema::Attribute;
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
-use super::views::{object_type, task_fields, TaskView};
-use crate::diagnostics::{self, Operation};
-use crate::node_model::computed;
-use crate::shared::Shared;
+use super::listing::{list_attributes, Listing, ListingDataSource};
+use super::views::{task_fields, TaskView};
+use crate::diagnostics;
 
 /// The filters with a closed set of values, and those values.
 const CHOICES: [(&str, &[&str]); 3] = [
@@ -84,85 +83,67 @@ impl MeasurementTasksState {
 }
 
 /// The data source implementation.
-pub struct MeasurementTasksDataSource {
-    shared: Shared,
-}
+pub type MeasurementTasksDataSource = ListingDataSource<TaskListing>;
 
-impl MeasurementTasksDataSource {
-    /// A data source that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        MeasurementTasksDataSource { shared }
-    }
-}
+/// How `measurelab_measurement_tasks` asks for and selects its tasks.
+pub struct TaskListing;
 
 #[async_trait]
-impl DataSource for MeasurementTasksDataSource {
-    type State<'a> = MeasurementTasksState;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl Listing for TaskListing {
+    type State = MeasurementTasksState;
+    type Object = Task;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        let filter = |doc: &str| Attribute {
-            attr_type: AttributeType::String,
-            description: Description::markdown(doc),
-            constraint: AttributeConstraint::Optional,
-            ..Default::default()
-        };
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(
-                    "Lists the multicast measurement tasks, optionally filtered by platform, mode, \
-                     schedule and status.",
+    const KINDS: &'static str = "measurement tasks";
+    const DESCRIPTION: &'static str =
+        "Lists the multicast measurement tasks, optionally filtered by platform, mode, \
+         schedule and status.";
+
+    fn attributes() -> HashMap<String, Attribute> {
+        list_attributes(
+            &[
+                ("platform", "Only tasks of this platform (by name)."),
+                (
+                    "mode",
+                    "Only tasks of this mode: `platform` or `service_host`.",
                 ),
-                attributes: map! {
-                    "platform" => filter("Only tasks of this platform (by name)."),
-                    "mode" => filter("Only tasks of this mode: `platform` or `service_host`."),
-                    "schedule" => filter("Only tasks with this schedule: `once` or `periodic`."),
-                    "status" => filter("Only tasks with this status: `pending`, `running`, `completed` or `failed`."),
-                    "tasks" => computed(
-                        AttributeType::List(Box::new(object_type(&task_fields()))),
-                        "The matching tasks, ordered by name. Each has the attributes of the \
-                         `measurelab_measurement_task` data source.",
-                    ),
-                    "names" => computed(
-                        AttributeType::List(Box::new(AttributeType::String)),
-                        "Names of the matching tasks, ordered.",
-                    ),
-                },
-                ..Default::default()
-            },
-        })
+                (
+                    "schedule",
+                    "Only tasks with this schedule: `once` or `periodic`.",
+                ),
+                (
+                    "status",
+                    "Only tasks with this status: `pending`, `running`, `completed` or `failed`.",
+                ),
+            ],
+            (
+                "tasks",
+                &task_fields(),
+                "The matching tasks, ordered by name. Each has the attributes of the \
+                 `measurelab_measurement_task` data source.",
+            ),
+            ("names", "Names of the matching tasks, ordered."),
+        )
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+    fn validate(diags: &mut Diagnostics, config: &MeasurementTasksState) {
         config.check_choices(diags);
-        Some(())
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        config: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::State<'a>> {
-        config.check_choices(diags);
-        if !diags.errors.is_empty() {
-            return None;
-        }
-        let client = self.shared.client(diags)?;
-        let tasks = match client.list_tasks().await {
-            Ok(tasks) => tasks,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read("measurement tasks"));
-                return None;
-            }
-        };
+    /// The controller lists every task: the filters apply in [`Self::fill`].
+    async fn list(
+        client: &Client,
+        _config: &MeasurementTasksState,
+    ) -> Result<Vec<Task>, ClientError> {
+        client.list_tasks().await
+    }
+
+    fn fill(config: MeasurementTasksState, tasks: &[Task]) -> MeasurementTasksState {
         let mut selected: Vec<&Task> = tasks.iter().filter(|t| config.matches(t)).collect();
         selected.sort_by(|a, b| a.name.cmp(&b.name));
         let mut state = config;
         state.names = Value::Value(selected.iter().map(|t| t.name.clone()).collect());
         state.tasks = Value::Value(selected.into_iter().map(TaskView::from).collect());
-        Some(state)
+        state
     }
 }
 

@@ -1,6 +1,7 @@
 //! Data sources, one file per Terraform type.
 
 mod appliances;
+mod listing;
 mod lookup;
 mod measurement_task;
 mod measurement_tasks;

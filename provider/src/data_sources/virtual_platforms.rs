@@ -1,19 +1,17 @@
 //! `measurelab_virtual_platforms`: the virtual platforms, optionally only
 //! those that span a given node.
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use tf_provider::map;
-use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
-};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{DataSource, Diagnostics};
+use std::collections::HashMap;
 
-use super::views::{object_type, platform_fields, PlatformView};
-use crate::diagnostics::{self, Operation};
-use crate::node_model::computed;
-use crate::shared::Shared;
+use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
+use measurelab_api::http::Platform;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::Attribute;
+use tf_provider::value::Value;
+
+use super::listing::{list_attributes, Listing, ListingDataSource};
+use super::views::{platform_fields, PlatformView};
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,18 +24,6 @@ pub struct VirtualPlatformsState {
     pub names: Value<Vec<String>>,
 }
 
-/// The data source implementation.
-pub struct VirtualPlatformsDataSource {
-    shared: Shared,
-}
-
-impl VirtualPlatformsDataSource {
-    /// A data source that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        VirtualPlatformsDataSource { shared }
-    }
-}
-
 /// Whether `platform` passes the `node` filter.
 fn spans(platform: &PlatformView, node: Option<&String>) -> bool {
     node.is_none_or(|wanted| {
@@ -48,56 +34,46 @@ fn spans(platform: &PlatformView, node: Option<&String>) -> bool {
     })
 }
 
-#[async_trait]
-impl DataSource for VirtualPlatformsDataSource {
-    type State<'a> = VirtualPlatformsState;
-    type ProviderMetaState<'a> = ValueEmpty;
+/// The data source implementation.
+pub type VirtualPlatformsDataSource = ListingDataSource<PlatformListing>;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(
-                    "Lists the virtual platforms (slices), optionally only those that span a given node.",
-                ),
-                attributes: map! {
-                    "node" => Attribute {
-                        attr_type: AttributeType::String,
-                        description: Description::markdown(
-                            "Only platforms that have this node (by name) as a member. Default: every platform.",
-                        ),
-                        constraint: AttributeConstraint::Optional,
-                        ..Default::default()
-                    },
-                    "platforms" => computed(
-                        AttributeType::List(Box::new(object_type(&platform_fields()))),
-                        "The matching platforms, ordered by name. Each has the attributes of the \
-                         `measurelab_virtual_platform` data source.",
-                    ),
-                    "names" => computed(
-                        AttributeType::List(Box::new(AttributeType::String)),
-                        "Names of the matching platforms, ordered.",
-                    ),
-                },
-                ..Default::default()
-            },
-        })
+/// How `measurelab_virtual_platforms` asks for and selects its platforms.
+pub struct PlatformListing;
+
+#[async_trait]
+impl Listing for PlatformListing {
+    type State = VirtualPlatformsState;
+    type Object = Platform;
+
+    const KINDS: &'static str = "virtual platforms";
+    const DESCRIPTION: &'static str =
+        "Lists the virtual platforms (slices), optionally only those that span a given node.";
+
+    fn attributes() -> HashMap<String, Attribute> {
+        list_attributes(
+            &[(
+                "node",
+                "Only platforms that have this node (by name) as a member. Default: every platform.",
+            )],
+            (
+                "platforms",
+                &platform_fields(),
+                "The matching platforms, ordered by name. Each has the attributes of the \
+                 `measurelab_virtual_platform` data source.",
+            ),
+            ("names", "Names of the matching platforms, ordered."),
+        )
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        config: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::State<'a>> {
-        let client = self.shared.client(diags)?;
-        let platforms = match client.list_platforms().await {
-            Ok(platforms) => platforms,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read("virtual platforms"));
-                return None;
-            }
-        };
+    /// The controller lists every platform: the filter applies in [`Self::fill`].
+    async fn list(
+        client: &Client,
+        _config: &VirtualPlatformsState,
+    ) -> Result<Vec<Platform>, ClientError> {
+        client.list_platforms().await
+    }
+
+    fn fill(config: VirtualPlatformsState, platforms: &[Platform]) -> VirtualPlatformsState {
         let node = config.node.as_ref_option();
         let mut selected: Vec<PlatformView> = platforms
             .iter()
@@ -113,7 +89,7 @@ impl DataSource for VirtualPlatformsDataSource {
                 .collect(),
         );
         state.platforms = Value::Value(selected);
-        Some(state)
+        state
     }
 }
 

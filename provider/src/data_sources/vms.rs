@@ -1,19 +1,17 @@
 //! `measurelab_vms`: the VMs, optionally of one platform and/or on one node
 //! (filtered by the controller).
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use tf_provider::map;
-use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
-};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{DataSource, Diagnostics};
+use std::collections::HashMap;
 
-use super::views::{object_type, vm_fields, VmView};
-use crate::diagnostics::{self, Operation};
-use crate::node_model::computed;
-use crate::shared::Shared;
+use async_trait::async_trait;
+use measurelab_api::client::{Client, ClientError};
+use measurelab_api::http::Vm;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::Attribute;
+use tf_provider::value::Value;
+
+use super::listing::{list_attributes, Listing, ListingDataSource};
+use super::views::{vm_fields, VmView};
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,18 +24,6 @@ pub struct VmsState {
     pub vms: Value<Vec<VmView>>,
     /// Their ids, in the same order.
     pub ids: Value<Vec<String>>,
-}
-
-/// The data source implementation.
-pub struct VmsDataSource {
-    shared: Shared,
-}
-
-impl VmsDataSource {
-    /// A data source that uses the provider's client.
-    pub fn new(shared: Shared) -> Self {
-        VmsDataSource { shared }
-    }
 }
 
 /// The query string of `GET /v1/vms` for the given filters (form-encoded, no `?`).
@@ -55,61 +41,54 @@ pub fn list_query(platform: Option<&str>, node: Option<&str>) -> String {
     url.query().unwrap_or_default().to_string()
 }
 
-#[async_trait]
-impl DataSource for VmsDataSource {
-    type State<'a> = VmsState;
-    type ProviderMetaState<'a> = ValueEmpty;
+/// The data source implementation.
+pub type VmsDataSource = ListingDataSource<VmListing>;
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        let filter = |doc: &str| Attribute {
-            attr_type: AttributeType::String,
-            description: Description::markdown(doc),
-            constraint: AttributeConstraint::Optional,
-            ..Default::default()
-        };
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(
-                    "Lists the VMs of the virtual platforms, optionally only those of one platform \
-                     and/or on one node.",
+/// How `measurelab_vms` asks for and orders its VMs.
+pub struct VmListing;
+
+#[async_trait]
+impl Listing for VmListing {
+    type State = VmsState;
+    type Object = Vm;
+
+    const KINDS: &'static str = "VMs";
+    const DESCRIPTION: &'static str =
+        "Lists the VMs of the virtual platforms, optionally only those of one platform \
+         and/or on one node.";
+
+    fn attributes() -> HashMap<String, Attribute> {
+        list_attributes(
+            &[
+                (
+                    "platform",
+                    "Only VMs of this platform (by name). Default: every platform.",
                 ),
-                attributes: map! {
-                    "platform" => filter("Only VMs of this platform (by name). Default: every platform."),
-                    "node" => filter("Only VMs on this node (by name). Default: every node."),
-                    "vms" => computed(
-                        AttributeType::List(Box::new(object_type(&vm_fields()))),
-                        "The matching VMs, ordered by platform, then name. Each has the attributes of \
-                         the `measurelab_vm` data source.",
-                    ),
-                    "ids" => computed(
-                        AttributeType::List(Box::new(AttributeType::String)),
-                        "Ids of the matching VMs, in the same order.",
-                    ),
-                },
-                ..Default::default()
-            },
-        })
+                (
+                    "node",
+                    "Only VMs on this node (by name). Default: every node.",
+                ),
+            ],
+            (
+                "vms",
+                &vm_fields(),
+                "The matching VMs, ordered by platform, then name. Each has the attributes of \
+                 the `measurelab_vm` data source.",
+            ),
+            ("ids", "Ids of the matching VMs, in the same order."),
+        )
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        config: Self::State<'a>,
-        _provider_meta_state: Self::ProviderMetaState<'a>,
-    ) -> Option<Self::State<'a>> {
-        let client = self.shared.client(diags)?;
+    /// The controller applies both filters.
+    async fn list(client: &Client, config: &VmsState) -> Result<Vec<Vm>, ClientError> {
         let query = list_query(
             config.platform.as_ref_option().map(String::as_str),
             config.node.as_ref_option().map(String::as_str),
         );
-        let vms = match client.list_vms(&query).await {
-            Ok(vms) => vms,
-            Err(err) => {
-                diagnostics::client_error(diags, &err, Operation::Read("VMs"));
-                return None;
-            }
-        };
+        client.list_vms(&query).await
+    }
+
+    fn fill(config: VmsState, vms: &[Vm]) -> VmsState {
         let mut selected: Vec<VmView> = vms.iter().map(VmView::from).collect();
         selected.sort_by(|a, b| {
             (a.platform.as_ref_option(), a.name.as_ref_option())
@@ -123,7 +102,7 @@ impl DataSource for VmsDataSource {
                 .collect(),
         );
         state.vms = Value::Value(selected);
-        Some(state)
+        state
     }
 }
 
