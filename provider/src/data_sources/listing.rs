@@ -10,18 +10,17 @@
 //! filters, the objects as a computed list, their keys as a computed list).
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
-};
+use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description, Schema};
 use tf_provider::value::ValueEmpty;
 use tf_provider::{DataSource, Diagnostics};
 
-use super::views::{object_type, Field};
+use super::views::{data_source_schema, object_type, Field};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::shared::Shared;
@@ -86,18 +85,12 @@ pub fn list_attributes(
 }
 
 /// A [`Listing`] as a Terraform data source.
-pub struct ListingDataSource<L> {
-    shared: Shared,
-    listing: std::marker::PhantomData<L>,
-}
+pub struct ListingDataSource<L>(Shared, PhantomData<L>);
 
 impl<L: Listing> ListingDataSource<L> {
     /// A data source that uses the provider's client.
     pub fn new(shared: Shared) -> Self {
-        ListingDataSource {
-            shared,
-            listing: std::marker::PhantomData,
-        }
+        ListingDataSource(shared, PhantomData)
     }
 }
 
@@ -107,14 +100,7 @@ impl<L: Listing> DataSource for ListingDataSource<L> {
     type ProviderMetaState<'a> = ValueEmpty;
 
     fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(L::DESCRIPTION),
-                attributes: L::attributes(),
-                ..Default::default()
-            },
-        })
+        Some(data_source_schema(L::DESCRIPTION, L::attributes()))
     }
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
@@ -132,7 +118,7 @@ impl<L: Listing> DataSource for ListingDataSource<L> {
         if !diags.errors.is_empty() {
             return None;
         }
-        let client = self.shared.client(diags)?;
+        let client = self.0.client(diags)?;
         match L::list(&client, &config).await {
             Ok(objects) => Some(L::fill(config, &objects)),
             Err(err) => {

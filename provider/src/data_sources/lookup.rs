@@ -9,15 +9,17 @@
 //! other failure is the client's diagnostic.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tf_provider::schema::{Attribute, Block, Description, Schema};
+use tf_provider::schema::{Attribute, Schema};
 use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, DataSource, Diagnostics};
 
+use super::views::data_source_schema;
 use crate::diagnostics::{self, Operation};
 use crate::shared::Shared;
 
@@ -67,18 +69,12 @@ pub fn configured(value: &Value<String>) -> String {
 }
 
 /// A [`Lookup`] as a Terraform data source.
-pub struct LookupDataSource<L> {
-    shared: Shared,
-    lookup: std::marker::PhantomData<L>,
-}
+pub struct LookupDataSource<L>(Shared, PhantomData<L>);
 
 impl<L: Lookup> LookupDataSource<L> {
     /// A data source that uses the provider's client.
     pub fn new(shared: Shared) -> Self {
-        LookupDataSource {
-            shared,
-            lookup: std::marker::PhantomData,
-        }
+        LookupDataSource(shared, PhantomData)
     }
 }
 
@@ -88,14 +84,7 @@ impl<L: Lookup> DataSource for LookupDataSource<L> {
     type ProviderMetaState<'a> = ValueEmpty;
 
     fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(Schema {
-            version: 1,
-            block: Block {
-                description: Description::markdown(L::DESCRIPTION),
-                attributes: L::attributes(),
-                ..Default::default()
-            },
-        })
+        Some(data_source_schema(L::DESCRIPTION, L::attributes()))
     }
 
     async fn read<'a>(
@@ -104,7 +93,7 @@ impl<L: Lookup> DataSource for LookupDataSource<L> {
         config: Self::State<'a>,
         _provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<Self::State<'a>> {
-        let client = self.shared.client(diags)?;
+        let client = self.0.client(diags)?;
         match L::find(&client, &config).await {
             Ok(Some(object)) => Some(L::view(&object)),
             Ok(None) => {

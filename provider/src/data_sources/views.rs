@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use measurelab_api::http::{Platform, Task, Vm};
 use serde::{Deserialize, Serialize};
-use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
 use tf_provider::value::Value;
 
 use crate::number::Number;
@@ -75,6 +77,18 @@ pub fn lookup_attributes(
         }
     }
     attributes
+}
+
+/// The schema of a data source: its markdown description and attributes.
+pub fn data_source_schema(description: &str, attributes: HashMap<String, Attribute>) -> Schema {
+    Schema {
+        version: 1,
+        block: Block {
+            description: Description::markdown(description),
+            attributes,
+            ..Default::default()
+        },
+    }
 }
 
 /// A virtual platform as the data sources show it.
