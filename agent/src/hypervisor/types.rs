@@ -285,3 +285,46 @@ impl From<HostnetError> for HypervisorError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn failed(detail: &str) -> HostnetError {
+        HostnetError::Failed {
+            command: "ip link add x".to_string(),
+            status: ExitStatus::from_raw(2 << 8),
+            detail: detail.to_string(),
+        }
+    }
+
+    #[test]
+    fn hostnet_failures_keep_the_namespace_backends_classes() {
+        let busy = HypervisorError::from(failed("RTNETLINK answers: Device or resource busy"));
+        assert_eq!(busy.class(), ErrorClass::Transient);
+        assert!(busy.to_string().contains("exit status: 2"), "{busy}");
+        for rejected in ["Error: argument \"x\" is wrong.", "Invalid argument"] {
+            assert_eq!(
+                HypervisorError::from(failed(rejected)).class(),
+                ErrorClass::Permanent
+            );
+        }
+        let missing_tool = HostnetError::Spawn {
+            command: "ethtool -K eth0 tx off".to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(
+            HypervisorError::from(missing_tool).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            HypervisorError::from(failed("Invalid argument"))
+                .reclassified(ErrorClass::Transient)
+                .class(),
+            ErrorClass::Transient
+        );
+    }
+}
