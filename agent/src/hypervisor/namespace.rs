@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use measurelab_hostnet::{self as hostnet, HostnetError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -294,10 +295,7 @@ impl NamespaceHypervisor {
         netns: &str,
         old_nic: Option<&NicSpec>,
     ) -> Result<(), HypervisorError> {
-        if !netns_exists(netns)? {
-            run("ip", &["netns", "add", netns])?;
-        }
-        run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
+        hostnet::netns_ensure(netns)?;
         if old_nic != spec.nic.as_ref() {
             if let Some(old) = old_nic {
                 // MAC, address or port changed: rebuild the veth. Deleting
@@ -344,8 +342,8 @@ impl NamespaceHypervisor {
                 run("ip", &["link", "del", &nic.port_name])?;
             }
         }
-        if netns_exists(netns)? {
-            run("ip", &["netns", "del", netns])?;
+        if hostnet::netns_exists(netns) {
+            hostnet::netns_delete(netns)?;
         }
         for dir in cgroups.dirs() {
             remove_cgroup_dir(dir)?;
@@ -490,7 +488,7 @@ impl Hypervisor for NamespaceHypervisor {
         let existing = self.load(spec.id)?;
         match existing {
             None => {
-                if netns_exists(&netns)? {
+                if hostnet::netns_exists(&netns) {
                     return Err(HypervisorError::NotOwned {
                         what: format!("network namespace {netns}"),
                     });
@@ -521,7 +519,7 @@ impl Hypervisor for NamespaceHypervisor {
                 Ok(DefineOutcome::Created)
             }
             Some(mut record) => {
-                let complete = netns_exists(&netns)?
+                let complete = hostnet::netns_exists(&netns)
                     && match &spec.nic {
                         Some(nic) => link_exists(None, &nic.port_name)?,
                         None => true,
@@ -551,7 +549,7 @@ impl Hypervisor for NamespaceHypervisor {
         if record.process.is_some_and(process_alive) {
             return Ok(());
         }
-        if !netns_exists(&record.netns)? {
+        if !hostnet::netns_exists(&record.netns) {
             // A claimed guest whose creation was interrupted (see define).
             self.ensure_resources(&record.spec, &record.netns, None)?;
         }
@@ -925,10 +923,7 @@ fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
     }
     // Userspace OVS does not complete offloaded checksums: UDP from the
     // guest would arrive with bad checksums and be dropped.
-    run(
-        "ip",
-        &["netns", "exec", netns, "ethtool", "-K", "eth0", "tx", "off"],
-    )?;
+    hostnet::tx_offload_off(Some(netns), "eth0")?;
     run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
     // Like a VM with one NIC, the guest sends multicast out of it; without
     // this route a program that does not pick the interface itself gets
@@ -1191,11 +1186,9 @@ impl EgressShaping {
 /// sch_htb while the tool or the module is missing. Needs root, like the
 /// namespace backend itself. `Err` says what failed.
 pub fn probe_guest_egress_shaping() -> Result<(), String> {
-    // unshare() moves only the calling thread, and children it spawns
-    // inherit that namespace; the kernel frees it when the thread exits.
-    std::thread::spawn(|| -> Result<(), String> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot create a network namespace: {e}"))?;
+    // The children `tc` inherit the thread's new namespace; the kernel
+    // frees it when the thread exits.
+    hostnet::in_new_netns(|| -> Result<(), String> {
         for args in [
             &[
                 "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
@@ -1209,8 +1202,7 @@ pub fn probe_guest_egress_shaping() -> Result<(), String> {
         }
         Ok(())
     })
-    .join()
-    .map_err(|_| "the probe thread panicked".to_string())?
+    .map_err(|e| e.to_string())?
 }
 
 /// Whether tc can police here (ingress qdisc + u32 filter + police action):
@@ -1218,9 +1210,7 @@ pub fn probe_guest_egress_shaping() -> Result<(), String> {
 /// ingress policing needs. Tried in a throwaway namespace; `Err` says why
 /// not (on the build machine: the kernel has no act_police).
 pub fn probe_tc_police() -> Result<(), String> {
-    std::thread::spawn(|| -> Result<(), String> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot create a network namespace: {e}"))?;
+    hostnet::in_new_netns(|| -> Result<(), String> {
         for args in [
             &["qdisc", "add", "dev", "lo", "ingress"][..],
             &[
@@ -1232,99 +1222,37 @@ pub fn probe_tc_police() -> Result<(), String> {
         }
         Ok(())
     })
-    .join()
-    .map_err(|_| "the probe thread panicked".to_string())?
+    .map_err(|e| e.to_string())?
 }
 
-fn netns_exists(name: &str) -> Result<bool, HypervisorError> {
-    // `ip netns add` creates /run/netns/<name>; checking the file avoids
-    // parsing `ip netns list` output.
-    Ok(Path::new("/run/netns").join(name).exists())
-}
-
-fn link_exists(netns: Option<&str>, name: &str) -> Result<bool, HypervisorError> {
-    let mut args: Vec<&str> = Vec::new();
-    if let Some(ns) = netns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["link", "show", "dev", name]);
-    let out = Command::new("ip")
-        .args(&args)
-        .output()
-        .map_err(|e| command_error("ip", &args, e.to_string(), ErrorClass::Permanent))?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("does not exist") || stderr.contains("Cannot find device") {
-        return Ok(false);
-    }
-    Err(command_error(
-        "ip",
-        &args,
-        format!("{}: {}", out.status, stderr.trim()),
-        ErrorClass::Transient,
-    ))
+/// Whether `link` exists in `netns` (or the agent's own namespace). A
+/// lookup that fails for another reason is an error, not "absent": the
+/// caller would otherwise create a link that is already there.
+fn link_exists(netns: Option<&str>, link: &str) -> Result<bool, HypervisorError> {
+    hostnet::link_show(netns, link)
+        .map(|line| line.is_some())
+        .map_err(|e| match e {
+            // A lookup that ran and failed may work next time, whatever
+            // it said.
+            HostnetError::Failed { .. } => {
+                HypervisorError::from(e).reclassified(ErrorClass::Transient)
+            }
+            other => other.into(),
+        })
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), HypervisorError> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| command_error(program, args, e.to_string(), ErrorClass::Permanent))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Bad arguments will not get better on retry; the rest (EBUSY, races
-    // with other tools) may.
-    let class = if stderr.contains("Invalid argument") || stderr.contains("Error: argument") {
-        ErrorClass::Permanent
-    } else {
-        ErrorClass::Transient
-    };
-    Err(command_error(
-        program,
-        args,
-        format!("{}: {}", out.status, stderr.trim()),
-        class,
-    ))
+    hostnet::run(Command::new(program).args(args))?;
+    Ok(())
 }
 
-/// Like [`run`], returning stdout.
+/// Like [`run`], returning stdout; a tool that ran and failed is always
+/// transient here (these are reads).
 fn output(program: &str, args: &[&str]) -> Result<String, HypervisorError> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| command_error(program, args, e.to_string(), ErrorClass::Permanent))?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Err(command_error(
-        program,
-        args,
-        format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        ErrorClass::Transient,
-    ))
-}
-
-fn command_error(
-    program: &str,
-    args: &[&str],
-    detail: String,
-    class: ErrorClass,
-) -> HypervisorError {
-    HypervisorError::Command {
-        command: format!("{program} {}", args.join(" ")),
-        detail,
-        class,
-    }
+    hostnet::run(Command::new(program).args(args)).map_err(|e| match e {
+        HostnetError::Failed { .. } => HypervisorError::from(e).reclassified(ErrorClass::Transient),
+        other => other.into(),
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! own namespace; an agent in a node namespace (a lab) must fetch it from
 //! there before its OVS can open it.
 
+use std::process::Command;
+
+use measurelab_hostnet::{self as hostnet, HostnetError};
+
 use super::types::{ErrorClass, HypervisorError, NicAdoption};
 
 /// libvirtd creates a TapOnly guest's tap in its own (usually the host's)
@@ -20,10 +24,10 @@ use super::types::{ErrorClass, HypervisorError, NicAdoption};
 /// it. Sandboxes may forbid opening pid 1's namespace, so it comes last.
 pub(super) fn adopt_tap(port: &str, domain: &str) -> Result<NicAdoption, HypervisorError> {
     match link_flags(port)? {
-        Some(flags) if flags.split(',').any(|f| f == "UP") => return Ok(NicAdoption::Present),
+        Some(flags) if flags.iter().any(|f| f == "UP") => return Ok(NicAdoption::Present),
         // Moved by an agent killed before it brought the tap up.
         Some(_) => {
-            run_ip(&["ip", "link", "set", "dev", port, "up"])?;
+            hostnet::ip(&["link", "set", "dev", port, "up"]).map_err(transient)?;
             return Ok(NicAdoption::Moved);
         }
         None => {}
@@ -54,28 +58,21 @@ pub(super) fn adopt_tap(port: &str, domain: &str) -> Result<NicAdoption, Hypervi
             Ok(ns) if ns != here && !tried.contains(&ns) => tried.push(ns),
             _ => continue,
         }
-        let holds_tap = std::process::Command::new("nsenter")
-            .arg(format!("--net={namespace}"))
-            .args(["ip", "link", "show", "dev", port])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let holds_tap = hostnet::succeeds(
+            Command::new("nsenter")
+                .arg(format!("--net={namespace}"))
+                .args(["ip", "link", "show", "dev", port]),
+        );
         if !holds_tap {
             continue;
         }
-        run_ip(&[
-            "nsenter",
-            &format!("--net={namespace}"),
-            "ip",
-            "link",
-            "set",
-            "dev",
-            port,
-            "netns",
-            &target,
-        ])?;
-        run_ip(&["ip", "link", "set", "dev", port, "up"])?;
+        hostnet::run(
+            Command::new("nsenter")
+                .arg(format!("--net={namespace}"))
+                .args(["ip", "link", "set", "dev", port, "netns", &target]),
+        )
+        .map_err(transient)?;
+        hostnet::ip(&["link", "set", "dev", port, "up"]).map_err(transient)?;
         return Ok(NicAdoption::Moved);
     }
     // libvirt creates the tap before QEMU starts, so a running guest has one.
@@ -88,41 +85,21 @@ pub(super) fn adopt_tap(port: &str, domain: &str) -> Result<NicAdoption, Hypervi
     })
 }
 
-/// The `<FLAGS>` of `port` in this thread's namespace; `None` if it is not here.
-fn link_flags(port: &str) -> Result<Option<String>, HypervisorError> {
-    let output = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "dev", port])
-        .output()
-        .map_err(|e| HypervisorError::Command {
-            command: format!("ip -o link show dev {port}"),
-            detail: e.to_string(),
-            class: ErrorClass::Transient,
-        })?;
-    if !output.status.success() {
-        return Ok(None);
+/// The `<FLAGS>` of `port` in this thread's namespace; `None` if it is not
+/// here (or `ip` cannot show it: then the search below decides).
+fn link_flags(port: &str) -> Result<Option<Vec<String>>, HypervisorError> {
+    match hostnet::link_show(None, port) {
+        Ok(line) => Ok(line
+            .as_deref()
+            .and_then(hostnet::link_flags)
+            .map(|flags| flags.into_iter().map(str::to_string).collect())),
+        Err(HostnetError::Failed { .. }) => Ok(None),
+        Err(e) => Err(transient(e)),
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text
-        .split_once('<')
-        .and_then(|(_, rest)| rest.split_once('>'))
-        .map(|(flags, _)| flags.to_string()))
 }
 
-fn run_ip(step: &[&str]) -> Result<(), HypervisorError> {
-    let output = std::process::Command::new(step[0])
-        .args(&step[1..])
-        .output()
-        .map_err(|e| HypervisorError::Command {
-            command: step.join(" "),
-            detail: e.to_string(),
-            class: ErrorClass::Transient,
-        })?;
-    if !output.status.success() {
-        return Err(HypervisorError::Command {
-            command: step.join(" "),
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            class: ErrorClass::Transient,
-        });
-    }
-    Ok(())
+/// Every failure here may clear on the next pass: libvirtd creates and
+/// moves taps while the guest starts.
+fn transient(error: HostnetError) -> HypervisorError {
+    HypervisorError::from(error).reclassified(ErrorClass::Transient)
 }

@@ -2,6 +2,7 @@
 //! [`Hypervisor`](super::Hypervisor): kept apart from the parent so backends
 //! import them without importing the module that re-exports the backends.
 
+use measurelab_hostnet::HostnetError;
 use uuid::Uuid;
 
 /// XML namespace of the `<metadata>` element that marks a libvirt domain as ours.
@@ -219,10 +220,111 @@ impl HypervisorError {
         self.class() == ErrorClass::Transient
     }
 
+    /// The same failed command with `class` instead of the class
+    /// [`From<HostnetError>`] guessed, for callers that know better; other
+    /// errors are returned unchanged.
+    pub(crate) fn reclassified(self, class: ErrorClass) -> Self {
+        match self {
+            HypervisorError::Command {
+                command, detail, ..
+            } => HypervisorError::Command {
+                command,
+                detail,
+                class,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         HypervisorError::Io {
             context: context.into(),
             source,
         }
+    }
+}
+
+impl From<HostnetError> for HypervisorError {
+    /// A tool that ran and failed may succeed on retry (EBUSY, a race with
+    /// another tool) unless it rejected its arguments; a tool that cannot
+    /// start, a bad namespace name or a namespace that cannot be entered
+    /// will fail again the same way.
+    fn from(error: HostnetError) -> Self {
+        let (command, detail, class) = match error {
+            HostnetError::Failed {
+                command,
+                status,
+                detail,
+            } => {
+                let class =
+                    if detail.contains("Invalid argument") || detail.contains("Error: argument") {
+                        ErrorClass::Permanent
+                    } else {
+                        ErrorClass::Transient
+                    };
+                (command, format!("{status}: {detail}"), class)
+            }
+            HostnetError::Spawn { command, source } => {
+                (command, source.to_string(), ErrorClass::Permanent)
+            }
+            other @ (HostnetError::BadNamespaceName { .. } | HostnetError::Namespace { .. }) => (
+                "setns".to_string(),
+                other.to_string(),
+                ErrorClass::Permanent,
+            ),
+            other @ HostnetError::ThreadPanicked { .. } => (
+                "setns".to_string(),
+                other.to_string(),
+                ErrorClass::Transient,
+            ),
+        };
+        HypervisorError::Command {
+            command,
+            detail,
+            class,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn failed(detail: &str) -> HostnetError {
+        HostnetError::Failed {
+            command: "ip link add x".to_string(),
+            status: ExitStatus::from_raw(2 << 8),
+            detail: detail.to_string(),
+        }
+    }
+
+    #[test]
+    fn hostnet_failures_keep_the_namespace_backends_classes() {
+        let busy = HypervisorError::from(failed("RTNETLINK answers: Device or resource busy"));
+        assert_eq!(busy.class(), ErrorClass::Transient);
+        assert!(busy.to_string().contains("exit status: 2"), "{busy}");
+        for rejected in ["Error: argument \"x\" is wrong.", "Invalid argument"] {
+            assert_eq!(
+                HypervisorError::from(failed(rejected)).class(),
+                ErrorClass::Permanent
+            );
+        }
+        let missing_tool = HostnetError::Spawn {
+            command: "ethtool -K eth0 tx off".to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(
+            HypervisorError::from(missing_tool).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            HypervisorError::from(failed("Invalid argument"))
+                .reclassified(ErrorClass::Transient)
+                .class(),
+            ErrorClass::Transient
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! - [`ip`], [`ip_in`]: `ip ...` and `ip -n NS ...`.
 //! - [`netns_list`], [`netns_exists`], [`netns_ensure`], [`netns_pids`],
 //!   [`netns_delete`]: named namespaces (`/run/netns`).
-//! - [`link_exists`], [`veth_add`], [`tx_offload_off`]: links.
+//! - [`link_exists`], [`link_show`], [`link_flags`], [`veth_add`],
+//!   [`tx_offload_off`]: links.
 //! - [`command_in`]: any program inside a namespace (`ip netns exec`).
 //! - [`in_netns`], [`in_new_netns`]: a closure run inside a namespace.
 //!
@@ -191,6 +192,30 @@ pub fn link_exists(ns: Option<&str>, link: &str) -> bool {
     succeeds(ip_command(ns).args(["link", "show", "dev", link]))
 }
 
+/// Link `link` in namespace `ns` (or the caller's) as `ip -o link show`
+/// prints it, or `None` when `ip` reports no such device. Unlike
+/// [`link_exists`], any other failure (a missing namespace, no `ip`) is an
+/// error, so a caller never mistakes a broken lookup for an absent link.
+pub fn link_show(ns: Option<&str>, link: &str) -> Result<Option<String>, HostnetError> {
+    match run(ip_command(ns).args(["-o", "link", "show", "dev", link])) {
+        Ok(line) => Ok(Some(line)),
+        Err(HostnetError::Failed { detail, .. })
+            if detail.contains("does not exist") || detail.contains("Cannot find device") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `<FLAGS>` of a [`link_show`] line, e.g. `["LOOPBACK", "UP"]`;
+/// `None` when the line has none.
+pub fn link_flags(line: &str) -> Option<Vec<&str>> {
+    let (_, rest) = line.split_once('<')?;
+    let (flags, _) = rest.split_once('>')?;
+    Some(flags.split(',').collect())
+}
+
 /// Creates veth pair `name` (in `ns`) and `peer` (in `peer_ns`; with `None`
 /// it stays beside `name`). Both ends stay down.
 pub fn veth_add(
@@ -330,6 +355,22 @@ mod tests {
                 Err(HostnetError::BadNamespaceName { .. })
             ));
         }
+    }
+
+    #[test]
+    fn link_flags_are_read_from_the_angle_brackets() {
+        let line = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN";
+        assert_eq!(link_flags(line), Some(vec!["LOOPBACK", "UP", "LOWER_UP"]));
+        assert_eq!(link_flags("7: tap0: mtu 1500"), None);
+    }
+
+    #[test]
+    fn link_show_tells_an_absent_link_from_a_failed_lookup() {
+        let lo = link_show(None, "lo").unwrap();
+        assert!(lo.as_deref().and_then(link_flags).is_some(), "{lo:?}");
+        assert_eq!(link_show(None, "measurelab-nolink").unwrap(), None);
+        let err = link_show(Some("measurelab-hostnet-missing"), "lo").unwrap_err();
+        assert!(matches!(err, HostnetError::Failed { .. }), "{err}");
     }
 
     #[test]
