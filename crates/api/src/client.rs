@@ -202,7 +202,7 @@ impl Client {
         .await
     }
 
-    // ---- Wave 2 resources ----
+    // ---- Platforms, QoS policies, appliances, VMs, programs, tasks, results ----
 
     /// `GET /v1/platforms`.
     pub async fn list_platforms(&self) -> Result<Vec<Platform>, ClientError> {

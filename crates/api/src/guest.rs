@@ -121,8 +121,8 @@ pub enum AgentMessage {
     },
     /// Asks the guest to send [`GuestMessage::Hello`] again. Sent by the node
     /// agent when it (re)connects to a serial channel, because a serial line
-    /// has no connect event the guest could see. (Addition to the wave-2
-    /// contract; older guests ignore it.)
+    /// has no connect event the guest could see. (Added after the first
+    /// guest channel release; older guests ignore it.)
     HelloRequest,
 }
 

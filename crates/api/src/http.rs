@@ -173,7 +173,7 @@ pub struct NodePatch {
     pub labels: BTreeMap<String, String>,
 }
 
-// ---- Wave 2: virtual platforms, QoS policies, appliances, VMs ----
+// ---- Virtual platforms, QoS policies, appliances, VMs ----
 
 /// Power state of a virtual platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -642,7 +642,7 @@ pub struct VmList {
     pub vms: Vec<Vm>,
 }
 
-// ---- Wave 2: programs, deployments, tasks, results ----
+// ---- Programs, deployments, tasks, results ----
 
 /// An uploaded program.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
