@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use crate::{capabilities, identity, ovs, service_host};
 
+/// Where appliances are installed (`scripts/build-appliance.sh` and the
+/// controller's built-in appliance use it).
+pub const DEFAULT_APPLIANCE_DIR: &str = "/var/lib/measurelab/appliances";
+
 /// Everything the agent needs to join a lab.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -26,6 +30,10 @@ pub struct AgentConfig {
     pub ovsdb: Option<String>,
     /// libvirt URIs to probe.
     pub libvirt_uris: Vec<String>,
+    /// Appliance files (kernel, initrd, disk image) of libvirt guests must
+    /// lie under this directory; a VM whose appliance lies elsewhere is
+    /// refused. Default [`DEFAULT_APPLIANCE_DIR`].
+    pub appliance_dir: PathBuf,
     /// Integration bridge the VM ports join (created by the agent).
     pub bridge: String,
     /// Uplink port added to the bridge as a VLAN trunk, e.g. `uplink0`.
@@ -53,6 +61,7 @@ impl AgentConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            appliance_dir: PathBuf::from(DEFAULT_APPLIANCE_DIR),
             bridge: "br-int".to_string(),
             uplink: None,
             guest_agent: None,
@@ -120,6 +129,12 @@ impl AgentConfig {
             {
                 return Err(invalid(&field, reason));
             }
+        }
+        if !self.appliance_dir.is_absolute() {
+            return Err(invalid(
+                "appliance_dir",
+                format!("{} must be an absolute path", self.appliance_dir.display()),
+            ));
         }
         if let Some(agent) = &self.guest_agent {
             if !agent.is_absolute() {
@@ -211,6 +226,10 @@ mod tests {
                 }),
             ),
             ("ovsdb", Box::new(|c| c.ovsdb = Some("/run/db.sock".into()))),
+            (
+                "appliance_dir",
+                Box::new(|c| c.appliance_dir = "appliances".into()),
+            ),
         ];
         for (field, mutate) in cases {
             let mut c = config();

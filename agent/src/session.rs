@@ -591,8 +591,13 @@ async fn ship_one_batch(
 /// Open the backends and the switch, then run the reconcile loop.
 async fn start_reconcile(config: AgentConfig, control: GrpcControlPlane, handles: LoopHandles) {
     let guest_agent = crate::reconcile::guest_agent_path(config.guest_agent.as_deref());
-    let backends: Backends =
-        open_backends(&config.state_dir, &guest_agent, &config.libvirt_uris).await;
+    let backends: Backends = open_backends(
+        &config.state_dir,
+        &guest_agent,
+        &config.libvirt_uris,
+        &config.appliance_dir,
+    )
+    .await;
     let switch = config
         .ovsdb
         .as_deref()

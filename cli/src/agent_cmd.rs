@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// libvirt URI to probe; repeatable (default: test:///default, qemu:///system, xen:///system).
     #[arg(long = "libvirt-uri")]
     libvirt_uris: Vec<String>,
+    /// Directory that must hold the appliance files (kernel, initrd, disk
+    /// image) of libvirt guests; VMs whose appliance lies elsewhere are refused.
+    #[arg(long, default_value = measurelab_agent::DEFAULT_APPLIANCE_DIR)]
+    appliance_dir: PathBuf,
     /// Integration bridge for VM ports (created on the node's OVS).
     #[arg(long, default_value = "br-int")]
     bridge: String,
@@ -128,6 +132,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             args.libvirt_uris
         },
+        appliance_dir: args.appliance_dir,
         bridge: args.bridge,
         uplink: args.uplink,
         guest_agent: args.guest_agent,

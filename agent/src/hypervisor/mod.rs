@@ -28,11 +28,13 @@
 //! - `types`: values and [`HypervisorError`], shared by every backend.
 //! - `spec`: [`GuestSpec`] and its validation and hash.
 //! - `domain_xml`: libvirt domain XML for Xen PV, QEMU/KVM and the test driver.
+//! - `disks`: per-VM overlay and swap disks of libvirt guests, appliance containment.
 //! - `libvirt`: [`LibvirtHypervisor`], the libvirt backend.
 //! - `namespace`: [`NamespaceHypervisor`], network namespace + cgroup slivers.
 //! - `tap`: moving a libvirt guest's tap into the agent's network namespace.
 
 mod api;
+mod disks;
 mod domain_xml;
 mod libvirt;
 mod namespace;
@@ -41,6 +43,7 @@ mod tap;
 mod types;
 
 pub use api::Hypervisor;
+pub use disks::DiskConfig;
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
 pub use namespace::{

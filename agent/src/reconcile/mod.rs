@@ -160,11 +160,14 @@ pub fn namespace_guest_command(
 
 /// Open the backends this node has: namespace always (if the host allows
 /// it), libvirt on the first URI of `uris` that connects, preferring QEMU and
-/// Xen over the test driver.
+/// Xen over the test driver. libvirt guests boot only appliances under
+/// `appliance_dir` and keep their disks in their directory under
+/// `<state_dir>/guests`.
 pub async fn open_backends(
     state_dir: &std::path::Path,
     guest_agent: &std::path::Path,
     uris: &[String],
+    appliance_dir: &std::path::Path,
 ) -> Backends {
     let mut backends = Backends::default();
     let ns_config = crate::hypervisor::NamespaceConfig::new(
@@ -185,11 +188,20 @@ pub async fn open_backends(
     // Scoped: several agents on one host (lab nodes, tests) share libvirtd
     // and must not collect each other's domains as orphans.
     let owner = crate::hypervisor::LibvirtHypervisor::owner_for_state_dir(state_dir);
+    let disks = crate::hypervisor::DiskConfig {
+        appliance_dir: appliance_dir.to_path_buf(),
+        guests_dir: state_dir.join("guests"),
+    };
     for uri in ordered {
         let probe = uri.clone();
         let owner = owner.clone();
+        let disks = disks.clone();
         match tokio::task::spawn_blocking(move || {
-            crate::hypervisor::LibvirtHypervisor::connect(&probe)?.with_owner(&owner)
+            Ok::<_, crate::hypervisor::HypervisorError>(
+                crate::hypervisor::LibvirtHypervisor::connect(&probe)?
+                    .with_owner(&owner)?
+                    .with_disks(disks),
+            )
         })
         .await
         {
