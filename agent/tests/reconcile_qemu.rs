@@ -252,6 +252,8 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![QEMU_URI.into()];
     agent_config.guest_agent = Some(guest_agent);
+    // The appliance is built into the test's own directory.
+    agent_config.appliance_dir = appliance.clone();
     let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
     wait_for("node n1 online with qemu:///system", WAIT, async || {
@@ -276,7 +278,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             os: "Debian kernel + busybox".into(),
             kernel: appliance.join("vmlinuz").display().to_string(),
             initrd: appliance.join("initrd.img").display().to_string(),
-            disk: None,
+            disk: Some(appliance.join("disk.img").display().to_string()),
             min_memory_mib: 128,
             backends: vec!["libvirt".into()],
             request_id: None,
@@ -313,7 +315,11 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let t_request = Instant::now();
     let qemu_vm = client
-        .create_vm(&create("tiny", VmBackend::Libvirt, &tiny, 256))
+        .create_vm(&VmCreate {
+            disk_mib: Some(64),
+            swap_mib: Some(32),
+            ..create("tiny", VmBackend::Libvirt, &tiny, 256)
+        })
         .await
         .unwrap();
     eprintln!(
@@ -359,6 +365,17 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ns_vm = vms.iter().find(|vm| vm.id == ns_vm.id).unwrap().clone();
+    // The agent gave the VM its own overlay and swap disk, and the guest
+    // mounted and enabled them.
+    let vm_dir = state_dir.join("guests").join(&qemu_vm.id);
+    assert!(vm_dir.join("disk.qcow2").exists() && vm_dir.join("swap.img").exists());
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        text.contains("measurelab-tiny: data /dev/vda on /data")
+            && text.contains("measurelab-tiny: swap /dev/vdb on"),
+        "console:\n{}",
+        console_tail(&console)
+    );
     assert_eq!(qemu_vm.backend, VmBackend::Libvirt);
     assert!(!qemu_vm.address.is_empty(), "{qemu_vm:?}");
 
@@ -557,6 +574,11 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     .await;
     let left = owned_domains(&state_dir).await;
     assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !vm_dir.join("disk.qcow2").exists() && !vm_dir.join("swap.img").exists(),
+        "the deleted VM's disks are left in {}",
+        vm_dir.display()
+    );
     let libvirt_log = format!("/var/log/libvirt/qemu/{}.log", domains[0].name);
     assert!(
         !Path::new(&libvirt_log).exists(),
