@@ -520,6 +520,37 @@ fn disk_defaults_to_the_base_size_and_no_swap_means_no_swap_disk() {
     assert_eq!(xml.matches("<disk ").count(), 1, "{xml}");
     assert!(!xml.contains("measurelab.swap"), "{xml}");
 
+    // Another appliance image under the same VM: the overlay holds the
+    // VM's data on top of the old one, so it is kept and the define refused.
+    let other_base = rig.apps.join("tiny/other.img");
+    std::fs::write(&other_base, vec![0u8; 8 << 20]).unwrap();
+    let mut moved = spec.clone();
+    moved.boot.disk = Some(other_base);
+    let err = hv.define(&moved).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HypervisorError::InvalidSpec {
+                field: "boot.disk",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        qemu_img_info(&overlay)["full-backing-filename"].as_str(),
+        Some(rig.base.to_str().unwrap())
+    );
+
+    // No appliance disk but disk_mib: a blank disk of that size.
+    let mut blank = rig.spec("ml-disk-blank", 16, 0);
+    blank.boot.disk = None;
+    hv.define(&blank).unwrap();
+    let info = qemu_img_info(&rig.vm_file(blank.id, "disk.qcow2"));
+    assert_eq!(info["virtual-size"], 16 << 20);
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    hv.undefine(blank.id).unwrap();
+
     // Smaller than the image: the filesystem would not fit.
     let small = rig.spec("ml-disk-small", 4, 0);
     let err = hv.define(&small).unwrap_err();

@@ -26,7 +26,8 @@ enum Command {
     /// Run the controller (physical platform server).
     Controller(controller_cmd::ControllerArgs),
     /// Run a node agent.
-    Agent(agent_cmd::AgentArgs),
+    // Boxed: its many flags make it far larger than the other commands.
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Manage a local lab of namespaces, OVS switches, a controller and agents.
     Lab(lab::LabArgs),
 }
@@ -35,7 +36,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Controller(args) => controller_cmd::main(args),
-        Command::Agent(args) => agent_cmd::main(args),
+        Command::Agent(args) => agent_cmd::main(*args),
         Command::Lab(args) => lab::main(args),
     };
     match result {

@@ -617,6 +617,64 @@ mod tests {
     }
 
     #[test]
+    fn guest_disks_are_attached_in_order_and_named_on_the_cmdline() {
+        let disks = GuestDisks {
+            data: Some("/var/lib/measurelab/agent/guests/x/disk.qcow2".into()),
+            swap: Some("/var/lib/measurelab/agent/guests/x/swap.img".into()),
+        };
+        for (flavor, data, swap, bus) in [
+            (DomainFlavor::Qemu(QemuAccel::Tcg), "vda", "vdb", "virtio"),
+            (DomainFlavor::XenPv, "xvda", "xvdb", "xen"),
+            (DomainFlavor::Test, "vda", "vdb", "virtio"),
+        ] {
+            let xml = domain_xml_for_owner(&sample_spec(), flavor, None, &disks);
+            assert!(
+                xml.contains(&format!(
+                    "<driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/measurelab/agent/guests/x/disk.qcow2'/>\n      <target dev='{data}' bus='{bus}'/>"
+                )),
+                "{xml}"
+            );
+            assert!(
+                xml.contains(&format!(
+                    "<driver name='qemu' type='raw'/>\n      <source file='/var/lib/measurelab/agent/guests/x/swap.img'/>\n      <target dev='{swap}' bus='{bus}'/>"
+                )),
+                "{xml}"
+            );
+            assert!(
+                xml.contains(&format!(
+                    "measurelab.data=/dev/{data} measurelab.swap=/dev/{swap}"
+                )),
+                "{xml}"
+            );
+            assert_eq!(
+                disk_sources(&xml),
+                vec![disks.data.clone().unwrap(), disks.swap.clone().unwrap()]
+            );
+            assert_balanced(&xml);
+            validate_with_libvirt_schema(&xml, &format!("disks-{flavor:?}"));
+        }
+        // Swap alone is the first disk.
+        let swap_only = GuestDisks {
+            data: None,
+            swap: disks.swap.clone(),
+        };
+        let xml = domain_xml_for_owner(&sample_spec(), DomainFlavor::Test, None, &swap_only);
+        assert!(xml.contains("measurelab.swap=/dev/vda"), "{xml}");
+        assert!(!xml.contains("measurelab.data"), "{xml}");
+    }
+
+    #[test]
+    fn the_appliance_disk_itself_is_never_attached() {
+        let mut spec = sample_spec();
+        spec.boot.disk = Some("/var/lib/measurelab/appliances/tiny/disk.img".into());
+        for flavor in [DomainFlavor::Qemu(QemuAccel::Tcg), DomainFlavor::XenPv] {
+            let xml = domain_xml(&spec, flavor);
+            assert!(!xml.contains("disk.img"), "{xml}");
+            assert!(!xml.contains("<disk "), "{xml}");
+        }
+    }
+
+    #[test]
     fn test_driver_matches_golden() {
         let xml = check_variant(DomainFlavor::Test, "test.xml");
         assert!(xml.starts_with("<domain type='test'>"));
