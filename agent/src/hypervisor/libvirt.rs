@@ -6,7 +6,7 @@
 //! the object, because the test driver's state lives in the connection (a new
 //! connection to `test:///default` starts from the default state again).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use uuid::Uuid;
@@ -150,8 +150,10 @@ impl LibvirtHypervisor {
         }
     }
 
-    /// Checks the appliance files and prepares the guest's disk files.
-    fn prepare_disks(&self, spec: &GuestSpec) -> Result<GuestDisks, HypervisorError> {
+    /// Checks that the appliance files lie in the appliance directory;
+    /// returns the canonical appliance disk. Refuses any disk when no disk
+    /// directories are configured.
+    fn check_appliance(&self, spec: &GuestSpec) -> Result<Option<PathBuf>, HypervisorError> {
         let Some(config) = &self.disks else {
             let field = if spec.boot.disk.is_some() {
                 "boot.disk"
@@ -160,15 +162,26 @@ impl LibvirtHypervisor {
             } else if spec.swap_mib > 0 {
                 "swap_mib"
             } else {
-                return Ok(GuestDisks::default());
+                return Ok(None);
             };
             return Err(HypervisorError::InvalidSpec {
                 field,
                 reason: "this libvirt backend has no directory for per-VM disks".into(),
             });
         };
-        let base = config.check_appliance(spec)?;
-        config.ensure(spec, base.as_deref())
+        config.check_appliance(spec)
+    }
+
+    /// Creates or adopts the guest's overlay of `base` and its swap disk.
+    fn prepare_disks(
+        &self,
+        spec: &GuestSpec,
+        base: Option<&Path>,
+    ) -> Result<GuestDisks, HypervisorError> {
+        match &self.disks {
+            Some(config) => config.ensure(spec, base),
+            None => Ok(GuestDisks::default()),
+        }
     }
 
     /// The ownership scope, if any.
@@ -377,11 +390,9 @@ impl Hypervisor for LibvirtHypervisor {
     fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
         spec.validate()?;
         self.check_outbound_support(spec.egress_limit.as_ref())?;
-        if let Some(config) = &self.disks {
-            // Before anything is looked up or created: a refused appliance
-            // leaves no trace on the host.
-            config.check_appliance(spec)?;
-        }
+        // Before anything is looked up or created: a refused appliance
+        // leaves no trace on the host.
+        let base = self.check_appliance(spec)?;
         let hash = spec.spec_hash();
         self.with_conn(|conn| {
             // A foreign domain with our name would be overwritten by define
@@ -400,7 +411,7 @@ impl Hypervisor for LibvirtHypervisor {
             }
             let existing = self.lookup_owned(conn, spec.id)?;
             // Adopts the disks a previous agent made: their data survives.
-            let disks = self.prepare_disks(spec)?;
+            let disks = self.prepare_disks(spec, base.as_deref())?;
             let outcome = match &existing {
                 None => DefineOutcome::Created,
                 Some(dom) => {
