@@ -228,6 +228,10 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         config: spec.config.clone(),
         source,
         receivers,
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     };
     let missing_all = |reason: &str| {
         spec.receivers
@@ -340,6 +344,7 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
                 foreign_session_packets: Some(report.foreign_session_packets),
                 malformed_packets: Some(report.malformed_packets),
                 metrics: Some(report.metrics),
+                receipts: None,
             },
             Err((status, error, name)) => ReceiverResult::without_report(&name, status, error),
         })
