@@ -256,6 +256,7 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
         foreign_session_packets: None,
         malformed_packets: None,
         metrics: Some(metrics),
+        receipts: None,
     };
     ResultDocument {
         schema: ResultSchema::V1,
@@ -283,5 +284,9 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
             error: None,
         },
         receivers: vec![receiver],
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     }
 }

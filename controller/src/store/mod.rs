@@ -24,6 +24,7 @@ pub(crate) mod programs;
 pub(crate) mod qos_policies;
 mod registry;
 mod resources;
+mod run_tree;
 pub(crate) mod tasks;
 pub(crate) mod vms;
 mod writer;

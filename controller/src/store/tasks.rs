@@ -13,6 +13,7 @@ use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::platforms;
 use super::resources::TxContext;
+use super::run_tree;
 use crate::validation;
 
 /// Largest result document accepted (a run with hundreds of receivers).
@@ -414,6 +415,13 @@ pub(crate) fn insert_result(
         if let Some(existing) = rows.next()? {
             return Ok((record(existing)?, false));
         }
+    }
+    let placement = match &row.platform_id {
+        Some(platform_id) => run_tree::PointPlacement::Platform(platform_id),
+        None => run_tree::PointPlacement::ServiceHosts,
+    };
+    if let Some(object) = document.as_object_mut() {
+        run_tree::annotate(cx, &placement, &typed, object)?;
     }
     let run_status = typed.status.as_str();
     let record = ResultRecord {

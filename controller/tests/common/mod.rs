@@ -334,6 +334,7 @@ pub fn reporting_receiver(
             jitter_us: Some(jitter_us),
             quantiles_exact: true,
         }),
+        receipts: None,
     }
 }
 
@@ -374,6 +375,10 @@ pub fn result_document(
             error: None,
         },
         receivers,
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     };
     serde_json::to_value(document).unwrap()
 }

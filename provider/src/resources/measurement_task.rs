@@ -21,8 +21,8 @@ use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{id_or_name, CreateRequest, ManagedResource};
 use crate::data_sources::results::{
-    read_document, receiver_type, summarize_document, ReceiverSummary, UnreadableDocument,
-    RECEIVER_DOC,
+    bottleneck_type, read_document, receiver_type, summarize_bottlenecks, summarize_document,
+    BottleneckSummary, ReceiverSummary, UnreadableDocument, BOTTLENECK_DOC, RECEIVER_DOC,
 };
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -100,6 +100,8 @@ pub struct TaskState {
     pub result_json: Value<String>,
     /// Per-receiver summary.
     pub receivers: Value<Vec<ReceiverSummary>>,
+    /// Links the tree inference blames in that run.
+    pub bottlenecks: Value<Vec<BottleneckSummary>>,
     /// The `timeouts` block.
     pub timeouts: Value<TaskTimeouts>,
 }
@@ -274,6 +276,7 @@ impl TaskState {
         self.result_started_at = Value::Unknown;
         self.result_json = Value::Unknown;
         self.receivers = Value::Unknown;
+        self.bottlenecks = Value::Unknown;
     }
 
     fn create_body(&self) -> TaskCreate {
@@ -338,17 +341,19 @@ impl TaskState {
         self.result_started_at = Value::Value(record.started_at.clone());
         self.result_json = Value::Value(record.document.to_string());
         let document = read_document(&record.document);
-        let (status, source_point, receivers) = match &document {
+        let (status, source_point, receivers, bottlenecks) = match &document {
             Ok(document) => (
                 document.status.as_str().to_string(),
                 document.source_point.clone(),
                 summarize_document(document),
+                summarize_bottlenecks(document),
             ),
-            Err(_) => (String::new(), String::new(), Vec::new()),
+            Err(_) => (String::new(), String::new(), Vec::new(), Vec::new()),
         };
         self.result_status = Value::Value(status);
         self.result_source_point = Value::Value(source_point);
         self.receivers = Value::Value(receivers);
+        self.bottlenecks = Value::Value(bottlenecks);
         document
     }
 
@@ -359,6 +364,7 @@ impl TaskState {
         self.result_started_at = Value::Value(String::new());
         self.result_json = Value::Value(String::new());
         self.receivers = Value::Value(Vec::new());
+        self.bottlenecks = Value::Value(Vec::new());
     }
 
     fn create_timeout(&self) -> Duration {
@@ -510,6 +516,7 @@ impl ManagedResource for Tasks {
             ("result_started_at".into(), computed(AttributeType::String, "RFC 3339 start of that run.")),
             ("result_json".into(), computed(AttributeType::String, "The whole `measurelab.mcast.result/v1` document of that run, as JSON text (`jsondecode` it).")),
             ("receivers".into(), computed(AttributeType::List(Box::new(receiver_type())), &format!("Per-receiver summary of that run: {RECEIVER_DOC}."))),
+            ("bottlenecks".into(), computed(AttributeType::List(Box::new(bottleneck_type())), &format!("Bottlenecks of that run: {BOTTLENECK_DOC}."))),
         ]);
         let timeouts_block = Block {
             description: Description::markdown("Limits on how long operations wait."),
@@ -601,6 +608,7 @@ impl ManagedResource for Tasks {
             state.result_started_at = prior.result_started_at.clone();
             state.result_json = prior.result_json.clone();
             state.receivers = prior.receivers.clone();
+            state.bottlenecks = prior.bottlenecks.clone();
             state.interval_seconds = if state.is_once() {
                 prior.interval_seconds.clone()
             } else {
