@@ -150,6 +150,23 @@ impl Store {
         .await
     }
 
+    /// Set a node's overcommit ratios (validated by the caller); `None`
+    /// keeps the current one.
+    pub async fn set_overcommit(
+        &self,
+        node_id: String,
+        cpu: Option<f64>,
+        memory: Option<f64>,
+    ) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::SetOvercommit {
+            node_id,
+            cpu,
+            memory,
+            reply,
+        })
+        .await
+    }
+
     pub async fn record_event(&self, event: NewEvent) -> Result<i64, StoreError> {
         self.call(|reply| WriteCommand::RecordEvent(event, reply))
             .await

@@ -197,7 +197,11 @@ impl Client {
         self.request(
             reqwest::Method::PATCH,
             &format!("/v1/nodes/{}", url_component(id_or_name)),
-            Some(&NodePatch { labels }),
+            Some(&NodePatch {
+                labels,
+                cpu_overcommit: None,
+                memory_overcommit: None,
+            }),
         )
         .await
     }
