@@ -206,6 +206,20 @@ impl Client {
         .await
     }
 
+    /// `PATCH /v1/nodes/{id_or_name}`: labels and overcommit ratios.
+    pub async fn patch_node(
+        &self,
+        id_or_name: &str,
+        patch: &NodePatch,
+    ) -> Result<Node, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{}", url_component(id_or_name)),
+            Some(patch),
+        )
+        .await
+    }
+
     // ---- Platforms, QoS policies, appliances, VMs, programs, tasks, results ----
 
     /// `GET /v1/platforms`.
