@@ -6,6 +6,7 @@
 //! hands it over, so an allocation and the row that takes it commit together.
 
 pub(crate) mod overcommit;
+pub(crate) mod quota;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

@@ -24,6 +24,7 @@ mod nodes;
 pub(crate) mod platforms;
 pub(crate) mod programs;
 pub(crate) mod qos_policies;
+pub(crate) mod quotas;
 mod registry;
 mod resources;
 pub(crate) mod tasks;

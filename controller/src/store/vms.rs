@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use measurelab_api::http::{Condition, Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
+use measurelab_api::http::{
+    Condition, TenantUsage, Vm, VmBackend, VmCreate, VmPatch, VmPowerState,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
@@ -11,7 +13,7 @@ use super::error::StoreError;
 use super::platforms::{self, node_name, PlatformRow};
 use super::registry::{NodeEntry, Registry};
 use super::resources::TxContext;
-use super::{appliances, qos_policies, tenants};
+use super::{appliances, qos_policies, quotas, tenants};
 use crate::access::Scope;
 use crate::placement::overcommit::{self, NodeUse};
 use crate::{placement, validation};
@@ -496,9 +498,31 @@ pub(crate) fn create(
                 )
             })?,
     };
+    let vm_key = format!("{}/{}", platform.name, input.name);
+    let qos_id = qos.as_ref().map(|q| q.id.as_str());
+    let bandwidth = quotas::bandwidth_growth(
+        cx,
+        &platform.tenant_id,
+        &vm_key,
+        qos.as_ref().map(|q| q.name.as_str()),
+        None,
+        quotas::policy_bandwidth(cx.tx, qos_id)?,
+    )?;
+    quotas::admit(
+        cx,
+        &platform.tenant_id,
+        &TenantUsage {
+            vms: 1,
+            vcpus: u64::from(input.vcpus),
+            memory_mib: input.memory_mib,
+            bandwidth_kbps: bandwidth,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
     check_node_fits(
         cx,
-        &format!("{}/{}", platform.name, input.name),
+        &vm_key,
         &node,
         u64::from(input.vcpus),
         input.memory_mib,
@@ -695,27 +719,7 @@ pub(crate) fn update(
             vm.memory_mib = memory;
         }
     }
-    if more_vcpus > 0 || more_mib > 0 {
-        let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
-            StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
-        })?;
-        // A pending VM's current memory is not in the agent's report yet,
-        // and reserved_memory_mib leaves this VM out.
-        let pending_self_mib = if vm.actual_state == "pending" {
-            vm.memory_mib - more_mib
-        } else {
-            0
-        };
-        check_node_fits(
-            cx,
-            &format!("{}/{}", vm.platform_name, vm.name),
-            &node,
-            more_vcpus,
-            more_mib,
-            pending_self_mib,
-            Some(&vm.id),
-        )?;
-    }
+    let qos_before = vm.qos_policy_id.clone();
     if let Some(qos) = &patch.qos_policy {
         let (id, name) = match qos {
             Some(key) => {
@@ -736,6 +740,53 @@ pub(crate) fn update(
             vm.qos_policy_id = id;
             vm.qos_policy_name = name;
         }
+    }
+    // The tenant's quota first, then the node: the tenant's own limit is
+    // what its member can act on.
+    let vm_key = format!("{}/{}", vm.platform_name, vm.name);
+    let more_kbps = if vm.qos_policy_id != qos_before {
+        quotas::bandwidth_growth(
+            cx,
+            &vm.tenant_id,
+            &vm_key,
+            vm.qos_policy_name.as_deref(),
+            quotas::policy_bandwidth(cx.tx, qos_before.as_deref())?,
+            quotas::policy_bandwidth(cx.tx, vm.qos_policy_id.as_deref())?,
+        )?
+    } else {
+        0
+    };
+    quotas::admit(
+        cx,
+        &vm.tenant_id,
+        &TenantUsage {
+            vcpus: more_vcpus,
+            memory_mib: more_mib,
+            bandwidth_kbps: more_kbps,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
+    if more_vcpus > 0 || more_mib > 0 {
+        let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
+        })?;
+        // A pending VM's current memory is not in the agent's report yet,
+        // and reserved_memory_mib leaves this VM out.
+        let pending_self_mib = if vm.actual_state == "pending" {
+            vm.memory_mib - more_mib
+        } else {
+            0
+        };
+        check_node_fits(
+            cx,
+            &vm_key,
+            &node,
+            more_vcpus,
+            more_mib,
+            pending_self_mib,
+            Some(&vm.id),
+        )?;
     }
     if let Some(power) = patch.power_state {
         if power != vm.power_state {

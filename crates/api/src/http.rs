@@ -1087,6 +1087,36 @@ pub struct TenantPatch {
     pub request_id: Option<String>,
 }
 
+/// What a tenant uses, in the units of its [`Quota`]. VMs being deleted
+/// no longer count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsage {
+    /// Platforms.
+    pub platforms: u64,
+    /// VMs.
+    pub vms: u64,
+    /// vCPUs summed over the VMs.
+    pub vcpus: u64,
+    /// Memory summed over the VMs, MiB.
+    pub memory_mib: u64,
+    /// Bandwidth summed over the VMs, kbit/s: each VM counts its QoS
+    /// policy's ingress plus egress ceiling (a VM without one counts 0).
+    pub bandwidth_kbps: u64,
+    /// Bytes of uploaded programs.
+    pub program_bytes: u64,
+}
+
+/// `GET /v1/tenants/{id_or_name}/usage` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsageReport {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its limits.
+    pub quota: Quota,
+    /// What it uses now.
+    pub usage: TenantUsage,
+}
+
 /// `GET /v1/tenants` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantList {
@@ -1266,6 +1296,7 @@ mod schemas {
             "conflict",
             "pool_exhausted",
             "forbidden",
+            "quota_exceeded",
         ])
     }
 
