@@ -657,3 +657,62 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(status, 200);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller.register("n2", "").await;
+    let alice = tenant_token(&controller, "t1", "alice", "member").await;
+    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
+    create(
+        &controller,
+        &bob,
+        "/v1/platforms",
+        json!({"name": "bobs", "nodes": ["n1"]}),
+    )
+    .await;
+
+    let page = reqwest::get(controller.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let script = &page[page.find("<script>").unwrap() + 8..page.find("</script>").unwrap()];
+    let script_dir = tempfile::tempdir().unwrap();
+    let script_path = script_dir.path().join("page.js");
+    std::fs::write(&script_path, script).unwrap();
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.js");
+    let base = format!("http://{}", controller.http);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(harness)
+            .arg(&script_path)
+            .arg(base)
+            .arg(bob)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node (apt package nodejs) runs the page script");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rendered["error"], "", "{rendered:#}");
+    assert_eq!(rendered["whoami"], "token bob: member of tenant t2");
+    assert_eq!(
+        rendered["platforms"].as_array().unwrap().len(),
+        1,
+        "{rendered:#}"
+    );
+    assert_eq!(rendered["platforms"][0][0], "bobs");
+    assert_eq!(rendered["vms"], json!([]), "{rendered:#}");
+    assert_eq!(rendered["results"], json!([]), "{rendered:#}");
+    controller.stop().await;
+}
