@@ -723,6 +723,67 @@ mod tests {
         channels.close(vm());
     }
 
+    /// Whoever else reaches a registered guest's socket is turned away: the
+    /// registered connection keeps its registration and its messages.
+    #[tokio::test]
+    async fn a_second_connection_never_displaces_a_registered_guest() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = channel_socket_path(dir.path(), vm());
+        let channels = GuestChannels::new();
+        let _inbound = channels.open_unix(vm(), &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let guest = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = guest.into_split();
+        let hello = format!(
+            "{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"1.2\"}}\n",
+            vm()
+        );
+        write.write_all(hello.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !channels.state(vm()).unwrap().registered {
+            assert!(tokio::time::Instant::now() < deadline, "hello not taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut intruder = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), intruder.read(&mut buf))
+            .await
+            .expect("intruder not turned away")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "intruder got bytes");
+        let state = channels.state(vm()).unwrap();
+        assert!(state.registered && state.connected, "{state:?}");
+        assert_eq!(state.connections, 1);
+        assert!(state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused a second connection")));
+
+        // The registered guest still gets what the agent sends.
+        channels
+            .send(
+                vm(),
+                &AgentMessage::Stop {
+                    deployment_id: "d1".into(),
+                },
+            )
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(line, "{\"type\":\"stop\",\"deployment_id\":\"d1\"}");
+        channels.close(vm());
+    }
+
     /// A hand-driven guest on the raw socket: hello for the wrong VM is not
     /// a registration, garbage is skipped, the right hello and a heartbeat
     /// are, and `send` reaches the guest.
