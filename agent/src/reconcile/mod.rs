@@ -142,19 +142,19 @@ pub fn guest_agent_path(configured: Option<&std::path::Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("measurelab-guest-agent"))
 }
 
-/// The namespace backend's guest command: the guest agent, with programs
-/// under `<programs_root>/<vm id>` and no kernel command line to read. A shell
-/// `exec`s it, so the recorded pid stays the guest agent's.
-pub fn namespace_guest_command(
-    guest_agent: &std::path::Path,
-    programs_root: &std::path::Path,
-) -> Vec<String> {
+/// The namespace backend's guest command: the guest agent as the sandbox
+/// sees it (bound read-only under [`crate::hypervisor::GUEST_BIN_DIR`]), with
+/// no kernel command line to read; its programs go to the guest's writable
+/// layer (`MEASURELAB_PROGRAMS_DIR`, set by the backend).
+pub fn namespace_guest_command(guest_agent: &std::path::Path) -> Vec<String> {
+    let name = guest_agent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "measurelab-guest-agent".into());
     vec![
-        "sh".into(),
-        "-c".into(),
-        r#"exec "$0" --cmdline /dev/null --programs-dir "$1/$MEASURELAB_VM_ID""#.into(),
-        guest_agent.display().to_string(),
-        programs_root.display().to_string(),
+        format!("{}/{name}", crate::hypervisor::GUEST_BIN_DIR),
+        "--cmdline".into(),
+        "/dev/null".into(),
     ]
 }
 
@@ -170,10 +170,11 @@ pub async fn open_backends(
     appliance_dir: &std::path::Path,
 ) -> Backends {
     let mut backends = Backends::default();
-    let ns_config = crate::hypervisor::NamespaceConfig::new(
+    let mut ns_config = crate::hypervisor::NamespaceConfig::new(
         state_dir.join("namespace"),
-        namespace_guest_command(guest_agent, &state_dir.join("guest-programs")),
+        namespace_guest_command(guest_agent),
     );
+    ns_config.guest_binaries = vec![guest_agent.to_path_buf()];
     match tokio::task::spawn_blocking(move || {
         crate::hypervisor::NamespaceHypervisor::new(ns_config)
     })
