@@ -285,6 +285,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let platform = client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "rqm".into(),
             nodes: vec!["n1".into()],
             admins: vec![],
@@ -294,6 +295,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .await
         .unwrap();
     let create = |name: &str, backend: VmBackend, appliance: &str, memory_mib: u64| VmCreate {
+        tenant: None,
         name: name.into(),
         platform: "rqm".into(),
         node: "n1".into(),
@@ -439,6 +441,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     });
     let program = client
         .create_program(&ProgramCreate {
+            tenant: None,
             name: "reach.sh".into(),
             content_base64: base64::engine::general_purpose::STANDARD.encode(PROGRAM),
             sha256: None,
@@ -448,6 +451,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let deployment = client
         .create_deployment(&DeploymentCreate {
+            tenant: None,
             program: program.id.clone(),
             vms: vec![qemu_vm.id.clone()],
             args: vec![ns_vm.address.clone(), tcp_port.to_string()],

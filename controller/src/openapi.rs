@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use measurelab_api::http::{
+    ApiToken, ApiTokenCreate, ApiTokenCreated, ApiTokenList, Tenant, TenantCreate, TenantList,
+    TenantPatch, WhoAmI,
+};
+use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
     ErrorBody, EventList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate,
     PlatformList, PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
@@ -160,7 +164,10 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         title = "measurelab controller public API",
         version = "1.0.0",
         description = "HTTP/JSON API of the measurelab controller. Everything under /v1 needs \
-            `Authorization: Bearer <admin token>` (the token is in <data_dir>/admin.token). \
+            `Authorization: Bearer <token>`: an API token (`mlt_<id>_<secret>`, see /v1/tokens) \
+            or the operator's bootstrap token in <data_dir>/admin.token. A tenant token sees \
+            only its tenant's objects: another tenant's answers 404, like a missing one; \
+            an action its role may not take answers 403. \
             Every error has the body {\"error\":{\"code\",\"message\",\"field\"}}. \
             Request bodies reject unknown fields and are limited to 1 MiB."
     ),
@@ -170,6 +177,16 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::admin_page,
         operations::healthz,
         operations::openapi,
+        operations::whoami,
+        operations::list_tenants,
+        operations::create_tenant,
+        operations::get_tenant,
+        operations::patch_tenant,
+        operations::delete_tenant,
+        operations::list_tokens,
+        operations::create_token,
+        operations::get_token,
+        operations::revoke_token,
         operations::list_nodes,
         operations::get_node,
         operations::patch_node,
@@ -231,7 +248,9 @@ impl Modify for Shared {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("Contents of <data_dir>/admin.token."))
+                    .description(Some(
+                        "An API token (mlt_<id>_<secret>) or the contents of <data_dir>/admin.token.",
+                    ))
                     .build(),
             ),
         );
@@ -295,6 +314,11 @@ const ERROR_RESPONSES: &[(&str, &str)] = &[
     ),
     ("NotFound", "No such object (code `not_found`)."),
     (
+        "Forbidden",
+        "The token's role may not do this (code `forbidden`); the message names the object, \
+         the action and the role needed.",
+    ),
+    (
         "MalformedJson",
         "The body is not valid JSON (code `malformed_json`).",
     ),
@@ -349,27 +373,33 @@ error_answers! {
     /// A read without parameters.
     ListErrors: "401" => "Unauthorized";
     /// A read of one object, or a read with query parameters.
-    GetErrors: "401" => "Unauthorized", "404" => "NotFound";
+    GetErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound";
     /// A read of a collection with query parameters the server checks.
     FilterErrors: "401" => "Unauthorized", "422" => "InvalidField";
     /// A read of one object or its rows, with query parameters the server checks.
-    QueryErrors: "401" => "Unauthorized", "404" => "NotFound", "422" => "InvalidField";
+    QueryErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
+        "422" => "InvalidField";
     /// A POST that creates an object.
-    CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "409" => "Conflict",
+    CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "409" => "Conflict",
         "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A PATCH of one object.
-    PatchErrors: "400" => "MalformedJson", "401" => "Unauthorized", "404" => "NotFound",
+    PatchErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound",
         "409" => "Conflict", "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType",
         "422" => "InvalidField";
     /// A request with a body on one object that cannot conflict (start,
     /// pause, node labels).
-    UpdateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "404" => "NotFound",
+    UpdateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound",
         "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A POST that stores a document (no name to conflict on).
-    UploadErrors: "400" => "MalformedJson", "401" => "Unauthorized", "413" => "PayloadTooLarge",
+    UploadErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound", "413" => "PayloadTooLarge",
         "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A DELETE of one object.
-    DeleteErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
+    DeleteErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
+        "409" => "Conflict",
         "422" => "InvalidField";
 }
 
@@ -512,6 +542,73 @@ mod operations {
         request_body = RequestOptions,
         responses((status = 200, description = "The platform.", body = Platform), UpdateErrors))]
     fn pause_platform() {}
+
+    /// The caller's token, role and tenant.
+    #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
+        responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]
+    fn whoami() {}
+
+    /// Tenants: all of them for the operator, its own for a tenant token.
+    #[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants",
+        responses((status = 200, description = "The tenants.", body = TenantList), ListErrors))]
+    fn list_tenants() {}
+
+    /// Create a tenant (operator).
+    #[utoipa::path(post, path = "/v1/tenants", operation_id = "createTenant",
+        request_body = TenantCreate,
+        responses((status = 201, description = "Created.", body = Tenant), CreateErrors))]
+    fn create_tenant() {}
+
+    /// One tenant.
+    #[utoipa::path(get, path = "/v1/tenants/{id_or_name}", operation_id = "getTenant",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        responses((status = 200, description = "The tenant.", body = Tenant), GetErrors))]
+    fn get_tenant() {}
+
+    /// Change a tenant's description or quota (operator).
+    #[utoipa::path(patch, path = "/v1/tenants/{id_or_name}", operation_id = "patchTenant",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        request_body = TenantPatch,
+        responses((status = 200, description = "Updated.", body = Tenant), PatchErrors))]
+    fn patch_tenant() {}
+
+    /// Delete a tenant that owns nothing, with its tokens and result history
+    /// (operator; 409 while it owns platforms, QoS policies, programs or tasks).
+    #[utoipa::path(delete, path = "/v1/tenants/{id_or_name}", operation_id = "deleteTenant",
+        params(
+            ("id_or_name" = String, Path, description = "Tenant id or name."),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The deleted tenant.", body = Tenant), DeleteErrors))]
+    fn delete_tenant() {}
+
+    /// API tokens: all for the operator, the tenant's for an owner, itself for
+    /// a member or viewer.
+    #[utoipa::path(get, path = "/v1/tokens", operation_id = "listTokens",
+        responses((status = 200, description = "The tokens.", body = ApiTokenList), ListErrors))]
+    fn list_tokens() {}
+
+    /// Create an API token. The response carries its secret, which is shown
+    /// here only (a replay with the same request_id returns it empty).
+    #[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken",
+        request_body = ApiTokenCreate,
+        responses((status = 201, description = "Created.", body = ApiTokenCreated), CreateErrors))]
+    fn create_token() {}
+
+    /// One API token.
+    #[utoipa::path(get, path = "/v1/tokens/{id_or_name}", operation_id = "getToken",
+        params(("id_or_name" = String, Path, description = "Token id.")),
+        responses((status = 200, description = "The token.", body = ApiToken), GetErrors))]
+    fn get_token() {}
+
+    /// Revoke an API token; the record stays with revoked_at set.
+    #[utoipa::path(delete, path = "/v1/tokens/{id_or_name}", operation_id = "revokeToken",
+        params(
+            ("id_or_name" = String, Path, description = "Token id."),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The revoked token.", body = ApiToken), DeleteErrors))]
+    fn revoke_token() {}
 
     /// List QoS policies.
     #[utoipa::path(get, path = "/v1/qos_policies", operation_id = "listQosPolicies",

@@ -68,6 +68,9 @@ pub enum ApiError {
         /// What conflicts.
         message: String,
     },
+    /// The caller's role may not do this (the object, if any, is visible).
+    #[error("{0}")]
+    Forbidden(String),
     /// A VLAN or subnet pool has no free entry.
     #[error("{0}")]
     PoolExhausted(String),
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::PoolExhausted(_) => (StatusCode::CONFLICT, "pool_exhausted"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 
@@ -128,6 +132,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind, id } => ApiError::NotFound { kind, id },
             StoreError::Conflict { field, message } => ApiError::Conflict { field, message },
             StoreError::PoolExhausted(message) => ApiError::PoolExhausted(message),
+            StoreError::Forbidden(message) => ApiError::Forbidden(message),
             other => ApiError::Unavailable(other.to_string()),
         }
     }

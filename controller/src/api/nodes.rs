@@ -5,27 +5,45 @@ use axum::extract::{Path, State};
 use axum::Json;
 use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
 
+use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::state::AppState;
+use crate::access::Principal;
 use crate::store::LOG_LINES_PER_NODE;
 use crate::validation;
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<NodeList> {
+/// What a tenant may see of a node: how to reach it and what it runs are
+/// the operator's; labels stay, since Terraform selects nodes by them.
+fn for_principal(principal: &Principal, mut node: Node) -> Node {
+    if !principal.is_operator() {
+        node.management_address = String::new();
+        node.agent_version = String::new();
+    }
+    node
+}
+
+pub(crate) async fn list(State(state): State<AppState>, principal: Principal) -> Json<NodeList> {
     Json(NodeList {
-        nodes: state.store().nodes(),
+        nodes: state
+            .store()
+            .nodes()
+            .into_iter()
+            .map(|node| for_principal(&principal, node))
+            .collect(),
     })
 }
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
     state
         .store()
         .node(&key)
-        .map(Json)
+        .map(|node| Json(for_principal(&principal, node)))
         .ok_or(ApiError::NotFound {
             kind: "node",
             id: key,
@@ -36,20 +54,24 @@ pub(crate) async fn get(
 /// touched, so a rejected patch changes nothing.
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<NodePatch>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
+    ensure_operator(&principal, "changing", "node", &key)?;
     validation::labels("labels", &patch.labels)?;
     Ok(Json(state.store().set_labels(key, patch.labels).await?))
 }
 
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Json<LogList>, ApiError> {
     let key = key(path)?;
+    ensure_operator(&principal, "reading the logs of", "node", &key)?;
     query.only(&["limit"])?;
     let limit = query.int("limit", 100, 1, LOG_LINES_PER_NODE)?;
     let node = state.store().node(&key).ok_or(ApiError::NotFound {
@@ -60,13 +82,18 @@ pub(crate) async fn logs(
     Ok(Json(LogList { lines }))
 }
 
+/// Events about the caller's objects (all events for the operator).
 pub(crate) async fn events(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Json<EventList>, ApiError> {
     query.only(&["after", "limit"])?;
     let after = query.int("after", 0, 0, i64::MAX)?;
     let limit = query.int("limit", 100, 1, 1000)?;
-    let events = state.store().events(after, limit as u32).await?;
+    let events = state
+        .store()
+        .events(principal.scope(), after, limit as u32)
+        .await?;
     Ok(Json(EventList { events }))
 }

@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .into_inner();
     client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "bench".into(),
             nodes: vec!["bench-node".into()],
             admins: vec![],
@@ -110,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let vm = client
             .create_vm(&VmCreate {
+                tenant: None,
                 name: format!("vm-{i}"),
                 platform: "bench".into(),
                 node: "bench-node".into(),
@@ -178,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
 
     let task = client
         .create_task(&TaskCreate {
+            tenant: None,
             name: "bench".into(),
             mode: "platform".into(),
             platform: Some("bench".into()),

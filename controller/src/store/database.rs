@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_nodes_events_logs.sql"),
     include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
     include_str!("../../migrations/0003_result_run_ids.sql"),
+    include_str!("../../migrations/0004_tenants.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -42,11 +43,33 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: MIGRATIONS.len(),
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    // A migration that rebuilds a table (SQLite's way to change a UNIQUE
+    // constraint) drops the old one; with enforcement on, that DROP would
+    // cascade into child tables. Enforcement is off while migrations run
+    // (the pragma cannot change inside a transaction) and each migration
+    // proves the keys still hold before it commits.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let outcome = run_migrations(conn, current as usize);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    outcome
+}
+
+fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), StoreError> {
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let version = index + 1;
         let migrate_error = |source| StoreError::Migrate { version, source };
         let tx = conn.transaction().map_err(migrate_error)?;
         tx.execute_batch(sql).map_err(migrate_error)?;
+        let violations: i64 = tx
+            .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .map_err(migrate_error)?;
+        if violations > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "schema migration {version} would leave {violations} broken foreign key(s); nothing was changed"
+            )));
+        }
         tx.pragma_update(None, "user_version", version as i64)
             .map_err(migrate_error)?;
         tx.commit().map_err(migrate_error)?;

@@ -87,6 +87,10 @@ pub enum StoreError {
         /// What conflicts.
         message: String,
     },
+    /// The caller sees the object but its role may not do this; the message
+    /// names the object, the action and the role needed.
+    #[error("{0}")]
+    Forbidden(String),
     /// A VLAN, subnet, address or MAC pool has no free entry.
     #[error("{0}")]
     PoolExhausted(String),

@@ -11,12 +11,14 @@
 //! Store functions return domain values or a [`StoreError`]; the HTTP and
 //! gRPC layers decide what those become on the wire.
 
+pub(crate) mod api_tokens;
 pub(crate) mod appliances;
 mod checkpoint;
 mod codec;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
+mod events;
 pub(crate) mod idempotency;
 mod nodes;
 pub(crate) mod platforms;
@@ -25,6 +27,7 @@ pub(crate) mod qos_policies;
 mod registry;
 mod resources;
 pub(crate) mod tasks;
+pub(crate) mod tenants;
 pub(crate) mod vms;
 mod writer;
 
@@ -37,7 +40,9 @@ use measurelab_api::http;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::Scope;
 use crate::placement::Pools;
+use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
 use database::{migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
@@ -60,6 +65,8 @@ pub(crate) struct Store {
     reader: Arc<Mutex<Connection>>,
     /// Platforms, VMs, tasks...: one transaction per request on their own connection.
     resources: ResourceStore,
+    /// API tokens, verified from memory on every request.
+    tokens: TokenBook,
 }
 
 impl Store {
@@ -90,6 +97,8 @@ impl Store {
         let registry = Arc::new(RwLock::new(registry));
         let resource_conn = open_connection(&path)?;
         appliances::ensure_builtin(&resource_conn)?;
+        let tokens = TokenBook::default();
+        tokens.reload(&resource_conn)?;
         let resources = ResourceStore::open(resource_conn, registry.clone(), pools)?;
         let (writer, handle) = writer::spawn(
             write_conn,
@@ -103,6 +112,7 @@ impl Store {
                 writer,
                 reader: Arc::new(Mutex::new(reader)),
                 resources,
+                tokens,
             },
             handle,
         ))
@@ -170,6 +180,19 @@ impl Store {
         &self.resources
     }
 
+    /// The API tokens, as of the last reload.
+    pub fn tokens(&self) -> &TokenBook {
+        &self.tokens
+    }
+
+    /// Re-read the token table into the book (after a token or tenant change).
+    pub async fn reload_tokens(&self) -> Result<(), StoreError> {
+        let tokens = self.tokens.clone();
+        self.resources
+            .read(move |conn, _| tokens.reload(conn))
+            .await
+    }
+
     /// Ask the writer to finish what is queued and exit.
     pub async fn stop_writer(&self) {
         // An error means the writer is already gone, which is the goal.
@@ -222,9 +245,14 @@ impl Store {
             .await
     }
 
-    /// Events with id > `after`, oldest first.
-    pub async fn events(&self, after: i64, limit: u32) -> Result<Vec<http::Event>, StoreError> {
-        self.read(move |conn| nodes::events(conn, after, limit))
+    /// Events with id > `after` visible in `scope`, oldest first.
+    pub async fn events(
+        &self,
+        scope: Scope,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<http::Event>, StoreError> {
+        self.read(move |conn| events::events(conn, &scope, after, limit))
             .await
     }
 

@@ -199,28 +199,3 @@ pub(crate) fn logs(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(lines)
 }
-
-/// Events with id > `after`, oldest first.
-pub(crate) fn events(
-    conn: &Connection,
-    after: i64,
-    limit: u32,
-) -> Result<Vec<http::Event>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, time, reason, object_kind, object_id, message FROM events
-         WHERE id > ?1 ORDER BY id ASC LIMIT ?2",
-    )?;
-    let events = statement
-        .query_map(rusqlite::params![after, limit], |row| {
-            Ok(http::Event {
-                id: row.get(0)?,
-                time: row.get(1)?,
-                reason: row.get(2)?,
-                object_kind: row.get(3)?,
-                object_id: row.get(4)?,
-                message: row.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(events)
-}

@@ -11,7 +11,8 @@ use super::error::StoreError;
 use super::platforms::{self, node_name, PlatformRow};
 use super::registry::{NodeEntry, Registry};
 use super::resources::TxContext;
-use super::{appliances, qos_policies};
+use super::{appliances, qos_policies, tenants};
+use crate::access::Scope;
 use crate::{placement, validation};
 
 const MAX_VCPUS: u32 = 64;
@@ -22,6 +23,8 @@ const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct VmRow {
     pub id: String,
+    /// The platform's tenant.
+    pub tenant_id: String,
     pub name: String,
     pub platform_id: String,
     pub platform_name: String,
@@ -76,6 +79,7 @@ impl VmRow {
             conditions: self.conditions.clone(),
             generation: self.generation,
             observed_generation: self.observed_generation,
+            tenant_id: self.tenant_id.clone(),
             created_at: self.created_at.clone(),
         }
     }
@@ -85,7 +89,7 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
         v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
         v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
         v.restart_required, v.guest_last_heartbeat, v.conditions, v.generation,
-        v.observed_generation, v.created_at
+        v.observed_generation, v.created_at, p.tenant_id
     FROM vms v
     JOIN platforms p ON p.id = v.platform_id
     JOIN appliances a ON a.id = v.appliance_id
@@ -124,6 +128,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
         generation: r.get::<_, i64>(23)? as u64,
         observed_generation: r.get::<_, i64>(24)? as u64,
         created_at: r.get(25)?,
+        tenant_id: r.get(26)?,
     })
 }
 
@@ -141,20 +146,38 @@ fn query(
     Ok(vms)
 }
 
-/// Look a VM up by id, by `platform/name`, or by a name unique across platforms.
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, StoreError> {
-    if let Some(vm) = query(conn, "WHERE v.id = ?1", &[&key])?.pop() {
+/// Look a VM up, among those `scope` sees, by id, by `platform/name`, or
+/// by a name unique across platforms.
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<VmRow>, StoreError> {
+    let tenant = scope.tenant_id();
+    if let Some(vm) = query(
+        conn,
+        "WHERE v.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)",
+        &[&key, &tenant],
+    )?
+    .pop()
+    {
         return Ok(Some(vm));
     }
     if let Some((platform, name)) = key.split_once('/') {
-        return Ok(query(
+        let matches = query(
             conn,
-            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2",
-            &[&platform, &name],
-        )?
-        .pop());
+            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2 AND (?3 IS NULL OR p.tenant_id = ?3)",
+            &[&platform, &name, &tenant],
+        )?;
+        return tenants::pick_one(conn, "VM", key, matches, |v| {
+            (v.id.as_str(), v.tenant_id.as_str())
+        });
     }
-    let mut matches = query(conn, "WHERE v.name = ?1 ORDER BY p.name", &[&key])?;
+    let mut matches = query(
+        conn,
+        "WHERE v.name = ?1 AND (?2 IS NULL OR p.tenant_id = ?2) ORDER BY p.name",
+        &[&key, &tenant],
+    )?;
     match matches.len() {
         0 | 1 => Ok(matches.pop()),
         _ => Err(StoreError::conflict(
@@ -171,13 +194,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, StoreE
     }
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<VmRow, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<VmRow, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "vm",
         id: key.to_string(),
     })
 }
 
+/// A VM by id whatever its tenant: for the node API, which acts for the system.
 pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, StoreError> {
     Ok(query(conn, "WHERE v.id = ?1", &[&id])?.pop())
 }
@@ -186,11 +210,12 @@ pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, St
 pub(crate) fn list(
     conn: &Connection,
     registry: &Registry,
+    scope: &Scope,
     platform: Option<&str>,
     node: Option<&str>,
 ) -> Result<Vec<VmRow>, StoreError> {
     let platform_id = match platform {
-        Some(key) => match platforms::find(conn, key)? {
+        Some(key) => match platforms::find(conn, scope, key)? {
             Some(p) => Some(p.id),
             None => return Ok(Vec::new()),
         },
@@ -206,8 +231,9 @@ pub(crate) fn list(
     query(
         conn,
         "WHERE (?1 IS NULL OR v.platform_id = ?1) AND (?2 IS NULL OR v.node_id = ?2)
+           AND (?3 IS NULL OR p.tenant_id = ?3)
          ORDER BY p.name, v.name",
-        &[&platform_id, &node_id],
+        &[&platform_id, &node_id, &scope.tenant_id()],
     )
 }
 
@@ -280,9 +306,14 @@ fn port_name(vm_id: &str) -> String {
     format!("ml{hex}")
 }
 
-pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, StoreError> {
+/// Create a VM in a platform `scope` sees; it belongs to the platform's tenant.
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    input: VmCreate,
+) -> Result<VmRow, StoreError> {
     validation::dns_label("name", &input.name)?;
-    let platform = platforms::find(cx.tx, &input.platform)?.ok_or_else(|| {
+    let platform = platforms::find(cx.tx, scope, &input.platform)?.ok_or_else(|| {
         StoreError::invalid(
             "platform",
             format!("no platform named {:?} exists", input.platform),
@@ -323,12 +354,14 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
             ),
         )
     })?;
-    let qos = match &input.qos_policy {
-        Some(key) => Some(qos_policies::find(cx.tx, key)?.ok_or_else(|| {
-            StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
-        })?),
-        None => None,
-    };
+    let platform_scope = Scope::Tenant(platform.tenant_id.clone());
+    let qos =
+        match &input.qos_policy {
+            Some(key) => Some(qos_policies::find(cx.tx, &platform_scope, key)?.ok_or_else(
+                || StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists")),
+            )?),
+            None => None,
+        };
     check_vcpus(input.vcpus)?;
     if input.memory_mib < appliance.min_memory_mib {
         return Err(StoreError::invalid(
@@ -429,6 +462,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
     let address = allocate_address(cx, &platform)?;
     let mac = allocate_mac(cx)?;
     let row = VmRow {
+        tenant_id: platform.tenant_id.clone(),
         port_name: port_name(&id),
         id,
         name: input.name,
@@ -487,6 +521,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
         ])?;
     cx.touch_node(&node.id)?;
     cx.event(
+        Some(&row.tenant_id),
         "VmCreated",
         "vm",
         &row.id,
@@ -517,10 +552,11 @@ fn immutable(field: &str, same: bool) -> Result<(), StoreError> {
 
 pub(crate) fn update(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     key: &str,
     patch: VmPatch,
 ) -> Result<VmRow, StoreError> {
-    let mut vm = get(cx.tx, key)?;
+    let mut vm = get(cx.tx, scope, key)?;
     if let Some(name) = &patch.name {
         immutable("name", *name == vm.name)?;
     }
@@ -606,7 +642,8 @@ pub(crate) fn update(
     if let Some(qos) = &patch.qos_policy {
         let (id, name) = match qos {
             Some(key) => {
-                let policy = qos_policies::find(cx.tx, key)?.ok_or_else(|| {
+                let vm_scope = Scope::Tenant(vm.tenant_id.clone());
+                let policy = qos_policies::find(cx.tx, &vm_scope, key)?.ok_or_else(|| {
                     StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
                 })?;
                 (Some(policy.id), Some(policy.name))
@@ -650,6 +687,7 @@ pub(crate) fn update(
             ])?;
         cx.touch_node(&vm.node_id)?;
         cx.event(
+            Some(&vm.tenant_id),
             "VmUpdated",
             "vm",
             &vm.id,
@@ -666,8 +704,13 @@ pub(crate) fn update(
 
 /// Mark the VM deleting (the node agent tears it down and acks), or remove
 /// it at once with `force`.
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str, force: bool) -> Result<VmRow, StoreError> {
-    let mut vm = get(cx.tx, key)?;
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+    force: bool,
+) -> Result<VmRow, StoreError> {
+    let mut vm = get(cx.tx, scope, key)?;
     if force {
         remove(cx, &vm, "VmDeleted", "removed at once (force=true); the node agent cleans up what it still runs as an orphan")?;
         vm.deleting = true;
@@ -681,6 +724,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str, force: bool) -> Result<V
             .execute(params![vm.id, vm.generation as i64])?;
         cx.touch_node(&vm.node_id)?;
         cx.event(
+            Some(&vm.tenant_id),
             "VmDeleting",
             "vm",
             &vm.id,
@@ -716,6 +760,7 @@ pub(crate) fn remove(
         .execute(params![vm.id, cx.now_text()])?;
     cx.touch_node(&vm.node_id)?;
     cx.event(
+        Some(&vm.tenant_id),
         reason,
         "vm",
         &vm.id,

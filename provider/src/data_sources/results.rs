@@ -456,6 +456,7 @@ mod tests {
     #[test]
     fn a_stored_document_that_is_not_v1_is_refused_with_its_path() {
         let mut record = ResultRecord {
+            tenant_id: String::new(),
             id: "res-1".into(),
             task_id: "t-1".into(),
             task: "loss".into(),

@@ -280,6 +280,7 @@ impl TaskState {
         let number = |v: &Value<Number>, d: u64| whole(v).and_then(Result::ok).unwrap_or(d);
         let once = self.is_once();
         TaskCreate {
+            tenant: None,
             name: text(&self.name).unwrap_or_default().to_string(),
             mode: text(&self.mode).unwrap_or("platform").to_string(),
             platform: text(&self.platform).map(str::to_string),
@@ -624,6 +625,7 @@ impl ManagedResource for Tasks {
             return None;
         }
         let body = TaskCreate {
+            tenant: None,
             request_id: request.request_id(),
             ..planned.create_body()
         };
@@ -768,6 +770,7 @@ mod tests {
 
     fn record(document: serde_json::Value) -> ResultRecord {
         ResultRecord {
+            tenant_id: String::new(),
             id: "res-7".into(),
             task_id: "t-1".into(),
             task: "loss".into(),

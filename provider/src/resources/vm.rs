@@ -536,6 +536,7 @@ impl ManagedResource for Vms {
         };
         let name = known(&planned.name);
         let body = VmCreate {
+            tenant: None,
             name: name.clone(),
             platform: known(&planned.platform),
             node: known(&planned.node),
@@ -684,6 +685,7 @@ mod tests {
 
     fn vm(power: VmPowerState, actual: &str, ready: &str, generation: u64, observed: u64) -> Vm {
         Vm {
+            tenant_id: String::new(),
             id: "v".into(),
             name: "probe".into(),
             platform: "p".into(),
