@@ -6,72 +6,28 @@
 //! the object, the action and the role it needs, instead of half-way through
 //! an apply. The controller checks again at apply (its 403 message reaches
 //! the user unchanged), so a check that cannot be decided at plan (a tenant
-//! known only after apply, a controller without `whoami`) is simply skipped.
+//! known only after apply, a controller without `whoami`, a role this
+//! provider does not know) is simply skipped.
 
-use serde::{Deserialize, Serialize};
 use tf_provider::{AttributePath, Diagnostics};
 
 use crate::diagnostics;
 
-/// A token's role. Within a tenant `owner` > `member` > `viewer`; `operator`
-/// is global and may do everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads only.
-    Viewer,
-    /// Creates and changes the tenant's objects.
-    Member,
-    /// A member that also manages the tenant's tokens.
-    Owner,
-    /// Nodes, appliances, tenants; everything.
-    Operator,
-    /// A role this provider does not know (a newer controller): not checked.
-    #[serde(other)]
-    Unknown,
-}
+pub use measurelab_api::http::{Role, WhoAmI as Whoami};
 
-impl Role {
-    /// The name the API and the diagnostics use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Member => "member",
-            Role::Owner => "owner",
-            Role::Operator => "operator",
-            Role::Unknown => "unknown",
-        }
-    }
-
-    /// The role named `text`, if it is one a token can have.
-    pub fn parse(text: &str) -> Option<Role> {
-        match text {
-            "viewer" => Some(Role::Viewer),
-            "member" => Some(Role::Member),
-            "owner" => Some(Role::Owner),
-            "operator" => Some(Role::Operator),
-            _ => None,
-        }
+/// The name the API and the diagnostics use for `role`.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Viewer => "viewer",
+        Role::Member => "member",
+        Role::Owner => "owner",
+        Role::Operator => "operator",
     }
 }
 
-/// `GET /v1/whoami`: who the provider's token is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Whoami {
-    /// Token id (`admin` or similar for the bootstrap operator token).
-    #[serde(default)]
-    pub token_id: String,
-    /// Token name.
-    #[serde(default)]
-    pub token_name: String,
-    /// The token's role.
-    pub role: Role,
-    /// The token's tenant; none for operator tokens.
-    #[serde(default)]
-    pub tenant_id: Option<String>,
-    /// The tenant's name.
-    #[serde(default)]
-    pub tenant_name: Option<String>,
+/// The role named `text`, if it is one a token can have.
+pub fn parse_role(text: &str) -> Option<Role> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
 }
 
 /// What a plan is about to do to an object.
@@ -112,18 +68,30 @@ impl Requirement {
     }
 }
 
-impl Whoami {
+/// What the plan-time check asks of a token's identity.
+pub trait Refusal {
     /// Why this token may not take `action` on the `kind` named `name`, or
     /// `None` when it may (or the check cannot be decided here).
-    pub fn refusal(
+    fn refusal(
+        &self,
+        action: Action,
+        kind: &str,
+        name: &str,
+        needed: &Requirement,
+    ) -> Option<String>;
+}
+
+impl Refusal for Whoami {
+    /// Why this token may not take `action` on the `kind` named `name`, or
+    /// `None` when it may (or the check cannot be decided here).
+    fn refusal(
         &self,
         action: Action,
         kind: &str,
         name: &str,
         needed: &Requirement,
     ) -> Option<String> {
-        if self.role == Role::Operator || self.role == Role::Unknown || needed.role == Role::Unknown
-        {
+        if self.role == Role::Operator {
             return None;
         }
         let in_own_tenant = needed.tenant.as_deref().is_none_or(|wanted| {
@@ -152,9 +120,9 @@ impl Whoami {
         Some(format!(
             "{} {object} needs role {}{needed_where}; token {:?} has role {}{has_where}",
             action.gerund(),
-            needed.role.as_str(),
+            role_name(needed.role),
             self.token_name,
-            self.role.as_str(),
+            role_name(self.role),
         ))
     }
 }
@@ -254,19 +222,15 @@ mod tests {
     }
 
     #[test]
-    fn operators_and_unknown_roles_are_not_checked() {
+    fn operators_are_not_checked_and_roles_parse_by_their_api_names() {
         let operator = token(Role::Operator, None);
         let needs = Requirement::role(Role::Operator);
         assert_eq!(
             operator.refusal(Action::Create, "tenant", "t", &needs),
             None
         );
-        let newer: Whoami = serde_json::from_value(serde_json::json!({
-            "token_id": "x", "token_name": "x", "role": "auditor",
-            "tenant_id": null, "tenant_name": null
-        }))
-        .expect("an unknown role still decodes");
-        assert_eq!(newer.role, Role::Unknown);
-        assert_eq!(newer.refusal(Action::Create, "tenant", "t", &needs), None);
+        assert_eq!(parse_role("owner"), Some(Role::Owner));
+        assert_eq!(parse_role("admin"), None);
+        assert_eq!(role_name(Role::Viewer), "viewer");
     }
 }

@@ -24,7 +24,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{self, Action, Requirement, Role};
+use crate::access::{self, Action, Refusal, Requirement, Role};
 use crate::diagnostics::{self, Operation};
 use crate::shared::Shared;
 use crate::wait::{self, Poll};

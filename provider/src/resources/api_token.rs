@@ -15,12 +15,12 @@ use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{known, CreateRequest, ManagedResource};
-use crate::access::{Requirement, Role};
+use crate::access::{parse_role, role_name, Requirement, Role};
 use crate::diagnostics;
 use crate::node_model::computed;
 use crate::shared::Shared;
 use crate::timeouts;
-use crate::wire::{self, ApiToken, ApiTokenCreate};
+use crate::wire::{self, ApiToken, ApiTokenCreate, ApiTokenCreated};
 
 const KIND: &str = "API token";
 
@@ -63,7 +63,7 @@ impl ApiTokenState {
     /// The role, validated; `None` (with a diagnostic if bad) when unusable.
     fn role(&self, diags: &mut Diagnostics) -> Option<Role> {
         let text = self.role.as_ref_option()?;
-        let role = Role::parse(text);
+        let role = parse_role(text);
         if role.is_none() {
             diagnostics::invalid_value(
                 diags,
@@ -118,7 +118,7 @@ impl ApiTokenState {
                 format!(
                     "`role` is {}, a role within a tenant, but `tenant` is not set.\n\nWhat to do: \
                      set `tenant` to the tenant's name or id.",
-                    role.as_str()
+                    role_name(role)
                 ),
             ),
             _ => {}
@@ -128,7 +128,7 @@ impl ApiTokenState {
     fn refresh_from(&mut self, token: &ApiToken) {
         self.id = Value::Value(token.id.clone());
         self.name = Value::Value(token.name.clone());
-        self.role = Value::Value(token.role.clone());
+        self.role = Value::Value(role_name(token.role).to_string());
         self.tenant_id = token.tenant_id.clone().map_or(Value::Null, Value::Value);
         self.created_at = Value::Value(token.created_at.clone());
         // A token's expiry never changes: keep the configured spelling of it.
@@ -138,6 +138,20 @@ impl ApiTokenState {
         if self.tenant.is_null() {
             self.tenant = self.tenant_id.clone();
         }
+    }
+}
+
+/// The token a create answered, without its secret.
+fn token_of(created: ApiTokenCreated) -> ApiToken {
+    ApiToken {
+        id: created.id,
+        name: created.name,
+        role: created.role,
+        tenant_id: created.tenant_id,
+        created_at: created.created_at,
+        expires_at: created.expires_at,
+        last_used_at: created.last_used_at,
+        revoked_at: created.revoked_at,
     }
 }
 
@@ -321,9 +335,10 @@ impl ManagedResource for ApiTokens {
         request: &CreateRequest,
     ) -> Option<ApiTokenState> {
         let ttl_seconds = planned.ttl_seconds(diags).ok()?;
+        let role = planned.role(diags)?;
         let body = ApiTokenCreate {
             name: known(&planned.name),
-            role: known(&planned.role),
+            role,
             tenant: planned.tenant.as_ref_option().cloned(),
             expires_at: if ttl_seconds.is_some() {
                 None
@@ -340,8 +355,9 @@ impl ManagedResource for ApiTokens {
         if ttl_seconds.is_some() || !state.expires_at.is_value() {
             state.expires_at = Value::Null;
         }
-        state.refresh_from(&created.token);
-        state.secret = Value::Value(created.secret);
+        let secret = created.secret.clone();
+        state.refresh_from(&token_of(created));
+        state.secret = Value::Value(secret);
         Some(state)
     }
 

@@ -288,7 +288,7 @@ impl ManagedResource for Tenants {
         let body = TenantCreate {
             name: known(&planned.name),
             description: planned.description.as_ref_option().cloned(),
-            quota,
+            quota: Some(quota),
             request_id: request.request_id(),
         };
         let tenant = request
@@ -308,13 +308,11 @@ impl ManagedResource for Tenants {
     ) -> Option<TenantState> {
         let quota = planned.quota(diags)?;
         let client = self.shared.client(diags)?;
+        // Both sent whole: a removed description or limit is cleared.
         let body = TenantPatch {
-            description: planned
-                .description
-                .as_ref_option()
-                .cloned()
-                .unwrap_or_default(),
-            quota,
+            description: Some(known(&planned.description)),
+            quota: Some(quota),
+            request_id: None,
         };
         match wire::update_tenant(&client, &known(&prior.id), &body).await {
             Ok(tenant) => {
