@@ -462,6 +462,11 @@ fn both(
     })
 }
 
+/// `text` with every run of whitespace (Terraform's line wrapping) one space.
+fn folded(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `GET /v1/whoami` with `token`: (status, role, tenant name).
 fn whoami(lab: &Lab, token: &str) -> (u16, String, String) {
     let (status, body) = call(lab, token, Method::GET, "/v1/whoami", None);
@@ -552,7 +557,8 @@ fn acc_tenant_and_token_rotate_and_plans_check_roles() -> anyhow::Result<()> {
     )?;
     member.init()?;
     let planned = member.run(&["plan", "-input=false"])?;
-    let text = describe(&planned);
+    // Terraform wraps diagnostics: compare with the line breaks folded.
+    let text = folded(&describe(&planned));
     assert!(!planned.status.success(), "{text}");
     assert!(
         text.contains("Permission denied")
@@ -573,7 +579,8 @@ fn acc_tenant_and_token_rotate_and_plans_check_roles() -> anyhow::Result<()> {
     )?;
     reader.init()?;
     let planned = reader.run(&["plan", "-input=false"])?;
-    let text = describe(&planned);
+    // Terraform wraps diagnostics: compare with the line breaks folded.
+    let text = folded(&describe(&planned));
     assert!(
         !planned.status.success()
             && text.contains("measurelab_virtual_platform.lab")
