@@ -166,8 +166,13 @@ fn multicast_dir(lab: &Lab, token: &str) -> anyhow::Result<Terraform> {
     Ok(tf)
 }
 
+/// An id no object has: what a cross-tenant reference must look like.
+const MISSING_ID: &str = "00000000-0000-4000-8000-000000000000";
+
 /// Every call of tenant A (`token`) on tenant B's objects (`theirs`, ids by
-/// resource type); returns the calls that did not answer 404 or 403.
+/// resource type); returns the calls that leaked or changed something.
+/// B's object in the path must answer 404 or 403; B's object named in a list
+/// filter or a create body must get exactly the answer a missing object gets.
 fn cross_tenant_calls(
     lab: &Lab,
     token: &str,
@@ -269,10 +274,35 @@ fn cross_tenant_calls(
     let mut leaks = Vec::new();
     for (method, path, body) in calls {
         let shown = format!("{method} {path}");
-        let (status, answer) = call(lab, token, method, &path, body);
+        let is_create = method == Method::POST;
+        let addressed = !is_create && !path.contains('?');
+        let (status, answer) = call(lab, token, method.clone(), &path, body.clone());
         eprintln!("cross-tenant {shown}: {status}");
-        if status != 404 && status != 403 {
-            leaks.push(format!("{shown} answered {status}: {answer}"));
+        if addressed {
+            // B's object in the path: refused outright.
+            if status != 404 && status != 403 {
+                leaks.push(format!("{shown} answered {status}: {answer}"));
+            }
+            continue;
+        }
+        // B's object in a filter or a create body: answered exactly as an
+        // object that does not exist, so nothing leaks, and nothing created.
+        let missing = |text: &str| {
+            theirs
+                .values()
+                .flatten()
+                .fold(text.to_string(), |t, id| t.replace(id.as_str(), MISSING_ID))
+        };
+        let body_missing =
+            body.map(|b| serde_json::from_str(&missing(&b.to_string())).unwrap_or(Value::Null));
+        let (status_missing, answer_missing) =
+            call(lab, token, method, &missing(&path), body_missing);
+        let (seen, seen_missing) = (missing(&answer.to_string()), answer_missing.to_string());
+        let created = is_create && (200..300).contains(&status);
+        if status != status_missing || seen != seen_missing || created {
+            leaks.push(format!(
+                "{shown} answered {status}: {answer}; for a missing object: {status_missing}: {answer_missing}"
+            ));
         }
     }
     leaks
