@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod access_cmd;
 mod agent_cmd;
 mod controller_cmd;
 mod daemon;
@@ -29,6 +30,10 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Manage a local lab of namespaces, OVS switches, a controller and agents.
     Lab(lab::LabArgs),
+    /// Create, list and revoke API tokens.
+    Token(access_cmd::TokenArgs),
+    /// Create, list and delete tenants (operator).
+    Tenant(access_cmd::TenantArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +42,8 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => controller_cmd::main(args),
         Command::Agent(args) => agent_cmd::main(args),
         Command::Lab(args) => lab::main(args),
+        Command::Token(args) => access_cmd::token_main(args),
+        Command::Tenant(args) => access_cmd::tenant_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

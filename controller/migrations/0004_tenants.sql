@@ -129,3 +129,10 @@ ALTER TABLE events ADD COLUMN tenant_id TEXT;
 UPDATE events SET tenant_id = '00000000-0000-4000-8000-000000000000'
 WHERE object_kind IN ('platform', 'vm', 'qos_policy', 'program', 'deployment', 'task');
 CREATE INDEX events_by_tenant ON events (tenant_id, id);
+
+-- An operator's lookup by name spans tenants: UNIQUE (tenant_id, name)
+-- cannot serve it, so the name gets an index of its own.
+CREATE INDEX platforms_by_name ON platforms (name);
+CREATE INDEX qos_policies_by_name ON qos_policies (name);
+CREATE INDEX programs_by_name ON programs (name);
+CREATE INDEX tasks_by_name ON tasks (name);

@@ -150,7 +150,7 @@ impl TokenBook {
         }
         let due = {
             let mut written = entry.last_written.lock().unwrap_or_else(|e| e.into_inner());
-            let due = written.map_or(true, |at| at.elapsed() >= LAST_USED_EVERY);
+            let due = written.is_none_or(|at| at.elapsed() >= LAST_USED_EVERY);
             if due {
                 *written = Some(Instant::now());
             }

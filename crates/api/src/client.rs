@@ -5,6 +5,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::http::{
+    ApiToken, ApiTokenCreate, ApiTokenCreated, ApiTokenList, Tenant, TenantCreate, TenantList,
+    TenantPatch, WhoAmI,
+};
+use crate::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, ErrorBody, EventList,
     LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
     Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
@@ -470,6 +474,97 @@ impl Client {
         self.request::<(), _>(
             reqwest::Method::DELETE,
             &format!("/v1/tasks/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/whoami`: the token's role and tenant.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.request::<(), _>(reqwest::Method::GET, "/v1/whoami", None)
+            .await
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ClientError> {
+        let list: TenantList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/tenants", None)
+            .await?;
+        Ok(list.tenants)
+    }
+
+    /// `POST /v1/tenants`.
+    pub async fn create_tenant(&self, body: &TenantCreate) -> Result<Tenant, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/tenants", Some(body))
+            .await
+    }
+
+    /// `GET /v1/tenants/{id_or_name}`.
+    pub async fn get_tenant(&self, id_or_name: &str) -> Result<Tenant, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/tenants/{id_or_name}`.
+    pub async fn update_tenant(
+        &self,
+        id_or_name: &str,
+        body: &TenantPatch,
+    ) -> Result<Tenant, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tenants/{id_or_name}`.
+    pub async fn delete_tenant(&self, id_or_name: &str) -> Result<Tenant, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
+        let list: ApiTokenList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/tokens", None)
+            .await?;
+        Ok(list.tokens)
+    }
+
+    /// `POST /v1/tokens`: the answer carries the secret, this once.
+    pub async fn create_token(
+        &self,
+        body: &ApiTokenCreate,
+    ) -> Result<ApiTokenCreated, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/tokens", Some(body))
+            .await
+    }
+
+    /// `GET /v1/tokens/{id}`.
+    pub async fn get_token(&self, id: &str) -> Result<ApiToken, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/tokens/{}", url_component(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tokens/{id}`: revoke.
+    pub async fn revoke_token(&self, id: &str) -> Result<ApiToken, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{}", url_component(id)),
             None,
         )
         .await
