@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use measurelab_api::http::{
     ApiToken, ApiTokenCreate, ApiTokenCreated, ApiTokenList, Tenant, TenantCreate, TenantList,
-    TenantPatch, WhoAmI,
+    TenantPatch, TenantUsageReport, WhoAmI,
 };
 use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
@@ -183,6 +183,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::get_tenant,
         operations::patch_tenant,
         operations::delete_tenant,
+        operations::tenant_usage,
         operations::list_tokens,
         operations::create_token,
         operations::get_token,
@@ -581,6 +582,12 @@ mod operations {
         ),
         responses((status = 200, description = "The deleted tenant.", body = Tenant), DeleteErrors))]
     fn delete_tenant() {}
+
+    /// What a tenant uses next to its quota (any role of the tenant).
+    #[utoipa::path(get, path = "/v1/tenants/{id_or_name}/usage", operation_id = "getTenantUsage",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        responses((status = 200, description = "Quota and use.", body = TenantUsageReport), GetErrors))]
+    fn tenant_usage() {}
 
     /// API tokens: all for the operator, the tenant's for an owner, itself for
     /// a member or viewer.

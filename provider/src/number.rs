@@ -65,6 +65,16 @@ impl Number {
             _ => None,
         }
     }
+
+    /// The value as a float64; `None` for a decimal that does not parse.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Number::Unsigned(value) => Some(*value as f64),
+            Number::Signed(value) => Some(*value as f64),
+            Number::Float(value) => Some(*value),
+            Number::Decimal(text) => text.parse().ok(),
+        }
+    }
 }
 
 impl Serialize for Number {

@@ -1,49 +1,12 @@
-//! The calls of the tenancy routes (tenants, API tokens, usage) and their
-//! wire types. The usage types are kept here until `measurelab_api::http`
-//! carries them; the resources import them from here only.
+//! The calls of the tenancy routes (tenants, API tokens, usage), on the
+//! wire types of `measurelab_api::http`.
 
 use measurelab_api::client::{url_component, Client, ClientError};
-use serde::{Deserialize, Serialize};
 
 pub use measurelab_api::http::{
     ApiToken, ApiTokenCreate, ApiTokenCreated, Quota, Tenant, TenantCreate, TenantPatch,
+    TenantUsage as Usage, TenantUsageReport as TenantUsage,
 };
-
-/// What a tenant uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Platforms.
-    #[serde(default)]
-    pub platforms: u64,
-    /// VMs.
-    #[serde(default)]
-    pub vms: u64,
-    /// Summed vCPUs.
-    #[serde(default)]
-    pub vcpus: u64,
-    /// Summed memory.
-    #[serde(default)]
-    pub memory_mib: u64,
-    /// Summed QoS bandwidth.
-    #[serde(default)]
-    pub bandwidth_kbps: u64,
-    /// Summed program storage.
-    #[serde(default)]
-    pub program_bytes: u64,
-}
-
-/// `GET /v1/tenants/{id}/usage`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantUsage {
-    /// The tenant.
-    pub tenant_id: String,
-    /// Its limits.
-    #[serde(default)]
-    pub quota: Quota,
-    /// Its use.
-    #[serde(default)]
-    pub usage: Usage,
-}
 
 fn path(collection: &str, key: &str) -> String {
     format!("/v1/{collection}/{}", url_component(key))

@@ -17,6 +17,7 @@ mod state;
 mod tasks;
 mod tenants;
 mod tokens;
+mod usage;
 mod vms;
 
 use axum::extract::DefaultBodyLimit;
@@ -52,6 +53,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
                 .patch(tenants::patch)
                 .delete(tenants::delete),
         ),
+        ("/v1/tenants/:id_or_name/usage", get(usage::get)),
         ("/v1/tokens", get(tokens::list).post(tokens::create)),
         (
             "/v1/tokens/:id_or_name",

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::state::AppState;
 use crate::access::Principal;
+use crate::placement::overcommit;
 use crate::store::LOG_LINES_PER_NODE;
 use crate::validation;
 
@@ -50,8 +51,9 @@ pub(crate) async fn get(
         })
 }
 
-/// Replace the node's labels. Validation happens before the store is
-/// touched, so a rejected patch changes nothing.
+/// Replace the node's labels and set its overcommit ratios. Every field is
+/// validated before the store is touched, so a rejected patch changes
+/// nothing.
 pub(crate) async fn patch(
     State(state): State<AppState>,
     principal: Principal,
@@ -61,7 +63,24 @@ pub(crate) async fn patch(
     let key = key(path)?;
     ensure_operator(&principal, "changing", "node", &key)?;
     validation::labels("labels", &patch.labels)?;
-    Ok(Json(state.store().set_labels(key, patch.labels).await?))
+    for (field, ratio) in [
+        ("cpu_overcommit", patch.cpu_overcommit),
+        ("memory_overcommit", patch.memory_overcommit),
+    ] {
+        if let Some(ratio) = ratio {
+            overcommit::validate_ratio(field, ratio)?;
+        }
+    }
+    let store = state.store();
+    let node = store.set_labels(key.clone(), patch.labels).await?;
+    if patch.cpu_overcommit.is_none() && patch.memory_overcommit.is_none() {
+        return Ok(Json(node));
+    }
+    Ok(Json(
+        store
+            .set_overcommit(key, patch.cpu_overcommit, patch.memory_overcommit)
+            .await?,
+    ))
 }
 
 pub(crate) async fn logs(

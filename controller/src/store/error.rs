@@ -91,6 +91,14 @@ pub enum StoreError {
     /// names the object, the action and the role needed.
     #[error("{0}")]
     Forbidden(String),
+    /// The request would take its tenant past a quota.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Request field whose value passes the quota, if one does.
+        field: Option<String>,
+        /// Quota, tenant, use, request and limit.
+        message: String,
+    },
     /// A VLAN, subnet, address or MAC pool has no free entry.
     #[error("{0}")]
     PoolExhausted(String),

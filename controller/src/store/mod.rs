@@ -24,6 +24,7 @@ mod nodes;
 pub(crate) mod platforms;
 pub(crate) mod programs;
 pub(crate) mod qos_policies;
+pub(crate) mod quotas;
 mod registry;
 mod resources;
 pub(crate) mod tasks;
@@ -155,6 +156,23 @@ impl Store {
         self.call(|reply| WriteCommand::SetLabels {
             node_id,
             labels,
+            reply,
+        })
+        .await
+    }
+
+    /// Set a node's overcommit ratios (validated by the caller); `None`
+    /// keeps the current one.
+    pub async fn set_overcommit(
+        &self,
+        node_id: String,
+        cpu: Option<f64>,
+        memory: Option<f64>,
+    ) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::SetOvercommit {
+            node_id,
+            cpu,
+            memory,
             reply,
         })
         .await

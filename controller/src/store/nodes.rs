@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use super::codec::{from_json, parse_time};
 use super::error::StoreError;
 use super::registry::{NodeEntry, Registry};
+use crate::placement::overcommit::Overcommit;
 
 /// Log lines kept per node; older lines are deleted as new ones arrive.
 pub const LOG_LINES_PER_NODE: i64 = 10_000;
@@ -75,7 +76,7 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
     let mut statement = conn.prepare(
         "SELECT id, name, secret, status, registered_at, last_heartbeat, agent_version,
                 management_address, capabilities, resources, labels, last_sequence,
-                observed_generation, desired_generation
+                observed_generation, desired_generation, cpu_overcommit, memory_overcommit
          FROM nodes",
     )?;
     let mut rows = statement.query([])?;
@@ -114,6 +115,7 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
             capabilities: from_json("nodes.capabilities", &capabilities)?,
             resources: from_json("nodes.resources", &resources)?,
             labels: from_json("nodes.labels", &labels)?,
+            overcommit: Overcommit::from_stored(row.get(14)?, row.get(15)?),
             last_sequence: row.get::<_, i64>(11)? as u64,
             observed_generation: row.get::<_, i64>(12)? as u64,
             desired_generation: row.get::<_, i64>(13)? as u64,

@@ -3,14 +3,16 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
+use measurelab_api::http::{
+    Platform, PlatformCreate, PlatformPatch, PlatformPowerState, TenantUsage,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::tenants;
+use super::{quotas, tenants};
 use crate::access::{Scope, TenantRef};
 use crate::{placement, validation};
 
@@ -224,6 +226,15 @@ pub(crate) fn create(
             ),
         ));
     }
+    quotas::admit(
+        cx,
+        &tenant.id,
+        &TenantUsage {
+            platforms: 1,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
     let vlan_tag = allocate_vlan(cx)?;
     let subnet = allocate_subnet(cx)?;
     let row = PlatformRow {

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState};
+use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState, TenantUsage};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::{tenants, vms};
+use super::{quotas, tenants, vms};
 use crate::access::{Scope, TenantRef};
 use crate::validation;
 
@@ -164,6 +164,15 @@ pub(crate) fn create(
             ),
         ));
     }
+    quotas::admit(
+        cx,
+        &tenant.id,
+        &TenantUsage {
+            program_bytes: content.len() as u64,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
     let program = Program {
         id: new_id(),
         name,

@@ -1,13 +1,14 @@
 //! QoS policies: per-VM bandwidth limits.
 
-use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
+use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch, TenantUsage};
 use rusqlite::{params, Connection};
 
 use super::codec::new_id;
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::tenants;
+use super::{quotas, tenants};
 use crate::access::{Scope, TenantRef};
+use crate::placement::quota;
 use crate::validation;
 
 /// 100 Gbit/s: anything above is a unit mistake (bit/s given as kbit/s).
@@ -201,6 +202,48 @@ fn nodes_using(cx: &TxContext<'_>, policy_id: &str) -> Result<Vec<(String, Strin
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Raised ceilings of a policy in use raise every using VM's bandwidth: the
+/// growth times the VMs (not being deleted) must fit the tenant's quota.
+fn admit_rates(
+    cx: &TxContext<'_>,
+    before: &QosPolicy,
+    after: &QosPolicy,
+) -> Result<(), StoreError> {
+    let users: i64 = cx.tx.query_row(
+        "SELECT COUNT(*) FROM vms WHERE qos_policy_id = ?1 AND deleting = 0",
+        [&after.id],
+        |r| r.get(0),
+    )?;
+    if users == 0 {
+        return Ok(());
+    }
+    let field = if after.ingress_max_kbps > before.ingress_max_kbps {
+        "ingress_max_kbps"
+    } else {
+        "egress_max_kbps"
+    };
+    let fields = quotas::Fields { bandwidth: field };
+    let per_vm = |p: &QosPolicy| quota::vm_bandwidth_kbps(p.ingress_max_kbps, p.egress_max_kbps);
+    let Some(after_kbps) = per_vm(after) else {
+        return quotas::require_bounded_bandwidth(cx, &after.tenant_id, fields, || {
+            format!(
+                "QoS policy {:?} is used by {users} VM(s) and would have no egress_max_kbps",
+                after.name
+            )
+        });
+    };
+    let growth = after_kbps.saturating_sub(per_vm(before).unwrap_or(0));
+    quotas::admit(
+        cx,
+        &after.tenant_id,
+        &TenantUsage {
+            bandwidth_kbps: growth.saturating_mul(users as u64),
+            ..TenantUsage::default()
+        },
+        fields,
+    )
+}
+
 pub(crate) fn update(
     cx: &mut TxContext<'_>,
     scope: &Scope,
@@ -229,6 +272,7 @@ pub(crate) fn update(
     }
     validate(&policy)?;
     if policy != before {
+        admit_rates(cx, &before, &policy)?;
         write(cx, &policy, false)?;
         // Every VM using the policy gets a new spec generation.
         cx.tx

@@ -13,6 +13,7 @@ use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
+use crate::placement::overcommit::Overcommit;
 
 /// One node, as the controller knows it.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub(crate) struct NodeEntry {
     pub capabilities: Capabilities,
     pub resources: Resources,
     pub labels: BTreeMap<String, String>,
+    /// The operator's ratios (the defaults until set).
+    pub overcommit: Overcommit,
     pub last_sequence: u64,
     pub observed_generation: u64,
     pub desired_generation: u64,
@@ -51,6 +54,8 @@ impl NodeEntry {
             capabilities: self.capabilities.clone(),
             resources: self.resources.clone(),
             labels: self.labels.clone(),
+            cpu_overcommit: self.overcommit.cpu,
+            memory_overcommit: self.overcommit.memory,
         }
     }
 }

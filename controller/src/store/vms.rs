@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use measurelab_api::http::{Condition, Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
+use measurelab_api::http::{
+    Condition, TenantUsage, Vm, VmBackend, VmCreate, VmPatch, VmPowerState,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
@@ -11,8 +13,9 @@ use super::error::StoreError;
 use super::platforms::{self, node_name, PlatformRow};
 use super::registry::{NodeEntry, Registry};
 use super::resources::TxContext;
-use super::{appliances, qos_policies, tenants};
+use super::{appliances, qos_policies, quotas, tenants};
 use crate::access::Scope;
+use crate::placement::overcommit::{self, NodeUse};
 use crate::{placement, validation};
 
 const MAX_VCPUS: u32 = 64;
@@ -257,14 +260,69 @@ fn reserved_memory_mib(
     Ok(reserved as u64)
 }
 
-fn check_memory_fits(
+/// vCPUs and memory of the VMs placed on a node: what its overcommit
+/// capacity is measured against. A VM being deleted no longer counts, as in
+/// [`reserved_memory_mib`], so replacing a VM does not wait for its teardown.
+fn node_use(cx: &TxContext<'_>, node_id: &str) -> Result<NodeUse, StoreError> {
+    let (vcpus, memory_mib): (i64, i64) = cx.tx.query_row(
+        "SELECT COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mib), 0) FROM vms
+         WHERE node_id = ?1 AND deleting = 0",
+        [node_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(NodeUse {
+        vcpus: vcpus as u64,
+        memory_mib: memory_mib as u64,
+    })
+}
+
+/// Refuse `more_vcpus` and `more_mib` for VM `vm` (`platform/name`) unless
+/// they fit the node: within its capacity times the operator's overcommit
+/// ratios, counting every VM placed there; and, while memory is not
+/// overcommitted, within what the agent reports free.
+fn check_node_fits(
     cx: &TxContext<'_>,
+    vm: &str,
     node: &NodeEntry,
-    needed_mib: u64,
+    more_vcpus: u64,
+    more_mib: u64,
+    pending_self_mib: u64,
     except_vm: Option<&str>,
 ) -> Result<(), StoreError> {
-    let reserved = reserved_memory_mib(cx, &node.id, except_vm)?;
-    placement::check_memory_fits(&node.name, &node.resources, reserved, needed_mib)
+    if more_mib > 0 && node.overcommit.memory <= 1.0 {
+        let reserved = reserved_memory_mib(cx, &node.id, except_vm)?;
+        placement::check_memory_fits(
+            &node.name,
+            &node.resources,
+            reserved,
+            more_mib + pending_self_mib,
+        )?;
+    }
+    if more_vcpus == 0 && more_mib == 0 {
+        return Ok(());
+    }
+    let in_use = node_use(cx, &node.id)?;
+    if more_vcpus > 0 {
+        overcommit::check_vcpus(
+            vm,
+            &node.name,
+            &node.resources,
+            node.overcommit,
+            in_use,
+            more_vcpus,
+        )?;
+    }
+    if more_mib > 0 {
+        overcommit::check_memory(
+            vm,
+            &node.name,
+            &node.resources,
+            node.overcommit,
+            in_use,
+            more_mib,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_vcpus(vcpus: u32) -> Result<(), StoreError> {
@@ -440,7 +498,37 @@ pub(crate) fn create(
                 )
             })?,
     };
-    check_memory_fits(cx, &node, input.memory_mib, None)?;
+    let vm_key = format!("{}/{}", platform.name, input.name);
+    let qos_id = qos.as_ref().map(|q| q.id.as_str());
+    let bandwidth = quotas::bandwidth_growth(
+        cx,
+        &platform.tenant_id,
+        &vm_key,
+        qos.as_ref().map(|q| q.name.as_str()),
+        None,
+        quotas::policy_bandwidth(cx.tx, qos_id)?,
+    )?;
+    quotas::admit(
+        cx,
+        &platform.tenant_id,
+        &TenantUsage {
+            vms: 1,
+            vcpus: u64::from(input.vcpus),
+            memory_mib: input.memory_mib,
+            bandwidth_kbps: bandwidth,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
+    check_node_fits(
+        cx,
+        &vm_key,
+        &node,
+        u64::from(input.vcpus),
+        input.memory_mib,
+        0,
+        None,
+    )?;
     let taken: Option<String> = cx
         .tx
         .query_row(
@@ -597,9 +685,13 @@ pub(crate) fn update(
         ));
     }
     let mut changes: Vec<String> = Vec::new();
+    // Only growth needs room: the current size is already counted on the node.
+    let mut more_vcpus = 0;
+    let mut more_mib = 0;
     if let Some(vcpus) = patch.vcpus {
         check_vcpus(vcpus)?;
         if vcpus != vm.vcpus {
+            more_vcpus = u64::from(vcpus.saturating_sub(vm.vcpus));
             changes.push(format!("vcpus {} -> {vcpus}", vm.vcpus));
             vm.vcpus = vcpus;
         }
@@ -622,23 +714,12 @@ pub(crate) fn update(
                     format!("{memory} MiB is above {MAX_MEMORY_MIB} MiB"),
                 ));
             }
-            if memory > vm.memory_mib {
-                let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
-                })?;
-                // Only the growth needs room: the current size is already in use or reserved.
-                let growth = memory - vm.memory_mib;
-                let reserved_self = if vm.actual_state == "pending" {
-                    vm.memory_mib
-                } else {
-                    0
-                };
-                check_memory_fits(cx, &node, growth + reserved_self, Some(&vm.id))?;
-            }
+            more_mib = memory.saturating_sub(vm.memory_mib);
             changes.push(format!("memory_mib {} -> {memory}", vm.memory_mib));
             vm.memory_mib = memory;
         }
     }
+    let qos_before = vm.qos_policy_id.clone();
     if let Some(qos) = &patch.qos_policy {
         let (id, name) = match qos {
             Some(key) => {
@@ -659,6 +740,53 @@ pub(crate) fn update(
             vm.qos_policy_id = id;
             vm.qos_policy_name = name;
         }
+    }
+    // The tenant's quota first, then the node: the tenant's own limit is
+    // what its member can act on.
+    let vm_key = format!("{}/{}", vm.platform_name, vm.name);
+    let more_kbps = if vm.qos_policy_id != qos_before {
+        quotas::bandwidth_growth(
+            cx,
+            &vm.tenant_id,
+            &vm_key,
+            vm.qos_policy_name.as_deref(),
+            quotas::policy_bandwidth(cx.tx, qos_before.as_deref())?,
+            quotas::policy_bandwidth(cx.tx, vm.qos_policy_id.as_deref())?,
+        )?
+    } else {
+        0
+    };
+    quotas::admit(
+        cx,
+        &vm.tenant_id,
+        &TenantUsage {
+            vcpus: more_vcpus,
+            memory_mib: more_mib,
+            bandwidth_kbps: more_kbps,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
+    if more_vcpus > 0 || more_mib > 0 {
+        let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
+        })?;
+        // A pending VM's current memory is not in the agent's report yet,
+        // and reserved_memory_mib leaves this VM out.
+        let pending_self_mib = if vm.actual_state == "pending" {
+            vm.memory_mib - more_mib
+        } else {
+            0
+        };
+        check_node_fits(
+            cx,
+            &vm_key,
+            &node,
+            more_vcpus,
+            more_mib,
+            pending_self_mib,
+            Some(&vm.id),
+        )?;
     }
     if let Some(power) = patch.power_state {
         if power != vm.power_state {

@@ -24,6 +24,7 @@ use super::nodes::{
     ShipLogsInput, LOG_LINES_PER_NODE,
 };
 use super::registry::{NodeEntry, Registry};
+use crate::placement::overcommit::Overcommit;
 
 /// Upper bound of commands per transaction, so one batch cannot hold the
 /// registry publication (and every caller's ack) back for long.
@@ -42,6 +43,12 @@ pub(crate) enum WriteCommand {
     SetLabels {
         node_id: String,
         labels: BTreeMap<String, String>,
+        reply: Reply<http::Node>,
+    },
+    SetOvercommit {
+        node_id: String,
+        cpu: Option<f64>,
+        memory: Option<f64>,
         reply: Reply<http::Node>,
     },
     RecordEvent(NewEvent, Reply<i64>),
@@ -340,6 +347,17 @@ impl Writer {
                         });
                         replies.push(PendingReply::Node(reply, result));
                     }
+                    WriteCommand::SetOvercommit {
+                        node_id,
+                        cpu,
+                        memory,
+                        reply,
+                    } => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            set_overcommit(tx, overlay, &node_id, cpu, memory, now).map(Box::new)
+                        });
+                        replies.push(PendingReply::Node(reply, result));
+                    }
                     WriteCommand::RecordEvent(event, reply) => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, _| {
                             insert_event(tx, now, &event)
@@ -487,6 +505,7 @@ fn register(
                 capabilities: input.capabilities,
                 resources: input.resources,
                 labels: input.labels,
+                overcommit: Overcommit::default(),
                 last_sequence: 0,
                 observed_generation: 0,
                 desired_generation: 0,
@@ -641,6 +660,50 @@ fn set_labels(
                 } else {
                     format!(" (removed {removed:?})")
                 }
+            ),
+        },
+    )?;
+    let api = node.to_api();
+    overlay.put(node);
+    Ok(api)
+}
+
+/// Set the ratios given; `None` keeps the current one. Already validated.
+fn set_overcommit(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    id_or_name: &str,
+    cpu: Option<f64>,
+    memory: Option<f64>,
+    now: OffsetDateTime,
+) -> Result<http::Node, StoreError> {
+    let Some(mut node) = overlay.get_by_id_or_name(id_or_name) else {
+        return Err(StoreError::UnknownNode(id_or_name.to_string()));
+    };
+    let wanted = Overcommit {
+        cpu: cpu.unwrap_or(node.overcommit.cpu),
+        memory: memory.unwrap_or(node.overcommit.memory),
+    };
+    if wanted == node.overcommit {
+        return Ok(node.to_api());
+    }
+    let before = node.overcommit;
+    node.overcommit = wanted;
+    tx.prepare_cached(
+        "UPDATE nodes SET cpu_overcommit = COALESCE(?2, cpu_overcommit),
+                          memory_overcommit = COALESCE(?3, memory_overcommit) WHERE id = ?1",
+    )?
+    .execute(params![node.id, cpu, memory])?;
+    insert_event(
+        tx,
+        now,
+        &NewEvent {
+            reason: "NodeOvercommitChanged",
+            object_kind: "node",
+            object_id: node.id.clone(),
+            message: format!(
+                "overcommit of node {}: cpu {:.2} -> {:.2}, memory {:.2} -> {:.2}",
+                node.name, before.cpu, wanted.cpu, before.memory, wanted.memory
             ),
         },
     )?;

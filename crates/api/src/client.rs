@@ -201,7 +201,25 @@ impl Client {
         self.request(
             reqwest::Method::PATCH,
             &format!("/v1/nodes/{}", url_component(id_or_name)),
-            Some(&NodePatch { labels }),
+            Some(&NodePatch {
+                labels,
+                cpu_overcommit: None,
+                memory_overcommit: None,
+            }),
+        )
+        .await
+    }
+
+    /// `PATCH /v1/nodes/{id_or_name}`: labels and overcommit ratios.
+    pub async fn patch_node(
+        &self,
+        id_or_name: &str,
+        patch: &NodePatch,
+    ) -> Result<Node, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{}", url_component(id_or_name)),
+            Some(patch),
         )
         .await
     }

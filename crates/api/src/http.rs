@@ -85,6 +85,25 @@ pub struct Node {
     /// Operator labels.
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
+    /// vCPUs the VMs placed on this node may add up to, per reported CPU
+    /// (set by the operator; 1.0 = no overcommit).
+    #[serde(default = "default_cpu_overcommit")]
+    #[schema(minimum = 1.0, maximum = 64.0, required = true)]
+    pub cpu_overcommit: f64,
+    /// Memory the VMs placed on this node may add up to, per MiB of reported
+    /// total memory (set by the operator; 1.0 = no overcommit).
+    #[serde(default = "default_memory_overcommit")]
+    #[schema(minimum = 1.0, maximum = 64.0, required = true)]
+    pub memory_overcommit: f64,
+}
+
+/// What a node JSON without ratios (an older controller) means.
+fn default_cpu_overcommit() -> f64 {
+    16.0
+}
+
+fn default_memory_overcommit() -> f64 {
+    1.0
 }
 
 /// `GET /v1/nodes` response.
@@ -164,13 +183,22 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-/// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels.
+/// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels and
+/// sets its overcommit ratios; an absent ratio keeps its current value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
     /// The complete new label set (keys not listed are removed).
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
+    /// New vCPU overcommit ratio, 1.0-64.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 64.0)]
+    pub cpu_overcommit: Option<f64>,
+    /// New memory overcommit ratio, 1.0-64.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 64.0)]
+    pub memory_overcommit: Option<f64>,
 }
 
 // ---- Virtual platforms, QoS policies, appliances, VMs ----
@@ -1059,6 +1087,36 @@ pub struct TenantPatch {
     pub request_id: Option<String>,
 }
 
+/// What a tenant uses, in the units of its [`Quota`]. VMs being deleted
+/// no longer count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsage {
+    /// Platforms.
+    pub platforms: u64,
+    /// VMs.
+    pub vms: u64,
+    /// vCPUs summed over the VMs.
+    pub vcpus: u64,
+    /// Memory summed over the VMs, MiB.
+    pub memory_mib: u64,
+    /// Bandwidth summed over the VMs, kbit/s: each VM counts its QoS
+    /// policy's ingress plus egress ceiling (a VM without one counts 0).
+    pub bandwidth_kbps: u64,
+    /// Bytes of uploaded programs.
+    pub program_bytes: u64,
+}
+
+/// `GET /v1/tenants/{id_or_name}/usage` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsageReport {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its limits.
+    pub quota: Quota,
+    /// What it uses now.
+    pub usage: TenantUsage,
+}
+
 /// `GET /v1/tenants` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantList {
@@ -1238,6 +1296,7 @@ mod schemas {
             "conflict",
             "pool_exhausted",
             "forbidden",
+            "quota_exceeded",
         ])
     }
 

@@ -169,6 +169,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
         }
     }
 

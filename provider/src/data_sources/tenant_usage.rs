@@ -214,8 +214,9 @@ impl Lookup for UsageLookup {
                  sees only its own tenant.",
                 configured(&config.tenant)
             ),
-            None => "The provider's token has no tenant of its own (an operator token).\n\nWhat \
-                     to do: set `tenant` to the tenant's name or id."
+            None => "The controller has no usage for the provider token's own tenant; an \
+                     operator token has no tenant of its own.\n\nWhat to do: set `tenant` to the \
+                     tenant's name or id."
                 .to_string(),
         }
     }

@@ -929,6 +929,8 @@ mod tests {
             },
             resources: Resources::default(),
             labels: Default::default(),
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
         };
         let nodes = vec![
             node("a", "10.253.0.11:7090"),

@@ -781,6 +781,8 @@ mod tests {
                 },
                 resources: Resources::default(),
                 labels: Default::default(),
+                cpu_overcommit: 16.0,
+                memory_overcommit: 1.0,
             }
         }
 
