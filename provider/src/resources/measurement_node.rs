@@ -21,6 +21,7 @@ use tf_provider::{AttributePath, Diagnostics};
 use tokio::time::Instant;
 
 use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use crate::access::Role;
 use crate::diagnostics::{self, Operation};
 use crate::labels;
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
@@ -241,6 +242,8 @@ impl ManagedResource for Nodes {
     type Object = Node;
 
     const KIND: &'static str = "node";
+    // Adopting or releasing a node writes its placement labels: operator only.
+    const ROLE: Role = Role::Operator;
     const READ: Operation = Operation::ReadNode;
     const DELETE: Operation = Operation::ReleaseNode;
 
