@@ -119,6 +119,7 @@ pub fn status_text(status: NodeStatus) -> &'static str {
     match status {
         NodeStatus::Online => "online",
         NodeStatus::Offline => "offline",
+        NodeStatus::Revoked => "revoked",
     }
 }
 

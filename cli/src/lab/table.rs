@@ -19,6 +19,7 @@ pub fn render(nodes: &[Node]) -> String {
                 match n.status {
                     NodeStatus::Online => "online".to_string(),
                     NodeStatus::Offline => "offline".to_string(),
+                    NodeStatus::Revoked => "revoked".to_string(),
                 },
                 n.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
                 if n.management_address.is_empty() {
@@ -105,6 +106,7 @@ mod tests {
             },
             resources: Resources::default(),
             labels: Default::default(),
+            reported_labels: Default::default(),
         }
     }
 

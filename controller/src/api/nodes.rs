@@ -1,9 +1,11 @@
-//! `/v1/nodes...` and `/v1/events`.
+//! `/v1/nodes...`, `/v1/registration_requests` and `/v1/events`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
+use measurelab_api::http::{
+    EventList, LogList, Node, NodeList, NodePatch, RegistrationRequest, RegistrationRequestList,
+};
 
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
@@ -69,4 +71,41 @@ pub(crate) async fn events(
     let limit = query.int("limit", 100, 1, 1000)?;
     let events = state.store().events(after, limit as u32).await?;
     Ok(Json(EventList { events }))
+}
+
+/// Let the next registration under the node's name through, although it
+/// lacks the node's secret (or the node is revoked); it gets a new secret.
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RegistrationRequest>, ApiError> {
+    let key = key(path)?;
+    Ok(Json(state.store().approve_registration(key).await?))
+}
+
+/// Refuse the node's heartbeats and calls from now on.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    Ok(Json(state.store().revoke_node(key).await?))
+}
+
+/// Forget the node (409 while VMs or platforms use it).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    Ok(Json(state.store().delete_node(key).await?))
+}
+
+/// Refused registrations under existing names, waiting for an approval.
+pub(crate) async fn registration_requests(
+    State(state): State<AppState>,
+) -> Result<Json<RegistrationRequestList>, ApiError> {
+    Ok(Json(RegistrationRequestList {
+        requests: state.store().registration_requests().await?,
+    }))
 }

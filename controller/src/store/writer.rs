@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpoint::Checkpointer;
 use super::codec::rfc3339;
 use super::error::StoreError;
+use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
-    check_secret, secret_digest, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
-    ShipLogsInput, LOG_LINES_PER_NODE,
+    check_secret, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
+    LOG_LINES_PER_NODE,
 };
 use super::registry::{NodeEntry, Registry};
 
@@ -33,7 +34,7 @@ const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// Queue depth before callers wait (backpressure instead of unbounded memory).
 const QUEUE_DEPTH: usize = 65_536;
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum WriteCommand {
     Register(RegisterInput, Reply<Registered>),
@@ -45,6 +46,8 @@ pub(crate) enum WriteCommand {
         reply: Reply<http::Node>,
     },
     RecordEvent(NewEvent, Reply<i64>),
+    /// Approvals, revocation, deletion, join tokens.
+    Identity(IdentityCommand),
     Sweep {
         offline_after: Duration,
         reply: Reply<usize>,
@@ -116,15 +119,31 @@ struct Writer {
 }
 
 /// A reply to send once the batch has committed.
-enum PendingReply {
+pub(super) enum PendingReply {
     Registered(Reply<Registered>, Result<Registered, StoreError>),
     Heartbeat(Reply<u64>, Result<u64, StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
     Node(Reply<http::Node>, Result<Box<http::Node>, StoreError>),
     Event(Reply<i64>, Result<i64, StoreError>),
+    /// Any other reply: sends its result, or the commit failure given.
+    Deferred(Box<dyn FnOnce(Option<&str>) + Send>),
 }
 
 impl PendingReply {
+    pub(super) fn deferred<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T, StoreError>,
+    ) -> Self {
+        PendingReply::Deferred(Box::new(move |commit_failure| {
+            let result = match (result, commit_failure) {
+                (Ok(_), Some(message)) => Err(StoreError::Commit(message.to_string())),
+                (result, _) => result,
+            };
+            // A caller that gave up no longer listens.
+            let _ = reply.send(result);
+        }))
+    }
+
     /// Replace a success by the commit failure: nothing of the batch was stored.
     fn fail(self, message: &str) -> Self {
         let err = || StoreError::Commit(message.to_string());
@@ -134,6 +153,10 @@ impl PendingReply {
             PendingReply::Count(r, Ok(_)) => PendingReply::Count(r, Err(err())),
             PendingReply::Node(r, Ok(_)) => PendingReply::Node(r, Err(err())),
             PendingReply::Event(r, Ok(_)) => PendingReply::Event(r, Err(err())),
+            PendingReply::Deferred(send) => {
+                let message = message.to_string();
+                PendingReply::Deferred(Box::new(move |_| send(Some(&message))))
+            }
             failed => failed,
         }
     }
@@ -146,6 +169,7 @@ impl PendingReply {
             PendingReply::Count(r, v) => drop(r.send(v)),
             PendingReply::Node(r, v) => drop(r.send(v.map(|node| *node))),
             PendingReply::Event(r, v) => drop(r.send(v)),
+            PendingReply::Deferred(send) => send(None),
         }
     }
 }
@@ -153,13 +177,18 @@ impl PendingReply {
 /// Nodes changed by the batch so far. Later commands of the same batch must
 /// see earlier ones' changes, but the shared registry may only show them
 /// after the commit.
-struct Overlay<'a> {
+pub(super) struct Overlay<'a> {
     registry: &'a RwLock<Registry>,
     changed: HashMap<String, NodeEntry>,
+    /// Nodes deleted by the batch so far.
+    removed: HashSet<String>,
 }
 
 impl Overlay<'_> {
-    fn get(&self, id: &str) -> Option<NodeEntry> {
+    pub(super) fn get(&self, id: &str) -> Option<NodeEntry> {
+        if self.removed.contains(id) {
+            return None;
+        }
         if let Some(entry) = self.changed.get(id) {
             return Some(entry.clone());
         }
@@ -170,7 +199,7 @@ impl Overlay<'_> {
             .cloned()
     }
 
-    fn id_for_name(&self, name: &str) -> Option<String> {
+    pub(super) fn id_for_name(&self, name: &str) -> Option<String> {
         if let Some(entry) = self.changed.values().find(|e| e.name == name) {
             return Some(entry.id.clone());
         }
@@ -180,6 +209,9 @@ impl Overlay<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .id_for_name(name)
             .map(str::to_string)?;
+        if self.removed.contains(&base) {
+            return None;
+        }
         // The base owner may have been renamed earlier in this batch.
         match self.changed.get(&base) {
             Some(entry) if entry.name != name => None,
@@ -187,17 +219,23 @@ impl Overlay<'_> {
         }
     }
 
-    fn get_by_id_or_name(&self, id_or_name: &str) -> Option<NodeEntry> {
+    pub(super) fn get_by_id_or_name(&self, id_or_name: &str) -> Option<NodeEntry> {
         self.get(id_or_name)
             .or_else(|| self.id_for_name(id_or_name).and_then(|id| self.get(&id)))
     }
 
-    fn put(&mut self, entry: NodeEntry) {
+    pub(super) fn put(&mut self, entry: NodeEntry) {
+        self.removed.remove(&entry.id);
         self.changed.insert(entry.id.clone(), entry);
+    }
+
+    pub(super) fn remove(&mut self, id: &str) {
+        self.changed.remove(id);
+        self.removed.insert(id.to_string());
     }
 }
 
-fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Result<i64, StoreError> {
+pub(super) fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Result<i64, StoreError> {
     tx.prepare_cached(
         "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -209,7 +247,7 @@ fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Resul
         event.message
     ])?;
     match event.reason {
-        "RegistrationRefused" | "NodeOffline" => {
+        "RegistrationRefused" | "NodeOffline" | "NodeRevoked" => {
             tracing::warn!(reason = event.reason, object = %event.object_id, "{}", event.message)
         }
         _ => tracing::info!(reason = event.reason, object = %event.object_id, "{}", event.message),
@@ -221,12 +259,12 @@ fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
+pub(super) fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO nodes (id, name, secret, status, registered_at, last_heartbeat, agent_version,
                             management_address, capabilities, resources, labels, last_sequence,
-                            observed_generation, desired_generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                            observed_generation, desired_generation, reported_labels, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (id) DO UPDATE SET
             name = excluded.name, secret = excluded.secret, status = excluded.status,
             last_heartbeat = excluded.last_heartbeat, agent_version = excluded.agent_version,
@@ -234,7 +272,8 @@ fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
             capabilities = excluded.capabilities, resources = excluded.resources,
             labels = excluded.labels, last_sequence = excluded.last_sequence,
             observed_generation = excluded.observed_generation,
-            desired_generation = excluded.desired_generation",
+            desired_generation = excluded.desired_generation,
+            reported_labels = excluded.reported_labels, revoked_at = excluded.revoked_at",
     )?
     .execute(params![
         node.id,
@@ -251,6 +290,8 @@ fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
         node.last_sequence as i64,
         node.observed_generation as i64,
         node.desired_generation as i64,
+        json(&node.reported_labels)?,
+        node.revoked_at.map(rfc3339),
     ])?;
     Ok(())
 }
@@ -265,7 +306,7 @@ fn write_status(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn new_secret() -> String {
+pub(super) fn new_secret() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -297,6 +338,7 @@ impl Writer {
         let mut overlay = Overlay {
             registry: &registry,
             changed: HashMap::new(),
+            removed: HashSet::new(),
         };
         let mut replies = Vec::with_capacity(batch.len());
         let mut stop = false;
@@ -314,8 +356,9 @@ impl Writer {
                     WriteCommand::Stop => stop = true,
                     WriteCommand::Register(input, reply) => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
-                            register(tx, overlay, input, now, instant)
-                        });
+                            node_identity::register(tx, overlay, input, now, instant)
+                        })
+                        .and_then(|admitted| admitted);
                         replies.push(PendingReply::Registered(reply, result));
                     }
                     WriteCommand::Heartbeat(input, reply) => {
@@ -345,6 +388,9 @@ impl Writer {
                             insert_event(tx, now, &event)
                         });
                         replies.push(PendingReply::Event(reply, result));
+                    }
+                    WriteCommand::Identity(command) => {
+                        replies.push(node_identity::apply(&mut tx, &mut overlay, command, now));
                     }
                     WriteCommand::Sweep {
                         offline_after,
@@ -383,6 +429,12 @@ impl Writer {
                         registry.upsert(entry);
                     }
                 }
+                if !overlay.removed.is_empty() {
+                    let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                    for id in &overlay.removed {
+                        registry.remove(id);
+                    }
+                }
                 replies.into_iter().for_each(PendingReply::send);
             }
             Err(e) => {
@@ -401,7 +453,7 @@ impl Writer {
 /// SQLite. Commands touch the overlay only after all their SQL succeeded, so
 /// it needs no rollback of its own. The savepoint statements are cached
 /// (rusqlite's `Savepoint` re-parses them), since this runs per heartbeat.
-fn in_savepoint<T>(
+pub(super) fn in_savepoint<T>(
     tx: &mut Transaction<'_>,
     overlay: &mut Overlay<'_>,
     command: impl FnOnce(&Connection, &mut Overlay<'_>) -> Result<T, StoreError>,
@@ -418,99 +470,6 @@ fn in_savepoint<T>(
             Err(e)
         }
     }
-}
-
-fn register(
-    tx: &Connection,
-    overlay: &mut Overlay<'_>,
-    input: RegisterInput,
-    now: OffsetDateTime,
-    instant: Instant,
-) -> Result<Registered, StoreError> {
-    let by_id = input.node_id.as_deref().and_then(|id| overlay.get(id));
-    let name_owner = overlay.id_for_name(&input.name);
-    // Same persisted id, or the same name: the agent lost its state or was
-    // restarted; keep the row (and its history) instead of duplicating it.
-    let existing = match (by_id, name_owner) {
-        (Some(node), Some(owner)) if owner != node.id => {
-            return Err(StoreError::NameTaken {
-                name: input.name,
-                owner,
-            })
-        }
-        (Some(node), _) => Some(node),
-        (None, Some(owner)) => overlay.get(&owner),
-        (None, None) => None,
-    };
-    let secret = new_secret();
-    let (node, event) = match existing {
-        Some(mut node) => {
-            let mut message = format!("node {} re-registered (id {})", input.name, node.id);
-            if node.name != input.name {
-                message = format!(
-                    "node {} re-registered under the new name {} (id {})",
-                    node.name, input.name, node.id
-                );
-            }
-            node.name = input.name;
-            node.secret_digest = secret_digest(&secret);
-            node.status = NodeStatus::Online;
-            node.last_contact = instant;
-            node.agent_version = input.agent_version;
-            node.management_address = input.management_address;
-            node.capabilities = input.capabilities;
-            node.resources = input.resources;
-            // Labels set by the operator (PATCH) win over the agent's defaults;
-            // the agent only contributes keys that are not set yet.
-            for (key, value) in input.labels {
-                node.labels.entry(key).or_insert(value);
-            }
-            // A new agent process restarts its sequence numbers.
-            node.last_sequence = 0;
-            (node, ("NodeReregistered", message))
-        }
-        None => {
-            let id = input
-                .node_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let message = format!("node {} registered (id {id})", input.name);
-            let node = NodeEntry {
-                id,
-                name: input.name,
-                secret_digest: secret_digest(&secret),
-                status: NodeStatus::Online,
-                registered_at: now,
-                last_heartbeat: None,
-                last_contact: instant,
-                agent_version: input.agent_version,
-                management_address: input.management_address,
-                capabilities: input.capabilities,
-                resources: input.resources,
-                labels: input.labels,
-                last_sequence: 0,
-                observed_generation: 0,
-                desired_generation: 0,
-            };
-            (node, ("NodeRegistered", message))
-        }
-    };
-    write_node(tx, &node)?;
-    insert_event(
-        tx,
-        now,
-        &NewEvent {
-            reason: event.0,
-            object_kind: "node",
-            object_id: node.id.clone(),
-            message: event.1,
-        },
-    )?;
-    let registered = Registered {
-        node_id: node.id.clone(),
-        node_secret: secret,
-    };
-    overlay.put(node);
-    Ok(registered)
 }
 
 fn heartbeat(

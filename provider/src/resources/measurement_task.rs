@@ -926,6 +926,7 @@ mod tests {
             },
             resources: Resources::default(),
             labels: Default::default(),
+            reported_labels: Default::default(),
         };
         let nodes = vec![
             node("a", "10.253.0.11:7090"),

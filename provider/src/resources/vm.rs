@@ -779,6 +779,7 @@ mod tests {
                 },
                 resources: Resources::default(),
                 labels: Default::default(),
+                reported_labels: Default::default(),
             }
         }
 
