@@ -14,10 +14,10 @@ use std::sync::LazyLock;
 use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
     ErrorBody, EventList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList,
-    Node, NodeList, NodePatch, RegistrationRequest, RegistrationRequestList, Platform, PlatformCreate,
-    PlatformList, PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
-    QosPolicyList, QosPolicyPatch, RequestOptions, ResultList, ResultRecord, Task, TaskCreate,
-    TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
+    Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch, Program,
+    ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
+    RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
+    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};

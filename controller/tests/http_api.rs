@@ -348,7 +348,10 @@ async fn patch_replaces_labels_and_records_an_event() {
     again.node_secret = registered.node_secret.clone();
     controller.grpc().await.register(again).await.unwrap();
     let node = controller.node("node-h").await;
-    assert_eq!(node.labels, [("site".to_string(), "lab-2".to_string())].into());
+    assert_eq!(
+        node.labels,
+        [("site".to_string(), "lab-2".to_string())].into()
+    );
     assert_eq!(node.reported_labels["rack"], "r1");
 
     let err = client.get_node("ghost").await.unwrap_err();

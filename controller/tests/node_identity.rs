@@ -154,7 +154,9 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
 
     let (once_id, once) = create_token(&controller, json!({"single_use": true})).await;
     assert!(once.starts_with("mlj_"), "{once}");
-    register_with(&controller, &once, "a", "", "").await.unwrap();
+    register_with(&controller, &once, "a", "", "")
+        .await
+        .unwrap();
     let status = register_with(&controller, &once, "b", "", "")
         .await
         .unwrap_err();
@@ -171,8 +173,13 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("only registers node"), "{status:?}");
-    register_with(&controller, &only_c, "c", "", "").await.unwrap();
+    assert!(
+        status.message().contains("only registers node"),
+        "{status:?}"
+    );
+    register_with(&controller, &only_c, "c", "", "")
+        .await
+        .unwrap();
     // Multi-use per-node token: c again (a restart, with its secret) works.
 
     let (short_id, short) = create_token(&controller, json!({"ttl_seconds": 1})).await;
@@ -195,7 +202,11 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
 
     let (revoked_id, revoked) = create_token(&controller, json!({})).await;
     let (status, body) = controller
-        .call(Method::DELETE, &format!("/v1/join_tokens/{revoked_id}"), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/join_tokens/{revoked_id}"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "revoked");
@@ -319,15 +330,15 @@ async fn delete_is_refused_while_vms_are_placed_on_the_node() {
         .call(
             Method::POST,
             "/v1/vms",
-            Some(json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
-                        "memory_mib": 128, "appliance": "namespace", "power_state": "running"})),
+            Some(
+                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
+                        "memory_mib": 128, "appliance": "namespace", "power_state": "running"}),
+            ),
         )
         .await;
     assert_eq!(status, 201, "{body}");
 
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/nodes/n1", None)
-        .await;
+    let (status, body) = controller.call(Method::DELETE, "/v1/nodes/n1", None).await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("p/v1"),
@@ -344,9 +355,7 @@ async fn delete_is_refused_while_vms_are_placed_on_the_node() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/nodes/n1", None)
-        .await;
+    let (status, body) = controller.call(Method::DELETE, "/v1/nodes/n1", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "n1");
     let (status, _) = controller.call(Method::GET, "/v1/nodes/n1", None).await;

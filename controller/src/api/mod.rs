@@ -46,9 +46,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/nodes", get(nodes::list)),
         (
             "/v1/nodes/:id_or_name",
-            get(nodes::get)
-                .patch(nodes::patch)
-                .delete(nodes::delete),
+            get(nodes::get).patch(nodes::patch).delete(nodes::delete),
         ),
         ("/v1/nodes/:id_or_name/logs", get(nodes::logs)),
         ("/v1/nodes/:id_or_name/approve", post(nodes::approve)),

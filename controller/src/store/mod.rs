@@ -42,9 +42,9 @@ use crate::placement::Pools;
 pub(crate) use codec::{rfc3339, to_json};
 use database::{migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
-use nodes::{check_secret, load_registry};
-pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use node_identity::IdentityCommand;
+pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
+use nodes::{check_secret, load_registry};
 pub(crate) use nodes::{
     constant_time_eq, HeartbeatInput, JoinCredential, NewEvent, RegisterInput, Registered,
     ShipLogsInput, LOG_LINES_PER_NODE,

@@ -383,15 +383,21 @@ pub(super) fn apply(
     match command {
         IdentityCommand::Approve { id_or_name, reply } => PendingReply::deferred(
             reply,
-            in_savepoint(tx, overlay, |tx, overlay| approve(tx, overlay, &id_or_name, now)),
+            in_savepoint(tx, overlay, |tx, overlay| {
+                approve(tx, overlay, &id_or_name, now)
+            }),
         ),
         IdentityCommand::Revoke { id_or_name, reply } => PendingReply::deferred(
             reply,
-            in_savepoint(tx, overlay, |tx, overlay| revoke(tx, overlay, &id_or_name, now)),
+            in_savepoint(tx, overlay, |tx, overlay| {
+                revoke(tx, overlay, &id_or_name, now)
+            }),
         ),
         IdentityCommand::Delete { id_or_name, reply } => PendingReply::deferred(
             reply,
-            in_savepoint(tx, overlay, |tx, overlay| delete(tx, overlay, &id_or_name, now)),
+            in_savepoint(tx, overlay, |tx, overlay| {
+                delete(tx, overlay, &id_or_name, now)
+            }),
         ),
         IdentityCommand::CreateJoinToken { token, reply } => PendingReply::deferred(
             reply,
@@ -659,7 +665,10 @@ fn revoke_join_token(
 const JOIN_TOKEN_COLUMNS: &str = "id, description, node_name, single_use, created_at, expires_at,
      last_used_at, last_used_by, revoked_at";
 
-fn join_token_row(row: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Result<http::JoinToken> {
+fn join_token_row(
+    row: &rusqlite::Row<'_>,
+    now: OffsetDateTime,
+) -> rusqlite::Result<http::JoinToken> {
     let single_use: bool = row.get(3)?;
     let expires_at: Option<String> = row.get(5)?;
     let last_used_at: Option<String> = row.get(6)?;

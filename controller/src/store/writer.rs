@@ -235,7 +235,11 @@ impl Overlay<'_> {
     }
 }
 
-pub(super) fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Result<i64, StoreError> {
+pub(super) fn insert_event(
+    tx: &Connection,
+    now: OffsetDateTime,
+    event: &NewEvent,
+) -> Result<i64, StoreError> {
     tx.prepare_cached(
         "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
