@@ -118,6 +118,9 @@ struct Writer {
     durable_heartbeats: bool,
 }
 
+/// Sends a command's result, or the commit failure it is given.
+pub(super) type SendReply = Box<dyn FnOnce(Option<&str>) + Send>;
+
 /// A reply to send once the batch has committed.
 pub(super) enum PendingReply {
     Registered(Reply<Registered>, Result<Registered, StoreError>),
@@ -126,7 +129,7 @@ pub(super) enum PendingReply {
     Node(Reply<http::Node>, Result<Box<http::Node>, StoreError>),
     Event(Reply<i64>, Result<i64, StoreError>),
     /// Any other reply: sends its result, or the commit failure given.
-    Deferred(Box<dyn FnOnce(Option<&str>) + Send>),
+    Deferred(SendReply),
 }
 
 impl PendingReply {
