@@ -8,6 +8,7 @@ mod agent_cmd;
 mod controller_cmd;
 mod daemon;
 mod lab;
+mod node_cmd;
 mod tfrc;
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,10 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Manage a local lab of namespaces, OVS switches, a controller and agents.
     Lab(lab::LabArgs),
+    /// Operator: list, approve, revoke and delete nodes.
+    Node(node_cmd::NodeArgs),
+    /// Operator: make, list and revoke join tokens.
+    JoinToken(node_cmd::JoinTokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +42,8 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => controller_cmd::main(args),
         Command::Agent(args) => agent_cmd::main(args),
         Command::Lab(args) => lab::main(args),
+        Command::Node(args) => node_cmd::main(args),
+        Command::JoinToken(args) => node_cmd::join_token_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
