@@ -11,7 +11,11 @@ use measurelab_api::http::{JoinTokenCreate, NodeStatus};
 #[derive(Debug, Args)]
 pub struct ApiTarget {
     /// Controller HTTP API.
-    #[arg(long, env = "MEASURELAB_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "MEASURELAB_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
     endpoint: String,
     /// Operator token (the controller's <data_dir>/admin.token).
     #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]

@@ -49,6 +49,8 @@ pub struct NodeState {
     pub agent_version: Value<String>,
     /// Management address.
     pub management_address: Value<String>,
+    /// Labels the agent reported (never used for selection).
+    pub reported_labels: Value<BTreeMap<String, String>>,
     /// Capabilities.
     pub capabilities: Value<CapabilitiesValue>,
     /// Resource use.
@@ -69,6 +71,7 @@ impl NodeState {
         self.registered_at = Value::Value(node.registered_at.clone());
         self.agent_version = Value::Value(node.agent_version.clone());
         self.management_address = Value::Value(node.management_address.clone());
+        self.reported_labels = Value::Value(node.reported_labels.clone());
         self.capabilities = Value::Value((&node.capabilities).into());
         self.resources = Value::Value((&node.resources).into());
         self.labels = if node.labels.is_empty() && !self.labels.is_value() {
@@ -90,6 +93,7 @@ impl NodeState {
         self.registered_at = Value::Unknown;
         self.agent_version = Value::Unknown;
         self.management_address = Value::Unknown;
+        self.reported_labels = Value::Unknown;
         self.capabilities = Value::Unknown;
         self.resources = Value::Unknown;
     }
