@@ -154,7 +154,7 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
 
     let (once_id, once) = create_token(&controller, json!({"single_use": true})).await;
     assert!(once.starts_with("mlj_"), "{once}");
-    register_with(&controller, &once, "a", "", "")
+    let a = register_with(&controller, &once, "a", "", "")
         .await
         .unwrap();
     let status = register_with(&controller, &once, "b", "", "")
@@ -162,6 +162,16 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("already used"), "{status:?}");
+    // Nor does the used token let anyone into a, but a itself, restarting
+    // with its secret, needs no new token.
+    let status = register_with(&controller, &once, "a", "", "")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let a_again = register_with(&controller, &once, "a", &a.node_id, &a.node_secret)
+        .await
+        .unwrap();
+    assert_eq!(a_again.node_id, a.node_id);
     let (_, token) = controller
         .call(Method::GET, &format!("/v1/join_tokens/{once_id}"), None)
         .await;

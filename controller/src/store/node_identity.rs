@@ -118,12 +118,15 @@ pub(super) fn register(
     now: OffsetDateTime,
     instant: std::time::Instant,
 ) -> Result<Result<Registered, StoreError>, StoreError> {
-    let issued_token = match &input.join {
-        JoinCredential::Default => None,
-        JoinCredential::Issued { id, secret } => {
-            check_join_token(tx, id, secret, &input.name, now)?;
-            Some(id.clone())
-        }
+    // A used-up, expired or revoked token still lets a node that proves its
+    // secret back in: it is a member already, and a restart must not need a
+    // new token. It admits nobody else.
+    let (issued_token, token_lapsed) = match &input.join {
+        JoinCredential::Default => (None, None),
+        JoinCredential::Issued { id, secret } => (
+            Some(id.clone()),
+            check_join_token(tx, id, secret, &input.name, now)?,
+        ),
     };
     let by_id = input.node_id.as_deref().and_then(|id| overlay.get(id));
     let name_owner = overlay.id_for_name(&input.name);
@@ -158,6 +161,14 @@ pub(super) fn register(
                 Some(Refusal::WrongSecret)
             };
             let mut how = String::new();
+            // A revoked node that proves its secret may ask for approval
+            // whatever its token; anyone else needs a token that still works.
+            let authentic_revoked = proven && matches!(refusal, Some(Refusal::Revoked));
+            if let (Some(lapsed), Some(_)) = (&token_lapsed, refusal) {
+                if !authentic_revoked {
+                    return Err(StoreError::JoinTokenRefused(lapsed.clone()));
+                }
+            }
             if let Some(refusal) = refusal {
                 if !take_approval(tx, &input.name)? {
                     record_refusal(tx, &node, &input, refusal, now)?;
@@ -191,6 +202,9 @@ pub(super) fn register(
             (node, "NodeReregistered", message)
         }
         None => {
+            if let Some(lapsed) = token_lapsed {
+                return Err(StoreError::JoinTokenRefused(lapsed));
+            }
             let id = input
                 .node_id
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -220,7 +234,8 @@ pub(super) fn register(
             (node, "NodeRegistered", message)
         }
     };
-    if let Some(id) = issued_token {
+    // A lapsed token that let a proven node back in was not used to join.
+    if let (Some(id), None) = (issued_token, &token_lapsed) {
         tx.prepare_cached(
             "UPDATE join_tokens SET last_used_at = ?2, last_used_by = ?3 WHERE id = ?1",
         )?
@@ -245,14 +260,16 @@ pub(super) fn register(
     Ok(Ok(registered))
 }
 
-/// Refuse unless the API-made token `id` registers `name` now.
+/// Refuse unless the API-made token `id` is genuine and made for `name`.
+/// Returns why a genuine token no longer admits new registrations (revoked,
+/// expired, used up), if it does not.
 fn check_join_token(
     tx: &Connection,
     id: &str,
     secret: &str,
     name: &str,
     now: OffsetDateTime,
-) -> Result<(), StoreError> {
+) -> Result<Option<String>, StoreError> {
     let row = tx
         .prepare_cached(
             "SELECT secret, node_name, single_use, expires_at, last_used_at, revoked_at
@@ -277,23 +294,6 @@ fn check_join_token(
     if !constant_time_eq(digest.as_bytes(), secret_digest(secret).as_bytes()) {
         return Err(StoreError::JoinTokenRefused("wrong join token".into()));
     }
-    if revoked_at.is_some() {
-        return Err(StoreError::JoinTokenRefused(format!(
-            "join token {id} was revoked"
-        )));
-    }
-    if let Some(expires_at) = expires_at {
-        if parse_time(&expires_at)? <= now {
-            return Err(StoreError::JoinTokenRefused(format!(
-                "join token {id} expired at {expires_at}"
-            )));
-        }
-    }
-    if single_use && last_used_at.is_some() {
-        return Err(StoreError::JoinTokenRefused(format!(
-            "single-use join token {id} was already used"
-        )));
-    }
     if let Some(only) = node_name {
         if only != name {
             return Err(StoreError::RegistrationRefused(format!(
@@ -301,7 +301,18 @@ fn check_join_token(
             )));
         }
     }
-    Ok(())
+    if revoked_at.is_some() {
+        return Ok(Some(format!("join token {id} was revoked")));
+    }
+    if let Some(expires_at) = expires_at {
+        if parse_time(&expires_at)? <= now {
+            return Ok(Some(format!("join token {id} expired at {expires_at}")));
+        }
+    }
+    if single_use && last_used_at.is_some() {
+        return Ok(Some(format!("single-use join token {id} was already used")));
+    }
+    Ok(None)
 }
 
 /// Whether an operator approved a registration under `name`; an approval
