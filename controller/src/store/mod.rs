@@ -12,6 +12,7 @@
 //! gRPC layers decide what those become on the wire.
 
 pub(crate) mod appliances;
+mod batch;
 mod checkpoint;
 mod codec;
 mod database;

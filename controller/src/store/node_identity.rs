@@ -12,14 +12,15 @@ use measurelab_api::http::{self, JoinTokenState};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use time::OffsetDateTime;
 
-use super::codec::{parse_time, rfc3339};
-use super::error::StoreError;
-use super::nodes::{constant_time_eq, secret_digest, JoinCredential, NewEvent, RegisterInput};
-use super::registry::NodeEntry;
-use super::writer::{
+use super::batch::{
     in_savepoint, insert_event, new_secret, write_node, Overlay, PendingReply, Reply,
 };
-use super::Registered;
+use super::codec::{parse_time, rfc3339};
+use super::error::StoreError;
+use super::nodes::{
+    constant_time_eq, secret_digest, JoinCredential, NewEvent, RegisterInput, Registered,
+};
+use super::registry::NodeEntry;
 
 /// Prefix of join tokens made through the API: `mlj_<id>_<secret>`. The
 /// data directory's join token is 64 hex digits, so the two never clash.
