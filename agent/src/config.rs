@@ -22,7 +22,9 @@ pub struct AgentConfig {
     pub join_token: String,
     /// Directory holding `identity.json`; created if missing.
     pub state_dir: PathBuf,
-    /// Operator labels sent at registration.
+    /// Labels reported at registration. They seed a new node's operator
+    /// labels; afterwards the operator owns those and these are kept apart
+    /// (`reported_labels`).
     pub labels: BTreeMap<String, String>,
     /// Address of the node on the management network.
     pub management_address: String,

@@ -31,7 +31,8 @@ pub struct AgentArgs {
     /// Directory for identity.json (node id + secret).
     #[arg(long)]
     state_dir: PathBuf,
-    /// Operator label, KEY=VALUE; repeatable.
+    /// Label to report, KEY=VALUE; repeatable. Seeds the operator labels of
+    /// a new node; later changes show only as its reported labels.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     /// Address of this node on the management network.

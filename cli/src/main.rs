@@ -9,6 +9,7 @@ mod agent_cmd;
 mod controller_cmd;
 mod daemon;
 mod lab;
+mod node_cmd;
 mod tfrc;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,10 @@ enum Command {
     Token(access_cmd::TokenArgs),
     /// Create, list and delete tenants (operator).
     Tenant(access_cmd::TenantArgs),
+    /// Operator: list, approve, revoke and delete nodes.
+    Node(node_cmd::NodeArgs),
+    /// Operator: make, list and revoke join tokens.
+    JoinToken(node_cmd::JoinTokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +50,8 @@ fn main() -> std::process::ExitCode {
         Command::Lab(args) => lab::main(args),
         Command::Token(args) => access_cmd::token_main(args),
         Command::Tenant(args) => access_cmd::tenant_main(args),
+        Command::Node(args) => node_cmd::main(args),
+        Command::JoinToken(args) => node_cmd::join_token_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

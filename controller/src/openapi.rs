@@ -17,10 +17,11 @@ use measurelab_api::http::{
 };
 use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
-    ErrorBody, EventList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate,
-    PlatformList, PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
-    QosPolicyList, QosPolicyPatch, RequestOptions, ResultList, ResultRecord, Task, TaskCreate,
-    TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
+    ErrorBody, EventList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList,
+    Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch, Program,
+    ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
+    RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
+    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -192,6 +193,14 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::get_node,
         operations::patch_node,
         operations::node_logs,
+        operations::delete_node,
+        operations::approve_node,
+        operations::revoke_node,
+        operations::list_registration_requests,
+        operations::list_join_tokens,
+        operations::create_join_token,
+        operations::get_join_token,
+        operations::revoke_join_token,
         operations::list_events,
         operations::list_platforms,
         operations::create_platform,
@@ -484,6 +493,64 @@ mod operations {
         ),
         responses((status = 200, description = "The lines.", body = LogList), QueryErrors))]
     fn node_logs() {}
+
+    /// Forget a node: its row, logs and pending registration. Refused (409,
+    /// naming them) while VMs are placed on it or platforms list it. A still
+    /// running agent registers again as a new node if its join token still
+    /// works: revoke the node, or the token, to keep it out.
+    #[utoipa::path(delete, path = "/v1/nodes/{id_or_name}", operation_id = "deleteNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The deleted node.", body = Node), DeleteErrors))]
+    fn delete_node() {}
+
+    /// Approve the node's pending registration (see `/v1/registration_requests`):
+    /// its next attempt registers, with a new secret, although it lacks the
+    /// node's current secret or the node is revoked. The path may also name a
+    /// pending request by the name it asked for.
+    #[utoipa::path(post, path = "/v1/nodes/{id_or_name}/approve", operation_id = "approveNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The approved request.", body = RegistrationRequest), GetErrors))]
+    fn approve_node() {}
+
+    /// Revoke a node: from now on its heartbeats and every node call are
+    /// refused and it shows status `revoked`. Its VMs stay placed. It comes
+    /// back only when an operator approves its next registration.
+    #[utoipa::path(post, path = "/v1/nodes/{id_or_name}/revoke", operation_id = "revokeNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The revoked node.", body = Node), GetErrors))]
+    fn revoke_node() {}
+
+    /// Registrations the controller refused because they named an existing
+    /// node without its current secret (or the node is revoked). One entry
+    /// per name with the count and latest details of the attempts.
+    #[utoipa::path(get, path = "/v1/registration_requests", operation_id = "listRegistrationRequests",
+        responses((status = 200, description = "The pending requests.", body = RegistrationRequestList), ListErrors))]
+    fn list_registration_requests() {}
+
+    /// Join tokens made through the API, newest first (never their secrets).
+    #[utoipa::path(get, path = "/v1/join_tokens", operation_id = "listJoinTokens",
+        responses((status = 200, description = "The join tokens.", body = JoinTokenList), ListErrors))]
+    fn list_join_tokens() {}
+
+    /// Make a join token: for one node name or any, single-use or not, with an
+    /// optional expiry. The answer carries the token once; the controller
+    /// keeps a digest. The data directory's join.token keeps working.
+    #[utoipa::path(post, path = "/v1/join_tokens", operation_id = "createJoinToken",
+        request_body = JoinTokenCreate,
+        responses((status = 201, description = "The token and its secret.", body = JoinTokenCreated), CreateErrors))]
+    fn create_join_token() {}
+
+    /// One join token.
+    #[utoipa::path(get, path = "/v1/join_tokens/{id}", operation_id = "getJoinToken",
+        params(("id" = String, Path, description = "Join token id.")),
+        responses((status = 200, description = "The join token.", body = JoinToken), GetErrors))]
+    fn get_join_token() {}
+
+    /// Revoke a join token; registrations with it are refused from now on.
+    #[utoipa::path(delete, path = "/v1/join_tokens/{id}", operation_id = "revokeJoinToken",
+        params(("id" = String, Path, description = "Join token id.")),
+        responses((status = 200, description = "The revoked join token.", body = JoinToken), DeleteErrors))]
+    fn revoke_join_token() {}
 
     /// The event journal, oldest first. Page with ?after=<id of the last event seen>.
     #[utoipa::path(get, path = "/v1/events", operation_id = "listEvents",

@@ -716,3 +716,43 @@ async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
     assert_eq!(rendered["results"], json!([]), "{rendered:#}");
     controller.stop().await;
 }
+
+/// Node identity routes (approve, revoke, delete, join tokens, pending
+/// registrations) act on the whole testbed: even a tenant's owner is refused,
+/// and the node is still there and online afterwards.
+#[tokio::test]
+async fn node_identity_routes_are_the_operators_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    let owner = tenant_token(&controller, "t1", "boss", "owner").await;
+    let refused: [(Method, &str, Option<Value>); 7] = [
+        (Method::POST, "/v1/nodes/n1/approve", None),
+        (Method::POST, "/v1/nodes/n1/revoke", None),
+        (Method::DELETE, "/v1/nodes/n1", None),
+        (Method::GET, "/v1/registration_requests", None),
+        (Method::GET, "/v1/join_tokens", None),
+        (
+            Method::POST,
+            "/v1/join_tokens",
+            Some(json!({"node_name": "n9", "single_use": true})),
+        ),
+        (Method::DELETE, "/v1/join_tokens/anything", None),
+    ];
+    for (method, path, body) in refused {
+        let (status, answer) = call_as(&controller, &owner, method.clone(), path, body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("needs role operator")),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["status"], "online", "{node}");
+    let (status, tokens) = controller.call(Method::GET, "/v1/join_tokens", None).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["join_tokens"], json!([]), "{tokens}");
+}

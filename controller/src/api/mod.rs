@@ -8,6 +8,7 @@ mod auth;
 mod error;
 mod extract;
 mod idempotency;
+mod join_tokens;
 mod nodes;
 mod platforms;
 mod programs;
@@ -60,8 +61,25 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(tokens::get).delete(tokens::delete),
         ),
         ("/v1/nodes", get(nodes::list)),
-        ("/v1/nodes/:id_or_name", get(nodes::get).patch(nodes::patch)),
+        (
+            "/v1/nodes/:id_or_name",
+            get(nodes::get).patch(nodes::patch).delete(nodes::delete),
+        ),
         ("/v1/nodes/:id_or_name/logs", get(nodes::logs)),
+        ("/v1/nodes/:id_or_name/approve", post(nodes::approve)),
+        ("/v1/nodes/:id_or_name/revoke", post(nodes::revoke)),
+        (
+            "/v1/registration_requests",
+            get(nodes::registration_requests),
+        ),
+        (
+            "/v1/join_tokens",
+            get(join_tokens::list).post(join_tokens::create),
+        ),
+        (
+            "/v1/join_tokens/:id",
+            get(join_tokens::get).delete(join_tokens::revoke),
+        ),
         ("/v1/events", get(nodes::events)),
         (
             "/v1/platforms",

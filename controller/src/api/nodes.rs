@@ -1,9 +1,11 @@
-//! `/v1/nodes...` and `/v1/events`.
+//! `/v1/nodes...`, `/v1/registration_requests` and `/v1/events`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
+use measurelab_api::http::{
+    EventList, LogList, Node, NodeList, NodePatch, RegistrationRequest, RegistrationRequestList,
+};
 
 use super::auth::ensure_operator;
 use super::error::ApiError;
@@ -115,4 +117,49 @@ pub(crate) async fn events(
         .events(principal.scope(), after, limit as u32)
         .await?;
     Ok(Json(EventList { events }))
+}
+
+/// Let the next registration under the node's name through, although it
+/// lacks the node's secret (or the node is revoked); it gets a new secret.
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RegistrationRequest>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "approving the registration of", "node", &key)?;
+    Ok(Json(state.store().approve_registration(key).await?))
+}
+
+/// Refuse the node's heartbeats and calls from now on.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "revoking", "node", &key)?;
+    Ok(Json(state.store().revoke_node(key).await?))
+}
+
+/// Forget the node (409 while VMs or platforms use it).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "deleting", "node", &key)?;
+    Ok(Json(state.store().delete_node(key).await?))
+}
+
+/// Refused registrations under existing names, waiting for an approval.
+pub(crate) async fn registration_requests(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<RegistrationRequestList>, ApiError> {
+    ensure_operator(&principal, "listing", "registration requests", "")?;
+    Ok(Json(RegistrationRequestList {
+        requests: state.store().registration_requests().await?,
+    }))
 }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
     include_str!("../../migrations/0003_result_run_ids.sql"),
     include_str!("../../migrations/0004_tenants.sql"),
+    include_str!("../../migrations/0005_node_identity.sql"),
     include_str!("../../migrations/0006_quotas.sql"),
 ];
 

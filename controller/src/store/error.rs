@@ -56,6 +56,18 @@ pub enum StoreError {
         /// Id of the node holding it.
         owner: String,
     },
+    /// An operator revoked the node (by name).
+    #[error("node {0} was revoked by an operator")]
+    Revoked(String),
+    /// A registration was refused: it named an existing node without that
+    /// node's secret, the node is revoked, or a per-node join token names
+    /// another node. The message says which and what the operator can do.
+    #[error("{0}")]
+    RegistrationRefused(String),
+    /// A join token made through the API is unknown, wrong, expired, used
+    /// up or revoked.
+    #[error("join_token: {0}")]
+    JoinTokenRefused(String),
     /// The writer thread has stopped (controller shutting down).
     #[error("the store is shutting down")]
     WriterGone,

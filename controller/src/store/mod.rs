@@ -13,6 +13,7 @@
 
 pub(crate) mod api_tokens;
 pub(crate) mod appliances;
+mod batch;
 mod checkpoint;
 mod codec;
 mod database;
@@ -20,6 +21,7 @@ pub(crate) mod desired;
 pub(crate) mod error;
 mod events;
 pub(crate) mod idempotency;
+mod node_identity;
 mod nodes;
 pub(crate) mod platforms;
 pub(crate) mod programs;
@@ -48,10 +50,12 @@ use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
 use database::{migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
+use node_identity::IdentityCommand;
+pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use nodes::{check_secret, load_registry};
 pub(crate) use nodes::{
-    constant_time_eq, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
-    LOG_LINES_PER_NODE,
+    constant_time_eq, HeartbeatInput, JoinCredential, NewEvent, RegisterInput, Registered,
+    ShipLogsInput, LOG_LINES_PER_NODE,
 };
 pub(crate) use registry::{NodeEntry, Registry};
 pub(crate) use resources::{ResourceStore, TxContext};
@@ -177,6 +181,63 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Let the next registration under the pending request's name through.
+    pub async fn approve_registration(
+        &self,
+        id_or_name: String,
+    ) -> Result<http::RegistrationRequest, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Approve { id_or_name, reply }))
+            .await
+    }
+
+    /// Refuse every heartbeat and call of the node from now on.
+    pub async fn revoke_node(&self, id_or_name: String) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Revoke { id_or_name, reply }))
+            .await
+    }
+
+    /// Forget the node; refused while VMs or platforms use it.
+    pub async fn delete_node(&self, id_or_name: String) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Delete { id_or_name, reply }))
+            .await
+    }
+
+    pub async fn create_join_token(
+        &self,
+        token: NewJoinToken,
+    ) -> Result<http::JoinTokenCreated, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::CreateJoinToken { token, reply }))
+            .await
+    }
+
+    pub async fn revoke_join_token(&self, id: String) -> Result<http::JoinToken, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::RevokeJoinToken { id, reply }))
+            .await
+    }
+
+    pub async fn join_tokens(&self) -> Result<Vec<http::JoinToken>, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.read(move |conn| node_identity::join_tokens(conn, now))
+            .await
+    }
+
+    pub async fn join_token(&self, id: String) -> Result<http::JoinToken, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.read(move |conn| {
+            node_identity::join_token(conn, &id, now)?.ok_or(StoreError::NotFound {
+                kind: "join token",
+                id,
+            })
+        })
+        .await
+    }
+
+    pub async fn registration_requests(
+        &self,
+    ) -> Result<Vec<http::RegistrationRequest>, StoreError> {
+        self.read(node_identity::registration_requests).await
     }
 
     pub async fn record_event(&self, event: NewEvent) -> Result<i64, StoreError> {
@@ -311,6 +372,9 @@ mod tests {
             resources: Resources::default(),
             labels: BTreeMap::new(),
             management_address: String::new(),
+            node_secret: String::new(),
+            join: JoinCredential::Default,
+            peer_address: String::new(),
         }
     }
 

@@ -162,6 +162,7 @@ pub fn register_request(join_token: &str, name: &str, node_id: &str) -> Register
         usage: Some(usage()),
         labels: [("rack".to_string(), "r1".to_string())].into(),
         management_address: "10.254.0.11".into(),
+        node_secret: String::new(),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Typed HTTP client for the public API.
 
+mod node_identity;
+
 use percent_encoding::{utf8_percent_encode, AsciiSet, PercentEncode, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod node_identity;
+pub use node_identity::*;
+
 /// Liveness of a node as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -14,6 +17,9 @@ pub enum NodeStatus {
     Online,
     /// The last heartbeat is older than the deadline.
     Offline,
+    /// An operator revoked the node: its heartbeats and calls are refused
+    /// until an operator approves its next registration.
+    Revoked,
 }
 
 /// What a node can do, as reported by its agent.
@@ -82,7 +88,9 @@ pub struct Node {
     pub capabilities: Capabilities,
     /// Resource use as last reported.
     pub resources: Resources,
-    /// Operator labels.
+    /// Operator labels: what placement and the provider's node selection use.
+    /// Set with PATCH; a new node's first registration seeds them with its
+    /// reported labels, later registrations never change them.
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
     /// vCPUs the VMs placed on this node may add up to, per reported CPU
@@ -95,6 +103,11 @@ pub struct Node {
     #[serde(default = "default_memory_overcommit")]
     #[schema(minimum = 1.0, maximum = 64.0, required = true)]
     pub memory_overcommit: f64,
+    /// Labels the node's agent reported at its last registration (its
+    /// `--label` flags). Informational: nothing selects by them.
+    #[serde(default)]
+    #[schema(schema_with = schemas::labels)]
+    pub reported_labels: BTreeMap<String, String>,
 }
 
 /// What a node JSON without ratios (an older controller) means.

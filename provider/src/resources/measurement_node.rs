@@ -53,6 +53,8 @@ pub struct NodeState {
     pub agent_version: Value<String>,
     /// Management address.
     pub management_address: Value<String>,
+    /// Labels the agent reported (never used for selection).
+    pub reported_labels: Value<BTreeMap<String, String>>,
     /// Capabilities.
     pub capabilities: Value<CapabilitiesValue>,
     /// Resource use.
@@ -79,6 +81,7 @@ impl NodeState {
         self.registered_at = Value::Value(node.registered_at.clone());
         self.agent_version = Value::Value(node.agent_version.clone());
         self.management_address = Value::Value(node.management_address.clone());
+        self.reported_labels = Value::Value(node.reported_labels.clone());
         self.capabilities = Value::Value((&node.capabilities).into());
         self.resources = Value::Value((&node.resources).into());
         self.cpu_overcommit = Value::Value(node.cpu_overcommit.into());
@@ -102,6 +105,7 @@ impl NodeState {
         self.registered_at = Value::Unknown;
         self.agent_version = Value::Unknown;
         self.management_address = Value::Unknown;
+        self.reported_labels = Value::Unknown;
         self.capabilities = Value::Unknown;
         self.resources = Value::Unknown;
         // Ratios the configuration leaves out come from the controller.
@@ -502,6 +506,7 @@ mod tests {
                 .collect(),
             cpu_overcommit: 16.0,
             memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         }
     }
 

@@ -939,6 +939,7 @@ mod tests {
             labels: Default::default(),
             cpu_overcommit: 16.0,
             memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         };
         let nodes = vec![
             node("a", "10.253.0.11:7090"),

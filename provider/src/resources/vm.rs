@@ -783,6 +783,7 @@ mod tests {
                 labels: Default::default(),
                 cpu_overcommit: 16.0,
                 memory_overcommit: 1.0,
+                reported_labels: Default::default(),
             }
         }
 
