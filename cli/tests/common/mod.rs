@@ -119,8 +119,10 @@ impl LabGuard {
         pids
     }
 
+    /// The operator's endpoint and token: these tests watch nodes, their
+    /// logs and events, which a tenant's token (plain `lab env`) cannot see.
     pub fn env(&self) -> (String, String) {
-        let out = self.lab("env", &[]);
+        let out = self.lab("env", &["--operator"]);
         assert!(
             out.status.success(),
             "{}",
