@@ -268,7 +268,10 @@ pub fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> Result<Stri
     let deadline = Instant::now() + timeout;
     loop {
         let text = fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+        // The emulated serial port writes a byte at a time, so the file can
+        // end in half a line ("eth0 52:54:00:c8:"); match finished lines only.
+        let finished = text.rfind('\n').map_or("", |end| &text[..end]);
+        if let Some(line) = finished.lines().find(|l| l.contains(needle)) {
             return Ok(line.to_string());
         }
         if Instant::now() > deadline {
