@@ -182,27 +182,6 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     controller.stop().await;
 }
 
-/// A request with a tenant token instead of the admin token.
-async fn call_as(
-    controller: &TestController,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, controller.url(path))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
-}
-
 /// A tenant with `quota` and a member token of it; returns the token.
 async fn tenant_with_quota(controller: &TestController, tenant: &str, quota: Value) -> String {
     let (status, body) = controller
@@ -226,7 +205,7 @@ async fn tenant_with_quota(controller: &TestController, tenant: &str, quota: Val
 
 /// Names in `GET path` (a list under `key`) as the tenant sees them.
 async fn names(controller: &TestController, token: &str, path: &str, key: &str) -> Vec<String> {
-    let (status, list) = call_as(controller, token, Method::GET, path, None).await;
+    let (status, list) = controller.call_as(token, Method::GET, path, None).await;
     assert_eq!(status, 200, "{list}");
     let mut names: Vec<String> = list[key]
         .as_array()
@@ -264,7 +243,7 @@ async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created()
     )
     .await;
     let as_member = |method: Method, path: &'static str, body: Option<Value>| {
-        call_as(&controller, &token, method, path, body)
+        controller.call_as(&token, method, path, body)
     };
 
     let (status, usage) = as_member(Method::GET, "/v1/tenants/t1/usage", None).await;
@@ -440,14 +419,9 @@ async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created()
     );
     // Another tenant's usage is as invisible as the tenant itself.
     let other = tenant_with_quota(&controller, "t2", json!({})).await;
-    let (status, _) = call_as(
-        &controller,
-        &other,
-        Method::GET,
-        "/v1/tenants/t1/usage",
-        None,
-    )
-    .await;
+    let (status, _) = controller
+        .call_as(&other, Method::GET, "/v1/tenants/t1/usage", None)
+        .await;
     assert_eq!(status, 404);
     controller.stop().await;
 }
@@ -460,8 +434,7 @@ async fn concurrent_creates_racing_for_the_last_unit_of_quota_admit_exactly_one(
     let token =
         tenant_with_quota(&controller, "t1", json!({"max_platforms": 2, "max_vms": 1})).await;
     let platforms = futures::future::join_all((0..6).map(|i| {
-        call_as(
-            &controller,
+        controller.call_as(
             &token,
             Method::POST,
             "/v1/platforms",
@@ -480,8 +453,7 @@ async fn concurrent_creates_racing_for_the_last_unit_of_quota_admit_exactly_one(
     }
     let platform = created[0]["name"].as_str().unwrap().to_string();
     let vms = futures::future::join_all((0..8).map(|i| {
-        call_as(
-            &controller,
+        controller.call_as(
             &token,
             Method::POST,
             "/v1/vms",

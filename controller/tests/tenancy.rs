@@ -11,30 +11,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// A request with `token` instead of the admin token.
-async fn call_as(
-    controller: &TestController,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, controller.url(path))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
-}
-
 /// POST as `token`, expecting 201; returns the body.
 async fn create(controller: &TestController, token: &str, path: &str, body: Value) -> Value {
-    let (status, answer) = call_as(controller, token, Method::POST, path, Some(body)).await;
+    let (status, answer) = controller
+        .call_as(token, Method::POST, path, Some(body))
+        .await;
     assert_eq!(status, 201, "POST {path}: {answer}");
     answer
 }
@@ -124,14 +105,9 @@ async fn build_world(controller: &TestController, token: &str, started_at: &str)
     )
     .await;
     let document = result_document(Some(&id(&task)), started_at, Vec::new());
-    let (status, body) = call_as(
-        controller,
-        token,
-        Method::POST,
-        "/v1/results",
-        Some(document),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(token, Method::POST, "/v1/results", Some(document))
+        .await;
     assert_eq!(status, 201, "{body}");
     World {
         platform: id(&platform),
@@ -175,7 +151,7 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         ("/v1/results", "results"),
         ("/v1/tenants", "tenants"),
     ] {
-        let (status, body) = call_as(&controller, &bob, Method::GET, path, None).await;
+        let (status, body) = controller.call_as(&bob, Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {body}");
         let items = body[key].as_array().unwrap();
         assert_eq!(items.len(), 1, "{path}: {body}");
@@ -184,17 +160,19 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         });
         assert_ne!(tenant_id, "", "{path}: {body}");
     }
-    let (_, list) = call_as(&controller, &bob, Method::GET, "/v1/platforms", None).await;
+    let (_, list) = controller
+        .call_as(&bob, Method::GET, "/v1/platforms", None)
+        .await;
     assert_eq!(list["platforms"][0]["id"], b.platform.as_str());
     // A list filter naming alice's platform finds nothing.
-    let (_, vms) = call_as(
-        &controller,
-        &bob,
-        Method::GET,
-        &format!("/v1/vms?platform={}", a.platform),
-        None,
-    )
-    .await;
+    let (_, vms) = controller
+        .call_as(
+            &bob,
+            Method::GET,
+            &format!("/v1/vms?platform={}", a.platform),
+            None,
+        )
+        .await;
     assert_eq!(vms["vms"], json!([]), "{vms}");
 
     // Every read of alice's objects by id answers 404, like a missing object.
@@ -212,7 +190,7 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         "/v1/tenants/t1".to_string(),
         "/v1/platforms?tenant=t1".to_string(),
     ] {
-        let (status, body) = call_as(&controller, &bob, Method::GET, &path, None).await;
+        let (status, body) = controller.call_as(&bob, Method::GET, &path, None).await;
         assert_eq!(status, 404, "GET {path}: {body}");
         assert_eq!(body["error"]["code"], "not_found", "GET {path}: {body}");
     }
@@ -253,26 +231,26 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         ),
         (Method::DELETE, format!("/v1/tasks/{}", a.task), None),
     ] {
-        let (status, answer) = call_as(&controller, &bob, method.clone(), &path, body).await;
+        let (status, answer) = controller.call_as(&bob, method.clone(), &path, body).await;
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
     // Deploying bob's program into alice's VM: no such VM, as for a missing one.
-    let (status, refused) = call_as(
-        &controller,
-        &bob,
-        Method::POST,
-        "/v1/deployments",
-        Some(json!({"program": "prog", "vms": [a.vm.clone()]})),
-    )
-    .await;
-    let (_, missing) = call_as(
-        &controller,
-        &bob,
-        Method::POST,
-        "/v1/deployments",
-        Some(json!({"program": "prog", "vms": ["00000000-0000-4000-8000-00000000dead"]})),
-    )
-    .await;
+    let (status, refused) = controller
+        .call_as(
+            &bob,
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "prog", "vms": [a.vm.clone()]})),
+        )
+        .await;
+    let (_, missing) = controller
+        .call_as(
+            &bob,
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "prog", "vms": ["00000000-0000-4000-8000-00000000dead"]})),
+        )
+        .await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["error"]["field"], "vms[0]");
     assert_eq!(
@@ -287,34 +265,24 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     );
     // Nor can bob post results into alice's task or name t1 for a create.
     let document = result_document(Some(&a.task), "2026-12-05T02:00:00Z", Vec::new());
-    let (status, answer) = call_as(
-        &controller,
-        &bob,
-        Method::POST,
-        "/v1/results",
-        Some(document),
-    )
-    .await;
+    let (status, answer) = controller
+        .call_as(&bob, Method::POST, "/v1/results", Some(document))
+        .await;
     assert_eq!(status, 422, "{answer}");
-    let (status, answer) = call_as(
-        &controller,
-        &bob,
-        Method::POST,
-        "/v1/qos_policies",
-        Some(json!({"name": "sneaky", "ingress_max_kbps": 1, "tenant": "t1"})),
-    )
-    .await;
+    let (status, answer) = controller
+        .call_as(
+            &bob,
+            Method::POST,
+            "/v1/qos_policies",
+            Some(json!({"name": "sneaky", "ingress_max_kbps": 1, "tenant": "t1"})),
+        )
+        .await;
     assert_eq!(status, 403, "{answer}");
 
     // Events: bob sees his own objects' events, none of alice's, none of the nodes'.
-    let (_, events) = call_as(
-        &controller,
-        &bob,
-        Method::GET,
-        "/v1/events?limit=1000",
-        None,
-    )
-    .await;
+    let (_, events) = controller
+        .call_as(&bob, Method::GET, "/v1/events?limit=1000", None)
+        .await;
     let events = events["events"].as_array().unwrap();
     assert!(!events.is_empty());
     let alice_ids = [
@@ -341,42 +309,41 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     assert!(!csv.contains("2026-12-05T01:00:00Z"), "{csv}");
 
     // Nodes: visible without the operator's fields; their logs are the operator's.
-    let (_, nodes) = call_as(&controller, &bob, Method::GET, "/v1/nodes", None).await;
+    let (_, nodes) = controller
+        .call_as(&bob, Method::GET, "/v1/nodes", None)
+        .await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(nodes["nodes"][0]["management_address"], "");
-    let (status, answer) = call_as(&controller, &bob, Method::GET, "/v1/nodes/n1/logs", None).await;
+    let (status, answer) = controller
+        .call_as(&bob, Method::GET, "/v1/nodes/n1/logs", None)
+        .await;
     assert_eq!(status, 403, "{answer}");
-    let (status, answer) = call_as(
-        &controller,
-        &bob,
-        Method::PATCH,
-        "/v1/nodes/n1",
-        Some(json!({"labels": {"mine": "yes"}})),
-    )
-    .await;
+    let (status, answer) = controller
+        .call_as(
+            &bob,
+            Method::PATCH,
+            "/v1/nodes/n1",
+            Some(json!({"labels": {"mine": "yes"}})),
+        )
+        .await;
     assert_eq!(status, 403, "{answer}");
     // Appliances: a shared catalog everyone reads and only the operator extends.
-    let (status, _) = call_as(
-        &controller,
-        &bob,
-        Method::GET,
-        "/v1/appliances/namespace",
-        None,
-    )
-    .await;
+    let (status, _) = controller
+        .call_as(&bob, Method::GET, "/v1/appliances/namespace", None)
+        .await;
     assert_eq!(status, 200);
-    let (status, answer) = call_as(
-        &controller,
-        &bob,
-        Method::POST,
-        "/v1/appliances",
-        Some(
-            json!({"name": "evil", "version": "1", "arch": "x86_64", "os": "x",
+    let (status, answer) = controller
+        .call_as(
+            &bob,
+            Method::POST,
+            "/v1/appliances",
+            Some(
+                json!({"name": "evil", "version": "1", "arch": "x86_64", "os": "x",
                     "kernel": "/etc/shadow", "initrd": "/etc/shadow", "min_memory_mib": 64,
                     "backends": ["libvirt"]}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(status, 403, "{answer}");
 
     // Nothing of alice's changed.
@@ -394,19 +361,21 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         format!("/v1/programs/{}", a.program),
         format!("/v1/tasks/{}", a.task),
     ] {
-        let (status, _) = call_as(&controller, &alice, Method::GET, &path, None).await;
+        let (status, _) = controller.call_as(&alice, Method::GET, &path, None).await;
         assert_eq!(status, 200, "{path}");
     }
-    let (_, deployment) = call_as(
-        &controller,
-        &alice,
-        Method::GET,
-        &format!("/v1/deployments/{}", a.deployment),
-        None,
-    )
-    .await;
+    let (_, deployment) = controller
+        .call_as(
+            &alice,
+            Method::GET,
+            &format!("/v1/deployments/{}", a.deployment),
+            None,
+        )
+        .await;
     assert_eq!(deployment["runs"][0]["status"], "pending", "{deployment}");
-    let (_, results) = call_as(&controller, &alice, Method::GET, "/v1/results", None).await;
+    let (_, results) = controller
+        .call_as(&alice, Method::GET, "/v1/results", None)
+        .await;
     assert_eq!(results["results"].as_array().unwrap().len(), 1, "{results}");
 
     // The operator sees both; a name both tenants use is ambiguous.
@@ -452,31 +421,27 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
     )
     .await;
 
-    let (status, body) =
-        call_as(&controller, &viewer, Method::GET, "/v1/platforms/lab", None).await;
+    let (status, body) = controller
+        .call_as(&viewer, Method::GET, "/v1/platforms/lab", None)
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = call_as(
-        &controller,
-        &viewer,
-        Method::DELETE,
-        "/v1/platforms/lab",
-        None,
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(&viewer, Method::DELETE, "/v1/platforms/lab", None)
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(
         body["error"]["message"],
         "deleting platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
     );
-    let (status, body) = call_as(
-        &controller,
-        &viewer,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "more", "nodes": ["n1"]})),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &viewer,
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "more", "nodes": ["n1"]})),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
@@ -486,29 +451,31 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
         "{body}"
     );
     // Another tenant's object stays invisible, even to a refused write.
-    let (status, _) = call_as(
-        &controller,
-        &viewer,
-        Method::DELETE,
-        &format!("/v1/platforms/{}", id(&foreign)),
-        None,
-    )
-    .await;
+    let (status, _) = controller
+        .call_as(
+            &viewer,
+            Method::DELETE,
+            &format!("/v1/platforms/{}", id(&foreign)),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     // A viewer cannot mint tokens either (that is an owner's).
-    let (status, body) = call_as(
-        &controller,
-        &viewer,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"name": "escalate", "role": "owner"})),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &viewer,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "escalate", "role": "owner"})),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
     // Nothing changed.
     let (_, list) = controller.call(Method::GET, "/v1/platforms", None).await;
     assert_eq!(list["platforms"].as_array().unwrap().len(), 2);
-    let (_, whoami) = call_as(&controller, &viewer, Method::GET, "/v1/whoami", None).await;
+    let (_, whoami) = controller
+        .call_as(&viewer, Method::GET, "/v1/whoami", None)
+        .await;
     assert_eq!(whoami["role"], "viewer");
     assert_eq!(whoami["tenant_name"], "t1");
     controller.stop().await;
@@ -571,7 +538,9 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(dump, 0);
 
     // The token works, and its use is recorded.
-    let (status, whoami) = call_as(&controller, &bearer, Method::GET, "/v1/whoami", None).await;
+    let (status, whoami) = controller
+        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+        .await;
     assert_eq!(status, 200, "{whoami}");
     assert_eq!(whoami["token_name"], "ci");
     assert_eq!(whoami["role"], "owner");
@@ -587,41 +556,43 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A wrong secret for a real id is refused.
-    let (status, _) = call_as(
-        &controller,
-        &format!("mlt_{token_id}_{}", "0".repeat(64)),
-        Method::GET,
-        "/v1/whoami",
-        None,
-    )
-    .await;
+    let (status, _) = controller
+        .call_as(
+            &format!("mlt_{token_id}_{}", "0".repeat(64)),
+            Method::GET,
+            "/v1/whoami",
+            None,
+        )
+        .await;
     assert_eq!(status, 401);
 
     // The owner mints a member token for its tenant, but not for another one.
-    let (status, body) = call_as(
-        &controller,
-        &bearer,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"name": "short", "role": "member", "ttl_seconds": 1})),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &bearer,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "short", "role": "member", "ttl_seconds": 1})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let short = body["secret"].as_str().unwrap().to_string();
-    let (status, body) = call_as(
-        &controller,
-        &bearer,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"name": "op", "role": "operator"})),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &bearer,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "op", "role": "operator"})),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
 
     // Expired: refused with the reason.
     let deadline = Instant::now() + Duration::from_secs(10);
     let refusal = loop {
-        let (status, body) = call_as(&controller, &short, Method::GET, "/v1/whoami", None).await;
+        let (status, body) = controller
+            .call_as(&short, Method::GET, "/v1/whoami", None)
+            .await;
         if status == 401 {
             break body;
         }
@@ -642,7 +613,9 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
         .await;
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
-    let (status, body) = call_as(&controller, &bearer, Method::GET, "/v1/whoami", None).await;
+    let (status, body) = controller
+        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+        .await;
     assert_eq!(status, 401, "{body}");
     assert!(
         body["error"]["message"]
@@ -740,7 +713,7 @@ async fn node_identity_routes_are_the_operators_alone() {
         (Method::DELETE, "/v1/join_tokens/anything", None),
     ];
     for (method, path, body) in refused {
-        let (status, answer) = call_as(&controller, &owner, method.clone(), path, body).await;
+        let (status, answer) = controller.call_as(&owner, method.clone(), path, body).await;
         assert_eq!(status, 403, "{method} {path}: {answer}");
         assert!(
             answer["error"]["message"]

@@ -250,9 +250,20 @@ impl TestController {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.call_as(&self.admin_token, method, path, body).await
+    }
+
+    /// A request with `token` (a tenant's, say) instead of the admin token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let mut request = reqwest::Client::new()
             .request(method, self.url(path))
-            .bearer_auth(&self.admin_token);
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
