@@ -6,7 +6,7 @@ mod common;
 
 use common::TestController;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn page_has_no_external_resources() {
@@ -82,37 +82,7 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
-    let page = reqwest::get(controller.url("/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let script = &page[page.find("<script>").unwrap() + 8..page.find("</script>").unwrap()];
-    let script_dir = tempfile::tempdir().unwrap();
-    let script_path = script_dir.path().join("page.js");
-    std::fs::write(&script_path, script).unwrap();
-    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.js");
-    let base = format!("http://{}", controller.http);
-    let token = controller.admin_token.clone();
-    // Blocking wait off the runtime thread: the controller serves the page's calls meanwhile.
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(harness)
-            .arg(&script_path)
-            .arg(base)
-            .arg(token)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node (apt package nodejs) runs the page script");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rendered = controller.render_admin_page(&controller.admin_token).await;
     assert_eq!(rendered["error"], "", "{rendered:#}");
     // The operator sees every tenant's use; the default tenant has no quota.
     let usage = &rendered["usage"][0];

@@ -253,6 +253,42 @@ impl TestController {
         self.call_as(&self.admin_token, method, path, body).await
     }
 
+    /// Run the admin page's script under Node against this controller with
+    /// `token` (tests/ui/harness.js) and return what it rendered.
+    pub async fn render_admin_page(&self, token: &str) -> serde_json::Value {
+        let page = reqwest::get(self.url("/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let script = &page[page.find("<script>").unwrap() + 8..page.find("</script>").unwrap()];
+        let script_dir = tempfile::tempdir().unwrap();
+        let script_path = script_dir.path().join("page.js");
+        std::fs::write(&script_path, script).unwrap();
+        let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.js");
+        let base = format!("http://{}", self.http);
+        let token = token.to_string();
+        // Blocking wait off the runtime thread: the controller serves the page's calls meanwhile.
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .arg(harness)
+                .arg(&script_path)
+                .arg(base)
+                .arg(token)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("node (apt package nodejs) runs the page script");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     /// A request with `token` (a tenant's, say) instead of the admin token.
     pub async fn call_as(
         &self,
