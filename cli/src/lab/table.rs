@@ -102,9 +102,11 @@ mod tests {
                 qos_features: vec!["linux-htb".into()],
                 service_tools: vec![],
                 service_endpoint: String::new(),
+                flow_export: String::new(),
             },
             resources: Resources::default(),
             labels: Default::default(),
+            flow_export: None,
         }
     }
 

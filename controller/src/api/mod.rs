@@ -6,6 +6,7 @@
 mod appliances;
 mod error;
 mod extract;
+mod flows;
 mod idempotency;
 mod nodes;
 mod platforms;
@@ -58,6 +59,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         ("/v1/platforms/:id_or_name/start", post(platforms::start)),
         ("/v1/platforms/:id_or_name/pause", post(platforms::pause)),
+        ("/v1/platforms/:id_or_name/flows", get(flows::list)),
         (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),

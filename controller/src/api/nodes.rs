@@ -8,13 +8,30 @@ use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::state::AppState;
-use crate::store::LOG_LINES_PER_NODE;
+use crate::store::{self, LOG_LINES_PER_NODE};
 use crate::validation;
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<NodeList> {
-    Json(NodeList {
-        nodes: state.store().nodes(),
-    })
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+    let nodes = with_flow_export(&state, state.store().nodes()).await?;
+    Ok(Json(NodeList { nodes }))
+}
+
+/// Fill in each node's flow export setting, which lives in its own table.
+async fn with_flow_export(state: &AppState, mut nodes: Vec<Node>) -> Result<Vec<Node>, ApiError> {
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let exports = state
+        .store()
+        .resources()
+        .read(move |conn, _| {
+            ids.iter()
+                .map(|id| store::flows::node_export(conn, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for (node, export) in nodes.iter_mut().zip(exports) {
+        node.flow_export = export;
+    }
+    Ok(nodes)
 }
 
 pub(crate) async fn get(
@@ -22,18 +39,17 @@ pub(crate) async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
-    state
-        .store()
-        .node(&key)
-        .map(Json)
-        .ok_or(ApiError::NotFound {
-            kind: "node",
-            id: key,
-        })
+    let node = state.store().node(&key).ok_or(ApiError::NotFound {
+        kind: "node",
+        id: key,
+    })?;
+    let mut nodes = with_flow_export(&state, vec![node]).await?;
+    Ok(Json(nodes.remove(0)))
 }
 
-/// Replace the node's labels. Validation happens before the store is
-/// touched, so a rejected patch changes nothing.
+/// Replace the node's labels and, when given, its flow export setting.
+/// Validation happens before the store is touched, so a rejected patch
+/// changes nothing.
 pub(crate) async fn patch(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -41,7 +57,23 @@ pub(crate) async fn patch(
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
     validation::labels("labels", &patch.labels)?;
-    Ok(Json(state.store().set_labels(key, patch.labels).await?))
+    if let Some(Some(export)) = &patch.flow_export {
+        store::flows::validate("flow_export", export)?;
+    }
+    if let Some(export) = patch.flow_export {
+        let node = state.store().node(&key).ok_or(ApiError::NotFound {
+            kind: "node",
+            id: key.clone(),
+        })?;
+        state
+            .store()
+            .resources()
+            .transact(move |cx| store::flows::set_node_export(cx, &node.id, export))
+            .await?;
+    }
+    let node = state.store().set_labels(key, patch.labels).await?;
+    let mut nodes = with_flow_export(&state, vec![node]).await?;
+    Ok(Json(nodes.remove(0)))
 }
 
 pub(crate) async fn logs(

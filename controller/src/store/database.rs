@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_nodes_events_logs.sql"),
     include_str!("../../migrations/0002_platforms_vms_tasks.sql"),
     include_str!("../../migrations/0003_result_run_ids.sql"),
+    include_str!("../../migrations/0007_flow_monitoring.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

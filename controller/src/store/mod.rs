@@ -17,6 +17,7 @@ mod codec;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
+pub(crate) mod flows;
 pub(crate) mod idempotency;
 mod nodes;
 pub(crate) mod platforms;

@@ -29,6 +29,7 @@ pub(crate) struct PlatformRow {
     pub power_state: PlatformPowerState,
     pub created_at: String,
     pub generation: u64,
+    pub flow_monitoring: bool,
 }
 
 impl PlatformRow {
@@ -49,6 +50,7 @@ impl PlatformRow {
             power_state: self.power_state,
             created_at: self.created_at.clone(),
             generation: self.generation,
+            flow_monitoring: self.flow_monitoring,
         }
     }
 
@@ -67,7 +69,7 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
 }
 
 const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
-                             created_at, generation FROM platforms";
+                             created_at, generation, flow_monitoring FROM platforms";
 
 fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<PlatformRow, StoreError> {
     let id: String = row.get(0)?;
@@ -91,6 +93,7 @@ fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<Platfor
             .ok_or_else(|| StoreError::Corrupt(format!("platforms.power_state {power:?}")))?,
         created_at: row.get(8)?,
         generation: row.get::<_, i64>(9)? as u64,
+        flow_monitoring: row.get(10)?,
         id,
     })
 }
@@ -220,12 +223,13 @@ pub(crate) fn create(
         power_state: PlatformPowerState::Running,
         created_at: cx.now_text(),
         generation: 1,
+        flow_monitoring: input.flow_monitoring.unwrap_or(false),
     };
     cx.tx
         .prepare_cached(
             "INSERT INTO platforms (id, name, admins, description, vlan_tag, subnet, gateway,
-                                    power_state, created_at, generation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                    power_state, created_at, generation, flow_monitoring)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             row.id,
@@ -237,7 +241,8 @@ pub(crate) fn create(
             row.gateway,
             row.power_state.as_str(),
             row.created_at,
-            row.generation as i64
+            row.generation as i64,
+            row.flow_monitoring
         ])?;
     write_members(cx, &row.id, &row.node_ids)?;
     for node in &row.node_ids {
@@ -340,6 +345,16 @@ pub(crate) fn update(
             changed = true;
         }
     }
+    if let Some(monitoring) = patch.flow_monitoring {
+        if monitoring != row.flow_monitoring {
+            // The nodes decide from their platforms whether to export at all.
+            for node in row.node_ids.clone() {
+                cx.touch_node(&node)?;
+            }
+            row.flow_monitoring = monitoring;
+            changed = true;
+        }
+    }
     if changed {
         row.generation += 1;
         save(cx, &row)?;
@@ -386,7 +401,8 @@ pub(crate) fn set_power(
 fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
-            "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5
+            "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5,
+                                  flow_monitoring = ?6
              WHERE id = ?1",
         )?
         .execute(params![
@@ -394,7 +410,8 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
             to_json(&row.admins),
             row.description,
             row.power_state.as_str(),
-            row.generation as i64
+            row.generation as i64,
+            row.flow_monitoring
         ])?;
     Ok(())
 }

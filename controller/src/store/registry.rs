@@ -51,6 +51,8 @@ impl NodeEntry {
             capabilities: self.capabilities.clone(),
             resources: self.resources.clone(),
             labels: self.labels.clone(),
+            // Kept in its own table (store::flows); the API fills it in.
+            flow_export: None,
         }
     }
 }

@@ -197,7 +197,29 @@ impl Client {
         self.request(
             reqwest::Method::PATCH,
             &format!("/v1/nodes/{}", url_component(id_or_name)),
-            Some(&NodePatch { labels }),
+            Some(&NodePatch {
+                labels,
+                flow_export: None,
+            }),
+        )
+        .await
+    }
+
+    /// `PATCH /v1/nodes/{id_or_name}` with labels and the flow export setting
+    /// (`None`: remove the operator's setting).
+    pub async fn set_node_flow_export(
+        &self,
+        id_or_name: &str,
+        labels: std::collections::BTreeMap<String, String>,
+        flow_export: Option<crate::http::FlowExport>,
+    ) -> Result<Node, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{}", url_component(id_or_name)),
+            Some(&NodePatch {
+                labels,
+                flow_export: Some(flow_export),
+            }),
         )
         .await
     }
@@ -226,6 +248,29 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/platforms/{id_or_name}/flows?since=&until=` (RFC 3339 times;
+    /// `None`: the last hour up to now).
+    pub async fn platform_flows(
+        &self,
+        id_or_name: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Vec<crate::http::Flow>, ClientError> {
+        let mut path = format!(
+            "/v1/platforms/{}/flows?format=json",
+            url_component(id_or_name)
+        );
+        for (name, value) in [("since", since), ("until", until)] {
+            if let Some(value) = value {
+                path.push_str(&format!("&{name}={}", url_component(value)));
+            }
+        }
+        let list: crate::http::FlowList = self
+            .request::<(), _>(reqwest::Method::GET, &path, None)
+            .await?;
+        Ok(list.flows)
     }
 
     /// `PATCH /v1/platforms/{id_or_name}`.

@@ -926,6 +926,7 @@ mod tests {
             },
             resources: Resources::default(),
             labels: Default::default(),
+            flow_export: None,
         };
         let nodes = vec![
             node("a", "10.253.0.11:7090"),

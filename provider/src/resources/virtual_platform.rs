@@ -249,6 +249,7 @@ impl ManagedResource for Platforms {
             admins: set_of(&planned.admins),
             description: planned.description.as_ref_option().cloned(),
             request_id: request.request_id(),
+            flow_monitoring: None,
         };
         let mut platform = request
             .send(diags, || client.create_platform(&body))
@@ -292,6 +293,7 @@ impl ManagedResource for Platforms {
                 .as_ref_option()
                 .and_then(|p| PlatformPowerState::parse(p)),
             request_id: None,
+            flow_monitoring: None,
         };
         match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {

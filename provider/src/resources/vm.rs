@@ -779,6 +779,7 @@ mod tests {
                 },
                 resources: Resources::default(),
                 labels: Default::default(),
+                flow_export: None,
             }
         }
 
