@@ -92,22 +92,16 @@ pub(crate) fn filter(query: &PlatformQuery) -> String {
 /// last packet falls in the query's range.
 pub(crate) fn parse(text: &str, query: &PlatformQuery) -> Result<Vec<Flow>, FlowError> {
     let text = text.trim();
-    if text.is_empty() {
+    // nfdump's way of saying "nothing", even in JSON mode.
+    if text.is_empty() || text.starts_with("No matching flows") {
         return Ok(Vec::new());
     }
-    let records: Vec<serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| FlowError::Parse(e.to_string()))?;
+    let records = json_records(text)?;
     let mut flows = Vec::with_capacity(records.len());
     for record in &records {
         let text_of = |key: &str| record.get(key).and_then(|v| v.as_str());
         let number = |key: &str| record.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        let (Some(first), Some(last)) = (text_of("t_first"), text_of("t_last")) else {
-            return Err(FlowError::Parse(format!(
-                "record without t_first/t_last: {record}"
-            )));
-        };
-        let first = nfdump_time(first)?;
-        let last = nfdump_time(last)?;
+        let (first, last) = record_times(record)?;
         if last < query.since || last > query.until {
             continue;
         }
@@ -134,13 +128,59 @@ pub(crate) fn parse(text: &str, query: &PlatformQuery) -> Result<Vec<Flow>, Flow
             src_addr: address("src4_addr", "src6_addr"),
             src_port: number("src_port") as u16,
             dst_addr: address("dst4_addr", "dst6_addr"),
-            dst_port: number("dst_port") as u16,
+            // ICMP has no ports: NetFlow's convention puts type and code there.
+            dst_port: match number("proto") {
+                1 | 58 => (number("icmp_type") * 256 + number("icmp_code")) as u16,
+                _ => number("dst_port") as u16,
+            },
             vlan: query.vlan,
             packets: number("in_packets"),
             bytes: number("in_bytes"),
         });
     }
     Ok(flows)
+}
+
+/// Oldest first/last-seen time taken at face value: anything earlier is an
+/// exporter clock nfdump could not place.
+const PLAUSIBLE_SINCE_UNIX: i64 = 946_684_800; // 2000-01-01
+
+/// First and last packet of a record. Open vSwitch's IPFIX states flow times
+/// relative to its own start, which nfdump 1.7 prints as times in 1970; the
+/// collector's arrival time (`received`) then stands in for the last packet
+/// and the record's duration is kept.
+fn record_times(record: &serde_json::Value) -> Result<(OffsetDateTime, OffsetDateTime), FlowError> {
+    let time_of = |key: &str| {
+        record
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(nfdump_time)
+            .transpose()
+    };
+    let first = time_of("first")?.or(time_of("first")?);
+    let last = time_of("last")?.or(time_of("last")?);
+    let received = time_of("received")?;
+    match (first, last, received) {
+        (Some(first), Some(last), _) if first.unix_timestamp() >= PLAUSIBLE_SINCE_UNIX => {
+            Ok((first, last))
+        }
+        (Some(first), Some(last), Some(received)) => Ok((received - (last - first), received)),
+        (_, _, Some(received)) => Ok((received, received)),
+        _ => Err(FlowError::Parse(format!("record without times: {record}"))),
+    }
+}
+
+/// `-o json` prints one array, or with `-q` the bare objects one after the
+/// other, comma-separated.
+fn json_records(text: &str) -> Result<Vec<serde_json::Value>, FlowError> {
+    let bad = |e: serde_json::Error| {
+        let excerpt: String = text.chars().take(300).collect();
+        FlowError::Parse(format!("{e}; output began with {excerpt:?}"))
+    };
+    if text.starts_with('[') {
+        return serde_json::from_str(text).map_err(bad);
+    }
+    serde_json::from_str(&format!("[{}]", text.trim_end_matches(','))).map_err(bad)
 }
 
 /// nfdump prints `2026-12-05T01:40:12.345` in the zone of TZ (UTC here).
@@ -185,10 +225,10 @@ mod tests {
     #[test]
     fn parses_records_and_drops_those_outside_the_range() {
         let text = r#"[
-{ "type" : "FLOW", "t_first" : "2026-12-05T01:40:12.345", "t_last" : "2026-12-05T01:40:13.000",
+{ "type" : "FLOW", "first" : "2026-12-05T01:40:12.345", "last" : "2026-12-05T01:40:13.000",
   "proto" : 1, "src4_addr" : "10.201.3.10", "dst4_addr" : "10.201.3.11", "src_port" : 0,
   "dst_port" : 2048, "in_packets" : 10, "in_bytes" : 1280, "ip4_router" : "10.254.0.11" },
-{ "type" : "FLOW", "t_first" : "2026-12-05T02:40:12.345", "t_last" : "2026-12-05T02:40:13.000",
+{ "type" : "FLOW", "first" : "2026-12-05T02:40:12.345", "last" : "2026-12-05T02:40:13.000",
   "proto" : 1, "src4_addr" : "10.201.3.10", "dst4_addr" : "10.201.3.11", "src_port" : 0,
   "dst_port" : 2048, "in_packets" : 1, "in_bytes" : 128, "ip4_router" : "10.254.0.11" }
 ]"#;
@@ -201,5 +241,30 @@ mod tests {
         assert_eq!(flows[0].packets, 10);
         assert_eq!(flows[0].vlan, 103);
         assert_eq!(flows[0].first_seen, "2026-12-05T01:40:12.345Z");
+    }
+
+    #[test]
+    fn parses_the_quiet_form_without_brackets() {
+        let text = r#"{ "first" : "2026-12-05T01:40:12.345", "last" : "2026-12-05T01:40:13.000",
+  "proto" : 1, "in_packets" : 2, "in_bytes" : 256, "ip4_router" : "10.254.0.11" },
+{ "first" : "2026-12-05T01:40:12.345", "last" : "2026-12-05T01:40:13.000",
+  "proto" : 17, "in_packets" : 1, "in_bytes" : 100, "ip4_router" : "10.254.0.11" }
+"#;
+        let flows = parse(text, &query()).unwrap();
+        assert_eq!(
+            flows.iter().map(|f| f.protocol).collect::<Vec<_>>(),
+            vec![1, 17]
+        );
+    }
+
+    #[test]
+    fn exporter_relative_times_fall_back_to_arrival() {
+        let text = r#"{ "first" : "1970-01-01T00:13:38.000", "last" : "1970-01-01T00:13:39.000",
+  "received" : "2026-12-05T01:55:41.181", "proto" : 1, "icmp_type" : 8, "icmp_code" : 0,
+  "in_packets" : 2, "in_bytes" : 256, "ip4_router" : "10.254.0.11" }"#;
+        let flows = parse(text, &query()).unwrap();
+        assert_eq!(flows[0].last_seen, "2026-12-05T01:55:41.181Z");
+        assert_eq!(flows[0].first_seen, "2026-12-05T01:55:40.181Z");
+        assert_eq!(flows[0].dst_port, 8 * 256);
     }
 }

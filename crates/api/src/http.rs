@@ -1083,9 +1083,9 @@ pub struct Flow {
     pub dst_port: u16,
     /// The platform's VLAN.
     pub vlan: u16,
-    /// Packets, scaled up by the node's sampling rate.
+    /// Packets as exported (with sampling 1 in N, about 1/N of them).
     pub packets: u64,
-    /// IP bytes, scaled up by the node's sampling rate.
+    /// Bytes as exported: Open vSwitch counts whole Ethernet frames.
     pub bytes: u64,
 }
 
