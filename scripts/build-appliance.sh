@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the `measurelab-tiny` appliance: Debian's amd64 kernel plus a busybox
-# initramfs that configures eth0 from the kernel command line and runs the
-# guest agent. Debian packages only; no network access beyond apt.
+# initramfs that configures eth0 from the kernel command line, mounts its data
+# disk, enables its swap disk and runs the guest agent, plus the data disk's
+# base image. Debian packages only; no network access beyond apt.
 #
 # Usage: scripts/build-appliance.sh GUEST_AGENT_BINARY [OUT_DIR]
 #   GUEST_AGENT_BINARY  program run by /init as the guest agent, normally
@@ -16,7 +17,9 @@
 #                     `apt-get download` and unpacked - nothing is installed)
 #   APPLIANCE_VERSION version string in manifest.json (default: date-based)
 #
-# Output: OUT_DIR/{vmlinuz,initrd.img,manifest.json}. The same kernel and
+# Output: OUT_DIR/{vmlinuz,initrd.img,disk.img,manifest.json}. disk.img is a
+# small raw ext4 image: the node agent never attaches it, but gives each VM a
+# qcow2 overlay of it sized `disk_mib`, which /init grows to the disk's size. The same kernel and
 # initrd boot under QEMU (console=ttyS0, virtio-net) and as a Xen PV guest
 # (console=hvc0, xen-netfront): Debian's amd64 kernel has CONFIG_XEN_PV=y.
 #
@@ -28,17 +31,29 @@
 #   measurelab.channel=PATH     guest channel device, exported as
 #                               MEASURELAB_CHANNEL (default /dev/ttyS1: the
 #                               second serial port, libvirt <serial> port 1)
+#   measurelab.data=/dev/vda    data disk: its ext4 filesystem is grown to the
+#                               whole disk and mounted on /data (a blank disk
+#                               is formatted first)
+#   measurelab.swap=/dev/vdb    swap disk (mkswap'd by the node agent): swapon
 # Marker lines on the console (tests wait for them):
 #   "measurelab-tiny: init reached vm_id=..."
 #   "measurelab-tiny: eth0 <addr>" / "measurelab-tiny: no eth0"
 #   "measurelab-tiny: guest started" / "measurelab-tiny: guest exited rc=N"
+#   "measurelab-tiny: data <dev> on /data" / "measurelab-tiny: data <dev> failed"
+#   "measurelab-tiny: swap <dev> on" / "measurelab-tiny: swap <dev> failed"
 set -euo pipefail
 
 NAME=measurelab-tiny
 MIN_MEMORY_MIB=128
 # Loaded in this order when present; failures are fine (virtio on Xen and
 # xen-* on QEMU do not bind). Dependencies are resolved from modules.dep.
-MODULES=(virtio_pci virtio_net virtio_blk xen-netfront xen-blkfront)
+# ext4 (and the crc32c it checksums with) is a module in Debian's kernel.
+MODULES=(virtio_pci virtio_net virtio_blk crc32c_generic ext4 xen-netfront xen-blkfront)
+# Base image of the data disk; small, since each VM's overlay is grown.
+DISK_MIB=16
+# e2fsprogs tools for the data disk (busybox has no resize2fs, and its mke2fs
+# makes ext2 only); /init calls them by path, as busybox applets come first.
+E2FS_TOOLS=(/sbin/resize2fs /sbin/mke2fs)
 
 die() { echo "build-appliance: $*" >&2; exit 1; }
 
@@ -46,7 +61,7 @@ die() { echo "build-appliance: $*" >&2; exit 1; }
 GUEST_BINARY=$1
 OUT_DIR=${2:-/var/lib/measurelab/appliances/$NAME}
 [[ -f $GUEST_BINARY && -x $GUEST_BINARY ]] || die "GUEST_AGENT_BINARY $GUEST_BINARY is not an executable file"
-for tool in cpio gzip sha256sum ldd; do
+for tool in cpio gzip sha256sum ldd mkfs.ext4 "${E2FS_TOOLS[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done
 
@@ -117,23 +132,31 @@ for rel in "${ORDER[@]}"; do
     echo "/lib/modules/$KERNEL_VERSION/${rel##*/}" >> "$ROOT/etc/modules.order"
 done
 
-# Guest agent and its shared libraries (paths preserved, loader included).
-# Debug info is useless in the guest and would make the initramfs (which
-# TCG unpacks slowly) ten times larger.
-if command -v strip >/dev/null; then
-    strip -o "$ROOT/usr/bin/measurelab-guest-agent" "$GUEST_BINARY"
-else
-    cp "$GUEST_BINARY" "$ROOT/usr/bin/measurelab-guest-agent"
-fi
-chmod 0755 "$ROOT/usr/bin/measurelab-guest-agent"
-mkdir -p "$ROOT/var/lib/measurelab-guest"
-if ldd "$GUEST_BINARY" >/dev/null 2>&1; then
-    for lib in $(ldd "$GUEST_BINARY" | grep -o '/[^ ]*'); do
+# Copies the shared libraries `ldd` lists for $1 (paths preserved, loader
+# included); nothing for static binaries and scripts.
+copy_libs() {
+    local lib
+    ldd "$1" >/dev/null 2>&1 || return 0
+    for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
         [[ -f $lib ]] || continue
         mkdir -p "$ROOT$(dirname "$lib")"
         cp -L "$lib" "$ROOT$lib"
     done
+}
+
+# Guest agent and its shared libraries. Debug info is useless in the guest
+# and would make the initramfs (which TCG unpacks slowly) ten times larger;
+# a script (a test's stand-in) is copied as it is.
+if ! { command -v strip >/dev/null && strip -o "$ROOT/usr/bin/measurelab-guest-agent" "$GUEST_BINARY" 2>/dev/null; }; then
+    cp "$GUEST_BINARY" "$ROOT/usr/bin/measurelab-guest-agent"
 fi
+chmod 0755 "$ROOT/usr/bin/measurelab-guest-agent"
+mkdir -p "$ROOT/var/lib/measurelab-guest"
+copy_libs "$GUEST_BINARY"
+for tool in "${E2FS_TOOLS[@]}"; do
+    cp -L "$(command -v "$tool")" "$ROOT/sbin/"
+    copy_libs "$(command -v "$tool")"
+done
 
 cat > "$ROOT/init" <<'INIT'
 #!/bin/sh
@@ -145,7 +168,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 say() { echo "measurelab-tiny: $*" > /dev/console; }
 
-IP= GW= VM_ID= GUEST_ARGS= CHANNEL=/dev/ttyS1
+IP= GW= VM_ID= GUEST_ARGS= CHANNEL=/dev/ttyS1 DATA= SWAP=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         measurelab.ip=*) IP=${arg#*=} ;;
@@ -153,6 +176,8 @@ for arg in $(cat /proc/cmdline); do
         measurelab.vm_id=*) VM_ID=${arg#*=} ;;
         measurelab.guest_args=*) GUEST_ARGS=$(echo "${arg#*=}" | tr ',' ' ') ;;
         measurelab.channel=*) CHANNEL=${arg#*=} ;;
+        measurelab.data=*) DATA=${arg#*=} ;;
+        measurelab.swap=*) SWAP=${arg#*=} ;;
     esac
 done
 say "init reached vm_id=$VM_ID kernel=$(uname -r)"
@@ -171,6 +196,25 @@ else
     say "no eth0"
 fi
 
+# The data disk: the VM's own overlay of disk.img (or a blank disk). Grown
+# online to the whole disk, so `df /data` shows disk_mib; minixdf makes df
+# count the filesystem's own metadata, so the size is the disk's exactly.
+if [ -n "$DATA" ]; then
+    ln -sf /proc/mounts /etc/mtab
+    mkdir -p /data
+    if [ -z "$(dd if="$DATA" bs=4096 count=1 2>/dev/null | tr -d '\000')" ]; then
+        /sbin/mke2fs -q -t ext4 -L measurelab-data "$DATA" 2>&1 | sed 's/^/mke2fs: /' > /dev/console
+    fi
+    if mount -t ext4 -o minixdf "$DATA" /data && /sbin/resize2fs "$DATA" > /dev/null 2>&1; then
+        say "data $DATA on /data"
+    else
+        say "data $DATA failed"
+    fi
+fi
+if [ -n "$SWAP" ]; then
+    if swapon "$SWAP"; then say "swap $SWAP on"; else say "swap $SWAP failed"; fi
+fi
+
 export MEASURELAB_VM_ID=$VM_ID MEASURELAB_IP=$IP MEASURELAB_CHANNEL=$CHANNEL
 # The agent's log goes to the console; the channel is its own device.
 while :; do
@@ -187,6 +231,13 @@ mkdir -p "$OUT_DIR"
 (cd "$ROOT" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) | gzip -9 > "$WORK/initrd.img"
 install -m 0644 "$VMLINUZ" "$OUT_DIR/vmlinuz"
 install -m 0644 "$WORK/initrd.img" "$OUT_DIR/initrd.img"
+# 4 KiB blocks: the reserved group descriptors then let /init grow it online
+# up to 1024 times (16 GiB). Read-only: it is every VM's shared base.
+rm -f "$OUT_DIR/disk.img"
+truncate -s "${DISK_MIB}M" "$WORK/disk.img"
+mkfs.ext4 -q -F -b 4096 -L measurelab-data "$WORK/disk.img"
+install -m 0444 "$WORK/disk.img" "$OUT_DIR/disk.img"
+DISK_SHA=$(sha256sum "$OUT_DIR/disk.img" | cut -d' ' -f1)
 KERNEL_SHA=$(sha256sum "$OUT_DIR/vmlinuz" | cut -d' ' -f1)
 INITRD_SHA=$(sha256sum "$OUT_DIR/initrd.img" | cut -d' ' -f1)
 VERSION=${APPLIANCE_VERSION:-$(date -u +%Y%m%d.%H%M%S)}
@@ -201,9 +252,11 @@ cat > "$OUT_DIR/manifest.json" <<JSON
   "initrd": "initrd.img",
   "kernel_sha256": "$KERNEL_SHA",
   "initrd_sha256": "$INITRD_SHA",
+  "disk": "disk.img",
+  "disk_sha256": "$DISK_SHA",
   "boot": ["qemu", "xen-pv"],
   "guest_agent": "/usr/bin/measurelab-guest-agent",
-  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/ttyS1 measurelab.guest_args=a,b"
+  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/ttyS1 measurelab.data=/dev/vda measurelab.swap=/dev/vdb measurelab.guest_args=a,b"
 }
 JSON
 echo "$OUT_DIR"

@@ -97,7 +97,8 @@ echo "source point: $(terraform output -raw source_point), run status: $(terrafo
 
 step "admin web page"
 cat <<EOT
-Open $MEASURELAB_ENDPOINT/ in a browser and paste the admin token, or open
+Open $MEASURELAB_ENDPOINT/ in a browser and paste the token (the demo tenant's member
+token: the researcher's view; \`measurelab lab env --operator\` prints the operator's), or open
   $MEASURELAB_ENDPOINT/#token=$MEASURELAB_TOKEN
 (the token travels in the URL fragment, which the browser never sends to the server).
 API: curl -H "Authorization: Bearer \$MEASURELAB_TOKEN" $MEASURELAB_ENDPOINT/v1/results?task=mcast-lab-periodic

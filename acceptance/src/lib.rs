@@ -109,10 +109,14 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     /// `MEASURELAB_ENDPOINT` from `lab env`.
     pub endpoint: String,
-    /// `MEASURELAB_TOKEN` from `lab env`.
+    /// The operator token (`lab env --operator`): nodes, appliances, tenants.
     pub token: String,
-    /// Every variable `lab env` printed (the only environment examples get).
+    /// Every variable `lab env --operator` printed.
     pub env: Vec<(String, String)>,
+    /// The demo tenant's member token (`lab env`, what a researcher has).
+    pub member_token: String,
+    /// Every variable `lab env` printed (the only environment examples get).
+    pub member_env: Vec<(String, String)>,
     /// The Terraform CLI config (`TF_CLI_CONFIG_FILE`).
     pub tfrc: PathBuf,
     /// The built binaries.
@@ -158,16 +162,21 @@ impl Lab {
             endpoint: String::new(),
             token: String::new(),
             env: Vec::new(),
+            member_token: String::new(),
+            member_env: Vec::new(),
             tfrc: PathBuf::new(),
             binaries,
         };
         if !output.status.success() {
             bail!("measurelab lab up failed:\n{}", describe(&output));
         }
-        let env_output = lab.measurelab(&["lab", "env"])?;
+        let env_output = lab.measurelab(&["lab", "env", "--operator"])?;
         lab.env = parse_env(&String::from_utf8_lossy(&env_output.stdout));
-        lab.endpoint = lab.env_var("MEASURELAB_ENDPOINT")?;
-        lab.token = lab.env_var("MEASURELAB_TOKEN")?;
+        lab.endpoint = env_var(&lab.env, "MEASURELAB_ENDPOINT")?;
+        lab.token = env_var(&lab.env, "MEASURELAB_TOKEN")?;
+        let member_output = lab.measurelab(&["lab", "env"])?;
+        lab.member_env = parse_env(&String::from_utf8_lossy(&member_output.stdout));
+        lab.member_token = env_var(&lab.member_env, "MEASURELAB_TOKEN")?;
         lab.tfrc = tfrc::write_tfrc(lab.dir.path(), &lab.binaries.dir)?;
         lab.wait_online(nodes as usize, Duration::from_secs(60))?;
         eprintln!(
@@ -176,14 +185,6 @@ impl Lab {
             started.elapsed()
         );
         Ok(lab)
-    }
-
-    fn env_var(&self, key: &str) -> anyhow::Result<String> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .with_context(|| format!("`measurelab lab env` printed no {key}"))
     }
 
     /// Run `measurelab <args> --name NAME --dir DIR`, failing on non-zero exit.
@@ -245,9 +246,22 @@ impl Lab {
         }
     }
 
-    /// A client for the lab's controller.
+    /// A client for the lab's controller, with the operator token.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.endpoint, &self.token, None)?)
+        self.client_as(&self.token)
+    }
+
+    /// A client for the lab's controller with `token`.
+    pub fn client_as(&self, token: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.endpoint, token, None)?)
+    }
+
+    /// The environment `lab env` would print for `token`.
+    pub fn env_as(&self, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("MEASURELAB_ENDPOINT".to_string(), self.endpoint.clone()),
+            ("MEASURELAB_TOKEN".to_string(), token.to_string()),
+        ]
     }
 
     /// Ask the controller about one node (`None` if it does not exist).
@@ -291,9 +305,15 @@ impl Lab {
         }
     }
 
-    /// A fresh Terraform working directory wired to this lab.
+    /// A fresh Terraform working directory wired to this lab, as the operator.
     pub fn terraform(&self) -> anyhow::Result<Terraform> {
         Terraform::new(&self.tfrc, &self.env)
+    }
+
+    /// A fresh Terraform working directory wired to this lab with `env`
+    /// (e.g. [`Lab::member_env`] or [`Lab::env_as`]).
+    pub fn terraform_as(&self, env: &[(String, String)]) -> anyhow::Result<Terraform> {
+        Terraform::new(&self.tfrc, env)
     }
 }
 
@@ -304,6 +324,14 @@ impl Drop for Lab {
             Err(err) => eprintln!("WARNING: lab {} teardown failed: {err:#}", self.name),
         }
     }
+}
+
+/// The value of `key` in `lab env` output.
+fn env_var(env: &[(String, String)], key: &str) -> anyhow::Result<String> {
+    env.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .with_context(|| format!("`measurelab lab env` printed no {key}"))
 }
 
 /// Parse `KEY=VALUE` lines (optionally prefixed with `export `, optionally quoted).

@@ -1,5 +1,6 @@
 //! Every directory under `examples/` applies as-is against
-//! `measurelab lab up --nodes 3`, with only the variables `lab env` prints.
+//! `measurelab lab up --nodes 3`, with only the variables `lab env` prints
+//! (`lab env --operator` for nodes, tenants and tokens).
 
 use std::path::{Path, PathBuf};
 
@@ -72,7 +73,20 @@ fn acc_examples_apply() -> anyhow::Result<()> {
         }
         let label = dir.strip_prefix(&examples)?.display().to_string();
         eprintln!("example {label}");
-        let tf = lab.terraform()?;
+        // Nodes, tenants and their tokens are the operator's; everything
+        // else runs as the demo tenant's member, like a researcher.
+        let operator_only = [
+            "measurelab_measurement_node",
+            "measurelab_tenant",
+            "measurelab_api_token",
+        ]
+        .iter()
+        .any(|name| dir.ends_with(name));
+        let tf = if operator_only {
+            lab.terraform()?
+        } else {
+            lab.terraform_as(&lab.member_env)?
+        };
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.is_file() {

@@ -34,7 +34,8 @@ fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
         return Ok(());
     }
     let lab = Lab::up(4)?;
-    let tf = lab.terraform()?;
+    // As a researcher would run it: the demo tenant's member token.
+    let tf = lab.terraform_as(&lab.member_env)?;
     let bin_dir = tf.dir.path().join("bin");
     std::fs::create_dir_all(&bin_dir)?;
     stripped_mcast_binaries(&lab, &bin_dir)?;
@@ -121,7 +122,7 @@ fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
     );
 
     // The periodic task is there and the controller stores its results.
-    let client = lab.client()?;
+    let client = lab.client_as(&lab.member_token)?;
     let periodic = outputs["periodic_task"]["value"]
         .as_str()
         .unwrap_or_default()

@@ -50,6 +50,8 @@ fn acc_openapi_node_contract() -> anyhow::Result<()> {
         let patch = serde_json::to_value(measurelab_api::http::NodePatch {
             labels: [("role".to_string(), "probe".to_string())].into(),
             flow_export: None,
+            cpu_overcommit: None,
+            memory_overcommit: None,
         })?;
         assert_conforms(&document, "NodePatch", &patch, "the provider's PATCH body");
         let (status, node) =

@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     }
     client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "bench".into(),
             nodes: vec!["bench".into()],
             admins: vec![],
@@ -102,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let body = |i: usize| VmCreate {
+        tenant: None,
         name: format!("vm{i}"),
         platform: "bench".into(),
         node: "bench".into(),

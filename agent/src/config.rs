@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use crate::{capabilities, identity, ovs, reconcile, service_host};
 
+/// Where appliances are installed (`scripts/build-appliance.sh` and the
+/// controller's built-in appliance use it).
+pub const DEFAULT_APPLIANCE_DIR: &str = "/var/lib/measurelab/appliances";
+
 /// Everything the agent needs to join a lab.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -18,7 +22,9 @@ pub struct AgentConfig {
     pub join_token: String,
     /// Directory holding `identity.json`; created if missing.
     pub state_dir: PathBuf,
-    /// Operator labels sent at registration.
+    /// Labels reported at registration. They seed a new node's operator
+    /// labels; afterwards the operator owns those and these are kept apart
+    /// (`reported_labels`).
     pub labels: BTreeMap<String, String>,
     /// Address of the node on the management network.
     pub management_address: String,
@@ -26,6 +32,10 @@ pub struct AgentConfig {
     pub ovsdb: Option<String>,
     /// libvirt URIs to probe.
     pub libvirt_uris: Vec<String>,
+    /// Appliance files (kernel, initrd, disk image) of libvirt guests must
+    /// lie under this directory; a VM whose appliance lies elsewhere is
+    /// refused. Default [`DEFAULT_APPLIANCE_DIR`].
+    pub appliance_dir: PathBuf,
     /// Integration bridge the VM ports join (created by the agent).
     pub bridge: String,
     /// Uplink port added to the bridge as a VLAN trunk, e.g. `uplink0`.
@@ -57,6 +67,7 @@ impl AgentConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            appliance_dir: PathBuf::from(DEFAULT_APPLIANCE_DIR),
             bridge: "br-int".to_string(),
             uplink: None,
             guest_agent: None,
@@ -130,6 +141,12 @@ impl AgentConfig {
             if let Err((field, reason)) = export.validate("flow_export_") {
                 return Err(invalid(&field, reason));
             }
+        }
+        if !self.appliance_dir.is_absolute() {
+            return Err(invalid(
+                "appliance_dir",
+                format!("{} must be an absolute path", self.appliance_dir.display()),
+            ));
         }
         if let Some(agent) = &self.guest_agent {
             if !agent.is_absolute() {
@@ -221,6 +238,10 @@ mod tests {
                 }),
             ),
             ("ovsdb", Box::new(|c| c.ovsdb = Some("/run/db.sock".into()))),
+            (
+                "appliance_dir",
+                Box::new(|c| c.appliance_dir = "appliances".into()),
+            ),
         ];
         for (field, mutate) in cases {
             let mut c = config();

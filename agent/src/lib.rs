@@ -35,7 +35,7 @@ pub mod service_host;
 mod session;
 pub mod usage;
 
-pub use config::{AgentConfig, AgentError};
+pub use config::{AgentConfig, AgentError, DEFAULT_APPLIANCE_DIR};
 
 /// Run the agent until `shutdown` completes.
 pub async fn run(

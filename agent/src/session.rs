@@ -187,7 +187,11 @@ pub(crate) async fn run(
         config,
         desired_generation_tx,
         observed_generation_rx,
-        node_id_hint: persisted.map(|i| i.node_id).unwrap_or_default(),
+        node_id_hint: persisted
+            .as_ref()
+            .map(|i| i.node_id.clone())
+            .unwrap_or_default(),
+        secret_hint: persisted.map(|i| i.node_secret).unwrap_or_default(),
         identity: None,
         identity_tx,
         interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -219,6 +223,10 @@ struct Session {
     /// Id to ask for when registering: the persisted one, so a restarted or
     /// forgotten node keeps its identity.
     node_id_hint: String,
+    /// Secret of the last registration (identity.json): the proof that
+    /// lets this agent register again under its name, which the join token
+    /// alone does not.
+    secret_hint: String,
     identity: Option<Identity>,
     identity_tx: watch::Sender<Option<Identity>>,
     interval: Duration,
@@ -330,6 +338,7 @@ impl Session {
             usage,
             labels: self.config.labels.clone().into_iter().collect(),
             management_address: self.config.management_address.clone(),
+            node_secret: self.secret_hint.clone(),
         };
         let response = self
             .client
@@ -351,6 +360,7 @@ impl Session {
         }
         tracing::info!(node_id = %identity.node_id, name = %self.config.name, "registered with the controller");
         self.node_id_hint = identity.node_id.clone();
+        self.secret_hint = identity.node_secret.clone();
         self.set_interval(response.heartbeat_interval_seconds);
         self.identity = Some(identity.clone());
         let _ = self.identity_tx.send(Some(identity));
@@ -602,8 +612,13 @@ async fn start_reconcile(
     handles: LoopHandles,
 ) {
     let guest_agent = crate::reconcile::guest_agent_path(config.guest_agent.as_deref());
-    let backends: Backends =
-        open_backends(&config.state_dir, &guest_agent, &config.libvirt_uris).await;
+    let backends: Backends = open_backends(
+        &config.state_dir,
+        &guest_agent,
+        &config.libvirt_uris,
+        &config.appliance_dir,
+    )
+    .await;
     let switch = config
         .ovsdb
         .as_deref()

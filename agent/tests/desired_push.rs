@@ -35,6 +35,7 @@ fn ready(vm: &Vm) -> bool {
 
 fn vm_body(name: &str) -> VmCreate {
     VmCreate {
+        tenant: None,
         name: name.into(),
         platform: "push".into(),
         node: "n1".into(),
@@ -109,6 +110,7 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
     }
     client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "push".into(),
             nodes: vec!["n1".into()],
             admins: vec![],

@@ -12,13 +12,15 @@
 
 mod reconcile_common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use measurelab_agent::reconcile::FlowExportSettings;
 use measurelab_api::client::Client;
 use measurelab_api::http::{
-    Flow, FlowExport, FlowProtocol, PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState,
+    Flow, FlowExport, FlowProtocol, NodePatch, PlatformCreate, Vm, VmBackend, VmCreate,
+    VmPowerState,
 };
 use measurelab_controller::FlowCollectorConfig;
 use measurelab_testbed::OvsSandbox;
@@ -99,6 +101,7 @@ async fn create_vm(client: &Client, platform: &str, name: &str) -> Vm {
             qos_policy: None,
             power_state: VmPowerState::Running,
             backend: Some(VmBackend::Namespace),
+            tenant: None,
             request_id: None,
         })
         .await
@@ -165,6 +168,7 @@ async fn platform_flows_are_exported_collected_and_kept_apart() {
                 nodes: vec!["n1".into()],
                 admins: vec![],
                 description: None,
+                tenant: None,
                 request_id: None,
                 flow_monitoring: Some(true),
             })
@@ -256,7 +260,7 @@ async fn platform_flows_are_exported_collected_and_kept_apart() {
         collector: None,
     };
     let patched = client
-        .set_node_flow_export("n1", labels.clone(), Some(off.clone()))
+        .patch_node("n1", &flow_export_patch(labels.clone(), off.clone()))
         .await
         .unwrap();
     assert_eq!(patched.flow_export, Some(off));
@@ -282,7 +286,7 @@ async fn platform_flows_are_exported_collected_and_kept_apart() {
         collector: None,
     };
     client
-        .set_node_flow_export("n1", labels, Some(on))
+        .patch_node("n1", &flow_export_patch(labels, on))
         .await
         .unwrap();
     wait_for("export on again", async || {
@@ -337,4 +341,14 @@ async fn platform_flows_are_exported_collected_and_kept_apart() {
     assert!(refused.to_string().contains("flow_monitoring"), "{refused}");
 
     let _ = controller.stop(Duration::from_secs(10)).await;
+}
+
+/// The operator's PATCH that sets a node's flow export, labels unchanged.
+fn flow_export_patch(labels: BTreeMap<String, String>, export: FlowExport) -> NodePatch {
+    NodePatch {
+        labels,
+        flow_export: Some(Some(export)),
+        cpu_overcommit: None,
+        memory_overcommit: None,
+    }
 }

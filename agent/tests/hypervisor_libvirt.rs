@@ -4,9 +4,13 @@
 //! process, so the tests (which run in parallel threads) use distinct names
 //! and only assert about the guests they created themselves.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use measurelab_agent::hypervisor::{
-    BootImage, DefineOutcome, DomainFlavor, GuestSpec, GuestState, Hypervisor, HypervisorError,
-    LibvirtHypervisor, NicAttach, NicSpec, ResizeOutcome,
+    BootImage, DefineOutcome, DiskConfig, DomainFlavor, GuestSpec, GuestState, Hypervisor,
+    HypervisorError, LibvirtHypervisor, NicAttach, NicSpec, ResizeOutcome,
 };
 use uuid::Uuid;
 
@@ -323,4 +327,368 @@ fn owner_scopes_keep_agents_apart() {
     ));
     node_a.undefine(s.id).unwrap();
     assert!(node_a.info(s.id).unwrap().is_none());
+}
+
+/// An appliance directory with a raw disk image, and a state dir for the
+/// per-VM disks, in a fresh temp dir.
+struct DiskRig {
+    dir: tempfile::TempDir,
+    apps: PathBuf,
+    base: PathBuf,
+    guests: PathBuf,
+}
+
+impl DiskRig {
+    fn new() -> DiskRig {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let apps = root.join("appliances");
+        let guests = root.join("state/guests");
+        std::fs::create_dir_all(apps.join("tiny")).unwrap();
+        let base = apps.join("tiny/disk.img");
+        // 8 MiB with recognisable content in its first block.
+        let mut image = vec![0u8; 8 << 20];
+        image[..16].copy_from_slice(b"measurelab-base!");
+        std::fs::write(&base, image).unwrap();
+        DiskRig {
+            dir,
+            apps,
+            base,
+            guests,
+        }
+    }
+
+    fn config(&self) -> DiskConfig {
+        DiskConfig {
+            appliance_dir: self.apps.clone(),
+            guests_dir: self.guests.clone(),
+        }
+    }
+
+    fn backend(&self, owner: &str) -> LibvirtHypervisor {
+        backend()
+            .with_owner(owner)
+            .unwrap()
+            .with_disks(self.config())
+    }
+
+    fn spec(&self, name: &str, disk_mib: u64, swap_mib: u64) -> GuestSpec {
+        let mut s = spec(name);
+        s.boot.kernel = self.apps.join("tiny/vmlinuz");
+        s.boot.initrd = self.apps.join("tiny/initrd.img");
+        s.boot.disk = Some(self.base.clone());
+        s.disk_mib = disk_mib;
+        s.swap_mib = swap_mib;
+        s
+    }
+
+    fn vm_file(&self, id: Uuid, name: &str) -> PathBuf {
+        self.guests.join(id.to_string()).join(name)
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn qemu_img_info(path: &Path) -> serde_json::Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img (qemu-utils) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs a qemu-io command against an image (as the guest's writes would).
+fn qemu_io(path: &Path, command: &str) -> std::process::Output {
+    Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command])
+        .arg(path)
+        .output()
+        .expect("qemu-io (qemu-utils) is installed")
+}
+
+fn domain_config(hv: &LibvirtHypervisor, id: Uuid) -> String {
+    hv.connection()
+        .unwrap()
+        .lookup_domain_by_uuid_string(&id.to_string())
+        .unwrap()
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .unwrap()
+}
+
+#[test]
+fn guest_gets_its_own_overlay_and_swap_never_the_base() {
+    let rig = DiskRig::new();
+    let hv = rig.backend("disk-overlay");
+    let spec = rig.spec("ml-disk-overlay", 64, 32);
+    let base_hash = sha256(&rig.base);
+
+    assert_eq!(hv.define(&spec).unwrap(), DefineOutcome::Created);
+    let overlay = rig.vm_file(spec.id, "disk.qcow2");
+    let swap = rig.vm_file(spec.id, "swap.img");
+    let xml = domain_config(&hv, spec.id);
+    assert!(
+        xml.contains(&format!("<source file='{}'", overlay.display())),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(&format!("<source file='{}'", swap.display())),
+        "{xml}"
+    );
+    assert!(
+        !xml.contains(&format!("<source file='{}'", rig.base.display())),
+        "the base image is attached: {xml}"
+    );
+    assert!(
+        xml.contains("measurelab.data=/dev/vda measurelab.swap=/dev/vdb"),
+        "{xml}"
+    );
+
+    let info = qemu_img_info(&overlay);
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 64 << 20);
+    assert_eq!(
+        info["full-backing-filename"].as_str(),
+        Some(rig.base.to_str().unwrap())
+    );
+    assert_eq!(info["backing-filename-format"], "raw");
+    let swap_meta = std::fs::metadata(&swap).unwrap();
+    assert_eq!(swap_meta.len(), 32 << 20);
+    assert!(
+        swap_meta.blocks() * 512 < swap_meta.len() / 4,
+        "swap file is not sparse: {} bytes allocated",
+        swap_meta.blocks() * 512
+    );
+    // mkswap's signature at the end of the first 4 KiB page.
+    let head = std::fs::read(&swap).unwrap();
+    assert_eq!(&head[4086..4096], b"SWAPSPACE2");
+    let base_mode = std::fs::metadata(&rig.base).unwrap().permissions().mode();
+    assert_eq!(
+        base_mode & 0o222,
+        0,
+        "base image still writable: {base_mode:o}"
+    );
+
+    // The guest writes through the overlay; the base does not change.
+    let write = qemu_io(&overlay, "write -P 0xab 0 4k");
+    assert!(write.status.success(), "{write:?}");
+    hv.start(spec.id).unwrap();
+    hv.stop(spec.id).unwrap();
+
+    // An agent restart adopts the overlay: same spec, nothing redefined, and
+    // the data written before is still there.
+    let restarted = rig.backend("disk-overlay");
+    assert_eq!(restarted.define(&spec).unwrap(), DefineOutcome::Unchanged);
+    let read = qemu_io(&overlay, "read -P 0xab 0 4k");
+    assert!(
+        read.status.success()
+            && !String::from_utf8_lossy(&read.stdout).contains("verification failed"),
+        "data written before the restart is gone: {read:?}"
+    );
+    assert_eq!(sha256(&rig.base), base_hash, "the base image changed");
+
+    restarted.undefine(spec.id).unwrap();
+    assert!(!overlay.exists(), "overlay left after undefine");
+    assert!(!swap.exists(), "swap disk left after undefine");
+    assert_eq!(sha256(&rig.base), base_hash);
+    drop(rig.dir);
+}
+
+#[test]
+fn disk_defaults_to_the_base_size_and_no_swap_means_no_swap_disk() {
+    let rig = DiskRig::new();
+    let hv = rig.backend("disk-default");
+    let spec = rig.spec("ml-disk-default", 0, 0);
+    hv.define(&spec).unwrap();
+    let overlay = rig.vm_file(spec.id, "disk.qcow2");
+    assert_eq!(qemu_img_info(&overlay)["virtual-size"], 8 << 20);
+    assert!(!rig.vm_file(spec.id, "swap.img").exists());
+    let xml = domain_config(&hv, spec.id);
+    assert_eq!(xml.matches("<disk ").count(), 1, "{xml}");
+    assert!(!xml.contains("measurelab.swap"), "{xml}");
+
+    // Another appliance image under the same VM: the overlay holds the
+    // VM's data on top of the old one, so it is kept and the define refused.
+    let other_base = rig.apps.join("tiny/other.img");
+    std::fs::write(&other_base, vec![0u8; 8 << 20]).unwrap();
+    let mut moved = spec.clone();
+    moved.boot.disk = Some(other_base);
+    let err = hv.define(&moved).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HypervisorError::InvalidSpec {
+                field: "boot.disk",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        qemu_img_info(&overlay)["full-backing-filename"].as_str(),
+        Some(rig.base.to_str().unwrap())
+    );
+
+    // No appliance disk but disk_mib: a blank disk of that size.
+    let mut blank = rig.spec("ml-disk-blank", 16, 0);
+    blank.boot.disk = None;
+    hv.define(&blank).unwrap();
+    let info = qemu_img_info(&rig.vm_file(blank.id, "disk.qcow2"));
+    assert_eq!(info["virtual-size"], 16 << 20);
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    hv.undefine(blank.id).unwrap();
+
+    // Smaller than the image: the filesystem would not fit.
+    let small = rig.spec("ml-disk-small", 4, 0);
+    let err = hv.define(&small).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HypervisorError::InvalidSpec {
+                field: "disk_mib",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    hv.undefine(spec.id).unwrap();
+}
+
+#[test]
+fn appliance_outside_the_appliance_dir_is_refused() {
+    let rig = DiskRig::new();
+    let hv = rig.backend("disk-outside");
+    let root = rig.apps.parent().unwrap().to_path_buf();
+    let elsewhere = root.join("elsewhere.img");
+    std::fs::write(&elsewhere, vec![0u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(&root, rig.apps.join("up")).unwrap();
+    type Mutation<'a> = Box<dyn Fn(&mut GuestSpec) + 'a>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "boot.disk",
+            Box::new(|s| s.boot.disk = Some(elsewhere.clone())),
+        ),
+        (
+            "boot.disk",
+            Box::new(|s| s.boot.disk = Some(rig.apps.join("up/elsewhere.img"))),
+        ),
+        (
+            "boot.disk",
+            Box::new(|s| s.boot.disk = Some(rig.apps.join("tiny/../../elsewhere.img"))),
+        ),
+        (
+            "boot.kernel",
+            Box::new(|s| s.boot.kernel = "/boot/vmlinuz".into()),
+        ),
+        (
+            "boot.initrd",
+            Box::new(|s| s.boot.initrd = "/etc/shadow".into()),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut spec = rig.spec("ml-disk-outside", 16, 8);
+        mutate(&mut spec);
+        let err = hv.define(&spec).unwrap_err();
+        match &err {
+            HypervisorError::OutsideApplianceDir {
+                field: got, dir, ..
+            } => {
+                assert_eq!(*got, field, "{err}");
+                assert_eq!(dir, &rig.apps);
+            }
+            other => panic!("{field}: expected OutsideApplianceDir, got {other}"),
+        }
+        assert!(!err.is_transient());
+        assert!(
+            hv.info(spec.id).unwrap().is_none(),
+            "{field}: defined anyway"
+        );
+        assert!(
+            !rig.guests.join(spec.id.to_string()).exists(),
+            "{field}: disk files made for a refused VM"
+        );
+    }
+}
+
+/// The refusal reaches the VM's status like any reconcile failure.
+#[tokio::test]
+async fn refused_appliance_sets_a_ready_false_condition() {
+    use measurelab_agent::guest_channel::GuestChannels;
+    use measurelab_agent::reconcile::{
+        Backends, DesiredState, DesiredVm, Reconciler, ReconcilerConfig,
+    };
+    use measurelab_api::node_v1::DesiredAppliance;
+
+    let rig = DiskRig::new();
+    let hv = std::sync::Arc::new(rig.backend("disk-reconcile"));
+    let (events, _rx) = tokio::sync::mpsc::channel(16);
+    let mut reconciler = Reconciler::new(
+        ReconcilerConfig::new(rig.guests.parent().unwrap(), "disk-reconcile"),
+        Backends {
+            namespace: None,
+            libvirt: Some(hv.clone() as std::sync::Arc<dyn Hypervisor>),
+        },
+        None,
+        GuestChannels::new(),
+        events,
+    );
+    let id = Uuid::new_v4();
+    let vm = DesiredVm {
+        id: id.to_string(),
+        name: "outside".into(),
+        vlan_tag: 101,
+        backend: "libvirt".into(),
+        vcpus: 1,
+        memory_mib: 128,
+        disk_mib: 16,
+        appliance: Some(DesiredAppliance {
+            name: "stray".into(),
+            kernel: rig.apps.join("tiny/vmlinuz").display().to_string(),
+            initrd: rig.apps.join("tiny/initrd.img").display().to_string(),
+            disk: "/etc/passwd".into(),
+            ..Default::default()
+        }),
+        power_state: "running".into(),
+        generation: 1,
+        ..Default::default()
+    };
+    let pass = reconciler
+        .pass(&DesiredState {
+            generation: 1,
+            vms: vec![vm],
+            ..Default::default()
+        })
+        .await;
+    let status = pass
+        .statuses
+        .iter()
+        .find(|s| s.vm_id == id.to_string())
+        .expect("a status for the refused VM");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "ApplianceOutsideDir");
+    assert!(
+        ready.message.contains("/etc/passwd") && ready.message.contains("appliance directory"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.actual_state, "failed");
+    assert!(hv.info(id).unwrap().is_none());
 }

@@ -20,13 +20,14 @@ use uuid::Uuid;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The guest program: bumps a counter file every 20 ms, so a frozen guest
-/// is visible as a counter that stops.
+/// is visible as a counter that stops. The file is on the guest's own
+/// root; the host reads it through `/proc/<guest pid>/root`.
 const GUEST_SCRIPT: &str =
-    r#"i=0; while :; do i=$((i+1)); echo $i > "$COUNTER_DIR/$MEASURELAB_VM_ID"; sleep 0.02; done"#;
+    r#"i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.02; done"#;
 
 struct Fixture {
     config: NamespaceConfig,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     tag: String,
 }
 
@@ -38,20 +39,16 @@ impl Fixture {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        let counters = dir.path().join("counters");
-        fs::create_dir_all(&counters).unwrap();
         let mut config = NamespaceConfig::new(
             dir.path().join("state"),
-            vec![
-                "env".into(),
-                format!("COUNTER_DIR={}", counters.display()),
-                "sh".into(),
-                "-c".into(),
-                GUEST_SCRIPT.into(),
-            ],
+            vec!["sh".into(), "-c".into(), GUEST_SCRIPT.into()],
         );
         config.cgroup_parent = tag.clone();
-        Fixture { config, dir, tag }
+        Fixture {
+            config,
+            _dir: dir,
+            tag,
+        }
     }
 
     fn backend(&self) -> NamespaceHypervisor {
@@ -59,7 +56,10 @@ impl Fixture {
     }
 
     fn counter(&self, id: Uuid) -> u64 {
-        fs::read_to_string(self.dir.path().join("counters").join(id.to_string()))
+        let Ok(Some(pid)) = self.backend().guest_pid(id) else {
+            return 0;
+        };
+        fs::read_to_string(format!("/proc/{pid}/root/tmp/counter"))
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)
@@ -157,13 +157,16 @@ fn parent_pid(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// The group holds exactly one guest: `pid` and, at most, its short-lived
-/// children (the guest script's `sleep`). A duplicate guest would be a
-/// second process whose parent is not `pid`.
+/// The group holds exactly one guest: `pid`, its sandbox's `unshare`
+/// (the parent that waits for it, pid 1 of its PID namespace being the
+/// guest) and, at most, its short-lived children (the guest script's
+/// `sleep`). A duplicate guest would be a second process whose parent is
+/// not `pid`.
 fn assert_single_guest(cgroup: &Path, pid: u32) {
     let procs = procs_in(cgroup);
     assert!(procs.contains(&pid), "{pid} not in {procs:?}");
-    for other in procs.iter().filter(|p| **p != pid) {
+    let waiter = parent_pid(pid);
+    for other in procs.iter().filter(|p| **p != pid && Some(**p) != waiter) {
         if let Some(parent) = parent_pid(*other) {
             assert_eq!(
                 parent, pid,

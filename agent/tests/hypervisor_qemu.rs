@@ -19,6 +19,10 @@
 //! for the agent's OVS module - moves it to the switch namespace and adds it
 //! to the bridge with the VLAN tag.
 //!
+//! A second test boots the appliance with a data disk (the VM's overlay of
+//! the appliance's disk.img) and a swap disk, and checks from inside the
+//! guest that `df /data` and `/proc/swaps` show `disk_mib` and `swap_mib`.
+//!
 //! The boot time (define -> init marker on the serial console) is printed,
 //! not asserted: run with `--nocapture` to see it.
 
@@ -32,7 +36,7 @@ use libvirt_setup::{
     build_appliance, run, wait_for_line, GuestGuard, LibvirtSetup, Result, BOOT_TIMEOUT, QEMU_URI,
 };
 use measurelab_agent::hypervisor::{
-    BootImage, GuestSpec, GuestState, Hypervisor, LibvirtHypervisor, NicAttach, NicSpec,
+    BootImage, DiskConfig, GuestSpec, GuestState, Hypervisor, LibvirtHypervisor, NicAttach, NicSpec,
 };
 use measurelab_testbed::{attach_veth, Netns, OvsSandbox};
 use uuid::Uuid;
@@ -168,5 +172,141 @@ fn appliance_boots_under_qemu_and_answers_on_ovs() -> Result<()> {
 
     hv.undefine(id)?;
     assert!(hv.info(id)?.is_none());
+    Ok(())
+}
+
+/// Stands in for the guest agent: once per boot, counts boots on /data
+/// (which only a persistent disk remembers) and prints what the guest sees
+/// of its data disk and swap.
+const DISK_PROBE: &str = r#"#!/bin/sh
+[ -e /run/probed ] && exec sleep 100000
+touch /run/probed
+n=$(cat /data/boots 2>/dev/null || echo 0)
+n=$((n + 1))
+echo "$n" > /data/boots
+sync
+echo "probe: boot $n"
+df -k /data | sed -n '2s/^/probe: df /p'
+sed 's/^/probe: swaps /' /proc/swaps
+exec sleep 100000
+"#;
+
+/// The `index`th whitespace-separated field of the first console line that
+/// starts (after any prefix) with `marker`, as a number.
+fn console_number(console: &Path, marker: &str, index: usize) -> Result<u64> {
+    let line = wait_for_line(console, marker, BOOT_TIMEOUT)?;
+    let fields: Vec<&str> = line[line.find(marker).unwrap_or(0) + marker.len()..]
+        .split_whitespace()
+        .collect();
+    fields
+        .get(index)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| format!("field {index} of {line:?} is not a number").into())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let out = run(Command::new("sha256sum").arg(path))?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// A VM with disk_mib and swap_mib sees exactly that much disk on /data
+/// (df) and swap (/proc/swaps) from inside, keeps its data across a restart
+/// of the domain, and never writes to the appliance's image.
+#[test]
+fn guest_sees_its_disk_and_swap_sizes() -> Result<()> {
+    const DISK_MIB: u64 = 64;
+    const SWAP_MIB: u64 = 32;
+    let work = tempfile::tempdir()?;
+    let root = std::fs::canonicalize(work.path())?;
+    let appliances = root.join("appliances");
+    let tiny = appliances.join("measurelab-tiny");
+    let probe = root.join("probe.sh");
+    std::fs::write(&probe, DISK_PROBE)?;
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let manifest = build_appliance(&probe, &tiny)?;
+    assert_eq!(manifest["disk"], "disk.img");
+    let base = tiny.join("disk.img");
+    let base_hash = sha256(&base)?;
+
+    let _libvirt = LibvirtSetup::ensure()?;
+    let hv = LibvirtHypervisor::connect(QEMU_URI)?
+        .with_owner(&format!("test-qemu-disks-{}", std::process::id()))?
+        .with_disks(DiskConfig {
+            appliance_dir: appliances.clone(),
+            guests_dir: root.join("guests"),
+        });
+    let id = Uuid::new_v4();
+    let console = root.join("console.log");
+    let spec = GuestSpec {
+        id,
+        name: format!("mld-{}", &id.simple().to_string()[..8]),
+        platform_id: None,
+        vcpus: 1,
+        memory_mib: 256,
+        disk_mib: DISK_MIB,
+        swap_mib: SWAP_MIB,
+        boot: BootImage {
+            kernel: tiny.join("vmlinuz"),
+            initrd: tiny.join("initrd.img"),
+            disk: Some(base.clone()),
+            extra_cmdline: String::new(),
+            console_log: Some(console.clone()),
+        },
+        nic: None,
+        channel_socket: None,
+        egress_limit: None,
+    };
+    let t0 = Instant::now();
+    hv.define(&spec)?;
+    let _guard = GuestGuard {
+        hv: &hv,
+        id,
+        name: spec.name.clone(),
+    };
+    hv.start(id)?;
+
+    // busybox df -k: Filesystem 1K-blocks Used Available Use% Mounted-on.
+    let data_kib = console_number(&console, "probe: df ", 1)?;
+    let boot = t0.elapsed();
+    assert_eq!(
+        data_kib,
+        DISK_MIB * 1024,
+        "df /data inside the guest\n{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    // /proc/swaps: Filename Type Size(KiB) Used Priority; the first page
+    // holds mkswap's header and is not swap space.
+    let swap_kib = console_number(&console, "probe: swaps /dev/vdb ", 1)?;
+    assert_eq!(
+        swap_kib,
+        SWAP_MIB * 1024 - 4,
+        "/proc/swaps inside the guest"
+    );
+    wait_for_line(&console, "probe: boot 1", BOOT_TIMEOUT)?;
+
+    // Power-cycle the domain: /data is the same disk, not a fresh overlay.
+    hv.stop(id)?;
+    hv.start(id)?;
+    wait_for_line(&console, "probe: boot 2", BOOT_TIMEOUT)?;
+    println!(
+        "measurelab-tiny with a {DISK_MIB} MiB overlay and {SWAP_MIB} MiB swap: df at {:.1} s, second boot seen at {:.1} s (from define)",
+        boot.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    hv.undefine(id)?;
+    assert!(
+        !root
+            .join("guests")
+            .join(id.to_string())
+            .join("disk.qcow2")
+            .exists(),
+        "overlay left after undefine"
+    );
+    assert_eq!(sha256(&base)?, base_hash, "the appliance image changed");
     Ok(())
 }

@@ -252,6 +252,8 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![QEMU_URI.into()];
     agent_config.guest_agent = Some(guest_agent);
+    // The appliance is built into the test's own directory.
+    agent_config.appliance_dir = appliance.clone();
     let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
     wait_for("node n1 online with qemu:///system", WAIT, async || {
@@ -276,7 +278,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             os: "Debian kernel + busybox".into(),
             kernel: appliance.join("vmlinuz").display().to_string(),
             initrd: appliance.join("initrd.img").display().to_string(),
-            disk: None,
+            disk: Some(appliance.join("disk.img").display().to_string()),
             min_memory_mib: 128,
             backends: vec!["libvirt".into()],
             request_id: None,
@@ -285,6 +287,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let platform = client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "rqm".into(),
             nodes: vec!["n1".into()],
             admins: vec![],
@@ -295,6 +298,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .await
         .unwrap();
     let create = |name: &str, backend: VmBackend, appliance: &str, memory_mib: u64| VmCreate {
+        tenant: None,
         name: name.into(),
         platform: "rqm".into(),
         node: "n1".into(),
@@ -314,7 +318,11 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let t_request = Instant::now();
     let qemu_vm = client
-        .create_vm(&create("tiny", VmBackend::Libvirt, &tiny, 256))
+        .create_vm(&VmCreate {
+            disk_mib: Some(64),
+            swap_mib: Some(32),
+            ..create("tiny", VmBackend::Libvirt, &tiny, 256)
+        })
         .await
         .unwrap();
     eprintln!(
@@ -360,6 +368,17 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ns_vm = vms.iter().find(|vm| vm.id == ns_vm.id).unwrap().clone();
+    // The agent gave the VM its own overlay and swap disk, and the guest
+    // mounted and enabled them.
+    let vm_dir = state_dir.join("guests").join(&qemu_vm.id);
+    assert!(vm_dir.join("disk.qcow2").exists() && vm_dir.join("swap.img").exists());
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        text.contains("measurelab-tiny: data /dev/vda on /data")
+            && text.contains("measurelab-tiny: swap /dev/vdb on"),
+        "console:\n{}",
+        console_tail(&console)
+    );
     assert_eq!(qemu_vm.backend, VmBackend::Libvirt);
     assert!(!qemu_vm.address.is_empty(), "{qemu_vm:?}");
 
@@ -440,6 +459,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     });
     let program = client
         .create_program(&ProgramCreate {
+            tenant: None,
             name: "reach.sh".into(),
             content_base64: base64::engine::general_purpose::STANDARD.encode(PROGRAM),
             sha256: None,
@@ -449,6 +469,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         .unwrap();
     let deployment = client
         .create_deployment(&DeploymentCreate {
+            tenant: None,
             program: program.id.clone(),
             vms: vec![qemu_vm.id.clone()],
             args: vec![ns_vm.address.clone(), tcp_port.to_string()],
@@ -558,6 +579,11 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
     .await;
     let left = owned_domains(&state_dir).await;
     assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !vm_dir.join("disk.qcow2").exists() && !vm_dir.join("swap.img").exists(),
+        "the deleted VM's disks are left in {}",
+        vm_dir.display()
+    );
     let libvirt_log = format!("/var/log/libvirt/qemu/{}.log", domains[0].name);
     assert!(
         !Path::new(&libvirt_log).exists(),

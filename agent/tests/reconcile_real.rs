@@ -150,6 +150,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
 
     let platform = client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "rcl".into(),
             nodes: vec!["n1".into()],
             admins: vec![],
@@ -164,6 +165,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         created.push(
             client
                 .create_vm(&VmCreate {
+                    tenant: None,
                     name: name.into(),
                     platform: "rcl".into(),
                     node: "n1".into(),
@@ -257,6 +259,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
     // poll_tasks -> PollTasks) and its exit status comes back.
     let program = client
         .create_program(&ProgramCreate {
+            tenant: None,
             name: "hello.py".into(),
             content_base64: base64::engine::general_purpose::STANDARD.encode(PROGRAM),
             sha256: None,
@@ -266,6 +269,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         .unwrap();
     let deployment = client
         .create_deployment(&DeploymentCreate {
+            tenant: None,
             program: program.id.clone(),
             vms: running.iter().map(|vm| vm.id.clone()).collect(),
             args: vec!["world".into()],

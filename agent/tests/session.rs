@@ -230,3 +230,135 @@ async fn agent_registers_again_when_the_controller_forgot_it() {
     agent.stop().await;
     second.stop().await;
 }
+
+impl Controller {
+    fn client(&self) -> measurelab_api::client::Client {
+        measurelab_api::client::Client::new(
+            &format!("http://{}", self.http),
+            &self.admin_token,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Poll `check` on the node `name` until it holds; return the node.
+    async fn node_where(&self, name: &str, what: &str, check: impl Fn(&Node) -> bool) -> Node {
+        let start = Instant::now();
+        loop {
+            if let Some(node) = self
+                .nodes()
+                .await
+                .into_iter()
+                .find(|n| n.name == name && check(n))
+            {
+                return node;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name}: timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_token_alone_cannot_take_over_a_running_agent() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let controller = Controller::start(data.path(), grpc).await;
+    let agent = Agent::start("a1", grpc, state.path());
+    let before = controller.online("a1", Duration::from_secs(10)).await;
+    let identity_before = identity(state.path());
+
+    let mut intruder = measurelab_api::node_v1::node_service_client::NodeServiceClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .unwrap();
+    for node_id in [String::new(), before.id.clone()] {
+        let status = intruder
+            .register(measurelab_api::node_v1::RegisterRequest {
+                join_token: JOIN_TOKEN.into(),
+                name: "a1".into(),
+                node_id,
+                agent_version: "intruder".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+
+    // The real agent keeps heartbeating with the secret it holds.
+    let after = controller
+        .node_where("a1", "a heartbeat after the attempts", |n| {
+            n.status == NodeStatus::Online && n.last_heartbeat > before.last_heartbeat
+        })
+        .await;
+    assert_eq!(after.id, before.id);
+    assert_eq!(
+        after.agent_version, before.agent_version,
+        "not the intruder's"
+    );
+    assert_eq!(identity(state.path()), identity_before, "secret unchanged");
+    let requests = controller.client().registration_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].attempts, 2);
+    agent.stop().await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_agent_is_shut_out_until_an_operator_approves_it() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let controller = Controller::start(data.path(), grpc).await;
+    let agent = Agent::start("r1", grpc, state.path());
+    controller.online("r1", Duration::from_secs(10)).await;
+    let secret_before = identity(state.path())["node_secret"].clone();
+
+    let revoked = controller.client().revoke_node("r1").await.unwrap();
+    assert_eq!(revoked.status, NodeStatus::Revoked);
+    // The agent's heartbeat is refused; it tries to register again with its
+    // secret and is refused too, which files a request for approval.
+    let start = Instant::now();
+    let request = loop {
+        let requests = controller.client().registration_requests().await.unwrap();
+        if let Some(request) = requests.into_iter().find(|r| r.name == "r1") {
+            break request;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the revoked agent never asked to register again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(request.reason, "revoked");
+    let still = controller
+        .nodes()
+        .await
+        .into_iter()
+        .find(|n| n.name == "r1")
+        .unwrap();
+    assert_eq!(still.status, NodeStatus::Revoked);
+    assert_eq!(identity(state.path())["node_secret"], secret_before);
+
+    controller.client().approve_node("r1").await.unwrap();
+    // The agent persists its new secret just after the controller answers.
+    wait_for(
+        "the approved registration's new secret in identity.json",
+        Duration::from_secs(30),
+        || (identity(state.path())["node_secret"] != secret_before).then_some(()),
+    )
+    .await;
+    controller
+        .node_where("r1", "online after approval", |n| {
+            n.status == NodeStatus::Online
+        })
+        .await;
+    agent.stop().await;
+    controller.stop().await;
+}

@@ -33,7 +33,8 @@ pub struct AgentArgs {
     /// Directory for identity.json (node id + secret).
     #[arg(long)]
     state_dir: PathBuf,
-    /// Operator label, KEY=VALUE; repeatable.
+    /// Label to report, KEY=VALUE; repeatable. Seeds the operator labels of
+    /// a new node; later changes show only as its reported labels.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     /// Address of this node on the management network.
@@ -45,6 +46,10 @@ pub struct AgentArgs {
     /// libvirt URI to probe; repeatable (default: test:///default, qemu:///system, xen:///system).
     #[arg(long = "libvirt-uri")]
     libvirt_uris: Vec<String>,
+    /// Directory that must hold the appliance files (kernel, initrd, disk
+    /// image) of libvirt guests; VMs whose appliance lies elsewhere are refused.
+    #[arg(long, default_value = measurelab_agent::DEFAULT_APPLIANCE_DIR)]
+    appliance_dir: PathBuf,
     /// Integration bridge for VM ports (created on the node's OVS).
     #[arg(long, default_value = "br-int")]
     bridge: String,
@@ -153,6 +158,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             args.libvirt_uris
         },
+        appliance_dir: args.appliance_dir,
         bridge: args.bridge,
         uplink: args.uplink,
         guest_agent: args.guest_agent,

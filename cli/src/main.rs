@@ -4,10 +4,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod access_cmd;
 mod agent_cmd;
 mod controller_cmd;
 mod daemon;
 mod lab;
+mod node_cmd;
 mod tfrc;
 
 #[derive(Debug, Parser)]
@@ -26,17 +28,30 @@ enum Command {
     /// Run the controller (physical platform server).
     Controller(controller_cmd::ControllerArgs),
     /// Run a node agent.
-    Agent(agent_cmd::AgentArgs),
+    // Boxed: its many flags make it far larger than the other commands.
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Manage a local lab of namespaces, OVS switches, a controller and agents.
     Lab(lab::LabArgs),
+    /// Create, list and revoke API tokens.
+    Token(access_cmd::TokenArgs),
+    /// Create, list and delete tenants (operator).
+    Tenant(access_cmd::TenantArgs),
+    /// Operator: list, approve, revoke and delete nodes.
+    Node(node_cmd::NodeArgs),
+    /// Operator: make, list and revoke join tokens.
+    JoinToken(node_cmd::JoinTokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Controller(args) => controller_cmd::main(args),
-        Command::Agent(args) => agent_cmd::main(args),
+        Command::Agent(args) => agent_cmd::main(*args),
         Command::Lab(args) => lab::main(args),
+        Command::Token(args) => access_cmd::token_main(args),
+        Command::Tenant(args) => access_cmd::tenant_main(args),
+        Command::Node(args) => node_cmd::main(args),
+        Command::JoinToken(args) => node_cmd::join_token_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

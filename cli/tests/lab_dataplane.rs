@@ -46,6 +46,7 @@ impl Api {
 
     fn platform(&self, name: &str, nodes: &[&str]) -> Platform {
         self.run(self.client.create_platform(&PlatformCreate {
+            tenant: None,
             name: name.into(),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             admins: vec![],
@@ -68,6 +69,7 @@ impl Api {
 
 fn namespace_vm(name: &str, platform: &str, node: &str) -> VmCreate {
     VmCreate {
+        tenant: None,
         name: name.into(),
         platform: platform.into(),
         node: node.into(),
@@ -340,6 +342,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     };
     refused(
         api.run(api.client.create_platform(&PlatformCreate {
+            tenant: None,
             name: "ghost".into(),
             nodes: vec!["n1".into(), "n9".into()],
             admins: vec![],
@@ -353,6 +356,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     );
     refused(
         api.run(api.client.create_qos_policy(&QosPolicyCreate {
+            tenant: None,
             name: "upside-down".into(),
             ingress_max_kbps: 1000,
             ingress_min_kbps: Some(5000),

@@ -45,6 +45,7 @@
 //! circle (`cargo run -p xtask -- modcycles` checks it).
 #![warn(missing_docs)]
 
+mod access;
 mod agent_rpc;
 mod api;
 mod flows;

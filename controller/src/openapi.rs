@@ -12,11 +12,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use measurelab_api::http::{
+    ApiToken, ApiTokenCreate, ApiTokenCreated, ApiTokenList, Tenant, TenantCreate, TenantList,
+    TenantPatch, TenantUsageReport, WhoAmI,
+};
+use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
-    ErrorBody, EventList, FlowList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate,
-    PlatformList, PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
-    QosPolicyList, QosPolicyPatch, RequestOptions, ResultList, ResultRecord, Task, TaskCreate,
-    TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
+    ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList,
+    LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
+    Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
+    RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
+    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -160,7 +165,10 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         title = "measurelab controller public API",
         version = "1.0.0",
         description = "HTTP/JSON API of the measurelab controller. Everything under /v1 needs \
-            `Authorization: Bearer <admin token>` (the token is in <data_dir>/admin.token). \
+            `Authorization: Bearer <token>`: an API token (`mlt_<id>_<secret>`, see /v1/tokens) \
+            or the operator's bootstrap token in <data_dir>/admin.token. A tenant token sees \
+            only its tenant's objects: another tenant's answers 404, like a missing one; \
+            an action its role may not take answers 403. \
             Every error has the body {\"error\":{\"code\",\"message\",\"field\"}}. \
             Request bodies reject unknown fields and are limited to 1 MiB."
     ),
@@ -170,10 +178,29 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::admin_page,
         operations::healthz,
         operations::openapi,
+        operations::whoami,
+        operations::list_tenants,
+        operations::create_tenant,
+        operations::get_tenant,
+        operations::patch_tenant,
+        operations::delete_tenant,
+        operations::tenant_usage,
+        operations::list_tokens,
+        operations::create_token,
+        operations::get_token,
+        operations::revoke_token,
         operations::list_nodes,
         operations::get_node,
         operations::patch_node,
         operations::node_logs,
+        operations::delete_node,
+        operations::approve_node,
+        operations::revoke_node,
+        operations::list_registration_requests,
+        operations::list_join_tokens,
+        operations::create_join_token,
+        operations::get_join_token,
+        operations::revoke_join_token,
         operations::list_events,
         operations::list_platforms,
         operations::create_platform,
@@ -232,7 +259,9 @@ impl Modify for Shared {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("Contents of <data_dir>/admin.token."))
+                    .description(Some(
+                        "An API token (mlt_<id>_<secret>) or the contents of <data_dir>/admin.token.",
+                    ))
                     .build(),
             ),
         );
@@ -296,6 +325,11 @@ const ERROR_RESPONSES: &[(&str, &str)] = &[
     ),
     ("NotFound", "No such object (code `not_found`)."),
     (
+        "Forbidden",
+        "The token's role may not do this (code `forbidden`); the message names the object, \
+         the action and the role needed.",
+    ),
+    (
         "MalformedJson",
         "The body is not valid JSON (code `malformed_json`).",
     ),
@@ -354,31 +388,37 @@ error_answers! {
     /// A read without parameters.
     ListErrors: "401" => "Unauthorized";
     /// A read of one object, or a read with query parameters.
-    GetErrors: "401" => "Unauthorized", "404" => "NotFound";
+    GetErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound";
     /// A read of a collection with query parameters the server checks.
     FilterErrors: "401" => "Unauthorized", "422" => "InvalidField";
     /// A read of one object or its rows, with query parameters the server checks.
-    QueryErrors: "401" => "Unauthorized", "404" => "NotFound", "422" => "InvalidField";
+    QueryErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
+        "422" => "InvalidField";
     /// A platform's flows: also refused while its flow monitoring is off (409)
     /// and when the controller runs no collector (503).
     FlowErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
         "422" => "InvalidField", "503" => "Unavailable";
     /// A POST that creates an object.
-    CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "409" => "Conflict",
+    CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "409" => "Conflict",
         "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A PATCH of one object.
-    PatchErrors: "400" => "MalformedJson", "401" => "Unauthorized", "404" => "NotFound",
+    PatchErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound",
         "409" => "Conflict", "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType",
         "422" => "InvalidField";
     /// A request with a body on one object that cannot conflict (start,
     /// pause, node labels).
-    UpdateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "404" => "NotFound",
+    UpdateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound",
         "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A POST that stores a document (no name to conflict on).
-    UploadErrors: "400" => "MalformedJson", "401" => "Unauthorized", "413" => "PayloadTooLarge",
+    UploadErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "404" => "NotFound", "413" => "PayloadTooLarge",
         "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// A DELETE of one object.
-    DeleteErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
+    DeleteErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
+        "409" => "Conflict",
         "422" => "InvalidField";
 }
 
@@ -463,6 +503,64 @@ mod operations {
         responses((status = 200, description = "The lines.", body = LogList), QueryErrors))]
     fn node_logs() {}
 
+    /// Forget a node: its row, logs and pending registration. Refused (409,
+    /// naming them) while VMs are placed on it or platforms list it. A still
+    /// running agent registers again as a new node if its join token still
+    /// works: revoke the node, or the token, to keep it out.
+    #[utoipa::path(delete, path = "/v1/nodes/{id_or_name}", operation_id = "deleteNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The deleted node.", body = Node), DeleteErrors))]
+    fn delete_node() {}
+
+    /// Approve the node's pending registration (see `/v1/registration_requests`):
+    /// its next attempt registers, with a new secret, although it lacks the
+    /// node's current secret or the node is revoked. The path may also name a
+    /// pending request by the name it asked for.
+    #[utoipa::path(post, path = "/v1/nodes/{id_or_name}/approve", operation_id = "approveNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The approved request.", body = RegistrationRequest), GetErrors))]
+    fn approve_node() {}
+
+    /// Revoke a node: from now on its heartbeats and every node call are
+    /// refused and it shows status `revoked`. Its VMs stay placed. It comes
+    /// back only when an operator approves its next registration.
+    #[utoipa::path(post, path = "/v1/nodes/{id_or_name}/revoke", operation_id = "revokeNode",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The revoked node.", body = Node), GetErrors))]
+    fn revoke_node() {}
+
+    /// Registrations the controller refused because they named an existing
+    /// node without its current secret (or the node is revoked). One entry
+    /// per name with the count and latest details of the attempts.
+    #[utoipa::path(get, path = "/v1/registration_requests", operation_id = "listRegistrationRequests",
+        responses((status = 200, description = "The pending requests.", body = RegistrationRequestList), ListErrors))]
+    fn list_registration_requests() {}
+
+    /// Join tokens made through the API, newest first (never their secrets).
+    #[utoipa::path(get, path = "/v1/join_tokens", operation_id = "listJoinTokens",
+        responses((status = 200, description = "The join tokens.", body = JoinTokenList), ListErrors))]
+    fn list_join_tokens() {}
+
+    /// Make a join token: for one node name or any, single-use or not, with an
+    /// optional expiry. The answer carries the token once; the controller
+    /// keeps a digest. The data directory's join.token keeps working.
+    #[utoipa::path(post, path = "/v1/join_tokens", operation_id = "createJoinToken",
+        request_body = JoinTokenCreate,
+        responses((status = 201, description = "The token and its secret.", body = JoinTokenCreated), CreateErrors))]
+    fn create_join_token() {}
+
+    /// One join token.
+    #[utoipa::path(get, path = "/v1/join_tokens/{id}", operation_id = "getJoinToken",
+        params(("id" = String, Path, description = "Join token id.")),
+        responses((status = 200, description = "The join token.", body = JoinToken), GetErrors))]
+    fn get_join_token() {}
+
+    /// Revoke a join token; registrations with it are refused from now on.
+    #[utoipa::path(delete, path = "/v1/join_tokens/{id}", operation_id = "revokeJoinToken",
+        params(("id" = String, Path, description = "Join token id.")),
+        responses((status = 200, description = "The revoked join token.", body = JoinToken), DeleteErrors))]
+    fn revoke_join_token() {}
+
     /// The event journal, oldest first. Page with ?after=<id of the last event seen>.
     #[utoipa::path(get, path = "/v1/events", operation_id = "listEvents",
         params(
@@ -543,6 +641,78 @@ mod operations {
             FlowErrors,
         ))]
     fn platform_flows() {}
+    /// The caller's token, role and tenant.
+    #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
+        responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]
+    fn whoami() {}
+
+    /// Tenants: all of them for the operator, its own for a tenant token.
+    #[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants",
+        responses((status = 200, description = "The tenants.", body = TenantList), ListErrors))]
+    fn list_tenants() {}
+
+    /// Create a tenant (operator).
+    #[utoipa::path(post, path = "/v1/tenants", operation_id = "createTenant",
+        request_body = TenantCreate,
+        responses((status = 201, description = "Created.", body = Tenant), CreateErrors))]
+    fn create_tenant() {}
+
+    /// One tenant.
+    #[utoipa::path(get, path = "/v1/tenants/{id_or_name}", operation_id = "getTenant",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        responses((status = 200, description = "The tenant.", body = Tenant), GetErrors))]
+    fn get_tenant() {}
+
+    /// Change a tenant's description or quota (operator).
+    #[utoipa::path(patch, path = "/v1/tenants/{id_or_name}", operation_id = "patchTenant",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        request_body = TenantPatch,
+        responses((status = 200, description = "Updated.", body = Tenant), PatchErrors))]
+    fn patch_tenant() {}
+
+    /// Delete a tenant that owns nothing, with its tokens and result history
+    /// (operator; 409 while it owns platforms, QoS policies, programs or tasks).
+    #[utoipa::path(delete, path = "/v1/tenants/{id_or_name}", operation_id = "deleteTenant",
+        params(
+            ("id_or_name" = String, Path, description = "Tenant id or name."),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The deleted tenant.", body = Tenant), DeleteErrors))]
+    fn delete_tenant() {}
+
+    /// What a tenant uses next to its quota (any role of the tenant).
+    #[utoipa::path(get, path = "/v1/tenants/{id_or_name}/usage", operation_id = "getTenantUsage",
+        params(("id_or_name" = String, Path, description = "Tenant id or name.")),
+        responses((status = 200, description = "Quota and use.", body = TenantUsageReport), GetErrors))]
+    fn tenant_usage() {}
+
+    /// API tokens: all for the operator, the tenant's for an owner, itself for
+    /// a member or viewer.
+    #[utoipa::path(get, path = "/v1/tokens", operation_id = "listTokens",
+        responses((status = 200, description = "The tokens.", body = ApiTokenList), ListErrors))]
+    fn list_tokens() {}
+
+    /// Create an API token. The response carries its secret, which is shown
+    /// here only (a replay with the same request_id returns it empty).
+    #[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken",
+        request_body = ApiTokenCreate,
+        responses((status = 201, description = "Created.", body = ApiTokenCreated), CreateErrors))]
+    fn create_token() {}
+
+    /// One API token.
+    #[utoipa::path(get, path = "/v1/tokens/{id_or_name}", operation_id = "getToken",
+        params(("id_or_name" = String, Path, description = "Token id.")),
+        responses((status = 200, description = "The token.", body = ApiToken), GetErrors))]
+    fn get_token() {}
+
+    /// Revoke an API token; the record stays with revoked_at set.
+    #[utoipa::path(delete, path = "/v1/tokens/{id_or_name}", operation_id = "revokeToken",
+        params(
+            ("id_or_name" = String, Path, description = "Token id."),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The revoked token.", body = ApiToken), DeleteErrors))]
+    fn revoke_token() {}
 
     /// List QoS policies.
     #[utoipa::path(get, path = "/v1/qos_policies", operation_id = "listQosPolicies",

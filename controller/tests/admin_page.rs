@@ -114,6 +114,11 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
     );
     let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(rendered["error"], "", "{rendered:#}");
+    // The operator sees every tenant's use; the default tenant has no quota.
+    let usage = &rendered["usage"][0];
+    assert_eq!(usage[0], "default", "{rendered:#}");
+    assert_eq!(usage[1], "1 / \u{221e}", "one platform: {rendered:#}");
+    assert_eq!(usage[4], "64 / \u{221e}", "the VM's memory: {rendered:#}");
     assert_eq!(rendered["platforms"][0][0], "p");
     assert_eq!(rendered["platforms"][0][2], "100");
     assert_eq!(rendered["vms"][0][1], "mscs");

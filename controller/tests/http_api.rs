@@ -307,7 +307,7 @@ async fn unknown_node_and_bad_query_are_json_errors() {
     assert_eq!(body.error.code, "not_found");
 
     let response = client
-        .delete(controller.url("/v1/nodes/node-h"))
+        .put(controller.url("/v1/nodes/node-h"))
         .bearer_auth(&controller.admin_token)
         .send()
         .await
@@ -315,13 +315,15 @@ async fn unknown_node_and_bad_query_are_json_errors() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body: ErrorBody = response.json().await.unwrap();
     assert_eq!(body.error.code, "method_not_allowed");
-    assert_eq!(controller.nodes().await.len(), 1, "DELETE did nothing");
+    assert_eq!(controller.nodes().await.len(), 1, "PUT did nothing");
     controller.stop().await;
 }
 
 #[tokio::test]
 async fn patch_replaces_labels_and_records_an_event() {
-    let (_dir, controller) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let registered = controller.register("node-h", "").await;
     let client = measurelab_api::client::Client::new(
         &format!("http://{}", controller.http),
         &controller.admin_token,
@@ -340,11 +342,17 @@ async fn patch_replaces_labels_and_records_an_event() {
     let events = client.events(0).await.unwrap().events;
     assert_eq!(events.last().unwrap().reason, "NodeLabelsChanged");
 
-    // Labels survive a re-registration (the agent's rack=r1 only fills gaps).
-    controller.register("node-h", "").await;
-    let labels = controller.node("node-h").await.labels;
-    assert_eq!(labels["site"], "lab-2");
-    assert_eq!(labels["rack"], "r1");
+    // A re-registration leaves the operator's labels alone: the agent's
+    // rack=r1 shows only as a reported label.
+    let mut again = common::register_request(&controller.join_token, "node-h", "");
+    again.node_secret = registered.node_secret.clone();
+    controller.grpc().await.register(again).await.unwrap();
+    let node = controller.node("node-h").await;
+    assert_eq!(
+        node.labels,
+        [("site".to_string(), "lab-2".to_string())].into()
+    );
+    assert_eq!(node.reported_labels["rack"], "r1");
 
     let err = client.get_node("ghost").await.unwrap_err();
     assert!(err.is_not_found());

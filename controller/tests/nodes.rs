@@ -222,15 +222,19 @@ async fn reregistration_keeps_the_node_row() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start(dir.path(), LONG).await;
     let first = controller.register("node-r", "").await;
-    // Same persisted id.
-    let second = controller.register("node-r", &first.node_id).await;
+    let mut grpc = controller.grpc().await;
+    // A restarted agent: its persisted id and secret.
+    let mut again = register_request(&controller.join_token, "node-r", &first.node_id);
+    again.node_secret = first.node_secret.clone();
+    let second = grpc.register(again).await.unwrap().into_inner();
     assert_eq!(second.node_id, first.node_id);
     assert_ne!(second.node_secret, first.node_secret, "secret rotates");
-    // Lost its state: no id, same name.
-    let third = controller.register("node-r", "").await;
+    // Lost its id but kept the secret: the name and the secret identify it.
+    let mut by_name = register_request(&controller.join_token, "node-r", "");
+    by_name.node_secret = second.node_secret.clone();
+    let third = grpc.register(by_name).await.unwrap().into_inner();
     assert_eq!(third.node_id, first.node_id);
     // The old secret no longer works, the new one does.
-    let mut grpc = controller.grpc().await;
     let status = grpc
         .heartbeat(heartbeat_request(&first, 1))
         .await

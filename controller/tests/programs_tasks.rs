@@ -659,3 +659,105 @@ async fn service_host_tasks_reach_the_listed_nodes() {
     assert!(state.service_tasks.is_empty());
     controller.stop().await;
 }
+
+/// A run whose receivers recorded receipts gets its tree from placement and the
+/// per-link inference when the controller stores it: loss injected on one node's
+/// path is pinned there, and the clean path is not blamed.
+#[tokio::test]
+async fn stored_runs_get_their_tree_and_bottlenecks() {
+    use measurelab_inference::simulate::{self, LinkModel};
+    use measurelab_inference::tree::{distribution_tree, Placement};
+
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let mut grpc = controller.grpc().await;
+    for (name, endpoint) in [
+        ("n1", "10.253.0.11:7090"),
+        ("n2", "10.253.0.12:7090"),
+        ("n3", "10.253.0.13:7090"),
+    ] {
+        let mut request = common::register_request(&controller.join_token, name, "");
+        if let Some(caps) = request.capabilities.as_mut() {
+            caps.service_endpoint = endpoint.into();
+        }
+        grpc.register(request).await.unwrap();
+    }
+    let (status, task) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(
+                json!({"name": "trees", "mode": "service_host", "nodes": ["n1", "n2", "n3"],
+                        "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
+                        "group": "232.1.1.1", "port": 6000, "ttl": 2, "ssm": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+
+    // Service hosts are named like their node; the run is simulated with 8 % loss on
+    // n2's uplink. The controller must work the tree out itself: the posted document
+    // has none.
+    let at = |point| Placement { point, node: point };
+    let tree = distribution_tree(&at("n1"), &[at("n2"), at("n3")]);
+    let model = LinkModel {
+        loss: [("uplink:n2".to_string(), 0.08)].into_iter().collect(),
+        ..LinkModel::default()
+    };
+    let run = simulate::run(&tree, &model, 20_000, 11);
+    let mut document = simulate::document(&tree, &run);
+    document.tree = None;
+    document.task_id = Some("trees".into());
+    let (status, stored) = controller
+        .call(
+            Method::POST,
+            "/v1/results",
+            Some(serde_json::to_value(&document).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{stored}");
+    let stored = &stored["document"];
+    assert_eq!(
+        stored["tree"],
+        serde_json::to_value(&tree).unwrap(),
+        "{stored:#}"
+    );
+    let links: Vec<&str> = stored["inference"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["link"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        links,
+        [
+            "port:n1+uplink:n1",
+            "uplink:n2+port:n2",
+            "uplink:n3+port:n3"
+        ]
+    );
+    let bottlenecks: Vec<&str> = stored["bottlenecks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["link"].as_str().unwrap())
+        .collect();
+    assert_eq!(bottlenecks, ["uplink:n2+port:n2"]);
+    let lossy = &stored["inference"]["links"][1];
+    let (low, high) = (
+        lossy["loss_ci_low"].as_f64().unwrap(),
+        lossy["loss_ci_high"].as_f64().unwrap(),
+    );
+    assert!(low <= 0.08 && 0.08 <= high, "{lossy}");
+
+    // A receipt record that does not add up is refused, naming the receiver.
+    let mut broken = serde_json::to_value(&document).unwrap();
+    broken["run_id"] = json!("broken");
+    broken["receivers"][1]["receipts"] = json!({"encoding": "runs", "probes": 20000, "runs": [5]});
+    let (status, body) = controller
+        .call(Method::POST, "/v1/results", Some(broken))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "receivers[1].receipts");
+    controller.stop().await;
+}

@@ -5,7 +5,7 @@
 # round-robin task (30 s every 5 min, as in the paper).
 #
 #   measurelab lab up --nodes 4
-#   export $(measurelab lab env)
+#   export $(measurelab lab env)      # the lab's demo tenant, as a member
 #   export TF_CLI_CONFIG_FILE=$(measurelab lab tfrc)
 #   terraform init && terraform apply
 #

@@ -75,10 +75,10 @@ fn resolve(args: Args) -> anyhow::Result<GuestConfig> {
     })
 }
 
-/// Inside a VM: `/var/lib/measurelab-guest/<vm_id>/programs`. A namespace
-/// guest shares the host's filesystem, so its programs go next to its unix
-/// socket channel (`<agent state>/guests/<vm_id>/programs`), which the node
-/// agent removes with the VM.
+/// Inside a VM: `/var/lib/measurelab-guest/<vm_id>/programs`. With a unix
+/// socket channel, next to the socket. A namespace guest is told
+/// `MEASURELAB_PROGRAMS_DIR` by its node agent: a directory on its own
+/// writable layer, so programs count against its disk.
 fn default_programs_dir(channel: &Path, vm_id: &str) -> PathBuf {
     match channel.parent() {
         Some(dir) if !channel.starts_with("/dev") => dir.join("programs"),

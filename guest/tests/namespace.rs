@@ -16,7 +16,7 @@ use common::*;
 use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels};
 use measurelab_agent::hypervisor::{
     BootImage, DefineOutcome, GuestSpec, GuestState, Hypervisor, NamespaceConfig,
-    NamespaceHypervisor, NicAttach, NicSpec,
+    NamespaceHypervisor, NicAttach, NicSpec, GUEST_BIN_DIR,
 };
 use measurelab_api::guest::{AgentMessage, GuestMessage, ProgramRunState};
 use uuid::Uuid;
@@ -45,18 +45,21 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let tag = format!("mlgt-{}", std::process::id());
+        // The guest agent runs boxed: bound read-only into the guest, its
+        // programs on the guest's own writable layer.
+        let agent_in_guest =
+            Path::new(GUEST_BIN_DIR).join(Path::new(AGENT_BIN).file_name().unwrap());
         let mut config = NamespaceConfig::new(
             dir.path().join("ns-state"),
             vec![
-                AGENT_BIN.to_string(),
-                "--programs-dir".into(),
-                dir.path().join("programs").display().to_string(),
+                agent_in_guest.display().to_string(),
                 "--heartbeat-seconds".into(),
                 "0.5".into(),
                 "--cmdline".into(),
                 "/dev/null".into(),
             ],
         );
+        config.guest_binaries = vec![PathBuf::from(AGENT_BIN)];
         config.cgroup_parent = tag.clone();
         Fixture { dir, config, tag }
     }

@@ -12,6 +12,7 @@
 //! - [`receiver`]: ASM/SSM receiver with kernel receive timestamps.
 //! - [`protocol`]: line-JSON control protocol between MSCS and points.
 //! - [`point`]: `mcast-point serve`, a point driven by the MSCS.
+//! - [`probe_log`]: a receiver's per-probe receipts and delays, for tree inference.
 //! - [`result`]: the result document.
 //! - [`mscs`]: schedule, tasks, aggregation, durable state, HTTP API.
 //! - [`platform`]: controller task objects and the client of the guest agent's local
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod mscs;
 pub mod platform;
 pub mod point;
+pub mod probe_log;
 pub mod protocol;
 pub mod receiver;
 pub mod result;

@@ -31,6 +31,8 @@
 // The metrics are part of the result document, whose types live in crates/api.
 pub use measurelab_api::result::{DelaySummaryUs, IpdvSummaryUs, ReceiverMetrics, SentSource};
 
+use crate::probe_log::{ProbeLog, DEFAULT_PROBE_LOG_CAPACITY};
+
 /// Default size of the duplicate-detection window in sequence numbers (128 KiB of bits
 /// each for the seen and duplicated maps): at 100 kpps, ten seconds of history.
 pub const DEFAULT_DUPLICATE_WINDOW: u64 = 1 << 20;
@@ -44,6 +46,8 @@ pub struct StatsLimits {
     pub duplicate_window: u64,
     /// Values kept per quantile reservoir.
     pub quantile_sample_capacity: usize,
+    /// Probes whose receipt and delay are kept one by one for tree inference.
+    pub probe_log_capacity: u64,
 }
 
 impl Default for StatsLimits {
@@ -51,6 +55,7 @@ impl Default for StatsLimits {
         Self {
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             quantile_sample_capacity: DEFAULT_QUANTILE_SAMPLE_CAPACITY,
+            probe_log_capacity: DEFAULT_PROBE_LOG_CAPACITY,
         }
     }
 }
@@ -192,6 +197,7 @@ pub struct ReceiverStats {
     ipdv_abs: Reservoir,
     jitter_ns: f64,
     jitter_samples: u64,
+    probe_log: ProbeLog,
 }
 
 impl ReceiverStats {
@@ -221,6 +227,7 @@ impl ReceiverStats {
             ipdv_abs: Reservoir::new(limits.quantile_sample_capacity),
             jitter_ns: 0.0,
             jitter_samples: 0,
+            probe_log: ProbeLog::new(limits.probe_log_capacity),
         }
     }
 
@@ -251,6 +258,7 @@ impl ReceiverStats {
         self.delay_max_ns = self.delay_max_ns.max(delay_ns);
         self.delay_sum_ns += delay_ns as i128;
         self.delays.push(delay_ns);
+        self.probe_log.record(sequence, delay_ns);
 
         if let Some((previous_seq, previous_delay_ns)) = self.previous_arrival {
             // RFC 3550: consecutive arrivals, whatever their sequence numbers.
@@ -299,6 +307,11 @@ impl ReceiverStats {
         }
         self.seen.set(sequence);
         true
+    }
+
+    /// The per-probe record for tree inference.
+    pub fn probe_log(&self) -> &ProbeLog {
+        &self.probe_log
     }
 
     /// Distinct sequence numbers received so far.
@@ -605,6 +618,7 @@ mod tests {
         let limits = StatsLimits {
             duplicate_window: 64,
             quantile_sample_capacity: 8,
+            probe_log_capacity: 1 << 10,
         };
         let mut arrivals: Vec<_> = (0..200).map(|s| (s, 100)).collect();
         // 150 is inside the window (top is 200, window 64): a detectable duplicate.
@@ -627,6 +641,7 @@ mod tests {
         let limits = StatsLimits {
             duplicate_window: 64,
             quantile_sample_capacity: 8,
+            probe_log_capacity: 1 << 10,
         };
         let stats = feed_with(
             limits,

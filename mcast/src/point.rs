@@ -286,6 +286,7 @@ fn handle_receive(
         // The MSCS went away: nobody to report to.
         return Ok(());
     };
+    let metrics = outcome.stats.finish(packets_sent);
     let report = ReceiverReport {
         point: config.name.clone(),
         session_id: request.session_id,
@@ -293,7 +294,8 @@ fn handle_receive(
         clock_resolution_ns: realtime_clock_resolution_ns(),
         foreign_session_packets: outcome.foreign_session_packets,
         malformed_packets: outcome.malformed_packets,
-        metrics: outcome.stats.finish(packets_sent),
+        probe_log: outcome.stats.probe_log().report(metrics.packets_sent),
+        metrics,
     };
     write_response(writer, &ControlResponse::ReceiverReport(Box::new(report)))
 }

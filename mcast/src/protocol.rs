@@ -21,6 +21,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::ReceiverMetrics;
+use crate::probe_log::ProbeLogReport;
 use crate::receiver::TimestampSource;
 use crate::sender::SenderReport;
 
@@ -134,6 +135,10 @@ pub struct ReceiverReport {
     pub malformed_packets: u64,
     /// The statistics.
     pub metrics: ReceiverMetrics,
+    /// Per-probe receipts and delays over the window `0..metrics.packets_sent`; absent
+    /// from points built before it and for runs longer than the point records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_log: Option<ProbeLogReport>,
 }
 
 #[cfg(test)]

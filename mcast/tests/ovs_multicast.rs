@@ -72,6 +72,36 @@ fn asm_and_ssm_runs_reach_every_receiver_through_ovs() -> Result<()> {
             max - min
         );
     }
+    // Every probe arrived at both receivers: one run of `sent` received probes each, and
+    // a covariance for each receiver and the pair, over every probe.
+    for point in ["p2", "p3"] {
+        let receipts = &receiver(&asm, point)["receipts"];
+        assert_eq!(
+            receipts,
+            &json!({"encoding": "runs", "probes": sent, "runs": [sent]}),
+            "{point}"
+        );
+    }
+    let pairs: Vec<(&str, &str, u64)> = asm["delay_covariances"]
+        .as_array()
+        .map(|covariances| {
+            covariances
+                .iter()
+                .map(|c| {
+                    (
+                        c["a"].as_str().unwrap_or_default(),
+                        c["b"].as_str().unwrap_or_default(),
+                        c["common_probes"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        pairs,
+        [("p2", "p2", sent), ("p2", "p3", sent), ("p3", "p3", sent)],
+        "{asm:#}"
+    );
     // The source is not its own receiver.
     assert_eq!(receiver(&asm, "p1"), &serde_json::Value::Null);
     // The same document was POSTed to the result URL.

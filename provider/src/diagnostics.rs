@@ -130,13 +130,25 @@ pub fn client_error(diags: &mut Diagnostics, err: &ClientError, operation: Opera
             ),
             AttributePath::root(),
         ),
-        ClientError::Api { status: 401 | 403, message, .. } => error(
+        // A 403 names the object, the action and the role it needs: shown as
+        // the controller worded it, since the token itself is valid.
+        ClientError::Api { status: 403, message, .. } => error(
+            diags,
+            "Permission denied",
+            format!(
+                "The provider tried to {what}; the controller refused: {message}. {consequence}\n\n\
+                 What to do: use a token with the role the message names (for a lab, `measurelab lab \
+                 env --operator` prints the operator token), or ask the tenant's owner for one."
+            ),
+            AttributePath::root(),
+        ),
+        ClientError::Api { status: 401, message, .. } => error(
             diags,
             "The controller refused the provider's token",
             format!(
                 "The provider tried to {what}; the controller answered: {message}. {consequence}\n\n\
-                 What to do: set the provider's `token` or MEASURELAB_TOKEN to the controller's admin \
-                 token (`measurelab lab env` prints it for a lab)."
+                 What to do: set the provider's `token` or MEASURELAB_TOKEN to a valid API token \
+                 (`measurelab lab env` prints one for a lab; `measurelab token create` makes one)."
             ),
             AttributePath::new("token"),
         ),

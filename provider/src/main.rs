@@ -3,11 +3,13 @@
 //! # Layout
 //! - `provider.rs`: the provider block (endpoint, token, ca_cert).
 //! - `shared.rs`: the client the provider configures and every type shares.
+//! - `access.rs`: plan-time permission checks from `GET /v1/whoami`.
 //! - `catalog.rs`: node and appliance lists fetched once per plan for placement checks.
 //! - `diagnostics.rs`: every error a user can see, with what to do next.
 //! - `resources/<noun>.rs`, `data_sources/<noun>.rs`: one Terraform type per file.
 //! - `node_model.rs`, `number.rs`, `labels.rs`, `timeouts.rs`, `wait.rs`, `cancel.rs`: shared pieces.
 
+mod access;
 mod cancel;
 mod catalog;
 mod data_sources;
@@ -20,6 +22,7 @@ mod resources;
 mod shared;
 mod timeouts;
 mod wait;
+mod wire;
 
 /// Name Terraform knows the provider by; resource types are `measurelab_<noun>`.
 const PROVIDER_NAME: &str = "measurelab";

@@ -91,6 +91,8 @@ pub struct NodeValue {
     pub management_address: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Labels the agent reported.
+    pub reported_labels: BTreeMap<String, String>,
     /// Capabilities.
     pub capabilities: CapabilitiesValue,
     /// Resource use.
@@ -108,6 +110,7 @@ impl From<&Node> for NodeValue {
             agent_version: node.agent_version.clone(),
             management_address: node.management_address.clone(),
             labels: node.labels.clone(),
+            reported_labels: node.reported_labels.clone(),
             capabilities: (&node.capabilities).into(),
             resources: (&node.resources).into(),
         }
@@ -119,6 +122,7 @@ pub fn status_text(status: NodeStatus) -> &'static str {
     match status {
         NodeStatus::Online => "online",
         NodeStatus::Offline => "offline",
+        NodeStatus::Revoked => "revoked",
     }
 }
 
@@ -167,6 +171,10 @@ pub fn node_type() -> AttributeType {
             "labels".to_string(),
             AttributeType::Map(Box::new(AttributeType::String)),
         ),
+        (
+            "reported_labels".to_string(),
+            AttributeType::Map(Box::new(AttributeType::String)),
+        ),
         ("capabilities".to_string(), capabilities_type()),
         ("resources".to_string(), resources_type()),
     ]))
@@ -203,7 +211,11 @@ pub fn computed_node_attributes() -> HashMap<String, Attribute> {
         ),
         (
             "status".to_string(),
-            computed(AttributeType::String, "Liveness as the controller sees it: `online` or `offline`."),
+            computed(
+                AttributeType::String,
+                "Liveness as the controller sees it: `online`, `offline`, or `revoked` (an operator \
+                 revoked the node; nothing it sends is accepted).",
+            ),
         ),
         (
             "last_heartbeat".to_string(),
@@ -224,6 +236,15 @@ pub fn computed_node_attributes() -> HashMap<String, Attribute> {
         (
             "management_address".to_string(),
             computed(AttributeType::String, "Management address of the node."),
+        ),
+        (
+            "reported_labels".to_string(),
+            computed(
+                AttributeType::Map(Box::new(AttributeType::String)),
+                "Labels the node's agent reported at its last registration (its `--label` flags). \
+                 Shown for information only: node selection uses the operator's `labels`, which \
+                 an agent cannot change.",
+            ),
         ),
         ("capabilities".to_string(), computed(capabilities_type(), CAPABILITIES_DOC)),
         ("resources".to_string(), computed(resources_type(), RESOURCES_DOC)),

@@ -53,6 +53,30 @@ impl From<f64> for Number {
     }
 }
 
+impl Number {
+    /// The value as a non-negative whole number, if it is one.
+    pub fn as_whole(&self) -> Option<u64> {
+        match self {
+            Number::Unsigned(v) => Some(*v),
+            Number::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64 => {
+                Some(*f as u64)
+            }
+            Number::Decimal(text) => text.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float64; `None` for a decimal that does not parse.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Number::Unsigned(value) => Some(*value as f64),
+            Number::Signed(value) => Some(*value as f64),
+            Number::Float(value) => Some(*value),
+            Number::Decimal(text) => text.parse().ok(),
+        }
+    }
+}
+
 impl Serialize for Number {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {

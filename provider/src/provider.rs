@@ -1,6 +1,7 @@
 //! The provider block: where the controller is and how to authenticate.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use measurelab_api::client::Client;
@@ -13,6 +14,8 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Whoami;
+use crate::data_sources::TenantUsageDataSource;
 use crate::data_sources::{
     AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
 };
@@ -21,6 +24,7 @@ use crate::data_sources::{
     VirtualPlatformsDataSource, VmDataSource, VmsDataSource,
 };
 use crate::diagnostics;
+use crate::resources::{ApiTokenResource, TenantResource};
 use crate::resources::{
     DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
     QosPolicyResource, VirtualPlatformResource, VmResource,
@@ -119,6 +123,19 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How long configure waits for `GET /v1/whoami`: every Terraform command
+/// configures the provider, and a silent controller must not stall them all.
+const WHOAMI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who the token is, for plan-time permission checks. `None` when the
+/// controller cannot say (unreachable, a bad token, an older controller):
+/// the checks are then skipped and the first real call reports the problem
+/// with its usual diagnostic.
+async fn who_is(client: &Client) -> Option<Whoami> {
+    let asked = client.request::<(), Whoami>(reqwest::Method::GET, "/v1/whoami", None);
+    tokio::time::timeout(WHOAMI_TIMEOUT, asked).await.ok()?.ok()
+}
+
 #[async_trait]
 impl Provider for MeasurelabProvider {
     type Config<'a> = ProviderConfig;
@@ -140,7 +157,9 @@ impl Provider for MeasurelabProvider {
                         false,
                     ),
                     "token" => setting(
-                        "Bearer token for the controller's `/v1` API (the controller's `admin.token`). \
+                        "Bearer token for the controller's `/v1` API: an API token (`mlt_...`, from \
+                         `measurelab token create` or `measurelab_api_token`) or the controller's \
+                         operator `admin.token`. Plans that need a role the token lacks fail at plan. \
                          Defaults to the `MEASURELAB_TOKEN` environment variable.",
                         true,
                     ),
@@ -219,7 +238,13 @@ impl Provider for MeasurelabProvider {
             None => None,
         };
         match Client::new(&endpoint, &token, ca_pem.as_deref()) {
-            Ok(client) => self.shared.set_client(client),
+            Ok(client) => {
+                let whoami = who_is(&client).await;
+                self.shared.set_client(client);
+                if let Some(whoami) = whoami {
+                    self.shared.set_whoami(whoami);
+                }
+            }
             Err(err) => diagnostics::invalid_value(
                 diags,
                 AttributePath::new(if ca_pem.is_some() {
@@ -246,6 +271,8 @@ impl Provider for MeasurelabProvider {
             "program" => ProgramResource::new(self.shared.clone()),
             "deployment" => DeploymentResource::new(self.shared.clone()),
             "measurement_task" => MeasurementTaskResource::new(self.shared.clone()),
+            "tenant" => TenantResource::new(self.shared.clone()),
+            "api_token" => ApiTokenResource::new(self.shared.clone()),
         })
     }
 
@@ -264,6 +291,7 @@ impl Provider for MeasurelabProvider {
             "vms" => VmsDataSource::new(self.shared.clone()),
             "measurement_task" => MeasurementTaskDataSource::new(self.shared.clone()),
             "measurement_tasks" => MeasurementTasksDataSource::new(self.shared.clone()),
+            "tenant_usage" => TenantUsageDataSource::new(self.shared.clone()),
         })
     }
 }

@@ -7,6 +7,7 @@ use measurelab_api::client::Client;
 use tf_provider::Diagnostics;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Whoami;
 use crate::catalog::Catalog;
 use crate::diagnostics;
 
@@ -16,6 +17,9 @@ use crate::diagnostics;
 struct Configured {
     client: Client,
     catalog: Arc<Catalog>,
+    /// Who the token is, for plan-time permission checks; `None` when the
+    /// controller could not say (checks are then left to the controller).
+    whoami: Option<Arc<Whoami>>,
 }
 
 /// What resources share with the provider: the configured client (set once
@@ -63,7 +67,22 @@ impl Shared {
             *guard = Some(Configured {
                 client,
                 catalog: Arc::default(),
+                whoami: None,
             });
         }
+    }
+
+    /// Who the configured client's token is (from `GET /v1/whoami`).
+    pub(crate) fn set_whoami(&self, whoami: Whoami) {
+        if let Ok(mut guard) = self.configured.write() {
+            if let Some(configured) = guard.as_mut() {
+                configured.whoami = Some(Arc::new(whoami));
+            }
+        }
+    }
+
+    /// Who the token is, when the controller said at configure.
+    pub fn whoami(&self) -> Option<Arc<Whoami>> {
+        self.configured().and_then(|c| c.whoami)
     }
 }

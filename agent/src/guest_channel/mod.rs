@@ -3,8 +3,13 @@
 //!
 //! - Namespace guests: [`GuestChannels::open_unix`] listens on
 //!   `<agent state>/guests/<vm_id>/channel.sock` ([`channel_socket_path`]);
-//!   the guest agent connects to it (`MEASURELAB_CHANNEL`). A new connection
-//!   from the guest (guest agent restart) replaces the old one.
+//!   the guest agent connects to it (`MEASURELAB_CHANNEL`). The socket takes
+//!   the owner of its directory, mode 0600: the namespace backend gives that
+//!   directory to the guest's own uid (mode 0700), so no other guest can
+//!   reach it. While a guest is registered on the socket, a second
+//!   connection is refused (and logged), never displacing it; one that
+//!   comes while the current connection has not said hello replaces it (a
+//!   restarted guest agent whose old connection is not torn down yet).
 //! - QEMU/Xen guests: libvirt binds that path for the VM's second serial
 //!   port (`GuestSpec::channel_socket`); [`GuestChannels::connect_serial`]
 //!   connects to it, and keeps reconnecting while the VM is down, and on
@@ -197,7 +202,8 @@ impl GuestChannels {
     }
 
     /// Listens on `path` for VM `vm_id`'s guest agent (namespace guests).
-    /// Creates the parent directory and replaces a stale socket file.
+    /// Creates the parent directory (mode 0700) and replaces a stale socket
+    /// file; the socket gets the directory's owner and mode 0600.
     pub fn open_unix(
         &self,
         vm_id: Uuid,
@@ -212,8 +218,19 @@ impl GuestChannels {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err)?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| GuestChannelError::InvalidPath {
+                path: path.to_path_buf(),
+                reason: "has no parent directory".into(),
+            })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io_err)?;
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -221,6 +238,7 @@ impl GuestChannels {
             Err(e) => return Err(io_err(e)),
         }
         let listener = tokio::net::UnixListener::bind(path).map_err(io_err)?;
+        give_to_directory_owner(path, parent).map_err(io_err)?;
         let (shared, inbound) = Shared::new(vm_id, ChannelKind::Unix, path);
         let task = tokio::spawn(serve_unix(listener, shared.clone()));
         vms.insert(vm_id, VmChannel { shared, task });
@@ -317,6 +335,15 @@ impl GuestChannels {
     }
 }
 
+/// Hands the socket at `path` to the owner of `dir` with mode 0600: who
+/// may open the directory is who may connect.
+fn give_to_directory_owner(path: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(dir)?;
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 fn check_socket_path(path: &Path) -> Result<(), GuestChannelError> {
     let invalid = |reason: String| GuestChannelError::InvalidPath {
         path: path.to_path_buf(),
@@ -389,6 +416,23 @@ async fn serve_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let live = current.as_ref().is_some_and(|c| !c.0.is_finished());
+                if live && shared.with_state(|s| s.registered).unwrap_or(false) {
+                    // Never displace a registered guest: whoever else got at
+                    // the socket would receive its programs and tasks.
+                    let peer = stream
+                        .peer_cred()
+                        .map(|c| format!("pid {:?} uid {}", c.pid(), c.uid()))
+                        .unwrap_or_else(|_| "unknown peer".into());
+                    note_error(
+                        &shared,
+                        format!(
+                            "refused a second connection ({peer}) while the guest is registered"
+                        ),
+                    );
+                    drop(stream);
+                    continue;
+                }
                 if current.take().is_some() {
                     tracing::info!(vm_id = %shared.vm_id, "guest reconnected; replacing the old connection");
                 }
@@ -676,6 +720,67 @@ mod tests {
         write.write_all(heartbeat.as_bytes()).await.unwrap();
         let more = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await;
         assert!(more.is_err(), "asked again after registering: {more:?}");
+        channels.close(vm());
+    }
+
+    /// Whoever else reaches a registered guest's socket is turned away: the
+    /// registered connection keeps its registration and its messages.
+    #[tokio::test]
+    async fn a_second_connection_never_displaces_a_registered_guest() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = channel_socket_path(dir.path(), vm());
+        let channels = GuestChannels::new();
+        let _inbound = channels.open_unix(vm(), &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let guest = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = guest.into_split();
+        let hello = format!(
+            "{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"1.2\"}}\n",
+            vm()
+        );
+        write.write_all(hello.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !channels.state(vm()).unwrap().registered {
+            assert!(tokio::time::Instant::now() < deadline, "hello not taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut intruder = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), intruder.read(&mut buf))
+            .await
+            .expect("intruder not turned away")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "intruder got bytes");
+        let state = channels.state(vm()).unwrap();
+        assert!(state.registered && state.connected, "{state:?}");
+        assert_eq!(state.connections, 1);
+        assert!(state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused a second connection")));
+
+        // The registered guest still gets what the agent sends.
+        channels
+            .send(
+                vm(),
+                &AgentMessage::Stop {
+                    deployment_id: "d1".into(),
+                },
+            )
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(line, "{\"type\":\"stop\",\"deployment_id\":\"d1\"}");
         channels.close(vm());
     }
 

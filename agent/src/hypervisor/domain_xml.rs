@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use super::disks::GuestDisks;
 use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::types::{BackendKind, OWNER_XML_NAMESPACE};
 
@@ -64,8 +65,10 @@ impl DomainFlavor {
 }
 
 /// Kernel command line: console first, then our parameters, then the spec's
-/// extra part. The appliance's /init reads `measurelab.ip` and `measurelab.vm_id`.
-pub(crate) fn kernel_cmdline(spec: &GuestSpec, flavor: DomainFlavor) -> String {
+/// extra part. The appliance's /init reads `measurelab.ip` and
+/// `measurelab.vm_id`, and mounts `measurelab.data` on /data and enables
+/// `measurelab.swap` as swap.
+pub(crate) fn kernel_cmdline(spec: &GuestSpec, flavor: DomainFlavor, disks: &GuestDisks) -> String {
     let console = match flavor {
         DomainFlavor::XenPv => "console=hvc0",
         _ => "console=ttyS0",
@@ -81,11 +84,46 @@ pub(crate) fn kernel_cmdline(spec: &GuestSpec, flavor: DomainFlavor) -> String {
             guest_channel_device(flavor)
         );
     }
+    for disk in attached_disks(flavor, disks) {
+        let _ = write!(cmdline, " measurelab.{}=/dev/{}", disk.role, disk.target);
+    }
     if !spec.boot.extra_cmdline.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&spec.boot.extra_cmdline);
     }
     cmdline
+}
+
+/// One disk file as the guest sees it.
+struct AttachedDisk<'a> {
+    /// Kernel parameter suffix (`measurelab.<role>=/dev/<target>`).
+    role: &'static str,
+    path: &'a std::path::Path,
+    format: &'static str,
+    /// Device name in the guest, e.g. `vdb`.
+    target: String,
+}
+
+/// The guest's disks in attachment order: data (the overlay), then swap.
+fn attached_disks(flavor: DomainFlavor, disks: &GuestDisks) -> Vec<AttachedDisk<'_>> {
+    let prefix = match flavor {
+        DomainFlavor::XenPv => "xvd",
+        _ => "vd",
+    };
+    [
+        ("data", disks.data.as_deref(), "qcow2"),
+        ("swap", disks.swap.as_deref(), "raw"),
+    ]
+    .into_iter()
+    .filter_map(|(role, path, format)| path.map(|path| (role, path, format)))
+    .zip('a'..)
+    .map(|((role, path, format), letter)| AttachedDisk {
+        role,
+        path,
+        format,
+        target: format!("{prefix}{letter}"),
+    })
+    .collect()
 }
 
 /// Where the guest sees its channel: the second serial port under QEMU; on
@@ -118,16 +156,20 @@ pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
     )
 }
 
-/// Renders the domain XML. The spec must have passed [`GuestSpec::validate`].
+/// Renders the domain XML of a guest without disks. The spec must have
+/// passed [`GuestSpec::validate`]. The appliance disk (`boot.disk`) is
+/// never attached itself: the libvirt backend attaches a per-VM overlay of it.
 pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
-    domain_xml_for_owner(spec, flavor, None)
+    domain_xml_for_owner(spec, flavor, None, &GuestDisks::default())
 }
 
-/// [`domain_xml`] with the ownership tag scoped to `owner` (a node agent).
+/// [`domain_xml`] with the ownership tag scoped to `owner` (a node agent)
+/// and the guest's own disk files attached.
 pub(crate) fn domain_xml_for_owner(
     spec: &GuestSpec,
     flavor: DomainFlavor,
     owner: Option<&str>,
+    disks: &GuestDisks,
 ) -> String {
     let mut x = String::new();
     // `write!` into a String cannot fail; the results are ignored on purpose.
@@ -169,7 +211,7 @@ pub(crate) fn domain_xml_for_owner(
     let _ = writeln!(
         x,
         "    <cmdline>{}</cmdline>",
-        esc(&kernel_cmdline(spec, flavor))
+        esc(&kernel_cmdline(spec, flavor, disks))
     );
     x.push_str("  </os>\n");
     if let DomainFlavor::Qemu(_) = flavor {
@@ -179,15 +221,19 @@ pub(crate) fn domain_xml_for_owner(
     x.push_str("  <on_reboot>restart</on_reboot>\n");
     x.push_str("  <on_crash>destroy</on_crash>\n");
     x.push_str("  <devices>\n");
-    if let Some(disk) = &spec.boot.disk {
-        let (target, bus) = match flavor {
-            DomainFlavor::XenPv => ("xvda", "xen"),
-            _ => ("vda", "virtio"),
-        };
+    let bus = match flavor {
+        DomainFlavor::XenPv => "xen",
+        _ => "virtio",
+    };
+    for disk in attached_disks(flavor, disks) {
         x.push_str("    <disk type='file' device='disk'>\n");
-        x.push_str("      <driver name='qemu' type='raw'/>\n");
-        let _ = writeln!(x, "      <source file='{}'/>", esc(&disk.to_string_lossy()));
-        let _ = writeln!(x, "      <target dev='{target}' bus='{bus}'/>");
+        let _ = writeln!(x, "      <driver name='qemu' type='{}'/>", disk.format);
+        let _ = writeln!(
+            x,
+            "      <source file='{}'/>",
+            esc(&disk.path.to_string_lossy())
+        );
+        let _ = writeln!(x, "      <target dev='{}' bus='{bus}'/>", disk.target);
         x.push_str("    </disk>\n");
     }
     if let Some(nic) = &spec.nic {
@@ -331,6 +377,25 @@ pub(crate) fn interface_with_bandwidth(domain: &str, limit: Option<&RateLimit>) 
         iface.insert_str(close, &bandwidth_xml(limit));
     }
     Some(iface)
+}
+
+/// The `<source file>` of every `<disk>` of a domain XML, in order.
+pub(crate) fn disk_sources(domain: &str) -> Vec<std::path::PathBuf> {
+    let Ok(doc) = roxmltree::Document::parse(domain) else {
+        return Vec::new();
+    };
+    doc.root_element()
+        .children()
+        .filter(|n| n.has_tag_name("devices"))
+        .flat_map(|devices| devices.children())
+        .filter(|n| n.has_tag_name("disk"))
+        .filter_map(|disk| {
+            disk.children()
+                .find(|n| n.has_tag_name("source"))
+                .and_then(|source| source.attribute("file"))
+                .map(std::path::PathBuf::from)
+        })
+        .collect()
 }
 
 fn esc(value: &str) -> String {
@@ -548,6 +613,64 @@ mod tests {
             assert!(!xml.contains("measurelab.channel"), "{xml}");
             assert!(!xml.contains("<source mode='bind'"), "{xml}");
             assert_balanced(&xml);
+        }
+    }
+
+    #[test]
+    fn guest_disks_are_attached_in_order_and_named_on_the_cmdline() {
+        let disks = GuestDisks {
+            data: Some("/var/lib/measurelab/agent/guests/x/disk.qcow2".into()),
+            swap: Some("/var/lib/measurelab/agent/guests/x/swap.img".into()),
+        };
+        for (flavor, data, swap, bus) in [
+            (DomainFlavor::Qemu(QemuAccel::Tcg), "vda", "vdb", "virtio"),
+            (DomainFlavor::XenPv, "xvda", "xvdb", "xen"),
+            (DomainFlavor::Test, "vda", "vdb", "virtio"),
+        ] {
+            let xml = domain_xml_for_owner(&sample_spec(), flavor, None, &disks);
+            assert!(
+                xml.contains(&format!(
+                    "<driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/measurelab/agent/guests/x/disk.qcow2'/>\n      <target dev='{data}' bus='{bus}'/>"
+                )),
+                "{xml}"
+            );
+            assert!(
+                xml.contains(&format!(
+                    "<driver name='qemu' type='raw'/>\n      <source file='/var/lib/measurelab/agent/guests/x/swap.img'/>\n      <target dev='{swap}' bus='{bus}'/>"
+                )),
+                "{xml}"
+            );
+            assert!(
+                xml.contains(&format!(
+                    "measurelab.data=/dev/{data} measurelab.swap=/dev/{swap}"
+                )),
+                "{xml}"
+            );
+            assert_eq!(
+                disk_sources(&xml),
+                vec![disks.data.clone().unwrap(), disks.swap.clone().unwrap()]
+            );
+            assert_balanced(&xml);
+            validate_with_libvirt_schema(&xml, &format!("disks-{flavor:?}"));
+        }
+        // Swap alone is the first disk.
+        let swap_only = GuestDisks {
+            data: None,
+            swap: disks.swap.clone(),
+        };
+        let xml = domain_xml_for_owner(&sample_spec(), DomainFlavor::Test, None, &swap_only);
+        assert!(xml.contains("measurelab.swap=/dev/vda"), "{xml}");
+        assert!(!xml.contains("measurelab.data"), "{xml}");
+    }
+
+    #[test]
+    fn the_appliance_disk_itself_is_never_attached() {
+        let mut spec = sample_spec();
+        spec.boot.disk = Some("/var/lib/measurelab/appliances/tiny/disk.img".into());
+        for flavor in [DomainFlavor::Qemu(QemuAccel::Tcg), DomainFlavor::XenPv] {
+            let xml = domain_xml(&spec, flavor);
+            assert!(!xml.contains("disk.img"), "{xml}");
+            assert!(!xml.contains("<disk "), "{xml}");
         }
     }
 

@@ -6,7 +6,7 @@
 //! the object, because the test driver's state lives in the connection (a new
 //! connection to `test:///default` starts from the default state again).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use uuid::Uuid;
@@ -16,8 +16,9 @@ use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
 use super::api::Hypervisor;
+use super::disks::{DiskConfig, GuestDisks};
 use super::domain_xml::{
-    domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
+    disk_sources, domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
 };
 use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::types::{
@@ -33,6 +34,9 @@ pub struct LibvirtHypervisor {
     conn: Mutex<Option<Connect>>,
     /// Scope of the ownership tag; see [`LibvirtHypervisor::with_owner`].
     owner: Option<String>,
+    /// Where appliance files may lie and per-VM disks live; see
+    /// [`LibvirtHypervisor::with_disks`].
+    disks: Option<DiskConfig>,
 }
 
 /// Whether tc police works on this host, probed once per process.
@@ -90,6 +94,7 @@ impl LibvirtHypervisor {
             flavor,
             conn: Mutex::new(Some(conn)),
             owner: None,
+            disks: None,
         })
     }
 
@@ -125,6 +130,58 @@ impl LibvirtHypervisor {
         let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         format!("agent-{hex}")
+    }
+
+    /// Confines appliance files (kernel, initrd, disk image) to
+    /// `config.appliance_dir` and gives every guest its own disk files under
+    /// `config.guests_dir`: a copy-on-write overlay of the appliance disk
+    /// (sized `disk_mib`) and a swap disk (`swap_mib`). Without it, a spec
+    /// that asks for any disk is refused.
+    pub fn with_disks(mut self, config: DiskConfig) -> Self {
+        self.disks = Some(config);
+        self
+    }
+
+    /// Deletes the guest's overlay and swap disk (its data goes with it).
+    fn remove_disks(&self, id: Uuid) -> Result<(), HypervisorError> {
+        match &self.disks {
+            Some(config) => config.remove(id),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the appliance files lie in the appliance directory;
+    /// returns the canonical appliance disk. Refuses any disk when no disk
+    /// directories are configured.
+    fn check_appliance(&self, spec: &GuestSpec) -> Result<Option<PathBuf>, HypervisorError> {
+        let Some(config) = &self.disks else {
+            let field = if spec.boot.disk.is_some() {
+                "boot.disk"
+            } else if spec.disk_mib > 0 {
+                "disk_mib"
+            } else if spec.swap_mib > 0 {
+                "swap_mib"
+            } else {
+                return Ok(None);
+            };
+            return Err(HypervisorError::InvalidSpec {
+                field,
+                reason: "this libvirt backend has no directory for per-VM disks".into(),
+            });
+        };
+        config.check_appliance(spec)
+    }
+
+    /// Creates or adopts the guest's overlay of `base` and its swap disk.
+    fn prepare_disks(
+        &self,
+        spec: &GuestSpec,
+        base: Option<&Path>,
+    ) -> Result<GuestDisks, HypervisorError> {
+        match &self.disks {
+            Some(config) => config.ensure(spec, base),
+            None => Ok(GuestDisks::default()),
+        }
     }
 
     /// The ownership scope, if any.
@@ -333,7 +390,9 @@ impl Hypervisor for LibvirtHypervisor {
     fn define(&self, spec: &GuestSpec) -> Result<DefineOutcome, HypervisorError> {
         spec.validate()?;
         self.check_outbound_support(spec.egress_limit.as_ref())?;
-        let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref());
+        // Before anything is looked up or created: a refused appliance
+        // leaves no trace on the host.
+        let base = self.check_appliance(spec)?;
         let hash = spec.spec_hash();
         self.with_conn(|conn| {
             // A foreign domain with our name would be overwritten by define
@@ -351,11 +410,19 @@ impl Hypervisor for LibvirtHypervisor {
                 Err(e) => return Err(libvirt_error("lookup domain", e)),
             }
             let existing = self.lookup_owned(conn, spec.id)?;
+            // Adopts the disks a previous agent made: their data survives.
+            let disks = self.prepare_disks(spec, base.as_deref())?;
             let outcome = match &existing {
                 None => DefineOutcome::Created,
                 Some(dom) => {
                     let tag = self.our_tag(dom)?;
-                    if tag.is_some_and(|t| t.spec_hash == hash) {
+                    // A definition from before per-VM disks (or edited by
+                    // hand) attaches other files: redefine it.
+                    let config = dom
+                        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                        .map_err(|e| libvirt_error("get domain XML", e))?;
+                    let wanted: Vec<_> = disks.data.iter().chain(&disks.swap).cloned().collect();
+                    if tag.is_some_and(|t| t.spec_hash == hash) && disk_sources(&config) == wanted {
                         return Ok(DefineOutcome::Unchanged);
                     }
                     DefineOutcome::Updated {
@@ -363,6 +430,7 @@ impl Hypervisor for LibvirtHypervisor {
                     }
                 }
             };
+            let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref(), &disks);
             conn.define_domain_xml(&xml)
                 .map_err(|e| libvirt_error("define", e))?;
             Ok(outcome)
@@ -435,7 +503,8 @@ impl Hypervisor for LibvirtHypervisor {
     fn undefine(&self, id: Uuid) -> Result<(), HypervisorError> {
         self.with_conn(|conn| {
             let Some(dom) = self.lookup_owned(conn, id)? else {
-                return Ok(());
+                // A define that failed after making the disks leaves them.
+                return self.remove_disks(id);
             };
             if is_active(&dom)? {
                 dom.destroy().map_err(|e| libvirt_error("destroy", e))?;
@@ -454,7 +523,7 @@ impl Hypervisor for LibvirtHypervisor {
             {
                 let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}.log"));
             }
-            Ok(())
+            self.remove_disks(id)
         })
     }
 

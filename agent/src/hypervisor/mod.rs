@@ -28,24 +28,34 @@
 //! - `types`: values and [`HypervisorError`], shared by every backend.
 //! - `spec`: [`GuestSpec`] and its validation and hash.
 //! - `domain_xml`: libvirt domain XML for Xen PV, QEMU/KVM and the test driver.
+//! - `disks`: per-VM overlay and swap disks of libvirt guests, appliance containment.
 //! - `libvirt`: [`LibvirtHypervisor`], the libvirt backend.
 //! - `namespace`: [`NamespaceHypervisor`], network namespace + cgroup slivers.
+//! - `sandbox`: what a namespace guest runs in: its own host uid, user,
+//!   mount, PID, UTS and IPC namespaces, private root, no capabilities.
 //! - `tap`: moving a libvirt guest's tap into the agent's network namespace.
 
 mod api;
+mod disks;
 mod domain_xml;
 mod libvirt;
 mod namespace;
+mod sandbox;
 mod spec;
 mod tap;
 mod types;
 
 pub use api::Hypervisor;
+pub use disks::DiskConfig;
 pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
 pub use namespace::{
     probe_guest_egress_shaping, probe_tc_police, EgressShaping, NamespaceConfig,
     NamespaceHypervisor, HOST_PORT_TXQUEUELEN,
+};
+pub use sandbox::{
+    DEFAULT_UID_REGISTRY, DEFAULT_WRITABLE_MIB, GUEST_BIN_DIR, GUEST_CHANNEL_DIR,
+    GUEST_PROGRAMS_DIR, GUEST_UID_FIRST, GUEST_UID_LAST,
 };
 pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
 pub use types::{

@@ -15,6 +15,12 @@
 //!   and start time are recorded in a state file and re-adopted by a new
 //!   backend object after an agent restart (the start time guards against pid
 //!   reuse).
+//! - Sandbox: the guest and its programs run as a host uid of their own, in
+//!   their own user, mount, PID, UTS and IPC namespaces, on a private root
+//!   whose only writable layer is bounded by `disk_mib`, without
+//!   capabilities (see `sandbox`). Its channel directory belongs to that uid
+//!   (0700). A running guest of an older agent (root, host filesystem) is
+//!   stopped when the backend opens, so reconcile starts it boxed.
 //! - Ownership: a guest is ours iff `<state_dir>/<vm id>.json` exists. A
 //!   namespace or cgroup without a state file is never listed or touched.
 //!
@@ -28,6 +34,7 @@
 //! All methods block (they run `ip`, `tc` and `ethtool`).
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::api::Hypervisor;
+use super::sandbox::{self, UidRegistry};
 use super::spec::{short_id, GuestSpec, NicSpec, RateLimit};
 use super::types::{
     BackendKind, DefineOutcome, ErrorClass, GuestInfo, GuestState, HypervisorError, ResizeOutcome,
@@ -82,7 +90,15 @@ pub struct NamespaceConfig {
     /// `MEASURELAB_VM_ID`, `MEASURELAB_VM_NAME` and `MEASURELAB_IP` in its
     /// environment, and `MEASURELAB_CHANNEL` when the spec has a
     /// `channel_socket` (unix sockets work across network namespaces).
+    /// It runs inside the guest's sandbox: host paths other than the
+    /// system directories do not exist there; `guest_binaries` do.
     pub guest_command: Vec<String>,
+    /// Host files (the guest agent) bound read-only into every guest at
+    /// `/opt/measurelab/bin/<file name>` ([`sandbox::GUEST_BIN_DIR`]).
+    pub guest_binaries: Vec<PathBuf>,
+    /// Host-wide registry of guest uids, shared by every agent on the host
+    /// ([`sandbox::DEFAULT_UID_REGISTRY`]).
+    pub uid_registry: PathBuf,
 }
 
 impl NamespaceConfig {
@@ -93,6 +109,8 @@ impl NamespaceConfig {
             cgroup_parent: "measurelab".into(),
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             guest_command,
+            guest_binaries: Vec::new(),
+            uid_registry: PathBuf::from(sandbox::DEFAULT_UID_REGISTRY),
         }
     }
 }
@@ -140,6 +158,10 @@ struct GuestRecord {
     netns: String,
     /// The guest process, if we started one.
     process: Option<ProcessRecord>,
+    /// Host uid of the guest's sandbox. `None` only in records of older
+    /// agents, whose guests ran as root (see `NamespaceHypervisor::new`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +176,7 @@ struct ProcessRecord {
 pub struct NamespaceHypervisor {
     config: NamespaceConfig,
     layout: CgroupLayout,
+    uids: UidRegistry,
 }
 
 impl NamespaceHypervisor {
@@ -175,19 +198,111 @@ impl NamespaceHypervisor {
                 reason: format!("{:?} must be a single path component", config.cgroup_parent),
             });
         }
+        for binary in &config.guest_binaries {
+            let name = binary.file_name().and_then(|n| n.to_str());
+            if !binary.is_absolute()
+                || binary.to_str().is_none_or(|b| b.contains(':'))
+                || name.is_none()
+            {
+                return Err(HypervisorError::InvalidSpec {
+                    field: "guest_binaries",
+                    reason: format!("{} must be an absolute path without ':'", binary.display()),
+                });
+            }
+        }
         let layout = detect_layout(&config.cgroup_mount)?;
         fs::create_dir_all(&config.state_dir).map_err(|e| {
             HypervisorError::io(format!("create {}", config.state_dir.display()), e)
         })?;
-        Ok(NamespaceHypervisor { config, layout })
+        let uids = UidRegistry::new(&config.uid_registry);
+        let backend = NamespaceHypervisor {
+            config,
+            layout,
+            uids,
+        };
+        backend.replace_unboxed_guests()?;
+        Ok(backend)
+    }
+
+    /// Stops the running guests of an older agent, which ran as root on the
+    /// host filesystem, and gives every record a uid: reconcile then starts
+    /// them again, boxed. Their network namespace and veth stay, so the
+    /// switch port is untouched.
+    fn replace_unboxed_guests(&self) -> Result<(), HypervisorError> {
+        for id in self.record_ids()? {
+            let Some(mut record) = self.load(id)? else {
+                continue;
+            };
+            if record.uid.is_some() {
+                continue;
+            }
+            if record.process.take().is_some_and(process_alive) {
+                tracing::warn!(vm = %id, "stopping a guest started without a sandbox by an older agent; reconcile restarts it boxed");
+            }
+            kill_cgroup(&self.cgroups(&record.netns))?;
+            record.uid = Some(self.claim_uid(id)?);
+            self.save(&record)?;
+        }
+        Ok(())
+    }
+
+    /// The host uid of a guest's sandbox (for tests and diagnostics).
+    pub fn guest_uid(&self, id: Uuid) -> Result<Option<u32>, HypervisorError> {
+        Ok(self.load(id)?.and_then(|r| r.uid))
+    }
+
+    fn claim_uid(&self, id: Uuid) -> Result<u32, HypervisorError> {
+        self.uids.claim(&self.state_path(id), |record, uid| {
+            // A claim is live while its record exists and names that uid.
+            fs::read_to_string(record)
+                .ok()
+                .and_then(|text| serde_json::from_str::<GuestRecord>(&text).ok())
+                .is_some_and(|r| r.uid == Some(uid))
+        })
+    }
+
+    fn root_dir(&self, id: Uuid) -> PathBuf {
+        self.config.state_dir.join(format!("{id}.root"))
+    }
+
+    /// Ids of every record in the state dir.
+    fn record_ids(&self) -> Result<Vec<Uuid>, HypervisorError> {
+        let dir = &self.config.state_dir;
+        let entries = fs::read_dir(dir)
+            .map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uuid::parse_str(n).ok())
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Whether this host can run namespace guests: a usable cgroup layout
     /// under `cgroup_mount` and the tools the backend runs (`ip`, `ethtool`,
-    /// `setsid`, `sh`). For capability reports; creating guests also needs root.
+    /// `setsid`, `sh`, and the sandbox's util-linux tools). For capability
+    /// reports; creating guests also needs root.
     pub fn probe(cgroup_mount: &Path) -> Result<(), HypervisorError> {
         detect_layout(cgroup_mount)?;
-        for tool in ["ip", "ethtool", "setsid", "sh"] {
+        for tool in [
+            "ip",
+            "ethtool",
+            "setsid",
+            "sh",
+            "unshare",
+            "setpriv",
+            "mount",
+            "pivot_root",
+            "hostname",
+        ] {
             let found = std::env::var_os("PATH")
                 .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
                 .unwrap_or(false);
@@ -375,14 +490,16 @@ impl NamespaceHypervisor {
         })
     }
 
-    fn spawn_guest(&self, record: &GuestRecord) -> Result<ProcessRecord, HypervisorError> {
+    fn spawn_guest(
+        &self,
+        record: &GuestRecord,
+        uid: u32,
+    ) -> Result<ProcessRecord, HypervisorError> {
+        let id = record.spec.id;
         let cgroups = self.cgroups(&record.netns);
-        let pid_file = self
-            .config
-            .state_dir
-            .join(format!("{}.pid", record.spec.id));
-        let _ = fs::remove_file(&pid_file);
-        let log_path = self.log_path(record.spec.id);
+        let pid_path = self.config.state_dir.join(format!("{id}.pid"));
+        let _ = fs::remove_file(&pid_path);
+        let log_path = self.log_path(id);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -391,19 +508,49 @@ impl NamespaceHypervisor {
         let log_err = log
             .try_clone()
             .map_err(|e| HypervisorError::io(format!("dup {}", log_path.display()), e))?;
-        // The shell joins the cgroups *before* exec'ing the guest, so no
-        // child of the guest can escape them; then `ip netns exec` enters
-        // the namespace and execs the program in the same process, so the
-        // recorded pid is the guest's.
-        let script = r#"pidfile=$1; n=$2; shift 2
+        let root = self.root_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(|e| HypervisorError::io(format!("create {}", root.display()), e))?;
+        // The shell joins the cgroups *before* anything else runs, so no
+        // child of the guest can escape them; `ip netns exec` enters the
+        // network namespace and the sandbox launcher builds the rest. Its
+        // innermost step writes the guest's host pid to fd 3 and execs the
+        // guest in that same process, so the recorded pid is the guest's.
+        let script = r#"exec 3>"$1" || exit 96; n=$2; shift 2
 while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done
-echo $$ > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile" || exit 98
-exec ip netns exec "$@""#;
+netns=$1; shift
+exec ip netns exec "$netns" sh -c "$SBX_LAUNCHER" measurelab-guest "$@""#;
         let procs: Vec<PathBuf> = cgroups
             .dirs()
             .iter()
             .map(|d| d.join("cgroup.procs"))
             .collect();
+        let channel_dir = record
+            .spec
+            .channel_socket
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let channel_in_guest = record.spec.channel_socket.as_deref().and_then(|socket| {
+            socket
+                .file_name()
+                .map(|name| Path::new(sandbox::GUEST_CHANNEL_DIR).join(name))
+        });
+        let bins = self
+            .config
+            .guest_binaries
+            .iter()
+            .map(|b| b.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let disk_mib = if record.spec.disk_mib == 0 {
+            sandbox::DEFAULT_WRITABLE_MIB
+        } else {
+            record.spec.disk_mib
+        };
         let mut command = Command::new("setsid");
         command
             .arg("-f")
@@ -411,12 +558,28 @@ exec ip netns exec "$@""#;
             .arg("-c")
             .arg(script)
             .arg("measurelab-guest")
-            .arg(&pid_file)
+            .arg(&pid_path)
             .arg(procs.len().to_string())
             .args(&procs)
             .arg(&record.netns)
             .args(&self.config.guest_command)
-            .env("MEASURELAB_VM_ID", record.spec.id.to_string())
+            // Nothing of the agent's environment (tokens, paths) reaches
+            // the guest; only what describes the VM.
+            .env_clear()
+            .env("PATH", sandbox::GUEST_PATH)
+            .env("HOME", "/root")
+            .env("SBX_UID", uid.to_string())
+            .env("SBX_ROOT", &root)
+            .env("SBX_DISK_MIB", disk_mib.to_string())
+            .env("SBX_HOSTNAME", &record.spec.name)
+            .env(
+                "SBX_CHANNEL_DIR",
+                channel_dir.as_deref().unwrap_or(Path::new("")),
+            )
+            .env("SBX_BINS", bins)
+            .env("SBX_LAUNCHER", sandbox::LAUNCHER)
+            .env("SBX_INIT", sandbox::GUEST_INIT)
+            .env("MEASURELAB_VM_ID", id.to_string())
             .env("MEASURELAB_VM_NAME", &record.spec.name)
             .env(
                 "MEASURELAB_IP",
@@ -427,10 +590,14 @@ exec ip netns exec "$@""#;
                     .and_then(|n| n.ipv4_cidr.clone())
                     .unwrap_or_default(),
             )
+            .env("MEASURELAB_PROGRAMS_DIR", sandbox::GUEST_PROGRAMS_DIR)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        if let Some(socket) = &record.spec.channel_socket {
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
+        if let Some(socket) = &channel_in_guest {
             command.env("MEASURELAB_CHANNEL", socket);
         }
         let status = command.status().map_err(|e| HypervisorError::Command {
@@ -445,26 +612,21 @@ exec ip netns exec "$@""#;
                 class: ErrorClass::Transient,
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let pid = loop {
-            if let Ok(text) = fs::read_to_string(&pid_file) {
-                if let Ok(pid) = text.trim().parse::<u32>() {
-                    break pid;
-                }
+            if let Some(pid) = sandbox::read_pid_file(&pid_path) {
+                break pid;
             }
             if Instant::now() > deadline {
                 return Err(HypervisorError::Command {
                     command: format!("guest launcher for {}", record.netns),
-                    detail: format!(
-                        "no pid file after 5 s; see {}",
-                        self.log_path(record.spec.id).display()
-                    ),
+                    detail: format!("no guest pid after 10 s; see {}", log_path.display()),
                     class: ErrorClass::Transient,
                 });
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let _ = fs::remove_file(&pid_file);
+        let _ = fs::remove_file(&pid_path);
         let start_time = process_start_time(pid).ok_or_else(|| HypervisorError::Command {
             command: self.config.guest_command.join(" "),
             detail: format!(
@@ -505,10 +667,12 @@ impl Hypervisor for NamespaceHypervisor {
                 // namespace that no later agent may touch (it is not ours by
                 // the record), so that VM could never converge. A record
                 // without resources is repaired by the next define or start.
+                let uid = self.claim_uid(spec.id)?;
                 self.save(&GuestRecord {
                     spec: spec.clone(),
                     netns: netns.clone(),
                     process: None,
+                    uid: Some(uid),
                 })?;
                 if let Err(err) = self.ensure_resources(spec, &netns, None) {
                     // Nothing half-applied: undo whatever was created.
@@ -534,9 +698,11 @@ impl Hypervisor for NamespaceHypervisor {
                 self.ensure_resources(spec, &netns, record.spec.nic.as_ref())?;
                 // Limits and the veth apply live, but the guest process got
                 // its channel path and name as environment at exec.
+                // The writable layer's size is fixed when the guest starts.
                 let restart_required = record.process.is_some_and(process_alive)
                     && (record.spec.channel_socket != spec.channel_socket
-                        || record.spec.name != spec.name);
+                        || record.spec.name != spec.name
+                        || record.spec.disk_mib != spec.disk_mib);
                 record.spec = spec.clone();
                 self.save(&record)?;
                 Ok(DefineOutcome::Updated { restart_required })
@@ -562,7 +728,15 @@ impl Hypervisor for NamespaceHypervisor {
         kill_cgroup(&cgroups)?;
         // A new member of a frozen group would freeze at once.
         write_file(&cgroups.unified.join("cgroup.freeze"), "0")?;
-        let process = self.spawn_guest(&record)?;
+        let uid = match record.uid {
+            Some(uid) => uid,
+            None => self.claim_uid(id)?,
+        };
+        record.uid = Some(uid);
+        if let Some(dir) = record.spec.channel_socket.as_deref().and_then(Path::parent) {
+            sandbox::prepare_channel_dir(dir, uid)?;
+        }
+        let process = self.spawn_guest(&record, uid)?;
         record.process = Some(process);
         self.save(&record)
     }
@@ -605,6 +779,12 @@ impl Hypervisor for NamespaceHypervisor {
             return Ok(());
         };
         self.remove_resources(&record.netns, record.spec.nic.as_ref())?;
+        // The guest's mounts died with its mount namespace; this is only
+        // the empty mount point.
+        remove_dir_if_present(&self.root_dir(id))?;
+        if let Some(uid) = record.uid {
+            self.uids.release(&self.state_path(id), uid)?;
+        }
         for path in [self.state_path(id), self.log_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -623,21 +803,8 @@ impl Hypervisor for NamespaceHypervisor {
     }
 
     fn list_owned(&self) -> Result<Vec<GuestInfo>, HypervisorError> {
-        let dir = &self.config.state_dir;
-        let entries = fs::read_dir(dir)
-            .map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
         let mut guests = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| HypervisorError::io(format!("read {}", dir.display()), e))?;
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| Uuid::parse_str(n).ok())
-            else {
-                continue;
-            };
+        for id in self.record_ids()? {
             if let Some(record) = self.load(id)? {
                 guests.push(self.observe(&record)?);
             }
@@ -856,6 +1023,14 @@ fn remove_cgroup_dir(dir: &Path) -> Result<(), HypervisorError> {
             }
             Err(e) => return Err(HypervisorError::io(format!("rmdir {}", dir.display()), e)),
         }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), HypervisorError> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(HypervisorError::io(format!("rmdir {}", dir.display()), e)),
     }
 }
 

@@ -24,7 +24,9 @@ pub struct GuestSpec {
     pub vcpus: u32,
     /// Memory, MiB, at least 16.
     pub memory_mib: u64,
-    /// Size of the root disk the image should have, MiB (0: diskless appliance).
+    /// Size of the VM's own disk, MiB: on libvirt a copy-on-write overlay
+    /// of the appliance disk (at least the image's size), or a blank disk
+    /// for a diskless appliance. 0: the image's size, or no disk.
     pub disk_mib: u64,
     /// Size of the swap disk, MiB (0: none).
     pub swap_mib: u64,
@@ -115,7 +117,9 @@ pub struct BootImage {
     pub kernel: PathBuf,
     /// Absolute path of the initramfs on the node.
     pub initrd: PathBuf,
-    /// Absolute path of a raw root disk image, if the appliance has one.
+    /// Absolute path of the appliance's disk image (raw or qcow2), if it
+    /// has one. Shared by every VM booting the appliance, so never attached
+    /// itself: the libvirt backend gives each VM an overlay of it.
     pub disk: Option<PathBuf>,
     /// Extra kernel command line, appended after the generated part
     /// (console, `measurelab.ip`, `measurelab.vm_id`).

@@ -179,6 +179,20 @@ pub enum HypervisorError {
         #[source]
         source: std::io::Error,
     },
+    /// An appliance file lies outside the operator's appliance directory:
+    /// the guest would boot from (and a disk would expose) an arbitrary
+    /// host file, so it is not defined.
+    #[error("{field} {path} lies outside the appliance directory {dir}: {reason}")]
+    OutsideApplianceDir {
+        /// Spec field, e.g. `boot.disk`.
+        field: &'static str,
+        /// The path as the spec gave it.
+        path: std::path::PathBuf,
+        /// The configured appliance directory.
+        dir: std::path::PathBuf,
+        /// What the check found (where it resolves to, a `..`).
+        reason: String,
+    },
     /// The guest is in a state in which the operation is not possible.
     #[error("guest {id}: cannot {operation} while {state:?}")]
     InvalidState {
@@ -197,6 +211,7 @@ impl HypervisorError {
         match self {
             HypervisorError::InvalidSpec { .. }
             | HypervisorError::NotOwned { .. }
+            | HypervisorError::OutsideApplianceDir { .. }
             | HypervisorError::Unsupported { .. } => ErrorClass::Permanent,
             // A missing guest or a state conflict can be fixed by the next
             // reconcile pass (define, start) - not by waiting for a new spec.

@@ -144,35 +144,39 @@ pub fn guest_agent_path(configured: Option<&std::path::Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("measurelab-guest-agent"))
 }
 
-/// The namespace backend's guest command: the guest agent, with programs
-/// under `<programs_root>/<vm id>` and no kernel command line to read. A shell
-/// `exec`s it, so the recorded pid stays the guest agent's.
-pub fn namespace_guest_command(
-    guest_agent: &std::path::Path,
-    programs_root: &std::path::Path,
-) -> Vec<String> {
+/// The namespace backend's guest command: the guest agent as the sandbox
+/// sees it (bound read-only under [`crate::hypervisor::GUEST_BIN_DIR`]), with
+/// no kernel command line to read; its programs go to the guest's writable
+/// layer (`MEASURELAB_PROGRAMS_DIR`, set by the backend).
+pub fn namespace_guest_command(guest_agent: &std::path::Path) -> Vec<String> {
+    let name = guest_agent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "measurelab-guest-agent".into());
     vec![
-        "sh".into(),
-        "-c".into(),
-        r#"exec "$0" --cmdline /dev/null --programs-dir "$1/$MEASURELAB_VM_ID""#.into(),
-        guest_agent.display().to_string(),
-        programs_root.display().to_string(),
+        format!("{}/{name}", crate::hypervisor::GUEST_BIN_DIR),
+        "--cmdline".into(),
+        "/dev/null".into(),
     ]
 }
 
 /// Open the backends this node has: namespace always (if the host allows
 /// it), libvirt on the first URI of `uris` that connects, preferring QEMU and
-/// Xen over the test driver.
+/// Xen over the test driver. libvirt guests boot only appliances under
+/// `appliance_dir` and keep their disks in their directory under
+/// `<state_dir>/guests`.
 pub async fn open_backends(
     state_dir: &std::path::Path,
     guest_agent: &std::path::Path,
     uris: &[String],
+    appliance_dir: &std::path::Path,
 ) -> Backends {
     let mut backends = Backends::default();
-    let ns_config = crate::hypervisor::NamespaceConfig::new(
+    let mut ns_config = crate::hypervisor::NamespaceConfig::new(
         state_dir.join("namespace"),
-        namespace_guest_command(guest_agent, &state_dir.join("guest-programs")),
+        namespace_guest_command(guest_agent),
     );
+    ns_config.guest_binaries = vec![guest_agent.to_path_buf()];
     match tokio::task::spawn_blocking(move || {
         crate::hypervisor::NamespaceHypervisor::new(ns_config)
     })
@@ -187,11 +191,20 @@ pub async fn open_backends(
     // Scoped: several agents on one host (lab nodes, tests) share libvirtd
     // and must not collect each other's domains as orphans.
     let owner = crate::hypervisor::LibvirtHypervisor::owner_for_state_dir(state_dir);
+    let disks = crate::hypervisor::DiskConfig {
+        appliance_dir: appliance_dir.to_path_buf(),
+        guests_dir: state_dir.join("guests"),
+    };
     for uri in ordered {
         let probe = uri.clone();
         let owner = owner.clone();
+        let disks = disks.clone();
         match tokio::task::spawn_blocking(move || {
-            crate::hypervisor::LibvirtHypervisor::connect(&probe)?.with_owner(&owner)
+            Ok::<_, crate::hypervisor::HypervisorError>(
+                crate::hypervisor::LibvirtHypervisor::connect(&probe)?
+                    .with_owner(&owner)?
+                    .with_disks(disks),
+            )
         })
         .await
         {

@@ -48,6 +48,7 @@ impl Failure {
         let reason = match err {
             HypervisorError::InvalidSpec { .. } => "InvalidSpec",
             HypervisorError::NotOwned { .. } => "NameConflict",
+            HypervisorError::OutsideApplianceDir { .. } => "ApplianceOutsideDir",
             HypervisorError::Unsupported { .. } => "Unsupported",
             HypervisorError::NotFound { .. } => "GuestMissing",
             HypervisorError::InvalidState { .. } => "GuestBusy",

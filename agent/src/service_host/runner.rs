@@ -178,6 +178,10 @@ fn refused_document(task: &ControllerTask, source: &str, reason: String) -> Resu
             error: Some(reason),
         },
         receivers: Vec::new(),
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     }
 }
 

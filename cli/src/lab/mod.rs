@@ -37,10 +37,11 @@ use serde::{Deserialize, Serialize};
 mod guests;
 mod sys;
 mod table;
+mod tenant;
 
 use sys::{
     command_in, ip, ip_in, link_exists, live_pid, log_tail, netns_delete, netns_ensure,
-    netns_exists, netns_pids, run, tx_offload_off, veth_add,
+    netns_exists, netns_pids, run, tx_offload_off, veth_add, write_private,
 };
 
 const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
@@ -102,10 +103,14 @@ enum LabCommand {
         json: bool,
     },
     /// Print MEASURELAB_ENDPOINT=... and MEASURELAB_TOKEN=... lines
-    /// (use: `export $(measurelab lab env)`).
+    /// (use: `export $(measurelab lab env)`). The token is the demo
+    /// tenant's member token, as a researcher would have.
     Env {
         #[command(flatten)]
         target: LabTarget,
+        /// Print the operator token instead (nodes, appliances, tenants).
+        #[arg(long)]
+        operator: bool,
     },
     /// Stop every lab process and delete its namespaces, links and run dirs.
     Down {
@@ -144,7 +149,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             lab.up(&settings, Duration::from_secs(timeout_seconds))
         }
         LabCommand::Status { target, json } => Lab::new(&target)?.status(json),
-        LabCommand::Env { target } => Lab::new(&target)?.env(),
+        LabCommand::Env { target, operator } => Lab::new(&target)?.env(operator),
         LabCommand::Down { target } => Lab::new(&target)?.down(),
         LabCommand::Tfrc { target, bin_dir } => {
             let lab = Lab::new(&target)?;
@@ -345,6 +350,11 @@ impl Lab {
             self.ensure_agent(k, &mut started)?;
         }
         let nodes = self.wait_online(&endpoint, settings, timeout)?;
+        let made = runtime()?.block_on(tenant::ensure_demo_tenant(
+            &endpoint,
+            &self.api_client(&endpoint)?,
+            &self.dir,
+        ))?;
         if started.is_empty() {
             println!(
                 "lab {} is already running ({} nodes); nothing started",
@@ -352,6 +362,9 @@ impl Lab {
             );
         } else {
             println!("lab {}: started {}", self.name, started.join(", "));
+        }
+        if !made.is_empty() {
+            println!("lab {}: created {}", self.name, made.join(", "));
         }
         println!("controller: {endpoint}  (lab dir {})", self.dir.display());
         print!("{}", table::render(&nodes));
@@ -868,9 +881,13 @@ impl Lab {
         Ok(())
     }
 
-    fn env(&self) -> anyhow::Result<()> {
+    fn env(&self, operator: bool) -> anyhow::Result<()> {
         let endpoint = self.running_endpoint()?;
-        let token = self.admin_token()?;
+        let token = if operator {
+            self.admin_token()?
+        } else {
+            tenant::stored_token(&self.dir, tenant::DEFAULT_ROLE)?
+        };
         println!("MEASURELAB_ENDPOINT={endpoint}");
         println!("MEASURELAB_TOKEN={token}");
         Ok(())
@@ -1014,6 +1031,7 @@ impl Lab {
             self.switch_ovs_dir(),
             self.dir.join("nodes"),
             self.controller_dir(),
+            tenant::tokens_dir(&self.dir),
         ] {
             if path.exists() {
                 std::fs::remove_dir_all(&path)
@@ -1115,19 +1133,6 @@ fn require_root() -> anyhow::Result<()> {
         bail!("the lab creates network namespaces and must run as root");
     }
     Ok(())
-}
-
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

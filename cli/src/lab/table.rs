@@ -19,6 +19,7 @@ pub fn render(nodes: &[Node]) -> String {
                 match n.status {
                     NodeStatus::Online => "online".to_string(),
                     NodeStatus::Offline => "offline".to_string(),
+                    NodeStatus::Revoked => "revoked".to_string(),
                 },
                 n.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
                 if n.management_address.is_empty() {
@@ -107,6 +108,9 @@ mod tests {
             resources: Resources::default(),
             labels: Default::default(),
             flow_export: None,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         }
     }
 

@@ -20,6 +20,11 @@ pub enum RpcError {
     /// Wrong join token or node secret.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The request is authenticated but not allowed (a registration under
+    /// an existing node without its secret, a revoked node, a per-node join
+    /// token used for another name).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Unknown node id.
     #[error("{0}")]
     NotFound(String),
@@ -49,6 +54,12 @@ impl From<StoreError> for RpcError {
             StoreError::WrongSecret(id) => RpcError::Unauthenticated(format!(
                 "node_secret: wrong secret for node {id}; register again"
             )),
+            StoreError::Revoked(name) => RpcError::Unauthenticated(format!(
+                "node_id: node {name} was revoked by an operator; it registers again only \
+                 after an operator approves it (measurelab node approve {name})"
+            )),
+            StoreError::RegistrationRefused(message) => RpcError::PermissionDenied(message),
+            e @ StoreError::JoinTokenRefused(_) => RpcError::Unauthenticated(e.to_string()),
             e @ StoreError::NameTaken { .. } => RpcError::AlreadyExists(format!("name: {e}")),
             StoreError::Invalid { field, reason } => RpcError::InvalidArgument { field, reason },
             StoreError::NotFound { kind, id } => {
@@ -69,6 +80,7 @@ impl From<RpcError> for Status {
         match e {
             RpcError::InvalidArgument { .. } => Status::invalid_argument(message),
             RpcError::Unauthenticated(_) => Status::unauthenticated(message),
+            RpcError::PermissionDenied(_) => Status::permission_denied(message),
             RpcError::NotFound(_) => Status::not_found(message),
             RpcError::AlreadyExists(_) => Status::already_exists(message),
             RpcError::Unavailable(_) => Status::unavailable(message),

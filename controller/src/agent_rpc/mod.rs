@@ -1,8 +1,13 @@
 //! gRPC `NodeService`: what node agents call.
 //!
 //! Status codes agents can act on:
-//! - `UNAUTHENTICATED` on Register: wrong join token (operator must fix it);
-//!   on Heartbeat/ShipLogs: wrong node secret (re-register).
+//! - `UNAUTHENTICATED` on Register: wrong, expired, used-up or revoked join
+//!   token (operator must fix it); on Heartbeat/ShipLogs and the other node
+//!   calls: wrong node secret, or the node was revoked (re-register).
+//! - `PERMISSION_DENIED` on Register: the name (or id) belongs to an existing
+//!   node and the request lacks that node's current secret, the node is
+//!   revoked, or a per-node join token names another node. Refusals under an
+//!   existing name wait for an operator's approval (`measurelab node approve`).
 //! - `NOT_FOUND` on Heartbeat/ShipLogs: the controller does not know the node
 //!   id (its database was replaced): re-register with the persisted id.
 //! - `INVALID_ARGUMENT`: a field is wrong; the message starts with the field.
@@ -32,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::store::{
-    constant_time_eq, rfc3339, HeartbeatInput, NewEvent, RegisterInput, ShipLogsInput, Store,
+    constant_time_eq, parse_issued_join_token, rfc3339, HeartbeatInput, JoinCredential, NewEvent,
+    RegisterInput, ShipLogsInput, Store, StoreError,
 };
 use crate::validation::{self, FieldError};
 use error::RpcError;
@@ -87,33 +93,53 @@ impl NodeRpc {
         NodeServiceServer::new(self)
     }
 
-    async fn register(&self, request: RegisterRequest) -> Result<RegisterResponse, RpcError> {
-        if !constant_time_eq(request.join_token.as_bytes(), self.join_token.as_bytes()) {
-            let name = request.name.chars().take(63).collect::<String>();
+    async fn register(
+        &self,
+        request: RegisterRequest,
+        peer_address: String,
+    ) -> Result<RegisterResponse, RpcError> {
+        let name = request.name.chars().take(63).collect::<String>();
+        let join = if constant_time_eq(request.join_token.as_bytes(), self.join_token.as_bytes()) {
+            JoinCredential::Default
+        } else if let Some(issued) = parse_issued_join_token(&request.join_token) {
+            issued
+        } else {
             let reason = if request.join_token.is_empty() {
                 "no join token"
             } else {
                 "wrong join token"
             };
-            // The refusal is an event because an operator debugging a node
-            // that never shows up looks at the event list first.
-            self.store
-                .record_event(NewEvent {
-                    reason: "RegistrationRefused",
-                    object_kind: "node",
-                    object_id: name.clone(),
-                    message: format!("registration of node {name:?} refused: {reason}"),
-                })
-                .await?;
+            self.refused_join(&name, reason).await?;
             return Err(RpcError::Unauthenticated(format!("join_token: {reason}")));
-        }
-        let input = validate_register(request)?;
-        let registered = self.store.register(input).await?;
+        };
+        let input = validate_register(request, join, peer_address)?;
+        let registered = match self.store.register(input).await {
+            Ok(registered) => registered,
+            Err(StoreError::JoinTokenRefused(reason)) => {
+                self.refused_join(&name, &reason).await?;
+                return Err(StoreError::JoinTokenRefused(reason).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(RegisterResponse {
             node_id: registered.node_id,
             node_secret: registered.node_secret,
             heartbeat_interval_seconds: self.heartbeat_interval_seconds,
         })
+    }
+
+    /// The refusal is an event because an operator debugging a node that
+    /// never shows up looks at the event list first.
+    async fn refused_join(&self, name: &str, reason: &str) -> Result<(), RpcError> {
+        self.store
+            .record_event(NewEvent {
+                reason: "RegistrationRefused",
+                object_kind: "node",
+                object_id: name.to_string(),
+                message: format!("registration of node {name:?} refused: {reason}"),
+            })
+            .await?;
+        Ok(())
     }
 
     async fn heartbeat(&self, request: HeartbeatRequest) -> Result<HeartbeatResponse, RpcError> {
@@ -260,7 +286,13 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        Ok(Response::new(self.register(request.into_inner()).await?))
+        let peer_address = request
+            .remote_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(
+            self.register(request.into_inner(), peer_address).await?,
+        ))
     }
 
     async fn heartbeat(
@@ -356,7 +388,11 @@ fn resources(
     })
 }
 
-fn validate_register(r: RegisterRequest) -> Result<RegisterInput, FieldError> {
+fn validate_register(
+    r: RegisterRequest,
+    join: JoinCredential,
+    peer_address: String,
+) -> Result<RegisterInput, FieldError> {
     validation::dns_label("name", &r.name)?;
     let node_id = if r.node_id.is_empty() {
         None
@@ -368,7 +404,11 @@ fn validate_register(r: RegisterRequest) -> Result<RegisterInput, FieldError> {
     validation::short_text("management_address", &r.management_address, 255)?;
     let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
     validation::labels("labels", &labels)?;
+    validation::short_text("node_secret", &r.node_secret, 256)?;
     Ok(RegisterInput {
+        node_secret: r.node_secret,
+        join,
+        peer_address,
         name: r.name,
         node_id,
         agent_version: r.agent_version,
@@ -476,7 +516,9 @@ mod tests {
             name: "Bad_Name".into(),
             ..Default::default()
         };
-        let status = Status::from(RpcError::from(validate_register(request).unwrap_err()));
+        let status = Status::from(RpcError::from(
+            validate_register(request, JoinCredential::Default, String::new()).unwrap_err(),
+        ));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status.message().starts_with("name: "),

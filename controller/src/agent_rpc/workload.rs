@@ -4,6 +4,7 @@
 //! node id + secret. WatchDesiredState's stream lives in `agent_rpc`; its
 //! source (the node's generation, announced after each commit) is here.
 
+use crate::access::Scope;
 use measurelab_api::node_v1::{
     DesiredState, DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultAck,
     PostResultRequest, ProgramBlob, StatusAck, StatusReport, TaskList,
@@ -143,11 +144,11 @@ pub(crate) async fn post_result(
     let record = store
         .resources()
         .transact(move |cx| {
-            let task = tasks::find(cx.tx, &request.task_id)?.ok_or_else(|| {
+            let task = tasks::find(cx.tx, &Scope::All, &request.task_id)?.ok_or_else(|| {
                 StoreError::invalid("task_id", format!("no task {:?} exists", request.task_id))
             })?;
             check_task_scope(cx.tx, cx.registry, &request.node_id, &request.vm_id, &task)?;
-            Ok(tasks::insert_result(cx, &task.task.id, document)?.0)
+            Ok(tasks::insert_result(cx, &Scope::All, &task.task.id, document)?.0)
         })
         .await?;
     Ok(PostResultAck {

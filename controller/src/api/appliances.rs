@@ -6,10 +6,12 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Appliance, ApplianceCreate, ApplianceList};
 
+use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
+use crate::access::Principal;
 use crate::store::{appliances, StoreError};
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ApplianceList>, ApiError> {
@@ -21,10 +23,13 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Appliance
     Ok(Json(ApplianceList { appliances }))
 }
 
+/// The catalog is shared by every tenant: only the operator adds to it.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     JsonBody(input): JsonBody<ApplianceCreate>,
 ) -> Result<Response, ApiError> {
+    ensure_operator(&principal, "creating", "appliance", &input.name)?;
     let result = state
         .store()
         .resources()

@@ -68,9 +68,22 @@ pub enum ApiError {
         /// What conflicts.
         message: String,
     },
+    /// The caller's role may not do this (the object, if any, is visible).
+    #[error("{0}")]
+    Forbidden(String),
     /// A VLAN or subnet pool has no free entry.
     #[error("{0}")]
     PoolExhausted(String),
+    /// The request would take its tenant past a quota. 422 like any refused
+    /// value, with the field, so Terraform points at the attribute; the
+    /// code tells it apart from a malformed value.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Request field whose value passes the quota, if one does.
+        field: Option<String>,
+        /// Quota, tenant, use, request and limit.
+        message: String,
+    },
     /// The store failed; nothing was changed.
     #[error("{0}")]
     Unavailable(String),
@@ -97,6 +110,8 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::PoolExhausted(_) => (StatusCode::CONFLICT, "pool_exhausted"),
+            ApiError::QuotaExceeded { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 
@@ -106,6 +121,7 @@ impl ApiError {
             ApiError::MalformedJson { field, .. } => field.clone(),
             ApiError::Unauthorized(_) => Some("Authorization".into()),
             ApiError::Conflict { field, .. } => field.clone(),
+            ApiError::QuotaExceeded { field, .. } => field.clone(),
             _ => None,
         }
     }
@@ -128,6 +144,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind, id } => ApiError::NotFound { kind, id },
             StoreError::Conflict { field, message } => ApiError::Conflict { field, message },
             StoreError::PoolExhausted(message) => ApiError::PoolExhausted(message),
+            StoreError::QuotaExceeded { field, message } => {
+                ApiError::QuotaExceeded { field, message }
+            }
+            StoreError::Forbidden(message) => ApiError::Forbidden(message),
             other => ApiError::Unavailable(other.to_string()),
         }
     }

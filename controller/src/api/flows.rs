@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{key, QueryParams};
 use super::results::time_param;
 use super::state::AppState;
+use crate::access::Principal;
 use crate::flows::archive::PlatformQuery;
 use crate::flows::FlowError;
 use crate::store::platforms;
@@ -22,6 +23,7 @@ const DEFAULT_WINDOW: time::Duration = time::Duration::hours(1);
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -42,13 +44,14 @@ pub(crate) async fn list(
             reason: "must be later than since".into(),
         });
     }
-    // The same lookup as every other platform route, so whatever scope it
-    // enforces holds here too.
+    // The same tenant-scoped lookup as every other platform route: another
+    // tenant's platform is not found, so its flows are never read.
+    let scope = principal.scope();
     let platform = state
         .store()
         .resources()
         .read(move |conn, registry| {
-            let row = platforms::get(conn, &key)?;
+            let row = platforms::get(conn, &scope, &key)?;
             let exporters = row
                 .node_ids
                 .iter()

@@ -37,6 +37,20 @@ pub(crate) fn answer(answer: Answer) -> Response {
 }
 
 impl Answer {
+    /// A top-level text field of the body, e.g. the id of what was created.
+    pub(crate) fn text_field(&self, key: &str) -> Option<&str> {
+        self.body.get(key).and_then(serde_json::Value::as_str)
+    }
+
+    /// Set a field in this response only, after it was recorded: for what
+    /// must be shown once and never stored (a token secret).
+    pub(crate) fn with_unrecorded(mut self, key: &str, value: String) -> Self {
+        if let Some(object) = self.body.as_object_mut() {
+            object.insert(key.to_string(), serde_json::Value::String(value));
+        }
+        self
+    }
+
     fn to_record(&self, route: String) -> Record {
         Record {
             route,

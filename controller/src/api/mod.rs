@@ -4,10 +4,12 @@
 //! through [`ApiError`], so all 4xx/5xx bodies have one shape.
 
 mod appliances;
+mod auth;
 mod error;
 mod extract;
 mod flows;
 mod idempotency;
+mod join_tokens;
 mod nodes;
 mod platforms;
 mod programs;
@@ -15,12 +17,15 @@ mod qos_policies;
 mod results;
 mod state;
 mod tasks;
+mod tenants;
+mod tokens;
+mod usage;
 mod vms;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::middleware;
+use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
@@ -28,7 +33,6 @@ pub use error::ApiError;
 use extract::MAX_BODY_BYTES;
 pub(crate) use state::AppState;
 
-use crate::store::constant_time_eq;
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
 
@@ -39,13 +43,44 @@ fn public_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![("/", get(admin_page)), ("/healthz", get(healthz))]
 }
 
-/// Routes that need the admin bearer token.
+/// Routes that need a bearer token (admin.token or an API token).
 fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/v1/openapi.json", get(openapi)),
+        ("/v1/whoami", get(tenants::whoami)),
+        ("/v1/tenants", get(tenants::list).post(tenants::create)),
+        (
+            "/v1/tenants/:id_or_name",
+            get(tenants::get)
+                .patch(tenants::patch)
+                .delete(tenants::delete),
+        ),
+        ("/v1/tenants/:id_or_name/usage", get(usage::get)),
+        ("/v1/tokens", get(tokens::list).post(tokens::create)),
+        (
+            "/v1/tokens/:id_or_name",
+            get(tokens::get).delete(tokens::delete),
+        ),
         ("/v1/nodes", get(nodes::list)),
-        ("/v1/nodes/:id_or_name", get(nodes::get).patch(nodes::patch)),
+        (
+            "/v1/nodes/:id_or_name",
+            get(nodes::get).patch(nodes::patch).delete(nodes::delete),
+        ),
         ("/v1/nodes/:id_or_name/logs", get(nodes::logs)),
+        ("/v1/nodes/:id_or_name/approve", post(nodes::approve)),
+        ("/v1/nodes/:id_or_name/revoke", post(nodes::revoke)),
+        (
+            "/v1/registration_requests",
+            get(nodes::registration_requests),
+        ),
+        (
+            "/v1/join_tokens",
+            get(join_tokens::list).post(join_tokens::create),
+        ),
+        (
+            "/v1/join_tokens/:id",
+            get(join_tokens::get).delete(join_tokens::revoke),
+        ),
         ("/v1/events", get(nodes::events)),
         (
             "/v1/platforms",
@@ -131,7 +166,10 @@ pub(crate) fn router(state: AppState) -> Router {
     for (path, route) in v1_routes() {
         v1 = v1.route(path, route.fallback(method_not_allowed));
     }
-    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let v1 = v1.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
     let mut app = Router::new();
     for (path, route) in public_routes() {
         app = app.route(path, route.fallback(method_not_allowed));
@@ -140,34 +178,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized(
-            "Authorization: missing; send `Authorization: Bearer <admin token>` (the token is in <data_dir>/admin.token)".into(),
-        ));
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "Authorization: must have the form `Bearer <admin token>`".into(),
-            )
-        })?;
-    if !constant_time_eq(token.as_bytes(), state.admin_token().as_bytes()) {
-        return Err(ApiError::Unauthorized(
-            "Authorization: wrong admin token".into(),
-        ));
-    }
-    Ok(next.run(request).await)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -1,19 +1,42 @@
-//! `/v1/nodes...` and `/v1/events`.
+//! `/v1/nodes...`, `/v1/registration_requests` and `/v1/events`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use measurelab_api::http::{EventList, LogList, Node, NodeList, NodePatch};
+use measurelab_api::http::{
+    EventList, LogList, Node, NodeList, NodePatch, RegistrationRequest, RegistrationRequestList,
+};
 
+use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::state::AppState;
+use crate::access::Principal;
+use crate::placement::overcommit;
 use crate::store::{self, LOG_LINES_PER_NODE};
 use crate::validation;
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+/// What a tenant may see of a node: how to reach it and what it runs are
+/// the operator's; labels stay, since Terraform selects nodes by them.
+fn for_principal(principal: &Principal, mut node: Node) -> Node {
+    if !principal.is_operator() {
+        node.management_address = String::new();
+        node.agent_version = String::new();
+    }
+    node
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<NodeList>, ApiError> {
     let nodes = with_flow_export(&state, state.store().nodes()).await?;
-    Ok(Json(NodeList { nodes }))
+    Ok(Json(NodeList {
+        nodes: nodes
+            .into_iter()
+            .map(|node| for_principal(&principal, node))
+            .collect(),
+    }))
 }
 
 /// Fill in each node's flow export setting, which lives in its own table.
@@ -36,6 +59,7 @@ async fn with_flow_export(state: &AppState, mut nodes: Vec<Node>) -> Result<Vec<
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
@@ -44,19 +68,29 @@ pub(crate) async fn get(
         id: key,
     })?;
     let mut nodes = with_flow_export(&state, vec![node]).await?;
-    Ok(Json(nodes.remove(0)))
+    Ok(Json(for_principal(&principal, nodes.remove(0))))
 }
 
-/// Replace the node's labels and, when given, its flow export setting.
-/// Validation happens before the store is touched, so a rejected patch
-/// changes nothing.
+/// Replace the node's labels and, when given, set its overcommit ratios and
+/// its flow export setting. Every field is validated before the store is
+/// touched, so a rejected patch changes nothing.
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<NodePatch>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
+    ensure_operator(&principal, "changing", "node", &key)?;
     validation::labels("labels", &patch.labels)?;
+    for (field, ratio) in [
+        ("cpu_overcommit", patch.cpu_overcommit),
+        ("memory_overcommit", patch.memory_overcommit),
+    ] {
+        if let Some(ratio) = ratio {
+            overcommit::validate_ratio(field, ratio)?;
+        }
+    }
     if let Some(Some(export)) = &patch.flow_export {
         store::flows::validate("flow_export", export)?;
     }
@@ -71,17 +105,25 @@ pub(crate) async fn patch(
             .transact(move |cx| store::flows::set_node_export(cx, &node.id, export))
             .await?;
     }
-    let node = state.store().set_labels(key, patch.labels).await?;
+    let mut node = state.store().set_labels(key.clone(), patch.labels).await?;
+    if patch.cpu_overcommit.is_some() || patch.memory_overcommit.is_some() {
+        node = state
+            .store()
+            .set_overcommit(key, patch.cpu_overcommit, patch.memory_overcommit)
+            .await?;
+    }
     let mut nodes = with_flow_export(&state, vec![node]).await?;
     Ok(Json(nodes.remove(0)))
 }
 
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Json<LogList>, ApiError> {
     let key = key(path)?;
+    ensure_operator(&principal, "reading the logs of", "node", &key)?;
     query.only(&["limit"])?;
     let limit = query.int("limit", 100, 1, LOG_LINES_PER_NODE)?;
     let node = state.store().node(&key).ok_or(ApiError::NotFound {
@@ -92,13 +134,63 @@ pub(crate) async fn logs(
     Ok(Json(LogList { lines }))
 }
 
+/// Events about the caller's objects (all events for the operator).
 pub(crate) async fn events(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Json<EventList>, ApiError> {
     query.only(&["after", "limit"])?;
     let after = query.int("after", 0, 0, i64::MAX)?;
     let limit = query.int("limit", 100, 1, 1000)?;
-    let events = state.store().events(after, limit as u32).await?;
+    let events = state
+        .store()
+        .events(principal.scope(), after, limit as u32)
+        .await?;
     Ok(Json(EventList { events }))
+}
+
+/// Let the next registration under the node's name through, although it
+/// lacks the node's secret (or the node is revoked); it gets a new secret.
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RegistrationRequest>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "approving the registration of", "node", &key)?;
+    Ok(Json(state.store().approve_registration(key).await?))
+}
+
+/// Refuse the node's heartbeats and calls from now on.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "revoking", "node", &key)?;
+    Ok(Json(state.store().revoke_node(key).await?))
+}
+
+/// Forget the node (409 while VMs or platforms use it).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "deleting", "node", &key)?;
+    Ok(Json(state.store().delete_node(key).await?))
+}
+
+/// Refused registrations under existing names, waiting for an approval.
+pub(crate) async fn registration_requests(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<RegistrationRequestList>, ApiError> {
+    ensure_operator(&principal, "listing", "registration requests", "")?;
+    Ok(Json(RegistrationRequestList {
+        requests: state.store().registration_requests().await?,
+    }))
 }

@@ -8,19 +8,26 @@ use axum::Json;
 use measurelab_api::http::{
     Platform, PlatformCreate, PlatformList, PlatformPatch, PlatformPowerState, RequestOptions,
 };
+use rusqlite::Connection;
 
+use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{key, optional_body, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
-use crate::store::platforms;
+use crate::access::{Principal, Scope};
+use crate::store::{platforms, tenants, StoreError};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<PlatformList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<PlatformList>, ApiError> {
+    let scope = principal.scope();
     let platforms = state
         .store()
         .resources()
-        .read(|conn, registry| {
-            Ok(platforms::list(conn)?
+        .read(move |conn, registry| {
+            Ok(platforms::list(conn, &scope)?
                 .iter()
                 .map(|p| p.to_api(registry))
                 .collect())
@@ -31,14 +38,18 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<PlatformL
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    JsonBody(input): JsonBody<PlatformCreate>,
+    principal: Principal,
+    JsonBody(mut input): JsonBody<PlatformCreate>,
 ) -> Result<Response, ApiError> {
-    let request_id = input.request_id.clone();
+    ensure_can_create(&principal, "platform", &input.name)?;
+    let request_id = principal.idempotency_key(input.request_id.clone());
     let result = state
         .store()
         .resources()
         .mutate(request_id, "POST /v1/platforms".into(), move |cx| {
-            let row = platforms::create(cx, input)?;
+            let requested = requested_tenant(&principal, input.tenant.take());
+            let tenant = tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
+            let row = platforms::create(cx, &tenant, input)?;
             Ok(stored(201, &row.to_api(cx.registry)))
         })
         .await?;
@@ -47,48 +58,66 @@ pub(crate) async fn create(
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Platform>, ApiError> {
     let key = key(path)?;
+    let scope = principal.scope();
     let platform = state
         .store()
         .resources()
-        .read(move |conn, registry| Ok(platforms::get(conn, &key)?.to_api(registry)))
+        .read(move |conn, registry| Ok(platforms::get(conn, &scope, &key)?.to_api(registry)))
         .await?;
     Ok(Json(platform))
 }
 
+/// Whether `scope` sees the platform (for 403 versus 404).
+fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(platforms::find(conn, scope, key)?.is_some())
+}
+
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<PlatformPatch>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
+    ensure_can_change(&state, &principal, "changing", "platform", &key, visible).await?;
     let route = format!("PATCH /v1/platforms/{key}");
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
-        .mutate(patch.request_id.clone(), route, move |cx| {
-            let row = platforms::update(cx, &key, patch)?;
-            Ok(stored(200, &row.to_api(cx.registry)))
-        })
+        .mutate(
+            principal.idempotency_key(patch.request_id.clone()),
+            route,
+            move |cx| {
+                let row = platforms::update(cx, &scope, &key, patch)?;
+                Ok(stored(200, &row.to_api(cx.registry)))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     query.only(&["request_id"])?;
+    ensure_can_change(&state, &principal, "deleting", "platform", &key, visible).await?;
     let route = format!("DELETE /v1/platforms/{key}");
+    let scope = principal.scope();
+    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
     let result = state
         .store()
         .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            let row = platforms::delete(cx, &key)?;
+        .mutate(request_id, route, move |cx| {
+            let row = platforms::delete(cx, &scope, &key)?;
             Ok(stored(200, &row.to_api(cx.registry)))
         })
         .await?;
@@ -97,39 +126,62 @@ pub(crate) async fn delete(
 
 async fn power(
     state: AppState,
+    principal: Principal,
     key: String,
     body: Bytes,
     power: PlatformPowerState,
 ) -> Result<Response, ApiError> {
     let options: RequestOptions = optional_body(&body)?;
-    let verb = match power {
-        PlatformPowerState::Running => "start",
-        PlatformPowerState::Paused => "pause",
+    let (verb, action) = match power {
+        PlatformPowerState::Running => ("start", "starting"),
+        PlatformPowerState::Paused => ("pause", "pausing"),
     };
+    ensure_can_change(&state, &principal, action, "platform", &key, visible).await?;
     let route = format!("POST /v1/platforms/{key}/{verb}");
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
-        .mutate(options.request_id, route, move |cx| {
-            let row = platforms::set_power(cx, &key, power)?;
-            Ok(stored(200, &row.to_api(cx.registry)))
-        })
+        .mutate(
+            principal.idempotency_key(options.request_id),
+            route,
+            move |cx| {
+                let row = platforms::set_power(cx, &scope, &key, power)?;
+                Ok(stored(200, &row.to_api(cx.registry)))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
 
 pub(crate) async fn start(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    power(state, key(path)?, body, PlatformPowerState::Running).await
+    power(
+        state,
+        principal,
+        key(path)?,
+        body,
+        PlatformPowerState::Running,
+    )
+    .await
 }
 
 pub(crate) async fn pause(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    power(state, key(path)?, body, PlatformPowerState::Paused).await
+    power(
+        state,
+        principal,
+        key(path)?,
+        body,
+        PlatformPowerState::Paused,
+    )
+    .await
 }

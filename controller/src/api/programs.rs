@@ -10,18 +10,25 @@ use base64::Engine;
 use measurelab_api::http::{
     Deployment, DeploymentCreate, DeploymentList, Program, ProgramCreate, ProgramList,
 };
+use rusqlite::Connection;
 
+use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
-use crate::store::programs;
+use crate::access::{Principal, Scope};
+use crate::store::{programs, tenants, StoreError};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ProgramList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<ProgramList>, ApiError> {
+    let scope = principal.scope();
     let programs = state
         .store()
         .resources()
-        .read(|conn, _| programs::list(conn))
+        .read(move |conn, _| programs::list(conn, &scope))
         .await?;
     Ok(Json(ProgramList { programs }))
 }
@@ -30,6 +37,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ProgramLi
 /// as `application/octet-stream` with `?name=&sha256=&request_id=`.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
     headers: HeaderMap,
     body: Bytes,
@@ -43,7 +51,7 @@ pub(crate) async fn create(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (name, content, sha256, request_id) = match content_type.as_str() {
+    let (name, content, sha256, request_id, tenant) = match content_type.as_str() {
         "application/json" => {
             query.only(&[])?;
             let input: ProgramCreate = decode_json(&body)?;
@@ -53,7 +61,13 @@ pub(crate) async fn create(
                     field: "content_base64".into(),
                     reason: format!("is not standard base64: {e}"),
                 })?;
-            (input.name, content, input.sha256, input.request_id)
+            (
+                input.name,
+                content,
+                input.sha256,
+                input.request_id,
+                input.tenant,
+            )
         }
         "application/octet-stream" => {
             query.only(&["name", "sha256", "request_id"])?;
@@ -66,6 +80,8 @@ pub(crate) async fn create(
                 body.to_vec(),
                 query.0.get("sha256").cloned(),
                 query.0.get("request_id").cloned(),
+                // An operator's ?tenant= is taken by the authentication layer.
+                None,
             )
         }
         other => {
@@ -74,44 +90,63 @@ pub(crate) async fn create(
             )))
         }
     };
+    ensure_can_create(&principal, "program", &name)?;
     let result = state
         .store()
         .resources()
-        .mutate(request_id, "POST /v1/programs".into(), move |cx| {
-            let (program, created) = programs::create(cx, name, content, sha256)?;
-            Ok(stored(if created { 201 } else { 200 }, &program))
-        })
+        .mutate(
+            principal.idempotency_key(request_id),
+            "POST /v1/programs".into(),
+            move |cx| {
+                let requested = requested_tenant(&principal, tenant);
+                let tenant =
+                    tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
+                let (program, created) = programs::create(cx, &tenant, name, content, sha256)?;
+                Ok(stored(if created { 201 } else { 200 }, &program))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Program>, ApiError> {
     let key = key(path)?;
+    let scope = principal.scope();
     Ok(Json(
         state
             .store()
             .resources()
-            .read(move |conn, _| programs::get(conn, &key))
+            .read(move |conn, _| programs::get(conn, &scope, &key))
             .await?,
     ))
 }
 
+/// Whether `scope` sees the program (for 403 versus 404).
+fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(programs::find(conn, scope, key)?.is_some())
+}
+
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     query.only(&["request_id"])?;
+    ensure_can_change(&state, &principal, "deleting", "program", &key, visible).await?;
     let route = format!("DELETE /v1/programs/{key}");
+    let scope = principal.scope();
+    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
     let result = state
         .store()
         .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            Ok(stored(200, &programs::delete(cx, &key)?))
+        .mutate(request_id, route, move |cx| {
+            Ok(stored(200, &programs::delete(cx, &scope, &key)?))
         })
         .await?;
     Ok(answer(result))
@@ -119,26 +154,37 @@ pub(crate) async fn delete(
 
 pub(crate) async fn list_deployments(
     State(state): State<AppState>,
+    principal: Principal,
 ) -> Result<Json<DeploymentList>, ApiError> {
+    let scope = principal.scope();
     let deployments = state
         .store()
         .resources()
-        .read(|conn, _| programs::list_deployments(conn))
+        .read(move |conn, _| programs::list_deployments(conn, &scope))
         .await?;
     Ok(Json(DeploymentList { deployments }))
 }
 
 pub(crate) async fn create_deployment(
     State(state): State<AppState>,
-    JsonBody(input): JsonBody<DeploymentCreate>,
+    principal: Principal,
+    JsonBody(mut input): JsonBody<DeploymentCreate>,
 ) -> Result<Response, ApiError> {
+    ensure_can_create(&principal, "deployment", &input.program)?;
     let result = state
         .store()
         .resources()
         .mutate(
-            input.request_id.clone(),
+            principal.idempotency_key(input.request_id.clone()),
             "POST /v1/deployments".into(),
-            move |cx| Ok(stored(201, &programs::create_deployment(cx, input)?)),
+            move |cx| {
+                let requested = requested_tenant(&principal, input.tenant.take());
+                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
+                Ok(stored(
+                    201,
+                    &programs::create_deployment(cx, &scope, input)?,
+                ))
+            },
         )
         .await?;
     Ok(answer(result))
@@ -146,32 +192,51 @@ pub(crate) async fn create_deployment(
 
 pub(crate) async fn get_deployment(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deployment>, ApiError> {
     let key = key(path)?;
+    let scope = principal.scope();
     Ok(Json(
         state
             .store()
             .resources()
-            .read(move |conn, _| programs::get_deployment(conn, &key))
+            .read(move |conn, _| programs::get_deployment(conn, &scope, &key))
             .await?,
     ))
 }
 
 /// Stops every run of the deployment (the record stays for its statuses).
+/// Whether `scope` sees the deployment (for 403 versus 404).
+fn deployment_visible(conn: &Connection, scope: &Scope, id: &str) -> Result<bool, StoreError> {
+    Ok(programs::find_deployment(conn, scope, id)?.is_some())
+}
+
 pub(crate) async fn delete_deployment(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     query.only(&["request_id"])?;
+    ensure_can_change(
+        &state,
+        &principal,
+        "stopping",
+        "deployment",
+        &key,
+        deployment_visible,
+    )
+    .await?;
     let route = format!("DELETE /v1/deployments/{key}");
+    let scope = principal.scope();
+    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
     let result = state
         .store()
         .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            Ok(stored(200, &programs::stop_deployment(cx, &key)?))
+        .mutate(request_id, route, move |cx| {
+            Ok(stored(200, &programs::stop_deployment(cx, &scope, &key)?))
         })
         .await?;
     Ok(answer(result))

@@ -9,17 +9,26 @@ use measurelab_api::http::{ResultList, ResultRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::auth::ensure_can_change;
 use super::error::ApiError;
 use super::extract::{decode_json, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
+use crate::access::{Principal, Scope};
 use crate::store::tasks::{self, ResultQuery, MAX_DOCUMENT_BYTES};
+use crate::store::StoreError;
 
 const MAX_LIMIT: i64 = 100_000;
 
 /// The mcast result document with its `task_id` (or `?task=`).
+/// Whether `scope` sees the task (for 403 versus 404).
+fn task_visible(conn: &rusqlite::Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(tasks::find(conn, scope, key)?.is_some())
+}
+
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -43,14 +52,24 @@ pub(crate) async fn create(
             })
         }
     };
+    ensure_can_change(
+        &state,
+        &principal,
+        "posting a result to",
+        "task",
+        &task,
+        task_visible,
+    )
+    .await?;
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
         .mutate(
-            query.0.get("request_id").cloned(),
+            principal.idempotency_key(query.0.get("request_id").cloned()),
             "POST /v1/results".into(),
             move |cx| {
-                let (record, created) = tasks::insert_result(cx, &task, document)?;
+                let (record, created) = tasks::insert_result(cx, &scope, &task, document)?;
                 Ok(stored(if created { 201 } else { 200 }, &record))
             },
         )
@@ -95,29 +114,33 @@ fn result_query(query: &QueryParams, default_limit: i64) -> Result<ResultQuery, 
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Json<ResultList>, ApiError> {
     query.only(&["task", "since", "until", "limit"])?;
     let q = result_query(&query, 1000)?;
+    let scope = principal.scope();
     let results = state
         .store()
         .resources()
-        .read(move |conn, _| tasks::results(conn, &q))
+        .read(move |conn, _| tasks::results(conn, &scope, &q))
         .await?;
     Ok(Json(ResultList { results }))
 }
 
 pub(crate) async fn latest(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Json<ResultRecord>, ApiError> {
     query.only(&["task"])?;
     let task = query.0.get("task").cloned();
+    let scope = principal.scope();
     Ok(Json(
         state
             .store()
             .resources()
-            .read(move |conn, _| tasks::latest(conn, task.as_deref()))
+            .read(move |conn, _| tasks::latest(conn, &scope, task.as_deref()))
             .await?,
     ))
 }
@@ -125,6 +148,7 @@ pub(crate) async fn latest(
 /// One call for a whole range: CSV (one row per receiver per run) or JSON.
 pub(crate) async fn export(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     query.only(&["task", "since", "until", "limit", "format"])?;
@@ -136,10 +160,11 @@ pub(crate) async fn export(
         });
     }
     let q = result_query(&query, MAX_LIMIT)?;
+    let scope = principal.scope();
     let results = state
         .store()
         .resources()
-        .read(move |conn, _| tasks::results(conn, &q))
+        .read(move |conn, _| tasks::results(conn, &scope, &q))
         .await?;
     Ok(if format == "csv" {
         (

@@ -5,33 +5,51 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
+use rusqlite::Connection;
 
+use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
-use crate::store::tasks;
+use crate::access::{Principal, Scope};
+use crate::store::{tasks, tenants, StoreError};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<TaskList>, ApiError> {
+    let scope = principal.scope();
     let tasks = state
         .store()
         .resources()
-        .read(|conn, _| tasks::list(conn))
+        .read(move |conn, _| tasks::list(conn, &scope))
         .await?;
     Ok(Json(TaskList { tasks }))
 }
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    JsonBody(input): JsonBody<TaskCreate>,
+    principal: Principal,
+    JsonBody(mut input): JsonBody<TaskCreate>,
 ) -> Result<Response, ApiError> {
+    ensure_can_create(&principal, "task", &input.name)?;
     let result = state
         .store()
         .resources()
         .mutate(
-            input.request_id.clone(),
+            principal.idempotency_key(input.request_id.clone()),
             "POST /v1/tasks".into(),
-            move |cx| Ok(stored(201, &tasks::create(cx, input)?.task)),
+            move |cx| {
+                let requested = requested_tenant(&principal, input.tenant.take());
+                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
+                let tenant =
+                    tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
+                Ok(stored(
+                    201,
+                    &tasks::create(cx, &scope, &tenant, input)?.task,
+                ))
+            },
         )
         .await?;
     Ok(answer(result))
@@ -39,32 +57,44 @@ pub(crate) async fn create(
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Task>, ApiError> {
     let key = key(path)?;
+    let scope = principal.scope();
     Ok(Json(
         state
             .store()
             .resources()
-            .read(move |conn, _| Ok(tasks::get(conn, &key)?.task))
+            .read(move |conn, _| Ok(tasks::get(conn, &scope, &key)?.task))
             .await?,
     ))
 }
 
+/// Whether `scope` sees the task (for 403 versus 404).
+fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(tasks::find(conn, scope, key)?.is_some())
+}
+
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     query.only(&["request_id"])?;
+    ensure_can_change(&state, &principal, "deleting", "task", &key, visible).await?;
     let route = format!("DELETE /v1/tasks/{key}");
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            Ok(stored(200, &tasks::delete(cx, &key)?))
-        })
+        .mutate(
+            principal.idempotency_key(query.0.get("request_id").cloned()),
+            route,
+            move |cx| Ok(stored(200, &tasks::delete(cx, &scope, &key)?)),
+        )
         .await?;
     Ok(answer(result))
 }

@@ -6,26 +6,31 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
+use rusqlite::Connection;
 
+use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
-use crate::store::{desired, vms};
+use crate::access::{Principal, Scope};
+use crate::store::{desired, vms, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     query: QueryParams,
 ) -> Result<Json<VmList>, ApiError> {
     query.only(&["platform", "node"])?;
     let platform = query.0.get("platform").cloned();
     let node = query.0.get("node").cloned();
+    let scope = principal.scope();
     let vms = state
         .store()
         .resources()
         .read(move |conn, registry| {
             Ok(
-                vms::list(conn, registry, platform.as_deref(), node.as_deref())?
+                vms::list(conn, registry, &scope, platform.as_deref(), node.as_deref())?
                     .iter()
                     .map(|vm| vm.to_api(registry))
                     .collect(),
@@ -37,47 +42,69 @@ pub(crate) async fn list(
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    JsonBody(input): JsonBody<VmCreate>,
+    principal: Principal,
+    JsonBody(mut input): JsonBody<VmCreate>,
 ) -> Result<Response, ApiError> {
+    ensure_can_create(&principal, "VM", &input.name)?;
     let result = state
         .store()
         .resources()
-        .mutate(input.request_id.clone(), "POST /v1/vms".into(), move |cx| {
-            let vm = vms::create(cx, input)?;
-            Ok(stored(201, &vm.to_api(cx.registry)))
-        })
+        .mutate(
+            principal.idempotency_key(input.request_id.clone()),
+            "POST /v1/vms".into(),
+            move |cx| {
+                let requested = requested_tenant(&principal, input.tenant.take());
+                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
+                let vm = vms::create(cx, &scope, input)?;
+                Ok(stored(201, &vm.to_api(cx.registry)))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vm>, ApiError> {
     let key = key(path)?;
+    let scope = principal.scope();
     Ok(Json(
         state
             .store()
             .resources()
-            .read(move |conn, registry| Ok(vms::get(conn, &key)?.to_api(registry)))
+            .read(move |conn, registry| Ok(vms::get(conn, &scope, &key)?.to_api(registry)))
             .await?,
     ))
 }
 
+/// Whether `scope` sees the VM (for 403 versus 404).
+fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(vms::find(conn, scope, key)?.is_some())
+}
+
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<VmPatch>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
+    ensure_can_change(&state, &principal, "changing", "VM", &key, visible).await?;
     let route = format!("PATCH /v1/vms/{key}");
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
-        .mutate(patch.request_id.clone(), route, move |cx| {
-            let vm = vms::update(cx, &key, patch)?;
-            Ok(stored(200, &vm.to_api(cx.registry)))
-        })
+        .mutate(
+            principal.idempotency_key(patch.request_id.clone()),
+            route,
+            move |cx| {
+                let vm = vms::update(cx, &scope, &key, patch)?;
+                Ok(stored(200, &vm.to_api(cx.registry)))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
@@ -86,6 +113,7 @@ pub(crate) async fn patch(
 /// `?force=true` removes it at once (200).
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -101,17 +129,23 @@ pub(crate) async fn delete(
             })
         }
     };
+    ensure_can_change(&state, &principal, "deleting", "VM", &key, visible).await?;
     let route = format!("DELETE /v1/vms/{key}?force={force}");
+    let scope = principal.scope();
     let result = state
         .store()
         .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            let vm = vms::delete(cx, &key, force)?;
-            Ok(stored(
-                if force { 200 } else { 202 },
-                &vm.to_api(cx.registry),
-            ))
-        })
+        .mutate(
+            principal.idempotency_key(query.0.get("request_id").cloned()),
+            route,
+            move |cx| {
+                let vm = vms::delete(cx, &scope, &key, force)?;
+                Ok(stored(
+                    if force { 200 } else { 202 },
+                    &vm.to_api(cx.registry),
+                ))
+            },
+        )
         .await?;
     Ok(answer(result))
 }
@@ -119,17 +153,19 @@ pub(crate) async fn delete(
 /// Log lines the guest agent shipped through its node agent.
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Json<LogList>, ApiError> {
     let key = key(path)?;
     query.only(&["limit"])?;
     let limit = query.int("limit", 100, 1, 10_000)? as u32;
+    let scope = principal.scope();
     let lines = state
         .store()
         .resources()
         .read(move |conn, _| {
-            let vm = vms::get(conn, &key)?;
+            let vm = vms::get(conn, &scope, &key)?;
             desired::guest_logs(conn, &vm.id, limit)
         })
         .await?;

@@ -3,15 +3,25 @@
 //! SQLite transaction each), GetDesiredState and ReportStatus of a node
 //! hosting all of them, and the result history query.
 //!
+//! With `--tenants N` (N > 1) it runs twice on fresh controllers, as a
+//! member of one tenant while `--objects` QoS policies fill the database:
+//! once all in that one tenant, once spread over N tenants, and prints the
+//! ratio of each figure (scope checks cost what they cost in both).
+//!
 //! `cargo run --release -p measurelab-controller --bin resource-bench -- --vms 500`
+//! `cargo run --release -p measurelab-controller --bin resource-bench -- --tenants 100`
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use futures::StreamExt;
 use measurelab_api::client::Client;
-use measurelab_api::http::{PlatformCreate, TaskCreate, VmCreate, VmPowerState};
+use measurelab_api::http::{
+    ApiTokenCreate, PlatformCreate, QosPolicyCreate, Role, TaskCreate, TenantCreate, VmCreate,
+    VmPowerState,
+};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
     Capabilities, Condition, DesiredStateRequest, RegisterRequest, ResourceUsage, StatusReport,
@@ -37,25 +47,137 @@ struct Args {
     /// Repetitions of the desired-state and status-report calls.
     #[arg(long, default_value_t = 50)]
     rounds: usize,
+    /// Spread the background objects over this many tenants and compare
+    /// with the same run in one tenant (1: one run, as the operator).
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Background objects (QoS policies) created before measuring, with --tenants.
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
 }
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
+/// One measured call: name, p50 and p99 in milliseconds.
+type Figure = (String, f64, f64);
+
+fn summary(figures: &mut Vec<Figure>, name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     println!(
-        "{name:<40} n={:<5} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
+        "{name:<44} n={:<5} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
         samples.len(),
         at(0.5).as_secs_f64() * 1e3,
         at(0.99).as_secs_f64() * 1e3,
         samples[samples.len() - 1].as_secs_f64() * 1e3
     );
+    figures.push((
+        name.to_string(),
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+    ));
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir =
-        std::env::temp_dir().join(format!("measurelab-resource-bench-{}", std::process::id()));
+    if args.tenants <= 1 {
+        bench(&args, None).await?;
+        return Ok(());
+    }
+    println!(
+        "== {} objects in 1 tenant (measured as a member of it)",
+        args.objects
+    );
+    let one = bench(&args, Some(1)).await?;
+    println!(
+        "== {} objects over {} tenants (measured as a member of one)",
+        args.objects, args.tenants
+    );
+    let many = bench(&args, Some(args.tenants)).await?;
+    println!(
+        "\n{:<44} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "call", "p50 1t", "p50 Nt", "ratio", "p99 1t", "p99 Nt", "ratio"
+    );
+    for ((name, p50_one, p99_one), (_, p50_many, p99_many)) in one.iter().zip(&many) {
+        println!(
+            "{name:<44} {p50_one:>10.2} {p50_many:>10.2} {:>8.2} {p99_one:>10.2} {p99_many:>10.2} {:>8.2}",
+            p50_many / p50_one,
+            p99_many / p99_one
+        );
+    }
+    Ok(())
+}
+
+/// Tenants `t0..tN`, a member token of each, and `objects` QoS policies
+/// spread over them round robin. Returns t0's member client.
+async fn populate(
+    admin: &Client,
+    endpoint: &str,
+    tenants: usize,
+    objects: usize,
+) -> anyhow::Result<Client> {
+    let mut clients = Vec::with_capacity(tenants);
+    for t in 0..tenants {
+        let name = format!("t{t}");
+        admin
+            .create_tenant(&TenantCreate {
+                name: name.clone(),
+                description: None,
+                quota: None,
+                request_id: None,
+            })
+            .await?;
+        let token = admin
+            .create_token(&ApiTokenCreate {
+                name: format!("bench-{t}"),
+                role: Role::Member,
+                tenant: Some(name),
+                expires_at: None,
+                ttl_seconds: None,
+                request_id: None,
+            })
+            .await?;
+        clients.push(Client::new(endpoint, &token.secret, None)?);
+    }
+    let started = Instant::now();
+    let creates = futures::stream::iter(0..objects).map(|i| {
+        let client = clients[i % tenants].clone();
+        async move {
+            client
+                .create_qos_policy(&QosPolicyCreate {
+                    tenant: None,
+                    name: format!("q-{i}"),
+                    ingress_max_kbps: 1000,
+                    ingress_min_kbps: None,
+                    ingress_burst_kbytes: None,
+                    egress_max_kbps: None,
+                    egress_min_kbps: None,
+                    egress_burst_kbytes: None,
+                    request_id: None,
+                })
+                .await
+        }
+    });
+    let mut results = creates.buffer_unordered(8);
+    while let Some(result) = results.next().await {
+        result.context("creating a background QoS policy")?;
+    }
+    println!(
+        "populated {objects} QoS policies over {tenants} tenant(s) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(results);
+    Ok(clients.swap_remove(0))
+}
+
+/// One run on a fresh controller: as the operator (`tenants` None) or as a
+/// member of the first of `tenants` tenants holding the background objects.
+async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let dir = args.dir.join(format!(
+        "measurelab-resource-bench-{}-{}",
+        std::process::id(),
+        tenants.unwrap_or(0)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let http = std::net::TcpListener::bind("127.0.0.1:0")?;
     let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -74,7 +196,12 @@ async fn main() -> anyhow::Result<()> {
     let join = std::fs::read_to_string(dir.join("join.token"))?
         .trim()
         .to_string();
-    let client = Client::new(&format!("http://{http_addr}"), &admin, None)?;
+    let endpoint = format!("http://{http_addr}");
+    let admin_client = Client::new(&endpoint, &admin, None)?;
+    let client = match tenants {
+        Some(n) => populate(&admin_client, &endpoint, n, args.objects).await?,
+        None => admin_client,
+    };
     let mut node = NodeServiceClient::connect(format!("http://{grpc_addr}")).await?;
     let registered = node
         .register(RegisterRequest {
@@ -96,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         .into_inner();
     client
         .create_platform(&PlatformCreate {
+            tenant: None,
             name: "bench".into(),
             nodes: vec!["bench-node".into()],
             admins: vec![],
@@ -111,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let vm = client
             .create_vm(&VmCreate {
+                tenant: None,
                 name: format!("vm-{i}"),
                 platform: "bench".into(),
                 node: "bench-node".into(),
@@ -129,7 +258,47 @@ async fn main() -> anyhow::Result<()> {
         create.push(started.elapsed());
         ids.push(vm.id);
     }
-    summary("POST /v1/vms (durable, with request_id)", create);
+    summary(
+        &mut figures,
+        "POST /v1/vms (durable, with request_id)",
+        create,
+    );
+    let mut lookups = Vec::with_capacity(args.rounds);
+    let mut whoami = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let started = Instant::now();
+        client
+            .get_vm(&format!("bench/vm-{}", round % args.vms))
+            .await?;
+        lookups.push(started.elapsed());
+        let started = Instant::now();
+        client.whoami().await?;
+        whoami.push(started.elapsed());
+    }
+    summary(&mut figures, "GET /v1/vms/{platform/name}", lookups);
+    if tenants.is_some() {
+        // A background object of the measuring tenant, by name.
+        let mut qos = Vec::with_capacity(args.rounds);
+        for _ in 0..args.rounds {
+            let started = Instant::now();
+            client.get_qos_policy("q-0").await?;
+            qos.push(started.elapsed());
+        }
+        summary(&mut figures, "GET /v1/qos_policies/{name}", qos);
+    }
+    summary(&mut figures, "GET /v1/whoami (token check only)", whoami);
+    let mut listing = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let started = Instant::now();
+        let vms = client.list_vms("").await?;
+        listing.push(started.elapsed());
+        anyhow::ensure!(vms.len() == args.vms, "the VM list has {} VMs", vms.len());
+    }
+    summary(
+        &mut figures,
+        &format!("GET /v1/vms ({} VMs)", args.vms),
+        listing,
+    );
 
     let mut desired = Vec::new();
     let mut report = Vec::new();
@@ -174,11 +343,20 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         report.push(started.elapsed());
     }
-    summary(&format!("GetDesiredState ({} VMs)", args.vms), desired);
-    summary(&format!("ReportStatus ({} VM statuses)", args.vms), report);
+    summary(
+        &mut figures,
+        &format!("GetDesiredState ({} VMs)", args.vms),
+        desired,
+    );
+    summary(
+        &mut figures,
+        &format!("ReportStatus ({} VM statuses)", args.vms),
+        report,
+    );
 
     let task = client
         .create_task(&TaskCreate {
+            tenant: None,
             name: "bench".into(),
             mode: "platform".into(),
             platform: Some("bench".into()),
@@ -210,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
         client.post_result(&document).await?;
         post.push(started.elapsed());
     }
-    summary("POST /v1/results (durable)", post);
+    summary(&mut figures, "POST /v1/results (durable)", post);
     let mut history = Vec::new();
     for _ in 0..args.rounds {
         let started = Instant::now();
@@ -218,12 +396,16 @@ async fn main() -> anyhow::Result<()> {
         history.push(started.elapsed());
         anyhow::ensure!(results.len() == args.results);
     }
-    summary(&format!("GET /v1/results ({} runs)", args.results), history);
+    summary(
+        &mut figures,
+        &format!("GET /v1/results ({} runs)", args.results),
+        history,
+    );
 
     let _ = stop.send(());
     controller.await??;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(figures)
 }
 
 /// Run `i` of the bench task: one receiver, a realistic document size.
@@ -257,6 +439,7 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
         foreign_session_packets: None,
         malformed_packets: None,
         metrics: Some(metrics),
+        receipts: None,
     };
     ResultDocument {
         schema: ResultSchema::V1,
@@ -284,5 +467,9 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
             error: None,
         },
         receivers: vec![receiver],
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     }
 }

@@ -5,6 +5,9 @@
 //! pure: the store reads what is in use inside the request's transaction and
 //! hands it over, so an allocation and the row that takes it commit together.
 
+pub(crate) mod overcommit;
+pub(crate) mod quota;
+
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;

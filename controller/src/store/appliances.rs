@@ -192,6 +192,7 @@ pub(crate) fn create(
         ],
     )?;
     cx.event(
+        None,
         "ApplianceCreated",
         "appliance",
         &appliance.id,

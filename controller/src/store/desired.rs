@@ -1,6 +1,7 @@
 //! The node side of platforms, VMs, programs and tasks: a node's desired state, and what
 //! its agent reports back (VM states, guests, program runs, cleanup acks).
 
+use crate::access::Scope;
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
     self, DesiredAppliance, DesiredPlatform, DesiredQos, DesiredState, DesiredVm, ProgramRun,
@@ -58,10 +59,10 @@ pub(crate) fn desired_state(
         ..Default::default()
     };
     for vm in vms::of_node(conn, node_id)? {
-        let platform = platforms::get(conn, &vm.platform_id)?;
+        let platform = platforms::get(conn, &Scope::All, &vm.platform_id)?;
         let appliance = appliances::get_by_id(conn, &vm.appliance_id)?;
         let qos = match &vm.qos_policy_id {
-            Some(id) => Some(qos_policies::get(conn, id)?),
+            Some(id) => Some(qos_policies::get(conn, &Scope::All, id)?),
             None => None,
         };
         let (_, prefix) = platform.network()?;
@@ -223,6 +224,7 @@ pub(crate) fn apply_report(
         let name = format!("{}/{}", vm.platform_name, vm.name);
         if is_ready && !was_ready {
             cx.event(
+                Some(&vm.tenant_id),
                 "VmReady",
                 "vm",
                 &vm.id,
@@ -236,6 +238,7 @@ pub(crate) fn apply_report(
                 .map(|c| format!("{}: {}", c.reason, c.message))
                 .unwrap_or_default();
             cx.event(
+                Some(&vm.tenant_id),
                 "VmNotReady",
                 "vm",
                 &vm.id,
@@ -249,7 +252,13 @@ pub(crate) fn apply_report(
                 .find(|c| c.status == "False")
                 .map(|c| format!("{}: {}", c.reason, c.message))
                 .unwrap_or_default();
-            cx.event("VmFailed", "vm", &vm.id, format!("VM {name} failed {why}"))?;
+            cx.event(
+                Some(&vm.tenant_id),
+                "VmFailed",
+                "vm",
+                &vm.id,
+                format!("VM {name} failed {why}"),
+            )?;
         }
         let observed = status.observed_generation.min(vm.generation);
         vms::save_status(
@@ -272,6 +281,7 @@ pub(crate) fn apply_report(
                 vms::save_guest_heartbeat(cx, &vm.id, &time)?;
                 if vm.guest_last_heartbeat.is_none() {
                     cx.event(
+                        Some(&vm.tenant_id),
                         "GuestRegistered",
                         "vm",
                         &vm.id,

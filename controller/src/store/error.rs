@@ -56,6 +56,18 @@ pub enum StoreError {
         /// Id of the node holding it.
         owner: String,
     },
+    /// An operator revoked the node (by name).
+    #[error("node {0} was revoked by an operator")]
+    Revoked(String),
+    /// A registration was refused: it named an existing node without that
+    /// node's secret, the node is revoked, or a per-node join token names
+    /// another node. The message says which and what the operator can do.
+    #[error("{0}")]
+    RegistrationRefused(String),
+    /// A join token made through the API is unknown, wrong, expired, used
+    /// up or revoked.
+    #[error("join_token: {0}")]
+    JoinTokenRefused(String),
     /// The writer thread has stopped (controller shutting down).
     #[error("the store is shutting down")]
     WriterGone,
@@ -85,6 +97,18 @@ pub enum StoreError {
         /// Field to blame, if one is.
         field: Option<String>,
         /// What conflicts.
+        message: String,
+    },
+    /// The caller sees the object but its role may not do this; the message
+    /// names the object, the action and the role needed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request would take its tenant past a quota.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Request field whose value passes the quota, if one does.
+        field: Option<String>,
+        /// Quota, tenant, use, request and limit.
         message: String,
     },
     /// A VLAN, subnet, address or MAC pool has no free entry.

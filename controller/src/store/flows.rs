@@ -111,7 +111,7 @@ pub(crate) fn set_node_export(
         Some(_) => "flow export turned off by the operator".to_string(),
         None => "flow export setting removed; the agent's configuration applies".to_string(),
     };
-    cx.event("NodeFlowExportChanged", "node", node_id, message)
+    cx.event(None, "NodeFlowExportChanged", "node", node_id, message)
 }
 
 /// The setting as the node's desired state carries it.

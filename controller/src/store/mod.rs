@@ -11,21 +11,28 @@
 //! Store functions return domain values or a [`StoreError`]; the HTTP and
 //! gRPC layers decide what those become on the wire.
 
+pub(crate) mod api_tokens;
 pub(crate) mod appliances;
+mod batch;
 mod checkpoint;
 mod codec;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
+mod events;
 pub(crate) mod flows;
 pub(crate) mod idempotency;
+mod node_identity;
 mod nodes;
 pub(crate) mod platforms;
 pub(crate) mod programs;
 pub(crate) mod qos_policies;
+pub(crate) mod quotas;
 mod registry;
 mod resources;
+mod run_tree;
 pub(crate) mod tasks;
+pub(crate) mod tenants;
 pub(crate) mod vms;
 mod writer;
 
@@ -38,14 +45,18 @@ use measurelab_api::http;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::Scope;
 use crate::placement::Pools;
+use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
 use database::{migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
+use node_identity::IdentityCommand;
+pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use nodes::{check_secret, load_registry};
 pub(crate) use nodes::{
-    constant_time_eq, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
-    LOG_LINES_PER_NODE,
+    constant_time_eq, HeartbeatInput, JoinCredential, NewEvent, RegisterInput, Registered,
+    ShipLogsInput, LOG_LINES_PER_NODE,
 };
 pub(crate) use registry::{NodeEntry, Registry};
 pub(crate) use resources::{ResourceStore, TxContext};
@@ -61,6 +72,8 @@ pub(crate) struct Store {
     reader: Arc<Mutex<Connection>>,
     /// Platforms, VMs, tasks...: one transaction per request on their own connection.
     resources: ResourceStore,
+    /// API tokens, verified from memory on every request.
+    tokens: TokenBook,
 }
 
 impl Store {
@@ -91,6 +104,8 @@ impl Store {
         let registry = Arc::new(RwLock::new(registry));
         let resource_conn = open_connection(&path)?;
         appliances::ensure_builtin(&resource_conn)?;
+        let tokens = TokenBook::default();
+        tokens.reload(&resource_conn)?;
         let resources = ResourceStore::open(resource_conn, registry.clone(), pools)?;
         let (writer, handle) = writer::spawn(
             write_conn,
@@ -104,6 +119,7 @@ impl Store {
                 writer,
                 reader: Arc::new(Mutex::new(reader)),
                 resources,
+                tokens,
             },
             handle,
         ))
@@ -151,6 +167,80 @@ impl Store {
         .await
     }
 
+    /// Set a node's overcommit ratios (validated by the caller); `None`
+    /// keeps the current one.
+    pub async fn set_overcommit(
+        &self,
+        node_id: String,
+        cpu: Option<f64>,
+        memory: Option<f64>,
+    ) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::SetOvercommit {
+            node_id,
+            cpu,
+            memory,
+            reply,
+        })
+        .await
+    }
+
+    /// Let the next registration under the pending request's name through.
+    pub async fn approve_registration(
+        &self,
+        id_or_name: String,
+    ) -> Result<http::RegistrationRequest, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Approve { id_or_name, reply }))
+            .await
+    }
+
+    /// Refuse every heartbeat and call of the node from now on.
+    pub async fn revoke_node(&self, id_or_name: String) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Revoke { id_or_name, reply }))
+            .await
+    }
+
+    /// Forget the node; refused while VMs or platforms use it.
+    pub async fn delete_node(&self, id_or_name: String) -> Result<http::Node, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::Delete { id_or_name, reply }))
+            .await
+    }
+
+    pub async fn create_join_token(
+        &self,
+        token: NewJoinToken,
+    ) -> Result<http::JoinTokenCreated, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::CreateJoinToken { token, reply }))
+            .await
+    }
+
+    pub async fn revoke_join_token(&self, id: String) -> Result<http::JoinToken, StoreError> {
+        self.call(|reply| WriteCommand::Identity(IdentityCommand::RevokeJoinToken { id, reply }))
+            .await
+    }
+
+    pub async fn join_tokens(&self) -> Result<Vec<http::JoinToken>, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.read(move |conn| node_identity::join_tokens(conn, now))
+            .await
+    }
+
+    pub async fn join_token(&self, id: String) -> Result<http::JoinToken, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.read(move |conn| {
+            node_identity::join_token(conn, &id, now)?.ok_or(StoreError::NotFound {
+                kind: "join token",
+                id,
+            })
+        })
+        .await
+    }
+
+    pub async fn registration_requests(
+        &self,
+    ) -> Result<Vec<http::RegistrationRequest>, StoreError> {
+        self.read(node_identity::registration_requests).await
+    }
+
     pub async fn record_event(&self, event: NewEvent) -> Result<i64, StoreError> {
         self.call(|reply| WriteCommand::RecordEvent(event, reply))
             .await
@@ -169,6 +259,19 @@ impl Store {
     /// Platforms, QoS policies, appliances, VMs, programs, tasks and results.
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
+    }
+
+    /// The API tokens, as of the last reload.
+    pub fn tokens(&self) -> &TokenBook {
+        &self.tokens
+    }
+
+    /// Re-read the token table into the book (after a token or tenant change).
+    pub async fn reload_tokens(&self) -> Result<(), StoreError> {
+        let tokens = self.tokens.clone();
+        self.resources
+            .read(move |conn, _| tokens.reload(conn))
+            .await
     }
 
     /// Ask the writer to finish what is queued and exit.
@@ -223,9 +326,14 @@ impl Store {
             .await
     }
 
-    /// Events with id > `after`, oldest first.
-    pub async fn events(&self, after: i64, limit: u32) -> Result<Vec<http::Event>, StoreError> {
-        self.read(move |conn| nodes::events(conn, after, limit))
+    /// Events with id > `after` visible in `scope`, oldest first.
+    pub async fn events(
+        &self,
+        scope: Scope,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<http::Event>, StoreError> {
+        self.read(move |conn| events::events(conn, &scope, after, limit))
             .await
     }
 
@@ -265,6 +373,9 @@ mod tests {
             resources: Resources::default(),
             labels: BTreeMap::new(),
             management_address: String::new(),
+            node_secret: String::new(),
+            join: JoinCredential::Default,
+            peer_address: String::new(),
         }
     }
 

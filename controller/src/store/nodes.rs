@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use super::codec::{from_json, parse_time};
 use super::error::StoreError;
 use super::registry::{NodeEntry, Registry};
+use crate::placement::overcommit::Overcommit;
 
 /// Log lines kept per node; older lines are deleted as new ones arrive.
 pub const LOG_LINES_PER_NODE: i64 = 10_000;
@@ -18,6 +19,9 @@ pub(crate) fn status_text(status: NodeStatus) -> &'static str {
     match status {
         NodeStatus::Online => "online",
         NodeStatus::Offline => "offline",
+        // Revocation is its own column (`revoked_at`); the status column
+        // keeps liveness, which a revoked node no longer renews.
+        NodeStatus::Revoked => "offline",
     }
 }
 
@@ -32,6 +36,22 @@ pub(crate) struct RegisterInput {
     pub resources: Resources,
     pub labels: BTreeMap<String, String>,
     pub management_address: String,
+    /// The secret of the agent's previous registration; empty if it has none.
+    pub node_secret: String,
+    /// How the join token checked out.
+    pub join: JoinCredential,
+    /// Where the request came from, for the operator's pending list.
+    pub peer_address: String,
+}
+
+/// The join token of a registration.
+#[derive(Debug, Clone)]
+pub(crate) enum JoinCredential {
+    /// The data directory's join token (checked by the gRPC layer).
+    Default,
+    /// A token made through the API (`mlj_<id>_<secret>`); the store checks
+    /// and consumes it in the registration's own transaction.
+    Issued { id: String, secret: String },
 }
 
 /// Result of a registration.
@@ -75,7 +95,8 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
     let mut statement = conn.prepare(
         "SELECT id, name, secret, status, registered_at, last_heartbeat, agent_version,
                 management_address, capabilities, resources, labels, last_sequence,
-                observed_generation, desired_generation
+                observed_generation, desired_generation, reported_labels, revoked_at,
+                cpu_overcommit, memory_overcommit
          FROM nodes",
     )?;
     let mut rows = statement.query([])?;
@@ -97,6 +118,8 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
         let capabilities: String = row.get(8)?;
         let resources: String = row.get(9)?;
         let labels: String = row.get(10)?;
+        let reported_labels: String = row.get(14)?;
+        let revoked_at: Option<String> = row.get(15)?;
         registry.upsert(NodeEntry {
             id,
             name: row.get(1)?,
@@ -114,6 +137,9 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
             capabilities: from_json("nodes.capabilities", &capabilities)?,
             resources: from_json("nodes.resources", &resources)?,
             labels: from_json("nodes.labels", &labels)?,
+            overcommit: Overcommit::from_stored(row.get(16)?, row.get(17)?),
+            reported_labels: from_json("nodes.reported_labels", &reported_labels)?,
+            revoked_at: revoked_at.as_deref().map(parse_time).transpose()?,
             last_sequence: row.get::<_, i64>(11)? as u64,
             observed_generation: row.get::<_, i64>(12)? as u64,
             desired_generation: row.get::<_, i64>(13)? as u64,
@@ -163,6 +189,7 @@ pub(crate) fn check_secret(
 ) -> Result<(), StoreError> {
     match entry {
         None => Err(StoreError::UnknownNode(node_id.to_string())),
+        Some(entry) if entry.revoked_at.is_some() => Err(StoreError::Revoked(entry.name.clone())),
         Some(entry)
             if constant_time_eq(
                 entry.secret_digest.as_bytes(),
@@ -198,29 +225,4 @@ pub(crate) fn logs(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(lines)
-}
-
-/// Events with id > `after`, oldest first.
-pub(crate) fn events(
-    conn: &Connection,
-    after: i64,
-    limit: u32,
-) -> Result<Vec<http::Event>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, time, reason, object_kind, object_id, message FROM events
-         WHERE id > ?1 ORDER BY id ASC LIMIT ?2",
-    )?;
-    let events = statement
-        .query_map(rusqlite::params![after, limit], |row| {
-            Ok(http::Event {
-                id: row.get(0)?,
-                time: row.get(1)?,
-                reason: row.get(2)?,
-                object_kind: row.get(3)?,
-                object_id: row.get(4)?,
-                message: row.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(events)
 }

@@ -3,13 +3,17 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
+use measurelab_api::http::{
+    Platform, PlatformCreate, PlatformPatch, PlatformPowerState, TenantUsage,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
+use super::{quotas, tenants};
+use crate::access::{Scope, TenantRef};
 use crate::{placement, validation};
 
 const MAX_ADMINS: usize = 64;
@@ -19,6 +23,7 @@ const MAX_DESCRIPTION: usize = 4096;
 #[derive(Debug, Clone)]
 pub(crate) struct PlatformRow {
     pub id: String,
+    pub tenant_id: String,
     pub name: String,
     pub node_ids: Vec<String>,
     pub admins: Vec<String>,
@@ -49,6 +54,7 @@ impl PlatformRow {
             gateway: self.gateway.clone(),
             power_state: self.power_state,
             created_at: self.created_at.clone(),
+            tenant_id: self.tenant_id.clone(),
             generation: self.generation,
             flow_monitoring: self.flow_monitoring,
         }
@@ -69,7 +75,7 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
 }
 
 const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
-                             created_at, generation, flow_monitoring FROM platforms";
+                             created_at, generation, tenant_id, flow_monitoring FROM platforms";
 
 fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<PlatformRow, StoreError> {
     let id: String = row.get(0)?;
@@ -93,33 +99,43 @@ fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<Platfor
             .ok_or_else(|| StoreError::Corrupt(format!("platforms.power_state {power:?}")))?,
         created_at: row.get(8)?,
         generation: row.get::<_, i64>(9)? as u64,
-        flow_monitoring: row.get(10)?,
+        tenant_id: row.get(10)?,
+        flow_monitoring: row.get(11)?,
         id,
     })
 }
 
-/// Look a platform up by id, then by name.
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<PlatformRow>, StoreError> {
+/// Look a platform up by id, then by name, among those `scope` sees.
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<PlatformRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+        "{SELECT} WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)"
     ))?;
-    let mut rows = statement.query([key])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(row_to_platform(conn, row)?)),
-        None => Ok(None),
+    let mut rows = statement.query(params![key, scope.tenant_id()])?;
+    let mut matches = Vec::new();
+    while let Some(row) = rows.next()? {
+        matches.push(row_to_platform(conn, row)?);
     }
+    tenants::pick_one(conn, "platform", key, matches, |p| {
+        (p.id.as_str(), p.tenant_id.as_str())
+    })
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<PlatformRow, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<PlatformRow, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "platform",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<PlatformRow>, StoreError> {
-    let mut statement = conn.prepare_cached(&format!("{SELECT} ORDER BY name"))?;
-    let mut rows = statement.query([])?;
+pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<PlatformRow>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{SELECT} WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id"
+    ))?;
+    let mut rows = statement.query([scope.tenant_id()])?;
     let mut platforms = Vec::new();
     while let Some(row) = rows.next()? {
         platforms.push(row_to_platform(conn, row)?);
@@ -133,7 +149,7 @@ pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRo
         .prepare_cached("SELECT platform_id FROM platform_nodes WHERE node_id = ?1")?
         .query_map([node_id], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    ids.iter().map(|id| get(conn, id)).collect()
+    ids.iter().map(|id| get(conn, &Scope::All, id)).collect()
 }
 
 /// Resolve node names or ids to ids, refusing unknown and repeated nodes.
@@ -196,6 +212,7 @@ fn allocate_subnet(cx: &TxContext<'_>) -> Result<String, StoreError> {
 
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
+    tenant: &TenantRef,
     input: PlatformCreate,
 ) -> Result<PlatformRow, StoreError> {
     validation::dns_label("name", &input.name)?;
@@ -203,16 +220,29 @@ pub(crate) fn create(
     validate_admins(&input.admins)?;
     let description = input.description.unwrap_or_default();
     validation::short_text("description", &description, MAX_DESCRIPTION)?;
-    if find(cx.tx, &input.name)?.is_some() {
+    if find(cx.tx, &Scope::Tenant(tenant.id.clone()), &input.name)?.is_some() {
         return Err(StoreError::conflict(
             Some("name"),
-            format!("name: a platform named {:?} already exists", input.name),
+            format!(
+                "name: tenant {} already has a platform named {:?}",
+                tenant.name, input.name
+            ),
         ));
     }
+    quotas::admit(
+        cx,
+        &tenant.id,
+        &TenantUsage {
+            platforms: 1,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
     let vlan_tag = allocate_vlan(cx)?;
     let subnet = allocate_subnet(cx)?;
     let row = PlatformRow {
         id: new_id(),
+        tenant_id: tenant.id.clone(),
         name: input.name,
         node_ids,
         admins: input.admins,
@@ -228,8 +258,9 @@ pub(crate) fn create(
     cx.tx
         .prepare_cached(
             "INSERT INTO platforms (id, name, admins, description, vlan_tag, subnet, gateway,
-                                    power_state, created_at, generation, flow_monitoring)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                    power_state, created_at, generation, tenant_id,
+                                    flow_monitoring)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             row.id,
@@ -242,6 +273,7 @@ pub(crate) fn create(
             row.power_state.as_str(),
             row.created_at,
             row.generation as i64,
+            row.tenant_id,
             row.flow_monitoring
         ])?;
     write_members(cx, &row.id, &row.node_ids)?;
@@ -249,6 +281,7 @@ pub(crate) fn create(
         cx.touch_node(node)?;
     }
     cx.event(
+        Some(&row.tenant_id),
         "PlatformCreated",
         "platform",
         &row.id,
@@ -292,10 +325,11 @@ fn vms_of(cx: &TxContext<'_>, platform_id: &str) -> Result<Vec<(String, String)>
 
 pub(crate) fn update(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     key: &str,
     patch: PlatformPatch,
 ) -> Result<PlatformRow, StoreError> {
-    let mut row = get(cx.tx, key)?;
+    let mut row = get(cx.tx, scope, key)?;
     let mut changed = false;
     if let Some(nodes) = &patch.nodes {
         let new_ids = resolve_nodes(cx.registry, nodes)?;
@@ -376,6 +410,7 @@ fn set_power_in_place(
         PlatformPowerState::Paused => ("PlatformPaused", "paused: every VM is suspended"),
     };
     cx.event(
+        Some(&row.tenant_id),
         reason,
         "platform",
         &row.id,
@@ -386,10 +421,11 @@ fn set_power_in_place(
 /// `start` / `pause`.
 pub(crate) fn set_power(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     key: &str,
     power: PlatformPowerState,
 ) -> Result<PlatformRow, StoreError> {
-    let mut row = get(cx.tx, key)?;
+    let mut row = get(cx.tx, scope, key)?;
     if row.power_state != power {
         set_power_in_place(cx, &mut row, power)?;
         row.generation += 1;
@@ -416,8 +452,12 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, StoreError> {
-    let row = get(cx.tx, key)?;
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+) -> Result<PlatformRow, StoreError> {
+    let row = get(cx.tx, scope, key)?;
     let vms = vms_of(cx, &row.id)?;
     if !vms.is_empty() {
         let names: Vec<String> = vms.into_iter().map(|(name, _)| name).collect();
@@ -454,6 +494,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<PlatformRow, S
         cx.touch_node(node)?;
     }
     cx.event(
+        Some(&row.tenant_id),
         "PlatformDeleted",
         "platform",
         &row.id,

@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState};
+use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState, TenantUsage};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::vms;
+use super::{quotas, tenants, vms};
+use crate::access::{Scope, TenantRef};
 use crate::validation;
 
 /// Largest program accepted (the mcast binaries are a few MiB).
@@ -43,32 +44,41 @@ fn program_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Program> {
         sha256: r.get(2)?,
         size_bytes: r.get::<_, i64>(3)? as u64,
         created_at: r.get(4)?,
+        tenant_id: r.get(5)?,
     })
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Program>, StoreError> {
-    Ok(conn
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<Program>, StoreError> {
+    let matches = conn
         .prepare_cached(
-            "SELECT id, name, sha256, size_bytes, created_at FROM programs
-             WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+            "SELECT id, name, sha256, size_bytes, created_at, tenant_id FROM programs
+             WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)",
         )?
-        .query_row([key], program_row)
-        .optional()?)
+        .query_map(params![key, scope.tenant_id()], program_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    tenants::pick_one(conn, "program", key, matches, |p| {
+        (p.id.as_str(), p.tenant_id.as_str())
+    })
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<Program, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<Program, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "program",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<Program>, StoreError> {
+pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Program>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, name, sha256, size_bytes, created_at FROM programs ORDER BY name",
+            "SELECT id, name, sha256, size_bytes, created_at, tenant_id FROM programs
+             WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id",
         )?
-        .query_map([], program_row)?
+        .query_map([scope.tenant_id()], program_row)?
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -77,7 +87,7 @@ pub(crate) fn content(
     conn: &Connection,
     id: &str,
 ) -> Result<Option<(Program, Vec<u8>)>, StoreError> {
-    let Some(program) = find(conn, id)? else {
+    let Some(program) = find(conn, &Scope::All, id)? else {
         return Ok(None);
     };
     let content: Vec<u8> = conn.query_row(
@@ -118,6 +128,7 @@ pub(crate) fn sha256_hex(content: &[u8]) -> String {
 /// a conflict.
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
+    tenant: &TenantRef,
     name: String,
     content: Vec<u8>,
     expected_sha256: Option<String>,
@@ -141,7 +152,7 @@ pub(crate) fn create(
             ));
         }
     }
-    if let Some(existing) = find(cx.tx, &name)? {
+    if let Some(existing) = find(cx.tx, &Scope::Tenant(tenant.id.clone()), &name)? {
         if existing.sha256 == sha256 {
             return Ok((existing, false));
         }
@@ -153,26 +164,38 @@ pub(crate) fn create(
             ),
         ));
     }
+    quotas::admit(
+        cx,
+        &tenant.id,
+        &TenantUsage {
+            program_bytes: content.len() as u64,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
     let program = Program {
         id: new_id(),
         name,
         sha256,
         size_bytes: content.len() as u64,
         created_at: cx.now_text(),
+        tenant_id: tenant.id.clone(),
     };
     cx.tx.execute(
-        "INSERT INTO programs (id, name, sha256, size_bytes, content, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO programs (id, name, sha256, size_bytes, content, created_at, tenant_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             program.id,
             program.name,
             program.sha256,
             program.size_bytes as i64,
             content,
-            program.created_at
+            program.created_at,
+            program.tenant_id
         ],
     )?;
     cx.event(
+        Some(&program.tenant_id),
         "ProgramUploaded",
         "program",
         &program.id,
@@ -184,8 +207,12 @@ pub(crate) fn create(
     Ok((program, true))
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, StoreError> {
-    let program = get(cx.tx, key)?;
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+) -> Result<Program, StoreError> {
+    let program = get(cx.tx, scope, key)?;
     let active: Option<String> = cx
         .tx
         .query_row(
@@ -212,6 +239,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, Store
     cx.tx
         .execute("DELETE FROM programs WHERE id = ?1", [&program.id])?;
     cx.event(
+        Some(&program.tenant_id),
         "ProgramDeleted",
         "program",
         &program.id,
@@ -224,6 +252,8 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Program, Store
 #[derive(Debug, Clone)]
 pub(crate) struct DeploymentRow {
     pub id: String,
+    /// The program's tenant.
+    pub tenant_id: String,
     pub program_id: String,
     pub program_name: String,
     pub program_sha256: String,
@@ -252,19 +282,24 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, StoreError> {
         env: from_json("deployments.env", &env)?,
         stopped: r.get::<_, i64>(6)? != 0,
         created_at: r.get(7)?,
+        tenant_id: r.get(8)?,
     })
 }
 
 const SELECT_DEPLOYMENT: &str =
-    "SELECT d.id, d.program_id, p.name, p.sha256, d.args, d.env, d.stopped, d.created_at
+    "SELECT d.id, d.program_id, p.name, p.sha256, d.args, d.env, d.stopped, d.created_at,
+            p.tenant_id
      FROM deployments d JOIN programs p ON p.id = d.program_id";
 
 pub(crate) fn find_deployment(
     conn: &Connection,
+    scope: &Scope,
     id: &str,
 ) -> Result<Option<DeploymentRow>, StoreError> {
-    let mut statement = conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} WHERE d.id = ?1"))?;
-    let mut rows = statement.query([id])?;
+    let mut statement = conn.prepare_cached(&format!(
+        "{SELECT_DEPLOYMENT} WHERE d.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)"
+    ))?;
+    let mut rows = statement.query(params![id, scope.tenant_id()])?;
     match rows.next()? {
         Some(row) => Ok(Some(deployment_row(row)?)),
         None => Ok(None),
@@ -306,22 +341,31 @@ pub(crate) fn deployment_to_api(
         args: d.args.clone(),
         env: d.env.clone(),
         runs: runs(conn, &d.id)?.into_iter().map(|r| r.state).collect(),
+        tenant_id: d.tenant_id.clone(),
         created_at: d.created_at.clone(),
     })
 }
 
-pub(crate) fn get_deployment(conn: &Connection, id: &str) -> Result<Deployment, StoreError> {
-    let d = find_deployment(conn, id)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get_deployment(
+    conn: &Connection,
+    scope: &Scope,
+    id: &str,
+) -> Result<Deployment, StoreError> {
+    let d = find_deployment(conn, scope, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "deployment",
         id: id.to_string(),
     })?;
     deployment_to_api(conn, &d)
 }
 
-pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, StoreError> {
-    let mut statement =
-        conn.prepare_cached(&format!("{SELECT_DEPLOYMENT} ORDER BY d.created_at DESC"))?;
-    let mut rows = statement.query([])?;
+pub(crate) fn list_deployments(
+    conn: &Connection,
+    scope: &Scope,
+) -> Result<Vec<Deployment>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{SELECT_DEPLOYMENT} WHERE ?1 IS NULL OR p.tenant_id = ?1 ORDER BY d.created_at DESC"
+    ))?;
+    let mut rows = statement.query([scope.tenant_id()])?;
     let mut rows_out = Vec::new();
     while let Some(row) = rows.next()? {
         rows_out.push(deployment_row(row)?);
@@ -332,11 +376,14 @@ pub(crate) fn list_deployments(conn: &Connection) -> Result<Vec<Deployment>, Sto
         .collect()
 }
 
+/// Deploy a program `scope` sees onto VMs of the program's own tenant; a VM
+/// of another tenant is "no VM", exactly like a missing one.
 pub(crate) fn create_deployment(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     input: DeploymentCreate,
 ) -> Result<Deployment, StoreError> {
-    let program = find(cx.tx, &input.program)?.ok_or_else(|| {
+    let program = find(cx.tx, scope, &input.program)?.ok_or_else(|| {
         StoreError::invalid(
             "program",
             format!("no program named {:?} was uploaded", input.program),
@@ -372,10 +419,11 @@ pub(crate) fn create_deployment(
         }
         validation::short_text(&field, value, 4096)?;
     }
+    let program_scope = Scope::Tenant(program.tenant_id.clone());
     let mut targets: Vec<vms::VmRow> = Vec::new();
     for (i, key) in input.vms.iter().enumerate() {
         let field = format!("vms[{i}]");
-        let vm = vms::find(cx.tx, key)
+        let vm = vms::find(cx.tx, &program_scope, key)
             .map_err(|e| StoreError::invalid(&field, e.to_string()))?
             .ok_or_else(|| StoreError::invalid(&field, format!("no VM {key:?} exists")))?;
         if vm.deleting {
@@ -418,6 +466,7 @@ pub(crate) fn create_deployment(
         cx.touch_node(&vm.node_id)?;
     }
     cx.event(
+        Some(&program.tenant_id),
         "DeploymentCreated",
         "deployment",
         &id,
@@ -427,13 +476,17 @@ pub(crate) fn create_deployment(
             targets.len()
         ),
     )?;
-    get_deployment(cx.tx, &id)
+    get_deployment(cx.tx, &program_scope, &id)
 }
 
 /// Stop: the runs leave the nodes' desired state, so the agents stop them;
 /// unfinished runs become `stopped` and later reports about them are ignored.
-pub(crate) fn stop_deployment(cx: &mut TxContext<'_>, id: &str) -> Result<Deployment, StoreError> {
-    let d = find_deployment(cx.tx, id)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn stop_deployment(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    id: &str,
+) -> Result<Deployment, StoreError> {
+    let d = find_deployment(cx.tx, scope, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "deployment",
         id: id.to_string(),
     })?;
@@ -450,13 +503,14 @@ pub(crate) fn stop_deployment(cx: &mut TxContext<'_>, id: &str) -> Result<Deploy
             cx.touch_node(&run.node_id)?;
         }
         cx.event(
+            Some(&d.tenant_id),
             "DeploymentStopped",
             "deployment",
             &d.id,
             format!("deployment of program {} stopped", d.program_name),
         )?;
     }
-    get_deployment(cx.tx, &d.id)
+    get_deployment(cx.tx, scope, &d.id)
 }
 
 /// Runs the node should be running: not stopped, not finished.
@@ -475,7 +529,7 @@ pub(crate) fn active_runs_of_node(
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
     for (deployment, vm) in pairs {
-        if let Some(d) = find_deployment(conn, &deployment)? {
+        if let Some(d) = find_deployment(conn, &Scope::All, &deployment)? {
             out.push((d, vm));
         }
     }

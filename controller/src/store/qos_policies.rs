@@ -1,11 +1,14 @@
 //! QoS policies: per-VM bandwidth limits.
 
-use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch};
-use rusqlite::{params, Connection, OptionalExtension};
+use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch, TenantUsage};
+use rusqlite::{params, Connection};
 
 use super::codec::new_id;
 use super::error::StoreError;
 use super::resources::TxContext;
+use super::{quotas, tenants};
+use crate::access::{Scope, TenantRef};
+use crate::placement::quota;
 use crate::validation;
 
 /// 100 Gbit/s: anything above is a unit mistake (bit/s given as kbit/s).
@@ -13,7 +16,8 @@ const MAX_KBPS: u64 = 100_000_000;
 const MAX_BURST_KBYTES: u64 = 16 * 1024 * 1024;
 
 const SELECT: &str = "SELECT id, name, ingress_max_kbps, ingress_min_kbps, ingress_burst_kbytes,
-                             egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at
+                             egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at,
+                             tenant_id
                       FROM qos_policies";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QosPolicy> {
@@ -30,29 +34,39 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QosPolicy> {
         egress_min_kbps: opt(6)?,
         egress_burst_kbytes: opt(7)?,
         created_at: r.get(8)?,
+        tenant_id: r.get(9)?,
     })
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<QosPolicy>, StoreError> {
-    Ok(conn
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<QosPolicy>, StoreError> {
+    let matches = conn
         .prepare_cached(&format!(
-            "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+            "{SELECT} WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)"
         ))?
-        .query_row([key], row)
-        .optional()?)
+        .query_map(params![key, scope.tenant_id()], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    tenants::pick_one(conn, "QoS policy", key, matches, |q| {
+        (q.id.as_str(), q.tenant_id.as_str())
+    })
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<QosPolicy, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<QosPolicy, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "qos_policy",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<QosPolicy>, StoreError> {
+pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<QosPolicy>, StoreError> {
     Ok(conn
-        .prepare_cached(&format!("{SELECT} ORDER BY name"))?
-        .query_map([], row)?
+        .prepare_cached(&format!(
+            "{SELECT} WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id"
+        ))?
+        .query_map([scope.tenant_id()], row)?
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -115,13 +129,14 @@ fn validate(policy: &QosPolicy) -> Result<(), StoreError> {
 fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), StoreError> {
     let sql = if insert {
         "INSERT INTO qos_policies (id, name, ingress_max_kbps, ingress_min_kbps, ingress_burst_kbytes,
-                                   egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                                   egress_max_kbps, egress_min_kbps, egress_burst_kbytes, created_at,
+                                   tenant_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     } else {
         "UPDATE qos_policies SET name = ?2, ingress_max_kbps = ?3, ingress_min_kbps = ?4,
                 ingress_burst_kbytes = ?5, egress_max_kbps = ?6, egress_min_kbps = ?7,
                 egress_burst_kbytes = ?8, created_at = ?9
-         WHERE id = ?1"
+         WHERE id = ?1 AND tenant_id = ?10"
     };
     let opt = |v: Option<u64>| v.map(|v| v as i64);
     cx.tx.prepare_cached(sql)?.execute(params![
@@ -133,13 +148,15 @@ fn write(cx: &TxContext<'_>, p: &QosPolicy, insert: bool) -> Result<(), StoreErr
         opt(p.egress_max_kbps),
         opt(p.egress_min_kbps),
         opt(p.egress_burst_kbytes),
-        p.created_at
+        p.created_at,
+        p.tenant_id
     ])?;
     Ok(())
 }
 
 pub(crate) fn create(
     cx: &mut TxContext<'_>,
+    tenant: &TenantRef,
     input: QosPolicyCreate,
 ) -> Result<QosPolicy, StoreError> {
     validation::dns_label("name", &input.name)?;
@@ -153,16 +170,21 @@ pub(crate) fn create(
         egress_min_kbps: input.egress_min_kbps,
         egress_burst_kbytes: input.egress_burst_kbytes,
         created_at: cx.now_text(),
+        tenant_id: tenant.id.clone(),
     };
     validate(&policy)?;
-    if find(cx.tx, &policy.name)?.is_some() {
+    if find(cx.tx, &Scope::Tenant(tenant.id.clone()), &policy.name)?.is_some() {
         return Err(StoreError::conflict(
             Some("name"),
-            format!("name: a QoS policy named {:?} already exists", policy.name),
+            format!(
+                "name: tenant {} already has a QoS policy named {:?}",
+                tenant.name, policy.name
+            ),
         ));
     }
     write(cx, &policy, true)?;
     cx.event(
+        Some(&policy.tenant_id),
         "QosPolicyCreated",
         "qos_policy",
         &policy.id,
@@ -180,12 +202,55 @@ fn nodes_using(cx: &TxContext<'_>, policy_id: &str) -> Result<Vec<(String, Strin
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Raised ceilings of a policy in use raise every using VM's bandwidth: the
+/// growth times the VMs (not being deleted) must fit the tenant's quota.
+fn admit_rates(
+    cx: &TxContext<'_>,
+    before: &QosPolicy,
+    after: &QosPolicy,
+) -> Result<(), StoreError> {
+    let users: i64 = cx.tx.query_row(
+        "SELECT COUNT(*) FROM vms WHERE qos_policy_id = ?1 AND deleting = 0",
+        [&after.id],
+        |r| r.get(0),
+    )?;
+    if users == 0 {
+        return Ok(());
+    }
+    let field = if after.ingress_max_kbps > before.ingress_max_kbps {
+        "ingress_max_kbps"
+    } else {
+        "egress_max_kbps"
+    };
+    let fields = quotas::Fields { bandwidth: field };
+    let per_vm = |p: &QosPolicy| quota::vm_bandwidth_kbps(p.ingress_max_kbps, p.egress_max_kbps);
+    let Some(after_kbps) = per_vm(after) else {
+        return quotas::require_bounded_bandwidth(cx, &after.tenant_id, fields, || {
+            format!(
+                "QoS policy {:?} is used by {users} VM(s) and would have no egress_max_kbps",
+                after.name
+            )
+        });
+    };
+    let growth = after_kbps.saturating_sub(per_vm(before).unwrap_or(0));
+    quotas::admit(
+        cx,
+        &after.tenant_id,
+        &TenantUsage {
+            bandwidth_kbps: growth.saturating_mul(users as u64),
+            ..TenantUsage::default()
+        },
+        fields,
+    )
+}
+
 pub(crate) fn update(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     key: &str,
     patch: QosPolicyPatch,
 ) -> Result<QosPolicy, StoreError> {
-    let before = get(cx.tx, key)?;
+    let before = get(cx.tx, scope, key)?;
     let mut policy = before.clone();
     if let Some(v) = patch.ingress_max_kbps {
         policy.ingress_max_kbps = v;
@@ -207,6 +272,7 @@ pub(crate) fn update(
     }
     validate(&policy)?;
     if policy != before {
+        admit_rates(cx, &before, &policy)?;
         write(cx, &policy, false)?;
         // Every VM using the policy gets a new spec generation.
         cx.tx
@@ -216,6 +282,7 @@ pub(crate) fn update(
             cx.touch_node(&node)?;
         }
         cx.event(
+            Some(&policy.tenant_id),
             "QosPolicyUpdated",
             "qos_policy",
             &policy.id,
@@ -225,8 +292,12 @@ pub(crate) fn update(
     Ok(policy)
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<QosPolicy, StoreError> {
-    let policy = get(cx.tx, key)?;
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+) -> Result<QosPolicy, StoreError> {
+    let policy = get(cx.tx, scope, key)?;
     let users = nodes_using(cx, &policy.id)?;
     if !users.is_empty() {
         let names: Vec<String> = users.into_iter().map(|(name, _)| name).collect();
@@ -243,6 +314,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<QosPolicy, Sto
         .prepare_cached("DELETE FROM qos_policies WHERE id = ?1")?
         .execute([&policy.id])?;
     cx.event(
+        Some(&policy.tenant_id),
         "QosPolicyDeleted",
         "qos_policy",
         &policy.id,

@@ -13,6 +13,7 @@ use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
+use crate::placement::overcommit::Overcommit;
 
 /// One node, as the controller knows it.
 #[derive(Debug, Clone)]
@@ -32,7 +33,14 @@ pub(crate) struct NodeEntry {
     pub management_address: String,
     pub capabilities: Capabilities,
     pub resources: Resources,
+    /// Operator labels: placement and node selection use only these.
     pub labels: BTreeMap<String, String>,
+    /// The operator's ratios (the defaults until set).
+    pub overcommit: Overcommit,
+    /// What the agent reported at its last registration.
+    pub reported_labels: BTreeMap<String, String>,
+    /// Set by an operator: every credential check of the node fails.
+    pub revoked_at: Option<OffsetDateTime>,
     pub last_sequence: u64,
     pub observed_generation: u64,
     pub desired_generation: u64,
@@ -43,7 +51,13 @@ impl NodeEntry {
         http::Node {
             id: self.id.clone(),
             name: self.name.clone(),
-            status: self.status,
+            // Revocation outranks liveness: a revoked node may still hold a
+            // connection, but nothing it sends is accepted.
+            status: if self.revoked_at.is_some() {
+                NodeStatus::Revoked
+            } else {
+                self.status
+            },
             last_heartbeat: self.last_heartbeat.map(rfc3339),
             registered_at: rfc3339(self.registered_at),
             agent_version: self.agent_version.clone(),
@@ -53,6 +67,9 @@ impl NodeEntry {
             labels: self.labels.clone(),
             // Kept in its own table (store::flows); the API fills it in.
             flow_export: None,
+            cpu_overcommit: self.overcommit.cpu,
+            memory_overcommit: self.overcommit.memory,
+            reported_labels: self.reported_labels.clone(),
         }
     }
 }
@@ -96,6 +113,14 @@ impl Registry {
         let mut nodes: Vec<&NodeEntry> = self.by_id.values().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes.into_iter().map(NodeEntry::to_api).collect()
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(entry) = self.by_id.remove(id) {
+            if self.by_name.get(&entry.name).map(String::as_str) == Some(id) {
+                self.by_name.remove(&entry.name);
+            }
+        }
     }
 
     pub fn upsert(&mut self, entry: NodeEntry) {

@@ -52,8 +52,11 @@ impl TxContext<'_> {
         rfc3339(self.now)
     }
 
+    /// Record an event; `tenant_id` is the tenant whose object it is about
+    /// (`None`: nodes and the shared catalog, seen by the operator only).
     pub fn event(
         &self,
+        tenant_id: Option<&str>,
         reason: &str,
         object_kind: &str,
         object_id: &str,
@@ -61,9 +64,17 @@ impl TxContext<'_> {
     ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (time, reason, object_kind, object_id, message, tenant_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![self.now_text(), reason, object_kind, object_id, message.into()])?;
+            .execute(params![
+                self.now_text(),
+                reason,
+                object_kind,
+                object_id,
+                message.into(),
+                tenant_id
+            ])?;
         Ok(())
     }
 

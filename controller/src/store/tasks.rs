@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
-use super::platforms;
 use super::resources::TxContext;
+use super::{platforms, run_tree, tenants};
+use crate::access::{Scope, TenantRef};
 use crate::validation;
 
 /// Largest result document accepted (a run with hundreds of receivers).
@@ -22,10 +23,12 @@ fn task_from_row(
     spec: &str,
     status: String,
     last_result_id: Option<String>,
+    tenant_id: String,
 ) -> Result<Task, StoreError> {
     let mut task: Task = from_json("tasks.spec", spec)?;
     task.status = status;
     task.last_result_id = last_result_id;
+    task.tenant_id = tenant_id;
     Ok(task)
 }
 
@@ -42,41 +45,51 @@ fn read(
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<TaskRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT spec, status, last_result_id, platform_id FROM tasks {filter}"
+        "SELECT spec, status, last_result_id, platform_id, tenant_id FROM tasks {filter}"
     ))?;
     let mut rows = statement.query(args)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let spec: String = row.get(0)?;
         out.push(TaskRow {
-            task: task_from_row(&spec, row.get(1)?, row.get(2)?)?,
+            task: task_from_row(&spec, row.get(1)?, row.get(2)?, row.get(4)?)?,
             platform_id: row.get(3)?,
         });
     }
     Ok(out)
 }
 
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<TaskRow>, StoreError> {
-    Ok(read(
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<TaskRow>, StoreError> {
+    let matches = read(
         conn,
-        "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
-        &[&key],
-    )?
-    .pop())
+        "WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)",
+        &[&key, &scope.tenant_id()],
+    )?;
+    tenants::pick_one(conn, "task", key, matches, |t| {
+        (t.task.id.as_str(), t.task.tenant_id.as_str())
+    })
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<TaskRow, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<TaskRow, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "task",
         id: key.to_string(),
     })
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<Task>, StoreError> {
-    Ok(read(conn, "ORDER BY name", &[])?
-        .into_iter()
-        .map(|t| t.task)
-        .collect())
+pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Task>, StoreError> {
+    Ok(read(
+        conn,
+        "WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id",
+        &[&scope.tenant_id()],
+    )?
+    .into_iter()
+    .map(|t| t.task)
+    .collect())
 }
 
 /// Open tasks of a platform's MSCS.
@@ -114,7 +127,14 @@ fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), StoreError> 
     Ok(())
 }
 
-pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRow, StoreError> {
+/// Create a task: a platform task on a platform `scope` sees, in that
+/// platform's tenant; a service_host task in `tenant`.
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    tenant: &TenantRef,
+    input: TaskCreate,
+) -> Result<TaskRow, StoreError> {
     validation::dns_label("name", &input.name)?;
     let (platform, nodes) = match input.mode.as_str() {
         "platform" => {
@@ -127,7 +147,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
             let key = input.platform.as_deref().ok_or_else(|| {
                 StoreError::invalid("platform", "is required when mode is \"platform\"")
             })?;
-            let platform = platforms::find(cx.tx, key)?.ok_or_else(|| {
+            let platform = platforms::find(cx.tx, scope, key)?.ok_or_else(|| {
                 StoreError::invalid("platform", format!("no platform named {key:?} exists"))
             })?;
             (Some(platform), Vec::new())
@@ -236,10 +256,22 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
         }
         validation::short_text(&format!("receivers[{i}]"), r, 128)?;
     }
-    if find(cx.tx, &input.name)?.is_some() {
+    let tenant = match &platform {
+        Some(p) if p.tenant_id != tenant.id => TenantRef {
+            name: tenants::names(cx.tx, std::slice::from_ref(&p.tenant_id))?
+                .pop()
+                .unwrap_or_else(|| p.tenant_id.clone()),
+            id: p.tenant_id.clone(),
+        },
+        _ => tenant.clone(),
+    };
+    if find(cx.tx, &Scope::Tenant(tenant.id.clone()), &input.name)?.is_some() {
         return Err(StoreError::conflict(
             Some("name"),
-            format!("name: a task named {:?} already exists", input.name),
+            format!(
+                "name: tenant {} already has a task named {:?}",
+                tenant.name, input.name
+            ),
         ));
     }
     let task = Task {
@@ -261,22 +293,26 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: TaskCreate) -> Result<TaskRo
         receivers,
         status: "pending".into(),
         last_result_id: None,
+        tenant_id: tenant.id.clone(),
         created_at: cx.now_text(),
     };
     let platform_id = platform.as_ref().map(|p| p.id.clone());
     cx.tx.execute(
-        "INSERT INTO tasks (id, name, spec, platform_id, status, last_result_id, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', NULL, ?5)",
+        "INSERT INTO tasks (id, name, spec, platform_id, status, last_result_id, created_at,
+                            tenant_id)
+         VALUES (?1, ?2, ?3, ?4, 'pending', NULL, ?5, ?6)",
         params![
             task.id,
             task.name,
             to_json(&task),
             platform_id,
-            task.created_at
+            task.created_at,
+            task.tenant_id
         ],
     )?;
     touch_task_nodes(cx, &task, platform.as_ref().map(|p| p.node_ids.clone()))?;
     cx.event(
+        Some(&task.tenant_id),
         "TaskCreated",
         "task",
         &task.id,
@@ -312,12 +348,13 @@ fn touch_task_nodes(
     Ok(())
 }
 
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Task, StoreError> {
-    let row = get(cx.tx, key)?;
+pub(crate) fn delete(cx: &mut TxContext<'_>, scope: &Scope, key: &str) -> Result<Task, StoreError> {
+    let row = get(cx.tx, scope, key)?;
     cx.tx
         .execute("DELETE FROM tasks WHERE id = ?1", [&row.task.id])?;
     touch_task_nodes(cx, &row.task, None)?;
     cx.event(
+        Some(&row.task.tenant_id),
         "TaskDeleted",
         "task",
         &row.task.id,
@@ -378,10 +415,11 @@ fn typed_document(document: &serde_json::Value) -> Result<ResultDocument, StoreE
 /// (`false`).
 pub(crate) fn insert_result(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     task_key: &str,
     mut document: serde_json::Value,
 ) -> Result<(ResultRecord, bool), StoreError> {
-    let row = find(cx.tx, task_key)?
+    let row = find(cx.tx, scope, task_key)?
         .ok_or_else(|| StoreError::invalid("task_id", format!("no task {task_key:?} exists")))?;
     let typed = typed_document(&document)?;
     let object = document
@@ -407,13 +445,20 @@ pub(crate) fn insert_result(
     // Scoped: the statement borrows the transaction the writes below need.
     {
         let mut statement = cx.tx.prepare_cached(
-            "SELECT id, task_id, task_name, received_at, started_at, document FROM results
-             WHERE task_id = ?1 AND run_id = ?2",
+            "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id
+             FROM results WHERE task_id = ?1 AND run_id = ?2",
         )?;
         let mut rows = statement.query(params![row.task.id, run_id])?;
         if let Some(existing) = rows.next()? {
             return Ok((record(existing)?, false));
         }
+    }
+    let placement = match &row.platform_id {
+        Some(platform_id) => run_tree::PointPlacement::Platform(platform_id),
+        None => run_tree::PointPlacement::ServiceHosts,
+    };
+    if let Some(object) = document.as_object_mut() {
+        run_tree::annotate(cx, &placement, &typed, object)?;
     }
     let run_status = typed.status.as_str();
     let record = ResultRecord {
@@ -423,10 +468,12 @@ pub(crate) fn insert_result(
         received_at: cx.now_text(),
         started_at,
         document,
+        tenant_id: row.task.tenant_id.clone(),
     };
     cx.tx.execute(
-        "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms, document, run_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms, document,
+                              run_id, tenant_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             record.id,
             record.task_id,
@@ -435,7 +482,8 @@ pub(crate) fn insert_result(
             record.started_at,
             unix_ms(started),
             record.document.to_string(),
-            run_id
+            run_id,
+            record.tenant_id
         ],
     )?;
     let status = match (row.task.schedule.as_str(), typed.status) {
@@ -452,6 +500,7 @@ pub(crate) fn insert_result(
         touch_task_nodes(cx, &task, None)?;
     }
     cx.event(
+        Some(&row.task.tenant_id),
         "ResultStored",
         "task",
         &row.task.id,
@@ -481,19 +530,22 @@ fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, StoreError> {
         received_at: r.get(3)?,
         started_at: r.get(4)?,
         document: from_json("results.document", &document)?,
+        tenant_id: r.get(6)?,
     })
 }
 
 /// Task ids a `task=` filter (id or name) stands for: the live task, or the
 /// history of a deleted one.
-fn task_ids(conn: &Connection, key: &str) -> Result<String, StoreError> {
-    if let Some(row) = find(conn, key)? {
+fn task_ids(conn: &Connection, scope: &Scope, key: &str) -> Result<String, StoreError> {
+    if let Some(row) = find(conn, scope, key)? {
         return Ok(row.task.id);
     }
     let id: Option<String> = conn
         .query_row(
-            "SELECT task_id FROM results WHERE task_id = ?1 OR task_name = ?1 ORDER BY seq DESC LIMIT 1",
-            [key],
+            "SELECT task_id FROM results WHERE (task_id = ?1 OR task_name = ?1)
+               AND (?2 IS NULL OR tenant_id = ?2)
+             ORDER BY seq DESC LIMIT 1",
+            params![key, scope.tenant_id()],
             |r| r.get(0),
         )
         .optional()?;
@@ -503,21 +555,29 @@ fn task_ids(conn: &Connection, key: &str) -> Result<String, StoreError> {
     })
 }
 
-/// Results oldest first (by run start).
-pub(crate) fn results(conn: &Connection, q: &ResultQuery) -> Result<Vec<ResultRecord>, StoreError> {
-    let task_id = q.task.as_deref().map(|t| task_ids(conn, t)).transpose()?;
+/// Results visible in `scope`, oldest first (by run start).
+pub(crate) fn results(
+    conn: &Connection,
+    scope: &Scope,
+    q: &ResultQuery,
+) -> Result<Vec<ResultRecord>, StoreError> {
+    let task_id = q
+        .task
+        .as_deref()
+        .map(|t| task_ids(conn, scope, t))
+        .transpose()?;
     let since = q.since.map(unix_ms);
     let until = q.until.map(unix_ms);
     // The newest `limit` in the range, returned oldest first.
     let mut statement = conn.prepare_cached(
-        "SELECT id, task_id, task_name, received_at, started_at, document FROM
+        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id FROM
            (SELECT * FROM results
             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
-              AND (?3 IS NULL OR started_ms < ?3)
+              AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
             ORDER BY started_ms DESC, seq DESC LIMIT ?4)
          ORDER BY started_ms ASC, seq ASC",
     )?;
-    let mut rows = statement.query(params![task_id, since, until, q.limit])?;
+    let mut rows = statement.query(params![task_id, since, until, q.limit, scope.tenant_id()])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(record(row)?);
@@ -525,9 +585,14 @@ pub(crate) fn results(conn: &Connection, q: &ResultQuery) -> Result<Vec<ResultRe
     Ok(out)
 }
 
-pub(crate) fn latest(conn: &Connection, task: Option<&str>) -> Result<ResultRecord, StoreError> {
+pub(crate) fn latest(
+    conn: &Connection,
+    scope: &Scope,
+    task: Option<&str>,
+) -> Result<ResultRecord, StoreError> {
     let mut list = results(
         conn,
+        scope,
         &ResultQuery {
             task: task.map(str::to_string),
             limit: 1,

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use measurelab_api::http::{Condition, Vm, VmBackend, VmCreate, VmPatch, VmPowerState};
+use measurelab_api::http::{
+    Condition, TenantUsage, Vm, VmBackend, VmCreate, VmPatch, VmPowerState,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
@@ -11,7 +13,9 @@ use super::error::StoreError;
 use super::platforms::{self, node_name, PlatformRow};
 use super::registry::{NodeEntry, Registry};
 use super::resources::TxContext;
-use super::{appliances, qos_policies};
+use super::{appliances, qos_policies, quotas, tenants};
+use crate::access::Scope;
+use crate::placement::overcommit::{self, NodeUse};
 use crate::{placement, validation};
 
 const MAX_VCPUS: u32 = 64;
@@ -22,6 +26,8 @@ const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct VmRow {
     pub id: String,
+    /// The platform's tenant.
+    pub tenant_id: String,
     pub name: String,
     pub platform_id: String,
     pub platform_name: String,
@@ -76,6 +82,7 @@ impl VmRow {
             conditions: self.conditions.clone(),
             generation: self.generation,
             observed_generation: self.observed_generation,
+            tenant_id: self.tenant_id.clone(),
             created_at: self.created_at.clone(),
         }
     }
@@ -85,7 +92,7 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
         v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
         v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
         v.restart_required, v.guest_last_heartbeat, v.conditions, v.generation,
-        v.observed_generation, v.created_at
+        v.observed_generation, v.created_at, p.tenant_id
     FROM vms v
     JOIN platforms p ON p.id = v.platform_id
     JOIN appliances a ON a.id = v.appliance_id
@@ -124,6 +131,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
         generation: r.get::<_, i64>(23)? as u64,
         observed_generation: r.get::<_, i64>(24)? as u64,
         created_at: r.get(25)?,
+        tenant_id: r.get(26)?,
     })
 }
 
@@ -141,20 +149,38 @@ fn query(
     Ok(vms)
 }
 
-/// Look a VM up by id, by `platform/name`, or by a name unique across platforms.
-pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, StoreError> {
-    if let Some(vm) = query(conn, "WHERE v.id = ?1", &[&key])?.pop() {
+/// Look a VM up, among those `scope` sees, by id, by `platform/name`, or
+/// by a name unique across platforms.
+pub(crate) fn find(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<Option<VmRow>, StoreError> {
+    let tenant = scope.tenant_id();
+    if let Some(vm) = query(
+        conn,
+        "WHERE v.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)",
+        &[&key, &tenant],
+    )?
+    .pop()
+    {
         return Ok(Some(vm));
     }
     if let Some((platform, name)) = key.split_once('/') {
-        return Ok(query(
+        let matches = query(
             conn,
-            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2",
-            &[&platform, &name],
-        )?
-        .pop());
+            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2 AND (?3 IS NULL OR p.tenant_id = ?3)",
+            &[&platform, &name, &tenant],
+        )?;
+        return tenants::pick_one(conn, "VM", key, matches, |v| {
+            (v.id.as_str(), v.tenant_id.as_str())
+        });
     }
-    let mut matches = query(conn, "WHERE v.name = ?1 ORDER BY p.name", &[&key])?;
+    let mut matches = query(
+        conn,
+        "WHERE v.name = ?1 AND (?2 IS NULL OR p.tenant_id = ?2) ORDER BY p.name",
+        &[&key, &tenant],
+    )?;
     match matches.len() {
         0 | 1 => Ok(matches.pop()),
         _ => Err(StoreError::conflict(
@@ -171,13 +197,14 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<VmRow>, StoreE
     }
 }
 
-pub(crate) fn get(conn: &Connection, key: &str) -> Result<VmRow, StoreError> {
-    find(conn, key)?.ok_or_else(|| StoreError::NotFound {
+pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<VmRow, StoreError> {
+    find(conn, scope, key)?.ok_or_else(|| StoreError::NotFound {
         kind: "vm",
         id: key.to_string(),
     })
 }
 
+/// A VM by id whatever its tenant: for the node API, which acts for the system.
 pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, StoreError> {
     Ok(query(conn, "WHERE v.id = ?1", &[&id])?.pop())
 }
@@ -186,11 +213,12 @@ pub(crate) fn get_by_id(conn: &Connection, id: &str) -> Result<Option<VmRow>, St
 pub(crate) fn list(
     conn: &Connection,
     registry: &Registry,
+    scope: &Scope,
     platform: Option<&str>,
     node: Option<&str>,
 ) -> Result<Vec<VmRow>, StoreError> {
     let platform_id = match platform {
-        Some(key) => match platforms::find(conn, key)? {
+        Some(key) => match platforms::find(conn, scope, key)? {
             Some(p) => Some(p.id),
             None => return Ok(Vec::new()),
         },
@@ -206,8 +234,9 @@ pub(crate) fn list(
     query(
         conn,
         "WHERE (?1 IS NULL OR v.platform_id = ?1) AND (?2 IS NULL OR v.node_id = ?2)
+           AND (?3 IS NULL OR p.tenant_id = ?3)
          ORDER BY p.name, v.name",
-        &[&platform_id, &node_id],
+        &[&platform_id, &node_id, &scope.tenant_id()],
     )
 }
 
@@ -231,14 +260,69 @@ fn reserved_memory_mib(
     Ok(reserved as u64)
 }
 
-fn check_memory_fits(
+/// vCPUs and memory of the VMs placed on a node: what its overcommit
+/// capacity is measured against. A VM being deleted no longer counts, as in
+/// [`reserved_memory_mib`], so replacing a VM does not wait for its teardown.
+fn node_use(cx: &TxContext<'_>, node_id: &str) -> Result<NodeUse, StoreError> {
+    let (vcpus, memory_mib): (i64, i64) = cx.tx.query_row(
+        "SELECT COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mib), 0) FROM vms
+         WHERE node_id = ?1 AND deleting = 0",
+        [node_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(NodeUse {
+        vcpus: vcpus as u64,
+        memory_mib: memory_mib as u64,
+    })
+}
+
+/// Refuse `more_vcpus` and `more_mib` for VM `vm` (`platform/name`) unless
+/// they fit the node: within its capacity times the operator's overcommit
+/// ratios, counting every VM placed there; and, while memory is not
+/// overcommitted, within what the agent reports free.
+fn check_node_fits(
     cx: &TxContext<'_>,
+    vm: &str,
     node: &NodeEntry,
-    needed_mib: u64,
+    more_vcpus: u64,
+    more_mib: u64,
+    pending_self_mib: u64,
     except_vm: Option<&str>,
 ) -> Result<(), StoreError> {
-    let reserved = reserved_memory_mib(cx, &node.id, except_vm)?;
-    placement::check_memory_fits(&node.name, &node.resources, reserved, needed_mib)
+    if more_mib > 0 && node.overcommit.memory <= 1.0 {
+        let reserved = reserved_memory_mib(cx, &node.id, except_vm)?;
+        placement::check_memory_fits(
+            &node.name,
+            &node.resources,
+            reserved,
+            more_mib + pending_self_mib,
+        )?;
+    }
+    if more_vcpus == 0 && more_mib == 0 {
+        return Ok(());
+    }
+    let in_use = node_use(cx, &node.id)?;
+    if more_vcpus > 0 {
+        overcommit::check_vcpus(
+            vm,
+            &node.name,
+            &node.resources,
+            node.overcommit,
+            in_use,
+            more_vcpus,
+        )?;
+    }
+    if more_mib > 0 {
+        overcommit::check_memory(
+            vm,
+            &node.name,
+            &node.resources,
+            node.overcommit,
+            in_use,
+            more_mib,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_vcpus(vcpus: u32) -> Result<(), StoreError> {
@@ -280,9 +364,14 @@ fn port_name(vm_id: &str) -> String {
     format!("ml{hex}")
 }
 
-pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, StoreError> {
+/// Create a VM in a platform `scope` sees; it belongs to the platform's tenant.
+pub(crate) fn create(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    input: VmCreate,
+) -> Result<VmRow, StoreError> {
     validation::dns_label("name", &input.name)?;
-    let platform = platforms::find(cx.tx, &input.platform)?.ok_or_else(|| {
+    let platform = platforms::find(cx.tx, scope, &input.platform)?.ok_or_else(|| {
         StoreError::invalid(
             "platform",
             format!("no platform named {:?} exists", input.platform),
@@ -323,12 +412,14 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
             ),
         )
     })?;
-    let qos = match &input.qos_policy {
-        Some(key) => Some(qos_policies::find(cx.tx, key)?.ok_or_else(|| {
-            StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
-        })?),
-        None => None,
-    };
+    let platform_scope = Scope::Tenant(platform.tenant_id.clone());
+    let qos =
+        match &input.qos_policy {
+            Some(key) => Some(qos_policies::find(cx.tx, &platform_scope, key)?.ok_or_else(
+                || StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists")),
+            )?),
+            None => None,
+        };
     check_vcpus(input.vcpus)?;
     if input.memory_mib < appliance.min_memory_mib {
         return Err(StoreError::invalid(
@@ -407,7 +498,37 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
                 )
             })?,
     };
-    check_memory_fits(cx, &node, input.memory_mib, None)?;
+    let vm_key = format!("{}/{}", platform.name, input.name);
+    let qos_id = qos.as_ref().map(|q| q.id.as_str());
+    let bandwidth = quotas::bandwidth_growth(
+        cx,
+        &platform.tenant_id,
+        &vm_key,
+        qos.as_ref().map(|q| q.name.as_str()),
+        None,
+        quotas::policy_bandwidth(cx.tx, qos_id)?,
+    )?;
+    quotas::admit(
+        cx,
+        &platform.tenant_id,
+        &TenantUsage {
+            vms: 1,
+            vcpus: u64::from(input.vcpus),
+            memory_mib: input.memory_mib,
+            bandwidth_kbps: bandwidth,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
+    check_node_fits(
+        cx,
+        &vm_key,
+        &node,
+        u64::from(input.vcpus),
+        input.memory_mib,
+        0,
+        None,
+    )?;
     let taken: Option<String> = cx
         .tx
         .query_row(
@@ -429,6 +550,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
     let address = allocate_address(cx, &platform)?;
     let mac = allocate_mac(cx)?;
     let row = VmRow {
+        tenant_id: platform.tenant_id.clone(),
         port_name: port_name(&id),
         id,
         name: input.name,
@@ -487,6 +609,7 @@ pub(crate) fn create(cx: &mut TxContext<'_>, input: VmCreate) -> Result<VmRow, S
         ])?;
     cx.touch_node(&node.id)?;
     cx.event(
+        Some(&row.tenant_id),
         "VmCreated",
         "vm",
         &row.id,
@@ -517,10 +640,11 @@ fn immutable(field: &str, same: bool) -> Result<(), StoreError> {
 
 pub(crate) fn update(
     cx: &mut TxContext<'_>,
+    scope: &Scope,
     key: &str,
     patch: VmPatch,
 ) -> Result<VmRow, StoreError> {
-    let mut vm = get(cx.tx, key)?;
+    let mut vm = get(cx.tx, scope, key)?;
     if let Some(name) = &patch.name {
         immutable("name", *name == vm.name)?;
     }
@@ -561,9 +685,13 @@ pub(crate) fn update(
         ));
     }
     let mut changes: Vec<String> = Vec::new();
+    // Only growth needs room: the current size is already counted on the node.
+    let mut more_vcpus = 0;
+    let mut more_mib = 0;
     if let Some(vcpus) = patch.vcpus {
         check_vcpus(vcpus)?;
         if vcpus != vm.vcpus {
+            more_vcpus = u64::from(vcpus.saturating_sub(vm.vcpus));
             changes.push(format!("vcpus {} -> {vcpus}", vm.vcpus));
             vm.vcpus = vcpus;
         }
@@ -586,27 +714,17 @@ pub(crate) fn update(
                     format!("{memory} MiB is above {MAX_MEMORY_MIB} MiB"),
                 ));
             }
-            if memory > vm.memory_mib {
-                let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
-                })?;
-                // Only the growth needs room: the current size is already in use or reserved.
-                let growth = memory - vm.memory_mib;
-                let reserved_self = if vm.actual_state == "pending" {
-                    vm.memory_mib
-                } else {
-                    0
-                };
-                check_memory_fits(cx, &node, growth + reserved_self, Some(&vm.id))?;
-            }
+            more_mib = memory.saturating_sub(vm.memory_mib);
             changes.push(format!("memory_mib {} -> {memory}", vm.memory_mib));
             vm.memory_mib = memory;
         }
     }
+    let qos_before = vm.qos_policy_id.clone();
     if let Some(qos) = &patch.qos_policy {
         let (id, name) = match qos {
             Some(key) => {
-                let policy = qos_policies::find(cx.tx, key)?.ok_or_else(|| {
+                let vm_scope = Scope::Tenant(vm.tenant_id.clone());
+                let policy = qos_policies::find(cx.tx, &vm_scope, key)?.ok_or_else(|| {
                     StoreError::invalid("qos_policy", format!("no QoS policy named {key:?} exists"))
                 })?;
                 (Some(policy.id), Some(policy.name))
@@ -622,6 +740,53 @@ pub(crate) fn update(
             vm.qos_policy_id = id;
             vm.qos_policy_name = name;
         }
+    }
+    // The tenant's quota first, then the node: the tenant's own limit is
+    // what its member can act on.
+    let vm_key = format!("{}/{}", vm.platform_name, vm.name);
+    let more_kbps = if vm.qos_policy_id != qos_before {
+        quotas::bandwidth_growth(
+            cx,
+            &vm.tenant_id,
+            &vm_key,
+            vm.qos_policy_name.as_deref(),
+            quotas::policy_bandwidth(cx.tx, qos_before.as_deref())?,
+            quotas::policy_bandwidth(cx.tx, vm.qos_policy_id.as_deref())?,
+        )?
+    } else {
+        0
+    };
+    quotas::admit(
+        cx,
+        &vm.tenant_id,
+        &TenantUsage {
+            vcpus: more_vcpus,
+            memory_mib: more_mib,
+            bandwidth_kbps: more_kbps,
+            ..TenantUsage::default()
+        },
+        quotas::Fields::VM,
+    )?;
+    if more_vcpus > 0 || more_mib > 0 {
+        let node = cx.registry.by_id(&vm.node_id).cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("VM {} is on unknown node {}", vm.id, vm.node_id))
+        })?;
+        // A pending VM's current memory is not in the agent's report yet,
+        // and reserved_memory_mib leaves this VM out.
+        let pending_self_mib = if vm.actual_state == "pending" {
+            vm.memory_mib - more_mib
+        } else {
+            0
+        };
+        check_node_fits(
+            cx,
+            &vm_key,
+            &node,
+            more_vcpus,
+            more_mib,
+            pending_self_mib,
+            Some(&vm.id),
+        )?;
     }
     if let Some(power) = patch.power_state {
         if power != vm.power_state {
@@ -650,6 +815,7 @@ pub(crate) fn update(
             ])?;
         cx.touch_node(&vm.node_id)?;
         cx.event(
+            Some(&vm.tenant_id),
             "VmUpdated",
             "vm",
             &vm.id,
@@ -666,8 +832,13 @@ pub(crate) fn update(
 
 /// Mark the VM deleting (the node agent tears it down and acks), or remove
 /// it at once with `force`.
-pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str, force: bool) -> Result<VmRow, StoreError> {
-    let mut vm = get(cx.tx, key)?;
+pub(crate) fn delete(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+    force: bool,
+) -> Result<VmRow, StoreError> {
+    let mut vm = get(cx.tx, scope, key)?;
     if force {
         remove(cx, &vm, "VmDeleted", "removed at once (force=true); the node agent cleans up what it still runs as an orphan")?;
         vm.deleting = true;
@@ -681,6 +852,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str, force: bool) -> Result<V
             .execute(params![vm.id, vm.generation as i64])?;
         cx.touch_node(&vm.node_id)?;
         cx.event(
+            Some(&vm.tenant_id),
             "VmDeleting",
             "vm",
             &vm.id,
@@ -716,6 +888,7 @@ pub(crate) fn remove(
         .execute(params![vm.id, cx.now_text()])?;
     cx.touch_node(&vm.node_id)?;
     cx.event(
+        Some(&vm.tenant_id),
         reason,
         "vm",
         &vm.id,

@@ -12,18 +12,21 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use measurelab_api::http::{self, NodeStatus};
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::batch::{in_savepoint, insert_event, json, Overlay, PendingReply, Reply};
 use super::checkpoint::Checkpointer;
 use super::codec::rfc3339;
 use super::error::StoreError;
+use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
-    check_secret, secret_digest, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
-    ShipLogsInput, LOG_LINES_PER_NODE,
+    check_secret, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
+    LOG_LINES_PER_NODE,
 };
 use super::registry::{NodeEntry, Registry};
+use crate::placement::overcommit::Overcommit;
 
 /// Upper bound of commands per transaction, so one batch cannot hold the
 /// registry publication (and every caller's ack) back for long.
@@ -32,8 +35,6 @@ const MAX_BATCH: usize = 8192;
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// Queue depth before callers wait (backpressure instead of unbounded memory).
 const QUEUE_DEPTH: usize = 65_536;
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum WriteCommand {
     Register(RegisterInput, Reply<Registered>),
@@ -44,7 +45,15 @@ pub(crate) enum WriteCommand {
         labels: BTreeMap<String, String>,
         reply: Reply<http::Node>,
     },
+    SetOvercommit {
+        node_id: String,
+        cpu: Option<f64>,
+        memory: Option<f64>,
+        reply: Reply<http::Node>,
+    },
     RecordEvent(NewEvent, Reply<i64>),
+    /// Approvals, revocation, deletion, join tokens.
+    Identity(IdentityCommand),
     Sweep {
         offline_after: Duration,
         reply: Reply<usize>,
@@ -115,146 +124,6 @@ struct Writer {
     durable_heartbeats: bool,
 }
 
-/// A reply to send once the batch has committed.
-enum PendingReply {
-    Registered(Reply<Registered>, Result<Registered, StoreError>),
-    Heartbeat(Reply<u64>, Result<u64, StoreError>),
-    Count(Reply<usize>, Result<usize, StoreError>),
-    Node(Reply<http::Node>, Result<Box<http::Node>, StoreError>),
-    Event(Reply<i64>, Result<i64, StoreError>),
-}
-
-impl PendingReply {
-    /// Replace a success by the commit failure: nothing of the batch was stored.
-    fn fail(self, message: &str) -> Self {
-        let err = || StoreError::Commit(message.to_string());
-        match self {
-            PendingReply::Registered(r, Ok(_)) => PendingReply::Registered(r, Err(err())),
-            PendingReply::Heartbeat(r, Ok(_)) => PendingReply::Heartbeat(r, Err(err())),
-            PendingReply::Count(r, Ok(_)) => PendingReply::Count(r, Err(err())),
-            PendingReply::Node(r, Ok(_)) => PendingReply::Node(r, Err(err())),
-            PendingReply::Event(r, Ok(_)) => PendingReply::Event(r, Err(err())),
-            failed => failed,
-        }
-    }
-
-    fn send(self) {
-        // A caller that gave up (client disconnected) no longer listens.
-        match self {
-            PendingReply::Registered(r, v) => drop(r.send(v)),
-            PendingReply::Heartbeat(r, v) => drop(r.send(v)),
-            PendingReply::Count(r, v) => drop(r.send(v)),
-            PendingReply::Node(r, v) => drop(r.send(v.map(|node| *node))),
-            PendingReply::Event(r, v) => drop(r.send(v)),
-        }
-    }
-}
-
-/// Nodes changed by the batch so far. Later commands of the same batch must
-/// see earlier ones' changes, but the shared registry may only show them
-/// after the commit.
-struct Overlay<'a> {
-    registry: &'a RwLock<Registry>,
-    changed: HashMap<String, NodeEntry>,
-}
-
-impl Overlay<'_> {
-    fn get(&self, id: &str) -> Option<NodeEntry> {
-        if let Some(entry) = self.changed.get(id) {
-            return Some(entry.clone());
-        }
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_id(id)
-            .cloned()
-    }
-
-    fn id_for_name(&self, name: &str) -> Option<String> {
-        if let Some(entry) = self.changed.values().find(|e| e.name == name) {
-            return Some(entry.id.clone());
-        }
-        let base = self
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .id_for_name(name)
-            .map(str::to_string)?;
-        // The base owner may have been renamed earlier in this batch.
-        match self.changed.get(&base) {
-            Some(entry) if entry.name != name => None,
-            _ => Some(base),
-        }
-    }
-
-    fn get_by_id_or_name(&self, id_or_name: &str) -> Option<NodeEntry> {
-        self.get(id_or_name)
-            .or_else(|| self.id_for_name(id_or_name).and_then(|id| self.get(&id)))
-    }
-
-    fn put(&mut self, entry: NodeEntry) {
-        self.changed.insert(entry.id.clone(), entry);
-    }
-}
-
-fn insert_event(tx: &Connection, now: OffsetDateTime, event: &NewEvent) -> Result<i64, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        rfc3339(now),
-        event.reason,
-        event.object_kind,
-        event.object_id,
-        event.message
-    ])?;
-    match event.reason {
-        "RegistrationRefused" | "NodeOffline" => {
-            tracing::warn!(reason = event.reason, object = %event.object_id, "{}", event.message)
-        }
-        _ => tracing::info!(reason = event.reason, object = %event.object_id, "{}", event.message),
-    }
-    Ok(tx.last_insert_rowid())
-}
-
-fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn write_node(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO nodes (id, name, secret, status, registered_at, last_heartbeat, agent_version,
-                            management_address, capabilities, resources, labels, last_sequence,
-                            observed_generation, desired_generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-         ON CONFLICT (id) DO UPDATE SET
-            name = excluded.name, secret = excluded.secret, status = excluded.status,
-            last_heartbeat = excluded.last_heartbeat, agent_version = excluded.agent_version,
-            management_address = excluded.management_address,
-            capabilities = excluded.capabilities, resources = excluded.resources,
-            labels = excluded.labels, last_sequence = excluded.last_sequence,
-            observed_generation = excluded.observed_generation,
-            desired_generation = excluded.desired_generation",
-    )?
-    .execute(params![
-        node.id,
-        node.name,
-        node.secret_digest,
-        status_text(node.status),
-        rfc3339(node.registered_at),
-        node.last_heartbeat.map(rfc3339),
-        node.agent_version,
-        node.management_address,
-        json(&node.capabilities)?,
-        json(&node.resources)?,
-        json(&node.labels)?,
-        node.last_sequence as i64,
-        node.observed_generation as i64,
-        node.desired_generation as i64,
-    ])?;
-    Ok(())
-}
-
 fn write_status(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE nodes SET status = ?2, last_heartbeat = ?3 WHERE id = ?1")?
         .execute(params![
@@ -263,13 +132,6 @@ fn write_status(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
             node.last_heartbeat.map(rfc3339)
         ])?;
     Ok(())
-}
-
-fn new_secret() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
 }
 
 impl Writer {
@@ -297,6 +159,7 @@ impl Writer {
         let mut overlay = Overlay {
             registry: &registry,
             changed: HashMap::new(),
+            removed: HashSet::new(),
         };
         let mut replies = Vec::with_capacity(batch.len());
         let mut stop = false;
@@ -314,8 +177,9 @@ impl Writer {
                     WriteCommand::Stop => stop = true,
                     WriteCommand::Register(input, reply) => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
-                            register(tx, overlay, input, now, instant)
-                        });
+                            node_identity::register(tx, overlay, input, now, instant)
+                        })
+                        .and_then(|admitted| admitted);
                         replies.push(PendingReply::Registered(reply, result));
                     }
                     WriteCommand::Heartbeat(input, reply) => {
@@ -340,11 +204,25 @@ impl Writer {
                         });
                         replies.push(PendingReply::Node(reply, result));
                     }
+                    WriteCommand::SetOvercommit {
+                        node_id,
+                        cpu,
+                        memory,
+                        reply,
+                    } => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            set_overcommit(tx, overlay, &node_id, cpu, memory, now).map(Box::new)
+                        });
+                        replies.push(PendingReply::Node(reply, result));
+                    }
                     WriteCommand::RecordEvent(event, reply) => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, _| {
                             insert_event(tx, now, &event)
                         });
                         replies.push(PendingReply::Event(reply, result));
+                    }
+                    WriteCommand::Identity(command) => {
+                        replies.push(node_identity::apply(&mut tx, &mut overlay, command, now));
                     }
                     WriteCommand::Sweep {
                         offline_after,
@@ -383,6 +261,12 @@ impl Writer {
                         registry.upsert(entry);
                     }
                 }
+                if !overlay.removed.is_empty() {
+                    let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                    for id in &overlay.removed {
+                        registry.remove(id);
+                    }
+                }
                 replies.into_iter().for_each(PendingReply::send);
             }
             Err(e) => {
@@ -395,122 +279,6 @@ impl Writer {
         }
         stop
     }
-}
-
-/// Run one command in a savepoint, so a failed command leaves no trace in
-/// SQLite. Commands touch the overlay only after all their SQL succeeded, so
-/// it needs no rollback of its own. The savepoint statements are cached
-/// (rusqlite's `Savepoint` re-parses them), since this runs per heartbeat.
-fn in_savepoint<T>(
-    tx: &mut Transaction<'_>,
-    overlay: &mut Overlay<'_>,
-    command: impl FnOnce(&Connection, &mut Overlay<'_>) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    tx.prepare_cached("SAVEPOINT command")?.execute([])?;
-    match command(tx, overlay) {
-        Ok(value) => {
-            tx.prepare_cached("RELEASE command")?.execute([])?;
-            Ok(value)
-        }
-        Err(e) => {
-            tx.prepare_cached("ROLLBACK TO command")?.execute([])?;
-            tx.prepare_cached("RELEASE command")?.execute([])?;
-            Err(e)
-        }
-    }
-}
-
-fn register(
-    tx: &Connection,
-    overlay: &mut Overlay<'_>,
-    input: RegisterInput,
-    now: OffsetDateTime,
-    instant: Instant,
-) -> Result<Registered, StoreError> {
-    let by_id = input.node_id.as_deref().and_then(|id| overlay.get(id));
-    let name_owner = overlay.id_for_name(&input.name);
-    // Same persisted id, or the same name: the agent lost its state or was
-    // restarted; keep the row (and its history) instead of duplicating it.
-    let existing = match (by_id, name_owner) {
-        (Some(node), Some(owner)) if owner != node.id => {
-            return Err(StoreError::NameTaken {
-                name: input.name,
-                owner,
-            })
-        }
-        (Some(node), _) => Some(node),
-        (None, Some(owner)) => overlay.get(&owner),
-        (None, None) => None,
-    };
-    let secret = new_secret();
-    let (node, event) = match existing {
-        Some(mut node) => {
-            let mut message = format!("node {} re-registered (id {})", input.name, node.id);
-            if node.name != input.name {
-                message = format!(
-                    "node {} re-registered under the new name {} (id {})",
-                    node.name, input.name, node.id
-                );
-            }
-            node.name = input.name;
-            node.secret_digest = secret_digest(&secret);
-            node.status = NodeStatus::Online;
-            node.last_contact = instant;
-            node.agent_version = input.agent_version;
-            node.management_address = input.management_address;
-            node.capabilities = input.capabilities;
-            node.resources = input.resources;
-            // Labels set by the operator (PATCH) win over the agent's defaults;
-            // the agent only contributes keys that are not set yet.
-            for (key, value) in input.labels {
-                node.labels.entry(key).or_insert(value);
-            }
-            // A new agent process restarts its sequence numbers.
-            node.last_sequence = 0;
-            (node, ("NodeReregistered", message))
-        }
-        None => {
-            let id = input
-                .node_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let message = format!("node {} registered (id {id})", input.name);
-            let node = NodeEntry {
-                id,
-                name: input.name,
-                secret_digest: secret_digest(&secret),
-                status: NodeStatus::Online,
-                registered_at: now,
-                last_heartbeat: None,
-                last_contact: instant,
-                agent_version: input.agent_version,
-                management_address: input.management_address,
-                capabilities: input.capabilities,
-                resources: input.resources,
-                labels: input.labels,
-                last_sequence: 0,
-                observed_generation: 0,
-                desired_generation: 0,
-            };
-            (node, ("NodeRegistered", message))
-        }
-    };
-    write_node(tx, &node)?;
-    insert_event(
-        tx,
-        now,
-        &NewEvent {
-            reason: event.0,
-            object_kind: "node",
-            object_id: node.id.clone(),
-            message: event.1,
-        },
-    )?;
-    let registered = Registered {
-        node_id: node.id.clone(),
-        node_secret: secret,
-    };
-    overlay.put(node);
-    Ok(registered)
 }
 
 fn heartbeat(
@@ -641,6 +409,50 @@ fn set_labels(
                 } else {
                     format!(" (removed {removed:?})")
                 }
+            ),
+        },
+    )?;
+    let api = node.to_api();
+    overlay.put(node);
+    Ok(api)
+}
+
+/// Set the ratios given; `None` keeps the current one. Already validated.
+fn set_overcommit(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    id_or_name: &str,
+    cpu: Option<f64>,
+    memory: Option<f64>,
+    now: OffsetDateTime,
+) -> Result<http::Node, StoreError> {
+    let Some(mut node) = overlay.get_by_id_or_name(id_or_name) else {
+        return Err(StoreError::UnknownNode(id_or_name.to_string()));
+    };
+    let wanted = Overcommit {
+        cpu: cpu.unwrap_or(node.overcommit.cpu),
+        memory: memory.unwrap_or(node.overcommit.memory),
+    };
+    if wanted == node.overcommit {
+        return Ok(node.to_api());
+    }
+    let before = node.overcommit;
+    node.overcommit = wanted;
+    tx.prepare_cached(
+        "UPDATE nodes SET cpu_overcommit = COALESCE(?2, cpu_overcommit),
+                          memory_overcommit = COALESCE(?3, memory_overcommit) WHERE id = ?1",
+    )?
+    .execute(params![node.id, cpu, memory])?;
+    insert_event(
+        tx,
+        now,
+        &NewEvent {
+            reason: "NodeOvercommitChanged",
+            object_kind: "node",
+            object_id: node.id.clone(),
+            message: format!(
+                "overcommit of node {}: cpu {:.2} -> {:.2}, memory {:.2} -> {:.2}",
+                node.name, before.cpu, wanted.cpu, before.memory, wanted.memory
             ),
         },
     )?;

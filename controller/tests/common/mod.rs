@@ -162,6 +162,7 @@ pub fn register_request(join_token: &str, name: &str, node_id: &str) -> Register
         usage: Some(usage()),
         labels: [("rack".to_string(), "r1".to_string())].into(),
         management_address: "10.254.0.11".into(),
+        node_secret: String::new(),
     }
 }
 
@@ -334,6 +335,7 @@ pub fn reporting_receiver(
             jitter_us: Some(jitter_us),
             quantiles_exact: true,
         }),
+        receipts: None,
     }
 }
 
@@ -374,6 +376,10 @@ pub fn result_document(
             error: None,
         },
         receivers,
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     };
     serde_json::to_value(document).unwrap()
 }

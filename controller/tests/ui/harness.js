@@ -45,6 +45,8 @@ setTimeout(() => {
   };
   console.log(JSON.stringify({
     error: elements.error ? elements.error.textContent : null,
+    whoami: elements.whoami ? elements.whoami.textContent : null,
+    usage: rows("usage"),
     platforms: rows("platforms"),
     vms: rows("vms"),
     results: rows("results"),

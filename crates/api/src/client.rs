@@ -1,9 +1,15 @@
 //! Typed HTTP client for the public API.
 
+mod node_identity;
+
 use percent_encoding::{utf8_percent_encode, AsciiSet, PercentEncode, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::http::{
+    ApiToken, ApiTokenCreate, ApiTokenCreated, ApiTokenList, Tenant, TenantCreate, TenantList,
+    TenantPatch, WhoAmI,
+};
 use crate::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, ErrorBody, EventList,
     LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
@@ -200,26 +206,23 @@ impl Client {
             Some(&NodePatch {
                 labels,
                 flow_export: None,
+                cpu_overcommit: None,
+                memory_overcommit: None,
             }),
         )
         .await
     }
 
-    /// `PATCH /v1/nodes/{id_or_name}` with labels and the flow export setting
-    /// (`None`: remove the operator's setting).
-    pub async fn set_node_flow_export(
+    /// `PATCH /v1/nodes/{id_or_name}`: labels and overcommit ratios.
+    pub async fn patch_node(
         &self,
         id_or_name: &str,
-        labels: std::collections::BTreeMap<String, String>,
-        flow_export: Option<crate::http::FlowExport>,
+        patch: &NodePatch,
     ) -> Result<Node, ClientError> {
         self.request(
             reqwest::Method::PATCH,
             &format!("/v1/nodes/{}", url_component(id_or_name)),
-            Some(&NodePatch {
-                labels,
-                flow_export: Some(flow_export),
-            }),
+            Some(patch),
         )
         .await
     }
@@ -515,6 +518,97 @@ impl Client {
         self.request::<(), _>(
             reqwest::Method::DELETE,
             &format!("/v1/tasks/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/whoami`: the token's role and tenant.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.request::<(), _>(reqwest::Method::GET, "/v1/whoami", None)
+            .await
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ClientError> {
+        let list: TenantList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/tenants", None)
+            .await?;
+        Ok(list.tenants)
+    }
+
+    /// `POST /v1/tenants`.
+    pub async fn create_tenant(&self, body: &TenantCreate) -> Result<Tenant, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/tenants", Some(body))
+            .await
+    }
+
+    /// `GET /v1/tenants/{id_or_name}`.
+    pub async fn get_tenant(&self, id_or_name: &str) -> Result<Tenant, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/tenants/{id_or_name}`.
+    pub async fn update_tenant(
+        &self,
+        id_or_name: &str,
+        body: &TenantPatch,
+    ) -> Result<Tenant, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tenants/{id_or_name}`.
+    pub async fn delete_tenant(&self, id_or_name: &str) -> Result<Tenant, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/tenants/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
+        let list: ApiTokenList = self
+            .request::<(), _>(reqwest::Method::GET, "/v1/tokens", None)
+            .await?;
+        Ok(list.tokens)
+    }
+
+    /// `POST /v1/tokens`: the answer carries the secret, this once.
+    pub async fn create_token(
+        &self,
+        body: &ApiTokenCreate,
+    ) -> Result<ApiTokenCreated, ClientError> {
+        self.request(reqwest::Method::POST, "/v1/tokens", Some(body))
+            .await
+    }
+
+    /// `GET /v1/tokens/{id}`.
+    pub async fn get_token(&self, id: &str) -> Result<ApiToken, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/tokens/{}", url_component(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tokens/{id}`: revoke.
+    pub async fn revoke_token(&self, id: &str) -> Result<ApiToken, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{}", url_component(id)),
             None,
         )
         .await

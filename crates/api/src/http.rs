@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod node_identity;
+pub use node_identity::*;
+
 /// Liveness of a node as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -14,6 +17,9 @@ pub enum NodeStatus {
     Online,
     /// The last heartbeat is older than the deadline.
     Offline,
+    /// An operator revoked the node: its heartbeats and calls are refused
+    /// until an operator approves its next registration.
+    Revoked,
 }
 
 /// What a node can do, as reported by its agent.
@@ -87,7 +93,9 @@ pub struct Node {
     pub capabilities: Capabilities,
     /// Resource use as last reported.
     pub resources: Resources,
-    /// Operator labels.
+    /// Operator labels: what placement and the provider's node selection use.
+    /// Set with PATCH; a new node's first registration seeds them with its
+    /// reported labels, later registrations never change them.
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
     /// The operator's flow export setting; null: none, so the agent's own
@@ -95,6 +103,30 @@ pub struct Node {
     #[serde(default)]
     #[schema(required = true)]
     pub flow_export: Option<FlowExport>,
+    /// vCPUs the VMs placed on this node may add up to, per reported CPU
+    /// (set by the operator; 1.0 = no overcommit).
+    #[serde(default = "default_cpu_overcommit")]
+    #[schema(minimum = 1.0, maximum = 64.0, required = true)]
+    pub cpu_overcommit: f64,
+    /// Memory the VMs placed on this node may add up to, per MiB of reported
+    /// total memory (set by the operator; 1.0 = no overcommit).
+    #[serde(default = "default_memory_overcommit")]
+    #[schema(minimum = 1.0, maximum = 64.0, required = true)]
+    pub memory_overcommit: f64,
+    /// Labels the node's agent reported at its last registration (its
+    /// `--label` flags). Informational: nothing selects by them.
+    #[serde(default)]
+    #[schema(schema_with = schemas::labels)]
+    pub reported_labels: BTreeMap<String, String>,
+}
+
+/// What a node JSON without ratios (an older controller) means.
+fn default_cpu_overcommit() -> f64 {
+    16.0
+}
+
+fn default_memory_overcommit() -> f64 {
+    1.0
 }
 
 /// Flow export protocols of Open vSwitch.
@@ -206,7 +238,8 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-/// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels.
+/// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels and
+/// sets its overcommit ratios; an absent ratio keeps its current value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
@@ -222,6 +255,14 @@ pub struct NodePatch {
     )]
     #[schema(value_type = Option<FlowExport>)]
     pub flow_export: Option<Option<FlowExport>>,
+    /// New vCPU overcommit ratio, 1.0-64.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 64.0)]
+    pub cpu_overcommit: Option<f64>,
+    /// New memory overcommit ratio, 1.0-64.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 64.0)]
+    pub memory_overcommit: Option<f64>,
 }
 
 // ---- Virtual platforms, QoS policies, appliances, VMs ----
@@ -263,6 +304,10 @@ pub struct Platform {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// Bumped on every change.
     pub generation: u64,
     /// The platform's traffic is exported by its nodes and kept by the
@@ -288,6 +333,10 @@ pub struct PlatformCreate {
     /// Export and keep the platform's traffic (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_monitoring: Option<bool>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -362,6 +411,10 @@ pub struct QosPolicy {
     #[serde(default)]
     #[schema(required = true)]
     pub egress_burst_kbytes: Option<u64>,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -390,6 +443,10 @@ pub struct QosPolicyCreate {
     /// Burst out of the VM, kbytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_burst_kbytes: Option<u64>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -605,6 +662,10 @@ pub struct Vm {
     pub generation: u64,
     /// Generation the node agent last reported for this VM.
     pub observed_generation: u64,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -642,6 +703,10 @@ pub struct VmCreate {
     /// Backend; default: the appliance's first backend the node has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<VmBackend>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -716,6 +781,10 @@ pub struct Program {
     pub sha256: String,
     /// Content size.
     pub size_bytes: u64,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -733,6 +802,10 @@ pub struct ProgramCreate {
     /// Expected hex SHA-256; the upload is refused when it differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -786,6 +859,10 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// One run per VM.
     pub runs: Vec<ProgramRunState>,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -805,6 +882,10 @@ pub struct DeploymentCreate {
     /// Environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -871,6 +952,10 @@ pub struct Task {
     #[serde(default)]
     #[schema(required = true)]
     pub last_result_id: Option<String>,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -926,6 +1011,10 @@ pub struct TaskCreate {
     /// Receiver points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receivers: Option<Vec<String>>,
+    /// Tenant (id or name) to create it in. A tenant token may only name its
+    /// own tenant; the operator's objects go to `default` when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -953,6 +1042,10 @@ pub struct ResultRecord {
     /// `started_at` of the run (from the document).
     #[schema(format = DateTime)]
     pub started_at: String,
+    /// Id of the tenant that owns it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: String,
     /// The `measurelab.mcast.result/v1` document.
     #[schema(schema_with = schemas::result_document)]
     pub document: serde_json::Value,
@@ -969,6 +1062,254 @@ pub const RESULT_DOCUMENT_SCHEMA: &str = "ResultDocument";
 pub struct ResultList {
     /// Oldest first.
     pub results: Vec<ResultRecord>,
+}
+
+// ---- Tenants, roles and API tokens ----
+
+/// What a token may do. `operator` is global; the others hold within one tenant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads the tenant's objects.
+    Viewer,
+    /// Creates, changes and deletes the tenant's platforms, VMs, QoS
+    /// policies, programs, deployments and tasks.
+    Member,
+    /// A member that also manages the tenant's tokens.
+    Owner,
+    /// Manages nodes, appliances, tenants and every tenant's objects.
+    Operator,
+}
+
+/// Limits of a tenant; an absent (null) limit is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Platforms.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_platforms: Option<u64>,
+    /// VMs.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_vms: Option<u64>,
+    /// vCPUs summed over the tenant's VMs.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_vcpus: Option<u64>,
+    /// Memory summed over the tenant's VMs.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_memory_mib: Option<u64>,
+    /// QoS bandwidth summed over the tenant's VMs, kbit/s.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_bandwidth_kbps: Option<u64>,
+    /// Bytes of uploaded programs.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_program_bytes: Option<u64>,
+}
+
+/// A tenant: the owner of platforms, VMs, QoS policies, programs, tasks and results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Limits.
+    pub quota: Quota,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// `POST /v1/tenants` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreate {
+    /// Unique name (DNS label).
+    pub name: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Limits; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `PATCH /v1/tenants/{id_or_name}` body; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    /// New description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// New complete quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// What a tenant uses, in the units of its [`Quota`]. VMs being deleted
+/// no longer count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsage {
+    /// Platforms.
+    pub platforms: u64,
+    /// VMs.
+    pub vms: u64,
+    /// vCPUs summed over the VMs.
+    pub vcpus: u64,
+    /// Memory summed over the VMs, MiB.
+    pub memory_mib: u64,
+    /// Bandwidth summed over the VMs, kbit/s: each VM counts its QoS
+    /// policy's ingress plus egress ceiling (a VM without one counts 0).
+    pub bandwidth_kbps: u64,
+    /// Bytes of uploaded programs.
+    pub program_bytes: u64,
+}
+
+/// `GET /v1/tenants/{id_or_name}/usage` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsageReport {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its limits.
+    pub quota: Quota,
+    /// What it uses now.
+    pub usage: TenantUsage,
+}
+
+/// `GET /v1/tenants` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    /// Ordered by name.
+    pub tenants: Vec<Tenant>,
+}
+
+/// An API token. Its secret is only ever in [`ApiTokenCreated`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    /// Stable id; the bearer token is `mlt_<id>_<secret>`.
+    pub id: String,
+    /// Name, for people and error messages.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Its tenant; null for an operator token.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339; null: never expires.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub expires_at: Option<String>,
+    /// RFC 3339, to the minute.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub last_used_at: Option<String>,
+    /// RFC 3339; set once the token is revoked.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub revoked_at: Option<String>,
+}
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenCreate {
+    /// Name (1-128 characters).
+    pub name: String,
+    /// Role of the new token.
+    pub role: Role,
+    /// Tenant id or name; required unless the role is operator. An owner
+    /// token may only name its own tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// RFC 3339 expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Lifetime in seconds (instead of expires_at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub ttl_seconds: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/tokens` response: the token and, this once, its bearer secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiTokenCreated {
+    /// Stable id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Its tenant; null for an operator token.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339; null: never expires.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub expires_at: Option<String>,
+    /// Always null for a new token.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub last_used_at: Option<String>,
+    /// Always null for a new token.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub revoked_at: Option<String>,
+    /// The bearer token `mlt_<id>_<secret>`. The controller keeps only a
+    /// digest: it is shown here and never again.
+    pub secret: String,
+}
+
+/// `GET /v1/tokens` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiTokenList {
+    /// Ordered by creation time.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// `GET /v1/whoami` response: the caller's token, role and tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Token id (`admin` for the bootstrap admin.token).
+    pub token_id: String,
+    /// Token name.
+    pub token_name: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant id; null for the operator.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_id: Option<String>,
+    /// Tenant name; null for the operator.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tenant_name: Option<String>,
 }
 
 /// OpenAPI schemas the derive cannot infer from a field's Rust type: text
@@ -1028,6 +1369,8 @@ mod schemas {
             "unavailable",
             "conflict",
             "pool_exhausted",
+            "forbidden",
+            "quota_exceeded",
         ])
     }
 
@@ -1133,6 +1476,7 @@ snake_case_names!(PlatformPowerState { Running => "running", Paused => "paused" 
 snake_case_names!(VmPowerState { Running => "running", Paused => "paused", Stopped => "stopped" });
 snake_case_names!(VmBackend { Namespace => "namespace", Libvirt => "libvirt" });
 snake_case_names!(FlowProtocol { Sflow => "sflow", Netflow => "netflow", Ipfix => "ipfix" });
+snake_case_names!(Role { Viewer => "viewer", Member => "member", Owner => "owner", Operator => "operator" });
 
 #[cfg(test)]
 mod snake_case_names_tests {

@@ -297,6 +297,177 @@ pub struct ReceiverResult {
     pub malformed_packets: Option<u64>,
     /// Its statistics, if it reported.
     pub metrics: Option<ReceiverMetrics>,
+    /// Which probes it received, one bit per sequence number of the run: what loss
+    /// inference over the distribution tree reads. Absent in documents written before
+    /// receivers kept it, and when the run was longer than the receiver's record limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<ReceiptBitmap>,
+}
+
+/// A receiver's per-probe receipt pattern over sequence numbers `0..probes`
+/// (`probes` is the sender's `packets_sent`).
+///
+/// Two encodings, whichever is smaller for the run: loss is usually rare and
+/// bursty, so run lengths take a few bytes per loss episode; under heavy
+/// scattered loss the plain bitmap (one bit per probe) is smaller and bounds the
+/// size at `probes / 6` characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "encoding", rename_all = "snake_case")]
+pub enum ReceiptBitmap {
+    /// Alternating run lengths, starting with a run of received probes (which may be
+    /// 0): `[3, 1, 5]` is received 0-2, lost 3, received 4-8. The runs add up to
+    /// `probes`.
+    Runs {
+        /// Probes in the window.
+        probes: u64,
+        /// Run lengths, received first.
+        runs: Vec<u64>,
+    },
+    /// Standard base64 (padded) of `ceil(probes / 8)` bytes; probe `s` is bit
+    /// `s % 8` (least significant first) of byte `s / 8`; 1 is received.
+    Bitmap {
+        /// Probes in the window.
+        probes: u64,
+        /// The bits, base64.
+        base64: String,
+    },
+}
+
+impl ReceiptBitmap {
+    /// Probes in the window.
+    pub fn probes(&self) -> u64 {
+        match self {
+            ReceiptBitmap::Runs { probes, .. } | ReceiptBitmap::Bitmap { probes, .. } => *probes,
+        }
+    }
+}
+
+/// Covariance of two receivers' one-way delays over the probes both received.
+///
+/// With a common clock offset per receiver the covariance is unaffected, so it
+/// needs no clock synchronisation. For two receivers whose paths part at tree
+/// node `k` it estimates the delay variance of the path from the source to `k`
+/// (Duffield and Lo Presti, INFOCOM 2000); `a == b` gives the variance of the
+/// whole path to that receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DelayCovariance {
+    /// First receiver (point name).
+    pub a: String,
+    /// Second receiver (point name); equal to `a` for a variance.
+    pub b: String,
+    /// Probes both received: the sample size of the estimate.
+    pub common_probes: u64,
+    /// Sample covariance of the two delays, in microseconds squared.
+    pub covariance_us2: f64,
+}
+
+/// What kind of element a node of the distribution tree is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeNodeKind {
+    /// The source VM (the root).
+    Source,
+    /// A node's bridge.
+    Bridge,
+    /// The lab switch joining the nodes' uplinks.
+    Switch,
+    /// A receiving VM (a leaf).
+    Receiver,
+}
+
+/// One node of the distribution tree and the link into it from its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TreeNode {
+    /// Unique id: `vm:POINT`, `bridge:NODE` or `switch:lab`.
+    pub id: String,
+    /// What it is.
+    pub kind: TreeNodeKind,
+    /// Id of the parent; null for the root.
+    pub parent: Option<String>,
+    /// Name of the link from the parent into this node: `port:POINT` (a VM's
+    /// port on its node's bridge) or `uplink:NODE` (a node's uplink, upward for
+    /// the source's node, downward for the others); null for the root.
+    pub link: Option<String>,
+    /// Name of the measurement point, for the source and the receivers.
+    pub point: Option<String>,
+}
+
+/// The distribution tree a run's probes took: source VM -> its node's bridge ->
+/// uplink -> lab switch -> the receivers' nodes' uplinks and bridges -> receiver
+/// VMs. Receivers on one node share that node's downlink; receivers on the
+/// source's node hang off its bridge directly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DistributionTree {
+    /// Nodes, every parent before its children; the first is the source.
+    pub nodes: Vec<TreeNode>,
+}
+
+/// Inferred loss and delay variance of one link of the tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkInference {
+    /// The link's name; links in series with no branching between them cannot be
+    /// told apart by end-to-end measurement, so such a chain is one inferred link
+    /// named by its members joined with `+`, upstream first.
+    pub link: String,
+    /// The tree links it covers, upstream first.
+    pub links: Vec<String>,
+    /// Id of the tree node the link ends at.
+    pub child: String,
+    /// Maximum-likelihood loss rate (MINC), clamped to 0..=1.
+    pub loss: f64,
+    /// Lower end of the loss's confidence interval.
+    pub loss_ci_low: f64,
+    /// Upper end of the loss's confidence interval.
+    pub loss_ci_high: f64,
+    /// Inferred delay variance, in microseconds squared, clamped at 0; null when
+    /// the run carried no delay covariances.
+    pub delay_variance_us2: Option<f64>,
+}
+
+/// How and from what the per-link figures were inferred.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Inference {
+    /// Probes the estimate used (the sender's `packets_sent`).
+    pub probes: u64,
+    /// Receivers whose receipts were used.
+    pub receivers: Vec<String>,
+    /// Coverage of the loss intervals, e.g. 0.99.
+    pub confidence: f64,
+    /// Bootstrap replicates behind the intervals (percentile bootstrap over probes).
+    pub bootstrap_replicates: u32,
+    /// Loss above which a link is a bottleneck (its interval must also exclude 0).
+    pub loss_threshold: f64,
+    /// Delay standard deviation above which a link is a bottleneck, in microseconds.
+    pub delay_stddev_threshold_us: f64,
+    /// One entry per inferred link, in tree order.
+    pub links: Vec<LinkInference>,
+}
+
+/// Why a link is a bottleneck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BottleneckCause {
+    /// Inferred loss above the threshold, interval excluding 0.
+    Loss,
+    /// Inferred delay standard deviation above the threshold.
+    DelayVariance,
+}
+
+/// A link whose inferred loss or delay variance exceeds its threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Bottleneck {
+    /// The link (as in [`LinkInference::link`]).
+    pub link: String,
+    /// Its inferred loss.
+    pub loss: f64,
+    /// Lower end of the loss interval.
+    pub loss_ci_low: f64,
+    /// Upper end of the loss interval.
+    pub loss_ci_high: f64,
+    /// Its inferred delay standard deviation in microseconds, if known.
+    pub delay_stddev_us: Option<f64>,
+    /// Which thresholds it exceeds.
+    pub causes: Vec<BottleneckCause>,
 }
 
 impl ReceiverResult {
@@ -312,6 +483,7 @@ impl ReceiverResult {
             foreign_session_packets: None,
             malformed_packets: None,
             metrics: None,
+            receipts: None,
         }
     }
 }
@@ -347,6 +519,22 @@ pub struct ResultDocument {
     pub source: SourceResult,
     /// One entry per receiver, in point order.
     pub receivers: Vec<ReceiverResult>,
+    /// Delay covariance of every pair of reporting receivers (and each one's
+    /// variance): what delay-variance inference reads. Kept instead of per-probe
+    /// delays, which would be 4 bytes x probes x receivers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delay_covariances: Vec<DelayCovariance>,
+    /// The distribution tree the run used, filled in by the controller from
+    /// placement when it stores the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<DistributionTree>,
+    /// Per-link loss and delay variance inferred over `tree`, for runs with at
+    /// least two reporting receivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<Inference>,
+    /// Links of `inference` above a threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bottlenecks: Vec<Bottleneck>,
 }
 
 /// Why a document that deserialized is still refused.

@@ -9,6 +9,10 @@ resource "measurelab_measurement_node" "mscs" {
     site = "lab"
   }
 
+  # The MSCS host times packets: promise no more vCPUs than it has cores.
+  cpu_overcommit    = 1.0
+  memory_overcommit = 1.0
+
   timeouts {
     create = "2m"
   }

@@ -877,6 +877,10 @@ impl Mscs {
                 error: Some(format!("task refused by the MSCS: {err}")),
             },
             receivers: Vec::new(),
+            delay_covariances: Vec::new(),
+            tree: None,
+            inference: None,
+            bottlenecks: Vec::new(),
         }
     }
 

@@ -4,6 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures::future::join_all;
+use measurelab_api::result::ReceiptBitmap;
+use measurelab_inference::delay::{delay_covariances, ProbeDelays};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -228,6 +230,10 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         config: spec.config.clone(),
         source,
         receivers,
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
     };
     let missing_all = |reason: &str| {
         spec.receivers
@@ -323,10 +329,12 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         Some(bound) => (ClockSync::ExternalBound, Some(bound)),
         None => (ClockSync::SameHostClock, None),
     };
+    let mut probe_delays = Vec::new();
     let receivers: Vec<ReceiverResult> = reports
         .into_iter()
         .map(|outcome| match outcome {
             Ok(report) => ReceiverResult {
+                receipts: receipts_of(&report, &mut probe_delays),
                 point: report.point.clone(),
                 status: ReceiverStatus::Ok,
                 error: None,
@@ -352,5 +360,24 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
     } else {
         RunStatus::Partial
     };
-    finish(source, receivers, status)
+    let mut document = finish(source, receivers, status);
+    document.delay_covariances = delay_covariances(&probe_delays);
+    document
+}
+
+/// A receiver's receipts for the document, its per-probe delays added to `delays` for
+/// the run's covariances. A record that does not decode is left out (and logged): the
+/// receiver's summary statistics stand without it.
+fn receipts_of(report: &ReceiverReport, delays: &mut Vec<ProbeDelays>) -> Option<ReceiptBitmap> {
+    let log = report.probe_log.as_ref()?;
+    match log.probe_delays(&report.point) {
+        Ok(probe_delays) => {
+            delays.push(probe_delays);
+            Some(log.receipts.clone())
+        }
+        Err(err) => {
+            tracing::warn!(point = %report.point, "per-probe record refused: {err}");
+            None
+        }
+    }
 }

@@ -317,6 +317,10 @@ mod tests {
                 error: None,
             },
             receivers: vec![],
+            delay_covariances: Vec::new(),
+            tree: None,
+            inference: None,
+            bottlenecks: Vec::new(),
         }
     }
 

@@ -153,6 +153,7 @@ mod tests {
 
     fn task(platform: Option<&str>, schedule: &str, status: &str) -> Task {
         Task {
+            tenant_id: String::new(),
             id: "id".into(),
             name: "t".into(),
             mode: if platform.is_some() {

@@ -32,6 +32,8 @@ pub struct NodeDataState {
     pub management_address: Value<String>,
     /// Labels.
     pub labels: Value<BTreeMap<String, String>>,
+    /// Labels the agent reported.
+    pub reported_labels: Value<BTreeMap<String, String>>,
     /// Capabilities.
     pub capabilities: Value<CapabilitiesValue>,
     /// Resource use.
@@ -70,7 +72,9 @@ impl Lookup for NodeLookup {
             "labels".to_string(),
             node_model::computed(
                 AttributeType::Map(Box::new(AttributeType::String)),
-                "Labels of the node.",
+                "Operator labels of the node: what node selection uses. Set by the operator \
+                 (`measurelab_measurement_node`, PATCH /v1/nodes); a new node's first \
+                 registration seeds them with its reported labels.",
             ),
         );
         attributes
@@ -90,6 +94,7 @@ impl Lookup for NodeLookup {
             agent_version: Value::Value(node.agent_version.clone()),
             management_address: Value::Value(node.management_address.clone()),
             labels: Value::Value(node.labels.clone()),
+            reported_labels: Value::Value(node.reported_labels.clone()),
             capabilities: Value::Value((&node.capabilities).into()),
             resources: Value::Value((&node.resources).into()),
         }

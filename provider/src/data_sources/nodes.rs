@@ -17,7 +17,7 @@ use crate::node_model::{self, NodeValue};
 use crate::shared::Shared;
 
 /// Accepted values of the `status` filter.
-const STATUSES: [&str; 2] = ["online", "offline"];
+const STATUSES: [&str; 3] = ["online", "offline", "revoked"];
 
 /// Configuration and result of the data source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ fn check_status(diags: &mut Diagnostics, status: &Value<String>) {
                 diags,
                 AttributePath::new("status"),
                 "Invalid status filter",
-                format!("{status:?} is not a node status; use \"online\" or \"offline\", or leave `status` out."),
+                format!("{status:?} is not a node status; use \"online\", \"offline\" or \"revoked\", or leave `status` out."),
             );
         }
     }
@@ -89,7 +89,7 @@ impl DataSource for NodesDataSource {
                     "status" => Attribute {
                         attr_type: AttributeType::String,
                         description: Description::markdown(
-                            "Only nodes with this status: `online` or `offline`. Default: any status.",
+                            "Only nodes with this status: `online`, `offline` or `revoked`. Default: any status.",
                         ),
                         constraint: AttributeConstraint::Optional,
                         ..Default::default()
@@ -98,7 +98,9 @@ impl DataSource for NodesDataSource {
                         AttributeType::List(Box::new(node_model::node_type())),
                         "The matching nodes, ordered by name. Each has `id`, `name`, `status`, \
                          `last_heartbeat`, `registered_at`, `agent_version`, `management_address`, \
-                         `labels`, `capabilities` and `resources`, as in the `measurelab_node` data source.",
+                         `labels`, `reported_labels`, `capabilities` and `resources`, as in the \
+                         `measurelab_node` data source. `labels` filters match the operator's \
+                         labels only, never what an agent reported.",
                     ),
                     "names" => node_model::computed(
                         AttributeType::List(Box::new(AttributeType::String)),
@@ -170,6 +172,9 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             flow_export: None,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         }
     }
 
@@ -196,6 +201,14 @@ mod tests {
             &BTreeMap::new(),
             None
         ));
+    }
+
+    #[test]
+    fn reported_labels_never_select_a_node() {
+        let wanted = BTreeMap::from([("role".to_string(), "probe".to_string())]);
+        let mut claims = node(NodeStatus::Online, &[]);
+        claims.reported_labels = wanted.clone();
+        assert!(!matches(&claims, &wanted, None));
     }
 
     #[test]

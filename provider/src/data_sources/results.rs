@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use measurelab_api::client::url_component;
 use measurelab_api::http::ResultRecord;
-use measurelab_api::result::ResultDocument;
+use measurelab_api::result::{BottleneckCause, ResultDocument};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
@@ -149,6 +149,69 @@ pub fn summarize_document(document: &ResultDocument) -> Vec<ReceiverSummary> {
         .collect()
 }
 
+/// One link the controller's tree inference blames, as Terraform shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BottleneckSummary {
+    /// The link, e.g. `uplink:node-2` or `port:p3`.
+    pub link: String,
+    /// Inferred loss rate.
+    pub loss: Value<Number>,
+    /// Lower end of its confidence interval.
+    pub loss_ci_low: Value<Number>,
+    /// Upper end of its confidence interval.
+    pub loss_ci_high: Value<Number>,
+    /// Inferred delay standard deviation, ms; null when the run had no delay record.
+    pub delay_stddev_ms: Value<Number>,
+    /// `loss`, `delay_variance` or both.
+    pub causes: Vec<String>,
+}
+
+/// Terraform type of one [`BottleneckSummary`].
+pub fn bottleneck_type() -> AttributeType {
+    let mut fields: HashMap<String, AttributeType> =
+        ["loss", "loss_ci_low", "loss_ci_high", "delay_stddev_ms"]
+            .into_iter()
+            .map(|n| (n.to_string(), AttributeType::Number))
+            .collect();
+    fields.insert("link".into(), AttributeType::String);
+    fields.insert(
+        "causes".into(),
+        AttributeType::List(Box::new(AttributeType::String)),
+    );
+    AttributeType::Object(fields)
+}
+
+/// Markdown description of the bottleneck object.
+pub const BOTTLENECK_DOC: &str = "the links of the run's distribution tree whose inferred loss \
+(MINC maximum likelihood over the receivers' per-probe receipts) or delay variance exceeds the \
+controller's threshold, in tree order: `link` (`port:POINT` or `uplink:NODE`; links no \
+receiver can tell apart are joined with `+`), `loss` with its confidence interval `loss_ci_low` \
+and `loss_ci_high`, `delay_stddev_ms` and `causes` (`loss`, `delay_variance`). Empty when the \
+run had fewer than two receivers with receipts or nothing above a threshold";
+
+/// The bottlenecks of a result document.
+pub fn summarize_bottlenecks(document: &ResultDocument) -> Vec<BottleneckSummary> {
+    document
+        .bottlenecks
+        .iter()
+        .map(|b| BottleneckSummary {
+            link: b.link.clone(),
+            loss: ratio(Some(b.loss)),
+            loss_ci_low: ratio(Some(b.loss_ci_low)),
+            loss_ci_high: ratio(Some(b.loss_ci_high)),
+            delay_stddev_ms: millis(b.delay_stddev_us),
+            causes: b
+                .causes
+                .iter()
+                .map(|c| match c {
+                    BottleneckCause::Loss => "loss".to_string(),
+                    BottleneckCause::DelayVariance => "delay_variance".to_string(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// Why a stored document is not a `measurelab.mcast.result/v1` document;
 /// its `path()` names the offending field.
 pub type UnreadableDocument = serde_path_to_error::Error<serde_json::Error>;
@@ -179,6 +242,8 @@ pub struct ResultEntry {
     pub document_json: String,
     /// Per-receiver summaries.
     pub receivers: Vec<ReceiverSummary>,
+    /// Links the tree inference blames.
+    pub bottlenecks: Vec<BottleneckSummary>,
 }
 
 impl ResultEntry {
@@ -195,6 +260,7 @@ impl ResultEntry {
             source_point: document.source_point.clone(),
             document_json: record.document.to_string(),
             receivers: summarize_document(&document),
+            bottlenecks: summarize_bottlenecks(&document),
         })
     }
 }
@@ -272,6 +338,10 @@ impl DataSource for ResultsDataSource {
                 "receivers".to_string(),
                 AttributeType::List(Box::new(receiver_type())),
             ),
+            (
+                "bottlenecks".to_string(),
+                AttributeType::List(Box::new(bottleneck_type())),
+            ),
         ]));
         let optional = |attr_type, description: &str| Attribute {
             attr_type,
@@ -296,7 +366,7 @@ impl DataSource for ResultsDataSource {
                 "results".to_string(),
                 computed(
                     AttributeType::List(Box::new(entry)),
-                    &format!("The runs, oldest first: `id`, `task`, `received_at`, `started_at`, `status` (`ok`, `partial`, `failed`), `source_point`, `document_json` (the whole `measurelab.mcast.result/v1` document) and `receivers`, {RECEIVER_DOC}."),
+                    &format!("The runs, oldest first: `id`, `task`, `received_at`, `started_at`, `status` (`ok`, `partial`, `failed`), `source_point`, `document_json` (the whole `measurelab.mcast.result/v1` document), `receivers`, {RECEIVER_DOC}; and `bottlenecks`, {BOTTLENECK_DOC}."),
                 ),
             ),
             ("latest_id".to_string(), computed(AttributeType::String, "Id of the newest run in `results`; empty when there is none.")),
@@ -454,8 +524,25 @@ mod tests {
     }
 
     #[test]
+    fn bottlenecks_become_summaries_with_named_causes() {
+        let mut document = example_document();
+        assert!(summarize_bottlenecks(&read_document(&document).unwrap()).is_empty());
+        document["bottlenecks"] = serde_json::json!([{
+            "link": "uplink:n2", "loss": 0.08, "loss_ci_low": 0.07, "loss_ci_high": 0.09,
+            "delay_stddev_us": 1500.0, "causes": ["loss", "delay_variance"]
+        }]);
+        let summary = summarize_bottlenecks(&read_document(&document).unwrap());
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].link, "uplink:n2");
+        assert_eq!(summary[0].loss_ci_low, Value::Value(Number::Float(0.07)));
+        assert_eq!(summary[0].delay_stddev_ms, Value::Value(Number::Float(1.5)));
+        assert_eq!(summary[0].causes, ["loss", "delay_variance"]);
+    }
+
+    #[test]
     fn a_stored_document_that_is_not_v1_is_refused_with_its_path() {
         let mut record = ResultRecord {
+            tenant_id: String::new(),
             id: "res-1".into(),
             task_id: "t-1".into(),
             task: "loss".into(),

@@ -24,6 +24,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{self, Action, Refusal, Requirement, Role};
 use crate::diagnostics::{self, Operation};
 use crate::shared::Shared;
 use crate::wait::{self, Poll};
@@ -48,6 +49,8 @@ pub trait ManagedResource: Send + Sync + Sized + 'static {
     const READ: Operation = Operation::Read(Self::KIND);
     /// What a failed destroy was doing.
     const DELETE: Operation = Operation::Delete(Self::KIND);
+    /// The role that creates, changes and deletes the object (plan-time check).
+    const ROLE: Role = Role::Member;
 
     /// The resource, talking through the provider's client.
     fn new(shared: Shared) -> Self;
@@ -124,6 +127,12 @@ pub trait ManagedResource: Send + Sync + Sized + 'static {
             "The controller has no {} named (or with id) {id:?}.\n\nWhat to do: import by name.",
             Self::KIND
         )
+    }
+
+    /// The role (and tenant) that may create, change or delete the object
+    /// `state` describes; by default [`Self::ROLE`] in the token's tenant.
+    fn requirement(_state: &Self::State) -> Requirement {
+        Requirement::role(Self::ROLE)
     }
 
     /// Whether (and how long) destroy waits until `GET` answers 404. By
@@ -226,6 +235,21 @@ impl<R: ManagedResource> Adapter<R> {
     pub fn new(shared: Shared) -> Self {
         Adapter(R::new(shared))
     }
+
+    /// Fail the plan when the provider's token may not take `action` on the
+    /// object `state` describes (see [`crate::access`]).
+    fn check_permission(&self, diags: &mut Diagnostics, action: Action, state: &R::State) {
+        let Some(whoami) = self.0.shared().whoami() else {
+            return;
+        };
+        let name = serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        if let Some(refusal) = whoami.refusal(action, R::KIND, &name, &R::requirement(state)) {
+            access::refuse(diags, &refusal);
+        }
+    }
 }
 
 #[async_trait]
@@ -279,6 +303,7 @@ impl<R: ManagedResource> Resource for Adapter<R> {
         _provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let state = self.0.plan_create(diags, proposed_state).await;
+        self.check_permission(diags, Action::Create, &state);
         Some((state, ValueEmpty::default()))
     }
 
@@ -295,16 +320,24 @@ impl<R: ManagedResource> Resource for Adapter<R> {
             .0
             .plan_update(diags, &prior_state, proposed_state)
             .await;
+        // Terraform plans every resource in the state, changed or not: only
+        // a real change needs the permission (a viewer may plan a no-op).
+        let changed = !replace.is_empty()
+            || serde_json::to_value(&prior_state).ok() != serde_json::to_value(&state).ok();
+        if changed {
+            self.check_permission(diags, Action::Change, &state);
+        }
         Some((state, prior_private_state, replace))
     }
 
     async fn plan_destroy<'a>(
         &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
         prior_private_state: Self::PrivateState<'a>,
         _provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<Self::PrivateState<'a>> {
+        self.check_permission(diags, Action::Delete, &prior_state);
         Some(prior_private_state)
     }
 
@@ -624,6 +657,75 @@ mod tests {
             note: Value::Value("kept".into()),
             delete_timeout: delete_timeout.map_or(Value::Null, |t| Value::Value(t.into())),
         }
+    }
+
+    #[tokio::test]
+    async fn a_viewer_token_fails_a_plan_that_changes_something_but_not_a_no_op() {
+        let (resource, _fake) = start(0).await;
+        resource.0.shared.set_whoami(crate::access::Whoami {
+            token_id: "v1".into(),
+            token_name: "reader".into(),
+            role: Role::Viewer,
+            tenant_id: Some("t-1".into()),
+            tenant_name: Some("demo".into()),
+        });
+        let mut diags = Diagnostics::default();
+        let prior = state("t1", None);
+        let unchanged = resource
+            .plan_update(
+                &mut diags,
+                prior.clone(),
+                prior.clone(),
+                prior.clone(),
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        assert!(unchanged.is_some());
+        assert!(
+            diags.errors.is_empty(),
+            "a no-op needs no role: {:?}",
+            diags.errors
+        );
+
+        let mut renamed = prior.clone();
+        renamed.note = Value::Value("changed".into());
+        resource
+            .plan_update(
+                &mut diags,
+                prior.clone(),
+                renamed.clone(),
+                renamed,
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        resource
+            .plan_destroy(
+                &mut diags,
+                prior,
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await;
+        let details: Vec<&str> = diags.errors.iter().map(|d| d.detail.as_ref()).collect();
+        assert_eq!(details.len(), 2, "{details:?}");
+        assert!(
+            details[0].contains(
+                "changing thing \"stale\" needs role member in tenant \"demo\"; token \"reader\" has role viewer"
+            ),
+            "{}",
+            details[0]
+        );
+        assert!(
+            details[1].contains("deleting thing \"stale\""),
+            "{}",
+            details[1]
+        );
+        assert!(diags
+            .errors
+            .iter()
+            .all(|d| d.summary == "Permission denied"));
     }
 
     #[tokio::test]

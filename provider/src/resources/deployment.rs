@@ -463,6 +463,7 @@ impl ManagedResource for Deployments {
             return None;
         }
         let body = DeploymentCreate {
+            tenant: None,
             program: known(&planned.program),
             vms: known_list(&planned.vms),
             args: known_list(&planned.args),
@@ -574,6 +575,7 @@ mod tests {
 
     fn deployment(runs: Vec<ProgramRunState>) -> Deployment {
         Deployment {
+            tenant_id: String::new(),
             id: "d".into(),
             program: "prog".into(),
             args: vec![],
@@ -645,6 +647,7 @@ mod tests {
                 return StatusCode::NOT_FOUND.into_response();
             }
             Json(Program {
+                tenant_id: String::new(),
                 id: "p-1".into(),
                 name: "ticker".into(),
                 sha256: String::new(),
@@ -655,6 +658,7 @@ mod tests {
         }
         async fn deployment_d1() -> Json<Deployment> {
             Json(Deployment {
+                tenant_id: String::new(),
                 id: "d-1".into(),
                 program: "ticker".into(),
                 ..deployment(vec![run("running", None)])

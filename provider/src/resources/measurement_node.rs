@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{Node, NodeStatus};
+use measurelab_api::http::{Node, NodePatch, NodeStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
@@ -21,12 +21,16 @@ use tf_provider::{AttributePath, Diagnostics};
 use tokio::time::Instant;
 
 use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use crate::access::Role;
 use crate::diagnostics::{self, Operation};
 use crate::labels;
 use crate::node_model::{self, CapabilitiesValue, ResourcesValue};
+use crate::number::Number;
 use crate::shared::Shared;
 use crate::timeouts::{self, Timeouts};
 
+/// Largest overcommit ratio the controller accepts.
+const MAX_OVERCOMMIT: f64 = 64.0;
 /// How often create polls the controller while waiting for the node.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -49,10 +53,18 @@ pub struct NodeState {
     pub agent_version: Value<String>,
     /// Management address.
     pub management_address: Value<String>,
+    /// Labels the agent reported (never used for selection).
+    pub reported_labels: Value<BTreeMap<String, String>>,
     /// Capabilities.
     pub capabilities: Value<CapabilitiesValue>,
     /// Resource use.
     pub resources: Value<ResourcesValue>,
+    /// vCPU overcommit ratio (absent from states written before it existed).
+    #[serde(default)]
+    pub cpu_overcommit: Value<Number>,
+    /// Memory overcommit ratio.
+    #[serde(default)]
+    pub memory_overcommit: Value<Number>,
     /// The `timeouts` block.
     pub timeouts: Value<Timeouts>,
 }
@@ -69,8 +81,11 @@ impl NodeState {
         self.registered_at = Value::Value(node.registered_at.clone());
         self.agent_version = Value::Value(node.agent_version.clone());
         self.management_address = Value::Value(node.management_address.clone());
+        self.reported_labels = Value::Value(node.reported_labels.clone());
         self.capabilities = Value::Value((&node.capabilities).into());
         self.resources = Value::Value((&node.resources).into());
+        self.cpu_overcommit = Value::Value(node.cpu_overcommit.into());
+        self.memory_overcommit = Value::Value(node.memory_overcommit.into());
         self.labels = if node.labels.is_empty() && !self.labels.is_value() {
             Value::Null
         } else {
@@ -90,8 +105,25 @@ impl NodeState {
         self.registered_at = Value::Unknown;
         self.agent_version = Value::Unknown;
         self.management_address = Value::Unknown;
+        self.reported_labels = Value::Unknown;
         self.capabilities = Value::Unknown;
         self.resources = Value::Unknown;
+        // Ratios the configuration leaves out come from the controller.
+        for ratio in [&mut self.cpu_overcommit, &mut self.memory_overcommit] {
+            if !ratio.is_value() {
+                *ratio = Value::Unknown;
+            }
+        }
+    }
+
+    /// The PATCH body for this state: its labels and the ratios it sets.
+    fn patch(&self) -> NodePatch {
+        NodePatch {
+            labels: labels::known(&self.labels),
+            flow_export: None,
+            cpu_overcommit: ratio(&self.cpu_overcommit),
+            memory_overcommit: ratio(&self.memory_overcommit),
+        }
     }
 
     /// Timeouts of this state, with the null group read as "all defaults".
@@ -119,6 +151,28 @@ fn validate_state(diags: &mut Diagnostics, state: &NodeState) {
         }
     }
     labels::validate(diags, "labels", &state.labels);
+    for (name, value) in [
+        ("cpu_overcommit", &state.cpu_overcommit),
+        ("memory_overcommit", &state.memory_overcommit),
+    ] {
+        if let Value::Value(number) = value {
+            let valid = number
+                .as_f64()
+                .is_some_and(|r| r.is_finite() && (1.0..=MAX_OVERCOMMIT).contains(&r));
+            if !valid {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new(name),
+                    "Invalid overcommit ratio",
+                    format!(
+                        "`{name}` is {number:?}; it must be between 1.0 (no overcommit) and \
+                         {MAX_OVERCOMMIT:.1}.\n\nWhat to do: set a ratio in that range or leave \
+                         `{name}` out to keep the node's current one."
+                    ),
+                );
+            }
+        }
+    }
     if let Value::Value(timeouts) = &state.timeouts {
         if let Value::Value(text) = &timeouts.create {
             if let Err(err) = timeouts::parse_duration(text) {
@@ -193,6 +247,8 @@ impl ManagedResource for Nodes {
     type Object = Node;
 
     const KIND: &'static str = "node";
+    // Adopting or releasing a node writes its placement labels: operator only.
+    const ROLE: Role = Role::Operator;
     const READ: Operation = Operation::ReadNode;
     const DELETE: Operation = Operation::ReleaseNode;
 
@@ -234,6 +290,25 @@ impl ManagedResource for Nodes {
                 ..Default::default()
             },
         );
+        for (name, what, default) in [
+            ("cpu_overcommit", "vCPUs", "16.0"),
+            ("memory_overcommit", "memory", "1.0"),
+        ] {
+            attributes.insert(
+                name.to_string(),
+                Attribute {
+                    attr_type: AttributeType::Number,
+                    description: Description::markdown(format!(
+                        "Overcommit ratio of {what}: the VMs placed on the node may together have up \
+                         to the node's reported capacity times this ratio. 1.0 (no overcommit) to \
+                         {MAX_OVERCOMMIT:.1}; controller default {default}. Unset: the node keeps its \
+                         current ratio. Changed in place; destroying the resource leaves the ratio as it is."
+                    )),
+                    constraint: AttributeConstraint::OptionalComputed,
+                    ..Default::default()
+                },
+            );
+        }
         let (timeouts_name, timeouts_block) =
             timeouts::block("the node to register and report `online`");
         Schema {
@@ -301,7 +376,7 @@ impl ManagedResource for Nodes {
             .unwrap_or(timeouts::DEFAULT_CREATE);
         let node = self.wait_online(diags, client, &name, timeout).await?;
         let wanted = labels::known(&planned.labels);
-        let node = match client.set_node_labels(&node.id, wanted.clone()).await {
+        let node = match client.patch_node(&node.id, &planned.patch()).await {
             Ok(node) => node,
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::PatchNode);
@@ -321,13 +396,20 @@ impl ManagedResource for Nodes {
         prior: &NodeState,
         planned: NodeState,
     ) -> Option<NodeState> {
-        if planned.labels == prior.labels {
+        if planned.labels == prior.labels
+            && planned.cpu_overcommit == prior.cpu_overcommit
+            && planned.memory_overcommit == prior.memory_overcommit
+        {
             return Some(planned);
         }
         let client = self.shared.client(diags)?;
-        let wanted = labels::known(&planned.labels);
-        match client.set_node_labels(&known(&prior.id), wanted).await {
-            Ok(_) => Some(planned),
+        match client.patch_node(&known(&prior.id), &planned.patch()).await {
+            Ok(node) => {
+                let mut state = planned;
+                state.cpu_overcommit = Value::Value(node.cpu_overcommit.into());
+                state.memory_overcommit = Value::Value(node.memory_overcommit.into());
+                Some(state)
+            }
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::PatchNode);
                 None
@@ -381,6 +463,11 @@ impl ManagedResource for Nodes {
     // does not export the `RawValue` type that overriding it would need.)
 }
 
+/// A configured ratio; unset (null or unknown) keeps the node's.
+fn ratio(value: &Value<Number>) -> Option<f64> {
+    value.as_ref_option().and_then(Number::as_f64)
+}
+
 /// Labels as planned: null when the configuration had none and none were set.
 fn planned_state_labels(
     state: &NodeState,
@@ -419,6 +506,9 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             flow_export: None,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         }
     }
 
@@ -436,6 +526,45 @@ mod tests {
         state.refresh_from(&node(&[("rack", "r9")]));
         let labels = state.labels.as_ref_option().cloned().unwrap_or_default();
         assert_eq!(labels.get("rack"), Some(&Value::Value("r9".to_string())));
+    }
+
+    #[test]
+    fn ratios_are_refreshed_and_sent_only_when_configured() {
+        let mut state = NodeState::default();
+        state.refresh_from(&node(&[]));
+        assert_eq!(state.cpu_overcommit, Value::Value(Number::Unsigned(16)));
+        let unset = NodeState {
+            cpu_overcommit: Value::Value(Number::Float(2.5)),
+            memory_overcommit: Value::Unknown,
+            ..Default::default()
+        };
+        let patch = unset.patch();
+        assert_eq!(patch.cpu_overcommit, Some(2.5));
+        assert_eq!(patch.memory_overcommit, None);
+    }
+
+    #[test]
+    fn a_ratio_below_one_points_at_its_attribute() {
+        for (value, errors) in [
+            (Number::Float(0.5), 1),
+            (Number::Unsigned(65), 1),
+            (Number::Decimal("1.25".into()), 0),
+        ] {
+            let mut diags = Diagnostics::default();
+            let state = NodeState {
+                name: Value::Value("n".into()),
+                memory_overcommit: Value::Value(value.clone()),
+                ..Default::default()
+            };
+            validate_state(&mut diags, &state);
+            assert_eq!(diags.errors.len(), errors, "{value:?}");
+            if errors == 1 {
+                assert_eq!(
+                    diags.errors[0].attribute,
+                    AttributePath::new("memory_overcommit")
+                );
+            }
+        }
     }
 
     #[test]

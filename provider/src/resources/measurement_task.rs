@@ -21,8 +21,8 @@ use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{id_or_name, CreateRequest, ManagedResource};
 use crate::data_sources::results::{
-    read_document, receiver_type, summarize_document, ReceiverSummary, UnreadableDocument,
-    RECEIVER_DOC,
+    bottleneck_type, read_document, receiver_type, summarize_bottlenecks, summarize_document,
+    BottleneckSummary, ReceiverSummary, UnreadableDocument, BOTTLENECK_DOC, RECEIVER_DOC,
 };
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -100,6 +100,8 @@ pub struct TaskState {
     pub result_json: Value<String>,
     /// Per-receiver summary.
     pub receivers: Value<Vec<ReceiverSummary>>,
+    /// Links the tree inference blames in that run.
+    pub bottlenecks: Value<Vec<BottleneckSummary>>,
     /// The `timeouts` block.
     pub timeouts: Value<TaskTimeouts>,
 }
@@ -274,12 +276,14 @@ impl TaskState {
         self.result_started_at = Value::Unknown;
         self.result_json = Value::Unknown;
         self.receivers = Value::Unknown;
+        self.bottlenecks = Value::Unknown;
     }
 
     fn create_body(&self) -> TaskCreate {
         let number = |v: &Value<Number>, d: u64| whole(v).and_then(Result::ok).unwrap_or(d);
         let once = self.is_once();
         TaskCreate {
+            tenant: None,
             name: text(&self.name).unwrap_or_default().to_string(),
             mode: text(&self.mode).unwrap_or("platform").to_string(),
             platform: text(&self.platform).map(str::to_string),
@@ -338,17 +342,19 @@ impl TaskState {
         self.result_started_at = Value::Value(record.started_at.clone());
         self.result_json = Value::Value(record.document.to_string());
         let document = read_document(&record.document);
-        let (status, source_point, receivers) = match &document {
+        let (status, source_point, receivers, bottlenecks) = match &document {
             Ok(document) => (
                 document.status.as_str().to_string(),
                 document.source_point.clone(),
                 summarize_document(document),
+                summarize_bottlenecks(document),
             ),
-            Err(_) => (String::new(), String::new(), Vec::new()),
+            Err(_) => (String::new(), String::new(), Vec::new(), Vec::new()),
         };
         self.result_status = Value::Value(status);
         self.result_source_point = Value::Value(source_point);
         self.receivers = Value::Value(receivers);
+        self.bottlenecks = Value::Value(bottlenecks);
         document
     }
 
@@ -359,6 +365,7 @@ impl TaskState {
         self.result_started_at = Value::Value(String::new());
         self.result_json = Value::Value(String::new());
         self.receivers = Value::Value(Vec::new());
+        self.bottlenecks = Value::Value(Vec::new());
     }
 
     fn create_timeout(&self) -> Duration {
@@ -510,6 +517,7 @@ impl ManagedResource for Tasks {
             ("result_started_at".into(), computed(AttributeType::String, "RFC 3339 start of that run.")),
             ("result_json".into(), computed(AttributeType::String, "The whole `measurelab.mcast.result/v1` document of that run, as JSON text (`jsondecode` it).")),
             ("receivers".into(), computed(AttributeType::List(Box::new(receiver_type())), &format!("Per-receiver summary of that run: {RECEIVER_DOC}."))),
+            ("bottlenecks".into(), computed(AttributeType::List(Box::new(bottleneck_type())), &format!("Bottlenecks of that run: {BOTTLENECK_DOC}."))),
         ]);
         let timeouts_block = Block {
             description: Description::markdown("Limits on how long operations wait."),
@@ -601,6 +609,7 @@ impl ManagedResource for Tasks {
             state.result_started_at = prior.result_started_at.clone();
             state.result_json = prior.result_json.clone();
             state.receivers = prior.receivers.clone();
+            state.bottlenecks = prior.bottlenecks.clone();
             state.interval_seconds = if state.is_once() {
                 prior.interval_seconds.clone()
             } else {
@@ -624,6 +633,7 @@ impl ManagedResource for Tasks {
             return None;
         }
         let body = TaskCreate {
+            tenant: None,
             request_id: request.request_id(),
             ..planned.create_body()
         };
@@ -768,6 +778,7 @@ mod tests {
 
     fn record(document: serde_json::Value) -> ResultRecord {
         ResultRecord {
+            tenant_id: String::new(),
             id: "res-7".into(),
             task_id: "t-1".into(),
             task: "loss".into(),
@@ -927,6 +938,9 @@ mod tests {
             resources: Resources::default(),
             labels: Default::default(),
             flow_export: None,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
+            reported_labels: Default::default(),
         };
         let nodes = vec![
             node("a", "10.253.0.11:7090"),

@@ -2,16 +2,20 @@
 //! particular to its type; `adapter` does the rest, once.
 
 mod adapter;
+mod api_token;
 mod deployment;
 mod measurement_node;
 mod measurement_task;
 mod program;
 mod qos_policy;
+mod tenant;
 mod virtual_platform;
 mod vm;
 
 use adapter::Adapter;
 
+/// `measurelab_api_token`.
+pub type ApiTokenResource = Adapter<api_token::ApiTokens>;
 /// `measurelab_deployment`.
 pub type DeploymentResource = Adapter<deployment::Deployments>;
 /// `measurelab_measurement_node`.
@@ -22,6 +26,8 @@ pub type MeasurementTaskResource = Adapter<measurement_task::Tasks>;
 pub type ProgramResource = Adapter<program::Programs>;
 /// `measurelab_qos_policy`.
 pub type QosPolicyResource = Adapter<qos_policy::QosPolicies>;
+/// `measurelab_tenant`.
+pub type TenantResource = Adapter<tenant::Tenants>;
 /// `measurelab_virtual_platform`.
 pub type VirtualPlatformResource = Adapter<virtual_platform::Platforms>;
 /// `measurelab_vm`.

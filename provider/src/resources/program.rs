@@ -307,6 +307,7 @@ impl ManagedResource for Programs {
             }
         }
         let body = ProgramCreate {
+            tenant: None,
             name: known(&planned.name),
             content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
             sha256: Some(sha256),

@@ -303,6 +303,7 @@ impl ManagedResource for QosPolicies {
     ) -> Option<QosPolicyState> {
         let rates = planned.rates(diags)?;
         let body = QosPolicyCreate {
+            tenant: None,
             name: known(&planned.name),
             ingress_max_kbps: rates.ingress_max_kbps,
             ingress_min_kbps: rates.ingress_min_kbps,

@@ -244,6 +244,7 @@ impl ManagedResource for Platforms {
             return None;
         }
         let body = PlatformCreate {
+            tenant: None,
             name: known(&planned.name),
             nodes: set_of(&planned.nodes),
             admins: set_of(&planned.admins),

@@ -536,6 +536,7 @@ impl ManagedResource for Vms {
         };
         let name = known(&planned.name);
         let body = VmCreate {
+            tenant: None,
             name: name.clone(),
             platform: known(&planned.platform),
             node: known(&planned.node),
@@ -684,6 +685,7 @@ mod tests {
 
     fn vm(power: VmPowerState, actual: &str, ready: &str, generation: u64, observed: u64) -> Vm {
         Vm {
+            tenant_id: String::new(),
             id: "v".into(),
             name: "probe".into(),
             platform: "p".into(),
@@ -780,6 +782,9 @@ mod tests {
                 resources: Resources::default(),
                 labels: Default::default(),
                 flow_export: None,
+                cpu_overcommit: 16.0,
+                memory_overcommit: 1.0,
+                reported_labels: Default::default(),
             }
         }
 

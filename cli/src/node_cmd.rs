@@ -1,0 +1,234 @@
+//! `measurelab node ...` and `measurelab join-token ...`: the operator's side
+//! of node identity, spoken to the controller's HTTP API with the operator
+//! (admin) token.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use measurelab_api::client::Client;
+use measurelab_api::http::{JoinTokenCreate, NodeStatus};
+
+/// Where the controller is and who is asking.
+#[derive(Debug, Args)]
+pub struct ApiTarget {
+    /// Controller HTTP API.
+    #[arg(
+        long,
+        env = "MEASURELAB_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    endpoint: String,
+    /// Operator token (the controller's <data_dir>/admin.token).
+    #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    target: ApiTarget,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List registered nodes with their operator and reported labels.
+    List,
+    /// List refused registrations under existing node names, waiting for approval.
+    Pending,
+    /// Let the node's pending registration through (it gets a new secret).
+    Approve {
+        /// Node name or id.
+        node: String,
+    },
+    /// Refuse the node's heartbeats and calls from now on.
+    Revoke {
+        /// Node name or id.
+        node: String,
+    },
+    /// Forget the node (refused while VMs are placed on it).
+    Delete {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    target: ApiTarget,
+    #[command(subcommand)]
+    command: JoinTokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JoinTokenCommand {
+    /// Make a join token; prints it once.
+    Create {
+        /// Only a node of this name may register with it.
+        #[arg(long)]
+        node: Option<String>,
+        /// The first successful registration consumes it.
+        #[arg(long)]
+        single_use: bool,
+        /// Lifetime in seconds.
+        #[arg(long, conflicts_with = "expires_at")]
+        ttl: Option<u64>,
+        /// Expiry as an RFC 3339 time.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens made through the API.
+    List,
+    /// Revoke a join token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn client(target: &ApiTarget) -> anyhow::Result<Client> {
+    Client::new(&target.endpoint, target.token.trim(), None)
+        .with_context(|| format!("cannot reach {}", target.endpoint))
+}
+
+fn or_dash(value: Option<&str>) -> &str {
+    value.filter(|v| !v.is_empty()).unwrap_or("-")
+}
+
+fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn main(args: NodeArgs) -> anyhow::Result<()> {
+    let client = client(&args.target)?;
+    runtime()?.block_on(async move {
+        match args.command {
+            NodeCommand::List => {
+                println!("{:<20} {:<8} {:<30} REPORTED", "NAME", "STATUS", "LABELS");
+                for node in client.list_nodes().await? {
+                    let status = match node.status {
+                        NodeStatus::Online => "online",
+                        NodeStatus::Offline => "offline",
+                        NodeStatus::Revoked => "revoked",
+                    };
+                    println!(
+                        "{:<20} {:<8} {:<30} {}",
+                        node.name,
+                        status,
+                        labels(&node.labels),
+                        labels(&node.reported_labels)
+                    );
+                }
+            }
+            NodeCommand::Pending => {
+                let requests = client.registration_requests().await?;
+                if requests.is_empty() {
+                    println!("no pending registrations");
+                }
+                for r in requests {
+                    println!(
+                        "{} (node {}): {} attempt(s), reason {}, last {} from {} (management address {}, agent {}){}",
+                        r.name,
+                        r.node_id,
+                        r.attempts,
+                        r.reason,
+                        r.last_attempt_at,
+                        or_dash(Some(&r.peer_address)),
+                        or_dash(Some(&r.management_address)),
+                        or_dash(Some(&r.agent_version)),
+                        match &r.approved_at {
+                            Some(at) => format!(", approved {at}"),
+                            None => String::new(),
+                        }
+                    );
+                }
+            }
+            NodeCommand::Approve { node } => {
+                let r = client.approve_node(&node).await?;
+                println!(
+                    "approved: the next registration of {} ({} refused so far) gets a new secret",
+                    r.name, r.attempts
+                );
+            }
+            NodeCommand::Revoke { node } => {
+                let n = client.revoke_node(&node).await?;
+                println!("revoked node {} ({})", n.name, n.id);
+            }
+            NodeCommand::Delete { node } => {
+                let n = client.delete_node(&node).await?;
+                println!("deleted node {} ({})", n.name, n.id);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn join_token_main(args: JoinTokenArgs) -> anyhow::Result<()> {
+    let client = client(&args.target)?;
+    runtime()?.block_on(async move {
+        match args.command {
+            JoinTokenCommand::Create {
+                node,
+                single_use,
+                ttl,
+                expires_at,
+                description,
+            } => {
+                let created = client
+                    .create_join_token(&JoinTokenCreate {
+                        description,
+                        node_name: node,
+                        single_use,
+                        expires_at,
+                        ttl_seconds: ttl,
+                    })
+                    .await?;
+                eprintln!(
+                    "join token {} created; it is shown only now:",
+                    created.join_token.id
+                );
+                println!("{}", created.secret);
+            }
+            JoinTokenCommand::List => {
+                println!(
+                    "{:<36} {:<8} {:<16} {:<6} {:<20} DESCRIPTION",
+                    "ID", "STATE", "NODE", "ONCE", "EXPIRES"
+                );
+                for t in client.list_join_tokens().await? {
+                    println!(
+                        "{:<36} {:<8} {:<16} {:<6} {:<20} {}",
+                        t.id,
+                        serde_json::to_value(t.state)?.as_str().unwrap_or("-"),
+                        or_dash(t.node_name.as_deref()),
+                        if t.single_use { "yes" } else { "no" },
+                        or_dash(t.expires_at.as_deref()),
+                        t.description
+                    );
+                }
+            }
+            JoinTokenCommand::Revoke { id } => {
+                let t = client.revoke_join_token(&id).await?;
+                println!("revoked join token {}", t.id);
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,758 @@
+//! Tenants, roles and API tokens through the real HTTP listener: two
+//! tenants share the nodes and never see or change each other's objects.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{result_document, TestController};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// A request with `token` instead of the admin token.
+async fn call_as(
+    controller: &TestController,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, controller.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// POST as `token`, expecting 201; returns the body.
+async fn create(controller: &TestController, token: &str, path: &str, body: Value) -> Value {
+    let (status, answer) = call_as(controller, token, Method::POST, path, Some(body)).await;
+    assert_eq!(status, 201, "POST {path}: {answer}");
+    answer
+}
+
+/// A tenant and a token of `role` in it; returns the bearer secret.
+async fn tenant_token(controller: &TestController, tenant: &str, name: &str, role: &str) -> String {
+    let (status, _) = controller
+        .call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
+        .await;
+    if status == 404 {
+        let (status, body) = controller
+            .call(Method::POST, "/v1/tenants", Some(json!({"name": tenant})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": name, "role": role, "tenant": tenant})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["secret"].as_str().unwrap().to_string()
+}
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().unwrap().to_string()
+}
+
+/// One tenant's world: a platform `lab` on n1 and n2, a QoS policy, a VM,
+/// a program deployed onto it and a task with one result.
+struct World {
+    platform: String,
+    qos: String,
+    vm: String,
+    program: String,
+    deployment: String,
+    task: String,
+}
+
+async fn build_world(controller: &TestController, token: &str, started_at: &str) -> World {
+    let platform = create(
+        controller,
+        token,
+        "/v1/platforms",
+        json!({"name": "lab", "nodes": ["n1", "n2"]}),
+    )
+    .await;
+    let qos = create(
+        controller,
+        token,
+        "/v1/qos_policies",
+        json!({"name": "slow", "ingress_max_kbps": 1000}),
+    )
+    .await;
+    let vm = create(
+        controller,
+        token,
+        "/v1/vms",
+        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+               "appliance": "namespace", "power_state": "running", "qos_policy": "slow"}),
+    )
+    .await;
+    let content = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\necho hi\n");
+    let program = create(
+        controller,
+        token,
+        "/v1/programs",
+        json!({"name": "prog", "content_base64": content}),
+    )
+    .await;
+    let deployment = create(
+        controller,
+        token,
+        "/v1/deployments",
+        json!({"program": "prog", "vms": [id(&vm)]}),
+    )
+    .await;
+    let task = create(
+        controller,
+        token,
+        "/v1/tasks",
+        json!({"name": "loss", "mode": "platform", "platform": "lab", "schedule": "once",
+               "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000,
+               "ttl": 4}),
+    )
+    .await;
+    let document = result_document(Some(&id(&task)), started_at, Vec::new());
+    let (status, body) = call_as(
+        controller,
+        token,
+        Method::POST,
+        "/v1/results",
+        Some(document),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    World {
+        platform: id(&platform),
+        qos: id(&qos),
+        vm: id(&vm),
+        program: id(&program),
+        deployment: id(&deployment),
+        task: id(&task),
+    }
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller.register("n2", "").await;
+    let alice = tenant_token(&controller, "t1", "alice", "member").await;
+    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+
+    let a = build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
+    // Names are per tenant: t2 uses the very same ones.
+    let b = build_world(&controller, &bob, "2026-12-05T01:05:00Z").await;
+    assert_ne!(a.platform, b.platform);
+
+    let (_, before) = controller
+        .call(Method::GET, &format!("/v1/platforms/{}", a.platform), None)
+        .await;
+    let (_, vm_before) = controller
+        .call(Method::GET, &format!("/v1/vms/{}", a.vm), None)
+        .await;
+
+    // Lists hold only bob's objects.
+    for (path, key) in [
+        ("/v1/platforms", "platforms"),
+        ("/v1/qos_policies", "qos_policies"),
+        ("/v1/vms", "vms"),
+        ("/v1/programs", "programs"),
+        ("/v1/deployments", "deployments"),
+        ("/v1/tasks", "tasks"),
+        ("/v1/results", "results"),
+        ("/v1/tenants", "tenants"),
+    ] {
+        let (status, body) = call_as(&controller, &bob, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let items = body[key].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{path}: {body}");
+        let tenant_id = items[0]["tenant_id"].as_str().unwrap_or_else(|| {
+            items[0]["id"].as_str().unwrap() // the tenant list holds the tenant itself
+        });
+        assert_ne!(tenant_id, "", "{path}: {body}");
+    }
+    let (_, list) = call_as(&controller, &bob, Method::GET, "/v1/platforms", None).await;
+    assert_eq!(list["platforms"][0]["id"], b.platform.as_str());
+    // A list filter naming alice's platform finds nothing.
+    let (_, vms) = call_as(
+        &controller,
+        &bob,
+        Method::GET,
+        &format!("/v1/vms?platform={}", a.platform),
+        None,
+    )
+    .await;
+    assert_eq!(vms["vms"], json!([]), "{vms}");
+
+    // Every read of alice's objects by id answers 404, like a missing object.
+    for path in [
+        format!("/v1/platforms/{}", a.platform),
+        format!("/v1/qos_policies/{}", a.qos),
+        format!("/v1/vms/{}", a.vm),
+        format!("/v1/vms/{}/logs", a.vm),
+        format!("/v1/programs/{}", a.program),
+        format!("/v1/deployments/{}", a.deployment),
+        format!("/v1/tasks/{}", a.task),
+        format!("/v1/results?task={}", a.task),
+        format!("/v1/results/latest?task={}", a.task),
+        format!("/v1/results/export?format=csv&task={}", a.task),
+        "/v1/tenants/t1".to_string(),
+        "/v1/platforms?tenant=t1".to_string(),
+    ] {
+        let (status, body) = call_as(&controller, &bob, Method::GET, &path, None).await;
+        assert_eq!(status, 404, "GET {path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "GET {path}: {body}");
+    }
+    // Every write answers 404 too.
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/v1/platforms/{}", a.platform),
+            Some(json!({"description": "mine"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/platforms/{}", a.platform),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/platforms/{}/pause", a.platform),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/qos_policies/{}", a.qos),
+            Some(json!({"ingress_max_kbps": 1})),
+        ),
+        (Method::DELETE, format!("/v1/qos_policies/{}", a.qos), None),
+        (
+            Method::PATCH,
+            format!("/v1/vms/{}", a.vm),
+            Some(json!({"power_state": "stopped"})),
+        ),
+        (Method::DELETE, format!("/v1/vms/{}?force=true", a.vm), None),
+        (Method::DELETE, format!("/v1/programs/{}", a.program), None),
+        (
+            Method::DELETE,
+            format!("/v1/deployments/{}", a.deployment),
+            None,
+        ),
+        (Method::DELETE, format!("/v1/tasks/{}", a.task), None),
+    ] {
+        let (status, answer) = call_as(&controller, &bob, method.clone(), &path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    // Deploying bob's program into alice's VM: no such VM, as for a missing one.
+    let (status, refused) = call_as(
+        &controller,
+        &bob,
+        Method::POST,
+        "/v1/deployments",
+        Some(json!({"program": "prog", "vms": [a.vm.clone()]})),
+    )
+    .await;
+    let (_, missing) = call_as(
+        &controller,
+        &bob,
+        Method::POST,
+        "/v1/deployments",
+        Some(json!({"program": "prog", "vms": ["00000000-0000-4000-8000-00000000dead"]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "vms[0]");
+    assert_eq!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace(&a.vm, "X"),
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("00000000-0000-4000-8000-00000000dead", "X"),
+    );
+    // Nor can bob post results into alice's task or name t1 for a create.
+    let document = result_document(Some(&a.task), "2026-12-05T02:00:00Z", Vec::new());
+    let (status, answer) = call_as(
+        &controller,
+        &bob,
+        Method::POST,
+        "/v1/results",
+        Some(document),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = call_as(
+        &controller,
+        &bob,
+        Method::POST,
+        "/v1/qos_policies",
+        Some(json!({"name": "sneaky", "ingress_max_kbps": 1, "tenant": "t1"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+
+    // Events: bob sees his own objects' events, none of alice's, none of the nodes'.
+    let (_, events) = call_as(
+        &controller,
+        &bob,
+        Method::GET,
+        "/v1/events?limit=1000",
+        None,
+    )
+    .await;
+    let events = events["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    let alice_ids = [
+        &a.platform,
+        &a.qos,
+        &a.vm,
+        &a.program,
+        &a.deployment,
+        &a.task,
+    ];
+    for event in events {
+        let object = event["object_id"].as_str().unwrap();
+        assert!(!alice_ids.iter().any(|id| *id == object), "{event}");
+        assert_ne!(event["object_kind"], "node", "{event}");
+    }
+    // The CSV export holds only bob's run.
+    let response = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?format=csv"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    let csv = response.text().await.unwrap();
+    assert!(!csv.contains("2026-12-05T01:00:00Z"), "{csv}");
+
+    // Nodes: visible without the operator's fields; their logs are the operator's.
+    let (_, nodes) = call_as(&controller, &bob, Method::GET, "/v1/nodes", None).await;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(nodes["nodes"][0]["management_address"], "");
+    let (status, answer) = call_as(&controller, &bob, Method::GET, "/v1/nodes/n1/logs", None).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = call_as(
+        &controller,
+        &bob,
+        Method::PATCH,
+        "/v1/nodes/n1",
+        Some(json!({"labels": {"mine": "yes"}})),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    // Appliances: a shared catalog everyone reads and only the operator extends.
+    let (status, _) = call_as(
+        &controller,
+        &bob,
+        Method::GET,
+        "/v1/appliances/namespace",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, answer) = call_as(
+        &controller,
+        &bob,
+        Method::POST,
+        "/v1/appliances",
+        Some(
+            json!({"name": "evil", "version": "1", "arch": "x86_64", "os": "x",
+                    "kernel": "/etc/shadow", "initrd": "/etc/shadow", "min_memory_mib": 64,
+                    "backends": ["libvirt"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+
+    // Nothing of alice's changed.
+    let (status, after) = controller
+        .call(Method::GET, &format!("/v1/platforms/{}", a.platform), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(after, before);
+    let (_, vm_after) = controller
+        .call(Method::GET, &format!("/v1/vms/{}", a.vm), None)
+        .await;
+    assert_eq!(vm_after, vm_before);
+    for path in [
+        format!("/v1/qos_policies/{}", a.qos),
+        format!("/v1/programs/{}", a.program),
+        format!("/v1/tasks/{}", a.task),
+    ] {
+        let (status, _) = call_as(&controller, &alice, Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let (_, deployment) = call_as(
+        &controller,
+        &alice,
+        Method::GET,
+        &format!("/v1/deployments/{}", a.deployment),
+        None,
+    )
+    .await;
+    assert_eq!(deployment["runs"][0]["status"], "pending", "{deployment}");
+    let (_, results) = call_as(&controller, &alice, Method::GET, "/v1/results", None).await;
+    assert_eq!(results["results"].as_array().unwrap().len(), 1, "{results}");
+
+    // The operator sees both; a name both tenants use is ambiguous.
+    let (_, all) = controller.call(Method::GET, "/v1/platforms", None).await;
+    assert_eq!(all["platforms"].as_array().unwrap().len(), 2);
+    let (status, answer) = controller
+        .call(Method::GET, "/v1/platforms/lab", None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("t1, t2") && message.contains("?tenant="),
+        "{message}"
+    );
+    let (status, answer) = controller
+        .call(Method::GET, "/v1/platforms/lab?tenant=t1", None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], a.platform.as_str());
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    let member = tenant_token(&controller, "t1", "ci", "member").await;
+    let viewer = tenant_token(&controller, "t1", "dashboard", "viewer").await;
+    let other = tenant_token(&controller, "t2", "other", "member").await;
+    create(
+        &controller,
+        &member,
+        "/v1/platforms",
+        json!({"name": "lab", "nodes": ["n1"]}),
+    )
+    .await;
+    let foreign = create(
+        &controller,
+        &other,
+        "/v1/platforms",
+        json!({"name": "theirs", "nodes": ["n1"]}),
+    )
+    .await;
+
+    let (status, body) =
+        call_as(&controller, &viewer, Method::GET, "/v1/platforms/lab", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call_as(
+        &controller,
+        &viewer,
+        Method::DELETE,
+        "/v1/platforms/lab",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(
+        body["error"]["message"],
+        "deleting platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
+    );
+    let (status, body) = call_as(
+        &controller,
+        &viewer,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "more", "nodes": ["n1"]})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("creating platform \"more\" needs role member in tenant \"t1\""),
+        "{body}"
+    );
+    // Another tenant's object stays invisible, even to a refused write.
+    let (status, _) = call_as(
+        &controller,
+        &viewer,
+        Method::DELETE,
+        &format!("/v1/platforms/{}", id(&foreign)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A viewer cannot mint tokens either (that is an owner's).
+    let (status, body) = call_as(
+        &controller,
+        &viewer,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "escalate", "role": "owner"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // Nothing changed.
+    let (_, list) = controller.call(Method::GET, "/v1/platforms", None).await;
+    assert_eq!(list["platforms"].as_array().unwrap().len(), 2);
+    let (_, whoami) = call_as(&controller, &viewer, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(whoami["role"], "viewer");
+    assert_eq!(whoami["tenant_name"], "t1");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (status, _) = controller
+        .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
+        .await;
+    assert_eq!(status, 201);
+    let (status, created) = controller
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let bearer = created["secret"].as_str().unwrap().to_string();
+    let token_id = id(&created);
+    assert!(bearer.starts_with(&format!("mlt_{token_id}_")), "{bearer}");
+    let secret = bearer.rsplit('_').next().unwrap().to_string();
+
+    // Shown once: a replay of the create and every read leave it out.
+    let (status, replay) = controller
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(replay["id"], token_id.as_str());
+    assert_eq!(replay["secret"], "");
+    let (_, listed) = controller.call(Method::GET, "/v1/tokens", None).await;
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+    // Only a digest is stored, and the secret appears nowhere in the database.
+    let db = rusqlite::Connection::open(dir.path().join("controller.db")).unwrap();
+    let digest: String = db
+        .query_row(
+            "SELECT secret_digest FROM api_tokens WHERE id = ?1",
+            [&token_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        digest,
+        format!("sha256:{}", hex::encode(Sha256::digest(secret.as_bytes())))
+    );
+    let dump: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM idempotency WHERE body LIKE '%' || ?1 || '%'",
+            [&secret],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dump, 0);
+
+    // The token works, and its use is recorded.
+    let (status, whoami) = call_as(&controller, &bearer, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(status, 200, "{whoami}");
+    assert_eq!(whoami["token_name"], "ci");
+    assert_eq!(whoami["role"], "owner");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, token) = controller
+            .call(Method::GET, &format!("/v1/tokens/{token_id}"), None)
+            .await;
+        if token["last_used_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last_used_at never set: {token}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A wrong secret for a real id is refused.
+    let (status, _) = call_as(
+        &controller,
+        &format!("mlt_{token_id}_{}", "0".repeat(64)),
+        Method::GET,
+        "/v1/whoami",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // The owner mints a member token for its tenant, but not for another one.
+    let (status, body) = call_as(
+        &controller,
+        &bearer,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "short", "role": "member", "ttl_seconds": 1})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let short = body["secret"].as_str().unwrap().to_string();
+    let (status, body) = call_as(
+        &controller,
+        &bearer,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "op", "role": "operator"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Expired: refused with the reason.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let (status, body) = call_as(&controller, &short, Method::GET, "/v1/whoami", None).await;
+        if status == 401 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"short\" expired at"),
+        "{refusal}"
+    );
+
+    // Revoked: refused with the reason; the record stays.
+    let (status, revoked) = controller
+        .call(Method::DELETE, &format!("/v1/tokens/{token_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    let (status, body) = call_as(&controller, &bearer, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"ci\" was revoked at"),
+        "{body}"
+    );
+    let (status, _) = controller
+        .call(Method::GET, &format!("/v1/tokens/{token_id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller.register("n2", "").await;
+    let alice = tenant_token(&controller, "t1", "alice", "member").await;
+    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
+    create(
+        &controller,
+        &bob,
+        "/v1/platforms",
+        json!({"name": "bobs", "nodes": ["n1"]}),
+    )
+    .await;
+
+    let page = reqwest::get(controller.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let script = &page[page.find("<script>").unwrap() + 8..page.find("</script>").unwrap()];
+    let script_dir = tempfile::tempdir().unwrap();
+    let script_path = script_dir.path().join("page.js");
+    std::fs::write(&script_path, script).unwrap();
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.js");
+    let base = format!("http://{}", controller.http);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(harness)
+            .arg(&script_path)
+            .arg(base)
+            .arg(bob)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node (apt package nodejs) runs the page script");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rendered["error"], "", "{rendered:#}");
+    assert_eq!(rendered["whoami"], "token bob: member of tenant t2");
+    assert_eq!(
+        rendered["platforms"].as_array().unwrap().len(),
+        1,
+        "{rendered:#}"
+    );
+    assert_eq!(rendered["platforms"][0][0], "bobs");
+    assert_eq!(rendered["vms"], json!([]), "{rendered:#}");
+    assert_eq!(rendered["results"], json!([]), "{rendered:#}");
+    controller.stop().await;
+}
+
+/// Node identity routes (approve, revoke, delete, join tokens, pending
+/// registrations) act on the whole testbed: even a tenant's owner is refused,
+/// and the node is still there and online afterwards.
+#[tokio::test]
+async fn node_identity_routes_are_the_operators_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    let owner = tenant_token(&controller, "t1", "boss", "owner").await;
+    let refused: [(Method, &str, Option<Value>); 7] = [
+        (Method::POST, "/v1/nodes/n1/approve", None),
+        (Method::POST, "/v1/nodes/n1/revoke", None),
+        (Method::DELETE, "/v1/nodes/n1", None),
+        (Method::GET, "/v1/registration_requests", None),
+        (Method::GET, "/v1/join_tokens", None),
+        (
+            Method::POST,
+            "/v1/join_tokens",
+            Some(json!({"node_name": "n9", "single_use": true})),
+        ),
+        (Method::DELETE, "/v1/join_tokens/anything", None),
+    ];
+    for (method, path, body) in refused {
+        let (status, answer) = call_as(&controller, &owner, method.clone(), path, body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("needs role operator")),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["status"], "online", "{node}");
+    let (status, tokens) = controller.call(Method::GET, "/v1/join_tokens", None).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["join_tokens"], json!([]), "{tokens}");
+}
