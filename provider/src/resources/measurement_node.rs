@@ -492,8 +492,13 @@ impl ManagedResource for Nodes {
         }
     }
 
-    fn import_base(_node: &Node) -> NodeState {
+    /// An imported node manages the flow export it has, so a configuration
+    /// with the same block plans no change.
+    fn import_base(node: &Node) -> NodeState {
         NodeState {
+            flow_export: node.flow_export.as_ref().map_or(Value::Null, |export| {
+                Value::Value(FlowExportBlock::from_api(export))
+            }),
             timeouts: Value::Value(Timeouts::default()),
             ..Default::default()
         }
@@ -633,6 +638,24 @@ mod tests {
         assert_eq!(block.protocol, Value::Value("sflow".to_string()));
         managed.refresh_from(&node(&[]));
         assert_eq!(managed.flow_export, Value::Null);
+    }
+
+    #[test]
+    fn import_manages_the_flow_export_the_node_has() {
+        let mut exporting = node(&[]);
+        exporting.flow_export = Some(FlowExport {
+            enabled: true,
+            protocol: FlowProtocol::Ipfix,
+            sampling: 64,
+            active_timeout_seconds: 30,
+            collector: None,
+        });
+        let block = Nodes::import_base(&exporting).flow_export;
+        assert_eq!(
+            block.as_ref_option().and_then(FlowExportBlock::to_api),
+            exporting.flow_export
+        );
+        assert_eq!(Nodes::import_base(&node(&[])).flow_export, Value::Null);
     }
 
     #[test]
