@@ -8,7 +8,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use measurelab_acceptance::{acc_enabled, describe, resource_values, Lab, Terraform};
+use measurelab_acceptance::{
+    acc_enabled, describe, resource_values, Lab, Terraform, PROVIDER_BLOCK,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_secs(2);
@@ -20,7 +22,7 @@ const FRAME_HEADERS: u64 = 42;
 
 fn config(monitoring: bool) -> String {
     format!(
-        r#"
+        r#"{PROVIDER_BLOCK}
 resource "measurelab_measurement_node" "n1" {{
   name = "n1"
   flow_export {{
