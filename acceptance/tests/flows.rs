@@ -33,8 +33,11 @@ resource "measurelab_measurement_node" "n1" {{
 
 resource "measurelab_virtual_platform" "watched" {{
   name            = "flows-acc"
-  nodes           = [measurelab_measurement_node.n1.name]
+  nodes           = ["n1"]
   flow_monitoring = {monitoring}
+  # Literal node names: the platform's `nodes` cannot be validated while an
+  # element is unknown, so the order comes from depends_on.
+  depends_on = [measurelab_measurement_node.n1]
 }}
 
 resource "measurelab_vm" "a" {{
