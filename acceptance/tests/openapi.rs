@@ -49,6 +49,7 @@ fn acc_openapi_node_contract() -> anyhow::Result<()> {
         // Exactly the body the provider sends (Client::set_node_labels).
         let patch = serde_json::to_value(measurelab_api::http::NodePatch {
             labels: [("role".to_string(), "probe".to_string())].into(),
+            flow_export: None,
             cpu_overcommit: None,
             memory_overcommit: None,
         })?;

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         })
         .await?;
 

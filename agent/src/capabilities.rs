@@ -52,6 +52,7 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         service_tools: probe_service_tools(),
         // Filled in by the session from the running service host.
         service_endpoint: String::new(),
+        flow_export: String::new(),
     }
 }
 

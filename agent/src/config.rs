@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::{capabilities, identity, ovs, service_host};
+use crate::{capabilities, identity, ovs, reconcile, service_host};
 
 /// Where appliances are installed (`scripts/build-appliance.sh` and the
 /// controller's built-in appliance use it).
@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// The service host (built-in measurement point on the service network);
     /// `None`: the node takes no service_host tasks.
     pub service_host: Option<service_host::ServiceHostConfig>,
+    /// Flow export of the switch while the operator set none for this node
+    /// (the operator's `flow_export` on the node overrides it); exported only
+    /// while a platform on the node has flow monitoring on.
+    pub flow_export: Option<reconcile::FlowExportSettings>,
 }
 
 impl AgentConfig {
@@ -68,6 +72,7 @@ impl AgentConfig {
             uplink: None,
             guest_agent: None,
             service_host: None,
+            flow_export: None,
         }
     }
 
@@ -129,6 +134,11 @@ impl AgentConfig {
             if let Err(service_host::ServiceHostError::InvalidConfig { field, reason }) =
                 service.validate()
             {
+                return Err(invalid(&field, reason));
+            }
+        }
+        if let Some(export) = &self.flow_export {
+            if let Err((field, reason)) = export.validate("flow_export_") {
                 return Err(invalid(&field, reason));
             }
         }

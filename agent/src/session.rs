@@ -170,8 +170,10 @@ pub(crate) async fn run(
             },
         ))
     });
+    let flow_export_status = crate::reconcile::FlowExportStatus::default();
     let reconciler = tokio::spawn(start_reconcile(
         config.clone(),
+        flow_export_status.clone(),
         GrpcControlPlane::new(client.clone(), identity_rx_for_reconcile),
         LoopHandles {
             desired_generation: desired_generation_rx,
@@ -198,6 +200,7 @@ pub(crate) async fn run(
         sequence: 0,
         caps_rx,
         service_status_rx,
+        flow_export_status,
     };
     let result = session.run_until(shutdown_rx).await;
     refresher.abort();
@@ -233,6 +236,8 @@ struct Session {
     caps_rx: watch::Receiver<Capabilities>,
     /// The service host's endpoint, added to the probed capabilities.
     service_status_rx: watch::Receiver<crate::service_host::ServiceStatus>,
+    /// What the switch exports now, set by the reconcile loop.
+    flow_export_status: crate::reconcile::FlowExportStatus,
     desired_generation_tx: watch::Sender<u64>,
     observed_generation_rx: watch::Receiver<u64>,
 }
@@ -307,6 +312,7 @@ impl Session {
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.caps_rx.borrow().clone();
         crate::service_host::annotate(&mut caps, &self.service_status_rx.borrow());
+        caps.flow_export = self.flow_export_status.get();
         caps
     }
 
@@ -599,7 +605,12 @@ async fn ship_one_batch(
 }
 
 /// Open the backends and the switch, then run the reconcile loop.
-async fn start_reconcile(config: AgentConfig, control: GrpcControlPlane, handles: LoopHandles) {
+async fn start_reconcile(
+    config: AgentConfig,
+    flow_export_status: crate::reconcile::FlowExportStatus,
+    control: GrpcControlPlane,
+    handles: LoopHandles,
+) {
     let guest_agent = crate::reconcile::guest_agent_path(config.guest_agent.as_deref());
     let backends: Backends = open_backends(
         &config.state_dir,
@@ -615,6 +626,8 @@ async fn start_reconcile(config: AgentConfig, control: GrpcControlPlane, handles
     let mut settings = ReconcilerConfig::new(config.state_dir.clone(), &config.name);
     settings.bridge = config.bridge.clone();
     settings.uplink = config.uplink.clone();
+    settings.flow_export = config.flow_export.clone();
+    settings.flow_export_status = flow_export_status;
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let reconciler = Reconciler::new(
         settings,

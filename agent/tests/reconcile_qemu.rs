@@ -293,6 +293,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         })
         .await
         .unwrap();

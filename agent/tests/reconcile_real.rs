@@ -156,6 +156,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         })
         .await
         .unwrap();

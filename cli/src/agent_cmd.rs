@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use measurelab_agent::capabilities::DEFAULT_LIBVIRT_URIS;
+use measurelab_agent::reconcile::FlowExportSettings;
 use measurelab_agent::AgentConfig;
+use measurelab_api::http::FlowProtocol;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -76,6 +78,29 @@ pub struct AgentArgs {
     /// service_host tasks; leave out when all nodes share one clock (a local lab).
     #[arg(long)]
     service_clock_sync_bound_us: Option<f64>,
+    /// Export flows of platforms with flow monitoring on: sflow, netflow (Open
+    /// vSwitch speaks NetFlow v5, not v9) or ipfix. The operator's
+    /// `flow_export` on the node, when set, overrides all --flow-export-* flags.
+    #[arg(long, value_parser = parse_flow_protocol)]
+    flow_export: Option<FlowProtocol>,
+    /// Sample one packet in N (sflow, ipfix; netflow needs 1).
+    #[arg(long, default_value_t = 1)]
+    flow_export_sampling: u32,
+    /// Seconds after which a long flow is exported anyway (netflow, ipfix);
+    /// the counter polling interval for sflow.
+    #[arg(long, default_value_t = 10)]
+    flow_export_active_timeout_seconds: u32,
+    /// Collector IP:PORT (default: the controller's collector).
+    #[arg(long)]
+    flow_export_collector: Option<String>,
+}
+
+fn parse_flow_protocol(text: &str) -> Result<FlowProtocol, String> {
+    FlowProtocol::parse(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not one of sflow, netflow (NetFlow v5, what Open vSwitch exports), ipfix"
+        )
+    })
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -138,6 +163,12 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         uplink: args.uplink,
         guest_agent: args.guest_agent,
         service_host,
+        flow_export: args.flow_export.map(|protocol| FlowExportSettings {
+            protocol,
+            sampling: args.flow_export_sampling,
+            active_timeout_seconds: args.flow_export_active_timeout_seconds,
+            collector: args.flow_export_collector.clone(),
+        }),
     };
     config
         .validate()

@@ -35,6 +35,15 @@ pub struct ControllerArgs {
     /// Read the node join token from this file instead of DATA_DIR/join.token.
     #[arg(long)]
     join_token_file: Option<PathBuf>,
+    /// Run a flow collector (nfdump's nfcapd: NetFlow v5 and IPFIX) on this
+    /// UDP IP:PORT, storing into DATA_DIR/flows; nodes export to it, and
+    /// GET /v1/platforms/{id}/flows reads it. In --grpc-netns when given.
+    #[arg(long)]
+    flow_collector: Option<SocketAddr>,
+    /// Seconds between the collector's file rotations: a flow is queryable
+    /// once its file is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(2..=3600))]
+    flow_rotate_seconds: u32,
 }
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
@@ -71,6 +80,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .map(Duration::from_secs)
         .unwrap_or(heartbeat_interval * 3);
     config.join_token = join_token;
+    config.flow_collector = args.flow_collector.map(|listen| {
+        let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
+        collector.netns = args.grpc_netns.clone();
+        collector.rotate_seconds = args.flow_rotate_seconds;
+        collector
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -52,6 +52,7 @@ impl Api {
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         }))
         .unwrap_or_else(|e| panic!("create platform {name}: {e}"))
     }
@@ -347,6 +348,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         }))
         .map(|_| ()),
         "nodes[1]",

@@ -48,6 +48,7 @@
 mod access;
 mod agent_rpc;
 mod api;
+mod flows;
 mod liveness;
 pub mod openapi;
 mod placement;
@@ -63,6 +64,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use flows::FlowCollectorConfig;
 pub use store::StoreError;
 pub use tokens::TokenError;
 
@@ -92,6 +94,9 @@ pub struct ControllerConfig {
     /// Network the platform subnets (/24s) come from (`--subnet-pool
     /// 10.201.0.0/16`): address and prefix length (8..=24). Default 10.201.0.0/16.
     pub subnet_pool: (Ipv4Addr, u8),
+    /// The flow collector (nfcapd) the controller runs and nodes export to;
+    /// `None`: none, and platform flows are unavailable.
+    pub flow_collector: Option<FlowCollectorConfig>,
 }
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
@@ -171,6 +176,7 @@ impl ControllerConfig {
             durable_heartbeats: true,
             vlan_pool: pools.vlans,
             subnet_pool: pools.subnets,
+            flow_collector: None,
         }
     }
 }
@@ -273,8 +279,23 @@ pub async fn run(
         trigger.cancel();
     });
 
+    let flow_dir = config.data_dir.join("flows");
+    let collector = config.flow_collector.clone().map(|collector| {
+        tokio::spawn(flows::collector::supervise(
+            collector,
+            flow_dir.clone(),
+            cancel.clone(),
+        ))
+    });
     let http = tokio::spawn({
-        let app = api::router(api::AppState::new(store.clone(), admin_token));
+        let app = api::router(
+            api::AppState::new(store.clone(), admin_token).with_flows(
+                config
+                    .flow_collector
+                    .as_ref()
+                    .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
+            ),
+        );
         let cancel = cancel.clone();
         async move {
             axum::serve(http_listener, app)
@@ -285,7 +306,8 @@ pub async fn run(
     });
     let grpc = tokio::spawn({
         let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
-            .ending_streams_on(cancel.clone());
+            .ending_streams_on(cancel.clone())
+            .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()));
         let cancel = cancel.clone();
         async move {
             let incoming =
@@ -325,6 +347,9 @@ pub async fn run(
         }
     );
     let _ = sweeper.await;
+    if let Some(collector) = collector {
+        let _ = collector.await;
+    }
     store.stop_writer().await;
     writer.join().await;
     tracing::info!("controller stopped");

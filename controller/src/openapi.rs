@@ -17,9 +17,9 @@ use measurelab_api::http::{
 };
 use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
-    ErrorBody, EventList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList,
-    Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch, Program,
-    ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
+    ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList,
+    LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
+    Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
     RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
     TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
 };
@@ -209,6 +209,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::delete_platform,
         operations::start_platform,
         operations::pause_platform,
+        operations::platform_flows,
         operations::list_qos_policies,
         operations::create_qos_policy,
         operations::get_qos_policy,
@@ -350,6 +351,10 @@ const ERROR_RESPONSES: &[(&str, &str)] = &[
         "Conflicts with the current state (code `conflict`: name taken, still in use, \
          request_id reused), or a pool is exhausted (code `pool_exhausted`).",
     ),
+    (
+        "Unavailable",
+        "A service the request needs is not running or failing (code `unavailable`).",
+    ),
 ];
 
 fn error_response(description: &str) -> Response {
@@ -389,6 +394,10 @@ error_answers! {
     /// A read of one object or its rows, with query parameters the server checks.
     QueryErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
         "422" => "InvalidField";
+    /// A platform's flows: also refused while its flow monitoring is off (409)
+    /// and when the controller runs no collector (503).
+    FlowErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
+        "422" => "InvalidField", "503" => "Unavailable";
     /// A POST that creates an object.
     CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
         "409" => "Conflict",
@@ -611,6 +620,27 @@ mod operations {
         responses((status = 200, description = "The platform.", body = Platform), UpdateErrors))]
     fn pause_platform() {}
 
+    /// The platform's flows from the controller's collector (NetFlow v5 /
+    /// IPFIX exported by its nodes while `flow_monitoring` is on), oldest
+    /// first: records of the platform's subnet exported by its member nodes.
+    #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/flows", operation_id = "platformFlows",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("since" = Option<String>, Query, format = DateTime, nullable = false,
+                description = "RFC 3339; records whose last packet is at or after (default: an hour before until)."),
+            ("until" = Option<String>, Query, format = DateTime, nullable = false,
+                description = "RFC 3339; records whose last packet is at or before (default: now)."),
+            ("format" = inline(Option<ExportFormat>), Query, nullable = false,
+                description = "csv or json (default json)."),
+        ),
+        responses(
+            (status = 200, description = "The flows.", content(
+                (FlowList = "application/json"),
+                (String = "text/csv"),
+            )),
+            FlowErrors,
+        ))]
+    fn platform_flows() {}
     /// The caller's token, role and tenant.
     #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
         responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]

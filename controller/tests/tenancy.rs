@@ -701,3 +701,84 @@ async fn node_identity_routes_are_the_operators_alone() {
     assert_eq!(status, 200, "{tokens}");
     assert_eq!(tokens["join_tokens"], json!([]), "{tokens}");
 }
+
+/// A platform's flows are its tenant's alone: another tenant's token gets
+/// the 404 of a missing platform (before the collector is even asked), a
+/// viewer cannot switch monitoring, and a node's export is the operator's.
+#[tokio::test]
+async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    let alice = tenant_token(&controller, "t1", "alice", "member").await;
+    let viewer = tenant_token(&controller, "t1", "vera", "viewer").await;
+    let owner = tenant_token(&controller, "t1", "boss", "owner").await;
+    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    let platform = id(&create(
+        &controller,
+        &alice,
+        "/v1/platforms",
+        json!({"name": "lab", "nodes": ["n1"], "flow_monitoring": true}),
+    )
+    .await);
+    let flows = format!("/v1/platforms/{platform}/flows");
+
+    let (status, body) = call_as(&controller, &bob, Method::GET, &flows, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    // Alice gets past the lookup: this controller runs no collector.
+    let (status, body) = call_as(&controller, &alice, Method::GET, &flows, None).await;
+    assert_eq!(status, 503, "{body}");
+
+    let off = json!({"flow_monitoring": false});
+    let (status, body) = call_as(
+        &controller,
+        &viewer,
+        Method::PATCH,
+        &format!("/v1/platforms/{platform}"),
+        Some(off.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call_as(
+        &controller,
+        &bob,
+        Method::PATCH,
+        &format!("/v1/platforms/{platform}"),
+        Some(off.clone()),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = call_as(
+        &controller,
+        &alice,
+        Method::PATCH,
+        &format!("/v1/platforms/{platform}"),
+        Some(off),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["flow_monitoring"], false, "{body}");
+    let (status, body) = call_as(&controller, &alice, Method::GET, &flows, None).await;
+    assert_eq!(status, 409, "{body}");
+
+    let export = json!({"labels": {}, "flow_export": {"enabled": true, "protocol": "ipfix",
+        "sampling": 64, "active_timeout_seconds": 30, "collector": null}});
+    let (status, body) = call_as(
+        &controller,
+        &owner,
+        Method::PATCH,
+        "/v1/nodes/n1",
+        Some(export.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
+    assert_eq!(node["flow_export"], Value::Null, "{node}");
+    let (status, node) = controller
+        .call(Method::PATCH, "/v1/nodes/n1", Some(export))
+        .await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["flow_export"]["protocol"], "ipfix", "{node}");
+    assert_eq!(node["flow_export"]["sampling"], 64, "{node}");
+}

@@ -15,6 +15,7 @@ use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Whoami;
+use crate::data_sources::FlowsDataSource;
 use crate::data_sources::TenantUsageDataSource;
 use crate::data_sources::{
     AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
@@ -292,6 +293,7 @@ impl Provider for MeasurelabProvider {
             "measurement_task" => MeasurementTaskDataSource::new(self.shared.clone()),
             "measurement_tasks" => MeasurementTasksDataSource::new(self.shared.clone()),
             "tenant_usage" => TenantUsageDataSource::new(self.shared.clone()),
+            "flows" => FlowsDataSource::new(self.shared.clone()),
         })
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::flows;
 use super::plan::{self, Failure, GuestFacts, Job, KeyState, Observed, Power, PowerStep};
 use super::translate;
 use super::types::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
@@ -22,7 +23,7 @@ use crate::hypervisor::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
     Hypervisor, HypervisorError, NicAdoption,
 };
-use crate::ovs::{FlowExportSpec, OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
+use crate::ovs::{OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
 use measurelab_backoff::Backoff;
 
 /// Something a pass did to the node (tests compare lists of these).
@@ -361,7 +362,7 @@ impl Reconciler {
             .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)
             .await;
         let ports = self
-            .reconcile_switch(&wanted, &after.guests, now, &mut report)
+            .reconcile_switch(&wanted, &after.guests, desired, now, &mut report)
             .await;
         self.conclude(&mut report, &wanted, &after, &ports, &guest_plan.specs);
         report
@@ -562,6 +563,7 @@ impl Reconciler {
         &mut self,
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
+        desired: &DesiredState,
         now: Instant,
         report: &mut PassReport,
     ) -> PortsAfter {
@@ -586,7 +588,7 @@ impl Reconciler {
             return ports;
         }
         match self
-            .try_switch(switch.as_ref(), wanted, guests, report, &mut ports)
+            .try_switch(switch.as_ref(), wanted, guests, desired, report, &mut ports)
             .await
         {
             Ok(()) => {
@@ -614,6 +616,7 @@ impl Reconciler {
         switch: &dyn Switch,
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
+        desired: &DesiredState,
         report: &mut PassReport,
         ports: &mut PortsAfter,
     ) -> Result<(), OvsError> {
@@ -638,14 +641,16 @@ impl Reconciler {
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
         let planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
         ports.failures.extend(planned.failures);
+        let (flow_export, flow_text) = flows::plan(desired, self.config.flow_export.as_ref());
         let spec = SwitchSpec {
             owner: owner.clone(),
             bridge: bridge.clone(),
             uplink: plan::uplink(&self.config, &foreign),
             ports: planned.ports,
-            flow_export: FlowExportSpec::default(),
+            flow_export,
         };
         let done = crate::ovs::reconcile(switch, &spec).await?;
+        self.config.flow_export_status.set(flow_text);
         report
             .actions
             .extend(done.actions.into_iter().map(Action::Switch));

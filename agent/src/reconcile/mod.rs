@@ -38,6 +38,7 @@ use async_trait::async_trait;
 
 mod driver;
 mod engine;
+mod flows;
 mod plan;
 mod programs;
 mod translate;
@@ -45,6 +46,7 @@ mod types;
 
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
+pub use flows::{FlowExportSettings, FlowExportStatus};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
     condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig, RESYNC_INTERVAL,

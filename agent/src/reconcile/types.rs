@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use measurelab_api::node_v1::{DesiredState, ProgramBlob, StatusAck, StatusReport};
 
+use super::flows::{FlowExportSettings, FlowExportStatus};
 use crate::hypervisor::Hypervisor;
 
 /// How often the desired state is fetched even if the generation did not move
@@ -133,6 +134,11 @@ pub struct ReconcilerConfig {
     pub uplink: Option<String>,
     /// Hypervisor calls running at once (different VMs only).
     pub parallelism: usize,
+    /// Flow export from the agent's configuration; the operator's setting in
+    /// the desired state overrides it (see `reconcile::flows`).
+    pub flow_export: Option<FlowExportSettings>,
+    /// Where the loop publishes what the switch exports, for capabilities.
+    pub flow_export_status: FlowExportStatus,
 }
 
 impl ReconcilerConfig {
@@ -144,6 +150,8 @@ impl ReconcilerConfig {
             bridge: "br-int".into(),
             uplink: None,
             parallelism: 8,
+            flow_export: None,
+            flow_export_status: FlowExportStatus::default(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! components' tests rely on it:
 //!
 //! - `<name>-mgmt`: bridge `br-mgmt` 10.254.0.1/24; the controller's gRPC
-//!   socket (10.254.0.1:7071) is bound in here, its HTTP API on 127.0.0.1.
+//!   socket (10.254.0.1:7071) and flow collector (nfcapd, UDP
+//!   10.254.0.1:2055) are bound in here, its HTTP API on 127.0.0.1.
 //! - `<name>-nK`: `mgmt0` 10.254.0.(10+K)/24, `uplink0` (no address), the
 //!   node's own ovsdb-server + ovs-vswitchd (run dir `DIR/nodes/nK/ovs`) and
 //!   its agent (state dir `DIR/nodes/nK/agent`). The agent's service host
@@ -47,6 +48,8 @@ const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const MGMT_BRIDGE: &str = "br-mgmt";
 const MGMT_CONTROLLER_IP: &str = "10.254.0.1";
 const GRPC_PORT: u16 = 7071;
+/// UDP port of the controller's flow collector (NetFlow/IPFIX's usual one).
+const FLOW_COLLECTOR_PORT: u16 = 2055;
 /// Node K gets 10.254.0.(10+K), so K stops before the /24 runs out.
 const MAX_NODES: u32 = 200;
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
@@ -623,7 +626,14 @@ impl Lab {
             .arg("--offline-after-seconds")
             .arg(settings.offline_after_seconds.to_string())
             .arg("--join-token-file")
-            .arg(self.join_token_file());
+            .arg(self.join_token_file())
+            // The flow collector beside the gRPC socket on the management
+            // network, where every node's switch reaches it; 10 s rotation
+            // keeps GET .../flows close to live in a lab.
+            .arg("--flow-collector")
+            .arg(format!("{MGMT_CONTROLLER_IP}:{FLOW_COLLECTOR_PORT}"))
+            .arg("--flow-rotate-seconds")
+            .arg("10");
         let pid = self.spawn_background("controller", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
@@ -698,7 +708,12 @@ impl Lab {
             // every node takes service_host tasks. One host clock: no
             // clock-sync bound.
             .arg("--service-address")
-            .arg(Self::service_cidr(k));
+            .arg(Self::service_cidr(k))
+            // Flows of platforms with flow_monitoring go to the
+            // controller's collector (it tells agents where); NetFlow v5
+            // because nfcapd files its per-flow counts faithfully.
+            .arg("--flow-export")
+            .arg("netflow");
         self.spawn_background(&process, cmd)?;
         started.push(process);
         Ok(())

@@ -60,6 +60,8 @@ pub(crate) struct NodeRpc {
     /// Ends the WatchDesiredState streams, which would otherwise hold the
     /// server's graceful shutdown open forever.
     shutdown: CancellationToken,
+    /// `IP:PORT` of the controller's flow collector, told to every node.
+    flow_collector: Option<String>,
 }
 
 impl NodeRpc {
@@ -71,7 +73,14 @@ impl NodeRpc {
             heartbeat_interval_seconds: heartbeat_interval.as_secs().clamp(1, u32::MAX as u64)
                 as u32,
             shutdown: CancellationToken::new(),
+            flow_collector: None,
         }
+    }
+
+    /// Tell nodes to export flows to the collector at `address`.
+    pub fn with_flow_collector(mut self, address: Option<String>) -> Self {
+        self.flow_collector = address;
+        self
     }
 
     /// End the long-lived WatchDesiredState streams when `shutdown` fires.
@@ -232,9 +241,9 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<DesiredStateRequest>,
     ) -> Result<Response<DesiredState>, Status> {
-        Ok(Response::new(
-            workload::desired_state(&self.store, request.into_inner()).await?,
-        ))
+        let mut state = workload::desired_state(&self.store, request.into_inner()).await?;
+        state.flow_collector = self.flow_collector.clone().unwrap_or_default();
+        Ok(Response::new(state))
     }
 
     async fn report_status(
@@ -332,6 +341,7 @@ fn capabilities(
             format!("{:?} is not IPv4:port", c.service_endpoint),
         ));
     }
+    validation::short_text(&format!("{field}.flow_export"), &c.flow_export, 256)?;
     Ok(http::Capabilities {
         libvirt_uris: c.libvirt_uris,
         namespace_backend: c.namespace_backend,
@@ -339,6 +349,7 @@ fn capabilities(
         qos_features: c.qos_features,
         service_tools: c.service_tools,
         service_endpoint: c.service_endpoint,
+        flow_export: c.flow_export,
     })
 }
 

@@ -7,6 +7,7 @@ mod appliances;
 mod auth;
 mod error;
 mod extract;
+mod flows;
 mod idempotency;
 mod join_tokens;
 mod nodes;
@@ -93,6 +94,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         ("/v1/platforms/:id_or_name/start", post(platforms::start)),
         ("/v1/platforms/:id_or_name/pause", post(platforms::pause)),
+        ("/v1/platforms/:id_or_name/flows", get(flows::list)),
         (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),

@@ -13,7 +13,7 @@ use super::extract::{key, JsonBody, QueryParams};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::placement::overcommit;
-use crate::store::LOG_LINES_PER_NODE;
+use crate::store::{self, LOG_LINES_PER_NODE};
 use crate::validation;
 
 /// What a tenant may see of a node: how to reach it and what it runs are
@@ -26,15 +26,35 @@ fn for_principal(principal: &Principal, mut node: Node) -> Node {
     node
 }
 
-pub(crate) async fn list(State(state): State<AppState>, principal: Principal) -> Json<NodeList> {
-    Json(NodeList {
-        nodes: state
-            .store()
-            .nodes()
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<NodeList>, ApiError> {
+    let nodes = with_flow_export(&state, state.store().nodes()).await?;
+    Ok(Json(NodeList {
+        nodes: nodes
             .into_iter()
             .map(|node| for_principal(&principal, node))
             .collect(),
-    })
+    }))
+}
+
+/// Fill in each node's flow export setting, which lives in its own table.
+async fn with_flow_export(state: &AppState, mut nodes: Vec<Node>) -> Result<Vec<Node>, ApiError> {
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let exports = state
+        .store()
+        .resources()
+        .read(move |conn, _| {
+            ids.iter()
+                .map(|id| store::flows::node_export(conn, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for (node, export) in nodes.iter_mut().zip(exports) {
+        node.flow_export = export;
+    }
+    Ok(nodes)
 }
 
 pub(crate) async fn get(
@@ -43,19 +63,17 @@ pub(crate) async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Node>, ApiError> {
     let key = key(path)?;
-    state
-        .store()
-        .node(&key)
-        .map(|node| Json(for_principal(&principal, node)))
-        .ok_or(ApiError::NotFound {
-            kind: "node",
-            id: key,
-        })
+    let node = state.store().node(&key).ok_or(ApiError::NotFound {
+        kind: "node",
+        id: key,
+    })?;
+    let mut nodes = with_flow_export(&state, vec![node]).await?;
+    Ok(Json(for_principal(&principal, nodes.remove(0))))
 }
 
-/// Replace the node's labels and set its overcommit ratios. Every field is
-/// validated before the store is touched, so a rejected patch changes
-/// nothing.
+/// Replace the node's labels and, when given, set its overcommit ratios and
+/// its flow export setting. Every field is validated before the store is
+/// touched, so a rejected patch changes nothing.
 pub(crate) async fn patch(
     State(state): State<AppState>,
     principal: Principal,
@@ -73,16 +91,29 @@ pub(crate) async fn patch(
             overcommit::validate_ratio(field, ratio)?;
         }
     }
-    let store = state.store();
-    let node = store.set_labels(key.clone(), patch.labels).await?;
-    if patch.cpu_overcommit.is_none() && patch.memory_overcommit.is_none() {
-        return Ok(Json(node));
+    if let Some(Some(export)) = &patch.flow_export {
+        store::flows::validate("flow_export", export)?;
     }
-    Ok(Json(
-        store
+    if let Some(export) = patch.flow_export {
+        let node = state.store().node(&key).ok_or(ApiError::NotFound {
+            kind: "node",
+            id: key.clone(),
+        })?;
+        state
+            .store()
+            .resources()
+            .transact(move |cx| store::flows::set_node_export(cx, &node.id, export))
+            .await?;
+    }
+    let mut node = state.store().set_labels(key.clone(), patch.labels).await?;
+    if patch.cpu_overcommit.is_some() || patch.memory_overcommit.is_some() {
+        node = state
+            .store()
             .set_overcommit(key, patch.cpu_overcommit, patch.memory_overcommit)
-            .await?,
-    ))
+            .await?;
+    }
+    let mut nodes = with_flow_export(&state, vec![node]).await?;
+    Ok(Json(nodes.remove(0)))
 }
 
 pub(crate) async fn logs(

@@ -77,7 +77,10 @@ pub(crate) async fn create(
     Ok(answer(result))
 }
 
-fn time_param(query: &QueryParams, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+pub(crate) fn time_param(
+    query: &QueryParams,
+    name: &str,
+) -> Result<Option<OffsetDateTime>, ApiError> {
     query
         .0
         .get(name)

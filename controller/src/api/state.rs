@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
+use crate::flows::archive::FlowArchive;
 use crate::store::Store;
 
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
     inner: Arc<Inner>,
+    /// The collector's files; `None` when the controller runs no collector.
+    flows: Option<Arc<FlowArchive>>,
 }
 
 struct Inner {
@@ -19,7 +22,18 @@ impl AppState {
     pub fn new(store: Store, admin_token: String) -> Self {
         AppState {
             inner: Arc::new(Inner { store, admin_token }),
+            flows: None,
         }
+    }
+
+    /// Serve platform flows from the collector's `archive`.
+    pub fn with_flows(mut self, archive: Option<FlowArchive>) -> Self {
+        self.flows = archive.map(Arc::new);
+        self
+    }
+
+    pub fn flows(&self) -> Option<&FlowArchive> {
+        self.flows.as_deref()
     }
 
     pub fn store(&self) -> &Store {

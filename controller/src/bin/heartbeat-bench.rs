@@ -319,6 +319,7 @@ fn capabilities() -> Capabilities {
         qos_features: vec!["linux-htb".into()],
         service_tools: vec!["mcast".into()],
         service_endpoint: "10.253.0.11:7090".into(),
+        flow_export: String::new(),
     }
 }
 

@@ -229,6 +229,7 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
             admins: vec![],
             description: None,
             request_id: None,
+            flow_monitoring: None,
         })
         .await?;
 

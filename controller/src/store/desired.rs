@@ -14,7 +14,7 @@ use super::codec::{rfc3339, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::{appliances, platforms, programs, qos_policies, tasks, vms};
+use super::{appliances, flows, platforms, programs, qos_policies, tasks, vms};
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
 const MAX_CONDITIONS: usize = 32;
@@ -51,8 +51,11 @@ pub(crate) fn desired_state(
                 subnet: p.subnet.clone(),
                 gateway: p.gateway.clone().unwrap_or_default(),
                 power_state: p.power_state.as_str().into(),
+                flow_monitoring: p.flow_monitoring,
             })
             .collect(),
+        flow_export: flows::node_export(conn, node_id)?
+            .map(|export| flows::desired_export(&export)),
         ..Default::default()
     };
     for vm in vms::of_node(conn, node_id)? {

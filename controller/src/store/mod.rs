@@ -20,6 +20,7 @@ mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
 mod events;
+pub(crate) mod flows;
 pub(crate) mod idempotency;
 mod node_identity;
 mod nodes;

@@ -34,6 +34,7 @@ pub(crate) struct PlatformRow {
     pub power_state: PlatformPowerState,
     pub created_at: String,
     pub generation: u64,
+    pub flow_monitoring: bool,
 }
 
 impl PlatformRow {
@@ -55,6 +56,7 @@ impl PlatformRow {
             created_at: self.created_at.clone(),
             tenant_id: self.tenant_id.clone(),
             generation: self.generation,
+            flow_monitoring: self.flow_monitoring,
         }
     }
 
@@ -73,7 +75,7 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
 }
 
 const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
-                             created_at, generation, tenant_id FROM platforms";
+                             created_at, generation, tenant_id, flow_monitoring FROM platforms";
 
 fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<PlatformRow, StoreError> {
     let id: String = row.get(0)?;
@@ -98,6 +100,7 @@ fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<Platfor
         created_at: row.get(8)?,
         generation: row.get::<_, i64>(9)? as u64,
         tenant_id: row.get(10)?,
+        flow_monitoring: row.get(11)?,
         id,
     })
 }
@@ -250,12 +253,14 @@ pub(crate) fn create(
         power_state: PlatformPowerState::Running,
         created_at: cx.now_text(),
         generation: 1,
+        flow_monitoring: input.flow_monitoring.unwrap_or(false),
     };
     cx.tx
         .prepare_cached(
             "INSERT INTO platforms (id, name, admins, description, vlan_tag, subnet, gateway,
-                                    power_state, created_at, generation, tenant_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                    power_state, created_at, generation, tenant_id,
+                                    flow_monitoring)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             row.id,
@@ -268,7 +273,8 @@ pub(crate) fn create(
             row.power_state.as_str(),
             row.created_at,
             row.generation as i64,
-            row.tenant_id
+            row.tenant_id,
+            row.flow_monitoring
         ])?;
     write_members(cx, &row.id, &row.node_ids)?;
     for node in &row.node_ids {
@@ -373,6 +379,16 @@ pub(crate) fn update(
             changed = true;
         }
     }
+    if let Some(monitoring) = patch.flow_monitoring {
+        if monitoring != row.flow_monitoring {
+            // The nodes decide from their platforms whether to export at all.
+            for node in row.node_ids.clone() {
+                cx.touch_node(&node)?;
+            }
+            row.flow_monitoring = monitoring;
+            changed = true;
+        }
+    }
     if changed {
         row.generation += 1;
         save(cx, &row)?;
@@ -421,7 +437,8 @@ pub(crate) fn set_power(
 fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
-            "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5
+            "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5,
+                                  flow_monitoring = ?6
              WHERE id = ?1",
         )?
         .execute(params![
@@ -429,7 +446,8 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
             to_json(&row.admins),
             row.description,
             row.power_state.as_str(),
-            row.generation as i64
+            row.generation as i64,
+            row.flow_monitoring
         ])?;
     Ok(())
 }

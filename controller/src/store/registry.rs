@@ -65,6 +65,8 @@ impl NodeEntry {
             capabilities: self.capabilities.clone(),
             resources: self.resources.clone(),
             labels: self.labels.clone(),
+            // Kept in its own table (store::flows); the API fills it in.
+            flow_export: None,
             cpu_overcommit: self.overcommit.cpu,
             memory_overcommit: self.overcommit.memory,
             reported_labels: self.reported_labels.clone(),

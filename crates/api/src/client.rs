@@ -205,6 +205,7 @@ impl Client {
             &format!("/v1/nodes/{}", url_component(id_or_name)),
             Some(&NodePatch {
                 labels,
+                flow_export: None,
                 cpu_overcommit: None,
                 memory_overcommit: None,
             }),
@@ -250,6 +251,29 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/platforms/{id_or_name}/flows?since=&until=` (RFC 3339 times;
+    /// `None`: the last hour up to now).
+    pub async fn platform_flows(
+        &self,
+        id_or_name: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Vec<crate::http::Flow>, ClientError> {
+        let mut path = format!(
+            "/v1/platforms/{}/flows?format=json",
+            url_component(id_or_name)
+        );
+        for (name, value) in [("since", since), ("until", until)] {
+            if let Some(value) = value {
+                path.push_str(&format!("&{name}={}", url_component(value)));
+            }
+        }
+        let list: crate::http::FlowList = self
+            .request::<(), _>(reqwest::Method::GET, &path, None)
+            .await?;
+        Ok(list.flows)
     }
 
     /// `PATCH /v1/platforms/{id_or_name}`.

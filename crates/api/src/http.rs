@@ -40,6 +40,11 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub service_endpoint: String,
+    /// The flow export the node's switch applies now, e.g.
+    /// `ipfix sampling=1 active_timeout=10s -> 10.254.0.1:2055`; empty: none.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub flow_export: String,
 }
 
 /// Resource use of a node.
@@ -93,6 +98,11 @@ pub struct Node {
     /// reported labels, later registrations never change them.
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
+    /// The operator's flow export setting; null: none, so the agent's own
+    /// configuration applies (`capabilities.flow_export` shows what runs).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub flow_export: Option<FlowExport>,
     /// vCPUs the VMs placed on this node may add up to, per reported CPU
     /// (set by the operator; 1.0 = no overcommit).
     #[serde(default = "default_cpu_overcommit")]
@@ -117,6 +127,38 @@ fn default_cpu_overcommit() -> f64 {
 
 fn default_memory_overcommit() -> f64 {
     1.0
+}
+
+/// Flow export protocols of Open vSwitch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowProtocol {
+    /// sFlow v5 packet sampling.
+    Sflow,
+    /// NetFlow v5, the only NetFlow version OVS exports (no v9); no sampling.
+    Netflow,
+    /// IPFIX (RFC 7011), bridge-wide sampling.
+    Ipfix,
+}
+
+/// A node's flow export (sFlow, NetFlow v5 or IPFIX rows on its bridge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowExport {
+    /// Off: the node exports nothing, whatever its agent's configuration says.
+    pub enabled: bool,
+    /// Protocol.
+    pub protocol: FlowProtocol,
+    /// Sample one packet in N (sflow, ipfix; netflow must be 1).
+    #[schema(minimum = 1)]
+    pub sampling: u32,
+    /// Seconds after which a long flow is exported anyway (netflow, ipfix).
+    #[schema(minimum = 1)]
+    pub active_timeout_seconds: u32,
+    /// Collector `IP:PORT`; null: the controller's own collector.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub collector: Option<String>,
 }
 
 /// `GET /v1/nodes` response.
@@ -204,6 +246,15 @@ pub struct NodePatch {
     /// The complete new label set (keys not listed are removed).
     #[schema(schema_with = schemas::labels)]
     pub labels: BTreeMap<String, String>,
+    /// Flow export: absent leaves it, null removes the operator's setting (the
+    /// agent's configuration applies again), an object replaces it.
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<FlowExport>)]
+    pub flow_export: Option<Option<FlowExport>>,
     /// New vCPU overcommit ratio, 1.0-64.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1.0, maximum = 64.0)]
@@ -259,6 +310,10 @@ pub struct Platform {
     pub tenant_id: String,
     /// Bumped on every change.
     pub generation: u64,
+    /// The platform's traffic is exported by its nodes and kept by the
+    /// controller's collector (`GET /v1/platforms/{id}/flows`).
+    #[serde(default)]
+    pub flow_monitoring: bool,
 }
 
 /// `POST /v1/platforms` body.
@@ -275,6 +330,9 @@ pub struct PlatformCreate {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Export and keep the platform's traffic (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_monitoring: Option<bool>,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,6 +358,9 @@ pub struct PlatformPatch {
     /// Running or paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_state: Option<PlatformPowerState>,
+    /// Export and keep the platform's traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_monitoring: Option<bool>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -1342,6 +1403,42 @@ mod schemas {
     }
 }
 
+/// One flow record of a platform, as the collector stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Flow {
+    /// RFC 3339 time of the flow's first packet (in this record).
+    #[schema(format = DateTime)]
+    pub first_seen: String,
+    /// RFC 3339 time of the flow's last packet (in this record).
+    #[schema(format = DateTime)]
+    pub last_seen: String,
+    /// Name of the node whose switch exported the record.
+    pub node: String,
+    /// IP protocol number (1 ICMP, 6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Source address.
+    pub src_addr: String,
+    /// Source port (ICMP: 0).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst_addr: String,
+    /// Destination port (ICMP: type * 256 + code).
+    pub dst_port: u16,
+    /// The platform's VLAN.
+    pub vlan: u16,
+    /// Packets as exported (with sampling 1 in N, about 1/N of them).
+    pub packets: u64,
+    /// Bytes as exported: Open vSwitch counts whole Ethernet frames.
+    pub bytes: u64,
+}
+
+/// `GET /v1/platforms/{id_or_name}/flows` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FlowList {
+    /// The platform's flows whose last packet falls in the time range, oldest first.
+    pub flows: Vec<Flow>,
+}
+
 /// A PATCH field that may be absent (`None`: unchanged), `null` (`Some(None)`:
 /// cleared) or a value. Plain serde folds `null` into "absent".
 fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
@@ -1378,6 +1475,7 @@ macro_rules! snake_case_names {
 snake_case_names!(PlatformPowerState { Running => "running", Paused => "paused" });
 snake_case_names!(VmPowerState { Running => "running", Paused => "paused", Stopped => "stopped" });
 snake_case_names!(VmBackend { Namespace => "namespace", Libvirt => "libvirt" });
+snake_case_names!(FlowProtocol { Sflow => "sflow", Netflow => "netflow", Ipfix => "ipfix" });
 snake_case_names!(Role { Viewer => "viewer", Member => "member", Owner => "owner", Operator => "operator" });
 
 #[cfg(test)]

@@ -13,6 +13,15 @@ resource "measurelab_measurement_node" "mscs" {
   cpu_overcommit    = 1.0
   memory_overcommit = 1.0
 
+  # Export the node's traffic as IPFIX, one packet in 64, to the
+  # controller's collector (no `collector`); only platforms with
+  # `flow_monitoring = true` are exported.
+  flow_export {
+    protocol       = "ipfix"
+    sampling       = 64
+    active_timeout = 30
+  }
+
   timeouts {
     create = "2m"
   }

@@ -4,6 +4,9 @@ resource "measurelab_virtual_platform" "mcast" {
   nodes       = ["n1", "n2"]
   admins      = ["alice"]
   description = "multicast measurement slice"
+
+  # Keep the slice's flows (see the measurelab_flows data source).
+  flow_monitoring = true
 }
 
 output "mcast_vlan_tag" {

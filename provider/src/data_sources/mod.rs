@@ -1,6 +1,7 @@
 //! Data sources, one file per Terraform type.
 
 mod appliances;
+mod flows;
 mod listing;
 mod lookup;
 mod measurement_task;
@@ -16,6 +17,7 @@ mod vm;
 pub(crate) mod vms;
 
 pub use appliances::AppliancesDataSource;
+pub use flows::FlowsDataSource;
 pub use measurement_task::MeasurementTaskDataSource;
 pub use measurement_tasks::MeasurementTasksDataSource;
 pub use node::NodeDataSource;

@@ -171,6 +171,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            flow_export: None,
             cpu_overcommit: 16.0,
             memory_overcommit: 1.0,
             reported_labels: Default::default(),

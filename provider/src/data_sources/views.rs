@@ -116,6 +116,9 @@ pub struct PlatformView {
     pub created_at: Value<String>,
     /// Bumped on every change.
     pub generation: Value<Number>,
+    /// Whether its flows are exported and kept.
+    #[serde(default)]
+    pub flow_monitoring: Value<bool>,
 }
 
 impl From<&Platform> for PlatformView {
@@ -132,6 +135,7 @@ impl From<&Platform> for PlatformView {
             power_state: text(p.power_state.as_str()),
             created_at: text(&p.created_at),
             generation: number(p.generation),
+            flow_monitoring: Value::Value(p.flow_monitoring),
         }
     }
 }
@@ -176,6 +180,11 @@ pub fn platform_fields() -> Vec<Field> {
             "created_at",
             AttributeType::String,
             "RFC 3339 creation time.",
+        ),
+        (
+            "flow_monitoring",
+            AttributeType::Bool,
+            "Whether the platform's flows are exported and kept (`measurelab_flows` reads them).",
         ),
         (
             "generation",

@@ -14,13 +14,14 @@ use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{Node, NodePatch, NodeStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
-use tf_provider::value::Value;
+use tf_provider::value::{self, Value};
 use tf_provider::{AttributePath, Diagnostics};
 use tokio::time::Instant;
 
 use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::flow_export::{self, FlowExportBlock};
 use crate::access::Role;
 use crate::diagnostics::{self, Operation};
 use crate::labels;
@@ -65,6 +66,9 @@ pub struct NodeState {
     /// Memory overcommit ratio.
     #[serde(default)]
     pub memory_overcommit: Value<Number>,
+    /// The `flow_export` block; null: the operator's setting is not managed.
+    #[serde(default, with = "value::serde_as_vec")]
+    pub flow_export: Value<FlowExportBlock>,
     /// The `timeouts` block.
     pub timeouts: Value<Timeouts>,
 }
@@ -86,6 +90,13 @@ impl NodeState {
         self.resources = Value::Value((&node.resources).into());
         self.cpu_overcommit = Value::Value(node.cpu_overcommit.into());
         self.memory_overcommit = Value::Value(node.memory_overcommit.into());
+        // Like labels: followed once managed, left null while the
+        // configuration has no block (so another setting is not a diff).
+        if self.flow_export.is_value() {
+            self.flow_export = node.flow_export.as_ref().map_or(Value::Null, |export| {
+                Value::Value(FlowExportBlock::from_api(export))
+            });
+        }
         self.labels = if node.labels.is_empty() && !self.labels.is_value() {
             Value::Null
         } else {
@@ -116,10 +127,25 @@ impl NodeState {
         }
     }
 
-    /// The PATCH body for this state: its labels and the ratios it sets.
-    fn patch(&self) -> NodePatch {
+    /// Planned values of the `flow_export` block's unset attributes.
+    fn fill_flow_export_defaults(&mut self) {
+        if let Value::Value(block) = &self.flow_export {
+            self.flow_export = Value::Value(block.clone().with_defaults());
+        }
+    }
+
+    /// The PATCH body for this state: its labels, the ratios it sets and its
+    /// flow export. A block removed since `prior` removes the operator's
+    /// setting; a block never configured leaves it alone.
+    fn patch(&self, prior: Option<&NodeState>) -> NodePatch {
+        let flow_export = match &self.flow_export {
+            Value::Value(block) => block.to_api().map(Some),
+            _ if prior.is_some_and(|p| p.flow_export.is_value()) => Some(None),
+            _ => None,
+        };
         NodePatch {
             labels: labels::known(&self.labels),
+            flow_export,
             cpu_overcommit: ratio(&self.cpu_overcommit),
             memory_overcommit: ratio(&self.memory_overcommit),
         }
@@ -150,6 +176,9 @@ fn validate_state(diags: &mut Diagnostics, state: &NodeState) {
         }
     }
     labels::validate(diags, "labels", &state.labels);
+    if let Value::Value(block) = &state.flow_export {
+        block.validate(diags);
+    }
     for (name, value) in [
         ("cpu_overcommit", &state.cpu_overcommit),
         ("memory_overcommit", &state.memory_overcommit),
@@ -319,7 +348,15 @@ impl ManagedResource for Nodes {
                      (clears its labels) and leaves the physical node running and registered.",
                 ),
                 attributes,
-                blocks: [(timeouts_name, timeouts_block)].into_iter().collect(),
+                blocks: [
+                    (timeouts_name, timeouts_block),
+                    (
+                        "flow_export".to_string(),
+                        NestedBlock::Optional(flow_export::block()),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
                 ..Default::default()
             },
         }
@@ -333,6 +370,7 @@ impl ManagedResource for Nodes {
         validate_state(diags, &proposed);
         let mut state = proposed;
         state.mark_computed_unknown();
+        state.fill_flow_export_defaults();
         state
     }
 
@@ -345,6 +383,7 @@ impl ManagedResource for Nodes {
         validate_state(diags, &proposed);
         let mut replace = Vec::new();
         let mut state = proposed;
+        state.fill_flow_export_defaults();
         if state.name != prior.name {
             replace.push(AttributePath::new("name"));
             state.mark_computed_unknown();
@@ -375,7 +414,7 @@ impl ManagedResource for Nodes {
             .unwrap_or(timeouts::DEFAULT_CREATE);
         let node = self.wait_online(diags, client, &name, timeout).await?;
         let wanted = labels::known(&planned.labels);
-        let node = match client.patch_node(&node.id, &planned.patch()).await {
+        let node = match client.patch_node(&node.id, &planned.patch(None)).await {
             Ok(node) => node,
             Err(err) => {
                 diagnostics::client_error(diags, &err, Operation::PatchNode);
@@ -398,15 +437,24 @@ impl ManagedResource for Nodes {
         if planned.labels == prior.labels
             && planned.cpu_overcommit == prior.cpu_overcommit
             && planned.memory_overcommit == prior.memory_overcommit
+            && planned.flow_export == prior.flow_export
         {
             return Some(planned);
         }
         let client = self.shared.client(diags)?;
-        match client.patch_node(&known(&prior.id), &planned.patch()).await {
+        match client
+            .patch_node(&known(&prior.id), &planned.patch(Some(prior)))
+            .await
+        {
             Ok(node) => {
                 let mut state = planned;
                 state.cpu_overcommit = Value::Value(node.cpu_overcommit.into());
                 state.memory_overcommit = Value::Value(node.memory_overcommit.into());
+                if state.flow_export.is_value() {
+                    state.flow_export = node.flow_export.as_ref().map_or(Value::Null, |export| {
+                        Value::Value(FlowExportBlock::from_api(export))
+                    });
+                }
                 Some(state)
             }
             Err(err) => {
@@ -444,8 +492,13 @@ impl ManagedResource for Nodes {
         }
     }
 
-    fn import_base(_node: &Node) -> NodeState {
+    /// An imported node manages the flow export it has, so a configuration
+    /// with the same block plans no change.
+    fn import_base(node: &Node) -> NodeState {
         NodeState {
+            flow_export: node.flow_export.as_ref().map_or(Value::Null, |export| {
+                Value::Value(FlowExportBlock::from_api(export))
+            }),
             timeouts: Value::Value(Timeouts::default()),
             ..Default::default()
         }
@@ -487,7 +540,7 @@ fn planned_state_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use measurelab_api::http::{Capabilities, Resources};
+    use measurelab_api::http::{Capabilities, FlowExport, FlowProtocol, Resources};
 
     fn node(labels: &[(&str, &str)]) -> Node {
         Node {
@@ -504,6 +557,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            flow_export: None,
             cpu_overcommit: 16.0,
             memory_overcommit: 1.0,
             reported_labels: Default::default(),
@@ -536,9 +590,72 @@ mod tests {
             memory_overcommit: Value::Unknown,
             ..Default::default()
         };
-        let patch = unset.patch();
+        let patch = unset.patch(None);
         assert_eq!(patch.cpu_overcommit, Some(2.5));
         assert_eq!(patch.memory_overcommit, None);
+    }
+
+    #[test]
+    fn flow_export_is_sent_when_configured_removed_when_dropped_and_else_left_alone() {
+        let managed = NodeState {
+            flow_export: Value::Value(FlowExportBlock {
+                protocol: Value::Value("ipfix".into()),
+                sampling: Value::Value(Number::Unsigned(64)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sent = managed.patch(None).flow_export.unwrap().unwrap();
+        assert_eq!(sent.sampling, 64);
+        assert_eq!(sent.active_timeout_seconds, 10);
+        assert!(sent.enabled);
+        let dropped = NodeState::default();
+        assert_eq!(dropped.patch(Some(&managed)).flow_export, Some(None));
+        assert_eq!(dropped.patch(Some(&dropped)).flow_export, None);
+        assert_eq!(dropped.patch(None).flow_export, None);
+    }
+
+    #[test]
+    fn an_unmanaged_flow_export_stays_null_and_a_managed_one_follows_the_node() {
+        let mut exporting = node(&[]);
+        exporting.flow_export = Some(FlowExport {
+            enabled: false,
+            protocol: FlowProtocol::Sflow,
+            sampling: 32,
+            active_timeout_seconds: 5,
+            collector: Some("10.254.0.1:6343".into()),
+        });
+        let mut unmanaged = NodeState::default();
+        unmanaged.refresh_from(&exporting);
+        assert_eq!(unmanaged.flow_export, Value::Null);
+        let mut managed = NodeState {
+            flow_export: Value::Value(FlowExportBlock::default()),
+            ..Default::default()
+        };
+        managed.refresh_from(&exporting);
+        let block = managed.flow_export.as_ref_option().unwrap();
+        assert_eq!(block.enabled, Value::Value(false));
+        assert_eq!(block.protocol, Value::Value("sflow".to_string()));
+        managed.refresh_from(&node(&[]));
+        assert_eq!(managed.flow_export, Value::Null);
+    }
+
+    #[test]
+    fn import_manages_the_flow_export_the_node_has() {
+        let mut exporting = node(&[]);
+        exporting.flow_export = Some(FlowExport {
+            enabled: true,
+            protocol: FlowProtocol::Ipfix,
+            sampling: 64,
+            active_timeout_seconds: 30,
+            collector: None,
+        });
+        let block = Nodes::import_base(&exporting).flow_export;
+        assert_eq!(
+            block.as_ref_option().and_then(FlowExportBlock::to_api),
+            exporting.flow_export
+        );
+        assert_eq!(Nodes::import_base(&node(&[])).flow_export, Value::Null);
     }
 
     #[test]

@@ -937,6 +937,7 @@ mod tests {
             },
             resources: Resources::default(),
             labels: Default::default(),
+            flow_export: None,
             cpu_overcommit: 16.0,
             memory_overcommit: 1.0,
             reported_labels: Default::default(),

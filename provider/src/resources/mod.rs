@@ -4,6 +4,7 @@
 mod adapter;
 mod api_token;
 mod deployment;
+mod flow_export;
 mod measurement_node;
 mod measurement_task;
 mod program;

@@ -45,6 +45,10 @@ pub struct PlatformState {
     pub gateway: Value<String>,
     /// Creation time.
     pub created_at: Value<String>,
+    /// Export and keep the platform's traffic (absent from states written
+    /// before it existed).
+    #[serde(default)]
+    pub flow_monitoring: Value<bool>,
 }
 
 impl PlatformState {
@@ -93,6 +97,7 @@ impl PlatformState {
         self.subnet = Value::Value(platform.subnet.clone());
         self.gateway = Value::Value(platform.gateway.clone().unwrap_or_default());
         self.created_at = Value::Value(platform.created_at.clone());
+        self.flow_monitoring = Value::Value(platform.flow_monitoring);
     }
 
     fn mark_computed_unknown(&mut self) {
@@ -103,6 +108,9 @@ impl PlatformState {
         self.created_at = Value::Unknown;
         if self.power_state.is_null() {
             self.power_state = Value::Unknown;
+        }
+        if self.flow_monitoring.is_null() {
+            self.flow_monitoring = Value::Unknown;
         }
     }
 }
@@ -191,6 +199,17 @@ impl ManagedResource for Platforms {
                 computed(AttributeType::String, "Gateway address inside the subnet; empty if none."),
             ),
             ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 creation time.")),
+            (
+                "flow_monitoring".to_string(),
+                attribute(
+                    AttributeType::Bool,
+                    "Export the platform's traffic from its nodes' switches and keep it in the \
+                     controller's collector, readable with the `measurelab_flows` data source. Each \
+                     node exports as its `flow_export` (or its agent's configuration) says. Default \
+                     `false`; changed in place (a member of the platform's tenant may change it).",
+                    AttributeConstraint::OptionalComputed,
+                ),
+            ),
         ]);
         Schema {
             version: 1,
@@ -250,6 +269,7 @@ impl ManagedResource for Platforms {
             admins: set_of(&planned.admins),
             description: planned.description.as_ref_option().cloned(),
             request_id: request.request_id(),
+            flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
         };
         let mut platform = request
             .send(diags, || client.create_platform(&body))
@@ -293,6 +313,8 @@ impl ManagedResource for Platforms {
                 .as_ref_option()
                 .and_then(|p| PlatformPowerState::parse(p)),
             request_id: None,
+            // Left out of the configuration: the controller keeps its value.
+            flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
         };
         match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {

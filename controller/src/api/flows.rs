@@ -1,0 +1,129 @@
+//! `GET /v1/platforms/{id_or_name}/flows`: the flows of one platform, from
+//! the controller's collector.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use measurelab_api::http::{Flow, FlowList};
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use super::extract::{key, QueryParams};
+use super::results::time_param;
+use super::state::AppState;
+use crate::access::Principal;
+use crate::flows::archive::PlatformQuery;
+use crate::flows::FlowError;
+use crate::store::platforms;
+
+/// Without `since`, the last hour.
+const DEFAULT_WINDOW: time::Duration = time::Duration::hours(1);
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    query.only(&["since", "until", "format"])?;
+    let format = query.0.get("format").map(String::as_str).unwrap_or("json");
+    if !matches!(format, "csv" | "json") {
+        return Err(ApiError::InvalidField {
+            field: "format".into(),
+            reason: format!("{format:?} is not one of csv, json"),
+        });
+    }
+    let until = time_param(&query, "until")?.unwrap_or_else(OffsetDateTime::now_utc);
+    let since = time_param(&query, "since")?.unwrap_or(until - DEFAULT_WINDOW);
+    if since >= until {
+        return Err(ApiError::InvalidField {
+            field: "until".into(),
+            reason: "must be later than since".into(),
+        });
+    }
+    // The same tenant-scoped lookup as every other platform route: another
+    // tenant's platform is not found, so its flows are never read.
+    let scope = principal.scope();
+    let platform = state
+        .store()
+        .resources()
+        .read(move |conn, registry| {
+            let row = platforms::get(conn, &scope, &key)?;
+            let exporters = row
+                .node_ids
+                .iter()
+                .filter_map(|id| registry.by_id(id))
+                .filter(|node| !node.management_address.is_empty())
+                .map(|node| (node.management_address.clone(), node.name.clone()))
+                .collect::<Vec<_>>();
+            Ok((row, exporters))
+        })
+        .await?;
+    let (row, exporters) = platform;
+    if !row.flow_monitoring {
+        return Err(ApiError::Conflict {
+            field: Some("flow_monitoring".into()),
+            message: format!(
+                "platform {} has flow_monitoring off, so its traffic is neither exported nor kept; \
+                 set flow_monitoring = true",
+                row.name
+            ),
+        });
+    }
+    let archive = state
+        .flows()
+        .ok_or_else(|| ApiError::Unavailable(FlowError::NoCollector.to_string()))?;
+    let flows = archive
+        .platform_flows(&PlatformQuery {
+            subnet: row.subnet.clone(),
+            vlan: row.vlan_tag,
+            exporters,
+            since,
+            until,
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(if format == "csv" {
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"measurelab-flows.csv\"",
+                ),
+            ],
+            csv(&flows),
+        )
+            .into_response()
+    } else {
+        Json(FlowList { flows }).into_response()
+    })
+}
+
+/// One header line, then one line per record; no field can hold a comma
+/// (times, addresses, numbers, node names are DNS labels).
+fn csv(flows: &[Flow]) -> String {
+    let mut out = String::from(
+        "first_seen,last_seen,node,protocol,src_addr,src_port,dst_addr,dst_port,vlan,packets,bytes\n",
+    );
+    for f in flows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            f.first_seen,
+            f.last_seen,
+            f.node,
+            f.protocol,
+            f.src_addr,
+            f.src_port,
+            f.dst_addr,
+            f.dst_port,
+            f.vlan,
+            f.packets,
+            f.bytes
+        ));
+    }
+    out
+}
