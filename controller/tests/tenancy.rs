@@ -723,55 +723,50 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
     .await);
     let flows = format!("/v1/platforms/{platform}/flows");
 
-    let (status, body) = call_as(&controller, &bob, Method::GET, &flows, None).await;
+    let (status, body) = controller.call_as(&bob, Method::GET, &flows, None).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found", "{body}");
     // Alice gets past the lookup: this controller runs no collector.
-    let (status, body) = call_as(&controller, &alice, Method::GET, &flows, None).await;
+    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
     assert_eq!(status, 503, "{body}");
 
     let off = json!({"flow_monitoring": false});
-    let (status, body) = call_as(
-        &controller,
-        &viewer,
-        Method::PATCH,
-        &format!("/v1/platforms/{platform}"),
-        Some(off.clone()),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &viewer,
+            Method::PATCH,
+            &format!("/v1/platforms/{platform}"),
+            Some(off.clone()),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = call_as(
-        &controller,
-        &bob,
-        Method::PATCH,
-        &format!("/v1/platforms/{platform}"),
-        Some(off.clone()),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &bob,
+            Method::PATCH,
+            &format!("/v1/platforms/{platform}"),
+            Some(off.clone()),
+        )
+        .await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = call_as(
-        &controller,
-        &alice,
-        Method::PATCH,
-        &format!("/v1/platforms/{platform}"),
-        Some(off),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(
+            &alice,
+            Method::PATCH,
+            &format!("/v1/platforms/{platform}"),
+            Some(off),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["flow_monitoring"], false, "{body}");
-    let (status, body) = call_as(&controller, &alice, Method::GET, &flows, None).await;
+    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
     assert_eq!(status, 409, "{body}");
 
     let export = json!({"labels": {}, "flow_export": {"enabled": true, "protocol": "ipfix",
         "sampling": 64, "active_timeout_seconds": 30, "collector": null}});
-    let (status, body) = call_as(
-        &controller,
-        &owner,
-        Method::PATCH,
-        "/v1/nodes/n1",
-        Some(export.clone()),
-    )
-    .await;
+    let (status, body) = controller
+        .call_as(&owner, Method::PATCH, "/v1/nodes/n1", Some(export.clone()))
+        .await;
     assert_eq!(status, 403, "{body}");
     let (_, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(node["flow_export"], Value::Null, "{node}");
