@@ -11,12 +11,18 @@
 //!    lateness, mean inter-departure error, slips) and median one-way delay.
 //! 3. Agreement: both over the same path with nftables dropping 5 % at the receiver:
 //!    loss and jitter side by side.
+//! 4. Wire (`wire`): both at 1 kpps with no impairment while tcpdump captures the probes
+//!    at the sender's and the receiver's interface; one-way delay and RFC 3550 jitter from
+//!    the kernel's capture timestamps are the reference each tool's figures are held
+//!    against (see `wire_capture`). Runs before the agreement section, whose loss rule
+//!    would otherwise stay on the path.
 //!
 //! Run as root: `cargo bench -p measurelab-mcast --bench mcast_vs_iperf`
 //! (or `scripts/bench-mcast.sh`). Prints figures; asserts nothing about speed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod wire_capture;
 
 use std::process::{Child, Stdio};
 use std::thread;
@@ -82,7 +88,7 @@ fn receive_buffer_errors(point: &common::Point) -> f64 {
 fn wanted(section: &str) -> bool {
     let named: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| ["rate", "cpu", "agreement"].contains(&a.as_str()))
+        .filter(|a| ["rate", "cpu", "agreement", "wire"].contains(&a.as_str()))
         .collect();
     named.is_empty() || named.iter().any(|a| a == section)
 }
@@ -475,6 +481,10 @@ fn main() -> Result<()> {
         );
     }
 
+    if wanted("wire") {
+        wire_section(&lab)?;
+    }
+
     if wanted("agreement") {
         println!("3. agreement over the same path with nftables dropping 5 % at the receiver");
         lab.inject_loss_ports(1, 5, &[OUR_PORT, IPERF_PORT])?;
@@ -509,5 +519,149 @@ fn main() -> Result<()> {
         );
     }
     drop(lab);
+    Ok(())
+}
+
+/// The 1-minute load average, to say how busy the shared machine was during a run.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Runs `trial` while capturing its probes to `port` at both interfaces.
+fn captured(
+    lab: &Lab,
+    port: u16,
+    decode: wire_capture::Decoder,
+    label: &str,
+    trial: impl FnOnce() -> Result<Trial>,
+) -> Result<(Trial, wire_capture::WireFigures)> {
+    let (tx, rx) = (&lab.points[0], &lab.points[1]);
+    let directory = tempfile::tempdir()?;
+    let sent = wire_capture::Capture::start(
+        &tx.ns,
+        "eth0",
+        "out",
+        port,
+        directory.path(),
+        &format!("{label}-tx"),
+    )?;
+    let received = wire_capture::Capture::start(
+        &rx.ns,
+        "eth0",
+        "in",
+        port,
+        directory.path(),
+        &format!("{label}-rx"),
+    )?;
+    let result = trial()?;
+    let (sent_frames, sent_dropped) = sent.finish()?;
+    let (received_frames, received_dropped) = received.finish()?;
+    if sent_dropped + received_dropped > 0 {
+        println!(
+            "  ({label}: tcpdump lost {sent_dropped} sent / {received_dropped} received frames)"
+        );
+    }
+    let wire = wire_capture::analyse(&sent_frames, &received_frames, decode)?;
+    Ok((result, wire))
+}
+
+/// Received probes with no sender-side capture would mean the sender capture lost frames.
+fn report_unmatched(name: &str, wire: &wire_capture::WireFigures) {
+    if wire.unmatched > 0 {
+        println!(
+            "  ({name}: {} received probes not captured at the sender)",
+            wire.unmatched
+        );
+    }
+}
+
+/// Section 4: each tool's delay and jitter against the capture's, run by run.
+fn wire_section(lab: &Lab) -> Result<()> {
+    let rate = 1_000.0;
+    let seconds = 10.0;
+    let rounds: usize = std::env::var("MCAST_BENCH_WIRE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    println!(
+        "4. delay and jitter against the wire: {rate:.0} pps for {seconds} s, no impairment, {rounds} rounds"
+    );
+    println!(
+        "   wire = tcpdump capture times (ns, kernel) at the sender's and the receiver's eth0"
+    );
+    println!(
+        "  {:<10} {:>5} | {:>8} {:>8} {:>7} | {:>8} {:>8} {:>6} | {:>9} {:>9} {:>9} | {:>8} | {:>7} {:>5}",
+        "",
+        "load",
+        "OWD p50",
+        "wire",
+        "diff",
+        "jitter",
+        "wire",
+        "ratio",
+        "stack p50",
+        "stack p99",
+        "J(stamp)",
+        "J mean",
+        "matched",
+        "sent"
+    );
+    println!(
+        "  {:<10} {:>5} | {:>8} {:>8} {:>7} | {:>8} {:>8} {:>6} | {:>9} {:>9} {:>9} | {:>8} | {:>7} {:>5}",
+        "", "1 min", "us", "us", "us", "us", "us", "/wire", "us", "us", "us", "wire us", "", ""
+    );
+    let row = |name: &str,
+               round: usize,
+               load: &str,
+               trial: &Trial,
+               wire: &wire_capture::WireFigures| {
+        println!(
+            "  {:<10} {:>5} | {:>8.1} {:>8.1} {:>7.1} | {:>8.2} {:>8.2} {:>6.2} | {:>9.1} {:>9.1} {:>9.2} | {:>8.2} | {:>7} {:>5.0}",
+            format!("{name} #{round}"),
+            load,
+            trial.delay_median_us,
+            wire.delay_median_us,
+            trial.delay_median_us - wire.delay_median_us,
+            trial.jitter_us,
+            wire.jitter_us,
+            trial.jitter_us / wire.jitter_us,
+            wire.stack_median_us,
+            wire.stack_p99_us,
+            wire.jitter_from_send_stamps_us,
+            wire.jitter_run_mean_us,
+            wire.matched,
+            trial.sent,
+        );
+    };
+    for round in 1..=rounds {
+        let load = load_average();
+        let (o, o_wire) = captured(lab, OUR_PORT, wire_capture::decode_ours, "ours", || {
+            ours(lab, rate, seconds, &[])
+        })?;
+        row("ours", round, &load, &o, &o_wire);
+        report_unmatched("ours", &o_wire);
+        let load = load_average();
+        let (i, i_wire) = captured(
+            lab,
+            IPERF_PORT,
+            wire_capture::decode_iperf2,
+            "iperf2",
+            || iperf(lab, rate, seconds),
+        )?;
+        row("iperf2", round, &load, &i, &i_wire);
+        report_unmatched("iperf2", &i_wire);
+    }
+    println!("  OWD p50: the tool's median one-way delay (iperf2 reports none); wire: capture to capture.");
+    println!(
+        "  stack: sender capture minus the tool's own send stamp; J(stamp): RFC 3550 jitter of"
+    );
+    println!("  receiver capture minus the tool's send stamp (the tool's jitter with exact receive stamps);");
+    println!(
+        "  J mean: the wire's running RFC 3550 estimate averaged over the run (the final value"
+    );
+    println!("  weighs the last ~16 arrivals most).\n");
     Ok(())
 }
