@@ -517,6 +517,12 @@ fn main() -> Result<()> {
             (o.loss - i.loss).abs() * 100.0,
             o.jitter_us / i.jitter_us
         );
+        // Section 4 showed both tools' final RFC 3550 estimates swinging from a few to
+        // hundreds of microseconds between identical runs: this ratio compares two runs,
+        // not two tools. The wire section holds each tool against its own run.
+        println!(
+            "  (jitter is each run's final RFC 3550 estimate; two runs, not two tools: see `wire`)"
+        );
     }
     drop(lab);
     Ok(())
