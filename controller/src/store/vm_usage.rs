@@ -236,7 +236,12 @@ mod tests {
         let (_dir, conn) = database();
         let day = 86_400;
         let now = 1_800_000_000;
-        for (vm, age) in [("vm1", 2 * day), ("vm1", day + 10), ("vm1", 60), ("vm2", day + 1)] {
+        for (vm, age) in [
+            ("vm1", 2 * day),
+            ("vm1", day + 10),
+            ("vm1", 60),
+            ("vm2", day + 1),
+        ] {
             record(&conn, vm, (now - age) * 1000, &usage(1.0, 0)).unwrap();
         }
         record(&conn, "vm2", now * 1000, &usage(1.0, 0)).unwrap();
