@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// (the operator's `flow_export` on the node overrides it); exported only
     /// while a platform on the node has flow monitoring on.
     pub flow_export: Option<reconcile::FlowExportSettings>,
+    /// A running guest silent for longer than this turns its VM's
+    /// `GuestRegistered` False. Default 15 s (3 guest heartbeats).
+    pub guest_heartbeat_deadline: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -73,6 +76,7 @@ impl AgentConfig {
             guest_agent: None,
             service_host: None,
             flow_export: None,
+            guest_heartbeat_deadline: reconcile::DEFAULT_GUEST_HEARTBEAT_DEADLINE,
         }
     }
 
@@ -102,6 +106,12 @@ impl AgentConfig {
         }
         if self.join_token.trim().is_empty() {
             return Err(invalid("join_token", "must not be empty".into()));
+        }
+        if self.guest_heartbeat_deadline < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "guest_heartbeat_deadline",
+                "must be at least 1 s (guests heartbeat every 5 s by default)".into(),
+            ));
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty".into()));

@@ -93,6 +93,10 @@ pub struct AgentArgs {
     /// Collector IP:PORT (default: the controller's collector).
     #[arg(long)]
     flow_export_collector: Option<String>,
+    /// A running guest silent for this long (guests heartbeat every 5 s)
+    /// turns its VM's GuestRegistered condition False (GuestHeartbeatMissed).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    guest_heartbeat_deadline_seconds: u64,
 }
 
 fn parse_flow_protocol(text: &str) -> Result<FlowProtocol, String> {
@@ -169,6 +173,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
             active_timeout_seconds: args.flow_export_active_timeout_seconds,
             collector: args.flow_export_collector.clone(),
         }),
+        guest_heartbeat_deadline: std::time::Duration::from_secs(
+            args.guest_heartbeat_deadline_seconds,
+        ),
     };
     config
         .validate()

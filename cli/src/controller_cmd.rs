@@ -44,6 +44,9 @@ pub struct ControllerArgs {
     /// once its file is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(2..=3600))]
     flow_rotate_seconds: u32,
+    /// Hours guest usage samples (GET /v1/vms/{id}/usage) are kept.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8760))]
+    usage_retention_hours: u32,
 }
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
@@ -80,6 +83,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .map(Duration::from_secs)
         .unwrap_or(heartbeat_interval * 3);
     config.join_token = join_token;
+    config.usage_retention = Duration::from_secs(u64::from(args.usage_retention_hours) * 3600);
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();

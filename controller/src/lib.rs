@@ -52,6 +52,7 @@ mod flows;
 mod liveness;
 pub mod openapi;
 mod placement;
+mod retention;
 mod store;
 mod tokens;
 mod validation;
@@ -97,7 +98,13 @@ pub struct ControllerConfig {
     /// The flow collector (nfcapd) the controller runs and nodes export to;
     /// `None`: none, and platform flows are unavailable.
     pub flow_collector: Option<FlowCollectorConfig>,
+    /// How long guest usage samples are kept (`--usage-retention-hours`).
+    /// Default 24 h.
+    pub usage_retention: Duration,
 }
+
+/// Guest usage samples older than this are pruned unless configured otherwise.
+pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
 pub fn parse_vlan_pool(text: &str) -> Result<RangeInclusive<u16>, ControllerError> {
@@ -177,6 +184,7 @@ impl ControllerConfig {
             vlan_pool: pools.vlans,
             subnet_pool: pools.subnets,
             flow_collector: None,
+            usage_retention: DEFAULT_USAGE_RETENTION,
         }
     }
 }
@@ -229,6 +237,11 @@ pub async fn run(
     if config.heartbeat_interval.is_zero() || config.offline_after.is_zero() {
         return Err(ControllerError::Config(
             "heartbeat_interval and offline_after must be greater than zero".into(),
+        ));
+    }
+    if config.usage_retention.is_zero() {
+        return Err(ControllerError::Config(
+            "usage_retention must be greater than zero".into(),
         ));
     }
     check_vlan_pool(&config.vlan_pool)?;
@@ -328,6 +341,11 @@ pub async fn run(
         config.offline_after,
         cancel.clone(),
     ));
+    let pruner = tokio::spawn(retention::prune_forever(
+        store.clone(),
+        config.usage_retention,
+        cancel.clone(),
+    ));
 
     // If one server dies, stop the other instead of running half a controller.
     let joined = |r: Result<Result<(), ControllerError>, tokio::task::JoinError>| {
@@ -347,6 +365,7 @@ pub async fn run(
         }
     );
     let _ = sweeper.await;
+    let _ = pruner.await;
     if let Some(collector) = collector {
         let _ = collector.await;
     }

@@ -21,7 +21,7 @@ use measurelab_api::http::{
     LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
     Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
     RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
-    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, RESULT_DOCUMENT_SCHEMA,
+    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -224,6 +224,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::patch_vm,
         operations::delete_vm,
         operations::vm_logs,
+        operations::vm_usage,
         operations::list_programs,
         operations::create_program,
         operations::get_program,
@@ -819,6 +820,23 @@ mod operations {
         ),
         responses((status = 200, description = "Lines.", body = LogList), QueryErrors))]
     fn vm_logs() {}
+
+    /// The VM's guest usage (CPU, memory, disk, network) over a time range,
+    /// as its guest agent reported it with its heartbeats. Kept for the
+    /// controller's retention window (`--usage-retention-hours`, default 24).
+    #[utoipa::path(get, path = "/v1/vms/{id_or_name}/usage", operation_id = "vmUsage",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("since" = Option<String>, Query, format = DateTime, nullable = false,
+                description = "RFC 3339 start of the range (default: one hour before until)."),
+            ("until" = Option<String>, Query, format = DateTime, nullable = false,
+                description = "RFC 3339 end of the range (default: now)."),
+            ("step" = Option<u32>, Query, minimum = 10, maximum = 86400, nullable = false,
+                description = "Seconds per sample (default: the range in about 360 samples, \
+                    on the stored 10 s grid). At most 10000 samples per answer."),
+        ),
+        responses((status = 200, description = "The samples.", body = VmUsage), QueryErrors))]
+    fn vm_usage() {}
 
     /// List programs.
     #[utoipa::path(get, path = "/v1/programs", operation_id = "listPrograms",

@@ -123,3 +123,74 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
     );
     controller.stop().await;
 }
+
+/// The VM usage charts draw what the guest reported: CPU, memory used and
+/// total, and network rates from the second step on (the first has none).
+#[tokio::test]
+async fn page_script_charts_the_selected_vms_usage() {
+    use measurelab_api::node_v1::{GuestReport, ResourceUsage, StatusReport};
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    let (_, vm) = controller
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "g", "platform": "p", "node": "n1", "vcpus": 1, "memory_mib": 64,
+                        "appliance": "namespace", "power_state": "running"}),
+            ),
+        )
+        .await;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    for (i, cpu) in [25.0, 50.0, 75.0].into_iter().enumerate() {
+        let i = i as u64;
+        let report = StatusReport {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            guests: vec![GuestReport {
+                vm_id: vm["id"].as_str().unwrap().to_string(),
+                last_heartbeat_unix_ms: now_ms - 60_000 + i as i64 * 20_000,
+                usage: Some(ResourceUsage {
+                    cpu_count: 1,
+                    cpu_used_percent: cpu,
+                    memory_total_bytes: 64 << 20,
+                    memory_used_bytes: (8 + i) << 20,
+                    network_rx_bytes: i * 40_000,
+                    network_tx_bytes: i * 20_000,
+                    ..Default::default()
+                }),
+                logs: vec![],
+            }],
+            ..Default::default()
+        };
+        controller.grpc().await.report_status(report).await.unwrap();
+    }
+    let rendered = controller.render_admin_page(&controller.admin_token).await;
+    assert_eq!(rendered["error"], "", "{rendered:#}");
+    assert_eq!(rendered["vm_cpu"]["polylines"], json!([3]), "{rendered:#}");
+    assert_eq!(
+        rendered["vm_memory"]["polylines"],
+        json!([3, 3]),
+        "{rendered:#}"
+    );
+    assert_eq!(
+        rendered["vm_network"]["polylines"],
+        json!([2, 2]),
+        "{rendered:#}"
+    );
+    let cpu = rendered["vm_cpu"]["points"].to_string();
+    assert!(cpu.contains(": 75.00%"), "{cpu}");
+    // 40 000 bytes received in the 20 s between two samples: 2 kB/s.
+    let network = rendered["vm_network"]["points"].to_string();
+    assert!(network.contains(": 2.000 kB/s"), "{network}");
+    assert!(network.contains(": 1.000 kB/s"), "{network}");
+    controller.stop().await;
+}

@@ -777,3 +777,123 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
     assert_eq!(node["flow_export"]["protocol"], "ipfix", "{node}");
     assert_eq!(node["flow_export"]["sampling"], 64, "{node}");
 }
+
+/// A VM's guest usage is its tenant's alone, like the VM: another tenant's
+/// token gets the 404 of a missing VM; the owner gets what the node relayed,
+/// one sample per 10 s step, with rates from the counters.
+#[tokio::test]
+async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
+    use measurelab_api::node_v1::{GuestReport, ResourceUsage, StatusReport};
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    let alice = tenant_token(&controller, "t1", "alice", "member").await;
+    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    create(
+        &controller,
+        &alice,
+        "/v1/platforms",
+        json!({"name": "lab", "nodes": ["n1"]}),
+    )
+    .await;
+    let vm = id(&create(
+        &controller,
+        &alice,
+        "/v1/vms",
+        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+               "appliance": "namespace", "power_state": "running"}),
+    )
+    .await);
+
+    // Three heartbeats in one 10 s step, then one in the next: two rows.
+    let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
+    // On a minute boundary, so a 60 s step holds both 10 s steps.
+    let step_start = (now_s - 120) / 60 * 60;
+    for (offset_ms, cpu, rx) in [
+        (0, 10.0, 1_000),
+        (3_000, 90.0, 2_000),
+        (9_000, 90.0, 3_000),
+        (10_000, 30.0, 6_000),
+    ] {
+        let report = StatusReport {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            guests: vec![GuestReport {
+                vm_id: vm.clone(),
+                last_heartbeat_unix_ms: step_start * 1000 + offset_ms,
+                usage: Some(ResourceUsage {
+                    cpu_count: 1,
+                    cpu_used_percent: cpu,
+                    memory_total_bytes: 64 << 20,
+                    memory_used_bytes: 8 << 20,
+                    network_rx_bytes: rx,
+                    network_tx_bytes: rx / 10,
+                    ..Default::default()
+                }),
+                logs: vec![],
+            }],
+            ..Default::default()
+        };
+        controller.grpc().await.report_status(report).await.unwrap();
+    }
+
+    let path = format!("/v1/vms/{vm}/usage?step=10");
+    let (status, body) = controller.call_as(&bob, Method::GET, &path, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    let (status, body) = controller.call_as(&alice, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["vm_id"], vm.as_str());
+    assert_eq!(body["step_seconds"], 10);
+    let samples = body["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{body}");
+    // The first heartbeat of a step is the one kept.
+    assert_eq!(samples[0]["cpu_used_percent"], 10.0, "{body}");
+    assert_eq!(samples[0]["network_rx_bytes"], 1_000);
+    assert!(samples[0].get("network_rx_bytes_per_second").is_none());
+    assert_eq!(samples[1]["cpu_used_percent"], 30.0, "{body}");
+    // (6000 - 1000) bytes in the 10 s between the two kept samples.
+    assert_eq!(samples[1]["network_rx_bytes_per_second"], 500.0, "{body}");
+    assert_eq!(samples[1]["memory_used_bytes"], 8u64 << 20);
+
+    // A coarser step folds both into one sample with the mean CPU.
+    let since = time::OffsetDateTime::from_unix_timestamp(step_start)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, body) = controller
+        .call_as(
+            &alice,
+            Method::GET,
+            &format!("/v1/vms/{vm}/usage?step=60&since={since}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["samples"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["samples"][0]["cpu_used_percent"], 20.0, "{body}");
+
+    // Bad input names the field.
+    for (query, field) in [
+        ("step=5", "step"),
+        ("step=10&since=2020-01-01T00:00:00Z", "step"),
+        (
+            "until=2020-01-01T00:00:00Z&since=2021-01-01T00:00:00Z",
+            "until",
+        ),
+        ("since=yesterday", "since"),
+        ("limit=3", "limit"),
+    ] {
+        let (status, body) = controller
+            .call_as(
+                &alice,
+                Method::GET,
+                &format!("/v1/vms/{vm}/usage?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+}

@@ -146,6 +146,11 @@ pub struct GuestChannelState {
 }
 
 impl GuestChannelState {
+    /// When the guest was last heard from: its last heartbeat or hello.
+    pub fn last_heard(&self) -> Option<SystemTime> {
+        self.last_heartbeat.max(self.last_hello)
+    }
+
     /// `last_heartbeat` as Unix milliseconds (for `GuestReport`), 0 if none.
     pub fn last_heartbeat_unix_ms(&self) -> u64 {
         self.last_heartbeat

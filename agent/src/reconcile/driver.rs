@@ -341,7 +341,8 @@ fn handle_guest_message(
         GuestMessage::Hello { .. } => true,
         GuestMessage::Heartbeat { .. } => {
             pending.entry(vm).or_default();
-            false
+            // Heard again after a missed deadline: GuestRegistered turns back.
+            reconciler.heartbeat_missed_reported(vm)
         }
         GuestMessage::Log { lines } => {
             let entry = pending.entry(vm).or_default();

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use measurelab_api::guest::GuestMessage;
@@ -15,7 +16,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::flows;
-use super::plan::{self, Failure, GuestFacts, Job, KeyState, Observed, Power, PowerStep};
+use super::plan::{
+    self, Failure, GuestFacts, HeartbeatCheck, Job, KeyState, Observed, Power, PowerStep,
+};
 use super::translate;
 use super::types::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::guest_channel::GuestChannels;
@@ -289,6 +292,11 @@ pub struct Reconciler {
 
 /// Every this many passes (and on the first) each guest is re-defined.
 const DEEP_EVERY: u64 = 10;
+/// `GuestRegistered` reason of a registered guest that went silent.
+pub(crate) const HEARTBEAT_MISSED: &str = "GuestHeartbeatMissed";
+/// The pass that judges a heartbeat deadline runs this much after it, so
+/// the guest is past it by then rather than exactly on it.
+const HEARTBEAT_CHECK_SLACK: Duration = Duration::from_millis(50);
 
 impl Reconciler {
     /// A reconciler; `guest_events` receives every message from every guest
@@ -329,6 +337,29 @@ impl Reconciler {
                 self.reported.insert(id, status.clone());
             }
         }
+    }
+
+    /// Whether the controller last heard that VM `id`'s guest missed its
+    /// heartbeat deadline: a heartbeat from it then calls for a pass.
+    pub fn heartbeat_missed_reported(&self, id: Uuid) -> bool {
+        self.reported.get(&id).is_some_and(|status| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == condition::GUEST_REGISTERED && c.reason == HEARTBEAT_MISSED)
+        })
+    }
+
+    /// The heartbeat check of VM `id`'s guest, if it is registered.
+    fn heartbeat(&self, id: Uuid) -> Option<HeartbeatCheck> {
+        let channel = self.channels.state(id)?;
+        channel.registered.then(|| {
+            plan::heartbeat_check(
+                channel.last_heard(),
+                self.config.guest_heartbeat_deadline,
+                SystemTime::now(),
+            )
+        })
     }
 
     /// Forget everything reported (after a re-registration the controller
@@ -686,8 +717,18 @@ impl Reconciler {
             report.statuses.push(status);
         }
         report.converged = converged;
+        let now = Instant::now();
         let due = self.keys.values().filter_map(|k| k.retry_at);
-        report.next_retry = plan::next_retry(due.chain(self.switch_retry_at), Instant::now());
+        // A pass when a guest's heartbeat deadline runs out, so a silent
+        // guest is reported within the deadline, not at the next idle pass.
+        let heartbeat_due = wanted
+            .iter()
+            .filter_map(|(id, _)| match self.heartbeat(*id) {
+                Some(HeartbeatCheck::DueIn(left)) => Some(now + left + HEARTBEAT_CHECK_SLACK),
+                _ => None,
+            });
+        report.next_retry =
+            plan::next_retry(due.chain(self.switch_retry_at).chain(heartbeat_due), now);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -761,7 +802,21 @@ impl Reconciler {
         };
         let channel = self.channels.state(id);
         let registered = channel.as_ref().is_some_and(|c| c.registered);
-        let guest_cond = if registered {
+        // A paused or stopped guest is silent by design; only a running one
+        // is held to its heartbeat.
+        let heartbeat_missed =
+            actual_state == "running" && self.heartbeat(id) == Some(HeartbeatCheck::Missed);
+        let guest_cond = if heartbeat_missed {
+            cond(
+                condition::GUEST_REGISTERED,
+                false,
+                HEARTBEAT_MISSED,
+                &format!(
+                    "no heartbeat from the guest agent for more than {} s",
+                    self.config.guest_heartbeat_deadline.as_secs_f64()
+                ),
+            )
+        } else if registered {
             cond(condition::GUEST_REGISTERED, true, "Registered", "")
         } else if actual_state != "running" {
             cond(
@@ -800,7 +855,7 @@ impl Reconciler {
             )
         } else if port.status != "True" {
             cond(condition::READY, false, "PortNotAttached", &port.message)
-        } else if want == "running" && !registered {
+        } else if want == "running" && guest_cond.status != "True" {
             cond(
                 condition::READY,
                 false,

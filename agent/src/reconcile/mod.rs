@@ -49,8 +49,8 @@ pub use engine::{Action, PassReport, Reconciler};
 pub use flows::{FlowExportSettings, FlowExportStatus};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
-    condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig, RESYNC_INTERVAL,
-    RETRY_CAP, RETRY_INITIAL,
+    condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
+    DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
 };
 
 #[doc(no_inline)]

@@ -473,6 +473,32 @@ pub(crate) fn uplink(config: &ReconcilerConfig, foreign: &BTreeSet<&str>) -> Opt
         })
 }
 
+/// Whether a registered guest's heartbeat is overdue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeartbeatCheck {
+    /// Last heard longer than the deadline ago.
+    Missed,
+    /// Heard in time; overdue after this long unless heard again.
+    DueIn(Duration),
+}
+
+/// Judge `last_heard` (hello or heartbeat) against `deadline` at `now`. A
+/// clock step back (last heard "in the future") counts as just heard.
+pub(crate) fn heartbeat_check(
+    last_heard: Option<std::time::SystemTime>,
+    deadline: Duration,
+    now: std::time::SystemTime,
+) -> HeartbeatCheck {
+    let silent = last_heard
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or(Duration::ZERO);
+    if silent > deadline {
+        HeartbeatCheck::Missed
+    } else {
+        HeartbeatCheck::DueIn(deadline - silent)
+    }
+}
+
 /// How long until the earliest of `due` (`None` if none is pending).
 pub(crate) fn next_retry(due: impl Iterator<Item = Instant>, now: Instant) -> Option<Duration> {
     due.min().map(|at| at.saturating_duration_since(now))
@@ -751,6 +777,34 @@ mod tests {
         // Statuses report the spec's MAC, so it must be there.
         let nic = plan.specs[&id(1)].nic.clone().unwrap();
         assert_eq!(nic.mac, "52:54:00:00:00:01");
+    }
+
+    #[test]
+    fn heartbeat_is_missed_only_past_the_deadline() {
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let deadline = Duration::from_secs(15);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            heartbeat_check(Some(t0), deadline, at(10)),
+            HeartbeatCheck::DueIn(Duration::from_secs(5))
+        );
+        assert_eq!(
+            heartbeat_check(Some(t0), deadline, at(15)),
+            HeartbeatCheck::DueIn(Duration::ZERO)
+        );
+        assert_eq!(
+            heartbeat_check(Some(t0), deadline, at(16)),
+            HeartbeatCheck::Missed
+        );
+        // The clock went back: not a missed heartbeat.
+        assert_eq!(
+            heartbeat_check(Some(at(60)), deadline, t0),
+            HeartbeatCheck::DueIn(deadline)
+        );
+        assert_eq!(
+            heartbeat_check(None, deadline, t0),
+            HeartbeatCheck::DueIn(deadline)
+        );
     }
 
     #[test]

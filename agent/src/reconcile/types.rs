@@ -139,7 +139,14 @@ pub struct ReconcilerConfig {
     pub flow_export: Option<FlowExportSettings>,
     /// Where the loop publishes what the switch exports, for capabilities.
     pub flow_export_status: FlowExportStatus,
+    /// A registered guest of a running VM silent (no heartbeat, no hello)
+    /// for longer than this turns `GuestRegistered` False
+    /// (`GuestHeartbeatMissed`) until it is heard again.
+    pub guest_heartbeat_deadline: Duration,
 }
+
+/// Three of the guest agent's default 5 s heartbeat intervals.
+pub const DEFAULT_GUEST_HEARTBEAT_DEADLINE: Duration = Duration::from_secs(15);
 
 impl ReconcilerConfig {
     /// Defaults: bridge `br-int`, no uplink, 8 parallel guest operations.
@@ -152,6 +159,7 @@ impl ReconcilerConfig {
             parallelism: 8,
             flow_export: None,
             flow_export_status: FlowExportStatus::default(),
+            guest_heartbeat_deadline: DEFAULT_GUEST_HEARTBEAT_DEADLINE,
         }
     }
 }

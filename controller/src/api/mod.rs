@@ -20,6 +20,7 @@ mod tasks;
 mod tenants;
 mod tokens;
 mod usage;
+mod vm_usage;
 mod vms;
 
 use axum::extract::DefaultBodyLimit;
@@ -116,6 +117,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(vms::get).patch(vms::patch).delete(vms::delete),
         ),
         ("/v1/vms/:id_or_name/logs", get(vms::logs)),
+        ("/v1/vms/:id_or_name/usage", get(vm_usage::get)),
         (
             "/v1/programs",
             get(programs::list)

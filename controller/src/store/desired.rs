@@ -14,7 +14,7 @@ use super::codec::{rfc3339, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::{appliances, flows, platforms, programs, qos_policies, tasks, vms};
+use super::{appliances, flows, platforms, programs, qos_policies, tasks, vm_usage, vms};
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
 const MAX_CONDITIONS: usize = 32;
@@ -292,6 +292,14 @@ pub(crate) fn apply_report(
                     )?;
                 }
             }
+        }
+        if let Some(usage) = &guest.usage {
+            let sampled_ms = if guest.last_heartbeat_unix_ms > 0 {
+                guest.last_heartbeat_unix_ms
+            } else {
+                (cx.now.unix_timestamp_nanos() / 1_000_000) as i64
+            };
+            vm_usage::record(cx.tx, &vm.id, sampled_ms, usage)?;
         }
         for line in &guest.logs {
             let time = ms_to_rfc3339(line.timestamp_unix_ms).unwrap_or_else(|| rfc3339(cx.now));

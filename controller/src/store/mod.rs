@@ -33,6 +33,7 @@ mod resources;
 mod run_tree;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
+pub(crate) mod vm_usage;
 pub(crate) mod vms;
 mod writer;
 

@@ -880,6 +880,7 @@ pub(crate) fn remove(
     cx.tx
         .prepare_cached("DELETE FROM guest_logs WHERE vm_id = ?1")?
         .execute([&vm.id])?;
+    super::vm_usage::forget(cx.tx, &vm.id)?;
     cx.tx
         .prepare_cached(
             "UPDATE program_runs SET status = 'lost', finished_at = ?2

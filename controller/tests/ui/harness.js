@@ -20,7 +20,7 @@ class El {
 }
 const elements = {};
 global.document = {
-  getElementById: (id) => (elements[id] ||= new El(id === "task" ? "select" : "div")),
+  getElementById: (id) => (elements[id] ||= new El(id === "task" || id === "usage-vm" ? "select" : "div")),
   createElement: (tag) => new El(tag),
   createElementNS: (_, tag) => new El(tag),
   createTextNode: (text) => { const el = new El("#text"); el.textContent = text; return el; },
@@ -54,6 +54,9 @@ setTimeout(() => {
     loss: chart("chart-loss"),
     delay: chart("chart-delay"),
     jitter: chart("chart-jitter"),
+    vm_cpu: chart("chart-vm-cpu"),
+    vm_memory: chart("chart-vm-memory"),
+    vm_network: chart("chart-vm-network"),
   }));
   process.exit(0);
 }, 3000);

@@ -412,6 +412,36 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/vms/{id_or_name}/usage`: the guest's usage series over
+    /// `since`..`until` (RFC 3339; default the last hour) in steps of
+    /// `step_seconds` (default chosen by the controller).
+    pub async fn vm_usage(
+        &self,
+        id_or_name: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+        step_seconds: Option<u32>,
+    ) -> Result<crate::http::VmUsage, ClientError> {
+        let step = step_seconds.map(|s| s.to_string());
+        let mut query = Vec::new();
+        for (name, value) in [
+            ("since", since),
+            ("until", until),
+            ("step", step.as_deref()),
+        ] {
+            if let Some(value) = value {
+                query.push(format!("{name}={}", url_component(value)));
+            }
+        }
+        let mut path = format!("/v1/vms/{}/usage", url_component(id_or_name));
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
+        }
+        self.request::<(), _>(reqwest::Method::GET, &path, None)
+            .await
+    }
+
     /// `PATCH /v1/vms/{id_or_name}`.
     pub async fn update_vm(&self, id_or_name: &str, body: &VmPatch) -> Result<Vm, ClientError> {
         self.request(

@@ -1439,6 +1439,49 @@ pub struct FlowList {
     pub flows: Vec<Flow>,
 }
 
+/// One step of a VM's usage series, as its guest agent measured it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmUsageSample {
+    /// RFC 3339 start of the step.
+    #[schema(format = DateTime)]
+    pub time: String,
+    /// CPUs the guest sees.
+    pub cpu_count: u32,
+    /// Busy CPU time over all CPUs, 0..=100, averaged over the step.
+    pub cpu_used_percent: f64,
+    /// Memory the guest sees, bytes (last sample of the step).
+    pub memory_total_bytes: u64,
+    /// Memory in use (total - available), bytes (last sample of the step).
+    pub memory_used_bytes: u64,
+    /// Size of the guest's root filesystem, bytes.
+    pub disk_total_bytes: u64,
+    /// Used on the guest's root filesystem, bytes.
+    pub disk_used_bytes: u64,
+    /// Received bytes over all interfaces but loopback, since the guest started.
+    pub network_rx_bytes: u64,
+    /// Sent bytes over all interfaces but loopback, since the guest started.
+    pub network_tx_bytes: u64,
+    /// Receive rate since the previous step; absent for the first step and
+    /// when the counter went backwards (the guest restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_rx_bytes_per_second: Option<f64>,
+    /// Send rate since the previous step, as `network_rx_bytes_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_tx_bytes_per_second: Option<f64>,
+}
+
+/// `GET /v1/vms/{id_or_name}/usage` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmUsage {
+    /// The VM's id.
+    pub vm_id: String,
+    /// Seconds per sample.
+    pub step_seconds: u32,
+    /// Samples in the time range, oldest first; steps without a heartbeat
+    /// are left out.
+    pub samples: Vec<VmUsageSample>,
+}
+
 /// A PATCH field that may be absent (`None`: unchanged), `null` (`Some(None)`:
 /// cleared) or a value. Plain serde folds `null` into "absent".
 fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>

@@ -14,6 +14,7 @@ mod views;
 mod virtual_platform;
 mod virtual_platforms;
 mod vm;
+mod vm_usage;
 pub(crate) mod vms;
 
 pub use appliances::AppliancesDataSource;
@@ -27,4 +28,5 @@ pub use tenant_usage::TenantUsageDataSource;
 pub use virtual_platform::VirtualPlatformDataSource;
 pub use virtual_platforms::VirtualPlatformsDataSource;
 pub use vm::VmDataSource;
+pub use vm_usage::VmUsageDataSource;
 pub use vms::VmsDataSource;
