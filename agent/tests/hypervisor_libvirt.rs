@@ -41,6 +41,8 @@ fn spec(name: &str) -> GuestSpec {
         }),
         channel_socket: None,
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     }
 }
 
