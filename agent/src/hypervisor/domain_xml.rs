@@ -142,6 +142,19 @@ pub const XEN_CHANNEL_NAME: &str = "org.measurelab.guest.0";
 /// `owner` scopes the domain to one node agent (see
 /// `LibvirtHypervisor::with_owner`); it is left out when `None`.
 pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
+    format!(
+        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" {}/>",
+        owner_attributes(spec, owner)
+    )
+}
+
+/// Our tag as `virDomainSetMetadata` takes it: libvirt adds the prefix and
+/// namespace itself and refuses an element that declares them.
+pub(crate) fn owner_metadata_unprefixed(spec: &GuestSpec, owner: Option<&str>) -> String {
+    format!("<guest {}/>", owner_attributes(spec, owner))
+}
+
+fn owner_attributes(spec: &GuestSpec, owner: Option<&str>) -> String {
     let platform = spec
         .platform_id
         .map(|p| format!(" platform-id=\"{p}\""))
@@ -150,7 +163,7 @@ pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
         .map(|o| format!(" owner=\"{}\"", esc(o)))
         .unwrap_or_default();
     format!(
-        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" vm-id=\"{}\"{platform}{owner} spec-hash=\"{}\" fixed-hash=\"{}\"/>",
+        "vm-id=\"{}\"{platform}{owner} spec-hash=\"{}\" fixed-hash=\"{}\"",
         spec.id,
         spec.spec_hash(),
         spec.fixed_hash()

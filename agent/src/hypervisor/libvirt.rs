@@ -19,7 +19,7 @@ use super::api::Hypervisor;
 use super::disks::{DiskConfig, GuestDisks};
 use super::domain_xml::{
     disk_sources, domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth,
-    owner_metadata, DomainFlavor,
+    owner_metadata_unprefixed, DomainFlavor,
 };
 use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::types::{
@@ -226,7 +226,7 @@ impl LibvirtHypervisor {
         }
         dom.set_metadata(
             sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(&owner_metadata(spec, self.owner.as_deref())),
+            Some(&owner_metadata_unprefixed(spec, self.owner.as_deref())),
             Some("measurelab"),
             Some(OWNER_XML_NAMESPACE),
             live,
