@@ -111,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
         memory_mib: 32,
         disk_mib: None,
         swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
         appliance: "namespace".into(),
         qos_policy: None,
         power_state: VmPowerState::Running,

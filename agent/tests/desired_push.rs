@@ -43,6 +43,8 @@ fn vm_body(name: &str) -> VmCreate {
         memory_mib: 64,
         disk_mib: None,
         swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
         appliance: "namespace".into(),
         qos_policy: None,
         power_state: VmPowerState::Running,

@@ -97,6 +97,8 @@ async fn create_vm(client: &Client, platform: &str, name: &str) -> Vm {
             memory_mib: 64,
             disk_mib: None,
             swap_mib: None,
+            max_vcpus: None,
+            max_memory_mib: None,
             appliance: "namespace".into(),
             qos_policy: None,
             power_state: VmPowerState::Running,

@@ -99,6 +99,8 @@ impl Guests {
             }),
             channel_socket: None,
             egress_limit: egress,
+            max_vcpus: None,
+            max_memory_mib: None,
         }
     }
 }

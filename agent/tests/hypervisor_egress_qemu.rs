@@ -49,6 +49,8 @@ fn spec(appliance: &Path, tap: &str, egress: Option<RateLimit>) -> GuestSpec {
         }),
         channel_socket: None,
         egress_limit: egress,
+        max_vcpus: None,
+        max_memory_mib: None,
     }
 }
 

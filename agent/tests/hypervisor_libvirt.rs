@@ -41,6 +41,8 @@ fn spec(name: &str) -> GuestSpec {
         }),
         channel_socket: None,
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     }
 }
 
@@ -189,6 +191,81 @@ fn resize_live_and_above_maximum() {
         ),
         "{err}"
     );
+    hv.undefine(spec.id).unwrap();
+}
+
+#[test]
+fn size_changes_within_maxima_apply_live_and_beyond_them_wait_for_a_restart() {
+    let hv = backend();
+    let mut spec = spec("ml-resize-define");
+    spec.vcpus = 1;
+    spec.memory_mib = 256;
+    spec.max_vcpus = Some(2);
+    spec.max_memory_mib = Some(512);
+    hv.define(&spec).unwrap();
+    hv.start(spec.id).unwrap();
+    let info = hv.info(spec.id).unwrap().unwrap();
+    assert_eq!((info.vcpus, info.memory_mib), (1, 256));
+
+    // Within the maxima: the running guest takes the new sizes, through
+    // the same define the reconcile loop calls.
+    spec.vcpus = 2;
+    spec.memory_mib = 384;
+    assert_eq!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Updated {
+            restart_required: false
+        }
+    );
+    let info = hv.info(spec.id).unwrap().unwrap();
+    assert_eq!((info.vcpus, info.memory_mib), (2, 384));
+    assert!(!info.restart_pending, "a live resize left the guest stale");
+    assert_eq!(hv.define(&spec).unwrap(), DefineOutcome::Unchanged);
+
+    // Beyond the vCPU maximum it booted with: next boot.
+    spec.vcpus = 4;
+    spec.max_vcpus = Some(4);
+    assert_eq!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Updated {
+            restart_required: true
+        }
+    );
+    let info = hv.info(spec.id).unwrap().unwrap();
+    assert_eq!(info.vcpus, 2, "the running guest cannot have grown");
+    assert!(info.restart_pending);
+    // Still pending on the next pass (level-triggered), cleared by a restart.
+    assert_eq!(hv.define(&spec).unwrap(), DefineOutcome::Unchanged);
+    assert!(hv.info(spec.id).unwrap().unwrap().restart_pending);
+    hv.stop(spec.id).unwrap();
+    hv.start(spec.id).unwrap();
+    let info = hv.info(spec.id).unwrap().unwrap();
+    assert_eq!((info.vcpus, info.memory_mib), (4, 384));
+    assert!(!info.restart_pending);
+
+    // A memory maximum beyond the booted one waits as well, even though
+    // the requested size itself would fit.
+    spec.max_memory_mib = Some(1024);
+    assert_eq!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Updated {
+            restart_required: true
+        }
+    );
+    assert!(hv.info(spec.id).unwrap().unwrap().restart_pending);
+
+    // A non-size change is never applied live.
+    hv.stop(spec.id).unwrap();
+    hv.start(spec.id).unwrap();
+    spec.boot.extra_cmdline = "loglevel=4".into();
+    spec.vcpus = 3;
+    assert_eq!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Updated {
+            restart_required: true
+        }
+    );
+    assert_eq!(hv.info(spec.id).unwrap().unwrap().vcpus, 4);
     hv.undefine(spec.id).unwrap();
 }
 

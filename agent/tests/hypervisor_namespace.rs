@@ -33,6 +33,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_script(GUEST_SCRIPT)
+    }
+
+    fn with_script(script: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let tag = format!(
             "mltest-{}-{}",
@@ -41,7 +45,7 @@ impl Fixture {
         );
         let mut config = NamespaceConfig::new(
             dir.path().join("state"),
-            vec!["sh".into(), "-c".into(), GUEST_SCRIPT.into()],
+            vec!["sh".into(), "-c".into(), script.into()],
         );
         config.cgroup_parent = tag.clone();
         Fixture {
@@ -93,11 +97,13 @@ impl Fixture {
             }),
             channel_socket: None,
             egress_limit: None,
+            max_vcpus: None,
+            max_memory_mib: None,
         }
     }
 
     fn cgroup_parents(&self) -> Vec<PathBuf> {
-        ["unified", "cpu", "memory", ""]
+        ["unified", "cpu", "memory", "cpuset", ""]
             .iter()
             .map(|h| Path::new("/sys/fs/cgroup").join(h).join(&self.tag))
             .collect()
@@ -664,5 +670,120 @@ fn guest_launched_but_never_recorded_is_replaced_not_doubled() {
         "the unrecorded guest {stray} is still running"
     );
     assert_single_guest(&hv.cgroup_dir(spec.id), pid);
+    hv.undefine(spec.id).unwrap();
+}
+
+/// A guest that writes what `nproc` says to /tmp/nproc, and on request
+/// (/tmp/ctl/go) holds 96 MiB in one process (`tail` keeps the whole
+/// stream) and writes that pipeline's exit status to /tmp/ctl/rc: 0 when
+/// the memory fits, non-zero when the guest's memory limit killed it.
+const RESIZE_SCRIPT: &str = r#"mkdir -p /tmp/ctl
+while :; do
+  nproc > /tmp/nproc.new && mv /tmp/nproc.new /tmp/nproc
+  if [ -e /tmp/ctl/go ]; then
+    rm -f /tmp/ctl/go
+    head -c 96M /dev/zero | tail -c 96M > /dev/null
+    echo $? > /tmp/ctl/rc.new && mv /tmp/ctl/rc.new /tmp/ctl/rc
+  fi
+  sleep 0.05
+done"#;
+
+fn guest_file(pid: u32, path: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/root{path}"))
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
+/// Has the guest hold 96 MiB; its exit status.
+fn allocate_in_guest(pid: u32) -> i32 {
+    let _ = fs::remove_file(format!("/proc/{pid}/root/tmp/ctl/rc"));
+    wait_until("guest control dir", || {
+        Path::new(&format!("/proc/{pid}/root/tmp/ctl")).is_dir()
+    });
+    fs::write(format!("/proc/{pid}/root/tmp/ctl/go"), "").unwrap();
+    let mut rc = None;
+    wait_until("guest allocation to finish", || {
+        rc = guest_file(pid, "/tmp/ctl/rc");
+        rc.is_some()
+    });
+    rc.unwrap().parse().unwrap()
+}
+
+fn start_time(pid: u32) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn vcpu_and_memory_changes_reach_the_running_guest() {
+    let fx = Fixture::with_script(RESIZE_SCRIPT);
+    let hv = fx.backend();
+    let mut spec = fx.spec(0);
+    spec.vcpus = 1;
+    spec.memory_mib = 64;
+    hv.define(&spec).unwrap();
+    hv.start(spec.id).unwrap();
+    let pid = hv.guest_pid(spec.id).unwrap().unwrap();
+    let started = start_time(pid);
+
+    wait_until("guest to report nproc 1", || {
+        guest_file(pid, "/tmp/nproc").as_deref() == Some("1")
+    });
+    let refused = allocate_in_guest(pid);
+    assert_ne!(refused, 0, "96 MiB fitted in a 64 MiB guest");
+
+    // The same path the reconcile loop takes: define with the new sizes.
+    spec.vcpus = 2;
+    spec.memory_mib = 192;
+    spec.swap_mib = 32;
+    assert_eq!(
+        hv.define(&spec).unwrap(),
+        DefineOutcome::Updated {
+            restart_required: false
+        }
+    );
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    let expected = host_cpus.min(2).to_string();
+    wait_until("guest to report the new nproc", || {
+        guest_file(pid, "/tmp/nproc").as_deref() == Some(expected.as_str())
+    });
+    assert_eq!(allocate_in_guest(pid), 0, "96 MiB did not fit in 192 MiB");
+
+    // Memory plus swap is bounded too, where the kernel accounts swap.
+    let netns = NamespaceHypervisor::netns_name(spec.id);
+    let v1_memsw = Path::new("/sys/fs/cgroup/memory")
+        .join(&fx.tag)
+        .join(&netns)
+        .join("memory.memsw.limit_in_bytes");
+    let v2_swap = Path::new("/sys/fs/cgroup")
+        .join(&fx.tag)
+        .join(&netns)
+        .join("memory.swap.max");
+    if v1_memsw.is_file() {
+        let memsw = fs::read_to_string(&v1_memsw).unwrap();
+        assert_eq!(memsw.trim(), ((192u64 + 32) << 20).to_string());
+    } else if v2_swap.is_file() {
+        let swap = fs::read_to_string(&v2_swap).unwrap();
+        assert_eq!(swap.trim(), (32u64 << 20).to_string());
+    }
+
+    // Still the guest that was started first, never restarted.
+    assert_eq!(hv.guest_pid(spec.id).unwrap(), Some(pid));
+    assert_eq!(start_time(pid), started);
+    let info = hv.info(spec.id).unwrap().unwrap();
+    assert_eq!((info.vcpus, info.memory_mib), (2, 192));
+    assert!(!info.restart_pending);
+
+    // And back down: the guest sees one CPU again.
+    spec.vcpus = 1;
+    hv.define(&spec).unwrap();
+    wait_until("guest to report nproc 1 again", || {
+        guest_file(pid, "/tmp/nproc").as_deref() == Some("1")
+    });
+    assert_eq!(start_time(pid), started);
     hv.undefine(spec.id).unwrap();
 }

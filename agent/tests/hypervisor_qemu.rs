@@ -100,6 +100,8 @@ fn appliance_boots_under_qemu_and_answers_on_ovs() -> Result<()> {
         }),
         channel_socket: None,
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     };
 
     let t_define = Instant::now();
@@ -259,6 +261,8 @@ fn guest_sees_its_disk_and_swap_sizes() -> Result<()> {
         nic: None,
         channel_socket: None,
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     };
     let t0 = Instant::now();
     hv.define(&spec)?;

@@ -91,6 +91,8 @@ impl Fixture {
             }),
             channel_socket: Some(channel_socket_path(&self.agent_dir(), id)),
             egress_limit: None,
+            max_vcpus: None,
+            max_memory_mib: None,
         }
     }
 }

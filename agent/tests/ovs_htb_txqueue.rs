@@ -148,6 +148,8 @@ async fn htb_on_one_port_does_not_starve_the_others() -> Result<()> {
         }),
         channel_socket: None,
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     };
     let _cleanup = GuestCleanup {
         config: config.clone(),

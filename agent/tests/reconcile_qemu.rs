@@ -306,6 +306,8 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         memory_mib,
         disk_mib: None,
         swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
         appliance: appliance.into(),
         qos_policy: None,
         power_state: VmPowerState::Running,

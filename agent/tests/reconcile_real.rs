@@ -173,6 +173,8 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
                     memory_mib: 64,
                     disk_mib: None,
                     swap_mib: None,
+                    max_vcpus: None,
+                    max_memory_mib: None,
                     appliance: "namespace".into(),
                     qos_policy: None,
                     power_state: VmPowerState::Running,

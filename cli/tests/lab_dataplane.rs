@@ -77,6 +77,8 @@ fn namespace_vm(name: &str, platform: &str, node: &str) -> VmCreate {
         memory_mib: 64,
         disk_mib: None,
         swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
         appliance: "namespace".into(),
         qos_policy: None,
         power_state: VmPowerState::Running,

@@ -804,3 +804,91 @@ async fn concurrent_creations_never_share_an_address_mac_or_vlan() {
     assert_eq!(desired(&controller, &n1).await.vms.len(), 24);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    let mut body = vm_body("v1");
+    body["max_vcpus"] = json!(0);
+    let (status, answer) = controller.call(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(field(&answer), "max_vcpus");
+
+    let mut body = vm_body("v1");
+    body["max_vcpus"] = json!(4);
+    body["max_memory_mib"] = json!(512);
+    let (status, vm) = controller.call(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, 201, "{vm}");
+    assert_eq!(
+        (vm["max_vcpus"].clone(), vm["max_memory_mib"].clone()),
+        (json!(4), json!(512))
+    );
+    assert_eq!(vm["pending_restart"], false);
+    let sent = &desired(&controller, &n1).await.vms[0];
+    assert_eq!((sent.max_vcpus, sent.max_memory_mib), (4, 512));
+
+    // Growing past a maximum without raising it is refused, naming it.
+    let (status, answer) = controller
+        .call(Method::PATCH, "/v1/vms/v1", Some(json!({"vcpus": 6})))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(field(&answer), "max_vcpus");
+    let (status, answer) = controller
+        .call(
+            Method::PATCH,
+            "/v1/vms/v1",
+            Some(json!({"memory_mib": 1024})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(field(&answer), "max_memory_mib");
+    // Raised together: accepted, and the agent gets both.
+    let (status, answer) = controller
+        .call(
+            Method::PATCH,
+            "/v1/vms/v1",
+            Some(json!({"vcpus": 6, "max_vcpus": 8})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = &desired(&controller, &n1).await.vms[0];
+    assert_eq!((sent.vcpus, sent.max_vcpus), (6, 8));
+
+    // A VM without maxima sends 0: no room beyond its size.
+    let (_, plain) = controller
+        .call(Method::POST, "/v1/vms", Some(vm_body("v2")))
+        .await;
+    assert_eq!(plain["max_vcpus"], Value::Null);
+    let state = desired(&controller, &n1).await;
+    let sent = state.vms.iter().find(|v| v.name == "v2").unwrap();
+    assert_eq!((sent.max_vcpus, sent.max_memory_mib), (0, 0));
+
+    // The agent's restart flag shows as pending_restart.
+    let report = StatusReport {
+        node_id: n1.node_id.clone(),
+        node_secret: n1.node_secret.clone(),
+        observed_generation: 1,
+        vms: vec![VmStatus {
+            vm_id: vm["id"].as_str().unwrap().to_string(),
+            actual_state: "running".into(),
+            restart_required: true,
+            observed_generation: 2,
+            ..Default::default()
+        }],
+        guests: vec![],
+        program_runs: vec![],
+    };
+    controller.grpc().await.report_status(report).await.unwrap();
+    let got = controller.client().get_vm("p/v1").await.unwrap();
+    assert!(got.pending_restart);
+    controller.stop().await;
+}

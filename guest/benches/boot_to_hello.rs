@@ -67,6 +67,8 @@ fn spec(id: Uuid, appliance: &Path, console: &Path, socket: Option<&Path>) -> Gu
         }),
         channel_socket: socket.map(Path::to_path_buf),
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     }
 }
 

@@ -111,6 +111,8 @@ async fn namespace_guest_registers_and_runs_a_program() {
         }),
         channel_socket: Some(socket.clone()),
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     };
 
     let channels = GuestChannels::new();

@@ -87,6 +87,8 @@ async fn tiny_guest_agent_over_serial_channel() -> Result<()> {
         }),
         channel_socket: Some(socket.clone()),
         egress_limit: None,
+        max_vcpus: None,
+        max_memory_mib: None,
     };
 
     // The node agent connects before the VM exists and keeps retrying.

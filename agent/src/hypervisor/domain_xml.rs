@@ -142,6 +142,19 @@ pub const XEN_CHANNEL_NAME: &str = "org.measurelab.guest.0";
 /// `owner` scopes the domain to one node agent (see
 /// `LibvirtHypervisor::with_owner`); it is left out when `None`.
 pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
+    format!(
+        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" {}/>",
+        owner_attributes(spec, owner)
+    )
+}
+
+/// Our tag as `virDomainSetMetadata` takes it: libvirt adds the prefix and
+/// namespace itself and refuses an element that declares them.
+pub(crate) fn owner_metadata_unprefixed(spec: &GuestSpec, owner: Option<&str>) -> String {
+    format!("<guest {}/>", owner_attributes(spec, owner))
+}
+
+fn owner_attributes(spec: &GuestSpec, owner: Option<&str>) -> String {
     let platform = spec
         .platform_id
         .map(|p| format!(" platform-id=\"{p}\""))
@@ -150,9 +163,10 @@ pub(crate) fn owner_metadata(spec: &GuestSpec, owner: Option<&str>) -> String {
         .map(|o| format!(" owner=\"{}\"", esc(o)))
         .unwrap_or_default();
     format!(
-        "<measurelab:guest xmlns:measurelab=\"{OWNER_XML_NAMESPACE}\" vm-id=\"{}\"{platform}{owner} spec-hash=\"{}\"/>",
+        "vm-id=\"{}\"{platform}{owner} spec-hash=\"{}\" fixed-hash=\"{}\"",
         spec.id,
-        spec.spec_hash()
+        spec.spec_hash(),
+        spec.fixed_hash()
     )
 }
 
@@ -181,13 +195,24 @@ pub(crate) fn domain_xml_for_owner(
         "  <metadata>\n    {}\n  </metadata>",
         owner_metadata(spec, owner)
     );
-    let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", spec.memory_mib);
+    // The maxima are what the guest boots with room for; the current
+    // sizes can then move within them on the running guest.
+    let _ = writeln!(
+        x,
+        "  <memory unit='MiB'>{}</memory>",
+        spec.memory_maximum_mib()
+    );
     let _ = writeln!(
         x,
         "  <currentMemory unit='MiB'>{}</currentMemory>",
         spec.memory_mib
     );
-    let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", spec.vcpus);
+    let _ = writeln!(
+        x,
+        "  <vcpu placement='static' current='{}'>{}</vcpu>",
+        spec.vcpus,
+        spec.vcpu_maximum()
+    );
     x.push_str("  <os>\n");
     match flavor {
         DomainFlavor::XenPv => {
@@ -315,9 +340,14 @@ pub(crate) fn domain_xml_for_owner(
         }
     }
     if let DomainFlavor::Qemu(_) = flavor {
-        // No balloon: memory is sized by the spec, and TCG guests boot faster
-        // without the extra device.
-        x.push_str("    <memballoon model='none'/>\n");
+        if spec.max_memory_mib.is_some() {
+            // Memory that moves within a maximum needs the balloon.
+            x.push_str("    <memballoon model='virtio'/>\n");
+        } else {
+            // No balloon: memory is sized by the spec, and TCG guests boot
+            // faster without the extra device.
+            x.push_str("    <memballoon model='none'/>\n");
+        }
     }
     x.push_str("  </devices>\n</domain>\n");
     x
@@ -472,6 +502,38 @@ mod tests {
             "{label} fails libvirt's domain schema: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn maxima_give_room_to_resize_live() {
+        let mut spec = sample_spec();
+        spec.max_vcpus = Some(4);
+        spec.max_memory_mib = Some(1024);
+        for flavor in [
+            DomainFlavor::Test,
+            DomainFlavor::XenPv,
+            DomainFlavor::Qemu(QemuAccel::Tcg),
+        ] {
+            let xml = domain_xml(&spec, flavor);
+            assert!(xml.contains("<memory unit='MiB'>1024</memory>"), "{xml}");
+            assert!(
+                xml.contains("<currentMemory unit='MiB'>256</currentMemory>"),
+                "{xml}"
+            );
+            assert!(
+                xml.contains("<vcpu placement='static' current='2'>4</vcpu>"),
+                "{xml}"
+            );
+            assert_balanced(&xml);
+            validate_with_libvirt_schema(&xml, "maxima");
+        }
+        // QEMU resizes memory through the balloon, which is otherwise off.
+        assert!(domain_xml(&spec, DomainFlavor::Qemu(QemuAccel::Tcg))
+            .contains("<memballoon model='virtio'/>"));
+        assert!(
+            domain_xml(&sample_spec(), DomainFlavor::Qemu(QemuAccel::Tcg))
+                .contains("<memballoon model='none'/>")
         );
     }
 

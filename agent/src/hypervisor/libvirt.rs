@@ -18,7 +18,8 @@ use virt::sys;
 use super::api::Hypervisor;
 use super::disks::{DiskConfig, GuestDisks};
 use super::domain_xml::{
-    disk_sources, domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth, DomainFlavor,
+    disk_sources, domain_xml_for_owner, first_tag_attribute, interface_with_bandwidth,
+    owner_metadata_unprefixed, DomainFlavor,
 };
 use super::spec::{GuestSpec, NicAttach, RateLimit};
 use super::types::{
@@ -68,6 +69,8 @@ struct OwnerTag {
     vm_id: Uuid,
     platform_id: Option<Uuid>,
     spec_hash: String,
+    /// [`GuestSpec::fixed_hash`]; absent in tags of older agents.
+    fixed_hash: Option<String>,
     owner: Option<String>,
 }
 
@@ -182,6 +185,54 @@ impl LibvirtHypervisor {
             Some(config) => config.ensure(spec, base),
             None => Ok(GuestDisks::default()),
         }
+    }
+
+    /// Brings a running guest to `spec` without a restart when the spec
+    /// differs from what it runs only in sizes that fit in the maxima it
+    /// booted with: sets vCPUs and memory live, then tags the running
+    /// definition with the new spec so it no longer counts as stale.
+    /// `Ok(false)`: not possible live (another field changed, a maximum
+    /// grew, or the driver or guest refused); the guest keeps its old
+    /// tag and reports a pending restart.
+    fn resize_live(&self, dom: &Domain, spec: &GuestSpec) -> Result<bool, HypervisorError> {
+        let live = sys::VIR_DOMAIN_AFFECT_LIVE;
+        let live_fixed = live_owner_tag(dom)?.and_then(|tag| tag.fixed_hash);
+        if live_fixed.as_deref() != Some(spec.fixed_hash().as_str()) {
+            return Ok(false);
+        }
+        let max_vcpus = dom
+            .vcpus_flags(live | sys::VIR_DOMAIN_VCPU_MAXIMUM)
+            .map_err(|e| libvirt_error("get max vcpus", e))?;
+        let max_kib = dom
+            .max_memory()
+            .map_err(|e| libvirt_error("get max memory", e))?;
+        if spec.vcpu_maximum() > max_vcpus || spec.memory_maximum_mib() * 1024 > max_kib {
+            return Ok(false);
+        }
+        let vcpus = dom
+            .vcpus_flags(live)
+            .map_err(|e| libvirt_error("get vcpus", e))?;
+        if vcpus != spec.vcpus {
+            if let Err(e) = dom.set_vcpus_flags(spec.vcpus, live) {
+                return refused_live("set vcpus", e);
+            }
+        }
+        let info = dom.info().map_err(|e| libvirt_error("get info", e))?;
+        let kib = spec.memory_mib * 1024;
+        if info.memory != kib {
+            if let Err(e) = dom.set_memory_flags(kib, live) {
+                return refused_live("set memory", e);
+            }
+        }
+        dom.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(&owner_metadata_unprefixed(spec, self.owner.as_deref())),
+            Some("measurelab"),
+            Some(OWNER_XML_NAMESPACE),
+            live,
+        )
+        .map_err(|e| libvirt_error("set live metadata", e))?;
+        Ok(true)
     }
 
     /// The ownership scope, if any.
@@ -307,6 +358,7 @@ fn read_owner_tag(dom: &Domain, flags: u32) -> Result<Option<OwnerTag>, Hypervis
         platform_id: first_tag_attribute(&xml, "platform-id")
             .and_then(|v| Uuid::parse_str(&v).ok()),
         spec_hash: first_tag_attribute(&xml, "spec-hash").unwrap_or_default(),
+        fixed_hash: first_tag_attribute(&xml, "fixed-hash"),
         owner: first_tag_attribute(&xml, "owner"),
     }))
 }
@@ -350,6 +402,24 @@ fn is_paused(dom: &Domain) -> Result<bool, HypervisorError> {
         state,
         virt::enumutil::Enum::Known(DomainState::Paused)
     ))
+}
+
+/// A live resize the driver or guest cannot do (no hotplug, no balloon)
+/// waits for the next boot; anything else is an error.
+fn refused_live(operation: &'static str, err: VirtError) -> Result<bool, HypervisorError> {
+    let refused = [
+        ErrorNumber::OperationInvalid,
+        ErrorNumber::OperationFailed,
+        ErrorNumber::NoSupport,
+        ErrorNumber::OperationUnsupported,
+        ErrorNumber::ArgumentUnsupported,
+        ErrorNumber::ConfigUnsupported,
+    ];
+    if refused.iter().any(|code| is_code(&err, *code)) {
+        tracing::info!(operation, error = %err.message(), "live resize refused; the change waits for a restart");
+        return Ok(false);
+    }
+    Err(libvirt_error(operation, err))
 }
 
 fn is_code(err: &VirtError, code: ErrorNumber) -> bool {
@@ -412,7 +482,7 @@ impl Hypervisor for LibvirtHypervisor {
             let existing = self.lookup_owned(conn, spec.id)?;
             // Adopts the disks a previous agent made: their data survives.
             let disks = self.prepare_disks(spec, base.as_deref())?;
-            let outcome = match &existing {
+            let mut outcome = match &existing {
                 None => DefineOutcome::Created,
                 Some(dom) => {
                     let tag = self.our_tag(dom)?;
@@ -433,6 +503,19 @@ impl Hypervisor for LibvirtHypervisor {
             let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref(), &disks);
             conn.define_domain_xml(&xml)
                 .map_err(|e| libvirt_error("define", e))?;
+            if let (
+                DefineOutcome::Updated {
+                    restart_required: true,
+                },
+                Some(dom),
+            ) = (outcome, &existing)
+            {
+                if self.resize_live(dom, spec)? {
+                    outcome = DefineOutcome::Updated {
+                        restart_required: false,
+                    };
+                }
+            }
             Ok(outcome)
         })
     }

@@ -31,11 +31,13 @@
 //! - `disks`: per-VM overlay and swap disks of libvirt guests, appliance containment.
 //! - `libvirt`: [`LibvirtHypervisor`], the libvirt backend.
 //! - `namespace`: [`NamespaceHypervisor`], network namespace + cgroup slivers.
+//! - `cpuset`: which host CPUs a namespace guest's vCPUs map to.
 //! - `sandbox`: what a namespace guest runs in: its own host uid, user,
 //!   mount, PID, UTS and IPC namespaces, private root, no capabilities.
 //! - `tap`: moving a libvirt guest's tap into the agent's network namespace.
 
 mod api;
+mod cpuset;
 mod disks;
 mod domain_xml;
 mod libvirt;

@@ -7,10 +7,15 @@
 //!   forward UDP with bad checksums otherwise), and whose host end is named
 //!   after the spec's port. Plugging that port into OVS is the OVS module's
 //!   job; this backend only creates it.
-//! - Limits: cgroup v2 `cpu.max` and `memory.max`. On hosts with the hybrid
-//!   layout (v1 controllers, v2 only at /sys/fs/cgroup/unified - as on the
-//!   build machine) the limits go to the v1 `cpu` and `memory` hierarchies
-//!   and the v2 group is used for freeze and kill, which need no controller.
+//! - Limits: cgroup v2 `cpu.max`, `memory.max` and `memory.swap.max`
+//!   (`swap_mib`), and a cpuset of `vcpus` host CPUs so the guest sees as
+//!   many CPUs as it has vCPUs (`nproc`). On hosts with the hybrid layout
+//!   (v1 controllers, v2 only at /sys/fs/cgroup/unified - as on the build
+//!   machine) the limits go to the v1 `cpu`, `memory` (with
+//!   `memory.memsw.limit_in_bytes` = memory + swap) and `cpuset`
+//!   hierarchies and the v2 group is used for freeze and kill, which need
+//!   no controller. Every limit changes live: a vCPU or memory change
+//!   never restarts the guest.
 //! - Process: started detached (`setsid -f`) so it outlives the agent; its pid
 //!   and start time are recorded in a state file and re-adopted by a new
 //!   backend object after an agent restart (the start time guards against pid
@@ -44,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::api::Hypervisor;
+use super::cpuset::{format_cpu_list, guest_cpus, parse_cpu_list};
 use super::sandbox::{self, UidRegistry};
 use super::spec::{short_id, GuestSpec, NicSpec, RateLimit};
 use super::types::{
@@ -119,12 +125,18 @@ impl NamespaceConfig {
 #[derive(Clone, Debug)]
 enum CgroupLayout {
     /// Pure v2: one hierarchy with the cpu and memory controllers.
-    Unified { root: PathBuf },
+    Unified {
+        root: PathBuf,
+        /// The cpuset controller is available too.
+        cpuset: bool,
+    },
     /// v1 controllers plus a controller-less v2 hierarchy (systemd hybrid).
     Hybrid {
         unified: PathBuf,
         cpu: PathBuf,
         memory: PathBuf,
+        /// The v1 cpuset hierarchy, if mounted.
+        cpuset: Option<PathBuf>,
     },
 }
 
@@ -136,13 +148,18 @@ struct GuestCgroups {
     /// Where CPU and memory limits live (same as `unified` on pure v2).
     cpu: PathBuf,
     memory: PathBuf,
+    /// Where the guest's CPU set lives; `None` without a cpuset controller.
+    cpuset: Option<PathBuf>,
     v1_limits: bool,
 }
 
 impl GuestCgroups {
     fn dirs(&self) -> Vec<&Path> {
         let mut dirs = vec![self.unified.as_path()];
-        for dir in [&self.cpu, &self.memory] {
+        for dir in [Some(&self.cpu), Some(&self.memory), self.cpuset.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if !dirs.contains(&dir.as_path()) {
                 dirs.push(dir);
             }
@@ -338,11 +355,12 @@ impl NamespaceHypervisor {
     fn cgroups(&self, guest: &str) -> GuestCgroups {
         let parent = &self.config.cgroup_parent;
         match &self.layout {
-            CgroupLayout::Unified { root } => {
+            CgroupLayout::Unified { root, cpuset } => {
                 let dir = root.join(parent).join(guest);
                 GuestCgroups {
                     unified: dir.clone(),
                     cpu: dir.clone(),
+                    cpuset: cpuset.then(|| dir.clone()),
                     memory: dir,
                     v1_limits: false,
                 }
@@ -351,10 +369,12 @@ impl NamespaceHypervisor {
                 unified,
                 cpu,
                 memory,
+                cpuset,
             } => GuestCgroups {
                 unified: unified.join(parent).join(guest),
                 cpu: cpu.join(parent).join(guest),
                 memory: memory.join(parent).join(guest),
+                cpuset: cpuset.as_ref().map(|c| c.join(parent).join(guest)),
                 v1_limits: true,
             },
         }
@@ -432,18 +452,44 @@ impl NamespaceHypervisor {
             fs::create_dir_all(dir)
                 .map_err(|e| HypervisorError::io(format!("create {}", dir.display()), e))?;
         }
-        write_limits(&cgroups, spec.vcpus, spec.memory_mib)
+        write_limits(&cgroups, spec)?;
+        adopt_into_cpuset(&cgroups)
     }
 
-    /// On pure v2 the parent must delegate cpu and memory to its children.
+    /// On pure v2 the parent must delegate cpu, memory (and cpuset) to its
+    /// children. A v1 cpuset group starts with no CPUs and no memory nodes,
+    /// and no task may join it before it has both: the parent gets its
+    /// parent's (the host's) once.
     fn ensure_cgroup_parents(&self) -> Result<(), HypervisorError> {
-        if let CgroupLayout::Unified { root } = &self.layout {
-            let parent = root.join(&self.config.cgroup_parent);
-            fs::create_dir_all(&parent)
-                .map_err(|e| HypervisorError::io(format!("create {}", parent.display()), e))?;
-            for dir in [root.as_path(), parent.as_path()] {
-                write_file(&dir.join("cgroup.subtree_control"), "+cpu +memory")?;
+        let create = |dir: &Path| {
+            fs::create_dir_all(dir)
+                .map_err(|e| HypervisorError::io(format!("create {}", dir.display()), e))
+        };
+        match &self.layout {
+            CgroupLayout::Unified { root, cpuset } => {
+                let parent = root.join(&self.config.cgroup_parent);
+                create(&parent)?;
+                let controllers = if *cpuset {
+                    "+cpu +memory +cpuset"
+                } else {
+                    "+cpu +memory"
+                };
+                for dir in [root.as_path(), parent.as_path()] {
+                    write_file(&dir.join("cgroup.subtree_control"), controllers)?;
+                }
             }
+            CgroupLayout::Hybrid {
+                cpuset: Some(root), ..
+            } => {
+                let parent = root.join(&self.config.cgroup_parent);
+                create(&parent)?;
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    if read_trimmed(&parent.join(file))?.is_empty() {
+                        write_file(&parent.join(file), &read_trimmed(&root.join(file))?)?;
+                    }
+                }
+            }
+            CgroupLayout::Hybrid { cpuset: None, .. } => {}
         }
         Ok(())
     }
@@ -818,7 +864,7 @@ impl Hypervisor for NamespaceHypervisor {
         let mut spec = record.spec.clone();
         spec.vcpus = vcpus;
         spec.validate()?;
-        write_limits(&self.cgroups(&record.netns), spec.vcpus, spec.memory_mib)?;
+        write_limits(&self.cgroups(&record.netns), &spec)?;
         record.spec = spec;
         self.save(&record)?;
         Ok(ResizeOutcome::Applied)
@@ -829,7 +875,7 @@ impl Hypervisor for NamespaceHypervisor {
         let mut spec = record.spec.clone();
         spec.memory_mib = memory_mib;
         spec.validate()?;
-        write_limits(&self.cgroups(&record.netns), spec.vcpus, spec.memory_mib)?;
+        write_limits(&self.cgroups(&record.netns), &spec)?;
         record.spec = spec;
         self.save(&record)?;
         Ok(ResizeOutcome::Applied)
@@ -867,9 +913,13 @@ impl NamespaceHypervisor {
 }
 
 fn detect_layout(mount: &Path) -> Result<CgroupLayout, HypervisorError> {
-    if mount.join("cgroup.controllers").is_file() {
+    let controllers = mount.join("cgroup.controllers");
+    if controllers.is_file() {
+        let cpuset = fs::read_to_string(&controllers)
+            .is_ok_and(|text| text.split_whitespace().any(|c| c == "cpuset"));
         return Ok(CgroupLayout::Unified {
             root: mount.to_path_buf(),
+            cpuset,
         });
     }
     let unified = mount.join("unified");
@@ -878,10 +928,12 @@ fn detect_layout(mount: &Path) -> Result<CgroupLayout, HypervisorError> {
         && cpu.join("cpu.cfs_quota_us").is_file()
         && memory.join("memory.limit_in_bytes").is_file()
     {
+        let cpuset = mount.join("cpuset");
         return Ok(CgroupLayout::Hybrid {
             unified,
             cpu,
             memory,
+            cpuset: cpuset.join("cpuset.cpus").is_file().then_some(cpuset),
         });
     }
     Err(HypervisorError::Unsupported {
@@ -890,30 +942,115 @@ fn detect_layout(mount: &Path) -> Result<CgroupLayout, HypervisorError> {
     })
 }
 
-fn write_limits(
-    cgroups: &GuestCgroups,
-    vcpus: u32,
-    memory_mib: u64,
-) -> Result<(), HypervisorError> {
-    let quota = u64::from(vcpus) * CPU_PERIOD_US;
-    let bytes = memory_mib * MIB;
+/// Applies the spec's CPU time, CPU set, memory and swap limits; each
+/// takes effect on the running guest at once.
+fn write_limits(cgroups: &GuestCgroups, spec: &GuestSpec) -> Result<(), HypervisorError> {
+    let quota = u64::from(spec.vcpus) * CPU_PERIOD_US;
+    let bytes = spec.memory_mib * MIB;
+    let swap_bytes = spec.swap_mib * MIB;
     if cgroups.v1_limits {
         write_file(
             &cgroups.cpu.join("cpu.cfs_period_us"),
             &CPU_PERIOD_US.to_string(),
         )?;
         write_file(&cgroups.cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-        write_file(
-            &cgroups.memory.join("memory.limit_in_bytes"),
-            &bytes.to_string(),
-        )
+        write_v1_memory(&cgroups.memory, bytes, bytes + swap_bytes)?;
     } else {
         write_file(
             &cgroups.cpu.join("cpu.max"),
             &format!("{quota} {CPU_PERIOD_US}"),
         )?;
-        write_file(&cgroups.memory.join("memory.max"), &bytes.to_string())
+        write_file(&cgroups.memory.join("memory.max"), &bytes.to_string())?;
+        // Absent without swap accounting; then there is no swap to bound.
+        let swap_max = cgroups.memory.join("memory.swap.max");
+        if swap_max.is_file() {
+            write_file(&swap_max, &swap_bytes.to_string())?;
+        }
     }
+    if let Some(dir) = &cgroups.cpuset {
+        write_cpuset(dir, cgroups.v1_limits, spec)?;
+    }
+    Ok(())
+}
+
+/// v1 memory: `memsw` (memory + swap) must never be below the memory
+/// limit, so the order of the two writes follows the direction of change.
+/// Without swap accounting (`memsw` absent) only memory is bounded.
+fn write_v1_memory(dir: &Path, bytes: u64, with_swap: u64) -> Result<(), HypervisorError> {
+    let memory = dir.join("memory.limit_in_bytes");
+    let memsw = dir.join("memory.memsw.limit_in_bytes");
+    if !memsw.is_file() {
+        return write_file(&memory, &bytes.to_string());
+    }
+    let current: u64 = read_trimmed(&memory)?.parse().unwrap_or(u64::MAX);
+    if bytes > current {
+        write_file(&memsw, &with_swap.to_string())?;
+        write_file(&memory, &bytes.to_string())
+    } else {
+        write_file(&memory, &bytes.to_string())?;
+        write_file(&memsw, &with_swap.to_string())
+    }
+}
+
+/// Gives the guest `vcpus` of the CPUs its parent group may use. The
+/// kernel moves the guest's running tasks onto the new set, which changes
+/// their affinity and so what `nproc` says inside the guest.
+fn write_cpuset(dir: &Path, v1: bool, spec: &GuestSpec) -> Result<(), HypervisorError> {
+    let parent = dir.parent().unwrap_or(dir);
+    let (effective_cpus, effective_mems) = if v1 {
+        ("cpuset.effective_cpus", "cpuset.effective_mems")
+    } else {
+        ("cpuset.cpus.effective", "cpuset.mems.effective")
+    };
+    let listed = read_trimmed(&parent.join(effective_cpus))?;
+    let available = parse_cpu_list(&listed).ok_or_else(|| HypervisorError::Command {
+        command: format!("read {}", parent.join(effective_cpus).display()),
+        detail: format!("not a CPU list: {listed:?}"),
+        class: ErrorClass::Permanent,
+    })?;
+    // v2 inherits memory nodes when the file is empty; v1 needs them set.
+    if v1 && read_trimmed(&dir.join("cpuset.mems"))?.is_empty() {
+        let mems = read_trimmed(&parent.join(effective_mems))?;
+        write_file(&dir.join("cpuset.mems"), &mems)?;
+    }
+    let cpus = guest_cpus(&available, spec.vcpus, spec.id);
+    write_file(&dir.join("cpuset.cpus"), &format_cpu_list(&cpus))
+}
+
+/// Moves the guest's processes into its v1 cpuset group when they are not
+/// there: a guest started by an agent that made no cpuset group would keep
+/// seeing every host CPU until its next restart. New processes inherit the
+/// group, so the processes of the (controller-less) v2 group are all of
+/// the guest's.
+fn adopt_into_cpuset(cgroups: &GuestCgroups) -> Result<(), HypervisorError> {
+    let Some(cpuset) = cgroups.cpuset.as_ref().filter(|c| **c != cgroups.unified) else {
+        return Ok(());
+    };
+    let procs = |dir: &Path| -> Result<Vec<String>, HypervisorError> {
+        Ok(read_trimmed(&dir.join("cgroup.procs"))?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let members = procs(cpuset)?;
+    for pid in procs(&cgroups.unified)? {
+        if !members.contains(&pid) {
+            match fs::write(cpuset.join("cgroup.procs"), &pid) {
+                // Exited since the list was read.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other.map_err(|e| {
+                    HypervisorError::io(format!("move {pid} into {}", cpuset.display()), e)
+                })?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_trimmed(path: &Path) -> Result<String, HypervisorError> {
+    fs::read_to_string(path)
+        .map(|text| text.trim().to_string())
+        .map_err(|e| HypervisorError::io(format!("read {}", path.display()), e))
 }
 
 /// (vcpus, memory MiB) as the kernel enforces them.

@@ -51,6 +51,16 @@ pub struct GuestSpec {
     /// serialized spec when `None`, so hashes of older specs stay put.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_limit: Option<RateLimit>,
+    /// Most vCPUs the guest may be given without a restart (libvirt
+    /// `<vcpu current=...>`); `None`: `vcpus`. The namespace backend has no
+    /// such bound (cgroups change freely). Left out of the serialized spec
+    /// when `None`, so hashes of older specs stay put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+    /// Most memory, MiB, the guest may be given without a restart (libvirt
+    /// `<memory>` with `<currentMemory>` below it); `None`: `memory_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
 }
 
 /// A bandwidth limit in the units of the QoS policy API (kbit/s = 1000
@@ -197,6 +207,25 @@ impl GuestSpec {
                 format!("must be 16 to 1048576, got {}", self.memory_mib),
             ));
         }
+        if let Some(max) = self.max_vcpus {
+            if !(self.vcpus..=64).contains(&max) {
+                return Err(invalid(
+                    "max_vcpus",
+                    format!("must be vcpus ({}) to 64, got {max}", self.vcpus),
+                ));
+            }
+        }
+        if let Some(max) = self.max_memory_mib {
+            if !(self.memory_mib..=1024 * 1024).contains(&max) {
+                return Err(invalid(
+                    "max_memory_mib",
+                    format!(
+                        "must be memory_mib ({}) to 1048576, got {max}",
+                        self.memory_mib
+                    ),
+                ));
+            }
+        }
         self.boot.validate()?;
         if let Some(nic) = &self.nic {
             nic.validate()?;
@@ -234,6 +263,29 @@ impl GuestSpec {
         // Serializing a struct of plain fields cannot fail.
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         format!("{:016x}", fnv1a64(&bytes))
+    }
+
+    /// vCPUs the guest is defined with room for.
+    pub fn vcpu_maximum(&self) -> u32 {
+        self.max_vcpus.unwrap_or(self.vcpus)
+    }
+
+    /// Memory, MiB, the guest is defined with room for.
+    pub fn memory_maximum_mib(&self) -> u64 {
+        self.max_memory_mib.unwrap_or(self.memory_mib)
+    }
+
+    /// [`Self::spec_hash`] of everything but the sizes (`vcpus`,
+    /// `memory_mib` and their maxima): two specs with the same fixed hash
+    /// differ at most in sizes, which a running guest takes live as long
+    /// as the new maxima fit in the ones it booted with.
+    pub fn fixed_hash(&self) -> String {
+        let mut fixed = self.clone();
+        fixed.max_vcpus = None;
+        fixed.max_memory_mib = None;
+        fixed.vcpus = 0;
+        fixed.memory_mib = 0;
+        fixed.spec_hash()
     }
 
     /// First 8 hex digits of the id: short names for namespaces and ports.
@@ -435,6 +487,8 @@ pub(crate) mod tests {
                     .into(),
             ),
             egress_limit: None,
+            max_vcpus: None,
+            max_memory_mib: None,
         }
     }
 
@@ -515,6 +569,54 @@ pub(crate) mod tests {
         let mut changed = sample_spec();
         changed.memory_mib += 1;
         assert_ne!(spec.spec_hash(), changed.spec_hash());
+    }
+
+    #[test]
+    fn maxima_are_checked_and_absent_ones_keep_old_hashes() {
+        let plain = sample_spec();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("max_"), "{json}");
+        assert_eq!((plain.vcpu_maximum(), plain.memory_maximum_mib()), (2, 256));
+        let mut roomy = sample_spec();
+        roomy.max_vcpus = Some(4);
+        roomy.max_memory_mib = Some(1024);
+        roomy.validate().unwrap();
+        assert_eq!(
+            (roomy.vcpu_maximum(), roomy.memory_maximum_mib()),
+            (4, 1024)
+        );
+        let mut low = sample_spec();
+        low.max_vcpus = Some(1);
+        assert!(matches!(
+            low.validate(),
+            Err(HypervisorError::InvalidSpec {
+                field: "max_vcpus",
+                ..
+            })
+        ));
+        let mut low = sample_spec();
+        low.max_memory_mib = Some(128);
+        assert!(matches!(
+            low.validate(),
+            Err(HypervisorError::InvalidSpec {
+                field: "max_memory_mib",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn fixed_hash_ignores_sizes_only() {
+        let base = sample_spec();
+        let mut resized = sample_spec();
+        resized.vcpus = 1;
+        resized.memory_mib = 512;
+        resized.max_memory_mib = Some(1024);
+        assert_eq!(base.fixed_hash(), resized.fixed_hash());
+        assert_ne!(base.spec_hash(), resized.spec_hash());
+        let mut other = sample_spec();
+        other.boot.extra_cmdline = "loglevel=4".into();
+        assert_ne!(base.fixed_hash(), other.fixed_hash());
     }
 
     fn limit(max: u64, min: Option<u64>, burst: Option<u64>) -> RateLimit {

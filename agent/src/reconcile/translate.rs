@@ -138,6 +138,9 @@ pub fn guest_spec(
         }),
         channel_socket: Some(channel_socket_path(&config.state_dir, id)),
         egress_limit: egress_limit(vm),
+        // 0: the controller set no maximum, so it is the requested size.
+        max_vcpus: (vm.max_vcpus != 0).then_some(vm.max_vcpus),
+        max_memory_mib: (vm.max_memory_mib != 0).then_some(vm.max_memory_mib),
     };
     spec.validate().map_err(|e| match e {
         crate::hypervisor::HypervisorError::InvalidSpec { field, reason } => {

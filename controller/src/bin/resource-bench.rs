@@ -247,6 +247,8 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
                 memory_mib: 64,
                 disk_mib: None,
                 swap_mib: None,
+                max_vcpus: None,
+                max_memory_mib: None,
                 appliance: "namespace".into(),
                 qos_policy: None,
                 power_state: VmPowerState::Running,

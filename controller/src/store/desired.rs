@@ -108,6 +108,9 @@ pub(crate) fn desired_state(
             port_name: vm.port_name.clone(),
             generation: vm.generation,
             platform_name: vm.platform_name.clone(),
+            // 0: no room beyond the requested size.
+            max_vcpus: vm.max_vcpus.unwrap_or(0),
+            max_memory_mib: vm.max_memory_mib.unwrap_or(0),
         });
     }
     for (deployment, vm_id) in programs::active_runs_of_node(conn, node_id)? {

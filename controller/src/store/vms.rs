@@ -36,6 +36,8 @@ pub(crate) struct VmRow {
     pub memory_mib: u64,
     pub disk_mib: u64,
     pub swap_mib: u64,
+    pub max_vcpus: Option<u32>,
+    pub max_memory_mib: Option<u64>,
     pub appliance_id: String,
     pub appliance_name: String,
     pub qos_policy_id: Option<String>,
@@ -78,6 +80,9 @@ impl VmRow {
                 self.actual_state.clone()
             },
             restart_required: self.restart_required,
+            pending_restart: self.restart_required,
+            max_vcpus: self.max_vcpus,
+            max_memory_mib: self.max_memory_mib,
             guest_last_heartbeat: self.guest_last_heartbeat.clone(),
             conditions: self.conditions.clone(),
             generation: self.generation,
@@ -92,7 +97,7 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
         v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
         v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
         v.restart_required, v.guest_last_heartbeat, v.conditions, v.generation,
-        v.observed_generation, v.created_at, p.tenant_id
+        v.observed_generation, v.created_at, p.tenant_id, v.max_vcpus, v.max_memory_mib
     FROM vms v
     JOIN platforms p ON p.id = v.platform_id
     JOIN appliances a ON a.id = v.appliance_id
@@ -132,6 +137,8 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
         observed_generation: r.get::<_, i64>(24)? as u64,
         created_at: r.get(25)?,
         tenant_id: r.get(26)?,
+        max_vcpus: r.get::<_, Option<i64>>(27)?.map(|v| v as u32),
+        max_memory_mib: r.get::<_, Option<i64>>(28)?.map(|v| v as u64),
     })
 }
 
@@ -325,6 +332,33 @@ fn check_node_fits(
     Ok(())
 }
 
+/// The maxima leave room above the sizes, never below: a VM cannot be
+/// given more than it was defined with room for.
+fn check_maxima(
+    vcpus: u32,
+    memory_mib: u64,
+    max_vcpus: Option<u32>,
+    max_memory_mib: Option<u64>,
+) -> Result<(), StoreError> {
+    if let Some(max) = max_vcpus {
+        if !(vcpus..=MAX_VCPUS).contains(&max) {
+            return Err(StoreError::invalid(
+                "max_vcpus",
+                format!("{max} must be at least vcpus ({vcpus}) and at most {MAX_VCPUS}; raise max_vcpus with vcpus"),
+            ));
+        }
+    }
+    if let Some(max) = max_memory_mib {
+        if !(memory_mib..=MAX_MEMORY_MIB).contains(&max) {
+            return Err(StoreError::invalid(
+                "max_memory_mib",
+                format!("{max} MiB must be at least memory_mib ({memory_mib} MiB) and at most {MAX_MEMORY_MIB} MiB; raise max_memory_mib with memory_mib"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_vcpus(vcpus: u32) -> Result<(), StoreError> {
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         return Err(StoreError::invalid(
@@ -421,6 +455,12 @@ pub(crate) fn create(
             None => None,
         };
     check_vcpus(input.vcpus)?;
+    check_maxima(
+        input.vcpus,
+        input.memory_mib,
+        input.max_vcpus,
+        input.max_memory_mib,
+    )?;
     if input.memory_mib < appliance.min_memory_mib {
         return Err(StoreError::invalid(
             "memory_mib",
@@ -561,6 +601,8 @@ pub(crate) fn create(
         memory_mib: input.memory_mib,
         disk_mib: input.disk_mib.unwrap_or(0),
         swap_mib: input.swap_mib.unwrap_or(0),
+        max_vcpus: input.max_vcpus,
+        max_memory_mib: input.max_memory_mib,
         appliance_id: appliance.id.clone(),
         appliance_name: appliance.name.clone(),
         qos_policy_id: qos.as_ref().map(|q| q.id.clone()),
@@ -583,9 +625,10 @@ pub(crate) fn create(
             "INSERT INTO vms (id, name, platform_id, node_id, vcpus, memory_mib, disk_mib, swap_mib,
                               appliance_id, qos_policy_id, power_state, backend, address, mac,
                               port_name, deleting, actual_state, restart_required, conditions,
-                              generation, observed_generation, created_at)
+                              generation, observed_generation, created_at, max_vcpus,
+                              max_memory_mib)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 0, ?16, 0,
-                     '[]', ?17, 0, ?18)",
+                     '[]', ?17, 0, ?18, ?19, ?20)",
         )?
         .execute(params![
             row.id,
@@ -605,7 +648,9 @@ pub(crate) fn create(
             row.port_name,
             row.actual_state,
             row.generation as i64,
-            row.created_at
+            row.created_at,
+            row.max_vcpus,
+            row.max_memory_mib.map(|m| m as i64)
         ])?;
     cx.touch_node(&node.id)?;
     cx.event(
@@ -719,6 +764,19 @@ pub(crate) fn update(
             vm.memory_mib = memory;
         }
     }
+    if let Some(max) = patch.max_vcpus {
+        if Some(max) != vm.max_vcpus {
+            changes.push(format!("max_vcpus -> {max}"));
+            vm.max_vcpus = Some(max);
+        }
+    }
+    if let Some(max) = patch.max_memory_mib {
+        if Some(max) != vm.max_memory_mib {
+            changes.push(format!("max_memory_mib -> {max}"));
+            vm.max_memory_mib = Some(max);
+        }
+    }
+    check_maxima(vm.vcpus, vm.memory_mib, vm.max_vcpus, vm.max_memory_mib)?;
     let qos_before = vm.qos_policy_id.clone();
     if let Some(qos) = &patch.qos_policy {
         let (id, name) = match qos {
@@ -803,7 +861,7 @@ pub(crate) fn update(
         cx.tx
             .prepare_cached(
                 "UPDATE vms SET vcpus = ?2, memory_mib = ?3, qos_policy_id = ?4, power_state = ?5,
-                                generation = ?6 WHERE id = ?1",
+                                generation = ?6, max_vcpus = ?7, max_memory_mib = ?8 WHERE id = ?1",
             )?
             .execute(params![
                 vm.id,
@@ -811,7 +869,9 @@ pub(crate) fn update(
                 vm.memory_mib as i64,
                 vm.qos_policy_id,
                 vm.power_state.as_str(),
-                vm.generation as i64
+                vm.generation as i64,
+                vm.max_vcpus,
+                vm.max_memory_mib.map(|m| m as i64)
             ])?;
         cx.touch_node(&vm.node_id)?;
         cx.event(

@@ -650,8 +650,22 @@ pub struct Vm {
     pub mac: String,
     /// What the node reports: pending, running, paused, stopped, failed, deleting.
     pub actual_state: String,
-    /// A changed field needs a restart that has not happened yet.
+    /// Same as `pending_restart` (its older name).
     pub restart_required: bool,
+    /// The VM runs an older spec than it was given: a change that cannot
+    /// apply live (e.g. `vcpus` beyond the `max_vcpus` it booted with)
+    /// waits for its next restart.
+    #[serde(default)]
+    pub pending_restart: bool,
+    /// Most vCPUs the VM can get without a restart (libvirt hot-plug room);
+    /// `null`: `vcpus`. Namespace VMs resize freely.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_vcpus: Option<u32>,
+    /// Most memory the VM can get without a restart; `null`: `memory_mib`.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub max_memory_mib: Option<u64>,
     /// RFC 3339 time of the guest agent's last heartbeat.
     #[serde(default)]
     #[schema(format = DateTime, required = true)]
@@ -693,6 +707,14 @@ pub struct VmCreate {
     /// Swap size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_mib: Option<u64>,
+    /// Room for live vCPU growth (at least `vcpus`, at most 64); default `vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub max_vcpus: Option<u32>,
+    /// Room for live memory growth (at least `memory_mib`); default `memory_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_memory_mib: Option<u64>,
     /// Appliance name.
     pub appliance: String,
     /// QoS policy name.
@@ -725,6 +747,14 @@ pub struct VmPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub memory_mib: Option<u64>,
+    /// Room for live vCPU growth; a new maximum applies at the next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub max_vcpus: Option<u32>,
+    /// Room for live memory growth; a new maximum applies at the next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_memory_mib: Option<u64>,
     /// QoS policy name; `null` removes the policy.
     #[serde(
         default,

@@ -243,6 +243,12 @@ pub struct VmView {
     pub actual_state: Value<String>,
     /// A change waits for a restart.
     pub restart_required: Value<bool>,
+    /// Same as `restart_required`, under the resource's name.
+    pub pending_restart: Value<bool>,
+    /// Room for live vCPU growth; null: `vcpus`.
+    pub max_vcpus: Value<Number>,
+    /// Room for live memory growth; null: `memory_mib`.
+    pub max_memory_mib: Value<Number>,
     /// Last guest-agent heartbeat, if any.
     pub guest_last_heartbeat: Value<String>,
     /// Conditions from the node agent.
@@ -270,6 +276,9 @@ impl From<&Vm> for VmView {
             mac: text(&vm.mac),
             actual_state: text(&vm.actual_state),
             restart_required: Value::Value(vm.restart_required),
+            pending_restart: Value::Value(vm.pending_restart),
+            max_vcpus: vm.max_vcpus.map(number).unwrap_or(Value::Null),
+            max_memory_mib: vm.max_memory_mib.map(number).unwrap_or(Value::Null),
             guest_last_heartbeat: optional_text(vm.guest_last_heartbeat.as_ref()),
             conditions: Value::Value(
                 vm.conditions
@@ -312,6 +321,9 @@ pub fn vm_fields() -> Vec<Field> {
         ("mac", AttributeType::String, "MAC address of the VM's port."),
         ("actual_state", AttributeType::String, "What the node reports: `pending`, `running`, `paused`, `stopped`, `failed` or `deleting`."),
         ("restart_required", AttributeType::Bool, "A changed attribute waits for a restart of the VM."),
+        ("pending_restart", AttributeType::Bool, "Same as `restart_required`: a change that cannot apply live waits for the VM's next restart."),
+        ("max_vcpus", AttributeType::Number, "Most vCPUs the VM can get without a restart; null: `vcpus`."),
+        ("max_memory_mib", AttributeType::Number, "Most memory in MiB the VM can get without a restart; null: `memory_mib`."),
         ("guest_last_heartbeat", AttributeType::String, "RFC 3339 time of the guest agent's last heartbeat; null before the first."),
         ("conditions", AttributeType::List(Box::new(condition)), "Conditions reported by the node agent: `type` (`Ready`, `PortAttached`, ...), `status` (`True`, `False`, `Unknown`), `reason`, `message`."),
         ("created_at", AttributeType::String, "RFC 3339 creation time."),

@@ -84,6 +84,10 @@ pub struct VmState {
     pub disk_mib: Value<Number>,
     /// Swap size.
     pub swap_mib: Value<Number>,
+    /// Room for live vCPU growth.
+    pub max_vcpus: Value<Number>,
+    /// Room for live memory growth.
+    pub max_memory_mib: Value<Number>,
     /// QoS policy name.
     pub qos_policy: Value<String>,
     /// `running`, `paused` or `stopped`.
@@ -98,6 +102,8 @@ pub struct VmState {
     pub actual_state: Value<String>,
     /// Conditions.
     pub conditions: Value<Vec<ConditionValue>>,
+    /// A change waits for the VM's next restart.
+    pub pending_restart: Value<bool>,
     /// The `timeouts` block.
     pub timeouts: Value<VmTimeouts>,
 }
@@ -136,6 +142,8 @@ impl VmState {
         whole(diags, "memory_mib", &self.memory_mib, false);
         whole(diags, "disk_mib", &self.disk_mib, true);
         whole(diags, "swap_mib", &self.swap_mib, true);
+        whole(diags, "max_vcpus", &self.max_vcpus, false);
+        whole(diags, "max_memory_mib", &self.max_memory_mib, false);
         if let Value::Value(backend) = &self.backend {
             if VmBackend::parse(backend).is_none() {
                 diagnostics::invalid_value(
@@ -192,6 +200,15 @@ impl VmState {
         self.memory_mib = Value::Value(Number::from(vm.memory_mib));
         self.disk_mib = Value::Value(Number::from(vm.disk_mib));
         self.swap_mib = Value::Value(Number::from(vm.swap_mib));
+        self.max_vcpus = vm
+            .max_vcpus
+            .map(|n| Value::Value(Number::from(n)))
+            .unwrap_or(Value::Null);
+        self.max_memory_mib = vm
+            .max_memory_mib
+            .map(|n| Value::Value(Number::from(n)))
+            .unwrap_or(Value::Null);
+        self.pending_restart = Value::Value(vm.pending_restart);
         self.qos_policy = vm
             .qos_policy
             .clone()
@@ -221,6 +238,7 @@ impl VmState {
         self.mac = Value::Unknown;
         self.actual_state = Value::Unknown;
         self.conditions = Value::Unknown;
+        self.pending_restart = Value::Unknown;
         for value in [&mut self.backend, &mut self.power_state] {
             if value.is_null() {
                 *value = Value::Unknown;
@@ -423,8 +441,10 @@ impl ManagedResource for Vms {
             ("node".into(), attribute(AttributeType::String, "Name of the measurement node to run on; must be a member of the platform. Changing it replaces the VM.", Required)),
             ("appliance".into(), attribute(AttributeType::String, "Name of the appliance (VM image). Changing it replaces the VM.", Required)),
             ("backend".into(), attribute(AttributeType::String, "`namespace` (network namespace + cgroups) or `libvirt` (Xen, QEMU or the test driver). Default: the appliance's first backend the node has. Planning fails when the node lacks the backend. Changing it replaces the VM.", OptionalComputed)),
-            ("vcpus".into(), attribute(AttributeType::Number, "Virtual CPUs (1-64). Changed in place (applied at the VM's next restart).", Required)),
-            ("memory_mib".into(), attribute(AttributeType::Number, "Memory in MiB; at least the appliance's minimum. Changed in place (applied at the next restart).", Required)),
+            ("vcpus".into(), attribute(AttributeType::Number, "Virtual CPUs (1-64). Changed in place: live on a namespace VM (cgroup CPU time and a cpuset, so `nproc` in the guest follows) and on a libvirt VM up to `max_vcpus`; beyond that at the VM's next restart (`pending_restart`).", Required)),
+            ("memory_mib".into(), attribute(AttributeType::Number, "Memory in MiB; at least the appliance's minimum. Changed in place: live on a namespace VM (cgroup limit) and on a libvirt VM up to `max_memory_mib`; beyond that at the next restart (`pending_restart`).", Required)),
+            ("max_vcpus".into(), attribute(AttributeType::Number, "Most vCPUs a libvirt VM can get without a restart (it boots with room for them); at least `vcpus`. Unset: `vcpus`. Changed in place; a new maximum applies at the next restart.", Optional)),
+            ("max_memory_mib".into(), attribute(AttributeType::Number, "Most memory in MiB a libvirt VM can get without a restart (QEMU VMs get a balloon for it); at least `memory_mib`. Unset: `memory_mib`. Changed in place; a new maximum applies at the next restart.", Optional)),
             ("disk_mib".into(), attribute(AttributeType::Number, "Disk size in MiB; 0 or unset: the appliance's own. Changing it replaces the VM.", OptionalComputed)),
             ("swap_mib".into(), attribute(AttributeType::Number, "Swap size in MiB. Changing it replaces the VM.", OptionalComputed)),
             ("qos_policy".into(), attribute(AttributeType::String, "Name of a `measurelab_qos_policy` limiting the VM's bandwidth. Changed in place, without a restart; removing it removes the limit.", Optional)),
@@ -433,6 +453,7 @@ impl ManagedResource for Vms {
             ("address".into(), computed(AttributeType::String, "IPv4 address from the platform's subnet.")),
             ("mac".into(), computed(AttributeType::String, "MAC address of the VM's port.")),
             ("actual_state".into(), computed(AttributeType::String, "What the node agent last reported: `pending`, `running`, `paused`, `stopped`, `failed` or `deleting`. Refreshed on read; never causes a diff.")),
+            ("pending_restart".into(), computed(AttributeType::Bool, "True while the VM runs an older spec than it was given: a change that cannot apply live (e.g. `vcpus` beyond the `max_vcpus` it booted with) waits for its next restart (`power_state` `stopped`, then `running`). Refreshed on read; never causes a diff.")),
             ("conditions".into(), computed(AttributeType::List(Box::new(condition_type)), "Conditions reported by the node agent (`Ready`, `PortAttached`, `GuestRegistered`), each with `type`, `status` (`True`/`False`/`Unknown`), `reason` and `message`. Refreshed on read; never causes a diff.")),
         ]);
         let duration = |what: &str| {
@@ -546,6 +567,8 @@ impl ManagedResource for Vms {
             memory_mib: number(&planned.memory_mib).unwrap_or(0),
             disk_mib: number(&planned.disk_mib),
             swap_mib: number(&planned.swap_mib),
+            max_vcpus: number(&planned.max_vcpus).and_then(|n| u32::try_from(n).ok()),
+            max_memory_mib: number(&planned.max_memory_mib),
             appliance: known(&planned.appliance),
             qos_policy: planned.qos_policy.as_ref_option().cloned(),
             power_state: planned
@@ -596,6 +619,8 @@ impl ManagedResource for Vms {
         let patch = VmPatch {
             vcpus: number(&planned.vcpus).and_then(|n| u32::try_from(n).ok()),
             memory_mib: number(&planned.memory_mib),
+            max_vcpus: number(&planned.max_vcpus).and_then(|n| u32::try_from(n).ok()),
+            max_memory_mib: number(&planned.max_memory_mib),
             qos_policy: Some(planned.qos_policy.as_ref_option().cloned()),
             power_state: planned
                 .power_state
@@ -702,6 +727,9 @@ mod tests {
             mac: "52:54:00:00:00:01".into(),
             actual_state: actual.into(),
             restart_required: false,
+            pending_restart: false,
+            max_vcpus: None,
+            max_memory_mib: None,
             guest_last_heartbeat: None,
             conditions: vec![Condition {
                 condition_type: "Ready".into(),
@@ -927,6 +955,28 @@ mod tests {
             }
         }
         assert_eq!(fake_controller::Counts::get(&counts.node_list), 2);
+    }
+
+    #[tokio::test]
+    async fn size_and_maximum_changes_plan_in_place() {
+        let resource = Vms::new(Shared::new(tokio_util::sync::CancellationToken::new()));
+        let prior = VmState {
+            id: Value::Value("v".into()),
+            pending_restart: Value::Value(false),
+            ..planned("ns", "namespace", Some("namespace"))
+        };
+        let proposed = VmState {
+            vcpus: Value::Value(Number::Unsigned(2)),
+            memory_mib: Value::Value(Number::Unsigned(128)),
+            max_vcpus: Value::Value(Number::Unsigned(4)),
+            max_memory_mib: Value::Value(Number::Unsigned(256)),
+            ..prior.clone()
+        };
+        let mut diags = Diagnostics::default();
+        let (state, replace) = resource.plan_update(&mut diags, &prior, proposed).await;
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        assert!(replace.is_empty(), "replaces for {replace:?}");
+        assert_eq!(state.id, prior.id, "an in-place change keeps the VM");
     }
 
     #[test]
