@@ -32,6 +32,23 @@ impl LabHypervisor {
     }
 }
 
+/// A note when the built-in appliance's files are missing: its VMs would
+/// then fail on the node, long after `lab up` said all was well.
+pub(super) fn appliance_notice() -> Option<String> {
+    let dir = Path::new(measurelab_agent::DEFAULT_APPLIANCE_DIR).join("measurelab-tiny");
+    let missing: Vec<&str> = ["vmlinuz", "initrd.img", "disk.img"]
+        .into_iter()
+        .filter(|file| !dir.join(file).is_file())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "note: {} lacks {}: libvirt VMs on measurelab-tiny will fail until `scripts/build-appliance.sh target/release/measurelab-guest-agent` builds it",
+            dir.display(),
+            missing.join(", ")
+        )
+    })
+}
+
 /// The lab's record of what it did to the host for QEMU.
 fn record_path(lab_dir: &Path) -> PathBuf {
     lab_dir.join("libvirtd.json")

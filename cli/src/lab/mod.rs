@@ -370,6 +370,9 @@ impl Lab {
                 &self.dir,
                 &self.log_file("libvirtd"),
             )?);
+            if let Some(note) = hypervisor::appliance_notice() {
+                println!("{note}");
+            }
         }
         let endpoint = self.ensure_controller(settings, &mut started)?;
         for k in 1..=settings.nodes {
