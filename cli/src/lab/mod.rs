@@ -1274,3 +1274,23 @@ mod tests {
         assert!(!l.owns_cmdline("vim /var/lib/ml/mlab/lab.json"));
     }
 }
+
+#[cfg(test)]
+mod hypervisor_setting_tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_json_from_before_the_hypervisor_flag_is_a_namespace_lab() {
+        let old = r#"{"name":"mlab","nodes":2,"http_port":7070,
+            "heartbeat_interval_seconds":5,"offline_after_seconds":15}"#;
+        let settings: LabSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(settings.hypervisor, hypervisor::LabHypervisor::Namespace);
+        let qemu = LabSettings {
+            hypervisor: hypervisor::LabHypervisor::Qemu,
+            ..settings
+        };
+        let text = serde_json::to_string(&qemu).unwrap();
+        assert!(text.contains(r#""hypervisor":"qemu""#), "{text}");
+        assert_eq!(serde_json::from_str::<LabSettings>(&text).unwrap(), qemu);
+    }
+}
