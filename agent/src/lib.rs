@@ -16,6 +16,8 @@
 //!   controller's desired state; relays guest traffic.
 //! - [`service_host`]: the node's built-in multicast point on the service
 //!   network, and the service_host tasks this node orchestrates.
+//! - [`system_libvirtd`]: starts the system libvirtd QEMU guests need (and
+//!   undoes exactly that), for the lab and the QEMU tests.
 //!
 //! The agent never exits because the controller is down or refuses it: it
 //! keeps retrying, so a node comes back by itself after any outage.
@@ -33,6 +35,7 @@ pub mod ovs;
 pub mod reconcile;
 pub mod service_host;
 mod session;
+pub mod system_libvirtd;
 pub mod usage;
 
 pub use config::{AgentConfig, AgentError, DEFAULT_APPLIANCE_DIR};

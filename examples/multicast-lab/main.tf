@@ -9,7 +9,10 @@
 #   export TF_CLI_CONFIG_FILE=$(measurelab lab tfrc)
 #   terraform init && terraform apply
 #
-# scripts/demo.sh does all of this.
+# scripts/demo.sh does all of this. On QEMU VMs instead of namespaces:
+#
+#   measurelab lab up --nodes 2 --hypervisor qemu
+#   terraform apply -var backend=libvirt -var 'nodes=["n1","n2"]' -var point_count=2
 
 terraform {
   required_version = ">= 1.6"
@@ -41,8 +44,33 @@ variable "duration_seconds" {
   default     = 30
 }
 
+variable "backend" {
+  description = "Where the VMs run: `namespace` (network-namespace slivers) or `libvirt` (QEMU VMs; the lab must be up with `--hypervisor qemu`)."
+  type        = string
+  default     = "namespace"
+  validation {
+    condition     = contains(["namespace", "libvirt"], var.backend)
+    error_message = "backend must be \"namespace\" or \"libvirt\"."
+  }
+}
+
+variable "appliance" {
+  description = "VM image; default `namespace` for namespace VMs and `measurelab-tiny` for libvirt ones."
+  type        = string
+  default     = null
+}
+
+variable "point_count" {
+  description = "Measurement-point VMs, at least 2 (one sends, the others receive). Under QEMU/TCG every VM costs CPU: keep it small."
+  type        = number
+  default     = 4
+}
+
 locals {
-  bin_dir = coalesce(var.bin_dir, abspath("${path.root}/../../target/release"))
+  bin_dir   = coalesce(var.bin_dir, abspath("${path.root}/../../target/release"))
+  appliance = coalesce(var.appliance, var.backend == "libvirt" ? "measurelab-tiny" : "namespace")
+  # A QEMU guest's root filesystem and the delivered programs share its RAM.
+  vm_memory_mib = var.backend == "libvirt" ? 256 : 128
 }
 
 module "multicast" {
@@ -50,7 +78,10 @@ module "multicast" {
 
   name             = "mcast-lab"
   nodes            = var.nodes
-  point_count      = 4
+  point_count      = var.point_count
+  backend          = var.backend
+  appliance        = local.appliance
+  vm_memory_mib    = local.vm_memory_mib
   mcast_point_path = "${local.bin_dir}/mcast-point"
   mcast_mscs_path  = "${local.bin_dir}/mcast-mscs"
 

@@ -6,10 +6,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use measurelab_agent::hypervisor::{Hypervisor, LibvirtHypervisor};
+use measurelab_agent::system_libvirtd::{self, StartedLibvirtd};
 use uuid::Uuid;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,37 +20,25 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err(format!($($arg)*).into()) };
 }
 
-pub const QEMU_URI: &str = "qemu:///system";
+pub const QEMU_URI: &str = system_libvirtd::QEMU_SYSTEM_URI;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
-
-/// What the test harness set up on the host: daemons it started and system
-/// entries it created. Shared by every test process through STATE_PATH,
-/// so whichever test finishes last undoes it, whoever started it.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct HostState {
-    daemon_pids: Vec<u32>,
-    created_user: bool,
-    created_group: bool,
-    created_qemu_conf: bool,
-}
 
 /// Serializes setup and counts users across processes: each user holds a
 /// shared flock for its lifetime; setup and teardown take it exclusively.
 const LOCK_PATH: &str = "/run/measurelab-test-libvirt.lock";
+/// What the first user started (a [`StartedLibvirtd`]), so that whichever
+/// test finishes last undoes it, whoever started it.
 const STATE_PATH: &str = "/run/measurelab-test-libvirt.json";
+const DAEMON_LOG: &str = "/run/measurelab-test-libvirtd.log";
 
 /// A test's use of qemu:///system. If no libvirtd answers, the first user
-/// starts virtlogd + libvirtd (and creates the libvirt-qemu user and
-/// qemu.conf if missing); the last user to drop stops and removes exactly
-/// those. Tests of several engineers or binaries running at once therefore
-/// never stop a libvirtd another test is still using (stopping virtlogd
-/// under a running guest leaves its console file empty).
+/// starts it through the product's own [`system_libvirtd`] (as `lab up
+/// --hypervisor qemu` does); the last user to drop undoes exactly that.
+/// Tests of several engineers or binaries running at once therefore never
+/// stop a libvirtd another test is still using (stopping virtlogd under a
+/// running guest leaves its console file empty).
 pub struct LibvirtSetup {
     lock: fs::File,
-    /// Daemons this process started, so it can reap them if it is the one
-    /// that stops them.
-    children: Vec<Child>,
 }
 
 #[allow(deprecated)] // nix::fcntl::flock: the RAII Flock does not fit a lock held in a struct and converted.
@@ -66,135 +55,26 @@ impl LibvirtSetup {
             .write(true)
             .open(LOCK_PATH)?;
         flock(&lock, nix::fcntl::FlockArg::LockExclusive)?;
-        let mut children = Vec::new();
-        if LibvirtHypervisor::connect(QEMU_URI).is_err() {
-            let mut state: HostState = fs::read_to_string(STATE_PATH)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            // Pids from a run that crashed are stale (and may be reused by
-            // now); only what we start below is ours to stop.
-            state.daemon_pids.clear();
-            // libvirt's QEMU driver resolves its built-in user before reading
-            // qemu.conf and refuses to start without it.
-            if !Command::new("getent")
-                .args(["group", "libvirt-qemu"])
-                .stdout(Stdio::null())
-                .status()?
-                .success()
-            {
-                run(Command::new("groupadd").args(["-r", "libvirt-qemu"]))?;
-                state.created_group = true;
-            }
-            if !Command::new("id")
-                .arg("libvirt-qemu")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-                .success()
-            {
-                run(Command::new("useradd").args([
-                    "-r",
-                    "-g",
-                    "libvirt-qemu",
-                    "-d",
-                    "/var/lib/libvirt",
-                    "-s",
-                    "/usr/sbin/nologin",
-                    "libvirt-qemu",
-                ]))?;
-                state.created_user = true;
-            }
-            if !Path::new(QEMU_CONF).exists() {
-                // Run QEMU as root so it can read appliance files anywhere and
-                // write the console log into the test's temp dir.
-                fs::write(
-                    QEMU_CONF,
-                    "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n",
-                )?;
-                state.created_qemu_conf = true;
-            }
-            for daemon in ["virtlogd", "libvirtd"] {
-                let child = Command::new(daemon)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("start {daemon}: {e}"))?;
-                state.daemon_pids.push(child.id());
-                children.push(child);
-            }
-            fs::write(STATE_PATH, serde_json::to_vec(&state)?)?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while LibvirtHypervisor::connect(QEMU_URI).is_err() {
-                if Instant::now() > deadline {
-                    bail!("libvirtd started but {QEMU_URI} does not answer within 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        // A record left by a run that crashed is stale (its pids may be
+        // reused by now): only what is started below is ours to stop.
+        if let Some(started) = system_libvirtd::start_for_qemu(Path::new(DAEMON_LOG))? {
+            fs::write(STATE_PATH, serde_json::to_vec(&started)?)?;
         }
         // Converting to shared lets other tests in; they see libvirtd answer.
         flock(&lock, nix::fcntl::FlockArg::LockShared)?;
-        Ok(LibvirtSetup { lock, children })
+        Ok(LibvirtSetup { lock })
     }
 
-    /// Stops what STATE_PATH records. Runs with the exclusive lock held.
+    /// Undoes what STATE_PATH records. Runs with the exclusive lock held.
     fn teardown(&mut self) {
-        let Some(state) = fs::read_to_string(STATE_PATH)
+        let Some(started) = fs::read_to_string(STATE_PATH)
             .ok()
-            .and_then(|t| serde_json::from_str::<HostState>(&t).ok())
+            .and_then(|t| serde_json::from_str::<StartedLibvirtd>(&t).ok())
         else {
             return;
         };
-        // libvirtd first (started last); SIGTERM lets it remove its sockets.
-        for pid in state.daemon_pids.iter().rev() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(*pid, &mut self.children) {
-                if Instant::now() > deadline {
-                    eprintln!("daemon {pid} ignored SIGTERM; killing it");
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                    std::thread::sleep(Duration::from_millis(100));
-                    let _ = alive(*pid, &mut self.children);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if state.created_qemu_conf {
-            let _ = fs::remove_file(QEMU_CONF);
-        }
-        if state.created_user {
-            let _ = Command::new("userdel").arg("libvirt-qemu").status();
-        }
-        // userdel usually takes the same-named primary group with it.
-        if state.created_group
-            && Command::new("getent")
-                .args(["group", "libvirt-qemu"])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("groupdel").arg("libvirt-qemu").status();
-        }
+        started.undo();
         let _ = fs::remove_file(STATE_PATH);
-    }
-}
-
-/// Whether `pid` still runs; reaps it if it is our child.
-fn alive(pid: u32, children: &mut [Child]) -> bool {
-    if let Some(child) = children.iter_mut().find(|c| c.id() == pid) {
-        return matches!(child.try_wait(), Ok(None));
-    }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => false,
     }
 }
 

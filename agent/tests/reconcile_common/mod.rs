@@ -17,29 +17,26 @@ use measurelab_controller::{ControllerConfig, ControllerError};
 /// does not build it for this test by itself).
 pub fn guest_agent() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "measurelab-guest",
-                "--bin",
-                "measurelab-guest-agent",
-            ])
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building measurelab-guest-agent failed");
-        let path = profile_dir.join("measurelab-guest-agent");
-        assert!(path.is_file(), "{} missing", path.display());
-        path
-    })
-    .clone()
+    PATH.get_or_init(|| workspace_binary("measurelab-guest", "measurelab-guest-agent"))
+        .clone()
+}
+
+/// Builds `bin` of `package` into this test's target dir; returns its path
+/// (only the crate's own binaries get CARGO_BIN_EXE_*).
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building {bin} failed");
+    let path = profile_dir.join(bin);
+    assert!(path.is_file(), "{} missing", path.display());
+    path
 }
 
 /// Runs `f` on a thread that entered network namespace `netns`.

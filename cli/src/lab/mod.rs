@@ -35,6 +35,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 mod guests;
+mod hypervisor;
 mod sys;
 mod table;
 mod tenant;
@@ -93,6 +94,11 @@ enum LabCommand {
         /// How long to wait for every node to come online.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_seconds: u64,
+        /// `qemu`: start the system libvirtd QEMU guests need (unless one
+        /// answers) and have the agents use qemu:///system, so VMs with
+        /// `backend = "libvirt"` boot under QEMU; `lab down` stops it again.
+        #[arg(long, value_enum, default_value_t = hypervisor::LabHypervisor::Namespace)]
+        hypervisor: hypervisor::LabHypervisor,
     },
     /// Print the node table from the controller's HTTP API.
     Status {
@@ -136,6 +142,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             heartbeat_interval_seconds,
             offline_after_seconds,
             timeout_seconds,
+            hypervisor,
         } => {
             let lab = Lab::new(&target)?;
             lab.check_interface_names(nodes)?;
@@ -145,6 +152,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
                 http_port,
                 heartbeat_interval_seconds,
                 offline_after_seconds,
+                hypervisor,
             };
             lab.up(&settings, Duration::from_secs(timeout_seconds))
         }
@@ -176,6 +184,9 @@ struct LabSettings {
     http_port: u16,
     heartbeat_interval_seconds: u64,
     offline_after_seconds: u64,
+    /// Absent in a lab.json written before `--hypervisor` existed.
+    #[serde(default)]
+    hypervisor: hypervisor::LabHypervisor,
 }
 
 /// Names and paths of one lab.
@@ -304,6 +315,15 @@ impl Lab {
             bail!("{VSWITCH_SCHEMA} is missing; install openvswitch-switch (scripts/setup.sh)");
         }
         if let Some(existing) = self.load_settings()? {
+            if existing.hypervisor != settings.hypervisor {
+                bail!(
+                    "--hypervisor: lab {} in {} already runs with --hypervisor {:?}; run `measurelab lab down --name {}` first",
+                    existing.name,
+                    self.dir.display(),
+                    existing.hypervisor,
+                    existing.name
+                );
+            }
             if existing.nodes != settings.nodes || existing.name != settings.name {
                 bail!(
                     "--nodes: lab {} in {} already exists with {} nodes; run `measurelab lab down --name {}` first",
@@ -345,9 +365,18 @@ impl Lab {
                 &mut started,
             )?;
         }
+        if settings.hypervisor == hypervisor::LabHypervisor::Qemu {
+            started.extend(hypervisor::ensure_qemu(
+                &self.dir,
+                &self.log_file("libvirtd"),
+            )?);
+            if let Some(note) = hypervisor::appliance_notice() {
+                println!("{note}");
+            }
+        }
         let endpoint = self.ensure_controller(settings, &mut started)?;
         for k in 1..=settings.nodes {
-            self.ensure_agent(k, &mut started)?;
+            self.ensure_agent(k, settings.hypervisor, &mut started)?;
         }
         let nodes = self.wait_online(&endpoint, settings, timeout)?;
         let made = runtime()?.block_on(tenant::ensure_demo_tenant(
@@ -666,7 +695,12 @@ impl Lab {
         format!("{}-agent", Self::node_name(k))
     }
 
-    fn ensure_agent(&self, k: u32, started: &mut Vec<String>) -> anyhow::Result<()> {
+    fn ensure_agent(
+        &self,
+        k: u32,
+        hypervisor: hypervisor::LabHypervisor,
+        started: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
         let process = Self::agent_process(k);
         let state_dir = self.node_dir(k).join("agent");
         let marker = state_dir.display().to_string();
@@ -714,6 +748,9 @@ impl Lab {
             // because nfcapd files its per-flow counts faithfully.
             .arg("--flow-export")
             .arg("netflow");
+        for uri in hypervisor.agent_libvirt_uris() {
+            cmd.arg("--libvirt-uri").arg(uri);
+        }
         self.spawn_background(&process, cmd)?;
         started.push(process);
         Ok(())
@@ -1011,6 +1048,12 @@ impl Lab {
         removed.extend(self.remove_namespace_guests());
         // Domains in a system libvirtd outlive the agents as well.
         removed.extend(guests::remove_libvirt_guests(&self.dir));
+        // Then the libvirtd this lab started for them, if it did.
+        match hypervisor::undo_qemu(&self.dir) {
+            Ok(undone) => removed.extend(undone),
+            // The rest of `down` still runs; the record stays for a retry.
+            Err(e) => eprintln!("cannot stop the lab's libvirtd: {e:#}"),
+        }
 
         // 3. Links and namespaces. Deleting a namespace destroys the veth
         // ends inside it and with them their peers.
@@ -1229,5 +1272,25 @@ mod tests {
         // The lab command itself, and unrelated programs naming the dir.
         assert!(!l.owns_cmdline("/x/measurelab lab down --dir /var/lib/ml/mlab"));
         assert!(!l.owns_cmdline("vim /var/lib/ml/mlab/lab.json"));
+    }
+}
+
+#[cfg(test)]
+mod hypervisor_setting_tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_json_from_before_the_hypervisor_flag_is_a_namespace_lab() {
+        let old = r#"{"name":"mlab","nodes":2,"http_port":7070,
+            "heartbeat_interval_seconds":5,"offline_after_seconds":15}"#;
+        let settings: LabSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(settings.hypervisor, hypervisor::LabHypervisor::Namespace);
+        let qemu = LabSettings {
+            hypervisor: hypervisor::LabHypervisor::Qemu,
+            ..settings
+        };
+        let text = serde_json::to_string(&qemu).unwrap();
+        assert!(text.contains(r#""hypervisor":"qemu""#), "{text}");
+        assert_eq!(serde_json::from_str::<LabSettings>(&text).unwrap(), qemu);
     }
 }
