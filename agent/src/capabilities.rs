@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use measurelab_api::node_v1::Capabilities;
+use measurelab_api::node_v1::{Capabilities, UplinkMember, UplinkStatus};
 
 /// URIs probed when the configuration names none.
 pub const DEFAULT_LIBVIRT_URIS: [&str; 3] = ["test:///default", "qemu:///system", "xen:///system"];
@@ -53,6 +53,46 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         // Filled in by the session from the running service host.
         service_endpoint: String::new(),
         flow_export: String::new(),
+        // Filled in by the session from the switch status poll.
+        uplink: None,
+        datapath: String::new(),
+    }
+}
+
+/// The bridge's datapath and the uplink (members, links, active member) as
+/// the switch runs them now, in the heartbeat's terms; empty and `None` when
+/// the switch cannot be read (logged at debug: the poll runs every few seconds).
+pub async fn probe_switch_status(
+    target: &str,
+    owner: &str,
+    bridge: &str,
+) -> (String, Option<UplinkStatus>) {
+    let query = crate::ovs::read_switch_status(target, owner, bridge);
+    match tokio::time::timeout(OVSDB_TIMEOUT, query).await {
+        Ok(Ok(status)) => (
+            status.datapath.unwrap_or_default(),
+            status.uplink.map(|uplink| UplinkStatus {
+                name: uplink.name,
+                mode: uplink.mode,
+                members: uplink
+                    .members
+                    .into_iter()
+                    .map(|m| UplinkMember {
+                        name: m.name,
+                        link_up: m.link_up,
+                    })
+                    .collect(),
+                active_member: uplink.active_member.unwrap_or_default(),
+            }),
+        ),
+        Ok(Err(e)) => {
+            tracing::debug!(ovsdb = %target, error = %e, "cannot read the switch status");
+            (String::new(), None)
+        }
+        Err(_) => {
+            tracing::debug!(ovsdb = %target, "switch status: no answer within {OVSDB_TIMEOUT:?}");
+            (String::new(), None)
+        }
     }
 }
 

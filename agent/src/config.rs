@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub bridge: String,
     /// Uplink port added to the bridge as a VLAN trunk, e.g. `uplink0`.
     pub uplink: Option<String>,
+    /// A bond of several interfaces as the uplink instead of `uplink`.
+    pub uplink_bond: Option<reconcile::UplinkBondSettings>,
+    /// The bridge's datapath: kernel where the module works (`Auto`), or pinned.
+    pub datapath: ovs::DatapathChoice,
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
@@ -73,6 +77,8 @@ impl AgentConfig {
             appliance_dir: PathBuf::from(DEFAULT_APPLIANCE_DIR),
             bridge: "br-int".to_string(),
             uplink: None,
+            uplink_bond: None,
+            datapath: ovs::DatapathChoice::Auto,
             guest_agent: None,
             service_host: None,
             flow_export: None,
@@ -138,6 +144,17 @@ impl AgentConfig {
         if let Some(uplink) = &self.uplink {
             if let Err(e) = ovs::spec::check_ifname("uplink", uplink) {
                 return Err(invalid("uplink", e.to_string()));
+            }
+        }
+        if let Some(bond) = &self.uplink_bond {
+            if self.uplink.is_some() {
+                return Err(invalid(
+                    "uplink_bond",
+                    "the uplink is either one interface (uplink) or a bond, not both".into(),
+                ));
+            }
+            if let Err((field, reason)) = bond.validate(&self.bridge) {
+                return Err(invalid(&field, reason));
             }
         }
         if let Some(service) = &self.service_host {
@@ -225,9 +242,20 @@ mod tests {
         )
     }
 
+    fn bond() -> reconcile::UplinkBondSettings {
+        reconcile::UplinkBondSettings {
+            name: "bond0".into(),
+            members: vec!["uplink0".into(), "uplink1".into()],
+            mode: reconcile::UplinkBondMode::ActiveBackup,
+        }
+    }
+
     #[test]
     fn valid_config_passes() {
         config().validate().unwrap();
+        let mut bonded = config();
+        bonded.uplink_bond = Some(bond());
+        bonded.validate().unwrap();
     }
 
     #[test]
@@ -251,6 +279,21 @@ mod tests {
             (
                 "appliance_dir",
                 Box::new(|c| c.appliance_dir = "appliances".into()),
+            ),
+            (
+                "uplink_bond",
+                Box::new(|c| {
+                    c.uplink = Some("uplink0".into());
+                    c.uplink_bond = Some(bond());
+                }),
+            ),
+            (
+                "bond_member",
+                Box::new(|c| {
+                    let mut b = bond();
+                    b.members.pop();
+                    c.uplink_bond = Some(b);
+                }),
             ),
         ];
         for (field, mutate) in cases {

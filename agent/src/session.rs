@@ -41,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often capabilities are re-probed: an operator may install or remove a
 /// hypervisor, and ovs-vswitchd fills in datapath types after it starts.
 const CAPABILITY_REFRESH: Duration = Duration::from_secs(30);
+/// How often the switch's datapath and uplink (bond members, active member)
+/// are re-read: a failover should reach the controller within a heartbeat.
+const SWITCH_STATUS_POLL: Duration = Duration::from_secs(2);
 /// Lines per ShipLogs call.
 const LOG_BATCH: usize = 500;
 /// How often queued log lines are shipped.
@@ -126,6 +129,16 @@ pub(crate) async fn run(
     );
     let (caps_tx, caps_rx) = watch::channel(initial_caps);
     let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
+    let (switch_status_tx, switch_status_rx) = watch::channel(SwitchStatus::default());
+    let switch_poller = config.ovsdb.clone().map(|target| {
+        tokio::spawn(poll_switch_status(
+            target,
+            config.name.clone(),
+            config.bridge.clone(),
+            switch_status_tx,
+            shutdown_rx.clone(),
+        ))
+    });
 
     let (identity_tx, identity_rx) = watch::channel(None::<Identity>);
     let identity_rx_for_reconcile = identity_rx.clone();
@@ -201,9 +214,13 @@ pub(crate) async fn run(
         caps_rx,
         service_status_rx,
         flow_export_status,
+        switch_status_rx,
     };
     let result = session.run_until(shutdown_rx).await;
     refresher.abort();
+    if let Some(poller) = switch_poller {
+        poller.abort();
+    }
     follower.abort();
     // The loop stops itself on shutdown; guests keep running (they are
     // adopted by the next agent).
@@ -240,7 +257,12 @@ struct Session {
     flow_export_status: crate::reconcile::FlowExportStatus,
     desired_generation_tx: watch::Sender<u64>,
     observed_generation_rx: watch::Receiver<u64>,
+    /// The bridge's datapath and the uplink, from the switch status poll.
+    switch_status_rx: watch::Receiver<SwitchStatus>,
 }
+
+/// Datapath in use and uplink state, as `Capabilities.datapath` / `.uplink`.
+type SwitchStatus = (String, Option<measurelab_api::node_v1::UplinkStatus>);
 
 impl Session {
     async fn run_until(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
@@ -301,6 +323,8 @@ impl Session {
                 // Announce a new service endpoint at once rather than an
                 // interval later: service_host tasks wait for it.
                 _ = service_status_changed(&mut self.service_status_rx) => {}
+                // A failover (or a member's link change) is told at once.
+                _ = switch_status_changed(&mut self.switch_status_rx) => {}
                 _ = shutdown.wait_for(|stop| *stop) => {
                     tracing::info!("agent shutting down");
                     return Ok(());
@@ -313,6 +337,7 @@ impl Session {
         let mut caps = self.caps_rx.borrow().clone();
         crate::service_host::annotate(&mut caps, &self.service_status_rx.borrow());
         caps.flow_export = self.flow_export_status.get();
+        (caps.datapath, caps.uplink) = self.switch_status_rx.borrow().clone();
         caps
     }
 
@@ -508,6 +533,36 @@ async fn service_status_changed(rx: &mut watch::Receiver<crate::service_host::Se
     }
 }
 
+async fn switch_status_changed(rx: &mut watch::Receiver<SwitchStatus>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn poll_switch_status(
+    target: String,
+    owner: String,
+    bridge: String,
+    status_tx: watch::Sender<SwitchStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let status = capabilities::probe_switch_status(&target, &owner, &bridge).await;
+        status_tx.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            tracing::info!(datapath = %status.0, uplink = ?status.1, "switch status changed");
+            *current = status;
+            true
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(SWITCH_STATUS_POLL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 async fn refresh_capabilities(
     targets: ProbeTargets,
     caps_tx: watch::Sender<Capabilities>,
@@ -626,6 +681,8 @@ async fn start_reconcile(
     let mut settings = ReconcilerConfig::new(config.state_dir.clone(), &config.name);
     settings.bridge = config.bridge.clone();
     settings.uplink = config.uplink.clone();
+    settings.uplink_bond = config.uplink_bond.clone();
+    settings.datapath = config.datapath;
     settings.flow_export = config.flow_export.clone();
     settings.flow_export_status = flow_export_status;
     settings.guest_heartbeat_deadline = config.guest_heartbeat_deadline;

@@ -15,6 +15,7 @@ mod ovs_common;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use measurelab_agent::ovs::uplink_status::{self, UplinkStatus};
 use measurelab_agent::ovs::{BondMode, BondSpec, UplinkSpec};
 use measurelab_testbed::{attach_veth, plug_veth, Netns, OvsSandbox};
 use ovs_common::*;
@@ -41,6 +42,29 @@ fn wait_member(ovs: &OvsSandbox, bond: &str, member: &str, state: &str) -> Resul
             bail!("bond {bond} member {member} is {now:?}, expected {state:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Poll the switch status the agent reports until `ready` holds for the
+/// uplink (10 s at most); returns that uplink.
+async fn wait_status(
+    switch: &measurelab_agent::ovs::OvsdbSwitch,
+    owner: &str,
+    bridge: &str,
+    what: &str,
+    ready: impl Fn(&UplinkStatus) -> bool,
+) -> Result<UplinkStatus> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = uplink_status::read(switch.client(), owner, bridge).await?;
+        assert_eq!(status.datapath.as_deref(), Some("netdev"));
+        match status.uplink {
+            Some(uplink) if ready(&uplink) => return Ok(uplink),
+            other if Instant::now() > deadline => {
+                bail!("uplink status never showed {what}: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -118,11 +142,8 @@ async fn bond_survives_member_failure(node_bond: BondSpec, peer: Peer, tag: &str
 
     let switch = driver(&ovs).await?;
     let bond_a = format!("{tag}bonda");
-    let mut node = switch_spec(
-        &format!("node-{tag}-{pid}"),
-        &format!("br-{tag}a"),
-        vec![vm(&format!("{tag}x"), 10)],
-    );
+    let (node_owner, node_bridge) = (format!("node-{tag}-{pid}"), format!("br-{tag}a"));
+    let mut node = switch_spec(&node_owner, &node_bridge, vec![vm(&format!("{tag}x"), 10)]);
     node.uplink = Some(UplinkSpec {
         name: bond_a.clone(),
         members: vec![a0.clone(), a1.clone()],
@@ -189,6 +210,19 @@ async fn bond_survives_member_failure(node_bond: BondSpec, peer: Peer, tag: &str
         }
     }
     wait_ping(&x, "10.200.50.2", Duration::from_secs(15))?;
+    let healthy = wait_status(&switch, &node_owner, &node_bridge, "both members up", |u| {
+        u.members.iter().all(|m| m.link_up) && u.active_member.is_some()
+    })
+    .await?;
+    assert_eq!(healthy.name, bond_a);
+    let mode = if node_bond.lacp {
+        "lacp"
+    } else {
+        node_bond.mode.as_str()
+    };
+    assert_eq!(healthy.mode, mode);
+    let names: Vec<&str> = healthy.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, [a0.as_str(), a1.as_str()]);
 
     for (down, other) in [(&a0, &a1), (&a1, &a0)] {
         let (sent, received) = ping_through_failure(&ovs, &x, "10.200.50.2", down)?;
@@ -198,6 +232,14 @@ async fn bond_survives_member_failure(node_bond: BondSpec, peer: Peer, tag: &str
             node_bond.lacp
         );
         wait_member(&ovs, &bond_a, down, "disabled")?;
+        // What capabilities report: the member's link is down and the
+        // other one carries the traffic.
+        let failed = wait_status(&switch, &node_owner, &node_bridge, "failover", |u| {
+            u.active_member.as_ref() == Some(other)
+                && u.members.iter().any(|m| &m.name == down && !m.link_up)
+        })
+        .await?;
+        assert!(failed.members.iter().any(|m| &m.name == other && m.link_up));
         assert!(
             sent >= 30 && received + 5 >= sent,
             "bond lost too much traffic: {received}/{sent}"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use measurelab_agent::ovs::{
-    reconcile, teardown, OvsError, PolicingSpec, Switch, SwitchAction, UplinkSpec,
+    reconcile, teardown, Datapath, OvsError, PolicingSpec, Switch, SwitchAction, UplinkSpec,
 };
 use measurelab_testbed::{plug_veth, Netns, OvsSandbox};
 use ovs_common::*;
@@ -42,7 +42,9 @@ async fn reconcile_repairs_hand_edits_and_leaves_foreign_rows_alone() -> Result<
         ],
     );
     let first = apply(&switch, &spec).await?;
-    assert!(first.actions.contains(&SwitchAction::CreateBridge));
+    assert!(first
+        .actions
+        .contains(&SwitchAction::CreateBridge(Datapath::Netdev)));
     assert_eq!(ovs.vsctl(&["get", "Port", "rcp2", "tag"])?, "20");
     assert_eq!(
         ovs.vsctl(&["get", "Bridge", "br-rc", "datapath_type"])?,

@@ -213,12 +213,18 @@ impl Switch for FakeSwitch {
             let uuid = self.uuid();
             let mut state = self.state.lock().unwrap();
             match action {
-                SwitchAction::CreateBridge => {
+                SwitchAction::CreateBridge(datapath) => {
                     state.bridge = Some(ObservedBridge {
                         uuid,
                         owned: true,
                         port_uuids: vec![],
+                        datapath_type: datapath.as_str().into(),
                     })
+                }
+                SwitchAction::SetBridgeDatapath(datapath) => {
+                    if let Some(bridge) = state.bridge.as_mut() {
+                        bridge.datapath_type = datapath.as_str().into();
+                    }
                 }
                 SwitchAction::AddVmPort(port) => state.ports.push(ObservedPort {
                     uuid,
@@ -386,7 +392,7 @@ async fn creates_then_second_pass_does_nothing() {
             _ => None,
         })
         .collect();
-    assert!(matches!(switch_actions[0], SwitchAction::CreateBridge));
+    assert!(matches!(switch_actions[0], SwitchAction::CreateBridge(_)));
     assert!(switch_actions
         .iter()
         .any(|s| matches!(s, SwitchAction::AddUplink(u) if u.name == "uplink0")));

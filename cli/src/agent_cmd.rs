@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use measurelab_agent::capabilities::DEFAULT_LIBVIRT_URIS;
-use measurelab_agent::reconcile::FlowExportSettings;
+use measurelab_agent::ovs::DatapathChoice;
+use measurelab_agent::reconcile::{FlowExportSettings, UplinkBondMode, UplinkBondSettings};
 use measurelab_agent::AgentConfig;
 use measurelab_api::http::FlowProtocol;
 use tracing_subscriber::layer::SubscriberExt;
@@ -54,8 +55,24 @@ pub struct AgentArgs {
     #[arg(long, default_value = "br-int")]
     bridge: String,
     /// Uplink interface added to the bridge as a VLAN trunk, e.g. uplink0.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "uplink_bond")]
     uplink: Option<String>,
+    /// Make the uplink a bond with this port name, e.g. bond0, of the
+    /// --bond-member interfaces (instead of --uplink).
+    #[arg(long, requires = "bond_members")]
+    uplink_bond: Option<String>,
+    /// A member interface of --uplink-bond; give it twice or more.
+    #[arg(long = "bond-member", requires = "uplink_bond")]
+    bond_members: Vec<String>,
+    /// How the bond balances and fails over: active-backup (one member at a
+    /// time, switches on carrier loss), balance-slb (by source MAC) or lacp
+    /// (balance-slb negotiated with the partner over LACP).
+    #[arg(long, default_value = "active-backup", value_parser = parse_bond_mode)]
+    bond_mode: UplinkBondMode,
+    /// Datapath of the bridge: auto (the kernel's where the openvswitch
+    /// module works, else userspace), system (kernel) or netdev (userspace).
+    #[arg(long, default_value = "auto", value_parser = parse_datapath)]
+    datapath: DatapathChoice,
     /// Guest agent binary for namespace guests (default: measurelab-guest-agent beside this binary).
     #[arg(long)]
     guest_agent: Option<PathBuf>,
@@ -105,6 +122,16 @@ fn parse_flow_protocol(text: &str) -> Result<FlowProtocol, String> {
             "{text:?} is not one of sflow, netflow (NetFlow v5, what Open vSwitch exports), ipfix"
         )
     })
+}
+
+fn parse_bond_mode(text: &str) -> Result<UplinkBondMode, String> {
+    UplinkBondMode::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of active-backup, balance-slb, lacp"))
+}
+
+fn parse_datapath(text: &str) -> Result<DatapathChoice, String> {
+    DatapathChoice::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of auto, system, netdev"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -165,6 +192,12 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         appliance_dir: args.appliance_dir,
         bridge: args.bridge,
         uplink: args.uplink,
+        uplink_bond: args.uplink_bond.map(|name| UplinkBondSettings {
+            name,
+            members: args.bond_members,
+            mode: args.bond_mode,
+        }),
+        datapath: args.datapath,
         guest_agent: args.guest_agent,
         service_host,
         flow_export: args.flow_export.map(|protocol| FlowExportSettings {

@@ -10,6 +10,9 @@
 //! - [`OvsdbSwitch`] (`ovsdb_switch.rs`): the real driver; each apply is one
 //!   atomic OVSDB transaction, so nothing is ever half-applied.
 //! - `probe.rs`: kernel features behind QoS and policing.
+//! - [`datapath`]: kernel or userspace datapath for the bridge.
+//! - [`uplink_status`]: the datapath and uplink (bond members, links, active
+//!   member) as the switch runs them, for capabilities.
 //! - `error.rs`, `ownership.rs`: [`OvsError`] and the `external_ids` keys,
 //!   leaves every other file imports (no file imports this one).
 //!
@@ -18,6 +21,7 @@
 //! without our tag are never modified or deleted; a desired name that is taken
 //! by a foreign row is a [`OvsError::Conflict`], not a takeover.
 
+pub mod datapath;
 mod error;
 mod ovsdb_switch;
 mod ownership;
@@ -25,15 +29,17 @@ mod probe;
 pub mod reconcile;
 pub mod spec;
 mod switch;
+pub mod uplink_status;
 
+pub use datapath::DatapathChoice;
 pub use error::OvsError;
 pub use ovsdb_switch::OvsdbSwitch;
 pub use ownership::{OWNER_KEY, ROLE_KEY};
 pub use probe::KernelFeature;
 pub use reconcile::{plan, reconcile, teardown, ReconcileReport};
 pub use spec::{
-    BondMode, BondSpec, FlowExportSpec, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec,
-    SwitchSpec, UplinkSpec, VmPortSpec,
+    BondMode, BondSpec, Datapath, FlowExportSpec, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec,
+    SflowSpec, SwitchSpec, UplinkSpec, VmPortSpec,
 };
 pub use switch::{
     ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, PortRole, Switch,
@@ -45,4 +51,15 @@ pub use switch::{
 /// Feed [`SwitchCapabilities::qos_features`] into the heartbeat.
 pub async fn probe_capabilities(target: &str) -> Result<SwitchCapabilities, OvsError> {
     OvsdbSwitch::connect(target).await?.capabilities().await
+}
+
+/// The bridge's datapath and `owner`'s uplink on it, as the switch behind
+/// `target` runs them now.
+pub async fn read_switch_status(
+    target: &str,
+    owner: &str,
+    bridge: &str,
+) -> Result<uplink_status::SwitchStatus, OvsError> {
+    let switch = OvsdbSwitch::connect(target).await?;
+    uplink_status::read(switch.client(), owner, bridge).await
 }

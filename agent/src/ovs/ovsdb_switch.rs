@@ -23,9 +23,6 @@ use super::switch::{
 };
 
 const DB: &str = "Open_vSwitch";
-/// The kernel has no openvswitch module here, and the userspace datapath is
-/// what works everywhere we run.
-const DATAPATH_TYPE: &str = "netdev";
 
 type Row = Map<String, Value>;
 
@@ -454,6 +451,7 @@ impl Switch for OvsdbSwitch {
                             "sflow",
                             "netflow",
                             "ipfix",
+                            "datapath_type",
                         ]),
                     ),
                     ops::select(
@@ -670,6 +668,10 @@ impl Switch for OvsdbSwitch {
             uuid: row_uuid(bridge)?,
             owned: is_owned(bridge, owner)?,
             port_uuids,
+            datapath_type: column(bridge, "datapath_type")?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         });
         Ok(observed)
     }
@@ -707,7 +709,7 @@ impl Switch for OvsdbSwitch {
         let bridge_where = || vec![ops::eq("name", json!(bridge)), owned_by(owner)];
         for action in actions {
             match action {
-                SwitchAction::CreateBridge => {
+                SwitchAction::CreateBridge(datapath) => {
                     let iface = value::fresh_uuid_name("bridge_iface");
                     let port = value::fresh_uuid_name("bridge_port");
                     let row = value::fresh_uuid_name("bridge");
@@ -725,7 +727,7 @@ impl Switch for OvsdbSwitch {
                     tx.push(ops::insert(
                         "Bridge",
                         json!({"name": bridge, "ports": value::named_uuid(&port),
-                               "datapath_type": DATAPATH_TYPE,
+                               "datapath_type": datapath.as_str(),
                                "external_ids": owner_ids(owner, None)}),
                         Some(&row),
                     ));
@@ -736,6 +738,13 @@ impl Switch for OvsdbSwitch {
                             "bridges",
                             json!(["set", [value::named_uuid(&row)]]),
                         )],
+                    ));
+                }
+                SwitchAction::SetBridgeDatapath(datapath) => {
+                    tx.push(ops::update(
+                        "Bridge",
+                        bridge_where(),
+                        json!({"datapath_type": datapath.as_str()}),
                     ));
                 }
                 SwitchAction::AddVmPort(spec) => add_port_ops(&mut tx, owner, bridge, spec),

@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::datapath::{choose as choose_datapath, DatapathChoice};
 use super::error::OvsError;
-use super::spec::{IpfixSpec, NetflowSpec, SflowSpec, SwitchSpec, UplinkSpec};
+use super::spec::{Datapath, IpfixSpec, NetflowSpec, SflowSpec, SwitchSpec, UplinkSpec};
 use super::switch::{
     ObservedExport, ObservedPort, ObservedSwitch, PortRole, Switch, SwitchAction,
     SwitchCapabilities,
@@ -79,8 +80,12 @@ pub fn plan(spec: &SwitchSpec, observed: &ObservedSwitch) -> Result<Vec<SwitchAc
     let owner = &spec.owner;
     let mut actions = Vec::new();
     match &observed.bridge {
-        None => actions.push(SwitchAction::CreateBridge),
+        None => actions.push(SwitchAction::CreateBridge(spec.datapath)),
         Some(bridge) if !bridge.owned => return Err(conflict("Bridge", &spec.bridge, owner)),
+        // OVS moves every port to the new datapath itself.
+        Some(bridge) if Datapath::from_column(&bridge.datapath_type) != Some(spec.datapath) => {
+            actions.push(SwitchAction::SetBridgeDatapath(spec.datapath))
+        }
         Some(_) => {}
     }
 
@@ -217,15 +222,11 @@ pub fn plan(spec: &SwitchSpec, observed: &ObservedSwitch) -> Result<Vec<SwitchAc
 
 /// Refuse, before touching anything, what this node cannot do.
 fn check_capabilities(spec: &SwitchSpec, caps: &SwitchCapabilities) -> Result<(), OvsError> {
-    if !caps.datapath_types.iter().any(|t| t == "netdev") {
-        return Err(OvsError::Unsupported {
-            field: "bridge".to_string(),
-            reason: format!(
-                "the switch offers datapath types {:?}, not the userspace 'netdev' datapath",
-                caps.datapath_types
-            ),
-        });
-    }
+    let pinned = match spec.datapath {
+        Datapath::Netdev => DatapathChoice::Netdev,
+        Datapath::System => DatapathChoice::System,
+    };
+    choose_datapath(pinned, caps)?;
     for (i, port) in spec.ports.iter().enumerate() {
         if port.ingress_policing.is_some() && !caps.ingress_policing.is_available() {
             return Err(OvsError::Unsupported {
@@ -309,7 +310,9 @@ mod tests {
 
     use super::*;
     use crate::ovs::probe::KernelFeature;
-    use crate::ovs::spec::{BondMode, BondSpec, FlowExportSpec, PolicingSpec, QosSpec, VmPortSpec};
+    use crate::ovs::spec::{
+        BondMode, BondSpec, Datapath, FlowExportSpec, PolicingSpec, QosSpec, VmPortSpec,
+    };
     use crate::ovs::switch::{ObservedBridge, ObservedQos};
 
     /// An in-memory switch: applies actions to an ObservedSwitch the way OVSDB
@@ -383,12 +386,18 @@ mod tests {
             let mut state = self.state.lock().unwrap();
             for action in actions {
                 match action {
-                    SwitchAction::CreateBridge => {
+                    SwitchAction::CreateBridge(datapath) => {
                         state.bridge = Some(ObservedBridge {
                             uuid: "uuid-br".into(),
                             owned: true,
                             port_uuids: vec![],
+                            datapath_type: datapath.as_str().into(),
                         })
+                    }
+                    SwitchAction::SetBridgeDatapath(datapath) => {
+                        if let Some(bridge) = state.bridge.as_mut() {
+                            bridge.datapath_type = datapath.as_str().into();
+                        }
                     }
                     SwitchAction::AddVmPort(spec) => {
                         let mut p = port(&spec.name, true, Some(PortRole::Vm), Some(spec.vlan));
@@ -492,6 +501,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            datapath: Datapath::Netdev,
         }
     }
 
@@ -503,7 +513,7 @@ mod tests {
         assert_eq!(
             report.actions,
             vec![
-                SwitchAction::CreateBridge,
+                SwitchAction::CreateBridge(Datapath::Netdev),
                 SwitchAction::AddVmPort(spec.ports[0].clone()),
                 SwitchAction::AddVmPort(spec.ports[1].clone()),
                 SwitchAction::AddUplink(spec.uplink.clone().unwrap()),
@@ -601,6 +611,7 @@ mod tests {
                 uuid: "b".into(),
                 owned: false,
                 port_uuids: vec![],
+                datapath_type: "netdev".into(),
             }),
             ..Default::default()
         };

@@ -23,6 +23,36 @@ pub struct SwitchSpec {
     pub ports: Vec<VmPortSpec>,
     /// sFlow / NetFlow / IPFIX export on the bridge.
     pub flow_export: FlowExportSpec,
+    /// The bridge's datapath (see [`super::datapath::choose`]).
+    pub datapath: Datapath,
+}
+
+/// An OVS datapath a bridge can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datapath {
+    /// The userspace datapath: works everywhere, costs CPU per packet.
+    Netdev,
+    /// The kernel datapath: needs the openvswitch kernel module.
+    System,
+}
+
+impl Datapath {
+    /// The `Bridge.datapath_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::Netdev => "netdev",
+            Datapath::System => "system",
+        }
+    }
+
+    /// Parse a `Bridge.datapath_type` value; OVS reads an empty one as `system`.
+    pub fn from_column(value: &str) -> Option<Self> {
+        match value {
+            "netdev" => Some(Datapath::Netdev),
+            "system" | "" => Some(Datapath::System),
+            _ => None,
+        }
+    }
 }
 
 /// The uplink: one interface, or a bond of several.
@@ -340,6 +370,7 @@ mod tests {
                 ingress_policing: None,
             }],
             flow_export: FlowExportSpec::default(),
+            datapath: Datapath::Netdev,
         }
     }
 

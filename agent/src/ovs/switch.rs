@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::error::OvsError;
 use super::probe::KernelFeature;
 use super::spec::{
-    IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, UplinkSpec, VmPortSpec,
+    Datapath, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, UplinkSpec, VmPortSpec,
 };
 
 /// What the switch can do, as probed on this node.
@@ -119,6 +119,8 @@ pub struct ObservedBridge {
     pub owned: bool,
     /// Every Port row it references (ours and foreign), for the concurrency guard.
     pub port_uuids: Vec<String>,
+    /// `datapath_type` as stored (empty means `system` to OVS).
+    pub datapath_type: String,
 }
 
 /// The actual state relevant to one [`SwitchSpec`](super::SwitchSpec).
@@ -145,8 +147,10 @@ pub struct ObservedSwitch {
 /// One change to the switch. A list of them is applied atomically.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SwitchAction {
-    /// Create the integration bridge (netdev datapath).
-    CreateBridge,
+    /// Create the integration bridge on this datapath.
+    CreateBridge(Datapath),
+    /// Move our existing bridge to another datapath.
+    SetBridgeDatapath(Datapath),
     /// Add a VM port with its tag, QoS and policing.
     AddVmPort(VmPortSpec),
     /// Fix a VM port's VLAN.

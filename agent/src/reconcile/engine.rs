@@ -673,12 +673,17 @@ impl Reconciler {
         let planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
         ports.failures.extend(planned.failures);
         let (flow_export, flow_text) = flows::plan(desired, self.config.flow_export.as_ref());
+        let caps = self
+            .switch_caps
+            .as_ref()
+            .ok_or_else(|| OvsError::Unexpected("switch capabilities were not probed".into()))?;
         let spec = SwitchSpec {
             owner: owner.clone(),
             bridge: bridge.clone(),
             uplink: plan::uplink(&self.config, &foreign),
             ports: planned.ports,
             flow_export,
+            datapath: crate::ovs::datapath::choose(self.config.datapath, caps)?,
         };
         let done = crate::ovs::reconcile(switch, &spec).await?;
         self.config.flow_export_status.set(flow_text);

@@ -43,6 +43,7 @@ mod plan;
 mod programs;
 mod translate;
 mod types;
+mod uplink;
 
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
@@ -52,6 +53,7 @@ pub use types::{
     condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
     DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
 };
+pub use uplink::{UplinkBondMode, UplinkBondSettings};
 
 #[doc(no_inline)]
 pub use measurelab_api::node_v1::{DesiredState, DesiredVm, VmStatus};

@@ -460,17 +460,22 @@ fn refused(
     None
 }
 
-/// The uplink port, unless a foreign row holds its name.
+/// The uplink port (single or bonded), unless a foreign row holds its name
+/// or a member's.
 pub(crate) fn uplink(config: &ReconcilerConfig, foreign: &BTreeSet<&str>) -> Option<UplinkSpec> {
-    config
-        .uplink
-        .as_ref()
-        .filter(|name| !foreign.contains(name.as_str()))
-        .map(|name| UplinkSpec {
+    let spec = match (&config.uplink_bond, &config.uplink) {
+        (Some(bond), _) => bond.to_spec(),
+        (None, Some(name)) => UplinkSpec {
             name: name.clone(),
             members: vec![name.clone()],
             bond: None,
-        })
+        },
+        (None, None) => return None,
+    };
+    let taken = std::iter::once(&spec.name)
+        .chain(&spec.members)
+        .any(|name| foreign.contains(name.as_str()));
+    (!taken).then_some(spec)
 }
 
 /// Whether a registered guest's heartbeat is overdue.
@@ -987,5 +992,24 @@ mod tests {
             Some(vec!["uplink0".to_string()])
         );
         assert_eq!(uplink(&config, &BTreeSet::from(["uplink0"])), None);
+    }
+
+    #[test]
+    fn a_configured_bond_becomes_the_uplink() {
+        let mut config = ReconcilerConfig::new("/srv/agent", "n1");
+        config.uplink_bond = Some(crate::reconcile::UplinkBondSettings {
+            name: "bond0".into(),
+            members: vec!["uplink0".into(), "uplink1".into()],
+            mode: crate::reconcile::UplinkBondMode::ActiveBackup,
+        });
+        let spec = uplink(&config, &BTreeSet::new()).unwrap();
+        assert_eq!(spec.name, "bond0");
+        assert_eq!(spec.members, vec!["uplink0", "uplink1"]);
+        assert_eq!(
+            spec.bond.map(|b| (b.mode, b.lacp)),
+            Some((crate::ovs::BondMode::ActiveBackup, false))
+        );
+        // A foreign member is not taken over.
+        assert_eq!(uplink(&config, &BTreeSet::from(["uplink1"])), None);
     }
 }

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use measurelab_api::node_v1::{DesiredState, ProgramBlob, StatusAck, StatusReport};
 
 use super::flows::{FlowExportSettings, FlowExportStatus};
+use super::uplink::UplinkBondSettings;
 use crate::hypervisor::Hypervisor;
+use crate::ovs::DatapathChoice;
 
 /// How often the desired state is fetched even if the generation did not move
 /// (catches hand edits with `virsh` or `ovs-vsctl` and lost heartbeats).
@@ -132,6 +134,10 @@ pub struct ReconcilerConfig {
     pub bridge: String,
     /// The uplink port (trunk towards the lab switch), e.g. `uplink0`.
     pub uplink: Option<String>,
+    /// A bonded uplink instead (the agent's config never sets both).
+    pub uplink_bond: Option<UplinkBondSettings>,
+    /// Which datapath the bridge is built on.
+    pub datapath: DatapathChoice,
     /// Hypervisor calls running at once (different VMs only).
     pub parallelism: usize,
     /// Flow export from the agent's configuration; the operator's setting in
@@ -156,6 +162,8 @@ impl ReconcilerConfig {
             owner: owner.to_string(),
             bridge: "br-int".into(),
             uplink: None,
+            uplink_bond: None,
+            datapath: DatapathChoice::Auto,
             parallelism: 8,
             flow_export: None,
             flow_export_status: FlowExportStatus::default(),

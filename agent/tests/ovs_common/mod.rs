@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use measurelab_agent::ovs::{
-    reconcile, FlowExportSpec, OvsdbSwitch, QosSpec, ReconcileReport, SwitchSpec, VmPortSpec,
+    reconcile, Datapath, FlowExportSpec, OvsdbSwitch, QosSpec, ReconcileReport, SwitchSpec,
+    VmPortSpec,
 };
 use measurelab_testbed::{Netns, OvsSandbox};
 
@@ -38,6 +39,7 @@ pub fn switch_spec(owner: &str, bridge: &str, ports: Vec<VmPortSpec>) -> SwitchS
         uplink: None,
         ports,
         flow_export: FlowExportSpec::default(),
+        datapath: Datapath::Netdev,
     }
 }
 

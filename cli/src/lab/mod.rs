@@ -39,6 +39,7 @@ mod hypervisor;
 mod sys;
 mod table;
 mod tenant;
+mod uplinks;
 
 use sys::{
     command_in, ip, ip_in, link_exists, live_pid, log_tail, netns_delete, netns_ensure,
@@ -99,6 +100,13 @@ enum LabCommand {
         /// `backend = "libvirt"` boot under QEMU; `lab down` stops it again.
         #[arg(long, value_enum, default_value_t = hypervisor::LabHypervisor::Namespace)]
         hypervisor: hypervisor::LabHypervisor,
+        /// Links from each node to the lab switch; 2 bonds them (`bond0` on
+        /// the node) so failover can be exercised.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(uplinks::MAX_UPLINKS)))]
+        uplinks: u32,
+        /// Bond mode with --uplinks 2: active-backup or balance-slb.
+        #[arg(long, default_value = "active-backup", value_parser = uplinks::parse_lab_bond_mode)]
+        bond_mode: String,
     },
     /// Print the node table from the controller's HTTP API.
     Status {
@@ -143,9 +151,12 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             offline_after_seconds,
             timeout_seconds,
             hypervisor,
+            uplinks,
+            bond_mode,
         } => {
             let lab = Lab::new(&target)?;
             lab.check_interface_names(nodes)?;
+            lab.check_uplink_names(nodes, uplinks)?;
             let settings = LabSettings {
                 name: lab.name.clone(),
                 nodes,
@@ -153,6 +164,8 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
                 heartbeat_interval_seconds,
                 offline_after_seconds,
                 hypervisor,
+                uplinks,
+                bond_mode,
             };
             lab.up(&settings, Duration::from_secs(timeout_seconds))
         }
@@ -187,6 +200,20 @@ struct LabSettings {
     /// Absent in a lab.json written before `--hypervisor` existed.
     #[serde(default)]
     hypervisor: hypervisor::LabHypervisor,
+    /// Links per node to the lab switch (labs from before the flag have 1).
+    #[serde(default = "one_uplink")]
+    uplinks: u32,
+    /// Their bond mode when more than one.
+    #[serde(default = "default_bond_mode")]
+    bond_mode: String,
+}
+
+fn one_uplink() -> u32 {
+    1
+}
+
+fn default_bond_mode() -> String {
+    "active-backup".into()
 }
 
 /// Names and paths of one lab.
@@ -333,6 +360,15 @@ impl Lab {
                     existing.name
                 );
             }
+            if (existing.uplinks, &existing.bond_mode) != (settings.uplinks, &settings.bond_mode) {
+                bail!(
+                    "--uplinks: lab {} already exists with {} uplink(s) per node ({}); run `measurelab lab down --name {}` first",
+                    existing.name,
+                    existing.uplinks,
+                    existing.bond_mode,
+                    existing.name
+                );
+            }
         }
         for dir in [self.pids_dir(), self.logs_dir(), self.controller_dir()] {
             std::fs::create_dir_all(&dir)
@@ -358,6 +394,7 @@ impl Lab {
         self.ensure_switch_bridge()?;
         for k in 1..=settings.nodes {
             self.ensure_node_network(k)?;
+            self.ensure_extra_uplinks(k, settings.uplinks)?;
             self.ensure_ovs(
                 &Self::node_name(k),
                 &self.node_ovs_dir(k),
@@ -376,7 +413,7 @@ impl Lab {
         }
         let endpoint = self.ensure_controller(settings, &mut started)?;
         for k in 1..=settings.nodes {
-            self.ensure_agent(k, settings.hypervisor, &mut started)?;
+            self.ensure_agent(k, settings, &mut started)?;
         }
         let nodes = self.wait_online(&endpoint, settings, timeout)?;
         let made = runtime()?.block_on(tenant::ensure_demo_tenant(
@@ -698,7 +735,7 @@ impl Lab {
     fn ensure_agent(
         &self,
         k: u32,
-        hypervisor: hypervisor::LabHypervisor,
+        settings: &LabSettings,
         started: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let process = Self::agent_process(k);
@@ -734,10 +771,12 @@ impl Lab {
                 "unix:{}",
                 self.node_ovs_dir(k).join("db.sock").display()
             ))
-            // The agent builds br-int itself, with uplink0 as the VLAN trunk
-            // towards the lab switch.
-            .arg("--uplink")
-            .arg("uplink0")
+            // The agent builds br-int itself, with uplink0 (or the bond of
+            // all uplinks) as the VLAN trunk towards the lab switch, on the
+            // userspace datapath: one per namespace, no kernel module needed.
+            .args(uplinks::agent_args(settings.uplinks, &settings.bond_mode))
+            .arg("--datapath")
+            .arg("netdev")
             // Service host on the reserved service VLAN (agent default 4000):
             // every node takes service_host tasks. One host clock: no
             // clock-sync bound.
@@ -748,7 +787,7 @@ impl Lab {
             // because nfcapd files its per-flow counts faithfully.
             .arg("--flow-export")
             .arg("netflow");
-        for uri in hypervisor.agent_libvirt_uris() {
+        for uri in settings.hypervisor.agent_libvirt_uris() {
             cmd.arg("--libvirt-uri").arg(uri);
         }
         self.spawn_background(&process, cmd)?;

@@ -104,6 +104,8 @@ mod tests {
                 service_tools: vec![],
                 service_endpoint: String::new(),
                 flow_export: String::new(),
+                uplink: None,
+                datapath: String::new(),
             },
             resources: Resources::default(),
             labels: Default::default(),

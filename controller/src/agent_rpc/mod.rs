@@ -342,6 +342,11 @@ fn capabilities(
         ));
     }
     validation::short_text(&format!("{field}.flow_export"), &c.flow_export, 256)?;
+    validation::short_text(&format!("{field}.datapath"), &c.datapath, 64)?;
+    let uplink = c
+        .uplink
+        .map(|u| uplink_status(&format!("{field}.uplink"), u))
+        .transpose()?;
     Ok(http::Capabilities {
         libvirt_uris: c.libvirt_uris,
         namespace_backend: c.namespace_backend,
@@ -350,6 +355,34 @@ fn capabilities(
         service_tools: c.service_tools,
         service_endpoint: c.service_endpoint,
         flow_export: c.flow_export,
+        uplink,
+        datapath: c.datapath,
+    })
+}
+
+fn uplink_status(field: &str, u: node_v1::UplinkStatus) -> Result<http::UplinkStatus, FieldError> {
+    validation::short_text(&format!("{field}.name"), &u.name, 64)?;
+    validation::short_text(&format!("{field}.mode"), &u.mode, 64)?;
+    validation::short_text(&format!("{field}.active_member"), &u.active_member, 64)?;
+    if u.members.len() > 64 {
+        return Err(FieldError::new(
+            format!("{field}.members"),
+            format!("has {} entries; at most 64 are allowed", u.members.len()),
+        ));
+    }
+    let mut members = Vec::with_capacity(u.members.len());
+    for (i, m) in u.members.into_iter().enumerate() {
+        validation::short_text(&format!("{field}.members[{i}].name"), &m.name, 64)?;
+        members.push(http::UplinkMember {
+            name: m.name,
+            link_up: m.link_up,
+        });
+    }
+    Ok(http::UplinkStatus {
+        name: u.name,
+        mode: u.mode,
+        members,
+        active_member: u.active_member,
     })
 }
 

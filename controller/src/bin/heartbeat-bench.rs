@@ -320,6 +320,8 @@ fn capabilities() -> Capabilities {
         service_tools: vec!["mcast".into()],
         service_endpoint: "10.253.0.11:7090".into(),
         flow_export: String::new(),
+        uplink: None,
+        datapath: "netdev".into(),
     }
 }
 

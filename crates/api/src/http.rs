@@ -45,6 +45,40 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub flow_export: String,
+    /// The node's uplink towards the lab switch as its switch runs it (one
+    /// interface or a bond, with each member's link and the active member);
+    /// null: the node has no uplink.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub uplink: Option<UplinkStatus>,
+    /// The datapath the node's integration bridge runs on: `system` (the
+    /// kernel's) or `netdev` (userspace); empty: no bridge yet.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub datapath: String,
+}
+
+/// A node's uplink port: one interface or a bond of several.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UplinkStatus {
+    /// OVS port name, e.g. `bond0` or `uplink0`.
+    pub name: String,
+    /// `single`, `active-backup`, `balance-slb` or `lacp`.
+    pub mode: String,
+    /// Member interfaces, by name.
+    pub members: Vec<UplinkMember>,
+    /// The member the bond sends on now; empty for a single interface or
+    /// while no member is up.
+    pub active_member: String,
+}
+
+/// One member interface of an uplink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UplinkMember {
+    /// Interface name.
+    pub name: String,
+    /// Its link (carrier) is up.
+    pub link_up: bool,
 }
 
 /// Resource use of a node.
