@@ -48,6 +48,7 @@
 mod access;
 mod agent_rpc;
 mod api;
+mod data_dir;
 mod flows;
 mod liveness;
 pub mod openapi;
@@ -64,6 +65,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
 pub use store::StoreError;
 pub use tokens::TokenError;
@@ -195,6 +197,9 @@ pub enum ControllerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another controller owns the data directory, or it cannot be locked.
+    #[error(transparent)]
+    DataDirLock(#[from] data_dir::DataDirLockError),
     /// Reading or creating a token failed.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -237,6 +242,9 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    // Before anything in the directory is read or written: a second
+    // controller must not even rewrite a token file.
+    let _data_dir_lock = data_dir::DataDirLock::acquire(&config.data_dir)?;
     let admin_token = tokens::load_or_create(&config.data_dir.join("admin.token"))?;
     let join_token = match config.join_token {
         Some(token) if token.trim().is_empty() => {

@@ -49,7 +49,7 @@ use crate::access::Scope;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
-use database::{migrate, open_connection, restrict_permissions};
+use database::{check_integrity, migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
 use node_identity::IdentityCommand;
 pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
@@ -95,6 +95,7 @@ impl Store {
     ) -> Result<(Store, WriterHandle), StoreError> {
         let path = data_dir.join("controller.db");
         let mut write_conn = open_connection(&path)?;
+        check_integrity(&write_conn, &path)?;
         migrate(&mut write_conn)?;
         restrict_permissions(&path);
         let registry = load_registry(&write_conn, Instant::now())?;
