@@ -30,6 +30,7 @@ pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
 mod resources;
+pub(crate) mod retention;
 mod run_tree;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
@@ -258,6 +259,36 @@ impl Store {
     }
 
     /// Platforms, QoS policies, appliances, VMs, programs, tasks and results.
+    /// Delete what `retention` no longer keeps, one batch per transaction
+    /// so heartbeats and API writes get the write lock in between; returns
+    /// the rows deleted per table.
+    pub async fn prune_aged(
+        &self,
+        retention: &retention::Retention,
+    ) -> Result<Vec<(&'static str, usize)>, StoreError> {
+        let mut report = Vec::new();
+        for table in retention::AgingTable::ALL {
+            let kept_for = table.kept_for(retention);
+            let mut deleted = 0;
+            loop {
+                let batch = self
+                    .resources
+                    .transact(move |cx| {
+                        let cutoff = cx.now - kept_for;
+                        retention::prune_batch(cx, table, cutoff)
+                    })
+                    .await?;
+                deleted += batch;
+                if batch < retention::BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            report.push((table.name(), deleted));
+        }
+        Ok(report)
+    }
+
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
     }
