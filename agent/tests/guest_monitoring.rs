@@ -130,6 +130,8 @@ async fn a_frozen_guest_misses_its_heartbeat_and_usage_is_served() {
             memory_mib: 64,
             disk_mib: None,
             swap_mib: None,
+            max_vcpus: None,
+            max_memory_mib: None,
             appliance: "namespace".into(),
             qos_policy: None,
             power_state: VmPowerState::Running,

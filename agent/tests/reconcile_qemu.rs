@@ -781,6 +781,8 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
         memory_mib,
         disk_mib: None,
         swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
         appliance: appliance.into(),
         qos_policy: None,
         power_state: VmPowerState::Running,

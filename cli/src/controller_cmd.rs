@@ -44,9 +44,21 @@ pub struct ControllerArgs {
     /// once its file is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(2..=3600))]
     flow_rotate_seconds: u32,
+    /// Days events are kept.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36500))]
+    retain_events_days: u64,
+    /// Days node agent log lines are kept.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=36500))]
+    retain_logs_days: u64,
+    /// Days measurement results are kept.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=36500))]
+    retain_results_days: u64,
     /// Hours guest usage samples (GET /v1/vms/{id}/usage) are kept.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8760))]
-    usage_retention_hours: u32,
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    usage_retention_hours: u64,
+    /// Hours the idempotency records of mutating API requests are kept.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    retain_idempotency_hours: u64,
 }
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
@@ -69,6 +81,10 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir: cannot create {}", args.data_dir.display()))?;
+    // Before http.addr is written: a second controller must not point
+    // clients at itself while the first one owns the directory.
+    let data_dir_lock =
+        measurelab_controller::DataDirLock::acquire(&args.data_dir).context("--data-dir")?;
     write_atomically(&args.data_dir.join(HTTP_ADDR_FILE), &http_addr.to_string())?;
 
     let heartbeat_interval = Duration::from_secs(args.heartbeat_interval_seconds);
@@ -83,7 +99,15 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .map(Duration::from_secs)
         .unwrap_or(heartbeat_interval * 3);
     config.join_token = join_token;
-    config.usage_retention = Duration::from_secs(u64::from(args.usage_retention_hours) * 3600);
+    config.data_dir_lock = Some(data_dir_lock);
+    const DAY: Duration = Duration::from_secs(86_400);
+    config.retention = measurelab_controller::Retention {
+        events: DAY * args.retain_events_days as u32,
+        node_logs: DAY * args.retain_logs_days as u32,
+        results: DAY * args.retain_results_days as u32,
+        idempotency: Duration::from_secs(3600 * args.retain_idempotency_hours),
+        vm_usage: Duration::from_secs(3600 * args.usage_retention_hours),
+    };
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();

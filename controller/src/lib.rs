@@ -48,6 +48,7 @@
 mod access;
 mod agent_rpc;
 mod api;
+mod data_dir;
 mod flows;
 mod liveness;
 pub mod openapi;
@@ -65,7 +66,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use data_dir::DataDirLock;
+pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
+pub use retention::Retention;
 pub use store::StoreError;
 pub use tokens::TokenError;
 
@@ -98,13 +102,17 @@ pub struct ControllerConfig {
     /// The flow collector (nfcapd) the controller runs and nodes export to;
     /// `None`: none, and platform flows are unavailable.
     pub flow_collector: Option<FlowCollectorConfig>,
-    /// How long guest usage samples are kept (`--usage-retention-hours`).
-    /// Default 24 h.
-    pub usage_retention: Duration,
+    /// Refused registrations after the first of this period are summed up in
+    /// one event at its end. Default 60 s.
+    pub refused_registration_report_interval: Duration,
+    /// How long events, node logs, results and idempotency records are kept.
+    pub retention: Retention,
+    /// Between two retention prunes. Default 10 minutes.
+    pub prune_period: Duration,
+    /// The data directory's lock, when the caller took it before writing
+    /// into the directory itself; `None`: `run` takes it.
+    pub data_dir_lock: Option<DataDirLock>,
 }
-
-/// Guest usage samples older than this are pruned unless configured otherwise.
-pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
 pub fn parse_vlan_pool(text: &str) -> Result<RangeInclusive<u16>, ControllerError> {
@@ -184,7 +192,10 @@ impl ControllerConfig {
             vlan_pool: pools.vlans,
             subnet_pool: pools.subnets,
             flow_collector: None,
-            usage_retention: DEFAULT_USAGE_RETENTION,
+            refused_registration_report_interval: agent_rpc::DEFAULT_REFUSAL_REPORT_INTERVAL,
+            retention: Retention::default(),
+            prune_period: retention::PRUNE_PERIOD,
+            data_dir_lock: None,
         }
     }
 }
@@ -203,6 +214,9 @@ pub enum ControllerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another controller owns the data directory, or it cannot be locked.
+    #[error(transparent)]
+    DataDirLock(#[from] data_dir::DataDirLockError),
     /// Reading or creating a token failed.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -231,18 +245,30 @@ pub enum ControllerError {
 /// Run the controller until `shutdown` completes, then drain: stop accepting,
 /// finish in-flight requests, commit what the store writer has queued.
 pub async fn run(
-    config: ControllerConfig,
+    mut config: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    if config.heartbeat_interval.is_zero() || config.offline_after.is_zero() {
+    if config.heartbeat_interval.is_zero()
+        || config.offline_after.is_zero()
+        || config.refused_registration_report_interval.is_zero()
+        || config.prune_period.is_zero()
+    {
         return Err(ControllerError::Config(
-            "heartbeat_interval and offline_after must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval and prune_period must be greater than zero".into(),
         ));
     }
-    if config.usage_retention.is_zero() {
-        return Err(ControllerError::Config(
-            "usage_retention must be greater than zero".into(),
-        ));
+    let retention = &config.retention;
+    for (field, kept) in [
+        ("retention.events", retention.events),
+        ("retention.node_logs", retention.node_logs),
+        ("retention.results", retention.results),
+        ("retention.idempotency", retention.idempotency),
+    ] {
+        if kept < Duration::from_secs(3600) {
+            return Err(ControllerError::Config(format!(
+                "{field}: must be at least one hour, not {kept:?}"
+            )));
+        }
     }
     check_vlan_pool(&config.vlan_pool)?;
     check_subnet_pool(config.subnet_pool)?;
@@ -250,6 +276,12 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    // Before anything in the directory is read or written: a second
+    // controller must not even rewrite a token file.
+    let _data_dir_lock = match config.data_dir_lock.take() {
+        Some(lock) => lock,
+        None => DataDirLock::acquire(&config.data_dir)?,
+    };
     let admin_token = tokens::load_or_create(&config.data_dir.join("admin.token"))?;
     let join_token = match config.join_token {
         Some(token) if token.trim().is_empty() => {
@@ -317,10 +349,15 @@ pub async fn run(
                 .map_err(ControllerError::Http)
         }
     });
+    let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
+        .ending_streams_on(cancel.clone())
+        .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()));
+    let refusal_reports = tokio::spawn({
+        let (refusals, store, cancel) = (service.refusals(), store.clone(), cancel.clone());
+        let interval = config.refused_registration_report_interval;
+        async move { refusals.report_forever(store, interval, cancel).await }
+    });
     let grpc = tokio::spawn({
-        let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
-            .ending_streams_on(cancel.clone())
-            .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()));
         let cancel = cancel.clone();
         async move {
             let incoming =
@@ -343,7 +380,8 @@ pub async fn run(
     ));
     let pruner = tokio::spawn(retention::prune_forever(
         store.clone(),
-        config.usage_retention,
+        config.retention.clone(),
+        config.prune_period,
         cancel.clone(),
     ));
 
@@ -366,6 +404,7 @@ pub async fn run(
     );
     let _ = sweeper.await;
     let _ = pruner.await;
+    let _ = refusal_reports.await;
     if let Some(collector) = collector {
         let _ = collector.await;
     }

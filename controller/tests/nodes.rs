@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{heartbeat_request, register_request, TestController};
 use measurelab_api::http::{LogList, NodeStatus};
@@ -98,6 +98,94 @@ async fn bad_join_token_is_refused_and_recorded() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].reason, "RegistrationRefused");
     assert_eq!(events[0].object_id, "intruder");
+    controller.stop().await;
+}
+
+/// Register is open to anyone who reaches the port: a flood of bad tokens
+/// must not cost a stored row each. The refusals are still all accounted
+/// for: the first as its own event, the rest in per-period summaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_bad_registrations_are_counted_not_stored_one_by_one() {
+    const ATTEMPTS: u64 = 20_000;
+    const SENDERS: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.refused_registration_report_interval = Duration::from_secs(1);
+    })
+    .await;
+    let grpc = controller.grpc().await;
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let mut grpc = grpc.clone();
+        senders.spawn(async move {
+            for attempt in 0..ATTEMPTS / SENDERS {
+                let token = if attempt % 2 == 0 { "wrong" } else { "" };
+                let name = format!("intruder-{sender}-{attempt}");
+                let status = grpc
+                    .register(register_request(token, &name, ""))
+                    .await
+                    .unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            }
+        });
+    }
+    while let Some(outcome) = senders.join_next().await {
+        outcome.unwrap();
+    }
+
+    // Summaries come at the end of each 1 s period: wait until every
+    // refusal is accounted for.
+    let refused_in = |events: &[measurelab_api::http::Event]| -> u64 {
+        events
+            .iter()
+            .map(|e| match e.reason.as_str() {
+                "RegistrationRefused" => 1,
+                "RegistrationsRefused" => e
+                    .message
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("summary without a count: {}", e.message)),
+                _ => 0,
+            })
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = controller.events().await.events;
+        if refused_in(&events) >= ATTEMPTS {
+            break events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {ATTEMPTS} refusals accounted for: {events:#?}",
+            refused_in(&events)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused_in(&events), ATTEMPTS);
+    // One event for the first refusal of each period and one summary per
+    // period: a handful, however long the flood took, never one per attempt.
+    assert!(
+        events.len() < 100,
+        "{} events for {ATTEMPTS} refusals",
+        events.len()
+    );
+    let summary = events
+        .iter()
+        .find(|e| e.reason == "RegistrationsRefused")
+        .expect("a summary");
+    assert!(
+        summary.message.contains("wrong join token: "),
+        "{}",
+        summary.message
+    );
+    assert!(
+        summary.message.contains("no join token: "),
+        "{}",
+        summary.message
+    );
+    assert!(controller.nodes().await.is_empty());
     controller.stop().await;
 }
 
@@ -318,7 +406,12 @@ async fn restart_keeps_nodes_history_and_logs() {
         node_id: one.node_id.clone(),
         node_secret: one.node_secret.clone(),
         lines: vec![LogLine {
-            timestamp_unix_ms: 1_700_000_000_000,
+            // Now: a line older than the node-log retention would be pruned
+            // at the restart.
+            timestamp_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
             level: "warn".into(),
             target: "agent".into(),
             message: "before restart".into(),

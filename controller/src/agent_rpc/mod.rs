@@ -15,10 +15,12 @@
 //! - `UNAVAILABLE`: the store is failing or shutting down; retry later.
 
 mod error;
+mod refusals;
 mod workload;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -37,11 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::store::{
-    constant_time_eq, parse_issued_join_token, rfc3339, HeartbeatInput, JoinCredential, NewEvent,
+    constant_time_eq, parse_issued_join_token, rfc3339, HeartbeatInput, JoinCredential,
     RegisterInput, ShipLogsInput, Store, StoreError,
 };
 use crate::validation::{self, FieldError};
 use error::RpcError;
+pub(crate) use refusals::{RefusalLog, DEFAULT_REPORT_INTERVAL as DEFAULT_REFUSAL_REPORT_INTERVAL};
 
 /// Most log lines accepted in one ShipLogs call.
 pub(crate) const MAX_LOG_LINES_PER_CALL: usize = 5_000;
@@ -62,6 +65,8 @@ pub(crate) struct NodeRpc {
     shutdown: CancellationToken,
     /// `IP:PORT` of the controller's flow collector, told to every node.
     flow_collector: Option<String>,
+    /// Refused registrations, summed up instead of one event each.
+    refusals: Arc<RefusalLog>,
 }
 
 impl NodeRpc {
@@ -74,7 +79,13 @@ impl NodeRpc {
                 as u32,
             shutdown: CancellationToken::new(),
             flow_collector: None,
+            refusals: Arc::default(),
         }
+    }
+
+    /// The refusal counter, whose summaries the caller schedules.
+    pub fn refusals(&self) -> Arc<RefusalLog> {
+        self.refusals.clone()
     }
 
     /// Tell nodes to export flows to the collector at `address`.
@@ -109,14 +120,14 @@ impl NodeRpc {
             } else {
                 "wrong join token"
             };
-            self.refused_join(&name, reason).await?;
+            self.refused_join(&name, &peer_address, reason).await?;
             return Err(RpcError::Unauthenticated(format!("join_token: {reason}")));
         };
-        let input = validate_register(request, join, peer_address)?;
+        let input = validate_register(request, join, peer_address.clone())?;
         let registered = match self.store.register(input).await {
             Ok(registered) => registered,
             Err(StoreError::JoinTokenRefused(reason)) => {
-                self.refused_join(&name, &reason).await?;
+                self.refused_join(&name, &peer_address, &reason).await?;
                 return Err(StoreError::JoinTokenRefused(reason).into());
             }
             Err(e) => return Err(e.into()),
@@ -129,16 +140,12 @@ impl NodeRpc {
     }
 
     /// The refusal is an event because an operator debugging a node that
-    /// never shows up looks at the event list first.
-    async fn refused_join(&self, name: &str, reason: &str) -> Result<(), RpcError> {
-        self.store
-            .record_event(NewEvent {
-                reason: "RegistrationRefused",
-                object_kind: "node",
-                object_id: name.to_string(),
-                message: format!("registration of node {name:?} refused: {reason}"),
-            })
-            .await?;
+    /// never shows up looks at the event list first; beyond the first of a
+    /// period it is only counted (see [`refusals`]).
+    async fn refused_join(&self, name: &str, source: &str, reason: &str) -> Result<(), RpcError> {
+        if let Some(event) = self.refusals.note(name, source, reason) {
+            self.store.record_event(event).await?;
+        }
         Ok(())
     }
 

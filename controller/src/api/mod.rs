@@ -3,6 +3,7 @@
 //! Handlers only translate HTTP into store calls; every failure leaves
 //! through [`ApiError`], so all 4xx/5xx bodies have one shape.
 
+mod admin_page;
 mod appliances;
 mod auth;
 mod error;
@@ -15,6 +16,7 @@ mod platforms;
 mod programs;
 mod qos_policies;
 mod results;
+mod security_headers;
 mod state;
 mod tasks;
 mod tenants;
@@ -26,7 +28,7 @@ mod vms;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Method, Uri};
 use axum::middleware;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
@@ -37,11 +39,9 @@ pub(crate) use state::AppState;
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
 
-const ADMIN_PAGE: &str = include_str!("../ui/index.html");
-
 /// Routes served without authentication. Paths use axum's `:param` syntax.
 fn public_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    vec![("/", get(admin_page)), ("/healthz", get(healthz))]
+    vec![("/", get(admin_page::serve)), ("/healthz", get(healthz))]
 }
 
 /// Routes that need a bearer token (admin.token or an API token).
@@ -178,6 +178,7 @@ pub(crate) fn router(state: AppState) -> Router {
     }
     app.merge(v1)
         .fallback(no_route)
+        .layer(middleware::map_response(security_headers::add))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -191,10 +192,6 @@ async fn openapi() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         crate::openapi::json(),
     )
-}
-
-async fn admin_page() -> Html<&'static str> {
-    Html(ADMIN_PAGE)
 }
 
 async fn no_route(uri: Uri) -> ApiError {

@@ -48,6 +48,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: MIGRATIONS.len(),
         });
     }
+    // An operator who finds a migrated controller misbehaving can go back
+    // to the previous release only with the previous schema: keep a copy of
+    // it. A new database (version 0) has nothing to keep.
+    if current > 0 && (current as usize) < MIGRATIONS.len() {
+        backup_before_migration(conn, current)?;
+    }
     // A migration that rebuilds a table (SQLite's way to change a UNIQUE
     // constraint) drops the old one; with enforcement on, that DROP would
     // cascade into child tables. Enforcement is off while migrations run
@@ -57,6 +63,86 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let outcome = run_migrations(conn, current as usize);
     conn.pragma_update(None, "foreign_keys", true)?;
     outcome
+}
+
+/// Directory, next to the database, that keeps its pre-migration copies.
+pub(crate) const BACKUP_DIR: &str = "backups";
+
+/// `VACUUM INTO` a consistent copy of the database at schema `version`,
+/// named `controller.db.v<version>-<unix seconds>` so successive upgrades
+/// never overwrite each other's copy. Refuses to migrate if the copy fails:
+/// an upgrade with no way back is worse than one that waits.
+fn backup_before_migration(conn: &Connection, version: i64) -> Result<PathBuf, StoreError> {
+    let db_path = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| StoreError::Backup {
+            path: PathBuf::from(":memory:"),
+            reason: "the database has no file to back up".into(),
+        })?;
+    let dir = db_path
+        .parent()
+        .map(|parent| parent.join(BACKUP_DIR))
+        .unwrap_or_else(|| PathBuf::from(BACKUP_DIR));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let file_name = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "controller.db".into());
+    let target = dir.join(format!("{file_name}.v{version}-{stamp}"));
+    let backup_error = |reason: String| StoreError::Backup {
+        path: target.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| backup_error(e.to_string()))?;
+    let target_text = target
+        .to_str()
+        .ok_or_else(|| backup_error("the path is not UTF-8".into()))?;
+    conn.execute("VACUUM INTO ?1", [target_text])
+        .map_err(|e| backup_error(e.to_string()))?;
+    restrict_permissions(&target);
+    tracing::info!(version, backup = %target.display(), "database copied before schema migration");
+    Ok(target)
+}
+
+/// `PRAGMA quick_check` at start: a damaged file (a torn write on a disk
+/// that lied about fsync, a hand edit) is refused before the controller
+/// serves from it and writes more on top.
+pub(crate) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let damaged = |problems: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        problems,
+    };
+    // Damage bad enough can stop the check itself: that is damage too, not
+    // an SQL failure to retry.
+    let is_damage = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    };
+    let problems = conn
+        .prepare("PRAGMA quick_check(20)")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| {
+            if is_damage(&e) {
+                damaged(e.to_string())
+            } else {
+                StoreError::from(e)
+            }
+        })?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(problems.join("; ")))
 }
 
 fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), StoreError> {
@@ -181,5 +267,86 @@ mod tests {
                 [],
             )
             .is_err());
+    }
+
+    #[test]
+    fn migrating_an_older_schema_first_keeps_a_copy_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let mut conn = pre_tenancy_database(&path);
+        migrate(&mut conn).unwrap();
+
+        let copies: Vec<_> = std::fs::read_dir(dir.path().join(BACKUP_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let name = copies[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("controller.db.v3-"), "{name}");
+        let copy = Connection::open(&copies[0]).unwrap();
+        let version: i64 = copy
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        // The copy is the old schema with the old rows: platforms had no
+        // tenant yet.
+        let platforms: i64 = copy
+            .query_row("SELECT COUNT(*) FROM platforms", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(platforms, 1);
+        assert!(copy.prepare("SELECT tenant_id FROM platforms").is_err());
+
+        // Already current: nothing more to keep.
+        migrate(&mut conn).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(BACKUP_DIR))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_new_database_is_migrated_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("controller.db")).unwrap();
+        migrate(&mut conn).unwrap();
+        assert!(!dir.path().join(BACKUP_DIR).exists());
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        {
+            let mut conn = open_connection(&path).unwrap();
+            migrate(&mut conn).unwrap();
+            check_integrity(&conn, &path).expect("a fresh database is sound");
+            conn.execute_batch(
+                "CREATE TABLE filler (id INTEGER PRIMARY KEY, body BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                 INSERT INTO filler SELECT i, randomblob(200) FROM n;
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+        }
+        // Scribble over the middle of the file: b-tree pages of the filler
+        // table, whatever their exact numbers.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        for byte in &mut bytes[middle..middle + 8192] {
+            *byte = 0xA5;
+        }
+        std::fs::write(&path, bytes).unwrap();
+
+        let conn = Connection::open(&path).unwrap();
+        match check_integrity(&conn, &path) {
+            Err(StoreError::Damaged { problems, .. }) => assert!(!problems.is_empty()),
+            other => panic!("expected Damaged, got {other:?}"),
+        }
     }
 }

@@ -25,6 +25,24 @@ pub enum StoreError {
         /// SQLite error.
         source: rusqlite::Error,
     },
+    /// The pre-migration copy could not be written; nothing was migrated.
+    #[error(
+        "cannot copy the database to {path} before migrating it (nothing was migrated): {reason}"
+    )]
+    Backup {
+        /// Copy being written.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
+    /// `PRAGMA quick_check` found damage.
+    #[error("the database {path} is damaged ({problems}); restore it from a backup (see the backups directory beside it) before starting")]
+    Damaged {
+        /// Database file.
+        path: PathBuf,
+        /// What quick_check reported.
+        problems: String,
+    },
     /// The database was written by a newer controller.
     #[error("the database has schema version {found}, this controller knows up to {known}; upgrade the controller")]
     SchemaTooNew {

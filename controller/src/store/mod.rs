@@ -30,6 +30,7 @@ pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
 mod resources;
+pub(crate) mod retention;
 mod run_tree;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
@@ -50,7 +51,7 @@ use crate::access::Scope;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
-use database::{migrate, open_connection, restrict_permissions};
+use database::{check_integrity, migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
 use node_identity::IdentityCommand;
 pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
@@ -96,6 +97,7 @@ impl Store {
     ) -> Result<(Store, WriterHandle), StoreError> {
         let path = data_dir.join("controller.db");
         let mut write_conn = open_connection(&path)?;
+        check_integrity(&write_conn, &path)?;
         migrate(&mut write_conn)?;
         restrict_permissions(&path);
         let registry = load_registry(&write_conn, Instant::now())?;
@@ -258,6 +260,36 @@ impl Store {
     }
 
     /// Platforms, QoS policies, appliances, VMs, programs, tasks and results.
+    /// Delete what `retention` no longer keeps, one batch per transaction
+    /// so heartbeats and API writes get the write lock in between; returns
+    /// the rows deleted per table.
+    pub async fn prune_aged(
+        &self,
+        retention: &retention::Retention,
+    ) -> Result<Vec<(&'static str, usize)>, StoreError> {
+        let mut report = Vec::new();
+        for table in retention::AgingTable::ALL {
+            let kept_for = table.kept_for(retention);
+            let mut deleted = 0;
+            loop {
+                let batch = self
+                    .resources
+                    .transact(move |cx| {
+                        let cutoff = cx.now - kept_for;
+                        retention::prune_batch(cx, table, cutoff)
+                    })
+                    .await?;
+                deleted += batch;
+                if batch < retention::BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            report.push((table.name(), deleted));
+        }
+        Ok(report)
+    }
+
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
     }

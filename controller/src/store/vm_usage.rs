@@ -107,10 +107,15 @@ pub(crate) fn samples(
 }
 
 /// Remove every sample whose step started before `cutoff` (Unix seconds).
-pub(crate) fn prune(conn: &Connection, cutoff: i64) -> Result<usize, StoreError> {
+/// Delete up to `limit` samples of steps that started before `cutoff`
+/// (Unix seconds), oldest first; returns how many went.
+pub(crate) fn prune(conn: &Connection, cutoff: i64, limit: usize) -> Result<usize, StoreError> {
     Ok(conn
-        .prepare_cached("DELETE FROM vm_usage WHERE bucket < ?1")?
-        .execute([cutoff])?)
+        .prepare_cached(
+            "DELETE FROM vm_usage WHERE (vm_id, bucket) IN
+                 (SELECT vm_id, bucket FROM vm_usage WHERE bucket < ?1 ORDER BY bucket LIMIT ?2)",
+        )?
+        .execute(rusqlite::params![cutoff, limit as i64])?)
 }
 
 /// Every sample of a VM (the VM is gone).
@@ -246,10 +251,11 @@ mod tests {
         }
         record(&conn, "vm2", now * 1000, &usage(1.0, 0)).unwrap();
         let cutoff = now - day;
-        assert_eq!(prune(&conn, cutoff).unwrap(), 3);
+        assert_eq!(prune(&conn, cutoff, 2).unwrap(), 2, "at most the limit");
+        assert_eq!(prune(&conn, cutoff, 100).unwrap(), 1);
         assert_eq!(buckets(&conn, "vm1"), vec![now - 60]);
         assert_eq!(buckets(&conn, "vm2"), vec![now]);
-        assert_eq!(prune(&conn, cutoff).unwrap(), 0);
+        assert_eq!(prune(&conn, cutoff, 100).unwrap(), 0);
     }
 
     #[test]
