@@ -66,6 +66,16 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
         values["capabilities"]["libvirt_uris"].is_array(),
         "{values}"
     );
+    // The acceptance lab's nodes: one uplink, userspace datapath.
+    let capabilities = &values["capabilities"];
+    assert_eq!(capabilities["datapath"], "netdev", "{values}");
+    assert_eq!(capabilities["uplink"]["name"], "uplink0", "{values}");
+    assert_eq!(capabilities["uplink"]["mode"], "single", "{values}");
+    assert_eq!(
+        capabilities["uplink"]["members"],
+        serde_json::json!([{"name": "uplink0", "link_up": true}]),
+        "{values}"
+    );
     assert!(
         values["resources"]["cpu_count"].as_u64().unwrap_or(0) >= 1,
         "{values}"

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::number::Number;
-use measurelab_api::http::{Capabilities, Node, NodeStatus, Resources};
+use measurelab_api::http::{Capabilities, Node, NodeStatus, Resources, UplinkStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description};
 
@@ -21,6 +21,56 @@ pub struct CapabilitiesValue {
     pub qos_features: Vec<String>,
     /// Built-in measurement tools.
     pub service_tools: Vec<String>,
+    /// The datapath the integration bridge runs on (absent from states
+    /// written before it existed, as are the fields below).
+    #[serde(default)]
+    pub datapath: String,
+    /// The uplink as the node's switch runs it; null: none.
+    #[serde(default)]
+    pub uplink: Option<UplinkValue>,
+    /// The flow export the node's switch applies now; empty: none.
+    #[serde(default)]
+    pub flow_export: String,
+}
+
+/// `capabilities.uplink` object, field names identical to the HTTP API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkValue {
+    /// OVS port name.
+    pub name: String,
+    /// `single`, `active-backup`, `balance-slb` or `lacp`.
+    pub mode: String,
+    /// Member interfaces with their link state.
+    pub members: Vec<UplinkMemberValue>,
+    /// The member the bond sends on now; empty when none.
+    pub active_member: String,
+}
+
+/// One element of `capabilities.uplink.members`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkMemberValue {
+    /// Interface name.
+    pub name: String,
+    /// Its link (carrier) is up.
+    pub link_up: bool,
+}
+
+impl From<&UplinkStatus> for UplinkValue {
+    fn from(u: &UplinkStatus) -> Self {
+        UplinkValue {
+            name: u.name.clone(),
+            mode: u.mode.clone(),
+            members: u
+                .members
+                .iter()
+                .map(|m| UplinkMemberValue {
+                    name: m.name.clone(),
+                    link_up: m.link_up,
+                })
+                .collect(),
+            active_member: u.active_member.clone(),
+        }
+    }
 }
 
 impl From<&Capabilities> for CapabilitiesValue {
@@ -31,6 +81,9 @@ impl From<&Capabilities> for CapabilitiesValue {
             ovs_datapath_types: c.ovs_datapath_types.clone(),
             qos_features: c.qos_features.clone(),
             service_tools: c.service_tools.clone(),
+            datapath: c.datapath.clone(),
+            uplink: c.uplink.as_ref().map(UplinkValue::from),
+            flow_export: c.flow_export.clone(),
         }
     }
 }
@@ -135,6 +188,23 @@ pub fn capabilities_type() -> AttributeType {
         ("ovs_datapath_types".to_string(), strings()),
         ("qos_features".to_string(), strings()),
         ("service_tools".to_string(), strings()),
+        ("datapath".to_string(), AttributeType::String),
+        ("flow_export".to_string(), AttributeType::String),
+        (
+            "uplink".to_string(),
+            AttributeType::Object(HashMap::from([
+                ("name".to_string(), AttributeType::String),
+                ("mode".to_string(), AttributeType::String),
+                (
+                    "members".to_string(),
+                    AttributeType::List(Box::new(AttributeType::Object(HashMap::from([
+                        ("name".to_string(), AttributeType::String),
+                        ("link_up".to_string(), AttributeType::Bool),
+                    ])))),
+                ),
+                ("active_member".to_string(), AttributeType::String),
+            ])),
+        ),
     ]))
 }
 
@@ -183,8 +253,15 @@ pub fn node_type() -> AttributeType {
 pub(crate) const CAPABILITIES_DOC: &str = "What the node can do, as last reported by its agent: \
 `libvirt_uris` (list of libvirt URIs the agent could open), `namespace_backend` (whether the \
 OS-level namespace backend works), `ovs_datapath_types` (OVS datapath types available), \
-`qos_features` (QoS features that were probed and work) and `service_tools` (built-in \
-measurement tools of the node's service host).";
+`qos_features` (QoS features that were probed and work), `service_tools` (built-in \
+measurement tools of the node's service host), `datapath` (the datapath the node's integration \
+bridge runs on: `system`, the kernel's, or `netdev`, userspace; empty before the bridge exists), \
+`flow_export` (the flow export the node's switch applies now, e.g. `ipfix sampling=1 \
+active_timeout=10s -> 10.254.0.1:2055`; empty: none) and `uplink` (null when the node has no \
+uplink; else `name` of the OVS port, `mode`: `single`, `active-backup`, `balance-slb` or `lacp`, \
+`members`: each with `name` and `link_up`, and `active_member`, the member a bond sends on now, \
+empty for a single interface or while no member is up). `uplink` follows failover within a \
+heartbeat.";
 
 pub(crate) const RESOURCES_DOC: &str = "Resource use as last reported by the agent: `cpu_count`, \
 `cpu_used_percent` (0-100, over the last heartbeat interval), `memory_total_bytes`, \

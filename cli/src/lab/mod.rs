@@ -1243,6 +1243,65 @@ fn wait_healthy(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// `lab up --uplinks N`: the lab-switch side of a node's extra uplinks (see
+/// `uplinks` for the naming and the agent's flags).
+impl Lab {
+    /// Fail before touching anything when an extra uplink's lab-switch name
+    /// would not fit.
+    pub(super) fn check_uplink_names(&self, nodes: u32, uplinks: u32) -> anyhow::Result<()> {
+        let longest = self.uplink_peer(nodes, uplinks.saturating_sub(1));
+        if longest.len() > MAX_IFNAME {
+            anyhow::bail!(
+                "--uplinks: with {uplinks} uplinks, interface {longest:?} of lab {:?} would exceed {} characters; use a shorter --name",
+                self.name,
+                MAX_IFNAME
+            );
+        }
+        Ok(())
+    }
+
+    /// The lab-switch end of node K's uplink `i`; uplink 0 keeps the contract
+    /// name `<name>-nK-up`.
+    pub(super) fn uplink_peer(&self, k: u32, i: u32) -> String {
+        match i {
+            0 => self.uplink(k),
+            _ => format!("{}{i}", self.uplink(k)),
+        }
+    }
+
+    /// Node K's uplinks beyond the first (which `ensure_node_network` makes),
+    /// each a VLAN trunk on the lab switch like the first.
+    pub(super) fn ensure_extra_uplinks(&self, k: u32, uplinks: u32) -> anyhow::Result<()> {
+        let (ns, sw) = (self.node_ns(k), self.switch_ns());
+        for i in 1..uplinks {
+            let (node_end, switch_end) = (uplinks::node_side(i), self.uplink_peer(k, i));
+            if !link_exists(Some(&ns), &node_end) {
+                if link_exists(Some(&sw), &switch_end) {
+                    ip_in(&sw, &["link", "del", &switch_end])?;
+                }
+                veth_add(Some(&sw), &switch_end, &node_end, Some(&ns))
+                    .with_context(|| format!("cannot create uplink {node_end} of node {k}"))?;
+                tx_offload_off(Some(&sw), &switch_end)?;
+                tx_offload_off(Some(&ns), &node_end)?;
+            }
+            ip_in(&sw, &["link", "set", &switch_end, "up"])?;
+            ip_in(&ns, &["link", "set", &node_end, "up"])?;
+            self.switch_vsctl(&[
+                "--may-exist",
+                "add-port",
+                &self.switch_bridge(),
+                &switch_end,
+                "--",
+                "set",
+                "port",
+                &switch_end,
+                "vlan_mode=trunk",
+            ])?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

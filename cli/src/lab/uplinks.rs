@@ -4,11 +4,6 @@
 //! `uplink1` form the agent's bond `bond0`, so failover can be exercised by
 //! taking either lab-switch peer (`<name>-nK-up`, `<name>-nK-up1`) down.
 
-use anyhow::Context;
-
-use super::sys::{ip_in, link_exists, tx_offload_off, veth_add};
-use super::Lab;
-
 /// Most uplinks a lab node gets.
 pub(super) const MAX_UPLINKS: u32 = 2;
 /// The node-side name of the bond over several uplinks.
@@ -41,63 +36,6 @@ pub(super) fn agent_args(uplinks: u32, bond_mode: &str) -> Vec<String> {
     }
     args.extend(["--bond-mode".to_string(), bond_mode.to_string()]);
     args
-}
-
-impl Lab {
-    /// Fail before touching anything when an extra uplink's lab-switch name
-    /// would not fit.
-    pub(super) fn check_uplink_names(&self, nodes: u32, uplinks: u32) -> anyhow::Result<()> {
-        let longest = self.uplink_peer(nodes, uplinks.saturating_sub(1));
-        if longest.len() > super::MAX_IFNAME {
-            anyhow::bail!(
-                "--uplinks: with {uplinks} uplinks, interface {longest:?} of lab {:?} would exceed {} characters; use a shorter --name",
-                self.name,
-                super::MAX_IFNAME
-            );
-        }
-        Ok(())
-    }
-
-    /// The lab-switch end of node K's uplink `i`; uplink 0 keeps the contract
-    /// name `<name>-nK-up`.
-    pub(super) fn uplink_peer(&self, k: u32, i: u32) -> String {
-        match i {
-            0 => self.uplink(k),
-            _ => format!("{}{i}", self.uplink(k)),
-        }
-    }
-
-    /// Node K's uplinks beyond the first (which `ensure_node_network` makes),
-    /// each a VLAN trunk on the lab switch like the first.
-    pub(super) fn ensure_extra_uplinks(&self, k: u32, uplinks: u32) -> anyhow::Result<()> {
-        let (ns, sw) = (self.node_ns(k), self.switch_ns());
-        for i in 1..uplinks {
-            let (node_end, switch_end) = (node_side(i), self.uplink_peer(k, i));
-            if !link_exists(Some(&ns), &node_end) {
-                if link_exists(Some(&sw), &switch_end) {
-                    ip_in(&sw, &["link", "del", &switch_end])?;
-                }
-                veth_add(Some(&sw), &switch_end, &node_end, Some(&ns))
-                    .with_context(|| format!("cannot create uplink {node_end} of node {k}"))?;
-                tx_offload_off(Some(&sw), &switch_end)?;
-                tx_offload_off(Some(&ns), &node_end)?;
-            }
-            ip_in(&sw, &["link", "set", &switch_end, "up"])?;
-            ip_in(&ns, &["link", "set", &node_end, "up"])?;
-            self.switch_vsctl(&[
-                "--may-exist",
-                "add-port",
-                &self.switch_bridge(),
-                &switch_end,
-                "--",
-                "set",
-                "port",
-                &switch_end,
-                "vlan_mode=trunk",
-            ])?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

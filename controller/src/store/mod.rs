@@ -500,4 +500,108 @@ mod tests {
         store.stop_writer().await;
         writer.join().await;
     }
+
+    mod aging {
+        use rusqlite::params;
+        use time::OffsetDateTime;
+
+        use crate::store::codec::rfc3339;
+        use crate::store::{retention, Store, StoreError};
+
+        /// Old rows of every aging table go, in several batches where there are
+        /// more than one batch of them; rows inside their retention stay.
+        #[tokio::test]
+        async fn aged_rows_go_and_recent_rows_stay() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, writer) = Store::open(dir.path(), true).unwrap();
+            let old_events = retention::BATCH + 5;
+            store
+                .resources()
+                .transact(move |cx| {
+                    let now = cx.now;
+                    let day = time::Duration::days(1);
+                    let text = |t: OffsetDateTime| rfc3339(t);
+                    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+                    let mut event = cx.tx.prepare(
+                        "INSERT INTO events (time, reason, object_kind, object_id, message)
+                         VALUES (?1, 'R', 'node', 'n', 'm')",
+                    )?;
+                    for _ in 0..old_events {
+                        event.execute([text(now - day * 31)])?;
+                    }
+                    event.execute([text(now - day * 29)])?;
+                    let mut result = cx.tx.prepare(
+                        "INSERT INTO results (id, task_id, task_name, received_at, started_at,
+                                              started_ms, document, tenant_id)
+                         VALUES (?1, 't', 't', ?2, ?2, ?3, '{}', ?4)",
+                    )?;
+                    for (id, age) in [("old", day * 366), ("recent", day * 364)] {
+                        let t = now - age;
+                        result.execute(params![
+                            id,
+                            text(t),
+                            ms(t),
+                            crate::access::DEFAULT_TENANT_ID
+                        ])?;
+                    }
+                    let mut record = cx.tx.prepare(
+                        "INSERT INTO idempotency (request_id, route, status, body, created_at)
+                         VALUES (?1, 'POST /v1/x', 201, '{}', ?2)",
+                    )?;
+                    record.execute(params!["old", text(now - time::Duration::hours(25))])?;
+                    record.execute(params!["recent", text(now - time::Duration::hours(23))])?;
+                    let mut usage = cx.tx.prepare(
+                        "INSERT INTO vm_usage (vm_id, bucket, sampled_ms, cpu_count, cpu_percent,
+                                               memory_total, memory_used, disk_total, disk_used,
+                                               rx_bytes, tx_bytes)
+                         VALUES (?1, ?2, 0, 1, 0, 0, 0, 0, 0, 0, 0)",
+                    )?;
+                    for (vm, hours) in [("old", 25), ("recent", 23)] {
+                        let bucket = (now - time::Duration::hours(hours)).unix_timestamp();
+                        usage.execute(params![vm, bucket])?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+
+            let report = store
+                .prune_aged(&retention::Retention::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                report,
+                vec![
+                    ("events", old_events),
+                    ("node_logs", 0),
+                    ("results", 1),
+                    ("idempotency", 1),
+                    ("vm_usage", 1)
+                ]
+            );
+            let left = store
+                .resources()
+                .read(|conn, _| {
+                    let ids = |sql: &str| -> Result<Vec<String>, StoreError> {
+                        let mut statement = conn.prepare(sql)?;
+                        let rows = statement.query_map([], |r| r.get(0))?;
+                        Ok(rows.collect::<Result<_, _>>()?)
+                    };
+                    Ok((
+                        ids("SELECT CAST(COUNT(*) AS TEXT) FROM events")?,
+                        ids("SELECT id FROM results")?,
+                        ids("SELECT request_id FROM idempotency")?,
+                        ids("SELECT vm_id FROM vm_usage")?,
+                    ))
+                })
+                .await
+                .unwrap();
+            assert_eq!(left.0, vec!["1".to_string()]);
+            assert_eq!(left.1, vec!["recent".to_string()]);
+            assert_eq!(left.2, vec!["recent".to_string()]);
+            assert_eq!(left.3, vec!["recent".to_string()]);
+            store.stop_writer().await;
+            writer.join().await;
+        }
+    }
 }
