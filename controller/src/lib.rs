@@ -48,6 +48,7 @@
 mod access;
 mod agent_rpc;
 mod api;
+mod appliance_files;
 mod flows;
 mod liveness;
 pub mod openapi;

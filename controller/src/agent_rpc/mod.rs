@@ -26,10 +26,11 @@ use futures::Stream;
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
-    self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchProgramRequest,
-    HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck, PostResultRequest,
-    ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck,
-    StatusReport, TaskList, WatchDesiredStateRequest,
+    self, ApplianceChunk, DesiredState, DesiredStateHint, DesiredStateRequest,
+    FetchApplianceRequest, FetchProgramRequest, HeartbeatRequest, HeartbeatResponse,
+    PollTasksRequest, PostResultAck, PostResultRequest, ProgramBlob, RegisterRequest,
+    RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport, TaskList,
+    WatchDesiredStateRequest,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -213,9 +214,23 @@ fn hint_stream(source: HintSource) -> HintStream {
     }))
 }
 
+/// Server-side stream of FetchAppliance.
+pub(crate) type ApplianceStream =
+    Pin<Box<dyn Stream<Item = Result<ApplianceChunk, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl NodeService for NodeRpc {
     type WatchDesiredStateStream = HintStream;
+    type FetchApplianceStream = ApplianceStream;
+
+    async fn fetch_appliance(
+        &self,
+        request: Request<FetchApplianceRequest>,
+    ) -> Result<Response<Self::FetchApplianceStream>, Status> {
+        Ok(Response::new(
+            workload::fetch_appliance(&self.store, request.into_inner()).await?,
+        ))
+    }
 
     async fn watch_desired_state(
         &self,

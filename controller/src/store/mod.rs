@@ -46,6 +46,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::Scope;
+use crate::appliance_files::ApplianceFiles;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
@@ -74,6 +75,8 @@ pub(crate) struct Store {
     resources: ResourceStore,
     /// API tokens, verified from memory on every request.
     tokens: TokenBook,
+    /// Appliance files, beside the database in the data dir.
+    appliance_files: ApplianceFiles,
 }
 
 impl Store {
@@ -120,6 +123,7 @@ impl Store {
                 reader: Arc::new(Mutex::new(reader)),
                 resources,
                 tokens,
+                appliance_files: ApplianceFiles::new(data_dir),
             },
             handle,
         ))
@@ -259,6 +263,11 @@ impl Store {
     /// Platforms, QoS policies, appliances, VMs, programs, tasks and results.
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
+    }
+
+    /// The appliance files the nodes fetch.
+    pub fn appliance_files(&self) -> &ApplianceFiles {
+        &self.appliance_files
     }
 
     /// The API tokens, as of the last reload.
