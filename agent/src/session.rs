@@ -628,6 +628,7 @@ async fn start_reconcile(
     settings.uplink = config.uplink.clone();
     settings.flow_export = config.flow_export.clone();
     settings.flow_export_status = flow_export_status;
+    settings.appliance_dir = Some(config.appliance_dir.clone());
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let reconciler = Reconciler::new(
         settings,

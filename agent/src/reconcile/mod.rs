@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod appliances;
 mod driver;
 mod engine;
 mod flows;
@@ -44,13 +45,14 @@ mod programs;
 mod translate;
 mod types;
 
+pub use appliances::ApplianceError;
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
 pub use flows::{FlowExportSettings, FlowExportStatus};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
-    condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig, RESYNC_INTERVAL,
-    RETRY_CAP, RETRY_INITIAL,
+    condition, ApplianceChunks, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
+    RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
 };
 
 #[doc(no_inline)]

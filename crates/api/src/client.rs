@@ -392,6 +392,16 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/appliances/{id_or_name}`.
+    pub async fn get_appliance(&self, id_or_name: &str) -> Result<Appliance, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/appliances/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /v1/appliances/{id_or_name}`.
     pub async fn delete_appliance(&self, id_or_name: &str) -> Result<Appliance, ClientError> {
         self.request::<(), _>(
@@ -408,7 +418,7 @@ impl Client {
     pub async fn upload_appliance_file(
         &self,
         sha256: &str,
-        body: reqwest::Body,
+        body: impl Into<reqwest::Body>,
     ) -> Result<ApplianceFile, ClientError> {
         let path = format!("/v1/appliance_files/{}", url_component(sha256));
         let req = self
@@ -418,7 +428,7 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             // An image of gigabytes takes longer than the default timeout.
             .timeout(std::time::Duration::from_secs(3600))
-            .body(body);
+            .body(body.into());
         self.send(req, &path).await
     }
 
