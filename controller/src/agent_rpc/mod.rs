@@ -26,11 +26,10 @@ use futures::Stream;
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
-    self, ApplianceChunk, DesiredState, DesiredStateHint, DesiredStateRequest,
-    FetchApplianceRequest, FetchProgramRequest, HeartbeatRequest, HeartbeatResponse,
-    PollTasksRequest, PostResultAck, PostResultRequest, ProgramBlob, RegisterRequest,
-    RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport, TaskList,
-    WatchDesiredStateRequest,
+    self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchApplianceRequest,
+    FetchProgramRequest, HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck,
+    PostResultRequest, ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest,
+    ShipLogsResponse, StatusAck, StatusReport, TaskList, WatchDesiredStateRequest,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -214,14 +213,10 @@ fn hint_stream(source: HintSource) -> HintStream {
     }))
 }
 
-/// Server-side stream of FetchAppliance.
-pub(crate) type ApplianceStream =
-    Pin<Box<dyn Stream<Item = Result<ApplianceChunk, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl NodeService for NodeRpc {
     type WatchDesiredStateStream = HintStream;
-    type FetchApplianceStream = ApplianceStream;
+    type FetchApplianceStream = workload::ApplianceStream;
 
     async fn fetch_appliance(
         &self,

@@ -13,7 +13,6 @@ use measurelab_api::node_v1::{
 };
 
 use super::error::RpcError;
-use super::ApplianceStream;
 use crate::appliance_files::{check_digest, ApplianceFileError};
 use crate::store::{
     appliances, desired, programs, tasks, to_json, vms, Registry, Store, StoreError,
@@ -130,6 +129,11 @@ pub(crate) async fn fetch_program(
         .await
         .map_err(RpcError::from)
 }
+
+/// Server-side stream of FetchAppliance.
+pub(crate) type ApplianceStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ApplianceChunk, tonic::Status>> + Send + 'static>,
+>;
 
 /// A stored appliance file, for a node with a VM that boots it.
 pub(crate) async fn fetch_appliance(
