@@ -686,6 +686,7 @@ async fn start_reconcile(
     settings.flow_export = config.flow_export.clone();
     settings.flow_export_status = flow_export_status;
     settings.guest_heartbeat_deadline = config.guest_heartbeat_deadline;
+    settings.appliance_dir = Some(config.appliance_dir.clone());
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let reconciler = Reconciler::new(
         settings,

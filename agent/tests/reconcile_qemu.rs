@@ -283,6 +283,9 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             disk: Some(appliance.join("disk.img").display().to_string()),
             min_memory_mib: 128,
             backends: vec!["libvirt".into()],
+            kernel_sha256: None,
+            initrd_sha256: None,
+            disk_sha256: None,
             request_id: None,
         })
         .await
@@ -756,6 +759,9 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
             disk: Some(appliance.join("disk.img").display().to_string()),
             min_memory_mib: manifest["min_memory_mib"].as_u64().unwrap(),
             backends: vec!["libvirt".into()],
+            kernel_sha256: None,
+            initrd_sha256: None,
+            disk_sha256: None,
             request_id: None,
         })
         .await

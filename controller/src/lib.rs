@@ -48,6 +48,7 @@
 mod access;
 mod agent_rpc;
 mod api;
+mod appliance_files;
 mod data_dir;
 mod flows;
 mod liveness;

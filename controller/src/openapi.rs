@@ -16,12 +16,13 @@ use measurelab_api::http::{
     TenantPatch, TenantUsageReport, WhoAmI,
 };
 use measurelab_api::http::{
-    Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, DeploymentList,
-    ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated, JoinTokenList,
-    LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
-    Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
-    RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task,
-    TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
+    Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
+    DeploymentList, ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated,
+    JoinTokenList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList,
+    PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList,
+    QosPolicyPatch, RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList,
+    ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage,
+    RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -218,6 +219,8 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::list_appliances,
         operations::create_appliance,
         operations::get_appliance,
+        operations::delete_appliance,
+        operations::upload_appliance_file,
         operations::list_vms,
         operations::create_vm,
         operations::get_vm,
@@ -764,6 +767,29 @@ mod operations {
         params(("id_or_name" = String, Path, description = KEY)),
         responses((status = 200, description = "The appliance.", body = Appliance), GetErrors))]
     fn get_appliance() {}
+
+    /// Delete an appliance no VM uses (operator only). Its stored files stay.
+    #[utoipa::path(delete, path = "/v1/appliances/{id_or_name}", operation_id = "deleteAppliance",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The deleted appliance.", body = Appliance), DeleteErrors))]
+    fn delete_appliance() {}
+
+    /// Upload an appliance file (kernel, initrd or disk image; operator only) as
+    /// application/octet-stream. It is stored only if its SHA-256 is the one in
+    /// the path; an appliance then names it by `kernel_sha256`, `initrd_sha256`
+    /// or `disk_sha256`, and the nodes fetch and verify it.
+    #[utoipa::path(put, path = "/v1/appliance_files/{sha256}", operation_id = "uploadApplianceFile",
+        params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+        request_body(content(("application/octet-stream"))),
+        responses(
+            (status = 200, description = "Already stored.", body = ApplianceFile),
+            (status = 201, description = "Stored.", body = ApplianceFile),
+            CreateErrors,
+        ))]
+    fn upload_appliance_file() {}
 
     /// List VMs.
     #[utoipa::path(get, path = "/v1/vms", operation_id = "listVms",

@@ -26,7 +26,7 @@ use crate::data_sources::{
     VirtualPlatformsDataSource, VmDataSource, VmsDataSource,
 };
 use crate::diagnostics;
-use crate::resources::{ApiTokenResource, TenantResource};
+use crate::resources::{ApiTokenResource, ApplianceResource, TenantResource};
 use crate::resources::{
     DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
     QosPolicyResource, VirtualPlatformResource, VmResource,
@@ -275,6 +275,7 @@ impl Provider for MeasurelabProvider {
             "measurement_task" => MeasurementTaskResource::new(self.shared.clone()),
             "tenant" => TenantResource::new(self.shared.clone()),
             "api_token" => ApiTokenResource::new(self.shared.clone()),
+            "appliance" => ApplianceResource::new(self.shared.clone()),
         })
     }
 

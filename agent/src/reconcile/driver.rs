@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use measurelab_api::guest::{AgentMessage, GuestMessage};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
-    DesiredState, DesiredStateRequest, FetchProgramRequest, GuestReport, LogLine, PollTasksRequest,
-    PostResultRequest, ProgramBlob, ResourceUsage, StatusAck, StatusReport,
+    DesiredState, DesiredStateRequest, FetchApplianceRequest, FetchProgramRequest, GuestReport,
+    LogLine, PollTasksRequest, PostResultRequest, ProgramBlob, ResourceUsage, StatusAck,
+    StatusReport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use super::engine::Reconciler;
 use super::programs::Programs;
-use super::types::{ControlPlane, ReconcileError, RESYNC_INTERVAL};
+use super::types::{ApplianceChunks, ControlPlane, ReconcileError, RESYNC_INTERVAL};
 use crate::identity::Identity;
 use measurelab_backoff::Backoff;
 
@@ -115,6 +116,30 @@ impl ControlPlane for GrpcControlPlane {
             .await
             .map_err(rpc("FetchProgram"))?
             .into_inner())
+    }
+
+    async fn fetch_appliance(&self, sha256: &str) -> Result<ApplianceChunks, ReconcileError> {
+        let id = self.identity()?;
+        let request = FetchApplianceRequest {
+            node_id: id.node_id,
+            node_secret: id.node_secret,
+            sha256: sha256.to_string(),
+        };
+        let chunks = self
+            .client
+            .clone()
+            .fetch_appliance(request)
+            .await
+            .map_err(rpc("FetchAppliance"))?
+            .into_inner();
+        Ok(Box::pin(futures::StreamExt::map(chunks, |chunk| {
+            chunk
+                .map(|c| c.data)
+                .map_err(|status| ReconcileError::Controller {
+                    call: "FetchAppliance",
+                    status: Box::new(status),
+                })
+        })))
     }
 
     async fn post_result(
@@ -240,7 +265,9 @@ pub async fn run_loop(
         }
         if pass_at.is_some_and(|at| at <= Instant::now()) {
             pass_at = None;
-            if let Some(state) = &desired {
+            if let Some(state) = desired.as_mut() {
+                reconciler.prepare_appliances(state, control.as_ref()).await;
+                let state = &*state;
                 let report = reconciler.pass(state).await;
                 if !report.actions.is_empty() {
                     tracing::info!(

@@ -15,12 +15,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::appliances::ApplianceCache;
 use super::flows;
 use super::plan::{
     self, Failure, GuestFacts, HeartbeatCheck, Job, KeyState, Observed, Power, PowerStep,
 };
 use super::translate;
-use super::types::{condition, Backends, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
+use super::types::{condition, Backends, ControlPlane, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
@@ -288,6 +289,8 @@ pub struct Reconciler {
     /// ovs-vswitchd's userspace datapath keeps polling the vanished device
     /// otherwise, and the guest is cut off.
     readopted_taps: BTreeSet<String>,
+    /// Verified copies of the appliance files the controller stores.
+    appliances: ApplianceCache,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -309,6 +312,7 @@ impl Reconciler {
         guest_events: mpsc::Sender<(Uuid, GuestMessage)>,
     ) -> Self {
         Reconciler {
+            appliances: ApplianceCache::new(config.appliance_dir.as_deref()),
             config,
             backends,
             switch,
@@ -368,6 +372,17 @@ impl Reconciler {
         self.reported.clear();
     }
 
+    /// Fetches and verifies the appliance files `desired` names by digest
+    /// and points its VMs at the cached copies; the next [`Self::pass`]
+    /// holds back the VMs whose files are missing or refused.
+    pub async fn prepare_appliances(
+        &mut self,
+        desired: &mut DesiredState,
+        control: &dyn ControlPlane,
+    ) {
+        self.appliances.prepare(desired, control).await;
+    }
+
     /// One level-triggered pass towards `desired`.
     pub async fn pass(&mut self, desired: &DesiredState) -> PassReport {
         let now = Instant::now();
@@ -378,7 +393,7 @@ impl Reconciler {
             .retain(|id, _| wanted.iter().any(|(w, _)| w == id));
         let observed = self.observe_guests().await;
         plan::refresh_keys(&mut self.keys, &wanted, &observed, deep);
-        let guest_plan = plan::guest_jobs(&GuestFacts {
+        let mut guest_plan = plan::guest_jobs(&GuestFacts {
             wanted: &wanted,
             observed: &observed,
             backends: &self.backend_kinds(),
@@ -388,6 +403,7 @@ impl Reconciler {
             now,
             deep,
         });
+        self.appliances.hold_back(&mut guest_plan.jobs);
         let mut report = PassReport::default();
         let after = self
             .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)

@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod appliances;
 mod driver;
 mod engine;
 mod flows;
@@ -45,12 +46,13 @@ mod translate;
 mod types;
 mod uplink;
 
+pub use appliances::ApplianceError;
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
 pub use flows::{FlowExportSettings, FlowExportStatus};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
-    condition, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
+    condition, ApplianceChunks, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
     DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
 };
 pub use uplink::{UplinkBondMode, UplinkBondSettings};

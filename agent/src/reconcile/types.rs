@@ -4,6 +4,7 @@
 //! import the parent module that re-exports them.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,10 @@ pub enum ReconcileError {
     },
 }
 
+/// The chunks of an appliance file, as `FetchAppliance` streams them.
+pub type ApplianceChunks =
+    Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, ReconcileError>> + Send>>;
+
 /// What the reconcile loop needs from the controller. The real one is
 /// [`GrpcControlPlane`](super::GrpcControlPlane); tests use fakes. Node credentials are the
 /// implementation's business.
@@ -88,6 +93,16 @@ pub trait ControlPlane: Send + Sync {
     ) -> Result<String, ReconcileError>;
     /// `PollTasks`; each entry is one task as JSON.
     async fn poll_tasks(&self, vm_id: &str) -> Result<Vec<String>, ReconcileError>;
+    /// `FetchAppliance`: the stored appliance file `sha256`, unverified (the
+    /// caller checks the digest). By default the controller serves none.
+    async fn fetch_appliance(&self, sha256: &str) -> Result<ApplianceChunks, ReconcileError> {
+        Err(ReconcileError::Controller {
+            call: "FetchAppliance",
+            status: Box::new(tonic::Status::unimplemented(format!(
+                "this control plane serves no appliance files ({sha256})"
+            ))),
+        })
+    }
 }
 
 /// The hypervisor backends of this node, by the controller's backend names.
@@ -149,6 +164,10 @@ pub struct ReconcilerConfig {
     /// for longer than this turns `GuestRegistered` False
     /// (`GuestHeartbeatMissed`) until it is heard again.
     pub guest_heartbeat_deadline: Duration,
+    /// The operator's appliance directory; appliance files the controller
+    /// stores are cached in its `sha256/`. `None`: VMs of such appliances
+    /// are refused.
+    pub appliance_dir: Option<PathBuf>,
 }
 
 /// Three of the guest agent's default 5 s heartbeat intervals.
@@ -168,6 +187,7 @@ impl ReconcilerConfig {
             flow_export: None,
             flow_export_status: FlowExportStatus::default(),
             guest_heartbeat_deadline: DEFAULT_GUEST_HEARTBEAT_DEADLINE,
+            appliance_dir: None,
         }
     }
 }

@@ -28,10 +28,10 @@ use futures::Stream;
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
-    self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchProgramRequest,
-    HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck, PostResultRequest,
-    ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest, ShipLogsResponse, StatusAck,
-    StatusReport, TaskList, WatchDesiredStateRequest,
+    self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchApplianceRequest,
+    FetchProgramRequest, HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck,
+    PostResultRequest, ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest,
+    ShipLogsResponse, StatusAck, StatusReport, TaskList, WatchDesiredStateRequest,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -223,6 +223,16 @@ fn hint_stream(source: HintSource) -> HintStream {
 #[tonic::async_trait]
 impl NodeService for NodeRpc {
     type WatchDesiredStateStream = HintStream;
+    type FetchApplianceStream = workload::ApplianceStream;
+
+    async fn fetch_appliance(
+        &self,
+        request: Request<FetchApplianceRequest>,
+    ) -> Result<Response<Self::FetchApplianceStream>, Status> {
+        Ok(Response::new(
+            workload::fetch_appliance(&self.store, request.into_inner()).await?,
+        ))
+    }
 
     async fn watch_desired_state(
         &self,

@@ -5,13 +5,18 @@
 //! source (the node's generation, announced after each commit) is here.
 
 use crate::access::Scope;
+use futures::TryStreamExt;
 use measurelab_api::node_v1::{
-    DesiredState, DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultAck,
-    PostResultRequest, ProgramBlob, StatusAck, StatusReport, TaskList,
+    ApplianceChunk, DesiredState, DesiredStateRequest, FetchApplianceRequest, FetchProgramRequest,
+    PollTasksRequest, PostResultAck, PostResultRequest, ProgramBlob, StatusAck, StatusReport,
+    TaskList,
 };
 
 use super::error::RpcError;
-use crate::store::{desired, programs, tasks, to_json, vms, Registry, Store, StoreError};
+use crate::appliance_files::{check_digest, ApplianceFileError};
+use crate::store::{
+    appliances, desired, programs, tasks, to_json, vms, Registry, Store, StoreError,
+};
 
 /// Most VM statuses (and guest reports, program runs) in one report.
 const MAX_REPORT_ITEMS: usize = 10_000;
@@ -123,6 +128,58 @@ pub(crate) async fn fetch_program(
         })
         .await
         .map_err(RpcError::from)
+}
+
+/// Server-side stream of FetchAppliance.
+pub(crate) type ApplianceStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ApplianceChunk, tonic::Status>> + Send + 'static>,
+>;
+
+/// A stored appliance file, for a node with a VM that boots it.
+pub(crate) async fn fetch_appliance(
+    store: &Store,
+    request: FetchApplianceRequest,
+) -> Result<ApplianceStream, RpcError> {
+    authenticate(store, &request.node_id, &request.node_secret)?;
+    let sha256 = request.sha256;
+    check_digest(&sha256).map_err(|e| RpcError::InvalidArgument {
+        field: "sha256".into(),
+        reason: e.to_string(),
+    })?;
+    let node_id = request.node_id;
+    let (key, node) = (sha256.clone(), node_id.clone());
+    let used = store
+        .resources()
+        .read(move |conn, _| appliances::node_uses_file(conn, &node, &key))
+        .await?;
+    let not_found = || {
+        RpcError::NotFound(format!(
+            "sha256: no appliance of a VM on node {node_id} has the file {sha256}"
+        ))
+    };
+    if !used {
+        return Err(not_found());
+    }
+    let unavailable = |e: ApplianceFileError| RpcError::Unavailable(e.to_string());
+    let (total_bytes, chunks) = store
+        .appliance_files()
+        .read(&sha256)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    let mut first = true;
+    Ok(Box::pin(
+        chunks
+            .map_ok(move |data| ApplianceChunk {
+                data,
+                total_bytes: if std::mem::take(&mut first) {
+                    total_bytes
+                } else {
+                    0
+                },
+            })
+            .map_err(|e| RpcError::Unavailable(e.to_string()).into()),
+    ))
 }
 
 pub(crate) async fn post_result(

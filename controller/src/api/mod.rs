@@ -29,7 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Method, Uri};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 
 pub use error::ApiError;
@@ -110,7 +110,15 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/v1/appliances",
             get(appliances::list).post(appliances::create),
         ),
-        ("/v1/appliances/:id_or_name", get(appliances::get)),
+        (
+            "/v1/appliances/:id_or_name",
+            get(appliances::get).delete(appliances::delete),
+        ),
+        (
+            "/v1/appliance_files/:sha256",
+            // The handler streams the body and enforces its own limit.
+            put(appliances::upload_file).layer(DefaultBodyLimit::disable()),
+        ),
         ("/v1/vms", get(vms::list).post(vms::create)),
         (
             "/v1/vms/:id_or_name",

@@ -53,7 +53,8 @@ pub(crate) fn ensure_builtin(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const SELECT: &str = "SELECT id, name, version, arch, os, kernel, initrd, disk, min_memory_mib,
-                             backends, builtin FROM appliances";
+                             backends, builtin, kernel_sha256, initrd_sha256, disk_sha256
+                      FROM appliances";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Appliance, String)> {
     Ok((
@@ -69,6 +70,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Appliance, String)> {
             min_memory_mib: r.get::<_, i64>(8)? as u64,
             backends: Vec::new(),
             builtin: r.get::<_, i64>(10)? != 0,
+            kernel_sha256: r.get(11)?,
+            initrd_sha256: r.get(12)?,
+            disk_sha256: r.get(13)?,
         },
         r.get(9)?,
     ))
@@ -138,15 +142,30 @@ pub(crate) fn create(
             ));
         }
     }
-    if input.backends.iter().any(|b| b == "libvirt") {
-        absolute_path("kernel", &input.kernel)?;
-        absolute_path("initrd", &input.initrd)?;
-    } else {
-        validation::short_text("kernel", &input.kernel, 1024)?;
-        validation::short_text("initrd", &input.initrd, 1024)?;
+    let boots = input.backends.iter().any(|b| b == "libvirt");
+    for (field, path, digest) in [
+        ("kernel", &input.kernel, &input.kernel_sha256),
+        ("initrd", &input.initrd, &input.initrd_sha256),
+    ] {
+        match (digest, boots) {
+            (Some(_), _) if !path.is_empty() => {
+                return Err(StoreError::invalid(
+                    field,
+                    format!("give either {field} (a path on the nodes) or {field}_sha256 (an uploaded file), not both"),
+                ))
+            }
+            (Some(_), _) => {}
+            (None, true) => absolute_path(field, path)?,
+            (None, false) => validation::short_text(field, path, 1024)?,
+        }
     }
-    if let Some(disk) = &input.disk {
-        absolute_path("disk", disk)?;
+    match (&input.disk, &input.disk_sha256) {
+        (Some(_), Some(_)) => return Err(StoreError::invalid(
+            "disk",
+            "give either disk (a path on the nodes) or disk_sha256 (an uploaded file), not both",
+        )),
+        (Some(disk), None) => absolute_path("disk", disk)?,
+        _ => {}
     }
     if !(16..=1024 * 1024).contains(&input.min_memory_mib) {
         return Err(StoreError::invalid(
@@ -172,11 +191,15 @@ pub(crate) fn create(
         min_memory_mib: input.min_memory_mib,
         backends: input.backends,
         builtin: false,
+        kernel_sha256: input.kernel_sha256,
+        initrd_sha256: input.initrd_sha256,
+        disk_sha256: input.disk_sha256,
     };
     cx.tx.execute(
         "INSERT INTO appliances (id, name, version, arch, os, kernel, initrd, disk,
-                                 min_memory_mib, backends, builtin, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)",
+                                 min_memory_mib, backends, builtin, created_at,
+                                 kernel_sha256, initrd_sha256, disk_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14)",
         params![
             appliance.id,
             appliance.name,
@@ -188,7 +211,10 @@ pub(crate) fn create(
             appliance.disk,
             appliance.min_memory_mib as i64,
             to_json(&appliance.backends),
-            cx.now_text()
+            cx.now_text(),
+            appliance.kernel_sha256,
+            appliance.initrd_sha256,
+            appliance.disk_sha256,
         ],
     )?;
     cx.event(
@@ -202,4 +228,66 @@ pub(crate) fn create(
         ),
     )?;
     Ok(appliance)
+}
+
+/// Removes an appliance no VM uses. Its stored files stay: another
+/// appliance may name the same content, and nodes keep their verified copies.
+pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Appliance, StoreError> {
+    let appliance = find(cx.tx, key)?.ok_or_else(|| StoreError::NotFound {
+        kind: "appliance",
+        id: key.to_string(),
+    })?;
+    if appliance.builtin {
+        return Err(StoreError::conflict(
+            None,
+            format!(
+                "appliance {} is built in and cannot be deleted",
+                appliance.name
+            ),
+        ));
+    }
+    let users: Vec<String> = cx
+        .tx
+        .prepare_cached("SELECT name FROM vms WHERE appliance_id = ?1 ORDER BY name LIMIT 5")?
+        .query_map([&appliance.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !users.is_empty() {
+        return Err(StoreError::conflict(
+            None,
+            format!(
+                "appliance {} is used by VMs ({}); delete them first",
+                appliance.name,
+                users.join(", ")
+            ),
+        ));
+    }
+    cx.tx
+        .execute("DELETE FROM appliances WHERE id = ?1", [&appliance.id])?;
+    cx.event(
+        None,
+        "ApplianceDeleted",
+        "appliance",
+        &appliance.id,
+        format!("appliance {} {} deleted", appliance.name, appliance.version),
+    )?;
+    Ok(appliance)
+}
+
+/// Whether a VM of `node_id` boots an appliance with the stored file
+/// `sha256` (what a node may fetch).
+pub(crate) fn node_uses_file(
+    conn: &Connection,
+    node_id: &str,
+    sha256: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM vms v JOIN appliances a ON a.id = v.appliance_id
+             WHERE v.node_id = ?1
+               AND ?2 IN (a.kernel_sha256, a.initrd_sha256, a.disk_sha256)
+             LIMIT 1",
+        )?
+        .query_row(params![node_id, sha256], |_| Ok(()))
+        .optional()?
+        .is_some())
 }

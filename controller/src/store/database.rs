@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_quotas.sql"),
     include_str!("../../migrations/0007_flow_monitoring.sql"),
     include_str!("../../migrations/0008_vm_usage.sql"),
+    include_str!("../../migrations/0009_appliance_files.sql"),
     include_str!("../../migrations/0010_vm_maxima.sql"),
 ];
 

@@ -48,6 +48,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::Scope;
+use crate::appliance_files::ApplianceFiles;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
@@ -76,6 +77,8 @@ pub(crate) struct Store {
     resources: ResourceStore,
     /// API tokens, verified from memory on every request.
     tokens: TokenBook,
+    /// Appliance files, beside the database in the data dir.
+    appliance_files: ApplianceFiles,
 }
 
 impl Store {
@@ -123,6 +126,7 @@ impl Store {
                 reader: Arc::new(Mutex::new(reader)),
                 resources,
                 tokens,
+                appliance_files: ApplianceFiles::new(data_dir),
             },
             handle,
         ))
@@ -292,6 +296,11 @@ impl Store {
 
     pub fn resources(&self) -> &ResourceStore {
         &self.resources
+    }
+
+    /// The appliance files the nodes fetch.
+    pub fn appliance_files(&self) -> &ApplianceFiles {
+        &self.appliance_files
     }
 
     /// The API tokens, as of the last reload.

@@ -11,11 +11,11 @@ use crate::http::{
     TenantPatch, WhoAmI,
 };
 use crate::http::{
-    Appliance, ApplianceCreate, ApplianceList, Deployment, DeploymentCreate, ErrorBody, EventList,
-    LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList, PlatformPatch,
-    Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch,
-    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList,
-    VmPatch,
+    Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
+    ErrorBody, EventList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate,
+    PlatformList, PlatformPatch, Program, ProgramCreate, QosPolicy, QosPolicyCreate, QosPolicyList,
+    QosPolicyPatch, RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm,
+    VmCreate, VmList, VmPatch,
 };
 
 /// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`):
@@ -120,6 +120,15 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
+        self.send(req, path).await
+    }
+
+    /// Sends `req` (to `path`) and decodes the answer or the API error.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let resp = req
             .send()
             .await
@@ -381,6 +390,46 @@ impl Client {
     pub async fn create_appliance(&self, body: &ApplianceCreate) -> Result<Appliance, ClientError> {
         self.request(reqwest::Method::POST, "/v1/appliances", Some(body))
             .await
+    }
+
+    /// `GET /v1/appliances/{id_or_name}`.
+    pub async fn get_appliance(&self, id_or_name: &str) -> Result<Appliance, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/appliances/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/appliances/{id_or_name}`.
+    pub async fn delete_appliance(&self, id_or_name: &str) -> Result<Appliance, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/appliances/{}", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /v1/appliance_files/{sha256}`: uploads `body` (streamed, e.g.
+    /// from a file), which the controller stores only if its SHA-256 is
+    /// `sha256`.
+    pub async fn upload_appliance_file(
+        &self,
+        sha256: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<ApplianceFile, ClientError> {
+        let path = format!("/v1/appliance_files/{}", url_component(sha256));
+        let req = self
+            .http
+            .put(format!("{}{}", self.endpoint, path))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            // An image of gigabytes takes longer than the default timeout.
+            .timeout(std::time::Duration::from_secs(3600))
+            .body(body.into());
+        self.send(req, &path).await
     }
 
     /// `GET /v1/vms` (optionally `?platform=&node=`, given as `query` without `?`).

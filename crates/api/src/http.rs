@@ -570,6 +570,30 @@ pub struct Appliance {
     pub backends: Vec<String>,
     /// Shipped with the controller; cannot be replaced.
     pub builtin: bool,
+    /// SHA-256 of the kernel the controller stores and the nodes fetch;
+    /// null when `kernel` is a path on the nodes.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub kernel_sha256: Option<String>,
+    /// SHA-256 of the stored initrd; null when `initrd` is a node path.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub initrd_sha256: Option<String>,
+    /// SHA-256 of the stored disk image; null when there is none or `disk`
+    /// is a node path.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub disk_sha256: Option<String>,
+}
+
+/// `PUT /v1/appliance_files/{sha256}` response: a file the controller now
+/// stores under its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApplianceFile {
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
 }
 
 /// `POST /v1/appliances` body (operator-provided files).
@@ -585,13 +609,25 @@ pub struct ApplianceCreate {
     pub arch: String,
     /// Operating system, free text.
     pub os: String,
-    /// Absolute kernel path on the nodes.
+    /// Absolute kernel path on the nodes; empty with `kernel_sha256`.
+    #[serde(default)]
     pub kernel: String,
-    /// Absolute initrd path on the nodes.
+    /// Absolute initrd path on the nodes; empty with `initrd_sha256`.
+    #[serde(default)]
     pub initrd: String,
     /// Absolute disk image path on the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
+    /// SHA-256 of a kernel uploaded to `PUT /v1/appliance_files/{sha256}`
+    /// (instead of `kernel`): the nodes fetch and verify it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_sha256: Option<String>,
+    /// SHA-256 of an uploaded initrd (instead of `initrd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_sha256: Option<String>,
+    /// SHA-256 of an uploaded disk image (instead of `disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_sha256: Option<String>,
     /// Smallest memory a VM of this appliance may have.
     #[schema(minimum = 16)]
     pub min_memory_mib: u64,

@@ -44,6 +44,12 @@ pub struct ApplianceValue {
     pub backends: Vec<String>,
     /// Shipped with the controller.
     pub builtin: bool,
+    /// SHA-256 of the kernel the controller stores; empty for a node path.
+    pub kernel_sha256: String,
+    /// SHA-256 of the stored initrd; empty for a node path.
+    pub initrd_sha256: String,
+    /// SHA-256 of the stored disk image; empty when none or a node path.
+    pub disk_sha256: String,
 }
 
 impl From<&Appliance> for ApplianceValue {
@@ -60,6 +66,9 @@ impl From<&Appliance> for ApplianceValue {
             min_memory_mib: Number::from(a.min_memory_mib),
             backends: a.backends.clone(),
             builtin: a.builtin,
+            kernel_sha256: a.kernel_sha256.clone().unwrap_or_default(),
+            initrd_sha256: a.initrd_sha256.clone().unwrap_or_default(),
+            disk_sha256: a.disk_sha256.clone().unwrap_or_default(),
         }
     }
 }
@@ -121,6 +130,9 @@ impl DataSource for AppliancesDataSource {
             ("min_memory_mib".to_string(), AttributeType::Number),
             ("backends".to_string(), strings()),
             ("builtin".to_string(), AttributeType::Bool),
+            ("kernel_sha256".to_string(), AttributeType::String),
+            ("initrd_sha256".to_string(), AttributeType::String),
+            ("disk_sha256".to_string(), AttributeType::String),
         ]));
         Some(Schema {
             version: 1,
@@ -146,7 +158,9 @@ impl DataSource for AppliancesDataSource {
                         computed(
                             AttributeType::List(Box::new(appliance)),
                             "The appliances ordered by name: `id`, `name`, `version`, `arch`, `os`, `kernel`, \
-                             `initrd`, `disk` (empty when none), `min_memory_mib`, `backends`, `builtin`.",
+                             `initrd`, `disk` (empty when none), `min_memory_mib`, `backends`, `builtin`, and \
+                             `kernel_sha256`, `initrd_sha256`, `disk_sha256`: the digests of files the controller \
+                             stores and the nodes verify (empty for files that are paths on the nodes).",
                         ),
                     ),
                     ("names".to_string(), computed(strings(), "Names of the listed appliances.")),

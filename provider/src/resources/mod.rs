@@ -3,6 +3,7 @@
 
 mod adapter;
 mod api_token;
+mod appliance;
 mod deployment;
 mod flow_export;
 mod measurement_node;
@@ -17,6 +18,8 @@ use adapter::Adapter;
 
 /// `measurelab_api_token`.
 pub type ApiTokenResource = Adapter<api_token::ApiTokens>;
+/// `measurelab_appliance`.
+pub type ApplianceResource = Adapter<appliance::Appliances>;
 /// `measurelab_deployment`.
 pub type DeploymentResource = Adapter<deployment::Deployments>;
 /// `measurelab_measurement_node`.

@@ -856,6 +856,9 @@ mod tests {
                                 min_memory_mib: 64,
                                 backends: vec!["libvirt".into()],
                                 builtin: false,
+                                kernel_sha256: None,
+                                initrd_sha256: None,
+                                disk_sha256: None,
                             }],
                         })
                     }),
