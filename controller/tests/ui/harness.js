@@ -54,6 +54,11 @@ setTimeout(() => {
     loss: chart("chart-loss"),
     delay: chart("chart-delay"),
     jitter: chart("chart-jitter"),
+    treeinfo: elements.treeinfo ? elements.treeinfo.textContent : null,
+    tree: elements.tree ? {
+      links: elements.tree.all("line").map((l) => ({ stroke: l.attrs.stroke, width: l.attrs["stroke-width"], title: l.all("title")[0].textContent })),
+      labels: elements.tree.all("text").map((t) => t.textContent),
+    } : null,
   }));
   process.exit(0);
 }, 3000);
