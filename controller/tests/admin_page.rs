@@ -124,6 +124,95 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
     controller.stop().await;
 }
 
+/// The tree of the latest stored run, drawn from the result the controller stored
+/// (with the inference it added at insert): the lossy uplink is coloured away from the
+/// clean green and drawn thick as a bottleneck; clean links stay green and thin.
+#[tokio::test]
+async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
+    use measurelab_inference::simulate::{self, LinkModel};
+    use measurelab_inference::tree::{distribution_tree, Placement};
+
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    let (_, task) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(
+                json!({"name": "t", "mode": "platform", "platform": "p", "schedule": "once",
+                        "rate_pps": 10, "packet_size_bytes": 100, "group": "239.1.1.1",
+                        "port": 5000, "ttl": 2}),
+            ),
+        )
+        .await;
+    let at = |point, node| Placement { point, node };
+    let tree = distribution_tree(
+        &at("p1", "n1"),
+        &[
+            at("p2", "n2"),
+            at("p3", "n2"),
+            at("p4", "n3"),
+            at("p5", "n3"),
+        ],
+    );
+    let model = LinkModel {
+        loss: [("uplink:n2".to_string(), 0.08)].into_iter().collect(),
+        ..LinkModel::default()
+    };
+    let run = simulate::run(&tree, &model, 20_000, 5);
+    let mut document = simulate::document(&tree, &run);
+    document.task_id = task["id"].as_str().map(str::to_string);
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/results",
+            Some(serde_json::to_value(&document).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["document"]["bottlenecks"][0]["link"], "uplink:n2",
+        "{body:#}"
+    );
+
+    let rendered = controller.render_admin_page(&controller.admin_token).await;
+    assert_eq!(rendered["error"], "", "{rendered:#}");
+    let info = rendered["treeinfo"].as_str().unwrap();
+    assert!(
+        info.contains("20000 probes") && info.contains("bottlenecks: uplink:n2 (loss)"),
+        "{info}"
+    );
+    let links = rendered["tree"]["links"].as_array().unwrap();
+    // One line per tree link: source port, uplink n1, two uplinks down, four ports.
+    assert_eq!(links.len(), 8, "{rendered:#}");
+    const CLEAN: &str = "hsl(120,70%,40%)";
+    for link in links {
+        let title = link["title"].as_str().unwrap();
+        if title.starts_with("uplink:n2:") {
+            assert_ne!(link["stroke"], CLEAN, "{link}");
+            assert_eq!(link["width"], "6", "{link}");
+            assert!(title.ends_with(", bottleneck"), "{title}");
+        } else {
+            assert_eq!(link["stroke"], CLEAN, "{link}");
+            assert_eq!(link["width"], "3", "{link}");
+            assert!(title.contains(": loss 0.00%"), "{title}");
+        }
+    }
+    let labels = rendered["tree"]["labels"].to_string();
+    for label in ["p1", "p5", "bridge n2", "lab switch"] {
+        assert!(labels.contains(label), "{label} in {labels}");
+    }
+    controller.stop().await;
+}
+
 /// The VM usage charts draw what the guest reported: CPU, memory used and
 /// total, and network rates from the second step on (the first has none).
 #[tokio::test]

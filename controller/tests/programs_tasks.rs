@@ -761,3 +761,105 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     assert_eq!(body["error"]["field"], "receivers[1].receipts");
     controller.stop().await;
 }
+
+/// A task's own bottleneck thresholds steer the report of its runs: the same 8 % link
+/// is a bottleneck under the default 1 % and not under a task's 10 %; thresholds that
+/// are no loss ratio or no positive time are refused naming the field.
+#[tokio::test]
+async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
+    use measurelab_inference::simulate::{self, LinkModel};
+    use measurelab_inference::tree::{distribution_tree, Placement};
+
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let task = |name: &str, extra: serde_json::Value| {
+        let mut body = json!({"name": name, "mode": "platform", "platform": "p",
+            "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
+            "group": "239.1.1.1", "port": 5000, "ttl": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (field, value, reason) in [
+        ("bottleneck_loss_threshold", json!(1.0), "loss ratio"),
+        ("bottleneck_loss_threshold", json!(-0.1), "loss ratio"),
+        ("bottleneck_delay_stddev_us", json!(0), "positive"),
+    ] {
+        let (status, body) = controller
+            .call(
+                Method::POST,
+                "/v1/tasks",
+                Some(task("bad", json!({ field: value }))),
+            )
+            .await;
+        assert_eq!(status, 422, "{field}={value}: {body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(reason),
+            "{body}"
+        );
+    }
+
+    let (status, default) = controller
+        .call(Method::POST, "/v1/tasks", Some(task("default", json!({}))))
+        .await;
+    assert_eq!(status, 201, "{default}");
+    assert_eq!(default["bottleneck_loss_threshold"], 0.01);
+    assert_eq!(default["bottleneck_delay_stddev_us"], 1000.0);
+    let (status, lenient) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(task(
+                "lenient",
+                json!({"bottleneck_loss_threshold": 0.10, "bottleneck_delay_stddev_us": 50}),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{lenient}");
+    assert_eq!(lenient["bottleneck_loss_threshold"], 0.10);
+
+    let at = |point, node| Placement { point, node };
+    let tree = distribution_tree(
+        &at("p1", "n1"),
+        &[at("p2", "n2"), at("p3", "n2"), at("p4", "n3")],
+    );
+    let model = LinkModel {
+        loss: [("uplink:n2".to_string(), 0.08)].into_iter().collect(),
+        ..LinkModel::default()
+    };
+    let run = simulate::run(&tree, &model, 20_000, 3);
+    for (name, expected) in [("default", vec!["uplink:n2"]), ("lenient", vec![])] {
+        let mut document = simulate::document(&tree, &run);
+        document.task_id = Some(name.into());
+        let (status, stored) = controller
+            .call(
+                Method::POST,
+                "/v1/results",
+                Some(serde_json::to_value(&document).unwrap()),
+            )
+            .await;
+        assert_eq!(status, 201, "{stored}");
+        let links: Vec<&str> = stored["document"]["bottlenecks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["link"].as_str().unwrap())
+            .collect();
+        assert_eq!(links, expected, "{name}: {stored:#}");
+        let inference = &stored["document"]["inference"];
+        let threshold = if name == "default" { 0.01 } else { 0.10 };
+        assert_eq!(inference["loss_threshold"], threshold, "{inference:#}");
+    }
+    controller.stop().await;
+}

@@ -374,6 +374,8 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
             ssm: false,
             source: None,
             receivers: None,
+            bottleneck_loss_threshold: None,
+            bottleneck_delay_stddev_us: None,
             request_id: None,
         })
         .await?;

@@ -53,7 +53,8 @@ fn node_of_points(
 }
 
 /// Adds `tree` (unless the poster sent one), and for runs with at least two receivers
-/// that recorded receipts, `inference` and `bottlenecks`, to `object`, the document
+/// that recorded receipts, `inference` and `bottlenecks` (under `config`, which carries
+/// the task's thresholds), to `object`, the document
 /// being stored. Points the controller cannot place (not a VM of the platform) leave the
 /// run without a tree. Receipts that do not decode refuse the document, naming the
 /// receiver; an inference that cannot run otherwise stores the result without it.
@@ -61,6 +62,7 @@ pub(crate) fn annotate(
     cx: &TxContext<'_>,
     placement: &PointPlacement<'_>,
     typed: &ResultDocument,
+    config: &InferenceConfig,
     object: &mut Map<String, Value>,
 ) -> Result<(), StoreError> {
     let tree = match &typed.tree {
@@ -102,7 +104,7 @@ pub(crate) fn annotate(
     if with_receipts < 2 {
         return Ok(());
     }
-    match infer(typed, &tree, &InferenceConfig::default()) {
+    match infer(typed, &tree, config) {
         Ok((inference, bottlenecks)) => {
             object.insert("inference".into(), to_value(&inference)?);
             object.insert("bottlenecks".into(), to_value(&bottlenecks)?);

@@ -3,7 +3,11 @@
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{ResultRecord, Task, TaskCreate};
-use measurelab_api::result::{ResultDocument, ResultError, RunStatus};
+use measurelab_api::result::{
+    ResultDocument, ResultError, RunStatus, DEFAULT_BOTTLENECK_DELAY_STDDEV_US,
+    DEFAULT_BOTTLENECK_LOSS_THRESHOLD,
+};
+use measurelab_inference::InferenceConfig;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -256,6 +260,24 @@ pub(crate) fn create(
         }
         validation::short_text(&format!("receivers[{i}]"), r, 128)?;
     }
+    let loss_threshold = input
+        .bottleneck_loss_threshold
+        .unwrap_or(DEFAULT_BOTTLENECK_LOSS_THRESHOLD);
+    if !(0.0..1.0).contains(&loss_threshold) {
+        return Err(StoreError::invalid(
+            "bottleneck_loss_threshold",
+            format!("{loss_threshold} is not a loss ratio in [0, 1)"),
+        ));
+    }
+    let delay_threshold = input
+        .bottleneck_delay_stddev_us
+        .unwrap_or(DEFAULT_BOTTLENECK_DELAY_STDDEV_US);
+    if !(delay_threshold.is_finite() && delay_threshold > 0.0) {
+        return Err(StoreError::invalid(
+            "bottleneck_delay_stddev_us",
+            format!("{delay_threshold} is not a positive number of microseconds"),
+        ));
+    }
     let tenant = match &platform {
         Some(p) if p.tenant_id != tenant.id => TenantRef {
             name: tenants::names(cx.tx, std::slice::from_ref(&p.tenant_id))?
@@ -291,6 +313,8 @@ pub(crate) fn create(
         ssm: input.ssm,
         source: input.source,
         receivers,
+        bottleneck_loss_threshold: loss_threshold,
+        bottleneck_delay_stddev_us: delay_threshold,
         status: "pending".into(),
         last_result_id: None,
         tenant_id: tenant.id.clone(),
@@ -458,7 +482,12 @@ pub(crate) fn insert_result(
         None => run_tree::PointPlacement::ServiceHosts,
     };
     if let Some(object) = document.as_object_mut() {
-        run_tree::annotate(cx, &placement, &typed, object)?;
+        let thresholds = InferenceConfig {
+            loss_threshold: row.task.bottleneck_loss_threshold,
+            delay_stddev_threshold_us: row.task.bottleneck_delay_stddev_us,
+            ..InferenceConfig::default()
+        };
+        run_tree::annotate(cx, &placement, &typed, &thresholds, object)?;
     }
     let run_status = typed.status.as_str();
     let record = ResultRecord {

@@ -57,6 +57,11 @@ setTimeout(() => {
     vm_cpu: chart("chart-vm-cpu"),
     vm_memory: chart("chart-vm-memory"),
     vm_network: chart("chart-vm-network"),
+    treeinfo: elements.treeinfo ? elements.treeinfo.textContent : null,
+    tree: elements.tree ? {
+      links: elements.tree.all("line").map((l) => ({ stroke: l.attrs.stroke, width: l.attrs["stroke-width"], title: l.all("title")[0].textContent })),
+      labels: elements.tree.all("text").map((t) => t.textContent),
+    } : null,
   }));
   process.exit(0);
 }, 3000);

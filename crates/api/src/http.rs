@@ -1045,6 +1045,15 @@ pub struct Task {
     pub source: Option<String>,
     /// Receiver points; empty: all others.
     pub receivers: Vec<String>,
+    /// Inferred loss above which a link of a run's tree is a bottleneck (its
+    /// interval must also exclude 0).
+    #[serde(default = "default_bottleneck_loss_threshold")]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
+    pub bottleneck_loss_threshold: f64,
+    /// Inferred delay standard deviation (µs) above which a link is a bottleneck.
+    #[serde(default = "default_bottleneck_delay_stddev_us")]
+    #[schema(exclusive_minimum = 0)]
+    pub bottleneck_delay_stddev_us: f64,
     /// pending, running, completed, failed.
     #[schema(schema_with = schemas::task_status)]
     pub status: String,
@@ -1059,6 +1068,14 @@ pub struct Task {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+}
+
+fn default_bottleneck_loss_threshold() -> f64 {
+    crate::result::DEFAULT_BOTTLENECK_LOSS_THRESHOLD
+}
+
+fn default_bottleneck_delay_stddev_us() -> f64 {
+    crate::result::DEFAULT_BOTTLENECK_DELAY_STDDEV_US
 }
 
 /// `POST /v1/tasks` body.
@@ -1111,6 +1128,14 @@ pub struct TaskCreate {
     /// Receiver points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receivers: Option<Vec<String>>,
+    /// Loss threshold of the bottleneck report (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, exclusive_maximum = 1)]
+    pub bottleneck_loss_threshold: Option<f64>,
+    /// Delay standard deviation threshold (µs) of the bottleneck report (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub bottleneck_delay_stddev_us: Option<f64>,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,13 @@ pub const RESULT_SCHEMA: &str = "measurelab.mcast.result/v1";
 /// Longest `run_id` the controller stores (it is an index key).
 pub const MAX_RUN_ID_CHARS: usize = 200;
 
+/// Inferred loss above which a link is a bottleneck, unless the task sets its own.
+pub const DEFAULT_BOTTLENECK_LOSS_THRESHOLD: f64 = 0.01;
+
+/// Inferred delay standard deviation (µs) above which a link is a bottleneck, unless
+/// the task sets its own.
+pub const DEFAULT_BOTTLENECK_DELAY_STDDEV_US: f64 = 1_000.0;
+
 /// The `schema` field: which version of the document this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum ResultSchema {

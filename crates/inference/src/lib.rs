@@ -15,7 +15,7 @@
 
 use measurelab_api::result::{
     Bottleneck, BottleneckCause, DistributionTree, Inference, LinkInference, ReceiverStatus,
-    ResultDocument,
+    ResultDocument, DEFAULT_BOTTLENECK_DELAY_STDDEV_US, DEFAULT_BOTTLENECK_LOSS_THRESHOLD,
 };
 
 pub mod delay;
@@ -54,8 +54,8 @@ impl Default for InferenceConfig {
             // The 0.5 % tails of a 99 % interval rest on 5 replicates each.
             replicates: 1000,
             seed: 0x6d69_6e63,
-            loss_threshold: 0.01,
-            delay_stddev_threshold_us: 1_000.0,
+            loss_threshold: DEFAULT_BOTTLENECK_LOSS_THRESHOLD,
+            delay_stddev_threshold_us: DEFAULT_BOTTLENECK_DELAY_STDDEV_US,
         }
     }
 }

@@ -175,6 +175,8 @@ mod tests {
             ssm: false,
             source: None,
             receivers: Vec::new(),
+            bottleneck_loss_threshold: 0.01,
+            bottleneck_delay_stddev_us: 1000.0,
             status: status.into(),
             last_result_id: None,
             created_at: String::new(),

@@ -11,7 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{ResultRecord, Task, TaskCreate};
-use measurelab_api::result::{ResultDocument, RunStatus};
+use measurelab_api::result::{
+    ResultDocument, RunStatus, DEFAULT_BOTTLENECK_DELAY_STDDEV_US,
+    DEFAULT_BOTTLENECK_LOSS_THRESHOLD,
+};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
@@ -82,6 +85,10 @@ pub struct TaskState {
     pub source: Value<String>,
     /// Receiver points (null: all others).
     pub receiver_points: Value<Vec<String>>,
+    /// Loss above which an inferred link is a bottleneck.
+    pub bottleneck_loss_threshold: Value<Number>,
+    /// Delay standard deviation (µs) above which an inferred link is a bottleneck.
+    pub bottleneck_delay_stddev_us: Value<Number>,
     /// Whether create waits for the first result.
     pub wait_for_result: Value<bool>,
     /// Controller id.
@@ -133,6 +140,32 @@ impl TaskState {
                 reason,
             )
         };
+        if let Some(loss) = self
+            .bottleneck_loss_threshold
+            .as_ref_option()
+            .map(Number::as_f64)
+        {
+            if !loss.is_some_and(|l| (0.0..1.0).contains(&l)) {
+                bad(
+                    "bottleneck_loss_threshold",
+                    "Invalid loss threshold",
+                    "a loss ratio from 0 up to (not including) 1, such as 0.01.".into(),
+                );
+            }
+        }
+        if let Some(stddev) = self
+            .bottleneck_delay_stddev_us
+            .as_ref_option()
+            .map(Number::as_f64)
+        {
+            if !stddev.is_some_and(|s| s.is_finite() && s > 0.0) {
+                bad(
+                    "bottleneck_delay_stddev_us",
+                    "Invalid delay threshold",
+                    "a positive number of microseconds, such as 1000.".into(),
+                );
+            }
+        }
         let mode = text(&self.mode);
         match mode {
             None | Some("platform") | Some("service_host") => {}
@@ -259,6 +292,14 @@ impl TaskState {
         if self.ssm.is_null() {
             self.ssm = Value::Value(false);
         }
+        if self.bottleneck_loss_threshold.is_null() {
+            self.bottleneck_loss_threshold =
+                Value::Value(Number::from(DEFAULT_BOTTLENECK_LOSS_THRESHOLD));
+        }
+        if self.bottleneck_delay_stddev_us.is_null() {
+            self.bottleneck_delay_stddev_us =
+                Value::Value(Number::from(DEFAULT_BOTTLENECK_DELAY_STDDEV_US));
+        }
         if self.wait_for_result.is_null() {
             self.wait_for_result = match &self.schedule {
                 Value::Value(s) => Value::Value(s == "once"),
@@ -299,6 +340,14 @@ impl TaskState {
             ssm: self.ssm.as_ref_option().copied().unwrap_or(false),
             source: text(&self.source).map(str::to_string),
             receivers: self.receiver_points.as_ref_option().cloned(),
+            bottleneck_loss_threshold: self
+                .bottleneck_loss_threshold
+                .as_ref_option()
+                .and_then(Number::as_f64),
+            bottleneck_delay_stddev_us: self
+                .bottleneck_delay_stddev_us
+                .as_ref_option()
+                .and_then(Number::as_f64),
             request_id: None,
         }
     }
@@ -330,6 +379,9 @@ impl TaskState {
         } else {
             Value::Value(task.receivers.clone())
         };
+        self.bottleneck_loss_threshold = Value::Value(Number::from(task.bottleneck_loss_threshold));
+        self.bottleneck_delay_stddev_us =
+            Value::Value(Number::from(task.bottleneck_delay_stddev_us));
         self.id = Value::Value(task.id.clone());
         self.status = Value::Value(task.status.clone());
     }
@@ -508,6 +560,8 @@ impl ManagedResource for Tasks {
             ("ssm".into(), attribute(AttributeType::Bool, "Source-specific multicast (receivers join (source, group)). Default false.", OptionalComputed)),
             ("source".into(), attribute(AttributeType::String, "The point that sends; default: round robin over the points.", Optional)),
             ("receiver_points".into(), attribute(strings(), "The points that receive; default: every point but the source. (The API's `receivers` field; the name `receivers` holds the results here.)", Optional)),
+            ("bottleneck_loss_threshold".into(), attribute(AttributeType::Number, "Inferred loss ratio above which a link of a run's tree is reported in `bottlenecks` (its interval must also exclude 0), 0 to below 1. Default 0.01.", OptionalComputed)),
+            ("bottleneck_delay_stddev_us".into(), attribute(AttributeType::Number, "Inferred delay standard deviation in µs above which a link is reported in `bottlenecks`, above 0. Default 1000.", OptionalComputed)),
             ("wait_for_result".into(), attribute(AttributeType::Bool, "Whether create waits for the first result and records its summary. Default true for `once`, false for `periodic`.", OptionalComputed)),
             ("id".into(), computed(AttributeType::String, "Stable id assigned by the controller.")),
             ("status".into(), computed(AttributeType::String, "Task status: `pending`, `running`, `completed` or `failed`. Refreshed on read.")),
@@ -571,7 +625,7 @@ impl ManagedResource for Tasks {
         let mut replace = Vec::new();
         let p = prior;
         let s = &state;
-        let changed: [(&str, bool); 15] = [
+        let changed: [(&str, bool); 17] = [
             ("name", s.name != p.name),
             ("mode", s.mode != p.mode),
             ("platform", s.platform != p.platform),
@@ -593,6 +647,14 @@ impl ManagedResource for Tasks {
             ("ssm", s.ssm != p.ssm),
             ("source", s.source != p.source),
             ("receiver_points", s.receiver_points != p.receiver_points),
+            (
+                "bottleneck_loss_threshold",
+                s.bottleneck_loss_threshold != p.bottleneck_loss_threshold,
+            ),
+            (
+                "bottleneck_delay_stddev_us",
+                s.bottleneck_delay_stddev_us != p.bottleneck_delay_stddev_us,
+            ),
         ];
         for (attr, differs) in changed {
             if differs {
