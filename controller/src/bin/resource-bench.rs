@@ -372,6 +372,7 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
             ssm: false,
             source: None,
             receivers: None,
+            compare_with_service_host: false,
             request_id: None,
         })
         .await?;
@@ -471,5 +472,6 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
         tree: None,
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     }
 }

@@ -959,6 +959,12 @@ pub struct Task {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// Mode platform: each run is followed by the same probe pattern on the
+    /// service hosts of the nodes of its source and receivers, and the result
+    /// document's `comparison` sets the two side by side.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub compare_with_service_host: bool,
 }
 
 /// `POST /v1/tasks` body.
@@ -1011,6 +1017,10 @@ pub struct TaskCreate {
     /// Receiver points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receivers: Option<Vec<String>>,
+    /// Mode platform only: after each run, run the same probe pattern on the
+    /// nodes' service hosts and compare (the result's `comparison`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compare_with_service_host: bool,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
