@@ -156,7 +156,8 @@ pub(crate) async fn post_result(
                         .by_id(&request.node_id)
                         .map(|n| n.name.clone())
                         .unwrap_or_default();
-                    return comparisons::complete(cx, &request.task_id, &node, document);
+                    let typed = tasks::typed_document(&document)?;
+                    return comparisons::complete(cx, &request.task_id, &node, document, typed);
                 }
                 return Err(StoreError::invalid(
                     "task_id",

@@ -34,7 +34,6 @@ use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
 use super::run_tree;
-use super::tasks::{self, TaskRow};
 
 /// `z` of the two-proportion loss bound: about 99.7 % two-sided, so a clean
 /// comparison is called inconsistent by chance about once in 370 receivers.
@@ -279,16 +278,14 @@ fn touch(cx: &mut TxContext<'_>, nodes: &[String]) -> Result<(), StoreError> {
 /// writes its `comparison` section into `object`.
 pub(crate) fn schedule(
     cx: &mut TxContext<'_>,
-    row: &TaskRow,
+    task: &Task,
+    platform_id: &str,
     typed: &ResultDocument,
     object: &mut Map<String, Value>,
 ) -> Result<(), StoreError> {
-    let Some(platform_id) = row.platform_id.as_deref() else {
-        return Ok(());
-    };
     close_open(
         cx,
-        &row.task.id,
+        &task.id,
         &format!(
             "run {} of the task started before the service-host run's result arrived",
             typed.run_id
@@ -313,30 +310,30 @@ pub(crate) fn schedule(
     } = plan(typed, &node_of, serves);
     if !nodes.is_empty() {
         let id = new_id();
-        let spec = service_task(cx, &id, &row.task, &nodes);
+        let spec = service_task(cx, &id, task, &nodes);
         comparison.service_host_task_id = Some(id.clone());
         cx.tx.execute(
             "INSERT INTO comparisons (id, task_id, run_id, tenant_id, status, spec, created_at)
              VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6)",
             params![
                 id,
-                row.task.id,
+                task.id,
                 typed.run_id,
-                row.task.tenant_id,
+                task.tenant_id,
                 to_json(&spec),
                 cx.now_text()
             ],
         )?;
         touch(cx, &nodes)?;
         cx.event(
-            Some(&row.task.tenant_id),
+            Some(&task.tenant_id),
             "ComparisonScheduled",
             "task",
-            &row.task.id,
+            &task.id,
             format!(
                 "run {} of task {} is compared with a service-host run over {}",
                 typed.run_id,
-                row.task.name,
+                task.name,
                 nodes.join(", ")
             ),
         )?;
@@ -457,7 +454,8 @@ pub(crate) fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
 }
 
 /// Stores the service-host run of comparison `id`, posted by node
-/// `node_name`, into the platform document; returns that result's id. A
+/// `node_name` (`typed` is `document` read by `tasks::typed_document`), into
+/// the platform document; returns that result's id. A
 /// repeated post of the stored run is answered the same; another run of a
 /// closed comparison is refused (on `task_id`), so the agent drops it.
 pub(crate) fn complete(
@@ -465,6 +463,7 @@ pub(crate) fn complete(
     id: &str,
     node_name: &str,
     document: Value,
+    typed: ResultDocument,
 ) -> Result<String, StoreError> {
     let row = read(cx.tx, "WHERE id = ?1", &[&id])?
         .pop()
@@ -482,7 +481,6 @@ pub(crate) fn complete(
             ),
         ));
     }
-    let typed = tasks::typed_document(&document)?;
     let platform_result = || -> Result<String, StoreError> {
         cx.tx
             .query_row(

@@ -493,8 +493,11 @@ pub(crate) fn insert_result(
     };
     if let Some(object) = document.as_object_mut() {
         run_tree::annotate(cx, &placement, &typed, object)?;
-        if row.task.compare_with_service_host {
-            comparisons::schedule(cx, &row, &typed, object)?;
+        if let (true, Some(platform_id)) = (
+            row.task.compare_with_service_host,
+            row.platform_id.as_deref(),
+        ) {
+            comparisons::schedule(cx, &row.task, platform_id, &typed, object)?;
         }
     }
     let run_status = typed.status.as_str();
