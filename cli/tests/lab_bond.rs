@@ -135,6 +135,9 @@ fn multicast_run_survives_the_active_bond_member_going_down() {
             ssm: false,
             source: Some("n1".into()),
             receivers: Some(vec!["n2".into()]),
+            bottleneck_loss_threshold: None,
+            bottleneck_delay_stddev_us: None,
+            compare_with_service_host: false,
             tenant: None,
             request_id: None,
         }))

@@ -295,6 +295,8 @@ fn bottleneck_inference_follows_nft_injected_loss() {
                 memory_mib: 64,
                 disk_mib: None,
                 swap_mib: None,
+                max_vcpus: None,
+                max_memory_mib: None,
                 appliance: "namespace".into(),
                 qos_policy: None,
                 power_state: VmPowerState::Running,
@@ -406,6 +408,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
             receivers: None,
             bottleneck_loss_threshold: None,
             bottleneck_delay_stddev_us: None,
+            compare_with_service_host: false,
             tenant: None,
             request_id: None,
         }))

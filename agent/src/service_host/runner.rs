@@ -182,6 +182,7 @@ fn refused_document(task: &ControllerTask, source: &str, reason: String) -> Resu
         tree: None,
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     }
 }
 

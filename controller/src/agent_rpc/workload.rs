@@ -15,7 +15,7 @@ use measurelab_api::node_v1::{
 use super::error::RpcError;
 use crate::appliance_files::{check_digest, ApplianceFileError};
 use crate::store::{
-    appliances, desired, programs, tasks, to_json, vms, Registry, Store, StoreError,
+    appliances, comparisons, desired, programs, tasks, to_json, vms, Registry, Store, StoreError,
 };
 
 /// Most VM statuses (and guest reports, program runs) in one report.
@@ -198,19 +198,36 @@ pub(crate) async fn post_result(
             field: "document_json".into(),
             reason: format!("is not JSON: {e}"),
         })?;
-    let record = store
+    let result_id = store
         .resources()
         .transact(move |cx| {
-            let task = tasks::find(cx.tx, &Scope::All, &request.task_id)?.ok_or_else(|| {
-                StoreError::invalid("task_id", format!("no task {:?} exists", request.task_id))
-            })?;
+            let Some(task) = tasks::find(cx.tx, &Scope::All, &request.task_id)? else {
+                // A service host posting the run of a comparison: the id is
+                // the comparison's, and the document lands in the platform
+                // result it is compared with.
+                if request.vm_id.is_empty() && comparisons::exists(cx.tx, &request.task_id)? {
+                    let node = cx
+                        .registry
+                        .by_id(&request.node_id)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_default();
+                    let typed = tasks::typed_document(&document)?;
+                    return comparisons::complete(cx, &request.task_id, &node, document, typed);
+                }
+                return Err(StoreError::invalid(
+                    "task_id",
+                    format!("no task {:?} exists", request.task_id),
+                ));
+            };
             check_task_scope(cx.tx, cx.registry, &request.node_id, &request.vm_id, &task)?;
-            Ok(tasks::insert_result(cx, &Scope::All, &task.task.id, document)?.0)
+            Ok(
+                tasks::insert_result(cx, &Scope::All, &task.task.id, document)?
+                    .0
+                    .id,
+            )
         })
         .await?;
-    Ok(PostResultAck {
-        result_id: record.id,
-    })
+    Ok(PostResultAck { result_id })
 }
 
 /// A guest may post only for its platform's tasks, a service host only for

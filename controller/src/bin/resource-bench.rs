@@ -376,6 +376,7 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
             receivers: None,
             bottleneck_loss_threshold: None,
             bottleneck_delay_stddev_us: None,
+            compare_with_service_host: false,
             request_id: None,
         })
         .await?;
@@ -475,5 +476,6 @@ fn bench_result(task_id: &str, i: usize, started_at: String) -> ResultDocument {
         tree: None,
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     }
 }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0008_vm_usage.sql"),
     include_str!("../../migrations/0009_appliance_files.sql"),
     include_str!("../../migrations/0010_vm_maxima.sql"),
+    include_str!("../../migrations/0011_comparisons.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

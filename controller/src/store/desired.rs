@@ -14,7 +14,9 @@ use super::codec::{rfc3339, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::{appliances, flows, platforms, programs, qos_policies, tasks, vm_usage, vms};
+use super::{
+    appliances, comparisons, flows, platforms, programs, qos_policies, tasks, vm_usage, vms,
+};
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
 const MAX_CONDITIONS: usize = 32;
@@ -128,7 +130,12 @@ pub(crate) fn desired_state(
         });
     }
     if let Some(node) = registry.by_id(node_id) {
-        for task in tasks::of_service_host(conn, &node.name)? {
+        // Comparisons' service-host runs travel as once service tasks.
+        let comparing = comparisons::of_service_host(conn, &node.name)?;
+        for task in tasks::of_service_host(conn, &node.name)?
+            .into_iter()
+            .chain(comparing)
+        {
             // Every listed node learns every peer's point, so the first one
             // can drive the run without any other lookup.
             let peers = task

@@ -16,6 +16,7 @@ pub(crate) mod appliances;
 mod batch;
 mod checkpoint;
 mod codec;
+pub(crate) mod comparisons;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;

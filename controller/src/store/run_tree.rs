@@ -25,7 +25,7 @@ pub(crate) enum PointPlacement<'a> {
     ServiceHosts,
 }
 
-fn node_of_points(
+pub(crate) fn node_of_points(
     cx: &TxContext<'_>,
     placement: &PointPlacement<'_>,
     points: &[&str],

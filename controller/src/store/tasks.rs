@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::{platforms, run_tree, tenants};
+use super::{comparisons, platforms, run_tree, tenants};
 use crate::access::{Scope, TenantRef};
 use crate::validation;
 
@@ -278,6 +278,9 @@ pub(crate) fn create(
             format!("{delay_threshold} is not a positive number of microseconds"),
         ));
     }
+    if input.compare_with_service_host {
+        check_compare(cx, platform.as_ref())?;
+    }
     let tenant = match &platform {
         Some(p) if p.tenant_id != tenant.id => TenantRef {
             name: tenants::names(cx.tx, std::slice::from_ref(&p.tenant_id))?
@@ -319,6 +322,7 @@ pub(crate) fn create(
         last_result_id: None,
         tenant_id: tenant.id.clone(),
         created_at: cx.now_text(),
+        compare_with_service_host: input.compare_with_service_host,
     };
     let platform_id = platform.as_ref().map(|p| p.id.clone());
     cx.tx.execute(
@@ -353,6 +357,35 @@ pub(crate) fn create(
     Ok(TaskRow { task, platform_id })
 }
 
+/// `compare_with_service_host` needs a platform task on nodes that all run a
+/// service host (each may end up hosting the source).
+fn check_compare(
+    cx: &TxContext<'_>,
+    platform: Option<&platforms::PlatformRow>,
+) -> Result<(), StoreError> {
+    const FIELD: &str = "compare_with_service_host";
+    let platform = platform.ok_or_else(|| {
+        StoreError::invalid(
+            FIELD,
+            "only for mode platform; a service_host task already runs on the service hosts",
+        )
+    })?;
+    for id in &platform.node_ids {
+        let node = platforms::node_name(cx.registry, id);
+        if cx
+            .registry
+            .by_id(id)
+            .is_none_or(|n| n.capabilities.service_endpoint.is_empty())
+        {
+            return Err(StoreError::invalid(
+                FIELD,
+                format!("node {node:?} of platform {} runs no service host to compare with (its agent reports no service endpoint; start it with --service-address)", platform.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Service-host tasks are part of a node's desired state.
 fn touch_task_nodes(
     cx: &mut TxContext<'_>,
@@ -376,6 +409,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, scope: &Scope, key: &str) -> Result
     let row = get(cx.tx, scope, key)?;
     cx.tx
         .execute("DELETE FROM tasks WHERE id = ?1", [&row.task.id])?;
+    comparisons::close_open(cx, &row.task.id, "the task was deleted")?;
     touch_task_nodes(cx, &row.task, None)?;
     cx.event(
         Some(&row.task.tenant_id),
@@ -411,7 +445,7 @@ pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
 /// field or another schema version is refused with its JSON path
 /// (`receivers[0].metrics.packets_lost`), for HTTP and gRPC alike. The raw
 /// JSON is what gets stored, so fields a newer writer added survive.
-fn typed_document(document: &serde_json::Value) -> Result<ResultDocument, StoreError> {
+pub(crate) fn typed_document(document: &serde_json::Value) -> Result<ResultDocument, StoreError> {
     let typed: ResultDocument = serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
         let reason = e.inner().to_string();
@@ -488,6 +522,12 @@ pub(crate) fn insert_result(
             ..InferenceConfig::default()
         };
         run_tree::annotate(cx, &placement, &typed, &thresholds, object)?;
+        if let (true, Some(platform_id)) = (
+            row.task.compare_with_service_host,
+            row.platform_id.as_deref(),
+        ) {
+            comparisons::schedule(cx, &row.task, platform_id, &typed, object)?;
+        }
     }
     let run_status = typed.status.as_str();
     let record = ResultRecord {

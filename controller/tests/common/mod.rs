@@ -427,6 +427,7 @@ pub fn result_document(
         tree: None,
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     };
     serde_json::to_value(document).unwrap()
 }

@@ -1068,6 +1068,12 @@ pub struct Task {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// Mode platform: each run is followed by the same probe pattern on the
+    /// service hosts of the nodes of its source and receivers, and the result
+    /// document's `comparison` sets the two side by side.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub compare_with_service_host: bool,
 }
 
 fn default_bottleneck_loss_threshold() -> f64 {
@@ -1136,6 +1142,10 @@ pub struct TaskCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0)]
     pub bottleneck_delay_stddev_us: Option<f64>,
+    /// Mode platform only: after each run, run the same probe pattern on the
+    /// nodes' service hosts and compare (the result's `comparison`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compare_with_service_host: bool,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

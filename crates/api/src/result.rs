@@ -477,6 +477,116 @@ pub struct Bottleneck {
     pub causes: Vec<BottleneckCause>,
 }
 
+/// Where the comparison of a platform run with its service-host run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComparisonStatus {
+    /// The service-host run is scheduled or running.
+    Pending,
+    /// Both runs are in and set against each other.
+    Completed,
+    /// Nothing to compare (see `reason`): the platform run failed, or no receiver
+    /// runs on another node with a service host.
+    Skipped,
+    /// The service-host run failed, or never came (see `reason`).
+    Failed,
+}
+
+impl ComparisonStatus {
+    /// The status as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComparisonStatus::Pending => "pending",
+            ComparisonStatus::Completed => "completed",
+            ComparisonStatus::Skipped => "skipped",
+            ComparisonStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The figures of one receiver that a comparison sets side by side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ComparedFigures {
+    /// Point name (a VM on the platform side, a node on the service-host side).
+    pub point: String,
+    /// Packets the source sent.
+    pub packets_sent: u64,
+    /// Packets lost.
+    pub packets_lost: u64,
+    /// `packets_lost / packets_sent`; null when nothing was sent.
+    pub loss_ratio: Option<f64>,
+    /// Median one-way delay, in microseconds; null when nothing arrived.
+    pub delay_median_us: Option<f64>,
+    /// RFC 3550 interarrival jitter, in microseconds.
+    pub jitter_us: Option<f64>,
+    /// The clock error bound of the delay, in microseconds.
+    pub clock_error_bound_us: Option<f64>,
+}
+
+/// One platform receiver set against the service host of its node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReceiverComparison {
+    /// The platform receiver (point name).
+    pub point: String,
+    /// The node its VM runs on; null when the controller could not place it.
+    pub node: Option<String>,
+    /// Why it has no counterpart or no verdict, if it has none.
+    pub note: Option<String>,
+    /// Its figures in the platform run; null when it did not report.
+    pub platform: Option<ComparedFigures>,
+    /// Its node's service host's figures in the service-host run; null while
+    /// pending or when there is no counterpart.
+    pub service_host: Option<ComparedFigures>,
+    /// Platform loss ratio minus service-host loss ratio.
+    pub loss_difference: Option<f64>,
+    /// Largest loss difference two runs of the same path show by chance:
+    /// `z * sqrt(p (1 - p) (1/n1 + 1/n2))`, `p` the pooled loss ratio, `n` the
+    /// packets sent (two-proportion test).
+    pub loss_bound: Option<f64>,
+    /// `|loss_difference| <= loss_bound`.
+    pub loss_within_bound: Option<bool>,
+    /// Platform median delay minus service-host median delay, in microseconds.
+    pub delay_median_difference_us: Option<f64>,
+    /// The comparison's `delay_tolerance_us` plus both sides' clock error
+    /// bounds, in microseconds.
+    pub delay_bound_us: Option<f64>,
+    /// `|delay_median_difference_us| <= delay_bound_us`.
+    pub delay_within_bound: Option<bool>,
+    /// Platform jitter minus service-host jitter, in microseconds (no verdict).
+    pub jitter_difference_us: Option<f64>,
+}
+
+/// The same probe pattern run on the nodes' service hosts right after this
+/// platform run (a task's `compare_with_service_host`), set against it per
+/// receiver: are the figures on the virtual platform consistent with those on
+/// the physical nodes?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Comparison {
+    /// Where it stands.
+    pub status: ComparisonStatus,
+    /// Why it was skipped or failed.
+    pub reason: Option<String>,
+    /// Id of the service-host run's task (what the nodes ran and posted);
+    /// null when skipped before scheduling.
+    pub service_host_task_id: Option<String>,
+    /// The source VM's node, whose service host sends.
+    pub source_node: Option<String>,
+    /// `run_id` of the service-host run, once stored.
+    pub service_host_run_id: Option<String>,
+    /// `started_at` of the service-host run, once stored.
+    pub service_host_started_at: Option<String>,
+    /// `z` of the loss bound (3: about 99.7 % two-sided).
+    pub loss_z: f64,
+    /// Largest median delay difference taken as agreement, in microseconds,
+    /// before the clock error bounds are added.
+    pub delay_tolerance_us: f64,
+    /// Whether every receiver with a verdict is within both bounds; null while
+    /// pending or when no receiver has a verdict.
+    pub consistent: Option<bool>,
+    /// One entry per platform receiver, in the run's order.
+    pub receivers: Vec<ReceiverComparison>,
+}
+
 impl ReceiverResult {
     /// A receiver that did not report.
     pub fn without_report(point: &str, status: ReceiverStatus, error: String) -> Self {
@@ -542,6 +652,10 @@ pub struct ResultDocument {
     /// Links of `inference` above a threshold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bottlenecks: Vec<Bottleneck>,
+    /// The platform run set against a service-host run of the same pattern,
+    /// for tasks with `compare_with_service_host`; filled in by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
 }
 
 /// Why a document that deserialized is still refused.

@@ -151,5 +151,6 @@ pub fn document(tree: &DistributionTree, run: &SimulatedRun) -> ResultDocument {
         tree: Some(tree.clone()),
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     }
 }

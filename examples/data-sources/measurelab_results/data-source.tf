@@ -23,3 +23,10 @@ output "runs" {
     loss       = { for rx in r.receivers : rx.name => rx.loss_ratio }
   }]
 }
+
+# For a task with `compare_with_service_host = true`, each run's `comparison`
+# says whether the platform's figures agree with the nodes' service hosts.
+output "consistent_with_nodes" {
+  value = [for r in data.measurelab_results.hourly.results :
+  r.comparison == null ? null : r.comparison.consistent]
+}

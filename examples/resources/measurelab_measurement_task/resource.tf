@@ -49,3 +49,20 @@ output "quick_receivers" {
     r.name => { received = r.packets_received, loss_ratio = r.loss_ratio }
   }
 }
+
+# Platform vs nodes: every run of this task is followed by the same probe
+# pattern between the service hosts of the nodes that host its source and
+# receivers. Each result's `comparison` (here and in `measurelab_results`)
+# sets the two side by side per receiver: loss against a two-proportion bound,
+# median delay against 0.2 ms. Every node of the platform needs a service host.
+resource "measurelab_measurement_task" "checked" {
+  name                      = "checked-against-nodes"
+  platform                  = measurelab_virtual_platform.mcast.name
+  schedule                  = "periodic"
+  interval_seconds          = 600
+  duration_seconds          = 10
+  rate_pps                  = 200
+  group                     = "239.192.0.3"
+  port                      = 50003
+  compare_with_service_host = true
+}

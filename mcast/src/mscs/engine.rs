@@ -881,6 +881,7 @@ impl Mscs {
             tree: None,
             inference: None,
             bottlenecks: Vec::new(),
+            comparison: None,
         }
     }
 

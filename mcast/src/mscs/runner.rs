@@ -234,6 +234,7 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         tree: None,
         inference: None,
         bottlenecks: Vec::new(),
+        comparison: None,
     };
     let missing_all = |reason: &str| {
         spec.receivers

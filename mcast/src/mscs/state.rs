@@ -321,6 +321,7 @@ mod tests {
             tree: None,
             inference: None,
             bottlenecks: Vec::new(),
+            comparison: None,
         }
     }
 

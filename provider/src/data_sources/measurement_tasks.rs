@@ -180,6 +180,7 @@ mod tests {
             status: status.into(),
             last_result_id: None,
             created_at: String::new(),
+            compare_with_service_host: false,
         }
     }
 

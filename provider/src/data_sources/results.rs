@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use measurelab_api::client::url_component;
 use measurelab_api::http::ResultRecord;
-use measurelab_api::result::{BottleneckCause, ResultDocument};
+use measurelab_api::result::{BottleneckCause, ComparedFigures, ResultDocument};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
@@ -212,6 +212,161 @@ pub fn summarize_bottlenecks(document: &ResultDocument) -> Vec<BottleneckSummary
         .collect()
 }
 
+/// One platform receiver set against its node's service host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReceiverComparisonSummary {
+    /// Platform point.
+    pub name: String,
+    /// Node of its VM.
+    pub node: String,
+    /// The service-host point it is compared with (its node), empty without one.
+    pub service_host_point: String,
+    /// Why there is no counterpart or verdict; empty otherwise.
+    pub note: String,
+    /// Loss ratio on the platform.
+    pub platform_loss_ratio: Value<Number>,
+    /// Loss ratio on the service host.
+    pub service_host_loss_ratio: Value<Number>,
+    /// Platform minus service host.
+    pub loss_difference: Value<Number>,
+    /// Two-proportion bound of the difference.
+    pub loss_bound: Value<Number>,
+    /// Whether the difference lies within the bound.
+    pub loss_within_bound: Value<bool>,
+    /// Median one-way delay on the platform.
+    pub platform_delay_median_ms: Value<Number>,
+    /// Median one-way delay on the service host.
+    pub service_host_delay_median_ms: Value<Number>,
+    /// Platform minus service host.
+    pub delay_median_difference_ms: Value<Number>,
+    /// Tolerance plus both clock error bounds.
+    pub delay_bound_ms: Value<Number>,
+    /// Whether the difference lies within the bound.
+    pub delay_within_bound: Value<bool>,
+    /// Jitter on the platform.
+    pub platform_jitter_ms: Value<Number>,
+    /// Jitter on the service host.
+    pub service_host_jitter_ms: Value<Number>,
+    /// Platform minus service host.
+    pub jitter_difference_ms: Value<Number>,
+}
+
+/// A run's comparison with its service-host run, as Terraform shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonSummary {
+    /// `pending`, `completed`, `skipped` or `failed`.
+    pub status: String,
+    /// Why skipped or failed; empty otherwise.
+    pub reason: String,
+    /// Node of the source, whose service host sent.
+    pub source_node: String,
+    /// Whether every receiver with a verdict is within both bounds.
+    pub consistent: Value<bool>,
+    /// `z` of the loss bound.
+    pub loss_z: Value<Number>,
+    /// Median delay tolerance before clock error bounds.
+    pub delay_tolerance_ms: Value<Number>,
+    /// Per platform receiver.
+    pub receivers: Vec<ReceiverComparisonSummary>,
+}
+
+/// Terraform type of one [`ComparisonSummary`].
+pub fn comparison_type() -> AttributeType {
+    let number = |n: &str| (n.to_string(), AttributeType::Number);
+    let text = |n: &str| (n.to_string(), AttributeType::String);
+    let flag = |n: &str| (n.to_string(), AttributeType::Bool);
+    let receiver: HashMap<String, AttributeType> = [
+        text("name"),
+        text("node"),
+        text("service_host_point"),
+        text("note"),
+        number("platform_loss_ratio"),
+        number("service_host_loss_ratio"),
+        number("loss_difference"),
+        number("loss_bound"),
+        flag("loss_within_bound"),
+        number("platform_delay_median_ms"),
+        number("service_host_delay_median_ms"),
+        number("delay_median_difference_ms"),
+        number("delay_bound_ms"),
+        flag("delay_within_bound"),
+        number("platform_jitter_ms"),
+        number("service_host_jitter_ms"),
+        number("jitter_difference_ms"),
+    ]
+    .into();
+    AttributeType::Object(HashMap::from([
+        text("status"),
+        text("reason"),
+        text("source_node"),
+        flag("consistent"),
+        number("loss_z"),
+        number("delay_tolerance_ms"),
+        (
+            "receivers".to_string(),
+            AttributeType::List(Box::new(AttributeType::Object(receiver))),
+        ),
+    ]))
+}
+
+/// Markdown description of the comparison object.
+pub const COMPARISON_DOC: &str = "null unless the task has `compare_with_service_host`. Otherwise the run set against the same probe pattern run right after it between the service hosts of the nodes of its source and receivers: `status` (`pending`, `completed`, `skipped`, `failed`), `reason`, `source_node`, `consistent` (every verdict within its bound), `loss_z`, `delay_tolerance_ms`, and `receivers`, one object per platform receiver: `name`, `node`, `service_host_point`, `note`, `platform_loss_ratio`, `service_host_loss_ratio`, `loss_difference` (platform minus service host), `loss_bound` (`z * sqrt(p(1-p)(1/n1+1/n2))`, `p` the pooled loss ratio), `loss_within_bound`, `platform_delay_median_ms`, `service_host_delay_median_ms`, `delay_median_difference_ms`, `delay_bound_ms` (the tolerance plus both clock error bounds), `delay_within_bound`, `platform_jitter_ms`, `service_host_jitter_ms` and `jitter_difference_ms`";
+
+/// The comparison of a result document, if it has one.
+pub fn summarize_comparison(document: &ResultDocument) -> Value<ComparisonSummary> {
+    let Some(c) = &document.comparison else {
+        return Value::Null;
+    };
+    let flag = |b: Option<bool>| b.map_or(Value::Null, Value::Value);
+    let side = |f: &Option<ComparedFigures>| {
+        let f = f.as_ref();
+        (
+            ratio(f.and_then(|f| f.loss_ratio)),
+            millis(f.and_then(|f| f.delay_median_us)),
+            millis(f.and_then(|f| f.jitter_us)),
+        )
+    };
+    Value::Value(ComparisonSummary {
+        status: c.status.as_str().to_string(),
+        reason: c.reason.clone().unwrap_or_default(),
+        source_node: c.source_node.clone().unwrap_or_default(),
+        consistent: flag(c.consistent),
+        loss_z: ratio(Some(c.loss_z)),
+        delay_tolerance_ms: millis(Some(c.delay_tolerance_us)),
+        receivers: c
+            .receivers
+            .iter()
+            .map(|r| {
+                let (platform_loss, platform_delay, platform_jitter) = side(&r.platform);
+                let (service_loss, service_delay, service_jitter) = side(&r.service_host);
+                ReceiverComparisonSummary {
+                    name: r.point.clone(),
+                    node: r.node.clone().unwrap_or_default(),
+                    service_host_point: r
+                        .service_host
+                        .as_ref()
+                        .map(|s| s.point.clone())
+                        .unwrap_or_default(),
+                    note: r.note.clone().unwrap_or_default(),
+                    platform_loss_ratio: platform_loss,
+                    service_host_loss_ratio: service_loss,
+                    loss_difference: ratio(r.loss_difference),
+                    loss_bound: ratio(r.loss_bound),
+                    loss_within_bound: flag(r.loss_within_bound),
+                    platform_delay_median_ms: platform_delay,
+                    service_host_delay_median_ms: service_delay,
+                    delay_median_difference_ms: millis(r.delay_median_difference_us),
+                    delay_bound_ms: millis(r.delay_bound_us),
+                    delay_within_bound: flag(r.delay_within_bound),
+                    platform_jitter_ms: platform_jitter,
+                    service_host_jitter_ms: service_jitter,
+                    jitter_difference_ms: millis(r.jitter_difference_us),
+                }
+            })
+            .collect(),
+    })
+}
+
 /// Why a stored document is not a `measurelab.mcast.result/v1` document;
 /// its `path()` names the offending field.
 pub type UnreadableDocument = serde_path_to_error::Error<serde_json::Error>;
@@ -244,6 +399,8 @@ pub struct ResultEntry {
     pub receivers: Vec<ReceiverSummary>,
     /// Links the tree inference blames.
     pub bottlenecks: Vec<BottleneckSummary>,
+    /// The run set against its service-host run.
+    pub comparison: Value<ComparisonSummary>,
 }
 
 impl ResultEntry {
@@ -261,6 +418,7 @@ impl ResultEntry {
             document_json: record.document.to_string(),
             receivers: summarize_document(&document),
             bottlenecks: summarize_bottlenecks(&document),
+            comparison: summarize_comparison(&document),
         })
     }
 }
@@ -342,6 +500,7 @@ impl DataSource for ResultsDataSource {
                 "bottlenecks".to_string(),
                 AttributeType::List(Box::new(bottleneck_type())),
             ),
+            ("comparison".to_string(), comparison_type()),
         ]));
         let optional = |attr_type, description: &str| Attribute {
             attr_type,
@@ -366,7 +525,7 @@ impl DataSource for ResultsDataSource {
                 "results".to_string(),
                 computed(
                     AttributeType::List(Box::new(entry)),
-                    &format!("The runs, oldest first: `id`, `task`, `received_at`, `started_at`, `status` (`ok`, `partial`, `failed`), `source_point`, `document_json` (the whole `measurelab.mcast.result/v1` document), `receivers`, {RECEIVER_DOC}; and `bottlenecks`, {BOTTLENECK_DOC}."),
+                    &format!("The runs, oldest first: `id`, `task`, `received_at`, `started_at`, `status` (`ok`, `partial`, `failed`), `source_point`, `document_json` (the whole `measurelab.mcast.result/v1` document), `receivers`, {RECEIVER_DOC}; `bottlenecks`, {BOTTLENECK_DOC}; and `comparison`, {COMPARISON_DOC}."),
                 ),
             ),
             ("latest_id".to_string(), computed(AttributeType::String, "Id of the newest run in `results`; empty when there is none.")),
@@ -521,6 +680,64 @@ mod tests {
         assert_eq!(summary[1].status, "missing");
         assert_eq!(summary[1].error, "cannot connect");
         assert_eq!(summary[1].packets_received, Value::Null);
+    }
+
+    #[test]
+    fn a_comparison_becomes_a_summary_in_milliseconds() {
+        let mut document = example_document();
+        assert_eq!(
+            summarize_comparison(&read_document(&document).unwrap()),
+            Value::Null
+        );
+        let side = |point: &str, lost: u64, median: f64| {
+            serde_json::json!({"point": point, "packets_sent": 500, "packets_lost": lost,
+                "loss_ratio": lost as f64 / 500.0, "delay_median_us": median,
+                "jitter_us": 20.0, "clock_error_bound_us": 0.002})
+        };
+        document["comparison"] = serde_json::json!({
+            "status": "completed", "reason": null, "service_host_task_id": "c-1",
+            "source_node": "n1", "service_host_run_id": "s-1",
+            "service_host_started_at": "2026-01-01T00:00:07Z", "loss_z": 3.0,
+            "delay_tolerance_us": 200.0, "consistent": true,
+            "receivers": [{"point": "p2", "node": "n2", "note": null,
+                "platform": side("p2", 5, 1500.5), "service_host": side("n2", 4, 1400.0),
+                "loss_difference": 0.002, "loss_bound": 0.018, "loss_within_bound": true,
+                "delay_median_difference_us": 100.5, "delay_bound_us": 200.004,
+                "delay_within_bound": true, "jitter_difference_us": 0.0},
+              {"point": "p3", "node": "n1", "platform": null, "service_host": null,
+                "note": "on the source's node", "loss_difference": null, "loss_bound": null,
+                "loss_within_bound": null, "delay_median_difference_us": null,
+                "delay_bound_us": null, "delay_within_bound": null,
+                "jitter_difference_us": null}]
+        });
+        let Value::Value(summary) = summarize_comparison(&read_document(&document).unwrap()) else {
+            panic!("no comparison summary");
+        };
+        assert_eq!(summary.status, "completed");
+        assert_eq!(summary.consistent, Value::Value(true));
+        assert_eq!(summary.delay_tolerance_ms, Value::Value(Number::Float(0.2)));
+        let p2 = &summary.receivers[0];
+        assert_eq!(p2.service_host_point, "n2");
+        assert_eq!(p2.platform_loss_ratio, Value::Value(Number::Float(0.01)));
+        assert_eq!(
+            p2.service_host_loss_ratio,
+            Value::Value(Number::Float(0.008))
+        );
+        assert_eq!(p2.loss_within_bound, Value::Value(true));
+        assert_eq!(
+            p2.platform_delay_median_ms,
+            Value::Value(Number::Float(1.501))
+        );
+        assert_eq!(
+            p2.delay_median_difference_ms,
+            Value::Value(Number::Float(0.101))
+        );
+        assert_eq!(p2.delay_within_bound, Value::Value(true));
+        let p3 = &summary.receivers[1];
+        assert_eq!(p3.service_host_point, "");
+        assert_eq!(p3.note, "on the source's node");
+        assert_eq!(p3.loss_within_bound, Value::Null);
+        assert_eq!(p3.platform_loss_ratio, Value::Null);
     }
 
     #[test]

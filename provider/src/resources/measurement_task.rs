@@ -27,6 +27,9 @@ use crate::data_sources::results::{
     bottleneck_type, read_document, receiver_type, summarize_bottlenecks, summarize_document,
     BottleneckSummary, ReceiverSummary, UnreadableDocument, BOTTLENECK_DOC, RECEIVER_DOC,
 };
+use crate::data_sources::results::{
+    comparison_type, summarize_comparison, ComparisonSummary, COMPARISON_DOC,
+};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -111,6 +114,10 @@ pub struct TaskState {
     pub bottlenecks: Value<Vec<BottleneckSummary>>,
     /// The `timeouts` block.
     pub timeouts: Value<TaskTimeouts>,
+    /// Follow each platform run with a service-host run and compare.
+    pub compare_with_service_host: Value<bool>,
+    /// That result's comparison with its service-host run.
+    pub comparison: Value<ComparisonSummary>,
 }
 
 fn whole(value: &Value<Number>) -> Option<Result<u64, ()>> {
@@ -253,6 +260,9 @@ impl TaskState {
                 }
             }
         }
+        if self.compare_with_service_host == Value::Value(true) && mode == Some("service_host") {
+            bad("compare_with_service_host", "Nothing to compare with", "`compare_with_service_host` compares a platform run with the nodes' service hosts; a service_host task already runs there. Remove it or use `mode = \"platform\"`.".into());
+        }
         if let Value::Value(t) = &self.timeouts {
             if let Value::Value(text) = &t.create {
                 if let Err(err) = timeouts::parse_duration(text) {
@@ -300,6 +310,9 @@ impl TaskState {
             self.bottleneck_delay_stddev_us =
                 Value::Value(Number::from(DEFAULT_BOTTLENECK_DELAY_STDDEV_US));
         }
+        if self.compare_with_service_host.is_null() {
+            self.compare_with_service_host = Value::Value(false);
+        }
         if self.wait_for_result.is_null() {
             self.wait_for_result = match &self.schedule {
                 Value::Value(s) => Value::Value(s == "once"),
@@ -318,6 +331,7 @@ impl TaskState {
         self.result_json = Value::Unknown;
         self.receivers = Value::Unknown;
         self.bottlenecks = Value::Unknown;
+        self.comparison = Value::Unknown;
     }
 
     fn create_body(&self) -> TaskCreate {
@@ -348,6 +362,7 @@ impl TaskState {
                 .bottleneck_delay_stddev_us
                 .as_ref_option()
                 .and_then(Number::as_f64),
+            compare_with_service_host: self.compares(),
             request_id: None,
         }
     }
@@ -384,6 +399,14 @@ impl TaskState {
             Value::Value(Number::from(task.bottleneck_delay_stddev_us));
         self.id = Value::Value(task.id.clone());
         self.status = Value::Value(task.status.clone());
+        self.compare_with_service_host = Value::Value(task.compare_with_service_host);
+    }
+
+    fn compares(&self) -> bool {
+        self.compare_with_service_host
+            .as_ref_option()
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Shows `record` as the task's result, its document read (typed) once.
@@ -407,6 +430,7 @@ impl TaskState {
         self.result_source_point = Value::Value(source_point);
         self.receivers = Value::Value(receivers);
         self.bottlenecks = Value::Value(bottlenecks);
+        self.comparison = document.as_ref().map_or(Value::Null, summarize_comparison);
         document
     }
 
@@ -418,6 +442,7 @@ impl TaskState {
         self.result_json = Value::Value(String::new());
         self.receivers = Value::Value(Vec::new());
         self.bottlenecks = Value::Value(Vec::new());
+        self.comparison = Value::Null;
     }
 
     fn create_timeout(&self) -> Duration {
@@ -503,7 +528,10 @@ impl Tasks {
         })
         .await;
         match result {
-            Ok(found) => Some(found),
+            Ok(found) => {
+                self.wait_comparison(diags, client, found, name, timeout)
+                    .await
+            }
             Err(end) => {
                 diagnostics::wait_failed(
                     diags,
@@ -511,6 +539,57 @@ impl Tasks {
                     KIND,
                     name,
                     "deliver a result",
+                    timeout,
+                    Operation::Read(KIND),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Tasks {
+    /// With `compare_with_service_host`, the result is complete once its
+    /// comparison is no longer pending (the service-host run follows the
+    /// platform run); other results are returned as they are.
+    async fn wait_comparison(
+        &self,
+        diags: &mut Diagnostics,
+        client: &Client,
+        found: (Task, ResultRecord),
+        name: &str,
+        timeout: Duration,
+    ) -> Option<(Task, ResultRecord)> {
+        let pending = |record: &ResultRecord| {
+            record.document["comparison"]["status"].as_str() == Some("pending")
+        };
+        if !found.0.compare_with_service_host || !pending(&found.1) {
+            return Some(found);
+        }
+        let id = found.0.id.clone();
+        let result = wait::until(&self.shared.stop, timeout, || {
+            let client = client.clone();
+            let id = id.clone();
+            async move {
+                let record = client.latest_result(&id).await?;
+                if pending(&record) {
+                    return Ok(Poll::Pending(
+                        "the service-host run of the comparison has not reported".into(),
+                    ));
+                }
+                Ok(Poll::Done((client.get_task(&id).await?, record)))
+            }
+        })
+        .await;
+        match result {
+            Ok(found) => Some(found),
+            Err(end) => {
+                diagnostics::wait_failed(
+                    diags,
+                    &end,
+                    KIND,
+                    name,
+                    "compare its run with the service hosts",
                     timeout,
                     Operation::Read(KIND),
                 );
@@ -572,6 +651,8 @@ impl ManagedResource for Tasks {
             ("result_json".into(), computed(AttributeType::String, "The whole `measurelab.mcast.result/v1` document of that run, as JSON text (`jsondecode` it).")),
             ("receivers".into(), computed(AttributeType::List(Box::new(receiver_type())), &format!("Per-receiver summary of that run: {RECEIVER_DOC}."))),
             ("bottlenecks".into(), computed(AttributeType::List(Box::new(bottleneck_type())), &format!("Bottlenecks of that run: {BOTTLENECK_DOC}."))),
+            ("compare_with_service_host".into(), attribute(AttributeType::Bool, "Mode `platform` only. After each run, run the same probe pattern (rate, duration, size, group) between the service hosts of the nodes that host its source and receivers, and compare the two per receiver: loss against a two-proportion bound, median delay against 0.2 ms plus the clock error bounds (`comparison`). Create then also waits for that run. Every node of the platform must run a service host. Default false.", OptionalComputed)),
+            ("comparison".into(), computed(comparison_type(), &format!("That run's comparison: {COMPARISON_DOC}."))),
         ]);
         let timeouts_block = Block {
             description: Description::markdown("Limits on how long operations wait."),
@@ -661,6 +742,10 @@ impl ManagedResource for Tasks {
                 replace.push(AttributePath::new(attr));
             }
         }
+        // A state written before the attribute existed holds null: false.
+        if s.compares() != p.compares() {
+            replace.push(AttributePath::new("compare_with_service_host"));
+        }
         if replace.is_empty() {
             // `wait_for_result` and `timeouts` only steer create.
             state.id = prior.id.clone();
@@ -672,6 +757,7 @@ impl ManagedResource for Tasks {
             state.result_json = prior.result_json.clone();
             state.receivers = prior.receivers.clone();
             state.bottlenecks = prior.bottlenecks.clone();
+            state.comparison = prior.comparison.clone();
             state.interval_seconds = if state.is_once() {
                 prior.interval_seconds.clone()
             } else {
@@ -946,6 +1032,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(paths(&service_host), vec![AttributePath::new("nodes")]);
+    }
+
+    #[test]
+    fn only_a_platform_task_compares_with_the_service_hosts() {
+        let service_host = TaskState {
+            mode: Value::Value("service_host".into()),
+            nodes: Value::Value(vec!["n1".into(), "n2".into()]),
+            compare_with_service_host: Value::Value(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            paths(&service_host),
+            vec![AttributePath::new("compare_with_service_host")]
+        );
+        let platform = TaskState {
+            platform: Value::Value("p".into()),
+            compare_with_service_host: Value::Value(true),
+            ..Default::default()
+        };
+        assert!(paths(&platform).is_empty());
+        assert!(platform.create_body().compare_with_service_host);
     }
 
     #[test]
