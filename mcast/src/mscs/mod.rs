@@ -12,6 +12,7 @@
 
 pub mod api;
 mod engine;
+pub mod registry;
 pub mod runner;
 pub mod state;
 
@@ -22,7 +23,7 @@ use tracing::info;
 
 pub use engine::{
     CurrentRun, Mscs, MscsConfig, MscsError, PeriodicSchedule, PlatformConfig, ProbeDefaults,
-    TaskError,
+    RegistrationConfig, TaskError,
 };
 pub use runner::PointEndpoint;
 
