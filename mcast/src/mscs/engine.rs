@@ -1609,6 +1609,84 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_point_loses_its_turn_and_is_named_in_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = MscsConfig::new(Vec::new(), dir.path().join("state.json"));
+        config.registration = Some(RegistrationConfig {
+            deadline: Duration::from_secs(5),
+        });
+        let mscs = Mscs::open(config).unwrap();
+        for (index, name) in ["p1", "p2", "p3"].iter().enumerate() {
+            mscs.register_point(&Registration {
+                name: name.to_string(),
+                data_addr: Ipv4Addr::new(10, 0, 0, 1 + index as u8),
+                control_addr: format!("10.0.0.{}:7400", 1 + index).parse().unwrap(),
+                protocol_version: PROTOCOL_VERSION,
+            })
+            .unwrap();
+        }
+        {
+            let mut state = mscs.lock();
+            // p3 was last heard long ago, and it is p3's turn.
+            state.registered_points[2].last_heartbeat_unix_ms = 0;
+            state.next_source_index = 2;
+        }
+        let (run, index) = mscs.plan_periodic(&PeriodicKey::Builtin).unwrap();
+        assert_eq!(
+            (run.source.name.as_str(), index),
+            ("p1", 0),
+            "p3's turn passes on"
+        );
+        let (run, missing) = mscs.without_missing(run).unwrap();
+        let receivers: Vec<_> = run.receivers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(receivers, vec!["p2"]);
+        assert_eq!(missing, vec!["p3".to_string()]);
+
+        let mut document = mscs.refused_document(
+            &controller_task(serde_json::json!({"id": "t", "schedule": "once"})),
+            &TaskSpec {
+                source: "p1".into(),
+                ..TaskSpec::default()
+            },
+            &TaskError {
+                field: String::new(),
+                reason: String::new(),
+            },
+        );
+        document.status = RunStatus::Ok;
+        document.receivers = vec![ReceiverResult::without_report(
+            "p2",
+            ReceiverStatus::Ok,
+            String::new(),
+        )];
+        let document = mscs.with_missing(document, &missing);
+        let named: Vec<_> = document
+            .receivers
+            .iter()
+            .map(|r| (r.point.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            named,
+            vec![("p2", ReceiverStatus::Ok), ("p3", ReceiverStatus::Missing)]
+        );
+        assert_eq!(document.status, RunStatus::Partial);
+
+        // A task naming the missing point as its source is refused at run time.
+        let spec = TaskSpec {
+            source: "p3".into(),
+            ..TaskSpec::default()
+        };
+        let run = mscs
+            .inner
+            .config
+            .resolve_task_in(&endpoints(&mscs.points()), &spec, None)
+            .unwrap();
+        let err = mscs.without_missing(run).unwrap_err();
+        assert_eq!(err.field, "source");
+        assert!(err.reason.contains("missing"), "{err}");
+    }
+
+    #[test]
     fn config_validation() {
         let mut bad = config();
         bad.points.truncate(1);
