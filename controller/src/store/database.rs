@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_node_identity.sql"),
     include_str!("../../migrations/0006_quotas.sql"),
     include_str!("../../migrations/0007_flow_monitoring.sql"),
+    include_str!("../../migrations/0014_platform_points.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

@@ -14,7 +14,7 @@ use super::codec::{rfc3339, to_json};
 use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::{appliances, flows, platforms, programs, qos_policies, tasks, vms};
+use super::{appliances, flows, platform_points, platforms, programs, qos_policies, tasks, vms};
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
 const MAX_CONDITIONS: usize = 32;
@@ -291,6 +291,16 @@ pub(crate) fn apply_report(
                         ),
                     )?;
                 }
+            }
+        }
+        if let Some(list) = &guest.points {
+            match platform_points::check(list) {
+                Ok(points) => platform_points::save(cx, &vm, &points)?,
+                // Guest content: a bad list must not cost the node its report.
+                Err(err) => tracing::warn!(
+                    node = %node_id, vm = %vm.id, error = %err,
+                    "dropped a point list that fails its check"
+                ),
             }
         }
         for line in &guest.logs {
