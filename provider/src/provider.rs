@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Whoami;
 use crate::data_sources::FlowsDataSource;
+use crate::data_sources::PlatformPointsDataSource;
 use crate::data_sources::TenantUsageDataSource;
 use crate::data_sources::{
     AppliancesDataSource, NodeDataSource, NodesDataSource, ResultsDataSource,
@@ -294,6 +295,7 @@ impl Provider for MeasurelabProvider {
             "measurement_tasks" => MeasurementTasksDataSource::new(self.shared.clone()),
             "tenant_usage" => TenantUsageDataSource::new(self.shared.clone()),
             "flows" => FlowsDataSource::new(self.shared.clone()),
+            "platform_points" => PlatformPointsDataSource::new(self.shared.clone()),
         })
     }
 }
