@@ -231,5 +231,21 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
         .collect();
     assert_eq!(names, ["p2"], "{body}");
     assert_eq!(body["points"][0]["state"], "active");
+
+    // The MSCS's VM gone: its list goes with it.
+    let (status, body) = controller
+        .call_as(
+            &alice,
+            Method::DELETE,
+            &format!("/v1/vms/{vm}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = controller
+        .call_as(&alice, Method::GET, &points_of(&platform), None)
+        .await;
+    assert_eq!(body["reported_at"], Value::Null, "{body}");
+    assert_eq!(body["points"], json!([]), "{body}");
     controller.stop().await;
 }
