@@ -19,9 +19,9 @@ use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
     DeploymentList, ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated,
     JoinTokenList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList,
-    PlatformPatch, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList,
-    QosPolicyPatch, RegistrationRequest, RegistrationRequestList, RequestOptions, ResultList,
-    ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage,
+    PlatformPatch, PlatformPoints, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
+    QosPolicyList, QosPolicyPatch, RegistrationRequest, RegistrationRequestList, RequestOptions,
+    ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage,
     RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
@@ -211,6 +211,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::start_platform,
         operations::pause_platform,
         operations::platform_flows,
+        operations::platform_points,
         operations::list_qos_policies,
         operations::create_qos_policy,
         operations::get_qos_policy,
@@ -645,6 +646,16 @@ mod operations {
             FlowErrors,
         ))]
     fn platform_flows() {}
+
+    /// The latest point list of the platform's MSCS: each measurement point
+    /// with its addresses, state (`active` or `missing`), last heartbeat and
+    /// protocol version, as the MSCS reported it at `reported_at` (on every
+    /// change and every 30 s). Empty with `reported_at` null until an MSCS of
+    /// the platform reports.
+    #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/points", operation_id = "platformPoints",
+        params(("id_or_name" = String, Path, description = KEY)),
+        responses((status = 200, description = "The point list.", body = PlatformPoints), GetErrors))]
+    fn platform_points() {}
     /// The caller's token, role and tenant.
     #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
         responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]

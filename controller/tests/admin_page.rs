@@ -5,6 +5,7 @@
 mod common;
 
 use common::TestController;
+use measurelab_api::node_v1::{GuestReport, MscsPoint, MscsPointList, StatusReport};
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,6 +21,7 @@ async fn page_has_no_external_resources() {
         .unwrap();
     for id in [
         "platforms",
+        "points",
         "vms",
         "results",
         "chart-loss",
@@ -39,7 +41,7 @@ async fn page_has_no_external_resources() {
 async fn page_script_renders_tables_and_per_receiver_charts() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
-    controller.register("n1", "").await;
+    let n1 = controller.register("n1", "").await;
     controller
         .call(
             Method::POST,
@@ -47,7 +49,7 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
             Some(json!({"name": "p", "nodes": ["n1"]})),
         )
         .await;
-    controller
+    let (_, vm) = controller
         .call(
             Method::POST,
             "/v1/vms",
@@ -82,6 +84,33 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
+    // The MSCS in the VM reported one active and one missing point.
+    let point = |name: &str, state: &str| MscsPoint {
+        name: name.into(),
+        control_address: "10.201.0.3:7001".into(),
+        data_address: "10.201.0.3".into(),
+        state: state.into(),
+        last_seen_unix_ms: 1_700_000_000_000,
+        protocol_version: 2,
+        origin: "registered".into(),
+    };
+    controller
+        .grpc()
+        .await
+        .report_status(StatusReport {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            guests: vec![GuestReport {
+                vm_id: vm["id"].as_str().unwrap().into(),
+                points: Some(MscsPointList {
+                    points: vec![point("pa", "active"), point("pb", "missing")],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let rendered = controller.render_admin_page(&controller.admin_token).await;
     assert_eq!(rendered["error"], "", "{rendered:#}");
     // The operator sees every tenant's use; the default tenant has no quota.
@@ -92,6 +121,17 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
     assert_eq!(rendered["platforms"][0][0], "p");
     assert_eq!(rendered["platforms"][0][2], "100");
     assert_eq!(rendered["vms"][0][1], "mscs");
+    let points = &rendered["points"];
+    assert_eq!(points.as_array().map(Vec::len), Some(2), "{rendered:#}");
+    assert_eq!(points[0][0], "p");
+    assert_eq!(points[0][1], "pa");
+    assert_eq!(points[0][2], "active");
+    assert_eq!(points[1][2], "missing");
+    assert_eq!(points[1][5], "2023-11-14T22:13:20Z");
+    assert!(
+        points[1][8].as_str().unwrap().ends_with(" by mscs"),
+        "{points}"
+    );
     assert_eq!(rendered["vms"][0][6], "10.201.0.2");
     assert_eq!(
         rendered["results"].as_array().unwrap().len(),
@@ -257,6 +297,7 @@ async fn page_script_charts_the_selected_vms_usage() {
                     ..Default::default()
                 }),
                 logs: vec![],
+                points: None,
             }],
             ..Default::default()
         };

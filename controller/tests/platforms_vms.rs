@@ -591,6 +591,7 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
                 target: "guest".into(),
                 message: "hello from the guest".into(),
             }],
+            points: None,
         }],
         program_runs: vec![],
     };

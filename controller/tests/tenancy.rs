@@ -831,6 +831,7 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
                     ..Default::default()
                 }),
                 logs: vec![],
+                points: None,
             }],
             ..Default::default()
         };

@@ -7,6 +7,10 @@
 //! - `POST /results` -> `202 {"accepted":true}` once the document is queued on
 //!   the channel. Body: the result document with a top-level `task_id`, or
 //!   `{"task_id":..,"document":{..}}`; `?task_id=` overrides both.
+//! - `POST /points` -> `202 {"accepted":true}` once the list is queued on the
+//!   channel. Body: `{"points":[...]}`, the MSCS's own `GET /points` answer;
+//!   each post replaces the platform's list at the controller. Checked field by
+//!   field here (`422` naming the field) so the MSCS learns of a bad list.
 //! - `GET /healthz` -> `200 {"channel_connected":bool}`.
 //!
 //! Errors are `{"error":{"code","message","field"?}}`; `503 channel_down`
@@ -17,17 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use measurelab_api::guest::GuestMessage;
+use measurelab_api::guest::{check_points, GuestMessage, GuestPoint};
 use serde_json::{json, Value};
 
 use crate::link::{Link, PollError};
 
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `POST /points` body: 256 points of about 250 bytes each fit twice.
+const MAX_POINTS_BODY_BYTES: usize = 128 * 1024;
 
 /// Errors of the local API, each one HTTP answer.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +75,10 @@ pub(crate) fn router(link: Arc<Link>) -> Router {
     Router::new()
         .route("/tasks", get(get_tasks))
         .route("/results", post(post_result))
+        .route(
+            "/points",
+            post(post_points).layer(DefaultBodyLimit::max(MAX_POINTS_BODY_BYTES)),
+        )
         .route("/healthz", get(healthz))
         .with_state(link)
 }
@@ -100,6 +111,37 @@ async fn post_result(
         return Err(LocalApiError::ChannelDown);
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))))
+}
+
+async fn post_points(
+    State(link): State<Arc<Link>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), LocalApiError> {
+    let points = parse_points(&body)?;
+    if !link.send(&GuestMessage::Points { points }) {
+        return Err(LocalApiError::ChannelDown);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))))
+}
+
+fn parse_points(body: &[u8]) -> Result<Vec<GuestPoint>, LocalApiError> {
+    let not_a_list = |e: String| LocalApiError::Invalid {
+        field: "points",
+        message: format!("body: not a {{\"points\":[...]}} list: {e}"),
+    };
+    let mut body: Value = serde_json::from_slice(body).map_err(|e| not_a_list(e.to_string()))?;
+    let list = body
+        .get_mut("points")
+        .map(Value::take)
+        .ok_or_else(|| not_a_list("no \"points\" field".into()))?;
+    let points: Vec<GuestPoint> =
+        serde_json::from_value(list).map_err(|e| not_a_list(e.to_string()))?;
+    check_points(&points).map_err(|e| LocalApiError::Invalid {
+        // The element's path is in the message; `field` names the list.
+        field: "points",
+        message: e.to_string(),
+    })?;
+    Ok(points)
 }
 
 fn parse_result(
@@ -161,6 +203,30 @@ mod tests {
 
         let (id, _) = parse_result(Some("q".into()), br#"{"task_id":"b"}"#).unwrap();
         assert_eq!(id, "q");
+    }
+
+    #[test]
+    fn point_lists_are_checked_before_they_are_relayed() {
+        let good = br#"{"points":[{"name":"p1","control_addr":"10.0.0.2:7001",
+            "data_addr":"10.0.0.2","origin":"registered","state":"missing",
+            "last_heartbeat_unix_ms":1764000000000,"protocol_version":2}]}"#;
+        let points = parse_points(good).unwrap();
+        assert_eq!(points[0].state, "missing");
+        for (body, needle) in [
+            (&b"nope"[..], "not a"),
+            (&br#"{"points":{}}"#[..], "not a"),
+            (
+                &br#"{"points":[{"name":"p","control_addr":"x","origin":"static","state":"active"}]}"#[..],
+                "points[0].control_addr",
+            ),
+        ] {
+            match parse_points(body) {
+                Err(LocalApiError::Invalid { message, .. }) => {
+                    assert!(message.contains(needle), "{message}")
+                }
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`receiver`]: ASM/SSM receiver with kernel receive timestamps.
 //! - [`protocol`]: line-JSON control protocol between MSCS and points.
 //! - [`point`]: `mcast-point serve`, a point driven by the MSCS.
+//! - [`registration`]: a point's registration with its MSCS and its heartbeat.
 //! - [`probe_log`]: a receiver's per-probe receipts and delays, for tree inference.
 //! - [`result`]: the result document.
 //! - [`mscs`]: schedule, tasks, aggregation, durable state, HTTP API.
@@ -29,6 +30,7 @@ pub mod point;
 pub mod probe_log;
 pub mod protocol;
 pub mod receiver;
+pub mod registration;
 pub mod result;
 pub mod sender;
 pub mod service;

@@ -11,6 +11,8 @@
 //! - `POST {api}/results` takes one result document ([`crate::result::ResultDocument`],
 //!   with top-level `task_id` and `run_id`); any 2xx means the relay took it. The
 //!   controller deduplicates by `run_id`, so a redelivery after a crash is harmless.
+//! - `POST {api}/points` takes the MSCS's point list, `{"points":[...]}` as its own
+//!   `GET /points` answers; each post replaces the platform's list at the controller.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -325,6 +327,25 @@ impl PlatformClient {
             .http
             .post(&url)
             .json(document)
+            .send()
+            .await
+            .map_err(|source| PlatformError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        Self::check(&url, response).await.map(|_| ())
+    }
+}
+
+impl PlatformClient {
+    /// `POST /points` with the whole point list (the MSCS's `PointStatus` elements;
+    /// generic so that this module does not depend on the MSCS's).
+    pub async fn post_points<P: Serialize>(&self, points: &[P]) -> Result<(), PlatformError> {
+        let url = format!("{}/points", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "points": points }))
             .send()
             .await
             .map_err(|source| PlatformError::Transport {

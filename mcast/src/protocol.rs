@@ -16,7 +16,7 @@
 //!
 //! Version 1. A point answers an unknown `op` with an error, never by closing silently.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,32 @@ pub struct PointInfo {
     /// Its data-plane address (multicast interface and SSM source address).
     pub data_addr: Ipv4Addr,
     /// [`PROTOCOL_VERSION`] of the point.
+    pub protocol_version: u32,
+}
+
+/// A point's registration with its MSCS, repeated as its heartbeat: the body of
+/// `POST /points` on the MSCS's HTTP API (`mcast-point serve --mscs ADDR`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The point's name, unique among the MSCS's points.
+    pub name: String,
+    /// Its data-plane address (multicast interface and SSM source address).
+    pub data_addr: Ipv4Addr,
+    /// Where its `mcast-point serve` listener is reachable from the MSCS.
+    pub control_addr: SocketAddr,
+    /// [`PROTOCOL_VERSION`] of the point; the MSCS refuses any other.
+    pub protocol_version: u32,
+}
+
+/// The MSCS's answer to a [`Registration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationAck {
+    /// Register again (heartbeat) this often.
+    pub heartbeat_seconds: f64,
+    /// A point not heard from for this long leaves the rotation until it is heard again.
+    pub deadline_seconds: f64,
+    /// [`PROTOCOL_VERSION`] of the MSCS.
     pub protocol_version: u32,
 }
 

@@ -58,8 +58,26 @@ resource "measurelab_program" "mscs" {
   source = var.mcast_mscs_path
 }
 
-# Each point serves the MSCS's control connection on its VM address and
-# sends/receives probes from that address.
+# The MSCS takes its tasks from the platform (the guest agent's local API) and
+# posts results back through it. Its point list is whoever registers: a point
+# that stops heartbeating leaves the rotation, one added later joins it, and
+# neither needs the MSCS redeployed.
+resource "measurelab_deployment" "mscs" {
+  program = measurelab_program.mscs.id
+  vms     = [measurelab_vm.mscs.id]
+  args = [
+    "--listen", "${measurelab_vm.mscs.address}:${var.mscs_port}",
+    "--state-file", "mscs-state.json",
+    "--platform-api", "http://127.0.0.1:7079",
+    "--platform-poll-seconds", "1",
+    "--point-deadline-seconds", tostring(var.point_deadline_seconds),
+  ]
+  env      = { NO_COLOR = "1" }
+  wait_for = "running"
+}
+
+# Each point serves the MSCS's control connection on its VM address, sends and
+# receives probes from that address, and registers with the MSCS.
 resource "measurelab_deployment" "point" {
   for_each = measurelab_vm.point
   program  = measurelab_program.point.id
@@ -69,30 +87,13 @@ resource "measurelab_deployment" "point" {
     "--listen", "${each.value.address}:${var.point_control_port}",
     "--name", each.key,
     "--data-addr", each.value.address,
+    "--mscs", "${measurelab_vm.mscs.address}:${var.mscs_port}",
   ]
   env      = { NO_COLOR = "1" }
   wait_for = "running"
-}
-
-# The MSCS takes its tasks from the platform (the guest agent's local API) and
-# posts results back through it.
-resource "measurelab_deployment" "mscs" {
-  program = measurelab_program.mscs.id
-  vms     = [measurelab_vm.mscs.id]
-  args = concat(
-    [
-      "--state-file", "mscs-state.json",
-      "--platform-api", "http://127.0.0.1:7079",
-      "--platform-poll-seconds", "1",
-    ],
-    flatten([
-      for name, vm in measurelab_vm.point : ["--point", "${name}=${vm.address}:${var.point_control_port}"]
-    ]),
-  )
-  env      = { NO_COLOR = "1" }
-  wait_for = "running"
-  # The points must be serving before the MSCS is told about a task.
-  depends_on = [measurelab_deployment.point]
+  # Registering is the first thing a point does: with the MSCS up first, the
+  # points are on its list by the time a task reaches it.
+  depends_on = [measurelab_deployment.mscs]
 }
 
 resource "measurelab_measurement_task" "once" {
@@ -111,7 +112,7 @@ resource "measurelab_measurement_task" "once" {
   timeouts {
     create = var.result_timeout
   }
-  depends_on = [measurelab_deployment.mscs]
+  depends_on = [measurelab_deployment.point]
 }
 
 resource "measurelab_measurement_task" "periodic" {
@@ -128,5 +129,5 @@ resource "measurelab_measurement_task" "periodic" {
   port              = var.port
   ttl               = var.ttl
   # Submitted after the once task, so its first run does not delay that result.
-  depends_on = [measurelab_deployment.mscs, measurelab_measurement_task.once]
+  depends_on = [measurelab_deployment.point, measurelab_measurement_task.once]
 }

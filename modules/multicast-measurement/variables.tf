@@ -114,6 +114,26 @@ variable "point_control_port" {
   }
 }
 
+variable "mscs_port" {
+  description = "TCP port of the MSCS's HTTP API on its VM address; the points register there."
+  type        = number
+  default     = 7300
+  validation {
+    condition     = var.mscs_port >= 1024 && var.mscs_port <= 65535 && var.mscs_port != var.point_control_port
+    error_message = "mscs_port must be from 1024 to 65535 and differ from point_control_port."
+  }
+}
+
+variable "point_deadline_seconds" {
+  description = "A point not heard from for this many seconds leaves the MSCS's rotation (and shows as missing in results) until it is heard again. Points heartbeat three times per deadline."
+  type        = number
+  default     = 15
+  validation {
+    condition     = var.point_deadline_seconds >= 1 && var.point_deadline_seconds <= 3600
+    error_message = "point_deadline_seconds must be from 1 to 3600."
+  }
+}
+
 variable "group" {
   description = "IPv4 multicast group of the probes (224.0.0.0/4)."
   type        = string

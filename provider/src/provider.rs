@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Whoami;
 use crate::data_sources::FlowsDataSource;
+use crate::data_sources::PlatformPointsDataSource;
 use crate::data_sources::TenantUsageDataSource;
 use crate::data_sources::VmUsageDataSource;
 use crate::data_sources::{
@@ -297,6 +298,7 @@ impl Provider for MeasurelabProvider {
             "tenant_usage" => TenantUsageDataSource::new(self.shared.clone()),
             "flows" => FlowsDataSource::new(self.shared.clone()),
             "vm_usage" => VmUsageDataSource::new(self.shared.clone()),
+            "platform_points" => PlatformPointsDataSource::new(self.shared.clone()),
         })
     }
 }

@@ -11,8 +11,8 @@ use measurelab_api::guest::{AgentMessage, GuestMessage};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
     DesiredState, DesiredStateRequest, FetchApplianceRequest, FetchProgramRequest, GuestReport,
-    LogLine, PollTasksRequest, PostResultRequest, ProgramBlob, ResourceUsage, StatusAck,
-    StatusReport,
+    LogLine, MscsPoint, MscsPointList, PollTasksRequest, PostResultRequest, ProgramBlob,
+    ResourceUsage, StatusAck, StatusReport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -199,6 +199,26 @@ pub struct LoopHandles {
 struct PendingGuest {
     heartbeat_reported_ms: i64,
     logs: Vec<LogLine>,
+    /// The MSCS's latest point list not yet reported; a newer one replaces it.
+    points: Option<MscsPointList>,
+}
+
+fn point_list(points: Vec<measurelab_api::guest::GuestPoint>) -> MscsPointList {
+    MscsPointList {
+        points: points
+            .into_iter()
+            .map(|p| MscsPoint {
+                name: p.name,
+                control_address: p.control_addr,
+                data_address: p.data_addr.unwrap_or_default(),
+                state: p.state,
+                // check_points bounds it far below i64::MAX.
+                last_seen_unix_ms: p.last_heartbeat_unix_ms.unwrap_or(0) as i64,
+                protocol_version: p.protocol_version.unwrap_or(0),
+                origin: p.origin,
+            })
+            .collect(),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -424,6 +444,17 @@ fn handle_guest_message(
             });
             false
         }
+        GuestMessage::Points { points } => {
+            // The guest agent checked it, but the guest is not trusted: a list
+            // that fails the check is dropped here rather than relayed.
+            match measurelab_api::guest::check_points(&points) {
+                Ok(()) => pending.entry(vm).or_default().points = Some(point_list(points)),
+                Err(err) => {
+                    tracing::warn!(vm = %vm, error = %err, "dropped a bad point list from the guest")
+                }
+            }
+            false
+        }
         GuestMessage::PollTasks => {
             let control = control.clone();
             let channels = reconciler.channels().clone();
@@ -462,7 +493,10 @@ async fn flush_guest_reports(
             .as_ref()
             .map(|s| s.last_heartbeat_unix_ms() as i64)
             .unwrap_or(0);
-        if heartbeat == entry.heartbeat_reported_ms && entry.logs.is_empty() {
+        if heartbeat == entry.heartbeat_reported_ms
+            && entry.logs.is_empty()
+            && entry.points.is_none()
+        {
             continue;
         }
         guests.push(GuestReport {
@@ -470,6 +504,7 @@ async fn flush_guest_reports(
             last_heartbeat_unix_ms: heartbeat,
             usage: state.and_then(|s| s.last_usage.as_ref().map(usage_of)),
             logs: entry.logs.clone(),
+            points: entry.points.clone(),
         });
     }
     let program_runs = programs.changed();
@@ -490,6 +525,9 @@ async fn flush_guest_reports(
                     if let Some(entry) = pending.get_mut(&vm) {
                         entry.heartbeat_reported_ms = sent.last_heartbeat_unix_ms;
                         entry.logs.drain(..sent.logs.len().min(entry.logs.len()));
+                        if entry.points == sent.points {
+                            entry.points = None;
+                        }
                     }
                 }
             }

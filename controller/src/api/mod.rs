@@ -96,6 +96,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/platforms/:id_or_name/start", post(platforms::start)),
         ("/v1/platforms/:id_or_name/pause", post(platforms::pause)),
         ("/v1/platforms/:id_or_name/flows", get(flows::list)),
+        ("/v1/platforms/:id_or_name/points", get(platforms::points)),
         (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),

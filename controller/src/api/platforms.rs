@@ -6,7 +6,8 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{
-    Platform, PlatformCreate, PlatformList, PlatformPatch, PlatformPowerState, RequestOptions,
+    Platform, PlatformCreate, PlatformList, PlatformPatch, PlatformPoints, PlatformPowerState,
+    RequestOptions,
 };
 use rusqlite::Connection;
 
@@ -16,7 +17,7 @@ use super::extract::{key, optional_body, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
-use crate::store::{platforms, tenants, StoreError};
+use crate::store::{platform_points, platforms, tenants, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -69,6 +70,27 @@ pub(crate) async fn get(
         .read(move |conn, registry| Ok(platforms::get(conn, &scope, &key)?.to_api(registry)))
         .await?;
     Ok(Json(platform))
+}
+
+/// `GET /v1/platforms/{id_or_name}/points`: the point list its MSCS last
+/// reported. The platform is looked up in the caller's scope first, so
+/// another tenant's platform is not found and its list never read.
+pub(crate) async fn points(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PlatformPoints>, ApiError> {
+    let key = key(path)?;
+    let scope = principal.scope();
+    let points = state
+        .store()
+        .resources()
+        .read(move |conn, _| {
+            let platform = platforms::get(conn, &scope, &key)?;
+            platform_points::get(conn, &platform.id)
+        })
+        .await?;
+    Ok(Json(points))
 }
 
 /// Whether `scope` sees the platform (for 403 versus 404).

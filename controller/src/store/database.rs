@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_appliance_files.sql"),
     include_str!("../../migrations/0010_vm_maxima.sql"),
     include_str!("../../migrations/0011_comparisons.sql"),
+    include_str!("../../migrations/0012_platform_points.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

@@ -15,7 +15,8 @@ use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
 use super::{
-    appliances, comparisons, flows, platforms, programs, qos_policies, tasks, vm_usage, vms,
+    appliances, comparisons, flows, platform_points, platforms, programs, qos_policies, tasks,
+    vm_usage, vms,
 };
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
@@ -313,6 +314,16 @@ pub(crate) fn apply_report(
                 (cx.now.unix_timestamp_nanos() / 1_000_000) as i64
             };
             vm_usage::record(cx.tx, &vm.id, sampled_ms, usage)?;
+        }
+        if let Some(list) = &guest.points {
+            match platform_points::check(list) {
+                Ok(points) => platform_points::save(cx, &vm, &points)?,
+                // Guest content: a bad list must not cost the node its report.
+                Err(err) => tracing::warn!(
+                    node = %node_id, vm = %vm.id, error = %err,
+                    "dropped a point list that fails its check"
+                ),
+            }
         }
         for line in &guest.logs {
             let time = ms_to_rfc3339(line.timestamp_unix_ms).unwrap_or_else(|| rfc3339(cx.now));

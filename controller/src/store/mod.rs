@@ -25,6 +25,7 @@ pub(crate) mod flows;
 pub(crate) mod idempotency;
 mod node_identity;
 mod nodes;
+pub(crate) mod platform_points;
 pub(crate) mod platforms;
 pub(crate) mod programs;
 pub(crate) mod qos_policies;

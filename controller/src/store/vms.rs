@@ -941,6 +941,10 @@ pub(crate) fn remove(
         .prepare_cached("DELETE FROM guest_logs WHERE vm_id = ?1")?
         .execute([&vm.id])?;
     super::vm_usage::forget(cx.tx, &vm.id)?;
+    // The point list of an MSCS whose VM is gone describes nothing that runs.
+    cx.tx
+        .prepare_cached("DELETE FROM platform_points WHERE vm_id = ?1")?
+        .execute([&vm.id])?;
     cx.tx
         .prepare_cached(
             "UPDATE program_runs SET status = 'lost', finished_at = ?2

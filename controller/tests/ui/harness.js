@@ -48,6 +48,7 @@ setTimeout(() => {
     whoami: elements.whoami ? elements.whoami.textContent : null,
     usage: rows("usage"),
     platforms: rows("platforms"),
+    points: rows("points"),
     vms: rows("vms"),
     results: rows("results"),
     legend: elements.legend ? elements.legend.children.map((c) => c.textContent) : null,

@@ -285,6 +285,17 @@ impl Client {
         Ok(list.flows)
     }
 
+    /// `GET /v1/platforms/{id_or_name}/points`: the latest point list of the
+    /// platform's MSCS.
+    pub async fn platform_points(
+        &self,
+        id_or_name: &str,
+    ) -> Result<crate::http::PlatformPoints, ClientError> {
+        let path = format!("/v1/platforms/{}/points", url_component(id_or_name));
+        self.request::<(), _>(reqwest::Method::GET, &path, None)
+            .await
+    }
+
     /// `PATCH /v1/platforms/{id_or_name}`.
     pub async fn update_platform(
         &self,

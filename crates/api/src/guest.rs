@@ -85,6 +85,138 @@ pub enum GuestMessage {
     /// A program asked the local platform API for its tasks (`GET /tasks`);
     /// the node agent answers with [`AgentMessage::Tasks`].
     PollTasks,
+    /// The MSCS's point list, posted to the local platform API
+    /// (`POST /points`), checked with [`check_points`]. Each one replaces
+    /// the previous list whole.
+    Points {
+        /// The points in the MSCS's rotation order.
+        points: Vec<GuestPoint>,
+    },
+}
+
+/// Most points in one list ([`GuestMessage::Points`]); the MSCS keeps at most
+/// 256.
+pub const MAX_POINTS: usize = 256;
+/// Longest point name, characters (the MSCS's own limit).
+pub const MAX_POINT_NAME_CHARS: usize = 64;
+
+/// One measurement point as the MSCS lists it: the shape of an element of
+/// the MSCS's `GET /points`, so it posts its own list unchanged.
+// Unknown fields are ignored, so a newer MSCS can add some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPoint {
+    /// Point name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Control listener, `IP:port`.
+    pub control_addr: String,
+    /// Data-plane IPv4; `None` for a static point that never registered.
+    #[serde(default)]
+    pub data_addr: Option<String>,
+    /// `static` or `registered`.
+    pub origin: String,
+    /// `active` or `missing`.
+    pub state: String,
+    /// Last registration or heartbeat, ms since the Unix epoch.
+    #[serde(default)]
+    pub last_heartbeat_unix_ms: Option<u64>,
+    /// Control protocol version it registered with.
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
+}
+
+/// A point list field that is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct PointListError {
+    /// The field at fault, e.g. `points[2].control_addr`.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Checks a point list field by field. The list comes from a guest, which
+/// may send anything; the guest agent and the controller both check it.
+pub fn check_points(points: &[GuestPoint]) -> Result<(), PointListError> {
+    let bad = |field: String, reason: String| Err(PointListError { field, reason });
+    if points.len() > MAX_POINTS {
+        return bad(
+            "points".into(),
+            format!("has {} entries; at most {MAX_POINTS}", points.len()),
+        );
+    }
+    for (i, point) in points.iter().enumerate() {
+        let field = |name: &str| format!("points[{i}].{name}");
+        let chars = point.name.chars().count();
+        if chars == 0 || chars > MAX_POINT_NAME_CHARS {
+            return bad(
+                field("name"),
+                format!("must be 1 to {MAX_POINT_NAME_CHARS} characters, not {chars}"),
+            );
+        }
+        if let Some(c) = point
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return bad(
+                field("name"),
+                format!("contains {c:?}; use letters, digits, '-', '_' and '.'"),
+            );
+        }
+        if points[..i].iter().any(|p| p.name == point.name) {
+            return bad(field("name"), format!("{:?} is listed twice", point.name));
+        }
+        if point.control_addr.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                field("control_addr"),
+                format!("{:?} is not IP:port", truncated(&point.control_addr)),
+            );
+        }
+        if let Some(data) = &point.data_addr {
+            if data.parse::<std::net::Ipv4Addr>().is_err() {
+                return bad(
+                    field("data_addr"),
+                    format!("{:?} is not an IPv4 address", truncated(data)),
+                );
+            }
+        }
+        if !matches!(point.state.as_str(), "active" | "missing") {
+            return bad(
+                field("state"),
+                format!(
+                    "{:?} is not one of active, missing",
+                    truncated(&point.state)
+                ),
+            );
+        }
+        if !matches!(point.origin.as_str(), "static" | "registered") {
+            return bad(
+                field("origin"),
+                format!(
+                    "{:?} is not one of static, registered",
+                    truncated(&point.origin)
+                ),
+            );
+        }
+        // Stored as a signed 64-bit number and shown as an RFC 3339 time.
+        if let Some(ms) = point.last_heartbeat_unix_ms {
+            if ms > MAX_UNIX_MS {
+                return bad(
+                    field("last_heartbeat_unix_ms"),
+                    format!("{ms} is after the year 9999"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 9999-12-31T23:59:59.999Z in ms since the Unix epoch.
+const MAX_UNIX_MS: u64 = 253_402_300_799_999;
+
+/// Start of a guest-supplied value, for an error message.
+fn truncated(value: &str) -> String {
+    value.chars().take(64).collect()
 }
 
 /// Node agent -> guest.
@@ -252,6 +384,62 @@ pub fn check_path_component(field: &str, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Spoil = Box<dyn Fn(&mut GuestPoint)>;
+
+    fn point(name: &str) -> GuestPoint {
+        GuestPoint {
+            name: name.into(),
+            control_addr: "10.0.0.2:7001".into(),
+            data_addr: Some("10.0.0.2".into()),
+            origin: "registered".into(),
+            state: "active".into(),
+            last_heartbeat_unix_ms: Some(1_764_000_000_000),
+            protocol_version: Some(2),
+        }
+    }
+
+    #[test]
+    fn point_lists_read_the_mscs_shape_and_are_checked_field_by_field() {
+        let line = r#"{"type":"points","points":[{"name":"p1","control_addr":"10.0.0.2:7001",
+            "data_addr":null,"origin":"static","state":"missing",
+            "last_heartbeat_unix_ms":null,"protocol_version":null}]}"#;
+        let GuestMessage::Points { points } = serde_json::from_str(line).unwrap() else {
+            panic!("not a points message");
+        };
+        assert_eq!(points[0].data_addr, None);
+        check_points(&points).unwrap();
+        check_points(&[point("a"), point("b")]).unwrap();
+
+        let cases: Vec<(Spoil, &str)> = vec![
+            (Box::new(|p| p.name = String::new()), "points[1].name"),
+            (Box::new(|p| p.name = "a b".into()), "points[1].name"),
+            (Box::new(|p| p.name = "x".repeat(65)), "points[1].name"),
+            (Box::new(|p| p.name = "a".into()), "points[1].name"),
+            (
+                Box::new(|p| p.control_addr = "10.0.0.2".into()),
+                "points[1].control_addr",
+            ),
+            (
+                Box::new(|p| p.data_addr = Some("::1".into())),
+                "points[1].data_addr",
+            ),
+            (Box::new(|p| p.state = "gone".into()), "points[1].state"),
+            (Box::new(|p| p.origin = "magic".into()), "points[1].origin"),
+            (
+                Box::new(|p| p.last_heartbeat_unix_ms = Some(u64::MAX)),
+                "points[1].last_heartbeat_unix_ms",
+            ),
+        ];
+        for (spoil, field) in cases {
+            let mut list = vec![point("a"), point("b")];
+            spoil(&mut list[1]);
+            let err = check_points(&list).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        let many: Vec<_> = (0..=MAX_POINTS).map(|i| point(&format!("p{i}"))).collect();
+        assert_eq!(check_points(&many).unwrap_err().field, "points");
+    }
 
     #[test]
     fn wire_form_matches_the_contract() {

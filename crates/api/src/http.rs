@@ -1617,6 +1617,49 @@ pub struct VmUsage {
     pub samples: Vec<VmUsageSample>,
 }
 
+/// One measurement point of a platform, as the platform's MSCS last
+/// reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformPoint {
+    /// Point name, as results name it.
+    pub name: String,
+    /// Control listener of the point, `IP:port`.
+    pub control_address: String,
+    /// Data-plane IPv4 the point sends and joins on; null for a static point
+    /// (an MSCS `--point` flag) that never registered.
+    pub data_address: Option<String>,
+    /// `active`: in the MSCS's rotation; `missing`: it missed its heartbeat
+    /// deadline and takes no part in runs until it is heard again.
+    pub state: String,
+    /// RFC 3339 time of the point's last registration or heartbeat; null for
+    /// a static point that never registered.
+    #[schema(format = DateTime)]
+    pub last_seen: Option<String>,
+    /// Control protocol version the point registered with; null: not known.
+    pub protocol_version: Option<u32>,
+    /// `registered` (the point registered itself) or `static` (an MSCS
+    /// `--point` flag).
+    pub origin: String,
+}
+
+/// `GET /v1/platforms/{id_or_name}/points` response: the latest point list
+/// the platform's MSCS reported (it reports on every change and every 30 s).
+/// A state is as of `reported_at`: when the MSCS itself stops, the list
+/// stays as it last was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformPoints {
+    /// Platform id.
+    pub platform: String,
+    /// RFC 3339 time the controller received the list; null: no MSCS of the
+    /// platform reported one yet.
+    #[schema(format = DateTime)]
+    pub reported_at: Option<String>,
+    /// Name of the VM whose MSCS reported the list.
+    pub reported_by: Option<String>,
+    /// The points in the MSCS's rotation order.
+    pub points: Vec<PlatformPoint>,
+}
+
 /// A PATCH field that may be absent (`None`: unchanged), `null` (`Some(None)`:
 /// cleared) or a value. Plain serde folds `null` into "absent".
 fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>

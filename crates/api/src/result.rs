@@ -91,7 +91,8 @@ pub enum ReceiverStatus {
     Ok,
     /// Joined, but died or errored before reporting.
     Failed,
-    /// Could not be reached or could not join before the run.
+    /// Could not be reached or could not join before the run, or was out of the
+    /// MSCS's rotation (a registered point that missed its heartbeat deadline).
     Missing,
 }
 

@@ -11,6 +11,12 @@
 //! mcast-mscs --state-file /var/lib/mscs/state.json --platform-api http://127.0.0.1:7079 \
 //!   --points-from-env      # MEASURELAB_POINTS="p1=10.201.0.11:7400,p2=10.201.0.12:7400"
 //! ```
+//!
+//! With points that register themselves (`mcast-point serve --mscs 10.200.0.2:7300`):
+//! ```text
+//! mcast-mscs --listen 10.200.0.2:7300 --state-file /var/lib/mscs/state.json \
+//!   --point-deadline-seconds 15
+//! ```
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -20,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use measurelab_mcast::mscs::{
     run, MscsConfig, PeriodicSchedule, PlatformConfig, PointEndpoint, ProbeDefaults,
+    RegistrationConfig,
 };
 
 /// Environment variable read by `--points-from-env`.
@@ -36,8 +43,13 @@ struct Args {
     state_file: PathBuf,
     /// A point as NAME=HOST:PORT of its `mcast-point serve` listener; repeat, in
     /// round-robin order.
-    #[arg(long = "point", required_unless_present = "points_from_env")]
+    #[arg(long = "point", required_unless_present_any = ["points_from_env", "point_deadline_seconds"])]
     points: Vec<String>,
+    /// Accept point registrations (`mcast-point serve --mscs`) on the HTTP API; a
+    /// registered point not heard from for this many seconds leaves the rotation until it
+    /// is heard again. Points heartbeat three times per deadline.
+    #[arg(long)]
+    point_deadline_seconds: Option<f64>,
     /// Also read points from MEASURELAB_POINTS: NAME=HOST:PORT entries separated by
     /// commas or whitespace, appended after the --point ones.
     #[arg(long)]
@@ -137,6 +149,14 @@ fn main() -> Result<()> {
         bail!("--interval-seconds must be positive");
     }
     let mut config = MscsConfig::new(points, args.state_file);
+    if let Some(deadline) = args.point_deadline_seconds {
+        if !(deadline.is_finite() && deadline > 0.0 && deadline <= 3_600.0) {
+            bail!("--point-deadline-seconds must be in (0, 3600]");
+        }
+        config.registration = Some(RegistrationConfig {
+            deadline: Duration::from_secs_f64(deadline),
+        });
+    }
     config.periodic =
         (!args.no_periodic && args.platform_api.is_none()).then(|| PeriodicSchedule {
             interval: Duration::from_secs_f64(args.interval_seconds),

@@ -4,17 +4,19 @@
 //! - `recv`: receive one run and print the receiver report as JSON.
 //! - `serve`: wait for the MSCS to drive sends and receives over the control protocol.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use measurelab_mcast::metrics::StatsLimits;
 use measurelab_mcast::point::{realtime_clock_resolution_ns, serve, PointConfig};
-use measurelab_mcast::protocol::ReceiverReport;
+use measurelab_mcast::protocol::{ReceiverReport, Registration, PROTOCOL_VERSION};
 use measurelab_mcast::receiver::{Receiver, ReceiverConfig};
+use measurelab_mcast::registration::run_heartbeats;
 use measurelab_mcast::sender::{run_sender, SendLimit, SenderConfig};
 
 #[derive(Parser)]
@@ -119,6 +121,15 @@ struct ServeArgs {
     /// Data-plane address: multicast interface and SSM source address.
     #[arg(long)]
     data_addr: Ipv4Addr,
+    /// Register with the MSCS at HOST:PORT (its HTTP API) and heartbeat, so that it
+    /// adds this point to its rotation; the point exits if the MSCS refuses it for good
+    /// (e.g. another protocol version).
+    #[arg(long)]
+    mscs: Option<String>,
+    /// Control address to register (default: --listen, or --data-addr with the listen
+    /// port when listening on 0.0.0.0).
+    #[arg(long)]
+    control_addr: Option<SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -131,22 +142,58 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Send(args) => send(args),
         Command::Recv(args) => recv(args),
-        Command::Serve(args) => {
-            let listener = TcpListener::bind(&args.listen)
-                .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-            let shutdown = Arc::new(AtomicBool::new(false));
-            serve(
-                listener,
-                PointConfig {
-                    name: args.name,
-                    data_addr: args.data_addr,
-                    limits: StatsLimits::default(),
-                },
-                shutdown,
-            )?;
-            Ok(())
+        Command::Serve(args) => serve_point(args),
+    }
+}
+
+fn serve_point(args: ServeArgs) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let heartbeats = match args.mscs {
+        None => None,
+        Some(mscs) => {
+            let listening = listener.local_addr()?;
+            let control_addr = args.control_addr.unwrap_or_else(|| {
+                if listening.ip().is_unspecified() {
+                    SocketAddr::from((args.data_addr, listening.port()))
+                } else {
+                    listening
+                }
+            });
+            let registration = Registration {
+                name: args.name.clone(),
+                data_addr: args.data_addr,
+                control_addr,
+                protocol_version: PROTOCOL_VERSION,
+            };
+            let shutdown = Arc::clone(&shutdown);
+            Some(thread::spawn(move || {
+                let outcome = run_heartbeats(&mscs, registration, Arc::clone(&shutdown));
+                // A point its MSCS refuses for good would never be measured: stop serving.
+                shutdown.store(true, Ordering::Relaxed);
+                outcome
+            }))
+        }
+    };
+    let served = serve(
+        listener,
+        PointConfig {
+            name: args.name,
+            data_addr: args.data_addr,
+            limits: StatsLimits::default(),
+        },
+        Arc::clone(&shutdown),
+    );
+    shutdown.store(true, Ordering::Relaxed);
+    if let Some(heartbeats) = heartbeats {
+        match heartbeats.join() {
+            Ok(outcome) => outcome?,
+            Err(_) => bail!("the registration thread panicked"),
         }
     }
+    served?;
+    Ok(())
 }
 
 fn send(args: SendArgs) -> Result<()> {

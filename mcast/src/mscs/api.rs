@@ -6,10 +6,15 @@
 //! - `GET /results?since=SEQ&limit=N`: `{"results":[{"seq":..,"document":..}],"next_since":SEQ}`
 //! - `GET /schedule`: the periodic schedules' positions (built-in and controller
 //!   periodic tasks) and the platform outbox's size
+//! - `POST /points` with a [`Registration`] body: a point registers or heartbeats; 200
+//!   with a [`RegistrationAck`](crate::protocol::RegistrationAck), 409 on a protocol
+//!   version mismatch or a taken name
+//! - `GET /points`: `{"points":[PointStatus...]}`, the point list with liveness
 //!
 //! Errors are `{"error":{"code","message","field"}}`, as in the controller's API.
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::engine::Mscs;
+use super::registry::{RegistrationError, MAX_REGISTRATION_BYTES};
 use super::state::{StoredResult, TaskSpec};
+use crate::protocol::Registration;
 
 /// An API error with its HTTP status.
 #[derive(Debug)]
@@ -55,6 +62,12 @@ pub fn router(mscs: Mscs) -> Router {
         .route("/tasks/:id", get(get_task))
         .route("/results", get(list_results))
         .route("/schedule", get(schedule))
+        .route(
+            "/points",
+            get(list_points)
+                .post(register_point)
+                .layer(DefaultBodyLimit::max(MAX_REGISTRATION_BYTES)),
+        )
         .with_state(mscs)
 }
 
@@ -75,6 +88,40 @@ async fn submit_task(State(mscs): State<Mscs>, body: Bytes) -> Result<Response, 
         .submit_task(spec)
         .map_err(|err| invalid(&err.field, err.to_string()))?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+async fn register_point(State(mscs): State<Mscs>, body: Bytes) -> Result<Response, ApiError> {
+    let registration: Registration = serde_json::from_slice(&body)
+        .map_err(|err| invalid("", format!("invalid registration body: {err}")))?;
+    match mscs.register_point(&registration) {
+        Ok(ack) => Ok(Json(ack).into_response()),
+        Err(err) => {
+            let (status, code) = match &err {
+                RegistrationError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+                RegistrationError::VersionMismatch { .. } => {
+                    (StatusCode::CONFLICT, "protocol_version_mismatch")
+                }
+                RegistrationError::Conflict { .. } => (StatusCode::CONFLICT, "name_taken"),
+                RegistrationError::Full { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "point_list_full")
+                }
+                RegistrationError::Disabled => (StatusCode::NOT_FOUND, "registration_disabled"),
+                RegistrationError::Persist(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "state_not_persisted")
+                }
+            };
+            Err(ApiError {
+                status,
+                code,
+                field: err.field().map(str::to_string),
+                message: err.to_string(),
+            })
+        }
+    }
+}
+
+async fn list_points(State(mscs): State<Mscs>) -> Response {
+    Json(json!({"points": mscs.points()})).into_response()
 }
 
 async fn list_tasks(State(mscs): State<Mscs>) -> Response {
@@ -127,12 +174,7 @@ async fn list_results(State(mscs): State<Mscs>, Query(query): Query<ResultsQuery
 
 async fn schedule(State(mscs): State<Mscs>) -> Response {
     let state = mscs.snapshot();
-    let points: Vec<_> = mscs
-        .config()
-        .points
-        .iter()
-        .map(|p| p.name.clone())
-        .collect();
+    let points: Vec<_> = mscs.points().into_iter().map(|p| p.name).collect();
     let next_source = points
         .get(state.next_source_index % points.len().max(1))
         .cloned();

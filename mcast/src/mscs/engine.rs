@@ -15,12 +15,16 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
+use super::registry::{self, PointState, PointStatus, RegistrationChange, RegistrationError};
 use super::runner::{run_measurement, PointEndpoint, RunSpec};
 use super::state::{
     MscsState, OutboxEntry, PlatformPeriodic, StateError, TaskRecord, TaskSpec, TaskStatus,
 };
 use crate::platform::{BadTask, ControllerTask, PlatformClient, TaskSchedule};
-use crate::result::{ResultDocument, RunConfig, RunKind, RunStatus};
+use crate::protocol::{Registration, RegistrationAck, PROTOCOL_VERSION};
+use crate::result::{
+    ReceiverResult, ReceiverStatus, ResultDocument, RunConfig, RunKind, RunStatus,
+};
 use crate::sender::MAX_RATE_PPS;
 use crate::wire::{HEADER_LEN, MAX_PROBE_LEN};
 
@@ -123,6 +127,23 @@ pub struct MscsConfig {
     pub receiver_drain_seconds: f64,
     /// Take tasks from, and deliver results to, the measurelab platform API.
     pub platform: Option<PlatformConfig>,
+    /// Accept point registrations (`POST /points`); `None` keeps the static list only.
+    pub registration: Option<RegistrationConfig>,
+}
+
+/// How the MSCS treats points that register themselves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegistrationConfig {
+    /// A registered point not heard from for this long leaves the rotation.
+    pub deadline: Duration,
+}
+
+impl RegistrationConfig {
+    /// Heartbeats asked of the points: three per deadline, so one lost heartbeat (or a
+    /// slow one) does not make a live point missing.
+    pub fn heartbeat(&self) -> Duration {
+        self.deadline / 3
+    }
 }
 
 /// Where the MSCS finds the platform (the guest agent's local API inside a VM).
@@ -154,13 +175,15 @@ impl MscsConfig {
             retain_results: 10_000,
             receiver_drain_seconds: 0.1,
             platform: None,
+            registration: None,
         }
     }
 
     /// Checks the config; the error names the first bad field.
     pub fn validate(&self) -> Result<(), MscsError> {
         let invalid = |field, reason: String| Err(MscsError::InvalidConfig { field, reason });
-        if self.points.len() < 2 {
+        // With registration the points may all come later.
+        if self.points.len() < 2 && self.registration.is_none() {
             return invalid(
                 "points",
                 format!(
@@ -168,6 +191,24 @@ impl MscsConfig {
                     self.points.len()
                 ),
             );
+        }
+        if self.points.len() > registry::MAX_POINTS {
+            return invalid(
+                "points",
+                format!(
+                    "at most {} points, got {}",
+                    registry::MAX_POINTS,
+                    self.points.len()
+                ),
+            );
+        }
+        if let Some(registration) = self.registration {
+            if registration.deadline < Duration::from_millis(300) {
+                return invalid(
+                    "point_deadline_seconds",
+                    format!("{:?} is shorter than 0.3 s", registration.deadline),
+                );
+            }
         }
         let mut names = HashSet::new();
         for point in &self.points {
@@ -221,11 +262,20 @@ impl MscsConfig {
                 return invalid("platform_poll_seconds", "must be positive".into());
             }
         }
+        // Checked against two stand-in points: the defaults must be usable whoever
+        // registers.
+        let stand_ins: Vec<PointEndpoint> = ["a", "b"]
+            .iter()
+            .map(|name| PointEndpoint {
+                name: name.to_string(),
+                control: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            })
+            .collect();
         let probe = TaskSpec {
-            source: self.points[0].name.clone(),
+            source: "a".into(),
             ..TaskSpec::default()
         };
-        self.resolve_task(&probe, None)
+        self.resolve_task_in(&stand_ins, &probe, None)
             .map_err(|err| MscsError::InvalidConfig {
                 field: "defaults",
                 reason: err.to_string(),
@@ -233,8 +283,12 @@ impl MscsConfig {
         Ok(())
     }
 
-    fn point(&self, name: &str, field: &str) -> Result<PointEndpoint, TaskError> {
-        self.points
+    fn point(
+        points: &[PointEndpoint],
+        name: &str,
+        field: &str,
+    ) -> Result<PointEndpoint, TaskError> {
+        points
             .iter()
             .find(|p| p.name == name)
             .cloned()
@@ -244,9 +298,21 @@ impl MscsConfig {
             })
     }
 
-    /// Turns a task into a run spec, applying defaults and validating every field.
+    /// Turns a task into a run spec over the static points, applying defaults and
+    /// validating every field.
     pub fn resolve_task(
         &self,
+        spec: &TaskSpec,
+        task_id: Option<String>,
+    ) -> Result<RunSpec, TaskError> {
+        self.resolve_task_in(&self.points, spec, task_id)
+    }
+
+    /// Like [`MscsConfig::resolve_task`] over `points` (the whole point list, missing
+    /// points included: the engine takes those out of the run afterwards).
+    pub fn resolve_task_in(
+        &self,
+        points: &[PointEndpoint],
         spec: &TaskSpec,
         task_id: Option<String>,
     ) -> Result<RunSpec, TaskError> {
@@ -254,10 +320,9 @@ impl MscsConfig {
             field: field.into(),
             reason,
         };
-        let source = self.point(&spec.source, "source")?;
+        let source = Self::point(points, &spec.source, "source")?;
         let receivers = match &spec.receivers {
-            None => self
-                .points
+            None => points
                 .iter()
                 .filter(|p| p.name != source.name)
                 .cloned()
@@ -272,7 +337,7 @@ impl MscsConfig {
                     if !seen.insert(name) {
                         return Err(bad("receivers", format!("{name:?} listed twice")));
                     }
-                    receivers.push(self.point(name, "receivers")?);
+                    receivers.push(Self::point(points, name, "receivers")?);
                 }
                 receivers
             }
@@ -387,21 +452,38 @@ impl MscsConfig {
         task: &ControllerTask,
         start_index: usize,
     ) -> Result<(RunSpec, usize), TaskError> {
+        self.resolve_controller_task_in(&self.points, &|_| true, task, start_index)
+    }
+
+    /// Like [`MscsConfig::resolve_controller_task`] over `points`, skipping sources
+    /// for which `may_send` is false (missing points) in the round robin.
+    pub fn resolve_controller_task_in(
+        &self,
+        points: &[PointEndpoint],
+        may_send: &dyn Fn(&str) -> bool,
+        task: &ControllerTask,
+        start_index: usize,
+    ) -> Result<(RunSpec, usize), TaskError> {
         if let Some(source) = &task.source {
-            let index = self
-                .points
+            let index = points
                 .iter()
                 .position(|p| &p.name == source)
                 .unwrap_or(start_index);
             let spec = self.controller_task_spec(task, source);
-            return Ok((self.resolve_task(&spec, Some(task.id.clone()))?, index));
+            return Ok((
+                self.resolve_task_in(points, &spec, Some(task.id.clone()))?,
+                index,
+            ));
         }
-        let count = self.points.len();
+        let count = points.len();
         let mut first_error = None;
         for offset in 0..count {
             let index = (start_index + offset) % count;
-            let spec = self.controller_task_spec(task, &self.points[index].name);
-            match self.resolve_task(&spec, Some(task.id.clone())) {
+            if !may_send(&points[index].name) {
+                continue;
+            }
+            let spec = self.controller_task_spec(task, &points[index].name);
+            match self.resolve_task_in(points, &spec, Some(task.id.clone())) {
                 Ok(run) => return Ok((run, index)),
                 Err(err) => {
                     first_error.get_or_insert(err);
@@ -417,6 +499,15 @@ impl MscsConfig {
     /// Checks a controller periodic task: every probe field, and a sending time shorter
     /// than the interval.
     pub fn validate_periodic_task(&self, task: &ControllerTask) -> Result<(), TaskError> {
+        self.validate_periodic_task_in(&self.points, task)
+    }
+
+    /// Like [`MscsConfig::validate_periodic_task`] over `points`.
+    pub fn validate_periodic_task_in(
+        &self,
+        points: &[PointEndpoint],
+        task: &ControllerTask,
+    ) -> Result<(), TaskError> {
         let interval = task.interval().as_secs_f64();
         if task.duration_seconds() >= interval {
             return Err(TaskError {
@@ -427,7 +518,8 @@ impl MscsConfig {
                 ),
             });
         }
-        self.resolve_controller_task(task, 0).map(|_| ())
+        self.resolve_controller_task_in(points, &|_| true, task, 0)
+            .map(|_| ())
     }
 }
 
@@ -487,6 +579,17 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The runner's addresses of a point list.
+fn endpoints(roster: &[PointStatus]) -> Vec<PointEndpoint> {
+    roster.iter().map(PointStatus::endpoint).collect()
+}
+
+fn is_active(roster: &[PointStatus], name: &str) -> bool {
+    roster
+        .iter()
+        .any(|p| p.name == name && p.state == PointState::Active)
+}
+
 enum Work {
     Task(Box<TaskRecord>),
     Periodic { key: PeriodicKey, due_ms: u64 },
@@ -496,7 +599,21 @@ impl Mscs {
     /// Loads (or creates) the state and validates the config.
     pub fn open(config: MscsConfig) -> Result<Self, MscsError> {
         config.validate()?;
+        // The file's modification time is when its contents were last true.
+        let saved_at_ms = std::fs::metadata(&config.state_file)
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+            .map(|since| since.as_millis() as u64);
         let mut state = MscsState::load(&config.state_file)?;
+        if let (Some(saved_at_ms), Some(registration)) = (saved_at_ms, config.registration) {
+            registry::resume_after_restart(
+                &mut state.registered_points,
+                saved_at_ms,
+                unix_ms_now(),
+                registration.deadline.as_millis() as u64,
+            );
+        }
         // A task that was running when the MSCS died was not completed: run it again.
         for task in state.tasks.iter_mut() {
             if task.status == TaskStatus::Running {
@@ -557,9 +674,71 @@ impl Mscs {
         self.lock().clone()
     }
 
+    fn deadline_ms(&self) -> u64 {
+        self.inner
+            .config
+            .registration
+            .map_or(u64::MAX, |r| r.deadline.as_millis() as u64)
+    }
+
+    fn roster_of(&self, state: &MscsState) -> Vec<PointStatus> {
+        registry::roster(
+            &self.inner.config.points,
+            &state.registered_points,
+            unix_ms_now(),
+            self.deadline_ms(),
+        )
+    }
+
+    /// The point list in rotation order, with each point's liveness now.
+    pub fn points(&self) -> Vec<PointStatus> {
+        let state = self.lock();
+        self.roster_of(&state)
+    }
+
+    /// Takes in a point's registration or heartbeat. A new point (or one at a new
+    /// address) is persisted before this returns; a plain heartbeat is kept in memory,
+    /// and a restart gives live points a fresh deadline instead.
+    pub fn register_point(
+        &self,
+        registration: &Registration,
+    ) -> Result<RegistrationAck, RegistrationError> {
+        let Some(config) = self.inner.config.registration else {
+            return Err(RegistrationError::Disabled);
+        };
+        let mut state = self.lock();
+        let before = state.registered_points.clone();
+        let change = registry::register(
+            &mut state.registered_points,
+            &self.inner.config.points,
+            registration,
+            unix_ms_now(),
+            &now_rfc3339(),
+            self.deadline_ms(),
+        )?;
+        if change != RegistrationChange::Heartbeat {
+            if let Err(err) = state.save(&self.inner.config.state_file) {
+                state.registered_points = before;
+                return Err(RegistrationError::Persist(err.to_string()));
+            }
+            info!(point = %registration.name, control = %registration.control_addr, ?change, "point registered");
+            drop(state);
+            // A point list that just became runnable may unblock due work.
+            self.inner.wake_scheduler.notify_one();
+        }
+        Ok(RegistrationAck {
+            heartbeat_seconds: config.heartbeat().as_secs_f64(),
+            deadline_seconds: config.deadline.as_secs_f64(),
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+
     /// Validates and queues a task; persisted before this returns.
     pub fn submit_task(&self, spec: TaskSpec) -> Result<TaskRecord, TaskError> {
-        self.inner.config.resolve_task(&spec, Some(String::new()))?;
+        let points = endpoints(&self.points());
+        self.inner
+            .config
+            .resolve_task_in(&points, &spec, Some(String::new()))?;
         let record = TaskRecord {
             id: uuid::Uuid::new_v4().to_string(),
             status: TaskStatus::Queued,
@@ -628,13 +807,29 @@ impl Mscs {
                     field: "periodic".into(),
                     reason: "periodic schedule disabled".into(),
                 })?;
-                let source_index = self.lock().next_source_index % config.points.len();
+                let (roster, next) = {
+                    let state = self.lock();
+                    (self.roster_of(&state), state.next_source_index)
+                };
+                // The next active point at or after the schedule's position: a missing
+                // point's turn passes on.
+                let count = roster.len().max(1);
+                let source_index = (0..roster.len())
+                    .map(|offset| (next + offset) % count)
+                    .find(|&index| roster[index].state == PointState::Active)
+                    .ok_or_else(|| TaskError {
+                        field: "source".into(),
+                        reason: "no active point".into(),
+                    })?;
                 let spec = TaskSpec {
-                    source: config.points[source_index].name.clone(),
+                    source: roster[source_index].name.clone(),
                     duration_seconds: Some(periodic.duration_seconds),
                     ..TaskSpec::default()
                 };
-                Ok((config.resolve_task(&spec, None)?, source_index))
+                Ok((
+                    config.resolve_task_in(&endpoints(&roster), &spec, None)?,
+                    source_index,
+                ))
             }
             PeriodicKey::Platform(id) => {
                 let entry = self
@@ -646,8 +841,13 @@ impl Mscs {
                         field: "id".into(),
                         reason: format!("periodic task {id:?} is no longer scheduled"),
                     })?;
-                let (mut run, index) =
-                    config.resolve_controller_task(&entry.task, entry.next_source_index)?;
+                let roster = self.points();
+                let (mut run, index) = config.resolve_controller_task_in(
+                    &endpoints(&roster),
+                    &|name| is_active(&roster, name),
+                    &entry.task,
+                    entry.next_source_index,
+                )?;
                 run.kind = RunKind::Periodic;
                 Ok((run, index))
             }
@@ -664,7 +864,7 @@ impl Mscs {
         source_index: usize,
     ) {
         let config = &self.inner.config;
-        let count = config.points.len();
+        let count = self.roster_of(state).len().max(1);
         // Keep the grid (due + interval) unless the run overran a whole interval; then
         // start from now instead of firing a burst of catch-up runs.
         let next_due = |interval_ms: u64| {
@@ -698,7 +898,6 @@ impl Mscs {
     /// starts, updates and stops periodic tasks. Persisted before it returns.
     pub fn apply_platform_tasks(&self, tasks: &[ControllerTask], bad: &[BadTask]) {
         let config = &self.inner.config;
-        let count = config.points.len();
         let mut complaints: Vec<(String, String)> = bad
             .iter()
             .map(|b| {
@@ -712,15 +911,32 @@ impl Mscs {
         let mut refused_once = false;
         let mut listed_periodic = HashSet::new();
         let mut state = self.lock();
+        let roster = self.roster_of(&state);
+        let points = endpoints(&roster);
+        let count = points.len().max(1);
+        let active = roster
+            .iter()
+            .filter(|p| p.state == PointState::Active)
+            .count();
+        let may_send = |name: &str| is_active(&roster, name);
         for task in tasks {
             match task.schedule {
                 TaskSchedule::Once => {
                     if state.platform_tasks_handled.contains(&task.id) || task.is_finished() {
                         continue;
                     }
-                    let (spec, outcome) = match config
-                        .resolve_controller_task(task, state.next_task_source_index % count)
-                    {
+                    let resolved = config.resolve_controller_task_in(
+                        &points,
+                        &may_send,
+                        task,
+                        state.next_task_source_index % count,
+                    );
+                    if resolved.is_err() && config.registration.is_some() && active < 2 {
+                        // The points have not registered (yet, or again): the task waits
+                        // for them instead of failing at once.
+                        continue;
+                    }
+                    let (spec, outcome) = match resolved {
                         Ok((run, index)) => {
                             if task.source.is_none() {
                                 state.next_task_source_index = (index + 1) % count;
@@ -771,7 +987,7 @@ impl Mscs {
                 TaskSchedule::Periodic => {
                     // A periodic task runs while the controller lists it, whatever its
                     // status says about the last run.
-                    if let Err(err) = config.validate_periodic_task(task) {
+                    if let Err(err) = config.validate_periodic_task_in(&points, task) {
                         complaints.push((task.id.clone(), err.to_string()));
                         continue;
                     }
@@ -1052,6 +1268,64 @@ impl Mscs {
         seq
     }
 
+    /// Takes the missing points out of a planned run: a missing source makes the run
+    /// unrunnable, missing receivers are left out and named in the result
+    /// ([`Mscs::with_missing`]).
+    fn without_missing(&self, mut spec: RunSpec) -> Result<(RunSpec, Vec<String>), TaskError> {
+        let roster = self.points();
+        let missing_now = |name: &str| {
+            roster
+                .iter()
+                .any(|p| p.name == name && p.state == PointState::Missing)
+        };
+        if missing_now(&spec.source.name) {
+            return Err(TaskError {
+                field: "source".into(),
+                reason: format!(
+                    "point {:?} is missing: no heartbeat within {:.1} s",
+                    spec.source.name,
+                    self.deadline_ms() as f64 / 1000.0
+                ),
+            });
+        }
+        let (missing, active): (Vec<_>, Vec<_>) = spec
+            .receivers
+            .into_iter()
+            .partition(|p| missing_now(&p.name));
+        if active.is_empty() {
+            return Err(TaskError {
+                field: "receivers".into(),
+                reason: "every receiver is missing".into(),
+            });
+        }
+        spec.receivers = active;
+        Ok((spec, missing.into_iter().map(|p| p.name).collect()))
+    }
+
+    /// Names the receivers left out of a run as missing, in point-list order; a run that
+    /// measured everyone else is still partial, because it did not cover them.
+    fn with_missing(&self, mut document: ResultDocument, missing: &[String]) -> ResultDocument {
+        if missing.is_empty() {
+            return document;
+        }
+        let deadline = self.deadline_ms() as f64 / 1000.0;
+        document.receivers.extend(missing.iter().map(|name| {
+            ReceiverResult::without_report(
+                name,
+                ReceiverStatus::Missing,
+                format!("not in the rotation: no heartbeat within {deadline:.1} s"),
+            )
+        }));
+        let order: Vec<String> = self.points().into_iter().map(|p| p.name).collect();
+        document
+            .receivers
+            .sort_by_key(|r| order.iter().position(|name| *name == r.point));
+        if document.status == RunStatus::Ok {
+            document.status = RunStatus::Partial;
+        }
+        document
+    }
+
     /// The scheduler loop: runs until `shutdown` flips to true.
     pub async fn run_scheduler(&self, mut shutdown: watch::Receiver<bool>) {
         let http = reqwest::Client::builder()
@@ -1077,11 +1351,19 @@ impl Mscs {
                 Work::Task(task) => self
                     .inner
                     .config
-                    .resolve_task(&task.spec, Some(task.id.clone()))
+                    .resolve_task_in(
+                        &endpoints(&self.points()),
+                        &task.spec,
+                        Some(task.id.clone()),
+                    )
                     .map(|spec| (spec, 0)),
                 Work::Periodic { key, .. } => self.plan_periodic(key),
-            };
-            let (spec, source_index) = match planned {
+            }
+            .and_then(|(spec, index)| {
+                let (spec, missing) = self.without_missing(spec)?;
+                Ok((spec, index, missing))
+            });
+            let (spec, source_index, missing) = match planned {
                 Ok(planned) => planned,
                 Err(err) => {
                     // Only possible if the point list changed since submission, or a
@@ -1113,7 +1395,7 @@ impl Mscs {
                 started_at: now_rfc3339(),
             }));
             let document = tokio::select! {
-                document = run_measurement(&spec) => document,
+                document = run_measurement(&spec) => self.with_missing(document, &missing),
                 // An interrupted run is not a completed one: it is re-run after restart.
                 _ = shutdown.changed() => return,
             };
@@ -1325,6 +1607,84 @@ mod tests {
         let state = MscsState::load(&config.state_file).unwrap();
         assert!(state.platform_periodic.is_empty());
         assert_eq!(state.platform_tasks_handled.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_point_loses_its_turn_and_is_named_in_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = MscsConfig::new(Vec::new(), dir.path().join("state.json"));
+        config.registration = Some(RegistrationConfig {
+            deadline: Duration::from_secs(5),
+        });
+        let mscs = Mscs::open(config).unwrap();
+        for (index, name) in ["p1", "p2", "p3"].iter().enumerate() {
+            mscs.register_point(&Registration {
+                name: name.to_string(),
+                data_addr: Ipv4Addr::new(10, 0, 0, 1 + index as u8),
+                control_addr: format!("10.0.0.{}:7400", 1 + index).parse().unwrap(),
+                protocol_version: PROTOCOL_VERSION,
+            })
+            .unwrap();
+        }
+        {
+            let mut state = mscs.lock();
+            // p3 was last heard long ago, and it is p3's turn.
+            state.registered_points[2].last_heartbeat_unix_ms = 0;
+            state.next_source_index = 2;
+        }
+        let (run, index) = mscs.plan_periodic(&PeriodicKey::Builtin).unwrap();
+        assert_eq!(
+            (run.source.name.as_str(), index),
+            ("p1", 0),
+            "p3's turn passes on"
+        );
+        let (run, missing) = mscs.without_missing(run).unwrap();
+        let receivers: Vec<_> = run.receivers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(receivers, vec!["p2"]);
+        assert_eq!(missing, vec!["p3".to_string()]);
+
+        let mut document = mscs.refused_document(
+            &controller_task(serde_json::json!({"id": "t", "schedule": "once"})),
+            &TaskSpec {
+                source: "p1".into(),
+                ..TaskSpec::default()
+            },
+            &TaskError {
+                field: String::new(),
+                reason: String::new(),
+            },
+        );
+        document.status = RunStatus::Ok;
+        document.receivers = vec![ReceiverResult::without_report(
+            "p2",
+            ReceiverStatus::Ok,
+            String::new(),
+        )];
+        let document = mscs.with_missing(document, &missing);
+        let named: Vec<_> = document
+            .receivers
+            .iter()
+            .map(|r| (r.point.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            named,
+            vec![("p2", ReceiverStatus::Ok), ("p3", ReceiverStatus::Missing)]
+        );
+        assert_eq!(document.status, RunStatus::Partial);
+
+        // A task naming the missing point as its source is refused at run time.
+        let spec = TaskSpec {
+            source: "p3".into(),
+            ..TaskSpec::default()
+        };
+        let run = mscs
+            .inner
+            .config
+            .resolve_task_in(&endpoints(&mscs.points()), &spec, None)
+            .unwrap();
+        let err = mscs.without_missing(run).unwrap_err();
+        assert_eq!(err.field, "source");
+        assert!(err.reason.contains("missing"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 pub mod api;
 mod engine;
+pub mod point_report;
+pub mod registry;
 pub mod runner;
 pub mod state;
 
@@ -22,7 +24,7 @@ use tracing::info;
 
 pub use engine::{
     CurrentRun, Mscs, MscsConfig, MscsError, PeriodicSchedule, PlatformConfig, ProbeDefaults,
-    TaskError,
+    RegistrationConfig, TaskError,
 };
 pub use runner::PointEndpoint;
 
@@ -60,9 +62,16 @@ pub async fn run(
                 .run_platform_poll(poll_client, platform.poll_interval, poll_stop)
                 .await
         }));
+        let (reporter, report_client, report_stop) =
+            (mscs.clone(), client.clone(), stop_rx.clone());
         platform_loops.push(tokio::spawn(async move {
             outbox.run_outbox(client, outbox_stop).await
         }));
+        platform_loops.push(tokio::spawn(point_report::run(
+            reporter,
+            report_client,
+            report_stop,
+        )));
     }
     let mut http_stop = stop_rx.clone();
     let server = axum::serve(listener, api::router(mscs)).with_graceful_shutdown(async move {

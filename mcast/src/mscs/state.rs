@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::registry::RegisteredPoint;
 use crate::platform::ControllerTask;
 use crate::result::ResultDocument;
 
@@ -182,6 +183,10 @@ pub struct MscsState {
     /// Results the platform API refused for good (4xx) and that were dropped.
     #[serde(default)]
     pub results_refused: u64,
+    /// Points that registered (`POST /points`), in order of first registration, with
+    /// their last heartbeat; kept so that a restarted MSCS goes on with its live points.
+    #[serde(default)]
+    pub registered_points: Vec<RegisteredPoint>,
 }
 
 impl Default for MscsState {
@@ -200,6 +205,7 @@ impl Default for MscsState {
             outbox: Vec::new(),
             results_delivered: 0,
             results_refused: 0,
+            registered_points: Vec::new(),
         }
     }
 }

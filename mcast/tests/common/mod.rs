@@ -35,6 +35,8 @@ pub struct Lab {
     pub tag: String,
     pub bridge: String,
     pub subnet: u8,
+    /// Points are started with `--mscs` (registration) and the MSCS without `--point`.
+    pub registering: bool,
     // Declaration order is drop order: children (in points/mscs) die before the
     // namespaces they live in, and the switch goes last.
     pub mscs: Option<Child>,
@@ -63,6 +65,16 @@ impl Drop for Lab {
 impl Lab {
     /// `tag`: 2-4 lowercase chars unique per test (goes into interface names).
     pub fn new(tag: &str, subnet: u8, points: usize) -> Result<Self> {
+        Self::build(tag, subnet, points, false)
+    }
+
+    /// Like [`Lab::new`], with points that register with the MSCS instead of being
+    /// listed on its command line.
+    pub fn registering(tag: &str, subnet: u8, points: usize) -> Result<Self> {
+        Self::build(tag, subnet, points, true)
+    }
+
+    fn build(tag: &str, subnet: u8, points: usize, registering: bool) -> Result<Self> {
         let pid = std::process::id();
         let ovs = OvsSandbox::start(&format!("mc-{tag}"))?;
         let bridge = format!("brmc{tag}");
@@ -81,6 +93,7 @@ impl Lab {
             tag: tag.to_string(),
             bridge,
             subnet,
+            registering,
             mscs: None,
             points: Vec::new(),
             mscs_ns,
@@ -123,19 +136,22 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.point_log_path(index))?;
+        let mscs = self.registering.then(|| self.mscs_addr());
         let point = &mut self.points[index];
-        let child = point
-            .ns
-            .command(POINT_BIN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("{}:{CONTROL_PORT}", point.addr),
-                "--name",
-                &point.name,
-                "--data-addr",
-                &point.addr,
-            ])
+        let mut command = point.ns.command(POINT_BIN);
+        command.args([
+            "serve",
+            "--listen",
+            &format!("{}:{CONTROL_PORT}", point.addr),
+            "--name",
+            &point.name,
+            "--data-addr",
+            &point.addr,
+        ]);
+        if let Some(mscs) = mscs {
+            command.args(["--mscs", &mscs]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -203,7 +219,9 @@ impl Lab {
             .iter()
             .map(|point| format!("{}={}:{CONTROL_PORT}", point.name, point.addr))
             .collect();
-        if points_from_env {
+        if self.registering {
+            // The points announce themselves.
+        } else if points_from_env {
             command
                 .arg("--points-from-env")
                 .env("MEASURELAB_POINTS", points.join(","));

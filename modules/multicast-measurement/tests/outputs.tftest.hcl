@@ -116,8 +116,8 @@ run "deployments_get_the_program_arguments" {
     error_message = "programs are named after the module's name"
   }
   assert {
-    condition     = measurelab_deployment.point["p2"].args == tolist(["serve", "--listen", "10.9.0.7:7500", "--name", "p2", "--data-addr", "10.9.0.7"])
-    error_message = "a point serves on its VM address and the control port"
+    condition     = measurelab_deployment.point["p2"].args == tolist(["serve", "--listen", "10.9.0.7:7500", "--name", "p2", "--data-addr", "10.9.0.7", "--mscs", "10.9.0.7:7300"])
+    error_message = "a point serves on its VM address and the control port, and registers with the MSCS's API"
   }
   assert {
     condition     = measurelab_deployment.point["p2"].vms == tolist([measurelab_vm.point["p2"].id]) && measurelab_deployment.point["p2"].program == measurelab_program.point.id
@@ -128,10 +128,8 @@ run "deployments_get_the_program_arguments" {
     error_message = "the MSCS deployment runs the MSCS program on the MSCS VM"
   }
   assert {
-    condition = alltrue([
-      for k in ["p1", "p2", "p3"] : contains(measurelab_deployment.mscs.args, "${k}=10.9.0.7:7500")
-    ])
-    error_message = "the MSCS is told about every point at its control port"
+    condition     = measurelab_deployment.mscs.args == tolist(["--listen", "10.9.0.7:7300", "--state-file", "mscs-state.json", "--platform-api", "http://127.0.0.1:7079", "--platform-poll-seconds", "1", "--point-deadline-seconds", "15"])
+    error_message = "the MSCS listens on its VM address for registrations and lists no point itself"
   }
 }
 

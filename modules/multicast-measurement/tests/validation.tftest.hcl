@@ -181,6 +181,22 @@ run "control_port_is_unprivileged" {
   expect_failures = [var.point_control_port]
 }
 
+run "mscs_port_differs_from_the_control_port" {
+  command = plan
+  variables {
+    mscs_port = 7400
+  }
+  expect_failures = [var.mscs_port]
+}
+
+run "point_deadline_is_bounded" {
+  command = plan
+  variables {
+    point_deadline_seconds = 0
+  }
+  expect_failures = [var.point_deadline_seconds]
+}
+
 run "ttl_fits_a_byte" {
   command = plan
   variables {
