@@ -67,7 +67,7 @@ pub fn choose(choice: DatapathChoice, caps: &SwitchCapabilities) -> Result<Datap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovs::KernelFeature;
+    use crate::ovs::probe::KernelFeature;
 
     fn caps(types: &[&str], kernel: KernelFeature) -> SwitchCapabilities {
         SwitchCapabilities {

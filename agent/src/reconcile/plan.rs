@@ -997,10 +997,10 @@ mod tests {
     #[test]
     fn a_configured_bond_becomes_the_uplink() {
         let mut config = ReconcilerConfig::new("/srv/agent", "n1");
-        config.uplink_bond = Some(crate::reconcile::UplinkBondSettings {
+        config.uplink_bond = Some(crate::reconcile::uplink::UplinkBondSettings {
             name: "bond0".into(),
             members: vec!["uplink0".into(), "uplink1".into()],
-            mode: crate::reconcile::UplinkBondMode::ActiveBackup,
+            mode: crate::reconcile::uplink::UplinkBondMode::ActiveBackup,
         });
         let spec = uplink(&config, &BTreeSet::new()).unwrap();
         assert_eq!(spec.name, "bond0");
