@@ -700,7 +700,25 @@ fn allocate_in_guest(pid: u32) -> i32 {
     wait_until("guest control dir", || {
         Path::new(&format!("/proc/{pid}/root/tmp/ctl")).is_dir()
     });
-    fs::write(format!("/proc/{pid}/root/tmp/ctl/go"), "").unwrap();
+    // As the guest's own root: the sandbox's tmpfs belongs to the guest's
+    // user namespace, where the host's uid 0 is not mapped (EOVERFLOW).
+    let status = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-U",
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            ": > /tmp/ctl/go",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cannot write the guest's go file: {status}"
+    );
     let mut rc = None;
     wait_until("guest allocation to finish", || {
         rc = guest_file(pid, "/tmp/ctl/rc");

@@ -181,10 +181,12 @@ fn multicast_run_survives_the_active_bond_member_going_down() {
         uplink(&failed_over)
     );
     // The failover must land inside the run, or the receipts below say nothing.
+    // (A once service-host task goes from `pending` straight to `completed`:
+    // its nodes get it through desired state, which marks nothing running.)
     let mid_run = runtime.block_on(client.get_task(&task.name)).expect("task");
-    assert_eq!(
-        mid_run.status, "running",
-        "the run ended before the failover was reported"
+    assert!(
+        mid_run.status == "pending" || mid_run.status == "running",
+        "the run ended before the failover was reported: {mid_run:?}"
     );
     let after_failover = tx_packets(&node_ns, other);
 
