@@ -920,9 +920,14 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
         .to_vec(),
     )
     .await;
+    // The program crosses the guest's serial channel as one base64 line:
+    // since points register over HTTP the stripped debug binary is about
+    // 15 MB (20 MB of base64), which TCG's emulated serial port needs more
+    // than WAIT to carry on a loaded machine; the guest's boot budget covers it.
+    let delivery_started = Instant::now();
     wait_for(
         "mcast-point running in the Debian guest",
-        WAIT,
+        BOOT_WAIT,
         async || {
             let d = client.get_deployment(&receiver).await.ok()?;
             let run = d.runs.into_iter().next()?;
@@ -934,6 +939,11 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
         },
     )
     .await;
+    eprintln!(
+        "mcast-point ({} bytes) running in the Debian guest {:.1?} after its deployment",
+        mcast.len(),
+        delivery_started.elapsed()
+    );
     let sender = deploy(
         "mcast-point-send",
         &mcast,

@@ -226,7 +226,9 @@ impl ManagedResource for Appliances {
                      the local files; the controller stores them by SHA-256 and checks what it received, and \
                      each node fetches them, verifies the digest and caches them before a VM boots the \
                      appliance. A VM on a file whose digest does not match is not started: its `Ready` \
-                     condition names the file and both digests.",
+                     condition names the file and both digests. Appliances are immutable: a changed file \
+                     replaces the appliance, which the controller refuses while VMs use it, so give each \
+                     image version its own `name` and move the VMs to it.",
                 ),
                 attributes,
                 ..Default::default()
