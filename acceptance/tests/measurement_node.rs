@@ -66,16 +66,6 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
         values["capabilities"]["libvirt_uris"].is_array(),
         "{values}"
     );
-    // The acceptance lab's nodes: one uplink, userspace datapath.
-    let capabilities = &values["capabilities"];
-    assert_eq!(capabilities["datapath"], "netdev", "{values}");
-    assert_eq!(capabilities["uplink"]["name"], "uplink0", "{values}");
-    assert_eq!(capabilities["uplink"]["mode"], "single", "{values}");
-    assert_eq!(
-        capabilities["uplink"]["members"],
-        serde_json::json!([{"name": "uplink0", "link_up": true}]),
-        "{values}"
-    );
     assert!(
         values["resources"]["cpu_count"].as_u64().unwrap_or(0) >= 1,
         "{values}"
@@ -99,16 +89,20 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
         .to_string();
     let mut seen = vec![first_heartbeat.clone()];
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.len() < 3 {
+    // The switch's uplink and datapath reach the controller a heartbeat or
+    // two after the node comes online; the refresh below must carry them.
+    let mut switch_reported = false;
+    while seen.len() < 3 || !switch_reported {
         let node = lab
             .node(&name)?
             .ok_or_else(|| anyhow::anyhow!("node {name} vanished from the controller"))?;
+        switch_reported = !node.capabilities.datapath.is_empty();
         if let Some(beat) = node.last_heartbeat.filter(|beat| !seen.contains(beat)) {
             seen.push(beat);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "no two new heartbeats of {name} within 60 s after {seen:?}"
+            "no two new heartbeats of {name} with its switch status within 60 s after {seen:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -121,7 +115,19 @@ fn acc_measurement_node_basic() -> anyhow::Result<()> {
     );
     tf.ok(&["apply", "-refresh-only", "-auto-approve"])?;
     let refreshed = tf.state_json()?;
-    let later_heartbeat = resource_values(&refreshed, ADDRESS).map(|v| v["last_heartbeat"].clone());
+    let later = resource_values(&refreshed, ADDRESS)
+        .ok_or_else(|| anyhow::anyhow!("no {ADDRESS} in state after refresh"))?;
+    // The acceptance lab's nodes: one uplink, userspace datapath.
+    let capabilities = &later["capabilities"];
+    assert_eq!(capabilities["datapath"], "netdev", "{later}");
+    assert_eq!(capabilities["uplink"]["name"], "uplink0", "{later}");
+    assert_eq!(capabilities["uplink"]["mode"], "single", "{later}");
+    assert_eq!(
+        capabilities["uplink"]["members"],
+        serde_json::json!([{"name": "uplink0", "link_up": true}]),
+        "{later}"
+    );
+    let later_heartbeat = Some(later["last_heartbeat"].clone());
     assert_ne!(
         later_heartbeat,
         Some(serde_json::Value::String(first_heartbeat)),

@@ -24,17 +24,36 @@ pub fn guest_agent() -> PathBuf {
 /// Builds `bin` of `package` into this test's target dir; returns its path
 /// (only the crate's own binaries get CARGO_BIN_EXE_*).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    build_workspace_binary(package, bin, false)
+}
+
+/// [`workspace_binary`] in the release profile, as `scripts/demo.sh` ships
+/// programs: a third of the debug size, which matters for a binary that
+/// crosses a guest's serial channel.
+pub fn workspace_release_binary(package: &str, bin: &str) -> PathBuf {
+    build_workspace_binary(package, bin, true)
+}
+
+fn build_workspace_binary(package: &str, bin: &str, release: bool) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let target_dir = profile_dir.parent().unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args(["build", "-q", "-p", package, "--bin", bin])
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-        .status()
-        .unwrap();
+        .env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
     assert!(status.success(), "building {bin} failed");
-    let path = profile_dir.join(bin);
+    let path = if release {
+        target_dir.join("release").join(bin)
+    } else {
+        profile_dir.join(bin)
+    };
     assert!(path.is_file(), "{} missing", path.display());
     path
 }
