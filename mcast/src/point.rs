@@ -444,6 +444,36 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let config = PointConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..PointConfig::new("p", Ipv4Addr::LOCALHOST)
+        };
+        let server = {
+            let shutdown = Arc::clone(&shutdown);
+            thread::spawn(move || serve(listener, config, shutdown))
+        };
+        let mut idle = TcpStream::connect(addr).unwrap();
+        // Half a request, then silence: the point must not wait for the rest forever.
+        idle.write_all(br#"{"op":"in"#).unwrap();
+        // The client's own timeout is only the test's deadline.
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let read = idle.read(&mut byte);
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+        shutdown.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
     fn connection_slots_are_capped_and_given_back() {
         let open = Arc::new(AtomicUsize::new(0));
         let first = ConnectionSlot::take(&open, 2).unwrap();
