@@ -232,8 +232,14 @@ impl ReceiverStats {
     }
 
     /// Records one arrival: its sequence number, the sender's timestamp and the receive
-    /// timestamp (both ns since the Unix epoch).
+    /// timestamp (both ns since the Unix epoch). Every argument comes off the wire, so
+    /// any value is accepted without overflow; a sequence number above
+    /// [`crate::wire::MAX_SEQUENCE`] (which [`crate::wire::Probe::decode`] refuses) is
+    /// ignored, since the statistics keep "one past the highest sequence number".
     pub fn record(&mut self, sequence: u64, send_time_ns: u64, receive_time_ns: u64) {
+        if sequence > crate::wire::MAX_SEQUENCE {
+            return;
+        }
         if !self.is_first_copy(sequence) {
             self.duplicates += 1;
             if !self.duplicated_once.get(sequence) {
@@ -246,11 +252,11 @@ impl ReceiverStats {
 
         // RFC 4737 §3.3.
         if self.received_unique == 1 {
-            self.next_expected = sequence + 1;
+            self.next_expected = sequence.saturating_add(1);
         } else if sequence < self.next_expected {
             self.reordered += 1;
         } else {
-            self.next_expected = sequence + 1;
+            self.next_expected = sequence.saturating_add(1);
         }
 
         let delay_ns = clamp_i64(receive_time_ns as i128 - send_time_ns as i128);
@@ -282,7 +288,7 @@ impl ReceiverStats {
     fn is_first_copy(&mut self, sequence: u64) -> bool {
         if !self.any_received {
             self.any_received = true;
-            self.window_top = sequence + 1;
+            self.window_top = sequence.saturating_add(1);
             self.highest_seq = sequence;
             self.seen.set(sequence);
             return true;
@@ -290,10 +296,10 @@ impl ReceiverStats {
         if sequence >= self.window_top {
             // Slide the window up: the slots of the newly covered numbers held numbers that
             // are now too old, so forget them before use.
-            self.seen.clear_range(self.window_top, sequence + 1);
-            self.duplicated_once
-                .clear_range(self.window_top, sequence + 1);
-            self.window_top = sequence + 1;
+            let top = sequence.saturating_add(1);
+            self.seen.clear_range(self.window_top, top);
+            self.duplicated_once.clear_range(self.window_top, top);
+            self.window_top = top;
             self.highest_seq = sequence;
             self.seen.set(sequence);
             return true;
@@ -330,7 +336,8 @@ impl ReceiverStats {
         let (packets_sent, sent_source) = match sender_count {
             Some(sent) => (sent, SentSource::SenderReport),
             None => (
-                self.highest_sequence().map_or(0, |seq| seq + 1),
+                self.highest_sequence()
+                    .map_or(0, |seq| seq.saturating_add(1)),
                 SentSource::HighestSequencePlusOne,
             ),
         };
@@ -345,7 +352,7 @@ impl ReceiverStats {
             }
             _ => 0,
         };
-        let in_range_received = self.received_unique - packets_unexpected;
+        let in_range_received = self.received_unique.saturating_sub(packets_unexpected);
         let packets_lost = packets_sent.saturating_sub(in_range_received);
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
 
@@ -611,6 +618,38 @@ mod tests {
         assert_eq!(metrics.packets_duplicated, 1);
         assert_eq!(metrics.packets_reordered, 1);
         assert_eq!(stats.highest_sequence(), Some(base + 3));
+    }
+
+    #[test]
+    fn hostile_sequence_numbers_and_timestamps_do_not_overflow() {
+        let mut stats = ReceiverStats::new(StatsLimits::default());
+        stats.record(u64::MAX, 0, u64::MAX);
+        assert_eq!(
+            stats.packets_received(),
+            0,
+            "u64::MAX is not a sequence number"
+        );
+        let top = crate::wire::MAX_SEQUENCE;
+        for (seq, send, receive) in [
+            (top, 0, u64::MAX),
+            (top, u64::MAX, 0),
+            (0, u64::MAX, 0),
+            (top - 1, 0, 0),
+            (u64::MAX, 0, 0),
+        ] {
+            stats.record(seq, send, receive);
+        }
+        assert_eq!(stats.highest_sequence(), Some(top));
+        let metrics = stats.finish(None);
+        assert_eq!(metrics.packets_sent, u64::MAX);
+        assert_eq!(metrics.packets_received, 3);
+        assert_eq!(metrics.packets_duplicated, 1);
+        // The sender's count comes off the wire too.
+        let metrics = stats.finish(Some(u64::MAX));
+        assert_eq!(metrics.packets_received, 3);
+        assert_eq!(metrics.packets_lost, u64::MAX - 3);
+        let metrics = stats.finish(Some(0));
+        assert_eq!(metrics.packets_lost, 0);
     }
 
     #[test]

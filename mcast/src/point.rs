@@ -4,9 +4,9 @@
 //! One thread per control connection. Sending and receiving are blocking loops with tight
 //! timing, so they run on plain threads rather than an async runtime.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use crate::metrics::StatsLimits;
 use crate::protocol::{
-    ControlRequest, ControlResponse, PointInfo, ReceiveRequest, ReceiverReport, SendRequest,
-    PROTOCOL_VERSION,
+    read_bounded_line, ControlRequest, ControlResponse, LineRead, PointInfo, ReceiveRequest,
+    ReceiverReport, SendRequest, DEFAULT_MAX_RATE_PPS, MAX_REQUEST_LINE_BYTES, PROTOCOL_VERSION,
 };
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::sender::{run_sender, SendLimit, SenderConfig};
@@ -26,6 +26,16 @@ use crate::sender::{run_sender, SendLimit, SenderConfig};
 pub const DRAIN_AFTER_STOP: Duration = Duration::from_millis(100);
 /// Upper bound on a requested drain.
 pub const MAX_DRAIN_SECONDS: f64 = 10.0;
+/// Default cap on simultaneous control connections: a run needs one per role (source or
+/// receiver) per MSCS, so this leaves room for several MSCSs while bounding the threads
+/// a flood of connections can cost.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Default time a control connection may sit idle (or dribble a line) between requests.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// While receiving, the point waits for `stop` up to the receive's own limit plus this.
+const RECEIVE_STOP_SLACK: Duration = Duration::from_secs(30);
+/// Bound on writing an answer, so a peer that never reads cannot park a thread.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the point server.
 #[derive(Debug, Error)]
@@ -36,6 +46,13 @@ pub enum PointError {
     /// The peer sent something that is not a request.
     #[error("bad request line: {0}")]
     BadRequest(#[from] serde_json::Error),
+    /// The peer sent a line longer than [`MAX_REQUEST_LINE_BYTES`]; the connection was
+    /// closed.
+    #[error("request line longer than {limit} bytes: connection closed")]
+    LineTooLong {
+        /// The bound.
+        limit: usize,
+    },
 }
 
 /// Settings of a serving point.
@@ -47,6 +64,45 @@ pub struct PointConfig {
     pub data_addr: Ipv4Addr,
     /// Memory limits for receivers.
     pub limits: StatsLimits,
+    /// Highest probe rate a `send` may order, pps.
+    pub max_rate_pps: f64,
+    /// Simultaneous control connections served; more are refused with an error line.
+    pub max_connections: usize,
+    /// How long a connection may be idle between requests before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl PointConfig {
+    /// A config with the default limits.
+    pub fn new(name: impl Into<String>, data_addr: Ipv4Addr) -> Self {
+        Self {
+            name: name.into(),
+            data_addr,
+            limits: StatsLimits::default(),
+            max_rate_pps: DEFAULT_MAX_RATE_PPS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Holds one of the point's connection slots until dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(Arc::clone(open)))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves control connections until `shutdown` is set (checked between accepts).
@@ -57,17 +113,42 @@ pub fn serve(
 ) -> Result<(), PointError> {
     listener.set_nonblocking(true)?;
     let config = Arc::new(config);
+    let open = Arc::new(AtomicUsize::new(0));
     info!(name = %config.name, addr = ?listener.local_addr()?, "point serving");
     while !shutdown.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, peer)) => {
-                stream.set_nonblocking(false)?;
+            Ok((mut stream, peer)) => {
+                // One peer's broken socket must not end the accept loop.
+                if let Err(err) = stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+                {
+                    warn!(%peer, cause = %err, "cannot set up a control connection");
+                    continue;
+                }
+                let Some(slot) = ConnectionSlot::take(&open, config.max_connections) else {
+                    warn!(%peer, max = config.max_connections, "control connection refused: too many open");
+                    let _ = write_response(
+                        &mut stream,
+                        &error_response(format!(
+                            "too many control connections (at most {}): try again later",
+                            config.max_connections
+                        )),
+                    );
+                    continue;
+                };
                 let config = Arc::clone(&config);
-                thread::spawn(move || {
-                    if let Err(err) = handle_connection(stream, &config) {
-                        warn!(%peer, cause = %err, "control connection ended with an error");
-                    }
-                });
+                let spawned = thread::Builder::new()
+                    .name("mcast-point-control".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        if let Err(err) = handle_connection(stream, &config) {
+                            warn!(%peer, cause = %err, "control connection ended with an error");
+                        }
+                    });
+                if let Err(err) = spawned {
+                    warn!(%peer, cause = %err, "cannot start a control connection thread");
+                }
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(20));
@@ -92,17 +173,41 @@ fn error_response(message: impl ToString) -> ControlResponse {
     }
 }
 
+/// Reads the next request line within `timeout`. An over-long line is answered with an
+/// error and ends the connection: its unread rest cannot be told from a next request.
+fn next_request(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    line: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<Option<Result<ControlRequest, serde_json::Error>>, PointError> {
+    // SO_RCVTIMEO is per socket, shared with the clones a send's watcher changes.
+    reader.get_ref().set_read_timeout(Some(timeout))?;
+    match read_bounded_line(reader, line, MAX_REQUEST_LINE_BYTES)? {
+        LineRead::Eof => Ok(None),
+        LineRead::TooLong => {
+            let err = PointError::LineTooLong {
+                limit: MAX_REQUEST_LINE_BYTES,
+            };
+            let _ = write_response(writer, &error_response(&err));
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            Err(err)
+        }
+        LineRead::Line => Ok(Some(serde_json::from_slice(line.trim_ascii()))),
+    }
+}
+
 fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), PointError> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
+        let Some(parsed) = next_request(&mut reader, &mut writer, &mut line, config.idle_timeout)?
+        else {
             return Ok(());
-        }
-        let request: ControlRequest = match serde_json::from_str(line.trim()) {
+        };
+        let request: ControlRequest = match parsed {
             Ok(request) => request,
             Err(err) => {
                 write_response(&mut writer, &error_response(format!("bad request: {err}")))?;
@@ -175,6 +280,10 @@ fn handle_send(
     config: &PointConfig,
     control: &TcpStream,
 ) -> ControlResponse {
+    if let Err(err) = request.validate(config.max_rate_pps) {
+        warn!(cause = %err, "send refused");
+        return error_response(format!("send refused: {err}"));
+    }
     let sender = SenderConfig {
         group: request.group,
         port: request.port,
@@ -220,6 +329,11 @@ fn handle_receive(
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
 ) -> Result<(), PointError> {
+    // Before any use of the duration: Duration::from_secs_f64 panics on 1e20.
+    if let Err(err) = request.validate() {
+        warn!(cause = %err, "receive refused");
+        return write_response(writer, &error_response(format!("receive refused: {err}")));
+    }
     let receiver_config = ReceiverConfig {
         group: request.group,
         port: request.port,
@@ -228,18 +342,13 @@ fn handle_receive(
         session_id: Some(request.session_id),
         limits: config.limits,
     };
-    if !(request.max_duration_seconds.is_finite() && request.max_duration_seconds > 0.0) {
-        return write_response(
-            writer,
-            &error_response("max_duration_seconds must be a positive number"),
-        );
-    }
     let receiver = match Receiver::open(receiver_config) {
         Ok(receiver) => receiver,
         Err(err) => return write_response(writer, &error_response(err)),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs_f64(request.max_duration_seconds);
+    let limit = Duration::from_secs_f64(request.max_duration_seconds);
+    let deadline = Instant::now() + limit;
     let receive_thread = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || receiver.run(&stop, Some(deadline)))
@@ -251,12 +360,14 @@ fn handle_receive(
         },
     )?;
 
-    let mut line = String::new();
+    let mut line = Vec::new();
+    let stop_wait = limit + RECEIVE_STOP_SLACK;
     let stop_request = loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => break None,
-            Ok(_) => match serde_json::from_str::<ControlRequest>(line.trim()) {
+        // Any read failure (closed, timed out, over-long line) ends the receive: the
+        // receiver thread must not outlive its conversation.
+        match next_request(reader, writer, &mut line, stop_wait) {
+            Ok(None) | Err(_) => break None,
+            Ok(Some(parsed)) => match parsed {
                 Ok(ControlRequest::Stop {
                     packets_sent,
                     drain_seconds,
@@ -270,11 +381,7 @@ fn handle_receive(
         }
     };
     if let Some((_, drain_seconds)) = stop_request {
-        // Bounded so a bad request cannot park the receiver; NaN and negatives mean 0.
-        let drain = drain_seconds
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, MAX_DRAIN_SECONDS)))
-            .unwrap_or(DRAIN_AFTER_STOP);
-        thread::sleep(drain);
+        thread::sleep(drain_duration(drain_seconds));
     }
     stop.store(true, Ordering::Relaxed);
     let outcome = match receive_thread.join() {
@@ -300,9 +407,81 @@ fn handle_receive(
     write_response(writer, &ControlResponse::ReceiverReport(Box::new(report)))
 }
 
+/// The drain a `stop` asks for, clamped so a bad request cannot park the receiver (or
+/// panic `Duration::from_secs_f64`): NaN and negatives mean 0, anything above
+/// [`MAX_DRAIN_SECONDS`] means that.
+fn drain_duration(drain_seconds: Option<f64>) -> Duration {
+    match drain_seconds {
+        None => DRAIN_AFTER_STOP,
+        Some(s) if s.is_nan() => Duration::ZERO,
+        Some(s) => Duration::from_secs_f64(s.clamp(0.0, MAX_DRAIN_SECONDS)),
+    }
+}
+
 /// Resolution of CLOCK_REALTIME in ns (1 on any modern Linux with a TSC or HPET).
 pub fn realtime_clock_resolution_ns() -> u64 {
     nix::time::clock_getres(nix::time::ClockId::CLOCK_REALTIME)
-        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .map(|ts| {
+            (ts.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec() as u64)
+        })
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_are_clamped_not_trusted() {
+        assert_eq!(drain_duration(None), DRAIN_AFTER_STOP);
+        assert_eq!(drain_duration(Some(f64::NAN)), Duration::ZERO);
+        assert_eq!(drain_duration(Some(-5.0)), Duration::ZERO);
+        let max = Duration::from_secs_f64(MAX_DRAIN_SECONDS);
+        assert_eq!(drain_duration(Some(1e20)), max);
+        assert_eq!(drain_duration(Some(f64::INFINITY)), max);
+    }
+
+    #[test]
+    fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let config = PointConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..PointConfig::new("p", Ipv4Addr::LOCALHOST)
+        };
+        let server = {
+            let shutdown = Arc::clone(&shutdown);
+            thread::spawn(move || serve(listener, config, shutdown))
+        };
+        let mut idle = TcpStream::connect(addr).unwrap();
+        // Half a request, then silence: the point must not wait for the rest forever.
+        idle.write_all(br#"{"op":"in"#).unwrap();
+        // The client's own timeout is only the test's deadline.
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let read = idle.read(&mut byte);
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+        shutdown.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn connection_slots_are_capped_and_given_back() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let first = ConnectionSlot::take(&open, 2).unwrap();
+        let second = ConnectionSlot::take(&open, 2).unwrap();
+        assert!(ConnectionSlot::take(&open, 2).is_none());
+        drop(first);
+        let third = ConnectionSlot::take(&open, 2).unwrap();
+        drop((second, third));
+        assert_eq!(open.load(Ordering::Acquire), 0);
+    }
 }

@@ -24,7 +24,6 @@ use std::thread::JoinHandle;
 
 use thiserror::Error;
 
-use crate::metrics::StatsLimits;
 use crate::mscs::runner::{run_measurement, PointEndpoint};
 use crate::mscs::{MscsConfig, MscsError, ProbeDefaults};
 use crate::platform::{ControllerTask, TaskSchedule};
@@ -231,11 +230,8 @@ pub fn spawn_point(
     let listener = TcpListener::bind(listen).map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let config = PointConfig {
-        name: name.to_string(),
-        data_addr,
-        limits: StatsLimits::default(),
-    };
+    // The default limits: a rate ceiling, a connection cap and bounded request lines.
+    let config = PointConfig::new(name, data_addr);
     let thread = std::thread::Builder::new()
         .name(format!("mcast-point-{name}"))
         .spawn({

@@ -30,6 +30,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 /// Largest probe: a UDP payload must fit in an IPv4 datagram (65535 - 20 - 8).
 pub const MAX_PROBE_LEN: usize = 65_507;
+/// Highest valid sequence number. A sender starting at 0 never gets near it (585 years
+/// at 1 Gpps); `u64::MAX` is refused so that "one past the highest sequence number",
+/// which the receiver's statistics keep, always exists.
+pub const MAX_SEQUENCE: u64 = u64::MAX - 1;
 
 /// Why a datagram is not a valid probe.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -59,6 +63,12 @@ pub enum WireError {
         declared: usize,
         /// Bytes actually received.
         actual: usize,
+    },
+    /// A sequence number above [`MAX_SEQUENCE`]: no sender produces one.
+    #[error("sequence number {found} is above {MAX_SEQUENCE}")]
+    SequenceOutOfRange {
+        /// The sequence number found.
+        found: u64,
     },
     /// A probe size outside [`HEADER_LEN`]..=[`MAX_PROBE_LEN`] was requested.
     #[error("probe size {size} is outside {HEADER_LEN}..={MAX_PROBE_LEN} bytes")]
@@ -131,9 +141,13 @@ impl Probe {
                 actual: datagram.len(),
             });
         }
+        let sequence = read_u64(&datagram[16..24]);
+        if sequence > MAX_SEQUENCE {
+            return Err(WireError::SequenceOutOfRange { found: sequence });
+        }
         Ok(Self {
             session_id: read_u64(&datagram[8..16]),
-            sequence: read_u64(&datagram[16..24]),
+            sequence,
             send_time_ns: read_u64(&datagram[24..32]),
         })
     }
@@ -172,6 +186,19 @@ mod tests {
     fn header_only_probe_is_valid() {
         let bytes = sample().encode(HEADER_LEN).unwrap();
         assert_eq!(Probe::decode(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn rejects_the_sequence_number_no_sender_produces() {
+        let probe = Probe {
+            sequence: u64::MAX,
+            ..sample()
+        };
+        let bytes = probe.encode(64).unwrap();
+        assert_eq!(
+            Probe::decode(&bytes),
+            Err(WireError::SequenceOutOfRange { found: u64::MAX })
+        );
     }
 
     #[test]

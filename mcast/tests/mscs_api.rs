@@ -154,3 +154,79 @@ async fn a_task_with_an_unreachable_source_is_recorded_as_failed() {
     assert_eq!(empty["results"], json!([]));
     assert_eq!(empty["next_since"], 1);
 }
+
+/// The API's own bounds: a connection past the cap is closed at once, an idle or
+/// header-dribbling connection is closed after the header-read timeout (freeing its
+/// slot), and an oversized task body is refused.
+#[tokio::test]
+async fn connections_are_capped_and_idle_ones_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let points = ["p1", "p2"]
+        .iter()
+        .map(|name| PointEndpoint {
+            name: name.to_string(),
+            control: format!("127.0.0.1:{}", closed_port()).parse().unwrap(),
+        })
+        .collect();
+    let mut config = MscsConfig::new(points, dir.path().join("state.json"));
+    config.periodic = None;
+    config.api_limits.max_connections = 3;
+    config.api_limits.header_read_timeout = Duration::from_secs(2);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let http = reqwest::Client::new();
+    let healthz = format!("http://{addr}/healthz");
+    assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
+    drop(http);
+
+    // Three idle connections take every slot; one of them dribbles half a request line.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    idle[0].write_all(b"GET /healthz HT").await.unwrap();
+    // The fourth is closed without an answer. (The earlier reqwest connection may still
+    // hold a slot until the server sees it close, which only makes this sooner.)
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1), fourth.read(&mut byte))
+        .await
+        .expect("a connection past the cap is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // The idle ones are closed by the header-read timeout (2 s), not held forever.
+    let started = Instant::now();
+    for mut stream in idle {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an idle connection is closed within the header-read timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Their slots are free again.
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
+    let huge = vec![b' '; 100 * 1024];
+    let response = http
+        .post(format!("http://{addr}/tasks"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    drop(http);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -130,6 +130,12 @@ struct ServeArgs {
     /// port when listening on 0.0.0.0).
     #[arg(long)]
     control_addr: Option<SocketAddr>,
+    /// Highest probe rate a `send` from the MSCS may order; higher ones are refused.
+    #[arg(long, default_value_t = measurelab_mcast::protocol::DEFAULT_MAX_RATE_PPS)]
+    max_rate_pps: f64,
+    /// Simultaneous control connections served; more are refused.
+    #[arg(long, default_value_t = measurelab_mcast::point::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 fn main() -> Result<()> {
@@ -147,6 +153,19 @@ fn main() -> Result<()> {
 }
 
 fn serve_point(args: ServeArgs) -> Result<()> {
+    if !(args.max_rate_pps.is_finite()
+        && args.max_rate_pps > 0.0
+        && args.max_rate_pps <= measurelab_mcast::sender::MAX_RATE_PPS)
+    {
+        bail!(
+            "--max-rate-pps {} is not in (0, {}]",
+            args.max_rate_pps,
+            measurelab_mcast::sender::MAX_RATE_PPS
+        );
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -179,9 +198,9 @@ fn serve_point(args: ServeArgs) -> Result<()> {
     let served = serve(
         listener,
         PointConfig {
-            name: args.name,
-            data_addr: args.data_addr,
-            limits: StatsLimits::default(),
+            max_rate_pps: args.max_rate_pps,
+            max_connections: args.max_connections,
+            ..PointConfig::new(args.name, args.data_addr)
         },
         Arc::clone(&shutdown),
     );

@@ -28,6 +28,9 @@ use super::registry::{RegistrationError, MAX_REGISTRATION_BYTES};
 use super::state::{StoredResult, TaskSpec};
 use crate::protocol::Registration;
 
+/// Largest task body accepted: a task spec is a few hundred bytes.
+pub const MAX_TASK_BYTES: usize = 64 * 1024;
+
 /// An API error with its HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -58,7 +61,12 @@ fn invalid(field: &str, message: String) -> ApiError {
 pub fn router(mscs: Mscs) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/tasks", get(list_tasks).post(submit_task))
+        .route(
+            "/tasks",
+            get(list_tasks)
+                .post(submit_task)
+                .layer(DefaultBodyLimit::max(MAX_TASK_BYTES)),
+        )
         .route("/tasks/:id", get(get_task))
         .route("/results", get(list_results))
         .route("/schedule", get(schedule))

@@ -129,6 +129,31 @@ pub struct MscsConfig {
     pub platform: Option<PlatformConfig>,
     /// Accept point registrations (`POST /points`); `None` keeps the static list only.
     pub registration: Option<RegistrationConfig>,
+    /// Connection cap and timeouts of the HTTP API.
+    pub api_limits: ApiLimits,
+}
+
+/// Bounds on what the MSCS API's peers can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers, idle keep-alive included.
+    pub header_read_timeout: Duration,
+    /// Time one request may take from its headers to the end of its answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            // Points heartbeat over one keep-alive connection each: room for the
+            // registry's point limit and the operator's clients.
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How the MSCS treats points that register themselves.
@@ -176,12 +201,21 @@ impl MscsConfig {
             receiver_drain_seconds: 0.1,
             platform: None,
             registration: None,
+            api_limits: ApiLimits::default(),
         }
     }
 
     /// Checks the config; the error names the first bad field.
     pub fn validate(&self) -> Result<(), MscsError> {
         let invalid = |field, reason: String| Err(MscsError::InvalidConfig { field, reason });
+        if self.api_limits.max_connections == 0 {
+            return invalid("api_limits.max_connections", "must be at least 1".into());
+        }
+        if self.api_limits.header_read_timeout.is_zero()
+            || self.api_limits.request_timeout.is_zero()
+        {
+            return invalid("api_limits", "timeouts must be positive".into());
+        }
         // With registration the points may all come later.
         if self.points.len() < 2 && self.registration.is_none() {
             return invalid(

@@ -18,13 +18,15 @@ pub mod runner;
 pub mod state;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
-use tracing::info;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
 
 pub use engine::{
-    CurrentRun, Mscs, MscsConfig, MscsError, PeriodicSchedule, PlatformConfig, ProbeDefaults,
-    RegistrationConfig, TaskError,
+    ApiLimits, CurrentRun, Mscs, MscsConfig, MscsError, PeriodicSchedule, PlatformConfig,
+    ProbeDefaults, RegistrationConfig, TaskError,
 };
 pub use runner::PointEndpoint;
 
@@ -73,18 +75,91 @@ pub async fn run(
             report_stop,
         )));
     }
-    let mut http_stop = stop_rx.clone();
-    let server = axum::serve(listener, api::router(mscs)).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
-    });
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let served = server.await;
+    let limits = mscs.config().api_limits;
+    serve_api(listener, api::router(mscs), limits, stop_rx).await;
     let _ = scheduler.await;
     for platform_loop in platform_loops {
         let _ = platform_loop.await;
     }
-    served.map_err(MscsError::Http)
+    Ok(())
+}
+
+/// Serves `router` on `listener` until `stop` turns true, within `limits`: axum::serve
+/// has no connection cap and no header-read timeout, so one peer on the service network
+/// could hold every socket or dribble headers forever.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ApiLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    warn!(cause = %err, "MSCS API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, max = limits.max_connections, "MSCS API connection refused: too many open");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(
+            axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
+                request_with_timeout(request, next, limits.request_timeout)
+            }),
+        ));
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(err) = served {
+                        tracing::debug!(%peer, cause = %err, "MSCS API connection ended");
+                    }
+                }
+                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+async fn request_with_timeout(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    within: Duration,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(within, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({"error": {
+                "code": "request_timeout",
+                "message": format!("request not completed within {within:?}"),
+                "field": null,
+            }})),
+        )
+            .into_response(),
+    }
 }

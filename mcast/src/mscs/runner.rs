@@ -7,13 +7,14 @@ use futures::future::join_all;
 use measurelab_api::result::ReceiptBitmap;
 use measurelab_inference::delay::{delay_covariances, ProbeDelays};
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::protocol::{
-    ControlRequest, ControlResponse, PointInfo, ReceiveRequest, ReceiverReport, SendRequest,
+    ControlRequest, ControlResponse, LineRead, PointInfo, ReceiveRequest, ReceiverReport,
+    SendRequest, MAX_RESPONSE_LINE_BYTES, PROTOCOL_VERSION,
 };
 use crate::result::{
     ClockSync, ReceiverResult, ReceiverStatus, ResultDocument, ResultSchema, RunConfig, RunKind,
@@ -58,6 +59,20 @@ pub enum RunnerError {
     /// A line was not valid JSON of the protocol.
     #[error("bad answer: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The point's answer line grew past [`MAX_RESPONSE_LINE_BYTES`].
+    #[error("answer line longer than {limit} bytes: connection closed")]
+    LineTooLong {
+        /// The bound.
+        limit: usize,
+    },
+    /// The point speaks another control protocol version.
+    #[error("point speaks control protocol version {point}, this MSCS speaks {ours}")]
+    ProtocolVersion {
+        /// The point's version.
+        point: u32,
+        /// [`PROTOCOL_VERSION`].
+        ours: u32,
+    },
 }
 
 /// A point the MSCS drives.
@@ -95,8 +110,42 @@ pub struct RunSpec {
 
 /// One open control connection.
 struct Conversation {
-    lines: Lines<BufReader<OwnedReadHalf>>,
+    reader: BufReader<OwnedReadHalf>,
+    line: Vec<u8>,
     writer: OwnedWriteHalf,
+}
+
+/// The async twin of [`crate::protocol::read_bounded_line`]: one `\n`-terminated line
+/// into `line`, holding at most `max_bytes` of it, so a point that never ends its line
+/// cannot grow the MSCS's memory.
+async fn read_bounded_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    max_bytes: usize,
+) -> std::io::Result<LineRead> {
+    line.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (taken, complete) = match available.iter().position(|b| *b == b'\n') {
+            Some(newline) => (newline, true),
+            None => (available.len(), false),
+        };
+        if line.len() + taken > max_bytes {
+            return Ok(LineRead::TooLong);
+        }
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(if complete { taken + 1 } else { taken });
+        if complete {
+            return Ok(LineRead::Line);
+        }
+    }
 }
 
 impl Conversation {
@@ -119,7 +168,8 @@ impl Conversation {
         stream.set_nodelay(true)?;
         let (read, writer) = stream.into_split();
         Ok(Self {
-            lines: BufReader::new(read).lines(),
+            reader: BufReader::new(read),
+            line: Vec::new(),
             writer,
         })
     }
@@ -132,11 +182,16 @@ impl Conversation {
     }
 
     async fn receive(&mut self, within: Duration) -> Result<ControlResponse, RunnerError> {
-        match timeout(within, self.lines.next_line()).await {
+        let read = read_bounded_line(&mut self.reader, &mut self.line, MAX_RESPONSE_LINE_BYTES);
+        match timeout(within, read).await {
             Err(_) => Err(RunnerError::Timeout(within)),
             Ok(Err(err)) => Err(err.into()),
-            Ok(Ok(None)) => Err(RunnerError::Closed),
-            Ok(Ok(Some(line))) => match serde_json::from_str(&line)? {
+            Ok(Ok(LineRead::Eof)) => Err(RunnerError::Closed),
+            // The conversation is dropped with the error, which closes the connection.
+            Ok(Ok(LineRead::TooLong)) => Err(RunnerError::LineTooLong {
+                limit: MAX_RESPONSE_LINE_BYTES,
+            }),
+            Ok(Ok(LineRead::Line)) => match serde_json::from_slice(self.line.trim_ascii())? {
                 ControlResponse::Error { message } => Err(RunnerError::Point(message)),
                 response => Ok(response),
             },
@@ -148,6 +203,14 @@ async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
     let mut conversation = Conversation::open(point.control).await?;
     conversation.send(&ControlRequest::Info).await?;
     match conversation.receive(READY_TIMEOUT).await? {
+        // Checked before the run: a point of another version may read the requests
+        // differently, and the run would measure that instead of the network.
+        ControlResponse::Info(info) if info.protocol_version != PROTOCOL_VERSION => {
+            Err(RunnerError::ProtocolVersion {
+                point: info.protocol_version,
+                ours: PROTOCOL_VERSION,
+            })
+        }
         ControlResponse::Info(info) => Ok(info),
         other => Err(RunnerError::Unexpected(format!("{other:?}"))),
     }
@@ -380,5 +443,65 @@ fn receipts_of(report: &ReceiverReport, delays: &mut Vec<ProbeDelays>) -> Option
             tracing::warn!(point = %report.point, "per-probe record refused: {err}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answer_lines_are_bounded() {
+        let input = [b"short\n".to_vec(), vec![b'x'; 100], b"\n".to_vec()].concat();
+        let mut reader = tokio::io::BufReader::with_capacity(7, input.as_slice());
+        let mut line = Vec::new();
+        let read = read_bounded_line(&mut reader, &mut line, 64).await.unwrap();
+        assert_eq!(
+            (read, line.as_slice()),
+            (LineRead::Line, b"short".as_slice())
+        );
+        let read = read_bounded_line(&mut reader, &mut line, 64).await.unwrap();
+        assert_eq!(read, LineRead::TooLong);
+        assert!(line.len() <= 64);
+    }
+
+    /// A one-shot point that answers `info` with `answer`.
+    async fn fake_point(answer: ControlResponse) -> PointEndpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let _ = lines.next_line().await;
+            let mut line = serde_json::to_vec(&answer).unwrap();
+            line.push(b'\n');
+            let _ = write.write_all(&line).await;
+        });
+        PointEndpoint {
+            name: "p".into(),
+            control,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_point_of_another_protocol_version_is_refused_clearly() {
+        let info = |protocol_version| {
+            ControlResponse::Info(PointInfo {
+                name: "p".into(),
+                data_addr: Ipv4Addr::LOCALHOST,
+                protocol_version,
+            })
+        };
+        let point = fake_point(info(PROTOCOL_VERSION + 1)).await;
+        let err = point_info(&point).await.unwrap_err();
+        assert!(
+            matches!(err, RunnerError::ProtocolVersion { point, ours }
+                if point == PROTOCOL_VERSION + 1 && ours == PROTOCOL_VERSION),
+            "{err}"
+        );
+        assert!(err.to_string().contains("protocol version"), "{err}");
+        let point = fake_point(info(PROTOCOL_VERSION)).await;
+        point_info(&point).await.unwrap();
     }
 }
