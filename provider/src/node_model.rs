@@ -25,52 +25,14 @@ pub struct CapabilitiesValue {
     /// written before it existed, as are the fields below).
     #[serde(default)]
     pub datapath: String,
-    /// The uplink as the node's switch runs it; null: none.
+    /// The uplink as the node's switch runs it (the HTTP API's type: its
+    /// fields are strings and bools, which Terraform state holds as they are);
+    /// null: none.
     #[serde(default)]
-    pub uplink: Option<UplinkValue>,
+    pub uplink: Option<UplinkStatus>,
     /// The flow export the node's switch applies now; empty: none.
     #[serde(default)]
     pub flow_export: String,
-}
-
-/// `capabilities.uplink` object, field names identical to the HTTP API.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UplinkValue {
-    /// OVS port name.
-    pub name: String,
-    /// `single`, `active-backup`, `balance-slb` or `lacp`.
-    pub mode: String,
-    /// Member interfaces with their link state.
-    pub members: Vec<UplinkMemberValue>,
-    /// The member the bond sends on now; empty when none.
-    pub active_member: String,
-}
-
-/// One element of `capabilities.uplink.members`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UplinkMemberValue {
-    /// Interface name.
-    pub name: String,
-    /// Its link (carrier) is up.
-    pub link_up: bool,
-}
-
-impl From<&UplinkStatus> for UplinkValue {
-    fn from(u: &UplinkStatus) -> Self {
-        UplinkValue {
-            name: u.name.clone(),
-            mode: u.mode.clone(),
-            members: u
-                .members
-                .iter()
-                .map(|m| UplinkMemberValue {
-                    name: m.name.clone(),
-                    link_up: m.link_up,
-                })
-                .collect(),
-            active_member: u.active_member.clone(),
-        }
-    }
 }
 
 impl From<&Capabilities> for CapabilitiesValue {
@@ -82,7 +44,7 @@ impl From<&Capabilities> for CapabilitiesValue {
             qos_features: c.qos_features.clone(),
             service_tools: c.service_tools.clone(),
             datapath: c.datapath.clone(),
-            uplink: c.uplink.as_ref().map(UplinkValue::from),
+            uplink: c.uplink.clone(),
             flow_export: c.flow_export.clone(),
         }
     }
