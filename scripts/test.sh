@@ -35,6 +35,8 @@ cargo run -q -p xtask -- result-schema --check
 echo "== OpenAPI document matches the types and passes a standard validator"
 cargo run -q -p xtask -- openapi --check
 python3 -m openapi_spec_validator controller/openapi.json
+echo "== wire contract: node.proto and the OpenAPI document against the last release"
+cargo run -q -p xtask -- compat
 echo "== terraform test (modules/multicast-measurement, mocked provider)"
 # mock_provider still loads the provider's schema, so init needs the binary
 # just built; a copy of the module keeps .terraform and the lock file out of

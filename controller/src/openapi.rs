@@ -171,7 +171,10 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
             only its tenant's objects: another tenant's answers 404, like a missing one; \
             an action its role may not take answers 403. \
             Every error has the body {\"error\":{\"code\",\"message\",\"field\"}}. \
-            Request bodies reject unknown fields and are limited to 1 MiB."
+            Request bodies are limited to 1 MiB. A body field the controller does not know \
+            follows `?fieldValidation=` on the request, as in Kubernetes: `Warn` (the default) \
+            applies the rest and names the field in a `Warning: 299` header, `Strict` refuses \
+            the request with 422 naming the field, `Ignore` drops it silently."
     ),
     servers((url = "http://127.0.0.1:7070")),
     security(("bearer" = [])),

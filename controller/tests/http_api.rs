@@ -70,16 +70,6 @@ async fn malformed_requests_name_field_and_reason_and_change_nothing() {
             "not valid JSON",
         ),
         (
-            "unknown field",
-            Some(&token),
-            json,
-            r#"{"labels": {}, "name": "x"}"#.into(),
-            422,
-            "invalid_field",
-            Some("name"),
-            "unknown field `name`",
-        ),
-        (
             "wrong type",
             Some(&token),
             json,
@@ -190,6 +180,72 @@ async fn malformed_requests_name_field_and_reason_and_change_nothing() {
         events_before,
         "no event recorded"
     );
+    controller.stop().await;
+}
+
+/// Kubernetes-style `fieldValidation`: an unknown body field is refused
+/// under `Strict` (nothing applied), applied with a `Warning` naming it
+/// under `Warn` (the default, so a newer client works against this
+/// controller), and applied silently under `Ignore`.
+#[tokio::test]
+async fn unknown_body_fields_follow_field_validation() {
+    let (_dir, controller) = setup().await;
+    let before: Node = controller.node("node-h").await;
+    let send = |query: &'static str, rack: &'static str| {
+        let request = reqwest::Client::new()
+            .patch(controller.url(&format!("/v1/nodes/node-h{query}")))
+            .bearer_auth(&controller.admin_token)
+            .json(&serde_json::json!({
+                "labels": {"rack": rack},
+                "colour": "red",
+                "extra": {"nested": 1},
+            }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let warnings: Vec<String> = response
+                .headers()
+                .get_all("warning")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (status, warnings, response.text().await.unwrap())
+        }
+    };
+
+    let (status, warnings, text) = send("?fieldValidation=Strict", "r1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    let refused: ErrorBody = serde_json::from_str(&text).unwrap();
+    assert_eq!(refused.error.field.as_deref(), Some("colour"), "{text}");
+    assert!(refused.error.message.contains("unknown field"), "{text}");
+    assert!(refused.error.message.contains("1 more"), "{text}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        controller.node("node-h").await,
+        before,
+        "Strict applied nothing"
+    );
+
+    let (status, warnings, text) = send("", "r2").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"colour\" was ignored""#,
+            r#"299 - "unknown field \"extra\" was ignored""#,
+        ]
+    );
+    assert_eq!(controller.node("node-h").await.labels["rack"], "r2");
+
+    let (status, warnings, text) = send("?fieldValidation=Ignore", "r3").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(controller.node("node-h").await.labels["rack"], "r3");
+
+    let (status, _, text) = send("?fieldValidation=Loose", "r4").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(text.contains("fieldValidation"), "{text}");
+    assert_eq!(controller.node("node-h").await.labels["rack"], "r3");
     controller.stop().await;
 }
 

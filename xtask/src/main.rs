@@ -22,6 +22,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+mod compat;
 mod modcycles;
 mod openapi;
 mod result_schema;
@@ -39,12 +40,13 @@ fn main() -> anyhow::Result<()> {
         Some("openapi") => openapi::openapi(&workspace_root(), args.iter().any(|a| a == "--check")),
         Some("acc") => acc(&args[1..]),
         Some("plugin-startup") => plugin_startup(&args[1..]),
+        Some("compat") => compat::run(&workspace_root()),
         Some("modcycles") => modcycles::modcycles(&workspace_root()),
         Some("result-schema") => {
             result_schema::run(&workspace_root(), args.iter().any(|a| a == "--check"))
         }
         _ => bail!(
-            "usage: cargo run -p xtask -- docs [--check] | openapi [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check] | modcycles"
+            "usage: cargo run -p xtask -- docs [--check] | openapi [--check] | acc [cargo test args] | plugin-startup [RUNS] [--release] | result-schema [--check] | modcycles | compat"
         ),
     }
 }

@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::field_validation;
 
 /// Largest request body accepted; label patches are tiny, so anything bigger
 /// is a mistake or an attack.
@@ -78,10 +79,15 @@ where
 }
 
 /// Decode `bytes` as `T`; errors carry the JSON path (`labels.rack`) and the
-/// reason (unknown field, missing field, wrong type, syntax).
+/// reason (missing field, wrong type, syntax). Fields `T` does not know are
+/// collected and handed to [`field_validation::handle_unknown`], which
+/// refuses, warns or ignores as the request asked.
 pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = match serde_path_to_error::deserialize(&mut deserializer) {
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let tracked = serde_ignored::Deserializer::new(&mut deserializer, &mut note_unknown);
+    let value = match serde_path_to_error::deserialize(tracked) {
         Ok(value) => value,
         Err(e) => {
             // serde_path_to_error writes `?` for a map key it had not read
@@ -123,6 +129,7 @@ pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr
         field: None,
         message: format!("request body has data after the JSON value: {e}"),
     })?;
+    field_validation::handle_unknown(unknown)?;
     Ok(value)
 }
 

@@ -8,6 +8,7 @@ mod appliances;
 mod auth;
 mod error;
 mod extract;
+mod field_validation;
 mod flows;
 mod idempotency;
 mod join_tokens;
@@ -177,10 +178,14 @@ pub(crate) fn router(state: AppState) -> Router {
     for (path, route) in v1_routes() {
         v1 = v1.route(path, route.fallback(method_not_allowed));
     }
-    let v1 = v1.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::authenticate,
-    ));
+    // Authentication runs first (outermost), so an anonymous caller learns
+    // nothing about field validation.
+    let v1 = v1
+        .route_layer(middleware::from_fn(field_validation::scope))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     let mut app = Router::new();
     for (path, route) in public_routes() {
         app = app.route(path, route.fallback(method_not_allowed));

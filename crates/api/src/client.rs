@@ -70,6 +70,9 @@ impl ClientError {
     }
 }
 
+/// Query parameter choosing how the controller treats unknown body fields.
+pub const FIELD_VALIDATION: &str = "fieldValidation";
+
 /// Client for `/v1/`.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -118,7 +121,11 @@ impl Client {
         let url = format!("{}{}", self.endpoint, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
-            req = req.json(body);
+            // Strict is safe from this client: request bodies leave out every
+            // optional field that is not set, so an older controller only
+            // sees a field it lacks when a user asked for that setting, and
+            // then failing beats silently dropping it (docs/version-skew.md).
+            req = req.query(&[(FIELD_VALIDATION, "Strict")]).json(body);
         }
         self.send(req, path).await
     }
@@ -735,6 +742,51 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request line a real `Client` sends for `method` with or without
+    /// a body, read off a socket.
+    async fn request_line(method: reqwest::Method, body: Option<serde_json::Value>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client closed before the end of the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        });
+        let client = Client::new(&endpoint, "t", None).unwrap();
+        let _: serde_json::Value = client
+            .request(method, "/v1/results?task=a", body.as_ref())
+            .await
+            .unwrap();
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn bodies_ask_for_strict_field_validation() {
+        assert_eq!(
+            request_line(reqwest::Method::POST, Some(serde_json::json!({"a": 1}))).await,
+            "POST /v1/results?task=a&fieldValidation=Strict HTTP/1.1"
+        );
+        assert_eq!(
+            request_line(reqwest::Method::GET, None).await,
+            "GET /v1/results?task=a HTTP/1.1"
+        );
+    }
 
     #[test]
     fn names_are_one_path_segment() {

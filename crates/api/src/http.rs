@@ -1,5 +1,9 @@
-//! Public HTTP/JSON bodies. Request bodies reject unknown fields so a typo in a
-//! client is an error, never a silently ignored setting.
+//! Public HTTP/JSON bodies. Unknown request fields are the controller's
+//! call (`?fieldValidation=`, see docs/version-skew.md), not the types':
+//! the project's client asks for `Strict`, so a typo is an error there,
+//! while an older controller can still warn about and skip an optional
+//! field a newer client sends. New request fields must therefore be
+//! optional and left out when unset.
 
 use std::collections::BTreeMap;
 
@@ -177,7 +181,6 @@ pub enum FlowProtocol {
 
 /// A node's flow export (sFlow, NetFlow v5 or IPFIX rows on its bridge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct FlowExport {
     /// Off: the node exports nothing, whatever its agent's configuration says.
     pub enabled: bool,
@@ -275,7 +278,6 @@ pub struct ErrorDetail {
 /// `PATCH /v1/nodes/{id_or_name}` body: replaces the node's labels and
 /// sets its overcommit ratios; an absent ratio keeps its current value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NodePatch {
     /// The complete new label set (keys not listed are removed).
     #[schema(schema_with = schemas::labels)]
@@ -352,7 +354,6 @@ pub struct Platform {
 
 /// `POST /v1/platforms` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PlatformCreate {
     /// Unique name (DNS label).
     pub name: String,
@@ -378,7 +379,6 @@ pub struct PlatformCreate {
 
 /// `PATCH /v1/platforms/{id_or_name}` body; absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PlatformPatch {
     /// New complete member list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,7 +402,6 @@ pub struct PlatformPatch {
 
 /// Body of POST .../start, .../pause and DELETE requests that carry an idempotency key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RequestOptions {
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -456,7 +455,6 @@ pub struct QosPolicy {
 
 /// `POST /v1/qos_policies` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct QosPolicyCreate {
     /// Unique name (DNS label).
     pub name: String,
@@ -489,7 +487,6 @@ pub struct QosPolicyCreate {
 /// `PATCH /v1/qos_policies/{id_or_name}` body. A field set to `null` is
 /// cleared (except `ingress_max_kbps`), an absent field stays.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct QosPolicyPatch {
     /// Ceiling into the VM, kbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -598,7 +595,6 @@ pub struct ApplianceFile {
 
 /// `POST /v1/appliances` body (operator-provided files).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ApplianceCreate {
     /// Unique name (DNS label).
     pub name: String,
@@ -757,7 +753,6 @@ pub struct Vm {
 
 /// `POST /v1/vms` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VmCreate {
     /// Name (DNS label), unique within the platform.
     pub name: String,
@@ -807,7 +802,6 @@ pub struct VmCreate {
 /// `PATCH /v1/vms/{id_or_name}` body. The immutable fields are accepted only
 /// when they equal the current value (so a client may send the whole object).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VmPatch {
     /// Virtual CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -892,7 +886,6 @@ pub struct Program {
 
 /// `POST /v1/programs` JSON body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ProgramCreate {
     /// Unique name.
     pub name: String,
@@ -970,7 +963,6 @@ pub struct Deployment {
 
 /// `POST /v1/deployments` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct DeploymentCreate {
     /// Program name or id.
     pub program: String,
@@ -1086,7 +1078,6 @@ fn default_bottleneck_delay_stddev_us() -> f64 {
 
 /// `POST /v1/tasks` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TaskCreate {
     /// Unique name (DNS label).
     pub name: String,
@@ -1220,7 +1211,6 @@ pub enum Role {
 
 /// Limits of a tenant; an absent (null) limit is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Platforms.
     #[serde(default)]
@@ -1266,7 +1256,6 @@ pub struct Tenant {
 
 /// `POST /v1/tenants` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TenantCreate {
     /// Unique name (DNS label).
     pub name: String,
@@ -1283,7 +1272,6 @@ pub struct TenantCreate {
 
 /// `PATCH /v1/tenants/{id_or_name}` body; absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     /// New description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1365,7 +1353,6 @@ pub struct ApiToken {
 
 /// `POST /v1/tokens` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ApiTokenCreate {
     /// Name (1-128 characters).
     pub name: String,

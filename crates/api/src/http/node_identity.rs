@@ -47,7 +47,6 @@ pub struct RegistrationRequestList {
 
 /// `POST /v1/join_tokens` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct JoinTokenCreate {
     /// Free text for the operator (at most 256 bytes).
     #[serde(default)]
