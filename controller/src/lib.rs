@@ -52,6 +52,7 @@ mod appliance_files;
 mod data_dir;
 mod flows;
 mod liveness;
+mod metrics;
 pub mod openapi;
 mod placement;
 mod retention;
@@ -333,14 +334,17 @@ pub async fn run(
             cancel.clone(),
         ))
     });
+    let metrics = metrics::Metrics::new();
     let http = tokio::spawn({
         let app = api::router(
-            api::AppState::new(store.clone(), admin_token).with_flows(
-                config
-                    .flow_collector
-                    .as_ref()
-                    .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
-            ),
+            api::AppState::new(store.clone(), admin_token)
+                .with_metrics(metrics.clone())
+                .with_flows(
+                    config
+                        .flow_collector
+                        .as_ref()
+                        .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
+                ),
         );
         let cancel = cancel.clone();
         async move {
@@ -368,6 +372,7 @@ pub async fn run(
                         source: std::io::Error::other(e.to_string()),
                     })?;
             tonic::transport::Server::builder()
+                .layer(metrics::RpcLayer(metrics))
                 .add_service(service.into_server())
                 .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
                 .await

@@ -182,6 +182,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::admin_page,
         operations::healthz,
         operations::openapi,
+        operations::metrics,
         operations::whoami,
         operations::list_tenants,
         operations::create_tenant,
@@ -395,6 +396,8 @@ macro_rules! error_answers {
 error_answers! {
     /// A read without parameters.
     ListErrors: "401" => "Unauthorized";
+    /// An operator-only read without parameters.
+    OperatorReadErrors: "401" => "Unauthorized", "403" => "Forbidden";
     /// A read of one object, or a read with query parameters.
     GetErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound";
     /// A read of a collection with query parameters the server checks.
@@ -476,6 +479,16 @@ mod operations {
     #[utoipa::path(get, path = "/healthz", operation_id = "healthz",
         responses((status = 200, description = "The controller is serving.", body = Health)))]
     fn healthz() {}
+
+    /// Prometheus metrics in the OpenMetrics text format: HTTP and node API
+    /// request counts and latency histograms, nodes by status, the store's
+    /// write queue, and each task's newest run per receiver (loss ratio,
+    /// packets lost, one-way delay min/median/p95/max, jitter). Operator
+    /// token only: the series name tenants and tasks.
+    #[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+        responses((status = 200, description = "The metrics.", body = String,
+            content_type = "application/openmetrics-text"), OperatorReadErrors))]
+    fn metrics() {}
 
     /// This document.
     #[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi",

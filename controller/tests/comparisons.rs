@@ -64,41 +64,9 @@ async fn post_as(
         .map(|r| r.into_inner().result_id)
 }
 
-/// The platform: `mscs` (the source of `common::result_document`) on n1,
-/// `point` on n2.
-async fn platform(controller: &TestController, name: &str, nodes: &[&str]) {
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": name, "nodes": nodes})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
-
-async fn vm(controller: &TestController, name: &str, platform: &str, node: &str) {
-    let (status, vm) = controller
-        .call(
-            Method::POST,
-            "/v1/vms",
-            Some(
-                json!({"name": name, "platform": platform, "node": node, "vcpus": 1,
-                        "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{vm}");
-}
-
 fn task(name: &str, platform: &str, schedule: &str) -> Value {
-    let mut body = json!({"name": name, "mode": "platform", "platform": platform,
-                          "schedule": schedule, "duration_seconds": 5, "rate_pps": 100,
-                          "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000, "ttl": 4,
-                          "compare_with_service_host": true});
-    if schedule == "periodic" {
-        body["interval_seconds"] = json!(60);
-    }
+    let mut body = common::task_body(name, platform, schedule);
+    body["compare_with_service_host"] = json!(true);
     body
 }
 
@@ -109,10 +77,10 @@ async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     let n2 = with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.register("n3", "").await;
-    platform(&controller, "p", &["n1", "n2"]).await;
-    platform(&controller, "bare", &["n1", "n3"]).await;
-    vm(&controller, "mscs", "p", "n1").await;
-    vm(&controller, "point", "p", "n2").await;
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller.create_platform("bare", &["n1", "n3"]).await;
+    controller.create_vm("mscs", "p", "n1").await;
+    controller.create_vm("point", "p", "n2").await;
 
     // Refused, naming the field: on a service_host task, and on a platform
     // with a node that runs no service host.
@@ -247,9 +215,9 @@ async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
-    platform(&controller, "p", &["n1", "n2"]).await;
-    vm(&controller, "mscs", "p", "n1").await;
-    vm(&controller, "point", "p", "n2").await;
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller.create_vm("mscs", "p", "n1").await;
+    controller.create_vm("point", "p", "n2").await;
     let (status, created) = controller
         .call(
             Method::POST,
@@ -322,9 +290,9 @@ async fn a_run_with_every_receiver_on_the_source_node_is_skipped() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
-    platform(&controller, "p", &["n1", "n2"]).await;
-    vm(&controller, "mscs", "p", "n1").await;
-    vm(&controller, "point", "p", "n1").await;
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller.create_vm("mscs", "p", "n1").await;
+    controller.create_vm("point", "p", "n1").await;
     let (status, created) = controller
         .call(Method::POST, "/v1/tasks", Some(task("local", "p", "once")))
         .await;

@@ -17,22 +17,6 @@ async fn create(controller: &TestController, token: &str, path: &str, body: Valu
     answer
 }
 
-async fn tenant_token(controller: &TestController, tenant: &str, name: &str) -> String {
-    let (status, body) = controller
-        .call(Method::POST, "/v1/tenants", Some(json!({"name": tenant})))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": name, "role": "member", "tenant": tenant})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["secret"].as_str().unwrap().to_string()
-}
-
 /// A platform `lab` on n1 with a VM `mscs`; returns (platform id, VM id).
 async fn platform_with_mscs(controller: &TestController, token: &str) -> (String, String) {
     let platform = create(
@@ -96,8 +80,8 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
-    let alice = tenant_token(&controller, "t1", "alice").await;
-    let bob = tenant_token(&controller, "t2", "bob").await;
+    let alice = controller.tenant_token("t1", "alice", "member").await;
+    let bob = controller.tenant_token("t2", "bob", "member").await;
     let (platform, vm) = platform_with_mscs(&controller, &alice).await;
     let (bobs_platform, _) = platform_with_mscs(&controller, &bob).await;
     let points_of = |p: &str| format!("/v1/platforms/{p}/points");

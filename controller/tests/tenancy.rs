@@ -20,28 +20,6 @@ async fn create(controller: &TestController, token: &str, path: &str, body: Valu
     answer
 }
 
-/// A tenant and a token of `role` in it; returns the bearer secret.
-async fn tenant_token(controller: &TestController, tenant: &str, name: &str, role: &str) -> String {
-    let (status, _) = controller
-        .call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
-        .await;
-    if status == 404 {
-        let (status, body) = controller
-            .call(Method::POST, "/v1/tenants", Some(json!({"name": tenant})))
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": name, "role": role, "tenant": tenant})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["secret"].as_str().unwrap().to_string()
-}
-
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_string()
 }
@@ -125,8 +103,8 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
-    let alice = tenant_token(&controller, "t1", "alice", "member").await;
-    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    let alice = controller.tenant_token("t1", "alice", "member").await;
+    let bob = controller.tenant_token("t2", "bob", "member").await;
 
     let a = build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
     // Names are per tenant: t2 uses the very same ones.
@@ -403,9 +381,9 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     controller.register("n1", "").await;
-    let member = tenant_token(&controller, "t1", "ci", "member").await;
-    let viewer = tenant_token(&controller, "t1", "dashboard", "viewer").await;
-    let other = tenant_token(&controller, "t2", "other", "member").await;
+    let member = controller.tenant_token("t1", "ci", "member").await;
+    let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
+    let other = controller.tenant_token("t2", "other", "member").await;
     create(
         &controller,
         &member,
@@ -637,8 +615,8 @@ async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
-    let alice = tenant_token(&controller, "t1", "alice", "member").await;
-    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    let alice = controller.tenant_token("t1", "alice", "member").await;
+    let bob = controller.tenant_token("t2", "bob", "member").await;
     build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
     create(
         &controller,
@@ -670,7 +648,7 @@ async fn node_identity_routes_are_the_operators_alone() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     controller.register("n1", "").await;
-    let owner = tenant_token(&controller, "t1", "boss", "owner").await;
+    let owner = controller.tenant_token("t1", "boss", "owner").await;
     let refused: [(Method, &str, Option<Value>); 7] = [
         (Method::POST, "/v1/nodes/n1/approve", None),
         (Method::POST, "/v1/nodes/n1/revoke", None),
@@ -710,10 +688,10 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     controller.register("n1", "").await;
-    let alice = tenant_token(&controller, "t1", "alice", "member").await;
-    let viewer = tenant_token(&controller, "t1", "vera", "viewer").await;
-    let owner = tenant_token(&controller, "t1", "boss", "owner").await;
-    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    let alice = controller.tenant_token("t1", "alice", "member").await;
+    let viewer = controller.tenant_token("t1", "vera", "viewer").await;
+    let owner = controller.tenant_token("t1", "boss", "owner").await;
+    let bob = controller.tenant_token("t2", "bob", "member").await;
     let platform = id(&create(
         &controller,
         &alice,
@@ -787,8 +765,8 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     let n1 = controller.register("n1", "").await;
-    let alice = tenant_token(&controller, "t1", "alice", "member").await;
-    let bob = tenant_token(&controller, "t2", "bob", "member").await;
+    let alice = controller.tenant_token("t1", "alice", "member").await;
+    let bob = controller.tenant_token("t2", "bob", "member").await;
     create(
         &controller,
         &alice,

@@ -12,6 +12,7 @@ mod field_validation;
 mod flows;
 mod idempotency;
 mod join_tokens;
+mod metrics_endpoint;
 mod nodes;
 mod platforms;
 mod programs;
@@ -49,6 +50,7 @@ fn public_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/v1/openapi.json", get(openapi)),
+        ("/metrics", get(metrics_endpoint::serve)),
         ("/v1/whoami", get(tenants::whoami)),
         ("/v1/tenants", get(tenants::list).post(tenants::create)),
         (
@@ -192,6 +194,11 @@ pub(crate) fn router(state: AppState) -> Router {
     }
     app.merge(v1)
         .fallback(no_route)
+        // Layered on the router, so each route's MatchedPath is known.
+        .layer(middleware::from_fn_with_state(
+            state.metrics().clone(),
+            crate::metrics::observe_http,
+        ))
         .layer(middleware::map_response(security_headers::add))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

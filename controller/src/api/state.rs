@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::flows::archive::FlowArchive;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Shared state of the HTTP handlers; cheap to clone.
@@ -11,6 +12,8 @@ pub(crate) struct AppState {
     inner: Arc<Inner>,
     /// The collector's files; `None` when the controller runs no collector.
     flows: Option<Arc<FlowArchive>>,
+    /// Shared with the gRPC server, so one scrape shows both.
+    metrics: Arc<Metrics>,
 }
 
 struct Inner {
@@ -23,7 +26,18 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Record into `metrics` (the process's, shared with the node API).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Serve platform flows from the collector's `archive`.

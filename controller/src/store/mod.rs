@@ -32,6 +32,7 @@ pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
 mod resources;
+pub(crate) mod result_series;
 pub(crate) mod retention;
 mod run_tree;
 pub(crate) mod tasks;
@@ -294,6 +295,11 @@ impl Store {
             report.push((table.name(), deleted));
         }
         Ok(report)
+    }
+
+    /// Commands waiting for the writer thread (heartbeats, events, logs).
+    pub fn write_queue_depth(&self) -> usize {
+        self.writer.max_capacity() - self.writer.capacity()
     }
 
     pub fn resources(&self) -> &ResourceStore {

@@ -314,6 +314,61 @@ impl TestController {
         (status, value)
     }
 
+    /// A tenant (created unless it exists) and a token of `role` in it;
+    /// returns the bearer secret.
+    pub async fn tenant_token(&self, tenant: &str, name: &str, role: &str) -> String {
+        let (status, _) = self
+            .call(reqwest::Method::GET, &format!("/v1/tenants/{tenant}"), None)
+            .await;
+        if status == 404 {
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/tenants",
+                    Some(serde_json::json!({"name": tenant})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(serde_json::json!({"name": name, "role": role, "tenant": tenant})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["secret"].as_str().unwrap().to_string()
+    }
+
+    /// A platform over `nodes`; panics unless it is created.
+    pub async fn create_platform(&self, name: &str, nodes: &[&str]) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/platforms",
+                Some(serde_json::json!({"name": name, "nodes": nodes})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// A running namespace VM; panics unless it is created.
+    pub async fn create_vm(&self, name: &str, platform: &str, node: &str) {
+        let (status, vm) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/vms",
+                Some(
+                    serde_json::json!({"name": name, "platform": platform, "node": node,
+                    "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
+                    "power_state": "running"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{vm}");
+    }
+
     /// The typed public API client.
     pub fn client(&self) -> measurelab_api::client::Client {
         measurelab_api::client::Client::new(
@@ -430,4 +485,16 @@ pub fn result_document(
         comparison: None,
     };
     serde_json::to_value(document).unwrap()
+}
+
+/// A multicast task body on `platform` (its VMs `mscs` and `point`, as
+/// [`result_document`] names them).
+pub fn task_body(name: &str, platform: &str, schedule: &str) -> serde_json::Value {
+    let mut body = serde_json::json!({"name": name, "mode": "platform", "platform": platform,
+                          "schedule": schedule, "duration_seconds": 5, "rate_pps": 100,
+                          "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000, "ttl": 4});
+    if schedule == "periodic" {
+        body["interval_seconds"] = serde_json::json!(60);
+    }
+    body
 }

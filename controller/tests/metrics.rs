@@ -1,0 +1,231 @@
+//! `GET /metrics` through the real listeners: counts that follow the
+//! requests and heartbeats this test makes, nodes by status, and each
+//! task's newest run per receiver; operator-only; and `promtool check
+//! metrics` (Debian's prometheus package) accepts the exposition.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::TestController;
+use reqwest::Method;
+
+/// `name{labels} value` lines of an exposition, keyed by `name{labels}`.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A scrape as Prometheus makes it (`OpenMetrics` asked for) or as a plain
+/// client does.
+async fn scrape_as(
+    controller: &TestController,
+    token: &str,
+    accept: &str,
+) -> (u16, String, String) {
+    let response = reqwest::Client::new()
+        .get(controller.url("/metrics"))
+        .bearer_auth(token)
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+async fn scrape(controller: &TestController, token: &str) -> (u16, String, String) {
+    scrape_as(
+        controller,
+        token,
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn metrics_follow_requests_heartbeats_nodes_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    controller.register("n2", "").await;
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller.create_vm("mscs", "p", "n1").await;
+    controller.create_vm("point", "p", "n2").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(common::task_body("loss", "p", "once")),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut grpc = controller.grpc().await;
+    for sequence in 1..=3 {
+        grpc.heartbeat(common::heartbeat_request(&n1, sequence))
+            .await
+            .unwrap();
+    }
+    for _ in 0..4 {
+        let (status, _) = controller.call(Method::GET, "/v1/nodes/n2", None).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = controller.call(Method::GET, "/v1/nodes/nope", None).await;
+    assert_eq!(status, 404);
+    // An older run, then the newest: only the newest becomes series.
+    for (started, loss, delay_us) in [
+        ("2026-03-01T00:00:00Z", 0.5, 9000.0),
+        ("2026-03-01T00:05:00Z", 0.02, 400.0),
+    ] {
+        let run = common::result_document(
+            Some("loss"),
+            started,
+            vec![common::reporting_receiver(
+                "point", 1000, loss, delay_us, 25.0,
+            )],
+        );
+        let (status, stored) = controller
+            .call(Method::POST, "/v1/results", Some(run))
+            .await;
+        assert_eq!(status, 201, "{stored}");
+    }
+
+    let (status, content_type, text) = scrape(&controller, &controller.admin_token).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let values = samples(&text);
+    let value = |series: &str| {
+        *values
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(value(r#"measurelab_nodes{status="online"}"#), 2.0);
+    assert_eq!(
+        value(r#"measurelab_grpc_requests_total{rpc="Register"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"measurelab_grpc_requests_total{rpc="Heartbeat"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"measurelab_grpc_request_duration_seconds_count{rpc="Heartbeat"}"#),
+        3.0
+    );
+    let route = r#"method="GET",route="/v1/nodes/:id_or_name""#;
+    assert_eq!(
+        value(&format!(
+            "measurelab_http_requests_total{{{route},status=\"200\"}}"
+        )),
+        4.0
+    );
+    assert_eq!(
+        value(&format!(
+            "measurelab_http_requests_total{{{route},status=\"404\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "measurelab_http_request_duration_seconds_count{{{route}}}"
+        )),
+        5.0
+    );
+    let receiver = r#"tenant="default",task="loss",receiver="point""#;
+    assert_eq!(
+        value(&format!("measurelab_result_loss_ratio{{{receiver}}}")),
+        0.02
+    );
+    assert_eq!(
+        value(&format!("measurelab_result_packets_lost{{{receiver}}}")),
+        20.0
+    );
+    assert_eq!(
+        value(&format!(
+            "measurelab_result_one_way_delay_seconds{{{receiver},stat=\"median\"}}"
+        )),
+        0.0004
+    );
+    assert_eq!(
+        value(&format!(
+            "measurelab_result_one_way_delay_seconds{{{receiver},stat=\"p95\"}}"
+        )),
+        0.0008
+    );
+    assert_eq!(
+        value(&format!("measurelab_result_jitter_seconds{{{receiver}}}")),
+        0.000025
+    );
+    assert_eq!(
+        value(r#"measurelab_result_started_timestamp_seconds{tenant="default",task="loss"}"#),
+        1_772_323_500.0
+    );
+
+    // The task's series leave with it.
+    let (status, body) = controller
+        .call(Method::DELETE, "/v1/tasks/loss", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, after) = scrape(&controller, &controller.admin_token).await;
+    assert!(!after.contains("task=\"loss\""), "{after}");
+
+    // The classic format, for tools that do not read OpenMetrics, carries
+    // the same samples; Prometheus' own linter accepts it.
+    let (status, content_type, classic) =
+        scrape_as(&controller, &controller.admin_token, "*/*").await;
+    assert_eq!(status, 200, "{classic}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(!classic.contains("# EOF"), "{classic}");
+    assert_eq!(
+        samples(&classic).keys().collect::<Vec<_>>(),
+        samples(&after).keys().collect::<Vec<_>>()
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, scripts/packages.txt)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(classic.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // Operator only: the series name tenants and tasks.
+    let member = controller.tenant_token("t1", "m", "member").await;
+    let (status, _, text) = scrape(&controller, &member).await;
+    assert_eq!(status, 403, "{text}");
+    let (status, _, _) = scrape(&controller, "").await;
+    assert_eq!(status, 401);
+    controller.stop().await;
+}
