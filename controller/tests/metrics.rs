@@ -221,6 +221,41 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
         String::from_utf8_lossy(&checked.stderr)
     );
 
+    // Every series the Grafana dashboard queries is one the controller
+    // serves (a renamed metric would leave a panel silently empty).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana/measurelab-controller.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("measurelab_") {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let served: std::collections::BTreeSet<String> = samples(&text)
+        .into_keys()
+        .map(|series| series.split('{').next().unwrap_or_default().to_string())
+        .collect();
+    for name in &queried {
+        assert!(
+            served.contains(name),
+            "the dashboard queries {name}, which /metrics does not serve: {served:?}"
+        );
+    }
+
     // Operator only: the series name tenants and tasks.
     let member = controller.tenant_token("t1", "m", "member").await;
     let (status, _, text) = scrape(&controller, &member).await;
