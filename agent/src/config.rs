@@ -57,6 +57,9 @@ pub struct AgentConfig {
     /// A running guest silent for longer than this turns its VM's
     /// `GuestRegistered` False. Default 15 s (3 guest heartbeats).
     pub guest_heartbeat_deadline: std::time::Duration,
+    /// Where to serve Prometheus `/metrics` (plain HTTP, no token: bind it
+    /// to the management address or loopback); `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -83,6 +86,7 @@ impl AgentConfig {
             service_host: None,
             flow_export: None,
             guest_heartbeat_deadline: reconcile::DEFAULT_GUEST_HEARTBEAT_DEADLINE,
+            metrics_listen: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub mod guest_channel;
 pub mod hypervisor;
 pub mod identity;
 pub mod logs;
+pub mod metrics;
 pub mod ovs;
 pub mod reconcile;
 pub mod service_host;

@@ -115,6 +115,22 @@ pub(crate) async fn run(
         let _ = shutdown_tx.send(true);
     });
 
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::InvalidConfig {
+                    field: "metrics_listen".into(),
+                    reason: format!("cannot listen on {addr}: {source}"),
+                })?;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let targets = ProbeTargets {
         libvirt_uris: config.libvirt_uris.clone(),
         ovsdb: config.ovsdb.clone(),
@@ -222,6 +238,9 @@ pub(crate) async fn run(
         poller.abort();
     }
     follower.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     // The loop stops itself on shutdown; guests keep running (they are
     // adopted by the next agent).
     let _ = tokio::time::timeout(Duration::from_secs(5), reconciler).await;
@@ -410,12 +429,9 @@ impl Session {
             usage,
             observed_generation: *self.observed_generation_rx.borrow(),
         };
-        let response = self
-            .client
-            .heartbeat(request)
-            .await
-            .map_err(classify)?
-            .into_inner();
+        let response = self.client.heartbeat(request).await;
+        crate::metrics::metrics().observe_heartbeat(response.is_ok());
+        let response = response.map_err(classify)?.into_inner();
         self.set_interval(response.heartbeat_interval_seconds);
         let desired = response.desired_generation;
         self.desired_generation_tx.send_if_modified(|current| {

@@ -114,6 +114,10 @@ pub struct AgentArgs {
     /// turns its VM's GuestRegistered condition False (GuestHeartbeatMissed).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     guest_heartbeat_deadline_seconds: u64,
+    /// Serve Prometheus /metrics on this IP:PORT (plain HTTP, no token:
+    /// use the management address or loopback). Off when absent.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_flow_protocol(text: &str) -> Result<FlowProtocol, String> {
@@ -209,6 +213,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         guest_heartbeat_deadline: std::time::Duration::from_secs(
             args.guest_heartbeat_deadline_seconds,
         ),
+        metrics_listen: args.metrics_listen,
     };
     config
         .validate()

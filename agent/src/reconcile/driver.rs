@@ -288,7 +288,14 @@ pub async fn run_loop(
             if let Some(state) = desired.as_mut() {
                 reconciler.prepare_appliances(state, control.as_ref()).await;
                 let state = &*state;
+                let started = Instant::now();
                 let report = reconciler.pass(state).await;
+                crate::metrics::metrics().observe_pass(
+                    started.elapsed(),
+                    report.converged,
+                    state.vms.len(),
+                    state.generation,
+                );
                 if !report.actions.is_empty() {
                     tracing::info!(
                         actions = report.actions.len(),
@@ -329,6 +336,7 @@ pub async fn run_loop(
                     }
                 }
                 if report.converged {
+                    crate::metrics::metrics().observe_generation(state.generation);
                     handles.observed_generation.send_if_modified(|g| {
                         let changed = *g != state.generation;
                         *g = state.generation;

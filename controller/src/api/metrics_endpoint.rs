@@ -9,7 +9,8 @@ use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::access::Principal;
-use crate::metrics::{Format, ScrapeError};
+use crate::metrics::ScrapeError;
+use measurelab_api::exposition::Format;
 
 pub(crate) async fn serve(
     State(state): State<AppState>,

@@ -1,0 +1,272 @@
+//! Prometheus metrics of the node agent, served at `/metrics` on
+//! `metrics_listen` when it is set (off by default; bind it to the
+//! management address). Reconcile pass durations and outcomes, heartbeats,
+//! and the generations the node is at.
+//!
+//! One set per process, like the log buffer: a node runs one agent.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use measurelab_api::exposition::Format;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    converged: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The agent's metrics.
+pub struct AgentMetrics {
+    registry: Registry,
+    pass_duration: Histogram,
+    passes: Family<PassLabels, Counter>,
+    heartbeats: Family<OutcomeLabels, Counter>,
+    desired_vms: Gauge,
+    desired_generation: Gauge,
+    observed_generation: Gauge,
+}
+
+static METRICS: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static AgentMetrics {
+    &METRICS
+}
+
+impl AgentMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("measurelab_agent");
+        // 1 ms .. ~65 s: a no-op pass is sub-millisecond, a QEMU boot is seconds.
+        let pass_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register_with_unit(
+            "reconcile_pass_duration",
+            "Time one reconcile pass took",
+            Unit::Seconds,
+            pass_duration.clone(),
+        );
+        let passes = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes, by whether the node converged",
+            passes.clone(),
+        );
+        let heartbeats = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "heartbeats",
+            "Heartbeats sent, by outcome",
+            heartbeats.clone(),
+        );
+        let desired_vms = Gauge::default();
+        registry.register(
+            "desired_vms",
+            "Guests the controller wants on this node",
+            desired_vms.clone(),
+        );
+        let desired_generation = Gauge::default();
+        registry.register(
+            "desired_generation",
+            "Generation of the desired state last fetched",
+            desired_generation.clone(),
+        );
+        let observed_generation = Gauge::default();
+        registry.register(
+            "observed_generation",
+            "Newest desired generation the node has converged to",
+            observed_generation.clone(),
+        );
+        AgentMetrics {
+            registry,
+            pass_duration,
+            passes,
+            heartbeats,
+            desired_vms,
+            desired_generation,
+            observed_generation,
+        }
+    }
+
+    /// One reconcile pass over `desired_vms` guests of `generation`.
+    pub fn observe_pass(
+        &self,
+        took: Duration,
+        converged: bool,
+        desired_vms: usize,
+        generation: u64,
+    ) {
+        self.pass_duration.observe(took.as_secs_f64());
+        self.passes
+            .get_or_create(&PassLabels {
+                converged: if converged { "true" } else { "false" },
+            })
+            .inc();
+        self.desired_vms.set(gauge_value(desired_vms as u64));
+        self.desired_generation.set(gauge_value(generation));
+    }
+
+    /// The generation the node reports as converged.
+    pub fn observe_generation(&self, observed: u64) {
+        self.observed_generation.set(gauge_value(observed));
+    }
+
+    /// A heartbeat's outcome.
+    pub fn observe_heartbeat(&self, delivered: bool) {
+        self.heartbeats
+            .get_or_create(&OutcomeLabels {
+                outcome: if delivered { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// The exposition, in OpenMetrics.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn serve_metrics(headers: HeaderMap) -> axum::response::Response {
+    let format = Format::from_accept(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    match metrics().encode() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, format.content_type())],
+            format.render(text),
+        )
+            .into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Serve `/metrics` on `listener` until `shutdown` flips to true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route("/metrics", get(serve_metrics));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/metrics` over a real socket, in both formats; Prometheus' linter
+    /// (Debian's prometheus package) accepts the classic one.
+    #[tokio::test]
+    async fn the_endpoint_serves_what_was_observed_in_both_formats() {
+        let m = metrics();
+        m.observe_pass(Duration::from_millis(3), true, 4, 7);
+        m.observe_pass(Duration::from_millis(5), false, 5, 8);
+        m.observe_generation(7);
+        m.observe_heartbeat(true);
+        m.observe_heartbeat(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, stopped));
+
+        let (content_type, classic) = http_get(addr, "*/*").await;
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        for line in [
+            "measurelab_agent_reconcile_passes_total{converged=\"true\"} 1",
+            "measurelab_agent_reconcile_passes_total{converged=\"false\"} 1",
+            "measurelab_agent_reconcile_pass_duration_seconds_count 2",
+            "measurelab_agent_heartbeats_total{outcome=\"ok\"} 1",
+            "measurelab_agent_heartbeats_total{outcome=\"failed\"} 1",
+            "measurelab_agent_desired_vms 5",
+            "measurelab_agent_desired_generation 8",
+            "measurelab_agent_observed_generation 7",
+        ] {
+            assert!(
+                classic.lines().any(|l| l == line),
+                "{line} not in:\n{classic}"
+            );
+        }
+        let (content_type, open_metrics) = http_get(addr, "application/openmetrics-text").await;
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        assert!(open_metrics.ends_with("# EOF\n"), "{open_metrics}");
+
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus, scripts/packages.txt)");
+        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), classic.as_bytes()).unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// A minimal HTTP/1.1 GET (the agent has no HTTP client crate):
+    /// (content type, body).
+    async fn http_get(addr: std::net::SocketAddr, accept: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "GET /metrics HTTP/1.1\r\nhost: x\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        socket.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        (content_type, body.to_string())
+    }
+}
