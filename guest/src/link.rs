@@ -11,13 +11,16 @@ use measurelab_api::guest::{encode_line, GuestMessage};
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+/// A waiting `GET /tasks`: the task list, or why the node agent refused.
+type TaskWaiter = oneshot::Sender<Result<Vec<serde_json::Value>, String>>;
+
 /// The current connection, shared by the session, the heartbeat loop, the
 /// program runner and the local API.
 #[derive(Default)]
 pub(crate) struct Link {
     // std Mutexes: held only to clone or swap, never across an await.
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    task_waiters: Mutex<Vec<oneshot::Sender<Result<Vec<serde_json::Value>, String>>>>,
+    task_waiters: Mutex<Vec<TaskWaiter>>,
     /// Results waiting for the node agent's `result_ack`, by request id.
     result_waiters: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     /// Wakes the heartbeat loop at once after a (re)connect.
