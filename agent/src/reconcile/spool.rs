@@ -22,6 +22,18 @@ use super::types::{ControlPlane, ReconcileError, SpoolSettings};
 /// Why a result was not spooled.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// The VM's share of the spool is used up.
+    #[error("the node's result spool is full for this VM ({files} results, {bytes} bytes; limits {max_files} results, {max_bytes} bytes per VM); retry later")]
+    VmShareFull {
+        /// Results of the VM spooled.
+        files: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// Limit.
+        max_files: usize,
+        /// Limit.
+        max_bytes: u64,
+    },
     /// The spool is at its limit.
     #[error("the node's result spool is full ({files} results, {bytes} bytes; limits {max_files} results, {max_bytes} bytes); retry later")]
     Full {
@@ -53,10 +65,53 @@ struct Entry {
     document_json: String,
 }
 
-#[derive(Default)]
-struct Usage {
+#[derive(Default, Clone, Copy)]
+struct Count {
     files: usize,
     bytes: u64,
+}
+
+impl Count {
+    fn add(&mut self, bytes: u64) {
+        self.files += 1;
+        self.bytes += bytes;
+    }
+    fn sub(&mut self, bytes: u64) {
+        self.files = self.files.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
+/// What the spool holds, in all and per VM.
+#[derive(Default)]
+struct Usage {
+    total: Count,
+    by_vm: std::collections::HashMap<String, Count>,
+}
+
+impl Usage {
+    fn add(&mut self, vm: &str, bytes: u64) {
+        self.total.add(bytes);
+        self.by_vm.entry(vm.to_string()).or_default().add(bytes);
+    }
+    fn sub(&mut self, vm: &str, bytes: u64) {
+        self.total.sub(bytes);
+        if let Some(count) = self.by_vm.get_mut(vm) {
+            count.sub(bytes);
+            if count.files == 0 {
+                self.by_vm.remove(vm);
+            }
+        }
+    }
+}
+
+/// The VM a spool file belongs to: its name is `<ms>-<vm>-<uuid>.json`.
+fn vm_of(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').nth(1))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The spool directory and what it holds. Cheap to share (`Arc`).
@@ -87,8 +142,10 @@ impl ResultSpool {
             let path = entry.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => {
-                    usage.files += 1;
-                    usage.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    usage.add(
+                        &vm_of(&path),
+                        entry.metadata().map(|m| m.len()).unwrap_or(0),
+                    );
                 }
                 Some("tmp") => {
                     let _ = std::fs::remove_file(&path);
@@ -96,10 +153,10 @@ impl ResultSpool {
                 _ => {}
             }
         }
-        if usage.files > 0 {
+        if usage.total.files > 0 {
             tracing::info!(
-                results = usage.files,
-                bytes = usage.bytes,
+                results = usage.total.files,
+                bytes = usage.total.bytes,
                 "result spool holds results of an earlier run; re-posting them"
             );
         }
@@ -113,7 +170,7 @@ impl ResultSpool {
 
     /// Results spooled and not yet committed by the controller.
     pub fn len(&self) -> usize {
-        self.lock().files
+        self.lock().total.files
     }
 
     /// Whether nothing waits for the controller.
@@ -138,41 +195,54 @@ impl ResultSpool {
             source: std::io::Error::other(e),
         })?;
         let size = body.len() as u64;
+        let vm = vm_id.simple().to_string();
         {
             // Reserve first, so concurrent puts cannot overshoot the cap.
             let mut usage = self.lock();
-            if usage.files + 1 > self.settings.max_files
-                || usage.bytes + size > self.settings.max_bytes
+            let total = usage.total;
+            if total.files + 1 > self.settings.max_files
+                || total.bytes + size > self.settings.max_bytes
             {
                 return Err(SpoolError::Full {
-                    files: usage.files,
-                    bytes: usage.bytes,
+                    files: total.files,
+                    bytes: total.bytes,
                     max_files: self.settings.max_files,
                     max_bytes: self.settings.max_bytes,
                 });
             }
-            usage.files += 1;
-            usage.bytes += size;
+            let share = u64::from(self.settings.vm_share.max(1));
+            let (max_files, max_bytes) = (
+                (self.settings.max_files / share as usize).max(1),
+                self.settings.max_bytes / share,
+            );
+            let mine = usage.by_vm.get(&vm).copied().unwrap_or_default();
+            if mine.files + 1 > max_files || mine.bytes + size > max_bytes {
+                return Err(SpoolError::VmShareFull {
+                    files: mine.files,
+                    bytes: mine.bytes,
+                    max_files,
+                    max_bytes,
+                });
+            }
+            usage.add(&vm, size);
         }
-        let written = self.write_durably(&body);
+        let written = self.write_durably(&vm, &body);
         if written.is_err() {
-            let mut usage = self.lock();
-            usage.files = usage.files.saturating_sub(1);
-            usage.bytes = usage.bytes.saturating_sub(size);
+            self.lock().sub(&vm, size);
         }
         written?;
         self.spooled.notify_one();
         Ok(())
     }
 
-    fn write_durably(&self, body: &[u8]) -> Result<(), SpoolError> {
+    fn write_durably(&self, vm: &str, body: &[u8]) -> Result<(), SpoolError> {
         use std::io::Write;
         // Time first, so a directory listing sorts oldest first.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let name = format!("{now_ms:016}-{}", Uuid::new_v4().simple());
+        let name = format!("{now_ms:016}-{vm}-{}", Uuid::new_v4().simple());
         let tmp = self.dir.join(format!("{name}.tmp"));
         let done = self.dir.join(format!("{name}.json"));
         let result = (|| {
@@ -204,11 +274,7 @@ impl ResultSpool {
     fn remove(&self, path: &Path) {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         match std::fs::remove_file(path) {
-            Ok(()) => {
-                let mut usage = self.lock();
-                usage.files = usage.files.saturating_sub(1);
-                usage.bytes = usage.bytes.saturating_sub(size);
-            }
+            Ok(()) => self.lock().sub(&vm_of(path), size),
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "cannot remove a posted result from the spool")
             }
@@ -257,7 +323,8 @@ impl ResultSpool {
             }
         };
         for path in files {
-            let entry: Entry = match std::fs::read(&path)
+            let entry: Entry = match tokio::fs::read(&path)
+                .await
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
             {
@@ -305,4 +372,43 @@ fn refused_for_good(code: Code) -> bool {
             | Code::PermissionDenied
             | Code::OutOfRange
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One guest filling its share leaves room for the others, and a
+    /// reopened spool (an agent restart) counts the shares again.
+    #[test]
+    fn each_vm_gets_a_share_and_reopening_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            max_files: 8,
+            vm_share: 4,
+            ..SpoolSettings::default()
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let spool = ResultSpool::open(dir.path(), settings.clone()).unwrap();
+        spool.put(a, "t", "{}".into()).unwrap();
+        spool.put(a, "t", "{}".into()).unwrap();
+        assert!(matches!(
+            spool.put(a, "t", "{}".into()),
+            Err(SpoolError::VmShareFull { max_files: 2, .. })
+        ));
+        spool.put(b, "t", "{}".into()).unwrap();
+        assert_eq!(spool.len(), 3);
+
+        let again = ResultSpool::open(dir.path(), settings).unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(matches!(
+            again.put(a, "t", "{}".into()),
+            Err(SpoolError::VmShareFull { .. })
+        ));
+        again.put(b, "t", "{}".into()).unwrap();
+        let files = again.oldest_first().unwrap();
+        assert_eq!(files.len(), 4);
+        again.remove(&files[0]);
+        assert_eq!(again.len(), 3);
+    }
 }

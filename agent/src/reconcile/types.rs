@@ -169,6 +169,9 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     /// Spooled results at most.
     pub max_files: usize,
+    /// What one VM's guest may hold of each limit, as a fraction (1/N), so
+    /// one flooding guest cannot take the spool from the others.
+    pub vm_share: u32,
     /// First delay after a failed post.
     pub retry_initial: Duration,
     /// Longest delay between posts while the controller is unreachable.
@@ -176,12 +179,13 @@ pub struct SpoolSettings {
 }
 
 impl Default for SpoolSettings {
-    /// 256 MiB and 10,000 results: hours of results of a busy node, far
-    /// below a node's disk.
+    /// 256 MiB and 10,000 results, a quarter of it per VM: hours of
+    /// results of a busy node, far below a node's disk.
     fn default() -> Self {
         SpoolSettings {
             max_bytes: 256 * 1024 * 1024,
             max_files: 10_000,
+            vm_share: 4,
             retry_initial: Duration::from_millis(500),
             retry_cap: Duration::from_secs(30),
         }
