@@ -1193,6 +1193,13 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             .to_string(),
         )
         .await;
+        // Statuses of runs it was never given are not relayed.
+        bad.send(
+            serde_json::json!({"type": "program_status",
+                "deployment_id": format!("invented-{round}"), "status": "running"})
+            .to_string(),
+        )
+        .await;
     }
     let flood = flood_started.elapsed();
     eprintln!("flood of {polls_sent} polls took {flood:?}");
@@ -1245,6 +1252,7 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             );
             assert!(p.stderr_tail.len() <= RELAYED_TAIL_BYTES);
             assert!(p.stdout_tail.contains("cut by the node agent"));
+            assert_eq!(p.deployment_id, "d1", "only the run the guest was given");
         }
     }
     // Results for tasks that are not the VM's: refused by the controller,
