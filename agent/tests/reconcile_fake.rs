@@ -1193,6 +1193,13 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             .to_string(),
         )
         .await;
+        // Long log messages: cut to 4 KiB a line at the channel, and a
+        // report carries a bounded share of them.
+        bad.send(
+            serde_json::json!({"type": "log", "lines": vec!["l".repeat(8 * 1024); 200]})
+                .to_string(),
+        )
+        .await;
         // Statuses of runs it was never given are not relayed.
         bad.send(
             serde_json::json!({"type": "program_status",
@@ -1254,7 +1261,30 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             assert!(p.stdout_tail.contains("cut by the node agent"));
             assert_eq!(p.deployment_id, "d1", "only the run the guest was given");
         }
+        let log_bytes: usize = report
+            .guests
+            .iter()
+            .flat_map(|g| g.logs.iter())
+            .map(|l| l.message.len())
+            .sum();
+        assert!(
+            log_bytes <= 512 * 1024,
+            "a report with {log_bytes} log bytes"
+        );
     }
+    let hostile_logs = control
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.guests.iter())
+        .filter(|g| g.vm_id == hostile.id)
+        .map(|g| g.logs.len())
+        .sum::<usize>();
+    assert!(
+        hostile_logs > 0,
+        "the hostile guest's logs are relayed, bounded"
+    );
     // Results for tasks that are not the VM's: refused by the controller,
     // so they do not stay in the spool.
     eventually("refused results leave the spool", || {

@@ -564,6 +564,31 @@ fn note_refused(ack: &StatusAck) {
     }
 }
 
+/// Log bytes one guest report carries at most (all VMs together), the
+/// rest waits for the next one: a report stays far below the controller's
+/// 4 MiB message limit however much the guests log, so one guest's logs
+/// cannot make the report - and every guest's heartbeat in it - fail.
+const REPORT_LOG_BYTES: usize = 512 * 1024;
+/// Log bytes of one VM in one report, so one guest cannot use all of it.
+const REPORT_LOG_BYTES_PER_VM: usize = 64 * 1024;
+
+/// The oldest of `logs` that fit the VM's share and `budget` (at least one
+/// line while any budget is left, so a long line never blocks the rest).
+fn oldest_within(logs: &[LogLine], budget: &mut usize) -> Vec<LogLine> {
+    let mut mine = REPORT_LOG_BYTES_PER_VM.min(*budget);
+    let mut taken = Vec::new();
+    for line in logs {
+        let size = line.message.len() + line.target.len() + 16;
+        if size > mine && (!taken.is_empty() || mine == 0) {
+            break;
+        }
+        mine = mine.saturating_sub(size);
+        *budget = budget.saturating_sub(size);
+        taken.push(line.clone());
+    }
+    taken
+}
+
 async fn flush_guest_reports(
     reconciler: &Reconciler,
     programs: &mut Programs,
@@ -572,6 +597,7 @@ async fn flush_guest_reports(
     observed_generation: u64,
 ) {
     let mut guests = Vec::new();
+    let mut log_budget = REPORT_LOG_BYTES;
     for (vm, entry) in pending.iter() {
         let state = reconciler.channels().state(*vm);
         let heartbeat = state
@@ -588,7 +614,7 @@ async fn flush_guest_reports(
             vm_id: vm.to_string(),
             last_heartbeat_unix_ms: heartbeat,
             usage: state.and_then(|s| s.last_usage.as_ref().map(usage_of)),
-            logs: entry.logs.clone(),
+            logs: oldest_within(&entry.logs, &mut log_budget),
             points: entry.points.clone(),
         });
     }
