@@ -19,6 +19,12 @@ use tracing_subscriber::Layer;
 /// Lines kept while the controller is unreachable.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
+/// Longest message shipped. The controller refuses a ShipLogs call with a
+/// line over 16 KiB, which would block shipping for good (the batch is
+/// requeued); and log lines can quote what a guest sent. Longer ones are
+/// cut at a char boundary and marked.
+pub const MAX_SHIPPED_MESSAGE_BYTES: usize = 8 * 1024;
+
 /// Targets whose events are not shipped: the gRPC stack logs about the very
 /// requests that ship logs, which would feed back into the buffer.
 const UNSHIPPED_TARGET_PREFIXES: [&str; 6] = ["h2", "hyper", "tonic", "tower", "rustls", "reqwest"];
@@ -152,7 +158,7 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
             timestamp_unix_ms: now_unix_ms(),
             level: meta.level().as_str().to_ascii_lowercase(),
             target: target.to_string(),
-            message: visitor.finish(),
+            message: crate::guest_channel::keep_head(visitor.finish(), MAX_SHIPPED_MESSAGE_BYTES),
         });
     }
 }
@@ -222,6 +228,23 @@ mod tests {
 
     fn messages(lines: &[LogLine]) -> Vec<&str> {
         lines.iter().map(|l| l.message.as_str()).collect()
+    }
+
+    #[test]
+    fn long_messages_are_cut_before_shipping() {
+        let buffer = Arc::new(LogBuffer::new(10));
+        let subscriber =
+            tracing_subscriber::registry().with(ShipLayer::new(buffer.clone(), Level::INFO));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(guest = %"ü".repeat(20_000), "a guest said");
+        });
+        let lines = buffer.take_batch(10);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].message.len() <= MAX_SHIPPED_MESSAGE_BYTES);
+        assert!(lines[0].message.starts_with("a guest said guest=ü"));
+        assert!(lines[0]
+            .message
+            .ends_with(" [cut by the node agent from 40019 bytes]"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! clock jumps to the next timer whenever the runtime is idle.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -643,6 +644,20 @@ struct FakeControl {
     results: Mutex<Vec<(String, String, String)>>,
     polls: Mutex<Vec<String>>,
     fetches: Mutex<u32>,
+    /// "Stopped": every call fails as it does while the controller is
+    /// unreachable (the in-process equivalent of SIGSTOP).
+    down: AtomicBool,
+    /// PostResult calls, answered or not.
+    post_attempts: AtomicU32,
+    polls_in_flight: AtomicU32,
+    max_polls_in_flight: AtomicU32,
+}
+
+fn unreachable(call: &'static str) -> measurelab_agent::reconcile::ReconcileError {
+    measurelab_agent::reconcile::ReconcileError::Controller {
+        call,
+        status: Box::new(tonic::Status::unavailable("controller stopped")),
+    }
 }
 
 #[async_trait]
@@ -658,9 +673,13 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         report: measurelab_api::node_v1::StatusReport,
     ) -> Result<measurelab_api::node_v1::StatusAck, measurelab_agent::reconcile::ReconcileError>
     {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(unreachable("ReportStatus"));
+        }
         self.reports.lock().unwrap().push(report);
         Ok(measurelab_api::node_v1::StatusAck {
             desired_generation: self.desired.lock().unwrap().generation,
+            ..Default::default()
         })
     }
     async fn fetch_program(
@@ -681,6 +700,19 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         task_id: &str,
         document_json: String,
     ) -> Result<String, measurelab_agent::reconcile::ReconcileError> {
+        self.post_attempts.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(unreachable("PostResult"));
+        }
+        // As the controller answers a result for a task that is not the VM's.
+        if task_id.starts_with("other-") {
+            return Err(measurelab_agent::reconcile::ReconcileError::Controller {
+                call: "PostResult",
+                status: Box::new(tonic::Status::invalid_argument(format!(
+                    "task_id: task {task_id} does not belong to the VM's platform"
+                ))),
+            });
+        }
         self.results
             .lock()
             .unwrap()
@@ -692,6 +724,11 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         vm_id: &str,
     ) -> Result<Vec<String>, measurelab_agent::reconcile::ReconcileError> {
         self.polls.lock().unwrap().push(vm_id.into());
+        let now = self.polls_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_polls_in_flight.fetch_max(now, Ordering::SeqCst);
+        // A controller takes a moment; polls relayed at once would overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.polls_in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(vec![r#"{"id":"t1","name":"probe"}"#.into()])
     }
 }
@@ -936,4 +973,453 @@ async fn loop_resyncs_an_unannounced_desired_state() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A loop over fakes, in real time, with settings to adjust.
+struct LoopRun {
+    desired_tx: tokio::sync::watch::Sender<u64>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopRun {
+    fn start(
+        hv: &Arc<FakeHypervisor>,
+        switch: &Arc<FakeSwitch>,
+        state_dir: &std::path::Path,
+        control: &Arc<FakeControl>,
+        tweak: impl FnOnce(&mut ReconcilerConfig),
+    ) -> LoopRun {
+        use measurelab_agent::reconcile::{run_loop, LoopHandles};
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+        let mut config = ReconcilerConfig::new(state_dir, OWNER);
+        config.uplink = None;
+        tweak(&mut config);
+        let reconciler = Reconciler::new(
+            config,
+            Backends {
+                namespace: Some(hv.clone() as Arc<dyn Hypervisor>),
+                libvirt: None,
+            },
+            Some(switch.clone() as Arc<dyn Switch>),
+            GuestChannels::new(),
+            events_tx,
+        );
+        let generation = control.desired.lock().unwrap().generation;
+        let (desired_tx, desired_rx) = tokio::sync::watch::channel(generation);
+        let (observed_tx, _observed_rx) = tokio::sync::watch::channel(0u64);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run_loop(
+            reconciler,
+            events_rx,
+            control.clone(),
+            state_dir.to_path_buf(),
+            LoopHandles {
+                desired_generation: desired_rx,
+                observed_generation: observed_tx,
+                shutdown: stop_rx,
+            },
+        ));
+        LoopRun {
+            desired_tx,
+            stop_tx,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop_tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("the loop did not stop")
+            .unwrap();
+    }
+}
+
+/// A fake guest on the real unix channel of `vm`: says hello, then the
+/// caller writes lines; what the agent sends back is collected.
+struct FakeGuest {
+    write: tokio::net::unix::OwnedWriteHalf,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl FakeGuest {
+    async fn connect(state_dir: &std::path::Path, vm: &DesiredVm) -> FakeGuest {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let socket = measurelab_agent::guest_channel::channel_socket_path(state_dir, id_of(vm));
+        eventually("channel socket", || socket.exists()).await;
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(value);
+                }
+            }
+        });
+        let hello = format!(
+            "{{\"type\":\"hello\",\"vm_id\":\"{}\",\"agent_version\":\"test\"}}\n",
+            vm.id
+        );
+        write.write_all(hello.as_bytes()).await.unwrap();
+        FakeGuest { write, received }
+    }
+
+    async fn send(&mut self, line: String) {
+        use tokio::io::AsyncWriteExt;
+        self.write.write_all(line.as_bytes()).await.unwrap();
+        self.write.write_all(b"\n").await.unwrap();
+    }
+
+    fn received(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+fn heartbeat_line() -> String {
+    r#"{"type":"heartbeat","usage":{"cpu_count":1,"cpu_used_percent":5.0,"memory_total_bytes":10,"memory_used_bytes":5,"disk_total_bytes":0,"disk_used_bytes":0,"network_rx_bytes":0,"network_tx_bytes":0}}"#.into()
+}
+
+fn result_line(task_id: &str, run_id: &str, request_id: &str) -> String {
+    serde_json::json!({"type": "result", "task_id": task_id, "request_id": request_id,
+                       "document": {"run_id": run_id, "loss": 0}})
+    .to_string()
+}
+
+fn spooled_files(state_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(state_dir.join("results"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A hostile guest floods its channel - `poll_tasks` in a loop, 4 MiB
+/// output tails, results for tasks that are not its VM's - while another
+/// guest on the node heartbeats and a third VM is deleted. The flood is
+/// bounded at the agent (one poll at the controller at a time, polls over
+/// budget refused back to the guest, tails cut to 8 KiB), the other guest's
+/// heartbeats keep reaching the controller, and the deletion is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
+    use measurelab_agent::guest_channel::RELAYED_TAIL_BYTES;
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let (hostile, honest, doomed) = (vm(1, 101), vm(2, 101), vm(3, 101));
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = DesiredState {
+        generation: 1,
+        vms: vec![hostile.clone(), honest.clone(), doomed.clone()],
+        program_runs: vec![measurelab_api::node_v1::ProgramRun {
+            deployment_id: "d1".into(),
+            vm_id: hostile.id.clone(),
+            program_id: "p1".into(),
+            program_name: "hi.sh".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    let mut bad = FakeGuest::connect(&state_dir, &hostile).await;
+    let mut good = FakeGuest::connect(&state_dir, &honest).await;
+    eventually("the doomed VM defined", || {
+        rig.hv.guests.lock().unwrap().contains_key(&id_of(&doomed))
+    })
+    .await;
+
+    // The honest guest heartbeats all along.
+    let beating = tokio::spawn(async move {
+        loop {
+            good.send(heartbeat_line()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let honest_heartbeats = |control: &FakeControl| {
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.guests.iter())
+            .filter(|g| g.vm_id == honest.id && g.last_heartbeat_unix_ms > 0)
+            .map(|g| g.last_heartbeat_unix_ms)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let before = honest_heartbeats(&control);
+
+    // The deletion is asked for in the middle of the flood.
+    let mut deleting = doomed.clone();
+    deleting.deleting = true;
+    deleting.generation = 2;
+    {
+        let mut desired = control.desired.lock().unwrap();
+        desired.generation = 2;
+        desired.vms[2] = deleting;
+    }
+    run.desired_tx.send(2).unwrap();
+
+    // A 4 MiB tail: as much as fits in one channel line.
+    let huge_tail = "x".repeat(4 * 1024 * 1024 - 1024);
+    let flood_started = std::time::Instant::now();
+    let mut polls_sent = 0;
+    for round in 0..10 {
+        for _ in 0..300 {
+            bad.send(r#"{"type":"poll_tasks"}"#.into()).await;
+            polls_sent += 1;
+        }
+        for i in 0..20 {
+            bad.send(result_line(
+                "other-task",
+                &format!("run-{round}-{i}"),
+                &format!("q{round}-{i}"),
+            ))
+            .await;
+        }
+        bad.send(
+            serde_json::json!({"type": "program_status", "deployment_id": "d1",
+                "status": "running", "stdout_tail": huge_tail, "stderr_tail": "e"})
+            .to_string(),
+        )
+        .await;
+        // Long log messages: cut to 4 KiB a line at the channel, and a
+        // report carries a bounded share of them.
+        bad.send(
+            serde_json::json!({"type": "log", "lines": vec!["l".repeat(8 * 1024); 200]})
+                .to_string(),
+        )
+        .await;
+        // Statuses of runs it was never given are not relayed.
+        bad.send(
+            serde_json::json!({"type": "program_status",
+                "deployment_id": format!("invented-{round}"), "status": "running"})
+            .to_string(),
+        )
+        .await;
+    }
+    let flood = flood_started.elapsed();
+    eprintln!("flood of {polls_sent} polls took {flood:?}");
+
+    eventually("the deletion acked during the flood", || {
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.vms.iter().any(|v| v.vm_id == doomed.id && v.deleted))
+    })
+    .await;
+    eventually("the honest guest's heartbeats keep being reported", || {
+        honest_heartbeats(&control) >= before + 3
+    })
+    .await;
+    eventually("polls over budget refused back to the guest", || {
+        !bad.received("poll_refused").is_empty()
+    })
+    .await;
+    eventually("the cut tail relayed", || {
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.program_runs.iter())
+            .any(|p| p.deployment_id == "d1")
+    })
+    .await;
+    beating.abort();
+
+    assert_eq!(
+        control.max_polls_in_flight.load(Ordering::SeqCst),
+        1,
+        "one poll of the VM at the controller at a time"
+    );
+    let relayed = control.polls.lock().unwrap().len();
+    assert!(
+        relayed * 10 < polls_sent,
+        "{relayed} of {polls_sent} polls reached the controller"
+    );
+    for report in control.reports.lock().unwrap().iter() {
+        for p in &report.program_runs {
+            assert!(
+                p.stdout_tail.len() <= RELAYED_TAIL_BYTES,
+                "{}",
+                p.stdout_tail.len()
+            );
+            assert!(p.stderr_tail.len() <= RELAYED_TAIL_BYTES);
+            assert!(p.stdout_tail.contains("cut by the node agent"));
+            assert_eq!(p.deployment_id, "d1", "only the run the guest was given");
+        }
+        let log_bytes: usize = report
+            .guests
+            .iter()
+            .flat_map(|g| g.logs.iter())
+            .map(|l| l.message.len())
+            .sum();
+        assert!(
+            log_bytes <= 512 * 1024,
+            "a report with {log_bytes} log bytes"
+        );
+    }
+    let hostile_logs = control
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.guests.iter())
+        .filter(|g| g.vm_id == hostile.id)
+        .map(|g| g.logs.len())
+        .sum::<usize>();
+    assert!(
+        hostile_logs > 0,
+        "the hostile guest's logs are relayed, bounded"
+    );
+    // Results for tasks that are not the VM's: refused by the controller,
+    // so they do not stay in the spool.
+    eventually("refused results leave the spool", || {
+        spooled_files(&state_dir) == 0
+    })
+    .await;
+    assert!(control.results.lock().unwrap().is_empty());
+    run.stop().await;
+}
+
+/// The result spool outlasts a controller outage: a result produced while
+/// the controller is "stopped" is acknowledged to the guest once it is on
+/// disk, re-posted with backoff for as long as the outage lasts, and stored
+/// exactly once after the controller is back.
+///
+/// The window: the old relay gave up after 8 attempts. The spool's backoff
+/// is set to 10-50 ms here, and the outage lasts until the spool has made
+/// more than 8 attempts (and at least 2 s), so it runs past the point where
+/// the old relay dropped the result, in seconds rather than minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_outlives_a_controller_outage_longer_than_the_old_retries() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |config| {
+        config.result_spool.retry_initial = std::time::Duration::from_millis(10);
+        config.result_spool.retry_cap = std::time::Duration::from_millis(50);
+    });
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    eventually("the VM reported", || {
+        !control.reports.lock().unwrap().is_empty()
+    })
+    .await;
+
+    control.down.store(true, Ordering::SeqCst);
+    let stopped = std::time::Instant::now();
+    guest.send(result_line("t1", "run-1", "q1")).await;
+    eventually("the guest hears the result is stored", || {
+        !guest.received("result_ack").is_empty()
+    })
+    .await;
+    let ack = guest.received("result_ack").remove(0);
+    assert_eq!(ack["request_id"], "q1");
+    assert_eq!(ack["stored"], true, "{ack}");
+    eventually("more attempts than the old relay made", || {
+        control.post_attempts.load(Ordering::SeqCst) > 8
+            && stopped.elapsed() >= std::time::Duration::from_secs(2)
+    })
+    .await;
+    assert!(control.results.lock().unwrap().is_empty());
+    assert_eq!(spooled_files(&state_dir), 1, "the result waits on disk");
+
+    control.down.store(false, Ordering::SeqCst);
+    eventually("the result reaches the controller", || {
+        !control.results.lock().unwrap().is_empty()
+    })
+    .await;
+    eventually("the spool empties", || spooled_files(&state_dir) == 0).await;
+    let stored: Vec<_> = control
+        .results
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, doc)| doc.contains("run-1"))
+        .cloned()
+        .collect();
+    assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
+    assert_eq!(stored[0].0, a.id);
+    run.stop().await;
+}
+
+/// An agent that stops with a spooled result (controller unreachable) leaves
+/// it on disk; the next agent on the same state dir posts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_reposts_its_spooled_result() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    control.down.store(true, Ordering::SeqCst);
+    let first = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    guest.send(result_line("t1", "run-7", "q7")).await;
+    eventually("stored ack", || !guest.received("result_ack").is_empty()).await;
+    assert_eq!(guest.received("result_ack")[0]["stored"], true);
+    first.stop().await;
+    drop(guest);
+    assert_eq!(spooled_files(&state_dir), 1);
+
+    control.down.store(false, Ordering::SeqCst);
+    let second = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    eventually("the next agent posts the spooled result", || {
+        control
+            .results
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(vm, task, doc)| vm == &a.id && task == "t1" && doc.contains("run-7"))
+    })
+    .await;
+    eventually("the spool empties", || spooled_files(&state_dir) == 0).await;
+    second.stop().await;
+}
+
+/// The spool is bounded: when full, the guest is told its result is not
+/// stored instead of getting a false ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_instead_of_acknowledging() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    control.down.store(true, Ordering::SeqCst);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |config| {
+        config.result_spool.max_files = 1;
+    });
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    guest.send(result_line("t1", "run-1", "q1")).await;
+    eventually("first ack", || guest.received("result_ack").len() == 1).await;
+    guest.send(result_line("t1", "run-2", "q2")).await;
+    eventually("second ack", || guest.received("result_ack").len() == 2).await;
+    let acks = guest.received("result_ack");
+    assert_eq!(acks[0]["stored"], true, "{acks:?}");
+    assert_eq!(acks[1]["request_id"], "q2");
+    assert_eq!(acks[1]["stored"], false, "{acks:?}");
+    assert!(
+        acks[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("spool is full"),
+        "{acks:?}"
+    );
+    run.stop().await;
 }

@@ -362,3 +362,234 @@ async fn revoked_agent_is_shut_out_until_an_operator_approves_it() {
     agent.stop().await;
     controller.stop().await;
 }
+
+/// Counts PostResult calls of the real gRPC control plane.
+struct Counting {
+    inner: measurelab_agent::reconcile::GrpcControlPlane,
+    posts: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl measurelab_agent::reconcile::ControlPlane for Counting {
+    async fn desired_state(
+        &self,
+    ) -> Result<measurelab_api::node_v1::DesiredState, measurelab_agent::reconcile::ReconcileError>
+    {
+        self.inner.desired_state().await
+    }
+    async fn report_status(
+        &self,
+        report: measurelab_api::node_v1::StatusReport,
+    ) -> Result<measurelab_api::node_v1::StatusAck, measurelab_agent::reconcile::ReconcileError>
+    {
+        self.inner.report_status(report).await
+    }
+    async fn fetch_program(
+        &self,
+        program_id: &str,
+    ) -> Result<measurelab_api::node_v1::ProgramBlob, measurelab_agent::reconcile::ReconcileError>
+    {
+        self.inner.fetch_program(program_id).await
+    }
+    async fn post_result(
+        &self,
+        vm_id: &str,
+        task_id: &str,
+        document_json: String,
+    ) -> Result<String, measurelab_agent::reconcile::ReconcileError> {
+        self.posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.post_result(vm_id, task_id, document_json).await
+    }
+    async fn poll_tasks(
+        &self,
+        vm_id: &str,
+    ) -> Result<Vec<String>, measurelab_agent::reconcile::ReconcileError> {
+        self.inner.poll_tasks(vm_id).await
+    }
+}
+
+fn run_document(run_id: &str) -> String {
+    use measurelab_api::result::{
+        ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
+    };
+    let document = ResultDocument {
+        schema: ResultSchema::V1,
+        task_id: None,
+        run_id: run_id.into(),
+        kind: RunKind::Task,
+        source_point: "mscs".into(),
+        group: std::net::Ipv4Addr::new(239, 1, 2, 3),
+        port: 5000,
+        session_id: 7,
+        started_at: "2026-01-01T10:00:00Z".into(),
+        finished_at: "2026-01-01T10:00:05Z".into(),
+        status: RunStatus::Ok,
+        config: RunConfig {
+            rate_pps: 100.0,
+            packet_size_bytes: 200,
+            duration_seconds: 5.0,
+            ttl: 4,
+            ssm: false,
+        },
+        source: SourceResult {
+            point: "mscs".into(),
+            data_addr: None,
+            report: None,
+            error: None,
+        },
+        receivers: Vec::new(),
+        delay_covariances: Vec::new(),
+        tree: None,
+        inference: None,
+        bottlenecks: Vec::new(),
+        comparison: None,
+    };
+    serde_json::to_string(&document).unwrap()
+}
+
+/// The real controller stopped (the in-process equivalent of SIGSTOP: it
+/// serves nothing) while a guest's result is spooled, for longer than the
+/// old relay's 8 attempts; then back on the same data dir and port. The
+/// spool posts it through the agent's gRPC control plane, and the run is in
+/// the controller once - also when the same run was spooled twice (a guest
+/// that posted again after a lost answer).
+///
+/// The window: the spool's backoff is 10-50 ms here, and the controller
+/// stays down until the spool has made more than 8 attempts and at least
+/// 2 s passed, which is past the point where the old relay dropped the
+/// result, in seconds instead of minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_result_reaches_a_restarted_controller_exactly_once() {
+    use measurelab_agent::reconcile::{GrpcControlPlane, ResultSpool, SpoolSettings};
+    use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+    use std::sync::atomic::Ordering;
+
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let controller = Controller::start(data.path(), grpc).await;
+    let endpoint = format!("http://{grpc}");
+    let mut raw = NodeServiceClient::connect(endpoint.clone()).await.unwrap();
+    let registered = raw
+        .register(measurelab_api::node_v1::RegisterRequest {
+            join_token: JOIN_TOKEN.into(),
+            name: "r1".into(),
+            agent_version: "test".into(),
+            capabilities: Some(measurelab_api::node_v1::Capabilities {
+                namespace_backend: true,
+                ..Default::default()
+            }),
+            usage: Some(measurelab_api::node_v1::ResourceUsage {
+                cpu_count: 2,
+                memory_total_bytes: 4 << 30,
+                memory_used_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let client = measurelab_api::client::Client::new(
+        &format!("http://{}", controller.http),
+        &controller.admin_token,
+        None,
+    )
+    .unwrap();
+    client
+        .create_platform(
+            &serde_json::from_value(serde_json::json!({"name": "p", "nodes": ["r1"]})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let vm = client
+        .create_vm(
+            &serde_json::from_value(serde_json::json!({"name": "mscs", "platform": "p",
+                "node": "r1", "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
+                "power_state": "running"}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let task = client
+        .create_task(
+            &serde_json::from_value(serde_json::json!({"name": "loss", "mode": "platform",
+                "platform": "p", "schedule": "periodic", "interval_seconds": 60,
+                "duration_seconds": 5, "rate_pps": 100, "packet_size_bytes": 200,
+                "group": "239.1.2.3", "port": 5000, "ttl": 4}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let (_identity_tx, identity_rx) =
+        tokio::sync::watch::channel(Some(measurelab_agent::identity::Identity {
+            node_id: registered.node_id.clone(),
+            node_secret: registered.node_secret.clone(),
+        }));
+    let control = std::sync::Arc::new(Counting {
+        inner: GrpcControlPlane::new(NodeServiceClient::new(channel), identity_rx),
+        posts: Default::default(),
+    });
+
+    controller.stop().await;
+    let stopped = Instant::now();
+    let settings = SpoolSettings {
+        retry_initial: Duration::from_millis(10),
+        retry_cap: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let spool =
+        std::sync::Arc::new(ResultSpool::open(&state.path().join("results"), settings).unwrap());
+    let vm_id: uuid::Uuid = vm.id.parse().unwrap();
+    spool
+        .put(vm_id, &task.id, run_document("run-once"))
+        .unwrap();
+    spool
+        .put(vm_id, &task.id, run_document("run-once"))
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let poster = tokio::spawn(spool.clone().run(control.clone(), stop_rx));
+    wait_for(
+        "more attempts than the old relay made",
+        Duration::from_secs(30),
+        || {
+            (control.posts.load(Ordering::SeqCst) > 8
+                && stopped.elapsed() >= Duration::from_secs(2))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        spool.len(),
+        2,
+        "both still spooled while the controller is down"
+    );
+
+    let controller = Controller::start(data.path(), grpc).await;
+    wait_for("the spool to empty", Duration::from_secs(30), || {
+        spool.is_empty().then_some(())
+    })
+    .await;
+    // A new controller, a new HTTP port.
+    let client = measurelab_api::client::Client::new(
+        &format!("http://{}", controller.http),
+        &controller.admin_token,
+        None,
+    )
+    .unwrap();
+    let results = client.list_results("task=loss").await.unwrap();
+    let runs: Vec<_> = results
+        .iter()
+        .filter(|r| r.document["run_id"] == "run-once")
+        .collect();
+    assert_eq!(runs.len(), 1, "the run is stored once: {results:#?}");
+    stop_tx.send(true).unwrap();
+    poster.await.unwrap();
+    controller.stop().await;
+}

@@ -183,17 +183,19 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .report_status(report("running", None))
         .await
         .unwrap();
-    let bad = controller
+    // A bad item is refused by itself (the rest of a report would apply).
+    let ack = controller
         .grpc()
         .await
         .report_status(report("sleeping", None))
         .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.refused.len(), 1, "{ack:?}");
     assert!(
-        bad.message().starts_with("program_runs[0].status"),
+        ack.refused[0].reason.starts_with("program_runs[0].status"),
         "{}",
-        bad.message()
+        ack.refused[0].reason
     );
     controller
         .grpc()
@@ -319,10 +321,16 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let spec: measurelab_api::http::Task = serde_json::from_str(&polled.tasks_json[0]).unwrap();
     assert_eq!(spec.id, task_id);
     assert_eq!(spec.group, "239.1.2.3");
-    assert_eq!(
-        controller.client().get_task("loss").await.unwrap().status,
-        "running"
-    );
+    assert_eq!(spec.status, "running", "what the guest sees");
+    // The store follows off the poll's path (PollTasks only reads).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while controller.client().get_task("loss").await.unwrap().status != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task never marked running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // A VM of another node is not n1's to poll for.
     let err = controller
         .grpc()
@@ -861,5 +869,208 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
         let threshold = if name == "default" { 0.01 } else { 0.10 };
         assert_eq!(inference["loss_threshold"], threshold, "{inference:#}");
     }
+    controller.stop().await;
+}
+
+fn vm_status(vm_id: &str, state: &str) -> measurelab_api::node_v1::VmStatus {
+    measurelab_api::node_v1::VmStatus {
+        vm_id: vm_id.into(),
+        actual_state: state.into(),
+        observed_generation: 1,
+        ..Default::default()
+    }
+}
+
+/// A node's report mixes good items with bad ones (a VM of another node, an
+/// unknown VM, an oversized log line and tail, a program run the VM does
+/// not have, a deletion ack): the bad ones are refused one by one and
+/// named, the good ones - a VM status, a guest heartbeat, the deletion -
+/// are applied.
+#[tokio::test]
+async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
+    use measurelab_api::node_v1::{GuestReport, LogLine};
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (n1, _n2, mscs, point) = slice(&controller).await;
+    let (status, gone) = controller
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "gone", "platform": "p", "node": "n1", "vcpus": 1,
+                        "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{gone}");
+    let gone = gone["id"].as_str().unwrap().to_string();
+    let (status, body) = controller
+        .call(Method::DELETE, &format!("/v1/vms/{gone}"), None)
+        .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+
+    let line = |message: String| LogLine {
+        timestamp_unix_ms: 1_764_000_000_000,
+        level: "info".into(),
+        target: "guest".into(),
+        message,
+    };
+    let run = |deployment: &str, tail: String| ProgramRunStatus {
+        deployment_id: deployment.into(),
+        vm_id: mscs.clone(),
+        status: "running".into(),
+        exit_code: None,
+        stdout_tail: tail,
+        stderr_tail: String::new(),
+    };
+    let deleted = measurelab_api::node_v1::VmStatus {
+        deleted: true,
+        ..vm_status(&gone, "deleting")
+    };
+    let report = StatusReport {
+        node_id: n1.node_id.clone(),
+        node_secret: n1.node_secret.clone(),
+        observed_generation: 1,
+        vms: vec![
+            vm_status(&mscs, "running"),
+            vm_status(&point, "failed"),
+            vm_status("ghost", "running"),
+            deleted,
+        ],
+        guests: vec![
+            GuestReport {
+                vm_id: mscs.clone(),
+                logs: vec![line("x".repeat(100 * 1024))],
+                ..Default::default()
+            },
+            GuestReport {
+                vm_id: mscs.clone(),
+                last_heartbeat_unix_ms: 1_764_000_000_000,
+                logs: vec![line("fine".into())],
+                ..Default::default()
+            },
+        ],
+        program_runs: vec![
+            run("not-a-deployment", String::new()),
+            run("not-a-deployment", "y".repeat(1024 * 1024)),
+        ],
+    };
+    let ack = controller
+        .grpc()
+        .await
+        .report_status(report)
+        .await
+        .unwrap()
+        .into_inner();
+    let refused: Vec<(String, u32, String)> = ack
+        .refused
+        .iter()
+        .map(|r| {
+            let field = r.reason.split(':').next().unwrap_or_default().to_string();
+            (r.list.clone(), r.index, field)
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            ("vms".into(), 1, "vms[1].vm_id".into()),
+            ("vms".into(), 2, "vms[2].vm_id".into()),
+            ("guests".into(), 0, "guests[0].logs[0].message".into()),
+            (
+                "program_runs".into(),
+                0,
+                "program_runs[0].deployment_id".into()
+            ),
+            (
+                "program_runs".into(),
+                1,
+                "program_runs[1].stdout_tail".into()
+            ),
+        ],
+        "{ack:#?}"
+    );
+    let vm = controller.client().get_vm(&mscs).await.unwrap();
+    assert_eq!(vm.actual_state, "running", "the good VM status applied");
+    assert!(
+        vm.guest_last_heartbeat.is_some(),
+        "the good guest item applied: {vm:?}"
+    );
+    let point_vm = controller.client().get_vm(&point).await.unwrap();
+    assert_ne!(point_vm.actual_state, "failed", "n1 cannot set n2's VM");
+    let (status, _) = controller
+        .call(Method::GET, &format!("/v1/vms/{gone}"), None)
+        .await;
+    assert_eq!(status, 404, "the deletion completed");
+    controller.stop().await;
+}
+
+/// PollTasks only reads: with another process holding the database's write
+/// lock, polls are still answered at once (a write transaction would wait
+/// for the lock, then fail). A results post for a task of another platform
+/// is refused.
+#[tokio::test]
+async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (n1, _n2, mscs, _point) = slice(&controller).await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "q", "nodes": ["n1"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for (name, platform) in [("mine", "p"), ("theirs", "q")] {
+        let task = json!({"name": name, "mode": "platform", "platform": platform,
+                          "schedule": "periodic", "interval_seconds": 60, "duration_seconds": 5,
+                          "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3",
+                          "port": 5000, "ttl": 4});
+        let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    let poll = || PollTasksRequest {
+        node_id: n1.node_id.clone(),
+        node_secret: n1.node_secret.clone(),
+        vm_id: mscs.clone(),
+    };
+    let mut grpc = controller.grpc().await;
+    let first = grpc.poll_tasks(poll()).await.unwrap().into_inner();
+    assert_eq!(first.tasks_json.len(), 1, "only the VM's platform's task");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while controller.client().get_task("mine").await.unwrap().status != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task never marked running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let db = rusqlite::Connection::open(dir.path().join("controller.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for _ in 0..20 {
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_secs(1), grpc.poll_tasks(poll()))
+                .await
+                .expect("a poll waited for the write lock")
+                .unwrap()
+                .into_inner();
+        assert_eq!(answered.tasks_json.len(), 1);
+    }
+    db.execute_batch("ROLLBACK").unwrap();
+
+    let theirs = controller.client().get_task("theirs").await.unwrap();
+    let err = grpc
+        .post_result(PostResultRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            vm_id: mscs.clone(),
+            task_id: theirs.id.clone(),
+            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("task_id"), "{}", err.message());
     controller.stop().await;
 }

@@ -3,6 +3,7 @@
 //! program runner and the local API send through it and wait on it. It is a
 //! leaf, so those modules share it without importing each other.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -10,15 +11,21 @@ use measurelab_api::guest::{encode_line, GuestMessage};
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+/// A waiting `GET /tasks`: the task list, or why the node agent refused.
+type TaskWaiter = oneshot::Sender<Result<Vec<serde_json::Value>, String>>;
+
 /// The current connection, shared by the session, the heartbeat loop, the
 /// program runner and the local API.
 #[derive(Default)]
 pub(crate) struct Link {
     // std Mutexes: held only to clone or swap, never across an await.
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    task_waiters: Mutex<Vec<oneshot::Sender<Vec<serde_json::Value>>>>,
+    task_waiters: Mutex<Vec<TaskWaiter>>,
+    /// Results waiting for the node agent's `result_ack`, by request id.
+    result_waiters: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     /// Wakes the heartbeat loop at once after a (re)connect.
     connected_now: Notify,
+    next_request: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -63,9 +70,83 @@ impl Link {
         if let Ok(mut slot) = self.writer.lock() {
             *slot = None;
         }
-        // Pending task polls cannot be answered on a new connection.
+        // Pending task polls and results cannot be answered on a new
+        // connection; their waiters see the channel go down.
         if let Ok(mut waiters) = self.task_waiters.lock() {
             waiters.clear();
+        }
+        if let Ok(mut waiters) = self.result_waiters.lock() {
+            waiters.clear();
+        }
+    }
+
+    /// Sends a result and waits until the node agent says it is durable
+    /// (spooled to its disk or committed by the controller).
+    pub(crate) async fn post_result(
+        &self,
+        task_id: String,
+        document: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        // Unique for this guest agent's life, which is all an answer needs.
+        let request_id = format!(
+            "r{}",
+            self.next_request
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiters) = self.result_waiters.lock() {
+            waiters.insert(request_id.clone(), tx);
+        }
+        let forget = || {
+            if let Ok(mut waiters) = self.result_waiters.lock() {
+                waiters.remove(&request_id);
+            }
+        };
+        let message = GuestMessage::Result {
+            task_id,
+            document,
+            request_id: Some(request_id.clone()),
+        };
+        if !self.send(&message) {
+            forget();
+            return Err(PostError::ChannelDown);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(PostError::Refused(reason)),
+            Ok(Err(_)) => Err(PostError::ChannelDown),
+            Err(_) => {
+                forget();
+                Err(PostError::Timeout)
+            }
+        }
+    }
+
+    /// The node agent's answer to a posted result.
+    pub(crate) fn answer_result(&self, request_id: &str, outcome: Result<(), String>) {
+        let waiter = self
+            .result_waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(request_id));
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(outcome);
+            }
+            None => tracing::debug!(request_id, "result_ack without a waiting post"),
+        }
+    }
+
+    /// The node agent refused to relay a task poll: every waiting poll fails.
+    pub(crate) fn refuse_polls(&self, reason: &str) {
+        let waiters = self
+            .task_waiters
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(Err(reason.to_string()));
         }
     }
 
@@ -82,7 +163,8 @@ impl Link {
             return Err(PollError::ChannelDown);
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(tasks)) => Ok(tasks),
+            Ok(Ok(Ok(tasks))) => Ok(tasks),
+            Ok(Ok(Err(reason))) => Err(PollError::Refused(reason)),
             Ok(Err(_)) => Err(PollError::ChannelDown),
             Err(_) => Err(PollError::Timeout),
         }
@@ -110,14 +192,27 @@ impl Link {
             tracing::debug!("tasks arrived without a pending poll");
         }
         for waiter in waiters {
-            let _ = waiter.send(tasks.clone());
+            let _ = waiter.send(Ok(tasks.clone()));
         }
     }
 }
 
 /// Why a task poll got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PollError {
     ChannelDown,
     Timeout,
+    /// The node agent would not relay it (rate or queue limit).
+    Refused(String),
+}
+
+/// Why a result is not known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PostError {
+    ChannelDown,
+    /// No answer in time: it may or may not be stored; posting it again is
+    /// safe (the controller keeps one result per run id).
+    Timeout,
+    /// The node agent did not store it (spool full, rate or queue limit).
+    Refused(String),
 }

@@ -4,8 +4,12 @@
 //!
 //! - `GET /tasks` -> `200 {"tasks":[...]}`: sends `poll_tasks`, returns the
 //!   node agent's `tasks` answer (`504` if none within 10 s).
-//! - `POST /results` -> `202 {"accepted":true}` once the document is queued on
-//!   the channel. Body: the result document with a top-level `task_id`, or
+//! - `POST /results` -> `202 {"accepted":true}` once the node agent says the
+//!   document is durable (written to its disk, to be re-posted until the
+//!   controller commits it); `503 not_stored` when it refused (its spool is
+//!   full, the guest posts too fast), `504` without an answer in 10 s. A
+//!   program retries on both; the controller keeps one result per `run_id`.
+//!   Body: the result document with a top-level `task_id`, or
 //!   `{"task_id":..,"document":{..}}`; `?task_id=` overrides both.
 //! - `POST /points` -> `202 {"accepted":true}` once the list is queued on the
 //!   channel. Body: `{"points":[...]}`, the MSCS's own `GET /points` answer;
@@ -30,9 +34,11 @@ use axum::{Json, Router};
 use measurelab_api::guest::{check_points, GuestMessage, GuestPoint};
 use serde_json::{json, Value};
 
-use crate::link::{Link, PollError};
+use crate::link::{Link, PollError, PostError};
 
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a result post waits for the node agent's "stored".
+const RESULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `POST /points` body: 256 points of about 250 bytes each fit twice.
 const MAX_POINTS_BODY_BYTES: usize = 128 * 1024;
 
@@ -48,6 +54,10 @@ enum LocalApiError {
     ChannelDown,
     #[error("the node agent did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the node agent did not take the request: {0}")]
+    Refused(String),
+    #[error("the result is not stored: {0}; retry later")]
+    NotStored(String),
 }
 
 impl IntoResponse for LocalApiError {
@@ -65,6 +75,14 @@ impl IntoResponse for LocalApiError {
             LocalApiError::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 json!({"error":{"code":"timeout","message":message}}),
+            ),
+            LocalApiError::Refused(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error":{"code":"refused","message":message}}),
+            ),
+            LocalApiError::NotStored(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error":{"code":"not_stored","message":message}}),
             ),
         };
         (status, Json(body)).into_response()
@@ -98,6 +116,7 @@ async fn get_tasks(State(link): State<Arc<Link>>) -> Result<Json<Value>, LocalAp
         Ok(tasks) => Ok(Json(json!({ "tasks": tasks }))),
         Err(PollError::ChannelDown) => Err(LocalApiError::ChannelDown),
         Err(PollError::Timeout) => Err(LocalApiError::Timeout(POLL_TIMEOUT)),
+        Err(PollError::Refused(reason)) => Err(LocalApiError::Refused(reason)),
     }
 }
 
@@ -107,10 +126,15 @@ async fn post_result(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), LocalApiError> {
     let (task_id, document) = parse_result(query.get("task_id").cloned(), &body)?;
-    if !link.send(&GuestMessage::Result { task_id, document }) {
-        return Err(LocalApiError::ChannelDown);
+    match link.post_result(task_id, document, RESULT_TIMEOUT).await {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"accepted": true, "durable": true})),
+        )),
+        Err(PostError::ChannelDown) => Err(LocalApiError::ChannelDown),
+        Err(PostError::Timeout) => Err(LocalApiError::Timeout(RESULT_TIMEOUT)),
+        Err(PostError::Refused(reason)) => Err(LocalApiError::NotStored(reason)),
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))))
 }
 
 async fn post_points(

@@ -245,6 +245,19 @@ fn dispatch(line: &[u8], config: &GuestConfig, link: &Link, programs: &Arc<Progr
         }),
         AgentMessage::Stop { deployment_id } => programs.stop(&deployment_id),
         AgentMessage::Tasks { tasks } => link.answer_tasks(tasks),
+        AgentMessage::PollRefused { reason } => link.refuse_polls(&reason),
+        AgentMessage::ResultAck {
+            request_id,
+            stored,
+            reason,
+        } => link.answer_result(
+            &request_id,
+            if stored {
+                Ok(())
+            } else {
+                Err(reason.unwrap_or_else(|| "not stored".into()))
+            },
+        ),
         AgentMessage::HelloRequest => {
             link.send(&hello(config));
             programs.report_all();

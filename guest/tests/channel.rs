@@ -197,26 +197,69 @@ async fn guest_agent_over_unix_socket() {
     assert_eq!(stdout, "started\n");
     assert!(stderr.contains("terminated by signal 15"), "{stderr}");
 
-    // Local API: POST /results arrives as an inbound result message.
-    let api = local_api.clone();
-    let (code, body) = tokio::task::spawn_blocking(move || {
-        http(
-            &api,
-            "POST",
-            "/results",
-            Some(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#),
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 202, "{body}");
-    let (task_id, document) = expect(&mut inbound, WAIT, "result", |m| match m {
-        GuestMessage::Result { task_id, document } => Some((task_id.clone(), document.clone())),
+    // Local API: POST /results arrives as an inbound result message, and is
+    // answered only once the node agent says it is durable.
+    let post = |body: &'static str| {
+        let api = local_api.clone();
+        tokio::task::spawn_blocking(move || http(&api, "POST", "/results", Some(body)))
+    };
+    let mut pending =
+        post(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
+    let (task_id, document, request_id) = expect(&mut inbound, WAIT, "result", |m| match m {
+        GuestMessage::Result {
+            task_id,
+            document,
+            request_id,
+        } => Some((task_id.clone(), document.clone(), request_id.clone())),
         _ => None,
     })
     .await;
     assert_eq!(task_id, "task-9");
     assert_eq!(document["schema"], "measurelab.mcast.result/v1");
+    let request_id = request_id.expect("a result post carries a request id");
+    // Not durable yet: no answer to the program.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut pending)
+            .await
+            .is_err(),
+        "POST /results answered before the node agent stored the result"
+    );
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::ResultAck {
+                request_id,
+                stored: true,
+                reason: None,
+            },
+        )
+        .unwrap();
+    let (code, body) = pending.await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    // A result the node agent could not store is refused, not acknowledged.
+    let refused =
+        post(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
+    let request_id = expect(&mut inbound, WAIT, "second result", |m| match m {
+        GuestMessage::Result { request_id, .. } => request_id.clone(),
+        _ => None,
+    })
+    .await;
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::ResultAck {
+                request_id,
+                stored: false,
+                reason: Some("the node's result spool is full".into()),
+            },
+        )
+        .unwrap();
+    let (code, body) = refused.await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("not_stored") && body.contains("spool is full"),
+        "{body}"
+    );
     // ...and a bad body is refused naming the field, without a message.
     let api = local_api.clone();
     let (code, body) =

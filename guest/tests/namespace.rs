@@ -164,11 +164,26 @@ async fn namespace_guest_registers_and_runs_a_program() {
             },
         )
         .unwrap();
-    let (task_id, document) = expect(&mut inbound, WAIT, "result", |m| match m {
-        GuestMessage::Result { task_id, document } => Some((task_id.clone(), document.clone())),
+    let (task_id, document, request_id) = expect(&mut inbound, WAIT, "result", |m| match m {
+        GuestMessage::Result {
+            task_id,
+            document,
+            request_id,
+        } => Some((task_id.clone(), document.clone(), request_id.clone())),
         _ => None,
     })
     .await;
+    // The program's POST is answered once the node agent stored it.
+    channels
+        .send(
+            id,
+            &AgentMessage::ResultAck {
+                request_id: request_id.expect("a request id"),
+                stored: true,
+                reason: None,
+            },
+        )
+        .unwrap();
     assert_eq!(task_id, "task-ns");
     assert_eq!(document["from"], id.to_string());
     let (_, exit_code, stdout, stderr) = expect(

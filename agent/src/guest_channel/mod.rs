@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use measurelab_api::guest::{
-    encode_line, AgentMessage, GuestMessage, LineFramer, MAX_GUEST_LINE_BYTES,
+    encode_line, AgentMessage, GuestMessage, LineFramer, MAX_GUEST_LINE_BYTES, OUTPUT_TAIL_BYTES,
 };
 use measurelab_api::http::Resources;
 use measurelab_backoff::Backoff;
@@ -51,6 +51,15 @@ pub const OUTBOUND_QUEUE: usize = 64;
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 const MAX_SOCKET_PATH: usize = 107;
 const SERIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest program output tail relayed per stream: what an honest guest
+/// sends at most ([`OUTPUT_TAIL_BYTES`]). A hostile guest's longer tail is
+/// cut here, so it cannot make the node's ReportStatus too large for the
+/// controller and wedge the statuses of every VM on the node.
+pub const RELAYED_TAIL_BYTES: usize = OUTPUT_TAIL_BYTES;
+/// Longest guest log line relayed.
+pub const RELAYED_LOG_LINE_BYTES: usize = 4 * 1024;
+/// Most log lines relayed from one `log` message (the guest agent sends 200).
+pub const RELAYED_LOG_LINES_PER_MESSAGE: usize = 200;
 const SERIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// `<state_dir>/guests/<vm_id>/channel.sock`: where the channel of a VM lives.
@@ -617,7 +626,77 @@ fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
         }
         _ => {}
     }
-    Some(message)
+    Some(bound_message(message))
+}
+
+/// Cuts what a guest sends to the sizes the relay forwards: output tails to
+/// their last [`RELAYED_TAIL_BYTES`], log lines to [`RELAYED_LOG_LINE_BYTES`]
+/// and [`RELAYED_LOG_LINES_PER_MESSAGE`] lines. Every cut is marked, so a
+/// reader of the tail or log knows it is not the whole text.
+pub fn bound_message(message: GuestMessage) -> GuestMessage {
+    match message {
+        GuestMessage::ProgramStatus {
+            deployment_id,
+            status,
+            exit_code,
+            stdout_tail,
+            stderr_tail,
+        } => GuestMessage::ProgramStatus {
+            deployment_id,
+            status,
+            exit_code,
+            stdout_tail: keep_tail(stdout_tail, RELAYED_TAIL_BYTES),
+            stderr_tail: keep_tail(stderr_tail, RELAYED_TAIL_BYTES),
+        },
+        GuestMessage::Log { mut lines } => {
+            let excess = lines.len().saturating_sub(RELAYED_LOG_LINES_PER_MESSAGE);
+            if excess > 0 {
+                lines.truncate(RELAYED_LOG_LINES_PER_MESSAGE - 1);
+                lines.push(format!(
+                    "[{} more lines of this message dropped by the node agent]",
+                    excess + 1
+                ));
+            }
+            GuestMessage::Log {
+                lines: lines
+                    .into_iter()
+                    .map(|line| keep_head(line, RELAYED_LOG_LINE_BYTES))
+                    .collect(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The last bytes of `text` within `max` bytes in all, starting at a char
+/// boundary, after a marker saying how much was cut.
+pub fn keep_tail(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let marker = format!("[{} bytes cut by the node agent]\n", text.len());
+    let budget = max.saturating_sub(marker.len());
+    let mut start = text.len() - budget;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    marker + &text[start..]
+}
+
+/// The first bytes of `text` within `max` bytes in all, ending at a char
+/// boundary, followed by a marker saying it was cut.
+pub fn keep_head(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let marker = format!(" [cut by the node agent from {} bytes]", text.len());
+    let mut end = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut head = text;
+    head.truncate(end);
+    head + &marker
 }
 
 fn note_error(shared: &Shared, error: String) {
@@ -631,6 +710,48 @@ mod tests {
 
     fn vm() -> Uuid {
         Uuid::parse_str("6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8").unwrap()
+    }
+
+    #[test]
+    fn tails_and_log_lines_are_cut_at_char_boundaries_and_marked() {
+        let big = "é".repeat(3 * 1024 * 1024);
+        let message = bound_message(GuestMessage::ProgramStatus {
+            deployment_id: "d".into(),
+            status: measurelab_api::guest::ProgramRunState::Running,
+            exit_code: None,
+            stdout_tail: big.clone() + "end",
+            stderr_tail: "short".into(),
+        });
+        let GuestMessage::ProgramStatus {
+            stdout_tail,
+            stderr_tail,
+            ..
+        } = message
+        else {
+            panic!("not a status")
+        };
+        assert!(
+            stdout_tail.len() <= RELAYED_TAIL_BYTES,
+            "{}",
+            stdout_tail.len()
+        );
+        assert!(stdout_tail.starts_with("[6291459 bytes cut by the node agent]\n"));
+        assert!(stdout_tail.ends_with("éend"));
+        assert_eq!(stderr_tail, "short");
+
+        let mut lines = vec![big; 2];
+        lines.extend((0..300).map(|i| format!("line {i}")));
+        let GuestMessage::Log { lines } = bound_message(GuestMessage::Log { lines }) else {
+            panic!("not a log")
+        };
+        assert_eq!(lines.len(), RELAYED_LOG_LINES_PER_MESSAGE);
+        assert!(lines[0].len() <= RELAYED_LOG_LINE_BYTES);
+        assert!(lines[0].ends_with(" [cut by the node agent from 6291456 bytes]"));
+        assert!(lines[0].starts_with('é'));
+        assert_eq!(
+            lines.last().unwrap(),
+            "[103 more lines of this message dropped by the node agent]"
+        );
     }
 
     #[test]

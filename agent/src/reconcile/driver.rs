@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::engine::Reconciler;
 use super::programs::Programs;
+use super::relay::{refuse, PollAdmission, RelaySlots};
+use super::spool::ResultSpool;
 use super::types::{ApplianceChunks, ControlPlane, ReconcileError, RESYNC_INTERVAL};
 use crate::identity::Identity;
 use measurelab_backoff::Backoff;
@@ -38,8 +40,14 @@ const LOCAL_PASS_PERIOD: Duration = Duration::from_secs(5);
 const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Guest log lines kept per VM while the controller is unreachable.
 const MAX_PENDING_LOG_LINES: usize = 1000;
-/// How long a guest's result is retried towards the controller.
-const RESULT_ATTEMPTS: u32 = 8;
+
+/// The relay's shared parts: the bounded job queue, the polls in flight and
+/// the result spool (`None` when its directory cannot be used: results are
+/// then refused to the guest rather than acknowledged and lost).
+struct Relay {
+    slots: RelaySlots,
+    spool: Option<Arc<ResultSpool>>,
+}
 
 /// The controller over gRPC, with the node credentials of the session.
 #[derive(Clone)]
@@ -258,6 +266,23 @@ pub async fn run_loop(
     let mut guest_tick = tokio::time::interval(GUEST_REPORT_PERIOD);
     let mut pending: HashMap<Uuid, PendingGuest> = HashMap::new();
     let far = || Instant::now() + Duration::from_secs(3600);
+    let spool_dir = state_dir.join("results");
+    let spool = match ResultSpool::open(&spool_dir, reconciler.config().result_spool.clone()) {
+        Ok(spool) => {
+            let spool = Arc::new(spool);
+            // Re-posts what an earlier agent spooled, too.
+            tokio::spawn(spool.clone().run(control.clone(), shutdown.clone()));
+            Some(spool)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot open the result spool; guest results are refused until it works");
+            None
+        }
+    };
+    let relay = Relay {
+        slots: RelaySlots::new(reconciler.config().relay.queue),
+        spool,
+    };
 
     loop {
         let now = Instant::now();
@@ -321,6 +346,9 @@ pub async fn run_loop(
                     };
                     match control.report_status(status).await {
                         Ok(ack) => {
+                            // Refused items are not sent again: the
+                            // controller would refuse them again.
+                            note_refused(&ack);
                             reconciler.mark_reported(&report.changed);
                             programs.mark_reported(&program_runs);
                             if ack.desired_generation != 0
@@ -368,7 +396,7 @@ pub async fn run_loop(
             }
             event = guest_events.recv() => {
                 let Some((vm, message)) = event else { return };
-                let schedule = handle_guest_message(vm, message, &reconciler, &mut programs, &mut pending, &control);
+                let schedule = handle_guest_message(vm, message, &reconciler, &mut programs, &mut pending, &control, &relay);
                 if schedule {
                     let at = Instant::now() + DEBOUNCE;
                     pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
@@ -391,6 +419,7 @@ fn handle_guest_message(
     programs: &mut Programs,
     pending: &mut HashMap<Uuid, PendingGuest>,
     control: &Arc<dyn ControlPlane>,
+    relay: &Relay,
 ) -> bool {
     match message {
         GuestMessage::Hello { .. } => true,
@@ -429,24 +458,54 @@ fn handle_guest_message(
             );
             false
         }
-        GuestMessage::Result { task_id, document } => {
-            let control = control.clone();
+        GuestMessage::Result {
+            ref task_id,
+            ref document,
+            ref request_id,
+        } => {
+            let channels = reconciler.channels().clone();
+            let Some(spool) = relay.spool.clone() else {
+                refuse(
+                    vm,
+                    &message,
+                    "the node agent cannot spool results now; retry later",
+                    &channels,
+                );
+                return false;
+            };
+            let Some(slot) = relay.slots.slot() else {
+                refuse(
+                    vm,
+                    &message,
+                    "the node agent's relay queue is full; retry later",
+                    &channels,
+                );
+                return false;
+            };
+            let (task_id, json, request_id) =
+                (task_id.clone(), document.to_string(), request_id.clone());
             tokio::spawn(async move {
-                let json = document.to_string();
-                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-                for attempt in 1..=RESULT_ATTEMPTS {
-                    match control
-                        .post_result(&vm.to_string(), &task_id, json.clone())
-                        .await
-                    {
-                        Ok(result_id) => {
-                            tracing::info!(vm = %vm, task = %task_id, result = %result_id, "relayed guest result");
-                            return;
-                        }
-                        Err(err) => {
-                            tracing::warn!(vm = %vm, task = %task_id, attempt, error = %err, "cannot relay guest result");
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
+                let stored =
+                    tokio::task::spawn_blocking(move || spool.put(vm, &task_id, json)).await;
+                drop(slot);
+                let reason = match stored {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => {
+                        tracing::warn!(vm = %vm, error = %err, "guest result not spooled");
+                        Some(err.to_string())
+                    }
+                    Err(err) => Some(format!("spooling failed: {err}")),
+                };
+                if let Some(request_id) = request_id {
+                    let ack = AgentMessage::ResultAck {
+                        request_id,
+                        stored: reason.is_none(),
+                        reason,
+                    };
+                    if let Err(err) = channels.send(vm, &ack) {
+                        // Stored anyway; the guest times out and may post
+                        // again, which the controller's run_id check absorbs.
+                        tracing::debug!(vm = %vm, error = %err, "cannot acknowledge a result");
                     }
                 }
             });
@@ -464,8 +523,22 @@ fn handle_guest_message(
             false
         }
         GuestMessage::PollTasks => {
-            let control = control.clone();
             let channels = reconciler.channels().clone();
+            let ticket = match relay.slots.poll(vm) {
+                PollAdmission::Go(ticket) => ticket,
+                // The poll at the controller answers this one too.
+                PollAdmission::Coalesced => return false,
+                PollAdmission::QueueFull => {
+                    refuse(
+                        vm,
+                        &message,
+                        "the node agent's relay queue is full; retry later",
+                        &channels,
+                    );
+                    return false;
+                }
+            };
+            let control = control.clone();
             tokio::spawn(async move {
                 let tasks = match control.poll_tasks(&vm.to_string()).await {
                     Ok(tasks) => tasks,
@@ -481,10 +554,47 @@ fn handle_guest_message(
                 if let Err(err) = channels.send(vm, &AgentMessage::Tasks { tasks }) {
                     tracing::debug!(vm = %vm, error = %err, "cannot answer poll_tasks");
                 }
+                drop(ticket);
             });
             false
         }
     }
+}
+
+/// Logs what the controller refused of a report (one line per report).
+fn note_refused(ack: &StatusAck) {
+    if let Some(first) = ack.refused.first() {
+        tracing::warn!(
+            refused = ack.refused.len(),
+            first = %first.reason,
+            "the controller refused items of a status report; the rest were applied"
+        );
+    }
+}
+
+/// Log bytes one guest report carries at most (all VMs together), the
+/// rest waits for the next one: a report stays far below the controller's
+/// 4 MiB message limit however much the guests log, so one guest's logs
+/// cannot make the report - and every guest's heartbeat in it - fail.
+const REPORT_LOG_BYTES: usize = 512 * 1024;
+/// Log bytes of one VM in one report, so one guest cannot use all of it.
+const REPORT_LOG_BYTES_PER_VM: usize = 64 * 1024;
+
+/// The oldest of `logs` that fit the VM's share and `budget` (at least one
+/// line while any budget is left, so a long line never blocks the rest).
+fn oldest_within(logs: &[LogLine], budget: &mut usize) -> Vec<LogLine> {
+    let mut mine = REPORT_LOG_BYTES_PER_VM.min(*budget);
+    let mut taken = Vec::new();
+    for line in logs {
+        let size = line.message.len() + line.target.len() + 16;
+        if size > mine && (!taken.is_empty() || mine == 0) {
+            break;
+        }
+        mine = mine.saturating_sub(size);
+        *budget = budget.saturating_sub(size);
+        taken.push(line.clone());
+    }
+    taken
 }
 
 async fn flush_guest_reports(
@@ -495,6 +605,7 @@ async fn flush_guest_reports(
     observed_generation: u64,
 ) {
     let mut guests = Vec::new();
+    let mut log_budget = REPORT_LOG_BYTES;
     for (vm, entry) in pending.iter() {
         let state = reconciler.channels().state(*vm);
         let heartbeat = state
@@ -511,7 +622,7 @@ async fn flush_guest_reports(
             vm_id: vm.to_string(),
             last_heartbeat_unix_ms: heartbeat,
             usage: state.and_then(|s| s.last_usage.as_ref().map(usage_of)),
-            logs: entry.logs.clone(),
+            logs: oldest_within(&entry.logs, &mut log_budget),
             points: entry.points.clone(),
         });
     }
@@ -526,7 +637,8 @@ async fn flush_guest_reports(
         ..Default::default()
     };
     match control.report_status(report).await {
-        Ok(_) => {
+        Ok(ack) => {
+            note_refused(&ack);
             programs.mark_reported(&program_runs);
             for sent in guests {
                 if let Ok(vm) = Uuid::parse_str(&sent.vm_id) {

@@ -329,6 +329,11 @@ impl Reconciler {
         }
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &ReconcilerConfig {
+        &self.config
+    }
+
     /// The guest channels (shared with the driver).
     pub fn channels(&self) -> &GuestChannels {
         &self.channels
@@ -592,7 +597,13 @@ impl Reconciler {
         match opened {
             Ok(rx) => {
                 report.actions.push(Action::OpenChannel { vm: id });
-                spawn_forwarder(id, rx, self.guest_events.clone());
+                spawn_forwarder(
+                    id,
+                    rx,
+                    self.guest_events.clone(),
+                    self.channels.clone(),
+                    super::relay::Gate::new(id, &self.config.relay),
+                );
             }
             Err(err) => tracing::warn!(vm = %id, error = %err, "cannot open guest channel"),
         }
@@ -923,13 +934,21 @@ fn cond(kind: &str, ok: bool, reason: &str, message: &str) -> Condition {
     }
 }
 
+/// Moves a VM's guest messages to the node-wide event queue, within the
+/// guest's relay budget: a flooding guest is cut off here, before it can
+/// fill the queue every other VM's messages go through.
 fn spawn_forwarder(
     id: Uuid,
     mut rx: mpsc::Receiver<GuestMessage>,
     events: mpsc::Sender<(Uuid, GuestMessage)>,
+    channels: GuestChannels,
+    mut gate: super::relay::Gate,
 ) {
     tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
+            if !gate.admit(&message, &channels) {
+                continue;
+            }
             if events.send((id, message)).await.is_err() {
                 return;
             }

@@ -42,6 +42,8 @@ mod engine;
 mod flows;
 mod plan;
 mod programs;
+mod relay;
+mod spool;
 mod translate;
 mod types;
 mod uplink;
@@ -50,10 +52,12 @@ pub use appliances::ApplianceError;
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
 pub use flows::{FlowExportSettings, FlowExportStatus};
+pub use spool::{ResultSpool, SpoolError};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
     condition, ApplianceChunks, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
-    DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
+    RelaySettings, SpoolSettings, DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP,
+    RETRY_INITIAL,
 };
 pub use uplink::{UplinkBondMode, UplinkBondSettings};
 

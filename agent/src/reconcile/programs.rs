@@ -164,6 +164,13 @@ impl Programs {
         stdout_tail: String,
         stderr_tail: String,
     ) {
+        // Only runs this agent gave the guest: a guest inventing deployment
+        // ids would otherwise grow this map and every report without bound.
+        if !self.sent.contains_key(&(deployment_id.clone(), vm)) {
+            tracing::debug!(vm = %vm, deployment = %deployment_id.chars().take(64).collect::<String>(),
+                "status of a run the guest was not given; ignored");
+            return;
+        }
         let word = match state {
             ProgramRunState::Running => "running",
             ProgramRunState::Exited => "exited",

@@ -138,6 +138,60 @@ impl Backends {
     }
 }
 
+/// Relay limits of a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelaySettings {
+    /// Messages a guest may send at once before its rate applies.
+    pub burst: u32,
+    /// Messages per second a guest may send on average. An honest guest
+    /// agent sends a heartbeat and a log message every 5 s, a status per
+    /// program change and what its programs ask of the local API.
+    pub per_second: f64,
+    /// Relay jobs (task polls at the controller, results being written to
+    /// the spool) of the whole node at once; more are refused.
+    pub queue: usize,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            burst: 40,
+            per_second: 10.0,
+            queue: 64,
+        }
+    }
+}
+
+/// Limits and retry timing of the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// Bytes of spooled results at most (file sizes summed).
+    pub max_bytes: u64,
+    /// Spooled results at most.
+    pub max_files: usize,
+    /// What one VM's guest may hold of each limit, as a fraction (1/N), so
+    /// one flooding guest cannot take the spool from the others.
+    pub vm_share: u32,
+    /// First delay after a failed post.
+    pub retry_initial: Duration,
+    /// Longest delay between posts while the controller is unreachable.
+    pub retry_cap: Duration,
+}
+
+impl Default for SpoolSettings {
+    /// 256 MiB and 10,000 results, a quarter of it per VM: hours of
+    /// results of a busy node, far below a node's disk.
+    fn default() -> Self {
+        SpoolSettings {
+            max_bytes: 256 * 1024 * 1024,
+            max_files: 10_000,
+            vm_share: 4,
+            retry_initial: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Node-wide settings of the reconcile loop.
 #[derive(Clone, Debug)]
 pub struct ReconcilerConfig {
@@ -168,6 +222,10 @@ pub struct ReconcilerConfig {
     /// stores are cached in its `sha256/`. `None`: VMs of such appliances
     /// are refused.
     pub appliance_dir: Option<PathBuf>,
+    /// What a guest may make the agent relay.
+    pub relay: RelaySettings,
+    /// Limits and retry timing of the result spool (`<state_dir>/results`).
+    pub result_spool: SpoolSettings,
 }
 
 /// Three of the guest agent's default 5 s heartbeat intervals.
@@ -188,6 +246,8 @@ impl ReconcilerConfig {
             flow_export_status: FlowExportStatus::default(),
             guest_heartbeat_deadline: DEFAULT_GUEST_HEARTBEAT_DEADLINE,
             appliance_dir: None,
+            relay: RelaySettings::default(),
+            result_spool: SpoolSettings::default(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct NodeRpc {
     flow_collector: Option<String>,
     /// Refused registrations, summed up instead of one event each.
     refusals: Arc<RefusalLog>,
+    /// Polled tasks waiting to be marked running (PollTasks only reads).
+    running_marks: Arc<workload::RunningMarks>,
 }
 
 impl NodeRpc {
@@ -80,6 +82,7 @@ impl NodeRpc {
             shutdown: CancellationToken::new(),
             flow_collector: None,
             refusals: Arc::default(),
+            running_marks: Arc::default(),
         }
     }
 
@@ -295,7 +298,7 @@ impl NodeService for NodeRpc {
         request: Request<PollTasksRequest>,
     ) -> Result<Response<TaskList>, Status> {
         Ok(Response::new(
-            workload::poll_tasks(&self.store, request.into_inner()).await?,
+            workload::poll_tasks(&self.store, &self.running_marks, request.into_inner()).await?,
         ))
     }
 

@@ -97,11 +97,18 @@ pub(crate) async fn report_status(
         .resources()
         .transact(move |cx| desired::apply_report(cx, &report.node_id, &report))
         .await?;
-    if outcome.ignored_vms > 0 {
-        tracing::debug!(node = %node_id, ignored = outcome.ignored_vms, "status report named VMs this node does not host");
+    if let Some(first) = outcome.refused.first() {
+        // One line per report, not per item: a hostile guest can make many.
+        tracing::warn!(
+            node = %node_id,
+            refused = outcome.refused.len(),
+            first = %first.reason,
+            "status report items refused; the rest were applied"
+        );
     }
     Ok(StatusAck {
         desired_generation: desired_generation(store, &node_id),
+        refused: outcome.refused,
     })
 }
 
@@ -270,23 +277,63 @@ fn check_task_scope(
     Ok(())
 }
 
+/// Tasks a poll found still `pending`, marked `running` off the poll's path:
+/// PollTasks itself only reads, so a guest polling in a loop costs no write
+/// transaction. Each task is queued at most once while its write is under
+/// way, and once it is `running` later polls queue nothing: a task costs at
+/// most a write or two over its life, however often it is polled.
+#[derive(Default)]
+pub(crate) struct RunningMarks {
+    queued: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl RunningMarks {
+    fn schedule(self: &std::sync::Arc<Self>, store: &Store, ids: Vec<String>) {
+        let fresh: Vec<String> = {
+            let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            ids.into_iter()
+                .filter(|id| queued.insert(id.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let (this, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            let ids = fresh.clone();
+            if let Err(err) = store
+                .resources()
+                .transact(move |cx| tasks::mark_running(cx, &ids))
+                .await
+            {
+                // The next poll still sees them pending and queues them again.
+                tracing::warn!(error = %err, "cannot mark polled tasks running");
+            }
+            let mut queued = this.queued.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &fresh {
+                queued.remove(id);
+            }
+        });
+    }
+}
+
 pub(crate) async fn poll_tasks(
     store: &Store,
+    marks: &std::sync::Arc<RunningMarks>,
     request: PollTasksRequest,
 ) -> Result<TaskList, RpcError> {
     authenticate(store, &request.node_id, &request.node_secret)?;
-    let list = store
+    let open = store
         .resources()
-        .transact(move |cx| {
-            let open = if request.vm_id.is_empty() {
-                let name = cx
-                    .registry
+        .read(move |conn, registry| {
+            if request.vm_id.is_empty() {
+                let name = registry
                     .by_id(&request.node_id)
                     .map(|n| n.name.clone())
                     .unwrap_or_default();
-                tasks::of_service_host(cx.tx, &name)?
+                tasks::of_service_host(conn, &name)
             } else {
-                let vm = vms::get_by_id(cx.tx, &request.vm_id)?
+                let vm = vms::get_by_id(conn, &request.vm_id)?
                     .filter(|vm| vm.node_id == request.node_id)
                     .ok_or_else(|| {
                         StoreError::invalid(
@@ -294,20 +341,27 @@ pub(crate) async fn poll_tasks(
                             format!("this node hosts no VM {:?}", request.vm_id),
                         )
                     })?;
-                tasks::of_platform(cx.tx, &vm.platform_id)?
-            };
-            let ids: Vec<String> = open.iter().map(|t| t.id.clone()).collect();
-            tasks::mark_running(cx, &ids)?;
-            Ok(open
-                .into_iter()
-                .map(|mut t| {
-                    if t.status == "pending" {
-                        t.status = "running".into();
-                    }
-                    to_json(&t)
-                })
-                .collect())
+                tasks::of_platform(conn, &vm.platform_id)
+            }
         })
         .await?;
+    let pending: Vec<String> = open
+        .iter()
+        .filter(|t| t.status == "pending")
+        .map(|t| t.id.clone())
+        .collect();
+    if !pending.is_empty() {
+        marks.schedule(store, pending);
+    }
+    let list = open
+        .into_iter()
+        .map(|mut t| {
+            // What the guest sees is what the store is about to say.
+            if t.status == "pending" {
+                t.status = "running".into();
+            }
+            to_json(&t)
+        })
+        .collect();
     Ok(TaskList { tasks_json: list })
 }

@@ -174,10 +174,112 @@ fn condition_status(c: &node_v1::Condition) -> bool {
 /// What a report changed, for the gRPC answer and the logs.
 #[derive(Debug, Default)]
 pub(crate) struct ReportOutcome {
-    pub ignored_vms: usize,
+    /// Items not applied, each with its reason; the rest were.
+    pub refused: Vec<node_v1::RefusedItem>,
 }
 
-/// Apply a status report of node `node_id` (already authenticated).
+/// Longest tail a program run may report: twice what the store keeps (the
+/// agent cuts tails far below this), so only a broken or hostile agent
+/// trips it.
+const MAX_REPORTED_TAIL_BYTES: usize = 128 * 1024;
+/// Most log lines in one guest item (the agent keeps at most 1,000 per VM).
+const MAX_GUEST_LOG_LINES: usize = 5_000;
+/// Longest guest log line accepted; the store keeps the first 16 KiB.
+const MAX_GUEST_LOG_LINE_BYTES: usize = 64 * 1024;
+/// Longest condition type, status or reason.
+const MAX_CONDITION_WORD: usize = 128;
+
+fn refuse(outcome: &mut ReportOutcome, list: &str, index: usize, vm_id: &str, reason: String) {
+    outcome.refused.push(node_v1::RefusedItem {
+        list: list.into(),
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        // The id is node input; keep the refusal itself small.
+        vm_id: vm_id.chars().take(64).collect(),
+        reason,
+    });
+}
+
+/// Why a VM status item cannot be applied, naming the field; `None` if it can.
+fn check_vm_status(i: usize, status: &node_v1::VmStatus) -> Option<String> {
+    if status.deleted {
+        return None;
+    }
+    if status.conditions.len() > MAX_CONDITIONS {
+        return Some(format!(
+            "vms[{i}].conditions: has {} entries; at most {MAX_CONDITIONS}",
+            status.conditions.len()
+        ));
+    }
+    let state = status.actual_state.trim();
+    if state.is_empty() || state.len() > 32 {
+        return Some(format!(
+            "vms[{i}].actual_state: must be 1 to 32 characters long"
+        ));
+    }
+    for (j, c) in status.conditions.iter().enumerate() {
+        for (field, value) in [
+            ("type", &c.r#type),
+            ("status", &c.status),
+            ("reason", &c.reason),
+        ] {
+            if value.len() > MAX_CONDITION_WORD {
+                return Some(format!(
+                    "vms[{i}].conditions[{j}].{field}: is {} bytes; at most {MAX_CONDITION_WORD}",
+                    value.len()
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn check_guest(i: usize, guest: &node_v1::GuestReport) -> Option<String> {
+    if guest.logs.len() > MAX_GUEST_LOG_LINES {
+        return Some(format!(
+            "guests[{i}].logs: has {} lines; at most {MAX_GUEST_LOG_LINES}",
+            guest.logs.len()
+        ));
+    }
+    if let Some(j) = guest
+        .logs
+        .iter()
+        .position(|l| l.message.len() > MAX_GUEST_LOG_LINE_BYTES)
+    {
+        return Some(format!(
+            "guests[{i}].logs[{j}].message: is {} bytes; at most {MAX_GUEST_LOG_LINE_BYTES}",
+            guest.logs[j].message.len()
+        ));
+    }
+    None
+}
+
+fn check_program_run(i: usize, run: &node_v1::ProgramRunStatus) -> Option<String> {
+    if !programs::RUN_STATUSES.contains(&run.status.as_str()) {
+        return Some(format!(
+            "program_runs[{i}].status: {:?} is not one of {}",
+            run.status.chars().take(32).collect::<String>(),
+            programs::RUN_STATUSES.join(", ")
+        ));
+    }
+    for (field, tail) in [
+        ("stdout_tail", &run.stdout_tail),
+        ("stderr_tail", &run.stderr_tail),
+    ] {
+        if tail.len() > MAX_REPORTED_TAIL_BYTES {
+            return Some(format!(
+                "program_runs[{i}].{field}: is {} bytes; at most {MAX_REPORTED_TAIL_BYTES}",
+                tail.len()
+            ));
+        }
+    }
+    None
+}
+
+/// Apply a status report of node `node_id` (already authenticated), item by
+/// item: an item that names a VM this node does not host, is oversized or
+/// malformed, or names a program run the VM does not have is refused (and
+/// listed in the outcome), and the rest are applied. One guest's bad output
+/// must not cost every VM on its node its status, nor block deletions.
 pub(crate) fn apply_report(
     cx: &mut TxContext<'_>,
     node_id: &str,
@@ -185,12 +287,21 @@ pub(crate) fn apply_report(
 ) -> Result<ReportOutcome, StoreError> {
     let mut outcome = ReportOutcome::default();
     for (i, status) in report.vms.iter().enumerate() {
-        // A VM of another node, or one already gone, is not this report's to change.
         let Some(vm) = vms::get_by_id(cx.tx, &status.vm_id)?.filter(|vm| vm.node_id == node_id)
         else {
-            outcome.ignored_vms += 1;
+            refuse(
+                &mut outcome,
+                "vms",
+                i,
+                &status.vm_id,
+                format!("vms[{i}].vm_id: this node hosts no such VM"),
+            );
             continue;
         };
+        if let Some(reason) = check_vm_status(i, status) {
+            refuse(&mut outcome, "vms", i, &status.vm_id, reason);
+            continue;
+        }
         if status.deleted {
             if vm.deleting {
                 vms::remove(
@@ -200,26 +311,17 @@ pub(crate) fn apply_report(
                     "deleted: the node agent cleaned it up",
                 )?;
             } else {
-                outcome.ignored_vms += 1;
+                refuse(
+                    &mut outcome,
+                    "vms",
+                    i,
+                    &status.vm_id,
+                    format!("vms[{i}].deleted: the VM is not being deleted"),
+                );
             }
             continue;
         }
-        if status.conditions.len() > MAX_CONDITIONS {
-            return Err(StoreError::invalid(
-                format!("vms[{i}].conditions"),
-                format!(
-                    "has {} entries; at most {MAX_CONDITIONS}",
-                    status.conditions.len()
-                ),
-            ));
-        }
         let state = status.actual_state.trim();
-        if state.is_empty() || state.len() > 32 {
-            return Err(StoreError::invalid(
-                format!("vms[{i}].actual_state"),
-                "must be 1 to 32 characters long",
-            ));
-        }
         let conditions: Vec<Condition> = status
             .conditions
             .iter()
@@ -284,12 +386,22 @@ pub(crate) fn apply_report(
             observed,
         )?;
     }
-    for guest in &report.guests {
+    for (i, guest) in report.guests.iter().enumerate() {
         let Some(vm) = vms::get_by_id(cx.tx, &guest.vm_id)?.filter(|vm| vm.node_id == node_id)
         else {
-            outcome.ignored_vms += 1;
+            refuse(
+                &mut outcome,
+                "guests",
+                i,
+                &guest.vm_id,
+                format!("guests[{i}].vm_id: this node hosts no such VM"),
+            );
             continue;
         };
+        if let Some(reason) = check_guest(i, guest) {
+            refuse(&mut outcome, "guests", i, &guest.vm_id, reason);
+            continue;
+        }
         if guest.last_heartbeat_unix_ms > 0 {
             if let Some(time) = ms_to_rfc3339(guest.last_heartbeat_unix_ms) {
                 vms::save_guest_heartbeat(cx, &vm.id, &time)?;
@@ -349,12 +461,25 @@ pub(crate) fn apply_report(
         }
     }
     for (i, run) in report.program_runs.iter().enumerate() {
-        programs::save_run_status(cx, node_id, run).map_err(|e| match e {
-            StoreError::Invalid { reason, .. } => {
-                StoreError::invalid(format!("program_runs[{i}].status"), reason)
-            }
-            other => other,
-        })?;
+        if let Some(reason) = check_program_run(i, run) {
+            refuse(&mut outcome, "program_runs", i, &run.vm_id, reason);
+            continue;
+        }
+        if !programs::run_exists(cx.tx, node_id, &run.deployment_id, &run.vm_id)? {
+            refuse(
+                &mut outcome,
+                "program_runs",
+                i,
+                &run.vm_id,
+                format!(
+                    "program_runs[{i}].deployment_id: VM {:?} on this node has no run of deployment {:?}",
+                    run.vm_id.chars().take(64).collect::<String>(),
+                    run.deployment_id.chars().take(64).collect::<String>()
+                ),
+            );
+            continue;
+        }
+        programs::save_run_status(cx, node_id, run)?;
     }
     Ok(outcome)
 }

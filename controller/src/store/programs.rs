@@ -547,6 +547,21 @@ fn tail(text: &str) -> &str {
     &text[start..]
 }
 
+/// Whether node `node_id` runs deployment `deployment_id` on VM `vm_id`
+/// (in any status: a late report of a stopped run is not an error).
+pub(crate) fn run_exists(
+    conn: &rusqlite::Connection,
+    node_id: &str,
+    deployment_id: &str,
+    vm_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM program_runs WHERE deployment_id = ?1 AND vm_id = ?2 AND node_id = ?3",
+        )?
+        .exists(params![deployment_id, vm_id, node_id])?)
+}
+
 /// A run status from the node agent (only for runs on that node).
 pub(crate) fn save_run_status(
     cx: &TxContext<'_>,

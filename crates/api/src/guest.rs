@@ -81,6 +81,12 @@ pub enum GuestMessage {
         task_id: String,
         /// The document (schema `measurelab.mcast.result/v1`).
         document: serde_json::Value,
+        /// The guest's id for this post; the node agent answers it with
+        /// [`AgentMessage::ResultAck`] once the document is durable (spooled
+        /// to disk or committed by the controller), or refused. Absent
+        /// (older guests): no answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
     /// A program asked the local platform API for its tasks (`GET /tasks`);
     /// the node agent answers with [`AgentMessage::Tasks`].
@@ -256,6 +262,27 @@ pub enum AgentMessage {
     /// has no connect event the guest could see. (Added after the first
     /// guest channel release; older guests ignore it.)
     HelloRequest,
+    /// Answer to a [`GuestMessage::Result`] with a `request_id`: `stored`
+    /// means the document is durable (spooled to the node agent's disk, to
+    /// be re-posted until the controller commits it); otherwise `reason`
+    /// says why it was not taken (spool full, rate limited), and the
+    /// program should retry later.
+    ResultAck {
+        /// The `request_id` of the result.
+        request_id: String,
+        /// Durable, or refused.
+        stored: bool,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Answer to a [`GuestMessage::PollTasks`] the node agent would not relay
+    /// (the guest polls faster than its budget, or the node's relay queue is
+    /// full). Polls waiting in the guest fail with `reason`.
+    PollRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where a program run is, as the guest reports it.
