@@ -59,7 +59,26 @@ pub struct ControllerArgs {
     /// Hours the idempotency records of mutating API requests are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     retain_idempotency_hours: u64,
+    /// HTTP API connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_HTTP.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections: u64,
+    /// HTTP API connections served at once from one source address.
+    #[arg(long, default_value_t = DEFAULT_HTTP.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections_per_source: u64,
+    /// Seconds from the first byte of an HTTP request to the end of its headers.
+    #[arg(long, default_value_t = DEFAULT_HTTP.header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_read_timeout_seconds: u64,
+    /// Seconds an HTTP connection may stay silent between requests (or a
+    /// response, or an upload, may make no progress) before it is closed.
+    #[arg(long, default_value_t = DEFAULT_HTTP.idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_idle_timeout_seconds: u64,
+    /// Seconds an HTTP request may take before it is answered 408 (uploads
+    /// are bounded by progress instead).
+    #[arg(long, default_value_t = DEFAULT_HTTP.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_request_timeout_seconds: u64,
 }
+
+const DEFAULT_HTTP: measurelab_controller::HttpLimits = measurelab_controller::DEFAULT_HTTP_LIMITS;
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
@@ -107,6 +126,16 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         results: DAY * args.retain_results_days as u32,
         idempotency: Duration::from_secs(3600 * args.retain_idempotency_hours),
         vm_usage: Duration::from_secs(3600 * args.usage_retention_hours),
+    };
+    config.http_limits = measurelab_controller::HttpLimits {
+        // Clap's range keeps both within usize on every target we build for.
+        max_connections: usize::try_from(args.http_max_connections)
+            .context("--http-max-connections")?,
+        max_connections_per_source: usize::try_from(args.http_max_connections_per_source)
+            .context("--http-max-connections-per-source")?,
+        header_read_timeout: Duration::from_secs(args.http_header_read_timeout_seconds),
+        idle_timeout: Duration::from_secs(args.http_idle_timeout_seconds),
+        request_timeout: Duration::from_secs(args.http_request_timeout_seconds),
     };
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);

@@ -70,6 +70,8 @@ use tokio_util::sync::CancellationToken;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
+/// Connection caps and timeouts of the HTTP API's listener.
+pub use measurelab_httpserve::Limits as HttpLimits;
 pub use retention::Retention;
 pub use store::StoreError;
 pub use tokens::TokenError;
@@ -113,7 +115,22 @@ pub struct ControllerConfig {
     /// The data directory's lock, when the caller took it before writing
     /// into the directory itself; `None`: `run` takes it.
     pub data_dir_lock: Option<DataDirLock>,
+    /// What the HTTP API's peers can hold. Default [`DEFAULT_HTTP_LIMITS`].
+    pub http_limits: HttpLimits,
 }
+
+/// The HTTP API's default bounds: room for a provider's parallel requests,
+/// the CLI and the admin page from one address, while one address cannot
+/// hold more than an eighth of the listener.
+pub const DEFAULT_HTTP_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 1024,
+    max_connections_per_source: 128,
+    header_read_timeout: Duration::from_secs(10),
+    // Longer than the provider's and CLI's pooled keep-alive reuse gaps
+    // between Terraform steps, shorter than a socket is worth holding.
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(60),
+};
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
 pub fn parse_vlan_pool(text: &str) -> Result<RangeInclusive<u16>, ControllerError> {
@@ -197,6 +214,7 @@ impl ControllerConfig {
             retention: Retention::default(),
             prune_period: retention::PRUNE_PERIOD,
             data_dir_lock: None,
+            http_limits: DEFAULT_HTTP_LIMITS,
         }
     }
 }
@@ -273,6 +291,10 @@ pub async fn run(
     }
     check_vlan_pool(&config.vlan_pool)?;
     check_subnet_pool(config.subnet_pool)?;
+    config
+        .http_limits
+        .validate()
+        .map_err(|err| ControllerError::Config(format!("http_limits.{err}")))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ControllerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -342,12 +364,18 @@ pub async fn run(
                     .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
             ),
         );
-        let cancel = cancel.clone();
+        let (cancel, limits) = (cancel.clone(), config.http_limits);
         async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-                .map_err(ControllerError::Http)
+            // The accept step is where a TLS handshake slots in.
+            measurelab_httpserve::serve(
+                http_listener,
+                measurelab_httpserve::plain,
+                app,
+                limits,
+                cancel.cancelled_owned(),
+            )
+            .await;
+            Ok::<(), ControllerError>(())
         }
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)

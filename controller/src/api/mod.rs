@@ -26,6 +26,7 @@ mod vm_usage;
 mod vms;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{header, Method, Uri};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -118,7 +119,9 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/appliance_files/:sha256",
             // The handler streams the body and enforces its own limit.
-            put(appliances::upload_file).layer(DefaultBodyLimit::disable()),
+            put(appliances::upload_file)
+                .layer(DefaultBodyLimit::disable())
+                .layer(middleware::from_fn(lift_request_timeout)),
         ),
         ("/v1/vms", get(vms::list).post(vms::create)),
         (
@@ -130,7 +133,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/programs",
             get(programs::list)
-                .post(programs::create)
+                .post(programs::create.layer(middleware::from_fn(lift_request_timeout)))
                 // base64 inflates by 4/3; leave room for the JSON around it.
                 .layer(DefaultBodyLimit::max(MAX_PROGRAM_BYTES / 3 * 4 + 64 * 1024)),
         ),
@@ -190,6 +193,24 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::map_response(security_headers::add))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Uploads (appliance images up to 16 GiB, programs up to 64 MiB) take as
+/// long as the link needs: they are bounded by progress (the listener's idle
+/// timeout between bytes) instead of the request timeout.
+async fn lift_request_timeout(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    // Absent only when the router is served without the bounded listener
+    // (unit tests).
+    if let Some(timeout) = request
+        .extensions()
+        .get::<measurelab_httpserve::RequestTimeout>()
+    {
+        timeout.lift();
+    }
+    next.run(request).await
 }
 
 async fn healthz() -> Json<serde_json::Value> {

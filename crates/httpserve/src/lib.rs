@@ -11,7 +11,9 @@
 //! - a header-read timeout: once the first byte of a request arrives, its whole
 //!   head must follow within that time;
 //! - a request timeout: a handler (reading the request body included) that has
-//!   not answered by then gets `408` with a JSON error;
+//!   not answered by then gets `408` with a JSON error. A route that takes
+//!   large uploads lifts it for its request ([`RequestTimeout::lift`]); that
+//!   request is then closed once it moves no byte for the idle timeout;
 //! - a stalled response (a peer that stops reading, a body that stops
 //!   producing) is closed after the idle timeout without progress.
 //!
@@ -230,6 +232,24 @@ async fn serve_connection<A, F, S>(
     }
 }
 
+/// In every request's extensions: lets a route that streams a large upload
+/// lift the request timeout for that request.
+#[derive(Clone)]
+pub struct RequestTimeout(Arc<Activity>);
+
+impl RequestTimeout {
+    /// This request is not bounded by the request timeout but by progress: it
+    /// is closed once no byte moves for the idle timeout.
+    pub fn lift(&self) {
+        self.0.lock().lifted = true;
+        self.0.changed.notify_waiters();
+    }
+
+    fn lifted(&self) -> bool {
+        self.0.lock().lifted
+    }
+}
+
 async fn handle(
     router: axum::Router,
     request: hyper::Request<Incoming>,
@@ -237,13 +257,27 @@ async fn handle(
     activity: Arc<Activity>,
     within: Duration,
 ) -> Result<axum::response::Response, Infallible> {
+    let timeout = RequestTimeout(Arc::clone(&activity));
     let in_flight = InFlight::begin(activity);
     let mut request = request.map(Body::new);
     request.extensions_mut().insert(ConnectInfo(peer));
-    let response = match tokio::time::timeout(within, router.oneshot(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(_) => timeout_response(within),
+    request.extensions_mut().insert(timeout.clone());
+    let handler = router.oneshot(request);
+    tokio::pin!(handler);
+    let answered = tokio::select! {
+        answered = &mut handler => answered,
+        () = tokio::time::sleep(within) => {
+            if timeout.lifted() {
+                // The watchdog bounds it by progress from here on.
+                handler.await
+            } else {
+                Ok(timeout_response(within))
+            }
+        }
+    };
+    let response = match answered {
+        Ok(response) => response,
+        Err(never) => match never {},
     };
     let in_flight = in_flight.responding();
     Ok(response.map(|body| {
@@ -352,6 +386,8 @@ struct Phase {
     first_byte: Option<Instant>,
     /// Last byte read or written.
     last_io: Instant,
+    /// The running handler lifted the request timeout.
+    lifted: bool,
 }
 
 impl Activity {
@@ -364,6 +400,7 @@ impl Activity {
                 idle_since: now,
                 first_byte: None,
                 last_io: now,
+                lifted: false,
             }),
             changed: Notify::new(),
         }
@@ -389,10 +426,12 @@ impl Activity {
     }
 
     /// When the connection is to be closed as things stand; `None` while a
-    /// handler runs (the request timeout bounds it).
+    /// handler runs (the request timeout bounds it, unless lifted).
     fn deadline(&self, limits: Limits) -> Option<Instant> {
         let phase = self.lock();
-        if phase.handlers > 0 {
+        if phase.handlers > 0 && phase.lifted {
+            Some(phase.last_io + limits.idle_timeout)
+        } else if phase.handlers > 0 {
             None
         } else if phase.bodies > 0 {
             Some(phase.last_io + limits.idle_timeout)
@@ -450,6 +489,7 @@ impl InFlight {
             phase.handlers -= 1;
             phase.bodies += 1;
             phase.last_io = Instant::now();
+            phase.lifted = false;
         }
         self.responding = true;
         self.activity.changed.notify_waiters();
@@ -465,6 +505,7 @@ impl Drop for InFlight {
                 phase.bodies -= 1;
             } else {
                 phase.handlers -= 1;
+                phase.lifted = false;
             }
             if phase.handlers == 0 && phase.bodies == 0 {
                 phase.idle_since = Instant::now();

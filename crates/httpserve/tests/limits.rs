@@ -259,3 +259,88 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         .unwrap()
         .unwrap();
 }
+
+/// A route that lifts the request timeout and then reads its body.
+fn upload_router() -> axum::Router {
+    async fn upload(
+        axum::Extension(timeout): axum::Extension<measurelab_httpserve::RequestTimeout>,
+        body: axum::body::Body,
+    ) -> String {
+        timeout.lift();
+        match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => bytes.len().to_string(),
+            Err(err) => err.to_string(),
+        }
+    }
+    axum::Router::new().route("/upload", axum::routing::put(upload))
+}
+
+#[tokio::test]
+async fn a_lifted_upload_outlasts_the_request_timeout_while_it_progresses() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(500),
+        ..limits()
+    };
+    let task = tokio::spawn(serve(
+        listener,
+        plain,
+        upload_router(),
+        limits,
+        std::future::pending(),
+    ));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PUT /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n\r\n")
+        .await
+        .unwrap();
+    // Eight bytes over about 800 ms: four request timeouts, each gap under
+    // the idle timeout.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(b"x").await.unwrap();
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(NOT_ACTED, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("8"),
+        "{answer}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_lifted_upload_that_stalls_is_closed_after_the_idle_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    let task = tokio::spawn(serve(
+        listener,
+        plain,
+        upload_router(),
+        limits,
+        std::future::pending(),
+    ));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PUT /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n\r\nxx")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(NOT_ACTED, stream.read_to_end(&mut answer))
+        .await
+        .expect("the stalled upload is closed")
+        .ok();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    task.abort();
+}

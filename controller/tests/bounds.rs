@@ -1,0 +1,158 @@
+//! What a peer can cost the controller: connection caps and timeouts on both
+//! listeners, while honest clients and heartbeating nodes are served.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{heartbeat_request, TestController};
+use measurelab_api::http::NodeStatus;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Idle connections one attacker opens: far over the per-source cap.
+const SLOWLORIS: usize = 3000;
+
+async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().expect("source address"))?;
+    socket.connect(to).await
+}
+
+/// True once the server closed `stream` (EOF or reset); false while open.
+fn closed(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// Polls until `count_closed` reaches `want`, or fails after `within`.
+async fn wait_closed(streams: &[TcpStream], want: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = streams.iter().filter(|s| closed(s)).count();
+        if n >= want {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} idle connections closed, want {want}",
+            streams.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Heartbeats `node` every `interval` until `stop`; returns the slowest one.
+fn heartbeat_forever(
+    controller: &TestController,
+    registered: measurelab_api::node_v1::RegisterResponse,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Duration> {
+    let grpc = controller.grpc.to_string();
+    tokio::spawn(async move {
+        let mut client = measurelab_api::node_v1::node_service_client::NodeServiceClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .unwrap();
+        let mut slowest = Duration::ZERO;
+        let mut ticks = tokio::time::interval(interval);
+        for sequence in 1.. {
+            if *stop.borrow() {
+                break;
+            }
+            ticks.tick().await;
+            let started = Instant::now();
+            client
+                .heartbeat(heartbeat_request(&registered, sequence))
+                .await
+                .unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    })
+}
+
+#[tokio::test]
+async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.offline_after = Duration::from_secs(3);
+    })
+    .await;
+    let per_source = measurelab_controller::DEFAULT_HTTP_LIMITS.max_connections_per_source;
+    let registered = controller.register("steady", "").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(500), stop);
+
+    let started = Instant::now();
+    let mut attacker = Vec::with_capacity(SLOWLORIS);
+    for _ in 0..SLOWLORIS {
+        attacker.push(connect_from("127.0.0.2", controller.http).await.unwrap());
+    }
+    // Everything over the cap is closed at accept; the cap's worth stays open.
+    let closed_now = wait_closed(&attacker, SLOWLORIS - per_source, Duration::from_secs(30)).await;
+    assert_eq!(
+        closed_now,
+        SLOWLORIS - per_source,
+        "the per-source cap holds"
+    );
+
+    // Another client is served while the attacker holds its share...
+    let answered = Instant::now();
+    let nodes = controller.nodes().await;
+    assert!(
+        answered.elapsed() < Duration::from_secs(2),
+        "served in {:?}",
+        answered.elapsed()
+    );
+    assert_eq!(nodes[0].status, NodeStatus::Online);
+    // ...and the heartbeating node stays online past several offline deadlines.
+    while started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat {slowest:?}"
+    );
+    drop(attacker);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_from_many_sources_are_reclaimed_by_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_secs(2);
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.http_limits.idle_timeout = idle;
+        config.http_limits.max_connections = 256;
+    })
+    .await;
+    // 40 sources of 20: under the per-source cap, over the overall one.
+    let mut attacker = Vec::new();
+    for source in 0..40 {
+        for _ in 0..20 {
+            attacker.push(
+                connect_from(&format!("127.0.1.{}", source + 1), controller.http)
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let total = attacker.len();
+    wait_closed(&attacker, total - 256, Duration::from_secs(30)).await;
+    // The listener is full; once the idle timeout passes, all are closed and
+    // a client is served again.
+    wait_closed(&attacker, total, idle * 5).await;
+    assert!(controller.nodes().await.is_empty());
+    controller.stop().await;
+}
