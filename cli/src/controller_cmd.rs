@@ -76,7 +76,39 @@ pub struct ControllerArgs {
     /// are bounded by progress instead).
     #[arg(long, default_value_t = DEFAULT_HTTP.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
     http_request_timeout_seconds: u64,
+    /// gRPC connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_max_connections: u64,
+    /// gRPC connections served at once from one source address.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_max_connections_per_source: u64,
+    /// Seconds a new gRPC connection has to send its first byte.
+    #[arg(long, default_value_t = DEFAULT_GRPC.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_handshake_timeout_seconds: u64,
+    /// Seconds a gRPC call may take to answer (streams live on after their start).
+    #[arg(long, default_value_t = DEFAULT_GRPC.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_request_timeout_seconds: u64,
+    /// Seconds between HTTP/2 pings to a silent gRPC peer.
+    #[arg(long, default_value_t = DEFAULT_GRPC.keepalive_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    grpc_keepalive_interval_seconds: u64,
+    /// Seconds a gRPC peer has to answer a ping before it is dropped.
+    #[arg(long, default_value_t = DEFAULT_GRPC.keepalive_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_keepalive_timeout_seconds: u64,
+    /// gRPC streams (calls) one connection may have open at once.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_max_concurrent_streams: u32,
+    /// gRPC calls one connection may have in the handlers at once; more wait.
+    #[arg(long, default_value_t = DEFAULT_GRPC.concurrency_per_connection as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_concurrency_per_connection: u64,
+    /// Largest gRPC request message, bytes.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_request_message_bytes as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    grpc_max_request_message_bytes: u64,
+    /// Largest gRPC response message, bytes (FetchProgram carries a whole program).
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_response_message_bytes as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    grpc_max_response_message_bytes: u64,
 }
+
+const DEFAULT_GRPC: measurelab_controller::GrpcLimits = measurelab_controller::DEFAULT_GRPC_LIMITS;
 
 const DEFAULT_HTTP: measurelab_controller::HttpLimits = measurelab_controller::DEFAULT_HTTP_LIMITS;
 
@@ -136,6 +168,31 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         header_read_timeout: Duration::from_secs(args.http_header_read_timeout_seconds),
         idle_timeout: Duration::from_secs(args.http_idle_timeout_seconds),
         request_timeout: Duration::from_secs(args.http_request_timeout_seconds),
+    };
+    let size = |value: u64, flag: &'static str| usize::try_from(value).context(flag);
+    config.grpc_limits = measurelab_controller::GrpcLimits {
+        max_connections: size(args.grpc_max_connections, "--grpc-max-connections")?,
+        max_connections_per_source: size(
+            args.grpc_max_connections_per_source,
+            "--grpc-max-connections-per-source",
+        )?,
+        handshake_timeout: Duration::from_secs(args.grpc_handshake_timeout_seconds),
+        request_timeout: Duration::from_secs(args.grpc_request_timeout_seconds),
+        keepalive_interval: Duration::from_secs(args.grpc_keepalive_interval_seconds),
+        keepalive_timeout: Duration::from_secs(args.grpc_keepalive_timeout_seconds),
+        max_concurrent_streams: args.grpc_max_concurrent_streams,
+        concurrency_per_connection: size(
+            args.grpc_concurrency_per_connection,
+            "--grpc-concurrency-per-connection",
+        )?,
+        max_request_message_bytes: size(
+            args.grpc_max_request_message_bytes,
+            "--grpc-max-request-message-bytes",
+        )?,
+        max_response_message_bytes: size(
+            args.grpc_max_response_message_bytes,
+            "--grpc-max-response-message-bytes",
+        )?,
     };
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);

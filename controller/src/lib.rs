@@ -51,6 +51,7 @@ mod api;
 mod appliance_files;
 mod data_dir;
 mod flows;
+mod grpc_listener;
 mod liveness;
 pub mod openapi;
 mod placement;
@@ -70,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
+pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.
 pub use measurelab_httpserve::Limits as HttpLimits;
 pub use retention::Retention;
@@ -117,6 +119,8 @@ pub struct ControllerConfig {
     pub data_dir_lock: Option<DataDirLock>,
     /// What the HTTP API's peers can hold. Default [`DEFAULT_HTTP_LIMITS`].
     pub http_limits: HttpLimits,
+    /// What the gRPC node API's peers can hold. Default [`DEFAULT_GRPC_LIMITS`].
+    pub grpc_limits: GrpcLimits,
 }
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
@@ -215,6 +219,7 @@ impl ControllerConfig {
             prune_period: retention::PRUNE_PERIOD,
             data_dir_lock: None,
             http_limits: DEFAULT_HTTP_LIMITS,
+            grpc_limits: DEFAULT_GRPC_LIMITS,
         }
     }
 }
@@ -295,6 +300,10 @@ pub async fn run(
         .http_limits
         .validate()
         .map_err(|err| ControllerError::Config(format!("http_limits.{err}")))?;
+    config
+        .grpc_limits
+        .validate()
+        .map_err(ControllerError::Config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ControllerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -387,16 +396,16 @@ pub async fn run(
         async move { refusals.report_forever(store, interval, cancel).await }
     });
     let grpc = tokio::spawn({
-        let cancel = cancel.clone();
+        let (cancel, limits) = (cancel.clone(), config.grpc_limits);
         async move {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, None)
-                    .map_err(|e| ControllerError::Listener {
-                        which: "grpc",
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-            tonic::transport::Server::builder()
-                .add_service(service.into_server())
+            let incoming = grpc_listener::incoming(grpc_listener, limits);
+            let server = service
+                .into_server()
+                .max_decoding_message_size(limits.max_request_message_bytes)
+                .max_encoding_message_size(limits.max_response_message_bytes);
+            limits
+                .builder()
+                .add_service(server)
                 .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
                 .await
                 .map_err(ControllerError::Grpc)

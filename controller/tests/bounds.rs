@@ -156,3 +156,66 @@ async fn idle_connections_from_many_sources_are_reclaimed_by_the_idle_timeout() 
     assert!(controller.nodes().await.is_empty());
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_grpc_clients_do_not_block_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.grpc_limits.handshake_timeout = Duration::from_secs(1);
+        config.grpc_limits.request_timeout = Duration::from_secs(1);
+        config.grpc_limits.max_connections_per_source = 64;
+    })
+    .await;
+    let registered = controller.register("steady", "").await;
+
+    // Sockets that never send the HTTP/2 preface, far over the per-source cap.
+    let mut silent = Vec::new();
+    for _ in 0..500 {
+        silent.push(connect_from("127.0.0.2", controller.grpc).await.unwrap());
+    }
+    // A client that opens a Heartbeat call, sends its headers and stalls
+    // before the message.
+    let tcp = connect_from("127.0.0.3", controller.grpc).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/measurelab.node.v1.NodeService/Heartbeat",
+            controller.grpc
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (stalled, _body_never_sent) = h2.send_request(request, false).unwrap();
+
+    // Others are served meanwhile, promptly.
+    let mut grpc = controller.grpc().await;
+    for sequence in 1..=5 {
+        let started = Instant::now();
+        grpc.heartbeat(heartbeat_request(&registered, sequence))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    // The stalled call is ended by the request timeout, not left open.
+    let answer = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("the stalled call is answered")
+        .unwrap();
+    let status = answer
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        status.as_deref().is_some_and(|s| s != "0"),
+        "stalled call got {:?}",
+        answer.headers()
+    );
+    // Every silent socket is closed: the ones over the cap at accept, the
+    // rest by the handshake timeout.
+    wait_closed(&silent, silent.len(), Duration::from_secs(10)).await;
+    assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
+    controller.stop().await;
+}

@@ -120,10 +120,8 @@ pub async fn serve<A, F, S>(
     F: Future<Output = io::Result<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let sources = Arc::new(Sources::default());
+    let caps = ConnectionCaps::new(limits.max_connections, limits.max_connections_per_source);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -139,28 +137,75 @@ pub async fn serve<A, F, S>(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            refusals.refused(peer, "too many connections", limits.max_connections);
-            continue;
-        };
-        let Some(source_slot) = sources.take(peer.ip(), limits.max_connections_per_source) else {
-            refusals.refused(
-                peer,
-                "too many connections from this source",
-                limits.max_connections_per_source,
-            );
+        let Some(admission) = caps.admit(peer) else {
             continue;
         };
         let (accept, router, stop) = (accept.clone(), router.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let _slots = (slot, source_slot);
+            let _admission = admission;
             serve_connection(tcp, peer, accept, router, limits, stop).await;
         });
     }
     let _ = stop_tx.send(true);
-    // Every connection task holds one slot until it ends.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    caps.drained().await;
+}
+
+/// Connections held at once, overall and per source address; shared by
+/// every listener that needs the two caps (the HTTP APIs here, the
+/// controller's gRPC listener through its own accept stream).
+pub struct ConnectionCaps {
+    slots: Arc<Semaphore>,
+    max: usize,
+    sources: Arc<Sources>,
+    per_source: usize,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// A connection's place under [`ConnectionCaps`]; released on drop.
+pub struct Admission {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+impl ConnectionCaps {
+    /// Caps of `max` connections, `per_source` of them from one address.
+    pub fn new(max: usize, per_source: usize) -> Self {
+        ConnectionCaps {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            sources: Arc::new(Sources::default()),
+            per_source,
+            refusals: Mutex::new(RefusalLog::default()),
+        }
+    }
+
+    /// A place for a connection from `peer`, or `None` (logged, at most once
+    /// per interval) when a cap is reached; the caller then closes it.
+    pub fn admit(&self, peer: SocketAddr) -> Option<Admission> {
+        let refused = |why, max| {
+            self.refusals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .refused(peer, why, max);
+            None
+        };
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            return refused("too many connections", self.max);
+        };
+        let Some(source) = self.sources.take(peer.ip(), self.per_source) else {
+            return refused("too many connections from this source", self.per_source);
+        };
+        Some(Admission {
+            _slot: slot,
+            _source: source,
+        })
+    }
+
+    /// Completes once every admitted connection has been released.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
 }
 
 async fn serve_connection<A, F, S>(
@@ -305,7 +350,7 @@ fn timeout_response(within: Duration) -> axum::response::Response {
 
 /// Open connections per source address.
 #[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
+pub(crate) struct Sources(Mutex<HashMap<IpAddr, usize>>);
 
 impl Sources {
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -329,7 +374,7 @@ impl Sources {
     }
 }
 
-struct SourceSlot {
+pub(crate) struct SourceSlot {
     sources: Arc<Sources>,
     ip: IpAddr,
 }
