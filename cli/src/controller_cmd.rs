@@ -106,7 +106,21 @@ pub struct ControllerArgs {
     /// Largest gRPC response message, bytes (FetchProgram carries a whole program).
     #[arg(long, default_value_t = DEFAULT_GRPC.max_response_message_bytes as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     grpc_max_response_message_bytes: u64,
+    /// HTTP API requests per second one bearer token sustains (0: no per-token limit).
+    #[arg(long, default_value_t = DEFAULT_RATE.per_token.map_or(0, |b| b.per_second))]
+    rate_limit_per_token: u32,
+    /// Requests one bearer token may make at once after a quiet period.
+    #[arg(long, default_value_t = DEFAULT_RATE.per_token.map_or(1, |b| b.burst), value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_per_token_burst: u32,
+    /// HTTP API requests per second one source address sustains (0: no per-source limit).
+    #[arg(long, default_value_t = DEFAULT_RATE.per_source.map_or(0, |b| b.per_second))]
+    rate_limit_per_source: u32,
+    /// Requests one source address may make at once after a quiet period.
+    #[arg(long, default_value_t = DEFAULT_RATE.per_source.map_or(1, |b| b.burst), value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_per_source_burst: u32,
 }
+
+const DEFAULT_RATE: measurelab_controller::RateLimits = measurelab_controller::DEFAULT_RATE_LIMITS;
 
 const DEFAULT_GRPC: measurelab_controller::GrpcLimits = measurelab_controller::DEFAULT_GRPC_LIMITS;
 
@@ -193,6 +207,13 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             args.grpc_max_response_message_bytes,
             "--grpc-max-response-message-bytes",
         )?,
+    };
+    let bucket = |per_second, burst| {
+        (per_second > 0).then_some(measurelab_controller::TokenBucket { per_second, burst })
+    };
+    config.rate_limits = measurelab_controller::RateLimits {
+        per_token: bucket(args.rate_limit_per_token, args.rate_limit_per_token_burst),
+        per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
     };
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);

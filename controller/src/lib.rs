@@ -68,6 +68,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
@@ -121,6 +122,9 @@ pub struct ControllerConfig {
     pub http_limits: HttpLimits,
     /// What the gRPC node API's peers can hold. Default [`DEFAULT_GRPC_LIMITS`].
     pub grpc_limits: GrpcLimits,
+    /// Request rates of the HTTP API per token and per source. Default
+    /// [`DEFAULT_RATE_LIMITS`].
+    pub rate_limits: RateLimits,
 }
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
@@ -220,6 +224,7 @@ impl ControllerConfig {
             data_dir_lock: None,
             http_limits: DEFAULT_HTTP_LIMITS,
             grpc_limits: DEFAULT_GRPC_LIMITS,
+            rate_limits: DEFAULT_RATE_LIMITS,
         }
     }
 }
@@ -304,6 +309,10 @@ pub async fn run(
         .grpc_limits
         .validate()
         .map_err(ControllerError::Config)?;
+    config
+        .rate_limits
+        .validate()
+        .map_err(ControllerError::Config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ControllerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -366,12 +375,14 @@ pub async fn run(
     });
     let http = tokio::spawn({
         let app = api::router(
-            api::AppState::new(store.clone(), admin_token).with_flows(
-                config
-                    .flow_collector
-                    .as_ref()
-                    .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
-            ),
+            api::AppState::new(store.clone(), admin_token)
+                .with_rate_limits(config.rate_limits)
+                .with_flows(
+                    config
+                        .flow_collector
+                        .as_ref()
+                        .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
+                ),
         );
         let (cancel, limits) = (cancel.clone(), config.http_limits);
         async move {

@@ -219,3 +219,100 @@ async fn stalled_grpc_clients_do_not_block_heartbeats() {
     assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_flooding_token_gets_429_while_another_token_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.rate_limits = measurelab_controller::RateLimits {
+            per_token: Some(measurelab_controller::TokenBucket {
+                per_second: 1,
+                burst: 20,
+            }),
+            per_source: None,
+        };
+    })
+    .await;
+    let (status, token) = controller
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "second", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let second = token["secret"].as_str().unwrap().to_string();
+
+    let client = reqwest::Client::new();
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = client
+            .get(controller.url("/v1/nodes"))
+            .bearer_auth(&controller.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let refused = refused.expect("the flood is limited");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("per_token"), "{message}");
+
+    // The other token has its own bucket.
+    let other = client
+        .get(controller.url("/v1/nodes"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // gRPC is not limited by it.
+    controller.register("steady", "").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn one_source_is_limited_whatever_tokens_it_makes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.rate_limits.per_source = Some(measurelab_controller::TokenBucket {
+            per_second: 1,
+            burst: 20,
+        });
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut limited = false;
+    for n in 0..100 {
+        let response = client
+            .get(controller.url("/v1/nodes"))
+            .bearer_auth(format!("made-up-{n}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("per_source"));
+            limited = true;
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    assert!(limited, "a source making up tokens is limited");
+    controller.stop().await;
+}

@@ -15,6 +15,7 @@ mod nodes;
 mod platforms;
 mod programs;
 mod qos_policies;
+pub(crate) mod rate_limit;
 mod results;
 mod security_headers;
 mod state;
@@ -180,10 +181,16 @@ pub(crate) fn router(state: AppState) -> Router {
     for (path, route) in v1_routes() {
         v1 = v1.route(path, route.fallback(method_not_allowed));
     }
-    let v1 = v1.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::authenticate,
-    ));
+    let v1 = v1
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        // Outermost: a refused request costs no token lookup.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ));
     let mut app = Router::new();
     for (path, route) in public_routes() {
         app = app.route(path, route.fallback(method_not_allowed));

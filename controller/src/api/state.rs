@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::rate_limit::{RateLimiter, RateLimits};
 use crate::flows::archive::FlowArchive;
 use crate::store::Store;
 
@@ -11,6 +12,8 @@ pub(crate) struct AppState {
     inner: Arc<Inner>,
     /// The collector's files; `None` when the controller runs no collector.
     flows: Option<Arc<FlowArchive>>,
+    /// `None`: no rate limits (tests of the router alone).
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 struct Inner {
@@ -23,6 +26,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
+            rate_limiter: None,
         }
     }
 
@@ -30,6 +34,16 @@ impl AppState {
     pub fn with_flows(mut self, archive: Option<FlowArchive>) -> Self {
         self.flows = archive.map(Arc::new);
         self
+    }
+
+    /// Limit requests per token and per source.
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate_limiter = Some(Arc::new(RateLimiter::new(limits)));
+        self
+    }
+
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_deref()
     }
 
     pub fn flows(&self) -> Option<&FlowArchive> {
