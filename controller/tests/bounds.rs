@@ -316,3 +316,66 @@ async fn one_source_is_limited_whatever_tokens_it_makes_up() {
     assert!(limited, "a source making up tokens is limited");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let names: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    for name in &names {
+        let (status, body) = controller
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants",
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/tenants?limit=3".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, page) = controller.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let got: Vec<String> = page["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(got.len() <= 3);
+        // The last item of the first page goes before the next page is read.
+        if pages == 1 {
+            let (status, _) = controller
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tenants/{}", got[2]),
+                    None,
+                )
+                .await;
+            assert!(status == 200 || status == 204, "{status}");
+        }
+        seen.extend(got);
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/tenants?limit=3&after={cursor}"),
+            None => break,
+        }
+    }
+    // The controller's own "default" tenant sorts first.
+    let want: Vec<String> = std::iter::once("default".to_string())
+        .chain(names.iter().cloned())
+        .collect();
+    assert_eq!(seen, want, "every tenant once, in name order");
+    assert_eq!(pages, 3);
+    // The client follows the pages itself.
+    let all = controller.client().list_tenants().await.unwrap();
+    assert_eq!(all.len(), want.len() - 1);
+    let (status, body) = controller
+        .call(reqwest::Method::GET, "/v1/tenants?after=%25%25", None)
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "after");
+    controller.stop().await;
+}

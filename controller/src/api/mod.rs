@@ -12,6 +12,7 @@ mod flows;
 mod idempotency;
 mod join_tokens;
 mod nodes;
+mod page;
 mod platforms;
 mod programs;
 mod qos_policies;

@@ -16,6 +16,7 @@ use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requeste
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
 use crate::store::{programs, tenants, StoreError};
@@ -23,14 +24,21 @@ use crate::store::{programs, tenants, StoreError};
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<ProgramList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let programs = state
         .store()
         .resources()
         .read(move |conn, _| programs::list(conn, &scope))
         .await?;
-    Ok(Json(ProgramList { programs }))
+    let (programs, next_cursor) = page.apply(programs, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(ProgramList {
+        programs,
+        next_cursor,
+    }))
 }
 
 /// JSON `{name, content_base64, sha256?, request_id?}`, or the raw content
@@ -155,14 +163,23 @@ pub(crate) async fn delete(
 pub(crate) async fn list_deployments(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<DeploymentList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let deployments = state
         .store()
         .resources()
         .read(move |conn, _| programs::list_deployments(conn, &scope))
         .await?;
-    Ok(Json(DeploymentList { deployments }))
+    let (deployments, next_cursor) = page.apply(deployments, |item| {
+        page::newest_first(&item.created_at, &item.id)
+    });
+    Ok(Json(DeploymentList {
+        deployments,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn create_deployment(

@@ -109,7 +109,31 @@ fn result_query(query: &QueryParams, default_limit: i64) -> Result<ResultQuery, 
         since,
         until,
         limit: query.int("limit", default_limit, 1, MAX_LIMIT)? as u32,
+        before: query.0.get("after").map(|c| result_cursor(c)).transpose()?,
     })
+}
+
+/// A results cursor: the position of the oldest result of the page before
+/// (pages go back in time from the newest).
+fn result_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (ms, seq) = text.split_once(':')?;
+            Some((ms.parse().ok()?, seq.parse().ok()?))
+        })
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "after".into(),
+            reason: "not a cursor (use next_cursor of the previous page)".into(),
+        })
+}
+
+fn encode_result_cursor((ms, seq): (i64, i64)) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{ms}:{seq}"))
 }
 
 pub(crate) async fn list(
@@ -117,15 +141,27 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<ResultList>, ApiError> {
-    query.only(&["task", "since", "until", "limit"])?;
-    let q = result_query(&query, 1000)?;
+    query.only(&["task", "since", "until", "limit", "after"])?;
+    let mut q = result_query(&query, 1000)?;
+    let limit = q.limit as usize;
+    // One more than the page: whether an older page exists.
+    q.limit += 1;
     let scope = principal.scope();
-    let results = state
+    let mut results = state
         .store()
         .resources()
-        .read(move |conn, _| tasks::results(conn, &scope, &q))
+        .read(move |conn, _| tasks::results_at(conn, &scope, &q))
         .await?;
-    Ok(Json(ResultList { results }))
+    let next_cursor = if results.len() > limit {
+        results.remove(0);
+        results.first().map(|(_, at)| encode_result_cursor(*at))
+    } else {
+        None
+    };
+    Ok(Json(ResultList {
+        results: results.into_iter().map(|(record, _)| record).collect(),
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn latest(
@@ -179,6 +215,10 @@ pub(crate) async fn export(
         )
             .into_response()
     } else {
-        Json(ResultList { results }).into_response()
+        Json(ResultList {
+            results,
+            next_cursor: None,
+        })
+        .into_response()
     })
 }

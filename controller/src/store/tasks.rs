@@ -588,6 +588,9 @@ pub(crate) struct ResultQuery {
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
     pub limit: u32,
+    /// Only results older than this position (`started_ms`, `seq`): the
+    /// cursor of the page before.
+    pub before: Option<(i64, i64)>,
 }
 
 fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, StoreError> {
@@ -630,6 +633,19 @@ pub(crate) fn results(
     scope: &Scope,
     q: &ResultQuery,
 ) -> Result<Vec<ResultRecord>, StoreError> {
+    Ok(results_at(conn, scope, q)?
+        .into_iter()
+        .map(|(record, _)| record)
+        .collect())
+}
+
+/// [`results`] with each one's position (`started_ms`, `seq`), the key of
+/// result pages.
+pub(crate) fn results_at(
+    conn: &Connection,
+    scope: &Scope,
+    q: &ResultQuery,
+) -> Result<Vec<(ResultRecord, (i64, i64))>, StoreError> {
     let task_id = q
         .task
         .as_deref()
@@ -639,17 +655,28 @@ pub(crate) fn results(
     let until = q.until.map(unix_ms);
     // The newest `limit` in the range, returned oldest first.
     let mut statement = conn.prepare_cached(
-        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id FROM
+        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
+                started_ms, seq FROM
            (SELECT * FROM results
             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
               AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
+              AND (?6 IS NULL OR (started_ms, seq) < (?6, ?7))
             ORDER BY started_ms DESC, seq DESC LIMIT ?4)
          ORDER BY started_ms ASC, seq ASC",
     )?;
-    let mut rows = statement.query(params![task_id, since, until, q.limit, scope.tenant_id()])?;
+    let (before_ms, before_seq) = q.before.unzip();
+    let mut rows = statement.query(params![
+        task_id,
+        since,
+        until,
+        q.limit,
+        scope.tenant_id(),
+        before_ms,
+        before_seq
+    ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(record(row)?);
+        out.push((record(row)?, (row.get(7)?, row.get(8)?)));
     }
     Ok(out)
 }
