@@ -118,6 +118,10 @@ pub struct ControllerArgs {
     /// Requests one source address may make at once after a quiet period.
     #[arg(long, default_value_t = DEFAULT_RATE.per_source.map_or(1, |b| b.burst), value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_per_source_burst: u32,
+    /// Most bytes one GET /v1/results/export sends; it then stops with a
+    /// trailer saying so.
+    #[arg(long, default_value_t = measurelab_controller::DEFAULT_EXPORT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
+    export_max_bytes: u64,
 }
 
 const DEFAULT_RATE: measurelab_controller::RateLimits = measurelab_controller::DEFAULT_RATE_LIMITS;
@@ -215,6 +219,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         per_token: bucket(args.rate_limit_per_token, args.rate_limit_per_token_burst),
         per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
     };
+    config.export_max_bytes = args.export_max_bytes;
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();

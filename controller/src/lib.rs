@@ -125,7 +125,13 @@ pub struct ControllerConfig {
     /// Request rates of the HTTP API per token and per source. Default
     /// [`DEFAULT_RATE_LIMITS`].
     pub rate_limits: RateLimits,
+    /// Most bytes one `GET /v1/results/export` sends before it stops with a
+    /// trailer saying so. Default [`DEFAULT_EXPORT_MAX_BYTES`].
+    pub export_max_bytes: u64,
 }
+
+/// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
+pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
 /// the CLI and the admin page from one address, while one address cannot
@@ -225,6 +231,7 @@ impl ControllerConfig {
             http_limits: DEFAULT_HTTP_LIMITS,
             grpc_limits: DEFAULT_GRPC_LIMITS,
             rate_limits: DEFAULT_RATE_LIMITS,
+            export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
         }
     }
 }
@@ -281,9 +288,10 @@ pub async fn run(
         || config.offline_after.is_zero()
         || config.refused_registration_report_interval.is_zero()
         || config.prune_period.is_zero()
+        || config.export_max_bytes == 0
     {
         return Err(ControllerError::Config(
-            "heartbeat_interval, offline_after, refused_registration_report_interval and prune_period must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period and export_max_bytes must be greater than zero".into(),
         ));
     }
     let retention = &config.retention;
@@ -377,6 +385,7 @@ pub async fn run(
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
                 .with_rate_limits(config.rate_limits)
+                .with_export_max_bytes(config.export_max_bytes)
                 .with_flows(
                     config
                         .flow_collector

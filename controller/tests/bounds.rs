@@ -379,3 +379,107 @@ async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
     assert_eq!(body["error"]["field"], "after");
     controller.stop().await;
 }
+
+/// Writes `count` results of about `doc_bytes` each straight into the store,
+/// as many runs would have over months.
+fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
+    let mut conn = rusqlite::Connection::open(data_dir.join("controller.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let tx = conn.transaction().unwrap();
+    let padding = "x".repeat(doc_bytes);
+    for n in 0..count {
+        let started_ms = 1_700_000_000_000i64 + n as i64 * 1000;
+        let started_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(started_ms) * 1_000_000)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+        let document = serde_json::json!({"run_id": format!("run-{n}"), "padding": padding});
+        tx.execute(
+            "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms,
+                                  document, run_id)
+             VALUES (?1, 'task-1', 'bulk', ?2, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                format!("result-{n}"),
+                started_at,
+                started_ms,
+                document.to_string(),
+                format!("run-{n}")
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    const RUNS: usize = 10_000;
+    insert_results(dir.path(), RUNS, 4096);
+    let registered = controller.register("steady", "").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?format=json"))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first_byte = started.elapsed();
+    let body = response.bytes().await.unwrap();
+    let took = started.elapsed();
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let results = export["results"].as_array().unwrap();
+    assert_eq!(results.len(), RUNS);
+    assert_eq!(results[0]["id"], "result-0", "oldest first");
+    assert!(export.get("truncated").is_none());
+    eprintln!(
+        "export of {} bytes: first byte {first_byte:?}, all {took:?}; slowest heartbeat {slowest:?}",
+        body.len()
+    );
+    // Streamed: the answer starts before the whole range is read.
+    assert!(
+        first_byte < took / 2,
+        "first byte {first_byte:?} of {took:?}"
+    );
+    // Within one heartbeat interval of the harness (1 s): reading 40 MB of
+    // results under the registry lock took several.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat during the export: {slowest:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_over_the_byte_cap_ends_with_a_trailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap: u64 = 256 * 1024;
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.export_max_bytes = cap;
+    })
+    .await;
+    insert_results(dir.path(), 500, 2048);
+    let json = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?format=json"))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(json.len() as u64 <= cap + 1024, "{} bytes", json.len());
+    let export: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(export["truncated"]["max_bytes"], cap);
+    let kept = export["results"].as_array().unwrap().len();
+    assert!(kept > 0 && kept < 500, "{kept} results");
+    controller.stop().await;
+}

@@ -14,6 +14,8 @@ pub(crate) struct AppState {
     flows: Option<Arc<FlowArchive>>,
     /// `None`: no rate limits (tests of the router alone).
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Most bytes one `GET /v1/results/export` sends.
+    export_max_bytes: u64,
 }
 
 struct Inner {
@@ -27,6 +29,7 @@ impl AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
             rate_limiter: None,
+            export_max_bytes: crate::DEFAULT_EXPORT_MAX_BYTES,
         }
     }
 
@@ -40,6 +43,16 @@ impl AppState {
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
         self.rate_limiter = Some(Arc::new(RateLimiter::new(limits)));
         self
+    }
+
+    /// Cap the bytes of one results export.
+    pub fn with_export_max_bytes(mut self, max: u64) -> Self {
+        self.export_max_bytes = max;
+        self
+    }
+
+    pub fn export_max_bytes(&self) -> u64 {
+        self.export_max_bytes
     }
 
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {

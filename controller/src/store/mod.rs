@@ -114,7 +114,7 @@ impl Store {
         appliances::ensure_builtin(&resource_conn)?;
         let tokens = TokenBook::default();
         tokens.reload(&resource_conn)?;
-        let resources = ResourceStore::open(resource_conn, registry.clone(), pools)?;
+        let resources = ResourceStore::open(resource_conn, registry.clone(), pools, path.clone())?;
         let (writer, handle) = writer::spawn(
             write_conn,
             registry.clone(),
