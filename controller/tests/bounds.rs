@@ -387,8 +387,11 @@ fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let tx = conn.transaction().unwrap();
     let padding = "x".repeat(doc_bytes);
+    // Recent runs, one a second up to now: older ones would be the retention
+    // pruner's to delete while the test reads them.
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     for n in 0..count {
-        let started_ms = 1_700_000_000_000i64 + n as i64 * 1000;
+        let started_ms = now_ms - (count - n) as i64 * 1000;
         let started_at =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(started_ms) * 1_000_000)
                 .unwrap()
@@ -478,8 +481,75 @@ async fn an_export_over_the_byte_cap_ends_with_a_trailer() {
         .unwrap();
     assert!(json.len() as u64 <= cap + 1024, "{} bytes", json.len());
     let export: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    assert_eq!(export["truncated"]["max_bytes"], cap);
+    assert_eq!(
+        export["truncated"]["max_bytes"],
+        cap,
+        "{} bytes, {} results",
+        json.len(),
+        export["results"].as_array().map_or(0, Vec::len)
+    );
     let kept = export["results"].as_array().unwrap().len();
     assert!(kept > 0 && kept < 500, "{kept} results");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_over_the_program_limit_is_refused_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    // One byte over the 64 MiB limit, sent as a stream.
+    let limit = 64 * 1024 * 1024;
+    let chunk = vec![7u8; 1024 * 1024];
+    let chunks = (0..=64).map(move |n| {
+        let len = if n == 64 { 1 } else { chunk.len() };
+        Ok::<_, std::io::Error>(chunk[..len].to_vec())
+    });
+    let response = reqwest::Client::new()
+        .post(controller.url("/v1/programs?name=huge"))
+        .bearer_auth(&controller.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server may answer and close before the client has sent it all.
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    }
+    let uploads = dir.path().join("uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let (status, list) = controller
+        .call(reqwest::Method::GET, "/v1/programs", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["programs"].as_array().unwrap().len(), 0, "{list}");
+
+    // One at the limit is taken, with the checksum computed on the way in.
+    let content = vec![7u8; limit];
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&content))
+    };
+    let response = reqwest::Client::new()
+        .post(controller.url(&format!("/v1/programs?name=max&sha256={sha256}")))
+        .bearer_auth(&controller.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(content)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let program: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(program["sha256"], sha256.as_str());
+    assert_eq!(program["size_bytes"], limit);
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     controller.stop().await;
 }

@@ -81,6 +81,8 @@ pub(crate) struct Store {
     tokens: TokenBook,
     /// Appliance files, beside the database in the data dir.
     appliance_files: ApplianceFiles,
+    /// `<data_dir>/uploads`: program uploads while they arrive.
+    uploads: std::path::PathBuf,
 }
 
 impl Store {
@@ -101,6 +103,8 @@ impl Store {
         pools: Pools,
     ) -> Result<(Store, WriterHandle), StoreError> {
         let path = data_dir.join("controller.db");
+        // Uploads a crash cut short; the data dir is ours (locked) by now.
+        let _ = std::fs::remove_dir_all(data_dir.join("uploads"));
         let mut write_conn = open_connection(&path)?;
         check_integrity(&write_conn, &path)?;
         migrate(&mut write_conn)?;
@@ -129,6 +133,7 @@ impl Store {
                 resources,
                 tokens,
                 appliance_files: ApplianceFiles::new(data_dir),
+                uploads: data_dir.join("uploads"),
             },
             handle,
         ))
@@ -294,6 +299,11 @@ impl Store {
             report.push((table.name(), deleted));
         }
         Ok(report)
+    }
+
+    /// Where program uploads are received before they are recorded.
+    pub fn uploads_dir(&self) -> &Path {
+        &self.uploads
     }
 
     pub fn resources(&self) -> &ResourceStore {
