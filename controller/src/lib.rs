@@ -69,6 +69,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
+pub use api::DEFAULT_EXPORT_MAX_BYTES;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
@@ -129,9 +130,6 @@ pub struct ControllerConfig {
     /// trailer saying so. Default [`DEFAULT_EXPORT_MAX_BYTES`].
     pub export_max_bytes: u64,
 }
-
-/// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
-pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
 /// the CLI and the admin page from one address, while one address cannot

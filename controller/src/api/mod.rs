@@ -38,6 +38,7 @@ use axum::{Json, Router};
 pub use error::ApiError;
 use extract::MAX_BODY_BYTES;
 pub(crate) use state::AppState;
+pub use state::DEFAULT_EXPORT_MAX_BYTES;
 
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
@@ -188,10 +189,7 @@ pub(crate) fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         // Outermost: a refused request costs no token lookup.
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limited));
     let mut app = Router::new();
     for (path, route) in public_routes() {
         app = app.route(path, route.fallback(method_not_allowed));
@@ -201,6 +199,28 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::map_response(security_headers::add))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Middleware: spend a token of the request's source and bearer token.
+async fn rate_limited(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(limiter) = state.rate_limiter() {
+        // Absent only when the router is served without the bounded
+        // listener (unit tests): then only the token is limited.
+        let source = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(peer)| peer.ip());
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        limiter.check(source, token)?;
+    }
+    Ok(next.run(request).await)
 }
 
 /// Uploads (appliance images up to 16 GiB, programs up to 64 MiB) take as

@@ -11,8 +11,8 @@ use base64::Engine;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::error::ApiError;
 use super::extract::QueryParams;
-use super::ApiError;
 
 /// Largest page, and the page size when `limit` is not given: lists shorter
 /// than this read as before pagination existed.

@@ -9,16 +9,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
-
-use super::{ApiError, AppState};
+use super::error::ApiError;
 
 /// A bucket's refill rate and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +127,8 @@ impl RateLimiter {
         }
     }
 
-    fn check(&self, source: Option<IpAddr>, token: Option<&[u8]>) -> Result<(), ApiError> {
+    /// Spends a token of `source`'s bucket, then of `token`'s.
+    pub fn check(&self, source: Option<IpAddr>, token: Option<&[u8]>) -> Result<(), ApiError> {
         let now = Instant::now();
         let refused = |limit: &'static str, bucket: TokenBucket, wait: Duration| {
             ApiError::RateLimited {
@@ -155,28 +151,6 @@ impl RateLimiter {
         }
         Ok(())
     }
-}
-
-/// Middleware: spend a token of the request's source and bearer token.
-pub(crate) async fn limit(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(limiter) = state.rate_limiter() {
-        // Absent only when the router is served without the bounded
-        // listener (unit tests): then only the token is limited.
-        let source = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip());
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|value| value.as_bytes());
-        limiter.check(source, token)?;
-    }
-    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use super::rate_limit::{RateLimiter, RateLimits};
 use crate::flows::archive::FlowArchive;
 use crate::store::Store;
 
+/// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
+pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
+
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -29,7 +32,7 @@ impl AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
             rate_limiter: None,
-            export_max_bytes: crate::DEFAULT_EXPORT_MAX_BYTES,
+            export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
         }
     }
 

@@ -639,13 +639,16 @@ pub(crate) fn results(
         .collect())
 }
 
+/// Where a result sits in the results' order: (`started_ms`, `seq`).
+pub(crate) type ResultPosition = (i64, i64);
+
 /// [`results`] with each one's position (`started_ms`, `seq`), the key of
 /// result pages.
 pub(crate) fn results_at(
     conn: &Connection,
     scope: &Scope,
     q: &ResultQuery,
-) -> Result<Vec<(ResultRecord, (i64, i64))>, StoreError> {
+) -> Result<Vec<(ResultRecord, ResultPosition)>, StoreError> {
     let task_id = q
         .task
         .as_deref()
