@@ -458,11 +458,19 @@ impl Activity {
     }
 
     fn on_read(&self) {
-        let mut phase = self.lock();
-        let now = Instant::now();
-        phase.last_io = now;
-        if phase.handlers == 0 && phase.bodies == 0 && phase.first_byte.is_none() {
-            phase.first_byte = Some(now);
+        let head_started = {
+            let mut phase = self.lock();
+            let now = Instant::now();
+            phase.last_io = now;
+            let starts = phase.handlers == 0 && phase.bodies == 0 && phase.first_byte.is_none();
+            if starts {
+                phase.first_byte = Some(now);
+            }
+            starts
+        };
+        // The watchdog sleeps until the idle deadline; the head's is sooner.
+        if head_started {
+            self.changed.notify_waiters();
         }
     }
 
