@@ -59,7 +59,76 @@ pub struct ControllerArgs {
     /// Hours the idempotency records of mutating API requests are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     retain_idempotency_hours: u64,
+    /// HTTP API connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_HTTP.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections: u64,
+    /// HTTP API connections served at once from one source address.
+    #[arg(long, default_value_t = DEFAULT_HTTP.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections_per_source: u64,
+    /// Seconds from the first byte of an HTTP request to the end of its headers.
+    #[arg(long, default_value_t = DEFAULT_HTTP.header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_read_timeout_seconds: u64,
+    /// Seconds an HTTP connection may stay silent between requests (or a
+    /// response, or an upload, may make no progress) before it is closed.
+    #[arg(long, default_value_t = DEFAULT_HTTP.idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_idle_timeout_seconds: u64,
+    /// Seconds an HTTP request may take before it is answered 408 (uploads
+    /// are bounded by progress instead).
+    #[arg(long, default_value_t = DEFAULT_HTTP.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_request_timeout_seconds: u64,
+    /// gRPC connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_max_connections: u64,
+    /// gRPC connections served at once from one source address.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_max_connections_per_source: u64,
+    /// Seconds a new gRPC connection has to send its first byte.
+    #[arg(long, default_value_t = DEFAULT_GRPC.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_handshake_timeout_seconds: u64,
+    /// Seconds a gRPC call may take to answer (streams live on after their start).
+    #[arg(long, default_value_t = DEFAULT_GRPC.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_request_timeout_seconds: u64,
+    /// Seconds between HTTP/2 pings to a silent gRPC peer.
+    #[arg(long, default_value_t = DEFAULT_GRPC.keepalive_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    grpc_keepalive_interval_seconds: u64,
+    /// Seconds a gRPC peer has to answer a ping before it is dropped.
+    #[arg(long, default_value_t = DEFAULT_GRPC.keepalive_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    grpc_keepalive_timeout_seconds: u64,
+    /// gRPC streams (calls) one connection may have open at once.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_max_concurrent_streams: u32,
+    /// gRPC calls one connection may have in the handlers at once; more wait.
+    #[arg(long, default_value_t = DEFAULT_GRPC.concurrency_per_connection as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    grpc_concurrency_per_connection: u64,
+    /// Largest gRPC request message, bytes.
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_request_message_bytes as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    grpc_max_request_message_bytes: u64,
+    /// Largest gRPC response message, bytes (FetchProgram carries a whole program).
+    #[arg(long, default_value_t = DEFAULT_GRPC.max_response_message_bytes as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    grpc_max_response_message_bytes: u64,
+    /// HTTP API requests per second one bearer token sustains (0: no per-token limit).
+    #[arg(long, default_value_t = DEFAULT_RATE.per_token.map_or(0, |b| b.per_second))]
+    rate_limit_per_token: u32,
+    /// Requests one bearer token may make at once after a quiet period.
+    #[arg(long, default_value_t = DEFAULT_RATE.per_token.map_or(1, |b| b.burst), value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_per_token_burst: u32,
+    /// HTTP API requests per second one source address sustains (0: no per-source limit).
+    #[arg(long, default_value_t = DEFAULT_RATE.per_source.map_or(0, |b| b.per_second))]
+    rate_limit_per_source: u32,
+    /// Requests one source address may make at once after a quiet period.
+    #[arg(long, default_value_t = DEFAULT_RATE.per_source.map_or(1, |b| b.burst), value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_per_source_burst: u32,
+    /// Most bytes one GET /v1/results/export sends; it then stops with a
+    /// trailer saying so.
+    #[arg(long, default_value_t = measurelab_controller::DEFAULT_EXPORT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
+    export_max_bytes: u64,
 }
+
+const DEFAULT_RATE: measurelab_controller::RateLimits = measurelab_controller::DEFAULT_RATE_LIMITS;
+
+const DEFAULT_GRPC: measurelab_controller::GrpcLimits = measurelab_controller::DEFAULT_GRPC_LIMITS;
+
+const DEFAULT_HTTP: measurelab_controller::HttpLimits = measurelab_controller::DEFAULT_HTTP_LIMITS;
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
@@ -108,6 +177,49 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         idempotency: Duration::from_secs(3600 * args.retain_idempotency_hours),
         vm_usage: Duration::from_secs(3600 * args.usage_retention_hours),
     };
+    config.http_limits = measurelab_controller::HttpLimits {
+        // Clap's range keeps both within usize on every target we build for.
+        max_connections: usize::try_from(args.http_max_connections)
+            .context("--http-max-connections")?,
+        max_connections_per_source: usize::try_from(args.http_max_connections_per_source)
+            .context("--http-max-connections-per-source")?,
+        header_read_timeout: Duration::from_secs(args.http_header_read_timeout_seconds),
+        idle_timeout: Duration::from_secs(args.http_idle_timeout_seconds),
+        request_timeout: Duration::from_secs(args.http_request_timeout_seconds),
+    };
+    let size = |value: u64, flag: &'static str| usize::try_from(value).context(flag);
+    config.grpc_limits = measurelab_controller::GrpcLimits {
+        max_connections: size(args.grpc_max_connections, "--grpc-max-connections")?,
+        max_connections_per_source: size(
+            args.grpc_max_connections_per_source,
+            "--grpc-max-connections-per-source",
+        )?,
+        handshake_timeout: Duration::from_secs(args.grpc_handshake_timeout_seconds),
+        request_timeout: Duration::from_secs(args.grpc_request_timeout_seconds),
+        keepalive_interval: Duration::from_secs(args.grpc_keepalive_interval_seconds),
+        keepalive_timeout: Duration::from_secs(args.grpc_keepalive_timeout_seconds),
+        max_concurrent_streams: args.grpc_max_concurrent_streams,
+        concurrency_per_connection: size(
+            args.grpc_concurrency_per_connection,
+            "--grpc-concurrency-per-connection",
+        )?,
+        max_request_message_bytes: size(
+            args.grpc_max_request_message_bytes,
+            "--grpc-max-request-message-bytes",
+        )?,
+        max_response_message_bytes: size(
+            args.grpc_max_response_message_bytes,
+            "--grpc-max-response-message-bytes",
+        )?,
+    };
+    let bucket = |per_second, burst| {
+        (per_second > 0).then_some(measurelab_controller::TokenBucket { per_second, burst })
+    };
+    config.rate_limits = measurelab_controller::RateLimits {
+        per_token: bucket(args.rate_limit_per_token, args.rate_limit_per_token_burst),
+        per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
+    };
+    config.export_max_bytes = args.export_max_bytes;
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();

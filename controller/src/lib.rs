@@ -51,6 +51,7 @@ mod api;
 mod appliance_files;
 mod data_dir;
 mod flows;
+mod grpc_listener;
 mod liveness;
 mod metrics;
 pub mod openapi;
@@ -68,9 +69,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
+pub use api::DEFAULT_EXPORT_MAX_BYTES;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
+pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
+/// Connection caps and timeouts of the HTTP API's listener.
+pub use measurelab_httpserve::Limits as HttpLimits;
 pub use retention::Retention;
 pub use store::StoreError;
 pub use tokens::TokenError;
@@ -114,7 +120,30 @@ pub struct ControllerConfig {
     /// The data directory's lock, when the caller took it before writing
     /// into the directory itself; `None`: `run` takes it.
     pub data_dir_lock: Option<DataDirLock>,
+    /// What the HTTP API's peers can hold. Default [`DEFAULT_HTTP_LIMITS`].
+    pub http_limits: HttpLimits,
+    /// What the gRPC node API's peers can hold. Default [`DEFAULT_GRPC_LIMITS`].
+    pub grpc_limits: GrpcLimits,
+    /// Request rates of the HTTP API per token and per source. Default
+    /// [`DEFAULT_RATE_LIMITS`].
+    pub rate_limits: RateLimits,
+    /// Most bytes one `GET /v1/results/export` sends before it stops with a
+    /// trailer saying so. Default [`DEFAULT_EXPORT_MAX_BYTES`].
+    pub export_max_bytes: u64,
 }
+
+/// The HTTP API's default bounds: room for a provider's parallel requests,
+/// the CLI and the admin page from one address, while one address cannot
+/// hold more than an eighth of the listener.
+pub const DEFAULT_HTTP_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 1024,
+    max_connections_per_source: 128,
+    header_read_timeout: Duration::from_secs(10),
+    // Longer than the provider's and CLI's pooled keep-alive reuse gaps
+    // between Terraform steps, shorter than a socket is worth holding.
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(60),
+};
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
 pub fn parse_vlan_pool(text: &str) -> Result<RangeInclusive<u16>, ControllerError> {
@@ -198,6 +227,10 @@ impl ControllerConfig {
             retention: Retention::default(),
             prune_period: retention::PRUNE_PERIOD,
             data_dir_lock: None,
+            http_limits: DEFAULT_HTTP_LIMITS,
+            grpc_limits: DEFAULT_GRPC_LIMITS,
+            rate_limits: DEFAULT_RATE_LIMITS,
+            export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
         }
     }
 }
@@ -254,9 +287,10 @@ pub async fn run(
         || config.offline_after.is_zero()
         || config.refused_registration_report_interval.is_zero()
         || config.prune_period.is_zero()
+        || config.export_max_bytes == 0
     {
         return Err(ControllerError::Config(
-            "heartbeat_interval, offline_after, refused_registration_report_interval and prune_period must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period and export_max_bytes must be greater than zero".into(),
         ));
     }
     let retention = &config.retention;
@@ -274,6 +308,18 @@ pub async fn run(
     }
     check_vlan_pool(&config.vlan_pool)?;
     check_subnet_pool(config.subnet_pool)?;
+    config
+        .http_limits
+        .validate()
+        .map_err(|err| ControllerError::Config(format!("http_limits.{err}")))?;
+    config
+        .grpc_limits
+        .validate()
+        .map_err(ControllerError::Config)?;
+    config
+        .rate_limits
+        .validate()
+        .map_err(ControllerError::Config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ControllerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -339,6 +385,8 @@ pub async fn run(
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
                 .with_metrics(metrics.clone())
+                .with_rate_limits(config.rate_limits)
+                .with_export_max_bytes(config.export_max_bytes)
                 .with_flows(
                     config
                         .flow_collector
@@ -346,12 +394,18 @@ pub async fn run(
                         .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
                 ),
         );
-        let cancel = cancel.clone();
+        let (cancel, limits) = (cancel.clone(), config.http_limits);
         async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-                .map_err(ControllerError::Http)
+            // The accept step is where a TLS handshake slots in.
+            measurelab_httpserve::serve(
+                http_listener,
+                measurelab_httpserve::plain,
+                app,
+                limits,
+                cancel.cancelled_owned(),
+            )
+            .await;
+            Ok::<(), ControllerError>(())
         }
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
@@ -363,17 +417,17 @@ pub async fn run(
         async move { refusals.report_forever(store, interval, cancel).await }
     });
     let grpc = tokio::spawn({
-        let cancel = cancel.clone();
+        let (cancel, limits) = (cancel.clone(), config.grpc_limits);
         async move {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, None)
-                    .map_err(|e| ControllerError::Listener {
-                        which: "grpc",
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-            tonic::transport::Server::builder()
+            let incoming = grpc_listener::incoming(grpc_listener, limits);
+            let server = service
+                .into_server()
+                .max_decoding_message_size(limits.max_request_message_bytes)
+                .max_encoding_message_size(limits.max_response_message_bytes);
+            limits
+                .builder()
                 .layer(metrics::RpcLayer(metrics))
-                .add_service(service.into_server())
+                .add_service(server)
                 .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
                 .await
                 .map_err(ControllerError::Grpc)

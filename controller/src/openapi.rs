@@ -364,6 +364,12 @@ const ERROR_RESPONSES: &[(&str, &str)] = &[
         "Unavailable",
         "A service the request needs is not running or failing (code `unavailable`).",
     ),
+    (
+        "RateLimited",
+        "The caller's token or source address is over its request rate (code \
+         `rate_limited`; the message names the limit). Nothing was done; retry after \
+         the `Retry-After` header's seconds.",
+    ),
 ];
 
 fn error_response(description: &str) -> Response {
@@ -387,7 +393,9 @@ macro_rules! error_answers {
 
         impl IntoResponses for $kind {
             fn responses() -> BTreeMap<String, RefOr<Response>> {
-                [$(($status.to_string(), Ref::from_response_name($response).into())),+].into()
+                // Every /v1 route is rate limited.
+                [$(($status.to_string(), Ref::from_response_name($response).into())),+,
+                    ("429".to_string(), Ref::from_response_name("RateLimited").into())].into()
             }
         }
     )+};
@@ -497,7 +505,13 @@ mod operations {
 
     /// All registered measurement nodes, ordered by name.
     #[utoipa::path(get, path = "/v1/nodes", operation_id = "listNodes",
-        responses((status = 200, description = "The nodes.", body = NodeList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The nodes.", body = NodeList), FilterErrors))]
     fn list_nodes() {}
 
     /// One node, by id or by name.
@@ -554,12 +568,24 @@ mod operations {
     /// node without its current secret (or the node is revoked). One entry
     /// per name with the count and latest details of the attempts.
     #[utoipa::path(get, path = "/v1/registration_requests", operation_id = "listRegistrationRequests",
-        responses((status = 200, description = "The pending requests.", body = RegistrationRequestList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The pending requests.", body = RegistrationRequestList), FilterErrors))]
     fn list_registration_requests() {}
 
     /// Join tokens made through the API, newest first (never their secrets).
     #[utoipa::path(get, path = "/v1/join_tokens", operation_id = "listJoinTokens",
-        responses((status = 200, description = "The join tokens.", body = JoinTokenList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The join tokens.", body = JoinTokenList), FilterErrors))]
     fn list_join_tokens() {}
 
     /// Make a join token: for one node name or any, single-use or not, with an
@@ -595,7 +621,13 @@ mod operations {
 
     /// List virtual platforms.
     #[utoipa::path(get, path = "/v1/platforms", operation_id = "listPlatforms",
-        responses((status = 200, description = "The virtual platforms.", body = PlatformList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The virtual platforms.", body = PlatformList), FilterErrors))]
     fn list_platforms() {}
 
     /// Create a virtual platform.
@@ -679,7 +711,13 @@ mod operations {
 
     /// Tenants: all of them for the operator, its own for a tenant token.
     #[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants",
-        responses((status = 200, description = "The tenants.", body = TenantList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The tenants.", body = TenantList), FilterErrors))]
     fn list_tenants() {}
 
     /// Create a tenant (operator).
@@ -720,7 +758,13 @@ mod operations {
     /// API tokens: all for the operator, the tenant's for an owner, itself for
     /// a member or viewer.
     #[utoipa::path(get, path = "/v1/tokens", operation_id = "listTokens",
-        responses((status = 200, description = "The tokens.", body = ApiTokenList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The tokens.", body = ApiTokenList), FilterErrors))]
     fn list_tokens() {}
 
     /// Create an API token. The response carries its secret, which is shown
@@ -747,7 +791,13 @@ mod operations {
 
     /// List QoS policies.
     #[utoipa::path(get, path = "/v1/qos_policies", operation_id = "listQosPolicies",
-        responses((status = 200, description = "The QoS policies.", body = QosPolicyList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The QoS policies.", body = QosPolicyList), FilterErrors))]
     fn list_qos_policies() {}
 
     /// Create a QoS policy.
@@ -780,7 +830,13 @@ mod operations {
 
     /// List appliances.
     #[utoipa::path(get, path = "/v1/appliances", operation_id = "listAppliances",
-        responses((status = 200, description = "The appliances.", body = ApplianceList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The appliances.", body = ApplianceList), FilterErrors))]
     fn list_appliances() {}
 
     /// Register an appliance (operator-provided files on the nodes).
@@ -825,8 +881,12 @@ mod operations {
                 description = "Only VMs of this platform (id or name)."),
             ("node" = Option<String>, Query, nullable = false,
                 description = "Only VMs on this node (id or name)."),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
         ),
-        responses((status = 200, description = "The VMs.", body = VmList), ListErrors))]
+        responses((status = 200, description = "The VMs.", body = VmList), FilterErrors))]
     fn list_vms() {}
 
     /// Create a VM.
@@ -893,7 +953,13 @@ mod operations {
 
     /// List programs.
     #[utoipa::path(get, path = "/v1/programs", operation_id = "listPrograms",
-        responses((status = 200, description = "The programs.", body = ProgramList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The programs.", body = ProgramList), FilterErrors))]
     fn list_programs() {}
 
     /// Upload a program: JSON {name, content_base64, sha256?} or the raw bytes as
@@ -935,7 +1001,13 @@ mod operations {
 
     /// List deployments.
     #[utoipa::path(get, path = "/v1/deployments", operation_id = "listDeployments",
-        responses((status = 200, description = "The deployments.", body = DeploymentList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The deployments.", body = DeploymentList), FilterErrors))]
     fn list_deployments() {}
 
     /// Deploy a program onto VMs; each VM's node agent fetches it (FetchProgram)
@@ -962,7 +1034,13 @@ mod operations {
 
     /// List measurement tasks.
     #[utoipa::path(get, path = "/v1/tasks", operation_id = "listTasks",
-        responses((status = 200, description = "The measurement tasks.", body = TaskList), ListErrors))]
+        params(
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The measurement tasks.", body = TaskList), FilterErrors))]
     fn list_tasks() {}
 
     /// Create a measurement task.
@@ -994,7 +1072,10 @@ mod operations {
                 description = "RFC 3339; runs started at or after."),
             ("until" = Option<String>, Query, format = DateTime, nullable = false,
                 description = "RFC 3339; runs started before."),
-            ("limit" = Option<u32>, Query, nullable = false, description = "Newest N runs in the range."),
+            ("limit" = Option<u32>, Query, nullable = false,
+                description = "Newest N runs in the range (default 1000), oldest first."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor: the N runs before that page."),
         ),
         responses((status = 200, description = "Results.", body = ResultList), QueryErrors))]
     fn list_results() {}

@@ -949,7 +949,10 @@ impl Lab {
         if json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&measurelab_api::http::NodeList { nodes })?
+                serde_json::to_string_pretty(&measurelab_api::http::NodeList {
+                    nodes,
+                    next_cursor: None
+                })?
             );
         } else {
             print!("{}", table::render(&nodes));

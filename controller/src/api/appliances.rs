@@ -12,18 +12,29 @@ use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::appliance_files::ApplianceFileError;
 use crate::store::{appliances, StoreError};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ApplianceList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<ApplianceList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let appliances = state
         .store()
         .resources()
         .read(|conn, _| appliances::list(conn))
         .await?;
-    Ok(Json(ApplianceList { appliances }))
+    let (appliances, next_cursor) =
+        page.apply(appliances, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(ApplianceList {
+        appliances,
+        next_cursor,
+    }))
 }
 
 /// The catalog is shared by every tenant: only the operator adds to it.

@@ -87,6 +87,18 @@ pub enum ApiError {
     /// The store failed; nothing was changed.
     #[error("{0}")]
     Unavailable(String),
+    /// A rate limit's bucket is empty; nothing was done.
+    #[error("rate limit {limit} ({per_second}/s, burst {burst}) exceeded; retry after {retry_after_seconds} s")]
+    RateLimited {
+        /// `per_token` or `per_source`.
+        limit: &'static str,
+        /// The limit's sustained rate.
+        per_second: u32,
+        /// The limit's burst.
+        burst: u32,
+        /// Whole seconds until the bucket admits a request again.
+        retry_after_seconds: u64,
+    },
 }
 
 impl ApiError {
@@ -112,6 +124,7 @@ impl ApiError {
             ApiError::PoolExhausted(_) => (StatusCode::CONFLICT, "pool_exhausted"),
             ApiError::QuotaExceeded { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 
@@ -156,6 +169,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
@@ -167,6 +187,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 
 use super::auth::ensure_operator;
 use super::error::ApiError;
+use super::extract::QueryParams;
 use super::extract::{key, JsonBody};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::store::NewJoinToken;
@@ -83,10 +85,17 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<JoinTokenList>, ApiError> {
     ensure_operator(&principal, "listing", "join tokens", "")?;
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
+    let (join_tokens, next_cursor) = page.apply(state.store().join_tokens().await?, |t| {
+        page::newest_first(&t.created_at, &t.id)
+    });
     Ok(Json(JoinTokenList {
-        join_tokens: state.store().join_tokens().await?,
+        join_tokens,
+        next_cursor,
     }))
 }
 

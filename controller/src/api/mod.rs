@@ -14,9 +14,11 @@ mod idempotency;
 mod join_tokens;
 mod metrics_endpoint;
 mod nodes;
+mod page;
 mod platforms;
 mod programs;
 mod qos_policies;
+pub(crate) mod rate_limit;
 mod results;
 mod security_headers;
 mod state;
@@ -28,6 +30,7 @@ mod vm_usage;
 mod vms;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{header, Method, Uri};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -37,6 +40,7 @@ use axum::{Json, Router};
 pub use error::ApiError;
 use extract::MAX_BODY_BYTES;
 pub(crate) use state::AppState;
+pub use state::DEFAULT_EXPORT_MAX_BYTES;
 
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
@@ -121,7 +125,9 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/appliance_files/:sha256",
             // The handler streams the body and enforces its own limit.
-            put(appliances::upload_file).layer(DefaultBodyLimit::disable()),
+            put(appliances::upload_file)
+                .layer(DefaultBodyLimit::disable())
+                .layer(middleware::from_fn(lift_request_timeout)),
         ),
         ("/v1/vms", get(vms::list).post(vms::create)),
         (
@@ -133,7 +139,7 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/programs",
             get(programs::list)
-                .post(programs::create)
+                .post(programs::create.layer(middleware::from_fn(lift_request_timeout)))
                 // base64 inflates by 4/3; leave room for the JSON around it.
                 .layer(DefaultBodyLimit::max(MAX_PROGRAM_BYTES / 3 * 4 + 64 * 1024)),
         ),
@@ -180,14 +186,15 @@ pub(crate) fn router(state: AppState) -> Router {
     for (path, route) in v1_routes() {
         v1 = v1.route(path, route.fallback(method_not_allowed));
     }
-    // Authentication runs first (outermost), so an anonymous caller learns
-    // nothing about field validation.
+    // Outermost first: a rate-limited request costs no token lookup, and an
+    // anonymous caller learns nothing about field validation.
     let v1 = v1
         .route_layer(middleware::from_fn(field_validation::scope))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limited));
     let mut app = Router::new();
     for (path, route) in public_routes() {
         app = app.route(path, route.fallback(method_not_allowed));
@@ -202,6 +209,46 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::map_response(security_headers::add))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Middleware: spend a token of the request's source and bearer token.
+async fn rate_limited(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(limiter) = state.rate_limiter() {
+        // Absent only when the router is served without the bounded
+        // listener (unit tests): then only the token is limited.
+        let source = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(peer)| peer.ip());
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        limiter.check(source, token)?;
+    }
+    Ok(next.run(request).await)
+}
+
+/// Uploads (appliance images up to 16 GiB, programs up to 64 MiB) take as
+/// long as the link needs: they are bounded by progress (the listener's idle
+/// timeout between bytes) instead of the request timeout.
+async fn lift_request_timeout(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    // Absent only when the router is served without the bounded listener
+    // (unit tests).
+    if let Some(timeout) = request
+        .extensions()
+        .get::<measurelab_httpserve::RequestTimeout>()
+    {
+        timeout.lift();
+    }
+    next.run(request).await
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -10,6 +10,7 @@ use measurelab_api::http::{
 use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::placement::overcommit;
@@ -29,13 +30,18 @@ fn for_principal(principal: &Principal, mut node: Node) -> Node {
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<NodeList>, ApiError> {
-    let nodes = with_flow_export(&state, state.store().nodes()).await?;
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
+    let (nodes, next_cursor) = page.apply(state.store().nodes(), |n| page::by_name(&n.name, &n.id));
+    let nodes = with_flow_export(&state, nodes).await?;
     Ok(Json(NodeList {
         nodes: nodes
             .into_iter()
             .map(|node| for_principal(&principal, node))
             .collect(),
+        next_cursor,
     }))
 }
 
@@ -147,7 +153,14 @@ pub(crate) async fn events(
         .store()
         .events(principal.scope(), after, limit as u32)
         .await?;
-    Ok(Json(EventList { events }))
+    // Event ids are the cursor already (`?after=` takes the last one seen).
+    let next_cursor = (events.len() as i64 == limit)
+        .then(|| events.last().map(|event| event.id.to_string()))
+        .flatten();
+    Ok(Json(EventList {
+        events,
+        next_cursor,
+    }))
 }
 
 /// Let the next registration under the node's name through, although it
@@ -188,9 +201,16 @@ pub(crate) async fn delete(
 pub(crate) async fn registration_requests(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<RegistrationRequestList>, ApiError> {
     ensure_operator(&principal, "listing", "registration requests", "")?;
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
+    let (requests, next_cursor) = page.apply(state.store().registration_requests().await?, |r| {
+        page::by_name(&r.name, &r.node_id)
+    });
     Ok(Json(RegistrationRequestList {
-        requests: state.store().registration_requests().await?,
+        requests,
+        next_cursor,
     }))
 }

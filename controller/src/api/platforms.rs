@@ -15,6 +15,7 @@ use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{key, optional_body, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
 use crate::store::{platform_points, platforms, tenants, StoreError};
@@ -22,7 +23,10 @@ use crate::store::{platform_points, platforms, tenants, StoreError};
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<PlatformList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let platforms = state
         .store()
@@ -34,7 +38,12 @@ pub(crate) async fn list(
                 .collect())
         })
         .await?;
-    Ok(Json(PlatformList { platforms }))
+    let (platforms, next_cursor) =
+        page.apply(platforms, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(PlatformList {
+        platforms,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn create(

@@ -1,9 +1,9 @@
 //! `/v1/programs` and `/v1/deployments`: program distribution.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::{FromRequest, Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use base64::Engine;
@@ -16,33 +16,52 @@ use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requeste
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
+use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::{programs, tenants, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<ProgramList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let programs = state
         .store()
         .resources()
         .read(move |conn, _| programs::list(conn, &scope))
         .await?;
-    Ok(Json(ProgramList { programs }))
+    let (programs, next_cursor) = page.apply(programs, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(ProgramList {
+        programs,
+        next_cursor,
+    }))
 }
+
+/// Program uploads received at once: each holds up to 64 MiB on disk and,
+/// while it is recorded, in memory.
+const MAX_CONCURRENT_UPLOADS: usize = 4;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_UPLOADS);
 
 /// JSON `{name, content_base64, sha256?, request_id?}`, or the raw content
 /// as `application/octet-stream` with `?name=&sha256=&request_id=`.
+///
+/// The raw content is streamed to a file in `<data_dir>/uploads` and hashed
+/// as it arrives; an upload over the size limit is refused as soon as it
+/// passes it, and its file removed. Size and checksum are checked before the
+/// write transaction, which then only records the program.
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
     query: QueryParams,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
+    let content_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
@@ -51,19 +70,45 @@ pub(crate) async fn create(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (name, content, sha256, request_id, tenant) = match content_type.as_str() {
+    let _permit = UPLOADS.try_acquire().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{MAX_CONCURRENT_UPLOADS} program uploads are being received already; retry shortly"
+        ))
+    })?;
+    let (name, content, sha256, expected, request_id, tenant) = match content_type.as_str() {
         "application/json" => {
             query.only(&[])?;
+            // Within the route's DefaultBodyLimit (base64 of the largest program).
+            let body =
+                Bytes::from_request(request, &())
+                    .await
+                    .map_err(|rejection| match rejection.status() {
+                        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                            limit: JSON_UPLOAD_LIMIT,
+                        },
+                        _ => ApiError::InvalidField {
+                            field: "(body)".into(),
+                            reason: rejection.body_text(),
+                        },
+                    })?;
             let input: ProgramCreate = decode_json(&body)?;
+            drop(body);
             let content = base64::engine::general_purpose::STANDARD
                 .decode(input.content_base64.trim())
                 .map_err(|e| ApiError::InvalidField {
                     field: "content_base64".into(),
                     reason: format!("is not standard base64: {e}"),
                 })?;
+            let (content, sha256) = tokio::task::spawn_blocking(move || {
+                let sha256 = programs::sha256_hex(&content);
+                (content, sha256)
+            })
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             (
                 input.name,
                 content,
+                sha256,
                 input.sha256,
                 input.request_id,
                 input.tenant,
@@ -75,9 +120,18 @@ pub(crate) async fn create(
                 field: "name".into(),
                 reason: "query parameter name is required with application/octet-stream".into(),
             })?;
+            // Before the bytes: a caller who may not create programs sends none.
+            ensure_can_create(&principal, "program", &name)?;
+            let (upload, sha256) =
+                receive(state.store().uploads_dir(), request.into_body()).await?;
+            let content = tokio::fs::read(&upload.path)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("reading the received upload: {e}")))?;
+            drop(upload);
             (
                 name,
-                body.to_vec(),
+                content,
+                sha256,
                 query.0.get("sha256").cloned(),
                 query.0.get("request_id").cloned(),
                 // An operator's ?tenant= is taken by the authentication layer.
@@ -90,6 +144,7 @@ pub(crate) async fn create(
             )))
         }
     };
+    programs::check_upload(content.len(), &sha256, expected.as_deref())?;
     ensure_can_create(&principal, "program", &name)?;
     let result = state
         .store()
@@ -107,6 +162,57 @@ pub(crate) async fn create(
         )
         .await?;
     Ok(answer(result))
+}
+
+/// The JSON upload body limit (mirrors the route's DefaultBodyLimit).
+const JSON_UPLOAD_LIMIT: usize = MAX_PROGRAM_BYTES / 3 * 4 + 64 * 1024;
+
+/// A received upload's file, removed when dropped: on success once read, on
+/// a refusal or a client gone mid-upload at once.
+struct Upload {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Streams `body` into a new file under `dir`, hashing it; refuses it once it
+/// passes the program size limit.
+async fn receive(dir: &std::path::Path, body: Body) -> Result<(Upload, String), ApiError> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let unavailable =
+        |e: std::io::Error| ApiError::Unavailable(format!("receiving the upload: {e}"));
+    tokio::fs::create_dir_all(dir).await.map_err(unavailable)?;
+    let upload = Upload {
+        path: dir.join(format!("program-{}.part", uuid::Uuid::new_v4().simple())),
+    };
+    let mut file = tokio::fs::File::create(&upload.path)
+        .await
+        .map_err(unavailable)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::InvalidField {
+            field: "(body)".into(),
+            reason: format!("the upload broke off: {e}"),
+        })?;
+        size += chunk.len();
+        if size > MAX_PROGRAM_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_PROGRAM_BYTES,
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(unavailable)?;
+    }
+    file.flush().await.map_err(unavailable)?;
+    Ok((upload, hex::encode(hasher.finalize())))
 }
 
 pub(crate) async fn get(
@@ -155,14 +261,23 @@ pub(crate) async fn delete(
 pub(crate) async fn list_deployments(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<DeploymentList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let deployments = state
         .store()
         .resources()
         .read(move |conn, _| programs::list_deployments(conn, &scope))
         .await?;
-    Ok(Json(DeploymentList { deployments }))
+    let (deployments, next_cursor) = page.apply(deployments, |item| {
+        page::newest_first(&item.created_at, &item.id)
+    });
+    Ok(Json(DeploymentList {
+        deployments,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn create_deployment(

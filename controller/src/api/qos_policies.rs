@@ -11,6 +11,7 @@ use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
 use crate::store::{qos_policies, tenants, StoreError};
@@ -18,14 +19,22 @@ use crate::store::{qos_policies, tenants, StoreError};
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<QosPolicyList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let qos_policies = state
         .store()
         .resources()
         .read(move |conn, _| qos_policies::list(conn, &scope))
         .await?;
-    Ok(Json(QosPolicyList { qos_policies }))
+    let (qos_policies, next_cursor) =
+        page.apply(qos_policies, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(QosPolicyList {
+        qos_policies,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn create(

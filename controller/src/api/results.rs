@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{ResultList, ResultRecord};
 use time::format_description::well_known::Rfc3339;
@@ -109,7 +109,31 @@ fn result_query(query: &QueryParams, default_limit: i64) -> Result<ResultQuery, 
         since,
         until,
         limit: query.int("limit", default_limit, 1, MAX_LIMIT)? as u32,
+        before: query.0.get("after").map(|c| result_cursor(c)).transpose()?,
     })
+}
+
+/// A results cursor: the position of the oldest result of the page before
+/// (pages go back in time from the newest).
+fn result_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (ms, seq) = text.split_once(':')?;
+            Some((ms.parse().ok()?, seq.parse().ok()?))
+        })
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "after".into(),
+            reason: "not a cursor (use next_cursor of the previous page)".into(),
+        })
+}
+
+fn encode_result_cursor((ms, seq): (i64, i64)) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{ms}:{seq}"))
 }
 
 pub(crate) async fn list(
@@ -117,15 +141,27 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<ResultList>, ApiError> {
-    query.only(&["task", "since", "until", "limit"])?;
-    let q = result_query(&query, 1000)?;
+    query.only(&["task", "since", "until", "limit", "after"])?;
+    let mut q = result_query(&query, 1000)?;
+    let limit = q.limit as usize;
+    // One more than the page: whether an older page exists.
+    q.limit += 1;
     let scope = principal.scope();
-    let results = state
+    let mut results = state
         .store()
         .resources()
-        .read(move |conn, _| tasks::results(conn, &scope, &q))
+        .read(move |conn, _| tasks::results_at(conn, &scope, &q))
         .await?;
-    Ok(Json(ResultList { results }))
+    let next_cursor = if results.len() > limit {
+        results.remove(0);
+        results.first().map(|(_, at)| encode_result_cursor(*at))
+    } else {
+        None
+    };
+    Ok(Json(ResultList {
+        results: results.into_iter().map(|(record, _)| record).collect(),
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn latest(
@@ -145,7 +181,19 @@ pub(crate) async fn latest(
     ))
 }
 
+/// Results read per batch of an export: documents are up to 4 MiB, so a
+/// batch is at most 128 MiB and typically a few hundred KiB.
+const EXPORT_BATCH: u32 = 32;
+
 /// One call for a whole range: CSV (one row per receiver per run) or JSON.
+///
+/// Streamed: a blocking task reads the results in batches on a read-only
+/// connection of its own (neither the shared connection nor the node
+/// registry is held, so heartbeats and other requests go on) and hands each
+/// batch's bytes to the response as the client takes them. At
+/// `--export-max-bytes` the export stops with a trailer saying so: the JSON
+/// closes its array and adds `"truncated"`, the CSV ends with a `# truncated`
+/// line.
 pub(crate) async fn export(
     State(state): State<AppState>,
     principal: Principal,
@@ -153,32 +201,122 @@ pub(crate) async fn export(
 ) -> Result<Response, ApiError> {
     query.only(&["task", "since", "until", "limit", "format"])?;
     let format = query.0.get("format").map(String::as_str).unwrap_or("json");
-    if !matches!(format, "csv" | "json") {
-        return Err(ApiError::InvalidField {
-            field: "format".into(),
-            reason: format!("{format:?} is not one of csv, json"),
-        });
-    }
+    let csv = match format {
+        "csv" => true,
+        "json" => false,
+        _ => {
+            return Err(ApiError::InvalidField {
+                field: "format".into(),
+                reason: format!("{format:?} is not one of csv, json"),
+            })
+        }
+    };
     let q = result_query(&query, MAX_LIMIT)?;
     let scope = principal.scope();
-    let results = state
-        .store()
-        .resources()
-        .read(move |conn, _| tasks::results(conn, &scope, &q))
-        .await?;
-    Ok(if format == "csv" {
-        (
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"measurelab-results.csv\"",
-                ),
-            ],
-            tasks::csv(&results),
-        )
-            .into_response()
-    } else {
-        Json(ResultList { results }).into_response()
+    let resources = state.store().resources().clone();
+    // The plan first, so an unknown task is a 404 rather than a cut stream.
+    let (conn, plan) = tokio::task::spawn_blocking(move || {
+        let conn = resources.reader()?;
+        let plan = tasks::export_plan(&conn, &scope, &q)?;
+        Ok::<_, crate::store::StoreError>((conn, plan))
     })
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let max_bytes = state.export_max_bytes();
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || stream_export(conn, plan, csv, max_bytes, chunks));
+    let body = axum::body::Body::from_stream(futures::stream::unfold(body, |mut body| async {
+        body.recv().await.map(|chunk| (chunk, body))
+    }));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    if csv {
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            header::HeaderValue::from_static("attachment; filename=\"measurelab-results.csv\""),
+        );
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(response)
+}
+
+/// Reads `plan`'s results batch by batch and sends their bytes until the end,
+/// the byte cap, or the client going away.
+fn stream_export(
+    conn: rusqlite::Connection,
+    mut plan: tasks::ExportPlan,
+    csv: bool,
+    max_bytes: u64,
+    chunks: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let send = |bytes: Vec<u8>| chunks.blocking_send(Ok(Bytes::from(bytes))).is_ok();
+    let mut sent: u64 = 0;
+    let mut first = true;
+    let opening = if csv {
+        tasks::csv_header().into_bytes()
+    } else {
+        b"{\"results\":[".to_vec()
+    };
+    sent += opening.len() as u64;
+    if !send(opening) {
+        return;
+    }
+    loop {
+        let batch = match tasks::export_batch(&conn, &mut plan, EXPORT_BATCH) {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::error!(error = %err, "results export failed mid-stream");
+                // An error in the body makes the server abort the response,
+                // so the client sees a cut transfer, not a short export.
+                let _ = chunks.blocking_send(Err(std::io::Error::other(err.to_string())));
+                return;
+            }
+        };
+        if batch.is_empty() {
+            break;
+        }
+        let mut bytes = Vec::new();
+        if csv {
+            bytes.extend_from_slice(tasks::csv_rows(&batch).as_bytes());
+        } else {
+            for record in &batch {
+                if !first {
+                    bytes.push(b',');
+                }
+                first = false;
+                // A stored record always serializes.
+                if let Err(err) = serde_json::to_writer(&mut bytes, record) {
+                    tracing::error!(error = %err, "result left out of the export");
+                }
+            }
+        }
+        if sent + bytes.len() as u64 > max_bytes {
+            let trailer = if csv {
+                format!(
+                    "# truncated: the export reached --export-max-bytes ({max_bytes} bytes); narrow it with since/until/task/limit\r\n"
+                )
+            } else {
+                format!(
+                    "],\"truncated\":{{\"max_bytes\":{max_bytes},\"message\":\"the export reached --export-max-bytes; narrow it with since/until/task/limit\"}}}}"
+                )
+            };
+            let _ = send(trailer.into_bytes());
+            return;
+        }
+        sent += bytes.len() as u64;
+        if !send(bytes) {
+            return;
+        }
+    }
+    if !csv {
+        let _ = send(b"]}".to_vec());
+    }
 }

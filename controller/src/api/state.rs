@@ -2,9 +2,13 @@
 
 use std::sync::Arc;
 
+use super::rate_limit::{RateLimiter, RateLimits};
 use crate::flows::archive::FlowArchive;
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+/// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
+pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
@@ -14,6 +18,10 @@ pub(crate) struct AppState {
     flows: Option<Arc<FlowArchive>>,
     /// Shared with the gRPC server, so one scrape shows both.
     metrics: Arc<Metrics>,
+    /// `None`: no rate limits (tests of the router alone).
+    rate_limiter: Option<Arc<RateLimiter>>,
+    /// Most bytes one `GET /v1/results/export` sends.
+    export_max_bytes: u64,
 }
 
 struct Inner {
@@ -27,6 +35,8 @@ impl AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
             metrics: Metrics::new(),
+            rate_limiter: None,
+            export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
         }
     }
 
@@ -44,6 +54,26 @@ impl AppState {
     pub fn with_flows(mut self, archive: Option<FlowArchive>) -> Self {
         self.flows = archive.map(Arc::new);
         self
+    }
+
+    /// Limit requests per token and per source.
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate_limiter = Some(Arc::new(RateLimiter::new(limits)));
+        self
+    }
+
+    /// Cap the bytes of one results export.
+    pub fn with_export_max_bytes(mut self, max: u64) -> Self {
+        self.export_max_bytes = max;
+        self
+    }
+
+    pub fn export_max_bytes(&self) -> u64 {
+        self.export_max_bytes
+    }
+
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_deref()
     }
 
     pub fn flows(&self) -> Option<&FlowArchive> {

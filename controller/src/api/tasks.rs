@@ -11,6 +11,7 @@ use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requeste
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
 use crate::store::{tasks, tenants, StoreError};
@@ -18,14 +19,18 @@ use crate::store::{tasks, tenants, StoreError};
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<TaskList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let tasks = state
         .store()
         .resources()
         .read(move |conn, _| tasks::list(conn, &scope))
         .await?;
-    Ok(Json(TaskList { tasks }))
+    let (tasks, next_cursor) = page.apply(tasks, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(TaskList { tasks, next_cursor }))
 }
 
 pub(crate) async fn create(

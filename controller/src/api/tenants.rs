@@ -10,6 +10,7 @@ use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::store::tenants;
@@ -29,14 +30,21 @@ pub(crate) async fn whoami(principal: Principal) -> Json<WhoAmI> {
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<TenantList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let scope = principal.scope();
     let tenants = state
         .store()
         .resources()
         .read(move |conn, _| tenants::list(conn, &scope))
         .await?;
-    Ok(Json(TenantList { tenants }))
+    let (tenants, next_cursor) = page.apply(tenants, |item| page::by_name(&item.name, &item.id));
+    Ok(Json(TenantList {
+        tenants,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn create(

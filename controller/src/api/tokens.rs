@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope, TenantRef};
 use crate::store::api_tokens::{self, NewToken};
@@ -140,14 +141,23 @@ fn created(token: ApiToken, secret: String) -> ApiTokenCreated {
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    query: QueryParams,
 ) -> Result<Json<ApiTokenList>, ApiError> {
+    query.only(&["limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let (scope, only) = visibility(&principal);
     let tokens = state
         .store()
         .resources()
         .read(move |conn, _| api_tokens::list(conn, &scope, only.as_deref()))
         .await?;
-    Ok(Json(ApiTokenList { tokens }))
+    let (tokens, next_cursor) = page.apply(tokens, |item| {
+        page::oldest_first(&item.created_at, &item.id)
+    });
+    Ok(Json(ApiTokenList {
+        tokens,
+        next_cursor,
+    }))
 }
 
 pub(crate) async fn get(

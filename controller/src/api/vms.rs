@@ -12,6 +12,7 @@ use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requeste
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
+use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
 use crate::store::{desired, vms, StoreError};
@@ -21,7 +22,8 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<VmList>, ApiError> {
-    query.only(&["platform", "node"])?;
+    query.only(&["platform", "node", "limit", "after"])?;
+    let page = Page::from_query(&query)?;
     let platform = query.0.get("platform").cloned();
     let node = query.0.get("node").cloned();
     let scope = principal.scope();
@@ -37,7 +39,11 @@ pub(crate) async fn list(
             )
         })
         .await?;
-    Ok(Json(VmList { vms }))
+    // Ordered by platform, then name.
+    let (vms, next_cursor) = page.apply(vms, |vm| {
+        page::by_name(&format!("{}\u{0}{}", vm.platform, vm.name), &vm.id)
+    });
+    Ok(Json(VmList { vms, next_cursor }))
 }
 
 pub(crate) async fn create(

@@ -185,6 +185,12 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
     let mut config = ControllerConfig::new(&dir, http, grpc);
     config.heartbeat_interval = Duration::from_secs(60);
     config.offline_after = Duration::from_secs(600);
+    // The bench measures the store under load; the API's rate limits would
+    // measure themselves instead.
+    config.rate_limits = measurelab_controller::RateLimits {
+        per_token: None,
+        per_source: None,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(run(config, async move {
         let _ = stopped.await;

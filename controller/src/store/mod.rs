@@ -82,6 +82,8 @@ pub(crate) struct Store {
     tokens: TokenBook,
     /// Appliance files, beside the database in the data dir.
     appliance_files: ApplianceFiles,
+    /// `<data_dir>/uploads`: program uploads while they arrive.
+    uploads: std::path::PathBuf,
 }
 
 impl Store {
@@ -102,6 +104,8 @@ impl Store {
         pools: Pools,
     ) -> Result<(Store, WriterHandle), StoreError> {
         let path = data_dir.join("controller.db");
+        // Uploads a crash cut short; the data dir is ours (locked) by now.
+        let _ = std::fs::remove_dir_all(data_dir.join("uploads"));
         let mut write_conn = open_connection(&path)?;
         check_integrity(&write_conn, &path)?;
         migrate(&mut write_conn)?;
@@ -115,7 +119,7 @@ impl Store {
         appliances::ensure_builtin(&resource_conn)?;
         let tokens = TokenBook::default();
         tokens.reload(&resource_conn)?;
-        let resources = ResourceStore::open(resource_conn, registry.clone(), pools)?;
+        let resources = ResourceStore::open(resource_conn, registry.clone(), pools, path.clone())?;
         let (writer, handle) = writer::spawn(
             write_conn,
             registry.clone(),
@@ -130,6 +134,7 @@ impl Store {
                 resources,
                 tokens,
                 appliance_files: ApplianceFiles::new(data_dir),
+                uploads: data_dir.join("uploads"),
             },
             handle,
         ))
@@ -300,6 +305,11 @@ impl Store {
     /// Commands waiting for the writer thread (heartbeats, events, logs).
     pub fn write_queue_depth(&self) -> usize {
         self.writer.max_capacity() - self.writer.capacity()
+    }
+
+    /// Where program uploads are received before they are recorded.
+    pub fn uploads_dir(&self) -> &Path {
+        &self.uploads
     }
 
     pub fn resources(&self) -> &ResourceStore {

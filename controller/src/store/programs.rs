@@ -123,6 +123,31 @@ pub(crate) fn sha256_hex(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
 }
 
+/// Checks a received program before its (short) write transaction: its size
+/// and, when the uploader gave one, its SHA-256 (`actual`, hashed while it
+/// arrived).
+pub(crate) fn check_upload(
+    size: usize,
+    actual: &str,
+    expected: Option<&str>,
+) -> Result<(), StoreError> {
+    if size > MAX_PROGRAM_BYTES {
+        return Err(StoreError::invalid(
+            "content_base64",
+            format!("{size} bytes is more than {MAX_PROGRAM_BYTES} bytes"),
+        ));
+    }
+    if let Some(expected) = expected {
+        if !expected.eq_ignore_ascii_case(actual) {
+            return Err(StoreError::invalid(
+                "sha256",
+                format!("the content's SHA-256 is {actual}, not {expected}; the upload is damaged or the checksum is wrong"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Upload. The same name with the same content returns the existing program
 /// (so re-running an apply is harmless); the same name with other content is
 /// a conflict.
@@ -131,27 +156,9 @@ pub(crate) fn create(
     tenant: &TenantRef,
     name: String,
     content: Vec<u8>,
-    expected_sha256: Option<String>,
+    sha256: String,
 ) -> Result<(Program, bool), StoreError> {
     program_name(&name)?;
-    if content.len() > MAX_PROGRAM_BYTES {
-        return Err(StoreError::invalid(
-            "content_base64",
-            format!(
-                "{} bytes is more than {MAX_PROGRAM_BYTES} bytes",
-                content.len()
-            ),
-        ));
-    }
-    let sha256 = sha256_hex(&content);
-    if let Some(expected) = expected_sha256 {
-        if !expected.eq_ignore_ascii_case(&sha256) {
-            return Err(StoreError::invalid(
-                "sha256",
-                format!("the content's SHA-256 is {sha256}, not {expected}; the upload is damaged or the checksum is wrong"),
-            ));
-        }
-    }
     if let Some(existing) = find(cx.tx, &Scope::Tenant(tenant.id.clone()), &name)? {
         if existing.sha256 == sha256 {
             return Ok((existing, false));

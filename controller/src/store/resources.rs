@@ -103,6 +103,8 @@ pub(crate) struct ResourceStore {
     /// Followers of a node's generation (the WatchDesiredState streams).
     generation_watchers: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>>,
     pools: Arc<Pools>,
+    /// `controller.db`, for readers of their own ([`ResourceStore::reader`]).
+    path: Arc<std::path::PathBuf>,
 }
 
 impl ResourceStore {
@@ -110,6 +112,7 @@ impl ResourceStore {
         conn: Connection,
         registry: Arc<RwLock<Registry>>,
         pools: Pools,
+        path: std::path::PathBuf,
     ) -> Result<Self, StoreError> {
         let mut generations = HashMap::new();
         {
@@ -125,6 +128,7 @@ impl ResourceStore {
             generations: Arc::new(RwLock::new(generations)),
             generation_watchers: Arc::default(),
             pools: Arc::new(pools),
+            path: Arc::new(path),
         })
     }
 
@@ -224,6 +228,24 @@ impl ResourceStore {
     }
 
     /// Read-only work on the resource connection.
+    /// A read-only connection of its own, for a long read (an export) that
+    /// must hold neither the shared connection nor the node registry: WAL
+    /// readers run beside the writer, so heartbeats and requests go on.
+    pub fn reader(&self) -> Result<Connection, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: self.path.as_ref().clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            self.path.as_ref(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        Ok(conn)
+    }
+
     pub async fn read<T: Send + 'static>(
         &self,
         body: impl FnOnce(&Connection, &Registry) -> Result<T, StoreError> + Send + 'static,

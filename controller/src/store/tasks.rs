@@ -588,6 +588,9 @@ pub(crate) struct ResultQuery {
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
     pub limit: u32,
+    /// Only results older than this position (`started_ms`, `seq`): the
+    /// cursor of the page before.
+    pub before: Option<(i64, i64)>,
 }
 
 fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, StoreError> {
@@ -630,6 +633,22 @@ pub(crate) fn results(
     scope: &Scope,
     q: &ResultQuery,
 ) -> Result<Vec<ResultRecord>, StoreError> {
+    Ok(results_at(conn, scope, q)?
+        .into_iter()
+        .map(|(record, _)| record)
+        .collect())
+}
+
+/// Where a result sits in the results' order: (`started_ms`, `seq`).
+pub(crate) type ResultPosition = (i64, i64);
+
+/// [`results`] with each one's position (`started_ms`, `seq`), the key of
+/// result pages.
+pub(crate) fn results_at(
+    conn: &Connection,
+    scope: &Scope,
+    q: &ResultQuery,
+) -> Result<Vec<(ResultRecord, ResultPosition)>, StoreError> {
     let task_id = q
         .task
         .as_deref()
@@ -639,17 +658,106 @@ pub(crate) fn results(
     let until = q.until.map(unix_ms);
     // The newest `limit` in the range, returned oldest first.
     let mut statement = conn.prepare_cached(
-        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id FROM
+        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
+                started_ms, seq FROM
            (SELECT * FROM results
             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
               AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
+              AND (?6 IS NULL OR (started_ms, seq) < (?6, ?7))
             ORDER BY started_ms DESC, seq DESC LIMIT ?4)
          ORDER BY started_ms ASC, seq ASC",
     )?;
-    let mut rows = statement.query(params![task_id, since, until, q.limit, scope.tenant_id()])?;
+    let (before_ms, before_seq) = q.before.unzip();
+    let mut rows = statement.query(params![
+        task_id,
+        since,
+        until,
+        q.limit,
+        scope.tenant_id(),
+        before_ms,
+        before_seq
+    ])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((record(row)?, (row.get(7)?, row.get(8)?)));
+    }
+    Ok(out)
+}
+
+/// Where an export of `q` starts and what it filters on; resolved in one
+/// short read so an unknown task is a 404 before any byte is streamed.
+#[derive(Debug, Clone)]
+pub(crate) struct ExportPlan {
+    task_id: Option<String>,
+    tenant_id: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    /// Only results after this position: the newest `limit` in the range.
+    after: Option<(i64, i64)>,
+}
+
+pub(crate) fn export_plan(
+    conn: &Connection,
+    scope: &Scope,
+    q: &ResultQuery,
+) -> Result<ExportPlan, StoreError> {
+    let task_id = q
+        .task
+        .as_deref()
+        .map(|t| task_ids(conn, scope, t))
+        .transpose()?;
+    let (since, until) = (q.since.map(unix_ms), q.until.map(unix_ms));
+    let tenant_id = scope.tenant_id().map(str::to_string);
+    // The oldest of the newest `limit`: the stream starts there.
+    let oldest: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT started_ms, seq FROM results
+             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
+               AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
+             ORDER BY started_ms DESC, seq DESC LIMIT 1 OFFSET ?4",
+            params![task_id, since, until, i64::from(q.limit) - 1, tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(ExportPlan {
+        task_id,
+        tenant_id,
+        since,
+        until,
+        // seq is an integer: "after (ms, seq - 1)" is "from (ms, seq)".
+        after: oldest.map(|(ms, seq)| (ms, seq - 1)),
+    })
+}
+
+/// The next `batch` results of an export, oldest first, and where the one
+/// after them starts; an empty batch is the end.
+pub(crate) fn export_batch(
+    conn: &Connection,
+    plan: &mut ExportPlan,
+    batch: u32,
+) -> Result<Vec<ResultRecord>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
+                started_ms, seq FROM results
+         WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
+           AND (?3 IS NULL OR started_ms < ?3) AND (?4 IS NULL OR tenant_id = ?4)
+           AND (?5 IS NULL OR (started_ms, seq) > (?5, ?6))
+         ORDER BY started_ms ASC, seq ASC LIMIT ?7",
+    )?;
+    let (after_ms, after_seq) = plan.after.unzip();
+    let mut rows = statement.query(params![
+        plan.task_id,
+        plan.since,
+        plan.until,
+        plan.tenant_id,
+        after_ms,
+        after_seq,
+        batch
+    ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(record(row)?);
+        plan.after = Some((row.get(7)?, row.get(8)?));
     }
     Ok(out)
 }
@@ -744,13 +852,19 @@ fn csv_field(cell: Cell<'_>) -> String {
     }
 }
 
-/// RFC 4180 CSV of the results. Every stored document passed
-/// [`typed_document`] on the way in; one that no longer reads as a v1
-/// document (written before the type was enforced) is left out and logged
-/// rather than failing the whole export.
-pub(crate) fn csv(records: &[ResultRecord]) -> String {
+/// The RFC 4180 CSV export's header line.
+pub(crate) fn csv_header() -> String {
     let mut out = CSV_COLUMNS.join(",");
     out.push_str("\r\n");
+    out
+}
+
+/// The CSV export's rows of `records`, without the header. Every stored
+/// document passed [`typed_document`] on the way in; one that no longer reads
+/// as a v1 document (written before the type was enforced) is left out and
+/// logged rather than failing the whole export.
+pub(crate) fn csv_rows(records: &[ResultRecord]) -> String {
+    let mut out = String::new();
     for r in records {
         let d = match ResultDocument::deserialize(&r.document) {
             Ok(d) => d,

@@ -111,6 +111,35 @@ impl Client {
         &self.endpoint
     }
 
+    /// Every item of a list route, following `next_cursor` page by page
+    /// (`path` may carry a query of its own).
+    pub async fn list_all<L: DeserializeOwned + crate::http::Paged>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<L::Item>, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page_path = match &cursor {
+                None => path.to_string(),
+                Some(cursor) => {
+                    let join = if path.contains('?') { '&' } else { '?' };
+                    format!("{path}{join}after={}", url_component(cursor))
+                }
+            };
+            let page: L = self
+                .request::<(), _>(reqwest::Method::GET, &page_path, None)
+                .await?;
+            let (mut got, next) = page.into_page();
+            items.append(&mut got);
+            match next {
+                // A server repeating a cursor would loop forever.
+                Some(next) if cursor.as_ref() != Some(&next) => cursor = Some(next),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// Send a request with an optional JSON body and decode the JSON answer.
     pub async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -174,10 +203,7 @@ impl Client {
 
     /// `GET /v1/nodes`.
     pub async fn list_nodes(&self) -> Result<Vec<Node>, ClientError> {
-        let list: NodeList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/nodes", None)
-            .await?;
-        Ok(list.nodes)
+        self.list_all::<NodeList>("/v1/nodes").await
     }
 
     /// `GET /v1/nodes/{id_or_name}`.
@@ -247,10 +273,7 @@ impl Client {
 
     /// `GET /v1/platforms`.
     pub async fn list_platforms(&self) -> Result<Vec<Platform>, ClientError> {
-        let list: PlatformList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/platforms", None)
-            .await?;
-        Ok(list.platforms)
+        self.list_all::<PlatformList>("/v1/platforms").await
     }
 
     /// `POST /v1/platforms`.
@@ -347,10 +370,7 @@ impl Client {
 
     /// `GET /v1/qos_policies`.
     pub async fn list_qos_policies(&self) -> Result<Vec<QosPolicy>, ClientError> {
-        let list: QosPolicyList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/qos_policies", None)
-            .await?;
-        Ok(list.qos_policies)
+        self.list_all::<QosPolicyList>("/v1/qos_policies").await
     }
 
     /// `POST /v1/qos_policies`.
@@ -398,10 +418,7 @@ impl Client {
 
     /// `GET /v1/appliances`.
     pub async fn list_appliances(&self) -> Result<Vec<Appliance>, ClientError> {
-        let list: ApplianceList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/appliances", None)
-            .await?;
-        Ok(list.appliances)
+        self.list_all::<ApplianceList>("/v1/appliances").await
     }
 
     /// `POST /v1/appliances`.
@@ -457,10 +474,7 @@ impl Client {
         } else {
             format!("/v1/vms?{query}")
         };
-        let list: VmList = self
-            .request::<(), _>(reqwest::Method::GET, &path, None)
-            .await?;
-        Ok(list.vms)
+        self.list_all::<VmList>(&path).await
     }
 
     /// `POST /v1/vms`.
@@ -588,10 +602,7 @@ impl Client {
 
     /// `GET /v1/tasks`.
     pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
-        let list: TaskList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/tasks", None)
-            .await?;
-        Ok(list.tasks)
+        self.list_all::<TaskList>("/v1/tasks").await
     }
 
     /// `POST /v1/tasks`.
@@ -628,10 +639,7 @@ impl Client {
 
     /// `GET /v1/tenants`.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ClientError> {
-        let list: TenantList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/tenants", None)
-            .await?;
-        Ok(list.tenants)
+        self.list_all::<TenantList>("/v1/tenants").await
     }
 
     /// `POST /v1/tenants`.
@@ -676,10 +684,7 @@ impl Client {
 
     /// `GET /v1/tokens`.
     pub async fn list_tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
-        let list: ApiTokenList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/tokens", None)
-            .await?;
-        Ok(list.tokens)
+        self.list_all::<ApiTokenList>("/v1/tokens").await
     }
 
     /// `POST /v1/tokens`: the answer carries the secret, this once.

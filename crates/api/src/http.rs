@@ -10,6 +10,25 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// One page of a list route: its items and the cursor of the next page.
+pub trait Paged {
+    /// What the list holds.
+    type Item;
+    /// The items and, unless this is the last page, the next page's cursor.
+    fn into_page(self) -> (Vec<Self::Item>, Option<String>);
+}
+
+macro_rules! paged {
+    ($list:ident, $field:ident, $item:ty) => {
+        impl $crate::http::Paged for $list {
+            type Item = $item;
+            fn into_page(self) -> (Vec<$item>, Option<String>) {
+                (self.$field, self.next_cursor)
+            }
+        }
+    };
+}
+
 mod node_identity;
 pub use node_identity::*;
 
@@ -203,7 +222,13 @@ pub struct FlowExport {
 pub struct NodeList {
     /// The nodes, ordered by name.
     pub nodes: Vec<Node>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(NodeList, nodes, Node);
 
 /// One log line shipped by an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -252,7 +277,13 @@ pub struct Event {
 pub struct EventList {
     /// Events, oldest first.
     pub events: Vec<Event>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(EventList, events, Event);
 
 /// Body of every error response: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -413,7 +444,13 @@ pub struct RequestOptions {
 pub struct PlatformList {
     /// Ordered by name.
     pub platforms: Vec<Platform>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(PlatformList, platforms, Platform);
 
 /// A bandwidth policy for VM ports. Ingress = into the VM, egress = out of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -536,7 +573,13 @@ pub struct QosPolicyPatch {
 pub struct QosPolicyList {
     /// Ordered by name.
     pub qos_policies: Vec<QosPolicy>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(QosPolicyList, qos_policies, QosPolicy);
 
 /// A VM image (kernel + initrd [+ disk]) present on the nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -640,7 +683,13 @@ pub struct ApplianceCreate {
 pub struct ApplianceList {
     /// Ordered by name.
     pub appliances: Vec<Appliance>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(ApplianceList, appliances, Appliance);
 
 /// Desired power state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -860,7 +909,13 @@ pub struct VmPatch {
 pub struct VmList {
     /// Ordered by platform, then name.
     pub vms: Vec<Vm>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(VmList, vms, Vm);
 
 // ---- Programs, deployments, tasks, results ----
 
@@ -909,7 +964,13 @@ pub struct ProgramCreate {
 pub struct ProgramList {
     /// Ordered by name.
     pub programs: Vec<Program>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(ProgramList, programs, Program);
 
 /// One VM's run of a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -988,7 +1049,13 @@ pub struct DeploymentCreate {
 pub struct DeploymentList {
     /// Newest first.
     pub deployments: Vec<Deployment>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(DeploymentList, deployments, Deployment);
 
 /// A multicast measurement task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1151,7 +1218,13 @@ pub struct TaskCreate {
 pub struct TaskList {
     /// Ordered by name.
     pub tasks: Vec<Task>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(TaskList, tasks, Task);
 
 /// One stored result document (one run of a task).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1188,7 +1261,13 @@ pub const RESULT_DOCUMENT_SCHEMA: &str = "ResultDocument";
 pub struct ResultList {
     /// Oldest first.
     pub results: Vec<ResultRecord>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(ResultList, results, ResultRecord);
 
 // ---- Tenants, roles and API tokens ----
 
@@ -1319,7 +1398,13 @@ pub struct TenantUsageReport {
 pub struct TenantList {
     /// Ordered by name.
     pub tenants: Vec<Tenant>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(TenantList, tenants, Tenant);
 
 /// An API token. Its secret is only ever in [`ApiTokenCreated`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1413,7 +1498,13 @@ pub struct ApiTokenCreated {
 pub struct ApiTokenList {
     /// Ordered by creation time.
     pub tokens: Vec<ApiToken>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(ApiTokenList, tokens, ApiToken);
 
 /// `GET /v1/whoami` response: the caller's token, role and tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

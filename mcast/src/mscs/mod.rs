@@ -18,11 +18,8 @@ pub mod runner;
 pub mod state;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::info;
 
 pub use engine::{
     ApiLimits, CurrentRun, Mscs, MscsConfig, MscsError, PeriodicSchedule, PlatformConfig,
@@ -90,76 +87,32 @@ pub async fn run(
 
 /// Serves `router` on `listener` until `stop` turns true, within `limits`: axum::serve
 /// has no connection cap and no header-read timeout, so one peer on the service network
-/// could hold every socket or dribble headers forever.
+/// could hold every socket or dribble headers forever. The accept loop is the
+/// workspace's shared one (`measurelab-httpserve`), also used by the controller.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     limits: ApiLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors and the like: pause instead of spinning.
-                    warn!(cause = %err, "MSCS API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, max = limits.max_connections, "MSCS API connection refused: too many open");
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(
-            axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
-                request_with_timeout(request, next, limits.request_timeout)
-            }),
-        ));
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(err) = served {
-                        tracing::debug!(%peer, cause = %err, "MSCS API connection ended");
-                    }
-                }
-                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-                    // Finish the request in flight, then close.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
-    }
-}
-
-async fn request_with_timeout(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-    within: Duration,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(within, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            axum::Json(serde_json::json!({"error": {
-                "code": "request_timeout",
-                "message": format!("request not completed within {within:?}"),
-                "field": null,
-            }})),
-        )
-            .into_response(),
-    }
+    let limits = measurelab_httpserve::Limits {
+        max_connections: limits.max_connections,
+        // The service network is the MSCS's own: the overall cap is the bound.
+        max_connections_per_source: limits.max_connections,
+        header_read_timeout: limits.header_read_timeout,
+        // As before: a connection has header_read_timeout from going idle to
+        // a complete head.
+        idle_timeout: limits.header_read_timeout,
+        request_timeout: limits.request_timeout,
+    };
+    measurelab_httpserve::serve(
+        listener,
+        measurelab_httpserve::plain,
+        router,
+        limits,
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        },
+    )
+    .await;
 }

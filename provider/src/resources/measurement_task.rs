@@ -1120,7 +1120,12 @@ mod tests {
             "/v1/nodes",
             get(move || {
                 let nodes = nodes.clone();
-                async move { Json(NodeList { nodes }) }
+                async move {
+                    Json(NodeList {
+                        nodes,
+                        next_cursor: None,
+                    })
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

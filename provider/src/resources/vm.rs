@@ -829,6 +829,7 @@ mod tests {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         Json(NodeList {
                             nodes: vec![node("ns", true, false), node("kvm", false, true)],
+                            next_cursor: None,
                         })
                     }),
                 )
@@ -860,6 +861,7 @@ mod tests {
                                 initrd_sha256: None,
                                 disk_sha256: None,
                             }],
+                            next_cursor: None,
                         })
                     }),
                 );

@@ -40,10 +40,8 @@ impl Client {
 
     /// `GET /v1/registration_requests`.
     pub async fn registration_requests(&self) -> Result<Vec<RegistrationRequest>, ClientError> {
-        let list: RegistrationRequestList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/registration_requests", None)
-            .await?;
-        Ok(list.requests)
+        self.list_all::<RegistrationRequestList>("/v1/registration_requests")
+            .await
     }
 
     /// `POST /v1/join_tokens`.
@@ -57,10 +55,7 @@ impl Client {
 
     /// `GET /v1/join_tokens`.
     pub async fn list_join_tokens(&self) -> Result<Vec<JoinToken>, ClientError> {
-        let list: JoinTokenList = self
-            .request::<(), _>(reqwest::Method::GET, "/v1/join_tokens", None)
-            .await?;
-        Ok(list.join_tokens)
+        self.list_all::<JoinTokenList>("/v1/join_tokens").await
     }
 
     /// `DELETE /v1/join_tokens/{id}`: revoke.

@@ -43,7 +43,13 @@ pub struct RegistrationRequest {
 pub struct RegistrationRequestList {
     /// Ordered by name.
     pub requests: Vec<RegistrationRequest>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(RegistrationRequestList, requests, RegistrationRequest);
 
 /// `POST /v1/join_tokens` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -130,4 +136,10 @@ pub struct JoinTokenCreated {
 pub struct JoinTokenList {
     /// Newest first.
     pub join_tokens: Vec<JoinToken>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(JoinTokenList, join_tokens, JoinToken);

@@ -1,0 +1,555 @@
+//! What a peer can cost the controller: connection caps and timeouts on both
+//! listeners, while honest clients and heartbeating nodes are served.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{heartbeat_request, TestController};
+use measurelab_api::http::NodeStatus;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Idle connections one attacker opens: far over the per-source cap.
+const SLOWLORIS: usize = 3000;
+
+async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().expect("source address"))?;
+    socket.connect(to).await
+}
+
+/// True once the server closed `stream` (EOF or reset); false while open.
+fn closed(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// Polls until `count_closed` reaches `want`, or fails after `within`.
+async fn wait_closed(streams: &[TcpStream], want: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = streams.iter().filter(|s| closed(s)).count();
+        if n >= want {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} idle connections closed, want {want}",
+            streams.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Heartbeats `node` every `interval` until `stop`; returns the slowest one.
+fn heartbeat_forever(
+    controller: &TestController,
+    registered: measurelab_api::node_v1::RegisterResponse,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Duration> {
+    let grpc = controller.grpc.to_string();
+    tokio::spawn(async move {
+        let mut client = measurelab_api::node_v1::node_service_client::NodeServiceClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .unwrap();
+        let mut slowest = Duration::ZERO;
+        let mut ticks = tokio::time::interval(interval);
+        for sequence in 1.. {
+            if *stop.borrow() {
+                break;
+            }
+            ticks.tick().await;
+            let started = Instant::now();
+            client
+                .heartbeat(heartbeat_request(&registered, sequence))
+                .await
+                .unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    })
+}
+
+#[tokio::test]
+async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.offline_after = Duration::from_secs(3);
+    })
+    .await;
+    let per_source = measurelab_controller::DEFAULT_HTTP_LIMITS.max_connections_per_source;
+    let registered = controller.register("steady", "").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(500), stop);
+
+    let started = Instant::now();
+    let mut attacker = Vec::with_capacity(SLOWLORIS);
+    for _ in 0..SLOWLORIS {
+        attacker.push(connect_from("127.0.0.2", controller.http).await.unwrap());
+    }
+    // Everything over the cap is closed at accept; the cap's worth stays open.
+    let closed_now = wait_closed(&attacker, SLOWLORIS - per_source, Duration::from_secs(30)).await;
+    assert_eq!(
+        closed_now,
+        SLOWLORIS - per_source,
+        "the per-source cap holds"
+    );
+
+    // Another client is served while the attacker holds its share...
+    let answered = Instant::now();
+    let nodes = controller.nodes().await;
+    assert!(
+        answered.elapsed() < Duration::from_secs(2),
+        "served in {:?}",
+        answered.elapsed()
+    );
+    assert_eq!(nodes[0].status, NodeStatus::Online);
+    // ...and the heartbeating node stays online past several offline deadlines.
+    while started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat {slowest:?}"
+    );
+    drop(attacker);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_from_many_sources_are_reclaimed_by_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_secs(2);
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.http_limits.idle_timeout = idle;
+        config.http_limits.max_connections = 256;
+    })
+    .await;
+    // 40 sources of 20: under the per-source cap, over the overall one.
+    let mut attacker = Vec::new();
+    for source in 0..40 {
+        for _ in 0..20 {
+            attacker.push(
+                connect_from(&format!("127.0.1.{}", source + 1), controller.http)
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let total = attacker.len();
+    wait_closed(&attacker, total - 256, Duration::from_secs(30)).await;
+    // The listener is full; once the idle timeout passes, all are closed and
+    // a client is served again.
+    wait_closed(&attacker, total, idle * 5).await;
+    assert!(controller.nodes().await.is_empty());
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_grpc_clients_do_not_block_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.grpc_limits.handshake_timeout = Duration::from_secs(1);
+        config.grpc_limits.request_timeout = Duration::from_secs(1);
+        config.grpc_limits.max_connections_per_source = 64;
+    })
+    .await;
+    let registered = controller.register("steady", "").await;
+
+    // Sockets that never send the HTTP/2 preface, far over the per-source cap.
+    let mut silent = Vec::new();
+    for _ in 0..500 {
+        silent.push(connect_from("127.0.0.2", controller.grpc).await.unwrap());
+    }
+    // A client that opens a Heartbeat call, sends its headers and stalls
+    // before the message.
+    let tcp = connect_from("127.0.0.3", controller.grpc).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/measurelab.node.v1.NodeService/Heartbeat",
+            controller.grpc
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (stalled, _body_never_sent) = h2.send_request(request, false).unwrap();
+
+    // Others are served meanwhile, promptly.
+    let mut grpc = controller.grpc().await;
+    for sequence in 1..=5 {
+        let started = Instant::now();
+        grpc.heartbeat(heartbeat_request(&registered, sequence))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    // The stalled call is ended by the request timeout, not left open.
+    let answer = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("the stalled call is answered")
+        .unwrap();
+    let status = answer
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        status.as_deref().is_some_and(|s| s != "0"),
+        "stalled call got {:?}",
+        answer.headers()
+    );
+    // Every silent socket is closed: the ones over the cap at accept, the
+    // rest by the handshake timeout.
+    wait_closed(&silent, silent.len(), Duration::from_secs(10)).await;
+    assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_flooding_token_gets_429_while_another_token_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.rate_limits = measurelab_controller::RateLimits {
+            per_token: Some(measurelab_controller::TokenBucket {
+                per_second: 1,
+                burst: 20,
+            }),
+            per_source: None,
+        };
+    })
+    .await;
+    let (status, token) = controller
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "second", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let second = token["secret"].as_str().unwrap().to_string();
+
+    let client = reqwest::Client::new();
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = client
+            .get(controller.url("/v1/nodes"))
+            .bearer_auth(&controller.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let refused = refused.expect("the flood is limited");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("per_token"), "{message}");
+
+    // The other token has its own bucket.
+    let other = client
+        .get(controller.url("/v1/nodes"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // gRPC is not limited by it.
+    controller.register("steady", "").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn one_source_is_limited_whatever_tokens_it_makes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.rate_limits.per_source = Some(measurelab_controller::TokenBucket {
+            per_second: 1,
+            burst: 20,
+        });
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut limited = false;
+    for n in 0..100 {
+        let response = client
+            .get(controller.url("/v1/nodes"))
+            .bearer_auth(format!("made-up-{n}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("per_source"));
+            limited = true;
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    assert!(limited, "a source making up tokens is limited");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let names: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    for name in &names {
+        let (status, body) = controller
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants",
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/tenants?limit=3".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, page) = controller.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let got: Vec<String> = page["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(got.len() <= 3);
+        // The last item of the first page goes before the next page is read.
+        if pages == 1 {
+            let (status, _) = controller
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tenants/{}", got[2]),
+                    None,
+                )
+                .await;
+            assert!(status == 200 || status == 204, "{status}");
+        }
+        seen.extend(got);
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/tenants?limit=3&after={cursor}"),
+            None => break,
+        }
+    }
+    // The controller's own "default" tenant sorts first.
+    let want: Vec<String> = std::iter::once("default".to_string())
+        .chain(names.iter().cloned())
+        .collect();
+    assert_eq!(seen, want, "every tenant once, in name order");
+    assert_eq!(pages, 3);
+    // The client follows the pages itself.
+    let all = controller.client().list_tenants().await.unwrap();
+    assert_eq!(all.len(), want.len() - 1);
+    let (status, body) = controller
+        .call(reqwest::Method::GET, "/v1/tenants?after=%25%25", None)
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "after");
+    controller.stop().await;
+}
+
+/// Writes `count` results of about `doc_bytes` each straight into the store,
+/// as many runs would have over months.
+fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
+    let mut conn = rusqlite::Connection::open(data_dir.join("controller.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let tx = conn.transaction().unwrap();
+    let padding = "x".repeat(doc_bytes);
+    // Recent runs, one a second up to now: older ones would be the retention
+    // pruner's to delete while the test reads them.
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    for n in 0..count {
+        let started_ms = now_ms - (count - n) as i64 * 1000;
+        let started_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(started_ms) * 1_000_000)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+        let document = serde_json::json!({"run_id": format!("run-{n}"), "padding": padding});
+        tx.execute(
+            "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms,
+                                  document, run_id)
+             VALUES (?1, 'task-1', 'bulk', ?2, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                format!("result-{n}"),
+                started_at,
+                started_ms,
+                document.to_string(),
+                format!("run-{n}")
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    const RUNS: usize = 10_000;
+    insert_results(dir.path(), RUNS, 4096);
+    let registered = controller.register("steady", "").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?format=json"))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first_byte = started.elapsed();
+    let body = response.bytes().await.unwrap();
+    let took = started.elapsed();
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let results = export["results"].as_array().unwrap();
+    assert_eq!(results.len(), RUNS);
+    assert_eq!(results[0]["id"], "result-0", "oldest first");
+    assert!(export.get("truncated").is_none());
+    eprintln!(
+        "export of {} bytes: first byte {first_byte:?}, all {took:?}; slowest heartbeat {slowest:?}",
+        body.len()
+    );
+    // Streamed: the answer starts before the whole range is read.
+    assert!(
+        first_byte < took / 2,
+        "first byte {first_byte:?} of {took:?}"
+    );
+    // Within one heartbeat interval of the harness (1 s): reading 40 MB of
+    // results under the registry lock took several.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat during the export: {slowest:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_over_the_byte_cap_ends_with_a_trailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap: u64 = 256 * 1024;
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.export_max_bytes = cap;
+    })
+    .await;
+    insert_results(dir.path(), 500, 2048);
+    let json = reqwest::Client::new()
+        .get(controller.url("/v1/results/export?format=json"))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(json.len() as u64 <= cap + 1024, "{} bytes", json.len());
+    let export: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(
+        export["truncated"]["max_bytes"],
+        cap,
+        "{} bytes, {} results",
+        json.len(),
+        export["results"].as_array().map_or(0, Vec::len)
+    );
+    let kept = export["results"].as_array().unwrap().len();
+    assert!(kept > 0 && kept < 500, "{kept} results");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_over_the_program_limit_is_refused_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    // One byte over the 64 MiB limit, sent as a stream.
+    let limit = 64 * 1024 * 1024;
+    let chunk = vec![7u8; 1024 * 1024];
+    let chunks = (0..=64).map(move |n| {
+        let len = if n == 64 { 1 } else { chunk.len() };
+        Ok::<_, std::io::Error>(chunk[..len].to_vec())
+    });
+    let response = reqwest::Client::new()
+        .post(controller.url("/v1/programs?name=huge"))
+        .bearer_auth(&controller.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server may answer and close before the client has sent it all.
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    }
+    let uploads = dir.path().join("uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let (status, list) = controller
+        .call(reqwest::Method::GET, "/v1/programs", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["programs"].as_array().unwrap().len(), 0, "{list}");
+
+    // One at the limit is taken, with the checksum computed on the way in.
+    let content = vec![7u8; limit];
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&content))
+    };
+    let response = reqwest::Client::new()
+        .post(controller.url(&format!("/v1/programs?name=max&sha256={sha256}")))
+        .bearer_auth(&controller.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(content)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let program: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(program["sha256"], sha256.as_str());
+    assert_eq!(program["size_bytes"], limit);
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    controller.stop().await;
+}
