@@ -364,6 +364,7 @@ impl Session {
             labels: self.config.labels.clone().into_iter().collect(),
             management_address: self.config.management_address.clone(),
             node_secret: self.secret_hint.clone(),
+            csr_pem: String::new(),
         };
         let response = self
             .client

@@ -56,6 +56,27 @@ pub struct ControllerArgs {
     /// Hours guest usage samples (GET /v1/vms/{id}/usage) are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     usage_retention_hours: u64,
+    /// Serve HTTPS and gRPC over TLS with the controller's own CA (created in
+    /// DATA_DIR/ca.pem, key ca.key), nodes authenticated by certificates it
+    /// signs at registration. Without it both APIs are plaintext, fit only
+    /// for loopback.
+    #[arg(long)]
+    tls: bool,
+    /// A host name or IP address clients reach the controller by, added to
+    /// the generated server certificate besides the bind addresses (repeat
+    /// for several). Implies --tls.
+    #[arg(long = "tls-san", value_name = "NAME_OR_IP")]
+    tls_sans: Vec<String>,
+    /// PEM certificate chain of an operator-issued server certificate
+    /// (instead of a generated one; needs --tls-key). Implies --tls.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Days a node certificate is valid; agents renew at two thirds of it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    node_cert_days: u64,
     /// Hours the idempotency records of mutating API requests are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     retain_idempotency_hours: u64,
@@ -108,6 +129,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         idempotency: Duration::from_secs(3600 * args.retain_idempotency_hours),
         vm_usage: Duration::from_secs(3600 * args.usage_retention_hours),
     };
+    if args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some() {
+        let mut tls = measurelab_controller::TlsConfig::generated(args.tls_sans.clone());
+        tls.cert_files = args.tls_cert.clone().zip(args.tls_key.clone());
+        tls.node_cert_lifetime = DAY * args.node_cert_days as u32;
+        config.tls = Some(tls);
+    }
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();

@@ -38,6 +38,8 @@
 //! - `validation`: field rules both APIs share.
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
+//! - `tls`: the controller's CA, the server certificate, node certificates
+//!   signed from CSRs, and the HTTPS accept loop.
 //! - `ui/`: the embedded admin page served at `/`.
 //!
 //! Imports point one way: `api` and `agent_rpc` use `store`, `store` uses
@@ -56,6 +58,7 @@ pub mod openapi;
 mod placement;
 mod retention;
 mod store;
+pub mod tls;
 mod tokens;
 mod validation;
 
@@ -72,6 +75,7 @@ pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
 pub use retention::Retention;
 pub use store::StoreError;
+pub use tls::{TlsConfig, TlsError};
 pub use tokens::TokenError;
 
 /// Everything the controller needs to run. Listeners are bound by the caller,
@@ -113,6 +117,10 @@ pub struct ControllerConfig {
     /// The data directory's lock, when the caller took it before writing
     /// into the directory itself; `None`: `run` takes it.
     pub data_dir_lock: Option<DataDirLock>,
+    /// Serve HTTPS and gRPC over TLS, nodes authenticated with certificates
+    /// the controller's CA signs (mTLS). `None` (the default): plaintext,
+    /// which is only fit for loopback.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Parse a VLAN pool such as `100-3999` (tags 1..=4094).
@@ -197,6 +205,7 @@ impl ControllerConfig {
             retention: Retention::default(),
             prune_period: retention::PRUNE_PERIOD,
             data_dir_lock: None,
+            tls: None,
         }
     }
 }
@@ -232,6 +241,9 @@ pub enum ControllerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// TLS could not be set up (CA, certificates, keys).
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
@@ -310,11 +322,24 @@ pub async fn run(
     };
     let http_listener = listener("http", config.http_listener)?;
     let grpc_listener = listener("grpc", config.grpc_listener)?;
+    let server_tls = match &config.tls {
+        Some(tls) => {
+            let bound: Vec<std::net::IpAddr> = [&http_listener, &grpc_listener]
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.ip())
+                .collect();
+            Some(tls::ServerTls::new(tls, &config.data_dir, &bound)?)
+        }
+        None => None,
+    };
     tracing::info!(
         http = ?http_listener.local_addr().ok(),
         grpc = ?grpc_listener.local_addr().ok(),
         data_dir = %config.data_dir.display(),
         durable_heartbeats = config.durable_heartbeats,
+        tls = server_tls.is_some(),
+        ca_fingerprint = server_tls.as_ref().map(|t| t.ca.fingerprint()),
         "controller listening"
     );
 
@@ -343,16 +368,30 @@ pub async fn run(
             ),
         );
         let cancel = cancel.clone();
+        let acceptor = server_tls
+            .as_ref()
+            .map(tls::ServerTls::https_acceptor)
+            .transpose()?;
         async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-                .map_err(ControllerError::Http)
+            match acceptor {
+                Some(acceptor) => tls::serve_https(http_listener, acceptor, app, cancel)
+                    .await
+                    .map_err(ControllerError::Http),
+                None => axum::serve(http_listener, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+                    .map_err(ControllerError::Http),
+            }
         }
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
         .ending_streams_on(cancel.clone())
-        .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()));
+        .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()))
+        .with_node_certs(server_tls.as_ref().map(|t| agent_rpc::NodeCerts {
+            ca: t.ca.clone(),
+            lifetime: t.node_cert_lifetime,
+        }));
+    let grpc_tls = server_tls.as_ref().map(tls::ServerTls::grpc_config);
     let refusal_reports = tokio::spawn({
         let (refusals, store, cancel) = (service.refusals(), store.clone(), cancel.clone());
         let interval = config.refused_registration_report_interval;
@@ -367,7 +406,11 @@ pub async fn run(
                         which: "grpc",
                         source: std::io::Error::other(e.to_string()),
                     })?;
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(grpc_tls) = grpc_tls {
+                builder = builder.tls_config(grpc_tls)?;
+            }
+            builder
                 .add_service(service.into_server())
                 .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
                 .await
