@@ -153,6 +153,53 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct JoinBundleArgs {
+    /// The controller's data directory (reads ca.pem and join.token).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// gRPC endpoint agents reach the controller at, https://HOST:PORT
+    /// (HOST must be in the server certificate: a bind IP or a --tls-san).
+    #[arg(long)]
+    endpoint: String,
+    /// A join token instead of DATA_DIR/join.token, e.g. a per-node token
+    /// from `measurelab join-token create`.
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// The CA to pin instead of DATA_DIR/ca.pem: the one that issued an
+    /// operator's --tls-cert (it must be in the chain the controller serves).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+/// `measurelab join-bundle`: one string for `measurelab agent --join-bundle`.
+pub fn join_bundle_main(args: JoinBundleArgs) -> anyhow::Result<()> {
+    let ca_path = args
+        .ca_cert
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(measurelab_controller::tls::CA_CERT_FILE));
+    let ca_pem = std::fs::read_to_string(&ca_path).with_context(|| {
+        format!(
+            "cannot read the CA {} (does the controller run with --tls?)",
+            ca_path.display()
+        )
+    })?;
+    let ca_der =
+        measurelab_controller::tls::first_cert_der(&ca_pem, &ca_path.display().to_string())?;
+    let join_token = match &args.join_token_file {
+        Some(path) => read_token_file(path, "--join-token-file")?,
+        None => read_token_file(&args.data_dir.join("join.token"), "--data-dir")?,
+    };
+    let bundle = measurelab_api::join_bundle::JoinBundle {
+        endpoint: args.endpoint.trim_end_matches('/').to_string(),
+        ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
+        join_token,
+    };
+    bundle.validate().context("--endpoint")?;
+    println!("{}", bundle.encode());
+    Ok(())
+}
+
 /// Bind `addr` inside network namespace `netns` (on a thread of its own):
 /// only the gRPC socket lives in the lab's management network, the process
 /// itself stays where it was started.
