@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod access_cmd;
 mod agent_cmd;
+mod api_conn;
 mod controller_cmd;
 mod daemon;
 mod lab;
