@@ -804,7 +804,15 @@ impl Lab {
             ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
             join_token,
         };
-        write_private(&self.join_bundle_file(), &bundle.encode())
+        // A repeated `up` rewrites it (write_private refuses to overwrite,
+        // so a file of looser mode is never reused).
+        let path = self.join_bundle_file();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
+        }
+        write_private(&path, &bundle.encode())
     }
 
     fn agent_process(k: u32) -> String {

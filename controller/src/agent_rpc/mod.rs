@@ -106,7 +106,7 @@ impl NodeRpc {
     /// validity period. A removed or revoked node fails the node-secret
     /// check that follows in each call, so its certificate, still unexpired,
     /// gets it nowhere.
-    fn check_peer<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), Status> {
+    fn check_peer<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), RpcError> {
         if self.node_certs.is_none() {
             return Ok(());
         }
@@ -114,14 +114,12 @@ impl NodeRpc {
         let Some(leaf) = certs.as_ref().and_then(|certs| certs.first()) else {
             return Err(RpcError::Unauthenticated(
                 "client certificate: none presented; this controller requires the node certificate issued at registration on every call but Register".into(),
-            )
-            .into());
+            ));
         };
         if !crate::tls::cert_names_node(leaf, node_id) {
             return Err(RpcError::PermissionDenied(format!(
                 "client certificate: not issued to node {node_id:?}; a node may only call as itself"
-            ))
-            .into());
+            )));
         }
         Ok(())
     }
