@@ -109,6 +109,9 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     /// `MEASURELAB_ENDPOINT` from `lab env`.
     pub endpoint: String,
+    /// `MEASURELAB_CA_CERT` from `lab env`: the controller's CA (a TLS lab,
+    /// the default), the only CA the lab's clients trust.
+    pub ca_cert: Option<String>,
     /// The operator token (`lab env --operator`): nodes, appliances, tenants.
     pub token: String,
     /// Every variable `lab env --operator` printed.
@@ -160,6 +163,7 @@ impl Lab {
             name,
             dir,
             endpoint: String::new(),
+            ca_cert: None,
             token: String::new(),
             env: Vec::new(),
             member_token: String::new(),
@@ -174,6 +178,7 @@ impl Lab {
         lab.env = parse_env(&String::from_utf8_lossy(&env_output.stdout));
         lab.endpoint = env_var(&lab.env, "MEASURELAB_ENDPOINT")?;
         lab.token = env_var(&lab.env, "MEASURELAB_TOKEN")?;
+        lab.ca_cert = env_var(&lab.env, "MEASURELAB_CA_CERT").ok();
         let member_output = lab.measurelab(&["lab", "env"])?;
         lab.member_env = parse_env(&String::from_utf8_lossy(&member_output.stdout));
         lab.member_token = env_var(&lab.member_env, "MEASURELAB_TOKEN")?;
@@ -253,15 +258,39 @@ impl Lab {
 
     /// A client for the lab's controller with `token`.
     pub fn client_as(&self, token: &str) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.endpoint, token, None)?)
+        let ca = self.ca_pem()?;
+        Ok(Client::new(&self.endpoint, token, ca.as_deref())?)
+    }
+
+    /// The lab CA's PEM (`None` for a plaintext lab).
+    pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ca_cert
+            .as_ref()
+            .map(|path| std::fs::read(path).with_context(|| format!("reading the lab CA {path}")))
+            .transpose()
+    }
+
+    /// A plain HTTP client for the lab's API that trusts the lab's CA only.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = self.ca_pem()? {
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(builder.build()?)
     }
 
     /// The environment `lab env` would print for `token`.
     pub fn env_as(&self, token: &str) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("MEASURELAB_ENDPOINT".to_string(), self.endpoint.clone()),
             ("MEASURELAB_TOKEN".to_string(), token.to_string()),
-        ]
+        ];
+        if let Some(ca) = &self.ca_cert {
+            env.push(("MEASURELAB_CA_CERT".to_string(), ca.clone()));
+        }
+        env
     }
 
     /// Ask the controller about one node (`None` if it does not exist).

@@ -356,7 +356,8 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
     let history = block_on(async { Ok(client.list_results("task=acc-svc-once").await?) })?;
     assert_eq!(history.len(), 1, "{history:#?}");
     let csv: String = block_on(async {
-        let response = reqwest::Client::new()
+        let response = lab
+            .http_client()?
             .get(format!(
                 "{}/v1/results/export?task=acc-svc-once&format=csv",
                 lab.endpoint

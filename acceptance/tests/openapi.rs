@@ -11,7 +11,7 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let client = reqwest::Client::new();
+    let client = lab.http_client()?;
     let mut request = client
         .request(method, format!("{}{path}", lab.endpoint))
         .bearer_auth(&lab.token);

@@ -33,10 +33,7 @@ fn acc_provider_bad_token() -> anyhow::Result<()> {
         return Ok(());
     }
     let lab = Lab::up(1)?;
-    let env = vec![
-        ("MEASURELAB_ENDPOINT".to_string(), lab.endpoint.clone()),
-        ("MEASURELAB_TOKEN".to_string(), "not-the-token".to_string()),
-    ];
+    let env = lab.env_as("not-the-token");
     let tf = Terraform::new(&lab.tfrc, &env)?;
     tf.write("main.tf", &format!("{PROVIDER_BLOCK}\n{DATA_CONFIG}"))?;
     tf.init()?;
@@ -72,8 +69,10 @@ fn acc_provider_block_overrides_environment() -> anyhow::Result<()> {
     let config = PROVIDER_BLOCK.replace(
         "provider \"measurelab\" {}",
         &format!(
-            "provider \"measurelab\" {{\n  endpoint = \"{}\"\n  token    = \"{}\"\n}}",
-            lab.endpoint, lab.token
+            "provider \"measurelab\" {{\n  endpoint = \"{}\"\n  token    = \"{}\"\n  ca_cert  = \"{}\"\n}}",
+            lab.endpoint,
+            lab.token,
+            lab.ca_cert.as_deref().unwrap_or_default()
         ),
     );
     tf.write("main.tf", &format!("{config}\n{DATA_CONFIG}"))?;

@@ -42,10 +42,11 @@ fn stripped_mcast_binaries(lab: &Lab, into: &Path) -> anyhow::Result<()> {
 /// JSON string for CSV answers).
 fn call(lab: &Lab, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let url = format!("{}{path}", lab.endpoint);
+    let client = lab
+        .http_client()
+        .expect("an HTTP client trusting the lab CA");
     let answer = block_on(async move {
-        let mut request = reqwest::Client::new()
-            .request(method, &url)
-            .bearer_auth(token);
+        let mut request = client.request(method, &url).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::{capabilities, identity, ovs, reconcile, service_host};
+use crate::{capabilities, controller_tls, identity, ovs, reconcile, service_host};
 
 /// Where appliances are installed (`scripts/build-appliance.sh` and the
 /// controller's built-in appliance use it).
@@ -20,6 +20,11 @@ pub struct AgentConfig {
     pub controller: String,
     /// The lab's join token.
     pub join_token: String,
+    /// SHA-256 (lower-case hex) of the controller CA's certificate, from a
+    /// join bundle: on the first connection to an `https://` controller the
+    /// agent pins the CA with this fingerprint (kept in the state dir) and
+    /// trusts only it from then on. Needed for `https://` until a CA is pinned.
+    pub ca_sha256: Option<String>,
     /// Directory holding `identity.json`; created if missing.
     pub state_dir: PathBuf,
     /// Labels reported at registration. They seed a new node's operator
@@ -69,6 +74,7 @@ impl AgentConfig {
             name: name.to_string(),
             controller: controller.to_string(),
             join_token: join_token.to_string(),
+            ca_sha256: None,
             state_dir,
             labels: BTreeMap::new(),
             management_address: String::new(),
@@ -113,6 +119,27 @@ impl AgentConfig {
                 "controller",
                 format!("{:?} is not a valid URL", self.controller),
             ));
+        }
+        if let Some(pin) = &self.ca_sha256 {
+            if !self.controller.starts_with("https://") {
+                return Err(invalid(
+                    "ca_sha256",
+                    format!(
+                        "pins a CA, but the controller {:?} is not https://",
+                        self.controller
+                    ),
+                ));
+            }
+            if pin.len() != 64
+                || !pin
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(invalid(
+                    "ca_sha256",
+                    format!("{pin:?} must be 64 lower-case hex digits (SHA-256)"),
+                ));
+            }
         }
         if self.join_token.trim().is_empty() {
             return Err(invalid("join_token", "must not be empty".into()));
@@ -231,6 +258,10 @@ pub enum AgentError {
     /// identity.json cannot be read or written.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// TLS to the controller cannot be set up: the pinned CA does not
+    /// match the join bundle, or a state file is unusable.
+    #[error(transparent)]
+    ControllerTls(#[from] controller_tls::ControllerTlsError),
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use std::future::Future;
 
 pub mod capabilities;
 mod config;
+pub mod controller_tls;
 pub mod guest_channel;
 pub mod hypervisor;
 pub mod identity;

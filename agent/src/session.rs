@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
-    Capabilities, HeartbeatRequest, LogLine, RegisterRequest, ShipLogsRequest,
-    WatchDesiredStateRequest,
+    Capabilities, HeartbeatRequest, LogLine, RegisterRequest, RenewCertificateRequest,
+    ShipLogsRequest, WatchDesiredStateRequest,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
+use tower_04::discover::Change;
 
 use crate::capabilities::{self, ProbeTargets};
 use crate::config::{AgentConfig, AgentError};
+use crate::controller_tls::{self, ControllerTlsError, NodeCert};
 use crate::identity::{self, Identity};
 use crate::logs::{self, LogBuffer};
 use crate::reconcile::{
@@ -93,22 +95,6 @@ pub(crate) async fn run(
     })?;
     let persisted = identity::load(&config.state_dir)?;
 
-    // Validated in AgentConfig::validate, so this cannot fail here.
-    let endpoint = Endpoint::from_shared(config.controller.clone()).map_err(|e| {
-        AgentError::InvalidConfig {
-            field: "controller".into(),
-            reason: e.to_string(),
-        }
-    })?;
-    let channel = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect_lazy();
-    // FetchProgram answers carry whole programs (the controller accepts up to
-    // 64 MiB); tonic's default 4 MiB decode limit refused ordinary binaries.
-    let client =
-        NodeServiceClient::new(channel).max_decoding_message_size(MAX_PROGRAM_MESSAGE_BYTES);
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -130,6 +116,28 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    // Validated in AgentConfig::validate, so this cannot fail here.
+    let endpoint = Endpoint::from_shared(config.controller.clone())
+        .map_err(|e| AgentError::InvalidConfig {
+            field: "controller".into(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(RPC_TIMEOUT);
+    let ca_pem = if config.controller.starts_with("https://") {
+        match pinned_ca(&config, shutdown_rx.clone()).await? {
+            Some(pem) => Some(pem),
+            // Shut down while the controller was unreachable.
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let (channel, controller_channel) = ControllerChannel::new(endpoint, ca_pem)?;
+    // FetchProgram answers carry whole programs (the controller accepts up to
+    // 64 MiB); tonic's default 4 MiB decode limit refused ordinary binaries.
+    let client =
+        NodeServiceClient::new(channel).max_decoding_message_size(MAX_PROGRAM_MESSAGE_BYTES);
 
     let targets = ProbeTargets {
         libvirt_uris: config.libvirt_uris.clone(),
@@ -213,6 +221,8 @@ pub(crate) async fn run(
 
     let mut session = Session {
         client,
+        channel: controller_channel,
+        node_cert: None,
         config,
         desired_generation_tx,
         observed_generation_rx,
@@ -253,8 +263,153 @@ pub(crate) async fn run(
     result
 }
 
+/// The CA to trust: the one pinned earlier, or, on the first connection,
+/// the one in the controller's chain whose fingerprint the join bundle
+/// names. `None`: shut down while waiting for the controller.
+async fn pinned_ca(
+    config: &AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<String>, AgentError> {
+    let pin = config.ca_sha256.as_deref();
+    if let Some(pem) = controller_tls::stored_ca(&config.state_dir, pin)? {
+        return Ok(Some(pem));
+    }
+    let Some(pin) = pin else {
+        return Err(AgentError::InvalidConfig {
+            field: "controller".into(),
+            reason: format!(
+                "{:?} is https:// but no controller CA is pinned in {}: join with a bundle \
+                 (measurelab join-bundle on the controller, then --join-bundle)",
+                config.controller,
+                config.state_dir.display()
+            ),
+        });
+    };
+    let mut backoff = Backoff::new(INITIAL_BACKOFF, REFUSED_RETRY_CAP);
+    loop {
+        match controller_tls::fetch_ca(&config.controller, pin).await {
+            Ok(pem) => {
+                controller_tls::store_ca(&config.state_dir, &pem)?;
+                tracing::info!(fingerprint = pin, "pinned the controller's CA");
+                return Ok(Some(pem));
+            }
+            Err(e @ ControllerTlsError::Unreachable { .. }) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "controller unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The one channel every part of the agent shares. Over TLS it is a
+/// balance channel of one endpoint, so a new client certificate (after
+/// registration, at renewal) replaces the connection under every clone of
+/// the client at once.
+struct ControllerChannel {
+    tls: Option<ChannelTls>,
+}
+
+struct ChannelTls {
+    changes: tokio::sync::mpsc::Sender<Change<u64, Endpoint>>,
+    endpoint: Endpoint,
+    ca: Certificate,
+    generation: u64,
+}
+
+impl ControllerChannel {
+    fn new(endpoint: Endpoint, ca_pem: Option<String>) -> Result<(Channel, Self), AgentError> {
+        let Some(ca_pem) = ca_pem else {
+            return Ok((endpoint.connect_lazy(), ControllerChannel { tls: None }));
+        };
+        let ca = Certificate::from_pem(ca_pem);
+        let (channel, changes) = Channel::balance_channel(4);
+        let first = tls_endpoint(&endpoint, &ca, None)?;
+        // A fresh channel has room: the capacity is 4.
+        changes
+            .try_send(Change::Insert(0, first))
+            .map_err(|e| AgentError::InvalidConfig {
+                field: "controller".into(),
+                reason: format!("cannot set up the channel: {e}"),
+            })?;
+        Ok((
+            channel,
+            ControllerChannel {
+                tls: Some(ChannelTls {
+                    changes,
+                    endpoint,
+                    ca,
+                    generation: 0,
+                }),
+            },
+        ))
+    }
+
+    fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Connect with `cert` from now on (the old connection is dropped).
+    async fn present(&mut self, cert: &NodeCert) -> Result<(), AgentError> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        let endpoint = tls_endpoint(&tls.endpoint, &tls.ca, Some(cert))?;
+        let next = tls.generation + 1;
+        // Insert before remove: there is never a moment without endpoint.
+        // The balancer takes both before it routes the next request.
+        let closed = |_| AgentError::InvalidConfig {
+            field: "controller".into(),
+            reason: "the channel's balancer stopped".into(),
+        };
+        tls.changes
+            .send(Change::Insert(next, endpoint))
+            .await
+            .map_err(closed)?;
+        tls.changes
+            .send(Change::Remove(tls.generation))
+            .await
+            .map_err(closed)?;
+        tls.generation = next;
+        Ok(())
+    }
+}
+
+fn tls_endpoint(
+    endpoint: &Endpoint,
+    ca: &Certificate,
+    cert: Option<&NodeCert>,
+) -> Result<Endpoint, AgentError> {
+    // tonic is built without root stores: the pinned CA is the only trust.
+    let mut tls = ClientTlsConfig::new().ca_certificate(ca.clone());
+    if let Some(cert) = cert {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &cert.cert_pem,
+            &cert.key_pem,
+        ));
+    }
+    endpoint
+        .clone()
+        .tls_config(tls)
+        .map_err(|e| AgentError::InvalidConfig {
+            field: "controller".into(),
+            reason: format!("TLS: {e}"),
+        })
+}
+
+fn tls_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::Refused(tonic::Status::internal(format!("node certificate: {e}")))
+}
+
 struct Session {
     client: NodeServiceClient<Channel>,
+    channel: ControllerChannel,
+    /// The node's current certificate (TLS only).
+    node_cert: Option<NodeCert>,
     config: AgentConfig,
     /// Id to ask for when registering: the persisted one, so a restarted or
     /// forgotten node keeps its identity.
@@ -371,6 +526,12 @@ impl Session {
     }
 
     async fn register(&mut self) -> Result<(), Failure> {
+        // A new key at each registration: it never has to sit on disk.
+        let key_and_csr = if self.channel.is_tls() {
+            Some(controller_tls::new_key_and_csr(&self.config.name).map_err(tls_failure)?)
+        } else {
+            None
+        };
         let capabilities = Some(self.capabilities());
         let usage = self.usage();
         let request = RegisterRequest {
@@ -383,6 +544,10 @@ impl Session {
             labels: self.config.labels.clone().into_iter().collect(),
             management_address: self.config.management_address.clone(),
             node_secret: self.secret_hint.clone(),
+            csr_pem: key_and_csr
+                .as_ref()
+                .map(|(_, csr)| csr.clone())
+                .unwrap_or_default(),
         };
         let response = self
             .client
@@ -390,6 +555,18 @@ impl Session {
             .await
             .map_err(classify)?
             .into_inner();
+        if let Some((key_pem, _)) = key_and_csr {
+            if response.node_cert_pem.is_empty() {
+                return Err(tls_failure(
+                    "the controller answered the registration without one",
+                ));
+            }
+            let cert =
+                NodeCert::issued(response.node_cert_pem.clone(), key_pem).map_err(tls_failure)?;
+            self.channel.present(&cert).await.map_err(tls_failure)?;
+            tracing::info!(renew_at = %cert.renew_at, "got a node certificate");
+            self.node_cert = Some(cert);
+        }
         let identity = Identity {
             node_id: response.node_id,
             node_secret: response.node_secret,
@@ -417,6 +594,7 @@ impl Session {
                 "not registered",
             )));
         };
+        self.renew_certificate_if_due(&identity).await;
         self.sequence += 1;
         let capabilities = Some(self.capabilities());
         let usage = self.usage();
@@ -440,6 +618,40 @@ impl Session {
             changed
         });
         Ok(())
+    }
+
+    /// Renew the node certificate two thirds into its lifetime. A failure
+    /// is only logged: the current certificate still has a third of its
+    /// life, and the next heartbeat tries again.
+    async fn renew_certificate_if_due(&mut self, identity: &Identity) {
+        if !self.node_cert.as_ref().is_some_and(NodeCert::due) {
+            return;
+        }
+        let renewed = async {
+            let (key_pem, csr_pem) =
+                controller_tls::new_key_and_csr(&self.config.name).map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .renew_certificate(RenewCertificateRequest {
+                    node_id: identity.node_id.clone(),
+                    node_secret: identity.node_secret.clone(),
+                    csr_pem,
+                })
+                .await
+                .map_err(|status| status.message().to_string())?
+                .into_inner();
+            NodeCert::issued(response.node_cert_pem, key_pem).map_err(|e| e.to_string())
+        };
+        match renewed.await {
+            Ok(cert) => match self.channel.present(&cert).await {
+                Ok(()) => {
+                    tracing::info!(renew_at = %cert.renew_at, "renewed the node certificate");
+                    self.node_cert = Some(cert);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot use the renewed node certificate"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot renew the node certificate"),
+        }
     }
 
     fn set_interval(&mut self, seconds: u32) {

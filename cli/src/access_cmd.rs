@@ -20,11 +20,24 @@ pub struct Connection {
     /// Bearer token (an API token, or the operator's admin.token).
     #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]
     token: String,
+    /// The controller's CA (PEM text or file; `DATA_DIR/ca.pem`), the only
+    /// CA trusted for an https:// endpoint.
+    #[arg(long, env = "MEASURELAB_CA_CERT")]
+    ca_cert: Option<String>,
+    /// Allow plaintext http:// to a host that is not loopback (the token
+    /// then crosses the network in clear).
+    #[arg(long, env = "MEASURELAB_INSECURE")]
+    insecure: bool,
 }
 
 impl Connection {
     fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.endpoint, &self.token, None).context("--endpoint")
+        crate::api_conn::client(
+            &self.endpoint,
+            &self.token,
+            self.ca_cert.as_deref(),
+            self.insecure,
+        )
     }
 }
 

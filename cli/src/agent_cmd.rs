@@ -18,19 +18,30 @@ pub struct AgentArgs {
     /// Unique node name (a DNS label).
     #[arg(long)]
     name: String,
-    /// Controller gRPC endpoint, e.g. http://10.254.0.1:7071.
-    #[arg(long)]
-    controller: String,
+    /// Controller gRPC endpoint, e.g. http://10.254.0.1:7071 (or from
+    /// --join-bundle). An https:// controller needs its CA pinned: join
+    /// with a bundle the first time.
+    #[arg(long, required_unless_present_any = ["join_bundle", "join_bundle_file"])]
+    controller: Option<String>,
     /// File holding the lab's join token.
     #[arg(
         long,
-        required_unless_present = "join_token",
+        required_unless_present_any = ["join_token", "join_bundle", "join_bundle_file"],
         conflicts_with = "join_token"
     )]
     join_token_file: Option<PathBuf>,
     /// The lab's join token (visible in `ps`; prefer --join-token-file).
     #[arg(long)]
     join_token: Option<String>,
+    /// A join bundle (`measurelab join-bundle` on the controller): the
+    /// controller's endpoint, the fingerprint of its CA, which the agent pins
+    /// on the first connection, and a join token. Visible in `ps`; prefer
+    /// --join-bundle-file.
+    #[arg(long, env = "MEASURELAB_JOIN_BUNDLE", conflicts_with_all = ["controller", "join_token", "join_token_file", "join_bundle_file"])]
+    join_bundle: Option<String>,
+    /// File holding a join bundle.
+    #[arg(long, conflicts_with_all = ["controller", "join_token", "join_token_file"])]
+    join_bundle_file: Option<PathBuf>,
     /// Directory for identity.json (node id + secret).
     #[arg(long)]
     state_dir: PathBuf,
@@ -154,10 +165,35 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     // the agent logs the ones that matter itself.
     measurelab_agent::capabilities::silence_libvirt_errors();
 
-    let join_token = match (&args.join_token_file, &args.join_token) {
-        (Some(path), _) => crate::controller_cmd::read_token_file(path, "--join-token-file")?,
-        (None, Some(token)) => token.clone(),
-        (None, None) => bail!("--join-token-file or --join-token is required"),
+    let bundle = match (&args.join_bundle, &args.join_bundle_file) {
+        (Some(text), _) => {
+            Some(measurelab_api::join_bundle::JoinBundle::decode(text).context("--join-bundle")?)
+        }
+        (None, Some(path)) => Some(
+            measurelab_api::join_bundle::JoinBundle::decode(
+                &crate::controller_cmd::read_token_file(path, "--join-bundle-file")?,
+            )
+            .with_context(|| format!("--join-bundle-file {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let (controller, join_token, ca_sha256) = match bundle {
+        Some(bundle) => (bundle.endpoint, bundle.join_token, Some(bundle.ca_sha256)),
+        None => {
+            let join_token = match (&args.join_token_file, &args.join_token) {
+                (Some(path), _) => {
+                    crate::controller_cmd::read_token_file(path, "--join-token-file")?
+                }
+                (None, Some(token)) => token.clone(),
+                (None, None) => {
+                    bail!("--join-token-file, --join-token or --join-bundle is required")
+                }
+            };
+            let Some(controller) = args.controller.clone() else {
+                bail!("--controller or --join-bundle is required");
+            };
+            (controller, join_token, None)
+        }
     };
     let mut labels = BTreeMap::new();
     for (key, value) in args.labels {
@@ -182,8 +218,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     };
     let config = AgentConfig {
         name: args.name,
-        controller: args.controller,
+        controller,
         join_token,
+        ca_sha256,
         state_dir: args.state_dir,
         labels,
         management_address: args.management_address,

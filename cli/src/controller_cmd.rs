@@ -56,6 +56,27 @@ pub struct ControllerArgs {
     /// Hours guest usage samples (GET /v1/vms/{id}/usage) are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     usage_retention_hours: u64,
+    /// Serve HTTPS and gRPC over TLS with the controller's own CA (created in
+    /// DATA_DIR/ca.pem, key ca.key), nodes authenticated by certificates it
+    /// signs at registration. Without it both APIs are plaintext, fit only
+    /// for loopback.
+    #[arg(long)]
+    tls: bool,
+    /// A host name or IP address clients reach the controller by, added to
+    /// the generated server certificate besides the bind addresses (repeat
+    /// for several). Implies --tls.
+    #[arg(long = "tls-san", value_name = "NAME_OR_IP")]
+    tls_sans: Vec<String>,
+    /// PEM certificate chain of an operator-issued server certificate
+    /// (instead of a generated one; needs --tls-key). Implies --tls.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Days a node certificate is valid; agents renew at two thirds of it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    node_cert_days: u64,
     /// Hours the idempotency records of mutating API requests are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     retain_idempotency_hours: u64,
@@ -220,6 +241,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
     };
     config.export_max_bytes = args.export_max_bytes;
+    if args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some() {
+        let mut tls = measurelab_controller::TlsConfig::generated(args.tls_sans.clone());
+        tls.cert_files = args.tls_cert.clone().zip(args.tls_key.clone());
+        tls.node_cert_lifetime = DAY * args.node_cert_days as u32;
+        config.tls = Some(tls);
+    }
     config.flow_collector = args.flow_collector.map(|listen| {
         let mut collector = measurelab_controller::FlowCollectorConfig::new(listen);
         collector.netns = args.grpc_netns.clone();
@@ -235,6 +262,53 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         config,
         crate::daemon::shutdown_signal(),
     ))?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct JoinBundleArgs {
+    /// The controller's data directory (reads ca.pem and join.token).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// gRPC endpoint agents reach the controller at, https://HOST:PORT
+    /// (HOST must be in the server certificate: a bind IP or a --tls-san).
+    #[arg(long)]
+    endpoint: String,
+    /// A join token instead of DATA_DIR/join.token, e.g. a per-node token
+    /// from `measurelab join-token create`.
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// The CA to pin instead of DATA_DIR/ca.pem: the one that issued an
+    /// operator's --tls-cert (it must be in the chain the controller serves).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+/// `measurelab join-bundle`: one string for `measurelab agent --join-bundle`.
+pub fn join_bundle_main(args: JoinBundleArgs) -> anyhow::Result<()> {
+    let ca_path = args
+        .ca_cert
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(measurelab_controller::tls::CA_CERT_FILE));
+    let ca_pem = std::fs::read_to_string(&ca_path).with_context(|| {
+        format!(
+            "cannot read the CA {} (does the controller run with --tls?)",
+            ca_path.display()
+        )
+    })?;
+    let ca_der =
+        measurelab_controller::tls::first_cert_der(&ca_pem, &ca_path.display().to_string())?;
+    let join_token = match &args.join_token_file {
+        Some(path) => read_token_file(path, "--join-token-file")?,
+        None => read_token_file(&args.data_dir.join("join.token"), "--data-dir")?,
+    };
+    let bundle = measurelab_api::join_bundle::JoinBundle {
+        endpoint: args.endpoint.trim_end_matches('/').to_string(),
+        ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
+        join_token,
+    };
+    bundle.validate().context("--endpoint")?;
+    println!("{}", bundle.encode());
     Ok(())
 }
 

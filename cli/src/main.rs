@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod access_cmd;
 mod agent_cmd;
+mod api_conn;
 mod controller_cmd;
 mod daemon;
 mod lab;
@@ -40,6 +41,9 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Operator: make, list and revoke join tokens.
     JoinToken(node_cmd::JoinTokenArgs),
+    /// Operator: print a join bundle (endpoint, CA fingerprint, join token)
+    /// for `measurelab agent --join-bundle`.
+    JoinBundle(controller_cmd::JoinBundleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenant(args) => access_cmd::tenant_main(args),
         Command::Node(args) => node_cmd::main(args),
         Command::JoinToken(args) => node_cmd::join_token_main(args),
+        Command::JoinBundle(args) => controller_cmd::join_bundle_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,6 +20,14 @@ pub struct ApiTarget {
     /// Operator token (the controller's <data_dir>/admin.token).
     #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]
     token: String,
+    /// The controller's CA (PEM text or file; `DATA_DIR/ca.pem`), the only
+    /// CA trusted for an https:// endpoint.
+    #[arg(long, env = "MEASURELAB_CA_CERT")]
+    ca_cert: Option<String>,
+    /// Allow plaintext http:// to a host that is not loopback (the token
+    /// then crosses the network in clear).
+    #[arg(long, env = "MEASURELAB_INSECURE")]
+    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,8 +106,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn client(target: &ApiTarget) -> anyhow::Result<Client> {
-    Client::new(&target.endpoint, target.token.trim(), None)
-        .with_context(|| format!("cannot reach {}", target.endpoint))
+    crate::api_conn::client(
+        &target.endpoint,
+        target.token.trim(),
+        target.ca_cert.as_deref(),
+        target.insecure,
+    )
 }
 
 fn or_dash(value: Option<&str>) -> &str {

@@ -38,6 +38,8 @@
 //! - `validation`: field rules both APIs share.
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
+//! - `tls`: the controller's CA, the server certificate, node certificates
+//!   signed from CSRs, and the HTTPS accept loop.
 //! - `ui/`: the embedded admin page served at `/`.
 //!
 //! Imports point one way: `api` and `agent_rpc` use `store`, `store` uses
@@ -58,6 +60,7 @@ pub mod openapi;
 mod placement;
 mod retention;
 mod store;
+pub mod tls;
 mod tokens;
 mod validation;
 
@@ -79,6 +82,7 @@ pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 pub use measurelab_httpserve::Limits as HttpLimits;
 pub use retention::Retention;
 pub use store::StoreError;
+pub use tls::{TlsConfig, TlsError};
 pub use tokens::TokenError;
 
 /// Everything the controller needs to run. Listeners are bound by the caller,
@@ -130,6 +134,10 @@ pub struct ControllerConfig {
     /// Most bytes one `GET /v1/results/export` sends before it stops with a
     /// trailer saying so. Default [`DEFAULT_EXPORT_MAX_BYTES`].
     pub export_max_bytes: u64,
+    /// Serve HTTPS and gRPC over TLS, nodes authenticated with certificates
+    /// the controller's CA signs (mTLS). `None` (the default): plaintext,
+    /// which is only fit for loopback.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
@@ -231,6 +239,7 @@ impl ControllerConfig {
             grpc_limits: DEFAULT_GRPC_LIMITS,
             rate_limits: DEFAULT_RATE_LIMITS,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
+            tls: None,
         }
     }
 }
@@ -266,6 +275,9 @@ pub enum ControllerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// TLS could not be set up (CA, certificates, keys).
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
@@ -357,11 +369,24 @@ pub async fn run(
     };
     let http_listener = listener("http", config.http_listener)?;
     let grpc_listener = listener("grpc", config.grpc_listener)?;
+    let server_tls = match &config.tls {
+        Some(tls) => {
+            let bound: Vec<std::net::IpAddr> = [&http_listener, &grpc_listener]
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.ip())
+                .collect();
+            Some(tls::ServerTls::new(tls, &config.data_dir, &bound)?)
+        }
+        None => None,
+    };
     tracing::info!(
         http = ?http_listener.local_addr().ok(),
         grpc = ?grpc_listener.local_addr().ok(),
         data_dir = %config.data_dir.display(),
         durable_heartbeats = config.durable_heartbeats,
+        tls = server_tls.is_some(),
+        ca_fingerprint = server_tls.as_ref().map(|t| t.ca.fingerprint()),
         "controller listening"
     );
 
@@ -395,22 +420,50 @@ pub async fn run(
                 ),
         );
         let (cancel, limits) = (cancel.clone(), config.http_limits);
+        let acceptor = server_tls
+            .as_ref()
+            .map(tls::ServerTls::https_acceptor)
+            .transpose()?;
         async move {
-            // The accept step is where a TLS handshake slots in.
-            measurelab_httpserve::serve(
-                http_listener,
-                measurelab_httpserve::plain,
-                app,
-                limits,
-                cancel.cancelled_owned(),
-            )
-            .await;
+            // The TLS handshake is the accept step, so it runs inside the
+            // connection's slot and within the header-read timeout.
+            match acceptor {
+                Some(acceptor) => {
+                    let handshake = move |tcp| {
+                        let acceptor = acceptor.clone();
+                        async move { acceptor.accept(tcp).await }
+                    };
+                    measurelab_httpserve::serve(
+                        http_listener,
+                        handshake,
+                        app,
+                        limits,
+                        cancel.cancelled_owned(),
+                    )
+                    .await
+                }
+                None => {
+                    measurelab_httpserve::serve(
+                        http_listener,
+                        measurelab_httpserve::plain,
+                        app,
+                        limits,
+                        cancel.cancelled_owned(),
+                    )
+                    .await
+                }
+            }
             Ok::<(), ControllerError>(())
         }
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
         .ending_streams_on(cancel.clone())
-        .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()));
+        .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()))
+        .with_node_certs(server_tls.as_ref().map(|t| agent_rpc::NodeCerts {
+            ca: t.ca.clone(),
+            lifetime: t.node_cert_lifetime,
+        }));
+    let grpc_tls = server_tls.as_ref().map(tls::ServerTls::grpc_config);
     let refusal_reports = tokio::spawn({
         let (refusals, store, cancel) = (service.refusals(), store.clone(), cancel.clone());
         let interval = config.refused_registration_report_interval;
@@ -424,8 +477,11 @@ pub async fn run(
                 .into_server()
                 .max_decoding_message_size(limits.max_request_message_bytes)
                 .max_encoding_message_size(limits.max_response_message_bytes);
-            limits
-                .builder()
+            let mut builder = limits.builder();
+            if let Some(grpc_tls) = grpc_tls {
+                builder = builder.tls_config(grpc_tls)?;
+            }
+            builder
                 .layer(metrics::RpcLayer(metrics))
                 .add_service(server)
                 .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())

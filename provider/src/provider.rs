@@ -43,6 +43,9 @@ pub const ENV_TOKEN: &str = "MEASURELAB_TOKEN";
 /// Environment variable that sets `ca_cert` when the block does not.
 pub const ENV_CA_CERT: &str = "MEASURELAB_CA_CERT";
 
+/// Environment variable that sets `insecure` when the block does not.
+pub const ENV_INSECURE: &str = "MEASURELAB_INSECURE";
+
 /// Provider block contents.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProviderConfig {
@@ -52,6 +55,8 @@ pub struct ProviderConfig {
     pub token: Value<String>,
     /// PEM CA certificate (text or path).
     pub ca_cert: Value<String>,
+    /// Allow plaintext `http://` to a host that is not loopback.
+    pub insecure: Value<bool>,
 }
 
 /// The measurelab provider.
@@ -88,6 +93,36 @@ fn resolve(value: &Value<String>, env: &str) -> Result<Option<String>, ()> {
             .ok()
             .filter(|v| !v.trim().is_empty())
             .map(|v| v.trim().to_string())),
+    }
+}
+
+/// `insecure`: the block wins, then `MEASURELAB_INSECURE`; unknown is `Err`.
+fn resolve_insecure(value: &Value<bool>) -> Result<bool, ()> {
+    match value {
+        Value::Value(insecure) => Ok(*insecure),
+        Value::Unknown => Err(()),
+        _ => Ok(std::env::var(ENV_INSECURE)
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "True"))),
+    }
+}
+
+/// Report a plaintext endpoint that is not loopback (unless `insecure`);
+/// `true` when it was refused.
+fn refuse_plaintext(diags: &mut Diagnostics, endpoint: &str, insecure: bool) -> bool {
+    match measurelab_api::client::check_transport(endpoint, insecure) {
+        Ok(()) => false,
+        Err(reason) => {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("endpoint"),
+                "Plaintext controller endpoint",
+                format!(
+                    "`endpoint` {reason}.\n\nWhat to do: use the controller's https:// address \
+                     with `ca_cert`, or set `insecure = true` in the provider block."
+                ),
+            );
+            true
+        }
     }
 }
 
@@ -167,11 +202,23 @@ impl Provider for MeasurelabProvider {
                         true,
                     ),
                     "ca_cert" => setting(
-                        "CA certificate that signs the controller's TLS certificate, as PEM text or a \
-                         path to a PEM file; only needed for an `https://` endpoint with a private CA. \
-                         Defaults to the `MEASURELAB_CA_CERT` environment variable.",
+                        "CA certificate that signs the controller's TLS certificate (the controller's \
+                         `ca.pem`), as PEM text or a path to a PEM file. When given it is the only CA \
+                         trusted: the public web CAs are not. Defaults to the `MEASURELAB_CA_CERT` \
+                         environment variable.",
                         false,
                     ),
+                    "insecure" => Attribute {
+                        attr_type: AttributeType::Bool,
+                        description: Description::markdown(
+                            "Allow a plaintext `http://` endpoint on a host that is not loopback. \
+                             Off by default: the token and every request would cross the network \
+                             unencrypted; use `https://` with `ca_cert` instead. Defaults to the \
+                             `MEASURELAB_INSECURE` environment variable (`true`/`false`).",
+                        ),
+                        constraint: AttributeConstraint::Optional,
+                        ..Default::default()
+                    },
                 },
                 ..Default::default()
             },
@@ -187,6 +234,8 @@ impl Provider for MeasurelabProvider {
                     "Invalid controller endpoint",
                     format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
                 );
+            } else if let Ok(insecure) = resolve_insecure(&config.insecure) {
+                refuse_plaintext(diags, endpoint.trim(), insecure);
             }
         }
         Some(())
@@ -224,6 +273,12 @@ impl Provider for MeasurelabProvider {
                 "Invalid controller endpoint",
                 format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
             );
+            return Some(());
+        }
+        let Ok(insecure) = resolve_insecure(&config.insecure) else {
+            return Some(());
+        };
+        if refuse_plaintext(diags, &endpoint, insecure) {
             return Some(());
         }
         let Some(token) = token else {
@@ -313,6 +368,31 @@ mod tests {
         assert!(check_endpoint("https://ctl.example/").is_ok());
         assert!(check_endpoint("127.0.0.1:7070").is_err());
         assert!(check_endpoint("http://").is_err());
+    }
+
+    #[test]
+    fn plaintext_to_a_remote_host_is_refused_unless_insecure() {
+        let mut diags = Diagnostics::default();
+        assert!(!refuse_plaintext(
+            &mut diags,
+            "http://127.0.0.1:7070",
+            false
+        ));
+        assert!(!refuse_plaintext(
+            &mut diags,
+            "https://10.0.0.1:7070",
+            false
+        ));
+        assert!(!refuse_plaintext(&mut diags, "http://10.0.0.1:7070", true));
+        assert!(diags.errors.is_empty());
+        assert!(refuse_plaintext(&mut diags, "http://10.0.0.1:7070", false));
+        let error = format!("{:?}", diags.errors);
+        assert!(
+            error.contains("endpoint")
+                && error.contains("not loopback")
+                && error.contains("insecure"),
+            "{error}"
+        );
     }
 
     #[test]

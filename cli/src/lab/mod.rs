@@ -107,6 +107,11 @@ enum LabCommand {
         /// Bond mode with --uplinks 2: active-backup or balance-slb.
         #[arg(long, default_value = "active-backup", value_parser = uplinks::parse_lab_bond_mode)]
         bond_mode: String,
+        /// Run the controller's APIs in plaintext instead of TLS (the
+        /// default: a CA made in the controller's data dir, agents joining
+        /// with a bundle that pins it, mTLS for nodes).
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Print the node table from the controller's HTTP API.
     Status {
@@ -153,6 +158,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             hypervisor,
             uplinks,
             bond_mode,
+            plaintext,
         } => {
             let lab = Lab::new(&target)?;
             lab.check_interface_names(nodes)?;
@@ -166,6 +172,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
                 hypervisor,
                 uplinks,
                 bond_mode,
+                tls: !plaintext,
             };
             lab.up(&settings, Duration::from_secs(timeout_seconds))
         }
@@ -206,6 +213,9 @@ struct LabSettings {
     /// Their bond mode when more than one.
     #[serde(default = "default_bond_mode")]
     bond_mode: String,
+    /// TLS on both controller APIs (labs from before TLS ran plaintext).
+    #[serde(default)]
+    tls: bool,
 }
 
 fn one_uplink() -> u32 {
@@ -300,6 +310,28 @@ impl Lab {
     fn controller_dir(&self) -> PathBuf {
         self.dir.join("controller")
     }
+    /// The controller's CA (TLS labs): MEASURELAB_CA_CERT of `lab env`.
+    fn ca_file(&self) -> PathBuf {
+        self.controller_dir()
+            .join(measurelab_controller::tls::CA_CERT_FILE)
+    }
+    /// The agents' join bundle (TLS labs): endpoint, CA fingerprint, token.
+    fn join_bundle_file(&self) -> PathBuf {
+        self.dir.join("join.bundle")
+    }
+    /// Whether the lab runs TLS, from its lab.json.
+    fn tls(&self) -> anyhow::Result<bool> {
+        Ok(self.load_settings()?.is_some_and(|s| s.tls))
+    }
+    /// The CA the lab's own API clients trust: `None` for a plaintext lab.
+    fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        if !self.tls()? {
+            return Ok(None);
+        }
+        std::fs::read(self.ca_file())
+            .map(Some)
+            .with_context(|| format!("cannot read the lab's CA {}", self.ca_file().display()))
+    }
     fn join_token_file(&self) -> PathBuf {
         self.dir.join("join.token")
     }
@@ -318,8 +350,8 @@ impl Lab {
     fn log_file(&self, process: &str) -> PathBuf {
         self.logs_dir().join(format!("{process}.log"))
     }
-    fn grpc_endpoint() -> String {
-        format!("http://{MGMT_CONTROLLER_IP}:{GRPC_PORT}")
+    fn grpc_endpoint(tls: bool) -> String {
+        format!("{}://{MGMT_CONTROLLER_IP}:{GRPC_PORT}", scheme(tls))
     }
 
     fn load_settings(&self) -> anyhow::Result<Option<LabSettings>> {
@@ -357,6 +389,14 @@ impl Lab {
                     existing.name,
                     self.dir.display(),
                     existing.nodes,
+                    existing.name
+                );
+            }
+            if existing.tls != settings.tls {
+                bail!(
+                    "--plaintext: lab {} already runs {}; run `measurelab lab down --name {}` first",
+                    existing.name,
+                    if existing.tls { "with TLS" } else { "in plaintext" },
                     existing.name
                 );
             }
@@ -420,6 +460,7 @@ impl Lab {
             &endpoint,
             &self.api_client(&endpoint)?,
             &self.dir,
+            self.ca_pem()?.as_deref(),
         ))?;
         if started.is_empty() {
             println!(
@@ -433,6 +474,9 @@ impl Lab {
             println!("lab {}: created {}", self.name, made.join(", "));
         }
         println!("controller: {endpoint}  (lab dir {})", self.dir.display());
+        if settings.tls {
+            println!("controller CA: {}", self.ca_file().display());
+        }
         print!("{}", table::render(&nodes));
         Ok(())
     }
@@ -656,9 +700,14 @@ impl Lab {
     ) -> anyhow::Result<String> {
         if live_pid(&self.pid_file("controller"), &self.controller_marker()).is_some() {
             if let Some(addr) = self.controller_http_addr() {
-                let endpoint = format!("http://{addr}");
-                wait_healthy(&endpoint, Duration::from_secs(10))
-                    .with_context(|| log_tail(&self.log_file("controller"), 20))?;
+                let endpoint = format!("{}://{addr}", scheme(settings.tls));
+                wait_healthy(
+                    &endpoint,
+                    settings.tls.then(|| self.ca_file()),
+                    Duration::from_secs(10),
+                )
+                .with_context(|| log_tail(&self.log_file("controller"), 20))?;
+                self.write_join_bundle(settings)?;
                 return Ok(endpoint);
             }
         }
@@ -700,6 +749,11 @@ impl Lab {
             .arg(format!("{MGMT_CONTROLLER_IP}:{FLOW_COLLECTOR_PORT}"))
             .arg("--flow-rotate-seconds")
             .arg("10");
+        if settings.tls {
+            // The bind addresses (127.0.0.1 and the management IP) are in
+            // the certificate already; localhost for browsers and curl.
+            cmd.arg("--tls").arg("--tls-san").arg("localhost");
+        }
         let pid = self.spawn_background("controller", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
@@ -717,15 +771,48 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let endpoint = format!("http://{addr}");
-        wait_healthy(&endpoint, Duration::from_secs(20)).with_context(|| {
+        let endpoint = format!("{}://{addr}", scheme(settings.tls));
+        let ca_file = settings.tls.then(|| self.ca_file());
+        wait_healthy(&endpoint, ca_file, Duration::from_secs(20)).with_context(|| {
             format!(
                 "the controller does not answer on {endpoint}\n{}",
                 log_tail(&self.log_file("controller"), 20)
             )
         })?;
+        self.write_join_bundle(settings)?;
         started.push("controller".into());
         Ok(endpoint)
+    }
+
+    /// The agents' join bundle (TLS labs): the gRPC endpoint on the
+    /// management network, the fingerprint of the controller's CA and the
+    /// lab's join token, mode 0600 (it holds the token).
+    fn write_join_bundle(&self, settings: &LabSettings) -> anyhow::Result<()> {
+        if !settings.tls {
+            return Ok(());
+        }
+        let ca_pem = std::fs::read_to_string(self.ca_file())
+            .with_context(|| format!("cannot read {}", self.ca_file().display()))?;
+        let ca_der = measurelab_controller::tls::first_cert_der(
+            &ca_pem,
+            &self.ca_file().display().to_string(),
+        )?;
+        let join_token =
+            crate::controller_cmd::read_token_file(&self.join_token_file(), "join token")?;
+        let bundle = measurelab_api::join_bundle::JoinBundle {
+            endpoint: Self::grpc_endpoint(true),
+            ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
+            join_token,
+        };
+        // A repeated `up` rewrites it (write_private refuses to overwrite,
+        // so a file of looser mode is never reused).
+        let path = self.join_bundle_file();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
+        }
+        write_private(&path, &bundle.encode())
     }
 
     fn agent_process(k: u32) -> String {
@@ -756,10 +843,20 @@ impl Lab {
             .arg("agent")
             .arg("--name")
             .arg(Self::node_name(k))
-            .arg("--controller")
-            .arg(Self::grpc_endpoint())
-            .arg("--join-token-file")
-            .arg(self.join_token_file())
+            .args(if settings.tls {
+                // The bundle pins the controller's CA on the first connection.
+                vec![
+                    "--join-bundle-file".into(),
+                    self.join_bundle_file().into_os_string(),
+                ]
+            } else {
+                vec![
+                    "--controller".into(),
+                    Self::grpc_endpoint(false).into(),
+                    "--join-token-file".into(),
+                    self.join_token_file().into_os_string(),
+                ]
+            })
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--label")
@@ -922,7 +1019,7 @@ impl Lab {
         Ok(measurelab_api::client::Client::new(
             endpoint,
             &self.admin_token()?,
-            None,
+            self.ca_pem()?.as_deref(),
         )?)
     }
 
@@ -935,7 +1032,7 @@ impl Lab {
                 self.name
             )
         })?;
-        Ok(format!("http://{addr}"))
+        Ok(format!("{}://{addr}", scheme(self.tls()?)))
     }
 
     // ----- status / env -----
@@ -969,6 +1066,9 @@ impl Lab {
         };
         println!("MEASURELAB_ENDPOINT={endpoint}");
         println!("MEASURELAB_TOKEN={token}");
+        if self.tls()? {
+            println!("MEASURELAB_CA_CERT={}", self.ca_file().display());
+        }
         Ok(())
     }
 
@@ -1123,7 +1223,11 @@ impl Lab {
                     .with_context(|| format!("cannot remove {}", path.display()))?;
             }
         }
-        for file in [self.dir.join(STATE_FILE), self.join_token_file()] {
+        for file in [
+            self.dir.join(STATE_FILE),
+            self.join_token_file(),
+            self.join_bundle_file(),
+        ] {
             let _ = std::fs::remove_file(file);
         }
         if stopped == 0 && removed.is_empty() {
@@ -1227,14 +1331,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Poll GET /healthz until it answers 2xx.
-fn wait_healthy(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Poll GET /healthz until it answers 2xx; over TLS trusting only the CA
+/// in `ca_file`, which a starting controller writes after `http.addr`, so
+/// it is waited for too.
+fn wait_healthy(endpoint: &str, ca_file: Option<PathBuf>, timeout: Duration) -> anyhow::Result<()> {
     let runtime = runtime()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let url = format!("{endpoint}/healthz");
     let deadline = Instant::now() + timeout;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    if let Some(ca_file) = ca_file {
+        let pem = loop {
+            match std::fs::read(&ca_file) {
+                Ok(pem) if !pem.is_empty() => break pem,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("{}: {e}", ca_file.display()),
+            }
+            if Instant::now() > deadline {
+                bail!("the controller made no CA in {}", ca_file.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let client = builder.build()?;
+    let url = format!("{endpoint}/healthz");
     loop {
         let outcome = runtime.block_on(async { client.get(&url).send().await });
         match outcome {

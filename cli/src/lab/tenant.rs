@@ -65,6 +65,7 @@ pub async fn ensure_demo_tenant(
     endpoint: &str,
     operator: &Client,
     lab_dir: &Path,
+    ca_pem: Option<&[u8]>,
 ) -> anyhow::Result<Vec<String>> {
     let mut created = Vec::new();
     let tenant_path = format!("/v1/tenants/{DEMO_TENANT}");
@@ -93,7 +94,7 @@ pub async fn ensure_demo_tenant(
     for role in ROLES {
         let path = token_file(lab_dir, role);
         if let Ok(token) = std::fs::read_to_string(&path) {
-            if still_works(endpoint, token.trim(), role).await? {
+            if still_works(endpoint, token.trim(), role, ca_pem).await? {
                 continue;
             }
         }
@@ -109,8 +110,13 @@ pub async fn ensure_demo_tenant(
 /// Whether a stored token is still the demo tenant's token of `role`. A
 /// refused token (revoked, expired, from an earlier controller) is not; any
 /// other failure is an error, so a passing hiccup does not rotate tokens.
-async fn still_works(endpoint: &str, token: &str, role: &str) -> anyhow::Result<bool> {
-    let client = Client::new(endpoint, token, None)?;
+async fn still_works(
+    endpoint: &str,
+    token: &str,
+    role: &str,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<bool> {
+    let client = Client::new(endpoint, token, ca_pem)?;
     match client
         .request::<(), Whoami>(reqwest::Method::GET, "/v1/whoami", None)
         .await

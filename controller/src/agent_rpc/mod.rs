@@ -30,8 +30,9 @@ use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServe
 use measurelab_api::node_v1::{
     self, DesiredState, DesiredStateHint, DesiredStateRequest, FetchApplianceRequest,
     FetchProgramRequest, HeartbeatRequest, HeartbeatResponse, PollTasksRequest, PostResultAck,
-    PostResultRequest, ProgramBlob, RegisterRequest, RegisterResponse, ShipLogsRequest,
-    ShipLogsResponse, StatusAck, StatusReport, TaskList, WatchDesiredStateRequest,
+    PostResultRequest, ProgramBlob, RegisterRequest, RegisterResponse, RenewCertificateRequest,
+    RenewCertificateResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport, TaskList,
+    WatchDesiredStateRequest,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -69,6 +70,15 @@ pub(crate) struct NodeRpc {
     refusals: Arc<RefusalLog>,
     /// Polled tasks waiting to be marked running (PollTasks only reads).
     running_marks: Arc<workload::RunningMarks>,
+    /// Set when gRPC runs over TLS: registrations carry a CSR, and every
+    /// other call must present the certificate of the node it is about.
+    node_certs: Option<NodeCerts>,
+}
+
+/// How the controller issues and checks node certificates.
+pub(crate) struct NodeCerts {
+    pub ca: Arc<crate::tls::Ca>,
+    pub lifetime: Duration,
 }
 
 impl NodeRpc {
@@ -83,7 +93,38 @@ impl NodeRpc {
             flow_collector: None,
             refusals: Arc::default(),
             running_marks: Arc::default(),
+            node_certs: None,
         }
+    }
+
+    /// Issue node certificates at registration and require them on every
+    /// other call (gRPC over TLS).
+    pub fn with_node_certs(mut self, node_certs: Option<NodeCerts>) -> Self {
+        self.node_certs = node_certs;
+        self
+    }
+
+    /// With TLS on, the call must come with a client certificate bound to
+    /// `node_id`; the handshake already verified it against the CA and its
+    /// validity period. A removed or revoked node fails the node-secret
+    /// check that follows in each call, so its certificate, still unexpired,
+    /// gets it nowhere.
+    fn check_peer<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), RpcError> {
+        if self.node_certs.is_none() {
+            return Ok(());
+        }
+        let certs = request.peer_certs();
+        let Some(leaf) = certs.as_ref().and_then(|certs| certs.first()) else {
+            return Err(RpcError::Unauthenticated(
+                "client certificate: none presented; this controller requires the node certificate issued at registration on every call but Register".into(),
+            ));
+        };
+        if !crate::tls::cert_names_node(leaf, node_id) {
+            return Err(RpcError::PermissionDenied(format!(
+                "client certificate: not issued to node {node_id:?}; a node may only call as itself"
+            )));
+        }
+        Ok(())
     }
 
     /// The refusal counter, whose summaries the caller schedules.
@@ -126,6 +167,17 @@ impl NodeRpc {
             self.refused_join(&name, &peer_address, reason).await?;
             return Err(RpcError::Unauthenticated(format!("join_token: {reason}")));
         };
+        // Before the store changes: a bad CSR must leave nothing half-applied.
+        let csr_key = match &self.node_certs {
+            Some(_) if request.csr_pem.is_empty() => {
+                return Err(RpcError::InvalidArgument {
+                    field: "csr_pem".into(),
+                    reason: "is empty; this controller serves TLS and issues node certificates from a CSR".into(),
+                });
+            }
+            Some(certs) => Some(certs.ca.check_csr(&request.csr_pem).map_err(csr_refused)?),
+            None => None,
+        };
         let input = validate_register(request, join, peer_address.clone())?;
         let registered = match self.store.register(input).await {
             Ok(registered) => registered,
@@ -135,11 +187,44 @@ impl NodeRpc {
             }
             Err(e) => return Err(e.into()),
         };
+        let node_cert_pem = match (&self.node_certs, csr_key) {
+            (Some(certs), Some(key)) => certs
+                .ca
+                .sign_node(&key, &registered.node_id, &name, certs.lifetime)
+                .map_err(csr_refused)?,
+            _ => String::new(),
+        };
         Ok(RegisterResponse {
             node_id: registered.node_id,
             node_secret: registered.node_secret,
             heartbeat_interval_seconds: self.heartbeat_interval_seconds,
+            node_cert_pem,
         })
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: RenewCertificateRequest,
+    ) -> Result<RenewCertificateResponse, RpcError> {
+        let Some(certs) = &self.node_certs else {
+            return Err(RpcError::InvalidArgument {
+                field: "csr_pem".into(),
+                reason: "this controller serves plaintext gRPC and issues no certificates".into(),
+            });
+        };
+        self.store
+            .authenticate(&request.node_id, &request.node_secret)?;
+        let key = certs.ca.check_csr(&request.csr_pem).map_err(csr_refused)?;
+        let name = self
+            .store
+            .node(&request.node_id)
+            .map(|node| node.name)
+            .unwrap_or_default();
+        let node_cert_pem = certs
+            .ca
+            .sign_node(&key, &request.node_id, &name, certs.lifetime)
+            .map_err(csr_refused)?;
+        Ok(RenewCertificateResponse { node_cert_pem })
     }
 
     /// The refusal is an event because an operator debugging a node that
@@ -232,6 +317,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<FetchApplianceRequest>,
     ) -> Result<Response<Self::FetchApplianceStream>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(
             workload::fetch_appliance(&self.store, request.into_inner()).await?,
         ))
@@ -241,6 +327,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<WatchDesiredStateRequest>,
     ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
         let generation = workload::watch_desired_generation(
             &self.store,
@@ -261,6 +348,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<DesiredStateRequest>,
     ) -> Result<Response<DesiredState>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         let mut state = workload::desired_state(&self.store, request.into_inner()).await?;
         state.flow_collector = self.flow_collector.clone().unwrap_or_default();
         Ok(Response::new(state))
@@ -270,6 +358,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<StatusReport>,
     ) -> Result<Response<StatusAck>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(
             workload::report_status(&self.store, request.into_inner()).await?,
         ))
@@ -279,6 +368,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<FetchProgramRequest>,
     ) -> Result<Response<ProgramBlob>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(
             workload::fetch_program(&self.store, request.into_inner()).await?,
         ))
@@ -288,6 +378,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<PostResultRequest>,
     ) -> Result<Response<PostResultAck>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(
             workload::post_result(&self.store, request.into_inner()).await?,
         ))
@@ -297,6 +388,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<PollTasksRequest>,
     ) -> Result<Response<TaskList>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(
             workload::poll_tasks(&self.store, &self.running_marks, request.into_inner()).await?,
         ))
@@ -319,6 +411,7 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(self.heartbeat(request.into_inner()).await?))
     }
 
@@ -326,7 +419,25 @@ impl NodeService for NodeRpc {
         &self,
         request: Request<ShipLogsRequest>,
     ) -> Result<Response<ShipLogsResponse>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
         Ok(Response::new(self.ship_logs(request.into_inner()).await?))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
+        self.check_peer(&request, &request.get_ref().node_id)?;
+        Ok(Response::new(
+            self.renew_certificate(request.into_inner()).await?,
+        ))
+    }
+}
+
+fn csr_refused(e: crate::tls::CsrError) -> RpcError {
+    RpcError::InvalidArgument {
+        field: "csr_pem".into(),
+        reason: e.0,
     }
 }
 

@@ -163,6 +163,7 @@ pub fn register_request(join_token: &str, name: &str, node_id: &str) -> Register
         labels: [("rack".to_string(), "r1".to_string())].into(),
         management_address: "10.254.0.11".into(),
         node_secret: String::new(),
+        csr_pem: String::new(),
     }
 }
 

@@ -81,6 +81,39 @@ pub struct Client {
     token: String,
 }
 
+/// Whether `host` (from a URL: a name, an IPv4 or a bracketed IPv6
+/// address) is this machine's loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuse plaintext `http://` to anything but loopback unless `insecure`:
+/// the bearer token, and everything it can do, would cross the network in
+/// clear. The error says why; the caller names the setting.
+pub fn check_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        // A bracketed IPv6 address keeps its colons.
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    if insecure || is_loopback_host(host) {
+        return Ok(());
+    }
+    Err(format!(
+        "{endpoint:?} is plaintext http:// to {host}, which is not loopback: the token and every \
+         request would cross the network unencrypted. Use https:// (with the controller's CA as \
+         ca_cert), or set insecure = true to accept that"
+    ))
+}
+
 impl Client {
     /// Build a client for `endpoint` (e.g. `http://127.0.0.1:7070`), with an
     /// optional PEM CA certificate for TLS endpoints.
@@ -94,7 +127,11 @@ impl Client {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
                 ClientError::Config(format!("ca_cert is not a PEM certificate: {e}"))
             })?;
-            builder = builder.add_root_certificate(cert);
+            // The given CA is the only trust: a controller's private CA
+            // must not be bypassable by any public CA's certificate.
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
         }
         let http = builder
             .build()
@@ -791,6 +828,30 @@ mod tests {
             request_line(reqwest::Method::GET, None).await,
             "GET /v1/results?task=a HTTP/1.1"
         );
+    }
+
+    #[test]
+    fn plaintext_is_only_for_loopback_unless_insecure() {
+        for ok in [
+            "http://127.0.0.1:7070",
+            "http://localhost:7070/",
+            "http://[::1]:7070",
+            "https://10.0.0.1:7070",
+        ] {
+            assert!(check_transport(ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.1:7070",
+            "http://ctl.example",
+            "http://[fe80::1]:80",
+        ] {
+            let err = check_transport(refused, false).unwrap_err();
+            assert!(
+                err.contains("not loopback") && err.contains("insecure"),
+                "{err}"
+            );
+            assert!(check_transport(refused, true).is_ok(), "{refused}");
+        }
     }
 
     #[test]

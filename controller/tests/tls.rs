@@ -1,0 +1,324 @@
+//! TLS on both APIs and mTLS for nodes: a client without the controller's CA
+//! is refused, a node certificate names one node only, and a revoked node
+//! cannot heartbeat with its still-valid certificate.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+use measurelab_api::node_v1::{HeartbeatRequest, RegisterResponse, RenewCertificateRequest};
+use measurelab_controller::tls::{self, TlsConfig};
+use measurelab_controller::{run, ControllerConfig, ControllerError};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+struct TlsController {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    ca_pem: String,
+    admin_token: String,
+    join_token: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ControllerError>>,
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn https_client(ca_pem: Option<&str>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+    if let Some(pem) = ca_pem {
+        builder =
+            builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+impl TlsController {
+    async fn start() -> TlsController {
+        let dir = tempfile::tempdir().unwrap();
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let mut config = ControllerConfig::new(dir.path(), http, grpc);
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.tls = Some(TlsConfig::generated(vec!["localhost".into()]));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, async move {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ca_path: PathBuf = dir.path().join(tls::CA_CERT_FILE);
+        loop {
+            if let Ok(ca_pem) = std::fs::read_to_string(&ca_path) {
+                let up = https_client(Some(&ca_pem))
+                    .get(format!("https://{http_addr}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if up {
+                    break;
+                }
+            }
+            assert!(!task.is_finished(), "controller stopped: {task:?}");
+            assert!(Instant::now() < deadline, "controller did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TlsController {
+            http: http_addr,
+            grpc: grpc_addr,
+            ca_pem: std::fs::read_to_string(&ca_path).unwrap(),
+            admin_token: read(dir.path(), "admin.token"),
+            join_token: read(dir.path(), "join.token"),
+            _dir: dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        (&mut self.task).await.unwrap().unwrap();
+    }
+
+    fn endpoint(&self, tls: ClientTlsConfig) -> Endpoint {
+        Endpoint::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(tls)
+            .unwrap()
+    }
+
+    /// A client trusting the CA, presenting `identity` when given.
+    async fn grpc(&self, identity: Option<Identity>) -> NodeServiceClient<Channel> {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        NodeServiceClient::new(self.endpoint(tls).connect().await.unwrap())
+    }
+
+    /// Register `name` with a fresh key; the certificate and key as an identity.
+    async fn register(&self, name: &str) -> (RegisterResponse, Identity) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let mut request = common::register_request(&self.join_token, name, "");
+        request.csr_pem = csr;
+        let response = self
+            .grpc(None)
+            .await
+            .register(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            response.node_cert_pem.contains("BEGIN CERTIFICATE"),
+            "{response:?}"
+        );
+        let identity = Identity::from_pem(&response.node_cert_pem, key.serialize_pem());
+        (response, identity)
+    }
+}
+
+fn heartbeat(registered: &RegisterResponse) -> HeartbeatRequest {
+    HeartbeatRequest {
+        node_id: registered.node_id.clone(),
+        node_secret: registered.node_secret.clone(),
+        sequence: 1,
+        agent_version: "test-1".into(),
+        usage: Some(common::usage()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_https_client_without_the_ca_is_refused() {
+    let controller = TlsController::start().await;
+    let url = format!("https://{}/healthz", controller.http);
+    let refused = https_client(None).get(&url).send().await;
+    assert!(refused.is_err(), "served without the CA: {refused:?}");
+    // Nor does the public web PKI vouch for it.
+    let refused = reqwest::Client::new().get(&url).send().await;
+    assert!(
+        refused.is_err(),
+        "served with the built-in roots: {refused:?}"
+    );
+    // No plaintext on the TLS port.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", controller.http))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "answered plaintext: {plain:?}"
+    );
+    // With the CA: the authenticated API works.
+    let nodes = https_client(Some(&controller.ca_pem))
+        .get(format!("https://{}/v1/nodes", controller.http))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(nodes.status().is_success(), "{}", nodes.status());
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_grpc_client_without_the_ca_is_refused() {
+    let controller = TlsController::start().await;
+    // No trust roots at all: the handshake fails.
+    let refused = controller.endpoint(ClientTlsConfig::new()).connect().await;
+    assert!(refused.is_err(), "connected without the CA");
+    // Another CA: refused as well.
+    let other = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let refused = controller
+        .endpoint(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(other.pem())))
+        .connect()
+        .await;
+    assert!(refused.is_err(), "connected trusting another CA");
+    // Plaintext gRPC to the TLS port gets no answer.
+    let plain = async {
+        let mut client = NodeServiceClient::connect(format!("http://{}", controller.grpc)).await?;
+        let request = common::register_request(&controller.join_token, "plain", "");
+        client.register(request).await.map_err(anyhow_like)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    let plain = tokio::time::timeout(Duration::from_secs(10), plain).await;
+    assert!(!matches!(plain, Ok(Ok(()))), "registered over plaintext");
+    controller.stop().await;
+}
+
+fn anyhow_like(status: tonic::Status) -> Box<dyn std::error::Error> {
+    Box::new(status)
+}
+
+#[tokio::test]
+async fn registration_needs_a_valid_csr_and_leaves_nothing_behind_without_one() {
+    let controller = TlsController::start().await;
+    let mut client = controller.grpc(None).await;
+    let request = common::register_request(&controller.join_token, "no-csr", "");
+    let status = client.register(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("csr_pem:"), "{status:?}");
+    let mut request = common::register_request(&controller.join_token, "bad-csr", "");
+    request.csr_pem =
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into();
+    let status = client.register(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("csr_pem:"), "{status:?}");
+    let nodes = https_client(Some(&controller.ca_pem))
+        .get(format!("https://{}/v1/nodes", controller.http))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json::<measurelab_api::http::NodeList>()
+        .await
+        .unwrap();
+    assert!(nodes.nodes.is_empty(), "{:?}", nodes.nodes);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_certificate_works_for_its_node_only() {
+    let controller = TlsController::start().await;
+    let (alpha, alpha_identity) = controller.register("alpha").await;
+    let (beta, _) = controller.register("beta").await;
+    let mut as_alpha = controller.grpc(Some(alpha_identity)).await;
+    as_alpha.heartbeat(heartbeat(&alpha)).await.unwrap();
+    // Alpha's certificate with beta's id and secret: refused.
+    let status = as_alpha.heartbeat(heartbeat(&beta)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("client certificate"),
+        "{status:?}"
+    );
+    // The secret alone, without a certificate: refused.
+    let status = controller
+        .grpc(None)
+        .await
+        .heartbeat(heartbeat(&alpha))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("client certificate"),
+        "{status:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
+    let controller = TlsController::start().await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let mut client = controller.grpc(Some(identity)).await;
+    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    let revoked = https_client(Some(&controller.ca_pem))
+        .post(format!("https://{}/v1/nodes/alpha/revoke", controller.http))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_renews_its_certificate_with_the_current_one() {
+    let controller = TlsController::start().await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let request = RenewCertificateRequest {
+        node_id: alpha.node_id.clone(),
+        node_secret: alpha.node_secret.clone(),
+        csr_pem,
+    };
+    // Not without the current certificate.
+    let status = controller
+        .grpc(None)
+        .await
+        .renew_certificate(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let renewed = controller
+        .grpc(Some(identity))
+        .await
+        .renew_certificate(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let renewed = Identity::from_pem(&renewed.node_cert_pem, key.serialize_pem());
+    controller
+        .grpc(Some(renewed))
+        .await
+        .heartbeat(heartbeat(&alpha))
+        .await
+        .unwrap();
+    controller.stop().await;
+}
