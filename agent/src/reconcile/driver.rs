@@ -421,6 +421,10 @@ fn handle_guest_message(
             );
             false
         }
+        GuestMessage::ProgramTransferFailed {
+            deployment_id,
+            reason,
+        } => programs.on_transfer_failed(vm, deployment_id, reason),
         GuestMessage::Result { task_id, document } => {
             let control = control.clone();
             tokio::spawn(async move {
