@@ -184,8 +184,7 @@ impl Programs {
                 return;
             }
         };
-        if let Err(err) = check_request(&begin.deployment_id, &begin.program_name, &begin.sha256)
-        {
+        if let Err(err) = check_request(&begin.deployment_id, &begin.program_name, &begin.sha256) {
             self.fail_run(&begin.deployment_id, &err);
             return;
         }
@@ -541,7 +540,11 @@ impl Programs {
 }
 
 /// The names and digest of a run request are usable.
-fn check_request(deployment_id: &str, program_name: &str, sha256: &str) -> Result<(), ProgramError> {
+fn check_request(
+    deployment_id: &str,
+    program_name: &str,
+    sha256: &str,
+) -> Result<(), ProgramError> {
     check_path_component("deployment_id", deployment_id).map_err(ProgramError::Invalid)?;
     check_path_component("program_name", program_name).map_err(ProgramError::Invalid)?;
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

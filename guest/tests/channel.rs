@@ -11,8 +11,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use base64::Engine as _;
+use common::*;
 use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels, ProgramSend};
 use measurelab_api::guest::{
     AgentMessage, GuestMessage, ProgramRunState, MAX_AGENT_LINE_BYTES, PROGRAM_CHUNK_BYTES,
@@ -164,7 +164,7 @@ async fn guest_agent_over_unix_socket() {
     // A program larger than a guest's line bound goes in chunks (the node
     // agent's writer splits it) and runs whole.
     let mut large = b"#!/bin/sh\necho large $(wc -c < \"$0\")\nexit 0\n".to_vec();
-    large.extend((0..3 * PROGRAM_CHUNK_BYTES + 17).map(|i| b'a' + (i % 26) as u8));
+    large.extend((0..5 * PROGRAM_CHUNK_BYTES + 17).map(|i| b'a' + (i % 26) as u8));
     assert!(large.len() > MAX_AGENT_LINE_BYTES);
     channels
         .send_program(
@@ -220,7 +220,13 @@ async fn guest_agent_over_unix_socket() {
         } if deployment_id == "dep-torn" => Some(reason.clone()),
         _ => None,
     };
-    let reason = expect(&mut inbound, WAIT, "dep-torn transfer failed", transfer_failed).await;
+    let reason = expect(
+        &mut inbound,
+        WAIT,
+        "dep-torn transfer failed",
+        transfer_failed,
+    )
+    .await;
     assert!(reason.contains("sha256 mismatch"), "{reason}");
     channels.send(vm_id, &begin).unwrap();
     channels.send(vm_id, &chunk(5, &content[5..])).unwrap();

@@ -883,7 +883,10 @@ mod tests {
                 agent_version: "x".into(),
                 features: features.iter().map(|f| f.to_string()).collect(),
             };
-            write.write_all(&encode_line(&hello).unwrap()).await.unwrap();
+            write
+                .write_all(&encode_line(&hello).unwrap())
+                .await
+                .unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while !channels.state(vm()).unwrap().registered {
                 assert!(tokio::time::Instant::now() < deadline, "hello not taken");
@@ -904,7 +907,10 @@ mod tests {
                 assert_eq!(next().await, program.as_run());
                 continue;
             }
-            let AgentMessage::ProgramBegin { size, sha256, args, .. } = next().await else {
+            let AgentMessage::ProgramBegin {
+                size, sha256, args, ..
+            } = next().await
+            else {
                 panic!("no program_begin first");
             };
             assert_eq!(size, content.len() as u64);
@@ -912,7 +918,12 @@ mod tests {
             assert_eq!(args, vec!["a".to_string()]);
             let mut got = Vec::new();
             while got.len() < content.len() {
-                let AgentMessage::ProgramChunk { offset, data_base64, .. } = next().await else {
+                let AgentMessage::ProgramChunk {
+                    offset,
+                    data_base64,
+                    ..
+                } = next().await
+                else {
                     panic!("not a chunk");
                 };
                 assert_eq!(offset, got.len() as u64);

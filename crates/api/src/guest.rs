@@ -534,7 +534,10 @@ mod tests {
             r#"{"type":"program_chunk","deployment_id":"d1","offset":262144,"data_base64":"eA=="}"#,
         )
         .unwrap();
-        assert!(matches!(chunk, AgentMessage::ProgramChunk { offset: 262144, .. }));
+        assert!(matches!(
+            chunk,
+            AgentMessage::ProgramChunk { offset: 262144, .. }
+        ));
         assert_eq!(
             serde_json::to_value(GuestMessage::ProgramTransferFailed {
                 deployment_id: "d1".into(),
