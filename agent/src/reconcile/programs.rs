@@ -263,3 +263,38 @@ fn status(
         stderr_tail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer the guest reports broken is sent again on the next pass,
+    /// up to the bound; then the run is failed with the guest's reason.
+    #[test]
+    fn failed_transfers_are_resent_then_reported_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut programs = Programs::new(dir.path());
+        let vm = Uuid::new_v4();
+        let key = ("d1".to_string(), vm);
+        assert!(
+            !programs.on_transfer_failed(vm, "d1".into(), "r".into()),
+            "a run never sent is not resent"
+        );
+        for attempt in 1..MAX_TRANSFER_ATTEMPTS {
+            programs.sent.insert(key.clone(), 1);
+            assert!(programs.on_transfer_failed(vm, "d1".into(), format!("r{attempt}")));
+            assert!(!programs.sent.contains_key(&key), "sent again next pass");
+            assert!(programs.changed().is_empty());
+        }
+        programs.sent.insert(key.clone(), 1);
+        assert!(!programs.on_transfer_failed(vm, "d1".into(), "sha256 mismatch".into()));
+        assert!(programs.sent.contains_key(&key), "not sent again");
+        let changed = programs.changed();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].status, "failed");
+        assert!(
+            changed[0].stderr_tail.contains("sha256 mismatch"),
+            "{changed:?}"
+        );
+    }
+}
