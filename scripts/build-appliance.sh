@@ -29,8 +29,13 @@
 #   measurelab.vm_id=UUID       exported as MEASURELAB_VM_ID
 #   measurelab.guest_args=a,b   arguments of the guest agent (',' -> ' ')
 #   measurelab.channel=PATH     guest channel device, exported as
-#                               MEASURELAB_CHANNEL (default /dev/ttyS1: the
-#                               second serial port, libvirt <serial> port 1)
+#                               MEASURELAB_CHANNEL; the node agent passes
+#                               /dev/virtio-ports/org.measurelab.guest.0 (a
+#                               virtio-serial port, hence virtio_console
+#                               below; the guest agent finds it in sysfs, as
+#                               there is no udev). Default /dev/ttyS1: the
+#                               second serial port, for guests started
+#                               without the node agent's domain XML
 #   measurelab.data=/dev/vda    data disk: its ext4 filesystem is grown to the
 #                               whole disk and mounted on /data (a blank disk
 #                               is formatted first)
@@ -47,8 +52,9 @@ NAME=measurelab-tiny
 MIN_MEMORY_MIB=128
 # Loaded in this order when present; failures are fine (virtio on Xen and
 # xen-* on QEMU do not bind). Dependencies are resolved from modules.dep.
-# ext4 (and the crc32c it checksums with) is a module in Debian's kernel.
-MODULES=(virtio_pci virtio_net virtio_blk crc32c_generic ext4 xen-netfront xen-blkfront)
+# ext4 (and the crc32c it checksums with) is a module in Debian's kernel, as
+# is virtio_console (the guest channel's virtio-serial port).
+MODULES=(virtio_pci virtio_net virtio_blk virtio_console crc32c_generic ext4 xen-netfront xen-blkfront)
 # Base image of the data disk; small, since each VM's overlay is grown.
 DISK_MIB=16
 # e2fsprogs tools for the data disk (busybox has no resize2fs, and its mke2fs
@@ -256,7 +262,7 @@ cat > "$OUT_DIR/manifest.json" <<JSON
   "disk_sha256": "$DISK_SHA",
   "boot": ["qemu", "xen-pv"],
   "guest_agent": "/usr/bin/measurelab-guest-agent",
-  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/ttyS1 measurelab.data=/dev/vda measurelab.swap=/dev/vdb measurelab.guest_args=a,b"
+  "cmdline": "measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/virtio-ports/org.measurelab.guest.0 measurelab.data=/dev/vda measurelab.swap=/dev/vdb measurelab.guest_args=a,b"
 }
 JSON
 echo "$OUT_DIR"

@@ -212,7 +212,7 @@ cat > "$OUT_DIR/manifest.json" <<JSON
   "disk_sha256": "$DISK_SHA",
   "boot": ["qemu"],
   "guest_agent": "/usr/bin/measurelab-guest-agent",
-  "cmdline": "measurelab.data=/dev/vda measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/ttyS1 measurelab.swap=/dev/vdb measurelab.guest_args=a,b"
+  "cmdline": "measurelab.data=/dev/vda measurelab.ip=A.B.C.D/LEN measurelab.gw=A.B.C.D measurelab.vm_id=UUID measurelab.channel=/dev/virtio-ports/org.measurelab.guest.0 measurelab.swap=/dev/vdb measurelab.guest_args=a,b"
 }
 JSON
 echo "$OUT_DIR"

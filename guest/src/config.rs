@@ -9,7 +9,8 @@ use std::time::Duration;
 pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:7079";
 
 /// Serial channel used when nothing else is configured (the second serial
-/// port: libvirt's `<serial><target port='1'/>`).
+/// port). The node agent's QEMU domains name a virtio-serial port with
+/// `measurelab.channel=` instead: the 16550 has no flow control.
 pub const DEFAULT_SERIAL_CHANNEL: &str = "/dev/ttyS1";
 
 /// Resolved configuration of the guest agent.
@@ -17,8 +18,9 @@ pub const DEFAULT_SERIAL_CHANNEL: &str = "/dev/ttyS1";
 pub struct GuestConfig {
     /// The VM id reported in `hello`.
     pub vm_id: String,
-    /// Unix socket (namespace guests) or serial device (QEMU/Xen guests);
-    /// told apart by file type at each connect.
+    /// Unix socket (namespace guests) or character device (virtio-serial
+    /// port, Xen PV channel or serial tty); told apart by file type at each
+    /// connect.
     pub channel: PathBuf,
     /// Where programs are written: `<programs_dir>/<deployment_id>/<program_name>`.
     pub programs_dir: PathBuf,

@@ -10,7 +10,11 @@
 //!   (`GET /tasks`, `POST /results`), relayed over the channel.
 //!
 //! The channel is a unix socket (namespace guests, `MEASURELAB_CHANNEL`) or a
-//! serial device (QEMU/Xen guests, `/dev/ttyS1`), told apart by file type.
+//! character device (QEMU guests: a virtio-serial port, named on the kernel
+//! command line as `/dev/virtio-ports/org.measurelab.guest.0` and found in
+//! sysfs without udev; Xen: `/dev/hvc1`; a serial tty, `/dev/ttyS1`, when
+//! nothing says otherwise), told apart by file type. Programs arrive whole
+//! or in chunks checked by SHA-256 (see [`measurelab_api::guest`]).
 //! A dropped channel (node agent restart) is retried with backoff; nothing
 //! the node agent sends can crash the guest agent: bad lines are logged and
 //! skipped.

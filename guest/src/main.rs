@@ -19,7 +19,7 @@ struct Args {
     /// VM id reported in hello [kernel cmdline: measurelab.vm_id=].
     #[arg(long, env = "MEASURELAB_VM_ID")]
     vm_id: Option<String>,
-    /// Unix socket or serial device of the guest channel
+    /// Unix socket, virtio-serial port or serial device of the guest channel
     /// [kernel cmdline: measurelab.channel=; default /dev/ttyS1].
     #[arg(long, env = "MEASURELAB_CHANNEL")]
     channel: Option<PathBuf>,

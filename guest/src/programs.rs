@@ -3,6 +3,14 @@
 //! it executable, run it in its own process group, keep bounded tails of its
 //! output, report `program_status` on start, on output changes and on exit.
 //!
+//! Programs arrive whole in one `run` (older node agents) or in chunks
+//! (`program_begin`, `program_chunk`s): a chunked transfer is assembled in
+//! memory, bounded by `size` ≤ [`MAX_PROGRAM_BYTES`], and only a whole whose
+//! SHA-256 matches is written and run. One that does not add up is reported
+//! as `program_transfer_failed` and forgotten, so the node agent sends it
+//! again; a transfer that stops making progress for [`TRANSFER_STALL`] is
+//! failed the same way, so a lost last chunk is not a hang.
+//!
 //! The table of runs is the truth: after a reconnect every known run is
 //! reported again, and a repeated `run` for a known deployment only re-reports
 //! it, so the node agent can resend `run` level-triggered.
@@ -13,11 +21,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use measurelab_api::guest::{
-    check_path_component, GuestMessage, ProgramRunState, OUTPUT_TAIL_BYTES,
+    check_path_component, GuestMessage, ProgramRunState, MAX_PROGRAM_BYTES, OUTPUT_TAIL_BYTES,
+    PROGRAM_CHUNK_BYTES,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -29,14 +38,44 @@ use crate::link::Link;
 /// Grace period between SIGTERM and SIGKILL on `stop`.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// A `run` message, unpacked.
+/// A chunked transfer without a new chunk for this long is failed.
+pub(crate) const TRANSFER_STALL: Duration = Duration::from_secs(60);
+
+/// A program to run, unpacked from `run` or assembled from chunks.
 pub(crate) struct RunRequest {
     pub deployment_id: String,
     pub program_name: String,
     pub sha256: String,
-    pub content_base64: String,
+    pub content: Content,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+}
+
+/// The program bytes as they arrived.
+pub(crate) enum Content {
+    /// A whole `run` message's `content_base64`, decoded when it starts.
+    Base64(String),
+    /// A chunked transfer, already complete and checked against `sha256`.
+    Bytes(Vec<u8>),
+}
+
+/// A `program_begin`, unpacked.
+pub(crate) struct BeginRequest {
+    pub deployment_id: String,
+    pub program_name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// A chunked transfer under way.
+struct Transfer {
+    begin: BeginRequest,
+    size: usize,
+    data: Vec<u8>,
+    hasher: Sha256,
+    last_progress: Instant,
 }
 
 /// Why a program could not be started (reported as `failed`).
@@ -100,8 +139,9 @@ pub(crate) struct Programs {
     link: Arc<Link>,
     vm_id: String,
     platform_api: String,
-    // std Mutex: held only for table lookups, never across an await.
+    // std Mutexes: held only for table lookups, never across an await.
     runs: Mutex<HashMap<String, Run>>,
+    transfers: Mutex<HashMap<String, Transfer>>,
 }
 
 impl Programs {
@@ -112,7 +152,184 @@ impl Programs {
             vm_id,
             platform_api,
             runs: Mutex::new(HashMap::new()),
+            transfers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts a chunked transfer (see the module docs). Metadata that can
+    /// never work (bad names, digest or size) fails the run for good, as a
+    /// bad `run` does; a known deployment only re-reports its status.
+    pub(crate) fn begin(self: &Arc<Self>, begin: BeginRequest) {
+        let known = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|runs| runs.get(&begin.deployment_id).cloned());
+        if let Ok(mut transfers) = self.transfers.lock() {
+            transfers.remove(&begin.deployment_id);
+        }
+        if let Some(existing) = known {
+            tracing::info!(deployment_id = %begin.deployment_id, "program_begin repeated; reporting its status");
+            self.report(&begin.deployment_id, &existing);
+            return;
+        }
+        let size = match usize::try_from(begin.size) {
+            Ok(size) if begin.size <= MAX_PROGRAM_BYTES => size,
+            _ => {
+                let err = ProgramError::Invalid(format!(
+                    "size: {} bytes is more than the {MAX_PROGRAM_BYTES} a guest accepts",
+                    begin.size
+                ));
+                self.fail_run(&begin.deployment_id, &err);
+                return;
+            }
+        };
+        if let Err(err) = check_request(&begin.deployment_id, &begin.program_name, &begin.sha256) {
+            self.fail_run(&begin.deployment_id, &err);
+            return;
+        }
+        tracing::info!(deployment_id = %begin.deployment_id, size, "program transfer started");
+        let deployment_id = begin.deployment_id.clone();
+        let transfer = Transfer {
+            begin,
+            size,
+            // Grown as chunks arrive: the agent's word for the size is not
+            // a reason to allocate it up front.
+            data: Vec::new(),
+            hasher: Sha256::new(),
+            last_progress: Instant::now(),
+        };
+        if size == 0 {
+            self.finish(transfer);
+        } else if let Ok(mut transfers) = self.transfers.lock() {
+            transfers.insert(deployment_id, transfer);
+        }
+    }
+
+    /// One piece of a transfer; the last one completes it.
+    pub(crate) fn chunk(self: &Arc<Self>, deployment_id: &str, offset: u64, data_base64: &str) {
+        let Ok(mut transfers) = self.transfers.lock() else {
+            return;
+        };
+        let Some(transfer) = transfers.get_mut(deployment_id) else {
+            // Chunks of a known deployment's repeated begin, or of a
+            // transfer that already failed: the begin said what to do.
+            tracing::debug!(%deployment_id, offset, "chunk without a transfer ignored");
+            return;
+        };
+        let received = transfer.data.len();
+        let problem = if offset != received as u64 {
+            Some(format!("chunk at offset {offset}, expected {received}"))
+        } else {
+            match base64::engine::general_purpose::STANDARD.decode(data_base64.trim()) {
+                Err(err) => Some(format!("chunk at offset {offset}: data_base64: {err}")),
+                Ok(bytes) if bytes.len() > PROGRAM_CHUNK_BYTES => Some(format!(
+                    "chunk at offset {offset} has {} bytes, more than {PROGRAM_CHUNK_BYTES}",
+                    bytes.len()
+                )),
+                Ok(bytes) if received + bytes.len() > transfer.size => Some(format!(
+                    "chunk at offset {offset} ends at {}, past the size {}",
+                    received + bytes.len(),
+                    transfer.size
+                )),
+                Ok(bytes) => {
+                    transfer.hasher.update(&bytes);
+                    transfer.data.extend_from_slice(&bytes);
+                    transfer.last_progress = Instant::now();
+                    None
+                }
+            }
+        };
+        if let Some(reason) = problem {
+            transfers.remove(deployment_id);
+            drop(transfers);
+            self.transfer_failed(deployment_id, reason);
+            return;
+        }
+        if transfer.data.len() == transfer.size {
+            if let Some(done) = transfers.remove(deployment_id) {
+                drop(transfers);
+                self.finish(done);
+            }
+        }
+    }
+
+    /// Fails transfers that made no progress for [`TRANSFER_STALL`].
+    pub(crate) fn expire_transfers(&self) {
+        let stalled: Vec<(String, usize, usize)> = match self.transfers.lock() {
+            Ok(mut transfers) => {
+                let ids: Vec<String> = transfers
+                    .iter()
+                    .filter(|(_, t)| t.last_progress.elapsed() >= TRANSFER_STALL)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| transfers.remove(&id))
+                    .map(|t| (t.begin.deployment_id, t.data.len(), t.size))
+                    .collect()
+            }
+            Err(_) => return,
+        };
+        for (id, received, size) in stalled {
+            self.transfer_failed(
+                &id,
+                format!(
+                    "stalled: no chunk for {} s after {received} of {size} bytes",
+                    TRANSFER_STALL.as_secs()
+                ),
+            );
+        }
+    }
+
+    /// Checks a complete transfer's digest; runs it only if it matches.
+    fn finish(self: &Arc<Self>, transfer: Transfer) {
+        let actual = hex::encode(transfer.hasher.finalize());
+        let begin = transfer.begin;
+        if actual != begin.sha256.to_ascii_lowercase() {
+            self.transfer_failed(
+                &begin.deployment_id,
+                format!(
+                    "sha256 mismatch: expected {}, the {} bytes received have {actual}",
+                    begin.sha256, transfer.size
+                ),
+            );
+            return;
+        }
+        self.run(RunRequest {
+            deployment_id: begin.deployment_id,
+            program_name: begin.program_name,
+            sha256: begin.sha256,
+            content: Content::Bytes(transfer.data),
+            args: begin.args,
+            env: begin.env,
+        });
+    }
+
+    fn transfer_failed(&self, deployment_id: &str, reason: String) {
+        tracing::warn!(%deployment_id, %reason, "program transfer failed; nothing run");
+        self.link.send(&GuestMessage::ProgramTransferFailed {
+            deployment_id: deployment_id.to_string(),
+            reason,
+        });
+    }
+
+    /// Records a run that cannot start, and reports it.
+    fn fail_run(&self, deployment_id: &str, err: &ProgramError) {
+        tracing::warn!(%deployment_id, error = %err, "program failed to start");
+        let run: Run = Arc::new(Mutex::new(RunInner {
+            status: Some(ProgramRunState::Failed),
+            exit_code: None,
+            failure: Some(format!("measurelab-guest-agent: {err}")),
+            stdout: Tail::default(),
+            stderr: Tail::default(),
+            pgid: None,
+            version: 1,
+            reported: 0,
+        }));
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.insert(deployment_id.to_string(), run.clone());
+        }
+        self.report(deployment_id, &run);
     }
 
     /// Starts the program in the background; status goes over the channel.
@@ -155,20 +372,18 @@ impl Programs {
     }
 
     async fn start(self: &Arc<Self>, request: RunRequest, run: &Run) -> Result<(), ProgramError> {
-        check_path_component("deployment_id", &request.deployment_id)
-            .map_err(ProgramError::Invalid)?;
-        check_path_component("program_name", &request.program_name)
-            .map_err(ProgramError::Invalid)?;
+        check_request(
+            &request.deployment_id,
+            &request.program_name,
+            &request.sha256,
+        )?;
         let expected = request.sha256.to_ascii_lowercase();
-        if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ProgramError::Invalid(format!(
-                "sha256: {:?} is not 64 hex digits",
-                request.sha256
-            )));
-        }
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(request.content_base64.trim())
-            .map_err(|e| ProgramError::Invalid(format!("content_base64: {e}")))?;
+        let content = match request.content {
+            Content::Base64(text) => base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| ProgramError::Invalid(format!("content_base64: {e}")))?,
+            Content::Bytes(bytes) => bytes,
+        };
         let actual = hex::encode(Sha256::digest(&content));
         if actual != expected {
             return Err(ProgramError::Checksum { expected, actual });
@@ -322,6 +537,22 @@ impl Programs {
             inner.reported = inner.version;
         }
     }
+}
+
+/// The names and digest of a run request are usable.
+fn check_request(
+    deployment_id: &str,
+    program_name: &str,
+    sha256: &str,
+) -> Result<(), ProgramError> {
+    check_path_component("deployment_id", deployment_id).map_err(ProgramError::Invalid)?;
+    check_path_component("program_name", program_name).map_err(ProgramError::Invalid)?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ProgramError::Invalid(format!(
+            "sha256: {sha256:?} is not 64 hex digits"
+        )));
+    }
+    Ok(())
 }
 
 async fn pump(mut stream: impl AsyncRead + Unpin, run: Run, is_stderr: bool) {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use measurelab_api::guest::{AgentMessage, GuestMessage, LineFramer, MAX_AGENT_LINE_BYTES};
+use measurelab_api::guest::{
+    AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS, MAX_AGENT_LINE_BYTES,
+};
 use measurelab_backoff::Backoff;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -82,6 +84,8 @@ pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs:
 }
 
 async fn open_channel(path: &Path) -> Result<(BoxReader, BoxWriter, &'static str), SessionError> {
+    let resolved = resolve_virtio_port(path);
+    let path = resolved.as_deref().unwrap_or(path);
     let display = || path.display().to_string();
     let meta = tokio::fs::metadata(path)
         .await
@@ -111,24 +115,125 @@ async fn open_channel(path: &Path) -> Result<(BoxReader, BoxWriter, &'static str
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
             .map_err(open_err)?;
-        make_raw(&file).map_err(|source| SessionError::Termios {
-            path: display(),
-            source,
-        })?;
-        raise_rx_trigger(path);
+        // A virtio-serial port is no tty and needs no line settings: it
+        // has flow control of its own (the host waits for the guest's
+        // buffers). A serial port does not: see `make_raw`.
+        let is_tty = nix::unistd::isatty(std::os::fd::AsRawFd::as_raw_fd(&file)).unwrap_or(false);
+        if is_tty {
+            make_raw(&file).map_err(|source| SessionError::Termios {
+                path: display(),
+                source,
+            })?;
+            raise_rx_trigger(path);
+        }
         let read_half = file.try_clone().map_err(open_err)?;
-        // A tty is pollable like a pipe; tokio's pipe types only need a
-        // non-blocking fd that epoll accepts.
-        let reader =
-            tokio::net::unix::pipe::Receiver::from_file_unchecked(read_half).map_err(open_err)?;
-        let writer = tokio::net::unix::pipe::Sender::from_file_unchecked(file).map_err(open_err)?;
-        return Ok((Box::new(reader), Box::new(writer), "serial"));
+        // A tty or virtio port is pollable like a pipe; tokio's pipe types
+        // only need a non-blocking fd that epoll accepts.
+        let reader = DeviceStream::Read(
+            tokio::net::unix::pipe::Receiver::from_file_unchecked(read_half).map_err(open_err)?,
+        );
+        let writer = DeviceStream::Write(
+            tokio::net::unix::pipe::Sender::from_file_unchecked(file).map_err(open_err)?,
+        );
+        let kind = if is_tty { "serial" } else { "virtio-serial" };
+        return Ok((Box::new(reader), Box::new(writer), kind));
     }
     Err(SessionError::WrongType { path: display() })
 }
 
+/// A non-blocking character device (tty or virtio-serial port) as a tokio
+/// stream, on tokio's pipe types but not their `AsyncRead`/`AsyncWrite`:
+/// those take a short read as "drained" and wait for the next edge, but a
+/// virtio port's read returns one host buffer at a time, and when the host
+/// has filled them all no new edge comes until the guest reads again (the
+/// channel stalled after the first big line). `try_read`/`try_write` clear
+/// readiness only on `EAGAIN`.
+enum DeviceStream {
+    Read(tokio::net::unix::pipe::Receiver),
+    Write(tokio::net::unix::pipe::Sender),
+}
+
+impl AsyncRead for DeviceStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let DeviceStream::Read(receiver) = &*self else {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()));
+        };
+        loop {
+            std::task::ready!(receiver.poll_read_ready(cx))?;
+            match receiver.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => return std::task::Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DeviceStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let DeviceStream::Write(sender) = &*self else {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()));
+        };
+        loop {
+            std::task::ready!(sender.poll_write_ready(cx))?;
+            match sender.try_write(data) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return std::task::Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Where udev would have linked `/dev/virtio-ports/<name>`: the appliances
+/// have no udev, so the port named `<name>` is looked up in sysfs
+/// (`/sys/class/virtio-ports/vportNpM/name`) and its `/dev/vportNpM` used.
+/// `None` when `path` is not such a link, already exists, or no port has
+/// the name (yet: the module may still be loading; the caller retries).
+fn resolve_virtio_port(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.strip_prefix(VIRTIO_PORTS_DIR).ok()?.to_str()?;
+    if path.exists() {
+        return None;
+    }
+    let ports = std::fs::read_dir(VIRTIO_PORTS_SYSFS).ok()?;
+    ports.flatten().find_map(|port| {
+        let port_name = std::fs::read_to_string(port.path().join("name")).ok()?;
+        (port_name.trim() == name).then(|| Path::new("/dev").join(port.file_name()))
+    })
+}
+
+const VIRTIO_PORTS_DIR: &str = "/dev/virtio-ports/";
+const VIRTIO_PORTS_SYSFS: &str = "/sys/class/virtio-ports";
+
 /// Raw 8-bit line, no echo (an echo would bounce every agent message back),
-/// no flow control, no CR/LF translation; stale input is discarded.
+/// no flow control, no CR/LF translation; stale input is discarded. Without
+/// flow control (QEMU's 16550 would not honour RTS anyway) a guest that
+/// reads too slowly loses bytes in its tty buffer: the node agent uses a
+/// virtio-serial port instead, and programs are chunked and checked.
 fn make_raw(file: &std::fs::File) -> Result<(), nix::Error> {
     use nix::sys::termios::{
         cfmakeraw, cfsetspeed, tcflush, tcgetattr, tcsetattr, BaudRate, ControlFlags, FlushArg,
@@ -168,6 +273,7 @@ fn hello(config: &GuestConfig) -> GuestMessage {
     GuestMessage::Hello {
         vm_id: config.vm_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        features: vec![FEATURE_PROGRAM_CHUNKS.to_string()],
     }
 }
 
@@ -239,10 +345,30 @@ fn dispatch(line: &[u8], config: &GuestConfig, link: &Link, programs: &Arc<Progr
             deployment_id,
             program_name,
             sha256,
-            content_base64,
+            content: crate::programs::Content::Base64(content_base64),
             args,
             env,
         }),
+        AgentMessage::ProgramBegin {
+            deployment_id,
+            program_name,
+            sha256,
+            size,
+            args,
+            env,
+        } => programs.begin(crate::programs::BeginRequest {
+            deployment_id,
+            program_name,
+            sha256,
+            size,
+            args,
+            env,
+        }),
+        AgentMessage::ProgramChunk {
+            deployment_id,
+            offset,
+            data_base64,
+        } => programs.chunk(&deployment_id, offset, &data_base64),
         AgentMessage::Stop { deployment_id } => programs.stop(&deployment_id),
         AgentMessage::Tasks { tasks } => link.answer_tasks(tasks),
         AgentMessage::PollRefused { reason } => link.refuse_polls(&reason),
@@ -295,5 +421,6 @@ pub(crate) async fn heartbeat_loop(
             });
         }
         programs.report_changed();
+        programs.expire_transfers();
     }
 }

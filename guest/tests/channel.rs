@@ -1,7 +1,8 @@
 //! The real `measurelab-guest-agent` process against the node agent's
 //! `GuestChannels` over a unix socket (the namespace-guest transport):
 //! hello, heartbeat, shipped logs, a shell-script program with its exit code
-//! and output, a bad checksum, stop, the local platform API relaying
+//! and output, a bad checksum, a program in chunks and chunks that do not
+//! add up, stop, the local platform API relaying
 //! `POST /results` and `GET /tasks`, and reconnecting after the node agent's
 //! side is dropped and recreated. No root needed.
 
@@ -10,9 +11,13 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use common::*;
-use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels};
-use measurelab_api::guest::{AgentMessage, GuestMessage, ProgramRunState};
+use measurelab_agent::guest_channel::{channel_socket_path, GuestChannels, ProgramSend};
+use measurelab_api::guest::{
+    AgentMessage, GuestMessage, ProgramRunState, MAX_AGENT_LINE_BYTES, PROGRAM_CHUNK_BYTES,
+};
+use sha2::Digest as _;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -59,6 +64,7 @@ async fn guest_agent_over_unix_socket() {
         GuestMessage::Hello {
             vm_id: id,
             agent_version,
+            ..
         } if *id == vm_id.to_string() => Some(agent_version.clone()),
         _ => None,
     })
@@ -76,6 +82,7 @@ async fn guest_agent_over_unix_socket() {
     let state = channels.state(vm_id).unwrap();
     assert!(state.connected && state.registered, "{state:?}");
     assert!(state.last_heartbeat.is_some());
+    assert!(state.program_chunks(), "{state:?}");
 
     // The agent ships its own log, which names the local API address.
     let local_api = expect(
@@ -153,6 +160,91 @@ async fn guest_agent_over_unix_socket() {
     assert_eq!(exit_code, None);
     assert!(reason.contains("sha256 mismatch"), "{reason}");
     assert!(!programs.join("dep-bad").join("ran").exists());
+
+    // A program larger than a guest's line bound goes in chunks (the node
+    // agent's writer splits it) and runs whole.
+    let mut large = b"#!/bin/sh\necho large $(wc -c < \"$0\")\nexit 0\n".to_vec();
+    large.extend((0..5 * PROGRAM_CHUNK_BYTES + 17).map(|i| b'a' + (i % 26) as u8));
+    assert!(large.len() > MAX_AGENT_LINE_BYTES);
+    channels
+        .send_program(
+            vm_id,
+            ProgramSend {
+                deployment_id: "dep-large".into(),
+                program_name: "large.sh".into(),
+                content: std::sync::Arc::new(large.clone()),
+                args: vec![],
+                env: Default::default(),
+            },
+        )
+        .unwrap();
+    let (_, exit_code, stdout, stderr) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-large exited",
+        status_of("dep-large", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(exit_code, Some(0), "{stderr}");
+    assert_eq!(stdout, format!("large {}\n", large.len()));
+    assert_eq!(
+        std::fs::read(programs.join("dep-large").join("large.sh")).unwrap(),
+        large
+    );
+
+    // Chunks that do not add up (one byte changed on the way, a chunk out
+    // of order): a transfer failure naming why, nothing written or run, and
+    // the deployment forgotten, so the same deployment sent again runs.
+    let content = b"#!/bin/sh\ntouch ran\n".to_vec();
+    let begin = AgentMessage::ProgramBegin {
+        deployment_id: "dep-torn".into(),
+        program_name: "t.sh".into(),
+        sha256: hex::encode(sha2::Sha256::digest(&content)),
+        size: content.len() as u64,
+        args: vec![],
+        env: Default::default(),
+    };
+    let chunk = |offset: usize, bytes: &[u8]| AgentMessage::ProgramChunk {
+        deployment_id: "dep-torn".into(),
+        offset: offset as u64,
+        data_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+    };
+    let mut torn = content.clone();
+    torn[12] ^= 1;
+    channels.send(vm_id, &begin).unwrap();
+    channels.send(vm_id, &chunk(0, &torn)).unwrap();
+    let transfer_failed = |m: &GuestMessage| match m {
+        GuestMessage::ProgramTransferFailed {
+            deployment_id,
+            reason,
+        } if deployment_id == "dep-torn" => Some(reason.clone()),
+        _ => None,
+    };
+    let reason = expect(
+        &mut inbound,
+        WAIT,
+        "dep-torn transfer failed",
+        transfer_failed,
+    )
+    .await;
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    channels.send(vm_id, &begin).unwrap();
+    channels.send(vm_id, &chunk(5, &content[5..])).unwrap();
+    let reason = expect(&mut inbound, WAIT, "dep-torn out of order", transfer_failed).await;
+    assert!(reason.contains("chunk at offset 5, expected 0"), "{reason}");
+    assert!(!programs.join("dep-torn").exists());
+    channels.send(vm_id, &begin).unwrap();
+    channels.send(vm_id, &chunk(0, &content[..5])).unwrap();
+    channels.send(vm_id, &chunk(5, &content[5..])).unwrap();
+    let (_, exit_code, _, stderr) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-torn sent again exited",
+        status_of("dep-torn", ProgramRunState::Exited),
+    )
+    .await;
+    assert_eq!(exit_code, Some(0), "{stderr}");
+    assert!(programs.join("dep-torn").join("ran").exists());
 
     // stop kills a running program (and its process group).
     channels

@@ -10,11 +10,18 @@
 //!   connection is refused (and logged), never displacing it; one that
 //!   comes while the current connection has not said hello replaces it (a
 //!   restarted guest agent whose old connection is not torn down yet).
-//! - QEMU/Xen guests: libvirt binds that path for the VM's second serial
-//!   port (`GuestSpec::channel_socket`); [`GuestChannels::connect_serial`]
-//!   connects to it, and keeps reconnecting while the VM is down, and on
-//!   every connect asks the guest for a fresh `hello` (`hello_request`),
-//!   because a serial line has no connect event the guest could see.
+//! - QEMU/Xen guests: libvirt binds that path for the VM's virtio-serial
+//!   port (QEMU) or PV channel (Xen) (`GuestSpec::channel_socket`);
+//!   [`GuestChannels::connect_serial`] connects to it, and keeps
+//!   reconnecting while the VM is down, and on every connect asks the guest
+//!   for a fresh `hello` (`hello_request`), because a guest on a serial
+//!   line sees no connect event.
+//!
+//! Programs go out through [`GuestChannels::send_program`]: to a guest that
+//! announced [`FEATURE_PROGRAM_CHUNKS`] as `program_begin` and chunks of
+//! [`PROGRAM_CHUNK_BYTES`], encoded one at a time by the connection's
+//! writer as the stream takes them (a 15 MB program is never 20 MB of
+//! queued lines); to an older guest as one `run` line.
 //!
 //! Inbound messages arrive on a bounded per-VM [`mpsc::Receiver`] returned
 //! by `open_unix`/`connect_serial`. `hello` and `heartbeat` also update the
@@ -33,8 +40,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use measurelab_api::guest::{
-    encode_line, AgentMessage, GuestMessage, LineFramer, MAX_GUEST_LINE_BYTES, OUTPUT_TAIL_BYTES,
+    encode_line, AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS,
+    MAX_GUEST_LINE_BYTES, OUTPUT_TAIL_BYTES, PROGRAM_CHUNK_BYTES,
 };
 use measurelab_api::http::Resources;
 use measurelab_backoff::Backoff;
@@ -45,8 +54,8 @@ use uuid::Uuid;
 
 /// Inbound messages buffered per VM before the reader waits for the consumer.
 pub const INBOUND_QUEUE: usize = 256;
-/// Outbound lines queued per connection before [`GuestChannels::send`] says
-/// [`GuestChannelError::QueueFull`].
+/// Outbound messages (a program counts as one) queued per connection before
+/// [`GuestChannels::send`] says [`GuestChannelError::QueueFull`].
 pub const OUTBOUND_QUEUE: usize = 64;
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -124,7 +133,8 @@ pub enum GuestChannelError {
 pub enum ChannelKind {
     /// We listen on a unix socket (namespace guests).
     Unix,
-    /// We connect to libvirt's serial socket (QEMU/Xen guests).
+    /// We connect to libvirt's socket of the guest's virtio-serial port,
+    /// PV channel or serial port (QEMU/Xen guests).
     Serial,
 }
 
@@ -142,6 +152,8 @@ pub struct GuestChannelState {
     pub registered: bool,
     /// `agent_version` from the last valid hello.
     pub agent_version: Option<String>,
+    /// `features` from the last valid hello.
+    pub features: Vec<String>,
     /// When the last valid hello arrived.
     pub last_hello: Option<SystemTime>,
     /// When the last heartbeat arrived (kept across reconnects).
@@ -160,6 +172,11 @@ impl GuestChannelState {
         self.last_heartbeat.max(self.last_hello)
     }
 
+    /// The guest takes programs in chunks ([`FEATURE_PROGRAM_CHUNKS`]).
+    pub fn program_chunks(&self) -> bool {
+        self.features.iter().any(|f| f == FEATURE_PROGRAM_CHUNKS)
+    }
+
     /// `last_heartbeat` as Unix milliseconds (for `GuestReport`), 0 if none.
     pub fn last_heartbeat_unix_ms(&self) -> u64 {
         self.last_heartbeat
@@ -176,7 +193,7 @@ struct Shared {
     state: Mutex<GuestChannelState>,
     /// Writer of the current connection, tagged with its connection number so
     /// a finished old connection does not clear a newer one.
-    writer: Mutex<Option<(u64, mpsc::Sender<Vec<u8>>)>>,
+    writer: Mutex<Option<(u64, mpsc::Sender<Outbound>)>>,
     inbound: mpsc::Sender<GuestMessage>,
 }
 
@@ -199,6 +216,69 @@ impl Drop for Registry {
                     let _ = std::fs::remove_file(channel.shared.path());
                 }
             }
+        }
+    }
+}
+
+/// One item of a connection's outbound queue.
+enum Outbound {
+    /// An encoded message line.
+    Line(Vec<u8>),
+    /// A program, written as `program_begin` and its chunks.
+    Program(ProgramSend),
+}
+
+/// A program to deliver (see [`GuestChannels::send_program`]).
+#[derive(Clone, Debug)]
+pub struct ProgramSend {
+    /// Deployment id.
+    pub deployment_id: String,
+    /// File name in the guest.
+    pub program_name: String,
+    /// The content; shared, since every VM of a deployment gets the same.
+    pub content: Arc<Vec<u8>>,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl ProgramSend {
+    fn sha256(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(self.content.as_slice()))
+    }
+
+    /// The whole program as one `run` (guests without chunks).
+    fn as_run(&self) -> AgentMessage {
+        AgentMessage::Run {
+            deployment_id: self.deployment_id.clone(),
+            program_name: self.program_name.clone(),
+            sha256: self.sha256(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(&*self.content),
+            args: self.args.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    fn begin(&self) -> AgentMessage {
+        AgentMessage::ProgramBegin {
+            deployment_id: self.deployment_id.clone(),
+            program_name: self.program_name.clone(),
+            sha256: self.sha256(),
+            size: self.content.len() as u64,
+            args: self.args.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    fn chunk(&self, offset: usize) -> AgentMessage {
+        let end = (offset + PROGRAM_CHUNK_BYTES).min(self.content.len());
+        AgentMessage::ProgramChunk {
+            deployment_id: self.deployment_id.clone(),
+            offset: offset as u64,
+            data_base64: base64::engine::general_purpose::STANDARD
+                .encode(&self.content[offset..end]),
         }
     }
 }
@@ -290,6 +370,22 @@ impl GuestChannels {
     /// Queues `message` for VM `vm_id`'s guest. Never waits: a missing guest
     /// is [`GuestChannelError::NotConnected`] (retry on the next reconcile).
     pub fn send(&self, vm_id: Uuid, message: &AgentMessage) -> Result<(), GuestChannelError> {
+        self.enqueue(vm_id, Outbound::Line(encode_line(message)?))
+    }
+
+    /// Queues a program for VM `vm_id`'s guest: chunked if the guest said it
+    /// takes chunks, else one `run` line. Never waits, as [`Self::send`].
+    pub fn send_program(&self, vm_id: Uuid, program: ProgramSend) -> Result<(), GuestChannelError> {
+        let chunks = self.state(vm_id).is_some_and(|s| s.program_chunks());
+        let item = if chunks {
+            Outbound::Program(program)
+        } else {
+            Outbound::Line(encode_line(&program.as_run())?)
+        };
+        self.enqueue(vm_id, item)
+    }
+
+    fn enqueue(&self, vm_id: Uuid, item: Outbound) -> Result<(), GuestChannelError> {
         let shared = self
             .lock()
             .get(&vm_id)
@@ -301,8 +397,7 @@ impl GuestChannels {
             .ok()
             .and_then(|w| w.as_ref().map(|(_, tx)| tx.clone()))
             .ok_or(GuestChannelError::NotConnected { vm_id })?;
-        let line = encode_line(message)?;
-        writer.try_send(line).map_err(|err| match err {
+        writer.try_send(item).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => GuestChannelError::QueueFull { vm_id },
             mpsc::error::TrySendError::Closed(_) => GuestChannelError::NotConnected { vm_id },
         })
@@ -390,6 +485,7 @@ impl Shared {
                 connected: false,
                 registered: false,
                 agent_version: None,
+                features: Vec::new(),
                 last_hello: None,
                 last_heartbeat: None,
                 last_usage: None,
@@ -497,7 +593,7 @@ async fn session(
     shared: Arc<Shared>,
     request_hello: bool,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let connection = shared
         .with_state(|s| {
             s.connections += 1;
@@ -509,7 +605,7 @@ async fn session(
     let hello_request = encode_line(&AgentMessage::HelloRequest).ok();
     if request_hello {
         if let Some(line) = &hello_request {
-            let _ = tx.try_send(line.clone());
+            let _ = tx.try_send(Outbound::Line(line.clone()));
         }
     }
     // Weak, so the writer still ends when the slot's sender goes away.
@@ -520,12 +616,13 @@ async fn session(
     tracing::info!(vm_id = %shared.vm_id, connection, "guest channel connected");
 
     let write_side = async {
-        while let Some(line) = rx.recv().await {
-            if let Err(err) = writer.write_all(&line).await {
-                return format!("write failed: {err}");
-            }
-            if let Err(err) = writer.flush().await {
-                return format!("flush failed: {err}");
+        while let Some(item) = rx.recv().await {
+            let result = match item {
+                Outbound::Line(line) => write_line(&mut writer, &line).await,
+                Outbound::Program(program) => write_program(&mut writer, &program).await,
+            };
+            if let Err(reason) = result {
+                return reason;
             }
         }
         "writer closed".to_string()
@@ -555,7 +652,7 @@ async fn session(
                     && !shared.with_state(|s| s.registered).unwrap_or(true)
                 {
                     if let (Some(line), Some(tx)) = (&hello_request, ask_again.upgrade()) {
-                        let _ = tx.try_send(line.clone());
+                        let _ = tx.try_send(Outbound::Line(line.clone()));
                     }
                 }
                 if let Some(message) = message {
@@ -582,6 +679,36 @@ async fn session(
     }
 }
 
+async fn write_line(
+    writer: &mut Box<dyn AsyncWrite + Unpin + Send>,
+    line: &[u8],
+) -> Result<(), String> {
+    writer
+        .write_all(line)
+        .await
+        .map_err(|err| format!("write failed: {err}"))?;
+    writer
+        .flush()
+        .await
+        .map_err(|err| format!("flush failed: {err}"))
+}
+
+/// `program_begin`, then each chunk encoded only when the previous one is
+/// written, so memory stays at one chunk line whatever the program's size.
+async fn write_program(
+    writer: &mut Box<dyn AsyncWrite + Unpin + Send>,
+    program: &ProgramSend,
+) -> Result<(), String> {
+    let encode = |message: &AgentMessage| {
+        encode_line(message).map_err(|err| format!("cannot encode a program message: {err}"))
+    };
+    write_line(writer, &encode(&program.begin())?).await?;
+    for offset in (0..program.content.len()).step_by(PROGRAM_CHUNK_BYTES) {
+        write_line(writer, &encode(&program.chunk(offset))?).await?;
+    }
+    Ok(())
+}
+
 /// Parses one line and updates the state; `None` for lines to skip.
 fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
     let message: GuestMessage = match serde_json::from_slice(line) {
@@ -599,6 +726,7 @@ fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
         GuestMessage::Hello {
             vm_id,
             agent_version,
+            features,
         } => {
             if Uuid::parse_str(vm_id).ok() != Some(shared.vm_id) {
                 note_error(
@@ -613,6 +741,7 @@ fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
             shared.with_state(|s| {
                 s.registered = true;
                 s.agent_version = Some(agent_version.clone());
+                s.features = features.clone();
                 s.last_hello = Some(SystemTime::now());
                 s.last_error = None;
             });
@@ -847,6 +976,87 @@ mod tests {
         let more = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await;
         assert!(more.is_err(), "asked again after registering: {more:?}");
         channels.close(vm());
+    }
+
+    /// A guest that announces chunks gets a program as `program_begin` and
+    /// bounded chunks that add up to it; one that does not gets one `run`.
+    #[tokio::test]
+    async fn programs_go_in_chunks_only_to_guests_that_take_them() {
+        use measurelab_api::guest::MAX_AGENT_LINE_BYTES;
+        use tokio::io::AsyncBufReadExt;
+        let content: Vec<u8> = (0..2 * PROGRAM_CHUNK_BYTES + 5).map(|i| i as u8).collect();
+        let program = ProgramSend {
+            deployment_id: "d1".into(),
+            program_name: "p".into(),
+            content: Arc::new(content.clone()),
+            args: vec!["a".into()],
+            env: Default::default(),
+        };
+        for features in [vec![FEATURE_PROGRAM_CHUNKS], vec![]] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = channel_socket_path(dir.path(), vm());
+            let channels = GuestChannels::new();
+            let _inbound = channels.open_unix(vm(), &path).unwrap();
+            let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let hello = GuestMessage::Hello {
+                vm_id: vm().to_string(),
+                agent_version: "x".into(),
+                features: features.iter().map(|f| f.to_string()).collect(),
+            };
+            write
+                .write_all(&encode_line(&hello).unwrap())
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !channels.state(vm()).unwrap().registered {
+                assert!(tokio::time::Instant::now() < deadline, "hello not taken");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            channels.send_program(vm(), program.clone()).unwrap();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let mut next = async || -> AgentMessage {
+                let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                assert!(line.len() <= MAX_AGENT_LINE_BYTES, "{} bytes", line.len());
+                serde_json::from_str(&line).unwrap()
+            };
+            if features.is_empty() {
+                assert_eq!(next().await, program.as_run());
+                continue;
+            }
+            let AgentMessage::ProgramBegin {
+                size, sha256, args, ..
+            } = next().await
+            else {
+                panic!("no program_begin first");
+            };
+            assert_eq!(size, content.len() as u64);
+            assert_eq!(sha256, program.sha256());
+            assert_eq!(args, vec!["a".to_string()]);
+            let mut got = Vec::new();
+            while got.len() < content.len() {
+                let AgentMessage::ProgramChunk {
+                    offset,
+                    data_base64,
+                    ..
+                } = next().await
+                else {
+                    panic!("not a chunk");
+                };
+                assert_eq!(offset, got.len() as u64);
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data_base64)
+                    .unwrap();
+                assert!(!bytes.is_empty() && bytes.len() <= PROGRAM_CHUNK_BYTES);
+                got.extend(bytes);
+            }
+            assert_eq!(got, content);
+            channels.close(vm());
+        }
     }
 
     /// Whoever else reaches a registered guest's socket is turned away: the

@@ -126,17 +126,20 @@ fn attached_disks(flavor: DomainFlavor, disks: &GuestDisks) -> Vec<AttachedDisk<
     .collect()
 }
 
-/// Where the guest sees its channel: the second serial port under QEMU; on
-/// Xen PV the first PV channel after the console (unverified here: no Xen).
+/// Where the guest sees its channel: under QEMU the virtio-serial port named
+/// [`GUEST_CHANNEL_NAME`] (the guest agent finds it by that name in sysfs
+/// when no udev made the link); on Xen PV the first PV channel after the
+/// console (unverified here: no Xen).
 pub(crate) fn guest_channel_device(flavor: DomainFlavor) -> &'static str {
     match flavor {
         DomainFlavor::XenPv => "/dev/hvc1",
-        _ => "/dev/ttyS1",
+        _ => "/dev/virtio-ports/org.measurelab.guest.0",
     }
 }
 
-/// Name of the Xen PV channel (xenstore `name`) that carries the guest channel.
-pub const XEN_CHANNEL_NAME: &str = "org.measurelab.guest.0";
+/// Name of the virtio-serial port (QEMU) or Xen PV channel (xenstore
+/// `name`) that carries the guest channel.
+pub const GUEST_CHANNEL_NAME: &str = "org.measurelab.guest.0";
 
 /// The ownership element, also used alone with `virDomainSetMetadata`.
 /// `owner` scopes the domain to one node agent (see
@@ -327,15 +330,23 @@ pub(crate) fn domain_xml_for_owner(
             DomainFlavor::XenPv => {
                 x.push_str("    <channel type='unix'>\n");
                 let _ = writeln!(x, "      <source mode='bind' path='{path}'/>");
-                let _ = writeln!(x, "      <target type='xen' name='{XEN_CHANNEL_NAME}'/>");
+                let _ = writeln!(x, "      <target type='xen' name='{GUEST_CHANNEL_NAME}'/>");
                 x.push_str("    </channel>\n");
             }
             // QEMU listens on the socket (server, nowait); the node agent
-            // connects. The guest sees the second 16550 UART as ttyS1.
+            // connects. A virtio-serial port, not a second 16550: QEMU's
+            // UART has no receive flow control, so under load the guest's
+            // tty buffer overran and dropped program bytes (`bo:` in
+            // /proc/tty/driver/serial); virtio-serial makes QEMU wait for
+            // the guest's buffers. libvirt adds the virtio-serial controller.
             DomainFlavor::Qemu(_) | DomainFlavor::Test => {
-                x.push_str("    <serial type='unix'>\n");
+                x.push_str("    <channel type='unix'>\n");
                 let _ = writeln!(x, "      <source mode='bind' path='{path}'/>");
-                x.push_str("      <target port='1'/>\n    </serial>\n");
+                let _ = writeln!(
+                    x,
+                    "      <target type='virtio' name='{GUEST_CHANNEL_NAME}'/>"
+                );
+                x.push_str("    </channel>\n");
             }
         }
     }
@@ -575,8 +586,9 @@ mod tests {
         assert!(xml.contains("<target dev='vm-6f1c2a3b'/>"));
         assert!(xml.contains("<mac address='52:54:00:6f:1c:2a'/>"));
         assert!(xml.contains("measurelab.ip=10.200.9.2/24"));
-        assert!(xml.contains("measurelab.channel=/dev/ttyS1"));
-        assert!(xml.contains("<serial type='unix'>\n      <source mode='bind' path='/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock'/>\n      <target port='1'/>"));
+        assert!(xml.contains("measurelab.channel=/dev/virtio-ports/org.measurelab.guest.0"));
+        assert!(xml.contains("<channel type='unix'>\n      <source mode='bind' path='/var/lib/measurelab/agent/guests/6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8/channel.sock'/>\n      <target type='virtio' name='org.measurelab.guest.0'/>\n    </channel>"));
+        assert!(!xml.contains("<target port='1'/>"), "no second UART: {xml}");
     }
 
     #[test]

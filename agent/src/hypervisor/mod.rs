@@ -49,7 +49,7 @@ mod types;
 
 pub use api::Hypervisor;
 pub use disks::DiskConfig;
-pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, XEN_CHANNEL_NAME};
+pub use domain_xml::{domain_xml, DomainFlavor, QemuAccel, GUEST_CHANNEL_NAME};
 pub use libvirt::LibvirtHypervisor;
 pub use namespace::{
     probe_guest_egress_shaping, probe_tc_police, EgressShaping, NamespaceConfig,

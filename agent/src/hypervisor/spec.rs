@@ -35,8 +35,9 @@ pub struct GuestSpec {
     /// The guest's one network interface, if any.
     pub nic: Option<NicSpec>,
     /// Unix socket of the guest channel (see `crate::guest_channel`). For
-    /// libvirt guests, libvirt binds it for the second serial port (the
-    /// guest's `/dev/ttyS1`; a PV channel on Xen) and the node agent
+    /// libvirt guests, libvirt binds it for a virtio-serial port (the
+    /// guest's `/dev/virtio-ports/org.measurelab.guest.0`; a PV channel on
+    /// Xen) and the node agent
     /// connects; the namespace backend passes it to the guest process as
     /// `MEASURELAB_CHANNEL` and the node agent listens on it. Left out of the
     /// serialized spec when `None`, so spec hashes of older specs stay put.

@@ -458,6 +458,10 @@ fn handle_guest_message(
             );
             false
         }
+        GuestMessage::ProgramTransferFailed {
+            deployment_id,
+            reason,
+        } => programs.on_transfer_failed(vm, deployment_id, reason),
         GuestMessage::Result {
             ref task_id,
             ref document,

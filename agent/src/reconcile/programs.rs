@@ -5,20 +5,29 @@
 //! A `run` is sent again whenever the guest reconnects (its connection count
 //! moved): the guest agent treats a repeated `run` of a known deployment as
 //! "report your status", so this is safe and covers guest agent restarts.
+//!
+//! A chunked transfer the guest reports as `program_transfer_failed` (the
+//! bytes did not add up to the SHA-256; nothing ran) is sent again on the
+//! next pass, up to [`MAX_TRANSFER_ATTEMPTS`] times per run; then the run
+//! is reported `failed` with the guest's reason.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use base64::Engine as _;
+use std::sync::Arc;
+
 use measurelab_api::guest::{AgentMessage, ProgramRunState};
 use measurelab_api::node_v1::{ProgramRun, ProgramRunStatus};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::types::{ControlPlane, ReconcileError};
-use crate::guest_channel::GuestChannels;
+use crate::guest_channel::{GuestChannels, ProgramSend};
 
 type RunKey = (String, Uuid);
+
+/// Transfers of one run that may fail before the run is reported failed.
+pub(crate) const MAX_TRANSFER_ATTEMPTS: u32 = 3;
 
 pub(crate) struct Programs {
     cache_dir: PathBuf,
@@ -26,6 +35,8 @@ pub(crate) struct Programs {
     sent: HashMap<RunKey, u64>,
     latest: HashMap<RunKey, ProgramRunStatus>,
     reported: HashMap<RunKey, ProgramRunStatus>,
+    /// Transfers of a run the guest reported failed so far.
+    failed_transfers: HashMap<RunKey, u32>,
 }
 
 impl Programs {
@@ -35,6 +46,7 @@ impl Programs {
             sent: HashMap::new(),
             latest: HashMap::new(),
             reported: HashMap::new(),
+            failed_transfers: HashMap::new(),
         }
     }
 
@@ -119,15 +131,14 @@ impl Programs {
                 .find(|n| !n.is_empty())
                 .unwrap_or("program")
                 .to_string();
-            let message = AgentMessage::Run {
+            let program = ProgramSend {
                 deployment_id: run.deployment_id.clone(),
                 program_name,
-                sha256: hex::encode(Sha256::digest(&content)),
-                content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
+                content: Arc::new(content),
                 args: run.args.clone(),
                 env: run.env.clone().into_iter().collect(),
             };
-            match channels.send(vm, &message) {
+            match channels.send_program(vm, program) {
                 Ok(()) => {
                     tracing::info!(deployment = %run.deployment_id, vm = %vm, "program sent to guest");
                     self.sent.insert(key, state.connections);
@@ -151,7 +162,44 @@ impl Programs {
             self.sent.remove(&key);
             self.latest.remove(&key);
             self.reported.remove(&key);
+            self.failed_transfers.remove(&key);
         }
+    }
+
+    /// The guest of VM `vm` got a corrupt or incomplete program for
+    /// `deployment_id` and ran nothing. Returns whether it is sent again
+    /// (on the next pass); if not, the run is now `failed`.
+    pub(crate) fn on_transfer_failed(
+        &mut self,
+        vm: Uuid,
+        deployment_id: String,
+        reason: String,
+    ) -> bool {
+        let key = (deployment_id, vm);
+        if !self.sent.contains_key(&key) {
+            // Not a run we are delivering (any more): nothing to retry.
+            return false;
+        }
+        let failures = self.failed_transfers.entry(key.clone()).or_insert(0);
+        *failures += 1;
+        if *failures < MAX_TRANSFER_ATTEMPTS {
+            tracing::warn!(deployment = %key.0, vm = %vm, attempt = *failures, %reason, "program transfer failed in the guest; sending it again");
+            self.sent.remove(&key);
+            return true;
+        }
+        tracing::warn!(deployment = %key.0, vm = %vm, %reason, "program transfer failed {MAX_TRANSFER_ATTEMPTS} times; giving up");
+        let status = ProgramRunStatus {
+            deployment_id: key.0.clone(),
+            vm_id: vm.to_string(),
+            status: "failed".into(),
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: format!(
+                "program transfer to the guest failed {MAX_TRANSFER_ATTEMPTS} times; last: {reason}"
+            ),
+        };
+        self.latest.insert(key, status);
+        false
     }
 
     /// A `program_status` from VM `vm`'s guest.
@@ -220,5 +268,40 @@ fn status(
         exit_code,
         stdout_tail,
         stderr_tail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer the guest reports broken is sent again on the next pass,
+    /// up to the bound; then the run is failed with the guest's reason.
+    #[test]
+    fn failed_transfers_are_resent_then_reported_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut programs = Programs::new(dir.path());
+        let vm = Uuid::new_v4();
+        let key = ("d1".to_string(), vm);
+        assert!(
+            !programs.on_transfer_failed(vm, "d1".into(), "r".into()),
+            "a run never sent is not resent"
+        );
+        for attempt in 1..MAX_TRANSFER_ATTEMPTS {
+            programs.sent.insert(key.clone(), 1);
+            assert!(programs.on_transfer_failed(vm, "d1".into(), format!("r{attempt}")));
+            assert!(!programs.sent.contains_key(&key), "sent again next pass");
+            assert!(programs.changed().is_empty());
+        }
+        programs.sent.insert(key.clone(), 1);
+        assert!(!programs.on_transfer_failed(vm, "d1".into(), "sha256 mismatch".into()));
+        assert!(programs.sent.contains_key(&key), "not sent again");
+        let changed = programs.changed();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].status, "failed");
+        assert!(
+            changed[0].stderr_tail.contains("sha256 mismatch"),
+            "{changed:?}"
+        );
     }
 }

@@ -3,8 +3,19 @@
 //!
 //! Framing: one JSON object per line (`\n`-terminated), UTF-8, over a byte
 //! stream - a unix socket for namespace guests (`MEASURELAB_CHANNEL`), a
-//! serial port for QEMU/Xen guests (`/dev/ttyS1` inside, a libvirt unix
-//! socket outside). Every object has a `"type"` tag. A reader skips (and
+//! virtio-serial port for QEMU guests
+//! (`/dev/virtio-ports/org.measurelab.guest.0` inside, a libvirt unix socket
+//! outside), a PV channel for Xen guests (`/dev/hvc1`), or a serial port
+//! (`/dev/ttyS1`) where a guest has nothing better. Every object has a
+//! `"type"` tag.
+//!
+//! Programs travel in bounded pieces ([`AgentMessage::ProgramBegin`], then
+//! [`AgentMessage::ProgramChunk`]s of at most [`PROGRAM_CHUNK_BYTES`]), and
+//! the guest checks the SHA-256 of the whole before it runs anything; a
+//! transfer that does not add up is answered with
+//! [`GuestMessage::ProgramTransferFailed`] and sent again. So lines stay
+//! small on both sides, and a transport that loses bytes (an emulated UART
+//! has no flow control) costs a retry, never a corrupt run. A reader skips (and
 //! logs) lines it cannot parse, so one bad message never ends a session and
 //! a newer peer's new message types are ignored by an older one.
 //!
@@ -24,9 +35,20 @@ use crate::http::Resources;
 /// many receivers fits easily; a runaway guest cannot grow our memory).
 pub const MAX_GUEST_LINE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Longest line a guest accepts from its node agent: `run` carries the whole
-/// program, base64-encoded.
-pub const MAX_AGENT_LINE_BYTES: usize = 96 * 1024 * 1024;
+/// Longest line a guest accepts from its node agent: a program chunk
+/// ([`PROGRAM_CHUNK_BYTES`], base64) with room to spare. A legacy single-line
+/// `run` larger than this is dropped by the guest; the node agent sends those
+/// only to guests that do not announce [`FEATURE_PROGRAM_CHUNKS`].
+pub const MAX_AGENT_LINE_BYTES: usize = 1024 * 1024;
+
+/// Most program bytes in one [`AgentMessage::ProgramChunk`] (before base64).
+pub const PROGRAM_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Largest program a guest accepts ([`AgentMessage::ProgramBegin`]`.size`).
+pub const MAX_PROGRAM_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Hello feature: the guest understands `program_begin`/`program_chunk`.
+pub const FEATURE_PROGRAM_CHUNKS: &str = "program_chunks";
 
 /// Bound of the `stdout_tail` / `stderr_tail` a guest reports, in bytes.
 pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
@@ -44,6 +66,10 @@ pub enum GuestMessage {
         vm_id: String,
         /// Version of the guest agent.
         agent_version: String,
+        /// What the guest understands beyond the first protocol version,
+        /// e.g. [`FEATURE_PROGRAM_CHUNKS`]. Absent from older guests.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// Sent every heartbeat interval.
     Heartbeat {
@@ -73,6 +99,16 @@ pub enum GuestMessage {
         /// reason the program could not be started.
         #[serde(default)]
         stderr_tail: String,
+    },
+    /// A chunked program transfer did not add up (a chunk out of order, the
+    /// size or the SHA-256 of what arrived is wrong, or it stalled): nothing
+    /// was written or run, and the guest forgot the deployment, so the node
+    /// agent can send it again.
+    ProgramTransferFailed {
+        /// The deployment whose program did not arrive intact.
+        deployment_id: String,
+        /// What was wrong.
+        reason: String,
     },
     /// A measurement result document posted by a program to the local
     /// platform API (`POST /results`).
@@ -246,6 +282,40 @@ pub enum AgentMessage {
         /// Extra environment variables.
         #[serde(default)]
         env: BTreeMap<String, String>,
+    },
+    /// Start of a chunked program transfer, for guests that announce
+    /// [`FEATURE_PROGRAM_CHUNKS`]. The content follows in
+    /// [`AgentMessage::ProgramChunk`]s; once `size` bytes arrived and their
+    /// SHA-256 is `sha256`, the guest runs the program as for `run`. A
+    /// `program_begin` for a deployment the guest already knows only
+    /// re-reports its status (its chunks are ignored); one for a deployment
+    /// whose transfer is under way starts that transfer over.
+    ProgramBegin {
+        /// Deployment id; also the program's working directory name.
+        deployment_id: String,
+        /// File name the program is written under.
+        program_name: String,
+        /// Lowercase hex SHA-256 of the whole content.
+        sha256: String,
+        /// Content length in bytes, at most [`MAX_PROGRAM_BYTES`].
+        size: u64,
+        /// Arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// A piece of the program announced by [`AgentMessage::ProgramBegin`]:
+    /// pieces come in order, each at most [`PROGRAM_CHUNK_BYTES`].
+    ProgramChunk {
+        /// Deployment id of the transfer.
+        deployment_id: String,
+        /// Where `data_base64` starts in the content; must equal the bytes
+        /// received so far.
+        offset: u64,
+        /// The bytes, base64.
+        data_base64: String,
     },
     /// Kill the program of a deployment (its whole process group).
     Stop {
@@ -473,10 +543,35 @@ mod tests {
         let hello = GuestMessage::Hello {
             vm_id: "6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8".into(),
             agent_version: "0.1.0".into(),
+            features: vec![],
         };
         assert_eq!(
             serde_json::to_value(&hello).unwrap(),
             serde_json::json!({"type":"hello","vm_id":"6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8","agent_version":"0.1.0"})
+        );
+        // A newer guest's hello with features; an older guest's without.
+        let hello: GuestMessage = serde_json::from_str(
+            r#"{"type":"hello","vm_id":"v","agent_version":"0.2.0","features":["program_chunks"]}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(hello, GuestMessage::Hello { ref features, .. } if features == &[FEATURE_PROGRAM_CHUNKS])
+        );
+        let chunk: AgentMessage = serde_json::from_str(
+            r#"{"type":"program_chunk","deployment_id":"d1","offset":262144,"data_base64":"eA=="}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            chunk,
+            AgentMessage::ProgramChunk { offset: 262144, .. }
+        ));
+        assert_eq!(
+            serde_json::to_value(GuestMessage::ProgramTransferFailed {
+                deployment_id: "d1".into(),
+                reason: "r".into()
+            })
+            .unwrap(),
+            serde_json::json!({"type":"program_transfer_failed","deployment_id":"d1","reason":"r"})
         );
         assert_eq!(
             serde_json::to_value(GuestMessage::PollTasks).unwrap(),
