@@ -27,9 +27,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (physical platform server).
-    Controller(controller_cmd::ControllerArgs),
+    // Boxed, like the agent's: their many flags make them far larger than
+    // the other commands.
+    Controller(Box<controller_cmd::ControllerArgs>),
     /// Run a node agent.
-    // Boxed: its many flags make it far larger than the other commands.
     Agent(Box<agent_cmd::AgentArgs>),
     /// Manage a local lab of namespaces, OVS switches, a controller and agents.
     Lab(lab::LabArgs),
@@ -49,7 +50,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Controller(args) => controller_cmd::main(args),
+        Command::Controller(args) => controller_cmd::main(*args),
         Command::Agent(args) => agent_cmd::main(*args),
         Command::Lab(args) => lab::main(args),
         Command::Token(args) => access_cmd::token_main(args),
