@@ -249,4 +249,101 @@ mod tests {
             vec!["192.168.7.0/24"]
         );
     }
+
+    /// Properties of the allocators over random pools and random use: what
+    /// comes back is in the pool, free, the lowest free one, never a
+    /// reserved address, and an exhausted pool is the only way to an error.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_vlan_is_the_lowest_free_tag_or_the_pool_is_full(
+                start in 1u16..4000,
+                len in 0u16..64,
+                used in proptest::collection::hash_set(1u16..4100, 0..80),
+            ) {
+                let end = start.saturating_add(len).min(4094);
+                let pools = Pools { vlans: start..=end, ..Pools::default() };
+                match vlan(&pools, &used) {
+                    Ok(tag) => {
+                        prop_assert!(pools.vlans.contains(&tag));
+                        prop_assert!(!used.contains(&tag));
+                        prop_assert!((start..tag).all(|lower| used.contains(&lower)));
+                    }
+                    Err(StoreError::PoolExhausted(_)) => {
+                        prop_assert!((start..=end).all(|t| used.contains(&t)));
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn subnets_are_distinct_slash_24s_inside_the_pool(
+                network in any::<u32>(),
+                prefix in 16u8..=24,
+                taken in proptest::collection::vec(any::<bool>(), 256),
+            ) {
+                let mask = u32::MAX << (32 - u32::from(prefix));
+                let base = network & mask;
+                let pools = Pools { subnets: (Ipv4Addr::from(base), prefix), ..Pools::default() };
+                let all: Vec<String> = pool_subnets(&pools).collect();
+                prop_assert_eq!(all.len(), 1usize << (24 - prefix));
+                let distinct: HashSet<&String> = all.iter().collect();
+                prop_assert_eq!(distinct.len(), all.len());
+                for s in &all {
+                    let (net, len) = parse_cidr(s).expect("a CIDR");
+                    prop_assert_eq!(len, 24);
+                    prop_assert_eq!(u32::from(net) & 0xff, 0);
+                    prop_assert_eq!(u32::from(net) & mask, base, "{} leaves the pool", s);
+                }
+                let used: HashSet<String> = all
+                    .iter()
+                    .zip(taken.iter().cycle())
+                    .filter(|(_, t)| **t)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                match subnet(&pools, &used) {
+                    Ok(s) => {
+                        prop_assert!(!used.contains(&s));
+                        let first_free = all.iter().find(|c| !used.contains(*c));
+                        prop_assert_eq!(Some(&s), first_free);
+                    }
+                    Err(StoreError::PoolExhausted(_)) => prop_assert_eq!(used.len(), all.len()),
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn addresses_fill_a_subnet_without_reserved_or_repeated_ones(
+                network in any::<u32>(),
+                prefix in 24u8..=30,
+                picks in 0usize..300,
+            ) {
+                let mask = u32::MAX << (32 - u32::from(prefix));
+                let net = network & mask;
+                let subnet = format!("{}/{prefix}", Ipv4Addr::from(net));
+                let size = 1u32 << (32 - u32::from(prefix));
+                let mut used = HashSet::new();
+                for _ in 0..picks {
+                    match address("p", &subnet, &used) {
+                        Ok(a) => {
+                            let host = u32::from(a.parse::<Ipv4Addr>().expect("an address"));
+                            prop_assert_eq!(host & mask, net, "{} outside {}", a, subnet);
+                            let offset = host - net;
+                            prop_assert!(offset >= 2 && offset < size - 1,
+                                "{} is the network, the gateway or the broadcast of {}", a, subnet);
+                            prop_assert!(used.insert(a));
+                        }
+                        Err(StoreError::PoolExhausted(_)) => {
+                            prop_assert_eq!(used.len() as u32, size - 3);
+                            break;
+                        }
+                        Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }
