@@ -6,32 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::{ip_output, process_exists, sigkill, wait_for, LabGuard, BIN};
 use measurelab_api::http::NodeStatus;
-
-/// True when GET /healthz on `endpoint` (http://host:port) answers 200.
-fn healthz_ok(endpoint: &str) -> bool {
-    let Some(addr) = endpoint.strip_prefix("http://") else {
-        return false;
-    };
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
-}
 
 fn parse_time(text: &str) -> SystemTime {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
@@ -172,6 +151,11 @@ fn restarted_controller_sees_every_node_again_within_two_intervals() {
             >= 3
     );
     let (endpoint, _) = lab.env();
+    let ca = lab.ca_pem();
+    assert!(
+        lab.healthz_ok(&endpoint, ca.as_deref()),
+        "the controller answers before it is killed"
+    );
 
     let agents = ["n1-agent", "n2-agent", "n3-agent"];
     let logged_before: Vec<usize> = agents.iter().map(|a| agent_log(&lab, a).len()).collect();
@@ -194,13 +178,14 @@ fn restarted_controller_sees_every_node_again_within_two_intervals() {
                 .then_some(())
         },
     );
-    assert!(!healthz_ok(&endpoint));
+    assert!(!lab.healthz_ok(&endpoint, ca.as_deref()));
 
     let mut restart = lab.up_command(3, 2);
     let restart = std::thread::spawn(move || restart.output().unwrap());
     // The restarted controller keeps its port; note when it first answers.
     let ready = wait_for("controller healthz", Duration::from_secs(30), || {
-        healthz_ok(&endpoint).then(SystemTime::now)
+        lab.healthz_ok(&endpoint, ca.as_deref())
+            .then(SystemTime::now)
     });
     let all_back = wait_for(
         "fresh heartbeats from every node",
@@ -260,12 +245,30 @@ fn agent_with_a_bad_join_token_is_refused_and_the_refusal_is_an_event() {
     let lab = LabGuard::new('d');
     lab.up(1, 1);
     let state = lab.dir().join("rogue-state");
+    // The lab runs TLS: the rogue agent pins the lab's real CA (a bundle
+    // made on the controller) but holds a wrong join token, so it gets as
+    // far as registering and is refused there.
+    let wrong_token = lab.dir().join("wrong.token");
+    std::fs::write(&wrong_token, "not-the-token").unwrap();
+    let bundle = Command::new(BIN)
+        .arg("join-bundle")
+        .arg("--data-dir")
+        .arg(lab.dir().join("controller"))
+        .args(["--endpoint", "https://10.254.0.1:7071", "--join-token-file"])
+        .arg(&wrong_token)
+        .output()
+        .unwrap();
+    assert!(
+        bundle.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bundle.stderr)
+    );
+    let bundle = String::from_utf8(bundle.stdout).unwrap();
     let mut rogue = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}-n1", lab.name))
         .arg(BIN)
         .args(["agent", "--name", "rogue"])
-        .args(["--controller", "http://10.254.0.1:7071"])
-        .args(["--join-token", "not-the-token", "--state-dir"])
+        .args(["--join-bundle", bundle.trim(), "--state-dir"])
         .arg(&state)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -119,28 +119,68 @@ impl LabGuard {
         pids
     }
 
-    /// The operator's endpoint and token: these tests watch nodes, their
-    /// logs and events, which a tenant's token (plain `lab env`) cannot see.
-    pub fn env(&self) -> (String, String) {
+    /// `lab env --operator` as KEY -> value.
+    fn env_values(&self) -> std::collections::BTreeMap<String, String> {
         let out = self.lab("env", &["--operator"]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The operator's endpoint and token: these tests watch nodes, their
+    /// logs and events, which a tenant's token (plain `lab env`) cannot see.
+    pub fn env(&self) -> (String, String) {
+        let values = self.env_values();
         let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("{key} missing in lab env output:\n{text}"))
-                .to_string()
+            values
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} missing in lab env output: {values:?}"))
+                .clone()
         };
         (value("MEASURELAB_ENDPOINT"), value("MEASURELAB_TOKEN"))
     }
 
+    /// The lab controller's CA (labs run TLS by default), as `lab env`
+    /// names it; `None` for a plaintext lab.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        let path = self.env_values().remove("MEASURELAB_CA_CERT")?;
+        Some(std::fs::read(&path).unwrap_or_else(|e| panic!("reading the lab CA {path}: {e}")))
+    }
+
+    /// Whether the controller answers `/healthz`, over TLS with the lab's CA
+    /// when the lab runs TLS.
+    pub fn healthz_ok(&self, endpoint: &str, ca_pem: Option<&[u8]>) -> bool {
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2));
+        if let Some(pem) = ca_pem {
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("the lab CA"));
+        }
+        let client = builder.build().expect("an HTTP client");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            client
+                .get(format!("{endpoint}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+    }
+
     pub fn client(&self) -> (measurelab_api::client::Client, tokio::runtime::Runtime) {
         let (endpoint, token) = self.env();
-        let client = measurelab_api::client::Client::new(&endpoint, &token, None).unwrap();
+        let ca = self.ca_pem();
+        let client = measurelab_api::client::Client::new(&endpoint, &token, ca.as_deref()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
