@@ -1,7 +1,7 @@
 //! Prometheus metrics of the node agent, served at `/metrics` on
 //! `metrics_listen` when it is set (off by default; bind it to the
 //! management address). Reconcile pass durations and outcomes, heartbeats,
-//! and the generations the node is at.
+//! the generations the node is at, and the guest relay's queue and refusals.
 //!
 //! One set per process, like the log buffer: a node runs one agent.
 
@@ -25,6 +25,15 @@ struct PassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Reads the relay queue's depth at scrape time (the queue belongs to the
+/// reconcile loop, which registers it).
+type DepthSource = Box<dyn Fn() -> usize + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -38,6 +47,9 @@ pub struct AgentMetrics {
     desired_vms: Gauge,
     desired_generation: Gauge,
     observed_generation: Gauge,
+    relay_depth: Gauge,
+    relay_depth_source: std::sync::Mutex<Option<DepthSource>>,
+    relay_refused: Family<KindLabels, Counter>,
 }
 
 static METRICS: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
@@ -88,8 +100,23 @@ impl AgentMetrics {
             "Newest desired generation the node has converged to",
             observed_generation.clone(),
         );
+        let relay_depth = Gauge::default();
+        registry.register(
+            "relay_queue_depth",
+            "Guest requests holding a slot of the node's relay queue",
+            relay_depth.clone(),
+        );
+        let relay_refused = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "relay_refused",
+            "Guest requests answered with a refusal (relay queue full, spool unavailable), by kind",
+            relay_refused.clone(),
+        );
         AgentMetrics {
             registry,
+            relay_depth,
+            relay_depth_source: std::sync::Mutex::new(None),
+            relay_refused,
             pass_duration,
             passes,
             heartbeats,
@@ -131,8 +158,29 @@ impl AgentMetrics {
             .inc();
     }
 
+    /// Where the relay queue's depth is read at scrape time.
+    pub fn watch_relay_queue(&self, depth: impl Fn() -> usize + Send + Sync + 'static) {
+        *self
+            .relay_depth_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(depth));
+    }
+
+    /// A guest request the relay refused.
+    pub fn observe_relay_refusal(&self, kind: &'static str) {
+        self.relay_refused.get_or_create(&KindLabels { kind }).inc();
+    }
+
     /// The exposition, in OpenMetrics.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Some(depth) = self
+            .relay_depth_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            self.relay_depth.set(gauge_value(depth() as u64));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -190,6 +238,8 @@ mod tests {
         m.observe_generation(7);
         m.observe_heartbeat(true);
         m.observe_heartbeat(false);
+        m.observe_relay_refusal("poll_tasks");
+        m.watch_relay_queue(|| 3);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -209,6 +259,8 @@ mod tests {
             "measurelab_agent_desired_vms 5",
             "measurelab_agent_desired_generation 8",
             "measurelab_agent_observed_generation 7",
+            "measurelab_agent_relay_queue_depth 3",
+            "measurelab_agent_relay_refused_total{kind=\"poll_tasks\"} 1",
         ] {
             assert!(
                 classic.lines().any(|l| l == line),

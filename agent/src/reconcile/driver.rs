@@ -283,6 +283,10 @@ pub async fn run_loop(
         slots: RelaySlots::new(reconciler.config().relay.queue),
         spool,
     };
+    crate::metrics::metrics().watch_relay_queue({
+        let slots = relay.slots.clone();
+        move || slots.depth()
+    });
 
     loop {
         let now = Instant::now();

@@ -108,6 +108,11 @@ impl Gate {
 
 /// Tells the guest a request was not relayed, when it waits for an answer.
 pub(crate) fn refuse(vm: Uuid, message: &GuestMessage, reason: &str, channels: &GuestChannels) {
+    crate::metrics::metrics().observe_relay_refusal(match message {
+        GuestMessage::PollTasks => "poll_tasks",
+        GuestMessage::Result { .. } => "result",
+        _ => "other",
+    });
     let answer = match message {
         GuestMessage::PollTasks => AgentMessage::PollRefused {
             reason: reason.to_string(),
@@ -132,6 +137,7 @@ pub(crate) fn refuse(vm: Uuid, message: &GuestMessage, reason: &str, channels: &
 #[derive(Clone)]
 pub(crate) struct RelaySlots {
     slots: Arc<Semaphore>,
+    capacity: usize,
     polling: Arc<Mutex<HashSet<Uuid>>>,
 }
 
@@ -165,8 +171,14 @@ impl RelaySlots {
     pub(crate) fn new(queue: usize) -> Self {
         RelaySlots {
             slots: Arc::new(Semaphore::new(queue.max(1))),
+            capacity: queue.max(1),
             polling: Arc::default(),
         }
+    }
+
+    /// Relay jobs holding a slot now.
+    pub(crate) fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.slots.available_permits())
     }
 
     /// A slot for a relay job, or `None` when the queue is full.
