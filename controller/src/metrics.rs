@@ -26,7 +26,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use serde::Deserialize;
 
 use crate::store::{result_series, Store, StoreError};
 
@@ -290,9 +289,7 @@ impl Metrics {
             // Stored documents passed the typed check on the way in; one
             // written before that (or by a non-multicast program) has no
             // receivers to report and is skipped.
-            let Ok(document) = ResultDocument::deserialize(
-                &serde_json::from_str::<serde_json::Value>(&run.document).unwrap_or_default(),
-            ) else {
+            let Ok(document) = serde_json::from_str::<ResultDocument>(&run.document) else {
                 continue;
             };
             self.result_started

@@ -72,14 +72,16 @@ pub(crate) fn handle_unknown(paths: Vec<String>) -> Result<(), ApiError> {
     if paths.is_empty() {
         return Ok(());
     }
-    let mode = SCOPE.try_with(|scope| scope.mode).unwrap_or(Mode::Strict);
+    let mode = SCOPE
+        .try_with(|scope| {
+            if scope.mode == Mode::Warn {
+                scope.warnings.borrow_mut().extend(paths.iter().cloned());
+            }
+            scope.mode
+        })
+        .unwrap_or(Mode::Strict);
     match mode {
-        Mode::Ignore => Ok(()),
-        Mode::Warn => {
-            // Cannot fail: the mode came from the same scope.
-            let _ = SCOPE.try_with(|scope| scope.warnings.borrow_mut().extend(paths));
-            Ok(())
-        }
+        Mode::Ignore | Mode::Warn => Ok(()),
         Mode::Strict => {
             let others = match paths.len() {
                 1 => String::new(),
