@@ -43,6 +43,10 @@ impl Server {
                     ),
                 )
                 .route("/stuck", get(std::future::pending::<&'static str>));
+        Server::start_with(router, limits).await
+    }
+
+    async fn start_with(router: axum::Router, limits: Limits) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -277,21 +281,13 @@ fn upload_router() -> axum::Router {
 
 #[tokio::test]
 async fn a_lifted_upload_outlasts_the_request_timeout_while_it_progresses() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let limits = Limits {
         request_timeout: Duration::from_millis(200),
         idle_timeout: Duration::from_millis(500),
         ..limits()
     };
-    let task = tokio::spawn(serve(
-        listener,
-        plain,
-        upload_router(),
-        limits,
-        std::future::pending(),
-    ));
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let server = Server::start_with(upload_router(), limits).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"PUT /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n\r\n")
         .await
@@ -312,26 +308,18 @@ async fn a_lifted_upload_outlasts_the_request_timeout_while_it_progresses() {
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("8"),
         "{answer}"
     );
-    task.abort();
+    server.task.abort();
 }
 
 #[tokio::test]
 async fn a_lifted_upload_that_stalls_is_closed_after_the_idle_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let limits = Limits {
         request_timeout: Duration::from_millis(200),
         idle_timeout: Duration::from_millis(300),
         ..limits()
     };
-    let task = tokio::spawn(serve(
-        listener,
-        plain,
-        upload_router(),
-        limits,
-        std::future::pending(),
-    ));
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let server = Server::start_with(upload_router(), limits).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"PUT /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n\r\nxx")
         .await
@@ -342,5 +330,5 @@ async fn a_lifted_upload_that_stalls_is_closed_after_the_idle_timeout() {
         .expect("the stalled upload is closed")
         .ok();
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    task.abort();
+    server.task.abort();
 }
