@@ -274,21 +274,9 @@ mod tests {
         );
         assert!(open_metrics.ends_with("# EOF\n"), "{open_metrics}");
 
-        let mut promtool = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus, scripts/packages.txt)");
-        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), classic.as_bytes()).unwrap();
-        let checked = promtool.wait_with_output().unwrap();
-        assert!(
-            checked.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        if let Err(e) = measurelab_testbed::promtool_check(&classic) {
+            panic!("{e:#}");
+        }
         stop.send(true).unwrap();
         server.await.unwrap().unwrap();
     }

@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use common::TestController;
 use reqwest::Method;
@@ -200,26 +198,9 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
         samples(&classic).keys().collect::<Vec<_>>(),
         samples(&after).keys().collect::<Vec<_>>()
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus, scripts/packages.txt)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(classic.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    if let Err(e) = measurelab_testbed::promtool_check(&classic) {
+        panic!("{e:#}");
+    }
 
     // Every series the Grafana dashboard queries is one the controller
     // serves (a renamed metric would leave a panel silently empty).

@@ -480,3 +480,31 @@ pub fn plug_veth(
     hostnet::tx_offload_off(Some(ns.name()), guest_if)?;
     Ok(())
 }
+
+/// Runs `promtool check metrics` (Debian package `prometheus`,
+/// scripts/packages.txt) on a classic-format exposition; `Err` carries
+/// promtool's complaints.
+pub fn promtool_check(exposition: &str) -> Result<()> {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian package prometheus, scripts/packages.txt)")?;
+    promtool
+        .stdin
+        .take()
+        .context("promtool's stdin")?
+        .write_all(exposition.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    if !checked.status.success() {
+        bail!(
+            "promtool: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    Ok(())
+}
