@@ -100,7 +100,8 @@ cat <<EOT
 Open $MEASURELAB_ENDPOINT/ in a browser and paste the token (the demo tenant's member
 token: the researcher's view; \`measurelab lab env --operator\` prints the operator's), or open
   $MEASURELAB_ENDPOINT/#token=$MEASURELAB_TOKEN
-(the token travels in the URL fragment, which the browser never sends to the server).
-API: curl -H "Authorization: Bearer \$MEASURELAB_TOKEN" $MEASURELAB_ENDPOINT/v1/results?task=mcast-lab-periodic
+(the token travels in the URL fragment, which the browser never sends to the server;
+the lab runs TLS, so the browser must trust the lab's CA, $MEASURELAB_CA_CERT).
+API: curl --cacert $MEASURELAB_CA_CERT -H "Authorization: Bearer \$MEASURELAB_TOKEN" $MEASURELAB_ENDPOINT/v1/results?task=mcast-lab-periodic
 Tear down: (cd examples/multicast-lab && terraform destroy -auto-approve -var bin_dir=$programs) && $measurelab lab down --name $lab
 EOT
