@@ -28,10 +28,17 @@ impl Replica {
         let tables = updates.as_object().ok_or_else(|| {
             OvsdbError::Protocol(format!("table-updates is not an object: {updates}"))
         })?;
+        // Checked before anything changes: a malformed update must not leave the
+        // replica with some of its tables applied.
+        let tables = tables
+            .iter()
+            .map(|(table, rows)| {
+                rows.as_object().map(|rows| (table, rows)).ok_or_else(|| {
+                    OvsdbError::Protocol(format!("table-update of {table} is not an object"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         for (table, rows) in tables {
-            let rows = rows.as_object().ok_or_else(|| {
-                OvsdbError::Protocol(format!("table-update of {table} is not an object"))
-            })?;
             let replica = self.tables.entry(table.clone()).or_default();
             for (uuid, change) in rows {
                 match change.get("new").and_then(Value::as_object) {
@@ -46,6 +53,20 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Applies one `update` notification's table-updates to `tables` as the monitor cache
+/// does; the row count after it.
+pub fn apply_table_updates(
+    tables: &mut HashMap<String, TableRows>,
+    updates: &Value,
+) -> Result<usize, OvsdbError> {
+    let mut replica = Replica {
+        tables: std::mem::take(tables),
+    };
+    let outcome = replica.apply(updates);
+    *tables = replica.tables;
+    outcome.map(|()| tables.values().map(BTreeMap::len).sum())
 }
 
 /// A live replica of some tables of one database, fed by an OVSDB monitor.
@@ -169,5 +190,15 @@ mod tests {
             .unwrap();
         assert_eq!(replica.tables["Port"].len(), 1);
         assert!(replica.apply(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn a_refused_update_changes_nothing() {
+        let mut replica = Replica::default();
+        // "Bridge" sorts first, so a row-by-row apply would have inserted it
+        // before reaching the malformed "Port".
+        let update = json!({"Bridge": {"b1": {"new": {"name": "br0"}}}, "Port": 7});
+        assert!(replica.apply(&update).is_err());
+        assert!(replica.tables.is_empty(), "{:?}", replica.tables.keys());
     }
 }

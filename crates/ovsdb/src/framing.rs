@@ -7,23 +7,33 @@ use crate::error::OvsdbError;
 
 /// Accumulates bytes from the socket and yields complete JSON values.
 #[derive(Debug, Default)]
-pub(crate) struct Framer {
+pub struct Framer {
     buffer: Vec<u8>,
 }
 
 impl Framer {
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+    /// Appends bytes read from the socket.
+    pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
     }
 
     /// Every complete value in the buffer, in order. A trailing partial value
     /// stays buffered for the next read.
-    pub(crate) fn drain_values(&mut self) -> Result<Vec<Value>, OvsdbError> {
+    pub fn drain_values(&mut self) -> Result<Vec<Value>, OvsdbError> {
         let mut values = Vec::new();
         let mut stream = serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
         let mut consumed = 0;
         loop {
             match stream.next() {
+                // Every JSON-RPC message is an object. A bare scalar is refused
+                // rather than framed: at the end of a read, `12` could be the
+                // first digits of `123`, so framing it would depend on where a
+                // read happened to end.
+                Some(Ok(value)) if !value.is_object() => {
+                    return Err(OvsdbError::Protocol(format!(
+                        "a message from the server is not a JSON object: {value}"
+                    )))
+                }
                 Some(Ok(value)) => {
                     consumed = stream.byte_offset();
                     values.push(value);
@@ -87,5 +97,19 @@ mod tests {
             framer.drain_values(),
             Err(OvsdbError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn refuses_a_bare_scalar_wherever_the_read_ends() {
+        // `12` read as `1` then `2` would otherwise frame as two numbers.
+        let mut framer = Framer::default();
+        framer.push(b"1");
+        assert!(matches!(
+            framer.drain_values(),
+            Err(OvsdbError::Protocol(_))
+        ));
+        let mut framer = Framer::default();
+        framer.push(b"{\"id\":1} 12");
+        assert!(framer.drain_values().is_err());
     }
 }

@@ -33,6 +33,14 @@ pub mod ops;
 pub mod value;
 
 pub use cache::MonitorCache;
+
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps private otherwise: the
+/// byte-stream framing and the replica's update rule, fed bytes a server could send.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cache::apply_table_updates;
+    pub use crate::framing::Framer;
+}
 pub use client::{MonitorStream, OvsdbClient};
 pub use error::OvsdbError;
 pub use ovsdb_client::schema::DatabaseSchema;
