@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use crate::metrics::StatsLimits;
 use crate::protocol::{
-    read_bounded_line, ControlRequest, ControlResponse, LineRead, PointInfo, ReceiveRequest,
-    ReceiverReport, SendRequest, DEFAULT_MAX_RATE_PPS, MAX_REQUEST_LINE_BYTES, PROTOCOL_VERSION,
+    read_bounded_line, ControlRequest, ControlResponse, FieldError, LineRead, PointInfo,
+    ReceiveRequest, ReceiverReport, SendRequest, DEFAULT_MAX_RATE_PPS, MAX_REQUEST_LINE_BYTES,
+    PROTOCOL_VERSION,
 };
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::sender::{run_sender, SendLimit, SenderConfig};
@@ -275,16 +276,11 @@ fn watch_control_connection(
     }))
 }
 
-fn handle_send(
-    request: &SendRequest,
-    config: &PointConfig,
-    control: &TcpStream,
-) -> ControlResponse {
-    if let Err(err) = request.validate(config.max_rate_pps) {
-        warn!(cause = %err, "send refused");
-        return error_response(format!("send refused: {err}"));
-    }
-    let sender = SenderConfig {
+/// The sender a `send` request orders from this point, or why it is refused: the
+/// point's own checks (rate ceiling, duration bound) before any use of the numbers.
+pub fn plan_send(request: &SendRequest, config: &PointConfig) -> Result<SenderConfig, FieldError> {
+    request.validate(config.max_rate_pps)?;
+    Ok(SenderConfig {
         group: request.group,
         port: request.port,
         source_addr: Some(config.data_addr),
@@ -299,6 +295,41 @@ fn handle_send(
             request.rate_pps,
             SendLimit::DurationSeconds(request.duration_seconds),
         )
+    })
+}
+
+/// The receiver a `receive` request opens on this point and the longest it may run, or
+/// why it is refused. Validation comes first: `Duration::from_secs_f64` panics on 1e20.
+pub fn plan_receive(
+    request: &ReceiveRequest,
+    config: &PointConfig,
+) -> Result<(ReceiverConfig, Duration), FieldError> {
+    request.validate()?;
+    let receiver = ReceiverConfig {
+        group: request.group,
+        port: request.port,
+        interface_addr: config.data_addr,
+        ssm_source: request.ssm_source,
+        session_id: Some(request.session_id),
+        limits: config.limits,
+    };
+    Ok((
+        receiver,
+        Duration::from_secs_f64(request.max_duration_seconds),
+    ))
+}
+
+fn handle_send(
+    request: &SendRequest,
+    config: &PointConfig,
+    control: &TcpStream,
+) -> ControlResponse {
+    let sender = match plan_send(request, config) {
+        Ok(sender) => sender,
+        Err(err) => {
+            warn!(cause = %err, "send refused");
+            return error_response(format!("send refused: {err}"));
+        }
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -329,25 +360,18 @@ fn handle_receive(
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
 ) -> Result<(), PointError> {
-    // Before any use of the duration: Duration::from_secs_f64 panics on 1e20.
-    if let Err(err) = request.validate() {
-        warn!(cause = %err, "receive refused");
-        return write_response(writer, &error_response(format!("receive refused: {err}")));
-    }
-    let receiver_config = ReceiverConfig {
-        group: request.group,
-        port: request.port,
-        interface_addr: config.data_addr,
-        ssm_source: request.ssm_source,
-        session_id: Some(request.session_id),
-        limits: config.limits,
+    let (receiver_config, limit) = match plan_receive(request, config) {
+        Ok(plan) => plan,
+        Err(err) => {
+            warn!(cause = %err, "receive refused");
+            return write_response(writer, &error_response(format!("receive refused: {err}")));
+        }
     };
     let receiver = match Receiver::open(receiver_config) {
         Ok(receiver) => receiver,
         Err(err) => return write_response(writer, &error_response(err)),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let limit = Duration::from_secs_f64(request.max_duration_seconds);
     let deadline = Instant::now() + limit;
     let receive_thread = {
         let stop = Arc::clone(&stop);
@@ -410,7 +434,7 @@ fn handle_receive(
 /// The drain a `stop` asks for, clamped so a bad request cannot park the receiver (or
 /// panic `Duration::from_secs_f64`): NaN and negatives mean 0, anything above
 /// [`MAX_DRAIN_SECONDS`] means that.
-fn drain_duration(drain_seconds: Option<f64>) -> Duration {
+pub fn drain_duration(drain_seconds: Option<f64>) -> Duration {
     match drain_seconds {
         None => DRAIN_AFTER_STOP,
         Some(s) if s.is_nan() => Duration::ZERO,
