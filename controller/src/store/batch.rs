@@ -231,3 +231,85 @@ pub(super) fn in_savepoint<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod savepoint_properties {
+    //! A batch runs many commands in one transaction; whatever mix of them fails,
+    //! the committed rows must be exactly those of the commands that succeeded.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One command: the values it inserts, and after how many of them it fails.
+    #[derive(Debug, Clone)]
+    struct Command {
+        values: Vec<u8>,
+        fail_after: Option<usize>,
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..5),
+            any::<Option<u8>>(),
+        )
+            .prop_map(|(values, fail)| {
+                let fail_after = fail.map(|k| usize::from(k) % (values.len() + 1));
+                Command { values, fail_after }
+            })
+    }
+
+    fn run(tx: &Connection, index: usize, command: &Command) -> Result<usize, StoreError> {
+        for (written, value) in command.values.iter().enumerate() {
+            if command.fail_after == Some(written) {
+                return Err(StoreError::Corrupt(format!("command {index} fails")));
+            }
+            tx.execute(
+                "INSERT INTO rows (command, value) VALUES (?1, ?2)",
+                params![index as i64, value],
+            )?;
+        }
+        match command.fail_after {
+            Some(_) => Err(StoreError::Corrupt(format!(
+                "command {index} fails at the end"
+            ))),
+            None => Ok(command.values.len()),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_failed_command_leaves_no_rows_and_takes_none_of_the_others(
+            commands in proptest::collection::vec(command(), 0..24),
+        ) {
+            let mut conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch("CREATE TABLE rows (command INTEGER, value INTEGER)").unwrap();
+            let registry = RwLock::new(Registry::default());
+            let mut overlay = Overlay {
+                registry: &registry,
+                changed: HashMap::new(),
+                removed: HashSet::new(),
+            };
+            let mut tx = conn.transaction().unwrap();
+            let mut expected = Vec::new();
+            for (index, command) in commands.iter().enumerate() {
+                let outcome = in_savepoint(&mut tx, &mut overlay, |tx, _| run(tx, index, command));
+                match (&outcome, command.fail_after) {
+                    (Ok(written), None) => {
+                        prop_assert_eq!(*written, command.values.len());
+                        expected.extend(command.values.iter().map(|v| (index as i64, i64::from(*v))));
+                    }
+                    (Err(_), Some(_)) => {}
+                    _ => prop_assert!(false, "command {} gave {:?}", index, outcome),
+                }
+            }
+            tx.commit().unwrap();
+            let committed: Vec<(i64, i64)> = conn
+                .prepare("SELECT command, value FROM rows ORDER BY rowid")
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            prop_assert_eq!(committed, expected);
+        }
+    }
+}
