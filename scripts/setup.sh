@@ -56,6 +56,17 @@ if [ "$(python3 -m pip show openapi-spec-validator 2>/dev/null | sed -n 's/^Vers
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "openapi-spec-validator==$openapi_validator_version"
 fi
 
+# cargo-fuzz for scripts/fuzz.sh. It builds with the nightly toolchain the machine
+# carries beside stable (libFuzzer's coverage instrumentation needs it); no other
+# toolchain can be fetched, so a missing nightly is an error, not an install.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" != "$cargo_fuzz_version" ]; then
+    echo "setup: installing cargo-fuzz $cargo_fuzz_version"
+    cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version"
+fi
+rustup toolchain list | grep -q '^nightly' ||
+    die "the nightly toolchain is missing (scripts/fuzz.sh needs it; it comes with the machine)"
+
 if [ "${SKIP_BUILD:-0}" != "1" ]; then
     command -v cargo >/dev/null || die "cargo is not installed (the Rust toolchain comes with the machine)"
     cargo build --release --workspace --bins

@@ -59,3 +59,5 @@ cargo nextest run --workspace
 cargo test --workspace --doc
 echo "== acceptance (terraform CLI against a real lab)"
 TF_ACC=1 cargo nextest run -p measurelab-acceptance
+echo "== fuzz smoke (every target from its seed corpus; FUZZ_SECONDS each)"
+bash scripts/fuzz.sh
