@@ -613,6 +613,10 @@ mod operations {
         params(
             ("after" = Option<i64>, Query, minimum = 0, nullable = false,
                 description = "Return events with an id greater than this (default 0)."),
+            ("before" = Option<i64>, Query, minimum = 1, nullable = false,
+                description = "Return the newest events with an id smaller than this instead, \
+                               still oldest first; not with `after`. The page's `older_cursor` \
+                               continues backwards."),
             ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
                 description = "Most events to return (default 100)."),
         ),

@@ -324,3 +324,39 @@ async fn page_script_charts_the_selected_vms_usage() {
     assert!(network.contains(": 1.000 kB/s"), "{network}");
     controller.stop().await;
 }
+
+/// The event list opens on the newest page; "older events" reads the page before
+/// it, and hides itself once the journal's start is shown.
+#[tokio::test]
+async fn page_script_pages_the_event_list_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    for k in 0..25 {
+        controller.register(&format!("n{k:02}"), "").await;
+    }
+    let total = controller.events().await.events.len();
+    assert!(
+        (21..=40).contains(&total),
+        "one page and part of another: {total}"
+    );
+
+    let first = controller.render_admin_page(&controller.admin_token).await;
+    assert_eq!(first["error"], "", "{first:#}");
+    let shown = first["events"].as_array().unwrap();
+    assert_eq!(shown.len(), 20, "the newest page: {first:#}");
+    assert_eq!(first["older_events_hidden"], false);
+    // Newest first on screen: the last registration's event leads.
+    assert_eq!(shown[0][2], controller.node("n24").await.id, "{first:#}");
+
+    let after = controller
+        .render_admin_page_after_clicks(&controller.admin_token, &["older-events"])
+        .await;
+    assert_eq!(after["error"], "", "{after:#}");
+    assert_eq!(after["events"].as_array().unwrap().len(), total);
+    assert_eq!(after["older_events_hidden"], true, "{after:#}");
+    assert_eq!(after["events"][total - 1], {
+        let oldest = &controller.events().await.events[0];
+        json!([oldest.time, oldest.reason, oldest.object_id, oldest.message])
+    });
+    controller.stop().await;
+}

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::TestController;
-use measurelab_api::http::{ErrorBody, Node};
-use reqwest::StatusCode;
+use measurelab_api::http::{ErrorBody, EventList, Node};
+use reqwest::{Method, StatusCode};
 
 async fn setup() -> (tempfile::TempDir, TestController) {
     let dir = tempfile::tempdir().unwrap();
@@ -346,6 +346,8 @@ async fn unknown_node_and_bad_query_are_json_errors() {
         ("/v1/nodes/node-h/logs?limit=0", "limit"),
         ("/v1/events?after=-1", "after"),
         ("/v1/events?limt=5", "limt"),
+        ("/v1/events?before=0", "before"),
+        ("/v1/events?after=1&before=9", "before"),
     ] {
         let response = get(path).await.unwrap();
         assert_eq!(
@@ -372,6 +374,51 @@ async fn unknown_node_and_bad_query_are_json_errors() {
     let body: ErrorBody = response.json().await.unwrap();
     assert_eq!(body.error.code, "method_not_allowed");
     assert_eq!(controller.nodes().await.len(), 1, "PUT did nothing");
+    controller.stop().await;
+}
+
+/// The admin page's "older events": `?before=` pages read back from the newest
+/// event, each oldest first, and together they are the whole journal.
+#[tokio::test]
+async fn events_page_backwards_from_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    for k in 0..5 {
+        controller.register(&format!("n{k}"), "").await;
+    }
+    let (status, all) = controller
+        .call(Method::GET, "/v1/events?limit=1000", None)
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let all: EventList = serde_json::from_value(all).unwrap();
+    let ids: Vec<i64> = all.events.iter().map(|event| event.id).collect();
+    assert!(
+        ids.len() >= 5,
+        "one event per registration at least: {ids:?}"
+    );
+
+    let mut read_back = Vec::new();
+    let mut path = "/v1/events?limit=2&before=9223372036854775807".to_string();
+    loop {
+        let (status, page) = controller.call(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let page: EventList = serde_json::from_value(page).unwrap();
+        assert_eq!(
+            page.next_cursor, None,
+            "a before-page does not continue forwards"
+        );
+        let page_ids: Vec<i64> = page.events.iter().map(|event| event.id).collect();
+        assert!(
+            page_ids.windows(2).all(|w| w[0] < w[1]),
+            "oldest first: {page_ids:?}"
+        );
+        read_back.splice(0..0, page_ids);
+        match page.older_cursor {
+            Some(cursor) => path = format!("/v1/events?limit=2&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(read_back, ids);
     controller.stop().await;
 }
 

@@ -173,6 +173,11 @@ impl QueryParams {
         }
     }
 
+    /// Whether the request names `name`, with or without a value.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
     /// An integer parameter in `min..=max`, or `default` when absent.
     pub fn int(&self, name: &str, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
         let Some(text) = self.0.get(name) else {

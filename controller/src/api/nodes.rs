@@ -14,7 +14,7 @@ use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::Principal;
 use crate::placement::overcommit;
-use crate::store::{self, LOG_LINES_PER_NODE};
+use crate::store::{self, EventPage, LOG_LINES_PER_NODE};
 use crate::validation;
 
 /// What a tenant may see of a node: how to reach it and what it runs are
@@ -146,20 +146,39 @@ pub(crate) async fn events(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<EventList>, ApiError> {
-    query.only(&["after", "limit"])?;
-    let after = query.int("after", 0, 0, i64::MAX)?;
+    query.only(&["after", "before", "limit"])?;
     let limit = query.int("limit", 100, 1, 1000)?;
+    // `after` follows the journal from an id; `before` reads back from one (the
+    // admin page's "older"). Both at once would be a range nobody pages through.
+    let page = match (query.has("after"), query.has("before")) {
+        (true, true) => {
+            return Err(ApiError::InvalidField {
+                field: "before".into(),
+                reason: "give after or before, not both".into(),
+            })
+        }
+        (_, true) => EventPage::Before(query.int("before", i64::MAX, 1, i64::MAX)?),
+        _ => EventPage::After(query.int("after", 0, 0, i64::MAX)?),
+    };
     let events = state
         .store()
-        .events(principal.scope(), after, limit as u32)
+        .events(principal.scope(), page, limit as u32)
         .await?;
-    // Event ids are the cursor already (`?after=` takes the last one seen).
-    let next_cursor = (events.len() as i64 == limit)
-        .then(|| events.last().map(|event| event.id.to_string()))
-        .flatten();
+    let full = events.len() as i64 == limit;
+    // Event ids are the cursors already: the newest id continues forwards
+    // (`?after=`), the oldest continues backwards (`?before=`).
+    let next_cursor = match page {
+        EventPage::After(_) if full => events.last().map(|event| event.id.to_string()),
+        _ => None,
+    };
+    let older_cursor = match page {
+        EventPage::Before(_) if full => events.first().map(|event| event.id.to_string()),
+        _ => None,
+    };
     Ok(Json(EventList {
         events,
         next_cursor,
+        older_cursor,
     }))
 }
 

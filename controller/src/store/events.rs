@@ -9,18 +9,36 @@ use super::error::StoreError;
 use crate::access::Scope;
 
 /// Events with id > `after` visible in `scope`, oldest first.
+/// Which slice of the journal a page is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventPage {
+    /// The oldest events with a larger id: following the journal.
+    After(i64),
+    /// The newest events with a smaller id: reading back from the present.
+    Before(i64),
+}
+
 pub(crate) fn events(
     conn: &Connection,
     scope: &Scope,
-    after: i64,
+    page: EventPage,
     limit: u32,
 ) -> Result<Vec<http::Event>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, time, reason, object_kind, object_id, message FROM events
-         WHERE id > ?1 AND (?3 IS NULL OR tenant_id = ?3) ORDER BY id ASC LIMIT ?2",
-    )?;
-    let events = statement
-        .query_map(rusqlite::params![after, limit, scope.tenant_id()], |row| {
+    let (sql, bound) = match page {
+        EventPage::After(after) => (
+            "SELECT id, time, reason, object_kind, object_id, message FROM events
+             WHERE id > ?1 AND (?3 IS NULL OR tenant_id = ?3) ORDER BY id ASC LIMIT ?2",
+            after,
+        ),
+        EventPage::Before(before) => (
+            "SELECT id, time, reason, object_kind, object_id, message FROM events
+             WHERE id < ?1 AND (?3 IS NULL OR tenant_id = ?3) ORDER BY id DESC LIMIT ?2",
+            before,
+        ),
+    };
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut events = statement
+        .query_map(rusqlite::params![bound, limit, scope.tenant_id()], |row| {
             Ok(http::Event {
                 id: row.get(0)?,
                 time: row.get(1)?,
@@ -31,5 +49,9 @@ pub(crate) fn events(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    // A page is always oldest first, whichever end of the journal it came from.
+    if matches!(page, EventPage::Before(_)) {
+        events.reverse();
+    }
     Ok(events)
 }

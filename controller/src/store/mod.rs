@@ -57,6 +57,7 @@ use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
 use database::{check_integrity, migrate, open_connection, restrict_permissions};
 pub use error::StoreError;
+pub(crate) use events::EventPage;
 use node_identity::IdentityCommand;
 pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use nodes::{check_secret, load_registry};
@@ -386,14 +387,14 @@ impl Store {
             .await
     }
 
-    /// Events with id > `after` visible in `scope`, oldest first.
+    /// One page of the events visible in `scope`, oldest first.
     pub async fn events(
         &self,
         scope: Scope,
-        after: i64,
+        page: EventPage,
         limit: u32,
     ) -> Result<Vec<http::Event>, StoreError> {
-        self.read(move |conn| events::events(conn, &scope, after, limit))
+        self.read(move |conn| events::events(conn, &scope, page, limit))
             .await
     }
 

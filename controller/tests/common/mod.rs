@@ -257,6 +257,16 @@ impl TestController {
     /// Run the admin page's script under Node against this controller with
     /// `token` (tests/ui/harness.js) and return what it rendered.
     pub async fn render_admin_page(&self, token: &str) -> serde_json::Value {
+        self.render_admin_page_after_clicks(token, &[]).await
+    }
+
+    /// The admin page rendered, then after a click on each element id in turn.
+    pub async fn render_admin_page_after_clicks(
+        &self,
+        token: &str,
+        clicks: &[&str],
+    ) -> serde_json::Value {
+        let clicks: Vec<String> = clicks.iter().map(|id| id.to_string()).collect();
         let page = reqwest::get(self.url("/"))
             .await
             .unwrap()
@@ -277,6 +287,7 @@ impl TestController {
                 .arg(&script_path)
                 .arg(base)
                 .arg(token)
+                .args(clicks)
                 .output()
         })
         .await

@@ -1,5 +1,7 @@
 // Runs the admin page's script (argv[2]) against a live controller (argv[3],
-// token argv[4]) inside a minimal DOM, then prints what it rendered as JSON.
+// token argv[4]) inside a minimal DOM, then clicks the elements named by the
+// rest of argv in turn (awaiting each handler's promise), then prints what it
+// rendered as JSON.
 // Only what the page uses is emulated: elements, table rows, SVG elements.
 "use strict";
 const [script, base, token] = process.argv.slice(2);
@@ -15,7 +17,7 @@ class El {
     row.insertCell = () => row.appendChild(new El("td"));
     return this.appendChild(row);
   }
-  addEventListener() {}
+  addEventListener(type, handler) { (this.listeners ||= {})[type] = handler; }
   all(tag) { return (this.tag === tag ? [this] : []).concat(...this.children.map((c) => c.all(tag))); }
 }
 const elements = {};
@@ -33,7 +35,13 @@ const realFetch = fetch;
 global.fetch = (path, options) => realFetch(base + path, options);
 global.setInterval = () => {};
 require(script);
-setTimeout(() => {
+const clicks = process.argv.slice(5);
+setTimeout(async () => {
+  for (const id of clicks) {
+    const handler = elements[id] && elements[id].listeners && elements[id].listeners.click;
+    if (!handler) throw new Error("nothing to click: " + id);
+    await handler();
+  }
   const rows = (id) => (elements[id] ? elements[id].children.map((r) => r.children.map((c) => c.textContent)) : null);
   const chart = (id) => {
     const el = elements[id];
@@ -51,6 +59,8 @@ setTimeout(() => {
     points: rows("points"),
     vms: rows("vms"),
     results: rows("results"),
+    events: rows("events"),
+    older_events_hidden: elements["older-events"] ? elements["older-events"].hidden : null,
     legend: elements.legend ? elements.legend.children.map((c) => c.textContent) : null,
     loss: chart("chart-loss"),
     delay: chart("chart-delay"),

@@ -281,6 +281,10 @@ pub struct EventList {
     /// (docs/pagination.md). Absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// On a `?before=` page that is full: pass it as `?before=` for the
+    /// page of events before this one. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_cursor: Option<String>,
 }
 
 paged!(EventList, events, Event);
