@@ -217,6 +217,27 @@ impl Lab {
         format!("n{k}")
     }
 
+    /// Stripped copies of the built `mcast-point` and `mcast-mscs` in `into`:
+    /// the controller refuses programs over 64 MiB and a debug `mcast-mscs` is
+    /// bigger, so tests upload what a release build ships.
+    pub fn strip_mcast_binaries_into(&self, into: &Path) -> anyhow::Result<()> {
+        for name in ["mcast-point", "mcast-mscs"] {
+            let built = self.binaries.dir.join(name);
+            anyhow::ensure!(
+                built.is_file(),
+                "{} is missing: build it with `cargo build -p measurelab-mcast`",
+                built.display()
+            );
+            let status = Command::new("strip")
+                .arg("-o")
+                .arg(into.join(name))
+                .arg(&built)
+                .status()?;
+            anyhow::ensure!(status.success(), "strip {} failed", built.display());
+        }
+        Ok(())
+    }
+
     /// Stop node `name`'s agent (SIGTERM to the pid the lab recorded), so the
     /// controller sees the node go silent.
     pub fn stop_agent(&self, name: &str) -> anyhow::Result<()> {

@@ -10,21 +10,6 @@ use measurelab_acceptance::{
     acc_enabled, block_on, describe, planned_actions, resource_values, Lab, PROVIDER_BLOCK,
 };
 
-fn strip_into(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
-    for name in ["mcast-point", "mcast-mscs"] {
-        let status = Command::new("strip")
-            .arg("-o")
-            .arg(dir.join(name))
-            .arg(lab.binaries.dir.join(name))
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "strip {name} failed (build measurelab-mcast first)"
-        );
-    }
-    Ok(())
-}
-
 fn config(bin: &Path, rate_pps: u32) -> String {
     let bin = bin.display();
     format!(
@@ -120,7 +105,7 @@ fn acc_measurement_task_basic() -> anyhow::Result<()> {
     let tf = lab.terraform()?;
     let bin = tf.dir.path().join("bin");
     std::fs::create_dir_all(&bin)?;
-    strip_into(&lab, &bin)?;
+    lab.strip_mcast_binaries_into(&bin)?;
     tf.write("main.tf", &config(&bin, 200))?;
     tf.init()?;
     tf.apply()?;

@@ -3,30 +3,7 @@
 //! yields per-receiver multicast results as outputs, converges, and destroy
 //! leaves nothing at the controller.
 
-use std::path::Path;
-use std::process::Command;
-
 use measurelab_acceptance::{acc_enabled, block_on, describe, workspace_root, Lab};
-
-/// The controller refuses programs over 64 MiB and a debug mcast-mscs is
-/// bigger, so the test uploads stripped copies (what a release build ships).
-fn stripped_mcast_binaries(lab: &Lab, into: &Path) -> anyhow::Result<()> {
-    for name in ["mcast-point", "mcast-mscs"] {
-        let built = lab.binaries.dir.join(name);
-        anyhow::ensure!(
-            built.is_file(),
-            "{} is missing: build it with `cargo build -p measurelab-mcast`",
-            built.display()
-        );
-        let status = Command::new("strip")
-            .arg("-o")
-            .arg(into.join(name))
-            .arg(&built)
-            .status()?;
-        anyhow::ensure!(status.success(), "strip {} failed", built.display());
-    }
-    Ok(())
-}
 
 #[test]
 fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
@@ -38,7 +15,7 @@ fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
     let tf = lab.terraform_as(&lab.member_env)?;
     let bin_dir = tf.dir.path().join("bin");
     std::fs::create_dir_all(&bin_dir)?;
-    stripped_mcast_binaries(&lab, &bin_dir)?;
+    lab.strip_mcast_binaries_into(&bin_dir)?;
 
     // The example as shipped; only the module path is made absolute because
     // the working directory is a temporary one.

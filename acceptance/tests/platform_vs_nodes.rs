@@ -5,24 +5,8 @@
 //! loss must agree within the binomial bound and median delay within 0.2 ms.
 
 use std::path::Path;
-use std::process::Command;
 
 use measurelab_acceptance::{acc_enabled, describe, resource_values, Lab, PROVIDER_BLOCK};
-
-fn strip_into(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
-    for name in ["mcast-point", "mcast-mscs"] {
-        let status = Command::new("strip")
-            .arg("-o")
-            .arg(dir.join(name))
-            .arg(lab.binaries.dir.join(name))
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "strip {name} failed (build measurelab-mcast first)"
-        );
-    }
-    Ok(())
-}
 
 fn config(bin: &Path) -> String {
     let bin = bin.display();
@@ -112,7 +96,7 @@ fn acc_platform_vs_service_host_without_impairment() -> anyhow::Result<()> {
     let tf = lab.terraform()?;
     let bin = tf.dir.path().join("bin");
     std::fs::create_dir_all(&bin)?;
-    strip_into(&lab, &bin)?;
+    lab.strip_mcast_binaries_into(&bin)?;
     tf.write("main.tf", &config(&bin))?;
     tf.init()?;
     tf.apply()?;

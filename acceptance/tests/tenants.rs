@@ -11,32 +11,10 @@
 //!   second `up` and replaces it once revoked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Command;
 
 use measurelab_acceptance::{acc_enabled, block_on, describe, workspace_root, Lab, Terraform};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// The controller refuses programs over 64 MiB and a debug mcast-mscs is
-/// bigger, so the test uploads stripped copies (what a release build ships).
-fn stripped_mcast_binaries(lab: &Lab, into: &Path) -> anyhow::Result<()> {
-    for name in ["mcast-point", "mcast-mscs"] {
-        let built = lab.binaries.dir.join(name);
-        anyhow::ensure!(
-            built.is_file(),
-            "{} is missing: build it with `cargo build -p measurelab-mcast`",
-            built.display()
-        );
-        let status = Command::new("strip")
-            .arg("-o")
-            .arg(into.join(name))
-            .arg(&built)
-            .status()?;
-        anyhow::ensure!(status.success(), "strip {} failed", built.display());
-    }
-    Ok(())
-}
 
 /// One HTTP call with `token`: its status and body (JSON, or the text as a
 /// JSON string for CSV answers).
@@ -321,7 +299,7 @@ fn acc_two_tenants_apply_multicast_concurrently_and_stay_apart() -> anyhow::Resu
     let tf_b = multicast_dir(&lab, &token_b)?;
     let bin_dir = tf_a.dir.path().join("bin");
     std::fs::create_dir_all(&bin_dir)?;
-    stripped_mcast_binaries(&lab, &bin_dir)?;
+    lab.strip_mcast_binaries_into(&bin_dir)?;
     let bin_var = format!("bin_dir={}", bin_dir.display());
     let vars = ["-var", bin_var.as_str(), "-var", "duration_seconds=5"];
     let with_vars = |first: &[&'static str]| {
