@@ -194,7 +194,13 @@ impl Lab {
 
     /// Run `measurelab <args> --name NAME --dir DIR`, failing on non-zero exit.
     pub fn measurelab(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let output = Command::new(self.binaries.measurelab())
+        self.measurelab_from(&self.binaries.measurelab(), args)
+    }
+
+    /// Like [`Lab::measurelab`], with another `measurelab` binary: processes
+    /// that `lab up` restarts run from it (an upgrade of one service).
+    pub fn measurelab_from(&self, binary: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let output = Command::new(binary)
             .args(args)
             .args(["--name", &self.name, "--dir"])
             .arg(self.dir.path())

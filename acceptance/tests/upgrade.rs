@@ -1,0 +1,210 @@
+//! Rolling upgrades (issue 13 §3): a node agent replaced by a new binary and
+//! restarted while a periodic multicast task runs on its node. The guests keep
+//! running (not one guest process is restarted), and the task's history has
+//! every run once: no run is lost while the agent is down, none is stored
+//! twice when the restarted agent re-posts what it had spooled.
+//!
+//! The "new binary" is this build copied to a new path (a new file, as a
+//! package upgrade installs). A previous release's binary is the other half of
+//! the issue's test and needs a release tag; docs/version-skew.md says what a
+//! controller promises such an agent.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use measurelab_acceptance::{acc_enabled, block_on, workspace_root, Lab};
+use measurelab_api::http::ResultRecord;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+const INTERVAL_SECONDS: u64 = 10;
+const TASK: &str = "upgrade-periodic";
+
+fn config(bin_dir: &Path) -> String {
+    let module_dir = workspace_root().join("modules/multicast-measurement");
+    format!(
+        r#"
+module "multicast" {{
+  source = {module:?}
+
+  name             = "upgrade"
+  nodes            = ["n1", "n2"]
+  mscs_node        = "n1"
+  point_count      = 2
+  mcast_point_path = "{bin}/mcast-point"
+  mcast_mscs_path  = "{bin}/mcast-mscs"
+  group            = "239.192.13.3"
+  rate_pps         = 100
+  duration_seconds = 3
+
+  run_once                  = false
+  periodic_interval_seconds = {INTERVAL_SECONDS}
+}}
+"#,
+        module = module_dir.display().to_string(),
+        bin = bin_dir.display(),
+    )
+}
+
+/// The namespace backend's name for a guest: `vm-<first 8 hex of its id>`.
+fn vm_netns(vm_id: &str) -> String {
+    format!("vm-{}", &vm_id.replace('-', "")[..8])
+}
+
+/// Every process of a namespace guest, from its cgroup.
+fn guest_processes(netns: &str) -> BTreeSet<i32> {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let root = if unified.join("cgroup.procs").is_file() {
+        unified
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    std::fs::read_to_string(root.join("measurelab").join(netns).join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+fn started(record: &ResultRecord) -> OffsetDateTime {
+    OffsetDateTime::parse(&record.started_at, &Rfc3339)
+        .unwrap_or_else(|err| panic!("started_at {:?}: {err}", record.started_at))
+}
+
+fn agent_pid(lab: &Lab, node: &str) -> anyhow::Result<i32> {
+    let file = lab
+        .dir
+        .path()
+        .join("pids")
+        .join(format!("{node}-agent.pid"));
+    Ok(std::fs::read_to_string(file)?.trim().parse()?)
+}
+
+/// `measurelab` and the guest agent copied into `dir`: what an upgrade installs.
+fn install_new_binaries(lab: &Lab, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for name in ["measurelab", "measurelab-guest-agent"] {
+        std::fs::copy(lab.binaries.dir.join(name), dir.join(name))?;
+    }
+    Ok(dir.join("measurelab"))
+}
+
+#[test]
+fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
+    if !acc_enabled("acc_agent_replaced_during_a_periodic_task") {
+        return Ok(());
+    }
+    let lab_flags = ["--heartbeat-interval-seconds", "1"];
+    let lab = Lab::up_with(2, &lab_flags)?;
+    let tf = lab.terraform_as(&lab.member_env)?;
+    let bin_dir = tf.dir.path().join("bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    lab.strip_mcast_binaries_into(&bin_dir)?;
+    tf.write("main.tf", &config(&bin_dir))?;
+    tf.init()?;
+    tf.apply()?;
+
+    let client = lab.client()?;
+    let history = || -> anyhow::Result<Vec<ResultRecord>> {
+        let mut records =
+            block_on(async { Ok(client.list_results(&format!("task={TASK}")).await?) })?;
+        records.sort_by_key(started);
+        Ok(records)
+    };
+    let wait_for_runs = |count: usize, after: OffsetDateTime| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(INTERVAL_SECONDS * (count as u64 + 6));
+        loop {
+            let records = history()?;
+            if records.iter().filter(|r| started(r) > after).count() >= count {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "fewer than {count} runs after {after}: {records:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let applied = OffsetDateTime::now_utc();
+    wait_for_runs(2, OffsetDateTime::UNIX_EPOCH)?;
+
+    let vms = block_on(async { Ok(client.list_vms("").await?) })?;
+    anyhow::ensure!(vms.len() == 3, "an MSCS and two points: {vms:#?}");
+    let guests_before: Vec<(String, BTreeSet<i32>)> = vms
+        .iter()
+        .map(|vm| (vm.name.clone(), guest_processes(&vm_netns(&vm.id))))
+        .collect();
+    for (name, processes) in &guests_before {
+        anyhow::ensure!(!processes.is_empty(), "guest {name} has no processes");
+    }
+
+    // The upgrade: stop the agent as systemd would (SIGTERM), then start it
+    // again from the newly installed binary.
+    let old_pid = agent_pid(&lab, "n1")?;
+    let new_binary = install_new_binaries(&lab, &tf.dir.path().join("next"))?;
+    lab.stop_agent("n1")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{old_pid}")).exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down_at = OffsetDateTime::now_utc();
+    // Down across a run's start: the MSCS's next run begins while the agent is gone.
+    std::thread::sleep(Duration::from_secs(INTERVAL_SECONDS));
+    let mut up = vec!["lab", "up", "--nodes", "2", "--http-port", "0"];
+    up.extend(lab_flags);
+    lab.measurelab_from(&new_binary, &up)?;
+    let new_pid = agent_pid(&lab, "n1")?;
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/exe"))?,
+        new_binary,
+        "the restarted agent runs the new binary"
+    );
+
+    wait_for_runs(3, down_at)?;
+    let records = history()?;
+    for (name, processes) in &guests_before {
+        let vm = vms
+            .iter()
+            .find(|vm| &vm.name == name)
+            .expect("listed above");
+        assert_eq!(
+            &guest_processes(&vm_netns(&vm.id)),
+            processes,
+            "guest {name}'s processes changed: it was restarted"
+        );
+    }
+    let run_ids: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r.document["run_id"].as_str())
+        .collect();
+    assert_eq!(
+        run_ids.len(),
+        records.len(),
+        "a run stored twice: {records:#?}"
+    );
+    let starts: Vec<OffsetDateTime> = records.iter().map(started).collect();
+    for pair in starts.windows(2) {
+        let gap = (pair[1] - pair[0]).as_seconds_f64();
+        // A lost run leaves a gap of two intervals; a doubled one, a gap near 0.
+        assert!(
+            gap > INTERVAL_SECONDS as f64 * 0.5 && gap < INTERVAL_SECONDS as f64 * 1.5,
+            "runs {gap:.1} s apart around {}: {starts:?}",
+            pair[0]
+        );
+    }
+    assert!(
+        starts
+            .iter()
+            .any(|s| *s > down_at && *s < down_at + Duration::from_secs(INTERVAL_SECONDS)),
+        "no run started while the agent was down: {starts:?}"
+    );
+    eprintln!("applied {applied}, agent down {down_at}, runs {starts:?}");
+    tf.destroy()?;
+    Ok(())
+}
