@@ -56,6 +56,15 @@ if [ "$(python3 -m pip show openapi-spec-validator 2>/dev/null | sed -n 's/^Vers
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "openapi-spec-validator==$openapi_validator_version"
 fi
 
+# cargo-deb makes the Debian packages (docs/install.md); scripts/test-packages.sh
+# builds and installs them. Pinned: a newer one may refuse the dev profile
+# that test uses.
+cargo_deb_version=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    echo "setup: installing cargo-deb $cargo_deb_version"
+    cargo install -q cargo-deb --version "$cargo_deb_version" --locked
+fi
+
 if [ "${SKIP_BUILD:-0}" != "1" ]; then
     command -v cargo >/dev/null || die "cargo is not installed (the Rust toolchain comes with the machine)"
     cargo build --release --workspace --bins
