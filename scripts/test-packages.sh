@@ -172,12 +172,17 @@ stop_service() {
 
 service_alive() { kill -0 "$(cat "$WORK/$1.pid")" 2> /dev/null; }
 
-# The node as `measurelab node list` (the installed CLI) shows it, online.
-node_listed_online() {
+# The installed CLI as the operator on the controller host runs it.
+operator_cli() {
     chroot "$ROOT" env MEASURELAB_ENDPOINT=https://127.0.0.1:7070 \
         MEASURELAB_TOKEN="$(cat "$ROOT/var/lib/measurelab/controller/admin.token")" \
         MEASURELAB_CA_CERT=/var/lib/measurelab/controller/ca.pem \
-        /usr/bin/measurelab node list > "$WORK/nodes.txt" 2>&1 || return 1
+        /usr/bin/measurelab "$@"
+}
+
+# The node as `measurelab node list` shows it, online.
+node_listed_online() {
+    operator_cli node list > "$WORK/nodes.txt" 2>&1 || return 1
     awk -v n="$NODE_NAME" '$1 == n && $2 == "online" { found = 1 } END { exit !found }' "$WORK/nodes.txt"
 }
 
@@ -206,10 +211,13 @@ inside() {
     [ "$(stat -c %a "$ROOT/var/lib/measurelab/controller/ca.key")" = 600 ] ||
         die "ca.key is not 0600 (UMask=/StateDirectoryMode=)"
 
-    # The operator's steps on the controller host, then on the node.
+    # The operator's steps of docs/install.md on the controller host (a
+    # per-node single-use token, a bundle with it), then on the node.
+    operator_cli join-token create --node "$NODE_NAME" --single-use --ttl 600 \
+        > "$ROOT/root/node.token" || die "measurelab join-token create failed"
     chroot "$ROOT" /usr/bin/measurelab join-bundle --data-dir /var/lib/measurelab/controller \
-        --endpoint https://127.0.0.1:7071 > "$ROOT/etc/measurelab/join-bundle" ||
-        die "measurelab join-bundle failed"
+        --endpoint https://127.0.0.1:7071 --join-token-file /root/node.token \
+        > "$ROOT/etc/measurelab/join-bundle" || die "measurelab join-bundle failed"
     chmod 0600 "$ROOT/etc/measurelab/join-bundle"
     run_unit /usr/lib/systemd/system/measurelab-agent.service
     wait_for 60 "node $NODE_NAME registered and online (measurelab node list)" node_listed_online ||
