@@ -316,10 +316,12 @@ for unit in "${units[@]}"; do
     [ -z "$out" ] || die "systemd-analyze verify $unit: $out"
 done
 
-# Terraform finds the provider in the installed mirror under the source
-# address the docs give, at the workspace version.
-say "terraform init against the installed provider"
-mkdir "$WORK/tf"
+# Terraform finds the installed provider with no CLI configuration, as
+# docs/install.md says: /usr/share/terraform/plugins is on its implied mirror
+# path ($XDG_DATA_DIRS/terraform/plugins), here under the clean root. A
+# private HOME keeps any ~/.terraformrc of the host out.
+say "terraform init finds the installed provider in its implied mirror"
+mkdir -p "$WORK/tf/home" "$WORK/tf/data"
 cat > "$WORK/tf/main.tf" << EOF
 terraform {
   required_providers {
@@ -327,16 +329,14 @@ terraform {
   }
 }
 EOF
-cat > "$WORK/tf/cli.tfrc" << EOF
-provider_installation {
-  filesystem_mirror {
-    path    = "$ROOT/usr/share/terraform/plugins"
-    include = ["measurelab.local/*/*"]
-  }
-}
-EOF
-(cd "$WORK/tf" && TF_CLI_CONFIG_FILE="$WORK/tf/cli.tfrc" terraform init -input=false -no-color > "$WORK/tf/init.log" 2>&1) ||
-    die "terraform init with the installed provider failed: $(cat "$WORK/tf/init.log")"
+(
+    cd "$WORK/tf"
+    unset TF_CLI_CONFIG_FILE TF_PLUGIN_CACHE_DIR
+    HOME=$WORK/tf/home XDG_DATA_HOME=$WORK/tf/data XDG_DATA_DIRS=$ROOT/usr/share \
+        terraform init -input=false -no-color > "$WORK/tf/init.log" 2>&1
+) || die "terraform init with the installed provider failed: $(cat "$WORK/tf/init.log")"
+grep -q 'Installing measurelab.local/measurelab/measurelab' "$WORK/tf/init.log" ||
+    die "terraform init did not install the provider: $(cat "$WORK/tf/init.log")"
 
 say "starting the services from their installed units"
 unshare --net --mount --uts --pid --mount-proc --fork --kill-child -- bash "$0" --inside "$ROOT" "$WORK"
