@@ -67,6 +67,15 @@ fi
 rustup toolchain list | grep -q '^nightly' ||
     die "the nightly toolchain is missing (scripts/fuzz.sh needs it; it comes with the machine)"
 
+# cargo-deb makes the Debian packages (docs/install.md); scripts/test-packages.sh
+# builds and installs them. Pinned: a newer one may refuse the dev profile
+# that test uses.
+cargo_deb_version=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    echo "setup: installing cargo-deb $cargo_deb_version"
+    cargo install -q cargo-deb --version "$cargo_deb_version" --locked
+fi
+
 if [ "${SKIP_BUILD:-0}" != "1" ]; then
     command -v cargo >/dev/null || die "cargo is not installed (the Rust toolchain comes with the machine)"
     cargo build --release --workspace --bins

@@ -51,6 +51,8 @@ module_tfrc=$("${CARGO_TARGET_DIR:-target}/debug/measurelab" lab tfrc --dir "$mo
   terraform test -no-color
 )
 rm -rf "$module_test_dir"
+echo "== Debian packages: install into a clean root, start the services from their units"
+bash scripts/test-packages.sh
 echo "== tests (unit, integration, real networking)"
 # nextest: one process per test, a per-test time limit, and one retry only
 # for the QEMU/TCG boot tests (settings in .config/nextest.toml); doctests
