@@ -304,6 +304,11 @@ impl Lab {
     fn switch_bridge(&self) -> String {
         format!("{}-sw", self.name)
     }
+    /// The router between the node subnets of a routed lab.
+    fn router_ns(&self) -> String {
+        format!("{}-rt", self.name)
+    }
+
     /// Namespace of the lab switch's ovs-vswitchd and the uplink peers.
     fn switch_ns(&self) -> String {
         format!("{}-sw", self.name)
@@ -451,7 +456,7 @@ impl Lab {
         // namespace of its own, like every node.
         let routed = settings.topology == routed::LabTopology::Routed;
         if routed {
-            self.ensure_router()?;
+            routed::ensure_router(&self.router_ns())?;
         } else {
             netns_ensure(&self.switch_ns())?;
             self.ensure_ovs(
@@ -465,7 +470,12 @@ impl Lab {
         for k in 1..=settings.nodes {
             self.ensure_node_network(k)?;
             if routed {
-                self.ensure_routed_link(k)?;
+                routed::ensure_routed_link(
+                    &self.node_ns(k),
+                    &self.router_ns(),
+                    &self.uplink(k),
+                    k,
+                )?;
             } else {
                 self.ensure_switch_uplink(k)?;
                 self.ensure_extra_uplinks(k, settings.uplinks)?;
@@ -477,7 +487,11 @@ impl Lab {
                 &mut started,
             )?;
             if routed {
-                self.ensure_underlay_bridge(k)?;
+                routed::ensure_underlay_bridge(
+                    &self.node_ns(k),
+                    &self.node_ovs_dir(k).join("db.sock"),
+                    k,
+                )?;
             }
         }
         if settings.hypervisor == hypervisor::LabHypervisor::Qemu {

@@ -20,13 +20,13 @@
 //! the operator's out-of-band network to the controller, and routing it too
 //! would test nothing the data plane does not.
 
+use std::path::Path;
 use std::process::Command;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use super::sys::{ip_in, link_exists, netns_ensure, run, tx_offload_off, veth_add};
-use super::Lab;
+use super::sys::{command_in, ip_in, link_exists, netns_ensure, run, tx_offload_off, veth_add};
 
 /// How the lab's nodes are joined.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -54,89 +54,85 @@ fn router_ip(k: u32) -> String {
     format!("10.60.{k}.1")
 }
 
-impl Lab {
-    pub(super) fn router_ns(&self) -> String {
-        format!("{}-rt", self.name)
-    }
+/// The router namespace `ns`, forwarding between the node subnets.
+pub(super) fn ensure_router(ns: &str) -> anyhow::Result<()> {
+    netns_ensure(ns)?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    run(command_in(Some(ns), "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+    Ok(())
+}
 
-    pub(super) fn ensure_router(&self) -> anyhow::Result<()> {
-        let ns = self.router_ns();
-        netns_ensure(&ns)?;
-        ip_in(&ns, &["link", "set", "lo", "up"])?;
-        run(super::sys::command_in(Some(&ns), "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
-        Ok(())
-    }
-
-    /// The veth between node K and the router (before the node's OVS runs).
-    pub(super) fn ensure_routed_link(&self, k: u32) -> anyhow::Result<()> {
-        let (node, rt, peer) = (self.node_ns(k), self.router_ns(), self.uplink(k));
-        let mtu = UNDERLAY_MTU.to_string();
-        if !link_exists(Some(&node), "uplink0") {
-            if link_exists(Some(&rt), &peer) {
-                ip_in(&rt, &["link", "del", &peer])?;
-            }
-            veth_add(Some(&rt), &peer, "uplink0", Some(&node))?;
-            tx_offload_off(Some(&rt), &peer)?;
-            tx_offload_off(Some(&node), "uplink0")?;
-            ip_in(
-                &rt,
-                &["addr", "add", &format!("{}/24", router_ip(k)), "dev", &peer],
-            )?;
+/// The veth between node K (`uplink0` in `node_ns`) and the router (`peer`
+/// in `router_ns`), before the node's OVS runs.
+pub(super) fn ensure_routed_link(
+    node_ns: &str,
+    router_ns: &str,
+    peer: &str,
+    k: u32,
+) -> anyhow::Result<()> {
+    let mtu = UNDERLAY_MTU.to_string();
+    if !link_exists(Some(node_ns), "uplink0") {
+        if link_exists(Some(router_ns), peer) {
+            ip_in(router_ns, &["link", "del", peer])?;
         }
-        ip_in(&rt, &["link", "set", &peer, "mtu", &mtu, "up"])?;
-        ip_in(&node, &["link", "set", "uplink0", "mtu", &mtu, "up"])?;
-        Ok(())
-    }
-
-    /// `br-phy` with `uplink0` and the underlay address, once node K's OVS
-    /// runs. ovs-vsctl waits until ovs-vswitchd has made the bridge's tap.
-    pub(super) fn ensure_underlay_bridge(&self, k: u32) -> anyhow::Result<()> {
-        let node = self.node_ns(k);
-        let mtu = format!("mtu_request={UNDERLAY_MTU}");
-        run(Command::new("ovs-vsctl")
-            .arg(format!(
-                "--db=unix:{}",
-                self.node_ovs_dir(k).join("db.sock").display()
-            ))
-            .arg("--timeout=30")
-            .args([
-                "--may-exist",
-                "add-br",
-                UNDERLAY_BRIDGE,
-                "--",
-                "set",
-                "bridge",
-                UNDERLAY_BRIDGE,
-                "datapath_type=netdev",
-                "--",
-                "set",
-                "interface",
-                UNDERLAY_BRIDGE,
-                &mtu,
-                "--",
-                "--may-exist",
-                "add-port",
-                UNDERLAY_BRIDGE,
-                "uplink0",
-                "--",
-                "set",
-                "interface",
-                "uplink0",
-                &mtu,
-            ]))?;
-        let cidr = format!("{}/24", node_underlay_ip(k));
-        let addresses = ip_in(&node, &["-o", "addr", "show", "dev", UNDERLAY_BRIDGE])?;
-        if !addresses.contains(&format!(" {cidr} ")) {
-            ip_in(&node, &["addr", "add", &cidr, "dev", UNDERLAY_BRIDGE])?;
-        }
-        ip_in(&node, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
-        // Only the other sites go via the router; mgmt0's /24 stays direct.
+        veth_add(Some(router_ns), peer, "uplink0", Some(node_ns))?;
+        tx_offload_off(Some(router_ns), peer)?;
+        tx_offload_off(Some(node_ns), "uplink0")?;
         ip_in(
-            &node,
-            &["route", "replace", "10.60.0.0/16", "via", &router_ip(k)],
+            router_ns,
+            &["addr", "add", &format!("{}/24", router_ip(k)), "dev", peer],
         )?;
-        Ok(())
     }
+    ip_in(router_ns, &["link", "set", peer, "mtu", &mtu, "up"])?;
+    ip_in(node_ns, &["link", "set", "uplink0", "mtu", &mtu, "up"])?;
+    Ok(())
+}
+
+/// `br-phy` with `uplink0` and node K's underlay address, once the node's
+/// OVS (database socket `db_sock`) runs. ovs-vsctl waits until
+/// ovs-vswitchd has made the bridge's tap, so `ip` finds it afterwards.
+pub(super) fn ensure_underlay_bridge(node_ns: &str, db_sock: &Path, k: u32) -> anyhow::Result<()> {
+    let mtu = format!("mtu_request={UNDERLAY_MTU}");
+    run(Command::new("ovs-vsctl")
+        .arg(format!("--db=unix:{}", db_sock.display()))
+        .arg("--timeout=30")
+        .args([
+            "--may-exist",
+            "add-br",
+            UNDERLAY_BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            UNDERLAY_BRIDGE,
+            "datapath_type=netdev",
+            "--",
+            "set",
+            "interface",
+            UNDERLAY_BRIDGE,
+            &mtu,
+            "--",
+            "--may-exist",
+            "add-port",
+            UNDERLAY_BRIDGE,
+            "uplink0",
+            "--",
+            "set",
+            "interface",
+            "uplink0",
+            &mtu,
+        ]))?;
+    let cidr = format!("{}/24", node_underlay_ip(k));
+    let addresses = ip_in(node_ns, &["-o", "addr", "show", "dev", UNDERLAY_BRIDGE])?;
+    if !addresses.contains(&format!(" {cidr} ")) {
+        ip_in(node_ns, &["addr", "add", &cidr, "dev", UNDERLAY_BRIDGE])?;
+    }
+    ip_in(node_ns, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+    // Only the other sites go via the router; mgmt0's /24 stays direct.
+    ip_in(
+        node_ns,
+        &["route", "replace", "10.60.0.0/16", "via", &router_ip(k)],
+    )?;
+    Ok(())
 }
 
 /// The agent flags that join node K to its peers for `topology`.
