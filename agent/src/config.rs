@@ -304,6 +304,9 @@ mod tests {
         let mut bonded = config();
         bonded.uplink_bond = Some(bond());
         bonded.validate().unwrap();
+        let mut routed = config();
+        routed.tunnel_ip = Some(std::net::Ipv4Addr::new(10, 60, 1, 2));
+        routed.validate().unwrap();
     }
 
     #[test]
@@ -324,6 +327,14 @@ mod tests {
                 }),
             ),
             ("ovsdb", Box::new(|c| c.ovsdb = Some("/run/db.sock".into()))),
+            (
+                "tunnel_ip",
+                Box::new(|c| c.tunnel_ip = Some(std::net::Ipv4Addr::new(239, 1, 1, 1))),
+            ),
+            (
+                "tunnel_ip",
+                Box::new(|c| c.tunnel_ip = Some(std::net::Ipv4Addr::UNSPECIFIED)),
+            ),
             (
                 "appliance_dir",
                 Box::new(|c| c.appliance_dir = "appliances".into()),

@@ -151,6 +151,9 @@ pub(crate) async fn run(
         tools = ?initial_caps.service_tools,
         "probed capabilities"
     );
+    if let Some(ip) = config.tunnel_ip {
+        crate::underlay::check_and_log(ip);
+    }
     let (caps_tx, caps_rx) = watch::channel(initial_caps);
     let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
     let (switch_status_tx, switch_status_rx) = watch::channel(SwitchStatus::default());
