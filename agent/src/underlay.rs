@@ -18,9 +18,19 @@ pub const GUEST_MTU: u32 = 1500;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnderlayCheck {
     /// On `interface`, whose MTU carries full guest frames.
-    Fits { interface: String, mtu: u32 },
+    Fits {
+        /// The interface holding the address.
+        interface: String,
+        /// Its MTU.
+        mtu: u32,
+    },
     /// On `interface`, but its MTU is below [`GUEST_MTU`] + [`VXLAN_OVERHEAD`].
-    MtuTooSmall { interface: String, mtu: u32 },
+    MtuTooSmall {
+        /// The interface holding the address.
+        interface: String,
+        /// Its MTU.
+        mtu: u32,
+    },
     /// No interface in this namespace holds the address.
     Missing,
 }
