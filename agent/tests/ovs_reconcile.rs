@@ -255,6 +255,12 @@ async fn tunnels_converge_and_are_repaired_and_removed() -> Result<()> {
     apply(&switch, &spec).await?;
     assert_eq!(field(&to_a.name, "options:remote_ip")?, r#""10.60.2.2""#);
     assert_eq!(port_rows(&ovs, &to_a.name)?, 1);
+    ovs.vsctl(&["set", "Port", &to_b.name, "protected=false"])?;
+    apply(&switch, &spec).await?;
+    assert_eq!(
+        ovs.vsctl(&["get", "Port", &to_b.name, "protected"])?.trim(),
+        "true"
+    );
 
     spec.tunnels = vec![to_a.clone()];
     apply(&switch, &spec).await?;

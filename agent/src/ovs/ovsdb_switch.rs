@@ -392,6 +392,10 @@ fn add_tunnel_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &Tu
             // An access port: frames leave the tunnel into the VLAN and only
             // the VLAN's frames enter it, untagged; the VNI carries the VLAN.
             "tag": spec.vlan,
+            // Split horizon: the tunnels are a full mesh, so a frame that
+            // came in through one must never be flooded out of another, or
+            // three nodes already loop every broadcast and multicast forever.
+            "protected": true,
             "external_ids": owner_ids(owner, Some("tunnel")),
         }),
         Some(&port),
@@ -502,6 +506,7 @@ impl Switch for OvsdbSwitch {
                             "qos",
                             "bond_mode",
                             "lacp",
+                            "protected",
                             "external_ids",
                         ]),
                     ),
@@ -652,6 +657,10 @@ impl Switch for OvsdbSwitch {
                     options.contains_key("remote_ip").then(|| ObservedTunnel {
                         kind: kind.to_string(),
                         options,
+                        protected: column(port, "protected")
+                            .ok()
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
                     })
                 }
                 None => None,

@@ -477,6 +477,7 @@ mod tests {
                         p.tunnel = Some(ObservedTunnel {
                             kind: "vxlan".into(),
                             options: crate::ovs::switch::tunnel_options(spec),
+                            protected: true,
                         });
                         state.ports.push(p);
                     }

@@ -112,12 +112,14 @@ pub struct ObservedTunnel {
     pub kind: String,
     /// `Interface.options` (`remote_ip`, `local_ip`, `key`, ...).
     pub options: std::collections::BTreeMap<String, String>,
+    /// `Port.protected`: no forwarding to other protected ports.
+    pub protected: bool,
 }
 
 impl ObservedTunnel {
     /// Whether this interface is exactly the tunnel `spec` asks for.
     pub fn matches(&self, spec: &TunnelPortSpec) -> bool {
-        self.kind == "vxlan" && self.options == tunnel_options(spec)
+        self.kind == "vxlan" && self.options == tunnel_options(spec) && self.protected
     }
 }
 
