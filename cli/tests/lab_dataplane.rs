@@ -452,7 +452,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     // Every guest sends once: its platform peer on the other node must hear
     // it, the other platform's guests (one on each node) must not. So every
     // receiver is also shown to work.
-    for sender in ["a1", "b2", "a2", "b1"] {
+    for sender in ["a1", "b2", "a2", "b1", "a3"] {
         check_multicast_round(&lab, &by_name, sender, &format!("{nonce} {sender}"));
     }
 
@@ -471,19 +471,20 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     check_multicast_round(&lab, &by_name, "a1", &format!("{nonce} a1-after-repair"));
 }
 
-/// The same two platforms with each node at its own site: `lab up
-/// --topology routed` puts node K in 10.60.K.0/24 behind the router
-/// namespace, so nothing but the agents' VXLAN tunnels joins the nodes'
-/// switches. Multicast, unicast and full-size frames must cross between a
-/// platform's VMs, nothing may cross between platforms, and the tunnels
-/// follow the platforms: hand-deleted ones come back, and a platform that
-/// leaves a node takes its tunnels along.
+/// Two platforms with each node at its own site: `lab up --topology
+/// routed` puts node K in 10.60.K.0/24 behind the router namespace, so
+/// nothing but the agents' VXLAN tunnels joins the nodes' switches. Three
+/// nodes make the tunnels a mesh with a cycle, where a missing split horizon
+/// loops every flooded frame. Multicast, unicast and full-size frames must
+/// cross between a platform's VMs, exactly once, nothing may cross between
+/// platforms, and the tunnels follow the platforms: hand-deleted ones come
+/// back, and a platform that leaves a node takes its tunnels along.
 #[test]
-fn platforms_stay_isolated_across_two_routed_sites() {
+fn platforms_stay_isolated_across_three_routed_sites() {
     ensure_guest_agent();
     let lab = LabGuard::new('w');
     let out = lab
-        .up_command(2, 1)
+        .up_command(3, 1)
         .args(["--topology", "routed"])
         .output()
         .unwrap();
@@ -507,36 +508,46 @@ fn platforms_stay_isolated_across_two_routed_sites() {
     let route = common::ip_output(&["-n", &lab.node_ns(1), "route", "get", "10.60.2.2"]);
     assert!(route.contains("via 10.60.1.1"), "{route}");
 
-    let a = api.platform("slice-a", &["n1", "n2"]);
+    let a = api.platform("slice-a", &["n1", "n2", "n3"]);
     let b = api.platform("slice-b", &["n1", "n2"]);
     for (platform, node, name) in [
         ("slice-a", "n1", "a1"),
         ("slice-a", "n2", "a2"),
+        ("slice-a", "n3", "a3"),
         ("slice-b", "n1", "b1"),
         ("slice-b", "n2", "b2"),
     ] {
         api.vm(&namespace_vm(name, platform, node));
     }
-    let vms = wait_ready(&lab, &api, 2, 4, None);
+    let vms = wait_ready(&lab, &api, 3, 5, None);
     let by_name: BTreeMap<&str, &Vm> = vms.iter().map(|vm| (vm.name.as_str(), vm)).collect();
 
     // Each node: one tunnel per (VLAN, peer) - both slices and the service
     // network - each an access port of its VLAN with VNI = VLAN.
-    let expected_tunnels = |k: u32, vlans: &[u16]| -> BTreeMap<String, String> {
-        let peer = 3 - k;
-        vlans
+    // `members`: (VLAN, its nodes); node K gets a tunnel to each other member
+    // of each VLAN it is in.
+    let expected_tunnels = |k: u32, members: &[(u16, &[u32])]| -> BTreeMap<String, String> {
+        members
             .iter()
-            .map(|vlan| {
-                (
-                    format!("vx{vlan}-0a3c{peer:02x}02"),
-                    format!("{vlan} key={vlan} remote_ip=10.60.{peer}.2"),
-                )
+            .filter(|(_, nodes)| nodes.contains(&k))
+            .flat_map(|(vlan, nodes)| {
+                nodes
+                    .iter()
+                    .filter(move |peer| **peer != k)
+                    .map(move |peer| {
+                        (
+                            format!("vx{vlan}-0a3c{peer:02x}02"),
+                            format!("{vlan} key={vlan} remote_ip=10.60.{peer}.2"),
+                        )
+                    })
             })
             .collect()
     };
-    for k in 1..=2u32 {
+    let all: &[u32] = &[1, 2, 3];
+    let before = [(a.vlan_tag, all), (b.vlan_tag, &[1, 2][..]), (4000, all)];
+    for k in 1..=3u32 {
         common::wait_for(&format!("n{k}'s tunnels"), WAIT, || {
-            (tunnels(&lab, k) == expected_tunnels(k, &[a.vlan_tag, b.vlan_tag, 4000])).then_some(())
+            (tunnels(&lab, k) == expected_tunnels(k, &before)).then_some(())
         });
         let ports = bridge_ports(&lab, k);
         assert!(
@@ -591,7 +602,7 @@ fn platforms_stay_isolated_across_two_routed_sites() {
     lab.node_vsctl(1, &["del-port", "br-int", &a_tunnel])
         .unwrap();
     common::wait_for("n1's agent to rebuild slice-a's tunnel", WAIT, || {
-        (tunnels(&lab, 1) == expected_tunnels(1, &[a.vlan_tag, b.vlan_tag, 4000])).then_some(())
+        (tunnels(&lab, 1) == expected_tunnels(1, &before)).then_some(())
     });
     check_multicast_round(&lab, &by_name, "a1", &format!("{nonce} a1-after-repair"));
 
@@ -609,9 +620,10 @@ fn platforms_stay_isolated_across_two_routed_sites() {
         },
     ))
     .expect("shrink slice-b to n1");
-    for k in 1..=2u32 {
+    let after = [(a.vlan_tag, all), (b.vlan_tag, &[1][..]), (4000, all)];
+    for k in 1..=3u32 {
         common::wait_for(&format!("n{k} to drop slice-b's tunnel"), WAIT, || {
-            (tunnels(&lab, k) == expected_tunnels(k, &[a.vlan_tag, 4000])).then_some(())
+            (tunnels(&lab, k) == expected_tunnels(k, &after)).then_some(())
         });
     }
 }
@@ -832,6 +844,12 @@ fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: 
     for (name, count) in &heard {
         let vm = by_name[name];
         if vm.platform == from.platform {
+            // More than sent: the frames went round a forwarding loop.
+            assert!(
+                *count <= PROBES as usize,
+                "{name} heard {count} copies of {PROBES} probes from {sender}: a loop\n{}",
+                diagnostics(lab, 2)
+            );
             assert!(
                 *count >= (PROBES / 2) as usize,
                 "{name} (same platform, {} -> {}) heard only {count} of {PROBES} from {sender}\n{}",
