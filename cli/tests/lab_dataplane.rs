@@ -452,7 +452,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     // Every guest sends once: its platform peer on the other node must hear
     // it, the other platform's guests (one on each node) must not. So every
     // receiver is also shown to work.
-    for sender in ["a1", "b2", "a2", "b1", "a3"] {
+    for sender in ["a1", "b2", "a2", "b1"] {
         check_multicast_round(&lab, &by_name, sender, &format!("{nonce} {sender}"));
     }
 
@@ -587,7 +587,7 @@ fn platforms_stay_isolated_across_three_routed_sites() {
         std::process::id(),
         time::OffsetDateTime::now_utc().unix_timestamp_nanos()
     );
-    for sender in ["a1", "b2", "a2", "b1"] {
+    for sender in ["a1", "b2", "a2", "b1", "a3"] {
         check_multicast_round(&lab, &by_name, sender, &format!("{nonce} {sender}"));
     }
     // Unicast straight at another platform's VM (its MAC pinned in the
