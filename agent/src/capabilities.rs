@@ -56,6 +56,8 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         // Filled in by the session from the switch status poll.
         uplink: None,
         datapath: String::new(),
+        // Filled in by the session from --tunnel-ip.
+        tunnel_address: String::new(),
     }
 }
 

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub uplink_bond: Option<reconcile::UplinkBondSettings>,
     /// The bridge's datapath: kernel where the module works (`Auto`), or pinned.
     pub datapath: ovs::DatapathChoice,
+    /// The node's underlay address, reported as `Capabilities.tunnel_address`
+    /// and used as the local end of VXLAN tunnels to peers at other sites;
+    /// `None`: nodes meet over the uplink trunk only.
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
@@ -88,6 +92,7 @@ impl AgentConfig {
             uplink: None,
             uplink_bond: None,
             datapath: ovs::DatapathChoice::Auto,
+            tunnel_ip: None,
             guest_agent: None,
             service_host: None,
             flow_export: None,
@@ -186,6 +191,14 @@ impl AgentConfig {
             }
             if let Err((field, reason)) = bond.validate(&self.bridge) {
                 return Err(invalid(&field, reason));
+            }
+        }
+        if let Some(ip) = self.tunnel_ip {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(invalid(
+                    "tunnel_ip",
+                    format!("{ip} is not a unicast address a peer could send VXLAN to"),
+                ));
             }
         }
         if let Some(service) = &self.service_host {
@@ -291,6 +304,9 @@ mod tests {
         let mut bonded = config();
         bonded.uplink_bond = Some(bond());
         bonded.validate().unwrap();
+        let mut routed = config();
+        routed.tunnel_ip = Some(std::net::Ipv4Addr::new(10, 60, 1, 2));
+        routed.validate().unwrap();
     }
 
     #[test]
@@ -311,6 +327,14 @@ mod tests {
                 }),
             ),
             ("ovsdb", Box::new(|c| c.ovsdb = Some("/run/db.sock".into()))),
+            (
+                "tunnel_ip",
+                Box::new(|c| c.tunnel_ip = Some(std::net::Ipv4Addr::new(239, 1, 1, 1))),
+            ),
+            (
+                "tunnel_ip",
+                Box::new(|c| c.tunnel_ip = Some(std::net::Ipv4Addr::UNSPECIFIED)),
+            ),
             (
                 "appliance_dir",
                 Box::new(|c| c.appliance_dir = "appliances".into()),

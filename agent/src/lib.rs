@@ -38,6 +38,7 @@ pub mod reconcile;
 pub mod service_host;
 mod session;
 pub mod system_libvirtd;
+pub mod underlay;
 pub mod usage;
 
 pub use config::{AgentConfig, AgentError, DEFAULT_APPLIANCE_DIR};

@@ -151,6 +151,9 @@ pub(crate) async fn run(
         tools = ?initial_caps.service_tools,
         "probed capabilities"
     );
+    if let Some(ip) = config.tunnel_ip {
+        crate::underlay::check_and_log(ip);
+    }
     let (caps_tx, caps_rx) = watch::channel(initial_caps);
     let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
     let (switch_status_tx, switch_status_rx) = watch::channel(SwitchStatus::default());
@@ -512,6 +515,11 @@ impl Session {
         crate::service_host::annotate(&mut caps, &self.service_status_rx.borrow());
         caps.flow_export = self.flow_export_status.get();
         (caps.datapath, caps.uplink) = self.switch_status_rx.borrow().clone();
+        caps.tunnel_address = self
+            .config
+            .tunnel_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         caps
     }
 
@@ -911,6 +919,8 @@ async fn start_reconcile(
     settings.uplink = config.uplink.clone();
     settings.uplink_bond = config.uplink_bond.clone();
     settings.datapath = config.datapath;
+    settings.tunnel_ip = config.tunnel_ip;
+    settings.service_vlan = config.service_host.as_ref().map(|s| s.vlan);
     settings.flow_export = config.flow_export.clone();
     settings.flow_export_status = flow_export_status;
     settings.guest_heartbeat_deadline = config.guest_heartbeat_deadline;

@@ -207,3 +207,64 @@ async fn reconcile_repairs_hand_edits_and_leaves_foreign_rows_alone() -> Result<
     assert_eq!(rows(&ovs, "QoS")?, 1, "only the foreign QoS may remain");
     Ok(())
 }
+
+/// VXLAN tunnel ports through the real driver: OVSDB holds exactly the
+/// type, options and tag the spec asks for (so a second pass plans nothing:
+/// no churn of tunnels every pass), a hand-edited remote_ip is put back, and
+/// a tunnel whose platform left is removed while the others stay.
+#[tokio::test]
+async fn tunnels_converge_and_are_repaired_and_removed() -> Result<()> {
+    use measurelab_agent::ovs::TunnelPortSpec;
+    use std::net::Ipv4Addr;
+
+    let pid = std::process::id();
+    let owner = format!("node-tn-{pid}");
+    let ovs = OvsSandbox::start("agent-tn")?;
+    let switch = driver(&ovs).await?;
+    let local = Ipv4Addr::new(10, 60, 1, 2);
+    let to_a = TunnelPortSpec::new(101, local, Ipv4Addr::new(10, 60, 2, 2));
+    let to_b = TunnelPortSpec::new(102, local, Ipv4Addr::new(10, 60, 2, 2));
+    let mut spec = switch_spec(&owner, "br-tn", vec![]);
+    spec.tunnels = vec![to_a.clone(), to_b.clone()];
+
+    apply(&switch, &spec).await?;
+    let field = |name: &str, column: &str| -> Result<String> {
+        Ok(ovs
+            .vsctl(&["get", "Interface", name, column])?
+            .trim()
+            .to_string())
+    };
+    assert_eq!(field(&to_a.name, "type")?, "vxlan");
+    assert_eq!(
+        field(&to_a.name, "options")?,
+        r#"{key="101", local_ip="10.60.1.2", remote_ip="10.60.2.2"}"#
+    );
+    assert_eq!(
+        ovs.vsctl(&["get", "Port", &to_b.name, "tag"])?.trim(),
+        "102"
+    );
+    let again = apply(&switch, &spec).await?;
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+
+    ovs.vsctl(&[
+        "set",
+        "Interface",
+        &to_a.name,
+        "options:remote_ip=10.60.9.9",
+    ])?;
+    apply(&switch, &spec).await?;
+    assert_eq!(field(&to_a.name, "options:remote_ip")?, r#""10.60.2.2""#);
+    assert_eq!(port_rows(&ovs, &to_a.name)?, 1);
+    ovs.vsctl(&["set", "Port", &to_b.name, "protected=false"])?;
+    apply(&switch, &spec).await?;
+    assert_eq!(
+        ovs.vsctl(&["get", "Port", &to_b.name, "protected"])?.trim(),
+        "true"
+    );
+
+    spec.tunnels = vec![to_a.clone()];
+    apply(&switch, &spec).await?;
+    assert_eq!(port_rows(&ovs, &to_b.name)?, 0);
+    assert_eq!(port_rows(&ovs, &to_a.name)?, 1);
+    Ok(())
+}

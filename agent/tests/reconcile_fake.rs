@@ -243,6 +243,7 @@ impl Switch for FakeSwitch {
                         queue_uuids: vec![],
                     }),
                     policing: port.ingress_policing,
+                    tunnel: None,
                 }),
                 SwitchAction::AddUplink(uplink) => state.ports.push(ObservedPort {
                     uuid,
@@ -255,6 +256,7 @@ impl Switch for FakeSwitch {
                     lacp: None,
                     qos: None,
                     policing: None,
+                    tunnel: None,
                 }),
                 SwitchAction::RemovePort { port } => state.ports.retain(|p| &p.name != port),
                 SwitchAction::SetPortTag { port, vlan } => {

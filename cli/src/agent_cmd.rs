@@ -80,6 +80,14 @@ pub struct AgentArgs {
     /// (balance-slb negotiated with the partner over LACP).
     #[arg(long, default_value = "active-backup", value_parser = parse_bond_mode)]
     bond_mode: UplinkBondMode,
+    /// This node's underlay IPv4 address, the local end of VXLAN tunnels
+    /// that carry its platforms' VLANs (and the service network) to nodes
+    /// at other sites, behind routers. It must sit on a bridge of this
+    /// node's userspace OVS (e.g. br-phy with the physical NIC in it), and
+    /// the underlay must carry 50 bytes more than the guests' MTU. Without
+    /// it the uplink trunk is the only way between nodes.
+    #[arg(long)]
+    tunnel_ip: Option<std::net::Ipv4Addr>,
     /// Datapath of the bridge: auto (the kernel's where the openvswitch
     /// module works, else userspace), system (kernel) or netdev (userspace).
     #[arg(long, default_value = "auto", value_parser = parse_datapath)]
@@ -239,6 +247,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
             mode: args.bond_mode,
         }),
         datapath: args.datapath,
+        tunnel_ip: args.tunnel_ip,
         guest_agent: args.guest_agent,
         service_host,
         flow_export: args.flow_export.map(|protocol| FlowExportSettings {

@@ -471,6 +471,318 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
     check_multicast_round(&lab, &by_name, "a1", &format!("{nonce} a1-after-repair"));
 }
 
+/// Two platforms with each node at its own site: `lab up --topology
+/// routed` puts node K in 10.60.K.0/24 behind the router namespace, so
+/// nothing but the agents' VXLAN tunnels joins the nodes' switches. Three
+/// nodes make the tunnels a mesh with a cycle, where a missing split horizon
+/// loops every flooded frame. Multicast, unicast and full-size frames must
+/// cross between a platform's VMs, exactly once, nothing may cross between
+/// platforms, and the tunnels follow the platforms: hand-deleted ones come
+/// back, and a platform that leaves a node takes its tunnels along.
+#[test]
+fn platforms_stay_isolated_across_three_routed_sites() {
+    ensure_guest_agent();
+    let lab = LabGuard::new('w');
+    let out = lab
+        .up_command(3, 1)
+        .args(["--topology", "routed"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lab up --topology routed failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = Api::new(&lab);
+    for (k, node) in (1u32..).zip(lab.nodes()) {
+        assert_eq!(node.name, format!("n{k}"));
+        assert_eq!(node.capabilities.tunnel_address, format!("10.60.{k}.2"));
+        assert!(
+            node.capabilities.uplink.is_none(),
+            "{:?}",
+            node.capabilities
+        );
+    }
+    // The underlay is routed: n1 reaches n2's subnet only via its router.
+    let route = common::ip_output(&["-n", &lab.node_ns(1), "route", "get", "10.60.2.2"]);
+    assert!(route.contains("via 10.60.1.1"), "{route}");
+
+    let a = api.platform("slice-a", &["n1", "n2", "n3"]);
+    let b = api.platform("slice-b", &["n1", "n2"]);
+    for (platform, node, name) in [
+        ("slice-a", "n1", "a1"),
+        ("slice-a", "n2", "a2"),
+        ("slice-a", "n3", "a3"),
+        ("slice-b", "n1", "b1"),
+        ("slice-b", "n2", "b2"),
+    ] {
+        api.vm(&namespace_vm(name, platform, node));
+    }
+    let vms = wait_ready(&lab, &api, 3, 5, None);
+    let by_name: BTreeMap<&str, &Vm> = vms.iter().map(|vm| (vm.name.as_str(), vm)).collect();
+
+    // Each node: one tunnel per (VLAN, peer) - both slices and the service
+    // network - each an access port of its VLAN with VNI = VLAN.
+    // `members`: (VLAN, its nodes); node K gets a tunnel to each other member
+    // of each VLAN it is in.
+    let expected_tunnels = |k: u32, members: &[(u16, &[u32])]| -> BTreeMap<String, String> {
+        members
+            .iter()
+            .filter(|(_, nodes)| nodes.contains(&k))
+            .flat_map(|(vlan, nodes)| {
+                nodes
+                    .iter()
+                    .filter(move |peer| **peer != k)
+                    .map(move |peer| {
+                        (
+                            format!("vx{vlan}-0a3c{peer:02x}02"),
+                            format!("{vlan} key={vlan} remote_ip=10.60.{peer}.2"),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let all: &[u32] = &[1, 2, 3];
+    let before = [(a.vlan_tag, all), (b.vlan_tag, &[1, 2][..]), (4000, all)];
+    for k in 1..=3u32 {
+        common::wait_for(&format!("n{k}'s tunnels"), WAIT, || {
+            (tunnels(&lab, k) == expected_tunnels(k, &before)).then_some(())
+        });
+        let ports = bridge_ports(&lab, k);
+        assert!(
+            !ports.contains("uplink0"),
+            "n{k} br-int has an uplink: {ports:?}"
+        );
+    }
+
+    for vm in &vms {
+        prepare_guest_for_multicast(&vm_netns(vm));
+    }
+    // Full-size frames: 1500-byte IP packets with DF set cross the tunnel,
+    // because the underlay carries VXLAN's extra 50 bytes.
+    let df = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &vm_netns(by_name["a1"]),
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "5",
+        ])
+        .args(["-M", "do", "-s", "1472", &by_name["a2"].address])
+        .output()
+        .unwrap();
+    assert!(
+        df.status.success(),
+        "a 1500-byte DF ping a1 -> a2 across the tunnel failed:\n{}\n{}",
+        String::from_utf8_lossy(&df.stdout),
+        diagnostics(&lab, 2)
+    );
+
+    let nonce = format!(
+        "labw-{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    for sender in ["a1", "b2", "a2", "b1", "a3"] {
+        check_multicast_round(&lab, &by_name, sender, &format!("{nonce} {sender}"));
+    }
+    // Unicast straight at another platform's VM (its MAC pinned in the
+    // sender's neighbour table, so no ARP stands in the way) must not
+    // arrive; the same at the own platform's peer must.
+    check_unicast_round(&lab, &by_name, "a1", "a2", &format!("{nonce} a1>a2"));
+    check_unicast_round(&lab, &by_name, "a1", "b2", &format!("{nonce} a1>b2"));
+    check_unicast_round(&lab, &by_name, "b2", "a1", &format!("{nonce} b2>a1"));
+
+    // A tunnel deleted by hand comes back (the agent owns it like a VM port).
+    let a_tunnel = format!("vx{}-0a3c0202", a.vlan_tag);
+    lab.node_vsctl(1, &["del-port", "br-int", &a_tunnel])
+        .unwrap();
+    common::wait_for("n1's agent to rebuild slice-a's tunnel", WAIT, || {
+        (tunnels(&lab, 1) == expected_tunnels(1, &before)).then_some(())
+    });
+    check_multicast_round(&lab, &by_name, "a1", &format!("{nonce} a1-after-repair"));
+
+    // slice-b leaves n2: both nodes drop their slice-b tunnels, the rest stays.
+    api.run(api.client.delete_vm("b2", false))
+        .expect("delete b2");
+    common::wait_for("b2 to be gone", WAIT, || {
+        (!api.vms().iter().any(|vm| vm.name == "b2")).then_some(())
+    });
+    api.run(api.client.update_platform(
+        &b.id,
+        &measurelab_api::http::PlatformPatch {
+            nodes: Some(vec!["n1".into()]),
+            ..Default::default()
+        },
+    ))
+    .expect("shrink slice-b to n1");
+    let after = [(a.vlan_tag, all), (b.vlan_tag, &[1][..]), (4000, all)];
+    for k in 1..=3u32 {
+        common::wait_for(&format!("n{k} to drop slice-b's tunnel"), WAIT, || {
+            (tunnels(&lab, k) == expected_tunnels(k, &after)).then_some(())
+        });
+    }
+}
+
+/// The tunnel ports on node K's br-int: name -> "TAG key=K remote_ip=IP".
+fn tunnels(lab: &LabGuard, k: u32) -> BTreeMap<String, String> {
+    let Ok(names) = lab.node_vsctl(k, &["list-ports", "br-int"]) else {
+        return BTreeMap::new();
+    };
+    names
+        .lines()
+        .filter(|name| name.starts_with("vx"))
+        .filter_map(|name| {
+            let tag = lab.node_vsctl(k, &["get", "Port", name, "tag"]).ok()?;
+            let key = lab
+                .node_vsctl(k, &["get", "Interface", name, "options:key"])
+                .ok()?;
+            let remote = lab
+                .node_vsctl(k, &["get", "Interface", name, "options:remote_ip"])
+                .ok()?;
+            Some((
+                name.to_string(),
+                format!(
+                    "{} key={} remote_ip={}",
+                    tag.trim(),
+                    key.trim().trim_matches('"'),
+                    remote.trim().trim_matches('"')
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// `sender` sends PROBES unicast datagrams to `target`'s address and MAC
+/// while every other VM listens: the target hears at least half when it
+/// shares the sender's platform, and nobody else hears anything.
+fn check_unicast_round(
+    lab: &LabGuard,
+    by_name: &BTreeMap<&str, &Vm>,
+    sender: &str,
+    target: &str,
+    tag: &str,
+) {
+    let (from, to) = (by_name[sender], by_name[target]);
+    let netns = vm_netns(from);
+    // Another platform's subnet is not on eth0: point a host route and a
+    // permanent neighbour entry at the target, as a hostile guest could.
+    for args in [
+        vec![
+            "route",
+            "replace",
+            &format!("{}/32", to.address),
+            "dev",
+            "eth0",
+        ],
+        vec![
+            "neigh",
+            "replace",
+            &to.address,
+            "lladdr",
+            &to.mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        let out = Command::new("ip")
+            .args(["-n", &netns])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let same_platform = to.platform == from.platform;
+    let target_heard_last = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<(&str, std::thread::JoinHandle<Vec<String>>)> = by_name
+        .iter()
+        .filter(|(name, _)| **name != sender)
+        .map(|(name, vm)| {
+            let flag = if *name == target {
+                target_heard_last.clone()
+            } else {
+                Arc::new(AtomicBool::new(false))
+            };
+            (
+                *name,
+                start_receiver(
+                    &vm_netns(vm),
+                    vm.address.parse().expect("VM address"),
+                    tag.to_string(),
+                    stop.clone(),
+                    ready_tx.clone(),
+                    flag,
+                ),
+            )
+        })
+        .collect();
+    for _ in 0..receivers.len() {
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("receivers bound");
+    }
+    let (address, destination): (Ipv4Addr, Ipv4Addr) = (
+        from.address.parse().expect("VM address"),
+        to.address.parse().expect("VM address"),
+    );
+    let probes_tag = tag.to_string();
+    in_netns(&netns, move || {
+        let socket = UdpSocket::bind((address, 0)).expect("bind sender");
+        for seq in 0..PROBES {
+            socket
+                .send_to(
+                    format!("{probes_tag} {seq}").as_bytes(),
+                    (destination, MCAST_PORT),
+                )
+                .expect("send unicast");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    })
+    .join()
+    .expect("sender thread");
+    // Same FIFO argument as for multicast: once the target heard the last
+    // probe, a leak would have arrived meanwhile. Across platforms the
+    // deadline bounds the wait instead.
+    let deadline = Instant::now() + Duration::from_secs(if same_platform { 10 } else { 3 });
+    while !target_heard_last.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let heard: BTreeMap<&str, usize> = receivers
+        .into_iter()
+        .map(|(name, handle)| (name, handle.join().expect("receiver").len()))
+        .collect();
+    eprintln!("{sender} -> {target} unicast, sent {PROBES}: heard {heard:?}");
+    for (name, count) in &heard {
+        if *name == target && same_platform {
+            assert!(
+                *count >= (PROBES / 2) as usize,
+                "{target} heard only {count} of {PROBES} unicast from {sender}\n{}",
+                diagnostics(lab, 2)
+            );
+        } else {
+            assert_eq!(
+                *count,
+                0,
+                "{name} heard {sender}'s unicast to {target}: isolation broken\n{}",
+                diagnostics(lab, 2)
+            );
+        }
+    }
+}
+
 /// `sender` sends PROBES datagrams to GROUP while every other VM listens:
 /// those of its platform must hear at least half, the others none.
 fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: &str, tag: &str) {
@@ -532,6 +844,12 @@ fn check_multicast_round(lab: &LabGuard, by_name: &BTreeMap<&str, &Vm>, sender: 
     for (name, count) in &heard {
         let vm = by_name[name];
         if vm.platform == from.platform {
+            // More than sent: the frames went round a forwarding loop.
+            assert!(
+                *count <= PROBES as usize,
+                "{name} heard {count} copies of {PROBES} probes from {sender}: a loop\n{}",
+                diagnostics(lab, 2)
+            );
             assert!(
                 *count >= (PROBES / 2) as usize,
                 "{name} (same platform, {} -> {}) heard only {count} of {PROBES} from {sender}\n{}",

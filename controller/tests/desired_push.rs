@@ -133,3 +133,110 @@ async fn hints_follow_each_commit_for_the_node_concerned() {
         "a hint after shutdown: {end:?}"
     );
 }
+
+async fn register_with_tunnel(
+    controller: &TestController,
+    name: &str,
+    tunnel_address: &str,
+) -> Result<RegisterResponse, tonic::Status> {
+    let mut request = common::register_request(&controller.join_token, name, "");
+    if let Some(caps) = request.capabilities.as_mut() {
+        caps.tunnel_address = tunnel_address.into();
+    }
+    controller
+        .grpc()
+        .await
+        .register(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn tunnels_of(
+    controller: &TestController,
+    node: &RegisterResponse,
+) -> Vec<(u32, String, String)> {
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(measurelab_api::node_v1::DesiredStateRequest {
+            node_id: node.node_id.clone(),
+            node_secret: node.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    state
+        .tunnels
+        .into_iter()
+        .map(|t| (t.vlan_tag, t.remote_address, t.peer_node))
+        .collect()
+}
+
+/// Nodes at routed sites: each learns a tunnel per (platform VLAN, peer) and
+/// one per peer for the service network, a newcomer's tunnel address is
+/// pushed to the nodes already there, and a bad address is refused naming
+/// the field.
+#[tokio::test]
+async fn tunnels_follow_platform_membership_and_tunnel_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let n1 = register_with_tunnel(&controller, "n1", "10.60.1.2")
+        .await
+        .unwrap();
+    let mut n1_hints = watch(&controller, &n1).await;
+    let opened = next_hint(&mut n1_hints, "opening the stream").await;
+    assert!(
+        tunnels_of(&controller, &n1).await.is_empty(),
+        "n1 alone has no peers"
+    );
+
+    // n2 appears with an address: n1 is told at once (not at its next resync).
+    let n2 = register_with_tunnel(&controller, "n2", "10.60.2.2")
+        .await
+        .unwrap();
+    let hint = next_hint(&mut n1_hints, "n2 registering a tunnel address").await;
+    assert!(hint.desired_generation > opened.desired_generation);
+    assert_eq!(
+        tunnels_of(&controller, &n1).await,
+        [(0, "10.60.2.2".to_string(), "n2".to_string())]
+    );
+
+    // n3 has no tunnel address: it meets nobody through tunnels.
+    let n3 = controller.register("n3", "").await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "p", "nodes": ["n1", "n2", "n3"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let vlan = body["vlan_tag"].as_u64().unwrap() as u32;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "q", "nodes": ["n1", "n3"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        tunnels_of(&controller, &n2).await,
+        [
+            (vlan, "10.60.1.2".to_string(), "n1".to_string()),
+            (0, "10.60.1.2".to_string(), "n1".to_string())
+        ]
+    );
+    assert!(tunnels_of(&controller, &n3).await.is_empty());
+
+    let refused = register_with_tunnel(&controller, "n4", "239.1.1.1")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("tunnel_address"),
+        "{}",
+        refused.message()
+    );
+    controller.stop().await;
+}

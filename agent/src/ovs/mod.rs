@@ -39,11 +39,11 @@ pub use probe::KernelFeature;
 pub use reconcile::{plan, reconcile, teardown, ReconcileReport};
 pub use spec::{
     BondMode, BondSpec, Datapath, FlowExportSpec, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec,
-    SflowSpec, SwitchSpec, UplinkSpec, VmPortSpec,
+    SflowSpec, SwitchSpec, TunnelPortSpec, UplinkSpec, VmPortSpec,
 };
 pub use switch::{
-    ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, PortRole, Switch,
-    SwitchAction, SwitchCapabilities,
+    ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, ObservedTunnel,
+    PortRole, Switch, SwitchAction, SwitchCapabilities,
 };
 
 /// Probe the switch behind `target` (`unix:/path/db.sock`): datapath types from

@@ -15,11 +15,12 @@ use super::error::OvsError;
 use super::ownership::{OWNER_KEY, ROLE_KEY};
 use super::probe::probe_kernel;
 use super::spec::{
-    IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, UplinkSpec, VmPortSpec,
+    IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, TunnelPortSpec, UplinkSpec,
+    VmPortSpec,
 };
 use super::switch::{
-    ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch, PortRole, Switch,
-    SwitchAction, SwitchCapabilities,
+    tunnel_options, ObservedBridge, ObservedExport, ObservedPort, ObservedQos, ObservedSwitch,
+    ObservedTunnel, PortRole, Switch, SwitchAction, SwitchCapabilities,
 };
 
 const DB: &str = "Open_vSwitch";
@@ -369,6 +370,46 @@ fn add_uplink_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &Up
     ));
 }
 
+fn add_tunnel_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &TunnelPortSpec) {
+    let iface = value::fresh_uuid_name("tunnel_iface");
+    let options = tunnel_options(spec);
+    ops_out.push(ops::insert(
+        "Interface",
+        json!({
+            "name": spec.name,
+            "type": "vxlan",
+            "options": value::string_map(options.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            "external_ids": owner_ids(owner, None),
+        }),
+        Some(&iface),
+    ));
+    let port = value::fresh_uuid_name("tunnel");
+    ops_out.push(ops::insert(
+        "Port",
+        json!({
+            "name": spec.name,
+            "interfaces": value::named_uuid(&iface),
+            // An access port: frames leave the tunnel into the VLAN and only
+            // the VLAN's frames enter it, untagged; the VNI carries the VLAN.
+            "tag": spec.vlan,
+            // Split horizon: the tunnels are a full mesh, so a frame that
+            // came in through one must never be flooded out of another, or
+            // three nodes already loop every broadcast and multicast forever.
+            "protected": true,
+            "external_ids": owner_ids(owner, Some("tunnel")),
+        }),
+        Some(&port),
+    ));
+    ops_out.push(ops::mutate(
+        "Bridge",
+        vec![ops::eq("name", json!(bridge))],
+        vec![ops::mutation_insert(
+            "ports",
+            json!(["set", [value::named_uuid(&port)]]),
+        )],
+    ));
+}
+
 /// Insert a flow-export row (or nothing) and point the bridge at it.
 fn export_ops(
     ops_out: &mut Vec<Value>,
@@ -465,6 +506,7 @@ impl Switch for OvsdbSwitch {
                             "qos",
                             "bond_mode",
                             "lacp",
+                            "protected",
                             "external_ids",
                         ]),
                     ),
@@ -477,6 +519,8 @@ impl Switch for OvsdbSwitch {
                             "external_ids",
                             "ingress_policing_rate",
                             "ingress_policing_burst",
+                            "type",
+                            "options",
                         ]),
                     ),
                     ops::select(
@@ -604,6 +648,23 @@ impl Switch for OvsdbSwitch {
                 }
                 None => None,
             };
+            let tunnel = match iface_rows.first() {
+                Some(iface) => {
+                    let kind = column(iface, "type")?.as_str().unwrap_or_default();
+                    // Plain ports are "", "internal", "system", "dpdk"...;
+                    // only the tunnel types carry a remote_ip.
+                    let options = string_map(iface, "options")?;
+                    options.contains_key("remote_ip").then(|| ObservedTunnel {
+                        kind: kind.to_string(),
+                        options,
+                        protected: column(port, "protected")
+                            .ok()
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    })
+                }
+                None => None,
+            };
             let qos = match uuid_set(port, "qos")?.first() {
                 Some(id) => {
                     let row = qos_rows.get(id).ok_or_else(|| {
@@ -623,6 +684,7 @@ impl Switch for OvsdbSwitch {
                 role: match external_ids.get(ROLE_KEY).map(String::as_str) {
                     Some("vm") => Some(PortRole::Vm),
                     Some("uplink") => Some(PortRole::Uplink),
+                    Some("tunnel") => Some(PortRole::Tunnel),
                     _ => None,
                 },
                 tag: optional_int(port, "tag")?.and_then(|t| u16::try_from(t).ok()),
@@ -631,6 +693,7 @@ impl Switch for OvsdbSwitch {
                 lacp: optional_string(port, "lacp")?,
                 qos,
                 policing,
+                tunnel,
             });
         }
         observed.ports.sort_by(|a, b| a.name.cmp(&b.name));
@@ -792,6 +855,7 @@ impl Switch for OvsdbSwitch {
                     ));
                 }
                 SwitchAction::AddUplink(spec) => add_uplink_ops(&mut tx, owner, bridge, spec),
+                SwitchAction::AddTunnel(spec) => add_tunnel_ops(&mut tx, owner, bridge, spec),
                 SwitchAction::DeleteQos { uuid } => {
                     match observed.orphan_qos.iter().find(|q| &q.uuid == uuid) {
                         Some(orphan) => delete_qos_ops(&mut tx, owner, orphan),

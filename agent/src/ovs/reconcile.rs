@@ -91,6 +91,7 @@ pub fn plan(spec: &SwitchSpec, observed: &ObservedSwitch) -> Result<Vec<SwitchAc
 
     let foreign: BTreeSet<&String> = observed.foreign_names.iter().collect();
     let mut wanted_names: Vec<&String> = spec.ports.iter().map(|p| &p.name).collect();
+    wanted_names.extend(spec.tunnels.iter().map(|t| &t.name));
     if let Some(uplink) = &spec.uplink {
         wanted_names.push(&uplink.name);
         wanted_names.extend(uplink.members.iter());
@@ -143,6 +144,34 @@ pub fn plan(spec: &SwitchSpec, observed: &ObservedSwitch) -> Result<Vec<SwitchAc
     let desired_ports: BTreeSet<&str> = spec.ports.iter().map(|p| p.name.as_str()).collect();
     for port in ours(PortRole::Vm) {
         if !desired_ports.contains(port.name.as_str()) {
+            actions.push(SwitchAction::RemovePort {
+                port: port.name.clone(),
+            });
+        }
+    }
+
+    // Tunnels: replaced as a whole when the VLAN or any option drifted, and
+    // removed when their platform (or peer) left this node.
+    let existing: BTreeMap<&str, &ObservedPort> = ours(PortRole::Tunnel)
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    for tunnel in &spec.tunnels {
+        match existing.get(tunnel.name.as_str()) {
+            None => actions.push(SwitchAction::AddTunnel(tunnel.clone())),
+            Some(seen)
+                if seen.tag == Some(tunnel.vlan)
+                    && seen.tunnel.as_ref().is_some_and(|t| t.matches(tunnel)) => {}
+            Some(seen) => {
+                actions.push(SwitchAction::RemovePort {
+                    port: seen.name.clone(),
+                });
+                actions.push(SwitchAction::AddTunnel(tunnel.clone()));
+            }
+        }
+    }
+    let desired_tunnels: BTreeSet<&str> = spec.tunnels.iter().map(|t| t.name.as_str()).collect();
+    for port in ours(PortRole::Tunnel) {
+        if !desired_tunnels.contains(port.name.as_str()) {
             actions.push(SwitchAction::RemovePort {
                 port: port.name.clone(),
             });
@@ -310,10 +339,12 @@ mod tests {
 
     use super::*;
     use crate::ovs::probe::KernelFeature;
+    use crate::ovs::spec::TunnelPortSpec;
     use crate::ovs::spec::{
         BondMode, BondSpec, Datapath, FlowExportSpec, PolicingSpec, QosSpec, VmPortSpec,
     };
-    use crate::ovs::switch::{ObservedBridge, ObservedQos};
+    use crate::ovs::switch::{ObservedBridge, ObservedQos, ObservedTunnel};
+    use std::net::Ipv4Addr;
 
     /// An in-memory switch: applies actions to an ObservedSwitch the way OVSDB
     /// would, and records every apply call.
@@ -347,6 +378,7 @@ mod tests {
             lacp: None,
             qos: None,
             policing: None,
+            tunnel: None,
         }
     }
 
@@ -440,6 +472,15 @@ mod tests {
                         p.lacp = spec.bond.filter(|b| b.lacp).map(|_| "active".to_string());
                         state.ports.push(p);
                     }
+                    SwitchAction::AddTunnel(spec) => {
+                        let mut p = port(&spec.name, true, Some(PortRole::Tunnel), Some(spec.vlan));
+                        p.tunnel = Some(ObservedTunnel {
+                            kind: "vxlan".into(),
+                            options: crate::ovs::switch::tunnel_options(spec),
+                            protected: true,
+                        });
+                        state.ports.push(p);
+                    }
                     SwitchAction::DeleteQos { uuid } => {
                         state.orphan_qos.retain(|q| &q.uuid != uuid)
                     }
@@ -491,6 +532,7 @@ mod tests {
                 },
                 vm("vm2", 20),
             ],
+            tunnels: vec![],
             flow_export: FlowExportSpec {
                 sflow: Some(SflowSpec {
                     targets: vec!["127.0.0.1:6343".into()],
@@ -672,5 +714,88 @@ mod tests {
         reconcile(&switch, &desired()).await.unwrap();
         assert!(teardown(&switch, "node-1", "br-int").await.unwrap());
         assert!(switch.state.lock().unwrap().bridge.is_none());
+    }
+
+    fn tunnel(vlan: u16, peer: u8) -> TunnelPortSpec {
+        TunnelPortSpec::new(
+            vlan,
+            Ipv4Addr::new(10, 60, 1, 2),
+            Ipv4Addr::new(10, 60, peer, 2),
+        )
+    }
+
+    #[tokio::test]
+    async fn tunnels_are_added_kept_and_removed_with_their_platform() {
+        let switch = FakeSwitch::new(ObservedSwitch::default());
+        let mut spec = desired();
+        spec.tunnels = vec![tunnel(10, 2), tunnel(10, 3), tunnel(20, 2)];
+        let report = reconcile(&switch, &spec).await.unwrap();
+        let added: Vec<&str> = report
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                SwitchAction::AddTunnel(t) => Some(t.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(added, ["vx10-0a3c0202", "vx10-0a3c0302", "vx20-0a3c0202"]);
+        // Converged: a second pass (an agent restart) plans nothing.
+        assert!(reconcile(&switch, &spec).await.unwrap().actions.is_empty());
+
+        // Platform 20 left the node: its tunnel goes, the others stay.
+        spec.tunnels.retain(|t| t.vlan != 20);
+        let report = reconcile(&switch, &spec).await.unwrap();
+        assert_eq!(
+            report.actions,
+            vec![SwitchAction::RemovePort {
+                port: "vx20-0a3c0202".into()
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_with_drifted_options_is_replaced() {
+        let switch = FakeSwitch::new(ObservedSwitch::default());
+        let mut spec = desired();
+        spec.tunnels = vec![tunnel(10, 2)];
+        reconcile(&switch, &spec).await.unwrap();
+        // Someone edits the remote_ip by hand.
+        {
+            let mut state = switch.state.lock().unwrap();
+            let port = state
+                .ports
+                .iter_mut()
+                .find(|p| p.role == Some(PortRole::Tunnel))
+                .unwrap();
+            port.tunnel
+                .as_mut()
+                .unwrap()
+                .options
+                .insert("remote_ip".into(), "10.60.9.2".into());
+        }
+        let report = reconcile(&switch, &spec).await.unwrap();
+        assert_eq!(
+            report.actions,
+            vec![
+                SwitchAction::RemovePort {
+                    port: "vx10-0a3c0202".into()
+                },
+                SwitchAction::AddTunnel(tunnel(10, 2)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_foreign_port_with_a_tunnel_name_is_a_conflict() {
+        let mut observed = ObservedSwitch::default();
+        observed.foreign_names.push("vx10-0a3c0202".into());
+        let switch = FakeSwitch::new(observed);
+        let mut spec = desired();
+        spec.tunnels = vec![tunnel(10, 2)];
+        let err = reconcile(&switch, &spec).await.unwrap_err();
+        assert!(
+            matches!(err, OvsError::Conflict { ref name, .. } if name == "vx10-0a3c0202"),
+            "{err}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! controller, with validation that names the offending field.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use super::error::OvsError;
 
@@ -21,6 +21,8 @@ pub struct SwitchSpec {
     pub uplink: Option<UplinkSpec>,
     /// One access port per VM interface.
     pub ports: Vec<VmPortSpec>,
+    /// VXLAN tunnels to peer nodes at other sites, one per (VLAN, peer).
+    pub tunnels: Vec<TunnelPortSpec>,
     /// sFlow / NetFlow / IPFIX export on the bridge.
     pub flow_export: FlowExportSpec,
     /// The bridge's datapath (see [`super::datapath::choose`]).
@@ -115,6 +117,45 @@ pub struct VmPortSpec {
     /// Policing of traffic from the VM; needs kernel support that this platform
     /// probes (see [`super::SwitchCapabilities::ingress_policing`]).
     pub ingress_policing: Option<PolicingSpec>,
+}
+
+/// A VXLAN tunnel port that carries one VLAN to one peer node: an access
+/// port (`tag`) whose interface encapsulates with VNI = the VLAN. OVS floods
+/// a VLAN's broadcast and multicast to it like to any access port, so
+/// multicast crosses sites by head-end replication to each peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPortSpec {
+    /// Port and interface name, see [`TunnelPortSpec::port_name`].
+    pub name: String,
+    /// The VLAN the tunnel carries (its port's `tag`).
+    pub vlan: u16,
+    /// VXLAN network identifier (`options:key`).
+    pub key: u32,
+    /// This node's underlay address (`options:local_ip`).
+    pub local_ip: Ipv4Addr,
+    /// The peer's underlay address (`options:remote_ip`).
+    pub remote_ip: Ipv4Addr,
+}
+
+impl TunnelPortSpec {
+    /// A tunnel for `vlan` to `remote_ip`, with VNI = the VLAN: both ends
+    /// derive the same key without agreeing on anything else.
+    pub fn new(vlan: u16, local_ip: Ipv4Addr, remote_ip: Ipv4Addr) -> Self {
+        TunnelPortSpec {
+            name: Self::port_name(vlan, remote_ip),
+            vlan,
+            key: u32::from(vlan),
+            local_ip,
+            remote_ip,
+        }
+    }
+
+    /// `vx<VLAN>-<remote IPv4 as 8 hex digits>`, at most 15 bytes: unique per
+    /// (VLAN, peer) and stable across restarts, so reconcile finds its own
+    /// ports again by name.
+    pub fn port_name(vlan: u16, remote_ip: Ipv4Addr) -> String {
+        format!("vx{vlan}-{:08x}", u32::from(remote_ip))
+    }
 }
 
 /// linux-htb limits for one port (one QoS row with one default queue).
@@ -318,6 +359,47 @@ impl SwitchSpec {
                 }
             }
         }
+        for (i, tunnel) in self.tunnels.iter().enumerate() {
+            let field = format!("tunnels[{i}]");
+            check_ifname(&format!("{field}.name"), &tunnel.name)?;
+            if !names.insert(tunnel.name.clone()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is already used", tunnel.name),
+                ));
+            }
+            if !(1..=4094).contains(&tunnel.vlan) {
+                return Err(invalid(
+                    format!("{field}.vlan"),
+                    format!("{} is not a VLAN id (1..=4094)", tunnel.vlan),
+                ));
+            }
+            // VXLAN's VNI is 24 bits.
+            if tunnel.key >= 1 << 24 {
+                return Err(invalid(
+                    format!("{field}.key"),
+                    format!("{} does not fit VXLAN's 24-bit VNI", tunnel.key),
+                ));
+            }
+            if tunnel.remote_ip == tunnel.local_ip {
+                return Err(invalid(
+                    format!("{field}.remote_ip"),
+                    format!("{} is this node's own tunnel address", tunnel.remote_ip),
+                ));
+            }
+            for (name, ip) in [
+                ("local_ip", tunnel.local_ip),
+                ("remote_ip", tunnel.remote_ip),
+            ] {
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+                {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        format!("{ip} is not a unicast underlay address"),
+                    ));
+                }
+            }
+        }
         if let Some(sflow) = &self.flow_export.sflow {
             check_targets("flow_export.sflow.targets", &sflow.targets)?;
             if sflow.sampling == 0 {
@@ -369,9 +451,30 @@ mod tests {
                 }),
                 ingress_policing: None,
             }],
+            tunnels: vec![TunnelPortSpec::new(
+                10,
+                Ipv4Addr::new(10, 60, 1, 2),
+                Ipv4Addr::new(10, 60, 2, 2),
+            )],
             flow_export: FlowExportSpec::default(),
             datapath: Datapath::Netdev,
         }
+    }
+
+    #[test]
+    fn tunnel_names_fit_an_interface_name_and_differ_per_vlan_and_peer() {
+        let peer = Ipv4Addr::new(255, 255, 255, 254);
+        let longest = TunnelPortSpec::port_name(4094, peer);
+        assert_eq!(longest, "vx4094-fffffffe");
+        assert!(longest.len() <= MAX_IFNAME_LEN);
+        assert_ne!(
+            TunnelPortSpec::port_name(10, Ipv4Addr::new(10, 60, 2, 2)),
+            TunnelPortSpec::port_name(11, Ipv4Addr::new(10, 60, 2, 2))
+        );
+        assert_ne!(
+            TunnelPortSpec::port_name(10, Ipv4Addr::new(10, 60, 2, 2)),
+            TunnelPortSpec::port_name(10, Ipv4Addr::new(10, 60, 3, 2))
+        );
     }
 
     fn field_of(err: OvsError) -> String {
@@ -425,6 +528,15 @@ mod tests {
             field_of(s.validate().unwrap_err()),
             "flow_export.sflow.targets[0]"
         );
+        let mut s = spec();
+        s.tunnels[0].remote_ip = s.tunnels[0].local_ip;
+        assert_eq!(field_of(s.validate().unwrap_err()), "tunnels[0].remote_ip");
+        let mut s = spec();
+        s.tunnels[0].key = 1 << 24;
+        assert_eq!(field_of(s.validate().unwrap_err()), "tunnels[0].key");
+        let mut s = spec();
+        s.tunnels.push(s.tunnels[0].clone());
+        assert_eq!(field_of(s.validate().unwrap_err()), "tunnels[1].name");
         let mut s = spec();
         s.owner.clear();
         assert_eq!(field_of(s.validate().unwrap_err()), "owner");

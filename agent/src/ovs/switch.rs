@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use super::error::OvsError;
 use super::probe::KernelFeature;
 use super::spec::{
-    Datapath, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, UplinkSpec, VmPortSpec,
+    Datapath, IpfixSpec, NetflowSpec, PolicingSpec, QosSpec, SflowSpec, TunnelPortSpec, UplinkSpec,
+    VmPortSpec,
 };
 
 /// What the switch can do, as probed on this node.
@@ -72,6 +73,8 @@ pub enum PortRole {
     Vm,
     /// The uplink (single interface or bond).
     Uplink,
+    /// A VXLAN tunnel to a peer node.
+    Tunnel,
 }
 
 /// A Port on the integration bridge, as read back.
@@ -97,6 +100,40 @@ pub struct ObservedPort {
     pub qos: Option<ObservedQos>,
     /// Ingress policing of its (first) interface; `None` when the rate is 0.
     pub policing: Option<PolicingSpec>,
+    /// Type and `options` of its (first) interface when it is a tunnel
+    /// (`vxlan`, `geneve`, ...); `None` for plain ports.
+    pub tunnel: Option<ObservedTunnel>,
+}
+
+/// A tunnel interface as OVSDB holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedTunnel {
+    /// `Interface.type`, e.g. `vxlan`.
+    pub kind: String,
+    /// `Interface.options` (`remote_ip`, `local_ip`, `key`, ...).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// `Port.protected`: no forwarding to other protected ports.
+    pub protected: bool,
+}
+
+impl ObservedTunnel {
+    /// Whether this interface is exactly the tunnel `spec` asks for.
+    pub fn matches(&self, spec: &TunnelPortSpec) -> bool {
+        self.kind == "vxlan" && self.options == tunnel_options(spec) && self.protected
+    }
+}
+
+/// The `Interface.options` of a tunnel: what the driver writes and what
+/// [`ObservedTunnel::matches`] compares against, from one place.
+pub fn tunnel_options(spec: &TunnelPortSpec) -> std::collections::BTreeMap<String, String> {
+    [
+        ("remote_ip", spec.remote_ip.to_string()),
+        ("local_ip", spec.local_ip.to_string()),
+        ("key", spec.key.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// A flow-export row referenced by the bridge.
@@ -182,6 +219,8 @@ pub enum SwitchAction {
     },
     /// Add the uplink port (single or bond).
     AddUplink(UplinkSpec),
+    /// Add a VXLAN tunnel port (access port of its VLAN).
+    AddTunnel(TunnelPortSpec),
     /// Delete one of our QoS rows that nothing references, and its queues.
     DeleteQos {
         /// Row id.

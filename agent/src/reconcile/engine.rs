@@ -709,6 +709,7 @@ impl Reconciler {
             bridge: bridge.clone(),
             uplink: plan::uplink(&self.config, &foreign),
             ports: planned.ports,
+            tunnels: super::tunnels::plan(desired, &self.config),
             flow_export,
             datapath: crate::ovs::datapath::choose(self.config.datapath, caps)?,
         };

@@ -45,6 +45,7 @@ mod programs;
 mod relay;
 mod spool;
 mod translate;
+mod tunnels;
 mod types;
 mod uplink;
 

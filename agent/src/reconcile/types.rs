@@ -226,6 +226,12 @@ pub struct ReconcilerConfig {
     pub relay: RelaySettings,
     /// Limits and retry timing of the result spool (`<state_dir>/results`).
     pub result_spool: SpoolSettings,
+    /// This node's underlay address: the local end of its VXLAN tunnels to
+    /// peers at other sites. `None`: no tunnels (peers share the uplink's L2).
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// The service host's VLAN, which the service network's tunnels carry;
+    /// `None`: this node runs no service host.
+    pub service_vlan: Option<u16>,
 }
 
 /// Three of the guest agent's default 5 s heartbeat intervals.
@@ -248,6 +254,8 @@ impl ReconcilerConfig {
             appliance_dir: None,
             relay: RelaySettings::default(),
             result_spool: SpoolSettings::default(),
+            tunnel_ip: None,
+            service_vlan: None,
         }
     }
 }

@@ -38,6 +38,7 @@ pub fn switch_spec(owner: &str, bridge: &str, ports: Vec<VmPortSpec>) -> SwitchS
         bridge: bridge.to_string(),
         uplink: None,
         ports,
+        tunnels: vec![],
         flow_export: FlowExportSpec::default(),
         datapath: Datapath::Netdev,
     }

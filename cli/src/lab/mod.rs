@@ -19,6 +19,8 @@
 //!   namespace deviates from CONTRACTS.md, which put the switch in the root
 //!   namespace: userspace OVS allows one ovs-vswitchd per namespace (see
 //!   `up`), and labs must coexist with each other and with test sandboxes.
+//! - `--topology routed` replaces the lab switch with a router namespace
+//!   `<name>-rt` and joins the nodes through VXLAN tunnels (see `routed`).
 //!
 //! Every step of `up` first checks whether its piece is already there, so
 //! `up` on a running lab starts nothing, and `up` after a process died
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 mod guests;
 mod hypervisor;
+mod routed;
 mod sys;
 mod table;
 mod tenant;
@@ -112,6 +115,12 @@ enum LabCommand {
         /// with a bundle that pins it, mTLS for nodes).
         #[arg(long)]
         plaintext: bool,
+        /// How nodes are joined: `switched` (one lab switch, every node's
+        /// uplink a VLAN trunk) or `routed` (each node in its own subnet
+        /// 10.60.K.0/24 behind the router namespace NAME-rt; platforms reach
+        /// across sites through per-platform VXLAN tunnels).
+        #[arg(long, value_enum, default_value_t = routed::LabTopology::Switched)]
+        topology: routed::LabTopology,
     },
     /// Print the node table from the controller's HTTP API.
     Status {
@@ -159,10 +168,14 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             uplinks,
             bond_mode,
             plaintext,
+            topology,
         } => {
             let lab = Lab::new(&target)?;
             lab.check_interface_names(nodes)?;
             lab.check_uplink_names(nodes, uplinks)?;
+            if topology == routed::LabTopology::Routed && uplinks != 1 {
+                bail!("--uplinks: a routed lab's node has one link, to its router; bonds need --topology switched");
+            }
             let settings = LabSettings {
                 name: lab.name.clone(),
                 nodes,
@@ -173,6 +186,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
                 uplinks,
                 bond_mode,
                 tls: !plaintext,
+                topology,
             };
             lab.up(&settings, Duration::from_secs(timeout_seconds))
         }
@@ -216,6 +230,9 @@ struct LabSettings {
     /// TLS on both controller APIs (labs from before TLS ran plaintext).
     #[serde(default)]
     tls: bool,
+    /// Switched or routed (labs from before the flag are switched).
+    #[serde(default)]
+    topology: routed::LabTopology,
 }
 
 fn one_uplink() -> u32 {
@@ -287,6 +304,11 @@ impl Lab {
     fn switch_bridge(&self) -> String {
         format!("{}-sw", self.name)
     }
+    /// The router between the node subnets of a routed lab.
+    fn router_ns(&self) -> String {
+        format!("{}-rt", self.name)
+    }
+
     /// Namespace of the lab switch's ovs-vswitchd and the uplink peers.
     fn switch_ns(&self) -> String {
         format!("{}-sw", self.name)
@@ -400,6 +422,14 @@ impl Lab {
                     existing.name
                 );
             }
+            if existing.topology != settings.topology {
+                bail!(
+                    "--topology: lab {} already runs {:?}; run `measurelab lab down --name {}` first",
+                    existing.name,
+                    existing.topology,
+                    existing.name
+                );
+            }
             if (existing.uplinks, &existing.bond_mode) != (settings.uplinks, &settings.bond_mode) {
                 bail!(
                     "--uplinks: lab {} already exists with {} uplink(s) per node ({}); run `measurelab lab down --name {}` first",
@@ -424,23 +454,45 @@ impl Lab {
         // namespace, so two ovs-vswitchd in one namespace collide (the second
         // cannot open its datapath). The lab switch therefore gets a
         // namespace of its own, like every node.
-        netns_ensure(&self.switch_ns())?;
-        self.ensure_ovs(
-            "sw",
-            &self.switch_ovs_dir(),
-            Some(&self.switch_ns()),
-            &mut started,
-        )?;
-        self.ensure_switch_bridge()?;
+        let routed = settings.topology == routed::LabTopology::Routed;
+        if routed {
+            routed::ensure_router(&self.router_ns())?;
+        } else {
+            netns_ensure(&self.switch_ns())?;
+            self.ensure_ovs(
+                "sw",
+                &self.switch_ovs_dir(),
+                Some(&self.switch_ns()),
+                &mut started,
+            )?;
+            self.ensure_switch_bridge()?;
+        }
         for k in 1..=settings.nodes {
             self.ensure_node_network(k)?;
-            self.ensure_extra_uplinks(k, settings.uplinks)?;
+            if routed {
+                routed::ensure_routed_link(
+                    &self.node_ns(k),
+                    &self.router_ns(),
+                    &self.uplink(k),
+                    k,
+                )?;
+            } else {
+                self.ensure_switch_uplink(k)?;
+                self.ensure_extra_uplinks(k, settings.uplinks)?;
+            }
             self.ensure_ovs(
                 &Self::node_name(k),
                 &self.node_ovs_dir(k),
                 Some(&self.node_ns(k)),
                 &mut started,
             )?;
+            if routed {
+                routed::ensure_underlay_bridge(
+                    &self.node_ns(k),
+                    &self.node_ovs_dir(k).join("db.sock"),
+                    k,
+                )?;
+            }
         }
         if settings.hypervisor == hypervisor::LabHypervisor::Qemu {
             started.extend(hypervisor::ensure_qemu(
@@ -545,6 +597,12 @@ impl Lab {
             tx_offload_off(Some(&ns), "mgmt0")?;
         }
         ip_in(&ns, &["link", "set", "mgmt0", "up"])?;
+        Ok(())
+    }
+
+    /// Node K's `uplink0`, a VLAN trunk port of the lab switch.
+    fn ensure_switch_uplink(&self, k: u32) -> anyhow::Result<()> {
+        let ns = self.node_ns(k);
         let uplink = self.uplink(k);
         let sw = self.switch_ns();
         if !link_exists(Some(&ns), "uplink0") {
@@ -868,10 +926,16 @@ impl Lab {
                 "unix:{}",
                 self.node_ovs_dir(k).join("db.sock").display()
             ))
-            // The agent builds br-int itself, with uplink0 (or the bond of
-            // all uplinks) as the VLAN trunk towards the lab switch, on the
-            // userspace datapath: one per namespace, no kernel module needed.
-            .args(uplinks::agent_args(settings.uplinks, &settings.bond_mode))
+            // The agent builds br-int itself, on the userspace datapath (one
+            // per namespace, no kernel module needed), with uplink0 (or the
+            // bond of all uplinks) as the VLAN trunk towards the lab switch,
+            // or, routed, with VXLAN tunnels from its underlay address.
+            .args(routed::agent_args(
+                settings.topology,
+                k,
+                settings.uplinks,
+                &settings.bond_mode,
+            ))
             .arg("--datapath")
             .arg("netdev")
             // Service host on the reserved service VLAN (agent default 4000):
@@ -1274,6 +1338,7 @@ impl Lab {
             .filter(|ns| {
                 *ns == self.mgmt_ns()
                     || *ns == self.switch_ns()
+                    || *ns == self.router_ns()
                     || ns
                         .strip_prefix(&prefix)
                         .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
@@ -1516,6 +1581,7 @@ mod hypervisor_setting_tests {
             "heartbeat_interval_seconds":5,"offline_after_seconds":15}"#;
         let settings: LabSettings = serde_json::from_str(old).unwrap();
         assert_eq!(settings.hypervisor, hypervisor::LabHypervisor::Namespace);
+        assert_eq!(settings.topology, routed::LabTopology::Switched);
         let qemu = LabSettings {
             hypervisor: hypervisor::LabHypervisor::Qemu,
             ..settings

@@ -106,6 +106,7 @@ mod tests {
                 flow_export: String::new(),
                 uplink: None,
                 datapath: String::new(),
+                tunnel_address: String::new(),
             },
             resources: Resources::default(),
             labels: Default::default(),

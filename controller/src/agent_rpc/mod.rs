@@ -179,6 +179,11 @@ impl NodeRpc {
             None => None,
         };
         let input = validate_register(request, join, peer_address.clone())?;
+        let tunnel_before = self
+            .store
+            .node(input.node_id.as_deref().unwrap_or(&name))
+            .map(|node| node.capabilities.tunnel_address);
+        let tunnel_now = input.capabilities.tunnel_address.clone();
         let registered = match self.store.register(input).await {
             Ok(registered) => registered,
             Err(StoreError::JoinTokenRefused(reason)) => {
@@ -187,6 +192,15 @@ impl NodeRpc {
             }
             Err(e) => return Err(e.into()),
         };
+        if !tunnel_now.is_empty() && tunnel_before.as_deref() != Some(tunnel_now.as_str()) {
+            // Peers build their tunnels from this address; without a bump
+            // they would learn of it only at their next periodic resync.
+            let node_id = registered.node_id.clone();
+            self.store
+                .resources()
+                .transact(move |cx| crate::store::tunnels::touch_peers(cx, &node_id))
+                .await?;
+        }
         let node_cert_pem = match (&self.node_certs, csr_key) {
             (Some(certs), Some(key)) => certs
                 .ca
@@ -474,6 +488,23 @@ fn capabilities(
     }
     validation::short_text(&format!("{field}.flow_export"), &c.flow_export, 256)?;
     validation::short_text(&format!("{field}.datapath"), &c.datapath, 64)?;
+    // Peers put this address into their tunnels' remote_ip: anything but a
+    // plain unicast IPv4 would make every peer's switch refuse its plan.
+    if !c.tunnel_address.is_empty() {
+        match c.tunnel_address.parse::<std::net::Ipv4Addr>() {
+            Ok(ip)
+                if !(ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || ip.is_multicast()
+                    || ip.is_loopback()) => {}
+            _ => {
+                return Err(FieldError::new(
+                    format!("{field}.tunnel_address"),
+                    format!("{:?} is not a unicast IPv4 address", c.tunnel_address),
+                ))
+            }
+        }
+    }
     let uplink = c
         .uplink
         .map(|u| uplink_status(&format!("{field}.uplink"), u))
@@ -488,6 +519,7 @@ fn capabilities(
         flow_export: c.flow_export,
         uplink,
         datapath: c.datapath,
+        tunnel_address: c.tunnel_address,
     })
 }
 

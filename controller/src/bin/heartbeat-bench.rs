@@ -322,6 +322,7 @@ fn capabilities() -> Capabilities {
         flow_export: String::new(),
         uplink: None,
         datapath: "netdev".into(),
+        tunnel_address: String::new(),
     }
 }
 

@@ -16,7 +16,7 @@ use super::registry::Registry;
 use super::resources::TxContext;
 use super::{
     appliances, comparisons, flows, platform_points, platforms, programs, qos_policies, tasks,
-    vm_usage, vms,
+    tunnels, vm_usage, vms,
 };
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
@@ -59,6 +59,7 @@ pub(crate) fn desired_state(
             .collect(),
         flow_export: flows::node_export(conn, node_id)?
             .map(|export| flows::desired_export(&export)),
+        tunnels: tunnels::of_node(node_id, &member_of, &tunnels::ends(registry)),
         ..Default::default()
     };
     for vm in vms::of_node(conn, node_id)? {

@@ -37,6 +37,7 @@ pub(crate) mod retention;
 mod run_tree;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
+pub(crate) mod tunnels;
 pub(crate) mod vm_usage;
 pub(crate) mod vms;
 mod writer;

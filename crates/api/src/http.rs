@@ -79,6 +79,11 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub datapath: String,
+    /// The node's underlay (VXLAN tunnel endpoint) IPv4 address; empty: the
+    /// node shares an L2 segment with its peers and needs no tunnels.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tunnel_address: String,
 }
 
 /// A node's uplink port: one interface or a bond of several.
