@@ -134,6 +134,14 @@ pub enum GuestMessage {
         /// The points in the MSCS's rotation order.
         points: Vec<GuestPoint>,
     },
+    /// A frame of an exec or copy session the node agent opened (guests
+    /// that announce [`crate::exec::FEATURE_EXEC`]).
+    Exec {
+        /// The session id the node agent chose.
+        session: String,
+        /// The frame.
+        frame: crate::exec::ExecFrame,
+    },
 }
 
 /// Most points in one list ([`GuestMessage::Points`]); the MSCS keeps at most
@@ -352,6 +360,14 @@ pub enum AgentMessage {
     PollRefused {
         /// Why.
         reason: String,
+    },
+    /// A frame of an exec or copy session (see [`crate::exec`]); the first
+    /// frame of a session is [`crate::exec::ExecFrame::Open`].
+    Exec {
+        /// Session id, unique on this channel.
+        session: String,
+        /// The frame.
+        frame: crate::exec::ExecFrame,
     },
 }
 

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod exec;
 pub mod exposition;
 pub mod guest;
 pub mod http;

@@ -1,0 +1,354 @@
+//! `vm exec` and `vm cp` sessions: the frames every hop carries unchanged
+//! (CLI ⟷ controller over an upgraded HTTP/1.1 connection, controller ⟷ node
+//! agent over the agent-initiated `ExecChannel` gRPC stream, node agent ⟷
+//! guest over the guest channel).
+//!
+//! One frame type on every hop means no hop re-frames data, and flow control
+//! is end to end: each side may have at most [`EXEC_WINDOW_BYTES`] of data
+//! (stdin one way, output the other) that the far end has not acknowledged
+//! with a [`ExecFrame::Credit`]. The hops in between only forward, so their
+//! queues never hold more than a window per session, and a 10 MiB stdout
+//! moves at the pace of the slowest reader instead of piling up in memory.
+//! The node agent counts the credit it forwarded to a guest and ends a
+//! session whose guest sends more (guests are hostile).
+//!
+//! On the HTTP hop and the guest channel a frame is one JSON line
+//! (`\n`-terminated); on gRPC it is the same JSON in a `bytes` field. Data is
+//! base64 in at most [`EXEC_FRAME_BYTES`] pieces, so a line stays far below
+//! the guest channel's line bounds.
+
+use serde::{Deserialize, Serialize};
+
+/// Most data bytes (before base64) in one [`ExecFrame::Stdin`] or
+/// [`ExecFrame::Output`].
+pub const EXEC_FRAME_BYTES: usize = 32 * 1024;
+
+/// Data a sender may have in flight before the receiver credits it back.
+pub const EXEC_WINDOW_BYTES: u64 = 256 * 1024;
+
+/// Longest JSON line of a frame on the HTTP hop or the guest channel: a
+/// full data frame in base64 plus its envelope.
+pub const MAX_EXEC_LINE_BYTES: usize = 64 * 1024;
+
+/// Most arguments (and most bytes of all arguments) a command may have.
+pub const MAX_EXEC_ARGS: usize = 256;
+/// See [`MAX_EXEC_ARGS`].
+pub const MAX_EXEC_ARGV_BYTES: usize = 32 * 1024;
+
+/// Hello feature: the guest runs `exec` sessions and copies files.
+pub const FEATURE_EXEC: &str = "exec";
+
+/// The HTTP `Upgrade` token of an exec session (`POST
+/// /v1/platforms/{platform}/vms/{vm}/exec`).
+pub const EXEC_UPGRADE_PROTOCOL: &str = "measurelab-exec.v1";
+
+/// What a session does in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecOpen {
+    /// Run a command; stdin, stdout and stderr are streamed.
+    Command {
+        /// Program and arguments (`argv[0]` is looked up on `PATH`).
+        argv: Vec<String>,
+        /// Run it on a pseudo-terminal (stdout and stderr become one stream).
+        #[serde(default)]
+        tty: bool,
+    },
+    /// Write a file: the stdin data is the content. It goes to a temporary
+    /// file beside `path`, renamed over `path` only when `size` bytes with
+    /// SHA-256 `sha256` arrived, so a failed copy leaves nothing behind.
+    Put {
+        /// Absolute path in the guest.
+        path: String,
+        /// Content length in bytes.
+        size: u64,
+        /// Lowercase hex SHA-256 of the content.
+        sha256: String,
+    },
+    /// Read a file: its content comes as stdout, and the exit frame carries
+    /// its size and SHA-256.
+    Get {
+        /// Absolute path in the guest.
+        path: String,
+        /// Refuse a file larger than this.
+        max_bytes: u64,
+    },
+}
+
+/// Which output stream a [`ExecFrame::Output`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStream {
+    /// Standard output (or the terminal, or the file of a `get`).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecExit {
+    /// Exit code when the command exited by itself (0 for a copy that
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Signal number when a signal ended the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why the session failed before or instead of an exit: the command
+    /// could not start, a copy did not add up, a hop gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For copies: bytes written or read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// For copies: lowercase hex SHA-256 of what was written or read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ExecExit {
+    /// An exit that reports only an error.
+    pub fn error(reason: impl Into<String>) -> Self {
+        ExecExit {
+            error: Some(reason.into()),
+            ..ExecExit::default()
+        }
+    }
+
+    /// The process exit status a CLI should end with: the command's code,
+    /// 128 + signal, or 255 for an error (kubectl and ssh do the same).
+    pub fn status(&self) -> i32 {
+        match (self.code, self.signal, &self.error) {
+            (_, _, Some(_)) => 255,
+            (Some(code), _, _) => code,
+            (None, Some(signal), _) => 128 + signal,
+            (None, None, None) => 255,
+        }
+    }
+}
+
+/// One frame of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecFrame {
+    /// Client → guest, first frame: what to do.
+    Open {
+        /// The session.
+        open: ExecOpen,
+    },
+    /// Client → guest: stdin bytes, base64, at most [`EXEC_FRAME_BYTES`].
+    Stdin {
+        /// The bytes, base64.
+        data: String,
+    },
+    /// Client → guest: stdin is done (the command sees end of file).
+    StdinEof,
+    /// Guest → client: output bytes, base64, at most [`EXEC_FRAME_BYTES`].
+    Output {
+        /// Which stream.
+        stream: ExecStream,
+        /// The bytes, base64.
+        data: String,
+    },
+    /// Either way: the sender consumed `bytes` more of the other side's data.
+    Credit {
+        /// Bytes consumed since the last credit.
+        bytes: u64,
+    },
+    /// Client → guest: a terminal size change (`tty` sessions).
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Client → guest: end the command (its whole process group).
+    Kill,
+    /// Guest → client, last frame.
+    Exit {
+        /// How it ended.
+        exit: ExecExit,
+    },
+}
+
+impl ExecFrame {
+    /// Data bytes a frame carries against the window (decoded size of its
+    /// base64; 0 for control frames).
+    pub fn data_len(&self) -> u64 {
+        match self {
+            ExecFrame::Stdin { data } | ExecFrame::Output { data, .. } => {
+                // base64 length → decoded length, without decoding.
+                let padding = data.bytes().rev().take_while(|b| *b == b'=').count();
+                ((data.len() / 4 * 3).saturating_sub(padding)) as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A session request that can never work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ExecOpenError {
+    /// The field at fault, e.g. `argv`.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Checks an [`ExecOpen`] field by field. The controller checks what a user
+/// sends, and the guest checks again (it trusts no one).
+pub fn check_open(open: &ExecOpen) -> Result<(), ExecOpenError> {
+    let bad = |field: &str, reason: String| {
+        Err(ExecOpenError {
+            field: field.into(),
+            reason,
+        })
+    };
+    match open {
+        ExecOpen::Command { argv, .. } => {
+            if argv.is_empty() || argv[0].is_empty() {
+                return bad("argv", "must name a command".into());
+            }
+            if argv.len() > MAX_EXEC_ARGS {
+                return bad(
+                    "argv",
+                    format!("has {} entries; at most {MAX_EXEC_ARGS}", argv.len()),
+                );
+            }
+            let bytes: usize = argv.iter().map(|a| a.len()).sum();
+            if bytes > MAX_EXEC_ARGV_BYTES {
+                return bad(
+                    "argv",
+                    format!("is {bytes} bytes; at most {MAX_EXEC_ARGV_BYTES}"),
+                );
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                return bad("argv", "contains a NUL byte".into());
+            }
+        }
+        ExecOpen::Put { path, sha256, .. } => {
+            check_guest_path(path).or_else(|reason| bad("path", reason))?;
+            if sha256.len() != 64
+                || !sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return bad("sha256", "must be 64 lowercase hex digits".into());
+            }
+        }
+        ExecOpen::Get { path, .. } => {
+            check_guest_path(path).or_else(|reason| bad("path", reason))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a path in the guest: absolute, no `..`, no NUL, at most 4096
+/// bytes, not the root. `Err` is the reason (without the field name).
+pub fn check_guest_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not absolute"));
+    }
+    if path.len() > 4096 {
+        return Err(format!("is {} bytes; at most 4096", path.len()));
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!("{path:?} contains '..'"));
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err("must name a file, not /".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_a_stable_wire_form() {
+        let open = ExecFrame::Open {
+            open: ExecOpen::Command {
+                argv: vec!["true".into()],
+                tty: false,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&open).unwrap(),
+            serde_json::json!({"type":"open","open":{"kind":"command","argv":["true"],"tty":false}})
+        );
+        let exit: ExecFrame = serde_json::from_str(r#"{"type":"exit","exit":{"code":3}}"#).unwrap();
+        assert!(matches!(exit, ExecFrame::Exit { ref exit } if exit.status() == 3));
+        let credit: ExecFrame = serde_json::from_str(r#"{"type":"credit","bytes":5}"#).unwrap();
+        assert_eq!(credit, ExecFrame::Credit { bytes: 5 });
+    }
+
+    #[test]
+    fn data_len_is_the_decoded_size() {
+        for (data, len) in [("", 0), ("eA==", 1), ("eHk=", 2), ("eHl6", 3)] {
+            let frame = ExecFrame::Stdin { data: data.into() };
+            assert_eq!(frame.data_len(), len, "{data}");
+        }
+    }
+
+    #[test]
+    fn exit_status_follows_the_shell_convention() {
+        let signalled = ExecExit {
+            signal: Some(9),
+            ..ExecExit::default()
+        };
+        assert_eq!(signalled.status(), 137);
+        assert_eq!(ExecExit::error("x").status(), 255);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (
+                ExecOpen::Command {
+                    argv: vec![],
+                    tty: false,
+                },
+                "argv",
+            ),
+            (
+                ExecOpen::Put {
+                    path: "rel/x".into(),
+                    size: 1,
+                    sha256: "0".repeat(64),
+                },
+                "path",
+            ),
+            (
+                ExecOpen::Put {
+                    path: "/tmp/x".into(),
+                    size: 1,
+                    sha256: "XYZ".into(),
+                },
+                "sha256",
+            ),
+            (
+                ExecOpen::Get {
+                    path: "/tmp/../etc/shadow".into(),
+                    max_bytes: 1,
+                },
+                "path",
+            ),
+            (
+                ExecOpen::Get {
+                    path: "/".into(),
+                    max_bytes: 1,
+                },
+                "path",
+            ),
+        ];
+        for (open, field) in cases {
+            assert_eq!(check_open(&open).unwrap_err().field, field, "{open:?}");
+        }
+    }
+}
