@@ -266,6 +266,136 @@ pub fn check_guest_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How often an idle session sends an empty credit, so the controller's
+/// idle watchdog (which closes a connection on which no byte moves) leaves
+/// a quiet interactive shell open.
+pub const EXEC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why a client-side session failed (the guest's own failures come back in
+/// [`ExecExit::error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecSessionError {
+    /// Reading or writing the stream, stdin or an output failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The stream ended before the exit frame.
+    #[error("the controller closed the session before the command's exit")]
+    Closed,
+    /// The far side sent something that is not a frame.
+    #[error("bad frame from the controller: {0}")]
+    BadFrame(String),
+}
+
+/// Drives a session on the client side over `stream` (the upgraded
+/// connection): sends `stdin` (if any) within the guest's window, writes
+/// each output frame to `stdout` or `stderr` and credits it back once
+/// written, so a slow terminal slows the guest command rather than growing
+/// a queue. Returns the guest's exit.
+pub async fn drive_session<S, I, O, E>(
+    stream: S,
+    mut stdin: Option<I>,
+    mut stdout: O,
+    mut stderr: E,
+) -> Result<ExecExit, ExecSessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite + Unpin,
+    E: tokio::io::AsyncWrite + Unpin,
+{
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let io = |what| move |source| ExecSessionError::Io { what, source };
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut framer = crate::guest::LineFramer::new(MAX_EXEC_LINE_BYTES);
+    let mut net_buf = vec![0u8; 64 * 1024];
+    let mut stdin_buf = vec![0u8; EXEC_FRAME_BYTES];
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    if stdin.is_none() {
+        let line = crate::guest::encode_line(&ExecFrame::StdinEof)
+            .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+        writer.write_all(&line).await.map_err(io("sending"))?;
+    }
+    let mut keepalive = tokio::time::interval(EXEC_KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        let room = EXEC_WINDOW_BYTES.saturating_sub(sent - acked) as usize;
+        let want = room.min(EXEC_FRAME_BYTES);
+        tokio::select! {
+            read = async {
+                match stdin.as_mut() {
+                    Some(input) if want > 0 => input.read(&mut stdin_buf[..want]).await,
+                    _ => std::future::pending().await,
+                }
+            } => {
+                let n = read.map_err(io("reading stdin"))?;
+                let frame = if n == 0 {
+                    stdin = None;
+                    ExecFrame::StdinEof
+                } else {
+                    sent += n as u64;
+                    ExecFrame::Stdin {
+                        data: base64::engine::general_purpose::STANDARD.encode(&stdin_buf[..n]),
+                    }
+                };
+                let line = crate::guest::encode_line(&frame)
+                    .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                writer.write_all(&line).await.map_err(io("sending"))?;
+            }
+            read = reader.read(&mut net_buf) => {
+                let n = read.map_err(io("receiving"))?;
+                if n == 0 {
+                    return Err(ExecSessionError::Closed);
+                }
+                for line in framer.push(&net_buf[..n]) {
+                    let line = line.map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                    pending.push_back(line);
+                }
+                while let Some(line) = pending.pop_front() {
+                    let frame: ExecFrame = serde_json::from_slice(&line)
+                        .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                    match frame {
+                        ExecFrame::Output { stream, data } => {
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(data)
+                                .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                            match stream {
+                                ExecStream::Stdout => {
+                                    stdout.write_all(&bytes).await.map_err(io("writing stdout"))?;
+                                    stdout.flush().await.map_err(io("writing stdout"))?;
+                                }
+                                ExecStream::Stderr => {
+                                    stderr.write_all(&bytes).await.map_err(io("writing stderr"))?;
+                                    stderr.flush().await.map_err(io("writing stderr"))?;
+                                }
+                            }
+                            let credit = ExecFrame::Credit { bytes: bytes.len() as u64 };
+                            let line = crate::guest::encode_line(&credit)
+                                .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                            writer.write_all(&line).await.map_err(io("sending"))?;
+                        }
+                        ExecFrame::Credit { bytes } => acked = acked.saturating_add(bytes).min(sent),
+                        ExecFrame::Exit { exit } => return Ok(exit),
+                        _ => {}
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                let line = crate::guest::encode_line(&ExecFrame::Credit { bytes: 0 })
+                    .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+                writer.write_all(&line).await.map_err(io("sending"))?;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
