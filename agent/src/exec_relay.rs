@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use measurelab_api::exec::{ExecExit, ExecFrame, MAX_EXEC_LINE_BYTES};
+use measurelab_api::exec::{ExecExit, ExecFrame, EXEC_MAX_FRAMES_IN_FLIGHT, MAX_EXEC_LINE_BYTES};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{ExecDown, ExecUp};
 use measurelab_backoff::Backoff;
@@ -26,7 +26,7 @@ use crate::identity::Identity;
 /// Frames queued up towards the controller (all sessions).
 const UP_QUEUE: usize = 256;
 /// Frames queued towards one session: a window of stdin plus control frames.
-const SESSION_QUEUE: usize = 32;
+const SESSION_QUEUE: usize = EXEC_MAX_FRAMES_IN_FLIGHT + 16;
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// An older controller without `ExecChannel`: ask again rarely.

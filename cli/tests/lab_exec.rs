@@ -191,13 +191,23 @@ fn exec_and_cp_through_the_whole_product() {
         ],
         None,
     );
-    assert_eq!(big.status.code(), Some(0));
+    assert_eq!(
+        big.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&big.stderr)
+    );
     assert_eq!(big.stdout.len(), 10 * 1024 * 1024);
 
     // stdin through cat, several windows' worth.
     let input = pattern(3 * 1024 * 1024 + 5, 3);
     let cat = cli.run(&mine, &["exec", "-i", "xp/box", "--", "cat"], Some(&input));
-    assert_eq!(cat.status.code(), Some(0));
+    assert_eq!(
+        cat.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
     assert!(cat.stdout == input, "cat returned other bytes");
 
     // Another tenant's VM does not exist for it, and nothing ran.
@@ -256,7 +266,12 @@ fn exec_and_cp_through_the_whole_product() {
         ],
         None,
     );
-    assert_eq!(write.status.code(), Some(0));
+    assert_eq!(
+        write.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&write.stderr)
+    );
     let guest_sum = String::from_utf8_lossy(&write.stdout)
         .split_whitespace()
         .next()

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use measurelab_api::exec::{ExecExit, ExecFrame, ExecOpen, EXEC_FRAME_BYTES, EXEC_WINDOW_BYTES};
+use measurelab_api::exec::{ExecExit, ExecFrame, ExecOpen, EXEC_MAX_FRAMES_IN_FLIGHT};
 use measurelab_api::node_v1::ExecDown;
 use tokio::sync::mpsc;
 
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 const NODE_QUEUE: usize = 256;
 /// Frames queued towards one session's HTTP connection: a window of data
 /// plus control frames.
-const SESSION_QUEUE: usize = EXEC_WINDOW_BYTES as usize / EXEC_FRAME_BYTES + 16;
+const SESSION_QUEUE: usize = EXEC_MAX_FRAMES_IN_FLIGHT + 16;
 /// Sessions open at once through this controller.
 pub const MAX_SESSIONS: usize = 256;
 

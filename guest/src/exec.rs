@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use measurelab_api::exec::{
-    check_open, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES, EXEC_WINDOW_BYTES,
+    check_open, frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES,
+    EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES,
 };
 use measurelab_api::guest::GuestMessage;
 use nix::sys::signal::{killpg, Signal};
@@ -40,9 +41,10 @@ use crate::link::Link;
 
 /// Sessions at once; more are refused (each holds processes and buffers).
 const MAX_SESSIONS: usize = 32;
-/// Frames queued for one session. The node agent sends data only within the
-/// window, so this is ample; a peer that overruns it loses the session.
-const SESSION_QUEUE: usize = 64;
+/// Frames queued for one session: a window of stdin frames plus control
+/// frames. The node agent sends data only within the window, so a peer that
+/// overruns this loses the session.
+const SESSION_QUEUE: usize = EXEC_MAX_FRAMES_IN_FLIGHT + 16;
 /// Largest file a `put` writes.
 const MAX_PUT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -161,7 +163,8 @@ impl Window {
         self.changed.notify_waiters();
     }
 
-    /// Waits until some credit is free, takes at most `want` of it.
+    /// Waits until at least a minimal frame's cost is free, reserves at most
+    /// `want` of it (give back what a read did not use with `release`).
     async fn take(&self, want: u64) -> u64 {
         loop {
             let notified = self.changed.notified();
@@ -174,7 +177,11 @@ impl Window {
                     Err(_) => return 0,
                 };
                 let free = (EXEC_WINDOW_BYTES + granted).saturating_sub(*used);
-                let take = free.min(want);
+                let take = if free < EXEC_MIN_FRAME_COST {
+                    0
+                } else {
+                    free.min(want)
+                };
                 *used += take;
                 take
             };
@@ -221,11 +228,10 @@ impl Output {
                 Err(err) if err.raw_os_error() == Some(libc::EIO) => 0,
                 other => other?,
             };
-            // Unused credit goes back; the window is bytes, not reads.
-            if n < allowed {
-                if let Ok(mut used) = self.window.used.lock() {
-                    *used -= (allowed - n) as u64;
-                }
+            // What the frame does not cost goes back.
+            let cost = if n == 0 { 0 } else { frame_cost(n as u64) };
+            if let Ok(mut used) = self.window.used.lock() {
+                *used -= allowed as u64 - cost;
             }
             if n == 0 {
                 return Ok((total, hex::encode(hasher.finalize())));
@@ -399,7 +405,7 @@ async fn write_stdin(
             }
         }
         let credit = ExecFrame::Credit {
-            bytes: bytes.len() as u64,
+            bytes: frame_cost(bytes.len() as u64),
         };
         if !out.send(credit).await {
             return;
@@ -475,7 +481,7 @@ async fn put_file(
                     return ExecExit::error(format!("cannot write {}: {err}", temp.path.display()));
                 }
                 let credit = ExecFrame::Credit {
-                    bytes: bytes.len() as u64,
+                    bytes: frame_cost(bytes.len() as u64),
                 };
                 if !out.send(credit).await {
                     return ExecExit::error("the channel to the node agent is gone");

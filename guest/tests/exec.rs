@@ -15,7 +15,8 @@ use measurelab_agent::guest_channel::{
     channel_socket_path, ExecSession, GuestChannelError, GuestChannels,
 };
 use measurelab_api::exec::{
-    ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES, EXEC_WINDOW_BYTES,
+    frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES, EXEC_MIN_FRAME_COST,
+    EXEC_WINDOW_BYTES,
 };
 use measurelab_api::guest::GuestMessage;
 use sha2::Digest as _;
@@ -86,13 +87,14 @@ async fn drive(session: &mut ExecSession, stdin: &[u8]) -> Outcome {
         exit: ExecExit::default(),
         max_uncredited: 0,
     };
-    let (mut offset, mut acked, mut eof_sent) = (0usize, 0u64, false);
+    let (mut offset, mut sent, mut acked, mut eof_sent) = (0usize, 0u64, 0u64, false);
     loop {
-        while offset < stdin.len() && (offset as u64 - acked) < EXEC_WINDOW_BYTES {
-            let room = (EXEC_WINDOW_BYTES - (offset as u64 - acked)) as usize;
+        while offset < stdin.len() && EXEC_WINDOW_BYTES - (sent - acked) >= EXEC_MIN_FRAME_COST {
+            let room = (EXEC_WINDOW_BYTES - (sent - acked)) as usize;
             let end = stdin.len().min(offset + EXEC_FRAME_BYTES.min(room));
             let data = base64::engine::general_purpose::STANDARD.encode(&stdin[offset..end]);
             session.send(ExecFrame::Stdin { data }).await.unwrap();
+            sent += frame_cost((end - offset) as u64);
             offset = end;
         }
         if offset == stdin.len() && !eof_sent {
@@ -115,7 +117,7 @@ async fn drive(session: &mut ExecSession, stdin: &[u8]) -> Outcome {
                 }
                 session
                     .send(ExecFrame::Credit {
-                        bytes: bytes.len() as u64,
+                        bytes: frame_cost(bytes.len() as u64),
                     })
                     .await
                     .unwrap();

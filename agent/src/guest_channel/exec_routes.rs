@@ -11,12 +11,15 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use measurelab_api::exec::{ExecExit, ExecFrame, EXEC_FRAME_BYTES, EXEC_WINDOW_BYTES};
+use measurelab_api::exec::{
+    ExecExit, ExecFrame, EXEC_FRAME_BYTES, EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_WINDOW_BYTES,
+};
 use tokio::sync::mpsc;
 
 /// Frames queued towards one session's consumer: a full window of data
-/// frames plus room for credits and the exit.
-pub(crate) const ROUTE_QUEUE: usize = (EXEC_WINDOW_BYTES as usize / EXEC_FRAME_BYTES) + 16;
+/// frames (each costs at least EXEC_MIN_FRAME_COST) plus room for credits
+/// and the exit.
+pub(crate) const ROUTE_QUEUE: usize = EXEC_MAX_FRAMES_IN_FLIGHT + 16;
 
 /// Most sessions open on one VM at once.
 pub(crate) const MAX_SESSIONS_PER_VM: usize = 16;
@@ -108,14 +111,14 @@ impl ExecRoutes {
         let violation = match &frame {
             ExecFrame::Output { .. } => {
                 let len = frame.data_len();
-                route.received += len;
+                route.received += frame.cost();
                 if len > EXEC_FRAME_BYTES as u64 {
                     Some(format!(
                         "the guest sent a {len}-byte frame; at most {EXEC_FRAME_BYTES}"
                     ))
                 } else if route.received > route.allowed {
                     Some(format!(
-                        "the guest sent {} output bytes with credit for {}",
+                        "the guest sent output costing {} with credit for {}",
                         route.received, route.allowed
                     ))
                 } else {
@@ -165,7 +168,7 @@ fn frame_name(frame: &ExecFrame) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use measurelab_api::exec::ExecStream;
+    use measurelab_api::exec::{ExecStream, EXEC_MIN_FRAME_COST};
 
     fn output(bytes: usize) -> ExecFrame {
         use base64::Engine as _;
@@ -213,8 +216,19 @@ mod tests {
                 Routed::Delivered
             );
         }
+        // Even a 10-byte frame costs a minimal frame's credit.
         routes.grant("s1", 10);
-        assert_eq!(routes.route("s1", output(10)), Routed::Delivered);
+        assert!(matches!(
+            routes.route("s1", output(10)),
+            Routed::Violation(_)
+        ));
+        let _rx1 = routes.insert("s1b").unwrap();
+        let frames = EXEC_WINDOW_BYTES / EXEC_MIN_FRAME_COST;
+        for _ in 0..frames {
+            assert_eq!(routes.route("s1b", output(10)), Routed::Delivered);
+        }
+        routes.grant("s1b", EXEC_MIN_FRAME_COST);
+        assert_eq!(routes.route("s1b", output(10)), Routed::Delivered);
         let _rx2 = routes.insert("s2").unwrap();
         routes.grant("s2", 1 << 20);
         assert!(matches!(

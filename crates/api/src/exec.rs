@@ -26,6 +26,21 @@ pub const EXEC_FRAME_BYTES: usize = 32 * 1024;
 /// Data a sender may have in flight before the receiver credits it back.
 pub const EXEC_WINDOW_BYTES: u64 = 256 * 1024;
 
+/// Least a data frame costs against the window, however few bytes it
+/// carries: so a window holds at most [`EXEC_MAX_FRAMES_IN_FLIGHT`] frames,
+/// and every queue on the way can be sized by frames, whether a program
+/// writes 32 KiB at a time or one keystroke.
+pub const EXEC_MIN_FRAME_COST: u64 = 1024;
+
+/// Most data frames one direction of a session can have in flight.
+pub const EXEC_MAX_FRAMES_IN_FLIGHT: usize = (EXEC_WINDOW_BYTES / EXEC_MIN_FRAME_COST) as usize;
+
+/// What a data frame of `data_len` bytes costs against the window (and what
+/// its receiver credits back).
+pub fn frame_cost(data_len: u64) -> u64 {
+    data_len.max(EXEC_MIN_FRAME_COST)
+}
+
 /// Longest JSON line of a frame on the HTTP hop or the guest channel: a
 /// full data frame in base64 plus its envelope.
 pub const MAX_EXEC_LINE_BYTES: usize = 64 * 1024;
@@ -43,7 +58,7 @@ pub const FEATURE_EXEC: &str = "exec";
 pub const EXEC_UPGRADE_PROTOCOL: &str = "measurelab-exec.v1";
 
 /// What a session does in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExecOpen {
     /// Run a command; stdin, stdout and stderr are streamed.
@@ -182,6 +197,15 @@ impl ExecFrame {
                 let padding = data.bytes().rev().take_while(|b| *b == b'=').count();
                 ((data.len() / 4 * 3).saturating_sub(padding)) as u64
             }
+            _ => 0,
+        }
+    }
+
+    /// What the frame costs against the window ([`frame_cost`]; 0 for
+    /// control frames).
+    pub fn cost(&self) -> u64 {
+        match self {
+            ExecFrame::Stdin { .. } | ExecFrame::Output { .. } => frame_cost(self.data_len()),
             _ => 0,
         }
     }
@@ -327,7 +351,12 @@ where
     keepalive.tick().await;
     loop {
         let room = EXEC_WINDOW_BYTES.saturating_sub(sent - acked) as usize;
-        let want = room.min(EXEC_FRAME_BYTES);
+        // A frame costs at least EXEC_MIN_FRAME_COST, so wait for that much.
+        let want = if (room as u64) < EXEC_MIN_FRAME_COST {
+            0
+        } else {
+            room.min(EXEC_FRAME_BYTES)
+        };
         tokio::select! {
             read = async {
                 match stdin.as_mut() {
@@ -340,7 +369,7 @@ where
                     stdin = None;
                     ExecFrame::StdinEof
                 } else {
-                    sent += n as u64;
+                    sent += frame_cost(n as u64);
                     ExecFrame::Stdin {
                         data: base64::engine::general_purpose::STANDARD.encode(&stdin_buf[..n]),
                     }
@@ -376,7 +405,7 @@ where
                                     stderr.flush().await.map_err(io("writing stderr"))?;
                                 }
                             }
-                            let credit = ExecFrame::Credit { bytes: bytes.len() as u64 };
+                            let credit = ExecFrame::Credit { bytes: frame_cost(bytes.len() as u64) };
                             let line = crate::guest::encode_line(&credit)
                                 .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
                             writer.write_all(&line).await.map_err(io("sending"))?;
