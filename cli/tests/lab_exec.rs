@@ -81,6 +81,19 @@ fn ready(vm: &Vm) -> bool {
             .any(|c| c.condition_type == "GuestRegistered" && c.status == "True")
 }
 
+/// The CLI's exit code is `code`; otherwise panic with what it printed
+/// and the lab's logs.
+fn assert_code(lab: &LabGuard, what: &str, out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: stderr {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.log_tail("controller", 30),
+        lab.log_tail("n1-agent", 40)
+    );
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
@@ -148,7 +161,7 @@ fn exec_and_cp_through_the_whole_product() {
             "VM not ready in {WAIT:?}: {} {:?}\n{}",
             vm.actual_state,
             vm.conditions,
-            lab.log_tail("agent-n1", 30)
+            lab.log_tail("n1-agent", 30)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -156,12 +169,7 @@ fn exec_and_cp_through_the_whole_product() {
     let cli = Cli { endpoint, ca };
     // Exit codes come back as the CLI's own.
     let ok = cli.run(&mine, &["exec", "xp/box", "--", "true"], None);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_code(&lab, "ok", &ok, 0);
     let three = cli.run(
         &mine,
         &[
@@ -174,7 +182,7 @@ fn exec_and_cp_through_the_whole_product() {
         ],
         None,
     );
-    assert_eq!(three.status.code(), Some(3));
+    assert_code(&lab, "exit 3", &three, 3);
     assert_eq!(String::from_utf8_lossy(&three.stderr), "to-err\n");
 
     // 10 MiB of stdout, all of it, in order.
@@ -191,23 +199,13 @@ fn exec_and_cp_through_the_whole_product() {
         ],
         None,
     );
-    assert_eq!(
-        big.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&big.stderr)
-    );
+    assert_code(&lab, "big", &big, 0);
     assert_eq!(big.stdout.len(), 10 * 1024 * 1024);
 
     // stdin through cat, several windows' worth.
     let input = pattern(3 * 1024 * 1024 + 5, 3);
     let cat = cli.run(&mine, &["exec", "-i", "xp/box", "--", "cat"], Some(&input));
-    assert_eq!(
-        cat.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&cat.stderr)
-    );
+    assert_code(&lab, "cat", &cat, 0);
     assert!(cat.stdout == input, "cat returned other bytes");
 
     // Another tenant's VM does not exist for it, and nothing ran.
@@ -221,10 +219,11 @@ fn exec_and_cp_through_the_whole_product() {
         &["exec", "xp/box", "--", "test", "-e", &marker],
         None,
     );
-    assert_eq!(
-        probe.status.code(),
-        Some(1),
-        "the other tenant's command ran"
+    assert_code(
+        &lab,
+        "the other tenant's command must not have run",
+        &probe,
+        1,
     );
 
     // vm cp of 20 MiB both ways.
@@ -234,18 +233,10 @@ fn exec_and_cp_through_the_whole_product() {
     std::fs::write(&up, &content).unwrap();
     let remote = format!("xp/box:/tmp/exec-cp-{}.bin", std::process::id());
     let put = cli.run(&mine, &["cp", up.to_str().unwrap(), &remote], None);
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    assert_code(&lab, "cp up", &put, 0);
     let down = work.path().join("down.bin");
     let get = cli.run(&mine, &["cp", &remote, down.to_str().unwrap()], None);
-    assert!(
-        get.status.success(),
-        "{}",
-        String::from_utf8_lossy(&get.stderr)
-    );
+    assert_code(&lab, "cp down", &get, 0);
     assert_eq!(
         sha256_hex(&std::fs::read(&down).unwrap()),
         sha256_hex(&content)
@@ -266,12 +257,7 @@ fn exec_and_cp_through_the_whole_product() {
         ],
         None,
     );
-    assert_eq!(
-        write.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&write.stderr)
-    );
+    assert_code(&lab, "write", &write, 0);
     let guest_sum = String::from_utf8_lossy(&write.stdout)
         .split_whitespace()
         .next()
@@ -283,11 +269,7 @@ fn exec_and_cp_through_the_whole_product() {
         &["cp", &format!("xp/box:{pcap}"), local.to_str().unwrap()],
         None,
     );
-    assert!(
-        fetched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
+    assert_code(&lab, "cp capture", &fetched, 0);
     let bytes = std::fs::read(&local).unwrap();
     assert_eq!(bytes.len(), 6_000_000);
     assert_eq!(sha256_hex(&bytes), guest_sum);

@@ -20,12 +20,7 @@ fn command(argv: &[&str]) -> ExecOpen {
 }
 
 fn client(controller: &TestController, token: &str) -> Client {
-    Client::new(
-        &controller.url("").trim_end_matches('/').to_string(),
-        token,
-        None,
-    )
-    .unwrap()
+    Client::new(controller.url("").trim_end_matches('/'), token, None).unwrap()
 }
 
 fn status(result: Result<reqwest::Upgraded, ClientError>) -> (u16, Option<String>, String) {

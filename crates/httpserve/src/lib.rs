@@ -562,9 +562,8 @@ impl Activity {
     /// handler runs (the request timeout bounds it, unless lifted).
     fn deadline(&self, limits: Limits) -> Option<Instant> {
         let phase = self.lock();
-        if phase.upgrades > 0 {
-            Some(phase.last_io + limits.idle_timeout)
-        } else if phase.handlers > 0 && phase.lifted {
+        // An upgraded stream, like a lifted request, is bounded by progress.
+        if phase.upgrades > 0 || (phase.handlers > 0 && phase.lifted) {
             Some(phase.last_io + limits.idle_timeout)
         } else if phase.handlers > 0 {
             None
