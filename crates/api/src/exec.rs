@@ -332,12 +332,69 @@ where
     O: tokio::io::AsyncWrite + Unpin,
     E: tokio::io::AsyncWrite + Unpin,
 {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut framer = crate::guest::LineFramer::new(MAX_EXEC_LINE_BYTES);
+    let outcome = exchange(
+        &mut reader,
+        &mut writer,
+        &mut framer,
+        stdin.as_mut(),
+        &mut stdout,
+        &mut stderr,
+    )
+    .await;
+    match outcome {
+        // The far end closed while we were sending: it said why in the
+        // frames still on their way (an exit with an error), so read them.
+        Err(ExecSessionError::Io {
+            what: "sending", ..
+        }) => match last_exit(&mut reader, &mut framer).await {
+            Some(exit) => Ok(exit),
+            None => outcome,
+        },
+        other => other,
+    }
+}
+
+/// Reads what is left of the stream for an exit frame.
+async fn last_exit<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    framer: &mut crate::guest::LineFramer,
+) -> Option<ExecExit> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        for line in framer.push(&buf[..n]).into_iter().flatten() {
+            if let Ok(ExecFrame::Exit { exit }) = serde_json::from_slice(&line) {
+                return Some(exit);
+            }
+        }
+    }
+}
+
+async fn exchange<R, W, I, O, E>(
+    reader: &mut R,
+    writer: &mut W,
+    framer: &mut crate::guest::LineFramer,
+    mut stdin: Option<&mut I>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<ExecExit, ExecSessionError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite + Unpin,
+    E: tokio::io::AsyncWrite + Unpin,
+{
     use base64::Engine as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let io = |what| move |source| ExecSessionError::Io { what, source };
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut framer = crate::guest::LineFramer::new(MAX_EXEC_LINE_BYTES);
     let mut net_buf = vec![0u8; 64 * 1024];
     let mut stdin_buf = vec![0u8; EXEC_FRAME_BYTES];
     let (mut sent, mut acked) = (0u64, 0u64);
