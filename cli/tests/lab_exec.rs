@@ -206,7 +206,13 @@ fn exec_and_cp_through_the_whole_product() {
     let input = pattern(3 * 1024 * 1024 + 5, 3);
     let cat = cli.run(&mine, &["exec", "-i", "xp/box", "--", "cat"], Some(&input));
     assert_code(&lab, "cat", &cat, 0);
-    assert!(cat.stdout == input, "cat returned other bytes");
+    let first_difference = cat.stdout.iter().zip(&input).position(|(a, b)| a != b);
+    assert!(
+        cat.stdout == input,
+        "cat returned other bytes: {} of {} bytes, first difference at {first_difference:?}",
+        cat.stdout.len(),
+        input.len()
+    );
 
     // Another tenant's VM does not exist for it, and nothing ran.
     let marker = format!("/tmp/exec-b-was-here-{}", std::process::id());
