@@ -334,7 +334,7 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut framer = crate::guest::LineFramer::new(MAX_EXEC_LINE_BYTES);
-    let outcome = exchange(
+    exchange(
         &mut reader,
         &mut writer,
         &mut framer,
@@ -342,38 +342,30 @@ where
         &mut stdout,
         &mut stderr,
     )
-    .await;
-    match outcome {
-        // The far end closed while we were sending: it said why in the
-        // frames still on their way (an exit with an error), so read them.
-        Err(ExecSessionError::Io {
-            what: "sending", ..
-        }) => match last_exit(&mut reader, &mut framer).await {
-            Some(exit) => Ok(exit),
-            None => outcome,
-        },
-        other => other,
-    }
+    .await
 }
 
-/// Reads what is left of the stream for an exit frame.
-async fn last_exit<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut R,
-    framer: &mut crate::guest::LineFramer,
-) -> Option<ExecExit> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        for line in framer.push(&buf[..n]).into_iter().flatten() {
-            if let Ok(ExecFrame::Exit { exit }) = serde_json::from_slice(&line) {
-                return Some(exit);
-            }
-        }
+/// Writes a frame towards the controller unless an earlier write failed.
+/// A failed write does not end the session: the controller may have closed
+/// its side after sending the last output and the exit frame, and those
+/// frames are already on their way to us. Dropping them because a credit
+/// could not be sent is how a download came out one frame short; so the
+/// error is kept and reported only if the stream ends without an exit.
+async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    broken: &mut Option<std::io::Error>,
+    frame: &ExecFrame,
+) -> Result<(), ExecSessionError> {
+    use tokio::io::AsyncWriteExt;
+    if broken.is_some() {
+        return Ok(());
     }
+    let line =
+        crate::guest::encode_line(frame).map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+    if let Err(err) = writer.write_all(&line).await {
+        *broken = Some(err);
+    }
+    Ok(())
 }
 
 async fn exchange<R, W, I, O, E>(
@@ -399,10 +391,21 @@ where
     let mut stdin_buf = vec![0u8; EXEC_FRAME_BYTES];
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    // Set once a write failed: from then on only the frames already sent
+    // to us are read (see `send_frame`).
+    let mut broken: Option<std::io::Error> = None;
+    // Why the stream ended without an exit frame: a failed write explains
+    // it better than the end of the stream that followed.
+    let ended =
+        |broken: &mut Option<std::io::Error>, otherwise: ExecSessionError| match broken.take() {
+            Some(source) => ExecSessionError::Io {
+                what: "sending",
+                source,
+            },
+            None => otherwise,
+        };
     if stdin.is_none() {
-        let line = crate::guest::encode_line(&ExecFrame::StdinEof)
-            .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
-        writer.write_all(&line).await.map_err(io("sending"))?;
+        send_frame(writer, &mut broken, &ExecFrame::StdinEof).await?;
     }
     let mut keepalive = tokio::time::interval(EXEC_KEEPALIVE);
     keepalive.tick().await;
@@ -417,7 +420,7 @@ where
         tokio::select! {
             read = async {
                 match stdin.as_mut() {
-                    Some(input) if want > 0 => input.read(&mut stdin_buf[..want]).await,
+                    Some(input) if want > 0 && broken.is_none() => input.read(&mut stdin_buf[..want]).await,
                     _ => std::future::pending().await,
                 }
             } => {
@@ -431,14 +434,15 @@ where
                         data: base64::engine::general_purpose::STANDARD.encode(&stdin_buf[..n]),
                     }
                 };
-                let line = crate::guest::encode_line(&frame)
-                    .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
-                writer.write_all(&line).await.map_err(io("sending"))?;
+                send_frame(writer, &mut broken, &frame).await?;
             }
             read = reader.read(&mut net_buf) => {
-                let n = read.map_err(io("receiving"))?;
+                let n = match read {
+                    Ok(n) => n,
+                    Err(source) => return Err(ended(&mut broken, ExecSessionError::Io { what: "receiving", source })),
+                };
                 if n == 0 {
-                    return Err(ExecSessionError::Closed);
+                    return Err(ended(&mut broken, ExecSessionError::Closed));
                 }
                 for line in framer.push(&net_buf[..n]) {
                     let line = line.map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
@@ -463,9 +467,7 @@ where
                                 }
                             }
                             let credit = ExecFrame::Credit { bytes: frame_cost(bytes.len() as u64) };
-                            let line = crate::guest::encode_line(&credit)
-                                .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
-                            writer.write_all(&line).await.map_err(io("sending"))?;
+                            send_frame(writer, &mut broken, &credit).await?;
                         }
                         ExecFrame::Credit { bytes } => acked = acked.saturating_add(bytes).min(sent),
                         ExecFrame::Exit { exit } => return Ok(exit),
@@ -474,9 +476,7 @@ where
                 }
             }
             _ = keepalive.tick() => {
-                let line = crate::guest::encode_line(&ExecFrame::Credit { bytes: 0 })
-                    .map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
-                writer.write_all(&line).await.map_err(io("sending"))?;
+                send_frame(writer, &mut broken, &ExecFrame::Credit { bytes: 0 }).await?;
             }
         }
     }
@@ -485,6 +485,120 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The controller's side of an upgraded stream that has already sent
+    /// its last frames and closed: each read yields one queued line, and
+    /// every write after the first fails like a write to a closed socket.
+    struct ClosedAfterSending {
+        lines: std::collections::VecDeque<Vec<u8>>,
+        writes: usize,
+    }
+
+    impl tokio::io::AsyncRead for ClosedAfterSending {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(line) = self.lines.pop_front() {
+                buf.put_slice(&line);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for ClosedAfterSending {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes += 1;
+            std::task::Poll::Ready(if self.writes == 1 {
+                Ok(buf.len())
+            } else {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            })
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn output_sent_before_the_far_end_closed_is_all_written() {
+        use base64::Engine as _;
+        let output = |byte: u8| ExecFrame::Output {
+            stream: ExecStream::Stdout,
+            data: base64::engine::general_purpose::STANDARD.encode([byte; 100]),
+        };
+        let exit = ExecExit {
+            code: Some(0),
+            size: Some(200),
+            ..ExecExit::default()
+        };
+        let lines = [
+            output(b'a'),
+            output(b'b'),
+            ExecFrame::Exit { exit: exit.clone() },
+        ]
+        .iter()
+        .map(|frame| crate::guest::encode_line(frame).unwrap())
+        .collect();
+        let stream = ClosedAfterSending { lines, writes: 0 };
+        let mut stdout = Vec::new();
+        // The credit for the first output cannot be sent; the second output
+        // and the exit were sent before that and must still arrive.
+        let got = drive_session(
+            stream,
+            None::<tokio::io::Empty>,
+            &mut stdout,
+            tokio::io::sink(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, exit);
+        let mut want = vec![b'a'; 100];
+        want.extend([b'b'; 100]);
+        assert_eq!(stdout, want);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_without_an_exit_reports_the_failed_send() {
+        let stream = ClosedAfterSending {
+            lines: Default::default(),
+            writes: 1,
+        };
+        let err = drive_session(
+            stream,
+            None::<tokio::io::Empty>,
+            tokio::io::sink(),
+            tokio::io::sink(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ExecSessionError::Io {
+                    what: "sending",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     #[test]
     fn frames_have_a_stable_wire_form() {
