@@ -41,6 +41,9 @@ use crate::store::vms;
 
 /// Largest body of an exec request (the open request as JSON).
 const MAX_OPEN_BYTES: usize = 64 * 1024;
+/// Longest the connection stays open after the exit frame for the client
+/// to read it and close (see [`linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) async fn exec(
     State(state): State<AppState>,
@@ -207,9 +210,29 @@ where
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        () = from_guest => {}
-        () = to_guest => {}
-        () = closed => {}
+    tokio::pin!(closed);
+    let exited = tokio::select! {
+        () = from_guest => true,
+        () = to_guest => false,
+        () = &mut closed => false,
+    };
+    if exited {
+        tokio::select! {
+            () = linger(&mut reader) => {}
+            () = &mut closed => {}
+        }
     }
+}
+
+/// After the exit frame the client goes on sending credits (and
+/// keepalives) until it has read that frame. Closing the connection with
+/// its bytes unread makes our kernel answer them with a reset, and a reset
+/// can destroy the last output and the exit frame before the client reads
+/// them, or fail the client's write before it looks. So, like an HTTP
+/// server's lingering close, read and discard until the client closes
+/// (which it does as soon as it has the exit), bounded by [`LINGER`].
+async fn linger<R: AsyncRead + Unpin>(reader: &mut R) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let drain = async { while let Ok(1..) = reader.read(&mut buf).await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
