@@ -236,3 +236,70 @@ async fn linger<R: AsyncRead + Unpin>(reader: &mut R) {
     let drain = async { while let Ok(1..) = reader.read(&mut buf).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec_hub::ExecHub;
+    use measurelab_api::exec::ExecStream;
+    use tokio::io::AsyncBufReadExt;
+
+    /// The client reads the exit frame and the end of the stream, and only
+    /// then its credit for the last output goes out (the CLI's order of
+    /// events when the last output and the exit arrive together). That
+    /// credit must not meet a closed socket: the kernel would answer it
+    /// with a reset, which is what lost exit frames and output in the lab.
+    #[tokio::test]
+    async fn the_connection_outlives_the_exit_until_the_client_closes() {
+        let hub = ExecHub::default();
+        let (stream, mut down) = hub.attach("node");
+        let open = ExecOpen::Command {
+            argv: vec!["true".into()],
+            tty: false,
+        };
+        let session = hub.open("node", "vm", open).await.unwrap();
+        let id = down.recv().await.unwrap().session_id;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let bridged = tokio::spawn(bridge(server, session, None));
+
+        let output = ExecFrame::Output {
+            stream: ExecStream::Stdout,
+            data: "eA==".into(),
+        };
+        hub.deliver("node", stream, &id, output.clone());
+        hub.deliver(
+            "node",
+            stream,
+            &id,
+            ExecFrame::Exit {
+                exit: ExecExit::default(),
+            },
+        );
+        let (reader, mut writer) = client.into_split();
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        let first = lines.next_line().await.unwrap().unwrap();
+        assert_eq!(serde_json::from_str::<ExecFrame>(&first).unwrap(), output);
+        let second = lines.next_line().await.unwrap().unwrap();
+        assert!(matches!(
+            serde_json::from_str::<ExecFrame>(&second).unwrap(),
+            ExecFrame::Exit { .. }
+        ));
+        assert_eq!(
+            lines.next_line().await.unwrap(),
+            None,
+            "the stream ends after the exit"
+        );
+
+        let credit = encode_line(&ExecFrame::Credit { bytes: 1024 }).unwrap();
+        writer.write_all(&credit).await.unwrap();
+        // A reset would fail this write or the read below.
+        writer.write_all(&credit).await.unwrap();
+        writer.shutdown().await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap(), None);
+        bridged.await.unwrap();
+    }
+}
