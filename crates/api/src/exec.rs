@@ -333,7 +333,7 @@ where
     E: tokio::io::AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut framer = crate::guest::LineFramer::new(MAX_EXEC_LINE_BYTES);
+    let mut framer = crate::lines::LineFramer::new(MAX_EXEC_LINE_BYTES);
     exchange(
         &mut reader,
         &mut writer,
@@ -361,7 +361,7 @@ async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
         return Ok(());
     }
     let line =
-        crate::guest::encode_line(frame).map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
+        crate::lines::encode_line(frame).map_err(|e| ExecSessionError::BadFrame(e.to_string()))?;
     if let Err(err) = writer.write_all(&line).await {
         *broken = Some(err);
     }
@@ -371,7 +371,7 @@ async fn send_frame<W: tokio::io::AsyncWrite + Unpin>(
 async fn exchange<R, W, I, O, E>(
     reader: &mut R,
     writer: &mut W,
-    framer: &mut crate::guest::LineFramer,
+    framer: &mut crate::lines::LineFramer,
     mut stdin: Option<&mut I>,
     stdout: &mut O,
     stderr: &mut E,
@@ -554,7 +554,7 @@ mod tests {
             ExecFrame::Exit { exit: exit.clone() },
         ]
         .iter()
-        .map(|frame| crate::guest::encode_line(frame).unwrap())
+        .map(|frame| crate::lines::encode_line(frame).unwrap())
         .collect();
         let stream = ClosedAfterSending { lines, writes: 0 };
         let mut stdout = Vec::new();
