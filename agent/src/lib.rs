@@ -28,6 +28,7 @@ use std::future::Future;
 pub mod capabilities;
 mod config;
 pub mod controller_tls;
+mod exec_relay;
 pub mod guest_channel;
 pub mod hypervisor;
 pub mod identity;

@@ -190,6 +190,15 @@ pub(crate) async fn run(
         desired_generation_tx.clone(),
         shutdown_rx.clone(),
     ));
+    // One set of guest channels, shared by the reconcile loop (which opens
+    // them) and the exec relay (which runs sessions over them).
+    let guest_channels = crate::guest_channel::GuestChannels::new();
+    let exec_relay = tokio::spawn(crate::exec_relay::follow_exec_channel(
+        client.clone(),
+        identity_tx.subscribe(),
+        guest_channels.clone(),
+        shutdown_rx.clone(),
+    ));
     let (service_status_tx, service_status_rx) = watch::channel(None);
     let service_host = config.service_host.clone().map(|settings| {
         tokio::spawn(crate::service_host::run(
@@ -215,6 +224,7 @@ pub(crate) async fn run(
         config.clone(),
         flow_export_status.clone(),
         GrpcControlPlane::new(client.clone(), identity_rx_for_reconcile),
+        guest_channels,
         LoopHandles {
             desired_generation: desired_generation_rx,
             observed_generation: observed_generation_tx,
@@ -251,6 +261,7 @@ pub(crate) async fn run(
         poller.abort();
     }
     follower.abort();
+    exec_relay.abort();
     if let Some(server) = metrics_server {
         server.abort();
     }
@@ -900,6 +911,7 @@ async fn start_reconcile(
     config: AgentConfig,
     flow_export_status: crate::reconcile::FlowExportStatus,
     control: GrpcControlPlane,
+    guest_channels: crate::guest_channel::GuestChannels,
     handles: LoopHandles,
 ) {
     let guest_agent = crate::reconcile::guest_agent_path(config.guest_agent.as_deref());
@@ -926,13 +938,7 @@ async fn start_reconcile(
     settings.guest_heartbeat_deadline = config.guest_heartbeat_deadline;
     settings.appliance_dir = Some(config.appliance_dir.clone());
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
-    let reconciler = Reconciler::new(
-        settings,
-        backends,
-        switch,
-        crate::guest_channel::GuestChannels::new(),
-        events_tx,
-    );
+    let reconciler = Reconciler::new(settings, backends, switch, guest_channels, events_tx);
     run_loop(
         reconciler,
         events_rx,

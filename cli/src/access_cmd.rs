@@ -31,7 +31,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         crate::api_conn::client(
             &self.endpoint,
             &self.token,

@@ -12,6 +12,7 @@ mod daemon;
 mod lab;
 mod node_cmd;
 mod tfrc;
+mod vm_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,11 +46,15 @@ enum Command {
     /// Operator: print a join bundle (endpoint, CA fingerprint, join token)
     /// for `measurelab agent --join-bundle`.
     JoinBundle(controller_cmd::JoinBundleArgs),
+    /// Run commands in a VM and copy files in and out (tenant token).
+    Vm(vm_cmd::VmArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // Exits with the remote command's code, not just success/failure.
+        Command::Vm(args) => return vm_cmd::main(args),
         Command::Controller(args) => controller_cmd::main(*args),
         Command::Agent(args) => agent_cmd::main(*args),
         Command::Lab(args) => lab::main(args),

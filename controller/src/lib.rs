@@ -52,6 +52,7 @@ mod agent_rpc;
 mod api;
 mod appliance_files;
 mod data_dir;
+mod exec_hub;
 mod flows;
 mod grpc_listener;
 mod liveness;
@@ -406,10 +407,12 @@ pub async fn run(
         ))
     });
     let metrics = metrics::Metrics::new();
+    let exec_hub = exec_hub::ExecHub::default();
     let http = tokio::spawn({
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
                 .with_metrics(metrics.clone())
+                .with_exec_hub(exec_hub.clone())
                 .with_rate_limits(config.rate_limits)
                 .with_export_max_bytes(config.export_max_bytes)
                 .with_flows(
@@ -458,6 +461,7 @@ pub async fn run(
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
         .ending_streams_on(cancel.clone())
+        .with_exec_hub(exec_hub)
         .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()))
         .with_node_certs(server_tls.as_ref().map(|t| agent_rpc::NodeCerts {
             ca: t.ca.clone(),

@@ -232,6 +232,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::patch_vm,
         operations::delete_vm,
         operations::vm_logs,
+        operations::exec_vm,
         operations::vm_usage,
         operations::list_programs,
         operations::create_program,
@@ -435,6 +436,10 @@ error_answers! {
     UploadErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
         "404" => "NotFound", "413" => "PayloadTooLarge",
         "415" => "UnsupportedMediaType", "422" => "InvalidField";
+    /// An exec session: refused before the switch like any request; 503
+    /// when the VM's node has no exec channel open.
+    ExecErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
+        "422" => "InvalidField", "503" => "Unavailable";
     /// A DELETE of one object.
     DeleteErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
         "409" => "Conflict",
@@ -937,6 +942,24 @@ mod operations {
         ),
         responses((status = 200, description = "Lines.", body = LogList), QueryErrors))]
     fn vm_logs() {}
+
+    /// Run a command in the VM's guest, or copy a file in or out (`measurelab
+    /// vm exec`, `vm cp`). Send `Connection: upgrade` and `Upgrade:
+    /// measurelab-exec.v1` with the session as the body; after `101` both
+    /// sides exchange JSON-line frames (stdin, output, credit, exit) on the
+    /// same connection, with credit-based flow control (docs/exec.md).
+    /// Needs the member role; another tenant's VM is 404.
+    #[utoipa::path(post, path = "/v1/vms/{id_or_name}/exec", operation_id = "execVm",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("Upgrade" = String, Header, description = "`measurelab-exec.v1`."),
+        ),
+        request_body = measurelab_api::exec::ExecOpen,
+        responses(
+            (status = 101, description = "Switched to the session's frame stream."),
+            ExecErrors,
+        ))]
+    fn exec_vm() {}
 
     /// The VM's guest usage (CPU, memory, disk, network) over a time range,
     /// as its guest agent reported it with its heartbeats. Kept for the

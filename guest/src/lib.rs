@@ -24,12 +24,14 @@
 //! - `session`: connect, reconnect, read and dispatch channel messages.
 //! - `link`: the connection handle the session, programs and local API share.
 //! - `programs`: write, verify and run distributed programs.
+//! - `exec`: `vm exec` / `vm cp` sessions.
 //! - `local_api`: the axum server on 127.0.0.1:7079.
 //! - [`usage`]: resource use from /proc.
 //! - [`logtee`]: tracing writer that also queues lines for the channel.
 #![warn(missing_docs)]
 
 pub mod config;
+mod exec;
 mod link;
 mod local_api;
 pub mod logtee;

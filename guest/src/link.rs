@@ -52,6 +52,22 @@ impl Link {
         }
     }
 
+    /// Queues a message for the node agent, waiting for room in the queue
+    /// (exec data, which must not be dropped and is bounded by its window).
+    /// False if the channel is down.
+    pub(crate) async fn send_wait(&self, message: &GuestMessage) -> bool {
+        let Some(writer) = self.writer.lock().ok().and_then(|w| w.clone()) else {
+            return false;
+        };
+        match encode_line(message) {
+            Ok(line) => writer.send(line).await.is_ok(),
+            Err(err) => {
+                tracing::error!(%err, "cannot encode a channel message");
+                false
+            }
+        }
+    }
+
     pub(crate) fn connected(&self) -> bool {
         self.writer
             .lock()

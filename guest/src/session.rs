@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use measurelab_api::exec::FEATURE_EXEC;
 use measurelab_api::guest::{
     AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS, MAX_AGENT_LINE_BYTES,
 };
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::config::GuestConfig;
+use crate::exec::Execs;
 use crate::link::Link;
 use crate::logtee::LogQueue;
 use crate::programs::Programs;
@@ -57,14 +59,16 @@ pub(crate) enum SessionError {
 pub(crate) async fn channel_loop(config: GuestConfig, link: Arc<Link>, programs: Arc<Programs>) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).without_jitter();
     let mut last_error = String::new();
+    let execs = Arc::new(Execs::new(link.clone()));
     loop {
         match open_channel(&config.channel).await {
             Ok((reader, writer, kind)) => {
                 tracing::info!(channel = %config.channel.display(), kind, "channel connected");
                 last_error.clear();
                 let started = Instant::now();
-                let reason = run_session(reader, writer, &config, &link, &programs).await;
+                let reason = run_session(reader, writer, &config, &link, &programs, &execs).await;
                 link.detach();
+                execs.close_all();
                 tracing::warn!(%reason, "channel lost; reconnecting");
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
@@ -273,7 +277,7 @@ fn hello(config: &GuestConfig) -> GuestMessage {
     GuestMessage::Hello {
         vm_id: config.vm_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        features: vec![FEATURE_PROGRAM_CHUNKS.to_string()],
+        features: vec![FEATURE_PROGRAM_CHUNKS.to_string(), FEATURE_EXEC.to_string()],
     }
 }
 
@@ -284,6 +288,7 @@ async fn run_session(
     config: &GuestConfig,
     link: &Link,
     programs: &Arc<Programs>,
+    execs: &Arc<Execs>,
 ) -> String {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
     link.attach(tx);
@@ -312,7 +317,7 @@ async fn run_session(
             };
             for line in framer.push(&buf[..n]) {
                 match line {
-                    Ok(line) => dispatch(&line, config, link, programs),
+                    Ok(line) => dispatch(&line, config, link, programs, execs),
                     Err(err) => tracing::warn!(%err, "skipping a channel line"),
                 }
             }
@@ -324,7 +329,13 @@ async fn run_session(
     }
 }
 
-fn dispatch(line: &[u8], config: &GuestConfig, link: &Link, programs: &Arc<Programs>) {
+fn dispatch(
+    line: &[u8],
+    config: &GuestConfig,
+    link: &Link,
+    programs: &Arc<Programs>,
+    execs: &Arc<Execs>,
+) {
     let message: AgentMessage = match serde_json::from_slice(line) {
         Ok(message) => message,
         Err(err) => {
@@ -384,6 +395,7 @@ fn dispatch(line: &[u8], config: &GuestConfig, link: &Link, programs: &Arc<Progr
                 Err(reason.unwrap_or_else(|| "not stored".into()))
             },
         ),
+        AgentMessage::Exec { session, frame } => execs.frame(session, frame),
         AgentMessage::HelloRequest => {
             link.send(&hello(config));
             programs.report_all();

@@ -41,12 +41,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use measurelab_api::exec::{ExecFrame, ExecOpen, FEATURE_EXEC};
 use measurelab_api::guest::{
     encode_line, AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS,
     MAX_GUEST_LINE_BYTES, OUTPUT_TAIL_BYTES, PROGRAM_CHUNK_BYTES,
 };
 use measurelab_api::http::Resources;
 use measurelab_backoff::Backoff;
+
+mod exec_routes;
+use exec_routes::{ExecRoutes, Routed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -123,6 +127,20 @@ pub enum GuestChannelError {
         #[source]
         source: std::io::Error,
     },
+    /// The guest agent predates `vm exec`.
+    #[error("the guest agent of VM {vm_id} (version {agent_version:?}) does not support exec; update the appliance's guest agent")]
+    ExecUnsupported {
+        /// The VM.
+        vm_id: Uuid,
+        /// What the guest said it runs.
+        agent_version: String,
+    },
+    /// The VM has the most exec sessions open that it may.
+    #[error("VM {vm_id} has {max} exec sessions open already", max = exec_routes::MAX_SESSIONS_PER_VM)]
+    TooManySessions {
+        /// The VM.
+        vm_id: Uuid,
+    },
     /// A message could not be encoded (cannot happen for our types).
     #[error("cannot encode message: {0}")]
     Encode(#[from] serde_json::Error),
@@ -195,6 +213,8 @@ struct Shared {
     /// a finished old connection does not clear a newer one.
     writer: Mutex<Option<(u64, mpsc::Sender<Outbound>)>>,
     inbound: mpsc::Sender<GuestMessage>,
+    /// Exec sessions open on this channel.
+    execs: ExecRoutes,
 }
 
 struct VmChannel {
@@ -385,17 +405,53 @@ impl GuestChannels {
         self.enqueue(vm_id, item)
     }
 
-    fn enqueue(&self, vm_id: Uuid, item: Outbound) -> Result<(), GuestChannelError> {
-        let shared = self
-            .lock()
+    /// Opens an exec or copy session in VM `vm_id`'s guest. Refused when no
+    /// guest is registered, when it does not announce [`FEATURE_EXEC`]
+    /// (older guest agents), or when the VM has too many sessions open.
+    pub async fn open_exec(
+        &self,
+        vm_id: Uuid,
+        session: &str,
+        open: ExecOpen,
+    ) -> Result<ExecSession, GuestChannelError> {
+        let shared = self.shared(vm_id)?;
+        let state = shared
+            .with_state(|s| s.clone())
+            .ok_or(GuestChannelError::NotConnected { vm_id })?;
+        if !state.registered {
+            return Err(GuestChannelError::NotConnected { vm_id });
+        }
+        if !state.features.iter().any(|f| f == FEATURE_EXEC) {
+            return Err(GuestChannelError::ExecUnsupported {
+                vm_id,
+                agent_version: state.agent_version.unwrap_or_default(),
+            });
+        }
+        let frames = shared
+            .execs
+            .insert(session)
+            .ok_or(GuestChannelError::TooManySessions { vm_id })?;
+        let session = ExecSession {
+            shared,
+            id: session.to_string(),
+            frames,
+            ended: false,
+        };
+        session.send(ExecFrame::Open { open }).await?;
+        Ok(session)
+    }
+
+    fn shared(&self, vm_id: Uuid) -> Result<Arc<Shared>, GuestChannelError> {
+        self.lock()
             .get(&vm_id)
             .map(|c| c.shared.clone())
-            .ok_or(GuestChannelError::UnknownVm { vm_id })?;
+            .ok_or(GuestChannelError::UnknownVm { vm_id })
+    }
+
+    fn enqueue(&self, vm_id: Uuid, item: Outbound) -> Result<(), GuestChannelError> {
+        let shared = self.shared(vm_id)?;
         let writer = shared
-            .writer
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().map(|(_, tx)| tx.clone()))
+            .writer()
             .ok_or(GuestChannelError::NotConnected { vm_id })?;
         writer.try_send(item).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => GuestChannelError::QueueFull { vm_id },
@@ -494,6 +550,7 @@ impl Shared {
             }),
             writer: Mutex::new(None),
             inbound,
+            execs: ExecRoutes::default(),
         });
         (shared, receiver)
     }
@@ -508,6 +565,80 @@ impl Shared {
 
     fn with_state<T>(&self, f: impl FnOnce(&mut GuestChannelState) -> T) -> Option<T> {
         self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    fn writer(&self) -> Option<mpsc::Sender<Outbound>> {
+        self.writer
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|(_, tx)| tx.clone()))
+    }
+}
+
+/// One exec or copy session in a guest (see [`GuestChannels::open_exec`]).
+/// Dropping it before the guest's exit frame kills the session in the guest.
+pub struct ExecSession {
+    shared: Arc<Shared>,
+    id: String,
+    frames: mpsc::Receiver<ExecFrame>,
+    ended: bool,
+}
+
+impl ExecSession {
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends a frame to the guest, waiting for room in the channel's queue
+    /// (stdin data is bounded by the guest's window, so this never waits
+    /// long on a healthy guest). Credits are also counted here: they are
+    /// what lets the guest send more output.
+    pub async fn send(&self, frame: ExecFrame) -> Result<(), GuestChannelError> {
+        let vm_id = self.shared.vm_id;
+        if let ExecFrame::Credit { bytes } = frame {
+            self.shared.execs.grant(&self.id, bytes);
+        }
+        let line = encode_line(&AgentMessage::Exec {
+            session: self.id.clone(),
+            frame,
+        })?;
+        let writer = self
+            .shared
+            .writer()
+            .ok_or(GuestChannelError::NotConnected { vm_id })?;
+        writer
+            .send(Outbound::Line(line))
+            .await
+            .map_err(|_| GuestChannelError::NotConnected { vm_id })
+    }
+
+    /// The next frame from the guest; `None` once the session ended (after
+    /// its exit frame, or when it was dropped for breaking its bounds).
+    pub async fn recv(&mut self) -> Option<ExecFrame> {
+        if self.ended {
+            return None;
+        }
+        let frame = self.frames.recv().await;
+        if matches!(frame, None | Some(ExecFrame::Exit { .. })) {
+            self.ended = true;
+        }
+        frame
+    }
+}
+
+impl Drop for ExecSession {
+    fn drop(&mut self) {
+        self.shared.execs.remove(&self.id);
+        if !self.ended {
+            let kill = AgentMessage::Exec {
+                session: self.id.clone(),
+                frame: ExecFrame::Kill,
+            };
+            if let (Some(writer), Ok(line)) = (self.shared.writer(), encode_line(&kill)) {
+                let _ = writer.try_send(Outbound::Line(line));
+            }
+        }
     }
 }
 
@@ -668,6 +799,10 @@ async fn session(
         reason = read_side => reason,
     };
     tracing::info!(vm_id = %shared.vm_id, connection, %reason, "guest channel disconnected");
+    // The guest ends its sessions when the connection drops; so do we.
+    shared
+        .execs
+        .fail_all(&format!("the guest channel disconnected: {reason}"));
     if let Ok(mut slot) = shared.writer.lock() {
         if slot.as_ref().is_some_and(|(n, _)| *n == connection) {
             *slot = None;
@@ -752,6 +887,24 @@ fn parse_line(line: &[u8], shared: &Shared) -> Option<GuestMessage> {
                 s.last_heartbeat = Some(SystemTime::now());
                 s.last_usage = Some(usage.clone());
             });
+        }
+        GuestMessage::Exec { .. } => {
+            // Only a registered guest has sessions: they are opened after
+            // its hello, and a reconnect ends them.
+            let GuestMessage::Exec { session, frame } = message else {
+                return None;
+            };
+            if let Routed::Violation(reason) = shared.execs.route(&session, frame) {
+                note_error(shared, format!("exec session {session}: {reason}"));
+                let kill = AgentMessage::Exec {
+                    session,
+                    frame: ExecFrame::Kill,
+                };
+                if let (Some(writer), Ok(line)) = (shared.writer(), encode_line(&kill)) {
+                    let _ = writer.try_send(Outbound::Line(line));
+                }
+            }
+            return None;
         }
         _ => {}
     }

@@ -427,6 +427,8 @@ fn handle_guest_message(
 ) -> bool {
     match message {
         GuestMessage::Hello { .. } => true,
+        // Routed to their sessions by the guest channel; never queued here.
+        GuestMessage::Exec { .. } => false,
         GuestMessage::Heartbeat { .. } => {
             pending.entry(vm).or_default();
             // Heard again after a missed deadline: GuestRegistered turns back.

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use futures::Stream;
 
+use crate::exec_hub::ExecHub;
+use measurelab_api::exec::{ExecFrame, MAX_EXEC_LINE_BYTES};
 use measurelab_api::http;
 use measurelab_api::node_v1::node_service_server::{NodeService, NodeServiceServer};
 use measurelab_api::node_v1::{
@@ -34,6 +36,7 @@ use measurelab_api::node_v1::{
     RenewCertificateResponse, ShipLogsRequest, ShipLogsResponse, StatusAck, StatusReport, TaskList,
     WatchDesiredStateRequest,
 };
+use measurelab_api::node_v1::{ExecDown, ExecUp};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +76,8 @@ pub(crate) struct NodeRpc {
     /// Set when gRPC runs over TLS: registrations carry a CSR, and every
     /// other call must present the certificate of the node it is about.
     node_certs: Option<NodeCerts>,
+    /// `vm exec` sessions, shared with the HTTP API.
+    exec_hub: ExecHub,
 }
 
 /// How the controller issues and checks node certificates.
@@ -94,7 +99,14 @@ impl NodeRpc {
             refusals: Arc::default(),
             running_marks: Arc::default(),
             node_certs: None,
+            exec_hub: ExecHub::default(),
         }
+    }
+
+    /// Carry the HTTP API's exec sessions over the agents' `ExecChannel`s.
+    pub fn with_exec_hub(mut self, hub: ExecHub) -> Self {
+        self.exec_hub = hub;
+        self
     }
 
     /// Issue node certificates at registration and require them on every
@@ -326,6 +338,71 @@ fn hint_stream(source: HintSource) -> HintStream {
 impl NodeService for NodeRpc {
     type WatchDesiredStateStream = HintStream;
     type FetchApplianceStream = workload::ApplianceStream;
+    type ExecChannelStream = Pin<Box<dyn Stream<Item = Result<ExecDown, Status>> + Send>>;
+
+    async fn exec_channel(
+        &self,
+        mut request: Request<tonic::Streaming<ExecUp>>,
+    ) -> Result<Response<Self::ExecChannelStream>, Status> {
+        let first = request
+            .get_mut()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("ExecChannel: no first message"))?;
+        self.check_peer(&request, &first.node_id)?;
+        workload::authenticate(&self.store, &first.node_id, &first.node_secret)?;
+        let node_id = first.node_id;
+        let (stream_no, down) = self.exec_hub.attach(&node_id);
+        tracing::info!(%node_id, stream = stream_no, "exec channel opened");
+        let mut up = request.into_inner();
+        let hub = self.exec_hub.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn({
+            let node_id = node_id.clone();
+            async move {
+                loop {
+                    let message = tokio::select! {
+                        message = up.message() => message,
+                        () = shutdown.cancelled() => break,
+                    };
+                    let Ok(Some(message)) = message else { break };
+                    if message.frame_json.len() > MAX_EXEC_LINE_BYTES {
+                        tracing::warn!(%node_id, "oversized exec frame from the agent; dropped");
+                        continue;
+                    }
+                    match serde_json::from_slice::<ExecFrame>(&message.frame_json) {
+                        // An agent only reports what the guest sent.
+                        Ok(
+                            frame @ (ExecFrame::Output { .. }
+                            | ExecFrame::Credit { .. }
+                            | ExecFrame::Exit { .. }),
+                        ) => hub.deliver(&node_id, stream_no, &message.session_id, frame),
+                        Ok(_) => {
+                            tracing::warn!(%node_id, "exec frame of a kind agents do not send; dropped")
+                        }
+                        Err(err) => {
+                            tracing::warn!(%node_id, %err, "exec frame that does not parse; dropped")
+                        }
+                    }
+                }
+                hub.detach(&node_id, stream_no);
+                tracing::info!(%node_id, stream = stream_no, "exec channel closed");
+            }
+        });
+        let shutdown = self.shutdown.clone();
+        // Until the hub drops the stream's sender (a newer stream of the
+        // node replaced it) or the controller shuts down.
+        let frames = futures::stream::unfold(down, move |mut down| {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    frame = down.recv() => frame.map(|f| (Ok(f), down)),
+                    () = shutdown.cancelled() => None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(frames)))
+    }
 
     async fn fetch_appliance(
         &self,

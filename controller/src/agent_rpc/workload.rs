@@ -21,7 +21,11 @@ use crate::store::{
 /// Most VM statuses (and guest reports, program runs) in one report.
 const MAX_REPORT_ITEMS: usize = 10_000;
 
-fn authenticate(store: &Store, node_id: &str, node_secret: &str) -> Result<(), RpcError> {
+pub(super) fn authenticate(
+    store: &Store,
+    node_id: &str,
+    node_secret: &str,
+) -> Result<(), RpcError> {
     if node_id.is_empty() {
         return Err(RpcError::InvalidArgument {
             field: "node_id".into(),

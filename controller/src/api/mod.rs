@@ -7,6 +7,7 @@ mod admin_page;
 mod appliances;
 mod auth;
 mod error;
+mod exec;
 mod extract;
 mod field_validation;
 mod flows;
@@ -135,6 +136,11 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(vms::get).patch(vms::patch).delete(vms::delete),
         ),
         ("/v1/vms/:id_or_name/logs", get(vms::logs)),
+        (
+            "/v1/vms/:id_or_name/exec",
+            // Upgraded to a stream; the stream has its own bounds.
+            post(exec::exec),
+        ),
         ("/v1/vms/:id_or_name/usage", get(vm_usage::get)),
         (
             "/v1/programs",

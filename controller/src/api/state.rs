@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::rate_limit::{RateLimiter, RateLimits};
+use crate::exec_hub::ExecHub;
 use crate::flows::archive::FlowArchive;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -22,6 +23,8 @@ pub(crate) struct AppState {
     rate_limiter: Option<Arc<RateLimiter>>,
     /// Most bytes one `GET /v1/results/export` sends.
     export_max_bytes: u64,
+    /// `vm exec` sessions, carried over the agents' exec channels.
+    exec_hub: ExecHub,
 }
 
 struct Inner {
@@ -37,7 +40,18 @@ impl AppState {
             metrics: Metrics::new(),
             rate_limiter: None,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
+            exec_hub: ExecHub::default(),
         }
+    }
+
+    /// Open exec sessions through `hub` (shared with the node API).
+    pub fn with_exec_hub(mut self, hub: ExecHub) -> Self {
+        self.exec_hub = hub;
+        self
+    }
+
+    pub fn exec_hub(&self) -> &ExecHub {
+        &self.exec_hub
     }
 
     /// Record into `metrics` (the process's, shared with the node API).

@@ -70,6 +70,24 @@ impl ClientError {
     }
 }
 
+/// The controller's error answer (`status`, body `bytes`) as a [`ClientError`].
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+            field: body.error.field,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(bytes).into_owned(),
+            field: None,
+        },
+    }
+}
+
 /// Query parameter choosing how the controller treats unknown body fields.
 pub const FIELD_VALIDATION: &str = "fieldValidation";
 
@@ -215,20 +233,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                    field: body.error.field,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "unknown".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                    field: None,
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         let bytes = if bytes.is_empty() {
             &b"null"[..]
@@ -518,6 +523,40 @@ impl Client {
     pub async fn create_vm(&self, body: &VmCreate) -> Result<Vm, ClientError> {
         self.request(reqwest::Method::POST, "/v1/vms", Some(body))
             .await
+    }
+
+    /// `POST /v1/vms/{id_or_name}/exec`: opens an exec or copy session and
+    /// returns the upgraded connection to drive with
+    /// [`crate::exec::drive_session`]. Refusals (bad field, unknown VM, a
+    /// node without an exec channel) come back as [`ClientError::Api`].
+    pub async fn exec_open(
+        &self,
+        id_or_name: &str,
+        open: &crate::exec::ExecOpen,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let path = format!("/v1/vms/{}/exec", url_component(id_or_name));
+        let url = format!("{}{}", self.endpoint, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, crate::exec::EXEC_UPGRADE_PROTOCOL)
+            .json(open)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        resp.upgrade()
+            .await
+            .map_err(|e| ClientError::Decode(format!("{path}: upgrade failed: {e}")))
     }
 
     /// `GET /v1/vms/{id_or_name}` (name: `platform/name` or a unique name).

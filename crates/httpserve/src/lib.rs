@@ -15,7 +15,10 @@
 //!   large uploads lifts it for its request ([`RequestTimeout::lift`]); that
 //!   request is then closed once it moves no byte for the idle timeout;
 //! - a stalled response (a peer that stops reading, a body that stops
-//!   producing) is closed after the idle timeout without progress.
+//!   producing) is closed after the idle timeout without progress;
+//! - a connection a handler took over with an HTTP/1.1 `Upgrade`
+//!   ([`UpgradeSlot`]) keeps its slot until the handler lets go, and is
+//!   closed after the idle timeout without a byte moved either way.
 //!
 //! The accept step is a parameter, so a TLS handshake can run between the TCP
 //! accept and HTTP (see [`serve`]); it is bounded by the header-read timeout.
@@ -254,26 +257,94 @@ async fn serve_connection<A, F, S>(
         // head, so it covers idle time plus head time; the watchdog below
         // enforces the two separately and always fires first.
         .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::pin!(connection);
-    tokio::select! {
+    let served = tokio::select! {
         served = connection.as_mut() => {
             if let Err(err) = served {
                 debug!(%peer, cause = %err, "connection ended");
             }
-            return;
+            true
         }
         () = activity.expired(limits) => {
             debug!(%peer, "connection closed: idle, slow headers or a stalled response");
             return;
         }
-        _ = stop.wait_for(|stop| *stop) => {}
+        _ = stop.wait_for(|stop| *stop) => false,
+    };
+    if served {
+        // An upgraded connection lives on in its handler's task: it keeps
+        // this slot and stays under the watchdog until it ends.
+        tokio::select! {
+            () = activity.upgrades_ended() => {}
+            () = activity.expired(limits) => {
+                debug!(%peer, "upgraded connection closed: no byte moved for the idle timeout");
+            }
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+        activity.close_upgrades();
+        return;
     }
     // Shutting down: finish the request in flight, still within the limits.
     connection.as_mut().graceful_shutdown();
     tokio::select! {
         _ = connection.as_mut() => {}
         () = activity.expired(limits) => {}
+    }
+}
+
+/// In every request's extensions: lets a handler that takes the connection
+/// over (HTTP/1.1 `Upgrade`) keep it within the server's bounds.
+#[derive(Clone)]
+pub struct UpgradeSlot(Arc<Activity>);
+
+impl UpgradeSlot {
+    /// Call before answering `101 Switching Protocols`, and keep the hold
+    /// as long as the upgraded stream is used: the connection keeps its slot
+    /// meanwhile, and the server closes it (`UpgradeHold::closed`) once no
+    /// byte moved for the idle timeout or the server shuts down.
+    pub fn hold(&self) -> UpgradeHold {
+        let closed = {
+            let mut phase = self.0.lock();
+            phase.upgrades += 1;
+            phase.last_io = Instant::now();
+            phase.close_upgrades.subscribe()
+        };
+        self.0.changed.notify_waiters();
+        UpgradeHold {
+            activity: Arc::clone(&self.0),
+            closed,
+        }
+    }
+}
+
+/// See [`UpgradeSlot::hold`].
+pub struct UpgradeHold {
+    activity: Arc<Activity>,
+    closed: watch::Receiver<bool>,
+}
+
+impl UpgradeHold {
+    /// Completes when the server wants the upgraded stream closed.
+    pub async fn closed(&mut self) {
+        let _ = self.closed.wait_for(|closed| *closed).await;
+    }
+
+    /// Marks the upgraded stream as moving (the server's watchdog only sees
+    /// the bytes of the connection it wraps, which the upgraded stream is).
+    pub fn touch(&self) {
+        self.activity.on_write();
+    }
+}
+
+impl Drop for UpgradeHold {
+    fn drop(&mut self) {
+        {
+            let mut phase = self.activity.lock();
+            phase.upgrades -= 1;
+        }
+        self.activity.changed.notify_waiters();
     }
 }
 
@@ -307,6 +378,9 @@ async fn handle(
     let mut request = request.map(Body::new);
     request.extensions_mut().insert(ConnectInfo(peer));
     request.extensions_mut().insert(timeout.clone());
+    request
+        .extensions_mut()
+        .insert(UpgradeSlot(Arc::clone(&timeout.0)));
     let handler = router.oneshot(request);
     tokio::pin!(handler);
     let answered = tokio::select! {
@@ -433,6 +507,10 @@ struct Phase {
     last_io: Instant,
     /// The running handler lifted the request timeout.
     lifted: bool,
+    /// Upgraded streams a handler holds ([`UpgradeSlot::hold`]).
+    upgrades: usize,
+    /// Told `true` when the connection's upgraded streams must close.
+    close_upgrades: watch::Sender<bool>,
 }
 
 impl Activity {
@@ -446,6 +524,8 @@ impl Activity {
                 first_byte: None,
                 last_io: now,
                 lifted: false,
+                upgrades: 0,
+                close_upgrades: watch::Sender::new(false),
             }),
             changed: Notify::new(),
         }
@@ -482,7 +562,8 @@ impl Activity {
     /// handler runs (the request timeout bounds it, unless lifted).
     fn deadline(&self, limits: Limits) -> Option<Instant> {
         let phase = self.lock();
-        if phase.handlers > 0 && phase.lifted {
+        // An upgraded stream, like a lifted request, is bounded by progress.
+        if phase.upgrades > 0 || (phase.handlers > 0 && phase.lifted) {
             Some(phase.last_io + limits.idle_timeout)
         } else if phase.handlers > 0 {
             None
@@ -493,6 +574,21 @@ impl Activity {
         } else {
             Some(phase.idle_since + limits.idle_timeout)
         }
+    }
+
+    /// Completes once no handler holds an upgraded stream.
+    async fn upgrades_ended(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.lock().upgrades == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn close_upgrades(&self) {
+        self.lock().close_upgrades.send_replace(true);
     }
 
     /// Completes when the connection has overrun a limit.
