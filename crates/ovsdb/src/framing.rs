@@ -24,11 +24,22 @@ impl Framer {
         let mut stream = serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
         let mut consumed = 0;
         loop {
+            // Every JSON-RPC message is an object, so anything else is refused
+            // by its first byte, before it is parsed: at the end of a read `55`
+            // parses as a whole number while `55555e-` is still incomplete, so
+            // judging the parsed value would depend on where a read ended.
+            let next = self.buffer[consumed..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace());
+            if let Some(&byte) = next.filter(|b| **b != b'{') {
+                return Err(OvsdbError::Protocol(format!(
+                    "a message from the server does not start with '{{': {:?}",
+                    char::from(byte)
+                )));
+            }
             match stream.next() {
-                // Every JSON-RPC message is an object. A bare scalar is refused
-                // rather than framed: at the end of a read, `12` could be the
-                // first digits of `123`, so framing it would depend on where a
-                // read happened to end.
+                // Unreachable after the first-byte check; kept so a non-object
+                // can never be framed.
                 Some(Ok(value)) if !value.is_object() => {
                     return Err(OvsdbError::Protocol(format!(
                         "a message from the server is not a JSON object: {value}"
@@ -110,6 +121,11 @@ mod tests {
         ));
         let mut framer = Framer::default();
         framer.push(b"{\"id\":1} 12");
+        assert!(framer.drain_values().is_err());
+        // Found by fuzzing: an incomplete number is refused at once too, as
+        // its complete prefix `55` would be.
+        let mut framer = Framer::default();
+        framer.push(b"\n\n55555e-");
         assert!(framer.drain_values().is_err());
     }
 }
