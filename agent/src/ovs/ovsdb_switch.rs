@@ -231,6 +231,19 @@ fn to_u32(value: Option<i64>) -> u32 {
     value.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
 }
 
+/// Adds the port inserted in this transaction as `port` (a named uuid) to
+/// `bridge`'s ports, the last step of every port the agent creates.
+fn attach_port(ops_out: &mut Vec<Value>, bridge: &str, port: &str) {
+    ops_out.push(ops::mutate(
+        "Bridge",
+        vec![ops::eq("name", json!(bridge))],
+        vec![ops::mutation_insert(
+            "ports",
+            json!(["set", [value::named_uuid(port)]]),
+        )],
+    ));
+}
+
 fn qos_ops(ops_out: &mut Vec<Value>, owner: &str, qos: &QosSpec) -> String {
     let queue = value::fresh_uuid_name("queue");
     let qos_name = value::fresh_uuid_name("qos");
@@ -321,14 +334,7 @@ fn add_port_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &VmPo
         }),
         Some(&port),
     ));
-    ops_out.push(ops::mutate(
-        "Bridge",
-        vec![ops::eq("name", json!(bridge))],
-        vec![ops::mutation_insert(
-            "ports",
-            json!(["set", [value::named_uuid(&port)]]),
-        )],
-    ));
+    attach_port(ops_out, bridge, &port);
 }
 
 fn add_uplink_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &UplinkSpec) {
@@ -360,14 +366,7 @@ fn add_uplink_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &Up
         row["other_config"] = value::string_map(config);
     }
     ops_out.push(ops::insert("Port", row, Some(&port)));
-    ops_out.push(ops::mutate(
-        "Bridge",
-        vec![ops::eq("name", json!(bridge))],
-        vec![ops::mutation_insert(
-            "ports",
-            json!(["set", [value::named_uuid(&port)]]),
-        )],
-    ));
+    attach_port(ops_out, bridge, &port);
 }
 
 fn add_tunnel_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &TunnelPortSpec) {
@@ -400,14 +399,7 @@ fn add_tunnel_ops(ops_out: &mut Vec<Value>, owner: &str, bridge: &str, spec: &Tu
         }),
         Some(&port),
     ));
-    ops_out.push(ops::mutate(
-        "Bridge",
-        vec![ops::eq("name", json!(bridge))],
-        vec![ops::mutation_insert(
-            "ports",
-            json!(["set", [value::named_uuid(&port)]]),
-        )],
-    ));
+    attach_port(ops_out, bridge, &port);
 }
 
 /// Insert a flow-export row (or nothing) and point the bridge at it.
