@@ -21,7 +21,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::guest_channel::{ExecSession, GuestChannels};
-use crate::identity::Identity;
+use crate::identity::{self, Identity};
 
 /// Frames queued up towards the controller (all sessions).
 const UP_QUEUE: usize = 256;
@@ -41,15 +41,9 @@ pub(crate) async fn follow_exec_channel(
 ) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     loop {
-        let identity = tokio::select! {
-            identity = identity_rx.wait_for(|i| i.is_some()) => match identity {
-                Ok(identity) => identity.clone(),
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        let Some(identity) = identity::next_identity(&mut identity_rx, &mut shutdown).await else {
+            return;
         };
-        let Some(identity) = identity else { continue };
-        identity_rx.mark_unchanged();
         let (up_tx, up_rx) = mpsc::channel::<ExecUp>(UP_QUEUE);
         let hello = ExecUp {
             node_id: identity.node_id.clone(),

@@ -90,6 +90,22 @@ pub fn store(state_dir: &Path, identity: &Identity) -> Result<(), IdentityError>
     std::fs::rename(&tmp, &path).map_err(io)
 }
 
+/// The current identity once there is one, marked as seen so the caller can
+/// wait for the next change; `None` when the agent shuts down (or the
+/// identity's sender is gone). The loops that follow a stream per identity
+/// (desired state, exec channel) start each round here.
+pub(crate) async fn next_identity(
+    identity_rx: &mut tokio::sync::watch::Receiver<Option<Identity>>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Identity> {
+    let identity = tokio::select! {
+        identity = identity_rx.wait_for(|i| i.is_some()) => identity.ok()?.clone(),
+        _ = shutdown.wait_for(|stop| *stop) => return None,
+    };
+    identity_rx.mark_unchanged();
+    identity
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -699,15 +699,9 @@ async fn follow_desired_state(
 ) {
     let mut backoff = Backoff::new(INITIAL_BACKOFF, WATCH_RETRY_CAP);
     loop {
-        let identity = tokio::select! {
-            identity = identity_rx.wait_for(|i| i.is_some()) => match identity {
-                Ok(identity) => identity.clone(),
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        let Some(identity) = identity::next_identity(&mut identity_rx, &mut shutdown).await else {
+            return;
         };
-        let Some(identity) = identity else { continue };
-        identity_rx.mark_unchanged();
         let request = WatchDesiredStateRequest {
             node_id: identity.node_id.clone(),
             node_secret: identity.node_secret.clone(),
