@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{ensure_guest_agent, netns_list, process_exists, sigkill, LabGuard};
+use common::{ensure_guest_agent, namespace_vm, netns_list, process_exists, sigkill, LabGuard};
 use measurelab_api::client::{Client, ClientError};
 use measurelab_api::http::{
     Platform, PlatformCreate, QosPolicyCreate, Vm, VmBackend, VmCreate, VmPowerState,
@@ -64,26 +64,6 @@ impl Api {
 
     fn vms(&self) -> Vec<Vm> {
         self.run(self.client.list_vms("")).expect("list VMs")
-    }
-}
-
-fn namespace_vm(name: &str, platform: &str, node: &str) -> VmCreate {
-    VmCreate {
-        tenant: None,
-        name: name.into(),
-        platform: platform.into(),
-        node: node.into(),
-        vcpus: 1,
-        memory_mib: 64,
-        disk_mib: None,
-        swap_mib: None,
-        max_vcpus: None,
-        max_memory_mib: None,
-        appliance: "namespace".into(),
-        qos_policy: None,
-        power_state: VmPowerState::Running,
-        backend: Some(VmBackend::Namespace),
-        request_id: None,
     }
 }
 

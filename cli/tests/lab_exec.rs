@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{ensure_guest_agent, LabGuard, BIN};
 use measurelab_api::client::Client;
-use measurelab_api::http::{
-    ApiTokenCreate, PlatformCreate, Role, TenantCreate, Vm, VmBackend, VmCreate, VmPowerState,
-};
+use measurelab_api::http::{ApiTokenCreate, PlatformCreate, Role, TenantCreate, Vm};
 use sha2::Digest as _;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -132,23 +130,7 @@ fn exec_and_cp_through_the_whole_product() {
         }))
         .expect("create platform");
     runtime
-        .block_on(client.create_vm(&VmCreate {
-            tenant: None,
-            name: "box".into(),
-            platform: "xp".into(),
-            node: "n1".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: None,
-            swap_mib: None,
-            max_vcpus: None,
-            max_memory_mib: None,
-            appliance: "namespace".into(),
-            qos_policy: None,
-            power_state: VmPowerState::Running,
-            backend: Some(VmBackend::Namespace),
-            request_id: None,
-        }))
+        .block_on(client.create_vm(&common::namespace_vm("box", "xp", "n1")))
         .expect("create VM");
     let deadline = Instant::now() + WAIT;
     loop {

@@ -324,3 +324,24 @@ pub fn ensure_guest_agent() -> PathBuf {
     assert!(path.is_file(), "{} missing", path.display());
     path
 }
+
+/// A running namespace VM of 1 vCPU and 64 MiB on `node`.
+pub fn namespace_vm(name: &str, platform: &str, node: &str) -> measurelab_api::http::VmCreate {
+    measurelab_api::http::VmCreate {
+        tenant: None,
+        name: name.into(),
+        platform: platform.into(),
+        node: node.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        disk_mib: None,
+        swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
+        appliance: "namespace".into(),
+        qos_policy: None,
+        power_state: measurelab_api::http::VmPowerState::Running,
+        backend: Some(measurelab_api::http::VmBackend::Namespace),
+        request_id: None,
+    }
+}
