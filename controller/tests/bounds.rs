@@ -10,8 +10,9 @@ use common::{heartbeat_request, TestController};
 use measurelab_api::http::NodeStatus;
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Idle connections one attacker opens: far over the per-source cap.
-const SLOWLORIS: usize = 3000;
+/// Idle connections one attacker opens on each listener: the figure,
+/// far over the per-source caps (128 HTTP, 1024 gRPC by default).
+const SLOWLORIS: usize = 5000;
 
 async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -169,8 +170,8 @@ async fn stalled_grpc_clients_do_not_block_heartbeats() {
     let registered = controller.register("steady", "").await;
 
     // Sockets that never send the HTTP/2 preface, far over the per-source cap.
-    let mut silent = Vec::new();
-    for _ in 0..500 {
+    let mut silent = Vec::with_capacity(SLOWLORIS);
+    for _ in 0..SLOWLORIS {
         silent.push(connect_from("127.0.0.2", controller.grpc).await.unwrap());
     }
     // A client that opens a Heartbeat call, sends its headers and stalls
