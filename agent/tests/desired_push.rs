@@ -14,9 +14,9 @@ mod reconcile_common;
 use std::time::{Duration, Instant};
 
 use measurelab_api::client::Client;
-use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
+use measurelab_api::http::{PlatformCreate, Vm};
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
 
 /// Far longer than any heartbeat-free path should take, far shorter than the
 /// heartbeat interval and the desired-state resync (both 30 s).
@@ -33,31 +33,11 @@ fn ready(vm: &Vm) -> bool {
             .any(|c| c.condition_type == "Ready" && c.status == "True")
 }
 
-fn vm_body(name: &str) -> VmCreate {
-    VmCreate {
-        tenant: None,
-        name: name.into(),
-        platform: "push".into(),
-        node: "n1".into(),
-        vcpus: 1,
-        memory_mib: 64,
-        disk_mib: None,
-        swap_mib: None,
-        max_vcpus: None,
-        max_memory_mib: None,
-        appliance: "namespace".into(),
-        qos_policy: None,
-        power_state: VmPowerState::Running,
-        backend: Some(VmBackend::Namespace),
-        request_id: None,
-    }
-}
-
 /// Create a VM and return how long it took to be running and Ready, or
 /// `None` when it was not within `bound`.
 async fn create_and_time(client: &Client, name: &str, bound: Duration) -> Option<Duration> {
     let started = Instant::now();
-    let vm = client.create_vm(&vm_body(name)).await.unwrap();
+    let vm = client.create_vm(&namespace_vm(name, "push")).await.unwrap();
     while started.elapsed() < bound {
         if client.get_vm(&vm.id).await.is_ok_and(|vm| ready(&vm)) {
             return Some(started.elapsed());

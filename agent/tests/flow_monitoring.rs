@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 
 use measurelab_agent::reconcile::FlowExportSettings;
 use measurelab_api::client::Client;
-use measurelab_api::http::{
-    Flow, FlowExport, FlowProtocol, NodePatch, PlatformCreate, Vm, VmBackend, VmCreate,
-    VmPowerState,
-};
+use measurelab_api::http::{Flow, FlowExport, FlowProtocol, NodePatch, PlatformCreate, Vm};
 use measurelab_controller::FlowCollectorConfig;
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// An ICMP echo as Open vSwitch counts its bytes: the whole Ethernet frame,
@@ -89,23 +86,7 @@ async fn flows(client: &Client, platform: &str) -> Vec<Flow> {
 
 async fn create_vm(client: &Client, platform: &str, name: &str) -> Vm {
     client
-        .create_vm(&VmCreate {
-            name: name.into(),
-            platform: platform.into(),
-            node: "n1".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: None,
-            swap_mib: None,
-            max_vcpus: None,
-            max_memory_mib: None,
-            appliance: "namespace".into(),
-            qos_policy: None,
-            power_state: VmPowerState::Running,
-            backend: Some(VmBackend::Namespace),
-            tenant: None,
-            request_id: None,
-        })
+        .create_vm(&namespace_vm(name, platform))
         .await
         .unwrap()
 }

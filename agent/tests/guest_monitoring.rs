@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use measurelab_agent::hypervisor::{NamespaceConfig, NamespaceHypervisor};
 use measurelab_api::client::Client;
-use measurelab_api::http::{PlatformCreate, Vm, VmBackend, VmCreate, VmPowerState};
+use measurelab_api::http::{PlatformCreate, Vm};
 use measurelab_testbed::OvsSandbox;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Above the guest agent's 5 s heartbeat interval, short enough for a test.
@@ -120,26 +120,7 @@ async fn a_frozen_guest_misses_its_heartbeat_and_usage_is_served() {
         })
         .await
         .unwrap();
-    let vm = client
-        .create_vm(&VmCreate {
-            tenant: None,
-            name: "g".into(),
-            platform: "gmon".into(),
-            node: "n1".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: None,
-            swap_mib: None,
-            max_vcpus: None,
-            max_memory_mib: None,
-            appliance: "namespace".into(),
-            qos_policy: None,
-            power_state: VmPowerState::Running,
-            backend: Some(VmBackend::Namespace),
-            request_id: None,
-        })
-        .await
-        .unwrap();
+    let vm = client.create_vm(&namespace_vm("g", "gmon")).await.unwrap();
     wait_vm(&client, &vm.id, "the guest registered", WAIT, |vm| {
         condition(vm, "GuestRegistered") == Some(("True", "Registered"))
             && condition(vm, "Ready").is_some_and(|(status, _)| status == "True")

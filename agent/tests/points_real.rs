@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use measurelab_api::client::Client;
 use measurelab_api::http::{
-    DeploymentCreate, PlatformCreate, PlatformPoints, ProgramCreate, Vm, VmBackend, VmCreate,
-    VmPatch, VmPowerState,
+    DeploymentCreate, PlatformCreate, PlatformPoints, ProgramCreate, Vm, VmCreate, VmPatch,
+    VmPowerState,
 };
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The MSCS's heartbeat deadline for points, seconds.
@@ -165,22 +165,10 @@ async fn a_killed_point_shows_missing_at_the_controller() {
     for name in ["mscs", "p1"] {
         client
             .create_vm(&VmCreate {
-                tenant: None,
-                name: name.into(),
-                platform: "pts".into(),
-                node: "n1".into(),
-                vcpus: 1,
                 // The program binary lives on the guest's tmpfs, charged to its memory.
                 memory_mib: 256,
                 disk_mib: Some(128),
-                swap_mib: None,
-                max_vcpus: None,
-                max_memory_mib: None,
-                appliance: "namespace".into(),
-                qos_policy: None,
-                power_state: VmPowerState::Running,
-                backend: Some(VmBackend::Namespace),
-                request_id: None,
+                ..namespace_vm(name, "pts")
             })
             .await
             .unwrap();

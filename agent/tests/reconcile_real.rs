@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use measurelab_api::client::Client;
-use measurelab_api::http::{
-    DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend, VmCreate, VmPowerState,
-};
+use measurelab_api::http::{DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend};
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -162,28 +160,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         .unwrap();
     let mut created = Vec::new();
     for name in ["a", "b"] {
-        created.push(
-            client
-                .create_vm(&VmCreate {
-                    tenant: None,
-                    name: name.into(),
-                    platform: "rcl".into(),
-                    node: "n1".into(),
-                    vcpus: 1,
-                    memory_mib: 64,
-                    disk_mib: None,
-                    swap_mib: None,
-                    max_vcpus: None,
-                    max_memory_mib: None,
-                    appliance: "namespace".into(),
-                    qos_policy: None,
-                    power_state: VmPowerState::Running,
-                    backend: Some(VmBackend::Namespace),
-                    request_id: None,
-                })
-                .await
-                .unwrap(),
-        );
+        created.push(client.create_vm(&namespace_vm(name, "rcl")).await.unwrap());
     }
 
     // Kill the agent mid-creation: as soon as the first guest's namespace

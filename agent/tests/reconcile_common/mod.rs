@@ -216,3 +216,26 @@ impl NodeController {
         tokio::time::timeout(within, self.task).await.ok()
     }
 }
+
+/// A running namespace VM of `platform` on node `n1` (the node every test
+/// here starts), 1 vCPU and 64 MiB; tests change what they need with
+/// struct update syntax.
+pub fn namespace_vm(name: &str, platform: &str) -> measurelab_api::http::VmCreate {
+    measurelab_api::http::VmCreate {
+        tenant: None,
+        name: name.into(),
+        platform: platform.into(),
+        node: "n1".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        disk_mib: None,
+        swap_mib: None,
+        max_vcpus: None,
+        max_memory_mib: None,
+        appliance: "namespace".into(),
+        qos_policy: None,
+        power_state: measurelab_api::http::VmPowerState::Running,
+        backend: Some(measurelab_api::http::VmBackend::Namespace),
+        request_id: None,
+    }
+}
