@@ -344,3 +344,290 @@ fn cleanup_cgroup_parent(mount: &Path) {
         let _ = std::fs::remove_dir(mount.join(hierarchy).join("measurelab"));
     }
 }
+
+/// Runs inside the hostile VM, as a researcher's program: floods the node
+/// through the guest's local platform API (task polls from four threads,
+/// results for a task of another platform from two) and tries to take the
+/// VM's channel from its guest agent; then prints what it was answered.
+/// Every count is the sender's own, so the test checks the flood happened.
+const FLOOD_PROGRAM: &str = r#"#!/usr/bin/env python3
+import glob, json, os, socket, sys, threading, time, urllib.error, urllib.request
+api = os.environ.get("MEASURELAB_PLATFORM_API", "http://127.0.0.1:7079")
+foreign_task, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+counts = {"polls": 0, "polls_ok": 0, "polls_refused": 0, "results": 0, "results_accepted": 0,
+          "takeovers": 0, "takeovers_refused": 0}
+lock = threading.Lock()
+def bump(key):
+    with lock:
+        counts[key] += 1
+def status(request):
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            return answer.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception:
+        return 0
+def poll():
+    while time.monotonic() < end:
+        code = status(api + "/tasks")
+        bump("polls")
+        if code == 200: bump("polls_ok")
+        if code == 429: bump("polls_refused")
+def post():
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        body = json.dumps({"task_id": foreign_task,
+                           "document": {"run_id": "forged-%d" % n, "loss": 0}}).encode()
+        code = status(urllib.request.Request(api + "/results", data=body,
+                                             headers={"content-type": "application/json"}))
+        bump("results")
+        if code == 202: bump("results_accepted")
+def take_channel():
+    sockets = glob.glob("/run/measurelab/*")
+    hello = b'{"type":"hello","vm_id":"%s","agent_version":"evil"}\n' % os.environ["MEASURELAB_VM_ID"].encode()
+    while time.monotonic() < end and sockets:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect(sockets[0])
+        except OSError:
+            s.close()
+            continue
+        bump("takeovers")
+        try:
+            s.sendall(hello + b'{"type":"poll_tasks"}\n' * 100)
+            closed = s.recv(1) == b""
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        except OSError:
+            closed = False
+        if closed: bump("takeovers_refused")
+        s.close()
+        time.sleep(0.5)
+threads = [threading.Thread(target=poll) for _ in range(4)]
+threads += [threading.Thread(target=post) for _ in range(2)]
+threads.append(threading.Thread(target=take_channel))
+for t in threads: t.start()
+for t in threads: t.join()
+sys.stderr.write("flood " + json.dumps(counts) + "\n")
+"#;
+
+/// Guests treated as hostile, with every part real: a program in one VM
+/// floods the node agent through its guest's local API and tries to take
+/// the VM's channel, while another VM on the node is deleted and a third
+/// keeps heartbeating. The deletion completes and the heartbeats keep
+/// reaching the controller during the flood; polls over the VM's budget are
+/// refused at the agent, results for another platform's task are refused by
+/// the controller (none stored), and the channel stays its guest agent's.
+/// The raw-channel flood (4 MiB tails, a guest root speaking the protocol
+/// itself) is `reconcile_fake`'s `a_flooding_guest_is_bounded...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
+    const FLOOD_SECONDS: u64 = 40;
+    let guest_agent = guest_agent();
+    let ovs = OvsSandbox::start("rfl").unwrap();
+    let netns = ovs.netns().name().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("agent");
+    let _cleanup = GuestCleanup {
+        state_dir: state_dir.clone(),
+    };
+    let controller = NodeController::start(
+        &netns,
+        &dir.path().join("controller"),
+        |config| {
+            config.heartbeat_interval = Duration::from_secs(1);
+            config.offline_after = Duration::from_secs(5);
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let client = controller.client.clone();
+    let mut agent_config = controller.agent_config("n1", state_dir.clone());
+    agent_config.ovsdb = Some(ovs.db_target());
+    agent_config.libvirt_uris = vec![];
+    agent_config.guest_agent = Some(guest_agent);
+    let mut agent = RunningAgent::start(&netns, agent_config);
+    wait_for("node n1 online", async || {
+        let nodes = client.list_nodes().await.ok()?;
+        nodes
+            .iter()
+            .any(|n| n.name == "n1" && n.status == measurelab_api::http::NodeStatus::Online)
+            .then_some(())
+    })
+    .await;
+
+    for platform in ["victims", "other"] {
+        client
+            .create_platform(&PlatformCreate {
+                tenant: None,
+                name: platform.into(),
+                nodes: vec!["n1".into()],
+                admins: vec![],
+                description: None,
+                request_id: None,
+                flow_monitoring: None,
+            })
+            .await
+            .unwrap();
+    }
+    let mut created = BTreeMap::new();
+    for (name, platform) in [
+        ("hostile", "victims"),
+        ("honest", "victims"),
+        ("doomed", "victims"),
+        ("bystander", "other"),
+    ] {
+        let vm = client
+            .create_vm(&measurelab_api::http::VmCreate {
+                // Python and its threads live in the guest's memory.
+                memory_mib: 128,
+                ..namespace_vm(name, platform)
+            })
+            .await
+            .unwrap();
+        created.insert(name, vm.id);
+    }
+    let foreign_task = client
+        .create_task(
+            &serde_json::from_value(serde_json::json!({"name": "theirs", "mode": "platform",
+                "platform": "other", "schedule": "periodic", "interval_seconds": 3600,
+                "duration_seconds": 5, "rate_pps": 100, "packet_size_bytes": 200,
+                "group": "239.1.2.3", "port": 5000, "ttl": 4}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_for("four VMs ready", async || {
+        let all = vms(&client).await;
+        (all.len() == 4 && all.iter().all(ready)).then_some(())
+    })
+    .await;
+
+    let program = client
+        .create_program(&ProgramCreate {
+            tenant: None,
+            name: "flood.py".into(),
+            content_base64: base64::engine::general_purpose::STANDARD.encode(FLOOD_PROGRAM),
+            sha256: None,
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let deployment = client
+        .create_deployment(&DeploymentCreate {
+            tenant: None,
+            program: program.id.clone(),
+            vms: vec![created["hostile"].clone()],
+            args: vec![foreign_task.id.clone(), FLOOD_SECONDS.to_string()],
+            env: BTreeMap::new(),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let flood_running = async || {
+        let d = client.get_deployment(&deployment.id).await.ok()?;
+        Some(d.runs.first()?.status == "running")
+    };
+    wait_for("the flood to start", async || {
+        flood_running().await.unwrap_or(false).then_some(())
+    })
+    .await;
+    let flood_started = time::OffsetDateTime::now_utc();
+    let since_start = Instant::now();
+
+    // Mid-flood: the deletion is acked and the honest guest's heartbeats
+    // (every 5 s) keep arriving, and the flood is still on when they do.
+    client.delete_vm(&created["doomed"], false).await.unwrap();
+    wait_for("the doomed VM deleted during the flood", async || {
+        matches!(client.get_vm(&created["doomed"]).await, Err(e) if e.is_not_found()).then_some(())
+    })
+    .await;
+    let heard_after = |vm: &Vm, at: time::OffsetDateTime| {
+        vm.guest_last_heartbeat
+            .as_deref()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t > at)
+    };
+    let later = flood_started + time::Duration::seconds(12);
+    wait_for("an honest heartbeat 12 s into the flood", async || {
+        let honest = client.get_vm(&created["honest"]).await.ok()?;
+        heard_after(&honest, later).then_some(())
+    })
+    .await;
+    assert!(
+        flood_running().await == Some(true),
+        "the flood ended before the checks ({:?} in): they prove nothing",
+        since_start.elapsed()
+    );
+    assert!(
+        since_start.elapsed() < Duration::from_secs(FLOOD_SECONDS),
+        "checks done after the flood's end"
+    );
+
+    let run = wait_for("the flood program to exit", async || {
+        let d = client.get_deployment(&deployment.id).await.ok()?;
+        let run = d.runs.first()?.clone();
+        (run.status == "exited").then_some(run)
+    })
+    .await;
+    let report = run
+        .stderr_tail
+        .lines()
+        .find_map(|l| l.strip_prefix("flood "))
+        .unwrap_or_else(|| panic!("no flood report: {run:?}"));
+    let counts: serde_json::Value = serde_json::from_str(report).unwrap();
+    eprintln!("flood program's report: {counts}");
+    let count = |key: &str| counts[key].as_u64().unwrap();
+    assert!(
+        count("polls_refused") > 0,
+        "polls over the VM's budget are refused at the agent: {counts}"
+    );
+    // A result the agent took (202: spooled on the node, as a controller
+    // outage needs) is refused by the controller when the task is not the
+    // VM's platform's, and leaves the spool without being stored.
+    assert!(count("results") > 0, "{counts}");
+    let spool = state_dir.join("results");
+    wait_for("refused results gone from the spool", async || {
+        let spooled = std::fs::read_dir(&spool)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0);
+        (spooled == 0).then_some(())
+    })
+    .await;
+    assert!(count("takeovers") > 0, "{counts}");
+    assert_eq!(
+        count("takeovers_refused"),
+        count("takeovers"),
+        "the channel stays with the registered guest agent: {counts}"
+    );
+    let stored = client
+        .list_results(&format!("task={}", foreign_task.id))
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "forged results stored: {stored:?}");
+    let left = vms(&client).await;
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left.iter().all(ready),
+        "{left:#?}\n{}",
+        guest_logs(&state_dir)
+    );
+    let node = client.get_node("n1").await.unwrap();
+    assert_eq!(node.status, measurelab_api::http::NodeStatus::Online);
+
+    agent.kill();
+    let _ = controller.stop(Duration::from_secs(10)).await;
+    drop(_cleanup);
+    cleanup_cgroup_parent(Path::new("/sys/fs/cgroup"));
+}
