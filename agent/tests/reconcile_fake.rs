@@ -1425,3 +1425,40 @@ async fn a_full_spool_refuses_instead_of_acknowledging() {
     );
     run.stop().await;
 }
+
+/// With the controller in reach, a guest hears its controller's verdict:
+/// a result for a task that is not the VM's is refused for good (and not
+/// left in the spool), a result for its own task is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_controller_refuses_is_refused_to_the_guest_for_good() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    guest.send(result_line("other-task", "run-1", "q1")).await;
+    guest.send(result_line("t1", "run-2", "q2")).await;
+    eventually("both acks", || guest.received("result_ack").len() == 2).await;
+    let acks = guest.received("result_ack");
+    let ack = |id: &str| acks.iter().find(|a| a["request_id"] == id).unwrap().clone();
+    let refused = ack("q1");
+    assert_eq!(refused["stored"], false, "{refused}");
+    assert_eq!(refused["rejected"], true, "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not belong to the VM's platform"),
+        "the controller's reason reaches the guest: {refused}"
+    );
+    let stored = ack("q2");
+    assert_eq!(stored["stored"], true, "{stored}");
+    assert!(stored.get("rejected").is_none(), "{stored}");
+    assert_eq!(spooled_files(&state_dir), 0);
+    let results = control.results.lock().unwrap().clone();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].1, "t1");
+    run.stop().await;
+}

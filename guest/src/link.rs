@@ -22,7 +22,7 @@ pub(crate) struct Link {
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     task_waiters: Mutex<Vec<TaskWaiter>>,
     /// Results waiting for the node agent's `result_ack`, by request id.
-    result_waiters: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
+    result_waiters: Mutex<HashMap<String, oneshot::Sender<Result<(), PostError>>>>,
     /// Wakes the heartbeat loop at once after a (re)connect.
     connected_now: Notify,
     next_request: std::sync::atomic::AtomicU64,
@@ -130,7 +130,7 @@ impl Link {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(PostError::Refused(reason)),
+            Ok(Ok(Err(refusal))) => Err(refusal),
             Ok(Err(_)) => Err(PostError::ChannelDown),
             Err(_) => {
                 forget();
@@ -140,7 +140,7 @@ impl Link {
     }
 
     /// The node agent's answer to a posted result.
-    pub(crate) fn answer_result(&self, request_id: &str, outcome: Result<(), String>) {
+    pub(crate) fn answer_result(&self, request_id: &str, outcome: Result<(), PostError>) {
         let waiter = self
             .result_waiters
             .lock()
@@ -231,4 +231,7 @@ pub(crate) enum PostError {
     Timeout,
     /// The node agent did not store it (spool full, rate or queue limit).
     Refused(String),
+    /// The controller refused it for good (a task that is not the VM's
+    /// platform's, an invalid document): posting it again cannot succeed.
+    Rejected(String),
 }

@@ -58,6 +58,8 @@ enum LocalApiError {
     Refused(String),
     #[error("the result is not stored: {0}; retry later")]
     NotStored(String),
+    #[error("the controller refused the result: {0}; posting it again will not help")]
+    Rejected(String),
 }
 
 impl IntoResponse for LocalApiError {
@@ -83,6 +85,10 @@ impl IntoResponse for LocalApiError {
             LocalApiError::NotStored(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error":{"code":"not_stored","message":message}}),
+            ),
+            LocalApiError::Rejected(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error":{"code":"rejected","message":message}}),
             ),
         };
         (status, Json(body)).into_response()
@@ -134,6 +140,7 @@ async fn post_result(
         Err(PostError::ChannelDown) => Err(LocalApiError::ChannelDown),
         Err(PostError::Timeout) => Err(LocalApiError::Timeout(RESULT_TIMEOUT)),
         Err(PostError::Refused(reason)) => Err(LocalApiError::NotStored(reason)),
+        Err(PostError::Rejected(reason)) => Err(LocalApiError::Rejected(reason)),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::config::GuestConfig;
 use crate::exec::Execs;
-use crate::link::Link;
+use crate::link::{Link, PostError};
 use crate::logtee::LogQueue;
 use crate::programs::Programs;
 use crate::usage::UsageSampler;
@@ -387,12 +387,13 @@ fn dispatch(
             request_id,
             stored,
             reason,
+            rejected,
         } => link.answer_result(
             &request_id,
-            if stored {
-                Ok(())
-            } else {
-                Err(reason.unwrap_or_else(|| "not stored".into()))
+            match (stored, reason.unwrap_or_else(|| "not stored".into())) {
+                (true, _) => Ok(()),
+                (false, reason) if rejected => Err(PostError::Rejected(reason)),
+                (false, reason) => Err(PostError::Refused(reason)),
             },
         ),
         AgentMessage::Exec { session, frame } => execs.frame(session, frame),

@@ -323,6 +323,7 @@ async fn guest_agent_over_unix_socket() {
                 request_id,
                 stored: true,
                 reason: None,
+                rejected: false,
             },
         )
         .unwrap();
@@ -343,6 +344,7 @@ async fn guest_agent_over_unix_socket() {
                 request_id,
                 stored: false,
                 reason: Some("the node's result spool is full".into()),
+                rejected: false,
             },
         )
         .unwrap();
@@ -350,6 +352,32 @@ async fn guest_agent_over_unix_socket() {
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("not_stored") && body.contains("spool is full"),
+        "{body}"
+    );
+    // A result the controller refused for good is a 422 the program should
+    // not retry, with the controller's reason.
+    let rejected =
+        post(r#"{"task_id":"task-x","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
+    let request_id = expect(&mut inbound, WAIT, "third result", |m| match m {
+        GuestMessage::Result { request_id, .. } => request_id.clone(),
+        _ => None,
+    })
+    .await;
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::ResultAck {
+                request_id,
+                stored: false,
+                reason: Some("task_id: no task \"task-x\" exists".into()),
+                rejected: true,
+            },
+        )
+        .unwrap();
+    let (code, body) = rejected.await.unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("\"code\":\"rejected\"") && body.contains("no task"),
         "{body}"
     );
     // ...and a bad body is refused naming the field, without a message.

@@ -181,6 +181,7 @@ async fn namespace_guest_registers_and_runs_a_program() {
                 request_id: request_id.expect("a request id"),
                 stored: true,
                 reason: None,
+                rejected: false,
             },
         )
         .unwrap();

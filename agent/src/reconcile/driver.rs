@@ -22,7 +22,12 @@ use uuid::Uuid;
 use super::engine::Reconciler;
 use super::programs::Programs;
 use super::relay::{refuse, PollAdmission, RelaySlots};
-use super::spool::ResultSpool;
+use super::spool::{ResultSpool, Verdict};
+
+/// How long a guest's result post waits for the controller's verdict
+/// before it is told "stored" on the strength of the spool alone; well
+/// under the guest's own wait for an answer (10 s).
+const VERDICT_WAIT: Duration = Duration::from_secs(2);
 use super::types::{ApplianceChunks, ControlPlane, ReconcileError, RESYNC_INTERVAL};
 use crate::identity::Identity;
 use measurelab_backoff::Backoff;
@@ -497,20 +502,32 @@ fn handle_guest_message(
             tokio::spawn(async move {
                 let stored =
                     tokio::task::spawn_blocking(move || spool.put(vm, &task_id, json)).await;
-                drop(slot);
-                let reason = match stored {
-                    Ok(Ok(())) => None,
+                let (reason, rejected) = match stored {
+                    // Durable now. A controller in reach commits or refuses
+                    // it within moments: waiting that long lets a program
+                    // that posts for a task that is not its platform's hear
+                    // so, instead of "stored" for a result that never will be.
+                    Ok(Ok(verdict)) => match tokio::time::timeout(VERDICT_WAIT, verdict).await {
+                        Ok(Ok(Verdict::Rejected(reason))) => (Some(reason), true),
+                        Ok(Ok(Verdict::Lost(reason))) => (Some(reason), false),
+                        // Committed, or spooled until the controller is back.
+                        _ => (None, false),
+                    },
                     Ok(Err(err)) => {
                         tracing::warn!(vm = %vm, error = %err, "guest result not spooled");
-                        Some(err.to_string())
+                        (Some(err.to_string()), false)
                     }
-                    Err(err) => Some(format!("spooling failed: {err}")),
+                    Err(err) => (Some(format!("spooling failed: {err}")), false),
                 };
+                // Held until the verdict, so a flooding guest's results wait
+                // in the bounded relay queue rather than beside it.
+                drop(slot);
                 if let Some(request_id) = request_id {
                     let ack = AgentMessage::ResultAck {
                         request_id,
                         stored: reason.is_none(),
                         reason,
+                        rejected,
                     };
                     if let Err(err) = channels.send(vm, &ack) {
                         // Stored anyway; the guest times out and may post

@@ -124,6 +124,7 @@ pub(crate) fn refuse(vm: Uuid, message: &GuestMessage, reason: &str, channels: &
             request_id: request_id.clone(),
             stored: false,
             reason: Some(reason.to_string()),
+            rejected: false,
         },
         _ => return,
     };

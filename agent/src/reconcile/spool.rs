@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use measurelab_backoff::Backoff;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -114,6 +114,18 @@ fn vm_of(path: &Path) -> String {
         .to_string()
 }
 
+/// What the controller made of a spooled result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Committed, under this result id.
+    Committed(String),
+    /// Refused for good, for this reason: posting it again cannot succeed.
+    Rejected(String),
+    /// The spooled copy could not be read back and was dropped; the
+    /// producer may post it again.
+    Lost(String),
+}
+
 /// The spool directory and what it holds. Cheap to share (`Arc`).
 pub struct ResultSpool {
     dir: PathBuf,
@@ -121,6 +133,9 @@ pub struct ResultSpool {
     usage: Mutex<Usage>,
     /// Wakes the poster when a result is spooled.
     spooled: Notify,
+    /// Whoever waits to hear the controller's verdict on a spooled file.
+    /// Nobody does for files of an earlier agent.
+    verdicts: Mutex<std::collections::HashMap<PathBuf, oneshot::Sender<Verdict>>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -165,6 +180,7 @@ impl ResultSpool {
             settings,
             usage: Mutex::new(usage),
             spooled: Notify::new(),
+            verdicts: Mutex::default(),
         })
     }
 
@@ -183,8 +199,15 @@ impl ResultSpool {
     }
 
     /// Writes one result durably (file and directory fsynced). Blocking:
-    /// call it from a blocking thread.
-    pub fn put(&self, vm_id: Uuid, task_id: &str, document_json: String) -> Result<(), SpoolError> {
+    /// call it from a blocking thread. The receiver hears the controller's
+    /// verdict once the poster has one; it may never, while the controller
+    /// is out of reach (the result stays spooled all the same).
+    pub fn put(
+        &self,
+        vm_id: Uuid,
+        task_id: &str,
+        document_json: String,
+    ) -> Result<oneshot::Receiver<Verdict>, SpoolError> {
         let body = serde_json::to_vec(&Entry {
             vm_id: vm_id.to_string(),
             task_id: task_id.to_string(),
@@ -226,25 +249,47 @@ impl ResultSpool {
             }
             usage.add(&vm, size);
         }
-        let written = self.write_durably(&vm, &body);
-        if written.is_err() {
-            self.lock().sub(&vm, size);
-        }
-        written?;
-        self.spooled.notify_one();
-        Ok(())
-    }
-
-    fn write_durably(&self, vm: &str, body: &[u8]) -> Result<(), SpoolError> {
-        use std::io::Write;
         // Time first, so a directory listing sorts oldest first.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let name = format!("{now_ms:016}-{vm}-{}", Uuid::new_v4().simple());
-        let tmp = self.dir.join(format!("{name}.tmp"));
         let done = self.dir.join(format!("{name}.json"));
+        // Registered before the file exists, so a poster round that lists it
+        // at once still finds whom to tell.
+        let (verdict_tx, verdict_rx) = oneshot::channel();
+        self.waiting().insert(done.clone(), verdict_tx);
+        let written = self.write_durably(&name, &done, &body);
+        if written.is_err() {
+            self.lock().sub(&vm, size);
+            self.waiting().remove(&done);
+        }
+        written?;
+        self.spooled.notify_one();
+        Ok(verdict_rx)
+    }
+
+    fn waiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, oneshot::Sender<Verdict>>>
+    {
+        self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a posted file and tells its waiter, if any, the verdict.
+    fn settle(&self, path: &Path, verdict: Verdict) {
+        self.remove(path);
+        if let Some(waiter) = self.waiting().remove(path) {
+            // The waiter may have stopped waiting; the verdict stands anyway.
+            let _ = waiter.send(verdict);
+        }
+    }
+
+    fn write_durably(&self, name: &str, done: &Path, body: &[u8]) -> Result<(), SpoolError> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let done = done.to_path_buf();
         let result = (|| {
             let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
             file.write_all(body).map_err(io_err(&tmp))?;
@@ -331,7 +376,7 @@ impl ResultSpool {
                 Ok(entry) => entry,
                 Err(err) => {
                     tracing::error!(path = %path.display(), error = %err, "dropping an unreadable spooled result");
-                    self.remove(&path);
+                    self.settle(&path, Verdict::Lost(err));
                     continue;
                 }
             };
@@ -341,14 +386,14 @@ impl ResultSpool {
             {
                 Ok(result_id) => {
                     tracing::info!(vm = %entry.vm_id, task = %entry.task_id, result = %result_id, "relayed guest result");
-                    self.remove(&path);
+                    self.settle(&path, Verdict::Committed(result_id));
                 }
                 Err(ReconcileError::Controller { status, .. })
                     if refused_for_good(status.code()) =>
                 {
                     tracing::warn!(vm = %entry.vm_id, task = %entry.task_id, error = %status.message(),
                         "the controller refused a guest result; dropped from the spool");
-                    self.remove(&path);
+                    self.settle(&path, Verdict::Rejected(status.message().to_string()));
                 }
                 Err(err) => {
                     tracing::warn!(vm = %entry.vm_id, task = %entry.task_id, error = %err,

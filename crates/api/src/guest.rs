@@ -357,6 +357,13 @@ pub enum AgentMessage {
         /// Why it was refused.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The controller refused the document for good (its task is not
+        /// the VM's platform's, or the document is invalid): posting it
+        /// again cannot succeed. False when the refusal is the node's
+        /// (spool or queue full), which a later post may get past. Absent
+        /// from older agents, whose refusals were all of the second kind.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rejected: bool,
     },
     /// Answer to a [`GuestMessage::PollTasks`] the node agent would not relay
     /// (the guest polls faster than its budget, or the node's relay queue is
