@@ -12,8 +12,11 @@
 //! running, untouched. The release predates TLS, so its lab is plaintext
 //! and the upgrading `lab up` says `--plaintext` too.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::Context;
 
 use measurelab_acceptance::multicast_example::paper_experiment;
 use measurelab_acceptance::release::Release;
@@ -43,18 +46,28 @@ fn up_from_this_build(lab: &Lab) -> anyhow::Result<()> {
 
 /// Check that every running VM's guest agent is `guest_agent`: the node agent
 /// starts the one beside its own executable, so this is the agent's release.
+/// A namespace guest sees its binaries bind-mounted under
+/// `/opt/measurelab/bin`, so `/proc/PID/exe` names that path; the file is
+/// the same one, which its device and inode show.
 fn guest_agents_are(lab: &Lab, guest_agent: &Path) -> anyhow::Result<()> {
+    let expected =
+        std::fs::metadata(guest_agent).with_context(|| format!("{}", guest_agent.display()))?;
     let client = lab.client()?;
     let vms = block_on(async { Ok(client.list_vms("").await?) })?;
     anyhow::ensure!(!vms.is_empty(), "no VMs while the example is applied");
     for vm in &vms {
-        let executables = guest_processes(&vm.id)
-            .into_iter()
-            .filter_map(|pid| executable(pid).ok())
-            .collect::<Vec<PathBuf>>();
+        let processes = guest_processes(&vm.id);
+        let runs_it = processes.iter().any(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| (exe.dev(), exe.ino()) == (expected.dev(), expected.ino()))
+        });
+        let executables: Vec<(i32, PathBuf)> = processes
+            .iter()
+            .filter_map(|pid| executable(*pid).ok().map(|exe| (*pid, exe)))
+            .collect();
         anyhow::ensure!(
-            executables.iter().any(|exe| exe == guest_agent),
-            "VM {} on {}: no process runs {} (its processes run {executables:?})",
+            runs_it,
+            "VM {} on {}: no process runs {} (its processes: {executables:?})",
             vm.name,
             vm.node,
             guest_agent.display()
