@@ -28,6 +28,23 @@ fn agent(k: u32) -> String {
     format!("n{k}-agent")
 }
 
+/// The release as deployed: its binaries, and a lab its own `lab up` made.
+struct Deployed {
+    release: Release,
+    /// Holds the release's `measurelab` and `measurelab-guest-agent`.
+    dir: PathBuf,
+    lab: Lab,
+}
+
+impl Deployed {
+    fn up() -> anyhow::Result<Deployed> {
+        let release = Release::recorded()?;
+        let dir = release.binaries()?;
+        let lab = Lab::up_from(&dir.join("measurelab"), NODES, &[])?;
+        Ok(Deployed { release, dir, lab })
+    }
+}
+
 /// `lab up` from this build on a lab made by the release: restarts whatever
 /// was stopped from this build's binary.
 fn up_from_this_build(lab: &Lab) -> anyhow::Result<()> {
@@ -83,10 +100,12 @@ fn acc_release_agents_under_this_controller() -> anyhow::Result<()> {
     if !acc_enabled("acc_release_agents_under_this_controller") {
         return Ok(());
     }
-    let release = Release::recorded()?;
-    let release_dir = release.binaries()?;
+    let Deployed {
+        release,
+        dir: release_dir,
+        lab,
+    } = Deployed::up()?;
     let release_measurelab = release_dir.join("measurelab");
-    let lab = Lab::up_from(&release_measurelab, NODES, &[])?;
     let agents: Vec<i32> = (1..=NODES)
         .map(|k| lab.pid(&agent(k)))
         .collect::<anyhow::Result<_>>()?;
@@ -123,10 +142,12 @@ fn acc_this_agents_under_the_release_controller() -> anyhow::Result<()> {
     if !acc_enabled("acc_this_agents_under_the_release_controller") {
         return Ok(());
     }
-    let release = Release::recorded()?;
-    let release_dir = release.binaries()?;
+    let Deployed {
+        release,
+        dir: release_dir,
+        lab,
+    } = Deployed::up()?;
     let release_measurelab = release_dir.join("measurelab");
-    let lab = Lab::up_from(&release_measurelab, NODES, &[])?;
     let controller = lab.pid("controller")?;
 
     for k in 1..=NODES {
