@@ -228,6 +228,29 @@ mod tests {
         }
     }
 
+    /// A clone without the commit (a shallow one) fails, naming the commit,
+    /// before anything is extracted or built.
+    #[test]
+    fn a_missing_commit_is_named() {
+        let release = Release {
+            version: "0.0.1".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        };
+        let err = release.binaries().unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with(
+                "release 0.0.1 is commit 0123456789abcdef0123456789abcdef01234567 \
+                 (compat/released/RELEASE), which this clone"
+            ),
+            "{message}"
+        );
+        assert!(!target_root()
+            .join("released")
+            .join(&release.commit)
+            .exists());
+    }
+
     #[test]
     fn parse_reads_keys_and_skips_comments() {
         let release = Release::parse(
