@@ -59,6 +59,11 @@ echo "== tests (unit, integration, real networking)"
 # run separately since nextest does not run them.
 cargo nextest run --workspace
 cargo test --workspace --doc
+echo "== the last release's agent and guest agent, for the mixed-version tests"
+# Built from the commit in compat/released/RELEASE (git history, so CI's
+# clone must not be shallow) into target/released/<commit>; timed here, on
+# its own, rather than inside a test's time limit.
+cargo run -q -p measurelab-acceptance --bin release-binaries
 echo "== acceptance (terraform CLI against a real lab)"
 TF_ACC=1 cargo nextest run -p measurelab-acceptance
 echo "== fuzz smoke (every target from its seed corpus; FUZZ_SECONDS each)"

@@ -12,6 +12,7 @@
 //! Tests need root (the lab creates network namespaces) and run slowly, which
 //! is why they are gated.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +24,9 @@ use measurelab_api::http::Node;
 
 #[path = "../../cli/src/tfrc.rs"]
 pub mod tfrc;
+
+pub mod multicast_example;
+pub mod release;
 
 /// True when acceptance tests should run (`TF_ACC=1`); otherwise prints a
 /// visible skip line for `test`.
@@ -135,12 +139,22 @@ impl Lab {
     /// Like [`Lab::up`], with extra `lab up` flags (e.g. a short heartbeat).
     pub fn up_with(nodes: u32, extra: &[&str]) -> anyhow::Result<Lab> {
         let binaries = Binaries::locate()?;
+        let measurelab = binaries.measurelab();
+        Lab::up_from(&measurelab, nodes, extra)
+    }
+
+    /// Like [`Lab::up_with`], with the lab made by another `measurelab`
+    /// binary (another release's): its controller and agents run from it.
+    /// The harness's own commands (`lab env`, `lab down`), the clients and
+    /// the provider stay this build's.
+    pub fn up_from(measurelab: &Path, nodes: u32, extra: &[&str]) -> anyhow::Result<Lab> {
+        let binaries = Binaries::locate()?;
         let name = unique_lab_name();
         let dir = tempfile::Builder::new()
             .prefix("measurelab-acc-")
             .tempdir()?;
         let started = Instant::now();
-        let output = Command::new(binaries.measurelab())
+        let output = Command::new(measurelab)
             .args([
                 "lab",
                 "up",
@@ -247,15 +261,35 @@ impl Lab {
     /// Stop node `name`'s agent (SIGTERM to the pid the lab recorded), so the
     /// controller sees the node go silent.
     pub fn stop_agent(&self, name: &str) -> anyhow::Result<()> {
-        let pid_file = self
-            .dir
-            .path()
-            .join("pids")
-            .join(format!("{name}-agent.pid"));
-        let pid = std::fs::read_to_string(&pid_file)
+        let pid = self.pid(&format!("{name}-agent"))?;
+        let status = Command::new("kill").arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill {pid} failed");
+        Ok(())
+    }
+
+    /// The pid the lab recorded for `process` (`controller`, `nK-agent`).
+    pub fn pid(&self, process: &str) -> anyhow::Result<i32> {
+        let pid_file = self.dir.path().join("pids").join(format!("{process}.pid"));
+        let text = std::fs::read_to_string(&pid_file)
             .with_context(|| format!("reading {}", pid_file.display()))?;
-        let status = Command::new("kill").arg(pid.trim()).status()?;
-        anyhow::ensure!(status.success(), "kill {} failed", pid.trim());
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: {text:?} is not a pid", pid_file.display()))
+    }
+
+    /// SIGTERM to `process`, as systemd stops a unit, then wait until it has
+    /// exited, so a following `lab up` starts it again.
+    pub fn stop_and_wait(&self, process: &str, timeout: Duration) -> anyhow::Result<()> {
+        let pid = self.pid(process)?;
+        let status = Command::new("kill").arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill {pid} ({process}) failed");
+        let deadline = Instant::now() + timeout;
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if Instant::now() > deadline {
+                bail!("{process} (pid {pid}) did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(())
     }
 
@@ -338,7 +372,8 @@ impl Lab {
         block_on(async move { Ok(client.list_nodes().await?) })
     }
 
-    fn wait_online(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    /// Wait until at least `count` nodes are online.
+    pub fn wait_online(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let nodes = self.nodes();
@@ -380,6 +415,29 @@ impl Drop for Lab {
             Err(err) => eprintln!("WARNING: lab {} teardown failed: {err:#}", self.name),
         }
     }
+}
+
+/// The executable process `pid` runs.
+pub fn executable(pid: i32) -> anyhow::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("reading /proc/{pid}/exe"))
+}
+
+/// Every process of a namespace-backend guest, from its cgroup (the backend
+/// names both `vm-<first 8 hex of the VM id>`).
+pub fn guest_processes(vm_id: &str) -> BTreeSet<i32> {
+    let netns = format!("vm-{}", &vm_id.replace('-', "")[..8]);
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let root = if unified.join("cgroup.procs").is_file() {
+        unified
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    std::fs::read_to_string(root.join("measurelab").join(netns).join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
 }
 
 /// The value of `key` in `lab env` output.

@@ -5,15 +5,14 @@
 //! twice when the restarted agent re-posts what it had spooled.
 //!
 //! The "new binary" is this build copied to a new path (a new file, as a
-//! package upgrade installs). A previous release's binary is the other half of
-//! the test and needs a release tag; docs/version-skew.md says what a
-//! controller promises such an agent.
+//! package upgrade installs). The last release's binaries against this
+//! controller, and the reverse, are `version_skew.rs`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use measurelab_acceptance::{acc_enabled, block_on, workspace_root, Lab};
+use measurelab_acceptance::{acc_enabled, block_on, guest_processes, workspace_root, Lab};
 use measurelab_api::http::ResultRecord;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -47,38 +46,9 @@ module "multicast" {{
     )
 }
 
-/// The namespace backend's name for a guest: `vm-<first 8 hex of its id>`.
-fn vm_netns(vm_id: &str) -> String {
-    format!("vm-{}", &vm_id.replace('-', "")[..8])
-}
-
-/// Every process of a namespace guest, from its cgroup.
-fn guest_processes(netns: &str) -> BTreeSet<i32> {
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    let root = if unified.join("cgroup.procs").is_file() {
-        unified
-    } else {
-        Path::new("/sys/fs/cgroup")
-    };
-    std::fs::read_to_string(root.join("measurelab").join(netns).join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect()
-}
-
 fn started(record: &ResultRecord) -> OffsetDateTime {
     OffsetDateTime::parse(&record.started_at, &Rfc3339)
         .unwrap_or_else(|err| panic!("started_at {:?}: {err}", record.started_at))
-}
-
-fn agent_pid(lab: &Lab, node: &str) -> anyhow::Result<i32> {
-    let file = lab
-        .dir
-        .path()
-        .join("pids")
-        .join(format!("{node}-agent.pid"));
-    Ok(std::fs::read_to_string(file)?.trim().parse()?)
 }
 
 /// `measurelab` and the guest agent copied into `dir`: what an upgrade installs.
@@ -133,7 +103,7 @@ fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
     anyhow::ensure!(vms.len() == 3, "an MSCS and two points: {vms:#?}");
     let guests_before: Vec<(String, BTreeSet<i32>)> = vms
         .iter()
-        .map(|vm| (vm.name.clone(), guest_processes(&vm_netns(&vm.id))))
+        .map(|vm| (vm.name.clone(), guest_processes(&vm.id)))
         .collect();
     for (name, processes) in &guests_before {
         anyhow::ensure!(!processes.is_empty(), "guest {name} has no processes");
@@ -141,24 +111,16 @@ fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
 
     // The upgrade: stop the agent as systemd would (SIGTERM), then start it
     // again from the newly installed binary.
-    let old_pid = agent_pid(&lab, "n1")?;
+    let old_pid = lab.pid("n1-agent")?;
     let new_binary = install_new_binaries(&lab, &tf.dir.path().join("next"))?;
-    lab.stop_agent("n1")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Path::new(&format!("/proc/{old_pid}")).exists() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the agent did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.stop_and_wait("n1-agent", Duration::from_secs(30))?;
     let down_at = OffsetDateTime::now_utc();
     // Down across a run's start: the MSCS's next run begins while the agent is gone.
     std::thread::sleep(Duration::from_secs(INTERVAL_SECONDS));
     let mut up = vec!["lab", "up", "--nodes", "2", "--http-port", "0"];
     up.extend(lab_flags);
     lab.measurelab_from(&new_binary, &up)?;
-    let new_pid = agent_pid(&lab, "n1")?;
+    let new_pid = lab.pid("n1-agent")?;
     assert_ne!(new_pid, old_pid);
     assert_eq!(
         std::fs::read_link(format!("/proc/{new_pid}/exe"))?,
@@ -174,7 +136,7 @@ fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
             .find(|vm| &vm.name == name)
             .expect("listed above");
         assert_eq!(
-            &guest_processes(&vm_netns(&vm.id)),
+            &guest_processes(&vm.id),
             processes,
             "guest {name}'s processes changed: it was restarted"
         );

@@ -1,0 +1,179 @@
+//! Mixed versions (issue 13 §3, docs/version-skew.md): the last release's
+//! node agent and guest agent, built from the commit in
+//! `compat/released/RELEASE`, against this tree's controller, and the
+//! reverse. Both run the multicast example through this tree's provider with
+//! the same checks as `multicast_module.rs`.
+//!
+//! Each test starts from the release as it was deployed: a lab made by the
+//! release's `measurelab` (its controller, agents and guest agents, its
+//! database and agent state). Then one side is upgraded as a package
+//! upgrade does it: the process is stopped with SIGTERM and this build's
+//! `lab up` starts it again from this build's binary; the other side keeps
+//! running, untouched. The release predates TLS, so its lab is plaintext
+//! and the upgrading `lab up` says `--plaintext` too.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use measurelab_acceptance::multicast_example::paper_experiment;
+use measurelab_acceptance::release::Release;
+use measurelab_acceptance::{acc_enabled, block_on, executable, guest_processes, Lab};
+
+const NODES: u32 = 4;
+
+fn agent(k: u32) -> String {
+    format!("n{k}-agent")
+}
+
+/// The release as deployed: its binaries, and a lab its own `lab up` made.
+struct Deployed {
+    release: Release,
+    /// Holds the release's `measurelab` and `measurelab-guest-agent`.
+    dir: PathBuf,
+    lab: Lab,
+}
+
+impl Deployed {
+    fn up() -> anyhow::Result<Deployed> {
+        let release = Release::recorded()?;
+        let dir = release.binaries()?;
+        let lab = Lab::up_from(&dir.join("measurelab"), NODES, &[])?;
+        Ok(Deployed { release, dir, lab })
+    }
+}
+
+/// `lab up` from this build on a lab made by the release: restarts whatever
+/// was stopped from this build's binary.
+fn up_from_this_build(lab: &Lab) -> anyhow::Result<()> {
+    let nodes = NODES.to_string();
+    lab.measurelab(&[
+        "lab",
+        "up",
+        "--nodes",
+        &nodes,
+        "--http-port",
+        "0",
+        "--plaintext",
+    ])?;
+    Ok(())
+}
+
+/// Check that every running VM's guest agent is `guest_agent`: the node agent
+/// starts the one beside its own executable, so this is the agent's release.
+/// A namespace guest sees its binaries bind-mounted under
+/// `/opt/measurelab/bin`, so `/proc/PID/exe` names that path; the file is
+/// the same one, which its device and inode show.
+fn guest_agents_are(lab: &Lab, guest_agent: &Path) -> anyhow::Result<()> {
+    let expected =
+        std::fs::metadata(guest_agent).with_context(|| format!("{}", guest_agent.display()))?;
+    let client = lab.client()?;
+    let vms = block_on(async { Ok(client.list_vms("").await?) })?;
+    anyhow::ensure!(!vms.is_empty(), "no VMs while the example is applied");
+    for vm in &vms {
+        let processes = guest_processes(&vm.id);
+        let runs_it = processes.iter().any(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| (exe.dev(), exe.ino()) == (expected.dev(), expected.ino()))
+        });
+        let executables: Vec<(i32, PathBuf)> = processes
+            .iter()
+            .filter_map(|pid| executable(*pid).ok().map(|exe| (*pid, exe)))
+            .collect();
+        anyhow::ensure!(
+            runs_it,
+            "VM {} on {}: no process runs {} (its processes: {executables:?})",
+            vm.name,
+            vm.node,
+            guest_agent.display()
+        );
+    }
+    Ok(())
+}
+
+/// The order the policy supports: the controller is upgraded first, and the
+/// release's agents and guest agents keep running under it.
+#[test]
+fn acc_release_agents_under_this_controller() -> anyhow::Result<()> {
+    if !acc_enabled("acc_release_agents_under_this_controller") {
+        return Ok(());
+    }
+    let Deployed {
+        release,
+        dir: release_dir,
+        lab,
+    } = Deployed::up()?;
+    let release_measurelab = release_dir.join("measurelab");
+    let agents: Vec<i32> = (1..=NODES)
+        .map(|k| lab.pid(&agent(k)))
+        .collect::<anyhow::Result<_>>()?;
+
+    lab.stop_and_wait("controller", Duration::from_secs(30))?;
+    up_from_this_build(&lab)?;
+    assert_eq!(
+        executable(lab.pid("controller")?)?,
+        lab.binaries.measurelab(),
+        "the controller runs this build"
+    );
+    for (k, pid) in (1..=NODES).zip(&agents) {
+        assert_eq!(lab.pid(&agent(k))?, *pid, "n{k}'s agent was restarted");
+        assert_eq!(
+            executable(*pid)?,
+            release_measurelab,
+            "n{k}'s agent runs release {}",
+            release.version
+        );
+    }
+    lab.wait_online(NODES as usize, Duration::from_secs(60))?;
+
+    paper_experiment(&lab, || {
+        guest_agents_are(&lab, &release_dir.join("measurelab-guest-agent"))
+    })
+}
+
+/// The reverse: this build's agents and guest agents under the release's
+/// controller (a controller rolled back, or agents upgraded out of order).
+/// The policy does not promise this direction for new features, only that
+/// what both versions know keeps working; the example uses nothing newer.
+#[test]
+fn acc_this_agents_under_the_release_controller() -> anyhow::Result<()> {
+    if !acc_enabled("acc_this_agents_under_the_release_controller") {
+        return Ok(());
+    }
+    let Deployed {
+        release,
+        dir: release_dir,
+        lab,
+    } = Deployed::up()?;
+    let release_measurelab = release_dir.join("measurelab");
+    let controller = lab.pid("controller")?;
+
+    for k in 1..=NODES {
+        lab.stop_and_wait(&agent(k), Duration::from_secs(30))?;
+    }
+    up_from_this_build(&lab)?;
+    assert_eq!(
+        lab.pid("controller")?,
+        controller,
+        "the controller was restarted"
+    );
+    assert_eq!(
+        executable(controller)?,
+        release_measurelab,
+        "the controller runs release {}",
+        release.version
+    );
+    for k in 1..=NODES {
+        assert_eq!(
+            executable(lab.pid(&agent(k))?)?,
+            lab.binaries.measurelab(),
+            "n{k}'s agent runs this build"
+        );
+    }
+    lab.wait_online(NODES as usize, Duration::from_secs(60))?;
+
+    let guest_agent = lab.binaries.dir.join("measurelab-guest-agent");
+    paper_experiment(&lab, || guest_agents_are(&lab, &guest_agent))
+}
