@@ -11,10 +11,14 @@
 //! {"op":"receive",...}                           {"type":"ready",...}   (joined, queueing)
 //! {"op":"stop","packets_sent":N}                 {"type":"receiver_report",...}
 //! {"op":"send",...}                              {"type":"sender_report",...}
+//! {"op":"signed","task":..,"request":"{..}",..}  the answer to the inner request
 //! any                                            {"type":"error","message":...}
 //! ```
 //!
-//! Version 1. A point answers an unknown `op` with an error, never by closing silently.
+//! Version 2: `signed` carries a request with its per-task key proof
+//! ([`crate::auth::SignedRequest`]); a point started with keys refuses `send` and
+//! `receive` outside it. Version 1 points answer `signed` with an unknown-op error. A
+//! point answers an unknown `op` with an error, never by closing silently.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -26,7 +30,7 @@ use crate::receiver::TimestampSource;
 use crate::sender::SenderReport;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest request line a point reads. Requests are a few hundred bytes; the bound is
 /// what keeps a peer that never sends a newline from growing the point's memory.
@@ -205,6 +209,21 @@ pub enum ControlRequest {
     },
     /// Send probes, then answer with a sender report.
     Send(SendRequest),
+    /// Another request with its per-task key proof.
+    Signed(crate::auth::SignedRequest),
+}
+
+impl ControlRequest {
+    /// The op as it is on the wire, for errors and logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Receive(_) => "receive",
+            Self::Stop { .. } => "stop",
+            Self::Send(_) => "send",
+            Self::Signed(_) => "signed",
+        }
+    }
 }
 
 /// Parameters of a receive.

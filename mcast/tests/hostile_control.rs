@@ -125,7 +125,7 @@ fn stream_endless_line(addr: SocketAddr, baseline_rss_kib: u64) -> (u64, String)
 
 #[test]
 fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
-    let point = spawn_point("127.0.0.1:0".parse().unwrap(), "svc", Ipv4Addr::LOCALHOST).unwrap();
+    let point = spawn_point("127.0.0.1:0".parse().unwrap(), "svc", Ipv4Addr::LOCALHOST, None).unwrap();
     let addr = point.local_addr();
     assert_serves_info(&point);
     let baseline_rss_kib = vm_rss_kib();

@@ -299,7 +299,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _stop) = start_mscs(dir.path()).await;
     let http = reqwest::Client::new();
-    let good = json!({"name": "p1", "data_addr": "127.0.0.1", "control_addr": "127.0.0.1:7400", "protocol_version": 1});
+    let good = json!({"name": "p1", "data_addr": "127.0.0.1", "control_addr": "127.0.0.1:7400", "protocol_version": 2});
     let post = |body: String| {
         http.post(format!("{base}/points"))
             .header("content-type", "application/json")
@@ -314,7 +314,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
 
     let mut newer = good.clone();
     newer["name"] = "p2".into();
-    newer["protocol_version"] = 2.into();
+    newer["protocol_version"] = 3.into();
     let response = post(newer.to_string()).await.unwrap();
     assert_eq!(response.status(), 409);
     let error: Value = response.json().await.unwrap();
@@ -322,7 +322,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
     assert_eq!(error["error"]["field"], "protocol_version");
     let message = error["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("version 2") && message.contains("version 1"),
+        message.contains("version 3") && message.contains("version 2"),
         "{message}"
     );
 

@@ -16,6 +16,7 @@ pub(crate) mod appliances;
 mod batch;
 mod checkpoint;
 mod codec;
+mod control_keys;
 pub(crate) mod comparisons;
 mod database;
 pub(crate) mod desired;
