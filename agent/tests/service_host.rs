@@ -361,14 +361,24 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     // reach n2 by the kernel's count (a quarter second's worth): nothing is
     // posted, and since the task is still open the next agent runs it again.
     let n2_before = udp_in_datagrams(&nodes.namespaces[1])?;
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone(), nodes.keys.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("the run's probes at n2", Duration::from_secs(30), || {
         udp_in_datagrams(&nodes.namespaces[1]).is_ok_and(|now| now >= n2_before + 50)
     })?;
     stop.send(true)?;
     runner.join().unwrap();
     assert!(control.posted().is_empty(), "{:#?}", control.posted());
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone(), nodes.keys.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("the once result", Duration::from_secs(30), || {
         !control.posted().is_empty()
     })?;
@@ -379,7 +389,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     // Nothing observable marks a run that was rightly not started, so this is a
     // window: one run's length (2 s) and a second for its delivery, in which a
     // re-run would have posted a second result.
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone(), nodes.keys.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     stop.send(true)?;
     runner.join().unwrap();
@@ -422,7 +437,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     *control.refuse_posts.lock().unwrap() = 1_000;
     *control.attempts.lock().unwrap() = 0;
     control.posted.lock().unwrap().clear();
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone(), nodes.keys.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("a refused delivery", Duration::from_secs(30), || {
         *control.attempts.lock().unwrap() > 1
     })?;
@@ -437,7 +457,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     assert!(!state.path().join("once-1.json").exists());
 
     *control.refuse_posts.lock().unwrap() = 0;
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone(), nodes.keys.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("three periodic results", Duration::from_secs(40), || {
         control.posted().len() >= 3
     })?;
@@ -479,7 +504,11 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
             "{}",
             point.name()
         );
-        assert!(counters.sends_started.load(Ordering::Relaxed) > 0, "{}", point.name());
+        assert!(
+            counters.sends_started.load(Ordering::Relaxed) > 0,
+            "{}",
+            point.name()
+        );
     }
     drop(nodes);
     Ok(())
@@ -558,7 +587,10 @@ fn an_unauthenticated_send_is_refused_and_no_probe_arrives() -> Result<()> {
         other => panic!("expected a refusal ({reason}), got {other:?}"),
     };
     let n1 = nodes.points[0].counters();
-    let (source_addr, listener_addr) = (nodes.peers[0].endpoint.clone(), nodes.peers[2].endpoint.clone());
+    let (source_addr, listener_addr) = (
+        nodes.peers[0].endpoint.clone(),
+        nodes.peers[2].endpoint.clone(),
+    );
     // The service network is reachable from the nodes' namespaces only.
     in_netns(nodes.namespaces[0].name(), move || -> Result<()> {
         // n3 listens with the task's key, so every probe n1 sends reaches a socket there.
@@ -580,7 +612,7 @@ fn an_unauthenticated_send_is_refused_and_no_probe_arrives() -> Result<()> {
             "does not match",
         );
         // Nothing was sent: n1 started no sender and n3's receiver counted nothing.
-            assert_eq!(n1.sends_started.load(Ordering::Relaxed), 0);
+        assert_eq!(n1.sends_started.load(Ordering::Relaxed), 0);
         assert_eq!(n1.refused_unauthenticated.load(Ordering::Relaxed), 2);
         let report = match listener.request(&ControlRequest::Stop {
             packets_sent: Some(0),

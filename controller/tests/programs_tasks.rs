@@ -658,7 +658,10 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(n2_state.service_tasks[0].control_key.as_deref(), Some(key.as_str()));
+    assert_eq!(
+        n2_state.service_tasks[0].control_key.as_deref(),
+        Some(key.as_str())
+    );
     assert!(!state.service_tasks[0].spec_json.contains(&key));
     for path in ["/v1/tasks", "/v1/tasks/quick", "/v1/events"] {
         let (status, body) = controller.call(Method::GET, path, None).await;

@@ -134,7 +134,10 @@ impl ControlKey {
     /// they differ.
     pub fn matches_bearer(&self, presented: &str) -> bool {
         let key = self.hmac_key();
-        let expected = hmac::sign(&key, &[API_CONTEXT, hex::encode(self.secret).as_bytes()].concat());
+        let expected = hmac::sign(
+            &key,
+            &[API_CONTEXT, hex::encode(self.secret).as_bytes()].concat(),
+        );
         hmac::verify(
             &key,
             &[API_CONTEXT, presented.trim().as_bytes()].concat(),
@@ -153,10 +156,16 @@ impl ControlKey {
 /// inner request line, each length-prefixed so no two different tuples give the same
 /// bytes.
 pub fn mac_input(task: &str, timestamp_ms: i64, nonce: &str, request: &str) -> Vec<u8> {
-    let mut input = Vec::with_capacity(MAC_CONTEXT.len() + task.len() + nonce.len() + request.len() + 40);
+    let mut input =
+        Vec::with_capacity(MAC_CONTEXT.len() + task.len() + nonce.len() + request.len() + 40);
     input.extend_from_slice(MAC_CONTEXT);
     let timestamp = timestamp_ms.to_string();
-    for part in [task.as_bytes(), timestamp.as_bytes(), nonce.as_bytes(), request.as_bytes()] {
+    for part in [
+        task.as_bytes(),
+        timestamp.as_bytes(),
+        nonce.as_bytes(),
+        request.as_bytes(),
+    ] {
         input.extend_from_slice(&(part.len() as u64).to_be_bytes());
         input.extend_from_slice(part);
     }
@@ -264,7 +273,9 @@ pub struct KeyRing {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking holder cannot leave a key map half-written: every write is one insert
     // or one replacement.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl KeyRing {
@@ -376,7 +387,12 @@ impl KeyRing {
             .ok_or_else(|| AuthError::UnknownTask {
                 task: signed.task.clone(),
             })?;
-        let input = mac_input(&signed.task, signed.timestamp_ms, &signed.nonce, &signed.request);
+        let input = mac_input(
+            &signed.task,
+            signed.timestamp_ms,
+            &signed.nonce,
+            &signed.request,
+        );
         hmac::verify(&key.hmac_key(), &input, &tag).map_err(|_| AuthError::BadMac {
             task: signed.task.clone(),
         })?;
@@ -432,7 +448,11 @@ mod tests {
     fn the_right_key_passes_once_and_others_are_refused_by_reason() {
         let ring = KeyRing::with_keys([key("task-a", 1), key("task-b", 2)]);
         let now = 1_700_000_000_000;
-        let good = signed(key("task-a", 1).sign_at(&ControlRequest::Info, now, NONCE).unwrap());
+        let good = signed(
+            key("task-a", 1)
+                .sign_at(&ControlRequest::Info, now, NONCE)
+                .unwrap(),
+        );
         assert_eq!(
             ring.verify_at(&good, now + 5, Duration::ZERO).unwrap(),
             ControlRequest::Info
@@ -442,42 +462,75 @@ mod tests {
             ring.verify_at(&good, now + 6, Duration::ZERO).unwrap_err(),
             AuthError::Replayed
         );
-        let fresh = |k: &ControlKey, n: &str| signed(k.sign_at(&ControlRequest::Info, now, n).unwrap());
+        let fresh =
+            |k: &ControlKey, n: &str| signed(k.sign_at(&ControlRequest::Info, now, n).unwrap());
         // Task A's key claiming task B.
         let mut stolen = fresh(&key("task-a", 1), "10112233445566778899aabbccddeeff");
         stolen.task = "task-b".into();
-        assert_eq!(ring.verify_at(&stolen, now, Duration::ZERO).unwrap_err().reason(), "bad_mac");
+        assert_eq!(
+            ring.verify_at(&stolen, now, Duration::ZERO)
+                .unwrap_err()
+                .reason(),
+            "bad_mac"
+        );
         // A key the ring does not hold.
         let unknown = fresh(&key("task-c", 3), "20112233445566778899aabbccddeeff");
-        assert_eq!(ring.verify_at(&unknown, now, Duration::ZERO).unwrap_err().reason(), "unknown_task");
+        assert_eq!(
+            ring.verify_at(&unknown, now, Duration::ZERO)
+                .unwrap_err()
+                .reason(),
+            "unknown_task"
+        );
         // An altered request line.
         let mut altered = fresh(&key("task-b", 2), "30112233445566778899aabbccddeeff");
         altered.request = r#"{"op":"stop","packets_sent":1}"#.into();
-        assert_eq!(ring.verify_at(&altered, now, Duration::ZERO).unwrap_err().reason(), "bad_mac");
+        assert_eq!(
+            ring.verify_at(&altered, now, Duration::ZERO)
+                .unwrap_err()
+                .reason(),
+            "bad_mac"
+        );
         // Too old.
         let old = fresh(&key("task-b", 2), "40112233445566778899aabbccddeeff");
         let late = now + MAX_CLOCK_SKEW.as_millis() as i64 + 1;
-        assert_eq!(ring.verify_at(&old, late, Duration::ZERO).unwrap_err().reason(), "stale");
+        assert_eq!(
+            ring.verify_at(&old, late, Duration::ZERO)
+                .unwrap_err()
+                .reason(),
+            "stale"
+        );
         let mut short = fresh(&key("task-b", 2), "50112233445566778899aabbccddeeff");
         short.nonce = "00".into();
-        assert_eq!(ring.verify_at(&short, now, Duration::ZERO).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            ring.verify_at(&short, now, Duration::ZERO)
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
     }
 
     #[test]
     fn a_missing_key_is_waited_for_and_announced() {
         let ring = std::sync::Arc::new(KeyRing::default());
         let now = unix_ms_now();
-        let request = signed(key("late", 7).sign_at(&ControlRequest::Info, now, NONCE).unwrap());
+        let request = signed(
+            key("late", 7)
+                .sign_at(&ControlRequest::Info, now, NONCE)
+                .unwrap(),
+        );
         let keeper = {
             let ring = std::sync::Arc::clone(&ring);
             std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
                 runtime.block_on(ring.key_missed());
                 ring.replace([key("late", 7)]);
             })
         };
         assert_eq!(
-            ring.verify_at(&request, now, Duration::from_secs(20)).unwrap(),
+            ring.verify_at(&request, now, Duration::from_secs(20))
+                .unwrap(),
             ControlRequest::Info
         );
         keeper.join().unwrap();
@@ -494,8 +547,14 @@ mod tests {
 
     #[test]
     fn keys_must_be_64_hex_digits() {
-        assert_eq!(ControlKey::from_hex("t", "abcd").unwrap_err().field, "control_key");
-        assert_eq!(ControlKey::from_hex("", &"a".repeat(64)).unwrap_err().field, "control_key_id");
+        assert_eq!(
+            ControlKey::from_hex("t", "abcd").unwrap_err().field,
+            "control_key"
+        );
+        assert_eq!(
+            ControlKey::from_hex("", &"a".repeat(64)).unwrap_err().field,
+            "control_key_id"
+        );
         assert_eq!(ControlKey::generate_hex().len(), 64);
     }
 }

@@ -279,14 +279,20 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
 /// [`authorize`] unwraps every `signed`; answering rather than panicking keeps a
 /// future mistake there from taking a thread down.
 fn unreachable_signed(writer: &mut TcpStream) -> Result<(), PointError> {
-    write_response(writer, &error_response("a signed request cannot carry another"))
+    write_response(
+        writer,
+        &error_response("a signed request cannot carry another"),
+    )
 }
 
 /// The request to act on, or why none: `send` and `receive` need a valid key proof when
 /// the point has keys; `info` and `stop` (which only ends this connection's own receive)
 /// do not. A point without keys accepts signed requests too, checking nothing, so one
 /// MSCS can drive keyed and open points alike.
-pub fn authorize(request: ControlRequest, config: &PointConfig) -> Result<ControlRequest, AuthError> {
+pub fn authorize(
+    request: ControlRequest,
+    config: &PointConfig,
+) -> Result<ControlRequest, AuthError> {
     let outcome = match (request, config.keys.as_deref()) {
         (ControlRequest::Signed(signed), Some(keys)) => keys.verify(&signed, config.key_wait),
         (ControlRequest::Signed(signed), None) => {
@@ -411,7 +417,10 @@ fn handle_send(
             return error_response(format!("send refused: {err}"));
         }
     };
-    config.counters.sends_started.fetch_add(1, Ordering::Relaxed);
+    config
+        .counters
+        .sends_started
+        .fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch_control_connection(control, Arc::clone(&stop), Arc::clone(&done));

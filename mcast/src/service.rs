@@ -24,9 +24,9 @@ use std::thread::JoinHandle;
 
 use thiserror::Error;
 
+use crate::auth::{ControlKey, KeyRing};
 use crate::mscs::runner::{run_measurement, PointEndpoint};
 use crate::mscs::{MscsConfig, MscsError, ProbeDefaults};
-use crate::auth::{ControlKey, KeyRing};
 use crate::platform::{ControllerTask, TaskSchedule};
 use crate::point::{serve, PointConfig, PointCounters, PointError};
 use crate::result::{ResultDocument, RunKind};
@@ -347,7 +347,13 @@ mod tests {
 
     #[test]
     fn spawned_point_binds_at_once_and_stops() {
-        let point = spawn_point("127.0.0.1:0".parse().unwrap(), "p1", Ipv4Addr::LOCALHOST, None).unwrap();
+        let point = spawn_point(
+            "127.0.0.1:0".parse().unwrap(),
+            "p1",
+            Ipv4Addr::LOCALHOST,
+            None,
+        )
+        .unwrap();
         let addr = point.local_addr();
         assert_ne!(addr.port(), 0);
         std::net::TcpStream::connect(addr).unwrap();

@@ -128,7 +128,13 @@ fn stream_endless_line(addr: SocketAddr, baseline_rss_kib: u64) -> (u64, String)
 
 #[test]
 fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
-    let point = spawn_point("127.0.0.1:0".parse().unwrap(), "svc", Ipv4Addr::LOCALHOST, None).unwrap();
+    let point = spawn_point(
+        "127.0.0.1:0".parse().unwrap(),
+        "svc",
+        Ipv4Addr::LOCALHOST,
+        None,
+    )
+    .unwrap();
     let addr = point.local_addr();
     assert_serves_info(&point);
     let baseline_rss_kib = vm_rss_kib();
@@ -326,7 +332,11 @@ fn a_keyed_point_sends_only_for_the_holder_of_a_tasks_key() {
     let message = error_message(control.request(&receive));
     assert!(message.contains("receive needs a key proof"), "{message}");
 
-    assert_eq!(sends_started(&point), 1, "only the signed send started a sender");
+    assert_eq!(
+        sends_started(&point),
+        1,
+        "only the signed send started a sender"
+    );
     let counters = point.counters();
     assert_eq!(counters.receives_started.load(Ordering::Relaxed), 0);
     assert_eq!(counters.refused_unauthenticated.load(Ordering::Relaxed), 4);

@@ -496,7 +496,11 @@ async fn the_api_of_a_keyed_mscs_answers_only_its_key() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed["points"], json!([]), "a refused registration was applied");
+    assert_eq!(
+        listed["points"],
+        json!([]),
+        "a refused registration was applied"
+    );
     let tasks: Value = http
         .get(format!("{base}/tasks"))
         .bearer_auth(task_a.bearer())

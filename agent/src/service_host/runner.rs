@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use measurelab_api::node_v1::ServiceTask;
+use measurelab_mcast::auth::{ControlKey, KeyRing};
 use measurelab_mcast::platform::{ControllerTask, TaskSchedule};
 use measurelab_mcast::result::{
     ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
 };
-use measurelab_mcast::auth::{ControlKey, KeyRing};
 use measurelab_mcast::service::{run_task_with, ServiceError, ServiceOptions};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;

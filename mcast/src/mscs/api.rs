@@ -20,18 +20,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::Request;
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
-use tracing::warn;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::warn;
 
 use super::engine::Mscs;
 use super::registry::{RegistrationError, MAX_REGISTRATION_BYTES};

@@ -250,7 +250,9 @@ async fn run_source(
 ) -> Result<SenderReport, RunnerError> {
     let within = Duration::from_secs_f64(request.duration_seconds) + SENDER_SLACK;
     let mut conversation = Conversation::open(point.control).await?;
-    conversation.send(&ControlRequest::Send(request), key).await?;
+    conversation
+        .send(&ControlRequest::Send(request), key)
+        .await?;
     match conversation.receive(within).await? {
         ControlResponse::SenderReport(report) => Ok(report),
         other => Err(RunnerError::Unexpected(format!("{other:?}"))),
@@ -382,7 +384,8 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         duration_seconds: spec.config.duration_seconds,
         ttl: spec.config.ttl,
     };
-    let packets_sent = match run_source(&spec.source, send_request, spec.control_key.as_ref()).await {
+    let packets_sent = match run_source(&spec.source, send_request, spec.control_key.as_ref()).await
+    {
         Ok(report) => {
             let sent = report.packets_sent;
             source.report = Some(report);
