@@ -188,6 +188,24 @@ pub struct SignedRequest {
     pub request: String,
 }
 
+impl SignedRequest {
+    /// The request this line carries, unchecked: a point without keys acts on it, a keyed
+    /// one only after [`KeyRing::verify`].
+    pub fn inner(&self) -> Result<ControlRequest, AuthError> {
+        match serde_json::from_str::<ControlRequest>(&self.request) {
+            Ok(ControlRequest::Signed(_)) => Err(AuthError::Malformed {
+                field: "request",
+                reason: "a signed request cannot carry another".into(),
+            }),
+            Ok(request) => Ok(request),
+            Err(err) => Err(AuthError::Malformed {
+                field: "request",
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
 /// Why a request was not authenticated; the point answers with it and does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthError {
@@ -397,17 +415,7 @@ impl KeyRing {
             task: signed.task.clone(),
         })?;
         self.remember_nonce(&signed.nonce)?;
-        match serde_json::from_str::<ControlRequest>(&signed.request) {
-            Ok(ControlRequest::Signed(_)) => Err(AuthError::Malformed {
-                field: "request",
-                reason: "a signed request cannot carry another".into(),
-            }),
-            Ok(request) => Ok(request),
-            Err(err) => Err(AuthError::Malformed {
-                field: "request",
-                reason: err.to_string(),
-            }),
-        }
+        signed.inner()
     }
 
     fn remember_nonce(&self, nonce: &str) -> Result<(), AuthError> {

@@ -295,19 +295,7 @@ pub fn authorize(
 ) -> Result<ControlRequest, AuthError> {
     let outcome = match (request, config.keys.as_deref()) {
         (ControlRequest::Signed(signed), Some(keys)) => keys.verify(&signed, config.key_wait),
-        (ControlRequest::Signed(signed), None) => {
-            match serde_json::from_str::<ControlRequest>(&signed.request) {
-                Ok(ControlRequest::Signed(_)) => Err(AuthError::Malformed {
-                    field: "request",
-                    reason: "a signed request cannot carry another".into(),
-                }),
-                Ok(inner) => Ok(inner),
-                Err(err) => Err(AuthError::Malformed {
-                    field: "request",
-                    reason: err.to_string(),
-                }),
-            }
-        }
+        (ControlRequest::Signed(signed), None) => signed.inner(),
         (request @ (ControlRequest::Send(_) | ControlRequest::Receive(_)), Some(_)) => {
             Err(AuthError::Missing { op: request.op() })
         }
