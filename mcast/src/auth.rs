@@ -16,10 +16,10 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::protocol::ControlRequest;
+pub use crate::protocol::SignedRequest;
 
 /// Bytes of a secret key.
 pub const KEY_BYTES: usize = 32;
@@ -170,22 +170,6 @@ pub fn mac_input(task: &str, timestamp_ms: i64, nonce: &str, request: &str) -> V
         input.extend_from_slice(part);
     }
     input
-}
-
-/// A request with its key proof: the `signed` op of the control protocol.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedRequest {
-    /// The task whose key signed it.
-    pub task: String,
-    /// When it was signed, Unix ms.
-    pub timestamp_ms: i64,
-    /// [`NONCE_BYTES`] random bytes, hex.
-    pub nonce: String,
-    /// HMAC-SHA256 of [`mac_input`], hex.
-    pub mac: String,
-    /// The request line itself (a [`ControlRequest`] as JSON, never another `signed`).
-    pub request: String,
 }
 
 impl SignedRequest {

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Version 2: `signed` carries a request with its per-task key proof
-//! ([`crate::auth::SignedRequest`]); a point started with keys refuses `send` and
+//! ([`SignedRequest`]); a point started with keys refuses `send` and
 //! `receive` outside it. Version 1 points answer `signed` with an unknown-op error. A
 //! point answers an unknown `op` with an error, never by closing silently.
 
@@ -210,7 +210,7 @@ pub enum ControlRequest {
     /// Send probes, then answer with a sender report.
     Send(SendRequest),
     /// Another request with its per-task key proof.
-    Signed(crate::auth::SignedRequest),
+    Signed(SignedRequest),
 }
 
 impl ControlRequest {
@@ -224,6 +224,23 @@ impl ControlRequest {
             Self::Signed(_) => "signed",
         }
     }
+}
+
+/// A request with its key proof: the `signed` op. The proof is made and checked in
+/// `crate::auth`; this is only its wire shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedRequest {
+    /// The task whose key signed it.
+    pub task: String,
+    /// When it was signed, Unix ms.
+    pub timestamp_ms: i64,
+    /// `crate::auth::NONCE_BYTES` random bytes, hex.
+    pub nonce: String,
+    /// HMAC-SHA256 of `crate::auth::mac_input`, hex.
+    pub mac: String,
+    /// The request line itself (a [`ControlRequest`] as JSON, never another `signed`).
+    pub request: String,
 }
 
 /// Parameters of a receive.
