@@ -12,6 +12,7 @@
 //!   restart is re-posted with the same run_id.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ use measurelab_agent::service_host::{
 use measurelab_api::node_v1::{
     DesiredState, ProgramBlob, ServicePeer, ServiceTask, StatusAck, StatusReport,
 };
+use measurelab_mcast::auth::{ControlKey, KeyRing};
+use measurelab_mcast::protocol::{ControlRequest, ControlResponse, ReceiveRequest, SendRequest};
 use measurelab_testbed::{attach_veth, Netns, OvsSandbox};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -202,7 +205,10 @@ impl ControlPlane for FakeController {
 /// Three nodes on one bridge, service VLAN, each serving a point.
 struct Nodes {
     // Points before namespaces: they stop before their namespace goes.
-    _points: Vec<measurelab_mcast::service::PointHandle>,
+    points: Vec<measurelab_mcast::service::PointHandle>,
+    /// The keys all three points accept: the runner under test keeps it current, as
+    /// each node's runner keeps its own point's.
+    keys: Arc<KeyRing>,
     namespaces: Vec<Netns>,
     peers: Vec<ServicePeer>,
     _ovs: OvsSandbox,
@@ -215,6 +221,7 @@ fn three_nodes(tag: &str) -> Result<Nodes> {
     let mut namespaces = Vec::new();
     let mut points = Vec::new();
     let mut peers = Vec::new();
+    let keys = Arc::new(KeyRing::default());
     for k in 1..=3u8 {
         let ns = Netns::new(&format!("svc-{tag}-{pid}-n{k}"))?;
         let address = Ipv4Addr::new(10, 253, 0, 10 + k);
@@ -233,8 +240,9 @@ fn three_nodes(tag: &str) -> Result<Nodes> {
         ns.run(&["ip", "route", "add", "224.0.0.0/4", "dev", "svc0"])?;
         let name = format!("n{k}");
         let listen = std::net::SocketAddr::from((address, CONTROL_PORT));
+        let ring = Arc::clone(&keys);
         let point = in_netns(ns.name(), move || {
-            measurelab_mcast::service::spawn_point(listen, &name, address)
+            measurelab_mcast::service::spawn_point(listen, &name, address, Some(ring))
         })??;
         peers.push(ServicePeer {
             node: format!("n{k}"),
@@ -244,7 +252,8 @@ fn three_nodes(tag: &str) -> Result<Nodes> {
         namespaces.push(ns);
     }
     Ok(Nodes {
-        _points: points,
+        points,
+        keys,
         namespaces,
         peers,
         _ovs: ovs,
@@ -256,6 +265,7 @@ fn service_task(id: &str, spec: Value, peers: &[ServicePeer]) -> ServiceTask {
         task_id: id.into(),
         spec_json: spec.to_string(),
         peers: peers.to_vec(),
+        control_key: Some(ControlKey::generate_hex()),
     }
 }
 
@@ -264,6 +274,7 @@ fn start_runner(
     ns: &str,
     state_dir: std::path::PathBuf,
     control: Arc<FakeController>,
+    keys: Arc<KeyRing>,
 ) -> Result<(watch::Sender<bool>, std::thread::JoinHandle<()>)> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let path = format!("/run/netns/{ns}");
@@ -276,6 +287,7 @@ fn start_runner(
                 node_name: "n1".into(),
                 state_dir,
                 clock_sync_bound_us: None,
+                keys,
             },
             control,
             generation_rx,
@@ -349,14 +361,24 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     // reach n2 by the kernel's count (a quarter second's worth): nothing is
     // posted, and since the task is still open the next agent runs it again.
     let n2_before = udp_in_datagrams(&nodes.namespaces[1])?;
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("the run's probes at n2", Duration::from_secs(30), || {
         udp_in_datagrams(&nodes.namespaces[1]).is_ok_and(|now| now >= n2_before + 50)
     })?;
     stop.send(true)?;
     runner.join().unwrap();
     assert!(control.posted().is_empty(), "{:#?}", control.posted());
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("the once result", Duration::from_secs(30), || {
         !control.posted().is_empty()
     })?;
@@ -367,7 +389,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     // Nothing observable marks a run that was rightly not started, so this is a
     // window: one run's length (2 s) and a second for its delivery, in which a
     // re-run would have posted a second result.
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     stop.send(true)?;
     runner.join().unwrap();
@@ -410,7 +437,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     *control.refuse_posts.lock().unwrap() = 1_000;
     *control.attempts.lock().unwrap() = 0;
     control.posted.lock().unwrap().clear();
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("a refused delivery", Duration::from_secs(30), || {
         *control.attempts.lock().unwrap() > 1
     })?;
@@ -425,7 +457,12 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
     assert!(!state.path().join("once-1.json").exists());
 
     *control.refuse_posts.lock().unwrap() = 0;
-    let (stop, runner) = start_runner(&n1, state.path().to_path_buf(), control.clone())?;
+    let (stop, runner) = start_runner(
+        &n1,
+        state.path().to_path_buf(),
+        control.clone(),
+        nodes.keys.clone(),
+    )?;
     wait_until("three periodic results", Duration::from_secs(40), || {
         control.posted().len() >= 3
     })?;
@@ -458,6 +495,21 @@ fn once_and_periodic_tasks_run_over_three_nodes_and_survive_restarts() -> Result
             assert_clean(&point, sent, received, loss, 300);
         }
     }
+    // Every send and receive carried the task's key: the keyed points refused none.
+    for point in &nodes.points {
+        let counters = point.counters();
+        assert_eq!(
+            counters.refused_unauthenticated.load(Ordering::Relaxed),
+            0,
+            "{}",
+            point.name()
+        );
+        assert!(
+            counters.sends_started.load(Ordering::Relaxed) > 0,
+            "{}",
+            point.name()
+        );
+    }
     drop(nodes);
     Ok(())
 }
@@ -473,4 +525,134 @@ fn assert_clean(point: &str, sent: u64, received: u64, loss: f64, nominal: u64) 
         "{point} received {received} of {sent}"
     );
     assert!(loss <= 0.01, "{point} loss {loss}");
+}
+
+/// One line-JSON control conversation with a point, from the test thread.
+struct Control {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Control {
+    fn open(addr: &str) -> Result<Self> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            writer: stream.try_clone()?,
+            reader: std::io::BufReader::new(stream),
+        })
+    }
+
+    fn request(&mut self, request: &ControlRequest) -> Result<ControlResponse> {
+        use std::io::{BufRead, Write};
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            bail!("the point closed the connection instead of answering");
+        }
+        Ok(serde_json::from_str(&answer)?)
+    }
+}
+
+#[test]
+fn an_unauthenticated_send_is_refused_and_no_probe_arrives() -> Result<()> {
+    let nodes = three_nodes("auth")?;
+    let task = ControlKey::from_hex("task-b", &ControlKey::generate_hex())?;
+    let other = ControlKey::from_hex("task-a", &ControlKey::generate_hex())?;
+    nodes.keys.replace([task.clone()]);
+    let group = Ipv4Addr::new(239, 10, 0, 9);
+    let port = 6109;
+    let receive = ControlRequest::Receive(ReceiveRequest {
+        session_id: 9,
+        group,
+        port,
+        ssm_source: None,
+        max_duration_seconds: 60.0,
+    });
+    let send = ControlRequest::Send(SendRequest {
+        session_id: 9,
+        group,
+        port,
+        rate_pps: 1_000.0,
+        packet_size_bytes: 100,
+        duration_seconds: 0.5,
+        ttl: 4,
+    });
+    let refused = |answer: ControlResponse, reason: &str| match answer {
+        ControlResponse::Error { message } => {
+            assert!(message.contains(reason), "{message}");
+        }
+        other => panic!("expected a refusal ({reason}), got {other:?}"),
+    };
+    let n1 = nodes.points[0].counters();
+    let (source_addr, listener_addr) = (
+        nodes.peers[0].endpoint.clone(),
+        nodes.peers[2].endpoint.clone(),
+    );
+    // The service network is reachable from the nodes' namespaces only.
+    in_netns(nodes.namespaces[0].name(), move || -> Result<()> {
+        // n3 listens with the task's key, so every probe n1 sends reaches a socket there.
+        let mut listener = Control::open(&listener_addr)?;
+        assert!(matches!(
+            listener.request(&task.sign(&receive)?)?,
+            ControlResponse::Ready { .. }
+        ));
+        let mut source = Control::open(&source_addr)?;
+        // No proof, then another task's key claiming this task.
+        refused(source.request(&send)?, "needs a key proof");
+        let mut stolen = match other.sign(&send)? {
+            ControlRequest::Signed(signed) => signed,
+            _ => unreachable!(),
+        };
+        stolen.task = "task-b".into();
+        refused(
+            source.request(&ControlRequest::Signed(stolen))?,
+            "does not match",
+        );
+        // Nothing was sent: n1 started no sender and n3's receiver counted nothing.
+        assert_eq!(n1.sends_started.load(Ordering::Relaxed), 0);
+        assert_eq!(n1.refused_unauthenticated.load(Ordering::Relaxed), 2);
+        let report = match listener.request(&ControlRequest::Stop {
+            packets_sent: Some(0),
+            drain_seconds: Some(0.5),
+        })? {
+            ControlResponse::ReceiverReport(report) => report,
+            other => bail!("expected a receiver report, got {other:?}"),
+        };
+        assert_eq!(report.metrics.packets_received, 0, "{report:?}");
+        assert_eq!(report.foreign_session_packets + report.malformed_packets, 0);
+
+        // The right key works: the same send, signed, reaches n3.
+        let mut listener = Control::open(&listener_addr)?;
+        assert!(matches!(
+            listener.request(&task.sign(&receive)?)?,
+            ControlResponse::Ready { .. }
+        ));
+        let sent = match source.request(&task.sign(&send)?)? {
+            ControlResponse::SenderReport(report) => report.packets_sent,
+            other => bail!("expected a sender report, got {other:?}"),
+        };
+        assert!(sent > 0);
+        let report = match listener.request(&ControlRequest::Stop {
+            packets_sent: Some(sent),
+            drain_seconds: Some(0.5),
+        })? {
+            ControlResponse::ReceiverReport(report) => report,
+            other => bail!("expected a receiver report, got {other:?}"),
+        };
+        assert_clean(
+            "n3",
+            sent,
+            report.metrics.packets_received,
+            report.metrics.loss_ratio.unwrap_or(1.0),
+            500,
+        );
+        assert_eq!(n1.sends_started.load(Ordering::Relaxed), 1);
+        assert_eq!(n1.refused_unauthenticated.load(Ordering::Relaxed), 2);
+        Ok(())
+    })??;
+    drop(nodes);
+    Ok(())
 }

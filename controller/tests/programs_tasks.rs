@@ -571,9 +571,11 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .await
         .unwrap()
         .into_inner();
-    grpc.register(with_service_host("n2", "10.253.0.12:7090"))
+    let n2 = grpc
+        .register(with_service_host("n2", "10.253.0.12:7090"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     controller.register("n3", "").await;
     let (status, body) = controller
         .call(
@@ -637,6 +639,67 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         peers,
         [("n1", "10.253.0.11:7090"), ("n2", "10.253.0.12:7090")]
     );
+    // The task's control key goes to both listed nodes and nowhere a tenant looks.
+    let key = state.service_tasks[0]
+        .control_key
+        .clone()
+        .expect("a service task carries its control key");
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+    let n2_state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n2.node_id.clone(),
+            node_secret: n2.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        n2_state.service_tasks[0].control_key.as_deref(),
+        Some(key.as_str())
+    );
+    assert!(!state.service_tasks[0].spec_json.contains(&key));
+    for path in ["/v1/tasks", "/v1/tasks/quick", "/v1/events"] {
+        let (status, body) = controller.call(Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.to_string().contains(&key), "{path} shows the key");
+    }
+    // Another task, another key.
+    let (status, other) = controller
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(json!({"name": "other", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "periodic",
+                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.2", "port": 6000,
+                        "ttl": 2, "ssm": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{other}");
+    let state = controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let other_key = state
+        .service_tasks
+        .iter()
+        .find(|t| t.task_id == other["id"].as_str().unwrap())
+        .and_then(|t| t.control_key.clone())
+        .expect("the second task's key");
+    assert_ne!(other_key, key);
+    let (status, _) = controller
+        .call(Method::DELETE, "/v1/tasks/other", None)
+        .await;
+    assert_eq!(status, 200);
     // The once task completes with its first result and leaves the desired state.
     controller
         .grpc()

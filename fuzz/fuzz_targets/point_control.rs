@@ -1,7 +1,10 @@
-//! A measurement point's control connection: before per-task keys, anyone on the
-//! service network could send it lines; after, a task's holder still can.
+//! A measurement point's control connection: anyone on the service network can send it
+//! lines, and a task's key holder can send it any order.
 //!
-//! Invariants: a line read never exceeds the bound; a `send` the point accepts is one
+//! Invariants: a line read never exceeds the bound; a keyed point never authorizes an
+//! unsigned `send` or `receive`, nor a `signed` one whose proof does not verify (the
+//! fuzzer cannot forge a MAC, so an authorized `signed` line is a bug); the request
+//! inside a `signed` line is checked as if it were authorized; a `send` the point accepts is one
 //! its sender accepts too, at or under the point's rate ceiling, and its schedule never
 //! releases more probes in one wakeup than its stated burst bound; a `receive` the point
 //! accepts has a duration that fits a deadline; a `stop`'s drain is clamped.
@@ -12,8 +15,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::Arc;
+
+use measurelab_mcast::auth::{ControlKey, KeyRing};
 use measurelab_mcast::point::{
-    drain_duration, plan_receive, plan_send, PointConfig, MAX_DRAIN_SECONDS,
+    authorize, drain_duration, plan_receive, plan_send, PointConfig, MAX_DRAIN_SECONDS,
 };
 use measurelab_mcast::protocol::{
     read_bounded_line, ControlRequest, LineRead, MAX_RECEIVE_DURATION_SECONDS,
@@ -24,8 +30,18 @@ use measurelab_mcast::sender::{PacingSchedule, PacingStep, SendLimit};
 /// Wakeups simulated per accepted send: enough to cross slips and granularity edges.
 const SIMULATED_WAKEUPS: usize = 2_000;
 
+/// The one task key of the fuzzed point.
+const TASK: &str = "fuzz-task";
+const SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
 fuzz_target!(|data: &[u8]| {
-    let config = PointConfig::new("fuzz", Ipv4Addr::new(10, 253, 0, 10));
+    let key = ControlKey::from_hex(TASK, SECRET).expect("a valid fixed key");
+    let config = PointConfig {
+        keys: Some(Arc::new(KeyRing::with_keys([key]))),
+        // An unknown task must not make the fuzzer wait for its key.
+        key_wait: Duration::ZERO,
+        ..PointConfig::new("fuzz", Ipv4Addr::new(10, 253, 0, 10))
+    };
     let mut reader = Cursor::new(data);
     let mut line = Vec::new();
     loop {
@@ -38,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(LineRead::Line) => {
                 assert!(line.len() <= MAX_REQUEST_LINE_BYTES);
                 if let Ok(request) = serde_json::from_slice(line.trim_ascii()) {
-                    check_request(&request, &config);
+                    check_authorization(request, &config);
                 }
             }
             Err(err) => panic!("reading from memory failed: {err}"),
@@ -46,9 +62,31 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+fn check_authorization(request: ControlRequest, config: &PointConfig) {
+    let inner = match &request {
+        ControlRequest::Signed(signed) => serde_json::from_str(&signed.request).ok(),
+        _ => None,
+    };
+    match (authorize(request.clone(), config), &request) {
+        (Ok(_), ControlRequest::Send(_) | ControlRequest::Receive(_)) => {
+            panic!("a keyed point authorized an unsigned {}", request.op())
+        }
+        (Ok(_), ControlRequest::Signed(signed)) => {
+            panic!("a forged proof for task {:?} was accepted", signed.task)
+        }
+        (Ok(authorized), _) => check_request(&authorized, config),
+        (Err(_), _) => {}
+    }
+    // The point's checks behind the proof still hold for whatever a key holder sends.
+    if let Some(inner) = inner {
+        check_request(&inner, config);
+    }
+}
+
 fn check_request(request: &ControlRequest, config: &PointConfig) {
     match request {
         ControlRequest::Info => {}
+        ControlRequest::Signed(_) => {}
         ControlRequest::Send(send) => {
             let Ok(sender) = plan_send(send, config) else {
                 return;

@@ -23,6 +23,7 @@
 //! - Binaries: `mcast-point` (send / recv / serve), `mcast-mscs`, `mcast-bench`.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod metrics;
 pub mod mscs;
 pub mod platform;

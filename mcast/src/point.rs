@@ -6,7 +6,7 @@
 
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::auth::{AuthError, KeyRing};
 use crate::metrics::StatsLimits;
 use crate::protocol::{
     read_bounded_line, ControlRequest, ControlResponse, FieldError, LineRead, PointInfo,
@@ -71,7 +72,30 @@ pub struct PointConfig {
     pub max_connections: usize,
     /// How long a connection may be idle between requests before it is closed.
     pub idle_timeout: Duration,
+    /// The per-task keys whose holders may order `send` and `receive`; `None`: an open
+    /// point that obeys anyone who reaches its listener (`mcast-point serve` without a
+    /// key, for runs outside measurelab). The node agent's service host always has one.
+    pub keys: Option<Arc<KeyRing>>,
+    /// How long a signed request naming a task without a key waits for the key.
+    pub key_wait: Duration,
+    /// What the point did, for tests and operators.
+    pub counters: Arc<PointCounters>,
 }
+
+/// Counts of a point's control work.
+#[derive(Debug, Default)]
+pub struct PointCounters {
+    /// `send` requests that passed authentication and validation and started a sender.
+    pub sends_started: AtomicU64,
+    /// `receive` requests that passed authentication and validation.
+    pub receives_started: AtomicU64,
+    /// Requests refused for want of a valid key proof.
+    pub refused_unauthenticated: AtomicU64,
+}
+
+/// Default wait for the key of a task a point has not heard of yet: the desired state
+/// that lists a task reaches its nodes within a heartbeat or two.
+pub const DEFAULT_KEY_WAIT: Duration = Duration::from_secs(10);
 
 impl PointConfig {
     /// A config with the default limits.
@@ -83,6 +107,9 @@ impl PointConfig {
             max_rate_pps: DEFAULT_MAX_RATE_PPS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keys: None,
+            key_wait: DEFAULT_KEY_WAIT,
+            counters: Arc::default(),
         }
     }
 }
@@ -215,6 +242,15 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
                 continue;
             }
         };
+        let request = match authorize(request, config) {
+            Ok(request) => request,
+            Err(err) => {
+                warn!(peer = ?writer.peer_addr().ok(), reason = err.reason(), cause = %err,
+                    "control request refused: nothing done");
+                write_response(&mut writer, &error_response(&err))?;
+                continue;
+            }
+        };
         match request {
             ControlRequest::Info => write_response(
                 &mut writer,
@@ -235,8 +271,46 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
                 &mut writer,
                 &error_response("stop without a receive in progress"),
             )?,
+            ControlRequest::Signed(_) => unreachable_signed(&mut writer)?,
         }
     }
+}
+
+/// [`authorize`] unwraps every `signed`; answering rather than panicking keeps a
+/// future mistake there from taking a thread down.
+fn unreachable_signed(writer: &mut TcpStream) -> Result<(), PointError> {
+    write_response(
+        writer,
+        &error_response("a signed request cannot carry another"),
+    )
+}
+
+/// The request to act on, or why none: `send` and `receive` need a valid key proof when
+/// the point has keys; `info` and `stop` (which only ends this connection's own receive)
+/// do not. A point without keys accepts signed requests too, checking nothing, so one
+/// MSCS can drive keyed and open points alike.
+pub fn authorize(
+    request: ControlRequest,
+    config: &PointConfig,
+) -> Result<ControlRequest, AuthError> {
+    let outcome = match (request, config.keys.as_deref()) {
+        (ControlRequest::Signed(signed), Some(keys)) => keys.verify(&signed, config.key_wait),
+        (ControlRequest::Signed(signed), None) => signed.inner(),
+        (request @ (ControlRequest::Send(_) | ControlRequest::Receive(_)), Some(_)) => {
+            Err(AuthError::Missing { op: request.op() })
+        }
+        (request, _) => Ok(request),
+    };
+    if outcome.is_err() {
+        config
+            .counters
+            .refused_unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(keys) = &config.keys {
+            keys.count_refusal();
+        }
+    }
+    outcome
 }
 
 /// How often a sending point checks whether its MSCS is still connected.
@@ -331,6 +405,10 @@ fn handle_send(
             return error_response(format!("send refused: {err}"));
         }
     };
+    config
+        .counters
+        .sends_started
+        .fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch_control_connection(control, Arc::clone(&stop), Arc::clone(&done));
@@ -367,6 +445,10 @@ fn handle_receive(
             return write_response(writer, &error_response(format!("receive refused: {err}")));
         }
     };
+    config
+        .counters
+        .receives_started
+        .fetch_add(1, Ordering::Relaxed);
     let receiver = match Receiver::open(receiver_config) {
         Ok(receiver) => receiver,
         Err(err) => return write_response(writer, &error_response(err)),

@@ -11,10 +11,14 @@
 //! {"op":"receive",...}                           {"type":"ready",...}   (joined, queueing)
 //! {"op":"stop","packets_sent":N}                 {"type":"receiver_report",...}
 //! {"op":"send",...}                              {"type":"sender_report",...}
+//! {"op":"signed","task":..,"request":"{..}",..}  the answer to the inner request
 //! any                                            {"type":"error","message":...}
 //! ```
 //!
-//! Version 1. A point answers an unknown `op` with an error, never by closing silently.
+//! Version 2: `signed` carries a request with its per-task key proof
+//! ([`SignedRequest`]); a point started with keys refuses `send` and
+//! `receive` outside it. Version 1 points answer `signed` with an unknown-op error. A
+//! point answers an unknown `op` with an error, never by closing silently.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -26,7 +30,7 @@ use crate::receiver::TimestampSource;
 use crate::sender::SenderReport;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest request line a point reads. Requests are a few hundred bytes; the bound is
 /// what keeps a peer that never sends a newline from growing the point's memory.
@@ -205,6 +209,38 @@ pub enum ControlRequest {
     },
     /// Send probes, then answer with a sender report.
     Send(SendRequest),
+    /// Another request with its per-task key proof.
+    Signed(SignedRequest),
+}
+
+impl ControlRequest {
+    /// The op as it is on the wire, for errors and logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Receive(_) => "receive",
+            Self::Stop { .. } => "stop",
+            Self::Send(_) => "send",
+            Self::Signed(_) => "signed",
+        }
+    }
+}
+
+/// A request with its key proof: the `signed` op. The proof is made and checked in
+/// `crate::auth`; this is only its wire shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedRequest {
+    /// The task whose key signed it.
+    pub task: String,
+    /// When it was signed, Unix ms.
+    pub timestamp_ms: i64,
+    /// `crate::auth::NONCE_BYTES` random bytes, hex.
+    pub nonce: String,
+    /// HMAC-SHA256 of `crate::auth::mac_input`, hex.
+    pub mac: String,
+    /// The request line itself (a [`ControlRequest`] as JSON, never another `signed`).
+    pub request: String,
 }
 
 /// Parameters of a receive.

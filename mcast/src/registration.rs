@@ -8,6 +8,7 @@
 //! else (MSCS down or restarting, a name still held by this point's previous instance)
 //! is retried with backoff.
 
+use crate::auth::ControlKey;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +56,9 @@ pub enum RegistrationClientError {
 }
 
 /// Error codes of the MSCS (`POST /points`) that no retry can change.
-const PERMANENT_CODES: [&str; 3] = [
+const PERMANENT_CODES: [&str; 4] = [
     "protocol_version_mismatch",
+    "unauthenticated",
     "invalid_argument",
     "registration_disabled",
 ];
@@ -67,8 +69,17 @@ enum Attempt {
     Refused { status: u16, message: String },
 }
 
-async fn attempt(client: &reqwest::Client, url: &str, registration: &Registration) -> Attempt {
-    let response = match client.post(url).json(registration).send().await {
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    registration: &Registration,
+    key: Option<&ControlKey>,
+) -> Attempt {
+    let mut request = client.post(url).json(registration);
+    if let Some(key) = key {
+        request = request.bearer_auth(key.bearer());
+    }
+    let response = match request.send().await {
         Ok(response) => response,
         Err(err) => return Attempt::Retry(err.to_string()),
     };
@@ -111,10 +122,12 @@ async fn wait(duration: Duration, shutdown: &AtomicBool) -> bool {
 }
 
 /// Registers with the MSCS at `mscs` (HOST:PORT of its HTTP API) and heartbeats until
-/// `shutdown` is set. Blocks: run it on its own thread.
+/// `shutdown` is set, with `key` as the bearer token when the MSCS requires one. Blocks:
+/// run it on its own thread.
 pub fn run_heartbeats(
     mscs: &str,
     registration: Registration,
+    key: Option<ControlKey>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), RegistrationClientError> {
     let bad_address = |reason: String| RegistrationClientError::BadAddress {
@@ -136,7 +149,7 @@ pub fn run_heartbeats(
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         let mut registered = false;
         loop {
-            let pause = match attempt(&client, &url, &registration).await {
+            let pause = match attempt(&client, &url, &registration, key.as_ref()).await {
                 Attempt::Registered(ack) => {
                     if !registered {
                         info!(mscs = %url, heartbeat_seconds = ack.heartbeat_seconds, deadline_seconds = ack.deadline_seconds, "registered with the MSCS");

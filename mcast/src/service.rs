@@ -24,10 +24,11 @@ use std::thread::JoinHandle;
 
 use thiserror::Error;
 
+use crate::auth::{ControlKey, KeyRing};
 use crate::mscs::runner::{run_measurement, PointEndpoint};
 use crate::mscs::{MscsConfig, MscsError, ProbeDefaults};
 use crate::platform::{ControllerTask, TaskSchedule};
-use crate::point::{serve, PointConfig, PointError};
+use crate::point::{serve, PointConfig, PointCounters, PointError};
 use crate::result::{ResultDocument, RunKind};
 
 /// Errors of the service-host entry points.
@@ -73,7 +74,7 @@ pub enum ServiceError {
 }
 
 /// Knobs of a service run; `Default` gives the MSCS's defaults.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ServiceOptions {
     /// Probe parameters for fields the task leaves out.
     pub defaults: ProbeDefaults,
@@ -85,6 +86,9 @@ pub struct ServiceOptions {
     /// When the task names no source: index into `points` of the first point to try as
     /// the source (round robin: pass the previous run's index + 1).
     pub source_start_index: usize,
+    /// The task's key, which signs every `send` and `receive` of the run; points that
+    /// hold keys refuse those requests without it.
+    pub control_key: Option<ControlKey>,
 }
 
 impl Default for ServiceOptions {
@@ -94,6 +98,7 @@ impl Default for ServiceOptions {
             clock_sync_bound_us: None,
             receiver_drain_seconds: 0.1,
             source_start_index: 0,
+            control_key: None,
         }
     }
 }
@@ -133,6 +138,7 @@ pub async fn run_task_with(
     config.defaults = options.defaults.clone();
     config.clock_sync_bound_us = options.clock_sync_bound_us;
     config.receiver_drain_seconds = options.receiver_drain_seconds;
+    config.control_key = options.control_key.clone();
     config.validate().map_err(|err| match err {
         MscsError::InvalidConfig { field, reason } => ServiceError::InvalidConfig {
             field: field.to_string(),
@@ -166,6 +172,7 @@ pub struct PointHandle {
     name: String,
     local_addr: SocketAddr,
     shutdown: Arc<AtomicBool>,
+    counters: Arc<PointCounters>,
     thread: Option<JoinHandle<Result<(), PointError>>>,
 }
 
@@ -173,6 +180,11 @@ impl PointHandle {
     /// The point's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the point did so far (sends started, requests refused).
+    pub fn counters(&self) -> Arc<PointCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// The bound control address (useful with port 0).
@@ -211,10 +223,14 @@ impl Drop for PointHandle {
 /// Serves a measurement point named `name` on control address `listen`, sending and
 /// joining on the interface that has `data_addr`. The listener is bound before this
 /// returns, so a bind error is reported here and the point is reachable at once.
+///
+/// With `keys`, `send` and `receive` must carry a key proof of a task in the ring (the
+/// caller keeps the ring current); without, the point obeys anyone who reaches it.
 pub fn spawn_point(
     listen: SocketAddr,
     name: &str,
     data_addr: Ipv4Addr,
+    keys: Option<Arc<KeyRing>>,
 ) -> Result<PointHandle, ServiceError> {
     if name.is_empty() {
         return Err(ServiceError::InvalidConfig {
@@ -231,7 +247,11 @@ pub fn spawn_point(
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     // The default limits: a rate ceiling, a connection cap and bounded request lines.
-    let config = PointConfig::new(name, data_addr);
+    let config = PointConfig {
+        keys,
+        ..PointConfig::new(name, data_addr)
+    };
+    let counters = Arc::clone(&config.counters);
     let thread = std::thread::Builder::new()
         .name(format!("mcast-point-{name}"))
         .spawn({
@@ -246,6 +266,7 @@ pub fn spawn_point(
         name: name.to_string(),
         local_addr,
         shutdown,
+        counters,
         thread: Some(thread),
     })
 }
@@ -326,15 +347,21 @@ mod tests {
 
     #[test]
     fn spawned_point_binds_at_once_and_stops() {
-        let point = spawn_point("127.0.0.1:0".parse().unwrap(), "p1", Ipv4Addr::LOCALHOST).unwrap();
+        let point = spawn_point(
+            "127.0.0.1:0".parse().unwrap(),
+            "p1",
+            Ipv4Addr::LOCALHOST,
+            None,
+        )
+        .unwrap();
         let addr = point.local_addr();
         assert_ne!(addr.port(), 0);
         std::net::TcpStream::connect(addr).unwrap();
-        match spawn_point(addr, "p2", Ipv4Addr::LOCALHOST) {
+        match spawn_point(addr, "p2", Ipv4Addr::LOCALHOST, None) {
             Err(ServiceError::Bind { name, .. }) => assert_eq!(name, "p2"),
             other => panic!("{other:?}"),
         }
         point.stop().unwrap();
-        assert!(spawn_point(addr, "", Ipv4Addr::LOCALHOST).is_err());
+        assert!(spawn_point(addr, "", Ipv4Addr::LOCALHOST, None).is_err());
     }
 }

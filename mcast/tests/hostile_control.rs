@@ -8,8 +8,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use measurelab_mcast::auth::{ControlKey, KeyRing};
 use measurelab_mcast::point::DEFAULT_MAX_CONNECTIONS;
 use measurelab_mcast::protocol::{
     ControlRequest, ControlResponse, ReceiveRequest, SendRequest, MAX_REQUEST_LINE_BYTES,
@@ -125,7 +128,13 @@ fn stream_endless_line(addr: SocketAddr, baseline_rss_kib: u64) -> (u64, String)
 
 #[test]
 fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
-    let point = spawn_point("127.0.0.1:0".parse().unwrap(), "svc", Ipv4Addr::LOCALHOST).unwrap();
+    let point = spawn_point(
+        "127.0.0.1:0".parse().unwrap(),
+        "svc",
+        Ipv4Addr::LOCALHOST,
+        None,
+    )
+    .unwrap();
     let addr = point.local_addr();
     assert_serves_info(&point);
     let baseline_rss_kib = vm_rss_kib();
@@ -258,5 +267,79 @@ fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
         }
     }
 
+    point.stop().unwrap();
+}
+
+/// The point's own counters: nothing was sent on a refused order.
+fn sends_started(point: &PointHandle) -> u64 {
+    point.counters().sends_started.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_keyed_point_sends_only_for_the_holder_of_a_tasks_key() {
+    let task_a = ControlKey::from_hex("task-a", &ControlKey::generate_hex()).unwrap();
+    let task_b = ControlKey::from_hex("task-b", &ControlKey::generate_hex()).unwrap();
+    // The point serves task B only.
+    let keys = Arc::new(KeyRing::with_keys([task_b.clone()]));
+    let point = spawn_point(
+        "127.0.0.1:0".parse().unwrap(),
+        "svc",
+        Ipv4Addr::LOCALHOST,
+        Some(Arc::clone(&keys)),
+    )
+    .unwrap();
+    let send = ControlRequest::Send(SendRequest {
+        session_id: 3,
+        group: Ipv4Addr::new(239, 255, 3, 3),
+        port: 6333,
+        rate_pps: 100_000.0,
+        packet_size_bytes: 64,
+        duration_seconds: 0.2,
+        ttl: 1,
+    });
+    let mut control = Control::open(point.local_addr());
+    // Info stays open: it is how an MSCS checks the protocol version.
+    assert!(matches!(
+        control.request(&ControlRequest::Info),
+        ControlResponse::Info(_)
+    ));
+    let message = error_message(control.request(&send));
+    assert!(message.contains("send needs a key proof"), "{message}");
+    // Task A's key naming task B: the proof does not match.
+    let mut stolen = match task_a.sign(&send).unwrap() {
+        ControlRequest::Signed(signed) => signed,
+        other => panic!("{other:?}"),
+    };
+    stolen.task = "task-b".into();
+    let message = error_message(control.request(&ControlRequest::Signed(stolen)));
+    assert!(message.contains("does not match"), "{message}");
+    // A captured valid order, replayed: refused, even though its MAC is right.
+    let valid = task_b.sign(&send).unwrap();
+    let ControlResponse::SenderReport(report) = control.request(&valid) else {
+        panic!("the right key was refused");
+    };
+    assert!(report.packets_sent > 0, "{report:?}");
+    let message = error_message(control.request(&valid));
+    assert!(message.contains("replayed"), "{message}");
+    // A receive is an order too.
+    let receive = ControlRequest::Receive(ReceiveRequest {
+        session_id: 3,
+        group: Ipv4Addr::new(239, 255, 3, 3),
+        port: 6333,
+        ssm_source: None,
+        max_duration_seconds: 5.0,
+    });
+    let message = error_message(control.request(&receive));
+    assert!(message.contains("receive needs a key proof"), "{message}");
+
+    assert_eq!(
+        sends_started(&point),
+        1,
+        "only the signed send started a sender"
+    );
+    let counters = point.counters();
+    assert_eq!(counters.receives_started.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.refused_unauthenticated.load(Ordering::Relaxed), 4);
+    assert_eq!(keys.refused(), 4);
     point.stop().unwrap();
 }

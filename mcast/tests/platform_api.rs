@@ -470,7 +470,12 @@ fn service_run_task_measures_over_serving_points() -> Result<()> {
     let p1_addr: std::net::Ipv4Addr = lab.points[0].addr.parse()?;
     let in_process_control = SocketAddr::from((p1_addr, CONTROL_PORT + 1));
     let in_process = in_netns(&lab.points[0].ns, move || {
-        Ok(service::spawn_point(in_process_control, "svc", p1_addr)?)
+        Ok(service::spawn_point(
+            in_process_control,
+            "svc",
+            p1_addr,
+            None,
+        )?)
     })?;
     assert_eq!(in_process.local_addr(), in_process_control);
 

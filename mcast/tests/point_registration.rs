@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use common::{receiver, Lab};
+use measurelab_mcast::auth::ControlKey;
 use measurelab_mcast::mscs::{run, MscsConfig, RegistrationConfig};
 use serde_json::{json, Value};
 
@@ -276,7 +277,15 @@ fn a_restarted_mscs_keeps_live_points_until_they_miss_a_deadline() -> Result<()>
 }
 
 async fn start_mscs(state_dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    start_mscs_with_key(state_dir, None).await
+}
+
+async fn start_mscs_with_key(
+    state_dir: &std::path::Path,
+    key: Option<ControlKey>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = MscsConfig::new(Vec::new(), state_dir.join("state.json"));
+    config.control_key = key;
     config.periodic = None;
     config.registration = Some(RegistrationConfig {
         deadline: Duration::from_secs(30),
@@ -299,7 +308,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _stop) = start_mscs(dir.path()).await;
     let http = reqwest::Client::new();
-    let good = json!({"name": "p1", "data_addr": "127.0.0.1", "control_addr": "127.0.0.1:7400", "protocol_version": 1});
+    let good = json!({"name": "p1", "data_addr": "127.0.0.1", "control_addr": "127.0.0.1:7400", "protocol_version": 2});
     let post = |body: String| {
         http.post(format!("{base}/points"))
             .header("content-type", "application/json")
@@ -314,7 +323,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
 
     let mut newer = good.clone();
     newer["name"] = "p2".into();
-    newer["protocol_version"] = 2.into();
+    newer["protocol_version"] = 3.into();
     let response = post(newer.to_string()).await.unwrap();
     assert_eq!(response.status(), 409);
     let error: Value = response.json().await.unwrap();
@@ -322,7 +331,7 @@ async fn registrations_are_bounded_and_a_version_mismatch_is_refused_clearly() {
     assert_eq!(error["error"]["field"], "protocol_version");
     let message = error["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("version 2") && message.contains("version 1"),
+        message.contains("version 3") && message.contains("version 2"),
         "{message}"
     );
 
@@ -423,4 +432,92 @@ fn a_point_refused_for_its_protocol_version_exits_saying_why() -> Result<()> {
         "{stderr}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn the_api_of_a_keyed_mscs_answers_only_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let task_a = ControlKey::from_hex("task-a", &ControlKey::generate_hex()).unwrap();
+    let task_b = ControlKey::from_hex("task-b", &ControlKey::generate_hex()).unwrap();
+    let (base, _stop) = start_mscs_with_key(dir.path(), Some(task_a.clone())).await;
+    let http = reqwest::Client::new();
+    let refused = |response: reqwest::Response, reason: &'static str| async move {
+        assert_eq!(response.status(), 401);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unauthenticated");
+        let message = error["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(reason), "{message}");
+    };
+    let registration = json!({"name": "p1", "data_addr": "127.0.0.1",
+        "control_addr": "127.0.0.1:7400", "protocol_version": 2});
+    // Without a key, with a malformed header, with task B's key: 401, nothing done.
+    refused(
+        http.get(format!("{base}/tasks")).send().await.unwrap(),
+        "no Authorization header",
+    )
+    .await;
+    refused(
+        http.post(format!("{base}/points"))
+            .json(&registration)
+            .send()
+            .await
+            .unwrap(),
+        "no Authorization header",
+    )
+    .await;
+    refused(
+        http.get(format!("{base}/points"))
+            .header("authorization", task_a.bearer())
+            .send()
+            .await
+            .unwrap(),
+        "not `Bearer KEY`",
+    )
+    .await;
+    refused(
+        http.post(format!("{base}/tasks"))
+            .bearer_auth(task_b.bearer())
+            .json(&json!({"source": "p1"}))
+            .send()
+            .await
+            .unwrap(),
+        "not this MSCS's control key",
+    )
+    .await;
+    // Health needs no key; the key opens everything else.
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let listed: Value = http
+        .get(format!("{base}/points"))
+        .bearer_auth(task_a.bearer())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["points"],
+        json!([]),
+        "a refused registration was applied"
+    );
+    let tasks: Value = http
+        .get(format!("{base}/tasks"))
+        .bearer_auth(task_a.bearer())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tasks["tasks"], json!([]), "a refused task was queued");
+    let registered = http
+        .post(format!("{base}/points"))
+        .bearer_auth(task_a.bearer())
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+    assert!(measurelab_mcast::mscs::api::refused_unauthenticated() >= 4);
 }

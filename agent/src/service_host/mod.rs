@@ -97,6 +97,9 @@ pub struct ServiceHostContext {
 pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
     let mut shutdown = cx.shutdown.clone();
     let mut backoff = measurelab_backoff::Backoff::new(Duration::from_millis(250), RESYNC);
+    // The point obeys only holders of its open tasks' keys; the task runner keeps the
+    // ring current from the desired state.
+    let keys = Arc::new(measurelab_mcast::auth::KeyRing::default());
     // The point must outlive the task runner; it stops when dropped.
     let point = loop {
         let attempt = async {
@@ -104,10 +107,14 @@ pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
             let listen = std::net::SocketAddr::V4(config.endpoint());
             let name = cx.node_name.clone();
             let address = config.address;
+            let keys = Arc::clone(&keys);
             // Binding is quick; the point's threads live in this process's
             // network namespace, which is the node's.
             Ok::<_, ServiceHostError>(measurelab_mcast::service::spawn_point(
-                listen, &name, address,
+                listen,
+                &name,
+                address,
+                Some(keys),
             )?)
         };
         match attempt.await {
@@ -158,6 +165,7 @@ pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
         node_name: cx.node_name.clone(),
         state_dir: cx.state_dir.join("service-host").join("tasks"),
         clock_sync_bound_us: config.clock_sync_bound_us,
+        keys,
     };
     run_tasks(runner, cx.control, cx.desired_generation, cx.shutdown).await;
     keeper.abort();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use measurelab_api::node_v1::ServiceTask;
+use measurelab_mcast::auth::{ControlKey, KeyRing};
 use measurelab_mcast::platform::{ControllerTask, TaskSchedule};
 use measurelab_mcast::result::{
     ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
@@ -37,6 +38,9 @@ pub struct TaskRunnerConfig {
     pub state_dir: PathBuf,
     /// Clock-error bound between nodes; `None`: one shared clock.
     pub clock_sync_bound_us: Option<f64>,
+    /// The keys this node's point accepts: replaced with the keys of the node's open
+    /// service tasks from every desired state.
+    pub keys: Arc<KeyRing>,
 }
 
 /// What survives a restart, per orchestrated task.
@@ -112,6 +116,8 @@ fn safe_task_id(id: &str) -> bool {
 /// One service task as this node sees it.
 struct Assignment {
     task: ControllerTask,
+    /// Signs the run's control requests; `None` from a controller older than keys.
+    key: Option<ControlKey>,
     /// `(node, control endpoint)` in the task's node order.
     points: Vec<(String, Option<SocketAddr>)>,
 }
@@ -120,12 +126,22 @@ fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
     let spec: serde_json::Value =
         serde_json::from_str(&service.spec_json).map_err(|e| format!("spec_json: {e}"))?;
     let task = ControllerTask::from_json(&spec)?;
+    let key = task_key(service)?;
     let points = service
         .peers
         .iter()
         .map(|peer| (peer.node.clone(), peer.endpoint.parse::<SocketAddr>().ok()))
         .collect();
-    Ok(Assignment { task, points })
+    Ok(Assignment { task, key, points })
+}
+
+/// The key the controller sent with `service`, if any.
+fn task_key(service: &ServiceTask) -> Result<Option<ControlKey>, String> {
+    service
+        .control_key
+        .as_deref()
+        .map(|secret| ControlKey::from_hex(&service.task_id, secret).map_err(|e| e.to_string()))
+        .transpose()
 }
 
 fn now_ms() -> i64 {
@@ -231,6 +247,21 @@ pub async fn run_tasks(
                     fetch_backoff.reset();
                     fetch_at = tokio::time::Instant::now() + RESYNC;
                     let mut assigned = BTreeMap::new();
+                    // Every listed node's point accepts the task's key, orchestrator or
+                    // not; a task without one (an older controller) gets no runs on
+                    // this point, whose refusals name the task.
+                    let keys: Vec<ControlKey> = state
+                        .service_tasks
+                        .iter()
+                        .filter_map(|service| match task_key(service) {
+                            Ok(key) => key,
+                            Err(reason) => {
+                                tracing::warn!(task = %service.task_id, %reason, "unusable service task key");
+                                None
+                            }
+                        })
+                        .collect();
+                    config.keys.replace(keys);
                     for service in &state.service_tasks {
                         let orchestrator = service.peers.first().map(|p| p.node.as_str());
                         if orchestrator != Some(config.node_name.as_str()) {
@@ -332,6 +363,7 @@ pub async fn run_tasks(
                 let options = ServiceOptions {
                     clock_sync_bound_us: config.clock_sync_bound_us,
                     source_start_index: state.next_source_index,
+                    control_key: assignment.key.clone(),
                     ..Default::default()
                 };
                 tracing::info!(task = %id, nodes = points.len(), "service task run starts");
@@ -355,6 +387,11 @@ pub async fn run_tasks(
                 if changed.is_err() {
                     return;
                 }
+                fetch_at = tokio::time::Instant::now();
+            }
+            // A peer's run reached this node's point before the desired state that
+            // lists its task: fetch it now, while the point holds the request.
+            () = config.keys.key_missed() => {
                 fetch_at = tokio::time::Instant::now();
             }
             finished = done_rx.recv() => {

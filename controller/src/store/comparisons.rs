@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::run_tree;
+use super::{control_keys, run_tree};
 
 /// `z` of the two-proportion loss bound: about 99.7 % two-sided, so a clean
 /// comparison is called inconsistent by chance about once in 370 receivers.
@@ -324,6 +324,7 @@ pub(crate) fn schedule(
                 cx.now_text()
             ],
         )?;
+        control_keys::create(cx, &id)?;
         touch(cx, &nodes)?;
         cx.event(
             Some(&task.tenant_id),
@@ -435,6 +436,7 @@ pub(crate) fn close_open(
             "UPDATE comparisons SET status = 'closed' WHERE id = ?1",
             [&row.id],
         )?;
+        control_keys::delete(cx, &row.id)?;
         update_document(cx, &row.task_id, &row.run_id, |mut c| {
             c.status = ComparisonStatus::Failed;
             c.reason = Some(format!("no service-host result: {reason}"));
@@ -510,6 +512,7 @@ pub(crate) fn complete(
          WHERE id = ?1",
         params![id, typed.run_id, document.to_string()],
     )?;
+    control_keys::delete(cx, id)?;
     let result_id = update_document(cx, &row.task_id, &row.run_id, |c| merge(c, &typed))?;
     touch(cx, &row.spec.nodes)?;
     cx.event(

@@ -15,8 +15,8 @@ use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
 use super::{
-    appliances, comparisons, flows, platform_points, platforms, programs, qos_policies, tasks,
-    tunnels, vm_usage, vms,
+    appliances, comparisons, control_keys, flows, platform_points, platforms, programs,
+    qos_policies, tasks, tunnels, vm_usage, vms,
 };
 
 const GUEST_LOG_LINES_PER_VM: i64 = 10_000;
@@ -155,6 +155,7 @@ pub(crate) fn desired_state(
                 task_id: task.id.clone(),
                 spec_json: to_json(&task),
                 peers,
+                control_key: control_keys::of(conn, &task.id)?,
             });
         }
     }

@@ -17,6 +17,7 @@ mod batch;
 mod checkpoint;
 mod codec;
 pub(crate) mod comparisons;
+mod control_keys;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;

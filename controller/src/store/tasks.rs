@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
 use super::resources::TxContext;
-use super::{comparisons, platforms, run_tree, tenants};
+use super::{comparisons, control_keys, platforms, run_tree, tenants};
 use crate::access::{Scope, TenantRef};
 use crate::validation;
 
@@ -338,6 +338,7 @@ pub(crate) fn create(
             task.tenant_id
         ],
     )?;
+    control_keys::create(cx, &task.id)?;
     touch_task_nodes(cx, &task, platform.as_ref().map(|p| p.node_ids.clone()))?;
     cx.event(
         Some(&task.tenant_id),
@@ -409,6 +410,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, scope: &Scope, key: &str) -> Result
     let row = get(cx.tx, scope, key)?;
     cx.tx
         .execute("DELETE FROM tasks WHERE id = ?1", [&row.task.id])?;
+    control_keys::delete(cx, &row.task.id)?;
     comparisons::close_open(cx, &row.task.id, "the task was deleted")?;
     touch_task_nodes(cx, &row.task, None)?;
     cx.event(

@@ -18,6 +18,7 @@
 //!   --point-deadline-seconds 15
 //! ```
 
+use measurelab_mcast::auth::ControlKey;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,14 @@ struct Args {
     /// Results kept in the state file.
     #[arg(long, default_value_t = 10_000)]
     retain_results: usize,
+    /// The control key (64 hex digits): signs every send and receive ordered from the
+    /// points, and is required as `Authorization: Bearer` on the HTTP API (but
+    /// /healthz). Without it the API and the points' orders are open.
+    #[arg(long, env = "MEASURELAB_CONTROL_KEY", hide_env_values = true)]
+    control_key: Option<String>,
+    /// The id (task) the key belongs to, as the points know it.
+    #[arg(long, env = "MEASURELAB_CONTROL_KEY_ID", default_value = "platform")]
+    control_key_id: String,
 }
 
 fn parse_point(text: &str) -> Result<PointEndpoint> {
@@ -174,6 +183,12 @@ fn main() -> Result<()> {
     config.result_url = args.result_url;
     config.retain_results = args.retain_results;
     config.receiver_drain_seconds = args.receiver_drain_seconds;
+    config.control_key = args
+        .control_key
+        .as_deref()
+        .map(|secret| ControlKey::from_hex(&args.control_key_id, secret))
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("--{}", err.to_string().replace('_', "-")))?;
     config.platform = args.platform_api.map(|api_url| PlatformConfig {
         api_url,
         poll_interval: Duration::from_secs_f64(args.platform_poll_seconds),

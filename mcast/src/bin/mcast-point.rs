@@ -4,6 +4,7 @@
 //! - `recv`: receive one run and print the receiver report as JSON.
 //! - `serve`: wait for the MSCS to drive sends and receives over the control protocol.
 
+use measurelab_mcast::auth::{ControlKey, KeyRing};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -136,6 +137,14 @@ struct ServeArgs {
     /// Simultaneous control connections served; more are refused.
     #[arg(long, default_value_t = measurelab_mcast::point::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// The control key (64 hex digits) an MSCS must prove on `send` and `receive`, and
+    /// this point's bearer token towards --mscs. Without it the point obeys anyone who
+    /// reaches --listen.
+    #[arg(long, env = "MEASURELAB_CONTROL_KEY", hide_env_values = true)]
+    control_key: Option<String>,
+    /// The id (task) the key belongs to; the MSCS signs with the same.
+    #[arg(long, env = "MEASURELAB_CONTROL_KEY_ID", default_value = "platform")]
+    control_key_id: String,
 }
 
 fn main() -> Result<()> {
@@ -166,6 +175,15 @@ fn serve_point(args: ServeArgs) -> Result<()> {
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
+    let key = args
+        .control_key
+        .as_deref()
+        .map(|secret| ControlKey::from_hex(&args.control_key_id, secret))
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("--{}", err.to_string().replace('_', "-")))?;
+    if key.is_none() {
+        eprintln!("mcast-point: no --control-key: any host that reaches --listen can order sends");
+    }
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -187,8 +205,9 @@ fn serve_point(args: ServeArgs) -> Result<()> {
                 protocol_version: PROTOCOL_VERSION,
             };
             let shutdown = Arc::clone(&shutdown);
+            let key = key.clone();
             Some(thread::spawn(move || {
-                let outcome = run_heartbeats(&mscs, registration, Arc::clone(&shutdown));
+                let outcome = run_heartbeats(&mscs, registration, key, Arc::clone(&shutdown));
                 // A point its MSCS refuses for good would never be measured: stop serving.
                 shutdown.store(true, Ordering::Relaxed);
                 outcome
@@ -200,6 +219,7 @@ fn serve_point(args: ServeArgs) -> Result<()> {
         PointConfig {
             max_rate_pps: args.max_rate_pps,
             max_connections: args.max_connections,
+            keys: key.map(|key| Arc::new(KeyRing::with_keys([key]))),
             ..PointConfig::new(args.name, args.data_addr)
         },
         Arc::clone(&shutdown),

@@ -12,16 +12,26 @@
 //! - `GET /points`: `{"points":[PointStatus...]}`, the point list with liveness
 //!
 //! Errors are `{"error":{"code","message","field"}}`, as in the controller's API.
+//!
+//! An MSCS started with a control key (`--control-key`) answers every route but
+//! `/healthz` only with `Authorization: Bearer KEY`; without it, or with another key,
+//! 401 `unauthenticated` naming the reason, and nothing is done.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::warn;
 
 use super::engine::Mscs;
 use super::registry::{RegistrationError, MAX_REGISTRATION_BYTES};
@@ -57,10 +67,44 @@ fn invalid(field: &str, message: String) -> ApiError {
     }
 }
 
+/// Requests the API refused for want of the key, since start.
+static REFUSED_UNAUTHENTICATED: AtomicU64 = AtomicU64::new(0);
+
+/// Requests refused with 401 since the process started.
+pub fn refused_unauthenticated() -> u64 {
+    REFUSED_UNAUTHENTICATED.load(Ordering::Relaxed)
+}
+
+/// Lets a request through only with the MSCS's key as its bearer token, when the MSCS
+/// has one.
+async fn require_key(State(mscs): State<Mscs>, request: Request, next: Next) -> Response {
+    let Some(key) = &mscs.config().control_key else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|value| value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
+    let reason = match presented {
+        None => "no Authorization header: this MSCS requires its control key as a bearer token",
+        Some(None) => "the Authorization header is not `Bearer KEY`",
+        Some(Some(token)) if key.matches_bearer(token) => return next.run(request).await,
+        Some(Some(_)) => "the bearer token is not this MSCS's control key",
+    };
+    REFUSED_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
+    warn!(method = %request.method(), path = %request.uri().path(), reason, "MSCS API request refused");
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthenticated",
+        message: reason.to_string(),
+        field: None,
+    }
+    .into_response()
+}
+
 /// Builds the router.
 pub fn router(mscs: Mscs) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let guarded = Router::new()
         .route(
             "/tasks",
             get(list_tasks)
@@ -76,6 +120,10 @@ pub fn router(mscs: Mscs) -> Router {
                 .post(register_point)
                 .layer(DefaultBodyLimit::max(MAX_REGISTRATION_BYTES)),
         )
+        .route_layer(middleware::from_fn_with_state(mscs.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(guarded)
         .with_state(mscs)
 }
 

@@ -131,6 +131,9 @@ pub struct MscsConfig {
     pub registration: Option<RegistrationConfig>,
     /// Connection cap and timeouts of the HTTP API.
     pub api_limits: ApiLimits,
+    /// The key this MSCS signs its control requests with and that its HTTP API requires
+    /// as `Authorization: Bearer`; `None`: an open MSCS, as before per-task keys.
+    pub control_key: Option<crate::auth::ControlKey>,
 }
 
 /// Bounds on what the MSCS API's peers can hold.
@@ -202,6 +205,7 @@ impl MscsConfig {
             platform: None,
             registration: None,
             api_limits: ApiLimits::default(),
+            control_key: None,
         }
     }
 
@@ -445,6 +449,7 @@ impl MscsConfig {
             },
             clock_sync_bound_us: self.clock_sync_bound_us,
             receiver_drain_seconds: self.receiver_drain_seconds,
+            control_key: self.control_key.clone(),
         })
     }
 }

@@ -12,6 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::auth::ControlKey;
 use crate::protocol::{
     ControlRequest, ControlResponse, LineRead, PointInfo, ReceiveRequest, ReceiverReport,
     SendRequest, MAX_RESPONSE_LINE_BYTES, PROTOCOL_VERSION,
@@ -106,6 +107,8 @@ pub struct RunSpec {
     pub clock_sync_bound_us: Option<f64>,
     /// How long receivers keep reading after the sender finished.
     pub receiver_drain_seconds: f64,
+    /// Signs `send` and `receive` for points that require per-task keys.
+    pub control_key: Option<ControlKey>,
 }
 
 /// One open control connection.
@@ -174,8 +177,17 @@ impl Conversation {
         })
     }
 
-    async fn send(&mut self, request: &ControlRequest) -> Result<(), RunnerError> {
-        let mut line = serde_json::to_vec(request)?;
+    /// Sends `request`, wrapped in its key proof when there is a key: the proof's
+    /// timestamp and nonce are fresh for every line.
+    async fn send(
+        &mut self,
+        request: &ControlRequest,
+        key: Option<&ControlKey>,
+    ) -> Result<(), RunnerError> {
+        let mut line = match key {
+            Some(key) => serde_json::to_vec(&key.sign(request)?)?,
+            None => serde_json::to_vec(request)?,
+        };
         line.push(b'\n');
         self.writer.write_all(&line).await?;
         Ok(())
@@ -201,7 +213,7 @@ impl Conversation {
 
 async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
     let mut conversation = Conversation::open(point.control).await?;
-    conversation.send(&ControlRequest::Info).await?;
+    conversation.send(&ControlRequest::Info, None).await?;
     match conversation.receive(READY_TIMEOUT).await? {
         // Checked before the run: a point of another version may read the requests
         // differently, and the run would measure that instead of the network.
@@ -219,9 +231,12 @@ async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
 async fn start_receiver(
     point: &PointEndpoint,
     request: ReceiveRequest,
+    key: Option<&ControlKey>,
 ) -> Result<Conversation, RunnerError> {
     let mut conversation = Conversation::open(point.control).await?;
-    conversation.send(&ControlRequest::Receive(request)).await?;
+    conversation
+        .send(&ControlRequest::Receive(request), key)
+        .await?;
     match conversation.receive(READY_TIMEOUT).await? {
         ControlResponse::Ready { .. } => Ok(conversation),
         other => Err(RunnerError::Unexpected(format!("{other:?}"))),
@@ -231,10 +246,13 @@ async fn start_receiver(
 async fn run_source(
     point: &PointEndpoint,
     request: SendRequest,
+    key: Option<&ControlKey>,
 ) -> Result<SenderReport, RunnerError> {
     let within = Duration::from_secs_f64(request.duration_seconds) + SENDER_SLACK;
     let mut conversation = Conversation::open(point.control).await?;
-    conversation.send(&ControlRequest::Send(request)).await?;
+    conversation
+        .send(&ControlRequest::Send(request), key)
+        .await?;
     match conversation.receive(within).await? {
         ControlResponse::SenderReport(report) => Ok(report),
         other => Err(RunnerError::Unexpected(format!("{other:?}"))),
@@ -247,10 +265,14 @@ async fn stop_receiver(
     drain_seconds: f64,
 ) -> Result<ReceiverReport, RunnerError> {
     conversation
-        .send(&ControlRequest::Stop {
-            packets_sent,
-            drain_seconds: Some(drain_seconds),
-        })
+        .send(
+            &ControlRequest::Stop {
+                packets_sent,
+                drain_seconds: Some(drain_seconds),
+            },
+            // The receive that opened this connection was authenticated.
+            None,
+        )
         .await?;
     let within = REPORT_TIMEOUT + Duration::from_secs_f64(drain_seconds);
     match conversation.receive(within).await? {
@@ -336,7 +358,7 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
     let joins = spec
         .receivers
         .iter()
-        .map(|point| start_receiver(point, receive_request.clone()));
+        .map(|point| start_receiver(point, receive_request.clone(), spec.control_key.as_ref()));
     let joined = join_all(joins).await;
 
     if joined.iter().all(Result::is_err) {
@@ -362,7 +384,8 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         duration_seconds: spec.config.duration_seconds,
         ttl: spec.config.ttl,
     };
-    let packets_sent = match run_source(&spec.source, send_request).await {
+    let packets_sent = match run_source(&spec.source, send_request, spec.control_key.as_ref()).await
+    {
         Ok(report) => {
             let sent = report.packets_sent;
             source.report = Some(report);
