@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0010_vm_maxima.sql"),
     include_str!("../../migrations/0011_comparisons.sql"),
     include_str!("../../migrations/0012_platform_points.sql"),
+    include_str!("../../migrations/0013_deployment_outputs.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
