@@ -155,13 +155,15 @@ pub(crate) async fn download(
             sha256: Some(sha256),
             ..
         } => (size, sha256),
-        FileStat::Present { size, .. } => return Err(ApiError::Conflict {
-            field: None,
-            message: format!(
+        FileStat::Present { size, .. } => {
+            return Err(ApiError::Conflict {
+                field: None,
+                message: format!(
                 "VM {}: {file} is {size} bytes, more than the download limit of {MAX_OUTPUT_BYTES}",
                 target.vm
             ),
-        }),
+            })
+        }
     };
     let chunks = output_files::fetch(hub, node_id, &target.vm_id, file, size, sha256.clone())
         .await

@@ -580,6 +580,7 @@ mod tests {
             program: "prog".into(),
             args: vec![],
             env: BTreeMap::new(),
+            outputs: vec![],
             runs,
             created_at: String::new(),
         }
