@@ -218,7 +218,6 @@ impl Lookup for DeploymentOutputsLookup {
             None => DEFAULT_MAX_BYTES,
             Some(n) => n
                 .as_whole()
-                .and_then(|n| u64::try_from(n).ok())
                 .filter(|n| (1..=LARGEST_MAX_BYTES).contains(n))
                 .ok_or_else(|| {
                     refused(
