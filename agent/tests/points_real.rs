@@ -97,6 +97,7 @@ async fn deploy(client: &Client, program: &str, vm: &Vm, args: Vec<String>) {
             vms: vec![vm.id.clone()],
             args,
             env: BTreeMap::from([("NO_COLOR".to_string(), "1".to_string())]),
+            outputs: vec![],
             request_id: None,
         })
         .await

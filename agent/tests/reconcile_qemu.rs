@@ -481,6 +481,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             vms: vec![qemu_vm.id.clone()],
             args: vec![ns_vm.address.clone(), tcp_port.to_string()],
             env: BTreeMap::new(),
+            outputs: vec![],
             request_id: None,
         })
         .await
@@ -858,6 +859,7 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
                 vms: vec![vm.id.clone()],
                 args,
                 env: BTreeMap::new(),
+                outputs: vec![],
                 request_id: None,
             })
             .await

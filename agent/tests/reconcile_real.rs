@@ -253,6 +253,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
             vms: running.iter().map(|vm| vm.id.clone()).collect(),
             args: vec!["world".into()],
             env: BTreeMap::new(),
+            outputs: vec![],
             request_id: None,
         })
         .await

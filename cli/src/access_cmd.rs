@@ -124,7 +124,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("{text:?} is not one of operator, owner, member, viewer"))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

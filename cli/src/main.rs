@@ -9,7 +9,9 @@ mod agent_cmd;
 mod api_conn;
 mod controller_cmd;
 mod daemon;
+mod deployment_cmd;
 mod lab;
+mod landing;
 mod node_cmd;
 mod tfrc;
 mod vm_cmd;
@@ -48,6 +50,8 @@ enum Command {
     JoinBundle(controller_cmd::JoinBundleArgs),
     /// Run commands in a VM and copy files in and out (tenant token).
     Vm(vm_cmd::VmArgs),
+    /// List and download a deployment's output files (tenant token).
+    Deployment(deployment_cmd::DeploymentArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => node_cmd::main(args),
         Command::JoinToken(args) => node_cmd::join_token_main(args),
         Command::JoinBundle(args) => controller_cmd::join_bundle_main(args),
+        Command::Deployment(args) => deployment_cmd::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,18 +2,16 @@
 //! a VM over the guest channel (CLI → controller → node agent → guest),
 //! scoped by the caller's token like every API call.
 
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::process::ExitCode;
-use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use measurelab_api::exec::{drive_session, ExecExit, ExecOpen};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWrite;
 
 use crate::access_cmd::Connection;
+use crate::landing::{self, HashingWriter};
 
 /// Largest file `vm cp` copies unless `--max-bytes` says otherwise.
 const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
@@ -189,38 +187,14 @@ async fn get(
     local: &Path,
     max_bytes: u64,
 ) -> anyhow::Result<()> {
-    let target: PathBuf = if local.is_dir() {
-        let name = Path::new(path)
-            .file_name()
-            .context("the remote PATH names no file")?;
-        local.join(name)
-    } else {
-        local.to_path_buf()
-    };
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .context("DESTINATION names no file")?
-        .to_string_lossy()
-        .into_owned();
-    let temp_path = dir.join(format!(".{name}.mlcp-{}", std::process::id()));
-    let temp = TempFile(temp_path.clone());
-    let file = tokio::fs::File::create(&temp_path)
-        .await
-        .with_context(|| format!("cannot create {}", temp_path.display()))?;
+    let target = landing::target(local, path)?;
+    let (temp, temp_path, file) = landing::create_beside(&target).await?;
     let open = ExecOpen::Get {
         path: path.to_string(),
         max_bytes,
     };
     let stream = client.exec_open(vm, &open).await?;
-    let mut sink = HashingWriter {
-        inner: file,
-        hasher: Sha256::new(),
-        written: 0,
-    };
+    let mut sink = HashingWriter::new(file);
     let exit = drive_session(
         stream,
         None::<tokio::io::Empty>,
@@ -245,7 +219,7 @@ async fn get(
     tokio::fs::rename(&temp_path, &target)
         .await
         .with_context(|| format!("cannot rename onto {}", target.display()))?;
-    std::mem::forget(temp);
+    temp.keep();
     eprintln!(
         "copied {written} bytes from {vm}:{path} to {} (sha256 {sha256})",
         target.display()
@@ -284,46 +258,6 @@ async fn file_sha256(path: &Path) -> anyhow::Result<String> {
             return Ok(hex::encode(hasher.finalize()));
         }
         hasher.update(&buf[..n]);
-    }
-}
-
-/// Removes a half-written download unless forgotten.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Hashes what it writes, so a download is checked as it lands.
-struct HashingWriter {
-    inner: tokio::fs::File,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl AsyncWrite for HashingWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.hasher.update(&buf[..n]);
-            this.written += n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

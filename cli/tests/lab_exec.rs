@@ -11,10 +11,9 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ensure_guest_agent, LabGuard, BIN};
+use common::{ensure_guest_agent, guest_ready as ready, sha256_hex, tenant_token, LabGuard, BIN};
 use measurelab_api::client::Client;
-use measurelab_api::http::{ApiTokenCreate, PlatformCreate, Role, TenantCreate, Vm};
-use sha2::Digest as _;
+use measurelab_api::http::PlatformCreate;
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -49,36 +48,6 @@ impl Cli {
     }
 }
 
-fn tenant_token(admin: &Client, runtime: &tokio::runtime::Runtime, tenant: &str) -> String {
-    runtime
-        .block_on(admin.create_tenant(&TenantCreate {
-            name: tenant.into(),
-            description: None,
-            quota: None,
-            request_id: None,
-        }))
-        .unwrap_or_else(|e| panic!("create tenant {tenant}: {e}"));
-    runtime
-        .block_on(admin.create_token(&ApiTokenCreate {
-            name: format!("{tenant}-owner"),
-            role: Role::Owner,
-            tenant: Some(tenant.into()),
-            expires_at: None,
-            ttl_seconds: None,
-            request_id: None,
-        }))
-        .unwrap_or_else(|e| panic!("token for {tenant}: {e}"))
-        .secret
-}
-
-fn ready(vm: &Vm) -> bool {
-    vm.actual_state == "running"
-        && vm
-            .conditions
-            .iter()
-            .any(|c| c.condition_type == "GuestRegistered" && c.status == "True")
-}
-
 /// The CLI's exit code is `code`; otherwise panic with what it printed
 /// and the lab's logs.
 fn assert_code(lab: &LabGuard, what: &str, out: &Output, code: i32) {
@@ -90,10 +59,6 @@ fn assert_code(lab: &LabGuard, what: &str, out: &Output, code: i32) {
         lab.log_tail("controller", 30),
         lab.log_tail("n1-agent", 40)
     );
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -58,6 +58,7 @@ mod grpc_listener;
 mod liveness;
 mod metrics;
 pub mod openapi;
+mod output_files;
 mod placement;
 mod retention;
 mod store;

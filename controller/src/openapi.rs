@@ -17,12 +17,12 @@ use measurelab_api::http::{
 };
 use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
-    DeploymentList, ErrorBody, EventList, FlowList, JoinToken, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenList, LogList, Node, NodeList, NodePatch, Platform, PlatformCreate, PlatformList,
-    PlatformPatch, PlatformPoints, Program, ProgramCreate, ProgramList, QosPolicy, QosPolicyCreate,
-    QosPolicyList, QosPolicyPatch, RegistrationRequest, RegistrationRequestList, RequestOptions,
-    ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList, VmPatch, VmUsage,
-    RESULT_DOCUMENT_SCHEMA,
+    DeploymentList, DeploymentOutputs, DeploymentPatch, ErrorBody, EventList, FlowList, JoinToken,
+    JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList, Node, NodeList, NodePatch, Platform,
+    PlatformCreate, PlatformList, PlatformPatch, PlatformPoints, Program, ProgramCreate,
+    ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch, RegistrationRequest,
+    RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList,
+    Vm, VmCreate, VmList, VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -241,7 +241,10 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::list_deployments,
         operations::create_deployment,
         operations::get_deployment,
+        operations::patch_deployment,
         operations::delete_deployment,
+        operations::deployment_outputs,
+        operations::download_output,
         operations::list_tasks,
         operations::create_task,
         operations::get_task,
@@ -417,6 +420,10 @@ error_answers! {
     /// A platform's flows: also refused while its flow monitoring is off (409)
     /// and when the controller runs no collector (503).
     FlowErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
+        "422" => "InvalidField", "503" => "Unavailable";
+    /// A deployment's output file: also 409 when the guest cannot read it
+    /// and 503 when the VM's node is offline.
+    OutputErrors: "401" => "Unauthorized", "404" => "NotFound", "409" => "Conflict",
         "422" => "InvalidField", "503" => "Unavailable";
     /// A POST that creates an object.
     CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
@@ -1049,6 +1056,36 @@ mod operations {
         params(("id_or_name" = String, Path, description = KEY)),
         responses((status = 200, description = "The deployment.", body = Deployment), GetErrors))]
     fn get_deployment() {}
+
+    /// Change a deployment in place: only its `outputs`; the runs go on.
+    #[utoipa::path(patch, path = "/v1/deployments/{id_or_name}", operation_id = "patchDeployment",
+        params(("id_or_name" = String, Path, description = KEY)),
+        request_body = DeploymentPatch,
+        responses((status = 200, description = "Updated.", body = Deployment), PatchErrors))]
+    fn patch_deployment() {}
+
+    /// The deployment's declared output files in each VM, looked at now
+    /// (size, mtime, SHA-256), during or after the run (docs/exec.md).
+    #[utoipa::path(get, path = "/v1/deployments/{id_or_name}/outputs", operation_id = "deploymentOutputs",
+        params(("id_or_name" = String, Path, description = KEY)),
+        responses((status = 200, description = "The outputs per VM.", body = DeploymentOutputs), QueryErrors))]
+    fn deployment_outputs() {}
+
+    /// One output file, streamed, with `Content-Length` and
+    /// `x-measurelab-sha256`. A file that changes while it is sent aborts
+    /// the body.
+    #[utoipa::path(get, path = "/v1/deployments/{id_or_name}/outputs/{output}", operation_id = "downloadOutput",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("output" = String, Path, description = "Index into `outputs`, a declared path, or the file name of exactly one."),
+            ("vm" = Option<String>, Query, nullable = false,
+                description = "VM id or platform/name; needed when the deployment runs on several VMs."),
+        ),
+        responses(
+            (status = 200, description = "The file.", content((Vec<u8> = "application/octet-stream"))),
+            OutputErrors,
+        ))]
+    fn download_output() {}
 
     /// Stop every run of the deployment; the record stays with the final statuses.
     #[utoipa::path(delete, path = "/v1/deployments/{id_or_name}", operation_id = "deleteDeployment",

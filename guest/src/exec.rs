@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use measurelab_api::exec::{
     check_open, frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES,
-    EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES,
+    EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES, STAT_ABSENT_CODE,
 };
 use measurelab_api::guest::GuestMessage;
 use nix::sys::signal::{killpg, Signal};
@@ -142,6 +142,10 @@ async fn run_session(
                 put_file(&out, Path::new(&path), size, &sha256, rx).await
             }
             ExecOpen::Get { path, max_bytes } => get_file(&out, &path, max_bytes, rx).await,
+            ExecOpen::Stat {
+                path,
+                max_hash_bytes,
+            } => stat_file(&path, max_hash_bytes).await,
         },
     };
     let _ = link.send_wait(&exit_message(&session, exit)).await;
@@ -514,6 +518,62 @@ async fn put_file(
         size: Some(written),
         sha256: Some(actual),
         ..ExecExit::default()
+    }
+}
+
+/// Size, mtime and (up to `max_hash_bytes`) SHA-256 of a regular file, in
+/// the exit frame. Hashing runs on a blocking thread: a capture of a few
+/// hundred MiB takes seconds, and the session's frames (a `kill`) need not
+/// wait for it because nothing but the exit is ever sent.
+async fn stat_file(path: &str, max_hash_bytes: u64) -> ExecExit {
+    let owned = path.to_string();
+    let stat = tokio::task::spawn_blocking(move || -> std::io::Result<ExecExit> {
+        use std::io::Read;
+        let file = std::fs::File::open(&owned)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(ExecExit::error(format!("{owned} is not a regular file")));
+        }
+        let mtime_unix = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        let mut exit = ExecExit {
+            code: Some(0),
+            size: Some(meta.len()),
+            mtime_unix,
+            ..ExecExit::default()
+        };
+        if meta.len() <= max_hash_bytes {
+            let mut hasher = Sha256::new();
+            let mut reader = file.take(max_hash_bytes);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            // Size and digest describe the same bytes, even when the file
+            // changed between the metadata and the read.
+            exit.size = Some(size);
+            exit.sha256 = Some(hex::encode(hasher.finalize()));
+        }
+        Ok(exit)
+    })
+    .await;
+    match stat {
+        Ok(Ok(exit)) => exit,
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => ExecExit {
+            code: Some(STAT_ABSENT_CODE),
+            ..ExecExit::default()
+        },
+        Ok(Err(err)) => ExecExit::error(format!("cannot read {path}: {err}")),
+        Err(err) => ExecExit::error(format!("stat of {path} failed: {err}")),
     }
 }
 

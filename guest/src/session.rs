@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use measurelab_api::exec::FEATURE_EXEC;
+use measurelab_api::exec::{FEATURE_EXEC, FEATURE_EXEC_STAT};
 use measurelab_api::guest::{
     AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS, MAX_AGENT_LINE_BYTES,
 };
@@ -277,7 +277,11 @@ fn hello(config: &GuestConfig) -> GuestMessage {
     GuestMessage::Hello {
         vm_id: config.vm_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        features: vec![FEATURE_PROGRAM_CHUNKS.to_string(), FEATURE_EXEC.to_string()],
+        features: vec![
+            FEATURE_PROGRAM_CHUNKS.to_string(),
+            FEATURE_EXEC.to_string(),
+            FEATURE_EXEC_STAT.to_string(),
+        ],
     }
 }
 

@@ -15,6 +15,7 @@ use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Whoami;
+use crate::data_sources::DeploymentOutputsDataSource;
 use crate::data_sources::FlowsDataSource;
 use crate::data_sources::PlatformPointsDataSource;
 use crate::data_sources::TenantUsageDataSource;
@@ -354,6 +355,7 @@ impl Provider for MeasurelabProvider {
             "flows" => FlowsDataSource::new(self.shared.clone()),
             "vm_usage" => VmUsageDataSource::new(self.shared.clone()),
             "platform_points" => PlatformPointsDataSource::new(self.shared.clone()),
+            "deployment_outputs" => DeploymentOutputsDataSource::new(self.shared.clone()),
         })
     }
 }

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use measurelab_api::exec::{ExecFrame, ExecOpen, FEATURE_EXEC};
+use measurelab_api::exec::{ExecFrame, ExecOpen, FEATURE_EXEC, FEATURE_EXEC_STAT};
 use measurelab_api::guest::{
     encode_line, AgentMessage, GuestMessage, LineFramer, FEATURE_PROGRAM_CHUNKS,
     MAX_GUEST_LINE_BYTES, OUTPUT_TAIL_BYTES, PROGRAM_CHUNK_BYTES,
@@ -127,13 +127,16 @@ pub enum GuestChannelError {
         #[source]
         source: std::io::Error,
     },
-    /// The guest agent predates `vm exec`.
-    #[error("the guest agent of VM {vm_id} (version {agent_version:?}) does not support exec; update the appliance's guest agent")]
+    /// The guest agent predates `vm exec` (or, for `stat`, program
+    /// output files).
+    #[error("the guest agent of VM {vm_id} (version {agent_version:?}) does not support {feature}; update the appliance's guest agent")]
     ExecUnsupported {
         /// The VM.
         vm_id: Uuid,
         /// What the guest said it runs.
         agent_version: String,
+        /// The hello feature it lacks.
+        feature: &'static str,
     },
     /// The VM has the most exec sessions open that it may.
     #[error("VM {vm_id} has {max} exec sessions open already", max = exec_routes::MAX_SESSIONS_PER_VM)]
@@ -421,10 +424,15 @@ impl GuestChannels {
         if !state.registered {
             return Err(GuestChannelError::NotConnected { vm_id });
         }
-        if !state.features.iter().any(|f| f == FEATURE_EXEC) {
+        let needs = match open {
+            ExecOpen::Stat { .. } => FEATURE_EXEC_STAT,
+            _ => FEATURE_EXEC,
+        };
+        if !state.features.iter().any(|f| f == needs) {
             return Err(GuestChannelError::ExecUnsupported {
                 vm_id,
                 agent_version: state.agent_version.unwrap_or_default(),
+                feature: needs,
             });
         }
         let frames = shared

@@ -345,3 +345,43 @@ pub fn namespace_vm(name: &str, platform: &str, node: &str) -> measurelab_api::h
         request_id: None,
     }
 }
+
+/// A new tenant and an owner token of it.
+pub fn tenant_token(
+    admin: &measurelab_api::client::Client,
+    runtime: &tokio::runtime::Runtime,
+    tenant: &str,
+) -> String {
+    runtime
+        .block_on(admin.create_tenant(&measurelab_api::http::TenantCreate {
+            name: tenant.into(),
+            description: None,
+            quota: None,
+            request_id: None,
+        }))
+        .unwrap_or_else(|e| panic!("create tenant {tenant}: {e}"));
+    runtime
+        .block_on(admin.create_token(&measurelab_api::http::ApiTokenCreate {
+            name: format!("{tenant}-owner"),
+            role: measurelab_api::http::Role::Owner,
+            tenant: Some(tenant.into()),
+            expires_at: None,
+            ttl_seconds: None,
+            request_id: None,
+        }))
+        .unwrap_or_else(|e| panic!("token for {tenant}: {e}"))
+        .secret
+}
+
+/// The VM runs and its guest agent said hello.
+pub fn guest_ready(vm: &measurelab_api::http::Vm) -> bool {
+    vm.actual_state == "running"
+        && vm
+            .conditions
+            .iter()
+            .any(|c| c.condition_type == "GuestRegistered" && c.status == "True")
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+}

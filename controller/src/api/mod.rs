@@ -15,6 +15,7 @@ mod idempotency;
 mod join_tokens;
 mod metrics_endpoint;
 mod nodes;
+mod outputs;
 mod page;
 mod platforms;
 mod programs;
@@ -159,7 +160,16 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         (
             "/v1/deployments/:id_or_name",
-            get(programs::get_deployment).delete(programs::delete_deployment),
+            get(programs::get_deployment)
+                .patch(programs::patch_deployment)
+                .delete(programs::delete_deployment),
+        ),
+        ("/v1/deployments/:id_or_name/outputs", get(outputs::list)),
+        (
+            "/v1/deployments/:id_or_name/outputs/:output",
+            // Streams the file: bounded by progress (the idle timeout), not
+            // by the request timeout.
+            get(outputs::download).layer(middleware::from_fn(lift_request_timeout)),
         ),
         ("/v1/tasks", get(tasks::list).post(tasks::create)),
         (

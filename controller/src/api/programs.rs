@@ -8,7 +8,8 @@ use axum::response::Response;
 use axum::Json;
 use base64::Engine;
 use measurelab_api::http::{
-    Deployment, DeploymentCreate, DeploymentList, Program, ProgramCreate, ProgramList,
+    Deployment, DeploymentCreate, DeploymentList, DeploymentPatch, Program, ProgramCreate,
+    ProgramList,
 };
 use rusqlite::Connection;
 
@@ -321,12 +322,46 @@ pub(crate) async fn get_deployment(
     ))
 }
 
-/// Stops every run of the deployment (the record stays for its statuses).
 /// Whether `scope` sees the deployment (for 403 versus 404).
 fn deployment_visible(conn: &Connection, scope: &Scope, id: &str) -> Result<bool, StoreError> {
     Ok(programs::find_deployment(conn, scope, id)?.is_some())
 }
 
+/// Changes what can change without restarting the runs: the outputs.
+pub(crate) async fn patch_deployment(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(input): JsonBody<DeploymentPatch>,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    ensure_can_change(
+        &state,
+        &principal,
+        "changing",
+        "deployment",
+        &key,
+        deployment_visible,
+    )
+    .await?;
+    let route = format!("PATCH /v1/deployments/{key}");
+    let scope = principal.scope();
+    let request_id = principal.idempotency_key(input.request_id.clone());
+    let result = state
+        .store()
+        .resources()
+        .mutate(request_id, route, move |cx| {
+            let deployment = match input.outputs {
+                Some(outputs) => programs::set_outputs(cx, &scope, &key, outputs)?,
+                None => programs::get_deployment(cx.tx, &scope, &key)?,
+            };
+            Ok(stored(200, &deployment))
+        })
+        .await?;
+    Ok(answer(result))
+}
+
+/// Stops every run of the deployment (the record stays for its statuses).
 pub(crate) async fn delete_deployment(
     State(state): State<AppState>,
     principal: Principal,

@@ -266,6 +266,7 @@ pub(crate) struct DeploymentRow {
     pub program_sha256: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    pub outputs: Vec<String>,
     pub stopped: bool,
     pub created_at: String,
 }
@@ -290,12 +291,13 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, StoreError> {
         stopped: r.get::<_, i64>(6)? != 0,
         created_at: r.get(7)?,
         tenant_id: r.get(8)?,
+        outputs: from_json("deployments.outputs", &r.get::<_, String>(9)?)?,
     })
 }
 
 const SELECT_DEPLOYMENT: &str =
     "SELECT d.id, d.program_id, p.name, p.sha256, d.args, d.env, d.stopped, d.created_at,
-            p.tenant_id
+            p.tenant_id, d.outputs
      FROM deployments d JOIN programs p ON p.id = d.program_id";
 
 pub(crate) fn find_deployment(
@@ -348,6 +350,7 @@ pub(crate) fn deployment_to_api(
         args: d.args.clone(),
         env: d.env.clone(),
         runs: runs(conn, &d.id)?.into_iter().map(|r| r.state).collect(),
+        outputs: d.outputs.clone(),
         tenant_id: d.tenant_id.clone(),
         created_at: d.created_at.clone(),
     })
@@ -426,6 +429,7 @@ pub(crate) fn create_deployment(
         }
         validation::short_text(&field, value, 4096)?;
     }
+    check_outputs(&input.outputs)?;
     let program_scope = Scope::Tenant(program.tenant_id.clone());
     let mut targets: Vec<vms::VmRow> = Vec::new();
     for (i, key) in input.vms.iter().enumerate() {
@@ -449,14 +453,15 @@ pub(crate) fn create_deployment(
     }
     let id = new_id();
     cx.tx.execute(
-        "INSERT INTO deployments (id, program_id, args, env, stopped, created_at)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+        "INSERT INTO deployments (id, program_id, args, env, stopped, created_at, outputs)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
         params![
             id,
             program.id,
             to_json(&input.args),
             to_json(&input.env),
-            cx.now_text()
+            cx.now_text(),
+            to_json(&input.outputs)
         ],
     )?;
     for vm in &targets {
@@ -484,6 +489,64 @@ pub(crate) fn create_deployment(
         ),
     )?;
     get_deployment(cx.tx, &program_scope, &id)
+}
+
+/// Where one VM of a deployment runs now, for reading its output files.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputTarget {
+    /// `platform/name` as the run recorded it.
+    pub vm: String,
+    pub vm_id: String,
+    /// `None` once the VM is gone.
+    pub node_id: Option<String>,
+}
+
+/// The deployment `scope` sees (or `NotFound`) and its VMs' current nodes.
+pub(crate) fn output_targets(
+    conn: &Connection,
+    scope: &Scope,
+    id: &str,
+) -> Result<(DeploymentRow, Vec<OutputTarget>), StoreError> {
+    let d = find_deployment(conn, scope, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: "deployment",
+        id: id.to_string(),
+    })?;
+    let program_scope = Scope::Tenant(d.tenant_id.clone());
+    let mut targets = Vec::new();
+    for run in runs(conn, &d.id)? {
+        let node_id = vms::find(conn, &program_scope, &run.state.vm_id)?.map(|vm| vm.node_id);
+        targets.push(OutputTarget {
+            vm: run.state.vm,
+            vm_id: run.state.vm_id,
+            node_id,
+        });
+    }
+    Ok((d, targets))
+}
+
+fn check_outputs(outputs: &[String]) -> Result<(), StoreError> {
+    measurelab_api::http::check_outputs(outputs)
+        .map_err(|(field, reason)| StoreError::invalid(field, reason))
+}
+
+/// Replaces a deployment's output list. The runs are untouched (outputs
+/// are read only when asked for), so no node is touched either.
+pub(crate) fn set_outputs(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    id: &str,
+    outputs: Vec<String>,
+) -> Result<Deployment, StoreError> {
+    check_outputs(&outputs)?;
+    let d = find_deployment(cx.tx, scope, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: "deployment",
+        id: id.to_string(),
+    })?;
+    cx.tx.execute(
+        "UPDATE deployments SET outputs = ?2 WHERE id = ?1",
+        params![d.id, to_json(&outputs)],
+    )?;
+    get_deployment(cx.tx, scope, &d.id)
 }
 
 /// Stop: the runs leave the nodes' desired state, so the agents stop them;

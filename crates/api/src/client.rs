@@ -666,6 +666,71 @@ impl Client {
         .await
     }
 
+    /// `PATCH /v1/deployments/{id}`: changes the outputs; the runs go on.
+    pub async fn update_deployment(
+        &self,
+        id: &str,
+        body: &crate::http::DeploymentPatch,
+    ) -> Result<Deployment, ClientError> {
+        self.request(
+            reqwest::Method::PATCH,
+            &format!("/v1/deployments/{}", url_component(id)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/deployments/{id}/outputs`: each VM's declared output files.
+    pub async fn deployment_outputs(
+        &self,
+        id: &str,
+    ) -> Result<crate::http::DeploymentOutputs, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{}/outputs", url_component(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/deployments/{id}/outputs/{output}[?vm=]`: the response
+    /// whose body is the file (read it with `chunk()`); its length and
+    /// [`crate::http::OUTPUT_SHA256_HEADER`] say what must arrive. Refusals
+    /// come back as [`ClientError::Api`]. Not bounded by the client's
+    /// request timeout: a large file takes as long as the link needs.
+    pub async fn download_output(
+        &self,
+        id: &str,
+        output: &str,
+        vm: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut path = format!(
+            "/v1/deployments/{}/outputs/{}",
+            url_component(id),
+            url_component(output)
+        );
+        if let Some(vm) = vm {
+            path.push_str(&format!("?vm={}", url_component(vm)));
+        }
+        let resp = self
+            .http
+            .get(format!("{}{}", self.endpoint, path))
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(resp)
+    }
+
     /// `DELETE /v1/deployments/{id}`: stops every run.
     pub async fn delete_deployment(&self, id: &str) -> Result<Deployment, ClientError> {
         self.request::<(), _>(

@@ -53,6 +53,15 @@ pub const MAX_EXEC_ARGV_BYTES: usize = 32 * 1024;
 /// Hello feature: the guest runs `exec` sessions and copies files.
 pub const FEATURE_EXEC: &str = "exec";
 
+/// Hello feature: the guest answers [`ExecOpen::Stat`] (program output
+/// files). A guest without it would drop the frame it cannot parse, so the
+/// node agent refuses the session up front instead.
+pub const FEATURE_EXEC_STAT: &str = "exec_stat";
+
+/// Exit code of a [`ExecOpen::Stat`] whose file does not exist (ENOENT), so
+/// "absent" is told apart from a failure without parsing error text.
+pub const STAT_ABSENT_CODE: i32 = 2;
+
 /// The HTTP `Upgrade` token of an exec session (`POST
 /// /v1/platforms/{platform}/vms/{vm}/exec`).
 pub const EXEC_UPGRADE_PROTOCOL: &str = "measurelab-exec.v1";
@@ -88,6 +97,16 @@ pub enum ExecOpen {
         /// Refuse a file larger than this.
         max_bytes: u64,
     },
+    /// Describe a regular file without sending it: the exit frame carries
+    /// its size, SHA-256 and modification time, or exit code
+    /// [`STAT_ABSENT_CODE`] when there is no such file.
+    Stat {
+        /// Absolute path in the guest.
+        path: String,
+        /// Hash at most this many bytes; a larger file reports its size
+        /// and mtime without a SHA-256.
+        max_hash_bytes: u64,
+    },
 }
 
 /// Which output stream a [`ExecFrame::Output`] belongs to.
@@ -120,6 +139,9 @@ pub struct ExecExit {
     /// For copies: lowercase hex SHA-256 of what was written or read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// For `stat`: the file's modification time, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_unix: Option<i64>,
 }
 
 impl ExecExit {
@@ -262,7 +284,7 @@ pub fn check_open(open: &ExecOpen) -> Result<(), ExecOpenError> {
                 return bad("sha256", "must be 64 lowercase hex digits".into());
             }
         }
-        ExecOpen::Get { path, .. } => {
+        ExecOpen::Get { path, .. } | ExecOpen::Stat { path, .. } => {
             check_guest_path(path).or_else(|reason| bad("path", reason))?;
         }
     }

@@ -1022,6 +1022,11 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// One run per VM.
     pub runs: Vec<ProgramRunState>,
+    /// Files the program writes that can be listed and downloaded
+    /// (`GET /v1/deployments/{id}/outputs`): absolute paths in each VM.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub outputs: Vec<String>,
     /// Id of the tenant that owns it.
     #[serde(default)]
     #[schema(required = true)]
@@ -1044,6 +1049,10 @@ pub struct DeploymentCreate {
     /// Environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Output files: absolute paths in each VM (no `..`), at most
+    /// [`MAX_DEPLOYMENT_OUTPUTS`] of at most [`MAX_OUTPUT_PATH_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1052,6 +1061,112 @@ pub struct DeploymentCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
+
+/// `PATCH /v1/deployments/{id}` body: what can change without restarting
+/// the runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentPatch {
+    /// New output files (replaces the list). The program keeps running:
+    /// outputs are only read when they are listed or downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Most output files a deployment declares.
+pub const MAX_DEPLOYMENT_OUTPUTS: usize = 32;
+/// Longest output path.
+pub const MAX_OUTPUT_PATH_BYTES: usize = 1024;
+
+/// Checks a deployment's `outputs`; `Err` is (field, reason), the field
+/// as `outputs[i]` or `outputs`.
+pub fn check_outputs(outputs: &[String]) -> Result<(), (String, String)> {
+    if outputs.len() > MAX_DEPLOYMENT_OUTPUTS {
+        return Err((
+            "outputs".into(),
+            format!(
+                "has {} paths; at most {MAX_DEPLOYMENT_OUTPUTS}",
+                outputs.len()
+            ),
+        ));
+    }
+    for (i, path) in outputs.iter().enumerate() {
+        let field = format!("outputs[{i}]");
+        if path.len() > MAX_OUTPUT_PATH_BYTES {
+            return Err((
+                field,
+                format!("is {} bytes; at most {MAX_OUTPUT_PATH_BYTES}", path.len()),
+            ));
+        }
+        crate::exec::check_guest_path(path).map_err(|reason| (field.clone(), reason))?;
+        if path.ends_with('/') {
+            return Err((field, format!("{path:?} names a directory; name a file")));
+        }
+        if outputs[..i].contains(path) {
+            return Err((field, format!("{path:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/deployments/{id}/outputs` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentOutputs {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The declared paths, in order (a file's `index` points here).
+    pub outputs: Vec<String>,
+    /// One entry per VM of the deployment.
+    pub vms: Vec<VmOutputs>,
+}
+
+/// The output files of one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmOutputs {
+    /// VM (`platform/name`).
+    pub vm: String,
+    /// VM id.
+    pub vm_id: String,
+    /// Why the files could not be looked at (the VM's node or guest is
+    /// offline); `files` is then empty.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub error: Option<String>,
+    /// One entry per declared output, in order.
+    pub files: Vec<OutputFile>,
+}
+
+/// One declared output file in one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutputFile {
+    /// Position in the deployment's `outputs`.
+    pub index: u32,
+    /// The path in the VM.
+    pub path: String,
+    /// Whether the file exists (a program may not have written it yet).
+    pub present: bool,
+    /// Size in bytes, when present.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub size_bytes: Option<u64>,
+    /// Lowercase hex SHA-256, when present and at most the download limit.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub sha256: Option<String>,
+    /// Last modification, RFC 3339, when present.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub modified_at: Option<String>,
+    /// Why this file could not be looked at (not a regular file, unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Response header of an output download: the file's lowercase hex
+/// SHA-256, which the body must match.
+pub const OUTPUT_SHA256_HEADER: &str = "x-measurelab-sha256";
 
 /// `GET /v1/deployments` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

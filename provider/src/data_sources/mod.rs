@@ -1,6 +1,7 @@
 //! Data sources, one file per Terraform type.
 
 mod appliances;
+mod deployment_outputs;
 mod flows;
 mod listing;
 mod lookup;
@@ -19,6 +20,7 @@ mod vm_usage;
 pub(crate) mod vms;
 
 pub use appliances::AppliancesDataSource;
+pub use deployment_outputs::DeploymentOutputsDataSource;
 pub use flows::FlowsDataSource;
 pub use measurement_task::MeasurementTaskDataSource;
 pub use measurement_tasks::MeasurementTasksDataSource;

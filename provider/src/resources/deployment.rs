@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{Deployment, DeploymentCreate, ProgramRunState};
+use measurelab_api::http::{Deployment, DeploymentCreate, DeploymentPatch, ProgramRunState};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
@@ -76,6 +76,8 @@ pub struct DeploymentState {
     pub args: Value<Vec<Value<String>>>,
     /// Environment.
     pub env: Value<BTreeMap<String, Value<String>>>,
+    /// Output files (absolute paths in each VM).
+    pub outputs: Value<Vec<Value<String>>>,
     /// `running` or `exited`.
     pub wait_for: Value<String>,
     /// Controller id.
@@ -97,6 +99,18 @@ fn known_list(value: &Value<Vec<Value<String>>>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `outputs[i]` (or `outputs`) as the attribute path Terraform underlines.
+fn output_path(field: &str) -> AttributePath {
+    let index = field
+        .strip_prefix("outputs[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|i| i.parse::<i64>().ok());
+    match index {
+        Some(i) => AttributePath::new("outputs").index(i),
+        None => AttributePath::new("outputs"),
+    }
 }
 
 /// What create waits for.
@@ -196,6 +210,23 @@ impl DeploymentState {
                 }
             }
         }
+        if let Value::Value(outputs) = &self.outputs {
+            // Unknown elements are checked at apply, by the controller.
+            let known: Vec<String> = outputs
+                .iter()
+                .filter_map(|v| v.as_ref_option().cloned())
+                .collect();
+            if known.len() == outputs.len() {
+                if let Err((field, reason)) = measurelab_api::http::check_outputs(&known) {
+                    diagnostics::invalid_value(
+                        diags,
+                        output_path(&field),
+                        "Invalid output path",
+                        format!("{field} {reason}: an output is an absolute path of a file in the VM, without `..`."),
+                    );
+                }
+            }
+        }
         if let Value::Value(t) = &self.timeouts {
             if let Value::Value(text) = &t.create {
                 if let Err(err) = timeouts::parse_duration(text) {
@@ -230,6 +261,16 @@ impl DeploymentState {
         self.runs = Value::Value(deployment.runs.iter().map(RunValue::from).collect());
         if self.args.is_value() || !deployment.args.is_empty() {
             self.args = Value::Value(deployment.args.iter().cloned().map(Value::Value).collect());
+        }
+        if self.outputs.is_value() || !deployment.outputs.is_empty() {
+            self.outputs = Value::Value(
+                deployment
+                    .outputs
+                    .iter()
+                    .cloned()
+                    .map(Value::Value)
+                    .collect(),
+            );
         }
         if self.env.is_value() || !deployment.env.is_empty() {
             self.env = Value::Value(
@@ -360,6 +401,7 @@ impl ManagedResource for Deployments {
             ("vms".into(), attribute(strings(), "VMs to run the program on, by id (`measurelab_vm.x.id`) or unique name. Changing it replaces the deployment.", AttributeConstraint::Required)),
             ("args".into(), attribute(strings(), "Program arguments. Changing them replaces the deployment (the program restarts).", AttributeConstraint::Optional)),
             ("env".into(), attribute(AttributeType::Map(Box::new(AttributeType::String)), "Extra environment variables. The guest agent also sets `MEASURELAB_PLATFORM_API`, `MEASURELAB_VM_ID` and `MEASURELAB_DEPLOYMENT_ID`. Changing it replaces the deployment.", AttributeConstraint::Optional)),
+            ("outputs".into(), attribute(strings(), "Files the program writes, as absolute paths in each VM (at most 32, no `..`). They can be listed and downloaded during and after the run (`measurelab deployment outputs|fetch`, `GET /v1/deployments/{id}/outputs`), and small text ones read with the `measurelab_deployment_outputs` data source. Changing the list never restarts the program: outputs are only read when asked for.", AttributeConstraint::Optional)),
             ("wait_for".into(), attribute(AttributeType::String, "What create waits for: `running` (default; long-running programs; a run that exits fails the apply) or `exited` (one-shot programs; every run must exit 0).", AttributeConstraint::OptionalComputed)),
             ("id".into(), computed(AttributeType::String, "Stable id assigned by the controller.")),
             ("runs".into(), computed(AttributeType::List(Box::new(run_type)), "One run per VM: `vm`, `vm_id`, `status` (`pending`, `running`, `exited`, `failed`, `lost`, `stopped`), `exit_code`, `stdout_tail`, `stderr_tail`. Refreshed on read; never causes a diff.")),
@@ -467,6 +509,7 @@ impl ManagedResource for Deployments {
             program: known(&planned.program),
             vms: known_list(&planned.vms),
             args: known_list(&planned.args),
+            outputs: known_list(&planned.outputs),
             env: planned
                 .env
                 .as_ref_option()
@@ -495,7 +538,35 @@ impl ManagedResource for Deployments {
         Some(state)
     }
 
-    // `update` sends nothing: only `wait_for`/`timeouts` changed, which steer create.
+    /// Only `outputs` is sent (a PATCH that leaves the runs alone); the
+    /// other in-place changes, `wait_for` and `timeouts`, steer create.
+    async fn update(
+        &self,
+        diags: &mut Diagnostics,
+        prior: &DeploymentState,
+        planned: DeploymentState,
+    ) -> Option<DeploymentState> {
+        let (old, new) = (known_list(&prior.outputs), known_list(&planned.outputs));
+        if old == new {
+            return Some(planned);
+        }
+        let client = self.shared.client(diags)?;
+        let body = DeploymentPatch {
+            outputs: Some(new),
+            request_id: None,
+        };
+        match client.update_deployment(&known(&prior.id), &body).await {
+            Ok(deployment) => {
+                let mut state = planned;
+                state.refresh_from(&deployment);
+                Some(state)
+            }
+            Err(err) => {
+                diagnostics::client_error(diags, &err, Operation::Update(KIND));
+                None
+            }
+        }
+    }
 
     fn id(state: &DeploymentState) -> &Value<String> {
         &state.id
@@ -580,6 +651,7 @@ mod tests {
             program: "prog".into(),
             args: vec![],
             env: BTreeMap::new(),
+            outputs: vec![],
             runs,
             created_at: String::new(),
         }
@@ -618,6 +690,10 @@ mod tests {
                 Value::Value("ok".into()),
                 Value::Value("bad\0".into()),
             ]),
+            outputs: Value::Value(vec![
+                Value::Value("/tmp/capture.pcap".into()),
+                Value::Value("/tmp/../etc/shadow".into()),
+            ]),
             ..Default::default()
         }
         .validate(&mut diags);
@@ -628,6 +704,7 @@ mod tests {
                 AttributePath::new("vms"),
                 AttributePath::new("wait_for"),
                 AttributePath::new("args").index(1),
+                AttributePath::new("outputs").index(1),
             ]
         );
     }
