@@ -334,6 +334,9 @@ struct RunResult {
     wal_bytes: u64,
     oversleep_p99_ms: f64,
     writer_cpu_seconds: f64,
+    /// CPU of this process (the load generator) during the phase: when it
+    /// nears the machine's spare capacity, latency is the generator's.
+    generator_cpu_percent: f64,
 }
 
 /// Measures how late a 1 ms sleep wakes up, as a gauge of CPU contention on
@@ -648,6 +651,7 @@ async fn run_one(
     );
     let rate = nodes as f64 / interval.as_secs_f64();
     let cpu_before = cpu_seconds(pid, ticks)?;
+    let generator_before = cpu_seconds(std::process::id(), ticks)?;
     let writer_cpu_before = thread_cpu_seconds(pid, "store-writer", ticks)?;
     let probe = NoiseProbe::start();
     // (send time since phase start in ms, ack latency in µs)
@@ -707,6 +711,7 @@ async fn run_one(
     while tasks.join_next().await.is_some() {}
     let elapsed = phase_start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid, ticks)? - cpu_before;
+    let generator_cpu = cpu_seconds(std::process::id(), ticks)? - generator_before;
     let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
     let peak_rss = peak_rss_bytes(pid)?;
     let oversleep_p99_ms = probe.finish();
@@ -752,6 +757,7 @@ async fn run_one(
         wal_bytes,
         oversleep_p99_ms,
         writer_cpu_seconds: writer_cpu,
+        generator_cpu_percent: 100.0 * generator_cpu / elapsed,
     })
 }
 
@@ -788,11 +794,11 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |",
             r.nodes,
             r.mode,
             r.transport.name(),
@@ -809,7 +815,8 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
             r.register_seconds,
             r.writer_cpu_seconds,
             r.wal_bytes as f64 / (1 << 20) as f64,
-            r.oversleep_p99_ms
+            r.oversleep_p99_ms,
+            r.generator_cpu_percent
         );
     }
     for &nodes in &matrix.node_counts {
