@@ -631,6 +631,21 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_node_certificate_names_exactly_its_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr_key = ca.check_csr(&csr(&key)).unwrap();
+        let pem = ca
+            .sign_nodes(&csr_key, &["n-1", "n-3"], "pool", Duration::from_secs(3600))
+            .unwrap();
+        let der = CertificateDer::from(first_cert_der(&pem, "cert").unwrap());
+        assert!(cert_names_node(&der, "n-1"));
+        assert!(cert_names_node(&der, "n-3"));
+        assert!(!cert_names_node(&der, "n-2"));
+    }
+
+    #[test]
     fn a_tampered_csr_is_refused() {
         let key = KeyPair::generate().unwrap();
         let pem = csr(&key);
