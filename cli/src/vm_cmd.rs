@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use measurelab_api::exec::{drive_session, ExecExit, ExecOpen};
+use measurelab_api::exec::{
+    drive_session, drive_terminal_session, ExecExit, ExecOpen, TerminalSize,
+};
 use sha2::{Digest, Sha256};
 
 use crate::access_cmd::Connection;
@@ -36,8 +38,9 @@ enum VmCommand {
         /// command's stdin is empty).
         #[arg(short = 'i', long = "stdin")]
         stdin: bool,
-        /// Run the command on a terminal in the guest (stdout and stderr
-        /// arrive as one stream; the local terminal is put in raw mode).
+        /// Run the command on a terminal in the guest that is its
+        /// controlling terminal (stdout and stderr arrive as one stream; the
+        /// local terminal is put in raw mode and its size follows along).
         #[arg(short = 't', long = "tty")]
         tty: bool,
         /// The command and its arguments, after `--`.
@@ -85,13 +88,18 @@ fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
                 tty,
                 command,
             } => {
-                let open = ExecOpen::Command { argv: command, tty };
-                let stream = client.exec_open(&vm, &open).await?;
-                let _raw = if tty { RawTerminal::enter() } else { None };
                 let input = stdin.then(tokio::io::stdin);
-                let exit =
-                    drive_session(stream, input, tokio::io::stdout(), tokio::io::stderr()).await?;
-                drop(_raw);
+                let exit = if tty {
+                    exec_terminal(&client, &vm, command, input).await?
+                } else {
+                    let open = ExecOpen::Command {
+                        argv: command,
+                        tty,
+                        size: None,
+                    };
+                    let stream = client.exec_open(&vm, &open).await?;
+                    drive_session(stream, input, tokio::io::stdout(), tokio::io::stderr()).await?
+                };
                 if let Some(error) = &exit.error {
                     eprintln!("error: {error}");
                 }
@@ -119,6 +127,67 @@ fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
+    })
+}
+
+/// `vm exec -t`: the guest's terminal gets this terminal's size, follows
+/// its changes (SIGWINCH), and this terminal is raw for the session. The
+/// raw mode is undone on every way out: the guard's drop covers returns,
+/// errors and panics; SIGTERM and SIGHUP end the session here (they would
+/// otherwise kill the process with the terminal still raw), and ^C is a
+/// byte for the remote command in raw mode, not a signal to us.
+async fn exec_terminal(
+    client: &measurelab_api::client::Client,
+    vm: &str,
+    argv: Vec<String>,
+    input: Option<tokio::io::Stdin>,
+) -> anyhow::Result<ExecExit> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let open = ExecOpen::Command {
+        argv,
+        tty: true,
+        size: terminal_size(),
+    };
+    let stream = client.exec_open(vm, &open).await?;
+    let mut winch = signal(SignalKind::window_change()).context("watching SIGWINCH")?;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    let (resize_tx, resizes) = tokio::sync::mpsc::channel(4);
+    let _raw = RawTerminal::enter();
+    let session = drive_terminal_session(stream, input, tokio::io::stdout(), resizes);
+    tokio::pin!(session);
+    loop {
+        tokio::select! {
+            exit = &mut session => return Ok(exit?),
+            _ = winch.recv() => {
+                if let Some(size) = terminal_size() {
+                    // Full means a resize is already on its way; the
+                    // next one carries the latest size anyway.
+                    let _ = resize_tx.try_send(size);
+                }
+            }
+            // Returning drops the connection, which ends the session; the
+            // guest then kills the command's process group.
+            _ = term.recv() => return Ok(ended_by(nix::sys::signal::Signal::SIGTERM)),
+            _ = hangup.recv() => return Ok(ended_by(nix::sys::signal::Signal::SIGHUP)),
+        }
+    }
+}
+
+/// This command's own exit when `signal` ended it (128 + the signal).
+fn ended_by(signal: nix::sys::signal::Signal) -> ExecExit {
+    ExecExit {
+        signal: Some(signal as i32),
+        ..ExecExit::default()
+    }
+}
+
+/// The size of the terminal on stdout, if it is one.
+fn terminal_size() -> Option<TerminalSize> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some(TerminalSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
     })
 }
 

@@ -132,6 +132,35 @@ fn exec_and_cp_through_the_whole_product() {
     assert_code(&lab, "exit 3", &three, 3);
     assert_eq!(String::from_utf8_lossy(&three.stderr), "to-err\n");
 
+    // -t: the guest's pty is the command's controlling terminal (ps names
+    // it, where a command without one shows "?"), and its exit code comes
+    // back through the whole product.
+    let tty = cli.run(
+        &mine,
+        &[
+            "exec",
+            "-t",
+            "xp/box",
+            "--",
+            "sh",
+            "-c",
+            "tty; test -t 0 && ps -o tty= -p $$; exit 7",
+        ],
+        None,
+    );
+    assert_code(&lab, "tty", &tty, 7);
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    let lines: Vec<&str> = shown.lines().map(str::trim).collect();
+    let pts = lines
+        .first()
+        .and_then(|l| l.strip_prefix("/dev/pts/"))
+        .unwrap_or_else(|| panic!("tty printed {shown:?}"));
+    assert_eq!(
+        lines.get(1),
+        Some(&format!("pts/{pts}").as_str()),
+        "{shown:?}"
+    );
+
     // 10 MiB of stdout, all of it, in order.
     let big = cli.run(
         &mine,

@@ -286,6 +286,7 @@ mod tests {
         ExecOpen::Command {
             argv: vec!["true".into()],
             tty: false,
+            size: None,
         }
     }
 

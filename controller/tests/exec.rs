@@ -16,6 +16,7 @@ fn command(argv: &[&str]) -> ExecOpen {
     ExecOpen::Command {
         argv: argv.iter().map(|a| a.to_string()).collect(),
         tty: false,
+        size: None,
     }
 }
 

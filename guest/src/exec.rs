@@ -2,7 +2,10 @@
 //! [`measurelab_api::exec`]).
 //!
 //! A command runs in its own process group with piped stdin, stdout and
-//! stderr (or on a pseudo-terminal for `tty`). Output is read only while
+//! stderr. With `tty` it runs in its own session instead, on a
+//! pseudo-terminal that is its controlling terminal: `tty` names it, ^C
+//! arrives as SIGINT to the foreground job, job control works, and a
+//! `resize` sets the size and sends SIGWINCH, as over ssh. Output is read only while
 //! the node agent's credit allows, so a command that writes 10 MiB waits on
 //! its pipe instead of filling the guest's memory. Stdin goes through a
 //! writer task and is credited back once the command took it, so a command
@@ -26,8 +29,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use measurelab_api::exec::{
-    check_open, frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES,
-    EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES, STAT_ABSENT_CODE,
+    check_open, frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, TerminalSize,
+    EXEC_FRAME_BYTES, EXEC_MAX_FRAMES_IN_FLIGHT, EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES,
+    STAT_ABSENT_CODE,
 };
 use measurelab_api::guest::GuestMessage;
 use nix::sys::signal::{killpg, Signal};
@@ -137,7 +141,10 @@ async fn run_session(
     let exit = match check_open(&open) {
         Err(err) => ExecExit::error(err.to_string()),
         Ok(()) => match open {
-            ExecOpen::Command { argv, tty } => run_command(&out, argv, tty, rx).await,
+            ExecOpen::Command { argv, tty, size } => {
+                let terminal = tty.then_some(size);
+                run_command(&out, argv, terminal, rx).await
+            }
             ExecOpen::Put { path, size, sha256 } => {
                 put_file(&out, Path::new(&path), size, &sha256, rx).await
             }
@@ -257,17 +264,74 @@ fn decode(data: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(data).ok()
 }
 
+fn winsize(size: TerminalSize) -> nix::pty::Winsize {
+    nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// First argument of the guest agent binary run as [`terminal_session`].
+pub const TERMINAL_SESSION_ARG: &str = "--exec-in-terminal-session";
+
+/// The guest agent re-run as `measurelab-guest-agent
+/// --exec-in-terminal-session -- CMD ARGS…` on a pty slave: it starts a
+/// session whose controlling terminal is that slave, then becomes `CMD`.
+/// Setting up a session between fork and exec would take `pre_exec`, which
+/// is unsafe code the workspace denies; one more exec costs a millisecond.
+/// Returns only when `CMD` could not start, with the exit status a shell
+/// gives that case (127 not found, 126 otherwise), having said why on the
+/// terminal.
+pub fn terminal_session(argv: &[std::ffi::OsString]) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("measurelab-guest-agent {TERMINAL_SESSION_ARG}: no command");
+        return 126;
+    };
+    // A new session also makes this process its group's leader, so the
+    // session's `kill` (killpg of this pid) reaches the whole job.
+    if let Err(err) = nix::unistd::setsid() {
+        eprintln!("cannot start a session: {err}");
+        return 126;
+    }
+    if let Err(err) = rustix::process::ioctl_tiocsctty(std::io::stdin()) {
+        eprintln!("cannot make the pseudo-terminal the controlling terminal: {err}");
+        return 126;
+    }
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("cannot start {program:?}: {err}");
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+/// `terminal`: `None` for pipes, `Some(size)` for a pseudo-terminal.
 async fn run_command(
     out: &Output,
     argv: Vec<String>,
-    tty: bool,
+    terminal: Option<Option<TerminalSize>>,
     mut rx: mpsc::Receiver<ExecFrame>,
 ) -> ExecExit {
-    let mut command = tokio::process::Command::new(&argv[0]);
-    command.args(&argv[1..]).process_group(0).kill_on_drop(true);
+    let mut command = match terminal {
+        None => tokio::process::Command::new(&argv[0]),
+        // This agent, re-run (see `terminal_session`); /proc/self/exe still
+        // works when the binary was replaced on disk since it started.
+        Some(_) => {
+            let mut command = tokio::process::Command::new("/proc/self/exe");
+            command.args([TERMINAL_SESSION_ARG, "--"]);
+            command
+        }
+    };
+    command
+        .args(&argv[terminal.map_or(1, |_| 0)..])
+        .kill_on_drop(true);
     let mut pty_master = None;
-    if tty {
-        let pty = match nix::pty::openpty(None, None) {
+    if let Some(size) = terminal {
+        let pty = match nix::pty::openpty(size.map(winsize).as_ref(), None) {
             Ok(pty) => pty,
             Err(err) => return ExecExit::error(format!("cannot open a pseudo-terminal: {err}")),
         };
@@ -281,6 +345,7 @@ async fn run_command(
         pty_master = Some(std::fs::File::from(pty.master));
     } else {
         command
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -294,8 +359,13 @@ async fn run_command(
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
 
     let mut pumps: Vec<JoinHandle<std::io::Result<(u64, String)>>> = Vec::new();
+    let mut resizer = None;
     let stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> = match pty_master {
         Some(master) => {
+            resizer = match master.try_clone() {
+                Ok(fd) => Some(fd),
+                Err(err) => return ExecExit::error(format!("cannot keep the terminal: {err}")),
+            };
             let reader = match master.try_clone() {
                 Ok(reader) => tokio::fs::File::from_std(reader),
                 Err(err) => return ExecExit::error(format!("cannot read the terminal: {err}")),
@@ -364,6 +434,21 @@ async fn run_command(
                 }
                 Some(ExecFrame::Credit { bytes }) => out.window.grant(bytes),
                 Some(ExecFrame::Kill) => kill_group(pgid),
+                Some(ExecFrame::Resize { rows, cols }) => {
+                    // Pipes have no size: a resize for them is ignored.
+                    if let Some(master) = &resizer {
+                        let size = rustix::termios::Winsize {
+                            ws_row: rows,
+                            ws_col: cols,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // The kernel sends SIGWINCH to the foreground job.
+                        if let Err(err) = rustix::termios::tcsetwinsize(master, size) {
+                            tracing::debug!(%err, "terminal resize failed");
+                        }
+                    }
+                }
                 Some(_) => {}
             },
         }

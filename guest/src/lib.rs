@@ -43,6 +43,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use config::{GuestConfig, GuestConfigError};
+pub use exec::{terminal_session, TERMINAL_SESSION_ARG};
 
 /// Errors that stop the guest agent (only at startup: the channel is retried
 /// forever).

@@ -104,6 +104,15 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == measurelab_guest::TERMINAL_SESSION_ARG)
+    {
+        // `vm exec -t`: before logging, whose lines would land on the
+        // user's terminal. Skips `--`.
+        std::process::exit(measurelab_guest::terminal_session(&argv[3.min(argv.len())..]).into());
+    }
     let logs = LogQueue::default();
     tracing_subscriber::fmt()
         .with_env_filter(

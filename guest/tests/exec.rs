@@ -2,7 +2,8 @@
 //! process and the node agent's `GuestChannels` over a unix socket: exit
 //! codes, 10 MiB of stdout under flow control, stdin through `cat`, copies
 //! of 20 MiB both ways checked by SHA-256, a copy that does not add up
-//! leaving nothing behind, and a guest that lacks the feature refused.
+//! leaving nothing behind, a guest that lacks the feature refused, and
+//! `tty` commands on a controlling terminal (^C as SIGINT, window size).
 
 mod common;
 
@@ -15,8 +16,8 @@ use measurelab_agent::guest_channel::{
     channel_socket_path, ExecSession, GuestChannelError, GuestChannels,
 };
 use measurelab_api::exec::{
-    frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_FRAME_BYTES, EXEC_MIN_FRAME_COST,
-    EXEC_WINDOW_BYTES,
+    frame_cost, ExecExit, ExecFrame, ExecOpen, ExecStream, TerminalSize, EXEC_FRAME_BYTES,
+    EXEC_MIN_FRAME_COST, EXEC_WINDOW_BYTES,
 };
 use measurelab_api::guest::GuestMessage;
 use sha2::Digest as _;
@@ -136,6 +137,7 @@ async fn exec(guest: &Guest, argv: &[&str], stdin: &[u8]) -> Outcome {
     let open = ExecOpen::Command {
         argv: argv.iter().map(|a| a.to_string()).collect(),
         tty: false,
+        size: None,
     };
     let mut session = guest
         .channels
@@ -329,6 +331,7 @@ async fn a_guest_without_the_feature_is_refused_clearly() {
     let open = ExecOpen::Command {
         argv: vec!["true".into()],
         tty: false,
+        size: None,
     };
     let err = channels.open_exec(vm_id, "s", open).await.err().unwrap();
     assert!(
@@ -407,4 +410,185 @@ async fn stat_describes_files_without_sending_them() {
         "{:?}",
         directory.exit
     );
+/// A `tty` session driven step by step, as a person at a terminal would:
+/// read until a prompt shows, then type or resize.
+struct Terminal {
+    session: ExecSession,
+    output: String,
+}
+
+impl Terminal {
+    async fn open(guest: &Guest, argv: &[&str], size: Option<TerminalSize>) -> Terminal {
+        let open = ExecOpen::Command {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            tty: true,
+            size,
+        };
+        let session = guest
+            .channels
+            .open_exec(guest.vm_id, &Uuid::new_v4().to_string(), open)
+            .await
+            .unwrap();
+        Terminal {
+            session,
+            output: String::new(),
+        }
+    }
+
+    async fn send(&mut self, frame: ExecFrame) {
+        self.session.send(frame).await.unwrap();
+    }
+
+    async fn type_bytes(&mut self, bytes: &[u8]) {
+        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+        self.send(ExecFrame::Stdin { data }).await;
+    }
+
+    /// The next frame; output is collected and credited back.
+    async fn next(&mut self) -> Option<ExecExit> {
+        let frame = tokio::time::timeout(WAIT, self.session.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no frame from the guest in time; output so far {:?}",
+                    self.output
+                )
+            })
+            .expect("session ended without an exit frame");
+        match frame {
+            ExecFrame::Output { stream, data } => {
+                assert_eq!(stream, ExecStream::Stdout, "a terminal has one stream");
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap();
+                self.output.push_str(&String::from_utf8_lossy(&bytes));
+                self.send(ExecFrame::Credit {
+                    bytes: frame_cost(bytes.len() as u64),
+                })
+                .await;
+                None
+            }
+            ExecFrame::Credit { .. } => None,
+            ExecFrame::Exit { exit } => Some(exit),
+            other => panic!("unexpected frame from the guest: {other:?}"),
+        }
+    }
+
+    async fn until(&mut self, want: &str) {
+        while !self.output.contains(want) {
+            if let Some(exit) = self.next().await {
+                panic!(
+                    "exited {exit:?} before printing {want:?}; output {:?}",
+                    self.output
+                );
+            }
+        }
+    }
+
+    async fn exit(&mut self) -> ExecExit {
+        loop {
+            if let Some(exit) = self.next().await {
+                return exit;
+            }
+        }
+    }
+}
+
+async fn terminal_run(guest: &Guest, argv: &[&str]) -> (ExecExit, String) {
+    let mut terminal = Terminal::open(guest, argv, None).await;
+    let exit = terminal.exit().await;
+    (exit, terminal.output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_commands_run_on_their_controlling_terminal() {
+    let guest = start_guest().await;
+
+    // `tty` names the terminal on stdin; `ps` names the controlling
+    // terminal of the shell, which is "?" for a command without one.
+    let (exit, output) =
+        terminal_run(&guest, &["sh", "-c", "tty; test -t 0 && ps -o tty= -p $$"]).await;
+    assert_eq!(exit.code, Some(0), "{exit:?} {output:?}");
+    let lines: Vec<&str> = output.lines().map(str::trim).collect();
+    assert_eq!(lines.len(), 2, "{output:?}");
+    let pts = lines[0]
+        .strip_prefix("/dev/pts/")
+        .unwrap_or_else(|| panic!("tty printed {output:?}"));
+    assert!(pts.parse::<u32>().is_ok(), "{output:?}");
+    assert_eq!(
+        lines[1],
+        format!("pts/{pts}"),
+        "controlling terminal: {output:?}"
+    );
+
+    let (exit, output) = terminal_run(&guest, &["sh", "-c", "exit 7"]).await;
+    assert_eq!((exit.code, exit.error), (Some(7), None), "{output:?}");
+
+    // A command that cannot start says so on the terminal, like a shell.
+    let (exit, output) = terminal_run(&guest, &["/nonexistent/cmd"]).await;
+    assert_eq!(exit.code, Some(127), "{exit:?}");
+    assert!(output.contains("cannot start"), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_tty_is_sigint_to_the_foreground_job() {
+    let guest = start_guest().await;
+
+    // ^C reaches the shell as SIGINT, which its trap turns into exit 7.
+    let mut trapped = Terminal::open(
+        &guest,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' INT; echo ready; while :; do sleep 1; done",
+        ],
+        None,
+    )
+    .await;
+    trapped.until("ready").await;
+    trapped.type_bytes(b"\x03").await;
+    let exit = trapped.exit().await;
+    assert_eq!(exit.code, Some(7), "{exit:?} {:?}", trapped.output);
+
+    // Untrapped, SIGINT ends the command: 128 + 2 for the caller.
+    let mut sleeper =
+        Terminal::open(&guest, &["sh", "-c", "echo ready; exec sleep 60"], None).await;
+    sleeper.until("ready").await;
+    sleeper.type_bytes(b"\x03").await;
+    let exit = sleeper.exit().await;
+    assert_eq!(exit.signal, Some(2), "{exit:?} {:?}", sleeper.output);
+    assert_eq!(exit.status(), 130);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tty_has_the_callers_size_and_follows_resizes() {
+    let guest = start_guest().await;
+    let mut terminal = Terminal::open(
+        &guest,
+        &[
+            "sh",
+            "-c",
+            "stty size; trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 1; done",
+        ],
+        Some(TerminalSize {
+            rows: 33,
+            cols: 101,
+        }),
+    )
+    .await;
+    terminal.until("ready").await;
+    assert!(
+        terminal.output.starts_with("33 101"),
+        "{:?}",
+        terminal.output
+    );
+    terminal
+        .send(ExecFrame::Resize {
+            rows: 40,
+            cols: 120,
+        })
+        .await;
+    let exit = terminal.exit().await;
+    assert_eq!(exit.code, Some(0), "{exit:?} {:?}", terminal.output);
+    assert!(terminal.output.contains("40 120"), "{:?}", terminal.output);
 }

@@ -25,7 +25,8 @@
 //! as symlinks on merged-/usr hosts), a minimal read-only `/etc` (no
 //! shadow, no host accounts, no resolver or host keys), a fresh `/proc`
 //! of the guest's PID namespace, a small `/dev` (null, zero, full, random,
-//! urandom, tty, shm), the guest binaries read-only under [`GUEST_BIN_DIR`],
+//! urandom, tty, shm, and a devpts instance of its own for `vm exec -t`),
+//! the guest binaries read-only under [`GUEST_BIN_DIR`],
 //! and the VM's channel directory at [`GUEST_CHANNEL_DIR`]. Nothing else of
 //! the host is mounted: not `/sys`, not the agent's state, not `/run`.
 //!
@@ -138,6 +139,10 @@ ln -s /proc/self/fd/1 dev/stdout
 ln -s /proc/self/fd/2 dev/stderr
 mkdir dev/shm
 mount -c --bind tmp dev/shm
+# The guest's own pty instance (`vm exec -t`): none of the host's ptys.
+mkdir dev/pts
+mount -c -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec measurelab-pts dev/pts
+ln -s pts/ptmx dev/ptmx
 mount -c -o remount,bind,ro,nosuid dev
 mount -c --bind ../channel run/measurelab
 for b in ../bin/*; do

@@ -256,6 +256,7 @@ mod tests {
         let open = ExecOpen::Command {
             argv: vec!["true".into()],
             tty: false,
+            size: None,
         };
         let session = hub.open("node", "vm", open).await.unwrap();
         let id = down.recv().await.unwrap().session_id;

@@ -6,11 +6,22 @@
 //! counting the load generator. It registers N simulated nodes, then sends
 //! each node's heartbeat every 10 s (N/10 heartbeats/s, spread evenly) over a
 //! pool of HTTP/2 channels for a fixed duration, for every combination of
-//! node count and store mode, and prints the figures.
+//! node count, store mode and transport, and prints the figures.
+//!
+//! With `--transport mtls` the controller serves gRPC over TLS with its own
+//! CA, every simulated node registers with a CSR of its own key and gets its
+//! node certificate, as an agent does, and heartbeats go over connections
+//! that present node certificates, which the controller checks against the
+//! node each heartbeat names. Node count up to `--max-connections`: one
+//! connection per node with its own certificate (the production shape).
+//! Beyond that one process cannot hold a connection per node (the fd limit),
+//! so `--max-connections` connections each present a certificate naming the
+//! few nodes whose heartbeats it carries (see controller/BENCHMARKS.md).
+//! Plaintext runs use the same connection layout, so the ratio is TLS alone.
 //!
 //! ```text
 //! cargo run --release -p measurelab-controller --bin heartbeat-bench -- run \
-//!     --nodes 10000,50000 --duration-seconds 30
+//!     --nodes 10000,50000 --duration-seconds 30 --transport plaintext,mtls
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +35,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{Capabilities, HeartbeatRequest, RegisterRequest, ResourceUsage};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Parser)]
 #[command(about = "Measure controller heartbeat throughput, latency, CPU and memory")]
@@ -46,12 +57,20 @@ enum Mode {
         /// Heartbeat interval of every simulated node (rate = nodes / interval).
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
-        /// HTTP/2 connections the simulated nodes share.
+        /// HTTP/2 connections the registrations share.
         #[arg(long, default_value_t = 16)]
         channels: usize,
+        /// Heartbeat connections: one per node up to this many nodes, else
+        /// this many shared ones. Each costs a file descriptor in both
+        /// processes, and the controller accepts at most 16,384.
+        #[arg(long, default_value_t = 16_000)]
+        max_connections: usize,
         /// Store modes to run: durable, memory.
         #[arg(long, value_delimiter = ',', default_value = "durable,memory")]
         modes: Vec<String>,
+        /// Transports to run: plaintext, mtls.
+        #[arg(long, value_delimiter = ',', default_value = "plaintext")]
+        transport: Vec<String>,
         /// Parent directory for the runs' data dirs (default: a temp dir).
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -67,6 +86,10 @@ enum Mode {
         in_memory: bool,
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
+        /// Serve gRPC over TLS with a CA in the data dir; node certificates
+        /// are required on every call but Register.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -78,24 +101,29 @@ fn main() -> anyhow::Result<()> {
             join_token,
             in_memory,
             interval_seconds,
-        } => serve(data_dir, join_token, in_memory, interval_seconds),
+            tls,
+        } => serve(data_dir, join_token, in_memory, interval_seconds, tls),
         Mode::Run {
             nodes,
             duration_seconds,
             interval_seconds,
             channels,
+            max_connections,
             modes,
+            transport,
             work_dir,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run_matrix(
-                nodes,
-                Duration::from_secs(duration_seconds),
-                Duration::from_secs(interval_seconds),
+            runtime.block_on(run_matrix(Matrix {
+                node_counts: nodes,
+                duration: Duration::from_secs(duration_seconds),
+                interval: Duration::from_secs(interval_seconds),
                 channels,
+                max_connections,
                 modes,
+                transports: transport,
                 work_dir,
-            ))
+            }))
         }
     }
 }
@@ -105,6 +133,7 @@ fn serve(
     join_token: String,
     in_memory: bool,
     interval_seconds: u64,
+    tls: bool,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -121,6 +150,16 @@ fn serve(
     config.offline_after = config.heartbeat_interval * 3;
     config.join_token = Some(join_token);
     config.durable_heartbeats = !in_memory;
+    // Every simulated node connects from 127.0.0.1; the per-source cap is
+    // for nodes behind one NAT address and would refuse all but 1,024.
+    config.grpc_limits.max_connections_per_source = config.grpc_limits.max_connections;
+    if tls {
+        // Made here, before READY, so the parent can read it; the
+        // controller loads the same files.
+        measurelab_controller::tls::Ca::load_or_create(&config.data_dir)?;
+        // Valid for the bind address 127.0.0.1, which the bench dials.
+        config.tls = Some(measurelab_controller::TlsConfig::generated(Vec::new()));
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -206,6 +245,8 @@ fn clock_ticks_per_second() -> f64 {
 struct ChildController {
     child: Child,
     grpc: String,
+    /// The controller's CA (PEM) when it serves TLS.
+    ca_pem: Option<String>,
 }
 
 impl ChildController {
@@ -214,6 +255,7 @@ impl ChildController {
         join_token: &str,
         in_memory: bool,
         interval: Duration,
+        tls: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command
@@ -230,6 +272,9 @@ impl ChildController {
         if in_memory {
             command.arg("--in-memory");
         }
+        if tls {
+            command.arg("--tls");
+        }
         let mut child = command.spawn().context("spawning the controller child")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut line = String::new();
@@ -238,9 +283,21 @@ impl ChildController {
         if parts.len() != 3 || parts[0] != "READY" {
             bail!("controller child did not start: {line:?}");
         }
+        // `serve` writes the CA before it prints READY.
+        let ca_pem = if tls {
+            let path = data_dir.join(measurelab_controller::tls::CA_CERT_FILE);
+            Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         Ok(ChildController {
             child,
-            grpc: format!("http://{}", parts[2]),
+            grpc: format!("{scheme}://{}", parts[2]),
+            ca_pem,
         })
     }
 
@@ -261,6 +318,8 @@ impl ChildController {
 struct RunResult {
     nodes: usize,
     mode: String,
+    transport: Transport,
+    connections: usize,
     target_rate: f64,
     sent: u64,
     errors: u64,
@@ -275,6 +334,9 @@ struct RunResult {
     wal_bytes: u64,
     oversleep_p99_ms: f64,
     writer_cpu_seconds: f64,
+    /// CPU of this process (the load generator) during the phase: when it
+    /// nears the machine's spare capacity, latency is the generator's.
+    generator_cpu_percent: f64,
 }
 
 /// Measures how late a 1 ms sleep wakes up, as a gauge of CPU contention on
@@ -339,18 +401,76 @@ fn usage(i: usize) -> ResourceUsage {
     }
 }
 
+/// How the simulated nodes reach the controller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plaintext,
+    Mtls,
+}
+
+impl Transport {
+    fn parse(name: &str) -> anyhow::Result<Transport> {
+        match name {
+            "plaintext" => Ok(Transport::Plaintext),
+            "mtls" => Ok(Transport::Mtls),
+            other => bail!("--transport: unknown transport {other:?}; use plaintext or mtls"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Mtls => "mtls",
+        }
+    }
+}
+
+/// A registered simulated node: its credentials and, over mTLS, the
+/// certificate the controller issued for its CSR.
+struct SimNode {
+    node_id: String,
+    node_secret: String,
+    cert: Option<(String, String)>,
+}
+
+/// A fresh ECDSA P-256 key and a CSR for it (PEM both), as an agent makes
+/// them before it registers.
+fn key_and_csr(name: &str) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Connects to the controller; over TLS trusting only its CA and, when
+/// given, presenting `identity` (certificate, key).
+async fn connect(
+    controller: &ChildController,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<NodeServiceClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(controller.grpc.clone())?
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30));
+    if let Some(ca_pem) = &controller.ca_pem {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(NodeServiceClient::new(endpoint.connect().await?))
+}
+
 async fn connect_pool(
-    endpoint: &str,
+    controller: &ChildController,
     channels: usize,
 ) -> anyhow::Result<Vec<NodeServiceClient<Channel>>> {
     let mut pool = Vec::with_capacity(channels);
     for _ in 0..channels {
-        let channel = Endpoint::from_shared(endpoint.to_string())?
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await?;
-        pool.push(NodeServiceClient::new(channel));
+        pool.push(connect(controller, None).await?);
     }
     Ok(pool)
 }
@@ -359,29 +479,109 @@ async fn register_all(
     pool: &[NodeServiceClient<Channel>],
     join_token: &str,
     nodes: usize,
-) -> anyhow::Result<Vec<(String, String)>> {
+    transport: Transport,
+) -> anyhow::Result<Vec<SimNode>> {
     use futures::StreamExt;
-    let results: Vec<anyhow::Result<(String, String)>> = futures::stream::iter(0..nodes)
+    let results: Vec<anyhow::Result<SimNode>> = futures::stream::iter(0..nodes)
         .map(|i| {
             let mut client = pool[i % pool.len()].clone();
-            let request = RegisterRequest {
-                join_token: join_token.to_string(),
-                name: format!("bench-{i:06}"),
-                agent_version: "bench".into(),
-                capabilities: Some(capabilities()),
-                usage: Some(usage(i)),
-                management_address: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
-                ..Default::default()
-            };
+            let name = format!("bench-{i:06}");
             async move {
+                let key_and_csr = match transport {
+                    Transport::Mtls => Some(key_and_csr(&name)?),
+                    Transport::Plaintext => None,
+                };
+                let request = RegisterRequest {
+                    join_token: join_token.to_string(),
+                    name,
+                    agent_version: "bench".into(),
+                    capabilities: Some(capabilities()),
+                    usage: Some(usage(i)),
+                    management_address: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    csr_pem: key_and_csr
+                        .as_ref()
+                        .map(|(_, csr)| csr.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
                 let response = client.register(request).await?.into_inner();
-                Ok((response.node_id, response.node_secret))
+                let cert = match key_and_csr {
+                    Some(_) if response.node_cert_pem.is_empty() => {
+                        bail!("the controller issued no node certificate for a CSR")
+                    }
+                    Some((key, _)) => Some((response.node_cert_pem, key)),
+                    None => None,
+                };
+                Ok(SimNode {
+                    node_id: response.node_id,
+                    node_secret: response.node_secret,
+                    cert,
+                })
             }
         })
         .buffered(256)
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// The heartbeat connections: node i's heartbeats go over connection
+/// `i % len`. With as many connections as nodes, each presents its node's
+/// own certificate. With fewer, connection s presents a certificate the
+/// bench signs with the controller's CA key (it owns the data dir) naming
+/// exactly the nodes s, s+len, s+2·len, …: still one identity per
+/// connection, checked against each heartbeat's node as always.
+async fn heartbeat_pool(
+    controller: &ChildController,
+    data_dir: &std::path::Path,
+    nodes: &[SimNode],
+    max_connections: usize,
+) -> anyhow::Result<Vec<NodeServiceClient<Channel>>> {
+    use futures::StreamExt;
+    let count = nodes.len().min(max_connections);
+    let ca = match controller.ca_pem {
+        Some(_) if count < nodes.len() => {
+            Some(measurelab_controller::tls::Ca::load_or_create(data_dir)?)
+        }
+        _ => None,
+    };
+    let mut identities = Vec::with_capacity(count);
+    for slot in 0..count {
+        let identity = match (&ca, &nodes[slot].cert) {
+            (_, None) => None,
+            (None, Some(cert)) => Some(cert.clone()),
+            (Some(ca), Some(_)) => {
+                let name = format!("bench-connection-{slot}");
+                let (key, csr) = key_and_csr(&name)?;
+                let ids: Vec<&str> = nodes[slot..]
+                    .iter()
+                    .step_by(count)
+                    .map(|n| n.node_id.as_str())
+                    .collect();
+                let cert = ca.sign_nodes(
+                    &ca.check_csr(&csr)?,
+                    &ids,
+                    &name,
+                    Duration::from_secs(86_400),
+                )?;
+                Some((cert, key))
+            }
+        };
+        identities.push(identity);
+    }
+    let connected: Vec<anyhow::Result<NodeServiceClient<Channel>>> =
+        futures::stream::iter(identities)
+            .map(|identity| async move {
+                connect(
+                    controller,
+                    identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+                )
+                .await
+            })
+            .buffered(64)
+            .collect()
+            .await;
+    connected.into_iter().collect()
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -392,34 +592,66 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-async fn run_one(
-    nodes: usize,
-    mode: &str,
+/// The benchmark matrix and what every run shares.
+struct Matrix {
+    node_counts: Vec<usize>,
     duration: Duration,
     interval: Duration,
     channels: usize,
+    max_connections: usize,
+    modes: Vec<String>,
+    transports: Vec<String>,
+    work_dir: Option<PathBuf>,
+}
+
+async fn run_one(
+    matrix: &Matrix,
+    nodes: usize,
+    mode: &str,
+    transport: Transport,
     work_dir: &std::path::Path,
     ticks: f64,
 ) -> anyhow::Result<RunResult> {
+    let (duration, interval) = (matrix.duration, matrix.interval);
     let in_memory = match mode {
         "durable" => false,
         "memory" => true,
         other => bail!("--modes: unknown mode {other:?}; use durable or memory"),
     };
-    let data_dir = work_dir.join(format!("{nodes}-{mode}"));
+    let data_dir = work_dir.join(format!("{nodes}-{mode}-{}", transport.name()));
     std::fs::create_dir_all(&data_dir)?;
     let join_token = "bench-join-token";
-    let controller = ChildController::spawn(&data_dir, join_token, in_memory, interval)?;
+    let controller = ChildController::spawn(
+        &data_dir,
+        join_token,
+        in_memory,
+        interval,
+        transport == Transport::Mtls,
+    )?;
     let pid = controller.pid();
-    let pool = connect_pool(&controller.grpc, channels).await?;
+    let registration = connect_pool(&controller, matrix.channels).await?;
 
     let started = Instant::now();
-    let credentials = Arc::new(register_all(&pool, join_token, nodes).await?);
+    let registered = register_all(&registration, join_token, nodes, transport).await?;
     let register_seconds = started.elapsed().as_secs_f64();
+    drop(registration);
     eprintln!("  registered {nodes} nodes in {register_seconds:.1} s");
-
+    let connecting = Instant::now();
+    let pool = heartbeat_pool(&controller, &data_dir, &registered, matrix.max_connections).await?;
+    eprintln!(
+        "  opened {} heartbeat connections in {:.1} s",
+        pool.len(),
+        connecting.elapsed().as_secs_f64()
+    );
+    let credentials: Arc<Vec<(String, String)>> = Arc::new(
+        registered
+            .into_iter()
+            .map(|n| (n.node_id, n.node_secret))
+            .collect(),
+    );
     let rate = nodes as f64 / interval.as_secs_f64();
     let cpu_before = cpu_seconds(pid, ticks)?;
+    let generator_before = cpu_seconds(std::process::id(), ticks)?;
     let writer_cpu_before = thread_cpu_seconds(pid, "store-writer", ticks)?;
     let probe = NoiseProbe::start();
     // (send time since phase start in ms, ack latency in µs)
@@ -479,11 +711,13 @@ async fn run_one(
     while tasks.join_next().await.is_some() {}
     let elapsed = phase_start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid, ticks)? - cpu_before;
+    let generator_cpu = cpu_seconds(std::process::id(), ticks)? - generator_before;
     let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
     let peak_rss = peak_rss_bytes(pid)?;
     let oversleep_p99_ms = probe.finish();
     // A WAL that keeps growing would mean checkpoints cannot keep up.
     let wal_bytes = std::fs::metadata(data_dir.join("controller.db-wal")).map_or(0, |m| m.len());
+    let connections = pool.len();
     drop(pool);
     controller.stop()?;
 
@@ -507,6 +741,8 @@ async fn run_one(
     Ok(RunResult {
         nodes,
         mode: mode.to_string(),
+        transport,
+        connections,
         target_rate: rate,
         sent,
         errors: errors.load(Ordering::Relaxed),
@@ -521,46 +757,52 @@ async fn run_one(
         wal_bytes,
         oversleep_p99_ms,
         writer_cpu_seconds: writer_cpu,
+        generator_cpu_percent: 100.0 * generator_cpu / elapsed,
     })
 }
 
-async fn run_matrix(
-    node_counts: Vec<usize>,
-    duration: Duration,
-    interval: Duration,
-    channels: usize,
-    modes: Vec<String>,
-    work_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    if channels == 0 {
+async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
+    if matrix.channels == 0 {
         bail!("--channels must be at least 1");
     }
-    let (work_dir, remove_after) = match work_dir {
-        Some(dir) => (dir, false),
+    if matrix.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let transports = matrix
+        .transports
+        .iter()
+        .map(|t| Transport::parse(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (work_dir, remove_after) = match &matrix.work_dir {
+        Some(dir) => (dir.clone(), false),
         None => (tempfile_dir()?, true),
     };
     let ticks = clock_ticks_per_second();
     let mut results = Vec::new();
-    for &nodes in &node_counts {
-        for mode in &modes {
-            eprintln!(
-                "run: {nodes} nodes, {mode} heartbeats, {} s",
-                duration.as_secs()
-            );
-            let result =
-                run_one(nodes, mode, duration, interval, channels, &work_dir, ticks).await?;
-            print_result(&result);
-            results.push(result);
+    for &nodes in &matrix.node_counts {
+        for mode in &matrix.modes {
+            for &transport in &transports {
+                eprintln!(
+                    "run: {nodes} nodes, {mode} heartbeats, {}, {} s",
+                    transport.name(),
+                    matrix.duration.as_secs()
+                );
+                let result = run_one(&matrix, nodes, mode, transport, &work_dir, ticks).await?;
+                print_result(&result);
+                results.push(result);
+            }
         }
     }
     println!();
-    println!("| nodes | mode | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |",
             r.nodes,
             r.mode,
+            r.transport.name(),
+            r.connections,
             r.target_rate,
             r.achieved_rate,
             r.errors,
@@ -573,19 +815,43 @@ async fn run_matrix(
             r.register_seconds,
             r.writer_cpu_seconds,
             r.wal_bytes as f64 / (1 << 20) as f64,
-            r.oversleep_p99_ms
+            r.oversleep_p99_ms,
+            r.generator_cpu_percent
         );
     }
-    for &nodes in &node_counts {
-        let find = |mode: &str| results.iter().find(|r| r.nodes == nodes && r.mode == mode);
-        if let (Some(d), Some(m)) = (find("durable"), find("memory")) {
-            println!(
-                "ratio durable/in-memory at {nodes} nodes: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x, peak RSS {:.2}x",
-                d.p50_ms / m.p50_ms,
-                d.p99_ms / m.p99_ms,
-                d.cpu_seconds / m.cpu_seconds,
-                d.peak_rss as f64 / m.peak_rss as f64
-            );
+    for &nodes in &matrix.node_counts {
+        let find = |mode: &str, transport: Transport| {
+            results
+                .iter()
+                .find(|r| r.nodes == nodes && r.mode == mode && r.transport == transport)
+        };
+        for transport in &transports {
+            if let (Some(d), Some(m)) = (find("durable", *transport), find("memory", *transport)) {
+                println!(
+                    "ratio durable/in-memory at {nodes} nodes, {}: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x, peak RSS {:.2}x",
+                    transport.name(),
+                    d.p50_ms / m.p50_ms,
+                    d.p99_ms / m.p99_ms,
+                    d.cpu_seconds / m.cpu_seconds,
+                    d.peak_rss as f64 / m.peak_rss as f64
+                );
+            }
+        }
+        for mode in &matrix.modes {
+            if let (Some(t), Some(p)) = (
+                find(mode, Transport::Mtls),
+                find(mode, Transport::Plaintext),
+            ) {
+                println!(
+                    "ratio mtls/plaintext at {nodes} nodes, {mode}: hb/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU {:.2}x, peak RSS {:.2}x, register time {:.2}x",
+                    t.achieved_rate / p.achieved_rate,
+                    t.p50_ms / p.p50_ms,
+                    t.p99_ms / p.p99_ms,
+                    t.cpu_seconds / p.cpu_seconds,
+                    t.peak_rss as f64 / p.peak_rss as f64,
+                    t.register_seconds / p.register_seconds
+                );
+            }
         }
     }
     if remove_after {
@@ -603,9 +869,11 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 fn print_result(r: &RunResult) {
     println!(
-        "{} nodes, {}: sent {} ({} errors), sustained {:.0} hb/s (target {:.0}), ack latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms, controller CPU {:.1} s = {:.1}% of one core, peak RSS {:.0} MiB",
+        "{} nodes, {}, {} over {} connections: sent {} ({} errors), sustained {:.0} hb/s (target {:.0}), ack latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms, controller CPU {:.1} s = {:.1}% of one core, peak RSS {:.0} MiB",
         r.nodes,
         r.mode,
+        r.transport.name(),
+        r.connections,
         r.sent,
         r.errors,
         r.achieved_rate,

@@ -74,9 +74,15 @@ pub enum ExecOpen {
     Command {
         /// Program and arguments (`argv[0]` is looked up on `PATH`).
         argv: Vec<String>,
-        /// Run it on a pseudo-terminal (stdout and stderr become one stream).
+        /// Run it on a pseudo-terminal (stdout and stderr become one stream)
+        /// that is the command's controlling terminal.
         #[serde(default)]
         tty: bool,
+        /// The terminal's size at the start (`tty` only; later changes come
+        /// as `resize` frames). Without it the size is 0x0, as on a serial
+        /// line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<TerminalSize>,
     },
     /// Write a file: the stdin data is the content. It goes to a temporary
     /// file beside `path`, renamed over `path` only when `size` bytes with
@@ -107,6 +113,15 @@ pub enum ExecOpen {
         /// and mtime without a SHA-256.
         max_hash_bytes: u64,
     },
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TerminalSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Which output stream a [`ExecFrame::Output`] belongs to.
@@ -344,9 +359,49 @@ pub enum ExecSessionError {
 /// a queue. Returns the guest's exit.
 pub async fn drive_session<S, I, O, E>(
     stream: S,
-    mut stdin: Option<I>,
+    stdin: Option<I>,
     mut stdout: O,
     mut stderr: E,
+) -> Result<ExecExit, ExecSessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite + Unpin,
+    E: tokio::io::AsyncWrite + Unpin,
+{
+    drive(stream, stdin, &mut stdout, &mut stderr, None).await
+}
+
+/// [`drive_session`] for a `tty` session: every size from `resizes` is
+/// sent to the guest as a `resize` frame. The terminal's one output
+/// stream goes to `stdout`.
+pub async fn drive_terminal_session<S, I, O>(
+    stream: S,
+    stdin: Option<I>,
+    mut stdout: O,
+    mut resizes: tokio::sync::mpsc::Receiver<TerminalSize>,
+) -> Result<ExecExit, ExecSessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite + Unpin,
+{
+    drive(
+        stream,
+        stdin,
+        &mut stdout,
+        &mut tokio::io::sink(),
+        Some(&mut resizes),
+    )
+    .await
+}
+
+async fn drive<S, I, O, E>(
+    stream: S,
+    mut stdin: Option<I>,
+    stdout: &mut O,
+    stderr: &mut E,
+    resizes: Option<&mut tokio::sync::mpsc::Receiver<TerminalSize>>,
 ) -> Result<ExecExit, ExecSessionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -361,8 +416,9 @@ where
         &mut writer,
         &mut framer,
         stdin.as_mut(),
-        &mut stdout,
-        &mut stderr,
+        stdout,
+        stderr,
+        resizes,
     )
     .await
 }
@@ -397,6 +453,7 @@ async fn exchange<R, W, I, O, E>(
     mut stdin: Option<&mut I>,
     stdout: &mut O,
     stderr: &mut E,
+    mut resizes: Option<&mut tokio::sync::mpsc::Receiver<TerminalSize>>,
 ) -> Result<ExecExit, ExecSessionError>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -497,6 +554,18 @@ where
                     }
                 }
             }
+            size = async {
+                match resizes.as_mut() {
+                    Some(resizes) => resizes.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match size {
+                Some(TerminalSize { rows, cols }) => {
+                    send_frame(writer, &mut broken, &ExecFrame::Resize { rows, cols }).await?;
+                }
+                // The sender is gone: no more size changes to pass on.
+                None => resizes = None,
+            },
             _ = keepalive.tick() => {
                 send_frame(writer, &mut broken, &ExecFrame::Credit { bytes: 0 }).await?;
             }
@@ -628,6 +697,7 @@ mod tests {
             open: ExecOpen::Command {
                 argv: vec!["true".into()],
                 tty: false,
+                size: None,
             },
         };
         assert_eq!(
@@ -665,6 +735,7 @@ mod tests {
                 ExecOpen::Command {
                     argv: vec![],
                     tty: false,
+                    size: None,
                 },
                 "argv",
             ),
