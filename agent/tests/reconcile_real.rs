@@ -527,6 +527,7 @@ async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
             vms: vec![created["hostile"].clone()],
             args: vec![foreign_task.id.clone(), FLOOD_SECONDS.to_string()],
             env: BTreeMap::new(),
+            outputs: vec![],
             request_id: None,
         })
         .await

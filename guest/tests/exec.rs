@@ -341,75 +341,6 @@ async fn a_guest_without_the_feature_is_refused_clearly() {
     assert!(err.to_string().contains("does not support exec"), "{err}");
 }
 
-/// `stat` (program output files) describes a file in the guest without
-/// sending it: size and digest as the file has them, mtime, and exit code
-/// STAT_ABSENT_CODE for a file not written yet; a digest only up to the
-/// caller's limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_describes_files_without_sending_them() {
-    let guest = start_guest().await;
-    let content = pattern(3 * 1024 * 1024 + 7, 5);
-    let target = guest.work.join("capture.pcap");
-    std::fs::write(&target, &content).unwrap();
-    let stat = |id: &'static str, path: std::path::PathBuf, max_hash_bytes: u64| {
-        let channels = &guest.channels;
-        let vm_id = guest.vm_id;
-        async move {
-            let mut session = channels
-                .open_exec(
-                    vm_id,
-                    id,
-                    ExecOpen::Stat {
-                        path: path.display().to_string(),
-                        max_hash_bytes,
-                    },
-                )
-                .await
-                .unwrap();
-            drive(&mut session, b"").await
-        }
-    };
-
-    let found = stat("stat-1", target.clone(), 64 * 1024 * 1024).await;
-    assert!(found.stdout.is_empty(), "stat sent the file");
-    assert_eq!(found.exit.code, Some(0), "{:?}", found.exit);
-    assert_eq!(found.exit.size, Some(content.len() as u64));
-    assert_eq!(
-        found.exit.sha256,
-        Some(hex::encode(sha2::Sha256::digest(&content)))
-    );
-    let mtime = std::fs::metadata(&target)
-        .unwrap()
-        .modified()
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert_eq!(found.exit.mtime_unix, Some(mtime));
-
-    let unhashed = stat("stat-2", target.clone(), 1024).await;
-    assert_eq!(unhashed.exit.size, Some(content.len() as u64));
-    assert_eq!(unhashed.exit.sha256, None);
-
-    let absent = stat("stat-3", guest.work.join("not-yet.txt"), 1024).await;
-    assert_eq!(
-        absent.exit.code,
-        Some(measurelab_api::exec::STAT_ABSENT_CODE),
-        "{:?}",
-        absent.exit
-    );
-    assert_eq!(absent.exit.error, None);
-
-    let directory = stat("stat-4", guest.work.clone(), 1024).await;
-    assert!(
-        directory
-            .exit
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("not a regular file")),
-        "{:?}",
-        directory.exit
-    );
 /// A `tty` session driven step by step, as a person at a terminal would:
 /// read until a prompt shows, then type or resize.
 struct Terminal {
@@ -591,4 +522,75 @@ async fn a_tty_has_the_callers_size_and_follows_resizes() {
     let exit = terminal.exit().await;
     assert_eq!(exit.code, Some(0), "{exit:?} {:?}", terminal.output);
     assert!(terminal.output.contains("40 120"), "{:?}", terminal.output);
+}
+
+/// `stat` (program output files) describes a file in the guest without
+/// sending it: size and digest as the file has them, mtime, and exit code
+/// STAT_ABSENT_CODE for a file not written yet; a digest only up to the
+/// caller's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_describes_files_without_sending_them() {
+    let guest = start_guest().await;
+    let content = pattern(3 * 1024 * 1024 + 7, 5);
+    let target = guest.work.join("capture.pcap");
+    std::fs::write(&target, &content).unwrap();
+    let stat = |id: &'static str, path: std::path::PathBuf, max_hash_bytes: u64| {
+        let channels = &guest.channels;
+        let vm_id = guest.vm_id;
+        async move {
+            let mut session = channels
+                .open_exec(
+                    vm_id,
+                    id,
+                    ExecOpen::Stat {
+                        path: path.display().to_string(),
+                        max_hash_bytes,
+                    },
+                )
+                .await
+                .unwrap();
+            drive(&mut session, b"").await
+        }
+    };
+
+    let found = stat("stat-1", target.clone(), 64 * 1024 * 1024).await;
+    assert!(found.stdout.is_empty(), "stat sent the file");
+    assert_eq!(found.exit.code, Some(0), "{:?}", found.exit);
+    assert_eq!(found.exit.size, Some(content.len() as u64));
+    assert_eq!(
+        found.exit.sha256,
+        Some(hex::encode(sha2::Sha256::digest(&content)))
+    );
+    let mtime = std::fs::metadata(&target)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(found.exit.mtime_unix, Some(mtime));
+
+    let unhashed = stat("stat-2", target.clone(), 1024).await;
+    assert_eq!(unhashed.exit.size, Some(content.len() as u64));
+    assert_eq!(unhashed.exit.sha256, None);
+
+    let absent = stat("stat-3", guest.work.join("not-yet.txt"), 1024).await;
+    assert_eq!(
+        absent.exit.code,
+        Some(measurelab_api::exec::STAT_ABSENT_CODE),
+        "{:?}",
+        absent.exit
+    );
+    assert_eq!(absent.exit.error, None);
+
+    let directory = stat("stat-4", guest.work.clone(), 1024).await;
+    assert!(
+        directory
+            .exit
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a regular file")),
+        "{:?}",
+        directory.exit
+    );
 }
