@@ -13,11 +13,11 @@
 //!   in the same namespace without measurelab.
 //!
 //! Starts its own lab (one node, one namespace VM) and tears it down. Needs
-//! root and the lab's packages; run under the heavy lock:
+//! root and the lab's packages; run it by hand, not beside other lab tests:
 //!
 //! ```text
 //! cargo build --release -p measurelab-guest --bin measurelab-guest-agent
-//! flock /work/wt/heavy.lock cargo bench -p measurelab --bench exec_latency -- --runs 100
+//! cargo bench -p measurelab --bench exec_latency -- --runs 100
 //! ```
 //!
 //! Figures go into docs/BENCHMARKS.md; there are no thresholds here.
