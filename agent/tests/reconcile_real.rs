@@ -15,11 +15,12 @@
 mod reconcile_common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use measurelab_agent::AgentConfig;
 use measurelab_api::client::Client;
 use measurelab_api::http::{DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend};
 use measurelab_testbed::OvsSandbox;
@@ -103,20 +104,28 @@ async fn vms(client: &Client) -> Vec<Vm> {
     client.list_vms("").await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_vms_converge_survive_restart_and_repair() {
-    let t0 = Instant::now();
-    let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", t0.elapsed().as_secs_f64());
-    let guest_agent = guest_agent();
-    phase("guest agent built");
-    let ovs = OvsSandbox::start("rcl").unwrap();
+/// One node as a lab runs it: a private OVS, the controller in-process with
+/// a 1 s heartbeat and a 5 s offline deadline, and the configuration of
+/// agent `n1` with the real guest agent, to start (and restart) in `netns`.
+struct OneNode {
+    ovs: OvsSandbox,
+    netns: String,
+    controller: NodeController,
+    client: Client,
+    agent_config: AgentConfig,
+    state_dir: PathBuf,
+    cleanup: GuestCleanup,
+    dir: tempfile::TempDir,
+}
+
+async fn one_node(ovs_prefix: &str, guest_agent: PathBuf) -> OneNode {
+    let ovs = OvsSandbox::start(ovs_prefix).unwrap();
     let netns = ovs.netns().name().to_string();
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("agent");
-    let _cleanup = GuestCleanup {
+    let cleanup = GuestCleanup {
         state_dir: state_dir.clone(),
     };
-
     let controller = NodeController::start(
         &netns,
         &dir.path().join("controller"),
@@ -129,11 +138,49 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
     .await
     .unwrap();
     let client = controller.client.clone();
-
     let mut agent_config = controller.agent_config("n1", state_dir.clone());
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![];
     agent_config.guest_agent = Some(guest_agent);
+    OneNode {
+        ovs,
+        netns,
+        controller,
+        client,
+        agent_config,
+        state_dir,
+        cleanup,
+        dir,
+    }
+}
+
+/// Whether the VM's guest heartbeat reached the controller after `at`:
+/// guest heartbeats travel only through a working agent and channel.
+fn heard_after(vm: &Vm, at: time::OffsetDateTime) -> bool {
+    vm.guest_last_heartbeat
+        .as_deref()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .is_some_and(|t| t > at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_vms_converge_survive_restart_and_repair() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", t0.elapsed().as_secs_f64());
+    let guest_agent = guest_agent();
+    phase("guest agent built");
+    let OneNode {
+        ovs,
+        netns,
+        controller,
+        client,
+        agent_config,
+        state_dir,
+        cleanup: _cleanup,
+        dir: _dir,
+    } = one_node("rcl", guest_agent).await;
     let mut agent = RunningAgent::start(&netns, agent_config.clone());
 
     phase("controller and agent started");
@@ -184,16 +231,11 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
         // Guest heartbeats reach the controller only through the new agent,
         // so a heartbeat newer than the restart proves its channel works
         // (statuses alone could be left over from the killed agent).
-        let heard_since_restart = |vm: &Vm| {
-            vm.guest_last_heartbeat
-                .as_deref()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .is_some_and(|t| t > restarted_at)
-        };
-        if all.len() == 2 && all.iter().all(|vm| ready(vm) && heard_since_restart(vm)) {
+        if all.len() == 2
+            && all
+                .iter()
+                .all(|vm| ready(vm) && heard_after(vm, restarted_at))
+        {
             break all;
         }
         assert!(
@@ -429,30 +471,16 @@ sys.stderr.write("flood " + json.dumps(counts) + "\n")
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
     const FLOOD_SECONDS: u64 = 40;
-    let guest_agent = guest_agent();
-    let ovs = OvsSandbox::start("rfl").unwrap();
-    let netns = ovs.netns().name().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("agent");
-    let _cleanup = GuestCleanup {
-        state_dir: state_dir.clone(),
-    };
-    let controller = NodeController::start(
-        &netns,
-        &dir.path().join("controller"),
-        |config| {
-            config.heartbeat_interval = Duration::from_secs(1);
-            config.offline_after = Duration::from_secs(5);
-        },
-        WAIT,
-    )
-    .await
-    .unwrap();
-    let client = controller.client.clone();
-    let mut agent_config = controller.agent_config("n1", state_dir.clone());
-    agent_config.ovsdb = Some(ovs.db_target());
-    agent_config.libvirt_uris = vec![];
-    agent_config.guest_agent = Some(guest_agent);
+    let OneNode {
+        ovs: _ovs,
+        netns,
+        controller,
+        client,
+        agent_config,
+        state_dir,
+        cleanup: _cleanup,
+        dir: _dir,
+    } = one_node("rfl", guest_agent()).await;
     let mut agent = RunningAgent::start(&netns, agent_config);
     wait_for("node n1 online", async || {
         let nodes = client.list_nodes().await.ok()?;
@@ -550,14 +578,6 @@ async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
         matches!(client.get_vm(&created["doomed"]).await, Err(e) if e.is_not_found()).then_some(())
     })
     .await;
-    let heard_after = |vm: &Vm, at: time::OffsetDateTime| {
-        vm.guest_last_heartbeat
-            .as_deref()
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_some_and(|t| t > at)
-    };
     let later = flood_started + time::Duration::seconds(12);
     wait_for("an honest heartbeat 12 s into the flood", async || {
         let honest = client.get_vm(&created["honest"]).await.ok()?;
