@@ -9,11 +9,10 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ensure_guest_agent, guest_ready as ready, sha256_hex, tenant_token, LabGuard, BIN};
+use common::{ensure_guest_agent, sha256_hex, tenant_token, LabGuard, BIN};
 use measurelab_api::client::Client;
-use measurelab_api::http::PlatformCreate;
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -83,35 +82,7 @@ fn exec_and_cp_through_the_whole_product() {
     let theirs = tenant_token(&admin, &runtime, "exec-b");
 
     let client = Client::new(&endpoint, &mine, lab.ca_pem().as_deref()).unwrap();
-    runtime
-        .block_on(client.create_platform(&PlatformCreate {
-            tenant: None,
-            name: "xp".into(),
-            nodes: vec!["n1".into()],
-            admins: vec![],
-            description: None,
-            request_id: None,
-            flow_monitoring: None,
-        }))
-        .expect("create platform");
-    runtime
-        .block_on(client.create_vm(&common::namespace_vm("box", "xp", "n1")))
-        .expect("create VM");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let vm = runtime.block_on(client.get_vm("xp/box")).expect("get VM");
-        if ready(&vm) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "VM not ready in {WAIT:?}: {} {:?}\n{}",
-            vm.actual_state,
-            vm.conditions,
-            lab.log_tail("n1-agent", 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::platform_with_ready_vm(&lab, &runtime, &client, ("xp", "box"), WAIT);
 
     let cli = Cli { endpoint, ca };
     // Exit codes come back as the CLI's own.

@@ -12,11 +12,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{ensure_guest_agent, guest_ready, sha256_hex, tenant_token, LabGuard, BIN};
+use common::{ensure_guest_agent, sha256_hex, tenant_token, LabGuard, BIN};
 use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{
-    Deployment, DeploymentCreate, DeploymentPatch, PlatformCreate, ProgramCreate,
-};
+use measurelab_api::http::{Deployment, DeploymentCreate, DeploymentPatch, ProgramCreate};
 
 const WAIT: Duration = Duration::from_secs(180);
 const CAPTURE_BYTES: usize = 20 * 1024 * 1024;
@@ -68,35 +66,7 @@ fn outputs_are_listed_and_downloaded_intact() {
     let client = Client::new(&endpoint, &mine, lab.ca_pem().as_deref()).unwrap();
     let other = Client::new(&endpoint, &theirs, lab.ca_pem().as_deref()).unwrap();
 
-    runtime
-        .block_on(client.create_platform(&PlatformCreate {
-            tenant: None,
-            name: "op".into(),
-            nodes: vec!["n1".into()],
-            admins: vec![],
-            description: None,
-            request_id: None,
-            flow_monitoring: None,
-        }))
-        .expect("create platform");
-    runtime
-        .block_on(client.create_vm(&common::namespace_vm("box", "op", "n1")))
-        .expect("create VM");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let vm = runtime.block_on(client.get_vm("op/box")).expect("get VM");
-        if guest_ready(&vm) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "VM not ready in {WAIT:?}: {} {:?}\n{}",
-            vm.actual_state,
-            vm.conditions,
-            lab.log_tail("n1-agent", 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::platform_with_ready_vm(&lab, &runtime, &client, ("op", "box"), WAIT);
 
     // The program writes the files and prints the capture's digest as
     // sha256sum computes it in the guest, the reference the download is

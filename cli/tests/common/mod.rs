@@ -373,6 +373,50 @@ pub fn tenant_token(
         .secret
 }
 
+/// Creates platform `platform` on n1 with one namespace VM `vm` through
+/// `client`, and waits up to `wait` until its guest agent registered.
+pub fn platform_with_ready_vm(
+    lab: &LabGuard,
+    runtime: &tokio::runtime::Runtime,
+    client: &measurelab_api::client::Client,
+    (platform, vm): (&str, &str),
+    wait: std::time::Duration,
+) {
+    runtime
+        .block_on(
+            client.create_platform(&measurelab_api::http::PlatformCreate {
+                tenant: None,
+                name: platform.into(),
+                nodes: vec!["n1".into()],
+                admins: vec![],
+                description: None,
+                request_id: None,
+                flow_monitoring: None,
+            }),
+        )
+        .expect("create platform");
+    runtime
+        .block_on(client.create_vm(&namespace_vm(vm, platform, "n1")))
+        .expect("create VM");
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let vm = runtime
+            .block_on(client.get_vm(&format!("{platform}/{vm}")))
+            .expect("get VM");
+        if guest_ready(&vm) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM not ready in {wait:?}: {} {:?}\n{}",
+            vm.actual_state,
+            vm.conditions,
+            lab.log_tail("n1-agent", 30)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// The VM runs and its guest agent said hello.
 pub fn guest_ready(vm: &measurelab_api::http::Vm) -> bool {
     vm.actual_state == "running"
