@@ -58,6 +58,8 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         datapath: String::new(),
         // Filled in by the session from --tunnel-ip.
         tunnel_address: String::new(),
+        // Filled in by the session from --public-address.
+        public_address: String::new(),
     }
 }
 

@@ -385,6 +385,7 @@ fn capabilities() -> Capabilities {
         uplink: None,
         datapath: "netdev".into(),
         tunnel_address: String::new(),
+        public_address: String::new(),
     }
 }
 
