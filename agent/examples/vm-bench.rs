@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await?;
 

@@ -140,6 +140,7 @@ async fn stored_appliance_files_are_fetched_verified_and_a_tampered_one_refused(
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();

@@ -99,6 +99,7 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();

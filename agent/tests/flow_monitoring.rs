@@ -154,6 +154,7 @@ async fn platform_flows_are_exported_collected_and_kept_apart() {
                 tenant: None,
                 request_id: None,
                 flow_monitoring: Some(true),
+                gateway: None,
             })
             .await
             .unwrap();

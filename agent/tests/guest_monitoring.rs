@@ -117,6 +117,7 @@ async fn a_frozen_guest_misses_its_heartbeat_and_usage_is_served() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();

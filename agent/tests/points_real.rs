@@ -160,6 +160,7 @@ async fn a_killed_point_shows_missing_at_the_controller() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();

@@ -299,6 +299,7 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();
@@ -779,6 +780,7 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();

@@ -202,6 +202,7 @@ async fn namespace_vms_converge_survive_restart_and_repair() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await
         .unwrap();
@@ -501,6 +502,7 @@ async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
                 description: None,
                 request_id: None,
                 flow_monitoring: None,
+                gateway: None,
             })
             .await
             .unwrap();

@@ -72,6 +72,7 @@ fn main() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         }))
         .expect("create platform");
     let vm = runtime

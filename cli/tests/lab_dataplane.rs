@@ -53,6 +53,7 @@ impl Api {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         }))
         .unwrap_or_else(|e| panic!("create platform {name}: {e}"))
     }
@@ -331,6 +332,7 @@ fn multicast_stays_inside_its_platform_across_two_nodes() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         }))
         .map(|_| ()),
         "nodes[1]",

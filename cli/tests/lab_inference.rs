@@ -275,6 +275,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         }))
         .expect("create platform");
     let layout = [

@@ -65,6 +65,7 @@ mod store;
 pub mod tls;
 mod tokens;
 mod validation;
+mod wg_keys;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -113,6 +114,9 @@ pub struct ControllerConfig {
     /// Network the platform subnets (/24s) come from (`--subnet-pool
     /// 10.201.0.0/16`): address and prefix length (8..=24). Default 10.201.0.0/16.
     pub subnet_pool: (Ipv4Addr, u8),
+    /// Network the platform gateways' tunnel networks (/24s) come from:
+    /// address and prefix length (8..=24). Default 100.96.0.0/12.
+    pub tunnel_pool: (Ipv4Addr, u8),
     /// The flow collector (nfcapd) the controller runs and nodes export to;
     /// `None`: none, and platform flows are unavailable.
     pub flow_collector: Option<FlowCollectorConfig>,
@@ -232,6 +236,7 @@ impl ControllerConfig {
             durable_heartbeats: true,
             vlan_pool: pools.vlans,
             subnet_pool: pools.subnets,
+            tunnel_pool: pools.tunnels,
             flow_collector: None,
             refused_registration_report_interval: agent_rpc::DEFAULT_REFUSAL_REPORT_INTERVAL,
             retention: Retention::default(),
@@ -322,6 +327,7 @@ pub async fn run(
     }
     check_vlan_pool(&config.vlan_pool)?;
     check_subnet_pool(config.subnet_pool)?;
+    check_subnet_pool(config.tunnel_pool)?;
     config
         .http_limits
         .validate()
@@ -360,6 +366,7 @@ pub async fn run(
         placement::Pools {
             vlans: config.vlan_pool.clone(),
             subnets: config.subnet_pool,
+            tunnels: config.tunnel_pool,
         },
     )?;
 

@@ -19,10 +19,11 @@ use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
     DeploymentList, DeploymentOutputs, DeploymentPatch, ErrorBody, EventList, FlowList, JoinToken,
     JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList, Node, NodeList, NodePatch, Platform,
-    PlatformCreate, PlatformList, PlatformPatch, PlatformPoints, Program, ProgramCreate,
-    ProgramList, QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch, RegistrationRequest,
-    RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList,
-    Vm, VmCreate, VmList, VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
+    PlatformCreate, PlatformList, PlatformPatch, PlatformPeer, PlatformPeerCreate,
+    PlatformPeerList, PlatformPoints, Program, ProgramCreate, ProgramList, QosPolicy,
+    QosPolicyCreate, QosPolicyList, QosPolicyPatch, RegistrationRequest, RegistrationRequestList,
+    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList,
+    VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -216,6 +217,10 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::pause_platform,
         operations::platform_flows,
         operations::platform_points,
+        operations::list_platform_peers,
+        operations::create_platform_peer,
+        operations::get_platform_peer,
+        operations::delete_platform_peer,
         operations::list_qos_policies,
         operations::create_qos_policy,
         operations::get_qos_policy,
@@ -658,8 +663,9 @@ mod operations {
         responses((status = 200, description = "The virtual platform.", body = Platform), GetErrors))]
     fn get_platform() {}
 
-    /// Change nodes, admins, description or power_state in place. Removing a node
-    /// that still hosts VMs of the platform is 409.
+    /// Change nodes, admins, description, power_state or the gateway in place.
+    /// Removing a node that still hosts VMs of the platform, or the gateway,
+    /// is 409; so is removing the gateway while it has peers.
     #[utoipa::path(patch, path = "/v1/platforms/{id_or_name}", operation_id = "patchPlatform",
         params(("id_or_name" = String, Path, description = KEY)),
         request_body = PlatformPatch,
@@ -720,6 +726,47 @@ mod operations {
         params(("id_or_name" = String, Path, description = KEY)),
         responses((status = 200, description = "The point list.", body = PlatformPoints), GetErrors))]
     fn platform_points() {}
+
+    /// The WireGuard peers of the platform's gateway, by name (empty without a gateway).
+    #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/peers", operation_id = "listPlatformPeers",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, nullable = false,
+                description = "Items per page (default and most 1000; docs/pagination.md)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor."),
+        ),
+        responses((status = 200, description = "The peers.", body = PlatformPeerList), GetErrors))]
+    fn list_platform_peers() {}
+
+    /// Add a peer to the platform's gateway (members and owners of its
+    /// tenant). Without `public_key` the controller generates a key pair and
+    /// returns `private_key`, and a `config` holding it, in this answer only;
+    /// it keeps no copy. 409 while the platform has no gateway.
+    #[utoipa::path(post, path = "/v1/platforms/{id_or_name}/peers", operation_id = "createPlatformPeer",
+        params(("id_or_name" = String, Path, description = KEY)),
+        request_body = PlatformPeerCreate,
+        responses((status = 201, description = "Created.", body = PlatformPeer), CreateErrors))]
+    fn create_platform_peer() {}
+
+    /// One peer of the platform's gateway (its `config` has no `PrivateKey`).
+    #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/peers/{peer}", operation_id = "getPlatformPeer",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("peer" = String, Path, description = "Id or name of the peer."),
+        ),
+        responses((status = 200, description = "The peer.", body = PlatformPeer), GetErrors))]
+    fn get_platform_peer() {}
+
+    /// Remove a peer: the gateway's node drops it with its next desired state.
+    #[utoipa::path(delete, path = "/v1/platforms/{id_or_name}/peers/{peer}", operation_id = "deletePlatformPeer",
+        params(
+            ("id_or_name" = String, Path, description = KEY),
+            ("peer" = String, Path, description = "Id or name of the peer."),
+            ("request_id" = Option<String>, Query, nullable = false, description = REQUEST_ID),
+        ),
+        responses((status = 200, description = "The removed peer.", body = PlatformPeer), DeleteErrors))]
+    fn delete_platform_peer() {}
     /// The caller's token, role and tenant.
     #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
         responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]

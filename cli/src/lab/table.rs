@@ -107,6 +107,7 @@ mod tests {
                 uplink: None,
                 datapath: String::new(),
                 tunnel_address: String::new(),
+                public_address: String::new(),
             },
             resources: Resources::default(),
             labels: Default::default(),

@@ -392,6 +392,7 @@ pub fn platform_with_ready_vm(
                 description: None,
                 request_id: None,
                 flow_monitoring: None,
+                gateway: None,
             }),
         )
         .expect("create platform");

@@ -567,20 +567,18 @@ fn capabilities(
     validation::short_text(&format!("{field}.datapath"), &c.datapath, 64)?;
     // Peers put this address into their tunnels' remote_ip: anything but a
     // plain unicast IPv4 would make every peer's switch refuse its plan.
-    if !c.tunnel_address.is_empty() {
-        match c.tunnel_address.parse::<std::net::Ipv4Addr>() {
-            Ok(ip)
-                if !(ip.is_unspecified()
-                    || ip.is_broadcast()
-                    || ip.is_multicast()
-                    || ip.is_loopback()) => {}
-            _ => {
-                return Err(FieldError::new(
-                    format!("{field}.tunnel_address"),
-                    format!("{:?} is not a unicast IPv4 address", c.tunnel_address),
-                ))
-            }
-        }
+    if !c.tunnel_address.is_empty() && !is_unicast(&c.tunnel_address) {
+        return Err(FieldError::new(
+            format!("{field}.tunnel_address"),
+            format!("{:?} is not a unicast IPv4 address", c.tunnel_address),
+        ));
+    }
+    // Researchers' wg-quick configurations carry this address as Endpoint.
+    if !c.public_address.is_empty() && !is_unicast(&c.public_address) {
+        return Err(FieldError::new(
+            format!("{field}.public_address"),
+            format!("{:?} is not a unicast IPv4 address", c.public_address),
+        ));
     }
     let uplink = c
         .uplink
@@ -597,6 +595,14 @@ fn capabilities(
         uplink,
         datapath: c.datapath,
         tunnel_address: c.tunnel_address,
+        public_address: c.public_address,
+    })
+}
+
+/// A plain unicast IPv4 address (what peers can send to).
+fn is_unicast(text: &str) -> bool {
+    text.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
+        !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
     })
 }
 

@@ -19,7 +19,7 @@ use super::field_validation;
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The `{id_or_name}` path segment.
-pub(crate) fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn key<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     path.map(|Path(key)| key)
         .map_err(|rejection| ApiError::InvalidField {
             field: "id_or_name".into(),

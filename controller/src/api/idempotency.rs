@@ -51,6 +51,11 @@ impl Answer {
         self
     }
 
+    /// The body as `T`, to complete it with unrecorded fields.
+    pub(crate) fn body_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.body.clone()).ok()
+    }
+
     fn to_record(&self, route: String) -> Record {
         Record {
             route,

@@ -17,6 +17,7 @@ mod metrics_endpoint;
 mod nodes;
 mod outputs;
 mod page;
+mod peers;
 mod platforms;
 mod programs;
 mod qos_policies;
@@ -106,6 +107,14 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/platforms/:id_or_name/pause", post(platforms::pause)),
         ("/v1/platforms/:id_or_name/flows", get(flows::list)),
         ("/v1/platforms/:id_or_name/points", get(platforms::points)),
+        (
+            "/v1/platforms/:id_or_name/peers",
+            get(peers::list).post(peers::create),
+        ),
+        (
+            "/v1/platforms/:id_or_name/peers/:peer",
+            get(peers::get).delete(peers::delete),
+        ),
         (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),

@@ -103,7 +103,7 @@ pub(crate) async fn points(
 }
 
 /// Whether `scope` sees the platform (for 403 versus 404).
-fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+pub(crate) fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
     Ok(platforms::find(conn, scope, key)?.is_some())
 }
 

@@ -236,6 +236,7 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
             description: None,
             request_id: None,
             flow_monitoring: None,
+            gateway: None,
         })
         .await?;
 

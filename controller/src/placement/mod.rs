@@ -28,6 +28,8 @@ pub(crate) struct Pools {
     pub vlans: RangeInclusive<u16>,
     /// Network address and prefix length; split into /24s.
     pub subnets: (Ipv4Addr, u8),
+    /// Where gateways' tunnel networks come from; split into /24s too.
+    pub tunnels: (Ipv4Addr, u8),
 }
 
 impl Default for Pools {
@@ -35,6 +37,8 @@ impl Default for Pools {
         Pools {
             vlans: 100..=3999,
             subnets: (Ipv4Addr::new(10, 201, 0, 0), 16),
+            // CGNAT space: unlikely to clash with a researcher's own networks.
+            tunnels: (Ipv4Addr::new(100, 96, 0, 0), 12),
         }
     }
 }
@@ -52,7 +56,10 @@ pub(crate) fn vlan(pools: &Pools, used: &HashSet<u16>) -> Result<u16, StoreError
 
 /// The /24s of the subnet pool, in order.
 pub(crate) fn pool_subnets(pools: &Pools) -> impl Iterator<Item = String> {
-    let (network, prefix) = pools.subnets;
+    split_24s(pools.subnets)
+}
+
+fn split_24s((network, prefix): (Ipv4Addr, u8)) -> impl Iterator<Item = String> {
     let base = u32::from(network) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
     let count: u32 = 1 << (24 - prefix.min(24));
     (0..count).map(move |i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
@@ -66,6 +73,18 @@ pub(crate) fn subnet(pools: &Pools, used: &HashSet<String>) -> Result<String, St
         .ok_or_else(|| {
             StoreError::PoolExhausted(format!(
                 "every /24 of the subnet pool {network}/{prefix} is in use by a platform; delete a platform or widen the controller's subnet pool"
+            ))
+        })
+}
+
+/// The first /24 of the tunnel pool no gateway uses.
+pub(crate) fn tunnel_network(pools: &Pools, used: &HashSet<String>) -> Result<String, StoreError> {
+    let (network, prefix) = pools.tunnels;
+    split_24s(pools.tunnels)
+        .find(|s| !used.contains(s))
+        .ok_or_else(|| {
+            StoreError::PoolExhausted(format!(
+                "every /24 of the tunnel pool {network}/{prefix} is in use by a platform gateway; remove a gateway or widen the controller's tunnel pool"
             ))
         })
 }
@@ -225,10 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_networks_are_the_first_free_24_of_the_tunnel_pool() {
+        let pools = Pools {
+            tunnels: ("100.96.0.0".parse().unwrap(), 23),
+            ..Pools::default()
+        };
+        assert_eq!(
+            tunnel_network(&pools, &HashSet::from(["100.96.0.0/24".to_string()])).unwrap(),
+            "100.96.1.0/24"
+        );
+        let full = HashSet::from(["100.96.0.0/24".to_string(), "100.96.1.0/24".to_string()]);
+        assert!(matches!(
+            tunnel_network(&pools, &full),
+            Err(StoreError::PoolExhausted(m)) if m.contains("tunnel pool 100.96.0.0/23")
+        ));
+    }
+
+    #[test]
     fn subnet_pool_splits_into_24s() {
         let pools = Pools {
             vlans: 100..=101,
             subnets: ("10.201.0.0".parse().unwrap(), 22),
+            ..Pools::default()
         };
         let subnets: Vec<String> = pool_subnets(&pools).collect();
         assert_eq!(
@@ -243,6 +280,7 @@ mod tests {
         let single = Pools {
             vlans: 1..=1,
             subnets: ("192.168.7.0".parse().unwrap(), 24),
+            ..Pools::default()
         };
         assert_eq!(
             pool_subnets(&single).collect::<Vec<_>>(),

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0012_platform_points.sql"),
     include_str!("../../migrations/0013_control_keys.sql"),
     include_str!("../../migrations/0014_deployment_outputs.sql"),
+    include_str!("../../migrations/0015_platform_gateways.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

@@ -4,8 +4,8 @@
 use crate::access::Scope;
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
-    self, DesiredAppliance, DesiredPlatform, DesiredQos, DesiredState, DesiredVm, ProgramRun,
-    ServicePeer, ServiceTask, StatusReport,
+    self, DesiredAppliance, DesiredGateway, DesiredGatewayPeer, DesiredPlatform, DesiredQos,
+    DesiredState, DesiredVm, ProgramRun, ServicePeer, ServiceTask, StatusReport,
 };
 use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
@@ -15,7 +15,7 @@ use super::error::StoreError;
 use super::registry::Registry;
 use super::resources::TxContext;
 use super::{
-    appliances, comparisons, control_keys, flows, platform_points, platforms, programs,
+    appliances, comparisons, control_keys, flows, gateways, platform_points, platforms, programs,
     qos_policies, tasks, tunnels, vm_usage, vms,
 };
 
@@ -62,6 +62,7 @@ pub(crate) fn desired_state(
         tunnels: tunnels::of_node(node_id, &member_of, &tunnels::ends(registry)),
         ..Default::default()
     };
+    state.gateways = desired_gateways(conn, node_id)?;
     for vm in vms::of_node(conn, node_id)? {
         let platform = platforms::get(conn, &Scope::All, &vm.platform_id)?;
         let appliance = appliances::get_by_id(conn, &vm.appliance_id)?;
@@ -160,6 +161,35 @@ pub(crate) fn desired_state(
         }
     }
     Ok(state)
+}
+
+/// The gateways node `node_id` runs, with their peers. Only this node's
+/// desired state carries their private keys.
+fn desired_gateways(conn: &Connection, node_id: &str) -> Result<Vec<DesiredGateway>, StoreError> {
+    let mut desired = Vec::new();
+    for gateway in gateways::of_node(conn, node_id)? {
+        let platform = platforms::get(conn, &Scope::All, &gateway.platform_id)?;
+        let (network, prefix) = platform.network()?;
+        desired.push(DesiredGateway {
+            platform_id: platform.id.clone(),
+            platform_name: platform.name.clone(),
+            vlan_tag: u32::from(platform.vlan_tag),
+            platform_subnet: platform.subnet.clone(),
+            inside_address: format!("{}/{prefix}", gateways::first_host(network)),
+            listen_port: u32::from(gateway.listen_port),
+            tunnel_address: gateway.tunnel_address()?,
+            peers: gateways::peers(conn, &platform.id)?
+                .into_iter()
+                .map(|peer| DesiredGatewayPeer {
+                    id: peer.id,
+                    public_key: peer.public_key,
+                    tunnel_address: peer.tunnel_address,
+                })
+                .collect(),
+            private_key: gateway.private_key,
+        });
+    }
+    Ok(desired)
 }
 
 fn ms_to_rfc3339(ms: i64) -> Option<String> {

@@ -23,6 +23,7 @@ pub(crate) mod desired;
 pub(crate) mod error;
 mod events;
 pub(crate) mod flows;
+pub(crate) mod gateways;
 pub(crate) mod idempotency;
 mod node_identity;
 mod nodes;

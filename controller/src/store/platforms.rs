@@ -4,12 +4,13 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{
-    Platform, PlatformCreate, PlatformPatch, PlatformPowerState, TenantUsage,
+    Platform, PlatformCreate, PlatformGatewaySpec, PlatformPatch, PlatformPowerState, TenantUsage,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
+use super::gateways::{self, GatewayRow, PlatformRef};
 use super::registry::Registry;
 use super::resources::TxContext;
 use super::{quotas, tenants};
@@ -35,6 +36,8 @@ pub(crate) struct PlatformRow {
     pub created_at: String,
     pub generation: u64,
     pub flow_monitoring: bool,
+    /// The WireGuard gateway, if the platform has one.
+    pub wg_gateway: Option<GatewayRow>,
 }
 
 impl PlatformRow {
@@ -57,7 +60,50 @@ impl PlatformRow {
             tenant_id: self.tenant_id.clone(),
             generation: self.generation,
             flow_monitoring: self.flow_monitoring,
+            gateway_spec: self.wg_gateway.as_ref().map(|g| g.spec(registry)),
+            gateway_endpoint: self.wg_gateway.as_ref().and_then(|g| g.endpoint(registry)),
+            gateway_public_key: self.wg_gateway.as_ref().map(|g| g.public_key.clone()),
+            tunnel_network: self.wg_gateway.as_ref().map(|g| g.tunnel_network.clone()),
         }
+    }
+
+    pub fn as_ref(&self) -> PlatformRef<'_> {
+        PlatformRef {
+            id: &self.id,
+            name: &self.name,
+            tenant_id: &self.tenant_id,
+            node_ids: &self.node_ids,
+        }
+    }
+
+    /// Apply a `gateway` of a create or patch body (`None`: remove it), and
+    /// point the platform's `gateway` address (every VM's default route) at
+    /// it. Returns whether anything changed.
+    fn apply_gateway(
+        &mut self,
+        cx: &mut TxContext<'_>,
+        spec: Option<&PlatformGatewaySpec>,
+    ) -> Result<bool, StoreError> {
+        let before = self.wg_gateway.clone();
+        self.wg_gateway = match spec {
+            Some(spec) => Some(gateways::set(cx, &self.as_ref(), spec)?),
+            None => {
+                gateways::remove(cx, &self.as_ref())?;
+                None
+            }
+        };
+        let address = match &self.wg_gateway {
+            Some(_) => Some(gateways::first_host(self.network()?.0).to_string()),
+            None => None,
+        };
+        if address != self.gateway {
+            self.gateway = address;
+            // Every VM's desired route changes with it.
+            for node in self.node_ids.clone() {
+                cx.touch_node(&node)?;
+            }
+        }
+        Ok(before != self.wg_gateway)
     }
 
     /// Network address of the platform's /24 (or whatever prefix it has).
@@ -101,6 +147,7 @@ fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<Platfor
         generation: row.get::<_, i64>(9)? as u64,
         tenant_id: row.get(10)?,
         flow_monitoring: row.get(11)?,
+        wg_gateway: gateways::of_platform(conn, &id)?,
         id,
     })
 }
@@ -240,12 +287,12 @@ pub(crate) fn create(
     )?;
     let vlan_tag = allocate_vlan(cx)?;
     let subnet = allocate_subnet(cx)?;
-    let row = PlatformRow {
+    let mut row = PlatformRow {
         id: new_id(),
         tenant_id: tenant.id.clone(),
-        name: input.name,
+        name: input.name.clone(),
         node_ids,
-        admins: input.admins,
+        admins: input.admins.clone(),
         description,
         vlan_tag,
         subnet,
@@ -254,6 +301,7 @@ pub(crate) fn create(
         created_at: cx.now_text(),
         generation: 1,
         flow_monitoring: input.flow_monitoring.unwrap_or(false),
+        wg_gateway: None,
     };
     cx.tx
         .prepare_cached(
@@ -279,6 +327,10 @@ pub(crate) fn create(
     write_members(cx, &row.id, &row.node_ids)?;
     for node in &row.node_ids {
         cx.touch_node(node)?;
+    }
+    if let Some(spec) = &input.gateway {
+        row.apply_gateway(cx, Some(spec))?;
+        save(cx, &row)?;
     }
     cx.event(
         Some(&row.tenant_id),
@@ -389,6 +441,21 @@ pub(crate) fn update(
             changed = true;
         }
     }
+    if let Some(gateway) = &patch.gateway {
+        changed |= row.apply_gateway(cx, gateway.as_ref())?;
+    }
+    if let Some(gateway) = &row.wg_gateway {
+        if !row.node_ids.contains(&gateway.node_id) {
+            return Err(StoreError::conflict(
+                Some("nodes"),
+                format!(
+                    "nodes: node {} runs the gateway of platform {}; move the gateway (`gateway.node`) or remove it first",
+                    node_name(cx.registry, &gateway.node_id),
+                    row.name
+                ),
+            ));
+        }
+    }
     if changed {
         row.generation += 1;
         save(cx, &row)?;
@@ -438,7 +505,7 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
             "UPDATE platforms SET admins = ?2, description = ?3, power_state = ?4, generation = ?5,
-                                  flow_monitoring = ?6
+                                  flow_monitoring = ?6, gateway = ?7
              WHERE id = ?1",
         )?
         .execute(params![
@@ -447,7 +514,8 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
             row.description,
             row.power_state.as_str(),
             row.generation as i64,
-            row.flow_monitoring
+            row.flow_monitoring,
+            row.gateway
         ])?;
     Ok(())
 }

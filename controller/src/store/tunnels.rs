@@ -119,6 +119,7 @@ mod tests {
             created_at: String::new(),
             generation: 1,
             flow_monitoring: false,
+            wg_gateway: None,
         }
     }
 

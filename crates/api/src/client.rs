@@ -392,6 +392,69 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/platforms/{id_or_name}/peers`.
+    pub async fn list_platform_peers(
+        &self,
+        platform: &str,
+    ) -> Result<Vec<crate::http::PlatformPeer>, ClientError> {
+        self.list_all::<crate::http::PlatformPeerList>(&format!(
+            "/v1/platforms/{}/peers",
+            url_component(platform)
+        ))
+        .await
+    }
+
+    /// `POST /v1/platforms/{id_or_name}/peers`: the answer carries the
+    /// private key when the controller generated it (this once).
+    pub async fn create_platform_peer(
+        &self,
+        platform: &str,
+        body: &crate::http::PlatformPeerCreate,
+    ) -> Result<crate::http::PlatformPeer, ClientError> {
+        self.request(
+            reqwest::Method::POST,
+            &format!("/v1/platforms/{}/peers", url_component(platform)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/platforms/{id_or_name}/peers/{id_or_name}`.
+    pub async fn get_platform_peer(
+        &self,
+        platform: &str,
+        peer: &str,
+    ) -> Result<crate::http::PlatformPeer, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/platforms/{}/peers/{}",
+                url_component(platform),
+                url_component(peer)
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/platforms/{id_or_name}/peers/{id_or_name}`.
+    pub async fn delete_platform_peer(
+        &self,
+        platform: &str,
+        peer: &str,
+    ) -> Result<crate::http::PlatformPeer, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::DELETE,
+            &format!(
+                "/v1/platforms/{}/peers/{}",
+                url_component(platform),
+                url_component(peer)
+            ),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/platforms/{id_or_name}/start` or `/pause` (`action`).
     pub async fn platform_power(
         &self,

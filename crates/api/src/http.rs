@@ -84,6 +84,12 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub tunnel_address: String,
+    /// The node's public IPv4 address (the agent's `--public-address`), where
+    /// researchers' WireGuard peers reach the platform gateways it runs;
+    /// empty: the node can run no gateway.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub public_address: String,
 }
 
 /// A node's uplink port: one interface or a bond of several.
@@ -390,6 +396,34 @@ pub struct Platform {
     /// controller's collector (`GET /v1/platforms/{id}/flows`).
     #[serde(default)]
     pub flow_monitoring: bool,
+    /// Where the platform's WireGuard gateway runs; null: it has none.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub gateway_spec: Option<PlatformGatewaySpec>,
+    /// `public_address:listen_port` peers connect to; null without a gateway.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub gateway_endpoint: Option<String>,
+    /// The gateway's base64 X25519 public key; null without a gateway.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub gateway_public_key: Option<String>,
+    /// The gateway's tunnel network (a /24 of the controller's tunnel pool);
+    /// the gateway is its first host, peers get the next free ones.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub tunnel_network: Option<String>,
+}
+
+/// Where a platform's WireGuard gateway runs: `gateway` of a platform body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformGatewaySpec {
+    /// Member node (name or id) that runs the endpoint; it must report a
+    /// `public_address`.
+    pub node: String,
+    /// UDP port on the node's public address, unique among the node's gateways.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub listen_port: u32,
 }
 
 /// `POST /v1/platforms` body.
@@ -408,6 +442,9 @@ pub struct PlatformCreate {
     /// Export and keep the platform's traffic (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_monitoring: Option<bool>,
+    /// A WireGuard gateway into the platform subnet (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<PlatformGatewaySpec>,
     /// Tenant (id or name) to create it in. A tenant token may only name its
     /// own tenant; the operator's objects go to `default` when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,10 +472,96 @@ pub struct PlatformPatch {
     /// Export and keep the platform's traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_monitoring: Option<bool>,
+    /// The gateway: absent leaves it, an object adds it or moves it in place
+    /// (keys, tunnel network and peers kept), null removes it (refused while
+    /// the platform has peers).
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<PlatformGatewaySpec>)]
+    pub gateway: Option<Option<PlatformGatewaySpec>>,
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
+
+/// A WireGuard peer of a platform's gateway: a researcher's laptop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformPeer {
+    /// Stable id.
+    pub id: String,
+    /// Unique within the platform (DNS label).
+    pub name: String,
+    /// Id of the platform.
+    pub platform_id: String,
+    /// The peer's base64 X25519 public key.
+    pub public_key: String,
+    /// The peer's address in the gateway's tunnel network, `A.B.C.D/32`.
+    pub tunnel_address: String,
+    /// What the peer may reach through the tunnel: the platform subnet only.
+    pub allowed_ips: String,
+    /// The gateway's `public_address:listen_port`.
+    pub endpoint: String,
+    /// The gateway's base64 X25519 public key.
+    pub gateway_public_key: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// A `wg-quick` configuration for the peer. Its `[Interface]` carries a
+    /// `PrivateKey` only in the answer to the POST that generated the key.
+    pub config: String,
+    /// The generated base64 private key: only in the answer to the POST that
+    /// generated it (no `public_key` given); the controller does not keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl PlatformPeer {
+    /// The peer's `wg-quick` configuration, with `private_key` in its
+    /// `[Interface]` when known. The controller and the provider both render
+    /// it here, so a configuration the provider completes with a key it holds
+    /// matches the controller's answer line for line.
+    pub fn wg_quick_config(&self, private_key: Option<&str>) -> String {
+        let mut config = String::from("[Interface]\n");
+        if let Some(key) = private_key {
+            config.push_str(&format!("PrivateKey = {key}\n"));
+        }
+        config.push_str(&format!(
+            "Address = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {}\nPersistentKeepalive = 25\n",
+            self.tunnel_address, self.gateway_public_key, self.endpoint, self.allowed_ips
+        ));
+        config
+    }
+}
+
+/// `POST /v1/platforms/{id_or_name}/peers` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformPeerCreate {
+    /// Unique within the platform (DNS label).
+    pub name: String,
+    /// The peer's base64 X25519 public key (32 bytes). Absent: the controller
+    /// generates a key pair and returns the private key once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/platforms/{id_or_name}/peers` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformPeerList {
+    /// Ordered by name.
+    pub peers: Vec<PlatformPeer>,
+    /// Set when more items follow: pass it as `?after=` for the next page
+    /// (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+paged!(PlatformPeerList, peers, PlatformPeer);
 
 /// Body of POST .../start, .../pause and DELETE requests that carry an idempotency key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -270,6 +270,7 @@ impl ManagedResource for Platforms {
             description: planned.description.as_ref_option().cloned(),
             request_id: request.request_id(),
             flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
+            gateway: None,
         };
         let mut platform = request
             .send(diags, || client.create_platform(&body))
@@ -315,6 +316,7 @@ impl ManagedResource for Platforms {
             request_id: None,
             // Left out of the configuration: the controller keeps its value.
             flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
+            gateway: None,
         };
         match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {
