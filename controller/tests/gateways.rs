@@ -1,0 +1,647 @@
+//! Platform gateways and their WireGuard peers through the real HTTP and gRPC
+//! listeners: validation naming the field with nothing applied, tenant scope,
+//! keys that never leave where they belong, and the gateway node's desired
+//! state carrying the gateway and its peers.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::{register_request, TestController};
+use measurelab_api::node_v1::{DesiredState, DesiredStateRequest, RegisterResponse};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PUBLIC: &str = "203.0.113.10";
+
+/// Register `name`, reporting `public_address` (empty: none).
+async fn node(controller: &TestController, name: &str, public_address: &str) -> RegisterResponse {
+    let mut request = register_request(&controller.join_token, name, "");
+    if let Some(capabilities) = request.capabilities.as_mut() {
+        capabilities.public_address = public_address.into();
+    }
+    controller
+        .grpc()
+        .await
+        .register(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn desired(controller: &TestController, node: &RegisterResponse) -> DesiredState {
+    controller
+        .grpc()
+        .await
+        .get_desired_state(DesiredStateRequest {
+            node_id: node.node_id.clone(),
+            node_secret: node.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn start() -> (
+    tempfile::TempDir,
+    TestController,
+    RegisterResponse,
+    RegisterResponse,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
+    let n1 = node(&controller, "n1", PUBLIC).await;
+    let n2 = node(&controller, "n2", "").await;
+    (dir, controller, n1, n2)
+}
+
+fn public_of(private_key: &str) -> String {
+    let bytes: [u8; 32] = STANDARD.decode(private_key).unwrap().try_into().unwrap();
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(bytes));
+    STANDARD.encode(public.as_bytes())
+}
+
+async fn expect(
+    controller: &TestController,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+) -> Value {
+    let (got, answer) = controller.call_as(token, method.clone(), path, body).await;
+    assert_eq!(got, status, "{method} {path}: {answer}");
+    answer
+}
+
+/// (status, field) of a refused platform create.
+async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
+        )
+        .await;
+    (
+        status,
+        body["error"]["field"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test]
+async fn bad_gateways_name_the_field_and_create_nothing() {
+    let (_dir, controller, _n1, _n2) = start().await;
+    node(&controller, "n3", "198.51.100.3").await;
+    for (gateway, status, field, says) in [
+        (
+            json!({"node": "n1", "listen_port": 0}),
+            422,
+            "gateway.listen_port",
+            "out of range",
+        ),
+        (
+            json!({"node": "n1", "listen_port": 70000}),
+            422,
+            "gateway.listen_port",
+            "out of range",
+        ),
+        (
+            json!({"node": "n9", "listen_port": 51820}),
+            422,
+            "gateway.node",
+            "no node named",
+        ),
+        (
+            json!({"node": "n2", "listen_port": 51820}),
+            422,
+            "gateway.node",
+            "public_address",
+        ),
+        (
+            json!({"node": "n3", "listen_port": 51820}),
+            422,
+            "gateway.node",
+            "not one of",
+        ),
+    ] {
+        let (got, body) = controller
+            .call(
+                Method::POST,
+                "/v1/platforms",
+                Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
+            )
+            .await;
+        assert_eq!(got, status, "{gateway}: {body}");
+        assert_eq!(body["error"]["field"], field, "{gateway}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{gateway}: {message}");
+        let (missing, _) = controller
+            .call(Method::GET, "/v1/platforms/bad", None)
+            .await;
+        assert_eq!(missing, 404, "a refused platform must not exist");
+    }
+
+    let first = expect(
+        &controller,
+        &controller.admin_token,
+        Method::POST,
+        "/v1/platforms",
+        Some(
+            json!({"name": "a", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}),
+        ),
+        201,
+    )
+    .await;
+    assert_eq!(first["gateway_endpoint"], format!("{PUBLIC}:51820"));
+    assert_eq!(
+        refused(&controller, json!({"node": "n1", "listen_port": 51820})).await,
+        (409, "gateway.listen_port".to_string())
+    );
+    // The same port on another node is free.
+    expect(
+        &controller,
+        &controller.admin_token,
+        Method::POST,
+        "/v1/platforms",
+        Some(
+            json!({"name": "b", "nodes": ["n3"], "gateway": {"node": "n3", "listen_port": 51820}}),
+        ),
+        201,
+    )
+    .await;
+
+    // A peer needs a well-formed public key; nothing is added otherwise.
+    for (key, says) in [
+        (STANDARD.encode([1u8; 31]), "31 bytes"),
+        ("***".to_string(), "base64"),
+    ] {
+        let body = expect(
+            &controller,
+            &controller.admin_token,
+            Method::POST,
+            "/v1/platforms/a/peers",
+            Some(json!({"name": "laptop", "public_key": key})),
+            422,
+        )
+        .await;
+        assert_eq!(body["error"]["field"], "public_key", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says));
+    }
+    let body = expect(
+        &controller,
+        &controller.admin_token,
+        Method::POST,
+        "/v1/platforms/a/peers",
+        Some(json!({"name": "Not A Label"})),
+        422,
+    )
+    .await;
+    assert_eq!(body["error"]["field"], "name", "{body}");
+    let list = expect(
+        &controller,
+        &controller.admin_token,
+        Method::GET,
+        "/v1/platforms/a/peers",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(list["peers"], json!([]));
+}
+
+#[tokio::test]
+async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
+    let (dir, controller, n1, n2) = start().await;
+    let admin = controller.admin_token.clone();
+    let platform = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "lab", "nodes": ["n1", "n2"],
+                    "gateway": {"node": "n1", "listen_port": 51820}})),
+        201,
+    )
+    .await;
+    let subnet = platform["subnet"].as_str().unwrap().to_string();
+    let first_host = subnet.replace(".0/24", ".1");
+    assert_eq!(platform["gateway"], first_host);
+    assert_eq!(
+        platform["gateway_spec"],
+        json!({"node": "n1", "listen_port": 51820})
+    );
+    assert_eq!(platform["tunnel_network"], "100.96.0.0/24");
+    let gateway_public = platform["gateway_public_key"].as_str().unwrap().to_string();
+
+    // Only n1 runs the gateway, with the private key of the public key shown.
+    let on_n1 = desired(&controller, &n1).await;
+    assert_eq!(on_n1.gateways.len(), 1);
+    let gateway = &on_n1.gateways[0];
+    assert_eq!(public_of(&gateway.private_key), gateway_public);
+    assert_eq!(
+        (
+            gateway.inside_address.as_str(),
+            gateway.tunnel_address.as_str(),
+            gateway.listen_port
+        ),
+        (format!("{first_host}/24").as_str(), "100.96.0.1/24", 51820)
+    );
+    assert_eq!(gateway.platform_subnet, subnet);
+    assert!(desired(&controller, &n2).await.gateways.is_empty());
+
+    // VMs route via the gateway.
+    controller.create_vm("vm1", "lab", "n2").await;
+    assert_eq!(desired(&controller, &n2).await.vms[0].gateway, first_host);
+
+    // A generated key pair: the private key is in this answer only.
+    let generation = desired(&controller, &n1).await.generation;
+    let created = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "laptop", "request_id": "peer-1"})),
+        201,
+    )
+    .await;
+    let private_key = created["private_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        public_of(&private_key),
+        created["public_key"].as_str().unwrap()
+    );
+    assert_eq!(created["tunnel_address"], "100.96.0.2/32");
+    let config = created["config"].as_str().unwrap();
+    for line in [
+        format!("PrivateKey = {private_key}"),
+        "Address = 100.96.0.2/32".to_string(),
+        format!("PublicKey = {gateway_public}"),
+        format!("Endpoint = {PUBLIC}:51820"),
+        format!("AllowedIPs = {subnet}"),
+        "PersistentKeepalive = 25".to_string(),
+    ] {
+        assert!(
+            config.lines().any(|l| l == line),
+            "{line:?} not in\n{config}"
+        );
+    }
+    let replay = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "laptop", "request_id": "peer-1"})),
+        201,
+    )
+    .await;
+    assert_eq!(replay["id"], created["id"]);
+    assert!(replay.get("private_key").is_none(), "{replay}");
+    let fetched = expect(
+        &controller,
+        &admin,
+        Method::GET,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        200,
+    )
+    .await;
+    assert!(fetched.get("private_key").is_none());
+    assert!(!fetched["config"].as_str().unwrap().contains("PrivateKey"));
+
+    // A researcher's own key.
+    let own_key = STANDARD.encode([42u8; 32]);
+    let own = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "desk", "public_key": own_key})),
+        201,
+    )
+    .await;
+    assert!(own.get("private_key").is_none(), "{own}");
+    assert_eq!(own["tunnel_address"], "100.96.0.3/32");
+
+    let with_peers = desired(&controller, &n1).await;
+    assert!(with_peers.generation > generation);
+    let mut peers: Vec<(String, String)> = with_peers.gateways[0]
+        .peers
+        .iter()
+        .map(|p| (p.public_key.clone(), p.tunnel_address.clone()))
+        .collect();
+    peers.sort();
+    let mut expected = vec![
+        (
+            created["public_key"].as_str().unwrap().to_string(),
+            "100.96.0.2/32".to_string(),
+        ),
+        (own_key.clone(), "100.96.0.3/32".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(peers, expected);
+    assert!(desired(&controller, &n2).await.gateways.is_empty());
+
+    // Removing a peer bumps the gateway node's generation and drops it.
+    expect(
+        &controller,
+        &admin,
+        Method::DELETE,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        200,
+    )
+    .await;
+    let after = desired(&controller, &n1).await;
+    assert!(after.generation > with_peers.generation);
+    let left: Vec<&str> = after.gateways[0]
+        .peers
+        .iter()
+        .map(|p| p.public_key.as_str())
+        .collect();
+    assert_eq!(left, vec![own_key.as_str()]);
+
+    // No private key in any API answer, event or on disk (the peer's) .
+    let listed = expect(&controller, &admin, Method::GET, "/v1/platforms", None, 200).await;
+    let events = expect(
+        &controller,
+        &admin,
+        Method::GET,
+        "/v1/events?limit=1000",
+        None,
+        200,
+    )
+    .await;
+    for text in [listed.to_string(), events.to_string()] {
+        assert!(!text.contains(&gateway.private_key));
+        assert!(!text.contains(&private_key));
+    }
+    assert!(events.to_string().contains("PeerAdded"));
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes
+                    .windows(private_key.len())
+                    .any(|w| w == private_key.as_bytes()),
+                "{} holds the generated private key",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_the_platforms_tenant_writers_add_peers() {
+    let (_dir, controller, _n1, _n2) = start().await;
+    let member = controller.tenant_token("t1", "t1-member", "member").await;
+    let viewer = controller.tenant_token("t1", "t1-viewer", "viewer").await;
+    let other = controller.tenant_token("t2", "t2-owner", "owner").await;
+    expect(
+        &controller,
+        &member,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "lab", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51000}})),
+        201,
+    )
+    .await;
+    let peer = Some(json!({"name": "laptop"}));
+    let denied = expect(
+        &controller,
+        &viewer,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        peer.clone(),
+        403,
+    )
+    .await;
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("role member"),
+        "{denied}"
+    );
+    expect(
+        &controller,
+        &other,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        peer.clone(),
+        404,
+    )
+    .await;
+    expect(
+        &controller,
+        &other,
+        Method::GET,
+        "/v1/platforms/lab/peers",
+        None,
+        404,
+    )
+    .await;
+    expect(
+        &controller,
+        &member,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        peer,
+        201,
+    )
+    .await;
+    expect(
+        &controller,
+        &other,
+        Method::DELETE,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        404,
+    )
+    .await;
+    expect(
+        &controller,
+        &viewer,
+        Method::DELETE,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        403,
+    )
+    .await;
+    let seen = expect(
+        &controller,
+        &viewer,
+        Method::GET,
+        "/v1/platforms/lab/peers",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(seen["peers"][0]["name"], "laptop");
+    // The viewer cannot set a gateway either.
+    expect(
+        &controller,
+        &viewer,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"gateway": null})),
+        403,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
+    let (_dir, controller, n1, _n2) = start().await;
+    let admin = controller.admin_token.clone();
+    node(&controller, "n3", "198.51.100.3").await;
+    let created = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "lab", "nodes": ["n1", "n3"],
+                    "gateway": {"node": "n1", "listen_port": 51820}})),
+        201,
+    )
+    .await;
+    expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "laptop"})),
+        201,
+    )
+    .await;
+
+    let moved = expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"gateway": {"node": "n3", "listen_port": 51821}})),
+        200,
+    )
+    .await;
+    assert_eq!(moved["gateway_endpoint"], "198.51.100.3:51821");
+    assert_eq!(moved["gateway_public_key"], created["gateway_public_key"]);
+    assert_eq!(moved["tunnel_network"], created["tunnel_network"]);
+    assert!(desired(&controller, &n1).await.gateways.is_empty());
+    let peer = expect(
+        &controller,
+        &admin,
+        Method::GET,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(peer["endpoint"], "198.51.100.3:51821");
+
+    // The gateway's node stays a member while it runs the gateway.
+    let body = expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"nodes": ["n1"]})),
+        409,
+    )
+    .await;
+    assert_eq!(body["error"]["field"], "nodes", "{body}");
+
+    let body = expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"gateway": null})),
+        409,
+    )
+    .await;
+    assert_eq!(body["error"]["field"], "gateway", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("laptop"));
+    expect(
+        &controller,
+        &admin,
+        Method::DELETE,
+        "/v1/platforms/lab/peers/laptop",
+        None,
+        200,
+    )
+    .await;
+    let gone = expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"gateway": null})),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (gone["gateway"].clone(), gone["gateway_endpoint"].clone()),
+        (Value::Null, Value::Null)
+    );
+    let body = expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "laptop"})),
+        409,
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no gateway"),
+        "{body}"
+    );
+
+    // Deleting a platform takes its gateway and peers with it: the port is free again.
+    expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"gateway": {"node": "n1", "listen_port": 51820}})),
+        200,
+    )
+    .await;
+    expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms/lab/peers",
+        Some(json!({"name": "laptop"})),
+        201,
+    )
+    .await;
+    expect(
+        &controller,
+        &admin,
+        Method::DELETE,
+        "/v1/platforms/lab",
+        None,
+        200,
+    )
+    .await;
+    assert!(desired(&controller, &n1).await.gateways.is_empty());
+    expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}})),
+        201,
+    )
+    .await;
+}
