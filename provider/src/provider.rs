@@ -30,8 +30,8 @@ use crate::data_sources::{
 use crate::diagnostics;
 use crate::resources::{ApiTokenResource, ApplianceResource, TenantResource};
 use crate::resources::{
-    DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, ProgramResource,
-    QosPolicyResource, VirtualPlatformResource, VmResource,
+    DeploymentResource, MeasurementNodeResource, MeasurementTaskResource, PlatformPeerResource,
+    ProgramResource, QosPolicyResource, VirtualPlatformResource, VmResource,
 };
 // Public so a resource still naming `crate::provider::Shared` compiles while
 // branches merge; new code imports `crate::shared`, which keeps edges one way.
@@ -326,6 +326,7 @@ impl Provider for MeasurelabProvider {
             "measurement_node" => MeasurementNodeResource::new(self.shared.clone()),
             "qos_policy" => QosPolicyResource::new(self.shared.clone()),
             "virtual_platform" => VirtualPlatformResource::new(self.shared.clone()),
+            "platform_peer" => PlatformPeerResource::new(self.shared.clone()),
             "vm" => VmResource::new(self.shared.clone()),
             "program" => ProgramResource::new(self.shared.clone()),
             "deployment" => DeploymentResource::new(self.shared.clone()),

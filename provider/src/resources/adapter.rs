@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tf_provider::schema::Schema;
 use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::{AttributePath, Diagnostics, RawValue, Resource};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{self, Action, Refusal, Requirement, Role};
@@ -143,6 +143,16 @@ pub trait ManagedResource: Send + Sync + Sized + 'static {
     /// What a delete wait saw, for its timeout message.
     fn describe(_object: &Self::Object) -> String {
         format!("the {} still exists", Self::KIND)
+    }
+
+    /// A state written under schema `version` (older than the current one),
+    /// as its JSON, in the current schema; `Err` says why not. By default
+    /// there is no older schema.
+    fn upgrade(version: i64, _prior: serde_json::Value) -> Result<Self::State, String> {
+        Err(format!(
+            "this provider knows no schema version {version} of the {}",
+            Self::KIND
+        ))
     }
 }
 
@@ -413,6 +423,22 @@ impl<R: ManagedResource> Resource for Adapter<R> {
                     timeout,
                     R::DELETE,
                 );
+                None
+            }
+        }
+    }
+
+    async fn upgrade<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        version: i64,
+        prior_state: RawValue,
+    ) -> Option<Self::State<'a>> {
+        let prior: serde_json::Value = prior_state.deserialize(diags)?;
+        match R::upgrade(version, prior) {
+            Ok(state) => Some(state),
+            Err(why) => {
+                diags.root_error(format!("Cannot upgrade the {} state", R::KIND), why);
                 None
             }
         }

@@ -8,6 +8,7 @@ mod deployment;
 mod flow_export;
 mod measurement_node;
 mod measurement_task;
+mod platform_peer;
 mod program;
 mod qos_policy;
 mod tenant;
@@ -26,6 +27,8 @@ pub type DeploymentResource = Adapter<deployment::Deployments>;
 pub type MeasurementNodeResource = Adapter<measurement_node::Nodes>;
 /// `measurelab_measurement_task`.
 pub type MeasurementTaskResource = Adapter<measurement_task::Tasks>;
+/// `measurelab_platform_peer`.
+pub type PlatformPeerResource = Adapter<platform_peer::Peers>;
 /// `measurelab_program`.
 pub type ProgramResource = Adapter<program::Programs>;
 /// `measurelab_qos_policy`.

@@ -1,15 +1,19 @@
 //! `measurelab_virtual_platform`: a slice of the physical platform (the
 //! paper's virtual platform): member nodes, one VLAN tag and one subnet that
 //! the controller allocates, and VMs (`measurelab_vm`) placed on the members.
+//! An optional `gateway` block runs a WireGuard endpoint into the subnet on
+//! one member; `measurelab_platform_peer` adds its peers.
 
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{Platform, PlatformCreate, PlatformPatch, PlatformPowerState};
+use measurelab_api::http::{
+    Platform, PlatformCreate, PlatformGatewaySpec, PlatformPatch, PlatformPowerState,
+};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
@@ -21,6 +25,33 @@ use crate::number::Number;
 use crate::shared::Shared;
 
 const KIND: &str = "virtual platform";
+/// Schema 2: `gateway` became the gateway block; the address is `gateway_address`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The `gateway` block: where the platform's WireGuard endpoint runs. A
+/// group block, so a configuration without it reads as both attributes null.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayBlock {
+    /// Member node name.
+    pub node: Value<String>,
+    /// UDP port on the node's public address.
+    pub listen_port: Value<Number>,
+}
+
+impl GatewayBlock {
+    fn from_spec(spec: Option<&PlatformGatewaySpec>) -> Self {
+        match spec {
+            Some(spec) => GatewayBlock {
+                node: Value::Value(spec.node.clone()),
+                listen_port: Value::Value(Number::from(u64::from(spec.listen_port))),
+            },
+            None => GatewayBlock {
+                node: Value::Null,
+                listen_port: Value::Null,
+            },
+        }
+    }
+}
 
 /// Terraform state of one platform.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,8 +72,17 @@ pub struct PlatformState {
     pub vlan_tag: Value<Number>,
     /// Allocated subnet.
     pub subnet: Value<String>,
-    /// Gateway in the subnet, empty if none.
-    pub gateway: Value<String>,
+    /// The `gateway` block.
+    pub gateway: Value<GatewayBlock>,
+    /// Gateway address in the subnet, empty if none.
+    #[serde(default)]
+    pub gateway_address: Value<String>,
+    /// `public_address:listen_port` of the gateway, null without one.
+    #[serde(default)]
+    pub gateway_endpoint: Value<String>,
+    /// The gateway's base64 public key, null without one.
+    #[serde(default)]
+    pub gateway_public_key: Value<String>,
     /// Creation time.
     pub created_at: Value<String>,
     /// Export and keep the platform's traffic (absent from states written
@@ -52,7 +92,67 @@ pub struct PlatformState {
 }
 
 impl PlatformState {
+    /// The configured gateway: `Ok(None)` without one, `Err(())` while a
+    /// value is unknown or invalid (reported by `validate`).
+    fn gateway_spec(&self) -> Result<Option<PlatformGatewaySpec>, ()> {
+        let block = match &self.gateway {
+            Value::Value(block) => block,
+            Value::Null => return Ok(None),
+            Value::Unknown => return Err(()),
+        };
+        match (&block.node, &block.listen_port) {
+            (Value::Null, Value::Null) => Ok(None),
+            (Value::Value(node), Value::Value(port)) => {
+                let listen_port = port
+                    .as_whole()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| (1..=65535).contains(p))
+                    .ok_or(())?;
+                Ok(Some(PlatformGatewaySpec {
+                    node: node.clone(),
+                    listen_port,
+                }))
+            }
+            _ => Err(()),
+        }
+    }
+
+    fn validate_gateway(&self, diags: &mut Diagnostics) {
+        let Value::Value(block) = &self.gateway else {
+            return;
+        };
+        let path = |name: &str| AttributePath::new("gateway").attribute(name.to_string());
+        match (&block.node, &block.listen_port) {
+            (Value::Value(_), Value::Null) => diagnostics::invalid_value(
+                diags,
+                path("listen_port"),
+                "A gateway needs a port",
+                "`gateway.listen_port` is missing; give the UDP port the gateway listens on."
+                    .to_string(),
+            ),
+            (Value::Null, Value::Value(_)) => diagnostics::invalid_value(
+                diags,
+                path("node"),
+                "A gateway needs a node",
+                "`gateway.node` is missing; name the member node that runs the gateway."
+                    .to_string(),
+            ),
+            _ => {}
+        }
+        if let Value::Value(port) = &block.listen_port {
+            if !port.as_whole().is_some_and(|p| (1..=65535).contains(&p)) {
+                diagnostics::invalid_value(
+                    diags,
+                    path("listen_port"),
+                    "Invalid gateway port",
+                    format!("`gateway.listen_port` is {port:?}; it must be a whole number from 1 to 65535."),
+                );
+            }
+        }
+    }
+
     fn validate(&self, diags: &mut Diagnostics) {
+        self.validate_gateway(diags);
         if let Value::Value(nodes) = &self.nodes {
             if nodes.is_empty() {
                 diagnostics::invalid_value(
@@ -95,7 +195,10 @@ impl PlatformState {
         self.id = Value::Value(platform.id.clone());
         self.vlan_tag = Value::Value(Number::from(u64::from(platform.vlan_tag)));
         self.subnet = Value::Value(platform.subnet.clone());
-        self.gateway = Value::Value(platform.gateway.clone().unwrap_or_default());
+        self.gateway = Value::Value(GatewayBlock::from_spec(platform.gateway_spec.as_ref()));
+        self.gateway_address = Value::Value(platform.gateway.clone().unwrap_or_default());
+        self.gateway_endpoint = platform.gateway_endpoint.clone().into();
+        self.gateway_public_key = platform.gateway_public_key.clone().into();
         self.created_at = Value::Value(platform.created_at.clone());
         self.flow_monitoring = Value::Value(platform.flow_monitoring);
     }
@@ -104,8 +207,8 @@ impl PlatformState {
         self.id = Value::Unknown;
         self.vlan_tag = Value::Unknown;
         self.subnet = Value::Unknown;
-        self.gateway = Value::Unknown;
         self.created_at = Value::Unknown;
+        self.mark_gateway_unknown();
         if self.power_state.is_null() {
             self.power_state = Value::Unknown;
         }
@@ -113,6 +216,30 @@ impl PlatformState {
             self.flow_monitoring = Value::Unknown;
         }
     }
+}
+
+impl PlatformState {
+    fn mark_gateway_unknown(&mut self) {
+        self.gateway_address = Value::Unknown;
+        self.gateway_endpoint = Value::Unknown;
+        self.gateway_public_key = Value::Unknown;
+    }
+}
+
+/// A schema 1 state (JSON) in schema 2: its `gateway` address string moves to
+/// `gateway_address`, and `gateway` becomes an empty block (schema 1 had no
+/// way to configure a gateway, so none was configured).
+fn upgrade_from_1(mut prior: serde_json::Value) -> Result<PlatformState, String> {
+    let object = prior
+        .as_object_mut()
+        .ok_or_else(|| "the stored state is not a JSON object".to_string())?;
+    let address = object.remove("gateway").unwrap_or(serde_json::Value::Null);
+    object.insert("gateway_address".into(), address);
+    object.insert(
+        "gateway".into(),
+        serde_json::json!({"node": null, "listen_port": null}),
+    );
+    serde_json::from_value(prior).map_err(|e| format!("the stored state does not parse: {e}"))
 }
 
 fn set_of(value: &Value<BTreeSet<String>>) -> Vec<String> {
@@ -195,8 +322,16 @@ impl ManagedResource for Platforms {
                 computed(AttributeType::String, "IPv4 subnet (CIDR) the controller allocated; VM addresses come from it."),
             ),
             (
-                "gateway".to_string(),
-                computed(AttributeType::String, "Gateway address inside the subnet; empty if none."),
+                "gateway_address".to_string(),
+                computed(AttributeType::String, "The gateway's address inside the subnet (its first host, every VM's default route); empty without a `gateway` block."),
+            ),
+            (
+                "gateway_endpoint".to_string(),
+                computed(AttributeType::String, "`public_address:listen_port` WireGuard peers connect to; null without a `gateway` block."),
+            ),
+            (
+                "gateway_public_key".to_string(),
+                computed(AttributeType::String, "The gateway's WireGuard (X25519) public key, base64; null without a `gateway` block. The private key never leaves the controller and the gateway's node."),
             ),
             ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 creation time.")),
             (
@@ -211,14 +346,48 @@ impl ManagedResource for Platforms {
                 ),
             ),
         ]);
+        let port = |description: &str| Attribute {
+            attr_type: AttributeType::Number,
+            description: Description::markdown(description),
+            constraint: AttributeConstraint::Optional,
+            ..Default::default()
+        };
+        let gateway = Block {
+            description: Description::markdown(
+                "A WireGuard gateway into the platform subnet, reached by `measurelab_platform_peer`s: it \
+                 routes the subnet and nothing else. Changing `node` or `listen_port` moves it in place \
+                 (keys, tunnel network and peers are kept; peers must update their `Endpoint`); removing \
+                 the block is refused while the platform has peers.",
+            ),
+            attributes: HashMap::from([
+                (
+                    "node".to_string(),
+                    Attribute {
+                        attr_type: AttributeType::String,
+                        description: Description::markdown(
+                            "Member node (in `nodes`) that runs the gateway. Its agent must report a public \
+                             address (`--public-address`).",
+                        ),
+                        constraint: AttributeConstraint::Optional,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "listen_port".to_string(),
+                    port("UDP port on the node's public address, 1-65535, unique among the node's gateways."),
+                ),
+            ]),
+            ..Default::default()
+        };
         Schema {
-            version: 1,
+            version: SCHEMA_VERSION,
             block: Block {
                 description: Description::markdown(
                     "A virtual platform: a slice of the physical platform spanning chosen nodes, with its own \
                      VLAN and subnet, invisible to other platforms. VMs are added with `measurelab_vm`.",
                 ),
                 attributes,
+                blocks: HashMap::from([("gateway".to_string(), NestedBlock::Group(gateway))]),
                 ..Default::default()
             },
         }
@@ -247,6 +416,8 @@ impl ManagedResource for Platforms {
         if state.name != prior.name {
             replace.push(AttributePath::new("name"));
             state.mark_computed_unknown();
+        } else if state.gateway_spec() != prior.gateway_spec() {
+            state.mark_gateway_unknown();
         }
         (state, replace)
     }
@@ -270,7 +441,7 @@ impl ManagedResource for Platforms {
             description: planned.description.as_ref_option().cloned(),
             request_id: request.request_id(),
             flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
-            gateway: None,
+            gateway: planned.gateway_spec().ok().flatten(),
         };
         let mut platform = request
             .send(diags, || client.create_platform(&body))
@@ -316,7 +487,11 @@ impl ManagedResource for Platforms {
             request_id: None,
             // Left out of the configuration: the controller keeps its value.
             flow_monitoring: planned.flow_monitoring.as_ref_option().copied(),
-            gateway: None,
+            // Sent only when it changed: an unchanged gateway is not moved.
+            gateway: match planned.gateway_spec() {
+                Ok(spec) if prior.gateway_spec() != Ok(spec.clone()) => Some(spec),
+                _ => None,
+            },
         };
         match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {
@@ -350,11 +525,65 @@ impl ManagedResource for Platforms {
     async fn refresh(&self, _client: &Client, state: &mut PlatformState, platform: &Platform) {
         state.refresh_from(platform);
     }
+
+    fn upgrade(version: i64, prior: serde_json::Value) -> Result<PlatformState, String> {
+        match version {
+            1 => upgrade_from_1(prior),
+            _ => Err(format!(
+                "this provider knows virtual platform schemas 1 and {SCHEMA_VERSION}, not {version}; use a newer provider"
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schema_1_state_keeps_its_address_and_gets_an_empty_gateway_block() {
+        let prior = serde_json::json!({
+            "name": "lab", "nodes": ["n1"], "admins": null, "description": null,
+            "power_state": "running", "id": "p1", "vlan_tag": 100,
+            "subnet": "10.201.0.0/24", "gateway": "", "created_at": "2026-01-01T00:00:00Z",
+            "flow_monitoring": false
+        });
+        let state = Platforms::upgrade(1, prior).unwrap();
+        assert_eq!(state.gateway_address, Value::Value(String::new()));
+        assert_eq!(state.gateway, Value::Value(GatewayBlock::from_spec(None)));
+        assert_eq!(state.gateway_spec(), Ok(None));
+        assert_eq!(state.id, Value::Value("p1".to_string()));
+        assert!(Platforms::upgrade(7, serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn a_half_gateway_block_points_at_the_missing_attribute() {
+        let mut diags = Diagnostics::default();
+        let state = PlatformState {
+            gateway: Value::Value(GatewayBlock {
+                node: Value::Value("n1".into()),
+                listen_port: Value::Null,
+            }),
+            ..Default::default()
+        };
+        state.validate(&mut diags);
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![AttributePath::new("gateway").attribute("listen_port")]
+        );
+        let mut diags = Diagnostics::default();
+        let state = PlatformState {
+            gateway: Value::Value(GatewayBlock {
+                node: Value::Value("n1".into()),
+                listen_port: Value::Value(Number::from(70000u64)),
+            }),
+            ..Default::default()
+        };
+        state.validate(&mut diags);
+        assert_eq!(diags.errors.len(), 1);
+        assert_eq!(state.gateway_spec(), Err(()));
+    }
 
     #[test]
     fn empty_nodes_and_bad_power_point_at_their_attributes() {

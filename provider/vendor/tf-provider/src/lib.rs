@@ -45,6 +45,8 @@ pub use data_source::{DataSource, DynamicDataSource};
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use function::{DynamicFunction, Function};
 pub use provider::{DynamicProvider, Provider};
+// measurelab patch: exported so a `Resource::upgrade` can be written outside the crate.
+pub use raw::RawValue;
 pub use resource::{DynamicResource, Resource};
 pub use server::{serve, serve_dynamic, serve_with_stop};
 
