@@ -53,6 +53,9 @@ pub struct AgentConfig {
     /// and used as the local end of VXLAN tunnels to peers at other sites;
     /// `None`: nodes meet over the uplink trunk only.
     pub tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// The node's public address, reported as `Capabilities.public_address`:
+    /// where WireGuard peers reach the platform gateways it runs.
+    pub public_address: Option<std::net::Ipv4Addr>,
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
@@ -93,6 +96,7 @@ impl AgentConfig {
             uplink_bond: None,
             datapath: ovs::DatapathChoice::Auto,
             tunnel_ip: None,
+            public_address: None,
             guest_agent: None,
             service_host: None,
             flow_export: None,
@@ -198,6 +202,14 @@ impl AgentConfig {
                 return Err(invalid(
                     "tunnel_ip",
                     format!("{ip} is not a unicast address a peer could send VXLAN to"),
+                ));
+            }
+        }
+        if let Some(ip) = self.public_address {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(invalid(
+                    "public_address",
+                    format!("{ip} is not a unicast address WireGuard peers could reach"),
                 ));
             }
         }

@@ -531,6 +531,11 @@ impl Session {
             .tunnel_ip
             .map(|ip| ip.to_string())
             .unwrap_or_default();
+        caps.public_address = self
+            .config
+            .public_address
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         caps
     }
 

@@ -88,6 +88,11 @@ pub struct AgentArgs {
     /// it the uplink trunk is the only way between nodes.
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// This node's public IPv4 address, where researchers' WireGuard peers
+    /// reach the platform gateways it runs. Without it the controller puts
+    /// no gateway on this node.
+    #[arg(long, env = "MEASURELAB_AGENT_PUBLIC_ADDRESS")]
+    public_address: Option<std::net::Ipv4Addr>,
     /// Datapath of the bridge: auto (the kernel's where the openvswitch
     /// module works, else userspace), system (kernel) or netdev (userspace).
     #[arg(long, default_value = "auto", value_parser = parse_datapath)]
@@ -248,6 +253,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         }),
         datapath: args.datapath,
         tunnel_ip: args.tunnel_ip,
+        public_address: args.public_address,
         guest_agent: args.guest_agent,
         service_host,
         flow_export: args.flow_export.map(|protocol| FlowExportSettings {
