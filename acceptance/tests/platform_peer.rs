@@ -1,10 +1,10 @@
 //! Acceptance tests of `measurelab_platform_peer` and the `gateway` block of
-//! `measurelab_virtual_platform`, with the real terraform CLI against a lab
-//! whose agents report a public address, as a researcher (the demo tenant's
-//! member token).
+//! `measurelab_virtual_platform`: `examples/platform-access` applied with the
+//! real terraform CLI against a lab whose agents report a public address, as
+//! a researcher (the demo tenant's member token).
 
 use measurelab_acceptance::{
-    acc_enabled, block_on, describe, resource_values, Lab, PROVIDER_BLOCK,
+    acc_enabled, block_on, describe, resource_values, workspace_root, Lab,
 };
 
 /// What every lab agent reports as its public address (TEST-NET-1): the
@@ -12,42 +12,20 @@ use measurelab_acceptance::{
 const PUBLIC: &str = "192.0.2.10";
 const PEER: &str = "measurelab_platform_peer.laptop";
 
-fn config(with_peer: bool) -> String {
-    let peer = if with_peer {
-        r#"
-resource "measurelab_platform_peer" "laptop" {
-  platform_id = measurelab_virtual_platform.lab.id
-  name        = "laptop"
-}
-
-output "wg_config" {
-  value     = measurelab_platform_peer.laptop.config
-  sensitive = true
-}
-"#
-    } else {
-        ""
-    };
-    format!(
-        r#"{PROVIDER_BLOCK}
-resource "measurelab_virtual_platform" "lab" {{
-  name  = "access"
-  nodes = ["n1", "n2"]
-  gateway {{
-    node        = "n1"
-    listen_port = 51820
-  }}
-}}
-
-output "endpoint" {{
-  value = measurelab_virtual_platform.lab.gateway_endpoint
-}}
-
-output "gateway_public_key" {{
-  value = measurelab_virtual_platform.lab.gateway_public_key
-}}
-{peer}"#
-    )
+/// A working directory holding `examples/platform-access` as shipped.
+fn platform_access(lab: &Lab) -> anyhow::Result<measurelab_acceptance::Terraform> {
+    let tf = lab.terraform_as(&lab.member_env)?;
+    let example = workspace_root().join("examples/platform-access");
+    for entry in std::fs::read_dir(&example)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tf") {
+            std::fs::copy(
+                &path,
+                tf.dir.path().join(path.file_name().unwrap_or_default()),
+            )?;
+        }
+    }
+    Ok(tf)
 }
 
 fn output(tf: &measurelab_acceptance::Terraform, name: &str) -> anyhow::Result<String> {
@@ -63,16 +41,18 @@ fn acc_platform_peer_basic() -> anyhow::Result<()> {
     // The lab's agents inherit it (`measurelab agent --public-address`).
     std::env::set_var("MEASURELAB_AGENT_PUBLIC_ADDRESS", PUBLIC);
     let lab = Lab::up(2)?;
-    let tf = lab.terraform_as(&lab.member_env)?;
-    tf.write("main.tf", &config(true))?;
+    let tf = platform_access(&lab)?;
     tf.init()?;
     tf.apply()?;
 
     let client = lab.client_as(&lab.member_token)?;
     let platform = block_on(async { Ok(client.get_platform("access").await?) })?;
-    assert_eq!(output(&tf, "endpoint")?, format!("{PUBLIC}:51820"));
-    let gateway_key = output(&tf, "gateway_public_key")?;
-    assert_eq!(Some(gateway_key.clone()), platform.gateway_public_key);
+    assert_eq!(output(&tf, "gateway_endpoint")?, format!("{PUBLIC}:51820"));
+    assert_eq!(output(&tf, "subnet")?, platform.subnet);
+    let gateway_key = platform
+        .gateway_public_key
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the platform reports no gateway key"))?;
     assert_eq!(gateway_key.len(), 44, "base64 of 32 bytes: {gateway_key}");
 
     let state = tf.state_json()?;
@@ -107,10 +87,14 @@ fn acc_platform_peer_basic() -> anyhow::Result<()> {
     let (code, out) = tf.plan_exit_code()?;
     assert_eq!(code, 0, "{}", describe(&out));
 
-    // Destroying the peer removes it from the platform (and so from the
-    // desired state of n1, which is built from these rows).
-    tf.write("main.tf", &config(false))?;
-    tf.apply()?;
+    // Destroying the peer as the README says removes it from the platform
+    // (and so from the desired state of n1, which is built from these rows).
+    tf.ok(&[
+        "destroy",
+        "-auto-approve",
+        "-input=false",
+        &format!("-target={PEER}"),
+    ])?;
     assert!(block_on(async { Ok(client.list_platform_peers("access").await?) })?.is_empty());
     let platform = block_on(async { Ok(client.get_platform("access").await?) })?;
     assert_eq!(
