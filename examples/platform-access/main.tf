@@ -2,18 +2,13 @@
 # a researcher's laptop. The laptop reaches the platform subnet, and nothing
 # else, through the tunnel. See README.md for bringing the tunnel up.
 
-variable "gateway_node" {
-  description = "Member node that runs the gateway; its agent needs --public-address."
-  type        = string
-  default     = "n1"
-}
-
 resource "measurelab_virtual_platform" "access" {
   name  = "access"
-  nodes = [var.gateway_node, "n2"]
+  nodes = ["n1", "n2"]
 
+  # n1's agent runs with --public-address: peers connect there.
   gateway {
-    node        = var.gateway_node
+    node        = "n1"
     listen_port = 51820
   }
 }
