@@ -425,16 +425,8 @@ impl Client {
         platform: &str,
         peer: &str,
     ) -> Result<crate::http::PlatformPeer, ClientError> {
-        self.request::<(), _>(
-            reqwest::Method::GET,
-            &format!(
-                "/v1/platforms/{}/peers/{}",
-                url_component(platform),
-                url_component(peer)
-            ),
-            None,
-        )
-        .await
+        self.request::<(), _>(reqwest::Method::GET, &peer_path(platform, peer), None)
+            .await
     }
 
     /// `DELETE /v1/platforms/{id_or_name}/peers/{id_or_name}`.
@@ -443,16 +435,8 @@ impl Client {
         platform: &str,
         peer: &str,
     ) -> Result<crate::http::PlatformPeer, ClientError> {
-        self.request::<(), _>(
-            reqwest::Method::DELETE,
-            &format!(
-                "/v1/platforms/{}/peers/{}",
-                url_component(platform),
-                url_component(peer)
-            ),
-            None,
-        )
-        .await
+        self.request::<(), _>(reqwest::Method::DELETE, &peer_path(platform, peer), None)
+            .await
     }
 
     /// `POST /v1/platforms/{id_or_name}/start` or `/pause` (`action`).
@@ -946,6 +930,15 @@ impl Client {
         )
         .await
     }
+}
+
+/// `/v1/platforms/{platform}/peers/{peer}`, each part escaped.
+fn peer_path(platform: &str, peer: &str) -> String {
+    format!(
+        "/v1/platforms/{}/peers/{}",
+        url_component(platform),
+        url_component(peer)
+    )
 }
 
 #[cfg(test)]
