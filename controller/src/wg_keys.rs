@@ -17,7 +17,7 @@ pub(crate) struct KeyPair {
 /// Why no key pair could be made.
 #[derive(Debug, thiserror::Error)]
 #[error("the system random number generator failed")]
-pub(crate) struct KeyGenError;
+pub struct KeyGenError;
 
 /// A fresh key pair from the system's CSPRNG.
 pub(crate) fn generate() -> Result<KeyPair, KeyGenError> {

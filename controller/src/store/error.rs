@@ -54,6 +54,9 @@ pub enum StoreError {
     /// A SQL statement failed.
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// No WireGuard key pair could be generated; nothing was stored.
+    #[error("cannot generate a WireGuard key pair: {0}")]
+    KeyGen(#[from] crate::wg_keys::KeyGenError),
     /// A stored value does not parse (hand-edited or corrupt database).
     #[error("corrupt value in the database: {0}")]
     Corrupt(String),

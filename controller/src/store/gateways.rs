@@ -229,7 +229,7 @@ pub(crate) fn set(
                 .query_map([], |r| r.get::<_, String>(0))?
                 .collect::<Result<_, _>>()?;
             let tunnel_network = placement::tunnel_network(cx.pools, &used)?;
-            let keys = wg_keys::generate().map_err(|e| StoreError::Commit(e.to_string()))?;
+            let keys = wg_keys::generate()?;
             let row = GatewayRow {
                 platform_id: platform.id.to_string(),
                 node_id,
