@@ -348,6 +348,10 @@ mod tests {
                 Box::new(|c| c.tunnel_ip = Some(std::net::Ipv4Addr::UNSPECIFIED)),
             ),
             (
+                "public_address",
+                Box::new(|c| c.public_address = Some(std::net::Ipv4Addr::LOCALHOST)),
+            ),
+            (
                 "appliance_dir",
                 Box::new(|c| c.appliance_dir = "appliances".into()),
             ),
