@@ -56,6 +56,12 @@ pub struct AgentConfig {
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
+    /// The node's public address, reported as `Capabilities.public_address`:
+    /// where peers reach its platform gateways. `None`: it runs none.
+    pub public_address: Option<std::net::Ipv4Addr>,
+    /// The gateways' `measurelab-wg` binary; `None`: beside the running
+    /// executable.
+    pub wireguard_binary: Option<PathBuf>,
     /// The service host (built-in measurement point on the service network);
     /// `None`: the node takes no service_host tasks.
     pub service_host: Option<service_host::ServiceHostConfig>,
@@ -94,6 +100,8 @@ impl AgentConfig {
             datapath: ovs::DatapathChoice::Auto,
             tunnel_ip: None,
             guest_agent: None,
+            public_address: None,
+            wireguard_binary: None,
             service_host: None,
             flow_export: None,
             guest_heartbeat_deadline: reconcile::DEFAULT_GUEST_HEARTBEAT_DEADLINE,
@@ -198,6 +206,14 @@ impl AgentConfig {
                 return Err(invalid(
                     "tunnel_ip",
                     format!("{ip} is not a unicast address a peer could send VXLAN to"),
+                ));
+            }
+        }
+        if let Some(ip) = self.public_address {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(invalid(
+                    "public_address",
+                    format!("{ip} is not a unicast address a peer could send to"),
                 ));
             }
         }

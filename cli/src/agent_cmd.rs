@@ -95,6 +95,16 @@ pub struct AgentArgs {
     /// Guest agent binary for namespace guests (default: measurelab-guest-agent beside this binary).
     #[arg(long)]
     guest_agent: Option<PathBuf>,
+    /// This node's public IPv4 address: where researchers' WireGuard peers
+    /// reach the platform gateways this node runs (UDP, each gateway's
+    /// listen_port). Reported to the controller; without it the node runs
+    /// no gateway.
+    #[arg(long)]
+    public_address: Option<std::net::Ipv4Addr>,
+    /// The userspace WireGuard device binary the gateways run (default:
+    /// measurelab-wg beside this binary).
+    #[arg(long)]
+    wireguard_binary: Option<PathBuf>,
     /// Run the service host (built-in multicast point for service_host
     /// tasks) at this address of the service network, IPv4/PREFIX, e.g.
     /// 10.253.0.11/24. Without it the node takes no service_host tasks.
@@ -249,6 +259,8 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         datapath: args.datapath,
         tunnel_ip: args.tunnel_ip,
         guest_agent: args.guest_agent,
+        public_address: args.public_address,
+        wireguard_binary: args.wireguard_binary,
         service_host,
         flow_export: args.flow_export.map(|protocol| FlowExportSettings {
             protocol,

@@ -22,12 +22,13 @@ use super::plan::{
 };
 use super::translate;
 use super::types::{condition, Backends, ControlPlane, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
+use crate::gateway::GatewayHost;
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
     Hypervisor, HypervisorError, NicAdoption,
 };
-use crate::ovs::{OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
+use crate::ovs::{OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec, VmPortSpec};
 use measurelab_backoff::Backoff;
 
 /// Something a pass did to the node (tests compare lists of these).
@@ -81,6 +82,24 @@ pub enum Action {
         /// VM id.
         vm: Uuid,
     },
+    /// Changed a platform gateway (see `crate::gateway`).
+    Gateway {
+        /// The platform's id.
+        platform_id: String,
+        /// What changed.
+        change: GatewayChange,
+    },
+}
+
+/// What a pass did to a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayChange {
+    /// Its device process was (re)started.
+    Started,
+    /// Its key, port or peer set was changed on the running device.
+    Reconfigured,
+    /// It was torn down (no longer desired).
+    Removed,
 }
 
 /// What one pass did and found.
@@ -291,6 +310,10 @@ pub struct Reconciler {
     readopted_taps: BTreeSet<String>,
     /// Verified copies of the appliance files the controller stores.
     appliances: ApplianceCache,
+    /// This node's platform gateways.
+    gateways: GatewayHost,
+    gateway_backoff: Backoff,
+    gateway_retry_at: Option<Instant>,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -313,6 +336,10 @@ impl Reconciler {
     ) -> Self {
         Reconciler {
             appliances: ApplianceCache::new(config.appliance_dir.as_deref()),
+            gateways: GatewayHost::new(
+                &config.state_dir,
+                super::wireguard_binary_path(config.wireguard_binary.as_deref()),
+            ),
             config,
             backends,
             switch,
@@ -326,6 +353,8 @@ impl Reconciler {
             switch_failure: None,
             passes: 0,
             readopted_taps: BTreeSet::new(),
+            gateway_backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
+            gateway_retry_at: None,
         }
     }
 
@@ -413,11 +442,49 @@ impl Reconciler {
         let after = self
             .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)
             .await;
+        let gateways = self.reconcile_gateways(desired, now, &mut report).await;
         let ports = self
-            .reconcile_switch(&wanted, &after.guests, desired, now, &mut report)
+            .reconcile_switch(&wanted, &after.guests, desired, gateways, now, &mut report)
             .await;
         self.conclude(&mut report, &wanted, &after, &ports, &guest_plan.specs);
         report
+    }
+
+    /// The gateway step (see `gateways`): returns the ports the switch must
+    /// carry for them.
+    async fn reconcile_gateways(
+        &mut self,
+        desired: &DesiredState,
+        now: Instant,
+        report: &mut PassReport,
+    ) -> Vec<VmPortSpec> {
+        let (host, owner, want) = (
+            self.gateways.clone(),
+            self.config.owner.clone(),
+            desired.clone(),
+        );
+        let after =
+            match tokio::task::spawn_blocking(move || super::gateways::run(&host, &owner, &want))
+                .await
+            {
+                Ok(after) => after,
+                Err(err) => {
+                    tracing::warn!(error = %err, "gateway step panicked");
+                    super::gateways::GatewaysAfter {
+                        failed: true,
+                        ..Default::default()
+                    }
+                }
+            };
+        if after.failed {
+            self.gateway_retry_at = Some(now + self.gateway_backoff.next_delay());
+        } else {
+            self.gateway_backoff.reset();
+            self.gateway_retry_at = None;
+        }
+        self.readopted_taps.extend(after.rebuilt);
+        report.actions.extend(after.actions);
+        after.ports
     }
 
     fn backend_kinds(&self) -> BTreeMap<&'static str, BackendKind> {
@@ -622,6 +689,7 @@ impl Reconciler {
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
         desired: &DesiredState,
+        gateway_ports: Vec<VmPortSpec>,
         now: Instant,
         report: &mut PassReport,
     ) -> PortsAfter {
@@ -646,7 +714,15 @@ impl Reconciler {
             return ports;
         }
         match self
-            .try_switch(switch.as_ref(), wanted, guests, desired, report, &mut ports)
+            .try_switch(
+                switch.as_ref(),
+                wanted,
+                guests,
+                desired,
+                gateway_ports,
+                report,
+                &mut ports,
+            )
             .await
         {
             Ok(()) => {
@@ -675,6 +751,7 @@ impl Reconciler {
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
         desired: &DesiredState,
+        gateway_ports: Vec<VmPortSpec>,
         report: &mut PassReport,
         ports: &mut PortsAfter,
     ) -> Result<(), OvsError> {
@@ -697,7 +774,8 @@ impl Reconciler {
             report.actions.extend(stale.into_iter().map(Action::Switch));
         }
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
-        let planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
+        let mut planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
+        planned.ports.extend(gateway_ports);
         ports.failures.extend(planned.failures);
         let (flow_export, flow_text) = flows::plan(desired, self.config.flow_export.as_ref());
         let caps = self
@@ -760,8 +838,13 @@ impl Reconciler {
                 Some(HeartbeatCheck::DueIn(left)) => Some(now + left + HEARTBEAT_CHECK_SLACK),
                 _ => None,
             });
-        report.next_retry =
-            plan::next_retry(due.chain(self.switch_retry_at).chain(heartbeat_due), now);
+        report.converged &= self.gateway_retry_at.is_none();
+        report.next_retry = plan::next_retry(
+            due.chain(self.switch_retry_at)
+                .chain(self.gateway_retry_at)
+                .chain(heartbeat_due),
+            now,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -232,6 +232,9 @@ pub struct ReconcilerConfig {
     /// The service host's VLAN, which the service network's tunnels carry;
     /// `None`: this node runs no service host.
     pub service_vlan: Option<u16>,
+    /// The `measurelab-wg` binary the platform gateways run; `None`: beside
+    /// the running executable.
+    pub wireguard_binary: Option<PathBuf>,
 }
 
 /// Three of the guest agent's default 5 s heartbeat intervals.
@@ -256,6 +259,7 @@ impl ReconcilerConfig {
             result_spool: SpoolSettings::default(),
             tunnel_ip: None,
             service_vlan: None,
+            wireguard_binary: None,
         }
     }
 }

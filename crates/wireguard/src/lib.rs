@@ -9,6 +9,7 @@
 //!   on its unix socket: read its state, replace its peer set.
 //! - [`quick`]: parsing a wg-quick configuration file.
 //! - [`device`]: running a device (what the `measurelab-wg` binary does).
+//! - [`launch`]: starting and stopping that binary detached.
 //!
 //! A device is a separate process (`measurelab-wg device NAME`), never a
 //! thread of its user: the agent's gateways must outlive agent restarts, and
@@ -16,6 +17,7 @@
 
 pub mod device;
 pub mod key;
+pub mod launch;
 pub mod quick;
 pub mod uapi;
 
