@@ -167,11 +167,16 @@ impl GatewayHost {
                 netns: Some(names.netns.clone()),
                 ready_file: Some(self.file(&names.netns, "ready")),
             };
-            let pid = launch::start(&self.binary, &options, &self.file(&names.netns, "log"))
-                .map_err(|source| GatewayError::Launch {
-                    platform: spec.platform_name.clone(),
-                    source,
-                })?;
+            let pid = launch::start(
+                &self.binary,
+                &options,
+                &self.file(&names.netns, "log"),
+                None,
+            )
+            .map_err(|source| GatewayError::Launch {
+                platform: spec.platform_name.clone(),
+                source,
+            })?;
             record.pid = pid;
             record.start_time = launch::process_start_time(pid).unwrap_or(0);
             self.write(&record)?;

@@ -33,8 +33,15 @@ pub enum LaunchError {
 /// Starts `binary` (`measurelab-wg`) for `options` in a session of its own
 /// (`setsid -f`: forked off and re-parented, so it never becomes a zombie
 /// of ours and survives our exit), stderr appended to `log`. Waits until
-/// it wrote `options.ready_file` (required) and returns its pid.
-pub fn start(binary: &Path, options: &RunOptions, log: &Path) -> Result<u32, LaunchError> {
+/// it wrote `options.ready_file` (required) and returns its pid. With
+/// `run_in` the process runs in that named namespace (its UDP socket is
+/// bound there).
+pub fn start(
+    binary: &Path,
+    options: &RunOptions,
+    log: &Path,
+    run_in: Option<&str>,
+) -> Result<u32, LaunchError> {
     let spawn_err = |source| LaunchError::Spawn {
         binary: binary.to_path_buf(),
         source,
@@ -49,7 +56,14 @@ pub fn start(binary: &Path, options: &RunOptions, log: &Path) -> Result<u32, Lau
         .append(true)
         .open(log)
         .map_err(spawn_err)?;
-    let mut cmd = Command::new("setsid");
+    let mut cmd = match run_in {
+        Some(netns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns, "setsid"]);
+            cmd
+        }
+        None => Command::new("setsid"),
+    };
     cmd.arg("-f").arg(binary).arg(&options.name);
     if let Some(netns) = &options.netns {
         cmd.args(["--netns", netns]);
