@@ -210,15 +210,24 @@ impl Drop for Rig {
     }
 }
 
-/// Passes until one converges; returns every action taken.
+/// Passes until one converges with every VM Ready; returns every action
+/// taken.
 async fn converge(reconciler: &mut Reconciler, desired: &DesiredState) -> Vec<Action> {
     let deadline = Instant::now() + WAIT;
     let mut actions = Vec::new();
     loop {
         let report = reconciler.pass(desired).await;
         actions.extend(report.actions);
-        if report.converged {
+        let ready = report.statuses.iter().all(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        });
+        if report.converged && ready {
             return actions;
+        }
+        if Instant::now() >= deadline {
+            panic!("no convergence: {:?}", report.statuses);
         }
         assert!(
             Instant::now() < deadline,
