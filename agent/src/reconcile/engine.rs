@@ -314,6 +314,8 @@ pub struct Reconciler {
     gateways: GatewayHost,
     gateway_backoff: Backoff,
     gateway_retry_at: Option<Instant>,
+    /// The OVS ports the gateways need, from this pass's gateway step.
+    gateway_ports: Vec<VmPortSpec>,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -355,6 +357,7 @@ impl Reconciler {
             readopted_taps: BTreeSet::new(),
             gateway_backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
             gateway_retry_at: None,
+            gateway_ports: Vec::new(),
         }
     }
 
@@ -442,9 +445,9 @@ impl Reconciler {
         let after = self
             .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)
             .await;
-        let gateways = self.reconcile_gateways(desired, now, &mut report).await;
+        self.gateway_ports = self.reconcile_gateways(desired, now, &mut report).await;
         let ports = self
-            .reconcile_switch(&wanted, &after.guests, desired, gateways, now, &mut report)
+            .reconcile_switch(&wanted, &after.guests, desired, now, &mut report)
             .await;
         self.conclude(&mut report, &wanted, &after, &ports, &guest_plan.specs);
         report
@@ -689,7 +692,6 @@ impl Reconciler {
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
         desired: &DesiredState,
-        gateway_ports: Vec<VmPortSpec>,
         now: Instant,
         report: &mut PassReport,
     ) -> PortsAfter {
@@ -714,15 +716,7 @@ impl Reconciler {
             return ports;
         }
         match self
-            .try_switch(
-                switch.as_ref(),
-                wanted,
-                guests,
-                desired,
-                gateway_ports,
-                report,
-                &mut ports,
-            )
+            .try_switch(switch.as_ref(), wanted, guests, desired, report, &mut ports)
             .await
         {
             Ok(()) => {
@@ -751,7 +745,6 @@ impl Reconciler {
         wanted: &[(Uuid, &DesiredVm)],
         guests: &HashMap<Uuid, GuestInfo>,
         desired: &DesiredState,
-        gateway_ports: Vec<VmPortSpec>,
         report: &mut PassReport,
         ports: &mut PortsAfter,
     ) -> Result<(), OvsError> {
@@ -775,7 +768,8 @@ impl Reconciler {
         }
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
         let mut planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
-        planned.ports.extend(gateway_ports);
+        // The gateways' ports ride in the same transaction as the VMs'.
+        planned.ports.extend(self.gateway_ports.iter().cloned());
         ports.failures.extend(planned.failures);
         let (flow_export, flow_text) = flows::plan(desired, self.config.flow_export.as_ref());
         let caps = self
