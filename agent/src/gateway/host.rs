@@ -11,8 +11,9 @@ use measurelab_wireguard::device::RunOptions;
 use measurelab_wireguard::{launch, uapi, DeviceConfig};
 use serde::{Deserialize, Serialize};
 
+use super::error::GatewayError;
+use super::rules;
 use super::spec::{GatewayNames, GatewaySpec};
-use super::{rules, GatewayError};
 
 /// MTU of a gateway's TUN: 1500 minus WireGuard's 80 bytes of IPv6
 /// overhead, as wg-quick picks, so tunnelled packets never fragment on a

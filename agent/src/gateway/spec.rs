@@ -7,7 +7,7 @@ use measurelab_api::node_v1::DesiredGateway;
 use measurelab_wireguard::{Key, PeerConfig};
 use sha2::{Digest, Sha256};
 
-use super::GatewayError;
+use super::error::GatewayError;
 use crate::hypervisor::parse_cidr;
 
 /// Host names of one gateway's pieces (see the module doc of `gateway`).

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::appliances::ApplianceCache;
 use super::flows;
+use super::gateways::GatewayChange;
 use super::plan::{
     self, Failure, GuestFacts, HeartbeatCheck, Job, KeyState, Observed, Power, PowerStep,
 };
@@ -89,17 +90,6 @@ pub enum Action {
         /// What changed.
         change: GatewayChange,
     },
-}
-
-/// What a pass did to a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayChange {
-    /// Its device process was (re)started.
-    Started,
-    /// Its key, port or peer set was changed on the running device.
-    Reconfigured,
-    /// It was torn down (no longer desired).
-    Removed,
 }
 
 /// What one pass did and found.
@@ -340,7 +330,7 @@ impl Reconciler {
             appliances: ApplianceCache::new(config.appliance_dir.as_deref()),
             gateways: GatewayHost::new(
                 &config.state_dir,
-                super::wireguard_binary_path(config.wireguard_binary.as_deref()),
+                super::types::wireguard_binary_path(config.wireguard_binary.as_deref()),
             ),
             config,
             backends,
@@ -486,7 +476,17 @@ impl Reconciler {
             self.gateway_retry_at = None;
         }
         self.readopted_taps.extend(after.rebuilt);
-        report.actions.extend(after.actions);
+        report
+            .actions
+            .extend(
+                after
+                    .changes
+                    .into_iter()
+                    .map(|(platform_id, change)| Action::Gateway {
+                        platform_id,
+                        change,
+                    }),
+            );
         after.ports
     }
 

@@ -13,7 +13,16 @@ use measurelab_api::node_v1::DesiredState;
 use crate::gateway::{GatewayHost, GatewaySpec};
 use crate::ovs::VmPortSpec;
 
-use super::engine::{Action, GatewayChange};
+/// What a pass did to a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayChange {
+    /// Its device process was (re)started.
+    Started,
+    /// Its key, port or peer set was changed on the running device.
+    Reconfigured,
+    /// It was torn down (no longer desired).
+    Removed,
+}
 
 /// What the step did and what the switch must carry.
 #[derive(Debug, Default)]
@@ -22,7 +31,8 @@ pub(crate) struct GatewaysAfter {
     pub ports: Vec<VmPortSpec>,
     /// Ports whose veth was re-created: the switch must re-add them.
     pub rebuilt: Vec<String>,
-    pub actions: Vec<Action>,
+    /// (platform id, what changed), in order.
+    pub changes: Vec<(String, GatewayChange)>,
     /// Some gateway failed on the host: retry.
     pub failed: bool,
 }
@@ -65,13 +75,15 @@ pub(crate) fn run(host: &GatewayHost, owner: &str, desired: &DesiredState) -> Ga
             Ok(outcome) => {
                 if outcome.started {
                     tracing::info!(platform = %spec.platform_name, listen_port = spec.listen_port, "gateway started");
-                    after.actions.push(change(spec, GatewayChange::Started));
+                    after
+                        .changes
+                        .push((spec.platform_id.clone(), GatewayChange::Started));
                 }
                 if outcome.reconfigured {
                     tracing::info!(platform = %spec.platform_name, peers = spec.peers.len(), "gateway configured");
                     after
-                        .actions
-                        .push(change(spec, GatewayChange::Reconfigured));
+                        .changes
+                        .push((spec.platform_id.clone(), GatewayChange::Reconfigured));
                 }
                 if outcome.port_rebuilt {
                     after.rebuilt.push(spec.names.port.clone());
@@ -95,10 +107,9 @@ pub(crate) fn run(host: &GatewayHost, owner: &str, desired: &DesiredState) -> Ga
         match host.remove(&record) {
             Ok(()) => {
                 tracing::info!(platform = %record.platform_id, "gateway removed");
-                after.actions.push(Action::Gateway {
-                    platform_id: record.platform_id.clone(),
-                    change: GatewayChange::Removed,
-                });
+                after
+                    .changes
+                    .push((record.platform_id.clone(), GatewayChange::Removed));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "gateway removal failed");
@@ -108,11 +119,4 @@ pub(crate) fn run(host: &GatewayHost, owner: &str, desired: &DesiredState) -> Ga
         }
     }
     after
-}
-
-fn change(spec: &GatewaySpec, change: GatewayChange) -> Action {
-    Action::Gateway {
-        platform_id: spec.platform_id.clone(),
-        change,
-    }
 }

@@ -263,3 +263,20 @@ impl ReconcilerConfig {
         }
     }
 }
+
+/// The gateways' WireGuard device binary: the configured path, else
+/// `measurelab-wg` beside the running executable.
+pub fn wireguard_binary_path(configured: Option<&std::path::Path>) -> PathBuf {
+    beside_executable(configured, "measurelab-wg")
+}
+
+/// `configured`, else `name` beside the running executable.
+pub(crate) fn beside_executable(configured: Option<&std::path::Path>, name: &str) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
