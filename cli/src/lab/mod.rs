@@ -1199,6 +1199,25 @@ impl Lab {
 
     /// Undefine every namespace guest of every node's agent; returns their
     /// network namespace names.
+    fn remove_gateways(&self) -> Vec<String> {
+        use measurelab_agent::gateway::GatewayHost;
+        let mut removed = Vec::new();
+        let Ok(nodes) = std::fs::read_dir(self.dir.join("nodes")) else {
+            return removed;
+        };
+        for node in nodes.flatten() {
+            // The device binary is only needed to start a gateway.
+            let host = GatewayHost::new(&node.path().join("agent"), PathBuf::new());
+            for record in host.list_owned().unwrap_or_default() {
+                match host.remove(&record) {
+                    Ok(()) => removed.push(record.netns),
+                    Err(e) => eprintln!("cannot remove gateway {}: {e}", record.netns),
+                }
+            }
+        }
+        removed
+    }
+
     fn remove_namespace_guests(&self) -> Vec<String> {
         use measurelab_agent::hypervisor::{Hypervisor, NamespaceConfig, NamespaceHypervisor};
         let mut removed = Vec::new();
@@ -1311,6 +1330,9 @@ impl Lab {
         // process) outlive the agents by design; remove them through the
         // same backend, which touches only guests with a state file.
         removed.extend(self.remove_namespace_guests());
+        // 2c. Platform gateways (namespace gw-*, device process) outlive
+        // their agents too; removed through the agent's own code.
+        removed.extend(self.remove_gateways());
         // Domains in a system libvirtd outlive the agents as well.
         removed.extend(guests::remove_libvirt_guests(&self.dir));
         // Then the libvirtd this lab started for them, if it did.
