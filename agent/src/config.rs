@@ -53,12 +53,15 @@ pub struct AgentConfig {
     /// and used as the local end of VXLAN tunnels to peers at other sites;
     /// `None`: nodes meet over the uplink trunk only.
     pub tunnel_ip: Option<std::net::Ipv4Addr>,
-    /// The node's public address, reported as `Capabilities.public_address`:
-    /// where WireGuard peers reach the platform gateways it runs.
-    pub public_address: Option<std::net::Ipv4Addr>,
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
+    /// The node's public address, reported as `Capabilities.public_address`:
+    /// where peers reach its platform gateways. `None`: it runs none.
+    pub public_address: Option<std::net::Ipv4Addr>,
+    /// The gateways' `measurelab-wg` binary; `None`: beside the running
+    /// executable.
+    pub wireguard_binary: Option<PathBuf>,
     /// The service host (built-in measurement point on the service network);
     /// `None`: the node takes no service_host tasks.
     pub service_host: Option<service_host::ServiceHostConfig>,
@@ -96,8 +99,9 @@ impl AgentConfig {
             uplink_bond: None,
             datapath: ovs::DatapathChoice::Auto,
             tunnel_ip: None,
-            public_address: None,
             guest_agent: None,
+            public_address: None,
+            wireguard_binary: None,
             service_host: None,
             flow_export: None,
             guest_heartbeat_deadline: reconcile::DEFAULT_GUEST_HEARTBEAT_DEADLINE,
@@ -209,7 +213,7 @@ impl AgentConfig {
             if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
                 return Err(invalid(
                     "public_address",
-                    format!("{ip} is not a unicast address WireGuard peers could reach"),
+                    format!("{ip} is not a unicast address a peer could send to"),
                 ));
             }
         }

@@ -29,6 +29,7 @@ pub mod capabilities;
 mod config;
 pub mod controller_tls;
 mod exec_relay;
+pub mod gateway;
 pub mod guest_channel;
 pub mod hypervisor;
 pub mod identity;

@@ -932,6 +932,7 @@ async fn start_reconcile(
     settings.datapath = config.datapath;
     settings.tunnel_ip = config.tunnel_ip;
     settings.service_vlan = config.service_host.as_ref().map(|s| s.vlan);
+    settings.wireguard_binary = config.wireguard_binary.clone();
     settings.flow_export = config.flow_export.clone();
     settings.flow_export_status = flow_export_status;
     settings.guest_heartbeat_deadline = config.guest_heartbeat_deadline;

@@ -88,9 +88,9 @@ pub struct AgentArgs {
     /// it the uplink trunk is the only way between nodes.
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
-    /// This node's public IPv4 address, where researchers' WireGuard peers
-    /// reach the platform gateways it runs. Without it the controller puts
-    /// no gateway on this node.
+    /// This node's public IPv4 address: where researchers' WireGuard peers
+    /// reach the platform gateways this node runs (UDP, each gateway's
+    /// listen_port). Without it the controller puts no gateway on this node.
     #[arg(long, env = "MEASURELAB_AGENT_PUBLIC_ADDRESS")]
     public_address: Option<std::net::Ipv4Addr>,
     /// Datapath of the bridge: auto (the kernel's where the openvswitch
@@ -100,6 +100,10 @@ pub struct AgentArgs {
     /// Guest agent binary for namespace guests (default: measurelab-guest-agent beside this binary).
     #[arg(long)]
     guest_agent: Option<PathBuf>,
+    /// The userspace WireGuard device binary the gateways run (default:
+    /// measurelab-wg beside this binary).
+    #[arg(long)]
+    wireguard_binary: Option<PathBuf>,
     /// Run the service host (built-in multicast point for service_host
     /// tasks) at this address of the service network, IPv4/PREFIX, e.g.
     /// 10.253.0.11/24. Without it the node takes no service_host tasks.
@@ -253,8 +257,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         }),
         datapath: args.datapath,
         tunnel_ip: args.tunnel_ip,
-        public_address: args.public_address,
         guest_agent: args.guest_agent,
+        public_address: args.public_address,
+        wireguard_binary: args.wireguard_binary,
         service_host,
         flow_export: args.flow_export.map(|protocol| FlowExportSettings {
             protocol,

@@ -14,6 +14,7 @@ mod lab;
 mod landing;
 mod node_cmd;
 mod tfrc;
+mod tunnel_cmd;
 mod vm_cmd;
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,9 @@ enum Command {
     Vm(vm_cmd::VmArgs),
     /// List and download a deployment's output files (tenant token).
     Deployment(deployment_cmd::DeploymentArgs),
+    /// A WireGuard tunnel to a platform gateway, in userspace (no kernel
+    /// module, no `wg` tools): up from a wg-quick file, down.
+    Tunnel(tunnel_cmd::TunnelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::JoinToken(args) => node_cmd::join_token_main(args),
         Command::JoinBundle(args) => controller_cmd::join_bundle_main(args),
         Command::Deployment(args) => deployment_cmd::main(args),
+        Command::Tunnel(args) => tunnel_cmd::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -59,6 +59,7 @@ pub use sandbox::{
     DEFAULT_UID_REGISTRY, DEFAULT_WRITABLE_MIB, GUEST_BIN_DIR, GUEST_CHANNEL_DIR,
     GUEST_PROGRAMS_DIR, GUEST_UID_FIRST, GUEST_UID_LAST,
 };
+pub(crate) use spec::parse_cidr;
 pub use spec::{BootImage, GuestSpec, NicAttach, NicSpec, RateLimit};
 pub use types::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestState, HypervisorError,

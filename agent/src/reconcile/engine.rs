@@ -17,17 +17,19 @@ use uuid::Uuid;
 
 use super::appliances::ApplianceCache;
 use super::flows;
+use super::gateways::GatewayChange;
 use super::plan::{
     self, Failure, GuestFacts, HeartbeatCheck, Job, KeyState, Observed, Power, PowerStep,
 };
 use super::translate;
 use super::types::{condition, Backends, ControlPlane, ReconcilerConfig, RETRY_CAP, RETRY_INITIAL};
+use crate::gateway::GatewayHost;
 use crate::guest_channel::GuestChannels;
 use crate::hypervisor::{
     BackendKind, ChannelSocket, DefineOutcome, ErrorClass, GuestInfo, GuestSpec, GuestState,
     Hypervisor, HypervisorError, NicAdoption,
 };
-use crate::ovs::{OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec};
+use crate::ovs::{OvsError, Switch, SwitchAction, SwitchCapabilities, SwitchSpec, VmPortSpec};
 use measurelab_backoff::Backoff;
 
 /// Something a pass did to the node (tests compare lists of these).
@@ -80,6 +82,13 @@ pub enum Action {
     MoveTap {
         /// VM id.
         vm: Uuid,
+    },
+    /// Changed a platform gateway (see `crate::gateway`).
+    Gateway {
+        /// The platform's id.
+        platform_id: String,
+        /// What changed.
+        change: GatewayChange,
     },
 }
 
@@ -291,6 +300,12 @@ pub struct Reconciler {
     readopted_taps: BTreeSet<String>,
     /// Verified copies of the appliance files the controller stores.
     appliances: ApplianceCache,
+    /// This node's platform gateways.
+    gateways: GatewayHost,
+    gateway_backoff: Backoff,
+    gateway_retry_at: Option<Instant>,
+    /// The OVS ports the gateways need, from this pass's gateway step.
+    gateway_ports: Vec<VmPortSpec>,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -313,6 +328,10 @@ impl Reconciler {
     ) -> Self {
         Reconciler {
             appliances: ApplianceCache::new(config.appliance_dir.as_deref()),
+            gateways: GatewayHost::new(
+                &config.state_dir,
+                super::types::wireguard_binary_path(config.wireguard_binary.as_deref()),
+            ),
             config,
             backends,
             switch,
@@ -326,6 +345,9 @@ impl Reconciler {
             switch_failure: None,
             passes: 0,
             readopted_taps: BTreeSet::new(),
+            gateway_backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
+            gateway_retry_at: None,
+            gateway_ports: Vec::new(),
         }
     }
 
@@ -413,11 +435,59 @@ impl Reconciler {
         let after = self
             .run_jobs(guest_plan.jobs, &wanted, &observed, now, &mut report)
             .await;
+        self.gateway_ports = self.reconcile_gateways(desired, now, &mut report).await;
         let ports = self
             .reconcile_switch(&wanted, &after.guests, desired, now, &mut report)
             .await;
         self.conclude(&mut report, &wanted, &after, &ports, &guest_plan.specs);
         report
+    }
+
+    /// The gateway step (see `gateways`): returns the ports the switch must
+    /// carry for them.
+    async fn reconcile_gateways(
+        &mut self,
+        desired: &DesiredState,
+        now: Instant,
+        report: &mut PassReport,
+    ) -> Vec<VmPortSpec> {
+        let (host, owner, want) = (
+            self.gateways.clone(),
+            self.config.owner.clone(),
+            desired.clone(),
+        );
+        let after =
+            match tokio::task::spawn_blocking(move || super::gateways::run(&host, &owner, &want))
+                .await
+            {
+                Ok(after) => after,
+                Err(err) => {
+                    tracing::warn!(error = %err, "gateway step panicked");
+                    super::gateways::GatewaysAfter {
+                        failed: true,
+                        ..Default::default()
+                    }
+                }
+            };
+        if after.failed {
+            self.gateway_retry_at = Some(now + self.gateway_backoff.next_delay());
+        } else {
+            self.gateway_backoff.reset();
+            self.gateway_retry_at = None;
+        }
+        self.readopted_taps.extend(after.rebuilt);
+        report
+            .actions
+            .extend(
+                after
+                    .changes
+                    .into_iter()
+                    .map(|(platform_id, change)| Action::Gateway {
+                        platform_id,
+                        change,
+                    }),
+            );
+        after.ports
     }
 
     fn backend_kinds(&self) -> BTreeMap<&'static str, BackendKind> {
@@ -697,7 +767,9 @@ impl Reconciler {
             report.actions.extend(stale.into_iter().map(Action::Switch));
         }
         let foreign: BTreeSet<&str> = observed.foreign_names.iter().map(|s| s.as_str()).collect();
-        let planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
+        let mut planned = plan::switch_ports(wanted, guests, &foreign, self.switch_caps.as_ref());
+        // The gateways' ports ride in the same transaction as the VMs'.
+        planned.ports.extend(self.gateway_ports.iter().cloned());
         ports.failures.extend(planned.failures);
         let (flow_export, flow_text) = flows::plan(desired, self.config.flow_export.as_ref());
         let caps = self
@@ -760,8 +832,13 @@ impl Reconciler {
                 Some(HeartbeatCheck::DueIn(left)) => Some(now + left + HEARTBEAT_CHECK_SLACK),
                 _ => None,
             });
-        report.next_retry =
-            plan::next_retry(due.chain(self.switch_retry_at).chain(heartbeat_due), now);
+        report.converged &= self.gateway_retry_at.is_none();
+        report.next_retry = plan::next_retry(
+            due.chain(self.switch_retry_at)
+                .chain(self.gateway_retry_at)
+                .chain(heartbeat_due),
+            now,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -40,6 +40,7 @@ mod appliances;
 mod driver;
 mod engine;
 mod flows;
+mod gateways;
 mod plan;
 mod programs;
 mod relay;
@@ -53,12 +54,13 @@ pub use appliances::ApplianceError;
 pub use driver::{run_loop, GrpcControlPlane, LoopHandles};
 pub use engine::{Action, PassReport, Reconciler};
 pub use flows::{FlowExportSettings, FlowExportStatus};
+pub use gateways::GatewayChange;
 pub use spool::{ResultSpool, SpoolError};
 pub use translate::{guest_spec, port_spec, TranslateError};
 pub use types::{
-    condition, ApplianceChunks, Backends, ControlPlane, ReconcileError, ReconcilerConfig,
-    RelaySettings, SpoolSettings, DEFAULT_GUEST_HEARTBEAT_DEADLINE, RESYNC_INTERVAL, RETRY_CAP,
-    RETRY_INITIAL,
+    condition, wireguard_binary_path, ApplianceChunks, Backends, ControlPlane, ReconcileError,
+    ReconcilerConfig, RelaySettings, SpoolSettings, DEFAULT_GUEST_HEARTBEAT_DEADLINE,
+    RESYNC_INTERVAL, RETRY_CAP, RETRY_INITIAL,
 };
 pub use uplink::{UplinkBondMode, UplinkBondSettings};
 
@@ -144,13 +146,7 @@ impl crate::ovs::Switch for LazySwitch {
 /// Path of the guest agent binary: `configured`, or `measurelab-guest-agent`
 /// beside the running executable (how the packages install them).
 pub fn guest_agent_path(configured: Option<&std::path::Path>) -> PathBuf {
-    if let Some(path) = configured {
-        return path.to_path_buf();
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("measurelab-guest-agent")))
-        .unwrap_or_else(|| PathBuf::from("measurelab-guest-agent"))
+    types::beside_executable(configured, "measurelab-guest-agent")
 }
 
 /// The namespace backend's guest command: the guest agent as the sandbox

@@ -232,6 +232,9 @@ pub struct ReconcilerConfig {
     /// The service host's VLAN, which the service network's tunnels carry;
     /// `None`: this node runs no service host.
     pub service_vlan: Option<u16>,
+    /// The `measurelab-wg` binary the platform gateways run; `None`: beside
+    /// the running executable.
+    pub wireguard_binary: Option<PathBuf>,
 }
 
 /// Three of the guest agent's default 5 s heartbeat intervals.
@@ -256,6 +259,24 @@ impl ReconcilerConfig {
             result_spool: SpoolSettings::default(),
             tunnel_ip: None,
             service_vlan: None,
+            wireguard_binary: None,
         }
     }
+}
+
+/// The gateways' WireGuard device binary: the configured path, else
+/// `measurelab-wg` beside the running executable.
+pub fn wireguard_binary_path(configured: Option<&std::path::Path>) -> PathBuf {
+    beside_executable(configured, "measurelab-wg")
+}
+
+/// `configured`, else `name` beside the running executable.
+pub(crate) fn beside_executable(configured: Option<&std::path::Path>, name: &str) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
 }

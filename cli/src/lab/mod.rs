@@ -21,6 +21,11 @@
 //!   `up`), and labs must coexist with each other and with test sandboxes.
 //! - `--topology routed` replaces the lab switch with a router namespace
 //!   `<name>-rt` and joins the nodes through VXLAN tunnels (see `routed`).
+//! - `<name>-inet`: the lab's public network (bridge `br-inet`,
+//!   198.51.100.0/24); node K has `inet0` at 198.51.100.(10+K), which its
+//!   agent gets as `--public-address` (platform gateways listen there), in
+//!   both topologies. `lab laptop --index I` adds `<name>-lapI` at
+//!   198.51.100.(100+I) with no other link (see `internet`).
 //!
 //! Every step of `up` first checks whether its piece is already there, so
 //! `up` on a running lab starts nothing, and `up` after a process died
@@ -38,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 mod guests;
 mod hypervisor;
+mod internet;
 mod routed;
 mod sys;
 mod table;
@@ -145,6 +151,15 @@ enum LabCommand {
         #[command(flatten)]
         target: LabTarget,
     },
+    /// Add a "laptop": a namespace attached only to the lab's public
+    /// network, as a researcher's machine; prints its name.
+    Laptop {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Laptop number (1..=99): namespace <name>-lapI, 198.51.100.(100+I).
+        #[arg(long, default_value_t = 1)]
+        index: u32,
+    },
     /// Write a terraform CLI config for the lab and print its path.
     Tfrc {
         #[command(flatten)]
@@ -193,6 +208,7 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
         LabCommand::Status { target, json } => Lab::new(&target)?.status(json),
         LabCommand::Env { target, operator } => Lab::new(&target)?.env(operator),
         LabCommand::Down { target } => Lab::new(&target)?.down(),
+        LabCommand::Laptop { target, index } => Lab::new(&target)?.laptop(index),
         LabCommand::Tfrc { target, bin_dir } => {
             let lab = Lab::new(&target)?;
             let bin_dir = match bin_dir {
@@ -307,6 +323,40 @@ impl Lab {
     /// The router between the node subnets of a routed lab.
     fn router_ns(&self) -> String {
         format!("{}-rt", self.name)
+    }
+
+    /// The lab's public network.
+    fn internet_ns(&self) -> String {
+        format!("{}-inet", self.name)
+    }
+    fn laptop_ns(&self, i: u32) -> String {
+        format!("{}-lap{i}", self.name)
+    }
+    fn public_link(&self, k: u32) -> String {
+        format!("{}-n{k}-in", self.name)
+    }
+
+    /// `lab laptop`: see `internet`.
+    fn laptop(&self, index: u32) -> anyhow::Result<()> {
+        require_root()?;
+        if !(1..=99).contains(&index) {
+            bail!("--index: {index} is outside 1..=99");
+        }
+        if !netns_exists(&self.internet_ns()) {
+            bail!("lab {} has no public network (is it up?)", self.name);
+        }
+        let ns = self.laptop_ns(index);
+        netns_ensure(&ns)?;
+        ip_in(&ns, &["link", "set", "lo", "up"])?;
+        internet::ensure_attached(
+            &self.internet_ns(),
+            &format!("{}-lap{index}", self.name),
+            &ns,
+            "eth0",
+            &format!("{}/24", internet::laptop_ip(index)),
+        )?;
+        println!("{ns}");
+        Ok(())
     }
 
     /// Namespace of the lab switch's ovs-vswitchd and the uplink peers.
@@ -467,8 +517,16 @@ impl Lab {
             )?;
             self.ensure_switch_bridge()?;
         }
+        internet::ensure_internet(&self.internet_ns())?;
         for k in 1..=settings.nodes {
             self.ensure_node_network(k)?;
+            internet::ensure_attached(
+                &self.internet_ns(),
+                &self.public_link(k),
+                &self.node_ns(k),
+                "inet0",
+                &format!("{}/24", internet::node_public_ip(k)),
+            )?;
             if routed {
                 routed::ensure_routed_link(
                     &self.node_ns(k),
@@ -936,6 +994,7 @@ impl Lab {
                 settings.uplinks,
                 &settings.bond_mode,
             ))
+            .args(internet::agent_args(k))
             .arg("--datapath")
             .arg("netdev")
             // Service host on the reserved service VLAN (agent default 4000):
@@ -1140,6 +1199,25 @@ impl Lab {
 
     /// Undefine every namespace guest of every node's agent; returns their
     /// network namespace names.
+    fn remove_gateways(&self) -> Vec<String> {
+        use measurelab_agent::gateway::GatewayHost;
+        let mut removed = Vec::new();
+        let Ok(nodes) = std::fs::read_dir(self.dir.join("nodes")) else {
+            return removed;
+        };
+        for node in nodes.flatten() {
+            // The device binary is only needed to start a gateway.
+            let host = GatewayHost::new(&node.path().join("agent"), PathBuf::new());
+            for record in host.list_owned().unwrap_or_default() {
+                match host.remove(&record) {
+                    Ok(()) => removed.push(record.netns),
+                    Err(e) => eprintln!("cannot remove gateway {}: {e}", record.netns),
+                }
+            }
+        }
+        removed
+    }
+
     fn remove_namespace_guests(&self) -> Vec<String> {
         use measurelab_agent::hypervisor::{Hypervisor, NamespaceConfig, NamespaceHypervisor};
         let mut removed = Vec::new();
@@ -1252,6 +1330,9 @@ impl Lab {
         // process) outlive the agents by design; remove them through the
         // same backend, which touches only guests with a state file.
         removed.extend(self.remove_namespace_guests());
+        // 2c. Platform gateways (namespace gw-*, device process) outlive
+        // their agents too; removed through the agent's own code.
+        removed.extend(self.remove_gateways());
         // Domains in a system libvirtd outlive the agents as well.
         removed.extend(guests::remove_libvirt_guests(&self.dir));
         // Then the libvirtd this lab started for them, if it did.
@@ -1339,6 +1420,10 @@ impl Lab {
                 *ns == self.mgmt_ns()
                     || *ns == self.switch_ns()
                     || *ns == self.router_ns()
+                    || *ns == self.internet_ns()
+                    || ns
+                        .strip_prefix(&format!("{}-lap", self.name))
+                        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
                     || ns
                         .strip_prefix(&prefix)
                         .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
