@@ -107,6 +107,10 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/platforms/:id_or_name/flows", get(flows::list)),
         ("/v1/platforms/:id_or_name/points", get(platforms::points)),
         (
+            "/v1/platforms/:id_or_name/control-key",
+            get(platforms::control_key),
+        ),
+        (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),
         ),

@@ -24,6 +24,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0012_platform_points.sql"),
     include_str!("../../migrations/0013_control_keys.sql"),
     include_str!("../../migrations/0014_deployment_outputs.sql"),
+    // 0015 is the gateways' (another branch); whichever merges second keeps
+    // 0015 before 0016 here.
+    include_str!("../../migrations/0016_platform_control_keys.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

@@ -1,6 +1,8 @@
 //! The node side of platforms, VMs, programs and tasks: a node's desired state, and what
 //! its agent reports back (VM states, guests, program runs, cleanup acks).
 
+use std::collections::HashMap;
+
 use crate::access::Scope;
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
@@ -62,7 +64,10 @@ pub(crate) fn desired_state(
         tunnels: tunnels::of_node(node_id, &member_of, &tunnels::ends(registry)),
         ..Default::default()
     };
+    // A program run's VM is one of this node's: its platform names the key.
+    let mut platform_of_vm = HashMap::new();
     for vm in vms::of_node(conn, node_id)? {
+        platform_of_vm.insert(vm.id.clone(), vm.platform_id.clone());
         let platform = platforms::get(conn, &Scope::All, &vm.platform_id)?;
         let appliance = appliances::get_by_id(conn, &vm.appliance_id)?;
         let qos = match &vm.qos_policy_id {
@@ -121,13 +126,21 @@ pub(crate) fn desired_state(
         });
     }
     for (deployment, vm_id) in programs::active_runs_of_node(conn, node_id)? {
+        let env = match platform_of_vm.get(&vm_id) {
+            Some(platform_id) => control_keys::with_platform_key(
+                deployment.env,
+                platform_id,
+                control_keys::of(conn, platform_id)?,
+            ),
+            None => deployment.env,
+        };
         state.program_runs.push(ProgramRun {
             deployment_id: deployment.id,
             vm_id,
             program_id: deployment.program_id,
             sha256: deployment.program_sha256,
             args: deployment.args,
-            env: deployment.env.into_iter().collect(),
+            env: env.into_iter().collect(),
             program_name: deployment.program_name,
         });
     }

@@ -1844,6 +1844,32 @@ pub struct PlatformPoint {
     pub origin: String,
 }
 
+/// `GET /v1/platforms/{id_or_name}/control-key` response: the key the
+/// controller puts into every program run of the platform
+/// (`MEASURELAB_CONTROL_KEY`, `MEASURELAB_CONTROL_KEY_ID`), so the tenant can
+/// call its MSCS's API (`Authorization: Bearer <control_key>`).
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformControlKey {
+    /// Platform id.
+    pub platform: String,
+    /// The key's id, as the programs get it in `MEASURELAB_CONTROL_KEY_ID`
+    /// (the platform id).
+    pub key_id: String,
+    /// The secret, 64 lower-case hex digits.
+    pub control_key: String,
+}
+
+/// Never prints the secret (a client that logs its answers stays safe).
+impl std::fmt::Debug for PlatformControlKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformControlKey")
+            .field("platform", &self.platform)
+            .field("key_id", &self.key_id)
+            .field("control_key", &"<redacted>")
+            .finish()
+    }
+}
+
 /// `GET /v1/platforms/{id_or_name}/points` response: the latest point list
 /// the platform's MSCS reported (it reports on every change and every 30 s).
 /// A state is as of `reported_at`: when the MSCS itself stops, the list
