@@ -13,6 +13,7 @@ mod deployment_cmd;
 mod lab;
 mod landing;
 mod node_cmd;
+mod platform_cmd;
 mod tfrc;
 mod vm_cmd;
 
@@ -52,6 +53,8 @@ enum Command {
     Vm(vm_cmd::VmArgs),
     /// List and download a deployment's output files (tenant token).
     Deployment(deployment_cmd::DeploymentArgs),
+    /// Read a platform's control key (tenant token).
+    Platform(platform_cmd::PlatformArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::JoinToken(args) => node_cmd::join_token_main(args),
         Command::JoinBundle(args) => controller_cmd::join_bundle_main(args),
         Command::Deployment(args) => deployment_cmd::main(args),
+        Command::Platform(args) => platform_cmd::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
