@@ -192,10 +192,7 @@ impl AgentMetrics {
 
     /// Where the service host point's refusals are read at scrape time.
     pub fn watch_point(&self, counters: Arc<PointCounters>) {
-        *self
-            .point_source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(counters);
+        *self.point_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters);
     }
 
     /// Brings `point_refused` up to the point's own counts. Only this adds to
