@@ -120,6 +120,9 @@ struct Assignment {
     key: Option<ControlKey>,
     /// `(node, control endpoint)` in the task's node order.
     points: Vec<(String, Option<SocketAddr>)>,
+    /// Peers the controller says run an agent older than control protocol
+    /// version 2: only these may be driven with unsigned version-1 orders.
+    v1_points: std::collections::BTreeSet<String>,
 }
 
 fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
@@ -132,7 +135,18 @@ fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
         .iter()
         .map(|peer| (peer.node.clone(), peer.endpoint.parse::<SocketAddr>().ok()))
         .collect();
-    Ok(Assignment { task, key, points })
+    let v1_points = service
+        .peers
+        .iter()
+        .filter(|peer| peer.control_protocol_version == Some(1))
+        .map(|peer| peer.node.clone())
+        .collect();
+    Ok(Assignment {
+        task,
+        key,
+        points,
+        v1_points,
+    })
 }
 
 /// The key the controller sent with `service`, if any.
@@ -364,6 +378,7 @@ pub async fn run_tasks(
                     clock_sync_bound_us: config.clock_sync_bound_us,
                     source_start_index: state.next_source_index,
                     control_key: assignment.key.clone(),
+                    v1_points: assignment.v1_points.clone(),
                     ..Default::default()
                 };
                 tracing::info!(task = %id, nodes = points.len(), "service task run starts");

@@ -107,6 +107,7 @@ mod tests {
                 uplink: None,
                 datapath: String::new(),
                 tunnel_address: String::new(),
+                control_protocol_version: None,
             },
             resources: Resources::default(),
             labels: Default::default(),

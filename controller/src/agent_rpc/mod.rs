@@ -597,6 +597,7 @@ fn capabilities(
         uplink,
         datapath: c.datapath,
         tunnel_address: c.tunnel_address,
+        control_protocol_version: c.control_protocol_version,
     })
 }
 

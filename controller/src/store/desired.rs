@@ -156,12 +156,15 @@ pub(crate) fn desired_state(
             let peers = task
                 .nodes
                 .iter()
-                .map(|name| ServicePeer {
-                    node: name.clone(),
-                    endpoint: registry
-                        .by_id_or_name(name)
-                        .map(|peer| peer.capabilities.service_endpoint.clone())
-                        .unwrap_or_default(),
+                .map(|name| {
+                    let peer = registry.by_id_or_name(name);
+                    ServicePeer {
+                        node: name.clone(),
+                        endpoint: peer
+                            .map(|peer| peer.capabilities.service_endpoint.clone())
+                            .unwrap_or_default(),
+                        control_protocol_version: peer.and_then(legacy_control_protocol),
+                    }
                 })
                 .collect();
             state.service_tasks.push(ServiceTask {
@@ -173,6 +176,16 @@ pub(crate) fn desired_state(
         }
     }
     Ok(state)
+}
+
+/// `Some(1)` for a peer whose agent serves a service host but reported no
+/// control protocol version: an agent older than version 2 (0.1.0), which
+/// the orchestrator may then drive with unsigned version-1 orders. What the
+/// agent reported in its capabilities, over its authenticated session, is
+/// the only source: a point's own answer never lowers the version.
+fn legacy_control_protocol(peer: &super::registry::NodeEntry) -> Option<u32> {
+    let caps = &peer.capabilities;
+    (!caps.service_endpoint.is_empty() && caps.control_protocol_version.is_none()).then_some(1)
 }
 
 fn ms_to_rfc3339(ms: i64) -> Option<String> {

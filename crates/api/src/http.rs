@@ -84,6 +84,11 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub tunnel_address: String,
+    /// Measurement control protocol version of the node's service-host
+    /// point (docs/measurement-control.md); null: an agent older than
+    /// version 2, whose point speaks version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_protocol_version: Option<u32>,
 }
 
 /// A node's uplink port: one interface or a bond of several.
