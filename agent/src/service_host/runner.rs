@@ -564,6 +564,31 @@ mod tests {
         }
     }
 
+    /// Only the controller's word makes a peer a version-1 point.
+    #[test]
+    fn only_peers_the_controller_marks_old_may_get_unsigned_orders() {
+        let peer = |node: &str, version: Option<u32>| measurelab_api::node_v1::ServicePeer {
+            node: node.into(),
+            endpoint: "10.253.0.11:7090".into(),
+            control_protocol_version: version,
+        };
+        let service = ServiceTask {
+            task_id: "t1".into(),
+            spec_json: serde_json::json!({
+                "id": "t1", "schedule": "once", "group": "239.1.2.3", "port": 5001
+            })
+            .to_string(),
+            peers: vec![peer("n1", None), peer("n2", Some(1)), peer("n3", Some(2))],
+            control_key: Some("ab".repeat(32)),
+        };
+        let assignment = assignment(&service).unwrap();
+        assert_eq!(
+            assignment.v1_points.into_iter().collect::<Vec<_>>(),
+            ["n2"]
+        );
+        assert!(assignment.key.is_some());
+    }
+
     #[test]
     fn a_refused_run_is_a_failed_document_naming_the_field() {
         let task = ControllerTask::from_json(&serde_json::json!({
