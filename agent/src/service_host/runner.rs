@@ -582,10 +582,7 @@ mod tests {
             control_key: Some("ab".repeat(32)),
         };
         let assignment = assignment(&service).unwrap();
-        assert_eq!(
-            assignment.v1_points.into_iter().collect::<Vec<_>>(),
-            ["n2"]
-        );
+        assert_eq!(assignment.v1_points.into_iter().collect::<Vec<_>>(), ["n2"]);
         assert!(assignment.key.is_some());
     }
 
