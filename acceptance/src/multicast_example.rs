@@ -110,6 +110,7 @@ pub fn paper_experiment(
     assert_eq!(task.schedule, "periodic");
     assert_eq!(task.interval_seconds, 300);
 
+    programs_hold_the_platform_key(&client)?;
     while_applied()?;
 
     let mut destroy = vec!["destroy", "-auto-approve", "-input=false"];
@@ -127,5 +128,45 @@ pub fn paper_experiment(
         tasks.as_ref().is_err_and(|e| e.is_not_found()),
         "the periodic task survived destroy: {tasks:?}"
     );
+    Ok(())
+}
+
+/// Every mcast program of the platform runs with the platform's control key
+/// in its environment, put there by the controller (the example sets none),
+/// so the MSCS and its points authenticate each other: read back from the
+/// running processes, against what `GET /v1/platforms/{id}/control-key` says.
+fn programs_hold_the_platform_key(client: &measurelab_api::client::Client) -> anyhow::Result<()> {
+    let (platforms, vms) =
+        block_on(async { Ok((client.list_platforms().await?, client.list_vms("").await?)) })?;
+    anyhow::ensure!(platforms.len() == 1, "one platform: {platforms:#?}");
+    let platform = &platforms[0];
+    let key = block_on(async { Ok(client.platform_control_key(&platform.id).await?) })?;
+    let mut keyed = 0;
+    for vm in &vms {
+        for pid in crate::guest_processes(&vm.id) {
+            let Ok(exe) = crate::executable(pid) else {
+                continue;
+            };
+            let name = exe.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with("mcast-") {
+                continue;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+            let env: std::collections::BTreeMap<String, String> = environ
+                .split(|b| *b == 0)
+                .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            anyhow::ensure!(
+                env.get("MEASURELAB_CONTROL_KEY") == Some(&key.control_key)
+                    && env.get("MEASURELAB_CONTROL_KEY_ID") == Some(&platform.id),
+                "{name} (pid {pid}) in {} runs without the platform's control key",
+                vm.name
+            );
+            keyed += 1;
+        }
+    }
+    // The MSCS and the 4 points.
+    anyhow::ensure!(keyed == 5, "{keyed} keyed mcast programs, expected 5");
     Ok(())
 }

@@ -47,6 +47,20 @@ fn acc_virtual_platform_basic() -> anyhow::Result<()> {
     assert_eq!(values["vlan_tag"], u64::from(stored.vlan_tag));
     assert_eq!(values["subnet"], stored.subnet.as_str());
     assert_eq!(values["power_state"], "running");
+    // The platform's control key, as the controller hands it out, and marked
+    // sensitive so Terraform never prints it.
+    let key = {
+        let client = lab.client()?;
+        let id = stored.id.clone();
+        block_on(async move { Ok(client.platform_control_key(&id).await?) })?
+    };
+    assert_eq!(values["control_key"], key.control_key.as_str());
+    let outputs = tf.ok(&["show", "-no-color"])?;
+    let shown = String::from_utf8_lossy(&outputs.stdout);
+    assert!(
+        shown.contains("control_key") && !shown.contains(&key.control_key),
+        "{shown}"
+    );
     let (code, output) = tf.plan_exit_code()?;
     assert_eq!(code, 0, "{}", describe(&output));
     tf.destroy()?;

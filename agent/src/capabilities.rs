@@ -60,6 +60,9 @@ pub async fn probe(targets: &ProbeTargets) -> Capabilities {
         tunnel_address: String::new(),
         // Filled in by the session from --public-address.
         public_address: String::new(),
+        // Every node agent serves a service-host point of this version
+        // when it runs one; what a peer's orchestrator may speak to it.
+        control_protocol_version: Some(measurelab_mcast::protocol::PROTOCOL_VERSION),
     }
 }
 

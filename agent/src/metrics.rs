@@ -1,17 +1,19 @@
 //! Prometheus metrics of the node agent, served at `/metrics` on
 //! `metrics_listen` when it is set (off by default; bind it to the
 //! management address). Reconcile pass durations and outcomes, heartbeats,
-//! the generations the node is at, and the guest relay's queue and refusals.
+//! the generations the node is at, the guest relay's queue and refusals, and
+//! what the service host's measurement point refused.
 //!
 //! One set per process, like the log buffer: a node runs one agent.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use measurelab_api::exposition::Format;
+use measurelab_mcast::point::PointCounters;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +36,11 @@ struct KindLabels {
 type DepthSource = Box<dyn Fn() -> usize + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -50,6 +57,9 @@ pub struct AgentMetrics {
     relay_depth: Gauge,
     relay_depth_source: std::sync::Mutex<Option<DepthSource>>,
     relay_refused: Family<KindLabels, Counter>,
+    point_refused: Family<ReasonLabels, Counter>,
+    /// The service host point's own counts, read at scrape time.
+    point_source: std::sync::Mutex<Option<Arc<PointCounters>>>,
 }
 
 static METRICS: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
@@ -112,8 +122,17 @@ impl AgentMetrics {
             "Guest requests answered with a refusal (relay queue full, spool unavailable), by kind",
             relay_refused.clone(),
         );
+        let point_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "point_refused",
+            "Connections and control requests the service host's measurement point refused \
+             (nothing sent, nothing joined), by reason",
+            point_refused.clone(),
+        );
         AgentMetrics {
             registry,
+            point_refused,
+            point_source: std::sync::Mutex::new(None),
             relay_depth,
             relay_depth_source: std::sync::Mutex::new(None),
             relay_refused,
@@ -171,8 +190,31 @@ impl AgentMetrics {
         self.relay_refused.get_or_create(&KindLabels { kind }).inc();
     }
 
+    /// Where the service host point's refusals are read at scrape time.
+    pub fn watch_point(&self, counters: Arc<PointCounters>) {
+        *self.point_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters);
+    }
+
+    /// Brings `point_refused` up to the point's own counts. Only this adds to
+    /// it, and the point's counts only grow, so the difference is what is new.
+    fn sync_point_refusals(&self) {
+        let source = self
+            .point_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(counters) = source else {
+            return;
+        };
+        for (reason, total) in counters.refused.snapshot() {
+            let counter = self.point_refused.get_or_create(&ReasonLabels { reason });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     /// The exposition, in OpenMetrics.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.sync_point_refusals();
         if let Some(depth) = self
             .relay_depth_source
             .lock()
@@ -279,6 +321,60 @@ mod tests {
         }
         stop.send(true).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// A real refusal of a real keyed point (an unsigned `send`, as anyone on
+    /// the service VLAN could send it) shows on `/metrics` under its reason.
+    #[tokio::test]
+    async fn a_points_refusal_is_exported_with_its_reason() {
+        use std::io::{BufRead, BufReader, Write};
+        let point = measurelab_mcast::service::spawn_point(
+            "127.0.0.1:0".parse().unwrap(),
+            "svc",
+            std::net::Ipv4Addr::LOCALHOST,
+            Some(Arc::new(measurelab_mcast::auth::KeyRing::default())),
+        )
+        .unwrap();
+        metrics().watch_point(point.counters());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, stopped));
+        let (_, before) = http_get(addr, "*/*").await;
+        assert!(
+            !before.contains("measurelab_agent_point_refused_total{"),
+            "{before}"
+        );
+
+        let control = point.local_addr();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(control).unwrap();
+            stream
+                .write_all(
+                    b"{\"op\":\"send\",\"session_id\":1,\"group\":\"239.255.9.9\",\"port\":6999,\
+                      \"rate_pps\":100.0,\"packet_size_bytes\":64,\"duration_seconds\":1.0,\"ttl\":1}\n",
+                )
+                .unwrap();
+            let mut answer = String::new();
+            BufReader::new(stream).read_line(&mut answer).unwrap();
+            answer
+        })
+        .await
+        .unwrap();
+        assert!(answer.contains("unauthenticated"), "{answer}");
+
+        let (_, after) = http_get(addr, "*/*").await;
+        let line = "measurelab_agent_point_refused_total{reason=\"missing\"} 1";
+        assert!(after.lines().any(|l| l == line), "{line} not in:\n{after}");
+        if let Err(e) = measurelab_testbed::promtool_check(&after) {
+            panic!("{e:#}");
+        }
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || point.stop())
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     /// A minimal HTTP/1.1 GET (the agent has no HTTP client crate):

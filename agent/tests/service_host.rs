@@ -247,6 +247,7 @@ fn three_nodes(tag: &str) -> Result<Nodes> {
         peers.push(ServicePeer {
             node: format!("n{k}"),
             endpoint: listen.to_string(),
+            control_protocol_version: None,
         });
         points.push(point);
         namespaces.push(ns);

@@ -13,6 +13,7 @@ mod deployment_cmd;
 mod lab;
 mod landing;
 mod node_cmd;
+mod platform_cmd;
 mod tfrc;
 mod tunnel_cmd;
 mod vm_cmd;
@@ -56,6 +57,8 @@ enum Command {
     /// A WireGuard tunnel to a platform gateway, in userspace (no kernel
     /// module, no `wg` tools): up from a wg-quick file, down.
     Tunnel(tunnel_cmd::TunnelArgs),
+    /// Read a platform's control key (tenant token).
+    Platform(platform_cmd::PlatformArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::JoinBundle(args) => controller_cmd::join_bundle_main(args),
         Command::Deployment(args) => deployment_cmd::main(args),
         Command::Tunnel(args) => tunnel_cmd::main(args),
+        Command::Platform(args) => platform_cmd::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

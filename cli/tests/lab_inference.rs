@@ -188,29 +188,65 @@ impl Injection {
     }
 }
 
-/// The MSCS's HTTP API inside its VM's namespace.
-fn mscs_api(ns: &str, addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
-    let url = format!("http://{addr}:{MSCS_PORT}{path}");
-    let mut args = vec![
-        "netns",
-        "exec",
-        ns,
-        "curl",
-        "-sS",
-        "--fail-with-body",
-        "-X",
-        method,
-    ];
-    let body = body.map(Value::to_string);
-    if let Some(body) = &body {
-        args.extend(["-H", "content-type: application/json", "--data", body]);
+/// The MSCS's HTTP API inside its VM's namespace, called with the platform's
+/// control key.
+struct MscsApi<'a> {
+    ns: &'a str,
+    addr: &'a str,
+    key: &'a str,
+}
+
+impl MscsApi<'_> {
+    /// HTTP status and body of `method path` with `authorization` (if any).
+    fn status(&self, method: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+        let url = format!("http://{}:{MSCS_PORT}{path}", self.addr);
+        let mut args = vec![
+            "netns",
+            "exec",
+            self.ns,
+            "curl",
+            "-sS",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ];
+        let header = authorization.map(|a| format!("authorization: {a}"));
+        if let Some(header) = &header {
+            args.extend(["-H", header.as_str()]);
+        }
+        args.push(&url);
+        let out = run("ip", &args);
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        (code.parse().unwrap_or(0), body.to_string())
     }
-    args.push(&url);
-    serde_json::from_str(&run("ip", &args)).expect("MSCS answers JSON")
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let url = format!("http://{}:{MSCS_PORT}{path}", self.addr);
+        let bearer = format!("authorization: Bearer {}", self.key);
+        let mut args = vec![
+            "netns",
+            "exec",
+            self.ns,
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "-H",
+            &bearer,
+            "-X",
+            method,
+        ];
+        let body = body.map(Value::to_string);
+        if let Some(body) = &body {
+            args.extend(["-H", "content-type: application/json", "--data", body]);
+        }
+        args.push(&url);
+        serde_json::from_str(&run("ip", &args)).expect("MSCS answers JSON")
+    }
 }
 
 /// Submits a run from p1 to the MSCS and returns its result document.
-fn run_on_mscs(ns: &str, addr: &str) -> Value {
+fn run_on_mscs(api: &MscsApi<'_>) -> Value {
     let task = json!({
         "source": "p1",
         "group": GROUP,
@@ -218,18 +254,16 @@ fn run_on_mscs(ns: &str, addr: &str) -> Value {
         "rate_pps": RATE_PPS,
         "duration_seconds": DURATION_SECONDS,
     });
-    let record = mscs_api(ns, addr, "POST", "/tasks", Some(&task));
+    let record = api.call("POST", "/tasks", Some(&task));
     let id = record["id"].as_str().expect("task id").to_string();
     let seq = wait_for("the MSCS run", WAIT, || {
-        let record = mscs_api(ns, addr, "GET", &format!("/tasks/{id}"), None);
+        let record = api.call("GET", &format!("/tasks/{id}"), None);
         match record["status"].as_str() {
             Some("succeeded") | Some("failed") => record["result_seq"].as_u64(),
             _ => None,
         }
     });
-    let page = mscs_api(
-        ns,
-        addr,
+    let page = api.call(
         "GET",
         &format!("/results?since={}", seq.saturating_sub(1)),
         None,
@@ -323,6 +357,33 @@ fn bottleneck_inference_follows_nft_injected_loss() {
             .unwrap_or_else(|| panic!("no VM {name}"))
     };
 
+    // The platform's control key, read as a tenant would (`measurelab platform
+    // control-key`). The programs run by hand here, not as deployments, so
+    // they get it the way the controller hands it to a deployment's runs:
+    // MEASURELAB_CONTROL_KEY and MEASURELAB_CONTROL_KEY_ID (the platform id).
+    let key_out = Command::new(BIN)
+        .args(["platform", "control-key", "tomo"])
+        .envs(lab.env_values())
+        .output()
+        .expect("measurelab platform control-key");
+    assert!(
+        key_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key_out.stderr)
+    );
+    let control_key = String::from_utf8(key_out.stdout)
+        .expect("the key is text")
+        .trim()
+        .to_string();
+    let platform_id = runtime
+        .block_on(client.get_platform("tomo"))
+        .expect("get platform")
+        .id;
+    let key_env = [
+        ("MEASURELAB_CONTROL_KEY", control_key.as_str()),
+        ("MEASURELAB_CONTROL_KEY_ID", platform_id.as_str()),
+    ];
+
     let state = tempfile::tempdir().expect("state dir");
     let mut programs = Programs(Vec::new());
     let mut point_flags = Vec::new();
@@ -337,6 +398,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
                     "netns", "exec", &ns, &point_bin, "serve", "--listen", &listen,
                 ])
                 .args(["--name", name, "--data-addr", &guest.address])
+                .envs(key_env)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -349,6 +411,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
     let mscs_ns = vm_netns(mscs_vm);
     let mut mscs = Command::new("ip");
     mscs.args(["netns", "exec", &mscs_ns, &mscs_bin, "--no-periodic"])
+        .envs(key_env)
         .args(["--listen", &format!("{}:{MSCS_PORT}", mscs_vm.address)])
         .arg("--state-file")
         .arg(state.path().join("mscs-state.json"))
@@ -365,16 +428,32 @@ fn bottleneck_inference_follows_nft_injected_loss() {
             .spawn()
             .expect("spawn mcast-mscs"),
     );
-    let mscs_url = format!("http://{}:{MSCS_PORT}/tasks", mscs_vm.address);
-    wait_for("the MSCS and its points to listen", WAIT, || {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", &mscs_ns, "curl", "-sf", &mscs_url])
-            .output()
-            .ok()?
-            .status
-            .success();
-        ok.then_some(())
+    let mscs_api = MscsApi {
+        ns: &mscs_ns,
+        addr: &mscs_vm.address,
+        key: &control_key,
+    };
+    let bearer = format!("Bearer {control_key}");
+    wait_for("the MSCS to listen", WAIT, || {
+        (mscs_api.status("GET", "/tasks", Some(&bearer)).0 == 200).then_some(())
     });
+    // A keyed MSCS serves no one without the platform's key.
+    for (authorization, reason) in [
+        (None, "no Authorization header"),
+        (
+            Some(format!("Bearer {}", "0".repeat(64))),
+            "not this MSCS's control key",
+        ),
+    ] {
+        for (method, path) in [("GET", "/tasks"), ("GET", "/points"), ("POST", "/tasks")] {
+            let (status, body) = mscs_api.status(method, path, authorization.as_deref());
+            assert_eq!(
+                status, 401,
+                "{method} {path} with {authorization:?}: {body}"
+            );
+            assert!(body.contains(reason), "{body}");
+        }
+    }
     for (name, _) in layout {
         let guest = vm(name);
         let ns = vm_netns(guest);
@@ -436,7 +515,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
         uplink.install(UPLINK_PERCENT);
         port.install(PORT_PERCENT);
         let started = Instant::now();
-        let mut document = run_on_mscs(&mscs_ns, &mscs_vm.address);
+        let mut document = run_on_mscs(&mscs_api);
         let (uplink_seen, uplink_dropped) = uplink.remove();
         let (port_seen, port_dropped) = port.remove();
         eprintln!(

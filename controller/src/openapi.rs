@@ -19,11 +19,11 @@ use measurelab_api::http::{
     Appliance, ApplianceCreate, ApplianceFile, ApplianceList, Deployment, DeploymentCreate,
     DeploymentList, DeploymentOutputs, DeploymentPatch, ErrorBody, EventList, FlowList, JoinToken,
     JoinTokenCreate, JoinTokenCreated, JoinTokenList, LogList, Node, NodeList, NodePatch, Platform,
-    PlatformCreate, PlatformList, PlatformPatch, PlatformPeer, PlatformPeerCreate,
-    PlatformPeerList, PlatformPoints, Program, ProgramCreate, ProgramList, QosPolicy,
-    QosPolicyCreate, QosPolicyList, QosPolicyPatch, RegistrationRequest, RegistrationRequestList,
-    RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList, Vm, VmCreate, VmList,
-    VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
+    PlatformControlKey, PlatformCreate, PlatformList, PlatformPatch, PlatformPeer,
+    PlatformPeerCreate, PlatformPeerList, PlatformPoints, Program, ProgramCreate, ProgramList,
+    QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch, RegistrationRequest,
+    RegistrationRequestList, RequestOptions, ResultList, ResultRecord, Task, TaskCreate, TaskList,
+    Vm, VmCreate, VmList, VmPatch, VmUsage, RESULT_DOCUMENT_SCHEMA,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -221,6 +221,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::create_platform_peer,
         operations::get_platform_peer,
         operations::delete_platform_peer,
+        operations::platform_control_key,
         operations::list_qos_policies,
         operations::create_qos_policy,
         operations::get_qos_policy,
@@ -767,6 +768,17 @@ mod operations {
         ),
         responses((status = 200, description = "The removed peer.", body = PlatformPeer), DeleteErrors))]
     fn delete_platform_peer() {}
+    /// The key of the platform's MSCS and measurement points: the controller
+    /// puts it into every program run of the platform as
+    /// `MEASURELAB_CONTROL_KEY` (with `MEASURELAB_CONTROL_KEY_ID` = `key_id`)
+    /// unless the deployment's `env` sets its own. Call the MSCS's API with
+    /// `Authorization: Bearer <control_key>`. Owner or member (a viewer gets
+    /// 403); each read is recorded as a `PlatformControlKeyRead` event, which
+    /// never holds the key.
+    #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/control-key", operation_id = "platformControlKey",
+        params(("id_or_name" = String, Path, description = KEY)),
+        responses((status = 200, description = "The platform's control key.", body = PlatformControlKey), GetErrors))]
+    fn platform_control_key() {}
     /// The caller's token, role and tenant.
     #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
         responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]

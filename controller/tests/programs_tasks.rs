@@ -558,21 +558,24 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
 async fn service_host_tasks_reach_the_listed_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let with_service_host = |name: &str, endpoint: &str| {
+    // n1 runs a current agent; n2 one of release 0.1.0, which reports no
+    // control protocol version.
+    let with_service_host = |name: &str, endpoint: &str, version: Option<u32>| {
         let mut request = common::register_request(&controller.join_token, name, "");
         if let Some(caps) = request.capabilities.as_mut() {
             caps.service_endpoint = endpoint.into();
+            caps.control_protocol_version = version;
         }
         request
     };
     let mut grpc = controller.grpc().await;
     let n1 = grpc
-        .register(with_service_host("n1", "10.253.0.11:7090"))
+        .register(with_service_host("n1", "10.253.0.11:7090", Some(2)))
         .await
         .unwrap()
         .into_inner();
     let n2 = grpc
-        .register(with_service_host("n2", "10.253.0.12:7090"))
+        .register(with_service_host("n2", "10.253.0.12:7090", None))
         .await
         .unwrap()
         .into_inner();
@@ -639,6 +642,13 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         peers,
         [("n1", "10.253.0.11:7090"), ("n2", "10.253.0.12:7090")]
     );
+    // Only the old agent's point may get unsigned version-1 orders.
+    let versions: Vec<Option<u32>> = state.service_tasks[0]
+        .peers
+        .iter()
+        .map(|p| p.control_protocol_version)
+        .collect();
+    assert_eq!(versions, [None, Some(1)]);
     // The task's control key goes to both listed nodes and nowhere a tenant looks.
     let key = state.service_tasks[0]
         .control_key

@@ -91,6 +91,45 @@ pub struct PointCounters {
     pub receives_started: AtomicU64,
     /// Requests refused for want of a valid key proof.
     pub refused_unauthenticated: AtomicU64,
+    /// Every refusal, by reason (the `reason` label of the agent's
+    /// `measurelab_agent_point_refused_total`).
+    pub refused: RefusalCounts,
+}
+
+/// Why a point refused a connection or a request, beside the key-proof reasons of
+/// [`AuthError::reason`] (`missing`, `unknown_task`, `bad_mac`, `stale`, `replayed`,
+/// `malformed`, `busy`).
+pub mod refusal {
+    /// The connection cap was reached; the connection was answered and closed.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// A request line over the limit; the connection was closed.
+    pub const LINE_TOO_LONG: &str = "line_too_long";
+    /// A line that is not a control request.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// A `send` whose fields the point refused (rate ceiling, duration, size).
+    pub const INVALID_SEND: &str = "invalid_send";
+    /// A `receive` whose fields the point refused.
+    pub const INVALID_RECEIVE: &str = "invalid_receive";
+}
+
+/// Refusals by reason. Reasons are a small fixed set of static labels, so the map
+/// stays bounded whatever a peer sends.
+#[derive(Debug, Default)]
+pub struct RefusalCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl RefusalCounts {
+    /// Counts one refusal for `reason`.
+    pub fn count(&self, reason: &'static str) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(reason).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// Every reason counted so far with its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(reason, n)| (*reason, *n)).collect()
+    }
 }
 
 /// Default wait for the key of a task a point has not heard of yet: the desired state
@@ -155,6 +194,7 @@ pub fn serve(
                     continue;
                 }
                 let Some(slot) = ConnectionSlot::take(&open, config.max_connections) else {
+                    config.counters.refused.count(refusal::TOO_MANY_CONNECTIONS);
                     warn!(%peer, max = config.max_connections, "control connection refused: too many open");
                     let _ = write_response(
                         &mut stream,
@@ -208,12 +248,14 @@ fn next_request(
     writer: &mut TcpStream,
     line: &mut Vec<u8>,
     timeout: Duration,
+    counters: &PointCounters,
 ) -> Result<Option<Result<ControlRequest, serde_json::Error>>, PointError> {
     // SO_RCVTIMEO is per socket, shared with the clones a send's watcher changes.
     reader.get_ref().set_read_timeout(Some(timeout))?;
     match read_bounded_line(reader, line, MAX_REQUEST_LINE_BYTES)? {
         LineRead::Eof => Ok(None),
         LineRead::TooLong => {
+            counters.refused.count(refusal::LINE_TOO_LONG);
             let err = PointError::LineTooLong {
                 limit: MAX_REQUEST_LINE_BYTES,
             };
@@ -221,7 +263,13 @@ fn next_request(
             let _ = writer.shutdown(std::net::Shutdown::Both);
             Err(err)
         }
-        LineRead::Line => Ok(Some(serde_json::from_slice(line.trim_ascii()))),
+        LineRead::Line => {
+            let parsed = serde_json::from_slice(line.trim_ascii());
+            if parsed.is_err() {
+                counters.refused.count(refusal::BAD_REQUEST);
+            }
+            Ok(Some(parsed))
+        }
     }
 }
 
@@ -231,7 +279,13 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
-        let Some(parsed) = next_request(&mut reader, &mut writer, &mut line, config.idle_timeout)?
+        let Some(parsed) = next_request(
+            &mut reader,
+            &mut writer,
+            &mut line,
+            config.idle_timeout,
+            &config.counters,
+        )?
         else {
             return Ok(());
         };
@@ -301,11 +355,12 @@ pub fn authorize(
         }
         (request, _) => Ok(request),
     };
-    if outcome.is_err() {
+    if let Err(err) = &outcome {
         config
             .counters
             .refused_unauthenticated
             .fetch_add(1, Ordering::Relaxed);
+        config.counters.refused.count(err.reason());
         if let Some(keys) = &config.keys {
             keys.count_refusal();
         }
@@ -401,6 +456,7 @@ fn handle_send(
     let sender = match plan_send(request, config) {
         Ok(sender) => sender,
         Err(err) => {
+            config.counters.refused.count(refusal::INVALID_SEND);
             warn!(cause = %err, "send refused");
             return error_response(format!("send refused: {err}"));
         }
@@ -441,6 +497,7 @@ fn handle_receive(
     let (receiver_config, limit) = match plan_receive(request, config) {
         Ok(plan) => plan,
         Err(err) => {
+            config.counters.refused.count(refusal::INVALID_RECEIVE);
             warn!(cause = %err, "receive refused");
             return write_response(writer, &error_response(format!("receive refused: {err}")));
         }
@@ -471,7 +528,7 @@ fn handle_receive(
     let stop_request = loop {
         // Any read failure (closed, timed out, over-long line) ends the receive: the
         // receiver thread must not outlive its conversation.
-        match next_request(reader, writer, &mut line, stop_wait) {
+        match next_request(reader, writer, &mut line, stop_wait, &config.counters) {
             Ok(None) | Err(_) => break None,
             Ok(Some(parsed)) => match parsed {
                 Ok(ControlRequest::Stop {

@@ -89,6 +89,9 @@ pub struct ServiceOptions {
     /// The task's key, which signs every `send` and `receive` of the run; points that
     /// hold keys refuse those requests without it.
     pub control_key: Option<ControlKey>,
+    /// Points whose agents the controller says predate control protocol version 2:
+    /// see [`crate::mscs::runner::RunSpec::v1_points`].
+    pub v1_points: std::collections::BTreeSet<String>,
 }
 
 impl Default for ServiceOptions {
@@ -99,6 +102,7 @@ impl Default for ServiceOptions {
             receiver_drain_seconds: 0.1,
             source_start_index: 0,
             control_key: None,
+            v1_points: Default::default(),
         }
     }
 }
@@ -161,6 +165,7 @@ pub async fn run_task_with(
     if task.schedule == TaskSchedule::Periodic {
         run.kind = RunKind::Periodic;
     }
+    run.v1_points = options.v1_points.clone();
     Ok(run_measurement(&run).await)
 }
 

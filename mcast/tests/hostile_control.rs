@@ -196,6 +196,16 @@ fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
         control.request(&ControlRequest::Info),
         ControlResponse::Info(_)
     ));
+    assert_eq!(
+        point.counters().refused.snapshot(),
+        [
+            ("bad_request", 1),
+            ("invalid_receive", 1),
+            ("invalid_send", 2),
+            ("line_too_long", 1)
+        ],
+        "each refusal so far under its reason"
+    );
 
     // 3. A probe with sequence u64::MAX in a real receive: counted as malformed, the
     //    valid probes around it measured, no panic.
@@ -266,6 +276,13 @@ fn a_hostile_peer_is_refused_and_the_point_keeps_serving() {
             other => panic!("the point did not give its slots back: {other:?}"),
         }
     }
+    let refused = point.counters().refused.snapshot();
+    assert!(
+        refused
+            .iter()
+            .any(|(reason, n)| *reason == "too_many_connections" && *n >= 1),
+        "{refused:?}"
+    );
 
     point.stop().unwrap();
 }
@@ -340,6 +357,11 @@ fn a_keyed_point_sends_only_for_the_holder_of_a_tasks_key() {
     let counters = point.counters();
     assert_eq!(counters.receives_started.load(Ordering::Relaxed), 0);
     assert_eq!(counters.refused_unauthenticated.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        counters.refused.snapshot(),
+        [("bad_mac", 1), ("missing", 2), ("replayed", 1)],
+        "each refusal under its reason"
+    );
     assert_eq!(keys.refused(), 4);
     point.stop().unwrap();
 }

@@ -136,6 +136,7 @@ pub async fn run(config: ServiceHostConfig, cx: ServiceHostContext) {
             }
         }
     };
+    crate::metrics::metrics().watch_point(point.counters());
     tracing::info!(endpoint = %config.endpoint(), vlan = config.vlan, interface = %config.interface,
         "service host point serving");
     let _ = cx.status.send(Some(config.endpoint()));

@@ -120,6 +120,9 @@ struct Assignment {
     key: Option<ControlKey>,
     /// `(node, control endpoint)` in the task's node order.
     points: Vec<(String, Option<SocketAddr>)>,
+    /// Peers the controller says run an agent older than control protocol
+    /// version 2: only these may be driven with unsigned version-1 orders.
+    v1_points: std::collections::BTreeSet<String>,
 }
 
 fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
@@ -132,7 +135,18 @@ fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
         .iter()
         .map(|peer| (peer.node.clone(), peer.endpoint.parse::<SocketAddr>().ok()))
         .collect();
-    Ok(Assignment { task, key, points })
+    let v1_points = service
+        .peers
+        .iter()
+        .filter(|peer| peer.control_protocol_version == Some(1))
+        .map(|peer| peer.node.clone())
+        .collect();
+    Ok(Assignment {
+        task,
+        key,
+        points,
+        v1_points,
+    })
 }
 
 /// The key the controller sent with `service`, if any.
@@ -364,6 +378,7 @@ pub async fn run_tasks(
                     clock_sync_bound_us: config.clock_sync_bound_us,
                     source_start_index: state.next_source_index,
                     control_key: assignment.key.clone(),
+                    v1_points: assignment.v1_points.clone(),
                     ..Default::default()
                 };
                 tracing::info!(task = %id, nodes = points.len(), "service task run starts");
@@ -547,6 +562,28 @@ mod tests {
         for bad in ["", "../x", "a/b", "a.json"] {
             assert!(!safe_task_id(bad), "{bad}");
         }
+    }
+
+    /// Only the controller's word makes a peer a version-1 point.
+    #[test]
+    fn only_peers_the_controller_marks_old_may_get_unsigned_orders() {
+        let peer = |node: &str, version: Option<u32>| measurelab_api::node_v1::ServicePeer {
+            node: node.into(),
+            endpoint: "10.253.0.11:7090".into(),
+            control_protocol_version: version,
+        };
+        let service = ServiceTask {
+            task_id: "t1".into(),
+            spec_json: serde_json::json!({
+                "id": "t1", "schedule": "once", "group": "239.1.2.3", "port": 5001
+            })
+            .to_string(),
+            peers: vec![peer("n1", None), peer("n2", Some(1)), peer("n3", Some(2))],
+            control_key: Some("ab".repeat(32)),
+        };
+        let assignment = assignment(&service).unwrap();
+        assert_eq!(assignment.v1_points.into_iter().collect::<Vec<_>>(), ["n2"]);
+        assert!(assignment.key.is_some());
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod tests {
                 datapath: String::new(),
                 tunnel_address: String::new(),
                 public_address: String::new(),
+                control_protocol_version: None,
             },
             resources: Resources::default(),
             labels: Default::default(),

@@ -120,7 +120,7 @@ impl LabGuard {
     }
 
     /// `lab env --operator` as KEY -> value.
-    fn env_values(&self) -> std::collections::BTreeMap<String, String> {
+    pub fn env_values(&self) -> std::collections::BTreeMap<String, String> {
         let out = self.lab("env", &["--operator"]);
         assert!(
             out.status.success(),

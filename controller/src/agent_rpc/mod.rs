@@ -595,6 +595,7 @@ fn capabilities(
         uplink,
         datapath: c.datapath,
         tunnel_address: c.tunnel_address,
+        control_protocol_version: c.control_protocol_version,
         public_address: c.public_address,
     })
 }

@@ -116,6 +116,10 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(peers::get).delete(peers::delete),
         ),
         (
+            "/v1/platforms/:id_or_name/control-key",
+            get(platforms::control_key),
+        ),
+        (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),
         ),

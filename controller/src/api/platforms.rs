@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{
-    Platform, PlatformCreate, PlatformList, PlatformPatch, PlatformPoints, PlatformPowerState,
-    RequestOptions,
+    Platform, PlatformControlKey, PlatformCreate, PlatformList, PlatformPatch, PlatformPoints,
+    PlatformPowerState, RequestOptions,
 };
 use rusqlite::Connection;
 
@@ -100,6 +100,35 @@ pub(crate) async fn points(
         })
         .await?;
     Ok(Json(points))
+}
+
+/// `GET /v1/platforms/{id_or_name}/control-key`: the key of the platform's
+/// MSCS and points, for its owners and members (a viewer may see the
+/// platform but not act as its MSCS's caller). Each read leaves an event
+/// naming the token, never the key.
+pub(crate) async fn control_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PlatformControlKey>, ApiError> {
+    let key = key(path)?;
+    ensure_can_change(
+        &state,
+        &principal,
+        "reading the control key of",
+        "platform",
+        &key,
+        visible,
+    )
+    .await?;
+    let scope = principal.scope();
+    let reader = principal.token_name.clone();
+    let answer = state
+        .store()
+        .resources()
+        .transact(move |cx| platforms::read_control_key(cx, &scope, &key, &reader))
+        .await?;
+    Ok(Json(answer))
 }
 
 /// Whether `scope` sees the platform (for 403 versus 404).

@@ -386,6 +386,7 @@ fn capabilities() -> Capabilities {
         datapath: "netdev".into(),
         tunnel_address: String::new(),
         public_address: String::new(),
+        control_protocol_version: Some(2),
     }
 }
 

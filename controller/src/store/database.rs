@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0013_control_keys.sql"),
     include_str!("../../migrations/0014_deployment_outputs.sql"),
     include_str!("../../migrations/0015_platform_gateways.sql"),
+    include_str!("../../migrations/0016_platform_control_keys.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -251,6 +252,23 @@ mod tests {
             count("SELECT COUNT(*) FROM events WHERE tenant_id IS NULL AND object_kind = 'node'"),
             1
         );
+        // The task (0013) and the platform (0016) that predate keys got one
+        // each: 64 hex digits, not the same.
+        let keys: Vec<(String, String)> = conn
+            .prepare("SELECT owner_id, secret FROM control_keys ORDER BY owner_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let owners: Vec<&str> = keys.iter().map(|(owner, _)| owner.as_str()).collect();
+        assert_eq!(owners, ["k1", "p1"]);
+        assert!(
+            keys.iter()
+                .all(|(_, secret)| secret.len() == 64
+                    && secret.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+        assert_ne!(keys[0].1, keys[1].1);
         // Enforcement is back on, and it sees the rebuilt tables.
         assert!(conn
             .execute("DELETE FROM platforms WHERE id = 'p1'", [])

@@ -1,6 +1,8 @@
 //! The node side of platforms, VMs, programs and tasks: a node's desired state, and what
 //! its agent reports back (VM states, guests, program runs, cleanup acks).
 
+use std::collections::HashMap;
+
 use crate::access::Scope;
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
@@ -63,7 +65,10 @@ pub(crate) fn desired_state(
         ..Default::default()
     };
     state.gateways = desired_gateways(conn, node_id)?;
+    // A program run's VM is one of this node's: its platform names the key.
+    let mut platform_of_vm = HashMap::new();
     for vm in vms::of_node(conn, node_id)? {
+        platform_of_vm.insert(vm.id.clone(), vm.platform_id.clone());
         let platform = platforms::get(conn, &Scope::All, &vm.platform_id)?;
         let appliance = appliances::get_by_id(conn, &vm.appliance_id)?;
         let qos = match &vm.qos_policy_id {
@@ -122,13 +127,21 @@ pub(crate) fn desired_state(
         });
     }
     for (deployment, vm_id) in programs::active_runs_of_node(conn, node_id)? {
+        let env = match platform_of_vm.get(&vm_id) {
+            Some(platform_id) => control_keys::with_platform_key(
+                deployment.env,
+                platform_id,
+                control_keys::of(conn, platform_id)?,
+            ),
+            None => deployment.env,
+        };
         state.program_runs.push(ProgramRun {
             deployment_id: deployment.id,
             vm_id,
             program_id: deployment.program_id,
             sha256: deployment.program_sha256,
             args: deployment.args,
-            env: deployment.env.into_iter().collect(),
+            env: env.into_iter().collect(),
             program_name: deployment.program_name,
         });
     }
@@ -144,12 +157,15 @@ pub(crate) fn desired_state(
             let peers = task
                 .nodes
                 .iter()
-                .map(|name| ServicePeer {
-                    node: name.clone(),
-                    endpoint: registry
-                        .by_id_or_name(name)
-                        .map(|peer| peer.capabilities.service_endpoint.clone())
-                        .unwrap_or_default(),
+                .map(|name| {
+                    let peer = registry.by_id_or_name(name);
+                    ServicePeer {
+                        node: name.clone(),
+                        endpoint: peer
+                            .map(|peer| peer.capabilities.service_endpoint.clone())
+                            .unwrap_or_default(),
+                        control_protocol_version: peer.and_then(legacy_control_protocol),
+                    }
                 })
                 .collect();
             state.service_tasks.push(ServiceTask {
@@ -190,6 +206,16 @@ fn desired_gateways(conn: &Connection, node_id: &str) -> Result<Vec<DesiredGatew
         });
     }
     Ok(desired)
+}
+
+/// `Some(1)` for a peer whose agent serves a service host but reported no
+/// control protocol version: an agent older than version 2 (0.1.0), which
+/// the orchestrator may then drive with unsigned version-1 orders. What the
+/// agent reported in its capabilities, over its authenticated session, is
+/// the only source: a point's own answer never lowers the version.
+fn legacy_control_protocol(peer: &super::registry::NodeEntry) -> Option<u32> {
+    let caps = &peer.capabilities;
+    (!caps.service_endpoint.is_empty() && caps.control_protocol_version.is_none()).then_some(1)
 }
 
 fn ms_to_rfc3339(ms: i64) -> Option<String> {

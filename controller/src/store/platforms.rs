@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use measurelab_api::http::{
-    Platform, PlatformCreate, PlatformGatewaySpec, PlatformPatch, PlatformPowerState, TenantUsage,
+    Platform, PlatformControlKey, PlatformCreate, PlatformGatewaySpec, PlatformPatch,
+    PlatformPowerState, TenantUsage,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -13,7 +14,7 @@ use super::error::StoreError;
 use super::gateways::{self, GatewayRow, PlatformRef};
 use super::registry::Registry;
 use super::resources::TxContext;
-use super::{quotas, tenants};
+use super::{control_keys, quotas, tenants};
 use crate::access::{Scope, TenantRef};
 use crate::{placement, validation};
 
@@ -325,6 +326,7 @@ pub(crate) fn create(
             row.flow_monitoring
         ])?;
     write_members(cx, &row.id, &row.node_ids)?;
+    control_keys::create(cx, &row.id)?;
     for node in &row.node_ids {
         cx.touch_node(node)?;
     }
@@ -520,6 +522,36 @@ fn save(cx: &TxContext<'_>, row: &PlatformRow) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The control key of platform `key` in `scope`, recording that token
+/// `reader` read it (the event names the reader, never the key).
+pub(crate) fn read_control_key(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+    reader: &str,
+) -> Result<PlatformControlKey, StoreError> {
+    let platform = get(cx.tx, scope, key)?;
+    // Every platform gets one at creation (or from migration 0016).
+    let secret = control_keys::of(cx.tx, &platform.id)?.ok_or_else(|| {
+        StoreError::Corrupt(format!("platform {} has no control key", platform.id))
+    })?;
+    cx.event(
+        Some(&platform.tenant_id),
+        "PlatformControlKeyRead",
+        "platform",
+        &platform.id,
+        format!(
+            "control key of platform {} read with token {reader}",
+            platform.name
+        ),
+    )?;
+    Ok(PlatformControlKey {
+        key_id: platform.id.clone(),
+        platform: platform.id,
+        control_key: secret,
+    })
+}
+
 pub(crate) fn delete(
     cx: &mut TxContext<'_>,
     scope: &Scope,
@@ -558,6 +590,7 @@ pub(crate) fn delete(
     cx.tx
         .prepare_cached("DELETE FROM platforms WHERE id = ?1")?
         .execute([&row.id])?;
+    control_keys::delete(cx, &row.id)?;
     for node in &row.node_ids {
         cx.touch_node(node)?;
     }

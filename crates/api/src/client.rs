@@ -368,6 +368,17 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/platforms/{id_or_name}/control-key`: the key of the
+    /// platform's MSCS and points (owner or member).
+    pub async fn platform_control_key(
+        &self,
+        id_or_name: &str,
+    ) -> Result<crate::http::PlatformControlKey, ClientError> {
+        let path = format!("/v1/platforms/{}/control-key", url_component(id_or_name));
+        self.request::<(), _>(reqwest::Method::GET, &path, None)
+            .await
+    }
+
     /// `PATCH /v1/platforms/{id_or_name}`.
     pub async fn update_platform(
         &self,

@@ -90,6 +90,11 @@ pub struct Capabilities {
     #[serde(default)]
     #[schema(required = true)]
     pub public_address: String,
+    /// Measurement control protocol version of the node's service-host
+    /// point (docs/measurement-control.md); null: an agent older than
+    /// version 2, whose point speaks version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_protocol_version: Option<u32>,
 }
 
 /// A node's uplink port: one interface or a bond of several.
@@ -1965,6 +1970,32 @@ pub struct PlatformPoint {
     /// `registered` (the point registered itself) or `static` (an MSCS
     /// `--point` flag).
     pub origin: String,
+}
+
+/// `GET /v1/platforms/{id_or_name}/control-key` response: the key the
+/// controller puts into every program run of the platform
+/// (`MEASURELAB_CONTROL_KEY`, `MEASURELAB_CONTROL_KEY_ID`), so the tenant can
+/// call its MSCS's API (`Authorization: Bearer <control_key>`).
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformControlKey {
+    /// Platform id.
+    pub platform: String,
+    /// The key's id, as the programs get it in `MEASURELAB_CONTROL_KEY_ID`
+    /// (the platform id).
+    pub key_id: String,
+    /// The secret, 64 lower-case hex digits.
+    pub control_key: String,
+}
+
+/// Never prints the secret (a client that logs its answers stays safe).
+impl std::fmt::Debug for PlatformControlKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformControlKey")
+            .field("platform", &self.platform)
+            .field("key_id", &self.key_id)
+            .field("control_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `GET /v1/platforms/{id_or_name}/points` response: the latest point list

@@ -450,6 +450,8 @@ impl MscsConfig {
             clock_sync_bound_us: self.clock_sync_bound_us,
             receiver_drain_seconds: self.receiver_drain_seconds,
             control_key: self.control_key.clone(),
+            // An MSCS has no controller to vouch for a point's age.
+            v1_points: Default::default(),
         })
     }
 }

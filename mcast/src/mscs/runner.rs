@@ -1,5 +1,6 @@
 //! Drives one measurement run across the points and aggregates their reports.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -109,6 +110,11 @@ pub struct RunSpec {
     pub receiver_drain_seconds: f64,
     /// Signs `send` and `receive` for points that require per-task keys.
     pub control_key: Option<ControlKey>,
+    /// Points the controller says run an agent older than control protocol version 2
+    /// (`ServicePeer.control_protocol_version` = 1): such a point may answer `info`
+    /// with version 1 and then gets unsigned version-1 orders. Every other point must
+    /// speak [`PROTOCOL_VERSION`], whatever it answers. An MSCS never fills this.
+    pub v1_points: BTreeSet<String>,
 }
 
 /// One open control connection.
@@ -211,10 +217,20 @@ impl Conversation {
     }
 }
 
-async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
+/// The version before per-task keys (release 0.1.0): the same requests, unsigned.
+const UNSIGNED_PROTOCOL_VERSION: u32 = 1;
+
+/// Asks `point` who it is. It must speak [`PROTOCOL_VERSION`], or version 1 when
+/// `allow_v1` (the controller said its agent is that old).
+async fn point_info(point: &PointEndpoint, allow_v1: bool) -> Result<PointInfo, RunnerError> {
     let mut conversation = Conversation::open(point.control).await?;
     conversation.send(&ControlRequest::Info, None).await?;
     match conversation.receive(READY_TIMEOUT).await? {
+        ControlResponse::Info(info)
+            if allow_v1 && info.protocol_version == UNSIGNED_PROTOCOL_VERSION =>
+        {
+            Ok(info)
+        }
         // Checked before the run: a point of another version may read the requests
         // differently, and the run would measure that instead of the network.
         ControlResponse::Info(info) if info.protocol_version != PROTOCOL_VERSION => {
@@ -228,11 +244,32 @@ async fn point_info(point: &PointEndpoint) -> Result<PointInfo, RunnerError> {
     }
 }
 
+/// The key that signs the orders of `point`, which answered `info` with `version`: the
+/// run's, except for a point the controller listed in `spec.v1_points` that answers
+/// version 1, whose orders go unsigned as version 1 has them. A point's answer alone
+/// never drops the proof: one not listed gets signed orders (and a version-1 point
+/// refuses them, failing only its part).
+fn signing_key<'a>(
+    spec: &'a RunSpec,
+    point: &PointEndpoint,
+    version: u32,
+) -> Option<&'a ControlKey> {
+    let unsigned = version == UNSIGNED_PROTOCOL_VERSION && spec.v1_points.contains(&point.name);
+    spec.control_key.as_ref().filter(|_| !unsigned)
+}
+
 async fn start_receiver(
+    spec: &RunSpec,
     point: &PointEndpoint,
     request: ReceiveRequest,
-    key: Option<&ControlKey>,
 ) -> Result<Conversation, RunnerError> {
+    // Only a listed point is asked first: the others must speak this version anyway.
+    let version = if spec.control_key.is_some() && spec.v1_points.contains(&point.name) {
+        point_info(point, true).await?.protocol_version
+    } else {
+        PROTOCOL_VERSION
+    };
+    let key = signing_key(spec, point, version);
     let mut conversation = Conversation::open(point.control).await?;
     conversation
         .send(&ControlRequest::Receive(request), key)
@@ -331,17 +368,21 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
     };
 
     // The source's data address is the SSM source the receivers must join.
-    match point_info(&spec.source).await {
-        Ok(info) => source.data_addr = Some(info.data_addr),
-        Err(err) => {
-            source.error = Some(format!("source unreachable: {err}"));
-            return finish(
-                source,
-                missing_all("run aborted: source unreachable"),
-                RunStatus::Failed,
-            );
-        }
-    }
+    let source_info =
+        match point_info(&spec.source, spec.v1_points.contains(&spec.source.name)).await {
+            Ok(info) => {
+                source.data_addr = Some(info.data_addr);
+                info
+            }
+            Err(err) => {
+                source.error = Some(format!("source unreachable: {err}"));
+                return finish(
+                    source,
+                    missing_all("run aborted: source unreachable"),
+                    RunStatus::Failed,
+                );
+            }
+        };
     let ssm_source = if spec.config.ssm {
         source.data_addr
     } else {
@@ -358,7 +399,7 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
     let joins = spec
         .receivers
         .iter()
-        .map(|point| start_receiver(point, receive_request.clone(), spec.control_key.as_ref()));
+        .map(|point| start_receiver(spec, point, receive_request.clone()));
     let joined = join_all(joins).await;
 
     if joined.iter().all(Result::is_err) {
@@ -384,8 +425,8 @@ pub async fn run_measurement(spec: &RunSpec) -> ResultDocument {
         duration_seconds: spec.config.duration_seconds,
         ttl: spec.config.ttl,
     };
-    let packets_sent = match run_source(&spec.source, send_request, spec.control_key.as_ref()).await
-    {
+    let source_key = signing_key(spec, &spec.source, source_info.protocol_version);
+    let packets_sent = match run_source(&spec.source, send_request, source_key).await {
         Ok(report) => {
             let sent = report.packets_sent;
             source.report = Some(report);
@@ -517,7 +558,7 @@ mod tests {
             })
         };
         let point = fake_point(info(PROTOCOL_VERSION + 1)).await;
-        let err = point_info(&point).await.unwrap_err();
+        let err = point_info(&point, false).await.unwrap_err();
         assert!(
             matches!(err, RunnerError::ProtocolVersion { point, ours }
                 if point == PROTOCOL_VERSION + 1 && ours == PROTOCOL_VERSION),
@@ -525,6 +566,6 @@ mod tests {
         );
         assert!(err.to_string().contains("protocol version"), "{err}");
         let point = fake_point(info(PROTOCOL_VERSION)).await;
-        point_info(&point).await.unwrap();
+        point_info(&point, false).await.unwrap();
     }
 }

@@ -89,6 +89,10 @@ pub struct PlatformState {
     /// before it existed).
     #[serde(default)]
     pub flow_monitoring: Value<bool>,
+    /// The key of the platform's MSCS and points (sensitive; absent from
+    /// states written before it existed, read on the next refresh).
+    #[serde(default)]
+    pub control_key: Value<String>,
 }
 
 impl PlatformState {
@@ -209,6 +213,7 @@ impl PlatformState {
         self.subnet = Value::Unknown;
         self.created_at = Value::Unknown;
         self.mark_gateway_unknown();
+        self.control_key = Value::Unknown;
         if self.power_state.is_null() {
             self.power_state = Value::Unknown;
         }
@@ -345,6 +350,21 @@ impl ManagedResource for Platforms {
                     AttributeConstraint::OptionalComputed,
                 ),
             ),
+            (
+                "control_key".to_string(),
+                Attribute {
+                    sensitive: true,
+                    ..computed(
+                        AttributeType::String,
+                        "The platform's control key (64 hex digits). The controller gives it to every \
+                         program of the platform as `MEASURELAB_CONTROL_KEY` (unless a deployment's `env` \
+                         sets its own), so `mcast-mscs` and `mcast-point` authenticate each other; call \
+                         the MSCS's API with `Authorization: Bearer <control_key>`. Read once with an \
+                         owner or member token (`GET /v1/platforms/{id}/control-key`, recorded as an \
+                         event); null for a viewer. See docs/measurement-control.md.",
+                    )
+                },
+            ),
         ]);
         let port = |description: &str| Attribute {
             attr_type: AttributeType::Number,
@@ -466,6 +486,7 @@ impl ManagedResource for Platforms {
         }
         let mut state = planned;
         state.refresh_from(&platform);
+        fill_control_key(client, &mut state).await;
         Some(state)
     }
 
@@ -522,8 +543,9 @@ impl ManagedResource for Platforms {
         client.delete_platform(id).await.map(drop)
     }
 
-    async fn refresh(&self, _client: &Client, state: &mut PlatformState, platform: &Platform) {
+    async fn refresh(&self, client: &Client, state: &mut PlatformState, platform: &Platform) {
         state.refresh_from(platform);
+        fill_control_key(client, state).await;
     }
 
     fn upgrade(version: i64, prior: serde_json::Value) -> Result<PlatformState, String> {
@@ -534,6 +556,20 @@ impl ManagedResource for Platforms {
             )),
         }
     }
+}
+
+/// Reads the platform's control key into `state` unless it already holds it.
+/// The key never changes for a platform, so it is read once (each read is an
+/// event at the controller), not on every refresh. A token that may not read
+/// it (a viewer) leaves it null rather than failing the platform.
+async fn fill_control_key(client: &Client, state: &mut PlatformState) {
+    if state.control_key.is_value() {
+        return;
+    }
+    state.control_key = match client.platform_control_key(&known(&state.id)).await {
+        Ok(key) => Value::Value(key.control_key),
+        Err(_) => Value::Null,
+    };
 }
 
 #[cfg(test)]

@@ -1,0 +1,40 @@
+//! `measurelab platform control-key`: the key of a platform's MSCS and
+//! measurement points, for calling the MSCS's API
+//! (`Authorization: Bearer $(measurelab platform control-key NAME)`).
+
+use clap::{Args, Subcommand};
+
+use crate::access_cmd::{runtime, Connection};
+
+#[derive(Debug, Args)]
+pub struct PlatformArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: PlatformCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PlatformCommand {
+    /// Print the platform's control key (64 hex digits, alone on stdout),
+    /// the one the controller gives every program of the platform as
+    /// MEASURELAB_CONTROL_KEY. Owner or member token; each read is recorded
+    /// as an event.
+    ControlKey {
+        /// Platform name or id.
+        platform: String,
+    },
+}
+
+pub fn main(args: PlatformArgs) -> anyhow::Result<()> {
+    let client = args.connection.client()?;
+    runtime()?.block_on(async move {
+        match args.command {
+            PlatformCommand::ControlKey { platform } => {
+                let key = client.platform_control_key(&platform).await?;
+                println!("{}", key.control_key);
+                Ok(())
+            }
+        }
+    })
+}
