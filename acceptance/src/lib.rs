@@ -61,12 +61,14 @@ impl Binaries {
             "measurelab",
             "terraform-provider-measurelab",
             "measurelab-guest-agent",
+            // Platform gateways run it beside the agent.
+            "measurelab-wg",
         ] {
             let path = dir.join(binary);
             if !path.is_file() {
                 bail!(
                     "{} is missing: build it first with \
-                     `cargo build -p measurelab -p measurelab-guest -p terraform-provider-measurelab` \
+                     `cargo build -p measurelab -p measurelab-guest -p measurelab-wireguard -p terraform-provider-measurelab` \
                      (or run `cargo run -p xtask -- acc`)",
                     path.display()
                 );

@@ -62,9 +62,8 @@ fn acc_examples_apply() -> anyhow::Result<()> {
         dirs.len() >= 4,
         "expected the provider, resource and data-source examples: {dirs:?}"
     );
-    // The platform peer example puts a gateway on n1, which needs the node to
-    // report a public address; the lab's agents inherit this (TEST-NET-1).
-    std::env::set_var("MEASURELAB_AGENT_PUBLIC_ADDRESS", "192.0.2.10");
+    // The platform peer example puts a gateway on n1: `lab up` gives every
+    // node a public address on the lab internet, so n1 can run one.
     let lab = Lab::up(3)?;
     // The appliance example uploads a built image (scripts/build-appliance.sh)
     // from `var.appliance_dir`; stand-in files keep this test from needing
