@@ -75,6 +75,19 @@ resource "measurelab_vm" "b1" {
   memory_mib = 64
 }
 
+# The data source shows the gateway too (a platform looked up by name).
+data "measurelab_virtual_platform" "access" {
+  name = measurelab_virtual_platform.access.name
+}
+
+output "looked_up_gateway" {
+  value = {
+    node       = data.measurelab_virtual_platform.access.gateway_node
+    endpoint   = data.measurelab_virtual_platform.access.gateway_endpoint
+    public_key = data.measurelab_virtual_platform.access.gateway_public_key
+  }
+}
+
 output "vms" {
   value = {
     a1 = { id = measurelab_vm.a1.id, address = measurelab_vm.a1.address }
@@ -264,6 +277,13 @@ fn acc_platform_access_through_the_gateway() -> anyhow::Result<()> {
     ] {
         assert!(lines.contains(&line.as_str()), "{line:?} not in\n{config}");
     }
+    let looked_up: serde_json::Value =
+        serde_json::from_slice(&tf.ok(&["output", "-json", "looked_up_gateway"])?.stdout)?;
+    assert_eq!(
+        looked_up,
+        serde_json::json!({"node": "n1", "endpoint": endpoint, "public_key": gateway_key}),
+        "data.measurelab_virtual_platform shows the gateway"
+    );
     let on_controller = block_on(async { Ok(client.list_platform_peers("access").await?) })?;
     assert_eq!(on_controller.len(), 1);
     assert_eq!(peer["public_key"], on_controller[0].public_key.as_str());

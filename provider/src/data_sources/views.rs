@@ -119,6 +119,15 @@ pub struct PlatformView {
     /// Whether its flows are exported and kept.
     #[serde(default)]
     pub flow_monitoring: Value<bool>,
+    /// Node running its WireGuard gateway, if any.
+    #[serde(default)]
+    pub gateway_node: Value<String>,
+    /// `public_address:listen_port` of its gateway, if any.
+    #[serde(default)]
+    pub gateway_endpoint: Value<String>,
+    /// Base64 public key of its gateway, if any.
+    #[serde(default)]
+    pub gateway_public_key: Value<String>,
 }
 
 impl From<&Platform> for PlatformView {
@@ -136,6 +145,9 @@ impl From<&Platform> for PlatformView {
             created_at: text(&p.created_at),
             generation: number(p.generation),
             flow_monitoring: Value::Value(p.flow_monitoring),
+            gateway_node: optional_text(p.gateway_spec.as_ref().map(|g| &g.node)),
+            gateway_endpoint: optional_text(p.gateway_endpoint.as_ref()),
+            gateway_public_key: optional_text(p.gateway_public_key.as_ref()),
         }
     }
 }
@@ -190,6 +202,21 @@ pub fn platform_fields() -> Vec<Field> {
             "generation",
             AttributeType::Number,
             "Bumped on every change of the platform.",
+        ),
+        (
+            "gateway_node",
+            AttributeType::String,
+            "Node running the platform's WireGuard gateway; null when it has none.",
+        ),
+        (
+            "gateway_endpoint",
+            AttributeType::String,
+            "`public_address:listen_port` WireGuard peers connect to; null without a gateway.",
+        ),
+        (
+            "gateway_public_key",
+            AttributeType::String,
+            "The gateway's base64 X25519 public key; null without a gateway.",
         ),
     ]
 }
