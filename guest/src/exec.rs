@@ -98,12 +98,27 @@ impl Execs {
             tracing::debug!(%session, "frame for an unknown session; dropped");
             return;
         };
-        if slot.frames.try_send(frame).is_err() {
+        match slot.frames.try_send(frame) {
+            Ok(()) => {}
+            // The session stopped reading (its command ended) and is sending
+            // its own exit: a late credit or stdin frame has no one to go
+            // to. Answering it with an error exit would race the real one.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(%session, "frame for a session that is ending; dropped");
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overrun(&mut sessions, &session);
+            }
+        }
+    }
+
+    /// The node agent sent past the session's window: end the session.
+    fn overrun(&self, sessions: &mut HashMap<String, SessionSlot>, session: &str) {
+        if let Some(slot) = sessions.remove(session) {
             tracing::warn!(%session, "session queue overrun; ending the session");
             slot.task.abort();
-            sessions.remove(&session);
             self.link.send(&exit_message(
-                &session,
+                session,
                 ExecExit::error("the node agent sent past the session's window"),
             ));
         }
@@ -710,5 +725,63 @@ async fn get_file(
                 Some(_) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Execs on a link whose messages to the node agent land in the receiver.
+    fn execs() -> (Arc<Execs>, mpsc::Receiver<Vec<u8>>) {
+        let link = Arc::new(Link::default());
+        let (to_agent, from_guest) = mpsc::channel(8);
+        link.attach(to_agent);
+        (Arc::new(Execs::new(link)), from_guest)
+    }
+
+    /// A session slot whose task never ends by itself (the test aborts it).
+    fn insert(execs: &Execs, session: &str, frames: mpsc::Sender<ExecFrame>) {
+        let task = tokio::spawn(std::future::pending::<()>());
+        execs
+            .sessions
+            .lock()
+            .expect("sessions")
+            .insert(session.to_string(), SessionSlot { frames, task });
+    }
+
+    #[tokio::test]
+    async fn a_late_frame_for_an_ending_session_is_dropped_without_an_error_exit() {
+        let (execs, mut from_guest) = execs();
+        // The command ended: the session dropped its frame receiver and is
+        // still sending its own exit when the node agent's credit arrives.
+        let (frames, receiver) = mpsc::channel(SESSION_QUEUE);
+        drop(receiver);
+        insert(&execs, "ending", frames);
+        execs.frame("ending".into(), ExecFrame::Credit { bytes: 4096 });
+        execs.frame("ending".into(), ExecFrame::StdinEof);
+        assert!(
+            from_guest.try_recv().is_err(),
+            "a late frame must not produce an exit that races the command's own"
+        );
+        execs.close_all();
+    }
+
+    #[tokio::test]
+    async fn a_frame_past_the_window_ends_the_session_with_an_error() {
+        let (execs, mut from_guest) = execs();
+        let (frames, _receiver) = mpsc::channel(1);
+        frames
+            .try_send(ExecFrame::StdinEof)
+            .expect("room for one frame");
+        insert(&execs, "flooded", frames);
+        execs.frame("flooded".into(), ExecFrame::Credit { bytes: 1 });
+        let line = from_guest.try_recv().expect("an exit for the overrun");
+        let text = String::from_utf8(line).expect("utf-8");
+        assert!(
+            text.contains("flooded") && text.contains("past the session's window"),
+            "{text}"
+        );
+        assert!(execs.sessions.lock().expect("sessions").is_empty());
     }
 }
