@@ -4,7 +4,7 @@
 //! leaves nothing at the controller; once on one lab switch, once with
 //! every node at its own routed site.
 
-use measurelab_acceptance::multicast_example::paper_experiment;
+use measurelab_acceptance::multicast_example::{paper_experiment, programs_hold_the_platform_key};
 use measurelab_acceptance::{acc_enabled, Lab};
 
 #[test]
@@ -12,7 +12,8 @@ fn acc_multicast_module_paper_experiment() -> anyhow::Result<()> {
     if !acc_enabled("acc_multicast_module_paper_experiment") {
         return Ok(());
     }
-    paper_experiment(&Lab::up(4)?, || Ok(()))
+    let lab = Lab::up(4)?;
+    paper_experiment(&lab, || programs_hold_the_platform_key(&lab))
 }
 
 /// The same experiment with every node at its own site behind a router
@@ -32,5 +33,5 @@ fn acc_multicast_module_paper_experiment_routed() -> anyhow::Result<()> {
             node.capabilities
         );
     }
-    paper_experiment(&lab, || Ok(()))
+    paper_experiment(&lab, || programs_hold_the_platform_key(&lab))
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use measurelab_acceptance::multicast_example::paper_experiment;
+use measurelab_acceptance::multicast_example::{paper_experiment, programs_hold_the_platform_key};
 use measurelab_acceptance::release::Release;
 use measurelab_acceptance::{acc_enabled, block_on, executable, guest_processes, Lab};
 
@@ -128,8 +128,11 @@ fn acc_release_agents_under_this_controller() -> anyhow::Result<()> {
     }
     lab.wait_online(NODES as usize, Duration::from_secs(60))?;
 
+    // This controller hands the platform's key to the release's agents,
+    // which pass it on to the programs like any other env.
     paper_experiment(&lab, || {
-        guest_agents_are(&lab, &release_dir.join("measurelab-guest-agent"))
+        guest_agents_are(&lab, &release_dir.join("measurelab-guest-agent"))?;
+        programs_hold_the_platform_key(&lab)
     })
 }
 
