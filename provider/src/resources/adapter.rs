@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use measurelab_api::client::{Client, ClientError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tf_provider::schema::Schema;
+use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description, Schema};
 use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, RawValue, Resource};
 use tokio_util::sync::CancellationToken;
@@ -470,6 +470,21 @@ impl<R: ManagedResource> Resource for Adapter<R> {
                 None
             }
         }
+    }
+}
+
+/// One attribute of a resource schema, its description in markdown: the
+/// shape every resource's schema is written in.
+pub(crate) fn attribute(
+    attr_type: AttributeType,
+    description: &str,
+    constraint: AttributeConstraint,
+) -> Attribute {
+    Attribute {
+        attr_type,
+        description: Description::markdown(description),
+        constraint,
+        ..Default::default()
     }
 }
 

@@ -16,7 +16,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -381,12 +381,6 @@ impl ManagedResource for Deployments {
     }
 
     fn schema(&self) -> Schema {
-        let attribute = |attr_type, description: &str, constraint| Attribute {
-            attr_type,
-            description: Description::markdown(description),
-            constraint,
-            ..Default::default()
-        };
         let strings = || AttributeType::List(Box::new(AttributeType::String));
         let run_type = AttributeType::Object(HashMap::from([
             ("vm".to_string(), AttributeType::String),

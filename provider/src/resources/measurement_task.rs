@@ -22,7 +22,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, CreateRequest, ManagedResource};
+use super::adapter::{attribute, id_or_name, CreateRequest, ManagedResource};
 use crate::data_sources::results::{
     bottleneck_type, read_document, receiver_type, summarize_bottlenecks, summarize_document,
     BottleneckSummary, ReceiverSummary, UnreadableDocument, BOTTLENECK_DOC, RECEIVER_DOC,
@@ -615,12 +615,6 @@ impl ManagedResource for Tasks {
     }
 
     fn schema(&self) -> Schema {
-        let attribute = |attr_type, description: &str, constraint| Attribute {
-            attr_type,
-            description: Description::markdown(description),
-            constraint,
-            ..Default::default()
-        };
         use AttributeConstraint::{Optional, OptionalComputed, Required};
         let strings = || AttributeType::List(Box::new(AttributeType::String));
         let attributes: HashMap<String, Attribute> = HashMap::from([

@@ -15,7 +15,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, known, CreateRequest, ManagedResource};
 use crate::node_model::computed;
 use crate::shared::Shared;
 
@@ -101,12 +101,6 @@ impl ManagedResource for Peers {
     }
 
     fn schema(&self) -> Schema {
-        let attribute = |attr_type, description: &str, constraint| Attribute {
-            attr_type,
-            description: Description::markdown(description),
-            constraint,
-            ..Default::default()
-        };
         let attributes: HashMap<String, Attribute> = HashMap::from([
             (
                 "platform_id".to_string(),

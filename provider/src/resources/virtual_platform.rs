@@ -18,7 +18,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -276,12 +276,6 @@ impl ManagedResource for Platforms {
 
     fn schema(&self) -> Schema {
         let strings = || AttributeType::Set(Box::new(AttributeType::String));
-        let attribute = |attr_type, description: &str, constraint| Attribute {
-            attr_type,
-            description: Description::markdown(description),
-            constraint,
-            ..Default::default()
-        };
         let attributes: HashMap<String, Attribute> = HashMap::from([
             (
                 "name".to_string(),

@@ -16,7 +16,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{known, CreateRequest, DeleteWait, ManagedResource};
+use super::adapter::{attribute, known, CreateRequest, DeleteWait, ManagedResource};
 use crate::data_sources::vms::list_query;
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -422,12 +422,6 @@ impl ManagedResource for Vms {
     }
 
     fn schema(&self) -> Schema {
-        let attribute = |attr_type, description: &str, constraint| Attribute {
-            attr_type,
-            description: Description::markdown(description),
-            constraint,
-            ..Default::default()
-        };
         use AttributeConstraint::{Optional, OptionalComputed, Required};
         let condition_type = AttributeType::Object(
             ["type", "status", "reason", "message"]
