@@ -6,6 +6,8 @@
 //! Tests that wait for backoff or the loop's periods run in paused time: the
 //! clock jumps to the next timer whenever the runtime is idle.
 
+mod reconcile_common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use measurelab_agent::reconcile::{
     Action, Backends, DesiredState, DesiredVm, Reconciler, ReconcilerConfig, VmStatus,
 };
 use measurelab_api::node_v1::DesiredAppliance;
+use reconcile_common::spooled_files;
 use uuid::Uuid;
 
 const OWNER: &str = "n1";
@@ -1095,16 +1098,6 @@ fn result_line(task_id: &str, run_id: &str, request_id: &str) -> String {
     serde_json::json!({"type": "result", "task_id": task_id, "request_id": request_id,
                        "document": {"run_id": run_id, "loss": 0}})
     .to_string()
-}
-
-fn spooled_files(state_dir: &std::path::Path) -> usize {
-    std::fs::read_dir(state_dir.join("results"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// A hostile guest floods its channel - `poll_tasks` in a loop, 4 MiB

@@ -24,7 +24,9 @@ use measurelab_agent::AgentConfig;
 use measurelab_api::client::Client;
 use measurelab_api::http::{DeploymentCreate, PlatformCreate, ProgramCreate, Vm, VmBackend};
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{
+    guest_agent, namespace_vm, spooled_files, GuestCleanup, NodeController, RunningAgent,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -622,16 +624,8 @@ async fn a_hostile_guest_program_cannot_starve_the_node_or_post_for_others() {
         count("results_rejected") > 0,
         "the program hears its forged results refused: {counts}"
     );
-    let spool = state_dir.join("results");
     wait_for("refused results gone from the spool", async || {
-        let spooled = std::fs::read_dir(&spool)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .count()
-            })
-            .unwrap_or(0);
-        (spooled == 0).then_some(())
+        (spooled_files(&state_dir) == 0).then_some(())
     })
     .await;
     assert!(count("takeovers") > 0, "{counts}");

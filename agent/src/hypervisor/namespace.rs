@@ -673,14 +673,15 @@ exec ip netns exec "$netns" sh -c "$SBX_LAUNCHER" measurelab-guest "$@""#;
             std::thread::sleep(Duration::from_millis(10));
         };
         let _ = fs::remove_file(&pid_path);
-        let start_time = process_start_time(pid).ok_or_else(|| HypervisorError::Command {
-            command: self.config.guest_command.join(" "),
-            detail: format!(
-                "guest process {pid} exited immediately; see {}",
-                log_path.display()
-            ),
-            class: ErrorClass::Transient,
-        })?;
+        let start_time =
+            hostnet::process_start_time(pid).ok_or_else(|| HypervisorError::Command {
+                command: self.config.guest_command.join(" "),
+                detail: format!(
+                    "guest process {pid} exited immediately; see {}",
+                    log_path.display()
+                ),
+                class: ErrorClass::Transient,
+            })?;
         Ok(ProcessRecord { pid, start_time })
     }
 }
@@ -1176,21 +1177,8 @@ fn write_file(path: &Path, value: &str) -> Result<(), HypervisorError> {
         .map_err(|e| HypervisorError::io(format!("write {value:?} to {}", path.display()), e))
 }
 
-/// Start time (clock ticks since boot) of a live, non-zombie process.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces: parse after its ')'.
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // fields[0] is field 3 (state); start time is field 22.
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
 fn process_alive(process: ProcessRecord) -> bool {
-    process_start_time(process.pid) == Some(process.start_time)
+    hostnet::process_start_time(process.pid) == Some(process.start_time)
 }
 
 const MULTICAST_ROUTE: &str = "224.0.0.0/4";
@@ -1574,7 +1562,7 @@ mod tests {
     #[test]
     fn own_process_start_time_is_readable() {
         let pid = std::process::id();
-        let start = process_start_time(pid).expect("own /proc/<pid>/stat");
+        let start = hostnet::process_start_time(pid).expect("own /proc/<pid>/stat");
         assert!(process_alive(ProcessRecord {
             pid,
             start_time: start

@@ -239,3 +239,15 @@ pub fn namespace_vm(name: &str, platform: &str) -> measurelab_api::http::VmCreat
         request_id: None,
     }
 }
+
+/// Results waiting in an agent's on-disk spool (one `.json` file each) under
+/// its state directory.
+pub fn spooled_files(state_dir: &Path) -> usize {
+    std::fs::read_dir(state_dir.join("results"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}

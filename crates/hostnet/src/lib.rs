@@ -8,6 +8,7 @@
 //! - [`ip`], [`ip_in`]: `ip ...` and `ip -n NS ...`.
 //! - [`netns_list`], [`netns_exists`], [`netns_ensure`], [`netns_pids`],
 //!   [`netns_delete`]: named namespaces (`/run/netns`).
+//! - [`process_start_time`]: a process's identity across pid reuse.
 //! - [`link_exists`], [`link_show`], [`link_flags`], [`veth_add`],
 //!   [`tx_offload_off`]: links.
 //! - [`command_in`]: any program inside a namespace (`ip netns exec`).
@@ -169,6 +170,21 @@ pub fn netns_pids(name: &str) -> Vec<i32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// Start time (clock ticks since boot) of a live, non-zombie process: with
+/// the pid, it names one process, so a record of a daemon started earlier
+/// never matches an unrelated process that reused its pid.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: parse after its ')'.
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state); start time is field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 /// Deletes namespace `name` (`ip netns del`); its veth ends go with it, and

@@ -139,15 +139,4 @@ pub fn stop(pid: u32, start_time: u64) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Start time of a live (not zombie) process, the guard against pid reuse.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces: parse after its ')'.
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // fields[0] is field 3 (state); start time is field 22.
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
+pub use measurelab_hostnet::process_start_time;
