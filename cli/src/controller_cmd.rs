@@ -143,6 +143,30 @@ pub struct ControllerArgs {
     /// trailer saying so.
     #[arg(long, default_value_t = measurelab_controller::DEFAULT_EXPORT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     export_max_bytes: u64,
+    /// VLAN tags the controller gives platforms, FIRST-LAST within 1-4094
+    /// (default 100-3999). Leave out the tags a site's trunks already carry.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = vlan_pool)]
+    vlan_pool: Option<std::ops::RangeInclusive<u16>>,
+    /// Network the platforms' /24 subnets come from, ADDRESS/PREFIX with a
+    /// prefix of 8 to 24 (default 10.201.0.0/16). Pick one no site routes.
+    #[arg(long, value_name = "ADDRESS/PREFIX", value_parser = subnet_pool)]
+    subnet_pool: Option<(std::net::Ipv4Addr, u8)>,
+    /// Network the platform gateways' /24 tunnel networks come from (default
+    /// 100.96.0.0/12); must not overlap --subnet-pool.
+    #[arg(long, value_name = "ADDRESS/PREFIX", value_parser = tunnel_pool)]
+    tunnel_pool: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+fn vlan_pool(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    measurelab_controller::parse_vlan_pool(text).map_err(|e| e.to_string())
+}
+
+fn subnet_pool(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    measurelab_controller::parse_subnet_pool(text).map_err(|e| e.to_string())
+}
+
+fn tunnel_pool(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    measurelab_controller::parse_tunnel_pool(text).map_err(|e| e.to_string())
 }
 
 const DEFAULT_RATE: measurelab_controller::RateLimits = measurelab_controller::DEFAULT_RATE_LIMITS;
@@ -241,6 +265,15 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
     };
     config.export_max_bytes = args.export_max_bytes;
+    if let Some(pool) = args.vlan_pool.clone() {
+        config.vlan_pool = pool;
+    }
+    if let Some(pool) = args.subnet_pool {
+        config.subnet_pool = pool;
+    }
+    if let Some(pool) = args.tunnel_pool {
+        config.tunnel_pool = pool;
+    }
     if args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some() {
         let mut tls = measurelab_controller::TlsConfig::generated(args.tls_sans.clone());
         tls.cert_files = args.tls_cert.clone().zip(args.tls_key.clone());

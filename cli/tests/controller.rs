@@ -99,3 +99,128 @@ fn unknown_grpc_netns_is_an_error_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--grpc-netns"), "{stderr}");
 }
+
+fn controller_refusal(flags: &[&str]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["controller", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{flags:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_address_pools_are_refused_naming_the_flag_and_the_reason() {
+    let stderr = controller_refusal(&["--subnet-pool", "10.77.0.1/16"]);
+    assert!(stderr.contains("--subnet-pool"), "{stderr}");
+    assert!(stderr.contains("host bits are set"), "{stderr}");
+    let stderr = controller_refusal(&["--tunnel-pool", "100.96.0.0/25"]);
+    assert!(stderr.contains("--tunnel-pool"), "{stderr}");
+    assert!(stderr.contains("prefix must be 8 to 24"), "{stderr}");
+    let stderr = controller_refusal(&["--vlan-pool", "3000-5000"]);
+    assert!(stderr.contains("--vlan-pool"), "{stderr}");
+    assert!(stderr.contains("<= 4094"), "{stderr}");
+    // Each value is fine alone; together a gateway's tunnel addresses
+    // would fall inside platform subnets (default tunnel pool 100.96.0.0/12).
+    let stderr = controller_refusal(&["--subnet-pool", "100.100.0.0/16"]);
+    assert!(
+        stderr.contains("subnet pool 100.100.0.0/16 and tunnel pool 100.96.0.0/12 overlap"),
+        "{stderr}"
+    );
+}
+
+/// The pools an operator sets are the ones platforms draw from: a node
+/// registers, a platform gets the only tag and the first /24 of the given
+/// pools, and the next platform finds the one-tag pool exhausted.
+#[test]
+fn platforms_draw_from_the_pools_set_on_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let join_token_file = data.path().join("join-token");
+    std::fs::write(&join_token_file, "pools-join-secret").unwrap();
+    // The controller publishes only its HTTP address; the gRPC one is picked
+    // here (a port the kernel just handed out and nothing else binds).
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["controller", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen"])
+        .arg(grpc.to_string())
+        .arg("--join-token-file")
+        .arg(&join_token_file)
+        .args(["--vlan-pool", "3000-3000", "--subnet-pool", "10.77.0.0/16"])
+        .args(["--tunnel-pool", "100.64.0.0/16"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (http, admin) = loop {
+        let addr = std::fs::read_to_string(data.path().join("http.addr")).unwrap_or_default();
+        let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap_or_default();
+        if !token.trim().is_empty()
+            && get(addr.trim(), "/healthz").is_some_and(|r| r.contains(" 200 "))
+        {
+            break (addr.trim().to_string(), token.trim().to_string());
+        }
+        assert!(Instant::now() < deadline, "controller did not come up");
+        assert!(child.try_wait().unwrap().is_none(), "controller exited");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use measurelab_api::node_v1::node_service_client::NodeServiceClient;
+        let mut node = NodeServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("gRPC listener");
+        node.register(measurelab_api::node_v1::RegisterRequest {
+            join_token: "pools-join-secret".into(),
+            name: "n1".into(),
+            agent_version: "test-1".into(),
+            capabilities: Some(measurelab_api::node_v1::Capabilities {
+                namespace_backend: true,
+                ..Default::default()
+            }),
+            management_address: "10.254.0.11".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register n1");
+    });
+    let client =
+        measurelab_api::client::Client::new(&format!("http://{http}"), &admin, None).unwrap();
+    let platform = |name: &str| measurelab_api::http::PlatformCreate {
+        tenant: None,
+        name: name.into(),
+        nodes: vec!["n1".into()],
+        admins: vec![],
+        description: None,
+        request_id: None,
+        flow_monitoring: None,
+        gateway: None,
+    };
+    let first = runtime
+        .block_on(client.create_platform(&platform("pools-a")))
+        .expect("first platform");
+    assert_eq!(first.vlan_tag, 3000);
+    assert_eq!(first.subnet, "10.77.0.0/24");
+    let exhausted = runtime
+        .block_on(client.create_platform(&platform("pools-b")))
+        .expect_err("a second platform has no tag left")
+        .to_string();
+    assert!(exhausted.contains("3000-3000"), "{exhausted}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -114,8 +114,9 @@ pub struct ControllerConfig {
     /// Network the platform subnets (/24s) come from (`--subnet-pool
     /// 10.201.0.0/16`): address and prefix length (8..=24). Default 10.201.0.0/16.
     pub subnet_pool: (Ipv4Addr, u8),
-    /// Network the platform gateways' tunnel networks (/24s) come from:
-    /// address and prefix length (8..=24). Default 100.96.0.0/12.
+    /// Network the platform gateways' tunnel networks (/24s) come from
+    /// (`--tunnel-pool 100.96.0.0/12`): address and prefix length (8..=24),
+    /// apart from `subnet_pool`. Default 100.96.0.0/12.
     pub tunnel_pool: (Ipv4Addr, u8),
     /// The flow collector (nfcapd) the controller runs and nodes export to;
     /// `None`: none, and platform flows are unavailable.
@@ -191,27 +192,60 @@ fn check_vlan_pool(pool: &RangeInclusive<u16>) -> Result<(), ControllerError> {
 
 /// Parse a subnet pool such as `10.201.0.0/16` (prefix 8..=24; split into /24s).
 pub fn parse_subnet_pool(text: &str) -> Result<(Ipv4Addr, u8), ControllerError> {
-    let bad = |why: &str| ControllerError::Config(format!("subnet pool {text:?}: {why}"));
+    parse_ipv4_pool("subnet pool", text)
+}
+
+/// Parse a tunnel pool such as `100.96.0.0/12` (prefix 8..=24; split into /24s).
+pub fn parse_tunnel_pool(text: &str) -> Result<(Ipv4Addr, u8), ControllerError> {
+    parse_ipv4_pool("tunnel pool", text)
+}
+
+fn parse_ipv4_pool(pool: &str, text: &str) -> Result<(Ipv4Addr, u8), ControllerError> {
+    let bad = |why: &str| ControllerError::Config(format!("{pool} {text:?}: {why}"));
     let (address, prefix) = text
         .split_once('/')
         .ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 10.201.0.0/16"))?;
     let address: Ipv4Addr = address.parse().map_err(|_| bad("not an IPv4 address"))?;
     let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
-    let pool = (address, prefix);
-    check_subnet_pool(pool)?;
-    Ok(pool)
+    let network = (address, prefix);
+    check_ipv4_pool(pool, network)?;
+    Ok(network)
 }
 
-fn check_subnet_pool((address, prefix): (Ipv4Addr, u8)) -> Result<(), ControllerError> {
+fn check_ipv4_pool(pool: &str, (address, prefix): (Ipv4Addr, u8)) -> Result<(), ControllerError> {
     if !(8..=24).contains(&prefix) {
         return Err(ControllerError::Config(format!(
-            "subnet pool {address}/{prefix}: the prefix must be 8 to 24 (the pool is split into /24s)"
+            "{pool} {address}/{prefix}: the prefix must be 8 to 24 (the pool is split into /24s)"
         )));
     }
     let host_bits = u32::from(address) & !(u32::MAX << (32 - u32::from(prefix)));
     if host_bits != 0 {
         return Err(ControllerError::Config(format!(
-            "subnet pool {address}/{prefix}: host bits are set; use the network address"
+            "{pool} {address}/{prefix}: host bits are set; use the network address"
+        )));
+    }
+    Ok(())
+}
+
+/// A gateway routes its peers' tunnel addresses into the platform subnet and
+/// masquerades them: an address both a peer and a VM could hold would be
+/// sent to the wrong one.
+fn check_pools_apart(
+    subnets: (Ipv4Addr, u8),
+    tunnels: (Ipv4Addr, u8),
+) -> Result<(), ControllerError> {
+    let network = |(address, prefix): (Ipv4Addr, u8)| {
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        (u32::from(address) & mask, mask)
+    };
+    let ((subnet_net, subnet_mask), (tunnel_net, tunnel_mask)) =
+        (network(subnets), network(tunnels));
+    // Two networks overlap when the shorter prefix holds the other's address.
+    let wider = subnet_mask & tunnel_mask;
+    if subnet_net & wider == tunnel_net & wider {
+        return Err(ControllerError::Config(format!(
+            "subnet pool {}/{} and tunnel pool {}/{} overlap: a platform's gateway could not tell a peer from a VM",
+            subnets.0, subnets.1, tunnels.0, tunnels.1
         )));
     }
     Ok(())
@@ -326,8 +360,9 @@ pub async fn run(
         }
     }
     check_vlan_pool(&config.vlan_pool)?;
-    check_subnet_pool(config.subnet_pool)?;
-    check_subnet_pool(config.tunnel_pool)?;
+    check_ipv4_pool("subnet pool", config.subnet_pool)?;
+    check_ipv4_pool("tunnel pool", config.tunnel_pool)?;
+    check_pools_apart(config.subnet_pool, config.tunnel_pool)?;
     config
         .http_limits
         .validate()
@@ -540,4 +575,29 @@ pub async fn run(
     writer.join().await;
     tracing::info!("controller stopped");
     http.and(grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apart(subnets: &str, tunnels: &str) -> bool {
+        check_pools_apart(
+            parse_subnet_pool(subnets).unwrap(),
+            parse_tunnel_pool(tunnels).unwrap(),
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn pools_overlap_when_either_holds_the_other() {
+        assert!(apart("10.201.0.0/16", "100.96.0.0/12"));
+        // Neighbours share no address.
+        assert!(apart("10.0.0.0/16", "10.1.0.0/16"));
+        assert!(apart("10.1.0.0/24", "10.1.1.0/24"));
+        // A tunnel pool inside the subnet pool, and the reverse.
+        assert!(!apart("10.0.0.0/8", "10.99.0.0/16"));
+        assert!(!apart("100.100.0.0/16", "100.96.0.0/12"));
+        assert!(!apart("10.5.5.0/24", "10.5.5.0/24"));
+    }
 }
