@@ -648,6 +648,88 @@ pub const PROVIDER_BLOCK: &str = r#"terraform {
 provider "measurelab" {}
 "#;
 
+/// HCL for platform `platform` on n1 with one 64 MiB namespace VM,
+/// `measurelab_vm.worker`, for tests of what runs inside a VM.
+pub fn worker_slice_hcl(platform: &str) -> String {
+    format!(
+        r#"
+resource "measurelab_virtual_platform" "slice" {{
+  name  = "{platform}"
+  nodes = ["n1"]
+}}
+
+resource "measurelab_vm" "worker" {{
+  name       = "worker"
+  platform   = measurelab_virtual_platform.slice.name
+  node       = "n1"
+  appliance  = "namespace"
+  backend    = "namespace"
+  vcpus      = 1
+  memory_mib = 64
+}}
+"#
+    )
+}
+
+/// HCL for a multicast slice written with the resources directly (no
+/// module): platform `platform` on n1 and n2, VMs `mscs` and `a` on n1 and
+/// `b` on n2, programs `<prefix>-point` and `<prefix>-mscs` from `bin`, a
+/// point serving on port 7400 in `a` and `b`, and an MSCS in `mscs` that
+/// knows both. A test adds its task (depending on
+/// `measurelab_deployment.mscs`) and its outputs.
+pub fn mcast_slice_hcl(platform: &str, prefix: &str, bin: &std::path::Path) -> String {
+    let bin = bin.display();
+    format!(
+        r#"
+resource "measurelab_virtual_platform" "t" {{
+  name  = "{platform}"
+  nodes = ["n1", "n2"]
+}}
+
+resource "measurelab_vm" "vm" {{
+  for_each   = {{ mscs = "n1", a = "n1", b = "n2" }}
+  name       = each.key
+  platform   = measurelab_virtual_platform.t.name
+  node       = each.value
+  appliance  = "namespace"
+  backend    = "namespace"
+  vcpus      = 1
+  # Program delivery holds the ~18 MiB mcast-mscs (and its base64) in the
+  # guest agent's memory; 32 MiB got it OOM-killed in the VM's cgroup.
+  memory_mib = 128
+}}
+
+resource "measurelab_program" "point" {{
+  name   = "{prefix}-point"
+  source = "{bin}/mcast-point"
+}}
+
+resource "measurelab_program" "mscs" {{
+  name   = "{prefix}-mscs"
+  source = "{bin}/mcast-mscs"
+}}
+
+resource "measurelab_deployment" "point" {{
+  for_each = toset(["a", "b"])
+  program  = measurelab_program.point.id
+  vms      = [measurelab_vm.vm[each.key].id]
+  args     = ["serve", "--listen", "${{measurelab_vm.vm[each.key].address}}:7400", "--name", each.key,
+              "--data-addr", measurelab_vm.vm[each.key].address]
+}}
+
+resource "measurelab_deployment" "mscs" {{
+  program = measurelab_program.mscs.id
+  vms     = [measurelab_vm.vm["mscs"].id]
+  args = ["--state-file", "state.json", "--platform-api", "http://127.0.0.1:7079",
+          "--platform-poll-seconds", "1",
+          "--point", "a=${{measurelab_vm.vm["a"].address}}:7400",
+          "--point", "b=${{measurelab_vm.vm["b"].address}}:7400"]
+  depends_on = [measurelab_deployment.point]
+}}
+"#
+    )
+}
+
 /// A local TCP port with nothing listening on it (bound, then released).
 pub fn closed_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

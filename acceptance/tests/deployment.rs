@@ -2,7 +2,8 @@
 //! update -> replace -> destroy.
 
 use measurelab_acceptance::{
-    acc_enabled, block_on, describe, planned_actions, resource_values, Lab, PROVIDER_BLOCK,
+    acc_enabled, block_on, describe, planned_actions, resource_values, worker_slice_hcl, Lab,
+    PROVIDER_BLOCK,
 };
 use measurelab_api::http::Deployment;
 
@@ -15,23 +16,10 @@ const TICKER: &str = "#!/bin/sh\necho \"ticker up: $* ($GREETING)\"\nexec sleep 
 /// although the controller reports a deployment's program by name: import
 /// must read back what the configuration holds.
 fn config(args: &str, timeouts: &str) -> String {
+    let slice = worker_slice_hcl("slice-deploy");
     format!(
         r#"{PROVIDER_BLOCK}
-resource "measurelab_virtual_platform" "slice" {{
-  name  = "slice-deploy"
-  nodes = ["n1"]
-}}
-
-resource "measurelab_vm" "worker" {{
-  name       = "worker"
-  platform   = measurelab_virtual_platform.slice.name
-  node       = "n1"
-  appliance  = "namespace"
-  backend    = "namespace"
-  vcpus      = 1
-  memory_mib = 64
-}}
-
+{slice}
 resource "measurelab_program" "ticker" {{
   name   = "ticker"
   source = "${{path.module}}/ticker.sh"

@@ -6,7 +6,8 @@
 //! the deployment in place without touching its run.
 
 use measurelab_acceptance::{
-    acc_enabled, block_on, describe, planned_actions, resource_values, Lab, PROVIDER_BLOCK,
+    acc_enabled, block_on, describe, planned_actions, resource_values, worker_slice_hcl, Lab,
+    PROVIDER_BLOCK,
 };
 use measurelab_api::http::Deployment;
 
@@ -20,23 +21,10 @@ fn program(dir: &str) -> String {
 }
 
 fn config(outputs: &str, read: &str, max_bytes: &str) -> String {
+    let slice = worker_slice_hcl("slice-outputs");
     format!(
         r#"{PROVIDER_BLOCK}
-resource "measurelab_virtual_platform" "slice" {{
-  name  = "slice-outputs"
-  nodes = ["n1"]
-}}
-
-resource "measurelab_vm" "worker" {{
-  name       = "worker"
-  platform   = measurelab_virtual_platform.slice.name
-  node       = "n1"
-  appliance  = "namespace"
-  backend    = "namespace"
-  vcpus      = 1
-  memory_mib = 64
-}}
-
+{slice}
 resource "measurelab_program" "writer" {{
   name   = "writer"
   source = "${{path.module}}/writer.sh"

@@ -7,63 +7,19 @@ use std::path::Path;
 use std::process::Command;
 
 use measurelab_acceptance::{
-    acc_enabled, block_on, describe, planned_actions, resource_values, Lab, PROVIDER_BLOCK,
+    acc_enabled, block_on, describe, mcast_slice_hcl, planned_actions, resource_values, Lab,
+    PROVIDER_BLOCK,
 };
 
 fn config(bin: &Path, rate_pps: u32) -> String {
-    let bin = bin.display();
+    let slice = mcast_slice_hcl("acc-task", "acc-mcast", bin);
     format!(
         r#"{PROVIDER_BLOCK}
 data "measurelab_appliances" "ns" {{
   backend = "namespace"
 }}
 
-resource "measurelab_virtual_platform" "t" {{
-  name  = "acc-task"
-  nodes = ["n1", "n2"]
-}}
-
-resource "measurelab_vm" "vm" {{
-  for_each   = {{ mscs = "n1", a = "n1", b = "n2" }}
-  name       = each.key
-  platform   = measurelab_virtual_platform.t.name
-  node       = each.value
-  appliance  = "namespace"
-  backend    = "namespace"
-  vcpus      = 1
-  # Program delivery holds the ~18 MiB mcast-mscs (and its base64) in the
-  # guest agent's memory; 32 MiB got it OOM-killed in the VM's cgroup.
-  memory_mib = 128
-}}
-
-resource "measurelab_program" "point" {{
-  name   = "acc-mcast-point"
-  source = "{bin}/mcast-point"
-}}
-
-resource "measurelab_program" "mscs" {{
-  name   = "acc-mcast-mscs"
-  source = "{bin}/mcast-mscs"
-}}
-
-resource "measurelab_deployment" "point" {{
-  for_each = toset(["a", "b"])
-  program  = measurelab_program.point.id
-  vms      = [measurelab_vm.vm[each.key].id]
-  args     = ["serve", "--listen", "${{measurelab_vm.vm[each.key].address}}:7400", "--name", each.key,
-              "--data-addr", measurelab_vm.vm[each.key].address]
-}}
-
-resource "measurelab_deployment" "mscs" {{
-  program = measurelab_program.mscs.id
-  vms     = [measurelab_vm.vm["mscs"].id]
-  args = ["--state-file", "state.json", "--platform-api", "http://127.0.0.1:7079",
-          "--platform-poll-seconds", "1",
-          "--point", "a=${{measurelab_vm.vm["a"].address}}:7400",
-          "--point", "b=${{measurelab_vm.vm["b"].address}}:7400"]
-  depends_on = [measurelab_deployment.point]
-}}
-
+{slice}
 resource "measurelab_measurement_task" "once" {{
   name             = "acc-once"
   platform         = measurelab_virtual_platform.t.name

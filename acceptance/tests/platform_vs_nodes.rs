@@ -6,56 +6,15 @@
 
 use std::path::Path;
 
-use measurelab_acceptance::{acc_enabled, describe, resource_values, Lab, PROVIDER_BLOCK};
+use measurelab_acceptance::{
+    acc_enabled, describe, mcast_slice_hcl, resource_values, Lab, PROVIDER_BLOCK,
+};
 
 fn config(bin: &Path) -> String {
-    let bin = bin.display();
+    let slice = mcast_slice_hcl("acc-compare", "acc-cmp", bin);
     format!(
         r#"{PROVIDER_BLOCK}
-resource "measurelab_virtual_platform" "t" {{
-  name  = "acc-compare"
-  nodes = ["n1", "n2"]
-}}
-
-resource "measurelab_vm" "vm" {{
-  for_each   = {{ mscs = "n1", a = "n1", b = "n2" }}
-  name       = each.key
-  platform   = measurelab_virtual_platform.t.name
-  node       = each.value
-  appliance  = "namespace"
-  backend    = "namespace"
-  vcpus      = 1
-  memory_mib = 128
-}}
-
-resource "measurelab_program" "point" {{
-  name   = "acc-cmp-point"
-  source = "{bin}/mcast-point"
-}}
-
-resource "measurelab_program" "mscs" {{
-  name   = "acc-cmp-mscs"
-  source = "{bin}/mcast-mscs"
-}}
-
-resource "measurelab_deployment" "point" {{
-  for_each = toset(["a", "b"])
-  program  = measurelab_program.point.id
-  vms      = [measurelab_vm.vm[each.key].id]
-  args     = ["serve", "--listen", "${{measurelab_vm.vm[each.key].address}}:7400", "--name", each.key,
-              "--data-addr", measurelab_vm.vm[each.key].address]
-}}
-
-resource "measurelab_deployment" "mscs" {{
-  program = measurelab_program.mscs.id
-  vms     = [measurelab_vm.vm["mscs"].id]
-  args = ["--state-file", "state.json", "--platform-api", "http://127.0.0.1:7079",
-          "--platform-poll-seconds", "1",
-          "--point", "a=${{measurelab_vm.vm["a"].address}}:7400",
-          "--point", "b=${{measurelab_vm.vm["b"].address}}:7400"]
-  depends_on = [measurelab_deployment.point]
-}}
-
+{slice}
 resource "measurelab_measurement_task" "checked" {{
   name                      = "acc-compare"
   platform                  = measurelab_virtual_platform.t.name
