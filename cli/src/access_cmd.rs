@@ -10,7 +10,8 @@ use measurelab_api::http::{ApiToken, ApiTokenCreate, Quota, Role, TenantCreate};
 /// Where the controller is and which token to use.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// Controller HTTP endpoint.
+    /// Controller HTTP endpoint; replicas as one list separated by commas
+    /// (the next is tried when a connection is refused).
     #[arg(
         long,
         env = "MEASURELAB_ENDPOINT",

@@ -10,7 +10,8 @@ use measurelab_api::http::{JoinTokenCreate, NodeStatus};
 /// Where the controller is and who is asking.
 #[derive(Debug, Args)]
 pub struct ApiTarget {
-    /// Controller HTTP API.
+    /// Controller HTTP API; replicas as one list separated by commas (the
+    /// next is tried when a connection is refused).
     #[arg(
         long,
         env = "MEASURELAB_ENDPOINT",

@@ -149,8 +149,15 @@ fn load_ca_cert(diags: &mut Diagnostics, value: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Check that `endpoint` is an http(s) URL with a host.
-pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+/// Check that `endpoints` is an http(s) URL with a host, or several
+/// separated by commas (controller replicas).
+pub fn check_endpoint(endpoints: &str) -> Result<(), String> {
+    measurelab_api::client::split_endpoints(endpoints)?
+        .iter()
+        .try_for_each(|endpoint| check_one_endpoint(endpoint))
+}
+
+fn check_one_endpoint(endpoint: &str) -> Result<(), String> {
     let rest = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
@@ -192,6 +199,9 @@ impl Provider for MeasurelabProvider {
                 attributes: map! {
                     "endpoint" => setting(
                         "Base URL of the controller's HTTP API, for example `http://127.0.0.1:7070`. \
+                         Controller replicas sharing one PostgreSQL store go in as one list separated \
+                         by commas (`https://c1:7070,https://c2:7070`): the provider sends to the one \
+                         that last answered and goes on to the next when a connection is refused. \
                          Defaults to the `MEASURELAB_ENDPOINT` environment variable.",
                         false,
                     ),
@@ -233,7 +243,7 @@ impl Provider for MeasurelabProvider {
                     diags,
                     AttributePath::new("endpoint"),
                     "Invalid controller endpoint",
-                    format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
+                    format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070 (several replicas: separate them with commas)."),
                 );
             } else if let Ok(insecure) = resolve_insecure(&config.insecure) {
                 refuse_plaintext(diags, endpoint.trim(), insecure);
@@ -272,7 +282,7 @@ impl Provider for MeasurelabProvider {
                 diags,
                 AttributePath::new("endpoint"),
                 "Invalid controller endpoint",
-                format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070."),
+                format!("{reason}.\n\nWhat to do: write it like http://127.0.0.1:7070 (several replicas: separate them with commas)."),
             );
             return Some(());
         }
@@ -371,6 +381,12 @@ mod tests {
         assert!(check_endpoint("https://ctl.example/").is_ok());
         assert!(check_endpoint("127.0.0.1:7070").is_err());
         assert!(check_endpoint("http://").is_err());
+        // Replicas: every entry is checked, and an empty one is named.
+        assert!(check_endpoint("https://c1:7070, https://c2:7070").is_ok());
+        let err = check_endpoint("https://c1:7070,c2:7070").unwrap_err();
+        assert!(err.contains("\"c2:7070\" must start with http"), "{err}");
+        let err = check_endpoint("https://c1:7070,").unwrap_err();
+        assert!(err.contains("empty entry"), "{err}");
     }
 
     #[test]

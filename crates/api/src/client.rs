@@ -92,11 +92,58 @@ fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
 pub const FIELD_VALIDATION: &str = "fieldValidation";
 
 /// Client for `/v1/`.
+///
+/// It may know several endpoints (controller replicas sharing one store,
+/// given as `https://a:7070,https://b:7070`). It sends to the one that last
+/// answered; when a request cannot even connect there it goes on to the
+/// next, so a dead replica costs one refused connection. A request that
+/// reached a controller and then lost its answer is not sent again here:
+/// only the caller knows whether that is safe (the provider resends a
+/// create under the same `request_id`), and its next call starts at the
+/// next endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    endpoint: String,
+    endpoints: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
+}
+
+/// The endpoints of a comma-separated list (`https://a:7070,https://b:7070`;
+/// one endpoint is a list of one), trimmed, with no trailing `/`. Empty
+/// entries are an error, as is an empty list.
+pub fn split_endpoints(list: &str) -> Result<Vec<String>, String> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(|e| e.trim().trim_end_matches('/').to_string())
+        .collect();
+    if endpoints.iter().any(String::is_empty) {
+        return Err(format!(
+            "{list:?} has an empty entry: give one URL, or several separated by commas"
+        ));
+    }
+    Ok(endpoints)
+}
+
+/// `url`, made on endpoint `from`, on endpoint `to` instead: the same path
+/// below the endpoint's own (a controller behind a proxy may have one) and
+/// the same query.
+fn rebase(url: &reqwest::Url, from: &str, to: &str) -> Result<reqwest::Url, ClientError> {
+    let base_path = |endpoint: &str| -> Result<String, ClientError> {
+        let parsed: reqwest::Url = endpoint
+            .parse()
+            .map_err(|e| ClientError::Config(format!("endpoint {endpoint:?}: {e}")))?;
+        Ok(parsed.path().trim_end_matches('/').to_string())
+    };
+    let below = url
+        .path()
+        .strip_prefix(&base_path(from)?)
+        .unwrap_or(url.path());
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let target = format!("{}{below}{query}", to.trim_end_matches('/'));
+    target
+        .parse()
+        .map_err(|e| ClientError::Config(format!("endpoint {to:?}: {e}")))
 }
 
 /// Whether `host` (from a URL: a name, an IPv4 or a bracketed IPv6
@@ -112,7 +159,13 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// Refuse plaintext `http://` to anything but loopback unless `insecure`:
 /// the bearer token, and everything it can do, would cross the network in
 /// clear. The error says why; the caller names the setting.
-pub fn check_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
+pub fn check_transport(endpoints: &str, insecure: bool) -> Result<(), String> {
+    split_endpoints(endpoints)?
+        .iter()
+        .try_for_each(|endpoint| check_one_transport(endpoint, insecure))
+}
+
+fn check_one_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
     let Some(rest) = endpoint.strip_prefix("http://") else {
         return Ok(());
     };
@@ -133,8 +186,9 @@ pub fn check_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
 }
 
 impl Client {
-    /// Build a client for `endpoint` (e.g. `http://127.0.0.1:7070`), with an
-    /// optional PEM CA certificate for TLS endpoints.
+    /// Build a client for `endpoint` (e.g. `http://127.0.0.1:7070`, or
+    /// several replicas' separated by commas), with an optional PEM CA
+    /// certificate for TLS endpoints.
     pub fn new(
         endpoint: &str,
         token: &str,
@@ -154,16 +208,74 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
+        let endpoints = split_endpoints(endpoint).map_err(ClientError::Config)?;
         Ok(Client {
             http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            endpoints: endpoints.into(),
+            current: Default::default(),
             token: token.to_string(),
         })
     }
 
-    /// The endpoint this client talks to.
+    fn build(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Request, ClientError> {
+        req.build()
+            .map_err(|e| ClientError::Config(format!("cannot build the request: {e}")))
+    }
+
+    /// The endpoint this client sends its next request to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.endpoints[self.current_index()]
+    }
+
+    fn current_index(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    /// `path` (with its query) at the current endpoint.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint())
+    }
+
+    /// Sends `request` (built on [`Self::url`]), going on to the next
+    /// endpoint while the connection is refused (see [`Client`]).
+    async fn dispatch(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<reqwest::Response, ClientError> {
+        let count = self.endpoints.len();
+        let mut index = self.current_index();
+        let mut left = count;
+        loop {
+            left -= 1;
+            // A streamed body cannot be sent twice: such a request gets
+            // one endpoint.
+            let spare = (left > 0).then(|| request.try_clone()).flatten();
+            let source = match self.http.execute(request).await {
+                Ok(response) => {
+                    self.current
+                        .store(index, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(source) => source,
+            };
+            let next = (index + 1) % count;
+            self.current
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+            match spare {
+                Some(mut again) if source.is_connect() => {
+                    *again.url_mut() =
+                        rebase(again.url(), &self.endpoints[index], &self.endpoints[next])?;
+                    request = again;
+                    index = next;
+                }
+                _ => {
+                    return Err(ClientError::Unreachable {
+                        endpoint: self.endpoints[index].clone(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// Every item of a list route, following `next_cursor` page by page
@@ -202,8 +314,10 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.endpoint, path);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             // Strict is safe from this client: request bodies leave out every
             // optional field that is not set, so an older controller only
@@ -220,13 +334,7 @@ impl Client {
         req: reqwest::RequestBuilder,
         path: &str,
     ) -> Result<T, ClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+        let resp = self.dispatch(self.build(req)?).await?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -558,7 +666,7 @@ impl Client {
         let path = format!("/v1/appliance_files/{}", url_component(sha256));
         let req = self
             .http
-            .put(format!("{}{}", self.endpoint, path))
+            .put(self.url(&path))
             .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             // An image of gigabytes takes longer than the default timeout.
@@ -593,20 +701,14 @@ impl Client {
         open: &crate::exec::ExecOpen,
     ) -> Result<reqwest::Upgraded, ClientError> {
         let path = format!("/v1/vms/{}/exec", url_component(id_or_name));
-        let url = format!("{}{}", self.endpoint, path);
-        let resp = self
+        let request = self
             .http
-            .post(&url)
+            .post(self.url(&path))
             .bearer_auth(&self.token)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, crate::exec::EXEC_UPGRADE_PROTOCOL)
-            .json(open)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+            .json(open);
+        let resp = self.dispatch(self.build(request)?).await?;
         if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
             let status = resp.status();
             let bytes = resp.bytes().await.unwrap_or_default();
@@ -770,17 +872,12 @@ impl Client {
         if let Some(vm) = vm {
             path.push_str(&format!("?vm={}", url_component(vm)));
         }
-        let resp = self
+        let request = self
             .http
-            .get(format!("{}{}", self.endpoint, path))
+            .get(self.url(&path))
             .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(24 * 3600))
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+            .timeout(std::time::Duration::from_secs(24 * 3600));
+        let resp = self.dispatch(self.build(request)?).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             let bytes = resp.bytes().await.unwrap_or_default();
@@ -1023,6 +1120,155 @@ mod tests {
             );
             assert!(check_transport(refused, true).is_ok(), "{refused}");
         }
+    }
+
+    /// A controller stand-in that answers `{}` to every request, counting
+    /// them, or (`answer = false`) reads each request and hangs up.
+    async fn stand_in(answer: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        head.clear();
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if !answer {
+                            return;
+                        }
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if socket.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (endpoint, requests)
+    }
+
+    /// An address where nothing listens: a port the kernel handed out and
+    /// took back.
+    fn refusing_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refused_endpoint_is_skipped_and_the_next_one_kept() {
+        let dead = refusing_endpoint();
+        let (alive, requests) = stand_in(true).await;
+        let client = Client::new(&format!("{dead}, {alive}/"), "t", None).unwrap();
+        assert_eq!(client.endpoint(), dead);
+        let _: serde_json::Value = client
+            .request::<(), _>(reqwest::Method::GET, "/v1/whoami", None)
+            .await
+            .expect("the second endpoint answers");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            client.endpoint(),
+            alive,
+            "the client sticks to the one that answered"
+        );
+        // A body goes along to the next endpoint too.
+        let _: serde_json::Value = client
+            .request(
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(&serde_json::json!({"a": 1})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_reached_a_controller_is_not_sent_again() {
+        let (hangs_up, first) = stand_in(false).await;
+        let (alive, second) = stand_in(true).await;
+        let client = Client::new(&format!("{hangs_up},{alive}"), "t", None).unwrap();
+        let err = client
+            .request(
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(&serde_json::json!({"a": 1})),
+            )
+            .await
+            .map(|_: serde_json::Value| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Unreachable { endpoint, .. } if *endpoint == hangs_up),
+            "{err}"
+        );
+        assert_eq!(first.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            second.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not resent"
+        );
+        // The caller's next attempt goes to the next endpoint.
+        assert_eq!(client.endpoint(), alive);
+    }
+
+    #[tokio::test]
+    async fn every_endpoint_refused_names_the_last_one_tried() {
+        let (a, b) = (refusing_endpoint(), refusing_endpoint());
+        let client = Client::new(&format!("{a},{b}"), "t", None).unwrap();
+        let err = client
+            .request::<(), serde_json::Value>(reqwest::Method::GET, "/v1/whoami", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Unreachable { endpoint, .. } if *endpoint == b),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn endpoint_lists_are_checked() {
+        assert_eq!(
+            split_endpoints(" https://a:7070/ ,https://b:7070").unwrap(),
+            ["https://a:7070", "https://b:7070"]
+        );
+        for bad in ["", "https://a:7070,", "https://a:7070,,https://b:7070"] {
+            let err = split_endpoints(bad).unwrap_err();
+            assert!(err.contains("empty entry"), "{bad:?}: {err}");
+            assert!(matches!(
+                Client::new(bad, "t", None),
+                Err(ClientError::Config(_))
+            ));
+        }
+        // One plaintext endpoint off loopback is enough to refuse the list.
+        let err = check_transport("https://a:7070,http://10.0.0.2:7070", false).unwrap_err();
+        assert!(err.contains("10.0.0.2"), "{err}");
+    }
+
+    #[test]
+    fn a_url_moves_to_another_endpoint_with_its_path_and_query() {
+        let url: reqwest::Url = "http://a:1/api/v1/vms/x?force=true".parse().unwrap();
+        assert_eq!(
+            rebase(&url, "http://a:1/api", "https://b:2/api/")
+                .unwrap()
+                .as_str(),
+            "https://b:2/api/v1/vms/x?force=true"
+        );
+        let url: reqwest::Url = "http://a:1/v1/nodes".parse().unwrap();
+        assert_eq!(
+            rebase(&url, "http://a:1", "http://c:3").unwrap().as_str(),
+            "http://c:3/v1/nodes"
+        );
     }
 
     #[test]
