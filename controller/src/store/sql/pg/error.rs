@@ -46,6 +46,13 @@ pub(crate) enum PgError {
         name: String,
         reason: String,
     },
+    /// A background thread (leadership, listener) could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The database was migrated by a newer build than this one.
     #[error("the database's schema version {found} is newer than the newest this build knows ({known}); run the newer controller")]
     SchemaTooNew { found: i64, known: i64 },

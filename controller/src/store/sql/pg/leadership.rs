@@ -53,8 +53,9 @@ impl Leadership {
         let thread = thread::Builder::new()
             .name("pg-leadership".into())
             .spawn(move || hold(&config, check_every, &flag, &stopped))
-            .map_err(|err| PgError::Url {
-                reason: format!("cannot start the leadership thread: {err}"),
+            .map_err(|source| PgError::Spawn {
+                what: "leadership",
+                source,
             })?;
         Ok(Leadership {
             leader,

@@ -65,8 +65,9 @@ impl Listener {
         let thread = thread::Builder::new()
             .name("pg-listener".into())
             .spawn(move || listen_loop(&config, &listen, &events, &flag))
-            .map_err(|err| PgError::Url {
-                reason: format!("cannot start the listener thread: {err}"),
+            .map_err(|source| PgError::Spawn {
+                what: "listener",
+                source,
             })?;
         Ok(Listener {
             stop,

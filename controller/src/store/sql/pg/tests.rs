@@ -409,26 +409,43 @@ fn losing_the_session_loses_leadership() {
     assert!(!(a.is_leader() && b.is_leader()));
 }
 
-fn recv(
-    runtime: &tokio::runtime::Runtime,
-    rx: &mut tokio::sync::mpsc::Receiver<ListenEvent>,
-) -> ListenEvent {
-    runtime
-        .block_on(async { tokio::time::timeout(DEADLINE, rx.recv()).await })
-        .expect("an event within the deadline")
-        .expect("the listener is running")
+/// A listener on `channel` and the receiving end of its events.
+struct Listening {
+    runtime: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<ListenEvent>,
+    _listener: Listener,
+}
+
+impl Listening {
+    /// Started and past its first [`ListenEvent::Listening`].
+    fn start(db: &TestDatabase, channel: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut listening = Listening {
+            runtime,
+            rx,
+            _listener: Listener::start(db.url(), channel, tx).unwrap(),
+        };
+        assert_eq!(listening.recv(), ListenEvent::Listening);
+        listening
+    }
+
+    fn recv(&mut self) -> ListenEvent {
+        let rx = &mut self.rx;
+        self.runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, rx.recv()).await })
+            .expect("an event within the deadline")
+            .expect("the listener is running")
+    }
 }
 
 #[test]
 fn notifications_arrive_on_commit_and_never_after_rollback() {
     let (db, mut pg) = fresh();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let _listener = Listener::start(db.url(), "store changes", tx).unwrap();
-    assert_eq!(recv(&runtime, &mut rx), ListenEvent::Listening);
+    let mut events = Listening::start(&db, "store changes");
 
     pg.batch("BEGIN").unwrap();
     pg.notify("store changes", "rolled back").unwrap();
@@ -440,12 +457,9 @@ fn notifications_arrive_on_commit_and_never_after_rollback() {
     pg.notify("store changes", "outside a transaction").unwrap();
     // Delivery is in commit order, so the first payload shows the rolled
     // back one was dropped, not merely late.
+    assert_eq!(events.recv(), ListenEvent::Payload("committed".into()));
     assert_eq!(
-        recv(&runtime, &mut rx),
-        ListenEvent::Payload("committed".into())
-    );
-    assert_eq!(
-        recv(&runtime, &mut rx),
+        events.recv(),
         ListenEvent::Payload("outside a transaction".into())
     );
 }
@@ -453,24 +467,15 @@ fn notifications_arrive_on_commit_and_never_after_rollback() {
 #[test]
 fn the_listener_reconnects_and_says_so() {
     let (db, mut pg) = fresh();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let _listener = Listener::start(db.url(), "c", tx).unwrap();
-    assert_eq!(recv(&runtime, &mut rx), ListenEvent::Listening);
+    let mut events = Listening::start(&db, "c");
     pg.batch(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE application_name = 'measurelab-controller listener' AND datname = current_database()",
     )
     .unwrap();
-    assert_eq!(recv(&runtime, &mut rx), ListenEvent::Listening);
+    assert_eq!(events.recv(), ListenEvent::Listening);
     pg.notify("c", "after").unwrap();
-    assert_eq!(
-        recv(&runtime, &mut rx),
-        ListenEvent::Payload("after".into())
-    );
+    assert_eq!(events.recv(), ListenEvent::Payload("after".into()));
 }
 
 #[test]
