@@ -14,7 +14,8 @@
 //! on a thread that is running async tasks (a `#[tokio::main]` or runtime
 //! worker thread). They work on a plain `std::thread`, such as the store's
 //! writer thread, and inside `tokio::task::spawn_blocking` (a blocking-pool
-//! thread knows the runtime's handle but is not inside it). The sessions of
+//! thread knows the runtime's handle but is not inside it); a test in
+//! `tests.rs` holds all four cases. The sessions of
 //! [`Leadership`](super::Leadership) and [`Listener`](super::Listener) live
 //! on threads of their own for this reason.
 

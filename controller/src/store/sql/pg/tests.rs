@@ -494,7 +494,7 @@ fn a_terminated_session_is_reported_as_lost() {
 }
 
 #[test]
-fn sessions_work_in_spawn_blocking_and_on_plain_threads() {
+fn sessions_work_in_spawn_blocking_and_on_plain_threads_not_on_async_workers() {
     // The rule in conn.rs: the client blocks on a runtime of its own, which
     // a blocking-pool or plain thread allows.
     let db = database().unwrap();
@@ -515,6 +515,15 @@ fn sessions_work_in_spawn_blocking_and_on_plain_threads() {
     let on_thread = thread::spawn(move || query(url)).join().unwrap().unwrap();
     assert_eq!(in_pool, vec![vec![Value::Integer(42)]]);
     assert_eq!(on_thread, in_pool);
+
+    // On a worker thread tokio refuses the client's own block_on: for a
+    // session opened there, and for one merely dropped there.
+    let url = db.url().to_string();
+    let opened = runtime.block_on(async { tokio::spawn(async move { query(url) }).await });
+    assert!(opened.is_err_and(|err| err.is_panic()));
+    let driver = PgDriver::connect(db.url()).unwrap();
+    let dropped = runtime.block_on(async { tokio::spawn(async move { drop(driver) }).await });
+    assert!(dropped.is_err_and(|err| err.is_panic()));
 }
 
 #[test]
