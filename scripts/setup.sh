@@ -19,32 +19,12 @@ die() { echo "setup: $*" >&2; exit 1; }
 
 mapfile -t packages < <(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' scripts/packages.txt | awk '{print $1}')
 
-missing=()
-for pkg in "${packages[@]}"; do
-    # dpkg-query prints "install ok installed" only for a fully installed package.
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing+=("$pkg")
-done
-
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # Services that packages would start (openvswitch-switch, libvirtd) are
-    # not wanted: everything here runs its own daemons with private run dirs.
-    policy=/usr/sbin/policy-rc.d
-    created_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' > "$policy"
-        chmod +x "$policy"
-        created_policy=1
-    fi
-    trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
-    apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${missing[@]}"
+# shellcheck source=lib/apt.sh
+. scripts/lib/apt.sh
+if apt_install_missing "${packages[@]}"; then
+    echo "setup: all ${#packages[@]} packages installed"
 else
-    echo "setup: all ${#packages[@]} packages already installed"
+    die "apt-get could not install the missing packages"
 fi
 
 # The standard OpenAPI validator scripts/test.sh runs on controller/openapi.json.

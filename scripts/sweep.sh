@@ -16,6 +16,8 @@ fi
 {
   pkill -x ovs-vswitchd; pkill -x ovsdb-server; pkill -x sfacctd; pkill -x nfcapd
   pkill -f 'target/(debug|release)/(measurelab|mcast-)'
+  # PostgreSQL test servers (scripts/pg.sh, measurelab_testbed::pg) of killed tests.
+  pkill -f '^/usr/lib/postgresql/[0-9]+/bin/postgres -D /tmp/mlab-pg-'
   for ns in $(ip netns list | awk '{print $1}'); do ip netns delete "$ns"; done
 }
 exit 0

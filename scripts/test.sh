@@ -18,7 +18,13 @@ unset RUST_BACKTRACE
 
 SKIP_BUILD=1 bash scripts/setup.sh
 
-cleanup() { bash scripts/sweep.sh >/dev/null 2>&1 || true; }
+# The PostgreSQL store's tests share one private server for the whole run
+# (started below; measurelab_testbed::pg gives each test its own database).
+pg_dir=$(mktemp -d -t mlab-pg-test.XXXXXX)
+cleanup() {
+  MEASURELAB_PG_DIR=$pg_dir bash scripts/pg.sh stop >/dev/null 2>&1 || true
+  bash scripts/sweep.sh >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 echo "== fmt"
@@ -53,7 +59,9 @@ module_tfrc=$("${CARGO_TARGET_DIR:-target}/debug/measurelab" lab tfrc --dir "$mo
 rm -rf "$module_test_dir"
 echo "== Debian packages: install into a clean root, start the services from their units"
 bash scripts/test-packages.sh
-echo "== tests (unit, integration, real networking)"
+echo "== tests (unit, integration, real networking, a private PostgreSQL)"
+MEASURELAB_TEST_PG_URL=$(MEASURELAB_PG_DIR=$pg_dir bash scripts/pg.sh start)
+export MEASURELAB_TEST_PG_URL
 # nextest: one process per test, a per-test time limit, and one retry only
 # for the QEMU/TCG boot tests (settings in .config/nextest.toml); doctests
 # run separately since nextest does not run them.

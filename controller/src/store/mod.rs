@@ -37,6 +37,12 @@ mod resources;
 pub(crate) mod result_series;
 pub(crate) mod retention;
 mod run_tree;
+// The backend-neutral SQL seam; only its PostgreSQL side (sql::pg) is here so far.
+#[allow(
+    dead_code,
+    reason = "the store is wired to sql::Value and sql::pg in a later step"
+)]
+mod sql;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
 pub(crate) mod tunnels;

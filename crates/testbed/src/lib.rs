@@ -7,6 +7,8 @@
 //!   run dir; bridges use `datapath_type=netdev` because the kernel has no
 //!   openvswitch module.
 //! - [`attach_veth`]: plug a namespace into a sandbox bridge through a veth pair.
+//! - [`pg`]: a private PostgreSQL server (scripts/pg.sh) and a fresh database per
+//!   test.
 //!
 //! # Why the switch lives in its own namespace
 //! The userspace datapath creates persistent tap devices named `ovs-netdev` and
@@ -34,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use measurelab_hostnet as hostnet;
+
+pub mod pg;
 
 /// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;

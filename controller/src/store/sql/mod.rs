@@ -1,0 +1,3 @@
+mod value;
+pub(crate) use value::Value;
+pub(crate) mod pg;

@@ -1,0 +1,200 @@
+//! The PostgreSQL backend of the store, for controller replicas that share
+//! one database (docs/postgresql.md).
+//!
+//! [`PgDriver`] runs the store's SQLite-flavoured SQL on PostgreSQL: `?N`
+//! markers become `$N` ([`placeholders`]), each statement is prepared once
+//! per session and cached, and [`Value`]s are encoded by the parameter types
+//! the server inferred and decoded from the column types it reports
+//! ([`codec`]). On top of it, the replica primitives:
+//! - [`PgDriver::write_lock`]: one writer at a time across replicas;
+//! - [`PgDriver::migrate`]: the schema (controller/migrations-pg/), applied
+//!   once even when replicas start together;
+//! - [`Leadership`]: at most one replica runs the singleton loops;
+//! - [`PgDriver::notify`] and [`Listener`]: tell the other replicas that
+//!   something changed, on commit.
+//!
+//! Where a session may be used (plain threads and `spawn_blocking`, not on
+//! an async worker thread) is said in [`conn`].
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "wired into the store behind --store postgres:// in a later step"
+)]
+
+mod codec;
+mod conn;
+mod error;
+mod keys;
+mod leadership;
+mod listener;
+mod migrate;
+mod placeholders;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, Statement};
+
+use super::Value;
+pub(crate) use error::PgError;
+pub(crate) use leadership::Leadership;
+pub(crate) use listener::{ListenEvent, Listener};
+
+/// Prepared statements kept per session. The store's SQL is a fixed set of
+/// texts, well under this; the bound only stops SQL built at run time from
+/// growing the cache (and the server's memory) without end.
+const STATEMENT_CACHE_MAX: usize = 512;
+
+/// One PostgreSQL session running the store's SQL.
+pub(crate) struct PgDriver {
+    client: Client,
+    /// Prepared statements by the SQL text as the store wrote it.
+    statements: HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for PgDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDriver")
+            .field("statements", &self.statements.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgDriver {
+    /// Open a session: `postgres://user[:password]@host[:port]/db[?sslmode=...]`,
+    /// or a unix socket directory as the host (see [`conn`]).
+    pub(crate) fn connect(url: &str) -> Result<PgDriver, PgError> {
+        let config = conn::config(url)?;
+        Ok(PgDriver {
+            client: conn::open(&config)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// Run a statement that returns no rows; the number of rows it changed.
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, PgError> {
+        let statement = self.prepare(sql)?;
+        let encoded = encode_all(sql, &statement, params)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.client
+            .execute(&statement, &refs)
+            .map_err(|err| PgError::query(sql, err))
+    }
+
+    /// Run a query; its rows, each with its columns in select-list order.
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<Vec<Value>>, PgError> {
+        let statement = self.prepare(sql)?;
+        let encoded = encode_all(sql, &statement, params)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .client
+            .query(&statement, &refs)
+            .map_err(|err| PgError::query(sql, err))?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|index| {
+                        codec::decode(row, index).map_err(|reason| {
+                            PgError::column(sql, index, row.columns()[index].name(), reason)
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Run SQL without parameters, possibly several statements separated by
+    /// `;`: the transaction control the store's writer uses (`BEGIN`,
+    /// `COMMIT`, `SAVEPOINT x`, `RELEASE x`, `ROLLBACK TO x`, `ROLLBACK`).
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), PgError> {
+        self.client
+            .batch_execute(sql)
+            .map_err(|err| PgError::query(sql, err))
+    }
+
+    /// Take the store's write lock for the rest of the open transaction;
+    /// call it right after `BEGIN` of every write transaction.
+    ///
+    /// The store was written for SQLite's single writer and relies on writes
+    /// being serial: it reads and then inserts in one transaction to allocate
+    /// a VLAN tag, an address or a gateway port, and checks quotas against
+    /// what it just read. Under PostgreSQL's READ COMMITTED two replicas
+    /// doing that at once would both see the same free value. With this
+    /// lock, write transactions of all replicas run one after another as
+    /// they did in one process, and ids from identity columns are handed out
+    /// in commit order too (a reader paging by id never skips a row that
+    /// commits late). Readers take no lock and are not blocked.
+    ///
+    /// The lock is released by COMMIT or ROLLBACK. Outside a transaction it
+    /// would be released at once, so it is of no use there.
+    pub(crate) fn write_lock(&mut self) -> Result<(), PgError> {
+        self.batch(&format!("SELECT pg_advisory_xact_lock({})", keys::WRITE))
+    }
+
+    /// Bring the schema up to date (see [`migrate`]); the version in force.
+    pub(crate) fn migrate(&mut self) -> Result<i64, PgError> {
+        migrate::run(&mut self.client)
+    }
+
+    /// `NOTIFY channel, payload`. Inside a transaction it is delivered when
+    /// the transaction commits, and never if it rolls back; outside one, at
+    /// once. Payloads must be under 8000 bytes (the server's limit).
+    pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<(), PgError> {
+        const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+        self.client
+            .execute(NOTIFY, &[&channel, &payload])
+            .map(drop)
+            .map_err(|err| PgError::query(NOTIFY, err))
+    }
+
+    fn prepare(&mut self, sql: &str) -> Result<Statement, PgError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(&placeholders::rewrite(sql))
+            .map_err(|err| PgError::query(sql, err))?;
+        if self.statements.len() >= STATEMENT_CACHE_MAX {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// `params` encoded for `statement`, checked against its parameter count.
+fn encode_all<'a>(
+    sql: &str,
+    statement: &Statement,
+    params: &'a [Value],
+) -> Result<Vec<codec::Param<'a>>, PgError> {
+    let types = statement.params();
+    if types.len() != params.len() {
+        return Err(PgError::param(
+            sql,
+            params.len().min(types.len()) + 1,
+            format!(
+                "the statement has {} parameters, {} values were given",
+                types.len(),
+                params.len()
+            ),
+        ));
+    }
+    params
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(n, (value, ty))| {
+            codec::encode(value, ty).map_err(|reason| PgError::param(sql, n + 1, reason))
+        })
+        .collect()
+}

@@ -1,0 +1,583 @@
+//! The driver against a real PostgreSQL (measurelab_testbed::pg: a private
+//! server, a fresh database per test).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use measurelab_testbed::pg::{database, TestDatabase};
+
+use super::super::Value;
+use super::{keys, Leadership, ListenEvent, Listener, PgDriver, PgError};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+fn fresh() -> (TestDatabase, PgDriver) {
+    let db = database().expect("test database");
+    let driver = PgDriver::connect(db.url()).expect("connect");
+    (db, driver)
+}
+
+/// Poll `condition` until it holds or DEADLINE passes.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count(driver: &mut PgDriver, sql: &str) -> i64 {
+    match driver.query(sql, &[]).expect(sql).as_slice() {
+        [row] => match row.as_slice() {
+            [Value::Integer(n)] => *n,
+            other => panic!("{sql}: {other:?}"),
+        },
+        rows => panic!("{sql}: {rows:?}"),
+    }
+}
+
+#[test]
+fn every_value_round_trips_through_its_column_type() {
+    let (_db, mut pg) = fresh();
+    pg.batch(
+        "CREATE TABLE t (k BIGINT PRIMARY KEY, i BIGINT, d DOUBLE PRECISION, s TEXT, b BYTEA,
+                         f BOOLEAN, i4 INTEGER, i2 SMALLINT, r REAL, v VARCHAR(20))",
+    )
+    .unwrap();
+    let insert = "INSERT INTO t (k, i, d, s, b, f, i4, i2, r, v)
+                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    let rows = [
+        vec![
+            Value::Integer(1),
+            Value::Integer(i64::MAX),
+            Value::Real(-1.25e300),
+            Value::Text("héllo ✓ ' \" ?1".into()),
+            Value::Blob(vec![0, 1, 255, 0]),
+            Value::Integer(1),
+            Value::Integer(i64::from(i32::MIN)),
+            Value::Integer(i64::from(i16::MAX)),
+            Value::Real(0.5),
+            Value::Text("short".into()),
+        ],
+        vec![
+            Value::Integer(2),
+            Value::Integer(i64::MIN),
+            Value::Real(f64::MIN_POSITIVE),
+            Value::Text(String::new()),
+            Value::Blob(Vec::new()),
+            Value::Integer(0),
+            Value::Integer(0),
+            Value::Integer(-1),
+            Value::Real(-3.0),
+            Value::Text(String::new()),
+        ],
+        std::iter::once(Value::Integer(3))
+            .chain(std::iter::repeat_n(Value::Null, 9))
+            .collect(),
+    ];
+    for row in &rows {
+        assert_eq!(pg.execute(insert, row).unwrap(), 1);
+    }
+    let read = pg
+        .query(
+            "SELECT k, i, d, s, b, f, i4, i2, r, v FROM t ORDER BY k",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(read, rows);
+}
+
+#[test]
+fn parameters_that_do_not_fit_the_inferred_type_name_the_parameter() {
+    let (_db, mut pg) = fresh();
+    pg.batch("CREATE TABLE t (i BIGINT, i2 SMALLINT, f BOOLEAN, s TEXT)")
+        .unwrap();
+    let cases: [(&str, Vec<Value>, usize, &str); 5] = [
+        (
+            "INSERT INTO t (i2) VALUES (?1)",
+            vec![Value::Integer(70_000)],
+            1,
+            "out of range for int2",
+        ),
+        (
+            "INSERT INTO t (i, s) VALUES (?1, ?2)",
+            vec![Value::Integer(1), Value::Integer(2)],
+            2,
+            "an integer cannot be sent as text",
+        ),
+        (
+            "INSERT INTO t (i) VALUES (?1)",
+            vec![Value::Text("1".into())],
+            1,
+            "text cannot be sent as int8",
+        ),
+        (
+            "INSERT INTO t (f) VALUES (?1)",
+            vec![Value::Integer(2)],
+            1,
+            "not a boolean",
+        ),
+        (
+            "INSERT INTO t (i, s) VALUES (?1, ?2)",
+            vec![Value::Integer(1)],
+            2,
+            "the statement has 2 parameters, 1 values were given",
+        ),
+    ];
+    for (sql, params, index, reason) in cases {
+        match pg.execute(sql, &params) {
+            Err(PgError::Param {
+                index: got,
+                reason: why,
+                ..
+            }) => {
+                assert_eq!(got, index, "{sql}");
+                assert!(why.contains(reason), "{sql}: {why}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM t"), 0);
+}
+
+#[test]
+fn a_column_without_a_value_type_is_an_error_naming_it() {
+    let (_db, mut pg) = fresh();
+    match pg.query("SELECT 1 AS one, now() AS started", &[]) {
+        Err(err @ PgError::Column { .. }) => {
+            let PgError::Column { index, name, .. } = &err else {
+                unreachable!()
+            };
+            assert_eq!((*index, name.as_str()), (1, "started"));
+            assert!(err.to_string().contains("timestamptz"), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn numeric_sums_and_averages_read_as_sqlite_would_give_them() {
+    let (_db, mut pg) = fresh();
+    pg.batch("CREATE TABLE t (n BIGINT); INSERT INTO t VALUES (9223372036854775807), (-3)")
+        .unwrap();
+    // SUM(bigint) is NUMERIC in PostgreSQL, an integer in SQLite.
+    assert_eq!(
+        pg.query("SELECT sum(n) FROM t", &[]).unwrap(),
+        vec![vec![Value::Integer(9_223_372_036_854_775_804)]]
+    );
+    let read = pg
+        .query(
+            "SELECT avg(x), 12345678901234::numeric * 10000, -1.5::numeric,
+                    ?1::numeric, (2::numeric ^ 70), 'NaN'::numeric
+             FROM (VALUES (1), (2)) AS v (x)",
+            &[Value::Integer(-123_456_789_012)],
+        )
+        .unwrap();
+    let [row] = read.as_slice() else {
+        panic!("{read:?}")
+    };
+    assert_eq!(row[0], Value::Real(1.5));
+    assert_eq!(row[1], Value::Integer(123_456_789_012_340_000));
+    assert_eq!(row[2], Value::Real(-1.5));
+    assert_eq!(row[3], Value::Integer(-123_456_789_012));
+    // 2^70 does not fit an i64: a real, as SQLite gives on overflow.
+    assert_eq!(row[4], Value::Real(2f64.powi(70)));
+    assert!(
+        matches!(row[5], Value::Real(x) if x.is_nan()),
+        "{:?}",
+        row[5]
+    );
+}
+
+#[test]
+fn unique_and_foreign_key_violations_are_classified() {
+    let (_db, mut pg) = fresh();
+    pg.batch(
+        "CREATE TABLE parent (id TEXT PRIMARY KEY);
+         CREATE TABLE child (id TEXT PRIMARY KEY, parent TEXT NOT NULL REFERENCES parent(id));
+         INSERT INTO parent VALUES ('p');",
+    )
+    .unwrap();
+    let dup = pg
+        .execute(
+            "INSERT INTO parent (id) VALUES (?1)",
+            &[Value::Text("p".into())],
+        )
+        .unwrap_err();
+    assert!(dup.is_unique_violation(), "{dup}");
+    assert!(!dup.is_foreign_key_violation() && !dup.is_connection_lost());
+    assert!(
+        dup.to_string()
+            .contains("INSERT INTO parent (id) VALUES (?1)"),
+        "{dup}"
+    );
+    assert!(dup.to_string().contains("23505"), "{dup}");
+
+    let orphan = pg
+        .execute(
+            "INSERT INTO child (id, parent) VALUES (?, ?)",
+            &[Value::Text("c".into()), Value::Text("nobody".into())],
+        )
+        .unwrap_err();
+    assert!(orphan.is_foreign_key_violation(), "{orphan}");
+    assert!(!orphan.is_unique_violation() && !orphan.is_serialization_failure());
+}
+
+#[test]
+fn batch_rollback_undoes_the_transaction() {
+    let (_db, mut pg) = fresh();
+    pg.batch("CREATE TABLE t (id BIGINT PRIMARY KEY)").unwrap();
+    pg.batch("BEGIN").unwrap();
+    pg.execute("INSERT INTO t (id) VALUES (?1)", &[Value::Integer(1)])
+        .unwrap();
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM t"), 1);
+    pg.batch("ROLLBACK").unwrap();
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM t"), 0);
+}
+
+#[test]
+fn a_savepoint_rollback_isolates_one_failed_command() {
+    // The writer's group commit: every queued command runs inside its own
+    // savepoint, and one that fails must not take the others with it.
+    let (_db, mut pg) = fresh();
+    pg.batch("CREATE TABLE t (id BIGINT PRIMARY KEY)").unwrap();
+    let insert = "INSERT INTO t (id) VALUES (?1)";
+    pg.batch("BEGIN").unwrap();
+    for id in [1, 1, 2] {
+        pg.batch("SAVEPOINT cmd").unwrap();
+        match pg.execute(insert, &[Value::Integer(id)]) {
+            Ok(_) => pg.batch("RELEASE cmd").unwrap(),
+            Err(err) => {
+                assert!(err.is_unique_violation(), "{err}");
+                pg.batch("ROLLBACK TO cmd; RELEASE cmd").unwrap();
+            }
+        }
+    }
+    pg.batch("COMMIT").unwrap();
+    assert_eq!(
+        pg.query("SELECT id FROM t ORDER BY id", &[]).unwrap(),
+        vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
+    );
+}
+
+#[test]
+fn two_replicas_migrating_at_once_make_one_schema() {
+    let db = database().unwrap();
+    let url = db.url().to_string();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || PgDriver::connect(&url)?.migrate())
+        })
+        .collect();
+    for replica in replicas {
+        assert_eq!(replica.join().unwrap().unwrap(), 16);
+    }
+    let mut pg = PgDriver::connect(&url).unwrap();
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 16);
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
+    // 27 tables of SQLite's schema after 0016, plus schema_version.
+    assert_eq!(
+        count(
+            &mut pg,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ),
+        28
+    );
+    // Migrating an up-to-date database changes nothing.
+    assert_eq!(pg.migrate().unwrap(), 16);
+
+    pg.batch("UPDATE schema_version SET version = 99").unwrap();
+    match pg.migrate() {
+        Err(PgError::SchemaTooNew {
+            found: 99,
+            known: 16,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_migrated_schema_takes_the_stores_rows() {
+    // Identity ids come from the server as SQLite's rowids did, and the
+    // constraints the store relies on are there.
+    let (_db, mut pg) = fresh();
+    pg.migrate().unwrap();
+    let event = "INSERT INTO events (time, reason, object_kind, object_id, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5)";
+    let values = ["t", "R", "node", "n1", "m"].map(|s| Value::Text(s.into()));
+    pg.execute(event, &values).unwrap();
+    pg.execute(event, &values).unwrap();
+    assert_eq!(
+        pg.query("SELECT id FROM events ORDER BY id", &[]).unwrap(),
+        vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
+    );
+    let log = pg
+        .execute(
+            "INSERT INTO node_logs (node_id, time, level, target, message) VALUES (?1, 't', 'l', 't', 'm')",
+            &[Value::Text("no-such-node".into())],
+        )
+        .unwrap_err();
+    assert!(log.is_foreign_key_violation(), "{log}");
+}
+
+#[test]
+fn the_write_lock_serialises_write_transactions_until_commit() {
+    let (db, mut first) = fresh();
+    let mut observer = PgDriver::connect(db.url()).unwrap();
+    first.batch("BEGIN").unwrap();
+    first.write_lock().unwrap();
+
+    let url = db.url().to_string();
+    let second = thread::spawn(move || -> Result<(), PgError> {
+        let mut pg = PgDriver::connect(&url)?;
+        pg.batch("BEGIN")?;
+        pg.write_lock()?;
+        pg.batch("COMMIT")
+    });
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    eventually("the second writer waits for the lock", || {
+        count(&mut observer, waiting) == 1
+    });
+    assert!(!second.is_finished());
+    first.batch("COMMIT").unwrap();
+    second.join().unwrap().unwrap();
+    assert_eq!(count(&mut observer, waiting), 0);
+}
+
+/// Backend pid holding the leader lock in this database, if any.
+fn leader_pid(observer: &mut PgDriver) -> Option<i64> {
+    let sql = format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = {} AND objid = {} AND objsubid = 1
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (keys::LEADER >> 32) as u32,
+        keys::LEADER as u32
+    );
+    match observer.query(&sql, &[]).unwrap().as_slice() {
+        [] => None,
+        [row] => match row.as_slice() {
+            [Value::Integer(pid)] => Some(*pid),
+            other => panic!("{other:?}"),
+        },
+        rows => panic!("two holders of one advisory lock: {rows:?}"),
+    }
+}
+
+#[test]
+fn one_replica_leads_and_another_takes_over_when_it_goes() {
+    let (db, mut observer) = fresh();
+    let a = Leadership::start(db.url(), CHECK_EVERY).unwrap();
+    let b = Leadership::start(db.url(), CHECK_EVERY).unwrap();
+    eventually("one leader", || a.is_leader() || b.is_leader());
+    assert!(!(a.is_leader() && b.is_leader()));
+    let (leader, follower) = if a.is_leader() { (a, b) } else { (b, a) };
+    drop(leader);
+    eventually("the follower takes over", || follower.is_leader());
+    assert!(leader_pid(&mut observer).is_some());
+}
+
+#[test]
+fn losing_the_session_loses_leadership() {
+    let (db, mut observer) = fresh();
+    let a = Leadership::start(db.url(), CHECK_EVERY).unwrap();
+    let b = Leadership::start(db.url(), CHECK_EVERY).unwrap();
+    eventually("one leader", || a.is_leader() || b.is_leader());
+    let pid = leader_pid(&mut observer).expect("the leader's session holds the lock");
+
+    // The server ends the leader's session; this test's session takes the
+    // freed lock before either replica, so neither can be leader after.
+    let mut thief = PgDriver::connect(db.url()).unwrap();
+    observer
+        .query(
+            "SELECT pg_terminate_backend(?1::int)",
+            &[Value::Integer(pid)],
+        )
+        .unwrap();
+    thief
+        .query(
+            "SELECT pg_advisory_lock(?1)",
+            &[Value::Integer(keys::LEADER)],
+        )
+        .unwrap();
+    eventually("no replica thinks it leads", || {
+        !a.is_leader() && !b.is_leader()
+    });
+    drop(thief);
+    eventually("a replica leads again", || a.is_leader() || b.is_leader());
+    assert!(!(a.is_leader() && b.is_leader()));
+}
+
+/// A listener on `channel` and the receiving end of its events.
+struct Listening {
+    runtime: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<ListenEvent>,
+    _listener: Listener,
+}
+
+impl Listening {
+    /// Started and past its first [`ListenEvent::Listening`].
+    fn start(db: &TestDatabase, channel: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut listening = Listening {
+            runtime,
+            rx,
+            _listener: Listener::start(db.url(), channel, tx).unwrap(),
+        };
+        assert_eq!(listening.recv(), ListenEvent::Listening);
+        listening
+    }
+
+    fn recv(&mut self) -> ListenEvent {
+        let rx = &mut self.rx;
+        self.runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, rx.recv()).await })
+            .expect("an event within the deadline")
+            .expect("the listener is running")
+    }
+}
+
+#[test]
+fn notifications_arrive_on_commit_and_never_after_rollback() {
+    let (db, mut pg) = fresh();
+    let mut events = Listening::start(&db, "store changes");
+
+    pg.batch("BEGIN").unwrap();
+    pg.notify("store changes", "rolled back").unwrap();
+    pg.batch("ROLLBACK").unwrap();
+    pg.batch("BEGIN").unwrap();
+    pg.notify("store changes", "committed").unwrap();
+    pg.notify("another channel", "not ours").unwrap();
+    pg.batch("COMMIT").unwrap();
+    pg.notify("store changes", "outside a transaction").unwrap();
+    // Delivery is in commit order, so the first payload shows the rolled
+    // back one was dropped, not merely late.
+    assert_eq!(events.recv(), ListenEvent::Payload("committed".into()));
+    assert_eq!(
+        events.recv(),
+        ListenEvent::Payload("outside a transaction".into())
+    );
+}
+
+#[test]
+fn the_listener_reconnects_and_says_so() {
+    let (db, mut pg) = fresh();
+    let mut events = Listening::start(&db, "c");
+    pg.batch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'measurelab-controller listener' AND datname = current_database()",
+    )
+    .unwrap();
+    assert_eq!(events.recv(), ListenEvent::Listening);
+    pg.notify("c", "after").unwrap();
+    assert_eq!(events.recv(), ListenEvent::Payload("after".into()));
+}
+
+#[test]
+fn a_terminated_session_is_reported_as_lost() {
+    let (db, mut pg) = fresh();
+    let pid = count(&mut pg, "SELECT pg_backend_pid()");
+    let mut admin = PgDriver::connect(db.url()).unwrap();
+    admin
+        .query(
+            "SELECT pg_terminate_backend(?1::int)",
+            &[Value::Integer(pid)],
+        )
+        .unwrap();
+    let err = pg.query("SELECT 1", &[]).unwrap_err();
+    assert!(err.is_connection_lost(), "{err}");
+}
+
+#[test]
+fn sessions_work_in_spawn_blocking_and_on_plain_threads_not_on_async_workers() {
+    // The rule in conn.rs: the client blocks on a runtime of its own, which
+    // a blocking-pool or plain thread allows.
+    let db = database().unwrap();
+    let query = |url: String| -> Result<Vec<Vec<Value>>, PgError> {
+        let mut pg = PgDriver::connect(&url)?;
+        pg.query("SELECT ?1 + 1", &[Value::Integer(41)])
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let url = db.url().to_string();
+    let in_pool = runtime
+        .block_on(async { tokio::task::spawn_blocking(move || query(url)).await })
+        .unwrap()
+        .unwrap();
+    let url = db.url().to_string();
+    let on_thread = thread::spawn(move || query(url)).join().unwrap().unwrap();
+    assert_eq!(in_pool, vec![vec![Value::Integer(42)]]);
+    assert_eq!(on_thread, in_pool);
+
+    // On a worker thread tokio refuses the client's own block_on: for a
+    // session opened there, and for one merely dropped there.
+    let url = db.url().to_string();
+    let opened = runtime.block_on(async { tokio::spawn(async move { query(url) }).await });
+    assert!(opened.is_err_and(|err| err.is_panic()));
+    let driver = PgDriver::connect(db.url()).unwrap();
+    let dropped = runtime.block_on(async { tokio::spawn(async move { drop(driver) }).await });
+    assert!(dropped.is_err_and(|err| err.is_panic()));
+}
+
+#[test]
+fn a_unix_socket_url_connects() {
+    let (db, mut pg) = fresh();
+    let [row] = pg
+        .query(
+            "SELECT split_part(current_setting('unix_socket_directories'), ',', 1),
+                    current_setting('port')",
+            &[],
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let [Value::Text(dir), Value::Text(port)] = row.as_slice() else {
+        panic!("{row:?}")
+    };
+    let url = format!(
+        "postgres://postgres@/{}?host={}&port={port}",
+        db.name(),
+        dir.trim()
+    );
+    let mut local = PgDriver::connect(&url).unwrap();
+    assert_eq!(
+        local
+            .query("SELECT inet_server_addr() IS NULL", &[])
+            .unwrap(),
+        vec![vec![Value::Integer(1)]],
+        "a unix socket session has no server address"
+    );
+}
+
+#[test]
+fn bad_urls_and_unreachable_servers_are_clear_errors_without_the_password() {
+    match PgDriver::connect("postgres://u:s3cret@127.0.0.1/db?sslmode=require") {
+        Err(err @ PgError::Url { .. }) => assert!(err.to_string().contains("sslmode"), "{err}"),
+        other => panic!("{other:?}"),
+    }
+    match PgDriver::connect("postgres://u:s3cret@127.0.0.1:5432/db?nonsense=1") {
+        Err(err @ PgError::Url { .. }) => assert!(!err.to_string().contains("s3cret"), "{err}"),
+        other => panic!("{other:?}"),
+    }
+    // A port nothing listens on: bound here and closed again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    match PgDriver::connect(&format!("postgres://u:s3cret@127.0.0.1:{port}/db")) {
+        Err(err @ PgError::Connect { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains(&format!("127.0.0.1:{port}/db")), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

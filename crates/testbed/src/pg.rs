@@ -1,0 +1,193 @@
+//! A private PostgreSQL server for tests, and a fresh database per test.
+//!
+//! [`database`] hands out a [`TestDatabase`]: a new `t_<random>` database,
+//! dropped again (`WITH (FORCE)`, so connections a failed test left open do
+//! not keep it alive) when the value drops. The server comes from
+//! `MEASURELAB_TEST_PG_URL` when that is set (scripts/test.sh starts one for
+//! the whole run), otherwise from `scripts/pg.sh start` in a private temp dir,
+//! shared by the tests of this process and stopped when the last of their
+//! databases is dropped. Under nextest (one process per test) that is one
+//! server per test, about a second and a half each.
+//!
+//! Databases are created and dropped with `psql`, so this crate needs no
+//! PostgreSQL client library of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+
+use anyhow::{bail, Context, Result};
+use measurelab_hostnet as hostnet;
+
+/// The server URL tests use instead of starting their own.
+pub const URL_ENV: &str = "MEASURELAB_TEST_PG_URL";
+
+static SERVER: Mutex<Weak<Server>> = Mutex::new(Weak::new());
+
+/// A server this process started with scripts/pg.sh; stopped on drop.
+#[derive(Debug)]
+struct Server {
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("mlab-pg-")
+            .tempdir()
+            .context("cannot create the PostgreSQL test dir")?;
+        let url = run_script("start", dir.path())?;
+        Ok(Server { url, dir })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(err) = run_script("stop", self.dir.path()) {
+            eprintln!("testbed: stopping the PostgreSQL test server failed: {err:#}");
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg.sh")
+}
+
+fn run_script(action: &str, dir: &Path) -> Result<String> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script()).arg(action).env("MEASURELAB_PG_DIR", dir);
+    Ok(hostnet::run(&mut cmd)?.trim().to_string())
+}
+
+/// One database of its own for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    admin_url: String,
+    // Keeps a server this process started running while the database exists.
+    _server: Option<Arc<Server>>,
+}
+
+impl TestDatabase {
+    /// `postgres://…/t_<random>`: the URL a client under test connects to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A URL of the server's `postgres` database, for a test that needs a
+    /// second, unrelated connection (e.g. to terminate a backend).
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(err) = psql(&self.admin_url, &sql) {
+            eprintln!("testbed: {err:#}");
+        }
+    }
+}
+
+/// A fresh database on the test server (see the module doc).
+pub fn database() -> Result<TestDatabase> {
+    let (admin_url, server) = match std::env::var(URL_ENV) {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let server = shared_server()?;
+            (server.url.clone(), Some(server))
+        }
+    };
+    let name = format!("t_{}", random_suffix());
+    psql(&admin_url, &format!("CREATE DATABASE {name}"))?;
+    let url = with_database(&admin_url, &name)?;
+    Ok(TestDatabase {
+        name,
+        url,
+        admin_url,
+        _server: server,
+    })
+}
+
+fn shared_server() -> Result<Arc<Server>> {
+    // Held while starting, so parallel tests of one process start one server.
+    let mut slot = SERVER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(server) = slot.upgrade() {
+        return Ok(server);
+    }
+    let server = Arc::new(Server::start()?);
+    *slot = Arc::downgrade(&server);
+    Ok(server)
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql]);
+    hostnet::run(&mut cmd).with_context(|| format!("psql: {sql}"))?;
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    // Unique enough across parallel test processes: pid, time and a counter.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `url` with its database (the path) replaced by `name`, query kept.
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let Some(scheme_end) = url.find("://") else {
+        bail!("{URL_ENV} {url:?}: expected postgres://[user@]host[:port][/db][?options]");
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let query = rest[authority_end..]
+        .find('?')
+        .map(|q| &rest[authority_end + q..])
+        .unwrap_or("");
+    Ok(format!(
+        "{}{}/{name}{query}",
+        &url[..scheme_end + 3],
+        &rest[..authority_end]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_replaces_the_path_and_keeps_the_query() {
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres?sslmode=disable", "t_1").unwrap(),
+            "postgres://u@h:5/t_1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h", "t_1").unwrap(),
+            "postgres://h/t_1"
+        );
+        assert_eq!(
+            with_database("postgresql://h?host=/tmp/x", "t_2").unwrap(),
+            "postgresql://h/t_2?host=/tmp/x"
+        );
+        assert!(with_database("h:5/db", "t").is_err());
+    }
+}
