@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
+use crate::store::sql::params;
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;

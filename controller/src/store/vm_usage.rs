@@ -7,9 +7,9 @@
 //! aggregate the stored grid to a coarser `step` and derive network rates
 //! from the counters.
 
+use crate::store::sql::{params, Connection};
 use measurelab_api::http::VmUsageSample;
 use measurelab_api::node_v1::ResourceUsage;
-use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
@@ -115,7 +115,7 @@ pub(crate) fn prune(conn: &Connection, cutoff: i64, limit: usize) -> Result<usiz
             "DELETE FROM vm_usage WHERE (vm_id, bucket) IN
                  (SELECT vm_id, bucket FROM vm_usage WHERE bucket < ?1 ORDER BY bucket LIMIT ?2)",
         )?
-        .execute(rusqlite::params![cutoff, limit as i64])?)
+        .execute(crate::store::sql::params![cutoff, limit as i64])?)
 }
 
 /// Every sample of a VM (the VM is gone).
@@ -181,12 +181,11 @@ pub(crate) fn downsample(rows: &[StoredSample], step: i64) -> Vec<VmUsageSample>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::database::{migrate, open_connection};
+    use crate::store::database::open_primary;
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("controller.db")).unwrap();
-        migrate(&mut conn).unwrap();
+        let conn = open_primary(&dir.path().join("controller.db")).unwrap();
         (dir, conn)
     }
 
