@@ -43,9 +43,10 @@ pub(crate) fn ensure_builtin(conn: &Connection) -> crate::store::sql::Result<()>
     ];
     for (id, name, version, os, kernel, initrd, min_memory, backends) in builtins {
         conn.execute(
-            "INSERT OR IGNORE INTO appliances (id, name, version, arch, os, kernel, initrd, disk,
-                                               min_memory_mib, backends, builtin, created_at)
-             VALUES (?1, ?2, ?3, 'x86_64', ?4, ?5, ?6, NULL, ?7, ?8, 1, ?9)",
+            "INSERT INTO appliances (id, name, version, arch, os, kernel, initrd, disk,
+                                     min_memory_mib, backends, builtin, created_at)
+             VALUES (?1, ?2, ?3, 'x86_64', ?4, ?5, ?6, NULL, ?7, ?8, 1, ?9)
+             ON CONFLICT DO NOTHING",
             params![id, name, version, os, kernel, initrd, min_memory, backends, now],
         )?;
     }

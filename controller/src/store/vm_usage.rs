@@ -2,7 +2,7 @@
 //! heartbeats, downsampled on write to one row per VM per [`SAMPLE_STEP_SECONDS`]
 //! and pruned after the retention window (`crate::retention`).
 //!
-//! A write is one `INSERT OR IGNORE` on the table's primary key, so a guest
+//! A write is one `INSERT ... ON CONFLICT DO NOTHING` on the table's primary key, so a guest
 //! heartbeating every second costs one cheap no-op most of the time. Reads
 //! aggregate the stored grid to a coarser `step` and derive network rates
 //! from the counters.
@@ -53,9 +53,10 @@ pub(crate) fn record(
     let bucket = (sampled_ms / 1000) / SAMPLE_STEP_SECONDS * SAMPLE_STEP_SECONDS;
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO vm_usage (vm_id, bucket, sampled_ms, cpu_count, cpu_percent,
+            "INSERT INTO vm_usage (vm_id, bucket, sampled_ms, cpu_count, cpu_percent,
                 memory_total, memory_used, disk_total, disk_used, rx_bytes, tx_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (vm_id, bucket) DO NOTHING",
         )?
         .execute(params![
             vm_id,

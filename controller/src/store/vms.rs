@@ -260,7 +260,8 @@ fn reserved_memory_mib(
 ) -> Result<u64, StoreError> {
     let reserved: i64 = cx.tx.query_row(
         "SELECT COALESCE(SUM(memory_mib), 0) FROM vms
-         WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending' AND id IS NOT ?2",
+         WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending'
+           AND id IS DISTINCT FROM ?2",
         params![node_id, except_vm],
         |r| r.get(0),
     )?;
