@@ -64,6 +64,9 @@ pub(crate) use value::{FromValue, ToValue, Value};
 pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a SQL call failed.
+// Named as rusqlite's (and issue 13's contract) so that call sites read
+// `sql::Error`; outside this module it is always written with the path.
+#[allow(clippy::error_impl_error)]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The SQLite backend refused the statement (syntax, constraint, I/O).
@@ -174,7 +177,7 @@ impl Params for [&dyn ToValue; 0] {
 
 impl Params for &[&dyn ToValue] {
     fn into_values(self) -> Result<Vec<Value>> {
-        bind_all(self.iter().map(|v| *v))
+        bind_all(self.iter().copied())
     }
 }
 
