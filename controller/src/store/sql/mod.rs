@@ -229,17 +229,18 @@ impl rusqlite::ToSql for Value {
     }
 }
 
-fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Value {
+/// A SQLite column as a [`Value`]; `None` for TEXT that is not UTF-8
+/// (SQLite does not check it), which reads as a conversion error as it did
+/// through rusqlite.
+fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Option<Value> {
     use rusqlite::types::ValueRef;
-    match value {
+    Some(match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),
         ValueRef::Real(r) => Value::Real(r),
-        // SQLite does not check that TEXT is UTF-8; a hand-edited row that
-        // is not reads with replacement characters rather than failing.
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Text(t) => Value::Text(String::from_utf8(t.to_vec()).ok()?),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
+    })
 }
 
 enum Backend {
@@ -569,7 +570,13 @@ impl Row<'_> {
     /// Column `index` (0-based) as `T`.
     pub(crate) fn get<T: FromValue>(&self, index: usize) -> Result<T> {
         let value = match &self.inner {
-            RowInner::Sqlite(row) => from_sqlite(row.get_ref(index)?),
+            RowInner::Sqlite(row) => {
+                from_sqlite(row.get_ref(index)?).ok_or_else(|| Error::Conversion {
+                    column: index,
+                    expected: std::any::type_name::<T>(),
+                    found: "TEXT that is not UTF-8".into(),
+                })?
+            }
             RowInner::Values(values) => values
                 .get(index)
                 .cloned()
@@ -677,6 +684,18 @@ mod tests {
             .collect::<Result<_>>()
             .unwrap();
         assert_eq!(names, ["kept"]);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_a_conversion_error() {
+        let conn = memory();
+        let e = conn
+            .query_row("SELECT CAST(X'FF' AS TEXT)", [], |row| row.get::<String>(0))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Conversion { column: 0, found, .. } if found == "TEXT that is not UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]
