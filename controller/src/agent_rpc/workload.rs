@@ -244,7 +244,7 @@ pub(crate) async fn post_result(
 /// A guest may post only for its platform's tasks, a service host only for
 /// tasks that list its node.
 fn check_task_scope(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     registry: &Registry,
     node_id: &str,
     vm_id: &str,

@@ -2,13 +2,13 @@
 //! share: every request gets a [`Principal`] (from admin.token or an
 //! `mlt_` API token); handlers ask it for the store scope and for 403s.
 
+use crate::store::sql::Connection;
 use axum::async_trait;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
-use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::error::ApiError;

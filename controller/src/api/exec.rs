@@ -128,7 +128,7 @@ pub(crate) async fn exec(
 }
 
 fn visible(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     scope: &crate::access::Scope,
     key: &str,
 ) -> Result<bool, crate::store::StoreError> {

@@ -1,5 +1,6 @@
 //! `/v1/platforms`: virtual platforms.
 
+use crate::store::sql::Connection;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -9,7 +10,6 @@ use measurelab_api::http::{
     Platform, PlatformControlKey, PlatformCreate, PlatformList, PlatformPatch, PlatformPoints,
     PlatformPowerState, RequestOptions,
 };
-use rusqlite::Connection;
 
 use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;

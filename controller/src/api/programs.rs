@@ -1,5 +1,6 @@
 //! `/v1/programs` and `/v1/deployments`: program distribution.
 
+use crate::store::sql::Connection;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, State};
@@ -11,7 +12,6 @@ use measurelab_api::http::{
     Deployment, DeploymentCreate, DeploymentList, DeploymentPatch, Program, ProgramCreate,
     ProgramList,
 };
-use rusqlite::Connection;
 
 use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;

@@ -1,11 +1,11 @@
 //! `/v1/qos_policies`.
 
+use crate::store::sql::Connection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch};
-use rusqlite::Connection;
 
 use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;

@@ -22,7 +22,11 @@ const MAX_LIMIT: i64 = 100_000;
 
 /// The mcast result document with its `task_id` (or `?task=`).
 /// Whether `scope` sees the task (for 403 versus 404).
-fn task_visible(conn: &rusqlite::Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+fn task_visible(
+    conn: &crate::store::sql::Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<bool, StoreError> {
     Ok(tasks::find(conn, scope, key)?.is_some())
 }
 
@@ -251,7 +255,7 @@ pub(crate) async fn export(
 /// Reads `plan`'s results batch by batch and sends their bytes until the end,
 /// the byte cap, or the client going away.
 fn stream_export(
-    conn: rusqlite::Connection,
+    conn: crate::store::sql::Connection,
     mut plan: tasks::ExportPlan,
     csv: bool,
     max_bytes: u64,

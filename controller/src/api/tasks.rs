@@ -1,11 +1,11 @@
 //! `/v1/tasks`: multicast measurement tasks.
 
+use crate::store::sql::Connection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
-use rusqlite::Connection;
 
 use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;

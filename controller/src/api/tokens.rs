@@ -54,7 +54,7 @@ fn expiry(input: &ApiTokenCreate, now: OffsetDateTime) -> Result<Option<OffsetDa
 
 /// The tenant of a new token, after the caller's right to create it.
 fn token_tenant(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     principal: &Principal,
     input: &ApiTokenCreate,
 ) -> Result<Option<TenantRef>, StoreError> {

@@ -1,12 +1,12 @@
 //! `/v1/vms`: VMs of virtual platforms. A VM is addressed by id, by
 //! `platform/name` (URL-encoded `/`), or by a name unique across platforms.
 
+use crate::store::sql::Connection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
-use rusqlite::Connection;
 
 use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
 use super::error::ApiError;

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::store::sql::{params, Connection};
 use measurelab_api::http::{ApiToken, Role};
 use rand::RngCore;
-use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 
 use super::codec::{new_id, parse_time};
@@ -64,7 +64,7 @@ fn parse_role(text: &str) -> Result<Role, StoreError> {
     Role::parse(text).ok_or_else(|| StoreError::Corrupt(format!("api_tokens.role {text:?}")))
 }
 
-fn read_entry(r: &rusqlite::Row<'_>) -> Result<TokenEntry, StoreError> {
+fn read_entry(r: &crate::store::sql::Row<'_>) -> Result<TokenEntry, StoreError> {
     let role: String = r.get(2)?;
     let expires_at: Option<String> = r.get(5)?;
     let tenant_id: Option<String> = r.get(3)?;
@@ -97,7 +97,7 @@ impl TokenBook {
         let mut rows = statement.query([])?;
         let mut fresh = HashMap::new();
         while let Some(r) = rows.next()? {
-            let entry = read_entry(r)?;
+            let entry = read_entry(&r)?;
             fresh.insert(entry.token.id.clone(), Arc::new(entry));
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +234,7 @@ pub(crate) fn create(
     Ok(token)
 }
 
-fn api_token(r: &rusqlite::Row<'_>) -> Result<ApiToken, StoreError> {
+fn api_token(r: &crate::store::sql::Row<'_>) -> Result<ApiToken, StoreError> {
     Ok(read_entry(r)?.token)
 }
 
@@ -252,7 +252,7 @@ pub(crate) fn list(
     let mut rows = statement.query(params![scope.tenant_id(), only])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(api_token(r)?);
+        out.push(api_token(&r)?);
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Appliances: VM images whose files the operator placed on the nodes.
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{Appliance, ApplianceCreate};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, rfc3339, to_json};
 use super::error::StoreError;
@@ -17,7 +17,7 @@ const ARCHES: &[&str] = &["x86_64", "i686"];
 
 /// Insert the built-in appliances if missing (on every start, so an upgraded
 /// controller adds new ones; existing rows are left as they are).
-pub(crate) fn ensure_builtin(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn ensure_builtin(conn: &Connection) -> crate::store::sql::Result<()> {
     let now = rfc3339(time::OffsetDateTime::now_utc());
     let builtins = [
         (
@@ -43,9 +43,10 @@ pub(crate) fn ensure_builtin(conn: &Connection) -> rusqlite::Result<()> {
     ];
     for (id, name, version, os, kernel, initrd, min_memory, backends) in builtins {
         conn.execute(
-            "INSERT OR IGNORE INTO appliances (id, name, version, arch, os, kernel, initrd, disk,
-                                               min_memory_mib, backends, builtin, created_at)
-             VALUES (?1, ?2, ?3, 'x86_64', ?4, ?5, ?6, NULL, ?7, ?8, 1, ?9)",
+            "INSERT INTO appliances (id, name, version, arch, os, kernel, initrd, disk,
+                                     min_memory_mib, backends, builtin, created_at)
+             VALUES (?1, ?2, ?3, 'x86_64', ?4, ?5, ?6, NULL, ?7, ?8, 1, ?9)
+             ON CONFLICT DO NOTHING",
             params![id, name, version, os, kernel, initrd, min_memory, backends, now],
         )?;
     }
@@ -56,7 +57,7 @@ const SELECT: &str = "SELECT id, name, version, arch, os, kernel, initrd, disk, 
                              backends, builtin, kernel_sha256, initrd_sha256, disk_sha256
                       FROM appliances";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Appliance, String)> {
+fn row(r: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<(Appliance, String)> {
     Ok((
         Appliance {
             id: r.get(0)?,
@@ -67,9 +68,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Appliance, String)> {
             kernel: r.get(5)?,
             initrd: r.get(6)?,
             disk: r.get(7)?,
-            min_memory_mib: r.get::<_, i64>(8)? as u64,
+            min_memory_mib: r.get::<i64>(8)? as u64,
             backends: Vec::new(),
-            builtin: r.get::<_, i64>(10)? != 0,
+            builtin: r.get::<i64>(10)? != 0,
             kernel_sha256: r.get(11)?,
             initrd_sha256: r.get(12)?,
             disk_sha256: r.get(13)?,

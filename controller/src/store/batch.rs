@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
+use super::sql::{params, Connection, Transaction};
 use measurelab_api::http;
-use rusqlite::{params, Connection, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -142,23 +142,28 @@ pub(super) fn insert_event(
     now: OffsetDateTime,
     event: &NewEvent,
 ) -> Result<i64, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO events (time, reason, object_kind, object_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        rfc3339(now),
-        event.reason,
-        event.object_kind,
-        event.object_id,
-        event.message
-    ])?;
+    let id = tx
+        .prepare_cached(
+            "INSERT INTO events (time, reason, object_kind, object_id, message)
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        )?
+        .query_row(
+            params![
+                rfc3339(now),
+                event.reason,
+                event.object_kind,
+                event.object_id,
+                event.message
+            ],
+            |row| row.get(0),
+        )?;
     match event.reason {
         "RegistrationRefused" | "NodeOffline" | "NodeRevoked" => {
             tracing::warn!(reason = event.reason, object = %event.object_id, "{}", event.message)
         }
         _ => tracing::info!(reason = event.reason, object = %event.object_id, "{}", event.message),
     }
-    Ok(tx.last_insert_rowid())
+    Ok(id)
 }
 
 pub(super) fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
@@ -212,7 +217,8 @@ pub(super) fn new_secret() -> String {
 /// Run one command in a savepoint, so a failed command leaves no trace in
 /// SQLite. Commands touch the overlay only after all their SQL succeeded, so
 /// it needs no rollback of its own. The savepoint statements are cached
-/// (rusqlite's `Savepoint` re-parses them), since this runs per heartbeat.
+/// (a seam `Savepoint` formats and parses its statements anew), since this
+/// runs per heartbeat.
 pub(super) fn in_savepoint<T>(
     tx: &mut Transaction<'_>,
     overlay: &mut Overlay<'_>,
@@ -281,7 +287,10 @@ mod savepoint_properties {
             commands in proptest::collection::vec(command(), 0..24),
         ) {
             let mut conn = Connection::open_in_memory().unwrap();
-            conn.execute_batch("CREATE TABLE rows (command INTEGER, value INTEGER)").unwrap();
+            conn.execute_batch(
+                "CREATE TABLE rows (id INTEGER PRIMARY KEY, command INTEGER, value INTEGER)",
+            )
+            .unwrap();
             let registry = RwLock::new(Registry::default());
             let mut overlay = Overlay {
                 registry: &registry,
@@ -303,7 +312,7 @@ mod savepoint_properties {
             }
             tx.commit().unwrap();
             let committed: Vec<(i64, i64)> = conn
-                .prepare("SELECT command, value FROM rows ORDER BY rowid")
+                .prepare("SELECT command, value FROM rows ORDER BY id")
                 .unwrap()
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
                 .unwrap()

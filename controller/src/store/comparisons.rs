@@ -22,12 +22,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::Task;
 use measurelab_api::result::{
     ComparedFigures, Comparison, ComparisonStatus, ReceiverComparison, ReceiverResult,
     ResultDocument, RunStatus,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::codec::{from_json, new_id, to_json};
@@ -357,7 +357,7 @@ struct Row {
 fn read(
     conn: &Connection,
     filter: &str,
-    args: &[&dyn rusqlite::ToSql],
+    args: &[&dyn crate::store::sql::ToValue],
 ) -> Result<Vec<Row>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT id, task_id, run_id, status, spec, service_run_id, tenant_id FROM comparisons {filter}"
@@ -370,7 +370,7 @@ fn read(
             id: r.get(0)?,
             task_id: r.get(1)?,
             run_id: r.get(2)?,
-            open: r.get::<_, String>(3)? == "open",
+            open: r.get::<String>(3)? == "open",
             spec: from_json("comparisons.spec", &spec)?,
             service_run_id: r.get(5)?,
             tenant_id: r.get(6)?,

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::sql::{Connection, OptionalExtension};
 use rand::RngCore;
-use rusqlite::{Connection, OptionalExtension};
 
 use super::error::StoreError;
 use super::resources::TxContext;
@@ -21,7 +21,7 @@ pub(crate) fn create(cx: &TxContext<'_>, owner_id: &str) -> Result<(), StoreErro
     rand::rngs::OsRng.fill_bytes(&mut secret);
     cx.tx.execute(
         "INSERT INTO control_keys (owner_id, secret, created_at) VALUES (?1, ?2, ?3)",
-        rusqlite::params![owner_id, hex::encode(secret), cx.now_text()],
+        crate::store::sql::params![owner_id, hex::encode(secret), cx.now_text()],
     )?;
     Ok(())
 }

@@ -1,11 +1,20 @@
 //! Opening `controller.db`: connection settings, schema migrations and file
-//! permissions.
+//! permissions. Everything here is SQLite's own (pragmas, `VACUUM INTO`,
+//! `user_version`), so it talks to rusqlite directly and hands the rest of
+//! the store a [`sql::Connection`].
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
 use super::error::StoreError;
+use super::sql;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.into())
+    }
+}
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Never edit a released entry: append a new one.
@@ -28,10 +37,39 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0016_platform_control_keys.sql"),
 ];
 
-pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let open_error = |source| StoreError::Open {
+/// Open, check and migrate the database: the writer's connection.
+pub(crate) fn open_primary(path: &Path) -> Result<sql::Connection, StoreError> {
+    let mut conn = open_sqlite(path)?;
+    check_integrity(&conn, path)?;
+    migrate(&mut conn)?;
+    Ok(sql::Connection::from_sqlite(conn))
+}
+
+/// Another connection to the same database (reader, resources, checkpoints).
+pub(crate) fn open_connection(path: &Path) -> Result<sql::Connection, StoreError> {
+    open_sqlite(path).map(sql::Connection::from_sqlite)
+}
+
+/// A read-only connection of its own, for a long read beside the writer.
+pub(crate) fn open_reader(path: &Path) -> Result<sql::Connection, StoreError> {
+    let open_error = |source: rusqlite::Error| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_error)?;
+    Ok(sql::Connection::from_sqlite(conn))
+}
+
+fn open_sqlite(path: &Path) -> Result<Connection, StoreError> {
+    let open_error = |source: rusqlite::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        source: source.into(),
     };
     let conn = Connection::open(path).map_err(open_error)?;
     // synchronous=FULL: a commit returns only after the WAL is fsynced, which
@@ -143,7 +181,7 @@ pub(crate) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), Stor
             if is_damage(&e) {
                 damaged(e.to_string())
             } else {
-                StoreError::from(e)
+                StoreError::Sql(e.into())
             }
         })?;
     if problems.len() == 1 && problems[0] == "ok" {
@@ -155,7 +193,10 @@ pub(crate) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), Stor
 fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), StoreError> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let version = index + 1;
-        let migrate_error = |source| StoreError::Migrate { version, source };
+        let migrate_error = |source: rusqlite::Error| StoreError::Migrate {
+            version,
+            source: source.into(),
+        };
         let tx = conn.transaction().map_err(migrate_error)?;
         tx.execute_batch(sql).map_err(migrate_error)?;
         let violations: i64 = tx
@@ -200,7 +241,7 @@ mod tests {
     /// A database as a controller before tenants left it, with a platform,
     /// its member node, a QoS policy, a VM, a program and a deployment.
     fn pre_tenancy_database(path: &Path) -> Connection {
-        let conn = open_connection(path).unwrap();
+        let conn = open_sqlite(path).unwrap();
         for sql in &MIGRATIONS[..3] {
             conn.execute_batch(sql).unwrap();
         }
@@ -337,7 +378,7 @@ mod tests {
     #[test]
     fn a_new_database_is_migrated_without_a_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("controller.db")).unwrap();
+        let mut conn = open_sqlite(&dir.path().join("controller.db")).unwrap();
         migrate(&mut conn).unwrap();
         assert!(!dir.path().join(BACKUP_DIR).exists());
     }
@@ -347,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
         {
-            let mut conn = open_connection(&path).unwrap();
+            let mut conn = open_sqlite(&path).unwrap();
             migrate(&mut conn).unwrap();
             check_integrity(&conn, &path).expect("a fresh database is sound");
             conn.execute_batch(

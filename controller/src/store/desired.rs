@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use crate::access::Scope;
+use crate::store::sql::{Connection, OptionalExtension};
 use measurelab_api::http::{Condition, PlatformPowerState, VmPowerState};
 use measurelab_api::node_v1::{
     self, DesiredAppliance, DesiredGateway, DesiredGatewayPeer, DesiredPlatform, DesiredQos,
     DesiredState, DesiredVm, ProgramRun, ServicePeer, ServiceTask, StatusReport,
 };
-use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::codec::{rfc3339, to_json};
@@ -501,7 +501,7 @@ pub(crate) fn apply_report(
                 .prepare_cached(
                     "INSERT INTO guest_logs (vm_id, time, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(rusqlite::params![
+                .execute(crate::store::sql::params![
                     vm.id,
                     time,
                     line.level.to_ascii_lowercase(),
@@ -515,7 +515,7 @@ pub(crate) fn apply_report(
                     "DELETE FROM guest_logs WHERE vm_id = ?1 AND id <=
                        (SELECT id FROM guest_logs WHERE vm_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
                 )?
-                .execute(rusqlite::params![vm.id, GUEST_LOG_LINES_PER_VM])?;
+                .execute(crate::store::sql::params![vm.id, GUEST_LOG_LINES_PER_VM])?;
         }
     }
     for (i, run) in report.program_runs.iter().enumerate() {
@@ -555,7 +555,7 @@ pub(crate) fn guest_logs(
                 WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2)
              ORDER BY id ASC",
         )?
-        .query_map(rusqlite::params![vm_id, limit], |r| {
+        .query_map(crate::store::sql::params![vm_id, limit], |r| {
             Ok(measurelab_api::http::LogLine {
                 time: r.get(0)?,
                 level: r.get(1)?,

@@ -14,16 +14,16 @@ pub enum StoreError {
     Open {
         /// Database file.
         path: PathBuf,
-        /// SQLite error.
-        source: rusqlite::Error,
+        /// Database error.
+        source: super::sql::Error,
     },
     /// A schema migration failed; the database is left at the previous version.
     #[error("schema migration {version} failed: {source}")]
     Migrate {
         /// 1-based migration number.
         version: usize,
-        /// SQLite error.
-        source: rusqlite::Error,
+        /// Database error.
+        source: super::sql::Error,
     },
     /// The pre-migration copy could not be written; nothing was migrated.
     #[error(
@@ -53,7 +53,7 @@ pub enum StoreError {
     },
     /// A SQL statement failed.
     #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] super::sql::Error),
     /// No WireGuard key pair could be generated; nothing was stored.
     #[error("cannot generate a WireGuard key pair: {0}")]
     KeyGen(#[from] crate::wg_keys::KeyGenError),

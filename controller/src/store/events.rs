@@ -2,8 +2,8 @@
 //! own objects; events about nodes and the shared catalog (no tenant) are
 //! the operator's.
 
+use crate::store::sql::Connection;
 use measurelab_api::http;
-use rusqlite::Connection;
 
 use super::error::StoreError;
 use crate::access::Scope;
@@ -38,16 +38,19 @@ pub(crate) fn events(
     };
     let mut statement = conn.prepare_cached(sql)?;
     let mut events = statement
-        .query_map(rusqlite::params![bound, limit, scope.tenant_id()], |row| {
-            Ok(http::Event {
-                id: row.get(0)?,
-                time: row.get(1)?,
-                reason: row.get(2)?,
-                object_kind: row.get(3)?,
-                object_id: row.get(4)?,
-                message: row.get(5)?,
-            })
-        })?
+        .query_map(
+            crate::store::sql::params![bound, limit, scope.tenant_id()],
+            |row| {
+                Ok(http::Event {
+                    id: row.get(0)?,
+                    time: row.get(1)?,
+                    reason: row.get(2)?,
+                    object_kind: row.get(3)?,
+                    object_id: row.get(4)?,
+                    message: row.get(5)?,
+                })
+            },
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     // A page is always oldest first, whichever end of the journal it came from.
     if matches!(page, EventPage::Before(_)) {

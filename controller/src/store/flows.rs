@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{FlowExport, FlowProtocol};
 use measurelab_api::node_v1::DesiredFlowExport;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, to_json};
 use super::error::StoreError;

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::PlatformGatewaySpec;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::new_id;
 use super::error::StoreError;
@@ -95,11 +95,11 @@ pub(crate) struct PlatformRef<'a> {
 const SELECT: &str = "SELECT platform_id, node_id, listen_port, private_key, public_key,
                              tunnel_network FROM platform_gateways";
 
-fn row_to_gateway(row: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRow> {
+fn row_to_gateway(row: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<GatewayRow> {
     Ok(GatewayRow {
         platform_id: row.get(0)?,
         node_id: row.get(1)?,
-        listen_port: row.get::<_, i64>(2)? as u16,
+        listen_port: row.get::<i64>(2)? as u16,
         private_key: row.get(3)?,
         public_key: row.get(4)?,
         tunnel_network: row.get(5)?,
@@ -226,7 +226,7 @@ pub(crate) fn set(
             let used: HashSet<String> = cx
                 .tx
                 .prepare_cached("SELECT tunnel_network FROM platform_gateways")?
-                .query_map([], |r| r.get::<_, String>(0))?
+                .query_map([], |r| r.get::<String>(0))?
                 .collect::<Result<_, _>>()?;
             let tunnel_network = placement::tunnel_network(cx.pools, &used)?;
             let keys = wg_keys::generate()?;
@@ -317,7 +317,7 @@ pub(crate) struct PeerRow {
 const SELECT_PEER: &str =
     "SELECT id, platform_id, name, public_key, tunnel_address, created_at FROM platform_peers";
 
-fn row_to_peer(row: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRow> {
+fn row_to_peer(row: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<PeerRow> {
     Ok(PeerRow {
         id: row.get(0)?,
         platform_id: row.get(1)?,

@@ -2,7 +2,7 @@
 //! request_id. The store keeps the record as it was given; what it means
 //! (route check, replay) is decided by `api::idempotency`.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::store::sql::{params, Connection, OptionalExtension};
 
 use super::error::StoreError;
 use super::resources::TxContext;
@@ -27,7 +27,7 @@ pub(crate) fn find(conn: &Connection, request_id: &str) -> Result<Option<Record>
             |row| {
                 Ok(Record {
                     route: row.get(0)?,
-                    status: row.get::<_, i64>(1)? as u16,
+                    status: row.get::<i64>(1)? as u16,
                     body: row.get(2)?,
                 })
             },

@@ -37,12 +37,7 @@ mod resources;
 pub(crate) mod result_series;
 pub(crate) mod retention;
 mod run_tree;
-// The backend-neutral SQL seam; only its PostgreSQL side (sql::pg) is here so far.
-#[allow(
-    dead_code,
-    reason = "the store is wired to sql::Value and sql::pg in a later step"
-)]
-mod sql;
+pub(crate) mod sql;
 pub(crate) mod tasks;
 pub(crate) mod tenants;
 pub(crate) mod tunnels;
@@ -56,7 +51,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use measurelab_api::http;
-use rusqlite::Connection;
+use sql::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::Scope;
@@ -64,7 +59,7 @@ use crate::appliance_files::ApplianceFiles;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
-use database::{check_integrity, migrate, open_connection, restrict_permissions};
+use database::{open_connection, open_primary, restrict_permissions};
 pub use error::StoreError;
 pub(crate) use events::EventPage;
 use node_identity::IdentityCommand;
@@ -116,9 +111,7 @@ impl Store {
         let path = data_dir.join("controller.db");
         // Uploads a crash cut short; the data dir is ours (locked) by now.
         let _ = std::fs::remove_dir_all(data_dir.join("uploads"));
-        let mut write_conn = open_connection(&path)?;
-        check_integrity(&write_conn, &path)?;
-        migrate(&mut write_conn)?;
+        let write_conn = open_primary(&path)?;
         restrict_permissions(&path);
         let registry = load_registry(&write_conn, Instant::now())?;
         tracing::info!(nodes = registry.len(), path = %path.display(), "store opened");
@@ -483,7 +476,7 @@ mod tests {
     }
 
     fn stored_secret(dir: &Path, node_id: &str) -> String {
-        Connection::open(dir.join("controller.db"))
+        rusqlite::Connection::open(dir.join("controller.db"))
             .unwrap()
             .query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |r| {
                 r.get(0)
@@ -510,7 +503,7 @@ mod tests {
         assert!(!stored.contains(&n1.node_secret), "{stored}");
         assert_eq!(stored, secret_digest(&n1.node_secret));
         // n2 as an older controller wrote it: the secret itself.
-        Connection::open(dir.path().join("controller.db"))
+        rusqlite::Connection::open(dir.path().join("controller.db"))
             .unwrap()
             .execute(
                 "UPDATE nodes SET secret = ?2 WHERE id = ?1",
@@ -539,7 +532,7 @@ mod tests {
     }
 
     mod aging {
-        use rusqlite::params;
+        use crate::store::sql::params;
         use time::OffsetDateTime;
 
         use crate::store::codec::rfc3339;

@@ -8,8 +8,8 @@
 //! checking a node's secret and rotating it, happen in one transaction with
 //! no other writer in between.
 
+use crate::store::sql::{params, Connection, OptionalExtension, Transaction};
 use measurelab_api::http::{self, JoinTokenState};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use time::OffsetDateTime;
 
 use super::batch::{
@@ -280,12 +280,12 @@ fn check_join_token(
         )?
         .query_row([id], |row| {
             Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, Option<String>>(1)?,
-                row.get::<_, bool>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, Option<String>>(4)?,
-                row.get::<_, Option<String>>(5)?,
+                row.get::<String>(0)?,
+                row.get::<Option<String>>(1)?,
+                row.get::<bool>(2)?,
+                row.get::<Option<String>>(3)?,
+                row.get::<Option<String>>(4)?,
+                row.get::<Option<String>>(5)?,
             ))
         })
         .optional()?;
@@ -680,9 +680,9 @@ const JOIN_TOKEN_COLUMNS: &str = "id, description, node_name, single_use, create
      last_used_at, last_used_by, revoked_at";
 
 fn join_token_row(
-    row: &rusqlite::Row<'_>,
+    row: &crate::store::sql::Row<'_>,
     now: OffsetDateTime,
-) -> rusqlite::Result<http::JoinToken> {
+) -> crate::store::sql::Result<http::JoinToken> {
     let single_use: bool = row.get(3)?;
     let expires_at: Option<String> = row.get(5)?;
     let last_used_at: Option<String> = row.get(6)?;
@@ -746,12 +746,14 @@ pub(crate) fn join_tokens(
 const REQUEST_COLUMNS: &str = "name, node_id, reason, attempts, first_attempt_at, last_attempt_at,
      peer_address, management_address, agent_version, approved_at";
 
-fn request_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<http::RegistrationRequest> {
+fn request_row(
+    row: &crate::store::sql::Row<'_>,
+) -> crate::store::sql::Result<http::RegistrationRequest> {
     Ok(http::RegistrationRequest {
         name: row.get(0)?,
         node_id: row.get(1)?,
         reason: row.get(2)?,
-        attempts: row.get::<_, i64>(3)?.max(0) as u64,
+        attempts: row.get::<i64>(3)?.max(0) as u64,
         first_attempt_at: row.get(4)?,
         last_attempt_at: row.get(5)?,
         peer_address: row.get(6)?,

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::store::sql::Connection;
 use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
-use rusqlite::Connection;
 
 use super::codec::{from_json, parse_time};
 use super::error::StoreError;
@@ -140,15 +140,15 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
             overcommit: Overcommit::from_stored(row.get(16)?, row.get(17)?),
             reported_labels: from_json("nodes.reported_labels", &reported_labels)?,
             revoked_at: revoked_at.as_deref().map(parse_time).transpose()?,
-            last_sequence: row.get::<_, i64>(11)? as u64,
-            observed_generation: row.get::<_, i64>(12)? as u64,
-            desired_generation: row.get::<_, i64>(13)? as u64,
+            last_sequence: row.get::<i64>(11)? as u64,
+            observed_generation: row.get::<i64>(12)? as u64,
+            desired_generation: row.get::<i64>(13)? as u64,
         });
     }
     for (id, digest) in plaintext {
         conn.execute(
             "UPDATE nodes SET secret = ?2 WHERE id = ?1",
-            rusqlite::params![id, digest],
+            crate::store::sql::params![id, digest],
         )?;
     }
     Ok(registry)
@@ -215,7 +215,7 @@ pub(crate) fn logs(
          ORDER BY id ASC",
     )?;
     let lines = statement
-        .query_map(rusqlite::params![node_id, limit], |row| {
+        .query_map(crate::store::sql::params![node_id, limit], |row| {
             Ok(http::LogLine {
                 time: row.get(0)?,
                 level: row.get(1)?,

@@ -6,10 +6,10 @@
 //! by field before it replaces the stored one; a list that fails is dropped
 //! whole (never half stored) and does not fail the rest of the report.
 
+use crate::store::sql::{Connection, OptionalExtension};
 use measurelab_api::guest::{check_points, GuestPoint, PointListError};
 use measurelab_api::http::{PlatformPoint, PlatformPoints};
 use measurelab_api::node_v1::MscsPointList;
-use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::codec::{from_json, rfc3339, to_json};
@@ -75,7 +75,7 @@ pub(crate) fn save(
              ON CONFLICT (platform_id) DO UPDATE SET vm_id = ?2, vm_name = ?3,
                reported_at = ?4, points = ?5",
         )?
-        .execute(rusqlite::params![
+        .execute(crate::store::sql::params![
             vm.platform_id,
             vm.id,
             vm.name,

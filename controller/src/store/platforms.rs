@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{
     Platform, PlatformControlKey, PlatformCreate, PlatformGatewaySpec, PlatformPatch,
     PlatformPowerState, TenantUsage,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
@@ -124,7 +124,10 @@ pub(crate) fn node_name(registry: &Registry, id: &str) -> String {
 const SELECT: &str = "SELECT id, name, admins, description, vlan_tag, subnet, gateway, power_state,
                              created_at, generation, tenant_id, flow_monitoring FROM platforms";
 
-fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<PlatformRow, StoreError> {
+fn row_to_platform(
+    conn: &Connection,
+    row: &crate::store::sql::Row<'_>,
+) -> Result<PlatformRow, StoreError> {
     let id: String = row.get(0)?;
     let admins: String = row.get(2)?;
     let power: String = row.get(7)?;
@@ -132,20 +135,20 @@ fn row_to_platform(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<Platfor
         .prepare_cached(
             "SELECT node_id FROM platform_nodes WHERE platform_id = ?1 ORDER BY position",
         )?
-        .query_map([&id], |r| r.get::<_, String>(0))?
+        .query_map([&id], |r| r.get::<String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PlatformRow {
         node_ids,
         name: row.get(1)?,
         admins: from_json("platforms.admins", &admins)?,
         description: row.get(3)?,
-        vlan_tag: row.get::<_, i64>(4)? as u16,
+        vlan_tag: row.get::<i64>(4)? as u16,
         subnet: row.get(5)?,
         gateway: row.get(6)?,
         power_state: PlatformPowerState::parse(&power)
             .ok_or_else(|| StoreError::Corrupt(format!("platforms.power_state {power:?}")))?,
         created_at: row.get(8)?,
-        generation: row.get::<_, i64>(9)? as u64,
+        generation: row.get::<i64>(9)? as u64,
         tenant_id: row.get(10)?,
         flow_monitoring: row.get(11)?,
         wg_gateway: gateways::of_platform(conn, &id)?,
@@ -165,7 +168,7 @@ pub(crate) fn find(
     let mut rows = statement.query(params![key, scope.tenant_id()])?;
     let mut matches = Vec::new();
     while let Some(row) = rows.next()? {
-        matches.push(row_to_platform(conn, row)?);
+        matches.push(row_to_platform(conn, &row)?);
     }
     tenants::pick_one(conn, "platform", key, matches, |p| {
         (p.id.as_str(), p.tenant_id.as_str())
@@ -186,7 +189,7 @@ pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<PlatformRow>,
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut platforms = Vec::new();
     while let Some(row) = rows.next()? {
-        platforms.push(row_to_platform(conn, row)?);
+        platforms.push(row_to_platform(conn, &row)?);
     }
     Ok(platforms)
 }
@@ -195,7 +198,7 @@ pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<PlatformRow>,
 pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<PlatformRow>, StoreError> {
     let ids = conn
         .prepare_cached("SELECT platform_id FROM platform_nodes WHERE node_id = ?1")?
-        .query_map([node_id], |r| r.get::<_, String>(0))?
+        .query_map([node_id], |r| r.get::<String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     ids.iter().map(|id| get(conn, &Scope::All, id)).collect()
 }
@@ -243,7 +246,7 @@ fn allocate_vlan(cx: &TxContext<'_>) -> Result<u16, StoreError> {
     let used: HashSet<u16> = cx
         .tx
         .prepare_cached("SELECT vlan_tag FROM platforms")?
-        .query_map([], |r| r.get::<_, i64>(0))?
+        .query_map([], |r| r.get::<i64>(0))?
         .map(|r| r.map(|v| v as u16))
         .collect::<Result<_, _>>()?;
     placement::vlan(cx.pools, &used)
@@ -253,7 +256,7 @@ fn allocate_subnet(cx: &TxContext<'_>) -> Result<String, StoreError> {
     let used: HashSet<String> = cx
         .tx
         .prepare_cached("SELECT subnet FROM platforms")?
-        .query_map([], |r| r.get::<_, String>(0))?
+        .query_map([], |r| r.get::<String>(0))?
         .collect::<Result<_, _>>()?;
     placement::subnet(cx.pools, &used)
 }

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{Deployment, DeploymentCreate, Program, ProgramRunState, TenantUsage};
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::codec::{from_json, new_id, to_json};
@@ -37,12 +37,12 @@ fn program_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn program_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Program> {
+fn program_row(r: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<Program> {
     Ok(Program {
         id: r.get(0)?,
         name: r.get(1)?,
         sha256: r.get(2)?,
-        size_bytes: r.get::<_, i64>(3)? as u64,
+        size_bytes: r.get::<i64>(3)? as u64,
         created_at: r.get(4)?,
         tenant_id: r.get(5)?,
     })
@@ -278,7 +278,7 @@ pub(crate) struct RunRow {
     pub state: ProgramRunState,
 }
 
-fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, StoreError> {
+fn deployment_row(r: &crate::store::sql::Row<'_>) -> Result<DeploymentRow, StoreError> {
     let args: String = r.get(4)?;
     let env: String = r.get(5)?;
     Ok(DeploymentRow {
@@ -288,10 +288,10 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> Result<DeploymentRow, StoreError> {
         program_sha256: r.get(3)?,
         args: from_json("deployments.args", &args)?,
         env: from_json("deployments.env", &env)?,
-        stopped: r.get::<_, i64>(6)? != 0,
+        stopped: r.get::<i64>(6)? != 0,
         created_at: r.get(7)?,
         tenant_id: r.get(8)?,
-        outputs: from_json("deployments.outputs", &r.get::<_, String>(9)?)?,
+        outputs: from_json("deployments.outputs", &r.get::<String>(9)?)?,
     })
 }
 
@@ -310,7 +310,7 @@ pub(crate) fn find_deployment(
     ))?;
     let mut rows = statement.query(params![id, scope.tenant_id()])?;
     match rows.next()? {
-        Some(row) => Ok(Some(deployment_row(row)?)),
+        Some(row) => Ok(Some(deployment_row(&row)?)),
         None => Ok(None),
     }
 }
@@ -378,7 +378,7 @@ pub(crate) fn list_deployments(
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut rows_out = Vec::new();
     while let Some(row) = rows.next()? {
-        rows_out.push(deployment_row(row)?);
+        rows_out.push(deployment_row(&row)?);
     }
     rows_out
         .iter()
@@ -620,7 +620,7 @@ fn tail(text: &str) -> &str {
 /// Whether node `node_id` runs deployment `deployment_id` on VM `vm_id`
 /// (in any status: a late report of a stopped run is not an error).
 pub(crate) fn run_exists(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     node_id: &str,
     deployment_id: &str,
     vm_id: &str,

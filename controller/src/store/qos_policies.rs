@@ -1,7 +1,7 @@
 //! QoS policies: per-VM bandwidth limits.
 
+use crate::store::sql::{params, Connection};
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyPatch, TenantUsage};
-use rusqlite::{params, Connection};
 
 use super::codec::new_id;
 use super::error::StoreError;
@@ -20,14 +20,14 @@ const SELECT: &str = "SELECT id, name, ingress_max_kbps, ingress_min_kbps, ingre
                              tenant_id
                       FROM qos_policies";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QosPolicy> {
-    let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+fn row(r: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<QosPolicy> {
+    let opt = |i: usize| -> crate::store::sql::Result<Option<u64>> {
+        Ok(r.get::<Option<i64>>(i)?.map(|v| v as u64))
     };
     Ok(QosPolicy {
         id: r.get(0)?,
         name: r.get(1)?,
-        ingress_max_kbps: r.get::<_, i64>(2)? as u64,
+        ingress_max_kbps: r.get::<i64>(2)? as u64,
         ingress_min_kbps: opt(3)?,
         ingress_burst_kbytes: opt(4)?,
         egress_max_kbps: opt(5)?,

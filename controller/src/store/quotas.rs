@@ -2,8 +2,8 @@
 //! write runs inside its own transaction (so two racing creates cannot both
 //! slip under a limit: `BEGIN IMMEDIATE` serializes them).
 
+use crate::store::sql::{Connection, OptionalExtension};
 use measurelab_api::http::{Quota, TenantUsage};
-use rusqlite::{Connection, OptionalExtension};
 
 use super::codec::from_json;
 use super::error::StoreError;

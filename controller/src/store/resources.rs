@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use super::sql::{params, Connection, Transaction};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
@@ -119,7 +119,7 @@ impl ResourceStore {
             let mut statement = conn.prepare("SELECT node_id, generation FROM node_generations")?;
             let mut rows = statement.query([])?;
             while let Some(row) = rows.next()? {
-                generations.insert(row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64);
+                generations.insert(row.get::<String>(0)?, row.get::<u64>(1)?);
             }
         }
         Ok(ResourceStore {
@@ -190,7 +190,7 @@ impl ResourceStore {
         body: impl FnOnce(&mut TxContext<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.transaction()?;
         // The registry lock is held only for a clone-free borrow during the
         // body; the writer thread takes it briefly per batch, and the body
         // never waits on the writer.
@@ -213,7 +213,7 @@ impl ResourceStore {
                 tx.query_row(
                     "SELECT generation FROM node_generations WHERE node_id = ?1",
                     [node],
-                    |row| row.get::<_, i64>(0),
+                    |row| row.get::<i64>(0),
                 )
                 .map(|g| (node.clone(), g as u64))
             })
@@ -232,18 +232,7 @@ impl ResourceStore {
     /// must hold neither the shared connection nor the node registry: WAL
     /// readers run beside the writer, so heartbeats and requests go on.
     pub fn reader(&self) -> Result<Connection, StoreError> {
-        let open_error = |source| StoreError::Open {
-            path: self.path.as_ref().clone(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            self.path.as_ref(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_error)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_error)?;
-        Ok(conn)
+        super::database::open_reader(&self.path)
     }
 
     pub async fn read<T: Send + 'static>(

@@ -2,7 +2,7 @@
 //! series. Reads through `tasks.last_result_id`, so a scrape costs one row
 //! per task however many runs are stored.
 
-use rusqlite::{params, Connection};
+use crate::store::sql::{params, Connection};
 
 use super::StoreError;
 

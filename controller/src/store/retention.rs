@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
+use crate::store::sql::params;
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
@@ -113,8 +113,8 @@ pub(crate) fn prune_batch(
             params![cutoff_ms, BATCH as i64],
         )?,
         AgingTable::Idempotency => cx.tx.execute(
-            "DELETE FROM idempotency WHERE rowid IN
-                 (SELECT rowid FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+            "DELETE FROM idempotency WHERE request_id IN
+                 (SELECT request_id FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
             params![cutoff_text, BATCH as i64],
         )?,
         AgingTable::VmUsage => super::vm_usage::prune(cx.tx, cutoff.unix_timestamp(), BATCH)?,

@@ -40,7 +40,7 @@ pub(crate) fn node_of_points(
                 .tx
                 .prepare_cached("SELECT name, node_id FROM vms WHERE platform_id = ?1")?;
             let rows = statement.query_map([platform_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<String>(0)?, r.get::<String>(1)?))
             })?;
             let mut nodes = BTreeMap::new();
             for row in rows {

@@ -2,13 +2,13 @@
 
 use std::net::Ipv4Addr;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{ResultRecord, Task, TaskCreate};
 use measurelab_api::result::{
     ResultDocument, ResultError, RunStatus, DEFAULT_BOTTLENECK_DELAY_STDDEV_US,
     DEFAULT_BOTTLENECK_LOSS_THRESHOLD,
 };
 use measurelab_inference::InferenceConfig;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -46,7 +46,7 @@ pub(crate) struct TaskRow {
 fn read(
     conn: &Connection,
     filter: &str,
-    args: &[&dyn rusqlite::ToSql],
+    args: &[&dyn crate::store::sql::ToValue],
 ) -> Result<Vec<TaskRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT spec, status, last_result_id, platform_id, tenant_id FROM tasks {filter}"
@@ -510,7 +510,7 @@ pub(crate) fn insert_result(
         )?;
         let mut rows = statement.query(params![row.task.id, run_id])?;
         if let Some(existing) = rows.next()? {
-            return Ok((record(existing)?, false));
+            return Ok((record(&existing)?, false));
         }
     }
     let placement = match &row.platform_id {
@@ -595,7 +595,7 @@ pub(crate) struct ResultQuery {
     pub before: Option<(i64, i64)>,
 }
 
-fn record(r: &rusqlite::Row<'_>) -> Result<ResultRecord, StoreError> {
+fn record(r: &crate::store::sql::Row<'_>) -> Result<ResultRecord, StoreError> {
     let document: String = r.get(5)?;
     Ok(ResultRecord {
         id: r.get(0)?,
@@ -681,7 +681,7 @@ pub(crate) fn results_at(
     ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push((record(row)?, (row.get(7)?, row.get(8)?)));
+        out.push((record(&row)?, (row.get(7)?, row.get(8)?)));
     }
     Ok(out)
 }
@@ -758,7 +758,7 @@ pub(crate) fn export_batch(
     ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(record(row)?);
+        out.push(record(&row)?);
         plan.after = Some((row.get(7)?, row.get(8)?));
     }
     Ok(out)

@@ -1,8 +1,8 @@
 //! Tenants: the owners of platforms, QoS policies, programs, tasks and
 //! results (VMs and deployments belong to their platform's and program's).
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{Tenant, TenantCreate, TenantPatch};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
@@ -20,7 +20,7 @@ const OWNED: &[(&str, &str)] = &[
     ("tasks", "task"),
 ];
 
-fn row(r: &rusqlite::Row<'_>) -> Result<Tenant, StoreError> {
+fn row(r: &crate::store::sql::Row<'_>) -> Result<Tenant, StoreError> {
     let quota: String = r.get(3)?;
     Ok(Tenant {
         id: r.get(0)?,
@@ -39,7 +39,7 @@ pub(crate) fn find(conn: &Connection, key: &str) -> Result<Option<Tenant>, Store
         "{SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
     ))?;
     let mut rows = statement.query([key])?;
-    rows.next()?.map(row).transpose()
+    rows.next()?.map(|r| row(&r)).transpose()
 }
 
 /// A tenant visible in `scope` (a tenant sees only itself).
@@ -59,7 +59,7 @@ pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Tenant>, Stor
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(row(r)?);
+        out.push(row(&r)?);
     }
     Ok(out)
 }

@@ -2,14 +2,14 @@
 //! heartbeats, downsampled on write to one row per VM per [`SAMPLE_STEP_SECONDS`]
 //! and pruned after the retention window (`crate::retention`).
 //!
-//! A write is one `INSERT OR IGNORE` on the table's primary key, so a guest
+//! A write is one `INSERT ... ON CONFLICT DO NOTHING` on the table's primary key, so a guest
 //! heartbeating every second costs one cheap no-op most of the time. Reads
 //! aggregate the stored grid to a coarser `step` and derive network rates
 //! from the counters.
 
+use crate::store::sql::{params, Connection};
 use measurelab_api::http::VmUsageSample;
 use measurelab_api::node_v1::ResourceUsage;
-use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
@@ -53,9 +53,10 @@ pub(crate) fn record(
     let bucket = (sampled_ms / 1000) / SAMPLE_STEP_SECONDS * SAMPLE_STEP_SECONDS;
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO vm_usage (vm_id, bucket, sampled_ms, cpu_count, cpu_percent,
+            "INSERT INTO vm_usage (vm_id, bucket, sampled_ms, cpu_count, cpu_percent,
                 memory_total, memory_used, disk_total, disk_used, rx_bytes, tx_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (vm_id, bucket) DO NOTHING",
         )?
         .execute(params![
             vm_id,
@@ -115,7 +116,7 @@ pub(crate) fn prune(conn: &Connection, cutoff: i64, limit: usize) -> Result<usiz
             "DELETE FROM vm_usage WHERE (vm_id, bucket) IN
                  (SELECT vm_id, bucket FROM vm_usage WHERE bucket < ?1 ORDER BY bucket LIMIT ?2)",
         )?
-        .execute(rusqlite::params![cutoff, limit as i64])?)
+        .execute(crate::store::sql::params![cutoff, limit as i64])?)
 }
 
 /// Every sample of a VM (the VM is gone).
@@ -181,12 +182,11 @@ pub(crate) fn downsample(rows: &[StoredSample], step: i64) -> Vec<VmUsageSample>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::database::{migrate, open_connection};
+    use crate::store::database::open_primary;
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("controller.db")).unwrap();
-        migrate(&mut conn).unwrap();
+        let conn = open_primary(&dir.path().join("controller.db")).unwrap();
         (dir, conn)
     }
 

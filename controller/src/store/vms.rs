@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{
     Condition, TenantUsage, Vm, VmBackend, VmCreate, VmPatch, VmPowerState,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{from_json, new_id, to_json};
 use super::error::StoreError;
@@ -103,7 +103,7 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
     JOIN appliances a ON a.id = v.appliance_id
     LEFT JOIN qos_policies q ON q.id = v.qos_policy_id";
 
-fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
+fn read_row(r: &crate::store::sql::Row<'_>) -> Result<VmRow, StoreError> {
     let power: String = r.get(13)?;
     let backend: String = r.get(14)?;
     let conditions: String = r.get(22)?;
@@ -113,10 +113,10 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
         platform_id: r.get(2)?,
         platform_name: r.get(3)?,
         node_id: r.get(4)?,
-        vcpus: r.get::<_, i64>(5)? as u32,
-        memory_mib: r.get::<_, i64>(6)? as u64,
-        disk_mib: r.get::<_, i64>(7)? as u64,
-        swap_mib: r.get::<_, i64>(8)? as u64,
+        vcpus: r.get::<i64>(5)? as u32,
+        memory_mib: r.get::<i64>(6)? as u64,
+        disk_mib: r.get::<i64>(7)? as u64,
+        swap_mib: r.get::<i64>(8)? as u64,
         appliance_id: r.get(9)?,
         appliance_name: r.get(10)?,
         qos_policy_id: r.get(11)?,
@@ -128,30 +128,30 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<VmRow, StoreError> {
         address: r.get(15)?,
         mac: r.get(16)?,
         port_name: r.get(17)?,
-        deleting: r.get::<_, i64>(18)? != 0,
+        deleting: r.get::<i64>(18)? != 0,
         actual_state: r.get(19)?,
-        restart_required: r.get::<_, i64>(20)? != 0,
+        restart_required: r.get::<i64>(20)? != 0,
         guest_last_heartbeat: r.get(21)?,
         conditions: from_json("vms.conditions", &conditions)?,
-        generation: r.get::<_, i64>(23)? as u64,
-        observed_generation: r.get::<_, i64>(24)? as u64,
+        generation: r.get::<i64>(23)? as u64,
+        observed_generation: r.get::<i64>(24)? as u64,
         created_at: r.get(25)?,
         tenant_id: r.get(26)?,
-        max_vcpus: r.get::<_, Option<i64>>(27)?.map(|v| v as u32),
-        max_memory_mib: r.get::<_, Option<i64>>(28)?.map(|v| v as u64),
+        max_vcpus: r.get::<Option<i64>>(27)?.map(|v| v as u32),
+        max_memory_mib: r.get::<Option<i64>>(28)?.map(|v| v as u64),
     })
 }
 
 fn query(
     conn: &Connection,
     filter: &str,
-    args: &[&dyn rusqlite::ToSql],
+    args: &[&dyn crate::store::sql::ToValue],
 ) -> Result<Vec<VmRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!("{SELECT} {filter}"))?;
     let mut rows = statement.query(args)?;
     let mut vms = Vec::new();
     while let Some(row) = rows.next()? {
-        vms.push(read_row(row)?);
+        vms.push(read_row(&row)?);
     }
     Ok(vms)
 }
@@ -260,7 +260,8 @@ fn reserved_memory_mib(
 ) -> Result<u64, StoreError> {
     let reserved: i64 = cx.tx.query_row(
         "SELECT COALESCE(SUM(memory_mib), 0) FROM vms
-         WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending' AND id IS NOT ?2",
+         WHERE node_id = ?1 AND deleting = 0 AND actual_state = 'pending'
+           AND id IS DISTINCT FROM ?2",
         params![node_id, except_vm],
         |r| r.get(0),
     )?;
@@ -373,7 +374,7 @@ fn allocate_address(cx: &TxContext<'_>, platform: &PlatformRow) -> Result<String
     let used: HashSet<String> = cx
         .tx
         .prepare_cached("SELECT address FROM vms WHERE platform_id = ?1")?
-        .query_map([&platform.id], |r| r.get::<_, String>(0))?
+        .query_map([&platform.id], |r| r.get::<String>(0))?
         .collect::<Result<_, _>>()?;
     placement::address(&platform.name, &platform.subnet, &used)
 }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::store::sql::{params, Connection};
 use measurelab_api::http::{self, NodeStatus};
-use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
