@@ -696,6 +696,54 @@ mod tests {
         assert_eq!(state.gateway_spec(), Err(()));
     }
 
+    /// Raising `control_key_version` plans a new (unknown) key in place;
+    /// keeping it keeps the key; lowering it or a fraction is an error on the
+    /// attribute.
+    #[tokio::test]
+    async fn a_raised_control_key_version_plans_a_new_key_and_a_lowered_one_is_refused() {
+        let resource = Platforms::new(Shared::new(tokio_util::sync::CancellationToken::new()));
+        let prior = PlatformState {
+            name: Value::Value("lab".into()),
+            nodes: Value::Value(BTreeSet::from(["n1".to_string()])),
+            id: Value::Value("p1".into()),
+            control_key: Value::Value("ab".repeat(32)),
+            control_key_version: Value::Null,
+            ..Default::default()
+        };
+        let with_version = |version: Number| PlatformState {
+            control_key_version: Value::Value(version),
+            ..prior.clone()
+        };
+        let plan = |proposed: PlatformState| {
+            let resource = &resource;
+            let prior = &prior;
+            async move {
+                let mut diags = Diagnostics::default();
+                let (state, replace) = resource.plan_update(&mut diags, prior, proposed).await;
+                assert!(replace.is_empty(), "replaces for {replace:?}");
+                let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+                (state, paths)
+            }
+        };
+        let (state, errors) = plan(with_version(Number::Unsigned(1))).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.control_key, prior.control_key, "1 is the first key");
+        let (state, errors) = plan(with_version(Number::Unsigned(2))).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.control_key, Value::Unknown, "a raise rotates");
+        assert_eq!(state.id, prior.id, "in place");
+
+        let raised = with_version(Number::Unsigned(3));
+        let mut diags = Diagnostics::default();
+        let (_, _) = resource
+            .plan_update(&mut diags, &raised, with_version(Number::Unsigned(2)))
+            .await;
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(paths, vec![AttributePath::new("control_key_version")]);
+        let (_, errors) = plan(with_version(Number::Float(1.5))).await;
+        assert_eq!(errors, vec![AttributePath::new("control_key_version")]);
+    }
+
     #[test]
     fn empty_nodes_and_bad_power_point_at_their_attributes() {
         let mut diags = Diagnostics::default();
