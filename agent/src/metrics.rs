@@ -369,6 +369,30 @@ mod tests {
         if let Err(e) = measurelab_testbed::promtool_check(&after) {
             panic!("{e:#}");
         }
+        // Every agent series the Grafana dashboard queries is one this
+        // endpoint serves (the controller's test checks the rest).
+        let served: std::collections::BTreeSet<&str> = after
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let queried = measurelab_testbed::dashboard_series().unwrap();
+        let agents: Vec<_> = queried
+            .iter()
+            .filter(|name| name.starts_with("measurelab_agent_"))
+            .collect();
+        assert!(
+            agents
+                .iter()
+                .any(|n| *n == "measurelab_agent_point_refused_total"),
+            "no panel shows the points' refusals: {queried:?}"
+        );
+        for name in agents {
+            assert!(
+                served.contains(name.as_str()),
+                "the dashboard queries {name}, which the agent's /metrics does not serve: {served:?}"
+            );
+        }
         stop.send(true).unwrap();
         server.await.unwrap().unwrap();
         tokio::task::spawn_blocking(move || point.stop())

@@ -787,7 +787,7 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
         GuestChannels::new(),
         events_tx,
     );
-    let (_desired_tx, desired_rx) = tokio::sync::watch::channel(7u64);
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(7u64);
     let (observed_tx, mut observed_rx) = tokio::sync::watch::channel(0u64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(run_loop(
@@ -908,6 +908,30 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
         before,
         "unchanged statuses must not be re-sent"
     );
+
+    // The run's env changes (a platform's rotated control key): the run
+    // goes out again with it, so the guest restarts the program.
+    {
+        let mut desired = control.desired.lock().unwrap();
+        desired.generation = 8;
+        desired.program_runs[0]
+            .env
+            .insert("MEASURELAB_CONTROL_KEY".into(), "rotated".into());
+    }
+    desired_tx.send(8).unwrap();
+    let rerun = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if value["type"] == "run" {
+                break value;
+            }
+        }
+    })
+    .await
+    .expect("the changed run is sent again");
+    assert_eq!(rerun["deployment_id"], "d1");
+    assert_eq!(rerun["env"]["MEASURELAB_CONTROL_KEY"], "rotated");
 
     stop_tx.send(true).unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), task)

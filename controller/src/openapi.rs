@@ -222,6 +222,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::get_platform_peer,
         operations::delete_platform_peer,
         operations::platform_control_key,
+        operations::rotate_platform_control_key,
         operations::list_qos_policies,
         operations::create_qos_policy,
         operations::get_qos_policy,
@@ -779,6 +780,19 @@ mod operations {
         params(("id_or_name" = String, Path, description = KEY)),
         responses((status = 200, description = "The platform's control key.", body = PlatformControlKey), GetErrors))]
     fn platform_control_key() {}
+
+    /// Replace the platform's control key by a fresh one (owner or member; a
+    /// viewer gets 403). The answer holds the new key (empty when replayed
+    /// with the same `request_id`); the old one is forgotten. Every program
+    /// run of the platform gets the new key, and node agents restart the runs
+    /// whose environment changed, so the platform's MSCS and points move to
+    /// it together (a periodic measurement's interrupted run is run again).
+    /// Recorded as a `PlatformControlKeyRotated` event, which never holds the key.
+    #[utoipa::path(post, path = "/v1/platforms/{id_or_name}/control-key/rotate", operation_id = "rotatePlatformControlKey",
+        params(("id_or_name" = String, Path, description = KEY)),
+        request_body = RequestOptions,
+        responses((status = 200, description = "The platform's new control key.", body = PlatformControlKey), UpdateErrors))]
+    fn rotate_platform_control_key() {}
     /// The caller's token, role and tenant.
     #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami",
         responses((status = 200, description = "Who the token is.", body = WhoAmI), ListErrors))]

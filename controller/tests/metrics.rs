@@ -203,36 +203,24 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
     }
 
     // Every series the Grafana dashboard queries is one the controller
-    // serves (a renamed metric would leave a panel silently empty).
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/grafana/measurelab-controller.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let mut queried = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for (start, _) in expr.match_indices("measurelab_") {
-                let name: String = expr[start..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                queried.push(name);
-            }
-        }
-    }
-    assert!(queried.len() >= 10, "{queried:?}");
+    // serves, but the node agents' (checked against a real agent's /metrics
+    // by the agent's `a_points_refusal_is_exported_with_its_reason`).
+    let queried = measurelab_testbed::dashboard_series().unwrap();
+    let (agents, ours): (Vec<_>, Vec<_>) = queried
+        .iter()
+        .partition(|name| name.starts_with("measurelab_agent_"));
+    assert!(ours.len() >= 8, "{queried:?}");
+    assert!(
+        !agents.is_empty(),
+        "the dashboard shows no agent series: {queried:?}"
+    );
     let served: std::collections::BTreeSet<String> = samples(&text)
         .into_keys()
         .map(|series| series.split('{').next().unwrap_or_default().to_string())
         .collect();
-    for name in &queried {
+    for name in &ours {
         assert!(
-            served.contains(name),
+            served.contains(*name),
             "the dashboard queries {name}, which /metrics does not serve: {served:?}"
         );
     }

@@ -191,3 +191,135 @@ async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
     );
     controller.stop().await;
 }
+
+/// Rotation: a fresh key replaces the old one in every run of the platform
+/// (so node agents restart them with it), only for those who may read it,
+/// audited without the key, and a replayed request neither rotates again nor
+/// reveals a key.
+#[tokio::test]
+async fn rotating_a_platform_key_replaces_it_in_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let n1 = controller.register("n1", "").await;
+    let member = controller.tenant_token("t1", "ci", "member").await;
+    let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
+    let other = controller.tenant_token("t2", "other", "member").await;
+    create(
+        &controller,
+        &member,
+        "/v1/platforms",
+        json!({"name": "lab", "nodes": ["n1"]}),
+    )
+    .await;
+    create(
+        &controller,
+        &member,
+        "/v1/vms",
+        json!({"name": "mscs", "platform": "lab", "node": "n1", "vcpus": 1,
+               "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
+    )
+    .await;
+    let program = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\n");
+    create(
+        &controller,
+        &member,
+        "/v1/programs",
+        json!({"name": "mcast", "content_base64": program}),
+    )
+    .await;
+    let (status, deployment) = controller
+        .call_as(
+            &member,
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "mcast", "vms": ["lab/mscs"], "env": {"ROLE": "mscs"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{deployment}");
+    let deployment_id = deployment["id"].as_str().unwrap().to_string();
+    let (_, first) = controller
+        .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
+        .await;
+    assert_eq!(first["version"], 1, "{first:?}");
+    let old = first["control_key"].as_str().unwrap().to_string();
+
+    let rotate = "/v1/platforms/lab/control-key/rotate";
+    let (status, body) = controller
+        .call_as(&viewer, Method::POST, rotate, Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = controller
+        .call_as(&other, Method::POST, rotate, Some(json!({})))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (_, unchanged) = controller
+        .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
+        .await;
+    assert_eq!(unchanged["control_key"], first["control_key"]);
+    assert_eq!(unchanged["version"], 1);
+
+    let request = json!({"request_id": "rotate-1"});
+    let (status, rotated) = controller
+        .call_as(&member, Method::POST, rotate, Some(request.clone()))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["control_key"].as_str().unwrap().to_string();
+    assert!(
+        new.len() == 64 && new.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{new}"
+    );
+    assert_ne!(new, old);
+    assert_eq!(rotated["version"], 2);
+    assert_eq!(rotated["platform"], first["platform"]);
+    assert_eq!(
+        rotated["key_id"], first["key_id"],
+        "the programs' key id stays"
+    );
+
+    // A retry of the same request: the recorded answer, without the key,
+    // and no second rotation.
+    let (status, replay) = controller
+        .call_as(&member, Method::POST, rotate, Some(request))
+        .await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["control_key"], "", "a replay never shows a key");
+    assert_eq!(replay["version"], 2);
+    let (_, current) = controller
+        .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
+        .await;
+    assert_eq!(current["control_key"].as_str(), Some(new.as_str()));
+    assert_eq!(current["version"], 2);
+
+    // The run carries the new key, under the same id, with the tenant's env.
+    let envs = run_envs(&controller, &n1).await;
+    let env = envs
+        .get(&deployment_id)
+        .expect("the run is in n1's desired state");
+    assert_eq!(env.get(KEY_ENV), Some(&new));
+    assert_eq!(
+        env.get(KEY_ID_ENV),
+        first["key_id"].as_str().map(str::to_string).as_ref()
+    );
+    assert_eq!(env.get("ROLE").map(String::as_str), Some("mscs"));
+
+    // One audited rotation naming the token, and neither key in any event.
+    let events = controller.events().await;
+    let rotations: Vec<_> = events
+        .events
+        .iter()
+        .filter(|e| e.reason == "PlatformControlKeyRotated")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    assert!(rotations[0].message.contains("token ci"), "{rotations:?}");
+    assert!(rotations[0].message.contains("version 2"), "{rotations:?}");
+    let (_, listed) = controller
+        .call_as(&member, Method::GET, "/v1/events", None)
+        .await;
+    for secret in [&old, &new] {
+        assert!(
+            !listed.to_string().contains(secret.as_str()),
+            "an event shows a key"
+        );
+    }
+    controller.stop().await;
+}

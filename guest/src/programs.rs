@@ -13,7 +13,11 @@
 //!
 //! The table of runs is the truth: after a reconnect every known run is
 //! reported again, and a repeated `run` for a known deployment only re-reports
-//! it, so the node agent can resend `run` level-triggered.
+//! it, so the node agent can resend `run` level-triggered. A `run` (or
+//! `program_begin`) of a known deployment whose program, args or env differ
+//! replaces it: the old process is stopped as by `stop`, and the new one starts
+//! once the old one has exited. That is how a changed environment (a platform's
+//! rotated control key) reaches a program that is already running.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -129,6 +133,52 @@ struct RunInner {
     /// Bumped on every change; `reported` is the version last sent.
     version: u64,
     reported: u64,
+    /// What was asked to run ([`fingerprint`]): a request with another one replaces it.
+    fingerprint: String,
+    /// Where the process is, for a replacement that must wait for it.
+    phase: tokio::sync::watch::Sender<Phase>,
+}
+
+/// A run's process: being started, running, or gone (exited or never started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Ended,
+}
+
+impl RunInner {
+    fn new(fingerprint: String, status: Option<ProgramRunState>) -> Self {
+        RunInner {
+            status,
+            exit_code: None,
+            failure: None,
+            stdout: Tail::default(),
+            stderr: Tail::default(),
+            pgid: None,
+            version: 0,
+            reported: 0,
+            fingerprint,
+            phase: tokio::sync::watch::Sender::new(if status.is_some() {
+                Phase::Ended
+            } else {
+                Phase::Starting
+            }),
+        }
+    }
+}
+
+/// What identifies one request to run: the program, its args and its env.
+fn fingerprint(
+    program_name: &str,
+    sha256: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> String {
+    // JSON of a tuple with a BTreeMap: unambiguous and in a stable order.
+    let text = serde_json::to_string(&(program_name, sha256.to_ascii_lowercase(), args, env))
+        .unwrap_or_default();
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 type Run = Arc<Mutex<RunInner>>;
@@ -160,11 +210,13 @@ impl Programs {
     /// never work (bad names, digest or size) fails the run for good, as a
     /// bad `run` does; a known deployment only re-reports its status.
     pub(crate) fn begin(self: &Arc<Self>, begin: BeginRequest) {
+        let wanted = fingerprint(&begin.program_name, &begin.sha256, &begin.args, &begin.env);
         let known = self
             .runs
             .lock()
             .ok()
-            .and_then(|runs| runs.get(&begin.deployment_id).cloned());
+            .and_then(|runs| runs.get(&begin.deployment_id).cloned())
+            .filter(|run| same_request(run, &wanted));
         if let Ok(mut transfers) = self.transfers.lock() {
             transfers.remove(&begin.deployment_id);
         }
@@ -316,16 +368,10 @@ impl Programs {
     /// Records a run that cannot start, and reports it.
     fn fail_run(&self, deployment_id: &str, err: &ProgramError) {
         tracing::warn!(%deployment_id, error = %err, "program failed to start");
-        let run: Run = Arc::new(Mutex::new(RunInner {
-            status: Some(ProgramRunState::Failed),
-            exit_code: None,
-            failure: Some(format!("measurelab-guest-agent: {err}")),
-            stdout: Tail::default(),
-            stderr: Tail::default(),
-            pgid: None,
-            version: 1,
-            reported: 0,
-        }));
+        let mut inner = RunInner::new(String::new(), Some(ProgramRunState::Failed));
+        inner.failure = Some(format!("measurelab-guest-agent: {err}"));
+        inner.version = 1;
+        let run: Run = Arc::new(Mutex::new(inner));
         if let Ok(mut runs) = self.runs.lock() {
             runs.insert(deployment_id.to_string(), run.clone());
         }
@@ -334,37 +380,53 @@ impl Programs {
 
     /// Starts the program in the background; status goes over the channel.
     pub(crate) fn run(self: &Arc<Self>, request: RunRequest) {
-        let run = {
+        let wanted = fingerprint(
+            &request.program_name,
+            &request.sha256,
+            &request.args,
+            &request.env,
+        );
+        let (run, replaced) = {
             let Ok(mut runs) = self.runs.lock() else {
                 return;
             };
-            if let Some(existing) = runs.get(&request.deployment_id) {
-                tracing::info!(deployment_id = %request.deployment_id, "run repeated; reporting its status");
-                self.report(&request.deployment_id, existing);
-                return;
-            }
-            let run: Run = Arc::new(Mutex::new(RunInner {
-                status: None,
-                exit_code: None,
-                failure: None,
-                stdout: Tail::default(),
-                stderr: Tail::default(),
-                pgid: None,
-                version: 0,
-                reported: 0,
-            }));
+            let replaced = match runs.get(&request.deployment_id) {
+                Some(existing) if same_request(existing, &wanted) => {
+                    tracing::info!(deployment_id = %request.deployment_id, "run repeated; reporting its status");
+                    self.report(&request.deployment_id, existing);
+                    return;
+                }
+                Some(existing) => {
+                    tracing::info!(deployment_id = %request.deployment_id, "run changed (program, args or env); restarting it");
+                    Some(existing.clone())
+                }
+                None => None,
+            };
+            let run: Run = Arc::new(Mutex::new(RunInner::new(wanted, None)));
             runs.insert(request.deployment_id.clone(), run.clone());
-            run
+            (run, replaced)
         };
         let programs = self.clone();
         tokio::spawn(async move {
             let deployment_id = request.deployment_id.clone();
+            if let Some(old) = replaced {
+                // The old process still owns the work directory and the
+                // program file: the new one starts only after it is gone.
+                // A process still being spawned is waited for first, so it
+                // is stopped rather than left running beside the new one.
+                if let Some(mut phase) = old.lock().ok().map(|inner| inner.phase.subscribe()) {
+                    let _ = phase.wait_for(|phase| *phase != Phase::Starting).await;
+                    terminate(&old);
+                    let _ = phase.wait_for(|phase| *phase == Phase::Ended).await;
+                }
+            }
             if let Err(err) = programs.start(request, &run).await {
                 tracing::warn!(%deployment_id, error = %err, "program failed to start");
                 if let Ok(mut inner) = run.lock() {
                     inner.status = Some(ProgramRunState::Failed);
                     inner.failure = Some(format!("measurelab-guest-agent: {err}"));
                     inner.version += 1;
+                    inner.phase.send_replace(Phase::Ended);
                 }
                 programs.report(&deployment_id, &run);
             }
@@ -418,6 +480,7 @@ impl Programs {
             inner.status = Some(ProgramRunState::Running);
             inner.pgid = pid;
             inner.version += 1;
+            inner.phase.send_replace(Phase::Running);
         }
         self.report(&request.deployment_id, run);
 
@@ -455,6 +518,7 @@ impl Programs {
                 }
             }
             inner.version += 1;
+            inner.phase.send_replace(Phase::Ended);
             tracing::info!(deployment_id = %request.deployment_id, exit_code = ?inner.exit_code, "program exited");
         }
         self.report(&request.deployment_id, run);
@@ -473,20 +537,11 @@ impl Programs {
             tracing::warn!(%deployment_id, "stop for an unknown deployment ignored");
             return;
         };
-        let pgid = run.lock().ok().and_then(|inner| inner.pgid);
-        let Some(pgid) = pgid else {
+        if !terminate(&run) {
             self.report(deployment_id, &run);
             return;
-        };
-        tracing::info!(%deployment_id, pgid, "stopping program");
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-        tokio::spawn(async move {
-            tokio::time::sleep(STOP_GRACE).await;
-            let still_running = run.lock().ok().and_then(|inner| inner.pgid) == Some(pgid);
-            if still_running {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            }
-        });
+        }
+        tracing::info!(%deployment_id, "stopping program");
     }
 
     /// Reports every run that has a status (after a reconnect or hello_request).
@@ -537,6 +592,31 @@ impl Programs {
             inner.reported = inner.version;
         }
     }
+}
+
+/// Whether `run` was asked for with the request of fingerprint `wanted`.
+fn same_request(run: &Run, wanted: &str) -> bool {
+    run.lock()
+        .map(|inner| inner.fingerprint == wanted)
+        .unwrap_or(false)
+}
+
+/// SIGTERM to the run's process group, SIGKILL after [`STOP_GRACE`] if it is
+/// still there. Returns whether there was a process to stop.
+fn terminate(run: &Run) -> bool {
+    let Some(pgid) = run.lock().ok().and_then(|inner| inner.pgid) else {
+        return false;
+    };
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+    let run = run.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(STOP_GRACE).await;
+        let still_running = run.lock().ok().and_then(|inner| inner.pgid) == Some(pgid);
+        if still_running {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    });
+    true
 }
 
 /// The names and digest of a run request are usable.

@@ -132,7 +132,13 @@ async fn guest_agent_over_unix_socket() {
     channels
         .send(
             vm_id,
-            &run_message("dep-1", "probe.sh", script, &["again"], &[]),
+            &run_message(
+                "dep-1",
+                "probe.sh",
+                script,
+                &["world"],
+                &[("GREETING", "hi")],
+            ),
         )
         .unwrap();
     let (_, _, stdout_again, _) = expect(
@@ -143,6 +149,99 @@ async fn guest_agent_over_unix_socket() {
     )
     .await;
     assert_eq!(stdout_again, stdout);
+
+    // The same deployment with another env (a rotated control key) or args
+    // is a new request: the guest runs it again with them.
+    channels
+        .send(
+            vm_id,
+            &run_message(
+                "dep-1",
+                "probe.sh",
+                script,
+                &["world"],
+                &[("GREETING", "rotated")],
+            ),
+        )
+        .unwrap();
+    let (_, exit_code, stdout_changed, _) = expect(
+        &mut inbound,
+        WAIT,
+        "dep-1 rerun with the new env",
+        |m| match status_of("dep-1", ProgramRunState::Exited)(m) {
+            Some(found) if found.2.contains("rotated") => Some(found),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(exit_code, Some(7));
+    assert_eq!(
+        stdout_changed,
+        format!("hello world rotated from {vm_id}\n")
+    );
+
+    // A running program whose env changes is stopped and started again with
+    // the new env, once (its first process is gone before the second starts).
+    let long = b"#!/bin/sh\necho \"start $KEY\" >> starts\nexec sleep 600\n";
+    channels
+        .send(
+            vm_id,
+            &run_message("dep-long", "long.sh", long, &[], &[("KEY", "old")]),
+        )
+        .unwrap();
+    expect(
+        &mut inbound,
+        WAIT,
+        "dep-long running",
+        status_of("dep-long", ProgramRunState::Running),
+    )
+    .await;
+    channels
+        .send(
+            vm_id,
+            &run_message("dep-long", "long.sh", long, &[], &[("KEY", "new")]),
+        )
+        .unwrap();
+    expect(
+        &mut inbound,
+        WAIT,
+        "the old dep-long exited",
+        status_of("dep-long", ProgramRunState::Exited),
+    )
+    .await;
+    expect(
+        &mut inbound,
+        WAIT,
+        "dep-long running again",
+        status_of("dep-long", ProgramRunState::Running),
+    )
+    .await;
+    let starts = programs.join("dep-long").join("starts");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&starts).unwrap_or_default() != "start old\nstart new\n" {
+        assert!(
+            Instant::now() < deadline,
+            "starts: {:?}",
+            std::fs::read_to_string(&starts)
+        );
+        // Poll interval only: the condition, not the pause, ends the wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    channels
+        .send(
+            vm_id,
+            &AgentMessage::Stop {
+                deployment_id: "dep-long".into(),
+            },
+        )
+        .unwrap();
+    expect(
+        &mut inbound,
+        WAIT,
+        "dep-long stopped",
+        status_of("dep-long", ProgramRunState::Exited),
+    )
+    .await;
 
     // Wrong checksum: failed, with the reason, and nothing executed.
     let mut bad = run_message("dep-bad", "x.sh", b"#!/bin/sh\ntouch ran\n", &[], &[]);

@@ -11,6 +11,7 @@
 //! has seen within that window, so a captured line can neither be altered nor replayed.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -257,12 +258,32 @@ fn unix_ms_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A not-yet-upgraded (release 0.1.0, control protocol version 1) orchestrator of one
+/// service task, as the controller marks it (`ServicePeer.control_protocol_version = 1`
+/// on the task's first peer). It cannot sign, so a point accepts its unsigned `send` and
+/// `receive` only from `source` and only for the task's own `group` and `port`, and
+/// answers its `info` as a version-1 point. Nothing on the wire makes a point add one:
+/// only the node agent does, from the controller's desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyOrchestrator {
+    /// The task it orchestrates.
+    pub task: String,
+    /// Its service address (the source of its control connections).
+    pub source: IpAddr,
+    /// The task's multicast group.
+    pub group: Ipv4Addr,
+    /// The task's UDP port.
+    pub port: u16,
+}
+
 /// The keys a point accepts, by task id, and the nonces it has seen. Shared between the
 /// point's connection threads and whoever keeps it current (the node agent replaces the
 /// set from every desired state).
 #[derive(Debug, Default)]
 pub struct KeyRing {
     keys: Mutex<HashMap<String, ControlKey>>,
+    /// Orchestrators the controller says still speak version 1 (see [`LegacyOrchestrator`]).
+    legacy: Mutex<Vec<LegacyOrchestrator>>,
     changed: Condvar,
     nonces: Mutex<HashMap<String, Instant>>,
     /// Bumped whenever a request names a task the ring has no key for, so the keeper can
@@ -293,6 +314,26 @@ impl KeyRing {
         let keys = keys.into_iter().map(|k| (k.task.clone(), k)).collect();
         *lock(&self.keys) = keys;
         self.changed.notify_all();
+    }
+
+    /// Replaces the version-1 orchestrators whole (from the same desired state as the keys).
+    pub fn replace_legacy(&self, orchestrators: impl IntoIterator<Item = LegacyOrchestrator>) {
+        *lock(&self.legacy) = orchestrators.into_iter().collect();
+    }
+
+    /// The task whose version-1 orchestrator at `source` may order `group`:`port`
+    /// unsigned, if there is one.
+    pub fn legacy_task(&self, source: IpAddr, group: Ipv4Addr, port: u16) -> Option<String> {
+        lock(&self.legacy)
+            .iter()
+            .find(|o| o.source == source && o.group == group && o.port == port)
+            .map(|o| o.task.clone())
+    }
+
+    /// Whether `source` is a version-1 orchestrator of some task (its `info` is answered
+    /// as version 1, which is all a 0.1.0 orchestrator accepts).
+    pub fn is_legacy_source(&self, source: IpAddr) -> bool {
+        lock(&self.legacy).iter().any(|o| o.source == source)
     }
 
     /// Number of keys held.

@@ -5,7 +5,7 @@
 //! timing, so they run on plain threads rather than an async runtime.
 
 use std::io::{BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -296,7 +296,8 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
                 continue;
             }
         };
-        let request = match authorize(request, config) {
+        let peer = writer.peer_addr().ok().map(|addr| addr.ip());
+        let request = match authorize_from(request, config, peer) {
             Ok(request) => request,
             Err(err) => {
                 warn!(peer = ?writer.peer_addr().ok(), reason = err.reason(), cause = %err,
@@ -311,7 +312,7 @@ fn handle_connection(stream: TcpStream, config: &PointConfig) -> Result<(), Poin
                 &ControlResponse::Info(PointInfo {
                     name: config.name.clone(),
                     data_addr: config.data_addr,
-                    protocol_version: PROTOCOL_VERSION,
+                    protocol_version: info_version(config, peer),
                 }),
             )?,
             ControlRequest::Send(request) => {
@@ -347,11 +348,37 @@ pub fn authorize(
     request: ControlRequest,
     config: &PointConfig,
 ) -> Result<ControlRequest, AuthError> {
+    authorize_from(request, config, None)
+}
+
+/// [`authorize`] for a request from `peer`: an unsigned `send` or `receive` is also
+/// accepted when `peer` is a version-1 orchestrator the controller marked for a task
+/// and the order is for that task's group and port ([`crate::auth::LegacyOrchestrator`]).
+pub fn authorize_from(
+    request: ControlRequest,
+    config: &PointConfig,
+    peer: Option<IpAddr>,
+) -> Result<ControlRequest, AuthError> {
     let outcome = match (request, config.keys.as_deref()) {
         (ControlRequest::Signed(signed), Some(keys)) => keys.verify(&signed, config.key_wait),
         (ControlRequest::Signed(signed), None) => signed.inner(),
-        (request @ (ControlRequest::Send(_) | ControlRequest::Receive(_)), Some(_)) => {
-            Err(AuthError::Missing { op: request.op() })
+        (request @ (ControlRequest::Send(_) | ControlRequest::Receive(_)), Some(keys)) => {
+            let target = match &request {
+                ControlRequest::Send(send) => Some((send.group, send.port)),
+                ControlRequest::Receive(receive) => Some((receive.group, receive.port)),
+                _ => None,
+            };
+            let task = peer
+                .zip(target)
+                .and_then(|(peer, (group, port))| keys.legacy_task(peer, group, port));
+            match task {
+                Some(task) => {
+                    info!(?peer, %task, op = request.op(),
+                        "unsigned version-1 order accepted from the task's controller-marked orchestrator");
+                    Ok(request)
+                }
+                None => Err(AuthError::Missing { op: request.op() }),
+            }
         }
         (request, _) => Ok(request),
     };
@@ -366,6 +393,16 @@ pub fn authorize(
         }
     }
     outcome
+}
+
+/// The protocol version `info` answers `peer` with: 1 to a version-1 orchestrator the
+/// controller marked (a 0.1.0 orchestrator refuses any other answer), ours to everyone
+/// else.
+fn info_version(config: &PointConfig, peer: Option<IpAddr>) -> u32 {
+    match (config.keys.as_deref(), peer) {
+        (Some(keys), Some(peer)) if keys.is_legacy_source(peer) => 1,
+        _ => PROTOCOL_VERSION,
+    }
 }
 
 /// How often a sending point checks whether its MSCS is still connected.

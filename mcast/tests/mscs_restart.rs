@@ -1,5 +1,6 @@
 //! Crash behaviour of the MSCS and the points with real processes and real packets:
-//! SIGKILL the MSCS mid-schedule and restart it; SIGKILL a point mid-run.
+//! SIGKILL the MSCS mid-schedule and restart it; SIGKILL a point mid-run; restart the
+//! MSCS and every point with a rotated control key mid-run, as node agents do.
 
 mod common;
 
@@ -7,7 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use common::{receiver, Lab};
+use common::{in_netns, receiver, Lab, CONTROL_PORT};
+use measurelab_mcast::auth::ControlKey;
+use measurelab_mcast::protocol::{ControlRequest, ControlResponse, ReceiveRequest};
 use serde_json::Value;
 
 const POINTS: [&str; 3] = ["p1", "p2", "p3"];
@@ -201,5 +204,98 @@ fn a_source_stops_sending_when_its_mscs_dies() -> Result<()> {
     let report: Value = serde_json::from_str(&output)?;
     assert_eq!(report["metrics"]["packets_received"], 0, "{report:#}");
     assert_eq!(report["foreign_session_packets"], 0);
+    Ok(())
+}
+
+/// A platform's control key rotated mid-schedule (issue 10 §5): node agents restart the
+/// platform's MSCS and points with the new key in their env (here: killed and started
+/// again with it; the guest agent stops the old process before it starts the new one).
+/// A restarted point refuses an order signed with the old key and obeys one signed with
+/// the new; the run the restart interrupted is run again, and the periodic schedule goes
+/// on without a gap, every result `ok`.
+#[test]
+fn a_rotated_key_refuses_the_old_key_and_keeps_the_schedule() -> Result<()> {
+    let key_id = "platform-rk".to_string();
+    let old = (key_id.clone(), ControlKey::generate_hex());
+    let mut lab = Lab::keyed("rk", 19, 3, old.clone())?;
+    let args = [
+        "--interval-seconds",
+        "3",
+        "--duration-seconds",
+        "1",
+        "--rate-pps",
+        "200",
+        "--group",
+        "239.200.19.1",
+    ];
+    lab.start_mscs(&args)?;
+    wait_for_results(&lab, 2, Duration::from_secs(30))?;
+    wait_mid_run(&lab, None, 100)?;
+
+    // The rotation reaches the node agents: every program restarts with the new key.
+    lab.sigkill_mscs();
+    for index in 0..POINTS.len() {
+        lab.kill_point(index);
+    }
+    let new = (key_id.clone(), ControlKey::generate_hex());
+    lab.key = Some(new.clone());
+    for index in 0..POINTS.len() {
+        lab.start_point(index)?;
+    }
+
+    let receive = ControlRequest::Receive(ReceiveRequest {
+        session_id: 99,
+        group: "239.200.19.99".parse()?,
+        port: 50099,
+        ssm_source: None,
+        max_duration_seconds: 2.0,
+    });
+    let orders = [
+        ControlKey::from_hex(&old.0, &old.1)?.sign(&receive)?,
+        ControlKey::from_hex(&new.0, &new.1)?.sign(&receive)?,
+    ];
+    let addr = format!("{}:{CONTROL_PORT}", lab.points[0].addr);
+    let answers = in_netns(&lab.mscs_ns, move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut answers = Vec::new();
+        for order in orders {
+            let mut stream = std::net::TcpStream::connect(&addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(format!("{}\n", serde_json::to_string(&order)?).as_bytes())?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            answers.push(serde_json::from_str::<ControlResponse>(&line)?);
+        }
+        Ok(answers)
+    })?;
+    match &answers[0] {
+        ControlResponse::Error { message } => assert!(
+            message.contains("unauthenticated") && message.contains("does not match"),
+            "{message}"
+        ),
+        other => panic!("an order signed with the old key was not refused: {other:?}"),
+    }
+    assert!(
+        matches!(answers[1], ControlResponse::Ready { .. }),
+        "an order signed with the new key was refused: {:?}",
+        answers[1]
+    );
+
+    let state: Value = serde_json::from_slice(&std::fs::read(lab.state_file())?)?;
+    let durable = state["results"].as_array().cloned().unwrap_or_default();
+    lab.start_mscs(&args)?;
+    let after = wait_for_results(&lab, durable.len() + 3, Duration::from_secs(40))?;
+    for (before, now) in durable.iter().zip(&after) {
+        assert_eq!(before, now, "a completed result changed or vanished");
+    }
+    // The interrupted run is run again under the new key: no source skipped.
+    assert_round_robin(&after);
+    for result in &after {
+        assert_eq!(
+            result["document"]["status"], "ok",
+            "{:#}",
+            result["document"]
+        );
+    }
     Ok(())
 }

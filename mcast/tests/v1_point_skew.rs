@@ -191,3 +191,190 @@ async fn a_v1_point_gets_unsigned_orders_only_when_the_controller_says_it_is_old
     assert!(error.contains("unknown variant `signed`"), "{error}");
     new.stop().unwrap();
 }
+
+/// One line of a 0.1.0 orchestrator's conversation: written as its `ControlRequest`
+/// serialized it (`{"op": ..., fields}`), answered with one line.
+async fn v1_exchange(
+    lines: &mut BufReader<TcpStream>,
+    request: &Value,
+) -> measurelab_mcast::protocol::ControlResponse {
+    let mut out = request.to_string();
+    out.push('\n');
+    lines.get_mut().write_all(out.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    lines.read_line(&mut answer).await.unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+/// A control connection of an orchestrator whose node's service address is `source`.
+async fn connect_from(source: Ipv4Addr, point: SocketAddr) -> BufReader<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.into(), 0)).unwrap();
+    BufReader::new(socket.connect(point).await.unwrap())
+}
+
+/// What 0.1.0's `run_measurement` did, line for line: `info` to every point (it goes on
+/// only if each says version 1), `receive` to the receiver, `send` to the source, `stop`
+/// to the receiver. Returns the receiver's packets, or the first refusal.
+async fn v1_orchestrate(
+    source_addr: Ipv4Addr,
+    sender: SocketAddr,
+    receiver: SocketAddr,
+    group: Ipv4Addr,
+    port: u16,
+) -> Result<u64, String> {
+    use measurelab_mcast::protocol::ControlResponse;
+    let mut to_sender = connect_from(source_addr, sender).await;
+    let mut to_receiver = connect_from(source_addr, receiver).await;
+    for conversation in [&mut to_sender, &mut to_receiver] {
+        match v1_exchange(conversation, &serde_json::json!({"op": "info"})).await {
+            ControlResponse::Info(info) if info.protocol_version == 1 => {}
+            ControlResponse::Info(info) => {
+                return Err(format!(
+                    "point speaks control protocol version {}, this MSCS speaks 1",
+                    info.protocol_version
+                ))
+            }
+            other => return Err(format!("{other:?}")),
+        }
+    }
+    let receive = serde_json::json!({"op": "receive", "session_id": 41, "group": group,
+        "port": port, "ssm_source": null, "max_duration_seconds": 10.0});
+    match v1_exchange(&mut to_receiver, &receive).await {
+        ControlResponse::Ready { .. } => {}
+        ControlResponse::Error { message } => return Err(message),
+        other => return Err(format!("{other:?}")),
+    }
+    let send = serde_json::json!({"op": "send", "session_id": 41, "group": group, "port": port,
+        "rate_pps": 200.0, "packet_size_bytes": 64, "duration_seconds": 0.5, "ttl": 1});
+    let sent = match v1_exchange(&mut to_sender, &send).await {
+        ControlResponse::SenderReport(report) => report.packets_sent,
+        ControlResponse::Error { message } => return Err(message),
+        other => return Err(format!("{other:?}")),
+    };
+    let stop = serde_json::json!({"op": "stop", "packets_sent": sent});
+    match v1_exchange(&mut to_receiver, &stop).await {
+        ControlResponse::ReceiverReport(report) => Ok(report.metrics.packets_received),
+        ControlResponse::Error { message } => Err(message),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The other direction (docs/version-skew.md): a task orchestrated by a 0.1.0 node, which
+/// cannot sign, against upgraded points. A point obeys its unsigned orders only once the
+/// controller marked that node version 1 for that task (the agent puts it into the
+/// point's ring), only from that node's service address and only for that task's group
+/// and port; everyone else still needs the key proof.
+#[tokio::test]
+async fn a_v1_orchestrator_drives_upgraded_points_only_for_the_task_the_controller_marked() {
+    use measurelab_mcast::auth::LegacyOrchestrator;
+    let task_a = ControlKey::from_hex("task-a", &ControlKey::generate_hex()).unwrap();
+    let task_b = ControlKey::from_hex("task-b", &ControlKey::generate_hex()).unwrap();
+    let ring = || Arc::new(KeyRing::with_keys([task_a.clone(), task_b.clone()]));
+    let (sender_ring, receiver_ring) = (ring(), ring());
+    let point = |name: &str, keys: &Arc<KeyRing>| {
+        spawn_point(
+            "127.0.0.1:0".parse().unwrap(),
+            name,
+            Ipv4Addr::LOCALHOST,
+            Some(Arc::clone(keys)),
+        )
+        .unwrap()
+    };
+    let sender = point("sender", &sender_ring);
+    let receiver = point("receiver", &receiver_ring);
+    let free_port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let group_a = Ipv4Addr::new(239, 255, rand::random(), rand::random::<u8>().max(1));
+    let (port_a, port_b) = (free_port(), free_port());
+    let group_b = Ipv4Addr::new(239, 254, rand::random(), rand::random::<u8>().max(1));
+    let old_node = Ipv4Addr::new(127, 0, 0, 2);
+    let started = |p: &PointHandle| {
+        p.counters()
+            .receives_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + p.counters()
+                .sends_started
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // Not marked: the points answer version 2, so the old orchestrator stops there, and
+    // an unsigned order from it is refused anyway.
+    let refused = v1_orchestrate(
+        old_node,
+        sender.local_addr(),
+        receiver.local_addr(),
+        group_a,
+        port_a,
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Err("point speaks control protocol version 2, this MSCS speaks 1".into())
+    );
+    let mut raw = connect_from(old_node, receiver.local_addr()).await;
+    let answer = v1_exchange(
+        &mut raw,
+        &serde_json::json!({"op": "receive", "session_id": 1, "group": group_a, "port": port_a,
+            "ssm_source": null, "max_duration_seconds": 5.0}),
+    )
+    .await;
+    assert!(
+        format!("{answer:?}").contains("unauthenticated: receive needs a key proof"),
+        "{answer:?}"
+    );
+    assert_eq!(started(&sender) + started(&receiver), 0);
+
+    // Marked by the controller for task a: the whole 0.1.0 run works, probes flow.
+    let marked = LegacyOrchestrator {
+        task: "task-a".into(),
+        source: old_node.into(),
+        group: group_a,
+        port: port_a,
+    };
+    for keys in [&sender_ring, &receiver_ring] {
+        keys.replace_legacy([marked.clone()]);
+    }
+    let received = v1_orchestrate(
+        old_node,
+        sender.local_addr(),
+        receiver.local_addr(),
+        group_a,
+        port_a,
+    )
+    .await
+    .expect("the marked orchestrator's run");
+    assert!(received > 0, "no probe arrived");
+
+    // The same marked node ordering another task's group and port: refused.
+    let other_task = v1_orchestrate(
+        old_node,
+        sender.local_addr(),
+        receiver.local_addr(),
+        group_b,
+        port_b,
+    )
+    .await;
+    let error = other_task.expect_err("an unsigned order for task b was obeyed");
+    assert!(error.contains("unauthenticated"), "{error}");
+    // Task a's group and port from another address: version 2 and refused.
+    let elsewhere = v1_orchestrate(
+        Ipv4Addr::new(127, 0, 0, 3),
+        sender.local_addr(),
+        receiver.local_addr(),
+        group_a,
+        port_a,
+    )
+    .await;
+    assert_eq!(
+        elsewhere,
+        Err("point speaks control protocol version 2, this MSCS speaks 1".into())
+    );
+    sender.stop().unwrap();
+    receiver.stop().unwrap();
+}

@@ -5,6 +5,10 @@
 //! A `run` is sent again whenever the guest reconnects (its connection count
 //! moved): the guest agent treats a repeated `run` of a known deployment as
 //! "report your status", so this is safe and covers guest agent restarts.
+//! It is also sent again when the desired run changed (program, args or env,
+//! e.g. a platform's rotated control key): a guest agent since 0.2 restarts
+//! a run whose request changed; a 0.1.0 one only re-reports it, and the
+//! program keeps the environment it started with.
 //!
 //! A chunked transfer the guest reports as `program_transfer_failed` (the
 //! bytes did not add up to the SHA-256; nothing ran) is sent again on the
@@ -26,13 +30,21 @@ use crate::guest_channel::{GuestChannels, ProgramSend};
 
 type RunKey = (String, Uuid);
 
+/// What identifies what a run asks the guest to do: the program, its args and
+/// its env (JSON of a sorted env, so the same run always gives the same text).
+fn request_of(run: &ProgramRun) -> String {
+    let env: std::collections::BTreeMap<_, _> = run.env.iter().collect();
+    serde_json::to_string(&(&run.program_id, &run.sha256, &run.args, env)).unwrap_or_default()
+}
+
 /// Transfers of one run that may fail before the run is reported failed.
 pub(crate) const MAX_TRANSFER_ATTEMPTS: u32 = 3;
 
 pub(crate) struct Programs {
     cache_dir: PathBuf,
-    /// Runs sent to a guest, with the guest's connection count at the time.
-    sent: HashMap<RunKey, u64>,
+    /// Runs sent to a guest: the guest's connection count at the time and
+    /// what was sent ([`request_of`]).
+    sent: HashMap<RunKey, (u64, String)>,
     latest: HashMap<RunKey, ProgramRunStatus>,
     reported: HashMap<RunKey, ProgramRunStatus>,
     /// Transfers of a run the guest reported failed so far.
@@ -110,7 +122,9 @@ impl Programs {
             let Some(state) = channels.state(vm) else {
                 continue;
             };
-            if !state.registered || self.sent.get(&key) == Some(&state.connections) {
+            let request = request_of(run);
+            let current = (state.connections, request);
+            if !state.registered || self.sent.get(&key) == Some(&current) {
                 continue;
             }
             let (content, fetched_name) = match self.content(run, control).await {
@@ -141,7 +155,7 @@ impl Programs {
             match channels.send_program(vm, program) {
                 Ok(()) => {
                     tracing::info!(deployment = %run.deployment_id, vm = %vm, "program sent to guest");
-                    self.sent.insert(key, state.connections);
+                    self.sent.insert(key, current);
                 }
                 Err(err) => tracing::debug!(vm = %vm, error = %err, "cannot send program yet"),
             }
@@ -288,12 +302,12 @@ mod tests {
             "a run never sent is not resent"
         );
         for attempt in 1..MAX_TRANSFER_ATTEMPTS {
-            programs.sent.insert(key.clone(), 1);
+            programs.sent.insert(key.clone(), (1, String::new()));
             assert!(programs.on_transfer_failed(vm, "d1".into(), format!("r{attempt}")));
             assert!(!programs.sent.contains_key(&key), "sent again next pass");
             assert!(programs.changed().is_empty());
         }
-        programs.sent.insert(key.clone(), 1);
+        programs.sent.insert(key.clone(), (1, String::new()));
         assert!(!programs.on_transfer_failed(vm, "d1".into(), "sha256 mismatch".into()));
         assert!(programs.sent.contains_key(&key), "not sent again");
         let changed = programs.changed();

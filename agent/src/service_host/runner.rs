@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use measurelab_api::node_v1::ServiceTask;
-use measurelab_mcast::auth::{ControlKey, KeyRing};
+use measurelab_mcast::auth::{ControlKey, KeyRing, LegacyOrchestrator};
+use measurelab_mcast::mscs::ProbeDefaults;
 use measurelab_mcast::platform::{ControllerTask, TaskSchedule};
 use measurelab_mcast::result::{
     ResultDocument, ResultSchema, RunConfig, RunKind, RunStatus, SourceResult,
@@ -149,6 +150,33 @@ fn assignment(service: &ServiceTask) -> Result<Assignment, String> {
     })
 }
 
+/// The not-yet-upgraded orchestrators this node's point lets order it unsigned: the
+/// first peer (the orchestrator) of each task, when the controller marked it version 1
+/// (its agent reported no control protocol version), for that task's group and port
+/// (0.1.0's defaults when the task sets none), from the address of its service endpoint.
+/// Only the controller's word counts: a point never learns one from the wire.
+fn legacy_orchestrators(tasks: &[ServiceTask], node: &str) -> Vec<LegacyOrchestrator> {
+    let defaults = ProbeDefaults::default();
+    tasks
+        .iter()
+        .filter_map(|service| {
+            let first = service.peers.first()?;
+            if first.control_protocol_version != Some(1) || first.node == node {
+                return None;
+            }
+            let source = first.endpoint.parse::<SocketAddr>().ok()?.ip();
+            let spec: serde_json::Value = serde_json::from_str(&service.spec_json).ok()?;
+            let task = ControllerTask::from_json(&spec).ok()?;
+            Some(LegacyOrchestrator {
+                task: service.task_id.clone(),
+                source,
+                group: task.group.unwrap_or(defaults.group),
+                port: task.port.unwrap_or(defaults.port),
+            })
+        })
+        .collect()
+}
+
 /// The key the controller sent with `service`, if any.
 fn task_key(service: &ServiceTask) -> Result<Option<ControlKey>, String> {
     service
@@ -276,6 +304,10 @@ pub async fn run_tasks(
                         })
                         .collect();
                     config.keys.replace(keys);
+                    config.keys.replace_legacy(legacy_orchestrators(
+                        &state.service_tasks,
+                        &config.node_name,
+                    ));
                     for service in &state.service_tasks {
                         let orchestrator = service.peers.first().map(|p| p.node.as_str());
                         if orchestrator != Some(config.node_name.as_str()) {
@@ -554,6 +586,71 @@ mod tests {
         assert_eq!(TaskState::load(dir.path(), "t1").unwrap(), Some(state));
         std::fs::write(dir.path().join("t2.json"), b"{torn").unwrap();
         assert!(TaskState::load(dir.path(), "t2").is_err());
+    }
+
+    #[test]
+    fn only_an_orchestrator_the_controller_marks_old_may_order_unsigned() {
+        use measurelab_api::node_v1::ServicePeer;
+        let peer = |node: &str, endpoint: &str, version: Option<u32>| ServicePeer {
+            node: node.into(),
+            endpoint: endpoint.into(),
+            control_protocol_version: version,
+        };
+        let task = |id: &str, spec: &str, peers: Vec<ServicePeer>| ServiceTask {
+            task_id: id.into(),
+            spec_json: spec.into(),
+            peers,
+            control_key: None,
+        };
+        let spec = r#"{"id":"t","schedule":"once","group":"239.1.2.3","port":5001}"#;
+        let tasks = [
+            // Marked first peer: allowed, for its task's group and port only.
+            task(
+                "old-first",
+                spec,
+                vec![
+                    peer("n0", "10.0.0.1:7400", Some(1)),
+                    peer("me", "10.0.0.9:7400", None),
+                ],
+            ),
+            // A marked peer that is not the orchestrator orders nobody.
+            task(
+                "old-second",
+                spec,
+                vec![
+                    peer("n2", "10.0.0.2:7400", None),
+                    peer("n0", "10.0.0.1:7400", Some(1)),
+                ],
+            ),
+            // Unmarked orchestrator: signed orders only.
+            task("new-first", spec, vec![peer("n3", "10.0.0.3:7400", None)]),
+            // No group or port in the task: 0.1.0's defaults.
+            task(
+                "defaults",
+                r#"{"id":"d","schedule":"once"}"#,
+                vec![peer("n4", "10.0.0.4:7400", Some(1))],
+            ),
+        ];
+        let defaults = ProbeDefaults::default();
+        assert_eq!(
+            legacy_orchestrators(&tasks, "me"),
+            [
+                LegacyOrchestrator {
+                    task: "old-first".into(),
+                    source: "10.0.0.1".parse().unwrap(),
+                    group: Ipv4Addr::new(239, 1, 2, 3),
+                    port: 5001,
+                },
+                LegacyOrchestrator {
+                    task: "defaults".into(),
+                    source: "10.0.0.4".parse().unwrap(),
+                    group: defaults.group,
+                    port: defaults.port,
+                },
+            ]
+        );
+        // This node itself is upgraded, whatever the mark says.
+        assert!(legacy_orchestrators(&tasks[..1], "n0").is_empty());
     }
 
     #[test]

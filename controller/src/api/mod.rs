@@ -120,6 +120,10 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(platforms::control_key),
         ),
         (
+            "/v1/platforms/:id_or_name/control-key/rotate",
+            post(platforms::rotate_control_key),
+        ),
+        (
             "/v1/qos_policies",
             get(qos_policies::list).post(qos_policies::create),
         ),

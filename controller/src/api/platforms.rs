@@ -1,6 +1,8 @@
 //! `/v1/platforms`: virtual platforms.
 
-use crate::store::sql::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -18,7 +20,8 @@ use super::idempotency::{answer, stored, Idempotent};
 use super::page::{self, Page};
 use super::state::AppState;
 use crate::access::{Principal, Scope};
-use crate::store::{platform_points, platforms, tenants, StoreError};
+use crate::store::sql::Connection;
+use crate::store::{control_keys, platform_points, platforms, tenants, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -129,6 +132,53 @@ pub(crate) async fn control_key(
         .transact(move |cx| platforms::read_control_key(cx, &scope, &key, &reader))
         .await?;
     Ok(Json(answer))
+}
+
+/// `POST /v1/platforms/{id_or_name}/control-key/rotate`: a fresh key for the
+/// platform, for whoever may read it. The idempotency record holds the answer
+/// without the key, so a replay never reveals it (as for a token's secret).
+pub(crate) async fn rotate_control_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let options: RequestOptions = optional_body(&body)?;
+    let key = key(path)?;
+    ensure_can_change(
+        &state,
+        &principal,
+        "rotating the control key of",
+        "platform",
+        &key,
+        visible,
+    )
+    .await?;
+    let route = format!("POST /v1/platforms/{key}/control-key/rotate");
+    let scope = principal.scope();
+    let rotator = principal.token_name.clone();
+    let secret = control_keys::new_secret();
+    // `mutate` runs the body only when this is not a replay.
+    let fresh = Arc::new(AtomicBool::new(false));
+    let result = state
+        .store()
+        .resources()
+        .mutate(principal.idempotency_key(options.request_id), route, {
+            let (secret, fresh) = (secret.clone(), fresh.clone());
+            move |cx| {
+                let mut rotated =
+                    platforms::rotate_control_key(cx, &scope, &key, &secret, &rotator)?;
+                rotated.control_key.clear();
+                fresh.store(true, Ordering::Relaxed);
+                Ok(stored(200, &rotated))
+            }
+        })
+        .await?;
+    Ok(answer(if fresh.load(Ordering::Relaxed) {
+        result.with_unrecorded("control_key", secret)
+    } else {
+        result
+    }))
 }
 
 /// Whether `scope` sees the platform (for 403 versus 404).

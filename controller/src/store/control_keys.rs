@@ -15,22 +15,55 @@ use super::resources::TxContext;
 /// Bytes of a secret (hex-encoded: 64 digits, as the agent's point reads it).
 const SECRET_BYTES: usize = 32;
 
-/// Gives `owner_id` (a task or comparison id) a fresh secret.
-pub(crate) fn create(cx: &TxContext<'_>, owner_id: &str) -> Result<(), StoreError> {
+/// A fresh secret, hex-encoded.
+pub(crate) fn new_secret() -> String {
     let mut secret = [0u8; SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut secret);
+    hex::encode(secret)
+}
+
+/// Gives `owner_id` (a task, comparison or platform id) a fresh secret.
+pub(crate) fn create(cx: &TxContext<'_>, owner_id: &str) -> Result<(), StoreError> {
     cx.tx.execute(
         "INSERT INTO control_keys (owner_id, secret, created_at) VALUES (?1, ?2, ?3)",
-        crate::store::sql::params![owner_id, hex::encode(secret), cx.now_text()],
+        crate::store::sql::params![owner_id, new_secret(), cx.now_text()],
     )?;
     Ok(())
 }
 
 /// The secret of `owner_id`, if it has one.
 pub(crate) fn of(conn: &Connection, owner_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(versioned(conn, owner_id)?.map(|(secret, _)| secret))
+}
+
+/// The secret of `owner_id` with its version (1 for the first, one more per rotation).
+pub(crate) fn versioned(
+    conn: &Connection,
+    owner_id: &str,
+) -> Result<Option<(String, u32)>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT secret FROM control_keys WHERE owner_id = ?1")?
-        .query_row([owner_id], |row| row.get(0))
+        .prepare_cached("SELECT secret, version FROM control_keys WHERE owner_id = ?1")?
+        .query_row([owner_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?)
+}
+
+/// Replaces the secret of `owner_id` by `secret` (from [`new_secret`]); the old one
+/// is forgotten. Returns the new version, or `None` when `owner_id` has no key.
+pub(crate) fn rotate(
+    cx: &TxContext<'_>,
+    owner_id: &str,
+    secret: &str,
+) -> Result<Option<u32>, StoreError> {
+    Ok(cx
+        .tx
+        .prepare_cached(
+            "UPDATE control_keys SET secret = ?2, version = version + 1, created_at = ?3 \
+             WHERE owner_id = ?1 RETURNING version",
+        )?
+        .query_row(
+            crate::store::sql::params![owner_id, secret, cx.now_text()],
+            |row| row.get(0),
+        )
         .optional()?)
 }
 

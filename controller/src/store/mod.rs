@@ -17,7 +17,7 @@ mod batch;
 mod checkpoint;
 mod codec;
 pub(crate) mod comparisons;
-mod control_keys;
+pub(crate) mod control_keys;
 mod database;
 pub(crate) mod desired;
 pub(crate) mod error;

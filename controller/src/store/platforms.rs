@@ -534,10 +534,7 @@ pub(crate) fn read_control_key(
     reader: &str,
 ) -> Result<PlatformControlKey, StoreError> {
     let platform = get(cx.tx, scope, key)?;
-    // Every platform gets one at creation (or from migration 0016).
-    let secret = control_keys::of(cx.tx, &platform.id)?.ok_or_else(|| {
-        StoreError::Corrupt(format!("platform {} has no control key", platform.id))
-    })?;
+    let (secret, version) = platform_key(cx.tx, &platform.id)?;
     cx.event(
         Some(&platform.tenant_id),
         "PlatformControlKeyRead",
@@ -552,6 +549,48 @@ pub(crate) fn read_control_key(
         key_id: platform.id.clone(),
         platform: platform.id,
         control_key: secret,
+        version,
+    })
+}
+
+/// The platform's key and its version; every platform gets one at creation (or from
+/// migration 0016).
+fn platform_key(conn: &Connection, platform_id: &str) -> Result<(String, u32), StoreError> {
+    control_keys::versioned(conn, platform_id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("platform {platform_id} has no control key")))
+}
+
+/// Replaces the platform's control key by `secret`, recorded as a
+/// `PlatformControlKeyRotated` event naming the token, never the key. Every program
+/// run of the platform carries the new key from the next desired state on, and node
+/// agents restart runs whose environment changed, so the old key stops working once
+/// the platform's programs have restarted.
+pub(crate) fn rotate_control_key(
+    cx: &mut TxContext<'_>,
+    scope: &Scope,
+    key: &str,
+    secret: &str,
+    rotator: &str,
+) -> Result<PlatformControlKey, StoreError> {
+    let platform = get(cx.tx, scope, key)?;
+    let version = control_keys::rotate(cx, &platform.id, secret)?.ok_or_else(|| {
+        StoreError::Corrupt(format!("platform {} has no control key", platform.id))
+    })?;
+    cx.event(
+        Some(&platform.tenant_id),
+        "PlatformControlKeyRotated",
+        "platform",
+        &platform.id,
+        format!(
+            "control key of platform {} rotated to version {version} with token {rotator}",
+            platform.name
+        ),
+    )?;
+    Ok(PlatformControlKey {
+        key_id: platform.id.clone(),
+        platform: platform.id,
+        control_key: secret.to_string(),
+        version,
     })
 }
 

@@ -487,6 +487,26 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/platforms/{id_or_name}/control-key/rotate`: a fresh key for
+    /// the platform (empty `control_key` when `request_id` replays an earlier
+    /// rotation).
+    pub async fn rotate_platform_control_key(
+        &self,
+        id_or_name: &str,
+        request_id: Option<String>,
+    ) -> Result<crate::http::PlatformControlKey, ClientError> {
+        let path = format!(
+            "/v1/platforms/{}/control-key/rotate",
+            url_component(id_or_name)
+        );
+        self.request(
+            reqwest::Method::POST,
+            &path,
+            Some(&RequestOptions { request_id }),
+        )
+        .await
+    }
+
     /// `PATCH /v1/platforms/{id_or_name}`.
     pub async fn update_platform(
         &self,

@@ -1983,8 +1983,18 @@ pub struct PlatformControlKey {
     /// The key's id, as the programs get it in `MEASURELAB_CONTROL_KEY_ID`
     /// (the platform id).
     pub key_id: String,
-    /// The secret, 64 lower-case hex digits.
+    /// The secret, 64 lower-case hex digits. Empty in the answer to a
+    /// rotation replayed with the same `request_id` (a replay never reveals
+    /// a key; read it with `GET .../control-key`).
     pub control_key: String,
+    /// 1 for the key drawn when the platform was created, one more for each
+    /// rotation. Absent from controllers older than rotation (read as 1).
+    #[serde(default = "first_control_key_version")]
+    pub version: u32,
+}
+
+fn first_control_key_version() -> u32 {
+    1
 }
 
 /// Never prints the secret (a client that logs its answers stays safe).
@@ -1994,6 +2004,7 @@ impl std::fmt::Debug for PlatformControlKey {
             .field("platform", &self.platform)
             .field("key_id", &self.key_id)
             .field("control_key", &"<redacted>")
+            .field("version", &self.version)
             .finish()
     }
 }

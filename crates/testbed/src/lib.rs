@@ -512,3 +512,33 @@ pub fn promtool_check(exposition: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The operators' Grafana dashboard (`docs/grafana/measurelab-controller.json`).
+pub const GRAFANA_DASHBOARD: &str =
+    include_str!("../../../docs/grafana/measurelab-controller.json");
+
+/// The `measurelab_*` series [`GRAFANA_DASHBOARD`]'s panels query, each once, so a test
+/// can check each against the `/metrics` that serves it (a renamed metric would leave a
+/// panel silently empty): `measurelab_agent_*` against a node agent's, the rest against
+/// the controller's.
+pub fn dashboard_series() -> Result<std::collections::BTreeSet<String>> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(GRAFANA_DASHBOARD).context("the dashboard JSON")?;
+    let mut queried = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().context("dashboard panels")?;
+    for panel in panels {
+        let targets = panel["targets"].as_array().context("panel targets")?;
+        for target in targets {
+            let expr = target["expr"].as_str().context("target expr")?;
+            for (start, _) in expr.match_indices("measurelab_") {
+                queried.insert(
+                    expr[start..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(queried)
+}

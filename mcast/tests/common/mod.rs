@@ -37,6 +37,9 @@ pub struct Lab {
     pub subnet: u8,
     /// Points are started with `--mscs` (registration) and the MSCS without `--point`.
     pub registering: bool,
+    /// Control key (id, hex secret) the MSCS and points are started with, as a
+    /// platform's programs get it in their env; `None`: unkeyed.
+    pub key: Option<(String, String)>,
     // Declaration order is drop order: children (in points/mscs) die before the
     // namespaces they live in, and the switch goes last.
     pub mscs: Option<Child>,
@@ -65,16 +68,28 @@ impl Drop for Lab {
 impl Lab {
     /// `tag`: 2-4 lowercase chars unique per test (goes into interface names).
     pub fn new(tag: &str, subnet: u8, points: usize) -> Result<Self> {
-        Self::build(tag, subnet, points, false)
+        Self::build(tag, subnet, points, false, None)
+    }
+
+    /// Like [`Lab::new`], with the points (and later the MSCS) started with control key
+    /// `key` (id, hex secret) in their env, as a platform's programs are.
+    pub fn keyed(tag: &str, subnet: u8, points: usize, key: (String, String)) -> Result<Self> {
+        Self::build(tag, subnet, points, false, Some(key))
     }
 
     /// Like [`Lab::new`], with points that register with the MSCS instead of being
     /// listed on its command line.
     pub fn registering(tag: &str, subnet: u8, points: usize) -> Result<Self> {
-        Self::build(tag, subnet, points, true)
+        Self::build(tag, subnet, points, true, None)
     }
 
-    fn build(tag: &str, subnet: u8, points: usize, registering: bool) -> Result<Self> {
+    fn build(
+        tag: &str,
+        subnet: u8,
+        points: usize,
+        registering: bool,
+        key: Option<(String, String)>,
+    ) -> Result<Self> {
         let pid = std::process::id();
         let ovs = OvsSandbox::start(&format!("mc-{tag}"))?;
         let bridge = format!("brmc{tag}");
@@ -94,6 +109,7 @@ impl Lab {
             bridge,
             subnet,
             registering,
+            key,
             mscs: None,
             points: Vec::new(),
             mscs_ns,
@@ -150,6 +166,11 @@ impl Lab {
         ]);
         if let Some(mscs) = mscs {
             command.args(["--mscs", &mscs]);
+        }
+        if let Some((id, secret)) = &self.key {
+            command
+                .env("MEASURELAB_CONTROL_KEY", secret)
+                .env("MEASURELAB_CONTROL_KEY_ID", id);
         }
         let child = command
             .stdin(Stdio::null())
@@ -231,6 +252,11 @@ impl Lab {
             }
         }
         command.args(extra);
+        if let Some((id, secret)) = &self.key {
+            command
+                .env("MEASURELAB_CONTROL_KEY", secret)
+                .env("MEASURELAB_CONTROL_KEY_ID", id);
+        }
         // Append: a restarted MSCS's log follows the first one's.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -255,7 +281,8 @@ impl Lab {
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        http(&self.mscs_ns, method, &self.mscs_addr(), path, body)
+        let bearer = self.key.as_ref().map(|(_, secret)| secret.as_str());
+        http_with(&self.mscs_ns, method, &self.mscs_addr(), path, body, bearer)
     }
 
     /// Submits a task and waits until it has finished; returns its result document.
@@ -453,9 +480,24 @@ pub fn http(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value)> {
+    http_with(ns, method, addr, path, body, None)
+}
+
+/// [`http`] with `Authorization: Bearer <bearer>` (a keyed MSCS's API).
+pub fn http_with(
+    ns: &Netns,
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> Result<(u16, Value)> {
     let request_body = body.map(|b| b.to_string()).unwrap_or_default();
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
         request_body.len()
     );
     let addr = addr.to_string();

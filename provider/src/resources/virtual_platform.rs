@@ -93,6 +93,10 @@ pub struct PlatformState {
     /// states written before it existed, read on the next refresh).
     #[serde(default)]
     pub control_key: Value<String>,
+    /// Rotation trigger: raising it replaces the control key (absent from
+    /// states written before it existed).
+    #[serde(default)]
+    pub control_key_version: Value<Number>,
 }
 
 impl PlatformState {
@@ -155,8 +159,28 @@ impl PlatformState {
         }
     }
 
+    /// The configured `control_key_version`; a null one counts as 1, the key
+    /// drawn at creation. `Err(())` for anything but a whole number from 1.
+    fn key_version(&self) -> Result<u64, ()> {
+        match &self.control_key_version {
+            Value::Null => Ok(1),
+            Value::Value(number) => number.as_whole().filter(|v| *v >= 1).ok_or(()),
+            Value::Unknown => Err(()),
+        }
+    }
+
     fn validate(&self, diags: &mut Diagnostics) {
         self.validate_gateway(diags);
+        if self.control_key_version.is_value() && self.key_version().is_err() {
+            diagnostics::invalid_value(
+                diags,
+                AttributePath::new("control_key_version"),
+                "Invalid control key version",
+                "`control_key_version` must be a whole number from 1; raise it by one to rotate \
+                 the platform's control key."
+                    .to_string(),
+            );
+        }
         if let Value::Value(nodes) = &self.nodes {
             if nodes.is_empty() {
                 diagnostics::invalid_value(
@@ -359,6 +383,21 @@ impl ManagedResource for Platforms {
                     )
                 },
             ),
+            (
+                "control_key_version".to_string(),
+                attribute(
+                    AttributeType::Number,
+                    "Rotation trigger for `control_key`: raise it (by one, from the default 1) and \
+                     apply to replace the platform's control key by a fresh one (`POST \
+                     /v1/platforms/{id}/control-key/rotate`, recorded as a \
+                     `PlatformControlKeyRotated` event). Node agents then restart every program of \
+                     the platform with the new key, and the old key is refused once they have; a \
+                     periodic measurement's interrupted run is run again by the restarted MSCS. It \
+                     cannot be lowered. A key rotated elsewhere (`measurelab platform control-key \
+                     --rotate`) is not noticed here: raise this to read a fresh one.",
+                    AttributeConstraint::Optional,
+                ),
+            ),
         ]);
         let port = |description: &str| Attribute {
             attr_type: AttributeType::Number,
@@ -432,6 +471,19 @@ impl ManagedResource for Platforms {
             state.mark_computed_unknown();
         } else if state.gateway_spec() != prior.gateway_spec() {
             state.mark_gateway_unknown();
+        }
+        match (prior.key_version(), state.key_version()) {
+            (Ok(before), Ok(after)) if after > before => state.control_key = Value::Unknown,
+            (Ok(before), Ok(after)) if after < before => diagnostics::invalid_value(
+                diags,
+                AttributePath::new("control_key_version"),
+                "A control key version cannot be lowered",
+                format!(
+                    "`control_key_version` was {before} and is now {after}; a rotated key cannot \
+                     come back. Raise it to rotate again, or leave it as it is."
+                ),
+            ),
+            _ => {}
         }
         (state, replace)
     }
@@ -508,10 +560,17 @@ impl ManagedResource for Platforms {
                 _ => None,
             },
         };
+        let rotate = matches!(
+            (prior.key_version(), planned.key_version()),
+            (Ok(before), Ok(after)) if after > before
+        );
         match client.update_platform(&known(&prior.id), &patch).await {
             Ok(platform) => {
                 let mut state = planned;
                 state.refresh_from(&platform);
+                if rotate {
+                    rotate_control_key(diags, &client, prior, &mut state).await;
+                }
                 Some(state)
             }
             Err(err) => {
@@ -552,9 +611,31 @@ impl ManagedResource for Platforms {
     }
 }
 
+/// Replaces the platform's control key (`control_key_version` was raised).
+/// On failure the state keeps the prior key and version, so the next apply
+/// tries again.
+async fn rotate_control_key(
+    diags: &mut Diagnostics,
+    client: &Client,
+    prior: &PlatformState,
+    state: &mut PlatformState,
+) {
+    match client
+        .rotate_platform_control_key(&known(&prior.id), None)
+        .await
+    {
+        Ok(key) => state.control_key = Value::Value(key.control_key),
+        Err(err) => {
+            diagnostics::client_error(diags, &err, Operation::Update(KIND));
+            state.control_key = prior.control_key.clone();
+            state.control_key_version = prior.control_key_version.clone();
+        }
+    }
+}
+
 /// Reads the platform's control key into `state` unless it already holds it.
-/// The key never changes for a platform, so it is read once (each read is an
-/// event at the controller), not on every refresh. A token that may not read
+/// The key changes only when this resource rotates it, so it is read once
+/// (each read is an event at the controller), not on every refresh. A token that may not read
 /// it (a viewer) leaves it null rather than failing the platform.
 async fn fill_control_key(client: &Client, state: &mut PlatformState) {
     if state.control_key.is_value() {
@@ -613,6 +694,54 @@ mod tests {
         state.validate(&mut diags);
         assert_eq!(diags.errors.len(), 1);
         assert_eq!(state.gateway_spec(), Err(()));
+    }
+
+    /// Raising `control_key_version` plans a new (unknown) key in place;
+    /// keeping it keeps the key; lowering it or a fraction is an error on the
+    /// attribute.
+    #[tokio::test]
+    async fn a_raised_control_key_version_plans_a_new_key_and_a_lowered_one_is_refused() {
+        let resource = Platforms::new(Shared::new(tokio_util::sync::CancellationToken::new()));
+        let prior = PlatformState {
+            name: Value::Value("lab".into()),
+            nodes: Value::Value(BTreeSet::from(["n1".to_string()])),
+            id: Value::Value("p1".into()),
+            control_key: Value::Value("ab".repeat(32)),
+            control_key_version: Value::Null,
+            ..Default::default()
+        };
+        let with_version = |version: Number| PlatformState {
+            control_key_version: Value::Value(version),
+            ..prior.clone()
+        };
+        let plan = |proposed: PlatformState| {
+            let resource = &resource;
+            let prior = &prior;
+            async move {
+                let mut diags = Diagnostics::default();
+                let (state, replace) = resource.plan_update(&mut diags, prior, proposed).await;
+                assert!(replace.is_empty(), "replaces for {replace:?}");
+                let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+                (state, paths)
+            }
+        };
+        let (state, errors) = plan(with_version(Number::Unsigned(1))).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.control_key, prior.control_key, "1 is the first key");
+        let (state, errors) = plan(with_version(Number::Unsigned(2))).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.control_key, Value::Unknown, "a raise rotates");
+        assert_eq!(state.id, prior.id, "in place");
+
+        let raised = with_version(Number::Unsigned(3));
+        let mut diags = Diagnostics::default();
+        let (_, _) = resource
+            .plan_update(&mut diags, &raised, with_version(Number::Unsigned(2)))
+            .await;
+        let paths: Vec<_> = diags.errors.iter().map(|d| d.attribute.clone()).collect();
+        assert_eq!(paths, vec![AttributePath::new("control_key_version")]);
+        let (_, errors) = plan(with_version(Number::Float(1.5))).await;
+        assert_eq!(errors, vec![AttributePath::new("control_key_version")]);
     }
 
     #[test]

@@ -55,10 +55,7 @@
 //!   which are SQLite's alone.
 
 // The PostgreSQL driver; the store is wired to it in a later step.
-#[allow(
-    dead_code,
-    reason = "the store is wired to sql::pg in a later step"
-)]
+#[allow(dead_code, reason = "the store is wired to sql::pg in a later step")]
 pub(crate) mod pg;
 mod value;
 

@@ -11,10 +11,16 @@ use super::error::PgError;
 use super::keys;
 
 /// (number, SQL), in order.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    16,
-    include_str!("../../../../migrations-pg/0016_baseline.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        16,
+        include_str!("../../../../migrations-pg/0016_baseline.sql"),
+    ),
+    (
+        17,
+        include_str!("../../../../migrations-pg/0017_control_key_versions.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest() -> i64 {

@@ -272,12 +272,12 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         })
         .collect();
     for replica in replicas {
-        assert_eq!(replica.join().unwrap().unwrap(), 16);
+        assert_eq!(replica.join().unwrap().unwrap(), 17);
     }
     let mut pg = PgDriver::connect(&url).unwrap();
-    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 16);
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 17);
     assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
-    // 27 tables of SQLite's schema after 0016, plus schema_version.
+    // 27 tables of SQLite's schema after 0017, plus schema_version.
     assert_eq!(
         count(
             &mut pg,
@@ -286,13 +286,13 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         28
     );
     // Migrating an up-to-date database changes nothing.
-    assert_eq!(pg.migrate().unwrap(), 16);
+    assert_eq!(pg.migrate().unwrap(), 17);
 
     pg.batch("UPDATE schema_version SET version = 99").unwrap();
     match pg.migrate() {
         Err(PgError::SchemaTooNew {
             found: 99,
-            known: 16,
+            known: 17,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -579,5 +579,91 @@ fn bad_urls_and_unreachable_servers_are_clear_errors_without_the_password() {
             assert!(!text.contains("s3cret"), "{text}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// Every migration is written for both dialects: after all of them, each
+/// SQLite table and column exists in PostgreSQL with the matching type and
+/// nullability, and PostgreSQL has nothing SQLite lacks. A migration added
+/// to one dialect only fails here.
+#[test]
+fn both_dialects_migrate_to_the_same_columns() {
+    use std::collections::BTreeMap;
+    let mut sqlite = rusqlite::Connection::open_in_memory().unwrap();
+    crate::store::database::migrate(&mut sqlite).unwrap();
+    let mut expected = BTreeMap::new();
+    let tables: Vec<String> = sqlite
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for table in tables {
+        let mut columns = sqlite
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")
+            .unwrap();
+        let rows = columns
+            .query_map([&table], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, bool>(2)?,
+                    row.get::<_, i64>(3)? > 0,
+                ))
+            })
+            .unwrap();
+        for row in rows {
+            let (column, declared, not_null, primary_key) = row.unwrap();
+            let pg_type = match declared.to_ascii_uppercase().as_str() {
+                "INTEGER" => "bigint",
+                "TEXT" => "text",
+                "REAL" => "double precision",
+                "BLOB" => "bytea",
+                other => panic!("{table}.{column}: SQLite type {other} has no mapping here"),
+            };
+            // A primary key is NOT NULL in PostgreSQL whatever SQLite says.
+            expected.insert(
+                (table.clone(), column),
+                (pg_type.to_string(), not_null || primary_key),
+            );
+        }
+    }
+
+    let db = database().unwrap();
+    let mut pg = PgDriver::connect(db.url()).unwrap();
+    pg.migrate().unwrap();
+    let mut found = BTreeMap::new();
+    for row in pg
+        .query(
+            "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name <> 'schema_version'",
+            &[],
+        )
+        .unwrap()
+    {
+        let text = |value: &Value| match value {
+            Value::Text(text) => text.clone(),
+            other => panic!("{other:?}"),
+        };
+        found.insert(
+            (text(&row[0]), text(&row[1])),
+            (text(&row[2]), text(&row[3]) == "NO"),
+        );
+    }
+    let only_sqlite: Vec<_> = expected
+        .keys()
+        .filter(|k| !found.contains_key(*k))
+        .collect();
+    let only_pg: Vec<_> = found
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    assert!(
+        only_sqlite.is_empty() && only_pg.is_empty(),
+        "columns only in SQLite: {only_sqlite:?}; only in PostgreSQL: {only_pg:?}"
+    );
+    for (column, want) in &expected {
+        assert_eq!(&found[column], want, "{column:?} (type, NOT NULL)");
     }
 }
