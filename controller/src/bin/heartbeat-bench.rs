@@ -74,6 +74,12 @@ enum Mode {
         /// Parent directory for the runs' data dirs (default: a temp dir).
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// Run each controller under heaptrack, writing
+        /// DIR/<nodes>-<mode>-<transport>.zst: where the controller's heap
+        /// goes (`heaptrack_print --print-peaks`). Slows the controller, so
+        /// latency and CPU of such runs are not comparable.
+        #[arg(long, value_name = "DIR")]
+        heaptrack_dir: Option<PathBuf>,
     },
     /// Child mode: run a controller, print `READY <http> <grpc>`, stop when
     /// stdin closes.
@@ -112,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             modes,
             transport,
             work_dir,
+            heaptrack_dir,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_matrix(Matrix {
@@ -123,6 +130,7 @@ fn main() -> anyhow::Result<()> {
                 modes,
                 transports: transport,
                 work_dir,
+                heaptrack_dir,
             }))
         }
     }
@@ -179,6 +187,18 @@ fn serve(
     })
 }
 
+/// The controller process that heaptrack's script (`script`) runs: its
+/// child running this binary (the other child is heaptrack's interpreter).
+fn controller_under(script: u32) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let children = std::fs::read_to_string(format!("/proc/{script}/task/{script}/children"))?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<u32>().ok())
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&exe))
+        .context("no controller process under heaptrack")
+}
+
 /// CPU seconds (user + system) of a process.
 fn cpu_seconds(pid: u32, ticks_per_second: f64) -> anyhow::Result<f64> {
     cpu_seconds_of(&format!("/proc/{pid}/stat"), ticks_per_second)
@@ -219,15 +239,31 @@ fn thread_cpu_seconds(pid: u32, name: &str, ticks_per_second: f64) -> anyhow::Re
 
 /// Peak resident set size (VmHWM) in bytes.
 fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status_bytes(pid, "VmHWM")
+}
+
+/// Resident set size now (VmRSS) in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A `/proc/<pid>/status` field given in kB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    status_field_bytes(
+        &std::fs::read_to_string(format!("/proc/{pid}/status"))?,
+        field,
+    )
+}
+
+fn status_field_bytes(status: &str, field: &str) -> anyhow::Result<u64> {
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/pid/status")?;
+        .find(|l| l.split(':').next() == Some(field))
+        .with_context(|| format!("no {field} in /proc/pid/status"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
-        .context("malformed VmHWM")?
+        .with_context(|| format!("malformed {field}"))?
         .parse()?;
     Ok(kib * 1024)
 }
@@ -244,6 +280,8 @@ fn clock_ticks_per_second() -> f64 {
 
 struct ChildController {
     child: Child,
+    /// The controller's process: the child, or heaptrack's child.
+    pid: u32,
     grpc: String,
     /// The controller's CA (PEM) when it serves TLS.
     ca_pem: Option<String>,
@@ -256,8 +294,18 @@ impl ChildController {
         in_memory: bool,
         interval: Duration,
         tls: bool,
+        heaptrack: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(std::env::current_exe()?);
+        // Under heaptrack the child is heaptrack's script, which runs the
+        // controller as its own child with the allocation tracker preloaded.
+        let mut command = match heaptrack {
+            Some(output) => {
+                let mut command = Command::new("heaptrack");
+                command.arg("-o").arg(output).arg(std::env::current_exe()?);
+                command
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
         command
             .arg("serve")
             .arg("--data-dir")
@@ -278,7 +326,17 @@ impl ChildController {
         let mut child = command.spawn().context("spawning the controller child")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut reader = BufReader::new(stdout);
+        // heaptrack prints its own lines first.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line.starts_with("READY") {
+                break;
+            }
+        }
+        // Drain whatever else is printed (heaptrack's summary at exit) so
+        // the child never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.len() != 3 || parts[0] != "READY" {
             bail!("controller child did not start: {line:?}");
@@ -294,15 +352,20 @@ impl ChildController {
             None
         };
         let scheme = if tls { "https" } else { "http" };
+        let pid = match heaptrack {
+            Some(_) => controller_under(child.id())?,
+            None => child.id(),
+        };
         Ok(ChildController {
             child,
+            pid,
             grpc: format!("{scheme}://{}", parts[2]),
             ca_pem,
         })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -330,6 +393,12 @@ struct RunResult {
     cpu_seconds: f64,
     cpu_percent: f64,
     peak_rss: u64,
+    /// RSS after registration, before the heartbeat connections open.
+    rss_before_connections: u64,
+    /// RSS once the heartbeat connections are open, before any heartbeat.
+    rss_connected: u64,
+    /// RSS at the end of the heartbeat phase, connections still open.
+    rss_after_heartbeats: u64,
     register_seconds: f64,
     wal_bytes: u64,
     oversleep_p99_ms: f64,
@@ -604,6 +673,7 @@ struct Matrix {
     modes: Vec<String>,
     transports: Vec<String>,
     work_dir: Option<PathBuf>,
+    heaptrack_dir: Option<PathBuf>,
 }
 
 async fn run_one(
@@ -620,7 +690,9 @@ async fn run_one(
         "memory" => true,
         other => bail!("--modes: unknown mode {other:?}; use durable or memory"),
     };
-    let data_dir = work_dir.join(format!("{nodes}-{mode}-{}", transport.name()));
+    let run_name = format!("{nodes}-{mode}-{}", transport.name());
+    let data_dir = work_dir.join(&run_name);
+    let heaptrack = matrix.heaptrack_dir.as_ref().map(|dir| dir.join(&run_name));
     std::fs::create_dir_all(&data_dir)?;
     let join_token = "bench-join-token";
     let controller = ChildController::spawn(
@@ -629,6 +701,7 @@ async fn run_one(
         in_memory,
         interval,
         transport == Transport::Mtls,
+        heaptrack.as_deref(),
     )?;
     let pid = controller.pid();
     let registration = connect_pool(&controller, matrix.channels).await?;
@@ -638,12 +711,16 @@ async fn run_one(
     let register_seconds = started.elapsed().as_secs_f64();
     drop(registration);
     eprintln!("  registered {nodes} nodes in {register_seconds:.1} s");
+    let rss_before_connections = rss_bytes(pid)?;
     let connecting = Instant::now();
     let pool = heartbeat_pool(&controller, &data_dir, &registered, matrix.max_connections).await?;
+    let rss_connected = rss_bytes(pid)?;
     eprintln!(
-        "  opened {} heartbeat connections in {:.1} s",
+        "  opened {} heartbeat connections in {:.1} s; controller RSS {:.0} -> {:.0} MiB",
         pool.len(),
-        connecting.elapsed().as_secs_f64()
+        connecting.elapsed().as_secs_f64(),
+        rss_before_connections as f64 / (1 << 20) as f64,
+        rss_connected as f64 / (1 << 20) as f64,
     );
     let credentials: Arc<Vec<(String, String)>> = Arc::new(
         registered
@@ -716,6 +793,7 @@ async fn run_one(
     let generator_cpu = cpu_seconds(std::process::id(), ticks)? - generator_before;
     let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
     let peak_rss = peak_rss_bytes(pid)?;
+    let rss_after_heartbeats = rss_bytes(pid)?;
     let oversleep_p99_ms = probe.finish();
     // A WAL that keeps growing would mean checkpoints cannot keep up.
     let wal_bytes = std::fs::metadata(data_dir.join("controller.db-wal")).map_or(0, |m| m.len());
@@ -755,6 +833,9 @@ async fn run_one(
         cpu_seconds: cpu,
         cpu_percent: 100.0 * cpu / elapsed,
         peak_rss,
+        rss_before_connections,
+        rss_connected,
+        rss_after_heartbeats,
         register_seconds,
         wal_bytes,
         oversleep_p99_ms,
@@ -819,6 +900,33 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
             r.wal_bytes as f64 / (1 << 20) as f64,
             r.oversleep_p99_ms,
             r.generator_cpu_percent
+        );
+    }
+    println!();
+    // Per-connection cost: the controller's RSS growth from opening the
+    // heartbeat connections, idle (before any heartbeat) and after the
+    // heartbeat phase (their buffers used), over the number of connections.
+    println!("| nodes | mode | transport | connections | RSS before connections MiB | RSS connected MiB | RSS after heartbeats MiB | KiB per idle connection | KiB per connection after heartbeats | 50,000 connections at that cost MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &results {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let per = |rss: u64| {
+            rss.saturating_sub(r.rss_before_connections) as f64 / 1024.0 / r.connections as f64
+        };
+        let at_50k =
+            mib(r.rss_before_connections) + per(r.rss_after_heartbeats) * 50_000.0 / 1024.0;
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} |",
+            r.nodes,
+            r.mode,
+            r.transport.name(),
+            r.connections,
+            mib(r.rss_before_connections),
+            mib(r.rss_connected),
+            mib(r.rss_after_heartbeats),
+            per(r.rss_connected),
+            per(r.rss_after_heartbeats),
+            at_50k
         );
     }
     for &nodes in &matrix.node_counts {
@@ -887,4 +995,21 @@ fn print_result(r: &RunResult) {
         r.cpu_percent,
         r.peak_rss as f64 / (1 << 20) as f64
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str =
+        "Name:\theartbeat-bench\nVmHWM:\t  274432 kB\nVmRSS:\t  203776 kB\nRssAnon:\t  190000 kB\n";
+
+    #[test]
+    fn status_fields_are_read_by_exact_name_in_bytes() {
+        assert_eq!(status_field_bytes(STATUS, "VmHWM").unwrap(), 274_432 * 1024);
+        assert_eq!(status_field_bytes(STATUS, "VmRSS").unwrap(), 203_776 * 1024);
+        // A prefix of another field's name is not that field.
+        let err = status_field_bytes(STATUS, "Rss").unwrap_err().to_string();
+        assert!(err.contains("no Rss"), "{err}");
+    }
 }
