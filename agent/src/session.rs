@@ -344,8 +344,11 @@ async fn pinned_ca(
 /// channel connects lazily, and a lazy connection whose connect failed
 /// still reports ready (tonic 0.12 `Reconnect::poll_ready` stores the error
 /// and returns it from the call), so tower's p2c balancer keeps sending a
-/// share of the requests to a dead controller. Failing over in the session
-/// instead, on its own heartbeat failures, sends every request to a live one.
+/// share of the requests to a dead controller
+/// (`a_balance_channel_keeps_routing_to_a_dead_endpoint` in tests/session.rs
+/// shows it). Failing over in the session instead, when a heartbeat or
+/// registration finds the controller unreachable, sends every request to
+/// the same controller, a live one once the switch is made.
 struct ControllerChannel {
     changes: tokio::sync::mpsc::Sender<Change<u64, Endpoint>>,
     /// Every configured endpoint (URL for logs, endpoint without TLS).
