@@ -16,7 +16,10 @@ pub const DEFAULT_APPLIANCE_DIR: &str = "/var/lib/measurelab/appliances";
 pub struct AgentConfig {
     /// Unique node name (a DNS label).
     pub name: String,
-    /// gRPC endpoint of the controller, e.g. `http://10.254.0.1:7071`.
+    /// gRPC endpoint of the controller, e.g. `http://10.254.0.1:7071`, or
+    /// several separated by commas (all `http://` or all `https://`): the
+    /// agent talks to one at a time and goes on to the next when it stops
+    /// answering (see [`AgentConfig::controller_endpoints`]).
     pub controller: String,
     /// The lab's join token.
     pub join_token: String,
@@ -118,23 +121,9 @@ impl AgentConfig {
         if let Err(reason) = check_dns_label(&self.name) {
             return Err(invalid("name", reason));
         }
-        if !(self.controller.starts_with("http://") || self.controller.starts_with("https://")) {
-            return Err(invalid(
-                "controller",
-                format!(
-                    "{:?} must be an http:// or https:// URL such as http://10.254.0.1:7071",
-                    self.controller
-                ),
-            ));
-        }
-        if tonic::transport::Endpoint::from_shared(self.controller.clone()).is_err() {
-            return Err(invalid(
-                "controller",
-                format!("{:?} is not a valid URL", self.controller),
-            ));
-        }
+        let endpoints = self.controller_endpoints()?;
         if let Some(pin) = &self.ca_sha256 {
-            if !self.controller.starts_with("https://") {
+            if !endpoints[0].starts_with("https://") {
                 return Err(invalid(
                     "ca_sha256",
                     format!(
@@ -247,6 +236,44 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// The endpoints of [`AgentConfig::controller`], checked: each an
+    /// `http://` or `https://` URL, all with the same scheme (one CA pin and
+    /// one client certificate serve them all, so TLS is all or nothing).
+    pub fn controller_endpoints(&self) -> Result<Vec<String>, AgentError> {
+        let invalid = |reason: String| AgentError::InvalidConfig {
+            field: "controller".to_string(),
+            reason,
+        };
+        let endpoints =
+            measurelab_api::client::split_endpoints(&self.controller).map_err(invalid)?;
+        for endpoint in &endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "{endpoint:?} must be an http:// or https:// URL such as http://10.254.0.1:7071"
+                )));
+            }
+            if tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err() {
+                return Err(invalid(format!("{endpoint:?} is not a valid URL")));
+            }
+        }
+        let tls = endpoints[0].starts_with("https://");
+        if let Some(odd) = endpoints.iter().find(|e| e.starts_with("https://") != tls) {
+            return Err(invalid(format!(
+                "{odd:?} does not share the scheme of {:?}: mixing http:// and https:// \
+                 controllers is refused (the agent would fall back to plaintext)",
+                endpoints[0]
+            )));
+        }
+        Ok(endpoints)
+    }
+
+    /// Whether the controllers are reached over TLS.
+    pub fn controller_tls(&self) -> bool {
+        self.controller.trim_start().starts_with("https://")
+    }
+}
+
 fn check_dns_label(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("{name:?} must be 1 to 63 characters long"));
@@ -323,6 +350,24 @@ mod tests {
         let mut routed = config();
         routed.tunnel_ip = Some(std::net::Ipv4Addr::new(10, 60, 1, 2));
         routed.validate().unwrap();
+        let mut several = config();
+        several.controller = "http://127.0.0.1:7071, http://127.0.0.2:7071/".into();
+        several.validate().unwrap();
+        assert_eq!(
+            several.controller_endpoints().unwrap(),
+            ["http://127.0.0.1:7071", "http://127.0.0.2:7071"]
+        );
+    }
+
+    #[test]
+    fn mixed_schemes_name_the_odd_entry() {
+        let mut c = config();
+        c.controller = "https://a:7071,https://b:7071,http://c:7071".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("controller") && err.contains("http://c:7071"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -334,6 +379,18 @@ mod tests {
             (
                 "controller",
                 Box::new(|c| c.controller = "10.0.0.1:7071".into()),
+            ),
+            (
+                "controller",
+                Box::new(|c| c.controller = "http://127.0.0.1:7071,".into()),
+            ),
+            (
+                "controller",
+                Box::new(|c| c.controller = "http://127.0.0.1:7071,127.0.0.1:7072".into()),
+            ),
+            (
+                "controller",
+                Box::new(|c| c.controller = "https://127.0.0.1:7071,http://127.0.0.1:7072".into()),
             ),
             ("join_token", Box::new(|c| c.join_token = " ".into())),
             (

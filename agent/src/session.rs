@@ -117,14 +117,18 @@ pub(crate) async fn run(
         None => None,
     };
     // Validated in AgentConfig::validate, so this cannot fail here.
-    let endpoint = Endpoint::from_shared(config.controller.clone())
-        .map_err(|e| AgentError::InvalidConfig {
-            field: "controller".into(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(RPC_TIMEOUT);
-    let ca_pem = if config.controller.starts_with("https://") {
+    let endpoints = config
+        .controller_endpoints()?
+        .into_iter()
+        .map(|url| match Endpoint::from_shared(url.clone()) {
+            Ok(e) => Ok((url, e.connect_timeout(CONNECT_TIMEOUT).timeout(RPC_TIMEOUT))),
+            Err(e) => Err(AgentError::InvalidConfig {
+                field: "controller".into(),
+                reason: format!("{url:?}: {e}"),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca_pem = if config.controller_tls() {
         match pinned_ca(&config, shutdown_rx.clone()).await? {
             Some(pem) => Some(pem),
             // Shut down while the controller was unreachable.
@@ -133,7 +137,7 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let (channel, controller_channel) = ControllerChannel::new(endpoint, ca_pem)?;
+    let (channel, controller_channel) = ControllerChannel::new(endpoints, ca_pem)?;
     // FetchProgram answers carry whole programs (the controller accepts up to
     // 64 MiB); tonic's default 4 MiB decode limit refused ordinary binaries.
     let client =
@@ -299,96 +303,152 @@ async fn pinned_ca(
             ),
         });
     };
+    let endpoints = config.controller_endpoints()?;
     let mut backoff = Backoff::new(INITIAL_BACKOFF, REFUSED_RETRY_CAP);
     loop {
-        match controller_tls::fetch_ca(&config.controller, pin).await {
-            Ok(pem) => {
-                controller_tls::store_ca(&config.state_dir, &pem)?;
-                tracing::info!(fingerprint = pin, "pinned the controller's CA");
-                return Ok(Some(pem));
-            }
-            Err(e @ ControllerTlsError::Unreachable { .. }) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "controller unreachable");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        // Each endpoint in turn: one answering is enough, they share a CA.
+        // A wrong fingerprint is not skipped over: the bundle and that
+        // controller disagree, which an operator must see.
+        for endpoint in &endpoints {
+            match controller_tls::fetch_ca(endpoint, pin).await {
+                Ok(pem) => {
+                    controller_tls::store_ca(&config.state_dir, &pem)?;
+                    tracing::info!(fingerprint = pin, %endpoint, "pinned the controller's CA");
+                    return Ok(Some(pem));
                 }
+                Err(e @ ControllerTlsError::Unreachable { .. }) => {
+                    tracing::warn!(error = %e, "controller unreachable");
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            "no controller answered; trying again"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
         }
     }
 }
 
-/// The one channel every part of the agent shares. Over TLS it is a
-/// balance channel of one endpoint, so a new client certificate (after
-/// registration, at renewal) replaces the connection under every clone of
-/// the client at once.
+/// The one channel every part of the agent shares: a balance channel that
+/// holds one controller endpoint at a time, so switching it (a new client
+/// certificate after registration or renewal, or the next controller after
+/// the current one stopped answering) takes effect under every clone of the
+/// client at once.
+///
+/// Only one endpoint is in the balancer, not all of them: tonic's balance
+/// channel connects lazily, and a lazy connection whose connect failed
+/// still reports ready (tonic 0.12 `Reconnect::poll_ready` stores the error
+/// and returns it from the call), so tower's p2c balancer keeps sending a
+/// share of the requests to a dead controller
+/// (`a_balance_channel_keeps_routing_to_a_dead_endpoint` in tests/session.rs
+/// shows it). Failing over in the session instead, when a heartbeat or
+/// registration finds the controller unreachable, sends every request to
+/// the same controller, a live one once the switch is made.
 struct ControllerChannel {
-    tls: Option<ChannelTls>,
-}
-
-struct ChannelTls {
     changes: tokio::sync::mpsc::Sender<Change<u64, Endpoint>>,
-    endpoint: Endpoint,
-    ca: Certificate,
+    /// Every configured endpoint (URL for logs, endpoint without TLS).
+    endpoints: Vec<(String, Endpoint)>,
+    /// Index into `endpoints` of the one in the balancer.
+    active: usize,
+    /// The pinned CA (TLS only).
+    ca: Option<Certificate>,
+    /// The certificate presented now (TLS, once registered).
+    cert: Option<NodeCert>,
+    /// Balancer key of the active endpoint.
     generation: u64,
 }
 
+fn channel_closed<T>(_: T) -> AgentError {
+    AgentError::InvalidConfig {
+        field: "controller".into(),
+        reason: "the channel's balancer stopped".into(),
+    }
+}
+
 impl ControllerChannel {
-    fn new(endpoint: Endpoint, ca_pem: Option<String>) -> Result<(Channel, Self), AgentError> {
-        let Some(ca_pem) = ca_pem else {
-            return Ok((endpoint.connect_lazy(), ControllerChannel { tls: None }));
-        };
-        let ca = Certificate::from_pem(ca_pem);
+    fn new(
+        endpoints: Vec<(String, Endpoint)>,
+        ca_pem: Option<String>,
+    ) -> Result<(Channel, Self), AgentError> {
         let (channel, changes) = Channel::balance_channel(4);
-        let first = tls_endpoint(&endpoint, &ca, None)?;
+        let this = ControllerChannel {
+            changes,
+            endpoints,
+            active: 0,
+            ca: ca_pem.map(Certificate::from_pem),
+            cert: None,
+            generation: 0,
+        };
+        let first = this.endpoint(0)?;
         // A fresh channel has room: the capacity is 4.
-        changes
+        this.changes
             .try_send(Change::Insert(0, first))
-            .map_err(|e| AgentError::InvalidConfig {
-                field: "controller".into(),
-                reason: format!("cannot set up the channel: {e}"),
-            })?;
-        Ok((
-            channel,
-            ControllerChannel {
-                tls: Some(ChannelTls {
-                    changes,
-                    endpoint,
-                    ca,
-                    generation: 0,
-                }),
-            },
-        ))
+            .map_err(channel_closed)?;
+        Ok((channel, this))
     }
 
     fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.ca.is_some()
+    }
+
+    /// URL of the endpoint in use.
+    fn active_url(&self) -> &str {
+        &self.endpoints[self.active].0
+    }
+
+    /// Endpoint `index`, with TLS and the current certificate if any.
+    fn endpoint(&self, index: usize) -> Result<Endpoint, AgentError> {
+        let endpoint = &self.endpoints[index].1;
+        match &self.ca {
+            Some(ca) => tls_endpoint(endpoint, ca, self.cert.as_ref()),
+            None => Ok(endpoint.clone()),
+        }
+    }
+
+    /// Put endpoint `index` in the balancer in place of the current one.
+    async fn switch_to(&mut self, index: usize) -> Result<(), AgentError> {
+        let endpoint = self.endpoint(index)?;
+        let next = self.generation + 1;
+        // Insert before remove: there is never a moment without endpoint.
+        // The balancer takes both before it routes the next request.
+        self.changes
+            .send(Change::Insert(next, endpoint))
+            .await
+            .map_err(channel_closed)?;
+        self.changes
+            .send(Change::Remove(self.generation))
+            .await
+            .map_err(channel_closed)?;
+        self.generation = next;
+        self.active = index;
+        Ok(())
     }
 
     /// Connect with `cert` from now on (the old connection is dropped).
     async fn present(&mut self, cert: &NodeCert) -> Result<(), AgentError> {
-        let Some(tls) = &mut self.tls else {
+        if self.ca.is_none() {
             return Ok(());
-        };
-        let endpoint = tls_endpoint(&tls.endpoint, &tls.ca, Some(cert))?;
-        let next = tls.generation + 1;
-        // Insert before remove: there is never a moment without endpoint.
-        // The balancer takes both before it routes the next request.
-        let closed = |_| AgentError::InvalidConfig {
-            field: "controller".into(),
-            reason: "the channel's balancer stopped".into(),
-        };
-        tls.changes
-            .send(Change::Insert(next, endpoint))
-            .await
-            .map_err(closed)?;
-        tls.changes
-            .send(Change::Remove(tls.generation))
-            .await
-            .map_err(closed)?;
-        tls.generation = next;
+        }
+        self.cert = Some(cert.clone());
+        self.switch_to(self.active).await
+    }
+
+    /// The current controller stopped answering: go on to the next one
+    /// (round robin). With one endpoint nothing changes: its connection
+    /// reconnects by itself.
+    async fn fail_over(&mut self) -> Result<(), AgentError> {
+        if self.endpoints.len() < 2 {
+            return Ok(());
+        }
+        let from = self.active_url().to_string();
+        self.switch_to((self.active + 1) % self.endpoints.len())
+            .await?;
+        tracing::warn!(%from, to = %self.active_url(), "controller unreachable; trying the next one");
         Ok(())
     }
 }
@@ -477,12 +537,18 @@ impl Session {
                 Err(Failure::Unreachable(status)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        controller = %self.config.controller,
+                        controller = %self.channel.active_url(),
                         error = %status.message(),
                         code = ?status.code(),
                         retry_in_ms = delay.as_millis() as u64,
                         "controller unreachable"
                     );
+                    // The next attempt goes to the next controller; the
+                    // backoff still paces attempts, so a list of dead
+                    // controllers is not a hot loop.
+                    if let Err(e) = self.channel.fail_over().await {
+                        tracing::warn!(error = %e, "cannot switch to the next controller");
+                    }
                     delay
                 }
                 Err(Failure::IdentityUnknown(status)) if self.identity.is_some() => {

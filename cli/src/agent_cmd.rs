@@ -20,7 +20,9 @@ pub struct AgentArgs {
     name: String,
     /// Controller gRPC endpoint, e.g. http://10.254.0.1:7071 (or from
     /// --join-bundle). An https:// controller needs its CA pinned: join
-    /// with a bundle the first time.
+    /// with a bundle the first time. Several controllers: separate them
+    /// with commas (all http:// or all https://); the agent uses one at a
+    /// time and goes on to the next when it stops answering.
     #[arg(long, required_unless_present_any = ["join_bundle", "join_bundle_file"])]
     controller: Option<String>,
     /// File holding the lab's join token.
@@ -195,7 +197,11 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let (controller, join_token, ca_sha256) = match bundle {
-        Some(bundle) => (bundle.endpoint, bundle.join_token, Some(bundle.ca_sha256)),
+        Some(bundle) => (
+            bundle.controller(),
+            bundle.join_token,
+            Some(bundle.ca_sha256),
+        ),
         None => {
             let join_token = match (&args.join_token_file, &args.join_token) {
                 (Some(path), _) => {

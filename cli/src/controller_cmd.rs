@@ -305,8 +305,10 @@ pub struct JoinBundleArgs {
     data_dir: PathBuf,
     /// gRPC endpoint agents reach the controller at, https://HOST:PORT
     /// (HOST must be in the server certificate: a bind IP or a --tls-san).
-    #[arg(long)]
-    endpoint: String,
+    /// Several controllers: separate them with commas or repeat the flag;
+    /// agents use the first and go on to the next when it stops answering.
+    #[arg(long, required = true)]
+    endpoint: Vec<String>,
     /// A join token instead of DATA_DIR/join.token, e.g. a per-node token
     /// from `measurelab join-token create`.
     #[arg(long)]
@@ -335,12 +337,12 @@ pub fn join_bundle_main(args: JoinBundleArgs) -> anyhow::Result<()> {
         Some(path) => read_token_file(path, "--join-token-file")?,
         None => read_token_file(&args.data_dir.join("join.token"), "--data-dir")?,
     };
-    let bundle = measurelab_api::join_bundle::JoinBundle {
-        endpoint: args.endpoint.trim_end_matches('/').to_string(),
-        ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
+    let bundle = measurelab_api::join_bundle::JoinBundle::new(
+        &args.endpoint.join(","),
+        measurelab_controller::tls::fingerprint(&ca_der),
         join_token,
-    };
-    bundle.validate().context("--endpoint")?;
+    )
+    .context("--endpoint")?;
     println!("{}", bundle.encode());
     Ok(())
 }

@@ -247,13 +247,16 @@ fn agent_with_a_bad_join_token_is_refused_and_the_refusal_is_an_event() {
     let state = lab.dir().join("rogue-state");
     // The lab runs TLS: the rogue agent pins the lab's real CA (a bundle
     // made on the controller) but holds a wrong join token, so it gets as
-    // far as registering and is refused there.
+    // far as registering and is refused there. The bundle names a dead
+    // controller first (nothing listens on port 7999): the agent must pin
+    // the CA from the second and go on to it to register.
     let wrong_token = lab.dir().join("wrong.token");
     std::fs::write(&wrong_token, "not-the-token").unwrap();
     let bundle = Command::new(BIN)
         .arg("join-bundle")
         .arg("--data-dir")
         .arg(lab.dir().join("controller"))
+        .args(["--endpoint", "https://10.254.0.1:7999"])
         .args(["--endpoint", "https://10.254.0.1:7071", "--join-token-file"])
         .arg(&wrong_token)
         .output()

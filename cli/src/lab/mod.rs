@@ -917,6 +917,7 @@ impl Lab {
             crate::controller_cmd::read_token_file(&self.join_token_file(), "join token")?;
         let bundle = measurelab_api::join_bundle::JoinBundle {
             endpoint: Self::grpc_endpoint(true),
+            more_endpoints: Vec::new(),
             ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
             join_token,
         };

@@ -6,6 +6,13 @@
 //! Format: `mlj1.` followed by the unpadded base64url of a JSON object
 //! `{"endpoint": "https://…", "ca_sha256": "<64 hex>", "join_token": "…"}`.
 //! The version prefix lets a later format be told apart.
+//!
+//! Several controllers: `endpoint` is the first, and `more_endpoints` (a JSON
+//! array, absent with one controller) the others. The field was added
+//! without a new prefix: an agent that predates it ignores unknown fields,
+//! so it reads such a bundle as before and talks to the first controller
+//! only (no failover); a bundle with one controller is byte for byte the
+//! old format. (Release 0.1.0 has no join bundles at all.)
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -18,6 +25,10 @@ pub const PREFIX: &str = "mlj1.";
 pub struct JoinBundle {
     /// gRPC endpoint of the controller, `https://HOST:PORT`.
     pub endpoint: String,
+    /// gRPC endpoints of further controllers (replicas), tried after
+    /// `endpoint` when it stops answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_endpoints: Vec<String>,
     /// SHA-256 of the controller CA's certificate (DER), lower-case hex.
     pub ca_sha256: String,
     /// The join token.
@@ -32,11 +43,14 @@ pub struct JoinBundleError(String);
 impl JoinBundle {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), JoinBundleError> {
-        if !self.endpoint.starts_with("https://") {
-            return Err(JoinBundleError(format!(
-                "endpoint {:?} must be an https:// URL: a bundle pins a CA, which plaintext has none of",
-                self.endpoint
-            )));
+        for (field, endpoint) in std::iter::once(("endpoint", &self.endpoint))
+            .chain(self.more_endpoints.iter().map(|e| ("more_endpoints", e)))
+        {
+            if !endpoint.starts_with("https://") || endpoint.contains(',') {
+                return Err(JoinBundleError(format!(
+                    "{field} {endpoint:?} must be one https:// URL: a bundle pins a CA, which plaintext has none of"
+                )));
+            }
         }
         if self.ca_sha256.len() != 64
             || !self
@@ -53,6 +67,35 @@ impl JoinBundle {
             return Err(JoinBundleError("join_token must not be empty".into()));
         }
         Ok(())
+    }
+
+    /// A bundle for the controllers of the comma-separated list `endpoints`
+    /// (see [`crate::client::split_endpoints`]), checked.
+    pub fn new(
+        endpoints: &str,
+        ca_sha256: String,
+        join_token: String,
+    ) -> Result<JoinBundle, JoinBundleError> {
+        let mut list = crate::client::split_endpoints(endpoints)
+            .map_err(|e| JoinBundleError(format!("endpoint {e}")))?
+            .into_iter();
+        let bundle = JoinBundle {
+            endpoint: list.next().unwrap_or_default(),
+            more_endpoints: list.collect(),
+            ca_sha256,
+            join_token,
+        };
+        bundle.validate()?;
+        Ok(bundle)
+    }
+
+    /// Every controller endpoint as the agent's comma-separated list.
+    pub fn controller(&self) -> String {
+        std::iter::once(&self.endpoint)
+            .chain(&self.more_endpoints)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The bundle as one string.
@@ -89,6 +132,7 @@ mod tests {
     fn bundle() -> JoinBundle {
         JoinBundle {
             endpoint: "https://10.254.0.1:7071".into(),
+            more_endpoints: Vec::new(),
             ca_sha256: "ab".repeat(32),
             join_token: "tok".into(),
         }
@@ -99,6 +143,51 @@ mod tests {
         let text = bundle().encode();
         assert!(text.starts_with("mlj1."), "{text}");
         assert_eq!(JoinBundle::decode(&format!(" {text}\n")).unwrap(), bundle());
+    }
+
+    /// A bundle of one controller is exactly the format before
+    /// `more_endpoints`, and one of several still holds everything an agent
+    /// that predates the field reads (it ignores the rest).
+    #[test]
+    fn several_controllers_keep_the_old_format_readable() {
+        #[derive(Deserialize)]
+        struct Before {
+            endpoint: String,
+            ca_sha256: String,
+            join_token: String,
+        }
+        let json = |b: &JoinBundle| -> serde_json::Value {
+            let text = b.encode();
+            let body = text.strip_prefix(PREFIX).unwrap();
+            serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(body)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            json(&bundle()),
+            serde_json::json!({
+                "endpoint": "https://10.254.0.1:7071",
+                "ca_sha256": "ab".repeat(32),
+                "join_token": "tok",
+            })
+        );
+        let several = JoinBundle::new(
+            "https://10.254.0.1:7071, https://10.254.0.2:7071/",
+            "ab".repeat(32),
+            "tok".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            several.controller(),
+            "https://10.254.0.1:7071,https://10.254.0.2:7071"
+        );
+        assert_eq!(JoinBundle::decode(&several.encode()).unwrap(), several);
+        let old: Before = serde_json::from_value(json(&several)).unwrap();
+        assert_eq!(old.endpoint, "https://10.254.0.1:7071");
+        assert_eq!((old.ca_sha256.len(), old.join_token.as_str()), (64, "tok"));
     }
 
     #[test]
@@ -117,5 +206,20 @@ mod tests {
         };
         let err = JoinBundle::decode(&short.encode()).unwrap_err().to_string();
         assert!(err.contains("ca_sha256"), "{err}");
+        let mixed = JoinBundle::new(
+            "https://10.254.0.1:7071,http://10.254.0.2:7071",
+            "ab".repeat(32),
+            "tok".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            mixed.contains("more_endpoints") && mixed.contains("10.254.0.2"),
+            "{mixed}"
+        );
+        let empty = JoinBundle::new("https://10.254.0.1:7071,", "ab".repeat(32), "tok".into())
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("empty entry"), "{empty}");
     }
 }
