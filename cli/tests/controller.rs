@@ -82,24 +82,11 @@ fn port_zero_is_published_in_http_addr_and_sigterm_stops_cleanly() {
 
 #[test]
 fn unknown_grpc_netns_is_an_error_naming_the_flag() {
-    let data = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["controller", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--grpc-netns", "no-such-namespace-here"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = controller_refusal(&["--grpc-netns", "no-such-namespace-here"]);
     assert!(stderr.contains("--grpc-netns"), "{stderr}");
 }
 
+/// The stderr of a controller that must refuse to start with `flags`.
 fn controller_refusal(flags: &[&str]) -> String {
     let data = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
