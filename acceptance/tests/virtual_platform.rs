@@ -103,6 +103,49 @@ fn acc_virtual_platform_update() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raising `control_key_version` rotates the platform's control key in
+/// place: the controller hands out a new key at the new version, the state
+/// holds that key, and the next plan is empty.
+#[test]
+fn acc_virtual_platform_control_key_rotation() -> anyhow::Result<()> {
+    if !acc_enabled("acc_virtual_platform_control_key_rotation") {
+        return Ok(());
+    }
+    let lab = Lab::up(1)?;
+    let tf = lab.terraform()?;
+    tf.write("main.tf", &config("\"n1\"", ""))?;
+    tf.init()?;
+    tf.apply()?;
+    let id = platform(&lab, "slice-a")?
+        .ok_or_else(|| anyhow::anyhow!("platform missing"))?
+        .id;
+    let key = |lab: &Lab| -> anyhow::Result<measurelab_api::http::PlatformControlKey> {
+        let client = lab.client()?;
+        let id = id.clone();
+        block_on(async move { Ok(client.platform_control_key(&id).await?) })
+    };
+    let first = key(&lab)?;
+    assert_eq!(first.version, 1);
+
+    tf.write("main.tf", &config("\"n1\"", "  control_key_version = 2"))?;
+    let plan = tf.saved_plan_json("rotate.tfplan")?;
+    assert_eq!(planned_actions(&plan, ADDRESS), vec!["update"], "{plan}");
+    tf.ok(&["apply", "-input=false", "rotate.tfplan"])?;
+    let second = key(&lab)?;
+    assert_eq!(second.version, 2);
+    assert_ne!(second.control_key, first.control_key, "a new secret");
+    let state = tf.state_json()?;
+    let values = resource_values(&state, ADDRESS)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(values["control_key"], second.control_key.as_str());
+    assert_eq!(values["id"], id.as_str(), "rotated in place");
+    let (code, output) = tf.plan_exit_code()?;
+    assert_eq!(code, 0, "{}", describe(&output));
+    tf.destroy()?;
+    Ok(())
+}
+
 #[test]
 fn acc_virtual_platform_import() -> anyhow::Result<()> {
     if !acc_enabled("acc_virtual_platform_import") {
