@@ -80,19 +80,25 @@ fn assert_round_robin(results: &[Value]) {
     }
 }
 
-#[test]
-fn sigkilled_mscs_resumes_the_schedule_and_keeps_every_result() -> Result<()> {
-    let mut lab = Lab::new("rs", 17, 3)?;
-    let args = [
+/// MSCS arguments for a run every 3 s of `duration` seconds at 200 pps to
+/// `group`.
+fn every_three_seconds<'a>(duration: &'a str, group: &'a str) -> [&'a str; 8] {
+    [
         "--interval-seconds",
         "3",
         "--duration-seconds",
-        "1",
+        duration,
         "--rate-pps",
         "200",
         "--group",
-        "239.200.17.1",
-    ];
+        group,
+    ]
+}
+
+#[test]
+fn sigkilled_mscs_resumes_the_schedule_and_keeps_every_result() -> Result<()> {
+    let mut lab = Lab::new("rs", 17, 3)?;
+    let args = every_three_seconds("1", "239.200.17.1");
     lab.start_mscs(&args)?;
     wait_for_results(&lab, 2, Duration::from_secs(30))?;
     // Kill while the third run is sending, so an interrupted run is part of the test.
@@ -130,16 +136,7 @@ fn sigkilled_mscs_resumes_the_schedule_and_keeps_every_result() -> Result<()> {
 #[test]
 fn sigkilled_point_is_recorded_as_failed_and_the_schedule_goes_on() -> Result<()> {
     let mut lab = Lab::new("pk", 18, 3)?;
-    lab.start_mscs(&[
-        "--interval-seconds",
-        "3",
-        "--duration-seconds",
-        "1.5",
-        "--rate-pps",
-        "200",
-        "--group",
-        "239.200.18.1",
-    ])?;
+    lab.start_mscs(&every_three_seconds("1.5", "239.200.18.1"))?;
     // 200 pps to two receivers: about a quarter second into the 1.5 s run.
     wait_mid_run(&lab, Some("p1"), 100)?;
     lab.kill_point(2);
@@ -218,16 +215,7 @@ fn a_rotated_key_refuses_the_old_key_and_keeps_the_schedule() -> Result<()> {
     let key_id = "platform-rk".to_string();
     let old = (key_id.clone(), ControlKey::generate_hex());
     let mut lab = Lab::keyed("rk", 19, 3, old.clone())?;
-    let args = [
-        "--interval-seconds",
-        "3",
-        "--duration-seconds",
-        "1",
-        "--rate-pps",
-        "200",
-        "--group",
-        "239.200.19.1",
-    ];
+    let args = every_three_seconds("1", "239.200.19.1");
     lab.start_mscs(&args)?;
     wait_for_results(&lab, 2, Duration::from_secs(30))?;
     wait_mid_run(&lab, None, 100)?;
