@@ -43,14 +43,42 @@ async fn run_envs(
         .collect()
 }
 
+/// A controller with node n1, a member and a viewer of tenant t1, and a
+/// member of another tenant, t2.
+struct Parties {
+    _dir: tempfile::TempDir,
+    controller: TestController,
+    n1: RegisterResponse,
+    member: String,
+    viewer: String,
+    other: String,
+}
+
+impl Parties {
+    async fn start() -> Parties {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        Parties {
+            n1: controller.register("n1", "").await,
+            member: controller.tenant_token("t1", "ci", "member").await,
+            viewer: controller.tenant_token("t1", "dashboard", "viewer").await,
+            other: controller.tenant_token("t2", "other", "member").await,
+            controller,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    let member = controller.tenant_token("t1", "ci", "member").await;
-    let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
-    let other = controller.tenant_token("t2", "other", "member").await;
+    let Parties {
+        _dir,
+        controller,
+        n1,
+        member,
+        viewer,
+        other,
+    } = Parties::start().await;
     for (token, platform) in [(&member, "lab"), (&member, "second"), (&other, "theirs")] {
         create(
             &controller,
@@ -198,12 +226,14 @@ async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
 /// reveals a key.
 #[tokio::test]
 async fn rotating_a_platform_key_replaces_it_in_every_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    let member = controller.tenant_token("t1", "ci", "member").await;
-    let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
-    let other = controller.tenant_token("t2", "other", "member").await;
+    let Parties {
+        _dir,
+        controller,
+        n1,
+        member,
+        viewer,
+        other,
+    } = Parties::start().await;
     create(
         &controller,
         &member,
