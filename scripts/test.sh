@@ -67,6 +67,8 @@ export MEASURELAB_TEST_PG_URL
 # run separately since nextest does not run them.
 cargo nextest run --workspace
 cargo test --workspace --doc
+echo "== the controller's tests again, its tables on PostgreSQL (--store postgres://)"
+MEASURELAB_TEST_STORE=postgres cargo nextest run -p measurelab-controller --tests
 echo "== the last release's agent and guest agent, for the mixed-version tests"
 # Built from the commit in compat/released/RELEASE (git history, so CI's
 # clone must not be shallow) into target/released/<commit>; timed here, on

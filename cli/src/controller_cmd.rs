@@ -17,6 +17,18 @@ pub struct ControllerArgs {
     /// Directory for controller.db, admin.token, join.token and http.addr.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Where the tables live: `sqlite` (DATA_DIR/controller.db, the default)
+    /// or the `postgres://user@host:port/db` URL of a PostgreSQL database
+    /// that controller replicas share (docs/postgresql.md). Taken from
+    /// MEASURELAB_STORE when not given, which keeps a password out of the
+    /// process list.
+    #[arg(
+        long,
+        env = "MEASURELAB_STORE",
+        hide_env_values = true,
+        default_value = "sqlite"
+    )]
+    store: String,
     /// Public HTTP/JSON API address (port 0 picks a free port; see DATA_DIR/http.addr).
     #[arg(long, default_value = "127.0.0.1:7070")]
     http_listen: SocketAddr,
@@ -214,6 +226,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .unwrap_or(heartbeat_interval * 3);
     config.join_token = join_token;
     config.data_dir_lock = Some(data_dir_lock);
+    config.store_url = store_url(&args.store)?;
     const DAY: Duration = Duration::from_secs(86_400);
     config.retention = measurelab_controller::Retention {
         events: DAY * args.retain_events_days as u32,
@@ -370,4 +383,15 @@ pub(crate) fn write_atomically(path: &std::path::Path, contents: &str) -> anyhow
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `--store`: `None` for the embedded SQLite, the URL for PostgreSQL. The
+/// URL itself is checked when the controller connects, with an error that
+/// never repeats a password.
+fn store_url(store: &str) -> anyhow::Result<Option<String>> {
+    match store {
+        "sqlite" => Ok(None),
+        url if measurelab_controller::is_postgres_url(url) => Ok(Some(url.to_string())),
+        _ => bail!("--store: expected `sqlite` or a postgres:// URL"),
+    }
 }

@@ -211,3 +211,87 @@ fn platforms_draw_from_the_pools_set_on_the_command_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_store_neither_sqlite_nor_postgres_is_refused_naming_the_flag() {
+    let stderr = controller_refusal(&["--store", "mysql://db.example/measurelab"]);
+    assert!(stderr.contains("--store"), "{stderr}");
+}
+
+/// A controller started and answering on `data`'s http.addr with its admin
+/// token, given `flags` and `env`.
+fn start_controller(
+    data: &std::path::Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["controller", "--data-dir"])
+        .arg(data)
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(flags)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let addr = std::fs::read_to_string(data.join("http.addr")).unwrap_or_default();
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
+        if !token.trim().is_empty()
+            && get(addr.trim(), "/healthz").is_some_and(|r| r.contains(" 200 "))
+        {
+            return (child, addr.trim().to_string(), token.trim().to_string());
+        }
+        assert!(Instant::now() < deadline, "controller did not come up");
+        assert!(child.try_wait().unwrap().is_none(), "controller exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two controllers given one PostgreSQL database (`--store`, and
+/// MEASURELAB_STORE for the second) keep their tables there, not in their
+/// data dirs, and see each other's writes.
+#[test]
+fn controllers_on_one_postgres_store_share_its_tables() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, a_http, a_admin) = start_controller(a_dir.path(), &["--store", db.url()], &[]);
+    let (mut b, b_http, b_admin) =
+        start_controller(b_dir.path(), &[], &[("MEASURELAB_STORE", db.url())]);
+    for dir in [&a_dir, &b_dir] {
+        assert!(!dir.path().join("controller.db").exists());
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = |http: &str, admin: &str| {
+        measurelab_api::client::Client::new(&format!("http://{http}"), admin, None).unwrap()
+    };
+    let created = runtime
+        .block_on(
+            client(&a_http, &a_admin).create_tenant(&measurelab_api::http::TenantCreate {
+                name: "shared-store".into(),
+                description: None,
+                quota: None,
+                request_id: None,
+            }),
+        )
+        .expect("tenant created through A");
+    let seen = runtime
+        .block_on(client(&b_http, &b_admin).list_tenants())
+        .expect("tenants listed through B");
+    assert!(
+        seen.iter().any(|t| t.id == created.id),
+        "B does not see A's tenant: {seen:?}"
+    );
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

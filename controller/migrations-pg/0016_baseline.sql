@@ -83,6 +83,11 @@ CREATE TABLE tenants (
     quota       TEXT NOT NULL,
     created_at  TEXT NOT NULL
 );
+-- The built-in tenant, as SQLite's 0004 makes it (same fixed id).
+INSERT INTO tenants (id, name, description, quota, created_at)
+VALUES ('00000000-0000-4000-8000-000000000000', 'default',
+        'Built-in tenant: owns what the operator creates without naming a tenant.',
+        '{}', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
 
 CREATE TABLE api_tokens (
     id            TEXT PRIMARY KEY,

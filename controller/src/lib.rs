@@ -95,6 +95,10 @@ pub use tokens::TokenError;
 pub struct ControllerConfig {
     /// Holds `controller.db`, `admin.token` and `join.token` (mode 0600).
     pub data_dir: PathBuf,
+    /// `postgres://…`: the tables live in this PostgreSQL database instead
+    /// of `<data_dir>/controller.db` (controller replicas share one). The
+    /// data dir still holds the tokens, the TLS files and appliance files.
+    pub store_url: Option<String>,
     /// Public HTTP/JSON API and admin page.
     pub http_listener: std::net::TcpListener,
     /// gRPC node API.
@@ -251,6 +255,11 @@ fn check_pools_apart(
     Ok(())
 }
 
+/// Whether `url` names a PostgreSQL database (the two schemes libpq takes).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl ControllerConfig {
     /// A configuration with the default intervals and durable heartbeats.
     pub fn new(
@@ -262,6 +271,7 @@ impl ControllerConfig {
         let pools = placement::Pools::default();
         ControllerConfig {
             data_dir: data_dir.into(),
+            store_url: None,
             http_listener,
             grpc_listener,
             heartbeat_interval,
@@ -395,8 +405,16 @@ pub async fn run(
         Some(token) => token,
         None => tokens::load_or_create(&config.data_dir.join("join.token"))?,
     };
+    if let Some(url) = &config.store_url {
+        if !is_postgres_url(url) {
+            return Err(ControllerError::Config(
+                "store_url: expected a postgres:// or postgresql:// URL".into(),
+            ));
+        }
+    }
     let (store, writer) = store::Store::open_with_pools(
         &config.data_dir,
+        config.store_url.as_deref(),
         config.durable_heartbeats,
         placement::Pools {
             vlans: config.vlan_pool.clone(),

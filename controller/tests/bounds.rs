@@ -6,6 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::db::quote;
 use common::{heartbeat_request, TestController};
 use measurelab_api::http::NodeStatus;
 use tokio::net::{TcpSocket, TcpStream};
@@ -384,9 +385,7 @@ async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
 /// Writes `count` results of about `doc_bytes` each straight into the store,
 /// as many runs would have over months.
 fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
-    let mut conn = rusqlite::Connection::open(data_dir.join("controller.db")).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let tx = conn.transaction().unwrap();
+    let mut inserts = Vec::with_capacity(count);
     let padding = "x".repeat(doc_bytes);
     // Recent runs, one a second up to now: older ones would be the retention
     // pruner's to delete while the test reads them.
@@ -399,21 +398,15 @@ fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap();
         let document = serde_json::json!({"run_id": format!("run-{n}"), "padding": padding});
-        tx.execute(
+        let (started_at, document) = (quote(&started_at), quote(&document.to_string()));
+        inserts.push(format!(
             "INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms,
                                   document, run_id)
-             VALUES (?1, 'task-1', 'bulk', ?2, ?2, ?3, ?4, ?5)",
-            rusqlite::params![
-                format!("result-{n}"),
-                started_at,
-                started_ms,
-                document.to_string(),
-                format!("run-{n}")
-            ],
-        )
-        .unwrap();
+             VALUES ('result-{n}', 'task-1', 'bulk', {started_at}, {started_at}, {started_ms},
+                     {document}, 'run-{n}')"
+        ));
     }
-    tx.commit().unwrap();
+    common::db::write(data_dir, &inserts.join(";\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

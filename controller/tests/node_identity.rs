@@ -18,12 +18,14 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// The secret column of the node's row, as stored.
 fn stored_secret(data_dir: &Path, node_id: &str) -> String {
-    rusqlite::Connection::open(data_dir.join("controller.db"))
-        .unwrap()
-        .query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |row| {
-            row.get(0)
-        })
-        .unwrap()
+    common::db::value(
+        data_dir,
+        &format!(
+            "SELECT secret FROM nodes WHERE id = {}",
+            common::db::quote(node_id)
+        ),
+    )
+    .unwrap()
 }
 
 async fn pending(controller: &TestController) -> RegistrationRequestList {
@@ -233,12 +235,10 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // Only a digest is stored.
-    let secrets: Vec<String> = {
-        let conn = rusqlite::Connection::open(dir.path().join("controller.db")).unwrap();
-        let mut statement = conn.prepare("SELECT secret FROM join_tokens").unwrap();
-        let rows = statement.query_map([], |row| row.get(0)).unwrap();
-        rows.map(Result::unwrap).collect()
-    };
+    let secrets: Vec<String> = common::db::rows(dir.path(), "SELECT secret FROM join_tokens")
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
     assert_eq!(secrets.len(), 4);
     for stored in &secrets {
         assert!(stored.starts_with("sha256:"), "{stored}");

@@ -1119,8 +1119,7 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    let db = rusqlite::Connection::open(dir.path().join("controller.db")).unwrap();
-    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let write_lock = common::db::WriteLock::take(dir.path());
     for _ in 0..20 {
         let answered =
             tokio::time::timeout(std::time::Duration::from_secs(1), grpc.poll_tasks(poll()))
@@ -1130,7 +1129,7 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
                 .into_inner();
         assert_eq!(answered.tasks_json.len(), 1);
     }
-    db.execute_batch("ROLLBACK").unwrap();
+    drop(write_lock);
 
     let theirs = controller.client().get_task("theirs").await.unwrap();
     let err = grpc

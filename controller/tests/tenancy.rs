@@ -494,26 +494,26 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     let (_, listed) = controller.call(Method::GET, "/v1/tokens", None).await;
     assert!(!listed.to_string().contains(&secret), "{listed}");
     // Only a digest is stored, and the secret appears nowhere in the database.
-    let db = rusqlite::Connection::open(dir.path().join("controller.db")).unwrap();
-    let digest: String = db
-        .query_row(
-            "SELECT secret_digest FROM api_tokens WHERE id = ?1",
-            [&token_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let digest = common::db::value(
+        dir.path(),
+        &format!(
+            "SELECT secret_digest FROM api_tokens WHERE id = {}",
+            common::db::quote(&token_id)
+        ),
+    )
+    .unwrap();
     assert_eq!(
         digest,
         format!("sha256:{}", hex::encode(Sha256::digest(secret.as_bytes())))
     );
-    let dump: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM idempotency WHERE body LIKE '%' || ?1 || '%'",
-            [&secret],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(dump, 0);
+    let dump = common::db::value(
+        dir.path(),
+        &format!(
+            "SELECT COUNT(*) FROM idempotency WHERE body LIKE '%' || {} || '%'",
+            common::db::quote(&secret)
+        ),
+    );
+    assert_eq!(dump.as_deref(), Some("0"));
 
     // The token works, and its use is recorded.
     let (status, whoami) = controller

@@ -246,7 +246,7 @@ pub(crate) fn list(
     only: Option<&str>,
 ) -> Result<Vec<ApiToken>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT} WHERE (?1 IS NULL OR k.tenant_id = ?1) AND (?2 IS NULL OR k.id = ?2)
+        "{SELECT} WHERE (k.tenant_id = ?1 OR ?1 IS NULL) AND (k.id = ?2 OR ?2 IS NULL)
          ORDER BY k.created_at, k.id"
     ))?;
     let mut rows = statement.query(params![scope.tenant_id(), only])?;

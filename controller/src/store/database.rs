@@ -38,8 +38,61 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0017_control_key_versions.sql"),
 ];
 
+/// Where the store's tables are: `controller.db` in the data dir (the
+/// default), or a PostgreSQL database that controller replicas share.
+#[derive(Clone)]
+pub(crate) enum Location {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL; it may hold a password, so it is never printed.
+    Postgres(String),
+}
+
+impl Location {
+    /// Open, check and migrate the database: the writer's connection. On
+    /// PostgreSQL the integrity check and the pre-migration copy are the
+    /// server's and the operator's (`pg_dump`); migrations run once across
+    /// replicas under an advisory lock.
+    pub(crate) fn open_primary(&self) -> Result<sql::Connection, StoreError> {
+        match self {
+            Location::Sqlite(path) => open_primary(path),
+            Location::Postgres(url) => {
+                let mut driver = sql::pg::PgDriver::connect(url).map_err(sql::Error::from)?;
+                let version = driver.migrate().map_err(sql::Error::from)?;
+                tracing::info!(version, "PostgreSQL schema ready");
+                Ok(sql::Connection::from_postgres(driver))
+            }
+        }
+    }
+
+    /// Another connection to the same database (reader, resources).
+    pub(crate) fn open_connection(&self) -> Result<sql::Connection, StoreError> {
+        match self {
+            Location::Sqlite(path) => open_connection(path),
+            Location::Postgres(url) => Ok(sql::Connection::open_postgres(url)?),
+        }
+    }
+
+    /// A connection of its own for a long read beside the writer: read-only
+    /// on SQLite; on PostgreSQL a session of its own, which MVCC keeps from
+    /// blocking writers.
+    pub(crate) fn open_reader(&self) -> Result<sql::Connection, StoreError> {
+        match self {
+            Location::Sqlite(path) => open_reader(path),
+            Location::Postgres(url) => Ok(sql::Connection::open_postgres(url)?),
+        }
+    }
+
+    /// For logs: the file, or `postgres` (the URL may hold a password).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(_) => "postgres".to_string(),
+        }
+    }
+}
+
 /// Open, check and migrate the database: the writer's connection.
-pub(crate) fn open_primary(path: &Path) -> Result<sql::Connection, StoreError> {
+fn open_primary(path: &Path) -> Result<sql::Connection, StoreError> {
     let mut conn = open_sqlite(path)?;
     check_integrity(&conn, path)?;
     migrate(&mut conn)?;
@@ -52,7 +105,7 @@ pub(crate) fn open_connection(path: &Path) -> Result<sql::Connection, StoreError
 }
 
 /// A read-only connection of its own, for a long read beside the writer.
-pub(crate) fn open_reader(path: &Path) -> Result<sql::Connection, StoreError> {
+fn open_reader(path: &Path) -> Result<sql::Connection, StoreError> {
     let open_error = |source: rusqlite::Error| StoreError::Open {
         path: path.to_path_buf(),
         source: source.into(),

@@ -552,7 +552,7 @@ pub(crate) fn guest_logs(
         .prepare_cached(
             "SELECT time, level, target, message FROM
                (SELECT id, time, level, target, message FROM guest_logs
-                WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2)
+                WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2) AS newest
              ORDER BY id ASC",
         )?
         .query_map(crate::store::sql::params![vm_id, limit], |r| {

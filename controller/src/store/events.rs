@@ -27,12 +27,12 @@ pub(crate) fn events(
     let (sql, bound) = match page {
         EventPage::After(after) => (
             "SELECT id, time, reason, object_kind, object_id, message FROM events
-             WHERE id > ?1 AND (?3 IS NULL OR tenant_id = ?3) ORDER BY id ASC LIMIT ?2",
+             WHERE id > ?1 AND (tenant_id = ?3 OR ?3 IS NULL) ORDER BY id ASC LIMIT ?2",
             after,
         ),
         EventPage::Before(before) => (
             "SELECT id, time, reason, object_kind, object_id, message FROM events
-             WHERE id < ?1 AND (?3 IS NULL OR tenant_id = ?3) ORDER BY id DESC LIMIT ?2",
+             WHERE id < ?1 AND (tenant_id = ?3 OR ?3 IS NULL) ORDER BY id DESC LIMIT ?2",
             before,
         ),
     };

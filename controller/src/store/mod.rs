@@ -59,7 +59,7 @@ use crate::appliance_files::ApplianceFiles;
 use crate::placement::Pools;
 use api_tokens::TokenBook;
 pub(crate) use codec::{rfc3339, to_json};
-use database::{open_connection, open_primary, restrict_permissions};
+use database::{restrict_permissions, Location};
 pub use error::StoreError;
 pub(crate) use events::EventPage;
 use node_identity::IdentityCommand;
@@ -73,6 +73,13 @@ pub(crate) use registry::{NodeEntry, Registry};
 pub(crate) use resources::{ResourceStore, TxContext};
 use writer::WriteCommand;
 pub(crate) use writer::WriterHandle;
+
+/// The database a test store on `data_dir` uses: PostgreSQL when
+/// `MEASURELAB_TEST_STORE=postgres` (`measurelab_testbed::pg::store_for`).
+#[cfg(test)]
+pub(crate) fn test_location(data_dir: &Path) -> Option<String> {
+    measurelab_testbed::pg::store_for(data_dir).expect("the test store's PostgreSQL database")
+}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -93,36 +100,75 @@ pub(crate) struct Store {
 
 impl Store {
     /// Open (or create) `<data_dir>/controller.db`, migrate it, load the node
-    /// table and start the writer thread.
+    /// table and start the writer thread. Tests run it on PostgreSQL instead
+    /// when `MEASURELAB_TEST_STORE=postgres` (see [`test_location`]).
     #[cfg(test)]
     pub fn open(
         data_dir: &Path,
         durable_heartbeats: bool,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        Self::open_with_pools(data_dir, durable_heartbeats, Pools::default())
+        Self::open_with_pools(
+            data_dir,
+            test_location(data_dir).as_deref(),
+            durable_heartbeats,
+            Pools::default(),
+        )
     }
 
-    /// `Store::open` with the VLAN and subnet pools platforms draw from.
+    /// `Store::open` with the database given (`postgres`: a `postgres://`
+    /// URL; `None`: `controller.db` in `data_dir`) and the VLAN and subnet
+    /// pools platforms draw from. The data dir keeps appliance files and
+    /// uploads either way.
     pub fn open_with_pools(
         data_dir: &Path,
+        postgres: Option<&str>,
         durable_heartbeats: bool,
         pools: Pools,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        let path = data_dir.join("controller.db");
+        let location = match postgres {
+            Some(url) => Location::Postgres(url.to_string()),
+            None => Location::Sqlite(data_dir.join("controller.db")),
+        };
+        // A PostgreSQL session may not be opened on an async worker thread
+        // (the driver's rule), and the controller opens its store from one.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("store-open".into())
+                .spawn_scoped(scope, || {
+                    Self::open_at(data_dir, location, durable_heartbeats, pools)
+                })
+                .map_err(|e| StoreError::Task(format!("cannot start the store-open thread: {e}")))?
+                .join()
+                .map_err(|_| StoreError::Task("opening the store panicked".into()))?
+        })
+    }
+
+    fn open_at(
+        data_dir: &Path,
+        location: Location,
+        durable_heartbeats: bool,
+        pools: Pools,
+    ) -> Result<(Store, WriterHandle), StoreError> {
         // Uploads a crash cut short; the data dir is ours (locked) by now.
         let _ = std::fs::remove_dir_all(data_dir.join("uploads"));
-        let write_conn = open_primary(&path)?;
-        restrict_permissions(&path);
+        let write_conn = location.open_primary()?;
+        let checkpointer = match &location {
+            Location::Sqlite(path) => {
+                restrict_permissions(path);
+                Some(checkpoint::Checkpointer::start(path)?)
+            }
+            // The server manages its own write-ahead log.
+            Location::Postgres(_) => None,
+        };
         let registry = load_registry(&write_conn, Instant::now())?;
-        tracing::info!(nodes = registry.len(), path = %path.display(), "store opened");
-        let reader = open_connection(&path)?;
-        let checkpointer = checkpoint::Checkpointer::start(&path)?;
+        tracing::info!(nodes = registry.len(), database = %location.describe(), "store opened");
+        let reader = location.open_connection()?;
         let registry = Arc::new(RwLock::new(registry));
-        let resource_conn = open_connection(&path)?;
+        let resource_conn = location.open_connection()?;
         appliances::ensure_builtin(&resource_conn)?;
         let tokens = TokenBook::default();
         tokens.reload(&resource_conn)?;
-        let resources = ResourceStore::open(resource_conn, registry.clone(), pools, path.clone())?;
+        let resources = ResourceStore::open(resource_conn, registry.clone(), pools, location)?;
         let (writer, handle) = writer::spawn(
             write_conn,
             registry.clone(),
@@ -475,13 +521,29 @@ mod tests {
         writer.join().await;
     }
 
+    /// `f` on a connection of its own to the test store's database, on a
+    /// thread of its own (a PostgreSQL session may not live on the test's
+    /// async worker).
+    fn with_database<T: Send>(dir: &Path, f: impl FnOnce(&Connection) -> T + Send) -> T {
+        let location = match test_location(dir) {
+            Some(url) => Location::Postgres(url),
+            None => Location::Sqlite(dir.join("controller.db")),
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| f(&location.open_connection().unwrap()))
+                .join()
+                .unwrap()
+        })
+    }
+
     fn stored_secret(dir: &Path, node_id: &str) -> String {
-        rusqlite::Connection::open(dir.join("controller.db"))
-            .unwrap()
-            .query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |r| {
+        with_database(dir, |conn| {
+            conn.query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |r| {
                 r.get(0)
             })
             .unwrap()
+        })
     }
 
     #[tokio::test]
@@ -503,13 +565,13 @@ mod tests {
         assert!(!stored.contains(&n1.node_secret), "{stored}");
         assert_eq!(stored, secret_digest(&n1.node_secret));
         // n2 as an older controller wrote it: the secret itself.
-        rusqlite::Connection::open(dir.path().join("controller.db"))
-            .unwrap()
-            .execute(
+        with_database(dir.path(), |conn| {
+            conn.execute(
                 "UPDATE nodes SET secret = ?2 WHERE id = ?1",
                 [&n2.node_id, &n2.node_secret],
             )
-            .unwrap();
+            .unwrap()
+        });
 
         let (store, writer) = Store::open(dir.path(), true).unwrap();
         store.authenticate(&n1.node_id, &n1.node_secret).unwrap();

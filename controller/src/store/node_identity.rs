@@ -347,7 +347,7 @@ fn record_refusal(
          VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5, ?6, ?7)
          ON CONFLICT (name) DO UPDATE SET
              node_id = excluded.node_id, reason = excluded.reason,
-             attempts = attempts + 1, last_attempt_at = excluded.last_attempt_at,
+             attempts = registration_requests.attempts + 1, last_attempt_at = excluded.last_attempt_at,
              peer_address = excluded.peer_address,
              management_address = excluded.management_address,
              agent_version = excluded.agent_version",

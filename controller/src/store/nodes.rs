@@ -211,7 +211,7 @@ pub(crate) fn logs(
     let mut statement = conn.prepare_cached(
         "SELECT time, level, target, message FROM
            (SELECT id, time, level, target, message FROM node_logs
-            WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2)
+            WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2) AS newest
          ORDER BY id ASC",
     )?;
     let lines = statement

@@ -163,7 +163,7 @@ pub(crate) fn find(
     key: &str,
 ) -> Result<Option<PlatformRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT} WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)"
+        "{SELECT} WHERE (id = ?1 OR name = ?1) AND (tenant_id = ?2 OR ?2 IS NULL)"
     ))?;
     let mut rows = statement.query(params![key, scope.tenant_id()])?;
     let mut matches = Vec::new();
@@ -184,7 +184,7 @@ pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<Platfor
 
 pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<PlatformRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT} WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id"
+        "{SELECT} WHERE tenant_id = ?1 OR ?1 IS NULL ORDER BY name, tenant_id"
     ))?;
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut platforms = Vec::new();

@@ -56,7 +56,7 @@ pub(crate) fn find(
     let matches = conn
         .prepare_cached(
             "SELECT id, name, sha256, size_bytes, created_at, tenant_id FROM programs
-             WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)",
+             WHERE (id = ?1 OR name = ?1) AND (tenant_id = ?2 OR ?2 IS NULL)",
         )?
         .query_map(params![key, scope.tenant_id()], program_row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -76,7 +76,7 @@ pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Program>, Sto
     Ok(conn
         .prepare_cached(
             "SELECT id, name, sha256, size_bytes, created_at, tenant_id FROM programs
-             WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id",
+             WHERE tenant_id = ?1 OR ?1 IS NULL ORDER BY name, tenant_id",
         )?
         .query_map([scope.tenant_id()], program_row)?
         .collect::<Result<Vec<_>, _>>()?)
@@ -306,7 +306,7 @@ pub(crate) fn find_deployment(
     id: &str,
 ) -> Result<Option<DeploymentRow>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT_DEPLOYMENT} WHERE d.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)"
+        "{SELECT_DEPLOYMENT} WHERE d.id = ?1 AND (p.tenant_id = ?2 OR ?2 IS NULL)"
     ))?;
     let mut rows = statement.query(params![id, scope.tenant_id()])?;
     match rows.next()? {
@@ -373,7 +373,7 @@ pub(crate) fn list_deployments(
     scope: &Scope,
 ) -> Result<Vec<Deployment>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT_DEPLOYMENT} WHERE ?1 IS NULL OR p.tenant_id = ?1 ORDER BY d.created_at DESC"
+        "{SELECT_DEPLOYMENT} WHERE p.tenant_id = ?1 OR ?1 IS NULL ORDER BY d.created_at DESC"
     ))?;
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut rows_out = Vec::new();

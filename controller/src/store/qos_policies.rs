@@ -45,7 +45,7 @@ pub(crate) fn find(
 ) -> Result<Option<QosPolicy>, StoreError> {
     let matches = conn
         .prepare_cached(&format!(
-            "{SELECT} WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)"
+            "{SELECT} WHERE (id = ?1 OR name = ?1) AND (tenant_id = ?2 OR ?2 IS NULL)"
         ))?
         .query_map(params![key, scope.tenant_id()], row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -64,7 +64,7 @@ pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<QosPoli
 pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<QosPolicy>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(
-            "{SELECT} WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id"
+            "{SELECT} WHERE tenant_id = ?1 OR ?1 IS NULL ORDER BY name, tenant_id"
         ))?
         .query_map([scope.tenant_id()], row)?
         .collect::<Result<Vec<_>, _>>()?)

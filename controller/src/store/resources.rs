@@ -18,6 +18,7 @@ use super::sql::{params, Connection, Transaction};
 use time::OffsetDateTime;
 
 use super::codec::rfc3339;
+use super::database::Location;
 use super::error::StoreError;
 use super::registry::Registry;
 use crate::placement::Pools;
@@ -86,7 +87,7 @@ impl TxContext<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO node_generations (node_id, generation) VALUES (?1, 1)
-                 ON CONFLICT (node_id) DO UPDATE SET generation = generation + 1",
+                 ON CONFLICT (node_id) DO UPDATE SET generation = node_generations.generation + 1",
             )?
             .execute([node_id])?;
         self.effects.touch(node_id);
@@ -103,8 +104,8 @@ pub(crate) struct ResourceStore {
     /// Followers of a node's generation (the WatchDesiredState streams).
     generation_watchers: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>>,
     pools: Arc<Pools>,
-    /// `controller.db`, for readers of their own ([`ResourceStore::reader`]).
-    path: Arc<std::path::PathBuf>,
+    /// The database, for readers of their own ([`ResourceStore::reader`]).
+    location: Arc<Location>,
 }
 
 impl ResourceStore {
@@ -112,7 +113,7 @@ impl ResourceStore {
         conn: Connection,
         registry: Arc<RwLock<Registry>>,
         pools: Pools,
-        path: std::path::PathBuf,
+        location: Location,
     ) -> Result<Self, StoreError> {
         let mut generations = HashMap::new();
         {
@@ -128,7 +129,7 @@ impl ResourceStore {
             generations: Arc::new(RwLock::new(generations)),
             generation_watchers: Arc::default(),
             pools: Arc::new(pools),
-            path: Arc::new(path),
+            location: Arc::new(location),
         })
     }
 
@@ -232,7 +233,7 @@ impl ResourceStore {
     /// must hold neither the shared connection nor the node registry: WAL
     /// readers run beside the writer, so heartbeats and requests go on.
     pub fn reader(&self) -> Result<Connection, StoreError> {
-        super::database::open_reader(&self.path)
+        self.location.open_reader()
     }
 
     pub async fn read<T: Send + 'static>(

@@ -70,7 +70,7 @@ pub(crate) fn find(
 ) -> Result<Option<TaskRow>, StoreError> {
     let matches = read(
         conn,
-        "WHERE (id = ?1 OR name = ?1) AND (?2 IS NULL OR tenant_id = ?2)",
+        "WHERE (id = ?1 OR name = ?1) AND (tenant_id = ?2 OR ?2 IS NULL)",
         &[&key, &scope.tenant_id()],
     )?;
     tenants::pick_one(conn, "task", key, matches, |t| {
@@ -88,7 +88,7 @@ pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<TaskRow
 pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Task>, StoreError> {
     Ok(read(
         conn,
-        "WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY name, tenant_id",
+        "WHERE tenant_id = ?1 OR ?1 IS NULL ORDER BY name, tenant_id",
         &[&scope.tenant_id()],
     )?
     .into_iter()
@@ -617,7 +617,7 @@ fn task_ids(conn: &Connection, scope: &Scope, key: &str) -> Result<String, Store
     let id: Option<String> = conn
         .query_row(
             "SELECT task_id FROM results WHERE (task_id = ?1 OR task_name = ?1)
-               AND (?2 IS NULL OR tenant_id = ?2)
+               AND (tenant_id = ?2 OR ?2 IS NULL)
              ORDER BY seq DESC LIMIT 1",
             params![key, scope.tenant_id()],
             |r| r.get(0),
@@ -663,10 +663,10 @@ pub(crate) fn results_at(
         "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
                 started_ms, seq FROM
            (SELECT * FROM results
-            WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
-              AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
-              AND (?6 IS NULL OR (started_ms, seq) < (?6, ?7))
-            ORDER BY started_ms DESC, seq DESC LIMIT ?4)
+            WHERE (task_id = ?1 OR ?1 IS NULL) AND (started_ms >= ?2 OR ?2 IS NULL)
+              AND (started_ms < ?3 OR ?3 IS NULL) AND (tenant_id = ?5 OR ?5 IS NULL)
+              AND ((started_ms, seq) < (?6, ?7) OR ?6 IS NULL)
+            ORDER BY started_ms DESC, seq DESC LIMIT ?4) AS page
          ORDER BY started_ms ASC, seq ASC",
     )?;
     let (before_ms, before_seq) = q.before.unzip();
@@ -714,8 +714,8 @@ pub(crate) fn export_plan(
     let oldest: Option<(i64, i64)> = conn
         .query_row(
             "SELECT started_ms, seq FROM results
-             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
-               AND (?3 IS NULL OR started_ms < ?3) AND (?5 IS NULL OR tenant_id = ?5)
+             WHERE (task_id = ?1 OR ?1 IS NULL) AND (started_ms >= ?2 OR ?2 IS NULL)
+               AND (started_ms < ?3 OR ?3 IS NULL) AND (tenant_id = ?5 OR ?5 IS NULL)
              ORDER BY started_ms DESC, seq DESC LIMIT 1 OFFSET ?4",
             params![task_id, since, until, i64::from(q.limit) - 1, tenant_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -741,9 +741,9 @@ pub(crate) fn export_batch(
     let mut statement = conn.prepare_cached(
         "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
                 started_ms, seq FROM results
-         WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR started_ms >= ?2)
-           AND (?3 IS NULL OR started_ms < ?3) AND (?4 IS NULL OR tenant_id = ?4)
-           AND (?5 IS NULL OR (started_ms, seq) > (?5, ?6))
+         WHERE (task_id = ?1 OR ?1 IS NULL) AND (started_ms >= ?2 OR ?2 IS NULL)
+           AND (started_ms < ?3 OR ?3 IS NULL) AND (tenant_id = ?4 OR ?4 IS NULL)
+           AND ((started_ms, seq) > (?5, ?6) OR ?5 IS NULL)
          ORDER BY started_ms ASC, seq ASC LIMIT ?7",
     )?;
     let (after_ms, after_seq) = plan.after.unzip();

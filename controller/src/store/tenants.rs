@@ -54,7 +54,7 @@ pub(crate) fn get(conn: &Connection, scope: &Scope, key: &str) -> Result<Tenant,
 
 pub(crate) fn list(conn: &Connection, scope: &Scope) -> Result<Vec<Tenant>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{SELECT} WHERE ?1 IS NULL OR id = ?1 ORDER BY name"
+        "{SELECT} WHERE id = ?1 OR ?1 IS NULL ORDER BY name"
     ))?;
     let mut rows = statement.query([scope.tenant_id()])?;
     let mut out = Vec::new();

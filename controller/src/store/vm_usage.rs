@@ -182,11 +182,15 @@ pub(crate) fn downsample(rows: &[StoredSample], step: i64) -> Vec<VmUsageSample>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::database::open_primary;
+    use crate::store::database::Location;
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_primary(&dir.path().join("controller.db")).unwrap();
+        let location = match crate::store::test_location(dir.path()) {
+            Some(url) => Location::Postgres(url),
+            None => Location::Sqlite(dir.path().join("controller.db")),
+        };
+        let conn = location.open_primary().unwrap();
         (dir, conn)
     }
 

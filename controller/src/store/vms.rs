@@ -166,7 +166,7 @@ pub(crate) fn find(
     let tenant = scope.tenant_id();
     if let Some(vm) = query(
         conn,
-        "WHERE v.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)",
+        "WHERE v.id = ?1 AND (p.tenant_id = ?2 OR ?2 IS NULL)",
         &[&key, &tenant],
     )?
     .pop()
@@ -176,7 +176,7 @@ pub(crate) fn find(
     if let Some((platform, name)) = key.split_once('/') {
         let matches = query(
             conn,
-            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2 AND (?3 IS NULL OR p.tenant_id = ?3)",
+            "WHERE (p.name = ?1 OR p.id = ?1) AND v.name = ?2 AND (p.tenant_id = ?3 OR ?3 IS NULL)",
             &[&platform, &name, &tenant],
         )?;
         return tenants::pick_one(conn, "VM", key, matches, |v| {
@@ -185,7 +185,7 @@ pub(crate) fn find(
     }
     let mut matches = query(
         conn,
-        "WHERE v.name = ?1 AND (?2 IS NULL OR p.tenant_id = ?2) ORDER BY p.name",
+        "WHERE v.name = ?1 AND (p.tenant_id = ?2 OR ?2 IS NULL) ORDER BY p.name",
         &[&key, &tenant],
     )?;
     match matches.len() {
@@ -240,8 +240,8 @@ pub(crate) fn list(
     };
     query(
         conn,
-        "WHERE (?1 IS NULL OR v.platform_id = ?1) AND (?2 IS NULL OR v.node_id = ?2)
-           AND (?3 IS NULL OR p.tenant_id = ?3)
+        "WHERE (v.platform_id = ?1 OR ?1 IS NULL) AND (v.node_id = ?2 OR ?2 IS NULL)
+           AND (p.tenant_id = ?3 OR ?3 IS NULL)
          ORDER BY p.name, v.name",
         &[&platform_id, &node_id, &scope.tenant_id()],
     )

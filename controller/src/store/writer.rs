@@ -64,7 +64,8 @@ pub(crate) enum WriteCommand {
 /// Joins the writer thread.
 pub(crate) struct WriterHandle {
     thread: std::thread::JoinHandle<()>,
-    checkpointer: Checkpointer,
+    /// SQLite's alone.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl WriterHandle {
@@ -77,7 +78,9 @@ impl WriterHandle {
         // join() blocks, so keep it off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
             let result = thread.join();
-            checkpointer.stop();
+            if let Some(checkpointer) = checkpointer {
+                checkpointer.stop();
+            }
             result
         })
         .await;
@@ -91,7 +94,7 @@ pub(crate) fn spawn(
     conn: Connection,
     registry: Arc<RwLock<Registry>>,
     durable_heartbeats: bool,
-    checkpointer: Checkpointer,
+    checkpointer: Option<Checkpointer>,
 ) -> (mpsc::Sender<WriteCommand>, WriterHandle) {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let thread = std::thread::Builder::new()

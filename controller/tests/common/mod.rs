@@ -2,6 +2,8 @@
 //! an injected shutdown future, plus gRPC and HTTP clients.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,47 +29,7 @@ pub struct TestController {
 impl TestController {
     /// Start a controller on `data_dir` (reused across restarts).
     pub async fn start(data_dir: &Path, offline_after: Duration) -> TestController {
-        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let http_addr = http.local_addr().unwrap();
-        let grpc_addr = grpc.local_addr().unwrap();
-        let mut config = ControllerConfig::new(data_dir, http, grpc);
-        config.heartbeat_interval = Duration::from_secs(1);
-        config.offline_after = offline_after;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run(config, async move {
-            let _ = stopped.await;
-        }));
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(r) = client
-                .get(format!("http://{http_addr}/healthz"))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "controller did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let read = |name: &str| {
-            std::fs::read_to_string(data_dir.join(name))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
-        TestController {
-            http: http_addr,
-            grpc: grpc_addr,
-            data_dir: data_dir.to_path_buf(),
-            admin_token: read("admin.token"),
-            join_token: read("join.token"),
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self::start_with(data_dir, |config| config.offline_after = offline_after).await
     }
 
     /// Shut down through the injected future and wait until the store is closed.
@@ -205,6 +167,7 @@ impl TestController {
         let http_addr = http.local_addr().unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
         let mut config = ControllerConfig::new(data_dir, http, grpc);
+        config.store_url = measurelab_testbed::pg::store_for(data_dir).unwrap();
         config.heartbeat_interval = Duration::from_secs(1);
         config.offline_after = Duration::from_secs(60);
         tweak(&mut config);

@@ -117,6 +117,37 @@ pub fn database() -> Result<TestDatabase> {
     })
 }
 
+/// The variable that runs the controller's tests on PostgreSQL:
+/// `MEASURELAB_TEST_STORE=postgres` (with [`URL_ENV`] naming the server).
+pub const STORE_ENV: &str = "MEASURELAB_TEST_STORE";
+
+/// The `--store` URL a test controller on `data_dir` uses: `None` (SQLite in
+/// the data dir) unless [`STORE_ENV`] is `postgres`. One database per data
+/// dir for the life of the process, so a test that restarts its controller
+/// on the same dir finds its rows again. Those databases are not dropped
+/// (nothing runs at process exit); they live on the run's server, which
+/// scripts/test.sh removes, so [`URL_ENV`] must be set.
+pub fn store_for(data_dir: &Path) -> Result<Option<String>> {
+    static DATABASES: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    match std::env::var(STORE_ENV).as_deref() {
+        Err(_) | Ok("" | "sqlite") => return Ok(None),
+        Ok("postgres") => {}
+        Ok(other) => bail!("{STORE_ENV}={other:?}: expected sqlite or postgres"),
+    }
+    if std::env::var(URL_ENV).map_or(true, |url| url.is_empty()) {
+        bail!("{STORE_ENV}=postgres needs {URL_ENV} (scripts/pg.sh start prints one)");
+    }
+    let mut databases = DATABASES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, url)) = databases.iter().find(|(dir, _)| dir == data_dir) {
+        return Ok(Some(url.clone()));
+    }
+    let database = std::mem::ManuallyDrop::new(database()?);
+    databases.push((data_dir.to_path_buf(), database.url().to_string()));
+    Ok(Some(database.url().to_string()))
+}
+
 fn shared_server() -> Result<Arc<Server>> {
     // Held while starting, so parallel tests of one process start one server.
     let mut slot = SERVER

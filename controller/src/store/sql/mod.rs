@@ -11,23 +11,14 @@
 //!
 //! # Backends
 //!
-//! `Backend::Sqlite` is the only one wired in. The PostgreSQL variant will be
-//! `Backend::Postgres(pg::PgDriver)`, with this driver contract:
-//!
-//! ```text
-//! PgDriver::connect(url: &str) -> Result<PgDriver, PgError>
-//! fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, PgError>     // rows affected
-//! fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, PgError> // rows, column order
-//! fn batch(&mut self, sql: &str) -> Result<(), PgError>                           // no params; BEGIN/COMMIT/SAVEPOINT too
-//! PgError::is_unique_violation(), is_foreign_key_violation()
-//! ```
-//!
-//! The public API here is implementable on that contract: a statement is
-//! its SQL text plus (on SQLite) a prepared handle, rows can be a collected
-//! `Vec<Vec<Value>>` ([`Row`] reads either), [`Statement::query_map`]
-//! collects, and nothing exposes a SQLite type. The methods take `&self`
-//! (as rusqlite's do), so the driver, whose methods take `&mut self`, sits
-//! in a `RefCell` inside the variant.
+//! `Backend::Sqlite` (the default, `database.rs` opens it) and
+//! `Backend::Postgres` ([`pg::PgDriver`], for controller replicas that
+//! share one database; `--store postgres://`). The driver answers whole
+//! result sets as `Vec<Vec<Value>>`, which [`Row`] reads like a SQLite row,
+//! and its methods take `&mut self`, so it sits in a `RefCell`: the seam's
+//! methods take `&self` as rusqlite's do. [`Connection::transaction`] is
+//! `BEGIN IMMEDIATE` on SQLite and `BEGIN` plus the advisory write lock on
+//! PostgreSQL, so writers are serial on both.
 //!
 //! # What the pg driver must translate
 //!
@@ -54,11 +45,10 @@
 //!   `wal_checkpoint` appear only in `database.rs` and `checkpoint.rs`,
 //!   which are SQLite's alone.
 
-// The PostgreSQL driver; the store is wired to it in a later step (its
-// dead-code allowance is inside it).
 pub(crate) mod pg;
 mod value;
 
+use std::cell::RefCell;
 use std::fmt;
 
 pub(crate) use value::{FromValue, ToValue, Value};
@@ -75,6 +65,9 @@ pub enum Error {
     /// The SQLite backend refused the statement (syntax, constraint, I/O).
     #[error("{0}")]
     Sqlite(rusqlite::Error),
+    /// The PostgreSQL backend refused the statement or lost its session.
+    #[error("{0}")]
+    Postgres(pg::PgError),
     /// A query that must return a row returned none.
     #[error("the query returned no rows")]
     NoRows,
@@ -113,6 +106,9 @@ impl Error {
     /// A UNIQUE or PRIMARY KEY constraint refused the write.
     #[allow(dead_code)] // the API for callers that tell a duplicate apart
     pub(crate) fn is_unique_violation(&self) -> bool {
+        if let Error::Postgres(e) = self {
+            return e.is_unique_violation();
+        }
         self.sqlite_extended_code().is_some_and(|code| {
             code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 || code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
@@ -122,6 +118,9 @@ impl Error {
     /// A FOREIGN KEY constraint refused the write.
     #[allow(dead_code)] // the API for callers that tell a dangling reference apart
     pub(crate) fn is_foreign_key_violation(&self) -> bool {
+        if let Error::Postgres(e) = self {
+            return e.is_foreign_key_violation();
+        }
         self.sqlite_extended_code() == Some(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
     }
 
@@ -246,8 +245,20 @@ fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Option<Value> {
     })
 }
 
+impl From<pg::PgError> for Error {
+    fn from(e: pg::PgError) -> Self {
+        Error::Postgres(e)
+    }
+}
+
 enum Backend {
     Sqlite(rusqlite::Connection),
+    /// The driver's calls take `&mut self`, the seam's `&self` (as
+    /// rusqlite's): a statement and the rows it returns are never alive
+    /// across another call on the same connection, so the borrow is short.
+    /// Boxed: the driver and its statement cache are several times the
+    /// size of a SQLite handle.
+    Postgres(Box<RefCell<pg::PgDriver>>),
 }
 
 /// A connection to the store's database.
@@ -259,6 +270,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backend {
             Backend::Sqlite(_) => f.write_str("Connection(sqlite)"),
+            Backend::Postgres(_) => f.write_str("Connection(postgres)"),
         }
     }
 }
@@ -268,6 +280,19 @@ impl Connection {
     pub(crate) fn from_sqlite(conn: rusqlite::Connection) -> Self {
         Connection {
             backend: Backend::Sqlite(conn),
+        }
+    }
+
+    /// A PostgreSQL session (see [`pg::PgDriver::connect`]). Open, use and
+    /// drop it only off the async worker threads (the store's threads and
+    /// `spawn_blocking`): the driver's rule.
+    pub(crate) fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Connection::from_postgres(pg::PgDriver::connect(url)?))
+    }
+
+    pub(crate) fn from_postgres(driver: pg::PgDriver) -> Self {
+        Connection {
+            backend: Backend::Postgres(Box::new(RefCell::new(driver))),
         }
     }
 
@@ -288,6 +313,7 @@ impl Connection {
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
+            Backend::Postgres(driver) => Ok(driver.borrow_mut().batch(sql)?),
         }
     }
 
@@ -305,6 +331,13 @@ impl Connection {
             Backend::Sqlite(conn) => Ok(Statement {
                 inner: StatementInner::Sqlite(conn.prepare(sql)?),
             }),
+            // The driver prepares once per session and caches by SQL text.
+            Backend::Postgres(driver) => Ok(Statement {
+                inner: StatementInner::Postgres {
+                    driver,
+                    sql: sql.to_string(),
+                },
+            }),
         }
     }
 
@@ -316,16 +349,28 @@ impl Connection {
             Backend::Sqlite(conn) => Ok(Statement {
                 inner: StatementInner::SqliteCached(conn.prepare_cached(sql)?),
             }),
+            Backend::Postgres(_) => self.prepare(sql),
         }
     }
 
     /// Begin a transaction that takes the write lock at once (`BEGIN
     /// IMMEDIATE` on SQLite), so its reads and writes see one state.
     pub(crate) fn transaction(&mut self) -> Result<Transaction<'_>> {
-        let begin = match &self.backend {
-            Backend::Sqlite(_) => "BEGIN IMMEDIATE",
-        };
-        self.run_cached(begin)?;
+        match &self.backend {
+            Backend::Sqlite(_) => self.run_cached("BEGIN IMMEDIATE")?,
+            Backend::Postgres(driver) => {
+                let mut driver = driver.borrow_mut();
+                driver.batch("BEGIN")?;
+                // PostgreSQL has no BEGIN IMMEDIATE: the advisory write lock
+                // gives the same one-writer order, across replicas too.
+                if let Err(e) = driver.write_lock() {
+                    if let Err(rollback) = driver.batch("ROLLBACK") {
+                        tracing::debug!(error = %rollback, "rollback after a failed write lock failed");
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(Transaction {
             conn: self,
             open: true,
@@ -341,7 +386,12 @@ impl Connection {
     /// A parameterless control statement (`BEGIN`, `COMMIT`, `SAVEPOINT`)
     /// through the statement cache: the writer issues them per command.
     fn run_cached(&self, sql: &str) -> Result<()> {
-        self.prepare_cached(sql)?.execute([])?;
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                self.prepare_cached(sql)?.execute([])?;
+            }
+            Backend::Postgres(driver) => driver.borrow_mut().batch(sql)?,
+        }
         Ok(())
     }
 }
@@ -445,32 +495,45 @@ pub(crate) struct Statement<'c> {
 enum StatementInner<'c> {
     Sqlite(rusqlite::Statement<'c>),
     SqliteCached(rusqlite::CachedStatement<'c>),
+    Postgres {
+        driver: &'c RefCell<pg::PgDriver>,
+        sql: String,
+    },
 }
 
-impl<'c> Statement<'c> {
-    fn sqlite(&mut self) -> &mut rusqlite::Statement<'c> {
-        match &mut self.inner {
-            StatementInner::Sqlite(statement) => statement,
-            StatementInner::SqliteCached(statement) => statement,
-        }
-    }
-
+impl Statement<'_> {
     /// Run the statement; returns the rows it changed.
     pub(crate) fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
         let values = params.into_values()?;
-        Ok(self
-            .sqlite()
-            .execute(rusqlite::params_from_iter(values.iter()))?)
+        let sqlite = match &mut self.inner {
+            StatementInner::Sqlite(statement) => statement,
+            StatementInner::SqliteCached(statement) => statement,
+            StatementInner::Postgres { driver, sql } => {
+                let changed = driver.borrow_mut().execute(sql, &values)?;
+                return Ok(usize::try_from(changed).unwrap_or(usize::MAX));
+            }
+        };
+        Ok(sqlite.execute(rusqlite::params_from_iter(values.iter()))?)
     }
 
     /// The rows of the query, one at a time.
     pub(crate) fn query<P: Params>(&mut self, params: P) -> Result<Rows<'_>> {
         let values = params.into_values()?;
+        let sqlite = match &mut self.inner {
+            StatementInner::Sqlite(statement) => statement,
+            StatementInner::SqliteCached(statement) => statement,
+            StatementInner::Postgres { driver, sql } => {
+                let rows = driver.borrow_mut().query(sql, &values)?;
+                return Ok(Rows {
+                    inner: RowsInner::Values {
+                        rows: rows.into_iter(),
+                        current: Vec::new(),
+                    },
+                });
+            }
+        };
         Ok(Rows {
-            inner: RowsInner::Sqlite(
-                self.sqlite()
-                    .query(rusqlite::params_from_iter(values.iter()))?,
-            ),
+            inner: RowsInner::Sqlite(sqlite.query(rusqlite::params_from_iter(values.iter()))?),
         })
     }
 
@@ -544,6 +607,12 @@ pub(crate) struct Rows<'s> {
 
 enum RowsInner<'s> {
     Sqlite(rusqlite::Rows<'s>),
+    /// A whole result set as the PostgreSQL driver answers it; `current`
+    /// holds the row last handed out, which [`Row`] borrows.
+    Values {
+        rows: std::vec::IntoIter<Vec<Value>>,
+        current: Vec<Value>,
+    },
 }
 
 impl Rows<'_> {
@@ -553,6 +622,15 @@ impl Rows<'_> {
             RowsInner::Sqlite(rows) => Ok(rows.next()?.map(|row| Row {
                 inner: RowInner::Sqlite(row),
             })),
+            RowsInner::Values { rows, current } => match rows.next() {
+                Some(row) => {
+                    *current = row;
+                    Ok(Some(Row {
+                        inner: RowInner::Values(current),
+                    }))
+                }
+                None => Ok(None),
+            },
         }
     }
 }
@@ -565,7 +643,6 @@ pub(crate) struct Row<'r> {
 enum RowInner<'r> {
     Sqlite(&'r rusqlite::Row<'r>),
     /// A row a backend answered as values (the PostgreSQL driver's shape).
-    #[allow(dead_code)] // built by the PostgreSQL backend once it is wired in
     Values(&'r [Value]),
 }
 

@@ -8,7 +8,7 @@ use postgres::error::SqlState;
 const SQL_EXCERPT_MAX: usize = 120;
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PgError {
+pub enum PgError {
     /// The URL does not parse, or asks for something this build cannot do.
     #[error("PostgreSQL URL: {reason}")]
     Url { reason: String },

@@ -18,7 +18,7 @@
 #![allow(
     dead_code,
     unused_imports,
-    reason = "wired into the store behind --store postgres:// in a later step"
+    reason = "Leadership, Listener and notify serve controller replicas, wired in a later step"
 )]
 
 mod codec;
@@ -49,7 +49,9 @@ const STATEMENT_CACHE_MAX: usize = 512;
 
 /// One PostgreSQL session running the store's SQL.
 pub(crate) struct PgDriver {
-    client: Client,
+    /// Always `Some` until dropped: [`Drop`] takes it to close the session
+    /// on a thread where that is allowed.
+    client: Option<Client>,
     /// Prepared statements by the SQL text as the store wrote it.
     statements: HashMap<String, Statement>,
 }
@@ -68,7 +70,7 @@ impl PgDriver {
     pub(crate) fn connect(url: &str) -> Result<PgDriver, PgError> {
         let config = conn::config(url)?;
         Ok(PgDriver {
-            client: conn::open(&config)?,
+            client: Some(conn::open(&config)?),
             statements: HashMap::new(),
         })
     }
@@ -79,7 +81,7 @@ impl PgDriver {
         let encoded = encode_all(sql, &statement, params)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client
+        self.client()
             .execute(&statement, &refs)
             .map_err(|err| PgError::query(sql, err))
     }
@@ -95,7 +97,7 @@ impl PgDriver {
         let refs: Vec<&(dyn ToSql + Sync)> =
             encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let rows = self
-            .client
+            .client()
             .query(&statement, &refs)
             .map_err(|err| PgError::query(sql, err))?;
         rows.iter()
@@ -115,7 +117,7 @@ impl PgDriver {
     /// `;`: the transaction control the store's writer uses (`BEGIN`,
     /// `COMMIT`, `SAVEPOINT x`, `RELEASE x`, `ROLLBACK TO x`, `ROLLBACK`).
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), PgError> {
-        self.client
+        self.client()
             .batch_execute(sql)
             .map_err(|err| PgError::query(sql, err))
     }
@@ -141,7 +143,7 @@ impl PgDriver {
 
     /// Bring the schema up to date (see [`migrate`]); the version in force.
     pub(crate) fn migrate(&mut self) -> Result<i64, PgError> {
-        migrate::run(&mut self.client)
+        migrate::run(self.client())
     }
 
     /// `NOTIFY channel, payload`. Inside a transaction it is delivered when
@@ -149,10 +151,16 @@ impl PgDriver {
     /// once. Payloads must be under 8000 bytes (the server's limit).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<(), PgError> {
         const NOTIFY: &str = "SELECT pg_notify($1, $2)";
-        self.client
+        self.client()
             .execute(NOTIFY, &[&channel, &payload])
             .map(drop)
             .map_err(|err| PgError::query(NOTIFY, err))
+    }
+
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("a PgDriver's session is only taken by its Drop")
     }
 
     fn prepare(&mut self, sql: &str) -> Result<Statement, PgError> {
@@ -160,7 +168,7 @@ impl PgDriver {
             return Ok(statement.clone());
         }
         let statement = self
-            .client
+            .client()
             .prepare(&placeholders::rewrite(sql))
             .map_err(|err| PgError::query(sql, err))?;
         if self.statements.len() >= STATEMENT_CACHE_MAX {
@@ -168,6 +176,30 @@ impl PgDriver {
         }
         self.statements.insert(sql.to_string(), statement.clone());
         Ok(statement)
+    }
+}
+
+impl Drop for PgDriver {
+    /// Closing a session blocks on the client's own runtime, which panics on
+    /// a thread that runs async tasks (see [`conn`]). A store's connections
+    /// are dropped wherever its last handle goes, often an async worker at
+    /// shutdown, so there the session is closed on a thread of its own.
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(client);
+            return;
+        }
+        let closed = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(client));
+        if let Err(e) = closed {
+            // The session then ends when the process does; the server
+            // notices the closed socket.
+            tracing::warn!(error = %e, "cannot close a PostgreSQL session on a thread of its own");
+        }
     }
 }
 
