@@ -65,9 +65,14 @@ enum Mode {
         /// processes, and the controller accepts at most 16,384.
         #[arg(long, default_value_t = 16_000)]
         max_connections: usize,
-        /// Store modes to run: durable, memory.
+        /// Store modes to run: durable (SQLite), memory, postgres (durable,
+        /// the tables in the --postgres database).
         #[arg(long, value_delimiter = ',', default_value = "durable,memory")]
         modes: Vec<String>,
+        /// An empty PostgreSQL database the postgres mode may wipe
+        /// (`DROP SCHEMA public CASCADE`) before each run.
+        #[arg(long, value_name = "URL", env = "MEASURELAB_BENCH_POSTGRES", hide_env_values = true)]
+        postgres: Option<String>,
         /// Transports to run: plaintext, mtls.
         #[arg(long, value_delimiter = ',', default_value = "plaintext")]
         transport: Vec<String>,
@@ -96,6 +101,9 @@ enum Mode {
         /// are required on every call but Register.
         #[arg(long)]
         tls: bool,
+        /// The tables in this PostgreSQL database (`--store`).
+        #[arg(long)]
+        store: Option<String>,
     },
 }
 
@@ -108,7 +116,8 @@ fn main() -> anyhow::Result<()> {
             in_memory,
             interval_seconds,
             tls,
-        } => serve(data_dir, join_token, in_memory, interval_seconds, tls),
+            store,
+        } => serve(data_dir, join_token, in_memory, interval_seconds, tls, store),
         Mode::Run {
             nodes,
             duration_seconds,
@@ -116,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             channels,
             max_connections,
             modes,
+            postgres,
             transport,
             work_dir,
             heaptrack_dir,
@@ -128,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 channels,
                 max_connections,
                 modes,
+                postgres,
                 transports: transport,
                 work_dir,
                 heaptrack_dir,
@@ -142,6 +153,7 @@ fn serve(
     in_memory: bool,
     interval_seconds: u64,
     tls: bool,
+    store: Option<String>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -158,6 +170,7 @@ fn serve(
     config.offline_after = config.heartbeat_interval * 3;
     config.join_token = Some(join_token);
     config.durable_heartbeats = !in_memory;
+    config.store_url = store;
     // Every simulated node connects from 127.0.0.1; the per-source cap is
     // for nodes behind one NAT address and would refuse all but 1,024.
     config.grpc_limits.max_connections_per_source = config.grpc_limits.max_connections;
@@ -294,6 +307,7 @@ impl ChildController {
         in_memory: bool,
         interval: Duration,
         tls: bool,
+        store: Option<&str>,
         heaptrack: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         // Under heaptrack the child is heaptrack's script, which runs the
@@ -322,6 +336,9 @@ impl ChildController {
         }
         if tls {
             command.arg("--tls");
+        }
+        if let Some(url) = store {
+            command.arg("--store").arg(url);
         }
         let mut child = command.spawn().context("spawning the controller child")?;
         let stdout = child.stdout.take().context("child stdout")?;
@@ -403,6 +420,9 @@ struct RunResult {
     wal_bytes: u64,
     oversleep_p99_ms: f64,
     writer_cpu_seconds: f64,
+    /// CPU of the PostgreSQL server processes serving the controller during
+    /// the phase (0 on SQLite, which runs inside the controller).
+    database_cpu_seconds: f64,
     /// CPU of this process (the load generator) during the phase: when it
     /// nears the machine's spare capacity, latency is the generator's.
     generator_cpu_percent: f64,
@@ -671,6 +691,7 @@ struct Matrix {
     channels: usize,
     max_connections: usize,
     modes: Vec<String>,
+    postgres: Option<String>,
     transports: Vec<String>,
     work_dir: Option<PathBuf>,
     heaptrack_dir: Option<PathBuf>,
@@ -685,10 +706,20 @@ async fn run_one(
     ticks: f64,
 ) -> anyhow::Result<RunResult> {
     let (duration, interval) = (matrix.duration, matrix.interval);
-    let in_memory = match mode {
-        "durable" => false,
-        "memory" => true,
-        other => bail!("--modes: unknown mode {other:?}; use durable or memory"),
+    let (in_memory, store) = match mode {
+        "durable" => (false, None),
+        "memory" => (true, None),
+        "postgres" => {
+            let url = matrix
+                .postgres
+                .clone()
+                .context("--modes postgres needs --postgres URL")?;
+            // The controller migrates an empty schema at start.
+            let wipe = url.clone();
+            tokio::task::spawn_blocking(move || bench_database(&wipe)?.wipe()).await??;
+            (false, Some(url))
+        }
+        other => bail!("--modes: unknown mode {other:?}; use durable, memory or postgres"),
     };
     let run_name = format!("{nodes}-{mode}-{}", transport.name());
     let data_dir = work_dir.join(&run_name);
@@ -701,6 +732,7 @@ async fn run_one(
         in_memory,
         interval,
         transport == Transport::Mtls,
+        store.as_deref(),
         heaptrack.as_deref(),
     )?;
     let pid = controller.pid();
@@ -732,6 +764,7 @@ async fn run_one(
     let cpu_before = cpu_seconds(pid, ticks)?;
     let generator_before = cpu_seconds(std::process::id(), ticks)?;
     let writer_cpu_before = thread_cpu_seconds(pid, "store-writer", ticks)?;
+    let database_cpu = DatabaseCpu::start(store.as_deref(), ticks).await?;
     let probe = NoiseProbe::start();
     // (send time since phase start in ms, ack latency in µs)
     let latencies = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(
@@ -792,6 +825,7 @@ async fn run_one(
     let cpu = cpu_seconds(pid, ticks)? - cpu_before;
     let generator_cpu = cpu_seconds(std::process::id(), ticks)? - generator_before;
     let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
+    let database_cpu_seconds = database_cpu.finish(ticks)?;
     let peak_rss = peak_rss_bytes(pid)?;
     let rss_after_heartbeats = rss_bytes(pid)?;
     let oversleep_p99_ms = probe.finish();
@@ -840,6 +874,7 @@ async fn run_one(
         wal_bytes,
         oversleep_p99_ms,
         writer_cpu_seconds: writer_cpu,
+        database_cpu_seconds,
         generator_cpu_percent: 100.0 * generator_cpu / elapsed,
     })
 }
@@ -877,11 +912,11 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % | database server CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
             r.nodes,
             r.mode,
             r.transport.name(),
@@ -899,7 +934,8 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
             r.writer_cpu_seconds,
             r.wal_bytes as f64 / (1 << 20) as f64,
             r.oversleep_p99_ms,
-            r.generator_cpu_percent
+            r.generator_cpu_percent,
+            r.database_cpu_seconds
         );
     }
     println!();
@@ -947,6 +983,21 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
                 );
             }
         }
+        for transport in &transports {
+            if let (Some(pg), Some(lite)) =
+                (find("postgres", *transport), find("durable", *transport))
+            {
+                println!(
+                    "ratio postgres/sqlite (durable) at {nodes} nodes, {}: hb/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU with the database server {:.2}x, register time {:.2}x",
+                    transport.name(),
+                    pg.achieved_rate / lite.achieved_rate,
+                    pg.p50_ms / lite.p50_ms,
+                    pg.p99_ms / lite.p99_ms,
+                    (pg.cpu_seconds + pg.database_cpu_seconds) / lite.cpu_seconds,
+                    pg.register_seconds / lite.register_seconds
+                );
+            }
+        }
         for mode in &matrix.modes {
             if let (Some(t), Some(p)) = (
                 find(mode, Transport::Mtls),
@@ -975,6 +1026,67 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("heartbeat-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The --postgres database, through a session of the bench's own.
+struct BenchDatabase(postgres::Client);
+
+fn bench_database(url: &str) -> anyhow::Result<BenchDatabase> {
+    let client = postgres::Client::connect(url, postgres::NoTls)
+        .context("--postgres: cannot connect (the URL is not repeated here)")?;
+    Ok(BenchDatabase(client))
+}
+
+impl BenchDatabase {
+    /// An empty `public` schema, for the next run's controller to migrate.
+    fn wipe(mut self) -> anyhow::Result<()> {
+        self.0
+            .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            .context("--postgres: cannot empty the database")
+    }
+
+    /// The server processes of this database's other sessions: the
+    /// controller's writer, reader and resource connections.
+    fn backend_pids(&mut self) -> anyhow::Result<Vec<u32>> {
+        let rows = self.0.query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| Ok(u32::try_from(row.try_get::<_, i32>(0)?)?))
+            .collect()
+    }
+}
+
+/// The CPU the database server spends for the controller over a phase:
+/// the backends present at its start, read again at its end (the
+/// controller keeps its sessions open). The server runs on this machine.
+struct DatabaseCpu {
+    before: Vec<(u32, f64)>,
+}
+
+impl DatabaseCpu {
+    async fn start(url: Option<&str>, ticks: f64) -> anyhow::Result<DatabaseCpu> {
+        let Some(url) = url.map(str::to_string) else {
+            return Ok(DatabaseCpu { before: Vec::new() });
+        };
+        let pids =
+            tokio::task::spawn_blocking(move || bench_database(&url)?.backend_pids()).await??;
+        let before = pids
+            .into_iter()
+            .map(|pid| Ok((pid, cpu_seconds(pid, ticks)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(DatabaseCpu { before })
+    }
+
+    fn finish(self, ticks: f64) -> anyhow::Result<f64> {
+        self.before
+            .into_iter()
+            .try_fold(0.0, |total, (pid, before)| {
+                Ok(total + cpu_seconds(pid, ticks)? - before)
+            })
+    }
 }
 
 fn print_result(r: &RunResult) {
