@@ -321,10 +321,14 @@ impl Connector {
     fn new(verify: Verify, identity: Option<Identity>) -> Result<Connector, PgError> {
         let provider = provider();
         let verifier: Arc<dyn ServerCertVerifier> = match verify {
-            Verify::Nothing => Arc::new(KeyOnly {
+            Verify::Nothing => Arc::new(Partial {
+                chain: None,
                 provider: provider.clone(),
             }),
-            Verify::Chain(roots) => Arc::new(ChainOnly(webpki(roots, &provider)?)),
+            Verify::Chain(roots) => Arc::new(Partial {
+                chain: Some(webpki(roots, &provider)?),
+                provider: provider.clone(),
+            }),
             Verify::Full(roots) => webpki(roots, &provider)?,
         };
         let builder = ClientConfig::builder_with_provider(provider)
@@ -361,13 +365,19 @@ fn webpki(
         })
 }
 
-/// verify-ca (and require/prefer with `sslrootcert`): the web PKI check,
-/// except that a certificate for another name is accepted. rustls checks the
-/// chain before the name, so a name error means the chain passed.
+/// What verify-full's web PKI check is not: `chain` set, that check except
+/// that a certificate for another name is accepted (verify-ca, and
+/// require/prefer with `sslrootcert`); rustls checks the chain before the
+/// name, so a name error means the chain passed. `chain` unset (`require`
+/// without `sslrootcert`, as libpq does it): any certificate. Either way the
+/// handshake must be signed with the certificate's key.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Partial {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Partial {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -376,57 +386,15 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `require` without `sslrootcert`, as libpq does it: any certificate, but
-/// the handshake must still be signed with its key.
-#[derive(Debug)]
-struct KeyOnly {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for KeyOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
