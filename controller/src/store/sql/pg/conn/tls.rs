@@ -171,9 +171,14 @@ impl Tls {
             Some(value) => Mode::parse(value)?,
             None => Mode::from_session(session_mode),
         };
-        let roots = match &params.sslrootcert {
-            Some(path) => Some(read_roots(path)?),
-            None if matches!(mode, Mode::VerifyCa | Mode::VerifyFull) => {
+        let plaintext = Tls {
+            mode,
+            connector: None,
+        };
+        let verify = match (mode, params.sslrootcert.as_deref()) {
+            // As in libpq, disable ignores the TLS files: none is read.
+            (Mode::Disable, _) | (Mode::Prefer, None) => return Ok(plaintext),
+            (Mode::VerifyCa | Mode::VerifyFull, None) => {
                 return Err(PgError::Url {
                     reason: format!(
                         "sslmode {}: needs sslrootcert=/path/to/ca.pem, the CA that signed the server's certificate",
@@ -181,19 +186,11 @@ impl Tls {
                     ),
                 })
             }
-            None => None,
-        };
-        let verify = match (mode, roots) {
-            (Mode::Disable, _) | (Mode::Prefer, None) => {
-                return Ok(Tls {
-                    mode,
-                    connector: None,
-                })
-            }
             (Mode::Require, None) => Verify::Nothing,
-            (Mode::VerifyFull, Some(roots)) => Verify::Full(roots),
-            (_, Some(roots)) => Verify::Chain(roots),
-            (Mode::VerifyCa | Mode::VerifyFull, None) => unreachable!("refused above"),
+            (Mode::VerifyFull, Some(path)) => Verify::Full(read_roots(path)?),
+            (Mode::Prefer | Mode::Require | Mode::VerifyCa, Some(path)) => {
+                Verify::Chain(read_roots(path)?)
+            }
         };
         let identity = client_identity(&params)?;
         Ok(Tls {
