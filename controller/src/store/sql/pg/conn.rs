@@ -95,9 +95,13 @@ pub(crate) fn config(url: &str) -> Result<Config, PgError> {
 
 /// Open a session with `config` (see the module doc for where it may run).
 pub(crate) fn open(config: &Config) -> Result<Client, PgError> {
+    // The sslmode is the URL's TLS decision, set again here so that a
+    // caller changing session options through Deref cannot weaken it.
+    let mut session = config.session.clone();
+    session.ssl_mode(config.tls.session_mode());
     let opened = match config.tls.connector() {
-        Some(connector) => config.session.connect(connector.clone()),
-        None => config.session.connect(NoTls),
+        Some(connector) => session.connect(connector.clone()),
+        None => session.connect(NoTls),
     };
     opened.map_err(|source| {
         let target = target(&config.session);
