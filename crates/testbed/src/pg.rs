@@ -9,6 +9,12 @@
 //! databases is dropped. Under nextest (one process per test) that is one
 //! server per test, about a second and a half each.
 //!
+//! [`tls_database`] is the same on a server started with `scripts/pg.sh
+//! start --tls` (always one this process starts: the server of
+//! `MEASURELAB_TEST_PG_URL` need not speak TLS); its URL asks for
+//! `verify-full` against the test CA, and [`TestDatabase::tls`] names the
+//! CA and a client certificate.
+//!
 //! Databases are created and dropped with `psql`, so this crate needs no
 //! PostgreSQL client library of its own.
 
@@ -22,29 +28,36 @@ use measurelab_hostnet as hostnet;
 /// The server URL tests use instead of starting their own.
 pub const URL_ENV: &str = "MEASURELAB_TEST_PG_URL";
 
+/// The role a [`TlsFiles::client_cert`] logs in as; on the TLS server it
+/// may log in over TCP with that certificate only.
+pub const CERT_USER: &str = "measurelab_cert";
+
 static SERVER: Mutex<Weak<Server>> = Mutex::new(Weak::new());
+static TLS_SERVER: Mutex<Weak<Server>> = Mutex::new(Weak::new());
 
 /// A server this process started with scripts/pg.sh; stopped on drop.
 #[derive(Debug)]
 struct Server {
     url: String,
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl Server {
-    fn start() -> Result<Self> {
+    fn start(tls: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mlab-pg-")
             .tempdir()
             .context("cannot create the PostgreSQL test dir")?;
-        let url = run_script("start", dir.path())?;
-        Ok(Server { url, dir })
+        let args: &[&str] = if tls { &["start", "--tls"] } else { &["start"] };
+        let url = run_script(args, dir.path())?;
+        Ok(Server { url, dir, tls })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Err(err) = run_script("stop", self.dir.path()) {
+        if let Err(err) = run_script(&["stop"], self.dir.path()) {
             eprintln!("testbed: stopping the PostgreSQL test server failed: {err:#}");
         }
     }
@@ -54,10 +67,34 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg.sh")
 }
 
-fn run_script(action: &str, dir: &Path) -> Result<String> {
+fn run_script(args: &[&str], dir: &Path) -> Result<String> {
     let mut cmd = Command::new("bash");
-    cmd.arg(script()).arg(action).env("MEASURELAB_PG_DIR", dir);
+    cmd.arg(script()).args(args).env("MEASURELAB_PG_DIR", dir);
     Ok(hostnet::run(&mut cmd)?.trim().to_string())
+}
+
+/// The certificate files of a TLS test server (`scripts/pg.sh start --tls`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// The test CA that signed the server's certificate (SANs localhost
+    /// and 127.0.0.1) and the client certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A client certificate for [`CERT_USER`].
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+
+    /// The key of [`TlsFiles::client_cert`].
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
 }
 
 /// One database of its own for one test.
@@ -67,7 +104,7 @@ pub struct TestDatabase {
     url: String,
     admin_url: String,
     // Keeps a server this process started running while the database exists.
-    _server: Option<Arc<Server>>,
+    server: Option<Arc<Server>>,
 }
 
 impl TestDatabase {
@@ -86,6 +123,30 @@ impl TestDatabase {
     pub fn admin_url(&self) -> &str {
         &self.admin_url
     }
+
+    /// [`TestDatabase::url`] with its query replaced by `query` (without
+    /// the `?`; empty for none), e.g. to try other sslmodes.
+    pub fn url_with_query(&self, query: &str) -> String {
+        let base = self
+            .url
+            .split_once('?')
+            .map_or(self.url.as_str(), |(base, _)| base);
+        if query.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{query}")
+        }
+    }
+
+    /// The certificate files, for a database from [`tls_database`].
+    pub fn tls(&self) -> Option<TlsFiles> {
+        self.server
+            .as_ref()
+            .filter(|server| server.tls)
+            .map(|server| TlsFiles {
+                dir: server.dir.path().join("tls"),
+            })
+    }
 }
 
 impl Drop for TestDatabase {
@@ -102,10 +163,21 @@ pub fn database() -> Result<TestDatabase> {
     let (admin_url, server) = match std::env::var(URL_ENV) {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
-            let server = shared_server()?;
+            let server = shared_server(&SERVER, false)?;
             (server.url.clone(), Some(server))
         }
     };
+    create(admin_url, server)
+}
+
+/// A fresh database on a TLS test server of this process (see the module
+/// doc); its URL asks for `verify-full` against [`TlsFiles::ca`].
+pub fn tls_database() -> Result<TestDatabase> {
+    let server = shared_server(&TLS_SERVER, true)?;
+    create(server.url.clone(), Some(server))
+}
+
+fn create(admin_url: String, server: Option<Arc<Server>>) -> Result<TestDatabase> {
     let name = format!("t_{}", random_suffix());
     psql(&admin_url, &format!("CREATE DATABASE {name}"))?;
     let url = with_database(&admin_url, &name)?;
@@ -113,7 +185,7 @@ pub fn database() -> Result<TestDatabase> {
         name,
         url,
         admin_url,
-        _server: server,
+        server,
     })
 }
 
@@ -148,15 +220,13 @@ pub fn store_for(data_dir: &Path) -> Result<Option<String>> {
     Ok(Some(database.url().to_string()))
 }
 
-fn shared_server() -> Result<Arc<Server>> {
+fn shared_server(slot: &Mutex<Weak<Server>>, tls: bool) -> Result<Arc<Server>> {
     // Held while starting, so parallel tests of one process start one server.
-    let mut slot = SERVER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(server) = slot.upgrade() {
         return Ok(server);
     }
-    let server = Arc::new(Server::start()?);
+    let server = Arc::new(Server::start(tls)?);
     *slot = Arc::downgrade(&server);
     Ok(server)
 }

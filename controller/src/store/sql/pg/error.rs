@@ -21,6 +21,25 @@ pub enum PgError {
         #[source]
         source: postgres::Error,
     },
+    /// A TLS file the URL names (`sslrootcert`, `sslcert`, `sslkey`) cannot
+    /// be read or holds no usable PEM.
+    #[error("PostgreSQL URL: {parameter} {}: {reason}", path.display())]
+    TlsFile {
+        parameter: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// TLS to the server failed: it does not offer TLS where the URL
+    /// requires it, or its certificate is not what the URL's sslmode and
+    /// sslrootcert accept (another CA, another host name). Not a lost
+    /// connection: trying again meets the same certificate.
+    #[error("TLS to PostgreSQL at {target} failed: {detail}")]
+    Tls {
+        target: String,
+        detail: String,
+        #[source]
+        source: postgres::Error,
+    },
     /// The server refused or failed a statement. `sql` is its first line.
     #[error("{sql}: {detail}")]
     Query {

@@ -84,7 +84,7 @@ impl Drop for Leadership {
 }
 
 fn hold(
-    config: &postgres::Config,
+    config: &conn::Config,
     check_every: Duration,
     leader: &AtomicBool,
     stopped: &mpsc::Receiver<()>,

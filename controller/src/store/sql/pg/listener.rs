@@ -86,7 +86,7 @@ impl Drop for Listener {
 }
 
 fn listen_loop(
-    config: &postgres::Config,
+    config: &conn::Config,
     listen: &str,
     events: &mpsc::Sender<ListenEvent>,
     stop: &AtomicBool,

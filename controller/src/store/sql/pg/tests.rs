@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use measurelab_testbed::pg::{database, TestDatabase};
+use measurelab_testbed::pg::{database, tls_database, TestDatabase, CERT_USER};
 
 use super::super::Value;
 use super::{keys, Leadership, ListenEvent, Listener, PgDriver, PgError};
@@ -568,8 +568,12 @@ fn a_unix_socket_url_connects() {
 
 #[test]
 fn bad_urls_and_unreachable_servers_are_clear_errors_without_the_password() {
-    match PgDriver::connect("postgres://u:s3cret@127.0.0.1/db?sslmode=require") {
-        Err(err @ PgError::Url { .. }) => assert!(err.to_string().contains("sslmode"), "{err}"),
+    match PgDriver::connect("postgres://u:s3cret@127.0.0.1/db?sslmode=verify-full") {
+        Err(err @ PgError::Url { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("sslrootcert"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
         other => panic!("{other:?}"),
     }
     match PgDriver::connect("postgres://u:s3cret@127.0.0.1:5432/db?nonsense=1") {
@@ -702,4 +706,215 @@ fn both_dialects_start_with_the_same_built_in_tenant() {
     let mut pg = PgDriver::connect(db.url()).unwrap();
     pg.migrate().unwrap();
     assert_eq!(pg.query(TENANTS, &[]).unwrap(), expected);
+}
+
+/// Whether this session is encrypted, as the server sees it.
+fn encrypted(pg: &mut PgDriver) -> bool {
+    match pg
+        .query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .as_slice()
+    {
+        [row] => match row.as_slice() {
+            [Value::Integer(ssl)] => *ssl == 1,
+            other => panic!("{other:?}"),
+        },
+        rows => panic!("{rows:?}"),
+    }
+}
+
+/// The port of the server `pg` is connected to.
+fn server_port(pg: &mut PgDriver) -> String {
+    match pg
+        .query("SELECT current_setting('port')", &[])
+        .unwrap()
+        .as_slice()
+    {
+        [row] => match row.as_slice() {
+            [Value::Text(port)] => port.clone(),
+            other => panic!("{other:?}"),
+        },
+        rows => panic!("{rows:?}"),
+    }
+}
+
+/// A TLS test database, a session on it with the URL's verify-full, and its CA.
+fn fresh_tls() -> (TestDatabase, PgDriver, String) {
+    let db = tls_database().expect("TLS test database");
+    let pg = PgDriver::connect(db.url()).expect("connect with verify-full");
+    let ca = db.tls().expect("TLS files").ca().display().to_string();
+    (db, pg, ca)
+}
+
+#[test]
+fn verify_full_with_the_servers_ca_gives_an_encrypted_session() {
+    let (_db, mut pg, _ca) = fresh_tls();
+    assert!(
+        encrypted(&mut pg),
+        "verify-full must not fall back to plaintext"
+    );
+    assert_eq!(
+        pg.query("SELECT ?1 + 1", &[Value::Integer(1)]).unwrap(),
+        vec![vec![Value::Integer(2)]]
+    );
+}
+
+#[test]
+fn each_sslmode_gives_the_session_it_documents() {
+    let (db, _pg, ca) = fresh_tls();
+    let cases = [
+        ("sslmode=disable".to_string(), false),
+        // No root certificate: plaintext, not unverified TLS.
+        ("sslmode=prefer".to_string(), false),
+        (String::new(), false),
+        (format!("sslmode=prefer&sslrootcert={ca}"), true),
+        (format!("sslrootcert={ca}"), true),
+        // Encrypted though nothing is verified.
+        ("sslmode=require".to_string(), true),
+        (format!("sslmode=require&sslrootcert={ca}"), true),
+        (format!("sslmode=verify-ca&sslrootcert={ca}"), true),
+        (format!("sslmode=verify-full&sslrootcert={ca}"), true),
+    ];
+    for (query, want) in cases {
+        let mut pg = PgDriver::connect(&db.url_with_query(&query))
+            .unwrap_or_else(|err| panic!("{query}: {err}"));
+        assert_eq!(encrypted(&mut pg), want, "{query}");
+    }
+}
+
+#[test]
+fn a_server_certificate_from_another_ca_is_refused_naming_the_target() {
+    let (db, _pg, _ca) = fresh_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let other = crate::tls::Ca::load_or_create(dir.path()).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.pem()).unwrap();
+    // require with a root certificate checks the chain too, as in libpq.
+    for mode in ["verify-full", "verify-ca", "require", "prefer"] {
+        let url = db.url_with_query(&format!(
+            "sslmode={mode}&sslrootcert={}",
+            other_ca.display()
+        ));
+        match PgDriver::connect(&url) {
+            Err(err @ PgError::Tls { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains(&format!("/{}", db.name())), "{mode}: {text}");
+                assert!(text.contains("127.0.0.1:"), "{mode}: {text}");
+                assert!(text.contains("UnknownIssuer"), "{mode}: {text}");
+                assert!(!err.is_connection_lost(), "{mode}: {text}");
+            }
+            other => panic!("{mode}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn verify_full_refuses_a_host_name_the_certificate_does_not_carry() {
+    let (db, mut pg, ca) = fresh_tls();
+    let port = server_port(&mut pg);
+    // hostaddr connects to the server; the name is what TLS checks.
+    let at = |mode: &str| {
+        format!(
+            "postgres://postgres@db.invalid:{port}/{}?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={ca}",
+            db.name()
+        )
+    };
+    match PgDriver::connect(&at("verify-full")) {
+        Err(err @ PgError::Tls { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("db.invalid:{port}/{}", db.name())),
+                "{text}"
+            );
+            assert!(text.contains("not valid for name \"db.invalid\""), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // verify-ca checks the chain only, so the same name passes.
+    let mut chain_only = PgDriver::connect(&at("verify-ca")).unwrap();
+    assert!(encrypted(&mut chain_only));
+    // The names the certificate does carry pass verify-full.
+    let mut by_name = PgDriver::connect(&format!(
+        "postgres://postgres@localhost:{port}/{}?sslmode=verify-full&sslrootcert={ca}",
+        db.name()
+    ))
+    .unwrap();
+    assert!(encrypted(&mut by_name));
+}
+
+#[test]
+fn require_against_a_server_without_tls_is_refused_not_plaintext() {
+    let (db, mut pg) = fresh();
+    assert_eq!(
+        pg.query("SELECT current_setting('ssl')", &[]).unwrap(),
+        vec![vec![Value::Text("off".into())]],
+        "the plain test server must not offer TLS"
+    );
+    let url = format!(
+        "{}{}sslmode=require",
+        db.url(),
+        if db.url().contains('?') { "&" } else { "?" }
+    );
+    match PgDriver::connect(&url) {
+        Err(err @ PgError::Tls { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("server does not support TLS"), "{text}");
+            assert!(text.contains(&format!("/{}", db.name())), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_client_certificate_logs_in_where_the_server_requires_one() {
+    let (db, mut pg, ca) = fresh_tls();
+    let port = server_port(&mut pg);
+    let files = db.tls().unwrap();
+    let base = format!(
+        "postgres://{CERT_USER}@127.0.0.1:{port}/{}?sslmode=verify-full&sslrootcert={ca}",
+        db.name()
+    );
+    let mut by_cert = PgDriver::connect(&format!(
+        "{base}&sslcert={}&sslkey={}",
+        files.client_cert().display(),
+        files.client_key().display()
+    ))
+    .unwrap();
+    assert_eq!(
+        by_cert.query("SELECT current_user::text", &[]).unwrap(),
+        vec![vec![Value::Text(CERT_USER.into())]]
+    );
+    // Without it the server refuses (pg_hba.conf: cert for this role).
+    match PgDriver::connect(&base) {
+        Err(err @ PgError::Connect { .. }) => {
+            assert!(err.to_string().contains("certificate"), "{err}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn leadership_and_the_listener_run_over_tls() {
+    let (db, mut observer, _ca) = fresh_tls();
+    let leadership = Leadership::start(db.url(), CHECK_EVERY).unwrap();
+    eventually("leader over TLS", || leadership.is_leader());
+    let mut events = Listening::start(&db, "tls");
+    observer.notify("tls", "over TLS").unwrap();
+    assert_eq!(events.recv(), ListenEvent::Payload("over TLS".into()));
+    let plaintext = count(
+        &mut observer,
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND NOT s.ssl
+           AND a.application_name IN ('measurelab-controller leadership', 'measurelab-controller listener')",
+    );
+    let encrypted = count(
+        &mut observer,
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND s.ssl
+           AND a.application_name IN ('measurelab-controller leadership', 'measurelab-controller listener')",
+    );
+    assert_eq!((encrypted, plaintext), (2, 0));
 }
