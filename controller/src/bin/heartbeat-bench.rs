@@ -71,7 +71,12 @@ enum Mode {
         modes: Vec<String>,
         /// An empty PostgreSQL database the postgres mode may wipe
         /// (`DROP SCHEMA public CASCADE`) before each run.
-        #[arg(long, value_name = "URL", env = "MEASURELAB_BENCH_POSTGRES", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MEASURELAB_BENCH_POSTGRES",
+            hide_env_values = true
+        )]
         postgres: Option<String>,
         /// Transports to run: plaintext, mtls.
         #[arg(long, value_delimiter = ',', default_value = "plaintext")]
@@ -117,7 +122,14 @@ fn main() -> anyhow::Result<()> {
             interval_seconds,
             tls,
             store,
-        } => serve(data_dir, join_token, in_memory, interval_seconds, tls, store),
+        } => serve(
+            data_dir,
+            join_token,
+            in_memory,
+            interval_seconds,
+            tls,
+            store,
+        ),
         Mode::Run {
             nodes,
             duration_seconds,

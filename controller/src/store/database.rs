@@ -82,6 +82,16 @@ impl Location {
         }
     }
 
+    /// The database a test store on `data_dir` uses: `controller.db` there,
+    /// or PostgreSQL when `MEASURELAB_TEST_STORE=postgres`.
+    #[cfg(test)]
+    pub(crate) fn for_test(data_dir: &Path) -> Location {
+        match test_location(data_dir) {
+            Some(url) => Location::Postgres(url),
+            None => Location::Sqlite(data_dir.join("controller.db")),
+        }
+    }
+
     /// For logs: the file, or `postgres` (the URL may hold a password).
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -89,6 +99,13 @@ impl Location {
             Location::Postgres(_) => "postgres".to_string(),
         }
     }
+}
+
+/// The `postgres://` URL of a test store on `data_dir`, `None` for SQLite
+/// (`measurelab_testbed::pg::store_for`).
+#[cfg(test)]
+pub(crate) fn test_location(data_dir: &Path) -> Option<String> {
+    measurelab_testbed::pg::store_for(data_dir).expect("the test store's PostgreSQL database")
 }
 
 /// Open, check and migrate the database: the writer's connection.

@@ -74,13 +74,6 @@ pub(crate) use resources::{ResourceStore, TxContext};
 use writer::WriteCommand;
 pub(crate) use writer::WriterHandle;
 
-/// The database a test store on `data_dir` uses: PostgreSQL when
-/// `MEASURELAB_TEST_STORE=postgres` (`measurelab_testbed::pg::store_for`).
-#[cfg(test)]
-pub(crate) fn test_location(data_dir: &Path) -> Option<String> {
-    measurelab_testbed::pg::store_for(data_dir).expect("the test store's PostgreSQL database")
-}
-
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -101,7 +94,7 @@ pub(crate) struct Store {
 impl Store {
     /// Open (or create) `<data_dir>/controller.db`, migrate it, load the node
     /// table and start the writer thread. Tests run it on PostgreSQL instead
-    /// when `MEASURELAB_TEST_STORE=postgres` (see [`test_location`]).
+    /// when `MEASURELAB_TEST_STORE=postgres` (see `database::test_location`).
     #[cfg(test)]
     pub fn open(
         data_dir: &Path,
@@ -109,7 +102,7 @@ impl Store {
     ) -> Result<(Store, WriterHandle), StoreError> {
         Self::open_with_pools(
             data_dir,
-            test_location(data_dir).as_deref(),
+            database::test_location(data_dir).as_deref(),
             durable_heartbeats,
             Pools::default(),
         )
@@ -525,10 +518,7 @@ mod tests {
     /// thread of its own (a PostgreSQL session may not live on the test's
     /// async worker).
     fn with_database<T: Send>(dir: &Path, f: impl FnOnce(&Connection) -> T + Send) -> T {
-        let location = match test_location(dir) {
-            Some(url) => Location::Postgres(url),
-            None => Location::Sqlite(dir.join("controller.db")),
-        };
+        let location = database::Location::for_test(dir);
         std::thread::scope(|scope| {
             scope
                 .spawn(|| f(&location.open_connection().unwrap()))

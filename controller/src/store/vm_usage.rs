@@ -186,11 +186,7 @@ mod tests {
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let location = match crate::store::test_location(dir.path()) {
-            Some(url) => Location::Postgres(url),
-            None => Location::Sqlite(dir.path().join("controller.db")),
-        };
-        let conn = location.open_primary().unwrap();
+        let conn = Location::for_test(dir.path()).open_primary().unwrap();
         (dir, conn)
     }
 

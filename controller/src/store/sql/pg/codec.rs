@@ -28,7 +28,7 @@ use std::error::Error as StdError;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use postgres::Row;
 
-use super::super::Value;
+use super::super::value::Value;
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 

@@ -56,7 +56,7 @@ pub enum PgError {
         index: usize,
         reason: String,
     },
-    /// A result column has a type or value that has no [`Value`](super::super::Value).
+    /// A result column has a type or value that has no [`Value`](super::super::value::Value).
     #[error("{sql}: column {index} ({name}): {reason}")]
     Column {
         sql: String,

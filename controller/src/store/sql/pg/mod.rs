@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::{Client, Statement};
 
-use super::Value;
+use super::value::Value;
 pub(crate) use error::PgError;
 pub(crate) use leadership::Leadership;
 pub(crate) use listener::{ListenEvent, Listener};

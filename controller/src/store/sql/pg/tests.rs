@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use measurelab_testbed::pg::{database, tls_database, TestDatabase, CERT_USER};
 
-use super::super::Value;
+use super::super::value::Value;
 use super::{keys, Leadership, ListenEvent, Listener, PgDriver, PgError};
 
 const DEADLINE: Duration = Duration::from_secs(20);
