@@ -4,7 +4,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::access_cmd::{runtime, Connection};
+use crate::api_conn::{runtime, Connection};
 
 #[derive(Debug, Args)]
 pub struct PlatformArgs {
