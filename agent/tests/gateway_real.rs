@@ -22,7 +22,7 @@ use measurelab_agent::ovs::OvsdbSwitch;
 use measurelab_agent::reconcile::{
     Action, Backends, DesiredState, DesiredVm, GatewayChange, Reconciler, ReconcilerConfig,
 };
-use measurelab_api::node_v1::{DesiredGateway, DesiredGatewayPeer};
+use measurelab_api::node_v1::{DesiredGateway, DesiredGatewayPeer, GatewayStatus};
 use measurelab_testbed::OvsSandbox;
 use measurelab_wireguard::{uapi, Key};
 use reconcile_common::{workspace_binary, GuestCleanup};
@@ -276,6 +276,106 @@ fn record_pid(state_dir: &Path, names: &GatewayNames) -> u32 {
     .unwrap();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     value["pid"].as_u64().unwrap() as u32
+}
+
+/// Passes until the gateway's status is reported (changed since the last
+/// [`Reconciler::mark_gateways_reported`]) in `state`; returns it.
+async fn reported(
+    reconciler: &mut Reconciler,
+    desired: &DesiredState,
+    state: &str,
+) -> GatewayStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let report = reconciler.pass(desired).await;
+        if let Some(status) = report
+            .changed_gateways
+            .iter()
+            .find(|s| s.platform_id == PLATFORM_ID && s.state == state)
+        {
+            return status.clone();
+        }
+        if Instant::now() >= deadline {
+            panic!("the gateway never reported {state}: {:?}", report.gateways);
+        }
+        tokio::time::sleep(report.next_retry.unwrap_or(Duration::from_millis(200))).await;
+    }
+}
+
+/// What the controller is told of a gateway: `failed`, naming the port,
+/// while another socket holds its listen port; `ready` once the port is
+/// free; nothing while that does not change.
+#[test]
+fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
+    let rig = Rig::new();
+    let node = rig.node.clone();
+    let mut desired = DesiredState {
+        gateways: vec![DesiredGateway {
+            platform_id: PLATFORM_ID.into(),
+            platform_name: "alpha".into(),
+            vlan_tag: 101,
+            platform_subnet: "10.20.1.0/24".into(),
+            inside_address: "10.20.1.1/24".into(),
+            listen_port: 51821,
+            private_key: Key::generate().to_base64(),
+            tunnel_address: "100.96.3.1/24".into(),
+            peers: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let names = GatewayNames::new("gw-node", PLATFORM_ID);
+    reconcile_common::in_netns(&node, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Someone else's service on the gateway's port, in the node's
+            // namespace where the device binds it.
+            let squatter = std::net::UdpSocket::bind(("0.0.0.0", 51821)).unwrap();
+            let mut reconciler = rig.reconciler().await;
+            let report = reconciler.pass(&desired).await;
+            assert_eq!(report.changed_gateways, report.gateways);
+            let [failed] = &report.gateways[..] else {
+                panic!("{:?}", report.gateways);
+            };
+            assert_eq!(
+                (failed.platform_id.as_str(), failed.state.as_str()),
+                (PLATFORM_ID, "failed")
+            );
+            assert!(
+                failed
+                    .message
+                    .contains("listen port 51821 is already in use on this node"),
+                "{}",
+                failed.message
+            );
+            assert!(!report.converged, "a failed gateway is retried");
+            reconciler.mark_gateways_reported(&report.changed_gateways);
+            let again = reconciler.pass(&desired).await;
+            assert_eq!(again.gateways, report.gateways);
+            assert!(again.changed_gateways.is_empty(), "{again:?}");
+
+            drop(squatter);
+            let ready = reported(&mut reconciler, &desired, "ready").await;
+            assert_eq!(ready.message, "");
+            let device = uapi::get(&measurelab_wireguard::socket_path(&names.device)).unwrap();
+            assert_eq!(device.listen_port, 51821);
+            reconciler.mark_gateways_reported(&[ready]);
+
+            // A resync reports it again although nothing changed.
+            reconciler.forget_reported_gateways();
+            assert_eq!(
+                reported(&mut reconciler, &desired, "ready").await.state,
+                "ready"
+            );
+
+            desired.gateways.clear();
+            let report = reconciler.pass(&desired).await;
+            assert!(report.gateways.is_empty(), "{:?}", report.gateways);
+        });
+        drop(rig);
+    });
 }
 
 #[test]
