@@ -34,6 +34,9 @@ const LAPTOP: &str = "198.51.100.100";
 const MGMT: &str = "10.250.0.2";
 const SERVICE: &str = "10.253.0.11";
 const PLATFORM_ID: &str = "a0000000-0000-4000-8000-00000000000a";
+/// Another platform for the port test: gateway namespaces and devices are
+/// named after the platform host-wide, and the tests may run at once.
+const PORT_TEST_PLATFORM_ID: &str = "a0000000-0000-4000-8000-00000000000b";
 
 fn sh(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
@@ -105,7 +108,9 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Rig {
+    /// A rig for the gateway of `platform_id` (it names the laptop's tunnel,
+    /// which `drop` stops: distinct per test, as tests may run at once).
+    fn new(platform_id: &str) -> Rig {
         let ovs = OvsSandbox::start("gwr").unwrap();
         let node = ovs.netns().name().to_string();
         let dir = tempfile::tempdir().unwrap();
@@ -168,7 +173,7 @@ impl Rig {
             uid_registry: dir.path().join("uids"),
             tunnel: format!(
                 "lw{}",
-                &GatewayNames::new("gw-node", PLATFORM_ID).device[2..]
+                &GatewayNames::new("gw-node", platform_id).device[2..]
             ),
             _cleanup: GuestCleanup {
                 state_dir: state_dir.clone(),
@@ -291,7 +296,7 @@ async fn reported(
         if let Some(status) = report
             .changed_gateways
             .iter()
-            .find(|s| s.platform_id == PLATFORM_ID && s.state == state)
+            .find(|s| s.platform_id == PORT_TEST_PLATFORM_ID && s.state == state)
         {
             return status.clone();
         }
@@ -307,11 +312,11 @@ async fn reported(
 /// free; nothing while that does not change.
 #[test]
 fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
-    let rig = Rig::new();
+    let rig = Rig::new(PORT_TEST_PLATFORM_ID);
     let node = rig.node.clone();
     let mut desired = DesiredState {
         gateways: vec![DesiredGateway {
-            platform_id: PLATFORM_ID.into(),
+            platform_id: PORT_TEST_PLATFORM_ID.into(),
             platform_name: "alpha".into(),
             vlan_tag: 101,
             platform_subnet: "10.20.1.0/24".into(),
@@ -323,7 +328,7 @@ fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
         }],
         ..Default::default()
     };
-    let names = GatewayNames::new("gw-node", PLATFORM_ID);
+    let names = GatewayNames::new("gw-node", PORT_TEST_PLATFORM_ID);
     reconcile_common::in_netns(&node, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -341,7 +346,7 @@ fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
             };
             assert_eq!(
                 (failed.platform_id.as_str(), failed.state.as_str()),
-                (PLATFORM_ID, "failed")
+                (PORT_TEST_PLATFORM_ID, "failed")
             );
             assert!(
                 failed
@@ -380,7 +385,7 @@ fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
 
 #[test]
 fn a_peer_reaches_its_platform_only_and_the_gateway_survives_and_repairs() {
-    let rig = Rig::new();
+    let rig = Rig::new(PLATFORM_ID);
     let node = rig.node.clone();
     let laptop = rig.laptop.clone();
     let cli = workspace_binary("measurelab", "measurelab");
