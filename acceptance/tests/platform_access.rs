@@ -20,6 +20,7 @@ use anyhow::{bail, ensure, Context};
 use measurelab_acceptance::{
     acc_enabled, block_on, describe, resource_values, workspace_root, Lab, Terraform,
 };
+use measurelab_api::http::GatewayState;
 
 const PEER: &str = "measurelab_platform_peer.laptop";
 /// n1's address on the lab internet (`lab up` gives node K 198.51.100.(10+K)
@@ -290,6 +291,32 @@ fn acc_platform_access_through_the_gateway() -> anyhow::Result<()> {
     assert_eq!(
         on_controller[0].private_key, None,
         "the controller keeps no private key"
+    );
+    // The agent on n1 brings the gateway up and says so; Terraform reads
+    // it on a refresh.
+    let deadline = Instant::now() + TUNNEL_UP_BOUND;
+    loop {
+        let status = block_on(async { Ok(client.get_platform("access").await?) })?.gateway_status;
+        if status
+            .as_ref()
+            .is_some_and(|s| s.state == GatewayState::Ready)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the gateway is not ready within {TUNNEL_UP_BOUND:?}: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"])?;
+    let refreshed = tf.state_json()?;
+    let shown = resource_values(&refreshed, "measurelab_virtual_platform.access")
+        .context("no platform in the state")?;
+    assert_eq!(
+        (&shown["gateway_state"], &shown["gateway_message"]),
+        (&serde_json::json!("ready"), &serde_json::json!("")),
+        "{shown}"
     );
     let (code, out) = tf.plan_exit_code()?;
     assert_eq!(

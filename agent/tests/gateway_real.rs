@@ -22,7 +22,7 @@ use measurelab_agent::ovs::OvsdbSwitch;
 use measurelab_agent::reconcile::{
     Action, Backends, DesiredState, DesiredVm, GatewayChange, Reconciler, ReconcilerConfig,
 };
-use measurelab_api::node_v1::{DesiredGateway, DesiredGatewayPeer};
+use measurelab_api::node_v1::{DesiredGateway, DesiredGatewayPeer, GatewayStatus};
 use measurelab_testbed::OvsSandbox;
 use measurelab_wireguard::{uapi, Key};
 use reconcile_common::{workspace_binary, GuestCleanup};
@@ -34,6 +34,9 @@ const LAPTOP: &str = "198.51.100.100";
 const MGMT: &str = "10.250.0.2";
 const SERVICE: &str = "10.253.0.11";
 const PLATFORM_ID: &str = "a0000000-0000-4000-8000-00000000000a";
+/// Another platform for the port test: gateway namespaces and devices are
+/// named after the platform host-wide, and the tests may run at once.
+const PORT_TEST_PLATFORM_ID: &str = "a0000000-0000-4000-8000-00000000000b";
 
 fn sh(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
@@ -105,7 +108,9 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Rig {
+    /// A rig for the gateway of `platform_id` (it names the laptop's tunnel,
+    /// which `drop` stops: distinct per test, as tests may run at once).
+    fn new(platform_id: &str) -> Rig {
         let ovs = OvsSandbox::start("gwr").unwrap();
         let node = ovs.netns().name().to_string();
         let dir = tempfile::tempdir().unwrap();
@@ -168,7 +173,7 @@ impl Rig {
             uid_registry: dir.path().join("uids"),
             tunnel: format!(
                 "lw{}",
-                &GatewayNames::new("gw-node", PLATFORM_ID).device[2..]
+                &GatewayNames::new("gw-node", platform_id).device[2..]
             ),
             _cleanup: GuestCleanup {
                 state_dir: state_dir.clone(),
@@ -278,9 +283,109 @@ fn record_pid(state_dir: &Path, names: &GatewayNames) -> u32 {
     value["pid"].as_u64().unwrap() as u32
 }
 
+/// Passes until the gateway's status is reported (changed since the last
+/// [`Reconciler::mark_gateways_reported`]) in `state`; returns it.
+async fn reported(
+    reconciler: &mut Reconciler,
+    desired: &DesiredState,
+    state: &str,
+) -> GatewayStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let report = reconciler.pass(desired).await;
+        if let Some(status) = report
+            .changed_gateways
+            .iter()
+            .find(|s| s.platform_id == PORT_TEST_PLATFORM_ID && s.state == state)
+        {
+            return status.clone();
+        }
+        if Instant::now() >= deadline {
+            panic!("the gateway never reported {state}: {:?}", report.gateways);
+        }
+        tokio::time::sleep(report.next_retry.unwrap_or(Duration::from_millis(200))).await;
+    }
+}
+
+/// What the controller is told of a gateway: `failed`, naming the port,
+/// while another socket holds its listen port; `ready` once the port is
+/// free; nothing while that does not change.
+#[test]
+fn a_taken_listen_port_is_reported_failed_until_it_is_free() {
+    let rig = Rig::new(PORT_TEST_PLATFORM_ID);
+    let node = rig.node.clone();
+    let mut desired = DesiredState {
+        gateways: vec![DesiredGateway {
+            platform_id: PORT_TEST_PLATFORM_ID.into(),
+            platform_name: "alpha".into(),
+            vlan_tag: 101,
+            platform_subnet: "10.20.1.0/24".into(),
+            inside_address: "10.20.1.1/24".into(),
+            listen_port: 51821,
+            private_key: Key::generate().to_base64(),
+            tunnel_address: "100.96.3.1/24".into(),
+            peers: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let names = GatewayNames::new("gw-node", PORT_TEST_PLATFORM_ID);
+    reconcile_common::in_netns(&node, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Someone else's service on the gateway's port, in the node's
+            // namespace where the device binds it.
+            let squatter = std::net::UdpSocket::bind(("0.0.0.0", 51821)).unwrap();
+            let mut reconciler = rig.reconciler().await;
+            let report = reconciler.pass(&desired).await;
+            assert_eq!(report.changed_gateways, report.gateways);
+            let [failed] = &report.gateways[..] else {
+                panic!("{:?}", report.gateways);
+            };
+            assert_eq!(
+                (failed.platform_id.as_str(), failed.state.as_str()),
+                (PORT_TEST_PLATFORM_ID, "failed")
+            );
+            assert!(
+                failed
+                    .message
+                    .contains("listen port 51821 is already in use on this node"),
+                "{}",
+                failed.message
+            );
+            assert!(!report.converged, "a failed gateway is retried");
+            reconciler.mark_gateways_reported(&report.changed_gateways);
+            let again = reconciler.pass(&desired).await;
+            assert_eq!(again.gateways, report.gateways);
+            assert!(again.changed_gateways.is_empty(), "{again:?}");
+
+            drop(squatter);
+            let ready = reported(&mut reconciler, &desired, "ready").await;
+            assert_eq!(ready.message, "");
+            let device = uapi::get(&measurelab_wireguard::socket_path(&names.device)).unwrap();
+            assert_eq!(device.listen_port, 51821);
+            reconciler.mark_gateways_reported(&[ready]);
+
+            // A resync reports it again although nothing changed.
+            reconciler.forget_reported_gateways();
+            assert_eq!(
+                reported(&mut reconciler, &desired, "ready").await.state,
+                "ready"
+            );
+
+            desired.gateways.clear();
+            let report = reconciler.pass(&desired).await;
+            assert!(report.gateways.is_empty(), "{:?}", report.gateways);
+        });
+        drop(rig);
+    });
+}
+
 #[test]
 fn a_peer_reaches_its_platform_only_and_the_gateway_survives_and_repairs() {
-    let rig = Rig::new();
+    let rig = Rig::new(PLATFORM_ID);
     let node = rig.node.clone();
     let laptop = rig.laptop.clone();
     let cli = workspace_binary("measurelab", "measurelab");

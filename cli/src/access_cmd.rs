@@ -2,45 +2,11 @@
 //! tenants over the HTTP API (MEASURELAB_ENDPOINT, MEASURELAB_TOKEN), like
 //! the Terraform provider.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use measurelab_api::client::Client;
 use measurelab_api::http::{ApiToken, ApiTokenCreate, Quota, Role, TenantCreate};
 
-/// Where the controller is and which token to use.
-#[derive(Debug, Args)]
-pub struct Connection {
-    /// Controller HTTP endpoint; replicas as one list separated by commas
-    /// (the next is tried when a connection is refused).
-    #[arg(
-        long,
-        env = "MEASURELAB_ENDPOINT",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    endpoint: String,
-    /// Bearer token (an API token, or the operator's admin.token).
-    #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]
-    token: String,
-    /// The controller's CA (PEM text or file; `DATA_DIR/ca.pem`), the only
-    /// CA trusted for an https:// endpoint.
-    #[arg(long, env = "MEASURELAB_CA_CERT")]
-    ca_cert: Option<String>,
-    /// Allow plaintext http:// to a host that is not loopback (the token
-    /// then crosses the network in clear).
-    #[arg(long, env = "MEASURELAB_INSECURE")]
-    insecure: bool,
-}
-
-impl Connection {
-    pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        crate::api_conn::client(
-            &self.endpoint,
-            &self.token,
-            self.ca_cert.as_deref(),
-            self.insecure,
-        )
-    }
-}
+use crate::api_conn::{runtime, Connection};
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -123,13 +89,6 @@ enum TenantCommand {
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text)
         .ok_or_else(|| format!("{text:?} is not one of operator, owner, member, viewer"))
-}
-
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 fn token_line(token: &ApiToken) -> String {

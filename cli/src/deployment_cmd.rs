@@ -10,7 +10,7 @@ use measurelab_api::http::OUTPUT_SHA256_HEADER;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
-use crate::access_cmd::{runtime, Connection};
+use crate::api_conn::{runtime, Connection};
 use crate::landing::{self, HashingWriter};
 
 #[derive(Debug, Args)]

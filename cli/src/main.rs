@@ -57,7 +57,7 @@ enum Command {
     /// A WireGuard tunnel to a platform gateway, in userspace (no kernel
     /// module, no `wg` tools): up from a wg-quick file, down.
     Tunnel(tunnel_cmd::TunnelArgs),
-    /// Read a platform's control key (tenant token).
+    /// Show a platform and its gateway state; read its control key (tenant token).
     Platform(platform_cmd::PlatformArgs),
 }
 

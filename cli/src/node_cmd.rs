@@ -2,39 +2,15 @@
 //! of node identity, spoken to the controller's HTTP API with the operator
 //! (admin) token.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use measurelab_api::client::Client;
 use measurelab_api::http::{JoinTokenCreate, NodeStatus};
 
-/// Where the controller is and who is asking.
-#[derive(Debug, Args)]
-pub struct ApiTarget {
-    /// Controller HTTP API; replicas as one list separated by commas (the
-    /// next is tried when a connection is refused).
-    #[arg(
-        long,
-        env = "MEASURELAB_ENDPOINT",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    endpoint: String,
-    /// Operator token (the controller's <data_dir>/admin.token).
-    #[arg(long, env = "MEASURELAB_TOKEN", hide_env_values = true)]
-    token: String,
-    /// The controller's CA (PEM text or file; `DATA_DIR/ca.pem`), the only
-    /// CA trusted for an https:// endpoint.
-    #[arg(long, env = "MEASURELAB_CA_CERT")]
-    ca_cert: Option<String>,
-    /// Allow plaintext http:// to a host that is not loopback (the token
-    /// then crosses the network in clear).
-    #[arg(long, env = "MEASURELAB_INSECURE")]
-    insecure: bool,
-}
+use crate::api_conn::{runtime, Connection};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     #[command(flatten)]
-    target: ApiTarget,
+    connection: Connection,
     #[command(subcommand)]
     command: NodeCommand,
 }
@@ -65,7 +41,7 @@ enum NodeCommand {
 #[derive(Debug, Args)]
 pub struct JoinTokenArgs {
     #[command(flatten)]
-    target: ApiTarget,
+    connection: Connection,
     #[command(subcommand)]
     command: JoinTokenCommand,
 }
@@ -99,22 +75,6 @@ enum JoinTokenCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-fn client(target: &ApiTarget) -> anyhow::Result<Client> {
-    crate::api_conn::client(
-        &target.endpoint,
-        target.token.trim(),
-        target.ca_cert.as_deref(),
-        target.insecure,
-    )
-}
-
 fn or_dash(value: Option<&str>) -> &str {
     value.filter(|v| !v.is_empty()).unwrap_or("-")
 }
@@ -131,7 +91,7 @@ fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
 }
 
 pub fn main(args: NodeArgs) -> anyhow::Result<()> {
-    let client = client(&args.target)?;
+    let client = args.connection.client()?;
     runtime()?.block_on(async move {
         match args.command {
             NodeCommand::List => {
@@ -195,7 +155,7 @@ pub fn main(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 pub fn join_token_main(args: JoinTokenArgs) -> anyhow::Result<()> {
-    let client = client(&args.target)?;
+    let client = args.connection.client()?;
     runtime()?.block_on(async move {
         match args.command {
             JoinTokenCommand::Create {

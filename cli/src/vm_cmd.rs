@@ -12,7 +12,7 @@ use measurelab_api::exec::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::access_cmd::Connection;
+use crate::api_conn::Connection;
 use crate::landing::{self, HashingWriter};
 
 /// Largest file `vm cp` copies unless `--max-bytes` says otherwise.

@@ -10,7 +10,9 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::{register_request, TestController};
-use measurelab_api::node_v1::{DesiredState, DesiredStateRequest, RegisterResponse};
+use measurelab_api::node_v1::{
+    DesiredState, DesiredStateRequest, GatewayStatus, RegisterResponse, StatusAck, StatusReport,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -644,4 +646,208 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         201,
     )
     .await;
+}
+
+/// What `node` reports of its gateways, as its agent would.
+async fn report(
+    controller: &TestController,
+    node: &RegisterResponse,
+    gateways: Vec<GatewayStatus>,
+) -> Result<StatusAck, tonic::Status> {
+    controller
+        .grpc()
+        .await
+        .report_status(StatusReport {
+            node_id: node.node_id.clone(),
+            node_secret: node.node_secret.clone(),
+            gateways,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Platform `lab` on `nodes` with its gateway on n1; returns its id.
+async fn lab_with_gateway(controller: &TestController, nodes: &[&str]) -> String {
+    let created = expect(
+        controller,
+        &controller.admin_token,
+        Method::POST,
+        "/v1/platforms",
+        Some(json!({"name": "lab", "nodes": nodes,
+                    "gateway": {"node": "n1", "listen_port": 51820}})),
+        201,
+    )
+    .await;
+    assert_eq!(created["gateway_status"]["state"], "pending", "{created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+fn gateway_status(platform_id: &str, state: &str, message: &str) -> GatewayStatus {
+    GatewayStatus {
+        platform_id: platform_id.into(),
+        state: state.into(),
+        message: message.into(),
+    }
+}
+
+/// (state, message) of the platform's gateway as the API shows it.
+async fn shown_state(controller: &TestController, token: &str) -> (String, String) {
+    let platform = expect(
+        controller,
+        token,
+        Method::GET,
+        "/v1/platforms/lab",
+        None,
+        200,
+    )
+    .await;
+    let status = &platform["gateway_status"];
+    (
+        status["state"].as_str().unwrap_or("").to_string(),
+        status["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Events of `reason` the caller sees, their messages in order.
+async fn events(controller: &TestController, token: &str, reason: &str) -> Vec<String> {
+    let body = expect(
+        controller,
+        token,
+        Method::GET,
+        "/v1/events?limit=1000",
+        None,
+        200,
+    )
+    .await;
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_gateway_state_is_what_its_node_reports() {
+    let (_dir, controller, n1, n2) = start().await;
+    let admin = controller.admin_token.clone();
+    let id = lab_with_gateway(&controller, &["n1", "n2"]).await;
+
+    let ack = report(&controller, &n1, vec![gateway_status(&id, "ready", "")])
+        .await
+        .unwrap();
+    assert!(ack.refused.is_empty(), "{:?}", ack.refused);
+    assert_eq!(
+        shown_state(&controller, &admin).await,
+        ("ready".into(), String::new())
+    );
+    assert_eq!(events(&controller, &admin, "GatewayReady").await.len(), 1);
+
+    let why = "gateway of platform lab: configuring the device: listen port 51820: Address in use (os error 98)";
+    let ack = report(&controller, &n1, vec![gateway_status(&id, "failed", why)])
+        .await
+        .unwrap();
+    assert!(ack.refused.is_empty(), "{:?}", ack.refused);
+    assert_eq!(
+        shown_state(&controller, &admin).await,
+        ("failed".into(), why.to_string())
+    );
+    let failed = events(&controller, &admin, "GatewayFailed").await;
+    assert!(
+        failed.len() == 1 && failed[0].contains("Address in use"),
+        "{failed:?}"
+    );
+
+    // Only the gateway's node speaks for it, and only in known states;
+    // a refused item changes nothing.
+    let ack = report(&controller, &n2, vec![gateway_status(&id, "ready", "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        ack.refused
+            .iter()
+            .map(|r| (r.list.as_str(), r.reason.split(':').next().unwrap_or("")))
+            .collect::<Vec<_>>(),
+        [("gateways", "gateways[0].platform_id")]
+    );
+    let ack = report(&controller, &n1, vec![gateway_status(&id, "up", "")])
+        .await
+        .unwrap();
+    assert!(
+        ack.refused.len() == 1 && ack.refused[0].reason.starts_with("gateways[0].state"),
+        "{:?}",
+        ack.refused
+    );
+    assert_eq!(
+        shown_state(&controller, &admin).await,
+        ("failed".into(), why.to_string())
+    );
+
+    // Moved: what the old node said no longer holds.
+    node(&controller, "n3", "198.51.100.3").await;
+    expect(
+        &controller,
+        &admin,
+        Method::PATCH,
+        "/v1/platforms/lab",
+        Some(json!({"nodes": ["n1", "n2", "n3"], "gateway": {"node": "n3", "listen_port": 51820}})),
+        200,
+    )
+    .await;
+    assert_eq!(shown_state(&controller, &admin).await.0, "pending");
+}
+
+#[tokio::test]
+async fn a_gateway_node_is_not_deleted_and_revoking_it_fails_its_gateways() {
+    let (_dir, controller, n1, _n2) = start().await;
+    let admin = controller.admin_token.clone();
+    let id = lab_with_gateway(&controller, &["n1"]).await;
+    let ack = report(&controller, &n1, vec![gateway_status(&id, "ready", "")])
+        .await
+        .unwrap();
+    assert!(ack.refused.is_empty(), "{:?}", ack.refused);
+
+    // Refused like a node with VMs, naming the gateway's platform and what
+    // to do (removing n1 from `nodes` would be refused too).
+    let body = expect(
+        &controller,
+        &admin,
+        Method::DELETE,
+        "/v1/nodes/n1",
+        None,
+        409,
+    )
+    .await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("runs the WireGuard gateway of platform(s) lab")
+            && message.contains("gateway.node"),
+        "{body}"
+    );
+    assert_eq!(shown_state(&controller, &admin).await.0, "ready");
+
+    // Revoking is not refused; the gateway then says it is down, and why.
+    expect(
+        &controller,
+        &admin,
+        Method::POST,
+        "/v1/nodes/n1/revoke",
+        None,
+        200,
+    )
+    .await;
+    let (state, message) = shown_state(&controller, &admin).await;
+    assert_eq!(state, "failed");
+    assert!(message.contains("node n1 was revoked"), "{message}");
+    let failed = events(&controller, &admin, "GatewayFailed").await;
+    assert!(
+        failed.len() == 1 && failed[0].contains("platform lab") && failed[0].contains("revoked"),
+        "{failed:?}"
+    );
+    // The revoked node's reports no longer count.
+    let refused = report(&controller, &n1, vec![gateway_status(&id, "ready", "")]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(shown_state(&controller, &admin).await.0, "failed");
 }

@@ -599,6 +599,7 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
             points: None,
         }],
         program_runs: vec![],
+        gateways: vec![],
     };
     controller
         .grpc()
@@ -892,6 +893,7 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
         }],
         guests: vec![],
         program_runs: vec![],
+        gateways: vec![],
     };
     controller.grpc().await.report_status(report).await.unwrap();
     let got = controller.client().get_vm("p/v1").await.unwrap();

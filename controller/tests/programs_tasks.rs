@@ -1027,6 +1027,8 @@ async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
             run("not-a-deployment", String::new()),
             run("not-a-deployment", "y".repeat(1024 * 1024)),
         ],
+        // Gateway items are checked in controller/tests/gateways.rs.
+        gateways: Vec::new(),
     };
     let ack = controller
         .grpc()

@@ -29,6 +29,14 @@ pub enum GatewayError {
         /// The failure.
         source: measurelab_wireguard::launch::LaunchError,
     },
+    /// Another socket on the node holds the gateway's UDP port.
+    #[error("gateway of platform {platform}: listen port {port} is already in use on this node; free it or choose another `gateway.listen_port`")]
+    PortInUse {
+        /// The platform's name or id.
+        platform: String,
+        /// The desired `listen_port`.
+        port: u16,
+    },
     /// The running device refused or missed its configuration.
     #[error("gateway of platform {platform}: configuring the device: {source}")]
     Uapi {

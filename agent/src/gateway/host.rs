@@ -196,9 +196,21 @@ impl GatewayHost {
         };
         outcome.reconfigured =
             uapi::apply(&measurelab_wireguard::socket_path(&names.device), &config).map_err(
-                |source| GatewayError::Uapi {
-                    platform: spec.platform_name.clone(),
-                    source,
+                |source| match source {
+                    // What the device answers when it cannot bind the port.
+                    uapi::UapiError::Errno { errno, .. }
+                        if std::io::Error::from_raw_os_error(errno).kind()
+                            == std::io::ErrorKind::AddrInUse =>
+                    {
+                        GatewayError::PortInUse {
+                            platform: spec.platform_name.clone(),
+                            port: spec.listen_port,
+                        }
+                    }
+                    source => GatewayError::Uapi {
+                        platform: spec.platform_name.clone(),
+                        source,
+                    },
                 },
             )?;
         Ok(outcome)

@@ -346,11 +346,15 @@ pub async fn run_loop(
                     *handles.observed_generation.borrow()
                 };
                 let program_runs = programs.changed();
-                if !report.changed.is_empty() || !program_runs.is_empty() {
+                if !report.changed.is_empty()
+                    || !program_runs.is_empty()
+                    || !report.changed_gateways.is_empty()
+                {
                     let status = StatusReport {
                         observed_generation: observed,
                         vms: report.changed.clone(),
                         program_runs: program_runs.clone(),
+                        gateways: report.changed_gateways.clone(),
                         ..Default::default()
                     };
                     match control.report_status(status).await {
@@ -359,6 +363,7 @@ pub async fn run_loop(
                             // controller would refuse them again.
                             note_refused(&ack);
                             reconciler.mark_reported(&report.changed);
+                            reconciler.mark_gateways_reported(&report.changed_gateways);
                             programs.mark_reported(&program_runs);
                             if ack.desired_generation != 0
                                 && ack.desired_generation != state.generation
@@ -402,6 +407,7 @@ pub async fn run_loop(
             }
             _ = resync.tick() => {
                 fetch_at = Some(Instant::now());
+                reconciler.forget_reported_gateways();
             }
             event = guest_events.recv() => {
                 let Some((vm, message)) = event else { return };

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use measurelab_api::guest::GuestMessage;
-use measurelab_api::node_v1::{Condition, DesiredState, DesiredVm, VmStatus};
+use measurelab_api::node_v1::{Condition, DesiredState, DesiredVm, GatewayStatus, VmStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -103,6 +103,11 @@ pub struct PassReport {
     /// Statuses that differ from what was last reported
     /// ([`Reconciler::mark_reported`]).
     pub changed: Vec<VmStatus>,
+    /// How every desired platform gateway stands after the pass.
+    pub gateways: Vec<GatewayStatus>,
+    /// Gateway statuses that differ from what was last reported
+    /// ([`Reconciler::mark_gateways_reported`]).
+    pub changed_gateways: Vec<GatewayStatus>,
     /// No Transient error is pending: the node did everything the desired
     /// state asks that it can do.
     pub converged: bool,
@@ -306,6 +311,8 @@ pub struct Reconciler {
     gateway_retry_at: Option<Instant>,
     /// The OVS ports the gateways need, from this pass's gateway step.
     gateway_ports: Vec<VmPortSpec>,
+    /// Gateway statuses the controller has, by platform id.
+    reported_gateways: HashMap<String, GatewayStatus>,
 }
 
 /// Every this many passes (and on the first) each guest is re-defined.
@@ -348,6 +355,7 @@ impl Reconciler {
             gateway_backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
             gateway_retry_at: None,
             gateway_ports: Vec::new(),
+            reported_gateways: HashMap::new(),
         }
     }
 
@@ -397,6 +405,23 @@ impl Reconciler {
     /// may have lost it): the next pass reports every VM again.
     pub fn forget_reported(&mut self) {
         self.reported.clear();
+        self.forget_reported_gateways();
+    }
+
+    /// Remember that `statuses` of gateways reached the controller.
+    pub fn mark_gateways_reported(&mut self, statuses: &[GatewayStatus]) {
+        for status in statuses {
+            self.reported_gateways
+                .insert(status.platform_id.clone(), status.clone());
+        }
+    }
+
+    /// The next pass reports every gateway again. A gateway's state at the
+    /// controller can change without this node saying anything (its node
+    /// revoked, then approved again), and gateways are few, so the driver
+    /// does this on every resync.
+    pub fn forget_reported_gateways(&mut self) {
+        self.reported_gateways.clear();
     }
 
     /// Fetches and verifies the appliance files `desired` names by digest
@@ -476,6 +501,14 @@ impl Reconciler {
             self.gateway_retry_at = None;
         }
         self.readopted_taps.extend(after.rebuilt);
+        self.reported_gateways
+            .retain(|platform, _| after.statuses.contains_key(platform));
+        for status in after.statuses.into_values() {
+            if self.reported_gateways.get(&status.platform_id) != Some(&status) {
+                report.changed_gateways.push(status.clone());
+            }
+            report.gateways.push(status);
+        }
         report
             .actions
             .extend(

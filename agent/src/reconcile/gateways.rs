@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use measurelab_api::node_v1::DesiredState;
+use measurelab_api::http::GatewayState;
+use measurelab_api::node_v1::{DesiredState, GatewayStatus};
 
 use crate::gateway::{GatewayHost, GatewaySpec};
 use crate::ovs::VmPortSpec;
@@ -35,6 +36,17 @@ pub(crate) struct GatewaysAfter {
     pub changes: Vec<(String, GatewayChange)>,
     /// Some gateway failed on the host: retry.
     pub failed: bool,
+    /// How each desired gateway stands after the step, by platform id: what
+    /// the controller shows as the gateway's state.
+    pub statuses: BTreeMap<String, GatewayStatus>,
+}
+
+fn status(platform_id: &str, state: GatewayState, message: String) -> GatewayStatus {
+    GatewayStatus {
+        platform_id: platform_id.to_string(),
+        state: state.as_str().to_string(),
+        message,
+    }
 }
 
 fn port(name: &str, vlan: u16) -> VmPortSpec {
@@ -59,6 +71,10 @@ pub(crate) fn run(host: &GatewayHost, owner: &str, desired: &DesiredState) -> Ga
             Err(err) => {
                 tracing::warn!(error = %err, "gateway refused; the running one (if any) is kept as it is");
                 refused.insert(want.platform_id.clone());
+                after.statuses.insert(
+                    want.platform_id.clone(),
+                    status(&want.platform_id, GatewayState::Failed, err.to_string()),
+                );
             }
         }
     }
@@ -88,10 +104,18 @@ pub(crate) fn run(host: &GatewayHost, owner: &str, desired: &DesiredState) -> Ga
                 if outcome.port_rebuilt {
                     after.rebuilt.push(spec.names.port.clone());
                 }
+                after.statuses.insert(
+                    spec.platform_id.clone(),
+                    status(&spec.platform_id, GatewayState::Ready, String::new()),
+                );
             }
             Err(err) => {
                 tracing::warn!(error = %err, "gateway not ready");
                 after.failed |= err.is_transient();
+                after.statuses.insert(
+                    spec.platform_id.clone(),
+                    status(&spec.platform_id, GatewayState::Failed, err.to_string()),
+                );
             }
         }
         after.ports.push(port(&spec.names.port, spec.vlan));

@@ -88,6 +88,7 @@ pub(crate) async fn report_status(
         ("vms", report.vms.len()),
         ("guests", report.guests.len()),
         ("program_runs", report.program_runs.len()),
+        ("gateways", report.gateways.len()),
     ] {
         if len > MAX_REPORT_ITEMS {
             return Err(RpcError::InvalidArgument {

@@ -539,6 +539,11 @@ pub(crate) fn apply_report(
         }
         programs::save_run_status(cx, node_id, run)?;
     }
+    for (i, status) in report.gateways.iter().enumerate() {
+        if let Err(reason) = gateways::apply_report(cx, node_id, i, status)? {
+            refuse(&mut outcome, "gateways", i, &status.platform_id, reason);
+        }
+    }
     Ok(outcome)
 }
 

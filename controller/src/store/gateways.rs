@@ -11,12 +11,12 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::store::sql::{params, Connection, OptionalExtension};
-use measurelab_api::http::PlatformGatewaySpec;
+use measurelab_api::http::{GatewayState, PlatformGatewaySpec, PlatformGatewayStatus};
 
 use super::codec::new_id;
 use super::error::StoreError;
 use super::registry::Registry;
-use super::resources::TxContext;
+use super::resources::{insert_tenant_event, TxContext};
 use crate::{placement, validation, wg_keys};
 
 /// A platform's gateway row.
@@ -30,6 +30,10 @@ pub(crate) struct GatewayRow {
     pub public_key: String,
     /// The platform's /24 of the tunnel pool.
     pub tunnel_network: String,
+    /// What the controller last heard of it (see [`GatewayState`]).
+    pub state: GatewayState,
+    /// Why, unless `Ready`.
+    pub state_message: String,
 }
 
 // By hand: a row printed in a log or panic must not carry the private key.
@@ -41,6 +45,8 @@ impl fmt::Debug for GatewayRow {
             .field("listen_port", &self.listen_port)
             .field("public_key", &self.public_key)
             .field("tunnel_network", &self.tunnel_network)
+            .field("state", &self.state)
+            .field("state_message", &self.state_message)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +82,13 @@ impl GatewayRow {
             listen_port: u32::from(self.listen_port),
         }
     }
+
+    pub fn status(&self) -> PlatformGatewayStatus {
+        PlatformGatewayStatus {
+            state: self.state,
+            message: self.state_message.clone(),
+        }
+    }
 }
 
 /// The first host of a network: the gateway's address in the platform subnet
@@ -93,7 +106,7 @@ pub(crate) struct PlatformRef<'a> {
 }
 
 const SELECT: &str = "SELECT platform_id, node_id, listen_port, private_key, public_key,
-                             tunnel_network FROM platform_gateways";
+                             tunnel_network, state, state_message FROM platform_gateways";
 
 fn row_to_gateway(row: &crate::store::sql::Row<'_>) -> crate::store::sql::Result<GatewayRow> {
     Ok(GatewayRow {
@@ -103,6 +116,10 @@ fn row_to_gateway(row: &crate::store::sql::Row<'_>) -> crate::store::sql::Result
         private_key: row.get(3)?,
         public_key: row.get(4)?,
         tunnel_network: row.get(5)?,
+        // An unknown spelling can only come from a newer controller sharing
+        // the database; say nothing is known rather than fail the read.
+        state: GatewayState::parse(&row.get::<String>(6)?).unwrap_or(GatewayState::Pending),
+        state_message: row.get(7)?,
     })
 }
 
@@ -122,6 +139,132 @@ pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<GatewayRow
         .prepare_cached(&format!("{SELECT} WHERE node_id = ?1 ORDER BY platform_id"))?
         .query_map([node_id], row_to_gateway)?
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Names of the platforms whose gateway node `node_id` runs.
+pub(crate) fn platforms_on_node(
+    conn: &Connection,
+    node_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT p.name FROM platform_gateways g JOIN platforms p ON p.id = g.platform_id
+             WHERE g.node_id = ?1 ORDER BY 1",
+        )?
+        .query_map([node_id], |r| r.get::<String>(0))?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Node `node_name` (`node_id`) was revoked: its gateways serve nobody the
+/// controller can vouch for, so each is marked `failed` saying so, with an
+/// event for its platform's tenant. The rows stay (keys, tunnel network,
+/// peers), so moving the gateway or approving the node brings it back.
+pub(crate) fn node_revoked(
+    tx: &Connection,
+    now: time::OffsetDateTime,
+    node_id: &str,
+    node_name: &str,
+) -> Result<(), StoreError> {
+    let platforms: Vec<(String, String, String)> = tx
+        .prepare_cached(
+            "SELECT p.id, p.name, p.tenant_id FROM platform_gateways g
+             JOIN platforms p ON p.id = g.platform_id
+             WHERE g.node_id = ?1 ORDER BY p.name",
+        )?
+        .query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let message = format!(
+        "node {node_name} was revoked; move the gateway (`gateway.node`) or approve the node's next registration"
+    );
+    for (platform_id, platform_name, tenant_id) in platforms {
+        tx.prepare_cached(
+            "UPDATE platform_gateways SET state = ?2, state_message = ?3 WHERE platform_id = ?1",
+        )?
+        .execute(params![platform_id, GatewayState::Failed.as_str(), message])?;
+        insert_tenant_event(
+            tx,
+            now,
+            Some(&tenant_id),
+            "GatewayFailed",
+            "platform",
+            &platform_id,
+            &format!("the gateway of platform {platform_name} is down: {message}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The longest `message` of a reported gateway state that is kept.
+pub(crate) const MAX_STATE_MESSAGE: usize = 1024;
+
+/// Apply what node `node_id` reports of platform `platform_id`'s gateway;
+/// `Err(reason)` (naming the field) refuses the item and changes nothing.
+/// A change of state is an event for the platform's tenant.
+pub(crate) fn apply_report(
+    cx: &mut TxContext<'_>,
+    node_id: &str,
+    index: usize,
+    report: &measurelab_api::node_v1::GatewayStatus,
+) -> Result<Result<(), String>, StoreError> {
+    let field = |name: &str| format!("gateways[{index}].{name}");
+    let Some(gateway) = of_platform(cx.tx, &report.platform_id)?.filter(|g| g.node_id == node_id)
+    else {
+        return Ok(Err(format!(
+            "{}: this node runs no gateway of that platform",
+            field("platform_id")
+        )));
+    };
+    let Some(state) = GatewayState::parse(&report.state) else {
+        return Ok(Err(format!(
+            "{}: {:?} is not one of pending, ready, failed",
+            field("state"),
+            report.state
+        )));
+    };
+    let message: String = match state {
+        GatewayState::Ready => String::new(),
+        _ => report.message.chars().take(MAX_STATE_MESSAGE).collect(),
+    };
+    if (gateway.state, gateway.state_message.as_str()) == (state, message.as_str()) {
+        return Ok(Ok(()));
+    }
+    cx.tx
+        .prepare_cached(
+            "UPDATE platform_gateways SET state = ?2, state_message = ?3 WHERE platform_id = ?1",
+        )?
+        .execute(params![gateway.platform_id, state.as_str(), message])?;
+    if gateway.state != state {
+        let (name, tenant_id): (String, String) = cx.tx.query_row(
+            "SELECT name, tenant_id FROM platforms WHERE id = ?1",
+            [&gateway.platform_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (reason, text) = match state {
+            GatewayState::Ready => (
+                "GatewayReady",
+                format!(
+                    "the gateway of platform {name} is up and listens on port {}",
+                    gateway.listen_port
+                ),
+            ),
+            GatewayState::Failed => (
+                "GatewayFailed",
+                format!("the gateway of platform {name} is down: {message}"),
+            ),
+            GatewayState::Pending => (
+                "GatewayPending",
+                format!("the gateway of platform {name} is being set up: {message}"),
+            ),
+        };
+        cx.event(
+            Some(&tenant_id),
+            reason,
+            "platform",
+            &gateway.platform_id,
+            text,
+        )?;
+    }
+    Ok(Ok(()))
 }
 
 /// Where `spec` puts the gateway: the node's id, after every check that
@@ -201,15 +344,27 @@ pub(crate) fn set(
             Ok(current)
         }
         Some(mut current) => {
+            // Whatever the old node reported says nothing of the new place.
+            let waiting = format!("waiting for node {node_name} to report it");
             cx.tx
                 .prepare_cached(
-                    "UPDATE platform_gateways SET node_id = ?2, listen_port = ?3 WHERE platform_id = ?1",
+                    "UPDATE platform_gateways SET node_id = ?2, listen_port = ?3, state = ?4,
+                                                  state_message = ?5
+                     WHERE platform_id = ?1",
                 )?
-                .execute(params![platform.id, node_id, listen_port])?;
+                .execute(params![
+                    platform.id,
+                    node_id,
+                    listen_port,
+                    GatewayState::Pending.as_str(),
+                    waiting
+                ])?;
             cx.touch_node(&current.node_id)?;
             cx.touch_node(&node_id)?;
             current.node_id = node_id;
             current.listen_port = listen_port;
+            current.state = GatewayState::Pending;
+            current.state_message = waiting;
             cx.event(
                 Some(platform.tenant_id),
                 "GatewayMoved",
@@ -237,12 +392,15 @@ pub(crate) fn set(
                 private_key: keys.private_key,
                 public_key: keys.public_key,
                 tunnel_network,
+                state: GatewayState::Pending,
+                state_message: format!("waiting for node {node_name} to report it"),
             };
             cx.tx
                 .prepare_cached(
                     "INSERT INTO platform_gateways (platform_id, node_id, listen_port, private_key,
-                                                    public_key, tunnel_network)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                                    public_key, tunnel_network, state,
+                                                    state_message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     row.platform_id,
@@ -250,7 +408,9 @@ pub(crate) fn set(
                     row.listen_port,
                     row.private_key,
                     row.public_key,
-                    row.tunnel_network
+                    row.tunnel_network,
+                    row.state.as_str(),
+                    row.state_message
                 ])?;
             cx.touch_node(&row.node_id)?;
             cx.event(

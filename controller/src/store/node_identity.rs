@@ -17,6 +17,7 @@ use super::batch::{
 };
 use super::codec::{parse_time, rfc3339};
 use super::error::StoreError;
+use super::gateways;
 use super::nodes::{
     constant_time_eq, secret_digest, JoinCredential, NewEvent, RegisterInput, Registered,
 };
@@ -488,6 +489,9 @@ fn revoke(
     node.revoked_at = Some(now);
     tx.prepare_cached("UPDATE nodes SET revoked_at = ?2 WHERE id = ?1")?
         .execute(params![node.id, rfc3339(now)])?;
+    // Revoking is how an operator cuts off a compromised node, so it is not
+    // refused like a delete; the gateways there say they are down instead.
+    gateways::node_revoked(tx, now, &node.id, &node.name)?;
     insert_event(
         tx,
         now,
@@ -521,6 +525,17 @@ fn name_list(names: &[String]) -> String {
     text
 }
 
+/// The delete guard: 409 with `message(users)` while anything uses the node.
+fn refuse_while_used(
+    users: &[String],
+    message: impl FnOnce(&[String]) -> String,
+) -> Result<(), StoreError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::conflict(None, message(users)))
+}
+
 fn delete(
     tx: &Connection,
     overlay: &mut Overlay<'_>,
@@ -541,31 +556,34 @@ fn delete(
         "SELECT p.name || '/' || v.name FROM vms v JOIN platforms p ON p.id = v.platform_id
          WHERE v.node_id = ?1 ORDER BY 1",
     )?;
-    if !vms.is_empty() {
-        return Err(StoreError::conflict(
-            None,
-            format!(
-                "node {} still has {} VM(s) placed on it: {}; delete them first",
-                node.name,
-                vms.len(),
-                name_list(&vms)
-            ),
-        ));
-    }
+    refuse_while_used(&vms, |vms| {
+        format!(
+            "node {} still has {} VM(s) placed on it: {}; delete them first",
+            node.name,
+            vms.len(),
+            name_list(vms)
+        )
+    })?;
+    // Before membership: a gateway's node is always a member, and removing
+    // it from `nodes` is refused while it runs the gateway.
+    refuse_while_used(&gateways::platforms_on_node(tx, &node.id)?, |platforms| {
+        format!(
+            "node {} runs the WireGuard gateway of platform(s) {}; move each gateway (`gateway.node`) or remove it first",
+            node.name,
+            name_list(platforms)
+        )
+    })?;
     let platforms = names(
         "SELECT p.name FROM platform_nodes pn JOIN platforms p ON p.id = pn.platform_id
          WHERE pn.node_id = ?1 ORDER BY 1",
     )?;
-    if !platforms.is_empty() {
-        return Err(StoreError::conflict(
-            None,
-            format!(
-                "node {} is still one of the nodes of platform(s) {}; remove it from them first",
-                node.name,
-                name_list(&platforms)
-            ),
-        ));
-    }
+    refuse_while_used(&platforms, |platforms| {
+        format!(
+            "node {} is still one of the nodes of platform(s) {}; remove it from them first",
+            node.name,
+            name_list(platforms)
+        )
+    })?;
     for sql in [
         "DELETE FROM node_logs WHERE node_id = ?1",
         "DELETE FROM registration_requests WHERE node_id = ?1",

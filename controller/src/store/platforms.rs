@@ -65,6 +65,7 @@ impl PlatformRow {
             gateway_endpoint: self.wg_gateway.as_ref().and_then(|g| g.endpoint(registry)),
             gateway_public_key: self.wg_gateway.as_ref().map(|g| g.public_key.clone()),
             tunnel_network: self.wg_gateway.as_ref().map(|g| g.tunnel_network.clone()),
+            gateway_status: self.wg_gateway.as_ref().map(|g| g.status()),
         }
     }
 

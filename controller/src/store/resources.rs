@@ -38,6 +38,33 @@ impl TxEffects {
     }
 }
 
+/// Record an event about a tenant's object (`tenant_id`; `None`: the
+/// operator's) on any transaction: [`TxContext::event`], and the node
+/// writer's changes that reach into tenants' objects.
+pub(crate) fn insert_tenant_event(
+    tx: &Connection,
+    now: OffsetDateTime,
+    tenant_id: Option<&str>,
+    reason: &str,
+    object_kind: &str,
+    object_id: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO events (time, reason, object_kind, object_id, message, tenant_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        rfc3339(now),
+        reason,
+        object_kind,
+        object_id,
+        message,
+        tenant_id
+    ])?;
+    Ok(())
+}
+
 /// Context handed to every transaction body.
 pub(crate) struct TxContext<'a> {
     pub tx: &'a Transaction<'a>,
@@ -63,20 +90,15 @@ impl TxContext<'_> {
         object_id: &str,
         message: impl Into<String>,
     ) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO events (time, reason, object_kind, object_id, message, tenant_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                self.now_text(),
-                reason,
-                object_kind,
-                object_id,
-                message.into(),
-                tenant_id
-            ])?;
-        Ok(())
+        insert_tenant_event(
+            self.tx,
+            self.now,
+            tenant_id,
+            reason,
+            object_kind,
+            object_id,
+            &message.into(),
+        )
     }
 
     /// Bump the desired-state generation of a node (at most once per request).

@@ -418,6 +418,57 @@ pub struct Platform {
     #[serde(default)]
     #[schema(required = true)]
     pub tunnel_network: Option<String>,
+    /// Whether the gateway serves peers, as its node last reported; null
+    /// without a gateway.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub gateway_status: Option<PlatformGatewayStatus>,
+}
+
+/// How a platform's WireGuard gateway stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlatformGatewayStatus {
+    /// `pending` until its node reports it (after it was added or moved),
+    /// then `ready` or `failed` as the node agent found it; `failed` too
+    /// when its node was revoked.
+    pub state: GatewayState,
+    /// Why, for `pending` and `failed` (the node agent's error, e.g. the
+    /// listen port already in use); empty when `ready`.
+    pub message: String,
+}
+
+/// State of a platform's WireGuard gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayState {
+    /// Not (yet) reported by its node.
+    Pending,
+    /// Its device, addresses, rules and listen port are up.
+    Ready,
+    /// Its node could not bring it up, or no longer serves it.
+    Failed,
+}
+
+impl GatewayState {
+    /// The wire and storage spelling (`StatusReport.gateways[].state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayState::Pending => "pending",
+            GatewayState::Ready => "ready",
+            GatewayState::Failed => "failed",
+        }
+    }
+
+    /// The state `text` spells, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            GatewayState::Pending,
+            GatewayState::Ready,
+            GatewayState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
 /// Where a platform's WireGuard gateway runs: `gateway` of a platform body.

@@ -128,6 +128,12 @@ pub struct PlatformView {
     /// Base64 public key of its gateway, if any.
     #[serde(default)]
     pub gateway_public_key: Value<String>,
+    /// `pending`, `ready` or `failed`; null without a gateway.
+    #[serde(default)]
+    pub gateway_state: Value<String>,
+    /// Why the gateway is not ready; null without a gateway.
+    #[serde(default)]
+    pub gateway_message: Value<String>,
 }
 
 impl From<&Platform> for PlatformView {
@@ -148,6 +154,11 @@ impl From<&Platform> for PlatformView {
             gateway_node: optional_text(p.gateway_spec.as_ref().map(|g| &g.node)),
             gateway_endpoint: optional_text(p.gateway_endpoint.as_ref()),
             gateway_public_key: optional_text(p.gateway_public_key.as_ref()),
+            gateway_state: p
+                .gateway_status
+                .as_ref()
+                .map_or(Value::Null, |g| text(g.state.as_str())),
+            gateway_message: optional_text(p.gateway_status.as_ref().map(|g| &g.message)),
         }
     }
 }
@@ -217,6 +228,16 @@ pub fn platform_fields() -> Vec<Field> {
             "gateway_public_key",
             AttributeType::String,
             "The gateway's base64 X25519 public key; null without a gateway.",
+        ),
+        (
+            "gateway_state",
+            AttributeType::String,
+            "`pending`, `ready` or `failed`, as the gateway's node last reported (`failed` too when the node was revoked); null without a gateway.",
+        ),
+        (
+            "gateway_message",
+            AttributeType::String,
+            "Why the gateway is not `ready`; empty when it is, null without a gateway.",
         ),
     ]
 }

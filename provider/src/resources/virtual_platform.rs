@@ -83,6 +83,13 @@ pub struct PlatformState {
     /// The gateway's base64 public key, null without one.
     #[serde(default)]
     pub gateway_public_key: Value<String>,
+    /// `pending`, `ready` or `failed`, as the gateway's node last reported;
+    /// null without a gateway.
+    #[serde(default)]
+    pub gateway_state: Value<String>,
+    /// Why the gateway is not ready; empty when it is, null without one.
+    #[serde(default)]
+    pub gateway_message: Value<String>,
     /// Creation time.
     pub created_at: Value<String>,
     /// Export and keep the platform's traffic (absent from states written
@@ -227,6 +234,9 @@ impl PlatformState {
         self.gateway_address = Value::Value(platform.gateway.clone().unwrap_or_default());
         self.gateway_endpoint = platform.gateway_endpoint.clone().into();
         self.gateway_public_key = platform.gateway_public_key.clone().into();
+        let status = platform.gateway_status.as_ref();
+        self.gateway_state = status.map(|s| s.state.as_str().to_string()).into();
+        self.gateway_message = status.map(|s| s.message.clone()).into();
         self.created_at = Value::Value(platform.created_at.clone());
         self.flow_monitoring = Value::Value(platform.flow_monitoring);
     }
@@ -252,6 +262,14 @@ impl PlatformState {
         self.gateway_address = Value::Unknown;
         self.gateway_endpoint = Value::Unknown;
         self.gateway_public_key = Value::Unknown;
+        self.mark_gateway_state_unknown();
+    }
+
+    /// The node's report can change the gateway's state at any time, so
+    /// an apply may return another one than the last refresh read.
+    fn mark_gateway_state_unknown(&mut self) {
+        self.gateway_state = Value::Unknown;
+        self.gateway_message = Value::Unknown;
     }
 }
 
@@ -355,6 +373,14 @@ impl ManagedResource for Platforms {
             (
                 "gateway_public_key".to_string(),
                 computed(AttributeType::String, "The gateway's WireGuard (X25519) public key, base64; null without a `gateway` block. The private key never leaves the controller and the gateway's node."),
+            ),
+            (
+                "gateway_state".to_string(),
+                computed(AttributeType::String, "`pending` until the gateway's node reports it (after it was added or moved), then `ready` (WireGuard device, addresses, forwarding rules and listen port up) or `failed`; `failed` too when the node was revoked. Read on every refresh; null without a `gateway` block."),
+            ),
+            (
+                "gateway_message".to_string(),
+                computed(AttributeType::String, "Why the gateway is not `ready`, as its node or the controller said (e.g. the listen port already in use on the node); empty when ready, null without a `gateway` block."),
             ),
             ("created_at".to_string(), computed(AttributeType::String, "RFC 3339 creation time.")),
             (
@@ -471,6 +497,9 @@ impl ManagedResource for Platforms {
             state.mark_computed_unknown();
         } else if state.gateway_spec() != prior.gateway_spec() {
             state.mark_gateway_unknown();
+        } else if state != *prior {
+            // Not on an empty plan: that would never be empty.
+            state.mark_gateway_state_unknown();
         }
         match (prior.key_version(), state.key_version()) {
             (Ok(before), Ok(after)) if after > before => state.control_key = Value::Unknown,
@@ -742,6 +771,42 @@ mod tests {
         assert_eq!(paths, vec![AttributePath::new("control_key_version")]);
         let (_, errors) = plan(with_version(Number::Float(1.5))).await;
         assert_eq!(errors, vec![AttributePath::new("control_key_version")]);
+    }
+
+    /// The gateway's state comes from its node, so an apply may read a new
+    /// one: any planned change leaves it unknown, while an empty plan keeps
+    /// it (or every plan would show a change).
+    #[tokio::test]
+    async fn the_gateway_state_is_unknown_in_a_change_and_kept_in_an_empty_plan() {
+        let resource = Platforms::new(Shared::new(tokio_util::sync::CancellationToken::new()));
+        let prior = PlatformState {
+            name: Value::Value("lab".into()),
+            nodes: Value::Value(BTreeSet::from(["n1".to_string()])),
+            id: Value::Value("p1".into()),
+            gateway: Value::Value(GatewayBlock {
+                node: Value::Value("n1".into()),
+                listen_port: Value::Value(Number::from(51820u64)),
+            }),
+            gateway_state: Value::Value("failed".into()),
+            gateway_message: Value::Value("listen port 51820 is already in use".into()),
+            ..Default::default()
+        };
+        let mut diags = Diagnostics::default();
+        let (same, _) = resource
+            .plan_update(&mut diags, &prior, prior.clone())
+            .await;
+        assert_eq!(same, prior);
+        let described = PlatformState {
+            description: Value::Value("now with a description".into()),
+            ..prior.clone()
+        };
+        let (changed, _) = resource.plan_update(&mut diags, &prior, described).await;
+        assert_eq!(
+            (changed.gateway_state, changed.gateway_message),
+            (Value::Unknown, Value::Unknown)
+        );
+        assert_eq!(changed.gateway_public_key, prior.gateway_public_key);
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
     }
 
     #[test]

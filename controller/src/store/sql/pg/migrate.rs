@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../../../../migrations-pg/0017_control_key_versions.sql"),
     ),
+    (
+        18,
+        include_str!("../../../../migrations-pg/0018_gateway_state.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -272,12 +272,12 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         })
         .collect();
     for replica in replicas {
-        assert_eq!(replica.join().unwrap().unwrap(), 17);
+        assert_eq!(replica.join().unwrap().unwrap(), 18);
     }
     let mut pg = PgDriver::connect(&url).unwrap();
-    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 17);
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 18);
     assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
-    // 27 tables of SQLite's schema after 0017, plus schema_version.
+    // 27 tables of SQLite's schema after 0018, plus schema_version.
     assert_eq!(
         count(
             &mut pg,
@@ -286,13 +286,13 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         28
     );
     // Migrating an up-to-date database changes nothing.
-    assert_eq!(pg.migrate().unwrap(), 17);
+    assert_eq!(pg.migrate().unwrap(), 18);
 
     pg.batch("UPDATE schema_version SET version = 99").unwrap();
     match pg.migrate() {
         Err(PgError::SchemaTooNew {
             found: 99,
-            known: 17,
+            known: 18,
         }) => {}
         other => panic!("{other:?}"),
     }
