@@ -55,6 +55,7 @@ mod data_dir;
 mod exec_hub;
 mod flows;
 mod grpc_listener;
+mod leader;
 mod liveness;
 mod metrics;
 pub mod openapi;
@@ -71,6 +72,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -554,15 +556,21 @@ pub async fn run(
                 .map_err(ControllerError::Grpc)
         }
     });
+    let leader = Arc::new(
+        leader::LeaderGate::for_store(config.store_url.as_deref())
+            .map_err(|e| ControllerError::Store(StoreError::Sql(e.into())))?,
+    );
     let sweeper = tokio::spawn(liveness::sweep_forever(
         store.clone(),
         config.offline_after,
+        leader.clone(),
         cancel.clone(),
     ));
     let pruner = tokio::spawn(retention::prune_forever(
         store.clone(),
         config.retention.clone(),
         config.prune_period,
+        leader.clone(),
         cancel.clone(),
     ));
 
@@ -585,6 +593,8 @@ pub async fn run(
     );
     let _ = sweeper.await;
     let _ = pruner.await;
+    // Releasing the leader lock joins its thread: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(leader)).await;
     let _ = refusal_reports.await;
     if let Some(collector) = collector {
         let _ = collector.await;

@@ -1,9 +1,11 @@
 //! Turns nodes whose heartbeats stopped into `offline` nodes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::leader::LeaderGate;
 use crate::store::Store;
 
 /// Sweep often enough that a node is reported offline at most a quarter of
@@ -15,6 +17,7 @@ fn sweep_period(offline_after: Duration) -> Duration {
 pub(crate) async fn sweep_forever(
     store: Store,
     offline_after: Duration,
+    leader: Arc<LeaderGate>,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(sweep_period(offline_after));
@@ -23,6 +26,10 @@ pub(crate) async fn sweep_forever(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        // One replica sweeps, so a dead node is reported offline once.
+        if !leader.is_leader() {
+            continue;
         }
         match store.sweep(offline_after).await {
             Ok(0) => {}

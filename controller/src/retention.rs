@@ -1,8 +1,11 @@
 //! The periodic prune of aged records (see `store::retention`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::leader::LeaderGate;
 
 pub use crate::store::retention::Retention;
 use crate::store::Store;
@@ -16,6 +19,7 @@ pub(crate) async fn prune_forever(
     store: Store,
     retention: Retention,
     period: Duration,
+    leader: Arc<LeaderGate>,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(period);
@@ -24,6 +28,9 @@ pub(crate) async fn prune_forever(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        if !leader.is_leader() {
+            continue;
         }
         match store.prune_aged(&retention).await {
             Ok(report) => {

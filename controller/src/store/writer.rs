@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::store::sql::{params, Connection};
+use crate::store::sql::{params, Connection, OptionalExtension};
 use measurelab_api::http::{self, NodeStatus};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::batch::{in_savepoint, insert_event, json, Overlay, PendingReply, Reply};
 use super::checkpoint::Checkpointer;
-use super::codec::rfc3339;
+use super::codec::{parse_time, rfc3339};
 use super::error::StoreError;
 use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
@@ -464,6 +464,16 @@ fn set_overcommit(
     Ok(api)
 }
 
+/// The last heartbeat the database holds for `node_id` (whichever replica
+/// wrote it).
+fn stored_heartbeat(tx: &Connection, node_id: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    let stored: Option<Option<String>> = tx
+        .prepare_cached("SELECT last_heartbeat FROM nodes WHERE id = ?1")?
+        .query_row([node_id], |row| row.get(0))
+        .optional()?;
+    stored.flatten().map(|text| parse_time(&text)).transpose()
+}
+
 fn sweep(
     tx: &Connection,
     overlay: &mut Overlay<'_>,
@@ -490,6 +500,20 @@ fn sweep(
         let silent_for = instant.saturating_duration_since(node.last_contact);
         if node.status != NodeStatus::Online || silent_for <= offline_after {
             continue;
+        }
+        // Replicas on one database each hear only their own agents' heartbeats:
+        // one that another replica recorded in time keeps the node online,
+        // and refreshes this replica's image of it.
+        if let Some(heard) = stored_heartbeat(tx, &node.id)? {
+            let heard_ago = (now - heard).max(time::Duration::ZERO);
+            if node.last_heartbeat.is_none_or(|mine| heard > mine) && heard_ago <= offline_after {
+                node.last_heartbeat = Some(heard);
+                node.last_contact = instant
+                    .checked_sub(heard_ago.unsigned_abs())
+                    .unwrap_or(instant);
+                overlay.put(node);
+                continue;
+            }
         }
         node.status = NodeStatus::Offline;
         write_status(tx, &node)?;

@@ -171,6 +171,7 @@ impl TestController {
         config.heartbeat_interval = Duration::from_secs(1);
         config.offline_after = Duration::from_secs(60);
         tweak(&mut config);
+        let given_join_token = config.join_token.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(config, async move {
             let _ = stopped.await;
@@ -201,7 +202,7 @@ impl TestController {
             grpc: grpc_addr,
             data_dir: data_dir.to_path_buf(),
             admin_token: read("admin.token"),
-            join_token: read("join.token"),
+            join_token: given_join_token.unwrap_or_else(|| read("join.token")),
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,118 @@
+//! Two controller replicas on one PostgreSQL database (issue 13 §4): the
+//! liveness sweep runs on the leader only, and counts heartbeats the other
+//! replica heard.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{heartbeat_request, TestController};
+use measurelab_api::http::NodeStatus;
+
+/// The advisory key of the leader lock (store/sql/pg/keys.rs), as pg_locks
+/// shows a bigint key: high and low 32 bits.
+const LEADER_KEY: i64 = 0x6d6c_6162_0000_0002;
+
+/// How many sessions hold the leader lock.
+fn leader_locks(url: &str) -> i64 {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+                &[&(LEADER_KEY >> 32), &(LEADER_KEY & 0xffff_ffff)],
+            )
+            .unwrap()
+            .get(0)
+    })
+    .join()
+    .unwrap()
+}
+
+async fn replica(dir: &std::path::Path, url: &str, offline_after: Duration) -> TestController {
+    TestController::start_with(dir, |config| {
+        config.store_url = Some(url.to_string());
+        config.offline_after = offline_after;
+        // Replicas share the join token (and would share the TLS CA).
+        config.join_token = Some("replicas-join-token".into());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_heard_by_the_other_replica_stays_online_and_a_silent_one_goes_offline_once() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // As in nodes.rs: 15 heartbeats of margin for the beating node.
+    let offline_after = Duration::from_millis(1500);
+    let a = replica(dir_a.path(), db.url(), offline_after).await;
+    // A leads before B exists, so the sweeps that matter are A's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_locks(db.url()) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "replica A never took the leader lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let quiet = a.register("quiet", "").await;
+    let chatty = a.register("chatty", "").await;
+    // B loads the nodes at start (it learns of later ones only on restart:
+    // change notices between replicas are not built yet).
+    let b = replica(dir_b.path(), db.url(), offline_after).await;
+    assert_eq!(leader_locks(db.url()), 1);
+
+    // chatty beats to B only; quiet says nothing. Both were last heard by
+    // A at registration, so A's own image finds both silent at once.
+    let beating = {
+        let mut grpc = b.grpc().await;
+        let chatty = chatty.clone();
+        tokio::spawn(async move {
+            for sequence in 1.. {
+                grpc.heartbeat(heartbeat_request(&chatty, sequence))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let nodes = a
+        .wait_for("quiet offline at the leader", |nodes| {
+            nodes
+                .iter()
+                .any(|n| n.name == "quiet" && n.status == NodeStatus::Offline)
+        })
+        .await;
+    let chatty_at_a = nodes.iter().find(|n| n.name == "chatty").unwrap();
+    assert_eq!(
+        chatty_at_a.status,
+        NodeStatus::Online,
+        "heartbeats B recorded keep the node online at A"
+    );
+
+    // B, not leading, never sweeps: quiet goes offline once. Absence can
+    // only be watched over a window: four of B's sweep periods.
+    let watch_until = Instant::now() + offline_after;
+    loop {
+        let events = a.events().await.events;
+        let offline_events = events
+            .iter()
+            .filter(|e| e.reason == "NodeOffline")
+            .map(|e| e.object_id.as_str())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            offline_events,
+            [quiet.node_id.as_str()],
+            "{offline_events:?}"
+        );
+        if Instant::now() >= watch_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    beating.abort();
+    b.stop().await;
+    a.stop().await;
+}
