@@ -13,7 +13,8 @@ use measurelab_api::http::NodeStatus;
 /// shows a bigint key: high and low 32 bits.
 const LEADER_KEY: i64 = 0x6d6c_6162_0000_0002;
 
-/// How many sessions hold the leader lock.
+/// How many sessions hold the leader lock of this database (pg_locks shows
+/// every database's, and tests run beside each other on one server).
 fn leader_locks(url: &str) -> i64 {
     let url = url.to_string();
     std::thread::spawn(move || {
@@ -21,6 +22,7 @@ fn leader_locks(url: &str) -> i64 {
         client
             .query_one(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                    AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
                 &[&(LEADER_KEY >> 32), &(LEADER_KEY & 0xffff_ffff)],
             )
@@ -113,6 +115,63 @@ async fn a_node_heard_by_the_other_replica_stays_online_and_a_silent_one_goes_of
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     beating.abort();
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Poll `check` until it holds, failing after 10 s with `what`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registered_or_revoked_through_one_replica_is_known_to_the_other() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let long = Duration::from_secs(60);
+    let a = replica(dir_a.path(), db.url(), long).await;
+    let b = replica(dir_b.path(), db.url(), long).await;
+
+    // Registered through A after B loaded its image: B takes its heartbeats.
+    let node = a.register("n1", "").await;
+    let mut at_b = b.grpc().await;
+    let mut sequence = 0;
+    eventually("B accepts the heartbeats of a node A registered", || {
+        sequence += 1;
+        let (mut grpc, request) = (at_b.clone(), heartbeat_request(&node, sequence));
+        async move { grpc.heartbeat(request).await.is_ok() }
+    })
+    .await;
+
+    // Revoked through A: B refuses it, and says so in its API.
+    let (status, body) = a
+        .call(reqwest::Method::POST, "/v1/nodes/n1/revoke", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("B refuses the node A revoked", || {
+        sequence += 1;
+        let (mut grpc, request) = (at_b.clone(), heartbeat_request(&node, sequence));
+        async move {
+            grpc.heartbeat(request)
+                .await
+                .is_err_and(|status| status.code() == tonic::Code::Unauthenticated)
+        }
+    })
+    .await;
+    assert_eq!(b.node("n1").await.status, NodeStatus::Revoked);
+    let refused = at_b
+        .heartbeat(heartbeat_request(&node, sequence + 1))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("revoked"), "{refused:?}");
     b.stop().await;
     a.stop().await;
 }

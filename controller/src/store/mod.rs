@@ -33,6 +33,7 @@ pub(crate) mod programs;
 pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
+mod replica_notices;
 mod resources;
 pub(crate) mod result_series;
 pub(crate) mod retention;
@@ -161,13 +162,23 @@ impl Store {
         appliances::ensure_builtin(&resource_conn)?;
         let tokens = TokenBook::default();
         tokens.reload(&resource_conn)?;
-        let resources = ResourceStore::open(resource_conn, registry.clone(), pools, location)?;
-        let (writer, handle) = writer::spawn(
+        let resources =
+            ResourceStore::open(resource_conn, registry.clone(), pools, location.clone())?;
+        // Replicas on one PostgreSQL tell each other which nodes changed.
+        let replica = match &location {
+            Location::Postgres(_) => Some(codec::new_id()),
+            Location::Sqlite(_) => None,
+        };
+        let (writer, mut handle) = writer::spawn(
             write_conn,
             registry.clone(),
             durable_heartbeats,
             checkpointer,
+            replica.clone(),
         );
+        if let (Location::Postgres(url), Some(replica)) = (&location, replica) {
+            handle.follow(replica_notices::follow(url, replica, writer.clone())?);
+        }
         Ok((
             Store {
                 registry,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::store::sql::Connection;
+use crate::store::sql::{Connection, Row};
 use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
 
 use super::codec::{from_json, parse_time};
@@ -90,60 +90,73 @@ pub(crate) struct NewEvent {
     pub message: String,
 }
 
+/// The columns [`node_from_row`] reads, in its order.
+const NODE_COLUMNS: &str = "SELECT id, name, secret, status, registered_at, last_heartbeat,
+        agent_version, management_address, capabilities, resources, labels, last_sequence,
+        observed_generation, desired_generation, reported_labels, revoked_at,
+        cpu_overcommit, memory_overcommit
+    FROM nodes";
+
+/// A `nodes` row ([`NODE_COLUMNS`]) as the registry holds it, last heard at
+/// `contact`; and the digest to store when the row still holds a secret in
+/// clear (databases written before secrets were hashed).
+fn node_from_row(
+    row: &Row<'_>,
+    contact: Instant,
+) -> Result<(NodeEntry, Option<String>), StoreError> {
+    let stored_secret: String = row.get(2)?;
+    let (secret_digest, rehashed) = if stored_secret.starts_with(SECRET_DIGEST_PREFIX) {
+        (stored_secret, None)
+    } else {
+        let digest = secret_digest(&stored_secret);
+        (digest.clone(), Some(digest))
+    };
+    let status: String = row.get(3)?;
+    let registered_at: String = row.get(4)?;
+    let last_heartbeat: Option<String> = row.get(5)?;
+    let capabilities: String = row.get(8)?;
+    let resources: String = row.get(9)?;
+    let labels: String = row.get(10)?;
+    let reported_labels: String = row.get(14)?;
+    let revoked_at: Option<String> = row.get(15)?;
+    let entry = NodeEntry {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        secret_digest,
+        status: match status.as_str() {
+            "online" => NodeStatus::Online,
+            "offline" => NodeStatus::Offline,
+            other => return Err(StoreError::Corrupt(format!("nodes.status {other:?}"))),
+        },
+        registered_at: parse_time(&registered_at)?,
+        last_heartbeat: last_heartbeat.as_deref().map(parse_time).transpose()?,
+        last_contact: contact,
+        agent_version: row.get(6)?,
+        management_address: row.get(7)?,
+        capabilities: from_json("nodes.capabilities", &capabilities)?,
+        resources: from_json("nodes.resources", &resources)?,
+        labels: from_json("nodes.labels", &labels)?,
+        overcommit: Overcommit::from_stored(row.get(16)?, row.get(17)?),
+        reported_labels: from_json("nodes.reported_labels", &reported_labels)?,
+        revoked_at: revoked_at.as_deref().map(parse_time).transpose()?,
+        last_sequence: row.get::<i64>(11)? as u64,
+        observed_generation: row.get::<i64>(12)? as u64,
+        desired_generation: row.get::<i64>(13)? as u64,
+    };
+    Ok((entry, rehashed))
+}
+
 pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Registry, StoreError> {
     let mut registry = Registry::default();
-    let mut statement = conn.prepare(
-        "SELECT id, name, secret, status, registered_at, last_heartbeat, agent_version,
-                management_address, capabilities, resources, labels, last_sequence,
-                observed_generation, desired_generation, reported_labels, revoked_at,
-                cpu_overcommit, memory_overcommit
-         FROM nodes",
-    )?;
+    let mut statement = conn.prepare(NODE_COLUMNS)?;
     let mut rows = statement.query([])?;
     let mut plaintext = Vec::new();
     while let Some(row) = rows.next()? {
-        let id: String = row.get(0)?;
-        let stored_secret: String = row.get(2)?;
-        // Databases written before secrets were hashed hold them in clear.
-        let secret_digest = if stored_secret.starts_with(SECRET_DIGEST_PREFIX) {
-            stored_secret
-        } else {
-            let digest = secret_digest(&stored_secret);
-            plaintext.push((id.clone(), digest.clone()));
-            digest
-        };
-        let status: String = row.get(3)?;
-        let registered_at: String = row.get(4)?;
-        let last_heartbeat: Option<String> = row.get(5)?;
-        let capabilities: String = row.get(8)?;
-        let resources: String = row.get(9)?;
-        let labels: String = row.get(10)?;
-        let reported_labels: String = row.get(14)?;
-        let revoked_at: Option<String> = row.get(15)?;
-        registry.upsert(NodeEntry {
-            id,
-            name: row.get(1)?,
-            secret_digest,
-            status: match status.as_str() {
-                "online" => NodeStatus::Online,
-                "offline" => NodeStatus::Offline,
-                other => return Err(StoreError::Corrupt(format!("nodes.status {other:?}"))),
-            },
-            registered_at: parse_time(&registered_at)?,
-            last_heartbeat: last_heartbeat.as_deref().map(parse_time).transpose()?,
-            last_contact: startup,
-            agent_version: row.get(6)?,
-            management_address: row.get(7)?,
-            capabilities: from_json("nodes.capabilities", &capabilities)?,
-            resources: from_json("nodes.resources", &resources)?,
-            labels: from_json("nodes.labels", &labels)?,
-            overcommit: Overcommit::from_stored(row.get(16)?, row.get(17)?),
-            reported_labels: from_json("nodes.reported_labels", &reported_labels)?,
-            revoked_at: revoked_at.as_deref().map(parse_time).transpose()?,
-            last_sequence: row.get::<i64>(11)? as u64,
-            observed_generation: row.get::<i64>(12)? as u64,
-            desired_generation: row.get::<i64>(13)? as u64,
-        });
+        let (entry, rehashed) = node_from_row(&row, startup)?;
+        if let Some(digest) = rehashed {
+            plaintext.push((entry.id.clone(), digest));
+        }
+        registry.upsert(entry);
     }
     for (id, digest) in plaintext {
         conn.execute(
@@ -152,6 +165,21 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
         )?;
     }
     Ok(registry)
+}
+
+/// One node as the database holds it now (another replica may have written
+/// it), last heard at `contact`; `None` once it is deleted.
+pub(crate) fn load_node(
+    conn: &Connection,
+    id: &str,
+    contact: Instant,
+) -> Result<Option<NodeEntry>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!("{NODE_COLUMNS} WHERE id = ?1"))?;
+    let mut rows = statement.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(node_from_row(&row, contact)?.0)),
+        None => Ok(None),
+    }
 }
 
 /// Constant-time comparison, so response timing does not leak how many

@@ -22,10 +22,12 @@ use super::codec::{parse_time, rfc3339};
 use super::error::StoreError;
 use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
-    check_secret, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered, ShipLogsInput,
-    LOG_LINES_PER_NODE,
+    check_secret, load_node, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
+    ShipLogsInput, LOG_LINES_PER_NODE,
 };
 use super::registry::{NodeEntry, Registry};
+use super::replica_notices;
+use super::sql::pg::Listener;
 use crate::placement::overcommit::Overcommit;
 
 /// Upper bound of commands per transaction, so one batch cannot hold the
@@ -58,6 +60,9 @@ pub(crate) enum WriteCommand {
         offline_after: Duration,
         reply: Reply<usize>,
     },
+    /// Reload these nodes (`None`: all) from the database into the image:
+    /// another replica changed them ([`super::replica_notices`]).
+    ReloadNodes(Option<Vec<String>>),
     Stop,
 }
 
@@ -66,6 +71,9 @@ pub(crate) struct WriterHandle {
     thread: std::thread::JoinHandle<()>,
     /// SQLite's alone.
     checkpointer: Option<Checkpointer>,
+    /// PostgreSQL's alone: other replicas' notices, followed until the
+    /// writer has stopped.
+    listener: Option<Listener>,
 }
 
 impl WriterHandle {
@@ -74,6 +82,7 @@ impl WriterHandle {
         let WriterHandle {
             thread,
             checkpointer,
+            listener,
         } = self;
         // join() blocks, so keep it off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
@@ -81,6 +90,7 @@ impl WriterHandle {
             if let Some(checkpointer) = checkpointer {
                 checkpointer.stop();
             }
+            drop(listener);
             result
         })
         .await;
@@ -95,6 +105,7 @@ pub(crate) fn spawn(
     registry: Arc<RwLock<Registry>>,
     durable_heartbeats: bool,
     checkpointer: Option<Checkpointer>,
+    replica: Option<String>,
 ) -> (mpsc::Sender<WriteCommand>, WriterHandle) {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let thread = std::thread::Builder::new()
@@ -104,6 +115,7 @@ pub(crate) fn spawn(
                 conn,
                 registry,
                 durable_heartbeats,
+                replica,
             }
             .run(receiver)
         });
@@ -117,14 +129,25 @@ pub(crate) fn spawn(
         WriterHandle {
             thread,
             checkpointer,
+            listener: None,
         },
     )
+}
+
+impl WriterHandle {
+    /// Keep `listener` until the writer it feeds has stopped.
+    pub(crate) fn follow(&mut self, listener: Listener) {
+        self.listener = Some(listener);
+    }
 }
 
 struct Writer {
     conn: Connection,
     registry: Arc<RwLock<Registry>>,
     durable_heartbeats: bool,
+    /// This replica's id in change notices; `None` on SQLite (one
+    /// controller, nothing to announce).
+    replica: Option<String>,
 }
 
 fn write_status(tx: &Connection, node: &NodeEntry) -> Result<(), StoreError> {
@@ -173,11 +196,33 @@ impl Writer {
         let batch_len = batch.len();
         let batch_started = Instant::now();
         let mut commit_time = Duration::ZERO;
+        // Which changes the other replicas must hear of (see replica_notices).
+        let mut announce_all = false;
+        let mut reloaded: HashSet<String> = HashSet::new();
+        let replica = self.replica.clone();
         let outcome = (|| -> Result<(), StoreError> {
             let mut tx = self.conn.transaction()?;
             for command in batch {
+                announce_all |= matches!(
+                    command,
+                    WriteCommand::Register(..)
+                        | WriteCommand::SetLabels { .. }
+                        | WriteCommand::SetOvercommit { .. }
+                        | WriteCommand::Identity(_)
+                );
                 match command {
                     WriteCommand::Stop => stop = true,
+                    WriteCommand::ReloadNodes(ids) => {
+                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
+                            reload_nodes(tx, overlay, ids, instant)
+                        });
+                        match result {
+                            Ok(ids) => reloaded.extend(ids),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reloading nodes another replica changed failed")
+                            }
+                        }
+                    }
                     WriteCommand::Register(input, reply) => {
                         let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
                             node_identity::register(tx, overlay, input, now, instant)
@@ -237,6 +282,10 @@ impl Writer {
                         replies.push(PendingReply::Count(reply, result));
                     }
                 }
+            }
+            if let Some(replica) = &replica {
+                let ids = nodes_to_announce(&overlay, announce_all, &reloaded);
+                replica_notices::announce(&tx, replica, &ids)?;
             }
             let commit_started = Instant::now();
             tx.commit()?;
@@ -462,6 +511,60 @@ fn set_overcommit(
     let api = node.to_api();
     overlay.put(node);
     Ok(api)
+}
+
+/// Reload `ids` (`None`: every node) from the database into the image,
+/// keeping when this replica last heard each; the ids reloaded.
+fn reload_nodes(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    ids: Option<Vec<String>>,
+    instant: Instant,
+) -> Result<Vec<String>, StoreError> {
+    let ids = match ids {
+        Some(ids) => ids,
+        None => {
+            let mut all: HashSet<String> = tx
+                .prepare("SELECT id FROM nodes")?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let registry = overlay.registry.read().unwrap_or_else(|e| e.into_inner());
+            all.extend(registry.iter().map(|node| node.id.clone()));
+            all.into_iter().collect()
+        }
+    };
+    for id in &ids {
+        let contact = overlay.get(id).map_or(instant, |node| node.last_contact);
+        match load_node(tx, id, contact)? {
+            Some(node) => overlay.put(node),
+            None => overlay.remove(id),
+        }
+    }
+    Ok(ids)
+}
+
+/// The nodes this batch changed that other replicas must reload: every one
+/// touched when the batch held a registration, label, overcommit or
+/// identity command; otherwise (heartbeats, the sweep) those whose status
+/// changed. Never what this batch itself reloaded from another replica's
+/// notice, or replicas would echo notices back and forth.
+fn nodes_to_announce(
+    overlay: &Overlay<'_>,
+    announce_all: bool,
+    reloaded: &HashSet<String>,
+) -> Vec<String> {
+    let registry = overlay.registry.read().unwrap_or_else(|e| e.into_inner());
+    let changed = overlay.changed.values().filter(|node| {
+        announce_all
+            || registry
+                .by_id(&node.id)
+                .is_none_or(|before| before.status != node.status)
+    });
+    changed
+        .map(|node| node.id.clone())
+        .chain(overlay.removed.iter().cloned())
+        .filter(|id| !reloaded.contains(id))
+        .collect()
 }
 
 /// The last heartbeat the database holds for `node_id` (whichever replica

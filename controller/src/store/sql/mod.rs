@@ -296,6 +296,16 @@ impl Connection {
         }
     }
 
+    /// `NOTIFY channel, payload`, delivered to listening replicas when the
+    /// open transaction commits. Nothing on SQLite, whose database one
+    /// controller owns.
+    pub(crate) fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(driver) => Ok(driver.borrow_mut().notify(channel, payload)?),
+        }
+    }
+
     /// A private in-memory SQLite database, for tests of SQL alone.
     #[cfg(test)]
     pub(crate) fn open_in_memory() -> Result<Self> {
