@@ -175,3 +175,62 @@ async fn a_node_registered_or_revoked_through_one_replica_is_known_to_the_other(
     b.stop().await;
     a.stop().await;
 }
+
+/// The next hint, if it comes well within the stream's keepalive: one that
+/// does was pushed by a change.
+async fn next_hint(
+    hints: &mut tonic::Streaming<measurelab_api::node_v1::DesiredStateHint>,
+) -> Result<
+    Result<Option<measurelab_api::node_v1::DesiredStateHint>, tonic::Status>,
+    tokio::time::error::Elapsed,
+> {
+    tokio::time::timeout(Duration::from_secs(5), hints.message()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_state_change_through_one_replica_wakes_the_agent_streaming_from_the_other() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let long = Duration::from_secs(60);
+    let a = replica(dir_a.path(), db.url(), long).await;
+    let node = a.register("n1", "").await;
+    let b = replica(dir_b.path(), db.url(), long).await;
+    let mut hints = b
+        .grpc()
+        .await
+        .watch_desired_state(measurelab_api::node_v1::WatchDesiredStateRequest {
+            node_id: node.node_id.clone(),
+            node_secret: node.node_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_hint(&mut hints).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.desired_generation, 0);
+
+    let (status, body) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/platforms",
+            Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pushed = next_hint(&mut hints)
+        .await
+        .expect("B pushed the change A committed")
+        .unwrap()
+        .unwrap();
+    assert!(pushed.desired_generation > 0, "{pushed:?}");
+    let answered = b
+        .grpc()
+        .await
+        .heartbeat(heartbeat_request(&node, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.desired_generation, pushed.desired_generation);
+    drop(hints);
+    b.stop().await;
+    a.stop().await;
+}

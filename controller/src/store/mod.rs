@@ -34,6 +34,7 @@ pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
 mod replica_notices;
+mod replica_sync;
 mod resources;
 pub(crate) mod result_series;
 pub(crate) mod retention;
@@ -162,13 +163,18 @@ impl Store {
         appliances::ensure_builtin(&resource_conn)?;
         let tokens = TokenBook::default();
         tokens.reload(&resource_conn)?;
-        let resources =
-            ResourceStore::open(resource_conn, registry.clone(), pools, location.clone())?;
-        // Replicas on one PostgreSQL tell each other which nodes changed.
+        // Replicas on one PostgreSQL tell each other what changed.
         let replica = match &location {
             Location::Postgres(_) => Some(codec::new_id()),
             Location::Sqlite(_) => None,
         };
+        let resources = ResourceStore::open(
+            resource_conn,
+            registry.clone(),
+            pools,
+            location.clone(),
+            replica.as_deref().map(Arc::from),
+        )?;
         let (writer, mut handle) = writer::spawn(
             write_conn,
             registry.clone(),
@@ -177,7 +183,16 @@ impl Store {
             replica.clone(),
         );
         if let (Location::Postgres(url), Some(replica)) = (&location, replica) {
-            handle.follow(replica_notices::follow(url, replica, writer.clone())?);
+            handle.follow(replica_sync::follow_nodes(
+                url,
+                replica.clone(),
+                writer.clone(),
+            )?);
+            handle.follow(replica_sync::follow_generations(
+                url,
+                replica,
+                resources.clone(),
+            )?);
         }
         Ok((
             Store {

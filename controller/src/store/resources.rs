@@ -117,6 +117,16 @@ impl TxContext<'_> {
     }
 }
 
+fn stored_generations(conn: &Connection) -> Result<HashMap<String, u64>, StoreError> {
+    let mut generations = HashMap::new();
+    let mut statement = conn.prepare("SELECT node_id, generation FROM node_generations")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        generations.insert(row.get::<String>(0)?, row.get::<u64>(1)?);
+    }
+    Ok(generations)
+}
+
 /// Handle to the resource store; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ResourceStore {
@@ -128,6 +138,9 @@ pub(crate) struct ResourceStore {
     pools: Arc<Pools>,
     /// The database, for readers of their own ([`ResourceStore::reader`]).
     location: Arc<Location>,
+    /// This replica's id in desired-state notices to the other replicas
+    /// (`super::replica_notices`); `None` on SQLite.
+    replica: Option<Arc<str>>,
 }
 
 impl ResourceStore {
@@ -136,15 +149,9 @@ impl ResourceStore {
         registry: Arc<RwLock<Registry>>,
         pools: Pools,
         location: Location,
+        replica: Option<Arc<str>>,
     ) -> Result<Self, StoreError> {
-        let mut generations = HashMap::new();
-        {
-            let mut statement = conn.prepare("SELECT node_id, generation FROM node_generations")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                generations.insert(row.get::<String>(0)?, row.get::<u64>(1)?);
-            }
-        }
+        let generations = stored_generations(&conn)?;
         Ok(ResourceStore {
             conn: Arc::new(Mutex::new(conn)),
             registry,
@@ -152,6 +159,7 @@ impl ResourceStore {
             generation_watchers: Arc::default(),
             pools: Arc::new(pools),
             location: Arc::new(location),
+            replica,
         })
     }
 
@@ -179,6 +187,33 @@ impl ResourceStore {
             .entry(node_id.to_string())
             .or_insert_with(|| tokio::sync::watch::channel(current).0);
         sender.subscribe()
+    }
+
+    /// Generations another replica committed: mirror the newer ones and
+    /// wake this replica's followers of those nodes.
+    pub(crate) fn learn_generations(&self, learned: &[(String, u64)]) {
+        let mut newer = Vec::new();
+        {
+            let mut generations = self.generations.write().unwrap_or_else(|e| e.into_inner());
+            for (node, generation) in learned {
+                if generations.get(node).is_none_or(|known| known < generation) {
+                    generations.insert(node.clone(), *generation);
+                    newer.push((node.clone(), *generation));
+                }
+            }
+        }
+        self.announce_generations(&newer);
+    }
+
+    /// Every node's generation as the database holds it, learned as above
+    /// (after notices may have been missed).
+    pub(crate) fn relearn_generations(&self) -> Result<(), StoreError> {
+        let stored = {
+            let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            stored_generations(&conn)?
+        };
+        self.learn_generations(&stored.into_iter().collect::<Vec<_>>());
+        Ok(())
     }
 
     fn announce_generations(&self, touched: &[(String, u64)]) {
@@ -241,6 +276,9 @@ impl ResourceStore {
                 .map(|g| (node.clone(), g as u64))
             })
             .collect::<Result<_, _>>()?;
+        if let Some(replica) = &self.replica {
+            super::replica_notices::announce_generations(&tx, replica, &touched)?;
+        }
         tx.commit()?;
         self.generations
             .write()

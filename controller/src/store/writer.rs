@@ -73,7 +73,7 @@ pub(crate) struct WriterHandle {
     checkpointer: Option<Checkpointer>,
     /// PostgreSQL's alone: other replicas' notices, followed until the
     /// writer has stopped.
-    listener: Option<Listener>,
+    listeners: Vec<Listener>,
 }
 
 impl WriterHandle {
@@ -82,7 +82,7 @@ impl WriterHandle {
         let WriterHandle {
             thread,
             checkpointer,
-            listener,
+            listeners,
         } = self;
         // join() blocks, so keep it off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
@@ -90,7 +90,7 @@ impl WriterHandle {
             if let Some(checkpointer) = checkpointer {
                 checkpointer.stop();
             }
-            drop(listener);
+            drop(listeners);
             result
         })
         .await;
@@ -129,15 +129,15 @@ pub(crate) fn spawn(
         WriterHandle {
             thread,
             checkpointer,
-            listener: None,
+            listeners: Vec::new(),
         },
     )
 }
 
 impl WriterHandle {
-    /// Keep `listener` until the writer it feeds has stopped.
+    /// Keep `listener` until the writer has stopped.
     pub(crate) fn follow(&mut self, listener: Listener) {
-        self.listener = Some(listener);
+        self.listeners.push(listener);
     }
 }
 
@@ -285,7 +285,7 @@ impl Writer {
             }
             if let Some(replica) = &replica {
                 let ids = nodes_to_announce(&overlay, announce_all, &reloaded);
-                replica_notices::announce(&tx, replica, &ids)?;
+                replica_notices::announce_nodes(&tx, replica, &ids)?;
             }
             let commit_started = Instant::now();
             tx.commit()?;
