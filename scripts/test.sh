@@ -68,7 +68,9 @@ export MEASURELAB_TEST_PG_URL
 cargo nextest run --workspace
 cargo test --workspace --doc
 echo "== the controller's tests again, its tables on PostgreSQL (--store postgres://)"
-MEASURELAB_TEST_STORE=postgres cargo nextest run -p measurelab-controller --tests
+# --workspace with a filter, not -p: the same features as the run above, so
+# the test binaries are reused instead of built again.
+MEASURELAB_TEST_STORE=postgres cargo nextest run --workspace -E 'package(measurelab-controller)'
 echo "== the last release's agent and guest agent, for the mixed-version tests"
 # Built from the commit in compat/released/RELEASE (git history, so CI's
 # clone must not be shallow) into target/released/<commit>; timed here, on
