@@ -86,18 +86,23 @@ fn unknown_grpc_netns_is_an_error_naming_the_flag() {
     assert!(stderr.contains("--grpc-netns"), "{stderr}");
 }
 
+/// `measurelab controller` on `data`, HTTP on a free loopback port
+/// (published in http.addr), gRPC on `grpc_listen`.
+fn controller_command(data: &std::path::Path, grpc_listen: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(["controller", "--data-dir"]).arg(data).args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        grpc_listen,
+    ]);
+    command
+}
+
 /// The stderr of a controller that must refuse to start with `flags`.
 fn controller_refusal(flags: &[&str]) -> String {
     let data = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["controller", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
+    let out = controller_command(data.path(), "127.0.0.1:0")
         .args(flags)
         .output()
         .unwrap();
@@ -139,32 +144,22 @@ fn platforms_draw_from_the_pools_set_on_the_command_line() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["controller", "--data-dir"])
-        .arg(data.path())
-        .args(["--http-listen", "127.0.0.1:0", "--grpc-listen"])
-        .arg(grpc.to_string())
-        .arg("--join-token-file")
-        .arg(&join_token_file)
-        .args(["--vlan-pool", "3000-3000", "--subnet-pool", "10.77.0.0/16"])
-        .args(["--tunnel-pool", "100.64.0.0/16"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (http, admin) = loop {
-        let addr = std::fs::read_to_string(data.path().join("http.addr")).unwrap_or_default();
-        let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap_or_default();
-        if !token.trim().is_empty()
-            && get(addr.trim(), "/healthz").is_some_and(|r| r.contains(" 200 "))
-        {
-            break (addr.trim().to_string(), token.trim().to_string());
-        }
-        assert!(Instant::now() < deadline, "controller did not come up");
-        assert!(child.try_wait().unwrap().is_none(), "controller exited");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let join_token_file = join_token_file.to_str().unwrap();
+    let (mut child, http, admin) = start_controller(
+        data.path(),
+        &grpc.to_string(),
+        &[
+            "--join-token-file",
+            join_token_file,
+            "--vlan-pool",
+            "3000-3000",
+            "--subnet-pool",
+            "10.77.0.0/16",
+            "--tunnel-pool",
+            "100.64.0.0/16",
+        ],
+        &[],
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -222,18 +217,11 @@ fn a_store_neither_sqlite_nor_postgres_is_refused_naming_the_flag() {
 /// token, given `flags` and `env`.
 fn start_controller(
     data: &std::path::Path,
+    grpc_listen: &str,
     flags: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["controller", "--data-dir"])
-        .arg(data)
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = controller_command(data, grpc_listen)
         .args(flags)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -262,9 +250,14 @@ fn start_controller(
 fn controllers_on_one_postgres_store_share_its_tables() {
     let db = measurelab_testbed::pg::database().unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, a_http, a_admin) = start_controller(a_dir.path(), &["--store", db.url()], &[]);
-    let (mut b, b_http, b_admin) =
-        start_controller(b_dir.path(), &[], &[("MEASURELAB_STORE", db.url())]);
+    let (mut a, a_http, a_admin) =
+        start_controller(a_dir.path(), "127.0.0.1:0", &["--store", db.url()], &[]);
+    let (mut b, b_http, b_admin) = start_controller(
+        b_dir.path(),
+        "127.0.0.1:0",
+        &[],
+        &[("MEASURELAB_STORE", db.url())],
+    );
     for dir in [&a_dir, &b_dir] {
         assert!(!dir.path().join("controller.db").exists());
     }

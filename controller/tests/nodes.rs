@@ -255,18 +255,7 @@ async fn silent_node_goes_offline_and_comes_back_on_its_next_heartbeat() {
     let mut grpc = controller.grpc().await;
 
     // chatty keeps beating well inside the deadline; quiet says nothing.
-    let beating = {
-        let mut grpc = grpc.clone();
-        let chatty = chatty.clone();
-        tokio::spawn(async move {
-            for sequence in 1.. {
-                grpc.heartbeat(heartbeat_request(&chatty, sequence))
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beating = common::keep_beating(grpc.clone(), chatty.clone());
     let nodes = controller
         .wait_for("quiet offline", |nodes| {
             nodes

@@ -68,18 +68,7 @@ async fn a_node_heard_by_the_other_replica_stays_online_and_a_silent_one_goes_of
 
     // chatty beats to B only; quiet says nothing. Both were last heard by
     // A at registration, so A's own image finds both silent at once.
-    let beating = {
-        let mut grpc = b.grpc().await;
-        let chatty = chatty.clone();
-        tokio::spawn(async move {
-            for sequence in 1.. {
-                grpc.heartbeat(heartbeat_request(&chatty, sequence))
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beating = common::keep_beating(b.grpc().await, chatty.clone());
     let nodes = a
         .wait_for("quiet offline at the leader", |nodes| {
             nodes

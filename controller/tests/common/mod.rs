@@ -139,6 +139,23 @@ pub fn usage() -> ResourceUsage {
     }
 }
 
+/// Heartbeats from `node` every 100 ms through `grpc` until the task is
+/// aborted: 15 of them inside the tests' 1.5 s deadline, so a loaded
+/// machine stalling the test for a few hundred ms cannot make it flap.
+pub fn keep_beating(
+    mut grpc: NodeServiceClient<Channel>,
+    node: RegisterResponse,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for sequence in 1.. {
+            grpc.heartbeat(heartbeat_request(&node, sequence))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 pub fn heartbeat_request(registered: &RegisterResponse, sequence: u64) -> HeartbeatRequest {
     HeartbeatRequest {
         node_id: registered.node_id.clone(),
