@@ -88,7 +88,7 @@ pub use measurelab_httpserve::Limits as HttpLimits;
 pub use retention::Retention;
 pub use store::StoreError;
 pub use tls::{TlsConfig, TlsError};
-pub use tokens::TokenError;
+pub use tokens::{TokenError, ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 
 /// Everything the controller needs to run. Listeners are bound by the caller,
 /// so the gRPC side can live in another network namespace and tests can bind
@@ -331,6 +331,9 @@ pub enum ControllerError {
     /// TLS could not be set up (CA, certificates, keys).
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The data-dir files replicas of one database share could not be shared.
+    #[error("{0}")]
+    ReplicaFiles(Box<store::replica_files::ReplicaFilesError<ControllerError>>),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
@@ -340,6 +343,43 @@ pub enum ControllerError {
     /// A server task panicked.
     #[error("controller task failed: {0}")]
     Task(String),
+}
+
+/// Replicas of one PostgreSQL database serve the same nodes and operators,
+/// so they must hold the same tokens and CA: take the ones another replica
+/// published, publish this one's otherwise (see `store::replica_files`).
+fn share_with_replicas(url: &str, config: &ControllerConfig) -> Result<(), ControllerError> {
+    use store::replica_files::{self, ReplicaFilesError, SharedFile};
+    let secret = |name| SharedFile { name, mode: 0o600 };
+    let mut files = vec![secret(ADMIN_TOKEN_FILE)];
+    if config.join_token.is_none() {
+        files.push(secret(JOIN_TOKEN_FILE));
+    }
+    if config.tls.is_some() {
+        files.push(SharedFile {
+            name: tls::CA_CERT_FILE,
+            mode: 0o644,
+        });
+        files.push(secret(tls::CA_KEY_FILE));
+    }
+    let data_dir = &config.data_dir;
+    let shared = replica_files::share(url, data_dir, &files, || {
+        for file in &files {
+            if file.name == ADMIN_TOKEN_FILE || file.name == JOIN_TOKEN_FILE {
+                tokens::load_or_create(&data_dir.join(file.name))?;
+            }
+        }
+        if config.tls.is_some() {
+            tls::Ca::load_or_create(data_dir)?;
+        }
+        Ok::<(), ControllerError>(())
+    })
+    .map_err(|err| match err {
+        ReplicaFilesError::Create(err) => err,
+        err => ControllerError::ReplicaFiles(Box::new(err)),
+    })?;
+    tracing::info!(adopted = ?shared.adopted, published = ?shared.published, "data-dir files shared with the other replicas of the database");
+    Ok(())
 }
 
 /// Run the controller until `shutdown` completes, then drain: stop accepting,
@@ -397,16 +437,11 @@ pub async fn run(
         Some(lock) => lock,
         None => DataDirLock::acquire(&config.data_dir)?,
     };
-    let admin_token = tokens::load_or_create(&config.data_dir.join("admin.token"))?;
-    let join_token = match config.join_token {
-        Some(token) if token.trim().is_empty() => {
-            return Err(ControllerError::Config(
-                "join_token must not be empty".into(),
-            ))
-        }
-        Some(token) => token,
-        None => tokens::load_or_create(&config.data_dir.join("join.token"))?,
-    };
+    if matches!(&config.join_token, Some(token) if token.trim().is_empty()) {
+        return Err(ControllerError::Config(
+            "join_token must not be empty".into(),
+        ));
+    }
     if let Some(url) = &config.store_url {
         if !is_postgres_url(url) {
             return Err(ControllerError::Config(
@@ -424,6 +459,15 @@ pub async fn run(
             tunnels: config.tunnel_pool,
         },
     )?;
+    // After the store (which made the table), before the files are read.
+    if let Some(url) = &config.store_url {
+        share_with_replicas(url, &config)?;
+    }
+    let admin_token = tokens::load_or_create(&config.data_dir.join(ADMIN_TOKEN_FILE))?;
+    let join_token = match config.join_token {
+        Some(token) => token,
+        None => tokens::load_or_create(&config.data_dir.join(JOIN_TOKEN_FILE))?,
+    };
 
     let listener = |which, listener: std::net::TcpListener| {
         listener
@@ -627,5 +671,75 @@ mod tests {
         assert!(!apart("10.0.0.0/8", "10.99.0.0/16"));
         assert!(!apart("100.100.0.0/16", "100.96.0.0/12"));
         assert!(!apart("10.5.5.0/24", "10.5.5.0/24"));
+    }
+
+    fn replica_config(data_dir: &std::path::Path, url: &str) -> ControllerConfig {
+        let listener = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = ControllerConfig::new(data_dir, listener(), listener());
+        config.store_url = Some(url.to_string());
+        config.tls = Some(tls::TlsConfig::generated(vec!["localhost".into()]));
+        config
+    }
+
+    #[test]
+    fn replicas_of_one_database_hold_the_same_tokens_and_ca_or_refuse_to_start() {
+        let db = measurelab_testbed::pg::database().unwrap();
+        let url = db.url().to_string();
+        std::thread::spawn({
+            let url = url.clone();
+            move || store::sql::pg::PgDriver::connect(&url)?.migrate()
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        let shared = [
+            ADMIN_TOKEN_FILE,
+            JOIN_TOKEN_FILE,
+            tls::CA_CERT_FILE,
+            tls::CA_KEY_FILE,
+        ];
+        let read = |dir: &tempfile::TempDir, name: &str| {
+            std::fs::read_to_string(dir.path().join(name)).unwrap()
+        };
+
+        // The first replica makes its files and publishes them; the second,
+        // from an empty data dir, takes them.
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        share_with_replicas(&url, &replica_config(first.path(), &url)).unwrap();
+        share_with_replicas(&url, &replica_config(second.path(), &url)).unwrap();
+        for name in shared {
+            assert_eq!(read(&first, name), read(&second, name), "{name}");
+        }
+        let mode = |dir: &tempfile::TempDir, name: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&second, tls::CA_KEY_FILE), 0o600);
+        assert_eq!(mode(&second, ADMIN_TOKEN_FILE), 0o600);
+        // The CA the second replica took signs what the first one's verifies.
+        let ca = tls::Ca::load_or_create(second.path()).unwrap();
+        assert_eq!(
+            ca.fingerprint(),
+            tls::Ca::load_or_create(first.path()).unwrap().fingerprint()
+        );
+
+        // A replica with a CA of its own is refused, and keeps it.
+        let third = tempfile::tempdir().unwrap();
+        tls::Ca::load_or_create(third.path()).unwrap();
+        let own_ca = read(&third, tls::CA_CERT_FILE);
+        let err = share_with_replicas(&url, &replica_config(third.path(), &url)).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&third.path().join(tls::CA_CERT_FILE).display().to_string())
+                && message.contains("differs"),
+            "{message}"
+        );
+        assert_eq!(read(&third, tls::CA_CERT_FILE), own_ca);
+        // Nothing was taken before the refusal either.
+        assert!(!third.path().join(ADMIN_TOKEN_FILE).exists());
     }
 }

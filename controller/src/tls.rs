@@ -143,7 +143,8 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
     params.not_after = now + lifetime;
 }
 
-fn read(path: &Path) -> Result<Option<String>, TlsError> {
+/// The text of `path`, or `None` when it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, TlsError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -156,7 +157,7 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
 
 /// Write `contents` to `path` with `mode`, atomically (tmp + rename), so a
 /// crash never leaves half a key.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     let io = |source| TlsError::Io {
         path: path.to_path_buf(),
         source,
@@ -203,7 +204,7 @@ impl Ca {
     pub fn load_or_create(data_dir: &Path) -> Result<Ca, TlsError> {
         let cert_path = data_dir.join(CA_CERT_FILE);
         let key_path = data_dir.join(CA_KEY_FILE);
-        match (read(&cert_path)?, read(&key_path)?) {
+        match (read_optional(&cert_path)?, read_optional(&key_path)?) {
             (Some(pem), Some(key_pem)) => {
                 let key = KeyPair::from_pem(&key_pem)
                     .map_err(|e| invalid(key_path.display().to_string(), e))?;
@@ -240,9 +241,9 @@ impl Ca {
                 // at the next start, a key without certificate too, but a
                 // rerun after the key alone is written is impossible to
                 // confuse with a valid pair.
-                write_file(&key_path, &key.serialize_pem(), 0o600)?;
+                write_atomically(&key_path, &key.serialize_pem(), 0o600)?;
                 let pem = cert.pem();
-                write_file(&cert_path, &pem, 0o644)?;
+                write_atomically(&cert_path, &pem, 0o644)?;
                 tracing::info!(path = %cert_path.display(), fingerprint = %fingerprint(cert.der()), "created the controller CA");
                 Ok(Ca {
                     der: cert.der().to_vec(),
@@ -510,10 +511,10 @@ impl ServerTls {
         let ca = Arc::new(Ca::load_or_create(data_dir)?);
         let (chain_pem, key_pem) = match &config.cert_files {
             Some((cert, key)) => {
-                let chain = read(cert)?.ok_or_else(|| {
+                let chain = read_optional(cert)?.ok_or_else(|| {
                     invalid("tls_cert", format!("{} does not exist", cert.display()))
                 })?;
-                let key_pem = read(key)?.ok_or_else(|| {
+                let key_pem = read_optional(key)?.ok_or_else(|| {
                     invalid("tls_key", format!("{} does not exist", key.display()))
                 })?;
                 parse_certs(&chain, "tls_cert")?;

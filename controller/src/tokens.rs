@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 
+/// The operator's admin token, in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The join token agents register with, in the data directory (unless
+/// `ControllerConfig::join_token` gives one).
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+
 /// Errors reading or creating a token file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

@@ -1,6 +1,6 @@
 //! Two controller replicas on one PostgreSQL database (issue 13 §4): the
 //! liveness sweep runs on the leader only, and counts heartbeats the other
-//! replica heard.
+//! replica heard; nodes, desired state and tokens cross between them.
 
 mod common;
 
@@ -37,8 +37,6 @@ async fn replica(dir: &std::path::Path, url: &str, offline_after: Duration) -> T
     TestController::start_with(dir, |config| {
         config.store_url = Some(url.to_string());
         config.offline_after = offline_after;
-        // Replicas share the join token (and would share the TLS CA).
-        config.join_token = Some("replicas-join-token".into());
     })
     .await
 }
@@ -128,6 +126,13 @@ async fn a_node_registered_or_revoked_through_one_replica_is_known_to_the_other(
     let long = Duration::from_secs(60);
     let a = replica(dir_a.path(), db.url(), long).await;
     let b = replica(dir_b.path(), db.url(), long).await;
+    // B started from an empty data dir and took A's tokens from the
+    // database: an operator's token and a node's join token work at both.
+    let (status, body) = b
+        .call_as(&a.admin_token, reqwest::Method::GET, "/v1/nodes", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(b.join_token, a.join_token);
 
     // Registered through A after B loaded its image: B takes its heartbeats.
     let node = a.register("n1", "").await;

@@ -33,6 +33,7 @@ pub(crate) mod programs;
 pub(crate) mod qos_policies;
 pub(crate) mod quotas;
 mod registry;
+pub(crate) mod replica_files;
 mod replica_notices;
 mod replica_sync;
 mod resources;
