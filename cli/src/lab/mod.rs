@@ -63,6 +63,10 @@ const GRPC_PORT: u16 = 7071;
 const FLOW_COLLECTOR_PORT: u16 = 2055;
 /// Node K gets 10.254.0.(10+K), so K stops before the /24 runs out.
 const MAX_NODES: u32 = 200;
+/// Most controller replicas a lab runs (`--controllers`).
+const MAX_CONTROLLERS: u32 = 3;
+/// The PostgreSQL URL of a lab with `--store` (it may hold a password).
+const STORE_URL_FILE: &str = "store.url";
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 const STATE_FILE: &str = "lab.json";
@@ -127,6 +131,16 @@ enum LabCommand {
         /// across sites through per-platform VXLAN tunnels).
         #[arg(long, value_enum, default_value_t = routed::LabTopology::Switched)]
         topology: routed::LabTopology,
+        /// Controller replicas (1 to 3). More than one needs --store: the
+        /// replicas share one PostgreSQL database, agents and `lab env`
+        /// get every replica's endpoint and fail over between them.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONTROLLERS)))]
+        controllers: u32,
+        /// `postgres://…`: the controllers keep their tables in this
+        /// PostgreSQL database instead of SQLite files (kept in DIR/store.url,
+        /// mode 0600, for later `lab up`s). Also read from MEASURELAB_LAB_STORE.
+        #[arg(long, env = "MEASURELAB_LAB_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Print the node table from the controller's HTTP API.
     Status {
@@ -184,8 +198,22 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
             bond_mode,
             plaintext,
             topology,
+            controllers,
+            store,
         } => {
             let lab = Lab::new(&target)?;
+            if let Some(url) = &store {
+                if !measurelab_controller::is_postgres_url(url) {
+                    bail!("--store: expected a postgres:// or postgresql:// URL");
+                }
+            }
+            let store = match store {
+                Some(url) => Some(url),
+                None => lab.stored_store_url()?,
+            };
+            if controllers > 1 && store.is_none() {
+                bail!("--controllers: {controllers} replicas need one PostgreSQL database to share (--store postgres://…)");
+            }
             lab.check_interface_names(nodes)?;
             lab.check_uplink_names(nodes, uplinks)?;
             if topology == routed::LabTopology::Routed && uplinks != 1 {
@@ -202,8 +230,14 @@ pub fn main(args: LabArgs) -> anyhow::Result<()> {
                 bond_mode,
                 tls: !plaintext,
                 topology,
+                controllers,
+                postgres: store.is_some(),
             };
-            lab.up(&settings, Duration::from_secs(timeout_seconds))
+            lab.up(
+                &settings,
+                store.as_deref(),
+                Duration::from_secs(timeout_seconds),
+            )
         }
         LabCommand::Status { target, json } => Lab::new(&target)?.status(json),
         LabCommand::Env { target, operator } => Lab::new(&target)?.env(operator),
@@ -249,6 +283,16 @@ struct LabSettings {
     /// Switched or routed (labs from before the flag are switched).
     #[serde(default)]
     topology: routed::LabTopology,
+    /// Controller replicas (labs from before the flag have one).
+    #[serde(default = "one_controller")]
+    controllers: u32,
+    /// Tables in the PostgreSQL database of DIR/store.url, not SQLite.
+    #[serde(default)]
+    postgres: bool,
+}
+
+fn one_controller() -> u32 {
+    1
 }
 
 fn one_uplink() -> u32 {
@@ -379,8 +423,33 @@ impl Lab {
     fn logs_dir(&self) -> PathBuf {
         self.dir.join("logs")
     }
+    /// Replica 1's data dir; every replica holds the same CA and tokens.
     fn controller_dir(&self) -> PathBuf {
-        self.dir.join("controller")
+        self.replica_dir(1)
+    }
+    /// Process (pid and log file) name of controller replica K; replica 1
+    /// keeps the name labs had before replicas.
+    fn controller_process(k: u32) -> String {
+        match k {
+            1 => "controller".into(),
+            k => format!("controller-{k}"),
+        }
+    }
+    fn replica_dir(&self, k: u32) -> PathBuf {
+        self.dir.join(Self::controller_process(k))
+    }
+    fn store_url_file(&self) -> PathBuf {
+        self.dir.join(STORE_URL_FILE)
+    }
+    /// The `--store` an earlier `lab up` kept, if any.
+    fn stored_store_url(&self) -> anyhow::Result<Option<String>> {
+        match std::fs::read_to_string(self.store_url_file()) {
+            Ok(url) => Ok(Some(url.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot read {}", self.store_url_file().display()))
+            }
+        }
     }
     /// The controller's CA (TLS labs): MEASURELAB_CA_CERT of `lab env`.
     fn ca_file(&self) -> PathBuf {
@@ -422,8 +491,22 @@ impl Lab {
     fn log_file(&self, process: &str) -> PathBuf {
         self.logs_dir().join(format!("{process}.log"))
     }
-    fn grpc_endpoint(tls: bool) -> String {
-        format!("{}://{MGMT_CONTROLLER_IP}:{GRPC_PORT}", scheme(tls))
+    /// Replica K's gRPC port on the management network (one address, a
+    /// port each).
+    fn grpc_port(k: u32) -> u16 {
+        GRPC_PORT + k as u16 - 1
+    }
+    /// Every replica's gRPC endpoint, replica 1 first.
+    fn grpc_endpoints(settings: &LabSettings) -> Vec<String> {
+        (1..=settings.controllers)
+            .map(|k| {
+                format!(
+                    "{}://{MGMT_CONTROLLER_IP}:{}",
+                    scheme(settings.tls),
+                    Self::grpc_port(k)
+                )
+            })
+            .collect()
     }
 
     fn load_settings(&self) -> anyhow::Result<Option<LabSettings>> {
@@ -439,7 +522,12 @@ impl Lab {
 
     // ----- up -----
 
-    fn up(&self, settings: &LabSettings, timeout: Duration) -> anyhow::Result<()> {
+    fn up(
+        &self,
+        settings: &LabSettings,
+        store: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         require_root()?;
         sys::check_tools()?;
         if !Path::new(VSWITCH_SCHEMA).exists() {
@@ -480,6 +568,17 @@ impl Lab {
                     existing.name
                 );
             }
+            if (existing.controllers, existing.postgres)
+                != (settings.controllers, settings.postgres)
+            {
+                bail!(
+                    "--controllers: lab {} already runs {} controller(s) on {}; run `measurelab lab down --name {}` first",
+                    existing.name,
+                    existing.controllers,
+                    if existing.postgres { "PostgreSQL" } else { "SQLite" },
+                    existing.name
+                );
+            }
             if (existing.uplinks, &existing.bond_mode) != (settings.uplinks, &settings.bond_mode) {
                 bail!(
                     "--uplinks: lab {} already exists with {} uplink(s) per node ({}); run `measurelab lab down --name {}` first",
@@ -496,6 +595,12 @@ impl Lab {
         }
         let state = serde_json::to_string_pretty(settings)?;
         crate::controller_cmd::write_atomically(&self.dir.join(STATE_FILE), &state)?;
+        if let Some(url) = store {
+            if self.stored_store_url()?.as_deref() != Some(url) {
+                let _ = std::fs::remove_file(self.store_url_file());
+                write_private(&self.store_url_file(), url)?;
+            }
+        }
         self.ensure_join_token()?;
 
         let mut started = Vec::new();
@@ -561,7 +666,7 @@ impl Lab {
                 println!("{note}");
             }
         }
-        let endpoint = self.ensure_controller(settings, &mut started)?;
+        let endpoint = self.ensure_controllers(settings, store, &mut started)?;
         for k in 1..=settings.nodes {
             self.ensure_agent(k, settings, &mut started)?;
         }
@@ -794,9 +899,9 @@ impl Lab {
         Ok(())
     }
 
-    fn controller_http_addr(&self) -> Option<String> {
+    fn controller_http_addr(&self, k: u32) -> Option<String> {
         std::fs::read_to_string(
-            self.controller_dir()
+            self.replica_dir(k)
                 .join(crate::controller_cmd::HTTP_ADDR_FILE),
         )
         .ok()
@@ -804,52 +909,68 @@ impl Lab {
         .filter(|s| !s.is_empty())
     }
 
-    fn controller_marker(&self) -> String {
-        self.controller_dir().display().to_string()
+    /// Start every controller replica that does not run, replica 1 first
+    /// (it makes the CA and tokens the others take from the database);
+    /// return their HTTP endpoints as one comma-separated list, which every
+    /// measurelab client fails over along.
+    fn ensure_controllers(
+        &self,
+        settings: &LabSettings,
+        store: Option<&str>,
+        started: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
+        let endpoints = (1..=settings.controllers)
+            .map(|k| self.ensure_controller(settings, store, k, started))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.write_join_bundle(settings)?;
+        Ok(endpoints.join(","))
     }
 
-    /// Start the controller unless it runs; return its HTTP endpoint.
+    /// Start controller replica K unless it runs; return its HTTP endpoint.
     fn ensure_controller(
         &self,
         settings: &LabSettings,
+        store: Option<&str>,
+        k: u32,
         started: &mut Vec<String>,
     ) -> anyhow::Result<String> {
-        if live_pid(&self.pid_file("controller"), &self.controller_marker()).is_some() {
-            if let Some(addr) = self.controller_http_addr() {
+        let process = Self::controller_process(k);
+        let data_dir = self.replica_dir(k);
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("--dir: cannot create {}", data_dir.display()))?;
+        let ca_file = settings
+            .tls
+            .then(|| data_dir.join(measurelab_controller::tls::CA_CERT_FILE));
+        if live_pid(&self.pid_file(&process), &data_dir.display().to_string()).is_some() {
+            if let Some(addr) = self.controller_http_addr(k) {
                 let endpoint = format!("{}://{addr}", scheme(settings.tls));
-                wait_healthy(
-                    &endpoint,
-                    settings.tls.then(|| self.ca_file()),
-                    Duration::from_secs(10),
-                )
-                .with_context(|| log_tail(&self.log_file("controller"), 20))?;
-                self.write_join_bundle(settings)?;
+                wait_healthy(&endpoint, ca_file, Duration::from_secs(10))
+                    .with_context(|| log_tail(&self.log_file(&process), 20))?;
                 return Ok(endpoint);
             }
         }
         // A restarted controller keeps the port it had, so endpoints handed
         // out earlier (lab env, terraform configs) stay valid even when the
-        // lab was created with port 0.
-        let port = match (settings.http_port, self.controller_http_addr()) {
+        // lab was created with port 0. Replicas past the first pick one.
+        let requested = if k == 1 { settings.http_port } else { 0 };
+        let port = match (requested, self.controller_http_addr(k)) {
             (0, Some(previous)) => previous
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .unwrap_or(0),
             (requested, _) => requested,
         };
-        let addr_file = self
-            .controller_dir()
-            .join(crate::controller_cmd::HTTP_ADDR_FILE);
+        let addr_file = data_dir.join(crate::controller_cmd::HTTP_ADDR_FILE);
         let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new("setsid");
         cmd.arg(current_exe()?)
             .arg("controller")
             .arg("--data-dir")
-            .arg(self.controller_dir())
+            .arg(&data_dir)
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--grpc-listen")
-            .arg(format!("{MGMT_CONTROLLER_IP}:{GRPC_PORT}"))
+            .arg(format!("{MGMT_CONTROLLER_IP}:{}", Self::grpc_port(k)))
             .arg("--grpc-netns")
             .arg(self.mgmt_ns())
             .arg("--heartbeat-interval-seconds")
@@ -860,17 +981,25 @@ impl Lab {
             .arg(self.join_token_file())
             // The flow collector beside the gRPC socket on the management
             // network, where every node's switch reaches it; 10 s rotation
-            // keeps GET .../flows close to live in a lab.
+            // keeps GET .../flows close to live in a lab. A port per
+            // replica, as for gRPC.
             .arg("--flow-collector")
-            .arg(format!("{MGMT_CONTROLLER_IP}:{FLOW_COLLECTOR_PORT}"))
+            .arg(format!(
+                "{MGMT_CONTROLLER_IP}:{}",
+                FLOW_COLLECTOR_PORT + k as u16 - 1
+            ))
             .arg("--flow-rotate-seconds")
             .arg("10");
+        if let Some(url) = store {
+            // Through the environment: a password in the URL stays out of ps.
+            cmd.env("MEASURELAB_STORE", url);
+        }
         if settings.tls {
             // The bind addresses (127.0.0.1 and the management IP) are in
             // the certificate already; localhost for browsers and curl.
             cmd.arg("--tls").arg("--tls-san").arg("localhost");
         }
-        let pid = self.spawn_background("controller", cmd)?;
+        let pid = self.spawn_background(&process, cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             if let Some(addr) = std::fs::read_to_string(&addr_file)
@@ -881,22 +1010,20 @@ impl Lab {
             }
             if !sys::process_exists(pid) || Instant::now() > deadline {
                 bail!(
-                    "the controller did not start\n{}",
-                    log_tail(&self.log_file("controller"), 20)
+                    "controller replica {k} did not start\n{}",
+                    log_tail(&self.log_file(&process), 20)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
         let endpoint = format!("{}://{addr}", scheme(settings.tls));
-        let ca_file = settings.tls.then(|| self.ca_file());
         wait_healthy(&endpoint, ca_file, Duration::from_secs(20)).with_context(|| {
             format!(
-                "the controller does not answer on {endpoint}\n{}",
-                log_tail(&self.log_file("controller"), 20)
+                "controller replica {k} does not answer on {endpoint}\n{}",
+                log_tail(&self.log_file(&process), 20)
             )
         })?;
-        self.write_join_bundle(settings)?;
-        started.push("controller".into());
+        started.push(process);
         Ok(endpoint)
     }
 
@@ -915,9 +1042,10 @@ impl Lab {
         )?;
         let join_token =
             crate::controller_cmd::read_token_file(&self.join_token_file(), "join token")?;
+        let mut endpoints = Self::grpc_endpoints(settings).into_iter();
         let bundle = measurelab_api::join_bundle::JoinBundle {
-            endpoint: Self::grpc_endpoint(true),
-            more_endpoints: Vec::new(),
+            endpoint: endpoints.next().context("a lab has a controller")?,
+            more_endpoints: endpoints.collect(),
             ca_sha256: measurelab_controller::tls::fingerprint(&ca_der),
             join_token,
         };
@@ -969,7 +1097,7 @@ impl Lab {
             } else {
                 vec![
                     "--controller".into(),
-                    Self::grpc_endpoint(false).into(),
+                    Self::grpc_endpoints(settings).join(",").into(),
                     "--join-token-file".into(),
                     self.join_token_file().into_os_string(),
                 ]
@@ -1081,7 +1209,11 @@ impl Lab {
             // A dead agent or controller will not come back by waiting.
             // Judged by /proc/PID/stat alone: a just-spawned process's
             // cmdline can read empty while setsid/nsenter exec the next step.
-            let crashed = !self.process_exists("controller")
+            let controllers_down: Vec<String> = (1..=settings.controllers)
+                .map(Self::controller_process)
+                .filter(|process| !self.process_exists(process))
+                .collect();
+            let crashed = !controllers_down.is_empty()
                 || offline
                     .iter()
                     .any(|name| !self.process_exists(&format!("{name}-agent")));
@@ -1102,10 +1234,10 @@ impl Lab {
                 if let Err(e) = &nodes {
                     report.push_str(&format!("\ncontroller: {e}"));
                 }
-                if !self.process_exists("controller") {
+                for process in &controllers_down {
                     report.push_str(&format!(
-                        "\nthe controller is not running\n{}",
-                        log_tail(&self.log_file("controller"), 20)
+                        "\n{process} is not running\n{}",
+                        log_tail(&self.log_file(process), 20)
                     ));
                 }
                 for name in &offline {
@@ -1147,16 +1279,25 @@ impl Lab {
         )?)
     }
 
+    /// Every replica's HTTP endpoint, comma-separated (what `lab env`
+    /// prints and the clients fail over along).
     fn running_endpoint(&self) -> anyhow::Result<String> {
-        let addr = self.controller_http_addr().with_context(|| {
-            format!(
+        let settings = self.load_settings()?;
+        let controllers = settings.as_ref().map_or(1, |s| s.controllers);
+        let tls = settings.is_some_and(|s| s.tls);
+        let endpoints: Vec<String> = (1..=controllers)
+            .filter_map(|k| self.controller_http_addr(k))
+            .map(|addr| format!("{}://{addr}", scheme(tls)))
+            .collect();
+        if endpoints.is_empty() {
+            bail!(
                 "lab {} has no controller address in {}; run `measurelab lab up --name {}`",
                 self.name,
                 self.controller_dir().display(),
                 self.name
-            )
-        })?;
-        Ok(format!("{}://{addr}", scheme(self.tls()?)))
+            );
+        }
+        Ok(endpoints.join(","))
     }
 
     // ----- status / env -----
@@ -1357,13 +1498,18 @@ impl Lab {
         }
 
         // 4. Run dirs and state; logs stay for post-mortems.
+        // Replicas' data dirs; their tables in a --store database stay
+        // there, as the operator's database.
+        let replica_dirs = (1..=MAX_CONTROLLERS).map(|k| self.replica_dir(k));
         for path in [
             self.pids_dir(),
             self.switch_ovs_dir(),
             self.dir.join("nodes"),
-            self.controller_dir(),
             tenant::tokens_dir(&self.dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(replica_dirs)
+        {
             if path.exists() {
                 std::fs::remove_dir_all(&path)
                     .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -1373,6 +1519,7 @@ impl Lab {
             self.dir.join(STATE_FILE),
             self.join_token_file(),
             self.join_bundle_file(),
+            self.store_url_file(),
         ] {
             let _ = std::fs::remove_file(file);
         }
