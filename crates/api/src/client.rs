@@ -97,10 +97,11 @@ pub const FIELD_VALIDATION: &str = "fieldValidation";
 /// given as `https://a:7070,https://b:7070`). It sends to the one that last
 /// answered; when a request cannot even connect there it goes on to the
 /// next, so a dead replica costs one refused connection. A request that
-/// reached a controller and then lost its answer is not sent again here:
-/// only the caller knows whether that is safe (the provider resends a
-/// create under the same `request_id`), and its next call starts at the
-/// next endpoint.
+/// reached a controller and then lost its answer goes to the next endpoint
+/// only if its method is idempotent (a read, a PUT, a DELETE); any other is
+/// not sent again here: only the caller knows whether that is safe (the
+/// provider resends a create under the same `request_id`), and its next
+/// call starts at the next endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -123,6 +124,20 @@ pub fn split_endpoints(list: &str) -> Result<Vec<String>, String> {
         ));
     }
     Ok(endpoints)
+}
+
+/// Whether doing `method` twice has the effect of doing it once (RFC 9110
+/// §9.2.2), so a request whose answer was lost may go to another replica.
+fn is_idempotent(method: &reqwest::Method) -> bool {
+    use reqwest::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// `url`, made on endpoint `from`, on endpoint `to` instead: the same path
@@ -261,8 +276,13 @@ impl Client {
             let next = (index + 1) % count;
             self.current
                 .store(next, std::sync::atomic::Ordering::Relaxed);
+            // Never connected: nothing reached the controller. Connected but
+            // no answer: only an idempotent request (RFC 9110 §9.2.2) may be
+            // sent again, since the dead replica may have done it already.
+            let resend =
+                source.is_connect() || spare.as_ref().is_some_and(|r| is_idempotent(r.method()));
             match spare {
-                Some(mut again) if source.is_connect() => {
+                Some(mut again) if resend => {
                     *again.url_mut() =
                         rebase(again.url(), &self.endpoints[index], &self.endpoints[next])?;
                     request = again;
@@ -1239,6 +1259,20 @@ mod tests {
             "not resent"
         );
         // The caller's next attempt goes to the next endpoint.
+        assert_eq!(client.endpoint(), alive);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_lost_its_answer_is_sent_to_the_next_endpoint() {
+        let (hangs_up, first) = stand_in(false).await;
+        let (alive, second) = stand_in(true).await;
+        let client = Client::new(&format!("{hangs_up},{alive}"), "t", None).unwrap();
+        let _: serde_json::Value = client
+            .request::<(), _>(reqwest::Method::GET, "/v1/vms/x", None)
+            .await
+            .expect("the second endpoint answers the read");
+        assert_eq!(first.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(second.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(client.endpoint(), alive);
     }
 
