@@ -385,6 +385,19 @@ fn bad_flags_are_rejected_naming_the_flag() {
         &["lab", "up", "--nodes", "2", "--name", "waytoolongname"],
         "--name",
     );
+    // Replicas: at most three, more than one only on a shared database.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = fresh.path().to_str().unwrap();
+    let replicas = |extra: &[&'static str]| {
+        let mut args = vec![
+            "lab", "up", "--nodes", "1", "--name", "reps", "--dir", fresh,
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    fails_naming(&replicas(&["--controllers", "2"]), "--controllers");
+    fails_naming(&replicas(&["--controllers", "4"]), "--controllers");
+    fails_naming(&replicas(&["--store", "mysql://db/x"]), "--store");
     fails_naming(
         &[
             "controller",
