@@ -29,6 +29,11 @@ pub struct ControllerArgs {
         default_value = "sqlite"
     )]
     store: String,
+    /// Directory of the appliance files (default DATA_DIR/appliances).
+    /// Controller replicas of one database give it one shared file system,
+    /// so every replica serves a file uploaded through any of them.
+    #[arg(long, env = "MEASURELAB_APPLIANCE_DIR")]
+    appliance_dir: Option<PathBuf>,
     /// Public HTTP/JSON API address (port 0 picks a free port; see DATA_DIR/http.addr).
     #[arg(long, default_value = "127.0.0.1:7070")]
     http_listen: SocketAddr,
@@ -227,6 +232,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     config.join_token = join_token;
     config.data_dir_lock = Some(data_dir_lock);
     config.store_url = store_url(&args.store)?;
+    config.appliance_dir = args.appliance_dir;
     const DAY: Duration = Duration::from_secs(86_400);
     config.retention = measurelab_controller::Retention {
         events: DAY * args.retain_events_days as u32,

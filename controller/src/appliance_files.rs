@@ -1,5 +1,8 @@
 //! The appliance files the controller keeps and hands to the nodes:
-//! content-addressed under `<data_dir>/appliances/sha256/<hex>`.
+//! content-addressed under `<data_dir>/appliances/sha256/<hex>` (or
+//! `--appliance-dir`, which controller replicas share: a file's name is its
+//! digest and each upload is renamed into place from a partial file of its
+//! own, so replicas storing the same file at once cannot corrupt it).
 //!
 //! An upload streams to a temporary file while it is hashed, so an image is
 //! never held in memory, and it is renamed into place only when its digest is
@@ -86,9 +89,11 @@ pub(crate) struct ApplianceFiles {
 }
 
 impl ApplianceFiles {
-    pub fn new(data_dir: &Path) -> Self {
+    /// The files under `root/sha256/` (`root`: `<data_dir>/appliances` or
+    /// `--appliance-dir`).
+    pub fn new(root: &Path) -> Self {
         ApplianceFiles {
-            dir: data_dir.join("appliances").join("sha256"),
+            dir: root.join("sha256"),
         }
     }
 

@@ -101,6 +101,11 @@ pub struct ControllerConfig {
     /// of `<data_dir>/controller.db` (controller replicas share one). The
     /// data dir still holds the tokens, the TLS files and appliance files.
     pub store_url: Option<String>,
+    /// Where appliance files are kept (content-addressed under
+    /// `sha256/`); `None`: `<data_dir>/appliances`. Replicas of one
+    /// database point it at one shared file system, so a file uploaded
+    /// through one replica is served by every other.
+    pub appliance_dir: Option<PathBuf>,
     /// Public HTTP/JSON API and admin page.
     pub http_listener: std::net::TcpListener,
     /// gRPC node API.
@@ -274,6 +279,7 @@ impl ControllerConfig {
         ControllerConfig {
             data_dir: data_dir.into(),
             store_url: None,
+            appliance_dir: None,
             http_listener,
             grpc_listener,
             heartbeat_interval,
@@ -459,6 +465,10 @@ pub async fn run(
             tunnels: config.tunnel_pool,
         },
     )?;
+    let store = match &config.appliance_dir {
+        Some(dir) => store.with_appliance_dir(dir),
+        None => store,
+    };
     // After the store (which made the table), before the files are read.
     if let Some(url) = &config.store_url {
         share_with_replicas(url, &config)?;

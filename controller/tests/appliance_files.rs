@@ -4,33 +4,14 @@
 
 mod common;
 
-use common::TestController;
+use common::{upload_appliance_file as upload, TestController};
 use measurelab_api::node_v1::{DesiredStateRequest, FetchApplianceRequest};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 fn sha256(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
-}
-
-/// `PUT /v1/appliance_files/{digest}` with `content` as `token`.
-async fn upload(
-    controller: &TestController,
-    token: &str,
-    digest: &str,
-    content: &[u8],
-) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .put(controller.url(&format!("/v1/appliance_files/{digest}")))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .body(content.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
 }
 
 async fn member_token(controller: &TestController) -> String {

@@ -228,3 +228,56 @@ async fn a_desired_state_change_through_one_replica_wakes_the_agent_streaming_fr
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appliance_file_uploaded_through_one_replica_is_served_by_those_sharing_its_dir() {
+    use sha2::{Digest, Sha256};
+    let db = measurelab_testbed::pg::database().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let long = Duration::from_secs(60);
+    let sharing = |dir| {
+        TestController::start_with(dir, |config| {
+            config.store_url = Some(db.url().to_string());
+            config.offline_after = long;
+            config.appliance_dir = Some(shared.path().to_path_buf());
+        })
+    };
+    let a = sharing(dirs[0].path()).await;
+    let b = sharing(dirs[1].path()).await;
+    // C keeps its files in its own data dir, as replicas did before.
+    let c = replica(dirs[2].path(), db.url(), long).await;
+
+    let kernel = b"a kernel only A was sent".to_vec();
+    let digest = hex::encode(Sha256::digest(&kernel));
+    let (status, body) = common::upload_appliance_file(&a, &a.admin_token, &digest, &kernel).await;
+    assert_eq!(status, 201, "{body}");
+    let image = |name: &str| {
+        serde_json::json!({"name": name, "version": "1", "arch": "x86_64", "os": "busybox",
+                           "kernel_sha256": digest, "min_memory_mib": 64,
+                           "backends": ["namespace"]})
+    };
+    let (status, body) = b
+        .call(
+            reqwest::Method::POST,
+            "/v1/appliances",
+            Some(image("via-b")),
+        )
+        .await;
+    assert_eq!(status, 201, "B sees the file A stored: {body}");
+    let (status, body) = c
+        .call(
+            reqwest::Method::POST,
+            "/v1/appliances",
+            Some(image("via-c")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("kernel_sha256")),
+        "C, with a directory of its own, does not: {body}"
+    );
+    c.stop().await;
+    b.stop().await;
+    a.stop().await;
+}

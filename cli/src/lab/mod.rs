@@ -438,6 +438,11 @@ impl Lab {
     fn replica_dir(&self, k: u32) -> PathBuf {
         self.dir.join(Self::controller_process(k))
     }
+    /// Appliance files of a lab with several replicas (one directory, as
+    /// replicas on real hosts share one file system for them).
+    fn shared_appliance_dir(&self) -> PathBuf {
+        self.dir.join("appliances")
+    }
     fn store_url_file(&self) -> PathBuf {
         self.dir.join(STORE_URL_FILE)
     }
@@ -994,6 +999,10 @@ impl Lab {
             // Through the environment: a password in the URL stays out of ps.
             cmd.env("MEASURELAB_STORE", url);
         }
+        if settings.controllers > 1 {
+            // The shared file system real replicas would mount.
+            cmd.arg("--appliance-dir").arg(self.shared_appliance_dir());
+        }
         if settings.tls {
             // The bind addresses (127.0.0.1 and the management IP) are in
             // the certificate already; localhost for browsers and curl.
@@ -1506,6 +1515,7 @@ impl Lab {
             self.switch_ovs_dir(),
             self.dir.join("nodes"),
             tenant::tokens_dir(&self.dir),
+            self.shared_appliance_dir(),
         ]
         .into_iter()
         .chain(replica_dirs)

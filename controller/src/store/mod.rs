@@ -88,7 +88,8 @@ pub(crate) struct Store {
     resources: ResourceStore,
     /// API tokens, verified from memory on every request.
     tokens: TokenBook,
-    /// Appliance files, beside the database in the data dir.
+    /// Appliance files: `<data_dir>/appliances` unless moved by
+    /// [`Store::with_appliance_dir`].
     appliance_files: ApplianceFiles,
     /// `<data_dir>/uploads`: program uploads while they arrive.
     uploads: std::path::PathBuf,
@@ -202,7 +203,7 @@ impl Store {
                 reader: Arc::new(Mutex::new(reader)),
                 resources,
                 tokens,
-                appliance_files: ApplianceFiles::new(data_dir),
+                appliance_files: ApplianceFiles::new(&data_dir.join("appliances")),
                 uploads: data_dir.join("uploads"),
             },
             handle,
@@ -388,6 +389,13 @@ impl Store {
     /// The appliance files the nodes fetch.
     pub fn appliance_files(&self) -> &ApplianceFiles {
         &self.appliance_files
+    }
+
+    /// The same store, with appliance files kept under `dir` (a directory
+    /// controller replicas share) instead of `<data_dir>/appliances`.
+    pub fn with_appliance_dir(mut self, dir: &std::path::Path) -> Store {
+        self.appliance_files = ApplianceFiles::new(dir);
+        self
     }
 
     /// The API tokens, as of the last reload.

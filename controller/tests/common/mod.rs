@@ -491,3 +491,22 @@ pub fn task_body(name: &str, platform: &str, schedule: &str) -> serde_json::Valu
     }
     body
 }
+
+/// `PUT /v1/appliance_files/{digest}` with `content` as `token`.
+pub async fn upload_appliance_file(
+    controller: &TestController,
+    token: &str,
+    digest: &str,
+    content: &[u8],
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .put(controller.url(&format!("/v1/appliance_files/{digest}")))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(content.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
