@@ -524,6 +524,11 @@ pub async fn run(
         ))
     });
     let metrics = metrics::Metrics::new();
+    let leader = Arc::new(
+        leader::LeaderGate::for_store(config.store_url.as_deref())
+            .map_err(|e| ControllerError::Store(StoreError::Sql(e.into())))?,
+    );
+    metrics.follow_leadership(leader.clone());
     let exec_hub = exec_hub::ExecHub::default();
     let http = tokio::spawn({
         let app = api::router(
@@ -610,10 +615,6 @@ pub async fn run(
                 .map_err(ControllerError::Grpc)
         }
     });
-    let leader = Arc::new(
-        leader::LeaderGate::for_store(config.store_url.as_deref())
-            .map_err(|e| ControllerError::Store(StoreError::Sql(e.into())))?,
-    );
     let sweeper = tokio::spawn(liveness::sweep_forever(
         store.clone(),
         config.offline_after,

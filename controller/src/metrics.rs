@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::leader::LeaderGate;
 use crate::store::{result_series, Store, StoreError};
 
 /// The node API's RPCs (service `NodeService` in crates/api/proto/node.proto). A call to any other
@@ -119,6 +120,9 @@ pub(crate) struct Metrics {
     rpc_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
     nodes: Family<StatusLabels, Gauge>,
     write_queue: Gauge,
+    leader: Gauge,
+    /// Set by [`Metrics::follow_leadership`] once the controller has one.
+    leader_gate: std::sync::OnceLock<Arc<LeaderGate>>,
     result_started: Family<TaskLabels, FloatGauge>,
     result_loss: Family<ReceiverLabels, FloatGauge>,
     result_lost: Family<ReceiverLabels, Gauge>,
@@ -167,6 +171,12 @@ impl Metrics {
             "Commands waiting for the store's writer thread",
             write_queue.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "controller_leader",
+            "1 on the controller replica that runs the liveness sweep and the retention prune (the only controller on SQLite), 0 on the others",
+            leader.clone(),
+        );
         let result_started = Family::<TaskLabels, FloatGauge>::default();
         registry.register_with_unit(
             "result_started_timestamp",
@@ -214,6 +224,8 @@ impl Metrics {
             rpc_latency,
             nodes,
             write_queue,
+            leader,
+            leader_gate: std::sync::OnceLock::new(),
             result_started,
             result_loss,
             result_lost,
@@ -250,6 +262,13 @@ impl Metrics {
         self.rpc_requests.get_or_create(&labels).inc();
     }
 
+    /// Report whether this replica leads (`controller_leader`), as `gate`
+    /// says at each scrape.
+    pub(crate) fn follow_leadership(&self, gate: Arc<LeaderGate>) {
+        // Set once at start; a second call would be a bug, and is ignored.
+        let _ = self.leader_gate.set(gate);
+    }
+
     /// Read the store's state into the gauges, then encode everything.
     pub(crate) async fn scrape(&self, store: &Store) -> Result<String, ScrapeError> {
         let _one_at_a_time = self.scrape.lock().await;
@@ -267,6 +286,9 @@ impl Metrics {
                 .inc();
         }
         self.write_queue.set(store.write_queue_depth() as i64);
+        if let Some(gate) = self.leader_gate.get() {
+            self.leader.set(i64::from(gate.is_leader()));
+        }
         let runs = store
             .resources()
             .read(|conn, _| result_series::latest_per_task(conn, MAX_RESULT_TASKS + 1))

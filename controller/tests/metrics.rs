@@ -114,6 +114,20 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
             .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
     };
     assert_eq!(value(r#"measurelab_nodes{status="online"}"#), 2.0);
+    // The only controller runs the sweep and the prune (on PostgreSQL once
+    // its leadership thread took the lock: polled).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, text) = scrape(&controller, &controller.admin_token).await;
+        if samples(&text).get("measurelab_controller_leader") == Some(&1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not the leader within 10 s:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(
         value(r#"measurelab_grpc_requests_total{rpc="Register"}"#),
         2.0

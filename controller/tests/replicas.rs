@@ -33,6 +33,27 @@ fn leader_locks(url: &str) -> i64 {
     .unwrap()
 }
 
+/// `measurelab_controller_leader` in the replica's `/metrics`.
+async fn leader_gauge(replica: &TestController) -> i64 {
+    let text = reqwest::Client::new()
+        .get(replica.url("/metrics"))
+        .bearer_auth(&replica.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("measurelab_controller_leader "))
+        .unwrap_or_else(|| panic!("no leader gauge in:\n{text}"));
+    line["measurelab_controller_leader ".len()..]
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 async fn replica(dir: &std::path::Path, url: &str, offline_after: Duration) -> TestController {
     TestController::start_with(dir, |config| {
         config.store_url = Some(url.to_string());
@@ -63,6 +84,9 @@ async fn a_node_heard_by_the_other_replica_stays_online_and_a_silent_one_goes_of
     // change notices between replicas are not built yet).
     let b = replica(dir_b.path(), db.url(), offline_after).await;
     assert_eq!(leader_locks(db.url()), 1);
+    // Operators see which replica leads: A says 1, B says 0.
+    assert_eq!(leader_gauge(&a).await, 1, "A");
+    assert_eq!(leader_gauge(&b).await, 0, "B");
 
     // chatty beats to B only; quiet says nothing. Both were last heard by
     // A at registration, so A's own image finds both silent at once.
