@@ -63,6 +63,13 @@ enum Mode {
         /// Heartbeat interval of every simulated node (rate = nodes / interval).
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
+        /// The controllers' offline deadline (default three intervals, as
+        /// in production). Nodes beat only once all are registered, so a
+        /// registration phase longer than this sends the first nodes
+        /// offline before their first heartbeat, which then writes their
+        /// comeback too.
+        #[arg(long)]
+        offline_after_seconds: Option<u64>,
         /// HTTP/2 connections the registrations share.
         #[arg(long, default_value_t = 16)]
         channels: usize,
@@ -113,6 +120,8 @@ enum Mode {
         in_memory: bool,
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
+        #[arg(long)]
+        offline_after_seconds: Option<u64>,
         /// Serve gRPC over TLS with a CA in the data dir; node certificates
         /// are required on every call but Register.
         #[arg(long)]
@@ -131,13 +140,14 @@ fn main() -> anyhow::Result<()> {
             join_token,
             in_memory,
             interval_seconds,
+            offline_after_seconds,
             tls,
             store,
         } => serve(
             data_dir,
             join_token,
             in_memory,
-            interval_seconds,
+            (interval_seconds, offline_after_seconds),
             tls,
             store,
         ),
@@ -145,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             nodes,
             duration_seconds,
             interval_seconds,
+            offline_after_seconds,
             channels,
             max_connections,
             modes,
@@ -159,6 +170,9 @@ fn main() -> anyhow::Result<()> {
                 node_counts: nodes,
                 duration: Duration::from_secs(duration_seconds),
                 interval: Duration::from_secs(interval_seconds),
+                offline_after: Duration::from_secs(
+                    offline_after_seconds.unwrap_or(3 * interval_seconds),
+                ),
                 channels,
                 max_connections,
                 modes,
@@ -176,7 +190,7 @@ fn serve(
     data_dir: PathBuf,
     join_token: String,
     in_memory: bool,
-    interval_seconds: u64,
+    (interval_seconds, offline_after_seconds): (u64, Option<u64>),
     tls: bool,
     store: Option<String>,
 ) -> anyhow::Result<()> {
@@ -192,7 +206,8 @@ fn serve(
     let ready = format!("READY {} {}", http.local_addr()?, grpc.local_addr()?);
     let mut config = measurelab_controller::ControllerConfig::new(data_dir, http, grpc);
     config.heartbeat_interval = Duration::from_secs(interval_seconds);
-    config.offline_after = config.heartbeat_interval * 3;
+    config.offline_after =
+        offline_after_seconds.map_or(config.heartbeat_interval * 3, Duration::from_secs);
     config.join_token = Some(join_token);
     config.durable_heartbeats = !in_memory;
     config.store_url = store;
@@ -326,16 +341,31 @@ struct ChildController {
     ca_pem: Option<String>,
 }
 
+/// What every controller of a run is started with.
+#[derive(Clone, Copy)]
+struct ServeOptions<'a> {
+    join_token: &'a str,
+    in_memory: bool,
+    interval: Duration,
+    offline_after: Duration,
+    tls: bool,
+    store: Option<&'a str>,
+}
+
 impl ChildController {
     fn spawn(
         data_dir: &std::path::Path,
-        join_token: &str,
-        in_memory: bool,
-        interval: Duration,
-        tls: bool,
-        store: Option<&str>,
+        options: &ServeOptions<'_>,
         heaptrack: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
+        let ServeOptions {
+            join_token,
+            in_memory,
+            interval,
+            offline_after,
+            tls,
+            store,
+        } = *options;
         // Under heaptrack the child is heaptrack's script, which runs the
         // controller as its own child with the allocation tracker preloaded.
         let mut command = match heaptrack {
@@ -354,6 +384,8 @@ impl ChildController {
             .arg(join_token)
             .arg("--interval-seconds")
             .arg(interval.as_secs().to_string())
+            .arg("--offline-after-seconds")
+            .arg(offline_after.as_secs().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -429,15 +461,10 @@ impl Controllers {
     /// exist), in `data_dir` for one, else in `data_dir/replica-K`. Over
     /// TLS the others get copies of the first one's CA before they start,
     /// so a node certificate any of them issues is taken by all.
-    #[allow(clippy::too_many_arguments)]
     fn spawn(
         data_dir: &std::path::Path,
         replicas: usize,
-        join_token: &str,
-        in_memory: bool,
-        interval: Duration,
-        tls: bool,
-        store: Option<&str>,
+        options: &ServeOptions<'_>,
         heaptrack: Option<&std::path::Path>,
     ) -> anyhow::Result<Controllers> {
         let mut children: Vec<ChildController> = Vec::with_capacity(replicas);
@@ -456,7 +483,7 @@ impl Controllers {
                 )
             };
             std::fs::create_dir_all(&dir)?;
-            if let (true, Some(first)) = (tls, children.first()) {
+            if let (true, Some(first)) = (options.tls, children.first()) {
                 for file in [
                     measurelab_controller::tls::CA_CERT_FILE,
                     measurelab_controller::tls::CA_KEY_FILE,
@@ -467,15 +494,7 @@ impl Controllers {
             }
             // A failure drops the children started so far, which closes
             // their stdin: they stop.
-            children.push(ChildController::spawn(
-                &dir,
-                join_token,
-                in_memory,
-                interval,
-                tls,
-                store,
-                heaptrack.as_deref(),
-            )?);
+            children.push(ChildController::spawn(&dir, options, heaptrack.as_deref())?);
         }
         Ok(Controllers(children))
     }
@@ -866,6 +885,7 @@ struct Matrix {
     node_counts: Vec<usize>,
     duration: Duration,
     interval: Duration,
+    offline_after: Duration,
     channels: usize,
     max_connections: usize,
     modes: Vec<String>,
@@ -912,11 +932,14 @@ async fn run_one(
     let controllers = Controllers::spawn(
         &data_dir,
         replicas,
-        join_token,
-        in_memory,
-        interval,
-        transport == Transport::Mtls,
-        store.as_deref(),
+        &ServeOptions {
+            join_token,
+            in_memory,
+            interval,
+            offline_after: matrix.offline_after,
+            tls: transport == Transport::Mtls,
+            store: store.as_deref(),
+        },
         heaptrack.as_deref(),
     )?;
     let registration = connect_pool(&controllers, matrix.channels).await?;
