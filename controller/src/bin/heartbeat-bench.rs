@@ -514,24 +514,22 @@ impl Controllers {
         &self.0[0]
     }
 
-    fn sum(&self, read: impl Fn(u32) -> anyhow::Result<f64>) -> anyhow::Result<f64> {
-        self.0
-            .iter()
-            .try_fold(0.0, |total, c| Ok(total + read(c.pid)?))
-    }
-
     /// CPU seconds of each replica, in start order (the first leads).
     fn cpu_seconds(&self, ticks: f64) -> anyhow::Result<Vec<f64>> {
         self.0.iter().map(|c| cpu_seconds(c.pid, ticks)).collect()
     }
 
     fn writer_cpu_seconds(&self, ticks: f64) -> anyhow::Result<f64> {
-        self.sum(|pid| thread_cpu_seconds(pid, "store-writer", ticks))
+        self.0.iter().try_fold(0.0, |total, c| {
+            Ok(total + thread_cpu_seconds(c.pid, "store-writer", ticks)?)
+        })
     }
 
     /// RSS now, all replicas together.
     fn rss_bytes(&self) -> anyhow::Result<u64> {
-        Ok(self.sum(|pid| Ok(rss_bytes(pid)? as f64))? as u64)
+        self.0
+            .iter()
+            .try_fold(0, |total, c| Ok(total + rss_bytes(c.pid)?))
     }
 
     /// Peak RSS (VmHWM): the largest replica's and the sum of all.
