@@ -19,6 +19,12 @@
 //! few nodes whose heartbeats it carries (see controller/BENCHMARKS.md).
 //! Plaintext runs use the same connection layout, so the ratio is TLS alone.
 //!
+//! With `--replicas N` the postgres mode starts N controllers on the one
+//! `--postgres` database (each its own data dir, one join token and, over
+//! TLS, one CA); simulated node i heartbeats to replica i % N. CPU is the
+//! sum of the replicas' and the database server's, RSS the largest
+//! replica's and the sum.
+//!
 //! ```text
 //! cargo run --release -p measurelab-controller --bin heartbeat-bench -- run \
 //!     --nodes 10000,50000 --duration-seconds 30 --transport plaintext,mtls
@@ -57,6 +63,13 @@ enum Mode {
         /// Heartbeat interval of every simulated node (rate = nodes / interval).
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
+        /// The controllers' offline deadline (default three intervals, as
+        /// in production). Nodes beat only once all are registered, so a
+        /// registration phase longer than this sends the first nodes
+        /// offline before their first heartbeat, which then writes their
+        /// comeback too.
+        #[arg(long)]
+        offline_after_seconds: Option<u64>,
         /// HTTP/2 connections the registrations share.
         #[arg(long, default_value_t = 16)]
         channels: usize,
@@ -78,6 +91,11 @@ enum Mode {
             hide_env_values = true
         )]
         postgres: Option<String>,
+        /// Controller replicas on the --postgres database, comma separated
+        /// (1 to 8 each); the postgres mode runs once per count, the other
+        /// modes, one controller's own store, once.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        replicas: Vec<usize>,
         /// Transports to run: plaintext, mtls.
         #[arg(long, value_delimiter = ',', default_value = "plaintext")]
         transport: Vec<String>,
@@ -102,6 +120,8 @@ enum Mode {
         in_memory: bool,
         #[arg(long, default_value_t = 10)]
         interval_seconds: u64,
+        #[arg(long)]
+        offline_after_seconds: Option<u64>,
         /// Serve gRPC over TLS with a CA in the data dir; node certificates
         /// are required on every call but Register.
         #[arg(long)]
@@ -120,13 +140,14 @@ fn main() -> anyhow::Result<()> {
             join_token,
             in_memory,
             interval_seconds,
+            offline_after_seconds,
             tls,
             store,
         } => serve(
             data_dir,
             join_token,
             in_memory,
-            interval_seconds,
+            (interval_seconds, offline_after_seconds),
             tls,
             store,
         ),
@@ -134,10 +155,12 @@ fn main() -> anyhow::Result<()> {
             nodes,
             duration_seconds,
             interval_seconds,
+            offline_after_seconds,
             channels,
             max_connections,
             modes,
             postgres,
+            replicas,
             transport,
             work_dir,
             heaptrack_dir,
@@ -147,10 +170,14 @@ fn main() -> anyhow::Result<()> {
                 node_counts: nodes,
                 duration: Duration::from_secs(duration_seconds),
                 interval: Duration::from_secs(interval_seconds),
+                offline_after: Duration::from_secs(
+                    offline_after_seconds.unwrap_or(3 * interval_seconds),
+                ),
                 channels,
                 max_connections,
                 modes,
                 postgres,
+                replicas,
                 transports: transport,
                 work_dir,
                 heaptrack_dir,
@@ -163,7 +190,7 @@ fn serve(
     data_dir: PathBuf,
     join_token: String,
     in_memory: bool,
-    interval_seconds: u64,
+    (interval_seconds, offline_after_seconds): (u64, Option<u64>),
     tls: bool,
     store: Option<String>,
 ) -> anyhow::Result<()> {
@@ -179,7 +206,8 @@ fn serve(
     let ready = format!("READY {} {}", http.local_addr()?, grpc.local_addr()?);
     let mut config = measurelab_controller::ControllerConfig::new(data_dir, http, grpc);
     config.heartbeat_interval = Duration::from_secs(interval_seconds);
-    config.offline_after = config.heartbeat_interval * 3;
+    config.offline_after =
+        offline_after_seconds.map_or(config.heartbeat_interval * 3, Duration::from_secs);
     config.join_token = Some(join_token);
     config.durable_heartbeats = !in_memory;
     config.store_url = store;
@@ -307,21 +335,37 @@ struct ChildController {
     child: Child,
     /// The controller's process: the child, or heaptrack's child.
     pid: u32,
+    data_dir: PathBuf,
     grpc: String,
     /// The controller's CA (PEM) when it serves TLS.
     ca_pem: Option<String>,
 }
 
+/// What every controller of a run is started with.
+#[derive(Clone, Copy)]
+struct ServeOptions<'a> {
+    join_token: &'a str,
+    in_memory: bool,
+    interval: Duration,
+    offline_after: Duration,
+    tls: bool,
+    store: Option<&'a str>,
+}
+
 impl ChildController {
     fn spawn(
         data_dir: &std::path::Path,
-        join_token: &str,
-        in_memory: bool,
-        interval: Duration,
-        tls: bool,
-        store: Option<&str>,
+        options: &ServeOptions<'_>,
         heaptrack: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
+        let ServeOptions {
+            join_token,
+            in_memory,
+            interval,
+            offline_after,
+            tls,
+            store,
+        } = *options;
         // Under heaptrack the child is heaptrack's script, which runs the
         // controller as its own child with the allocation tracker preloaded.
         let mut command = match heaptrack {
@@ -340,6 +384,8 @@ impl ChildController {
             .arg(join_token)
             .arg("--interval-seconds")
             .arg(interval.as_secs().to_string())
+            .arg("--offline-after-seconds")
+            .arg(offline_after.as_secs().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -388,13 +434,10 @@ impl ChildController {
         Ok(ChildController {
             child,
             pid,
+            data_dir: data_dir.to_path_buf(),
             grpc: format!("{scheme}://{}", parts[2]),
             ca_pem,
         })
-    }
-
-    fn pid(&self) -> u32 {
-        self.pid
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -404,6 +447,109 @@ impl ChildController {
             bail!("controller child exited with {status}");
         }
         Ok(())
+    }
+}
+
+/// The controllers of one run: one, or `--replicas` of them on one
+/// PostgreSQL database. Every figure of a run is read through this, so one
+/// controller is just the case N = 1.
+struct Controllers(Vec<ChildController>);
+
+impl Controllers {
+    /// Starts `replicas` controllers one after the other (the first
+    /// migrates the schema and takes the leader lock before the others
+    /// exist), in `data_dir` for one, else in `data_dir/replica-K`. Over
+    /// TLS the others get copies of the first one's CA before they start,
+    /// so a node certificate any of them issues is taken by all.
+    fn spawn(
+        data_dir: &std::path::Path,
+        replicas: usize,
+        options: &ServeOptions<'_>,
+        heaptrack: Option<&std::path::Path>,
+    ) -> anyhow::Result<Controllers> {
+        let mut children: Vec<ChildController> = Vec::with_capacity(replicas);
+        for k in 0..replicas {
+            let (dir, heaptrack) = if replicas == 1 {
+                (data_dir.to_path_buf(), heaptrack.map(|h| h.to_path_buf()))
+            } else {
+                let suffixed = |h: &std::path::Path| {
+                    let mut name = h.as_os_str().to_owned();
+                    name.push(format!("-replica-{k}"));
+                    PathBuf::from(name)
+                };
+                (
+                    data_dir.join(format!("replica-{k}")),
+                    heaptrack.map(suffixed),
+                )
+            };
+            std::fs::create_dir_all(&dir)?;
+            if let (true, Some(first)) = (options.tls, children.first()) {
+                for file in [
+                    measurelab_controller::tls::CA_CERT_FILE,
+                    measurelab_controller::tls::CA_KEY_FILE,
+                ] {
+                    std::fs::copy(first.data_dir.join(file), dir.join(file))
+                        .with_context(|| format!("copying the CA's {file} to replica {k}"))?;
+                }
+            }
+            // A failure drops the children started so far, which closes
+            // their stdin: they stop.
+            children.push(ChildController::spawn(&dir, options, heaptrack.as_deref())?);
+        }
+        Ok(Controllers(children))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The replica that serves connection (or node) `index`.
+    fn for_index(&self, index: usize) -> &ChildController {
+        &self.0[index % self.0.len()]
+    }
+
+    /// The first controller: the leader, and the holder of the CA files
+    /// the bench signs shared-connection certificates with.
+    fn first(&self) -> &ChildController {
+        &self.0[0]
+    }
+
+    /// CPU seconds of each replica, in start order (the first leads).
+    fn cpu_seconds(&self, ticks: f64) -> anyhow::Result<Vec<f64>> {
+        self.0.iter().map(|c| cpu_seconds(c.pid, ticks)).collect()
+    }
+
+    fn writer_cpu_seconds(&self, ticks: f64) -> anyhow::Result<f64> {
+        self.0.iter().try_fold(0.0, |total, c| {
+            Ok(total + thread_cpu_seconds(c.pid, "store-writer", ticks)?)
+        })
+    }
+
+    /// RSS now, all replicas together.
+    fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.0
+            .iter()
+            .try_fold(0, |total, c| Ok(total + rss_bytes(c.pid)?))
+    }
+
+    /// Peak RSS (VmHWM): the largest replica's and the sum of all.
+    fn peak_rss_bytes(&self) -> anyhow::Result<(u64, u64)> {
+        self.0.iter().try_fold((0, 0), |(largest, sum), c| {
+            let peak = peak_rss_bytes(c.pid)?;
+            Ok((largest.max(peak), sum + peak))
+        })
+    }
+
+    /// Stops every replica; the first failure is the error.
+    fn stop(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for child in self.0 {
+            let stopped = child.stop();
+            if result.is_ok() {
+                result = stopped;
+            }
+        }
+        result
     }
 }
 
@@ -419,9 +565,12 @@ struct RunResult {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The controllers' CPU (all replicas).
     cpu_seconds: f64,
     cpu_percent: f64,
+    /// Peak RSS of the largest replica, and of all together.
     peak_rss: u64,
+    peak_rss_sum: u64,
     /// RSS after registration, before the heartbeat connections open.
     rss_before_connections: u64,
     /// RSS once the heartbeat connections are open, before any heartbeat.
@@ -438,6 +587,20 @@ struct RunResult {
     /// CPU of this process (the load generator) during the phase: when it
     /// nears the machine's spare capacity, latency is the generator's.
     generator_cpu_percent: f64,
+    /// The machine's 1-minute load average when the run's controllers
+    /// started and when they stopped (the machine is shared).
+    load_before: f64,
+    load_after: f64,
+}
+
+/// The 1-minute load average.
+fn load_average() -> anyhow::Result<f64> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg")?;
+    Ok(loadavg
+        .split_whitespace()
+        .next()
+        .context("empty /proc/loadavg")?
+        .parse()?)
 }
 
 /// Measures how late a 1 ms sleep wakes up, as a gauge of CPU contention on
@@ -567,13 +730,15 @@ async fn connect(
     Ok(NodeServiceClient::new(endpoint.connect().await?))
 }
 
+/// The registration channels, spread over the replicas (channel c to
+/// replica c % N): a node may register through any of them.
 async fn connect_pool(
-    controller: &ChildController,
+    controllers: &Controllers,
     channels: usize,
 ) -> anyhow::Result<Vec<NodeServiceClient<Channel>>> {
     let mut pool = Vec::with_capacity(channels);
-    for _ in 0..channels {
-        pool.push(connect(controller, None).await?);
+    for channel in 0..channels {
+        pool.push(connect(controllers.for_index(channel), None).await?);
     }
     Ok(pool)
 }
@@ -628,24 +793,42 @@ async fn register_all(
     results.into_iter().collect()
 }
 
+/// How many heartbeat connections: one per node up to `max_connections`,
+/// else `max_connections` rounded down to a multiple of the replicas, so
+/// that connection `i % count` of node i is on replica i % N too.
+fn heartbeat_connections(
+    nodes: usize,
+    max_connections: usize,
+    replicas: usize,
+) -> anyhow::Result<usize> {
+    if nodes <= max_connections {
+        return Ok(nodes);
+    }
+    let count = max_connections - max_connections % replicas;
+    if count == 0 {
+        bail!("--max-connections {max_connections} is fewer than --replicas {replicas}");
+    }
+    Ok(count)
+}
+
 /// The heartbeat connections: node i's heartbeats go over connection
-/// `i % len`. With as many connections as nodes, each presents its node's
-/// own certificate. With fewer, connection s presents a certificate the
-/// bench signs with the controller's CA key (it owns the data dir) naming
-/// exactly the nodes s, s+len, s+2·len, …: still one identity per
-/// connection, checked against each heartbeat's node as always.
+/// `i % len`, which is on replica i % N. With as many connections as
+/// nodes, each presents its node's own certificate. With fewer, connection
+/// s presents a certificate the bench signs with the controllers' CA key
+/// (it owns the data dirs) naming exactly the nodes s, s+len, s+2·len, …:
+/// still one identity per connection, checked against each heartbeat's
+/// node as always.
 async fn heartbeat_pool(
-    controller: &ChildController,
-    data_dir: &std::path::Path,
+    controllers: &Controllers,
     nodes: &[SimNode],
     max_connections: usize,
 ) -> anyhow::Result<Vec<NodeServiceClient<Channel>>> {
     use futures::StreamExt;
-    let count = nodes.len().min(max_connections);
-    let ca = match controller.ca_pem {
-        Some(_) if count < nodes.len() => {
-            Some(measurelab_controller::tls::Ca::load_or_create(data_dir)?)
-        }
+    let count = heartbeat_connections(nodes.len(), max_connections, controllers.len())?;
+    let ca = match controllers.first().ca_pem {
+        Some(_) if count < nodes.len() => Some(measurelab_controller::tls::Ca::load_or_create(
+            &controllers.first().data_dir,
+        )?),
         _ => None,
     };
     let mut identities = Vec::with_capacity(count);
@@ -673,10 +856,10 @@ async fn heartbeat_pool(
         identities.push(identity);
     }
     let connected: Vec<anyhow::Result<NodeServiceClient<Channel>>> =
-        futures::stream::iter(identities)
-            .map(|identity| async move {
+        futures::stream::iter(identities.into_iter().enumerate())
+            .map(|(slot, identity)| async move {
                 connect(
-                    controller,
+                    controllers.for_index(slot),
                     identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
                 )
                 .await
@@ -700,10 +883,12 @@ struct Matrix {
     node_counts: Vec<usize>,
     duration: Duration,
     interval: Duration,
+    offline_after: Duration,
     channels: usize,
     max_connections: usize,
     modes: Vec<String>,
     postgres: Option<String>,
+    replicas: Vec<usize>,
     transports: Vec<String>,
     work_dir: Option<PathBuf>,
     heaptrack_dir: Option<PathBuf>,
@@ -713,6 +898,7 @@ async fn run_one(
     matrix: &Matrix,
     nodes: usize,
     mode: &str,
+    replicas: usize,
     transport: Transport,
     work_dir: &std::path::Path,
     ticks: f64,
@@ -733,32 +919,38 @@ async fn run_one(
         }
         other => bail!("--modes: unknown mode {other:?}; use durable, memory or postgres"),
     };
-    let run_name = format!("{nodes}-{mode}-{}", transport.name());
+    let label = mode_label(mode, replicas);
+    let run_name = format!("{nodes}-{}-{}", label.replace(' ', "-"), transport.name());
     let data_dir = work_dir.join(&run_name);
     let heaptrack = matrix.heaptrack_dir.as_ref().map(|dir| dir.join(&run_name));
     std::fs::create_dir_all(&data_dir)?;
+    // One token for all replicas: a node may register through any.
     let join_token = "bench-join-token";
-    let controller = ChildController::spawn(
+    let load_before = load_average()?;
+    let controllers = Controllers::spawn(
         &data_dir,
-        join_token,
-        in_memory,
-        interval,
-        transport == Transport::Mtls,
-        store.as_deref(),
+        replicas,
+        &ServeOptions {
+            join_token,
+            in_memory,
+            interval,
+            offline_after: matrix.offline_after,
+            tls: transport == Transport::Mtls,
+            store: store.as_deref(),
+        },
         heaptrack.as_deref(),
     )?;
-    let pid = controller.pid();
-    let registration = connect_pool(&controller, matrix.channels).await?;
+    let registration = connect_pool(&controllers, matrix.channels).await?;
 
     let started = Instant::now();
     let registered = register_all(&registration, join_token, nodes, transport).await?;
     let register_seconds = started.elapsed().as_secs_f64();
     drop(registration);
     eprintln!("  registered {nodes} nodes in {register_seconds:.1} s");
-    let rss_before_connections = rss_bytes(pid)?;
+    let rss_before_connections = controllers.rss_bytes()?;
     let connecting = Instant::now();
-    let pool = heartbeat_pool(&controller, &data_dir, &registered, matrix.max_connections).await?;
-    let rss_connected = rss_bytes(pid)?;
+    let pool = heartbeat_pool(&controllers, &registered, matrix.max_connections).await?;
+    let rss_connected = controllers.rss_bytes()?;
     eprintln!(
         "  opened {} heartbeat connections in {:.1} s; controller RSS {:.0} -> {:.0} MiB",
         pool.len(),
@@ -773,9 +965,9 @@ async fn run_one(
             .collect(),
     );
     let rate = nodes as f64 / interval.as_secs_f64();
-    let cpu_before = cpu_seconds(pid, ticks)?;
+    let cpu_before = controllers.cpu_seconds(ticks)?;
     let generator_before = cpu_seconds(std::process::id(), ticks)?;
-    let writer_cpu_before = thread_cpu_seconds(pid, "store-writer", ticks)?;
+    let writer_cpu_before = controllers.writer_cpu_seconds(ticks)?;
     let database_cpu = DatabaseCpu::start(store.as_deref(), ticks).await?;
     let probe = NoiseProbe::start();
     // (send time since phase start in ms, ack latency in µs)
@@ -834,18 +1026,29 @@ async fn run_one(
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = phase_start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid, ticks)? - cpu_before;
+    let cpu_each: Vec<f64> = controllers
+        .cpu_seconds(ticks)?
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    if cpu_each.len() > 1 {
+        let each: Vec<String> = cpu_each.iter().map(|s| format!("{s:.1}")).collect();
+        eprintln!("  controller CPU s per replica: {}", each.join(" "));
+    }
+    let cpu: f64 = cpu_each.iter().sum();
     let generator_cpu = cpu_seconds(std::process::id(), ticks)? - generator_before;
-    let writer_cpu = thread_cpu_seconds(pid, "store-writer", ticks)? - writer_cpu_before;
+    let writer_cpu = controllers.writer_cpu_seconds(ticks)? - writer_cpu_before;
     let database_cpu_seconds = database_cpu.finish(ticks)?;
-    let peak_rss = peak_rss_bytes(pid)?;
-    let rss_after_heartbeats = rss_bytes(pid)?;
+    let (peak_rss, peak_rss_sum) = controllers.peak_rss_bytes()?;
+    let rss_after_heartbeats = controllers.rss_bytes()?;
     let oversleep_p99_ms = probe.finish();
     // A WAL that keeps growing would mean checkpoints cannot keep up.
     let wal_bytes = std::fs::metadata(data_dir.join("controller.db-wal")).map_or(0, |m| m.len());
     let connections = pool.len();
     drop(pool);
-    controller.stop()?;
+    controllers.stop()?;
+    let load_after = load_average()?;
 
     let samples = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
     // p99 per 5 s window shows whether the tail is a warm-up, a periodic
@@ -866,7 +1069,7 @@ async fn run_one(
     latencies.sort_unstable();
     Ok(RunResult {
         nodes,
-        mode: mode.to_string(),
+        mode: label,
         transport,
         connections,
         target_rate: rate,
@@ -879,6 +1082,7 @@ async fn run_one(
         cpu_seconds: cpu,
         cpu_percent: 100.0 * cpu / elapsed,
         peak_rss,
+        peak_rss_sum,
         rss_before_connections,
         rss_connected,
         rss_after_heartbeats,
@@ -888,8 +1092,43 @@ async fn run_one(
         writer_cpu_seconds: writer_cpu,
         database_cpu_seconds,
         generator_cpu_percent: 100.0 * generator_cpu / elapsed,
+        load_before,
+        load_after,
     })
 }
+
+/// The mode as the tables name it: `postgres x2` for two replicas.
+fn mode_label(mode: &str, replicas: usize) -> String {
+    if replicas == 1 {
+        mode.to_string()
+    } else {
+        format!("{mode} x{replicas}")
+    }
+}
+
+/// `--replicas`: each count 1 to 8, and more than one only for the
+/// postgres mode (the other stores are one controller's own files).
+fn check_replicas(replicas: &[usize], modes: &[String]) -> anyhow::Result<()> {
+    if replicas.is_empty() {
+        bail!("--replicas: give at least one count");
+    }
+    for &count in replicas {
+        if !(1..=MAX_REPLICAS).contains(&count) {
+            bail!("--replicas {count}: a run takes 1 to {MAX_REPLICAS} replicas");
+        }
+        if count > 1 && !modes.iter().any(|m| m == "postgres") {
+            bail!(
+                "--replicas {count} needs --modes postgres: only controllers on one PostgreSQL database can be replicas"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The most replicas a run starts: each holds several database sessions and
+/// its own copy of every node, on the one machine that also generates the
+/// load.
+const MAX_REPLICAS: usize = 8;
 
 async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
     if matrix.channels == 0 {
@@ -898,6 +1137,7 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
     if matrix.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
+    check_replicas(&matrix.replicas, &matrix.modes)?;
     let transports = matrix
         .transports
         .iter()
@@ -911,24 +1151,36 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &nodes in &matrix.node_counts {
         for mode in &matrix.modes {
-            for &transport in &transports {
-                eprintln!(
-                    "run: {nodes} nodes, {mode} heartbeats, {}, {} s",
-                    transport.name(),
-                    matrix.duration.as_secs()
-                );
-                let result = run_one(&matrix, nodes, mode, transport, &work_dir, ticks).await?;
-                print_result(&result);
-                results.push(result);
+            let replica_counts: &[usize] = if mode == "postgres" {
+                &matrix.replicas
+            } else {
+                &[1]
+            };
+            for &replicas in replica_counts {
+                for &transport in &transports {
+                    eprintln!(
+                        "run: {nodes} nodes, {} heartbeats, {}, {} s",
+                        mode_label(mode, replicas),
+                        transport.name(),
+                        matrix.duration.as_secs()
+                    );
+                    let result =
+                        run_one(&matrix, nodes, mode, replicas, transport, &work_dir, ticks)
+                            .await?;
+                    print_result(&result);
+                    results.push(result);
+                }
             }
         }
     }
     println!();
-    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % | database server CPU s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | mode | transport | connections | target hb/s | sustained hb/s | errors | p50 ms | p99 ms | max ms | controller CPU s | CPU % of one core | peak RSS MiB (largest controller) | peak RSS MiB (all controllers) | register s | writer thread CPU s | WAL MiB at end | 1 ms sleep overshoot p99 ms | load generator CPU % | database server CPU s | load average before → after |");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &results {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} → {:.1} |",
             r.nodes,
             r.mode,
             r.transport.name(),
@@ -942,12 +1194,15 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
             r.cpu_seconds,
             r.cpu_percent,
             r.peak_rss as f64 / (1 << 20) as f64,
+            r.peak_rss_sum as f64 / (1 << 20) as f64,
             r.register_seconds,
             r.writer_cpu_seconds,
             r.wal_bytes as f64 / (1 << 20) as f64,
             r.oversleep_p99_ms,
             r.generator_cpu_percent,
-            r.database_cpu_seconds
+            r.database_cpu_seconds,
+            r.load_before,
+            r.load_after
         );
     }
     println!();
@@ -995,12 +1250,15 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
                 );
             }
         }
-        for transport in &transports {
-            if let (Some(pg), Some(lite)) =
-                (find("postgres", *transport), find("durable", *transport))
+        for (transport, replicas) in transports
+            .iter()
+            .flat_map(|t| matrix.replicas.iter().map(move |r| (t, *r)))
+        {
+            let label = mode_label("postgres", replicas);
+            if let (Some(pg), Some(lite)) = (find(&label, *transport), find("durable", *transport))
             {
                 println!(
-                    "ratio postgres/sqlite (durable) at {nodes} nodes, {}: hb/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU with the database server {:.2}x, register time {:.2}x",
+                    "ratio {label}/sqlite (durable) at {nodes} nodes, {}: hb/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU with the database server {:.2}x, register time {:.2}x",
                     transport.name(),
                     pg.achieved_rate / lite.achieved_rate,
                     pg.p50_ms / lite.p50_ms,
@@ -1010,7 +1268,9 @@ async fn run_matrix(matrix: Matrix) -> anyhow::Result<()> {
                 );
             }
         }
-        for mode in &matrix.modes {
+        let mut labels: Vec<&str> = results.iter().map(|r| r.mode.as_str()).collect();
+        labels.dedup();
+        for mode in labels {
             if let (Some(t), Some(p)) = (
                 find(mode, Transport::Mtls),
                 find(mode, Transport::Plaintext),
@@ -1103,7 +1363,7 @@ impl DatabaseCpu {
 
 fn print_result(r: &RunResult) {
     println!(
-        "{} nodes, {}, {} over {} connections: sent {} ({} errors), sustained {:.0} hb/s (target {:.0}), ack latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms, controller CPU {:.1} s = {:.1}% of one core, peak RSS {:.0} MiB",
+        "{} nodes, {}, {} over {} connections: sent {} ({} errors), sustained {:.0} hb/s (target {:.0}), ack latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms, controller CPU {:.1} s = {:.1}% of one core (all replicas), peak RSS {:.0} MiB (largest controller; all {:.0} MiB), load {:.1} -> {:.1}",
         r.nodes,
         r.mode,
         r.transport.name(),
@@ -1117,7 +1377,10 @@ fn print_result(r: &RunResult) {
         r.max_ms,
         r.cpu_seconds,
         r.cpu_percent,
-        r.peak_rss as f64 / (1 << 20) as f64
+        r.peak_rss as f64 / (1 << 20) as f64,
+        r.peak_rss_sum as f64 / (1 << 20) as f64,
+        r.load_before,
+        r.load_after
     );
 }
 
@@ -1135,5 +1398,37 @@ mod tests {
         // A prefix of another field's name is not that field.
         let err = status_field_bytes(STATUS, "Rss").unwrap_err().to_string();
         assert!(err.contains("no Rss"), "{err}");
+    }
+
+    #[test]
+    fn replicas_are_one_to_eight_and_only_on_postgres() {
+        let modes = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_replicas(&[1, 2, 8], &modes(&["durable", "postgres"])).unwrap();
+        check_replicas(&[1], &modes(&["durable", "memory"])).unwrap();
+        for (replicas, mode, expected) in [
+            (&[2][..], "durable", "--replicas 2 needs --modes postgres"),
+            (&[0], "postgres", "--replicas 0: a run takes 1 to 8"),
+            (&[1, 9], "postgres", "--replicas 9: a run takes 1 to 8"),
+            (&[], "postgres", "--replicas: give at least one count"),
+        ] {
+            let err = check_replicas(replicas, &modes(&[mode]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{replicas:?} {mode}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_shared_connection_carries_nodes_of_one_replica() {
+        // One connection per node while they fit: node i on connection i.
+        assert_eq!(heartbeat_connections(10_000, 16_000, 3).unwrap(), 10_000);
+        // Shared: node i on connection i % count must be on replica i % n.
+        for replicas in 1..=MAX_REPLICAS {
+            let count = heartbeat_connections(50_000, 16_000, replicas).unwrap();
+            assert!(count <= 16_000 && count > 16_000 - replicas);
+            assert!((0..50_000).all(|i| (i % count) % replicas == i % replicas));
+        }
+        let err = heartbeat_connections(100, 2, 3).unwrap_err().to_string();
+        assert!(err.contains("--max-connections 2"), "{err}");
     }
 }
