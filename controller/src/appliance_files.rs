@@ -259,7 +259,7 @@ mod tests {
         assert!(matches!(err, ApplianceFileError::Mismatch { .. }), "{err}");
         assert_eq!(files.size(&other).await.unwrap(), None);
         // No partial file is left behind.
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("appliances/sha256"))
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sha256"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
