@@ -516,6 +516,71 @@ mod tests {
         }
     }
 
+    /// Heartbeats are written as rows of one statement per run of them:
+    /// whatever the batches, each node's row ends with the values of its
+    /// newest heartbeat, as the node image has them, and a refused one
+    /// writes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_heartbeat_rows_hold_each_nodes_newest_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(dir.path(), true).unwrap();
+        let mut nodes = Vec::new();
+        for name in ["n1", "n2", "n3"] {
+            nodes.push(store.register(register_input(name)).await.unwrap());
+        }
+        let beats = (1..=60u64).map(|sequence| {
+            let node = &nodes[(sequence % 3) as usize];
+            let store = store.clone();
+            let input = HeartbeatInput {
+                node_id: node.node_id.clone(),
+                node_secret: node.node_secret.clone(),
+                sequence,
+                agent_version: format!("v{sequence}"),
+                capabilities: Capabilities::default(),
+                resources: Resources::default(),
+                observed_generation: sequence,
+            };
+            tokio::spawn(async move { store.heartbeat(input).await })
+        });
+        let refused = store.heartbeat(HeartbeatInput {
+            node_id: nodes[0].node_id.clone(),
+            node_secret: "wrong".into(),
+            sequence: 1000,
+            agent_version: "intruder".into(),
+            capabilities: Capabilities::default(),
+            resources: Resources::default(),
+            observed_generation: 1000,
+        });
+        assert!(refused.await.is_err());
+        for beat in futures::future::join_all(beats).await {
+            beat.unwrap().unwrap();
+        }
+        for (k, node) in nodes.iter().enumerate() {
+            let image = store.node(&node.node_id).unwrap();
+            let (status, sequence, version, observed, heard): (String, i64, String, i64, String) =
+                with_database(dir.path(), |conn| {
+                    conn.query_row(
+                        "SELECT status, last_sequence, agent_version, observed_generation, \
+                         last_heartbeat FROM nodes WHERE id = ?1",
+                        [node.node_id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )
+                    .unwrap()
+                });
+            // Node k got the sequences congruent to k mod 3; the highest
+            // of them is its last_sequence whatever order they came in.
+            let newest = (1..=60i64).filter(|s| s % 3 == k as i64).max().unwrap();
+            assert_eq!(status, "online", "{k}");
+            assert_eq!(sequence, newest, "{k}");
+            assert_eq!(version, image.agent_version, "{k}");
+            assert_ne!(version, "intruder");
+            assert_eq!(Some(heard), image.last_heartbeat, "{k}");
+            assert_eq!(observed, version[1..].parse::<i64>().unwrap(), "{k}");
+        }
+        store.stop_writer().await;
+        writer.join().await;
+    }
+
     #[tokio::test]
     async fn log_retention_keeps_the_newest_lines() {
         let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::store::sql::{params, Connection, OptionalExtension};
+use crate::store::sql::{params, Connection, OptionalExtension, Transaction, Value};
 use measurelab_api::http::{self, NodeStatus};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -202,7 +202,11 @@ impl Writer {
         let replica = self.replica.clone();
         let outcome = (|| -> Result<(), StoreError> {
             let mut tx = self.conn.transaction()?;
+            let mut heartbeat_rows = HeartbeatRows::default();
             for command in batch {
+                if !matches!(command, WriteCommand::Heartbeat(..)) {
+                    heartbeat_rows.write(&tx, &overlay)?;
+                }
                 announce_all |= matches!(
                     command,
                     WriteCommand::Register(..)
@@ -231,9 +235,14 @@ impl Writer {
                         replies.push(PendingReply::Registered(reply, result));
                     }
                     WriteCommand::Heartbeat(input, reply) => {
-                        let result = in_savepoint(&mut tx, &mut overlay, |tx, overlay| {
-                            heartbeat(tx, overlay, input, now, instant, durable_heartbeats)
-                        });
+                        let result = heartbeat(&mut tx, &mut overlay, input, now, instant).map(
+                            |(desired, node_id)| {
+                                if durable_heartbeats {
+                                    heartbeat_rows.queue(node_id);
+                                }
+                                desired
+                            },
+                        );
                         replies.push(PendingReply::Heartbeat(reply, result));
                     }
                     WriteCommand::ShipLogs(input, reply) => {
@@ -283,6 +292,7 @@ impl Writer {
                     }
                 }
             }
+            heartbeat_rows.write(&tx, &overlay)?;
             if let Some(replica) = &replica {
                 let ids = nodes_to_announce(&overlay, announce_all, &reloaded);
                 replica_notices::announce_nodes(&tx, replica, &ids)?;
@@ -333,14 +343,17 @@ impl Writer {
     }
 }
 
+/// A heartbeat, applied to the batch's node image. Its row is written
+/// later, with the other heartbeats of its run ([`HeartbeatRows`]); only a
+/// node coming back online writes at once (status and event together).
+/// Returns the node's desired generation and its id.
 fn heartbeat(
-    tx: &Connection,
+    tx: &mut Transaction<'_>,
     overlay: &mut Overlay<'_>,
     input: HeartbeatInput,
     now: OffsetDateTime,
     instant: Instant,
-    durable: bool,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, String), StoreError> {
     let node = overlay.get(&input.node_id);
     check_secret(node.as_ref(), &input.node_id, &input.node_secret)?;
     let Some(mut node) = node else {
@@ -359,41 +372,110 @@ fn heartbeat(
     node.capabilities = input.capabilities;
     node.resources = input.resources;
     node.observed_generation = input.observed_generation;
-    if durable {
-        tx.prepare_cached(
-            "UPDATE nodes SET status = 'online', last_heartbeat = ?2, last_sequence = ?3,
-                agent_version = ?4, capabilities = ?5, resources = ?6, observed_generation = ?7
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            node.id,
-            node.last_heartbeat.map(rfc3339),
-            node.last_sequence as i64,
-            node.agent_version,
-            json(&node.capabilities)?,
-            json(&node.resources)?,
-            node.observed_generation as i64,
-        ])?;
-    } else if came_back {
-        // In-memory heartbeats still persist the status transition, so the
-        // journal and the status column never disagree.
-        write_status(tx, &node)?;
-    }
     if came_back {
-        insert_event(
-            tx,
-            now,
-            &NewEvent {
-                reason: "NodeOnline",
-                object_kind: "node",
-                object_id: node.id.clone(),
-                message: format!("node {} is back online", node.name),
-            },
-        )?;
+        // Also with in-memory heartbeats: the journal and the status column
+        // never disagree.
+        in_savepoint(tx, overlay, |tx, _| {
+            write_status(tx, &node)?;
+            insert_event(
+                tx,
+                now,
+                &NewEvent {
+                    reason: "NodeOnline",
+                    object_kind: "node",
+                    object_id: node.id.clone(),
+                    message: format!("node {} is back online", node.name),
+                },
+            )
+        })?;
     }
-    let desired = node.desired_generation;
+    let beat = (node.desired_generation, node.id.clone());
     overlay.put(node);
-    Ok(desired)
+    Ok(beat)
+}
+
+/// Heartbeat rows to write (durable heartbeats), as one `UPDATE` per
+/// [`HEARTBEAT_ROWS_PER_STATEMENT`] nodes rather than one per heartbeat: on
+/// PostgreSQL every statement is a round trip to the server, and a
+/// savepoint around each heartbeat two more, while every replica's writer
+/// waits for the one holding the write lock. Written before any other
+/// command of the batch and before the commit, so statements still run in
+/// the order of their commands; a node beating twice is written once, with
+/// its latest values (the image holds them).
+#[derive(Default)]
+struct HeartbeatRows {
+    ids: Vec<String>,
+    queued: HashSet<String>,
+}
+
+/// Rows per heartbeat `UPDATE` (7 parameters each).
+const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
+
+impl HeartbeatRows {
+    fn queue(&mut self, node_id: String) {
+        if self.queued.insert(node_id.clone()) {
+            self.ids.push(node_id);
+        }
+    }
+
+    /// Write the queued rows from the batch's image of the nodes.
+    fn write(&mut self, tx: &Connection, overlay: &Overlay<'_>) -> Result<(), StoreError> {
+        self.queued.clear();
+        let ids = std::mem::take(&mut self.ids);
+        for chunk in ids.chunks(HEARTBEAT_ROWS_PER_STATEMENT) {
+            let mut values = Vec::with_capacity(chunk.len() * 7);
+            let mut rows = 0;
+            // A node deleted later in the batch has no row left to update.
+            for node in chunk.iter().filter_map(|id| overlay.get(id)) {
+                values.extend([
+                    Value::Text(node.id.clone()),
+                    node.last_heartbeat
+                        .map_or(Value::Null, |t| Value::Text(rfc3339(t))),
+                    Value::Integer(node.last_sequence as i64),
+                    Value::Text(node.agent_version.clone()),
+                    Value::Text(json(&node.capabilities)?),
+                    Value::Text(json(&node.resources)?),
+                    Value::Integer(node.observed_generation as i64),
+                ]);
+                rows += 1;
+            }
+            if rows > 0 {
+                tx.prepare_cached(&heartbeat_update(rows))?
+                    .execute(values)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `UPDATE nodes … FROM (rows)` for `rows` heartbeats, in SQL both SQLite
+/// and PostgreSQL take: the rows as `SELECT … UNION ALL` (SQLite names no
+/// columns of a `VALUES` list), integers cast so PostgreSQL types them.
+fn heartbeat_update(rows: usize) -> String {
+    let beats = (0..rows)
+        .map(|row| {
+            let p = row * 7;
+            format!(
+                "SELECT ?{} AS id, ?{} AS heard, CAST(?{} AS BIGINT) AS sequence, ?{} AS version, \
+                 ?{} AS capabilities, ?{} AS resources, CAST(?{} AS BIGINT) AS observed",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "UPDATE nodes SET status = 'online', last_heartbeat = beat.heard, \
+         last_sequence = beat.sequence, agent_version = beat.version, \
+         capabilities = beat.capabilities, resources = beat.resources, \
+         observed_generation = beat.observed \
+         FROM ({beats}) AS beat WHERE nodes.id = beat.id"
+    )
 }
 
 fn ship_logs(
