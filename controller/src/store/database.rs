@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0016_platform_control_keys.sql"),
     include_str!("../../migrations/0017_control_key_versions.sql"),
     include_str!("../../migrations/0018_gateway_state.sql"),
+    include_str!("../../migrations/0020_exec_channels.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the

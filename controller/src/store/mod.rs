@@ -22,6 +22,7 @@ mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
 mod events;
+mod exec_channels;
 pub(crate) mod flows;
 pub(crate) mod gateways;
 pub(crate) mod idempotency;
@@ -64,6 +65,7 @@ pub(crate) use codec::{rfc3339, to_json};
 use database::{restrict_permissions, Location};
 pub use error::StoreError;
 pub(crate) use events::EventPage;
+pub(crate) use exec_channels::{ChannelChange, ChannelHolder};
 use node_identity::IdentityCommand;
 pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use nodes::{check_secret, load_registry};
@@ -91,6 +93,9 @@ pub(crate) struct Store {
     appliance_files: ApplianceFiles,
     /// `<data_dir>/uploads`: program uploads while they arrive.
     uploads: std::path::PathBuf,
+    /// This replica's id on PostgreSQL (change notices, exec channels);
+    /// `None` on SQLite.
+    replica: Option<Arc<str>>,
 }
 
 impl Store {
@@ -182,6 +187,7 @@ impl Store {
             checkpointer,
             replica.clone(),
         );
+        let replica_id = replica.as_deref().map(Arc::from);
         if let (Location::Postgres(url), Some(replica)) = (&location, replica) {
             handle.follow(replica_sync::follow_nodes(
                 url,
@@ -203,6 +209,7 @@ impl Store {
                 tokens,
                 appliance_files: ApplianceFiles::new(data_dir),
                 uploads: data_dir.join("uploads"),
+                replica: replica_id,
             },
             handle,
         ))
@@ -368,6 +375,28 @@ impl Store {
             report.push((table.name(), deleted));
         }
         Ok(report)
+    }
+
+    /// Record that a node's exec stream attached to or ended on this
+    /// replica (a no-op on SQLite); the rows changed.
+    pub async fn record_exec_channel(&self, change: ChannelChange) -> Result<usize, StoreError> {
+        self.call(|reply| WriteCommand::ExecChannel(change, reply))
+            .await
+    }
+
+    /// The replica the database says holds `node_id`'s exec stream.
+    pub async fn exec_channel_holder(
+        &self,
+        node_id: String,
+    ) -> Result<Option<ChannelHolder>, StoreError> {
+        self.read(move |conn| exec_channels::holder(conn, &node_id))
+            .await
+    }
+
+    /// This replica's id among the replicas of one PostgreSQL database;
+    /// `None` on SQLite.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_deref()
     }
 
     /// Commands waiting for the writer thread (heartbeats, events, logs).

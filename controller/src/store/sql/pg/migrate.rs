@@ -24,6 +24,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         18,
         include_str!("../../../../migrations-pg/0018_gateway_state.sql"),
     ),
+    (
+        20,
+        include_str!("../../../../migrations-pg/0020_exec_channels.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
