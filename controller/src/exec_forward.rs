@@ -215,6 +215,9 @@ fn refusal_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::{ServerTls, TlsConfig};
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn a_refusal_is_told_by_its_message() {
@@ -223,5 +226,107 @@ mod tests {
             "no channel"
         );
         assert_eq!(refusal_message(b"bad gateway\n"), "bad gateway");
+    }
+
+    /// Stands in for the other replica: answers `101` to a forwarded
+    /// request with the caller's token and echoes the upgraded stream, and
+    /// 403 to anything else.
+    async fn replica(request: Request<Incoming>) -> Result<hyper::Response<Body>, hyper::Error> {
+        let headers = request.headers();
+        let accepted = request.uri().path() == "/v1/vms/vm-1/exec"
+            && headers.get(FORWARDED_HEADER).is_some()
+            && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"));
+        if !accepted {
+            let mut refused = hyper::Response::new(Body::from(
+                r#"{"error":{"code":"forbidden","message":"not this request"}}"#,
+            ));
+            *refused.status_mut() = StatusCode::FORBIDDEN;
+            return Ok(refused);
+        }
+        let upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 5];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&buf).await.unwrap();
+        });
+        let mut switched = hyper::Response::new(Body::empty());
+        *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = switched.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(
+            header::UPGRADE,
+            HeaderValue::from_static(EXEC_UPGRADE_PROTOCOL),
+        );
+        Ok(switched)
+    }
+
+    /// An HTTPS server of `tls` on 127.0.0.1 answering with [`replica`].
+    async fn https_replica(tls: &ServerTls) -> String {
+        let acceptor = tls.https_acceptor().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(replica))
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_session_is_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
+        let shared = tempfile::tempdir().unwrap();
+        let config = TlsConfig::generated(vec!["127.0.0.1".into()]);
+        let tls = ServerTls::new(&config, shared.path(), &[]).unwrap();
+        let url = https_replica(&tls).await;
+        let token = Some(HeaderValue::from_static("Bearer t"));
+
+        let forwarder = ExecForwarder::new(Some(tls.ca.pem())).unwrap();
+        let upgraded = forwarder
+            .open(&url, "vm-1", token.clone(), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let mut io = TokioIo::new(upgraded);
+        io.write_all(b"hello").await.unwrap();
+        let mut echoed = [0u8; 5];
+        io.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"hello");
+
+        // The other replica's refusal comes back with its message.
+        let err = forwarder
+            .open(&url, "vm-1", None, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ForwardError::Refused { status, message }
+                if *status == StatusCode::FORBIDDEN && message == "not this request"),
+            "{err}"
+        );
+
+        // A replica whose certificate another CA signed is not trusted.
+        let stranger = tempfile::tempdir().unwrap();
+        let other_ca = ServerTls::new(&config, stranger.path(), &[]).unwrap();
+        let err = ExecForwarder::new(Some(other_ca.ca.pem()))
+            .unwrap()
+            .open(&url, "vm-1", token.clone(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::Connect(_)), "{err}");
+        // Without TLS of its own a replica has no CA to verify with.
+        let err = ExecForwarder::default()
+            .open(&url, "vm-1", token, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::NoCa), "{err}");
     }
 }

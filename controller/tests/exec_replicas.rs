@@ -160,3 +160,47 @@ async fn exec_through_one_replica_reaches_the_agent_streaming_to_the_other() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_an_advertise_url_is_named_in_the_refusal() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(dir_a.path(), db.url(), true).await;
+    let node = a.register("n1", "").await;
+    a.create_platform("lab", &["n1"]).await;
+    a.create_vm("box", "lab", "n1").await;
+    let b = replica(dir_b.path(), db.url(), false).await;
+    let (mut up, up_rx) = futures::channel::mpsc::channel::<ExecUp>(4);
+    up.send(ExecUp {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let down = b.grpc().await.exec_channel(up_rx).await.unwrap();
+
+    let open = ExecOpen::Command {
+        argv: vec!["true".into()],
+        tty: false,
+        size: None,
+    };
+    match a.client().exec_open("lab/box", &open).await {
+        Err(ClientError::Api {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 503, "{message}");
+            assert!(
+                message.contains("exec channel is on controller replica")
+                    && message.contains("no --advertise-url"),
+                "{message}"
+            );
+        }
+        Ok(_) => panic!("the session was opened without B's URL"),
+        Err(other) => panic!("{other}"),
+    }
+    drop(down);
+    drop(up);
+    b.stop().await;
+    a.stop().await;
+}
