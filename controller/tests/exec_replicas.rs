@@ -10,7 +10,7 @@ use common::TestController;
 use futures::SinkExt;
 use measurelab_api::client::{Client, ClientError};
 use measurelab_api::exec::{ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_UPGRADE_PROTOCOL};
-use measurelab_api::node_v1::{ExecDown, ExecUp};
+use measurelab_api::node_v1::{ExecDown, ExecUp, RegisterResponse};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -27,6 +27,33 @@ async fn replica(dir: &std::path::Path, url: &str, advertise: bool) -> TestContr
         }
     })
     .await
+}
+
+/// Plays `node`'s agent: its exec channel to `controller`, which records
+/// the channel before it answers. Returns the frames up and the stream down.
+async fn agent_channel(
+    controller: &TestController,
+    node: &RegisterResponse,
+) -> (
+    futures::channel::mpsc::Sender<ExecUp>,
+    tonic::Streaming<ExecDown>,
+) {
+    let (mut up, up_rx) = futures::channel::mpsc::channel::<ExecUp>(16);
+    up.send(ExecUp {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let down = controller
+        .grpc()
+        .await
+        .exec_channel(up_rx)
+        .await
+        .unwrap()
+        .into_inner();
+    (up, down)
 }
 
 fn frame(session_id: &str, frame: &ExecFrame) -> ExecUp {
@@ -62,22 +89,7 @@ async fn exec_through_one_replica_reaches_the_agent_streaming_to_the_other() {
     let vm_id = vm["id"].as_str().unwrap().to_string();
     let b = replica(dir_b.path(), db.url(), true).await;
 
-    // The agent's exec channel, to B. B records it before answering.
-    let (mut up, up_rx) = futures::channel::mpsc::channel::<ExecUp>(16);
-    up.send(ExecUp {
-        node_id: node.node_id.clone(),
-        node_secret: node.node_secret.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut down = b
-        .grpc()
-        .await
-        .exec_channel(up_rx)
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut up, mut down) = agent_channel(&b, &node).await;
 
     // A request marked as forwarded is not forwarded again: A, which has
     // no channel of n1, refuses it as before forwarding existed.
@@ -170,15 +182,7 @@ async fn a_replica_without_an_advertise_url_is_named_in_the_refusal() {
     a.create_platform("lab", &["n1"]).await;
     a.create_vm("box", "lab", "n1").await;
     let b = replica(dir_b.path(), db.url(), false).await;
-    let (mut up, up_rx) = futures::channel::mpsc::channel::<ExecUp>(4);
-    up.send(ExecUp {
-        node_id: node.node_id.clone(),
-        node_secret: node.node_secret.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let down = b.grpc().await.exec_channel(up_rx).await.unwrap();
+    let (up, down) = agent_channel(&b, &node).await;
 
     let open = ExecOpen::Command {
         argv: vec!["true".into()],
