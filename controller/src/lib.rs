@@ -36,6 +36,9 @@
 //!   declared here next to one another (served at `/v1/openapi.json`,
 //!   committed as `controller/openapi.json`).
 //! - `validation`: field rules both APIs share.
+//! - `exec_hub`: `vm exec` sessions multiplexed over the agents'
+//!   `ExecChannel` streams; `exec_forward`: the same session opened on the
+//!   replica that holds the agent's stream (replicas on PostgreSQL).
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
 //! - `tls`: the controller's CA, the server certificate, node certificates
