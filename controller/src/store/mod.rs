@@ -642,6 +642,69 @@ mod tests {
         writer.join().await;
     }
 
+    mod exec_channel_rows {
+        use super::{with_database, Store};
+        use crate::store::exec_channels::{apply, holder, ChannelChange};
+        use crate::store::sql::Connection;
+
+        fn attach(
+            conn: &Connection,
+            replica: &str,
+            stream: u64,
+            url: Option<&str>,
+            at: i64,
+        ) -> usize {
+            let change = ChannelChange::Attached {
+                node_id: "n1".into(),
+                stream,
+                url: url.map(str::to_string),
+                attached_ms: at,
+            };
+            apply(conn, replica, &change).unwrap()
+        }
+
+        fn detach(conn: &Connection, replica: &str, stream: u64) -> usize {
+            let change = ChannelChange::Detached {
+                node_id: "n1".into(),
+                stream,
+            };
+            apply(conn, replica, &change).unwrap()
+        }
+
+        fn holder_of_n1(conn: &Connection) -> Option<(String, Option<String>)> {
+            holder(conn, "n1")
+                .unwrap()
+                .map(|holder| (holder.replica, holder.url))
+        }
+
+        #[tokio::test]
+        async fn a_detach_ends_only_its_own_stream_and_an_older_attach_never_wins() {
+            let dir = tempfile::tempdir().unwrap();
+            // Opening the store migrates the test database.
+            let (store, writer) = Store::open(dir.path(), true).unwrap();
+            store.stop_writer().await;
+            writer.join().await;
+            with_database(dir.path(), |conn| {
+                let r1 = Some(("r1".to_string(), Some("https://r1:7070".to_string())));
+                assert_eq!(attach(conn, "r1", 1, Some("https://r1:7070"), 100), 1);
+                assert_eq!(holder_of_n1(conn), r1);
+                // The agent moved to r2 (which gave no URL) before r1 saw
+                // its old stream end: r1's detach leaves r2's record alone.
+                assert_eq!(attach(conn, "r2", 1, None, 200), 1);
+                assert_eq!(detach(conn, "r1", 1), 0);
+                let r2 = Some(("r2".to_string(), None));
+                assert_eq!(holder_of_n1(conn), r2);
+                // An attach from before r2's, committed after it, does not win.
+                assert_eq!(attach(conn, "r1", 2, Some("https://r1:7070"), 150), 0);
+                assert_eq!(holder_of_n1(conn), r2);
+                // Stream numbers are per replica: only r2's stream 1 ends it.
+                assert_eq!(detach(conn, "r2", 2), 0);
+                assert_eq!(detach(conn, "r2", 1), 1);
+                assert_eq!(holder_of_n1(conn), None);
+            });
+        }
+    }
+
     mod aging {
         use crate::store::sql::params;
         use time::OffsetDateTime;
