@@ -34,6 +34,15 @@ pub struct ControllerArgs {
     /// so every replica serves a file uploaded through any of them.
     #[arg(long, env = "MEASURELAB_APPLIANCE_DIR")]
     appliance_dir: Option<PathBuf>,
+    /// With --store postgres://: the https://HOST:PORT (http:// without
+    /// --tls) the other controller replicas reach this one's HTTP API by.
+    /// A `vm exec` or `vm cp` that lands on another replica is forwarded
+    /// here when the node's agent streams to this one; without it, such a
+    /// session is refused (503). Its host must be in the server
+    /// certificate (--tls-san), and all replicas must share DATA_DIR/ca.pem
+    /// and ca.key (docs/postgresql.md).
+    #[arg(long, env = "MEASURELAB_ADVERTISE_URL", value_name = "URL", value_parser = advertise_url)]
+    advertise_url: Option<String>,
     /// Public HTTP/JSON API address (port 0 picks a free port; see DATA_DIR/http.addr).
     #[arg(long, default_value = "127.0.0.1:7070")]
     http_listen: SocketAddr,
@@ -174,6 +183,10 @@ pub struct ControllerArgs {
     tunnel_pool: Option<(std::net::Ipv4Addr, u8)>,
 }
 
+fn advertise_url(text: &str) -> Result<String, String> {
+    measurelab_controller::parse_advertise_url(text).map_err(|e| e.to_string())
+}
+
 fn vlan_pool(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     measurelab_controller::parse_vlan_pool(text).map_err(|e| e.to_string())
 }
@@ -233,6 +246,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     config.data_dir_lock = Some(data_dir_lock);
     config.store_url = store_url(&args.store)?;
     config.appliance_dir = args.appliance_dir;
+    config.advertise_url = args.advertise_url.clone();
     const DAY: Duration = Duration::from_secs(86_400);
     config.retention = measurelab_controller::Retention {
         events: DAY * args.retain_events_days as u32,

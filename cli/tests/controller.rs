@@ -213,6 +213,19 @@ fn a_store_neither_sqlite_nor_postgres_is_refused_naming_the_flag() {
     assert!(stderr.contains("--store"), "{stderr}");
 }
 
+#[test]
+fn a_bad_advertise_url_is_refused_naming_the_flag_and_the_reason() {
+    let stderr = controller_refusal(&["--advertise-url", "ftp://ctl-2:7070"]);
+    assert!(stderr.contains("--advertise-url"), "{stderr}");
+    assert!(stderr.contains("http:// or https://"), "{stderr}");
+    let stderr = controller_refusal(&["--advertise-url", "https://ctl-2:7070/v1"]);
+    assert!(stderr.contains("no path"), "{stderr}");
+    // Without --tls the others would speak TLS to a plaintext listener.
+    let stderr = controller_refusal(&["--advertise-url", "https://ctl-2:7070"]);
+    assert!(stderr.contains("--advertise-url"), "{stderr}");
+    assert!(stderr.contains("must start with http://"), "{stderr}");
+}
+
 /// A controller started and answering on `data`'s http.addr with its admin
 /// token, given `flags` and `env`.
 fn start_controller(

@@ -36,6 +36,9 @@
 //!   declared here next to one another (served at `/v1/openapi.json`,
 //!   committed as `controller/openapi.json`).
 //! - `validation`: field rules both APIs share.
+//! - `exec_hub`: `vm exec` sessions multiplexed over the agents'
+//!   `ExecChannel` streams; `exec_forward`: the same session opened on the
+//!   replica that holds the agent's stream (replicas on PostgreSQL).
 //! - `liveness`: the sweeper that turns silent nodes offline.
 //! - `tokens`: the admin and join tokens in the data directory.
 //! - `tls`: the controller's CA, the server certificate, node certificates
@@ -52,6 +55,7 @@ mod agent_rpc;
 mod api;
 mod appliance_files;
 mod data_dir;
+mod exec_forward;
 mod exec_hub;
 mod flows;
 mod grpc_listener;
@@ -156,6 +160,12 @@ pub struct ControllerConfig {
     /// the controller's CA signs (mTLS). `None` (the default): plaintext,
     /// which is only fit for loopback.
     pub tls: Option<TlsConfig>,
+    /// `https://host:port` (`http://` without TLS) the other replicas of
+    /// one PostgreSQL database reach this one's HTTP API by, to forward
+    /// `vm exec` sessions to the agents streaming to it
+    /// (`--advertise-url`, see [`parse_advertise_url`]). `None`: sessions
+    /// for those agents that land on another replica are refused (503).
+    pub advertise_url: Option<String>,
 }
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
@@ -262,6 +272,30 @@ fn check_pools_apart(
     Ok(())
 }
 
+/// Parse `--advertise-url`: an `http://` or `https://` URL with a host and
+/// nothing after the port (the replica appends the API paths itself).
+/// Returned without a trailing slash.
+pub fn parse_advertise_url(text: &str) -> Result<String, ControllerError> {
+    let bad = |why: &str| ControllerError::Config(format!("--advertise-url {text:?}: {why}"));
+    let uri: axum::http::Uri = text
+        .parse()
+        .map_err(|_| bad("not a URL; expected https://HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(bad("the scheme must be http:// or https://")),
+    }
+    match uri.authority() {
+        Some(authority) if !authority.host().is_empty() && !authority.as_str().contains('@') => {}
+        _ => return Err(bad("expected a host (and port), without user info")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(
+            "expected no path or query: the replica adds /v1/... itself",
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
 /// Whether `url` names a PostgreSQL database (the two schemes libpq takes).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -299,6 +333,7 @@ impl ControllerConfig {
             rate_limits: DEFAULT_RATE_LIMITS,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             tls: None,
+            advertise_url: None,
         }
     }
 }
@@ -448,6 +483,22 @@ pub async fn run(
             "join_token must not be empty".into(),
         ));
     }
+    // The other replicas speak to this one as its HTTP listener serves:
+    // TLS exactly when it is on.
+    let advertise_url = match &config.advertise_url {
+        Some(text) => {
+            let url = parse_advertise_url(text)?;
+            if url.starts_with("https://") != config.tls.is_some() {
+                return Err(ControllerError::Config(format!(
+                    "--advertise-url {text:?}: the HTTP API serves {}, so the URL must start with {}",
+                    if config.tls.is_some() { "HTTPS" } else { "plain HTTP (no --tls)" },
+                    if config.tls.is_some() { "https://" } else { "http://" },
+                )));
+            }
+            Some(url)
+        }
+        None => None,
+    };
     if let Some(url) = &config.store_url {
         if !is_postgres_url(url) {
             return Err(ControllerError::Config(
@@ -530,11 +581,14 @@ pub async fn run(
     );
     metrics.follow_leadership(leader.clone());
     let exec_hub = exec_hub::ExecHub::default();
+    let exec_forwarder =
+        exec_forward::ExecForwarder::new(server_tls.as_ref().map(|tls| tls.ca.pem()))?;
     let http = tokio::spawn({
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
                 .with_metrics(metrics.clone())
                 .with_exec_hub(exec_hub.clone())
+                .with_exec_forwarder(exec_forwarder)
                 .with_rate_limits(config.rate_limits)
                 .with_export_max_bytes(config.export_max_bytes)
                 .with_flows(
@@ -584,6 +638,7 @@ pub async fn run(
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
         .ending_streams_on(cancel.clone())
         .with_exec_hub(exec_hub)
+        .with_advertise_url(advertise_url)
         .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()))
         .with_node_certs(server_tls.as_ref().map(|t| agent_rpc::NodeCerts {
             ca: t.ca.clone(),
@@ -752,5 +807,31 @@ mod tests {
         assert_eq!(read(&third, tls::CA_CERT_FILE), own_ca);
         // Nothing was taken before the refusal either.
         assert!(!third.path().join(ADMIN_TOKEN_FILE).exists());
+    }
+
+    #[test]
+    fn an_advertise_url_is_an_http_base_url_and_a_bad_one_names_the_flag() {
+        assert_eq!(
+            parse_advertise_url("https://ctl-2.example:7070/").unwrap(),
+            "https://ctl-2.example:7070"
+        );
+        assert_eq!(
+            parse_advertise_url("http://[::1]:7070").unwrap(),
+            "http://[::1]:7070"
+        );
+        for (bad, why) in [
+            ("ctl-2:7070", "scheme"),
+            ("ftp://ctl-2:7070", "scheme"),
+            ("https://ctl-2:7070/v1", "no path"),
+            ("https://ctl-2:7070/?x=1", "no path or query"),
+            ("https://user@ctl-2:7070", "user info"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = parse_advertise_url(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("--advertise-url") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
     }
 }

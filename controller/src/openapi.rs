@@ -451,7 +451,8 @@ error_answers! {
         "404" => "NotFound", "413" => "PayloadTooLarge",
         "415" => "UnsupportedMediaType", "422" => "InvalidField";
     /// An exec session: refused before the switch like any request; 503
-    /// when the VM's node has no exec channel open.
+    /// when the VM's node has no exec channel open, here or on a replica it
+    /// can be forwarded to.
     ExecErrors: "401" => "Unauthorized", "403" => "Forbidden", "404" => "NotFound",
         "422" => "InvalidField", "503" => "Unavailable";
     /// A DELETE of one object.

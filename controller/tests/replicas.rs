@@ -305,3 +305,45 @@ async fn an_appliance_file_uploaded_through_one_replica_is_served_by_those_shari
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_or_revoked_through_one_replica_counts_at_the_other() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let long = Duration::from_secs(60);
+    let a = replica(dir_a.path(), db.url(), long).await;
+    let b = replica(dir_b.path(), db.url(), long).await;
+
+    // Made through A after B loaded its token book.
+    let token = a.tenant_token("t1", "alice", "member").await;
+    let status_at_b = || async {
+        b.call_as(&token, reqwest::Method::GET, "/v1/platforms", None)
+            .await
+            .0
+    };
+    eventually("B takes the token A made", || async {
+        status_at_b().await == 200
+    })
+    .await;
+
+    // Revoked through A: B refuses it.
+    let (tokens_status, list) = a.call(reqwest::Method::GET, "/v1/tokens", None).await;
+    assert_eq!(tokens_status, 200, "{list}");
+    let listed = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "alice")
+        .unwrap_or_else(|| panic!("alice in {list}"));
+    let id = listed["id"].as_str().unwrap().to_string();
+    let (status, body) = a
+        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("B refuses the token A revoked", || async {
+        status_at_b().await == 401
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}

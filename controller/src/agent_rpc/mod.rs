@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::store::{
-    constant_time_eq, parse_issued_join_token, rfc3339, HeartbeatInput, JoinCredential,
-    RegisterInput, ShipLogsInput, Store, StoreError,
+    constant_time_eq, parse_issued_join_token, rfc3339, ChannelChange, HeartbeatInput,
+    JoinCredential, RegisterInput, ShipLogsInput, Store, StoreError,
 };
 use crate::validation::{self, FieldError};
 use error::RpcError;
@@ -78,6 +78,9 @@ pub(crate) struct NodeRpc {
     node_certs: Option<NodeCerts>,
     /// `vm exec` sessions, shared with the HTTP API.
     exec_hub: ExecHub,
+    /// This replica's `--advertise-url`, recorded with each exec stream so
+    /// the other replicas can forward sessions here.
+    advertise_url: Option<String>,
 }
 
 /// How the controller issues and checks node certificates.
@@ -100,7 +103,14 @@ impl NodeRpc {
             running_marks: Arc::default(),
             node_certs: None,
             exec_hub: ExecHub::default(),
+            advertise_url: None,
         }
+    }
+
+    /// Record exec streams with this URL (see `store::exec_channels`).
+    pub fn with_advertise_url(mut self, url: Option<String>) -> Self {
+        self.advertise_url = url;
+        self
     }
 
     /// Carry the HTTP API's exec sessions over the agents' `ExecChannel`s.
@@ -354,8 +364,22 @@ impl NodeService for NodeRpc {
         let node_id = first.node_id;
         let (stream_no, down) = self.exec_hub.attach(&node_id);
         tracing::info!(%node_id, stream = stream_no, "exec channel opened");
+        // Recorded before the stream is answered, so a session the agent
+        // could take can be forwarded here as soon as it could. A failure
+        // costs only forwarding from the other replicas: this one still
+        // serves the node, so the stream goes on.
+        let attached = ChannelChange::Attached {
+            node_id: node_id.clone(),
+            stream: stream_no,
+            url: self.advertise_url.clone(),
+            attached_ms: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+        };
+        if let Err(err) = self.store.record_exec_channel(attached).await {
+            tracing::warn!(%node_id, %err, "cannot record the exec channel for the other replicas");
+        }
         let mut up = request.into_inner();
         let hub = self.exec_hub.clone();
+        let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn({
             let node_id = node_id.clone();
@@ -387,6 +411,16 @@ impl NodeService for NodeRpc {
                 }
                 hub.detach(&node_id, stream_no);
                 tracing::info!(%node_id, stream = stream_no, "exec channel closed");
+                let detached = ChannelChange::Detached {
+                    node_id: node_id.clone(),
+                    stream: stream_no,
+                };
+                // At shutdown the writer may be gone: the row stays, and
+                // forwarding to this replica fails (503) until the agent
+                // attaches elsewhere, which replaces it.
+                if let Err(err) = store.record_exec_channel(detached).await {
+                    tracing::debug!(%node_id, %err, "cannot record the end of the exec channel");
+                }
             }
         });
         let shutdown = self.shutdown.clone();

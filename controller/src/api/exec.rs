@@ -9,6 +9,12 @@
 //! Protocols` and both sides exchange [`ExecFrame`] JSON lines until the
 //! guest's `exit` frame.
 //!
+//! Replicas on one PostgreSQL database: an agent streams to one of them,
+//! and a client may reach any. A replica whose hub lacks the node asks the
+//! database which replica holds it and forwards the request there
+//! (`exec_forward`), then splices the two upgraded streams; the 503 names
+//! that replica when it cannot be used.
+//!
 //! Why an HTTP/1.1 upgrade rather than chunked bodies both ways: an upgrade
 //! is a plain byte stream in both directions at once, which works the same
 //! inside TLS, through `crates/httpserve`'s accept loop (which keeps the
@@ -36,6 +42,7 @@ use super::error::ApiError;
 use super::extract::key;
 use super::state::AppState;
 use crate::access::Principal;
+use crate::exec_forward::FORWARDED_HEADER;
 use crate::exec_hub::{ExecHubError, HubSession};
 use crate::store::vms;
 
@@ -65,6 +72,8 @@ pub(crate) async fn exec(
             ),
         });
     }
+    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let on_upgrade = hyper::upgrade::on(&mut request);
     let slot = request.extensions().get::<UpgradeSlot>().cloned();
     let body = axum::body::to_bytes(request.into_body(), MAX_OPEN_BYTES)
@@ -98,22 +107,32 @@ pub(crate) async fn exec(
         .resources()
         .read(move |conn, _| vms::get(conn, &scope, &lookup))
         .await?;
-    let session = state
-        .exec_hub()
-        .open(&vm.node_id, &vm.id, open)
-        .await
-        .map_err(|err| match err {
-            ExecHubError::NodeNotConnected { .. } | ExecHubError::Busy => {
-                ApiError::Unavailable(format!("VM {key}: {err}"))
-            }
-            ExecHubError::Encode(_) => ApiError::Unavailable(err.to_string()),
-        })?;
+    let peer = match state.exec_hub().open(&vm.node_id, &vm.id, open).await {
+        Ok(session) => Peer::Agent(session),
+        // Another replica may hold the agent's stream; never forward twice.
+        Err(err @ ExecHubError::NodeNotConnected { .. }) if !forwarded => {
+            let forward = Forward {
+                key: &key,
+                vm_id: &vm.id,
+                node_id: &vm.node_id,
+                authorization,
+                body,
+            };
+            Peer::Replica(forward.open(&state, err).await?)
+        }
+        Err(err) => return Err(unavailable(&key, &err)),
+    };
     // Held from before the answer, so the server never sees the connection
     // as done while the upgraded stream is in use.
     let hold = slot.map(|slot| slot.hold());
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => bridge(TokioIo::new(upgraded), session, hold).await,
+            Ok(upgraded) => match peer {
+                Peer::Agent(session) => bridge(TokioIo::new(upgraded), session, hold).await,
+                Peer::Replica(upstream) => {
+                    splice(TokioIo::new(upgraded), TokioIo::new(upstream), hold).await
+                }
+            },
             Err(err) => tracing::debug!(%err, "exec upgrade did not complete"),
         }
     });
@@ -125,6 +144,88 @@ pub(crate) async fn exec(
         HeaderValue::from_static(EXEC_UPGRADE_PROTOCOL),
     );
     Ok(response)
+}
+
+/// Who the client's upgraded stream is joined to.
+enum Peer {
+    /// An agent's exec channel on this replica.
+    Agent(HubSession),
+    /// The same session opened on the replica that holds the channel.
+    Replica(hyper::upgrade::Upgraded),
+}
+
+fn unavailable(key: &str, err: &ExecHubError) -> ApiError {
+    ApiError::Unavailable(format!("VM {key}: {err}"))
+}
+
+/// A session this replica cannot open itself, for the replica that can.
+struct Forward<'a> {
+    key: &'a str,
+    vm_id: &'a str,
+    node_id: &'a str,
+    authorization: Option<HeaderValue>,
+    body: axum::body::Bytes,
+}
+
+impl Forward<'_> {
+    /// Open the session on the replica the database names, or refuse as
+    /// `missing` (no channel anywhere) or with why that replica could not
+    /// be used.
+    async fn open(
+        self,
+        state: &AppState,
+        missing: ExecHubError,
+    ) -> Result<hyper::upgrade::Upgraded, ApiError> {
+        let store = state.store();
+        let holder = store
+            .exec_channel_holder(self.node_id.to_string())
+            .await?
+            // Our own record is stale (the hub is the truth here).
+            .filter(|holder| store.replica() != Some(holder.replica.as_str()));
+        let Some(holder) = holder else {
+            return Err(unavailable(self.key, &missing));
+        };
+        let refuse = |why: String| {
+            ApiError::Unavailable(format!(
+                "VM {}: node {}'s exec channel is on controller replica {}, {why}",
+                self.key, self.node_id, holder.replica
+            ))
+        };
+        let Some(url) = &holder.url else {
+            return Err(refuse(
+                "which has no --advertise-url to forward the session to".into(),
+            ));
+        };
+        state
+            .exec_forwarder()
+            .open(url, self.vm_id, self.authorization, self.body)
+            .await
+            .map_err(|err| refuse(format!("and forwarding to {url} failed: {err}")))
+    }
+}
+
+/// Joins the client's stream to the other replica's for a forwarded
+/// session, byte for byte (that replica relays the frames and enforces the
+/// protocol), within the client connection's slot and idle watchdog.
+async fn splice<C, U>(mut client: C, mut upstream: U, hold: Option<UpgradeHold>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let closed = async {
+        match hold {
+            Some(mut hold) => hold.closed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(err) = result {
+                tracing::debug!(%err, "forwarded exec session ended with an error");
+            }
+        }
+        () = closed => {}
+    }
 }
 
 fn visible(

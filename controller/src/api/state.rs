@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::rate_limit::{RateLimiter, RateLimits};
+use crate::exec_forward::ExecForwarder;
 use crate::exec_hub::ExecHub;
 use crate::flows::archive::FlowArchive;
 use crate::metrics::Metrics;
@@ -25,6 +26,8 @@ pub(crate) struct AppState {
     export_max_bytes: u64,
     /// `vm exec` sessions, carried over the agents' exec channels.
     exec_hub: ExecHub,
+    /// Sessions for agents streaming to another replica.
+    exec_forwarder: ExecForwarder,
 }
 
 struct Inner {
@@ -41,7 +44,18 @@ impl AppState {
             rate_limiter: None,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             exec_hub: ExecHub::default(),
+            exec_forwarder: ExecForwarder::default(),
         }
+    }
+
+    /// Forward exec sessions to other replicas with `forwarder`.
+    pub fn with_exec_forwarder(mut self, forwarder: ExecForwarder) -> Self {
+        self.exec_forwarder = forwarder;
+        self
+    }
+
+    pub fn exec_forwarder(&self) -> &ExecForwarder {
+        &self.exec_forwarder
     }
 
     /// Open exec sessions through `hub` (shared with the node API).

@@ -206,6 +206,7 @@ pub(crate) fn create(
         last_used_at: None,
         revoked_at: None,
     };
+    cx.effects.tokens_changed = true;
     cx.tx
         .prepare_cached(
             "INSERT INTO api_tokens (id, name, tenant_id, role, secret_digest, created_at, expires_at)
@@ -276,6 +277,7 @@ pub(crate) fn revoke(
     let mut token = get(cx.tx, scope, id)?;
     if token.revoked_at.is_none() {
         let now = cx.now_text();
+        cx.effects.tokens_changed = true;
         cx.tx
             .prepare_cached("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1")?
             .execute(params![token.id, now])?;

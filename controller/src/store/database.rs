@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0017_control_key_versions.sql"),
     include_str!("../../migrations/0018_gateway_state.sql"),
     include_str!("../../migrations/0019_replica_files.sql"),
+    include_str!("../../migrations/0020_exec_channels.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the

@@ -22,6 +22,7 @@ mod database;
 pub(crate) mod desired;
 pub(crate) mod error;
 mod events;
+mod exec_channels;
 pub(crate) mod flows;
 pub(crate) mod gateways;
 pub(crate) mod idempotency;
@@ -65,6 +66,7 @@ pub(crate) use codec::{rfc3339, to_json};
 use database::{restrict_permissions, Location};
 pub use error::StoreError;
 pub(crate) use events::EventPage;
+pub(crate) use exec_channels::{ChannelChange, ChannelHolder};
 use node_identity::IdentityCommand;
 pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
 use nodes::{check_secret, load_registry};
@@ -93,6 +95,9 @@ pub(crate) struct Store {
     appliance_files: ApplianceFiles,
     /// `<data_dir>/uploads`: program uploads while they arrive.
     uploads: std::path::PathBuf,
+    /// This replica's id on PostgreSQL (change notices, exec channels);
+    /// `None` on SQLite.
+    replica: Option<Arc<str>>,
 }
 
 impl Store {
@@ -184,6 +189,7 @@ impl Store {
             checkpointer,
             replica.clone(),
         );
+        let replica_id = replica.as_deref().map(Arc::from);
         if let (Location::Postgres(url), Some(replica)) = (&location, replica) {
             handle.follow(replica_sync::follow_nodes(
                 url,
@@ -192,8 +198,14 @@ impl Store {
             )?);
             handle.follow(replica_sync::follow_generations(
                 url,
-                replica,
+                replica.clone(),
                 resources.clone(),
+            )?);
+            handle.follow(replica_sync::follow_tokens(
+                url,
+                replica,
+                location.clone(),
+                tokens.clone(),
             )?);
         }
         Ok((
@@ -205,6 +217,7 @@ impl Store {
                 tokens,
                 appliance_files: ApplianceFiles::new(&data_dir.join("appliances")),
                 uploads: data_dir.join("uploads"),
+                replica: replica_id,
             },
             handle,
         ))
@@ -370,6 +383,32 @@ impl Store {
             report.push((table.name(), deleted));
         }
         Ok(report)
+    }
+
+    /// Record that a node's exec stream attached to or ended on this
+    /// replica (a no-op on SQLite); the rows changed.
+    pub async fn record_exec_channel(&self, change: ChannelChange) -> Result<usize, StoreError> {
+        // Not even queued on SQLite: an empty commit would cost an fsync.
+        if self.replica.is_none() {
+            return Ok(0);
+        }
+        self.call(|reply| WriteCommand::ExecChannel(change, reply))
+            .await
+    }
+
+    /// The replica the database says holds `node_id`'s exec stream.
+    pub async fn exec_channel_holder(
+        &self,
+        node_id: String,
+    ) -> Result<Option<ChannelHolder>, StoreError> {
+        self.read(move |conn| exec_channels::holder(conn, &node_id))
+            .await
+    }
+
+    /// This replica's id among the replicas of one PostgreSQL database;
+    /// `None` on SQLite.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_deref()
     }
 
     /// Commands waiting for the writer thread (heartbeats, events, logs).
@@ -681,6 +720,69 @@ mod tests {
         );
         store.stop_writer().await;
         writer.join().await;
+    }
+
+    mod exec_channel_rows {
+        use super::{with_database, Store};
+        use crate::store::exec_channels::{apply, holder, ChannelChange};
+        use crate::store::sql::Connection;
+
+        fn attach(
+            conn: &Connection,
+            replica: &str,
+            stream: u64,
+            url: Option<&str>,
+            at: i64,
+        ) -> usize {
+            let change = ChannelChange::Attached {
+                node_id: "n1".into(),
+                stream,
+                url: url.map(str::to_string),
+                attached_ms: at,
+            };
+            apply(conn, replica, &change).unwrap()
+        }
+
+        fn detach(conn: &Connection, replica: &str, stream: u64) -> usize {
+            let change = ChannelChange::Detached {
+                node_id: "n1".into(),
+                stream,
+            };
+            apply(conn, replica, &change).unwrap()
+        }
+
+        fn holder_of_n1(conn: &Connection) -> Option<(String, Option<String>)> {
+            holder(conn, "n1")
+                .unwrap()
+                .map(|holder| (holder.replica, holder.url))
+        }
+
+        #[tokio::test]
+        async fn a_detach_ends_only_its_own_stream_and_an_older_attach_never_wins() {
+            let dir = tempfile::tempdir().unwrap();
+            // Opening the store migrates the test database.
+            let (store, writer) = Store::open(dir.path(), true).unwrap();
+            store.stop_writer().await;
+            writer.join().await;
+            with_database(dir.path(), |conn| {
+                let r1 = Some(("r1".to_string(), Some("https://r1:7070".to_string())));
+                assert_eq!(attach(conn, "r1", 1, Some("https://r1:7070"), 100), 1);
+                assert_eq!(holder_of_n1(conn), r1);
+                // The agent moved to r2 (which gave no URL) before r1 saw
+                // its old stream end: r1's detach leaves r2's record alone.
+                assert_eq!(attach(conn, "r2", 1, None, 200), 1);
+                assert_eq!(detach(conn, "r1", 1), 0);
+                let r2 = Some(("r2".to_string(), None));
+                assert_eq!(holder_of_n1(conn), r2);
+                // An attach from before r2's, committed after it, does not win.
+                assert_eq!(attach(conn, "r1", 2, Some("https://r1:7070"), 150), 0);
+                assert_eq!(holder_of_n1(conn), r2);
+                // Stream numbers are per replica: only r2's stream 1 ends it.
+                assert_eq!(detach(conn, "r2", 2), 0);
+                assert_eq!(detach(conn, "r2", 1), 1);
+                assert_eq!(holder_of_n1(conn), None);
+            });
+        }
     }
 
     mod aging {

@@ -29,6 +29,8 @@ use super::sql::Connection;
 pub(crate) const NODES: &str = "measurelab_nodes";
 /// Desired-state generations (`replica_sync::follow_generations`).
 pub(crate) const DESIRED: &str = "measurelab_desired";
+/// The API token table (`replica_sync::follow_tokens`).
+pub(crate) const TOKENS: &str = "measurelab_tokens";
 
 /// Items per notice: PostgreSQL payloads are under 8,000 bytes; an item is
 /// a 36-character node id, plus `=generation` in desired-state notices.
@@ -68,6 +70,12 @@ pub(crate) fn announce_generations(
         .map(|(node, generation)| format!("{node}={generation}"))
         .collect();
     announce(tx, DESIRED, replica, &items)
+}
+
+/// Tell the other replicas to reload their token books. The notice names
+/// no token: the book is small and read whole.
+pub(crate) fn announce_tokens(tx: &Connection, replica: &str) -> Result<(), StoreError> {
+    announce(tx, TOKENS, replica, &["reload".to_string()])
 }
 
 /// The items of a notice another replica sent; `None` for this replica's

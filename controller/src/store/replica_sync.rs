@@ -1,13 +1,16 @@
 //! Applying other replicas' change notices ([`super::replica_notices`]) to
 //! this replica: node reloads through its writer, generations to its
-//! resource store.
+//! resource store, the token table to its token book.
 
 use tokio::sync::mpsc;
 
+use super::api_tokens::TokenBook;
+use super::database::Location;
 use super::error::StoreError;
-use super::replica_notices::{follow, generation_item, DESIRED, NODES};
+use super::replica_notices::{follow, generation_item, DESIRED, NODES, TOKENS};
 use super::resources::ResourceStore;
 use super::sql::pg::Listener;
+use super::sql::Connection;
 use super::writer::WriteCommand;
 
 /// Feed other replicas' node notices to this replica's `writer` as reloads.
@@ -41,6 +44,37 @@ pub(crate) fn follow_generations(
                     tracing::warn!(error = %e, "re-reading desired-state generations failed");
                 }
             }
+        }
+        true
+    })
+}
+
+/// Reload `tokens` from the database at `location` when another replica
+/// changed the token table (and after a reconnect, when notices may have
+/// been missed), so a token made or revoked through any replica counts at
+/// every one.
+pub(crate) fn follow_tokens(
+    url: &str,
+    me: String,
+    location: Location,
+    tokens: TokenBook,
+) -> Result<Listener, StoreError> {
+    // Opened on the notices thread at the first notice and kept: a
+    // PostgreSQL session must not live on an async worker.
+    let mut conn: Option<Connection> = None;
+    follow(url, TOKENS, me, move |_| {
+        let reloaded = match &conn {
+            Some(conn) => tokens.reload(conn),
+            None => location.open_connection().and_then(|opened| {
+                let result = tokens.reload(&opened);
+                conn = Some(opened);
+                result
+            }),
+        };
+        if let Err(e) = reloaded {
+            // The session may be gone: open a new one next time.
+            conn = None;
+            tracing::warn!(error = %e, "reloading API tokens another replica changed failed");
         }
         true
     })

@@ -28,6 +28,9 @@ use crate::placement::Pools;
 pub(crate) struct TxEffects {
     /// Nodes whose desired state changed.
     pub touched_nodes: Vec<String>,
+    /// The API token table changed (a token made or revoked, a tenant's
+    /// deleted): the other replicas' token books must reload.
+    pub tokens_changed: bool,
 }
 
 impl TxEffects {
@@ -278,6 +281,9 @@ impl ResourceStore {
             .collect::<Result<_, _>>()?;
         if let Some(replica) = &self.replica {
             super::replica_notices::announce_generations(&tx, replica, &touched)?;
+            if effects.tokens_changed {
+                super::replica_notices::announce_tokens(&tx, replica)?;
+            }
         }
         tx.commit()?;
         self.generations

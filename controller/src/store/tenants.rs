@@ -222,6 +222,7 @@ pub(crate) fn delete(cx: &mut TxContext<'_>, key: &str) -> Result<Tenant, StoreE
             ),
         ));
     }
+    cx.effects.tokens_changed = true;
     cx.tx
         .execute("DELETE FROM api_tokens WHERE tenant_id = ?1", [&tenant.id])?;
     cx.tx

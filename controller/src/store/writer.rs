@@ -20,6 +20,7 @@ use super::batch::{in_savepoint, insert_event, json, Overlay, PendingReply, Repl
 use super::checkpoint::Checkpointer;
 use super::codec::{parse_time, rfc3339};
 use super::error::StoreError;
+use super::exec_channels::{self, ChannelChange};
 use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
     check_secret, load_node, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
@@ -63,6 +64,8 @@ pub(crate) enum WriteCommand {
     /// Reload these nodes (`None`: all) from the database into the image:
     /// another replica changed them ([`super::replica_notices`]).
     ReloadNodes(Option<Vec<String>>),
+    /// An agent's exec stream attached or ended here ([`super::exec_channels`]).
+    ExecChannel(ChannelChange, Reply<usize>),
     Stop,
 }
 
@@ -280,6 +283,16 @@ impl Writer {
                     }
                     WriteCommand::Identity(command) => {
                         replies.push(node_identity::apply(&mut tx, &mut overlay, command, now));
+                    }
+                    WriteCommand::ExecChannel(change, reply) => {
+                        // SQLite: one controller, no one to tell.
+                        let result = match &replica {
+                            Some(replica) => in_savepoint(&mut tx, &mut overlay, |tx, _| {
+                                exec_channels::apply(tx, replica, &change)
+                            }),
+                            None => Ok(0),
+                        };
+                        replies.push(PendingReply::Count(reply, result));
                     }
                     WriteCommand::Sweep {
                         offline_after,

@@ -28,6 +28,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         19,
         include_str!("../../../../migrations-pg/0019_replica_files.sql"),
     ),
+    (
+        20,
+        include_str!("../../../../migrations-pg/0020_exec_channels.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -272,27 +272,27 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         })
         .collect();
     for replica in replicas {
-        assert_eq!(replica.join().unwrap().unwrap(), 19);
+        assert_eq!(replica.join().unwrap().unwrap(), 20);
     }
     let mut pg = PgDriver::connect(&url).unwrap();
-    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 19);
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 20);
     assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
-    // 28 tables of SQLite's schema after 0019, plus schema_version.
+    // 29 tables of SQLite's schema after 0020, plus schema_version.
     assert_eq!(
         count(
             &mut pg,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
         ),
-        29
+        30
     );
     // Migrating an up-to-date database changes nothing.
-    assert_eq!(pg.migrate().unwrap(), 19);
+    assert_eq!(pg.migrate().unwrap(), 20);
 
     pg.batch("UPDATE schema_version SET version = 99").unwrap();
     match pg.migrate() {
         Err(PgError::SchemaTooNew {
             found: 99,
-            known: 19,
+            known: 20,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -1,0 +1,332 @@
+//! Forwarding a `vm exec` / `vm cp` session to the controller replica that
+//! holds the node agent's `ExecChannel` (replicas on one PostgreSQL
+//! database; `store::exec_channels` says which one, at which URL).
+//!
+//! The forward is the client's own request again: the same body, the
+//! client's `Authorization`, `POST {url}/v1/vms/{vm_id}/exec` with the
+//! upgrade, so the other replica authorizes the caller itself and this one
+//! never lends it access it would not have there. It carries
+//! [`FORWARDED_HEADER`]; a replica never forwards a request that has it, so
+//! two replicas whose records disagree cannot bounce a session between
+//! them. Once both sides answered `101`, the handler splices the two byte
+//! streams (`api/exec.rs`).
+//!
+//! Over `https://` the other replica is verified against this controller's
+//! own CA: replicas of one database share it (the operator copies
+//! `ca.pem`/`ca.key` into each data dir), and its server certificate names
+//! the host of its `--advertise-url` (`--tls-san`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use measurelab_api::exec::EXEC_UPGRADE_PROTOCOL;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::{first_cert_der, TlsError};
+
+/// Marks a request one replica forwarded to another.
+pub const FORWARDED_HEADER: &str = "x-measurelab-forwarded";
+/// Connecting, the TLS handshake and the other replica's answer together:
+/// it answers before its upgrade as fast as this replica does, so a replica
+/// that takes longer is as good as down.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most of the other replica's refusal read (a JSON error).
+const MAX_REFUSAL_BYTES: usize = 16 * 1024;
+
+/// Why a session could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The recorded URL cannot be used.
+    #[error("its URL {0:?} is not an http(s)://HOST:PORT URL")]
+    Url(String),
+    /// The URL is https but this replica runs without TLS, so it has no CA
+    /// to verify the other one with.
+    #[error(
+        "its URL is https, but this replica runs without --tls and has no CA to verify it with"
+    )]
+    NoCa,
+    /// TCP connect or TLS handshake failed.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built (cannot happen for valid headers).
+    #[error("cannot build the request: {0}")]
+    Request(#[from] axum::http::Error),
+    /// The other replica did not switch protocols.
+    #[error("it answered {status}: {message}")]
+    Refused {
+        /// Its status.
+        status: StatusCode,
+        /// Its error message (or body).
+        message: String,
+    },
+    /// No answer within [`OPEN_TIMEOUT`].
+    #[error("no answer within {OPEN_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Opens forwarded sessions. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ExecForwarder {
+    /// Verifies other replicas over https; `None` without TLS.
+    tls: Option<TlsConnector>,
+}
+
+impl ExecForwarder {
+    /// Trust `ca_pem` (this controller's CA) for https replicas; `None`:
+    /// plain http only.
+    pub fn new(ca_pem: Option<&str>) -> Result<Self, TlsError> {
+        let Some(pem) = ca_pem else {
+            return Ok(ExecForwarder::default());
+        };
+        let invalid = |reason: String| TlsError::Invalid {
+            what: "ca.pem".into(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(first_cert_der(pem, "ca.pem")?.into())
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ExecForwarder {
+            tls: Some(TlsConnector::from(Arc::new(config))),
+        })
+    }
+
+    /// `POST {base_url}/v1/vms/{vm_id}/exec` with `body` as `authorization`
+    /// asking for the upgrade; the upgraded stream once it switched.
+    pub async fn open(
+        &self,
+        base_url: &str,
+        vm_id: &str,
+        authorization: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Result<Upgraded, ForwardError> {
+        tokio::time::timeout(
+            OPEN_TIMEOUT,
+            self.open_now(base_url, vm_id, authorization, body),
+        )
+        .await
+        .map_err(|_| ForwardError::Timeout)?
+    }
+
+    async fn open_now(
+        &self,
+        base_url: &str,
+        vm_id: &str,
+        authorization: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Result<Upgraded, ForwardError> {
+        let bad_url = || ForwardError::Url(base_url.to_string());
+        let uri: Uri = base_url.parse().map_err(|_| bad_url())?;
+        let authority = uri.authority().ok_or_else(bad_url)?.clone();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad_url()),
+        };
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // IPv6 literals come bracketed in a URL, bare in a socket address
+        // and in a certificate's name.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(ForwardError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/vms/{vm_id}/exec"))
+            .header(header::HOST, authority.as_str())
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(FORWARDED_HEADER, "1");
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request.body(Body::from(body))?;
+        if !https {
+            return exchange(tcp, request).await;
+        }
+        let connector = self.tls.as_ref().ok_or(ForwardError::NoCa)?;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| bad_url())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(ForwardError::Connect)?;
+        exchange(tls, request).await
+    }
+}
+
+/// One HTTP/1.1 request on `io`; the upgraded stream if it switched.
+async fn exchange<S>(io: S, request: Request<Body>) -> Result<Upgraded, ForwardError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    // Drives the connection until the upgrade hands it over (or it fails,
+    // which `send_request` reports).
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(%err, "forwarded exec connection failed");
+        }
+    });
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_REFUSAL_BYTES)
+            .await
+            .unwrap_or_default();
+        return Err(ForwardError::Refused {
+            status,
+            message: refusal_message(&body),
+        });
+    }
+    Ok(hyper::upgrade::on(response).await?)
+}
+
+/// The `error.message` of a JSON error, else the body as text.
+fn refusal_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{ServerTls, TlsConfig};
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_refusal_is_told_by_its_message() {
+        assert_eq!(
+            refusal_message(br#"{"error":{"code":"unavailable","message":"no channel"}}"#),
+            "no channel"
+        );
+        assert_eq!(refusal_message(b"bad gateway\n"), "bad gateway");
+    }
+
+    /// Stands in for the other replica: answers `101` to a forwarded
+    /// request with the caller's token and echoes the upgraded stream, and
+    /// 403 to anything else.
+    async fn replica(request: Request<Incoming>) -> Result<hyper::Response<Body>, hyper::Error> {
+        let headers = request.headers();
+        let accepted = request.uri().path() == "/v1/vms/vm-1/exec"
+            && headers.get(FORWARDED_HEADER).is_some()
+            && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"));
+        if !accepted {
+            let mut refused = hyper::Response::new(Body::from(
+                r#"{"error":{"code":"forbidden","message":"not this request"}}"#,
+            ));
+            *refused.status_mut() = StatusCode::FORBIDDEN;
+            return Ok(refused);
+        }
+        let upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 5];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&buf).await.unwrap();
+        });
+        let mut switched = hyper::Response::new(Body::empty());
+        *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = switched.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(
+            header::UPGRADE,
+            HeaderValue::from_static(EXEC_UPGRADE_PROTOCOL),
+        );
+        Ok(switched)
+    }
+
+    /// An HTTPS server of `tls` on 127.0.0.1 answering with [`replica`].
+    async fn https_replica(tls: &ServerTls) -> String {
+        let acceptor = tls.https_acceptor().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(replica))
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_session_is_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
+        let shared = tempfile::tempdir().unwrap();
+        let config = TlsConfig::generated(vec!["127.0.0.1".into()]);
+        let tls = ServerTls::new(&config, shared.path(), &[]).unwrap();
+        let url = https_replica(&tls).await;
+        let token = Some(HeaderValue::from_static("Bearer t"));
+
+        let forwarder = ExecForwarder::new(Some(tls.ca.pem())).unwrap();
+        let upgraded = forwarder
+            .open(&url, "vm-1", token.clone(), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let mut io = TokioIo::new(upgraded);
+        io.write_all(b"hello").await.unwrap();
+        let mut echoed = [0u8; 5];
+        io.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"hello");
+
+        // The other replica's refusal comes back with its message.
+        let err = forwarder
+            .open(&url, "vm-1", None, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ForwardError::Refused { status, message }
+                if *status == StatusCode::FORBIDDEN && message == "not this request"),
+            "{err}"
+        );
+
+        // A replica whose certificate another CA signed is not trusted.
+        let stranger = tempfile::tempdir().unwrap();
+        let other_ca = ServerTls::new(&config, stranger.path(), &[]).unwrap();
+        let err = ExecForwarder::new(Some(other_ca.ca.pem()))
+            .unwrap()
+            .open(&url, "vm-1", token.clone(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::Connect(_)), "{err}");
+        // Without TLS of its own a replica has no CA to verify with.
+        let err = ExecForwarder::default()
+            .open(&url, "vm-1", token, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::NoCa), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! `vm exec` across two controller replicas on one PostgreSQL database
+//! (issue 13 §4): the agent streams its ExecChannel to replica B, the
+//! client reaches replica A, and A forwards the session to B (recorded in
+//! the database with B's --advertise-url) and splices the streams. A
+//! request already forwarded is never forwarded again.
+
+mod common;
+
+use common::TestController;
+use futures::SinkExt;
+use measurelab_api::client::{Client, ClientError};
+use measurelab_api::exec::{ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_UPGRADE_PROTOCOL};
+use measurelab_api::node_v1::{ExecDown, ExecUp, RegisterResponse};
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// A replica on `url`; `advertise`: it records its HTTP address for the
+/// others. Replicas share the join token (and would share the TLS CA).
+async fn replica(dir: &std::path::Path, url: &str, advertise: bool) -> TestController {
+    TestController::start_with(dir, |config| {
+        config.store_url = Some(url.to_string());
+        config.join_token = Some("replicas-join-token".into());
+        if advertise {
+            let http = config.http_listener.local_addr().unwrap();
+            config.advertise_url = Some(format!("http://{http}"));
+        }
+    })
+    .await
+}
+
+/// Plays `node`'s agent: its exec channel to `controller`, which records
+/// the channel before it answers. Returns the frames up and the stream down.
+async fn agent_channel(
+    controller: &TestController,
+    node: &RegisterResponse,
+) -> (
+    futures::channel::mpsc::Sender<ExecUp>,
+    tonic::Streaming<ExecDown>,
+) {
+    let (mut up, up_rx) = futures::channel::mpsc::channel::<ExecUp>(16);
+    up.send(ExecUp {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let down = controller
+        .grpc()
+        .await
+        .exec_channel(up_rx)
+        .await
+        .unwrap()
+        .into_inner();
+    (up, down)
+}
+
+fn frame(session_id: &str, frame: &ExecFrame) -> ExecUp {
+    ExecUp {
+        session_id: session_id.to_string(),
+        frame_json: serde_json::to_vec(frame).unwrap(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_through_one_replica_reaches_the_agent_streaming_to_the_other() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(dir_a.path(), db.url(), true).await;
+    let node = a.register("n1", "").await;
+    // Before B starts: B loads the token table at start.
+    let member = a.tenant_token("t1", "ci", "member").await;
+    for (path, body) in [
+        ("/v1/platforms", json!({"name": "lab", "nodes": ["n1"]})),
+        (
+            "/v1/vms",
+            json!({"name": "box", "platform": "lab", "node": "n1", "vcpus": 1,
+                "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
+        ),
+    ] {
+        let (code, answer) = a.call_as(&member, Method::POST, path, Some(body)).await;
+        assert_eq!(code, 201, "{path}: {answer}");
+    }
+    let (_, vm) = a
+        .call_as(&member, Method::GET, "/v1/vms/lab%2Fbox", None)
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let b = replica(dir_b.path(), db.url(), true).await;
+
+    let (mut up, mut down) = agent_channel(&b, &node).await;
+
+    // A request marked as forwarded is not forwarded again: A, which has
+    // no channel of n1, refuses it as before forwarding existed.
+    let refused = reqwest::Client::new()
+        .post(a.url(&format!("/v1/vms/{vm_id}/exec")))
+        .bearer_auth(&member)
+        .header("connection", "upgrade")
+        .header("upgrade", EXEC_UPGRADE_PROTOCOL)
+        .header("x-measurelab-forwarded", "1")
+        .json(&json!({"kind": "command", "argv": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("no exec channel"), "{message}");
+
+    // Through A: forwarded to B, which opens the session on the agent.
+    let client = Client::new(a.url("").trim_end_matches('/'), &member, None).unwrap();
+    let open = ExecOpen::Command {
+        argv: vec!["echo".into(), "hi".into()],
+        tty: false,
+        size: None,
+    };
+    let upgraded = match client.exec_open("lab/box", &open).await {
+        Ok(upgraded) => upgraded,
+        Err(ClientError::Api {
+            status, message, ..
+        }) => {
+            panic!("A refused the session: {status} {message}")
+        }
+        Err(other) => panic!("{other}"),
+    };
+    let first: ExecDown = down.message().await.unwrap().unwrap();
+    assert_eq!(first.vm_id, vm_id);
+    assert_eq!(
+        serde_json::from_slice::<ExecFrame>(&first.frame_json).unwrap(),
+        ExecFrame::Open { open }
+    );
+    let session = first.session_id;
+    let output = ExecFrame::Output {
+        stream: ExecStream::Stdout,
+        data: "aGkK".into(),
+    };
+    let exit = ExecFrame::Exit {
+        exit: ExecExit {
+            code: Some(3),
+            ..Default::default()
+        },
+    };
+    up.send(frame(&session, &output)).await.unwrap();
+
+    let (reader, mut writer) = tokio::io::split(upgraded);
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    let line = lines.next_line().await.unwrap().expect("the output frame");
+    assert_eq!(serde_json::from_str::<ExecFrame>(&line).unwrap(), output);
+    // The client's frames cross both replicas to the agent.
+    let credit = ExecFrame::Credit { bytes: 3 };
+    let mut line = serde_json::to_vec(&credit).unwrap();
+    line.push(b'\n');
+    writer.write_all(&line).await.unwrap();
+    let next = down.message().await.unwrap().unwrap();
+    assert_eq!(next.session_id, session);
+    assert_eq!(
+        serde_json::from_slice::<ExecFrame>(&next.frame_json).unwrap(),
+        credit
+    );
+    up.send(frame(&session, &exit)).await.unwrap();
+    let line = lines.next_line().await.unwrap().expect("the exit frame");
+    assert_eq!(serde_json::from_str::<ExecFrame>(&line).unwrap(), exit);
+    assert_eq!(
+        lines.next_line().await.unwrap(),
+        None,
+        "the stream ends after the exit"
+    );
+    writer.shutdown().await.unwrap();
+
+    drop(down);
+    drop(up);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_an_advertise_url_is_named_in_the_refusal() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(dir_a.path(), db.url(), true).await;
+    let node = a.register("n1", "").await;
+    a.create_platform("lab", &["n1"]).await;
+    a.create_vm("box", "lab", "n1").await;
+    let b = replica(dir_b.path(), db.url(), false).await;
+    let (up, down) = agent_channel(&b, &node).await;
+
+    let open = ExecOpen::Command {
+        argv: vec!["true".into()],
+        tty: false,
+        size: None,
+    };
+    match a.client().exec_open("lab/box", &open).await {
+        Err(ClientError::Api {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 503, "{message}");
+            assert!(
+                message.contains("exec channel is on controller replica")
+                    && message.contains("no --advertise-url"),
+                "{message}"
+            );
+        }
+        Ok(_) => panic!("the session was opened without B's URL"),
+        Err(other) => panic!("{other}"),
+    }
+    drop(down);
+    drop(up);
+    b.stop().await;
+    a.stop().await;
+}
