@@ -39,8 +39,8 @@ pub struct ControllerArgs {
     /// A `vm exec` or `vm cp` that lands on another replica is forwarded
     /// here when the node's agent streams to this one; without it, such a
     /// session is refused (503). Its host must be in the server
-    /// certificate (--tls-san), and all replicas must share DATA_DIR/ca.pem
-    /// and ca.key (docs/postgresql.md).
+    /// certificate (--tls-san); the replicas share the CA through the
+    /// database (docs/postgresql.md).
     #[arg(long, env = "MEASURELAB_ADVERTISE_URL", value_name = "URL", value_parser = advertise_url)]
     advertise_url: Option<String>,
     /// Public HTTP/JSON API address (port 0 picks a free port; see DATA_DIR/http.addr).

@@ -12,9 +12,9 @@
 //! streams (`api/exec.rs`).
 //!
 //! Over `https://` the other replica is verified against this controller's
-//! own CA: replicas of one database share it (the operator copies
-//! `ca.pem`/`ca.key` into each data dir), and its server certificate names
-//! the host of its `--advertise-url` (`--tls-san`).
+//! own CA: replicas of one database share it (`store::replica_files`), and
+//! its server certificate names the host of its `--advertise-url`
+//! (`--tls-san`).
 
 use std::sync::Arc;
 use std::time::Duration;
