@@ -196,6 +196,20 @@ async fn guest_agent_over_unix_socket() {
         status_of("dep-long", ProgramRunState::Running),
     )
     .await;
+    // Running is reported once the process is spawned, which can be before
+    // its shell wrote the first line: a restart then would leave no trace
+    // of the first run. Wait for the line, so the check below sees both.
+    let starts = programs.join("dep-long").join("starts");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&starts).unwrap_or_default() != "start old\n" {
+        assert!(
+            Instant::now() < deadline,
+            "first start: {:?}",
+            std::fs::read_to_string(&starts)
+        );
+        // Poll interval only: the condition, not the pause, ends the wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     channels
         .send(
             vm_id,
@@ -216,7 +230,6 @@ async fn guest_agent_over_unix_socket() {
         status_of("dep-long", ProgramRunState::Running),
     )
     .await;
-    let starts = programs.join("dep-long").join("starts");
     let deadline = Instant::now() + WAIT;
     while std::fs::read_to_string(&starts).unwrap_or_default() != "start old\nstart new\n" {
         assert!(
