@@ -200,16 +200,7 @@ async fn guest_agent_over_unix_socket() {
     // its shell wrote the first line: a restart then would leave no trace
     // of the first run. Wait for the line, so the check below sees both.
     let starts = programs.join("dep-long").join("starts");
-    let deadline = Instant::now() + WAIT;
-    while std::fs::read_to_string(&starts).unwrap_or_default() != "start old\n" {
-        assert!(
-            Instant::now() < deadline,
-            "first start: {:?}",
-            std::fs::read_to_string(&starts)
-        );
-        // Poll interval only: the condition, not the pause, ends the wait.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_text(&starts, "start old\n").await;
     channels
         .send(
             vm_id,
@@ -230,16 +221,7 @@ async fn guest_agent_over_unix_socket() {
         status_of("dep-long", ProgramRunState::Running),
     )
     .await;
-    let deadline = Instant::now() + WAIT;
-    while std::fs::read_to_string(&starts).unwrap_or_default() != "start old\nstart new\n" {
-        assert!(
-            Instant::now() < deadline,
-            "starts: {:?}",
-            std::fs::read_to_string(&starts)
-        );
-        // Poll interval only: the condition, not the pause, ends the wait.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_text(&starts, "start old\nstart new\n").await;
     channels
         .send(
             vm_id,
@@ -620,4 +602,19 @@ async fn bad_messages_are_skipped_not_fatal() {
         }
     }
     assert!(agent.0.try_wait().unwrap().is_none(), "guest agent exited");
+}
+
+/// Wait until `path` holds exactly `expected`, failing after [`WAIT`].
+async fn wait_for_text(path: &std::path::Path, expected: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(path).unwrap_or_default() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{} is {:?}, not {expected:?}",
+            path.display(),
+            std::fs::read_to_string(path)
+        );
+        // Poll interval only: the condition, not the pause, ends the wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
