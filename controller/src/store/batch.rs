@@ -87,6 +87,21 @@ pub(super) struct Overlay<'a> {
 }
 
 impl Overlay<'_> {
+    /// The node's status in the batch's image, without copying the node.
+    pub(super) fn status(&self, id: &str) -> Option<http::NodeStatus> {
+        if self.removed.contains(id) {
+            return None;
+        }
+        if let Some(entry) = self.changed.get(id) {
+            return Some(entry.status);
+        }
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id(id)
+            .map(|entry| entry.status)
+    }
+
     pub(super) fn get(&self, id: &str) -> Option<NodeEntry> {
         if self.removed.contains(id) {
             return None;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::store::sql::{params, Connection, OptionalExtension, Transaction, Value};
+use crate::store::sql::{params, Connection, Transaction, Value};
 use measurelab_api::http::{self, NodeStatus};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -204,9 +204,17 @@ impl Writer {
         let mut reloaded: HashSet<String> = HashSet::new();
         let replica = self.replica.clone();
         let outcome = (|| -> Result<(), StoreError> {
-            let mut tx = self.conn.transaction()?;
+            // Heartbeats alone need no one-writer order (see
+            // needs_write_lock): a batch of nothing else runs beside other
+            // replicas' writers instead of queueing behind them.
+            let mut tx = self.conn.transaction_locking_later()?;
             let mut heartbeat_rows = HeartbeatRows::default();
             for command in batch {
+                if needs_write_lock(&command, &overlay) {
+                    // Before any heartbeat row is written: rows locked
+                    // first could be what the lock holder waits for.
+                    tx.take_write_lock()?;
+                }
                 if !matches!(command, WriteCommand::Heartbeat(..)) {
                     heartbeat_rows.write(&tx, &overlay)?;
                 }
@@ -356,6 +364,21 @@ impl Writer {
     }
 }
 
+/// Whether `command` needs the write lock that orders writers across
+/// replicas. Every command does but a heartbeat of a node that is not
+/// offline: that one only updates its own node's row (columns no other
+/// command writes, and `status` to the `online` it already has), so row
+/// locks order it enough, and it adds no event or id a reader pages by.
+/// A node coming back online writes an event: that heartbeat takes it.
+fn needs_write_lock(command: &WriteCommand, overlay: &Overlay<'_>) -> bool {
+    match command {
+        WriteCommand::Heartbeat(input, _) => {
+            overlay.status(&input.node_id) == Some(NodeStatus::Offline)
+        }
+        _ => true,
+    }
+}
+
 /// A heartbeat, applied to the batch's node image. Its row is written
 /// later, with the other heartbeats of its run ([`HeartbeatRows`]); only a
 /// node coming back online writes at once (status and event together).
@@ -434,7 +457,11 @@ impl HeartbeatRows {
     /// Write the queued rows from the batch's image of the nodes.
     fn write(&mut self, tx: &Connection, overlay: &Overlay<'_>) -> Result<(), StoreError> {
         self.queued.clear();
-        let ids = std::mem::take(&mut self.ids);
+        let mut ids = std::mem::take(&mut self.ids);
+        // Without the write lock two replicas' batches may share a node (an
+        // agent failing over): locking rows in one order keeps them from
+        // waiting on each other.
+        ids.sort_unstable();
         for chunk in ids.chunks(HEARTBEAT_ROWS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(chunk.len() * 7);
             let mut rows = 0;
@@ -662,14 +689,30 @@ fn nodes_to_announce(
         .collect()
 }
 
-/// The last heartbeat the database holds for `node_id` (whichever replica
-/// wrote it).
-fn stored_heartbeat(tx: &Connection, node_id: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-    let stored: Option<Option<String>> = tx
-        .prepare_cached("SELECT last_heartbeat FROM nodes WHERE id = ?1")?
-        .query_row([node_id], |row| row.get(0))
-        .optional()?;
-    stored.flatten().map(|text| parse_time(&text)).transpose()
+/// Nodes whose heartbeat times are read per query in the sweep.
+const SWEEP_READS_PER_QUERY: usize = 256;
+
+/// The last heartbeat the database holds for each of `node_ids` (whichever
+/// replica wrote it), as stored: the text the offline write compares with.
+/// Read in a few queries, not one per node: with replicas, every node
+/// another replica hears is a candidate here once per deadline, and each
+/// query is a round trip while this batch holds the write lock.
+fn stored_heartbeats(
+    tx: &Connection,
+    node_ids: &[String],
+) -> Result<HashMap<String, Option<String>>, StoreError> {
+    let mut stored = HashMap::with_capacity(node_ids.len());
+    for chunk in node_ids.chunks(SWEEP_READS_PER_QUERY) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("SELECT id, last_heartbeat FROM nodes WHERE id IN ({marks})");
+        let values: Vec<Value> = chunk.iter().map(|id| Value::Text(id.clone())).collect();
+        let rows = tx
+            .prepare_cached(&sql)?
+            .query_map(values, |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<(String, Option<String>)>, _>>()?;
+        stored.extend(rows);
+    }
+    Ok(stored)
 }
 
 fn sweep(
@@ -688,6 +731,7 @@ fn sweep(
             .map(|node| node.id.clone())
             .collect()
     };
+    let stored = stored_heartbeats(tx, &candidates)?;
     let mut gone_offline = Vec::new();
     for id in candidates {
         // Re-check through the overlay: a heartbeat earlier in this batch
@@ -699,10 +743,13 @@ fn sweep(
         if node.status != NodeStatus::Online || silent_for <= offline_after {
             continue;
         }
+        let Some(stored) = stored.get(&id) else {
+            continue; // deleted by another replica; its notice will tell
+        };
         // Replicas on one database each hear only their own agents' heartbeats:
         // one that another replica recorded in time keeps the node online,
         // and refreshes this replica's image of it.
-        if let Some(heard) = stored_heartbeat(tx, &node.id)? {
+        if let Some(heard) = stored.as_deref().map(parse_time).transpose()? {
             let heard_ago = (now - heard).max(time::Duration::ZERO);
             if node.last_heartbeat.is_none_or(|mine| heard > mine) && heard_ago <= offline_after {
                 node.last_heartbeat = Some(heard);
@@ -713,8 +760,21 @@ fn sweep(
                 continue;
             }
         }
+        // Only if no heartbeat was stored since the read: other replicas
+        // write heartbeat rows without the write lock this sweep holds.
+        // (PostgreSQL re-checks the condition on a row a heartbeat has just
+        // updated once that commits.) A node that beat meanwhile is left
+        // online, to be looked at again by the next sweep.
+        let changed = tx
+            .prepare_cached(
+                "UPDATE nodes SET status = 'offline' \
+                 WHERE id = ?1 AND status = 'online' AND last_heartbeat IS NOT DISTINCT FROM ?2",
+            )?
+            .execute(params![node.id, stored])?;
+        if changed == 0 {
+            continue;
+        }
         node.status = NodeStatus::Offline;
-        write_status(tx, &node)?;
         insert_event(
             tx,
             now,

@@ -366,24 +366,31 @@ impl Connection {
     /// Begin a transaction that takes the write lock at once (`BEGIN
     /// IMMEDIATE` on SQLite), so its reads and writes see one state.
     pub(crate) fn transaction(&mut self) -> Result<Transaction<'_>> {
-        match &self.backend {
-            Backend::Sqlite(_) => self.run_cached("BEGIN IMMEDIATE")?,
-            Backend::Postgres(driver) => {
-                let mut driver = driver.borrow_mut();
-                driver.batch("BEGIN")?;
-                // PostgreSQL has no BEGIN IMMEDIATE: the advisory write lock
-                // gives the same one-writer order, across replicas too.
-                if let Err(e) = driver.write_lock() {
-                    if let Err(rollback) = driver.batch("ROLLBACK") {
-                        tracing::debug!(error = %rollback, "rollback after a failed write lock failed");
-                    }
-                    return Err(e.into());
-                }
+        let mut tx = self.transaction_locking_later()?;
+        tx.take_write_lock()?;
+        Ok(tx)
+    }
+
+    /// Begin a transaction that takes the write lock only at
+    /// [`Transaction::take_write_lock`]. On PostgreSQL, statements before
+    /// that run beside other replicas' writers, under row locks alone: for
+    /// writes that need no one-writer order (the store writer's heartbeat
+    /// rows). SQLite has one writer anyway and takes its lock at once.
+    pub(crate) fn transaction_locking_later(&mut self) -> Result<Transaction<'_>> {
+        let write_locked = match &self.backend {
+            Backend::Sqlite(_) => {
+                self.run_cached("BEGIN IMMEDIATE")?;
+                true
             }
-        }
+            Backend::Postgres(driver) => {
+                driver.borrow_mut().batch("BEGIN")?;
+                false
+            }
+        };
         Ok(Transaction {
             conn: self,
             open: true,
+            write_locked,
         })
     }
 
@@ -410,9 +417,29 @@ impl Connection {
 pub(crate) struct Transaction<'c> {
     conn: &'c Connection,
     open: bool,
+    /// Whether this transaction holds the write lock (until its end).
+    write_locked: bool,
 }
 
 impl Transaction<'_> {
+    /// Take the write lock, if this transaction does not hold it yet. On
+    /// PostgreSQL that is the advisory lock every replica's writers share
+    /// (it has no `BEGIN IMMEDIATE`), held until commit or rollback; take it
+    /// before the transaction has locked any row another writer may wait on,
+    /// or the two wait on each other until the server's deadlock check.
+    pub(crate) fn take_write_lock(&mut self) -> Result<()> {
+        if self.write_locked {
+            return Ok(());
+        }
+        if let Backend::Postgres(driver) = &self.conn.backend {
+            // A failed lock leaves the transaction aborted: dropping it
+            // rolls it back.
+            driver.borrow_mut().write_lock()?;
+        }
+        self.write_locked = true;
+        Ok(())
+    }
+
     pub(crate) fn commit(mut self) -> Result<()> {
         self.conn.run_cached("COMMIT")?;
         self.open = false;
