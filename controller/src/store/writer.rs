@@ -722,7 +722,7 @@ fn sweep(
     now: OffsetDateTime,
     instant: Instant,
 ) -> Result<usize, StoreError> {
-    let candidates: Vec<String> = {
+    let mut candidates: Vec<String> = {
         let registry = overlay.registry.read().unwrap_or_else(|e| e.into_inner());
         registry
             .iter()
@@ -731,6 +731,9 @@ fn sweep(
             .map(|node| node.id.clone())
             .collect()
     };
+    // Rows in id order, as heartbeat batches lock them (HeartbeatRows):
+    // they no longer wait for this sweep's lock, only for its rows.
+    candidates.sort_unstable();
     let stored = stored_heartbeats(tx, &candidates)?;
     let mut gone_offline = Vec::new();
     for id in candidates {
