@@ -697,6 +697,37 @@ mod tests {
         }
     }
 
+    /// A heartbeat row leaves the stored status alone: a node another
+    /// replica's sweep took offline (its notice not yet here, so this
+    /// replica still sees the node online) stays offline in the database,
+    /// to come back with its NodeOnline event once this replica knows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heartbeat_row_leaves_a_status_set_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(dir.path(), true).unwrap();
+        let node = store.register(register_input("n1")).await.unwrap();
+        with_database(dir.path(), |conn| {
+            conn.execute(
+                "UPDATE nodes SET status = 'offline' WHERE id = ?1",
+                [node.node_id.as_str()],
+            )
+            .unwrap()
+        });
+        store.heartbeat(beat(&node, 3)).await.unwrap();
+        let (status, sequence): (String, i64) = with_database(dir.path(), |conn| {
+            conn.query_row(
+                "SELECT status, last_sequence FROM nodes WHERE id = ?1",
+                [node.node_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        });
+        assert_eq!(sequence, 3, "the heartbeat row was not written");
+        assert_eq!(status, "offline");
+        store.stop_writer().await;
+        writer.join().await;
+    }
+
     /// While another replica's writer holds the write lock, a heartbeat is
     /// still stored and answered (it needs row locks only), and a label
     /// change waits for the lock.

@@ -366,10 +366,10 @@ impl Writer {
 
 /// Whether `command` needs the write lock that orders writers across
 /// replicas. Every command does but a heartbeat of a node that is not
-/// offline: that one only updates its own node's row (columns no other
-/// command writes, and `status` to the `online` it already has), so row
-/// locks order it enough, and it adds no event or id a reader pages by.
-/// A node coming back online writes an event: that heartbeat takes it.
+/// offline: that one only updates its own node's row, in columns no other
+/// command writes (see [`heartbeat_update`]), so row locks order it
+/// enough, and it adds no event or id a reader pages by. A node coming
+/// back online writes its status and an event: that heartbeat takes it.
 fn needs_write_lock(command: &WriteCommand, overlay: &Overlay<'_>) -> bool {
     match command {
         WriteCommand::Heartbeat(input, _) => {
@@ -491,6 +491,11 @@ impl HeartbeatRows {
 /// `UPDATE nodes … FROM (rows)` for `rows` heartbeats, in SQL both SQLite
 /// and PostgreSQL take: the rows as `SELECT … UNION ALL` (SQLite names no
 /// columns of a `VALUES` list), integers cast so PostgreSQL types them.
+/// The status is not written: these rows carry only nodes this replica
+/// sees online, and an `offline` in the database instead (another
+/// replica's sweep, whose notice is on its way) must stand until this
+/// replica has reloaded the node, so that its coming back writes the
+/// status together with its NodeOnline event.
 fn heartbeat_update(rows: usize) -> String {
     let beats = (0..rows)
         .map(|row| {
@@ -510,7 +515,7 @@ fn heartbeat_update(rows: usize) -> String {
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     format!(
-        "UPDATE nodes SET status = 'online', last_heartbeat = beat.heard, \
+        "UPDATE nodes SET last_heartbeat = beat.heard, \
          last_sequence = beat.sequence, agent_version = beat.version, \
          capabilities = beat.capabilities, resources = beat.resources, \
          observed_generation = beat.observed \
