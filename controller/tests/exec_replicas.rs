@@ -267,6 +267,100 @@ fn serve_output(
     })
 }
 
+/// A deployment of `member`'s tenant on platform `lab` over `vms` (name,
+/// node), declaring [`OUTPUT_PATH`]; returns its outputs path.
+async fn deployment_with_output(
+    controller: &TestController,
+    member: &str,
+    vms: &[(&str, &str)],
+) -> String {
+    let nodes: Vec<&str> = vms.iter().map(|(_, node)| *node).collect();
+    let (code, answer) = controller
+        .call_as(
+            member,
+            Method::POST,
+            "/v1/platforms",
+            Some(json!({"name": "lab", "nodes": nodes})),
+        )
+        .await;
+    assert_eq!(code, 201, "{answer}");
+    for (name, node) in vms {
+        let vm = json!({"name": name, "platform": "lab", "node": node, "vcpus": 1,
+            "memory_mib": 64, "appliance": "namespace", "power_state": "running"});
+        let (code, answer) = controller
+            .call_as(member, Method::POST, "/v1/vms", Some(vm))
+            .await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    let program = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\n");
+    let (code, answer) = controller
+        .call_as(
+            member,
+            Method::POST,
+            "/v1/programs",
+            Some(json!({"name": "probe", "content_base64": program})),
+        )
+        .await;
+    assert_eq!(code, 201, "{answer}");
+    let names: Vec<String> = vms.iter().map(|(name, _)| format!("lab/{name}")).collect();
+    let (code, deployment) = controller
+        .call_as(
+            member,
+            Method::POST,
+            "/v1/deployments",
+            Some(json!({"program": "probe", "vms": names, "outputs": [OUTPUT_PATH]})),
+        )
+        .await;
+    assert_eq!(code, 201, "{deployment}");
+    format!(
+        "/v1/deployments/{}/outputs",
+        deployment["id"].as_str().unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_name_the_replica_that_could_not_be_reached() {
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(dir_a.path(), db.url(), true).await;
+    let n1 = a.register("n1", "").await;
+    let viewer = a.tenant_token("t1", "eyes", "viewer").await;
+    let member = a.tenant_token("t1", "ci", "member").await;
+    let outputs = deployment_with_output(&a, &member, &[("box", "n1")]).await;
+    // B advertises a URL nothing answers on (port 1 of the loopback).
+    let dead = "http://127.0.0.1:1";
+    let b = TestController::start_with(dir_b.path(), |config| {
+        config.store_url = Some(db.url().to_string());
+        config.join_token = Some("replicas-join-token".into());
+        config.advertise_url = Some(dead.into());
+    })
+    .await;
+    let (up, down) = agent_channel(&b, &n1).await;
+
+    let (code, listing) = a.call_as(&viewer, Method::GET, &outputs, None).await;
+    assert_eq!(code, 200, "{listing}");
+    let error = listing["vms"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("exec channel is on controller replica")
+            && error.contains(&format!("forwarding to {dead} failed")),
+        "{listing}"
+    );
+    let (code, answer) = a
+        .call_as(&viewer, Method::GET, &format!("{outputs}/0"), None)
+        .await;
+    assert_eq!(code, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("VM lab/box: ")
+            && message.contains(&format!("forwarding to {dead} failed")),
+        "{answer}"
+    );
+    drop(down);
+    drop(up);
+    b.stop().await;
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_through_one_replica_are_read_on_the_replica_holding_the_channel() {
     let db = measurelab_testbed::pg::database().unwrap();
@@ -277,43 +371,7 @@ async fn outputs_through_one_replica_are_read_on_the_replica_holding_the_channel
     let member = a.tenant_token("t1", "ci", "member").await;
     let viewer = a.tenant_token("t1", "eyes", "viewer").await;
     let stranger = a.tenant_token("t2", "other", "member").await;
-    let program = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\n");
-    for (path, body) in [
-        (
-            "/v1/platforms",
-            json!({"name": "lab", "nodes": ["n1", "n2"]}),
-        ),
-        (
-            "/v1/vms",
-            json!({"name": "box", "platform": "lab", "node": "n1", "vcpus": 1,
-                "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-        ),
-        (
-            "/v1/vms",
-            json!({"name": "box2", "platform": "lab", "node": "n2", "vcpus": 1,
-                "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-        ),
-        (
-            "/v1/programs",
-            json!({"name": "probe", "content_base64": program}),
-        ),
-    ] {
-        let (code, answer) = a.call_as(&member, Method::POST, path, Some(body)).await;
-        assert_eq!(code, 201, "{path}: {answer}");
-    }
-    let (code, deployment) = a
-        .call_as(
-            &member,
-            Method::POST,
-            "/v1/deployments",
-            Some(json!({"program": "probe", "vms": ["lab/box", "lab/box2"], "outputs": [OUTPUT_PATH]})),
-        )
-        .await;
-    assert_eq!(code, 201, "{deployment}");
-    let outputs = format!(
-        "/v1/deployments/{}/outputs",
-        deployment["id"].as_str().unwrap()
-    );
+    let outputs = deployment_with_output(&a, &member, &[("box", "n1"), ("box2", "n2")]).await;
     let b = replica(dir_b.path(), db.url(), true).await;
     // n1's agent streams to B, n2's to A.
     let (up, down) = agent_channel(&b, &n1).await;
