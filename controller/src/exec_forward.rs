@@ -286,7 +286,6 @@ pub(crate) fn refusal_message(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::tls::{ServerTls, TlsConfig};
-    use hyper::body::Incoming;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
@@ -299,10 +298,18 @@ mod tests {
     }
 
     /// Stands in for the other replica: answers `101` to a forwarded
-    /// request with the caller's token and echoes the upgraded stream, and
-    /// 403 to anything else.
+    /// request with the caller's token and echoes the upgraded stream,
+    /// `200` with a body to a forwarded `GET /v1/read?x=1`, and 403 to
+    /// anything else.
     async fn replica(request: Request<Incoming>) -> Result<hyper::Response<Body>, hyper::Error> {
         let headers = request.headers();
+        if request.method() == Method::GET
+            && request.uri() == "/v1/read?x=1"
+            && headers.get(FORWARDED_HEADER).is_some()
+            && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"))
+        {
+            return Ok(hyper::Response::new(Body::from("read")));
+        }
         let accepted = request.uri().path() == "/v1/vms/vm-1/exec"
             && headers.get(FORWARDED_HEADER).is_some()
             && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"));
@@ -354,7 +361,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_is_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
+    async fn sessions_and_requests_are_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
         let shared = tempfile::tempdir().unwrap();
         let config = TlsConfig::generated(vec!["127.0.0.1".into()]);
         let tls = ServerTls::new(&config, shared.path(), &[]).unwrap();
@@ -371,6 +378,22 @@ mod tests {
         let mut echoed = [0u8; 5];
         io.read_exact(&mut echoed).await.unwrap();
         assert_eq!(&echoed, b"hello");
+
+        // A plain request comes back as the other replica answered it.
+        let answer = forwarder
+            .request(&url, "/v1/read?x=1", token.clone(), OPEN_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(Body::new(answer.into_body()), 64)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"read");
+        let answer = forwarder
+            .request(&url, "/v1/read?x=1", None, OPEN_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN);
 
         // The other replica's refusal comes back with its message.
         let err = forwarder
