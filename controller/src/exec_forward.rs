@@ -1,15 +1,17 @@
-//! Forwarding a `vm exec` / `vm cp` session to the controller replica that
-//! holds the node agent's `ExecChannel` (replicas on one PostgreSQL
-//! database; `store::exec_channels` says which one, at which URL).
+//! Forwarding a request to the controller replica that holds the node
+//! agent's `ExecChannel` (replicas on one PostgreSQL database;
+//! `store::exec_channels` says which one, at which URL): `vm exec` / `vm
+//! cp` sessions ([`ExecForwarder::open`], an upgrade) and the reads of
+//! deployment outputs ([`ExecForwarder::request`], a plain `GET` whose
+//! answer is relayed as it streams).
 //!
 //! The forward is the client's own request again: the same body, the
-//! client's `Authorization`, `POST {url}/v1/vms/{vm_id}/exec` with the
-//! upgrade, so the other replica authorizes the caller itself and this one
-//! never lends it access it would not have there. It carries
-//! [`FORWARDED_HEADER`]; a replica never forwards a request that has it, so
-//! two replicas whose records disagree cannot bounce a session between
-//! them. Once both sides answered `101`, the handler splices the two byte
-//! streams (`api/exec.rs`).
+//! client's `Authorization`, so the other replica authorizes the caller
+//! itself and this one never lends it access it would not have there. It
+//! carries [`FORWARDED_HEADER`]; a replica never forwards a request that
+//! has it, so two replicas whose records disagree cannot bounce a request
+//! between them. For a session, once both sides answered `101`, the
+//! handler splices the two byte streams (`api/exec.rs`).
 //!
 //! Over `https://` the other replica is verified against this controller's
 //! own CA: replicas of one database share it (`store::replica_files`), and
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use measurelab_api::exec::EXEC_UPGRADE_PROTOCOL;
@@ -36,11 +39,21 @@ pub const FORWARDED_HEADER: &str = "x-measurelab-forwarded";
 /// Connecting, the TLS handshake and the other replica's answer together:
 /// it answers before its upgrade as fast as this replica does, so a replica
 /// that takes longer is as good as down.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most of the other replica's refusal read (a JSON error).
-const MAX_REFUSAL_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_REFUSAL_BYTES: usize = 16 * 1024;
 
-/// Why a session could not be forwarded.
+/// Why a request for a VM on `node_id` is not served: its exec channel is
+/// on controller `replica`, and `why` it could not be used there. One
+/// wording for sessions and outputs, so operators grep for one thing.
+pub(crate) fn held_elsewhere(node_id: &str, replica: &str, why: impl std::fmt::Display) -> String {
+    format!("node {node_id}'s exec channel is on controller replica {replica}, {why}")
+}
+
+/// Why a replica has no URL to forward to.
+pub(crate) const NO_ADVERTISE_URL: &str = "which has no --advertise-url to forward to";
+
+/// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// The recorded URL cannot be used.
@@ -69,9 +82,9 @@ pub enum ForwardError {
         /// Its error message (or body).
         message: String,
     },
-    /// No answer within [`OPEN_TIMEOUT`].
-    #[error("no answer within {OPEN_TIMEOUT:?}")]
-    Timeout,
+    /// No answer within this long.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Opens forwarded sessions. Cheap to clone.
@@ -123,7 +136,7 @@ impl ExecForwarder {
             self.open_now(base_url, vm_id, authorization, body),
         )
         .await
-        .map_err(|_| ForwardError::Timeout)?
+        .map_err(|_| ForwardError::Timeout(OPEN_TIMEOUT))?
     }
 
     async fn open_now(
@@ -133,6 +146,55 @@ impl ExecForwarder {
         authorization: Option<HeaderValue>,
         body: Bytes,
     ) -> Result<Upgraded, ForwardError> {
+        let (io, authority) = self.connect(base_url).await?;
+        let request = forwarded(
+            Method::POST,
+            &format!("/v1/vms/{vm_id}/exec"),
+            &authority,
+            authorization,
+        )
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))?;
+        exchange(io, request).await
+    }
+
+    /// `GET {base_url}{path_and_query}` as `authorization`, marked as
+    /// forwarded: the other replica's answer whatever its status, its body
+    /// still streaming. Connecting must take at most [`OPEN_TIMEOUT`], the
+    /// answer's head at most `answer_within` more (the caller knows how
+    /// long the other replica may work before it answers).
+    pub async fn request(
+        &self,
+        base_url: &str,
+        path_and_query: &str,
+        authorization: Option<HeaderValue>,
+        answer_within: Duration,
+    ) -> Result<hyper::Response<Incoming>, ForwardError> {
+        let (io, authority) = tokio::time::timeout(OPEN_TIMEOUT, self.connect(base_url))
+            .await
+            .map_err(|_| ForwardError::Timeout(OPEN_TIMEOUT))??;
+        let request =
+            forwarded(Method::GET, path_and_query, &authority, authorization).body(Body::empty())?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        // Drives the connection until the answer's body is read to its end
+        // (or dropped), long after this function returned.
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "forwarded request's connection failed");
+            }
+        });
+        tokio::time::timeout(answer_within, sender.send_request(request))
+            .await
+            .map_err(|_| ForwardError::Timeout(answer_within))?
+            .map_err(ForwardError::from)
+    }
+
+    /// A connection to `base_url` (TLS verified against our CA for
+    /// https) and the authority to name in `Host`.
+    async fn connect(&self, base_url: &str) -> Result<(Box<dyn Io>, String), ForwardError> {
         let bad_url = || ForwardError::Url(base_url.to_string());
         let uri: Uri = base_url.parse().map_err(|_| bad_url())?;
         let authority = uri.authority().ok_or_else(bad_url)?.clone();
@@ -152,20 +214,8 @@ impl ExecForwarder {
             .await
             .map_err(ForwardError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("/v1/vms/{vm_id}/exec"))
-            .header(header::HOST, authority.as_str())
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(FORWARDED_HEADER, "1");
-        if let Some(authorization) = authorization {
-            request = request.header(header::AUTHORIZATION, authorization);
-        }
-        let request = request.body(Body::from(body))?;
         if !https {
-            return exchange(tcp, request).await;
+            return Ok((Box::new(tcp), authority.to_string()));
         }
         let connector = self.tls.as_ref().ok_or(ForwardError::NoCa)?;
         let name = ServerName::try_from(host.to_string()).map_err(|_| bad_url())?;
@@ -173,15 +223,35 @@ impl ExecForwarder {
             .connect(name, tcp)
             .await
             .map_err(ForwardError::Connect)?;
-        exchange(tls, request).await
+        Ok((Box::new(tls), authority.to_string()))
+    }
+}
+
+/// A byte stream to another replica, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
+
+/// A request to another replica, marked as forwarded, with the caller's
+/// `Authorization`.
+fn forwarded(
+    method: Method,
+    path_and_query: &str,
+    authority: &str,
+    authorization: Option<HeaderValue>,
+) -> axum::http::request::Builder {
+    let request = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(header::HOST, authority)
+        .header(FORWARDED_HEADER, "1");
+    match authorization {
+        Some(authorization) => request.header(header::AUTHORIZATION, authorization),
+        None => request,
     }
 }
 
 /// One HTTP/1.1 request on `io`; the upgraded stream if it switched.
-async fn exchange<S>(io: S, request: Request<Body>) -> Result<Upgraded, ForwardError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn exchange(io: Box<dyn Io>, request: Request<Body>) -> Result<Upgraded, ForwardError> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     // Drives the connection until the upgrade hands it over (or it fails,
     // which `send_request` reports).
@@ -205,7 +275,7 @@ where
 }
 
 /// The `error.message` of a JSON error, else the body as text.
-fn refusal_message(body: &[u8]) -> String {
+pub(crate) fn refusal_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
@@ -216,7 +286,6 @@ fn refusal_message(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::tls::{ServerTls, TlsConfig};
-    use hyper::body::Incoming;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
@@ -229,10 +298,18 @@ mod tests {
     }
 
     /// Stands in for the other replica: answers `101` to a forwarded
-    /// request with the caller's token and echoes the upgraded stream, and
-    /// 403 to anything else.
+    /// request with the caller's token and echoes the upgraded stream,
+    /// `200` with a body to a forwarded `GET /v1/read?x=1`, and 403 to
+    /// anything else.
     async fn replica(request: Request<Incoming>) -> Result<hyper::Response<Body>, hyper::Error> {
         let headers = request.headers();
+        if request.method() == Method::GET
+            && request.uri() == "/v1/read?x=1"
+            && headers.get(FORWARDED_HEADER).is_some()
+            && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"))
+        {
+            return Ok(hyper::Response::new(Body::from("read")));
+        }
         let accepted = request.uri().path() == "/v1/vms/vm-1/exec"
             && headers.get(FORWARDED_HEADER).is_some()
             && headers.get(header::AUTHORIZATION) == Some(&HeaderValue::from_static("Bearer t"));
@@ -284,7 +361,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_is_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
+    async fn sessions_and_requests_are_forwarded_over_https_to_a_replica_of_the_same_ca_only() {
         let shared = tempfile::tempdir().unwrap();
         let config = TlsConfig::generated(vec!["127.0.0.1".into()]);
         let tls = ServerTls::new(&config, shared.path(), &[]).unwrap();
@@ -301,6 +378,22 @@ mod tests {
         let mut echoed = [0u8; 5];
         io.read_exact(&mut echoed).await.unwrap();
         assert_eq!(&echoed, b"hello");
+
+        // A plain request comes back as the other replica answered it.
+        let answer = forwarder
+            .request(&url, "/v1/read?x=1", token.clone(), OPEN_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(Body::new(answer.into_body()), 64)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"read");
+        let answer = forwarder
+            .request(&url, "/v1/read?x=1", None, OPEN_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN);
 
         // The other replica's refusal comes back with its message.
         let err = forwarder

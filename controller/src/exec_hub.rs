@@ -91,6 +91,14 @@ impl ExecHub {
         (stream, rx)
     }
 
+    /// Whether `node_id`'s agent streams to this controller now (a replica
+    /// that does not may forward to the one that does).
+    pub fn holds(&self, node_id: &str) -> bool {
+        self.tables
+            .lock()
+            .is_ok_and(|tables| tables.nodes.contains_key(node_id))
+    }
+
     /// The agent stream ended: its sessions end with an error.
     pub fn detach(&self, node_id: &str, stream: u64) {
         if let Ok(mut tables) = self.tables.lock() {

@@ -24,7 +24,7 @@ pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Longest a `stat` may take: it hashes up to [`MAX_OUTPUT_BYTES`] in the
 /// guest (a few seconds per GiB), plus the way there and back.
-const STAT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const STAT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Chunks of a download queued between the guest session and the HTTP
 /// body; the credit window bounds the rest.

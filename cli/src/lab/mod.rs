@@ -33,6 +33,7 @@
 //! pid files and by sweeping namespaces and command lines, so it also cleans
 //! up after a crashed `up`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -931,6 +932,81 @@ impl Lab {
         Ok(endpoints.join(","))
     }
 
+    /// Replica K's HTTP port. A restarted controller keeps the port it
+    /// had, so endpoints handed out earlier (lab env, terraform configs)
+    /// stay valid even when the lab was created with port 0; replicas past
+    /// the first take a free one. The lab picks that port itself, rather
+    /// than letting the controller bind port 0, because the replica must
+    /// be told its own URL up front (`--advertise-url`, for forwarding exec
+    /// and outputs between replicas); another process taking the port in
+    /// between makes the replica fail to start, with its log shown.
+    fn replica_port(&self, settings: &LabSettings, k: u32) -> anyhow::Result<u16> {
+        let requested = if k == 1 { settings.http_port } else { 0 };
+        let port = match (requested, self.controller_http_addr(k)) {
+            (0, Some(previous)) => previous
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or(0),
+            (requested, _) => requested,
+        };
+        if port != 0 {
+            return Ok(port);
+        }
+        let probe = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .context("cannot find a free port for a controller replica")?;
+        Ok(probe.local_addr()?.port())
+    }
+
+    /// The `measurelab controller` arguments of replica K serving HTTP on
+    /// `port` (the store URL goes through the environment).
+    fn controller_args(&self, settings: &LabSettings, k: u32, port: u16) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "controller".into(),
+            "--data-dir".into(),
+            self.replica_dir(k).into(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            // Where the other replicas forward `vm exec` and outputs for
+            // the agents that stream to this one (plain or TLS as the
+            // HTTP API; 127.0.0.1 is in the lab's certificate).
+            "--advertise-url".into(),
+            format!("{}://127.0.0.1:{port}", scheme(settings.tls)).into(),
+            "--grpc-listen".into(),
+            format!("{MGMT_CONTROLLER_IP}:{}", Self::grpc_port(k)).into(),
+            "--grpc-netns".into(),
+            self.mgmt_ns().into(),
+            "--heartbeat-interval-seconds".into(),
+            settings.heartbeat_interval_seconds.to_string().into(),
+            "--offline-after-seconds".into(),
+            settings.offline_after_seconds.to_string().into(),
+            "--join-token-file".into(),
+            self.join_token_file().into(),
+            // The flow collector beside the gRPC socket on the management
+            // network, where every node's switch reaches it; 10 s rotation
+            // keeps GET .../flows close to live in a lab. A port per
+            // replica, as for gRPC.
+            "--flow-collector".into(),
+            format!(
+                "{MGMT_CONTROLLER_IP}:{}",
+                FLOW_COLLECTOR_PORT + k as u16 - 1
+            )
+            .into(),
+            "--flow-rotate-seconds".into(),
+            "10".into(),
+        ];
+        if settings.controllers > 1 {
+            // The shared file system real replicas would mount.
+            args.push("--appliance-dir".into());
+            args.push(self.shared_appliance_dir().into());
+        }
+        if settings.tls {
+            // The bind addresses (127.0.0.1 and the management IP) are in
+            // the certificate already; localhost for browsers and curl.
+            args.extend(["--tls", "--tls-san", "localhost"].map(OsString::from));
+        }
+        args
+    }
+
     /// Start controller replica K unless it runs; return its HTTP endpoint.
     fn ensure_controller(
         &self,
@@ -954,59 +1030,15 @@ impl Lab {
                 return Ok(endpoint);
             }
         }
-        // A restarted controller keeps the port it had, so endpoints handed
-        // out earlier (lab env, terraform configs) stay valid even when the
-        // lab was created with port 0. Replicas past the first pick one.
-        let requested = if k == 1 { settings.http_port } else { 0 };
-        let port = match (requested, self.controller_http_addr(k)) {
-            (0, Some(previous)) => previous
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .unwrap_or(0),
-            (requested, _) => requested,
-        };
+        let port = self.replica_port(settings, k)?;
         let addr_file = data_dir.join(crate::controller_cmd::HTTP_ADDR_FILE);
         let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new("setsid");
         cmd.arg(current_exe()?)
-            .arg("controller")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--grpc-listen")
-            .arg(format!("{MGMT_CONTROLLER_IP}:{}", Self::grpc_port(k)))
-            .arg("--grpc-netns")
-            .arg(self.mgmt_ns())
-            .arg("--heartbeat-interval-seconds")
-            .arg(settings.heartbeat_interval_seconds.to_string())
-            .arg("--offline-after-seconds")
-            .arg(settings.offline_after_seconds.to_string())
-            .arg("--join-token-file")
-            .arg(self.join_token_file())
-            // The flow collector beside the gRPC socket on the management
-            // network, where every node's switch reaches it; 10 s rotation
-            // keeps GET .../flows close to live in a lab. A port per
-            // replica, as for gRPC.
-            .arg("--flow-collector")
-            .arg(format!(
-                "{MGMT_CONTROLLER_IP}:{}",
-                FLOW_COLLECTOR_PORT + k as u16 - 1
-            ))
-            .arg("--flow-rotate-seconds")
-            .arg("10");
+            .args(self.controller_args(settings, k, port));
         if let Some(url) = store {
             // Through the environment: a password in the URL stays out of ps.
             cmd.env("MEASURELAB_STORE", url);
-        }
-        if settings.controllers > 1 {
-            // The shared file system real replicas would mount.
-            cmd.arg("--appliance-dir").arg(self.shared_appliance_dir());
-        }
-        if settings.tls {
-            // The bind addresses (127.0.0.1 and the management IP) are in
-            // the certificate already; localhost for browsers and curl.
-            cmd.arg("--tls").arg("--tls-san").arg("localhost");
         }
         let pid = self.spawn_background(&process, cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1811,6 +1843,66 @@ mod tests {
         // The lab command itself, and unrelated programs naming the dir.
         assert!(!l.owns_cmdline("/x/measurelab lab down --dir /var/lib/ml/mlab"));
         assert!(!l.owns_cmdline("vim /var/lib/ml/mlab/lab.json"));
+    }
+}
+
+#[cfg(test)]
+mod replica_command_tests {
+    use super::*;
+
+    fn settings(controllers: u32, tls: bool) -> LabSettings {
+        let old = r#"{"name":"mlab","nodes":1,"http_port":0,
+            "heartbeat_interval_seconds":5,"offline_after_seconds":15}"#;
+        LabSettings {
+            controllers,
+            tls,
+            ..serde_json::from_str(old).unwrap()
+        }
+    }
+
+    /// The value after `flag` in `args`.
+    fn value<'a>(args: &'a [OsString], flag: &str) -> Option<&'a str> {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).and_then(|v| v.to_str())
+    }
+
+    #[test]
+    fn every_replica_advertises_the_url_of_its_own_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab::new(&LabTarget {
+            name: "mlab".into(),
+            dir: Some(dir.path().to_path_buf()),
+        })
+        .unwrap();
+        // Replica 2 ran before on 45678: it keeps that port.
+        let replica_2 = lab.replica_dir(2);
+        std::fs::create_dir_all(&replica_2).unwrap();
+        std::fs::write(
+            replica_2.join(crate::controller_cmd::HTTP_ADDR_FILE),
+            "127.0.0.1:45678\n",
+        )
+        .unwrap();
+        for tls in [false, true] {
+            let settings = settings(3, tls);
+            let mut ports = Vec::new();
+            for k in 1..=3 {
+                let port = lab.replica_port(&settings, k).unwrap();
+                assert_ne!(port, 0, "replica {k}");
+                let args = lab.controller_args(&settings, k, port);
+                assert_eq!(
+                    value(&args, "--http-listen"),
+                    Some(format!("127.0.0.1:{port}").as_str())
+                );
+                let scheme = if tls { "https" } else { "http" };
+                assert_eq!(
+                    value(&args, "--advertise-url"),
+                    Some(format!("{scheme}://127.0.0.1:{port}").as_str()),
+                    "replica {k}"
+                );
+                ports.push(port);
+            }
+            assert_eq!(ports[1], 45678);
+        }
     }
 }
 

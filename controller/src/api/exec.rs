@@ -42,7 +42,7 @@ use super::error::ApiError;
 use super::extract::key;
 use super::state::AppState;
 use crate::access::Principal;
-use crate::exec_forward::FORWARDED_HEADER;
+use crate::exec_forward::{held_elsewhere, FORWARDED_HEADER, NO_ADVERTISE_URL};
 use crate::exec_hub::{ExecHubError, HubSession};
 use crate::store::vms;
 
@@ -176,25 +176,22 @@ impl Forward<'_> {
         state: &AppState,
         missing: ExecHubError,
     ) -> Result<hyper::upgrade::Upgraded, ApiError> {
-        let store = state.store();
-        let holder = store
+        let holder = state
+            .store()
             .exec_channel_holder(self.node_id.to_string())
-            .await?
-            // Our own record is stale (the hub is the truth here).
-            .filter(|holder| store.replica() != Some(holder.replica.as_str()));
+            .await?;
         let Some(holder) = holder else {
             return Err(unavailable(self.key, &missing));
         };
         let refuse = |why: String| {
             ApiError::Unavailable(format!(
-                "VM {}: node {}'s exec channel is on controller replica {}, {why}",
-                self.key, self.node_id, holder.replica
+                "VM {}: {}",
+                self.key,
+                held_elsewhere(self.node_id, &holder.replica, why)
             ))
         };
         let Some(url) = &holder.url else {
-            return Err(refuse(
-                "which has no --advertise-url to forward the session to".into(),
-            ));
+            return Err(refuse(NO_ADVERTISE_URL.into()));
         };
         state
             .exec_forwarder()

@@ -6,11 +6,22 @@
 //! deployment's tenant may; another tenant gets 404, as for the deployment
 //! itself. Only declared paths can be read, so this never becomes a way to
 //! read arbitrary guest files without the member role `vm cp` needs.
+//!
+//! Replicas on one PostgreSQL database: a VM's files are read through the
+//! exec channel of its node's agent, which streams to one replica. A
+//! replica without it forwards the HTTP request itself (not exec sessions
+//! of its own: those would need the member role) to the replica the
+//! database names (`exec_forward`), with the caller's `Authorization`, so
+//! that replica authorizes the caller as for any read. A download relays
+//! that replica's answer as it streams; a listing asks each other replica
+//! once and takes from its answer only the VMs whose channel it holds.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue};
+use std::collections::{BTreeMap, HashMap};
+
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -20,16 +31,25 @@ use super::error::ApiError;
 use super::extract::QueryParams;
 use super::state::AppState;
 use crate::access::Principal;
+use crate::exec_forward::{
+    held_elsewhere, refusal_message, FORWARDED_HEADER, MAX_REFUSAL_BYTES, NO_ADVERTISE_URL,
+    OPEN_TIMEOUT,
+};
 use crate::exec_hub::ExecHub;
-use crate::output_files::{self, FileStat, OutputError, MAX_OUTPUT_BYTES};
+use crate::output_files::{self, FileStat, OutputError, MAX_OUTPUT_BYTES, STAT_TIMEOUT};
 use crate::store::programs::{self, OutputTarget};
+use crate::store::ChannelHolder;
 
 /// VMs looked at at once while listing (each takes one session per file).
 const LIST_CONCURRENCY: usize = 8;
+/// Largest listing read from another replica (a listing of the most VMs
+/// and outputs a deployment has is far smaller).
+const MAX_FORWARDED_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Json<DeploymentOutputs>, ApiError> {
@@ -41,10 +61,58 @@ pub(crate) async fn list(
         .resources()
         .read(move |conn, _| programs::output_targets(conn, &scope, &key))
         .await?;
+    // Which VMs another replica serves: asked once per node.
+    let mut holders: HashMap<String, ChannelHolder> = HashMap::new();
+    for node_id in targets.iter().filter_map(|t| t.node_id.as_deref()) {
+        if holders.contains_key(node_id) {
+            continue;
+        }
+        if let Some(holder) = holder_elsewhere(&state, node_id, &headers).await? {
+            holders.insert(node_id.to_string(), holder);
+        }
+    }
+    // One forwarded listing per other replica, all at once. That replica
+    // looks at every VM of the deployment (it cannot tell which ones we
+    // want), but one whose node it lacks fails at once without a session.
+    let replicas: BTreeMap<&str, Option<&str>> = holders
+        .values()
+        .map(|h| (h.replica.as_str(), h.url.as_deref()))
+        .collect();
+    let answer_within = list_answer_time(deployment.outputs.len(), targets.len());
+    let authorization = headers.get(header::AUTHORIZATION);
+    let answers: HashMap<&str, Result<HashMap<String, VmOutputs>, String>> =
+        futures::future::join_all(replicas.into_iter().map(|(replica, url)| {
+            let state = &state;
+            let deployment_id = deployment.id.as_str();
+            async move {
+                let Some(url) = url else {
+                    return (replica, Err(NO_ADVERTISE_URL.to_string()));
+                };
+                let answer =
+                    forwarded_list(state, url, deployment_id, authorization, answer_within)
+                        .await
+                        .map_err(|why| format!("and forwarding to {url} failed: {why}"));
+                (replica, answer)
+            }
+        }))
+        .await
+        .into_iter()
+        .collect();
     let hub = state.exec_hub().clone();
     let outputs = deployment.outputs.clone();
+    let (holders, answers) = (&holders, &answers);
     let vms = futures::stream::iter(targets)
-        .map(|target| list_vm(&hub, target, &outputs))
+        .map(|target| {
+            let hub = &hub;
+            let outputs = &outputs;
+            async move {
+                let holder = target.node_id.as_ref().and_then(|n| holders.get(n));
+                match holder {
+                    None => list_vm(hub, target, outputs).await,
+                    Some(holder) => listed_by(target, holder, answers),
+                }
+            }
+        })
         .buffered(LIST_CONCURRENCY)
         .collect()
         .await;
@@ -103,9 +171,96 @@ async fn list_vm(hub: &ExecHub, target: OutputTarget, outputs: &[String]) -> VmO
     entry
 }
 
+/// The other replica that serves reads of VMs on `node_id`; `None`: this
+/// one does, because it holds the node's channel, or the request was
+/// forwarded here already (never twice), or no replica holds it (the read
+/// here then fails as it did before replicas forwarded).
+async fn holder_elsewhere(
+    state: &AppState,
+    node_id: &str,
+    headers: &HeaderMap,
+) -> Result<Option<ChannelHolder>, ApiError> {
+    if headers.contains_key(FORWARDED_HEADER) || state.exec_hub().holds(node_id) {
+        return Ok(None);
+    }
+    Ok(state
+        .store()
+        .exec_channel_holder(node_id.to_string())
+        .await?)
+}
+
+/// How long another replica may take to list: its sessions run
+/// [`LIST_CONCURRENCY`] VMs at a time, one file after the other, each stat
+/// within [`STAT_TIMEOUT`].
+fn list_answer_time(outputs: usize, vms: usize) -> std::time::Duration {
+    let rounds = vms.div_ceil(LIST_CONCURRENCY).max(1);
+    STAT_TIMEOUT * (outputs.max(1) * rounds) as u32 + OPEN_TIMEOUT
+}
+
+/// The listing of deployment `deployment_id` by the replica at `url`, by
+/// VM id; `Err`: why not.
+async fn forwarded_list(
+    state: &AppState,
+    url: &str,
+    deployment_id: &str,
+    authorization: Option<&HeaderValue>,
+    answer_within: std::time::Duration,
+) -> Result<HashMap<String, VmOutputs>, String> {
+    let path = format!("/v1/deployments/{}/outputs", encoded(deployment_id));
+    let answer = state
+        .exec_forwarder()
+        .request(url, &path, authorization.cloned(), answer_within)
+        .await
+        .map_err(|err| err.to_string())?;
+    let status = answer.status();
+    let body = axum::body::to_bytes(Body::new(answer.into_body()), MAX_FORWARDED_LIST_BYTES)
+        .await
+        .map_err(|err| format!("its answer could not be read: {err}"))?;
+    if !status.is_success() {
+        return Err(format!("it answered {status}: {}", refusal_message(&body)));
+    }
+    let listing: DeploymentOutputs = serde_json::from_slice(&body)
+        .map_err(|err| format!("its answer is not a listing of outputs: {err}"))?;
+    Ok(listing
+        .vms
+        .into_iter()
+        .map(|vm| (vm.vm_id.clone(), vm))
+        .collect())
+}
+
+/// `target`'s entry from the listing of the replica holding its node's
+/// channel, or an entry with why there is none.
+fn listed_by(
+    target: OutputTarget,
+    holder: &ChannelHolder,
+    answers: &HashMap<&str, Result<HashMap<String, VmOutputs>, String>>,
+) -> VmOutputs {
+    let node_id = target.node_id.as_deref().unwrap_or_default();
+    let why = match answers.get(holder.replica.as_str()) {
+        Some(Ok(vms)) => match vms.get(&target.vm_id) {
+            Some(listed) => return listed.clone(),
+            None => "and its listing does not have the VM".to_string(),
+        },
+        Some(Err(why)) => why.clone(),
+        None => "which was not asked".to_string(),
+    };
+    VmOutputs {
+        error: Some(held_elsewhere(node_id, &holder.replica, why)),
+        vm: target.vm,
+        vm_id: target.vm_id,
+        files: Vec::new(),
+    }
+}
+
+/// A path segment or query value for a forwarded request.
+fn encoded(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+}
+
 pub(crate) async fn download(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -130,6 +285,18 @@ pub(crate) async fn download(
             field: Some("vm".into()),
             message: format!("VM {} of deployment {key} no longer exists", target.vm),
         })?;
+    if let Some(holder) = holder_elsewhere(&state, node_id, &headers).await? {
+        let forward = ForwardedDownload {
+            holder: &holder,
+            node_id,
+            deployment_id: &deployment.id,
+            file,
+            target,
+        };
+        return forward
+            .relay(&state, headers.get(header::AUTHORIZATION))
+            .await;
+    }
     let hub = state.exec_hub();
     let refused = |err: OutputError| match err {
         OutputError::Offline(_) | OutputError::Timeout => {
@@ -193,6 +360,82 @@ pub(crate) async fn download(
         }
     }
     Ok(response)
+}
+
+/// A download of a VM whose node's channel another replica holds.
+struct ForwardedDownload<'a> {
+    holder: &'a ChannelHolder,
+    node_id: &'a str,
+    deployment_id: &'a str,
+    /// The declared path (what the client addressed, resolved).
+    file: &'a str,
+    target: &'a OutputTarget,
+}
+
+impl ForwardedDownload<'_> {
+    /// The same download asked of that replica, its answer relayed as it
+    /// streams: status, the digest and length headers, the body. Its
+    /// refusals for the file (404, 409) are the caller's answer; a failure
+    /// to reach it, or its own 5xx, is a 503 naming it.
+    async fn relay(
+        self,
+        state: &AppState,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Response, ApiError> {
+        let refuse = |why: String| {
+            ApiError::Unavailable(format!(
+                "VM {}: {}",
+                self.target.vm,
+                held_elsewhere(self.node_id, &self.holder.replica, why)
+            ))
+        };
+        let Some(url) = &self.holder.url else {
+            return Err(refuse(NO_ADVERTISE_URL.into()));
+        };
+        let failed = |why: String| refuse(format!("and forwarding to {url} failed: {why}"));
+        // The path, not the index the client may have used: it names the
+        // same file even if the deployment's outputs change meanwhile.
+        let path = format!(
+            "/v1/deployments/{}/outputs/{}?vm={}",
+            encoded(self.deployment_id),
+            encoded(self.file),
+            encoded(&self.target.vm_id)
+        );
+        // That replica stats the file before it answers, as we would.
+        let answer = state
+            .exec_forwarder()
+            .request(
+                url,
+                &path,
+                authorization.cloned(),
+                STAT_TIMEOUT + OPEN_TIMEOUT,
+            )
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let (mut parts, body) = answer.into_parts();
+        if parts.status.is_server_error() {
+            let body = axum::body::to_bytes(Body::new(body), MAX_REFUSAL_BYTES)
+                .await
+                .unwrap_or_default();
+            return Err(failed(format!(
+                "it answered {}: {}",
+                parts.status,
+                refusal_message(&body)
+            )));
+        }
+        // How that connection framed the body is not how ours will.
+        for name in [
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::TE,
+            header::TRAILER,
+            header::UPGRADE,
+        ] {
+            parts.headers.remove(name);
+        }
+        parts.headers.remove("keep-alive");
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
 }
 
 /// `output` is an index into `outputs`, a declared path, or the file name

@@ -396,13 +396,22 @@ impl Store {
             .await
     }
 
-    /// The replica the database says holds `node_id`'s exec stream.
+    /// The other replica the database says holds `node_id`'s exec stream;
+    /// `None` also when the record names this replica: asked only when our
+    /// own exec hub lacks the node, which is the truth here, so such a
+    /// record is stale. Always `None` for a controller that is not one of
+    /// several replicas (SQLite): there is no other.
     pub async fn exec_channel_holder(
         &self,
         node_id: String,
     ) -> Result<Option<ChannelHolder>, StoreError> {
-        self.read(move |conn| exec_channels::holder(conn, &node_id))
-            .await
+        if self.replica.is_none() {
+            return Ok(None);
+        }
+        let holder = self
+            .read(move |conn| exec_channels::holder(conn, &node_id))
+            .await?;
+        Ok(holder.filter(|holder| self.replica() != Some(holder.replica.as_str())))
     }
 
     /// This replica's id among the replicas of one PostgreSQL database;
