@@ -443,6 +443,12 @@ impl Lab {
     fn shared_appliance_dir(&self) -> PathBuf {
         self.dir.join("appliances")
     }
+    /// Flow archive of a lab with several replicas: one root, each
+    /// replica's collector in a sub-directory of it, so any replica shows
+    /// every replica's flows.
+    fn shared_flow_dir(&self) -> PathBuf {
+        self.dir.join("flows")
+    }
     fn store_url_file(&self) -> PathBuf {
         self.dir.join(STORE_URL_FILE)
     }
@@ -1002,6 +1008,7 @@ impl Lab {
         if settings.controllers > 1 {
             // The shared file system real replicas would mount.
             cmd.arg("--appliance-dir").arg(self.shared_appliance_dir());
+            cmd.arg("--flow-dir").arg(self.shared_flow_dir());
         }
         if settings.tls {
             // The bind addresses (127.0.0.1 and the management IP) are in
@@ -1516,6 +1523,7 @@ impl Lab {
             self.dir.join("nodes"),
             tenant::tokens_dir(&self.dir),
             self.shared_appliance_dir(),
+            self.shared_flow_dir(),
         ]
         .into_iter()
         .chain(replica_dirs)
