@@ -34,6 +34,13 @@ pub struct ControllerArgs {
     /// so every replica serves a file uploaded through any of them.
     #[arg(long, env = "MEASURELAB_APPLIANCE_DIR")]
     appliance_dir: Option<PathBuf>,
+    /// Root of the flow archive (default DATA_DIR/flows). Controller
+    /// replicas of one database give it one shared file system: each
+    /// replica's collector writes into a sub-directory named after its host
+    /// and --flow-collector address, and every replica reads the whole tree, so
+    /// GET /v1/platforms/{id}/flows answers the same through any of them.
+    #[arg(long, env = "MEASURELAB_FLOW_DIR")]
+    flow_dir: Option<PathBuf>,
     /// With --store postgres://: the https://HOST:PORT (http:// without
     /// --tls) the other controller replicas reach this one's HTTP API by.
     /// A `vm exec` or `vm cp` that lands on another replica is forwarded
@@ -62,7 +69,7 @@ pub struct ControllerArgs {
     #[arg(long)]
     join_token_file: Option<PathBuf>,
     /// Run a flow collector (nfdump's nfcapd: NetFlow v5 and IPFIX) on this
-    /// UDP IP:PORT, storing into DATA_DIR/flows; nodes export to it, and
+    /// UDP IP:PORT, storing into DATA_DIR/flows (or under --flow-dir); nodes export to it, and
     /// GET /v1/platforms/{id}/flows reads it. In --grpc-netns when given.
     #[arg(long)]
     flow_collector: Option<SocketAddr>,
@@ -246,6 +253,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     config.data_dir_lock = Some(data_dir_lock);
     config.store_url = store_url(&args.store)?;
     config.appliance_dir = args.appliance_dir;
+    config.flow_dir = args.flow_dir;
     config.advertise_url = args.advertise_url.clone();
     const DAY: Duration = Duration::from_secs(86_400);
     config.retention = measurelab_controller::Retention {

@@ -213,6 +213,33 @@ fn a_store_neither_sqlite_nor_postgres_is_refused_naming_the_flag() {
     assert!(stderr.contains("--store"), "{stderr}");
 }
 
+/// A flow root that cannot be created (under a file) stops the start,
+/// before any store is opened, with the flag and the reason; so does one
+/// taken from MEASURELAB_FLOW_DIR.
+#[test]
+fn an_unusable_flow_dir_is_refused_naming_the_flag_and_the_reason() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let under_a_file = file.path().join("flows");
+    let stderr = controller_refusal(&["--flow-dir", under_a_file.to_str().unwrap()]);
+    assert!(stderr.contains("--flow-dir"), "{stderr}");
+    assert!(stderr.contains("cannot create it"), "{stderr}");
+    let data = tempfile::tempdir().unwrap();
+    let out = controller_command(data.path(), "127.0.0.1:0")
+        .env("MEASURELAB_FLOW_DIR", "/srv/flows:2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a colon was accepted");
+    assert!(
+        stderr.contains("--flow-dir /srv/flows:2: must not contain ':'"),
+        "{stderr}"
+    );
+    assert!(
+        !data.path().join("controller.db").exists(),
+        "the store was opened before the flow root was checked"
+    );
+}
+
 #[test]
 fn a_bad_advertise_url_is_refused_naming_the_flag_and_the_reason() {
     let stderr = controller_refusal(&["--advertise-url", "ftp://ctl-2:7070"]);

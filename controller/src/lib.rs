@@ -103,13 +103,20 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// `postgres://…`: the tables live in this PostgreSQL database instead
     /// of `<data_dir>/controller.db` (controller replicas share one). The
-    /// data dir still holds the tokens, the TLS files and appliance files.
+    /// data dir still holds the tokens and the TLS files, and appliance and
+    /// flow files unless `appliance_dir` and `flow_dir` put them elsewhere.
     pub store_url: Option<String>,
     /// Where appliance files are kept (content-addressed under
     /// `sha256/`); `None`: `<data_dir>/appliances`. Replicas of one
     /// database point it at one shared file system, so a file uploaded
     /// through one replica is served by every other.
     pub appliance_dir: Option<PathBuf>,
+    /// Root of the flow archive (`--flow-dir`); `None`: `<data_dir>/flows`.
+    /// Replicas of one database point it at one shared file system: each
+    /// one's collector writes into a sub-directory named after its host
+    /// and listen address, and every replica reads the whole tree, so
+    /// `GET /v1/platforms/{id}/flows` answers the same through any of them.
+    pub flow_dir: Option<PathBuf>,
     /// Public HTTP/JSON API and admin page.
     pub http_listener: std::net::TcpListener,
     /// gRPC node API.
@@ -314,6 +321,7 @@ impl ControllerConfig {
             data_dir: data_dir.into(),
             store_url: None,
             appliance_dir: None,
+            flow_dir: None,
             http_listener,
             grpc_listener,
             heartbeat_interval,
@@ -506,6 +514,14 @@ pub async fn run(
             ));
         }
     }
+    // Before the store opens: a flow root that cannot be used stops the
+    // start with nothing else begun.
+    let flow_dirs = flows::FlowDirs::resolve(
+        &config.data_dir,
+        config.flow_dir.as_deref(),
+        config.flow_collector.as_ref(),
+    )
+    .map_err(ControllerError::Config)?;
     let (store, writer) = store::Store::open_with_pools(
         &config.data_dir,
         config.store_url.as_deref(),
@@ -566,14 +582,13 @@ pub async fn run(
         trigger.cancel();
     });
 
-    let flow_dir = config.data_dir.join("flows");
-    let collector = config.flow_collector.clone().map(|collector| {
-        tokio::spawn(flows::collector::supervise(
-            collector,
-            flow_dir.clone(),
-            cancel.clone(),
-        ))
-    });
+    let collector = config
+        .flow_collector
+        .clone()
+        .zip(flow_dirs.collector.clone())
+        .map(|(collector, dir)| {
+            tokio::spawn(flows::collector::supervise(collector, dir, cancel.clone()))
+        });
     let metrics = metrics::Metrics::new();
     let leader = Arc::new(
         leader::LeaderGate::for_store(config.store_url.as_deref())
@@ -591,11 +606,11 @@ pub async fn run(
                 .with_exec_forwarder(exec_forwarder)
                 .with_rate_limits(config.rate_limits)
                 .with_export_max_bytes(config.export_max_bytes)
+                // A replica on a shared root reads its peers' collectors'
+                // files even when it runs none itself.
                 .with_flows(
-                    config
-                        .flow_collector
-                        .as_ref()
-                        .map(|_| flows::archive::FlowArchive::new(flow_dir.clone())),
+                    (config.flow_collector.is_some() || config.flow_dir.is_some())
+                        .then(|| flows::archive::FlowArchive::new(flow_dirs.archive.clone())),
                 ),
         );
         let (cancel, limits) = (cancel.clone(), config.http_limits);

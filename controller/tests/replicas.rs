@@ -347,3 +347,206 @@ async fn a_token_made_or_revoked_through_one_replica_counts_at_the_other() {
     b.stop().await;
     a.stop().await;
 }
+
+/// One NetFlow v5 datagram holding one UDP flow record, timed as an
+/// exporter that saw its packets 2 s and 1 s ago (nfdump places a v5
+/// record by the header's clock and uptime).
+fn netflow_v5(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    ports: (u16, u16),
+    packets: u32,
+) -> Vec<u8> {
+    const UPTIME_MS: u32 = 100_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut d = Vec::with_capacity(24 + 48);
+    // Header: version, count, sysuptime, unix secs, nsecs, sequence,
+    // engine type and id, sampling.
+    d.extend_from_slice(&5u16.to_be_bytes());
+    d.extend_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&UPTIME_MS.to_be_bytes());
+    d.extend_from_slice(&now.to_be_bytes());
+    d.extend_from_slice(&[0; 4]);
+    d.extend_from_slice(&1u32.to_be_bytes());
+    d.extend_from_slice(&[0; 4]);
+    // Record: addresses, next hop, interfaces, packets, bytes, first and
+    // last (uptime ms), ports, pad, TCP flags, protocol, ToS, AS numbers,
+    // masks, pad.
+    d.extend_from_slice(&src.octets());
+    d.extend_from_slice(&dst.octets());
+    d.extend_from_slice(&[0; 4 + 2 + 2]);
+    d.extend_from_slice(&packets.to_be_bytes());
+    d.extend_from_slice(&(packets * 100).to_be_bytes());
+    d.extend_from_slice(&(UPTIME_MS - 2000).to_be_bytes());
+    d.extend_from_slice(&(UPTIME_MS - 1000).to_be_bytes());
+    d.extend_from_slice(&ports.0.to_be_bytes());
+    d.extend_from_slice(&ports.1.to_be_bytes());
+    d.extend_from_slice(&[0, 0, 17, 0]);
+    d.extend_from_slice(&[0; 2 + 2 + 1 + 1 + 2]);
+    assert_eq!(d.len(), 24 + 48);
+    d
+}
+
+/// Whether a UDP socket is bound to 127.0.0.1:`port` (/proc/net/udp shows
+/// local addresses as little-endian hex), i.e. nfcapd queues what is sent.
+fn udp_bound(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let wanted = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .any(|line| line.split_whitespace().nth(1) == Some(wanted.as_str()))
+}
+
+/// Flow archives across replicas: A and B share one flow root, each runs a
+/// real nfcapd on a port of its own, and the node exports one flow to each,
+/// as an agent does before and after failing over from A to B. Either
+/// replica answers with both records; each collector wrote into its own
+/// sub-directory of the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_collected_by_either_replica_are_read_through_both() {
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    let db = measurelab_testbed::pg::database().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let root = shared.path().join("flows");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Two free UDP ports, held together so they differ.
+    let ports = {
+        let (x, y) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        (
+            x.local_addr().unwrap().port(),
+            y.local_addr().unwrap().port(),
+        )
+    };
+    let sharing = |dir, port: u16| {
+        let (url, root) = (db.url().to_string(), root.clone());
+        TestController::start_with(dir, move |config| {
+            config.store_url = Some(url);
+            config.offline_after = Duration::from_secs(60);
+            config.flow_dir = Some(root);
+            let mut collector = measurelab_controller::FlowCollectorConfig::new(SocketAddr::from(
+                (Ipv4Addr::LOCALHOST, port),
+            ));
+            collector.rotate_seconds = 2;
+            config.flow_collector = Some(collector);
+        })
+    };
+    let a = sharing(dir_a.path(), ports.0).await;
+    let b = sharing(dir_b.path(), ports.1).await;
+
+    // The node's exports come from its management address: loopback here.
+    let mut request = common::register_request(&a.join_token, "n1", "");
+    request.management_address = "127.0.0.1".into();
+    a.grpc().await.register(request).await.unwrap();
+    let (status, platform) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/platforms",
+            Some(serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{platform}");
+    let subnet: Ipv4Addr = platform["subnet"]
+        .as_str()
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no subnet in {platform}"));
+    let host = |last: u8| {
+        let [w, x, y, _] = subnet.octets();
+        Ipv4Addr::new(w, x, y, last)
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(udp_bound(ports.0) && udp_bound(ports.1)) {
+        assert!(
+            Instant::now() < deadline,
+            "the collectors never bound their ports"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exporter = UdpSocket::bind("127.0.0.1:0").unwrap();
+    exporter
+        .send_to(
+            &netflow_v5(host(10), host(11), (5001, 6001), 7),
+            ("127.0.0.1", ports.0),
+        )
+        .unwrap();
+    exporter
+        .send_to(
+            &netflow_v5(host(12), host(13), (5002, 6002), 9),
+            ("127.0.0.1", ports.1),
+        )
+        .unwrap();
+
+    // A record is readable once its collector closed the file (2 s).
+    let path = format!("/v1/platforms/{}/flows", platform["id"].as_str().unwrap());
+    for (name, replica) in [("A", &a), ("B", &b)] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let flows = loop {
+            let (status, body) = replica.call(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "through {name}: {body}");
+            let flows = body["flows"].as_array().cloned().unwrap_or_default();
+            if flows.len() >= 2 {
+                break flows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "through {name}, the flows of both collectors never showed: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut seen: Vec<_> = flows
+            .iter()
+            .map(|f| {
+                (
+                    f["src_addr"].as_str().unwrap_or_default().to_string(),
+                    f["dst_port"].as_u64(),
+                    f["packets"].as_u64(),
+                    f["node"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (host(10).to_string(), Some(6001), Some(7), "n1".to_string()),
+                (host(12).to_string(), Some(6002), Some(9), "n1".to_string()),
+            ],
+            "through {name}"
+        );
+    }
+    // Each collector has a directory of its own under the root, holding
+    // closed files, so neither writes over the other's.
+    let mut collectors = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let entry = entry.unwrap();
+        assert!(
+            entry.file_type().unwrap().is_dir(),
+            "{:?} in the root",
+            entry.path()
+        );
+        let closed = std::fs::read_dir(entry.path())
+            .unwrap()
+            .filter_map(|f| f.ok())
+            .any(|f| {
+                let name = f.file_name().to_string_lossy().to_string();
+                name.starts_with("nfcapd.") && !name.starts_with("nfcapd.current")
+            });
+        assert!(
+            closed,
+            "no closed nfcapd file in {}",
+            entry.path().display()
+        );
+        collectors.push(entry.file_name());
+    }
+    assert_eq!(collectors.len(), 2, "{collectors:?}");
+    b.stop().await;
+    a.stop().await;
+}

@@ -444,6 +444,12 @@ impl Lab {
     fn shared_appliance_dir(&self) -> PathBuf {
         self.dir.join("appliances")
     }
+    /// Flow archive of a lab with several replicas: one root, each
+    /// replica's collector in a sub-directory of it, so any replica shows
+    /// every replica's flows.
+    fn shared_flow_dir(&self) -> PathBuf {
+        self.dir.join("flows")
+    }
     fn store_url_file(&self) -> PathBuf {
         self.dir.join(STORE_URL_FILE)
     }
@@ -998,6 +1004,8 @@ impl Lab {
             // The shared file system real replicas would mount.
             args.push("--appliance-dir".into());
             args.push(self.shared_appliance_dir().into());
+            args.push("--flow-dir".into());
+            args.push(self.shared_flow_dir().into());
         }
         if settings.tls {
             // The bind addresses (127.0.0.1 and the management IP) are in
@@ -1548,6 +1556,7 @@ impl Lab {
             self.dir.join("nodes"),
             tenant::tokens_dir(&self.dir),
             self.shared_appliance_dir(),
+            self.shared_flow_dir(),
         ]
         .into_iter()
         .chain(replica_dirs)
@@ -1899,10 +1908,19 @@ mod replica_command_tests {
                     Some(format!("{scheme}://127.0.0.1:{port}").as_str()),
                     "replica {k}"
                 );
+                // Shared, as the file system real replicas would mount.
+                let flows = lab.shared_flow_dir();
+                let appliances = lab.shared_appliance_dir();
+                assert_eq!(value(&args, "--flow-dir"), flows.to_str(), "replica {k}");
+                assert_eq!(value(&args, "--appliance-dir"), appliances.to_str());
                 ports.push(port);
             }
             assert_eq!(ports[1], 45678);
         }
+        // One controller keeps both in its own data dir.
+        let args = lab.controller_args(&settings(1, false), 1, 7070);
+        assert_eq!(value(&args, "--flow-dir"), None);
+        assert_eq!(value(&args, "--appliance-dir"), None);
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod archive;
 pub(crate) mod collector;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// Where the controller's collector listens and how it stores.
 #[derive(Debug, Clone)]
@@ -35,6 +36,104 @@ impl FlowCollectorConfig {
     }
 }
 
+/// Where flows are written and read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlowDirs {
+    /// The tree the archive reads (`nfdump -R` descends into
+    /// sub-directories and skips the `nfcapd.current.*` file a running
+    /// collector is writing, so other replicas' live files do no harm).
+    pub archive: PathBuf,
+    /// Where this controller's nfcapd writes; `None` without a collector.
+    pub collector: Option<PathBuf>,
+}
+
+impl FlowDirs {
+    /// Without a flow root (`--flow-dir`): `<data_dir>/flows`, read and
+    /// written as one directory, as before replicas. With one: the root is
+    /// read whole, and the collector writes into a sub-directory named
+    /// after this host and its listen address ([`collector_subdir`]).
+    ///
+    /// The root is created here, before anything else starts, so a root
+    /// that cannot be made stops the start with the flag's name in the
+    /// error instead of a collector restarting forever.
+    pub fn resolve(
+        data_dir: &Path,
+        flow_dir: Option<&Path>,
+        collector: Option<&FlowCollectorConfig>,
+    ) -> Result<FlowDirs, String> {
+        let Some(root) = flow_dir else {
+            let dir = data_dir.join("flows");
+            return Ok(FlowDirs {
+                collector: collector.map(|_| dir.clone()),
+                archive: dir,
+            });
+        };
+        let host = match collector {
+            Some(_) => std::fs::read_to_string(HOSTNAME_FILE).map_err(|e| {
+                format!("--flow-dir: cannot read the host name from {HOSTNAME_FILE}: {e}")
+            })?,
+            None => String::new(),
+        };
+        Self::under_root(root, collector, host.trim())
+    }
+
+    /// [`FlowDirs::resolve`] with a root, `host` naming this machine.
+    fn under_root(
+        root: &Path,
+        collector: Option<&FlowCollectorConfig>,
+        host: &str,
+    ) -> Result<FlowDirs, String> {
+        let bad = |why: String| format!("--flow-dir {}: {why}", root.display());
+        if root.as_os_str().is_empty() {
+            return Err(bad("must not be empty".into()));
+        }
+        // nfdump -R reads "DIR/FILE1:FILE2" as a range of files, so a
+        // colon anywhere in the path would be misread.
+        if root.to_string_lossy().contains(':') {
+            return Err(bad(
+                "must not contain ':' (nfdump reads it as a file range)".into(),
+            ));
+        }
+        std::fs::create_dir_all(root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+        Ok(FlowDirs {
+            archive: root.to_path_buf(),
+            collector: collector.map(|c| root.join(collector_subdir(host, c.listen))),
+        })
+    }
+}
+
+/// The kernel's host name (the controller runs on Linux only: nsenter,
+/// /run/netns); readable under the unit's ProtectKernelTunables=.
+const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+
+/// The sub-directory of a shared flow root one replica's collector writes
+/// into, e.g. `c1.example.org-10.254.0.1-2055`.
+///
+/// Stable, so a restarted replica continues its own directory (a random
+/// name per start would leave one behind at every restart), and distinct
+/// between replicas running at once, since two collectors in one directory
+/// would write files of the same names (`nfcapd.YYYYMMDDhhmm`) over each
+/// other. The listen address alone is not distinct: replicas on two hosts
+/// may both listen on `0.0.0.0:2055`. The host name alone is not either:
+/// the replicas of a lab share one host (on ports of their own). Together
+/// they are, as one host cannot bind one address twice. A host renamed, or
+/// a container recreated under a new name, starts a new directory; the
+/// archive reads the whole root, so the old one's flows stay in view.
+/// Characters other than letters, digits, `.` and `-` become `_`: IPv6
+/// colons especially, which nfdump reads in `-R` as a file range.
+pub(crate) fn collector_subdir(host: &str, listen: SocketAddr) -> String {
+    let name = format!("{host}-{}-{}", listen.ip(), listen.port());
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Why flows could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -47,4 +146,72 @@ pub enum FlowError {
     /// nfdump's output was not what it documents.
     #[error("cannot parse nfdump output: {0}")]
     Parse(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collector(listen: &str) -> FlowCollectorConfig {
+        FlowCollectorConfig::new(listen.parse().unwrap())
+    }
+
+    #[test]
+    fn without_a_root_the_collector_writes_where_the_archive_reads() {
+        let dirs = FlowDirs::resolve(
+            Path::new("/var/lib/measurelab"),
+            None,
+            Some(&collector("10.254.0.1:2055")),
+        )
+        .unwrap();
+        assert_eq!(dirs.archive, Path::new("/var/lib/measurelab/flows"));
+        assert_eq!(dirs.collector.as_deref(), Some(dirs.archive.as_path()));
+    }
+
+    #[test]
+    fn replicas_on_one_root_write_apart_and_read_the_same_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let shared = root.path().join("flows");
+        let dirs = |host: &str, listen: &str| {
+            FlowDirs::under_root(&shared, Some(&collector(listen)), host).unwrap()
+        };
+        // A lab: one host, a port per replica. Real hosts: one wildcard
+        // address on each. IPv6.
+        let all = [
+            dirs("lab", "10.254.0.1:2055"),
+            dirs("lab", "10.254.0.1:2056"),
+            dirs("c1", "0.0.0.0:2055"),
+            dirs("c2", "0.0.0.0:2055"),
+            dirs("c3", "[fd00::1]:2055"),
+        ];
+        assert!(shared.is_dir(), "the root is created at start");
+        let mut collectors = Vec::new();
+        for d in &all {
+            assert_eq!(d.archive, shared);
+            let dir = d.collector.clone().unwrap();
+            assert_eq!(dir.parent(), Some(shared.as_path()));
+            assert!(!dir.to_string_lossy().contains(':'), "{}", dir.display());
+            assert!(!collectors.contains(&dir), "{} twice", dir.display());
+            collectors.push(dir);
+        }
+        // A restarted replica continues its own directory.
+        assert_eq!(
+            dirs("c1", "0.0.0.0:2055").collector.as_ref(),
+            Some(&collectors[2])
+        );
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_used_names_the_flag() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err =
+            FlowDirs::resolve(Path::new("/a"), Some(&file.path().join("flows")), None).unwrap_err();
+        assert!(
+            err.starts_with("--flow-dir ") && err.contains("cannot create"),
+            "{err}"
+        );
+        let err =
+            FlowDirs::resolve(Path::new("/a"), Some(Path::new("/srv/a:b")), None).unwrap_err();
+        assert!(err.contains("':'"), "{err}");
+    }
 }
