@@ -109,11 +109,10 @@ impl Release {
         }
         let target = cache.join("target");
         let started = Instant::now();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // Two tests asking at once: the second `cargo build` waits on the
         // first's lock on `target` ("Blocking waiting for file lock") and then
         // finds everything built, so the release is built once.
-        let output = Command::new(cargo)
+        let output = measurelab_testbed::cargo::command()
             .current_dir(&src)
             .args(["build", "--locked"])
             .args(PACKAGES.iter().flat_map(|p| ["-p", p]))

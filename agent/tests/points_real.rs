@@ -33,8 +33,7 @@ const MSCS_PORT: u16 = 7300;
 fn mcast_binaries(into: &Path) -> (PathBuf, PathBuf) {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = measurelab_testbed::cargo::command()
         .args(["build", "-q", "-p", "measurelab-mcast"])
         .args(["--bin", "mcast-mscs", "--bin", "mcast-point"])
         .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())

@@ -65,8 +65,7 @@ fn target_dir() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
+    let status = measurelab_testbed::cargo::command()
         .args(args)
         .current_dir(workspace_root())
         .status()
@@ -87,8 +86,7 @@ fn acc(extra: &[String]) -> anyhow::Result<()> {
         "-p",
         "terraform-provider-measurelab",
     ])?;
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo_bin)
+    let status = measurelab_testbed::cargo::command()
         .args(["test", "-p", "measurelab-acceptance"])
         .args(extra)
         .env("TF_ACC", "1")

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -39,8 +38,7 @@ fn build_workspace_binary(package: &str, bin: &str, release: bool) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
+    let mut build = measurelab_testbed::cargo::command();
     build
         .args(["build", "-q", "-p", package, "--bin", bin])
         .env("CARGO_TARGET_DIR", &target_dir);

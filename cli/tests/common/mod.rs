@@ -303,8 +303,7 @@ pub fn ensure_guest_agent() -> PathBuf {
     let profile_dir = Path::new(BIN).parent().expect("bin dir").to_path_buf();
     let path = profile_dir.join("measurelab-guest-agent");
     if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let status = measurelab_testbed::cargo::command()
             .args([
                 "build",
                 "-q",

@@ -9,6 +9,8 @@
 //! - [`attach_veth`]: plug a namespace into a sandbox bridge through a veth pair.
 //! - [`pg`]: a private PostgreSQL server (scripts/pg.sh) and a fresh database per
 //!   test.
+//! - [`cargo`]: a nested `cargo build` that leaves the outer build's artefacts
+//!   alone.
 //!
 //! # Why the switch lives in its own namespace
 //! The userspace datapath creates persistent tap devices named `ovs-netdev` and
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use measurelab_hostnet as hostnet;
 
+pub mod cargo;
 pub mod pg;
 
 /// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
