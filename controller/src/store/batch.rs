@@ -87,33 +87,28 @@ pub(super) struct Overlay<'a> {
 }
 
 impl Overlay<'_> {
-    /// The node's status in the batch's image, without copying the node.
-    pub(super) fn status(&self, id: &str) -> Option<http::NodeStatus> {
+    /// `read` of the node as the batch sees it (its own changes first).
+    fn view<T>(&self, id: &str, read: impl FnOnce(&NodeEntry) -> T) -> Option<T> {
         if self.removed.contains(id) {
             return None;
         }
         if let Some(entry) = self.changed.get(id) {
-            return Some(entry.status);
+            return Some(read(entry));
         }
         self.registry
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .by_id(id)
-            .map(|entry| entry.status)
+            .map(read)
+    }
+
+    /// The node's status in the batch's image, without copying the node.
+    pub(super) fn status(&self, id: &str) -> Option<http::NodeStatus> {
+        self.view(id, |entry| entry.status)
     }
 
     pub(super) fn get(&self, id: &str) -> Option<NodeEntry> {
-        if self.removed.contains(id) {
-            return None;
-        }
-        if let Some(entry) = self.changed.get(id) {
-            return Some(entry.clone());
-        }
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_id(id)
-            .cloned()
+        self.view(id, NodeEntry::clone)
     }
 
     pub(super) fn id_for_name(&self, name: &str) -> Option<String> {
