@@ -609,15 +609,12 @@ mod tests {
         for (k, node) in nodes.iter().enumerate() {
             let image = store.node(&node.node_id).unwrap();
             let (status, sequence, version, observed, heard): (String, i64, String, i64, String) =
-                with_database(dir.path(), |conn| {
-                    conn.query_row(
-                        "SELECT status, last_sequence, agent_version, observed_generation, \
-                         last_heartbeat FROM nodes WHERE id = ?1",
-                        [node.node_id.as_str()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                    )
-                    .unwrap()
-                });
+                stored_node(
+                    dir.path(),
+                    &node.node_id,
+                    "status, last_sequence, agent_version, observed_generation, last_heartbeat",
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                );
             // Node k got the sequences congruent to k mod 3; the highest
             // of them is its last_sequence whatever order they came in.
             let newest = (1..=60i64).filter(|s| s % 3 == k as i64).max().unwrap();
@@ -683,11 +680,15 @@ mod tests {
         }
     }
 
-    fn postgres_only(dir: &Path) -> bool {
-        let postgres = matches!(
+    fn on_postgres(dir: &Path) -> bool {
+        matches!(
             database::Location::for_test(dir),
             database::Location::Postgres(_)
-        );
+        )
+    }
+
+    fn postgres_only(dir: &Path) -> bool {
+        let postgres = on_postgres(dir);
         if !postgres {
             eprintln!("skipped: replicas' writers meet on PostgreSQL only (MEASURELAB_TEST_STORE=postgres)");
         }
@@ -715,22 +716,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(dir.path(), true).unwrap();
         let node = store.register(register_input("n1")).await.unwrap();
-        with_database(dir.path(), |conn| {
-            conn.execute(
-                "UPDATE nodes SET status = 'offline' WHERE id = ?1",
-                [node.node_id.as_str()],
-            )
-            .unwrap()
-        });
-        store.heartbeat(beat(&node, 3)).await.unwrap();
-        let (status, sequence): (String, i64) = with_database(dir.path(), |conn| {
-            conn.query_row(
-                "SELECT status, last_sequence FROM nodes WHERE id = ?1",
-                [node.node_id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
-        });
+        const OFFLINE: &str = "UPDATE nodes SET status = 'offline' WHERE id = ?1";
+        if on_postgres(dir.path()) {
+            // The offline commits while the heartbeat row waits on the row
+            // (PostgreSQL then re-reads it). Held uncommitted until then,
+            // because this store's own listener reloads every node once it
+            // listens (at a time of its own), and a reload that saw the
+            // offline would make the heartbeat a coming back.
+            let id = node.node_id.clone();
+            let (release, holder) = hold_open_transaction(dir.path(), move |tx| {
+                tx.execute(OFFLINE, [id.as_str()]).unwrap();
+            });
+            let heartbeat = tokio::spawn({
+                let store = store.clone();
+                let input = beat(&node, 3);
+                async move { store.heartbeat(input).await }
+            });
+            until_a_session_waits_for(dir.path(), "transactionid").await;
+            release.send(()).unwrap();
+            holder.join().unwrap();
+            heartbeat.await.unwrap().unwrap();
+        } else {
+            with_database(dir.path(), |conn| {
+                conn.execute(OFFLINE, [node.node_id.as_str()]).unwrap()
+            });
+            store.heartbeat(beat(&node, 3)).await.unwrap();
+        }
+        let (status, sequence): (String, i64) =
+            stored_node(dir.path(), &node.node_id, "status, last_sequence", |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            });
         assert_eq!(sequence, 3, "the heartbeat row was not written");
         assert_eq!(status, "offline");
         store.stop_writer().await;
@@ -755,14 +770,7 @@ mod tests {
             .await
             .expect("a heartbeat waited for another writer's lock")
             .unwrap();
-        let stored: i64 = with_database(dir.path(), |conn| {
-            conn.query_row(
-                "SELECT last_sequence FROM nodes WHERE id = ?1",
-                [node.node_id.as_str()],
-                |r| r.get(0),
-            )
-            .unwrap()
-        });
+        let stored: i64 = stored_node(dir.path(), &node.node_id, "last_sequence", |r| r.get(0));
         assert_eq!(stored, 7, "the heartbeat was answered before it was stored");
 
         let labels = BTreeMap::from([("site".to_string(), "a".to_string())]);
@@ -820,14 +828,7 @@ mod tests {
             "the sweep took the node offline"
         );
         holder.join().unwrap();
-        let status: String = with_database(dir.path(), |conn| {
-            conn.query_row(
-                "SELECT status FROM nodes WHERE id = ?1",
-                [node.node_id.as_str()],
-                |r| r.get(0),
-            )
-            .unwrap()
-        });
+        let status: String = stored_node(dir.path(), &node.node_id, "status", |r| r.get(0));
         assert_eq!(status, "online");
         let offline_events: i64 = with_database(dir.path(), |conn| {
             conn.query_row(
@@ -888,13 +889,19 @@ mod tests {
         })
     }
 
+    /// `columns` of node `node_id`'s stored row, as `row` reads them.
+    fn stored_node<T: Send>(
+        dir: &Path,
+        node_id: &str,
+        columns: &str,
+        row: impl FnOnce(&sql::Row<'_>) -> sql::Result<T> + Send,
+    ) -> T {
+        let query = format!("SELECT {columns} FROM nodes WHERE id = ?1");
+        with_database(dir, |conn| conn.query_row(&query, [node_id], row).unwrap())
+    }
+
     fn stored_secret(dir: &Path, node_id: &str) -> String {
-        with_database(dir, |conn| {
-            conn.query_row("SELECT secret FROM nodes WHERE id = ?1", [node_id], |r| {
-                r.get(0)
-            })
-            .unwrap()
-        })
+        stored_node(dir, node_id, "secret", |r| r.get(0))
     }
 
     #[tokio::test]
