@@ -32,9 +32,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::forward_proof::{ForwardKey, UNPROVEN};
 use crate::tls::{first_cert_der, TlsError};
 
-/// Marks a request one replica forwarded to another.
+/// Marks a request one replica forwarded to another; its value is the
+/// forwarding replica's proof (`forward_proof`).
 pub const FORWARDED_HEADER: &str = "x-measurelab-forwarded";
 /// Connecting, the TLS handshake and the other replica's answer together:
 /// it answers before its upgrade as fast as this replica does, so a replica
@@ -92,6 +94,9 @@ pub enum ForwardError {
 pub struct ExecForwarder {
     /// Verifies other replicas over https; `None` without TLS.
     tls: Option<TlsConnector>,
+    /// Proves this replica's forwards to the others; `None` without a
+    /// shared database (nothing to forward to).
+    key: Option<ForwardKey>,
 }
 
 impl ExecForwarder {
@@ -119,7 +124,38 @@ impl ExecForwarder {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ExecForwarder {
             tls: Some(TlsConnector::from(Arc::new(config))),
+            key: None,
         })
+    }
+
+    /// Prove forwarded requests with `key`, and accept the other
+    /// replicas' proofs made with it.
+    pub fn with_key(mut self, key: ForwardKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The replicas' key, to check a forwarded request's proof with.
+    pub fn key(&self) -> Option<&ForwardKey> {
+        self.key.as_ref()
+    }
+
+    /// The [`FORWARDED_HEADER`] value for this request.
+    fn mark(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> HeaderValue {
+        match &self.key {
+            Some(key) => key.proof(
+                method,
+                path_and_query,
+                authorization,
+                std::time::SystemTime::now(),
+            ),
+            None => HeaderValue::from_static(UNPROVEN),
+        }
     }
 
     /// `POST {base_url}/v1/vms/{vm_id}/exec` with `body` as `authorization`
@@ -147,16 +183,13 @@ impl ExecForwarder {
         body: Bytes,
     ) -> Result<Upgraded, ForwardError> {
         let (io, authority) = self.connect(base_url).await?;
-        let request = forwarded(
-            Method::POST,
-            &format!("/v1/vms/{vm_id}/exec"),
-            &authority,
-            authorization,
-        )
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))?;
+        let path = format!("/v1/vms/{vm_id}/exec");
+        let mark = self.mark(&Method::POST, &path, authorization.as_ref());
+        let request = forwarded(Method::POST, &path, &authority, authorization, mark)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))?;
         exchange(io, request).await
     }
 
@@ -175,8 +208,9 @@ impl ExecForwarder {
         let (io, authority) = tokio::time::timeout(OPEN_TIMEOUT, self.connect(base_url))
             .await
             .map_err(|_| ForwardError::Timeout(OPEN_TIMEOUT))??;
-        let request =
-            forwarded(Method::GET, path_and_query, &authority, authorization).body(Body::empty())?;
+        let mark = self.mark(&Method::GET, path_and_query, authorization.as_ref());
+        let request = forwarded(Method::GET, path_and_query, &authority, authorization, mark)
+            .body(Body::empty())?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         // Drives the connection until the answer's body is read to its end
@@ -231,19 +265,20 @@ impl ExecForwarder {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
 
-/// A request to another replica, marked as forwarded, with the caller's
-/// `Authorization`.
+/// A request to another replica, marked as forwarded with `mark`, with the
+/// caller's `Authorization`.
 fn forwarded(
     method: Method,
     path_and_query: &str,
     authority: &str,
     authorization: Option<HeaderValue>,
+    mark: HeaderValue,
 ) -> axum::http::request::Builder {
     let request = Request::builder()
         .method(method)
         .uri(path_and_query)
         .header(header::HOST, authority)
-        .header(FORWARDED_HEADER, "1");
+        .header(FORWARDED_HEADER, mark);
     match authorization {
         Some(authorization) => request.header(header::AUTHORIZATION, authorization),
         None => request,

@@ -58,6 +58,7 @@ mod data_dir;
 mod exec_forward;
 mod exec_hub;
 mod flows;
+mod forward_proof;
 mod grpc_listener;
 mod leader;
 mod liveness;
@@ -86,6 +87,7 @@ pub use api::DEFAULT_EXPORT_MAX_BYTES;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
+pub use forward_proof::FORWARD_KEY_FILE;
 pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.
 pub use measurelab_httpserve::Limits as HttpLimits;
@@ -400,7 +402,7 @@ pub enum ControllerError {
 fn share_with_replicas(url: &str, config: &ControllerConfig) -> Result<(), ControllerError> {
     use store::replica_files::{self, ReplicaFilesError, SharedFile};
     let secret = |name| SharedFile { name, mode: 0o600 };
-    let mut files = vec![secret(ADMIN_TOKEN_FILE)];
+    let mut files = vec![secret(ADMIN_TOKEN_FILE), secret(FORWARD_KEY_FILE)];
     if config.join_token.is_none() {
         files.push(secret(JOIN_TOKEN_FILE));
     }
@@ -414,7 +416,7 @@ fn share_with_replicas(url: &str, config: &ControllerConfig) -> Result<(), Contr
     let data_dir = &config.data_dir;
     let shared = replica_files::share(url, data_dir, &files, || {
         for file in &files {
-            if file.name == ADMIN_TOKEN_FILE || file.name == JOIN_TOKEN_FILE {
+            if [ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, FORWARD_KEY_FILE].contains(&file.name) {
                 tokens::load_or_create(&data_dir.join(file.name))?;
             }
         }
@@ -598,6 +600,13 @@ pub async fn run(
     let exec_hub = exec_hub::ExecHub::default();
     let exec_forwarder =
         exec_forward::ExecForwarder::new(server_tls.as_ref().map(|tls| tls.ca.pem()))?;
+    // Only replicas of one database forward to each other.
+    let exec_forwarder = match &config.store_url {
+        Some(_) => exec_forwarder.with_key(forward_proof::ForwardKey::new(
+            &tokens::load_or_create(&config.data_dir.join(FORWARD_KEY_FILE))?,
+        )),
+        None => exec_forwarder,
+    };
     let http = tokio::spawn({
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
@@ -776,6 +785,7 @@ mod tests {
         let shared = [
             ADMIN_TOKEN_FILE,
             JOIN_TOKEN_FILE,
+            FORWARD_KEY_FILE,
             tls::CA_CERT_FILE,
             tls::CA_KEY_FILE,
         ];
@@ -801,6 +811,7 @@ mod tests {
         };
         assert_eq!(mode(&second, tls::CA_KEY_FILE), 0o600);
         assert_eq!(mode(&second, ADMIN_TOKEN_FILE), 0o600);
+        assert_eq!(mode(&second, FORWARD_KEY_FILE), 0o600);
         // The CA the second replica took signs what the first one's verifies.
         let ca = tls::Ca::load_or_create(second.path()).unwrap();
         assert_eq!(

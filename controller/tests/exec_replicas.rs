@@ -14,6 +14,7 @@ use measurelab_api::client::{Client, ClientError};
 use measurelab_api::exec::{ExecExit, ExecFrame, ExecOpen, ExecStream, EXEC_UPGRADE_PROTOCOL};
 use measurelab_api::http::OUTPUT_SHA256_HEADER;
 use measurelab_api::node_v1::{ExecDown, ExecUp, RegisterResponse};
+use measurelab_controller::{ControllerConfig, RateLimits, TokenBucket};
 use reqwest::Method;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 /// A replica on `url`; `advertise`: it records its HTTP address for the
 /// others. Replicas share the join token (and would share the TLS CA).
 async fn replica(dir: &std::path::Path, url: &str, advertise: bool) -> TestController {
+    replica_with(dir, url, advertise, |_| {}).await
+}
+
+/// [`replica`], with `tweak` applied to its configuration last.
+async fn replica_with(
+    dir: &std::path::Path,
+    url: &str,
+    advertise: bool,
+    tweak: impl FnOnce(&mut ControllerConfig),
+) -> TestController {
     TestController::start_with(dir, |config| {
         config.store_url = Some(url.to_string());
         config.join_token = Some("replicas-join-token".into());
@@ -30,6 +41,7 @@ async fn replica(dir: &std::path::Path, url: &str, advertise: bool) -> TestContr
             let http = config.http_listener.local_addr().unwrap();
             config.advertise_url = Some(format!("http://{http}"));
         }
+        tweak(config);
     })
     .await
 }
@@ -457,6 +469,96 @@ async fn outputs_through_one_replica_are_read_on_the_replica_holding_the_channel
 
     guest_a.abort();
     guest_b.abort();
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Every client of this test, A's forwards to B included, comes from
+/// 127.0.0.1: B's per-source bucket for that address, drained by direct
+/// requests, is the bucket all of A's forwarded clients would share at B if
+/// B charged forwards to the forwarding replica's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_charged_where_the_client_sent_it_not_again_to_the_forwarding_replica(
+) {
+    // Enough for this test's own calls through A; a refill too slow to
+    // matter within it.
+    let limited = |config: &mut ControllerConfig| {
+        config.rate_limits = RateLimits {
+            per_token: None,
+            per_source: Some(TokenBucket {
+                per_second: 1,
+                burst: 40,
+            }),
+        };
+    };
+    let db = measurelab_testbed::pg::database().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica_with(dir_a.path(), db.url(), true, limited).await;
+    let n1 = a.register("n1", "").await;
+    let viewer = a.tenant_token("t1", "eyes", "viewer").await;
+    let member = a.tenant_token("t1", "ci", "member").await;
+    let outputs = deployment_with_output(&a, &member, &[("box", "n1")]).await;
+    let b = replica_with(dir_b.path(), db.url(), true, limited).await;
+    let (up, down) = agent_channel(&b, &n1).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let guest = serve_output(up, down, answered.clone());
+    let download = format!("{outputs}/result.txt?vm=lab%2Fbox");
+
+    let http = reqwest::Client::new();
+    let mut direct = 0;
+    loop {
+        let answer = http
+            .get(b.url("/v1/platforms"))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 429 {
+            break;
+        }
+        direct += 1;
+        assert!(
+            direct <= 60,
+            "B never refused 127.0.0.1 after {direct} requests"
+        );
+    }
+    // A mark is not a proof: a keyless replica's "1", or a MAC made up by
+    // the caller, is charged as any other request.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for mark in [
+        "1".to_string(),
+        format!("v1 t={now} mac={}", "00".repeat(32)),
+    ] {
+        let answer = http
+            .get(b.url(&download))
+            .bearer_auth(&viewer)
+            .header("x-measurelab-forwarded", &mark)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 429, "{mark}");
+    }
+
+    // Through A, each download is charged once, at A, and proven to B.
+    // Charged again at B, at most one of them could pass (B refills one
+    // token a second).
+    for _ in 0..5 {
+        let answer = http
+            .get(a.url(&download))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        assert_eq!(answer.bytes().await.unwrap().as_ref(), OUTPUT);
+    }
+    // A stat and a get per download reached the guest, nothing else.
+    assert_eq!(answered.load(Ordering::SeqCst), 10);
+
+    guest.abort();
     b.stop().await;
     a.stop().await;
 }

@@ -251,6 +251,12 @@ async fn rate_limited(
     next: middleware::Next,
 ) -> Result<axum::response::Response, ApiError> {
     if let Some(limiter) = state.rate_limiter() {
+        if forwarded_by_a_replica(&state, &request) {
+            // Charged at the replica the client reached; charged again
+            // here, it would be to that replica's address, which all its
+            // forwarded clients share.
+            return Ok(next.run(request).await);
+        }
         // Absent only when the router is served without the bounded
         // listener (unit tests): then only the token is limited.
         let source = request
@@ -264,6 +270,29 @@ async fn rate_limited(
         limiter.check(source, token)?;
     }
     Ok(next.run(request).await)
+}
+
+/// Whether `request` carries another replica's proof that it forwarded it
+/// (`forward_proof`).
+fn forwarded_by_a_replica(state: &AppState, request: &axum::extract::Request) -> bool {
+    let (Some(key), Some(mark)) = (
+        state.exec_forwarder().key(),
+        request.headers().get(crate::exec_forward::FORWARDED_HEADER),
+    ) else {
+        return false;
+    };
+    let path_and_query = request.uri().path_and_query().map_or("", |p| p.as_str());
+    let proven = key.verifies(
+        mark,
+        request.method(),
+        path_and_query,
+        request.headers(),
+        std::time::SystemTime::now(),
+    );
+    if !proven {
+        tracing::debug!(path = request.uri().path(), "a request marked as forwarded carries no valid replica proof; rate-limited as any other");
+    }
+    proven
 }
 
 /// Uploads (appliance images up to 16 GiB, programs up to 64 MiB) take as
