@@ -77,6 +77,16 @@ pub struct ControllerArgs {
     /// once its file is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(2..=3600))]
     flow_rotate_seconds: u32,
+    /// Hours the flow archive's closed nfcapd files are kept, counted from
+    /// the time in their names; older ones are deleted (under --flow-dir, in
+    /// every replica's sub-directory) by the replica that prunes records.
+    #[arg(
+        long,
+        env = "MEASURELAB_FLOW_RETENTION_HOURS",
+        default_value_t = measurelab_controller::DEFAULT_FLOW_RETENTION.as_secs() / 3600,
+        value_parser = clap::value_parser!(u64).range(1..=876_000)
+    )]
+    flow_retention_hours: u64,
     /// Days events are kept.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36500))]
     retain_events_days: u64,
@@ -263,6 +273,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         idempotency: Duration::from_secs(3600 * args.retain_idempotency_hours),
         vm_usage: Duration::from_secs(3600 * args.usage_retention_hours),
     };
+    config.flow_retention = Duration::from_secs(3600 * args.flow_retention_hours);
     config.http_limits = measurelab_controller::HttpLimits {
         // Clap's range keeps both within usize on every target we build for.
         max_connections: usize::try_from(args.http_max_connections)

@@ -240,6 +240,63 @@ fn an_unusable_flow_dir_is_refused_naming_the_flag_and_the_reason() {
     );
 }
 
+/// --flow-retention-hours reaches the prune the controller runs at start:
+/// with 2 hours, a closed file of 3 hours ago goes (the default week would
+/// keep it) and one of this minute stays. 0, from the flag or from
+/// MEASURELAB_FLOW_RETENTION_HOURS, is refused naming the flag.
+#[test]
+fn the_flow_retention_reaches_the_prune_and_zero_is_refused() {
+    let stderr = controller_refusal(&["--flow-retention-hours", "0"]);
+    assert!(stderr.contains("--flow-retention-hours"), "{stderr}");
+    let data = tempfile::tempdir().unwrap();
+    let out = controller_command(data.path(), "127.0.0.1:0")
+        .env("MEASURELAB_FLOW_RETENTION_HOURS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a retention of 0 hours was accepted");
+    assert!(stderr.contains("--flow-retention-hours"), "{stderr}");
+
+    let data = tempfile::tempdir().unwrap();
+    let flows = data.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    let named = |at: time::OffsetDateTime| {
+        flows.join(format!(
+            "nfcapd.{:04}{:02}{:02}{:02}{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute()
+        ))
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let old = named(now - time::Duration::hours(3));
+    let recent = named(now);
+    for file in [&old, &recent] {
+        std::fs::write(file, b"x").unwrap();
+    }
+    let (mut child, _, _) = start_controller(
+        data.path(),
+        "127.0.0.1:0",
+        &["--flow-retention-hours", "2"],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived a 2-hour retention",
+            old.display()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "controller exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(recent.exists(), "{} was pruned", recent.display());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn a_bad_advertise_url_is_refused_naming_the_flag_and_the_reason() {
     let stderr = controller_refusal(&["--advertise-url", "ftp://ctl-2:7070"]);

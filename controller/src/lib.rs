@@ -91,7 +91,7 @@ pub use forward_proof::FORWARD_KEY_FILE;
 pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.
 pub use measurelab_httpserve::Limits as HttpLimits;
-pub use retention::Retention;
+pub use retention::{Retention, DEFAULT_FLOW_RETENTION};
 pub use store::StoreError;
 pub use tls::{TlsConfig, TlsError};
 pub use tokens::{TokenError, ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
@@ -150,6 +150,10 @@ pub struct ControllerConfig {
     pub refused_registration_report_interval: Duration,
     /// How long events, node logs, results and idempotency records are kept.
     pub retention: Retention,
+    /// How long nfcapd's closed files are kept in the flow archive
+    /// (`--flow-retention-hours`), by the interval start in their names.
+    /// Default 7 days; at least one hour.
+    pub flow_retention: Duration,
     /// Between two retention prunes. Default 10 minutes.
     pub prune_period: Duration,
     /// The data directory's lock, when the caller took it before writing
@@ -336,6 +340,7 @@ impl ControllerConfig {
             flow_collector: None,
             refused_registration_report_interval: agent_rpc::DEFAULT_REFUSAL_REPORT_INTERVAL,
             retention: Retention::default(),
+            flow_retention: DEFAULT_FLOW_RETENTION,
             prune_period: retention::PRUNE_PERIOD,
             data_dir_lock: None,
             http_limits: DEFAULT_HTTP_LIMITS,
@@ -455,6 +460,7 @@ pub async fn run(
         ("retention.node_logs", retention.node_logs),
         ("retention.results", retention.results),
         ("retention.idempotency", retention.idempotency),
+        ("flow_retention", config.flow_retention),
     ] {
         if kept < Duration::from_secs(3600) {
             return Err(ControllerError::Config(format!(
@@ -703,6 +709,10 @@ pub async fn run(
     let pruner = tokio::spawn(retention::prune_forever(
         store.clone(),
         config.retention.clone(),
+        retention::FlowRetention {
+            root: flow_dirs.archive.clone(),
+            kept_for: config.flow_retention,
+        },
         config.prune_period,
         leader.clone(),
         cancel.clone(),

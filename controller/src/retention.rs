@@ -1,5 +1,7 @@
-//! The periodic prune of aged records (see `store::retention`).
+//! The periodic prune of aged records (see `store::retention`) and of aged
+//! flow files (see `flows::prune`): one loop, on the leader only.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +15,25 @@ use crate::store::Store;
 /// Between two prunes. Records outlive their retention by at most this.
 pub(crate) const PRUNE_PERIOD: Duration = Duration::from_secs(600);
 
+/// How long flow files are kept unless configured: a week, enough to look
+/// back over the last days' runs, like the node logs' default.
+pub const DEFAULT_FLOW_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// The flow files to prune: the whole archive root (with a shared
+/// `--flow-dir`, every replica's sub-directory, a dead replica's too) and
+/// how long they are kept.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowRetention {
+    pub root: PathBuf,
+    pub kept_for: Duration,
+}
+
 /// Prune at start (a controller that was down a week catches up at once),
 /// then every `period`, until `cancel`.
 pub(crate) async fn prune_forever(
     store: Store,
     retention: Retention,
+    flows: FlowRetention,
     period: Duration,
     leader: Arc<LeaderGate>,
     cancel: CancellationToken,
@@ -39,6 +55,23 @@ pub(crate) async fn prune_forever(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "retention prune failed; retrying next period"),
+        }
+        match crate::flows::prune::prune_aged(flows.root.clone(), flows.kept_for).await {
+            Ok(pruned) => {
+                if pruned.removed > 0 || pruned.failed > 0 {
+                    tracing::info!(
+                        dir = %flows.root.display(),
+                        removed = pruned.removed,
+                        failed = pruned.failed,
+                        "pruned flow files past their retention"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                dir = %flows.root.display(),
+                error = %e,
+                "flow file prune failed; retrying next period"
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Flow monitoring on the controller: the collector it runs (`collector`) and
-//! the per-platform reading of what the collector stored (`archive`).
+//! Flow monitoring on the controller: the collector it runs (`collector`),
+//! the per-platform reading of what the collector stored (`archive`), and
+//! the deletion of stored files past the flow retention (`prune`).
 //!
 //! The controller, not each agent, runs the collector: every node exports to
 //! one address it learns from its desired state, nfcapd's files are the flow
@@ -8,6 +9,7 @@
 
 pub(crate) mod archive;
 pub(crate) mod collector;
+pub(crate) mod prune;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

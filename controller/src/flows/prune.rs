@@ -1,0 +1,272 @@
+//! Deleting nfcapd's files once they are older than the flow retention
+//! (`--flow-retention-hours`). nfcapd itself never deletes anything, so
+//! without this a busy testbed's flow root fills its disk.
+//!
+//! A file's age is the time in its name, not its mtime: nfcapd names each
+//! closed file after the start of the interval it holds
+//! (`nfcapd.YYYYMMDDhhmm`, or `nfcapd.YYYYMMDDhhmmss` when it rotates more
+//! often than once a minute), in UTC since the collector runs with TZ=UTC.
+//! A copy or a restore keeps the name, whereas it may renew the mtime.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+
+/// What a prune did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pruned {
+    /// Closed files deleted.
+    pub removed: usize,
+    /// Entries that could not be read or deleted (each one logged); they
+    /// are tried again at the next prune.
+    pub failed: usize,
+}
+
+/// Delete the closed nfcapd files anywhere under `root` whose name says
+/// they started more than `retention` before now; see [`prune_before`].
+/// Runs on a blocking thread: a large tree is many system calls.
+pub(crate) async fn prune_aged(root: PathBuf, retention: Duration) -> io::Result<Pruned> {
+    let Some(cutoff) = time::Duration::try_from(retention)
+        .ok()
+        .and_then(|kept| OffsetDateTime::now_utc().checked_sub(kept))
+    else {
+        return Ok(Pruned::default());
+    };
+    tokio::task::spawn_blocking(move || prune_before(&root, cutoff))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Delete the closed nfcapd files under `root` (at any depth: one
+/// sub-directory per replica's collector under a shared `--flow-dir`, and a
+/// dead replica's directory too) whose name time is before `cutoff`.
+///
+/// Left alone: `nfcapd.current.*` (the file a collector is writing), any
+/// name that does not parse as a closed file, symbolic links (neither
+/// deleted nor followed, so nothing outside the root is touched), and
+/// directories, even empty ones: a running collector creates its directory
+/// only when it starts, so removing it would lose every later file.
+///
+/// A missing root is nothing to prune. One entry that cannot be read or
+/// deleted is logged and counted, and the others are still pruned.
+pub(crate) fn prune_before(root: &Path, cutoff: OffsetDateTime) -> io::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    match std::fs::read_dir(root) {
+        Ok(entries) => prune_entries(entries, cutoff, &mut pruned),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(pruned)
+}
+
+fn prune_entries(entries: std::fs::ReadDir, cutoff: OffsetDateTime, pruned: &mut Pruned) {
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list a flow directory entry; retrying next prune");
+                pruned.failed += 1;
+                continue;
+            }
+        };
+        let path = entry.path();
+        // DirEntry::file_type does not follow a symbolic link.
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot stat a flow file; retrying next prune");
+                pruned.failed += 1;
+                continue;
+            }
+        };
+        if kind.is_dir() {
+            match std::fs::read_dir(&path) {
+                Ok(inner) => prune_entries(inner, cutoff, pruned),
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot read a flow directory; retrying next prune");
+                    pruned.failed += 1;
+                }
+            }
+            continue;
+        }
+        let name = entry.file_name();
+        let started = name.to_str().and_then(closed_file_time);
+        let Some(started) = started.filter(|_| kind.is_file()) else {
+            tracing::debug!(path = %path.display(), "not a closed nfcapd file; left alone");
+            continue;
+        };
+        if started >= cutoff {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => pruned.removed += 1,
+            // Gone meanwhile (an operator, another replica's prune): the
+            // same outcome.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete an aged flow file; retrying next prune");
+                pruned.failed += 1;
+            }
+        }
+    }
+}
+
+/// The start of the interval a closed nfcapd file holds, read from its
+/// name: `nfcapd.` and 12 digits (YYYYMMDDhhmm) or 14 (with seconds), UTC.
+/// `None` for anything else, `nfcapd.current.<pid>` among them.
+pub(crate) fn closed_file_time(name: &str) -> Option<OffsetDateTime> {
+    let digits = name.strip_prefix("nfcapd.")?;
+    if !matches!(digits.len(), 12 | 14) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |at: usize, len: usize| digits.get(at..at + len)?.parse::<u16>().ok();
+    let date = Date::from_calendar_date(
+        i32::from(field(0, 4)?),
+        Month::try_from(u8::try_from(field(4, 2)?).ok()?).ok()?,
+        u8::try_from(field(6, 2)?).ok()?,
+    )
+    .ok()?;
+    let second = if digits.len() == 14 { field(12, 2)? } else { 0 };
+    let time = Time::from_hms(
+        u8::try_from(field(8, 2)?).ok()?,
+        u8::try_from(field(10, 2)?).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    Some(PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name nfcapd gives the file that starts at `at`, with seconds
+    /// when it rotates more often than once a minute.
+    fn name_at(at: OffsetDateTime, with_seconds: bool) -> String {
+        let mut name = format!(
+            "nfcapd.{:04}{:02}{:02}{:02}{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute()
+        );
+        if with_seconds {
+            name.push_str(&format!("{:02}", at.second()));
+        }
+        name
+    }
+
+    fn now() -> OffsetDateTime {
+        time::macros::datetime!(2026-12-07 03:50 UTC)
+    }
+
+    #[test]
+    fn names_parse_as_nfcapd_writes_them_and_nothing_else() {
+        assert_eq!(
+            closed_file_time("nfcapd.202612070351"),
+            Some(time::macros::datetime!(2026-12-07 03:51 UTC))
+        );
+        // nfcapd 1.7.1 with -t 2 (seen on this machine).
+        assert_eq!(
+            closed_file_time("nfcapd.20261207035108"),
+            Some(time::macros::datetime!(2026-12-07 03:51:08 UTC))
+        );
+        for name in [
+            "nfcapd.current.4242",
+            "nfcapd.2026120703",
+            "nfcapd.2026120703511",
+            "nfcapd.202613070351",
+            "nfcapd.202612320351",
+            "nfcapd.202612072460",
+            "nfcapd.+02612070351",
+            "nfcapd.202612070351+0100",
+            "nfcapd.202612070351.tmp",
+            "nfdump.202612070351",
+            ".nfstat",
+        ] {
+            assert_eq!(closed_file_time(name), None, "{name}");
+        }
+    }
+
+    /// A shared root with a directory per replica (one of them a dead
+    /// replica's): only the closed files older than the retention go,
+    /// wherever they are; the live file, odd names, directories and
+    /// whatever a symbolic link leads to stay.
+    #[test]
+    fn only_closed_files_older_than_the_cutoff_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let hours = |h: i64| now() - time::Duration::hours(h);
+        let cutoff = hours(168);
+        let a = root.join("c1-0.0.0.0-2055");
+        let dead = root.join("c2-0.0.0.0-2055");
+        let empty = root.join("c3-0.0.0.0-2055");
+        for dir in [&a, &dead, &empty] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let old = [
+            root.join(name_at(hours(169), false)),
+            a.join(name_at(hours(200), false)),
+            a.join(name_at(hours(168) - time::Duration::seconds(2), true)),
+            dead.join(name_at(hours(24 * 365), false)),
+        ];
+        let kept = [
+            root.join(name_at(hours(1), false)),
+            a.join(name_at(hours(167), false)),
+            a.join(name_at(hours(0), true)),
+            // Exactly at the cutoff (a whole minute): not older than the
+            // retention.
+            a.join(name_at(cutoff, false)),
+            a.join("nfcapd.current.4242"),
+            dead.join("nfcapd.current.17"),
+            a.join("nfcapd.2020"),
+            a.join("notes.txt"),
+            root.join(".nfstat"),
+        ];
+        for file in old.iter().chain(&kept) {
+            std::fs::write(file, b"x").unwrap();
+        }
+        // A directory named like a file is not deleted, only looked into.
+        let odd_dir = root.join(name_at(hours(500), false));
+        std::fs::create_dir(&odd_dir).unwrap();
+        // Symbolic links are neither deleted nor followed out of the root.
+        let outside_file = outside.path().join(name_at(hours(500), false));
+        std::fs::write(&outside_file, b"x").unwrap();
+        let linked_dir = root.join("elsewhere");
+        std::os::unix::fs::symlink(outside.path(), &linked_dir).unwrap();
+        let linked_file = a.join(name_at(hours(400), false));
+        std::os::unix::fs::symlink(&outside_file, &linked_file).unwrap();
+
+        let pruned = prune_before(root, cutoff).unwrap();
+
+        assert_eq!(
+            pruned,
+            Pruned {
+                removed: old.len(),
+                failed: 0
+            }
+        );
+        for file in &old {
+            assert!(!file.exists(), "{} was kept", file.display());
+        }
+        for file in &kept {
+            assert!(file.exists(), "{} was removed", file.display());
+        }
+        assert!(empty.is_dir() && odd_dir.is_dir() && dead.is_dir());
+        assert!(outside_file.exists(), "followed a link out of the root");
+        assert!(linked_file.symlink_metadata().is_ok(), "removed a link");
+        // Nothing left to do: a second prune removes nothing.
+        assert_eq!(prune_before(root, cutoff).unwrap(), Pruned::default());
+    }
+
+    #[test]
+    fn a_missing_root_is_nothing_to_prune() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("flows");
+        assert_eq!(prune_before(&missing, now()).unwrap(), Pruned::default());
+    }
+}
