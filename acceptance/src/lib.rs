@@ -27,6 +27,7 @@ pub mod tfrc;
 
 pub mod multicast_example;
 pub mod release;
+pub mod service_host;
 
 /// True when acceptance tests should run (`TF_ACC=1`); otherwise prints a
 /// visible skip line for `test`.

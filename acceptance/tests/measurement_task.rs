@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use measurelab_acceptance::service_host::{assert_clean_receiver, ServiceHostTask};
 use measurelab_acceptance::{
     acc_enabled, block_on, describe, mcast_slice_hcl, planned_actions, resource_values, Lab,
     PROVIDER_BLOCK,
@@ -207,42 +208,16 @@ resource "measurelab_deployment" "bad" {{
     Ok(())
 }
 
-fn service_host_config(nodes: &[&str], rate_pps: u32) -> String {
-    let nodes = nodes
-        .iter()
-        .map(|n| format!("{n:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"{PROVIDER_BLOCK}
-# No platform, no VMs, no programs: the nodes' service hosts run the task.
-resource "measurelab_measurement_task" "quick" {{
-  name             = "acc-svc-once"
-  mode             = "service_host"
-  nodes            = [{nodes}]
-  duration_seconds = 3
-  rate_pps         = {rate_pps}
-  group            = "239.192.7.1"
-  port             = 50070
-  timeouts {{
-    create = "2m"
-  }}
-}}
-
-data "measurelab_results" "quick" {{
-  task       = measurelab_measurement_task.quick.name
-  depends_on = [measurelab_measurement_task.quick]
-}}
-
-output "receivers" {{
-  value = measurelab_measurement_task.quick.receivers
-}}
-
-output "history" {{
-  value = length(data.measurelab_results.quick.results)
-}}
-"#
-    )
+fn service_host_config(nodes: &[&str]) -> (String, ServiceHostTask<'_>) {
+    let task = ServiceHostTask {
+        resource: "quick",
+        name: "acc-svc-once",
+        nodes,
+        rate_pps: 300,
+        group: "239.192.7.1",
+        port: 50070,
+    };
+    (format!("{PROVIDER_BLOCK}{}", task.hcl(None)), task)
 }
 
 /// A once service_host task over three nodes' service hosts: real
@@ -255,41 +230,11 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
     }
     let lab = Lab::up(3)?;
     let tf = lab.terraform()?;
-    tf.write("main.tf", &service_host_config(&["n1", "n2", "n3"], 300))?;
+    let (config, task) = service_host_config(&["n1", "n2", "n3"]);
+    tf.write("main.tf", &config)?;
     tf.init()?;
     tf.apply()?;
-
-    let outputs: serde_json::Value = serde_json::from_slice(&tf.ok(&["output", "-json"])?.stdout)?;
-    let receivers = outputs["receivers"]["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    // The first listed node is the first source; the others receive.
-    let names: Vec<&str> = receivers
-        .iter()
-        .filter_map(|r| r["name"].as_str())
-        .collect();
-    assert_eq!(names, ["n2", "n3"], "{receivers:#?}");
-    for receiver in &receivers {
-        assert_eq!(receiver["status"], "ok", "{receiver:#}");
-        // 3 s at 300 pps.
-        assert_clean_receiver(receiver, 900);
-    }
-    assert_eq!(outputs["history"]["value"], 1, "{outputs:#}");
-
-    let state = tf.state_json()?;
-    let task = resource_values(&state, "measurelab_measurement_task.quick")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(task["status"], "completed", "{task:#}");
-    let doc: serde_json::Value =
-        serde_json::from_str(task["result_json"].as_str().unwrap_or("{}"))?;
-    assert_eq!(doc["task_id"], task["id"]);
-    assert_eq!(doc["source_point"], "n1");
-    let sent = &doc["source"]["report"]["packets_sent"];
-    for receiver in &receivers {
-        assert_eq!(&receiver["packets_sent"], sent, "{doc:#}");
-    }
+    task.check_run(&tf)?;
 
     // The result is stored under the task like an MSCS result: once, in the
     // history and in the CSV export (one row per receiver).
@@ -323,7 +268,7 @@ fn acc_measurement_task_service_host() -> anyhow::Result<()> {
     );
 
     // A node that is not registered is refused, naming the attribute.
-    tf.write("main.tf", &service_host_config(&["n1", "n9"], 300))?;
+    tf.write("main.tf", &service_host_config(&["n1", "n9"]).0)?;
     let output = tf.run(&["apply", "-input=false", "-auto-approve"])?;
     let text = describe(&output);
     assert!(!output.status.success(), "{text}");
@@ -451,28 +396,6 @@ resource "measurelab_measurement_task" "every" {{
     }
     tf.destroy()?;
     Ok(())
-}
-
-/// A receiver on a clean path: it got what the source sent, give or take 1 %.
-/// The count sent is the sender's own, not the nominal rate x duration: on a
-/// loaded machine the sender records a stall as a schedule slip instead of
-/// bursting to catch up, so it may send fewer; half the nominal count still
-/// proves it ran for the whole run.
-fn assert_clean_receiver(receiver: &serde_json::Value, nominal: u64) {
-    let sent = receiver["packets_sent"].as_u64().unwrap_or(0);
-    let received = receiver["packets_received"].as_u64().unwrap_or(0);
-    assert!(
-        sent >= nominal / 2,
-        "sent {sent} of {nominal}: {receiver:#}"
-    );
-    assert!(
-        received as f64 >= 0.99 * sent as f64,
-        "received {received} of {sent}: {receiver:#}"
-    );
-    assert!(
-        receiver["loss_ratio"].as_f64().unwrap_or(1.0) < 0.01,
-        "{receiver:#}"
-    );
 }
 
 /// `Udp: InDatagrams` of network namespace `ns`: datagrams its sockets read.
