@@ -277,7 +277,12 @@ fn exec_through_each_surviving_replica(
             );
             assert_eq!(
                 String::from_utf8_lossy(&output.stdout),
-                format!("{token}\n{}\n", vm.name),
+                // The namespace backend's guest hostname: ml-NAME-ID8.
+                format!(
+                    "{token}\nml-{}-{}\n",
+                    vm.name,
+                    vm.id.get(..8).unwrap_or_default()
+                ),
                 "vm exec {} through {endpoint} ({how}, {})",
                 vm.name,
                 holder.url
