@@ -1,14 +1,17 @@
 //! Three controller replicas on one PostgreSQL database (issue 13 §4): the
 //! replica that Terraform and the agents talk to is killed in the middle of
 //! an apply. The apply completes through another replica, nothing it made
-//! exists twice, and the nodes stay online.
+//! exists twice, and the nodes stay online. Then `vm exec` works through
+//! either survivor, forwarded by the one that does not hold the node's
+//! exec channel.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use measurelab_acceptance::{acc_enabled, block_on, describe, Lab, PROVIDER_BLOCK};
-use measurelab_api::http::NodeStatus;
+use measurelab_api::http::{NodeStatus, Vm};
+use measurelab_testbed::pg::TestDatabase;
 
 const PLATFORM: &str = "replicas";
 /// Enough VMs that creating them outlasts the moment of the kill.
@@ -211,5 +214,124 @@ fn acc_controller_replica_killed_mid_apply() -> anyhow::Result<()> {
         .filter(|e| e.reason == "NodeOffline")
         .collect();
     assert!(offline.is_empty(), "nodes went offline: {offline:?}");
+
+    exec_through_each_surviving_replica(&lab, &db, &endpoints[1..], &vms)
+}
+
+/// Each node's agent keeps its exec channel on one replica, so of the two
+/// survivors one forwards every session for that node to the other
+/// (`--advertise-url`, which the lab gives each replica): a `vm exec`
+/// through each surviving endpoint alone, on a VM of each node, prints
+/// what the command printed in that VM.
+fn exec_through_each_surviving_replica(
+    lab: &Lab,
+    db: &TestDatabase,
+    survivors: &[&str],
+    vms: &[Vm],
+) -> anyhow::Result<()> {
+    let nodes = lab.nodes()?;
+    // The killed replica's rows stay until each agent attaches again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holders = loop {
+        let holders = exec_channel_holders(db)?;
+        let settled = nodes.iter().all(|node| {
+            holders
+                .get(&node.id)
+                .is_some_and(|holder| survivors.contains(&holder.url.as_str()))
+        });
+        if settled {
+            break holders;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "within 30 s, not every node's exec channel is on a surviving replica \
+             {survivors:?}: {holders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let mut forwarded = 0;
+    for node in &nodes {
+        let vm = vms
+            .iter()
+            .find(|vm| vm.node == node.name)
+            .ok_or_else(|| anyhow::anyhow!("no VM on {}: {vms:?}", node.name))?;
+        let holder = &holders[&node.id];
+        for endpoint in survivors {
+            // Shell-safe, and no other command prints it.
+            let port = endpoint.rsplit(':').next().unwrap_or_default();
+            let token = format!("exec-{}-via-port-{port}", node.name);
+            let output = exec_through(lab, endpoint, &vm.name, &token)?;
+            let how = if *endpoint == holder.url {
+                "served by the replica holding the channel"
+            } else {
+                forwarded += 1;
+                "forwarded to the replica holding the channel"
+            };
+            assert!(
+                output.status.success(),
+                "vm exec {} through {endpoint} ({how}, {}):\n{}",
+                vm.name,
+                holder.url,
+                describe(&output)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout),
+                // The namespace backend's guest hostname: ml-NAME-ID8.
+                format!(
+                    "{token}\nml-{}-{}\n",
+                    vm.name,
+                    vm.id.get(..8).unwrap_or_default()
+                ),
+                "vm exec {} through {endpoint} ({how}, {})",
+                vm.name,
+                holder.url
+            );
+        }
+    }
+    // Had a channel moved meanwhile, an exec counted as forwarded might
+    // have been served locally.
+    assert_eq!(
+        exec_channel_holders(db)?,
+        holders,
+        "the exec channels moved during the execs"
+    );
+    assert_eq!(forwarded, nodes.len(), "one forwarded exec per node");
+    eprintln!(
+        "vm exec through each surviving replica: {forwarded} forwarded, channels {holders:?}"
+    );
     Ok(())
+}
+
+/// A row of `exec_channels`: the replica holding a node's channel.
+#[derive(Debug, PartialEq, Eq)]
+struct ChannelHolder {
+    replica: String,
+    /// Its `--advertise-url`; "" for none.
+    url: String,
+}
+
+/// Node id to the replica holding its exec channel, as the database says.
+fn exec_channel_holders(db: &TestDatabase) -> anyhow::Result<BTreeMap<String, ChannelHolder>> {
+    db.query("SELECT node_id, replica, coalesce(url, '') FROM exec_channels")?
+        .into_iter()
+        .map(|row| match <[String; 3]>::try_from(row) {
+            Ok([node, replica, url]) => Ok((node, ChannelHolder { replica, url })),
+            Err(row) => anyhow::bail!("exec_channels row of {} columns: {row:?}", row.len()),
+        })
+        .collect()
+}
+
+/// `measurelab vm exec PLATFORM/VM -- sh -c 'echo TOKEN; hostname'` as the
+/// operator, through `endpoint` alone.
+fn exec_through(lab: &Lab, endpoint: &str, vm: &str, token: &str) -> anyhow::Result<Output> {
+    let target = format!("{PLATFORM}/{vm}");
+    let script = format!("echo {token}; hostname");
+    let output = Command::new(lab.binaries.measurelab())
+        .args(["vm", "exec", &target, "--", "sh", "-c", &script])
+        .envs(lab.env_as(&lab.token))
+        .env("MEASURELAB_ENDPOINT", endpoint)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(output)
 }

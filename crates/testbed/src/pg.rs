@@ -138,6 +138,17 @@ impl TestDatabase {
         }
     }
 
+    /// The rows `sql` returns, each a list of its columns as text (NULL as
+    /// ""), for a test that checks what the program under test wrote.
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        let out = psql(&self.url, &["-A", "-t", "-F", "\t"], sql)?;
+        Ok(out
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| line.split('\t').map(str::to_string).collect())
+            .collect())
+    }
+
     /// The certificate files, for a database from [`tls_database`].
     pub fn tls(&self) -> Option<TlsFiles> {
         self.server
@@ -152,7 +163,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(err) = psql(&self.admin_url, &sql) {
+        if let Err(err) = psql(&self.admin_url, &[], &sql) {
             eprintln!("testbed: {err:#}");
         }
     }
@@ -179,7 +190,7 @@ pub fn tls_database() -> Result<TestDatabase> {
 
 fn create(admin_url: String, server: Option<Arc<Server>>) -> Result<TestDatabase> {
     let name = format!("t_{}", random_suffix());
-    psql(&admin_url, &format!("CREATE DATABASE {name}"))?;
+    psql(&admin_url, &[], &format!("CREATE DATABASE {name}"))?;
     let url = with_database(&admin_url, &name)?;
     Ok(TestDatabase {
         name,
@@ -231,11 +242,13 @@ fn shared_server(slot: &Mutex<Weak<Server>>, tls: bool) -> Result<Arc<Server>> {
     Ok(server)
 }
 
-fn psql(url: &str, sql: &str) -> Result<()> {
+/// `psql` with `flags` running `sql` on `url`; its output.
+fn psql(url: &str, flags: &[&str], sql: &str) -> Result<String> {
     let mut cmd = Command::new("psql");
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql]);
-    hostnet::run(&mut cmd).with_context(|| format!("psql: {sql}"))?;
-    Ok(())
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(flags)
+        .args(["-d", url, "-c", sql]);
+    hostnet::run(&mut cmd).with_context(|| format!("psql: {sql}"))
 }
 
 fn random_suffix() -> String {
