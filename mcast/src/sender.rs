@@ -242,6 +242,8 @@ pub struct PacingSchedule {
     granularity_ns: u64,
     end_ns: Option<f64>,
     slips: u64,
+    /// How far the slips moved slot 0, in total.
+    slipped_ns: f64,
 }
 
 impl PacingSchedule {
@@ -268,6 +270,7 @@ impl PacingSchedule {
             granularity_ns,
             end_ns: duration.map(|d| d.as_nanos() as f64),
             slips: 0,
+            slipped_ns: 0.0,
         }
     }
 
@@ -291,6 +294,13 @@ impl PacingSchedule {
         self.slips
     }
 
+    /// Slots the slips skipped: each slip moves slot 0 forward by its
+    /// lateness, so the run's end is reached that many slots sooner. Under a
+    /// duration, slots used (sent or failed) plus these is the nominal count.
+    pub fn skipped_slots(&self) -> u64 {
+        (self.slipped_ns / self.interval_ns).floor() as u64
+    }
+
     fn slot_due_ns(&self, slot: u64) -> f64 {
         self.base_ns + slot as f64 * self.interval_ns
     }
@@ -302,6 +312,10 @@ impl PacingSchedule {
         let mut due = self.slot_due_ns(self.slot);
         if now - due > self.max_lag_ns {
             self.slips += 1;
+            // Only the part before the end skips slots of this run: a
+            // slip past it ends the run rather than skipping anything.
+            let skipped_until = self.end_ns.map_or(now, |end| now.min(end));
+            self.slipped_ns += (skipped_until - due).max(0.0);
             self.base_ns = now - self.slot as f64 * self.interval_ns;
             due = now;
         }
@@ -537,6 +551,7 @@ pub fn run_sender(config: &SenderConfig, stop: &AtomicBool) -> Result<SenderRepo
         requested_rate_pps: config.rate_pps,
         achieved_rate_pps,
         schedule_slips: schedule.slips(),
+        slots_skipped: Some(schedule.skipped_slots()),
         max_lateness_us: pacing.lateness_max_ns as f64 / 1e3,
         mean_lateness_us: PacingStats::mean_us(pacing.lateness_sum_ns, pacing.lateness_samples),
         mean_abs_departure_error_us: PacingStats::mean_us(
@@ -713,6 +728,42 @@ mod tests {
         assert!(lateness.iter().all(|l| *l <= 600_000));
         // Slot 100 is rebased onto 19.9 ms, so 1 s holds 100 + ceil(980.1 ms / 100 us).
         assert_eq!(lateness.len(), 100 + 9_801);
+        // The 9.9 ms the rebase moved slot 0 by: the 99 slots never sent,
+        // which with those sent make the nominal 10,000.
+        assert_eq!(schedule.skipped_slots(), 99);
+    }
+
+    #[test]
+    fn sent_and_skipped_slots_make_the_nominal_count_however_the_sender_stalls() {
+        // 10,000 slots of 100 us; slow sends and wakeups, and one stall of
+        // any length anywhere, several slips among them.
+        for (after, stall_ns) in [
+            (1, 5_000_000),
+            (100, 10_000_000),
+            (5_000, 333_333),
+            (7_777, 123_456_789),
+            (9_990, 50_000_000),
+        ] {
+            for (send_ns, wake_ns) in [(0, 0), (30_000, 20_000), (150_000, 450_000)] {
+                let mut schedule = PacingSchedule::new(
+                    10_000.0,
+                    Duration::from_micros(200),
+                    4,
+                    Some(Duration::from_secs(1)),
+                );
+                let (_, lateness) =
+                    simulate(&mut schedule, |_| wake_ns, send_ns, Some((after, stall_ns)));
+                let accounted = lateness.len() as u64 + schedule.skipped_slots();
+                assert!(
+                    accounted.abs_diff(10_000) <= 1,
+                    "stall {stall_ns} ns after {after}, sends {send_ns} ns, wakeups +{wake_ns} ns: \
+                     {} sent + {} skipped ({} slips)",
+                    lateness.len(),
+                    schedule.skipped_slots(),
+                    schedule.slips()
+                );
+            }
+        }
     }
 
     #[test]

@@ -173,6 +173,13 @@ pub struct SenderReport {
     pub achieved_rate_pps: f64,
     /// Times the sender fell too far behind and rebased its schedule.
     pub schedule_slips: u64,
+    /// Schedule slots those rebases skipped: probes the requested rate called
+    /// for that were never sent. Under a duration limit `packets_sent +
+    /// send_errors + slots_skipped` is the nominal count (rate x duration), to
+    /// within one slot of rounding. Absent from senders before it existed
+    /// (release 0.1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_skipped: Option<u64>,
     /// Largest lateness of a send against its deadline, in microseconds.
     pub max_lateness_us: f64,
     /// Mean lateness of a send against its deadline, in microseconds.
@@ -197,6 +204,17 @@ pub struct SenderReport {
     pub first_send_ns: u64,
     /// Wall-clock time of the last send, ns since the Unix epoch.
     pub last_send_ns: u64,
+}
+
+impl SenderReport {
+    /// The schedule slots this run accounts for: sent, failed and skipped.
+    /// Under a duration limit it is the nominal count (rate x duration) to
+    /// within one slot, however loaded the sender's machine was; `None`
+    /// from a sender that does not report skipped slots.
+    pub fn slots_accounted(&self) -> Option<u64> {
+        self.slots_skipped
+            .map(|skipped| self.packets_sent + self.send_errors + skipped)
+    }
 }
 
 /// Summary of a delay distribution, in microseconds.
