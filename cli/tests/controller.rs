@@ -261,14 +261,8 @@ fn the_flow_retention_reaches_the_prune_and_zero_is_refused() {
     let flows = data.path().join("flows");
     std::fs::create_dir(&flows).unwrap();
     let named = |at: time::OffsetDateTime| {
-        flows.join(format!(
-            "nfcapd.{:04}{:02}{:02}{:02}{:02}",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute()
-        ))
+        let format = time::macros::format_description!("nfcapd.[year][month][day][hour][minute]");
+        flows.join(at.format(format).unwrap())
     };
     let now = time::OffsetDateTime::now_utc();
     let old = named(now - time::Duration::hours(3));

@@ -12,7 +12,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// What a prune did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -113,29 +115,29 @@ fn prune_entries(entries: std::fs::ReadDir, cutoff: OffsetDateTime, pruned: &mut
     }
 }
 
+/// A closed file's name after `nfcapd.`: the interval's start to the minute.
+const NAME_TO_THE_MINUTE: &[BorrowedFormatItem<'static>] =
+    format_description!("[year][month][day][hour][minute]");
+/// The same to the second, when nfcapd rotates more often than once a minute.
+const NAME_TO_THE_SECOND: &[BorrowedFormatItem<'static>] =
+    format_description!("[year][month][day][hour][minute][second]");
+
 /// The start of the interval a closed nfcapd file holds, read from its
 /// name: `nfcapd.` and 12 digits (YYYYMMDDhhmm) or 14 (with seconds), UTC.
 /// `None` for anything else, `nfcapd.current.<pid>` among them.
 pub(crate) fn closed_file_time(name: &str) -> Option<OffsetDateTime> {
     let digits = name.strip_prefix("nfcapd.")?;
-    if !matches!(digits.len(), 12 | 14) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let field = |at: usize, len: usize| digits.get(at..at + len)?.parse::<u16>().ok();
-    let date = Date::from_calendar_date(
-        i32::from(field(0, 4)?),
-        Month::try_from(u8::try_from(field(4, 2)?).ok()?).ok()?,
-        u8::try_from(field(6, 2)?).ok()?,
-    )
-    .ok()?;
-    let second = if digits.len() == 14 { field(12, 2)? } else { 0 };
-    let time = Time::from_hms(
-        u8::try_from(field(8, 2)?).ok()?,
-        u8::try_from(field(10, 2)?).ok()?,
-        u8::try_from(second).ok()?,
-    )
-    .ok()?;
-    Some(PrimitiveDateTime::new(date, time).assume_utc())
+    let format = match digits.len() {
+        12 => NAME_TO_THE_MINUTE,
+        14 => NAME_TO_THE_SECOND,
+        _ => return None,
+    };
+    PrimitiveDateTime::parse(digits, format)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
 }
 
 #[cfg(test)]
@@ -145,18 +147,12 @@ mod tests {
     /// The name nfcapd gives the file that starts at `at`, with seconds
     /// when it rotates more often than once a minute.
     fn name_at(at: OffsetDateTime, with_seconds: bool) -> String {
-        let mut name = format!(
-            "nfcapd.{:04}{:02}{:02}{:02}{:02}",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute()
-        );
-        if with_seconds {
-            name.push_str(&format!("{:02}", at.second()));
-        }
-        name
+        let format = if with_seconds {
+            NAME_TO_THE_SECOND
+        } else {
+            NAME_TO_THE_MINUTE
+        };
+        format!("nfcapd.{}", at.format(format).unwrap())
     }
 
     fn now() -> OffsetDateTime {
