@@ -2,7 +2,9 @@
 //! node agent and guest agent, built from the commit in
 //! `compat/released/RELEASE`, against this tree's controller, and the
 //! reverse. Both run the multicast example through this tree's provider with
-//! the same checks as `multicast_module.rs`.
+//! the same checks as `multicast_module.rs`; the first also runs
+//! service-host tasks with the checks of `measurement_task.rs` while its
+//! agents are half upgraded.
 //!
 //! Each test starts from the release as it was deployed: a lab made by the
 //! release's `measurelab` (its controller, agents and guest agents, its
@@ -20,7 +22,10 @@ use anyhow::Context;
 
 use measurelab_acceptance::multicast_example::{paper_experiment, programs_hold_the_platform_key};
 use measurelab_acceptance::release::Release;
-use measurelab_acceptance::{acc_enabled, block_on, executable, guest_processes, Lab};
+use measurelab_acceptance::service_host::ServiceHostTask;
+use measurelab_acceptance::{
+    acc_enabled, block_on, executable, guest_processes, Lab, PROVIDER_BLOCK,
+};
 
 const NODES: u32 = 4;
 
@@ -94,7 +99,9 @@ fn guest_agents_are(lab: &Lab, guest_agent: &Path) -> anyhow::Result<()> {
 }
 
 /// The order the policy supports: the controller is upgraded first, and the
-/// release's agents and guest agents keep running under it.
+/// release's agents and guest agents keep running under it. Then the agents
+/// of n2..n4 are upgraded and service-host tasks run across the two
+/// versions, with n1's release agent orchestrating and as a receiver.
 #[test]
 fn acc_release_agents_under_this_controller() -> anyhow::Result<()> {
     if !acc_enabled("acc_release_agents_under_this_controller") {
@@ -133,7 +140,67 @@ fn acc_release_agents_under_this_controller() -> anyhow::Result<()> {
     paper_experiment(&lab, || {
         guest_agents_are(&lab, &release_dir.join("measurelab-guest-agent"))?;
         programs_hold_the_platform_key(&lab)
-    })
+    })?;
+
+    // The agents' upgrade under way: n2..n4 run this build, n1 still the
+    // release (control protocol version 1, unsigned orders).
+    for k in 2..=NODES {
+        lab.stop_and_wait(&agent(k), Duration::from_secs(30))?;
+    }
+    up_from_this_build(&lab)?;
+    assert_eq!(lab.pid(&agent(1))?, agents[0], "n1's agent was restarted");
+    assert_eq!(executable(agents[0])?, release_measurelab);
+    for k in 2..=NODES {
+        assert_eq!(
+            executable(lab.pid(&agent(k))?)?,
+            lab.binaries.measurelab(),
+            "n{k}'s agent runs this build"
+        );
+    }
+    lab.wait_online(NODES as usize, Duration::from_secs(60))?;
+    service_host_tasks_across_versions(&lab)
+}
+
+/// Service-host tasks while n1's agent is the release's and the others this
+/// build's, in both directions: n1's release agent orchestrates (it does not
+/// sign, and the upgraded points obey its unsigned orders because the
+/// controller marks it old, from the address of its service endpoint), then
+/// an upgraded agent orchestrates with n1's release point as a receiver (it
+/// gets unsigned orders, the others signed ones).
+fn service_host_tasks_across_versions(lab: &Lab) -> anyhow::Result<()> {
+    let old_orchestrator = ServiceHostTask {
+        resource: "old_orchestrator",
+        name: "acc-svc-old-orchestrator",
+        nodes: &["n1", "n2", "n3", "n4"],
+        rate_pps: 300,
+        group: "239.192.7.3",
+        port: 50074,
+    };
+    let old_receiver = ServiceHostTask {
+        resource: "old_receiver",
+        name: "acc-svc-old-receiver",
+        nodes: &["n2", "n1", "n3"],
+        rate_pps: 300,
+        group: "239.192.7.4",
+        port: 50076,
+    };
+    let tf = lab.terraform()?;
+    // One after the other, so neither run's probes share the lab with the
+    // other's.
+    tf.write(
+        "main.tf",
+        &format!(
+            "{PROVIDER_BLOCK}{}{}",
+            old_orchestrator.hcl(None),
+            old_receiver.hcl(Some("measurelab_measurement_task.old_orchestrator"))
+        ),
+    )?;
+    tf.init()?;
+    tf.apply()?;
+    old_orchestrator.check_run(&tf)?;
+    old_receiver.check_run(&tf)?;
+    tf.destroy()?;
+    Ok(())
 }
 
 /// The reverse: this build's agents and guest agents under the release's

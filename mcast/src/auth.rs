@@ -284,6 +284,7 @@ pub struct KeyRing {
     keys: Mutex<HashMap<String, ControlKey>>,
     /// Orchestrators the controller says still speak version 1 (see [`LegacyOrchestrator`]).
     legacy: Mutex<Vec<LegacyOrchestrator>>,
+    legacy_changed: Condvar,
     changed: Condvar,
     nonces: Mutex<HashMap<String, Instant>>,
     /// Bumped whenever a request names a task the ring has no key for, so the keeper can
@@ -319,15 +320,27 @@ impl KeyRing {
     /// Replaces the version-1 orchestrators whole (from the same desired state as the keys).
     pub fn replace_legacy(&self, orchestrators: impl IntoIterator<Item = LegacyOrchestrator>) {
         *lock(&self.legacy) = orchestrators.into_iter().collect();
+        self.legacy_changed.notify_all();
     }
 
     /// The task whose version-1 orchestrator at `source` may order `group`:`port`
-    /// unsigned, if there is one.
-    pub fn legacy_task(&self, source: IpAddr, group: Ipv4Addr, port: u16) -> Option<String> {
-        lock(&self.legacy)
-            .iter()
-            .find(|o| o.source == source && o.group == group && o.port == port)
-            .map(|o| o.task.clone())
+    /// unsigned, waiting up to `wait` for the controller's mark: a 0.1.0 orchestrator
+    /// orders its receivers as soon as its own desired state lists the task, which can be
+    /// before this node's agent has applied the desired state that marks it. It cannot
+    /// sign, so this is the wait [`Self::key_of`] makes for a signed order's key.
+    pub fn legacy_task(
+        &self,
+        source: IpAddr,
+        group: Ipv4Addr,
+        port: u16,
+        wait: Duration,
+    ) -> Option<String> {
+        self.wait_for(&self.legacy, &self.legacy_changed, wait, |legacy| {
+            legacy
+                .iter()
+                .find(|o| o.source == source && o.group == group && o.port == port)
+                .map(|o| o.task.clone())
+        })
     }
 
     /// Whether `source` is a version-1 orchestrator of some task (its `info` is answered
@@ -364,12 +377,27 @@ impl KeyRing {
     /// The key of `task`, waiting up to `wait` for it to arrive: a run can reach a peer's
     /// point before that peer has read the desired state that lists the task.
     fn key_of(&self, task: &str, wait: Duration) -> Option<ControlKey> {
+        self.wait_for(&self.keys, &self.changed, wait, |keys| {
+            keys.get(task).cloned()
+        })
+    }
+
+    /// What `find` finds in `held`, waiting up to `wait` for `changed` to bring it. The
+    /// first miss is signalled ([`Self::key_missed`]) so the keeper fetches the desired
+    /// state at once rather than at its next resync.
+    fn wait_for<T, R>(
+        &self,
+        held: &Mutex<T>,
+        changed: &Condvar,
+        wait: Duration,
+        mut find: impl FnMut(&T) -> Option<R>,
+    ) -> Option<R> {
         let deadline = Instant::now() + wait;
-        let mut keys = lock(&self.keys);
+        let mut guard = lock(held);
         let mut signalled = false;
         loop {
-            if let Some(key) = keys.get(task) {
-                return Some(key.clone());
+            if let Some(found) = find(&guard) {
+                return Some(found);
             }
             if !signalled {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -377,9 +405,8 @@ impl KeyRing {
                 signalled = true;
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            keys = self
-                .changed
-                .wait_timeout(keys, left)
+            guard = changed
+                .wait_timeout(guard, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }

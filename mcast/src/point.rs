@@ -19,7 +19,7 @@ use crate::metrics::StatsLimits;
 use crate::protocol::{
     read_bounded_line, ControlRequest, ControlResponse, FieldError, LineRead, PointInfo,
     ReceiveRequest, ReceiverReport, SendRequest, DEFAULT_MAX_RATE_PPS, MAX_REQUEST_LINE_BYTES,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, READY_TIMEOUT,
 };
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::sender::{run_sender, SendLimit, SenderConfig};
@@ -132,9 +132,12 @@ impl RefusalCounts {
     }
 }
 
-/// Default wait for the key of a task a point has not heard of yet: the desired state
-/// that lists a task reaches its nodes within a heartbeat or two.
-pub const DEFAULT_KEY_WAIT: Duration = Duration::from_secs(10);
+/// Default wait for the key of a task a point has not heard of yet, or for the
+/// controller's mark of a version-1 orchestrator: the desired state that lists a task
+/// reaches its nodes within a heartbeat or two, and the first miss makes the agent fetch
+/// it at once. A second under the orchestrator's [`READY_TIMEOUT`], so a caller still
+/// reads the refusal's reason rather than its own timeout.
+pub const DEFAULT_KEY_WAIT: Duration = READY_TIMEOUT.saturating_sub(Duration::from_secs(1));
 
 impl PointConfig {
     /// A config with the default limits.
@@ -368,9 +371,9 @@ pub fn authorize_from(
                 ControlRequest::Receive(receive) => Some((receive.group, receive.port)),
                 _ => None,
             };
-            let task = peer
-                .zip(target)
-                .and_then(|(peer, (group, port))| keys.legacy_task(peer, group, port));
+            let task = peer.zip(target).and_then(|(peer, (group, port))| {
+                keys.legacy_task(peer, group, port, config.key_wait)
+            });
             match task {
                 Some(task) => {
                     info!(?peer, %task, op = request.op(),

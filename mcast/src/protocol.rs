@@ -32,6 +32,10 @@ use crate::sender::SenderReport;
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// How long an orchestrator waits for a point's answer to `info` or `receive` (release
+/// 0.1.0's waited as long). A point that answers later is answering no one.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest request line a point reads. Requests are a few hundred bytes; the bound is
 /// what keeps a peer that never sends a newline from growing the point's memory.
 pub const MAX_REQUEST_LINE_BYTES: usize = 64 * 1024;

@@ -378,3 +378,60 @@ async fn a_v1_orchestrator_drives_upgraded_points_only_for_the_task_the_controll
     sender.stop().unwrap();
     receiver.stop().unwrap();
 }
+
+/// A 0.1.0 orchestrator orders its receivers as soon as its own desired state lists the
+/// task, and a receiver's agent may apply the desired state that marks it a moment
+/// later (a lab run saw `receive needs a key proof` from such a point). The point waits
+/// for the mark, and asks its keeper for the desired state at once, as it waits for the
+/// key of a signed order's task.
+#[tokio::test]
+async fn an_unsigned_order_that_arrives_before_the_mark_waits_for_it() {
+    use measurelab_mcast::auth::LegacyOrchestrator;
+    use measurelab_mcast::protocol::ControlResponse;
+    let task_a = ControlKey::from_hex("task-a", &ControlKey::generate_hex()).unwrap();
+    let keys = Arc::new(KeyRing::with_keys([task_a]));
+    let receiver = spawn_point(
+        "127.0.0.1:0".parse().unwrap(),
+        "receiver",
+        Ipv4Addr::LOCALHOST,
+        Some(Arc::clone(&keys)),
+    )
+    .unwrap();
+    let old_node = Ipv4Addr::new(127, 0, 0, 4);
+    let group = Ipv4Addr::new(239, 253, rand::random(), rand::random::<u8>().max(1));
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut conversation = connect_from(old_node, receiver.local_addr()).await;
+    let receive = serde_json::json!({"op": "receive", "session_id": 43, "group": group,
+        "port": port, "ssm_source": null, "max_duration_seconds": 10.0});
+    let ordered = tokio::spawn(async move {
+        let answer = v1_exchange(&mut conversation, &receive).await;
+        (conversation, answer)
+    });
+
+    tokio::time::timeout(std::time::Duration::from_secs(30), keys.key_missed())
+        .await
+        .expect("the point did not ask its keeper for the desired state");
+    keys.replace_legacy([LegacyOrchestrator {
+        task: "task-a".into(),
+        source: old_node.into(),
+        group,
+        port,
+    }]);
+    let (mut conversation, answer) = ordered.await.unwrap();
+    assert!(
+        matches!(answer, ControlResponse::Ready { .. }),
+        "{answer:?}"
+    );
+    let stop = serde_json::json!({"op": "stop", "packets_sent": 0});
+    let report = v1_exchange(&mut conversation, &stop).await;
+    assert!(
+        matches!(report, ControlResponse::ReceiverReport(_)),
+        "{report:?}"
+    );
+    assert_eq!(keys.refused(), 0);
+    receiver.stop().unwrap();
+}

@@ -16,7 +16,7 @@ use tokio::time::timeout;
 use crate::auth::ControlKey;
 use crate::protocol::{
     ControlRequest, ControlResponse, LineRead, PointInfo, ReceiveRequest, ReceiverReport,
-    SendRequest, MAX_RESPONSE_LINE_BYTES, PROTOCOL_VERSION,
+    SendRequest, MAX_RESPONSE_LINE_BYTES, PROTOCOL_VERSION, READY_TIMEOUT,
 };
 use crate::result::{
     ClockSync, ReceiverResult, ReceiverStatus, ResultDocument, ResultSchema, RunConfig, RunKind,
@@ -25,7 +25,6 @@ use crate::result::{
 use crate::sender::SenderReport;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slack on top of the run duration before the MSCS gives up on the sender.
 const SENDER_SLACK: Duration = Duration::from_secs(10);
