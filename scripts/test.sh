@@ -21,29 +21,47 @@ SKIP_BUILD=1 bash scripts/setup.sh
 # The PostgreSQL store's tests share one private server for the whole run
 # (started below; measurelab_testbed::pg gives each test its own database).
 pg_dir=$(mktemp -d -t mlab-pg-test.XXXXXX)
+# Each phase's wall-clock time, printed at the end (also after a failure), so
+# a run shows where its minutes went (the budget is 45 of CI's 90).
+phase_name="setup (packages, services)"
+phase_started=0
+phase_times=()
+end_phase() {
+  phase_times+=("$(printf '%5d s  %s' $((SECONDS - phase_started)) "$phase_name")")
+}
+phase() {
+  end_phase
+  phase_name=$1
+  phase_started=$SECONDS
+  echo "== $1"
+}
 cleanup() {
+  local status=$?
+  end_phase
+  echo "== phase times (total ${SECONDS} s, exit ${status})"
+  printf '%s\n' "${phase_times[@]}"
   MEASURELAB_PG_DIR=$pg_dir bash scripts/pg.sh stop >/dev/null 2>&1 || true
   bash scripts/sweep.sh >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-echo "== fmt"
+phase "fmt"
 cargo fmt --all -- --check
-echo "== clippy"
+phase "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== build"
+phase "build"
 cargo build --workspace --bins
-echo "== provider docs match the schema"
+phase "provider docs match the schema"
 cargo run -q -p xtask -- docs --check
-echo "== no two modules import each other, and the result schema matches its type"
+phase "no two modules import each other, and the result schema matches its type"
 cargo run -q -p xtask -- modcycles
 cargo run -q -p xtask -- result-schema --check
-echo "== OpenAPI document matches the types and passes a standard validator"
+phase "OpenAPI document matches the types and passes a standard validator"
 cargo run -q -p xtask -- openapi --check
 python3 -m openapi_spec_validator controller/openapi.json
-echo "== wire contract: node.proto and the OpenAPI document against the last release"
+phase "wire contract: node.proto and the OpenAPI document against the last release"
 cargo run -q -p xtask -- compat
-echo "== terraform test (modules/multicast-measurement, mocked provider)"
+phase "terraform test (modules/multicast-measurement, mocked provider)"
 # mock_provider still loads the provider's schema, so init needs the binary
 # just built; a copy of the module keeps .terraform and the lock file out of
 # the tree.
@@ -57,9 +75,9 @@ module_tfrc=$("${CARGO_TARGET_DIR:-target}/debug/measurelab" lab tfrc --dir "$mo
   terraform test -no-color
 )
 rm -rf "$module_test_dir"
-echo "== Debian packages: install into a clean root, start the services from their units"
+phase "Debian packages: install into a clean root, start the services from their units"
 bash scripts/test-packages.sh
-echo "== tests (unit, integration, real networking, a private PostgreSQL)"
+phase "tests (unit, integration, real networking, a private PostgreSQL)"
 MEASURELAB_TEST_PG_URL=$(MEASURELAB_PG_DIR=$pg_dir bash scripts/pg.sh start)
 export MEASURELAB_TEST_PG_URL
 # nextest: one process per test, a per-test time limit, and one retry only
@@ -67,16 +85,16 @@ export MEASURELAB_TEST_PG_URL
 # run separately since nextest does not run them.
 cargo nextest run --workspace
 cargo test --workspace --doc
-echo "== the controller's tests again, its tables on PostgreSQL (--store postgres://)"
+phase "the controller's tests again, its tables on PostgreSQL (--store postgres://)"
 # --workspace with a filter, not -p: the same features as the run above, so
 # the test binaries are reused instead of built again.
 MEASURELAB_TEST_STORE=postgres cargo nextest run --workspace -E 'package(measurelab-controller)'
-echo "== the last release's agent and guest agent, for the mixed-version tests"
+phase "the last release's agent and guest agent, for the mixed-version tests"
 # Built from the commit in compat/released/RELEASE (git history, so CI's
 # clone must not be shallow) into target/released/<commit>; timed here, on
 # its own, rather than inside a test's time limit.
 cargo run -q -p measurelab-acceptance --bin release-binaries
-echo "== acceptance (terraform CLI against a real lab)"
+phase "acceptance (terraform CLI against a real lab)"
 TF_ACC=1 cargo nextest run -p measurelab-acceptance
-echo "== fuzz smoke (every target from its seed corpus; FUZZ_SECONDS each)"
+phase "fuzz smoke (every target from its seed corpus; FUZZ_SECONDS each)"
 bash scripts/fuzz.sh
