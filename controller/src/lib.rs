@@ -86,7 +86,7 @@ pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
 pub use api::DEFAULT_EXPORT_MAX_BYTES;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
-pub use flows::{FlowCollectorConfig, FlowDirError};
+pub use flows::{FlowCollectorConfig, FlowDirError, MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS};
 pub use forward_proof::FORWARD_KEY_FILE;
 pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.

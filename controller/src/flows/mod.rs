@@ -14,6 +14,12 @@ pub(crate) mod prune;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The longest rotation interval the controller lets nfcapd use
+/// (`--flow-rotate-seconds`): the flow prune takes a `nfcapd.current.*`
+/// file untouched for longer than the retention and this for a dead
+/// collector's (see `prune`).
+pub const MAX_ROTATE_SECONDS: u32 = 3600;
+
 /// Where the controller's collector listens and how it stores.
 #[derive(Debug, Clone)]
 pub struct FlowCollectorConfig {
@@ -23,7 +29,7 @@ pub struct FlowCollectorConfig {
     /// like the gRPC listener of a lab controller.
     pub netns: Option<String>,
     /// How often nfcapd closes a file; a flow is queryable only once its
-    /// file is closed. Default 60 s.
+    /// file is closed. Default 60 s, at most [`MAX_ROTATE_SECONDS`].
     pub rotate_seconds: u32,
 }
 
