@@ -75,6 +75,20 @@ fn ready(vm: &Vm) -> bool {
         && condition(vm, "Ready") == Some("True")
 }
 
+/// Why the node agent gave up on `vm`, if it did: `actual_state` "failed"
+/// with the Ready condition naming the cause. It retries nothing then until
+/// the VM's spec changes, so a wait for the guest can end at once with the
+/// reason instead of at its deadline. A crashed domain reads "failed" too,
+/// but the agent starts it again and Ready says "Converging" meanwhile:
+/// that one is waited through as before.
+fn gave_up(vm: &Vm) -> Option<String> {
+    if vm.actual_state != "failed" {
+        return None;
+    }
+    let ready = vm.conditions.iter().find(|c| c.condition_type == "Ready")?;
+    (ready.reason != "Converging").then(|| format!("{}: {}", ready.reason, ready.message))
+}
+
 async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -355,6 +369,13 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         if registered(&vm) {
             break (t_request.elapsed(), vm);
         }
+        if let Some(why) = gave_up(&vm) {
+            panic!(
+                "the node agent gave up on the QEMU VM {:.1} s after the request: {why}\nconsole:\n{}",
+                t_request.elapsed().as_secs_f64(),
+                console_tail(&console)
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "QEMU VM not registered within {BOOT_WAIT:?}: {vm:#?}\nconsole:\n{}",
@@ -367,6 +388,9 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         let all = client.list_vms("").await.unwrap();
         if all.len() == 2 && all.iter().all(ready) {
             break (t_request.elapsed(), all);
+        }
+        if let Some((vm, why)) = all.iter().find_map(|vm| Some((vm, gave_up(vm)?))) {
+            panic!("the node agent gave up on VM {}: {why}", vm.name);
         }
         assert!(
             Instant::now() < deadline,
@@ -552,6 +576,9 @@ async fn qemu_vm_registers_and_exchanges_packets_with_a_namespace_vm() {
         BOOT_WAIT,
         async || {
             let vm = client.get_vm(&qemu_vm.id).await.ok()?;
+            if let Some(why) = gave_up(&vm) {
+                panic!("the node agent gave up on the destroyed QEMU VM: {why}");
+            }
             let index = tap_ifindex(&ovs, &tap)?;
             (index != first_tap && ready(&vm) && heartbeat_after(&vm, destroyed_at)).then_some(())
         },
@@ -824,6 +851,13 @@ async fn debian_appliance_boots_and_runs_mcast_point() {
         let all = client.list_vms("").await.unwrap();
         if all.len() == 2 && all.iter().all(ready) {
             break all;
+        }
+        if let Some((vm, why)) = all.iter().find_map(|vm| Some((vm, gave_up(vm)?))) {
+            panic!(
+                "the node agent gave up on VM {}: {why}\nconsole:\n{}",
+                vm.name,
+                console_tail(&console)
+            );
         }
         assert!(
             Instant::now() < deadline,

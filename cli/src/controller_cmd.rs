@@ -75,7 +75,12 @@ pub struct ControllerArgs {
     flow_collector: Option<SocketAddr>,
     /// Seconds between the collector's file rotations: a flow is queryable
     /// once its file is closed.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(2..=3600))]
+    #[arg(
+        long,
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32)
+            .range(2..=i64::from(measurelab_controller::MAX_FLOW_ROTATE_SECONDS))
+    )]
     flow_rotate_seconds: u32,
     /// Hours the flow archive's closed nfcapd files are kept, counted from
     /// the time in their names; older ones are deleted (under --flow-dir, in

@@ -86,7 +86,7 @@ pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
 pub use api::DEFAULT_EXPORT_MAX_BYTES;
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
-pub use flows::FlowCollectorConfig;
+pub use flows::{FlowCollectorConfig, FlowDirError, MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS};
 pub use forward_proof::FORWARD_KEY_FILE;
 pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.
@@ -359,6 +359,9 @@ pub enum ControllerError {
     /// The configuration is unusable.
     #[error("invalid controller configuration: {0}")]
     Config(String),
+    /// The flow root (`--flow-dir`) cannot be used.
+    #[error("invalid controller configuration: {0}")]
+    FlowDir(#[from] FlowDirError),
     /// The data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -528,8 +531,7 @@ pub async fn run(
         &config.data_dir,
         config.flow_dir.as_deref(),
         config.flow_collector.as_ref(),
-    )
-    .map_err(ControllerError::Config)?;
+    )?;
     let (store, writer) = store::Store::open_with_pools(
         &config.data_dir,
         config.store_url.as_deref(),

@@ -14,6 +14,12 @@ pub(crate) mod prune;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The longest rotation interval the controller lets nfcapd use
+/// (`--flow-rotate-seconds`): the flow prune takes a `nfcapd.current.*`
+/// file untouched for longer than the retention and this for a dead
+/// collector's (see `prune`).
+pub const MAX_ROTATE_SECONDS: u32 = 3600;
+
 /// Where the controller's collector listens and how it stores.
 #[derive(Debug, Clone)]
 pub struct FlowCollectorConfig {
@@ -23,7 +29,7 @@ pub struct FlowCollectorConfig {
     /// like the gRPC listener of a lab controller.
     pub netns: Option<String>,
     /// How often nfcapd closes a file; a flow is queryable only once its
-    /// file is closed. Default 60 s.
+    /// file is closed. Default 60 s, at most [`MAX_ROTATE_SECONDS`].
     pub rotate_seconds: u32,
 }
 
@@ -62,7 +68,7 @@ impl FlowDirs {
         data_dir: &Path,
         flow_dir: Option<&Path>,
         collector: Option<&FlowCollectorConfig>,
-    ) -> Result<FlowDirs, String> {
+    ) -> Result<FlowDirs, FlowDirError> {
         let Some(root) = flow_dir else {
             let dir = data_dir.join("flows");
             return Ok(FlowDirs {
@@ -71,9 +77,12 @@ impl FlowDirs {
             });
         };
         let host = match collector {
-            Some(_) => std::fs::read_to_string(HOSTNAME_FILE).map_err(|e| {
-                format!("--flow-dir: cannot read the host name from {HOSTNAME_FILE}: {e}")
-            })?,
+            Some(_) => {
+                std::fs::read_to_string(HOSTNAME_FILE).map_err(|source| FlowDirError::HostName {
+                    file: HOSTNAME_FILE,
+                    source,
+                })?
+            }
             None => String::new(),
         };
         Self::under_root(root, collector, host.trim())
@@ -84,24 +93,62 @@ impl FlowDirs {
         root: &Path,
         collector: Option<&FlowCollectorConfig>,
         host: &str,
-    ) -> Result<FlowDirs, String> {
-        let bad = |why: String| format!("--flow-dir {}: {why}", root.display());
+    ) -> Result<FlowDirs, FlowDirError> {
         if root.as_os_str().is_empty() {
-            return Err(bad("must not be empty".into()));
+            return Err(FlowDirError::Empty);
         }
         // nfdump -R reads "DIR/FILE1:FILE2" as a range of files, so a
         // colon anywhere in the path would be misread.
         if root.to_string_lossy().contains(':') {
-            return Err(bad(
-                "must not contain ':' (nfdump reads it as a file range)".into(),
-            ));
+            return Err(FlowDirError::Colon {
+                root: root.to_path_buf(),
+            });
         }
-        std::fs::create_dir_all(root).map_err(|e| bad(format!("cannot create it: {e}")))?;
+        std::fs::create_dir_all(root).map_err(|source| FlowDirError::Create {
+            root: root.to_path_buf(),
+            source,
+        })?;
         Ok(FlowDirs {
             archive: root.to_path_buf(),
             collector: collector.map(|c| root.join(collector_subdir(host, c.listen))),
         })
     }
+}
+
+/// Why the flow root (`--flow-dir`) cannot be used. Each message starts
+/// with the flag, as the operator wrote it there (or in
+/// `MEASURELAB_FLOW_DIR`, which the CLI reads into the same flag).
+#[derive(Debug, thiserror::Error)]
+pub enum FlowDirError {
+    /// The root is the empty path.
+    #[error("--flow-dir: must not be empty")]
+    Empty,
+    /// nfdump reads `DIR/FILE1:FILE2` in `-R` as a range of files.
+    #[error(
+        "--flow-dir {}: must not contain ':' (nfdump reads it as a file range)",
+        root.display()
+    )]
+    Colon {
+        /// The root given.
+        root: PathBuf,
+    },
+    /// The root does not exist and cannot be made.
+    #[error("--flow-dir {}: cannot create it: {source}", root.display())]
+    Create {
+        /// The root given.
+        root: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The collector's sub-directory is named after the host
+    /// ([`collector_subdir`]), and the host name cannot be read.
+    #[error("--flow-dir: cannot read the host name from {file} (it names this replica's sub-directory): {source}")]
+    HostName {
+        /// The file read, [`HOSTNAME_FILE`].
+        file: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// The kernel's host name (the controller runs on Linux only: nsenter,
@@ -206,14 +253,28 @@ mod tests {
     #[test]
     fn a_root_that_cannot_be_used_names_the_flag() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let err =
-            FlowDirs::resolve(Path::new("/a"), Some(&file.path().join("flows")), None).unwrap_err();
+        let under_a_file = file.path().join("flows");
+        let err = FlowDirs::resolve(Path::new("/a"), Some(&under_a_file), None).unwrap_err();
         assert!(
-            err.starts_with("--flow-dir ") && err.contains("cannot create"),
+            matches!(&err, FlowDirError::Create { root, .. } if *root == under_a_file),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "--flow-dir {}: cannot create it: ",
+                under_a_file.display()
+            )),
             "{err}"
         );
         let err =
             FlowDirs::resolve(Path::new("/a"), Some(Path::new("/srv/a:b")), None).unwrap_err();
-        assert!(err.contains("':'"), "{err}");
+        assert!(matches!(err, FlowDirError::Colon { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "--flow-dir /srv/a:b: must not contain ':' (nfdump reads it as a file range)"
+        );
+        let err = FlowDirs::resolve(Path::new("/a"), Some(Path::new("")), None).unwrap_err();
+        assert!(matches!(err, FlowDirError::Empty), "{err:?}");
+        assert_eq!(err.to_string(), "--flow-dir: must not be empty");
     }
 }

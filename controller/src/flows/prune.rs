@@ -7,6 +7,16 @@
 //! (`nfcapd.YYYYMMDDhhmm`, or `nfcapd.YYYYMMDDhhmmss` when it rotates more
 //! often than once a minute), in UTC since the collector runs with TZ=UTC.
 //! A copy or a restore keeps the name, whereas it may renew the mtime.
+//!
+//! The file a collector is writing, `nfcapd.current.<pid>`, has no time in
+//! its name, and a live one must not go. But nfcapd replaces it at every
+//! rotation, even with no traffic (it closes it into `nfcapd.<time>` and
+//! creates a new one; seen with nfcapd 1.7.1), so a live one's mtime is at
+//! most one rotation interval old. One whose mtime is older than the
+//! retention plus the longest interval the controller lets nfcapd use
+//! ([`MAX_ROTATE_SECONDS`]) was left by a collector that is gone (a replica
+//! killed or stopped: the controller kills nfcapd, which leaves it), and
+//! holds only flows older than the retention: it goes like a closed file.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,6 +25,15 @@ use std::time::Duration;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
+
+use super::MAX_ROTATE_SECONDS;
+
+/// How much older than the cutoff a `nfcapd.current.*` file's mtime must be
+/// to be a dead collector's: the longest rotation interval. The retention
+/// is at least an hour too, so a live file is never within a factor of two
+/// of being taken for a dead one, whatever the interval of the replica
+/// writing it (each replica of a shared root may have its own).
+const LIVE_FILE_MAX_AGE: time::Duration = time::Duration::seconds(MAX_ROTATE_SECONDS as i64);
 
 /// What a prune did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +62,13 @@ pub(crate) async fn prune_aged(root: PathBuf, retention: Duration) -> io::Result
 
 /// Delete the closed nfcapd files under `root` (at any depth: one
 /// sub-directory per replica's collector under a shared `--flow-dir`, and a
-/// dead replica's directory too) whose name time is before `cutoff`.
+/// dead replica's directory too) whose name time is before `cutoff`, and
+/// the `nfcapd.current.*` files whose mtime is before `cutoff` less
+/// [`LIVE_FILE_MAX_AGE`] (dead collectors' files; see the module doc).
 ///
-/// Left alone: `nfcapd.current.*` (the file a collector is writing), any
-/// name that does not parse as a closed file, symbolic links (neither
+/// Left alone: younger `nfcapd.current.*` files (a live collector may be
+/// writing them), any other name that does not parse as a closed file,
+/// symbolic links (neither
 /// deleted nor followed, so nothing outside the root is touched), and
 /// directories, even empty ones: a running collector creates its directory
 /// only when it starts, so removing it would lose every later file.
@@ -94,12 +116,25 @@ fn prune_entries(entries: std::fs::ReadDir, cutoff: OffsetDateTime, pruned: &mut
             continue;
         }
         let name = entry.file_name();
-        let started = name.to_str().and_then(closed_file_time);
-        let Some(started) = started.filter(|_| kind.is_file()) else {
-            tracing::debug!(path = %path.display(), "not a closed nfcapd file; left alone");
+        let name = name.to_str().filter(|_| kind.is_file());
+        let aged = if let Some(started) = name.and_then(closed_file_time) {
+            started < cutoff
+        } else if name.is_some_and(is_current_file) {
+            match entry.metadata().and_then(|m| m.modified()) {
+                Ok(modified) => {
+                    OffsetDateTime::from(modified) < cutoff.saturating_sub(LIVE_FILE_MAX_AGE)
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read a flow file's mtime; retrying next prune");
+                    pruned.failed += 1;
+                    continue;
+                }
+            }
+        } else {
+            tracing::debug!(path = %path.display(), "not an nfcapd file; left alone");
             continue;
         };
-        if started >= cutoff {
+        if !aged {
             continue;
         }
         match std::fs::remove_file(&path) {
@@ -113,6 +148,12 @@ fn prune_entries(entries: std::fs::ReadDir, cutoff: OffsetDateTime, pruned: &mut
             }
         }
     }
+}
+
+/// The name of the file a collector writes into: `nfcapd.current.<pid>`.
+fn is_current_file(name: &str) -> bool {
+    name.strip_prefix("nfcapd.current.")
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A closed file's name after `nfcapd.`: the interval's start to the minute.
@@ -257,6 +298,79 @@ mod tests {
         assert!(linked_file.symlink_metadata().is_ok(), "removed a link");
         // Nothing left to do: a second prune removes nothing.
         assert_eq!(prune_before(root, cutoff).unwrap(), Pruned::default());
+    }
+
+    /// A replica that died (or was stopped: the controller kills nfcapd)
+    /// leaves its `nfcapd.current.<pid>` behind. Once its mtime is older
+    /// than the retention and one longest rotation interval, no live
+    /// collector can be writing it, and it goes; a younger one stays, and
+    /// so does a link and an odd name however old.
+    #[test]
+    fn a_dead_collectors_current_file_goes_once_older_than_any_live_one() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let cutoff = now() - time::Duration::hours(168);
+        let dead = root.join("c2-0.0.0.0-2055");
+        let live = root.join("c1-0.0.0.0-2055");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::create_dir(&live).unwrap();
+        let with_mtime = |path: PathBuf, at: OffsetDateTime| {
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(at.into()).unwrap();
+            path
+        };
+        let gone = [
+            with_mtime(
+                dead.join("nfcapd.current.17"),
+                cutoff - LIVE_FILE_MAX_AGE - time::Duration::seconds(1),
+            ),
+            with_mtime(
+                dead.join("nfcapd.current.9"),
+                cutoff - time::Duration::days(30),
+            ),
+        ];
+        let kept = [
+            // Older than the retention, but not by a whole longest
+            // interval: a collector rotating once an hour may still be
+            // writing it.
+            with_mtime(
+                dead.join("nfcapd.current.18"),
+                cutoff - LIVE_FILE_MAX_AGE + time::Duration::seconds(1),
+            ),
+            // Rotated a moment ago.
+            with_mtime(live.join("nfcapd.current.4242"), now()),
+            with_mtime(
+                dead.join("nfcapd.current."),
+                cutoff - time::Duration::days(30),
+            ),
+            with_mtime(
+                dead.join("nfcapd.current.1x"),
+                cutoff - time::Duration::days(30),
+            ),
+            with_mtime(
+                dead.join("nfcapd.currentx"),
+                cutoff - time::Duration::days(30),
+            ),
+        ];
+        let link = live.join("nfcapd.current.1");
+        std::os::unix::fs::symlink(&gone[1], &link).unwrap();
+
+        let pruned = prune_before(root, cutoff).unwrap();
+
+        assert_eq!(
+            pruned,
+            Pruned {
+                removed: gone.len(),
+                failed: 0
+            }
+        );
+        for file in &gone {
+            assert!(!file.exists(), "{} was kept", file.display());
+        }
+        for file in &kept {
+            assert!(file.exists(), "{} was removed", file.display());
+        }
+        assert!(link.symlink_metadata().is_ok(), "removed a link");
     }
 
     #[test]
