@@ -84,7 +84,8 @@ pub struct ControllerArgs {
     flow_rotate_seconds: u32,
     /// Hours the flow archive's closed nfcapd files are kept, counted from
     /// the time in their names; older ones are deleted (under --flow-dir, in
-    /// every replica's sub-directory) by the replica that prunes records.
+    /// every replica's sub-directory) by the replica that prunes records,
+    /// and so is a stopped collector's current file an hour after that.
     #[arg(
         long,
         env = "MEASURELAB_FLOW_RETENTION_HOURS",
