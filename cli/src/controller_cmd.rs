@@ -192,6 +192,16 @@ pub struct ControllerArgs {
     /// trailer saying so.
     #[arg(long, default_value_t = measurelab_controller::DEFAULT_EXPORT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     export_max_bytes: u64,
+    /// Program uploads received at once; one more is answered 503 with
+    /// Retry-After. Each holds up to 64 MiB on disk and, while it is
+    /// recorded, in memory.
+    #[arg(
+        long,
+        env = "MEASURELAB_MAX_CONCURRENT_UPLOADS",
+        default_value_t = measurelab_controller::DEFAULT_MAX_CONCURRENT_UPLOADS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    max_concurrent_uploads: u64,
     /// VLAN tags the controller gives platforms, FIRST-LAST within 1-4094
     /// (default 100-3999). Leave out the tags a site's trunks already carry.
     #[arg(long, value_name = "FIRST-LAST", value_parser = vlan_pool)]
@@ -323,6 +333,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         per_source: bucket(args.rate_limit_per_source, args.rate_limit_per_source_burst),
     };
     config.export_max_bytes = args.export_max_bytes;
+    config.max_concurrent_uploads = size(args.max_concurrent_uploads, "--max-concurrent-uploads")?;
     if let Some(pool) = args.vlan_pool.clone() {
         config.vlan_pool = pool;
     }

@@ -292,6 +292,96 @@ fn the_flow_retention_reaches_the_prune_and_zero_is_refused() {
 }
 
 #[test]
+fn an_upload_cap_of_zero_is_refused_naming_the_flag() {
+    let stderr = controller_refusal(&["--max-concurrent-uploads", "0"]);
+    assert!(
+        stderr.contains("invalid value '0' for '--max-concurrent-uploads"),
+        "{stderr}"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let out = controller_command(data.path(), "127.0.0.1:0")
+        .env("MEASURELAB_MAX_CONCURRENT_UPLOADS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an upload cap of 0 was accepted");
+    assert!(stderr.contains("--max-concurrent-uploads"), "{stderr}");
+}
+
+/// Rows written into a stopped controller's SQLite database with the
+/// sqlite3 shell, behind the API's back.
+fn sqlite(data: &std::path::Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(data.join("controller.db"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn event_and_result_retention_reach_the_prune_and_zero_is_refused() {
+    for flag in ["--retain-events-days", "--retain-results-days"] {
+        let stderr = controller_refusal(&[flag, "0"]);
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+
+    // A controller's schema, then an old and a recent event and result.
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, _, _) = start_controller(data.path(), "127.0.0.1:0", &[], &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let now = time::OffsetDateTime::now_utc();
+    let mut seed = String::new();
+    for (name, at) in [("old", now - time::Duration::days(3)), ("recent", now)] {
+        let text = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+        seed.push_str(&format!(
+            "INSERT INTO events (time, reason, object_kind, object_id, message)
+                 VALUES ('{text}', 'Seeded', 'node', 'n', '{name}');
+             INSERT INTO results (id, task_id, task_name, received_at, started_at, started_ms,
+                                  document, run_id)
+                 VALUES ('{name}', 't', 'seeded', '{text}', '{text}', {ms}, '{{}}', '{name}');"
+        ));
+    }
+    sqlite(data.path(), &seed);
+
+    // Two days each: the three-day-old rows go at start, the recent stay.
+    let (mut child, _, _) = start_controller(
+        data.path(),
+        "127.0.0.1:0",
+        &["--retain-events-days", "2", "--retain-results-days", "2"],
+        &[],
+    );
+    let kept = || {
+        sqlite(
+            data.path(),
+            "SELECT message FROM events WHERE reason = 'Seeded'
+             UNION ALL SELECT 'result ' || id FROM results ORDER BY 1",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kept() != "recent\nresult recent\n" {
+        assert!(
+            Instant::now() < deadline,
+            "after a 2-day retention: {:?}",
+            kept()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "controller exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn a_bad_advertise_url_is_refused_naming_the_flag_and_the_reason() {
     let stderr = controller_refusal(&["--advertise-url", "ftp://ctl-2:7070"]);
     assert!(stderr.contains("--advertise-url"), "{stderr}");

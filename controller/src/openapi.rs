@@ -373,7 +373,9 @@ const ERROR_RESPONSES: &[(&str, &str)] = &[
     ),
     (
         "Unavailable",
-        "A service the request needs is not running or failing (code `unavailable`).",
+        "A service the request needs is not running or failing, or a bounded resource is \
+         full (code `unavailable`). With a `Retry-After` header (program uploads over \
+         --max-concurrent-uploads), nothing was done and a retry after its seconds may succeed.",
     ),
     (
         "RateLimited",
@@ -436,6 +438,12 @@ error_answers! {
     CreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
         "409" => "Conflict",
         "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField";
+    /// A program upload: also 503 while --max-concurrent-uploads uploads are
+    /// being received.
+    ProgramCreateErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
+        "409" => "Conflict",
+        "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType", "422" => "InvalidField",
+        "503" => "Unavailable";
     /// A PATCH of one object.
     PatchErrors: "400" => "MalformedJson", "401" => "Unauthorized", "403" => "Forbidden",
         "404" => "NotFound",
@@ -1088,7 +1096,7 @@ mod operations {
         responses(
             (status = 200, description = "Already uploaded with this content.", body = Program),
             (status = 201, description = "Created.", body = Program),
-            CreateErrors,
+            ProgramCreateErrors,
         ))]
     fn create_program() {}
 

@@ -547,3 +547,55 @@ async fn an_upload_over_the_program_limit_is_refused_and_leaves_nothing_behind()
     assert!(left.is_empty(), "left behind: {left:?}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_over_the_concurrency_cap_gets_503_with_retry_after_and_is_taken_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.max_concurrent_uploads = 1;
+    })
+    .await;
+    let upload = |name: &str, body: reqwest::Body| {
+        reqwest::Client::new()
+            .post(controller.url(&format!("/v1/programs?name={name}")))
+            .bearer_auth(&controller.admin_token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+
+    // The first upload's body comes from a channel the test holds open.
+    let (chunks, body) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    let first = tokio::spawn(upload("slow", reqwest::Body::wrap_stream(body)));
+    chunks.unbounded_send(Ok(vec![1u8; 4096])).unwrap();
+    // It holds the slot once its bytes reach the uploads directory.
+    let uploads = dir.path().join("uploads");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&uploads).map_or(true, |mut entries| entries.next().is_none()) {
+        assert!(Instant::now() < deadline, "the first upload never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let refused = upload("quick", vec![2u8; 16].into()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--max-concurrent-uploads"), "{message}");
+
+    // The held upload completes, and frees the slot for the retry.
+    chunks.unbounded_send(Ok(vec![1u8; 4096])).unwrap();
+    drop(chunks);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 201);
+    let retried = upload("quick", vec![2u8; 16].into()).await.unwrap();
+    assert_eq!(retried.status(), 201);
+    controller.stop().await;
+}

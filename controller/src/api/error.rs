@@ -87,6 +87,16 @@ pub enum ApiError {
     /// The store failed; nothing was changed.
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded resource (concurrent program uploads) is in use up to its
+    /// limit; nothing was done. 503 like `Unavailable`, with `Retry-After`:
+    /// it frees itself as the requests holding it end.
+    #[error("{message}")]
+    Busy {
+        /// The limit and what holds it.
+        message: String,
+        /// Whole seconds after which a retry may find room.
+        retry_after_seconds: u64,
+    },
     /// A rate limit's bucket is empty; nothing was done.
     #[error("rate limit {limit} ({per_second}/s, burst {burst}) exceeded; retry after {retry_after_seconds} s")]
     RateLimited {
@@ -119,7 +129,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::PoolExhausted(_) => (StatusCode::CONFLICT, "pool_exhausted"),
             ApiError::QuotaExceeded { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded"),
@@ -173,10 +185,15 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited {
                 retry_after_seconds,
                 ..
+            }
+            | ApiError::Busy {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             _ => None,
         };
-        if status.is_server_error() {
+        // A full upload slot is the limit working, not a failure to log.
+        if status.is_server_error() && !matches!(self, ApiError::Busy { .. }) {
             tracing::error!(error = %self, "request failed");
         }
         let body = ErrorBody {

@@ -43,11 +43,6 @@ pub(crate) async fn list(
     }))
 }
 
-/// Program uploads received at once: each holds up to 64 MiB on disk and,
-/// while it is recorded, in memory.
-const MAX_CONCURRENT_UPLOADS: usize = 4;
-static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_UPLOADS);
-
 /// JSON `{name, content_base64, sha256?, request_id?}`, or the raw content
 /// as `application/octet-stream` with `?name=&sha256=&request_id=`.
 ///
@@ -71,10 +66,13 @@ pub(crate) async fn create(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let _permit = UPLOADS.try_acquire().map_err(|_| {
-        ApiError::Unavailable(format!(
-            "{MAX_CONCURRENT_UPLOADS} program uploads are being received already; retry shortly"
-        ))
+    // Refused rather than queued: a queued upload would hold its connection
+    // and request timeout while it waits, and the client can retry.
+    let _permit = state.try_upload_permit().map_err(|max| ApiError::Busy {
+        message: format!(
+            "{max} program uploads are being received already (--max-concurrent-uploads); retry after 1 s"
+        ),
+        retry_after_seconds: 1,
     })?;
     let (name, content, sha256, expected, request_id, tenant) = match content_type.as_str() {
         "application/json" => {

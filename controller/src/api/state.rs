@@ -12,6 +12,10 @@ use crate::store::Store;
 /// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
 pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 
+/// Program uploads received at once: each holds up to 64 MiB on disk and,
+/// while it is recorded, in memory.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 4;
+
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -24,6 +28,10 @@ pub(crate) struct AppState {
     rate_limiter: Option<Arc<RateLimiter>>,
     /// Most bytes one `GET /v1/results/export` sends.
     export_max_bytes: u64,
+    /// Permits for program uploads being received; one per upload.
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// The permits `uploads` started with, for the refusal's message.
+    max_concurrent_uploads: usize,
     /// `vm exec` sessions, carried over the agents' exec channels.
     exec_hub: ExecHub,
     /// Sessions for agents streaming to another replica.
@@ -43,6 +51,8 @@ impl AppState {
             metrics: Metrics::new(),
             rate_limiter: None,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
+            uploads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_UPLOADS)),
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             exec_hub: ExecHub::default(),
             exec_forwarder: ExecForwarder::default(),
         }
@@ -98,6 +108,22 @@ impl AppState {
 
     pub fn export_max_bytes(&self) -> u64 {
         self.export_max_bytes
+    }
+
+    /// Receive at most `max` program uploads at once.
+    pub fn with_max_concurrent_uploads(mut self, max: usize) -> Self {
+        self.uploads = Arc::new(tokio::sync::Semaphore::new(max));
+        self.max_concurrent_uploads = max;
+        self
+    }
+
+    /// A permit to receive one upload, held until the upload is recorded or
+    /// refused; `Err(max)` while `max` uploads are being received already.
+    pub fn try_upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.max_concurrent_uploads)
     }
 
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {
