@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use measurelab_api::client::Client;
 use measurelab_api::http::{PlatformCreate, Vm};
 use measurelab_testbed::OvsSandbox;
-use reconcile_common::{guest_agent, namespace_vm, GuestCleanup, NodeController, RunningAgent};
+use reconcile_common::{
+    guest_agent, in_netns, namespace_vm, GuestCleanup, NodeController, RunningAgent,
+};
 
 /// Far longer than any heartbeat-free path should take, far shorter than the
 /// heartbeat interval and the desired-state resync (both 30 s).
@@ -78,6 +80,15 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
     agent_config.ovsdb = Some(ovs.db_target());
     agent_config.libvirt_uris = vec![];
     agent_config.guest_agent = Some(guest_agent);
+    // The agent serves /metrics in the node's namespace, as a node host on
+    // its management address: a port picked there and handed over.
+    let metrics_addr = in_netns(&netns, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    });
+    agent_config.metrics_listen = Some(metrics_addr);
     let mut agent = RunningAgent::start(&netns, agent_config);
     loop {
         let nodes = client.list_nodes().await.unwrap_or_default();
@@ -125,6 +136,34 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
     }
     eprintln!("warm-up {warm_up:?}; request -> Ready: {took:?}");
 
+    // The running agent's own /metrics shows what it was asked and did.
+    let text = in_netns(&netns, move || scrape_classic(metrics_addr));
+    let values = samples(&text);
+    let value = |series: &str| {
+        *values
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from the agent's /metrics:\n{text}"))
+    };
+    assert_eq!(
+        value("measurelab_agent_desired_vms"),
+        4.0,
+        "the controller asked for warm, p1, p2 and p3"
+    );
+    let passes: f64 = values
+        .iter()
+        .filter(|(series, _)| series.starts_with("measurelab_agent_reconcile_passes_total{"))
+        .map(|(_, value)| value)
+        .sum();
+    assert!(passes > 0.0, "no reconcile pass counted:\n{text}");
+    assert!(
+        value("measurelab_agent_reconcile_pass_duration_seconds_count") > 0.0,
+        "{text}"
+    );
+    assert!(value("measurelab_agent_relay_queue_depth") >= 0.0);
+    if let Err(e) = measurelab_testbed::promtool_check(&text) {
+        panic!("promtool check metrics refused the agent's /metrics: {e:#}\n{text}");
+    }
+
     eprintln!("[{:?}] VMs done", t0.elapsed());
     agent.kill();
     eprintln!("[{:?}] agent killed", t0.elapsed());
@@ -135,4 +174,39 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
         .unwrap()
         .unwrap();
     eprintln!("[{:?}] controller stopped", t0.elapsed());
+}
+
+/// `GET /metrics` in the classic text format (what `promtool check metrics`
+/// reads), blocking: the body. Retried until the listener is up (10 s).
+fn scrape_classic(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut socket = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(socket) => break socket,
+            Err(e) => assert!(Instant::now() < deadline, "agent /metrics at {addr}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    socket
+        .write_all(
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\naccept: text/plain\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut raw = String::new();
+    socket.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// `name{labels} value` lines of an exposition, keyed by `name{labels}`.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -247,3 +247,75 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
     assert_eq!(status, 401);
     controller.stop().await;
 }
+
+/// `measurelab_store_write_queue_depth` of one scrape.
+async fn write_queue_depth(controller: &TestController) -> f64 {
+    let (status, _, text) = scrape(controller, &controller.admin_token).await;
+    assert_eq!(status, 200, "{text}");
+    *samples(&text)
+        .get("measurelab_store_write_queue_depth")
+        .unwrap_or_else(|| panic!("no write queue depth in:\n{text}"))
+}
+
+/// Until `check` holds for the write queue's depth; fails after 10 s.
+async fn until_depth(controller: &TestController, what: &str, check: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let depth = write_queue_depth(controller).await;
+        if check(depth) {
+            return depth;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "within 10 s the write queue's depth never {what}: {depth}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
+    const QUEUED: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    assert_eq!(write_queue_depth(&controller).await, 0.0);
+
+    // A label change is a write the store's writer runs under the
+    // database's write lock; with the lock held elsewhere the writer stops
+    // in the first one it takes and the others wait in its queue.
+    let set_labels = |value: String| {
+        let url = controller.url("/v1/nodes/n1");
+        let token = controller.admin_token.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .patch(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"labels": {"k": value}}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let write_lock = common::db::WriteLock::take(dir.path());
+    let mut pending = vec![set_labels("plug".into())];
+    // One scrape round trip for the plug to reach the writer before the
+    // rest, which then queue one by one behind it.
+    write_queue_depth(&controller).await;
+    // The liveness sweep queues a command of its own now and then (one at a
+    // time: it awaits each), so the depth is the commands of this test or
+    // one more.
+    for queued in 1..=QUEUED {
+        pending.push(set_labels(format!("v{queued}")));
+        let expected = queued as f64;
+        let depth = until_depth(&controller, &format!("reached {queued}"), |d| d >= expected).await;
+        assert!(depth <= expected + 1.0, "{queued} queued, depth {depth}");
+    }
+
+    drop(write_lock);
+    until_depth(&controller, "went back to 0", |d| d == 0.0).await;
+    for request in pending {
+        assert_eq!(request.await.unwrap().unwrap(), 200);
+    }
+    controller.stop().await;
+}

@@ -201,8 +201,8 @@ impl Provider for MeasurelabProvider {
                         "Base URL of the controller's HTTP API, for example `http://127.0.0.1:7070`. \
                          Controller replicas sharing one PostgreSQL store go in as one list separated \
                          by commas (`https://c1:7070,https://c2:7070`): the provider sends to the one \
-                         that last answered and goes on to the next when a connection is refused. \
-                         Defaults to the `MEASURELAB_ENDPOINT` environment variable.",
+                         that last answered and goes on to the next when a connection is refused or \
+                         not made within 5 s. Defaults to the `MEASURELAB_ENDPOINT` environment variable.",
                         false,
                     ),
                     "token" => setting(

@@ -32,6 +32,17 @@ pub fn url_component(text: &str) -> PercentEncode<'_> {
     utf8_percent_encode(text, URL_COMPONENT)
 }
 
+/// The longest a request may take, answer included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a TCP connect to one endpoint may take. A host that is down
+/// sends no RST, so without this the connect waits out the kernel's SYN
+/// retries (or [`REQUEST_TIMEOUT`]) before the next endpoint is tried, and
+/// with a dead first replica every request of the CLI or the provider would
+/// stall that long. 5 s leaves room for a lost SYN (retried after 1 s and
+/// again 2 s later) on a slow path.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Errors from the public API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -209,7 +220,9 @@ impl Client {
         token: &str,
         ca_cert_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT);
         if let Some(pem) = ca_cert_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
                 ClientError::Config(format!("ca_cert is not a PEM certificate: {e}"))
@@ -1232,6 +1245,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// An endpoint whose connects never complete, as a host that is down
+    /// and sends no RST: a listener that never accepts, its accept queue
+    /// filled, so the kernel drops further SYNs. The streams that filled it
+    /// are returned to be held for the test's length.
+    async fn silent_endpoint() -> (String, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        // A loopback connect completes at once while the queue has room;
+        // the first one that does not finish in a second found it full.
+        for _ in 0..64 {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(stream) => held.push(stream.unwrap()),
+                Err(_) => return (format!("http://{addr}"), listener, held),
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_never_answers_a_connect_is_left_for_the_next() {
+        let (dead, _listener, _held) = silent_endpoint().await;
+        let (alive, requests) = stand_in(true).await;
+        let client = Client::new(&format!("{dead},{alive}"), "t", None).unwrap();
+        // Well under REQUEST_TIMEOUT: without a connect timeout the first
+        // endpoint holds the request for the whole of it.
+        let bound = CONNECT_TIMEOUT * 3;
+        let started = std::time::Instant::now();
+        let _: serde_json::Value = tokio::time::timeout(
+            bound,
+            client.request::<(), _>(reqwest::Method::GET, "/v1/whoami", None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {bound:?}: the dead endpoint held it"))
+        .expect("the second endpoint answers");
+        assert!(
+            started.elapsed() >= CONNECT_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(client.endpoint(), alive);
     }
 
     #[tokio::test]
