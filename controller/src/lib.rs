@@ -83,7 +83,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
-pub use api::DEFAULT_EXPORT_MAX_BYTES;
+pub use api::{DEFAULT_EXPORT_MAX_BYTES, DEFAULT_RESULTS_PAGE_MAX_BYTES};
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::FlowCollectorConfig;
@@ -169,6 +169,10 @@ pub struct ControllerConfig {
     /// Most bytes one `GET /v1/results/export` sends before it stops with a
     /// trailer saying so. Default [`DEFAULT_EXPORT_MAX_BYTES`].
     pub export_max_bytes: u64,
+    /// Most document bytes one `GET /v1/results` page holds; a page that
+    /// reaches it ends early with a `next_cursor`. Default
+    /// [`DEFAULT_RESULTS_PAGE_MAX_BYTES`].
+    pub results_page_max_bytes: u64,
     /// Serve HTTPS and gRPC over TLS, nodes authenticated with certificates
     /// the controller's CA signs (mTLS). `None` (the default): plaintext,
     /// which is only fit for loopback.
@@ -347,6 +351,7 @@ impl ControllerConfig {
             grpc_limits: DEFAULT_GRPC_LIMITS,
             rate_limits: DEFAULT_RATE_LIMITS,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
+            results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
             tls: None,
             advertise_url: None,
         }
@@ -449,9 +454,10 @@ pub async fn run(
         || config.refused_registration_report_interval.is_zero()
         || config.prune_period.is_zero()
         || config.export_max_bytes == 0
+        || config.results_page_max_bytes == 0
     {
         return Err(ControllerError::Config(
-            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period and export_max_bytes must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes and results_page_max_bytes must be greater than zero".into(),
         ));
     }
     let retention = &config.retention;
@@ -621,6 +627,7 @@ pub async fn run(
                 .with_exec_forwarder(exec_forwarder)
                 .with_rate_limits(config.rate_limits)
                 .with_export_max_bytes(config.export_max_bytes)
+                .with_results_page_max_bytes(config.results_page_max_bytes)
                 // A replica on a shared root reads its peers' collectors'
                 // files even when it runs none itself.
                 .with_flows(

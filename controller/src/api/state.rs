@@ -12,6 +12,10 @@ use crate::store::Store;
 /// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
 pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 
+/// 32 MiB: a thousand results of the usual few KiB fit many times over; a
+/// page of 4 MiB documents stops at eight.
+pub const DEFAULT_RESULTS_PAGE_MAX_BYTES: u64 = 32 << 20;
+
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -24,6 +28,8 @@ pub(crate) struct AppState {
     rate_limiter: Option<Arc<RateLimiter>>,
     /// Most bytes one `GET /v1/results/export` sends.
     export_max_bytes: u64,
+    /// Most document bytes one `GET /v1/results` page holds.
+    results_page_max_bytes: u64,
     /// `vm exec` sessions, carried over the agents' exec channels.
     exec_hub: ExecHub,
     /// Sessions for agents streaming to another replica.
@@ -43,6 +49,7 @@ impl AppState {
             metrics: Metrics::new(),
             rate_limiter: None,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
+            results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
             exec_hub: ExecHub::default(),
             exec_forwarder: ExecForwarder::default(),
         }
@@ -98,6 +105,16 @@ impl AppState {
 
     pub fn export_max_bytes(&self) -> u64 {
         self.export_max_bytes
+    }
+
+    /// Cap the document bytes of one results page.
+    pub fn with_results_page_max_bytes(mut self, max: u64) -> Self {
+        self.results_page_max_bytes = max;
+        self
+    }
+
+    pub fn results_page_max_bytes(&self) -> u64 {
+        self.results_page_max_bytes
     }
 
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {
