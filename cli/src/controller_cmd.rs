@@ -202,6 +202,10 @@ pub struct ControllerArgs {
         value_parser = clap::value_parser!(u64).range(1..=1024)
     )]
     max_concurrent_uploads: u64,
+    /// Most bytes of result documents one GET /v1/results page holds; a
+    /// page that reaches it ends early, and its next_cursor reads on.
+    #[arg(long, default_value_t = measurelab_controller::DEFAULT_RESULTS_PAGE_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
+    results_page_max_bytes: u64,
     /// VLAN tags the controller gives platforms, FIRST-LAST within 1-4094
     /// (default 100-3999). Leave out the tags a site's trunks already carry.
     #[arg(long, value_name = "FIRST-LAST", value_parser = vlan_pool)]
@@ -334,6 +338,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     };
     config.export_max_bytes = args.export_max_bytes;
     config.max_concurrent_uploads = size(args.max_concurrent_uploads, "--max-concurrent-uploads")?;
+    config.results_page_max_bytes = args.results_page_max_bytes;
     if let Some(pool) = args.vlan_pool.clone() {
         config.vlan_pool = pool;
     }

@@ -83,7 +83,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
-pub use api::{DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS};
+pub use api::{DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_RESULTS_PAGE_MAX_BYTES};
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::{FlowCollectorConfig, FlowDirError, MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS};
@@ -172,6 +172,10 @@ pub struct ControllerConfig {
     /// Program uploads received at once; one more is refused (503 with
     /// `Retry-After`). Default [`DEFAULT_MAX_CONCURRENT_UPLOADS`]; at least 1.
     pub max_concurrent_uploads: usize,
+    /// Most document bytes one `GET /v1/results` page holds; a page that
+    /// reaches it ends early with a `next_cursor`. Default
+    /// [`DEFAULT_RESULTS_PAGE_MAX_BYTES`].
+    pub results_page_max_bytes: u64,
     /// Serve HTTPS and gRPC over TLS, nodes authenticated with certificates
     /// the controller's CA signs (mTLS). `None` (the default): plaintext,
     /// which is only fit for loopback.
@@ -351,6 +355,7 @@ impl ControllerConfig {
             rate_limits: DEFAULT_RATE_LIMITS,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
             tls: None,
             advertise_url: None,
         }
@@ -457,9 +462,10 @@ pub async fn run(
         || config.prune_period.is_zero()
         || config.export_max_bytes == 0
         || config.max_concurrent_uploads == 0
+        || config.results_page_max_bytes == 0
     {
         return Err(ControllerError::Config(
-            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes and max_concurrent_uploads must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes, max_concurrent_uploads and results_page_max_bytes must be greater than zero".into(),
         ));
     }
     let retention = &config.retention;
@@ -629,6 +635,7 @@ pub async fn run(
                 .with_rate_limits(config.rate_limits)
                 .with_export_max_bytes(config.export_max_bytes)
                 .with_max_concurrent_uploads(config.max_concurrent_uploads)
+                .with_results_page_max_bytes(config.results_page_max_bytes)
                 // A replica on a shared root reads its peers' collectors'
                 // files even when it runs none itself.
                 .with_flows(

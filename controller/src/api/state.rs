@@ -15,6 +15,9 @@ pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
 /// Program uploads received at once: each holds up to 64 MiB on disk and,
 /// while it is recorded, in memory.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 4;
+/// 32 MiB: a thousand results of the usual few KiB fit many times over; a
+/// page of 4 MiB documents stops at eight.
+pub const DEFAULT_RESULTS_PAGE_MAX_BYTES: u64 = 32 << 20;
 
 /// Shared state of the HTTP handlers; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +35,8 @@ pub(crate) struct AppState {
     uploads: Arc<tokio::sync::Semaphore>,
     /// The permits `uploads` started with, for the refusal's message.
     max_concurrent_uploads: usize,
+    /// Most document bytes one `GET /v1/results` page holds.
+    results_page_max_bytes: u64,
     /// `vm exec` sessions, carried over the agents' exec channels.
     exec_hub: ExecHub,
     /// Sessions for agents streaming to another replica.
@@ -53,6 +58,7 @@ impl AppState {
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             uploads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_UPLOADS)),
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
             exec_hub: ExecHub::default(),
             exec_forwarder: ExecForwarder::default(),
         }
@@ -124,6 +130,16 @@ impl AppState {
             .clone()
             .try_acquire_owned()
             .map_err(|_| self.max_concurrent_uploads)
+    }
+
+    /// Cap the document bytes of one results page.
+    pub fn with_results_page_max_bytes(mut self, max: u64) -> Self {
+        self.results_page_max_bytes = max;
+        self
+    }
+
+    pub fn results_page_max_bytes(&self) -> u64 {
+        self.results_page_max_bytes
     }
 
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {

@@ -302,6 +302,21 @@ impl ResourceStore {
         self.location.open_reader()
     }
 
+    /// `body` on a [`reader`](Self::reader) of its own, off the async
+    /// threads: for reads whose size the caller does not bound (result
+    /// pages, exports), which under [`read`](Self::read) would hold the
+    /// registry lock that the store writer needs before it acks heartbeats.
+    /// `body` owns the connection, so a streamed read can keep it.
+    pub async fn read_apart<T: Send + 'static>(
+        &self,
+        body: impl FnOnce(Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || body(this.reader()?))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     pub async fn read<T: Send + 'static>(
         &self,
         body: impl FnOnce(&Connection, &Registry) -> Result<T, StoreError> + Send + 'static,

@@ -596,7 +596,14 @@ pub(crate) struct ResultQuery {
 }
 
 fn record(r: &crate::store::sql::Row<'_>) -> Result<ResultRecord, StoreError> {
-    let document: String = r.get(5)?;
+    record_with(r, r.get(5)?)
+}
+
+/// [`record`] for a row whose `document` column was read already.
+fn record_with(
+    r: &crate::store::sql::Row<'_>,
+    document: String,
+) -> Result<ResultRecord, StoreError> {
     Ok(ResultRecord {
         id: r.get(0)?,
         task_id: r.get(1)?,
@@ -635,7 +642,8 @@ pub(crate) fn results(
     scope: &Scope,
     q: &ResultQuery,
 ) -> Result<Vec<ResultRecord>, StoreError> {
-    Ok(results_at(conn, scope, q)?
+    Ok(results_at(conn, scope, q, u64::MAX)?
+        .results
         .into_iter()
         .map(|(record, _)| record)
         .collect())
@@ -644,13 +652,26 @@ pub(crate) fn results(
 /// Where a result sits in the results' order: (`started_ms`, `seq`).
 pub(crate) type ResultPosition = (i64, i64);
 
+/// What [`results_at`] read.
+#[derive(Debug)]
+pub(crate) struct ResultsRead {
+    /// Oldest first, each with its position.
+    pub results: Vec<(ResultRecord, ResultPosition)>,
+    /// The byte cap stopped the read: older results in the range were left
+    /// out, not only those past `limit`.
+    pub cut_at_bytes: bool,
+}
+
 /// [`results`] with each one's position (`started_ms`, `seq`), the key of
-/// result pages.
+/// result pages. Reads from the newest back and stops before the result
+/// whose document would take the documents read past `max_bytes` (the
+/// newest one always comes, so a page is never empty while results remain).
 pub(crate) fn results_at(
     conn: &Connection,
     scope: &Scope,
     q: &ResultQuery,
-) -> Result<Vec<(ResultRecord, ResultPosition)>, StoreError> {
+    max_bytes: u64,
+) -> Result<ResultsRead, StoreError> {
     let task_id = q
         .task
         .as_deref()
@@ -658,16 +679,15 @@ pub(crate) fn results_at(
         .transpose()?;
     let since = q.since.map(unix_ms);
     let until = q.until.map(unix_ms);
-    // The newest `limit` in the range, returned oldest first.
+    // Newest first, so the cap keeps the newest and the cursor (the oldest
+    // kept) leads to exactly what was left out.
     let mut statement = conn.prepare_cached(
         "SELECT id, task_id, task_name, received_at, started_at, document, tenant_id,
-                started_ms, seq FROM
-           (SELECT * FROM results
-            WHERE (task_id = ?1 OR ?1 IS NULL) AND (started_ms >= ?2 OR ?2 IS NULL)
-              AND (started_ms < ?3 OR ?3 IS NULL) AND (tenant_id = ?5 OR ?5 IS NULL)
-              AND ((started_ms, seq) < (?6, ?7) OR ?6 IS NULL)
-            ORDER BY started_ms DESC, seq DESC LIMIT ?4) AS page
-         ORDER BY started_ms ASC, seq ASC",
+                started_ms, seq FROM results
+         WHERE (task_id = ?1 OR ?1 IS NULL) AND (started_ms >= ?2 OR ?2 IS NULL)
+           AND (started_ms < ?3 OR ?3 IS NULL) AND (tenant_id = ?5 OR ?5 IS NULL)
+           AND ((started_ms, seq) < (?6, ?7) OR ?6 IS NULL)
+         ORDER BY started_ms DESC, seq DESC LIMIT ?4",
     )?;
     let (before_ms, before_seq) = q.before.unzip();
     let mut rows = statement.query(params![
@@ -680,10 +700,25 @@ pub(crate) fn results_at(
         before_seq
     ])?;
     let mut out = Vec::new();
+    let mut bytes: u64 = 0;
+    let mut cut_at_bytes = false;
     while let Some(row) = rows.next()? {
-        out.push((record(&row)?, (row.get(7)?, row.get(8)?)));
+        // The stored text is what the answer will hold, give or take
+        // whitespace: measured before it is parsed.
+        let document: String = row.get(5)?;
+        let size = document.len() as u64;
+        if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+            cut_at_bytes = true;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push((record_with(&row, document)?, (row.get(7)?, row.get(8)?)));
     }
-    Ok(out)
+    out.reverse();
+    Ok(ResultsRead {
+        results: out,
+        cut_at_bytes,
+    })
 }
 
 /// Where an export of `q` starts and what it filters on; resolved in one
