@@ -83,7 +83,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use api::rate_limit::{RateLimits, TokenBucket, DEFAULT_RATE_LIMITS};
-pub use api::{DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_RESULTS_PAGE_MAX_BYTES};
+pub use api::{
+    DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_RESULTS_PAGE_MAX_BYTES,
+};
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
 pub use flows::{FlowCollectorConfig, FlowDirError, MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS};

@@ -43,7 +43,9 @@ use axum::{Json, Router};
 pub use error::ApiError;
 use extract::MAX_BODY_BYTES;
 pub(crate) use state::AppState;
-pub use state::{DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_RESULTS_PAGE_MAX_BYTES};
+pub use state::{
+    DEFAULT_EXPORT_MAX_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_RESULTS_PAGE_MAX_BYTES,
+};
 
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::tasks::MAX_DOCUMENT_BYTES;
