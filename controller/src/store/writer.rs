@@ -8,7 +8,7 @@
 //! fsync, so the fsync rate stays bounded while every ack is still durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::store::sql::{params, Connection, Transaction, Value};
@@ -445,7 +445,7 @@ struct HeartbeatRows {
 }
 
 /// Rows per heartbeat `UPDATE` (7 parameters each).
-const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
+pub(super) const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
 
 impl HeartbeatRows {
     fn queue(&mut self, node_id: String) {
@@ -480,7 +480,7 @@ impl HeartbeatRows {
                 rows += 1;
             }
             if rows > 0 {
-                tx.prepare_cached(&heartbeat_update(rows))?
+                tx.prepare_cached(heartbeat_update(rows))?
                     .execute(values)?;
             }
         }
@@ -496,7 +496,19 @@ impl HeartbeatRows {
 /// replica's sweep, whose notice is on its way) must stand until this
 /// replica has reloaded the node, so that its coming back writes the
 /// status together with its NodeOnline event.
-fn heartbeat_update(rows: usize) -> String {
+///
+/// The texts are built once: each batch runs one per chunk, and formatting
+/// a 64-row text per batch cost as much as running it.
+pub(super) fn heartbeat_update(rows: usize) -> &'static str {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (1..=HEARTBEAT_ROWS_PER_STATEMENT)
+            .map(heartbeat_update_text)
+            .collect()
+    });
+    &TEXTS[rows - 1]
+}
+
+fn heartbeat_update_text(rows: usize) -> String {
     let beats = (0..rows)
         .map(|row| {
             let p = row * 7;
