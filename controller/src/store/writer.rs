@@ -465,19 +465,26 @@ impl HeartbeatRows {
         for chunk in ids.chunks(HEARTBEAT_ROWS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(chunk.len() * 7);
             let mut rows = 0;
-            // A node deleted later in the batch has no row left to update.
-            for node in chunk.iter().filter_map(|id| overlay.get(id)) {
-                values.extend([
-                    Value::Text(node.id.clone()),
-                    node.last_heartbeat
-                        .map_or(Value::Null, |t| Value::Text(rfc3339(t))),
-                    Value::Integer(node.last_sequence as i64),
-                    Value::Text(node.agent_version.clone()),
-                    Value::Text(json(&node.capabilities)?),
-                    Value::Text(json(&node.resources)?),
-                    Value::Integer(node.observed_generation as i64),
-                ]);
-                rows += 1;
+            for id in chunk {
+                // Read in place: no copy of the whole node (labels,
+                // capabilities) only to read seven fields of it.
+                let row = overlay.view(id, |node| -> Result<[Value; 7], StoreError> {
+                    Ok([
+                        Value::Text(node.id.clone()),
+                        node.last_heartbeat
+                            .map_or(Value::Null, |t| Value::Text(rfc3339(t))),
+                        Value::Integer(node.last_sequence as i64),
+                        Value::Text(node.agent_version.clone()),
+                        Value::Text(json(&node.capabilities)?),
+                        Value::Text(json(&node.resources)?),
+                        Value::Integer(node.observed_generation as i64),
+                    ])
+                });
+                // A node deleted later in the batch has no row left to update.
+                if let Some(row) = row {
+                    values.extend(row?);
+                    rows += 1;
+                }
             }
             if rows > 0 {
                 tx.prepare_cached(heartbeat_update(rows))?
