@@ -487,8 +487,7 @@ impl HeartbeatRows {
                 }
             }
             if rows > 0 {
-                tx.prepare_cached(heartbeat_update(rows))?
-                    .execute(values)?;
+                tx.prepare_cached(heartbeat_update(rows))?.execute(values)?;
             }
         }
         Ok(())
