@@ -88,7 +88,7 @@ pub(super) struct Overlay<'a> {
 
 impl Overlay<'_> {
     /// `read` of the node as the batch sees it (its own changes first).
-    fn view<T>(&self, id: &str, read: impl FnOnce(&NodeEntry) -> T) -> Option<T> {
+    pub(super) fn view<T>(&self, id: &str, read: impl FnOnce(&NodeEntry) -> T) -> Option<T> {
         if self.removed.contains(id) {
             return None;
         }

@@ -124,10 +124,17 @@ impl Registry {
     }
 
     pub fn upsert(&mut self, entry: NodeEntry) {
-        if let Some(previous) = self.by_id.get(&entry.id) {
+        // Every heartbeat lands here: a known node is replaced in place,
+        // without copying its id and name into the maps' keys again.
+        if let Some(previous) = self.by_id.get_mut(&entry.id) {
             if previous.name != entry.name {
                 self.by_name.remove(&previous.name);
             }
+            if self.by_name.get(&entry.name) != Some(&entry.id) {
+                self.by_name.insert(entry.name.clone(), entry.id.clone());
+            }
+            *previous = entry;
+            return;
         }
         self.by_name.insert(entry.name.clone(), entry.id.clone());
         self.by_id.insert(entry.id.clone(), entry);

@@ -8,7 +8,7 @@
 //! fsync, so the fsync rate stays bounded while every ack is still durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::store::sql::{params, Connection, Transaction, Value};
@@ -445,7 +445,7 @@ struct HeartbeatRows {
 }
 
 /// Rows per heartbeat `UPDATE` (7 parameters each).
-const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
+pub(super) const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
 
 impl HeartbeatRows {
     fn queue(&mut self, node_id: String) {
@@ -465,23 +465,29 @@ impl HeartbeatRows {
         for chunk in ids.chunks(HEARTBEAT_ROWS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(chunk.len() * 7);
             let mut rows = 0;
-            // A node deleted later in the batch has no row left to update.
-            for node in chunk.iter().filter_map(|id| overlay.get(id)) {
-                values.extend([
-                    Value::Text(node.id.clone()),
-                    node.last_heartbeat
-                        .map_or(Value::Null, |t| Value::Text(rfc3339(t))),
-                    Value::Integer(node.last_sequence as i64),
-                    Value::Text(node.agent_version.clone()),
-                    Value::Text(json(&node.capabilities)?),
-                    Value::Text(json(&node.resources)?),
-                    Value::Integer(node.observed_generation as i64),
-                ]);
-                rows += 1;
+            for id in chunk {
+                // Read in place: no copy of the whole node (labels,
+                // capabilities) only to read seven fields of it.
+                let row = overlay.view(id, |node| -> Result<[Value; 7], StoreError> {
+                    Ok([
+                        Value::Text(node.id.clone()),
+                        node.last_heartbeat
+                            .map_or(Value::Null, |t| Value::Text(rfc3339(t))),
+                        Value::Integer(node.last_sequence as i64),
+                        Value::Text(node.agent_version.clone()),
+                        Value::Text(json(&node.capabilities)?),
+                        Value::Text(json(&node.resources)?),
+                        Value::Integer(node.observed_generation as i64),
+                    ])
+                });
+                // A node deleted later in the batch has no row left to update.
+                if let Some(row) = row {
+                    values.extend(row?);
+                    rows += 1;
+                }
             }
             if rows > 0 {
-                tx.prepare_cached(&heartbeat_update(rows))?
-                    .execute(values)?;
+                tx.prepare_cached(heartbeat_update(rows))?.execute(values)?;
             }
         }
         Ok(())
@@ -496,7 +502,19 @@ impl HeartbeatRows {
 /// replica's sweep, whose notice is on its way) must stand until this
 /// replica has reloaded the node, so that its coming back writes the
 /// status together with its NodeOnline event.
-fn heartbeat_update(rows: usize) -> String {
+///
+/// The texts are built once: each batch runs one per chunk, and formatting
+/// a 64-row text per batch cost as much as running it.
+pub(super) fn heartbeat_update(rows: usize) -> &'static str {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (1..=HEARTBEAT_ROWS_PER_STATEMENT)
+            .map(heartbeat_update_text)
+            .collect()
+    });
+    &TEXTS[rows - 1]
+}
+
+fn heartbeat_update_text(rows: usize) -> String {
     let beats = (0..rows)
         .map(|row| {
             let p = row * 7;
