@@ -56,6 +56,10 @@ pub struct AgentConfig {
     /// and used as the local end of VXLAN tunnels to peers at other sites;
     /// `None`: nodes meet over the uplink trunk only.
     pub tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// The MTU of every platform NIC of the guests this agent creates,
+    /// within [`crate::underlay::GUEST_MTU_RANGE`]; `None`: chosen at start
+    /// from `tunnel_ip`'s interface ([`crate::underlay::guest_mtu`]).
+    pub guest_mtu: Option<u32>,
     /// The guest agent binary run in namespace guests; `None`:
     /// `measurelab-guest-agent` beside the running executable.
     pub guest_agent: Option<PathBuf>,
@@ -102,6 +106,7 @@ impl AgentConfig {
             uplink_bond: None,
             datapath: ovs::DatapathChoice::Auto,
             tunnel_ip: None,
+            guest_mtu: None,
             guest_agent: None,
             public_address: None,
             wireguard_binary: None,
@@ -195,6 +200,15 @@ impl AgentConfig {
                 return Err(invalid(
                     "tunnel_ip",
                     format!("{ip} is not a unicast address a peer could send VXLAN to"),
+                ));
+            }
+        }
+        if let Some(mtu) = self.guest_mtu {
+            let range = crate::underlay::GUEST_MTU_RANGE;
+            if !range.contains(&mtu) {
+                return Err(invalid(
+                    "guest_mtu",
+                    format!("{mtu} is outside {}..={} bytes", range.start(), range.end()),
                 ));
             }
         }
@@ -350,6 +364,8 @@ mod tests {
         let mut routed = config();
         routed.tunnel_ip = Some(std::net::Ipv4Addr::new(10, 60, 1, 2));
         routed.validate().unwrap();
+        routed.guest_mtu = Some(1450);
+        routed.validate().unwrap();
         let mut several = config();
         several.controller = "http://127.0.0.1:7071, http://127.0.0.2:7071/".into();
         several.validate().unwrap();
@@ -412,6 +428,8 @@ mod tests {
                 "public_address",
                 Box::new(|c| c.public_address = Some(std::net::Ipv4Addr::LOCALHOST)),
             ),
+            ("guest_mtu", Box::new(|c| c.guest_mtu = Some(575))),
+            ("guest_mtu", Box::new(|c| c.guest_mtu = Some(9001))),
             (
                 "appliance_dir",
                 Box::new(|c| c.appliance_dir = "appliances".into()),

@@ -155,9 +155,10 @@ pub(crate) async fn run(
         tools = ?initial_caps.service_tools,
         "probed capabilities"
     );
-    if let Some(ip) = config.tunnel_ip {
-        crate::underlay::check_and_log(ip);
-    }
+    let underlay = config.tunnel_ip.map(crate::underlay::check_and_log);
+    // Decided once: guests keep the MTU they were created with, so a later
+    // change of the underlay would leave old and new guests disagreeing.
+    let guest_mtu = crate::underlay::choose_guest_mtu_and_log(config.guest_mtu, underlay.as_ref());
     let (caps_tx, caps_rx) = watch::channel(initial_caps);
     let refresher = tokio::spawn(refresh_capabilities(targets, caps_tx, shutdown_rx.clone()));
     let (switch_status_tx, switch_status_rx) = watch::channel(SwitchStatus::default());
@@ -226,6 +227,7 @@ pub(crate) async fn run(
     let flow_export_status = crate::reconcile::FlowExportStatus::default();
     let reconciler = tokio::spawn(start_reconcile(
         config.clone(),
+        guest_mtu,
         flow_export_status.clone(),
         GrpcControlPlane::new(client.clone(), identity_rx_for_reconcile),
         guest_channels,
@@ -974,6 +976,7 @@ async fn ship_one_batch(
 /// Open the backends and the switch, then run the reconcile loop.
 async fn start_reconcile(
     config: AgentConfig,
+    guest_mtu: u32,
     flow_export_status: crate::reconcile::FlowExportStatus,
     control: GrpcControlPlane,
     guest_channels: crate::guest_channel::GuestChannels,
@@ -985,6 +988,7 @@ async fn start_reconcile(
         &guest_agent,
         &config.libvirt_uris,
         &config.appliance_dir,
+        guest_mtu,
     )
     .await;
     let switch = config

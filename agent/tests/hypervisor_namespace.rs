@@ -346,6 +346,27 @@ fn three_guests_full_lifecycle() {
     assert!(hv.list_owned().unwrap().is_empty());
 }
 
+/// A node whose underlay is too small for full frames gives its guests a
+/// lower MTU: both ends of the veth carry it, the guest's end as the guest
+/// sees it from inside its namespace.
+#[test]
+fn guest_veth_gets_the_configured_mtu() {
+    let mut fx = Fixture::new();
+    fx.config.guest_mtu = 1450;
+    let hv = fx.backend();
+    let spec = fx.spec(1);
+    assert_eq!(hv.define(&spec).unwrap(), DefineOutcome::Created);
+    let netns = NamespaceHypervisor::netns_name(spec.id);
+    let inside = Command::new("ip")
+        .args(["netns", "exec", &netns, "cat", "/sys/class/net/eth0/mtu"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), "1450");
+    let port = &spec.nic.as_ref().unwrap().port_name;
+    let host = fs::read_to_string(format!("/sys/class/net/{port}/mtu")).unwrap();
+    assert_eq!(host.trim(), "1450");
+}
+
 fn proc_is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))

@@ -90,6 +90,13 @@ pub struct AgentArgs {
     /// it the uplink trunk is the only way between nodes.
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// MTU of the platform NIC of every guest this agent creates, 576 to
+    /// 9000. Default (auto): with --tunnel-ip on an interface whose MTU is
+    /// below 1550, that MTU less VXLAN's 50 bytes, so full guest frames fit
+    /// in the tunnels; otherwise 1500. Chosen at start; guests keep the MTU
+    /// they were created with.
+    #[arg(long, env = "MEASURELAB_GUEST_MTU", value_parser = clap::value_parser!(u32).range(576..=9000))]
+    guest_mtu: Option<u32>,
     /// This node's public IPv4 address: where researchers' WireGuard peers
     /// reach the platform gateways this node runs (UDP, each gateway's
     /// listen_port). Without it the controller puts no gateway on this node.
@@ -263,6 +270,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         }),
         datapath: args.datapath,
         tunnel_ip: args.tunnel_ip,
+        guest_mtu: args.guest_mtu,
         guest_agent: args.guest_agent,
         public_address: args.public_address,
         wireguard_binary: args.wireguard_binary,

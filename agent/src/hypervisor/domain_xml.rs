@@ -177,16 +177,23 @@ fn owner_attributes(spec: &GuestSpec, owner: Option<&str>) -> String {
 /// passed [`GuestSpec::validate`]. The appliance disk (`boot.disk`) is
 /// never attached itself: the libvirt backend attaches a per-VM overlay of it.
 pub fn domain_xml(spec: &GuestSpec, flavor: DomainFlavor) -> String {
-    domain_xml_for_owner(spec, flavor, None, &GuestDisks::default())
+    domain_xml_for_owner(
+        spec,
+        flavor,
+        None,
+        &GuestDisks::default(),
+        crate::underlay::GUEST_MTU,
+    )
 }
 
-/// [`domain_xml`] with the ownership tag scoped to `owner` (a node agent)
-/// and the guest's own disk files attached.
+/// [`domain_xml`] with the ownership tag scoped to `owner` (a node agent),
+/// the guest's own disk files attached and its platform NIC's MTU `nic_mtu`.
 pub(crate) fn domain_xml_for_owner(
     spec: &GuestSpec,
     flavor: DomainFlavor,
     owner: Option<&str>,
     disks: &GuestDisks,
+    nic_mtu: u32,
 ) -> String {
     let mut x = String::new();
     // `write!` into a String cannot fail; the results are ignored on purpose.
@@ -301,6 +308,13 @@ pub(crate) fn domain_xml_for_owner(
         // guest computes every checksum itself.
         if matches!(flavor, DomainFlavor::Qemu(_)) && nic.attach == NicAttach::TapOnly {
             x.push_str("      <driver>\n        <host csum='off'/>\n      </driver>\n");
+        }
+        // libvirt sets it on the tap and, for QEMU, tells the guest through
+        // virtio-net's host_mtu. Left out at the default, so nodes whose
+        // underlay fits keep the XML they had; a user-mode NIC is no
+        // platform NIC (and QEMU's slirp takes no MTU from libvirt).
+        if nic_mtu != crate::underlay::GUEST_MTU && nic.attach != NicAttach::UserMode {
+            let _ = writeln!(x, "      <mtu size='{nic_mtu}'/>");
         }
         if let Some(limit) = &spec.egress_limit {
             x.push_str(&bandwidth_xml(limit));
@@ -621,6 +635,40 @@ mod tests {
     }
 
     #[test]
+    fn a_lowered_guest_mtu_reaches_the_platform_nic() {
+        for attach in [NicAttach::OvsVirtualport, NicAttach::TapOnly] {
+            let mut spec = sample_spec();
+            spec.nic.as_mut().unwrap().attach = attach;
+            for flavor in [
+                DomainFlavor::Qemu(QemuAccel::Tcg),
+                DomainFlavor::XenPv,
+                DomainFlavor::Test,
+            ] {
+                let disks = GuestDisks::default();
+                let xml = domain_xml_for_owner(&spec, flavor, None, &disks, 1450);
+                let interface =
+                    &xml[xml.find("<interface").unwrap()..xml.find("</interface>").unwrap()];
+                assert!(interface.contains("<mtu size='1450'/>"), "{xml}");
+                assert_balanced(&xml);
+                validate_with_libvirt_schema(&xml, &format!("mtu-{attach:?}-{flavor:?}"));
+                // The default stays out: such nodes keep the XML they had.
+                let default = domain_xml_for_owner(&spec, flavor, None, &disks, 1500);
+                assert!(!default.contains("<mtu"), "{default}");
+            }
+        }
+        let mut user = sample_spec();
+        user.nic.as_mut().unwrap().attach = NicAttach::UserMode;
+        let xml = domain_xml_for_owner(
+            &user,
+            DomainFlavor::Qemu(QemuAccel::Tcg),
+            None,
+            &GuestDisks::default(),
+            1450,
+        );
+        assert!(!xml.contains("<mtu"), "{xml}");
+    }
+
+    #[test]
     fn interface_bandwidth_is_replaced_or_removed() {
         let libvirt_formatted = "<domain><devices><interface type='ethernet'>\n      <mac address='52:54:00:6f:1c:2a'/>\n      <target dev='vm-x'/>\n      <bandwidth>\n        <outbound average='2500'/>\n      </bandwidth>\n    </interface></devices></domain>";
         let ten = RateLimit {
@@ -701,7 +749,7 @@ mod tests {
             (DomainFlavor::XenPv, "xvda", "xvdb", "xen"),
             (DomainFlavor::Test, "vda", "vdb", "virtio"),
         ] {
-            let xml = domain_xml_for_owner(&sample_spec(), flavor, None, &disks);
+            let xml = domain_xml_for_owner(&sample_spec(), flavor, None, &disks, 1500);
             assert!(
                 xml.contains(&format!(
                     "<driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/measurelab/agent/guests/x/disk.qcow2'/>\n      <target dev='{data}' bus='{bus}'/>"
@@ -732,7 +780,7 @@ mod tests {
             data: None,
             swap: disks.swap.clone(),
         };
-        let xml = domain_xml_for_owner(&sample_spec(), DomainFlavor::Test, None, &swap_only);
+        let xml = domain_xml_for_owner(&sample_spec(), DomainFlavor::Test, None, &swap_only, 1500);
         assert!(xml.contains("measurelab.swap=/dev/vda"), "{xml}");
         assert!(!xml.contains("measurelab.data"), "{xml}");
     }

@@ -38,6 +38,9 @@ pub struct LibvirtHypervisor {
     /// Where appliance files may lie and per-VM disks live; see
     /// [`LibvirtHypervisor::with_disks`].
     disks: Option<DiskConfig>,
+    /// MTU of the platform NIC of the guests it defines; see
+    /// [`LibvirtHypervisor::with_guest_mtu`].
+    guest_mtu: u32,
 }
 
 /// Whether tc police works on this host, probed once per process.
@@ -98,6 +101,7 @@ impl LibvirtHypervisor {
             conn: Mutex::new(Some(conn)),
             owner: None,
             disks: None,
+            guest_mtu: crate::underlay::GUEST_MTU,
         })
     }
 
@@ -142,6 +146,13 @@ impl LibvirtHypervisor {
     /// that asks for any disk is refused.
     pub fn with_disks(mut self, config: DiskConfig) -> Self {
         self.disks = Some(config);
+        self
+    }
+
+    /// Gives the platform NIC of every guest it defines this MTU (default
+    /// 1500). Guests already defined keep theirs until their spec changes.
+    pub fn with_guest_mtu(mut self, mtu: u32) -> Self {
+        self.guest_mtu = mtu;
         self
     }
 
@@ -500,7 +511,13 @@ impl Hypervisor for LibvirtHypervisor {
                     }
                 }
             };
-            let xml = domain_xml_for_owner(spec, self.flavor, self.owner.as_deref(), &disks);
+            let xml = domain_xml_for_owner(
+                spec,
+                self.flavor,
+                self.owner.as_deref(),
+                &disks,
+                self.guest_mtu,
+            );
             conn.define_domain_xml(&xml)
                 .map_err(|e| libvirt_error("define", e))?;
             if let (

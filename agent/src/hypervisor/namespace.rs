@@ -105,6 +105,9 @@ pub struct NamespaceConfig {
     /// Host-wide registry of guest uids, shared by every agent on the host
     /// ([`sandbox::DEFAULT_UID_REGISTRY`]).
     pub uid_registry: PathBuf,
+    /// MTU of both ends of a guest's veth, set when the pair is created
+    /// (a guest keeps it while it exists). Default 1500.
+    pub guest_mtu: u32,
 }
 
 impl NamespaceConfig {
@@ -117,6 +120,7 @@ impl NamespaceConfig {
             guest_command,
             guest_binaries: Vec::new(),
             uid_registry: PathBuf::from(sandbox::DEFAULT_UID_REGISTRY),
+            guest_mtu: crate::underlay::GUEST_MTU,
         }
     }
 }
@@ -441,7 +445,7 @@ impl NamespaceHypervisor {
             }
         }
         if let Some(nic) = &spec.nic {
-            ensure_veth(netns, nic)?;
+            ensure_veth(netns, nic, self.config.guest_mtu)?;
             apply_egress_limit(netns, spec.egress_limit.as_ref())?;
         } else if link_exists(Some(netns), "eth0")? {
             run("ip", &["-n", netns, "link", "del", "eth0"])?;
@@ -1183,7 +1187,7 @@ fn process_alive(process: ProcessRecord) -> bool {
 
 const MULTICAST_ROUTE: &str = "224.0.0.0/4";
 
-fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
+fn ensure_veth(netns: &str, nic: &NicSpec, mtu: u32) -> Result<(), HypervisorError> {
     let host_up = link_exists(None, &nic.port_name)?;
     let guest_up = link_exists(Some(netns), "eth0")?;
     if !(host_up && guest_up) {
@@ -1194,17 +1198,23 @@ fn ensure_veth(netns: &str, nic: &NicSpec) -> Result<(), HypervisorError> {
         if guest_up {
             run("ip", &["-n", netns, "link", "del", "eth0"])?;
         }
+        // Both ends: the host end must pass the guest's full frames too.
+        let mtu = mtu.to_string();
         run(
             "ip",
             &[
                 "link",
                 "add",
                 &nic.port_name,
+                "mtu",
+                &mtu,
                 "type",
                 "veth",
                 "peer",
                 "name",
                 "eth0",
+                "mtu",
+                &mtu,
                 "address",
                 &nic.mac,
                 "netns",

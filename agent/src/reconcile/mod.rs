@@ -169,12 +169,14 @@ pub fn namespace_guest_command(guest_agent: &std::path::Path) -> Vec<String> {
 /// it), libvirt on the first URI of `uris` that connects, preferring QEMU and
 /// Xen over the test driver. libvirt guests boot only appliances under
 /// `appliance_dir` and keep their disks in their directory under
-/// `<state_dir>/guests`.
+/// `<state_dir>/guests`. Both give the guests they create NICs of
+/// `guest_mtu`.
 pub async fn open_backends(
     state_dir: &std::path::Path,
     guest_agent: &std::path::Path,
     uris: &[String],
     appliance_dir: &std::path::Path,
+    guest_mtu: u32,
 ) -> Backends {
     let mut backends = Backends::default();
     let mut ns_config = crate::hypervisor::NamespaceConfig::new(
@@ -182,6 +184,7 @@ pub async fn open_backends(
         namespace_guest_command(guest_agent),
     );
     ns_config.guest_binaries = vec![guest_agent.to_path_buf()];
+    ns_config.guest_mtu = guest_mtu;
     match tokio::task::spawn_blocking(move || {
         crate::hypervisor::NamespaceHypervisor::new(ns_config)
     })
@@ -208,7 +211,8 @@ pub async fn open_backends(
             Ok::<_, crate::hypervisor::HypervisorError>(
                 crate::hypervisor::LibvirtHypervisor::connect(&probe)?
                     .with_owner(&owner)?
-                    .with_disks(disks),
+                    .with_disks(disks)
+                    .with_guest_mtu(guest_mtu),
             )
         })
         .await
