@@ -31,6 +31,13 @@ enum NodeCommand {
         /// Node name or id.
         node: String,
     },
+    /// Refuse the node's current certificate (and any older unexpired one)
+    /// from now on, without revoking the node; its agent gets a new one by
+    /// registering again (restart it, or give it a new join token).
+    RevokeCertificate {
+        /// Node name or id.
+        node: String,
+    },
     /// Forget the node (refused while VMs are placed on it).
     Delete {
         /// Node name or id.
@@ -144,6 +151,13 @@ pub fn main(args: NodeArgs) -> anyhow::Result<()> {
             NodeCommand::Revoke { node } => {
                 let n = client.revoke_node(&node).await?;
                 println!("revoked node {} ({})", n.name, n.id);
+            }
+            NodeCommand::RevokeCertificate { node } => {
+                let n = client.revoke_node_certificate(&node).await?;
+                println!(
+                    "revoked the certificates of node {} ({}); it gets a new one when it registers again",
+                    n.name, n.id
+                );
             }
             NodeCommand::Delete { node } => {
                 let n = client.delete_node(&node).await?;

@@ -202,6 +202,7 @@ fn rewrite_references(schema: &mut Value, renamed: &BTreeMap<String, String>) {
         operations::delete_node,
         operations::approve_node,
         operations::revoke_node,
+        operations::revoke_node_certificate,
         operations::list_registration_requests,
         operations::list_join_tokens,
         operations::create_join_token,
@@ -591,6 +592,18 @@ mod operations {
         params(("id_or_name" = String, Path, description = NODE_KEY)),
         responses((status = 200, description = "The revoked node.", body = Node), GetErrors))]
     fn revoke_node() {}
+
+    /// Revoke the node's certificate: every unexpired client certificate
+    /// the controller issued to it (the current one, and an older one still
+    /// valid after a renewal) is refused on the node API from now on. The
+    /// node itself is not revoked: its agent gets a new certificate by
+    /// registering again with its node secret (it does so when restarted),
+    /// or with a new join token. 409 when the node holds no such
+    /// certificate (a controller without TLS issues none).
+    #[utoipa::path(post, path = "/v1/nodes/{id_or_name}/certificate/revoke", operation_id = "revokeNodeCertificate",
+        params(("id_or_name" = String, Path, description = NODE_KEY)),
+        responses((status = 200, description = "The node whose certificates were revoked.", body = Node), DeleteErrors))]
+    fn revoke_node_certificate() {}
 
     /// Registrations the controller refused because they named an existing
     /// node without its current secret (or the node is revoked). One entry

@@ -307,7 +307,7 @@ impl Ca {
         node_id: &str,
         node_name: &str,
         lifetime: Duration,
-    ) -> Result<String, CsrError> {
+    ) -> Result<NodeCert, CsrError> {
         self.sign_nodes(key, &[node_id], node_name, lifetime)
     }
 
@@ -322,7 +322,7 @@ impl Ca {
         node_ids: &[&str],
         node_name: &str,
         lifetime: Duration,
-    ) -> Result<String, CsrError> {
+    ) -> Result<NodeCert, CsrError> {
         let sans = node_ids
             .iter()
             .map(|node_id| {
@@ -339,11 +339,61 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, lifetime);
+        // rcgen would derive the serial from the public key, so a renewal
+        // with the same key would repeat it and revoking one certificate
+        // would revoke the other. 16 random bytes; the first byte between
+        // 0x40 and 0x7f keeps the INTEGER positive without a padding byte
+        // and without a leading zero, so its hex is the same when
+        // [`cert_serial`] reads it back.
+        let mut serial = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+        serial[0] = (serial[0] & 0x3f) | 0x40;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let not_after = params.not_after;
         let cert = params
             .signed_by(key, &self.issuer, &self.key)
             .map_err(|e| CsrError(format!("cannot sign: {e}")))?;
-        Ok(cert.pem())
+        Ok(NodeCert {
+            pem: cert.pem(),
+            serial: hex::encode(serial),
+            not_after,
+        })
     }
+}
+
+/// A signed node certificate and what the controller records of it.
+#[derive(Debug, Clone)]
+pub struct NodeCert {
+    /// The certificate (PEM).
+    pub pem: String,
+    /// Its serial number, lower-case hex (as [`cert_serial`] reads it).
+    pub serial: String,
+    /// When it expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// The serial number of a DER certificate as lower-case hex (without the
+/// sign padding byte DER may add), or `None` if it does not parse.
+pub fn cert_serial(cert_der: &[u8]) -> Option<String> {
+    yasna::parse_der(cert_der, |r| {
+        r.read_sequence(|r| {
+            let serial = r.next().read_sequence(|r| {
+                // [0] EXPLICIT version is optional (absent means v1).
+                r.read_optional(|r| r.read_tagged(yasna::Tag::context(0), |r| r.read_der()))?;
+                let (bytes, _non_negative) = r.next().read_bigint_bytes()?;
+                while r.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(bytes)
+            })?;
+            r.next().read_der()?;
+            r.next().read_der()?;
+            Ok(serial)
+        })
+    })
+    .ok()
+    .map(|bytes| {
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        hex::encode(&bytes[start..])
+    })
 }
 
 /// The SubjectPublicKeyInfo of a DER certificate, or `None` if it does not parse.
@@ -622,13 +672,33 @@ mod tests {
         let ca = Ca::load_or_create(dir.path()).unwrap();
         let key = KeyPair::generate().unwrap();
         let csr_key = ca.check_csr(&csr(&key)).unwrap();
-        let pem = ca
+        let cert = ca
             .sign_node(&csr_key, "n-1", "alpha", Duration::from_secs(3600))
             .unwrap();
-        let der = first_cert_der(&pem, "cert").unwrap();
+        let der = first_cert_der(&cert.pem, "cert").unwrap();
         let der = CertificateDer::from(der);
         assert!(cert_names_node(&der, "n-1"));
         assert!(!cert_names_node(&der, "n-2"));
+    }
+
+    #[test]
+    fn each_certificate_has_its_own_serial_even_for_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr_key = ca.check_csr(&csr(&key)).unwrap();
+        let sign = || {
+            ca.sign_node(&csr_key, "n-1", "alpha", Duration::from_secs(3600))
+                .unwrap()
+        };
+        let (first, second) = (sign(), sign());
+        assert_ne!(first.serial, second.serial);
+        for cert in [first, second] {
+            let der = first_cert_der(&cert.pem, "cert").unwrap();
+            // What the peer check reads back is what the store recorded.
+            assert_eq!(cert_serial(&der).as_deref(), Some(cert.serial.as_str()));
+        }
+        assert_eq!(cert_serial(b"not DER"), None);
     }
 
     #[test]
@@ -640,7 +710,7 @@ mod tests {
         let pem = ca
             .sign_nodes(&csr_key, &["n-1", "n-3"], "pool", Duration::from_secs(3600))
             .unwrap();
-        let der = CertificateDer::from(first_cert_der(&pem, "cert").unwrap());
+        let der = CertificateDer::from(first_cert_der(&pem.pem, "cert").unwrap());
         assert!(cert_names_node(&der, "n-1"));
         assert!(cert_names_node(&der, "n-3"));
         assert!(!cert_names_node(&der, "n-2"));

@@ -1,6 +1,7 @@
 //! TLS on both APIs and mTLS for nodes: a client without the controller's CA
-//! is refused, a node certificate names one node only, and a revoked node
-//! cannot heartbeat with its still-valid certificate.
+//! is refused, a node certificate names one node only, a revoked node
+//! cannot heartbeat with its still-valid certificate, and a revoked
+//! certificate is refused while its node is not revoked.
 
 mod common;
 
@@ -279,6 +280,99 @@ async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
     let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{status:?}");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
+    let controller = TlsController::start().await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let mut client = controller.grpc(Some(identity)).await;
+    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    let admin = https_client(Some(&controller.ca_pem));
+    let revoked = admin
+        .post(format!(
+            "https://{}/v1/nodes/alpha/certificate/revoke",
+            controller.http
+        ))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let node = revoked.json::<measurelab_api::http::Node>().await.unwrap();
+    assert_ne!(node.status, measurelab_api::http::NodeStatus::Revoked);
+    // The same connection, the right secret: the certificate is refused.
+    let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("client certificate") && status.message().contains("revoked"),
+        "{status:?}"
+    );
+    // Nor does it get a renewal with it.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let renewal = RenewCertificateRequest {
+        node_id: alpha.node_id.clone(),
+        node_secret: alpha.node_secret.clone(),
+        csr_pem,
+    };
+    let status = client.renew_certificate(renewal).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // Nothing left to revoke: the operator is told so.
+    let again = admin
+        .post(format!(
+            "https://{}/v1/nodes/alpha/certificate/revoke",
+            controller.http
+        ))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::CONFLICT);
+    // The node re-joins with its secret and a fresh certificate works.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut request = common::register_request(&controller.join_token, "alpha", "");
+    request.node_id = alpha.node_id.clone();
+    request.node_secret = alpha.node_secret.clone();
+    request.csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let rejoined = controller
+        .grpc(None)
+        .await
+        .register(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rejoined.node_id, alpha.node_id);
+    let fresh = Identity::from_pem(&rejoined.node_cert_pem, key.serialize_pem());
+    controller
+        .grpc(Some(fresh))
+        .await
+        .heartbeat(heartbeat(&rejoined))
+        .await
+        .unwrap();
+    // The event names the node and the serial, never key material.
+    let events = admin
+        .get(format!("https://{}/v1/events", controller.http))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events.contains("NodeCertificateRevoked"), "{events}");
+    assert!(!events.contains("BEGIN"), "{events}");
     controller.stop().await;
 }
 

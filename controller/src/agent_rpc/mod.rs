@@ -127,10 +127,11 @@ impl NodeRpc {
     }
 
     /// With TLS on, the call must come with a client certificate bound to
-    /// `node_id`; the handshake already verified it against the CA and its
-    /// validity period. A removed or revoked node fails the node-secret
-    /// check that follows in each call, so its certificate, still unexpired,
-    /// gets it nowhere.
+    /// `node_id` and not revoked by an operator (`measurelab node
+    /// revoke-certificate`); the handshake already verified it against the
+    /// CA and its validity period. A removed or revoked node fails the
+    /// node-secret check that follows in each call, so its certificate,
+    /// still unexpired, gets it nowhere.
     fn check_peer<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), RpcError> {
         if self.node_certs.is_none() {
             return Ok(());
@@ -146,7 +147,34 @@ impl NodeRpc {
                 "client certificate: not issued to node {node_id:?}; a node may only call as itself"
             )));
         }
+        // A certificate the CA signed always parses; one that does not
+        // cannot be checked against the revoked serials, so it is refused.
+        let Some(serial) = crate::tls::cert_serial(leaf) else {
+            return Err(RpcError::Unauthenticated(
+                "client certificate: its serial number does not parse".into(),
+            ));
+        };
+        if self.store.certificate_revoked(node_id, &serial) {
+            return Err(RpcError::Unauthenticated(format!(
+                "client certificate: serial {serial} of node {node_id} was revoked by an operator; \
+                 the node gets a new certificate by registering again with its node secret \
+                 (an agent does so when it restarts) or with a new join token"
+            )));
+        }
         Ok(())
+    }
+
+    /// Remember a certificate just signed, so an operator can revoke it;
+    /// unrecorded, it is not handed out.
+    async fn issued(&self, node_id: &str, cert: crate::tls::NodeCert) -> Result<String, RpcError> {
+        self.store
+            .record_certificate(crate::store::IssuedCertificate {
+                node_id: node_id.to_string(),
+                serial: cert.serial,
+                not_after: cert.not_after,
+            })
+            .await?;
+        Ok(cert.pem)
     }
 
     /// The refusal counter, whose summaries the caller schedules.
@@ -224,10 +252,13 @@ impl NodeRpc {
                 .await?;
         }
         let node_cert_pem = match (&self.node_certs, csr_key) {
-            (Some(certs), Some(key)) => certs
-                .ca
-                .sign_node(&key, &registered.node_id, &name, certs.lifetime)
-                .map_err(csr_refused)?,
+            (Some(certs), Some(key)) => {
+                let cert = certs
+                    .ca
+                    .sign_node(&key, &registered.node_id, &name, certs.lifetime)
+                    .map_err(csr_refused)?;
+                self.issued(&registered.node_id, cert).await?
+            }
             _ => String::new(),
         };
         Ok(RegisterResponse {
@@ -256,10 +287,11 @@ impl NodeRpc {
             .node(&request.node_id)
             .map(|node| node.name)
             .unwrap_or_default();
-        let node_cert_pem = certs
+        let cert = certs
             .ca
             .sign_node(&key, &request.node_id, &name, certs.lifetime)
             .map_err(csr_refused)?;
+        let node_cert_pem = self.issued(&request.node_id, cert).await?;
         Ok(RenewCertificateResponse { node_cert_pem })
     }
 

@@ -83,6 +83,10 @@ fn v1_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/nodes/:id_or_name/approve", post(nodes::approve)),
         ("/v1/nodes/:id_or_name/revoke", post(nodes::revoke)),
         (
+            "/v1/nodes/:id_or_name/certificate/revoke",
+            post(nodes::revoke_certificate),
+        ),
+        (
             "/v1/registration_requests",
             get(nodes::registration_requests),
         ),

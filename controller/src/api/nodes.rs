@@ -205,6 +205,18 @@ pub(crate) async fn revoke(
     Ok(Json(state.store().revoke_node(key).await?))
 }
 
+/// Refuse the node's unexpired certificates from now on; the node stays a
+/// member and gets a new certificate when it registers again.
+pub(crate) async fn revoke_certificate(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let key = key(path)?;
+    ensure_operator(&principal, "revoking the certificate of", "node", &key)?;
+    Ok(Json(state.store().revoke_certificates(key).await?))
+}
+
 /// Forget the node (409 while VMs or platforms use it).
 pub(crate) async fn delete(
     State(state): State<AppState>,

@@ -844,12 +844,14 @@ async fn heartbeat_pool(
                     .step_by(count)
                     .map(|n| n.node_id.as_str())
                     .collect();
-                let cert = ca.sign_nodes(
-                    &ca.check_csr(&csr)?,
-                    &ids,
-                    &name,
-                    Duration::from_secs(86_400),
-                )?;
+                let cert = ca
+                    .sign_nodes(
+                        &ca.check_csr(&csr)?,
+                        &ids,
+                        &name,
+                        Duration::from_secs(86_400),
+                    )?
+                    .pem;
                 Some((cert, key))
             }
         };

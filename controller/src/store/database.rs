@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0018_gateway_state.sql"),
     include_str!("../../migrations/0019_replica_files.sql"),
     include_str!("../../migrations/0020_exec_channels.sql"),
+    include_str!("../../migrations/0021_node_certificates.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the

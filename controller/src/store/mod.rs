@@ -68,7 +68,7 @@ pub use error::StoreError;
 pub(crate) use events::EventPage;
 pub(crate) use exec_channels::{ChannelChange, ChannelHolder};
 use node_identity::IdentityCommand;
-pub(crate) use node_identity::{parse_issued_join_token, NewJoinToken};
+pub(crate) use node_identity::{parse_issued_join_token, IssuedCertificate, NewJoinToken};
 use nodes::{check_secret, load_registry};
 pub(crate) use nodes::{
     constant_time_eq, HeartbeatInput, JoinCredential, NewEvent, RegisterInput, Registered,
@@ -295,6 +295,35 @@ impl Store {
     pub async fn revoke_node(&self, id_or_name: String) -> Result<http::Node, StoreError> {
         self.call(|reply| WriteCommand::Identity(IdentityCommand::Revoke { id_or_name, reply }))
             .await
+    }
+
+    /// Remember a certificate issued to a node (see [`Self::revoke_certificates`]).
+    pub async fn record_certificate(
+        &self,
+        certificate: IssuedCertificate,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| {
+            WriteCommand::Identity(IdentityCommand::RecordCertificate { certificate, reply })
+        })
+        .await
+    }
+
+    /// Refuse the node's unexpired certificates from now on; the node stays.
+    pub async fn revoke_certificates(&self, id_or_name: String) -> Result<http::Node, StoreError> {
+        self.call(|reply| {
+            WriteCommand::Identity(IdentityCommand::RevokeCertificates { id_or_name, reply })
+        })
+        .await
+    }
+
+    /// Whether `serial` is a revoked certificate of `node_id`, from memory:
+    /// the gRPC peer check asks on every call.
+    pub fn certificate_revoked(&self, node_id: &str, serial: &str) -> bool {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id(node_id)
+            .is_some_and(|node| node.revoked_certificates.contains(serial))
     }
 
     /// Forget the node; refused while VMs or platforms use it.

@@ -45,6 +45,16 @@ pub(crate) enum IdentityCommand {
         id_or_name: String,
         reply: Reply<http::Node>,
     },
+    /// Remember a certificate just issued to a node, so it can be revoked.
+    RecordCertificate {
+        certificate: IssuedCertificate,
+        reply: Reply<()>,
+    },
+    /// Revoke every unexpired certificate of the node; the node stays.
+    RevokeCertificates {
+        id_or_name: String,
+        reply: Reply<http::Node>,
+    },
     CreateJoinToken {
         token: NewJoinToken,
         reply: Reply<http::JoinTokenCreated>,
@@ -53,6 +63,15 @@ pub(crate) enum IdentityCommand {
         id: String,
         reply: Reply<http::JoinToken>,
     },
+}
+
+/// A node certificate the controller signed.
+#[derive(Debug, Clone)]
+pub(crate) struct IssuedCertificate {
+    pub node_id: String,
+    /// Lower-case hex, as [`crate::tls::cert_serial`] reads it back.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
 }
 
 /// A join token to create, already validated by the API layer.
@@ -231,6 +250,7 @@ pub(super) fn register(
                 reported_labels: input.labels,
                 overcommit: Overcommit::default(),
                 revoked_at: None,
+                revoked_certificates: Default::default(),
                 last_sequence: 0,
                 observed_generation: 0,
                 desired_generation: 0,
@@ -414,6 +434,18 @@ pub(super) fn apply(
                 delete(tx, overlay, &id_or_name, now)
             }),
         ),
+        IdentityCommand::RecordCertificate { certificate, reply } => PendingReply::deferred(
+            reply,
+            in_savepoint(tx, overlay, |tx, _| {
+                record_certificate(tx, &certificate, now)
+            }),
+        ),
+        IdentityCommand::RevokeCertificates { id_or_name, reply } => PendingReply::deferred(
+            reply,
+            in_savepoint(tx, overlay, |tx, overlay| {
+                revoke_certificates(tx, overlay, &id_or_name, now)
+            }),
+        ),
         IdentityCommand::CreateJoinToken { token, reply } => PendingReply::deferred(
             reply,
             in_savepoint(tx, overlay, |tx, _| create_join_token(tx, token, now)),
@@ -511,6 +543,85 @@ fn revoke(
     Ok(api)
 }
 
+fn record_certificate(
+    tx: &Connection,
+    certificate: &IssuedCertificate,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO node_certificates (serial, node_id, issued_at, not_after) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        certificate.serial,
+        certificate.node_id,
+        rfc3339(now),
+        rfc3339(certificate.not_after)
+    ])?;
+    Ok(())
+}
+
+/// Revoke what a node's key could still be used for: every certificate
+/// issued to it that has not expired (the current one, and an older one
+/// still valid after a renewal). The node stays a member; its agent gets a
+/// new certificate by registering again with its node secret.
+fn revoke_certificates(
+    tx: &Connection,
+    overlay: &mut Overlay<'_>,
+    id_or_name: &str,
+    now: OffsetDateTime,
+) -> Result<http::Node, StoreError> {
+    let Some(mut node) = overlay.get_by_id_or_name(id_or_name) else {
+        return Err(StoreError::UnknownNode(id_or_name.to_string()));
+    };
+    let mut statement = tx.prepare_cached(
+        "SELECT serial, not_after FROM node_certificates WHERE node_id = ?1 AND revoked_at IS NULL",
+    )?;
+    let mut rows = statement.query([&node.id])?;
+    let mut serials = Vec::new();
+    while let Some(row) = rows.next()? {
+        let serial: String = row.get(0)?;
+        let not_after: String = row.get(1)?;
+        if parse_time(&not_after)? > now {
+            serials.push(serial);
+        }
+    }
+    drop(rows);
+    drop(statement);
+    if serials.is_empty() {
+        return Err(StoreError::conflict(
+            None,
+            format!(
+                "node {} holds no unexpired certificate this controller issued and has not \
+                 revoked; nothing to revoke",
+                node.name
+            ),
+        ));
+    }
+    for serial in &serials {
+        tx.prepare_cached("UPDATE node_certificates SET revoked_at = ?2 WHERE serial = ?1")?
+            .execute(params![serial, rfc3339(now)])?;
+    }
+    node.revoked_certificates.extend(serials.iter().cloned());
+    insert_event(
+        tx,
+        now,
+        &NewEvent {
+            reason: "NodeCertificateRevoked",
+            object_kind: "node",
+            object_id: node.id.clone(),
+            message: format!(
+                "certificate(s) of node {} revoked (serial {}): calls presenting them are \
+                 refused; the node registers again with its secret to get a new one",
+                node.name,
+                serials.join(", ")
+            ),
+        },
+    )?;
+    let api = node.to_api();
+    overlay.put(node);
+    Ok(api)
+}
+
 /// Up to [`NAMES_IN_CONFLICT`] names, then how many more.
 fn name_list(names: &[String]) -> String {
     let mut text = names
@@ -587,6 +698,7 @@ fn delete(
     for sql in [
         "DELETE FROM node_logs WHERE node_id = ?1",
         "DELETE FROM registration_requests WHERE node_id = ?1",
+        "DELETE FROM node_certificates WHERE node_id = ?1",
         "DELETE FROM nodes WHERE id = ?1",
     ] {
         tx.prepare_cached(sql)?.execute([&node.id])?;

@@ -1,7 +1,7 @@
 //! Nodes: what registration, heartbeats and log shipping carry, the node
 //! secrets, and the SQL of the node table, its logs and the event journal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::store::sql::{Connection, Row};
@@ -139,6 +139,8 @@ fn node_from_row(
         overcommit: Overcommit::from_stored(row.get(16)?, row.get(17)?),
         reported_labels: from_json("nodes.reported_labels", &reported_labels)?,
         revoked_at: revoked_at.as_deref().map(parse_time).transpose()?,
+        // Filled in by the callers, from `node_certificates`.
+        revoked_certificates: Default::default(),
         last_sequence: row.get::<i64>(11)? as u64,
         observed_generation: row.get::<i64>(12)? as u64,
         desired_generation: row.get::<i64>(13)? as u64,
@@ -151,8 +153,10 @@ pub(crate) fn load_registry(conn: &Connection, startup: Instant) -> Result<Regis
     let mut statement = conn.prepare(NODE_COLUMNS)?;
     let mut rows = statement.query([])?;
     let mut plaintext = Vec::new();
+    let mut revoked = revoked_certificates(conn, None)?;
     while let Some(row) = rows.next()? {
-        let (entry, rehashed) = node_from_row(&row, startup)?;
+        let (mut entry, rehashed) = node_from_row(&row, startup)?;
+        entry.revoked_certificates = revoked.remove(&entry.id).unwrap_or_default();
         if let Some(digest) = rehashed {
             plaintext.push((entry.id.clone(), digest));
         }
@@ -176,10 +180,44 @@ pub(crate) fn load_node(
 ) -> Result<Option<NodeEntry>, StoreError> {
     let mut statement = conn.prepare_cached(&format!("{NODE_COLUMNS} WHERE id = ?1"))?;
     let mut rows = statement.query([id])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(node_from_row(&row, contact)?.0)),
-        None => Ok(None),
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let mut entry = node_from_row(&row, contact)?.0;
+    entry.revoked_certificates = revoked_certificates(conn, Some(id))?
+        .remove(id)
+        .unwrap_or_default();
+    Ok(Some(entry))
+}
+
+/// The revoked serials of `node` (of every node with `None`), by node id.
+/// Expired ones are left out: the TLS handshake refuses them already.
+fn revoked_certificates(
+    conn: &Connection,
+    node: Option<&str>,
+) -> Result<HashMap<String, BTreeSet<String>>, StoreError> {
+    const REVOKED: &str =
+        "SELECT node_id, serial, not_after FROM node_certificates WHERE revoked_at IS NOT NULL";
+    let mut statement;
+    let mut rows = match node {
+        Some(id) => {
+            statement = conn.prepare_cached(&format!("{REVOKED} AND node_id = ?1"))?;
+            statement.query([id])?
+        }
+        None => {
+            statement = conn.prepare_cached(REVOKED)?;
+            statement.query([])?
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut revoked: HashMap<String, BTreeSet<String>> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let not_after: String = row.get(2)?;
+        if parse_time(&not_after)? > now {
+            revoked.entry(row.get(0)?).or_default().insert(row.get(1)?);
+        }
     }
+    Ok(revoked)
 }
 
 /// Constant-time comparison, so response timing does not leak how many

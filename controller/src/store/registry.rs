@@ -6,7 +6,7 @@
 //! transaction holding the same change has committed, so nothing a reader sees
 //! can be lost by a crash.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use measurelab_api::http::{self, Capabilities, NodeStatus, Resources};
@@ -41,6 +41,10 @@ pub(crate) struct NodeEntry {
     pub reported_labels: BTreeMap<String, String>,
     /// Set by an operator: every credential check of the node fails.
     pub revoked_at: Option<OffsetDateTime>,
+    /// Serials (lower-case hex) of the node's certificates an operator
+    /// revoked and that have not expired: the gRPC peer check refuses them
+    /// while the node itself stays a member. Mirrors `node_certificates`.
+    pub revoked_certificates: BTreeSet<String>,
     pub last_sequence: u64,
     pub observed_generation: u64,
     pub desired_generation: u64,

@@ -28,6 +28,16 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/nodes/{id_or_name}/certificate/revoke`.
+    pub async fn revoke_node_certificate(&self, id_or_name: &str) -> Result<Node, ClientError> {
+        self.request::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{}/certificate/revoke", url_component(id_or_name)),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /v1/nodes/{id_or_name}`.
     pub async fn delete_node(&self, id_or_name: &str) -> Result<Node, ClientError> {
         self.request::<(), _>(

@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20,
         include_str!("../../../../migrations-pg/0020_exec_channels.sql"),
     ),
+    (
+        21,
+        include_str!("../../../../migrations-pg/0021_node_certificates.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

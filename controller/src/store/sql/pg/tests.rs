@@ -272,21 +272,21 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         })
         .collect();
     for replica in replicas {
-        assert_eq!(replica.join().unwrap().unwrap(), 20);
+        assert_eq!(replica.join().unwrap().unwrap(), 21);
     }
     let mut pg = PgDriver::connect(&url).unwrap();
-    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 20);
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 21);
     assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
-    // 29 tables of SQLite's schema after 0020, plus schema_version.
+    // 30 tables of SQLite's schema after 0021, plus schema_version.
     assert_eq!(
         count(
             &mut pg,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
         ),
-        30
+        31
     );
     // Migrating an up-to-date database changes nothing.
-    assert_eq!(pg.migrate().unwrap(), 20);
+    assert_eq!(pg.migrate().unwrap(), 21);
 
     pg.batch("UPDATE schema_version SET version = 99").unwrap();
     match pg.migrate() {
