@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::error::StoreError;
+use super::heartbeat_sql::HEARTBEAT_ROWS_PER_STATEMENT;
 use super::sql;
-use super::writer::HEARTBEAT_ROWS_PER_STATEMENT;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -474,7 +474,7 @@ mod tests {
             for rows in 1..=HEARTBEAT_ROWS_PER_STATEMENT {
                 // NULL ids match no node: the statement runs, nothing changes.
                 let nulls = vec![rusqlite::types::Value::Null; rows * 7];
-                conn.prepare_cached(super::super::writer::heartbeat_update(rows))
+                conn.prepare_cached(super::super::heartbeat_sql::heartbeat_update(rows))
                     .unwrap()
                     .execute(rusqlite::params_from_iter(nulls))
                     .unwrap();
@@ -482,7 +482,7 @@ mod tests {
         }
         for rows in 1..=HEARTBEAT_ROWS_PER_STATEMENT {
             let statement = conn
-                .prepare_cached(super::super::writer::heartbeat_update(rows))
+                .prepare_cached(super::super::heartbeat_sql::heartbeat_update(rows))
                 .unwrap();
             assert_eq!(
                 statement.get_status(rusqlite::StatementStatus::Run),

@@ -25,6 +25,7 @@ mod events;
 mod exec_channels;
 pub(crate) mod flows;
 pub(crate) mod gateways;
+mod heartbeat_sql;
 pub(crate) mod idempotency;
 mod node_identity;
 mod nodes;

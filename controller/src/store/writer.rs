@@ -8,7 +8,7 @@
 //! fsync, so the fsync rate stays bounded while every ack is still durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::store::sql::{params, Connection, Transaction, Value};
@@ -21,6 +21,7 @@ use super::checkpoint::Checkpointer;
 use super::codec::{parse_time, rfc3339};
 use super::error::StoreError;
 use super::exec_channels::{self, ChannelChange};
+use super::heartbeat_sql::{heartbeat_update, HEARTBEAT_ROWS_PER_STATEMENT};
 use super::node_identity::{self, IdentityCommand};
 use super::nodes::{
     check_secret, load_node, status_text, HeartbeatInput, NewEvent, RegisterInput, Registered,
@@ -444,9 +445,6 @@ struct HeartbeatRows {
     queued: HashSet<String>,
 }
 
-/// Rows per heartbeat `UPDATE` (7 parameters each).
-pub(super) const HEARTBEAT_ROWS_PER_STATEMENT: usize = 64;
-
 impl HeartbeatRows {
     fn queue(&mut self, node_id: String) {
         if self.queued.insert(node_id.clone()) {
@@ -492,53 +490,6 @@ impl HeartbeatRows {
         }
         Ok(())
     }
-}
-
-/// `UPDATE nodes … FROM (rows)` for `rows` heartbeats, in SQL both SQLite
-/// and PostgreSQL take: the rows as `SELECT … UNION ALL` (SQLite names no
-/// columns of a `VALUES` list), integers cast so PostgreSQL types them.
-/// The status is not written: these rows carry only nodes this replica
-/// sees online, and an `offline` in the database instead (another
-/// replica's sweep, whose notice is on its way) must stand until this
-/// replica has reloaded the node, so that its coming back writes the
-/// status together with its NodeOnline event.
-///
-/// The texts are built once: each batch runs one per chunk, and formatting
-/// a 64-row text per batch cost as much as running it.
-pub(super) fn heartbeat_update(rows: usize) -> &'static str {
-    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        (1..=HEARTBEAT_ROWS_PER_STATEMENT)
-            .map(heartbeat_update_text)
-            .collect()
-    });
-    &TEXTS[rows - 1]
-}
-
-fn heartbeat_update_text(rows: usize) -> String {
-    let beats = (0..rows)
-        .map(|row| {
-            let p = row * 7;
-            format!(
-                "SELECT ?{} AS id, ?{} AS heard, CAST(?{} AS BIGINT) AS sequence, ?{} AS version, \
-                 ?{} AS capabilities, ?{} AS resources, CAST(?{} AS BIGINT) AS observed",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    format!(
-        "UPDATE nodes SET last_heartbeat = beat.heard, \
-         last_sequence = beat.sequence, agent_version = beat.version, \
-         capabilities = beat.capabilities, resources = beat.resources, \
-         observed_generation = beat.observed \
-         FROM ({beats}) AS beat WHERE nodes.id = beat.id"
-    )
 }
 
 fn ship_logs(
