@@ -72,6 +72,11 @@ pub enum PgError {
         #[source]
         source: std::io::Error,
     },
+    /// The session ended inside a transaction (the server restarted, failed
+    /// over, or ended the backend): the server rolled the transaction back.
+    /// The next transaction opens a new session.
+    #[error("{sql}: the session to PostgreSQL was lost inside a transaction, which the server rolled back")]
+    SessionLost { sql: String },
     /// The database was migrated by a newer build than this one.
     #[error("the database's schema version {found} is newer than the newest this build knows ({known}); run the newer controller")]
     SchemaTooNew { found: i64, known: i64 },

@@ -54,6 +54,12 @@ pub(crate) struct PgDriver {
     client: Option<Client>,
     /// Prepared statements by the SQL text as the store wrote it.
     statements: HashMap<String, Statement>,
+    /// Where the session was opened, to open another when it is lost.
+    config: conn::Config,
+    /// Between `BEGIN` and `COMMIT`/`ROLLBACK`: a lost session is then an
+    /// error, never a new session, which would run the rest of the
+    /// transaction's statements outside it.
+    in_transaction: bool,
 }
 
 impl std::fmt::Debug for PgDriver {
@@ -72,6 +78,8 @@ impl PgDriver {
         Ok(PgDriver {
             client: Some(conn::open(&config)?),
             statements: HashMap::new(),
+            config,
+            in_transaction: false,
         })
     }
 
@@ -81,7 +89,7 @@ impl PgDriver {
         let encoded = encode_all(sql, &statement, params)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client()
+        self.session(sql)?
             .execute(&statement, &refs)
             .map_err(|err| PgError::query(sql, err))
     }
@@ -97,7 +105,7 @@ impl PgDriver {
         let refs: Vec<&(dyn ToSql + Sync)> =
             encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let rows = self
-            .client()
+            .session(sql)?
             .query(&statement, &refs)
             .map_err(|err| PgError::query(sql, err))?;
         rows.iter()
@@ -117,9 +125,43 @@ impl PgDriver {
     /// `;`: the transaction control the store's writer uses (`BEGIN`,
     /// `COMMIT`, `SAVEPOINT x`, `RELEASE x`, `ROLLBACK TO x`, `ROLLBACK`).
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), PgError> {
-        self.client()
-            .batch_execute(sql)
-            .map_err(|err| PgError::query(sql, err))
+        let verb = sql.trim_start();
+        if verb.starts_with("COMMIT")
+            || (verb.starts_with("ROLLBACK") && !verb.starts_with("ROLLBACK TO"))
+        {
+            // Never on a new session: there a COMMIT would succeed with
+            // nothing to commit. Failed or not, the transaction is over (a
+            // failed COMMIT rolls back on PostgreSQL).
+            self.in_transaction = false;
+            if self.client().is_closed() {
+                return Err(PgError::SessionLost {
+                    sql: sql.to_string(),
+                });
+            }
+            return self
+                .client()
+                .batch_execute(sql)
+                .map_err(|err| PgError::query(sql, err));
+        }
+        let begins = verb.starts_with("BEGIN");
+        if begins {
+            // Whatever came before has ended: a new transaction may open
+            // a new session.
+            self.in_transaction = false;
+        }
+        let mut outcome = self.session(sql)?.batch_execute(sql);
+        // A session the server ended shows as closed only once a call has
+        // failed on it. Nothing of a transaction has run before its BEGIN,
+        // so that one is sent again on a new session.
+        if begins && outcome.is_err() && self.client().is_closed() {
+            self.reopen()?;
+            outcome = self.client().batch_execute(sql);
+        }
+        let outcome = outcome.map_err(|err| PgError::query(sql, err));
+        if begins && outcome.is_ok() {
+            self.in_transaction = true;
+        }
+        outcome
     }
 
     /// Take the store's write lock for the rest of the open transaction;
@@ -143,7 +185,7 @@ impl PgDriver {
 
     /// Bring the schema up to date (see [`migrate`]); the version in force.
     pub(crate) fn migrate(&mut self) -> Result<i64, PgError> {
-        migrate::run(self.client())
+        migrate::run(self.session("migrate")?)
     }
 
     /// `NOTIFY channel, payload`. Inside a transaction it is delivered when
@@ -151,7 +193,7 @@ impl PgDriver {
     /// once. Payloads must be under 8000 bytes (the server's limit).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<(), PgError> {
         const NOTIFY: &str = "SELECT pg_notify($1, $2)";
-        self.client()
+        self.session(NOTIFY)?
             .execute(NOTIFY, &[&channel, &payload])
             .map(drop)
             .map_err(|err| PgError::query(NOTIFY, err))
@@ -163,12 +205,40 @@ impl PgDriver {
             .expect("a PgDriver's session is only taken by its Drop")
     }
 
+    /// The session to run `sql` on. One the server ended (a restart, a
+    /// failover, a terminated backend) is replaced by a new one from the
+    /// same URL, whose hosts are tried again in order, unless a transaction
+    /// is open on it: the server has rolled that back, so the rest of it
+    /// must fail, not run on its own. Without this a controller kept its
+    /// dead sessions and failed every request until it was restarted.
+    fn session(&mut self, sql: &str) -> Result<&mut Client, PgError> {
+        if self.client().is_closed() {
+            if self.in_transaction {
+                return Err(PgError::SessionLost {
+                    sql: sql.lines().next().unwrap_or_default().to_string(),
+                });
+            }
+            self.reopen()?;
+        }
+        Ok(self.client())
+    }
+
+    fn reopen(&mut self) -> Result<(), PgError> {
+        let fresh = conn::open(&self.config)?;
+        // Closing the dead session blocks on its runtime like any call,
+        // which a thread running this driver may do.
+        drop(std::mem::replace(self.client(), fresh));
+        self.statements.clear();
+        tracing::warn!("PostgreSQL session lost; a new one is open");
+        Ok(())
+    }
+
     fn prepare(&mut self, sql: &str) -> Result<Statement, PgError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
         let statement = self
-            .client()
+            .session(sql)?
             .prepare(&placeholders::rewrite(sql))
             .map_err(|err| PgError::query(sql, err))?;
         if self.statements.len() >= STATEMENT_CACHE_MAX {

@@ -918,3 +918,87 @@ fn leadership_and_the_listener_run_over_tls() {
     );
     assert_eq!((encrypted, plaintext), (2, 0));
 }
+
+/// docs/postgresql.md's answer to the database being a single point of
+/// failure: a URL that lists every server of a replicated PostgreSQL, with
+/// `target_session_attrs=read-write`, so a replica opens its session on the
+/// first server that takes writes. One server runs here, so this shows the
+/// two halves: a server that is gone is passed over for the next, and one
+/// that only reads is refused.
+#[test]
+fn a_url_listing_several_servers_opens_a_session_on_one_that_takes_writes() {
+    let db = database().expect("test database");
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // The listener is dropped: connecting to its port is refused.
+    let url = db.url_with_query("target_session_attrs=read-write");
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let several = format!("{scheme_user}@{gone},{rest}");
+    let mut pg = PgDriver::connect(&several).expect("the listed server that is up");
+    assert_eq!(count(&mut pg, "SELECT 1"), 1);
+    pg.batch(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
+        db.name()
+    ))
+    .unwrap();
+    drop(pg);
+
+    match PgDriver::connect(&several) {
+        Err(PgError::Connect { target, .. }) => {
+            assert!(target.contains(&gone.to_string()), "{target}")
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a read-only server was taken for writes"),
+    }
+    // Without the attribute the same URL opens a session that cannot write.
+    let (scheme_user, rest) = db.url().split_once('@').unwrap();
+    let mut read_only = PgDriver::connect(&format!("{scheme_user}@{gone},{rest}")).unwrap();
+    assert!(read_only.batch("CREATE TABLE t (k BIGINT)").is_err());
+}
+
+/// A PostgreSQL restart or failover ends every session. A controller used to
+/// keep its dead sessions and answer every request with `connection closed`
+/// until it was restarted (seen by hand: a tenant created, the backends
+/// terminated, every later request failed). Now the next transaction opens a
+/// new session, and a transaction the server rolled back fails to its end.
+#[test]
+fn a_session_the_server_ended_is_replaced_but_not_inside_a_transaction() {
+    let (db, mut pg) = fresh();
+    let mut admin = PgDriver::connect(db.url()).unwrap();
+    pg.batch("CREATE TABLE t (k BIGINT PRIMARY KEY)").unwrap();
+    let terminate = |admin: &mut PgDriver, pg: &mut PgDriver| {
+        let pid = count(pg, "SELECT pg_backend_pid()");
+        admin
+            .query(
+                "SELECT pg_terminate_backend(?1::int)",
+                &[Value::Integer(pid)],
+            )
+            .unwrap();
+    };
+
+    // Between transactions: the next BEGIN runs on a new session.
+    terminate(&mut admin, &mut pg);
+    pg.batch("BEGIN").expect("BEGIN on a new session");
+    pg.execute("INSERT INTO t (k) VALUES (1)", &[]).unwrap();
+    pg.batch("COMMIT").unwrap();
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM t"), 1);
+
+    // Inside one: the rest of it fails, on no new session, to its end.
+    pg.batch("BEGIN").unwrap();
+    pg.execute("INSERT INTO t (k) VALUES (2)", &[]).unwrap();
+    terminate(&mut admin, &mut pg);
+    assert!(pg.execute("INSERT INTO t (k) VALUES (3)", &[]).is_err());
+    match pg.execute("INSERT INTO t (k) VALUES (4)", &[]) {
+        Err(PgError::SessionLost { sql }) => assert!(sql.contains("VALUES (4)"), "{sql}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(pg.batch("COMMIT").is_err());
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM t"), 1);
+
+    // Then reads and writes go on.
+    assert_eq!(count(&mut pg, "SELECT count(*) FROM t"), 1);
+    pg.execute("INSERT INTO t (k) VALUES (5)", &[]).unwrap();
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM t"), 2);
+}
