@@ -60,6 +60,11 @@ pub(crate) struct PgDriver {
     /// error, never a new session, which would run the rest of the
     /// transaction's statements outside it.
     in_transaction: bool,
+    /// A call on this session failed because the session is gone. The
+    /// client marks itself closed only once its connection task has seen
+    /// the socket end, which can be after the next call is already sent
+    /// (that one then fails with a reset instead of [`PgError::SessionLost`]).
+    lost: bool,
 }
 
 impl std::fmt::Debug for PgDriver {
@@ -80,6 +85,7 @@ impl PgDriver {
             statements: HashMap::new(),
             config,
             in_transaction: false,
+            lost: false,
         })
     }
 
@@ -91,7 +97,7 @@ impl PgDriver {
             encoded.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         self.session(sql)?
             .execute(&statement, &refs)
-            .map_err(|err| PgError::query(sql, err))
+            .map_err(|err| self.failed(sql, err))
     }
 
     /// Run a query; its rows, each with its columns in select-list order.
@@ -107,7 +113,7 @@ impl PgDriver {
         let rows = self
             .session(sql)?
             .query(&statement, &refs)
-            .map_err(|err| PgError::query(sql, err))?;
+            .map_err(|err| self.failed(sql, err))?;
         rows.iter()
             .map(|row| {
                 (0..row.len())
@@ -133,7 +139,7 @@ impl PgDriver {
             // nothing to commit. Failed or not, the transaction is over (a
             // failed COMMIT rolls back on PostgreSQL).
             self.in_transaction = false;
-            if self.client().is_closed() {
+            if self.is_gone() {
                 return Err(PgError::SessionLost {
                     sql: sql.to_string(),
                 });
@@ -141,7 +147,7 @@ impl PgDriver {
             return self
                 .client()
                 .batch_execute(sql)
-                .map_err(|err| PgError::query(sql, err));
+                .map_err(|err| self.failed(sql, err));
         }
         let begins = verb.starts_with("BEGIN");
         if begins {
@@ -149,15 +155,20 @@ impl PgDriver {
             // a new session.
             self.in_transaction = false;
         }
-        let mut outcome = self.session(sql)?.batch_execute(sql);
-        // A session the server ended shows as closed only once a call has
+        let mut outcome = self
+            .session(sql)?
+            .batch_execute(sql)
+            .map_err(|err| self.failed(sql, err));
+        // A session the server ended shows as gone only once a call has
         // failed on it. Nothing of a transaction has run before its BEGIN,
         // so that one is sent again on a new session.
-        if begins && outcome.is_err() && self.client().is_closed() {
+        if begins && outcome.is_err() && self.is_gone() {
             self.reopen()?;
-            outcome = self.client().batch_execute(sql);
+            outcome = self
+                .client()
+                .batch_execute(sql)
+                .map_err(|err| self.failed(sql, err));
         }
-        let outcome = outcome.map_err(|err| PgError::query(sql, err));
         if begins && outcome.is_ok() {
             self.in_transaction = true;
         }
@@ -196,7 +207,7 @@ impl PgDriver {
         self.session(NOTIFY)?
             .execute(NOTIFY, &[&channel, &payload])
             .map(drop)
-            .map_err(|err| PgError::query(NOTIFY, err))
+            .map_err(|err| self.failed(NOTIFY, err))
     }
 
     fn client(&mut self) -> &mut Client {
@@ -212,7 +223,7 @@ impl PgDriver {
     /// must fail, not run on its own. Without this a controller kept its
     /// dead sessions and failed every request until it was restarted.
     fn session(&mut self, sql: &str) -> Result<&mut Client, PgError> {
-        if self.client().is_closed() {
+        if self.is_gone() {
             if self.in_transaction {
                 return Err(PgError::SessionLost {
                     sql: sql.lines().next().unwrap_or_default().to_string(),
@@ -229,8 +240,23 @@ impl PgDriver {
         // which a thread running this driver may do.
         drop(std::mem::replace(self.client(), fresh));
         self.statements.clear();
+        self.lost = false;
         tracing::warn!("PostgreSQL session lost; a new one is open");
         Ok(())
+    }
+
+    /// Whether the session is known to be unusable.
+    fn is_gone(&mut self) -> bool {
+        self.lost || self.client().is_closed()
+    }
+
+    /// The error of a failed call, remembering when it says the session is gone.
+    fn failed(&mut self, sql: &str, err: postgres::Error) -> PgError {
+        let error = PgError::query(sql, err);
+        if error.is_connection_lost() {
+            self.lost = true;
+        }
+        error
     }
 
     fn prepare(&mut self, sql: &str) -> Result<Statement, PgError> {
@@ -240,7 +266,7 @@ impl PgDriver {
         let statement = self
             .session(sql)?
             .prepare(&placeholders::rewrite(sql))
-            .map_err(|err| PgError::query(sql, err))?;
+            .map_err(|err| self.failed(sql, err))?;
         if self.statements.len() >= STATEMENT_CACHE_MAX {
             self.statements.clear();
         }
