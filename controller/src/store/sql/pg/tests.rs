@@ -272,10 +272,10 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         })
         .collect();
     for replica in replicas {
-        assert_eq!(replica.join().unwrap().unwrap(), 21);
+        assert_eq!(replica.join().unwrap().unwrap(), 22);
     }
     let mut pg = PgDriver::connect(&url).unwrap();
-    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 21);
+    assert_eq!(count(&mut pg, "SELECT version FROM schema_version"), 22);
     assert_eq!(count(&mut pg, "SELECT count(*) FROM schema_version"), 1);
     // 30 tables of SQLite's schema after 0021, plus schema_version.
     assert_eq!(
@@ -286,13 +286,13 @@ fn two_replicas_migrating_at_once_make_one_schema() {
         31
     );
     // Migrating an up-to-date database changes nothing.
-    assert_eq!(pg.migrate().unwrap(), 21);
+    assert_eq!(pg.migrate().unwrap(), 22);
 
     pg.batch("UPDATE schema_version SET version = 99").unwrap();
     match pg.migrate() {
         Err(PgError::SchemaTooNew {
             found: 99,
-            known: 21,
+            known: 22,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -336,7 +336,7 @@ fn the_write_lock_serialises_write_transactions_until_commit() {
         pg.write_lock()?;
         pg.batch("COMMIT")
     });
-    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    let waiting = WAITING_ADVISORY;
     eventually("the second writer waits for the lock", || {
         count(&mut observer, waiting) == 1
     });
@@ -345,6 +345,13 @@ fn the_write_lock_serialises_write_transactions_until_commit() {
     second.join().unwrap().unwrap();
     assert_eq!(count(&mut observer, waiting), 0);
 }
+
+/// Sessions of this test's database waiting for an advisory lock. pg_locks
+/// lists the whole server's locks: without the database, a test running
+/// beside this one counts the other's waiters.
+const WAITING_ADVISORY: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+    AND NOT granted
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
 /// Backend pid holding the leader lock in this database, if any.
 fn leader_pid(observer: &mut PgDriver) -> Option<i64> {
@@ -387,20 +394,32 @@ fn losing_the_session_loses_leadership() {
     let pid = leader_pid(&mut observer).expect("the leader's session holds the lock");
 
     // The server ends the leader's session; this test's session takes the
-    // freed lock before either replica, so neither can be leader after.
-    let mut thief = PgDriver::connect(db.url()).unwrap();
+    // freed lock before either replica, so neither can be leader after. It
+    // queues for the lock before the leader's session ends: the server
+    // grants a released lock to a waiter at once, where a thief asking
+    // after the kill raced the other replica's next try (every 100 ms) and,
+    // when it lost, waited forever (a CI run hung here for 600 s).
+    let url = db.url().to_string();
+    let thief = thread::spawn(move || {
+        let mut thief = PgDriver::connect(&url).unwrap();
+        thief
+            .query(
+                "SELECT pg_advisory_lock(?1)",
+                &[Value::Integer(keys::LEADER)],
+            )
+            .unwrap();
+        thief
+    });
+    eventually("the thief waits for the leader lock", || {
+        count(&mut observer, WAITING_ADVISORY) == 1
+    });
     observer
         .query(
             "SELECT pg_terminate_backend(?1::int)",
             &[Value::Integer(pid)],
         )
         .unwrap();
-    thief
-        .query(
-            "SELECT pg_advisory_lock(?1)",
-            &[Value::Integer(keys::LEADER)],
-        )
-        .unwrap();
+    let thief = thief.join().unwrap();
     eventually("no replica thinks it leads", || {
         !a.is_leader() && !b.is_leader()
     });
