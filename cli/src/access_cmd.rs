@@ -22,10 +22,10 @@ enum TokenCommand {
     Create {
         /// Name, for people and error messages.
         name: String,
-        /// operator, owner, member or viewer.
+        /// operator, owner, member, viewer, or metrics (reads GET /metrics only: for Prometheus).
         #[arg(long, default_value = "member", value_parser = parse_role)]
         role: Role,
-        /// Tenant id or name (required unless --role operator; an owner's default is its own).
+        /// Tenant id or name (required unless --role operator or metrics; an owner's default is its own).
         #[arg(long)]
         tenant: Option<String>,
         /// Lifetime in seconds (default: no expiry).
@@ -88,7 +88,7 @@ enum TenantCommand {
 
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text)
-        .ok_or_else(|| format!("{text:?} is not one of operator, owner, member, viewer"))
+        .ok_or_else(|| format!("{text:?} is not one of operator, owner, member, viewer, metrics"))
 }
 
 fn token_line(token: &ApiToken) -> String {

@@ -319,3 +319,89 @@ async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
     }
     controller.stop().await;
 }
+
+/// A `metrics` token is what Prometheus should hold: it scrapes `/metrics`
+/// and reaches nothing else, though it belongs to no tenant (so the store,
+/// if asked, would show it everything). Only the operator creates one, and
+/// never inside a tenant.
+#[tokio::test]
+async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    controller.register("n1", "").await;
+    controller.create_platform("p1", &["n1"]).await;
+
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "prometheus", "role": "metrics"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["role"], "metrics", "{body}");
+    assert!(body["tenant_id"].is_null(), "{body}");
+    let scraper = body["secret"].as_str().unwrap().to_string();
+
+    let (status, _, text) = scrape(&controller, &scraper).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("measurelab_nodes"), "{text}");
+    let (status, whoami) = controller
+        .call_as(&scraper, Method::GET, "/v1/whoami", None)
+        .await;
+    assert_eq!(status, 200, "{whoami}");
+    assert_eq!(whoami["role"], "metrics", "{whoami}");
+
+    // Reads and writes of every kind, the operator's and a tenant's.
+    for (method, path, body) in [
+        (Method::GET, "/v1/platforms", None),
+        (Method::GET, "/v1/platforms/p1", None),
+        (Method::GET, "/v1/nodes", None),
+        (Method::GET, "/v1/tenants", None),
+        (Method::GET, "/v1/tokens", None),
+        (Method::GET, "/v1/events", None),
+        (Method::GET, "/v1/results/export", None),
+        (Method::GET, "/metrics?tenant=t1", None),
+        (Method::DELETE, "/v1/platforms/p1", None),
+        (
+            Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "escalate", "role": "operator"})),
+        ),
+    ] {
+        let (status, answer) = controller
+            .call_as(&scraper, method.clone(), path, body)
+            .await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("role metrics")),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, platform) = controller.call(Method::GET, "/v1/platforms/p1", None).await;
+    assert_eq!(status, 200, "the refused DELETE left p1: {platform}");
+
+    // Who may create one: not a tenant's owner; not inside a tenant.
+    let owner = controller.tenant_token("t1", "o", "owner").await;
+    let (status, answer) = controller
+        .call_as(
+            &owner,
+            Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = controller
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["field"], "tenant", "{answer}");
+    controller.stop().await;
+}

@@ -15,16 +15,6 @@ use crate::diagnostics;
 
 pub use measurelab_api::http::{Role, WhoAmI as Whoami};
 
-/// The name the API and the diagnostics use for `role`.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Viewer => "viewer",
-        Role::Member => "member",
-        Role::Owner => "owner",
-        Role::Operator => "operator",
-    }
-}
-
 /// The role named `text`, if it is one a token can have.
 pub fn parse_role(text: &str) -> Option<Role> {
     serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
@@ -120,9 +110,9 @@ impl Refusal for Whoami {
         Some(format!(
             "{} {object} needs role {}{needed_where}; token {:?} has role {}{has_where}",
             action.gerund(),
-            role_name(needed.role),
+            needed.role.as_str(),
             self.token_name,
-            role_name(self.role),
+            self.role.as_str(),
         ))
     }
 }
@@ -231,6 +221,6 @@ mod tests {
         );
         assert_eq!(parse_role("owner"), Some(Role::Owner));
         assert_eq!(parse_role("admin"), None);
-        assert_eq!(role_name(Role::Viewer), "viewer");
+        assert_eq!(Role::Viewer.as_str(), "viewer");
     }
 }

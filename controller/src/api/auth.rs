@@ -6,7 +6,7 @@ use crate::store::sql::Connection;
 use axum::async_trait;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, Uri};
+use axum::http::{header, Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 use time::OffsetDateTime;
@@ -42,12 +42,38 @@ pub(crate) async fn authenticate(
         })?
         .to_string();
     let mut principal = principal_of(&state, &token)?;
+    confine_metrics_token(&principal, request.method(), request.uri())?;
     if let Some((tenant_key, uri)) = take_tenant_param(request.uri()) {
         principal.narrowed_to = Some(narrow(&state, &principal, tenant_key).await?);
         *request.uri_mut() = uri;
     }
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
+}
+
+/// What a `metrics` token may call. It belongs to no tenant, so the store
+/// would give it every tenant's objects: it is stopped here, before any
+/// handler, rather than trusted to every handler's role checks.
+const METRICS_TOKEN_ROUTES: &[&str] = &["/metrics", "/v1/whoami"];
+
+fn confine_metrics_token(
+    principal: &Principal,
+    method: &Method,
+    uri: &Uri,
+) -> Result<(), ApiError> {
+    if principal.role != Role::Metrics {
+        return Ok(());
+    }
+    if method == Method::GET && METRICS_TOKEN_ROUTES.contains(&uri.path()) && uri.query().is_none()
+    {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{method} {}: token {:?} has role metrics, which may only call GET {}",
+        uri.path(),
+        principal.token_name,
+        METRICS_TOKEN_ROUTES.join(" and GET ")
+    )))
 }
 
 fn principal_of(state: &AppState, token: &str) -> Result<Principal, ApiError> {

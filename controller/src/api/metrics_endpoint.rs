@@ -1,5 +1,6 @@
-//! `GET /metrics`: Prometheus scrapes it with the operator's token (its
-//! series name tenants and tasks, which only the operator may see).
+//! `GET /metrics`: Prometheus scrapes it with a `metrics` token (or the
+//! operator's): its series name tenants and tasks, which no tenant's token
+//! may see.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -8,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::ensure_operator;
 use super::error::ApiError;
 use super::state::AppState;
-use crate::access::Principal;
+use crate::access::{Principal, Role};
 use crate::metrics::ScrapeError;
 use measurelab_api::exposition::Format;
 
@@ -17,7 +18,9 @@ pub(crate) async fn serve(
     principal: Principal,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    ensure_operator(&principal, "reading", "metrics", "")?;
+    if principal.role != Role::Metrics {
+        ensure_operator(&principal, "reading", "metrics", "")?;
+    }
     let text = state
         .metrics()
         .scrape(state.store())

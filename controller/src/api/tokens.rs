@@ -23,11 +23,14 @@ use crate::store::{tenants, StoreError};
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 86400;
 
 /// Which tokens the caller may see: the operator all, an owner its
-/// tenant's, members and viewers only their own.
+/// tenant's, members and viewers only their own (a metrics token never
+/// gets here: the authentication layer confines it to /metrics).
 fn visibility(principal: &Principal) -> (Scope, Option<String>) {
     match principal.role {
         Role::Operator | Role::Owner => (principal.scope(), None),
-        Role::Member | Role::Viewer => (principal.scope(), Some(principal.token_id.clone())),
+        Role::Member | Role::Viewer | Role::Metrics => {
+            (principal.scope(), Some(principal.token_id.clone()))
+        }
     }
 }
 
@@ -63,10 +66,18 @@ fn token_tenant(
     };
     match principal.role {
         Role::Operator => match (input.role, &input.tenant) {
-            (Role::Operator, None) => Ok(None),
-            (Role::Operator, Some(_)) => Err(StoreError::invalid(
+            (Role::Operator | Role::Metrics, None) => Ok(None),
+            (Role::Operator | Role::Metrics, Some(_)) => Err(StoreError::invalid(
                 "tenant",
-                "an operator token belongs to no tenant; leave tenant out",
+                format!(
+                    "a{} {} token belongs to no tenant; leave tenant out",
+                    if input.role == Role::Operator {
+                        "n"
+                    } else {
+                        ""
+                    },
+                    input.role.as_str()
+                ),
             )),
             (_, None) => Err(StoreError::invalid(
                 "tenant",
@@ -74,11 +85,13 @@ fn token_tenant(
             )),
             (_, Some(key)) => tenants::target(conn, None, Some(key)).map(Some),
         },
-        Role::Owner if input.role == Role::Operator => Err(denied(Role::Operator)),
+        Role::Owner if matches!(input.role, Role::Operator | Role::Metrics) => {
+            Err(denied(Role::Operator))
+        }
         Role::Owner => {
             tenants::target(conn, principal.tenant.as_ref(), input.tenant.as_deref()).map(Some)
         }
-        Role::Member | Role::Viewer => Err(denied(Role::Owner)),
+        Role::Member | Role::Viewer | Role::Metrics => Err(denied(Role::Owner)),
     }
 }
 

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0019_replica_files.sql"),
     include_str!("../../migrations/0020_exec_channels.sql"),
     include_str!("../../migrations/0021_node_certificates.sql"),
+    include_str!("../../migrations/0022_metrics_role.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the
@@ -420,6 +421,67 @@ mod tests {
                 [],
             )
             .is_err());
+    }
+
+    /// 0022 rebuilds api_tokens for the `metrics` role: every token and
+    /// column survives, and the checks hold for the new role as for
+    /// `operator` (no tenant) while a tenant role still needs one.
+    #[test]
+    fn the_metrics_role_migration_keeps_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_sqlite(&dir.path().join("controller.db")).unwrap();
+        for sql in &MIGRATIONS[..21] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 21).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO api_tokens VALUES ('k1', 'ops', NULL, 'operator', 'sha256:a', 't1',
+                                            NULL, NULL, 'u1');
+             INSERT INTO api_tokens VALUES ('k2', 'ci', '{DEFAULT_TENANT_ID}', 'member',
+                                            'sha256:b', 't2', 'e2', 'r2', NULL);"
+        ))
+        .unwrap();
+        assert!(
+            conn.execute(
+                "INSERT INTO api_tokens (id, name, role, secret_digest, created_at)
+                 VALUES ('k3', 'prom', 'metrics', 'sha256:c', 't3')",
+                [],
+            )
+            .is_err(),
+            "schema 21 already takes a metrics token"
+        );
+        migrate(&mut conn).unwrap();
+
+        let rows: Vec<String> = conn
+            .prepare(
+                "SELECT id || name || IFNULL(tenant_id, '-') || role || secret_digest ||
+                             created_at || IFNULL(expires_at, '-') || IFNULL(revoked_at, '-') ||
+                             IFNULL(last_used_at, '-')
+                      FROM api_tokens ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                "k1ops-operatorsha256:at1--u1".to_string(),
+                format!("k2ci{DEFAULT_TENANT_ID}membersha256:bt2e2r2-"),
+            ]
+        );
+        let insert = |id: &str, tenant: Option<&str>, role: &str| {
+            conn.execute(
+                "INSERT INTO api_tokens (id, name, tenant_id, role, secret_digest, created_at)
+                 VALUES (?1, ?1, ?2, ?3, 'sha256:x', 't')",
+                rusqlite::params![id, tenant, role],
+            )
+        };
+        insert("k3", None, "metrics").unwrap();
+        assert!(insert("k4", Some(DEFAULT_TENANT_ID), "metrics").is_err());
+        assert!(insert("k5", None, "viewer").is_err());
+        assert!(insert("k6", None, "admin").is_err());
     }
 
     #[test]

@@ -1574,12 +1574,17 @@ paged!(ResultList, results, ResultRecord);
 
 // ---- Tenants, roles and API tokens ----
 
-/// What a token may do. `operator` is global; the others hold within one tenant.
+/// What a token may do. `operator` and `metrics` are global; the others
+/// hold within one tenant. The order is by power, `metrics` lowest: it
+/// reads `GET /metrics` (and `GET /v1/whoami`) and nothing else.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Reads the controller's Prometheus metrics and nothing else: a
+    /// scraper's token. Belongs to no tenant; only the operator creates one.
+    Metrics,
     /// Reads the tenant's objects.
     Viewer,
     /// Creates, changes and deletes the tenant's platforms, VMs, QoS
@@ -2115,7 +2120,7 @@ snake_case_names!(PlatformPowerState { Running => "running", Paused => "paused" 
 snake_case_names!(VmPowerState { Running => "running", Paused => "paused", Stopped => "stopped" });
 snake_case_names!(VmBackend { Namespace => "namespace", Libvirt => "libvirt" });
 snake_case_names!(FlowProtocol { Sflow => "sflow", Netflow => "netflow", Ipfix => "ipfix" });
-snake_case_names!(Role { Viewer => "viewer", Member => "member", Owner => "owner", Operator => "operator" });
+snake_case_names!(Role { Metrics => "metrics", Viewer => "viewer", Member => "member", Owner => "owner", Operator => "operator" });
 
 #[cfg(test)]
 mod snake_case_names_tests {

@@ -15,7 +15,7 @@ use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
 use super::adapter::{known, CreateRequest, ManagedResource};
-use crate::access::{parse_role, role_name, Requirement, Role};
+use crate::access::{parse_role, Requirement, Role};
 use crate::diagnostics;
 use crate::node_model::computed;
 use crate::shared::Shared;
@@ -29,7 +29,7 @@ const KIND: &str = "API token";
 pub struct ApiTokenState {
     /// Name.
     pub name: Value<String>,
-    /// `owner`, `member`, `viewer` or `operator`.
+    /// `owner`, `member`, `viewer`, `operator` or `metrics`.
     pub role: Value<String>,
     /// Tenant id or name, as configured.
     pub tenant: Value<String>,
@@ -70,8 +70,8 @@ impl ApiTokenState {
                 AttributePath::new("role"),
                 "Invalid role",
                 format!(
-                    "`role` is {text:?}; it must be one of owner, member, viewer (in a tenant) or \
-                     operator (global)."
+                    "`role` is {text:?}; it must be one of owner, member, viewer (in a tenant), \
+                     operator or metrics (global)."
                 ),
             );
         }
@@ -102,25 +102,34 @@ impl ApiTokenState {
         // A ttl computes expires_at, so only a configured (not computed) pair conflicts.
         let _ = self.ttl_seconds(diags);
         match (role, &self.tenant) {
-            (Some(Role::Operator), Value::Value(tenant)) => diagnostics::invalid_value(
-                diags,
-                AttributePath::new("tenant"),
-                "An operator token has no tenant",
-                format!(
-                    "`tenant` is {tenant:?}, but `role` is operator, which is global.\n\nWhat to \
-                     do: remove `tenant`, or choose owner, member or viewer."
-                ),
-            ),
-            (Some(role), Value::Null) if role != Role::Operator => diagnostics::invalid_value(
-                diags,
-                AttributePath::new("tenant"),
-                "Missing tenant",
-                format!(
+            (Some(role @ (Role::Operator | Role::Metrics)), Value::Value(tenant)) => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("tenant"),
+                    format!(
+                        "A{} {} token has no tenant",
+                        if role == Role::Operator { "n" } else { "" },
+                        role.as_str()
+                    ),
+                    format!(
+                        "`tenant` is {tenant:?}, but `role` is {}, which is global.\n\nWhat to \
+                         do: remove `tenant`, or choose owner, member or viewer.",
+                        role.as_str()
+                    ),
+                )
+            }
+            (Some(role), Value::Null) if !matches!(role, Role::Operator | Role::Metrics) => {
+                diagnostics::invalid_value(
+                    diags,
+                    AttributePath::new("tenant"),
+                    "Missing tenant",
+                    format!(
                     "`role` is {}, a role within a tenant, but `tenant` is not set.\n\nWhat to do: \
                      set `tenant` to the tenant's name or id.",
-                    role_name(role)
+                    role.as_str()
                 ),
-            ),
+                )
+            }
             _ => {}
         }
     }
@@ -128,7 +137,7 @@ impl ApiTokenState {
     fn refresh_from(&mut self, token: &ApiToken) {
         self.id = Value::Value(token.id.clone());
         self.name = Value::Value(token.name.clone());
-        self.role = Value::Value(role_name(token.role).to_string());
+        self.role = Value::Value(token.role.as_str().to_string());
         self.tenant_id = token.tenant_id.clone().map_or(Value::Null, Value::Value);
         self.created_at = Value::Value(token.created_at.clone());
         // A token's expiry never changes: keep the configured spelling of it.
@@ -205,8 +214,9 @@ impl ManagedResource for ApiTokens {
                         AttributeType::String,
                         "`owner` (the tenant's tokens and everything a member may), `member` \
                          (creates and changes platforms, VMs, QoS policies, programs, deployments \
-                         and tasks), `viewer` (reads only) or `operator` (global; needs an operator \
-                         token).",
+                         and tasks), `viewer` (reads only), `operator` (global; needs an operator \
+                         token) or `metrics` (global, reads `GET /metrics` only: a Prometheus \
+                         scraper's token; needs an operator token).",
                     )
                 },
             ),
@@ -215,7 +225,7 @@ impl ManagedResource for ApiTokens {
                 optional(
                     AttributeType::String,
                     "Name or id of the tenant the token acts in; required unless `role` is \
-                     `operator`. An owner token may create tokens in its own tenant only.",
+                     `operator` or `metrics`. An owner token may create tokens in its own tenant only.",
                 ),
             ),
             (
@@ -251,7 +261,7 @@ impl ManagedResource for ApiTokens {
             ),
             (
                 "tenant_id".to_string(),
-                computed(AttributeType::String, "Id of the token's tenant; null for operator tokens."),
+                computed(AttributeType::String, "Id of the token's tenant; null for operator and metrics tokens."),
             ),
             (
                 "created_at".to_string(),
@@ -383,7 +393,10 @@ impl ManagedResource for ApiTokens {
     }
 
     fn requirement(state: &ApiTokenState) -> Requirement {
-        if state.role.as_ref_option().map(String::as_str) == Some("operator") {
+        if matches!(
+            state.role.as_ref_option().map(String::as_str),
+            Some("operator" | "metrics")
+        ) {
             return Requirement::role(Role::Operator);
         }
         Requirement {
@@ -430,6 +443,11 @@ mod tests {
         );
         assert_eq!(
             errors_on(&state("operator", Some("demo"))),
+            vec![AttributePath::new("tenant")]
+        );
+        assert!(errors_on(&state("metrics", None)).is_empty());
+        assert_eq!(
+            errors_on(&state("metrics", Some("demo"))),
             vec![AttributePath::new("tenant")]
         );
         assert_eq!(

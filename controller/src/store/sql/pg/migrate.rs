@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         21,
         include_str!("../../../../migrations-pg/0021_node_certificates.sql"),
     ),
+    (
+        22,
+        include_str!("../../../../migrations-pg/0022_metrics_role.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
