@@ -300,38 +300,70 @@ pub struct NodeCert {
     pub cert_pem: String,
     /// Key (PEM).
     pub key_pem: String,
-    /// Two thirds into the certificate's lifetime.
+    /// Two thirds of the way from its receipt to its expiry.
     pub renew_at: OffsetDateTime,
+    /// When it expires (notAfter).
+    pub not_after: OffsetDateTime,
 }
 
 impl std::fmt::Debug for NodeCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeCert")
             .field("renew_at", &self.renew_at)
+            .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
 }
 
 impl NodeCert {
-    /// The certificate the controller issued for `key_pem`.
+    /// The certificate the controller issued for `key_pem`, received now.
     pub fn issued(cert_pem: String, key_pem: String) -> Result<NodeCert, ControllerTlsError> {
+        NodeCert::received_at(cert_pem, key_pem, OffsetDateTime::now_utc())
+    }
+
+    /// The certificate the controller issued for `key_pem`, received at
+    /// `received`. Its lifetime counts from then, not from notBefore: the
+    /// controller backdates notBefore (an hour, for clock skew), which
+    /// would otherwise move the renewal an hour early, and make a
+    /// certificate of a few minutes due at once.
+    pub fn received_at(
+        cert_pem: String,
+        key_pem: String,
+        received: OffsetDateTime,
+    ) -> Result<NodeCert, ControllerTlsError> {
         let der = first_cert(&cert_pem, "node_cert_pem")?;
         let (not_before, not_after) = validity(&der)
             .ok_or_else(|| invalid("node_cert_pem", "its validity period does not parse"))?;
         if not_after <= not_before {
             return Err(invalid("node_cert_pem", "expires before it starts"));
         }
-        let renew_at = not_before + (not_after - not_before) * 2 / 3;
+        if not_after <= received {
+            return Err(invalid(
+                "node_cert_pem",
+                format!(
+                    "expired at {not_after} before it arrived (now {received}); is this \
+                     node's clock ahead of the controller's?"
+                ),
+            ));
+        }
+        let start = not_before.max(received);
+        let renew_at = start + (not_after - start) * 2 / 3;
         Ok(NodeCert {
             cert_pem,
             key_pem,
             renew_at,
+            not_after,
         })
     }
 
     /// Whether it is time to renew.
     pub fn due(&self) -> bool {
         OffsetDateTime::now_utc() >= self.renew_at
+    }
+
+    /// Whether it has expired: the controller refuses it from then on.
+    pub fn expired(&self) -> bool {
+        OffsetDateTime::now_utc() >= self.not_after
     }
 }
 
@@ -369,17 +401,53 @@ fn validity(der: &[u8]) -> Option<(OffsetDateTime, OffsetDateTime)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renewal_falls_two_thirds_into_the_lifetime() {
+    fn cert_valid(not_before: OffsetDateTime, not_after: OffsetDateTime) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["n".to_string()]).unwrap();
-        let start = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-        params.not_before = start;
-        params.not_after = start + Duration::from_secs(3000);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.self_signed(&key).unwrap();
-        let issued = NodeCert::issued(cert.pem(), key.serialize_pem()).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn renewal_falls_two_thirds_into_the_lifetime() {
+        let start = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let (cert, key) = cert_valid(start, start + Duration::from_secs(3000));
+        let issued = NodeCert::received_at(cert, key, start).unwrap();
         assert_eq!(issued.renew_at, start + Duration::from_secs(2000));
+        assert_eq!(issued.not_after, start + Duration::from_secs(3000));
         assert!(!issued.due());
+        assert!(!issued.expired());
+    }
+
+    #[test]
+    fn a_backdated_certificate_is_renewed_two_thirds_from_its_receipt() {
+        // What the controller issues: notBefore an hour back, so that a
+        // node whose clock is behind accepts it; 30 s ahead.
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let (cert, key) = cert_valid(
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(30),
+        );
+        let issued = NodeCert::received_at(cert, key, now).unwrap();
+        assert_eq!(issued.renew_at, now + Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_certificate_expired_on_arrival_is_refused_naming_the_clock() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let (cert, key) = cert_valid(
+            now - Duration::from_secs(3600),
+            now - Duration::from_secs(1),
+        );
+        let err = NodeCert::received_at(cert, key, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node_cert_pem") && err.contains("clock"),
+            "{err}"
+        );
     }
 
     #[test]

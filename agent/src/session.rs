@@ -9,6 +9,7 @@ use measurelab_api::node_v1::{
     Capabilities, HeartbeatRequest, LogLine, RegisterRequest, RenewCertificateRequest,
     ShipLogsRequest, WatchDesiredStateRequest,
 };
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -440,6 +441,15 @@ impl ControllerChannel {
         self.switch_to(self.active).await
     }
 
+    /// Connect without a client certificate from now on: an expired one
+    /// fails every handshake, Register's too, which needs none.
+    async fn withdraw_cert(&mut self) -> Result<(), AgentError> {
+        if self.cert.take().is_none() {
+            return Ok(());
+        }
+        self.switch_to(self.active).await
+    }
+
     /// The current controller stopped answering: go on to the next one
     /// (round robin). With one endpoint nothing changes: its connection
     /// reconnects by itself.
@@ -686,6 +696,9 @@ impl Session {
                 "not registered",
             )));
         };
+        if self.node_cert.as_ref().is_some_and(NodeCert::expired) {
+            return self.register_after_expiry().await;
+        }
         self.renew_certificate_if_due(&identity).await;
         self.sequence += 1;
         let capabilities = Some(self.capabilities());
@@ -710,6 +723,32 @@ impl Session {
             changed
         });
         Ok(())
+    }
+
+    /// The node certificate expired before it could be renewed (the host
+    /// was suspended, or the controller unreachable, through the last third
+    /// of its life). Every call with it fails the TLS handshake, which
+    /// looks like an unreachable controller, so say what happened and get
+    /// a new certificate the way a restarted agent does: register again
+    /// with the node secret, without a client certificate.
+    async fn register_after_expiry(&mut self) -> Result<(), Failure> {
+        let expired_at = self
+            .node_cert
+            .take()
+            .and_then(|cert| cert.not_after.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        tracing::error!(
+            %expired_at,
+            state_dir = %self.config.state_dir.display(),
+            "the node certificate expired at {expired_at} before it could be renewed; \
+             registering again with the node secret in identity.json to get a new one. \
+             If the controller refuses, re-join this node: give the agent a new join bundle \
+             (`measurelab join-bundle` on the controller) and restart it"
+        );
+        self.identity = None;
+        let _ = self.identity_tx.send(None);
+        self.channel.withdraw_cert().await.map_err(tls_failure)?;
+        self.register().await
     }
 
     /// Renew the node certificate two thirds into its lifetime. A failure
@@ -742,7 +781,15 @@ impl Session {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot use the renewed node certificate"),
             },
-            Err(e) => tracing::warn!(error = %e, "cannot renew the node certificate"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                expires_at = %self
+                    .node_cert
+                    .as_ref()
+                    .and_then(|c| c.not_after.format(&Rfc3339).ok())
+                    .unwrap_or_default(),
+                "cannot renew the node certificate; trying again at the next heartbeat"
+            ),
         }
     }
 

@@ -126,6 +126,15 @@ pub struct ControllerArgs {
     /// Days a node certificate is valid; agents renew at two thirds of it.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     node_cert_days: u64,
+    /// Seconds a node certificate is valid, instead of --node-cert-days:
+    /// for tests of renewal and expiry. At least 6 heartbeat intervals.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        conflicts_with = "node_cert_days",
+        value_parser = clap::value_parser!(u64).range(6..=3650 * 86_400)
+    )]
+    node_cert_seconds: Option<u64>,
     /// Hours the idempotency records of mutating API requests are kept.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
     retain_idempotency_hours: u64,
@@ -351,7 +360,10 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     if args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some() {
         let mut tls = measurelab_controller::TlsConfig::generated(args.tls_sans.clone());
         tls.cert_files = args.tls_cert.clone().zip(args.tls_key.clone());
-        tls.node_cert_lifetime = DAY * args.node_cert_days as u32;
+        tls.node_cert_lifetime = match args.node_cert_seconds {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => DAY * args.node_cert_days as u32,
+        };
         config.tls = Some(tls);
     }
     config.flow_collector = args.flow_collector.map(|listen| {

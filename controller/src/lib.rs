@@ -470,6 +470,19 @@ pub async fn run(
             "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes, max_concurrent_uploads and results_page_max_bytes must be greater than zero".into(),
         ));
     }
+    if let Some(tls) = &config.tls {
+        let shortest = config.heartbeat_interval * tls::MIN_NODE_CERT_HEARTBEATS;
+        if tls.node_cert_lifetime < shortest {
+            return Err(ControllerError::Config(format!(
+                "tls.node_cert_lifetime: {:?} is shorter than {} heartbeat intervals ({:?}); \
+                 agents renew at a heartbeat two thirds into it, and the last third must hold \
+                 at least two heartbeats",
+                tls.node_cert_lifetime,
+                tls::MIN_NODE_CERT_HEARTBEATS,
+                shortest
+            )));
+        }
+    }
     let retention = &config.retention;
     for (field, kept) in [
         ("retention.events", retention.events),

@@ -32,6 +32,10 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// Default lifetime of a node certificate; agents renew at two thirds of it.
 pub const DEFAULT_NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// A node certificate lasts at least this many heartbeat intervals: agents
+/// renew it at a heartbeat two thirds into its life, and the last third
+/// must hold two heartbeats so that one failed renewal is not yet fatal.
+pub const MIN_NODE_CERT_HEARTBEATS: u32 = 6;
 /// Suffix of the DNS name a node certificate carries after the node id.
 pub const NODE_NAME_SUFFIX: &str = ".node.measurelab.invalid";
 /// The CA's subject. Fixed, because a restarted controller rebuilds the
@@ -396,6 +400,37 @@ pub fn cert_serial(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// The notAfter of a DER certificate, or `None` if it does not parse.
+pub fn cert_not_after(cert_der: &[u8]) -> Option<OffsetDateTime> {
+    fn time(r: yasna::BERReader<'_, '_>) -> yasna::ASN1Result<OffsetDateTime> {
+        let raw = r.read_der()?;
+        match raw.first() {
+            Some(0x17) => yasna::parse_der(&raw, |r| r.read_utctime()).map(|t| *t.datetime()),
+            _ => yasna::parse_der(&raw, |r| r.read_generalized_time()).map(|t| *t.datetime()),
+        }
+    }
+    yasna::parse_der(cert_der, |r| {
+        r.read_sequence(|r| {
+            let not_after = r.next().read_sequence(|r| {
+                // [0] version, serial, signature algorithm, issuer, then validity.
+                for _ in 0..4 {
+                    r.next().read_der()?;
+                }
+                let not_after = r.next().read_sequence(|r| {
+                    r.next().read_der()?;
+                    time(r.next())
+                })?;
+                while r.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(not_after)
+            })?;
+            r.next().read_der()?;
+            r.next().read_der()?;
+            Ok(not_after)
+        })
+    })
+    .ok()
+}
+
 /// The SubjectPublicKeyInfo of a DER certificate, or `None` if it does not parse.
 fn spki_of(cert_der: &[u8]) -> Option<Vec<u8>> {
     yasna::parse_der(cert_der, |r| {
@@ -549,15 +584,6 @@ impl ServerTls {
         data_dir: &Path,
         bind_addresses: &[std::net::IpAddr],
     ) -> Result<ServerTls, TlsError> {
-        if config.node_cert_lifetime < Duration::from_secs(3600) {
-            return Err(invalid(
-                "tls.node_cert_lifetime",
-                format!(
-                    "{:?} is shorter than an hour; agents renew at two thirds of it",
-                    config.node_cert_lifetime
-                ),
-            ));
-        }
         let ca = Arc::new(Ca::load_or_create(data_dir)?);
         let (chain_pem, key_pem) = match &config.cert_files {
             Some((cert, key)) => {

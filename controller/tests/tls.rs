@@ -1,7 +1,8 @@
 //! TLS on both APIs and mTLS for nodes: a client without the controller's CA
 //! is refused, a node certificate names one node only, a revoked node
-//! cannot heartbeat with its still-valid certificate, and a revoked
-//! certificate is refused while its node is not revoked.
+//! cannot heartbeat with its still-valid certificate, a revoked
+//! certificate is refused while its node is not revoked, and an expired one
+//! even on the connection it opened while valid.
 
 mod common;
 
@@ -44,13 +45,20 @@ fn https_client(ca_pem: Option<&str>) -> reqwest::Client {
 
 impl TlsController {
     async fn start() -> TlsController {
+        TlsController::start_with(tls::DEFAULT_NODE_CERT_LIFETIME).await
+    }
+
+    /// A controller whose node certificates last `node_cert_lifetime`.
+    async fn start_with(node_cert_lifetime: Duration) -> TlsController {
         let dir = tempfile::tempdir().unwrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let mut config = ControllerConfig::new(dir.path(), http, grpc);
         config.heartbeat_interval = Duration::from_secs(1);
-        config.tls = Some(TlsConfig::generated(vec!["localhost".into()]));
+        let mut tls_config = TlsConfig::generated(vec!["localhost".into()]);
+        tls_config.node_cert_lifetime = node_cert_lifetime;
+        config.tls = Some(tls_config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(config, async move {
             let _ = stopped.await;
@@ -415,4 +423,50 @@ async fn a_node_renews_its_certificate_with_the_current_one() {
         .await
         .unwrap();
     controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_on_the_connection_it_opened() {
+    // Six heartbeats of a second: the shortest lifetime allowed.
+    let controller = TlsController::start_with(Duration::from_secs(6)).await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let der = tls::first_cert_der(&alpha.node_cert_pem, "node_cert_pem").unwrap();
+    let not_after = tls::cert_not_after(&der).unwrap();
+    let mut client = controller.grpc(Some(identity)).await;
+    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while time::OffsetDateTime::now_utc() <= not_after {
+        assert!(
+            Instant::now() < deadline,
+            "the clock did not reach {not_after}"
+        );
+        // The connection must stay open: a heartbeat each second, as an agent's.
+        client.heartbeat(heartbeat(&alpha)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired at"), "{status:?}");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_certificate_shorter_than_six_heartbeats_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = ControllerConfig::new(dir.path(), http, grpc);
+    config.heartbeat_interval = Duration::from_secs(2);
+    let mut tls_config = TlsConfig::generated(vec!["localhost".into()]);
+    tls_config.node_cert_lifetime = Duration::from_secs(11);
+    config.tls = Some(tls_config);
+    let err = tokio::time::timeout(Duration::from_secs(10), run(config, std::future::pending()))
+        .await
+        .expect("the controller started with it")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tls.node_cert_lifetime") && err.contains("6 heartbeat intervals"),
+        "{err}"
+    );
 }

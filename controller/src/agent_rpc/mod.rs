@@ -127,9 +127,10 @@ impl NodeRpc {
     }
 
     /// With TLS on, the call must come with a client certificate bound to
-    /// `node_id` and not revoked by an operator (`measurelab node
+    /// `node_id`, unexpired now (not only when the connection was opened)
+    /// and not revoked by an operator (`measurelab node
     /// revoke-certificate`); the handshake already verified it against the
-    /// CA and its validity period. A removed or revoked node fails the
+    /// CA. A removed or revoked node fails the
     /// node-secret check that follows in each call, so its certificate,
     /// still unexpired, gets it nowhere.
     fn check_peer<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), RpcError> {
@@ -154,6 +155,24 @@ impl NodeRpc {
                 "client certificate: its serial number does not parse".into(),
             ));
         };
+        // The handshake checked the validity period, but a connection
+        // outlives it: without this, an agent that never renews would go
+        // on calling with an expired certificate until it reconnects.
+        match crate::tls::cert_not_after(leaf) {
+            Some(not_after) if not_after > OffsetDateTime::now_utc() => {}
+            Some(not_after) => {
+                return Err(RpcError::Unauthenticated(format!(
+                    "client certificate: serial {serial} of node {node_id} expired at {}; \
+                     the node gets a new certificate by registering again with its node secret",
+                    crate::store::rfc3339(not_after)
+                )));
+            }
+            None => {
+                return Err(RpcError::Unauthenticated(
+                    "client certificate: its validity period does not parse".into(),
+                ));
+            }
+        }
         if self.store.certificate_revoked(node_id, &serial) {
             return Err(RpcError::Unauthenticated(format!(
                 "client certificate: serial {serial} of node {node_id} was revoked by an operator; \
