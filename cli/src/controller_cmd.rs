@@ -152,7 +152,8 @@ pub struct ControllerArgs {
     /// gRPC connections served at once from one source address.
     #[arg(long, default_value_t = DEFAULT_GRPC.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     grpc_max_connections_per_source: u64,
-    /// Seconds a new gRPC connection has to send its first byte.
+    /// Seconds a new gRPC connection has to send its first byte (under
+    /// --tls: to complete its TLS handshake).
     #[arg(long, default_value_t = DEFAULT_GRPC.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     grpc_handshake_timeout_seconds: u64,
     /// Seconds a gRPC call may take to answer (streams live on after their start).

@@ -3,83 +3,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::db::quote;
-use common::{heartbeat_request, TestController};
+use common::sockets::{connect_from, wait_closed};
+use common::{heartbeat_forever, heartbeat_request, TestController};
 use measurelab_api::http::NodeStatus;
-use tokio::net::{TcpSocket, TcpStream};
 
 /// Idle connections one attacker opens on each listener: the figure,
 /// far over the per-source caps (128 HTTP, 1024 gRPC by default).
 const SLOWLORIS: usize = 5000;
-
-async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse().expect("source address"))?;
-    socket.connect(to).await
-}
-
-/// True once the server closed `stream` (EOF or reset); false while open.
-fn closed(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 1];
-    match stream.try_read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
-}
-
-/// Polls until `count_closed` reaches `want`, or fails after `within`.
-async fn wait_closed(streams: &[TcpStream], want: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = streams.iter().filter(|s| closed(s)).count();
-        if n >= want {
-            return n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} idle connections closed, want {want}",
-            streams.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Heartbeats `node` every `interval` until `stop`; returns the slowest one.
-fn heartbeat_forever(
-    controller: &TestController,
-    registered: measurelab_api::node_v1::RegisterResponse,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Duration> {
-    let grpc = controller.grpc.to_string();
-    tokio::spawn(async move {
-        let mut client = measurelab_api::node_v1::node_service_client::NodeServiceClient::connect(
-            format!("http://{grpc}"),
-        )
-        .await
-        .unwrap();
-        let mut slowest = Duration::ZERO;
-        let mut ticks = tokio::time::interval(interval);
-        for sequence in 1.. {
-            if *stop.borrow() {
-                break;
-            }
-            ticks.tick().await;
-            let started = Instant::now();
-            client
-                .heartbeat(heartbeat_request(&registered, sequence))
-                .await
-                .unwrap();
-            slowest = slowest.max(started.elapsed());
-        }
-        slowest
-    })
-}
 
 #[tokio::test]
 async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served() {
@@ -91,7 +24,12 @@ async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served
     let per_source = measurelab_controller::DEFAULT_HTTP_LIMITS.max_connections_per_source;
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(500), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(500),
+        stop,
+    );
 
     let started = Instant::now();
     let mut attacker = Vec::with_capacity(SLOWLORIS);
@@ -417,7 +355,12 @@ async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
     insert_results(dir.path(), RUNS, 4096);
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(50),
+        stop,
+    );
 
     let started = Instant::now();
     let response = reqwest::Client::new()
@@ -533,7 +476,12 @@ async fn a_big_results_list_is_read_while_heartbeats_are_served_on_time() {
     insert_results(dir.path(), RUNS, 8192);
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(50),
+        stop,
+    );
     let started = Instant::now();
     let (ids, sizes) = results_pages(&controller, 100_000).await;
     let took = started.elapsed();
