@@ -25,6 +25,12 @@ pub struct AgentArgs {
     /// time and goes on to the next when it stops answering.
     #[arg(long, required_unless_present_any = ["join_bundle", "join_bundle_file"])]
     controller: Option<String>,
+    /// Allow a plaintext http:// controller that is not on loopback. The
+    /// join token and the node secret then cross the network in clear, and
+    /// anyone on the path can act as this node or as its controller: fit
+    /// for an isolated lab network only.
+    #[arg(long)]
+    insecure: bool,
     /// File holding the lab's join token.
     #[arg(
         long,
@@ -182,6 +188,27 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Refuses a plaintext controller that is not on loopback unless
+/// `--insecure`: the node's join token and secret would cross the network
+/// unencrypted.
+fn check_controller_transport(controllers: &str, insecure: bool) -> anyhow::Result<()> {
+    let endpoints = measurelab_api::client::split_endpoints(controllers)
+        .map_err(|e| anyhow::anyhow!("--controller: {e}"))?;
+    for endpoint in &endpoints {
+        if let Some(host) = measurelab_api::client::plaintext_remote_host(endpoint) {
+            if !insecure {
+                bail!(
+                    "--controller: {endpoint:?} is plaintext http:// to {host}, which is not \
+                     loopback: the join token and the node secret would cross the network \
+                     unencrypted. Join with a bundle of a --tls controller (--join-bundle), or \
+                     give --insecure to accept that"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
         .with(crate::daemon::console_layer())
@@ -225,6 +252,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
             (controller, join_token, None)
         }
     };
+    check_controller_transport(&controller, args.insecure)?;
     let mut labels = BTreeMap::new();
     for (key, value) in args.labels {
         if labels.insert(key.clone(), value).is_some() {

@@ -111,6 +111,11 @@ pub struct ControllerArgs {
     /// for loopback.
     #[arg(long)]
     tls: bool,
+    /// Allow plaintext (no --tls) on a listen address that is not loopback.
+    /// Tokens, join tokens and node secrets then cross the network in
+    /// clear: fit for an isolated lab network only.
+    #[arg(long)]
+    insecure: bool,
     /// A host name or IP address clients reach the controller by, added to
     /// the generated server certificate besides the bind addresses (repeat
     /// for several). Implies --tls.
@@ -161,7 +166,8 @@ pub struct ControllerArgs {
     /// gRPC connections served at once from one source address.
     #[arg(long, default_value_t = DEFAULT_GRPC.max_connections_per_source as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     grpc_max_connections_per_source: u64,
-    /// Seconds a new gRPC connection has to send its first byte.
+    /// Seconds a new gRPC connection has to send its first byte (under
+    /// --tls: to complete its TLS handshake).
     #[arg(long, default_value_t = DEFAULT_GRPC.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     grpc_handshake_timeout_seconds: u64,
     /// Seconds a gRPC call may take to answer (streams live on after their start).
@@ -251,6 +257,19 @@ const DEFAULT_GRPC: measurelab_controller::GrpcLimits = measurelab_controller::D
 
 const DEFAULT_HTTP: measurelab_controller::HttpLimits = measurelab_controller::DEFAULT_HTTP_LIMITS;
 
+/// Refuses to serve plaintext on `address` unless it is loopback: what
+/// crosses the network there (bearer tokens, join tokens, node secrets)
+/// would be readable on the way.
+fn check_plaintext_listen(address: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    if address.ip().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "{flag} {address}: plaintext on an address that is not loopback: tokens and node secrets \
+         would cross the network unencrypted. Serve TLS (--tls), or give --insecure to accept that"
+    )
+}
+
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     tracing_subscriber::registry()
         .with(crate::daemon::console_layer())
@@ -261,6 +280,11 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .map(|path| read_token_file(path, "--join-token-file"))
         .transpose()?;
 
+    let tls = args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some();
+    if !tls && !args.insecure {
+        check_plaintext_listen(args.http_listen, "--http-listen")?;
+        check_plaintext_listen(args.grpc_listen, "--grpc-listen")?;
+    }
     let http_listener = TcpListener::bind(args.http_listen)
         .with_context(|| format!("--http-listen: cannot bind {}", args.http_listen))?;
     let grpc_listener = match &args.grpc_netns {
@@ -357,7 +381,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(pool) = args.tunnel_pool {
         config.tunnel_pool = pool;
     }
-    if args.tls || !args.tls_sans.is_empty() || args.tls_cert.is_some() {
+    if tls {
         let mut tls = measurelab_controller::TlsConfig::generated(args.tls_sans.clone());
         tls.cert_files = args.tls_cert.clone().zip(args.tls_key.clone());
         tls.node_cert_lifetime = match args.node_cert_seconds {

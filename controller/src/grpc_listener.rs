@@ -6,6 +6,12 @@
 //! (`measurelab_httpserve::ConnectionCaps`) and closes one that has not sent
 //! its first byte within the handshake timeout; the server builder gets
 //! request timeouts, HTTP/2 keepalive and stream/concurrency limits.
+//!
+//! Under TLS the handshake runs here too ([`tls_incoming`]), not in tonic:
+//! tonic's own TLS accept waits for a handshake as long as the peer likes
+//! (half a ClientHello held a connection forever), and it ends its whole
+//! accept loop on a handshake error it does not expect, such as the
+//! handshake timeout above, which stopped the controller.
 
 use std::future::Future;
 use std::io;
@@ -14,10 +20,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use measurelab_httpserve::{Admission, ConnectionCaps};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Bounds of the gRPC node API.
@@ -27,8 +36,8 @@ pub struct GrpcLimits {
     pub max_connections: usize,
     /// Connections served at once from one source address.
     pub max_connections_per_source: usize,
-    /// Time a new connection has to send its first byte (the HTTP/2 preface,
-    /// or a TLS hello).
+    /// Time a new connection has to send its first byte (the HTTP/2
+    /// preface), or under TLS to complete its handshake.
     pub handshake_timeout: Duration,
     /// Time a call may take to answer (a stream's first message; streams
     /// themselves live on).
@@ -149,6 +158,62 @@ pub(crate) fn incoming(
     })
 }
 
+/// Admitted connections that completed a TLS handshake within the
+/// handshake timeout. Each handshake runs in its own task, so a stalled one
+/// holds only its own slot under the caps; one that fails or runs out of
+/// time is closed here and never reaches tonic.
+pub(crate) fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    limits: GrpcLimits,
+    acceptor: TlsAcceptor,
+) -> impl Stream<Item = io::Result<TlsStream<Bounded>>> {
+    let admitted = Box::pin(incoming(listener, limits));
+    let handshakes: JoinSet<Option<TlsStream<Bounded>>> = JoinSet::new();
+    futures::stream::unfold(
+        (admitted, handshakes),
+        move |(mut admitted, mut handshakes)| {
+            let acceptor = acceptor.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        next = admitted.next() => {
+                            let bounded = match next? {
+                                Ok(bounded) => bounded,
+                                Err(err) => return Some((Err(err), (admitted, handshakes))),
+                            };
+                            handshakes.spawn(handshake(acceptor.clone(), bounded, limits.handshake_timeout));
+                        }
+                        Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                            if let Ok(Some(tls)) = done {
+                                return Some((Ok(tls), (admitted, handshakes)));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    bounded: Bounded,
+    within: Duration,
+) -> Option<TlsStream<Bounded>> {
+    let peer = bounded.inner.peer_addr().ok();
+    match tokio::time::timeout(within, acceptor.accept(bounded)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(err)) => {
+            tracing::debug!(?peer, cause = %err, "gRPC TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "gRPC TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// An admitted gRPC connection: holds its place under the caps and fails its
 /// reads once the handshake timeout passes without a first byte.
 pub(crate) struct Bounded {
@@ -181,7 +246,7 @@ impl AsyncRead for Bounded {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            "no HTTP/2 preface within the handshake timeout",
+                            "no first byte (HTTP/2 preface or TLS hello) within the handshake timeout",
                         )));
                     }
                 }

@@ -704,7 +704,10 @@ pub async fn run(
             ca: t.ca.clone(),
             lifetime: t.node_cert_lifetime,
         }));
-    let grpc_tls = server_tls.as_ref().map(tls::ServerTls::grpc_config);
+    let grpc_tls = server_tls
+        .as_ref()
+        .map(tls::ServerTls::grpc_acceptor)
+        .transpose()?;
     let refusal_reports = tokio::spawn({
         let (refusals, store, cancel) = (service.refusals(), store.clone(), cancel.clone());
         let interval = config.refused_registration_report_interval;
@@ -713,21 +716,30 @@ pub async fn run(
     let grpc = tokio::spawn({
         let (cancel, limits) = (cancel.clone(), config.grpc_limits);
         async move {
-            let incoming = grpc_listener::incoming(grpc_listener, limits);
             let server = service
                 .into_server()
                 .max_decoding_message_size(limits.max_request_message_bytes)
                 .max_encoding_message_size(limits.max_response_message_bytes);
-            let mut builder = limits.builder();
-            if let Some(grpc_tls) = grpc_tls {
-                builder = builder.tls_config(grpc_tls)?;
-            }
-            builder
+            let router = limits
+                .builder()
                 .layer(metrics::RpcLayer(metrics))
-                .add_service(server)
-                .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-                .await
-                .map_err(ControllerError::Grpc)
+                .add_service(server);
+            let shutdown = cancel.cancelled_owned();
+            match grpc_tls {
+                Some(acceptor) => {
+                    let incoming = grpc_listener::tls_incoming(grpc_listener, limits, acceptor);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+                None => {
+                    let incoming = grpc_listener::incoming(grpc_listener, limits);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+            }
+            .map_err(ControllerError::Grpc)
         }
     });
     let sweeper = tokio::spawn(liveness::sweep_forever(

@@ -2,9 +2,9 @@
 //! data directory), the server certificate, node client certificates signed
 //! from CSRs, and the HTTPS accept loop.
 //!
-//! Everything here is a separable piece: [`ServerTls::https_acceptor`] is a
-//! plain `TlsAcceptor` and [`ServerTls::grpc_config`] a tonic
-//! `ServerTlsConfig`, so another accept loop can take them as they are.
+//! Everything here is a separable piece: [`ServerTls::https_acceptor`] and
+//! [`ServerTls::grpc_acceptor`] are plain `TlsAcceptor`s, so another accept
+//! loop can take them as they are.
 //!
 //! Node certificates carry the node id as a DNS name
 //! (`<node id>.node.measurelab.invalid`, `.invalid` so it can never be a
@@ -621,40 +621,64 @@ impl ServerTls {
         };
         // Fail at start, not at the first handshake.
         tls.https_acceptor()?;
+        tls.grpc_acceptor()?;
         Ok(tls)
     }
 
     /// The HTTPS side: server authentication only (operators and the
     /// provider authenticate with bearer tokens).
     pub fn https_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        let certs = parse_certs(&self.chain_pem, "tls_cert")?;
-        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-            .map_err(|e| invalid("tls_key", format!("not a PEM key: {e}")))?
-            .ok_or_else(|| invalid("tls_key", "holds no PEM private key"))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("tls", e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| invalid("tls_cert", e))?;
+        let (certs, key) = self.server_identity()?;
+        let mut config = server_config_builder()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid("tls_cert", e))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
     /// The gRPC side: the same server certificate, and node certificates
     /// verified against the CA. Optional at the handshake because Register
-    /// comes before a node has one; every other call checks it.
-    pub fn grpc_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &self.chain_pem,
-                &self.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(self.ca.pem()))
-            .client_auth_optional(true)
+    /// comes before a node has one; every other call checks it. A plain
+    /// acceptor rather than tonic's TLS, so the gRPC accept stream runs the
+    /// handshake itself, under its handshake timeout.
+    pub fn grpc_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in parse_certs(self.ca.pem(), "ca.pem")? {
+            roots.add(ca).map_err(|e| invalid("ca.pem", e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| invalid("ca.pem", e))?;
+        let (certs, key) = self.server_identity()?;
+        let mut config = server_config_builder()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid("tls_cert", e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
+
+    fn server_identity(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let certs = parse_certs(&self.chain_pem, "tls_cert")?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|e| invalid("tls_key", format!("not a PEM key: {e}")))?
+            .ok_or_else(|| invalid("tls_key", "holds no PEM private key"))?;
+        Ok((certs, key))
+    }
+}
+
+fn server_config_builder(
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, TlsError> {
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("tls", e))
 }
 
 #[cfg(test)]

@@ -3,83 +3,24 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use common::db::quote;
-use common::{heartbeat_request, TestController};
+use common::sockets::{connect_from, wait_closed};
+use common::{heartbeat_forever, heartbeat_request, TestController};
 use measurelab_api::http::NodeStatus;
-use tokio::net::{TcpSocket, TcpStream};
+use measurelab_api::node_v1::{LogLine, ShipLogsRequest, WatchDesiredStateRequest};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Idle connections one attacker opens on each listener: the figure,
 /// far over the per-source caps (128 HTTP, 1024 gRPC by default).
 const SLOWLORIS: usize = 5000;
-
-async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse().expect("source address"))?;
-    socket.connect(to).await
-}
-
-/// True once the server closed `stream` (EOF or reset); false while open.
-fn closed(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 1];
-    match stream.try_read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
-}
-
-/// Polls until `count_closed` reaches `want`, or fails after `within`.
-async fn wait_closed(streams: &[TcpStream], want: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = streams.iter().filter(|s| closed(s)).count();
-        if n >= want {
-            return n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} idle connections closed, want {want}",
-            streams.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Heartbeats `node` every `interval` until `stop`; returns the slowest one.
-fn heartbeat_forever(
-    controller: &TestController,
-    registered: measurelab_api::node_v1::RegisterResponse,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Duration> {
-    let grpc = controller.grpc.to_string();
-    tokio::spawn(async move {
-        let mut client = measurelab_api::node_v1::node_service_client::NodeServiceClient::connect(
-            format!("http://{grpc}"),
-        )
-        .await
-        .unwrap();
-        let mut slowest = Duration::ZERO;
-        let mut ticks = tokio::time::interval(interval);
-        for sequence in 1.. {
-            if *stop.borrow() {
-                break;
-            }
-            ticks.tick().await;
-            let started = Instant::now();
-            client
-                .heartbeat(heartbeat_request(&registered, sequence))
-                .await
-                .unwrap();
-            slowest = slowest.max(started.elapsed());
-        }
-        slowest
-    })
-}
 
 #[tokio::test]
 async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served() {
@@ -91,7 +32,12 @@ async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served
     let per_source = measurelab_controller::DEFAULT_HTTP_LIMITS.max_connections_per_source;
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(500), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(500),
+        stop,
+    );
 
     let started = Instant::now();
     let mut attacker = Vec::with_capacity(SLOWLORIS);
@@ -417,7 +363,12 @@ async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
     insert_results(dir.path(), RUNS, 4096);
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(50),
+        stop,
+    );
 
     let started = Instant::now();
     let response = reqwest::Client::new()
@@ -533,7 +484,12 @@ async fn a_big_results_list_is_read_while_heartbeats_are_served_on_time() {
     insert_results(dir.path(), RUNS, 8192);
     let registered = controller.register("steady", "").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(&controller, registered, Duration::from_millis(50), stop);
+    let beats = heartbeat_forever(
+        controller.grpc().await,
+        registered,
+        Duration::from_millis(50),
+        stop,
+    );
     let started = Instant::now();
     let (ids, sizes) = results_pages(&controller, 100_000).await;
     let took = started.elapsed();
@@ -686,5 +642,263 @@ async fn an_upload_over_the_concurrency_cap_gets_503_with_retry_after_and_is_tak
     assert_eq!(first.status(), 201);
     let retried = upload("quick", vec![2u8; 16].into()).await.unwrap();
     assert_eq!(retried.status(), 201);
+    controller.stop().await;
+}
+
+/// `message` as the body of a gRPC call: uncompressed, length-prefixed.
+fn grpc_frame(message: &impl Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
+/// A call to NodeService `method` on a raw HTTP/2 connection: its headers
+/// are sent, its message is the caller's to send (or not).
+fn start_call(
+    h2: &mut h2::client::SendRequest<bytes::Bytes>,
+    to: std::net::SocketAddr,
+    method: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{to}/measurelab.node.v1.NodeService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    h2.send_request(request, false).unwrap()
+}
+
+/// The grpc-status a raw call ended with: from its trailers, or from its
+/// headers when it failed at once (a "trailers-only" answer).
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> String {
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_string();
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn calls_of_one_connection_over_its_concurrency_limit_wait_for_a_handler_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.grpc_limits.concurrency_per_connection = 2;
+    })
+    .await;
+    let registered = controller.register("steady", "").await;
+    let tcp = TcpStream::connect(controller.grpc).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+
+    // Two calls whose messages have not come yet: each holds a handler slot.
+    let (first, mut first_body) = start_call(&mut h2, controller.grpc, "Heartbeat");
+    let (_second, mut second_body) = start_call(&mut h2, controller.grpc, "Heartbeat");
+    // A whole third call on the same connection waits for a slot...
+    let (mut third, mut third_body) = start_call(&mut h2, controller.grpc, "Heartbeat");
+    third_body
+        .send_data(grpc_frame(&heartbeat_request(&registered, 3)), true)
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut third)
+            .await
+            .is_err(),
+        "the third call was answered while two held the connection's slots"
+    );
+    // ...while another connection is served,
+    controller
+        .grpc()
+        .await
+        .heartbeat(heartbeat_request(&registered, 1))
+        .await
+        .unwrap();
+    // and gets the slot the first call frees.
+    first_body
+        .send_data(grpc_frame(&heartbeat_request(&registered, 2)), true)
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the first call is answered once its message came")
+        .unwrap();
+    assert_eq!(grpc_status(first).await, "0");
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third call is answered once a slot is free")
+        .unwrap();
+    assert_eq!(grpc_status(third).await, "0");
+    // The second call would hold its slot until the request timeout, and
+    // the controller's graceful stop with it.
+    second_body.send_reset(h2::Reason::CANCEL);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_message_limit_is_refused_and_the_connection_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 64 * 1024;
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.grpc_limits.max_request_message_bytes = limit;
+    })
+    .await;
+    let registered = controller.register("steady", "").await;
+    // Lines of 8 KiB, half the controller's cap on one line.
+    let logs = |lines: usize| ShipLogsRequest {
+        node_id: registered.node_id.clone(),
+        node_secret: registered.node_secret.clone(),
+        lines: (0..lines)
+            .map(|n| LogLine {
+                timestamp_unix_ms: n as i64,
+                level: "INFO".into(),
+                target: "test".into(),
+                message: "x".repeat(8 * 1024),
+            })
+            .collect(),
+    };
+    let mut grpc = controller.grpc().await;
+    // 80 KiB: far under tonic's own default of 4 MiB, over the configured limit.
+    let status = grpc.ship_logs(logs(10)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains(&limit.to_string()),
+        "the refusal names the limit: {status:?}"
+    );
+    // The same connection serves on, a message under the limit included.
+    let shipped = grpc.ship_logs(logs(4)).await.unwrap().into_inner();
+    assert_eq!(shipped.accepted, 4);
+    grpc.heartbeat(heartbeat_request(&registered, 1))
+        .await
+        .unwrap();
+    controller.stop().await;
+}
+
+/// A connection as a peer whose host vanished sees it once `vanished` is
+/// set: nothing it is sent is read, nothing more is written, and no FIN or
+/// reset says so.
+struct Vanishing {
+    inner: TcpStream,
+    vanished: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Vanishing {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.vanished.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Vanishing {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.vanished.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Opens a WatchDesiredState stream from `source` on a fresh connection and
+/// waits for its first hint.
+async fn watch_from(
+    source: &str,
+    controller: &TestController,
+    registered: &measurelab_api::node_v1::RegisterResponse,
+    io: impl FnOnce(TcpStream) -> Vanishing,
+) -> h2::RecvStream {
+    let tcp = connect_from(source, controller.grpc).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(io(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let (response, mut body) = start_call(&mut h2, controller.grpc, "WatchDesiredState");
+    let request = WatchDesiredStateRequest {
+        node_id: registered.node_id.clone(),
+        node_secret: registered.node_secret.clone(),
+    };
+    body.send_data(grpc_frame(&request), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the watch is answered")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "{response:?}"
+    );
+    let mut hints = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), hints.data())
+        .await
+        .expect("the first hint comes at once");
+    assert!(first.is_some_and(|chunk| chunk.is_ok()));
+    hints
+}
+
+#[tokio::test]
+async fn a_vanished_peer_is_dropped_by_keepalive_and_its_slot_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (interval, timeout) = (Duration::from_secs(1), Duration::from_secs(1));
+    let controller = TestController::start_with(dir.path(), |config| {
+        config.grpc_limits.keepalive_interval = interval;
+        config.grpc_limits.keepalive_timeout = timeout;
+        // The peer's source gets one connection: while the controller
+        // believes it alive, nothing else from there is served.
+        config.grpc_limits.max_connections_per_source = 1;
+    })
+    .await;
+    let registered = controller.register("steady", "").await;
+    let vanished = Arc::new(AtomicBool::new(false));
+    let mut observer = None;
+    let _hints = watch_from("127.0.0.5", &controller, &registered, |tcp| {
+        // A second handle on the socket, to see the controller close it
+        // after the peer's own side stopped reading.
+        let std = tcp.into_std().unwrap();
+        observer = Some(TcpStream::from_std(std.try_clone().unwrap()).unwrap());
+        Vanishing {
+            inner: TcpStream::from_std(std).unwrap(),
+            vanished: vanished.clone(),
+        }
+    })
+    .await;
+    let observer = observer.unwrap();
+    // Its source has no room for another connection meanwhile.
+    let refused = connect_from("127.0.0.5", controller.grpc).await.unwrap();
+    wait_closed(&[refused], 1, Duration::from_secs(5)).await;
+
+    vanished.store(true, Ordering::SeqCst);
+    let since = Instant::now();
+    // A ping unanswered for the keepalive timeout ends the connection, its
+    // watch stream with it; well within a few rounds of both.
+    wait_closed(&[observer], 1, (interval + timeout) * 4).await;
+    eprintln!("vanished peer dropped after {:?}", since.elapsed());
+    // Its slot is free: the same source is served again.
+    let _again = watch_from("127.0.0.5", &controller, &registered, |tcp| Vanishing {
+        inner: tcp,
+        vanished: Arc::new(AtomicBool::new(false)),
+    })
+    .await;
     controller.stop().await;
 }

@@ -1,8 +1,9 @@
 //! TLS on both APIs and mTLS for nodes: a client without the controller's CA
 //! is refused, a node certificate names one node only, a revoked node
 //! cannot heartbeat with its still-valid certificate, a revoked
-//! certificate is refused while its node is not revoked, and an expired one
-//! even on the connection it opened while valid.
+//! certificate is refused while its node is not revoked, an expired one
+//! even on the connection it opened while valid, and handshakes that
+//! stall are bounded on both listeners.
 
 mod common;
 
@@ -10,10 +11,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::sockets::{closed, connect_from, wait_closed};
+use measurelab_api::http::NodeStatus;
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{HeartbeatRequest, RegisterResponse, RenewCertificateRequest};
 use measurelab_controller::tls::{self, TlsConfig};
 use measurelab_controller::{run, ControllerConfig, ControllerError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 struct TlsController {
@@ -45,20 +50,19 @@ fn https_client(ca_pem: Option<&str>) -> reqwest::Client {
 
 impl TlsController {
     async fn start() -> TlsController {
-        TlsController::start_with(tls::DEFAULT_NODE_CERT_LIFETIME).await
+        Self::start_with(|_| {}).await
     }
 
-    /// A controller whose node certificates last `node_cert_lifetime`.
-    async fn start_with(node_cert_lifetime: Duration) -> TlsController {
+    /// Start with a configuration tweak (limits, intervals).
+    async fn start_with(tweak: impl FnOnce(&mut ControllerConfig)) -> TlsController {
         let dir = tempfile::tempdir().unwrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let mut config = ControllerConfig::new(dir.path(), http, grpc);
         config.heartbeat_interval = Duration::from_secs(1);
-        let mut tls_config = TlsConfig::generated(vec!["localhost".into()]);
-        tls_config.node_cert_lifetime = node_cert_lifetime;
-        config.tls = Some(tls_config);
+        config.tls = Some(TlsConfig::generated(vec!["localhost".into()]));
+        tweak(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(config, async move {
             let _ = stopped.await;
@@ -428,7 +432,12 @@ async fn a_node_renews_its_certificate_with_the_current_one() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused_on_the_connection_it_opened() {
     // Six heartbeats of a second: the shortest lifetime allowed.
-    let controller = TlsController::start_with(Duration::from_secs(6)).await;
+    let controller = TlsController::start_with(|config| {
+        if let Some(tls) = config.tls.as_mut() {
+            tls.node_cert_lifetime = Duration::from_secs(6);
+        }
+    })
+    .await;
     let (alpha, identity) = controller.register("alpha").await;
     let der = tls::first_cert_der(&alpha.node_cert_pem, "node_cert_pem").unwrap();
     let not_after = tls::cert_not_after(&der).unwrap();
@@ -447,6 +456,179 @@ async fn an_expired_certificate_is_refused_on_the_connection_it_opened() {
     let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("expired at"), "{status:?}");
+    controller.stop().await;
+}
+
+/// Stalled handshakes one attacker opens on each listener: the figure.
+const SLOWLORIS: usize = 5000;
+/// Loopback addresses the attacker spreads them over.
+const SOURCES: usize = 5;
+
+/// The first bytes of a TLS ClientHello: a record header announcing 512
+/// bytes and the start of the handshake message in it. The server can only
+/// wait for the rest.
+const HALF_A_CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, // handshake record, TLS 1.0 framing, 512 bytes
+    0x01, 0x00, 0x01, 0xfc, // ClientHello, 508 bytes
+    0x03, 0x03, // client version TLS 1.2
+];
+
+/// `SLOWLORIS` connections to `to` from `SOURCES` loopback addresses in
+/// turn: every other one sends half a ClientHello, the rest nothing.
+async fn stalled_handshakes(to: SocketAddr) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(SLOWLORIS);
+    for n in 0..SLOWLORIS {
+        let source = format!("127.0.2.{}", n % SOURCES + 1);
+        let mut stream = connect_from(&source, to).await.unwrap();
+        if n % 2 == 0 {
+            // A connection over a cap may be closed already; the write then
+            // fails, and the connection counts as closed all the same.
+            let _ = stream.write_all(HALF_A_CLIENT_HELLO).await;
+        }
+        streams.push(stream);
+    }
+    streams
+}
+
+/// Polls the node until every one of `streams` is closed, failing if the
+/// node is ever not online or `within` passes first.
+async fn online_until_all_closed(
+    controller: &TlsController,
+    name: &str,
+    streams: &[TcpStream],
+    within: Duration,
+) {
+    let admin = https_client(Some(&controller.ca_pem));
+    let deadline = Instant::now() + within;
+    loop {
+        let node: measurelab_api::http::Node = admin
+            .get(format!("https://{}/v1/nodes/{name}", controller.http))
+            .bearer_auth(&controller.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(node.status, NodeStatus::Online, "{node:?}");
+        let open = streams.iter().filter(|s| !closed(s)).count();
+        if open == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} of {} stalled handshakes still open",
+            streams.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_on_the_https_api_hold_their_caps_until_the_timeout() {
+    // The defaults: what a controller started with --tls does.
+    let limits = measurelab_controller::DEFAULT_HTTP_LIMITS;
+    let controller = TlsController::start_with(|config| {
+        config.offline_after = Duration::from_secs(3);
+    })
+    .await;
+    let (steady, identity) = controller.register("steady").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = common::heartbeat_forever(
+        controller.grpc(Some(identity)).await,
+        steady,
+        Duration::from_millis(500),
+        stop,
+    );
+
+    let attacker = stalled_handshakes(controller.http).await;
+    // Over the per-source cap, closed at accept: the caps hold under TLS.
+    wait_closed(
+        &attacker,
+        SLOWLORIS - SOURCES * limits.max_connections_per_source,
+        Duration::from_secs(30),
+    )
+    .await;
+    // A new client completes its handshake and is served meanwhile.
+    let answered = Instant::now();
+    let nodes = https_client(Some(&controller.ca_pem))
+        .get(format!("https://{}/v1/nodes", controller.http))
+        .bearer_auth(&controller.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(nodes.status().is_success(), "{}", nodes.status());
+    assert!(
+        answered.elapsed() < Duration::from_secs(2),
+        "served in {:?}",
+        answered.elapsed()
+    );
+    // The handshakes held are closed by the header-read timeout, the node
+    // online all along.
+    online_until_all_closed(
+        &controller,
+        "steady",
+        &attacker,
+        limits.header_read_timeout * 2,
+    )
+    .await;
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat {slowest:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_on_the_grpc_api_are_timed_out_while_nodes_are_served() {
+    let limits = measurelab_controller::DEFAULT_GRPC_LIMITS;
+    let controller = TlsController::start_with(|config| {
+        config.offline_after = Duration::from_secs(3);
+    })
+    .await;
+    let (steady, identity) = controller.register("steady").await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let beats = common::heartbeat_forever(
+        controller.grpc(Some(identity)).await,
+        steady,
+        Duration::from_millis(500),
+        stop,
+    );
+
+    // All under the per-source cap (1000 a source of 1024): every one is
+    // admitted and stalls its handshake.
+    let attacker = stalled_handshakes(controller.grpc).await;
+    // A new node completes its handshake and registers meanwhile.
+    let answered = Instant::now();
+    let (late, late_identity) = controller.register("late").await;
+    assert!(
+        answered.elapsed() < Duration::from_secs(2),
+        "registered in {:?}",
+        answered.elapsed()
+    );
+    // Silent or half a hello, each is closed by the handshake timeout.
+    online_until_all_closed(
+        &controller,
+        "steady",
+        &attacker,
+        limits.handshake_timeout * 2,
+    )
+    .await;
+    stop_tx.send(true).unwrap();
+    let slowest = beats.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest heartbeat {slowest:?}"
+    );
+    // The listener still takes new connections once they are gone.
+    controller
+        .grpc(Some(late_identity))
+        .await
+        .heartbeat(common::heartbeat_request(&late, 1))
+        .await
+        .unwrap();
     controller.stop().await;
 }
 

@@ -1011,6 +1011,11 @@ impl Lab {
             // The bind addresses (127.0.0.1 and the management IP) are in
             // the certificate already; localhost for browsers and curl.
             args.extend(["--tls", "--tls-san", "localhost"].map(OsString::from));
+        } else {
+            // gRPC listens on the lab's management network, which only the
+            // lab's namespaces reach: plaintext there is what --plaintext
+            // asked for.
+            args.push("--insecure".into());
         }
         args
     }
@@ -1144,9 +1149,12 @@ impl Lab {
                     self.join_bundle_file().into_os_string(),
                 ]
             } else {
+                // Plaintext over the lab's management network, as
+                // --plaintext asked.
                 vec![
                     "--controller".into(),
                     Self::grpc_endpoints(settings).join(",").into(),
+                    "--insecure".into(),
                     "--join-token-file".into(),
                     self.join_token_file().into_os_string(),
                 ]
@@ -1898,6 +1906,8 @@ mod replica_command_tests {
                 let port = lab.replica_port(&settings, k).unwrap();
                 assert_ne!(port, 0, "replica {k}");
                 let args = lab.controller_args(&settings, k, port);
+                // gRPC on the management network: plaintext there is opted into.
+                assert_eq!(args.iter().any(|a| a == "--insecure"), !tls, "replica {k}");
                 assert_eq!(
                     value(&args, "--http-listen"),
                     Some(format!("127.0.0.1:{port}").as_str())

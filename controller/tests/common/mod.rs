@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod sockets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,32 @@ pub fn keep_beating(
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    })
+}
+
+/// Heartbeats `registered` through `grpc` every `interval` until `stop`;
+/// returns the slowest one. A failed heartbeat fails the test.
+pub fn heartbeat_forever(
+    mut grpc: NodeServiceClient<Channel>,
+    registered: RegisterResponse,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        let mut ticks = tokio::time::interval(interval);
+        for sequence in 1.. {
+            if *stop.borrow() {
+                break;
+            }
+            ticks.tick().await;
+            let started = Instant::now();
+            grpc.heartbeat(heartbeat_request(&registered, sequence))
+                .await
+                .unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
     })
 }
 

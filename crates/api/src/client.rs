@@ -192,16 +192,10 @@ pub fn check_transport(endpoints: &str, insecure: bool) -> Result<(), String> {
 }
 
 fn check_one_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
-    let Some(rest) = endpoint.strip_prefix("http://") else {
+    let Some(host) = plaintext_remote_host(endpoint) else {
         return Ok(());
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.rsplit_once(':') {
-        // A bracketed IPv6 address keeps its colons.
-        Some((host, port)) if !port.contains(']') => host,
-        _ => authority,
-    };
-    if insecure || is_loopback_host(host) {
+    if insecure {
         return Ok(());
     }
     Err(format!(
@@ -209,6 +203,20 @@ fn check_one_transport(endpoint: &str, insecure: bool) -> Result<(), String> {
          request would cross the network unencrypted. Use https:// (with the controller's CA as \
          ca_cert), or set insecure = true to accept that"
     ))
+}
+
+/// The host of `endpoint` when it is plaintext `http://` to a host that is
+/// not loopback: what crosses the network in clear. `None` for `https://`
+/// and for loopback.
+pub fn plaintext_remote_host(endpoint: &str) -> Option<&str> {
+    let rest = endpoint.strip_prefix("http://")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        // A bracketed IPv6 address keeps its colons.
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    (!is_loopback_host(host)).then_some(host)
 }
 
 impl Client {
