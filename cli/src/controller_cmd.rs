@@ -221,6 +221,15 @@ pub struct ControllerArgs {
     /// page that reaches it ends early, and its next_cursor reads on.
     #[arg(long, default_value_t = measurelab_controller::DEFAULT_RESULTS_PAGE_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     results_page_max_bytes: u64,
+    /// Most bytes of nfdump output one GET /v1/platforms/{id}/flows page
+    /// keeps; a page that reaches it ends early, and its next_cursor reads on.
+    #[arg(long, default_value_t = measurelab_controller::DEFAULT_FLOWS_PAGE_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
+    flows_page_max_bytes: u64,
+    /// Most nfcapd files one GET /v1/platforms/{id}/flows page reads (one
+    /// nfdump run each); a page that reaches it ends early, and its
+    /// next_cursor reads on.
+    #[arg(long, default_value_t = measurelab_controller::DEFAULT_FLOWS_PAGE_MAX_FILES, value_parser = clap::value_parser!(u32).range(1..))]
+    flows_page_max_files: u32,
     /// VLAN tags the controller gives platforms, FIRST-LAST within 1-4094
     /// (default 100-3999). Leave out the tags a site's trunks already carry.
     #[arg(long, value_name = "FIRST-LAST", value_parser = vlan_pool)]
@@ -372,6 +381,8 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     config.export_max_bytes = args.export_max_bytes;
     config.max_concurrent_uploads = size(args.max_concurrent_uploads, "--max-concurrent-uploads")?;
     config.results_page_max_bytes = args.results_page_max_bytes;
+    config.flows_page_max_bytes = args.flows_page_max_bytes;
+    config.flows_page_max_files = args.flows_page_max_files;
     if let Some(pool) = args.vlan_pool.clone() {
         config.vlan_pool = pool;
     }

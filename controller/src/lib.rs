@@ -88,7 +88,10 @@ pub use api::{
 };
 pub use data_dir::DataDirLock;
 pub use data_dir::DataDirLockError;
-pub use flows::{FlowCollectorConfig, FlowDirError, MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS};
+pub use flows::{
+    FlowCollectorConfig, FlowDirError, DEFAULT_FLOWS_PAGE_MAX_BYTES, DEFAULT_FLOWS_PAGE_MAX_FILES,
+    MAX_ROTATE_SECONDS as MAX_FLOW_ROTATE_SECONDS,
+};
 pub use forward_proof::FORWARD_KEY_FILE;
 pub use grpc_listener::{GrpcLimits, DEFAULT_GRPC_LIMITS};
 /// Connection caps and timeouts of the HTTP API's listener.
@@ -178,6 +181,14 @@ pub struct ControllerConfig {
     /// reaches it ends early with a `next_cursor`. Default
     /// [`DEFAULT_RESULTS_PAGE_MAX_BYTES`].
     pub results_page_max_bytes: u64,
+    /// Most bytes of nfdump output one `GET /v1/platforms/{id}/flows` page
+    /// keeps; a page that reaches it ends early with a `next_cursor`.
+    /// Default [`DEFAULT_FLOWS_PAGE_MAX_BYTES`].
+    pub flows_page_max_bytes: u64,
+    /// Most nfcapd files one flows page reads (one nfdump run each); a page
+    /// that reaches it ends early with a `next_cursor`. Default
+    /// [`DEFAULT_FLOWS_PAGE_MAX_FILES`].
+    pub flows_page_max_files: u32,
     /// Serve HTTPS and gRPC over TLS, nodes authenticated with certificates
     /// the controller's CA signs (mTLS). `None` (the default): plaintext,
     /// which is only fit for loopback.
@@ -358,6 +369,8 @@ impl ControllerConfig {
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
+            flows_page_max_bytes: DEFAULT_FLOWS_PAGE_MAX_BYTES,
+            flows_page_max_files: DEFAULT_FLOWS_PAGE_MAX_FILES,
             tls: None,
             advertise_url: None,
         }
@@ -465,9 +478,11 @@ pub async fn run(
         || config.export_max_bytes == 0
         || config.max_concurrent_uploads == 0
         || config.results_page_max_bytes == 0
+        || config.flows_page_max_bytes == 0
+        || config.flows_page_max_files == 0
     {
         return Err(ControllerError::Config(
-            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes, max_concurrent_uploads and results_page_max_bytes must be greater than zero".into(),
+            "heartbeat_interval, offline_after, refused_registration_report_interval, prune_period, export_max_bytes, max_concurrent_uploads, results_page_max_bytes, flows_page_max_bytes and flows_page_max_files must be greater than zero".into(),
         ));
     }
     if let Some(tls) = &config.tls {
@@ -654,8 +669,18 @@ pub async fn run(
                 // A replica on a shared root reads its peers' collectors'
                 // files even when it runs none itself.
                 .with_flows(
-                    (config.flow_collector.is_some() || config.flow_dir.is_some())
-                        .then(|| flows::archive::FlowArchive::new(flow_dirs.archive.clone())),
+                    (config.flow_collector.is_some() || config.flow_dir.is_some()).then(|| {
+                        flows::archive::FlowArchive::new(
+                            flow_dirs.archive.clone(),
+                            flows::archive::PageLimits {
+                                max_bytes: config.flows_page_max_bytes,
+                                max_files: config.flows_page_max_files as usize,
+                                // A page cut short answers with a cursor
+                                // well before the request's 408.
+                                time_budget: config.http_limits.request_timeout / 2,
+                            },
+                        )
+                    }),
                 ),
         );
         let (cancel, limits) = (cancel.clone(), config.http_limits);

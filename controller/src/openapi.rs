@@ -720,8 +720,14 @@ mod operations {
     fn pause_platform() {}
 
     /// The platform's flows from the controller's collector (NetFlow v5 /
-    /// IPFIX exported by its nodes while `flow_monitoring` is on), oldest
-    /// first: records of the platform's subnet exported by its member nodes.
+    /// IPFIX exported by its nodes while `flow_monitoring` is on): records of
+    /// the platform's subnet exported by its member nodes, a page at a time.
+    /// Only the collector's files whose names (the start of the interval they
+    /// collected) meet the range, widened by a minute, are read. A page ends
+    /// at `limit` records, `--flows-page-max-bytes` of nfdump output,
+    /// `--flows-page-max-files` files or half the HTTP request timeout,
+    /// whichever comes first, with `next_cursor` (CSV: a last line
+    /// `# next_cursor: CURSOR`) to read on (docs/pagination.md).
     #[utoipa::path(get, path = "/v1/platforms/{id_or_name}/flows", operation_id = "platformFlows",
         params(
             ("id_or_name" = String, Path, description = KEY),
@@ -729,6 +735,10 @@ mod operations {
                 description = "RFC 3339; records whose last packet is at or after (default: an hour before until)."),
             ("until" = Option<String>, Query, format = DateTime, nullable = false,
                 description = "RFC 3339; records whose last packet is at or before (default: now)."),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, nullable = false,
+                description = "Records per page (default 1000)."),
+            ("after" = Option<String>, Query, nullable = false,
+                description = "The previous page's next_cursor: the records after that page."),
             ("format" = inline(Option<ExportFormat>), Query, nullable = false,
                 description = "csv or json (default json)."),
         ),

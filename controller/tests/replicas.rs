@@ -348,59 +348,6 @@ async fn a_token_made_or_revoked_through_one_replica_counts_at_the_other() {
     a.stop().await;
 }
 
-/// One NetFlow v5 datagram holding one UDP flow record, timed as an
-/// exporter that saw its packets 2 s and 1 s ago (nfdump places a v5
-/// record by the header's clock and uptime).
-fn netflow_v5(
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
-    ports: (u16, u16),
-    packets: u32,
-) -> Vec<u8> {
-    const UPTIME_MS: u32 = 100_000;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
-    let mut d = Vec::with_capacity(24 + 48);
-    // Header: version, count, sysuptime, unix secs, nsecs, sequence,
-    // engine type and id, sampling.
-    d.extend_from_slice(&5u16.to_be_bytes());
-    d.extend_from_slice(&1u16.to_be_bytes());
-    d.extend_from_slice(&UPTIME_MS.to_be_bytes());
-    d.extend_from_slice(&now.to_be_bytes());
-    d.extend_from_slice(&[0; 4]);
-    d.extend_from_slice(&1u32.to_be_bytes());
-    d.extend_from_slice(&[0; 4]);
-    // Record: addresses, next hop, interfaces, packets, bytes, first and
-    // last (uptime ms), ports, pad, TCP flags, protocol, ToS, AS numbers,
-    // masks, pad.
-    d.extend_from_slice(&src.octets());
-    d.extend_from_slice(&dst.octets());
-    d.extend_from_slice(&[0; 4 + 2 + 2]);
-    d.extend_from_slice(&packets.to_be_bytes());
-    d.extend_from_slice(&(packets * 100).to_be_bytes());
-    d.extend_from_slice(&(UPTIME_MS - 2000).to_be_bytes());
-    d.extend_from_slice(&(UPTIME_MS - 1000).to_be_bytes());
-    d.extend_from_slice(&ports.0.to_be_bytes());
-    d.extend_from_slice(&ports.1.to_be_bytes());
-    d.extend_from_slice(&[0, 0, 17, 0]);
-    d.extend_from_slice(&[0; 2 + 2 + 1 + 1 + 2]);
-    assert_eq!(d.len(), 24 + 48);
-    d
-}
-
-/// Whether a UDP socket is bound to 127.0.0.1:`port` (/proc/net/udp shows
-/// local addresses as little-endian hex), i.e. nfcapd queues what is sent.
-fn udp_bound(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
-    let wanted = format!("0100007F:{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .any(|line| line.split_whitespace().nth(1) == Some(wanted.as_str()))
-}
-
 /// Flow archives across replicas: A and B share one flow root, each runs a
 /// real nfcapd on a port of its own, and the node exports one flow to each,
 /// as an agent does before and after failing over from A to B. Either
@@ -408,6 +355,7 @@ fn udp_bound(port: u16) -> bool {
 /// sub-directory of the root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_collected_by_either_replica_are_read_through_both() {
+    use common::nfcapd::{netflow_v5, udp_bound, unix_now, V5Flow};
     use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
     let db = measurelab_testbed::pg::database().unwrap();
     let shared = tempfile::tempdir().unwrap();
@@ -471,15 +419,25 @@ async fn flows_collected_by_either_replica_are_read_through_both() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let exporter = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let flow = |src, dst, (src_port, dst_port), packets| {
+        netflow_v5(&V5Flow {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            packets,
+            exported_at: unix_now(),
+        })
+    };
     exporter
         .send_to(
-            &netflow_v5(host(10), host(11), (5001, 6001), 7),
+            &flow(host(10), host(11), (5001, 6001), 7),
             ("127.0.0.1", ports.0),
         )
         .unwrap();
     exporter
         .send_to(
-            &netflow_v5(host(12), host(13), (5002, 6002), 9),
+            &flow(host(12), host(13), (5002, 6002), 9),
             ("127.0.0.1", ports.1),
         )
         .unwrap();

@@ -1,5 +1,5 @@
 //! `GET /v1/platforms/{id_or_name}/flows`: the flows of one platform, from
-//! the controller's collector.
+//! the controller's collector, a page at a time.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -14,12 +14,18 @@ use super::extract::{key, QueryParams};
 use super::results::time_param;
 use super::state::AppState;
 use crate::access::Principal;
-use crate::flows::archive::PlatformQuery;
+use crate::flows::archive::Position;
+use crate::flows::records::PlatformQuery;
 use crate::flows::FlowError;
 use crate::store::platforms;
 
 /// Without `since`, the last hour.
 const DEFAULT_WINDOW: time::Duration = time::Duration::hours(1);
+
+/// Records per page without `limit`, and the most a page may ask for (as
+/// `GET /v1/results`).
+const DEFAULT_LIMIT: i64 = 1000;
+const MAX_LIMIT: i64 = 100_000;
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -28,7 +34,7 @@ pub(crate) async fn list(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["since", "until", "format"])?;
+    query.only(&["since", "until", "format", "limit", "after"])?;
     let format = query.0.get("format").map(String::as_str).unwrap_or("json");
     if !matches!(format, "csv" | "json") {
         return Err(ApiError::InvalidField {
@@ -44,6 +50,8 @@ pub(crate) async fn list(
             reason: "must be later than since".into(),
         });
     }
+    let limit = query.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
+    let after = query.0.get("after").map(|c| decode_cursor(c)).transpose()?;
     // The same tenant-scoped lookup as every other platform route: another
     // tenant's platform is not found, so its flows are never read.
     let scope = principal.scope();
@@ -76,16 +84,21 @@ pub(crate) async fn list(
     let archive = state
         .flows()
         .ok_or_else(|| ApiError::Unavailable(FlowError::NoCollector.to_string()))?;
-    let flows = archive
-        .platform_flows(&PlatformQuery {
-            subnet: row.subnet.clone(),
-            vlan: row.vlan_tag,
-            exporters,
-            since,
-            until,
-        })
+    let page = archive
+        .page(
+            &PlatformQuery {
+                subnet: row.subnet.clone(),
+                vlan: row.vlan_tag,
+                exporters,
+                since,
+                until,
+            },
+            limit,
+            after.as_ref(),
+        )
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next_cursor = page.next.as_ref().map(encode_cursor);
     Ok(if format == "csv" {
         (
             [
@@ -95,17 +108,50 @@ pub(crate) async fn list(
                     "attachment; filename=\"measurelab-flows.csv\"",
                 ),
             ],
-            csv(&flows),
+            csv(&page.flows, next_cursor.as_deref()),
         )
             .into_response()
     } else {
-        Json(FlowList { flows }).into_response()
+        Json(FlowList {
+            flows: page.flows,
+            next_cursor,
+        })
+        .into_response()
     })
 }
 
+/// A flows cursor: the file a page stopped in (its path under the flow
+/// root) and the records of it already read.
+fn decode_cursor(cursor: &str) -> Result<Position, ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (skip, file) = text.split_once(':')?;
+            Position::new(file.to_string(), skip.parse().ok()?)
+        })
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "after".into(),
+            reason: "not a cursor (use next_cursor of the previous page)".into(),
+        })
+}
+
+fn encode_cursor(position: &Position) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        position.skip(),
+        position.file()
+    ))
+}
+
 /// One header line, then one line per record; no field can hold a comma
-/// (times, addresses, numbers, node names are DNS labels).
-fn csv(flows: &[Flow]) -> String {
+/// (times, addresses, numbers, node names are DNS labels). A page with more
+/// after it ends in a `# next_cursor: CURSOR` line, as the export's
+/// truncation is a `#` line.
+fn csv(flows: &[Flow], next_cursor: Option<&str>) -> String {
     let mut out = String::from(
         "first_seen,last_seen,node,protocol,src_addr,src_port,dst_addr,dst_port,vlan,packets,bytes\n",
     );
@@ -124,6 +170,9 @@ fn csv(flows: &[Flow]) -> String {
             f.packets,
             f.bytes
         ));
+    }
+    if let Some(cursor) = next_cursor {
+        out.push_str(&format!("# next_cursor: {cursor}\n"));
     }
     out
 }

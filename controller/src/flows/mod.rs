@@ -1,6 +1,8 @@
 //! Flow monitoring on the controller: the collector it runs (`collector`),
-//! the per-platform reading of what the collector stored (`archive`), and
-//! the deletion of stored files past the flow retention (`prune`).
+//! the per-platform reading of what the collector stored (`archive`, which
+//! runs `nfdump` and keeps a platform's `records`), and the deletion of
+//! stored files past the flow retention (`prune`); both go by the times in
+//! nfcapd's file `names`.
 //!
 //! The controller, not each agent, runs the collector: every node exports to
 //! one address it learns from its desired state, nfcapd's files are the flow
@@ -9,7 +11,10 @@
 
 pub(crate) mod archive;
 pub(crate) mod collector;
+mod names;
+mod nfdump;
 pub(crate) mod prune;
+pub(crate) mod records;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,16 @@ use std::path::{Path, PathBuf};
 /// file untouched for longer than the retention and this for a dead
 /// collector's (see `prune`).
 pub const MAX_ROTATE_SECONDS: u32 = 3600;
+
+/// Bytes of nfdump output one `GET /v1/platforms/{id}/flows` page keeps
+/// (`--flows-page-max-bytes`): nfdump prints a record in about 500 bytes,
+/// so 32 MiB is some 60 000 records, past the most a page asks for.
+pub const DEFAULT_FLOWS_PAGE_MAX_BYTES: u64 = 32 << 20;
+
+/// Files one flows page reads, one nfdump run each
+/// (`--flows-page-max-files`): 1000 runs take a few seconds, and cover
+/// over 16 hours of one collector rotating every minute.
+pub const DEFAULT_FLOWS_PAGE_MAX_FILES: u32 = 1000;
 
 /// Where the controller's collector listens and how it stores.
 #[derive(Debug, Clone)]
@@ -195,6 +210,21 @@ pub enum FlowError {
     /// nfdump's output was not what it documents.
     #[error("cannot parse nfdump output: {0}")]
     Parse(String),
+    /// The flow tree cannot be listed.
+    #[error("cannot list the flow files: {0}")]
+    Archive(String),
+    /// A page's time got used up before it read anything (a page that gets
+    /// somewhere ends early with a cursor instead).
+    #[error(
+        "nfdump read nothing of {} within {budget:?} (half the HTTP request timeout); nfdump was stopped",
+        file.display()
+    )]
+    Timeout {
+        /// The file being read.
+        file: PathBuf,
+        /// The time budget of a page.
+        budget: std::time::Duration,
+    },
 }
 
 #[cfg(test)]

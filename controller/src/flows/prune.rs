@@ -22,10 +22,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use time::format_description::BorrowedFormatItem;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
+use time::OffsetDateTime;
 
+use super::names::{closed_file_time, is_current_file};
 use super::MAX_ROTATE_SECONDS;
 
 /// How much older than the cutoff a `nfcapd.current.*` file's mtime must be
@@ -150,82 +149,13 @@ fn prune_entries(entries: std::fs::ReadDir, cutoff: OffsetDateTime, pruned: &mut
     }
 }
 
-/// The name of the file a collector writes into: `nfcapd.current.<pid>`.
-fn is_current_file(name: &str) -> bool {
-    name.strip_prefix("nfcapd.current.")
-        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A closed file's name after `nfcapd.`: the interval's start to the minute.
-const NAME_TO_THE_MINUTE: &[BorrowedFormatItem<'static>] =
-    format_description!("[year][month][day][hour][minute]");
-/// The same to the second, when nfcapd rotates more often than once a minute.
-const NAME_TO_THE_SECOND: &[BorrowedFormatItem<'static>] =
-    format_description!("[year][month][day][hour][minute][second]");
-
-/// The start of the interval a closed nfcapd file holds, read from its
-/// name: `nfcapd.` and 12 digits (YYYYMMDDhhmm) or 14 (with seconds), UTC.
-/// `None` for anything else, `nfcapd.current.<pid>` among them.
-pub(crate) fn closed_file_time(name: &str) -> Option<OffsetDateTime> {
-    let digits = name.strip_prefix("nfcapd.")?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let format = match digits.len() {
-        12 => NAME_TO_THE_MINUTE,
-        14 => NAME_TO_THE_SECOND,
-        _ => return None,
-    };
-    PrimitiveDateTime::parse(digits, format)
-        .ok()
-        .map(PrimitiveDateTime::assume_utc)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The name nfcapd gives the file that starts at `at`, with seconds
-    /// when it rotates more often than once a minute.
-    fn name_at(at: OffsetDateTime, with_seconds: bool) -> String {
-        let format = if with_seconds {
-            NAME_TO_THE_SECOND
-        } else {
-            NAME_TO_THE_MINUTE
-        };
-        format!("nfcapd.{}", at.format(format).unwrap())
-    }
+    use crate::flows::names::closed_file_name;
 
     fn now() -> OffsetDateTime {
         time::macros::datetime!(2026-12-07 03:50 UTC)
-    }
-
-    #[test]
-    fn names_parse_as_nfcapd_writes_them_and_nothing_else() {
-        assert_eq!(
-            closed_file_time("nfcapd.202612070351"),
-            Some(time::macros::datetime!(2026-12-07 03:51 UTC))
-        );
-        // nfcapd 1.7.1 with -t 2 (seen on this machine).
-        assert_eq!(
-            closed_file_time("nfcapd.20261207035108"),
-            Some(time::macros::datetime!(2026-12-07 03:51:08 UTC))
-        );
-        for name in [
-            "nfcapd.current.4242",
-            "nfcapd.2026120703",
-            "nfcapd.2026120703511",
-            "nfcapd.202613070351",
-            "nfcapd.202612320351",
-            "nfcapd.202612072460",
-            "nfcapd.+02612070351",
-            "nfcapd.202612070351+0100",
-            "nfcapd.202612070351.tmp",
-            "nfdump.202612070351",
-            ".nfstat",
-        ] {
-            assert_eq!(closed_file_time(name), None, "{name}");
-        }
     }
 
     /// A shared root with a directory per replica (one of them a dead
@@ -246,18 +176,21 @@ mod tests {
             std::fs::create_dir(dir).unwrap();
         }
         let old = [
-            root.join(name_at(hours(169), false)),
-            a.join(name_at(hours(200), false)),
-            a.join(name_at(hours(168) - time::Duration::seconds(2), true)),
-            dead.join(name_at(hours(24 * 365), false)),
+            root.join(closed_file_name(hours(169), false)),
+            a.join(closed_file_name(hours(200), false)),
+            a.join(closed_file_name(
+                hours(168) - time::Duration::seconds(2),
+                true,
+            )),
+            dead.join(closed_file_name(hours(24 * 365), false)),
         ];
         let kept = [
-            root.join(name_at(hours(1), false)),
-            a.join(name_at(hours(167), false)),
-            a.join(name_at(hours(0), true)),
+            root.join(closed_file_name(hours(1), false)),
+            a.join(closed_file_name(hours(167), false)),
+            a.join(closed_file_name(hours(0), true)),
             // Exactly at the cutoff (a whole minute): not older than the
             // retention.
-            a.join(name_at(cutoff, false)),
+            a.join(closed_file_name(cutoff, false)),
             a.join("nfcapd.current.4242"),
             dead.join("nfcapd.current.17"),
             a.join("nfcapd.2020"),
@@ -268,14 +201,14 @@ mod tests {
             std::fs::write(file, b"x").unwrap();
         }
         // A directory named like a file is not deleted, only looked into.
-        let odd_dir = root.join(name_at(hours(500), false));
+        let odd_dir = root.join(closed_file_name(hours(500), false));
         std::fs::create_dir(&odd_dir).unwrap();
         // Symbolic links are neither deleted nor followed out of the root.
-        let outside_file = outside.path().join(name_at(hours(500), false));
+        let outside_file = outside.path().join(closed_file_name(hours(500), false));
         std::fs::write(&outside_file, b"x").unwrap();
         let linked_dir = root.join("elsewhere");
         std::os::unix::fs::symlink(outside.path(), &linked_dir).unwrap();
-        let linked_file = a.join(name_at(hours(400), false));
+        let linked_file = a.join(closed_file_name(hours(400), false));
         std::os::unix::fs::symlink(&outside_file, &linked_file).unwrap();
 
         let pruned = prune_before(root, cutoff).unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod nfcapd;
 pub mod sockets;
 
 use std::net::SocketAddr;

@@ -484,7 +484,7 @@ impl Client {
     }
 
     /// `GET /v1/platforms/{id_or_name}/flows?since=&until=` (RFC 3339 times;
-    /// `None`: the last hour up to now).
+    /// `None`: the last hour up to now), every page, oldest first.
     pub async fn platform_flows(
         &self,
         id_or_name: &str,
@@ -500,10 +500,11 @@ impl Client {
                 path.push_str(&format!("&{name}={}", url_component(value)));
             }
         }
-        let list: crate::http::FlowList = self
-            .request::<(), _>(reqwest::Method::GET, &path, None)
-            .await?;
-        Ok(list.flows)
+        let mut flows = self.list_all::<crate::http::FlowList>(&path).await?;
+        // Each page is sorted, but the pages follow the collector's files,
+        // which the records of one moment can straddle.
+        flows.sort_by(|a, b| a.first_seen.cmp(&b.first_seen));
+        Ok(flows)
     }
 
     /// `GET /v1/platforms/{id_or_name}/points`: the latest point list of the

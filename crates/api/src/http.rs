@@ -1953,12 +1953,19 @@ pub struct Flow {
     pub bytes: u64,
 }
 
-/// `GET /v1/platforms/{id_or_name}/flows` response.
+/// `GET /v1/platforms/{id_or_name}/flows` response: one page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlowList {
-    /// The platform's flows whose last packet falls in the time range, oldest first.
+    /// The platform's flows whose last packet falls in the time range, oldest
+    /// first within the page; pages follow the collector's files oldest first.
     pub flows: Vec<Flow>,
+    /// Set when more records may follow: pass it as `?after=` for the next
+    /// page (docs/pagination.md). Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+paged!(FlowList, flows, Flow);
 
 /// One step of a VM's usage series, as its guest agent measured it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

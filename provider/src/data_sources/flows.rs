@@ -159,7 +159,8 @@ impl Lookup for FlowsLookup {
                 "since",
                 AttributeConstraint::Optional,
                 "RFC 3339 time; records whose last packet is at or after it. Default: an hour \
-                 before `until`.",
+                 before `until`. The controller reads the collector's files whose names say \
+                 they cover the range, page by page; the data source reads every page.",
             ),
             key(
                 "until",
@@ -259,9 +260,9 @@ mod tests {
         }
     }
 
-    /// A fake controller: platform `lab` has two records, but only when the
-    /// range the provider sends is the configured one; `off` has monitoring
-    /// off (409); anything else is missing.
+    /// A fake controller: platform `lab` has two records, one per page, but
+    /// only when the range the provider sends is the configured one; `off`
+    /// has monitoring off (409); anything else is missing.
     async fn platform_flows(
         Path(platform): Path<String>,
         Query(query): Query<HashMap<String, String>>,
@@ -271,8 +272,16 @@ mod tests {
                 if query.get("since").map(String::as_str) == Some("2026-12-05T00:00:00Z")
                     && !query.contains_key("until") =>
             {
-                Ok(Json(FlowList {
-                    flows: vec![flow("10.10.0.2", 5, 490), flow("10.10.0.3", 5, 490)],
+                Ok(Json(match query.get("after").map(String::as_str) {
+                    None => FlowList {
+                        flows: vec![flow("10.10.0.2", 5, 490)],
+                        next_cursor: Some("page-2".into()),
+                    },
+                    Some("page-2") => FlowList {
+                        flows: vec![flow("10.10.0.3", 5, 490)],
+                        next_cursor: None,
+                    },
+                    Some(other) => panic!("cursor {other:?} was never given"),
                 }))
             }
             "off" => Err((
@@ -306,7 +315,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_are_shown_with_their_totals_and_the_range_as_configured() {
+    async fn records_of_every_page_are_shown_with_their_totals_and_the_range_as_configured() {
         let (state, diags) = read("lab").await;
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
         let state = state.unwrap();
