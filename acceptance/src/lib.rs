@@ -296,6 +296,25 @@ impl Lab {
         Ok(())
     }
 
+    /// SIGSTOP to `process` (`controller`, `nK-agent`), returned once the
+    /// kernel reports it stopped: it keeps its sockets, and the kernel keeps
+    /// accepting connections into their backlogs, but nothing answers. The
+    /// returned guard sends SIGCONT when dropped, so a failing test does not
+    /// leave `lab down` a process that cannot act on SIGTERM.
+    pub fn freeze(&self, process: &str) -> anyhow::Result<Frozen> {
+        let pid = self.pid(process)?;
+        send_signal("STOP", pid)?;
+        let frozen = Frozen { pid, thawed: false };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_state(pid)? != 'T' {
+            if Instant::now() > deadline {
+                bail!("{process} (pid {pid}) not stopped within 10 s of SIGSTOP");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(frozen)
+    }
+
     /// Wait until the controller reports `name` with `status`.
     pub fn wait_status(
         &self,
@@ -754,6 +773,49 @@ pub fn interrupt_process(pid: u32) -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "kill -INT {pid} failed");
     Ok(())
+}
+
+/// A process stopped by [`Lab::freeze`]; SIGCONT on [`Frozen::thaw`] or drop.
+pub struct Frozen {
+    pid: i32,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// SIGCONT: the process runs again from where it stopped.
+    pub fn thaw(mut self) -> anyhow::Result<()> {
+        self.thawed = true;
+        send_signal("CONT", self.pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            if let Err(err) = send_signal("CONT", self.pid) {
+                eprintln!("WARNING: {err:#}");
+            }
+        }
+    }
+}
+
+fn send_signal(signal: &str, pid: i32) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, ...).
+fn process_state(pid: i32) -> anyhow::Result<char> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name in parentheses may hold spaces and parentheses itself:
+    // the state is the first field after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .with_context(|| format!("{path}: no state in {stat:?}"))
 }
 
 #[cfg(test)]
