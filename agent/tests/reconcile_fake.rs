@@ -729,6 +729,9 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         vm_id: &str,
     ) -> Result<Vec<String>, measurelab_agent::reconcile::ReconcileError> {
         self.polls.lock().unwrap().push(vm_id.into());
+        if self.down.load(Ordering::SeqCst) {
+            return Err(unreachable("PollTasks"));
+        }
         let now = self.polls_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_polls_in_flight.fetch_max(now, Ordering::SeqCst);
         // A controller takes a moment; polls relayed at once would overlap.
@@ -1374,6 +1377,45 @@ async fn a_result_outlives_a_controller_outage_longer_than_the_old_retries() {
         .collect();
     assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
     assert_eq!(stored[0].0, a.id);
+    run.stop().await;
+}
+
+/// A poll the controller does not answer is refused to the guest, not
+/// answered with an empty task list: an MSCS takes the list it gets as the
+/// platform's tasks, and an empty one made it drop its periodic schedules
+/// for as long as the controller was out of reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_the_controller_cannot_answer_is_refused_not_answered_empty() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+
+    control.down.store(true, Ordering::SeqCst);
+    guest.send(r#"{"type":"poll_tasks"}"#.into()).await;
+    eventually("the poll is answered", || {
+        !guest.received("poll_refused").is_empty() || !guest.received("tasks").is_empty()
+    })
+    .await;
+    assert_eq!(guest.received("tasks"), Vec::<serde_json::Value>::new());
+    let refused = guest.received("poll_refused").remove(0);
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("PollTasks")),
+        "{refused}"
+    );
+
+    control.down.store(false, Ordering::SeqCst);
+    guest.send(r#"{"type":"poll_tasks"}"#.into()).await;
+    eventually("the tasks once the controller answers", || {
+        !guest.received("tasks").is_empty()
+    })
+    .await;
+    assert_eq!(guest.received("tasks")[0]["tasks"][0]["id"], "t1");
     run.stop().await;
 }
 

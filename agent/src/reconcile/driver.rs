@@ -573,18 +573,26 @@ fn handle_guest_message(
             };
             let control = control.clone();
             tokio::spawn(async move {
-                let tasks = match control.poll_tasks(&vm.to_string()).await {
-                    Ok(tasks) => tasks,
+                let answer = match control.poll_tasks(&vm.to_string()).await {
+                    Ok(tasks) => AgentMessage::Tasks {
+                        tasks: tasks
+                            .iter()
+                            .filter_map(|t| serde_json::from_str(t).ok())
+                            .collect(),
+                    },
+                    // Not an empty list: an MSCS takes the list as the
+                    // platform's tasks and drops the periodic schedules
+                    // missing from it, so every controller outage stopped
+                    // its periodic runs until the controller was back. A
+                    // refused poll is a failed fetch, which keeps them.
                     Err(err) => {
                         tracing::warn!(vm = %vm, error = %err, "cannot poll tasks for guest");
-                        Vec::new()
+                        AgentMessage::PollRefused {
+                            reason: format!("the controller did not answer: {err}"),
+                        }
                     }
                 };
-                let tasks = tasks
-                    .iter()
-                    .filter_map(|t| serde_json::from_str(t).ok())
-                    .collect();
-                if let Err(err) = channels.send(vm, &AgentMessage::Tasks { tasks }) {
+                if let Err(err) = channels.send(vm, &answer) {
                     tracing::debug!(vm = %vm, error = %err, "cannot answer poll_tasks");
                 }
                 drop(ticket);
