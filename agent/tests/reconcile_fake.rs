@@ -652,6 +652,12 @@ struct FakeControl {
     /// "Stopped": every call fails as it does while the controller is
     /// unreachable (the in-process equivalent of SIGSTOP).
     down: AtomicBool,
+    /// "Hung": every call waits, unanswered, until the hang is lifted (a
+    /// controller stopped with SIGSTOP: the kernel accepts the connection
+    /// and nothing answers), then goes on as usual.
+    hung: tokio::sync::watch::Sender<bool>,
+    /// Calls that found the controller hung.
+    hung_calls: AtomicU32,
     /// PostResult calls, answered or not.
     post_attempts: AtomicU32,
     polls_in_flight: AtomicU32,
@@ -665,11 +671,22 @@ fn unreachable(call: &'static str) -> measurelab_agent::reconcile::ReconcileErro
     }
 }
 
+impl FakeControl {
+    async fn wait_while_hung(&self) {
+        let mut hung = self.hung.subscribe();
+        if *hung.borrow_and_update() {
+            self.hung_calls.fetch_add(1, Ordering::SeqCst);
+            let _ = hung.wait_for(|hung| !*hung).await;
+        }
+    }
+}
+
 #[async_trait]
 impl measurelab_agent::reconcile::ControlPlane for FakeControl {
     async fn desired_state(
         &self,
     ) -> Result<DesiredState, measurelab_agent::reconcile::ReconcileError> {
+        self.wait_while_hung().await;
         *self.fetches.lock().unwrap() += 1;
         Ok(self.desired.lock().unwrap().clone())
     }
@@ -678,6 +695,7 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         report: measurelab_api::node_v1::StatusReport,
     ) -> Result<measurelab_api::node_v1::StatusAck, measurelab_agent::reconcile::ReconcileError>
     {
+        self.wait_while_hung().await;
         if self.down.load(Ordering::SeqCst) {
             return Err(unreachable("ReportStatus"));
         }
@@ -692,6 +710,7 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         _program_id: &str,
     ) -> Result<measurelab_api::node_v1::ProgramBlob, measurelab_agent::reconcile::ReconcileError>
     {
+        self.wait_while_hung().await;
         Ok(measurelab_api::node_v1::ProgramBlob {
             // The run carries no checksum here, so none is checked.
             sha256: String::new(),
@@ -706,6 +725,7 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         document_json: String,
     ) -> Result<String, measurelab_agent::reconcile::ReconcileError> {
         self.post_attempts.fetch_add(1, Ordering::SeqCst);
+        self.wait_while_hung().await;
         if self.down.load(Ordering::SeqCst) {
             return Err(unreachable("PostResult"));
         }
@@ -729,6 +749,7 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
         vm_id: &str,
     ) -> Result<Vec<String>, measurelab_agent::reconcile::ReconcileError> {
         self.polls.lock().unwrap().push(vm_id.into());
+        self.wait_while_hung().await;
         if self.down.load(Ordering::SeqCst) {
             return Err(unreachable("PollTasks"));
         }
@@ -1192,23 +1213,21 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
     }
     run.desired_tx.send(2).unwrap();
 
+    // Statuses count only for runs the agent gave the guest.
+    eventually("the hostile guest was given its run", || {
+        !bad.received("run").is_empty()
+    })
+    .await;
     // A 4 MiB tail: as much as fits in one channel line.
     let huge_tail = "x".repeat(4 * 1024 * 1024 - 1024);
     let flood_started = std::time::Instant::now();
     let mut polls_sent = 0;
+    // Each round opens with the messages whose bounds are checked below
+    // (tail, logs, an invented status): the guest's relay budget (a burst,
+    // then a rate) admits the first messages of a flood, and drops what
+    // comes after it is spent, whichever they are. The polls and results
+    // that follow spend it.
     for round in 0..10 {
-        for _ in 0..300 {
-            bad.send(r#"{"type":"poll_tasks"}"#.into()).await;
-            polls_sent += 1;
-        }
-        for i in 0..20 {
-            bad.send(result_line(
-                "other-task",
-                &format!("run-{round}-{i}"),
-                &format!("q{round}-{i}"),
-            ))
-            .await;
-        }
         bad.send(
             serde_json::json!({"type": "program_status", "deployment_id": "d1",
                 "status": "running", "stdout_tail": huge_tail, "stderr_tail": "e"})
@@ -1229,6 +1248,18 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             .to_string(),
         )
         .await;
+        for i in 0..20 {
+            bad.send(result_line(
+                "other-task",
+                &format!("run-{round}-{i}"),
+                &format!("q{round}-{i}"),
+            ))
+            .await;
+        }
+        for _ in 0..300 {
+            bad.send(r#"{"type":"poll_tasks"}"#.into()).await;
+            polls_sent += 1;
+        }
     }
     let flood = flood_started.elapsed();
     eprintln!("flood of {polls_sent} polls took {flood:?}");
@@ -1272,6 +1303,18 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
         relayed * 10 < polls_sent,
         "{relayed} of {polls_sent} polls reached the controller"
     );
+    // Logs go out with the next guest report after the loop took them,
+    // which can be a report after the one that carried the tail.
+    eventually("the hostile guest's logs are relayed, bounded", || {
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.guests.iter())
+            .any(|g| g.vm_id == hostile.id && !g.logs.is_empty())
+    })
+    .await;
     for report in control.reports.lock().unwrap().iter() {
         for p in &report.program_runs {
             assert!(
@@ -1294,19 +1337,6 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
             "a report with {log_bytes} log bytes"
         );
     }
-    let hostile_logs = control
-        .reports
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.guests.iter())
-        .filter(|g| g.vm_id == hostile.id)
-        .map(|g| g.logs.len())
-        .sum::<usize>();
-    assert!(
-        hostile_logs > 0,
-        "the hostile guest's logs are relayed, bounded"
-    );
     // Results for tasks that are not the VM's: refused by the controller,
     // so they do not stay in the spool.
     eventually("refused results leave the spool", || {
@@ -1416,6 +1446,84 @@ async fn a_poll_the_controller_cannot_answer_is_refused_not_answered_empty() {
     })
     .await;
     assert_eq!(guest.received("tasks")[0]["tasks"][0]["id"], "t1");
+    run.stop().await;
+}
+
+/// A hung controller (every call waits unanswered, as with SIGSTOP) does
+/// not keep results out of the spool: the loop is stuck in a controller call
+/// and a task poll sent before them waits at the controller, yet each of
+/// several results in a row is spooled and acknowledged "stored" well
+/// within the guest's 10 s wait for an answer. Once the controller answers
+/// again, each is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_spooled_while_the_controller_hangs() {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
+    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    eventually("the VM reported", || {
+        !control.reports.lock().unwrap().is_empty()
+    })
+    .await;
+
+    control.hung.send_replace(true);
+    // A new heartbeat makes the loop report it: the loop now waits on the
+    // hung controller.
+    guest.send(heartbeat_line()).await;
+    eventually("the loop waits on the hung controller", || {
+        control.hung_calls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    guest.send(r#"{"type":"poll_tasks"}"#.into()).await;
+
+    let runs = ["run-1", "run-2", "run-3"];
+    for (n, run_id) in runs.iter().enumerate() {
+        let request_id = format!("q{n}");
+        guest.send(result_line("t1", run_id, &request_id)).await;
+        // The guest's own wait is 10 s; the agent answers after at most
+        // VERDICT_WAIT (2 s) once the result is on disk.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while guest.received("result_ack").len() <= n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer to {request_id} within 5 s while the controller hangs"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let ack = guest.received("result_ack").remove(n);
+        assert_eq!(ack["request_id"], request_id.as_str(), "{ack}");
+        assert_eq!(ack["stored"], true, "{ack}");
+        assert_eq!(spooled_files(&state_dir), n + 1, "spooled before the ack");
+    }
+    assert!(control.results.lock().unwrap().is_empty());
+    assert_eq!(
+        control.polls.lock().unwrap().len(),
+        1,
+        "the task poll went to the controller at once and waits there"
+    );
+    assert!(guest.received("tasks").is_empty());
+
+    control.hung.send_replace(false);
+    eventually("every result reaches the controller", || {
+        control.results.lock().unwrap().len() >= runs.len()
+    })
+    .await;
+    eventually("the spool empties", || spooled_files(&state_dir) == 0).await;
+    eventually("the task poll answered", || {
+        !guest.received("tasks").is_empty()
+    })
+    .await;
+    let results = control.results.lock().unwrap().clone();
+    for run_id in runs {
+        let stored = results
+            .iter()
+            .filter(|(vm, task, doc)| vm == &a.id && task == "t1" && doc.contains(run_id))
+            .count();
+        assert_eq!(stored, 1, "{run_id} stored exactly once: {results:?}");
+    }
     run.stop().await;
 }
 

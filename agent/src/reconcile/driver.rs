@@ -2,7 +2,8 @@
 //! when to run a pass, what to report, and the relay of guest channel
 //! traffic to the controller (guests never talk to the controller directly).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::spool::{ResultSpool, Verdict};
 /// under the guest's own wait for an answer (10 s).
 const VERDICT_WAIT: Duration = Duration::from_secs(2);
 use super::types::{ApplianceChunks, ControlPlane, ReconcileError, RESYNC_INTERVAL};
+use crate::guest_channel::GuestChannels;
 use crate::identity::Identity;
 use measurelab_backoff::Backoff;
 
@@ -45,13 +47,65 @@ const LOCAL_PASS_PERIOD: Duration = Duration::from_secs(5);
 const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Guest log lines kept per VM while the controller is unreachable.
 const MAX_PENDING_LOG_LINES: usize = 1000;
+/// Guest messages the loop keeps aside while it waits (see [`GuestInbox`]);
+/// as many as the node-wide queue holds, so memory stays bounded as it was.
+/// Past that the loop stops taking messages until its wait ends, and results
+/// wait behind the others again: an honest guest sends a message every
+/// 2.5 s, so that takes about 250 guests during one 10 s controller call,
+/// or 60 during a pass whose four calls all hang.
+const HELD_LIMIT: usize = 1024;
 
-/// The relay's shared parts: the bounded job queue, the polls in flight and
+/// The relay's shared parts: the bounded job queue, the polls in flight,
 /// the result spool (`None` when its directory cannot be used: results are
-/// then refused to the guest rather than acknowledged and lost).
+/// then refused to the guest rather than acknowledged and lost), and what
+/// it answers through and relays to.
 struct Relay {
     slots: RelaySlots,
     spool: Option<Arc<ResultSpool>>,
+    channels: GuestChannels,
+    control: Arc<dyn ControlPlane>,
+}
+
+/// The node-wide queue of guest messages, and those taken off it while the
+/// loop waited. Results and task polls never wait for the loop: while it
+/// awaits the controller (up to the RPC timeout per call when the
+/// controller hangs) or a pass, they go to the relay at once, so a result
+/// is spooled and acknowledged within the guest's wait for an answer. The
+/// other messages change the loop's own state; they are held, in order,
+/// until the loop is free.
+struct GuestInbox {
+    events: mpsc::Receiver<(Uuid, GuestMessage)>,
+    held: VecDeque<(Uuid, GuestMessage)>,
+}
+
+impl GuestInbox {
+    /// Awaits `work` while relaying results and task polls and holding the
+    /// other guest messages.
+    async fn serve_during<T>(&mut self, relay: &Relay, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut open = true;
+        loop {
+            let room = open && self.held.len() < HELD_LIMIT;
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                event = self.events.recv(), if room => match event {
+                    // The loop itself sees the closed queue and ends.
+                    None => open = false,
+                    Some((vm, message)) if is_relayed(&message) => relay.relay(vm, message),
+                    Some(event) => self.held.push_back(event),
+                },
+            }
+        }
+    }
+}
+
+/// Whether the relay answers `message` without the loop's state.
+fn is_relayed(message: &GuestMessage) -> bool {
+    matches!(
+        message,
+        GuestMessage::Result { .. } | GuestMessage::PollTasks
+    )
 }
 
 /// The controller over gRPC, with the node credentials of the session.
@@ -255,7 +309,7 @@ fn usage_of(resources: &measurelab_api::http::Resources) -> ResourceUsage {
 /// end of the channel given to [`Reconciler::new`].
 pub async fn run_loop(
     mut reconciler: Reconciler,
-    mut guest_events: mpsc::Receiver<(Uuid, GuestMessage)>,
+    guest_events: mpsc::Receiver<(Uuid, GuestMessage)>,
     control: Arc<dyn ControlPlane>,
     state_dir: std::path::PathBuf,
     mut handles: LoopHandles,
@@ -287,6 +341,12 @@ pub async fn run_loop(
     let relay = Relay {
         slots: RelaySlots::new(reconciler.config().relay.queue),
         spool,
+        channels: reconciler.channels().clone(),
+        control: control.clone(),
+    };
+    let mut inbox = GuestInbox {
+        events: guest_events,
+        held: VecDeque::new(),
     };
     crate::metrics::metrics().watch_relay_queue({
         let slots = relay.slots.clone();
@@ -296,7 +356,7 @@ pub async fn run_loop(
     loop {
         let now = Instant::now();
         if fetch_at.is_some_and(|at| at <= now) {
-            match control.desired_state().await {
+            match inbox.serve_during(&relay, control.desired_state()).await {
                 Ok(state) => {
                     tracing::debug!(
                         generation = state.generation,
@@ -320,10 +380,15 @@ pub async fn run_loop(
         if pass_at.is_some_and(|at| at <= Instant::now()) {
             pass_at = None;
             if let Some(state) = desired.as_mut() {
-                reconciler.prepare_appliances(state, control.as_ref()).await;
+                inbox
+                    .serve_during(
+                        &relay,
+                        reconciler.prepare_appliances(state, control.as_ref()),
+                    )
+                    .await;
                 let state = &*state;
                 let started = Instant::now();
-                let report = reconciler.pass(state).await;
+                let report = inbox.serve_during(&relay, reconciler.pass(state)).await;
                 crate::metrics::metrics().observe_pass(
                     started.elapsed(),
                     report.converged,
@@ -337,9 +402,12 @@ pub async fn run_loop(
                         "reconcile pass changed the node"
                     );
                 }
-                programs
-                    .distribute(&state.program_runs, reconciler.channels(), control.as_ref())
-                    .await;
+                let distribute = programs.distribute(
+                    &state.program_runs,
+                    reconciler.channels(),
+                    control.as_ref(),
+                );
+                inbox.serve_during(&relay, distribute).await;
                 let observed = if report.converged {
                     state.generation
                 } else {
@@ -357,7 +425,10 @@ pub async fn run_loop(
                         gateways: report.changed_gateways.clone(),
                         ..Default::default()
                     };
-                    match control.report_status(status).await {
+                    match inbox
+                        .serve_during(&relay, control.report_status(status))
+                        .await
+                    {
                         Ok(ack) => {
                             // Refused items are not sent again: the
                             // controller would refuse them again.
@@ -393,6 +464,22 @@ pub async fn run_loop(
             }
         }
 
+        let mut schedule = false;
+        while let Some((vm, message)) = inbox.held.pop_front() {
+            schedule |= handle_guest_message(
+                vm,
+                message,
+                &reconciler,
+                &mut programs,
+                &mut pending,
+                &relay,
+            );
+        }
+        if schedule {
+            let at = Instant::now() + DEBOUNCE;
+            pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
+        }
+
         let wake_fetch = fetch_at.unwrap_or_else(far);
         let wake_pass = pass_at.unwrap_or_else(far);
         tokio::select! {
@@ -409,9 +496,9 @@ pub async fn run_loop(
                 fetch_at = Some(Instant::now());
                 reconciler.forget_reported_gateways();
             }
-            event = guest_events.recv() => {
+            event = inbox.events.recv() => {
                 let Some((vm, message)) = event else { return };
-                let schedule = handle_guest_message(vm, message, &reconciler, &mut programs, &mut pending, &control, &relay);
+                let schedule = handle_guest_message(vm, message, &reconciler, &mut programs, &mut pending, &relay);
                 if schedule {
                     let at = Instant::now() + DEBOUNCE;
                     pass_at = Some(pass_at.map_or(at, |p| p.min(at)));
@@ -419,7 +506,8 @@ pub async fn run_loop(
             }
             _ = guest_tick.tick() => {
                 let observed = *handles.observed_generation.borrow();
-                flush_guest_reports(&reconciler, &mut programs, &mut pending, control.as_ref(), observed).await;
+                let flush = flush_guest_reports(&reconciler, &mut programs, &mut pending, control.as_ref(), observed);
+                inbox.serve_during(&relay, flush).await;
             }
             _ = stopped(&mut shutdown) => return,
         }
@@ -433,7 +521,6 @@ fn handle_guest_message(
     reconciler: &Reconciler,
     programs: &mut Programs,
     pending: &mut HashMap<Uuid, PendingGuest>,
-    control: &Arc<dyn ControlPlane>,
     relay: &Relay,
 ) -> bool {
     match message {
@@ -479,69 +566,8 @@ fn handle_guest_message(
             deployment_id,
             reason,
         } => programs.on_transfer_failed(vm, deployment_id, reason),
-        GuestMessage::Result {
-            ref task_id,
-            ref document,
-            ref request_id,
-        } => {
-            let channels = reconciler.channels().clone();
-            let Some(spool) = relay.spool.clone() else {
-                refuse(
-                    vm,
-                    &message,
-                    "the node agent cannot spool results now; retry later",
-                    &channels,
-                );
-                return false;
-            };
-            let Some(slot) = relay.slots.slot() else {
-                refuse(
-                    vm,
-                    &message,
-                    "the node agent's relay queue is full; retry later",
-                    &channels,
-                );
-                return false;
-            };
-            let (task_id, json, request_id) =
-                (task_id.clone(), document.to_string(), request_id.clone());
-            tokio::spawn(async move {
-                let stored =
-                    tokio::task::spawn_blocking(move || spool.put(vm, &task_id, json)).await;
-                let (reason, rejected) = match stored {
-                    // Durable now. A controller in reach commits or refuses
-                    // it within moments: waiting that long lets a program
-                    // that posts for a task that is not its platform's hear
-                    // so, instead of "stored" for a result that never will be.
-                    Ok(Ok(verdict)) => match tokio::time::timeout(VERDICT_WAIT, verdict).await {
-                        Ok(Ok(Verdict::Rejected(reason))) => (Some(reason), true),
-                        Ok(Ok(Verdict::Lost(reason))) => (Some(reason), false),
-                        // Committed, or spooled until the controller is back.
-                        _ => (None, false),
-                    },
-                    Ok(Err(err)) => {
-                        tracing::warn!(vm = %vm, error = %err, "guest result not spooled");
-                        (Some(err.to_string()), false)
-                    }
-                    Err(err) => (Some(format!("spooling failed: {err}")), false),
-                };
-                // Held until the verdict, so a flooding guest's results wait
-                // in the bounded relay queue rather than beside it.
-                drop(slot);
-                if let Some(request_id) = request_id {
-                    let ack = AgentMessage::ResultAck {
-                        request_id,
-                        stored: reason.is_none(),
-                        reason,
-                        rejected,
-                    };
-                    if let Err(err) = channels.send(vm, &ack) {
-                        // Stored anyway; the guest times out and may post
-                        // again, which the controller's run_id check absorbs.
-                        tracing::debug!(vm = %vm, error = %err, "cannot acknowledge a result");
-                    }
-                }
-            });
+        GuestMessage::Result { .. } | GuestMessage::PollTasks => {
+            relay.relay(vm, message);
             false
         }
         GuestMessage::Points { points } => {
@@ -555,49 +581,125 @@ fn handle_guest_message(
             }
             false
         }
-        GuestMessage::PollTasks => {
-            let channels = reconciler.channels().clone();
-            let ticket = match relay.slots.poll(vm) {
-                PollAdmission::Go(ticket) => ticket,
-                // The poll at the controller answers this one too.
-                PollAdmission::Coalesced => return false,
-                PollAdmission::QueueFull => {
+    }
+}
+
+impl Relay {
+    /// Relays a result (to the spool) or a task poll (to the controller)
+    /// in a task of its own, within the relay's bounds; other messages are
+    /// not the relay's (see [`is_relayed`]).
+    fn relay(&self, vm: Uuid, message: GuestMessage) {
+        match message {
+            GuestMessage::Result {
+                ref task_id,
+                ref document,
+                ref request_id,
+            } => {
+                let channels = self.channels.clone();
+                let Some(spool) = self.spool.clone() else {
+                    refuse(
+                        vm,
+                        &message,
+                        "the node agent cannot spool results now; retry later",
+                        &channels,
+                    );
+                    return;
+                };
+                let Some(slot) = self.slots.slot() else {
                     refuse(
                         vm,
                         &message,
                         "the node agent's relay queue is full; retry later",
                         &channels,
                     );
-                    return false;
-                }
-            };
-            let control = control.clone();
-            tokio::spawn(async move {
-                let answer = match control.poll_tasks(&vm.to_string()).await {
-                    Ok(tasks) => AgentMessage::Tasks {
-                        tasks: tasks
-                            .iter()
-                            .filter_map(|t| serde_json::from_str(t).ok())
-                            .collect(),
-                    },
-                    // Not an empty list: an MSCS takes the list as the
-                    // platform's tasks and drops the periodic schedules
-                    // missing from it, so every controller outage stopped
-                    // its periodic runs until the controller was back. A
-                    // refused poll is a failed fetch, which keeps them.
-                    Err(err) => {
-                        tracing::warn!(vm = %vm, error = %err, "cannot poll tasks for guest");
-                        AgentMessage::PollRefused {
-                            reason: format!("the controller did not answer: {err}"),
+                    return;
+                };
+                let (task_id, json, request_id) =
+                    (task_id.clone(), document.to_string(), request_id.clone());
+                tokio::spawn(async move {
+                    let stored =
+                        tokio::task::spawn_blocking(move || spool.put(vm, &task_id, json)).await;
+                    let (reason, rejected) = match stored {
+                        // Durable now. A controller in reach commits or refuses
+                        // it within moments: waiting that long lets a program
+                        // that posts for a task that is not its platform's hear
+                        // so, instead of "stored" for a result that never will be.
+                        Ok(Ok(verdict)) => {
+                            match tokio::time::timeout(VERDICT_WAIT, verdict).await {
+                                Ok(Ok(Verdict::Rejected(reason))) => (Some(reason), true),
+                                Ok(Ok(Verdict::Lost(reason))) => (Some(reason), false),
+                                // Committed, or spooled until the controller is back.
+                                _ => (None, false),
+                            }
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(vm = %vm, error = %err, "guest result not spooled");
+                            (Some(err.to_string()), false)
+                        }
+                        Err(err) => (Some(format!("spooling failed: {err}")), false),
+                    };
+                    // Held until the verdict, so a flooding guest's results wait
+                    // in the bounded relay queue rather than beside it.
+                    drop(slot);
+                    if let Some(request_id) = request_id {
+                        let ack = AgentMessage::ResultAck {
+                            request_id,
+                            stored: reason.is_none(),
+                            reason,
+                            rejected,
+                        };
+                        if let Err(err) = channels.send(vm, &ack) {
+                            // Stored anyway; the guest times out and may post
+                            // again, which the controller's run_id check absorbs.
+                            tracing::debug!(vm = %vm, error = %err, "cannot acknowledge a result");
                         }
                     }
+                });
+            }
+            GuestMessage::PollTasks => {
+                let channels = self.channels.clone();
+                let ticket = match self.slots.poll(vm) {
+                    PollAdmission::Go(ticket) => ticket,
+                    // The poll at the controller answers this one too.
+                    PollAdmission::Coalesced => return,
+                    PollAdmission::QueueFull => {
+                        refuse(
+                            vm,
+                            &message,
+                            "the node agent's relay queue is full; retry later",
+                            &channels,
+                        );
+                        return;
+                    }
                 };
-                if let Err(err) = channels.send(vm, &answer) {
-                    tracing::debug!(vm = %vm, error = %err, "cannot answer poll_tasks");
-                }
-                drop(ticket);
-            });
-            false
+                let control = self.control.clone();
+                tokio::spawn(async move {
+                    let answer = match control.poll_tasks(&vm.to_string()).await {
+                        Ok(tasks) => AgentMessage::Tasks {
+                            tasks: tasks
+                                .iter()
+                                .filter_map(|t| serde_json::from_str(t).ok())
+                                .collect(),
+                        },
+                        // Not an empty list: an MSCS takes the list as the
+                        // platform's tasks and drops the periodic schedules
+                        // missing from it, so every controller outage stopped
+                        // its periodic runs until the controller was back. A
+                        // refused poll is a failed fetch, which keeps them.
+                        Err(err) => {
+                            tracing::warn!(vm = %vm, error = %err, "cannot poll tasks for guest");
+                            AgentMessage::PollRefused {
+                                reason: format!("the controller did not answer: {err}"),
+                            }
+                        }
+                    };
+                    if let Err(err) = channels.send(vm, &answer) {
+                        tracing::debug!(vm = %vm, error = %err, "cannot answer poll_tasks");
+                    }
+                    drop(ticket);
+                });
+            }
+            _ => {}
         }
     }
 }
