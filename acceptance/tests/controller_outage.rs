@@ -85,9 +85,6 @@ fn started(record: &ResultRecord) -> OffsetDateTime {
 }
 
 #[test]
-#[ignore = "fails 2 of 7 runs: the MSCS stops making periodic runs about 30 s into a hung-controller \
-            outage, and guest results wait in the node agent's in-memory relay queue instead of \
-            its spool (CHANGELOG, docs/design.md 'Results')"]
 fn acc_controller_stopped_with_sigstop_during_a_periodic_task() -> anyhow::Result<()> {
     if !acc_enabled("acc_controller_stopped_with_sigstop_during_a_periodic_task") {
         return Ok(());
