@@ -134,6 +134,12 @@ fn stored_generations(conn: &Connection) -> Result<HashMap<String, u64>, StoreEr
 #[derive(Clone)]
 pub(crate) struct ResourceStore {
     conn: Arc<Mutex<Connection>>,
+    /// A connection of its own for [`read`](Self::read): a transaction holds
+    /// `conn` while it waits for the database's write lock (on PostgreSQL
+    /// for as long as another replica's writer or a pruning batch holds the
+    /// advisory lock), and reads behind it would wait as long. WAL readers
+    /// and PostgreSQL sessions read committed rows beside a writer.
+    read_conn: Arc<Mutex<Connection>>,
     registry: Arc<RwLock<Registry>>,
     generations: Arc<RwLock<HashMap<String, u64>>>,
     /// Followers of a node's generation (the WatchDesiredState streams).
@@ -155,8 +161,10 @@ impl ResourceStore {
         replica: Option<Arc<str>>,
     ) -> Result<Self, StoreError> {
         let generations = stored_generations(&conn)?;
+        let read_conn = location.open_reader()?;
         Ok(ResourceStore {
             conn: Arc::new(Mutex::new(conn)),
+            read_conn: Arc::new(Mutex::new(read_conn)),
             registry,
             generations: Arc::new(RwLock::new(generations)),
             generation_watchers: Arc::default(),
@@ -294,7 +302,6 @@ impl ResourceStore {
         Ok(value)
     }
 
-    /// Read-only work on the resource connection.
     /// A read-only connection of its own, for a long read (an export) that
     /// must hold neither the shared connection nor the node registry: WAL
     /// readers run beside the writer, so heartbeats and requests go on.
@@ -317,17 +324,84 @@ impl ResourceStore {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// Read-only work on the store's read connection, beside the registry:
+    /// for short reads (one resource, a bounded list). It never waits for
+    /// a transaction's write lock.
     pub async fn read<T: Send + 'static>(
         &self,
         body: impl FnOnce(&Connection, &Registry) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = this.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = this.read_conn.lock().unwrap_or_else(|e| e.into_inner());
             let registry = this.registry.read().unwrap_or_else(|e| e.into_inner());
             body(&conn, &registry)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::database::Location;
+    use crate::store::Store;
+
+    /// A transaction waiting for the database's write lock (held here by
+    /// another session, as another replica's writer or a pruning batch
+    /// holds it) must not hold up reads: a metrics scrape queued behind one
+    /// on PostgreSQL answered 408 after the request timeout.
+    #[tokio::test]
+    async fn a_read_does_not_wait_behind_a_transaction_waiting_for_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(dir.path(), true).unwrap();
+        let (taken, is_taken) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let location = Location::for_test(dir.path());
+        let holder = std::thread::spawn(move || {
+            let mut other = location.open_connection().unwrap();
+            let tx = other.transaction().unwrap();
+            taken.send(()).unwrap();
+            let _ = released.recv();
+            drop(tx);
+        });
+        is_taken.recv().unwrap();
+
+        let resources = store.resources().clone();
+        let waiting = tokio::spawn(async move { resources.transact(|_| Ok(())).await });
+        // The transaction has the resource connection once its mutex is
+        // taken; it then waits in BEGIN IMMEDIATE or pg_advisory_xact_lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.resources().conn.try_lock().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the transaction never started"
+            );
+            tokio::task::yield_now().await;
+        }
+
+        let read = tokio::time::timeout(
+            Duration::from_secs(30),
+            store.resources().read(|conn, _| {
+                Ok(conn.query_row("SELECT count(*) FROM nodes", [], |row| row.get::<i64>(0))?)
+            }),
+        )
+        .await
+        .expect("the read waited behind the transaction")
+        .unwrap();
+        assert_eq!(read, 0);
+        assert!(
+            !waiting.is_finished(),
+            "the read answered only after the transaction ended"
+        );
+
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        // The lock was held only for the read, well within SQLite's
+        // busy_timeout (5 s): a read queued behind the transaction would
+        // have let it give up first.
+        waiting.await.unwrap().unwrap();
     }
 }
