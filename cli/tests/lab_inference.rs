@@ -74,6 +74,17 @@ fn mcast_binary(name: &str) -> String {
     path.display().to_string()
 }
 
+/// Whether something in namespace `ns` accepts a TCP connection on
+/// `address` (`ip:port`).
+fn accepts_connections(ns: &str, address: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{}", address.replace(':', "/")))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 fn vm_netns(vm: &Vm) -> String {
     format!("vm-{}", &vm.id.replace('-', "")[..8])
 }
@@ -434,9 +445,12 @@ fn bottleneck_inference_follows_nft_injected_loss() {
         key: &control_key,
     };
     let bearer = format!("Bearer {control_key}");
+    // A connection first: curl before the MSCS listens fails outright.
+    let mscs_listen = format!("{}:{MSCS_PORT}", mscs_vm.address);
     wait_for("the MSCS to listen", WAIT, || {
-        (mscs_api.status("GET", "/tasks", Some(&bearer)).0 == 200).then_some(())
+        accepts_connections(&mscs_ns, &mscs_listen).then_some(())
     });
+    assert_eq!(mscs_api.status("GET", "/tasks", Some(&bearer)).0, 200);
     // A keyed MSCS serves no one without the platform's key.
     for (authorization, reason) in [
         (None, "no Authorization header"),
@@ -459,13 +473,7 @@ fn bottleneck_inference_follows_nft_injected_loss() {
         let ns = vm_netns(guest);
         let probe = format!("{}:{CONTROL_PORT}", guest.address);
         wait_for(&format!("{name}'s control port"), WAIT, || {
-            let ok = Command::new("ip")
-                .args(["netns", "exec", &ns, "bash", "-c"])
-                .arg(format!("exec 3<>/dev/tcp/{}", probe.replace(':', "/")))
-                .status()
-                .ok()?
-                .success();
-            ok.then_some(())
+            accepts_connections(&ns, &probe).then_some(())
         });
     }
 
