@@ -41,6 +41,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -52,6 +57,10 @@ pub struct AgentMetrics {
     passes: Family<PassLabels, Counter>,
     heartbeats: Family<OutcomeLabels, Counter>,
     desired_vms: Gauge,
+    guests: Family<StateLabels, Gauge>,
+    /// Every state `guests` has had a series for, so one no guest is in
+    /// any more reads 0 rather than its last count.
+    guest_states_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
     desired_generation: Gauge,
     observed_generation: Gauge,
     relay_depth: Gauge,
@@ -61,6 +70,13 @@ pub struct AgentMetrics {
     /// The service host point's own counts, read at scrape time.
     point_source: std::sync::Mutex<Option<Arc<PointCounters>>>,
 }
+
+/// The states the reconcile engine reports (`VmStatus.actual_state`), each
+/// served from the start, at 0, so a node with no guests says so. Another
+/// state gets its series when first seen.
+const GUEST_STATES: [&str; 6] = [
+    "pending", "running", "paused", "stopped", "failed", "deleting",
+];
 
 static METRICS: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
 
@@ -98,6 +114,13 @@ impl AgentMetrics {
             "Guests the controller wants on this node",
             desired_vms.clone(),
         );
+        let guests = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "guests",
+            "Desired guests by the state the last reconcile pass saw them in \
+             (pending, running, paused, stopped, failed, deleting)",
+            guests.clone(),
+        );
         let desired_generation = Gauge::default();
         registry.register(
             "desired_generation",
@@ -129,6 +152,13 @@ impl AgentMetrics {
              (nothing sent, nothing joined), by reason",
             point_refused.clone(),
         );
+        for state in GUEST_STATES {
+            guests
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(0);
+        }
         AgentMetrics {
             registry,
             point_refused,
@@ -140,6 +170,10 @@ impl AgentMetrics {
             passes,
             heartbeats,
             desired_vms,
+            guests,
+            guest_states_seen: std::sync::Mutex::new(
+                GUEST_STATES.iter().map(|state| state.to_string()).collect(),
+            ),
             desired_generation,
             observed_generation,
         }
@@ -161,6 +195,27 @@ impl AgentMetrics {
             .inc();
         self.desired_vms.set(gauge_value(desired_vms as u64));
         self.desired_generation.set(gauge_value(generation));
+    }
+
+    /// The states of the desired guests after a pass (`VmStatus.actual_state`).
+    pub fn observe_guest_states<'a>(&self, states: impl IntoIterator<Item = &'a str>) {
+        let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+        for state in states {
+            *counts.entry(state).or_default() += 1;
+        }
+        let mut seen = self
+            .guest_states_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.extend(counts.keys().map(|state| state.to_string()));
+        for state in seen.iter() {
+            let count = counts.get(state.as_str()).copied().unwrap_or(0);
+            self.guests
+                .get_or_create(&StateLabels {
+                    state: state.clone(),
+                })
+                .set(gauge_value(count));
+        }
     }
 
     /// The generation the node reports as converged.
@@ -277,6 +332,9 @@ mod tests {
         let m = metrics();
         m.observe_pass(Duration::from_millis(3), true, 4, 7);
         m.observe_pass(Duration::from_millis(5), false, 5, 8);
+        m.observe_guest_states(["running", "pending", "running", "paused"]);
+        // The paused guest was deleted and the pending one started.
+        m.observe_guest_states(["running", "running", "running"]);
         m.observe_generation(7);
         m.observe_heartbeat(true);
         m.observe_heartbeat(false);
@@ -299,6 +357,9 @@ mod tests {
             "measurelab_agent_heartbeats_total{outcome=\"ok\"} 1",
             "measurelab_agent_heartbeats_total{outcome=\"failed\"} 1",
             "measurelab_agent_desired_vms 5",
+            "measurelab_agent_guests{state=\"running\"} 3",
+            "measurelab_agent_guests{state=\"pending\"} 0",
+            "measurelab_agent_guests{state=\"paused\"} 0",
             "measurelab_agent_desired_generation 8",
             "measurelab_agent_observed_generation 7",
             "measurelab_agent_relay_queue_depth 3",

@@ -149,6 +149,11 @@ async fn a_new_vm_reaches_the_agent_without_waiting_for_a_heartbeat() {
         4.0,
         "the controller asked for warm, p1, p2 and p3"
     );
+    assert_eq!(
+        value("measurelab_agent_guests{state=\"running\"}"),
+        4.0,
+        "warm, p1, p2 and p3 are Ready, so running"
+    );
     let passes: f64 = values
         .iter()
         .filter(|(series, _)| series.starts_with("measurelab_agent_reconcile_passes_total{"))

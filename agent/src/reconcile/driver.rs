@@ -395,6 +395,12 @@ pub async fn run_loop(
                     state.vms.len(),
                     state.generation,
                 );
+                crate::metrics::metrics().observe_guest_states(
+                    report
+                        .statuses
+                        .iter()
+                        .map(|status| status.actual_state.as_str()),
+                );
                 if !report.actions.is_empty() {
                     tracing::info!(
                         actions = report.actions.len(),
