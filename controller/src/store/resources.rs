@@ -174,6 +174,13 @@ impl ResourceStore {
         })
     }
 
+    /// Whether a transaction has the resource connection (a test waits for
+    /// one to be stuck on the write lock).
+    #[cfg(test)]
+    pub(crate) fn connection_taken(&self) -> bool {
+        self.conn.try_lock().is_err()
+    }
+
     /// Desired-state generation of a node (0: nothing was ever desired of it).
     pub fn node_generation(&self, node_id: &str) -> u64 {
         self.generations
@@ -339,69 +346,5 @@ impl ResourceStore {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use crate::store::database::Location;
-    use crate::store::Store;
-
-    /// A transaction waiting for the database's write lock (held here by
-    /// another session, as another replica's writer or a pruning batch
-    /// holds it) must not hold up reads: a metrics scrape queued behind one
-    /// on PostgreSQL answered 408 after the request timeout.
-    #[tokio::test]
-    async fn a_read_does_not_wait_behind_a_transaction_waiting_for_the_write_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _writer) = Store::open(dir.path(), true).unwrap();
-        let (taken, is_taken) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let location = Location::for_test(dir.path());
-        let holder = std::thread::spawn(move || {
-            let mut other = location.open_connection().unwrap();
-            let tx = other.transaction().unwrap();
-            taken.send(()).unwrap();
-            let _ = released.recv();
-            drop(tx);
-        });
-        is_taken.recv().unwrap();
-
-        let resources = store.resources().clone();
-        let waiting = tokio::spawn(async move { resources.transact(|_| Ok(())).await });
-        // The transaction has the resource connection once its mutex is
-        // taken; it then waits in BEGIN IMMEDIATE or pg_advisory_xact_lock.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.resources().conn.try_lock().is_ok() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the transaction never started"
-            );
-            tokio::task::yield_now().await;
-        }
-
-        let read = tokio::time::timeout(
-            Duration::from_secs(30),
-            store.resources().read(|conn, _| {
-                Ok(conn.query_row("SELECT count(*) FROM nodes", [], |row| row.get::<i64>(0))?)
-            }),
-        )
-        .await
-        .expect("the read waited behind the transaction")
-        .unwrap();
-        assert_eq!(read, 0);
-        assert!(
-            !waiting.is_finished(),
-            "the read answered only after the transaction ended"
-        );
-
-        release.send(()).unwrap();
-        holder.join().unwrap();
-        // The lock was held only for the read, well within SQLite's
-        // busy_timeout (5 s): a read queued behind the transaction would
-        // have let it give up first.
-        waiting.await.unwrap().unwrap();
     }
 }
