@@ -4,7 +4,9 @@
 # installed units with `systemd-analyze verify`, then start the controller
 # and the agent the way their units say (ExecStart=, User=, EnvironmentFile=,
 # StateDirectory=, read from the installed unit files) with the installed
-# settings, and see the node register over TLS. Ends with a purge.
+# settings, and see the node register over TLS; run terraform with the
+# installed provider against that controller; start the guest agent from its
+# unit and read its hello on a channel the test listens on. Ends with a purge.
 #
 # systemd cannot be PID 1 here, so the few unit settings the services depend
 # on are applied by this script; a setting it does not know fails the test
@@ -23,6 +25,19 @@ cd "$(dirname "$0")/.."
 
 die() { echo "test-packages: FAIL: $*" >&2; exit 1; }
 say() { echo "test-packages: $*"; }
+
+# Terraform in $WORK/tf as an operator's host runs it with the provider
+# installed under $ROOT and no CLI configuration: /usr/share/terraform/plugins
+# is on its implied mirror path ($XDG_DATA_DIRS/terraform/plugins). A private
+# HOME keeps any ~/.terraformrc of the host out.
+terraform_in_work() {
+    (
+        cd "$WORK/tf"
+        unset TF_CLI_CONFIG_FILE TF_PLUGIN_CACHE_DIR
+        HOME=$WORK/tf/home XDG_DATA_HOME=$WORK/tf/data XDG_DATA_DIRS=$ROOT/usr/share \
+            CHECKPOINT_DISABLE=1 terraform "$@"
+    )
+}
 
 # --- inside the private namespaces (re-executed by the outer part) ---------
 
@@ -186,10 +201,127 @@ node_listed_online() {
     awk -v n="$NODE_NAME" '$1 == n && $2 == "online" { found = 1 } END { exit !found }' "$WORK/nodes.txt"
 }
 
+# The installed provider, from the host's terraform, against the installed
+# controller over TLS with the controller's CA: a data source reads the node
+# the agent registered, a tenant (which needs no VM) is created and
+# destroyed, and the installed CLI sees both.
+provider_against_controller() {
+    local controller_data=$ROOT/var/lib/measurelab/controller
+    cat > "$WORK/tf/live.tf" << EOF
+provider "measurelab" {
+  endpoint = "https://127.0.0.1:7070"
+  ca_cert  = "$controller_data/ca.pem"
+  token    = trimspace(file("$controller_data/admin.token"))
+}
+
+data "measurelab_node" "installed" {
+  name = "$NODE_NAME"
+}
+
+resource "measurelab_tenant" "pkgtest" {
+  name        = "pkgtest"
+  description = "made by the package test with the installed provider"
+}
+
+output "node_status" { value = data.measurelab_node.installed.status }
+output "node_agent_version" { value = data.measurelab_node.installed.agent_version }
+output "tenant_id" { value = measurelab_tenant.pkgtest.id }
+EOF
+    terraform_in_work apply -auto-approve -input=false -no-color > "$WORK/tf/apply.log" 2>&1 ||
+        die "terraform apply with the installed provider failed: $(tail -30 "$WORK/tf/apply.log")"
+    local status agent_version tenant_id
+    status=$(terraform_in_work output -raw node_status)
+    agent_version=$(terraform_in_work output -raw node_agent_version)
+    tenant_id=$(terraform_in_work output -raw tenant_id)
+    [ "$status" = online ] || die "measurelab_node $NODE_NAME: status \"$status\", not online"
+    [ "$agent_version" = "$VERSION" ] ||
+        die "measurelab_node $NODE_NAME: agent_version \"$agent_version\", not the installed $VERSION"
+    say "provider: data source measurelab_node reads $NODE_NAME online, agent $agent_version"
+    [ -n "$tenant_id" ] || die "measurelab_tenant.pkgtest has no id after apply"
+    tenant_listed "$tenant_id" ||
+        die "tenant $tenant_id made by terraform is not in measurelab tenant list: $(cat "$WORK/tenants.txt")"
+    terraform_in_work destroy -auto-approve -input=false -no-color > "$WORK/tf/destroy.log" 2>&1 ||
+        die "terraform destroy with the installed provider failed: $(tail -30 "$WORK/tf/destroy.log")"
+    ! tenant_listed "$tenant_id" || die "tenant $tenant_id is still listed after terraform destroy"
+    say "provider: measurelab_tenant pkgtest created (measurelab tenant list shows it) and destroyed"
+}
+
+# Whether `measurelab tenant list` shows tenant id $1 named pkgtest; dies if
+# the CLI fails, so a failing CLI never reads as "not listed".
+tenant_listed() {
+    operator_cli tenant list > "$WORK/tenants.txt" 2>&1 ||
+        die "measurelab tenant list failed: $(cat "$WORK/tenants.txt")"
+    awk -F'\t' -v id="$1" '$1 == id && $2 == "pkgtest" { found = 1 } END { exit !found }' "$WORK/tenants.txt"
+}
+
+# The guest agent from its installed unit and settings. Its channel is a unix
+# socket this test listens on (the agent tells a socket from a serial device
+# by file type), set with the overrides guest.env documents; what the agent
+# writes there is kept in $WORK/channel.jsonl.
+#
+# The unit's ConditionVirtualization=vm keeps it from starting on node hosts,
+# which install the package too; run_unit applies [Service] settings only, so
+# the condition does not stop it here (it is checked to be there).
+guest_agent_speaks() {
+    local unit=/usr/lib/systemd/system/measurelab-guest-agent.service
+    grep -qx 'ConditionVirtualization=vm' "$ROOT$unit" ||
+        die "$unit lost ConditionVirtualization=vm: node hosts would start it with no channel"
+    local vm_id channel=/run/measurelab-pkgtest/channel.sock env_file=$ROOT/etc/measurelab/guest.env
+    vm_id=$(cat /proc/sys/kernel/random/uuid)
+    grep -qx '#MEASURELAB_VM_ID=' "$env_file" && grep -q '^#MEASURELAB_CHANNEL=' "$env_file" ||
+        die "/etc/measurelab/guest.env no longer documents MEASURELAB_VM_ID= and MEASURELAB_CHANNEL="
+    sed -i -e "s|^#MEASURELAB_VM_ID=.*|MEASURELAB_VM_ID=$vm_id|" \
+        -e "s|^#MEASURELAB_CHANNEL=.*|MEASURELAB_CHANNEL=$channel|" "$env_file"
+
+    mkdir -p "$(dirname "$ROOT$channel")"
+    # -u: the guest's side is only read; nothing is sent to it.
+    socat -u "UNIX-LISTEN:$ROOT$channel" "CREATE:$WORK/channel.jsonl" 2> "$WORK/channel.log" &
+    echo $! > "$WORK/guest-channel.pid"
+    wait_for 10 "listening on the guest channel $channel" test -S "$ROOT$channel" ||
+        die "socat made no socket at $channel: $(cat "$WORK/channel.log")"
+
+    run_unit "$unit"
+    wait_for 30 "guest agent connected to its channel and sent a line" channel_has_a_line ||
+        die "guest agent sent nothing on its channel within 30 s: $(tail -20 "$WORK/measurelab-guest-agent.log")"
+    # The channel carries one JSON message a line; the first is hello.
+    python3 - "$WORK/channel.jsonl" "$vm_id" "$VERSION" << 'EOF' ||
+import json, sys
+path, vm_id, version = sys.argv[1:]
+with open(path) as channel:
+    hello = json.loads(channel.readline())
+expected = {"type": "hello", "vm_id": vm_id, "agent_version": version}
+wrong = {key: hello.get(key) for key, value in expected.items() if hello.get(key) != value}
+if wrong:
+    sys.exit(f"expected {expected}, got {wrong} in {hello}")
+EOF
+        die "the guest agent's first channel message is not the hello expected: $(head -c 2000 "$WORK/channel.jsonl")"
+    say "guest agent said hello with VM id $vm_id and version $VERSION"
+    # guest.env leaves the local platform API at its default address.
+    wait_for 10 "guest agent's local API answers /healthz with its channel connected" \
+        guest_local_api_connected ||
+        die "guest agent's local API: no channel_connected=true at 127.0.0.1:7079/healthz within 10 s: $(cat "$WORK/guest-healthz.json" 2>&1)"
+    stop_service measurelab-guest-agent
+    # socat normally ended at the agent's EOF already.
+    local listener
+    listener=$(cat "$WORK/guest-channel.pid")
+    kill "$listener" 2> /dev/null || true
+    wait "$listener" 2> /dev/null || true
+    rm -f "$WORK/guest-channel.pid"
+}
+
+# A whole line: socat may have written only part of one so far.
+channel_has_a_line() { [ "$(wc -l < "$WORK/channel.jsonl")" -ge 1 ]; }
+
+guest_local_api_connected() {
+    curl -fsS http://127.0.0.1:7079/healthz > "$WORK/guest-healthz.json" || return 1
+    python3 -c 'import json, sys; sys.exit(json.load(sys.stdin).get("channel_connected") is not True)' \
+        < "$WORK/guest-healthz.json"
+}
+
 inside() {
-    ROOT=$1 WORK=$2
+    ROOT=$1 WORK=$2 VERSION=$3
     # Whatever runs stops with this script, test passed or not.
-    trap 'for p in "$WORK"/*.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; true' EXIT
+    trap 'for p in "$WORK"/*.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null || true; done' EXIT
     ip link set lo up
     hostname "$NODE_NAME"
     # What a systemd host gives every service: /proc, /dev and a tmpfs /run.
@@ -224,12 +356,15 @@ inside() {
         die "node $NODE_NAME not online within 60 s: $(cat "$WORK/nodes.txt"); agent log: $(tail -20 "$WORK/measurelab-agent.log")"
     [ -s "$ROOT/var/lib/measurelab/agent/identity.json" ] || die "the agent kept no identity in its state dir"
 
+    provider_against_controller
+    guest_agent_speaks
+
     stop_service measurelab-agent
     stop_service measurelab-controller
 }
 
 if [ "${1:-}" = --inside ]; then
-    inside "$2" "$3"
+    inside "$2" "$3" "$4"
     exit 0
 fi
 
@@ -249,6 +384,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo deb --version > /dev/null 2>&1 || die "cargo-deb is missing (scripts/setup.sh installs it)"
+command -v socat > /dev/null || die "socat is missing (scripts/setup.sh installs it)"
 # The same build as scripts/test.sh's (a no-op after it): building just the
 # three packages would unify dependency features differently and rebuild.
 cargo build -q --workspace --bins
@@ -317,9 +453,8 @@ for unit in "${units[@]}"; do
 done
 
 # Terraform finds the installed provider with no CLI configuration, as
-# docs/install.md says: /usr/share/terraform/plugins is on its implied mirror
-# path ($XDG_DATA_DIRS/terraform/plugins), here under the clean root. A
-# private HOME keeps any ~/.terraformrc of the host out.
+# docs/install.md says (terraform_in_work); it runs against the controller
+# inside the namespaces below.
 say "terraform init finds the installed provider in its implied mirror"
 mkdir -p "$WORK/tf/home" "$WORK/tf/data"
 cat > "$WORK/tf/main.tf" << EOF
@@ -329,17 +464,13 @@ terraform {
   }
 }
 EOF
-(
-    cd "$WORK/tf"
-    unset TF_CLI_CONFIG_FILE TF_PLUGIN_CACHE_DIR
-    HOME=$WORK/tf/home XDG_DATA_HOME=$WORK/tf/data XDG_DATA_DIRS=$ROOT/usr/share \
-        terraform init -input=false -no-color > "$WORK/tf/init.log" 2>&1
-) || die "terraform init with the installed provider failed: $(cat "$WORK/tf/init.log")"
+terraform_in_work init -input=false -no-color > "$WORK/tf/init.log" 2>&1 ||
+    die "terraform init with the installed provider failed: $(cat "$WORK/tf/init.log")"
 grep -q 'Installing measurelab.local/measurelab/measurelab' "$WORK/tf/init.log" ||
     die "terraform init did not install the provider: $(cat "$WORK/tf/init.log")"
 
 say "starting the services from their installed units"
-unshare --net --mount --uts --pid --mount-proc --fork --kill-child -- bash "$0" --inside "$ROOT" "$WORK"
+unshare --net --mount --uts --pid --mount-proc --fork --kill-child -- bash "$0" --inside "$ROOT" "$WORK" "$version"
 
 say "dpkg --purge"
 chroot "$ROOT" sh -c "dpkg --purge $own" > "$WORK/dpkg.log" 2>&1 ||
