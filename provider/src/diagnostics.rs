@@ -130,6 +130,18 @@ pub fn client_error(diags: &mut Diagnostics, err: &ClientError, operation: Opera
             ),
             AttributePath::root(),
         ),
+        ClientError::Untrusted { endpoint, reason } => error(
+            diags,
+            "The controller's certificate is not trusted",
+            format!(
+                "The provider tried to {what}, but the controller at {endpoint} presented a TLS \
+                 certificate the provider does not trust ({reason}). {consequence}\n\nWhat to do: \
+                 set the provider's `ca_cert` (or MEASURELAB_CA_CERT) to the controller's CA \
+                 certificate, `ca.pem` in its data dir (`measurelab lab env` prints it for a lab); \
+                 when `ca_cert` is given it is the only CA trusted."
+            ),
+            AttributePath::new("ca_cert"),
+        ),
         // A 403 names the object, the action and the role it needs: shown as
         // the controller worded it, since the token itself is valid.
         ClientError::Api { status: 403, message, .. } => error(

@@ -54,6 +54,17 @@ pub enum ClientError {
         /// Underlying transport error.
         source: reqwest::Error,
     },
+    /// The TLS handshake failed on the controller's certificate: `ca_cert`
+    /// is not the CA that signed it, or none was given for a private CA.
+    /// Told apart from [`Unreachable`](Self::Unreachable), whose advice
+    /// (start the controller) would send the user the wrong way.
+    #[error("the measurelab controller at {endpoint} presented a certificate this client does not trust: {reason}")]
+    Untrusted {
+        /// Endpoint that was tried.
+        endpoint: String,
+        /// What the TLS library found wrong with the certificate.
+        reason: String,
+    },
     /// The controller answered with an error body.
     #[error("controller refused the request ({status}, {code}): {message}")]
     Api {
@@ -135,6 +146,36 @@ pub fn split_endpoints(list: &str) -> Result<Vec<String>, String> {
         ));
     }
     Ok(endpoints)
+}
+
+/// What rustls found wrong with the server's certificate, if that is why
+/// `error` (a request that never got an answer) failed. reqwest wraps the
+/// handshake's `rustls::Error` in `io::Error`s (two, nested), whose
+/// `source()` skips the wrapped error itself, so the walk goes into them.
+fn certificate_refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let refusal = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<rustls::Error>().and_then(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+            .then(|| tls.to_string())
+        })
+    };
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(reason) = refusal(e) {
+            return Some(reason);
+        }
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// Whether doing `method` twice has the effect of doing it once (RFC 9110
@@ -310,10 +351,11 @@ impl Client {
                     index = next;
                 }
                 _ => {
-                    return Err(ClientError::Unreachable {
-                        endpoint: self.endpoints[index].clone(),
-                        source,
-                    })
+                    let endpoint = self.endpoints[index].clone();
+                    return Err(match certificate_refusal(&source) {
+                        Some(reason) => ClientError::Untrusted { endpoint, reason },
+                        None => ClientError::Unreachable { endpoint, source },
+                    });
                 }
             }
         }
