@@ -215,6 +215,37 @@ pub(crate) async fn ensure_can_change(
     if principal.can_write() {
         return Ok(());
     }
+    refuse_unless_unseen(state, principal, action, kind, key, visible, Role::Member).await
+}
+
+/// Operator-only actions on what a tenant token sees (its own tenant): it
+/// gets 403 for that and 404 (as for a missing one) for anything else.
+pub(crate) async fn ensure_operator_on(
+    state: &AppState,
+    principal: &Principal,
+    action: &'static str,
+    kind: &'static str,
+    key: &str,
+    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
+) -> Result<(), ApiError> {
+    if principal.is_operator() {
+        return Ok(());
+    }
+    refuse_unless_unseen(state, principal, action, kind, key, visible, Role::Operator).await
+}
+
+/// The refusal of `action` on `kind` `key` to a caller without role
+/// `needed`: 403 when its scope sees the object, else 404, so a refusal
+/// never confirms that another tenant's object exists.
+async fn refuse_unless_unseen(
+    state: &AppState,
+    principal: &Principal,
+    action: &'static str,
+    kind: &'static str,
+    key: &str,
+    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
+    needed: Role,
+) -> Result<(), ApiError> {
     let scope = principal.scope();
     let lookup = key.to_string();
     let seen = state
@@ -223,12 +254,9 @@ pub(crate) async fn ensure_can_change(
         .read(move |conn, _| visible(conn, &scope, &lookup))
         .await?;
     if seen {
-        Err(ApiError::Forbidden(principal.denial(
-            action,
-            kind,
-            key,
-            Role::Member,
-        )))
+        Err(ApiError::Forbidden(
+            principal.denial(action, kind, key, needed),
+        ))
     } else {
         Err(ApiError::NotFound {
             kind,
