@@ -202,6 +202,10 @@ pub(crate) fn ensure_can_create(
     )))
 }
 
+/// Whether a scope sees the object a key names, to tell a refused caller's
+/// 403 from 404.
+pub(crate) type Visible = fn(&Connection, &Scope, &str) -> Result<bool, StoreError>;
+
 /// Changing an existing tenant object: a viewer gets 403 for an object it
 /// sees and 404 (as for a missing one) for anything else.
 pub(crate) async fn ensure_can_change(
@@ -210,42 +214,26 @@ pub(crate) async fn ensure_can_change(
     action: &'static str,
     kind: &'static str,
     key: &str,
-    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
+    visible: Visible,
 ) -> Result<(), ApiError> {
-    if principal.can_write() {
-        return Ok(());
-    }
-    refuse_unless_unseen(state, principal, action, kind, key, visible, Role::Member).await
+    ensure_role_on(state, principal, Role::Member, action, kind, key, visible).await
 }
 
-/// Operator-only actions on what a tenant token sees (its own tenant): it
-/// gets 403 for that and 404 (as for a missing one) for anything else.
-pub(crate) async fn ensure_operator_on(
+/// `action` on the object `key` of `kind` by a caller of at least role
+/// `needed`. Anyone else gets 403 when its scope sees the object, else
+/// 404, so a refusal never confirms that another tenant's object exists.
+pub(crate) async fn ensure_role_on(
     state: &AppState,
     principal: &Principal,
-    action: &'static str,
-    kind: &'static str,
-    key: &str,
-    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
-) -> Result<(), ApiError> {
-    if principal.is_operator() {
-        return Ok(());
-    }
-    refuse_unless_unseen(state, principal, action, kind, key, visible, Role::Operator).await
-}
-
-/// The refusal of `action` on `kind` `key` to a caller without role
-/// `needed`: 403 when its scope sees the object, else 404, so a refusal
-/// never confirms that another tenant's object exists.
-async fn refuse_unless_unseen(
-    state: &AppState,
-    principal: &Principal,
-    action: &'static str,
-    kind: &'static str,
-    key: &str,
-    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
     needed: Role,
+    action: &'static str,
+    kind: &'static str,
+    key: &str,
+    visible: Visible,
 ) -> Result<(), ApiError> {
+    if principal.role >= needed {
+        return Ok(());
+    }
     let scope = principal.scope();
     let lookup = key.to_string();
     let seen = state

@@ -4,27 +4,13 @@
 //! under a route that tells the request_id's uses apart. Handlers state only
 //! what differs: the kind, the action and the store call.
 
-use super::auth::{ensure_can_change, ensure_operator_on};
+use super::auth::{ensure_role_on, Visible};
 use super::error::ApiError;
 use super::extract::QueryParams;
-use super::idempotency::{answer, Answer, Idempotent};
+use super::idempotency::{Answer, Idempotent};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
-use crate::store::sql::Connection;
+use crate::access::{Principal, Role, Scope};
 use crate::store::{StoreError, TxContext};
-use axum::response::Response;
-
-/// Whether a scope sees the object a key names (found: `Ok(true)`).
-pub(crate) type Visible = fn(&Connection, &Scope, &str) -> Result<bool, StoreError>;
-
-/// Who may change objects of a kind.
-pub(crate) enum Writers {
-    /// Members, owners and the operator; `visible` tells a viewer's 403
-    /// (an object it sees) from 404.
-    Members(Visible),
-    /// The operator only; `visible` tells a tenant token's 403 from 404.
-    Operator(Visible),
-}
 
 /// A kind of object that changes through [`Kind::apply`].
 pub(crate) struct Kind {
@@ -33,7 +19,10 @@ pub(crate) struct Kind {
     /// The path of its collection ("/v1/qos_policies"), which the routes of
     /// its changes start with.
     pub collection: &'static str,
-    pub writers: Writers,
+    /// The least role that changes one (member, or operator for tenants).
+    pub writers: Role,
+    /// Tells a refused caller's 403 (an object it sees) from 404.
+    pub visible: Visible,
 }
 
 /// One change to one object.
@@ -93,21 +82,8 @@ impl Kind {
 
     /// Checks the caller may make `change`, then runs `body` (given the
     /// caller's scope and the key) in one transaction, or replays the answer
-    /// recorded for its request_id, and answers.
+    /// recorded for its request_id.
     pub(crate) async fn apply(
-        &self,
-        state: &AppState,
-        principal: &Principal,
-        change: Change,
-        body: impl FnOnce(&mut TxContext<'_>, &Scope, &str) -> Result<Answer, StoreError>
-            + Send
-            + 'static,
-    ) -> Result<Response, ApiError> {
-        Ok(answer(self.recorded(state, principal, change, body).await?))
-    }
-
-    /// [`apply`](Self::apply), for a caller that completes the answer.
-    pub(crate) async fn recorded(
         &self,
         state: &AppState,
         principal: &Principal,
@@ -122,14 +98,16 @@ impl Kind {
             key,
             request_id,
         } = change;
-        match self.writers {
-            Writers::Members(visible) => {
-                ensure_can_change(state, principal, action, self.name, &key, visible).await?
-            }
-            Writers::Operator(visible) => {
-                ensure_operator_on(state, principal, action, self.name, &key, visible).await?
-            }
-        }
+        ensure_role_on(
+            state,
+            principal,
+            self.writers,
+            action,
+            self.name,
+            &key,
+            self.visible,
+        )
+        .await?;
         let scope = principal.scope();
         let answer = state
             .store()

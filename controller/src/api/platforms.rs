@@ -14,14 +14,14 @@ use measurelab_api::http::{
 };
 
 use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind, Writers};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, optional_body, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::sql::Connection;
 use crate::store::{control_keys, platform_points, platforms, tenants, StoreError};
 
@@ -153,7 +153,7 @@ pub(crate) async fn rotate_control_key(
     // The body runs only when this is not a replay.
     let fresh = Arc::new(AtomicBool::new(false));
     let result = PLATFORM
-        .recorded(&state, &principal, change, {
+        .apply(&state, &principal, change, {
             let (secret, fresh) = (secret.clone(), fresh.clone());
             move |cx, scope, key| {
                 let mut rotated = platforms::rotate_control_key(cx, scope, key, &secret, &rotator)?;
@@ -178,7 +178,8 @@ pub(crate) fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<boo
 const PLATFORM: Kind = Kind {
     name: "platform",
     collection: "/v1/platforms",
-    writers: Writers::Members(visible),
+    writers: Role::Member,
+    visible,
 };
 
 pub(crate) async fn patch(
@@ -194,6 +195,7 @@ pub(crate) async fn patch(
             Ok(stored(200, &row.to_api(cx.registry)))
         })
         .await
+        .map(answer)
 }
 
 pub(crate) async fn delete(
@@ -210,6 +212,7 @@ pub(crate) async fn delete(
             Ok(stored(200, &row.to_api(cx.registry)))
         })
         .await
+        .map(answer)
 }
 
 async fn power(
@@ -233,6 +236,7 @@ async fn power(
             Ok(stored(200, &row.to_api(cx.registry)))
         })
         .await
+        .map(answer)
 }
 
 pub(crate) async fn start(

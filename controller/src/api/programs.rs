@@ -14,14 +14,14 @@ use measurelab_api::http::{
 };
 
 use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind, Writers};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::{programs, tenants, StoreError};
 
@@ -234,7 +234,8 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
 const PROGRAM: Kind = Kind {
     name: "program",
     collection: "/v1/programs",
-    writers: Writers::Members(visible),
+    writers: Role::Member,
+    visible,
 };
 
 pub(crate) async fn delete(
@@ -250,6 +251,7 @@ pub(crate) async fn delete(
             Ok(stored(200, &programs::delete(cx, scope, key)?))
         })
         .await
+        .map(answer)
 }
 
 pub(crate) async fn list_deployments(
@@ -315,7 +317,8 @@ fn deployment_visible(conn: &Connection, scope: &Scope, id: &str) -> Result<bool
 const DEPLOYMENT: Kind = Kind {
     name: "deployment",
     collection: "/v1/deployments",
-    writers: Writers::Members(deployment_visible),
+    writers: Role::Member,
+    visible: deployment_visible,
 };
 
 /// Changes what can change without restarting the runs: the outputs.
@@ -335,6 +338,7 @@ pub(crate) async fn patch_deployment(
             Ok(stored(200, &deployment))
         })
         .await
+        .map(answer)
 }
 
 /// Stops every run of the deployment (the record stays for its statuses).
@@ -351,4 +355,5 @@ pub(crate) async fn delete_deployment(
             Ok(stored(200, &programs::stop_deployment(cx, scope, key)?))
         })
         .await
+        .map(answer)
 }

@@ -8,14 +8,14 @@ use axum::Json;
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch};
 
 use super::auth::{ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind, Writers};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{qos_policies, tenants, StoreError};
 
 pub(crate) async fn list(
@@ -79,7 +79,8 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
 const QOS_POLICY: Kind = Kind {
     name: "QoS policy",
     collection: "/v1/qos_policies",
-    writers: Writers::Members(visible),
+    writers: Role::Member,
+    visible,
 };
 
 pub(crate) async fn patch(
@@ -94,6 +95,7 @@ pub(crate) async fn patch(
             Ok(stored(200, &qos_policies::update(cx, scope, key, patch)?))
         })
         .await
+        .map(answer)
 }
 
 pub(crate) async fn delete(
@@ -109,4 +111,5 @@ pub(crate) async fn delete(
             Ok(stored(200, &qos_policies::delete(cx, scope, key)?))
         })
         .await
+        .map(answer)
 }

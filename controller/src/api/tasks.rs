@@ -8,14 +8,14 @@ use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
 
 use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind, Writers};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{tasks, tenants, StoreError};
 
 pub(crate) async fn list(
@@ -80,7 +80,8 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
 const TASK: Kind = Kind {
     name: "task",
     collection: "/v1/tasks",
-    writers: Writers::Members(visible),
+    writers: Role::Member,
+    visible,
 };
 
 pub(crate) async fn delete(
@@ -95,4 +96,5 @@ pub(crate) async fn delete(
         Ok(stored(200, &tasks::delete(cx, scope, key)?))
     })
     .await
+    .map(answer)
 }

@@ -7,14 +7,14 @@ use axum::Json;
 use measurelab_api::http::{Tenant, TenantCreate, TenantList, TenantPatch, WhoAmI};
 
 use super::auth::ensure_operator;
-use super::change::{delete_request_id, Kind, Writers};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::sql::Connection;
 use crate::store::{tenants, StoreError};
 
@@ -88,7 +88,8 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
 const TENANT: Kind = Kind {
     name: "tenant",
     collection: "/v1/tenants",
-    writers: Writers::Operator(visible),
+    writers: Role::Operator,
+    visible,
 };
 
 pub(crate) async fn patch(
@@ -103,6 +104,7 @@ pub(crate) async fn patch(
             Ok(stored(200, &tenants::update(cx, key, patch)?))
         })
         .await
+        .map(answer)
 }
 
 /// Refused (409) while the tenant owns objects; takes its tokens with it.
@@ -115,7 +117,7 @@ pub(crate) async fn delete(
     let key = key(path)?;
     let change = TENANT.delete(key, delete_request_id(&query)?);
     let result = TENANT
-        .recorded(&state, &principal, change, |cx, _, key| {
+        .apply(&state, &principal, change, |cx, _, key| {
             Ok(stored(200, &tenants::delete(cx, key)?))
         })
         .await?;

@@ -9,14 +9,14 @@ use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
 
 use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::{Kind, Writers};
+use super::change::Kind;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page::{self, Page};
 use super::scoped::read_one;
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{desired, vms, StoreError};
 
 pub(crate) async fn list(
@@ -90,7 +90,8 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
 const VM: Kind = Kind {
     name: "VM",
     collection: "/v1/vms",
-    writers: Writers::Members(visible),
+    writers: Role::Member,
+    visible,
 };
 
 pub(crate) async fn patch(
@@ -105,6 +106,7 @@ pub(crate) async fn patch(
         Ok(stored(200, &vm.to_api(cx.registry)))
     })
     .await
+    .map(answer)
 }
 
 /// Marks the VM deleting (202) until the node agent acks its cleanup;
@@ -138,6 +140,7 @@ pub(crate) async fn delete(
         ))
     })
     .await
+    .map(answer)
 }
 
 /// Log lines the guest agent shipped through its node agent.
