@@ -26,6 +26,7 @@ use measurelab_api::http::Node;
 pub mod tfrc;
 
 pub mod multicast_example;
+pub mod periodic_task;
 pub mod release;
 pub mod service_host;
 

@@ -15,16 +15,16 @@
 //! `MEASURELAB_ACC_OUTAGE_SECONDS` shortens the outage for iterating on this
 //! test by hand; the default, and CI, keep the issue's 300 s.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use measurelab_acceptance::{acc_enabled, block_on, workspace_root, Lab};
+use measurelab_acceptance::periodic_task::{
+    apply_periodic_task, assert_every_run_once, started, INTERVAL_SECONDS,
+};
+use measurelab_acceptance::{acc_enabled, block_on, Lab};
 use measurelab_api::http::{NodeStatus, ResultRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-const INTERVAL_SECONDS: u64 = 10;
-const TASK: &str = "outage-periodic";
 const DEFAULT_OUTAGE_SECONDS: u64 = 300;
 const OUTAGE_VAR: &str = "MEASURELAB_ACC_OUTAGE_SECONDS";
 /// After SIGCONT, how long the backlog may take to drain: the agent's spool
@@ -32,32 +32,6 @@ const OUTAGE_VAR: &str = "MEASURELAB_ACC_OUTAGE_SECONDS";
 /// sent just before the controller resumed may hang for the agent's 10 s RPC
 /// timeout; the MSCS's outbox backs off to 30 s as well. Twice the sum.
 const CATCH_UP: Duration = Duration::from_secs(2 * (30 + 10 + 30));
-
-fn config(bin_dir: &std::path::Path) -> String {
-    let module_dir = workspace_root().join("modules/multicast-measurement");
-    format!(
-        r#"
-module "multicast" {{
-  source = {module:?}
-
-  name             = "outage"
-  nodes            = ["n1", "n2"]
-  mscs_node        = "n1"
-  point_count      = 2
-  mcast_point_path = "{bin}/mcast-point"
-  mcast_mscs_path  = "{bin}/mcast-mscs"
-  group            = "239.192.10.5"
-  rate_pps         = 100
-  duration_seconds = 3
-
-  run_once                  = false
-  periodic_interval_seconds = {INTERVAL_SECONDS}
-}}
-"#,
-        module = module_dir.display().to_string(),
-        bin = bin_dir.display(),
-    )
-}
 
 fn outage() -> anyhow::Result<Duration> {
     match std::env::var(OUTAGE_VAR) {
@@ -79,11 +53,6 @@ fn outage() -> anyhow::Result<Duration> {
     }
 }
 
-fn started(record: &ResultRecord) -> OffsetDateTime {
-    OffsetDateTime::parse(&record.started_at, &Rfc3339)
-        .unwrap_or_else(|err| panic!("started_at {:?}: {err}", record.started_at))
-}
-
 #[test]
 fn acc_controller_stopped_with_sigstop_during_a_periodic_task() -> anyhow::Result<()> {
     if !acc_enabled("acc_controller_stopped_with_sigstop_during_a_periodic_task") {
@@ -91,21 +60,10 @@ fn acc_controller_stopped_with_sigstop_during_a_periodic_task() -> anyhow::Resul
     }
     let outage = outage()?;
     let lab = Lab::up_with(2, &["--heartbeat-interval-seconds", "1"])?;
-    let tf = lab.terraform_as(&lab.member_env)?;
-    let bin_dir = tf.dir.path().join("bin");
-    std::fs::create_dir_all(&bin_dir)?;
-    lab.strip_mcast_binaries_into(&bin_dir)?;
-    tf.write("main.tf", &config(&bin_dir))?;
-    tf.init()?;
-    tf.apply()?;
+    let periodic = apply_periodic_task(&lab, "outage", "239.192.10.5")?;
 
     let client = lab.client()?;
-    let history = || -> anyhow::Result<Vec<ResultRecord>> {
-        let mut records =
-            block_on(async { Ok(client.list_results(&format!("task={TASK}")).await?) })?;
-        records.sort_by_key(started);
-        Ok(records)
-    };
+    let history = || periodic.history(&client);
     let wait_for = |what: &str,
                     deadline: Instant,
                     done: &dyn Fn(&[ResultRecord]) -> bool|
@@ -146,30 +104,8 @@ fn acc_controller_stopped_with_sigstop_during_a_periodic_task() -> anyhow::Resul
         &|records| records.iter().any(|r| started(r) > resumed_at),
     )?;
 
-    let run_ids: BTreeSet<&str> = records
-        .iter()
-        .map(|r| {
-            r.document["run_id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("a result without run_id: {r:#?}"))
-        })
-        .collect();
-    assert_eq!(
-        run_ids.len(),
-        records.len(),
-        "a run stored twice: {records:#?}"
-    );
-    let starts: Vec<OffsetDateTime> = records.iter().map(started).collect();
+    let starts = assert_every_run_once(&records);
     eprintln!("runs stored: {starts:?}");
-    for pair in starts.windows(2) {
-        let gap = (pair[1] - pair[0]).as_seconds_f64();
-        // A lost run leaves a gap of two intervals; a doubled one, a gap near 0.
-        assert!(
-            gap > INTERVAL_SECONDS as f64 * 0.5 && gap < INTERVAL_SECONDS as f64 * 1.5,
-            "runs {gap:.1} s apart around {}: {starts:?}",
-            pair[0]
-        );
-    }
     let during = starts
         .iter()
         .filter(|s| **s > stopped_at && **s < resumed_at)
@@ -206,7 +142,7 @@ fn acc_controller_stopped_with_sigstop_during_a_periodic_task() -> anyhow::Resul
         }
     }
 
-    tf.destroy()?;
+    periodic.tf.destroy()?;
     let vms = block_on(async { Ok(client.list_vms("").await?) })?;
     assert!(vms.is_empty(), "VMs left after destroy: {vms:#?}");
     Ok(())

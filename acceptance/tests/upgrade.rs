@@ -12,44 +12,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use measurelab_acceptance::{acc_enabled, block_on, guest_processes, workspace_root, Lab};
-use measurelab_api::http::ResultRecord;
-use time::format_description::well_known::Rfc3339;
+use measurelab_acceptance::periodic_task::{
+    apply_periodic_task, assert_every_run_once, started, INTERVAL_SECONDS,
+};
+use measurelab_acceptance::{acc_enabled, block_on, guest_processes, Lab};
 use time::OffsetDateTime;
-
-const INTERVAL_SECONDS: u64 = 10;
-const TASK: &str = "upgrade-periodic";
-
-fn config(bin_dir: &Path) -> String {
-    let module_dir = workspace_root().join("modules/multicast-measurement");
-    format!(
-        r#"
-module "multicast" {{
-  source = {module:?}
-
-  name             = "upgrade"
-  nodes            = ["n1", "n2"]
-  mscs_node        = "n1"
-  point_count      = 2
-  mcast_point_path = "{bin}/mcast-point"
-  mcast_mscs_path  = "{bin}/mcast-mscs"
-  group            = "239.192.13.3"
-  rate_pps         = 100
-  duration_seconds = 3
-
-  run_once                  = false
-  periodic_interval_seconds = {INTERVAL_SECONDS}
-}}
-"#,
-        module = module_dir.display().to_string(),
-        bin = bin_dir.display(),
-    )
-}
-
-fn started(record: &ResultRecord) -> OffsetDateTime {
-    OffsetDateTime::parse(&record.started_at, &Rfc3339)
-        .unwrap_or_else(|err| panic!("started_at {:?}: {err}", record.started_at))
-}
 
 /// `measurelab` and the guest agent copied into `dir`: what an upgrade installs.
 fn install_new_binaries(lab: &Lab, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -67,21 +34,11 @@ fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
     }
     let lab_flags = ["--heartbeat-interval-seconds", "1"];
     let lab = Lab::up_with(2, &lab_flags)?;
-    let tf = lab.terraform_as(&lab.member_env)?;
-    let bin_dir = tf.dir.path().join("bin");
-    std::fs::create_dir_all(&bin_dir)?;
-    lab.strip_mcast_binaries_into(&bin_dir)?;
-    tf.write("main.tf", &config(&bin_dir))?;
-    tf.init()?;
-    tf.apply()?;
+    let periodic = apply_periodic_task(&lab, "upgrade", "239.192.13.3")?;
+    let tf = &periodic.tf;
 
     let client = lab.client()?;
-    let history = || -> anyhow::Result<Vec<ResultRecord>> {
-        let mut records =
-            block_on(async { Ok(client.list_results(&format!("task={TASK}")).await?) })?;
-        records.sort_by_key(started);
-        Ok(records)
-    };
+    let history = || periodic.history(&client);
     let wait_for_runs = |count: usize, after: OffsetDateTime| -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(INTERVAL_SECONDS * (count as u64 + 6));
         loop {
@@ -141,25 +98,7 @@ fn acc_agent_replaced_during_a_periodic_task() -> anyhow::Result<()> {
             "guest {name}'s processes changed: it was restarted"
         );
     }
-    let run_ids: BTreeSet<&str> = records
-        .iter()
-        .filter_map(|r| r.document["run_id"].as_str())
-        .collect();
-    assert_eq!(
-        run_ids.len(),
-        records.len(),
-        "a run stored twice: {records:#?}"
-    );
-    let starts: Vec<OffsetDateTime> = records.iter().map(started).collect();
-    for pair in starts.windows(2) {
-        let gap = (pair[1] - pair[0]).as_seconds_f64();
-        // A lost run leaves a gap of two intervals; a doubled one, a gap near 0.
-        assert!(
-            gap > INTERVAL_SECONDS as f64 * 0.5 && gap < INTERVAL_SECONDS as f64 * 1.5,
-            "runs {gap:.1} s apart around {}: {starts:?}",
-            pair[0]
-        );
-    }
+    let starts = assert_every_run_once(&records);
     assert!(
         starts
             .iter()

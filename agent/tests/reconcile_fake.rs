@@ -1100,8 +1100,7 @@ impl FakeGuest {
     async fn connect(state_dir: &std::path::Path, vm: &DesiredVm) -> FakeGuest {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let socket = measurelab_agent::guest_channel::channel_socket_path(state_dir, id_of(vm));
-        eventually("channel socket", || socket.exists()).await;
-        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let stream = connect_when_listening(&socket).await;
         let (read, mut write) = stream.into_split();
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
@@ -1135,6 +1134,62 @@ impl FakeGuest {
             .filter(|v| v["type"] == kind)
             .cloned()
             .collect()
+    }
+}
+
+/// A connection to the channel socket once the agent listens on it. The
+/// socket appears when the reconciler creates the VM's channel, which is
+/// before (or, on a stale file, without) a listener: until then a connect
+/// is refused or finds no file, and only those two are waited out.
+async fn connect_when_listening(socket: &std::path::Path) -> tokio::net::UnixStream {
+    use std::io::ErrorKind;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => return stream,
+            Err(e)
+                if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("connecting to {}: {e}", socket.display()),
+        }
+    }
+}
+
+/// One VM `a` (vm 1, VLAN 101) the controller wants, the loop running over
+/// fakes, and a fake guest on its channel.
+struct OneVmLoop {
+    rig: Rig,
+    state_dir: std::path::PathBuf,
+    a: DesiredVm,
+    control: Arc<FakeControl>,
+    run: LoopRun,
+    guest: FakeGuest,
+}
+
+/// [`OneVmLoop`] with the controller down from the start when
+/// `controller_down`, and the loop's settings changed by `tweak`.
+async fn one_vm_loop(
+    controller_down: bool,
+    tweak: impl FnOnce(&mut ReconcilerConfig),
+) -> OneVmLoop {
+    let rig = rig();
+    let state_dir = rig._dir.path().to_path_buf();
+    let a = vm(1, 101);
+    let control = Arc::new(FakeControl::default());
+    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
+    control.down.store(controller_down, Ordering::SeqCst);
+    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, tweak);
+    let guest = FakeGuest::connect(&state_dir, &a).await;
+    OneVmLoop {
+        rig,
+        state_dir,
+        a,
+        control,
+        run,
+        guest,
     }
 }
 
@@ -1358,16 +1413,18 @@ async fn a_flooding_guest_is_bounded_and_the_node_keeps_reporting() {
 /// the old relay dropped the result, in seconds rather than minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_outlives_a_controller_outage_longer_than_the_old_retries() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |config| {
+    let OneVmLoop {
+        rig: _rig,
+        state_dir,
+        a,
+        control,
+        run,
+        mut guest,
+    } = one_vm_loop(false, |config| {
         config.result_spool.retry_initial = std::time::Duration::from_millis(10);
         config.result_spool.retry_cap = std::time::Duration::from_millis(50);
-    });
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    })
+    .await;
     eventually("the VM reported", || {
         !control.reports.lock().unwrap().is_empty()
     })
@@ -1416,13 +1473,13 @@ async fn a_result_outlives_a_controller_outage_longer_than_the_old_retries() {
 /// for as long as the controller was out of reach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_the_controller_cannot_answer_is_refused_not_answered_empty() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    let OneVmLoop {
+        rig: _rig,
+        control,
+        run,
+        mut guest,
+        ..
+    } = one_vm_loop(false, |_| {}).await;
 
     control.down.store(true, Ordering::SeqCst);
     guest.send(r#"{"type":"poll_tasks"}"#.into()).await;
@@ -1457,13 +1514,14 @@ async fn a_poll_the_controller_cannot_answer_is_refused_not_answered_empty() {
 /// again, each is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_spooled_while_the_controller_hangs() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    let OneVmLoop {
+        rig: _rig,
+        state_dir,
+        a,
+        control,
+        run,
+        mut guest,
+    } = one_vm_loop(false, |_| {}).await;
     eventually("the VM reported", || {
         !control.reports.lock().unwrap().is_empty()
     })
@@ -1531,14 +1589,14 @@ async fn results_are_spooled_while_the_controller_hangs() {
 /// it on disk; the next agent on the same state dir posts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_reposts_its_spooled_result() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    control.down.store(true, Ordering::SeqCst);
-    let first = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    let OneVmLoop {
+        rig,
+        state_dir,
+        a,
+        control,
+        run: first,
+        mut guest,
+    } = one_vm_loop(true, |_| {}).await;
     guest.send(result_line("t1", "run-7", "q7")).await;
     eventually("stored ack", || !guest.received("result_ack").is_empty()).await;
     assert_eq!(guest.received("result_ack")[0]["stored"], true);
@@ -1565,16 +1623,15 @@ async fn a_restarted_agent_reposts_its_spooled_result() {
 /// stored instead of getting a false ack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_refuses_instead_of_acknowledging() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    control.down.store(true, Ordering::SeqCst);
-    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |config| {
+    let OneVmLoop {
+        rig: _rig,
+        run,
+        mut guest,
+        ..
+    } = one_vm_loop(true, |config| {
         config.result_spool.max_files = 1;
-    });
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    })
+    .await;
     guest.send(result_line("t1", "run-1", "q1")).await;
     eventually("first ack", || guest.received("result_ack").len() == 1).await;
     guest.send(result_line("t1", "run-2", "q2")).await;
@@ -1598,13 +1655,14 @@ async fn a_full_spool_refuses_instead_of_acknowledging() {
 /// left in the spool), a result for its own task is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_the_controller_refuses_is_refused_to_the_guest_for_good() {
-    let rig = rig();
-    let state_dir = rig._dir.path().to_path_buf();
-    let a = vm(1, 101);
-    let control = Arc::new(FakeControl::default());
-    *control.desired.lock().unwrap() = desired(1, vec![a.clone()]);
-    let run = LoopRun::start(&rig.hv, &rig.switch, &state_dir, &control, |_| {});
-    let mut guest = FakeGuest::connect(&state_dir, &a).await;
+    let OneVmLoop {
+        rig: _rig,
+        state_dir,
+        control,
+        run,
+        mut guest,
+        ..
+    } = one_vm_loop(false, |_| {}).await;
     guest.send(result_line("other-task", "run-1", "q1")).await;
     guest.send(result_line("t1", "run-2", "q2")).await;
     eventually("both acks", || guest.received("result_ack").len() == 2).await;

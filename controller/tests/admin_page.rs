@@ -39,16 +39,7 @@ async fn page_has_no_external_resources() {
 
 #[tokio::test]
 async fn page_script_renders_tables_and_per_receiver_charts() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
+    let (_dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     let (_, vm) = controller
         .call(
             Method::POST,
@@ -258,16 +249,7 @@ async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
 #[tokio::test]
 async fn page_script_charts_the_selected_vms_usage() {
     use measurelab_api::node_v1::{GuestReport, ResourceUsage, StatusReport};
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
+    let (_dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     let (_, vm) = controller
         .call(
             Method::POST,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::db::quote;
 use common::sockets::{connect_from, wait_closed};
-use common::{heartbeat_forever, heartbeat_request, TestController};
+use common::{heartbeat_request, Heartbeats, TestController};
 use measurelab_api::http::NodeStatus;
 use measurelab_api::node_v1::{LogLine, ShipLogsRequest, WatchDesiredStateRequest};
 use prost::Message;
@@ -31,12 +31,10 @@ async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served
     .await;
     let per_source = measurelab_controller::DEFAULT_HTTP_LIMITS.max_connections_per_source;
     let registered = controller.register("steady", "").await;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(
+    let beats = Heartbeats::start(
         controller.grpc().await,
         registered,
         Duration::from_millis(500),
-        stop,
     );
 
     let started = Instant::now();
@@ -66,12 +64,7 @@ async fn a_slowloris_from_one_source_holds_at_most_its_cap_and_others_are_served
         assert_eq!(controller.node("steady").await.status, NodeStatus::Online);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    stop_tx.send(true).unwrap();
-    let slowest = beats.await.unwrap();
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest heartbeat {slowest:?}"
-    );
+    beats.stop_all_answered_within_a_second().await;
     drop(attacker);
     controller.stop().await;
 }
@@ -362,12 +355,10 @@ async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
     const RUNS: usize = 10_000;
     insert_results(dir.path(), RUNS, 4096);
     let registered = controller.register("steady", "").await;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(
+    let beats = Heartbeats::start(
         controller.grpc().await,
         registered,
         Duration::from_millis(50),
-        stop,
     );
 
     let started = Instant::now();
@@ -381,8 +372,7 @@ async fn a_long_export_streams_while_heartbeats_are_served_on_time() {
     let first_byte = started.elapsed();
     let body = response.bytes().await.unwrap();
     let took = started.elapsed();
-    stop_tx.send(true).unwrap();
-    let slowest = beats.await.unwrap();
+    let slowest = beats.stop().await;
     let export: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let results = export["results"].as_array().unwrap();
     assert_eq!(results.len(), RUNS);
@@ -483,18 +473,15 @@ async fn a_big_results_list_is_read_while_heartbeats_are_served_on_time() {
     const RUNS: usize = 10_000;
     insert_results(dir.path(), RUNS, 8192);
     let registered = controller.register("steady", "").await;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = heartbeat_forever(
+    let beats = Heartbeats::start(
         controller.grpc().await,
         registered,
         Duration::from_millis(50),
-        stop,
     );
     let started = Instant::now();
     let (ids, sizes) = results_pages(&controller, 100_000).await;
     let took = started.elapsed();
-    stop_tx.send(true).unwrap();
-    let slowest = beats.await.unwrap();
+    let slowest = beats.stop().await;
     eprintln!("results list of {sizes:?} bytes in {took:?}; slowest heartbeat {slowest:?}");
     assert_eq!(sizes.len(), 1, "one page");
     assert_eq!(ids.len(), RUNS);

@@ -6,9 +6,7 @@
 mod common;
 
 use common::TestController;
-use measurelab_api::node_v1::{
-    DesiredStateRequest, PostResultRequest, RegisterResponse, ServiceTask,
-};
+use measurelab_api::node_v1::{PostResultRequest, RegisterResponse, ServiceTask};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -31,17 +29,7 @@ async fn with_service_host(
 }
 
 async fn service_tasks(controller: &TestController, node: &RegisterResponse) -> Vec<ServiceTask> {
-    controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: node.node_id.clone(),
-            node_secret: node.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_tasks
+    controller.desired_state(node).await.service_tasks
 }
 
 async fn post_as(

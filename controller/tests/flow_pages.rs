@@ -15,17 +15,33 @@ use measurelab_controller::ControllerConfig;
 use reqwest::Method;
 use serde_json::Value;
 
-/// A controller reading `root` as its flow archive (no collector of its
-/// own, as a replica on a shared root), with node n1 exporting from
-/// 127.0.0.1 and platform `watched` on it; returns the platform's flows
-/// path and its subnet's first three octets.
-async fn watched_platform(
-    data_dir: &std::path::Path,
+/// A controller reading a flow archive in a temporary directory (no
+/// collector of its own, as a replica on a shared root), with node n1
+/// exporting from 127.0.0.1 and platform `watched` on it.
+struct Watched {
+    controller: TestController,
+    /// The platform's flows path.
+    path: String,
+    /// Its subnet's first three octets.
+    net: [u8; 3],
+    /// The archive.
     root: PathBuf,
-    tweak: impl FnOnce(&mut ControllerConfig),
-) -> (TestController, String, [u8; 3]) {
-    let controller = TestController::start_with(data_dir, move |config| {
-        config.flow_dir = Some(root);
+    /// Where nfcapd writes the files before they go into the archive.
+    scratch: tempfile::TempDir,
+    _data_and_archive: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// [`Watched`], the controller's settings changed by `tweak`.
+async fn watched_platform(tweak: impl FnOnce(&mut ControllerConfig)) -> Watched {
+    let (data, archive, scratch) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let root = archive.path().join("flows");
+    let flow_dir = root.clone();
+    let controller = TestController::start_with(data.path(), move |config| {
+        config.flow_dir = Some(flow_dir);
         tweak(config);
     })
     .await;
@@ -47,7 +63,14 @@ async fn watched_platform(
         .unwrap_or_else(|| panic!("no subnet in {platform}"));
     let [a, b, c, _] = subnet.octets();
     let path = format!("/v1/platforms/{}/flows", platform["id"].as_str().unwrap());
-    (controller, path, [a, b, c])
+    Watched {
+        controller,
+        path,
+        net: [a, b, c],
+        root,
+        scratch,
+        _data_and_archive: (data, archive),
+    }
 }
 
 /// A flow of the platform from .10 to .11, told apart by `src_port`,
@@ -87,13 +110,14 @@ fn rfc3339(unix: u32) -> String {
 /// record of that time.
 #[tokio::test]
 async fn a_range_reads_only_the_files_its_times_name() {
-    let (dir, archive, scratch) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let root = archive.path().join("flows");
-    let (controller, path, net) = watched_platform(dir.path(), root.clone(), |_| {}).await;
+    let Watched {
+        controller,
+        path,
+        net,
+        root,
+        scratch,
+        _data_and_archive,
+    } = watched_platform(|_| {}).await;
     let now = unix_now();
     let ago = |minutes: u32| now - minutes * 60;
     let collector = root.join("c1-0.0.0.0-2055");
@@ -174,13 +198,14 @@ async fn pages(controller: &TestController, first: &str) -> Vec<Vec<u64>> {
 /// the same cursor in a last `#` line.
 #[tokio::test]
 async fn a_page_ends_at_its_limit_and_its_cursor_reads_on() {
-    let (dir, archive, scratch) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let root = archive.path().join("flows");
-    let (controller, path, net) = watched_platform(dir.path(), root.clone(), |_| {}).await;
+    let Watched {
+        controller,
+        path,
+        net,
+        root,
+        scratch,
+        _data_and_archive,
+    } = watched_platform(|_| {}).await;
     write_nfcapd_files(scratch.path(), &five_records(&root, net));
 
     assert_eq!(
@@ -224,13 +249,14 @@ async fn a_page_ends_at_the_byte_and_file_caps_and_its_cursor_reads_on() {
             vec![vec![6001, 6002], vec![6003, 6004], vec![6005]],
         ),
     ] {
-        let (dir, archive, scratch) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let root = archive.path().join("flows");
-        let (controller, path, net) = watched_platform(dir.path(), root.clone(), tweak).await;
+        let Watched {
+            controller,
+            path,
+            net,
+            root,
+            scratch,
+            _data_and_archive,
+        } = watched_platform(tweak).await;
         write_nfcapd_files(scratch.path(), &five_records(&root, net));
         assert_eq!(pages(&controller, &path).await, expected, "cap on {cap}");
         controller.stop().await;
@@ -242,9 +268,13 @@ async fn a_page_ends_at_the_byte_and_file_caps_and_its_cursor_reads_on() {
 #[tokio::test]
 async fn bad_paging_parameters_name_the_parameter() {
     use base64::Engine;
-    let (dir, archive) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (controller, path, _) =
-        watched_platform(dir.path(), archive.path().join("flows"), |_| {}).await;
+    // Bound by name: what a pattern leaves out is dropped, temp dirs and all.
+    let Watched {
+        controller,
+        path,
+        _data_and_archive,
+        ..
+    } = watched_platform(|_| {}).await;
     let not_a_file = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("3:c1/notes.txt");
     for (query, field, reason) in [
         ("limit=0", "limit", "out of range 1..=100000"),

@@ -10,9 +10,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::{register_request, TestController};
-use measurelab_api::node_v1::{
-    DesiredState, DesiredStateRequest, GatewayStatus, RegisterResponse, StatusAck, StatusReport,
-};
+use measurelab_api::node_v1::{GatewayStatus, RegisterResponse, StatusAck, StatusReport};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -28,19 +26,6 @@ async fn node(controller: &TestController, name: &str, public_address: &str) -> 
         .grpc()
         .await
         .register(request)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn desired(controller: &TestController, node: &RegisterResponse) -> DesiredState {
-    controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: node.node_id.clone(),
-            node_secret: node.node_secret.clone(),
-        })
         .await
         .unwrap()
         .into_inner()
@@ -239,7 +224,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     let gateway_public = platform["gateway_public_key"].as_str().unwrap().to_string();
 
     // Only n1 runs the gateway, with the private key of the public key shown.
-    let on_n1 = desired(&controller, &n1).await;
+    let on_n1 = controller.desired_state(&n1).await;
     assert_eq!(on_n1.gateways.len(), 1);
     let gateway = &on_n1.gateways[0];
     assert_eq!(public_of(&gateway.private_key), gateway_public);
@@ -252,14 +237,17 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
         (format!("{first_host}/24").as_str(), "100.96.0.1/24", 51820)
     );
     assert_eq!(gateway.platform_subnet, subnet);
-    assert!(desired(&controller, &n2).await.gateways.is_empty());
+    assert!(controller.desired_state(&n2).await.gateways.is_empty());
 
     // VMs route via the gateway.
     controller.create_vm("vm1", "lab", "n2").await;
-    assert_eq!(desired(&controller, &n2).await.vms[0].gateway, first_host);
+    assert_eq!(
+        controller.desired_state(&n2).await.vms[0].gateway,
+        first_host
+    );
 
     // A generated key pair: the private key is in this answer only.
-    let generation = desired(&controller, &n1).await.generation;
+    let generation = controller.desired_state(&n1).await.generation;
     let created = expect(
         &controller,
         &admin,
@@ -326,7 +314,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     assert!(own.get("private_key").is_none(), "{own}");
     assert_eq!(own["tunnel_address"], "100.96.0.3/32");
 
-    let with_peers = desired(&controller, &n1).await;
+    let with_peers = controller.desired_state(&n1).await;
     assert!(with_peers.generation > generation);
     let mut peers: Vec<(String, String)> = with_peers.gateways[0]
         .peers
@@ -343,7 +331,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     ];
     expected.sort();
     assert_eq!(peers, expected);
-    assert!(desired(&controller, &n2).await.gateways.is_empty());
+    assert!(controller.desired_state(&n2).await.gateways.is_empty());
 
     // Removing a peer bumps the gateway node's generation and drops it.
     expect(
@@ -355,7 +343,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
         200,
     )
     .await;
-    let after = desired(&controller, &n1).await;
+    let after = controller.desired_state(&n1).await;
     assert!(after.generation > with_peers.generation);
     let left: Vec<&str> = after.gateways[0]
         .peers
@@ -531,7 +519,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     assert_eq!(moved["gateway_endpoint"], "198.51.100.3:51821");
     assert_eq!(moved["gateway_public_key"], created["gateway_public_key"]);
     assert_eq!(moved["tunnel_network"], created["tunnel_network"]);
-    assert!(desired(&controller, &n1).await.gateways.is_empty());
+    assert!(controller.desired_state(&n1).await.gateways.is_empty());
     let peer = expect(
         &controller,
         &admin,
@@ -636,7 +624,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         200,
     )
     .await;
-    assert!(desired(&controller, &n1).await.gateways.is_empty());
+    assert!(controller.desired_state(&n1).await.gateways.is_empty());
     expect(
         &controller,
         &admin,

@@ -403,5 +403,11 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
         .await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["field"], "tenant", "{answer}");
+    // The provider's plan-time diagnostic says the same (Role::tenant_refusal).
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("a metrics token belongs to no tenant; leave tenant out"),
+        "{answer}"
+    );
     controller.stop().await;
 }

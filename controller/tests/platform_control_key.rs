@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use common::TestController;
-use measurelab_api::node_v1::{DesiredStateRequest, RegisterResponse};
+use measurelab_api::node_v1::RegisterResponse;
 use reqwest::Method;
 use serde_json::json;
 
@@ -28,15 +28,8 @@ async fn run_envs(
     node: &RegisterResponse,
 ) -> HashMap<String, HashMap<String, String>> {
     controller
-        .grpc()
+        .desired_state(node)
         .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: node.node_id.clone(),
-            node_secret: node.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
         .program_runs
         .into_iter()
         .map(|run| (run.deployment_id, run.env))

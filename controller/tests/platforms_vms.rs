@@ -6,7 +6,7 @@ mod common;
 
 use common::{heartbeat_request, register_request, TestController};
 use measurelab_api::node_v1::{
-    Capabilities, Condition, DesiredStateRequest, GuestReport, LogLine, StatusReport, VmStatus,
+    Capabilities, Condition, GuestReport, LogLine, StatusReport, VmStatus,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -17,22 +17,6 @@ fn field(body: &Value) -> &str {
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
-}
-
-async fn desired(
-    controller: &TestController,
-    registered: &measurelab_api::node_v1::RegisterResponse,
-) -> measurelab_api::node_v1::DesiredState {
-    controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: registered.node_id.clone(),
-            node_secret: registered.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn heartbeat_generation(
@@ -75,7 +59,7 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
     // Membership is part of the node's desired state: its generation moved.
     let generation = heartbeat_generation(&controller, &n1).await;
     assert!(generation > 0);
-    let state = desired(&controller, &n1).await;
+    let state = controller.desired_state(&n1).await;
     assert_eq!(state.generation, generation);
     assert_eq!(state.platforms.len(), 1);
     assert_eq!(state.platforms[0].vlan_tag, 200);
@@ -438,16 +422,7 @@ async fn vm_creation_is_validated_field_by_field_and_nothing_is_half_created() {
 
 #[tokio::test]
 async fn vm_patch_is_in_place_and_immutable_fields_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
+    let (_dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     controller
         .call(
             Method::POST,
@@ -488,7 +463,7 @@ async fn vm_patch_is_in_place_and_immutable_fields_are_refused() {
     assert_eq!(answer["power_state"], "paused");
     assert_eq!(answer["generation"], vm["generation"].as_u64().unwrap() + 1);
     assert!(heartbeat_generation(&controller, &n1).await > generation);
-    let state = desired(&controller, &n1).await;
+    let state = controller.desired_state(&n1).await;
     let desired_vm = &state.vms[0];
     assert_eq!(desired_vm.vcpus, 2);
     assert_eq!(desired_vm.power_state, "paused");
@@ -547,6 +522,51 @@ async fn request_id_makes_creation_idempotent() {
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(field(&body), "request_id");
+    controller.stop().await;
+}
+
+/// A change's request_id is recorded under its method and path: the PATCH
+/// sent again gets its first answer, and the same request_id on the DELETE
+/// of the same policy is refused naming both routes.
+#[tokio::test]
+async fn a_change_request_id_is_bound_to_its_method_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (status, body) = controller
+        .call(
+            Method::POST,
+            "/v1/qos_policies",
+            Some(json!({"name": "q", "ingress_max_kbps": 1000})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let patch = json!({"ingress_max_kbps": 2000, "request_id": "req-3"});
+    let (s1, first) = controller
+        .call(Method::PATCH, "/v1/qos_policies/q", Some(patch.clone()))
+        .await;
+    let (s2, second) = controller
+        .call(Method::PATCH, "/v1/qos_policies/q", Some(patch))
+        .await;
+    assert_eq!((s1, s2), (200, 200), "{first} {second}");
+    assert_eq!(first, second, "the retry gets the first answer");
+    assert_eq!(first["ingress_max_kbps"], 2000, "{first}");
+
+    let (status, body) = controller
+        .call(Method::DELETE, "/v1/qos_policies/q?request_id=req-3", None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(field(&body), "request_id");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "was already used for PATCH /v1/qos_policies/q; use a new request_id for DELETE /v1/qos_policies/q"
+        ),
+        "{body}"
+    );
+    let (status, _) = controller
+        .call(Method::GET, "/v1/qos_policies/q", None)
+        .await;
+    assert_eq!(status, 200, "the refused DELETE deleted nothing");
     controller.stop().await;
 }
 
@@ -658,7 +678,7 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
             .actual_state,
         "deleting"
     );
-    let state = desired(&controller, &n1).await;
+    let state = controller.desired_state(&n1).await;
     assert!(state.vms[0].deleting);
     let (status, body) = controller
         .call(Method::DELETE, "/v1/platforms/p", None)
@@ -688,7 +708,7 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
     assert!(answer.desired_generation > generation);
     let err = controller.client().get_vm(&vm_id).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    assert!(desired(&controller, &n1).await.vms.is_empty());
+    assert!(controller.desired_state(&n1).await.vms.is_empty());
 
     // force=true removes at once.
     let (_, vm2) = controller
@@ -730,23 +750,14 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
 
 #[tokio::test]
 async fn paused_platform_pauses_its_vms_in_the_desired_state_and_state_survives_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
+    let (dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     let (_, vm) = controller
         .call(Method::POST, "/v1/vms", Some(vm_body("v1")))
         .await;
     controller
         .call(Method::POST, "/v1/platforms/p/pause", None)
         .await;
-    let state = desired(&controller, &n1).await;
+    let state = controller.desired_state(&n1).await;
     assert_eq!(state.vms[0].power_state, "paused");
     assert_eq!(state.platforms[0].power_state, "paused");
     let generation = state.generation;
@@ -760,7 +771,10 @@ async fn paused_platform_pauses_its_vms_in_the_desired_state_and_state_survives_
         .unwrap();
     assert_eq!(again.mac, vm["mac"].as_str().unwrap());
     assert_eq!(heartbeat_generation(&controller, &n1).await, generation);
-    assert_eq!(desired(&controller, &n1).await.vms[0].power_state, "paused");
+    assert_eq!(
+        controller.desired_state(&n1).await.vms[0].power_state,
+        "paused"
+    );
     controller.stop().await;
 }
 
@@ -808,22 +822,13 @@ async fn concurrent_creations_never_share_an_address_mac_or_vlan() {
         );
         assert!(macs.insert(vm["mac"].as_str().unwrap().to_string()), "{vm}");
     }
-    assert_eq!(desired(&controller, &n1).await.vms.len(), 24);
+    assert_eq!(controller.desired_state(&n1).await.vms.len(), 24);
     controller.stop().await;
 }
 
 #[tokio::test]
 async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
-    let n1 = controller.register("n1", "").await;
-    controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
+    let (_dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     let mut body = vm_body("v1");
     body["max_vcpus"] = json!(0);
     let (status, answer) = controller.call(Method::POST, "/v1/vms", Some(body)).await;
@@ -840,7 +845,7 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
         (json!(4), json!(512))
     );
     assert_eq!(vm["pending_restart"], false);
-    let sent = &desired(&controller, &n1).await.vms[0];
+    let sent = &controller.desired_state(&n1).await.vms[0];
     assert_eq!((sent.max_vcpus, sent.max_memory_mib), (4, 512));
 
     // Growing past a maximum without raising it is refused, naming it.
@@ -867,7 +872,7 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let sent = &desired(&controller, &n1).await.vms[0];
+    let sent = &controller.desired_state(&n1).await.vms[0];
     assert_eq!((sent.vcpus, sent.max_vcpus), (6, 8));
 
     // A VM without maxima sends 0: no room beyond its size.
@@ -875,7 +880,7 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
         .call(Method::POST, "/v1/vms", Some(vm_body("v2")))
         .await;
     assert_eq!(plain["max_vcpus"], Value::Null);
-    let state = desired(&controller, &n1).await;
+    let state = controller.desired_state(&n1).await;
     let sent = state.vms.iter().find(|v| v.name == "v2").unwrap();
     assert_eq!((sent.max_vcpus, sent.max_memory_mib), (0, 0));
 

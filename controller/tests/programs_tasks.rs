@@ -6,8 +6,8 @@ mod common;
 use base64::Engine;
 use common::TestController;
 use measurelab_api::node_v1::{
-    DesiredStateRequest, FetchProgramRequest, PollTasksRequest, PostResultRequest,
-    ProgramRunStatus, RegisterResponse, StatusReport,
+    FetchProgramRequest, PollTasksRequest, PostResultRequest, ProgramRunStatus, RegisterResponse,
+    StatusReport,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -122,16 +122,7 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
     assert_eq!(deployment["runs"][0]["vm"], "p/mscs");
     let deployment_id = deployment["id"].as_str().unwrap().to_string();
 
-    let state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let state = controller.desired_state(&n1).await;
     assert_eq!(state.program_runs.len(), 1);
     let run = &state.program_runs[0];
     assert_eq!(run.vm_id, mscs);
@@ -214,16 +205,7 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
     assert_eq!(run.stdout_tail, "measuring\n");
     assert!(run.started_at.is_some() && run.finished_at.is_some());
     // A finished run leaves the desired state.
-    let state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let state = controller.desired_state(&n1).await;
     assert!(state.program_runs.is_empty());
     let (status, stopped) = controller
         .call(
@@ -621,16 +603,7 @@ async fn service_host_tasks_reach_the_listed_nodes() {
     assert_eq!(status, 201, "{task}");
     assert_eq!(task["interval_seconds"], 300);
     assert_eq!(task["duration_seconds"], 30);
-    let state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let state = controller.desired_state(&n1).await;
     assert_eq!(state.service_tasks.len(), 1);
     assert_eq!(state.service_tasks[0].task_id, task["id"].as_str().unwrap());
     let peers: Vec<(&str, &str)> = state.service_tasks[0]
@@ -658,16 +631,7 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
         "{key}"
     );
-    let n2_state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n2.node_id.clone(),
-            node_secret: n2.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let n2_state = controller.desired_state(&n2).await;
     assert_eq!(
         n2_state.service_tasks[0].control_key.as_deref(),
         Some(key.as_str())
@@ -689,16 +653,7 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         )
         .await;
     assert_eq!(status, 201, "{other}");
-    let state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let state = controller.desired_state(&n1).await;
     let other_key = state
         .service_tasks
         .iter()
@@ -727,16 +682,7 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         controller.client().get_task("quick").await.unwrap().status,
         "completed"
     );
-    let state = controller
-        .grpc()
-        .await
-        .get_desired_state(DesiredStateRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let state = controller.desired_state(&n1).await;
     assert!(state.service_tasks.is_empty());
     controller.stop().await;
 }

@@ -415,6 +415,19 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
     let (status, body) = controller
         .call_as(
             &viewer,
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"flow_monitoring": true})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "changing platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
+    );
+    let (status, body) = controller
+        .call_as(
+            &viewer,
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "more", "nodes": ["n1"]})),
@@ -709,31 +722,16 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
     assert_eq!(status, 503, "{body}");
 
     let off = json!({"flow_monitoring": false});
+    let patch = format!("/v1/platforms/{platform}");
+    // The viewer sees the platform (403), bob does not (404).
+    for (token, refusal) in [(&viewer, 403), (&bob, 404)] {
+        let (status, body) = controller
+            .call_as(token, Method::PATCH, &patch, Some(off.clone()))
+            .await;
+        assert_eq!(status, refusal, "{body}");
+    }
     let (status, body) = controller
-        .call_as(
-            &viewer,
-            Method::PATCH,
-            &format!("/v1/platforms/{platform}"),
-            Some(off.clone()),
-        )
-        .await;
-    assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call_as(
-            &bob,
-            Method::PATCH,
-            &format!("/v1/platforms/{platform}"),
-            Some(off.clone()),
-        )
-        .await;
-    assert_eq!(status, 404, "{body}");
-    let (status, body) = controller
-        .call_as(
-            &alice,
-            Method::PATCH,
-            &format!("/v1/platforms/{platform}"),
-            Some(off),
-        )
+        .call_as(&alice, Method::PATCH, &patch, Some(off))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["flow_monitoring"], false, "{body}");

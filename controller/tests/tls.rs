@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::sockets::{closed, connect_from, wait_closed};
+use common::Heartbeats;
 use measurelab_api::http::NodeStatus;
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{HeartbeatRequest, RegisterResponse, RenewCertificateRequest};
@@ -524,22 +525,28 @@ async fn online_until_all_closed(
     }
 }
 
-#[tokio::test]
-async fn stalled_tls_handshakes_on_the_https_api_hold_their_caps_until_the_timeout() {
-    // The defaults: what a controller started with --tls does.
-    let limits = measurelab_controller::DEFAULT_HTTP_LIMITS;
+/// A controller whose nodes go offline after 3 s of silence, and node
+/// "steady" heartbeating every 500 ms: the node that must stay online while
+/// the listeners are attacked.
+async fn controller_with_a_steady_node() -> (TlsController, Heartbeats) {
     let controller = TlsController::start_with(|config| {
         config.offline_after = Duration::from_secs(3);
     })
     .await;
     let (steady, identity) = controller.register("steady").await;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = common::heartbeat_forever(
+    let beats = Heartbeats::start(
         controller.grpc(Some(identity)).await,
         steady,
         Duration::from_millis(500),
-        stop,
     );
+    (controller, beats)
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_on_the_https_api_hold_their_caps_until_the_timeout() {
+    // The defaults: what a controller started with --tls does.
+    let limits = measurelab_controller::DEFAULT_HTTP_LIMITS;
+    let (controller, beats) = controller_with_a_steady_node().await;
 
     let attacker = stalled_handshakes(controller.http).await;
     // Over the per-source cap, closed at accept: the caps hold under TLS.
@@ -572,30 +579,14 @@ async fn stalled_tls_handshakes_on_the_https_api_hold_their_caps_until_the_timeo
         limits.header_read_timeout * 2,
     )
     .await;
-    stop_tx.send(true).unwrap();
-    let slowest = beats.await.unwrap();
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest heartbeat {slowest:?}"
-    );
+    beats.stop_all_answered_within_a_second().await;
     controller.stop().await;
 }
 
 #[tokio::test]
 async fn stalled_tls_handshakes_on_the_grpc_api_are_timed_out_while_nodes_are_served() {
     let limits = measurelab_controller::DEFAULT_GRPC_LIMITS;
-    let controller = TlsController::start_with(|config| {
-        config.offline_after = Duration::from_secs(3);
-    })
-    .await;
-    let (steady, identity) = controller.register("steady").await;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let beats = common::heartbeat_forever(
-        controller.grpc(Some(identity)).await,
-        steady,
-        Duration::from_millis(500),
-        stop,
-    );
+    let (controller, beats) = controller_with_a_steady_node().await;
 
     // All under the per-source cap (1000 a source of 1024): every one is
     // admitted and stalls its handshake.
@@ -616,12 +607,7 @@ async fn stalled_tls_handshakes_on_the_grpc_api_are_timed_out_while_nodes_are_se
         limits.handshake_timeout * 2,
     )
     .await;
-    stop_tx.send(true).unwrap();
-    let slowest = beats.await.unwrap();
-    assert!(
-        slowest < Duration::from_secs(1),
-        "slowest heartbeat {slowest:?}"
-    );
+    beats.stop_all_answered_within_a_second().await;
     // The listener still takes new connections once they are gone.
     controller
         .grpc(Some(late_identity))

@@ -385,12 +385,14 @@ async fn guest_agent_over_unix_socket() {
 
     // Local API: POST /results arrives as an inbound result message, and is
     // answered only once the node agent says it is durable.
-    let post = |body: &'static str| {
+    let post = |body: String| {
         let api = local_api.clone();
-        tokio::task::spawn_blocking(move || http(&api, "POST", "/results", Some(body)))
+        tokio::task::spawn_blocking(move || http(&api, "POST", "/results", Some(&body)))
     };
-    let mut pending =
-        post(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
+    let result = |task_id: &str| {
+        format!(r#"{{"task_id":"{task_id}","schema":"measurelab.mcast.result/v1","receivers":[]}}"#)
+    };
+    let mut pending = post(result("task-9"));
     let (task_id, document, request_id) = expect(&mut inbound, WAIT, "result", |m| match m {
         GuestMessage::Result {
             task_id,
@@ -423,57 +425,46 @@ async fn guest_agent_over_unix_socket() {
         .unwrap();
     let (code, body) = pending.await.unwrap();
     assert_eq!(code, 202, "{body}");
-    // A result the node agent could not store is refused, not acknowledged.
-    let refused =
-        post(r#"{"task_id":"task-9","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
-    let request_id = expect(&mut inbound, WAIT, "second result", |m| match m {
-        GuestMessage::Result { request_id, .. } => request_id.clone(),
-        _ => None,
-    })
-    .await;
-    channels
-        .send(
-            vm_id,
-            &AgentMessage::ResultAck {
-                request_id,
-                stored: false,
-                reason: Some("the node's result spool is full".into()),
-                rejected: false,
-            },
-        )
-        .unwrap();
-    let (code, body) = refused.await.unwrap();
-    assert_eq!(code, 503, "{body}");
-    assert!(
-        body.contains("not_stored") && body.contains("spool is full"),
-        "{body}"
-    );
-    // A result the controller refused for good is a 422 the program should
-    // not retry, with the controller's reason.
-    let rejected =
-        post(r#"{"task_id":"task-x","schema":"measurelab.mcast.result/v1","receivers":[]}"#);
-    let request_id = expect(&mut inbound, WAIT, "third result", |m| match m {
-        GuestMessage::Result { request_id, .. } => request_id.clone(),
-        _ => None,
-    })
-    .await;
-    channels
-        .send(
-            vm_id,
-            &AgentMessage::ResultAck {
-                request_id,
-                stored: false,
-                reason: Some("task_id: no task \"task-x\" exists".into()),
-                rejected: true,
-            },
-        )
-        .unwrap();
-    let (code, body) = rejected.await.unwrap();
-    assert_eq!(code, 422, "{body}");
-    assert!(
-        body.contains("\"code\":\"rejected\"") && body.contains("no task"),
-        "{body}"
-    );
+    // A result the node agent could not store is refused, not acknowledged;
+    // one the controller refused for good is a 422 the program should not
+    // retry, with the controller's reason.
+    for (task_id, reason, rejected, expected_code, says) in [
+        (
+            "task-9",
+            "the node's result spool is full",
+            false,
+            503,
+            ["not_stored", "spool is full"],
+        ),
+        (
+            "task-x",
+            "task_id: no task \"task-x\" exists",
+            true,
+            422,
+            ["\"code\":\"rejected\"", "no task"],
+        ),
+    ] {
+        let answer = post(result(task_id));
+        let request_id = expect(&mut inbound, WAIT, task_id, |m| match m {
+            GuestMessage::Result { request_id, .. } => request_id.clone(),
+            _ => None,
+        })
+        .await;
+        channels
+            .send(
+                vm_id,
+                &AgentMessage::ResultAck {
+                    request_id,
+                    stored: false,
+                    reason: Some(reason.into()),
+                    rejected,
+                },
+            )
+            .unwrap();
+        let (code, body) = answer.await.unwrap();
+        assert_eq!(code, expected_code, "{body}");
+        assert!(says.iter().all(|said| body.contains(said)), "{body}");
+    }
     // ...and a bad body is refused naming the field, without a message.
     let api = local_api.clone();
     let (code, body) =

@@ -202,6 +202,10 @@ pub(crate) fn ensure_can_create(
     )))
 }
 
+/// Whether a scope sees the object a key names, to tell a refused caller's
+/// 403 from 404.
+pub(crate) type Visible = fn(&Connection, &Scope, &str) -> Result<bool, StoreError>;
+
 /// Changing an existing tenant object: a viewer gets 403 for an object it
 /// sees and 404 (as for a missing one) for anything else.
 pub(crate) async fn ensure_can_change(
@@ -210,9 +214,24 @@ pub(crate) async fn ensure_can_change(
     action: &'static str,
     kind: &'static str,
     key: &str,
-    visible: fn(&Connection, &Scope, &str) -> Result<bool, StoreError>,
+    visible: Visible,
 ) -> Result<(), ApiError> {
-    if principal.can_write() {
+    ensure_role_on(state, principal, Role::Member, action, kind, key, visible).await
+}
+
+/// `action` on the object `key` of `kind` by a caller of at least role
+/// `needed`. Anyone else gets 403 when its scope sees the object, else
+/// 404, so a refusal never confirms that another tenant's object exists.
+pub(crate) async fn ensure_role_on(
+    state: &AppState,
+    principal: &Principal,
+    needed: Role,
+    action: &'static str,
+    kind: &'static str,
+    key: &str,
+    visible: Visible,
+) -> Result<(), ApiError> {
+    if principal.role >= needed {
         return Ok(());
     }
     let scope = principal.scope();
@@ -223,12 +242,9 @@ pub(crate) async fn ensure_can_change(
         .read(move |conn, _| visible(conn, &scope, &lookup))
         .await?;
     if seen {
-        Err(ApiError::Forbidden(principal.denial(
-            action,
-            kind,
-            key,
-            Role::Member,
-        )))
+        Err(ApiError::Forbidden(
+            principal.denial(action, kind, key, needed),
+        ))
     } else {
         Err(ApiError::NotFound {
             kind,

@@ -6,6 +6,7 @@
 mod admin_page;
 mod appliances;
 mod auth;
+mod change;
 mod error;
 mod exec;
 mod extract;
@@ -23,6 +24,7 @@ mod programs;
 mod qos_policies;
 pub(crate) mod rate_limit;
 mod results;
+mod scoped;
 mod security_headers;
 mod state;
 mod tasks;

@@ -14,12 +14,14 @@ use measurelab_api::http::{
 };
 
 use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, optional_body, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
-use super::page::{self, Page};
+use super::page;
+use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::sql::Connection;
 use crate::store::{control_keys, platform_points, platforms, tenants, StoreError};
 
@@ -28,21 +30,19 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<PlatformList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let platforms = state
-        .store()
-        .resources()
-        .read(move |conn, registry| {
-            Ok(platforms::list(conn, &scope)?
+    let (platforms, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, registry, scope| {
+            Ok(platforms::list(conn, scope)?
                 .iter()
                 .map(|p| p.to_api(registry))
                 .collect())
-        })
-        .await?;
-    let (platforms, next_cursor) =
-        page.apply(platforms, |item| page::by_name(&item.name, &item.id));
+        },
+        |item: &Platform| page::by_name(&item.name, &item.id),
+    )
+    .await?;
     Ok(Json(PlatformList {
         platforms,
         next_cursor,
@@ -74,14 +74,10 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Platform>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    let platform = state
-        .store()
-        .resources()
-        .read(move |conn, registry| Ok(platforms::get(conn, &scope, &key)?.to_api(registry)))
-        .await?;
-    Ok(Json(platform))
+    read_one(&state, &principal, path, |conn, registry, scope, key| {
+        Ok(platforms::get(conn, scope, key)?.to_api(registry))
+    })
+    .await
 }
 
 /// `GET /v1/platforms/{id_or_name}/points`: the point list its MSCS last
@@ -119,7 +115,7 @@ pub(crate) async fn control_key(
         &state,
         &principal,
         "reading the control key of",
-        "platform",
+        PLATFORM.name,
         &key,
         visible,
     )
@@ -144,30 +140,23 @@ pub(crate) async fn rotate_control_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let options: RequestOptions = optional_body(&body)?;
-    let key = key(path)?;
-    ensure_can_change(
-        &state,
-        &principal,
-        "rotating the control key of",
-        "platform",
-        &key,
-        visible,
-    )
-    .await?;
-    let route = format!("POST /v1/platforms/{key}/control-key/rotate");
-    let scope = principal.scope();
+    let change = PLATFORM
+        .change(
+            "rotating the control key of",
+            "POST",
+            key(path)?,
+            options.request_id,
+        )
+        .with_route_suffix("/control-key/rotate");
     let rotator = principal.token_name.clone();
     let secret = control_keys::new_secret();
-    // `mutate` runs the body only when this is not a replay.
+    // The body runs only when this is not a replay.
     let fresh = Arc::new(AtomicBool::new(false));
-    let result = state
-        .store()
-        .resources()
-        .mutate(principal.idempotency_key(options.request_id), route, {
+    let result = PLATFORM
+        .apply(&state, &principal, change, {
             let (secret, fresh) = (secret.clone(), fresh.clone());
-            move |cx| {
-                let mut rotated =
-                    platforms::rotate_control_key(cx, &scope, &key, &secret, &rotator)?;
+            move |cx, scope, key| {
+                let mut rotated = platforms::rotate_control_key(cx, scope, key, &secret, &rotator)?;
                 rotated.control_key.clear();
                 fresh.store(true, Ordering::Relaxed);
                 Ok(stored(200, &rotated))
@@ -186,29 +175,27 @@ pub(crate) fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<boo
     Ok(platforms::find(conn, scope, key)?.is_some())
 }
 
+const PLATFORM: Kind = Kind {
+    name: "platform",
+    collection: "/v1/platforms",
+    writers: Role::Member,
+    visible,
+};
+
 pub(crate) async fn patch(
     State(state): State<AppState>,
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<PlatformPatch>,
 ) -> Result<Response, ApiError> {
-    let key = key(path)?;
-    ensure_can_change(&state, &principal, "changing", "platform", &key, visible).await?;
-    let route = format!("PATCH /v1/platforms/{key}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(patch.request_id.clone()),
-            route,
-            move |cx| {
-                let row = platforms::update(cx, &scope, &key, patch)?;
-                Ok(stored(200, &row.to_api(cx.registry)))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let change = PLATFORM.patch(key(path)?, patch.request_id.clone());
+    PLATFORM
+        .apply(&state, &principal, change, move |cx, scope, key| {
+            let row = platforms::update(cx, scope, key, patch)?;
+            Ok(stored(200, &row.to_api(cx.registry)))
+        })
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn delete(
@@ -218,20 +205,14 @@ pub(crate) async fn delete(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_can_change(&state, &principal, "deleting", "platform", &key, visible).await?;
-    let route = format!("DELETE /v1/platforms/{key}");
-    let scope = principal.scope();
-    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
-    let result = state
-        .store()
-        .resources()
-        .mutate(request_id, route, move |cx| {
-            let row = platforms::delete(cx, &scope, &key)?;
+    let change = PLATFORM.delete(key, delete_request_id(&query)?);
+    PLATFORM
+        .apply(&state, &principal, change, |cx, scope, key| {
+            let row = platforms::delete(cx, scope, key)?;
             Ok(stored(200, &row.to_api(cx.registry)))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }
 
 async fn power(
@@ -246,22 +227,16 @@ async fn power(
         PlatformPowerState::Running => ("start", "starting"),
         PlatformPowerState::Paused => ("pause", "pausing"),
     };
-    ensure_can_change(&state, &principal, action, "platform", &key, visible).await?;
-    let route = format!("POST /v1/platforms/{key}/{verb}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(options.request_id),
-            route,
-            move |cx| {
-                let row = platforms::set_power(cx, &scope, &key, power)?;
-                Ok(stored(200, &row.to_api(cx.registry)))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let change = PLATFORM
+        .change(action, "POST", key, options.request_id)
+        .with_route_suffix(&format!("/{verb}"));
+    PLATFORM
+        .apply(&state, &principal, change, move |cx, scope, key| {
+            let row = platforms::set_power(cx, scope, key, power)?;
+            Ok(stored(200, &row.to_api(cx.registry)))
+        })
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn start(

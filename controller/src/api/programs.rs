@@ -13,13 +13,15 @@ use measurelab_api::http::{
     ProgramList,
 };
 
-use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
+use super::auth::{creation_scope, ensure_can_create, requested_tenant};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
-use super::page::{self, Page};
+use super::page;
+use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::programs::MAX_PROGRAM_BYTES;
 use crate::store::{programs, tenants, StoreError};
 
@@ -28,15 +30,14 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<ProgramList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let programs = state
-        .store()
-        .resources()
-        .read(move |conn, _| programs::list(conn, &scope))
-        .await?;
-    let (programs, next_cursor) = page.apply(programs, |item| page::by_name(&item.name, &item.id));
+    let (programs, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, _, scope| programs::list(conn, scope),
+        |item: &Program| page::by_name(&item.name, &item.id),
+    )
+    .await?;
     Ok(Json(ProgramList {
         programs,
         next_cursor,
@@ -219,21 +220,23 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Program>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, _| programs::get(conn, &scope, &key))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, _, scope, key| {
+        programs::get(conn, scope, key)
+    })
+    .await
 }
 
 /// Whether `scope` sees the program (for 403 versus 404).
 fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
     Ok(programs::find(conn, scope, key)?.is_some())
 }
+
+const PROGRAM: Kind = Kind {
+    name: "program",
+    collection: "/v1/programs",
+    writers: Role::Member,
+    visible,
+};
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
@@ -242,19 +245,13 @@ pub(crate) async fn delete(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_can_change(&state, &principal, "deleting", "program", &key, visible).await?;
-    let route = format!("DELETE /v1/programs/{key}");
-    let scope = principal.scope();
-    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
-    let result = state
-        .store()
-        .resources()
-        .mutate(request_id, route, move |cx| {
-            Ok(stored(200, &programs::delete(cx, &scope, &key)?))
+    let change = PROGRAM.delete(key, delete_request_id(&query)?);
+    PROGRAM
+        .apply(&state, &principal, change, |cx, scope, key| {
+            Ok(stored(200, &programs::delete(cx, scope, key)?))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn list_deployments(
@@ -262,17 +259,14 @@ pub(crate) async fn list_deployments(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<DeploymentList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let deployments = state
-        .store()
-        .resources()
-        .read(move |conn, _| programs::list_deployments(conn, &scope))
-        .await?;
-    let (deployments, next_cursor) = page.apply(deployments, |item| {
-        page::newest_first(&item.created_at, &item.id)
-    });
+    let (deployments, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, _, scope| programs::list_deployments(conn, scope),
+        |item: &Deployment| page::newest_first(&item.created_at, &item.id),
+    )
+    .await?;
     Ok(Json(DeploymentList {
         deployments,
         next_cursor,
@@ -309,21 +303,23 @@ pub(crate) async fn get_deployment(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deployment>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, _| programs::get_deployment(conn, &scope, &key))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, _, scope, key| {
+        programs::get_deployment(conn, scope, key)
+    })
+    .await
 }
 
 /// Whether `scope` sees the deployment (for 403 versus 404).
 fn deployment_visible(conn: &Connection, scope: &Scope, id: &str) -> Result<bool, StoreError> {
     Ok(programs::find_deployment(conn, scope, id)?.is_some())
 }
+
+const DEPLOYMENT: Kind = Kind {
+    name: "deployment",
+    collection: "/v1/deployments",
+    writers: Role::Member,
+    visible: deployment_visible,
+};
 
 /// Changes what can change without restarting the runs: the outputs.
 pub(crate) async fn patch_deployment(
@@ -332,31 +328,17 @@ pub(crate) async fn patch_deployment(
     path: Result<Path<String>, PathRejection>,
     JsonBody(input): JsonBody<DeploymentPatch>,
 ) -> Result<Response, ApiError> {
-    let key = key(path)?;
-    ensure_can_change(
-        &state,
-        &principal,
-        "changing",
-        "deployment",
-        &key,
-        deployment_visible,
-    )
-    .await?;
-    let route = format!("PATCH /v1/deployments/{key}");
-    let scope = principal.scope();
-    let request_id = principal.idempotency_key(input.request_id.clone());
-    let result = state
-        .store()
-        .resources()
-        .mutate(request_id, route, move |cx| {
+    let change = DEPLOYMENT.patch(key(path)?, input.request_id.clone());
+    DEPLOYMENT
+        .apply(&state, &principal, change, move |cx, scope, key| {
             let deployment = match input.outputs {
-                Some(outputs) => programs::set_outputs(cx, &scope, &key, outputs)?,
-                None => programs::get_deployment(cx.tx, &scope, &key)?,
+                Some(outputs) => programs::set_outputs(cx, scope, key, outputs)?,
+                None => programs::get_deployment(cx.tx, scope, key)?,
             };
             Ok(stored(200, &deployment))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }
 
 /// Stops every run of the deployment (the record stays for its statuses).
@@ -367,25 +349,11 @@ pub(crate) async fn delete_deployment(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_can_change(
-        &state,
-        &principal,
-        "stopping",
-        "deployment",
-        &key,
-        deployment_visible,
-    )
-    .await?;
-    let route = format!("DELETE /v1/deployments/{key}");
-    let scope = principal.scope();
-    let request_id = principal.idempotency_key(query.0.get("request_id").cloned());
-    let result = state
-        .store()
-        .resources()
-        .mutate(request_id, route, move |cx| {
-            Ok(stored(200, &programs::stop_deployment(cx, &scope, &key)?))
+    let change = DEPLOYMENT.change("stopping", "DELETE", key, delete_request_id(&query)?);
+    DEPLOYMENT
+        .apply(&state, &principal, change, |cx, scope, key| {
+            Ok(stored(200, &programs::stop_deployment(cx, scope, key)?))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }

@@ -7,13 +7,15 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch};
 
-use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
+use super::auth::{ensure_can_create, requested_tenant};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
-use super::page::{self, Page};
+use super::page;
+use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{qos_policies, tenants, StoreError};
 
 pub(crate) async fn list(
@@ -21,16 +23,14 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<QosPolicyList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let qos_policies = state
-        .store()
-        .resources()
-        .read(move |conn, _| qos_policies::list(conn, &scope))
-        .await?;
-    let (qos_policies, next_cursor) =
-        page.apply(qos_policies, |item| page::by_name(&item.name, &item.id));
+    let (qos_policies, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, _, scope| qos_policies::list(conn, scope),
+        |item: &QosPolicy| page::by_name(&item.name, &item.id),
+    )
+    .await?;
     Ok(Json(QosPolicyList {
         qos_policies,
         next_cursor,
@@ -65,15 +65,10 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<QosPolicy>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, _| qos_policies::get(conn, &scope, &key))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, _, scope, key| {
+        qos_policies::get(conn, scope, key)
+    })
+    .await
 }
 
 /// Whether `scope` sees the policy (for 403 versus 404).
@@ -81,26 +76,26 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
     Ok(qos_policies::find(conn, scope, key)?.is_some())
 }
 
+const QOS_POLICY: Kind = Kind {
+    name: "QoS policy",
+    collection: "/v1/qos_policies",
+    writers: Role::Member,
+    visible,
+};
+
 pub(crate) async fn patch(
     State(state): State<AppState>,
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<QosPolicyPatch>,
 ) -> Result<Response, ApiError> {
-    let key = key(path)?;
-    ensure_can_change(&state, &principal, "changing", "QoS policy", &key, visible).await?;
-    let route = format!("PATCH /v1/qos_policies/{key}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(patch.request_id.clone()),
-            route,
-            move |cx| Ok(stored(200, &qos_policies::update(cx, &scope, &key, patch)?)),
-        )
-        .await?;
-    Ok(answer(result))
+    let change = QOS_POLICY.patch(key(path)?, patch.request_id.clone());
+    QOS_POLICY
+        .apply(&state, &principal, change, move |cx, scope, key| {
+            Ok(stored(200, &qos_policies::update(cx, scope, key, patch)?))
+        })
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn delete(
@@ -110,18 +105,11 @@ pub(crate) async fn delete(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_can_change(&state, &principal, "deleting", "QoS policy", &key, visible).await?;
-    let route = format!("DELETE /v1/qos_policies/{key}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(query.0.get("request_id").cloned()),
-            route,
-            move |cx| Ok(stored(200, &qos_policies::delete(cx, &scope, &key)?)),
-        )
-        .await?;
-    Ok(answer(result))
+    let change = QOS_POLICY.delete(key, delete_request_id(&query)?);
+    QOS_POLICY
+        .apply(&state, &principal, change, |cx, scope, key| {
+            Ok(stored(200, &qos_policies::delete(cx, scope, key)?))
+        })
+        .await
+        .map(answer)
 }

@@ -7,13 +7,15 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
 
-use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
+use super::auth::{creation_scope, ensure_can_create, requested_tenant};
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
-use super::page::{self, Page};
+use super::page;
+use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{tasks, tenants, StoreError};
 
 pub(crate) async fn list(
@@ -21,15 +23,14 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<TaskList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let tasks = state
-        .store()
-        .resources()
-        .read(move |conn, _| tasks::list(conn, &scope))
-        .await?;
-    let (tasks, next_cursor) = page.apply(tasks, |item| page::by_name(&item.name, &item.id));
+    let (tasks, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, _, scope| tasks::list(conn, scope),
+        |item: &Task| page::by_name(&item.name, &item.id),
+    )
+    .await?;
     Ok(Json(TaskList { tasks, next_cursor }))
 }
 
@@ -65,21 +66,23 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Task>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, _| Ok(tasks::get(conn, &scope, &key)?.task))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, _, scope, key| {
+        Ok(tasks::get(conn, scope, key)?.task)
+    })
+    .await
 }
 
 /// Whether `scope` sees the task (for 403 versus 404).
 fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
     Ok(tasks::find(conn, scope, key)?.is_some())
 }
+
+const TASK: Kind = Kind {
+    name: "task",
+    collection: "/v1/tasks",
+    writers: Role::Member,
+    visible,
+};
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
@@ -88,18 +91,10 @@ pub(crate) async fn delete(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_can_change(&state, &principal, "deleting", "task", &key, visible).await?;
-    let route = format!("DELETE /v1/tasks/{key}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(query.0.get("request_id").cloned()),
-            route,
-            move |cx| Ok(stored(200, &tasks::delete(cx, &scope, &key)?)),
-        )
-        .await?;
-    Ok(answer(result))
+    let change = TASK.delete(key, delete_request_id(&query)?);
+    TASK.apply(&state, &principal, change, |cx, scope, key| {
+        Ok(stored(200, &tasks::delete(cx, scope, key)?))
+    })
+    .await
+    .map(answer)
 }

@@ -7,13 +7,16 @@ use axum::Json;
 use measurelab_api::http::{Tenant, TenantCreate, TenantList, TenantPatch, WhoAmI};
 
 use super::auth::ensure_operator;
+use super::change::{delete_request_id, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
-use super::page::{self, Page};
+use super::page;
+use super::scoped::{read_one, read_page};
 use super::state::AppState;
-use crate::access::Principal;
-use crate::store::tenants;
+use crate::access::{Principal, Role, Scope};
+use crate::store::sql::Connection;
+use crate::store::{tenants, StoreError};
 
 /// The caller's token, role and tenant (the provider's plan-time checks use it).
 pub(crate) async fn whoami(principal: Principal) -> Json<WhoAmI> {
@@ -32,15 +35,14 @@ pub(crate) async fn list(
     principal: Principal,
     query: QueryParams,
 ) -> Result<Json<TenantList>, ApiError> {
-    query.only(&["limit", "after"])?;
-    let page = Page::from_query(&query)?;
-    let scope = principal.scope();
-    let tenants = state
-        .store()
-        .resources()
-        .read(move |conn, _| tenants::list(conn, &scope))
-        .await?;
-    let (tenants, next_cursor) = page.apply(tenants, |item| page::by_name(&item.name, &item.id));
+    let (tenants, next_cursor) = read_page(
+        &state,
+        &principal,
+        &query,
+        |conn, _, scope| tenants::list(conn, scope),
+        |item: &Tenant| page::by_name(&item.name, &item.id),
+    )
+    .await?;
     Ok(Json(TenantList {
         tenants,
         next_cursor,
@@ -70,37 +72,25 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Tenant>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, _| tenants::get(conn, &scope, &key))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, _, scope, key| {
+        tenants::get(conn, scope, key)
+    })
+    .await
 }
 
-/// Tenant-visible but operator-only: a tenant token gets 403 for its own
-/// tenant and 404 for any other.
-async fn ensure_operator_on(
-    state: &AppState,
-    principal: &Principal,
-    action: &str,
-    key: &str,
-) -> Result<(), ApiError> {
-    if principal.is_operator() {
-        return Ok(());
-    }
-    let scope = principal.scope();
-    let lookup = key.to_string();
-    state
-        .store()
-        .resources()
-        .read(move |conn, _| tenants::get(conn, &scope, &lookup))
-        .await?;
-    ensure_operator(principal, action, "tenant", key)
+/// Whether `scope` sees the tenant (a tenant token only its own): tenants
+/// are changed by the operator only, and a tenant token gets 403 for its
+/// own tenant and 404 for any other.
+fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreError> {
+    Ok(tenants::find(conn, key)?.is_some_and(|tenant| scope.sees(&tenant.id)))
 }
+
+const TENANT: Kind = Kind {
+    name: "tenant",
+    collection: "/v1/tenants",
+    writers: Role::Operator,
+    visible,
+};
 
 pub(crate) async fn patch(
     State(state): State<AppState>,
@@ -108,17 +98,13 @@ pub(crate) async fn patch(
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<TenantPatch>,
 ) -> Result<Response, ApiError> {
-    let key = key(path)?;
-    ensure_operator_on(&state, &principal, "changing", &key).await?;
-    let route = format!("PATCH /v1/tenants/{key}");
-    let result = state
-        .store()
-        .resources()
-        .mutate(patch.request_id.clone(), route, move |cx| {
-            Ok(stored(200, &tenants::update(cx, &key, patch)?))
+    let change = TENANT.patch(key(path)?, patch.request_id.clone());
+    TENANT
+        .apply(&state, &principal, change, move |cx, _, key| {
+            Ok(stored(200, &tenants::update(cx, key, patch)?))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }
 
 /// Refused (409) while the tenant owns objects; takes its tokens with it.
@@ -129,14 +115,10 @@ pub(crate) async fn delete(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    query.only(&["request_id"])?;
-    ensure_operator_on(&state, &principal, "deleting", &key).await?;
-    let route = format!("DELETE /v1/tenants/{key}");
-    let result = state
-        .store()
-        .resources()
-        .mutate(query.0.get("request_id").cloned(), route, move |cx| {
-            Ok(stored(200, &tenants::delete(cx, &key)?))
+    let change = TENANT.delete(key, delete_request_id(&query)?);
+    let result = TENANT
+        .apply(&state, &principal, change, |cx, _, key| {
+            Ok(stored(200, &tenants::delete(cx, key)?))
         })
         .await?;
     state.store().reload_tokens().await?;

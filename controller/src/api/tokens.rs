@@ -65,29 +65,19 @@ fn token_tenant(
         StoreError::Forbidden(principal.denial("creating", "token", &input.name, needed))
     };
     match principal.role {
-        Role::Operator => match (input.role, &input.tenant) {
-            (Role::Operator | Role::Metrics, None) => Ok(None),
-            (Role::Operator | Role::Metrics, Some(_)) => Err(StoreError::invalid(
+        Role::Operator => match (input.role.tenant_refusal(), &input.tenant) {
+            (Some(_), None) => Ok(None),
+            (Some(refusal), Some(_)) => Err(StoreError::invalid(
                 "tenant",
-                format!(
-                    "a{} {} token belongs to no tenant; leave tenant out",
-                    if input.role == Role::Operator {
-                        "n"
-                    } else {
-                        ""
-                    },
-                    input.role.as_str()
-                ),
+                format!("{refusal}; leave tenant out"),
             )),
-            (_, None) => Err(StoreError::invalid(
+            (None, None) => Err(StoreError::invalid(
                 "tenant",
                 "is required for an owner, member or viewer token",
             )),
-            (_, Some(key)) => tenants::target(conn, None, Some(key)).map(Some),
+            (None, Some(key)) => tenants::target(conn, None, Some(key)).map(Some),
         },
-        Role::Owner if matches!(input.role, Role::Operator | Role::Metrics) => {
-            Err(denied(Role::Operator))
-        }
+        Role::Owner if input.role.is_global() => Err(denied(Role::Operator)),
         Role::Owner => {
             tenants::target(conn, principal.tenant.as_ref(), input.tenant.as_deref()).map(Some)
         }

@@ -8,13 +8,15 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
 
-use super::auth::{creation_scope, ensure_can_change, ensure_can_create, requested_tenant};
+use super::auth::{creation_scope, ensure_can_create, requested_tenant};
+use super::change::Kind;
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
 use super::idempotency::{answer, stored, Idempotent};
 use super::page::{self, Page};
+use super::scoped::read_one;
 use super::state::AppState;
-use crate::access::{Principal, Scope};
+use crate::access::{Principal, Role, Scope};
 use crate::store::{desired, vms, StoreError};
 
 pub(crate) async fn list(
@@ -74,15 +76,10 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vm>, ApiError> {
-    let key = key(path)?;
-    let scope = principal.scope();
-    Ok(Json(
-        state
-            .store()
-            .resources()
-            .read(move |conn, registry| Ok(vms::get(conn, &scope, &key)?.to_api(registry)))
-            .await?,
-    ))
+    read_one(&state, &principal, path, |conn, registry, scope, key| {
+        Ok(vms::get(conn, scope, key)?.to_api(registry))
+    })
+    .await
 }
 
 /// Whether `scope` sees the VM (for 403 versus 404).
@@ -90,29 +87,26 @@ fn visible(conn: &Connection, scope: &Scope, key: &str) -> Result<bool, StoreErr
     Ok(vms::find(conn, scope, key)?.is_some())
 }
 
+const VM: Kind = Kind {
+    name: "VM",
+    collection: "/v1/vms",
+    writers: Role::Member,
+    visible,
+};
+
 pub(crate) async fn patch(
     State(state): State<AppState>,
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
     JsonBody(patch): JsonBody<VmPatch>,
 ) -> Result<Response, ApiError> {
-    let key = key(path)?;
-    ensure_can_change(&state, &principal, "changing", "VM", &key, visible).await?;
-    let route = format!("PATCH /v1/vms/{key}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(patch.request_id.clone()),
-            route,
-            move |cx| {
-                let vm = vms::update(cx, &scope, &key, patch)?;
-                Ok(stored(200, &vm.to_api(cx.registry)))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let change = VM.patch(key(path)?, patch.request_id.clone());
+    VM.apply(&state, &principal, change, move |cx, scope, key| {
+        let vm = vms::update(cx, scope, key, patch)?;
+        Ok(stored(200, &vm.to_api(cx.registry)))
+    })
+    .await
+    .map(answer)
 }
 
 /// Marks the VM deleting (202) until the node agent acks its cleanup;
@@ -135,25 +129,18 @@ pub(crate) async fn delete(
             })
         }
     };
-    ensure_can_change(&state, &principal, "deleting", "VM", &key, visible).await?;
-    let route = format!("DELETE /v1/vms/{key}?force={force}");
-    let scope = principal.scope();
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(query.0.get("request_id").cloned()),
-            route,
-            move |cx| {
-                let vm = vms::delete(cx, &scope, &key, force)?;
-                Ok(stored(
-                    if force { 200 } else { 202 },
-                    &vm.to_api(cx.registry),
-                ))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let change = VM
+        .delete(key, query.0.get("request_id").cloned())
+        .with_route_suffix(&format!("?force={force}"));
+    VM.apply(&state, &principal, change, move |cx, scope, key| {
+        let vm = vms::delete(cx, scope, key, force)?;
+        Ok(stored(
+            if force { 200 } else { 202 },
+            &vm.to_api(cx.registry),
+        ))
+    })
+    .await
+    .map(answer)
 }
 
 /// Log lines the guest agent shipped through its node agent.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use measurelab_api::http::{EventList, Node, NodeList};
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{
-    Capabilities, HeartbeatRequest, RegisterRequest, RegisterResponse, ResourceUsage,
+    Capabilities, DesiredState, DesiredStateRequest, HeartbeatRequest, RegisterRequest,
+    RegisterResponse, ResourceUsage,
 };
 use measurelab_controller::{run, ControllerConfig, ControllerError};
 use tonic::transport::Channel;
@@ -44,6 +45,36 @@ impl TestController {
         NodeServiceClient::connect(format!("http://{}", self.grpc))
             .await
             .unwrap()
+    }
+
+    /// A controller on a fresh data dir with node n1 registered and
+    /// platform p on it, where most VM tests begin.
+    pub async fn with_platform_p_on_n1() -> (tempfile::TempDir, TestController, RegisterResponse) {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        let n1 = controller.register("n1", "").await;
+        let (status, body) = controller
+            .call(
+                reqwest::Method::POST,
+                "/v1/platforms",
+                Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (dir, controller, n1)
+    }
+
+    /// The desired state of `node`, asked for with its credentials.
+    pub async fn desired_state(&self, node: &RegisterResponse) -> DesiredState {
+        self.grpc()
+            .await
+            .get_desired_state(DesiredStateRequest {
+                node_id: node.node_id.clone(),
+                node_secret: node.node_secret.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,30 +189,54 @@ pub fn keep_beating(
     })
 }
 
-/// Heartbeats `registered` through `grpc` every `interval` until `stop`;
-/// returns the slowest one. A failed heartbeat fails the test.
-pub fn heartbeat_forever(
-    mut grpc: NodeServiceClient<Channel>,
-    registered: RegisterResponse,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Duration> {
-    tokio::spawn(async move {
-        let mut slowest = Duration::ZERO;
-        let mut ticks = tokio::time::interval(interval);
-        for sequence in 1.. {
-            if *stop.borrow() {
-                break;
+/// A node heartbeating in the background while a test loads the
+/// controller; a failed heartbeat fails the test.
+pub struct Heartbeats {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl Heartbeats {
+    /// Heartbeats `registered` through `grpc` every `interval`.
+    pub fn start(
+        mut grpc: NodeServiceClient<Channel>,
+        registered: RegisterResponse,
+        interval: Duration,
+    ) -> Heartbeats {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut ticks = tokio::time::interval(interval);
+            for sequence in 1.. {
+                if *stopped.borrow() {
+                    break;
+                }
+                ticks.tick().await;
+                let started = Instant::now();
+                grpc.heartbeat(heartbeat_request(&registered, sequence))
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
             }
-            ticks.tick().await;
-            let started = Instant::now();
-            grpc.heartbeat(heartbeat_request(&registered, sequence))
-                .await
-                .unwrap();
-            slowest = slowest.max(started.elapsed());
-        }
-        slowest
-    })
+            slowest
+        });
+        Heartbeats { stop, task }
+    }
+
+    /// Stops the heartbeats; the slowest one's answer time.
+    pub async fn stop(self) -> Duration {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+
+    /// Stops the heartbeats and asserts each was answered within a second.
+    pub async fn stop_all_answered_within_a_second(self) {
+        let slowest = self.stop().await;
+        assert!(
+            slowest < Duration::from_secs(1),
+            "slowest heartbeat {slowest:?}"
+        );
+    }
 }
 
 pub fn heartbeat_request(registered: &RegisterResponse, sequence: u64) -> HeartbeatRequest {

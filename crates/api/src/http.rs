@@ -1596,6 +1596,23 @@ pub enum Role {
     Operator,
 }
 
+impl Role {
+    /// Whether a token of this role belongs to no tenant. The controller
+    /// refuses such a token with a tenant, and the provider says so at plan
+    /// time, from this one rule.
+    pub fn is_global(self) -> bool {
+        matches!(self, Role::Operator | Role::Metrics)
+    }
+
+    /// Why a token of this role may not name a tenant ("an operator token
+    /// belongs to no tenant"), or `None` for a role held within a tenant.
+    pub fn tenant_refusal(self) -> Option<String> {
+        let article = if self == Role::Operator { "an" } else { "a" };
+        self.is_global()
+            .then(|| format!("{article} {} token belongs to no tenant", self.as_str()))
+    }
+}
+
 /// Limits of a tenant; an absent (null) limit is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Quota {
@@ -2128,6 +2145,29 @@ snake_case_names!(VmPowerState { Running => "running", Paused => "paused", Stopp
 snake_case_names!(VmBackend { Namespace => "namespace", Libvirt => "libvirt" });
 snake_case_names!(FlowProtocol { Sflow => "sflow", Netflow => "netflow", Ipfix => "ipfix" });
 snake_case_names!(Role { Metrics => "metrics", Viewer => "viewer", Member => "member", Owner => "owner", Operator => "operator" });
+
+#[cfg(test)]
+mod role_tests {
+    use super::Role;
+
+    /// The controller's refusal and the provider's plan-time diagnostic both
+    /// say this sentence, so a token refused at apply was refused at plan.
+    #[test]
+    fn only_global_roles_refuse_a_tenant_and_say_so_with_their_article() {
+        assert_eq!(
+            Role::Operator.tenant_refusal().as_deref(),
+            Some("an operator token belongs to no tenant")
+        );
+        assert_eq!(
+            Role::Metrics.tenant_refusal().as_deref(),
+            Some("a metrics token belongs to no tenant")
+        );
+        for role in [Role::Viewer, Role::Member, Role::Owner] {
+            assert!(!role.is_global(), "{role:?}");
+            assert_eq!(role.tenant_refusal(), None, "{role:?}");
+        }
+    }
+}
 
 #[cfg(test)]
 mod snake_case_names_tests {

@@ -164,6 +164,45 @@ pub struct DeleteWait {
     pub timeout: Duration,
 }
 
+/// `new` and `shared` of a [`ManagedResource`] that holds nothing but its
+/// [`Shared`] in a field `shared`, as every resource does.
+macro_rules! holds_shared {
+    () => {
+        fn new(shared: $crate::shared::Shared) -> Self {
+            Self { shared }
+        }
+
+        fn shared(&self) -> &$crate::shared::Shared {
+            &self.shared
+        }
+    };
+}
+pub(crate) use holds_shared;
+
+/// A state whose `id` and `created_at` only the controller knows, and
+/// whose object a new `name` replaces (any other change is made in place).
+pub trait AssignedByController {
+    fn name(&self) -> &Value<String>;
+    /// Mark `id` and `created_at` unknown: a new object gets its own.
+    fn forget_assigned(&mut self);
+}
+
+/// The plan of a new [`AssignedByController`] object.
+pub fn plan_new<S: AssignedByController>(mut proposed: S) -> S {
+    proposed.forget_assigned();
+    proposed
+}
+
+/// The plan of a change to an [`AssignedByController`] object, and
+/// `name` when it replaces the object.
+pub fn plan_change<S: AssignedByController>(prior: &S, mut proposed: S) -> (S, Vec<AttributePath>) {
+    if proposed.name() == prior.name() {
+        return (proposed, Vec::new());
+    }
+    proposed.forget_assigned();
+    (proposed, vec![AttributePath::new("name")])
+}
+
 /// The text of a string value, empty when null or unknown.
 pub fn known(value: &Value<String>) -> String {
     value.as_ref_option().cloned().unwrap_or_default()
@@ -534,13 +573,7 @@ mod tests {
 
         const KIND: &'static str = "thing";
 
-        fn new(shared: Shared) -> Self {
-            Things { shared }
-        }
-
-        fn shared(&self) -> &Shared {
-            &self.shared
-        }
+        holds_shared!();
 
         fn schema(&self) -> Schema {
             Schema {
@@ -700,6 +733,28 @@ mod tests {
         }
     }
 
+    /// Read of `state`, as Terraform sends it (no private data, no provider meta).
+    async fn read(
+        resource: &Adapter<Things>,
+        diags: &mut Diagnostics,
+        state: ThingState,
+    ) -> Option<(ThingState, ValueEmpty)> {
+        resource
+            .read(diags, state, ValueEmpty::default(), ValueEmpty::default())
+            .await
+    }
+
+    /// Destroy of `state`, as Terraform sends it.
+    async fn destroy(
+        resource: &Adapter<Things>,
+        diags: &mut Diagnostics,
+        state: ThingState,
+    ) -> Option<()> {
+        resource
+            .destroy(diags, state, ValueEmpty::default(), ValueEmpty::default())
+            .await
+    }
+
     #[tokio::test]
     async fn a_viewer_token_fails_a_plan_that_changes_something_but_not_a_no_op() {
         let (resource, _fake) = start(0).await;
@@ -773,29 +828,16 @@ mod tests {
     async fn read_refreshes_the_state_and_a_404_drops_it() {
         let (resource, _fake) = start(0).await;
         let mut diags = Diagnostics::default();
-        let read = resource
-            .read(
-                &mut diags,
-                state("t1", None),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
-        let (refreshed, _) = read.expect("t1 exists");
+        let (refreshed, _) = read(&resource, &mut diags, state("t1", None))
+            .await
+            .expect("t1 exists");
         assert_eq!(refreshed.name, Value::Value("one".into()));
         assert_eq!(
             refreshed.note,
             Value::Value("kept".into()),
             "config-only values stay"
         );
-        let dropped = resource
-            .read(
-                &mut diags,
-                state("t2", None),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
+        let dropped = read(&resource, &mut diags, state("t2", None)).await;
         assert!(dropped.is_none(), "a 404 drops the resource from the state");
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
     }
@@ -805,15 +847,8 @@ mod tests {
         let (resource, fake) = start(0).await;
         fake.broken.store(true, Ordering::SeqCst);
         let mut diags = Diagnostics::default();
-        let read = resource
-            .read(
-                &mut diags,
-                state("t1", None),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
-        assert_eq!(read.map(|(s, _)| s), Some(state("t1", None)));
+        let refreshed = read(&resource, &mut diags, state("t1", None)).await;
+        assert_eq!(refreshed.map(|(s, _)| s), Some(state("t1", None)));
         assert_eq!(diags.errors.len(), 1);
         assert_eq!(diags.errors[0].summary, "The controller failed");
     }
@@ -822,14 +857,7 @@ mod tests {
     async fn destroy_waits_until_the_object_is_gone() {
         let (resource, fake) = start(3).await;
         let mut diags = Diagnostics::default();
-        let destroyed = resource
-            .destroy(
-                &mut diags,
-                state("t1", Some("30s")),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
+        let destroyed = destroy(&resource, &mut diags, state("t1", Some("30s"))).await;
         assert_eq!(destroyed, Some(()), "{:?}", diags.errors);
         // Three looks still saw it, the fourth saw the 404.
         assert_eq!(fake.gets.load(Ordering::SeqCst), 4);
@@ -839,14 +867,7 @@ mod tests {
     async fn destroy_of_an_object_deleted_by_hand_is_done_at_once() {
         let (resource, fake) = start(3).await;
         let mut diags = Diagnostics::default();
-        let destroyed = resource
-            .destroy(
-                &mut diags,
-                state("t2", Some("30s")),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
+        let destroyed = destroy(&resource, &mut diags, state("t2", Some("30s"))).await;
         assert_eq!(destroyed, Some(()));
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
         assert_eq!(fake.gets.load(Ordering::SeqCst), 0, "nothing to wait for");
@@ -856,14 +877,7 @@ mod tests {
     async fn destroy_without_a_wait_trusts_the_delete_answer() {
         let (resource, fake) = start(3).await;
         let mut diags = Diagnostics::default();
-        let destroyed = resource
-            .destroy(
-                &mut diags,
-                state("t1", None),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
+        let destroyed = destroy(&resource, &mut diags, state("t1", None)).await;
         assert_eq!(destroyed, Some(()));
         assert_eq!(fake.gets.load(Ordering::SeqCst), 0);
     }
@@ -872,14 +886,7 @@ mod tests {
     async fn a_delete_wait_that_times_out_points_at_the_timeouts() {
         let (resource, _fake) = start(usize::MAX).await;
         let mut diags = Diagnostics::default();
-        let destroyed = resource
-            .destroy(
-                &mut diags,
-                state("t1", Some("1s")),
-                ValueEmpty::default(),
-                ValueEmpty::default(),
-            )
-            .await;
+        let destroyed = destroy(&resource, &mut diags, state("t1", Some("1s"))).await;
         assert_eq!(destroyed, None, "the object still exists: destroy failed");
         assert_eq!(diags.errors.len(), 1);
         assert_eq!(diags.errors[0].attribute, AttributePath::new("timeouts"));

@@ -14,7 +14,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{known, CreateRequest, ManagedResource};
+use super::adapter::{holds_shared, known, CreateRequest, ManagedResource};
 use crate::access::{parse_role, Requirement, Role};
 use crate::diagnostics;
 use crate::node_model::computed;
@@ -101,35 +101,27 @@ impl ApiTokenState {
         let role = self.role(diags);
         // A ttl computes expires_at, so only a configured (not computed) pair conflicts.
         let _ = self.ttl_seconds(diags);
-        match (role, &self.tenant) {
-            (Some(role @ (Role::Operator | Role::Metrics)), Value::Value(tenant)) => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::new("tenant"),
-                    format!(
-                        "A{} {} token has no tenant",
-                        if role == Role::Operator { "n" } else { "" },
-                        role.as_str()
-                    ),
-                    format!(
-                        "`tenant` is {tenant:?}, but `role` is {}, which is global.\n\nWhat to \
-                         do: remove `tenant`, or choose owner, member or viewer.",
-                        role.as_str()
-                    ),
-                )
-            }
-            (Some(role), Value::Null) if !matches!(role, Role::Operator | Role::Metrics) => {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::new("tenant"),
-                    "Missing tenant",
-                    format!(
+        match (role.map(|role| (role, role.tenant_refusal())), &self.tenant) {
+            (Some((role, Some(refusal))), Value::Value(tenant)) => diagnostics::invalid_value(
+                diags,
+                AttributePath::new("tenant"),
+                "Unexpected tenant",
+                format!(
+                    "`tenant` is {tenant:?}, but {refusal}: role {} is global.\n\nWhat \
+                         to do: remove `tenant`, or choose owner, member or viewer.",
+                    role.as_str()
+                ),
+            ),
+            (Some((role, None)), Value::Null) => diagnostics::invalid_value(
+                diags,
+                AttributePath::new("tenant"),
+                "Missing tenant",
+                format!(
                     "`role` is {}, a role within a tenant, but `tenant` is not set.\n\nWhat to do: \
                      set `tenant` to the tenant's name or id.",
                     role.as_str()
                 ),
-                )
-            }
+            ),
             _ => {}
         }
     }
@@ -186,13 +178,7 @@ impl ManagedResource for ApiTokens {
     const KIND: &'static str = KIND;
     const ROLE: Role = Role::Owner;
 
-    fn new(shared: Shared) -> Self {
-        ApiTokens { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let attributes = HashMap::from([
@@ -444,6 +430,15 @@ mod tests {
         assert_eq!(
             errors_on(&state("operator", Some("demo"))),
             vec![AttributePath::new("tenant")]
+        );
+        let mut diags = Diagnostics::default();
+        state("operator", Some("demo")).validate(&mut diags);
+        assert!(
+            diags.errors[0]
+                .detail
+                .contains("but an operator token belongs to no tenant: role operator is global"),
+            "the controller's words (Role::tenant_refusal): {}",
+            diags.errors[0].detail
         );
         assert!(errors_on(&state("metrics", None)).is_empty());
         assert_eq!(

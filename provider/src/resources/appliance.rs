@@ -19,7 +19,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{holds_shared, id_or_name, known, CreateRequest, ManagedResource};
 use crate::access::Role;
 use crate::diagnostics;
 use crate::node_model::computed;
@@ -193,13 +193,7 @@ impl ManagedResource for Appliances {
     const KIND: &'static str = KIND;
     const ROLE: Role = Role::Operator;
 
-    fn new(shared: Shared) -> Self {
-        Appliances { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         use AttributeConstraint::{Optional, OptionalComputed, Required};

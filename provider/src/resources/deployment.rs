@@ -16,7 +16,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{attribute, known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, holds_shared, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -372,13 +372,7 @@ impl ManagedResource for Deployments {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Deployments { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let strings = || AttributeType::List(Box::new(AttributeType::String));

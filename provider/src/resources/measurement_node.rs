@@ -20,7 +20,7 @@ use tf_provider::value::{self, Value};
 use tf_provider::{AttributePath, Diagnostics};
 use tokio::time::Instant;
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{holds_shared, id_or_name, known, CreateRequest, ManagedResource};
 use super::flow_export::{self, FlowExportBlock};
 use crate::access::Role;
 use crate::diagnostics::{self, Operation};
@@ -280,13 +280,7 @@ impl ManagedResource for Nodes {
     const READ: Operation = Operation::ReadNode;
     const DELETE: Operation = Operation::ReleaseNode;
 
-    fn new(shared: Shared) -> Self {
-        Nodes { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let mut attributes = node_model::computed_node_attributes();

@@ -22,7 +22,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{attribute, id_or_name, CreateRequest, ManagedResource};
+use super::adapter::{attribute, holds_shared, id_or_name, CreateRequest, ManagedResource};
 use crate::data_sources::results::{
     bottleneck_type, read_document, receiver_type, summarize_bottlenecks, summarize_document,
     BottleneckSummary, ReceiverSummary, UnreadableDocument, BOTTLENECK_DOC, RECEIVER_DOC,
@@ -606,13 +606,7 @@ impl ManagedResource for Tasks {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Tasks { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         use AttributeConstraint::{Optional, OptionalComputed, Required};

@@ -15,7 +15,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{attribute, known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, holds_shared, known, CreateRequest, ManagedResource};
 use crate::node_model::computed;
 use crate::shared::Shared;
 
@@ -92,13 +92,7 @@ impl ManagedResource for Peers {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Peers { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let attributes: HashMap<String, Attribute> = HashMap::from([

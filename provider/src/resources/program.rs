@@ -18,7 +18,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{holds_shared, id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics;
 use crate::node_model::computed;
 use crate::number::Number;
@@ -183,13 +183,7 @@ impl ManagedResource for Programs {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Programs { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let attributes: HashMap<String, Attribute> = HashMap::from([

@@ -14,7 +14,10 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{
+    holds_shared, id_or_name, known, plan_change, plan_new, AssignedByController, CreateRequest,
+    ManagedResource,
+};
 use crate::diagnostics::{self, Operation};
 use crate::number::Number;
 use crate::shared::Shared;
@@ -191,6 +194,17 @@ pub struct QosPolicies {
     shared: Shared,
 }
 
+impl AssignedByController for QosPolicyState {
+    fn name(&self) -> &Value<String> {
+        &self.name
+    }
+
+    fn forget_assigned(&mut self) {
+        self.id = Value::Unknown;
+        self.created_at = Value::Unknown;
+    }
+}
+
 #[async_trait]
 impl ManagedResource for QosPolicies {
     type State = QosPolicyState;
@@ -198,13 +212,7 @@ impl ManagedResource for QosPolicies {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        QosPolicies { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let mut attributes: HashMap<String, Attribute> = RATES
@@ -271,10 +279,7 @@ impl ManagedResource for QosPolicies {
         proposed: QosPolicyState,
     ) -> QosPolicyState {
         proposed.rates(diags);
-        let mut state = proposed;
-        state.id = Value::Unknown;
-        state.created_at = Value::Unknown;
-        state
+        plan_new(proposed)
     }
 
     async fn plan_update(
@@ -284,14 +289,7 @@ impl ManagedResource for QosPolicies {
         proposed: QosPolicyState,
     ) -> (QosPolicyState, Vec<AttributePath>) {
         proposed.rates(diags);
-        let mut state = proposed;
-        let mut replace = Vec::new();
-        if state.name != prior.name {
-            replace.push(AttributePath::new("name"));
-            state.id = Value::Unknown;
-            state.created_at = Value::Unknown;
-        }
-        (state, replace)
+        plan_change(prior, proposed)
     }
 
     async fn create(

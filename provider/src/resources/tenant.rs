@@ -12,7 +12,10 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{
+    holds_shared, id_or_name, known, plan_change, plan_new, AssignedByController, CreateRequest,
+    ManagedResource,
+};
 use crate::access::Role;
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -163,6 +166,17 @@ pub struct Tenants {
     shared: Shared,
 }
 
+impl AssignedByController for TenantState {
+    fn name(&self) -> &Value<String> {
+        &self.name
+    }
+
+    fn forget_assigned(&mut self) {
+        self.id = Value::Unknown;
+        self.created_at = Value::Unknown;
+    }
+}
+
 #[async_trait]
 impl ManagedResource for Tenants {
     type State = TenantState;
@@ -171,13 +185,7 @@ impl ManagedResource for Tenants {
     const KIND: &'static str = KIND;
     const ROLE: Role = Role::Operator;
 
-    fn new(shared: Shared) -> Self {
-        Tenants { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let quota = Block {
@@ -254,10 +262,7 @@ impl ManagedResource for Tenants {
 
     async fn plan_create(&self, diags: &mut Diagnostics, proposed: TenantState) -> TenantState {
         proposed.quota(diags);
-        let mut state = proposed;
-        state.id = Value::Unknown;
-        state.created_at = Value::Unknown;
-        state
+        plan_new(proposed)
     }
 
     async fn plan_update(
@@ -267,14 +272,7 @@ impl ManagedResource for Tenants {
         proposed: TenantState,
     ) -> (TenantState, Vec<AttributePath>) {
         proposed.quota(diags);
-        let mut state = proposed;
-        let mut replace = Vec::new();
-        if state.name != prior.name {
-            replace.push(AttributePath::new("name"));
-            state.id = Value::Unknown;
-            state.created_at = Value::Unknown;
-        }
-        (state, replace)
+        plan_change(prior, proposed)
     }
 
     async fn create(

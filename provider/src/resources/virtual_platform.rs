@@ -18,7 +18,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{attribute, id_or_name, known, CreateRequest, ManagedResource};
+use super::adapter::{attribute, holds_shared, id_or_name, known, CreateRequest, ManagedResource};
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
 use crate::number::Number;
@@ -308,13 +308,7 @@ impl ManagedResource for Platforms {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Platforms { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         let strings = || AttributeType::Set(Box::new(AttributeType::String));

@@ -16,7 +16,7 @@ use tf_provider::schema::{
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-use super::adapter::{attribute, known, CreateRequest, DeleteWait, ManagedResource};
+use super::adapter::{attribute, holds_shared, known, CreateRequest, DeleteWait, ManagedResource};
 use crate::data_sources::vms::list_query;
 use crate::diagnostics::{self, Operation};
 use crate::node_model::computed;
@@ -413,13 +413,7 @@ impl ManagedResource for Vms {
 
     const KIND: &'static str = KIND;
 
-    fn new(shared: Shared) -> Self {
-        Vms { shared }
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
+    holds_shared!();
 
     fn schema(&self) -> Schema {
         use AttributeConstraint::{Optional, OptionalComputed, Required};
