@@ -574,12 +574,21 @@ impl Session {
                 }
                 Err(Failure::IdentityUnknown(status)) | Err(Failure::Refused(status)) => {
                     let delay = refused_backoff.next_delay();
+                    // A heartbeat is refused too, e.g. FAILED_PRECONDITION
+                    // for an agent older than its controller serves: the
+                    // message says what to do, and the slow backoff keeps
+                    // the node asking until someone does it.
+                    let call = if registering {
+                        "registration"
+                    } else {
+                        "heartbeat"
+                    };
                     tracing::error!(
                         name = %self.config.name,
                         error = %status.message(),
                         code = ?status.code(),
                         retry_in_ms = delay.as_millis() as u64,
-                        "controller refused registration"
+                        "controller refused {call}"
                     );
                     delay
                 }

@@ -23,6 +23,12 @@ struct Controller {
 impl Controller {
     /// Start a controller on `data_dir`, serving gRPC on `grpc` (0 = any port).
     async fn start(data_dir: &Path, grpc: SocketAddr) -> Controller {
+        Controller::start_as(data_dir, grpc, None).await
+    }
+
+    /// [`Controller::start`], judging agents as a controller of `version`
+    /// would (default: this build's).
+    async fn start_as(data_dir: &Path, grpc: SocketAddr, version: Option<&str>) -> Controller {
         let http_listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc_listener = TcpListener::bind(grpc).unwrap();
         let http = http_listener.local_addr().unwrap();
@@ -31,6 +37,9 @@ impl Controller {
         config.heartbeat_interval = Duration::from_secs(1);
         config.offline_after = Duration::from_secs(3);
         config.join_token = Some(JOIN_TOKEN.into());
+        if let Some(version) = version {
+            config.version = version.parse().unwrap();
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(measurelab_controller::run(config, async move {
             let _ = stopped.await;
@@ -201,6 +210,63 @@ async fn agent_started_before_the_controller_joins_once_it_is_up() {
     // Backoff is capped at the default 5 s interval before the controller
     // has told the agent its own.
     controller.online("early", Duration::from_secs(10)).await;
+    agent.stop().await;
+    controller.stop().await;
+}
+
+/// `measurelab_grpc_requests_total{rpc="Register"}` of `controller`.
+async fn register_calls(controller: &Controller) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // HTTP/1.0, so the answer is not chunked and each line arrives whole.
+    let mut stream = tokio::net::TcpStream::connect(controller.http)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        controller.admin_token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("measurelab_grpc_requests_total{rpc=\"Register\"} "))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_older_than_its_controller_serves_backs_off_until_one_serves_it() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    // Two minors ahead of this agent: its Register is refused with
+    // FAILED_PRECONDITION (docs/version-skew.md).
+    let ours: measurelab_controller::version_policy::Version =
+        env!("CARGO_PKG_VERSION").parse().unwrap();
+    let ahead = format!("{}.{}.0", ours.major, ours.minor + 2);
+    let controller = Controller::start_as(data.path(), grpc, Some(&ahead)).await;
+    let started = Instant::now();
+    let agent = Agent::start("behind", grpc, state.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while register_calls(&controller).await < 4 {
+        assert!(Instant::now() < deadline, "the agent stopped asking");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refusal backoff (250 ms, doubling, at most 20 % shorter with
+    // jitter) lies between the first and the fourth call: 1.4 s at least.
+    // A hot loop makes four calls in milliseconds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "4 registrations within {:?}",
+        started.elapsed()
+    );
+    assert!(
+        controller.nodes().await.is_empty(),
+        "a refused agent left a node"
+    );
+    assert!(!agent.task.is_finished(), "the refused agent gave up");
+    controller.stop().await;
+    let controller = Controller::start(data.path(), grpc).await;
+    controller.online("behind", Duration::from_secs(40)).await;
     agent.stop().await;
     controller.stop().await;
 }

@@ -74,5 +74,7 @@ fn client(
     measurelab_api::client::check_transport(endpoint, insecure)
         .map_err(|reason| anyhow::anyhow!("--endpoint: {reason} (--insecure)"))?;
     let ca = ca_cert.map(read_ca_cert).transpose()?;
-    Client::new(endpoint, token, ca.as_deref()).context("--ca-cert")
+    Ok(Client::new(endpoint, token, ca.as_deref())
+        .context("--ca-cert")?
+        .identifying_as("cli"))
 }

@@ -36,6 +36,9 @@
 //!   declared here next to one another (served at `/v1/openapi.json`,
 //!   committed as `controller/openapi.json`).
 //! - `validation`: field rules both APIs share.
+//! - `version_policy`: which client versions this controller serves
+//!   (docs/version-skew.md); the node API refuses older agents, the HTTP
+//!   API warns older and newer providers and CLIs.
 //! - `exec_hub`: `vm exec` sessions multiplexed over the agents'
 //!   `ExecChannel` streams; `exec_forward`: the same session opened on the
 //!   replica that holds the agent's stream (replicas on PostgreSQL).
@@ -71,6 +74,7 @@ mod store;
 pub mod tls;
 mod tokens;
 mod validation;
+pub mod version_policy;
 mod wg_keys;
 
 use std::future::Future;
@@ -199,6 +203,10 @@ pub struct ControllerConfig {
     /// (`--advertise-url`, see [`parse_advertise_url`]). `None`: sessions
     /// for those agents that land on another replica are refused (503).
     pub advertise_url: Option<String>,
+    /// The version the controller judges its clients' versions against
+    /// (docs/version-skew.md). Default: this build's; tests set another to
+    /// show what a later controller does with agents of this one.
+    pub version: version_policy::Version,
 }
 
 /// The HTTP API's default bounds: room for a provider's parallel requests,
@@ -373,6 +381,7 @@ impl ControllerConfig {
             flows_page_max_files: DEFAULT_FLOWS_PAGE_MAX_FILES,
             tls: None,
             advertise_url: None,
+            version: version_policy::Version::this_build(),
         }
     }
 }
@@ -640,7 +649,7 @@ pub async fn run(
         .map(|(collector, dir)| {
             tokio::spawn(flows::collector::supervise(collector, dir, cancel.clone()))
         });
-    let metrics = metrics::Metrics::new();
+    let metrics = metrics::Metrics::new(config.version);
     let leader = Arc::new(
         leader::LeaderGate::for_store(config.store_url.as_deref())
             .map_err(|e| ControllerError::Store(StoreError::Sql(e.into())))?,
@@ -660,6 +669,7 @@ pub async fn run(
         let app = api::router(
             api::AppState::new(store.clone(), admin_token)
                 .with_metrics(metrics.clone())
+                .judging_clients_against(config.version)
                 .with_exec_hub(exec_hub.clone())
                 .with_exec_forwarder(exec_forwarder)
                 .with_rate_limits(config.rate_limits)
@@ -721,6 +731,7 @@ pub async fn run(
         }
     });
     let service = agent_rpc::NodeRpc::new(store.clone(), join_token, config.heartbeat_interval)
+        .judging_agents_against(config.version)
         .ending_streams_on(cancel.clone())
         .with_exec_hub(exec_hub)
         .with_advertise_url(advertise_url)

@@ -29,6 +29,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::leader::LeaderGate;
 use crate::store::{result_series, Store, StoreError};
+use crate::version_policy::{self, Version};
 
 /// The node API's RPCs (service `NodeService` in crates/api/proto/node.proto). A call to any other
 /// path counts as `(other)`: a label taken from the request could grow
@@ -86,6 +87,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkewLabels {
+    skew: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReceiverLabels {
     tenant: String,
     task: String,
@@ -119,6 +125,9 @@ pub(crate) struct Metrics {
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
     nodes: Family<StatusLabels, Gauge>,
+    nodes_by_agent_skew: Family<SkewLabels, Gauge>,
+    /// What `nodes_by_agent_skew` judges the agents' versions against.
+    controller_version: Version,
     write_queue: Gauge,
     leader: Gauge,
     /// Set by [`Metrics::follow_leadership`] once the controller has one.
@@ -134,7 +143,7 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(controller_version: Version) -> Arc<Self> {
         let mut registry = Registry::with_prefix("measurelab");
         let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -165,6 +174,12 @@ impl Metrics {
         );
         let nodes = Family::<StatusLabels, Gauge>::default();
         registry.register("nodes", "Nodes by status", nodes.clone());
+        let nodes_by_agent_skew = Family::<SkewLabels, Gauge>::default();
+        registry.register(
+            "nodes_by_agent_skew",
+            "Nodes by their agent's last reported version against this controller's (docs/version-skew.md): supported, newer (served, unsupported), older (refused), unknown (not MAJOR.MINOR.PATCH)",
+            nodes_by_agent_skew.clone(),
+        );
         let write_queue = Gauge::default();
         registry.register(
             "store_write_queue_depth",
@@ -223,6 +238,8 @@ impl Metrics {
             rpc_requests,
             rpc_latency,
             nodes,
+            nodes_by_agent_skew,
+            controller_version,
             write_queue,
             leader,
             leader_gate: std::sync::OnceLock::new(),
@@ -273,7 +290,14 @@ impl Metrics {
     pub(crate) async fn scrape(&self, store: &Store) -> Result<String, ScrapeError> {
         let _one_at_a_time = self.scrape.lock().await;
         self.nodes.clear();
+        self.nodes_by_agent_skew.clear();
         for node in store.nodes() {
+            self.nodes_by_agent_skew
+                .get_or_create(&SkewLabels {
+                    skew: version_policy::judge(self.controller_version, &node.agent_version)
+                        .label(),
+                })
+                .inc();
             self.nodes
                 .get_or_create(&StatusLabels {
                     status: match node.status {

@@ -304,6 +304,22 @@ pub fn wait_timeout(diags: &mut Diagnostics, name: &str, timeout: Duration, last
     );
 }
 
+/// What the controller at `endpoint` said in `Warning` headers: today that
+/// this provider's version is outside the ones it serves. A warning, since
+/// the controller served the request.
+pub fn controller_warnings(diags: &mut Diagnostics, endpoint: &str, warnings: Vec<String>) {
+    for warning in warnings {
+        diags.add_warning(diagnostic(
+            format!("The controller at {endpoint} warns"),
+            format!(
+                "{warning}\n\nWhat to do: see docs/version-skew.md; a controller serves providers \
+                 of its own minor version and of the one before, and controllers are upgraded first."
+            ),
+            AttributePath::root(),
+        ));
+    }
+}
+
 /// An adopted node stopped heartbeating. A warning: the adoption and labels
 /// are still valid, but measurements placed on the node will not run.
 pub fn node_offline(diags: &mut Diagnostics, name: &str, last_heartbeat: Option<&str>) {

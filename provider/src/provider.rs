@@ -308,7 +308,12 @@ impl Provider for MeasurelabProvider {
         };
         match Client::new(&endpoint, &token, ca_pem.as_deref()) {
             Ok(client) => {
+                let client = client.identifying_as("provider");
                 let whoami = who_is(&client).await;
+                // The first answer carries the controller's word on this
+                // provider's version (docs/version-skew.md): said once per
+                // run rather than on every resource.
+                diagnostics::controller_warnings(diags, &endpoint, client.take_warnings());
                 self.shared.set_client(client);
                 if let Some(whoami) = whoami {
                     self.shared.set_whoami(whoami);
@@ -374,6 +379,62 @@ impl Provider for MeasurelabProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn configure_names_the_provider_and_shows_the_controllers_warnings() {
+        use axum::http::{header, HeaderMap};
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let app = axum::Router::new().route(
+            "/v1/whoami",
+            axum::routing::get(move |headers: HeaderMap| {
+                let agent = headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = seen_tx.send(agent);
+                async {
+                    (
+                        [(
+                            header::WARNING,
+                            "299 - \"measurelab-provider 0.1.0 is older than this controller\"",
+                        )],
+                        "{}",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let provider = MeasurelabProvider::new(CancellationToken::new());
+        let mut diags = Diagnostics::default();
+        let config = ProviderConfig {
+            endpoint: Value::Value(url.clone()),
+            token: Value::Value("t".into()),
+            ca_cert: Value::Null,
+            insecure: Value::Null,
+        };
+        provider
+            .configure(&mut diags, String::new(), config)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap(),
+            format!("measurelab-provider/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        assert_eq!(diags.warnings.len(), 1, "{:?}", diags.warnings);
+        let warning = &diags.warnings[0];
+        assert!(warning.summary.contains(&url), "{}", warning.summary);
+        assert!(
+            warning
+                .detail
+                .starts_with("measurelab-provider 0.1.0 is older than this controller"),
+            "{}",
+            warning.detail
+        );
+    }
 
     #[test]
     fn endpoint_must_be_http_url() {

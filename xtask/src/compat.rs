@@ -12,6 +12,12 @@
 //!   method is still served; a request body gains no required property (an
 //!   older client would not send it); a response keeps every property (an
 //!   older client may read it).
+//! - The strict-safety rule: the project's client sends
+//!   `fieldValidation=Strict` with every body, which is safe only while a
+//!   body with every optional field unset holds nothing the release's
+//!   controller lacks. Each body type the client sends is built from the
+//!   required fields of its schema, serialized, and every key it emits
+//!   must be a property the release has for that request.
 //!
 //! The release's files live in `compat/released/`; a release copies the
 //! current ones there.
@@ -39,9 +45,16 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     };
-    problems.extend(openapi_problems(
-        &read_json(&released.join("openapi.json"))?,
-        &read_json(&root.join("controller/openapi.json"))?,
+    let (released_doc, current_doc) = (
+        read_json(&released.join("openapi.json"))?,
+        read_json(&root.join("controller/openapi.json"))?,
+    );
+    problems.extend(openapi_problems(&released_doc, &current_doc));
+    problems.extend(strict_body_problems(
+        &released_doc,
+        &current_doc,
+        &CLIENT_BODIES,
+        NOT_STRICT,
     ));
     if !problems.is_empty() {
         bail!(
@@ -49,7 +62,10 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             problems.join("\n  ")
         );
     }
-    println!("node.proto and openapi.json are compatible with compat/released/");
+    println!(
+        "node.proto and openapi.json are compatible with compat/released/, and the client's \
+         minimal request bodies hold only fields the release knows"
+    );
     Ok(())
 }
 
@@ -346,6 +362,212 @@ fn collect_properties(
     }
 }
 
+/// A body type's minimal JSON through the Rust type and back: what the
+/// client would send with every optional field unset.
+type RoundTrip = fn(Value) -> Result<Value, String>;
+
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    minimal: Value,
+) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(minimal).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+/// Every body the project's client (`measurelab_api::client`, the
+/// provider, the CLI) sends with `fieldValidation=Strict`, by its schema
+/// name in the OpenAPI document.
+const CLIENT_BODIES: [(&str, RoundTrip); 19] = {
+    use measurelab_api::http::*;
+    [
+        ("ApiTokenCreate", round_trip::<ApiTokenCreate>),
+        ("ApplianceCreate", round_trip::<ApplianceCreate>),
+        ("DeploymentCreate", round_trip::<DeploymentCreate>),
+        ("DeploymentPatch", round_trip::<DeploymentPatch>),
+        ("JoinTokenCreate", round_trip::<JoinTokenCreate>),
+        ("NodePatch", round_trip::<NodePatch>),
+        ("PlatformCreate", round_trip::<PlatformCreate>),
+        ("PlatformPatch", round_trip::<PlatformPatch>),
+        ("PlatformPeerCreate", round_trip::<PlatformPeerCreate>),
+        ("ProgramCreate", round_trip::<ProgramCreate>),
+        ("QosPolicyCreate", round_trip::<QosPolicyCreate>),
+        ("QosPolicyPatch", round_trip::<QosPolicyPatch>),
+        ("RequestOptions", round_trip::<RequestOptions>),
+        (
+            "ResultDocument",
+            round_trip::<measurelab_api::result::ResultDocument>,
+        ),
+        ("TaskCreate", round_trip::<TaskCreate>),
+        ("TenantCreate", round_trip::<TenantCreate>),
+        ("TenantPatch", round_trip::<TenantPatch>),
+        ("VmCreate", round_trip::<VmCreate>),
+        ("VmPatch", round_trip::<VmPatch>),
+    ]
+};
+
+/// JSON bodies the client sends without `fieldValidation=Strict`, which
+/// the rule does not concern: `ExecOpen` goes with the connection upgrade.
+const NOT_STRICT: &[&str] = &["ExecOpen"];
+
+/// The strict-safety rule (see the module doc) for every JSON request body
+/// of `current`, judged against the same request's body in `released`. A
+/// body schema in neither `bodies` nor `not_strict` is a problem too, so a
+/// new body type is classified when it is added.
+fn strict_body_problems(
+    released: &Value,
+    current: &Value,
+    bodies: &[(&str, RoundTrip)],
+    not_strict: &[&str],
+) -> Vec<String> {
+    let mut problems = BTreeSet::new();
+    let paths = current["paths"].as_object().cloned().unwrap_or_default();
+    for (path, item) in &paths {
+        for method in METHODS {
+            let Some(reference) = item[method]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"]
+                .as_str()
+            else {
+                continue;
+            };
+            let at = format!("{} {path}", method.to_uppercase());
+            let name = reference.rsplit('/').next().unwrap_or(reference);
+            if not_strict.contains(&name) {
+                continue;
+            }
+            let Some((_, round_trip)) = bodies.iter().find(|(body, _)| *body == name) else {
+                problems.insert(format!(
+                    "{at}: request body `{name}` is in neither CLIENT_BODIES nor NOT_STRICT of \
+                     xtask/src/compat.rs; add it to the one that says how the client sends it"
+                ));
+                continue;
+            };
+            // A request the release did not have fails on an older
+            // controller whatever its body holds.
+            let Some(old_body) = released["paths"][path][method]
+                .get("requestBody")
+                .and_then(|body| json_schema(released, body))
+            else {
+                continue;
+            };
+            let minimal = minimal_for_ref(current, reference);
+            let sent = match round_trip(minimal.clone()) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    problems.insert(format!(
+                        "{at}: cannot build a minimal `{name}` from its schema \
+                         ({minimal}): {e}"
+                    ));
+                    continue;
+                }
+            };
+            let known = properties(released, &old_body);
+            let mut emitted = BTreeSet::new();
+            emitted_paths(&sent, "", &mut emitted);
+            for field in emitted.difference(&known) {
+                problems.insert(format!(
+                    "{at}: `{name}` sends `{field}` even when it is not set, and the release's \
+                     controller does not know it, so it refuses the request under \
+                     fieldValidation=Strict; make the field optional and skipped when unset \
+                     (#[serde(skip_serializing_if = ...)], docs/version-skew.md)"
+                ));
+            }
+        }
+    }
+    problems.into_iter().collect()
+}
+
+fn minimal_for_ref(doc: &Value, reference: &str) -> Value {
+    minimal_value(doc, &serde_json::json!({ "$ref": reference }), 0)
+}
+
+/// A value of `schema` with only its required properties, each the
+/// simplest value its schema allows: what a client sends when a user set
+/// nothing optional.
+fn minimal_value(doc: &Value, schema: &Value, depth: usize) -> Value {
+    let schema = resolve(doc, schema);
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(constant) = schema.get("const") {
+        return constant.clone();
+    }
+    if let Some(first) = schema["enum"].as_array().and_then(|values| values.first()) {
+        return first.clone();
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        let first = schema[key]
+            .as_array()
+            .and_then(|parts| parts.iter().find(|part| part["type"] != "null"));
+        if let Some(first) = first {
+            return minimal_value(doc, first, depth + 1);
+        }
+    }
+    let kind = match &schema["type"] {
+        Value::String(kind) => kind.as_str(),
+        Value::Array(kinds) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|kind| *kind != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "null",
+    };
+    let minimum = schema["minimum"].as_f64().unwrap_or(1.0).max(1.0);
+    match kind {
+        "object" => Value::Object(
+            required(&schema)
+                .into_iter()
+                .map(|name| {
+                    let value = minimal_value(doc, &schema["properties"][&name], depth + 1);
+                    (name, value)
+                })
+                .collect(),
+        ),
+        "array" => match schema["minItems"].as_u64() {
+            Some(n) if n > 0 => Value::Array(vec![
+                minimal_value(doc, &schema["items"], depth + 1);
+                n as usize
+            ]),
+            _ => Value::Array(Vec::new()),
+        },
+        "string" => Value::String(
+            match schema["format"].as_str() {
+                Some("date-time") => "2026-01-01T00:00:00Z",
+                Some("uuid") => "6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8",
+                Some("ipv4") => "10.0.0.1",
+                _ => "x",
+            }
+            .into(),
+        ),
+        "integer" => Value::from(minimum as i64),
+        "number" => Value::from(minimum),
+        "boolean" => Value::Bool(false),
+        _ => Value::Null,
+    }
+}
+
+/// The key paths of a JSON value in the form [`properties`] names them
+/// (`vms[].address`).
+fn emitted_paths(value: &Value, prefix: &str, paths: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (name, inner) in map {
+                let path = match prefix {
+                    "" => name.clone(),
+                    _ => format!("{prefix}.{name}"),
+                };
+                emitted_paths(inner, &path, paths);
+                paths.insert(path);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                emitted_paths(item, &format!("{prefix}[]"), paths);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +668,75 @@ mod tests {
                 "Vm": {"type": "object", "properties": properties}
             }}
         })
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Careful {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_gib: Option<u32>,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Careless {
+        name: String,
+        #[serde(default)]
+        disk_gib: Option<u32>,
+    }
+
+    fn body_doc(properties: &[&str]) -> Value {
+        let properties: serde_json::Map<String, Value> = properties
+            .iter()
+            .map(|f| (f.to_string(), serde_json::json!({"type": "string"})))
+            .collect();
+        serde_json::json!({
+            "paths": {"/v1/vms": {"post": {
+                "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/VmCreate"}}}}
+            }}},
+            "components": {"schemas": {
+                "VmCreate": {"type": "object", "required": ["name"], "properties": properties}
+            }}
+        })
+    }
+
+    #[test]
+    fn a_new_body_field_must_be_skipped_when_unset() {
+        let released = body_doc(&["name"]);
+        let current = body_doc(&["name", "disk_gib"]);
+        let careful: [(&str, RoundTrip); 1] = [("VmCreate", round_trip::<Careful>)];
+        assert_eq!(
+            strict_body_problems(&released, &current, &careful, &[]),
+            Vec::<String>::new()
+        );
+        let careless: [(&str, RoundTrip); 1] = [("VmCreate", round_trip::<Careless>)];
+        let problems = strict_body_problems(&released, &current, &careless, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("POST /v1/vms: `VmCreate` sends `disk_gib` even when it is not set"),
+            "{}",
+            problems[0]
+        );
+        // A body the lists do not classify is named; one they call not
+        // strict is left alone.
+        let problems = strict_body_problems(&released, &current, &[], &[]);
+        assert!(
+            problems[0].contains("`VmCreate` is in neither CLIENT_BODIES nor NOT_STRICT"),
+            "{problems:?}"
+        );
+        assert!(strict_body_problems(&released, &current, &[], &["VmCreate"]).is_empty());
+    }
+
+    #[test]
+    fn every_body_the_client_sends_builds_from_the_tree_s_schema() {
+        let current: Value = serde_json::from_str(include_str!("../../controller/openapi.json"))
+            .expect("controller/openapi.json parses");
+        // Against itself the rule can only fail where a minimal body cannot
+        // be built, or a body is unclassified.
+        assert_eq!(
+            strict_body_problems(&current, &current, &CLIENT_BODIES, NOT_STRICT),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -1333,7 +1333,8 @@ impl Lab {
             endpoint,
             &self.admin_token()?,
             self.ca_pem()?.as_deref(),
-        )?)
+        )?
+        .identifying_as("cli"))
     }
 
     /// Every replica's HTTP endpoint, comma-separated (what `lab env`

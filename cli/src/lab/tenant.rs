@@ -116,7 +116,7 @@ async fn still_works(
     role: &str,
     ca_pem: Option<&[u8]>,
 ) -> anyhow::Result<bool> {
-    let client = Client::new(endpoint, token, ca_pem)?;
+    let client = Client::new(endpoint, token, ca_pem)?.identifying_as("cli");
     match client
         .request::<(), Whoami>(reqwest::Method::GET, "/v1/whoami", None)
         .await

@@ -31,6 +31,9 @@ pub enum RpcError {
     /// The requested name belongs to another node.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The agent is older than this controller serves; nothing was stored.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The store failed; nothing was stored.
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +86,7 @@ impl From<RpcError> for Status {
             RpcError::PermissionDenied(_) => Status::permission_denied(message),
             RpcError::NotFound(_) => Status::not_found(message),
             RpcError::AlreadyExists(_) => Status::already_exists(message),
+            RpcError::FailedPrecondition(_) => Status::failed_precondition(message),
             RpcError::Unavailable(_) => Status::unavailable(message),
         }
     }

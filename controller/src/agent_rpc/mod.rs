@@ -12,10 +12,13 @@
 //!   id (its database was replaced): re-register with the persisted id.
 //! - `INVALID_ARGUMENT`: a field is wrong; the message starts with the field.
 //! - `ALREADY_EXISTS` on Register: another node holds the requested name.
+//! - `FAILED_PRECONDITION` on Register and Heartbeat: the agent is older
+//!   than this controller serves (docs/version-skew.md); upgrade the agent.
 //! - `UNAVAILABLE`: the store is failing or shutting down; retry later.
 
 mod error;
 mod refusals;
+mod skew;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -81,6 +84,8 @@ pub(crate) struct NodeRpc {
     /// This replica's `--advertise-url`, recorded with each exec stream so
     /// the other replicas can forward sessions here.
     advertise_url: Option<String>,
+    /// The version-skew policy: too old an agent is refused.
+    skew: skew::AgentSkew,
 }
 
 /// How the controller issues and checks node certificates.
@@ -104,7 +109,15 @@ impl NodeRpc {
             node_certs: None,
             exec_hub: ExecHub::default(),
             advertise_url: None,
+            skew: skew::AgentSkew::new(crate::version_policy::Version::this_build()),
         }
+    }
+
+    /// Judge agents' versions against `controller`'s rather than this
+    /// build's.
+    pub fn judging_agents_against(mut self, controller: crate::version_policy::Version) -> Self {
+        self.skew = skew::AgentSkew::new(controller);
+        self
     }
 
     /// Record exec streams with this URL (see `store::exec_channels`).
@@ -248,6 +261,9 @@ impl NodeRpc {
             None => None,
         };
         let input = validate_register(request, join, peer_address.clone())?;
+        // Before the store changes: a refused agent leaves nothing behind.
+        let skew = self.skew.admit(&input.agent_version, || name.clone())?;
+        let agent_version = input.agent_version.clone();
         let tunnel_before = self
             .store
             .node(input.node_id.as_deref().unwrap_or(&name))
@@ -280,6 +296,8 @@ impl NodeRpc {
             }
             _ => String::new(),
         };
+        self.skew
+            .note_served(&registered.node_id, &agent_version, &skew, || name.clone());
         Ok(RegisterResponse {
             node_id: registered.node_id,
             node_secret: registered.node_secret,
@@ -328,8 +346,23 @@ impl NodeRpc {
         let input = validate_heartbeat(request)?;
         self.store
             .authenticate(&input.node_id, &input.node_secret)?;
+        let node_name = |node_id: &str| {
+            self.store
+                .node(node_id)
+                .map_or_else(|| node_id.to_string(), |node| node.name)
+        };
+        let skew = self
+            .skew
+            .admit(&input.agent_version, || node_name(&input.node_id))?;
         let node_id = input.node_id.clone();
+        // Most beats are of supported agents: no copy for them.
+        let unsupported = (!matches!(skew, crate::version_policy::Skew::Supported(_)))
+            .then(|| input.agent_version.clone());
         self.store.heartbeat(input).await?;
+        if let Some(agent_version) = unsupported {
+            self.skew
+                .note_served(&node_id, &agent_version, &skew, || node_name(&node_id));
+        }
         // The desired state lives in the resource store, whose per-node
         // generation is mirrored in memory: no SQLite read per heartbeat.
         let desired_generation = workload::desired_generation(&self.store, &node_id);

@@ -7,6 +7,7 @@ mod admin_page;
 mod appliances;
 mod auth;
 mod change;
+mod client_version;
 mod error;
 mod exec;
 mod extract;
@@ -228,8 +229,13 @@ pub(crate) fn router(state: AppState) -> Router {
         v1 = v1.route(path, route.fallback(method_not_allowed));
     }
     // Outermost first: a rate-limited request costs no token lookup, and an
-    // anonymous caller learns nothing about field validation.
+    // anonymous caller learns nothing about field validation or the
+    // controller's version.
     let v1 = v1
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            client_version::warn_skewed,
+        ))
         .route_layer(middleware::from_fn(field_validation::scope))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,6 +8,7 @@ use crate::exec_hub::ExecHub;
 use crate::flows::archive::FlowArchive;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::version_policy::Version;
 
 /// 1 GiB: a year of hourly runs of a few dozen tasks, in JSON.
 pub const DEFAULT_EXPORT_MAX_BYTES: u64 = 1 << 30;
@@ -41,6 +42,8 @@ pub(crate) struct AppState {
     exec_hub: ExecHub,
     /// Sessions for agents streaming to another replica.
     exec_forwarder: ExecForwarder,
+    /// What providers' and CLIs' versions are judged against.
+    controller_version: Version,
 }
 
 struct Inner {
@@ -53,7 +56,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner { store, admin_token }),
             flows: None,
-            metrics: Metrics::new(),
+            metrics: Metrics::new(Version::this_build()),
             rate_limiter: None,
             export_max_bytes: DEFAULT_EXPORT_MAX_BYTES,
             uploads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_UPLOADS)),
@@ -61,7 +64,18 @@ impl AppState {
             results_page_max_bytes: DEFAULT_RESULTS_PAGE_MAX_BYTES,
             exec_hub: ExecHub::default(),
             exec_forwarder: ExecForwarder::default(),
+            controller_version: Version::this_build(),
         }
+    }
+
+    /// Judge clients' versions against `controller` rather than this build's.
+    pub fn judging_clients_against(mut self, controller: Version) -> Self {
+        self.controller_version = controller;
+        self
+    }
+
+    pub fn controller_version(&self) -> Version {
+        self.controller_version
     }
 
     /// Forward exec sessions to other replicas with `forwarder`.

@@ -762,7 +762,7 @@ async fn register_all(
                 let request = RegisterRequest {
                     join_token: join_token.to_string(),
                     name,
-                    agent_version: "bench".into(),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
                     capabilities: Some(capabilities()),
                     usage: Some(usage(i)),
                     management_address: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
@@ -999,7 +999,7 @@ async fn run_one(
                     node_id,
                     node_secret,
                     sequence,
-                    agent_version: "bench".into(),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
                     capabilities: Some(capabilities()),
                     usage: Some(usage(index)),
                     observed_generation: 0,

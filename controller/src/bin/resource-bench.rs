@@ -213,7 +213,7 @@ async fn bench(args: &Args, tenants: Option<usize>) -> anyhow::Result<Vec<Figure
         .register(RegisterRequest {
             join_token: join,
             name: "bench-node".into(),
-            agent_version: "bench".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
             capabilities: Some(Capabilities {
                 namespace_backend: true,
                 ..Default::default()

@@ -113,6 +113,16 @@ fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
 /// Query parameter choosing how the controller treats unknown body fields.
 pub const FIELD_VALIDATION: &str = "fieldValidation";
 
+/// The version in this client's `User-Agent`, by which the controller
+/// judges it against the version-skew policy (docs/version-skew.md). The
+/// workspace versions every crate alike, so this is the provider's and the
+/// CLI's version too.
+pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Distinct `Warning` texts a client keeps until they are taken; the
+/// controller sends one or two, a hostile one could send thousands.
+const MAX_WARNINGS: usize = 16;
+
 /// Client for `/v1/`.
 ///
 /// It may know several endpoints (controller replicas sharing one store,
@@ -130,6 +140,27 @@ pub struct Client {
     endpoints: std::sync::Arc<[String]>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
+    /// `measurelab-<component>/<version>`, sent with every request.
+    user_agent: reqwest::header::HeaderValue,
+    /// The texts of the answers' `Warning: 299` headers (a version outside
+    /// the controller's policy), until [`Client::take_warnings`].
+    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The text of an RFC 7234 `Warning` value (`299 - "text"`, maybe with a
+/// quoted date after it), unescaped; `None` when it holds no quoted text.
+fn warning_text(value: &str) -> Option<String> {
+    let (_code_and_agent, quoted) = value.split_once('"')?;
+    let mut text = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return Some(text),
+            c => text.push(c),
+        }
+    }
+    None
 }
 
 /// The endpoints of a comma-separated list (`https://a:7070,https://b:7070`;
@@ -291,11 +322,54 @@ impl Client {
             endpoints: endpoints.into(),
             current: Default::default(),
             token: token.to_string(),
+            user_agent: Self::user_agent_of("client"),
+            warnings: Default::default(),
         })
     }
 
+    /// Say `measurelab-<component>/<version>` in the `User-Agent`
+    /// (`provider`, `cli`), so the controller can tell which client is
+    /// outside its version policy.
+    pub fn identifying_as(mut self, component: &str) -> Self {
+        self.user_agent = Self::user_agent_of(component);
+        self
+    }
+
+    fn user_agent_of(component: &str) -> reqwest::header::HeaderValue {
+        reqwest::header::HeaderValue::from_str(&format!("measurelab-{component}/{CLIENT_VERSION}"))
+            .unwrap_or(reqwest::header::HeaderValue::from_static(
+                "measurelab-client",
+            ))
+    }
+
+    /// The controller's warnings since the last call, each once: today a
+    /// client version outside the controller's policy
+    /// (docs/version-skew.md), which the caller shows its user.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn keep_warnings(&self, headers: &reqwest::header::HeaderMap) {
+        let mut texts = headers
+            .get_all(reqwest::header::WARNING)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .filter_map(warning_text)
+            .peekable();
+        if texts.peek().is_none() {
+            return;
+        }
+        let mut kept = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        for text in texts {
+            if kept.len() < MAX_WARNINGS && !kept.contains(&text) {
+                kept.push(text);
+            }
+        }
+    }
+
     fn build(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Request, ClientError> {
-        req.build()
+        req.header(reqwest::header::USER_AGENT, self.user_agent.clone())
+            .build()
             .map_err(|e| ClientError::Config(format!("cannot build the request: {e}")))
     }
 
@@ -331,6 +405,7 @@ impl Client {
                 Ok(response) => {
                     self.current
                         .store(index, std::sync::atomic::Ordering::Relaxed);
+                    self.keep_warnings(response.headers());
                     return Ok(response);
                 }
                 Err(source) => source,
@@ -1200,6 +1275,68 @@ mod tests {
             request_line(reqwest::Method::GET, None).await,
             "GET /v1/results?task=a HTTP/1.1"
         );
+    }
+
+    /// A client identifying as `component` sends one GET to a stand-in
+    /// that answers with `warnings`: the request head it sent and the
+    /// warnings it kept, taken twice.
+    async fn warned(component: &str, warnings: &'static str) -> (String, Vec<String>, Vec<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client closed before the end of the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\n{warnings}content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        let client = Client::new(&endpoint, "t", None)
+            .unwrap()
+            .identifying_as(component);
+        let _: serde_json::Value = client
+            .request::<(), _>(reqwest::Method::GET, "/v1/whoami", None)
+            .await
+            .unwrap();
+        let first = client.take_warnings();
+        (server.await.unwrap(), first, client.take_warnings())
+    }
+
+    #[tokio::test]
+    async fn the_client_names_itself_and_keeps_the_controllers_warnings_once() {
+        let (head, first, second) = warned(
+            "provider",
+            "warning: 299 - \"measurelab-provider 0.1.0 is older than this controller \\\"x\\\"\"\r\n\
+             warning: 299 - \"measurelab-provider 0.1.0 is older than this controller \\\"x\\\"\"\r\n\
+             warning: 299 ctl \"second\" \"Sat, 25 Aug 2012 23:34:45 GMT\"\r\n\
+             warning: garbage\r\n",
+        )
+        .await;
+        assert!(
+            head.contains(&format!(
+                "\r\nuser-agent: measurelab-provider/{CLIENT_VERSION}\r\n"
+            )),
+            "{head}"
+        );
+        assert_eq!(
+            first,
+            [
+                "measurelab-provider 0.1.0 is older than this controller \"x\"",
+                "second"
+            ]
+        );
+        assert!(second.is_empty(), "{second:?}");
+        let (head, first, _) = warned("cli", "").await;
+        assert!(head.contains("\r\nuser-agent: measurelab-cli/"), "{head}");
+        assert!(first.is_empty(), "{first:?}");
     }
 
     #[test]
