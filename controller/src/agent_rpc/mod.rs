@@ -81,6 +81,10 @@ pub(crate) struct NodeRpc {
     /// This replica's `--advertise-url`, recorded with each exec stream so
     /// the other replicas can forward sessions here.
     advertise_url: Option<String>,
+    /// The server's `--grpc-max-response-message-bytes`. tonic refuses a
+    /// larger answer with its own message, which does not say which
+    /// setting to change; FetchProgram checks first and names it.
+    max_response_message_bytes: usize,
 }
 
 /// How the controller issues and checks node certificates.
@@ -104,7 +108,14 @@ impl NodeRpc {
             node_certs: None,
             exec_hub: ExecHub::default(),
             advertise_url: None,
+            max_response_message_bytes: usize::MAX,
         }
+    }
+
+    /// The cap the gRPC server puts on answers (`GrpcLimits`).
+    pub fn with_max_response_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_message_bytes = bytes;
+        self
     }
 
     /// Record exec streams with this URL (see `store::exec_channels`).
@@ -545,9 +556,26 @@ impl NodeService for NodeRpc {
         request: Request<FetchProgramRequest>,
     ) -> Result<Response<ProgramBlob>, Status> {
         self.check_peer(&request, &request.get_ref().node_id)?;
-        Ok(Response::new(
-            workload::fetch_program(&self.store, request.into_inner()).await?,
-        ))
+        let blob = workload::fetch_program(&self.store, request.into_inner()).await?;
+        let size = prost::Message::encoded_len(&blob);
+        if size > self.max_response_message_bytes {
+            let cap = self.max_response_message_bytes;
+            tracing::warn!(
+                program = %blob.name,
+                size,
+                cap,
+                "a program is too large for --grpc-max-response-message-bytes"
+            );
+            return Err(Status::out_of_range(format!(
+                "program {:?} ({} bytes) does not fit in this controller's gRPC answers: \
+                 {size} bytes with its envelope, over --grpc-max-response-message-bytes {cap}. \
+                 The controller's operator must raise that flag above the largest program \
+                 (its default, 64 MiB + 1 MiB, fits any)",
+                blob.name,
+                blob.content.len()
+            )));
+        }
+        Ok(Response::new(blob))
     }
 
     async fn post_result(
