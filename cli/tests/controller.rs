@@ -308,6 +308,21 @@ fn an_upload_cap_of_zero_is_refused_naming_the_flag() {
     assert!(stderr.contains("--max-concurrent-uploads"), "{stderr}");
 }
 
+/// FetchProgram answers carry whole programs: a response cap of 0 would
+/// refuse every one, and one under 1 KiB every program of any use.
+#[test]
+fn a_grpc_response_cap_of_zero_is_refused_naming_the_flag() {
+    for value in ["0", "1023"] {
+        let stderr = controller_refusal(&["--grpc-max-response-message-bytes", value]);
+        assert!(
+            stderr.contains(&format!(
+                "invalid value '{value}' for '--grpc-max-response-message-bytes"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 /// Rows written into a stopped controller's SQLite database with the
 /// sqlite3 shell, behind the API's back.
 fn sqlite(data: &std::path::Path, sql: &str) -> String {

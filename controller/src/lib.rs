@@ -735,6 +735,7 @@ pub async fn run(
         .ending_streams_on(cancel.clone())
         .with_exec_hub(exec_hub)
         .with_advertise_url(advertise_url)
+        .with_max_response_message_bytes(config.grpc_limits.max_response_message_bytes)
         .with_flow_collector(config.flow_collector.as_ref().map(|c| c.listen.to_string()))
         .with_node_certs(server_tls.as_ref().map(|t| agent_rpc::NodeCerts {
             ca: t.ca.clone(),

@@ -220,6 +220,12 @@ pub fn client_error(diags: &mut Diagnostics, err: &ClientError, operation: Opera
             format!("{detail}. {consequence}\n\nWhat to do: fix `ca_cert` / `endpoint` in the provider block."),
             AttributePath::root(),
         ),
+        ClientError::Source(detail) => error(
+            diags,
+            "Cannot read a file to send",
+            format!("The provider tried to {what}, but {detail}. {consequence}\n\nWhat to do: make the file readable, then run the command again."),
+            AttributePath::root(),
+        ),
     }
 }
 

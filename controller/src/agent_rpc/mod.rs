@@ -86,6 +86,10 @@ pub(crate) struct NodeRpc {
     advertise_url: Option<String>,
     /// The version-skew policy: too old an agent is refused.
     skew: skew::AgentSkew,
+    /// The server's `--grpc-max-response-message-bytes`. tonic refuses a
+    /// larger answer with its own message, which does not say which
+    /// setting to change; FetchProgram checks first and names it.
+    max_response_message_bytes: usize,
 }
 
 /// How the controller issues and checks node certificates.
@@ -110,6 +114,7 @@ impl NodeRpc {
             exec_hub: ExecHub::default(),
             advertise_url: None,
             skew: skew::AgentSkew::new(crate::version_policy::Version::this_build()),
+            max_response_message_bytes: usize::MAX,
         }
     }
 
@@ -117,6 +122,12 @@ impl NodeRpc {
     /// build's.
     pub fn judging_agents_against(mut self, controller: crate::version_policy::Version) -> Self {
         self.skew = skew::AgentSkew::new(controller);
+        self
+    }
+
+    /// The cap the gRPC server puts on answers (`GrpcLimits`).
+    pub fn with_max_response_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_message_bytes = bytes;
         self
     }
 
@@ -578,9 +589,26 @@ impl NodeService for NodeRpc {
         request: Request<FetchProgramRequest>,
     ) -> Result<Response<ProgramBlob>, Status> {
         self.check_peer(&request, &request.get_ref().node_id)?;
-        Ok(Response::new(
-            workload::fetch_program(&self.store, request.into_inner()).await?,
-        ))
+        let blob = workload::fetch_program(&self.store, request.into_inner()).await?;
+        let size = prost::Message::encoded_len(&blob);
+        if size > self.max_response_message_bytes {
+            let cap = self.max_response_message_bytes;
+            tracing::warn!(
+                program = %blob.name,
+                size,
+                cap,
+                "a program is too large for --grpc-max-response-message-bytes"
+            );
+            return Err(Status::out_of_range(format!(
+                "program {:?} ({} bytes) does not fit in this controller's gRPC answers: \
+                 {size} bytes with its envelope, over --grpc-max-response-message-bytes {cap}. \
+                 The controller's operator must raise that flag above the largest program \
+                 (its default, 64 MiB + 1 MiB, fits any)",
+                blob.name,
+                blob.content.len()
+            )));
+        }
+        Ok(Response::new(blob))
     }
 
     async fn post_result(

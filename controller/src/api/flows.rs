@@ -14,7 +14,7 @@ use super::extract::{key, QueryParams};
 use super::results::time_param;
 use super::state::AppState;
 use crate::access::Principal;
-use crate::flows::archive::Position;
+use crate::flows::archive::{reported_active_timeout, Position};
 use crate::flows::records::PlatformQuery;
 use crate::flows::FlowError;
 use crate::store::platforms;
@@ -60,17 +60,24 @@ pub(crate) async fn list(
         .resources()
         .read(move |conn, registry| {
             let row = platforms::get(conn, &scope, &key)?;
-            let exporters = row
+            let nodes = row
                 .node_ids
                 .iter()
                 .filter_map(|id| registry.by_id(id))
-                .filter(|node| !node.management_address.is_empty())
+                .filter(|node| !node.management_address.is_empty());
+            let exporters = nodes
+                .clone()
                 .map(|node| (node.management_address.clone(), node.name.clone()))
                 .collect::<Vec<_>>();
-            Ok((row, exporters))
+            // What the nodes run now, the operator's setting or the agent's
+            // own: it bounds how late their records reach the collector.
+            let active_timeout = nodes
+                .filter_map(|node| reported_active_timeout(&node.capabilities.flow_export))
+                .max();
+            Ok((row, exporters, active_timeout))
         })
         .await?;
-    let (row, exporters) = platform;
+    let (row, exporters, active_timeout) = platform;
     if !row.flow_monitoring {
         return Err(ApiError::Conflict {
             field: Some("flow_monitoring".into()),
@@ -92,6 +99,7 @@ pub(crate) async fn list(
                 exporters,
                 since,
                 until,
+                active_timeout,
             },
             limit,
             after.as_ref(),

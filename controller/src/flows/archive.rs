@@ -34,8 +34,45 @@ use super::{FlowError, MAX_ROTATE_SECONDS};
 /// seconds after its last packet (Open vSwitch's NetFlow once the datapath
 /// flow idles out, about 10 s), and a node's clock may be somewhat off the
 /// controller's. Files are chosen by arrival time widened by this on both
-/// sides of the range.
+/// sides of the range, and after it by [`late_allowance`] when the
+/// exporters' active timeout asks for more.
 const LATE_RECORD_ALLOWANCE: time::Duration = time::Duration::seconds(60);
+
+/// How long Open vSwitch keeps an idle datapath flow (its default
+/// `max-idle`, 10 s), which an export can come after on top of the active
+/// timeout.
+const DATAPATH_IDLE: time::Duration = time::Duration::seconds(10);
+
+/// The most the late side is widened, whatever a node reports: past it a
+/// page's file and byte caps would be spent on files of other hours.
+/// Open vSwitch takes IPFIX cache timeouts of up to 4200 s.
+const LONGEST_LATE_ALLOWANCE: time::Duration = time::Duration::seconds(4200 + 10);
+
+/// How long after a record's last packet it may reach the collector, given
+/// the largest active timeout the platform's nodes export with. Records are
+/// matched by their last packet ([`super::records`]), and Open vSwitch's
+/// IPFIX cache holds a flow's record until the active timeout after the
+/// flow began, so a flow whose packets all came early in that time arrives
+/// about the active timeout after its last packet (NetFlow exports sooner,
+/// but the same bound covers it), plus the datapath's idle time.
+pub(crate) fn late_allowance(active_timeout: Option<time::Duration>) -> time::Duration {
+    active_timeout
+        .map(|timeout| timeout + DATAPATH_IDLE)
+        .unwrap_or(time::Duration::ZERO)
+        .clamp(LATE_RECORD_ALLOWANCE, LONGEST_LATE_ALLOWANCE)
+}
+
+/// The active timeout in a node's reported flow export
+/// (`capabilities.flow_export`, e.g. `ipfix sampling=1/1 active_timeout=600s
+/// -> 10.254.0.1:2055`); `None` when it exports nothing or says no timeout.
+pub(crate) fn reported_active_timeout(flow_export: &str) -> Option<time::Duration> {
+    flow_export
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("active_timeout="))
+        .and_then(|value| value.strip_suffix('s'))
+        .and_then(|seconds| seconds.parse::<u32>().ok())
+        .map(|seconds| time::Duration::seconds(i64::from(seconds)))
+}
 
 /// The longest a closed file can have collected for: nfcapd rotates at
 /// least this often (`--flow-rotate-seconds` is capped at it).
@@ -131,9 +168,10 @@ impl ClosedFile {
         }
     }
 
-    /// Whether records whose last packet is in `since..=until` can be in it.
-    fn may_hold(&self, since: OffsetDateTime, until: OffsetDateTime) -> bool {
-        self.started <= until + LATE_RECORD_ALLOWANCE && self.ends > since - LATE_RECORD_ALLOWANCE
+    /// Whether records whose last packet is in `since..=until` can be in it,
+    /// when a record may arrive up to `late` after its last packet.
+    fn may_hold(&self, since: OffsetDateTime, until: OffsetDateTime, late: time::Duration) -> bool {
+        self.started <= until + late && self.ends > since - LATE_RECORD_ALLOWANCE
     }
 }
 
@@ -174,7 +212,8 @@ impl FlowArchive {
             .await
             .map_err(|e| FlowError::Archive(e.to_string()))?
             .map_err(|e| FlowError::Archive(format!("{}: {e}", self.dir.display())))?;
-        files.retain(|f| f.may_hold(query.since, query.until));
+        let late = late_allowance(query.active_timeout);
+        files.retain(|f| f.may_hold(query.since, query.until, late));
         files.sort_by(|a, b| a.key().cmp(&b.key()));
         let first = after.map_or(0, |at| files.partition_point(|f| f.key() < at.key()));
         let filter = filter(query);
@@ -367,6 +406,7 @@ mod tests {
             exporters: vec![("10.254.0.11".into(), "n1".into())],
             since: at("2026-12-05T01:00:00Z"),
             until: at("2026-12-05T02:00:00Z"),
+            active_timeout: None,
         }
     }
 
@@ -417,7 +457,7 @@ mod tests {
         let mut chosen: Vec<String> = closed_files(root.path())
             .unwrap()
             .into_iter()
-            .filter(|f| f.may_hold(q.since, q.until))
+            .filter(|f| f.may_hold(q.since, q.until, late_allowance(q.active_timeout)))
             .map(|f| f.relative)
             .collect();
         chosen.sort();
@@ -435,6 +475,88 @@ mod tests {
         assert!(closed_files(&root.path().join("missing"))
             .unwrap()
             .is_empty());
+    }
+
+    /// The range 01:00 to 02:00 over a collector rotating every minute:
+    /// records are matched by their last packet, and a node exporting IPFIX
+    /// with a 600 s active timeout sends a flow's record up to 600 s (and
+    /// the datapath's 10 s idle) after it, so the files up to 02:10:10 are
+    /// read; the 60 s allowance alone stops at 02:01, and later files and
+    /// those before the range stay unread whatever the timeout.
+    #[test]
+    fn records_sent_an_active_timeout_after_the_range_are_found_and_later_files_are_not_read() {
+        let root = tempfile::tempdir().unwrap();
+        for time in [
+            // Both end (at the next file) by 00:59, a minute before the range.
+            "2026-12-05T00:57:00Z",
+            "2026-12-05T00:58:00Z",
+            "2026-12-05T00:59:00Z",
+            "2026-12-05T01:30:00Z",
+            "2026-12-05T02:01:00Z",
+            "2026-12-05T02:05:00Z",
+            // Holds a record whose last packet was at 01:59:30, sent 600 s
+            // later.
+            "2026-12-05T02:09:00Z",
+            "2026-12-05T02:10:00Z",
+            "2026-12-05T02:11:00Z",
+            "2026-12-05T02:30:00Z",
+            "2026-12-05T03:30:00Z",
+            "2026-12-05T04:00:00Z",
+        ] {
+            std::fs::write(root.path().join(closed_file_name(at(time), false)), b"x").unwrap();
+        }
+        let chosen = |active_timeout: Option<time::Duration>| {
+            let q = PlatformQuery {
+                active_timeout,
+                ..query()
+            };
+            let mut names: Vec<String> = closed_files(root.path())
+                .unwrap()
+                .into_iter()
+                .filter(|f| f.may_hold(q.since, q.until, late_allowance(q.active_timeout)))
+                .map(|f| f.relative)
+                .collect();
+            names.sort();
+            names
+        };
+        let reported =
+            reported_active_timeout("ipfix sampling=1/1 active_timeout=600s -> 10.254.0.1:2055");
+        assert_eq!(reported, Some(time::Duration::seconds(600)));
+        assert_eq!(
+            chosen(reported),
+            [
+                "nfcapd.202612050059",
+                "nfcapd.202612050130",
+                "nfcapd.202612050201",
+                "nfcapd.202612050205",
+                "nfcapd.202612050209",
+                "nfcapd.202612050210",
+            ]
+        );
+        // No node reports a timeout (or one under 50 s): the minute's allowance.
+        let minute = [
+            "nfcapd.202612050059",
+            "nfcapd.202612050130",
+            "nfcapd.202612050201",
+        ];
+        assert_eq!(chosen(None), minute);
+        assert_eq!(
+            chosen(reported_active_timeout(
+                "netflow-v5 sampling=1/1 active_timeout=10s -> 10.254.0.1:2055"
+            )),
+            minute
+        );
+        assert_eq!(reported_active_timeout(""), None);
+        // A timeout past what Open vSwitch takes widens no further than
+        // its largest (4200 s and the idle time: up to 03:10:10).
+        assert_eq!(
+            chosen(reported_active_timeout(
+                "ipfix sampling=1/1 active_timeout=4294967295s -> x"
+            ))
+            .last()
+            .map(String::as_str),
+            Some("nfcapd.202612050230")
+        );
     }
 
     /// A stand-in for nfdump: a shell script that records its pid and

@@ -29,6 +29,9 @@ pub(crate) struct PlatformQuery {
     pub since: OffsetDateTime,
     /// ... and at or before this time.
     pub until: OffsetDateTime,
+    /// The largest active timeout the member nodes report exporting with
+    /// (`capabilities.flow_export`); `None` when none reports one.
+    pub active_timeout: Option<time::Duration>,
 }
 
 /// The nfdump filter: the platform's subnet on one of its nodes. Built only
@@ -143,6 +146,7 @@ mod tests {
             exporters: vec![("10.254.0.11".into(), "n1".into())],
             since: OffsetDateTime::UNIX_EPOCH,
             until: OffsetDateTime::now_utc(),
+            active_timeout: None,
         }
     }
 

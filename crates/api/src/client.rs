@@ -83,6 +83,9 @@ pub enum ClientError {
     /// The client could not be configured (bad CA certificate, bad endpoint).
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// A local file to send could not be read.
+    #[error("{0}")]
+    Source(String),
 }
 
 impl ClientError {
@@ -108,6 +111,43 @@ fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
             field: None,
         },
     }
+}
+
+/// How long [`Client::upload_program`] keeps sending an upload the
+/// controller refused with `503` and `Retry-After` (all upload slots taken).
+/// The same as [`REQUEST_TIMEOUT`]: a slot frees once an upload ends, and
+/// none lasts longer than that.
+pub const UPLOAD_BUSY_WAIT: std::time::Duration = REQUEST_TIMEOUT;
+
+/// The pause a `Retry-After` header in whole seconds asks for (the controller
+/// sends no HTTP dates).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_secs)
+}
+
+/// A program to upload from a local file ([`Client::upload_program`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramUpload<'a> {
+    /// Unique program name.
+    pub name: &'a str,
+    /// The file whose content is the program.
+    pub path: &'a std::path::Path,
+    /// Expected hex SHA-256: the controller refuses content with another
+    /// (field `sha256`), so a file that changed after it was hashed is not
+    /// stored.
+    pub sha256: Option<&'a str>,
+    /// Idempotency key.
+    pub request_id: Option<&'a str>,
+    /// Tenant (id or name) to create it in, as `?tenant=` (the JSON body's
+    /// `tenant`): a tenant token may only name its own.
+    pub tenant: Option<&'a str>,
 }
 
 /// Query parameter choosing how the controller treats unknown body fields.
@@ -964,6 +1004,67 @@ impl Client {
     pub async fn create_program(&self, body: &ProgramCreate) -> Result<Program, ClientError> {
         self.request(reqwest::Method::POST, "/v1/programs", Some(body))
             .await
+    }
+
+    /// `POST /v1/programs` with the file at `upload.path` as the raw
+    /// `application/octet-stream` body, read from disk as it is sent, so a
+    /// program of up to 64 MiB is never held in memory (the JSON route would
+    /// hold it, and its base64, at once).
+    ///
+    /// The controller answers `503` with `Retry-After` while it receives as
+    /// many uploads as `--max-concurrent-uploads` allows; the upload is then
+    /// sent again, the file opened anew (a streamed body cannot be replayed),
+    /// for at most [`UPLOAD_BUSY_WAIT`] in all.
+    pub async fn upload_program(&self, upload: &ProgramUpload<'_>) -> Result<Program, ClientError> {
+        let mut query = vec![("name", upload.name)];
+        query.extend(upload.sha256.map(|sha256| ("sha256", sha256)));
+        query.extend(upload.request_id.map(|id| ("request_id", id)));
+        query.extend(upload.tenant.map(|tenant| ("tenant", tenant)));
+        let waited_until = std::time::Instant::now() + UPLOAD_BUSY_WAIT;
+        // dispatch() cannot replay a streamed body on the next replica
+        // itself; a refused connection sent nothing, so it is sent again
+        // here, where the file can be opened anew.
+        let mut refused = 0;
+        loop {
+            let file = tokio::fs::File::open(upload.path).await.map_err(|e| {
+                ClientError::Source(format!("cannot read {}: {e}", upload.path.display()))
+            })?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+            let req = self
+                .http
+                .post(self.url("/v1/programs"))
+                .bearer_auth(&self.token)
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+            let resp = match self.dispatch(self.build(req)?).await {
+                Err(ClientError::Unreachable { source, .. })
+                    if source.is_connect() && refused + 1 < self.endpoints.len() =>
+                {
+                    refused += 1;
+                    continue;
+                }
+                resp => resp?,
+            };
+            let status = resp.status();
+            let retry_after = (status == reqwest::StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| retry_after(resp.headers()))
+                .flatten();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            if status.is_success() {
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| ClientError::Decode(format!("/v1/programs: {e}")));
+            }
+            match retry_after {
+                Some(pause) if std::time::Instant::now() + pause <= waited_until => {
+                    tokio::time::sleep(pause).await;
+                }
+                _ => return Err(api_error(status, &bytes)),
+            }
+        }
     }
 
     /// `GET /v1/programs/{id_or_name}`.

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
-use base64::Engine;
-use measurelab_api::client::{Client, ClientError};
-use measurelab_api::http::{Program, ProgramCreate};
+use measurelab_api::client::{Client, ClientError, ProgramUpload};
+use measurelab_api::http::Program;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tf_provider::schema::{
@@ -88,29 +87,44 @@ pub fn check_source(path: &str) -> Result<(), ProgramError> {
     Ok(())
 }
 
-/// The file's content and hex SHA-256.
-pub fn read_source(path: &str) -> Result<(Vec<u8>, String), ProgramError> {
-    let size = std::fs::metadata(path)
-        .map_err(|source| ProgramError::Unreadable {
-            path: path.to_string(),
-            source,
-        })?
-        .len();
+/// The file's size and hex SHA-256, read a block at a time: the provider
+/// never holds a program in memory.
+pub fn hash_source(path: &str) -> Result<(u64, String), ProgramError> {
+    let unreadable = |source| ProgramError::Unreadable {
+        path: path.to_string(),
+        source,
+    };
+    check_source(path)?;
+    let mut file = std::fs::File::open(Path::new(path)).map_err(unreadable)?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
+    // The file may have changed since check_source looked at it.
     if size > MAX_PROGRAM_BYTES {
         return Err(ProgramError::TooLarge {
             path: path.to_string(),
             size,
         });
     }
-    let content = std::fs::read(Path::new(path)).map_err(|source| ProgramError::Unreadable {
-        path: path.to_string(),
-        source,
-    })?;
-    if content.is_empty() {
+    if size == 0 {
         return Err(ProgramError::Empty(path.to_string()));
     }
-    let sha256 = hex::encode(Sha256::digest(&content));
-    Ok((content, sha256))
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Whether the controller refused an upload because its content's SHA-256
+/// is not the one sent with it: the file changed after it was hashed.
+fn is_checksum_refusal(err: &ClientError) -> bool {
+    matches!(err, ClientError::Api { status, field: Some(field), .. }
+        if (400..500).contains(status) && field == "sha256")
+}
+
+fn changed_diag(diags: &mut Diagnostics, path: &str, planned_sha256: &str, detail: &str) {
+    diagnostics::invalid_value(
+        diags,
+        AttributePath::new("source"),
+        "The program file changed between plan and apply",
+        format!("{path:?} had SHA-256 {planned_sha256} when planned, and what the provider read from it while uploading has another ({detail}). Nothing was uploaded.\n\nWhat to do: leave the file alone until the apply is done, then run `terraform apply` again (it plans the new content)."),
+    );
 }
 
 fn source_diag(diags: &mut Diagnostics, err: &ProgramError) {
@@ -156,10 +170,10 @@ impl ProgramState {
     /// Plan the digest and size from the local file (known at plan time).
     fn plan_content(&mut self, diags: &mut Diagnostics) {
         match &self.source {
-            Value::Value(path) => match read_source(path) {
-                Ok((content, sha)) => {
+            Value::Value(path) => match hash_source(path) {
+                Ok((size, sha)) => {
                     self.sha256 = Value::Value(sha);
-                    self.size_bytes = Value::Value(Number::from(content.len() as u64));
+                    self.size_bytes = Value::Value(Number::from(size));
                 }
                 Err(err) => source_diag(diags, &err),
             },
@@ -204,8 +218,9 @@ impl ManagedResource for Programs {
                     attr_type: AttributeType::String,
                     description: Description::markdown(
                         "Path of the local file to upload (at most 64 MiB), for example a built binary. \
-                         The file is read at plan time: when its content changes the program is replaced \
-                         (and so are the deployments that use it).",
+                         The file is hashed at plan time: when its content changes the program is replaced \
+                         (and so are the deployments that use it). The apply streams it from disk to the \
+                         controller, which stores nothing if its SHA-256 is no longer the planned one.",
                     ),
                     constraint: AttributeConstraint::Required,
                     ..Default::default()
@@ -282,32 +297,55 @@ impl ManagedResource for Programs {
         request: &CreateRequest,
     ) -> Option<ProgramState> {
         let path = known(&planned.source);
-        let (content, sha256) = match read_source(&path) {
-            Ok(read) => read,
-            Err(err) => {
-                source_diag(diags, &err);
-                return None;
-            }
+        // The digest planned; when `source` was unknown at plan time, the
+        // file's now. The controller hashes what it receives and refuses
+        // other content, which catches a file changed since it was hashed.
+        let sha256 = match &planned.sha256 {
+            Value::Value(sha256) => match check_source(&path) {
+                Ok(()) => sha256.clone(),
+                Err(err) => {
+                    source_diag(diags, &err);
+                    return None;
+                }
+            },
+            _ => match hash_source(&path) {
+                Ok((_, sha256)) => sha256,
+                Err(err) => {
+                    source_diag(diags, &err);
+                    return None;
+                }
+            },
         };
-        if let Value::Value(planned_sha256) = &planned.sha256 {
-            if planned_sha256 != &sha256 {
-                diagnostics::invalid_value(
-                    diags,
-                    AttributePath::new("source"),
-                    "The program file changed between plan and apply",
-                    format!("{path:?} had SHA-256 {planned_sha256} when planned and {sha256} now. Nothing was uploaded.\n\nWhat to do: run `terraform apply` again."),
-                );
-                return None;
-            }
-        }
-        let body = ProgramCreate {
+        let name = known(&planned.name);
+        let request_id = request.request_id();
+        let upload = ProgramUpload {
+            name: &name,
+            path: Path::new(&path),
+            sha256: Some(&sha256),
+            request_id: request_id.as_deref(),
             tenant: None,
-            name: known(&planned.name),
-            content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
-            sha256: Some(sha256),
-            request_id: request.request_id(),
         };
-        let program = request.send(diags, || client.create_program(&body)).await?;
+        // A checksum refusal is answered as a success of `send`, so it is
+        // neither sent again nor reported as a generic refusal.
+        let answer = request
+            .send(diags, || async {
+                match client.upload_program(&upload).await {
+                    Err(err) if is_checksum_refusal(&err) => Ok(Err(err)),
+                    other => other.map(Ok),
+                }
+            })
+            .await?;
+        let program = match answer {
+            Ok(program) => program,
+            Err(err) => {
+                let detail = match &err {
+                    ClientError::Api { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                changed_diag(diags, &path, &sha256, &detail);
+                return None;
+            }
+        };
         let mut state = planned;
         state.refresh_from(&program);
         Some(state)
@@ -345,14 +383,155 @@ impl ManagedResource for Programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::adapter::Adapter;
+    use axum::body::Bytes;
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::{Arc, Mutex};
+    use tf_provider::value::ValueEmpty;
+    use tf_provider::Resource;
+    use tokio_util::sync::CancellationToken;
+
+    /// Content type and body of each upload the stand-in received.
+    type Uploads = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+    /// `POST /v1/programs` as the controller answers it: the content's
+    /// digest must be the `?sha256=` sent with it (field `sha256` otherwise).
+    async fn upload(
+        State(uploads): State<Uploads>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let actual = hex::encode(Sha256::digest(&body));
+        let size = body.len();
+        uploads.lock().unwrap().push((content_type, body));
+        let expected = query.get("sha256").cloned().unwrap_or_default();
+        if actual != expected {
+            let error = serde_json::json!({"error": {"code": "invalid_field", "field": "sha256",
+                "message": format!("the content's SHA-256 is {actual}, not {expected}; the upload is damaged or the checksum is wrong")}});
+            return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(error)).into_response();
+        }
+        let program = serde_json::json!({"id": "prg-1", "name": query["name"], "sha256": actual,
+            "size_bytes": size, "tenant_id": "t-1", "created_at": "2026-12-07T00:00:00Z"});
+        (StatusCode::CREATED, axum::Json(program)).into_response()
+    }
+
+    async fn start() -> (Adapter<Programs>, Uploads) {
+        let uploads = Uploads::default();
+        let app = axum::Router::new()
+            .route("/v1/programs", axum::routing::post(upload))
+            .with_state(uploads.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let shared = Shared::new(CancellationToken::new());
+        shared.set_client(Client::new(&url, "token", None).unwrap());
+        (Adapter::new(shared), uploads)
+    }
+
+    async fn plan(resource: &Adapter<Programs>, source: &std::path::Path) -> ProgramState {
+        let config = ProgramState {
+            name: Value::Value("probe".into()),
+            source: Value::Value(source.to_str().unwrap().into()),
+            ..Default::default()
+        };
+        let mut diags = Diagnostics::default();
+        let (planned, _) = resource
+            .plan_create(&mut diags, config.clone(), config, ValueEmpty::default())
+            .await
+            .unwrap();
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        planned
+    }
+
+    async fn apply(
+        resource: &Adapter<Programs>,
+        planned: ProgramState,
+    ) -> (Option<ProgramState>, Diagnostics) {
+        let mut diags = Diagnostics::default();
+        let created = resource
+            .create(
+                &mut diags,
+                planned.clone(),
+                planned,
+                ValueEmpty::default(),
+                ValueEmpty::default(),
+            )
+            .await
+            .map(|(state, _)| state);
+        (created, diags)
+    }
+
+    #[tokio::test]
+    async fn the_file_is_uploaded_as_it_is_on_disk() {
+        let dir = tempfile_dir("sent");
+        let source = dir.join("probe.sh");
+        let content = b"#!/bin/sh\necho measuring\n".repeat(4000);
+        std::fs::write(&source, &content).unwrap();
+        let (resource, uploads) = start().await;
+        let planned = plan(&resource, &source).await;
+        let (created, diags) = apply(&resource, planned.clone()).await;
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        let created = created.unwrap();
+        assert_eq!(created.id, Value::Value("prg-1".into()));
+        assert_eq!(created.sha256, planned.sha256);
+        let uploads = uploads.lock().unwrap();
+        assert_eq!(uploads.len(), 1);
+        assert_eq!(uploads[0].0, "application/octet-stream");
+        assert!(uploads[0].1[..] == content[..], "the body is not the file");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_planning_is_refused_with_a_diagnostic_on_source() {
+        let dir = tempfile_dir("changed");
+        let source = dir.join("probe.sh");
+        std::fs::write(&source, b"#!/bin/sh\necho planned\n").unwrap();
+        let (resource, uploads) = start().await;
+        let planned = plan(&resource, &source).await;
+        std::fs::write(&source, b"#!/bin/sh\necho edited during the apply\n").unwrap();
+        let (created, diags) = apply(&resource, planned.clone()).await;
+        assert!(created.is_none());
+        assert_eq!(diags.errors.len(), 1, "{:?}", diags.errors);
+        let error = &diags.errors[0];
+        assert_eq!(
+            error.summary,
+            "The program file changed between plan and apply"
+        );
+        assert_eq!(error.attribute, AttributePath::new("source"));
+        let planned_sha256 = known(&planned.sha256);
+        assert!(error.detail.contains(&planned_sha256), "{}", error.detail);
+        assert!(
+            error.detail.contains("Nothing was uploaded"),
+            "{}",
+            error.detail
+        );
+        // Refused content is not sent again.
+        assert_eq!(uploads.lock().unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A fresh directory under the system temp dir for one test.
+    fn tempfile_dir(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ml-program-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn digest_of_a_file_is_its_sha256() {
         let path = std::env::temp_dir().join(format!("ml-program-{}", std::process::id()));
         std::fs::write(&path, b"abc").expect("write");
-        let (content, sha) = read_source(path.to_str().expect("utf8")).expect("read");
+        let (size, sha) = hash_source(path.to_str().expect("utf8")).expect("read");
         std::fs::remove_file(&path).ok();
-        assert_eq!(content, b"abc");
+        assert_eq!(size, 3);
         assert_eq!(
             sha,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
