@@ -74,7 +74,31 @@ fn client(
     measurelab_api::client::check_transport(endpoint, insecure)
         .map_err(|reason| anyhow::anyhow!("--endpoint: {reason} (--insecure)"))?;
     let ca = ca_cert.map(read_ca_cert).transpose()?;
-    Ok(Client::new(endpoint, token, ca.as_deref())
+    let client = Client::new(endpoint, token, ca.as_deref())
         .context("--ca-cert")?
-        .identifying_as("cli"))
+        .identifying_as("cli");
+    ISSUED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(client.clone());
+    Ok(client)
+}
+
+/// The clients this process made (a clone shares the warnings its
+/// original keeps), so `main` can show the controller's warnings once the
+/// command is over, whatever the command and however it ended.
+static ISSUED: std::sync::Mutex<Vec<Client>> = std::sync::Mutex::new(Vec::new());
+
+/// Print on stderr, once each, the warnings the controller answered this
+/// process's requests with: today a CLI version outside its version-skew
+/// policy (docs/version-skew.md), which the Terraform provider shows as a
+/// warning diagnostic.
+pub fn print_controller_warnings() {
+    let clients = std::mem::take(&mut *ISSUED.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut shown = std::collections::BTreeSet::new();
+    for warning in clients.iter().flat_map(Client::take_warnings) {
+        if shown.insert(warning.clone()) {
+            eprintln!("warning: {warning}");
+        }
+    }
 }

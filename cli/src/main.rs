@@ -63,7 +63,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let code = run(cli.command);
+    api_conn::print_controller_warnings();
+    code
+}
+
+fn run(command: Command) -> std::process::ExitCode {
+    let result = match command {
         // Exits with the remote command's code, not just success/failure.
         Command::Vm(args) => return vm_cmd::main(args),
         Command::Controller(args) => controller_cmd::main(*args),
