@@ -1333,9 +1333,10 @@ fn peer_path(platform: &str, peer: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The request line a real `Client` sends for `method` with or without
-    /// a body, read off a socket.
-    async fn request_line(method: reqwest::Method, body: Option<serde_json::Value>) -> String {
+    /// A stand-in controller for one request: it answers `{}` with
+    /// `extra_headers` (each ending in CRLF) and yields the request head
+    /// the client sent.
+    async fn answer_once(extra_headers: &'static str) -> (String, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -1348,22 +1349,26 @@ mod tests {
                 assert!(n > 0, "client closed before the end of the head");
                 head.extend_from_slice(&buf[..n]);
             }
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&head)
-                .lines()
-                .next()
-                .unwrap()
-                .to_string()
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\n{extra_headers}content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head).into_owned()
         });
+        (endpoint, server)
+    }
+
+    /// The request line a real `Client` sends for `method` with or without
+    /// a body, read off a socket.
+    async fn request_line(method: reqwest::Method, body: Option<serde_json::Value>) -> String {
+        let (endpoint, server) = answer_once("").await;
         let client = Client::new(&endpoint, "t", None).unwrap();
         let _: serde_json::Value = client
             .request(method, "/v1/results?task=a", body.as_ref())
             .await
             .unwrap();
-        server.await.unwrap()
+        let head = server.await.unwrap();
+        head.lines().next().unwrap().to_string()
     }
 
     #[tokio::test]
@@ -1382,24 +1387,7 @@ mod tests {
     /// that answers with `warnings`: the request head it sent and the
     /// warnings it kept, taken twice.
     async fn warned(component: &str, warnings: &'static str) -> (String, Vec<String>, Vec<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0, "client closed before the end of the head");
-                head.extend_from_slice(&buf[..n]);
-            }
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\n{warnings}content-length: 2\r\nconnection: close\r\n\r\n{{}}"
-            );
-            socket.write_all(answer.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&head).to_ascii_lowercase()
-        });
+        let (endpoint, server) = answer_once(warnings).await;
         let client = Client::new(&endpoint, "t", None)
             .unwrap()
             .identifying_as(component);
@@ -1408,7 +1396,8 @@ mod tests {
             .await
             .unwrap();
         let first = client.take_warnings();
-        (server.await.unwrap(), first, client.take_warnings())
+        let head = server.await.unwrap().to_ascii_lowercase();
+        (head, first, client.take_warnings())
     }
 
     #[tokio::test]
