@@ -34,6 +34,10 @@ use crate::guest_channel::GuestChannels;
 use crate::identity::Identity;
 use measurelab_backoff::Backoff;
 
+/// What a guest is told when its request finds no slot in the relay queue
+/// (a result, or a task poll that is not coalesced with one in flight).
+const RELAY_QUEUE_FULL: &str = "the node agent's relay queue is full; retry later";
+
 /// How long guest events are collected before the resulting pass (many
 /// guests saying hello at once cost one pass, not one each).
 const DEBOUNCE: Duration = Duration::from_millis(30);
@@ -612,12 +616,7 @@ impl Relay {
                     return;
                 };
                 let Some(slot) = self.slots.slot() else {
-                    refuse(
-                        vm,
-                        &message,
-                        "the node agent's relay queue is full; retry later",
-                        &channels,
-                    );
+                    refuse(vm, &message, RELAY_QUEUE_FULL, &channels);
                     return;
                 };
                 let (task_id, json, request_id) =
@@ -669,12 +668,7 @@ impl Relay {
                     // The poll at the controller answers this one too.
                     PollAdmission::Coalesced => return,
                     PollAdmission::QueueFull => {
-                        refuse(
-                            vm,
-                            &message,
-                            "the node agent's relay queue is full; retry later",
-                            &channels,
-                        );
+                        refuse(vm, &message, RELAY_QUEUE_FULL, &channels);
                         return;
                     }
                 };
