@@ -17,6 +17,8 @@ export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 unset RUST_BACKTRACE
 
 SKIP_BUILD=1 bash scripts/setup.sh
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+bash scripts/prune-target.sh
 
 # The PostgreSQL store's tests share one private server for the whole run
 # (started below; measurelab_testbed::pg gives each test its own database).
@@ -26,8 +28,12 @@ pg_dir=$(mktemp -d -t mlab-pg-test.XXXXXX)
 phase_name="setup (packages, services)"
 phase_started=0
 phase_times=()
+# The free disk space after each phase, too: a full disk shows up as a
+# linker's bus error, far from its cause.
 end_phase() {
-  phase_times+=("$(printf '%5d s  %s' $((SECONDS - phase_started)) "$phase_name")")
+  local free
+  free=$(df -BG --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -n 1 | tr -d ' ')
+  phase_times+=("$(printf '%5d s  %5s free  %s' $((SECONDS - phase_started)) "$free" "$phase_name")")
 }
 phase() {
   end_phase
