@@ -662,6 +662,8 @@ struct FakeControl {
     post_attempts: AtomicU32,
     polls_in_flight: AtomicU32,
     max_polls_in_flight: AtomicU32,
+    /// What FetchProgram answers instead of the program, when set.
+    program_refusal: Mutex<Option<tonic::Status>>,
 }
 
 fn unreachable(call: &'static str) -> measurelab_agent::reconcile::ReconcileError {
@@ -711,6 +713,12 @@ impl measurelab_agent::reconcile::ControlPlane for FakeControl {
     ) -> Result<measurelab_api::node_v1::ProgramBlob, measurelab_agent::reconcile::ReconcileError>
     {
         self.wait_while_hung().await;
+        if let Some(status) = self.program_refusal.lock().unwrap().clone() {
+            return Err(measurelab_agent::reconcile::ReconcileError::Controller {
+                call: "FetchProgram",
+                status: Box::new(status),
+            });
+        }
         Ok(measurelab_api::node_v1::ProgramBlob {
             // The run carries no checksum here, so none is checked.
             sha256: String::new(),
@@ -1685,5 +1693,72 @@ async fn a_result_the_controller_refuses_is_refused_to_the_guest_for_good() {
     let results = control.results.lock().unwrap().clone();
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!(results[0].1, "t1");
+    run.stop().await;
+}
+
+/// A program the controller cannot send in one gRPC answer fails its run
+/// with the controller's reason instead of leaving the deployment pending
+/// for ever, while a controller that is merely unreachable leaves it
+/// pending. Once the operator raises the limit, the run goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_too_large_for_a_grpc_answer_fails_its_run_until_it_fits() {
+    let OneVmLoop {
+        rig,
+        a,
+        control,
+        run,
+        guest,
+        ..
+    } = one_vm_loop(false, |_| {}).await;
+    let run_status = |c: &FakeControl| -> Vec<(String, String)> {
+        c.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.program_runs.iter())
+            .filter(|p| p.deployment_id == "d1")
+            .map(|p| (p.status.clone(), p.stderr_tail.clone()))
+            .collect()
+    };
+
+    *control.program_refusal.lock().unwrap() = Some(tonic::Status::unavailable("failing over"));
+    {
+        let mut desired = control.desired.lock().unwrap();
+        desired.generation = 2;
+        desired.program_runs = vec![measurelab_api::node_v1::ProgramRun {
+            deployment_id: "d1".into(),
+            vm_id: a.id.clone(),
+            program_id: "p1".into(),
+            program_name: "big.bin".into(),
+            ..Default::default()
+        }];
+    }
+    run.desired_tx.send(2).unwrap();
+    let passes = *rig.hv.lists.lock().unwrap();
+    eventually("two more full passes", || {
+        *rig.hv.lists.lock().unwrap() >= passes + 2
+    })
+    .await;
+    assert_eq!(run_status(&control), vec![], "an outage fails no run");
+
+    let refusal = "program \"big.bin\" (70000000 bytes) does not fit in this controller's \
+                   gRPC answers: over --grpc-max-response-message-bytes 1048576";
+    *control.program_refusal.lock().unwrap() = Some(tonic::Status::out_of_range(refusal));
+    eventually("the run reported failed", || {
+        !run_status(&control).is_empty()
+    })
+    .await;
+    assert_eq!(
+        run_status(&control),
+        vec![("failed".to_string(), format!("FetchProgram: {refusal}"))]
+    );
+    assert_eq!(guest.received("run"), Vec::<serde_json::Value>::new());
+
+    *control.program_refusal.lock().unwrap() = None;
+    eventually("the run sent once the program fits", || {
+        !guest.received("run").is_empty()
+    })
+    .await;
+    assert_eq!(guest.received("run")[0]["deployment_id"], "d1");
     run.stop().await;
 }

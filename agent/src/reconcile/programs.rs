@@ -131,10 +131,10 @@ impl Programs {
                 Ok(found) => found,
                 Err(err) => {
                     tracing::warn!(deployment = %run.deployment_id, vm = %vm, error = %err, "cannot get program");
-                    if matches!(err, ReconcileError::ProgramChecksum { .. }) {
+                    if let Some(reason) = run_failure(&err) {
                         self.latest.insert(
                             key.clone(),
-                            status(run, "failed", None, String::new(), err.to_string()),
+                            status(run, "failed", None, String::new(), reason),
                         );
                     }
                     continue;
@@ -265,6 +265,25 @@ impl Programs {
                     .insert((s.deployment_id.clone(), vm), s.clone());
             }
         }
+    }
+}
+
+/// Why `err` fails the run now instead of leaving it pending for the next
+/// pass, or `None` when another fetch may succeed (the controller is down,
+/// busy, failing over). Fetching again does not change wrong bytes, nor a
+/// program larger than one gRPC answer may be: the controller refuses it
+/// with OUT_OF_RANGE naming its `--grpc-max-response-message-bytes`, and
+/// tonic refuses an answer over this agent's decode limit with the same
+/// code. Without this a researcher's deployment sat pending for ever. A
+/// failed run is still fetched on later passes, so it starts once an
+/// operator raises the limit.
+fn run_failure(err: &ReconcileError) -> Option<String> {
+    match err {
+        ReconcileError::ProgramChecksum { .. } => Some(err.to_string()),
+        ReconcileError::Controller { call, status } if status.code() == tonic::Code::OutOfRange => {
+            Some(format!("{call}: {}", status.message()))
+        }
+        _ => None,
     }
 }
 
