@@ -69,11 +69,6 @@ impl Principal {
         }
     }
 
-    /// Members, owners and the operator change tenant objects; viewers read.
-    pub fn can_write(&self) -> bool {
-        self.role >= Role::Member
-    }
-
     /// Idempotency keys live per tenant: a tenant replaying another
     /// tenant's request_id must neither see its answer nor learn it exists.
     /// The operator's keys stay as they were.
@@ -138,6 +133,5 @@ mod tests {
         assert!(Role::Operator > Role::Owner);
         assert!(Role::Owner > Role::Member);
         assert!(Role::Member > Role::Viewer);
-        assert!(!viewer().can_write());
     }
 }

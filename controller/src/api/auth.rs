@@ -185,21 +185,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// Creating a tenant object needs member, owner or operator.
-pub(crate) fn ensure_can_create(
+/// An action that needs at least role `needed`, whatever it acts on.
+pub(crate) fn ensure_role(
     principal: &Principal,
+    needed: Role,
+    action: &str,
     kind: &str,
     name: &str,
 ) -> Result<(), ApiError> {
-    if principal.can_write() {
+    if principal.role >= needed {
         return Ok(());
     }
-    Err(ApiError::Forbidden(principal.denial(
-        "creating",
-        kind,
-        name,
-        Role::Member,
-    )))
+    Err(ApiError::Forbidden(
+        principal.denial(action, kind, name, needed),
+    ))
 }
 
 /// Whether a scope sees the object a key names, to tell a refused caller's
@@ -260,15 +259,7 @@ pub(crate) fn ensure_operator(
     kind: &str,
     name: &str,
 ) -> Result<(), ApiError> {
-    if principal.is_operator() {
-        return Ok(());
-    }
-    Err(ApiError::Forbidden(principal.denial(
-        action,
-        kind,
-        name,
-        Role::Operator,
-    )))
+    ensure_role(principal, Role::Operator, action, kind, name)
 }
 
 /// The tenant key a create lands in when the body names none: an

@@ -1,16 +1,18 @@
-//! What every change to one existing object shares: the caller's right to
-//! make it (checked before the write, so a viewer learns nothing it may not
-//! see), then one idempotent transaction in the caller's scope, recorded
-//! under a route that tells the request_id's uses apart. Handlers state only
-//! what differs: the kind, the action and the store call.
+//! What every create of a tenant object and every change to one existing
+//! object shares: the caller's right to make it (checked before the write,
+//! so a viewer learns nothing it may not see), then one idempotent
+//! transaction in the caller's scope, recorded under a route that tells the
+//! request_id's uses apart. Handlers state only what differs: the kind, the
+//! action and the store call.
 
-use super::auth::{ensure_role_on, Visible};
+use super::auth::{creation_scope, ensure_role, ensure_role_on, requested_tenant, Visible};
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::idempotency::{Answer, Idempotent};
 use super::state::AppState;
-use crate::access::{Principal, Role, Scope};
-use crate::store::{StoreError, TxContext};
+use crate::access::{Principal, Role, Scope, TenantRef};
+use crate::store::sql::Connection;
+use crate::store::{tenants, StoreError, TxContext};
 
 /// A kind of object that changes through [`Kind::apply`].
 pub(crate) struct Kind {
@@ -47,6 +49,42 @@ impl Change {
     }
 }
 
+/// One create of a tenant object.
+pub(crate) struct Creation {
+    /// The new object's name (a deployment's: its program's), for a
+    /// refusal.
+    pub name: String,
+    /// The caller's request_id, not yet made per tenant.
+    pub request_id: Option<String>,
+    /// The body's `tenant`.
+    pub tenant: Option<String>,
+}
+
+/// Where a create puts its object: the tenant its body names (an operator
+/// may name any; a tenant's token only its own), or else the caller's, or
+/// the tenant an operator's token is narrowed to.
+pub(crate) struct Destination {
+    principal: Principal,
+    requested: Option<String>,
+}
+
+impl Destination {
+    /// The tenant the new object belongs to.
+    pub(crate) fn tenant(&self, conn: &Connection) -> Result<TenantRef, StoreError> {
+        tenants::target(
+            conn,
+            self.principal.tenant.as_ref(),
+            self.requested.as_deref(),
+        )
+    }
+
+    /// The scope the create looks up what the object references in
+    /// (platform, program, QoS policy).
+    pub(crate) fn scope(&self, conn: &Connection) -> Result<Scope, StoreError> {
+        creation_scope(conn, &self.principal, self.requested.as_deref())
+    }
+}
+
 /// `?request_id=`, the only query parameter a plain DELETE accepts.
 pub(crate) fn delete_request_id(query: &QueryParams) -> Result<Option<String>, ApiError> {
     query.only(&["request_id"])?;
@@ -78,6 +116,51 @@ impl Kind {
             key,
             request_id,
         }
+    }
+
+    /// Refuses a caller who may not create an object of this kind named
+    /// `name`; [`Kind::create`] checks it, and an upload checks it before
+    /// it takes the bytes.
+    pub(crate) fn ensure_can_create(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        ensure_role(principal, self.writers, "creating", self.name, name)
+    }
+
+    /// `POST <collection>`: checks the caller may make `creation` (a viewer
+    /// is refused before anything is read), then runs `body` with its
+    /// [`Destination`] in one transaction, or replays the answer recorded
+    /// for its request_id.
+    pub(crate) async fn create(
+        &self,
+        state: &AppState,
+        principal: Principal,
+        creation: Creation,
+        body: impl FnOnce(&mut TxContext<'_>, &Destination) -> Result<Answer, StoreError>
+            + Send
+            + 'static,
+    ) -> Result<Answer, ApiError> {
+        let Creation {
+            name,
+            request_id,
+            tenant,
+        } = creation;
+        self.ensure_can_create(&principal, &name)?;
+        let request_id = principal.idempotency_key(request_id);
+        let destination = Destination {
+            requested: requested_tenant(&principal, tenant),
+            principal,
+        };
+        let answer = state
+            .store()
+            .resources()
+            .mutate(request_id, format!("POST {}", self.collection), move |cx| {
+                body(cx, &destination)
+            })
+            .await?;
+        Ok(answer)
     }
 
     /// Checks the caller may make `change`, then runs `body` (given the

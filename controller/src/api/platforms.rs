@@ -13,17 +13,17 @@ use measurelab_api::http::{
     PlatformPowerState, RequestOptions,
 };
 
-use super::auth::{ensure_can_change, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind};
+use super::auth::ensure_can_change;
+use super::change::{delete_request_id, Creation, Kind};
 use super::error::ApiError;
 use super::extract::{key, optional_body, JsonBody, QueryParams};
-use super::idempotency::{answer, stored, Idempotent};
+use super::idempotency::{answer, stored};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
 use crate::access::{Principal, Role, Scope};
 use crate::store::sql::Connection;
-use crate::store::{control_keys, platform_points, platforms, tenants, StoreError};
+use crate::store::{control_keys, platform_points, platforms, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -54,19 +54,18 @@ pub(crate) async fn create(
     principal: Principal,
     JsonBody(mut input): JsonBody<PlatformCreate>,
 ) -> Result<Response, ApiError> {
-    ensure_can_create(&principal, "platform", &input.name)?;
-    let request_id = principal.idempotency_key(input.request_id.clone());
-    let result = state
-        .store()
-        .resources()
-        .mutate(request_id, "POST /v1/platforms".into(), move |cx| {
-            let requested = requested_tenant(&principal, input.tenant.take());
-            let tenant = tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
-            let row = platforms::create(cx, &tenant, input)?;
+    let creation = Creation {
+        name: input.name.clone(),
+        request_id: input.request_id.clone(),
+        tenant: input.tenant.take(),
+    };
+    PLATFORM
+        .create(&state, principal, creation, move |cx, to| {
+            let row = platforms::create(cx, &to.tenant(cx.tx)?, input)?;
             Ok(stored(201, &row.to_api(cx.registry)))
         })
-        .await?;
-    Ok(answer(result))
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn get(

@@ -13,17 +13,16 @@ use measurelab_api::http::{
     ProgramList,
 };
 
-use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind};
+use super::change::{delete_request_id, Creation, Kind};
 use super::error::ApiError;
 use super::extract::{decode_json, key, JsonBody, QueryParams};
-use super::idempotency::{answer, stored, Idempotent};
+use super::idempotency::{answer, stored};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
 use crate::access::{Principal, Role, Scope};
 use crate::store::programs::MAX_PROGRAM_BYTES;
-use crate::store::{programs, tenants, StoreError};
+use crate::store::{programs, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -121,7 +120,7 @@ pub(crate) async fn create(
                 reason: "query parameter name is required with application/octet-stream".into(),
             })?;
             // Before the bytes: a caller who may not create programs sends none.
-            ensure_can_create(&principal, "program", &name)?;
+            PROGRAM.ensure_can_create(&principal, &name)?;
             let (upload, sha256) =
                 receive(state.store().uploads_dir(), request.into_body()).await?;
             let content = tokio::fs::read(&upload.path)
@@ -145,23 +144,19 @@ pub(crate) async fn create(
         }
     };
     programs::check_upload(content.len(), &sha256, expected.as_deref())?;
-    ensure_can_create(&principal, "program", &name)?;
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(request_id),
-            "POST /v1/programs".into(),
-            move |cx| {
-                let requested = requested_tenant(&principal, tenant);
-                let tenant =
-                    tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
-                let (program, created) = programs::create(cx, &tenant, name, content, sha256)?;
-                Ok(stored(if created { 201 } else { 200 }, &program))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let creation = Creation {
+        name: name.clone(),
+        request_id,
+        tenant,
+    };
+    PROGRAM
+        .create(&state, principal, creation, move |cx, to| {
+            let (program, created) =
+                programs::create(cx, &to.tenant(cx.tx)?, name, content, sha256)?;
+            Ok(stored(if created { 201 } else { 200 }, &program))
+        })
+        .await
+        .map(answer)
 }
 
 /// The JSON upload body limit (mirrors the route's DefaultBodyLimit).
@@ -278,24 +273,18 @@ pub(crate) async fn create_deployment(
     principal: Principal,
     JsonBody(mut input): JsonBody<DeploymentCreate>,
 ) -> Result<Response, ApiError> {
-    ensure_can_create(&principal, "deployment", &input.program)?;
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(input.request_id.clone()),
-            "POST /v1/deployments".into(),
-            move |cx| {
-                let requested = requested_tenant(&principal, input.tenant.take());
-                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
-                Ok(stored(
-                    201,
-                    &programs::create_deployment(cx, &scope, input)?,
-                ))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let creation = Creation {
+        name: input.program.clone(),
+        request_id: input.request_id.clone(),
+        tenant: input.tenant.take(),
+    };
+    DEPLOYMENT
+        .create(&state, principal, creation, move |cx, to| {
+            let deployment = programs::create_deployment(cx, &to.scope(cx.tx)?, input)?;
+            Ok(stored(201, &deployment))
+        })
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn get_deployment(

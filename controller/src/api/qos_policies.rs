@@ -7,16 +7,15 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{QosPolicy, QosPolicyCreate, QosPolicyList, QosPolicyPatch};
 
-use super::auth::{ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind};
+use super::change::{delete_request_id, Creation, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
-use super::idempotency::{answer, stored, Idempotent};
+use super::idempotency::{answer, stored};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
 use crate::access::{Principal, Role, Scope};
-use crate::store::{qos_policies, tenants, StoreError};
+use crate::store::{qos_policies, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -42,22 +41,20 @@ pub(crate) async fn create(
     principal: Principal,
     JsonBody(mut input): JsonBody<QosPolicyCreate>,
 ) -> Result<Response, ApiError> {
-    ensure_can_create(&principal, "QoS policy", &input.name)?;
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(input.request_id.clone()),
-            "POST /v1/qos_policies".into(),
-            move |cx| {
-                let requested = requested_tenant(&principal, input.tenant.take());
-                let tenant =
-                    tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
-                Ok(stored(201, &qos_policies::create(cx, &tenant, input)?))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let creation = Creation {
+        name: input.name.clone(),
+        request_id: input.request_id.clone(),
+        tenant: input.tenant.take(),
+    };
+    QOS_POLICY
+        .create(&state, principal, creation, move |cx, to| {
+            Ok(stored(
+                201,
+                &qos_policies::create(cx, &to.tenant(cx.tx)?, input)?,
+            ))
+        })
+        .await
+        .map(answer)
 }
 
 pub(crate) async fn get(

@@ -7,16 +7,15 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{Task, TaskCreate, TaskList};
 
-use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::{delete_request_id, Kind};
+use super::change::{delete_request_id, Creation, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
-use super::idempotency::{answer, stored, Idempotent};
+use super::idempotency::{answer, stored};
 use super::page;
 use super::scoped::{read_one, read_page};
 use super::state::AppState;
 use crate::access::{Principal, Role, Scope};
-use crate::store::{tasks, tenants, StoreError};
+use crate::store::{tasks, StoreError};
 
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -39,26 +38,20 @@ pub(crate) async fn create(
     principal: Principal,
     JsonBody(mut input): JsonBody<TaskCreate>,
 ) -> Result<Response, ApiError> {
-    ensure_can_create(&principal, "task", &input.name)?;
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(input.request_id.clone()),
-            "POST /v1/tasks".into(),
-            move |cx| {
-                let requested = requested_tenant(&principal, input.tenant.take());
-                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
-                let tenant =
-                    tenants::target(cx.tx, principal.tenant.as_ref(), requested.as_deref())?;
-                Ok(stored(
-                    201,
-                    &tasks::create(cx, &scope, &tenant, input)?.task,
-                ))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let creation = Creation {
+        name: input.name.clone(),
+        request_id: input.request_id.clone(),
+        tenant: input.tenant.take(),
+    };
+    TASK.create(&state, principal, creation, move |cx, to| {
+        let (scope, tenant) = (to.scope(cx.tx)?, to.tenant(cx.tx)?);
+        Ok(stored(
+            201,
+            &tasks::create(cx, &scope, &tenant, input)?.task,
+        ))
+    })
+    .await
+    .map(answer)
 }
 
 pub(crate) async fn get(

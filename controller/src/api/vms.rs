@@ -8,11 +8,10 @@ use axum::response::Response;
 use axum::Json;
 use measurelab_api::http::{LogList, Vm, VmCreate, VmList, VmPatch};
 
-use super::auth::{creation_scope, ensure_can_create, requested_tenant};
-use super::change::Kind;
+use super::change::{Creation, Kind};
 use super::error::ApiError;
 use super::extract::{key, JsonBody, QueryParams};
-use super::idempotency::{answer, stored, Idempotent};
+use super::idempotency::{answer, stored};
 use super::page::{self, Page};
 use super::scoped::read_one;
 use super::state::AppState;
@@ -53,22 +52,17 @@ pub(crate) async fn create(
     principal: Principal,
     JsonBody(mut input): JsonBody<VmCreate>,
 ) -> Result<Response, ApiError> {
-    ensure_can_create(&principal, "VM", &input.name)?;
-    let result = state
-        .store()
-        .resources()
-        .mutate(
-            principal.idempotency_key(input.request_id.clone()),
-            "POST /v1/vms".into(),
-            move |cx| {
-                let requested = requested_tenant(&principal, input.tenant.take());
-                let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
-                let vm = vms::create(cx, &scope, input)?;
-                Ok(stored(201, &vm.to_api(cx.registry)))
-            },
-        )
-        .await?;
-    Ok(answer(result))
+    let creation = Creation {
+        name: input.name.clone(),
+        request_id: input.request_id.clone(),
+        tenant: input.tenant.take(),
+    };
+    VM.create(&state, principal, creation, move |cx, to| {
+        let vm = vms::create(cx, &to.scope(cx.tx)?, input)?;
+        Ok(stored(201, &vm.to_api(cx.registry)))
+    })
+    .await
+    .map(answer)
 }
 
 pub(crate) async fn get(
