@@ -345,7 +345,7 @@ fn insert_results(data_dir: &std::path::Path, count: usize, doc_bytes: usize) {
                      {document}, 'run-{n}')"
         ));
     }
-    common::db::write(data_dir, &inserts.join(";\n"));
+    common::db::write(data_dir, &inserts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
