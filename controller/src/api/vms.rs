@@ -29,6 +29,7 @@ pub(crate) async fn list(
     let platform = query.0.get("platform").cloned();
     let node = query.0.get("node").cloned();
     let scope = principal.scope();
+    let controller = state.controller_version();
     let vms = state
         .store()
         .resources()
@@ -36,7 +37,7 @@ pub(crate) async fn list(
             Ok(
                 vms::list(conn, registry, &scope, platform.as_deref(), node.as_deref())?
                     .iter()
-                    .map(|vm| vm.to_api(registry))
+                    .map(|vm| vm.to_api(registry, controller))
                     .collect(),
             )
         })
@@ -54,6 +55,7 @@ pub(crate) async fn create(
     JsonBody(mut input): JsonBody<VmCreate>,
 ) -> Result<Response, ApiError> {
     ensure_can_create(&principal, "VM", &input.name)?;
+    let controller = state.controller_version();
     let result = state
         .store()
         .resources()
@@ -64,7 +66,7 @@ pub(crate) async fn create(
                 let requested = requested_tenant(&principal, input.tenant.take());
                 let scope = creation_scope(cx.tx, &principal, requested.as_deref())?;
                 let vm = vms::create(cx, &scope, input)?;
-                Ok(stored(201, &vm.to_api(cx.registry)))
+                Ok(stored(201, &vm.to_api(cx.registry, controller)))
             },
         )
         .await?;
@@ -76,9 +78,15 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vm>, ApiError> {
-    read_one(&state, &principal, path, |conn, registry, scope, key| {
-        Ok(vms::get(conn, scope, key)?.to_api(registry))
-    })
+    let controller = state.controller_version();
+    read_one(
+        &state,
+        &principal,
+        path,
+        move |conn, registry, scope, key| {
+            Ok(vms::get(conn, scope, key)?.to_api(registry, controller))
+        },
+    )
     .await
 }
 
@@ -101,9 +109,10 @@ pub(crate) async fn patch(
     JsonBody(patch): JsonBody<VmPatch>,
 ) -> Result<Response, ApiError> {
     let change = VM.patch(key(path)?, patch.request_id.clone());
+    let controller = state.controller_version();
     VM.apply(&state, &principal, change, move |cx, scope, key| {
         let vm = vms::update(cx, scope, key, patch)?;
-        Ok(stored(200, &vm.to_api(cx.registry)))
+        Ok(stored(200, &vm.to_api(cx.registry, controller)))
     })
     .await
     .map(answer)
@@ -132,11 +141,12 @@ pub(crate) async fn delete(
     let change = VM
         .delete(key, query.0.get("request_id").cloned())
         .with_route_suffix(&format!("?force={force}"));
+    let controller = state.controller_version();
     VM.apply(&state, &principal, change, move |cx, scope, key| {
         let vm = vms::delete(cx, scope, key, force)?;
         Ok(stored(
             if force { 200 } else { 202 },
-            &vm.to_api(cx.registry),
+            &vm.to_api(cx.registry, controller),
         ))
     })
     .await
