@@ -73,6 +73,17 @@ fn acc_vm_basic() -> anyhow::Result<()> {
         vm.conditions
     );
     assert_eq!(values["address"], vm.address.as_str());
+    // Ready waits for the guest agent's hello, which names its version:
+    // the lab's guest agent is this build's.
+    assert_eq!(
+        values["guest_agent_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{values}"
+    );
+    assert_eq!(
+        vm.guest_agent_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     let (code, output) = tf.plan_exit_code()?;
     assert_eq!(code, 0, "{}", describe(&output));
 

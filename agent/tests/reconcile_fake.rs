@@ -847,6 +847,15 @@ async fn loop_relays_guest_traffic_and_reports_changes_only() {
             .any(|r| r.vms.iter().any(|v| v.actual_state == "running"))
     })
     .await;
+    assert!(
+        control
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.vms.iter().all(|v| v.guest_agent_version.is_empty())),
+        "a guest agent version before any hello"
+    );
 
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (read, mut write) = stream.into_split();
@@ -1511,6 +1520,31 @@ async fn a_poll_the_controller_cannot_answer_is_refused_not_answered_empty() {
     })
     .await;
     assert_eq!(guest.received("tasks")[0]["tasks"][0]["id"], "t1");
+    run.stop().await;
+}
+
+/// The guest agent's version reaches the controller in its VM's status, so
+/// the controller can judge it (docs/version-skew.md); the fake guest says
+/// hello as version "test".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_status_carries_the_version_from_the_guests_hello() {
+    let OneVmLoop {
+        rig: _rig,
+        a,
+        control,
+        run,
+        guest: _guest,
+        ..
+    } = one_vm_loop(false, |_| {}).await;
+    eventually("a status with the guest agent's version", || {
+        control.reports.lock().unwrap().iter().any(|report| {
+            report
+                .vms
+                .iter()
+                .any(|vm| vm.vm_id == a.id && vm.guest_agent_version == "test")
+        })
+    })
+    .await;
     run.stop().await;
 }
 

@@ -63,6 +63,7 @@ mod exec_hub;
 mod flows;
 mod forward_proof;
 mod grpc_listener;
+mod guest_agent_skew;
 mod leader;
 mod liveness;
 mod metrics;

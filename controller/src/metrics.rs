@@ -28,7 +28,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::leader::LeaderGate;
-use crate::store::{result_series, Store, StoreError};
+use crate::store::{result_series, vms, Store, StoreError};
 use crate::version_policy::{self, Version};
 
 /// The node API's RPCs (service `NodeService` in crates/api/proto/node.proto). A call to any other
@@ -126,7 +126,9 @@ pub(crate) struct Metrics {
     rpc_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
     nodes: Family<StatusLabels, Gauge>,
     nodes_by_agent_skew: Family<SkewLabels, Gauge>,
-    /// What `nodes_by_agent_skew` judges the agents' versions against.
+    vms_by_guest_agent_skew: Family<SkewLabels, Gauge>,
+    /// What the `*_skew` gauges judge agents' and guest agents' versions
+    /// against.
     controller_version: Version,
     write_queue: Gauge,
     leader: Gauge,
@@ -179,6 +181,12 @@ impl Metrics {
             "nodes_by_agent_skew",
             "Nodes by their agent's last reported version against this controller's (docs/version-skew.md): supported, newer (served, unsupported), older (refused), unknown (not MAJOR.MINOR.PATCH)",
             nodes_by_agent_skew.clone(),
+        );
+        let vms_by_guest_agent_skew = Family::<SkewLabels, Gauge>::default();
+        registry.register(
+            "vms_by_guest_agent_skew",
+            "VMs by their guest agent's last reported version against this controller's (docs/version-skew.md): supported, newer and older (served, the VM marked GuestAgentSupported=False), unknown (not MAJOR.MINOR.PATCH); VMs whose guest agent has not said hello are left out",
+            vms_by_guest_agent_skew.clone(),
         );
         let write_queue = Gauge::default();
         registry.register(
@@ -239,6 +247,7 @@ impl Metrics {
             rpc_latency,
             nodes,
             nodes_by_agent_skew,
+            vms_by_guest_agent_skew,
             controller_version,
             write_queue,
             leader,
@@ -290,14 +299,12 @@ impl Metrics {
     pub(crate) async fn scrape(&self, store: &Store) -> Result<String, ScrapeError> {
         let _one_at_a_time = self.scrape.lock().await;
         self.nodes.clear();
-        self.nodes_by_agent_skew.clear();
-        for node in store.nodes() {
-            self.nodes_by_agent_skew
-                .get_or_create(&SkewLabels {
-                    skew: version_policy::judge(self.controller_version, &node.agent_version)
-                        .label(),
-                })
-                .inc();
+        let nodes = store.nodes();
+        self.count_by_skew(
+            &self.nodes_by_agent_skew,
+            nodes.iter().map(|node| node.agent_version.as_str()),
+        );
+        for node in nodes {
             self.nodes
                 .get_or_create(&StatusLabels {
                     status: match node.status {
@@ -309,6 +316,14 @@ impl Metrics {
                 })
                 .inc();
         }
+        let guest_agents = store
+            .resources()
+            .read(|conn, _| vms::guest_agent_versions(conn))
+            .await?;
+        self.count_by_skew(
+            &self.vms_by_guest_agent_skew,
+            guest_agents.iter().map(String::as_str),
+        );
         self.write_queue.set(store.write_queue_depth() as i64);
         if let Some(gate) = self.leader_gate.get() {
             self.leader.set(i64::from(gate.is_leader()));
@@ -321,6 +336,23 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// Set `gauge` to the number of `versions` of each skew label, as the
+    /// policy judges them against this controller.
+    fn count_by_skew<'a>(
+        &self,
+        gauge: &Family<SkewLabels, Gauge>,
+        versions: impl Iterator<Item = &'a str>,
+    ) {
+        gauge.clear();
+        for version in versions {
+            gauge
+                .get_or_create(&SkewLabels {
+                    skew: version_policy::judge(self.controller_version, version).label(),
+                })
+                .inc();
+        }
     }
 
     fn refresh_results(&self, runs: &[result_series::LatestRun]) {

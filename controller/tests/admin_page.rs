@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestController;
-use measurelab_api::node_v1::{GuestReport, MscsPoint, MscsPointList, StatusReport};
+use measurelab_api::node_v1::{GuestReport, MscsPoint, MscsPointList, StatusReport, VmStatus};
 use reqwest::Method;
 use serde_json::json;
 
@@ -91,6 +91,12 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
         .report_status(StatusReport {
             node_id: n1.node_id.clone(),
             node_secret: n1.node_secret.clone(),
+            vms: vec![VmStatus {
+                vm_id: vm["id"].as_str().unwrap().into(),
+                actual_state: "running".into(),
+                guest_agent_version: "0.1.0".into(),
+                ..Default::default()
+            }],
             guests: vec![GuestReport {
                 vm_id: vm["id"].as_str().unwrap().into(),
                 points: Some(MscsPointList {
@@ -124,6 +130,7 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
         "{points}"
     );
     assert_eq!(rendered["vms"][0][6], "10.201.0.2");
+    assert_eq!(rendered["vms"][0][12], "0.1.0", "the guest agent's version");
     assert_eq!(
         rendered["results"].as_array().unwrap().len(),
         6,

@@ -1,13 +1,15 @@
 //! The version-skew policy (docs/version-skew.md) through the real
 //! listeners of a controller that believes it is 0.5.0: agents older than
 //! 0.4 are refused at Register and Heartbeat with nothing written, 0.4.x and
-//! 0.5.x are served, a newer agent is served and counted, and providers and
+//! 0.5.x are served, a newer agent is served and counted, a guest agent
+//! older than 0.4 is shown and counted but not refused, and providers and
 //! CLIs outside the policy get a `Warning` while curl gets none.
 
 mod common;
 
 use common::TestController;
 use measurelab_api::http::EventList;
+use measurelab_api::node_v1::{StatusReport, VmStatus};
 
 const CONTROLLER: &str = "0.5.0";
 
@@ -20,6 +22,12 @@ async fn start(dir: &std::path::Path) -> TestController {
 
 /// `measurelab_nodes_by_agent_skew` by its `skew` label, from a scrape.
 async fn nodes_by_skew(controller: &TestController) -> Vec<(String, f64)> {
+    by_skew(controller, "measurelab_nodes_by_agent_skew").await
+}
+
+/// Gauge `metric` by its `skew` label, from a scrape.
+async fn by_skew(controller: &TestController, metric: &str) -> Vec<(String, f64)> {
+    let series = format!("{metric}{{skew=\"");
     let text = reqwest::Client::new()
         .get(controller.url("/metrics"))
         .bearer_auth(&controller.admin_token)
@@ -31,7 +39,7 @@ async fn nodes_by_skew(controller: &TestController) -> Vec<(String, f64)> {
         .unwrap();
     let mut found: Vec<(String, f64)> = text
         .lines()
-        .filter_map(|line| line.strip_prefix("measurelab_nodes_by_agent_skew{skew=\""))
+        .filter_map(|line| line.strip_prefix(series.as_str()))
         .filter_map(|rest| {
             let (skew, value) = rest.split_once("\"} ")?;
             Some((skew.to_string(), value.parse().ok()?))
@@ -123,6 +131,86 @@ async fn a_newer_or_unparseable_agent_is_served_and_counted() {
             ("supported".into(), 1.0),
             ("unknown".into(), 1.0)
         ]
+    );
+    controller.stop().await;
+}
+
+/// A guest agent is judged as an agent is, but never refused: a refusal
+/// would stop a running measurement. Its VM shows the version, an older
+/// or newer one adds `GuestAgentSupported=False`, and the gauge counts it.
+#[tokio::test]
+async fn a_guest_agent_older_than_the_controller_serves_is_shown_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = start(dir.path()).await;
+    let n1 = controller.register("n1", "").await;
+    controller.create_platform("p", &["n1"]).await;
+    let client = controller.client();
+    let mut ids = Vec::new();
+    for name in ["old", "current", "silent"] {
+        controller.create_vm(name, "p", "n1").await;
+        ids.push(client.get_vm(name).await.unwrap().id);
+    }
+    let status = |id: &str, guest_agent_version: &str| VmStatus {
+        vm_id: id.to_string(),
+        actual_state: "running".into(),
+        observed_generation: 1,
+        guest_agent_version: guest_agent_version.into(),
+        ..Default::default()
+    };
+    let outcome = controller
+        .grpc()
+        .await
+        .report_status(StatusReport {
+            node_id: n1.node_id.clone(),
+            node_secret: n1.node_secret.clone(),
+            observed_generation: 1,
+            vms: vec![
+                status(&ids[0], "0.3.9"),
+                status(&ids[1], "0.5.1"),
+                status(&ids[2], ""),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+
+    let skew_conditions = |vm: &measurelab_api::http::Vm| -> Vec<(String, String, String)> {
+        vm.conditions
+            .iter()
+            .filter(|c| c.condition_type == "GuestAgentSupported")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .collect()
+    };
+    let old = client.get_vm(&ids[0]).await.unwrap();
+    assert_eq!(old.guest_agent_version.as_deref(), Some("0.3.9"));
+    assert_eq!(old.actual_state, "running", "served, not refused");
+    assert_eq!(
+        skew_conditions(&old),
+        [(
+            "False".to_string(),
+            "GuestAgentTooOld".to_string(),
+            "the guest agent is 0.3.9, older than this controller (measurelab 0.5.0) serves: \
+             it serves guest agents of 0.4 and later. The VM keeps running; upgrade the guest \
+             agent in its appliance to 0.4 or later (docs/version-skew.md)"
+                .to_string()
+        )]
+    );
+    let current = client.get_vm(&ids[1]).await.unwrap();
+    assert_eq!(current.guest_agent_version.as_deref(), Some("0.5.1"));
+    assert_eq!(skew_conditions(&current), []);
+    let silent = client.get_vm(&ids[2]).await.unwrap();
+    assert_eq!(silent.guest_agent_version, None);
+    assert_eq!(skew_conditions(&silent), []);
+    // The list shows what the single VM does.
+    let listed = client.list_vms("").await.unwrap();
+    let listed_old = listed.iter().find(|vm| vm.id == ids[0]).unwrap();
+    assert_eq!(skew_conditions(listed_old), skew_conditions(&old));
+
+    assert_eq!(
+        by_skew(&controller, "measurelab_vms_by_guest_agent_skew").await,
+        [("older".into(), 1.0), ("supported".into(), 1.0)]
     );
     controller.stop().await;
 }

@@ -896,6 +896,11 @@ impl Reconciler {
             .and_then(|s| s.nic.as_ref())
             .map(|n| n.mac.clone())
             .unwrap_or_else(|| vm.mac.clone());
+        let channel = self.channels.state(id);
+        let guest_agent_version = channel
+            .as_ref()
+            .and_then(|c| c.agent_version.clone())
+            .unwrap_or_default();
         if vm.deleting {
             let gone = guest.is_none() && port_attached_nowhere(port_failure, port_attached);
             return VmStatus {
@@ -917,6 +922,7 @@ impl Reconciler {
                 )],
                 deleted: gone,
                 observed_generation: vm.generation,
+                guest_agent_version,
             };
         }
         let actual_state = match guest.map(|g| g.state) {
@@ -943,7 +949,6 @@ impl Reconciler {
                 "the port is plugged once the guest exists",
             ),
         };
-        let channel = self.channels.state(id);
         let registered = channel.as_ref().is_some_and(|c| c.registered);
         // A paused or stopped guest is silent by design; only a running one
         // is held to its heartbeat.
@@ -1026,6 +1031,7 @@ impl Reconciler {
             conditions: vec![ready, port, guest_cond],
             deleted: false,
             observed_generation: vm.generation,
+            guest_agent_version,
         }
     }
 }

@@ -42,7 +42,7 @@ pub(crate) struct AppState {
     exec_hub: ExecHub,
     /// Sessions for agents streaming to another replica.
     exec_forwarder: ExecForwarder,
-    /// What providers' and CLIs' versions are judged against.
+    /// What providers', CLIs' and guest agents' versions are judged against.
     controller_version: Version,
 }
 

@@ -28,6 +28,7 @@ pub(crate) async fn list(
     let platform = query.0.get("platform").cloned();
     let node = query.0.get("node").cloned();
     let scope = principal.scope();
+    let controller = state.controller_version();
     let vms = state
         .store()
         .resources()
@@ -35,7 +36,7 @@ pub(crate) async fn list(
             Ok(
                 vms::list(conn, registry, &scope, platform.as_deref(), node.as_deref())?
                     .iter()
-                    .map(|vm| vm.to_api(registry))
+                    .map(|vm| vm.to_api(registry, controller))
                     .collect(),
             )
         })
@@ -52,6 +53,7 @@ pub(crate) async fn create(
     principal: Principal,
     JsonBody(mut input): JsonBody<VmCreate>,
 ) -> Result<Response, ApiError> {
+    let controller = state.controller_version();
     let creation = Creation {
         name: input.name.clone(),
         request_id: input.request_id.clone(),
@@ -59,7 +61,7 @@ pub(crate) async fn create(
     };
     VM.create(&state, principal, creation, move |cx, to| {
         let vm = vms::create(cx, &to.scope(cx.tx)?, input)?;
-        Ok(stored(201, &vm.to_api(cx.registry)))
+        Ok(stored(201, &vm.to_api(cx.registry, controller)))
     })
     .await
     .map(answer)
@@ -70,9 +72,15 @@ pub(crate) async fn get(
     principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vm>, ApiError> {
-    read_one(&state, &principal, path, |conn, registry, scope, key| {
-        Ok(vms::get(conn, scope, key)?.to_api(registry))
-    })
+    let controller = state.controller_version();
+    read_one(
+        &state,
+        &principal,
+        path,
+        move |conn, registry, scope, key| {
+            Ok(vms::get(conn, scope, key)?.to_api(registry, controller))
+        },
+    )
     .await
 }
 
@@ -95,9 +103,10 @@ pub(crate) async fn patch(
     JsonBody(patch): JsonBody<VmPatch>,
 ) -> Result<Response, ApiError> {
     let change = VM.patch(key(path)?, patch.request_id.clone());
+    let controller = state.controller_version();
     VM.apply(&state, &principal, change, move |cx, scope, key| {
         let vm = vms::update(cx, scope, key, patch)?;
-        Ok(stored(200, &vm.to_api(cx.registry)))
+        Ok(stored(200, &vm.to_api(cx.registry, controller)))
     })
     .await
     .map(answer)
@@ -126,11 +135,12 @@ pub(crate) async fn delete(
     let change = VM
         .delete(key, query.0.get("request_id").cloned())
         .with_route_suffix(&format!("?force={force}"));
+    let controller = state.controller_version();
     VM.apply(&state, &principal, change, move |cx, scope, key| {
         let vm = vms::delete(cx, scope, key, force)?;
         Ok(stored(
             if force { 200 } else { 202 },
-            &vm.to_api(cx.registry),
+            &vm.to_api(cx.registry, controller),
         ))
     })
     .await

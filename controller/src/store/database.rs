@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0020_exec_channels.sql"),
     include_str!("../../migrations/0021_node_certificates.sql"),
     include_str!("../../migrations/0022_metrics_role.sql"),
+    include_str!("../../migrations/0023_guest_agent_version.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the

@@ -246,6 +246,8 @@ const MAX_GUEST_LOG_LINES: usize = 5_000;
 const MAX_GUEST_LOG_LINE_BYTES: usize = 64 * 1024;
 /// Longest condition type, status or reason.
 const MAX_CONDITION_WORD: usize = 128;
+/// Most characters of a guest agent version kept; a release's is a dozen.
+const MAX_GUEST_AGENT_VERSION_CHARS: usize = 64;
 
 fn refuse(outcome: &mut ReportOutcome, list: &str, index: usize, vm_id: &str, reason: String) {
     outcome.refused.push(node_v1::RefusedItem {
@@ -434,14 +436,24 @@ pub(crate) fn apply_report(
                 format!("VM {name} failed {why}"),
             )?;
         }
-        let observed = status.observed_generation.min(vm.generation);
+        // Guest content relayed by the node agent: cut rather than refused,
+        // so a guest cannot freeze its VM's status with a long hello.
+        let guest_agent_version: String = status
+            .guest_agent_version
+            .chars()
+            .take(MAX_GUEST_AGENT_VERSION_CHARS)
+            .collect();
         vms::save_status(
             cx,
             &vm,
-            state,
-            status.restart_required,
-            &conditions,
-            observed,
+            &vms::ReportedStatus {
+                actual_state: state,
+                restart_required: status.restart_required,
+                conditions: &conditions,
+                observed_generation: status.observed_generation.min(vm.generation),
+                guest_agent_version: Some(guest_agent_version.as_str())
+                    .filter(|version| !version.is_empty()),
+            },
         )?;
     }
     for (i, guest) in report.guests.iter().enumerate() {

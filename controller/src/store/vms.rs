@@ -16,7 +16,8 @@ use super::resources::TxContext;
 use super::{appliances, qos_policies, quotas, tenants};
 use crate::access::Scope;
 use crate::placement::overcommit::{self, NodeUse};
-use crate::{placement, validation};
+use crate::version_policy::Version;
+use crate::{guest_agent_skew, placement, validation};
 
 const MAX_VCPUS: u32 = 64;
 const MAX_MEMORY_MIB: u64 = 1024 * 1024;
@@ -51,6 +52,9 @@ pub(crate) struct VmRow {
     pub actual_state: String,
     pub restart_required: bool,
     pub guest_last_heartbeat: Option<String>,
+    /// What the guest agent said in its last hello, as its node agent
+    /// reported it; `None` until one does.
+    pub guest_agent_version: Option<String>,
     pub conditions: Vec<Condition>,
     pub generation: u64,
     pub observed_generation: u64,
@@ -58,7 +62,14 @@ pub(crate) struct VmRow {
 }
 
 impl VmRow {
-    pub fn to_api(&self, registry: &Registry) -> Vm {
+    /// The API's view, with the guest agent judged against a controller of
+    /// version `controller` (docs/version-skew.md).
+    pub fn to_api(&self, registry: &Registry, controller: Version) -> Vm {
+        let mut conditions = self.conditions.clone();
+        conditions.extend(guest_agent_skew::condition(
+            controller,
+            self.guest_agent_version.as_deref(),
+        ));
         Vm {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -84,7 +95,8 @@ impl VmRow {
             max_vcpus: self.max_vcpus,
             max_memory_mib: self.max_memory_mib,
             guest_last_heartbeat: self.guest_last_heartbeat.clone(),
-            conditions: self.conditions.clone(),
+            guest_agent_version: self.guest_agent_version.clone(),
+            conditions,
             generation: self.generation,
             observed_generation: self.observed_generation,
             tenant_id: self.tenant_id.clone(),
@@ -97,7 +109,8 @@ const SELECT: &str = "SELECT v.id, v.name, v.platform_id, p.name, v.node_id, v.v
         v.disk_mib, v.swap_mib, v.appliance_id, a.name, v.qos_policy_id, q.name, v.power_state,
         v.backend, v.address, v.mac, v.port_name, v.deleting, v.actual_state,
         v.restart_required, v.guest_last_heartbeat, v.conditions, v.generation,
-        v.observed_generation, v.created_at, p.tenant_id, v.max_vcpus, v.max_memory_mib
+        v.observed_generation, v.created_at, p.tenant_id, v.max_vcpus, v.max_memory_mib,
+        v.guest_agent_version
     FROM vms v
     JOIN platforms p ON p.id = v.platform_id
     JOIN appliances a ON a.id = v.appliance_id
@@ -139,6 +152,7 @@ fn read_row(r: &crate::store::sql::Row<'_>) -> Result<VmRow, StoreError> {
         tenant_id: r.get(26)?,
         max_vcpus: r.get::<Option<i64>>(27)?.map(|v| v as u32),
         max_memory_mib: r.get::<Option<i64>>(28)?.map(|v| v as u64),
+        guest_agent_version: r.get(29)?,
     })
 }
 
@@ -245,6 +259,22 @@ pub(crate) fn list(
          ORDER BY p.name, v.name",
         &[&platform_id, &node_id, &scope.tenant_id()],
     )
+}
+
+/// The guest agent version of every VM whose guest agent has reported
+/// one, leaving out VMs being deleted, for
+/// `measurelab_vms_by_guest_agent_skew`.
+pub(crate) fn guest_agent_versions(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT guest_agent_version FROM vms
+          WHERE guest_agent_version IS NOT NULL AND deleting = 0",
+    )?;
+    let mut rows = statement.query(params![])?;
+    let mut versions = Vec::new();
+    while let Some(row) = rows.next()? {
+        versions.push(row.get(0)?);
+    }
+    Ok(versions)
 }
 
 pub(crate) fn of_node(conn: &Connection, node_id: &str) -> Result<Vec<VmRow>, StoreError> {
@@ -616,6 +646,7 @@ pub(crate) fn create(
         actual_state: "pending".into(),
         restart_required: false,
         guest_last_heartbeat: None,
+        guest_agent_version: None,
         conditions: Vec::new(),
         generation: 1,
         observed_generation: 0,
@@ -962,26 +993,34 @@ pub(crate) fn remove(
     )
 }
 
+/// What a node agent reported about one VM, checked and cut to size.
+pub(crate) struct ReportedStatus<'a> {
+    pub actual_state: &'a str,
+    pub restart_required: bool,
+    pub conditions: &'a [Condition],
+    pub observed_generation: u64,
+    /// `None`: no guest agent has said hello.
+    pub guest_agent_version: Option<&'a str>,
+}
+
 /// Store what the node agent reports about one of its VMs.
 pub(crate) fn save_status(
     cx: &TxContext<'_>,
     vm: &VmRow,
-    actual_state: &str,
-    restart_required: bool,
-    conditions: &[Condition],
-    observed_generation: u64,
+    status: &ReportedStatus<'_>,
 ) -> Result<(), StoreError> {
     cx.tx
         .prepare_cached(
             "UPDATE vms SET actual_state = ?2, restart_required = ?3, conditions = ?4,
-                            observed_generation = ?5 WHERE id = ?1",
+                            observed_generation = ?5, guest_agent_version = ?6 WHERE id = ?1",
         )?
         .execute(params![
             vm.id,
-            actual_state,
-            restart_required as i64,
-            to_json(&conditions),
-            observed_generation as i64
+            status.actual_state,
+            status.restart_required as i64,
+            to_json(&status.conditions),
+            status.observed_generation as i64,
+            status.guest_agent_version
         ])?;
     Ok(())
 }

@@ -973,7 +973,15 @@ pub struct Vm {
     #[serde(default)]
     #[schema(format = DateTime, required = true)]
     pub guest_last_heartbeat: Option<String>,
-    /// Conditions from the node agent.
+    /// Version the VM's guest agent gave in its last hello, as the node
+    /// agent reports it; `null` until one has said hello (or under a node
+    /// agent too old to report it). Read-only.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub guest_agent_version: Option<String>,
+    /// Conditions from the node agent, and `GuestAgentSupported` (False)
+    /// from the controller when the policy does not support the guest
+    /// agent's version (docs/version-skew.md).
     pub conditions: Vec<Condition>,
     /// Bumped on every spec change.
     pub generation: u64,

@@ -299,6 +299,8 @@ pub struct VmView {
     pub max_memory_mib: Value<Number>,
     /// Last guest-agent heartbeat, if any.
     pub guest_last_heartbeat: Value<String>,
+    /// The guest agent's version, if it said hello.
+    pub guest_agent_version: Value<String>,
     /// Conditions from the node agent.
     pub conditions: Value<Vec<ConditionView>>,
     /// RFC 3339.
@@ -328,6 +330,7 @@ impl From<&Vm> for VmView {
             max_vcpus: vm.max_vcpus.map(number).unwrap_or(Value::Null),
             max_memory_mib: vm.max_memory_mib.map(number).unwrap_or(Value::Null),
             guest_last_heartbeat: optional_text(vm.guest_last_heartbeat.as_ref()),
+            guest_agent_version: optional_text(vm.guest_agent_version.as_ref()),
             conditions: Value::Value(
                 vm.conditions
                     .iter()
@@ -373,7 +376,8 @@ pub fn vm_fields() -> Vec<Field> {
         ("max_vcpus", AttributeType::Number, "Most vCPUs the VM can get without a restart; null: `vcpus`."),
         ("max_memory_mib", AttributeType::Number, "Most memory in MiB the VM can get without a restart; null: `memory_mib`."),
         ("guest_last_heartbeat", AttributeType::String, "RFC 3339 time of the guest agent's last heartbeat; null before the first."),
-        ("conditions", AttributeType::List(Box::new(condition)), "Conditions reported by the node agent: `type` (`Ready`, `PortAttached`, ...), `status` (`True`, `False`, `Unknown`), `reason`, `message`."),
+        ("guest_agent_version", AttributeType::String, "Version the VM's guest agent gave when it last said hello; null until it has. An unsupported one adds the condition `GuestAgentSupported` `False` (docs/version-skew.md)."),
+        ("conditions", AttributeType::List(Box::new(condition)), "Conditions reported by the node agent, and `GuestAgentSupported` (only when `False`) by the controller: `type` (`Ready`, `PortAttached`, ...), `status` (`True`, `False`, `Unknown`), `reason`, `message`."),
         ("created_at", AttributeType::String, "RFC 3339 creation time."),
     ]
 }

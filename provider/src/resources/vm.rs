@@ -102,6 +102,8 @@ pub struct VmState {
     pub actual_state: Value<String>,
     /// Conditions.
     pub conditions: Value<Vec<ConditionValue>>,
+    /// The guest agent's version; null until it said hello.
+    pub guest_agent_version: Value<String>,
     /// A change waits for the VM's next restart.
     pub pending_restart: Value<bool>,
     /// The `timeouts` block.
@@ -189,7 +191,8 @@ impl VmState {
     }
 
     /// Copy the controller's view. Volatile fields (`actual_state`,
-    /// `conditions`) are refreshed here, on read, and never planned.
+    /// `conditions`, `guest_agent_version`) are refreshed here, on read, and
+    /// never planned.
     fn refresh_from(&mut self, vm: &Vm) {
         self.name = Value::Value(vm.name.clone());
         self.platform = Value::Value(vm.platform.clone());
@@ -230,6 +233,11 @@ impl VmState {
                 })
                 .collect(),
         );
+        self.guest_agent_version = vm
+            .guest_agent_version
+            .clone()
+            .map(Value::Value)
+            .unwrap_or(Value::Null);
     }
 
     fn mark_computed_unknown(&mut self) {
@@ -238,6 +246,7 @@ impl VmState {
         self.mac = Value::Unknown;
         self.actual_state = Value::Unknown;
         self.conditions = Value::Unknown;
+        self.guest_agent_version = Value::Unknown;
         self.pending_restart = Value::Unknown;
         for value in [&mut self.backend, &mut self.power_state] {
             if value.is_null() {
@@ -442,7 +451,8 @@ impl ManagedResource for Vms {
             ("mac".into(), computed(AttributeType::String, "MAC address of the VM's port.")),
             ("actual_state".into(), computed(AttributeType::String, "What the node agent last reported: `pending`, `running`, `paused`, `stopped`, `failed` or `deleting`. Refreshed on read; never causes a diff.")),
             ("pending_restart".into(), computed(AttributeType::Bool, "True while the VM runs an older spec than it was given: a change that cannot apply live (e.g. `vcpus` beyond the `max_vcpus` it booted with) waits for its next restart (`power_state` `stopped`, then `running`). Refreshed on read; never causes a diff.")),
-            ("conditions".into(), computed(AttributeType::List(Box::new(condition_type)), "Conditions reported by the node agent (`Ready`, `PortAttached`, `GuestRegistered`), each with `type`, `status` (`True`/`False`/`Unknown`), `reason` and `message`. Refreshed on read; never causes a diff.")),
+            ("conditions".into(), computed(AttributeType::List(Box::new(condition_type)), "Conditions reported by the node agent (`Ready`, `PortAttached`, `GuestRegistered`) and by the controller (`GuestAgentSupported`, only when `False`), each with `type`, `status` (`True`/`False`/`Unknown`), `reason` and `message`. Refreshed on read; never causes a diff.")),
+            ("guest_agent_version".into(), computed(AttributeType::String, "Version the VM's guest agent gave when it last said hello; null until it has (or under a node agent too old to report it). A version the controller's skew policy does not support adds the condition `GuestAgentSupported` `False` (docs/version-skew.md); the VM keeps running. Refreshed on read; never causes a diff.")),
         ]);
         let duration = |what: &str| {
             Attribute {
@@ -719,6 +729,7 @@ mod tests {
             max_vcpus: None,
             max_memory_mib: None,
             guest_last_heartbeat: None,
+            guest_agent_version: None,
             conditions: vec![Condition {
                 condition_type: "Ready".into(),
                 status: ready.into(),
@@ -970,6 +981,24 @@ mod tests {
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
         assert!(replace.is_empty(), "replaces for {replace:?}");
         assert_eq!(state.id, prior.id, "an in-place change keeps the VM");
+    }
+
+    #[test]
+    fn the_guest_agent_version_is_computed_and_refreshed_null_until_a_hello() {
+        let schema = Vms::new(Shared::new(tokio_util::sync::CancellationToken::new())).schema();
+        let attribute = &schema.block.attributes["guest_agent_version"];
+        assert_eq!(attribute.constraint, AttributeConstraint::Computed);
+        assert_eq!(attribute.attr_type, AttributeType::String);
+
+        let mut reported = vm(VmPowerState::Running, "running", "True", 1, 1);
+        let mut state = VmState::default();
+        state.refresh_from(&reported);
+        assert_eq!(state.guest_agent_version, Value::Null);
+        reported.guest_agent_version = Some("0.3.9".into());
+        state.refresh_from(&reported);
+        assert_eq!(state.guest_agent_version, Value::Value("0.3.9".into()));
+        state.mark_computed_unknown();
+        assert_eq!(state.guest_agent_version, Value::Unknown);
     }
 
     #[test]

@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         22,
         include_str!("../../../../migrations-pg/0022_metrics_role.sql"),
     ),
+    (
+        23,
+        include_str!("../../../../migrations-pg/0023_guest_agent_version.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
