@@ -370,9 +370,12 @@ impl NodeRpc {
         let unsupported = (!matches!(skew, crate::version_policy::Skew::Supported(_)))
             .then(|| input.agent_version.clone());
         self.store.heartbeat(input).await?;
-        if let Some(agent_version) = unsupported {
-            self.skew
-                .note_served(&node_id, &agent_version, &skew, || node_name(&node_id));
+        match unsupported {
+            Some(agent_version) => {
+                self.skew
+                    .note_served(&node_id, &agent_version, &skew, || node_name(&node_id));
+            }
+            None => self.skew.note_supported(&node_id),
         }
         // The desired state lives in the resource store, whose per-node
         // generation is mirrored in memory: no SQLite read per heartbeat.

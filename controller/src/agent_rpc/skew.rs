@@ -4,6 +4,7 @@
 //! served and named in the log once per node and version.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::error::RpcError;
@@ -15,6 +16,9 @@ pub(crate) struct AgentSkew {
     /// Node id → the version last warned about, so a node heartbeating
     /// every few seconds is named once, and again only when it changes.
     warned: Mutex<HashMap<String, String>>,
+    /// Whether `warned` holds anyone: the heartbeats of a supported agent
+    /// (nearly all of them) then cost one atomic load, not a lock.
+    any_warned: AtomicBool,
 }
 
 impl AgentSkew {
@@ -22,6 +26,7 @@ impl AgentSkew {
         AgentSkew {
             controller,
             warned: Mutex::default(),
+            any_warned: AtomicBool::new(false),
         }
     }
 
@@ -46,6 +51,18 @@ impl AgentSkew {
         }
     }
 
+    /// After a call of a supported agent: the node's last warning is
+    /// forgotten, so an agent taken back to a supported version and then
+    /// to the same unsupported one again is named again.
+    pub fn note_supported(&self, node_id: &str) {
+        if !self.any_warned.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.remove(node_id);
+        self.any_warned.store(!warned.is_empty(), Ordering::Relaxed);
+    }
+
     /// After the call was served: a warning the first time node `node_id`
     /// reports `agent_version` the policy does not support. True when it
     /// warned.
@@ -57,6 +74,7 @@ impl AgentSkew {
         node_name: impl FnOnce() -> String,
     ) -> bool {
         if matches!(skew, Skew::Supported(_)) {
+            self.note_supported(node_id);
             return false;
         }
         {
@@ -65,6 +83,7 @@ impl AgentSkew {
                 return false;
             }
             warned.insert(node_id.to_string(), agent_version.to_string());
+            self.any_warned.store(true, Ordering::Relaxed);
         }
         let controller = self.controller;
         let node_name = node_name();
@@ -134,5 +153,13 @@ mod tests {
         assert!(note("n1", "0.6.1"));
         assert!(note("n1", "dev"));
         assert!(!note("n1", "dev"));
+        // Back to a supported version, then the same unsupported one again.
+        assert!(!note("n1", "0.5.1"));
+        assert!(note("n1", "dev"));
+        // A heartbeat of a supported agent forgets it too; other nodes'
+        // warnings stay.
+        skew.note_supported("n1");
+        assert!(note("n1", "dev"));
+        assert!(!note("n2", "0.6.0"));
     }
 }
