@@ -6,8 +6,8 @@ mod common;
 use base64::Engine;
 use common::TestController;
 use measurelab_api::node_v1::{
-    FetchProgramRequest, PollTasksRequest, PostResultRequest, ProgramRunStatus, RegisterResponse,
-    StatusReport,
+    FetchProgramRequest, PollTasksRequest, PostResultRequest, ProgramRunStatus, RegisterRequest,
+    RegisterResponse, StatusReport,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -250,6 +250,59 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
     controller.stop().await;
 }
 
+/// A registration of node `name` whose service host listens on `endpoint`
+/// and speaks control protocol `version` (`None`: an agent from before
+/// the protocol had versions).
+fn service_host_registration(
+    controller: &TestController,
+    name: &str,
+    endpoint: &str,
+    version: Option<u32>,
+) -> RegisterRequest {
+    let mut request = common::register_request(&controller.join_token, name, "");
+    if let Some(caps) = request.capabilities.as_mut() {
+        caps.service_endpoint = endpoint.into();
+        caps.control_protocol_version = version;
+    }
+    request
+}
+
+/// A measurement among service hosts on `nodes` to group `group`.
+fn service_host_task(name: &str, nodes: &[&str], schedule: &str, group: &str) -> Value {
+    json!({"name": name, "mode": "service_host", "nodes": nodes, "schedule": schedule,
+           "rate_pps": 10, "packet_size_bytes": 100, "group": group, "port": 6000,
+           "ttl": 2, "ssm": true})
+}
+
+/// Waits (10 s at most) until the store marks task `name` running, which
+/// happens off the path of the poll that started it.
+async fn wait_until_running(controller: &TestController, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while controller.client().get_task(name).await.unwrap().status != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {name} never marked running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A result of `task_id` posted by `node` as if relayed from VM `vm_id`.
+fn post_result_request(
+    node: &RegisterResponse,
+    vm_id: &str,
+    task_id: &str,
+    document: &Value,
+) -> PostResultRequest {
+    PostResultRequest {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        vm_id: vm_id.to_string(),
+        task_id: task_id.to_string(),
+        document_json: document.to_string(),
+    }
+}
+
 fn result_document(started_at: &str, loss: f64) -> Value {
     common::result_document(
         None,
@@ -305,14 +358,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     assert_eq!(spec.group, "239.1.2.3");
     assert_eq!(spec.status, "running", "what the guest sees");
     // The store follows off the poll's path (PollTasks only reads).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while controller.client().get_task("loss").await.unwrap().status != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task never marked running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_running(&controller, "loss").await;
     // A VM of another node is not n1's to poll for.
     let err = controller
         .grpc()
@@ -330,13 +376,12 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let ack = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            &mscs,
+            &task_id,
+            &result_document("2026-01-01T10:00:00Z", 0.1),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -344,13 +389,12 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let err = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n2.node_id.clone(),
-            node_secret: n2.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: result_document("2026-01-01T10:01:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n2,
+            &mscs,
+            &task_id,
+            &result_document("2026-01-01T10:01:00Z", 0.1),
+        ))
         .await
         .unwrap_err();
     assert_eq!(
@@ -365,13 +409,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let err = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: bad.to_string(),
-        })
+        .post_result(post_result_request(&n1, &mscs, &task_id, &bad))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -542,22 +580,24 @@ async fn service_host_tasks_reach_the_listed_nodes() {
     let controller = TestController::start_with(dir.path(), |_| {}).await;
     // n1 runs a current agent; n2 one of release 0.1.0, which reports no
     // control protocol version.
-    let with_service_host = |name: &str, endpoint: &str, version: Option<u32>| {
-        let mut request = common::register_request(&controller.join_token, name, "");
-        if let Some(caps) = request.capabilities.as_mut() {
-            caps.service_endpoint = endpoint.into();
-            caps.control_protocol_version = version;
-        }
-        request
-    };
     let mut grpc = controller.grpc().await;
     let n1 = grpc
-        .register(with_service_host("n1", "10.253.0.11:7090", Some(2)))
+        .register(service_host_registration(
+            &controller,
+            "n1",
+            "10.253.0.11:7090",
+            Some(2),
+        ))
         .await
         .unwrap()
         .into_inner();
     let n2 = grpc
-        .register(with_service_host("n2", "10.253.0.12:7090", None))
+        .register(service_host_registration(
+            &controller,
+            "n2",
+            "10.253.0.12:7090",
+            None,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -566,9 +606,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .call(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n3"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task(
+                "quick",
+                &["n1", "n3"],
+                "once",
+                "232.1.1.1",
+            )),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -584,9 +627,7 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .call(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task("quick", &["n1"], "once", "232.1.1.1")),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -595,9 +636,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .call(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task(
+                "quick",
+                &["n1", "n2"],
+                "once",
+                "232.1.1.1",
+            )),
         )
         .await;
     assert_eq!(status, 201, "{task}");
@@ -647,9 +691,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .call(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "other", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "periodic",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.2", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task(
+                "other",
+                &["n1", "n2"],
+                "periodic",
+                "232.1.1.2",
+            )),
         )
         .await;
     assert_eq!(status, 201, "{other}");
@@ -669,13 +716,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
     controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: String::new(),
-            task_id: "quick".into(),
-            document_json: result_document("2026-02-01T00:00:00Z", 0.0).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            "",
+            "quick",
+            &result_document("2026-02-01T00:00:00Z", 0.0),
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -703,21 +749,20 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
         ("n2", "10.253.0.12:7090"),
         ("n3", "10.253.0.13:7090"),
     ] {
-        let mut request = common::register_request(&controller.join_token, name, "");
-        if let Some(caps) = request.capabilities.as_mut() {
-            caps.service_endpoint = endpoint.into();
-        }
-        grpc.register(request).await.unwrap();
+        grpc.register(service_host_registration(&controller, name, endpoint, None))
+            .await
+            .unwrap();
     }
     let (status, task) = controller
         .call(
             Method::POST,
             "/v1/tasks",
-            Some(
-                json!({"name": "trees", "mode": "service_host", "nodes": ["n1", "n2", "n3"],
-                        "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
-                        "group": "232.1.1.1", "port": 6000, "ttl": 2, "ssm": true}),
-            ),
+            Some(service_host_task(
+                "trees",
+                &["n1", "n2", "n3"],
+                "once",
+                "232.1.1.1",
+            )),
         )
         .await;
     assert_eq!(status, 201, "{task}");
@@ -1058,14 +1103,7 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
     let mut grpc = controller.grpc().await;
     let first = grpc.poll_tasks(poll()).await.unwrap().into_inner();
     assert_eq!(first.tasks_json.len(), 1, "only the VM's platform's task");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while controller.client().get_task("mine").await.unwrap().status != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task never marked running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_running(&controller, "mine").await;
 
     let write_lock = common::db::WriteLock::take(dir.path());
     for _ in 0..20 {
@@ -1081,13 +1119,12 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
 
     let theirs = controller.client().get_task("theirs").await.unwrap();
     let err = grpc
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: theirs.id.clone(),
-            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            &mscs,
+            &theirs.id,
+            &result_document("2026-01-01T10:00:00Z", 0.1),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
