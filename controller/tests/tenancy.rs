@@ -20,6 +20,13 @@ async fn create(controller: &TestController, token: &str, path: &str, body: Valu
     answer
 }
 
+/// `POST /v1/tokens` as `token`, whatever the answer; returns status and body.
+async fn mint_token(controller: &TestController, token: &str, body: Value) -> (u16, Value) {
+    controller
+        .call_as(token, Method::POST, "/v1/tokens", Some(body))
+        .await
+}
+
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_string()
 }
@@ -452,14 +459,12 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
         .await;
     assert_eq!(status, 404);
     // A viewer cannot mint tokens either (that is an owner's).
-    let (status, body) = controller
-        .call_as(
-            &viewer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "escalate", "role": "owner"})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &viewer,
+        json!({"name": "escalate", "role": "owner"}),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     // Nothing changed.
     let (_, list) = controller.call(Method::GET, "/v1/platforms", None).await;
@@ -480,13 +485,12 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
         .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
         .await;
     assert_eq!(status, 201);
-    let (status, created) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
-        )
-        .await;
+    let (status, created) = mint_token(
+        &controller,
+        &controller.admin_token,
+        json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"}),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     let bearer = created["secret"].as_str().unwrap().to_string();
     let token_id = id(&created);
@@ -494,13 +498,12 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     let secret = bearer.rsplit('_').next().unwrap().to_string();
 
     // Shown once: a replay of the create and every read leave it out.
-    let (status, replay) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
-        )
-        .await;
+    let (status, replay) = mint_token(
+        &controller,
+        &controller.admin_token,
+        json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"}),
+    )
+    .await;
     assert_eq!(status, 201);
     assert_eq!(replay["id"], token_id.as_str());
     assert_eq!(replay["secret"], "");
@@ -558,24 +561,20 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(status, 401);
 
     // The owner mints a member token for its tenant, but not for another one.
-    let (status, body) = controller
-        .call_as(
-            &bearer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "short", "role": "member", "ttl_seconds": 1})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &bearer,
+        json!({"name": "short", "role": "member", "ttl_seconds": 1}),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let short = body["secret"].as_str().unwrap().to_string();
-    let (status, body) = controller
-        .call_as(
-            &bearer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "op", "role": "operator"})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &bearer,
+        json!({"name": "op", "role": "operator"}),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
 
     // Expired: refused with the reason.
