@@ -63,15 +63,25 @@ async fn expect(
     answer
 }
 
-/// (status, field) of a refused platform create.
-async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
-    let (status, body) = controller
+/// A gateway on `node` listening on `listen_port`.
+fn gateway(node: &str, listen_port: u32) -> Value {
+    json!({"node": node, "listen_port": listen_port})
+}
+
+/// Creates platform `bad` over n1 and n2 with `gateway`; status and body.
+async fn create_bad(controller: &TestController, gateway: Value) -> (u16, Value) {
+    controller
         .call(
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
         )
-        .await;
+        .await
+}
+
+/// (status, field) of a refused platform create.
+async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
+    let (status, body) = create_bad(controller, gateway).await;
     (
         status,
         body["error"]["field"].as_str().unwrap_or("").to_string(),
@@ -82,46 +92,15 @@ async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
 async fn bad_gateways_name_the_field_and_create_nothing() {
     let (_dir, controller, _n1, _n2) = start().await;
     node(&controller, "n3", "198.51.100.3").await;
-    for (gateway, status, field, says) in [
-        (
-            json!({"node": "n1", "listen_port": 0}),
-            422,
-            "gateway.listen_port",
-            "out of range",
-        ),
-        (
-            json!({"node": "n1", "listen_port": 70000}),
-            422,
-            "gateway.listen_port",
-            "out of range",
-        ),
-        (
-            json!({"node": "n9", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "no node named",
-        ),
-        (
-            json!({"node": "n2", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "public_address",
-        ),
-        (
-            json!({"node": "n3", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "not one of",
-        ),
+    for (gateway, field, says) in [
+        (gateway("n1", 0), "gateway.listen_port", "out of range"),
+        (gateway("n1", 70000), "gateway.listen_port", "out of range"),
+        (gateway("n9", 51820), "gateway.node", "no node named"),
+        (gateway("n2", 51820), "gateway.node", "public_address"),
+        (gateway("n3", 51820), "gateway.node", "not one of"),
     ] {
-        let (got, body) = controller
-            .call(
-                Method::POST,
-                "/v1/platforms",
-                Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
-            )
-            .await;
-        assert_eq!(got, status, "{gateway}: {body}");
+        let (got, body) = create_bad(&controller, gateway.clone()).await;
+        assert_eq!(got, 422, "{gateway}: {body}");
         assert_eq!(body["error"]["field"], field, "{gateway}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{gateway}: {message}");
@@ -144,7 +123,7 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
     .await;
     assert_eq!(first["gateway_endpoint"], format!("{PUBLIC}:51820"));
     assert_eq!(
-        refused(&controller, json!({"node": "n1", "listen_port": 51820})).await,
+        refused(&controller, gateway("n1", 51820)).await,
         (409, "gateway.listen_port".to_string())
     );
     // The same port on another node is free.
