@@ -19,6 +19,22 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// Sends `report` as the agent would, then reads what the API shows as the
+/// actual state of VM `vm_id`.
+async fn actual_state_after(
+    controller: &TestController,
+    report: StatusReport,
+    vm_id: &str,
+) -> String {
+    controller.grpc().await.report_status(report).await.unwrap();
+    controller
+        .client()
+        .get_vm(vm_id)
+        .await
+        .unwrap()
+        .actual_state
+}
+
 async fn heartbeat_generation(
     controller: &TestController,
     registered: &measurelab_api::node_v1::RegisterResponse,
@@ -643,19 +659,8 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
     foreign.node_id = n2.node_id.clone();
     foreign.node_secret = n2.node_secret.clone();
     foreign.vms[0].actual_state = "failed".into();
-    controller
-        .grpc()
-        .await
-        .report_status(foreign)
-        .await
-        .unwrap();
     assert_eq!(
-        controller
-            .client()
-            .get_vm(&vm_id)
-            .await
-            .unwrap()
-            .actual_state,
+        actual_state_after(&controller, foreign, &vm_id).await,
         "running"
     );
 
@@ -663,19 +668,8 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
     assert_eq!(status, 202, "{deleting}");
     assert_eq!(deleting["actual_state"], "deleting");
     // Still there, still deleting, even when the agent reports it running.
-    controller
-        .grpc()
-        .await
-        .report_status(ready.clone())
-        .await
-        .unwrap();
     assert_eq!(
-        controller
-            .client()
-            .get_vm(&vm_id)
-            .await
-            .unwrap()
-            .actual_state,
+        actual_state_after(&controller, ready.clone(), &vm_id).await,
         "deleting"
     );
     let state = controller.desired_state(&n1).await;
