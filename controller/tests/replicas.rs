@@ -55,11 +55,7 @@ async fn leader_gauge(replica: &TestController) -> i64 {
 }
 
 async fn replica(dir: &std::path::Path, url: &str, offline_after: Duration) -> TestController {
-    TestController::start_with(dir, |config| {
-        config.store_url = Some(url.to_string());
-        config.offline_after = offline_after;
-    })
-    .await
+    TestController::start_replica(dir, url, |config| config.offline_after = offline_after).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,8 +257,7 @@ async fn an_appliance_file_uploaded_through_one_replica_is_served_by_those_shari
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let long = Duration::from_secs(60);
     let sharing = |dir| {
-        TestController::start_with(dir, |config| {
-            config.store_url = Some(db.url().to_string());
+        TestController::start_replica(dir, db.url(), |config| {
             config.offline_after = long;
             config.appliance_dir = Some(shared.path().to_path_buf());
         })
@@ -373,9 +368,8 @@ async fn flows_collected_by_either_replica_are_read_through_both() {
         )
     };
     let sharing = |dir, port: u16| {
-        let (url, root) = (db.url().to_string(), root.clone());
-        TestController::start_with(dir, move |config| {
-            config.store_url = Some(url);
+        let root = root.clone();
+        TestController::start_replica(dir, db.url(), move |config| {
             config.offline_after = Duration::from_secs(60);
             config.flow_dir = Some(root);
             let mut collector = measurelab_controller::FlowCollectorConfig::new(SocketAddr::from(

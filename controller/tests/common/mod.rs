@@ -308,6 +308,20 @@ impl TestController {
         }
     }
 
+    /// A replica: a controller on the database `store_url` that other
+    /// controllers share, with `tweak` applied last.
+    pub async fn start_replica(
+        data_dir: &Path,
+        store_url: &str,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> TestController {
+        Self::start_with(data_dir, |config| {
+            config.store_url = Some(store_url.to_string());
+            tweak(config);
+        })
+        .await
+    }
+
     /// Send a request with an optional JSON body; returns status and JSON body.
     pub async fn call(
         &self,
