@@ -35,15 +35,7 @@ fn leader_locks(url: &str) -> i64 {
 
 /// `measurelab_controller_leader` in the replica's `/metrics`.
 async fn leader_gauge(replica: &TestController) -> i64 {
-    let text = reqwest::Client::new()
-        .get(replica.url("/metrics"))
-        .bearer_auth(&replica.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = replica.metrics_text().await;
     let line = text
         .lines()
         .find(|l| l.starts_with("measurelab_controller_leader "))

@@ -322,6 +322,19 @@ impl TestController {
         .await
     }
 
+    /// The text of `/metrics`, scraped with the admin token.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Send a request with an optional JSON body; returns status and JSON body.
     pub async fn call(
         &self,
