@@ -11,8 +11,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn page_has_no_external_resources() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let page = reqwest::get(controller.url("/"))
         .await
         .unwrap()
@@ -170,8 +169,7 @@ async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller
         .call(
@@ -318,8 +316,7 @@ async fn page_script_charts_the_selected_vms_usage() {
 /// it, and hides itself once the journal's start is shown.
 #[tokio::test]
 async fn page_script_pages_the_event_list_backwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     for k in 0..25 {
         controller.register(&format!("n{k:02}"), "").await;
     }

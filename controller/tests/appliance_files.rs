@@ -32,8 +32,7 @@ async fn member_token(controller: &TestController) -> String {
 
 #[tokio::test]
 async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let admin = controller.admin_token.clone();
     // Larger than one gRPC chunk (256 KiB), so the stream is reassembled.
     let kernel: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();

@@ -60,8 +60,7 @@ fn task(name: &str, platform: &str, schedule: &str) -> Value {
 
 #[tokio::test]
 async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     let n2 = with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.register("n3", "").await;
@@ -199,8 +198,7 @@ async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
 
 #[tokio::test]
 async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.create_platform("p", &["n1", "n2"]).await;
@@ -274,8 +272,7 @@ async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
 
 #[tokio::test]
 async fn a_run_with_every_receiver_on_the_source_node_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.create_platform("p", &["n1", "n2"]).await;

@@ -76,8 +76,7 @@ fn fetch(node: &RegisterResponse, program_id: &str) -> FetchProgramRequest {
 
 #[tokio::test]
 async fn the_default_response_cap_carries_a_program_of_the_largest_size_to_an_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, program_id, sha256) = largest_program_deployed(&controller, dir.path()).await;
     let blob = agent_client(&controller)
         .await

@@ -381,8 +381,7 @@ async fn unknown_node_and_bad_query_are_json_errors() {
 /// event, each oldest first, and together they are the whole journal.
 #[tokio::test]
 async fn events_page_backwards_from_the_newest() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     for k in 0..5 {
         controller.register(&format!("n{k}"), "").await;
     }

@@ -55,8 +55,7 @@ async fn scrape(controller: &TestController, token: &str) -> (u16, String, Strin
 
 #[tokio::test]
 async fn metrics_follow_requests_heartbeats_nodes_and_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     controller.register("n2", "").await;
     controller.create_platform("p", &["n1", "n2"]).await;
@@ -276,8 +275,7 @@ async fn until_depth(controller: &TestController, what: &str, check: impl Fn(f64
 #[tokio::test]
 async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
     const QUEUED: usize = 5;
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     assert_eq!(write_queue_depth(&controller).await, 0.0);
 
@@ -326,8 +324,7 @@ async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
 /// never inside a tenant.
 #[tokio::test]
 async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.create_platform("p1", &["n1"]).await;
 

@@ -49,8 +49,7 @@ struct Parties {
 
 impl Parties {
     async fn start() -> Parties {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        let (dir, controller) = TestController::fresh().await;
         Parties {
             n1: controller.register("n1", "").await,
             member: controller.tenant_token("t1", "ci", "member").await,

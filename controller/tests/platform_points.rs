@@ -76,8 +76,7 @@ fn report(
 
 #[tokio::test]
 async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;

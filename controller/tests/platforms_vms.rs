@@ -175,8 +175,7 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
 
 #[tokio::test]
 async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let (status, body) = controller
         .call(
@@ -254,8 +253,7 @@ async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
 
 #[tokio::test]
 async fn appliances_include_builtins_and_accept_operator_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let list = controller.client().list_appliances().await.unwrap();
     let names: Vec<_> = list.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, vec!["measurelab-tiny", "namespace"]);
@@ -299,8 +297,7 @@ fn vm_body(name: &str) -> Value {
 
 #[tokio::test]
 async fn vm_creation_is_validated_field_by_field_and_nothing_is_half_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
     // n3 has neither backend.
@@ -506,8 +503,7 @@ async fn vm_patch_is_in_place_and_immutable_fields_are_refused() {
 
 #[tokio::test]
 async fn request_id_makes_creation_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let body = json!({"name": "p", "nodes": ["n1"], "request_id": "req-1"});
     let (s1, first) = controller
@@ -546,8 +542,7 @@ async fn request_id_makes_creation_idempotent() {
 /// of the same policy is refused naming both routes.
 #[tokio::test]
 async fn a_change_request_id_is_bound_to_its_method_and_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (status, body) = controller
         .call(
             Method::POST,
@@ -588,8 +583,7 @@ async fn a_change_request_id_is_bound_to_its_method_and_path() {
 
 #[tokio::test]
 async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
     controller
@@ -774,8 +768,7 @@ async fn paused_platform_pauses_its_vms_in_the_desired_state_and_state_survives_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creations_never_share_an_address_mac_or_vlan() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let platforms = futures::future::join_all((0..8).map(|i| {
         controller.call(

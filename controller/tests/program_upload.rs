@@ -28,8 +28,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_program_file_arrives_whole_in_the_named_tenant_and_other_content_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.tenant_token("lab-a", "setup", "member").await;
     // Several of reqwest's and hyper's chunks, and not a multiple of them.
     let content = program_bytes(3 * 1024 * 1024 + 17);

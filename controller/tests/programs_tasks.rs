@@ -47,8 +47,7 @@ async fn slice(
 
 #[tokio::test]
 async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (n1, n2, mscs, _point) = slice(&controller).await;
     let content = b"#!/bin/sh\necho measuring\n".to_vec();
     let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
@@ -313,8 +312,7 @@ fn result_document(started_at: &str, loss: f64) -> Value {
 
 #[tokio::test]
 async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, n2, mscs, point) = slice(&controller).await;
 
     let task = json!({"name": "loss", "mode": "platform", "platform": "p", "schedule": "periodic",
@@ -576,8 +574,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
 
 #[tokio::test]
 async fn service_host_tasks_reach_the_listed_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     // n1 runs a current agent; n2 one of release 0.1.0, which reports no
     // control protocol version.
     let mut grpc = controller.grpc().await;
@@ -741,8 +738,7 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let mut grpc = controller.grpc().await;
     for (name, endpoint) in [
         ("n1", "10.253.0.11:7090"),
@@ -842,8 +838,7 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let (status, body) = controller
         .call(
@@ -953,8 +948,7 @@ fn vm_status(vm_id: &str, state: &str) -> measurelab_api::node_v1::VmStatus {
 #[tokio::test]
 async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
     use measurelab_api::node_v1::{GuestReport, LogLine};
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, point) = slice(&controller).await;
     let (status, gone) = controller
         .call(
@@ -1076,8 +1070,7 @@ async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
 /// is refused.
 #[tokio::test]
 async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, _point) = slice(&controller).await;
     let (status, body) = controller
         .call(

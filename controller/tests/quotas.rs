@@ -41,8 +41,7 @@ async fn vm_names(controller: &TestController) -> Vec<String> {
 /// The test node reports 2 CPUs and 4096 MiB total, 1024 MiB used.
 #[tokio::test]
 async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let node = controller.node("n1").await;
     assert_eq!((node.cpu_overcommit, node.memory_overcommit), (16.0, 1.0));
@@ -232,8 +231,7 @@ fn assert_quota_refusal(status: u16, answer: &Value, expected_field: Option<&str
 
 #[tokio::test]
 async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let token = tenant_with_quota(
         &controller,
@@ -428,8 +426,7 @@ async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created()
 
 #[tokio::test]
 async fn concurrent_creates_racing_for_the_last_unit_of_quota_admit_exactly_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let token =
         tenant_with_quota(&controller, "t1", json!({"max_platforms": 2, "max_vms": 1})).await;

@@ -106,8 +106,7 @@ async fn build_world(controller: &TestController, token: &str, started_at: &str)
 
 #[tokio::test]
 async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
@@ -385,8 +384,7 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
 
 #[tokio::test]
 async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let member = controller.tenant_token("t1", "ci", "member").await;
     let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
@@ -479,8 +477,7 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
 
 #[tokio::test]
 async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked_or_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (status, _) = controller
         .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
         .await;
@@ -623,8 +620,7 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
 
 #[tokio::test]
 async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
@@ -657,8 +653,7 @@ async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
 /// and the node is still there and online afterwards.
 #[tokio::test]
 async fn node_identity_routes_are_the_operators_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let owner = controller.tenant_token("t1", "boss", "owner").await;
     let refused: [(Method, &str, Option<Value>); 7] = [
@@ -697,8 +692,7 @@ async fn node_identity_routes_are_the_operators_alone() {
 /// viewer cannot switch monitoring, and a node's export is the operator's.
 #[tokio::test]
 async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let viewer = controller.tenant_token("t1", "vera", "viewer").await;
@@ -759,8 +753,7 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
 #[tokio::test]
 async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     use measurelab_api::node_v1::{GuestReport, ResourceUsage, StatusReport};
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;

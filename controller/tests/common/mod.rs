@@ -47,11 +47,18 @@ impl TestController {
             .unwrap()
     }
 
+    /// A controller with the harness's defaults on a fresh data dir, which
+    /// lives as long as the returned guard.
+    pub async fn fresh() -> (tempfile::TempDir, TestController) {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        (dir, controller)
+    }
+
     /// A controller on a fresh data dir with node n1 registered and
     /// platform p on it, where most VM tests begin.
     pub async fn with_platform_p_on_n1() -> (tempfile::TempDir, TestController, RegisterResponse) {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        let (dir, controller) = TestController::fresh().await;
         let n1 = controller.register("n1", "").await;
         let (status, body) = controller
             .call(
