@@ -69,10 +69,7 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
                 common::reporting_receiver("r2", 100, 0.0, 900.0, 100.0),
             ],
         );
-        let (status, body) = controller
-            .call(Method::POST, "/v1/results", Some(document))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        controller.create("/v1/results", document).await;
     }
     // The MSCS in the VM reported one active and one missing point.
     let point = |name: &str, state: &str| MscsPoint {
@@ -206,14 +203,9 @@ async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
     let run = simulate::run(&tree, &model, 20_000, 5);
     let mut document = simulate::document(&tree, &run);
     document.task_id = task["id"].as_str().map(str::to_string);
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/results",
-            Some(serde_json::to_value(&document).unwrap()),
-        )
+    let body = controller
+        .create("/v1/results", serde_json::to_value(&document).unwrap())
         .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(
         body["document"]["bottlenecks"][0]["link"], "uplink:n2",
         "{body:#}"

@@ -15,18 +15,15 @@ fn sha256(content: &[u8]) -> String {
 }
 
 async fn member_token(controller: &TestController) -> String {
-    let (status, body) = controller
-        .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
+    controller
+        .create("/v1/tenants", json!({"name": "t1"}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(json!({"name": "alice", "role": "member", "tenant": "t1"})),
+            json!({"name": "alice", "role": "member", "tenant": "t1"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     body["secret"].as_str().unwrap().to_string()
 }
 
@@ -89,10 +86,7 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
         .await;
     assert_eq!(status, 403, "{body}");
 
-    let (status, body) = controller
-        .call(Method::POST, "/v1/appliances", Some(image))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create("/v1/appliances", image).await;
     let listed = controller.client().list_appliances().await.unwrap();
     let stored = listed.iter().find(|a| a.name == "stored").unwrap();
     assert_eq!(stored.kernel_sha256.as_deref(), Some(kernel_sha.as_str()));
@@ -104,25 +98,14 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     // Node n1 runs a VM of it; n2 runs none.
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1", "n2"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "v", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 64, "appliance": "stored", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     let mut grpc = controller.grpc().await;
     let desired = grpc
         .get_desired_state(DesiredStateRequest {

@@ -48,14 +48,12 @@ async fn watched_platform(tweak: impl FnOnce(&mut ControllerConfig)) -> Watched 
     let mut request = common::register_request(&controller.join_token, "n1", "");
     request.management_address = "127.0.0.1".into();
     controller.grpc().await.register(request).await.unwrap();
-    let (status, platform) = controller
-        .call(
-            Method::POST,
+    let platform = controller
+        .create(
             "/v1/platforms",
-            Some(serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true})),
+            serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true}),
         )
         .await;
-    assert_eq!(status, 201, "{platform}");
     let subnet: Ipv4Addr = platform["subnet"]
         .as_str()
         .and_then(|s| s.split('/').next())

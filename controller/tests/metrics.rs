@@ -61,14 +61,9 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
     controller.create_platform("p", &["n1", "n2"]).await;
     controller.create_vm("mscs", "p", "n1").await;
     controller.create_vm("point", "p", "n2").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tasks",
-            Some(common::task_body("loss", "p", "once")),
-        )
+    controller
+        .create("/v1/tasks", common::task_body("loss", "p", "once"))
         .await;
-    assert_eq!(status, 201, "{body}");
 
     let mut grpc = controller.grpc().await;
     for sequence in 1..=3 {
@@ -94,10 +89,7 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
                 "point", 1000, loss, delay_us, 25.0,
             )],
         );
-        let (status, stored) = controller
-            .call(Method::POST, "/v1/results", Some(run))
-            .await;
-        assert_eq!(status, 201, "{stored}");
+        controller.create("/v1/results", run).await;
     }
 
     let (status, content_type, text) = scrape(&controller, &controller.admin_token).await;
@@ -328,14 +320,12 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
     controller.register("n1", "").await;
     controller.create_platform("p1", &["n1"]).await;
 
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(serde_json::json!({"name": "prometheus", "role": "metrics"})),
+            serde_json::json!({"name": "prometheus", "role": "metrics"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(body["role"], "metrics", "{body}");
     assert!(body["tenant_id"].is_null(), "{body}");
     let scraper = body["secret"].as_str().unwrap().to_string();

@@ -139,10 +139,7 @@ async fn join_token_alone_cannot_take_over_a_node_until_an_operator_approves() {
 }
 
 async fn create_token(controller: &TestController, body: serde_json::Value) -> (String, String) {
-    let (status, created) = controller
-        .call(Method::POST, "/v1/join_tokens", Some(body))
-        .await;
-    assert_eq!(status, 201, "{created}");
+    let created = controller.create("/v1/join_tokens", body).await;
     (
         created["join_token"]["id"].as_str().unwrap().to_string(),
         created["secret"].as_str().unwrap().to_string(),
@@ -328,25 +325,14 @@ async fn delete_is_refused_while_vms_are_placed_on_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start(dir.path(), LONG).await;
     controller.register("n1", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller.create_platform("p", &["n1"]).await;
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 128, "appliance": "namespace", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
 
     let (status, body) = controller.call(Method::DELETE, "/v1/nodes/n1", None).await;
     assert_eq!(status, 409, "{body}");

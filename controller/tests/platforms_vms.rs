@@ -60,14 +60,12 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
     controller.register("n2", "").await;
     assert_eq!(heartbeat_generation(&controller, &n1).await, 0);
 
-    let (status, a) = controller
-        .call(
-            Method::POST,
+    let a = controller
+        .create(
             "/v1/platforms",
-            Some(json!({"name": "slice-a", "nodes": ["n1", "n2"], "admins": ["alice"]})),
+            json!({"name": "slice-a", "nodes": ["n1", "n2"], "admins": ["alice"]}),
         )
         .await;
-    assert_eq!(status, 201, "{a}");
     assert_eq!(a["vlan_tag"], 200);
     assert_eq!(a["subnet"], "10.201.0.0/24");
     assert_eq!(a["nodes"], json!(["n1", "n2"]));
@@ -81,14 +79,9 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
     assert_eq!(state.platforms[0].vlan_tag, 200);
     assert_eq!(state.platforms[0].subnet, "10.201.0.0/24");
 
-    let (status, b) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "slice-b", "nodes": ["n2"]})),
-        )
+    let b = controller
+        .create("/v1/platforms", json!({"name": "slice-b", "nodes": ["n2"]}))
         .await;
-    assert_eq!(status, 201, "{b}");
     assert_eq!(b["vlan_tag"], 201);
     assert_eq!(b["subnet"], "10.201.1.0/24");
 
@@ -145,14 +138,9 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
         .call(Method::DELETE, "/v1/platforms/slice-a", None)
         .await;
     assert_eq!(status, 200);
-    let (status, c) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "slice-c", "nodes": ["n1"]})),
-        )
+    let c = controller
+        .create("/v1/platforms", json!({"name": "slice-c", "nodes": ["n1"]}))
         .await;
-    assert_eq!(status, 201, "{c}");
     assert_eq!(c["vlan_tag"], 200);
     assert_eq!(c["subnet"], "10.201.0.0/24");
 
@@ -205,14 +193,12 @@ async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
     assert_eq!(status, 422);
     assert_eq!(field(&body), "ingress_max_kbps");
 
-    let (status, q) = controller
-        .call(
-            Method::POST,
+    let q = controller
+        .create(
             "/v1/qos_policies",
-            Some(json!({"name": "q", "ingress_max_kbps": 20000, "ingress_burst_kbytes": 64})),
+            json!({"name": "q", "ingress_max_kbps": 20000, "ingress_burst_kbytes": 64}),
         )
         .await;
-    assert_eq!(status, 201, "{q}");
     assert_eq!(q["egress_max_kbps"], Value::Null);
     let (status, q2) = controller
         .call(
@@ -232,17 +218,13 @@ async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
             Some(json!({"name": "p", "nodes": ["n1"]})),
         )
         .await;
-    let (status, vm) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1, "memory_mib": 128,
+            json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1, "memory_mib": 128,
                         "appliance": "namespace", "qos_policy": "q", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{vm}");
     let (status, body) = controller
         .call(Method::DELETE, "/v1/qos_policies/q", None)
         .await;
@@ -261,10 +243,7 @@ async fn appliances_include_builtins_and_accept_operator_images() {
     let image = json!({"name": "debian", "version": "12", "arch": "x86_64", "os": "debian",
                        "kernel": "/srv/vmlinuz", "initrd": "/srv/initrd.img",
                        "min_memory_mib": 256, "backends": ["libvirt"]});
-    let (status, created) = controller
-        .call(Method::POST, "/v1/appliances", Some(image.clone()))
-        .await;
-    assert_eq!(status, 201, "{created}");
+    let created = controller.create("/v1/appliances", image.clone()).await;
     assert_eq!(created["builtin"], false);
     let (status, body) = controller
         .call(Method::POST, "/v1/appliances", Some(image.clone()))
@@ -382,10 +361,7 @@ async fn vm_creation_is_validated_field_by_field_and_nothing_is_half_created() {
     }
     assert!(controller.client().list_vms("").await.unwrap().is_empty());
 
-    let (status, vm) = controller
-        .call(Method::POST, "/v1/vms", Some(vm_body("v1")))
-        .await;
-    assert_eq!(status, 201, "{vm}");
+    let vm = controller.create("/v1/vms", vm_body("v1")).await;
     assert_eq!(vm["address"], "10.201.0.2");
     assert!(vm["mac"].as_str().unwrap().starts_with("52:54:00:"));
     assert_eq!(
@@ -404,10 +380,7 @@ async fn vm_creation_is_validated_field_by_field_and_nothing_is_half_created() {
     let mut big = vm_body("v2");
     big["memory_mib"] = json!(2000);
     big["backend"] = json!("namespace");
-    let (status, v2) = controller
-        .call(Method::POST, "/v1/vms", Some(big.clone()))
-        .await;
-    assert_eq!(status, 201, "{v2}");
+    let v2 = controller.create("/v1/vms", big.clone()).await;
     assert_eq!(v2["address"], "10.201.0.3");
     big["name"] = json!("v3");
     let (status, body) = controller.call(Method::POST, "/v1/vms", Some(big)).await;
@@ -543,14 +516,12 @@ async fn request_id_makes_creation_idempotent() {
 #[tokio::test]
 async fn a_change_request_id_is_bound_to_its_method_and_path() {
     let (_dir, controller) = TestController::fresh().await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/qos_policies",
-            Some(json!({"name": "q", "ingress_max_kbps": 1000})),
+            json!({"name": "q", "ingress_max_kbps": 1000}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     let patch = json!({"ingress_max_kbps": 2000, "request_id": "req-3"});
     let (s1, first) = controller
         .call(Method::PATCH, "/v1/qos_policies/q", Some(patch.clone()))
@@ -825,8 +796,7 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
     let mut body = vm_body("v1");
     body["max_vcpus"] = json!(4);
     body["max_memory_mib"] = json!(512);
-    let (status, vm) = controller.call(Method::POST, "/v1/vms", Some(body)).await;
-    assert_eq!(status, 201, "{vm}");
+    let vm = controller.create("/v1/vms", body).await;
     assert_eq!(
         (vm["max_vcpus"].clone(), vm["max_memory_mib"].clone()),
         (json!(4), json!(512))

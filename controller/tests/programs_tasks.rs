@@ -17,27 +17,16 @@ async fn slice(
 ) -> (RegisterResponse, RegisterResponse, String, String) {
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1", "n2"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("p", &["n1", "n2"]).await;
     let mut ids = Vec::new();
     for (name, node) in [("mscs", "n1"), ("point", "n2")] {
-        let (status, vm) = controller
-            .call(
-                Method::POST,
+        let vm = controller
+            .create(
                 "/v1/vms",
-                Some(
-                    json!({"name": name, "platform": "p", "node": node, "vcpus": 1,
+                json!({"name": name, "platform": "p", "node": node, "vcpus": 1,
                             "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-                ),
             )
             .await;
-        assert_eq!(status, 201, "{vm}");
         ids.push(vm["id"].as_str().unwrap().to_string());
     }
     let point = ids.pop().unwrap();
@@ -70,14 +59,12 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "content_base64");
-    let (status, program) = controller
-        .call(
-            Method::POST,
+    let program = controller
+        .create(
             "/v1/programs",
-            Some(json!({"name": "probe", "content_base64": encoded})),
+            json!({"name": "probe", "content_base64": encoded}),
         )
         .await;
-    assert_eq!(status, 201, "{program}");
     assert_eq!(program["size_bytes"], content.len());
     assert_eq!(program["sha256"].as_str().unwrap().len(), 64);
     // Re-uploading the same content is harmless; other content under the name is not.
@@ -109,14 +96,7 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "vms[1]");
-    let (status, deployment) = controller
-        .call(
-            Method::POST,
-            "/v1/deployments",
-            Some(json!({"program": "probe", "vms": ["p/mscs"], "args": ["--fast"], "env": {"ROLE": "mscs"}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{deployment}");
+    let deployment = controller.create("/v1/deployments", json!({"program": "probe", "vms": ["p/mscs"], "args": ["--fast"], "env": {"ROLE": "mscs"}})).await;
     assert_eq!(deployment["runs"][0]["status"], "pending");
     assert_eq!(deployment["runs"][0]["vm"], "p/mscs");
     let deployment_id = deployment["id"].as_str().unwrap().to_string();
@@ -334,8 +314,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
         assert_eq!(status, 422, "{change} -> {answer}");
         assert_eq!(answer["error"]["field"], expected, "{change} -> {answer}");
     }
-    let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
-    assert_eq!(status, 201, "{created}");
+    let created = controller.create("/v1/tasks", task).await;
     assert_eq!(created["status"], "pending");
     let task_id = created["id"].as_str().unwrap().to_string();
 
@@ -449,10 +428,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     ] {
         let mut document = result_document(started, loss);
         document["task_id"] = json!(task_id);
-        let (status, stored) = controller
-            .call(Method::POST, "/v1/results", Some(document))
-            .await;
-        assert_eq!(status, 201, "{stored}");
+        controller.create("/v1/results", document).await;
     }
     // The relay may repeat a POST after a crash: the run id absorbs it.
     let mut repeat = result_document("2026-01-01T10:05:00Z", 0.2);
@@ -629,19 +605,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "nodes");
-    let (status, task) = controller
-        .call(
-            Method::POST,
+    let task = controller
+        .create(
             "/v1/tasks",
-            Some(service_host_task(
-                "quick",
-                &["n1", "n2"],
-                "once",
-                "232.1.1.1",
-            )),
+            service_host_task("quick", &["n1", "n2"], "once", "232.1.1.1"),
         )
         .await;
-    assert_eq!(status, 201, "{task}");
     assert_eq!(task["interval_seconds"], 300);
     assert_eq!(task["duration_seconds"], 30);
     let state = controller.desired_state(&n1).await;
@@ -684,19 +653,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         assert!(!body.to_string().contains(&key), "{path} shows the key");
     }
     // Another task, another key.
-    let (status, other) = controller
-        .call(
-            Method::POST,
+    let other = controller
+        .create(
             "/v1/tasks",
-            Some(service_host_task(
-                "other",
-                &["n1", "n2"],
-                "periodic",
-                "232.1.1.2",
-            )),
+            service_host_task("other", &["n1", "n2"], "periodic", "232.1.1.2"),
         )
         .await;
-    assert_eq!(status, 201, "{other}");
     let state = controller.desired_state(&n1).await;
     let other_key = state
         .service_tasks
@@ -749,19 +711,12 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
             .await
             .unwrap();
     }
-    let (status, task) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/tasks",
-            Some(service_host_task(
-                "trees",
-                &["n1", "n2", "n3"],
-                "once",
-                "232.1.1.1",
-            )),
+            service_host_task("trees", &["n1", "n2", "n3"], "once", "232.1.1.1"),
         )
         .await;
-    assert_eq!(status, 201, "{task}");
 
     // Service hosts are named like their node; the run is simulated with 8 % loss on
     // n2's uplink. The controller must work the tree out itself: the posted document
@@ -776,14 +731,9 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     let mut document = simulate::document(&tree, &run);
     document.tree = None;
     document.task_id = Some("trees".into());
-    let (status, stored) = controller
-        .call(
-            Method::POST,
-            "/v1/results",
-            Some(serde_json::to_value(&document).unwrap()),
-        )
+    let stored = controller
+        .create("/v1/results", serde_json::to_value(&document).unwrap())
         .await;
-    assert_eq!(status, 201, "{stored}");
     let stored = &stored["document"];
     assert_eq!(
         stored["tree"],
@@ -840,14 +790,7 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
 
     let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("p", &["n1"]).await;
     let task = |name: &str, extra: serde_json::Value| {
         let mut body = json!({"name": name, "mode": "platform", "platform": "p",
             "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
@@ -877,23 +820,20 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
         );
     }
 
-    let (status, default) = controller
-        .call(Method::POST, "/v1/tasks", Some(task("default", json!({}))))
+    let default = controller
+        .create("/v1/tasks", task("default", json!({})))
         .await;
-    assert_eq!(status, 201, "{default}");
     assert_eq!(default["bottleneck_loss_threshold"], 0.01);
     assert_eq!(default["bottleneck_delay_stddev_us"], 1000.0);
-    let (status, lenient) = controller
-        .call(
-            Method::POST,
+    let lenient = controller
+        .create(
             "/v1/tasks",
-            Some(task(
+            task(
                 "lenient",
                 json!({"bottleneck_loss_threshold": 0.10, "bottleneck_delay_stddev_us": 50}),
-            )),
+            ),
         )
         .await;
-    assert_eq!(status, 201, "{lenient}");
     assert_eq!(lenient["bottleneck_loss_threshold"], 0.10);
 
     let at = |point, node| Placement { point, node };
@@ -909,14 +849,9 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
     for (name, expected) in [("default", vec!["uplink:n2"]), ("lenient", vec![])] {
         let mut document = simulate::document(&tree, &run);
         document.task_id = Some(name.into());
-        let (status, stored) = controller
-            .call(
-                Method::POST,
-                "/v1/results",
-                Some(serde_json::to_value(&document).unwrap()),
-            )
+        let stored = controller
+            .create("/v1/results", serde_json::to_value(&document).unwrap())
             .await;
-        assert_eq!(status, 201, "{stored}");
         let links: Vec<&str> = stored["document"]["bottlenecks"]
             .as_array()
             .unwrap()
@@ -950,17 +885,13 @@ async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
     use measurelab_api::node_v1::{GuestReport, LogLine};
     let (_dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, point) = slice(&controller).await;
-    let (status, gone) = controller
-        .call(
-            Method::POST,
+    let gone = controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "gone", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "gone", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{gone}");
     let gone = gone["id"].as_str().unwrap().to_string();
     let (status, body) = controller
         .call(Method::DELETE, &format!("/v1/vms/{gone}"), None)
@@ -1072,21 +1003,13 @@ async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
 async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
     let (dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, _point) = slice(&controller).await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "q", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("q", &["n1"]).await;
     for (name, platform) in [("mine", "p"), ("theirs", "q")] {
         let task = json!({"name": name, "mode": "platform", "platform": platform,
                           "schedule": "periodic", "interval_seconds": 60, "duration_seconds": 5,
                           "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3",
                           "port": 5000, "ttl": 4});
-        let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
-        assert_eq!(status, 201, "{created}");
+        controller.create("/v1/tasks", task).await;
     }
     let poll = || PollTasksRequest {
         node_id: n1.node_id.clone(),

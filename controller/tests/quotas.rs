@@ -86,20 +86,10 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     assert_eq!(answer["cpu_overcommit"], 2.0);
     assert_eq!(answer["memory_overcommit"], 1.0, "an absent ratio is kept");
 
-    let (status, platform) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{platform}");
+    controller.create_platform("p", &["n1"]).await;
 
     // 2 CPUs × 2.0 = 4 vCPUs.
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("a", 3, 128)))
-        .await;
-    assert_eq!(status, 201, "{answer}");
+    controller.create("/v1/vms", vm("a", 3, 128)).await;
     let (status, answer) = controller
         .call(Method::POST, "/v1/vms", Some(vm("b", 2, 128)))
         .await;
@@ -136,10 +126,7 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("c", 1, 5000)))
-        .await;
-    assert_eq!(status, 201, "{answer}");
+    controller.create("/v1/vms", vm("c", 1, 5000)).await;
     let (status, answer) = controller
         .call(Method::POST, "/v1/vms", Some(vm("d", 1, 1100)))
         .await;
@@ -183,22 +170,15 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
 
 /// A tenant with `quota` and a member token of it; returns the token.
 async fn tenant_with_quota(controller: &TestController, tenant: &str, quota: Value) -> String {
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(json!({"name": tenant, "quota": quota})),
-        )
+    controller
+        .create("/v1/tenants", json!({"name": tenant, "quota": quota}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(json!({"name": "ci", "role": "member", "tenant": tenant})),
+            json!({"name": "ci", "role": "member", "tenant": tenant}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     body["secret"].as_str().unwrap().to_string()
 }
 

@@ -214,14 +214,7 @@ async fn a_desired_state_change_through_one_replica_wakes_the_agent_streaming_fr
     let first = next_hint(&mut hints).await.unwrap().unwrap().unwrap();
     assert_eq!(first.desired_generation, 0);
 
-    let (status, body) = a
-        .call(
-            reqwest::Method::POST,
-            "/v1/platforms",
-            Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    a.create_platform("p", &["n1"]).await;
     let pushed = next_hint(&mut hints)
         .await
         .expect("B pushed the change A committed")
@@ -378,14 +371,12 @@ async fn flows_collected_by_either_replica_are_read_through_both() {
     let mut request = common::register_request(&a.join_token, "n1", "");
     request.management_address = "127.0.0.1".into();
     a.grpc().await.register(request).await.unwrap();
-    let (status, platform) = a
-        .call(
-            reqwest::Method::POST,
+    let platform = a
+        .create(
             "/v1/platforms",
-            Some(serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true})),
+            serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true}),
         )
         .await;
-    assert_eq!(status, 201, "{platform}");
     let subnet: Ipv4Addr = platform["subnet"]
         .as_str()
         .and_then(|s| s.split('/').next())

@@ -11,15 +11,6 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// POST as `token`, expecting 201; returns the body.
-async fn create(controller: &TestController, token: &str, path: &str, body: Value) -> Value {
-    let (status, answer) = controller
-        .call_as(token, Method::POST, path, Some(body))
-        .await;
-    assert_eq!(status, 201, "POST {path}: {answer}");
-    answer
-}
-
 /// `POST /v1/tokens` as `token`, whatever the answer; returns status and body.
 async fn mint_token(controller: &TestController, token: &str, body: Value) -> (u16, Value) {
     controller
@@ -43,52 +34,52 @@ struct World {
 }
 
 async fn build_world(controller: &TestController, token: &str, started_at: &str) -> World {
-    let platform = create(
-        controller,
-        token,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1", "n2"]}),
-    )
-    .await;
-    let qos = create(
-        controller,
-        token,
-        "/v1/qos_policies",
-        json!({"name": "slow", "ingress_max_kbps": 1000}),
-    )
-    .await;
-    let vm = create(
-        controller,
-        token,
-        "/v1/vms",
-        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+    let platform = controller
+        .create_as(
+            token,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1", "n2"]}),
+        )
+        .await;
+    let qos = controller
+        .create_as(
+            token,
+            "/v1/qos_policies",
+            json!({"name": "slow", "ingress_max_kbps": 1000}),
+        )
+        .await;
+    let vm = controller
+        .create_as(
+            token,
+            "/v1/vms",
+            json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
                "appliance": "namespace", "power_state": "running", "qos_policy": "slow"}),
-    )
-    .await;
+        )
+        .await;
     let content = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\necho hi\n");
-    let program = create(
-        controller,
-        token,
-        "/v1/programs",
-        json!({"name": "prog", "content_base64": content}),
-    )
-    .await;
-    let deployment = create(
-        controller,
-        token,
-        "/v1/deployments",
-        json!({"program": "prog", "vms": [id(&vm)]}),
-    )
-    .await;
-    let task = create(
-        controller,
-        token,
-        "/v1/tasks",
-        json!({"name": "loss", "mode": "platform", "platform": "lab", "schedule": "once",
+    let program = controller
+        .create_as(
+            token,
+            "/v1/programs",
+            json!({"name": "prog", "content_base64": content}),
+        )
+        .await;
+    let deployment = controller
+        .create_as(
+            token,
+            "/v1/deployments",
+            json!({"program": "prog", "vms": [id(&vm)]}),
+        )
+        .await;
+    let task = controller
+        .create_as(
+            token,
+            "/v1/tasks",
+            json!({"name": "loss", "mode": "platform", "platform": "lab", "schedule": "once",
                "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000,
                "ttl": 4}),
-    )
-    .await;
+        )
+        .await;
     let document = result_document(Some(&id(&task)), started_at, Vec::new());
     let (status, body) = controller
         .call_as(token, Method::POST, "/v1/results", Some(document))
@@ -389,20 +380,20 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
     let member = controller.tenant_token("t1", "ci", "member").await;
     let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
     let other = controller.tenant_token("t2", "other", "member").await;
-    create(
-        &controller,
-        &member,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"]}),
-    )
-    .await;
-    let foreign = create(
-        &controller,
-        &other,
-        "/v1/platforms",
-        json!({"name": "theirs", "nodes": ["n1"]}),
-    )
-    .await;
+    controller
+        .create_as(
+            &member,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"]}),
+        )
+        .await;
+    let foreign = controller
+        .create_as(
+            &other,
+            "/v1/platforms",
+            json!({"name": "theirs", "nodes": ["n1"]}),
+        )
+        .await;
 
     let (status, body) = controller
         .call_as(&viewer, Method::GET, "/v1/platforms/lab", None)
@@ -626,13 +617,13 @@ async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
     build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
-    create(
-        &controller,
-        &bob,
-        "/v1/platforms",
-        json!({"name": "bobs", "nodes": ["n1"]}),
-    )
-    .await;
+    controller
+        .create_as(
+            &bob,
+            "/v1/platforms",
+            json!({"name": "bobs", "nodes": ["n1"]}),
+        )
+        .await;
 
     let rendered = controller.render_admin_page(&bob).await;
     assert_eq!(rendered["error"], "", "{rendered:#}");
@@ -698,13 +689,13 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
     let viewer = controller.tenant_token("t1", "vera", "viewer").await;
     let owner = controller.tenant_token("t1", "boss", "owner").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
-    let platform = id(&create(
-        &controller,
-        &alice,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"], "flow_monitoring": true}),
-    )
-    .await);
+    let platform = id(&controller
+        .create_as(
+            &alice,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"], "flow_monitoring": true}),
+        )
+        .await);
     let flows = format!("/v1/platforms/{platform}/flows");
 
     let (status, body) = controller.call_as(&bob, Method::GET, &flows, None).await;
@@ -757,21 +748,21 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     let n1 = controller.register("n1", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
-    create(
-        &controller,
-        &alice,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"]}),
-    )
-    .await;
-    let vm = id(&create(
-        &controller,
-        &alice,
-        "/v1/vms",
-        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+    controller
+        .create_as(
+            &alice,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"]}),
+        )
+        .await;
+    let vm = id(&controller
+        .create_as(
+            &alice,
+            "/v1/vms",
+            json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
                "appliance": "namespace", "power_state": "running"}),
-    )
-    .await);
+        )
+        .await);
 
     // Three heartbeats in one 10 s step, then one in the next: two rows.
     let now_s = time::OffsetDateTime::now_utc().unix_timestamp();

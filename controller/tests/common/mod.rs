@@ -60,14 +60,7 @@ impl TestController {
     pub async fn with_platform_p_on_n1() -> (tempfile::TempDir, TestController, RegisterResponse) {
         let (dir, controller) = TestController::fresh().await;
         let n1 = controller.register("n1", "").await;
-        let (status, body) = controller
-            .call(
-                reqwest::Method::POST,
-                "/v1/platforms",
-                Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        controller.create_platform("p", &["n1"]).await;
         (dir, controller, n1)
     }
 
@@ -451,32 +444,44 @@ impl TestController {
         body["secret"].as_str().unwrap().to_string()
     }
 
+    /// POST `body` to `path` as the admin; panics unless it is created
+    /// (201). The created object as answered.
+    pub async fn create(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        self.create_as(&self.admin_token, path, body).await
+    }
+
+    /// [`Self::create`] with `token` (a tenant's, say).
+    pub async fn create_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let (status, answer) = self
+            .call_as(token, reqwest::Method::POST, path, Some(body))
+            .await;
+        assert_eq!(status, 201, "POST {path}: {answer}");
+        answer
+    }
+
     /// A platform over `nodes`; panics unless it is created.
     pub async fn create_platform(&self, name: &str, nodes: &[&str]) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/platforms",
-                Some(serde_json::json!({"name": name, "nodes": nodes})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        self.create(
+            "/v1/platforms",
+            serde_json::json!({"name": name, "nodes": nodes}),
+        )
+        .await;
     }
 
     /// A running namespace VM; panics unless it is created.
     pub async fn create_vm(&self, name: &str, platform: &str, node: &str) {
-        let (status, vm) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/vms",
-                Some(
-                    serde_json::json!({"name": name, "platform": platform, "node": node,
-                    "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
-                    "power_state": "running"}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{vm}");
+        self.create(
+            "/v1/vms",
+            serde_json::json!({"name": name, "platform": platform, "node": node,
+                "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
+                "power_state": "running"}),
+        )
+        .await;
     }
 
     /// The typed public API client.
