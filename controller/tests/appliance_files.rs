@@ -60,10 +60,9 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
                        "kernel_sha256": kernel_sha, "initrd_sha256": initrd_sha,
                        "min_memory_mib": 64, "backends": ["namespace", "libvirt"]});
     // The initrd was refused above, so no appliance may name it yet.
-    let (status, body) = controller
-        .call(Method::POST, "/v1/appliances", Some(image.clone()))
+    let body = controller
+        .expect(Method::POST, "/v1/appliances", Some(image.clone()), 422)
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "initrd_sha256");
     let (status, _) = upload(&controller, &admin, &initrd_sha, &initrd).await;
     assert_eq!(status, 201);
@@ -81,10 +80,15 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     let member = member_token(&controller).await;
     let (status, body) = upload(&controller, &member, &initrd_sha, &initrd).await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call_as(&member, Method::POST, "/v1/appliances", Some(image.clone()))
+    controller
+        .expect_as(
+            &member,
+            Method::POST,
+            "/v1/appliances",
+            Some(image.clone()),
+            403,
+        )
         .await;
-    assert_eq!(status, 403, "{body}");
 
     controller.create("/v1/appliances", image).await;
     let listed = controller.client().list_appliances().await.unwrap();
@@ -168,14 +172,12 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
 
     // In use: not deleted; a member may not delete it either.
-    let (status, body) = controller
-        .call_as(&member, Method::DELETE, "/v1/appliances/stored", None)
+    controller
+        .expect_as(&member, Method::DELETE, "/v1/appliances/stored", None, 403)
         .await;
-    assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/appliances/stored", None)
+    let body = controller
+        .expect(Method::DELETE, "/v1/appliances/stored", None, 409)
         .await;
-    assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("v"));
     let (status, _) = controller
         .call(Method::DELETE, "/v1/appliances/namespace", None)

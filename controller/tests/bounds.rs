@@ -270,8 +270,9 @@ async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
     let mut path = "/v1/tenants?limit=3".to_string();
     let mut pages = 0;
     loop {
-        let (status, page) = controller.call(reqwest::Method::GET, &path, None).await;
-        assert_eq!(status, 200, "{page}");
+        let page = controller
+            .expect(reqwest::Method::GET, &path, None, 200)
+            .await;
         pages += 1;
         let got: Vec<String> = page["tenants"]
             .as_array()

@@ -181,10 +181,9 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
     );
 
     // The task's series leave with it.
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/tasks/loss", None)
+    controller
+        .expect(Method::DELETE, "/v1/tasks/loss", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     let (_, _, after) = scrape(&controller, &controller.admin_token).await;
     assert!(!after.contains("task=\"loss\""), "{after}");
 
@@ -333,10 +332,9 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
     let (status, _, text) = scrape(&controller, &scraper).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("measurelab_nodes"), "{text}");
-    let (status, whoami) = controller
-        .call_as(&scraper, Method::GET, "/v1/whoami", None)
+    let whoami = controller
+        .expect_as(&scraper, Method::GET, "/v1/whoami", None, 200)
         .await;
-    assert_eq!(status, 200, "{whoami}");
     assert_eq!(whoami["role"], "metrics", "{whoami}");
 
     // Reads and writes of every kind, the operator's and a tenant's.
@@ -372,23 +370,23 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
 
     // Who may create one: not a tenant's owner; not inside a tenant.
     let owner = controller.tenant_token("t1", "o", "owner").await;
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &owner,
             Method::POST,
             "/v1/tokens",
             Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
-    let (status, answer) = controller
-        .call(
+    let answer = controller
+        .expect(
             Method::POST,
             "/v1/tokens",
             Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["field"], "tenant", "{answer}");
     // The provider's plan-time diagnostic says the same (Role::tenant_refusal).
     let message = answer["error"]["message"].as_str().unwrap_or_default();

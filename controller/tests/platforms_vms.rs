@@ -85,37 +85,37 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
     assert_eq!(b["vlan_tag"], 201);
     assert_eq!(b["subnet"], "10.201.1.0/24");
 
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "slice-c", "nodes": ["n1"]})),
+            409,
         )
         .await;
-    assert_eq!(status, 409, "{body}");
     assert_eq!(code(&body), "pool_exhausted");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("200-201"));
 
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "slice-a", "nodes": []})),
+            409,
         )
         .await;
-    assert_eq!(status, 409, "{body}");
     assert_eq!(field(&body), "name");
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "slice-d", "nodes": ["n1", "nope"]})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(field(&body), "nodes[1]");
     let (status, body) = controller
         .call(
@@ -146,10 +146,9 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
 
     // Pause and start.
     let before = heartbeat_generation(&controller, &n1).await;
-    let (status, paused) = controller
-        .call(Method::POST, "/v1/platforms/slice-c/pause", None)
+    let paused = controller
+        .expect(Method::POST, "/v1/platforms/slice-c/pause", None, 200)
         .await;
-    assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["power_state"], "paused");
     assert!(heartbeat_generation(&controller, &n1).await > before);
     let (status, started) = controller
@@ -165,14 +164,14 @@ async fn platforms_draw_vlans_and_subnets_from_the_pools_until_exhausted() {
 async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
     let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/qos_policies",
             Some(json!({"name": "q", "ingress_max_kbps": 1000, "ingress_min_kbps": 2000})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(field(&body), "ingress_min_kbps");
     let (status, body) = controller
         .call(
@@ -200,14 +199,14 @@ async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
         )
         .await;
     assert_eq!(q["egress_max_kbps"], Value::Null);
-    let (status, q2) = controller
-        .call(
+    let q2 = controller
+        .expect(
             Method::PATCH,
             "/v1/qos_policies/q",
             Some(json!({"ingress_max_kbps": 10000, "ingress_burst_kbytes": null})),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{q2}");
     assert_eq!(q2["ingress_max_kbps"], 10000);
     assert_eq!(q2["ingress_burst_kbytes"], Value::Null);
 
@@ -225,10 +224,9 @@ async fn qos_policies_validate_rates_and_refuse_deletion_while_used() {
                         "appliance": "namespace", "qos_policy": "q", "power_state": "running"}),
         )
         .await;
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/qos_policies/q", None)
+    let body = controller
+        .expect(Method::DELETE, "/v1/qos_policies/q", None, 409)
         .await;
-    assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("v1"));
     controller.stop().await;
 }
@@ -438,10 +436,7 @@ async fn vm_patch_is_in_place_and_immutable_fields_are_refused() {
             .unwrap()
             .contains("field cannot change; replace the VM"));
     }
-    let (status, answer) = controller
-        .call(Method::PATCH, "/v1/vms/v1", Some(json!({"node": "n1", "vcpus": 2, "memory_mib": 256, "qos_policy": "q", "power_state": "paused"})))
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = controller.expect(Method::PATCH, "/v1/vms/v1", Some(json!({"node": "n1", "vcpus": 2, "memory_mib": 256, "qos_policy": "q", "power_state": "paused"})), 200).await;
     assert_eq!(answer["id"], vm["id"]);
     assert_eq!(answer["vcpus"], 2);
     assert_eq!(answer["memory_mib"], 256);
@@ -498,14 +493,14 @@ async fn request_id_makes_creation_idempotent() {
     assert_eq!(a["id"], b["id"]);
     assert_eq!(controller.client().list_vms("").await.unwrap().len(), 1);
     // The key cannot be reused for another request.
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/qos_policies",
             Some(json!({"name": "q", "ingress_max_kbps": 1, "request_id": "req-1"})),
+            409,
         )
         .await;
-    assert_eq!(status, 409, "{body}");
     assert_eq!(field(&body), "request_id");
     controller.stop().await;
 }
@@ -533,10 +528,14 @@ async fn a_change_request_id_is_bound_to_its_method_and_path() {
     assert_eq!(first, second, "the retry gets the first answer");
     assert_eq!(first["ingress_max_kbps"], 2000, "{first}");
 
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/qos_policies/q?request_id=req-3", None)
+    let body = controller
+        .expect(
+            Method::DELETE,
+            "/v1/qos_policies/q?request_id=req-3",
+            None,
+            409,
+        )
         .await;
-    assert_eq!(status, 409, "{body}");
     assert_eq!(field(&body), "request_id");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -629,8 +628,9 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
         "running"
     );
 
-    let (status, deleting) = controller.call(Method::DELETE, "/v1/vms/v1", None).await;
-    assert_eq!(status, 202, "{deleting}");
+    let deleting = controller
+        .expect(Method::DELETE, "/v1/vms/v1", None, 202)
+        .await;
     assert_eq!(deleting["actual_state"], "deleting");
     // Still there, still deleting, even when the agent reports it running.
     assert_eq!(
@@ -639,18 +639,17 @@ async fn delete_waits_for_the_agent_and_reports_flow_into_the_vm() {
     );
     let state = controller.desired_state(&n1).await;
     assert!(state.vms[0].deleting);
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/platforms/p", None)
+    controller
+        .expect(Method::DELETE, "/v1/platforms/p", None, 409)
         .await;
-    assert_eq!(status, 409, "{body}");
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::PATCH,
             "/v1/platforms/p",
             Some(json!({"nodes": ["n2"]})),
+            409,
         )
         .await;
-    assert_eq!(status, 409, "{body}");
     assert_eq!(field(&body), "nodes");
     assert!(body["error"]["message"].as_str().unwrap().contains("v1"));
 
@@ -789,8 +788,9 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
     let (_dir, controller, n1) = TestController::with_platform_p_on_n1().await;
     let mut body = vm_body("v1");
     body["max_vcpus"] = json!(0);
-    let (status, answer) = controller.call(Method::POST, "/v1/vms", Some(body)).await;
-    assert_eq!(status, 422, "{answer}");
+    let answer = controller
+        .expect(Method::POST, "/v1/vms", Some(body), 422)
+        .await;
     assert_eq!(field(&answer), "max_vcpus");
 
     let mut body = vm_body("v1");
@@ -806,29 +806,28 @@ async fn vm_maxima_reach_the_agent_and_refuse_sizes_beyond_them() {
     assert_eq!((sent.max_vcpus, sent.max_memory_mib), (4, 512));
 
     // Growing past a maximum without raising it is refused, naming it.
-    let (status, answer) = controller
-        .call(Method::PATCH, "/v1/vms/v1", Some(json!({"vcpus": 6})))
+    let answer = controller
+        .expect(Method::PATCH, "/v1/vms/v1", Some(json!({"vcpus": 6})), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "max_vcpus");
-    let (status, answer) = controller
-        .call(
+    let answer = controller
+        .expect(
             Method::PATCH,
             "/v1/vms/v1",
             Some(json!({"memory_mib": 1024})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "max_memory_mib");
     // Raised together: accepted, and the agent gets both.
-    let (status, answer) = controller
-        .call(
+    controller
+        .expect(
             Method::PATCH,
             "/v1/vms/v1",
             Some(json!({"vcpus": 6, "max_vcpus": 8})),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{answer}");
     let sent = &controller.desired_state(&n1).await.vms[0];
     assert_eq!((sent.vcpus, sent.max_vcpus), (6, 8));
 

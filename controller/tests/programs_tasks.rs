@@ -41,14 +41,14 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
     let content = b"#!/bin/sh\necho measuring\n".to_vec();
     let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
 
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/programs",
             Some(json!({"name": "probe", "content_base64": encoded, "sha256": "00"})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "sha256");
     let (status, body) = controller
         .call(
@@ -396,28 +396,28 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
         "{}",
         err.message()
     );
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             &format!("/v1/results?task={task_id}"),
             Some(bad),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "receivers[0].metrics.packets_lost");
     let mut partial = result_document("2026-01-01T10:03:00Z", 0.1);
     partial["receivers"][0]["metrics"]
         .as_object_mut()
         .unwrap()
         .remove("quantiles_exact");
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             &format!("/v1/results?task={task_id}"),
             Some(partial),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(
         body["error"]["field"],
         "receivers[0].metrics.quantiles_exact"
@@ -433,10 +433,9 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     // The relay may repeat a POST after a crash: the run id absorbs it.
     let mut repeat = result_document("2026-01-01T10:05:00Z", 0.2);
     repeat["task_id"] = json!(task_id);
-    let (status, first) = controller
-        .call(Method::POST, "/v1/results", Some(repeat.clone()))
+    let first = controller
+        .expect(Method::POST, "/v1/results", Some(repeat.clone()), 200)
         .await;
-    assert_eq!(status, 200, "{first}");
     let (status, again) = controller
         .call(Method::POST, "/v1/results", Some(repeat))
         .await;
@@ -575,8 +574,8 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         .unwrap()
         .into_inner();
     controller.register("n3", "").await;
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/tasks",
             Some(service_host_task(
@@ -585,9 +584,9 @@ async fn service_host_tasks_reach_the_listed_nodes() {
                 "once",
                 "232.1.1.1",
             )),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "nodes[1]");
     assert!(
         body["error"]["message"]
@@ -596,14 +595,14 @@ async fn service_host_tasks_reach_the_listed_nodes() {
             .contains("no service host"),
         "{body}"
     );
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/tasks",
             Some(service_host_task("quick", &["n1"], "once", "232.1.1.1")),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "nodes");
     let task = controller
         .create(
@@ -772,10 +771,9 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     let mut broken = serde_json::to_value(&document).unwrap();
     broken["run_id"] = json!("broken");
     broken["receivers"][1]["receipts"] = json!({"encoding": "runs", "probes": 20000, "runs": [5]});
-    let (status, body) = controller
-        .call(Method::POST, "/v1/results", Some(broken))
+    let body = controller
+        .expect(Method::POST, "/v1/results", Some(broken), 422)
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "receivers[1].receipts");
     controller.stop().await;
 }

@@ -26,8 +26,7 @@ fn vm(name: &str, vcpus: u32, memory_mib: u64) -> Value {
 }
 
 async fn vm_names(controller: &TestController) -> Vec<String> {
-    let (status, list) = controller.call(Method::GET, "/v1/vms", None).await;
-    assert_eq!(status, 200, "{list}");
+    let list = controller.expect(Method::GET, "/v1/vms", None, 200).await;
     let mut names: Vec<String> = list["vms"]
         .as_array()
         .unwrap()
@@ -75,14 +74,14 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     assert_eq!(node.labels.get("rack").map(String::as_str), Some("r1"));
 
     // Labels are a complete set, as before; the ratios ride along.
-    let (status, answer) = controller
-        .call(
+    let answer = controller
+        .expect(
             Method::PATCH,
             "/v1/nodes/n1",
             Some(json!({"labels": {"rack": "r1"}, "cpu_overcommit": 2.0})),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["cpu_overcommit"], 2.0);
     assert_eq!(answer["memory_overcommit"], 1.0, "an absent ratio is kept");
 
@@ -90,10 +89,9 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
 
     // 2 CPUs × 2.0 = 4 vCPUs.
     controller.create("/v1/vms", vm("a", 3, 128)).await;
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("b", 2, 128)))
+    let answer = controller
+        .expect(Method::POST, "/v1/vms", Some(vm("b", 2, 128)), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "vcpus");
     assert!(
         message(&answer).contains(
@@ -101,10 +99,9 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
         ),
         "{answer}"
     );
-    let (status, answer) = controller
-        .call(Method::PATCH, "/v1/vms/a", Some(json!({"vcpus": 5})))
+    let answer = controller
+        .expect(Method::PATCH, "/v1/vms/a", Some(json!({"vcpus": 5})), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert!(
         message(&answer).contains("has 3 of 4 vCPUs") && message(&answer).contains("2 more"),
         "{answer}"
@@ -116,21 +113,20 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     // 4096 MiB × 1.5 = 6144 MiB may be promised, more than the node has
     // free: with memory overcommitted only the placed VMs count. 3.0 leaves
     // vCPUs to spare, so memory is what refuses.
-    let (status, answer) = controller
-        .call(
+    controller
+        .expect(
             Method::PATCH,
             "/v1/nodes/n1",
             Some(
                 json!({"labels": {"rack": "r1"}, "memory_overcommit": 1.5, "cpu_overcommit": 3.0}),
             ),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{answer}");
     controller.create("/v1/vms", vm("c", 1, 5000)).await;
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("d", 1, 1100)))
+    let answer = controller
+        .expect(Method::POST, "/v1/vms", Some(vm("d", 1, 1100)), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "memory_mib");
     assert!(
         message(&answer).contains(
@@ -184,8 +180,9 @@ async fn tenant_with_quota(controller: &TestController, tenant: &str, quota: Val
 
 /// Names in `GET path` (a list under `key`) as the tenant sees them.
 async fn names(controller: &TestController, token: &str, path: &str, key: &str) -> Vec<String> {
-    let (status, list) = controller.call_as(token, Method::GET, path, None).await;
-    assert_eq!(status, 200, "{list}");
+    let list = controller
+        .expect_as(token, Method::GET, path, None, 200)
+        .await;
     let mut names: Vec<String> = list[key]
         .as_array()
         .unwrap()

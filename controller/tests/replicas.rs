@@ -140,10 +140,8 @@ async fn a_node_registered_or_revoked_through_one_replica_is_known_to_the_other(
     let b = replica(dir_b.path(), db.url(), long).await;
     // B started from an empty data dir and took A's tokens from the
     // database: an operator's token and a node's join token work at both.
-    let (status, body) = b
-        .call_as(&a.admin_token, reqwest::Method::GET, "/v1/nodes", None)
+    b.expect_as(&a.admin_token, reqwest::Method::GET, "/v1/nodes", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(b.join_token, a.join_token);
 
     // Registered through A after B loaded its image: B takes its heartbeats.
@@ -316,10 +314,13 @@ async fn a_token_made_or_revoked_through_one_replica_counts_at_the_other() {
         .find(|t| t["name"] == "alice")
         .unwrap_or_else(|| panic!("alice in {list}"));
     let id = listed["id"].as_str().unwrap().to_string();
-    let (status, body) = a
-        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    a.expect(
+        reqwest::Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        None,
+        200,
+    )
+    .await;
     eventually("B refuses the token A revoked", || async {
         status_at_b().await == 401
     })

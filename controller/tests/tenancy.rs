@@ -81,10 +81,9 @@ async fn build_world(controller: &TestController, token: &str, started_at: &str)
         )
         .await;
     let document = result_document(Some(&id(&task)), started_at, Vec::new());
-    let (status, body) = controller
-        .call_as(token, Method::POST, "/v1/results", Some(document))
+    controller
+        .expect_as(token, Method::POST, "/v1/results", Some(document), 201)
         .await;
-    assert_eq!(status, 201, "{body}");
     World {
         platform: id(&platform),
         qos: id(&qos),
@@ -240,19 +239,18 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     );
     // Nor can bob post results into alice's task or name t1 for a create.
     let document = result_document(Some(&a.task), "2026-12-05T02:00:00Z", Vec::new());
-    let (status, answer) = controller
-        .call_as(&bob, Method::POST, "/v1/results", Some(document))
+    controller
+        .expect_as(&bob, Method::POST, "/v1/results", Some(document), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::POST,
             "/v1/qos_policies",
             Some(json!({"name": "sneaky", "ingress_max_kbps": 1, "tenant": "t1"})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
 
     // Events: bob sees his own objects' events, none of alice's, none of the nodes'.
     let (_, events) = controller
@@ -289,26 +287,25 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         .await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(nodes["nodes"][0]["management_address"], "");
-    let (status, answer) = controller
-        .call_as(&bob, Method::GET, "/v1/nodes/n1/logs", None)
+    controller
+        .expect_as(&bob, Method::GET, "/v1/nodes/n1/logs", None, 403)
         .await;
-    assert_eq!(status, 403, "{answer}");
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::PATCH,
             "/v1/nodes/n1",
             Some(json!({"labels": {"mine": "yes"}})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
     // Appliances: a shared catalog everyone reads and only the operator extends.
     let (status, _) = controller
         .call_as(&bob, Method::GET, "/v1/appliances/namespace", None)
         .await;
     assert_eq!(status, 200);
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::POST,
             "/v1/appliances",
@@ -317,9 +314,9 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
                     "kernel": "/etc/shadow", "initrd": "/etc/shadow", "min_memory_mib": 64,
                     "backends": ["libvirt"]}),
             ),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
 
     // Nothing of alice's changed.
     let (status, after) = controller
@@ -356,19 +353,17 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     // The operator sees both; a name both tenants use is ambiguous.
     let (_, all) = controller.call(Method::GET, "/v1/platforms", None).await;
     assert_eq!(all["platforms"].as_array().unwrap().len(), 2);
-    let (status, answer) = controller
-        .call(Method::GET, "/v1/platforms/lab", None)
+    let answer = controller
+        .expect(Method::GET, "/v1/platforms/lab", None, 409)
         .await;
-    assert_eq!(status, 409, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("t1, t2") && message.contains("?tenant="),
         "{message}"
     );
-    let (status, answer) = controller
-        .call(Method::GET, "/v1/platforms/lab?tenant=t1", None)
+    let answer = controller
+        .expect(Method::GET, "/v1/platforms/lab?tenant=t1", None, 200)
         .await;
-    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["id"], a.platform.as_str());
     controller.stop().await;
 }
@@ -395,41 +390,39 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
         )
         .await;
 
-    let (status, body) = controller
-        .call_as(&viewer, Method::GET, "/v1/platforms/lab", None)
+    controller
+        .expect_as(&viewer, Method::GET, "/v1/platforms/lab", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = controller
-        .call_as(&viewer, Method::DELETE, "/v1/platforms/lab", None)
+    let body = controller
+        .expect_as(&viewer, Method::DELETE, "/v1/platforms/lab", None, 403)
         .await;
-    assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(
         body["error"]["message"],
         "deleting platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
     );
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &viewer,
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"flow_monitoring": true})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert_eq!(
         body["error"]["message"],
         "changing platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
     );
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &viewer,
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "more", "nodes": ["n1"]})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -520,10 +513,9 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(dump.as_deref(), Some("0"));
 
     // The token works, and its use is recorded.
-    let (status, whoami) = controller
-        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+    let whoami = controller
+        .expect_as(&bearer, Method::GET, "/v1/whoami", None, 200)
         .await;
-    assert_eq!(status, 200, "{whoami}");
     assert_eq!(whoami["token_name"], "ci");
     assert_eq!(whoami["role"], "owner");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -586,15 +578,13 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     );
 
     // Revoked: refused with the reason; the record stays.
-    let (status, revoked) = controller
-        .call(Method::DELETE, &format!("/v1/tokens/{token_id}"), None)
+    let revoked = controller
+        .expect(Method::DELETE, &format!("/v1/tokens/{token_id}"), None, 200)
         .await;
-    assert_eq!(status, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
-    let (status, body) = controller
-        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+    let body = controller
+        .expect_as(&bearer, Method::GET, "/v1/whoami", None, 401)
         .await;
-    assert_eq!(status, 401, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -673,8 +663,9 @@ async fn node_identity_routes_are_the_operators_alone() {
     let (status, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(status, 200, "{node}");
     assert_eq!(node["status"], "online", "{node}");
-    let (status, tokens) = controller.call(Method::GET, "/v1/join_tokens", None).await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = controller
+        .expect(Method::GET, "/v1/join_tokens", None, 200)
+        .await;
     assert_eq!(tokens["join_tokens"], json!([]), "{tokens}");
 }
 
@@ -698,12 +689,14 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
         .await);
     let flows = format!("/v1/platforms/{platform}/flows");
 
-    let (status, body) = controller.call_as(&bob, Method::GET, &flows, None).await;
-    assert_eq!(status, 404, "{body}");
+    let body = controller
+        .expect_as(&bob, Method::GET, &flows, None, 404)
+        .await;
     assert_eq!(body["error"]["code"], "not_found", "{body}");
     // Alice gets past the lookup: this controller runs no collector.
-    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
-    assert_eq!(status, 503, "{body}");
+    controller
+        .expect_as(&alice, Method::GET, &flows, None, 503)
+        .await;
 
     let off = json!({"flow_monitoring": false});
     let patch = format!("/v1/platforms/{platform}");
@@ -714,26 +707,30 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
             .await;
         assert_eq!(status, refusal, "{body}");
     }
-    let (status, body) = controller
-        .call_as(&alice, Method::PATCH, &patch, Some(off))
+    let body = controller
+        .expect_as(&alice, Method::PATCH, &patch, Some(off), 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["flow_monitoring"], false, "{body}");
-    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
-    assert_eq!(status, 409, "{body}");
+    controller
+        .expect_as(&alice, Method::GET, &flows, None, 409)
+        .await;
 
     let export = json!({"labels": {}, "flow_export": {"enabled": true, "protocol": "ipfix",
         "sampling": 64, "active_timeout_seconds": 30, "collector": null}});
-    let (status, body) = controller
-        .call_as(&owner, Method::PATCH, "/v1/nodes/n1", Some(export.clone()))
+    controller
+        .expect_as(
+            &owner,
+            Method::PATCH,
+            "/v1/nodes/n1",
+            Some(export.clone()),
+            403,
+        )
         .await;
-    assert_eq!(status, 403, "{body}");
     let (_, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(node["flow_export"], Value::Null, "{node}");
-    let (status, node) = controller
-        .call(Method::PATCH, "/v1/nodes/n1", Some(export))
+    let node = controller
+        .expect(Method::PATCH, "/v1/nodes/n1", Some(export), 200)
         .await;
-    assert_eq!(status, 200, "{node}");
     assert_eq!(node["flow_export"]["protocol"], "ipfix", "{node}");
     assert_eq!(node["flow_export"]["sampling"], 64, "{node}");
 }
@@ -798,12 +795,14 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     }
 
     let path = format!("/v1/vms/{vm}/usage?step=10");
-    let (status, body) = controller.call_as(&bob, Method::GET, &path, None).await;
-    assert_eq!(status, 404, "{body}");
+    let body = controller
+        .expect_as(&bob, Method::GET, &path, None, 404)
+        .await;
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 
-    let (status, body) = controller.call_as(&alice, Method::GET, &path, None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = controller
+        .expect_as(&alice, Method::GET, &path, None, 200)
+        .await;
     assert_eq!(body["vm_id"], vm.as_str());
     assert_eq!(body["step_seconds"], 10);
     let samples = body["samples"].as_array().unwrap();
@@ -822,15 +821,15 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &alice,
             Method::GET,
             &format!("/v1/vms/{vm}/usage?step=60&since={since}"),
             None,
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["samples"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["samples"][0]["cpu_used_percent"], 20.0, "{body}");
 

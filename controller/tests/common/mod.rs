@@ -457,10 +457,33 @@ impl TestController {
         path: &str,
         body: serde_json::Value,
     ) -> serde_json::Value {
-        let (status, answer) = self
-            .call_as(token, reqwest::Method::POST, path, Some(body))
-            .await;
-        assert_eq!(status, 201, "POST {path}: {answer}");
+        self.expect_as(token, reqwest::Method::POST, path, Some(body), 201)
+            .await
+    }
+
+    /// [`Self::call`], panicking unless the answer has `status`; the body.
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        status: u16,
+    ) -> serde_json::Value {
+        self.expect_as(&self.admin_token, method, path, body, status)
+            .await
+    }
+
+    /// [`Self::call_as`], panicking unless the answer has `status`; the body.
+    pub async fn expect_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        status: u16,
+    ) -> serde_json::Value {
+        let (got, answer) = self.call_as(token, method.clone(), path, body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
         answer
     }
 
