@@ -97,30 +97,24 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
         assert_eq!(missing, 404, "a refused platform must not exist");
     }
 
-    let first = controller.expect_as(&controller.admin_token,
-        Method::POST,
-        "/v1/platforms",
-        Some(
+    let first = controller
+        .create(
+            "/v1/platforms",
             json!({"name": "a", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}),
-        ),
-        201,
-    )
-    .await;
+        )
+        .await;
     assert_eq!(first["gateway_endpoint"], format!("{PUBLIC}:51820"));
     assert_eq!(
         refused(&controller, gateway("n1", 51820)).await,
         (409, "gateway.listen_port".to_string())
     );
     // The same port on another node is free.
-    controller.expect_as(&controller.admin_token,
-        Method::POST,
-        "/v1/platforms",
-        Some(
+    controller
+        .create(
+            "/v1/platforms",
             json!({"name": "b", "nodes": ["n3"], "gateway": {"node": "n3", "listen_port": 51820}}),
-        ),
-        201,
-    )
-    .await;
+        )
+        .await;
 
     // A peer needs a well-formed public key; nothing is added otherwise.
     for (key, says) in [
@@ -166,13 +160,10 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     let (dir, controller, n1, n2) = start().await;
     let admin = controller.admin_token.clone();
     let platform = controller
-        .expect_as(
-            &admin,
-            Method::POST,
+        .create(
             "/v1/platforms",
-            Some(json!({"name": "lab", "nodes": ["n1", "n2"],
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-            201,
+            json!({"name": "lab", "nodes": ["n1", "n2"],
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
         )
         .await;
     let subnet = platform["subnet"].as_str().unwrap().to_string();
@@ -211,12 +202,9 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     // A generated key pair: the private key is in this answer only.
     let generation = controller.desired_state(&n1).await.generation;
     let created = controller
-        .expect_as(
-            &admin,
-            Method::POST,
+        .create(
             "/v1/platforms/lab/peers",
-            Some(json!({"name": "laptop", "request_id": "peer-1"})),
-            201,
+            json!({"name": "laptop", "request_id": "peer-1"}),
         )
         .await;
     let private_key = created["private_key"].as_str().unwrap().to_string();
@@ -240,12 +228,9 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
         );
     }
     let replay = controller
-        .expect_as(
-            &admin,
-            Method::POST,
+        .create(
             "/v1/platforms/lab/peers",
-            Some(json!({"name": "laptop", "request_id": "peer-1"})),
-            201,
+            json!({"name": "laptop", "request_id": "peer-1"}),
         )
         .await;
     assert_eq!(replay["id"], created["id"]);
@@ -265,12 +250,9 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     // A researcher's own key.
     let own_key = STANDARD.encode([42u8; 32]);
     let own = controller
-        .expect_as(
-            &admin,
-            Method::POST,
+        .create(
             "/v1/platforms/lab/peers",
-            Some(json!({"name": "desk", "public_key": own_key})),
-            201,
+            json!({"name": "desk", "public_key": own_key}),
         )
         .await;
     assert!(own.get("private_key").is_none(), "{own}");
@@ -426,23 +408,14 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     let admin = controller.admin_token.clone();
     node(&controller, "n3", "198.51.100.3").await;
     let created = controller
-        .expect_as(
-            &admin,
-            Method::POST,
+        .create(
             "/v1/platforms",
-            Some(json!({"name": "lab", "nodes": ["n1", "n3"],
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-            201,
+            json!({"name": "lab", "nodes": ["n1", "n3"],
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
         )
         .await;
     controller
-        .expect_as(
-            &admin,
-            Method::POST,
-            "/v1/platforms/lab/peers",
-            Some(json!({"name": "laptop"})),
-            201,
-        )
+        .create("/v1/platforms/lab/peers", json!({"name": "laptop"}))
         .await;
 
     let moved = controller
@@ -545,24 +518,13 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         )
         .await;
     controller
-        .expect_as(
-            &admin,
-            Method::POST,
-            "/v1/platforms/lab/peers",
-            Some(json!({"name": "laptop"})),
-            201,
-        )
+        .create("/v1/platforms/lab/peers", json!({"name": "laptop"}))
         .await;
     controller
         .expect_as(&admin, Method::DELETE, "/v1/platforms/lab", None, 200)
         .await;
     assert!(controller.desired_state(&n1).await.gateways.is_empty());
-    controller.expect_as(&admin,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}})),
-        201,
-    )
+    controller.create("/v1/platforms", json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}))
     .await;
 }
 
@@ -588,13 +550,10 @@ async fn report(
 /// Platform `lab` on `nodes` with its gateway on n1; returns its id.
 async fn lab_with_gateway(controller: &TestController, nodes: &[&str]) -> String {
     let created = controller
-        .expect_as(
-            &controller.admin_token,
-            Method::POST,
+        .create(
             "/v1/platforms",
-            Some(json!({"name": "lab", "nodes": nodes,
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-            201,
+            json!({"name": "lab", "nodes": nodes,
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
         )
         .await;
     assert_eq!(created["gateway_status"]["state"], "pending", "{created}");
