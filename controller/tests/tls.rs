@@ -119,6 +119,17 @@ impl TlsController {
             .bearer_auth(&self.admin_token)
     }
 
+    /// A revocation POSTed to `path` as the admin; panics unless it succeeds.
+    async fn revoke(&self, path: &str) -> reqwest::Response {
+        let revoked = self
+            .as_admin(reqwest::Method::POST, path)
+            .send()
+            .await
+            .unwrap();
+        assert!(revoked.status().is_success(), "{}", revoked.status());
+        revoked
+    }
+
     fn endpoint(&self, tls: ClientTlsConfig) -> Endpoint {
         Endpoint::from_shared(format!("https://{}", self.grpc))
             .unwrap()
@@ -156,6 +167,17 @@ impl TlsController {
         let identity = Identity::from_pem(&response.node_cert_pem, key.serialize_pem());
         (response, identity)
     }
+}
+
+/// A TLS controller and node alpha, whose client (presenting alpha's
+/// certificate) has had one heartbeat answered.
+async fn alpha_heard_over_its_certificate(
+) -> (TlsController, RegisterResponse, NodeServiceClient<Channel>) {
+    let controller = TlsController::start().await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let mut client = controller.grpc(Some(identity)).await;
+    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    (controller, alpha, client)
 }
 
 fn heartbeat(registered: &RegisterResponse) -> HeartbeatRequest {
@@ -289,16 +311,8 @@ async fn a_node_certificate_works_for_its_node_only() {
 
 #[tokio::test]
 async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
-    let controller = TlsController::start().await;
-    let (alpha, identity) = controller.register("alpha").await;
-    let mut client = controller.grpc(Some(identity)).await;
-    client.heartbeat(heartbeat(&alpha)).await.unwrap();
-    let revoked = controller
-        .as_admin(reqwest::Method::POST, "/v1/nodes/alpha/revoke")
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let (controller, alpha, mut client) = alpha_heard_over_its_certificate().await;
+    controller.revoke("/v1/nodes/alpha/revoke").await;
     let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{status:?}");
@@ -307,16 +321,10 @@ async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
 
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
-    let controller = TlsController::start().await;
-    let (alpha, identity) = controller.register("alpha").await;
-    let mut client = controller.grpc(Some(identity)).await;
-    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    let (controller, alpha, mut client) = alpha_heard_over_its_certificate().await;
     let revoked = controller
-        .as_admin(reqwest::Method::POST, "/v1/nodes/alpha/certificate/revoke")
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success(), "{}", revoked.status());
+        .revoke("/v1/nodes/alpha/certificate/revoke")
+        .await;
     let node = revoked.json::<measurelab_api::http::Node>().await.unwrap();
     assert_ne!(node.status, measurelab_api::http::NodeStatus::Revoked);
     // The same connection, the right secret: the certificate is refused.
