@@ -122,8 +122,7 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
         ("***".to_string(), "base64"),
     ] {
         let body = controller
-            .expect_as(
-                &controller.admin_token,
+            .expect(
                 Method::POST,
                 "/v1/platforms/a/peers",
                 Some(json!({"name": "laptop", "public_key": key})),
@@ -134,8 +133,7 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
         assert!(body["error"]["message"].as_str().unwrap().contains(says));
     }
     let body = controller
-        .expect_as(
-            &controller.admin_token,
+        .expect(
             Method::POST,
             "/v1/platforms/a/peers",
             Some(json!({"name": "Not A Label"})),
@@ -144,13 +142,7 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
         .await;
     assert_eq!(body["error"]["field"], "name", "{body}");
     let list = controller
-        .expect_as(
-            &controller.admin_token,
-            Method::GET,
-            "/v1/platforms/a/peers",
-            None,
-            200,
-        )
+        .expect(Method::GET, "/v1/platforms/a/peers", None, 200)
         .await;
     assert_eq!(list["peers"], json!([]));
 }
@@ -158,7 +150,6 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
 #[tokio::test]
 async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     let (dir, controller, n1, n2) = start().await;
-    let admin = controller.admin_token.clone();
     let platform = controller
         .create(
             "/v1/platforms",
@@ -236,13 +227,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     assert_eq!(replay["id"], created["id"]);
     assert!(replay.get("private_key").is_none(), "{replay}");
     let fetched = controller
-        .expect_as(
-            &admin,
-            Method::GET,
-            "/v1/platforms/lab/peers/laptop",
-            None,
-            200,
-        )
+        .expect(Method::GET, "/v1/platforms/lab/peers/laptop", None, 200)
         .await;
     assert!(fetched.get("private_key").is_none());
     assert!(!fetched["config"].as_str().unwrap().contains("PrivateKey"));
@@ -279,13 +264,7 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
 
     // Removing a peer bumps the gateway node's generation and drops it.
     controller
-        .expect_as(
-            &admin,
-            Method::DELETE,
-            "/v1/platforms/lab/peers/laptop",
-            None,
-            200,
-        )
+        .expect(Method::DELETE, "/v1/platforms/lab/peers/laptop", None, 200)
         .await;
     let after = controller.desired_state(&n1).await;
     assert!(after.generation > with_peers.generation);
@@ -298,10 +277,10 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
 
     // No private key in any API answer, event or on disk (the peer's) .
     let listed = controller
-        .expect_as(&admin, Method::GET, "/v1/platforms", None, 200)
+        .expect(Method::GET, "/v1/platforms", None, 200)
         .await;
     let events = controller
-        .expect_as(&admin, Method::GET, "/v1/events?limit=1000", None, 200)
+        .expect(Method::GET, "/v1/events?limit=1000", None, 200)
         .await;
     for text in [listed.to_string(), events.to_string()] {
         assert!(!text.contains(&gateway.private_key));
@@ -405,7 +384,6 @@ async fn only_the_platforms_tenant_writers_add_peers() {
 #[tokio::test]
 async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     let (_dir, controller, n1, _n2) = start().await;
-    let admin = controller.admin_token.clone();
     node(&controller, "n3", "198.51.100.3").await;
     let created = controller
         .create(
@@ -419,8 +397,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         .await;
 
     let moved = controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"gateway": {"node": "n3", "listen_port": 51821}})),
@@ -432,20 +409,13 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     assert_eq!(moved["tunnel_network"], created["tunnel_network"]);
     assert!(controller.desired_state(&n1).await.gateways.is_empty());
     let peer = controller
-        .expect_as(
-            &admin,
-            Method::GET,
-            "/v1/platforms/lab/peers/laptop",
-            None,
-            200,
-        )
+        .expect(Method::GET, "/v1/platforms/lab/peers/laptop", None, 200)
         .await;
     assert_eq!(peer["endpoint"], "198.51.100.3:51821");
 
     // The gateway's node stays a member while it runs the gateway.
     let body = controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"nodes": ["n1"]})),
@@ -455,8 +425,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     assert_eq!(body["error"]["field"], "nodes", "{body}");
 
     let body = controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"gateway": null})),
@@ -469,17 +438,10 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         .unwrap()
         .contains("laptop"));
     controller
-        .expect_as(
-            &admin,
-            Method::DELETE,
-            "/v1/platforms/lab/peers/laptop",
-            None,
-            200,
-        )
+        .expect(Method::DELETE, "/v1/platforms/lab/peers/laptop", None, 200)
         .await;
     let gone = controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"gateway": null})),
@@ -491,8 +453,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         (Value::Null, Value::Null)
     );
     let body = controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::POST,
             "/v1/platforms/lab/peers",
             Some(json!({"name": "laptop"})),
@@ -509,8 +470,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
 
     // Deleting a platform takes its gateway and peers with it: the port is free again.
     controller
-        .expect_as(
-            &admin,
+        .expect(
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"gateway": {"node": "n1", "listen_port": 51820}})),
@@ -521,7 +481,7 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
         .create("/v1/platforms/lab/peers", json!({"name": "laptop"}))
         .await;
     controller
-        .expect_as(&admin, Method::DELETE, "/v1/platforms/lab", None, 200)
+        .expect(Method::DELETE, "/v1/platforms/lab", None, 200)
         .await;
     assert!(controller.desired_state(&n1).await.gateways.is_empty());
     controller.create("/v1/platforms", json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}))
@@ -652,8 +612,7 @@ async fn the_gateway_state_is_what_its_node_reports() {
 
     // Moved: what the old node said no longer holds.
     node(&controller, "n3", "198.51.100.3").await;
-    controller.expect_as(&admin,
-        Method::PATCH,
+    controller.expect(Method::PATCH,
         "/v1/platforms/lab",
         Some(json!({"nodes": ["n1", "n2", "n3"], "gateway": {"node": "n3", "listen_port": 51820}})),
         200,
@@ -675,7 +634,7 @@ async fn a_gateway_node_is_not_deleted_and_revoking_it_fails_its_gateways() {
     // Refused like a node with VMs, naming the gateway's platform and what
     // to do (removing n1 from `nodes` would be refused too).
     let body = controller
-        .expect_as(&admin, Method::DELETE, "/v1/nodes/n1", None, 409)
+        .expect(Method::DELETE, "/v1/nodes/n1", None, 409)
         .await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
@@ -687,7 +646,7 @@ async fn a_gateway_node_is_not_deleted_and_revoking_it_fails_its_gateways() {
 
     // Revoking is not refused; the gateway then says it is down, and why.
     controller
-        .expect_as(&admin, Method::POST, "/v1/nodes/n1/revoke", None, 200)
+        .expect(Method::POST, "/v1/nodes/n1/revoke", None, 200)
         .await;
     let (state, message) = shown_state(&controller, &admin).await;
     assert_eq!(state, "failed");
