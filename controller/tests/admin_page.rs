@@ -11,8 +11,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn page_has_no_external_resources() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let page = reqwest::get(controller.url("/"))
         .await
         .unwrap()
@@ -70,10 +69,7 @@ async fn page_script_renders_tables_and_per_receiver_charts() {
                 common::reporting_receiver("r2", 100, 0.0, 900.0, 100.0),
             ],
         );
-        let (status, body) = controller
-            .call(Method::POST, "/v1/results", Some(document))
-            .await;
-        assert_eq!(status, 201, "{body}");
+        controller.create("/v1/results", document).await;
     }
     // The MSCS in the VM reported one active and one missing point.
     let point = |name: &str, state: &str| MscsPoint {
@@ -170,8 +166,7 @@ async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller
         .call(
@@ -208,14 +203,9 @@ async fn page_script_draws_the_latest_runs_tree_coloured_by_inferred_loss() {
     let run = simulate::run(&tree, &model, 20_000, 5);
     let mut document = simulate::document(&tree, &run);
     document.task_id = task["id"].as_str().map(str::to_string);
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/results",
-            Some(serde_json::to_value(&document).unwrap()),
-        )
+    let body = controller
+        .create("/v1/results", serde_json::to_value(&document).unwrap())
         .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(
         body["document"]["bottlenecks"][0]["link"], "uplink:n2",
         "{body:#}"
@@ -318,8 +308,7 @@ async fn page_script_charts_the_selected_vms_usage() {
 /// it, and hides itself once the journal's start is shown.
 #[tokio::test]
 async fn page_script_pages_the_event_list_backwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     for k in 0..25 {
         controller.register(&format!("n{k:02}"), "").await;
     }

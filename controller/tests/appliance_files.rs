@@ -15,25 +15,21 @@ fn sha256(content: &[u8]) -> String {
 }
 
 async fn member_token(controller: &TestController) -> String {
-    let (status, body) = controller
-        .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
+    controller
+        .create("/v1/tenants", json!({"name": "t1"}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(json!({"name": "alice", "role": "member", "tenant": "t1"})),
+            json!({"name": "alice", "role": "member", "tenant": "t1"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     body["secret"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
 async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let admin = controller.admin_token.clone();
     // Larger than one gRPC chunk (256 KiB), so the stream is reassembled.
     let kernel: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
@@ -64,10 +60,9 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
                        "kernel_sha256": kernel_sha, "initrd_sha256": initrd_sha,
                        "min_memory_mib": 64, "backends": ["namespace", "libvirt"]});
     // The initrd was refused above, so no appliance may name it yet.
-    let (status, body) = controller
-        .call(Method::POST, "/v1/appliances", Some(image.clone()))
+    let body = controller
+        .expect(Method::POST, "/v1/appliances", Some(image.clone()), 422)
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "initrd_sha256");
     let (status, _) = upload(&controller, &admin, &initrd_sha, &initrd).await;
     assert_eq!(status, 201);
@@ -85,15 +80,17 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     let member = member_token(&controller).await;
     let (status, body) = upload(&controller, &member, &initrd_sha, &initrd).await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call_as(&member, Method::POST, "/v1/appliances", Some(image.clone()))
+    controller
+        .expect_as(
+            &member,
+            Method::POST,
+            "/v1/appliances",
+            Some(image.clone()),
+            403,
+        )
         .await;
-    assert_eq!(status, 403, "{body}");
 
-    let (status, body) = controller
-        .call(Method::POST, "/v1/appliances", Some(image))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create("/v1/appliances", image).await;
     let listed = controller.client().list_appliances().await.unwrap();
     let stored = listed.iter().find(|a| a.name == "stored").unwrap();
     assert_eq!(stored.kernel_sha256.as_deref(), Some(kernel_sha.as_str()));
@@ -105,25 +102,14 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     // Node n1 runs a VM of it; n2 runs none.
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1", "n2"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller.create_platform("p", &["n1", "n2"]).await;
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "v", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 64, "appliance": "stored", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     let mut grpc = controller.grpc().await;
     let desired = grpc
         .get_desired_state(DesiredStateRequest {
@@ -186,14 +172,12 @@ async fn uploaded_files_are_verified_named_by_digest_and_sent_to_their_node() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
 
     // In use: not deleted; a member may not delete it either.
-    let (status, body) = controller
-        .call_as(&member, Method::DELETE, "/v1/appliances/stored", None)
+    controller
+        .expect_as(&member, Method::DELETE, "/v1/appliances/stored", None, 403)
         .await;
-    assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/appliances/stored", None)
+    let body = controller
+        .expect(Method::DELETE, "/v1/appliances/stored", None, 409)
         .await;
-    assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("v"));
     let (status, _) = controller
         .call(Method::DELETE, "/v1/appliances/namespace", None)

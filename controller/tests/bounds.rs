@@ -174,14 +174,12 @@ async fn a_flooding_token_gets_429_while_another_token_is_served() {
         };
     })
     .await;
-    let (status, token) = controller
-        .call(
-            reqwest::Method::POST,
+    let token = controller
+        .create(
             "/v1/tokens",
-            Some(serde_json::json!({"name": "second", "role": "operator"})),
+            serde_json::json!({"name": "second", "role": "operator"}),
         )
         .await;
-    assert_eq!(status, 201, "{token}");
     let second = token["secret"].as_str().unwrap().to_string();
 
     let client = reqwest::Client::new();
@@ -264,21 +262,17 @@ async fn list_pages_follow_the_cursor_and_survive_a_deletion() {
     let controller = TestController::start(dir.path(), Duration::from_secs(60)).await;
     let names: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
     for name in &names {
-        let (status, body) = controller
-            .call(
-                reqwest::Method::POST,
-                "/v1/tenants",
-                Some(serde_json::json!({ "name": name })),
-            )
+        controller
+            .create("/v1/tenants", serde_json::json!({ "name": name }))
             .await;
-        assert_eq!(status, 201, "{body}");
     }
     let mut seen = Vec::new();
     let mut path = "/v1/tenants?limit=3".to_string();
     let mut pages = 0;
     loop {
-        let (status, page) = controller.call(reqwest::Method::GET, &path, None).await;
-        assert_eq!(status, 200, "{page}");
+        let page = controller
+            .expect(reqwest::Method::GET, &path, None, 200)
+            .await;
         pages += 1;
         let got: Vec<String> = page["tenants"]
             .as_array()

@@ -60,8 +60,7 @@ fn task(name: &str, platform: &str, schedule: &str) -> Value {
 
 #[tokio::test]
 async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     let n2 = with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.register("n3", "").await;
@@ -90,10 +89,9 @@ async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
         assert!(message.contains(needle), "{answer}");
     }
 
-    let (status, created) = controller
-        .call(Method::POST, "/v1/tasks", Some(task("cmp", "p", "once")))
+    let created = controller
+        .create("/v1/tasks", task("cmp", "p", "once"))
         .await;
-    assert_eq!(status, 201, "{created}");
     assert_eq!(created["compare_with_service_host"], true);
 
     // The platform run: point (on n2) lost 1 %, median delay 320 us.
@@ -102,10 +100,7 @@ async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
         "2026-03-01T00:00:00Z",
         vec![common::reporting_receiver("point", 1000, 0.01, 320.0, 12.0)],
     );
-    let (status, stored) = controller
-        .call(Method::POST, "/v1/results", Some(run))
-        .await;
-    assert_eq!(status, 201, "{stored}");
+    let stored = controller.create("/v1/results", run).await;
     let platform_result = stored["id"].as_str().unwrap().to_string();
     let pending = &stored["document"]["comparison"];
     assert_eq!(pending["status"], "pending", "{pending:#}");
@@ -199,21 +194,15 @@ async fn a_platform_run_is_compared_with_a_service_host_run_of_its_nodes() {
 
 #[tokio::test]
 async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.create_platform("p", &["n1", "n2"]).await;
     controller.create_vm("mscs", "p", "n1").await;
     controller.create_vm("point", "p", "n2").await;
-    let (status, created) = controller
-        .call(
-            Method::POST,
-            "/v1/tasks",
-            Some(task("every", "p", "periodic")),
-        )
+    controller
+        .create("/v1/tasks", task("every", "p", "periodic"))
         .await;
-    assert_eq!(status, 201, "{created}");
     let post = |started: &str| {
         common::result_document(
             Some("every"),
@@ -222,10 +211,7 @@ async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
         )
     };
     for started in ["2026-03-01T00:00:00Z", "2026-03-01T00:01:00Z"] {
-        let (status, stored) = controller
-            .call(Method::POST, "/v1/results", Some(post(started)))
-            .await;
-        assert_eq!(status, 201, "{stored}");
+        controller.create("/v1/results", post(started)).await;
     }
     let history = controller
         .client()
@@ -274,26 +260,21 @@ async fn a_newer_run_or_deleting_the_task_closes_an_open_comparison() {
 
 #[tokio::test]
 async fn a_run_with_every_receiver_on_the_source_node_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = with_service_host(&controller, "n1", "10.253.0.11:7090").await;
     with_service_host(&controller, "n2", "10.253.0.12:7090").await;
     controller.create_platform("p", &["n1", "n2"]).await;
     controller.create_vm("mscs", "p", "n1").await;
     controller.create_vm("point", "p", "n1").await;
-    let (status, created) = controller
-        .call(Method::POST, "/v1/tasks", Some(task("local", "p", "once")))
+    controller
+        .create("/v1/tasks", task("local", "p", "once"))
         .await;
-    assert_eq!(status, 201, "{created}");
     let run = common::result_document(
         Some("local"),
         "2026-03-01T00:00:00Z",
         vec![common::reporting_receiver("point", 1000, 0.0, 30.0, 1.0)],
     );
-    let (status, stored) = controller
-        .call(Method::POST, "/v1/results", Some(run))
-        .await;
-    assert_eq!(status, 201, "{stored}");
+    let stored = controller.create("/v1/results", run).await;
     let comparison = &stored["document"]["comparison"];
     assert_eq!(comparison["status"], "skipped", "{comparison:#}");
     assert!(comparison["reason"]

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{heartbeat_request, TestController};
 use measurelab_api::node_v1::{DesiredStateHint, RegisterResponse, WatchDesiredStateRequest};
-use reqwest::Method;
 use serde_json::json;
 use tonic::Streaming;
 
@@ -71,14 +70,7 @@ async fn hints_follow_each_commit_for_the_node_concerned() {
         0
     );
 
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("p", &["n1"]).await;
     let after_platform = next_hint(&mut n1_hints, "creating a platform on n1").await;
     assert!(after_platform.desired_generation > 0);
     assert_eq!(
@@ -87,17 +79,13 @@ async fn hints_follow_each_commit_for_the_node_concerned() {
         "the hint carries what a heartbeat would"
     );
 
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 128, "appliance": "namespace", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     let after_vm = next_hint(&mut n1_hints, "creating a VM on n1").await;
     assert!(after_vm.desired_generation > after_platform.desired_generation);
 
@@ -203,23 +191,14 @@ async fn tunnels_follow_platform_membership_and_tunnel_addresses() {
 
     // n3 has no tunnel address: it meets nobody through tunnels.
     let n3 = controller.register("n3", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1", "n2", "n3"]})),
+            json!({"name": "p", "nodes": ["n1", "n2", "n3"]}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     let vlan = body["vlan_tag"].as_u64().unwrap() as u32;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "q", "nodes": ["n1", "n3"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("q", &["n1", "n3"]).await;
     assert_eq!(
         tunnels_of(&controller, &n2).await,
         [

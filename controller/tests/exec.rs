@@ -39,8 +39,7 @@ fn status(result: Result<reqwest::Upgraded, ClientError>) -> (u16, Option<String
 
 #[tokio::test]
 async fn exec_is_refused_before_the_upgrade_with_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let member = controller.tenant_token("t1", "ci", "member").await;
     let viewer = controller.tenant_token("t1", "dash", "viewer").await;

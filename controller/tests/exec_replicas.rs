@@ -34,8 +34,7 @@ async fn replica_with(
     advertise: bool,
     tweak: impl FnOnce(&mut ControllerConfig),
 ) -> TestController {
-    TestController::start_with(dir, |config| {
-        config.store_url = Some(url.to_string());
+    TestController::start_replica(dir, url, |config| {
         config.join_token = Some("replicas-join-token".into());
         if advertise {
             let http = config.http_listener.local_addr().unwrap();
@@ -341,9 +340,7 @@ async fn outputs_name_the_replica_that_could_not_be_reached() {
     let outputs = deployment_with_output(&a, &member, &[("box", "n1")]).await;
     // B advertises a URL nothing answers on (port 1 of the loopback).
     let dead = "http://127.0.0.1:1";
-    let b = TestController::start_with(dir_b.path(), |config| {
-        config.store_url = Some(db.url().to_string());
-        config.join_token = Some("replicas-join-token".into());
+    let b = replica_with(dir_b.path(), db.url(), false, |config| {
         config.advertise_url = Some(dead.into());
     })
     .await;

@@ -48,14 +48,12 @@ async fn watched_platform(tweak: impl FnOnce(&mut ControllerConfig)) -> Watched 
     let mut request = common::register_request(&controller.join_token, "n1", "");
     request.management_address = "127.0.0.1".into();
     controller.grpc().await.register(request).await.unwrap();
-    let (status, platform) = controller
-        .call(
-            Method::POST,
+    let platform = controller
+        .create(
             "/v1/platforms",
-            Some(serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true})),
+            serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true}),
         )
         .await;
-    assert_eq!(status, 201, "{platform}");
     let subnet: Ipv4Addr = platform["subnet"]
         .as_str()
         .and_then(|s| s.split('/').next())
@@ -139,8 +137,7 @@ async fn a_range_reads_only_the_files_its_times_name() {
         ],
     );
 
-    let (status, body) = controller.call(Method::GET, &path, None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = controller.expect(Method::GET, &path, None, 200).await;
     assert_eq!(ports(&body), vec![5002, 5003], "{body}");
     assert_eq!(body.get("next_cursor"), None, "{body}");
 
@@ -149,8 +146,9 @@ async fn a_range_reads_only_the_files_its_times_name() {
         rfc3339(ago(240)),
         rfc3339(ago(120))
     );
-    let (status, body) = controller.call(Method::GET, &three_hours_ago, None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = controller
+        .expect(Method::GET, &three_hours_ago, None, 200)
+        .await;
     assert_eq!(ports(&body), vec![5004], "{body}");
     controller.stop().await;
 }
@@ -213,20 +211,28 @@ async fn a_page_ends_at_its_limit_and_its_cursor_reads_on() {
         vec![vec![6001, 6002, 6003], vec![6004, 6005]]
     );
 
-    let (status, csv) = controller
-        .call(Method::GET, &format!("{path}?limit=3&format=csv"), None)
+    let csv = controller
+        .expect(
+            Method::GET,
+            &format!("{path}?limit=3&format=csv"),
+            None,
+            200,
+        )
         .await;
-    assert_eq!(status, 200, "{csv}");
     let csv = csv.as_str().unwrap_or_default().to_string();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
     let cursor = lines[4]
         .strip_prefix("# next_cursor: ")
         .unwrap_or_else(|| panic!("no cursor line in {csv}"));
-    let (status, body) = controller
-        .call(Method::GET, &format!("{path}?limit=3&after={cursor}"), None)
+    let body = controller
+        .expect(
+            Method::GET,
+            &format!("{path}?limit=3&after={cursor}"),
+            None,
+            200,
+        )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(ports(&body), vec![6004, 6005], "{body}");
     controller.stop().await;
 }

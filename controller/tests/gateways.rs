@@ -50,28 +50,25 @@ fn public_of(private_key: &str) -> String {
     STANDARD.encode(public.as_bytes())
 }
 
-async fn expect(
-    controller: &TestController,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-    status: u16,
-) -> Value {
-    let (got, answer) = controller.call_as(token, method.clone(), path, body).await;
-    assert_eq!(got, status, "{method} {path}: {answer}");
-    answer
+/// A gateway on `node` listening on `listen_port`.
+fn gateway(node: &str, listen_port: u32) -> Value {
+    json!({"node": node, "listen_port": listen_port})
 }
 
-/// (status, field) of a refused platform create.
-async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
-    let (status, body) = controller
+/// Creates platform `bad` over n1 and n2 with `gateway`; status and body.
+async fn create_bad(controller: &TestController, gateway: Value) -> (u16, Value) {
+    controller
         .call(
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
         )
-        .await;
+        .await
+}
+
+/// (status, field) of a refused platform create.
+async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
+    let (status, body) = create_bad(controller, gateway).await;
     (
         status,
         body["error"]["field"].as_str().unwrap_or("").to_string(),
@@ -82,46 +79,15 @@ async fn refused(controller: &TestController, gateway: Value) -> (u16, String) {
 async fn bad_gateways_name_the_field_and_create_nothing() {
     let (_dir, controller, _n1, _n2) = start().await;
     node(&controller, "n3", "198.51.100.3").await;
-    for (gateway, status, field, says) in [
-        (
-            json!({"node": "n1", "listen_port": 0}),
-            422,
-            "gateway.listen_port",
-            "out of range",
-        ),
-        (
-            json!({"node": "n1", "listen_port": 70000}),
-            422,
-            "gateway.listen_port",
-            "out of range",
-        ),
-        (
-            json!({"node": "n9", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "no node named",
-        ),
-        (
-            json!({"node": "n2", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "public_address",
-        ),
-        (
-            json!({"node": "n3", "listen_port": 51820}),
-            422,
-            "gateway.node",
-            "not one of",
-        ),
+    for (gateway, field, says) in [
+        (gateway("n1", 0), "gateway.listen_port", "out of range"),
+        (gateway("n1", 70000), "gateway.listen_port", "out of range"),
+        (gateway("n9", 51820), "gateway.node", "no node named"),
+        (gateway("n2", 51820), "gateway.node", "public_address"),
+        (gateway("n3", 51820), "gateway.node", "not one of"),
     ] {
-        let (got, body) = controller
-            .call(
-                Method::POST,
-                "/v1/platforms",
-                Some(json!({"name": "bad", "nodes": ["n1", "n2"], "gateway": gateway})),
-            )
-            .await;
-        assert_eq!(got, status, "{gateway}: {body}");
+        let (got, body) = create_bad(&controller, gateway.clone()).await;
+        assert_eq!(got, 422, "{gateway}: {body}");
         assert_eq!(body["error"]["field"], field, "{gateway}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{gateway}: {message}");
@@ -131,88 +97,66 @@ async fn bad_gateways_name_the_field_and_create_nothing() {
         assert_eq!(missing, 404, "a refused platform must not exist");
     }
 
-    let first = expect(
-        &controller,
-        &controller.admin_token,
-        Method::POST,
-        "/v1/platforms",
-        Some(
+    let first = controller
+        .create(
+            "/v1/platforms",
             json!({"name": "a", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}),
-        ),
-        201,
-    )
-    .await;
+        )
+        .await;
     assert_eq!(first["gateway_endpoint"], format!("{PUBLIC}:51820"));
     assert_eq!(
-        refused(&controller, json!({"node": "n1", "listen_port": 51820})).await,
+        refused(&controller, gateway("n1", 51820)).await,
         (409, "gateway.listen_port".to_string())
     );
     // The same port on another node is free.
-    expect(
-        &controller,
-        &controller.admin_token,
-        Method::POST,
-        "/v1/platforms",
-        Some(
+    controller
+        .create(
+            "/v1/platforms",
             json!({"name": "b", "nodes": ["n3"], "gateway": {"node": "n3", "listen_port": 51820}}),
-        ),
-        201,
-    )
-    .await;
+        )
+        .await;
 
     // A peer needs a well-formed public key; nothing is added otherwise.
     for (key, says) in [
         (STANDARD.encode([1u8; 31]), "31 bytes"),
         ("***".to_string(), "base64"),
     ] {
-        let body = expect(
-            &controller,
-            &controller.admin_token,
-            Method::POST,
-            "/v1/platforms/a/peers",
-            Some(json!({"name": "laptop", "public_key": key})),
-            422,
-        )
-        .await;
+        let body = controller
+            .expect(
+                Method::POST,
+                "/v1/platforms/a/peers",
+                Some(json!({"name": "laptop", "public_key": key})),
+                422,
+            )
+            .await;
         assert_eq!(body["error"]["field"], "public_key", "{body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(says));
     }
-    let body = expect(
-        &controller,
-        &controller.admin_token,
-        Method::POST,
-        "/v1/platforms/a/peers",
-        Some(json!({"name": "Not A Label"})),
-        422,
-    )
-    .await;
+    let body = controller
+        .expect(
+            Method::POST,
+            "/v1/platforms/a/peers",
+            Some(json!({"name": "Not A Label"})),
+            422,
+        )
+        .await;
     assert_eq!(body["error"]["field"], "name", "{body}");
-    let list = expect(
-        &controller,
-        &controller.admin_token,
-        Method::GET,
-        "/v1/platforms/a/peers",
-        None,
-        200,
-    )
-    .await;
+    let list = controller
+        .expect(Method::GET, "/v1/platforms/a/peers", None, 200)
+        .await;
     assert_eq!(list["peers"], json!([]));
 }
 
 #[tokio::test]
 async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     let (dir, controller, n1, n2) = start().await;
-    let admin = controller.admin_token.clone();
-    let platform = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "lab", "nodes": ["n1", "n2"],
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-        201,
-    )
-    .await;
+    let platform = controller
+        .create(
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1", "n2"],
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
+        )
+        .await;
     let subnet = platform["subnet"].as_str().unwrap().to_string();
     let first_host = subnet.replace(".0/24", ".1");
     assert_eq!(platform["gateway"], first_host);
@@ -248,15 +192,12 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
 
     // A generated key pair: the private key is in this answer only.
     let generation = controller.desired_state(&n1).await.generation;
-    let created = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "laptop", "request_id": "peer-1"})),
-        201,
-    )
-    .await;
+    let created = controller
+        .create(
+            "/v1/platforms/lab/peers",
+            json!({"name": "laptop", "request_id": "peer-1"}),
+        )
+        .await;
     let private_key = created["private_key"].as_str().unwrap().to_string();
     assert_eq!(
         public_of(&private_key),
@@ -277,40 +218,28 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
             "{line:?} not in\n{config}"
         );
     }
-    let replay = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "laptop", "request_id": "peer-1"})),
-        201,
-    )
-    .await;
+    let replay = controller
+        .create(
+            "/v1/platforms/lab/peers",
+            json!({"name": "laptop", "request_id": "peer-1"}),
+        )
+        .await;
     assert_eq!(replay["id"], created["id"]);
     assert!(replay.get("private_key").is_none(), "{replay}");
-    let fetched = expect(
-        &controller,
-        &admin,
-        Method::GET,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        200,
-    )
-    .await;
+    let fetched = controller
+        .expect(Method::GET, "/v1/platforms/lab/peers/laptop", None, 200)
+        .await;
     assert!(fetched.get("private_key").is_none());
     assert!(!fetched["config"].as_str().unwrap().contains("PrivateKey"));
 
     // A researcher's own key.
     let own_key = STANDARD.encode([42u8; 32]);
-    let own = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "desk", "public_key": own_key})),
-        201,
-    )
-    .await;
+    let own = controller
+        .create(
+            "/v1/platforms/lab/peers",
+            json!({"name": "desk", "public_key": own_key}),
+        )
+        .await;
     assert!(own.get("private_key").is_none(), "{own}");
     assert_eq!(own["tunnel_address"], "100.96.0.3/32");
 
@@ -334,15 +263,9 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     assert!(controller.desired_state(&n2).await.gateways.is_empty());
 
     // Removing a peer bumps the gateway node's generation and drops it.
-    expect(
-        &controller,
-        &admin,
-        Method::DELETE,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        200,
-    )
-    .await;
+    controller
+        .expect(Method::DELETE, "/v1/platforms/lab/peers/laptop", None, 200)
+        .await;
     let after = controller.desired_state(&n1).await;
     assert!(after.generation > with_peers.generation);
     let left: Vec<&str> = after.gateways[0]
@@ -353,16 +276,12 @@ async fn peers_reach_only_the_gateway_node_and_private_keys_stay_put() {
     assert_eq!(left, vec![own_key.as_str()]);
 
     // No private key in any API answer, event or on disk (the peer's) .
-    let listed = expect(&controller, &admin, Method::GET, "/v1/platforms", None, 200).await;
-    let events = expect(
-        &controller,
-        &admin,
-        Method::GET,
-        "/v1/events?limit=1000",
-        None,
-        200,
-    )
-    .await;
+    let listed = controller
+        .expect(Method::GET, "/v1/platforms", None, 200)
+        .await;
+    let events = controller
+        .expect(Method::GET, "/v1/events?limit=1000", None, 200)
+        .await;
     for text in [listed.to_string(), events.to_string()] {
         assert!(!text.contains(&gateway.private_key));
         assert!(!text.contains(&private_key));
@@ -389,9 +308,7 @@ async fn only_the_platforms_tenant_writers_add_peers() {
     let member = controller.tenant_token("t1", "t1-member", "member").await;
     let viewer = controller.tenant_token("t1", "t1-viewer", "viewer").await;
     let other = controller.tenant_token("t2", "t2-owner", "owner").await;
-    expect(
-        &controller,
-        &member,
+    controller.expect_as(&member,
         Method::POST,
         "/v1/platforms",
         Some(json!({"name": "lab", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51000}})),
@@ -399,15 +316,15 @@ async fn only_the_platforms_tenant_writers_add_peers() {
     )
     .await;
     let peer = Some(json!({"name": "laptop"}));
-    let denied = expect(
-        &controller,
-        &viewer,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        peer.clone(),
-        403,
-    )
-    .await;
+    let denied = controller
+        .expect_as(
+            &viewer,
+            Method::POST,
+            "/v1/platforms/lab/peers",
+            peer.clone(),
+            403,
+        )
+        .await;
     assert!(
         denied["error"]["message"]
             .as_str()
@@ -415,179 +332,134 @@ async fn only_the_platforms_tenant_writers_add_peers() {
             .contains("role member"),
         "{denied}"
     );
-    expect(
-        &controller,
-        &other,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        peer.clone(),
-        404,
-    )
-    .await;
-    expect(
-        &controller,
-        &other,
-        Method::GET,
-        "/v1/platforms/lab/peers",
-        None,
-        404,
-    )
-    .await;
-    expect(
-        &controller,
-        &member,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        peer,
-        201,
-    )
-    .await;
-    expect(
-        &controller,
-        &other,
-        Method::DELETE,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        404,
-    )
-    .await;
-    expect(
-        &controller,
-        &viewer,
-        Method::DELETE,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        403,
-    )
-    .await;
-    let seen = expect(
-        &controller,
-        &viewer,
-        Method::GET,
-        "/v1/platforms/lab/peers",
-        None,
-        200,
-    )
-    .await;
+    controller
+        .expect_as(
+            &other,
+            Method::POST,
+            "/v1/platforms/lab/peers",
+            peer.clone(),
+            404,
+        )
+        .await;
+    controller
+        .expect_as(&other, Method::GET, "/v1/platforms/lab/peers", None, 404)
+        .await;
+    controller
+        .expect_as(&member, Method::POST, "/v1/platforms/lab/peers", peer, 201)
+        .await;
+    controller
+        .expect_as(
+            &other,
+            Method::DELETE,
+            "/v1/platforms/lab/peers/laptop",
+            None,
+            404,
+        )
+        .await;
+    controller
+        .expect_as(
+            &viewer,
+            Method::DELETE,
+            "/v1/platforms/lab/peers/laptop",
+            None,
+            403,
+        )
+        .await;
+    let seen = controller
+        .expect_as(&viewer, Method::GET, "/v1/platforms/lab/peers", None, 200)
+        .await;
     assert_eq!(seen["peers"][0]["name"], "laptop");
     // The viewer cannot set a gateway either.
-    expect(
-        &controller,
-        &viewer,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"gateway": null})),
-        403,
-    )
-    .await;
+    controller
+        .expect_as(
+            &viewer,
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"gateway": null})),
+            403,
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     let (_dir, controller, n1, _n2) = start().await;
-    let admin = controller.admin_token.clone();
     node(&controller, "n3", "198.51.100.3").await;
-    let created = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "lab", "nodes": ["n1", "n3"],
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-        201,
-    )
-    .await;
-    expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "laptop"})),
-        201,
-    )
-    .await;
+    let created = controller
+        .create(
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1", "n3"],
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
+        )
+        .await;
+    controller
+        .create("/v1/platforms/lab/peers", json!({"name": "laptop"}))
+        .await;
 
-    let moved = expect(
-        &controller,
-        &admin,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"gateway": {"node": "n3", "listen_port": 51821}})),
-        200,
-    )
-    .await;
+    let moved = controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"gateway": {"node": "n3", "listen_port": 51821}})),
+            200,
+        )
+        .await;
     assert_eq!(moved["gateway_endpoint"], "198.51.100.3:51821");
     assert_eq!(moved["gateway_public_key"], created["gateway_public_key"]);
     assert_eq!(moved["tunnel_network"], created["tunnel_network"]);
     assert!(controller.desired_state(&n1).await.gateways.is_empty());
-    let peer = expect(
-        &controller,
-        &admin,
-        Method::GET,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        200,
-    )
-    .await;
+    let peer = controller
+        .expect(Method::GET, "/v1/platforms/lab/peers/laptop", None, 200)
+        .await;
     assert_eq!(peer["endpoint"], "198.51.100.3:51821");
 
     // The gateway's node stays a member while it runs the gateway.
-    let body = expect(
-        &controller,
-        &admin,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"nodes": ["n1"]})),
-        409,
-    )
-    .await;
+    let body = controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"nodes": ["n1"]})),
+            409,
+        )
+        .await;
     assert_eq!(body["error"]["field"], "nodes", "{body}");
 
-    let body = expect(
-        &controller,
-        &admin,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"gateway": null})),
-        409,
-    )
-    .await;
+    let body = controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"gateway": null})),
+            409,
+        )
+        .await;
     assert_eq!(body["error"]["field"], "gateway", "{body}");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("laptop"));
-    expect(
-        &controller,
-        &admin,
-        Method::DELETE,
-        "/v1/platforms/lab/peers/laptop",
-        None,
-        200,
-    )
-    .await;
-    let gone = expect(
-        &controller,
-        &admin,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"gateway": null})),
-        200,
-    )
-    .await;
+    controller
+        .expect(Method::DELETE, "/v1/platforms/lab/peers/laptop", None, 200)
+        .await;
+    let gone = controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"gateway": null})),
+            200,
+        )
+        .await;
     assert_eq!(
         (gone["gateway"].clone(), gone["gateway_endpoint"].clone()),
         (Value::Null, Value::Null)
     );
-    let body = expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "laptop"})),
-        409,
-    )
-    .await;
+    let body = controller
+        .expect(
+            Method::POST,
+            "/v1/platforms/lab/peers",
+            Some(json!({"name": "laptop"})),
+            409,
+        )
+        .await;
     assert!(
         body["error"]["message"]
             .as_str()
@@ -597,42 +469,22 @@ async fn the_gateway_moves_in_place_and_goes_only_without_peers() {
     );
 
     // Deleting a platform takes its gateway and peers with it: the port is free again.
-    expect(
-        &controller,
-        &admin,
-        Method::PATCH,
-        "/v1/platforms/lab",
-        Some(json!({"gateway": {"node": "n1", "listen_port": 51820}})),
-        200,
-    )
-    .await;
-    expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms/lab/peers",
-        Some(json!({"name": "laptop"})),
-        201,
-    )
-    .await;
-    expect(
-        &controller,
-        &admin,
-        Method::DELETE,
-        "/v1/platforms/lab",
-        None,
-        200,
-    )
-    .await;
+    controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/lab",
+            Some(json!({"gateway": {"node": "n1", "listen_port": 51820}})),
+            200,
+        )
+        .await;
+    controller
+        .create("/v1/platforms/lab/peers", json!({"name": "laptop"}))
+        .await;
+    controller
+        .expect(Method::DELETE, "/v1/platforms/lab", None, 200)
+        .await;
     assert!(controller.desired_state(&n1).await.gateways.is_empty());
-    expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}})),
-        201,
-    )
+    controller.create("/v1/platforms", json!({"name": "again", "nodes": ["n1"], "gateway": {"node": "n1", "listen_port": 51820}}))
     .await;
 }
 
@@ -657,16 +509,13 @@ async fn report(
 
 /// Platform `lab` on `nodes` with its gateway on n1; returns its id.
 async fn lab_with_gateway(controller: &TestController, nodes: &[&str]) -> String {
-    let created = expect(
-        controller,
-        &controller.admin_token,
-        Method::POST,
-        "/v1/platforms",
-        Some(json!({"name": "lab", "nodes": nodes,
-                    "gateway": {"node": "n1", "listen_port": 51820}})),
-        201,
-    )
-    .await;
+    let created = controller
+        .create(
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": nodes,
+                    "gateway": {"node": "n1", "listen_port": 51820}}),
+        )
+        .await;
     assert_eq!(created["gateway_status"]["state"], "pending", "{created}");
     created["id"].as_str().unwrap().to_string()
 }
@@ -681,15 +530,9 @@ fn gateway_status(platform_id: &str, state: &str, message: &str) -> GatewayStatu
 
 /// (state, message) of the platform's gateway as the API shows it.
 async fn shown_state(controller: &TestController, token: &str) -> (String, String) {
-    let platform = expect(
-        controller,
-        token,
-        Method::GET,
-        "/v1/platforms/lab",
-        None,
-        200,
-    )
-    .await;
+    let platform = controller
+        .expect_as(token, Method::GET, "/v1/platforms/lab", None, 200)
+        .await;
     let status = &platform["gateway_status"];
     (
         status["state"].as_str().unwrap_or("").to_string(),
@@ -699,15 +542,9 @@ async fn shown_state(controller: &TestController, token: &str) -> (String, Strin
 
 /// Events of `reason` the caller sees, their messages in order.
 async fn events(controller: &TestController, token: &str, reason: &str) -> Vec<String> {
-    let body = expect(
-        controller,
-        token,
-        Method::GET,
-        "/v1/events?limit=1000",
-        None,
-        200,
-    )
-    .await;
+    let body = controller
+        .expect_as(token, Method::GET, "/v1/events?limit=1000", None, 200)
+        .await;
     body["events"]
         .as_array()
         .unwrap()
@@ -775,10 +612,7 @@ async fn the_gateway_state_is_what_its_node_reports() {
 
     // Moved: what the old node said no longer holds.
     node(&controller, "n3", "198.51.100.3").await;
-    expect(
-        &controller,
-        &admin,
-        Method::PATCH,
+    controller.expect(Method::PATCH,
         "/v1/platforms/lab",
         Some(json!({"nodes": ["n1", "n2", "n3"], "gateway": {"node": "n3", "listen_port": 51820}})),
         200,
@@ -799,15 +633,9 @@ async fn a_gateway_node_is_not_deleted_and_revoking_it_fails_its_gateways() {
 
     // Refused like a node with VMs, naming the gateway's platform and what
     // to do (removing n1 from `nodes` would be refused too).
-    let body = expect(
-        &controller,
-        &admin,
-        Method::DELETE,
-        "/v1/nodes/n1",
-        None,
-        409,
-    )
-    .await;
+    let body = controller
+        .expect(Method::DELETE, "/v1/nodes/n1", None, 409)
+        .await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("runs the WireGuard gateway of platform(s) lab")
@@ -817,15 +645,9 @@ async fn a_gateway_node_is_not_deleted_and_revoking_it_fails_its_gateways() {
     assert_eq!(shown_state(&controller, &admin).await.0, "ready");
 
     // Revoking is not refused; the gateway then says it is down, and why.
-    expect(
-        &controller,
-        &admin,
-        Method::POST,
-        "/v1/nodes/n1/revoke",
-        None,
-        200,
-    )
-    .await;
+    controller
+        .expect(Method::POST, "/v1/nodes/n1/revoke", None, 200)
+        .await;
     let (state, message) = shown_state(&controller, &admin).await;
     assert_eq!(state, "failed");
     assert!(message.contains("node n1 was revoked"), "{message}");

@@ -11,7 +11,6 @@ use common::{heartbeat_request, TestController};
 use measurelab_api::client::ProgramUpload;
 use measurelab_api::node_v1::node_service_client::NodeServiceClient;
 use measurelab_api::node_v1::{FetchProgramRequest, RegisterResponse};
-use reqwest::Method;
 use serde_json::json;
 use sha2::Digest;
 use tonic::transport::Channel;
@@ -47,14 +46,12 @@ async fn largest_program_deployed(
         })
         .await
         .unwrap();
-    let (status, deployment) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/deployments",
-            Some(json!({"program": "largest", "vms": ["p/mscs"]})),
+            json!({"program": "largest", "vms": ["p/mscs"]}),
         )
         .await;
-    assert_eq!(status, 201, "{deployment}");
     (n1, program.id, sha256)
 }
 
@@ -76,8 +73,7 @@ fn fetch(node: &RegisterResponse, program_id: &str) -> FetchProgramRequest {
 
 #[tokio::test]
 async fn the_default_response_cap_carries_a_program_of_the_largest_size_to_an_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, program_id, sha256) = largest_program_deployed(&controller, dir.path()).await;
     let blob = agent_client(&controller)
         .await

@@ -381,15 +381,13 @@ async fn unknown_node_and_bad_query_are_json_errors() {
 /// event, each oldest first, and together they are the whole journal.
 #[tokio::test]
 async fn events_page_backwards_from_the_newest() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     for k in 0..5 {
         controller.register(&format!("n{k}"), "").await;
     }
-    let (status, all) = controller
-        .call(Method::GET, "/v1/events?limit=1000", None)
+    let all = controller
+        .expect(Method::GET, "/v1/events?limit=1000", None, 200)
         .await;
-    assert_eq!(status, 200, "{all}");
     let all: EventList = serde_json::from_value(all).unwrap();
     let ids: Vec<i64> = all.events.iter().map(|event| event.id).collect();
     assert!(

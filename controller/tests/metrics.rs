@@ -55,21 +55,15 @@ async fn scrape(controller: &TestController, token: &str) -> (u16, String, Strin
 
 #[tokio::test]
 async fn metrics_follow_requests_heartbeats_nodes_and_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     controller.register("n2", "").await;
     controller.create_platform("p", &["n1", "n2"]).await;
     controller.create_vm("mscs", "p", "n1").await;
     controller.create_vm("point", "p", "n2").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tasks",
-            Some(common::task_body("loss", "p", "once")),
-        )
+    controller
+        .create("/v1/tasks", common::task_body("loss", "p", "once"))
         .await;
-    assert_eq!(status, 201, "{body}");
 
     let mut grpc = controller.grpc().await;
     for sequence in 1..=3 {
@@ -95,10 +89,7 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
                 "point", 1000, loss, delay_us, 25.0,
             )],
         );
-        let (status, stored) = controller
-            .call(Method::POST, "/v1/results", Some(run))
-            .await;
-        assert_eq!(status, 201, "{stored}");
+        controller.create("/v1/results", run).await;
     }
 
     let (status, content_type, text) = scrape(&controller, &controller.admin_token).await;
@@ -190,10 +181,9 @@ async fn metrics_follow_requests_heartbeats_nodes_and_results() {
     );
 
     // The task's series leave with it.
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/tasks/loss", None)
+    controller
+        .expect(Method::DELETE, "/v1/tasks/loss", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     let (_, _, after) = scrape(&controller, &controller.admin_token).await;
     assert!(!after.contains("task=\"loss\""), "{after}");
 
@@ -276,8 +266,7 @@ async fn until_depth(controller: &TestController, what: &str, check: impl Fn(f64
 #[tokio::test]
 async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
     const QUEUED: usize = 5;
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     assert_eq!(write_queue_depth(&controller).await, 0.0);
 
@@ -326,19 +315,16 @@ async fn the_write_queue_depth_counts_commands_held_behind_the_writer() {
 /// never inside a tenant.
 #[tokio::test]
 async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.create_platform("p1", &["n1"]).await;
 
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(serde_json::json!({"name": "prometheus", "role": "metrics"})),
+            serde_json::json!({"name": "prometheus", "role": "metrics"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(body["role"], "metrics", "{body}");
     assert!(body["tenant_id"].is_null(), "{body}");
     let scraper = body["secret"].as_str().unwrap().to_string();
@@ -346,10 +332,9 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
     let (status, _, text) = scrape(&controller, &scraper).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("measurelab_nodes"), "{text}");
-    let (status, whoami) = controller
-        .call_as(&scraper, Method::GET, "/v1/whoami", None)
+    let whoami = controller
+        .expect_as(&scraper, Method::GET, "/v1/whoami", None, 200)
         .await;
-    assert_eq!(status, 200, "{whoami}");
     assert_eq!(whoami["role"], "metrics", "{whoami}");
 
     // Reads and writes of every kind, the operator's and a tenant's.
@@ -385,23 +370,23 @@ async fn a_metrics_token_scrapes_and_can_do_nothing_else() {
 
     // Who may create one: not a tenant's owner; not inside a tenant.
     let owner = controller.tenant_token("t1", "o", "owner").await;
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &owner,
             Method::POST,
             "/v1/tokens",
             Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
-    let (status, answer) = controller
-        .call(
+    let answer = controller
+        .expect(
             Method::POST,
             "/v1/tokens",
             Some(serde_json::json!({"name": "scrape", "role": "metrics", "tenant": "t1"})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["field"], "tenant", "{answer}");
     // The provider's plan-time diagnostic says the same (Role::tenant_refusal).
     let message = answer["error"]["message"].as_str().unwrap_or_default();

@@ -106,10 +106,9 @@ async fn join_token_alone_cannot_take_over_a_node_until_an_operator_approves() {
     assert_eq!(refusals, 1);
 
     // Approval lets exactly the next attempt through, with a new secret.
-    let (status, approved) = controller
-        .call(Method::POST, "/v1/nodes/n1/approve", None)
+    let approved = controller
+        .expect(Method::POST, "/v1/nodes/n1/approve", None, 200)
         .await;
-    assert_eq!(status, 200, "{approved}");
     assert!(approved["approved_at"].is_string(), "{approved}");
     let taken = register_with(&controller, &join, "n1", "", "")
         .await
@@ -131,18 +130,14 @@ async fn join_token_alone_cannot_take_over_a_node_until_an_operator_approves() {
 
     // Nothing to approve for a node without a pending request.
     controller.register("n2", "").await;
-    let (status, body) = controller
-        .call(Method::POST, "/v1/nodes/n2/approve", None)
+    controller
+        .expect(Method::POST, "/v1/nodes/n2/approve", None, 404)
         .await;
-    assert_eq!(status, 404, "{body}");
     controller.stop().await;
 }
 
 async fn create_token(controller: &TestController, body: serde_json::Value) -> (String, String) {
-    let (status, created) = controller
-        .call(Method::POST, "/v1/join_tokens", Some(body))
-        .await;
-    assert_eq!(status, 201, "{created}");
+    let created = controller.create("/v1/join_tokens", body).await;
     (
         created["join_token"]["id"].as_str().unwrap().to_string(),
         created["secret"].as_str().unwrap().to_string(),
@@ -213,14 +208,14 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
     assert!(status.message().contains("expired"), "{status:?}");
 
     let (revoked_id, revoked) = create_token(&controller, json!({})).await;
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::DELETE,
             &format!("/v1/join_tokens/{revoked_id}"),
             None,
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "revoked");
     let status = register_with(&controller, &revoked, "f", "", "")
         .await
@@ -252,14 +247,14 @@ async fn join_tokens_are_per_node_single_use_expiring_and_revocable() {
         .collect();
     assert_eq!(names, ["a", "c"]);
 
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/join_tokens",
             Some(json!({"ttl_seconds": 60, "expires_at": "2999-01-01T00:00:00Z"})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "ttl_seconds");
     controller.stop().await;
 }
@@ -328,45 +323,39 @@ async fn delete_is_refused_while_vms_are_placed_on_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let controller = TestController::start(dir.path(), LONG).await;
     controller.register("n1", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    controller.create_platform("p", &["n1"]).await;
+    controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "v1", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 128, "appliance": "namespace", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
 
-    let (status, body) = controller.call(Method::DELETE, "/v1/nodes/n1", None).await;
-    assert_eq!(status, 409, "{body}");
+    let body = controller
+        .expect(Method::DELETE, "/v1/nodes/n1", None, 409)
+        .await;
     assert!(
         body["error"]["message"].as_str().unwrap().contains("p/v1"),
         "{body}"
     );
     controller.node("n1").await;
 
-    let (status, body) = controller
-        .call(Method::DELETE, "/v1/vms/p%2Fv1?force=true", None)
+    controller
+        .expect(Method::DELETE, "/v1/vms/p%2Fv1?force=true", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = controller
-        .call(Method::PATCH, "/v1/platforms/p", Some(json!({"nodes": []})))
+    controller
+        .expect(
+            Method::PATCH,
+            "/v1/platforms/p",
+            Some(json!({"nodes": []})),
+            200,
+        )
         .await;
-    assert_eq!(status, 200, "{body}");
 
-    let (status, body) = controller.call(Method::DELETE, "/v1/nodes/n1", None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = controller
+        .expect(Method::DELETE, "/v1/nodes/n1", None, 200)
+        .await;
     assert_eq!(body["name"], "n1");
     let (status, _) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(status, 404);
@@ -386,14 +375,14 @@ async fn reported_labels_never_change_operator_labels() {
     assert_eq!(node.labels, node.reported_labels);
     assert_eq!(node.labels["rack"], "r1");
 
-    let (status, body) = controller
-        .call(
+    controller
+        .expect(
             Method::PATCH,
             "/v1/nodes/n1",
             Some(json!({"labels": {"role": "probe"}})),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
 
     // The agent restarts claiming another role and rack.
     let mut again = register_request(&controller.join_token, "n1", &first.node_id);

@@ -19,8 +19,7 @@ fn assert_conforms(document: &Value, schema: &str, value: &Value) {
 
 #[tokio::test]
 async fn bodies_match_the_published_schemas() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (_, document) = controller.call(Method::GET, "/v1/openapi.json", None).await;
     controller.register("n1", "").await;
 

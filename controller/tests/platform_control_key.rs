@@ -49,8 +49,7 @@ struct Parties {
 
 impl Parties {
     async fn start() -> Parties {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        let (dir, controller) = TestController::fresh().await;
         Parties {
             n1: controller.register("n1", "").await,
             member: controller.tenant_token("t1", "ci", "member").await,
@@ -99,10 +98,15 @@ async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
 
     // Owners and members read it; a viewer sees the platform but not the key;
     // another tenant does not see the platform at all.
-    let (status, lab_key) = controller
-        .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
+    let lab_key = controller
+        .expect_as(
+            &member,
+            Method::GET,
+            "/v1/platforms/lab/control-key",
+            None,
+            200,
+        )
         .await;
-    assert_eq!(status, 200, "{lab_key}");
     let (_, lab) = controller
         .call_as(&member, Method::GET, "/v1/platforms/lab", None)
         .await;
@@ -113,15 +117,25 @@ async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
         secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
         "{secret}"
     );
-    let (status, body) = controller
-        .call_as(&viewer, Method::GET, "/v1/platforms/lab/control-key", None)
+    let body = controller
+        .expect_as(
+            &viewer,
+            Method::GET,
+            "/v1/platforms/lab/control-key",
+            None,
+            403,
+        )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert!(!body.to_string().contains(&secret));
-    let (status, body) = controller
-        .call_as(&other, Method::GET, "/v1/platforms/lab/control-key", None)
+    controller
+        .expect_as(
+            &other,
+            Method::GET,
+            "/v1/platforms/lab/control-key",
+            None,
+            404,
+        )
         .await;
-    assert_eq!(status, 404, "{body}");
     let (_, second_key) = controller
         .call_as(
             &member,
@@ -146,15 +160,15 @@ async fn a_platform_key_reaches_its_program_runs_and_only_its_members() {
         let controller = &controller;
         let member = &member;
         async move {
-            let (status, body) = controller
-                .call_as(
+            let body = controller
+                .expect_as(
                     member,
                     Method::POST,
                     "/v1/deployments",
                     Some(json!({"program": "mcast", "vms": vms, "env": env})),
+                    201,
                 )
                 .await;
-            assert_eq!(status, 201, "{body}");
             body
         }
     };
@@ -250,15 +264,15 @@ async fn rotating_a_platform_key_replaces_it_in_every_run() {
         json!({"name": "mcast", "content_base64": program}),
     )
     .await;
-    let (status, deployment) = controller
-        .call_as(
+    let deployment = controller
+        .expect_as(
             &member,
             Method::POST,
             "/v1/deployments",
             Some(json!({"program": "mcast", "vms": ["lab/mscs"], "env": {"ROLE": "mscs"}})),
+            201,
         )
         .await;
-    assert_eq!(status, 201, "{deployment}");
     let deployment_id = deployment["id"].as_str().unwrap().to_string();
     let (_, first) = controller
         .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
@@ -267,14 +281,12 @@ async fn rotating_a_platform_key_replaces_it_in_every_run() {
     let old = first["control_key"].as_str().unwrap().to_string();
 
     let rotate = "/v1/platforms/lab/control-key/rotate";
-    let (status, body) = controller
-        .call_as(&viewer, Method::POST, rotate, Some(json!({})))
+    controller
+        .expect_as(&viewer, Method::POST, rotate, Some(json!({})), 403)
         .await;
-    assert_eq!(status, 403, "{body}");
-    let (status, body) = controller
-        .call_as(&other, Method::POST, rotate, Some(json!({})))
+    controller
+        .expect_as(&other, Method::POST, rotate, Some(json!({})), 404)
         .await;
-    assert_eq!(status, 404, "{body}");
     let (_, unchanged) = controller
         .call_as(&member, Method::GET, "/v1/platforms/lab/control-key", None)
         .await;
@@ -282,10 +294,9 @@ async fn rotating_a_platform_key_replaces_it_in_every_run() {
     assert_eq!(unchanged["version"], 1);
 
     let request = json!({"request_id": "rotate-1"});
-    let (status, rotated) = controller
-        .call_as(&member, Method::POST, rotate, Some(request.clone()))
+    let rotated = controller
+        .expect_as(&member, Method::POST, rotate, Some(request.clone()), 200)
         .await;
-    assert_eq!(status, 200, "{rotated}");
     let new = rotated["control_key"].as_str().unwrap().to_string();
     assert!(
         new.len() == 64 && new.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -301,10 +312,9 @@ async fn rotating_a_platform_key_replaces_it_in_every_run() {
 
     // A retry of the same request: the recorded answer, without the key,
     // and no second rotation.
-    let (status, replay) = controller
-        .call_as(&member, Method::POST, rotate, Some(request))
+    let replay = controller
+        .expect_as(&member, Method::POST, rotate, Some(request), 200)
         .await;
-    assert_eq!(status, 200, "{replay}");
     assert_eq!(replay["control_key"], "", "a replay never shows a key");
     assert_eq!(replay["version"], 2);
     let (_, current) = controller

@@ -76,8 +76,7 @@ fn report(
 
 #[tokio::test]
 async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
@@ -87,10 +86,9 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
     let points_of = |p: &str| format!("/v1/platforms/{p}/points");
 
     // Nothing reported yet.
-    let (status, body) = controller
-        .call_as(&alice, Method::GET, &points_of(&platform), None)
+    let body = controller
+        .expect_as(&alice, Method::GET, &points_of(&platform), None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["reported_at"], Value::Null, "{body}");
     assert_eq!(body["points"], json!([]), "{body}");
 
@@ -108,10 +106,9 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
     .unwrap();
     // By id and by name (the caller's own "lab").
     for key in [platform.as_str(), "lab"] {
-        let (status, body) = controller
-            .call_as(&alice, Method::GET, &points_of(key), None)
+        let body = controller
+            .expect_as(&alice, Method::GET, &points_of(key), None, 200)
             .await;
-        assert_eq!(status, 200, "{body}");
         assert_eq!(body["platform"], platform.as_str());
         assert_eq!(body["reported_by"], "mscs");
         assert!(body["reported_at"].is_string(), "{body}");
@@ -131,15 +128,13 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
 
     // Another tenant: alice's platform is not found, and bob's own "lab" has
     // no list (the two tenants' platforms share a name and a node).
-    let (status, body) = controller
-        .call_as(&bob, Method::GET, &points_of(&platform), None)
+    let body = controller
+        .expect_as(&bob, Method::GET, &points_of(&platform), None, 404)
         .await;
-    assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found", "{body}");
-    let (status, body) = controller
-        .call_as(&bob, Method::GET, &points_of("lab"), None)
+    let body = controller
+        .expect_as(&bob, Method::GET, &points_of("lab"), None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["platform"], bobs_platform.as_str());
     assert_eq!(body["points"], json!([]), "{body}");
     let (status, _) = controller
@@ -217,15 +212,15 @@ async fn the_point_list_is_the_platforms_tenants_checked_and_replaced_whole() {
     assert_eq!(body["points"][0]["state"], "active");
 
     // The MSCS's VM gone: its list goes with it.
-    let (status, body) = controller
-        .call_as(
+    controller
+        .expect_as(
             &alice,
             Method::DELETE,
             &format!("/v1/vms/{vm}?force=true"),
             None,
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let (_, body) = controller
         .call_as(&alice, Method::GET, &points_of(&platform), None)
         .await;

@@ -28,8 +28,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_program_file_arrives_whole_in_the_named_tenant_and_other_content_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.tenant_token("lab-a", "setup", "member").await;
     // Several of reqwest's and hyper's chunks, and not a multiple of them.
     let content = program_bytes(3 * 1024 * 1024 + 17);
@@ -49,15 +48,13 @@ async fn a_program_file_arrives_whole_in_the_named_tenant_and_other_content_is_r
     // The controller's digest and size of what it received.
     assert_eq!(program.sha256, sha256);
     assert_eq!(program.size_bytes, content.len() as u64);
-    let (status, tenant) = controller
-        .call(Method::GET, "/v1/tenants/lab-a", None)
+    let tenant = controller
+        .expect(Method::GET, "/v1/tenants/lab-a", None, 200)
         .await;
-    assert_eq!(status, 200, "{tenant}");
     assert_eq!(program.tenant_id, tenant["id"].as_str().unwrap());
-    let (status, programs) = controller
-        .call(Method::GET, "/v1/programs?tenant=default", None)
+    let programs = controller
+        .expect(Method::GET, "/v1/programs?tenant=default", None, 200)
         .await;
-    assert_eq!(status, 200, "{programs}");
     assert_eq!(programs["programs"].as_array().unwrap().len(), 0);
 
     // The same request again is answered from the idempotency record.

@@ -6,8 +6,8 @@ mod common;
 use base64::Engine;
 use common::TestController;
 use measurelab_api::node_v1::{
-    FetchProgramRequest, PollTasksRequest, PostResultRequest, ProgramRunStatus, RegisterResponse,
-    StatusReport,
+    FetchProgramRequest, PollTasksRequest, PostResultRequest, ProgramRunStatus, RegisterRequest,
+    RegisterResponse, StatusReport,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -17,27 +17,16 @@ async fn slice(
 ) -> (RegisterResponse, RegisterResponse, String, String) {
     let n1 = controller.register("n1", "").await;
     let n2 = controller.register("n2", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1", "n2"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("p", &["n1", "n2"]).await;
     let mut ids = Vec::new();
     for (name, node) in [("mscs", "n1"), ("point", "n2")] {
-        let (status, vm) = controller
-            .call(
-                Method::POST,
+        let vm = controller
+            .create(
                 "/v1/vms",
-                Some(
-                    json!({"name": name, "platform": "p", "node": node, "vcpus": 1,
+                json!({"name": name, "platform": "p", "node": node, "vcpus": 1,
                             "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-                ),
             )
             .await;
-        assert_eq!(status, 201, "{vm}");
         ids.push(vm["id"].as_str().unwrap().to_string());
     }
     let point = ids.pop().unwrap();
@@ -47,20 +36,19 @@ async fn slice(
 
 #[tokio::test]
 async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (n1, n2, mscs, _point) = slice(&controller).await;
     let content = b"#!/bin/sh\necho measuring\n".to_vec();
     let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
 
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/programs",
             Some(json!({"name": "probe", "content_base64": encoded, "sha256": "00"})),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "sha256");
     let (status, body) = controller
         .call(
@@ -71,14 +59,12 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "content_base64");
-    let (status, program) = controller
-        .call(
-            Method::POST,
+    let program = controller
+        .create(
             "/v1/programs",
-            Some(json!({"name": "probe", "content_base64": encoded})),
+            json!({"name": "probe", "content_base64": encoded}),
         )
         .await;
-    assert_eq!(status, 201, "{program}");
     assert_eq!(program["size_bytes"], content.len());
     assert_eq!(program["sha256"].as_str().unwrap().len(), 64);
     // Re-uploading the same content is harmless; other content under the name is not.
@@ -110,14 +96,7 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "vms[1]");
-    let (status, deployment) = controller
-        .call(
-            Method::POST,
-            "/v1/deployments",
-            Some(json!({"program": "probe", "vms": ["p/mscs"], "args": ["--fast"], "env": {"ROLE": "mscs"}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{deployment}");
+    let deployment = controller.create("/v1/deployments", json!({"program": "probe", "vms": ["p/mscs"], "args": ["--fast"], "env": {"ROLE": "mscs"}})).await;
     assert_eq!(deployment["runs"][0]["status"], "pending");
     assert_eq!(deployment["runs"][0]["vm"], "p/mscs");
     let deployment_id = deployment["id"].as_str().unwrap().to_string();
@@ -250,6 +229,59 @@ async fn programs_are_deployed_fetched_by_their_nodes_only_and_report_back() {
     controller.stop().await;
 }
 
+/// A registration of node `name` whose service host listens on `endpoint`
+/// and speaks control protocol `version` (`None`: an agent from before
+/// the protocol had versions).
+fn service_host_registration(
+    controller: &TestController,
+    name: &str,
+    endpoint: &str,
+    version: Option<u32>,
+) -> RegisterRequest {
+    let mut request = common::register_request(&controller.join_token, name, "");
+    if let Some(caps) = request.capabilities.as_mut() {
+        caps.service_endpoint = endpoint.into();
+        caps.control_protocol_version = version;
+    }
+    request
+}
+
+/// A measurement among service hosts on `nodes` to group `group`.
+fn service_host_task(name: &str, nodes: &[&str], schedule: &str, group: &str) -> Value {
+    json!({"name": name, "mode": "service_host", "nodes": nodes, "schedule": schedule,
+           "rate_pps": 10, "packet_size_bytes": 100, "group": group, "port": 6000,
+           "ttl": 2, "ssm": true})
+}
+
+/// Waits (10 s at most) until the store marks task `name` running, which
+/// happens off the path of the poll that started it.
+async fn wait_until_running(controller: &TestController, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while controller.client().get_task(name).await.unwrap().status != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {name} never marked running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A result of `task_id` posted by `node` as if relayed from VM `vm_id`.
+fn post_result_request(
+    node: &RegisterResponse,
+    vm_id: &str,
+    task_id: &str,
+    document: &Value,
+) -> PostResultRequest {
+    PostResultRequest {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        vm_id: vm_id.to_string(),
+        task_id: task_id.to_string(),
+        document_json: document.to_string(),
+    }
+}
+
 fn result_document(started_at: &str, loss: f64) -> Value {
     common::result_document(
         None,
@@ -260,8 +292,7 @@ fn result_document(started_at: &str, loss: f64) -> Value {
 
 #[tokio::test]
 async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, n2, mscs, point) = slice(&controller).await;
 
     let task = json!({"name": "loss", "mode": "platform", "platform": "p", "schedule": "periodic",
@@ -283,8 +314,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
         assert_eq!(status, 422, "{change} -> {answer}");
         assert_eq!(answer["error"]["field"], expected, "{change} -> {answer}");
     }
-    let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
-    assert_eq!(status, 201, "{created}");
+    let created = controller.create("/v1/tasks", task).await;
     assert_eq!(created["status"], "pending");
     let task_id = created["id"].as_str().unwrap().to_string();
 
@@ -305,14 +335,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     assert_eq!(spec.group, "239.1.2.3");
     assert_eq!(spec.status, "running", "what the guest sees");
     // The store follows off the poll's path (PollTasks only reads).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while controller.client().get_task("loss").await.unwrap().status != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task never marked running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_running(&controller, "loss").await;
     // A VM of another node is not n1's to poll for.
     let err = controller
         .grpc()
@@ -330,13 +353,12 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let ack = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            &mscs,
+            &task_id,
+            &result_document("2026-01-01T10:00:00Z", 0.1),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -344,13 +366,12 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let err = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n2.node_id.clone(),
-            node_secret: n2.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: result_document("2026-01-01T10:01:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n2,
+            &mscs,
+            &task_id,
+            &result_document("2026-01-01T10:01:00Z", 0.1),
+        ))
         .await
         .unwrap_err();
     assert_eq!(
@@ -365,13 +386,7 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     let err = controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: task_id.clone(),
-            document_json: bad.to_string(),
-        })
+        .post_result(post_result_request(&n1, &mscs, &task_id, &bad))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -381,28 +396,28 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
         "{}",
         err.message()
     );
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             &format!("/v1/results?task={task_id}"),
             Some(bad),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "receivers[0].metrics.packets_lost");
     let mut partial = result_document("2026-01-01T10:03:00Z", 0.1);
     partial["receivers"][0]["metrics"]
         .as_object_mut()
         .unwrap()
         .remove("quantiles_exact");
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             &format!("/v1/results?task={task_id}"),
             Some(partial),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(
         body["error"]["field"],
         "receivers[0].metrics.quantiles_exact"
@@ -413,18 +428,14 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
     ] {
         let mut document = result_document(started, loss);
         document["task_id"] = json!(task_id);
-        let (status, stored) = controller
-            .call(Method::POST, "/v1/results", Some(document))
-            .await;
-        assert_eq!(status, 201, "{stored}");
+        controller.create("/v1/results", document).await;
     }
     // The relay may repeat a POST after a crash: the run id absorbs it.
     let mut repeat = result_document("2026-01-01T10:05:00Z", 0.2);
     repeat["task_id"] = json!(task_id);
-    let (status, first) = controller
-        .call(Method::POST, "/v1/results", Some(repeat.clone()))
+    let first = controller
+        .expect(Method::POST, "/v1/results", Some(repeat.clone()), 200)
         .await;
-    assert_eq!(status, 200, "{first}");
     let (status, again) = controller
         .call(Method::POST, "/v1/results", Some(repeat))
         .await;
@@ -538,40 +549,44 @@ async fn tasks_are_polled_by_the_platform_and_results_form_a_history() {
 
 #[tokio::test]
 async fn service_host_tasks_reach_the_listed_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     // n1 runs a current agent; n2 one of release 0.1.0, which reports no
     // control protocol version.
-    let with_service_host = |name: &str, endpoint: &str, version: Option<u32>| {
-        let mut request = common::register_request(&controller.join_token, name, "");
-        if let Some(caps) = request.capabilities.as_mut() {
-            caps.service_endpoint = endpoint.into();
-            caps.control_protocol_version = version;
-        }
-        request
-    };
     let mut grpc = controller.grpc().await;
     let n1 = grpc
-        .register(with_service_host("n1", "10.253.0.11:7090", Some(2)))
+        .register(service_host_registration(
+            &controller,
+            "n1",
+            "10.253.0.11:7090",
+            Some(2),
+        ))
         .await
         .unwrap()
         .into_inner();
     let n2 = grpc
-        .register(with_service_host("n2", "10.253.0.12:7090", None))
+        .register(service_host_registration(
+            &controller,
+            "n2",
+            "10.253.0.12:7090",
+            None,
+        ))
         .await
         .unwrap()
         .into_inner();
     controller.register("n3", "").await;
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n3"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task(
+                "quick",
+                &["n1", "n3"],
+                "once",
+                "232.1.1.1",
+            )),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "nodes[1]");
     assert!(
         body["error"]["message"]
@@ -580,27 +595,21 @@ async fn service_host_tasks_reach_the_listed_nodes() {
             .contains("no service host"),
         "{body}"
     );
-    let (status, body) = controller
-        .call(
+    let body = controller
+        .expect(
             Method::POST,
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            Some(service_host_task("quick", &["n1"], "once", "232.1.1.1")),
+            422,
         )
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "nodes");
-    let (status, task) = controller
-        .call(
-            Method::POST,
+    let task = controller
+        .create(
             "/v1/tasks",
-            Some(json!({"name": "quick", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "once",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.1", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            service_host_task("quick", &["n1", "n2"], "once", "232.1.1.1"),
         )
         .await;
-    assert_eq!(status, 201, "{task}");
     assert_eq!(task["interval_seconds"], 300);
     assert_eq!(task["duration_seconds"], 30);
     let state = controller.desired_state(&n1).await;
@@ -643,16 +652,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
         assert!(!body.to_string().contains(&key), "{path} shows the key");
     }
     // Another task, another key.
-    let (status, other) = controller
-        .call(
-            Method::POST,
+    let other = controller
+        .create(
             "/v1/tasks",
-            Some(json!({"name": "other", "mode": "service_host", "nodes": ["n1", "n2"], "schedule": "periodic",
-                        "rate_pps": 10, "packet_size_bytes": 100, "group": "232.1.1.2", "port": 6000,
-                        "ttl": 2, "ssm": true})),
+            service_host_task("other", &["n1", "n2"], "periodic", "232.1.1.2"),
         )
         .await;
-    assert_eq!(status, 201, "{other}");
     let state = controller.desired_state(&n1).await;
     let other_key = state
         .service_tasks
@@ -669,13 +674,12 @@ async fn service_host_tasks_reach_the_listed_nodes() {
     controller
         .grpc()
         .await
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: String::new(),
-            task_id: "quick".into(),
-            document_json: result_document("2026-02-01T00:00:00Z", 0.0).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            "",
+            "quick",
+            &result_document("2026-02-01T00:00:00Z", 0.0),
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -695,32 +699,23 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let mut grpc = controller.grpc().await;
     for (name, endpoint) in [
         ("n1", "10.253.0.11:7090"),
         ("n2", "10.253.0.12:7090"),
         ("n3", "10.253.0.13:7090"),
     ] {
-        let mut request = common::register_request(&controller.join_token, name, "");
-        if let Some(caps) = request.capabilities.as_mut() {
-            caps.service_endpoint = endpoint.into();
-        }
-        grpc.register(request).await.unwrap();
+        grpc.register(service_host_registration(&controller, name, endpoint, None))
+            .await
+            .unwrap();
     }
-    let (status, task) = controller
-        .call(
-            Method::POST,
+    controller
+        .create(
             "/v1/tasks",
-            Some(
-                json!({"name": "trees", "mode": "service_host", "nodes": ["n1", "n2", "n3"],
-                        "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
-                        "group": "232.1.1.1", "port": 6000, "ttl": 2, "ssm": true}),
-            ),
+            service_host_task("trees", &["n1", "n2", "n3"], "once", "232.1.1.1"),
         )
         .await;
-    assert_eq!(status, 201, "{task}");
 
     // Service hosts are named like their node; the run is simulated with 8 % loss on
     // n2's uplink. The controller must work the tree out itself: the posted document
@@ -735,14 +730,9 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     let mut document = simulate::document(&tree, &run);
     document.tree = None;
     document.task_id = Some("trees".into());
-    let (status, stored) = controller
-        .call(
-            Method::POST,
-            "/v1/results",
-            Some(serde_json::to_value(&document).unwrap()),
-        )
+    let stored = controller
+        .create("/v1/results", serde_json::to_value(&document).unwrap())
         .await;
-    assert_eq!(status, 201, "{stored}");
     let stored = &stored["document"];
     assert_eq!(
         stored["tree"],
@@ -781,10 +771,9 @@ async fn stored_runs_get_their_tree_and_bottlenecks() {
     let mut broken = serde_json::to_value(&document).unwrap();
     broken["run_id"] = json!("broken");
     broken["receivers"][1]["receipts"] = json!({"encoding": "runs", "probes": 20000, "runs": [5]});
-    let (status, body) = controller
-        .call(Method::POST, "/v1/results", Some(broken))
+    let body = controller
+        .expect(Method::POST, "/v1/results", Some(broken), 422)
         .await;
-    assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "receivers[1].receipts");
     controller.stop().await;
 }
@@ -797,17 +786,9 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
     use measurelab_inference::simulate::{self, LinkModel};
     use measurelab_inference::tree::{distribution_tree, Placement};
 
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("p", &["n1"]).await;
     let task = |name: &str, extra: serde_json::Value| {
         let mut body = json!({"name": name, "mode": "platform", "platform": "p",
             "schedule": "once", "rate_pps": 10, "packet_size_bytes": 100,
@@ -837,23 +818,20 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
         );
     }
 
-    let (status, default) = controller
-        .call(Method::POST, "/v1/tasks", Some(task("default", json!({}))))
+    let default = controller
+        .create("/v1/tasks", task("default", json!({})))
         .await;
-    assert_eq!(status, 201, "{default}");
     assert_eq!(default["bottleneck_loss_threshold"], 0.01);
     assert_eq!(default["bottleneck_delay_stddev_us"], 1000.0);
-    let (status, lenient) = controller
-        .call(
-            Method::POST,
+    let lenient = controller
+        .create(
             "/v1/tasks",
-            Some(task(
+            task(
                 "lenient",
                 json!({"bottleneck_loss_threshold": 0.10, "bottleneck_delay_stddev_us": 50}),
-            )),
+            ),
         )
         .await;
-    assert_eq!(status, 201, "{lenient}");
     assert_eq!(lenient["bottleneck_loss_threshold"], 0.10);
 
     let at = |point, node| Placement { point, node };
@@ -869,14 +847,9 @@ async fn a_tasks_bottleneck_thresholds_decide_what_is_reported() {
     for (name, expected) in [("default", vec!["uplink:n2"]), ("lenient", vec![])] {
         let mut document = simulate::document(&tree, &run);
         document.task_id = Some(name.into());
-        let (status, stored) = controller
-            .call(
-                Method::POST,
-                "/v1/results",
-                Some(serde_json::to_value(&document).unwrap()),
-            )
+        let stored = controller
+            .create("/v1/results", serde_json::to_value(&document).unwrap())
             .await;
-        assert_eq!(status, 201, "{stored}");
         let links: Vec<&str> = stored["document"]["bottlenecks"]
             .as_array()
             .unwrap()
@@ -908,20 +881,15 @@ fn vm_status(vm_id: &str, state: &str) -> measurelab_api::node_v1::VmStatus {
 #[tokio::test]
 async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
     use measurelab_api::node_v1::{GuestReport, LogLine};
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, point) = slice(&controller).await;
-    let (status, gone) = controller
-        .call(
-            Method::POST,
+    let gone = controller
+        .create(
             "/v1/vms",
-            Some(
-                json!({"name": "gone", "platform": "p", "node": "n1", "vcpus": 1,
+            json!({"name": "gone", "platform": "p", "node": "n1", "vcpus": 1,
                         "memory_mib": 64, "appliance": "namespace", "power_state": "running"}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{gone}");
     let gone = gone["id"].as_str().unwrap().to_string();
     let (status, body) = controller
         .call(Method::DELETE, &format!("/v1/vms/{gone}"), None)
@@ -1031,24 +999,15 @@ async fn report_items_are_refused_one_by_one_and_the_rest_applied() {
 /// is refused.
 #[tokio::test]
 async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (n1, _n2, mscs, _point) = slice(&controller).await;
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "q", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    controller.create_platform("q", &["n1"]).await;
     for (name, platform) in [("mine", "p"), ("theirs", "q")] {
         let task = json!({"name": name, "mode": "platform", "platform": platform,
                           "schedule": "periodic", "interval_seconds": 60, "duration_seconds": 5,
                           "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3",
                           "port": 5000, "ttl": 4});
-        let (status, created) = controller.call(Method::POST, "/v1/tasks", Some(task)).await;
-        assert_eq!(status, 201, "{created}");
+        controller.create("/v1/tasks", task).await;
     }
     let poll = || PollTasksRequest {
         node_id: n1.node_id.clone(),
@@ -1058,14 +1017,7 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
     let mut grpc = controller.grpc().await;
     let first = grpc.poll_tasks(poll()).await.unwrap().into_inner();
     assert_eq!(first.tasks_json.len(), 1, "only the VM's platform's task");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while controller.client().get_task("mine").await.unwrap().status != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task never marked running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_running(&controller, "mine").await;
 
     let write_lock = common::db::WriteLock::take(dir.path());
     for _ in 0..20 {
@@ -1081,13 +1033,12 @@ async fn polls_only_read_and_results_for_other_platforms_tasks_are_refused() {
 
     let theirs = controller.client().get_task("theirs").await.unwrap();
     let err = grpc
-        .post_result(PostResultRequest {
-            node_id: n1.node_id.clone(),
-            node_secret: n1.node_secret.clone(),
-            vm_id: mscs.clone(),
-            task_id: theirs.id.clone(),
-            document_json: result_document("2026-01-01T10:00:00Z", 0.1).to_string(),
-        })
+        .post_result(post_result_request(
+            &n1,
+            &mscs,
+            &theirs.id,
+            &result_document("2026-01-01T10:00:00Z", 0.1),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");

@@ -26,8 +26,7 @@ fn vm(name: &str, vcpus: u32, memory_mib: u64) -> Value {
 }
 
 async fn vm_names(controller: &TestController) -> Vec<String> {
-    let (status, list) = controller.call(Method::GET, "/v1/vms", None).await;
-    assert_eq!(status, 200, "{list}");
+    let list = controller.expect(Method::GET, "/v1/vms", None, 200).await;
     let mut names: Vec<String> = list["vms"]
         .as_array()
         .unwrap()
@@ -41,8 +40,7 @@ async fn vm_names(controller: &TestController) -> Vec<String> {
 /// The test node reports 2 CPUs and 4096 MiB total, 1024 MiB used.
 #[tokio::test]
 async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let node = controller.node("n1").await;
     assert_eq!((node.cpu_overcommit, node.memory_overcommit), (16.0, 1.0));
@@ -76,35 +74,24 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     assert_eq!(node.labels.get("rack").map(String::as_str), Some("r1"));
 
     // Labels are a complete set, as before; the ratios ride along.
-    let (status, answer) = controller
-        .call(
+    let answer = controller
+        .expect(
             Method::PATCH,
             "/v1/nodes/n1",
             Some(json!({"labels": {"rack": "r1"}, "cpu_overcommit": 2.0})),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["cpu_overcommit"], 2.0);
     assert_eq!(answer["memory_overcommit"], 1.0, "an absent ratio is kept");
 
-    let (status, platform) = controller
-        .call(
-            Method::POST,
-            "/v1/platforms",
-            Some(json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{platform}");
+    controller.create_platform("p", &["n1"]).await;
 
     // 2 CPUs × 2.0 = 4 vCPUs.
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("a", 3, 128)))
+    controller.create("/v1/vms", vm("a", 3, 128)).await;
+    let answer = controller
+        .expect(Method::POST, "/v1/vms", Some(vm("b", 2, 128)), 422)
         .await;
-    assert_eq!(status, 201, "{answer}");
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("b", 2, 128)))
-        .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "vcpus");
     assert!(
         message(&answer).contains(
@@ -112,10 +99,9 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
         ),
         "{answer}"
     );
-    let (status, answer) = controller
-        .call(Method::PATCH, "/v1/vms/a", Some(json!({"vcpus": 5})))
+    let answer = controller
+        .expect(Method::PATCH, "/v1/vms/a", Some(json!({"vcpus": 5})), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
     assert!(
         message(&answer).contains("has 3 of 4 vCPUs") && message(&answer).contains("2 more"),
         "{answer}"
@@ -127,24 +113,20 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
     // 4096 MiB × 1.5 = 6144 MiB may be promised, more than the node has
     // free: with memory overcommitted only the placed VMs count. 3.0 leaves
     // vCPUs to spare, so memory is what refuses.
-    let (status, answer) = controller
-        .call(
+    controller
+        .expect(
             Method::PATCH,
             "/v1/nodes/n1",
             Some(
                 json!({"labels": {"rack": "r1"}, "memory_overcommit": 1.5, "cpu_overcommit": 3.0}),
             ),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{answer}");
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("c", 1, 5000)))
+    controller.create("/v1/vms", vm("c", 1, 5000)).await;
+    let answer = controller
+        .expect(Method::POST, "/v1/vms", Some(vm("d", 1, 1100)), 422)
         .await;
-    assert_eq!(status, 201, "{answer}");
-    let (status, answer) = controller
-        .call(Method::POST, "/v1/vms", Some(vm("d", 1, 1100)))
-        .await;
-    assert_eq!(status, 422, "{answer}");
     assert_eq!(field(&answer), "memory_mib");
     assert!(
         message(&answer).contains(
@@ -184,29 +166,23 @@ async fn node_overcommit_ratios_bound_vcpus_and_memory_and_survive_a_restart() {
 
 /// A tenant with `quota` and a member token of it; returns the token.
 async fn tenant_with_quota(controller: &TestController, tenant: &str, quota: Value) -> String {
-    let (status, body) = controller
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(json!({"name": tenant, "quota": quota})),
-        )
+    controller
+        .create("/v1/tenants", json!({"name": tenant, "quota": quota}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = controller
-        .call(
-            Method::POST,
+    let body = controller
+        .create(
             "/v1/tokens",
-            Some(json!({"name": "ci", "role": "member", "tenant": tenant})),
+            json!({"name": "ci", "role": "member", "tenant": tenant}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     body["secret"].as_str().unwrap().to_string()
 }
 
 /// Names in `GET path` (a list under `key`) as the tenant sees them.
 async fn names(controller: &TestController, token: &str, path: &str, key: &str) -> Vec<String> {
-    let (status, list) = controller.call_as(token, Method::GET, path, None).await;
-    assert_eq!(status, 200, "{list}");
+    let list = controller
+        .expect_as(token, Method::GET, path, None, 200)
+        .await;
     let mut names: Vec<String> = list[key]
         .as_array()
         .unwrap()
@@ -232,8 +208,7 @@ fn assert_quota_refusal(status: u16, answer: &Value, expected_field: Option<&str
 
 #[tokio::test]
 async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let token = tenant_with_quota(
         &controller,
@@ -428,8 +403,7 @@ async fn every_tenant_quota_refuses_growth_past_it_and_nothing_is_half_created()
 
 #[tokio::test]
 async fn concurrent_creates_racing_for_the_last_unit_of_quota_admit_exactly_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let token =
         tenant_with_quota(&controller, "t1", json!({"max_platforms": 2, "max_vms": 1})).await;

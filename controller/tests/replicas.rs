@@ -35,15 +35,7 @@ fn leader_locks(url: &str) -> i64 {
 
 /// `measurelab_controller_leader` in the replica's `/metrics`.
 async fn leader_gauge(replica: &TestController) -> i64 {
-    let text = reqwest::Client::new()
-        .get(replica.url("/metrics"))
-        .bearer_auth(&replica.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = replica.metrics_text().await;
     let line = text
         .lines()
         .find(|l| l.starts_with("measurelab_controller_leader "))
@@ -55,11 +47,7 @@ async fn leader_gauge(replica: &TestController) -> i64 {
 }
 
 async fn replica(dir: &std::path::Path, url: &str, offline_after: Duration) -> TestController {
-    TestController::start_with(dir, |config| {
-        config.store_url = Some(url.to_string());
-        config.offline_after = offline_after;
-    })
-    .await
+    TestController::start_replica(dir, url, |config| config.offline_after = offline_after).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,10 +140,8 @@ async fn a_node_registered_or_revoked_through_one_replica_is_known_to_the_other(
     let b = replica(dir_b.path(), db.url(), long).await;
     // B started from an empty data dir and took A's tokens from the
     // database: an operator's token and a node's join token work at both.
-    let (status, body) = b
-        .call_as(&a.admin_token, reqwest::Method::GET, "/v1/nodes", None)
+    b.expect_as(&a.admin_token, reqwest::Method::GET, "/v1/nodes", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(b.join_token, a.join_token);
 
     // Registered through A after B loaded its image: B takes its heartbeats.
@@ -226,14 +212,7 @@ async fn a_desired_state_change_through_one_replica_wakes_the_agent_streaming_fr
     let first = next_hint(&mut hints).await.unwrap().unwrap().unwrap();
     assert_eq!(first.desired_generation, 0);
 
-    let (status, body) = a
-        .call(
-            reqwest::Method::POST,
-            "/v1/platforms",
-            Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    a.create_platform("p", &["n1"]).await;
     let pushed = next_hint(&mut hints)
         .await
         .expect("B pushed the change A committed")
@@ -261,8 +240,7 @@ async fn an_appliance_file_uploaded_through_one_replica_is_served_by_those_shari
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let long = Duration::from_secs(60);
     let sharing = |dir| {
-        TestController::start_with(dir, |config| {
-            config.store_url = Some(db.url().to_string());
+        TestController::start_replica(dir, db.url(), |config| {
             config.offline_after = long;
             config.appliance_dir = Some(shared.path().to_path_buf());
         })
@@ -336,10 +314,13 @@ async fn a_token_made_or_revoked_through_one_replica_counts_at_the_other() {
         .find(|t| t["name"] == "alice")
         .unwrap_or_else(|| panic!("alice in {list}"));
     let id = listed["id"].as_str().unwrap().to_string();
-    let (status, body) = a
-        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    a.expect(
+        reqwest::Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        None,
+        200,
+    )
+    .await;
     eventually("B refuses the token A revoked", || async {
         status_at_b().await == 401
     })
@@ -373,9 +354,8 @@ async fn flows_collected_by_either_replica_are_read_through_both() {
         )
     };
     let sharing = |dir, port: u16| {
-        let (url, root) = (db.url().to_string(), root.clone());
-        TestController::start_with(dir, move |config| {
-            config.store_url = Some(url);
+        let root = root.clone();
+        TestController::start_replica(dir, db.url(), move |config| {
             config.offline_after = Duration::from_secs(60);
             config.flow_dir = Some(root);
             let mut collector = measurelab_controller::FlowCollectorConfig::new(SocketAddr::from(
@@ -392,14 +372,12 @@ async fn flows_collected_by_either_replica_are_read_through_both() {
     let mut request = common::register_request(&a.join_token, "n1", "");
     request.management_address = "127.0.0.1".into();
     a.grpc().await.register(request).await.unwrap();
-    let (status, platform) = a
-        .call(
-            reqwest::Method::POST,
+    let platform = a
+        .create(
             "/v1/platforms",
-            Some(serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true})),
+            serde_json::json!({"name": "watched", "nodes": ["n1"], "flow_monitoring": true}),
         )
         .await;
-    assert_eq!(status, 201, "{platform}");
     let subnet: Ipv4Addr = platform["subnet"]
         .as_str()
         .and_then(|s| s.split('/').next())

@@ -11,13 +11,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// POST as `token`, expecting 201; returns the body.
-async fn create(controller: &TestController, token: &str, path: &str, body: Value) -> Value {
-    let (status, answer) = controller
-        .call_as(token, Method::POST, path, Some(body))
-        .await;
-    assert_eq!(status, 201, "POST {path}: {answer}");
-    answer
+/// `POST /v1/tokens` as `token`, whatever the answer; returns status and body.
+async fn mint_token(controller: &TestController, token: &str, body: Value) -> (u16, Value) {
+    controller
+        .call_as(token, Method::POST, "/v1/tokens", Some(body))
+        .await
 }
 
 fn id(value: &Value) -> String {
@@ -36,57 +34,56 @@ struct World {
 }
 
 async fn build_world(controller: &TestController, token: &str, started_at: &str) -> World {
-    let platform = create(
-        controller,
-        token,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1", "n2"]}),
-    )
-    .await;
-    let qos = create(
-        controller,
-        token,
-        "/v1/qos_policies",
-        json!({"name": "slow", "ingress_max_kbps": 1000}),
-    )
-    .await;
-    let vm = create(
-        controller,
-        token,
-        "/v1/vms",
-        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+    let platform = controller
+        .create_as(
+            token,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1", "n2"]}),
+        )
+        .await;
+    let qos = controller
+        .create_as(
+            token,
+            "/v1/qos_policies",
+            json!({"name": "slow", "ingress_max_kbps": 1000}),
+        )
+        .await;
+    let vm = controller
+        .create_as(
+            token,
+            "/v1/vms",
+            json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
                "appliance": "namespace", "power_state": "running", "qos_policy": "slow"}),
-    )
-    .await;
+        )
+        .await;
     let content = base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\necho hi\n");
-    let program = create(
-        controller,
-        token,
-        "/v1/programs",
-        json!({"name": "prog", "content_base64": content}),
-    )
-    .await;
-    let deployment = create(
-        controller,
-        token,
-        "/v1/deployments",
-        json!({"program": "prog", "vms": [id(&vm)]}),
-    )
-    .await;
-    let task = create(
-        controller,
-        token,
-        "/v1/tasks",
-        json!({"name": "loss", "mode": "platform", "platform": "lab", "schedule": "once",
+    let program = controller
+        .create_as(
+            token,
+            "/v1/programs",
+            json!({"name": "prog", "content_base64": content}),
+        )
+        .await;
+    let deployment = controller
+        .create_as(
+            token,
+            "/v1/deployments",
+            json!({"program": "prog", "vms": [id(&vm)]}),
+        )
+        .await;
+    let task = controller
+        .create_as(
+            token,
+            "/v1/tasks",
+            json!({"name": "loss", "mode": "platform", "platform": "lab", "schedule": "once",
                "rate_pps": 100, "packet_size_bytes": 200, "group": "239.1.2.3", "port": 5000,
                "ttl": 4}),
-    )
-    .await;
-    let document = result_document(Some(&id(&task)), started_at, Vec::new());
-    let (status, body) = controller
-        .call_as(token, Method::POST, "/v1/results", Some(document))
+        )
         .await;
-    assert_eq!(status, 201, "{body}");
+    let document = result_document(Some(&id(&task)), started_at, Vec::new());
+    controller
+        .expect_as(token, Method::POST, "/v1/results", Some(document), 201)
+        .await;
     World {
         platform: id(&platform),
         qos: id(&qos),
@@ -99,8 +96,7 @@ async fn build_world(controller: &TestController, token: &str, started_at: &str)
 
 #[tokio::test]
 async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
@@ -243,19 +239,18 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     );
     // Nor can bob post results into alice's task or name t1 for a create.
     let document = result_document(Some(&a.task), "2026-12-05T02:00:00Z", Vec::new());
-    let (status, answer) = controller
-        .call_as(&bob, Method::POST, "/v1/results", Some(document))
+    controller
+        .expect_as(&bob, Method::POST, "/v1/results", Some(document), 422)
         .await;
-    assert_eq!(status, 422, "{answer}");
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::POST,
             "/v1/qos_policies",
             Some(json!({"name": "sneaky", "ingress_max_kbps": 1, "tenant": "t1"})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
 
     // Events: bob sees his own objects' events, none of alice's, none of the nodes'.
     let (_, events) = controller
@@ -292,26 +287,25 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
         .await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(nodes["nodes"][0]["management_address"], "");
-    let (status, answer) = controller
-        .call_as(&bob, Method::GET, "/v1/nodes/n1/logs", None)
+    controller
+        .expect_as(&bob, Method::GET, "/v1/nodes/n1/logs", None, 403)
         .await;
-    assert_eq!(status, 403, "{answer}");
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::PATCH,
             "/v1/nodes/n1",
             Some(json!({"labels": {"mine": "yes"}})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
     // Appliances: a shared catalog everyone reads and only the operator extends.
     let (status, _) = controller
         .call_as(&bob, Method::GET, "/v1/appliances/namespace", None)
         .await;
     assert_eq!(status, 200);
-    let (status, answer) = controller
-        .call_as(
+    controller
+        .expect_as(
             &bob,
             Method::POST,
             "/v1/appliances",
@@ -320,9 +314,9 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
                     "kernel": "/etc/shadow", "initrd": "/etc/shadow", "min_memory_mib": 64,
                     "backends": ["libvirt"]}),
             ),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
 
     // Nothing of alice's changed.
     let (status, after) = controller
@@ -359,81 +353,76 @@ async fn tenants_see_only_their_own_objects_and_cannot_touch_the_others() {
     // The operator sees both; a name both tenants use is ambiguous.
     let (_, all) = controller.call(Method::GET, "/v1/platforms", None).await;
     assert_eq!(all["platforms"].as_array().unwrap().len(), 2);
-    let (status, answer) = controller
-        .call(Method::GET, "/v1/platforms/lab", None)
+    let answer = controller
+        .expect(Method::GET, "/v1/platforms/lab", None, 409)
         .await;
-    assert_eq!(status, 409, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("t1, t2") && message.contains("?tenant="),
         "{message}"
     );
-    let (status, answer) = controller
-        .call(Method::GET, "/v1/platforms/lab?tenant=t1", None)
+    let answer = controller
+        .expect(Method::GET, "/v1/platforms/lab?tenant=t1", None, 200)
         .await;
-    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["id"], a.platform.as_str());
     controller.stop().await;
 }
 
 #[tokio::test]
 async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let member = controller.tenant_token("t1", "ci", "member").await;
     let viewer = controller.tenant_token("t1", "dashboard", "viewer").await;
     let other = controller.tenant_token("t2", "other", "member").await;
-    create(
-        &controller,
-        &member,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"]}),
-    )
-    .await;
-    let foreign = create(
-        &controller,
-        &other,
-        "/v1/platforms",
-        json!({"name": "theirs", "nodes": ["n1"]}),
-    )
-    .await;
+    controller
+        .create_as(
+            &member,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"]}),
+        )
+        .await;
+    let foreign = controller
+        .create_as(
+            &other,
+            "/v1/platforms",
+            json!({"name": "theirs", "nodes": ["n1"]}),
+        )
+        .await;
 
-    let (status, body) = controller
-        .call_as(&viewer, Method::GET, "/v1/platforms/lab", None)
+    controller
+        .expect_as(&viewer, Method::GET, "/v1/platforms/lab", None, 200)
         .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = controller
-        .call_as(&viewer, Method::DELETE, "/v1/platforms/lab", None)
+    let body = controller
+        .expect_as(&viewer, Method::DELETE, "/v1/platforms/lab", None, 403)
         .await;
-    assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(
         body["error"]["message"],
         "deleting platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
     );
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &viewer,
             Method::PATCH,
             "/v1/platforms/lab",
             Some(json!({"flow_monitoring": true})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert_eq!(
         body["error"]["message"],
         "changing platform \"lab\" needs role member in tenant \"t1\"; token \"dashboard\" has role viewer"
     );
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &viewer,
             Method::POST,
             "/v1/platforms",
             Some(json!({"name": "more", "nodes": ["n1"]})),
+            403,
         )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -452,14 +441,12 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
         .await;
     assert_eq!(status, 404);
     // A viewer cannot mint tokens either (that is an owner's).
-    let (status, body) = controller
-        .call_as(
-            &viewer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "escalate", "role": "owner"})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &viewer,
+        json!({"name": "escalate", "role": "owner"}),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     // Nothing changed.
     let (_, list) = controller.call(Method::GET, "/v1/platforms", None).await;
@@ -474,19 +461,17 @@ async fn a_viewer_reads_but_every_write_is_refused_with_the_role_it_needs() {
 
 #[tokio::test]
 async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked_or_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (dir, controller) = TestController::fresh().await;
     let (status, _) = controller
         .call(Method::POST, "/v1/tenants", Some(json!({"name": "t1"})))
         .await;
     assert_eq!(status, 201);
-    let (status, created) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
-        )
-        .await;
+    let (status, created) = mint_token(
+        &controller,
+        &controller.admin_token,
+        json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"}),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     let bearer = created["secret"].as_str().unwrap().to_string();
     let token_id = id(&created);
@@ -494,13 +479,12 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     let secret = bearer.rsplit('_').next().unwrap().to_string();
 
     // Shown once: a replay of the create and every read leave it out.
-    let (status, replay) = controller
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"})),
-        )
-        .await;
+    let (status, replay) = mint_token(
+        &controller,
+        &controller.admin_token,
+        json!({"name": "ci", "role": "owner", "tenant": "t1", "request_id": "tok-1"}),
+    )
+    .await;
     assert_eq!(status, 201);
     assert_eq!(replay["id"], token_id.as_str());
     assert_eq!(replay["secret"], "");
@@ -529,10 +513,9 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(dump.as_deref(), Some("0"));
 
     // The token works, and its use is recorded.
-    let (status, whoami) = controller
-        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+    let whoami = controller
+        .expect_as(&bearer, Method::GET, "/v1/whoami", None, 200)
         .await;
-    assert_eq!(status, 200, "{whoami}");
     assert_eq!(whoami["token_name"], "ci");
     assert_eq!(whoami["role"], "owner");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -558,24 +541,20 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     assert_eq!(status, 401);
 
     // The owner mints a member token for its tenant, but not for another one.
-    let (status, body) = controller
-        .call_as(
-            &bearer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "short", "role": "member", "ttl_seconds": 1})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &bearer,
+        json!({"name": "short", "role": "member", "ttl_seconds": 1}),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let short = body["secret"].as_str().unwrap().to_string();
-    let (status, body) = controller
-        .call_as(
-            &bearer,
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "op", "role": "operator"})),
-        )
-        .await;
+    let (status, body) = mint_token(
+        &controller,
+        &bearer,
+        json!({"name": "op", "role": "operator"}),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
 
     // Expired: refused with the reason.
@@ -599,15 +578,13 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
     );
 
     // Revoked: refused with the reason; the record stays.
-    let (status, revoked) = controller
-        .call(Method::DELETE, &format!("/v1/tokens/{token_id}"), None)
+    let revoked = controller
+        .expect(Method::DELETE, &format!("/v1/tokens/{token_id}"), None, 200)
         .await;
-    assert_eq!(status, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
-    let (status, body) = controller
-        .call_as(&bearer, Method::GET, "/v1/whoami", None)
+    let body = controller
+        .expect_as(&bearer, Method::GET, "/v1/whoami", None, 401)
         .await;
-    assert_eq!(status, 401, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -624,20 +601,19 @@ async fn token_secrets_are_shown_once_stored_as_digests_and_refused_once_revoked
 
 #[tokio::test]
 async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     controller.register("n2", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
     build_world(&controller, &alice, "2026-12-05T01:00:00Z").await;
-    create(
-        &controller,
-        &bob,
-        "/v1/platforms",
-        json!({"name": "bobs", "nodes": ["n1"]}),
-    )
-    .await;
+    controller
+        .create_as(
+            &bob,
+            "/v1/platforms",
+            json!({"name": "bobs", "nodes": ["n1"]}),
+        )
+        .await;
 
     let rendered = controller.render_admin_page(&bob).await;
     assert_eq!(rendered["error"], "", "{rendered:#}");
@@ -658,8 +634,7 @@ async fn the_admin_page_with_a_tenant_token_shows_that_tenant_only() {
 /// and the node is still there and online afterwards.
 #[tokio::test]
 async fn node_identity_routes_are_the_operators_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let owner = controller.tenant_token("t1", "boss", "owner").await;
     let refused: [(Method, &str, Option<Value>); 7] = [
@@ -688,8 +663,9 @@ async fn node_identity_routes_are_the_operators_alone() {
     let (status, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(status, 200, "{node}");
     assert_eq!(node["status"], "online", "{node}");
-    let (status, tokens) = controller.call(Method::GET, "/v1/join_tokens", None).await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = controller
+        .expect(Method::GET, "/v1/join_tokens", None, 200)
+        .await;
     assert_eq!(tokens["join_tokens"], json!([]), "{tokens}");
 }
 
@@ -698,28 +674,29 @@ async fn node_identity_routes_are_the_operators_alone() {
 /// viewer cannot switch monitoring, and a node's export is the operator's.
 #[tokio::test]
 async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     controller.register("n1", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let viewer = controller.tenant_token("t1", "vera", "viewer").await;
     let owner = controller.tenant_token("t1", "boss", "owner").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
-    let platform = id(&create(
-        &controller,
-        &alice,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"], "flow_monitoring": true}),
-    )
-    .await);
+    let platform = id(&controller
+        .create_as(
+            &alice,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"], "flow_monitoring": true}),
+        )
+        .await);
     let flows = format!("/v1/platforms/{platform}/flows");
 
-    let (status, body) = controller.call_as(&bob, Method::GET, &flows, None).await;
-    assert_eq!(status, 404, "{body}");
+    let body = controller
+        .expect_as(&bob, Method::GET, &flows, None, 404)
+        .await;
     assert_eq!(body["error"]["code"], "not_found", "{body}");
     // Alice gets past the lookup: this controller runs no collector.
-    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
-    assert_eq!(status, 503, "{body}");
+    controller
+        .expect_as(&alice, Method::GET, &flows, None, 503)
+        .await;
 
     let off = json!({"flow_monitoring": false});
     let patch = format!("/v1/platforms/{platform}");
@@ -730,26 +707,30 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
             .await;
         assert_eq!(status, refusal, "{body}");
     }
-    let (status, body) = controller
-        .call_as(&alice, Method::PATCH, &patch, Some(off))
+    let body = controller
+        .expect_as(&alice, Method::PATCH, &patch, Some(off), 200)
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["flow_monitoring"], false, "{body}");
-    let (status, body) = controller.call_as(&alice, Method::GET, &flows, None).await;
-    assert_eq!(status, 409, "{body}");
+    controller
+        .expect_as(&alice, Method::GET, &flows, None, 409)
+        .await;
 
     let export = json!({"labels": {}, "flow_export": {"enabled": true, "protocol": "ipfix",
         "sampling": 64, "active_timeout_seconds": 30, "collector": null}});
-    let (status, body) = controller
-        .call_as(&owner, Method::PATCH, "/v1/nodes/n1", Some(export.clone()))
+    controller
+        .expect_as(
+            &owner,
+            Method::PATCH,
+            "/v1/nodes/n1",
+            Some(export.clone()),
+            403,
+        )
         .await;
-    assert_eq!(status, 403, "{body}");
     let (_, node) = controller.call(Method::GET, "/v1/nodes/n1", None).await;
     assert_eq!(node["flow_export"], Value::Null, "{node}");
-    let (status, node) = controller
-        .call(Method::PATCH, "/v1/nodes/n1", Some(export))
+    let node = controller
+        .expect(Method::PATCH, "/v1/nodes/n1", Some(export), 200)
         .await;
-    assert_eq!(status, 200, "{node}");
     assert_eq!(node["flow_export"]["protocol"], "ipfix", "{node}");
     assert_eq!(node["flow_export"]["sampling"], 64, "{node}");
 }
@@ -760,26 +741,25 @@ async fn flows_belong_to_the_platforms_tenant_and_export_to_the_operator() {
 #[tokio::test]
 async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     use measurelab_api::node_v1::{GuestReport, ResourceUsage, StatusReport};
-    let dir = tempfile::tempdir().unwrap();
-    let controller = TestController::start_with(dir.path(), |_| {}).await;
+    let (_dir, controller) = TestController::fresh().await;
     let n1 = controller.register("n1", "").await;
     let alice = controller.tenant_token("t1", "alice", "member").await;
     let bob = controller.tenant_token("t2", "bob", "member").await;
-    create(
-        &controller,
-        &alice,
-        "/v1/platforms",
-        json!({"name": "lab", "nodes": ["n1"]}),
-    )
-    .await;
-    let vm = id(&create(
-        &controller,
-        &alice,
-        "/v1/vms",
-        json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
+    controller
+        .create_as(
+            &alice,
+            "/v1/platforms",
+            json!({"name": "lab", "nodes": ["n1"]}),
+        )
+        .await;
+    let vm = id(&controller
+        .create_as(
+            &alice,
+            "/v1/vms",
+            json!({"name": "vm1", "platform": "lab", "node": "n1", "vcpus": 1, "memory_mib": 64,
                "appliance": "namespace", "power_state": "running"}),
-    )
-    .await);
+        )
+        .await);
 
     // Three heartbeats in one 10 s step, then one in the next: two rows.
     let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -815,12 +795,14 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
     }
 
     let path = format!("/v1/vms/{vm}/usage?step=10");
-    let (status, body) = controller.call_as(&bob, Method::GET, &path, None).await;
-    assert_eq!(status, 404, "{body}");
+    let body = controller
+        .expect_as(&bob, Method::GET, &path, None, 404)
+        .await;
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 
-    let (status, body) = controller.call_as(&alice, Method::GET, &path, None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = controller
+        .expect_as(&alice, Method::GET, &path, None, 200)
+        .await;
     assert_eq!(body["vm_id"], vm.as_str());
     assert_eq!(body["step_seconds"], 10);
     let samples = body["samples"].as_array().unwrap();
@@ -839,15 +821,15 @@ async fn vm_usage_is_stored_per_step_and_belongs_to_the_vms_tenant() {
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let (status, body) = controller
-        .call_as(
+    let body = controller
+        .expect_as(
             &alice,
             Method::GET,
             &format!("/v1/vms/{vm}/usage?step=60&since={since}"),
             None,
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["samples"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["samples"][0]["cpu_used_percent"], 20.0, "{body}");
 

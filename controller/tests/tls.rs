@@ -40,6 +40,16 @@ fn read(dir: &Path, name: &str) -> String {
         .to_string()
 }
 
+/// A certificate signing request for `key`, with no names of its own.
+fn csr_pem(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
 fn https_client(ca_pem: Option<&str>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
     if let Some(pem) = ca_pem {
@@ -102,6 +112,24 @@ impl TlsController {
         (&mut self.task).await.unwrap().unwrap();
     }
 
+    /// A request to the HTTPS API with the admin token, trusting the CA.
+    fn as_admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        https_client(Some(&self.ca_pem))
+            .request(method, format!("https://{}{path}", self.http))
+            .bearer_auth(&self.admin_token)
+    }
+
+    /// A revocation POSTed to `path` as the admin; panics unless it succeeds.
+    async fn revoke(&self, path: &str) -> reqwest::Response {
+        let revoked = self
+            .as_admin(reqwest::Method::POST, path)
+            .send()
+            .await
+            .unwrap();
+        assert!(revoked.status().is_success(), "{}", revoked.status());
+        revoked
+    }
+
     fn endpoint(&self, tls: ClientTlsConfig) -> Endpoint {
         Endpoint::from_shared(format!("https://{}", self.grpc))
             .unwrap()
@@ -122,12 +150,7 @@ impl TlsController {
     /// Register `name` with a fresh key; the certificate and key as an identity.
     async fn register(&self, name: &str) -> (RegisterResponse, Identity) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
+        let csr = csr_pem(&key);
         let mut request = common::register_request(&self.join_token, name, "");
         request.csr_pem = csr;
         let response = self
@@ -144,6 +167,17 @@ impl TlsController {
         let identity = Identity::from_pem(&response.node_cert_pem, key.serialize_pem());
         (response, identity)
     }
+}
+
+/// A TLS controller and node alpha, whose client (presenting alpha's
+/// certificate) has had one heartbeat answered.
+async fn alpha_heard_over_its_certificate(
+) -> (TlsController, RegisterResponse, NodeServiceClient<Channel>) {
+    let controller = TlsController::start().await;
+    let (alpha, identity) = controller.register("alpha").await;
+    let mut client = controller.grpc(Some(identity)).await;
+    client.heartbeat(heartbeat(&alpha)).await.unwrap();
+    (controller, alpha, client)
 }
 
 fn heartbeat(registered: &RegisterResponse) -> HeartbeatRequest {
@@ -179,9 +213,8 @@ async fn an_https_client_without_the_ca_is_refused() {
         "answered plaintext: {plain:?}"
     );
     // With the CA: the authenticated API works.
-    let nodes = https_client(Some(&controller.ca_pem))
-        .get(format!("https://{}/v1/nodes", controller.http))
-        .bearer_auth(&controller.admin_token)
+    let nodes = controller
+        .as_admin(reqwest::Method::GET, "/v1/nodes")
         .send()
         .await
         .unwrap();
@@ -235,9 +268,8 @@ async fn registration_needs_a_valid_csr_and_leaves_nothing_behind_without_one() 
     let status = client.register(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("csr_pem:"), "{status:?}");
-    let nodes = https_client(Some(&controller.ca_pem))
-        .get(format!("https://{}/v1/nodes", controller.http))
-        .bearer_auth(&controller.admin_token)
+    let nodes = controller
+        .as_admin(reqwest::Method::GET, "/v1/nodes")
         .send()
         .await
         .unwrap()
@@ -279,17 +311,8 @@ async fn a_node_certificate_works_for_its_node_only() {
 
 #[tokio::test]
 async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
-    let controller = TlsController::start().await;
-    let (alpha, identity) = controller.register("alpha").await;
-    let mut client = controller.grpc(Some(identity)).await;
-    client.heartbeat(heartbeat(&alpha)).await.unwrap();
-    let revoked = https_client(Some(&controller.ca_pem))
-        .post(format!("https://{}/v1/nodes/alpha/revoke", controller.http))
-        .bearer_auth(&controller.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let (controller, alpha, mut client) = alpha_heard_over_its_certificate().await;
+    controller.revoke("/v1/nodes/alpha/revoke").await;
     let status = client.heartbeat(heartbeat(&alpha)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{status:?}");
@@ -298,21 +321,10 @@ async fn a_revoked_node_cannot_heartbeat_with_its_certificate() {
 
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
-    let controller = TlsController::start().await;
-    let (alpha, identity) = controller.register("alpha").await;
-    let mut client = controller.grpc(Some(identity)).await;
-    client.heartbeat(heartbeat(&alpha)).await.unwrap();
-    let admin = https_client(Some(&controller.ca_pem));
-    let revoked = admin
-        .post(format!(
-            "https://{}/v1/nodes/alpha/certificate/revoke",
-            controller.http
-        ))
-        .bearer_auth(&controller.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let (controller, alpha, mut client) = alpha_heard_over_its_certificate().await;
+    let revoked = controller
+        .revoke("/v1/nodes/alpha/certificate/revoke")
+        .await;
     let node = revoked.json::<measurelab_api::http::Node>().await.unwrap();
     assert_ne!(node.status, measurelab_api::http::NodeStatus::Revoked);
     // The same connection, the right secret: the certificate is refused.
@@ -324,26 +336,17 @@ async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
     );
     // Nor does it get a renewal with it.
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let csr = csr_pem(&key);
     let renewal = RenewCertificateRequest {
         node_id: alpha.node_id.clone(),
         node_secret: alpha.node_secret.clone(),
-        csr_pem,
+        csr_pem: csr,
     };
     let status = client.renew_certificate(renewal).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     // Nothing left to revoke: the operator is told so.
-    let again = admin
-        .post(format!(
-            "https://{}/v1/nodes/alpha/certificate/revoke",
-            controller.http
-        ))
-        .bearer_auth(&controller.admin_token)
+    let again = controller
+        .as_admin(reqwest::Method::POST, "/v1/nodes/alpha/certificate/revoke")
         .send()
         .await
         .unwrap();
@@ -353,12 +356,7 @@ async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
     let mut request = common::register_request(&controller.join_token, "alpha", "");
     request.node_id = alpha.node_id.clone();
     request.node_secret = alpha.node_secret.clone();
-    request.csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    request.csr_pem = csr_pem(&key);
     let rejoined = controller
         .grpc(None)
         .await
@@ -375,9 +373,8 @@ async fn a_revoked_certificate_is_refused_while_its_node_is_not() {
         .await
         .unwrap();
     // The event names the node and the serial, never key material.
-    let events = admin
-        .get(format!("https://{}/v1/events", controller.http))
-        .bearer_auth(&controller.admin_token)
+    let events = controller
+        .as_admin(reqwest::Method::GET, "/v1/events")
         .send()
         .await
         .unwrap()
@@ -394,16 +391,11 @@ async fn a_node_renews_its_certificate_with_the_current_one() {
     let controller = TlsController::start().await;
     let (alpha, identity) = controller.register("alpha").await;
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let csr = csr_pem(&key);
     let request = RenewCertificateRequest {
         node_id: alpha.node_id.clone(),
         node_secret: alpha.node_secret.clone(),
-        csr_pem,
+        csr_pem: csr,
     };
     // Not without the current certificate.
     let status = controller
@@ -499,12 +491,10 @@ async fn online_until_all_closed(
     streams: &[TcpStream],
     within: Duration,
 ) {
-    let admin = https_client(Some(&controller.ca_pem));
     let deadline = Instant::now() + within;
     loop {
-        let node: measurelab_api::http::Node = admin
-            .get(format!("https://{}/v1/nodes/{name}", controller.http))
-            .bearer_auth(&controller.admin_token)
+        let node: measurelab_api::http::Node = controller
+            .as_admin(reqwest::Method::GET, &format!("/v1/nodes/{name}"))
             .send()
             .await
             .unwrap()
@@ -558,9 +548,8 @@ async fn stalled_tls_handshakes_on_the_https_api_hold_their_caps_until_the_timeo
     .await;
     // A new client completes its handshake and is served meanwhile.
     let answered = Instant::now();
-    let nodes = https_client(Some(&controller.ca_pem))
-        .get(format!("https://{}/v1/nodes", controller.http))
-        .bearer_auth(&controller.admin_token)
+    let nodes = controller
+        .as_admin(reqwest::Method::GET, "/v1/nodes")
         .send()
         .await
         .unwrap();

@@ -28,15 +28,7 @@ async fn nodes_by_skew(controller: &TestController) -> Vec<(String, f64)> {
 /// Gauge `metric` by its `skew` label, from a scrape.
 async fn by_skew(controller: &TestController, metric: &str) -> Vec<(String, f64)> {
     let series = format!("{metric}{{skew=\"");
-    let text = reqwest::Client::new()
-        .get(controller.url("/metrics"))
-        .bearer_auth(&controller.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = controller.metrics_text().await;
     let mut found: Vec<(String, f64)> = text
         .lines()
         .filter_map(|line| line.strip_prefix(series.as_str()))

@@ -47,20 +47,20 @@ impl TestController {
             .unwrap()
     }
 
+    /// A controller with the harness's defaults on a fresh data dir, which
+    /// lives as long as the returned guard.
+    pub async fn fresh() -> (tempfile::TempDir, TestController) {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        (dir, controller)
+    }
+
     /// A controller on a fresh data dir with node n1 registered and
     /// platform p on it, where most VM tests begin.
     pub async fn with_platform_p_on_n1() -> (tempfile::TempDir, TestController, RegisterResponse) {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = TestController::start_with(dir.path(), |_| {}).await;
+        let (dir, controller) = TestController::fresh().await;
         let n1 = controller.register("n1", "").await;
-        let (status, body) = controller
-            .call(
-                reqwest::Method::POST,
-                "/v1/platforms",
-                Some(serde_json::json!({"name": "p", "nodes": ["n1"]})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        controller.create_platform("p", &["n1"]).await;
         (dir, controller, n1)
     }
 
@@ -308,6 +308,33 @@ impl TestController {
         }
     }
 
+    /// A replica: a controller on the database `store_url` that other
+    /// controllers share, with `tweak` applied last.
+    pub async fn start_replica(
+        data_dir: &Path,
+        store_url: &str,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> TestController {
+        Self::start_with(data_dir, |config| {
+            config.store_url = Some(store_url.to_string());
+            tweak(config);
+        })
+        .await
+    }
+
+    /// The text of `/metrics`, scraped with the admin token.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Send a request with an optional JSON body; returns status and JSON body.
     pub async fn call(
         &self,
@@ -417,32 +444,67 @@ impl TestController {
         body["secret"].as_str().unwrap().to_string()
     }
 
+    /// POST `body` to `path` as the admin; panics unless it is created
+    /// (201). The created object as answered.
+    pub async fn create(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        self.create_as(&self.admin_token, path, body).await
+    }
+
+    /// [`Self::create`] with `token` (a tenant's, say).
+    pub async fn create_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        self.expect_as(token, reqwest::Method::POST, path, Some(body), 201)
+            .await
+    }
+
+    /// [`Self::call`], panicking unless the answer has `status`; the body.
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        status: u16,
+    ) -> serde_json::Value {
+        self.expect_as(&self.admin_token, method, path, body, status)
+            .await
+    }
+
+    /// [`Self::call_as`], panicking unless the answer has `status`; the body.
+    pub async fn expect_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        status: u16,
+    ) -> serde_json::Value {
+        let (got, answer) = self.call_as(token, method.clone(), path, body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        answer
+    }
+
     /// A platform over `nodes`; panics unless it is created.
     pub async fn create_platform(&self, name: &str, nodes: &[&str]) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/platforms",
-                Some(serde_json::json!({"name": name, "nodes": nodes})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        self.create(
+            "/v1/platforms",
+            serde_json::json!({"name": name, "nodes": nodes}),
+        )
+        .await;
     }
 
     /// A running namespace VM; panics unless it is created.
     pub async fn create_vm(&self, name: &str, platform: &str, node: &str) {
-        let (status, vm) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/vms",
-                Some(
-                    serde_json::json!({"name": name, "platform": platform, "node": node,
-                    "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
-                    "power_state": "running"}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{vm}");
+        self.create(
+            "/v1/vms",
+            serde_json::json!({"name": name, "platform": platform, "node": node,
+                "vcpus": 1, "memory_mib": 64, "appliance": "namespace",
+                "power_state": "running"}),
+        )
+        .await;
     }
 
     /// The typed public API client.
