@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0021_node_certificates.sql"),
     include_str!("../../migrations/0022_metrics_role.sql"),
     include_str!("../../migrations/0023_guest_agent_version.sql"),
+    include_str!("../../migrations/0024_nodes_heartbeat_table.sql"),
 ];
 
 /// Where the store's tables are: `controller.db` in the data dir (the

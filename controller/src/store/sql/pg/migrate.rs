@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         23,
         include_str!("../../../../migrations-pg/0023_guest_agent_version.sql"),
     ),
+    (
+        24,
+        include_str!("../../../../migrations-pg/0024_nodes_heartbeat_table.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,14 @@
+-- nodes takes an UPDATE per heartbeat of every node: 10,000 a second at
+-- 100,000 nodes beating every 10 s. Two storage settings keep that cheap
+-- (controller/BENCHMARKS.md, runs II to MM):
+-- * fillfactor 70 leaves room on each page for the new row version, so an
+--   update is HOT (no index entry to add, pruned without VACUUM) instead
+--   of 18 % of them moving the row to another page;
+-- * autovacuum_vacuum_cost_delay 20 ms (the pre-12 default, against 2 ms
+--   now) spreads the table's vacuum, due about once a minute at that rate,
+--   over seconds: unthrottled, on a host that also runs controllers, it
+--   took the CPU heartbeats needed and their p99 went from ~20 to 426 ms
+--   for the 15 s it ran.
+-- fillfactor applies to pages written from now on; an existing table gets
+-- it as its rows are updated into new pages or at a VACUUM FULL.
+ALTER TABLE nodes SET (fillfactor = 70, autovacuum_vacuum_cost_delay = 20);
